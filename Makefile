@@ -1,0 +1,56 @@
+# Two commands on a fresh machine: `make dev` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.13 || command -v /root/.pyenv/versions/3.13.0/bin/python3.13 || command -v python3)
+VENV := .venv
+SAMVENV := .venv-sam
+PY := $(VENV)/bin/python
+SAM := $(SAMVENV)/bin/sam
+export AWS_DEFAULT_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+# sam build needs the function runtime's interpreter on PATH (python3.13).
+export PATH := $(dir $(PYTHON)):$(PATH)
+
+.PHONY: install dev test test-unit test-integration test-e2e lint validate build bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# SAM CLI pins its own boto3/pydantic, so it lives in a venv of its own.
+$(SAMVENV)/.installed:
+	test -x $(SAMVENV)/bin/python || $(PYTHON) -m venv $(SAMVENV)
+	$(SAMVENV)/bin/pip install -q "aws-sam-cli==1.170.0"
+	touch $@
+
+install: $(VENV)/.installed $(SAMVENV)/.installed
+
+dev: $(VENV)/.installed
+	$(VENV)/bin/engage dev $(ARGS)
+
+lint: install
+	$(VENV)/bin/cfn-lint template.yaml
+	$(SAM) validate --lint --template template.yaml
+	$(VENV)/bin/ruff check layers functions localcloud tests
+
+build: install
+	$(SAM) build --template template.yaml
+
+test: install lint
+	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
+
+test-unit: $(VENV)/.installed
+	$(VENV)/bin/pytest -q tests/unit
+
+test-integration: $(VENV)/.installed
+	$(VENV)/bin/pytest -q tests/integration
+
+test-e2e: $(VENV)/.installed
+	$(VENV)/bin/pytest -q tests/e2e
+
+bench: install
+	$(PY) -m bench $(if $(FULL),--full,)
+
+clean:
+	rm -rf $(VENV) $(SAMVENV) .aws-sam .pytest_cache

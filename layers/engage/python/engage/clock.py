@@ -1,0 +1,56 @@
+"""The one clock all project code reads.
+
+On AWS it is the system clock. The local cloud runs the code in-process and shifts it
+(`advance`), so a 3-day wait passes in a second; nothing else may call datetime.now().
+"""
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+_lock = threading.Lock()
+_offset = timedelta(0)
+
+
+def now() -> datetime:
+    return datetime.now(UTC) + _offset
+
+
+def advance(delta: timedelta) -> datetime:
+    """Move virtual time forward (local cloud and tests only)."""
+    global _offset
+    if delta < timedelta(0):
+        raise ValueError("the clock only moves forward")
+    with _lock:
+        _offset += delta
+    return now()
+
+
+def set_to(moment: datetime) -> datetime:
+    """Jump virtual time to `moment` (must not be in the past)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return advance(max(moment - now(), timedelta(0)))
+
+
+def reset() -> None:
+    global _offset
+    with _lock:
+        _offset = timedelta(0)
+
+
+def iso(moment: datetime | None = None) -> str:
+    """ISO 8601 UTC with milliseconds and a Z, as Segment writes timestamps."""
+    moment = (moment or now()).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse(value: str) -> datetime:
+    """Parse an ISO 8601 timestamp; naive values are taken as UTC."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

@@ -1,0 +1,51 @@
+"""PynamoDB base: table names come from settings (template.yaml's environment), lazily.
+
+Each aggregate module defines its own models on `EngageModel`; this module only knows how
+a model finds its table. Keys join parts with `|`, always starting with the space id, so a
+space can never read another's items by construction.
+"""
+from __future__ import annotations
+
+from pynamodb.models import Model
+
+from engage.config import settings
+
+SEP = "|"
+
+
+class TableName:
+    """Descriptor: `Meta.table_name` read from settings each time (cheap: a cached object)."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+
+    def __get__(self, instance, owner) -> str:
+        return settings().require(self.setting)
+
+
+class EngageModel(Model):
+    class Meta:
+        abstract = True
+
+
+def key(*parts: str) -> str:
+    for part in parts:
+        if SEP in part and part is not parts[-1]:
+            raise ValueError(f"key part {part!r} must not contain {SEP!r}")
+    return SEP.join(parts)
+
+
+def models() -> list[type[Model]]:
+    """All concrete models (used by tests to drop cached connections)."""
+    found, pending = [], list(EngageModel.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if not getattr(cls.Meta, "abstract", False):
+            found.append(cls)
+    return found
+
+
+def reset_connections() -> None:
+    for model in models():
+        model._connection = None

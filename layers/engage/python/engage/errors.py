@@ -1,0 +1,37 @@
+"""Domain errors. Handlers map them to HTTP in one place each."""
+from __future__ import annotations
+
+
+class EngageError(Exception):
+    code = "invalid_request_error"
+    status = 400
+
+    def __init__(self, message: str, details: list[dict] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class ValidationFailed(EngageError):
+    code = "validation_error"
+    status = 400
+
+
+class AuthenticationFailed(EngageError):
+    code = "authentication_error"
+    status = 401
+
+
+class Forbidden(EngageError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(EngageError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(EngageError):
+    code = "conflict"
+    status = 409

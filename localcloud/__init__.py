@@ -1,0 +1,1 @@
+"""The local cloud: runs template.yaml on this machine with no Docker and no AWS account."""
