@@ -1,0 +1,41 @@
+"""Storage model of audience memberships (MembershipsTable, stream -> router).
+
+pk = space|profile_id, sk = audience key         all of a profile's memberships in one Query
+audience_pk = space|audience key (GSI by_audience) all members of an audience
+`member` stays on the item after exit (False), so the Profile API can answer `false`
+for "was a member, left" and omit audiences the profile never entered (API.md).
+"""
+from __future__ import annotations
+
+from pynamodb.attributes import BooleanAttribute, UnicodeAttribute, VersionAttribute
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+
+from engage.db import EngageModel, TableName
+
+
+class ByAudienceIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_audience"
+        projection = AllProjection()
+
+    audience_pk = UnicodeAttribute(hash_key=True)
+    pk = UnicodeAttribute(range_key=True)
+
+
+class MembershipRecord(EngageModel):
+    class Meta:
+        table_name = TableName("memberships_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)  # audience key
+    audience_pk = UnicodeAttribute()
+    space_id = UnicodeAttribute()
+    profile_id = UnicodeAttribute()
+    audience_key = UnicodeAttribute()
+    member = BooleanAttribute()
+    entered_at = UnicodeAttribute(null=True)
+    exited_at = UnicodeAttribute(null=True)
+    updated_at = UnicodeAttribute()
+    version = VersionAttribute()
+
+    by_audience = ByAudienceIndex()
