@@ -32,7 +32,7 @@ dev: $(VENV)/.installed
 lint: install
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SAM) validate --lint --template template.yaml
-	$(VENV)/bin/ruff check layers functions localcloud tests
+	$(VENV)/bin/ruff check layers functions localcloud tests bench
 
 build: install
 	$(SAM) build --template template.yaml

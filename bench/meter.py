@@ -1,0 +1,211 @@
+"""Count what the project asks of AWS, and time the project's own code apart from the mock.
+
+Every AWS call made in the process (boto3 or PynamoDB: both end in botocore's
+`BaseClient._make_api_call`) is counted by service and operation. DynamoDB capacity units
+are computed from item sizes the way AWS bills on-demand tables (moto does not compute
+them): a write costs ceil(size / 1 KB) per item (the larger of the before and after
+image), a strongly consistent read ceil(size / 4 KB), an eventually consistent one half
+that; Query/Scan round the summed size once; GSIs add a write per item they hold.
+Time spent inside AWS calls (moto, serialization, the network) is accumulated apart, so
+`own_seconds` = wall time of the measured block minus time in AWS calls.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import botocore.client
+
+KB = 1024
+
+
+def attribute_size(value: dict) -> int:
+    """Size in bytes of one DynamoDB attribute value (wire format), per AWS's item-size rules."""
+    (kind, inner), = value.items()
+    if kind == "S":
+        return len(inner.encode())
+    if kind == "N":
+        digits = str(Decimal(inner)).lstrip("-").replace(".", "").lstrip("0") or "0"
+        return math.ceil(len(digits) / 2) + 1
+    if kind == "B":
+        return len(inner) if isinstance(inner, bytes | bytearray) else len(inner.encode())
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind in ("SS", "NS", "BS"):
+        return sum(attribute_size({kind[0]: member}) for member in inner)
+    if kind == "L":
+        return 3 + sum(1 + attribute_size(member) for member in inner)
+    if kind == "M":
+        return 3 + sum(len(name.encode()) + 1 + attribute_size(member) for name, member in inner.items())
+    raise ValueError(f"unknown attribute type {kind}")
+
+
+def item_size(item: dict | None) -> int:
+    if not item:
+        return 0
+    return sum(len(name.encode()) + attribute_size(value) for name, value in item.items())
+
+
+@dataclass
+class Usage:
+    requests: Counter = field(default_factory=Counter)  # (service, operation) -> n
+    read_units: float = 0.0
+    write_units: float = 0.0
+    aws_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def own_seconds(self) -> float:
+        return max(self.wall_seconds - self.aws_seconds, 0.0)
+
+    def count(self, service: str, operation: str | None = None) -> int:
+        return sum(n for (svc, op), n in self.requests.items()
+                   if svc == service and (operation is None or op == operation))
+
+
+class _Meter:
+    """Installed once; `measure()` blocks nest by summing into every open Usage."""
+
+    def __init__(self):
+        self.open: list[Usage] = []
+        self._original = botocore.client.BaseClient._make_api_call
+        self._key_schemas: dict[str, list[str]] = {}
+        self._gsi_keys: dict[str, list[list[str]]] = {}
+
+    def install(self):
+        meter = self
+
+        def wrapped(client, operation_name, api_params):
+            if not meter.open:
+                return meter._original(client, operation_name, api_params)
+            service = client.meta.service_model.service_name
+            before = meter._before_images(client, service, operation_name, api_params) if service == "dynamodb" else None
+            started = time.perf_counter()
+            try:
+                result = meter._original(client, operation_name, api_params)
+            finally:
+                elapsed = time.perf_counter() - started
+                for usage in meter.open:
+                    usage.requests[(service, operation_name)] += 1
+                    usage.aws_seconds += elapsed
+            if service == "dynamodb":
+                started = time.perf_counter()
+                reads, writes = meter._capacity(client, operation_name, api_params, result, before)
+                overhead = time.perf_counter() - started
+                for usage in meter.open:
+                    usage.read_units += reads
+                    usage.write_units += writes
+                    usage.aws_seconds += overhead  # the meter's own lookups are not our cost
+            return result
+
+        botocore.client.BaseClient._make_api_call = wrapped
+
+    # -- capacity ---------------------------------------------------------------------
+    def _raw(self, client, operation, params):
+        """An unmetered call (used to read images for sizing)."""
+        return self._original(client, operation, params)
+
+    def _schema(self, client, table: str) -> list[str]:
+        if table not in self._key_schemas:
+            desc = self._raw(client, "DescribeTable", {"TableName": table})["Table"]
+            self._key_schemas[table] = [k["AttributeName"] for k in desc["KeySchema"]]
+            self._gsi_keys[table] = [[k["AttributeName"] for k in gsi["KeySchema"]]
+                                     for gsi in desc.get("GlobalSecondaryIndexes", [])]
+        return self._key_schemas[table]
+
+    def _get(self, client, table: str, key: dict) -> dict | None:
+        return self._raw(client, "GetItem", {"TableName": table, "Key": key, "ConsistentRead": True}).get("Item")
+
+    def _key_of(self, client, table: str, item: dict) -> dict:
+        return {name: item[name] for name in self._schema(client, table)}
+
+    def _before_images(self, client, service, operation, params):
+        if operation in ("PutItem",):
+            return [self._get(client, params["TableName"], self._key_of(client, params["TableName"], params["Item"]))]
+        if operation in ("UpdateItem", "DeleteItem"):
+            return [self._get(client, params["TableName"], params["Key"])]
+        if operation == "BatchWriteItem":
+            images = []
+            for table, requests in params["RequestItems"].items():
+                for request in requests:
+                    if "PutRequest" in request:
+                        key = self._key_of(client, table, request["PutRequest"]["Item"])
+                    else:
+                        key = request["DeleteRequest"]["Key"]
+                    images.append(self._get(client, table, key))
+            return images
+        return None
+
+    def _index_writes(self, client, table: str, *images: dict | None) -> int:
+        self._schema(client, table)
+        writes = 0
+        for keys in self._gsi_keys.get(table, []):
+            if any(image and all(k in image for k in keys) for image in images):
+                writes += math.ceil(max(item_size(i) for i in images) / KB) or 1
+        return writes
+
+    def _capacity(self, client, operation, params, result, before) -> tuple[float, float]:
+        def read_units(size: int, consistent: bool) -> float:
+            units = max(math.ceil(size / (4 * KB)), 1)
+            return units if consistent else units / 2
+
+        if operation == "GetItem":
+            return read_units(item_size(result.get("Item")), params.get("ConsistentRead", False)), 0
+        if operation == "BatchGetItem":
+            total = 0.0
+            for table, items in result.get("Responses", {}).items():
+                consistent = params["RequestItems"][table].get("ConsistentRead", False)
+                total += sum(read_units(item_size(item), consistent) for item in items)
+            return total, 0
+        if operation in ("Query", "Scan"):
+            size = sum(item_size(item) for item in result.get("Items", []))
+            return read_units(size, params.get("ConsistentRead", False)), 0
+        if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            table = params["TableName"]
+            key = params["Key"] if "Key" in params else self._key_of(client, table, params["Item"])
+            after = self._get(client, table, key) if operation != "DeleteItem" else None
+            size = max(item_size(before[0]), item_size(after))
+            return 0, max(math.ceil(size / KB), 1) + self._index_writes(client, table, before[0], after)
+        if operation == "BatchWriteItem":
+            units, position = 0, 0
+            for table, requests in params["RequestItems"].items():
+                for request in requests:
+                    new = request.get("PutRequest", {}).get("Item")
+                    old = before[position]
+                    position += 1
+                    units += max(math.ceil(max(item_size(old), item_size(new)) / KB), 1)
+                    units += self._index_writes(client, table, old, new)
+            return 0, units
+        if operation == "TransactWriteItems":
+            units = 0
+            for entry in params["TransactItems"]:
+                (_kind, body), = entry.items()
+                item = body.get("Item") or {}
+                units += 2 * max(math.ceil(item_size(item) / KB), 1)
+            return 0, units
+        return 0, 0
+
+
+_meter = _Meter()
+_installed = False
+
+
+@contextmanager
+def measure():
+    """Count AWS requests, DynamoDB capacity units, and own vs AWS time of the block."""
+    global _installed
+    if not _installed:
+        _meter.install()
+        _installed = True
+    usage = Usage()
+    _meter.open.append(usage)
+    started = time.perf_counter()
+    try:
+        yield usage
+    finally:
+        usage.wall_seconds = time.perf_counter() - started
+        _meter.open.remove(usage)

@@ -1,0 +1,29 @@
+"""The cost meter must bill like DynamoDB: these sizes come from AWS's item-size rules."""
+import boto3
+from moto import mock_aws
+
+from bench.meter import item_size, measure
+
+
+def test_item_size_follows_dynamodb_rules():
+    assert item_size({"pk": {"S": "abc"}}) == 2 + 3
+    assert item_size({"n": {"N": "12345"}}) == 1 + 4  # ceil(5 digits / 2) + 1
+    assert item_size({"b": {"BOOL": True}}) == 1 + 1
+    assert item_size({"m": {"M": {"a": {"S": "x"}}}}) == 1 + 3 + (1 + 1 + 1)
+
+
+def test_requests_and_capacity_units_are_counted_per_block():
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        big = "x" * 1500  # 1.5 KB -> 2 WCU
+        with measure() as usage:
+            client.put_item(TableName="t", Item={"pk": {"S": "a"}, "v": {"S": big}})
+            client.get_item(TableName="t", Key={"pk": {"S": "a"}})  # eventually consistent: 0.5 RCU
+        assert usage.count("dynamodb") == 2
+        assert usage.count("dynamodb", "PutItem") == 1
+        assert usage.write_units == 2
+        assert usage.read_units == 0.5
+        assert usage.own_seconds <= usage.wall_seconds
