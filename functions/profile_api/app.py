@@ -1,0 +1,54 @@
+"""Profile API handler (HTTP API v2): decode the request, call engage.profile_api.read, answer JSON."""
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from engage import profile_api
+from engage.errors import EngageError
+from engage.observability import logger, metrics, tracer
+
+app = APIGatewayHttpResolver()
+
+
+def _json(status: int, body: str) -> Response:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body)
+
+
+@app.get("/v1/spaces/<space>/collections/<collection>/profiles/<profile>/<resource>")
+def get_profile_resource(space: str, collection: str, profile: str, resource: str) -> Response:
+    event = app.current_event
+    request = profile_api.ProfileRequest(
+        # The route matches the raw path: `email:ann%40x.com`, `phone:%2B1555...` arrive encoded.
+        space=unquote(space), collection=unquote(collection), profile=unquote(profile),
+        resource=unquote(resource),
+        token=profile_api.token_from_authorization(event.headers.get("authorization")),
+        query=dict(event.query_string_parameters), url=event.path)
+    answer = profile_api.read(request)
+    metrics.add_metric(name=f"ProfileApi_{request.resource}", unit=MetricUnit.Count, value=1)
+    return _json(200, answer.model_dump_json())
+
+
+@app.not_found
+def not_found(_: Exception) -> Response:
+    error = profile_api.ErrorDetail(
+        code="not_found", message=f"no route for {app.current_event.path}: use /v1/spaces/<space>/collections/"
+                                  "<users|accounts>/profiles/<id_type>:<value>/<resource>")
+    return _json(404, profile_api.ErrorResponse(error=error).model_dump_json())
+
+
+@app.exception_handler(EngageError)
+def engage_error(error: EngageError) -> Response:
+    logger.info("request refused", extra={"code": error.code, "error": error.message})
+    body = profile_api.ErrorResponse(error=profile_api.ErrorDetail(code=error.code, message=error.message,
+                                                                   details=error.details))
+    return _json(error.status, body.model_dump_json())
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context) -> dict:
+    return app.resolve(event, context)

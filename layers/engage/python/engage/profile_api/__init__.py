@@ -1,0 +1,88 @@
+"""Segment-compatible Profile API: read a profile's traits, external ids, events, metadata, links.
+
+Public surface: `ProfileRequest`, `read(request) -> response model`, `token_from_authorization`,
+and the response models (`engage.profile_api.models`). Order of checks: credentials (401), the
+token's space against the path (403, the same answer whether or not the other space exists),
+the request's shape (400), then the profile (404).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from engage import spaces
+from engage.errors import Forbidden, NotFound, ValidationFailed
+from engage.profile_api import store, views
+from engage.profile_api.models import ErrorDetail, ErrorResponse, EventsResponse
+from engage.profile_api.paging import decode_cursor, encode_cursor, merge_streams
+from engage.profile_api.params import (
+    COLLECTIONS,
+    RESOURCES,
+    EventsQuery,
+    parse_collection,
+    parse_profile_ref,
+    parse_query,
+    parse_resource,
+    token_from_authorization,
+)
+
+__all__ = ["COLLECTIONS", "RESOURCES", "ErrorDetail", "ErrorResponse", "ProfileRequest", "read",
+           "token_from_authorization"]
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """One Profile API call, already URL-decoded by the handler."""
+
+    space: str
+    collection: str
+    profile: str  # `<id_type>:<value>`
+    resource: str
+    token: str | None
+    query: dict[str, str] = field(default_factory=dict)
+    url: str = ""  # the request path, echoed as cursor.url
+
+
+def read(request: ProfileRequest) -> BaseModel:
+    space_id = spaces.authenticate(request.token, spaces.ACCESS_TOKEN)
+    if space_id != request.space:
+        raise Forbidden(f"this access token cannot read space {request.space!r}",
+                        [{"path": "path.space", "message": "not the access token's space"}])
+    collection = parse_collection(request.collection)
+    resource = parse_resource(request.resource)
+    ref = parse_profile_ref(request.profile)
+    query = parse_query(resource, request.query)
+    profile = store.lookup(space_id, collection, ref)
+    if profile is None:
+        raise NotFound(f"profile {str(ref)!r} was not found in collection {collection!r}",
+                       [{"path": "path.profile", "message": f"no {collection[:-1]} has {ref.type} {ref.value!r}"}])
+    if resource == "traits":
+        wants_audiences = query.class_ in (None, "audience")
+        memberships = store.memberships(space_id, profile.profile_id) if wants_audiences else []
+        return views.traits(profile, memberships, query, request.url)
+    if resource == "external_ids":
+        return views.external_ids(profile, query, request.url)
+    if resource == "metadata":
+        return views.metadata(profile, query.verbose)
+    if resource == "links":
+        to_collection, linked_ids = store.linked_profile_ids(space_id, profile)
+        page_ids, following = views.link_page(linked_ids, query)
+        return views.links(store.profiles(space_id, page_ids), to_collection, query, request.url, following)
+    return _events(space_id, profile, query, request.url)
+
+
+def _events(space_id: str, profile: views.Profile, query: EventsQuery, url: str) -> EventsResponse:
+    after = None
+    if query.next:
+        position = decode_cursor(query.next, ["after", "sort"])
+        if position["sort"] != query.sort:
+            raise ValidationFailed(
+                f"this next cursor continues a sort={position['sort']} listing; repeat sort={position['sort']} "
+                "or start again without next", [{"path": "query.next", "message": "cursor made for another sort"}])
+        after = str(position["after"])
+    streams = store.event_streams(space_id, store.history_profile_ids(profile), query, after)
+    page, has_more = merge_streams(streams, descending=query.sort == "desc", after=after, limit=query.limit)
+    following = encode_cursor({"after": page[-1][0], "sort": query.sort}) if has_more else None
+    return EventsResponse(data=[views.event(message, timestamp) for _, (timestamp, message) in page],
+                          cursor=views.cursor(url, query.limit, following))

@@ -1,0 +1,171 @@
+"""Request parsing for the Profile API: credentials, path parts and per-resource query parameters.
+
+Pure functions over strings. Every rejection is a ValidationFailed (400) or AuthenticationFailed
+(401) whose message names the parameter and whose details carry its path (`path.collection`,
+`query.limit`), so a caller can fix the request without reading our code.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from engage import clock
+from engage.errors import AuthenticationFailed, ValidationFailed
+
+COLLECTIONS = ("users", "accounts")
+RESOURCES = ("traits", "external_ids", "events", "metadata", "links")
+ID_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# DynamoDB's IN accepts at most 100 operands; a longer include list is a client mistake anyway.
+MAX_NAMES = 100
+
+
+@dataclass(frozen=True)
+class ProfileRef:
+    """`<id_type>:<value>` as written in the URL, e.g. `user_id:42` or `email:ann@example.com`."""
+
+    type: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.value}"
+
+
+def invalid(path: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, [{"path": path, "message": message}])
+
+
+def token_from_authorization(header: str | None) -> str | None:
+    """The access token from `Authorization: Basic base64(token:)` (Segment's convention).
+
+    None when no header was sent (authentication then says so); a header that is not Basic
+    auth is a 401 that says what to send instead.
+    """
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise AuthenticationFailed("the Authorization header must be HTTP Basic auth with the access token as "
+                                   "username and an empty password (curl -u TOKEN:)")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as error:
+        raise AuthenticationFailed("the Authorization header's Basic credentials are not valid base64") from error
+    return decoded.partition(":")[0] or None
+
+
+def parse_collection(text: str) -> str:
+    if text not in COLLECTIONS:
+        raise invalid("path.collection", f"collection {text!r} is not one of: {', '.join(COLLECTIONS)}")
+    return text
+
+
+def parse_resource(text: str) -> str:
+    if text not in RESOURCES:
+        raise invalid("path.resource", f"resource {text!r} is not one of: {', '.join(RESOURCES)}")
+    return text
+
+
+def parse_profile_ref(text: str) -> ProfileRef:
+    id_type, colon, value = text.partition(":")
+    if not colon or not value:
+        raise invalid("path.profile", f"profile id {text!r} must be <id_type>:<value>, e.g. user_id:42 or "
+                                      "email:ann@example.com (URL-encode '+' as %2B)")
+    if not ID_TYPE.match(id_type):
+        raise invalid("path.profile", f"id type {id_type!r} in profile id {text!r} must match {ID_TYPE.pattern}")
+    return ProfileRef(id_type, value)
+
+
+def _names(value: Any) -> Any:
+    """`a,b` -> ['a', 'b'] (API Gateway joins repeated parameters with commas too)."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
+
+
+Names = Annotated[list[str] | None, BeforeValidator(_names), Field(max_length=MAX_NAMES)]
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    verbose: bool = False
+
+
+class TraitsQuery(_Query):
+    limit: int = Field(10, ge=1, le=200)
+    next: str = ""
+    include: Names = None
+    class_: Literal["audience", "computed_trait"] | None = Field(None, alias="class")
+
+
+class ExternalIdsQuery(_Query):
+    limit: int = Field(25, ge=1, le=100)
+    next: str = ""
+    include: Names = None
+
+
+class EventsQuery(_Query):
+    limit: int = Field(10, ge=1, le=100)
+    next: str = ""
+    include: Names = None
+    exclude: Names = None
+    start: datetime | None = None
+    end: datetime | None = None
+    sort: Literal["asc", "desc"] = "desc"
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return clock.parse(value)
+            except ValueError as error:
+                raise ValueError(f"{value!r} is not an ISO 8601 date or timestamp (e.g. 2026-01-02 or "
+                                 "2026-01-02T15:04:05Z)") from error
+        return value
+
+
+class MetadataQuery(_Query):
+    pass
+
+
+class LinksQuery(_Query):
+    limit: int = Field(20, ge=1, le=100)
+    next: str = ""
+
+
+QUERIES: dict[str, type[_Query]] = {
+    "traits": TraitsQuery,
+    "external_ids": ExternalIdsQuery,
+    "events": EventsQuery,
+    "metadata": MetadataQuery,
+    "links": LinksQuery,
+}
+
+
+def _allowed(model: type[_Query]) -> list[str]:
+    return sorted(field.alias or name for name, field in model.model_fields.items())
+
+
+def parse_query(resource: str, query: dict[str, str]) -> _Query:
+    """Validate the query string of one resource; unknown parameters are rejected by name."""
+    model = QUERIES[resource]
+    allowed = _allowed(model)
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown query parameter(s) {', '.join(unknown)} for /{resource}; allowed: {', '.join(allowed)}",
+            [{"path": f"query.{name}", "message": "unknown parameter"} for name in unknown])
+    try:
+        return model.model_validate(query)
+    except ValidationError as error:
+        details = [{"path": "query." + ".".join(str(part) for part in item["loc"]),
+                    "message": item["msg"].removeprefix("Value error, ")} for item in error.errors()]
+        summary = "; ".join(f"{d['path'].removeprefix('query.')}: {d['message']}" for d in details)
+        raise ValidationFailed(f"invalid query parameter(s) for /{resource}: {summary}", details) from error
