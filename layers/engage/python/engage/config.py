@@ -18,6 +18,7 @@ class Settings(BaseModel):
     identity_table: str = ""
     profile_events_table: str = ""
     memberships_table: str = ""
+    links_table: str = ""
     event_bus_name: str = ""
     # Days an ingested event (and its dedupe key) is kept; Segment dedupes for 24 h at least.
     event_retention_days: int = 400

@@ -1,13 +1,22 @@
-"""Storage models of profiles, identity pointers and per-profile event history.
+"""Storage of profiles, identity pointers, links and per-profile event history.
 
-Shapes (owned by engage.profiles / engage.identity; read by the Profile API and the
-audience engine straight from stream images, so keep them plain maps and lists):
+Shapes (written by engage.profile_processor; read by the Profile API and the audience
+engine, often straight from stream images, so they stay plain maps and lists):
 
-ProfilesTable  pk = space|profile_id            one item per profile (stream NEW_AND_OLD_IMAGES)
-IdentityTable  pk = space|<collection>|type:value  -> profile_id   (who is `user_id:42`?)
-ProfileEventsTable pk = space|profile_id, sk = <iso timestamp>|<messageId>   event history
+ProfilesTable  pk = space|profile_id                 one item per profile (stream NEW_AND_OLD_IMAGES)
+IdentityTable  pk = space|<collection>|type:value    -> profile_id   (who is `user_id:42`?)
+LinksTable     pk = space|profile_id, sk = <to_collection>|<to_profile_id>   user <-> account links,
+               written in both directions so either side is one Query
+ProfileEventsTable pk = space|profile_id, sk = <timestamp>|<messageId>   event history (TTL)
+
+A profile that was merged into another keeps its item (history stays reachable) with
+`merged_into` set; it is frozen from then on. Readers that land on it follow `merged_into`
+(`resolve`); the survivor lists every profile folded into it in `merged_from`, so history
+is the union of ProfileEventsTable partitions [profile_id] + merged_from.
 """
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from pynamodb.attributes import (
     ListAttribute,
@@ -16,8 +25,17 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     VersionAttribute,
 )
+from pynamodb.connection import Connection
+from pynamodb.exceptions import PutError, TransactWriteError
+from pynamodb.transactions import TransactWrite
 
-from engage.db import EngageModel, TableName
+from engage.db import EngageModel, TableName, key
+
+USERS = "users"
+ACCOUNTS = "accounts"
+COLLECTIONS = (USERS, ACCOUNTS)
+# Following merged_into more than this many hops means a cycle or corruption, not a real chain.
+MAX_MERGE_HOPS = 20
 
 
 class ProfileRecord(EngageModel):
@@ -27,21 +45,29 @@ class ProfileRecord(EngageModel):
     pk = UnicodeAttribute(hash_key=True)
     space_id = UnicodeAttribute()
     profile_id = UnicodeAttribute()
-    collection = UnicodeAttribute(default="users")  # users | accounts
-    # Custom traits, and for each trait the timestamp of the event that set it
-    # (last writer by event time wins, so out-of-order and replayed events converge).
+    collection = UnicodeAttribute(default=USERS)  # users | accounts
+    # Custom traits (null values kept, as Segment does) and, per top-level trait, the
+    # "<event timestamp>|<messageId>" that set it: the greatest wins, so out-of-order and
+    # replayed events converge on the same traits.
     traits = MapAttribute(default=dict)
     trait_times = MapAttribute(default=dict)
-    # External ids: [{"type": "email", "id": "a@b.c", "created_at": iso, "source": message_id}]
+    # [{"type": "email", "id": "a@b.c", "collection": "users", "encoding": "none",
+    #   "created_at": iso, "message_id": "<message that introduced it>"}]
     external_ids = ListAttribute(default=list)
-    # Windowed aggregates for the audience engine: event name -> {"YYYYMMDD": count}
+    # Windowed aggregates for the audience engine (track, page -> "Page Viewed", screen ->
+    # "Screen Viewed"): event name -> {"YYYYMMDD": count}, UTC days, pruned past retention.
     daily_counts = MapAttribute(default=dict)
-    # event name -> {"first": iso, "last": iso, "total": n}
+    # event name -> {"first": iso, "last": iso, "total": n}   (all time, never pruned)
     event_stats = MapAttribute(default=dict)
-    # message ids already applied (bounded): makes a redelivered stream batch a no-op
+    # messageIds already applied, newest last (bounded): a redelivered stream batch is a no-op.
     applied = ListAttribute(default=list)
+    # Merges: the merged profile points at its survivor (and is frozen); the survivor lists
+    # every profile folded into it (transitively) and how each merge happened.
     merged_into = UnicodeAttribute(null=True)
+    merged_at = UnicodeAttribute(null=True)
     merged_from = ListAttribute(default=list)
+    # [{"profile_id", "merged_at", "message_id", "message_type", "ids": ["user_id:42", ...]}]
+    merges = ListAttribute(default=list)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
     first_message_at = UnicodeAttribute(null=True)
@@ -62,6 +88,23 @@ class IdentityRecord(EngageModel):
     created_at = UnicodeAttribute()
 
 
+class LinkRecord(EngageModel):
+    """One direction of a user <-> account link (a group call writes both)."""
+
+    class Meta:
+        table_name = TableName("links_table")
+
+    pk = UnicodeAttribute(hash_key=True)  # space|profile_id
+    sk = UnicodeAttribute(range_key=True)  # <to_collection>|<to_profile_id>
+    space_id = UnicodeAttribute()
+    profile_id = UnicodeAttribute()
+    collection = UnicodeAttribute()
+    to_collection = UnicodeAttribute()
+    to_profile_id = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+    message_id = UnicodeAttribute()  # the group call that made the link
+
+
 class ProfileEventRecord(EngageModel):
     class Meta:
         table_name = TableName("profile_events_table")
@@ -70,7 +113,152 @@ class ProfileEventRecord(EngageModel):
     sk = UnicodeAttribute(range_key=True)
     message_id = UnicodeAttribute()
     type = UnicodeAttribute()
-    event = UnicodeAttribute(null=True)
+    event = UnicodeAttribute(null=True)  # track event, "Page Viewed", "Screen Viewed"; else null
     timestamp = UnicodeAttribute()
     payload = UnicodeAttribute()  # the normalized Segment message as JSON
     expires_at = NumberAttribute(null=True)  # TTL (epoch seconds)
+
+
+# ---------------------------------------------------------------- keys
+def profile_pk(space_id: str, profile_id: str) -> str:
+    return key(space_id, profile_id)
+
+
+def identity_pk(space_id: str, collection: str, id_type: str, value: str) -> str:
+    return key(space_id, collection, f"{id_type}:{value}")
+
+
+def link_sk(to_collection: str, to_profile_id: str) -> str:
+    return key(to_collection, to_profile_id)
+
+
+def history_sk(timestamp: str, message_id: str) -> str:
+    return f"{timestamp}|{message_id}"
+
+
+# ---------------------------------------------------------------- reads
+def get_pointers(pks: Iterable[str]) -> dict[str, str]:
+    """Identity pointer pk -> profile_id for those that exist (BatchGetItem, 100 keys a request)."""
+    wanted = list(dict.fromkeys(pks))
+    return {record.pk: record.profile_id for record in IdentityRecord.batch_get(wanted)} if wanted else {}
+
+
+def get_profiles(pks: Iterable[str]) -> dict[str, ProfileRecord]:
+    """Profile pk -> record for those that exist (BatchGetItem, strongly consistent)."""
+    wanted = list(dict.fromkeys(pks))
+    if not wanted:
+        return {}
+    return {record.pk: record for record in ProfileRecord.batch_get(wanted, consistent_read=True)}
+
+
+def get_profile(space_id: str, profile_id: str) -> ProfileRecord | None:
+    try:
+        return ProfileRecord.get(profile_pk(space_id, profile_id), consistent_read=True)
+    except ProfileRecord.DoesNotExist:
+        return None
+
+
+def resolve(space_id: str, collection: str, id_type: str, value: str) -> ProfileRecord | None:
+    """The live profile that owns `<id_type>:<value>`, following merges (for the Profile API)."""
+    pointer = get_pointers([identity_pk(space_id, collection, id_type, value)])
+    if not pointer:
+        return None
+    profile = get_profile(space_id, next(iter(pointer.values())))
+    for _ in range(MAX_MERGE_HOPS):
+        if profile is None or not profile.merged_into:
+            return profile
+        profile = get_profile(space_id, profile.merged_into)
+    raise RuntimeError(f"profile merge chain longer than {MAX_MERGE_HOPS} hops in space {space_id!r}")
+
+
+def links_of(space_id: str, profile_id: str, to_collection: str | None = None) -> list[LinkRecord]:
+    condition = LinkRecord.sk.startswith(to_collection + "|") if to_collection else None
+    return list(LinkRecord.query(profile_pk(space_id, profile_id), range_key_condition=condition))
+
+
+# ---------------------------------------------------------------- writes
+class WriteConflict(Exception):
+    """Another writer changed a profile or claimed an id first: re-read and apply again."""
+
+
+def _conflict(error: Exception) -> bool:
+    code = getattr(error, "cause_response_code", None)
+    if code in ("ConditionalCheckFailedException", "TransactionConflictException"):
+        return True
+    if code == "TransactionCanceledException":
+        reasons = getattr(error, "cancellation_reasons", None) or []
+        return any(r is not None and r.code in ("ConditionalCheckFailed", "TransactionConflict") for r in reasons)
+    return False
+
+
+def save_profile(profile: ProfileRecord) -> None:
+    """Single-item write, conditional on the version read (optimistic locking)."""
+    try:
+        profile.save()
+    except PutError as error:
+        if _conflict(error):
+            raise WriteConflict(f"profile {profile.pk} changed since it was read") from error
+        raise
+
+
+def new_pointer(space_id: str, collection: str, id_type: str, value: str, profile_id: str,
+                created_at: str) -> IdentityRecord:
+    return IdentityRecord(identity_pk(space_id, collection, id_type, value), space_id=space_id,
+                          profile_id=profile_id, created_at=created_at)
+
+
+def new_link(space_id: str, collection: str, profile_id: str, to_collection: str, to_profile_id: str,
+             created_at: str, message_id: str) -> LinkRecord:
+    return LinkRecord(profile_pk(space_id, profile_id), link_sk(to_collection, to_profile_id),
+                      space_id=space_id, profile_id=profile_id, collection=collection,
+                      to_collection=to_collection, to_profile_id=to_profile_id,
+                      created_at=created_at, message_id=message_id)
+
+
+# DynamoDB's TransactWriteItems limit.
+MAX_TRANSACTION_ITEMS = 100
+
+
+def save_together(profiles: list[ProfileRecord], pointers: list[tuple[IdentityRecord, str | None]],
+                  links: list[LinkRecord] = (), unlinks: list[LinkRecord] = ()) -> None:
+    """Profiles (version-checked) and identity claims in one TransactWriteItems.
+
+    Each pointer is written only if it still points where we read it (`expected`, None =
+    absent): two concurrent writers can never both claim a new id.
+    """
+    count = len(profiles) + len(pointers) + len(links) + len(unlinks)
+    if count > MAX_TRANSACTION_ITEMS:
+        raise ValueError(f"one message would change {count} items; DynamoDB transactions hold at most "
+                         f"{MAX_TRANSACTION_ITEMS} (too many external ids or links in one call)")
+    try:
+        with TransactWrite(connection=Connection(region=ProfileRecord.Meta.region,
+                                                 host=ProfileRecord.Meta.host)) as transaction:
+            for profile in profiles:
+                transaction.save(profile)
+            for pointer, expected in pointers:
+                condition = (IdentityRecord.pk.does_not_exist() if expected is None
+                             else IdentityRecord.profile_id == expected)
+                transaction.save(pointer, condition=condition)
+            for link in links:
+                transaction.save(link)
+            for link in unlinks:
+                transaction.delete(link)
+    except TransactWriteError as error:
+        if _conflict(error):
+            raise WriteConflict("a profile or identity changed since it was read") from error
+        raise
+
+
+def put_pointers(pointers: Iterable[IdentityRecord]) -> None:
+    """Unconditional repoints (BatchWriteItem): any pointer into a merge chain is already correct
+    because readers follow merged_into; this only shortens the path."""
+    with IdentityRecord.batch_write() as batch:
+        for pointer in pointers:
+            batch.save(pointer)
+
+
+def put_history(records: Iterable[ProfileEventRecord]) -> None:
+    """Idempotent by key (BatchWriteItem, 25 a request, unprocessed items retried by pynamodb)."""
+    with ProfileEventRecord.batch_write() as batch:
+        for record in records:
+            batch.save(record)

@@ -1,0 +1,414 @@
+"""The EventsTable stream -> profiles: identity resolution, merges, traits, aggregates, history.
+
+One `StreamBatch` per invocation. Reads are shared across the batch (one BatchGetItem for
+every id pointer, one for every profile they name); each message then costs one profile
+write (a TransactWriteItems when it claims new ids, merges or links, else a PutItem
+conditional on the version read); history and lazy pointer repairs are batched at the end.
+
+Safe under at-least-once delivery: a messageId already applied to the profile changes
+nothing; a profile created by a message gets an id derived from that message, and the
+profile, its new id pointers, merged profiles and links commit in one transaction, so a
+crash leaves either all of a message's effects or none. A write that loses an optimistic-
+lock race re-reads and applies again.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
+
+from engage import clock, identity, profiles
+from engage import profiles_store as store
+from engage.config import settings
+from engage.identity import ACCOUNTS, GROUP_ID, USERS, Identifier
+from engage.observability import logger, metrics
+from engage.profiles import Message, ProfileState
+
+# Optimistic-lock retries per message before the record is reported as failed (the event
+# source mapping then retries it with its batch).
+MAX_ATTEMPTS = 5
+
+
+def process_stream_batch(event: dict, context: Any = None) -> dict:
+    """Apply a DynamoDB stream batch of EventRecords; failed records go to batchItemFailures."""
+    batch = StreamBatch(event.get("Records", []))
+    response = process_partial_response(event=event, record_handler=batch.apply_record,
+                                        processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
+                                        context=context)
+    batch.flush()
+    return response
+
+
+@dataclass
+class _Cached:
+    record: store.ProfileRecord
+    state: ProfileState
+
+
+class StreamBatch:
+    def __init__(self, records: list[dict]):
+        self.retention_days = settings().event_retention_days
+        self.pointers: dict[str, str | None] = {}  # identity pk -> profile id (None: known absent)
+        self.profiles: dict[str, _Cached | None] = {}  # profile pk -> cached (None: known absent)
+        self.history: dict[tuple[str, str], store.ProfileEventRecord] = {}
+        self.repoints: dict[str, store.IdentityRecord] = {}
+        self._prefetch(records)
+
+    # ------------------------------------------------------------ batch reads
+    def _prefetch(self, records: list[dict]) -> None:
+        pks: list[str] = []
+        for raw in records:
+            record = DynamoDBRecord(raw)
+            if record.event_name != DynamoDBRecordEventName.INSERT:
+                continue
+            try:
+                space_id, message = _parse(record)
+            except Exception:  # noqa: BLE001, S112 - a poison record fails in its own handler call
+                continue
+            ids = [*identity.user_identifiers(message), *identity.alias_candidates(message),
+                   *identity.account_identifiers(message)]
+            pks += [store.identity_pk(space_id, i.collection, i.type, i.value) for i in ids]
+        self._load_pointers(pks)
+        profile_pks = {}
+        for pk, profile_id in self.pointers.items():
+            if profile_id:
+                space_id = pk.split("|", 1)[0]
+                profile_pks[store.profile_pk(space_id, profile_id)] = space_id
+        self._load_profiles(profile_pks)
+
+    def _load_pointers(self, pks: list[str]) -> None:
+        missing = [pk for pk in dict.fromkeys(pks) if pk not in self.pointers]
+        if missing:
+            found = store.get_pointers(missing)
+            for pk in missing:
+                self.pointers[pk] = found.get(pk)
+
+    def _load_profiles(self, pks: dict[str, str]) -> None:
+        """Fetch profiles (pk -> space) not cached yet, then whatever they were merged into."""
+        pending = {pk: space for pk, space in pks.items() if pk not in self.profiles}
+        for _ in range(store.MAX_MERGE_HOPS):
+            if not pending:
+                return
+            found = store.get_profiles(pending)
+            following: dict[str, str] = {}
+            for pk, space_id in pending.items():
+                record = found.get(pk)
+                self.profiles[pk] = _Cached(record, _to_state(record)) if record else None
+                if record and record.merged_into:
+                    target = store.profile_pk(space_id, record.merged_into)
+                    if target not in self.profiles:
+                        following[target] = space_id
+            pending = following
+
+    def _pointer(self, space_id: str, identifier: Identifier) -> str | None:
+        pk = store.identity_pk(space_id, identifier.collection, identifier.type, identifier.value)
+        self._load_pointers([pk])
+        return self.pointers[pk]
+
+    def _cached(self, space_id: str, profile_id: str) -> _Cached | None:
+        pk = store.profile_pk(space_id, profile_id)
+        self._load_profiles({pk: space_id})
+        return self.profiles[pk]
+
+    def _live(self, space_id: str, profile_id: str) -> _Cached | None:
+        """The profile an id points at, following merged_into to the survivor."""
+        cached = self._cached(space_id, profile_id)
+        for _ in range(store.MAX_MERGE_HOPS):
+            if cached is None or not cached.state.merged_into:
+                return cached
+            cached = self._cached(space_id, cached.state.merged_into)
+        raise RuntimeError(f"merge chain from profile {profile_id!r} is longer than {store.MAX_MERGE_HOPS}")
+
+    def _forget(self, space_id: str, identifiers: list[Identifier], profile_ids: set[str]) -> None:
+        for i in identifiers:
+            self.pointers.pop(store.identity_pk(space_id, i.collection, i.type, i.value), None)
+        for profile_id in profile_ids:
+            self.profiles.pop(store.profile_pk(space_id, profile_id), None)
+
+    # ------------------------------------------------------------ one record
+    def apply_record(self, record: DynamoDBRecord) -> str:
+        """BatchProcessor record handler: raise to report this record in batchItemFailures."""
+        if record.event_name != DynamoDBRecordEventName.INSERT:
+            return "ignored"  # MODIFY = a duplicate messageId re-sent; REMOVE = TTL expiry
+        message_id = None
+        try:
+            space_id, message = _parse(record)
+            message_id = message.message_id
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                touched: set[str] = set()
+                try:
+                    return self._apply(space_id, message, touched, fresh=attempt > 1)
+                except store.WriteConflict:
+                    if attempt == MAX_ATTEMPTS:
+                        raise
+                    metrics.add_metric(name="ProfileWriteConflicts", unit=MetricUnit.Count, value=1)
+                    self._forget(space_id, _all_ids(message), touched)
+            raise AssertionError("unreachable")
+        except Exception:
+            logger.exception("profile processor could not apply a message",
+                             extra={"message_id": message_id or _image_message_id(record),
+                                    "sequence_number": record.dynamodb.sequence_number if record.dynamodb else None})
+            raise
+
+    def _apply(self, space_id: str, message: Message, touched: set[str], *, fresh: bool) -> str:
+        now = clock.now()
+        ids = identity.user_identifiers(message)
+        self._load_pointers([store.identity_pk(space_id, i.collection, i.type, i.value)
+                             for i in [*ids, *identity.alias_candidates(message)]])
+        previous = identity.alias_identifier(message, lambda i: self._pointer(space_id, i) is not None)
+        if previous:
+            ids = identity.order([*ids, previous])
+
+        owners: dict[Identifier, identity.ProfileFacts] = {}
+        live: dict[str, _Cached] = {}
+        for i in ids:
+            pointed = self._pointer(space_id, i)
+            cached = self._live(space_id, pointed) if pointed else None
+            if cached is None:
+                continue
+            touched.update({pointed, cached.state.profile_id})
+            live[cached.state.profile_id] = cached
+            owners[i] = identity.ProfileFacts(cached.state.profile_id,
+                                              frozenset(cached.state.ids_of(identity.USER_ID)),
+                                              len(cached.state.merged_from))
+        resolution = identity.resolve(ids, owners)
+        if resolution.dropped:
+            metrics.add_metric(name="IdentitiesDropped", unit=MetricUnit.Count, value=len(resolution.dropped))
+            logger.warning("merge protection kept these ids off the profile: it would hold two user_ids",
+                           extra={"message_id": message.message_id, "dropped": [i.ref for i in resolution.dropped],
+                                  "profiles": resolution.profiles})
+
+        # Which profile the message lands on (creating it if no id is known yet).
+        if resolution.profiles:
+            candidates = [live[p] for p in resolution.profiles]
+            if any(c.state.has_applied(message.message_id) for c in candidates):
+                survivor = next(c for c in candidates if c.state.has_applied(message.message_id))
+                self._queue_history(space_id, survivor.state.profile_id, message)
+                self._queue_repoints(space_id, ids, owners, survivor.state.profile_id)
+                return "already applied"
+            survivor = profiles.choose_survivor([c.state for c in candidates])
+            survivor_cached = live[survivor.profile_id]
+            losers = [c for c in candidates if c.state.profile_id != survivor.profile_id]
+        else:
+            new_id = identity.profile_id_for(space_id, message.message_id, resolution.accepted[0])
+            touched.add(new_id)
+            existing = self._cached(space_id, new_id) if fresh else None
+            if existing is not None:  # made by an earlier delivery whose pointers were since taken over
+                self._queue_history(space_id, new_id, message)
+                return "already applied"
+            survivor = ProfileState(new_id, space_id, USERS, created_at=message.received_at)
+            survivor_cached, losers = None, []
+
+        # Merges, then the message itself.
+        state, gone_states, links, unlinks = survivor, [], [], []
+        for loser in losers:
+            state, gone = profiles.merge_into(state, loser.state, message=message, merged_at=message.received_at,
+                                              now=now, retention_days=self.retention_days)
+            gone_states.append((loser, gone))
+            moved, dropped_links = self._move_links(space_id, loser.state, state, message)
+            links += moved
+            unlinks += dropped_links
+        pointers: list[tuple[store.IdentityRecord, str | None]] = []
+        for i in resolution.accepted:
+            profiles.add_external_id(state, collection=i.collection, id_type=i.type, value=i.value,
+                                     encoding=i.encoding, created_at=message.received_at,
+                                     message_id=message.message_id)
+            current = self._pointer(space_id, i)
+            if current != state.profile_id:
+                pointers.append((store.new_pointer(space_id, i.collection, i.type, i.value, state.profile_id,
+                                                   message.received_at), current))
+        state = profiles.apply_message(state, message, now=now, retention_days=self.retention_days)
+
+        account = None
+        if message.type == "group":
+            account, account_pointers, account_links = self._group(space_id, message, state, now, touched)
+            pointers += account_pointers
+            links += account_links
+
+        # Write: the survivor (+ merged profiles, account, new ids, links) as one unit.
+        updated_at = clock.iso(now)
+        survivor_record = _to_record(state, survivor_cached.record if survivor_cached else None, updated_at)
+        records = [survivor_record]
+        records += [_to_record(gone, loser.record, updated_at) for loser, gone in gone_states]
+        if account is not None:
+            records.append(_to_record(account[1], account[0].record if account[0] else None, updated_at))
+        if len(records) == 1 and not pointers and not links and not unlinks:
+            store.save_profile(survivor_record)
+        else:
+            store.save_together(records, pointers, links, unlinks)
+
+        # Committed: refresh the caches so the next message in the batch sees this one.
+        self._remember(space_id, survivor_record)
+        for record in records[1:]:
+            self._remember(space_id, record)
+        for pointer, _ in pointers:
+            self.pointers[pointer.pk] = pointer.profile_id
+        for _, gone in gone_states:
+            for entry in gone.external_ids:
+                if entry.get("collection", USERS) == USERS and entry["type"] != GROUP_ID:
+                    pk = store.identity_pk(space_id, USERS, entry["type"], entry["id"])
+                    if self.pointers.get(pk) != state.profile_id:
+                        self.repoints[pk] = store.new_pointer(space_id, USERS, entry["type"], entry["id"],
+                                                              state.profile_id, message.received_at)
+                        self.pointers[pk] = state.profile_id
+        self._queue_history(space_id, state.profile_id, message)
+        if gone_states:
+            metrics.add_metric(name="ProfilesMerged", unit=MetricUnit.Count, value=len(gone_states))
+            logger.info("profiles merged", extra={"message_id": message.message_id, "survivor": state.profile_id,
+                                                  "merged": [loser.state.profile_id for loser, _ in gone_states]})
+        return "applied"
+
+    def _group(self, space_id: str, message: Message, user: ProfileState, now, touched: set[str]):
+        """The account side of a group call: its profile, ids and the user <-> account link."""
+        ids = identity.account_identifiers(message)
+        account_cached = None
+        for i in ids:  # accounts never merge: the highest-priority known id names the account
+            pointed = self._pointer(space_id, i)
+            if pointed:
+                account_cached = self._live(space_id, pointed)
+                touched.add(pointed)
+                if account_cached:
+                    break
+        if account_cached is None:
+            account_id = identity.profile_id_for(space_id, message.message_id, ids[0])
+            account = ProfileState(account_id, space_id, ACCOUNTS, created_at=message.received_at)
+        else:
+            account = account_cached.state
+        touched.add(account.profile_id)
+        pointers = []
+        for i in ids:
+            current = self._pointer(space_id, i)
+            if current is not None and current != account.profile_id:
+                logger.warning("account id already names another account: not moved",
+                               extra={"message_id": message.message_id, "id": i.ref, "account": current})
+                continue
+            profiles.add_external_id(account, collection=ACCOUNTS, id_type=i.type, value=i.value,
+                                     encoding=i.encoding, created_at=message.received_at,
+                                     message_id=message.message_id)
+            if current is None:
+                pointers.append((store.new_pointer(space_id, ACCOUNTS, i.type, i.value, account.profile_id,
+                                                   message.received_at), None))
+        account = profiles.apply_message(account, message, now=now, retention_days=self.retention_days)
+        links = []
+        # The user's group ids tell whether the link exists already (links are written once).
+        if profiles.add_external_id(user, collection=USERS, id_type=GROUP_ID, value=message.group_id,
+                                    encoding="none", created_at=message.received_at,
+                                    message_id=message.message_id):
+            links = [
+                store.new_link(space_id, USERS, user.profile_id, ACCOUNTS, account.profile_id,
+                               message.received_at, message.message_id),
+                store.new_link(space_id, ACCOUNTS, account.profile_id, USERS, user.profile_id,
+                               message.received_at, message.message_id),
+            ]
+        return (account_cached, account), pointers, links
+
+    def _move_links(self, space_id: str, loser: ProfileState, survivor: ProfileState, message: Message):
+        """A merged user's account links move to the survivor (both directions); merges are rare,
+        so the two Queries here cost nothing on the hot path."""
+        if loser.collection != USERS or not loser.ids_of(GROUP_ID):
+            return [], []
+        have = {link.to_profile_id for link in store.links_of(space_id, survivor.profile_id, ACCOUNTS)}
+        links, unlinks = [], []
+        for link in store.links_of(space_id, loser.profile_id, ACCOUNTS):
+            if link.to_profile_id not in have:
+                links.append(store.new_link(space_id, USERS, survivor.profile_id, ACCOUNTS, link.to_profile_id,
+                                            link.created_at, link.message_id))
+                links.append(store.new_link(space_id, ACCOUNTS, link.to_profile_id, USERS, survivor.profile_id,
+                                            link.created_at, link.message_id))
+                have.add(link.to_profile_id)
+            unlinks.append(store.LinkRecord(store.profile_pk(space_id, link.to_profile_id),
+                                            store.link_sk(USERS, loser.profile_id)))
+        return links, unlinks
+
+    def _remember(self, space_id: str, record: store.ProfileRecord) -> None:
+        self.profiles[record.pk] = _Cached(record, _to_state(record))
+
+    def _queue_repoints(self, space_id: str, ids: list[Identifier], owners: dict, profile_id: str) -> None:
+        """Ids still pointing at a merged profile are repointed at the survivor (cheaper reads)."""
+        for i in ids:
+            pk = store.identity_pk(space_id, i.collection, i.type, i.value)
+            if i in owners and owners[i].profile_id == profile_id and self.pointers.get(pk) != profile_id:
+                self.repoints[pk] = store.new_pointer(space_id, i.collection, i.type, i.value, profile_id,
+                                                      clock.iso())
+                self.pointers[pk] = profile_id
+
+    def _queue_history(self, space_id: str, profile_id: str, message: Message) -> None:
+        pk = store.profile_pk(space_id, profile_id)
+        sk = store.history_sk(message.timestamp, message.message_id)
+        expires = int(clock.parse(message.received_at).timestamp()) + self.retention_days * 86400
+        self.history[(pk, sk)] = store.ProfileEventRecord(
+            pk, sk, message_id=message.message_id, type=message.type, event=message.event_name,
+            timestamp=message.timestamp, payload=json.dumps(message.raw, separators=(",", ":")),
+            expires_at=expires)
+
+    # ------------------------------------------------------------ batched writes
+    def flush(self) -> None:
+        if self.history:
+            store.put_history(self.history.values())
+        if self.repoints:
+            store.put_pointers(self.repoints.values())
+        metrics.add_metric(name="ProfileHistoryWritten", unit=MetricUnit.Count, value=len(self.history))
+
+
+# ---------------------------------------------------------------- helpers
+def _parse(record: DynamoDBRecord) -> tuple[str, Message]:
+    image = record.dynamodb.new_image if record.dynamodb else None
+    if not image:
+        raise profiles.BadMessage("stream record has no NewImage (the stream must be NEW_IMAGE)")
+    space_id = image.get("space_id")
+    if not space_id:
+        raise profiles.BadMessage("NewImage.space_id: is required")
+    return space_id, Message.from_payload(image.get("payload"))
+
+
+def _image_message_id(record: DynamoDBRecord) -> str | None:
+    try:
+        return (record.dynamodb.new_image or {}).get("sk")
+    except Exception:  # noqa: BLE001 - only for the log line
+        return None
+
+
+def _all_ids(message: Message) -> list[Identifier]:
+    return [*identity.user_identifiers(message), *identity.alias_candidates(message),
+            *identity.account_identifiers(message)]
+
+
+_FIELDS = ("traits", "trait_times", "external_ids", "daily_counts", "event_stats", "applied", "merged_into",
+           "merged_at", "merged_from", "merges", "created_at", "first_message_at", "last_message_at",
+           "last_identified_at")
+
+
+def _plain(value: Any) -> Any:
+    """Record attribute values as plain Python (MapAttribute -> dict, Decimal-free)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _to_state(record: store.ProfileRecord) -> ProfileState:
+    state = ProfileState(record.profile_id, record.space_id, record.collection)
+    for name in _FIELDS:
+        setattr(state, name, _plain(getattr(record, name)))
+    state.updated_at = record.updated_at
+    return state
+
+
+def _to_record(state: ProfileState, record: store.ProfileRecord | None, updated_at: str) -> store.ProfileRecord:
+    if record is None:
+        record = store.ProfileRecord(store.profile_pk(state.space_id, state.profile_id), space_id=state.space_id,
+                                     profile_id=state.profile_id, collection=state.collection)
+    for name in _FIELDS:
+        setattr(record, name, getattr(state, name))
+    record.updated_at = updated_at
+    return record

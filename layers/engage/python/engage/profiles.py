@@ -1,0 +1,345 @@
+"""Profiles, pure: one message applied to one profile state, trait merge, aggregates, merges.
+
+Nothing here does I/O or reads the clock: callers pass `now` and `retention_days`, so every
+rule is tested (and fuzzed) without AWS. `apply_message` is the one place a message changes
+a profile; the audience engine hooks its own per-event aggregation in there.
+
+Convergence rules (why replays and out-of-order delivery end in the same state):
+- traits: per top-level trait, the greatest stamp "<event timestamp>|<messageId>" wins;
+- aggregates: counts are sums (commutative), first/last are min/max of event timestamps;
+- each messageId is applied at most once per profile (`applied`, kept bounded).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from engage import clock
+
+PAGE_VIEWED = "Page Viewed"
+SCREEN_VIEWED = "Screen Viewed"
+# Newest messageIds remembered per profile. A stream record is redelivered only while its
+# batch is retried (same shard, minutes), so a few hundred covers any redelivery while the
+# item stays small (~40 bytes each).
+APPLIED_LIMIT = 500
+# Merges one profile may absorb (Segment protects its graph with the same limit).
+MERGE_LIMIT = 100
+# Budget for the aggregates of one item: DynamoDB items hold 400 KB; traits and ids need room.
+AGGREGATES_BUDGET_BYTES = 200_000
+
+
+class BadMessage(ValueError):
+    """A stream payload that cannot be applied; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """The normalized Segment message (engage.ingestion) as the profile processor reads it."""
+
+    type: str
+    message_id: str
+    timestamp: str  # ISO, normalized to clock.iso() so strings sort by time
+    received_at: str
+    raw: dict
+
+    @property
+    def user_id(self) -> str | None:
+        return _id(self.raw.get("userId"))
+
+    @property
+    def anonymous_id(self) -> str | None:
+        return _id(self.raw.get("anonymousId"))
+
+    @property
+    def group_id(self) -> str | None:
+        return _id(self.raw.get("groupId"))
+
+    @property
+    def previous_id(self) -> str | None:
+        return _id(self.raw.get("previousId"))
+
+    @property
+    def traits(self) -> dict:
+        return self.raw.get("traits") or {}
+
+    @property
+    def context(self) -> dict:
+        return self.raw.get("context") or {}
+
+    @property
+    def event_name(self) -> str | None:
+        """Name the aggregates and history use: track's event, page/screen as Segment's Engage
+        shows them ("Page Viewed"/"Screen Viewed"; the page name stays in the payload)."""
+        if self.type == "track":
+            return self.raw.get("event")
+        return {"page": PAGE_VIEWED, "screen": SCREEN_VIEWED}.get(self.type)
+
+    @property
+    def stamp(self) -> str:
+        return f"{self.timestamp}|{self.message_id}"
+
+    @classmethod
+    def from_payload(cls, payload: str | dict) -> Message:
+        try:
+            raw = json.loads(payload) if isinstance(payload, str) else payload
+        except (TypeError, ValueError) as error:
+            raise BadMessage(f"payload: not valid JSON ({error})") from error
+        if not isinstance(raw, dict):
+            raise BadMessage("payload: must be a JSON object")
+        message_type = raw.get("type")
+        if message_type not in ("identify", "track", "page", "screen", "group", "alias"):
+            raise BadMessage(f"payload.type: {message_type!r} is not a Segment message type")
+        message_id = _id(raw.get("messageId"))
+        if not message_id:
+            raise BadMessage("payload.messageId: is required")
+        timestamps = {}
+        for name in ("timestamp", "receivedAt"):
+            value = raw.get(name) or (raw.get("timestamp") if name == "receivedAt" else None)
+            try:
+                timestamps[name] = clock.iso(clock.parse(value))
+            except (AttributeError, TypeError, ValueError) as error:
+                raise BadMessage(f"payload.{name}: {value!r} is not an ISO 8601 date-time") from error
+        if not (raw.get("userId") or raw.get("anonymousId")):
+            raise BadMessage("payload: userId or anonymousId is required")
+        for name in ("traits", "properties", "context"):
+            if raw.get(name) is not None and not isinstance(raw[name], dict):
+                raise BadMessage(f"payload.{name}: must be a JSON object")
+        if message_type == "track" and not raw.get("event"):
+            raise BadMessage("payload.event: is required for a track call")
+        if message_type == "group" and not _id(raw.get("groupId")):
+            raise BadMessage("payload.groupId: is required for a group call")
+        if message_type == "alias" and not (_id(raw.get("previousId")) and _id(raw.get("userId"))):
+            raise BadMessage("payload: alias needs previousId and userId")
+        return cls(message_type, message_id, timestamps["timestamp"], timestamps["receivedAt"], raw)
+
+
+def _id(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+@dataclass
+class ProfileState:
+    """A profile as plain data; engage.profile_processor converts to and from ProfileRecord."""
+
+    profile_id: str
+    space_id: str
+    collection: str = "users"
+    traits: dict = field(default_factory=dict)
+    trait_times: dict = field(default_factory=dict)
+    external_ids: list = field(default_factory=list)
+    daily_counts: dict = field(default_factory=dict)
+    event_stats: dict = field(default_factory=dict)
+    applied: list = field(default_factory=list)
+    merged_into: str | None = None
+    merged_at: str | None = None
+    merged_from: list = field(default_factory=list)
+    merges: list = field(default_factory=list)
+    created_at: str | None = None
+    updated_at: str | None = None
+    first_message_at: str | None = None
+    last_message_at: str | None = None
+    last_identified_at: str | None = None
+
+    def has_applied(self, message_id: str) -> bool:
+        return message_id in self.applied
+
+    def ids_of(self, id_type: str) -> set[str]:
+        return {entry["id"] for entry in self.external_ids if entry["type"] == id_type}
+
+    def has_id(self, collection: str, id_type: str, value: str) -> bool:
+        return any(e["type"] == id_type and e["id"] == value and e.get("collection", "users") == collection
+                   for e in self.external_ids)
+
+    def clone(self) -> ProfileState:
+        return copy.deepcopy(self)
+
+
+# ---------------------------------------------------------------- the one apply function
+def apply_message(state: ProfileState, message: Message, *, now: datetime, retention_days: int) -> ProfileState:
+    """Apply one message to one profile state (already resolved by identity). Returns a new state.
+
+    Idempotent: a message already applied returns the state unchanged. This is the hook for
+    per-event aggregation: anything that must see every event exactly once per profile
+    (e.g. the audience engine's own aggregates) is called here, next to `record_event`.
+    """
+    if state.has_applied(message.message_id):
+        return state
+    state = state.clone()
+    if state.collection == "accounts":
+        if message.type == "group":
+            merge_traits(state, message.traits, message.stamp)
+    else:
+        if message.type == "identify":
+            merge_traits(state, message.traits, message.stamp)
+            state.last_identified_at = _max(state.last_identified_at, message.timestamp)
+        name = message.event_name
+        if name:
+            record_event(state, name, message.timestamp, now=now, retention_days=retention_days)
+        state.first_message_at = _min(state.first_message_at, message.timestamp)
+        state.last_message_at = _max(state.last_message_at, message.timestamp)
+    mark_applied(state, message.message_id)
+    return state
+
+
+# ---------------------------------------------------------------- traits
+def merge_traits(state: ProfileState, traits: dict, stamp: str) -> None:
+    """Last writer by event time wins per top-level trait; null is stored as null (Segment)."""
+    for name, value in traits.items():
+        if not isinstance(name, str) or not name:
+            continue  # DynamoDB map keys must be non-empty strings; JSON can't give non-strings
+        if stamp >= state.trait_times.get(name, ""):
+            state.traits[name] = copy.deepcopy(value)
+            state.trait_times[name] = stamp
+
+
+def merge_trait_maps(traits_a: dict, times_a: dict, traits_b: dict, times_b: dict) -> tuple[dict, dict]:
+    """Union of two profiles' traits, each trait from whichever side set it last."""
+    traits, times = copy.deepcopy(traits_a), dict(times_a)
+    for name, value in traits_b.items():
+        stamp = times_b.get(name, "")
+        if name not in traits or stamp > times.get(name, ""):
+            traits[name] = copy.deepcopy(value)
+            times[name] = stamp
+    return traits, times
+
+
+# ---------------------------------------------------------------- aggregates
+def day_of(timestamp: str) -> str:
+    return timestamp[:10].replace("-", "")
+
+
+def retention_floor(now: datetime, retention_days: int) -> str:
+    """Oldest UTC day (YYYYMMDD) still kept."""
+    return (now - timedelta(days=retention_days)).strftime("%Y%m%d")
+
+
+def record_event(state: ProfileState, name: str, timestamp: str, *, now: datetime, retention_days: int) -> None:
+    stats = state.event_stats.get(name)
+    if stats is None:
+        state.event_stats[name] = {"first": timestamp, "last": timestamp, "total": 1}
+    else:
+        stats["first"] = min(stats["first"], timestamp)
+        stats["last"] = max(stats["last"], timestamp)
+        stats["total"] = int(stats["total"]) + 1
+    day = day_of(timestamp)
+    if day >= retention_floor(now, retention_days):  # an import older than retention: totals only
+        buckets = state.daily_counts.setdefault(name, {})
+        buckets[day] = int(buckets.get(day, 0)) + 1
+    state.daily_counts = prune_daily_counts(state.daily_counts, now=now, retention_days=retention_days)
+
+
+def prune_daily_counts(daily_counts: dict, *, now: datetime, retention_days: int,
+                       budget_bytes: int = AGGREGATES_BUDGET_BYTES) -> dict:
+    """Drop buckets older than retention; if still over the size budget, drop oldest days first."""
+    floor = retention_floor(now, retention_days)
+    pruned = {name: {day: n for day, n in buckets.items() if day >= floor}
+              for name, buckets in daily_counts.items()}
+    pruned = {name: buckets for name, buckets in pruned.items() if buckets}
+    if _size(pruned) > budget_bytes:
+        days = sorted({day for buckets in pruned.values() for day in buckets})
+        while days and _size(pruned) > budget_bytes:
+            oldest = days.pop(0)
+            for buckets in pruned.values():
+                buckets.pop(oldest, None)
+            pruned = {name: buckets for name, buckets in pruned.items() if buckets}
+    return pruned
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def sum_daily_counts(a: dict, b: dict) -> dict:
+    out = {name: dict(buckets) for name, buckets in a.items()}
+    for name, buckets in b.items():
+        target = out.setdefault(name, {})
+        for day, n in buckets.items():
+            target[day] = int(target.get(day, 0)) + int(n)
+    return out
+
+
+def sum_event_stats(a: dict, b: dict) -> dict:
+    out = {name: dict(stats) for name, stats in a.items()}
+    for name, stats in b.items():
+        if name not in out:
+            out[name] = dict(stats)
+        else:
+            mine = out[name]
+            mine["first"] = min(mine["first"], stats["first"])
+            mine["last"] = max(mine["last"], stats["last"])
+            mine["total"] = int(mine["total"]) + int(stats["total"])
+    return out
+
+
+# ---------------------------------------------------------------- identities
+def add_external_id(state: ProfileState, *, collection: str, id_type: str, value: str, encoding: str,
+                    created_at: str, message_id: str) -> bool:
+    """Record an id on the profile once; returns whether it was new."""
+    if state.has_id(collection, id_type, value):
+        return False
+    state.external_ids.append({"id": value, "type": id_type, "collection": collection, "encoding": encoding,
+                               "created_at": created_at, "message_id": message_id})
+    return True
+
+
+def mark_applied(state: ProfileState, message_id: str) -> None:
+    if message_id not in state.applied:
+        state.applied.append(message_id)
+        del state.applied[:-APPLIED_LIMIT]
+
+
+# ---------------------------------------------------------------- merges
+def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message, merged_at: str,
+               now: datetime, retention_days: int) -> tuple[ProfileState, ProfileState]:
+    """Fold `merged` into `survivor`: traits by per-trait time, ids unioned, aggregates summed.
+
+    Returns (new survivor, new merged). The merged profile keeps its data (its history stays
+    reachable) and only gains `merged_into`; a merge already recorded is not summed twice.
+    """
+    if merged.profile_id in survivor.merged_from:
+        return survivor, merged
+    out = survivor.clone()
+    out.traits, out.trait_times = merge_trait_maps(out.traits, out.trait_times, merged.traits, merged.trait_times)
+    for entry in merged.external_ids:
+        if not out.has_id(entry.get("collection", "users"), entry["type"], entry["id"]):
+            out.external_ids.append(dict(entry))
+    out.daily_counts = prune_daily_counts(sum_daily_counts(out.daily_counts, merged.daily_counts),
+                                          now=now, retention_days=retention_days)
+    out.event_stats = sum_event_stats(out.event_stats, merged.event_stats)
+    for message_id in merged.applied:
+        if message_id not in out.applied:
+            out.applied.append(message_id)
+    del out.applied[:-APPLIED_LIMIT]
+    out.merged_from = out.merged_from + [merged.profile_id] + [
+        pid for pid in merged.merged_from if pid not in out.merged_from]
+    out.merges = out.merges + [{
+        "profile_id": merged.profile_id, "merged_at": merged_at, "message_id": message.message_id,
+        "message_type": message.type,
+        "ids": [f"{e['type']}:{e['id']}" for e in merged.external_ids if e.get("collection", "users") == "users"],
+    }]
+    out.created_at = _min(out.created_at, merged.created_at)
+    out.first_message_at = _min(out.first_message_at, merged.first_message_at)
+    out.last_message_at = _max(out.last_message_at, merged.last_message_at)
+    out.last_identified_at = _max(out.last_identified_at, merged.last_identified_at)
+    gone = merged.clone()
+    gone.merged_into = survivor.profile_id
+    gone.merged_at = merged_at
+    return out, gone
+
+
+def choose_survivor(profiles: list[ProfileState]) -> ProfileState:
+    """The oldest profile survives a merge (Segment: the first profile created is the parent)."""
+    return min(profiles, key=lambda p: (p.created_at or "", p.profile_id))
+
+
+def _min(a: str | None, b: str | None) -> str | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: str | None, b: str | None) -> str | None:
+    return b if a is None else a if b is None else max(a, b)
