@@ -1,0 +1,41 @@
+"""Segment HTTP Tracking API: POST /v1/identify|track|page|screen|group|alias|batch|import.
+
+Thin handler: read the request, call engage.ingestion.receive, answer. Segment's shapes:
+200 {"success": true}; errors {"code", "message"} (400 bad input, 401 bad write key).
+"""
+from __future__ import annotations
+
+import json
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from engage import ingestion
+from engage.errors import EngageError
+from engage.observability import logger, metrics, tracer
+
+app = APIGatewayHttpResolver()
+
+
+@app.post("/v1/<call>")
+def track_api(call: str) -> dict:
+    request = app.current_event
+    ingestion.receive(
+        call, request.body,
+        authorization=request.headers.get("authorization"),
+        is_base64=bool(request.is_base64_encoded),
+        content_encoding=request.headers.get("content-encoding"),
+    )
+    return {"success": True}
+
+
+@app.exception_handler(EngageError)
+def engage_error(error: EngageError) -> Response:
+    return Response(status_code=error.status, content_type=content_types.APPLICATION_JSON,
+                    body=json.dumps(ingestion.error_body(error)))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context) -> dict:
+    return app.resolve(event, context)

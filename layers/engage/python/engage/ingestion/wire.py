@@ -1,0 +1,116 @@
+"""The HTTP side of the Tracking API: body decoding, JSON, write keys, size limits.
+
+Limits are Segment's (analytics SDKs size their batches for them): 32 KB per message,
+500 KB per request, 2,500 messages per batch. Sizes are of the decompressed JSON.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from typing import Any
+
+from engage.errors import AuthenticationFailed, EngageError
+
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_REQUEST_BYTES = 500 * 1024
+MAX_BATCH_MESSAGES = 2500
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class BadRequest(EngageError):
+    code = "invalid_request_error"
+    status = 400
+
+
+class LimitExceeded(EngageError):
+    code = "limit_exceeded"
+    status = 400
+
+
+def read_body(body: str | None, *, is_base64: bool = False, content_encoding: str | None = None) -> bytes:
+    """The request's JSON bytes: base64 undone (API Gateway's binary bodies), gzip inflated."""
+    if not body:
+        raise BadRequest("the request body is empty: send a JSON object")
+    if is_base64:
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise BadRequest("the request body is marked base64 but is not valid base64") from error
+    else:
+        data = body.encode("utf-8", "surrogatepass")
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate") or data[:2] == _GZIP_MAGIC:
+        data = _inflate(data)
+    elif encoding not in ("", "identity"):
+        raise BadRequest(f"Content-Encoding {content_encoding!r} is not supported: send gzip or plain JSON")
+    if len(data) > MAX_REQUEST_BYTES:
+        raise _request_too_large(len(data))
+    return data
+
+
+def _inflate(data: bytes) -> bytes:
+    # wbits 47 = gzip or zlib header, auto-detected. Inflate at most one byte past the
+    # limit so a small compressed bomb cannot blow up memory.
+    inflater = zlib.decompressobj(wbits=47)
+    try:
+        out = inflater.decompress(data, MAX_REQUEST_BYTES + 1)
+    except zlib.error as error:
+        raise BadRequest(f"the request body is not valid gzip: {error}") from error
+    if len(out) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
+        raise _request_too_large(None)
+    if not inflater.eof:
+        raise BadRequest("the request body is truncated gzip")
+    return out
+
+
+def _request_too_large(size: int | None) -> LimitExceeded:
+    actual = f"is {size:,} bytes" if size else "inflates to more than that"
+    return LimitExceeded(f"request body {actual}: the limit is 500 KB ({MAX_REQUEST_BYTES:,} bytes) per request; "
+                         "split the batch")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(data: bytes) -> dict:
+    try:
+        document = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"the request body is not valid JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return document
+
+
+def write_key_from_authorization(header: str | None) -> str | None:
+    """The write key from `Authorization: Basic base64(<write key>:)`; None if no header."""
+    if not header:
+        return None
+    scheme, _, credentials = header.strip().partition(" ")
+    try:
+        if scheme.lower() != "basic" or not credentials.strip():
+            raise ValueError(scheme)
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as error:
+        raise AuthenticationFailed("the Authorization header must be HTTP Basic with the write key as the "
+                                   "username and an empty password") from error
+    return decoded.partition(":")[0]
+
+
+def message_size(message: Any) -> int:
+    """Serialized size as Segment counts it (compact JSON, UTF-8).
+
+    Raises ValueError for text that cannot be stored as UTF-8 (a lone `\\ud800` escape).
+    """
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as error:
+        raise ValueError("contains an unpaired UTF-16 surrogate (\\uD800-\\uDFFF escape), which is not text") from error
+
+
+def message_too_large(size: int) -> str:
+    return f"message is {size:,} bytes: the limit is 32 KB ({MAX_MESSAGE_BYTES:,} bytes) per message"

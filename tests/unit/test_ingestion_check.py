@@ -1,0 +1,112 @@
+"""Whole-request validation (engage.ingestion.check): batches, merge, limits, in-request dedupe. No AWS."""
+from datetime import UTC, datetime
+
+import pytest
+from engage import ingestion
+from engage.errors import ValidationFailed
+from engage.ingestion import LimitExceeded
+
+NOW = datetime(2026, 11, 23, 14, 30, 0, tzinfo=UTC)
+
+
+def track(n, **extra):
+    return {"type": "track", "userId": f"u{n}", "event": "Viewed", "messageId": f"m{n}", **extra}
+
+
+def check(document, call="batch"):
+    return ingestion.check("acme", call, document, NOW)
+
+
+def test_batch_context_and_integrations_are_merged_into_each_message_which_wins():
+    # Given a batch-level context/integrations and one message that overrides part of them
+    checked = check({
+        "context": {"ip": "203.0.113.10", "library": {"name": "analytics-python"}},
+        "integrations": {"All": False, "Amplitude": True},
+        "batch": [track(1), track(2, context={"library": {"name": "custom"}, "locale": "fr-FR"},
+                                    integrations={"Amplitude": False})],
+    })
+    first, second = checked.messages
+    # Then each message has the shared keys, and its own keys win key by key
+    assert first["context"] == {"ip": "203.0.113.10", "library": {"name": "analytics-python"}}
+    assert first["integrations"] == {"All": False, "Amplitude": True}
+    assert second["context"] == {"ip": "203.0.113.10", "library": {"name": "custom"}, "locale": "fr-FR"}
+    assert second["integrations"] == {"All": False, "Amplitude": False}
+    assert checked.issues == []
+
+
+def test_batch_sent_at_applies_to_messages_for_skew_correction():
+    # Given analytics-python's shape: sentAt once per batch, originalTimestamp per message
+    checked = check({"sentAt": "2026-11-23T15:30:00Z",
+                     "batch": [{**track(1), "originalTimestamp": "2026-11-23T15:29:50Z"},
+                               {**track(2), "originalTimestamp": "2026-11-23T15:29:58Z",
+                                "sentAt": "2026-11-23T15:30:08Z"}]})
+    first, second = checked.messages
+    # Then the device's hour of skew is removed: 10 s before receipt for both
+    assert first["timestamp"] == second["timestamp"] == "2026-11-23T14:29:50.000Z"
+    assert first["sentAt"] == "2026-11-23T15:30:00.000Z" and second["sentAt"] == "2026-11-23T15:30:08.000Z"
+
+
+def test_invalid_messages_are_listed_and_valid_ones_kept():
+    checked = check({"batch": [track(0), {"type": "track", "event": "E"}, track(2),
+                               {"type": "identify", "userId": [1]}, "oops"]})
+    assert [m["messageId"] for m in checked.messages] == ["m0", "m2"]
+    assert [str(issue) for issue in checked.issues] == [
+        "batch[1]: userId or anonymousId is required",
+        "batch[3].userId: must be a string or a number, not an array",
+        "batch[4]: must be a JSON object, not a string",
+    ]
+    assert checked.rejected == 3 and checked.total == 5
+
+
+def test_an_oversize_message_is_rejected_by_its_index_naming_the_limit():
+    big = track(12, properties={"blob": "x" * 33_000})
+    checked = check({"batch": [track(n) for n in range(12)] + [big]})
+    assert len(checked.messages) == 12
+    [issue] = checked.issues
+    assert issue.path == "batch[12]"
+    assert issue.message.startswith("message is 33,") and issue.message.endswith(
+        "bytes: the limit is 32 KB (32,768 bytes) per message")
+
+
+def test_a_single_call_over_32_kb_is_rejected():
+    checked = check({"userId": "u1", "event": "E", "properties": {"blob": "x" * 33_000}}, call="track")
+    assert checked.messages == [] and "the limit is 32 KB" in str(checked.issues[0])
+
+
+def test_more_than_2500_messages_is_refused_whole():
+    with pytest.raises(LimitExceeded, match="batch has 2,501 messages: the limit is 2,500 per request"):
+        check({"batch": [track(n) for n in range(2501)]})
+
+
+@pytest.mark.parametrize("document, expected", [
+    ({}, "batch is required: a list of messages"),
+    ({"batch": {"type": "track"}}, "batch must be a list of messages"),
+    ({"batch": [], "context": "web"}, "context: must be a JSON object"),
+    ({"batch": [], "integrations": []}, "integrations: must be a JSON object"),
+])
+def test_request_level_problems_refuse_the_whole_batch(document, expected):
+    with pytest.raises(ValidationFailed) as raised:
+        check(document)
+    assert raised.value.message == expected
+
+
+def test_the_same_message_twice_in_one_request_is_kept_once():
+    # Given a retried message appended twice, and the same messageId for another person
+    checked = check({"batch": [track(1), track(1), {**track(1), "userId": "someone-else"}]})
+    # Then the repeat collapses; another identity's message with that id is a different event
+    assert [(m["userId"], m["messageId"]) for m in checked.messages] == [("u1", "m1"), ("someone-else", "m1")]
+    assert checked.repeated == 1
+
+
+def test_import_is_batch():
+    assert len(check({"batch": [track(1)]}, call="import").messages) == 1
+
+
+def test_an_empty_batch_is_valid_and_stores_nothing():
+    checked = check({"batch": []})
+    assert checked.messages == [] and checked.issues == []
+
+
+def test_every_message_of_a_request_gets_the_same_received_at():
+    checked = check({"batch": [track(1), track(2)]})
+    assert {m["receivedAt"] for m in checked.messages} == {"2026-11-23T14:30:00.000Z"}

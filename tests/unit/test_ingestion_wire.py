@@ -1,0 +1,108 @@
+"""Request bodies, write keys and size limits of the Tracking API (engage.ingestion.wire), no AWS."""
+import base64
+import gzip
+import json
+import zlib
+
+import pytest
+from engage.errors import AuthenticationFailed
+from engage.ingestion import wire
+from engage.ingestion.wire import BadRequest, LimitExceeded
+
+BODY = {"batch": [{"type": "track", "userId": "u1", "event": "Café ☕"}]}
+TEXT = json.dumps(BODY, ensure_ascii=False)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_plain_text_body_is_read_as_utf8_json():
+    assert wire.parse_json(wire.read_body(TEXT)) == BODY
+
+
+def test_a_base64_body_is_decoded_as_api_gateway_marks_it():
+    assert wire.parse_json(wire.read_body(b64(TEXT.encode()), is_base64=True)) == BODY
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "GZIP", "x-gzip", None])
+def test_gzip_bodies_are_inflated_with_or_without_the_header(encoding):
+    # Given the gzip body analytics-python sends with gzip=True (API Gateway hands it over as base64)
+    body = b64(gzip.compress(TEXT.encode()))
+    # Then it reads as the same JSON (gzip is also recognised by its magic bytes)
+    assert wire.parse_json(wire.read_body(body, is_base64=True, content_encoding=encoding)) == BODY
+
+
+def test_deflate_bodies_are_inflated():
+    body = b64(zlib.compress(TEXT.encode()))
+    assert wire.parse_json(wire.read_body(body, is_base64=True, content_encoding="deflate")) == BODY
+
+
+@pytest.mark.parametrize("body, kwargs, expected", [
+    ("", {}, "the request body is empty: send a JSON object"),
+    (None, {}, "the request body is empty: send a JSON object"),
+    ("not base64!", {"is_base64": True}, "the request body is marked base64 but is not valid base64"),
+    (b64(b"plainly not gzip"), {"is_base64": True, "content_encoding": "gzip"},
+     "the request body is not valid gzip: Error -3 while decompressing data: incorrect header check"),
+    (b64(gzip.compress(TEXT.encode())[:20]), {"is_base64": True}, "the request body is truncated gzip"),
+    (TEXT, {"content_encoding": "br"}, "Content-Encoding 'br' is not supported: send gzip or plain JSON"),
+])
+def test_unreadable_bodies_are_400s_that_say_why(body, kwargs, expected):
+    with pytest.raises(BadRequest) as raised:
+        wire.read_body(body, **kwargs)
+    assert raised.value.message == expected and raised.value.status == 400
+
+
+def test_a_body_over_500_kb_is_refused_naming_the_limit():
+    body = json.dumps({"batch": [], "pad": "x" * wire.MAX_REQUEST_BYTES})
+    with pytest.raises(LimitExceeded, match=r"request body is 512,\d{3} bytes: the limit is 500 KB \(512,000"):
+        wire.read_body(body)
+
+
+def test_a_gzip_bomb_is_stopped_at_the_limit():
+    # Given 50 MB of zeros compressed to a few KB
+    bomb = gzip.compress(b"0" * 50_000_000)
+    assert len(bomb) < 100_000
+    # Then inflating stops just past 500 KB and the request is refused
+    with pytest.raises(LimitExceeded, match="inflates to more than that: the limit is 500 KB"):
+        wire.read_body(b64(bomb), is_base64=True, content_encoding="gzip")
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b'{"batch": [', "the request body is not valid JSON: Expecting value: line 1 column 12 (char 11)"),
+    (b'{"userId": NaN}', "the request body is not valid JSON: NaN is not valid JSON"),
+    (b"\xff\xfe\x00", "the request body is not valid JSON"),
+    (b"[1, 2]", "the request body must be a JSON object"),
+])
+def test_bad_json_is_a_400_that_says_why(data, expected):
+    with pytest.raises(BadRequest) as raised:
+        wire.parse_json(data)
+    assert raised.value.message.startswith(expected)
+
+
+@pytest.mark.parametrize("header, key", [
+    ("Basic " + b64(b"acme-write-key:"), "acme-write-key"),
+    ("basic " + b64(b"acme-write-key"), "acme-write-key"),  # some clients omit the colon
+    ("Basic " + b64(b":"), ""),
+    (None, None),
+    ("", None),
+])
+def test_the_write_key_is_the_basic_auth_username(header, key):
+    assert wire.write_key_from_authorization(header) == key
+
+
+@pytest.mark.parametrize("header", ["Bearer acme-write-key", "Basic ***", "Basic"])
+def test_other_authorization_schemes_are_401s(header):
+    with pytest.raises(AuthenticationFailed, match="must be HTTP Basic with the write key as the username"):
+        wire.write_key_from_authorization(header)
+
+
+def test_message_size_is_compact_utf8_json():
+    assert wire.message_size({"a": "é"}) == len('{"a":"é"}'.encode())
+    assert wire.message_too_large(40_000) == "message is 40,000 bytes: the limit is 32 KB (32,768 bytes) per message"
+
+
+def test_text_that_cannot_be_stored_is_refused():
+    lone_surrogate = json.loads('{"userId": "\\ud800"}')
+    with pytest.raises(ValueError, match="unpaired UTF-16 surrogate"):
+        wire.message_size(lone_surrogate)
