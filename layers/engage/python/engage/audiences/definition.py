@@ -71,7 +71,11 @@ def _window_tag(value: Any) -> str | None:
 
 
 Window = Annotated[
-    Annotated[WithinDays, Tag("<within_days>")] | Annotated[WithinHours, Tag("<within_hours>")] | Annotated[BetweenDays, Tag("<between_days>")],
+    (
+        Annotated[WithinDays, Tag("<within_days>")]
+        | Annotated[WithinHours, Tag("<within_hours>")]
+        | Annotated[BetweenDays, Tag("<between_days>")]
+    ),
     Discriminator(
         _window_tag,
         custom_error_type="invalid_window",
@@ -222,7 +226,18 @@ def _condition_tag(value: Any) -> str | None:
 
 
 Condition = Annotated[
-    Annotated[AllCondition, Tag("<all>")] | Annotated[AnyCondition, Tag("<any>")] | Annotated[NotCondition, Tag("<not>")] | Annotated[TraitCondition, Tag("<trait>")] | Annotated[ComputedTraitCondition, Tag("<computed_trait>")] | Annotated[EventCondition, Tag("<event>")] | Annotated[FunnelCondition, Tag("<funnel>")] | Annotated[AudienceRefCondition, Tag("<audience>")] | Annotated[UsersCondition, Tag("<users>")] | Annotated[SubscribedCondition, Tag("<subscribed>")],
+    (
+        Annotated[AllCondition, Tag("<all>")]
+        | Annotated[AnyCondition, Tag("<any>")]
+        | Annotated[NotCondition, Tag("<not>")]
+        | Annotated[TraitCondition, Tag("<trait>")]
+        | Annotated[ComputedTraitCondition, Tag("<computed_trait>")]
+        | Annotated[EventCondition, Tag("<event>")]
+        | Annotated[FunnelCondition, Tag("<funnel>")]
+        | Annotated[AudienceRefCondition, Tag("<audience>")]
+        | Annotated[UsersCondition, Tag("<users>")]
+        | Annotated[SubscribedCondition, Tag("<subscribed>")]
+    ),
     Discriminator(
         _condition_tag,
         custom_error_type="invalid_condition",

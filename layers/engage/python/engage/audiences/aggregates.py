@@ -1,0 +1,370 @@
+"""Per-condition aggregates kept on the profile (`condition_state`), updated once per event.
+
+Conditions that the profile's own aggregates answer (event name counts per UTC day in
+`daily_counts`, all-time totals in `event_stats`) need nothing here. The others get an
+`Aggregate`, keyed by a stable hash of what it depends on (editing one audience leaves the
+state of every other condition alone):
+
+kind "d"  event + static `where`, day window:    {"d": {"YYYYMMDD": n}, "m": newest day number}
+kind "h"  event (+ static `where`), hour window: {"h": {"YYYYMMDDHH": n}, "m": newest hour number}
+kind "t"  event + static `where`, no window:     {"t": n}
+kind "r"  funnels, and `where` filters that depend on something other than the event
+          (a `ref`, `within_last_days`): the matching events themselves, reduced to the
+          properties the condition reads: {"r": [[ts_ms, messageId, name, {path: value}]], "m": newest ts_ms}
+
+Buckets and records older than the condition's window (measured from the newest event
+seen, never from the clock, so this stays pure) are dropped; records are capped at
+MAX_RECORDS (newest kept). Like daily_counts, applying the same message twice counts it
+twice: the profile processor applies each messageId once (ProfileState.applied).
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from engage.audiences.definition import (
+    BetweenDays,
+    EventCondition,
+    Filter,
+    FunnelCondition,
+    WithinDays,
+    WithinHours,
+)
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+MAX_RECORDS = 200
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+PAGE_VIEWED = "Page Viewed"
+SCREEN_VIEWED = "Screen Viewed"
+
+
+# --- time and bucket keys -------------------------------------------------------------
+
+
+_last_ms: tuple = (None, 0)
+
+
+def to_ms(moment: datetime) -> int:
+    global _last_ms
+    if _last_ms[0] is moment:  # a batch evaluates many profiles at the same `now`
+        return _last_ms[1]
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    ms = (aware - _EPOCH) // timedelta(milliseconds=1)
+    _last_ms = (moment, ms)
+    return ms
+
+
+def from_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+@lru_cache(maxsize=8192)
+def day_key(day: int) -> str:
+    return date.fromordinal(day + _EPOCH_ORDINAL).strftime("%Y%m%d")
+
+
+DAY_OF_KEY: dict[str, int | None] = {}  # "YYYYMMDD" -> day number; a few thousand days at most
+
+
+def key_day(key: str) -> int | None:
+    day = DAY_OF_KEY.get(key, -1)
+    if day == -1:
+        try:
+            day = date(int(key[:4]), int(key[4:6]), int(key[6:8])).toordinal() - _EPOCH_ORDINAL
+        except (ValueError, TypeError):
+            day = None
+        if len(DAY_OF_KEY) < 200_000:
+            DAY_OF_KEY[key] = day
+    return day
+
+
+@lru_cache(maxsize=8192)
+def hour_key(hour: int) -> str:
+    return day_key(hour // 24) + f"{hour % 24:02d}"
+
+
+@lru_cache(maxsize=8192)
+def key_hour(key: str) -> int | None:
+    day = key_day(key[:8])
+    if day is None or len(key) != 10 or not key[8:].isdigit():
+        return None
+    return day * 24 + int(key[8:])
+
+
+@lru_cache(maxsize=16384)
+def _parse_ms(value: str) -> int | None:
+    from engage.audiences.definition import parse_moment
+
+    moment = parse_moment(value)
+    return None if moment is None else to_ms(moment)
+
+
+def moment_ms(value: Any) -> int | None:
+    """An ISO 8601 date or date-time (string) as epoch milliseconds; None otherwise."""
+    return _parse_ms(value) if isinstance(value, str) else None
+
+
+# --- messages -------------------------------------------------------------------------
+
+
+def event_name(message: dict) -> str | None:
+    """The name audiences match: track's `event`; page and screen calls as Engage names them."""
+    kind = message.get("type")
+    if kind == "track":
+        return message.get("event") or None
+    return {"page": PAGE_VIEWED, "screen": SCREEN_VIEWED}.get(kind)
+
+
+def event_ms(message: dict) -> int | None:
+    return moment_ms(message.get("timestamp") or message.get("receivedAt"))
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """Value at a dotted path (a literal key with dots wins); None when absent."""
+    if not isinstance(obj, dict):
+        return None
+    if path in obj:
+        return obj[path]
+    if "." not in path:
+        return None
+    for part in path.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+# --- window arithmetic (shared by evaluation and edges) -------------------------------
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """A window as [lo, hi) units ago, the unit being a UTC day or a UTC clock hour."""
+
+    unit_ms: int
+    lo: int
+    hi: int
+
+    def contains(self, ts_ms: int, now_ms: int) -> bool:
+        ago = now_ms // self.unit_ms - ts_ms // self.unit_ms
+        return self.lo <= ago < self.hi
+
+    def edges(self, ts_ms: int, now_ms: int) -> tuple[int, ...]:
+        """Moments after now when an event at ts_ms enters or leaves the window."""
+        unit = ts_ms // self.unit_ms
+        moments = ((unit + self.lo) * self.unit_ms, (unit + self.hi) * self.unit_ms)
+        return tuple(m for m in moments if m > now_ms)
+
+
+def window_spec(window) -> WindowSpec | None:
+    if window is None:
+        return None
+    if isinstance(window, WithinDays):
+        return WindowSpec(DAY_MS, 0, window.within_days)
+    if isinstance(window, WithinHours):
+        return WindowSpec(HOUR_MS, 0, window.within_hours)
+    if isinstance(window, BetweenDays):
+        return WindowSpec(DAY_MS, window.between_days[0], window.between_days[1])
+    raise TypeError(f"unknown window {window!r}")
+
+
+# --- aggregate specs ------------------------------------------------------------------
+
+
+def is_dynamic_filter(flt: Filter) -> bool:
+    """A filter whose outcome can change after the event: it reads a trait, an earlier step or the clock."""
+    return flt.ref is not None or flt.op == "within_last_days"
+
+
+@dataclass(frozen=True, eq=False)
+class Aggregate:
+    id: str
+    kind: str  # d | h | t | r
+    events: tuple[str, ...]
+    accept: Any  # (name, properties) -> bool: the static part of the condition
+    keep: tuple[str, ...] = ()  # property paths a record keeps
+    horizon: int | None = None  # d: days, h: hours, r: ms back from the newest event that still matter
+
+    def apply(self, current: dict | None, ts_ms: int, message_id: str, name: str,
+              properties: dict) -> dict | None:
+        """The new state of this aggregate after one event; None when the event does not touch it."""
+        if not self.accept(name, properties):
+            return None
+        current = current or {}
+        if self.kind == "t":
+            return {"t": int(current.get("t", 0)) + 1}
+        if self.kind == "d":
+            return _add_bucket(current, "d", ts_ms // DAY_MS, day_key, key_day, self.horizon)
+        if self.kind == "h":
+            return _add_bucket(current, "h", ts_ms // HOUR_MS, hour_key, key_hour, self.horizon)
+        return self._add_record(current, ts_ms, message_id, name, properties)
+
+    def _add_record(self, current: dict, ts_ms: int, message_id: str, name: str, properties: dict) -> dict:
+        records = [list(r) for r in current.get("r", [])]
+        if any(r[1] == message_id for r in records):
+            return current
+        kept = {path: value for path in self.keep if (value := lookup(properties, path)) is not None}
+        newest = max(int(current.get("m", ts_ms)), ts_ms)
+        sort_keys = [(int(r[0]), r[1]) for r in records]
+        records.insert(bisect.bisect(sort_keys, (ts_ms, message_id)), [ts_ms, message_id, name, kept])
+        if self.horizon is not None:
+            floor = newest - self.horizon
+            records = [r for r in records if int(r[0]) > floor]
+        return {"r": records[-MAX_RECORDS:], "m": newest}
+
+
+def _add_bucket(current: dict, kind: str, unit: int, to_key, from_key, horizon: int | None) -> dict:
+    buckets = dict(current.get(kind, {}))
+    key = to_key(unit)
+    buckets[key] = int(buckets.get(key, 0)) + 1
+    newest = max(int(current.get("m", unit)), unit)
+    if horizon is not None:
+        # a bucket `horizon` units older than the newest event is out of the window at any
+        # later `now`, so it can go (keeps the item small)
+        buckets = {k: n for k, n in buckets.items()
+                   if (u := from_key(k)) is not None and newest - u < horizon}
+    return {kind: buckets, "m": newest}
+
+
+def condition_id(payload: dict) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def aggregate_for(cond, static_filter) -> Aggregate | None:
+    """The Aggregate an event or funnel condition needs, or None when daily_counts/event_stats do.
+
+    `static_filter(filters)` compiles a list of Filters (all static) into props -> bool.
+    """
+    if isinstance(cond, EventCondition):
+        spec = window_spec(cond.window)
+        dynamic = any(is_dynamic_filter(f) for f in cond.where)
+        if not cond.where and (spec is None or spec.unit_ms == DAY_MS):
+            return None
+        payload = cond.model_dump(by_alias=True, mode="json", include={"event", "where", "window"})
+        if dynamic:
+            static = static_filter([f for f in cond.where if not is_dynamic_filter(f)])
+            keep = tuple(sorted({f.property for f in cond.where if is_dynamic_filter(f)}))
+            horizon = None if spec is None else spec.hi * spec.unit_ms
+            name = cond.event
+            return Aggregate(condition_id({"r": payload}), "r", (name,),
+                             lambda n, p: n == name and static(p), keep, horizon)
+        static = static_filter(cond.where)
+        name = cond.event
+        kind = "t" if spec is None else "d" if spec.unit_ms == DAY_MS else "h"
+        horizon = None if spec is None else spec.hi
+        return Aggregate(condition_id({kind: payload}), kind, (name,),
+                         lambda n, p: n == name and static(p), (), horizon)
+    if isinstance(cond, FunnelCondition):
+        payload = cond.model_dump(by_alias=True, mode="json")
+        by_name: dict[str, list] = {}
+        keep: set[str] = set()
+        for step in cond.funnel:
+            by_name.setdefault(step.event, []).append(
+                static_filter([f for f in step.where if not is_dynamic_filter(f)]))
+            for flt in step.where:
+                keep.add(flt.property)  # steps share event names, so evaluation re-checks every filter
+                if flt.ref is not None and hasattr(flt.ref, "step"):
+                    keep.add(flt.ref.property)
+
+        def accept(name: str, props: dict) -> bool:
+            return any(check(props) for check in by_name.get(name, ()))
+
+        spec = window_spec(cond.window)
+        horizon = None if spec is None else spec.hi * spec.unit_ms
+        return Aggregate(condition_id({"r": payload}), "r", tuple(by_name), accept,
+                         tuple(sorted(keep)), horizon)
+    return None
+
+
+# --- the per-event entry point --------------------------------------------------------
+
+
+def apply_event(state: dict | None, message: dict, index) -> dict:
+    """condition_state after one message (pure: returns a new dict, `state` is not changed).
+
+    `index` is the space's AudienceIndex; only the aggregates of conditions on this event
+    name are touched, so the cost does not grow with the number of audiences.
+    """
+    state = state or {}
+    name = event_name(message)
+    aggregates = index.aggregates_for_event(name) if name else ()
+    if not aggregates:
+        return state
+    ts_ms = event_ms(message)
+    if ts_ms is None:
+        return state
+    properties = message.get("properties") or {}
+    message_id = str(message.get("messageId", ""))
+    new_state = dict(state)
+    for aggregate in aggregates:
+        updated = aggregate.apply(state.get(aggregate.id), ts_ms, message_id, name, properties)
+        if updated is not None:
+            new_state[aggregate.id] = updated
+    return new_state
+
+
+def build_condition_state(events: list[dict], index, *, only: set[str] | None = None,
+                          state: dict | None = None) -> dict:
+    """condition_state computed from a profile's history (backfill after an audience is created
+    or edited). `only` limits it to some aggregate ids; the other entries of `state` stay."""
+    state = dict(state or {})
+    if only is not None:
+        for aggregate_id in only:
+            state.pop(aggregate_id, None)
+    ordered = sorted(events, key=lambda m: (event_ms(m) or 0, str(m.get("messageId", ""))))
+    for message in ordered:
+        name = event_name(message)
+        ts_ms = event_ms(message)
+        if not name or ts_ms is None:
+            continue
+        properties = message.get("properties") or {}
+        for aggregate in index.aggregates_for_event(name):
+            if only is not None and aggregate.id not in only:
+                continue
+            updated = aggregate.apply(state.get(aggregate.id), ts_ms, str(message.get("messageId", "")),
+                                      name, properties)
+            if updated is not None:
+                state[aggregate.id] = updated
+    return state
+
+
+def merge_condition_state(a: dict | None, b: dict | None) -> dict:
+    """Two merged profiles' condition_state: buckets summed, records united by messageId."""
+    out = {key: value for key, value in (a or {}).items()}
+    for key, theirs in (b or {}).items():
+        mine = out.get(key)
+        if mine is None:
+            out[key] = theirs
+            continue
+        merged: dict = {}
+        if "t" in mine or "t" in theirs:
+            merged["t"] = int(mine.get("t", 0)) + int(theirs.get("t", 0))
+        for kind in ("d", "h"):
+            if kind in mine or kind in theirs:
+                buckets = dict(mine.get(kind, {}))
+                for k, n in theirs.get(kind, {}).items():
+                    buckets[k] = int(buckets.get(k, 0)) + int(n)
+                merged[kind] = buckets
+        if "r" in mine or "r" in theirs:
+            seen: dict[str, list] = {}
+            for record in [*mine.get("r", []), *theirs.get("r", [])]:
+                seen.setdefault(record[1], list(record))
+            merged["r"] = sorted(seen.values(), key=lambda r: (int(r[0]), r[1]))[-MAX_RECORDS:]
+        if "m" in mine or "m" in theirs:
+            merged["m"] = max(int(mine.get("m", 0)), int(theirs.get("m", 0)))
+        out[key] = merged
+    return out
+
+
+def drop_unused(state: dict | None, index) -> dict:
+    """condition_state without the entries of conditions no audience uses any more."""
+    used = index.aggregate_ids
+    return {key: value for key, value in (state or {}).items() if key in used}

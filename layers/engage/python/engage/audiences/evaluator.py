@@ -1,0 +1,752 @@
+"""Pure evaluation of audience conditions against a profile (docs/audiences.md has the rules).
+
+A definition is compiled once into closures (cached on the definition object), so an
+evaluation reads the profile's maps and never walks the pydantic models. Each compiled node
+has `test(ctx) -> bool` and `edges(ctx) -> moments (epoch ms)` after which its value may
+differ with no new data; `next_change_at` evaluates at those moments in order and returns
+the first one where the audience's answer flips.
+
+`evaluate_from_scratch` is the reference: it walks the definition over the raw event list
+with no aggregates. The hypothesis tests hold the incremental path to it.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from engage.audiences.aggregates import (
+    DAY_MS,
+    DAY_OF_KEY,
+    HOUR_MS,
+    Aggregate,
+    WindowSpec,
+    aggregate_for,
+    event_ms,
+    event_name,
+    from_ms,
+    is_dynamic_filter,
+    key_day,
+    key_hour,
+    lookup,
+    moment_ms,
+    to_ms,
+    window_spec,
+)
+from engage.audiences.definition import (
+    AllCondition,
+    AnyCondition,
+    AudienceDefinition,
+    AudienceRefCondition,
+    ComputedTraitCondition,
+    EventCondition,
+    Filter,
+    FunnelCondition,
+    NotCondition,
+    StepRef,
+    SubscribedCondition,
+    TraitCondition,
+    UsersCondition,
+)
+
+# How many candidate moments next_change_at tries before answering "re-check at the next one".
+EDGE_LIMIT = 400
+
+
+# --- what the evaluator reads from a profile ------------------------------------------
+
+
+@dataclass(slots=True)
+class ProfileView:
+    """The parts of a profile item (stream image, deserialized to plain dicts) audiences read.
+
+    `users` (accounts only) holds the views of the account's users for `users` conditions;
+    `memberships` is this profile's own audience memberships (used for a user inside `users`).
+    """
+
+    traits: dict = field(default_factory=dict)
+    computed_traits: dict = field(default_factory=dict)
+    daily_counts: dict = field(default_factory=dict)
+    event_stats: dict = field(default_factory=dict)
+    subscriptions: dict = field(default_factory=dict)
+    condition_state: dict = field(default_factory=dict)
+    users: list[ProfileView] | None = None
+    memberships: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_item(cls, item: dict | None, *, users: list[ProfileView] | None = None,
+                  memberships: dict | None = None) -> ProfileView:
+        item = item or {}
+        return cls(
+            traits=item.get("traits") or {},
+            computed_traits=item.get("computed_traits") or {},
+            daily_counts=item.get("daily_counts") or {},
+            event_stats=item.get("event_stats") or {},
+            subscriptions=item.get("subscriptions") or {},
+            condition_state=item.get("condition_state") or {},
+            users=users,
+            memberships=memberships or {},
+        )
+
+
+class _Ctx:
+    __slots__ = ("memberships", "now_ms", "view")
+
+    def __init__(self, view: ProfileView, now_ms: int, memberships: dict):
+        self.view = view
+        self.now_ms = now_ms
+        self.memberships = memberships
+
+
+# --- operators ------------------------------------------------------------------------
+
+_NEGATIONS = {"neq": "eq", "not_in": "in", "not_contains": "contains"}
+
+
+def to_number(value: Any) -> float | None:
+    """Numbers, and strings that spell a finite number ("150", "2.5"), as floats; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | Decimal):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
+    if isinstance(actual, str) and isinstance(expected, str):
+        return actual == expected
+    left, right = to_number(actual), to_number(expected)
+    if left is not None and right is not None:
+        return left == right
+    return actual == expected
+
+
+def compare(op: str, actual: Any, expected: Any, now_ms: int | None = None) -> bool:
+    """One operator applied to a profile/event value (None = missing) and the definition's value.
+
+    Missing values: exists/not_exists say so; neq, not_in, not_contains are the negations of
+    eq, in, contains and so are true on a missing value; every other operator is false.
+    """
+    if op == "exists":
+        return actual is not None
+    if op == "not_exists":
+        return actual is None
+    negated = _NEGATIONS.get(op)
+    if negated is not None:
+        return not compare(negated, actual, expected, now_ms)
+    if actual is None:
+        return False
+    if isinstance(actual, list):
+        # list-valued traits/properties: eq, in and contains ask about an element
+        if op in ("eq", "contains"):
+            return any(_equal(item, expected) for item in actual if item is not None)
+        if op == "in":
+            return isinstance(expected, list) and any(_equal(item, e) for item in actual for e in expected)
+        return False
+    if op == "eq":
+        return _equal(actual, expected)
+    if op in ("gt", "gte", "lt", "lte"):
+        left, right = to_number(actual), to_number(expected)
+        if left is None or right is None:
+            return False
+        if op == "gt":
+            return left > right
+        if op == "gte":
+            return left >= right
+        if op == "lt":
+            return left < right
+        return left <= right
+    if op == "contains":
+        return isinstance(actual, str) and isinstance(expected, str) and expected in actual
+    if op == "starts_with":
+        return isinstance(actual, str) and isinstance(expected, str) and actual.startswith(expected)
+    if op == "ends_with":
+        return isinstance(actual, str) and isinstance(expected, str) and actual.endswith(expected)
+    if op == "in":
+        return isinstance(expected, list) and any(_equal(actual, e) for e in expected)
+    if op in ("before", "after"):
+        left, right = moment_ms(actual), moment_ms(expected)
+        if left is None or right is None:
+            return False
+        return left < right if op == "before" else left > right
+    if op == "within_last_days":
+        moment, days = moment_ms(actual), to_number(expected)
+        if moment is None or days is None or now_ms is None:
+            return False
+        return now_ms - days * DAY_MS < moment <= now_ms
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def _within_last_days_edges(actual: Any, days: Any, now_ms: int) -> tuple[int, ...]:
+    moment, number = moment_ms(actual), to_number(days)
+    if moment is None or number is None:
+        return ()
+    leave = math.ceil(moment + number * DAY_MS)
+    return tuple(m for m in (moment, leave) if m > now_ms)
+
+
+def make_predicate(op: str, value: Any):
+    """(actual, now_ms) -> bool for a fixed definition value, with fast paths for common cases."""
+    if op == "eq" and isinstance(value, str):
+        return lambda actual, now_ms: actual == value or (
+            actual is not None and not isinstance(actual, str) and compare("eq", actual, value))
+    if op in ("gt", "gte", "lt", "lte"):
+        right = float(value)
+        fn = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}[op]
+
+        def numeric(actual, now_ms):
+            if type(actual) is int or type(actual) is float:
+                return fn(actual, right)
+            left = to_number(actual)
+            return left is not None and fn(left, right)
+
+        return numeric
+    return lambda actual, now_ms: compare(op, actual, value, now_ms)
+
+
+def _count_comparator(op: str, value: int):
+    return {
+        "gte": lambda n: n >= value,
+        "gt": lambda n: n > value,
+        "eq": lambda n: n == value,
+        "lte": lambda n: n <= value,
+        "lt": lambda n: n < value,
+    }[op]
+
+
+# --- compiling ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    test: Any  # (ctx) -> bool
+    edges: Any  # (ctx) -> iterable of epoch ms
+
+
+def _no_edges(ctx) -> tuple:
+    return ()
+
+
+@dataclass
+class Compiled:
+    node: _Node
+    aggregates: list[Aggregate]
+
+
+def compile_definition(definition: AudienceDefinition) -> Compiled:
+    """The definition's evaluator, built once and cached on the definition object."""
+    compiled = definition._compiled
+    if compiled is None:
+        aggregates: list[Aggregate] = []
+        node = _compile(definition.condition, aggregates) if definition.condition is not None else None
+        compiled = Compiled(node, aggregates)
+        definition._compiled = compiled
+    return compiled
+
+
+def static_filter(filters: list[Filter]):
+    """props -> bool for filters that depend on the event alone."""
+    compiled = [(f.property, make_predicate(f.op, f.value if f.has_value else None)) for f in filters]
+    if not compiled:
+        return lambda props: True
+    return lambda props: all(pred(lookup(props, path), None) for path, pred in compiled)
+
+
+def _compile_filter(flt: Filter):
+    """(props, ctx, bound_steps) -> bool, for any filter (static, trait ref, step ref, clock)."""
+    path, op = flt.property, flt.op
+    if flt.ref is None:
+        pred = make_predicate(op, flt.value if flt.has_value else None)
+        return lambda props, ctx, bound: pred(lookup(props, path), ctx.now_ms)
+    if isinstance(flt.ref, StepRef):
+        step, ref_path = flt.ref.step, flt.ref.property
+
+        def by_step(props, ctx, bound):
+            expected = lookup(bound[step][3], ref_path)
+            return expected is not None and compare(op, lookup(props, path), expected, ctx.now_ms)
+
+        return by_step
+    trait = flt.ref.trait
+
+    def by_trait(props, ctx, bound):
+        expected = lookup(ctx.view.traits, trait)
+        return expected is not None and compare(op, lookup(props, path), expected, ctx.now_ms)
+
+    return by_trait
+
+
+def _clock_paths(filters: list[Filter]) -> list[tuple[str, Any]]:
+    return [(f.property, f.value) for f in filters if f.op == "within_last_days" and f.ref is None]
+
+
+def _compile(cond, aggregates: list[Aggregate]) -> _Node:
+    if isinstance(cond, AllCondition | AnyCondition):
+        items = cond.all if isinstance(cond, AllCondition) else cond.any_
+        children = [_compile(c, aggregates) for c in items]
+        tests = tuple(child.test for child in children)
+        if isinstance(cond, AllCondition):
+            def test(ctx):
+                return all(t(ctx) for t in tests)
+        else:
+            def test(ctx):
+                return any(t(ctx) for t in tests)
+        return _Node(test, _chain_edges(children))
+    if isinstance(cond, NotCondition):
+        child = _compile(cond.not_, aggregates)
+        inner = child.test
+        return _Node(lambda ctx: not inner(ctx), child.edges)
+    if isinstance(cond, TraitCondition | ComputedTraitCondition):
+        return _compile_trait(cond)
+    if isinstance(cond, EventCondition):
+        return _compile_event(cond, aggregates)
+    if isinstance(cond, FunnelCondition):
+        return _compile_funnel(cond, aggregates)
+    if isinstance(cond, AudienceRefCondition):
+        key = cond.audience
+        return _Node(lambda ctx: bool(ctx.memberships.get(key)), _no_edges)
+    if isinstance(cond, SubscribedCondition):
+        channel = cond.subscribed
+
+        def subscribed(ctx):
+            status = ctx.view.subscriptions.get(channel)
+            if isinstance(status, dict):
+                status = status.get("status")
+            return status == "subscribed"
+
+        return _Node(subscribed, _no_edges)
+    if isinstance(cond, UsersCondition):
+        return _compile_users(cond, aggregates)
+    raise TypeError(f"unknown condition {cond!r}")
+
+
+def _chain_edges(children: list[_Node]):
+    def edges(ctx):
+        return [moment for child in children for moment in child.edges(ctx)]
+    return edges
+
+
+def _compile_trait(cond) -> _Node:
+    is_trait = isinstance(cond, TraitCondition)
+    path = cond.trait if is_trait else cond.computed_trait
+    value = cond.value if cond.has_value else None
+    pred = make_predicate(cond.op, value)
+    if is_trait:
+        def test(ctx):
+            return pred(lookup(ctx.view.traits, path), ctx.now_ms)
+    else:
+        def test(ctx):
+            return pred(lookup(ctx.view.computed_traits, path), ctx.now_ms)
+    if cond.op != "within_last_days":
+        return _Node(test, _no_edges)
+
+    def edges(ctx):
+        source = ctx.view.traits if is_trait else ctx.view.computed_traits
+        return _within_last_days_edges(lookup(source, path), value, ctx.now_ms)
+
+    return _Node(test, edges)
+
+
+def _sum_buckets(buckets: dict, first: int, last: int, unit_of) -> int:
+    """Sum of the buckets whose unit (day or hour number) is in [first, last]."""
+    total = 0
+    if unit_of is key_day:
+        days = DAY_OF_KEY
+        for key, n in buckets.items():
+            unit = days.get(key, -1)
+            if unit == -1:
+                unit = key_day(key)
+            if unit is not None and first <= unit <= last:
+                total += n
+        return int(total)
+    for key, n in buckets.items():
+        unit = unit_of(key)
+        if unit is not None and first <= unit <= last:
+            total += n
+    return int(total)
+
+
+def _bucket_edges(buckets: dict, spec: WindowSpec, unit_of, now_ms: int) -> list[int]:
+    moments = []
+    for key, n in buckets.items():
+        unit = unit_of(key)
+        if unit is not None and n:
+            moments.extend(spec.edges(unit * spec.unit_ms, now_ms))
+    return moments
+
+
+def _compile_event(cond: EventCondition, aggregates: list[Aggregate]) -> _Node:
+    name = cond.event
+    spec = window_spec(cond.window)
+    matches = _count_comparator(cond.count.op, cond.count.value)
+    aggregate = aggregate_for(cond, static_filter)
+    if aggregate is not None:
+        aggregates.append(aggregate)
+
+    if aggregate is None and spec is None:
+        def total(ctx):
+            stats = ctx.view.event_stats.get(name)
+            return int(stats.get("total", 0)) if stats else 0
+        return _Node(lambda ctx: matches(total(ctx)), _no_edges)
+
+    if aggregate is None or aggregate.kind in ("d", "h"):
+        unit_of = key_day if spec.unit_ms == DAY_MS else key_hour
+        if aggregate is None:
+            def buckets_of(ctx):
+                return ctx.view.daily_counts.get(name) or {}
+        else:
+            agg_id, kind = aggregate.id, aggregate.kind
+
+            def buckets_of(ctx):
+                state = ctx.view.condition_state.get(agg_id)
+                return state.get(kind, {}) if state else {}
+        unit_ms, lo, hi = spec.unit_ms, spec.lo, spec.hi
+
+        def test(ctx):
+            buckets = buckets_of(ctx)
+            now_unit = ctx.now_ms // unit_ms
+            count = _sum_buckets(buckets, now_unit - hi + 1, now_unit - lo, unit_of) if buckets else 0
+            return matches(count)
+
+        return _Node(test, lambda ctx: _bucket_edges(buckets_of(ctx), spec, unit_of, ctx.now_ms))
+
+    agg_id = aggregate.id
+    if aggregate.kind == "t":
+        def total_state(ctx):
+            state = ctx.view.condition_state.get(agg_id)
+            return int(state.get("t", 0)) if state else 0
+        return _Node(lambda ctx: matches(total_state(ctx)), _no_edges)
+
+    # records: the filter reads a trait or the clock, so it is applied at evaluation time
+    dynamic = [_compile_filter(f) for f in cond.where if is_dynamic_filter(f)]
+    clock_paths = _clock_paths(cond.where)
+
+    def records(ctx):
+        state = ctx.view.condition_state.get(agg_id)
+        return state.get("r", ()) if state else ()
+
+    def test(ctx):
+        count = 0
+        for record in records(ctx):
+            ts = int(record[0])
+            if spec is not None and not spec.contains(ts, ctx.now_ms):
+                continue
+            props = record[3]
+            if all(check(props, ctx, ()) for check in dynamic):
+                count += 1
+        return matches(count)
+
+    def edges(ctx):
+        moments = []
+        for record in records(ctx):
+            if spec is not None:
+                moments.extend(spec.edges(int(record[0]), ctx.now_ms))
+            for path, days in clock_paths:
+                moments.extend(_within_last_days_edges(lookup(record[3], path), days, ctx.now_ms))
+        return moments
+
+    return _Node(test, edges)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    event: str
+    filters: tuple
+    within_ms: int | None
+    performed: bool
+
+
+def _compile_funnel(cond: FunnelCondition, aggregates: list[Aggregate]) -> _Node:
+    aggregate = aggregate_for(cond, static_filter)
+    aggregates.append(aggregate)
+    agg_id = aggregate.id
+    spec = window_spec(cond.window)
+    steps = tuple(
+        _Step(s.event, tuple(_compile_filter(f) for f in s.where),
+              None if s.within_hours is None else s.within_hours * HOUR_MS, s.performed)
+        for s in cond.funnel)
+    negative = steps[-1] if not steps[-1].performed else None
+    clock_paths = [p for s in cond.funnel for p in _clock_paths(s.where)]
+
+    def items(ctx):
+        state = ctx.view.condition_state.get(agg_id)
+        return [(int(r[0]), r[1], r[2], r[3]) for r in state.get("r", ())] if state else []
+
+    def test(ctx):
+        return funnel_matches(items(ctx), steps, spec, ctx)
+
+    def edges(ctx):
+        moments = []
+        for ts, _mid, _name, props in items(ctx):
+            if spec is not None:
+                moments.extend(spec.edges(ts, ctx.now_ms))
+            if negative is not None and negative.within_ms is not None:
+                moments.append(ts + negative.within_ms)
+            for path, days in clock_paths:
+                moments.extend(_within_last_days_edges(lookup(props, path), days, ctx.now_ms))
+        return moments
+
+    return _Node(test, edges)
+
+
+def funnel_matches(items: list[tuple], steps: tuple[_Step, ...], spec: WindowSpec | None, ctx) -> bool:
+    """Is there a chain of events, one per performed step, in order (timestamp, then messageId),
+    each within `within_hours` of the previous one and inside the window, such that (when the
+    last step is `performed: false`) no matching event followed within its `within_hours`
+    (and those hours have passed)? Depth-first; records are capped, so this stays small."""
+    negative = steps[-1] if not steps[-1].performed else None
+    positive = steps[:-1] if negative is not None else steps
+    now_ms = ctx.now_ms
+    count = len(items)
+
+    def step_ok(step: _Step, item, bound) -> bool:
+        return item[2] == step.event and all(check(item[3], ctx, bound) for check in step.filters)
+
+    def search(k: int, start: int, bound: tuple) -> bool:
+        if k == len(positive):
+            if negative is None:
+                return True
+            previous = bound[-1][0]
+            deadline = None if negative.within_ms is None else previous + negative.within_ms
+            if deadline is not None and now_ms < deadline:
+                return False  # not yet known whether it will follow
+            for j in range(start, count):
+                item = items[j]
+                if deadline is not None and item[0] >= deadline:
+                    break
+                if step_ok(negative, item, bound):
+                    return False
+            return True
+        step = positive[k]
+        for j in range(start, count):
+            item = items[j]
+            if k and step.within_ms is not None and item[0] - bound[-1][0] >= step.within_ms:
+                break
+            if spec is not None and not spec.contains(item[0], now_ms):
+                continue
+            if step_ok(step, item, bound) and search(k + 1, j + 1, (*bound, item)):
+                return True
+        return False
+
+    return search(0, 0, ())
+
+
+def _compile_users(cond: UsersCondition, aggregates: list[Aggregate]) -> _Node:
+    inner = _compile(cond.condition, aggregates)
+    mode = cond.users
+
+    def results(ctx):
+        for user in ctx.view.users or ():
+            yield inner.test(_Ctx(user, ctx.now_ms, user.memberships))
+
+    if mode == "any":
+        def test(ctx):
+            return any(results(ctx))
+    elif mode == "all":
+        def test(ctx):
+            return bool(ctx.view.users) and all(results(ctx))
+    else:
+        def test(ctx):
+            return not any(results(ctx))
+
+    def edges(ctx):
+        return [moment for user in ctx.view.users or ()
+                for moment in inner.edges(_Ctx(user, ctx.now_ms, user.memberships))]
+
+    return _Node(test, edges)
+
+
+# --- public entry points --------------------------------------------------------------
+
+
+def _view(profile: ProfileView | dict) -> ProfileView:
+    return profile if isinstance(profile, ProfileView) else ProfileView.from_item(profile)
+
+
+def evaluate(definition: AudienceDefinition, profile: ProfileView | dict, now: datetime,
+             memberships: dict[str, bool] | None = None) -> bool:
+    """Does the profile belong to the audience at `now`? Manual audiences answer from memberships."""
+    compiled = compile_definition(definition)
+    if compiled.node is None:
+        return bool((memberships or {}).get(definition.key))
+    return compiled.node.test(_Ctx(_view(profile), to_ms(now), memberships or {}))
+
+
+def next_change_at(definition: AudienceDefinition, profile: ProfileView | dict, now: datetime,
+                   memberships: dict[str, bool] | None = None) -> datetime | None:
+    """The first moment after `now` at which time alone flips evaluate(); None if it never does.
+
+    Memberships of referenced audiences are taken as they are (their own next_change_at
+    covers them, and a change re-evaluates this audience through the index).
+    """
+    compiled = compile_definition(definition)
+    if compiled.node is None:
+        return None
+    view, memberships = _view(profile), memberships or {}
+    now_ms = to_ms(now)
+    node = compiled.node
+    current = node.test(_Ctx(view, now_ms, memberships))
+    moments = sorted({m for m in node.edges(_Ctx(view, now_ms, memberships)) if m > now_ms})
+    for moment in moments[:EDGE_LIMIT]:
+        if node.test(_Ctx(view, moment, memberships)) != current:
+            return from_ms(moment)
+    if len(moments) > EDGE_LIMIT:
+        return from_ms(moments[EDGE_LIMIT])  # too many to try now: look again then
+    return None
+
+
+# --- the reference evaluator ----------------------------------------------------------
+
+
+@dataclass
+class _Scratch:
+    events: list[tuple]  # (ts_ms, messageId, name, properties), in order
+    traits: dict
+    computed_traits: dict
+    subscriptions: dict
+    memberships: dict
+    now: datetime
+    now_ms: int
+    users: list[_Scratch]
+
+
+def evaluate_from_scratch(definition: AudienceDefinition, events: list[dict], traits: dict, now: datetime,
+                          memberships: dict[str, bool] | None = None, *, computed_traits: dict | None = None,
+                          subscriptions: dict | None = None, users: list[dict] | None = None) -> bool:
+    """The audience answer computed straight from a profile's raw events (Segment messages).
+
+    Used for backfill, preview and as the oracle of the incremental path. `users` (accounts)
+    is a list of {"events", "traits", "computed_traits", "subscriptions", "memberships"}.
+    """
+    if definition.condition is None:
+        return bool((memberships or {}).get(definition.key))
+    scratch = _scratch_profile(events, traits, computed_traits, subscriptions, memberships, now)
+    scratch.users = [
+        _scratch_profile(u.get("events", []), u.get("traits", {}), u.get("computed_traits"),
+                         u.get("subscriptions"), u.get("memberships"), now)
+        for u in users or ()]
+    return _scratch_eval(definition.condition, scratch)
+
+
+def _scratch_profile(events, traits, computed_traits, subscriptions, memberships, now) -> _Scratch:
+    rows = []
+    for message in events:
+        name, ts = event_name(message), event_ms(message)
+        if name and ts is not None:
+            rows.append((ts, str(message.get("messageId", "")), name, message.get("properties") or {}))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    return _Scratch(rows, traits or {}, computed_traits or {}, subscriptions or {}, memberships or {},
+                    now, to_ms(now), [])
+
+
+def _in_window(window, ts_ms: int, scratch: _Scratch) -> bool:
+    if window is None:
+        return True
+    if hasattr(window, "within_hours"):
+        ago = scratch.now_ms // HOUR_MS - ts_ms // HOUR_MS
+        return 0 <= ago < window.within_hours
+    ago = (scratch.now.date() - from_ms(ts_ms).date()).days
+    if hasattr(window, "within_days"):
+        return 0 <= ago < window.within_days
+    start, end = window.between_days
+    return start <= ago < end
+
+
+def _scratch_filter(flt: Filter, props: dict, scratch: _Scratch, bound: tuple) -> bool:
+    if flt.ref is None:
+        expected = flt.value if flt.has_value else None
+    else:
+        if isinstance(flt.ref, StepRef):
+            expected = lookup(bound[flt.ref.step][3], flt.ref.property)
+        else:
+            expected = lookup(scratch.traits, flt.ref.trait)
+        if expected is None:
+            return False
+    return compare(flt.op, lookup(props, flt.property), expected, scratch.now_ms)
+
+
+def _scratch_eval(cond, scratch: _Scratch) -> bool:
+    if isinstance(cond, AllCondition):
+        return all(_scratch_eval(c, scratch) for c in cond.all)
+    if isinstance(cond, AnyCondition):
+        return any(_scratch_eval(c, scratch) for c in cond.any_)
+    if isinstance(cond, NotCondition):
+        return not _scratch_eval(cond.not_, scratch)
+    if isinstance(cond, TraitCondition):
+        return compare(cond.op, lookup(scratch.traits, cond.trait), cond.value, scratch.now_ms)
+    if isinstance(cond, ComputedTraitCondition):
+        actual = lookup(scratch.computed_traits, cond.computed_trait)
+        return compare(cond.op, actual, cond.value, scratch.now_ms)
+    if isinstance(cond, EventCondition):
+        count = sum(
+            1 for ts, _mid, name, props in scratch.events
+            if name == cond.event and _in_window(cond.window, ts, scratch)
+            and all(_scratch_filter(f, props, scratch, ()) for f in cond.where))
+        return _count_comparator(cond.count.op, cond.count.value)(count)
+    if isinstance(cond, FunnelCondition):
+        return _scratch_funnel(cond, scratch)
+    if isinstance(cond, AudienceRefCondition):
+        return bool(scratch.memberships.get(cond.audience))
+    if isinstance(cond, SubscribedCondition):
+        status = scratch.subscriptions.get(cond.subscribed)
+        if isinstance(status, dict):
+            status = status.get("status")
+        return status == "subscribed"
+    if isinstance(cond, UsersCondition):
+        answers = [_scratch_eval(cond.condition, user) for user in scratch.users]
+        if cond.users == "any":
+            return any(answers)
+        if cond.users == "all":
+            return bool(answers) and all(answers)
+        return not any(answers)
+    raise TypeError(f"unknown condition {cond!r}")
+
+
+def _scratch_funnel(cond: FunnelCondition, scratch: _Scratch) -> bool:
+    """Brute force over every ordered choice of events for the performed steps."""
+    steps = cond.funnel
+    negative = steps[-1] if not steps[-1].performed else None
+    positive = steps[:-1] if negative is not None else steps
+    events = scratch.events
+    for chosen in itertools.combinations(range(len(events)), len(positive)):
+        bound = tuple(events[i] for i in chosen)
+        ok = True
+        for k, (step, event) in enumerate(zip(positive, bound, strict=True)):
+            if event[2] != step.event or not _in_window(cond.window, event[0], scratch):
+                ok = False
+                break
+            too_late = k and step.within_hours is not None and (
+                event[0] - bound[k - 1][0] >= step.within_hours * HOUR_MS)
+            if too_late:
+                ok = False
+                break
+            if not all(_scratch_filter(f, event[3], scratch, bound[:k]) for f in step.where):
+                ok = False
+                break
+        if not ok:
+            continue
+        if negative is None:
+            return True
+        last_ts = bound[-1][0]
+        deadline = None if negative.within_hours is None else last_ts + negative.within_hours * HOUR_MS
+        if deadline is not None and scratch.now_ms < deadline:
+            continue
+        followed = any(
+            event[2] == negative.event and (deadline is None or event[0] < deadline)
+            and all(_scratch_filter(f, event[3], scratch, bound) for f in negative.where)
+            for event in events[chosen[-1] + 1:])
+        if not followed:
+            return True
+    return False
