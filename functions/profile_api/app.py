@@ -42,6 +42,7 @@ def not_found(_: Exception) -> Response:
 @app.exception_handler(EngageError)
 def engage_error(error: EngageError) -> Response:
     logger.info("request refused", extra={"code": error.code, "error": error.message})
+    metrics.add_metric(name=f"ProfileApiRefused_{error.code}", unit=MetricUnit.Count, value=1)
     body = profile_api.ErrorResponse(error=profile_api.ErrorDetail(code=error.code, message=error.message,
                                                                    details=error.details))
     return _json(error.status, body.model_dump_json())

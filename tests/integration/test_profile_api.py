@@ -1,0 +1,313 @@
+"""Profile API through the real handler on moto, driven by the events/profile_api_*.json samples.
+
+Profiles are written with the storage models directly (what the profile processor would have
+written), so these tests pin the read side: every resource, auth, isolation, merges, paging.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.util
+import json
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import pytest
+from engage import profiles_store, spaces
+from engage.db import key
+from engage.memberships_store import MembershipRecord
+from engage.profiles_store import ProfileEventRecord, ProfileRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_TOKEN = "local-access-token"  # what the samples carry (the local cloud's default space)
+
+
+def _load_handler():
+    spec = importlib.util.spec_from_file_location("profile_api_app", ROOT / "functions/profile_api/app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Context:
+    function_name = "ProfileApiFunction"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ProfileApiFunction"
+    aws_request_id = "test-request"
+
+
+def sample(resource: str) -> dict:
+    return json.loads((ROOT / f"events/profile_api_{resource}.json").read_text())
+
+
+def request(resource: str, *, profile: str | None = None, query: dict | None = None, space: str | None = None,
+            collection: str | None = None, token: str | None = LOCAL_TOKEN, path_resource: str | None = None):
+    """The sample event for `resource`, with the given parts of the request replaced."""
+    event = copy.deepcopy(sample(resource))
+    params = event["pathParameters"]
+    params.update({k: v for k, v in {"space": space, "collection": collection, "resource": path_resource}.items()
+                   if v is not None})
+    if profile is not None:
+        params["profile"] = profile
+    raw_profile = quote(params["profile"], safe=":") if profile is not None else event["rawPath"].split("/")[-2]
+    path = (f"/v1/spaces/{params['space']}/collections/{params['collection']}/profiles/{raw_profile}/"
+            f"{params['resource']}")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    if query is not None:
+        event["queryStringParameters"] = query
+        event["rawQueryString"] = urlencode(query)
+    if token is None:
+        event["headers"].pop("authorization")
+    else:
+        event["headers"]["authorization"] = "Basic " + base64.b64encode(f"{token}:".encode()).decode()
+    return event
+
+
+@pytest.fixture
+def api(aws):
+    handler = _load_handler()
+
+    def call(event: dict) -> tuple[int, dict]:
+        response = handler.lambda_handler(event, Context())
+        return response["statusCode"], json.loads(response["body"])
+
+    return call
+
+
+@pytest.fixture
+def local(aws):
+    return spaces.create_space("local", write_key="local-write-key", access_token=LOCAL_TOKEN)
+
+
+T0 = "2026-03-01T10:00:00.000Z"
+
+
+def ext(id_type: str, value: str, created_at: str = T0, collection: str = "users") -> dict:
+    return {"type": id_type, "id": value, "collection": collection, "encoding": "none", "created_at": created_at,
+            "message_id": f"m-{id_type}"}
+
+
+def make_profile(space_id: str, profile_id: str, ids: list[tuple[str, str]], *, collection: str = "users",
+                 traits: dict | None = None, **fields) -> ProfileRecord:
+    record = ProfileRecord(key(space_id, profile_id), space_id=space_id, profile_id=profile_id,
+                           collection=collection, traits=traits or {},
+                           external_ids=[ext(t, v, collection=collection) for t, v in ids],
+                           created_at=T0, updated_at="2026-03-02T10:00:00.000Z", **fields)
+    record.save()
+    for id_type, value in ids:
+        profiles_store.new_pointer(space_id, collection, id_type, value, profile_id, T0).save()
+    return record
+
+
+def add_event(space_id: str, profile_id: str, minute: int, name: str, message_type: str = "track") -> str:
+    timestamp = f"2026-03-01T10:{minute:02d}:00.000Z"
+    message_id = f"msg-{profile_id}-{minute:02d}"
+    message = {"type": message_type, "messageId": message_id, "timestamp": timestamp, "userId": "user-42",
+               "event": name, "properties": {"minute": minute}, "context": {}}
+    ProfileEventRecord(key(space_id, profile_id), profiles_store.history_sk(timestamp, message_id),
+                       message_id=message_id, type=message_type, event=name, timestamp=timestamp,
+                       payload=json.dumps(message)).save()
+    return message_id
+
+
+def set_membership(space_id: str, profile_id: str, audience_key: str, member: bool) -> None:
+    MembershipRecord(key(space_id, profile_id), audience_key, audience_pk=key(space_id, audience_key),
+                     space_id=space_id, profile_id=profile_id, audience_key=audience_key, member=member,
+                     updated_at="2026-03-03T00:00:00.000Z").save()
+
+
+@pytest.fixture
+def ann(local):
+    """user-42 in space `local`: traits, ids, two audiences (one left), history, one account."""
+    make_profile("local", "p-ann", [("user_id", "user-42"), ("email", "ann@example.com"), ("anonymous_id", "a-1")],
+                 traits={"name": "Ann", "plan": "pro", "address": {"city": "Lyon"}},
+                 trait_times={"plan": "2026-03-01T10:05:00.000Z|m5"},
+                 first_message_at=T0, last_message_at="2026-03-01T10:04:00.000Z",
+                 last_identified_at=T0)
+    set_membership("local", "p-ann", "big_spenders", True)
+    set_membership("local", "p-ann", "churn_risk", False)
+    for minute, name in enumerate(["Signed Up", "Product Viewed", "Order Completed", "Product Viewed",
+                                   "Order Completed"]):
+        add_event("local", "p-ann", minute, name)
+    make_profile("local", "acc-1", [("group_id", "acme-inc")], collection="accounts", traits={"plan": "enterprise"})
+    for link in (profiles_store.new_link("local", "users", "p-ann", "accounts", "acc-1", T0, "m-group"),
+                 profiles_store.new_link("local", "accounts", "acc-1", "users", "p-ann", T0, "m-group")):
+        link.save()
+    return "p-ann"
+
+
+# ---------------------------------------------------------------- every resource, from its sample
+def test_traits_sample_returns_custom_traits_and_audience_booleans(api, ann):
+    status, body = api(sample("traits"))
+    assert status == 200
+    assert body == {"traits": {"address": {"city": "Lyon"}, "big_spenders": True, "churn_risk": False,
+                               "name": "Ann", "plan": "pro"},
+                    "cursor": {"url": "/v1/spaces/local/collections/users/profiles/user_id:user-42/traits",
+                               "has_more": False, "next": "", "limit": 10}}
+
+
+def test_traits_class_audience_and_include_and_verbose(api, ann):
+    _, audiences = api(request("traits", query={"class": "audience"}))
+    assert audiences["traits"] == {"big_spenders": True, "churn_risk": False}
+    _, included = api(request("traits", query={"include": "plan,big_spenders,never_joined"}))
+    assert included["traits"] == {"big_spenders": True, "plan": "pro"}  # never a member: absent
+    _, verbose = api(request("traits", query={"include": "plan", "verbose": "true"}))
+    assert verbose["traits"]["plan"] == {"value": "pro", "source_id": None, "updated_at": "2026-03-01T10:05:00.000Z"}
+    _, computed = api(request("traits", query={"class": "computed_trait"}))
+    assert computed["traits"] == {}
+
+
+def test_traits_pages_with_next(api, ann):
+    _, first = api(request("traits", query={"limit": "2"}))
+    assert list(first["traits"]) == ["address", "big_spenders"]
+    assert first["cursor"]["has_more"] is True and first["cursor"]["next"] == "churn_risk"
+    _, second = api(request("traits", query={"limit": "2", "next": first["cursor"]["next"]}))
+    assert list(second["traits"]) == ["churn_risk", "name"]
+
+
+def test_external_ids_sample_filters_by_type(api, ann):
+    status, body = api(sample("external_ids"))
+    assert status == 200
+    assert sorted((e["type"], e["id"]) for e in body["data"]) == [("email", "ann@example.com"),
+                                                                  ("user_id", "user-42")]
+    assert all(e["collection"] == "users" and e["encoding"] == "none" for e in body["data"])
+    _, verbose = api(request("external_ids", query={"verbose": "true", "include": "anonymous_id"}))
+    assert verbose["data"] == [{"id": "a-1", "type": "anonymous_id", "source_id": None, "collection": "users",
+                                "created_at": T0, "encoding": "none", "first_message_id": "m-anonymous_id"}]
+
+
+def test_events_sample_pages_newest_first_with_next_across_pages(api, ann):
+    status, first = api(sample("events"))
+    assert status == 200
+    assert [e["properties"]["minute"] for e in first["data"]] == [4, 3]
+    assert first["data"][0]["event"] == "Order Completed" and first["data"][0]["type"] == "track"
+    assert first["data"][0]["external_ids"] == [{"collection": "users", "type": "user_id", "id": "user-42",
+                                                 "encoding": "none"}]
+    minutes, cursor = [4, 3], first["cursor"]
+    while cursor["has_more"]:
+        status, page = api(request("events", query={"limit": "2", "sort": "desc", "next": cursor["next"]}))
+        assert status == 200
+        minutes += [e["properties"]["minute"] for e in page["data"]]
+        cursor = page["cursor"]
+    assert minutes == [4, 3, 2, 1, 0]
+
+
+def test_events_ascending_time_window_and_event_filter(api, ann):
+    _, ascending = api(request("events", query={"sort": "asc", "limit": "3"}))
+    assert [e["properties"]["minute"] for e in ascending["data"]] == [0, 1, 2]
+    _, window = api(request("events", query={"start": "2026-03-01T10:01:00Z", "end": "2026-03-01T10:03:00Z"}))
+    assert [e["properties"]["minute"] for e in window["data"]] == [2, 1]  # start inclusive, end exclusive
+    _, orders = api(request("events", query={"include": "Order Completed,Signed Up"}))
+    assert [e["properties"]["minute"] for e in orders["data"]] == [4, 2, 0]
+    _, others = api(request("events", query={"exclude": "Product Viewed"}))
+    assert [e["properties"]["minute"] for e in others["data"]] == [4, 2, 0]
+    _, paged = api(request("events", query={"include": "Product Viewed", "limit": "1"}))
+    _, rest = api(request("events", query={"include": "Product Viewed", "limit": "1",
+                                           "next": paged["cursor"]["next"]}))
+    assert [e["properties"]["minute"] for e in paged["data"] + rest["data"]] == [3, 1]
+    assert rest["cursor"] == {**rest["cursor"], "has_more": False, "next": ""}
+
+
+def test_events_cursor_is_tied_to_its_sort(api, ann):
+    _, first = api(request("events", query={"limit": "1"}))
+    status, body = api(request("events", query={"limit": "1", "sort": "asc", "next": first["cursor"]["next"]}))
+    assert status == 400 and body["error"]["details"][0]["path"] == "query.next"
+
+
+def test_metadata_sample_resolves_a_url_encoded_email(api, ann):
+    status, body = api(sample("metadata"))
+    assert status == 200
+    assert body == {"metadata": {"created_at": T0, "updated_at": "2026-03-02T10:00:00.000Z", "expires_at": None,
+                                 "first_message_at": T0, "last_message_at": "2026-03-01T10:04:00.000Z",
+                                 "last_source_id": None, "last_identified_at": T0}}
+
+
+def test_links_sample_lists_the_users_accounts_and_back(api, ann):
+    status, body = api(sample("links"))
+    assert status == 200
+    assert body["data"] == [{"to_collection": "accounts", "external_ids": [
+        {"id": "acme-inc", "type": "group_id", "source_id": None, "collection": "accounts", "created_at": T0,
+         "encoding": "none"}]}]
+    _, back = api(request("links", collection="accounts", profile="group_id:acme-inc"))
+    assert [link["to_collection"] for link in back["data"]] == ["users"]
+    assert {(e["type"], e["id"]) for e in back["data"][0]["external_ids"]} == {
+        ("user_id", "user-42"), ("email", "ann@example.com"), ("anonymous_id", "a-1")}
+
+
+def test_accounts_have_traits_of_their_own(api, ann):
+    status, body = api(request("traits", collection="accounts", profile="group_id:acme-inc"))
+    assert status == 200 and body["traits"] == {"plan": "enterprise"}
+    # a group_id is an account id, not a user id
+    status, body = api(request("traits", profile="group_id:acme-inc"))
+    assert status == 404
+
+
+# ---------------------------------------------------------------- merges
+def test_a_merged_profile_answers_with_the_survivor_and_its_whole_history(api, local):
+    make_profile("local", "p-new", [("user_id", "user-42")], traits={"plan": "pro"}, merged_from=["p-old"])
+    make_profile("local", "p-old", [("anonymous_id", "anon-9")], traits={"plan": "free"}, merged_into="p-new")
+    add_event("local", "p-old", 1, "Product Viewed")
+    add_event("local", "p-new", 2, "Order Completed")
+    set_membership("local", "p-new", "big_spenders", True)
+
+    _, traits = api(request("traits", profile="anonymous_id:anon-9"))
+    assert traits["traits"] == {"plan": "pro", "big_spenders": True}
+    _, events = api(request("events", profile="anonymous_id:anon-9", query={"limit": "10"}))
+    assert [e["event"] for e in events["data"]] == ["Order Completed", "Product Viewed"]
+    _, metadata = api(request("metadata", profile="anonymous_id:anon-9", query={"verbose": "true"}))
+    assert metadata["metadata"]["profile_id"] == "p-new" and metadata["metadata"]["merged_from"] == ["p-old"]
+
+
+# ---------------------------------------------------------------- auth, isolation, errors
+def test_missing_or_wrong_token_is_401(api, ann):
+    status, body = api(request("traits", token=None))
+    assert status == 401 and body["error"]["code"] == "authentication_error"
+    assert "HTTP Basic" in body["error"]["message"]
+    status, body = api(request("traits", token="not-a-token"))
+    assert status == 401 and body["error"]["message"] == "invalid access token"
+    status, _ = api(request("traits", token="local-write-key"))  # a write key cannot read profiles
+    assert status == 401
+
+
+def test_a_token_only_reads_its_own_space(api, ann, space):
+    # Given acme has its own user-42
+    make_profile("acme", "p-acme", [("user_id", "user-42")], traits={"name": "Acme's Ann"})
+    # acme's token cannot read local's profile, and the answer is the same for a space that does not exist
+    status, body = api(request("traits", token=space.access_token))
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, ghost = api(request("traits", token=space.access_token, space="no-such-space"))
+    assert status == 403 and ghost["error"]["message"] == body["error"]["message"].replace("local", "no-such-space")
+    # and each token sees only its own space's user-42
+    _, acme = api(request("traits", token=space.access_token, space="acme"))
+    _, mine = api(request("traits"))
+    assert acme["traits"] == {"name": "Acme's Ann"} and mine["traits"]["name"] == "Ann"
+
+
+def test_unknown_profile_is_404_naming_the_id(api, local):
+    status, body = api(request("traits", profile="user_id:nobody"))
+    assert status == 404
+    assert body["error"]["code"] == "not_found" and "user_id:nobody" in body["error"]["message"]
+    assert body["error"]["details"][0]["path"] == "path.profile"
+    # a path outside the route gets the same error body, with the route to use
+    event = request("traits")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/v1/spaces/local/collections/users/profiles"
+    status, body = api(event)
+    assert status == 404 and body["error"]["code"] == "not_found" and "<id_type>:<value>" in body["error"]["message"]
+
+
+BAD_REQUESTS = [
+    ({"profile": "nobody"}, "path.profile", "<id_type>:<value>"),
+    ({"collection": "groups"}, "path.collection", "'groups'"),
+    ({"path_resource": "history"}, "path.resource", "'history'"),
+    ({"query": {"limit": "500"}}, "query.limit", "200"),
+    ({"query": {"limits": "5"}}, "query.limits", "unknown query parameter"),
+]
+
+
+def test_bad_requests_are_400_saying_what_and_where(api, local):
+    # one moto account for all cases: the account, not the request, is what costs time here
+    for change, path, words in BAD_REQUESTS:
+        status, body = api(request("traits", **change))
+        assert status == 400, change
+        assert body["error"]["code"] == "validation_error" and words in body["error"]["message"], change
+        assert body["error"]["details"][0]["path"] == path, change
