@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from engage import clock, profiles
-from engage.audiences import AudienceDefinition, AudienceIndex, ProfileView, apply_event, parse_definition
+from engage.audiences import (
+    AudienceDefinition,
+    AudienceIndex,
+    ProfileView,
+    apply_event,
+    evaluate,
+    evaluate_from_scratch,
+    parse_definition,
+)
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 _ids = itertools.count()
@@ -60,3 +68,13 @@ class Profile:
         return ProfileView(traits=self.traits, computed_traits=self.extra.get("computed_traits", {}),
                            daily_counts=self.aggregates.daily_counts, event_stats=self.aggregates.event_stats,
                            subscriptions=self.extra.get("subscriptions", {}), condition_state=self.condition_state)
+
+
+def both(definition, profile: Profile, now, memberships=None) -> bool:
+    """The incremental answer, checked against the reference evaluator on the same history."""
+    incremental = evaluate(definition, profile.view(), now, memberships or {})
+    reference = evaluate_from_scratch(definition, profile.events, profile.traits, now, memberships or {},
+                                      computed_traits=profile.extra.get("computed_traits"),
+                                      subscriptions=profile.extra.get("subscriptions"))
+    assert incremental == reference, "incremental and reference evaluators disagree"
+    return incremental

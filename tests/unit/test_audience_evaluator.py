@@ -6,20 +6,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from engage.audiences import ProfileView, evaluate, evaluate_from_scratch, next_change_at
 
-from tests.unit.audience_profiles import T0, Profile, at, audience, page, track
+from tests.unit.audience_profiles import T0, Profile, at, audience, both, page, track
 
 MS = timedelta(milliseconds=1)
 MIDNIGHT_AFTER_T0 = datetime(2026, 3, 11, tzinfo=UTC)
-
-
-def both(definition, profile: Profile, now, memberships=None) -> bool:
-    """The incremental answer, checked against the reference evaluator on the same history."""
-    incremental = evaluate(definition, profile.view(), now, memberships or {})
-    reference = evaluate_from_scratch(definition, profile.events, profile.traits, now, memberships or {},
-                                      computed_traits=profile.extra.get("computed_traits"),
-                                      subscriptions=profile.extra.get("subscriptions"))
-    assert incremental == reference, "incremental and reference evaluators disagree"
-    return incremental
 
 
 # --- windows ---------------------------------------------------------------------------
