@@ -152,6 +152,24 @@ def test_merge_streams_ascending_skips_up_to_the_cursor():
     assert page == [("2|b", "2|B")] and more
 
 
+
+@given(st.lists(st.sets(st.integers(min_value=0, max_value=60), max_size=15), min_size=1, max_size=4),
+       st.integers(min_value=1, max_value=6), st.booleans())
+def test_paging_through_merged_histories_yields_their_union_once_in_order(histories, limit, descending):
+    # Given per-profile histories that may share events (copies made on merge)
+    def streams():
+        return [sorted(((f"{n:03d}|m{n}", n) for n in history), reverse=descending) for history in histories]
+
+    seen, after = [], None
+    while True:
+        page, more = paging.merge_streams(streams(), descending=descending, after=after, limit=limit)
+        assert len(page) <= limit
+        seen.extend(n for _, n in page)
+        if not more:
+            break
+        after = page[-1][0]
+    assert seen == sorted(set().union(*histories), reverse=descending)
+
 # ---------------------------------------------------------------- views
 PROFILE = Profile(
     profile_id="p1",
