@@ -20,6 +20,14 @@ class Settings(BaseModel):
     memberships_table: str = ""
     links_table: str = ""
     event_bus_name: str = ""
+    # Audience engine (engage.audiences): due-time index, router idempotency, backfill machine.
+    due_table: str = ""
+    idempotency_table: str = ""
+    audience_backfill_state_machine: str = ""
+    # Warm-container cache of a space's audience definitions, in seconds.
+    audience_cache_seconds: int = 30
+    # Shards per due-time bucket: spreads the sweeper index's writes over partitions.
+    due_shards: int = 8
     # Days an ingested event (and its dedupe key) is kept; Segment dedupes for 24 h at least.
     event_retention_days: int = 400
     # Warm-container cache of write key / token lookups, in seconds.

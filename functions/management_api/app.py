@@ -1,0 +1,112 @@
+"""Management API (API.md): audiences. Token auth, JSON in and out, errors in one shape."""
+from __future__ import annotations
+
+import json
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from engage import spaces
+from engage.audiences import export, management, manual, preview
+from engage.errors import EngageError, ValidationFailed
+from engage.observability import logger, tracer
+from engage.profile_api.params import token_from_authorization
+
+app = APIGatewayHttpResolver()
+
+
+def _space() -> str:
+    return spaces.authenticate(token_from_authorization(app.current_event.headers.get("authorization")),
+                               spaces.ACCESS_TOKEN)
+
+
+def _json_body():
+    try:
+        return json.loads(app.current_event.decoded_body or "null")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValidationFailed(f"the body is not valid JSON: {error}", [{"path": "$", "message": str(error)}]) from error
+
+
+def _query(name: str, default: str | None = None) -> str | None:
+    return app.current_event.get_query_string_value(name, default)
+
+
+def _int_query(name: str, default: int) -> int:
+    text = _query(name)
+    try:
+        return default if text is None else int(text)
+    except ValueError as error:
+        raise ValidationFailed(f"{name} must be an integer", [{"path": name, "value": text}]) from error
+
+
+@app.post("/v1/audiences")
+def create_audience():
+    return Response(201, "application/json", json.dumps(management.create(_space(), _json_body())))
+
+
+@app.get("/v1/audiences")
+def list_audiences():
+    return management.list_audiences(_space())
+
+
+@app.post("/v1/audiences:preview")
+def preview_audience():
+    return preview.preview(_space(), _json_body(), sample_size=_int_query("sample", preview.DEFAULT_SAMPLE))
+
+
+@app.get("/v1/audiences/<key>")
+def get_audience(key: str):
+    return management.get(_space(), key)
+
+
+@app.put("/v1/audiences/<key>")
+def replace_audience(key: str):
+    return management.replace(_space(), key, _json_body())
+
+
+@app.delete("/v1/audiences/<key>")
+def delete_audience(key: str):
+    management.delete(_space(), key)
+    return Response(204, "application/json", "")
+
+
+@app.get("/v1/audiences/<key>/members")
+def list_members(key: str):
+    return management.members(_space(), key, _int_query("limit", 100), _query("next"))
+
+
+@app.post("/v1/audiences/<key>/members")
+def edit_members(key: str):
+    return manual.edit_members(_space(), key, _json_body())
+
+
+@app.post("/v1/audiences/<key>/members:import")
+def import_members(key: str):
+    return manual.import_csv(_space(), key, app.current_event.decoded_body or "", _query("mode", "add"))
+
+
+@app.get("/v1/audiences/<key>/export")
+def export_audience(key: str):
+    space_id = _space()
+    result = export.export_csv(space_id, key, fmt=_query("format", "unformatted"), id_type=_query("id_type"),
+                               hash_=_query("hash"))
+    return Response(200, "text/csv", result.body,
+                    headers={"Content-Disposition": f'attachment; filename="{result.filename}"'})
+
+
+@app.exception_handler(EngageError)
+def engage_error(error: EngageError):
+    return Response(error.status, "application/json",
+                    json.dumps({"error": {"code": error.code, "message": error.message, "details": error.details}}))
+
+
+@app.not_found
+def not_found(_error):
+    message = f"no route {app.current_event.http_method} {app.current_event.path}"
+    return Response(404, "application/json", json.dumps({"error": {"code": "not_found", "message": message,
+                                                                    "details": []}}))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+def lambda_handler(event, context):
+    return app.resolve(event, context)

@@ -1,0 +1,164 @@
+"""Backfill: evaluate every existing profile of a space when an audience is created or edited.
+
+The AudienceBackfillStateMachine (statemachines/audience_backfill.asl.json) maps over
+`segments` parallel-scan segments of ProfilesTable; for each it calls AudienceBackfillFunction
+(`run_page`) in a loop, a bounded page at a time, until the segment is done. Each page:
+- seeds the audience's per-condition aggregates (`condition_state`) from the profile's event
+  history when the condition needs them (a `where` filter, an hour window, a funnel), so the
+  real-time path continues from the full history rather than from the creation moment;
+- evaluates the audience (and the audiences that reference it) and writes the differences.
+A segment's completion is recorded in a set on the audience (a retried page counts once);
+when all are done the status turns `ready`. An edit bumps the revision: pages of an older
+run see it and stop. The execution name is derived from (space, audience, revision), so
+launching twice starts one run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from pynamodb.exceptions import UpdateError
+
+from engage import clock
+from engage.audiences import runtime, store
+from engage.audiences.aggregates import build_condition_state, merge_condition_state
+from engage.audiences.evaluator import compile_definition
+from engage.audiences.index import AudienceIndex
+from engage.config import settings
+from engage.db import key
+from engage.observability import logger
+from engage.profiles_store import ProfileRecord
+
+SEGMENTS = 4
+PAGE_SIZE = 200
+
+
+@lru_cache(maxsize=1)
+def _sfn():
+    return boto3.client("stepfunctions")
+
+
+def execution_name(space_id: str, audience_key: str, revision: int) -> str:
+    name = f"{space_id}-{audience_key}-r{revision}"
+    if len(name) <= 80:
+        return name
+    return f"{name[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def start_execution(space_id: str, audience_key: str, revision: int, segments: int) -> None:
+    payload = {"space_id": space_id, "audience_key": audience_key, "revision": revision,
+               "total_segments": segments, "segments": list(range(segments))}
+    try:
+        _sfn().start_execution(stateMachineArn=settings().require("audience_backfill_state_machine"),
+                               name=execution_name(space_id, audience_key, revision), input=json.dumps(payload))
+    except _sfn().exceptions.ExecutionAlreadyExists:
+        pass  # same (space, audience, revision): that run is the one
+
+
+# The management API calls `launch`; the local cloud and tests may swap the starter.
+starter: Callable[[str, str, int, int], None] = start_execution
+
+
+def launch(space_id: str, audience_key: str, revision: int, segments: int = SEGMENTS) -> None:
+    store.start_backfill(space_id, audience_key, revision, segments)
+    try:
+        starter(space_id, audience_key, revision, segments)
+    except Exception as error:
+        store.fail_backfill(space_id, audience_key, revision, f"could not start the backfill: {error}")
+        raise
+
+
+def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: True,
+             now: datetime | None = None) -> dict[str, Any]:
+    """One state machine step: evaluate pages of one scan segment; returns the event with cursor/done."""
+    if event.get("action") == "fail":
+        error = event.get("error") or {}
+        store.fail_backfill(event["space_id"], event["audience_key"], int(event["revision"]),
+                            f"{error.get('Error', 'error')}: {error.get('Cause', '')}"[:1000])
+        return {**event, "done": True}
+    space_id, audience_key = event["space_id"], event["audience_key"]
+    revision, segment, total = int(event["revision"]), int(event["segment"]), int(event["total_segments"])
+    store.clear_cache(space_id)  # this run's definition, not a warm container's older copy
+    audience = store.find(space_id, audience_key)
+    if audience is None or audience.revision != revision:
+        return {**event, "done": True, "superseded": True}
+    definition = store.definition_of(audience)
+    eng = runtime.engine(space_id)
+    affected = [definition, *eng.index.affected(changed_audiences={audience_key})]
+    aggregates = {a.id for a in compile_definition(definition).aggregates}
+    seed_index = AudienceIndex([definition]) if aggregates else None
+    now = now or clock.now()
+    condition = (ProfileRecord.space_id == space_id) & (ProfileRecord.collection == definition.entity)
+    cursor = json.loads(event["cursor"]) if event.get("cursor") else None
+    pages = ProfileRecord.scan(condition, segment=segment, total_segments=total, page_size=PAGE_SIZE,
+                               last_evaluated_key=cursor).page_iter
+    evaluated = 0
+    for page in pages:
+        for raw in page.get("Items", []):
+            image = runtime.plain(raw)
+            if not runtime.is_live(image):
+                continue
+            if seed_index is not None:
+                image = seed_condition_state(space_id, image, seed_index, aggregates)
+            runtime.evaluate_profile(space_id, image, affected, now)
+            evaluated += 1
+        following = pages.last_evaluated_key
+        if not following:
+            break
+        if not time_left():
+            return {**event, "cursor": json.dumps(following), "done": False, "evaluated": evaluated}
+    status = store.finish_backfill_segment(space_id, audience_key, revision, segment)
+    logger.info("backfill segment done", extra={"space": space_id, "audience": audience_key, "segment": segment,
+                                                "status": status})
+    return {**event, "cursor": None, "done": True, "evaluated": evaluated}
+
+
+def seed_condition_state(space_id: str, image: dict[str, Any], index: AudienceIndex,
+                         aggregate_ids: set[str]) -> dict[str, Any]:
+    """Write the audience's aggregates, computed from the profile's history, onto the profile.
+
+    Merged with what is there (buckets summed would double count, so the rebuilt state wins for
+    these ids; records are united by messageId), conditional on the version read and bumping
+    it, so a profile processor write in between makes one of the two retry instead of losing data.
+    """
+    rebuilt = build_condition_state(runtime.history(space_id, image["profile_id"]), index, only=aggregate_ids)
+    current = image.get("condition_state") or {}
+    seeded = dict(current)
+    for aggregate_id in aggregate_ids:
+        mine = rebuilt.get(aggregate_id)
+        theirs = current.get(aggregate_id)
+        if mine is None:
+            continue
+        if theirs and "r" in theirs:
+            mine = merge_condition_state({aggregate_id: {"r": theirs["r"], "m": theirs.get("m", 0)}},
+                                         {aggregate_id: {"r": mine["r"], "m": mine.get("m", 0)}})[aggregate_id]
+        seeded[aggregate_id] = mine
+    if seeded == current:
+        return image
+    record = ProfileRecord(key(space_id, image["profile_id"]))
+    version = int(image.get("version") or 0)
+    try:
+        record.update(actions=[_condition_state_attr().set(seeded), ProfileRecord.version.add(1)],
+                      condition=ProfileRecord.version == version, add_version_condition=False)
+    except UpdateError as error:
+        if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+            raise
+        fresh = runtime.profile_image(space_id, image["profile_id"])
+        return seed_condition_state(space_id, fresh, index, aggregate_ids) if runtime.is_live(fresh) else image
+    return {**image, "condition_state": seeded, "version": version + 1}
+
+
+def _condition_state_attr():
+    """`condition_state` as an update path, whether or not ProfileRecord declares it yet."""
+    from pynamodb.attributes import MapAttribute
+
+    attr = getattr(ProfileRecord, "condition_state", None)
+    if attr is None:
+        attr = MapAttribute(attr_name="condition_state")
+        attr._set_attr_name("condition_state")
+    return attr

@@ -1,0 +1,131 @@
+"""The due-time index: when time alone could next change a profile's memberships.
+
+DueTable, one item per profile that has a pending time edge:
+  pk = <space>|<profile_id>, due_at (ISO), bucket = <YYYY-MM-DDTHH>|<shard>
+  GSI by_bucket: bucket (hash), due_at (range)
+The sweeper Queries the hour buckets from its cursor up to now (`due_at <= now`), shard by
+shard: work is proportional to what is due, never to the number of profiles. Shards spread
+one hour's writes over several partitions. The sweeper's cursor is the item pk = `sweeper|cursor`.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from pynamodb.attributes import UnicodeAttribute
+from pynamodb.exceptions import DeleteError, PutError
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+
+from engage import clock
+from engage.config import settings
+from engage.db import EngageModel, TableName, key
+
+CURSOR_PK = "sweeper|cursor"
+# Hours are closed this long after they end, so an evaluator whose clock lags slightly
+# behind the sweeper's can still schedule into the hour the sweeper is finishing.
+GRACE = timedelta(minutes=5)
+# Where the cursor starts when the sweeper has never run.
+FIRST_LOOKBACK = timedelta(days=7)
+
+
+class ByBucketIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_bucket"
+        projection = AllProjection()
+
+    bucket = UnicodeAttribute(hash_key=True)
+    due_at = UnicodeAttribute(range_key=True)
+
+
+class DueRecord(EngageModel):
+    class Meta:
+        table_name = TableName("due_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    bucket = UnicodeAttribute(null=True)
+    due_at = UnicodeAttribute(null=True)
+    space_id = UnicodeAttribute(null=True)
+    profile_id = UnicodeAttribute(null=True)
+    cursor = UnicodeAttribute(null=True)  # only on the sweeper's cursor item
+
+    by_bucket = ByBucketIndex()
+
+
+def hour_of(moment: datetime) -> str:
+    return clock.iso(moment)[:13]
+
+
+def _bucket(moment: datetime, profile_id: str) -> str:
+    shard = zlib.crc32(profile_id.encode()) % settings().due_shards
+    return f"{hour_of(moment)}|{shard}"
+
+
+def _record(space_id: str, profile_id: str, when: datetime) -> DueRecord:
+    return DueRecord(key(space_id, profile_id), bucket=_bucket(when, profile_id), due_at=clock.iso(when),
+                     space_id=space_id, profile_id=profile_id)
+
+
+def schedule(space_id: str, profile_id: str, when: datetime | None) -> bool:
+    """Record `when` unless an earlier (or equal) time is already recorded. No read needed.
+
+    An earlier stored time may belong to another audience's edge: keeping it is right, and the
+    sweep at that time recomputes the full next time anyway.
+    """
+    if when is None:
+        return False
+    when = max(when, clock.now())
+    record = _record(space_id, profile_id, when)
+    try:
+        record.save(condition=DueRecord.pk.does_not_exist() | (DueRecord.due_at > record.due_at))
+    except PutError as error:
+        if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def reschedule(item: DueRecord, when: datetime | None) -> None:
+    """After a sweep: move the item to `when` (or drop it), unless an evaluator moved it meanwhile."""
+    still = DueRecord.due_at == item.due_at
+    try:
+        if when is None:
+            DueRecord(item.pk).delete(condition=still)
+        else:
+            _record(item.space_id, item.profile_id, max(when, clock.now())).save(condition=still)
+    except (PutError, DeleteError) as error:
+        if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+            raise
+
+
+def due_in_hour(hour: str, now: datetime) -> Iterator[DueRecord]:
+    """Items of one hour bucket (all shards) due at `now` or before, in due order per shard."""
+    limit = clock.iso(now)
+    for shard in range(settings().due_shards):
+        yield from DueRecord.by_bucket.query(f"{hour}|{shard}", DueRecord.due_at <= limit)
+
+
+def hours_to_sweep(now: datetime) -> list[str]:
+    """Hour buckets from the cursor to the current hour, oldest first."""
+    start = cursor() or now - FIRST_LOOKBACK
+    hours, moment = [], start.replace(minute=0, second=0, microsecond=0)
+    while moment <= now:
+        hours.append(hour_of(moment))
+        moment += timedelta(hours=1)
+    return hours
+
+
+def cursor() -> datetime | None:
+    try:
+        return clock.parse(DueRecord.get(CURSOR_PK, consistent_read=True).cursor + ":00:00Z")
+    except DueRecord.DoesNotExist:
+        return None
+
+
+def close_hour(hour: str, now: datetime) -> bool:
+    """Advance the cursor past `hour` once it has ended (plus GRACE) and was swept completely."""
+    following = clock.parse(hour + ":00:00Z") + timedelta(hours=1)
+    if now < following + GRACE:
+        return False
+    DueRecord(CURSOR_PK, cursor=hour_of(following)).save()
+    return True

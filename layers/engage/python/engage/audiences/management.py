@@ -1,0 +1,88 @@
+"""Management API operations on audiences (API.md "Management API"): validate, store, answer.
+
+Handlers call these with the space the access token authenticated; every read and write is
+keyed by that space. Definitions are validated by `parse_definition` (shape, operators, paths)
+and `check_references` (unknown audiences, cycles) before anything is stored.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from engage.audiences import backfill, membership, store
+from engage.audiences.definition import AudienceDefinition, check_references, parse_definition
+from engage.errors import ValidationFailed
+
+MAX_PAGE = 1000
+
+
+def _known(space_id: str, excluding: str | None = None) -> dict[str, AudienceDefinition]:
+    known: dict[str, AudienceDefinition] = {}
+    for audience in store.list_all(space_id):
+        if audience.key == excluding:
+            continue
+        known[audience.key] = store.definition_of(audience)
+    return known
+
+
+def validate(space_id: str, body: Any, *, editing: str | None = None) -> AudienceDefinition:
+    """Parse and check a definition against the space's other audiences (shape, paths, references)."""
+    if isinstance(body, dict) and editing is not None:
+        body = {"key": editing, **body}
+    definition = parse_definition(body)
+    if definition.kind == "dynamic" and definition.condition is None:
+        raise ValidationFailed("a dynamic audience needs a condition",
+                               [{"path": "condition", "message": "required when kind is dynamic"}])
+    if definition.kind == "manual" and definition.condition is not None:
+        raise ValidationFailed("a manual audience has no condition: add members through /members",
+                               [{"path": "condition", "message": "not allowed when kind is manual"}])
+    check_references(definition, _known(space_id, excluding=definition.key))
+    return definition
+
+
+def _needs_backfill(definition: AudienceDefinition) -> bool:
+    return definition.kind == "dynamic" and definition.backfill
+
+
+def create(space_id: str, body: Any) -> dict[str, Any]:
+    definition = validate(space_id, body)
+    backfilling = _needs_backfill(definition)
+    audience = store.create(space_id, definition.to_dict(), status=store.COMPUTING if backfilling else store.READY)
+    if backfilling:
+        backfill.launch(space_id, audience.key, audience.revision)
+    return store.get(space_id, audience.key).view(0)
+
+
+def replace(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
+    store.refuse_system(audience_key, "edited")
+    definition = validate(space_id, body, editing=audience_key)
+    if definition.key != audience_key:
+        raise ValidationFailed("the key of an audience cannot change",
+                               [{"path": "key", "value": definition.key, "expected": audience_key}])
+    backfilling = _needs_backfill(definition)
+    audience = store.replace(space_id, audience_key, definition.to_dict(),
+                             status=store.COMPUTING if backfilling else store.READY)
+    if backfilling:
+        backfill.launch(space_id, audience.key, audience.revision)
+    return get(space_id, audience_key)
+
+
+def get(space_id: str, audience_key: str) -> dict[str, Any]:
+    audience = store.get(space_id, audience_key)
+    return audience.view(store.size(space_id, audience_key))
+
+
+def list_audiences(space_id: str) -> dict[str, Any]:
+    return {"audiences": [a.view(store.size(space_id, a.key)) for a in store.list_all(space_id)]}
+
+
+def delete(space_id: str, audience_key: str) -> None:
+    store.delete(space_id, audience_key)
+
+
+def members(space_id: str, audience_key: str, limit: int, cursor: str | None) -> dict[str, Any]:
+    store.get(space_id, audience_key)  # 404 for unknown or deleted audiences
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}", [{"path": "limit", "value": limit}])
+    page, following = membership.members(space_id, audience_key, limit, cursor)
+    return {"members": [{"profile_id": r.profile_id, "entered_at": r.entered_at} for r in page],
+            "cursor": {"has_more": following is not None, "next": following or "", "limit": limit}}

@@ -1,0 +1,174 @@
+"""Manual audiences: members added and removed by id, one by one or from a CSV file.
+
+A person must exist before being added: every id (`<type>:<value>`, e.g. `email:ann@example.com`)
+is resolved through IdentityTable (pk `space|users|<type>:<value>`); ids that resolve to nobody
+are reported back with where they were (JSON path or CSV line), never silently dropped.
+Membership writes go through `membership.set_member`, so repeating a request changes nothing.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from engage.audiences import membership, store
+from engage.db import key
+from engage.errors import Conflict, ValidationFailed
+from engage.profiles_store import IdentityRecord
+
+ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_IDS_PER_REQUEST = 1000
+MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: split bigger files
+BATCH_GET = 100  # DynamoDB BatchGetItem limit
+
+
+@dataclass
+class Outcome:
+    added: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    unknown: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self, **extra: Any) -> dict[str, Any]:
+        return {**extra, "added": self.added, "removed": self.removed, "unchanged": self.unchanged,
+                "unknown": self.unknown, "invalid": self.invalid}
+
+
+def parse_ref(ref: Any) -> tuple[str, str] | None:
+    """`type:value` -> (type, value); None when it is not one."""
+    if not isinstance(ref, str) or ":" not in ref:
+        return None
+    id_type, value = ref.split(":", 1)
+    id_type, value = id_type.strip(), value.strip()
+    if not ID_TYPE.match(id_type) or not value:
+        return None
+    return id_type, value
+
+
+def resolve(space_id: str, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(type, value) -> profile id for the refs that name an existing users profile (BatchGet)."""
+    unique = list(dict.fromkeys(refs))
+    found: dict[tuple[str, str], str] = {}
+    for start in range(0, len(unique), BATCH_GET):
+        chunk = unique[start:start + BATCH_GET]
+        by_pk = {key(space_id, "users", f"{t}:{v}"): (t, v) for t, v in chunk}
+        for record in IdentityRecord.batch_get(list(by_pk)):
+            found[by_pk[record.pk]] = record.profile_id
+    return found
+
+
+def _manual_audience(space_id: str, audience_key: str) -> store.Audience:
+    audience = store.get(space_id, audience_key)
+    if audience.kind != "manual":
+        raise Conflict(f"audience {audience_key!r} is {audience.kind}: its members follow its condition; "
+                       "only manual audiences take members by hand", [{"path": "key", "value": audience_key}])
+    return audience
+
+
+def edit_members(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
+    """`{"add": [ids], "remove": [ids]}` on a manual audience."""
+    _manual_audience(space_id, audience_key)
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body must be a JSON object {\"add\": [ids], \"remove\": [ids]}",
+                               [{"path": "$", "message": "expected an object"}])
+    unknown_fields = sorted(set(body) - {"add", "remove"})
+    problems = [{"path": f"$.{name}", "message": "unknown field (expected add, remove)"} for name in unknown_fields]
+    lists: dict[str, list[tuple[str, str, str]]] = {"add": [], "remove": []}
+    total = 0
+    for name in ("add", "remove"):
+        values = body.get(name, [])
+        if not isinstance(values, list):
+            problems.append({"path": f"$.{name}", "message": "expected a list of ids like \"email:a@b.c\""})
+            continue
+        total += len(values)
+        for i, ref in enumerate(values):
+            parsed = parse_ref(ref)
+            if parsed is None:
+                problems.append({"path": f"$.{name}[{i}]", "value": ref,
+                                 "message": "expected an id `<type>:<value>`, e.g. user_id:42"})
+            else:
+                lists[name].append((f"$.{name}[{i}]", *parsed))
+    if total > MAX_IDS_PER_REQUEST:
+        problems.append({"path": "$", "message": f"at most {MAX_IDS_PER_REQUEST} ids per request"})
+    if problems:
+        raise ValidationFailed(f"invalid members request at {problems[0]['path']}: {problems[0]['message']}",
+                               problems)
+    outcome = Outcome()
+    resolved = resolve(space_id, [(t, v) for entries in lists.values() for _, t, v in entries])
+    for name, entries in lists.items():
+        for path, id_type, value in entries:
+            profile_id = resolved.get((id_type, value))
+            if profile_id is None:
+                outcome.unknown.append({"path": path, "value": f"{id_type}:{value}",
+                                        "message": "no profile has this id"})
+                continue
+            _apply(outcome, space_id, audience_key, profile_id, name == "add")
+    return outcome.as_dict()
+
+
+def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[str, Any]:
+    """Import members from CSV: a header naming id types (`email`, `user_id`, ...), one person per row.
+
+    A row is matched by its first non-empty id column that names an existing profile. `replace`
+    also removes current members that the file does not name.
+    """
+    if mode not in ("add", "replace"):
+        raise ValidationFailed(f"mode must be add or replace, not {mode!r}", [{"path": "mode", "value": mode}])
+    _manual_audience(space_id, audience_key)
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    header = [column.strip().lower() for column in rows[0]] if rows else []
+    bad = [{"line": 1, "column": i + 1, "value": name,
+            "message": "header columns name id types like email or user_id"}
+           for i, name in enumerate(header) if not ID_TYPE.match(name)]
+    if not header or bad:
+        raise ValidationFailed("the CSV needs a header row naming the id type of each column, e.g. `email`",
+                               bad or [{"line": 1, "message": "empty file"}])
+    if len(rows) - 1 > MAX_IMPORT_ROWS:
+        raise ValidationFailed(f"at most {MAX_IMPORT_ROWS} rows per import: split the file",
+                               [{"line": MAX_IMPORT_ROWS + 2, "message": "too many rows"}])
+    outcome = Outcome()
+    candidates: list[tuple[int, list[tuple[str, str]]]] = []
+    for line, row in enumerate(rows[1:], start=2):
+        ids = [(header[i], value.strip()) for i, value in enumerate(row[:len(header)]) if value.strip()]
+        if not any(row):
+            continue  # blank line
+        if len(row) > len(header):
+            outcome.invalid.append({"line": line, "message": f"{len(row)} columns but the header has {len(header)}"})
+            continue
+        if not ids:
+            outcome.invalid.append({"line": line, "message": "no id in this row"})
+            continue
+        candidates.append((line, ids))
+    resolved = resolve(space_id, [ref for _, ids in candidates for ref in ids])
+    named: set[str] = set()
+    for line, ids in candidates:
+        profile_id = next((resolved[ref] for ref in ids if ref in resolved), None)
+        if profile_id is None:
+            outcome.unknown.append({"line": line, "value": ",".join(f"{t}:{v}" for t, v in ids),
+                                    "message": "no profile has this id"})
+            continue
+        if profile_id in named:
+            continue  # the same person twice in the file
+        named.add(profile_id)
+        _apply(outcome, space_id, audience_key, profile_id, True)
+    if mode == "replace":
+        for record in list(membership.all_members(space_id, audience_key)):
+            if record.profile_id not in named:
+                _apply(outcome, space_id, audience_key, record.profile_id, False, record)
+    return outcome.as_dict(mode=mode, rows=len(candidates) + len(outcome.invalid))
+
+
+def _apply(outcome: Outcome, space_id: str, audience_key: str, profile_id: str, member: bool,
+           existing=None) -> None:
+    if existing is None:
+        existing = membership.current_one(space_id, profile_id, audience_key)
+    change = membership.set_member(space_id, profile_id, audience_key, member, existing)
+    if change is None:
+        outcome.unchanged += 1
+    elif member:
+        outcome.added += 1
+    else:
+        outcome.removed += 1

@@ -1,0 +1,231 @@
+"""The audience runtime: profile changes (stream images) and time passing -> membership changes.
+
+Per profile stream record:
+1. diff the old and new image: event names whose daily counts or stats moved, top-level traits,
+   computed traits and subscriptions that changed;
+2. ask the space's AudienceIndex which audiences read any of that (plus, transitively, the
+   audiences that reference them), in evaluation order;
+3. evaluate them from the new image itself (the profile carries its aggregates: no extra read
+   besides the profile's memberships, one Query) and write only the differences
+   (`membership.set_member`: conditional, counted, replay-safe);
+4. record when time alone could next change one of them (`due.schedule`) for the sweeper.
+A new users profile enters the system audience `all`; a profile merged into another (or
+deleted) leaves every audience, and its manual memberships move to the survivor.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+
+from engage import clock
+from engage.audiences import due, membership, store
+from engage.audiences.definition import AudienceDefinition
+from engage.audiences.evaluator import ProfileView, evaluate, next_change_at
+from engage.audiences.index import AudienceIndex
+from engage.db import key
+from engage.errors import ValidationFailed
+from engage.memberships_store import MembershipRecord
+from engage.observability import logger
+from engage.profiles_store import ProfileEventRecord, ProfileRecord
+
+USERS = "users"
+
+
+@dataclass
+class SpaceEngine:
+    """A space's audiences as the runtime needs them: parsed once per definitions cache fill."""
+
+    audiences: list[store.Audience]
+    index: AudienceIndex
+    manual: set[str] = field(default_factory=set)
+
+    def everything(self, entity: str) -> list[AudienceDefinition]:
+        return [d for k in self.index.order if (d := self.index.definitions[k]).entity == entity]
+
+
+_engines: dict[str, SpaceEngine] = {}
+
+
+def engine(space_id: str) -> SpaceEngine:
+    audiences = store.cached(space_id)
+    hit = _engines.get(space_id)
+    if hit is not None and hit.audiences is audiences:
+        return hit
+    definitions = []
+    for audience in audiences:
+        try:
+            definitions.append(store.definition_of(audience))
+        except ValidationFailed:  # a definition stored by an older version must not stop the others
+            logger.exception("unreadable audience definition", extra={"space": space_id, "audience": audience.key})
+    built = SpaceEngine(audiences, AudienceIndex(definitions),
+                        {a.key for a in audiences if a.kind == "manual"})
+    _engines[space_id] = built
+    return built
+
+
+def reset() -> None:
+    _engines.clear()
+
+
+# ---------------------------------------------------------------- diffing images
+def _changed_keys(old: dict, new: dict, name: str) -> set[str]:
+    before, after = old.get(name) or {}, new.get(name) or {}
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+@dataclass(frozen=True)
+class ProfileDiff:
+    events: set[str]
+    traits: set[str]
+    computed_traits: set[str]
+    subscriptions: set[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.traits or self.computed_traits or self.subscriptions)
+
+
+def diff(old: dict, new: dict) -> ProfileDiff:
+    events = _changed_keys(old, new, "daily_counts") | _changed_keys(old, new, "event_stats")
+    return ProfileDiff(events, _changed_keys(old, new, "traits"), _changed_keys(old, new, "computed_traits"),
+                       _changed_keys(old, new, "subscriptions"))
+
+
+# ---------------------------------------------------------------- evaluation
+def is_live(image: dict | None) -> bool:
+    return bool(image) and not image.get("merged_into")
+
+
+def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefinition], now: datetime,
+                     records: dict[str, MembershipRecord] | None = None, *, schedule: bool = True
+                     ) -> tuple[list[membership.Change], datetime | None]:
+    """Evaluate `affected` (in order) for one profile image and write what changed.
+
+    Returns the changes and the earliest time edge among the time-based audiences evaluated;
+    with `schedule` that edge is recorded in the due index (kept if an earlier one is there).
+    """
+    profile_id = image["profile_id"]
+    if records is None:
+        records = membership.current(space_id, profile_id)
+    flags = membership.flags(records)
+    view = ProfileView.from_item(image, memberships=flags)
+    eng = engine(space_id)
+    changes: list[membership.Change] = []
+    next_due: datetime | None = None
+    for definition in affected:
+        if definition.key == store.ALL:
+            wanted = image.get("collection", USERS) == USERS and is_live(image)
+        elif definition.key in eng.manual:
+            continue  # members by hand; dependents still see its stored flag
+        else:
+            wanted = evaluate(definition, view, now, flags)
+            if definition.key in eng.index.time_based:
+                edge = next_change_at(definition, view, now, flags)
+                if edge is not None and (next_due is None or edge < next_due):
+                    next_due = edge
+        if wanted != flags.get(definition.key, False):
+            change = membership.set_member(space_id, profile_id, definition.key, wanted, records.get(definition.key))
+            flags[definition.key] = wanted
+            if change is not None:
+                changes.append(change)
+    if schedule and next_due is not None:
+        due.schedule(space_id, profile_id, next_due)
+    return changes, next_due
+
+
+def leave_all(space_id: str, image: dict) -> list[membership.Change]:
+    """A merged or deleted profile leaves every audience; its manual memberships go to the survivor."""
+    profile_id = image["profile_id"]
+    survivor = image.get("merged_into")
+    manual = engine(space_id).manual
+    changes = []
+    for audience_key, record in membership.current(space_id, profile_id).items():
+        if not record.member:
+            continue
+        if survivor and audience_key in manual:
+            moved = membership.set_member(space_id, survivor, audience_key, True,
+                                          membership.current_one(space_id, survivor, audience_key))
+            if moved is not None:
+                changes.append(moved)
+        change = membership.set_member(space_id, profile_id, audience_key, False, record)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def on_profile_change(old: dict | None, new: dict | None, now: datetime | None = None) -> list[membership.Change]:
+    """One ProfilesTable stream record (plain images) -> the membership changes it causes."""
+    now = now or clock.now()
+    image = new or old
+    if not image or "space_id" not in image:
+        return []
+    space_id = image["space_id"]
+    if not is_live(new):
+        if old is not None and not is_live(old):
+            return []  # was already merged: its exits were written then
+        return leave_all(space_id, image)
+    entity = new.get("collection", USERS)
+    eng = engine(space_id)
+    if not is_live(old):
+        affected = eng.everything(entity)  # a new profile: every audience of its entity
+    else:
+        changed = diff(old, new)
+        if not changed:
+            return []
+        affected = eng.index.affected(changed.events, changed.traits, (), changed.computed_traits,
+                                      changed_subscriptions=changed.subscriptions, entity=entity)
+    if not affected:
+        return []
+    return evaluate_profile(space_id, new, affected, now)[0]
+
+
+def on_members_changed(space_id: str, profile_id: str, audience_keys: set[str],
+                       now: datetime | None = None) -> list[membership.Change]:
+    """Re-evaluate the audiences that reference `audience_keys` (e.g. after a manual edit)."""
+    eng = engine(space_id)
+    affected = [d for d in eng.index.affected(changed_audiences=audience_keys) if d.key not in audience_keys]
+    if not affected:
+        return []
+    image = profile_image(space_id, profile_id)
+    if not is_live(image):
+        return []
+    return evaluate_profile(space_id, image, affected, now or clock.now())[0]
+
+
+def reevaluate(space_id: str, profile_id: str, now: datetime | None = None) -> tuple[list[membership.Change],
+                                                                                     datetime | None]:
+    """The sweeper's re-evaluation of one due profile: every time-based audience (and dependents).
+
+    Returns the changes and the profile's next due time over all of them.
+    """
+    now = now or clock.now()
+    image = profile_image(space_id, profile_id)
+    if not is_live(image):
+        return [], None
+    eng = engine(space_id)
+    affected = eng.index.affected(time=True, entity=image.get("collection", USERS))
+    return evaluate_profile(space_id, image, affected, now, schedule=False)
+
+
+# ---------------------------------------------------------------- reading profiles as images
+_deserializer = TypeDeserializer()
+
+
+def plain(item: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB-typed item as plain Python values (what stream images deserialize to)."""
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def profile_image(space_id: str, profile_id: str) -> dict[str, Any] | None:
+    """The whole profile item (every attribute, including ones the model does not declare)."""
+    found = ProfileRecord._get_connection().get_item(key(space_id, profile_id), consistent_read=True)
+    return plain(found["Item"]) if found.get("Item") else None
+
+
+def history(space_id: str, profile_id: str, limit: int = 1000) -> list[dict]:
+    """The profile's newest `limit` events as Segment messages, oldest first (ProfileEventsTable)."""
+    records = ProfileEventRecord.query(key(space_id, profile_id), scan_index_forward=False, limit=limit)
+    return [json.loads(r.payload) for r in records][::-1]

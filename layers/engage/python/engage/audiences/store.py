@@ -1,0 +1,299 @@
+"""Audience definitions and sizes in ConfigTable: the one storage place for the audience aggregate.
+
+ConfigTable items (every key starts with the space id):
+  pk = <space>|audiences, sk = <key>          one item per audience ever created; a deleted
+                                              audience stays as a tombstone (`deleted_at`) so its
+                                              key is never reused in the space (API.md)
+  pk = <space>|audience_size|<key>, sk = <n>  membership counter shards, updated in the same
+                                              transaction as the membership change they count
+
+The system audience `all` (every users profile) is implicit in every space: it is not stored,
+cannot be created, edited or deleted, and shows in the list with its counted size.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UnicodeSetAttribute, VersionAttribute
+from pynamodb.exceptions import PutError, UpdateError
+
+from engage import clock
+from engage.audiences.definition import AudienceDefinition, parse_definition
+from engage.config import settings
+from engage.db import EngageModel, TableName, key
+from engage.errors import Conflict, NotFound, ValidationFailed
+
+ALL = "all"
+SYSTEM_KEYS = frozenset({ALL})
+COMPUTING, READY, FAILED = "computing", "ready", "failed"
+SIZE_SHARDS = 10
+
+
+class AudienceRecord(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    key = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    entity = UnicodeAttribute(default="users")
+    definition = UnicodeAttribute()  # the accepted definition as JSON (re-parsed when loaded)
+    status = UnicodeAttribute(default=READY)
+    # Bumped on every edit: backfill runs and their completion are tied to one revision.
+    revision = NumberAttribute(default=1)
+    backfill_segments = NumberAttribute(null=True)
+    backfill_done = UnicodeSetAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    deleted_at = UnicodeAttribute(null=True)
+    version = VersionAttribute()
+
+
+class AudienceSizeShard(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    count = NumberAttribute(default=0)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """A live audience as the rest of the engine sees it (API view + raw definition)."""
+
+    space_id: str
+    key: str
+    kind: str
+    entity: str
+    definition: dict[str, Any]
+    status: str
+    revision: int
+    created_at: str
+    updated_at: str
+    system: bool = False
+
+    def view(self, size: int) -> dict[str, Any]:
+        return {**self.definition, "status": self.status, "size": size, "revision": self.revision,
+                "system": self.system, "created_at": self.created_at, "updated_at": self.updated_at}
+
+
+def _pk(space_id: str) -> str:
+    return key(space_id, "audiences")
+
+
+def _size_pk(space_id: str, audience_key: str) -> str:
+    return key(space_id, "audience_size", audience_key)
+
+
+def system_audience(space_id: str) -> Audience:
+    definition = {"key": ALL, "name": "All", "kind": "system", "entity": "users",
+                  "description": "Every users profile of the space (implicit; cannot be edited or deleted)."}
+    return Audience(space_id, ALL, "system", "users", definition, READY, 1, "", "", system=True)
+
+
+def _audience(record: AudienceRecord) -> Audience:
+    return Audience(record.space_id, record.key, record.kind, record.entity, json.loads(record.definition),
+                    record.status, int(record.revision), record.created_at, record.updated_at)
+
+
+def definition_of(audience: Audience) -> AudienceDefinition:
+    """The parsed definition of a stored audience (the system audience: a condition-less one)."""
+    if audience.system:
+        return AudienceDefinition(key=audience.key, name=audience.definition["name"], kind="manual",
+                                  entity="users", backfill=False)
+    return parse_definition(audience.definition)
+
+
+def refuse_system(audience_key: str, action: str) -> None:
+    if audience_key in SYSTEM_KEYS:
+        raise Conflict(f"audience {audience_key!r} is a system audience and cannot be {action}",
+                       [{"path": "$.key", "value": audience_key}])
+
+
+def create(space_id: str, definition: dict[str, Any], *, status: str = READY) -> Audience:
+    """Store a new audience; 409 if the key was ever used in the space (deleted keys included)."""
+    audience_key = definition["key"]
+    refuse_system(audience_key, "created")
+    now = clock.iso()
+    record = AudienceRecord(_pk(space_id), audience_key, space_id=space_id, key=audience_key,
+                            kind=definition.get("kind", "dynamic"), entity=definition.get("entity", "users"),
+                            definition=json.dumps(definition, sort_keys=True), status=status,
+                            created_at=now, updated_at=now)
+    try:
+        record.save(condition=AudienceRecord.pk.does_not_exist())
+    except PutError as error:
+        if _conditional_failed(error):
+            existing = _record(space_id, audience_key)
+            what = "was used by a deleted audience" if existing and existing.deleted_at else "is in use"
+            raise Conflict(f"audience key {audience_key!r} {what}: keys are unique in a space forever",
+                           [{"path": "$.key", "value": audience_key}]) from error
+        raise
+    clear_cache(space_id)
+    return _audience(record)
+
+
+def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, status: str = READY) -> Audience:
+    """Replace a live audience's definition (same key, same kind); bumps the revision."""
+    refuse_system(audience_key, "edited")
+    record = _live_record(space_id, audience_key)
+    if definition.get("key", audience_key) != audience_key:
+        raise ValidationFailed("the key of an audience cannot change",
+                               [{"path": "$.key", "value": definition.get("key"), "expected": audience_key}])
+    if definition.get("kind", "dynamic") != record.kind:
+        raise ValidationFailed(f"the kind of an audience cannot change (it is {record.kind!r})",
+                               [{"path": "$.kind", "value": definition.get("kind")}])
+    record.definition = json.dumps(definition, sort_keys=True)
+    record.entity = definition.get("entity", "users")
+    record.status = status
+    record.revision = int(record.revision) + 1
+    record.backfill_segments = None
+    record.backfill_done = None
+    record.error = None
+    record.updated_at = clock.iso()
+    _save_versioned(record, audience_key)
+    clear_cache(space_id)
+    return _audience(record)
+
+
+def delete(space_id: str, audience_key: str) -> None:
+    """Tombstone the audience: it stops being evaluated, its key stays taken."""
+    refuse_system(audience_key, "deleted")
+    record = _live_record(space_id, audience_key)
+    record.deleted_at = record.updated_at = clock.iso()
+    _save_versioned(record, audience_key)
+    clear_cache(space_id)
+
+
+def get(space_id: str, audience_key: str) -> Audience:
+    if audience_key == ALL:
+        return system_audience(space_id)
+    return _audience(_live_record(space_id, audience_key))
+
+
+def find(space_id: str, audience_key: str) -> Audience | None:
+    """Like get, but None instead of NotFound (also None for tombstones)."""
+    try:
+        return get(space_id, audience_key)
+    except NotFound:
+        return None
+
+
+def list_all(space_id: str) -> list[Audience]:
+    """Every live audience of the space, the system audience first (one Query, paged by DynamoDB)."""
+    live = [_audience(r) for r in AudienceRecord.query(_pk(space_id)) if not r.deleted_at]
+    return [system_audience(space_id), *live]
+
+
+def size(space_id: str, audience_key: str) -> int:
+    return max(0, sum(int(s.count) for s in AudienceSizeShard.query(_size_pk(space_id, audience_key))))
+
+
+def size_shard(space_id: str, audience_key: str, profile_id: str) -> AudienceSizeShard:
+    """The counter shard a profile's membership changes are counted in (spreads hot audiences)."""
+    shard = sum(profile_id.encode()) % SIZE_SHARDS
+    return AudienceSizeShard(_size_pk(space_id, audience_key), str(shard))
+
+
+# ---------------------------------------------------------------- backfill bookkeeping
+def start_backfill(space_id: str, audience_key: str, revision: int, segments: int) -> None:
+    record = _live_record(space_id, audience_key)
+    if int(record.revision) != revision:
+        return
+    record.backfill_segments = segments
+    record.backfill_done = None
+    record.status = COMPUTING
+    _save_versioned(record, audience_key)
+    clear_cache(space_id)
+
+
+def finish_backfill_segment(space_id: str, audience_key: str, revision: int, segment: int) -> str | None:
+    """Mark one segment done (a set: a retried segment counts once); ready when all are. Returns status."""
+    try:
+        record = AudienceRecord(_pk(space_id), audience_key)
+        record.update(actions=[AudienceRecord.backfill_done.add({str(segment)})],
+                      condition=(AudienceRecord.revision == revision) & AudienceRecord.deleted_at.does_not_exist(),
+                      add_version_condition=False)
+    except UpdateError as error:
+        if _conditional_failed(error):
+            return None  # edited or deleted meanwhile: a newer run owns the status
+        raise
+    if record.backfill_segments is not None and len(record.backfill_done or ()) >= int(record.backfill_segments):
+        _set_status(space_id, audience_key, revision, READY)
+        return READY
+    return record.status
+
+
+def fail_backfill(space_id: str, audience_key: str, revision: int, message: str) -> None:
+    _set_status(space_id, audience_key, revision, FAILED, message)
+
+
+def _set_status(space_id: str, audience_key: str, revision: int, status: str, error: str | None = None) -> None:
+    record = AudienceRecord(_pk(space_id), audience_key)
+    actions = [AudienceRecord.status.set(status), AudienceRecord.updated_at.set(clock.iso())]
+    actions.append(AudienceRecord.error.set(error[:1000]) if error else AudienceRecord.error.remove())
+    try:
+        record.update(actions=actions, condition=AudienceRecord.revision == revision, add_version_condition=False)
+    except UpdateError as error_:
+        if not _conditional_failed(error_):
+            raise
+    clear_cache(space_id)
+
+
+# ---------------------------------------------------------------- warm-container cache
+_cache: dict[str, tuple[float, list[Audience]]] = {}
+
+
+def cached(space_id: str) -> list[Audience]:
+    """Live audiences of a space, cached per warm container for `audience_cache_seconds`.
+
+    Stream evaluators read definitions on every batch; a short TTL bounds how long an edit
+    takes to reach a warm container without a ConfigTable read per record.
+    """
+    hit = _cache.get(space_id)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    audiences = list_all(space_id)
+    _cache[space_id] = (time.monotonic() + settings().audience_cache_seconds, audiences)
+    return audiences
+
+
+def clear_cache(space_id: str | None = None) -> None:
+    if space_id is None:
+        _cache.clear()
+    else:
+        _cache.pop(space_id, None)
+
+
+# ---------------------------------------------------------------- helpers
+def _record(space_id: str, audience_key: str) -> AudienceRecord | None:
+    try:
+        return AudienceRecord.get(_pk(space_id), audience_key, consistent_read=True)
+    except AudienceRecord.DoesNotExist:
+        return None
+
+
+def _live_record(space_id: str, audience_key: str) -> AudienceRecord:
+    record = _record(space_id, audience_key)
+    if record is None or record.deleted_at:
+        raise NotFound(f"no audience {audience_key!r} in this space", [{"path": "key", "value": audience_key}])
+    return record
+
+
+def _save_versioned(record: AudienceRecord, audience_key: str) -> None:
+    try:
+        record.save()
+    except PutError as error:
+        if _conditional_failed(error):
+            raise Conflict(f"audience {audience_key!r} was changed concurrently; read it again and retry") from error
+        raise
+
+
+def _conditional_failed(error: Exception) -> bool:
+    return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"

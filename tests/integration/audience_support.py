@@ -1,0 +1,115 @@
+"""Helpers for the audience tests: real handlers called with API Gateway / stream events."""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "acme-access-token"
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "test"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test"
+    aws_request_id: str = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def handler(name: str):
+    """functions/<name>/app.py's lambda_handler, imported under a unique module name."""
+    module_name = f"fn_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name].lambda_handler
+
+
+def call_api(method: str, path: str, body=None, *, token: str | None = TOKEN, query: dict | None = None,
+             raw: str | None = None) -> tuple[int, object]:
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = "Basic " + base64.b64encode(f"{token}:".encode()).decode()
+    text = raw if raw is not None else (json.dumps(body) if body is not None else None)
+    event = {
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": urlencode(query or {}),
+        "headers": headers, "queryStringParameters": query or None, "body": text, "isBase64Encoded": False,
+        "requestContext": {"http": {"method": method, "path": path, "sourceIp": "127.0.0.1"},
+                           "stage": "$default", "requestId": "r", "accountId": "123456789012"},
+    }
+    response = handler("management_api")(event, LambdaContext())
+    payload = response.get("body") or ""
+    if response["statusCode"] != 204 and payload and "json" in response["headers"].get("Content-Type", ""):
+        payload = json.loads(payload)
+    return response["statusCode"], payload
+
+
+_serializer = TypeSerializer()
+
+
+def _image(item: dict | None) -> dict | None:
+    if item is None:
+        return None
+    return {k: _serializer.serialize(v) for k, v in item.items()}
+
+
+def stream_record(old: dict | None, new: dict | None, *, event_id: str, keys: dict) -> dict:
+    """A DynamoDB stream record (NEW_AND_OLD_IMAGES) as Lambda receives it, from plain items."""
+    name = "INSERT" if old is None else "REMOVE" if new is None else "MODIFY"
+    dynamodb = {"Keys": _image(keys), "StreamViewType": "NEW_AND_OLD_IMAGES", "SequenceNumber": event_id,
+                "SizeBytes": 100}
+    if old is not None:
+        dynamodb["OldImage"] = _image(old)
+    if new is not None:
+        dynamodb["NewImage"] = _image(new)
+    return {"eventID": event_id, "eventName": name, "eventSource": "aws:dynamodb", "eventVersion": "1.1",
+            "awsRegion": "us-east-1", "dynamodb": dynamodb,
+            "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2026-01-01T00:00:00.000"}
+
+
+def stream_records_of(aws, logical_id: str) -> list[dict]:
+    """Every record moto's stream of a table holds so far, as Lambda would receive them."""
+    table = aws.table(logical_id)
+    arn = table.latest_stream_arn
+    streams = aws.client("dynamodbstreams")
+    streams = __import__("boto3").client("dynamodbstreams", region_name="us-east-1",
+                                         endpoint_url="https://streams.dynamodb.us-east-1.amazonaws.com")
+    records = []
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            records.extend(page["Records"])
+            if not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+    for record in records:
+        record.setdefault("eventSourceARN", arn)
+        record["dynamodb"].pop("ApproximateCreationDateTime", None)
+    return records
+
+
+@pytest.fixture
+def engine(aws):
+    """Reset the audience engine's warm-container caches around each test."""
+    from engage.audiences import router, store
+
+    store.clear_cache()
+    router.reset()
+    yield aws
+    store.clear_cache()
+    router.reset()

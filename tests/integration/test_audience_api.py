@@ -1,0 +1,100 @@
+"""Management API for audiences, through the real handler (moto tables from template.yaml)."""
+from __future__ import annotations
+
+import pytest
+
+from engage.audiences import backfill
+from tests.integration.audience_support import call_api, engine  # noqa: F401 - fixture
+
+PRO = {"key": "pro_users", "name": "Pro users", "backfill": False,
+       "condition": {"trait": "plan", "op": "eq", "value": "pro"}}
+
+
+@pytest.fixture
+def api(engine, space):
+    return engine
+
+
+def test_create_get_list_and_update_an_audience(api):
+    # When an audience is created
+    status, created = call_api("POST", "/v1/audiences", PRO)
+    # Then it is stored and ready (no backfill asked), with its size
+    assert status == 201, created
+    assert created["key"] == "pro_users" and created["status"] == "ready" and created["size"] == 0
+    status, got = call_api("GET", "/v1/audiences/pro_users")
+    assert status == 200 and got["condition"] == PRO["condition"] and got["updated_at"]
+    # And the list shows it next to the system audience `all`
+    status, listed = call_api("GET", "/v1/audiences")
+    assert [a["key"] for a in listed["audiences"]] == ["all", "pro_users"]
+    assert listed["audiences"][0]["system"] is True
+    # When it is replaced
+    changed = {**PRO, "condition": {"trait": "plan", "op": "in", "value": ["pro", "team"]}}
+    status, updated = call_api("PUT", "/v1/audiences/pro_users", changed)
+    assert status == 200, updated
+    assert updated["condition"]["value"] == ["pro", "team"] and updated["revision"] == 2
+
+
+def test_invalid_definitions_are_refused_with_json_paths(api):
+    bad = {**PRO, "condition": {"all": [{"trait": "plan", "op": "equals", "value": "pro"}]}}
+    status, body = call_api("POST", "/v1/audiences", bad)
+    assert status == 400
+    assert body["error"]["code"] == "validation_error"
+    assert any(d["path"].startswith("condition.all[0]") for d in body["error"]["details"]), body
+    # an unknown referenced audience is named at its path
+    status, body = call_api("POST", "/v1/audiences", {**PRO, "condition": {"audience": "nope"}})
+    assert status == 400 and body["error"]["details"][0]["path"] == "condition.audience"
+    # a dynamic audience needs a condition
+    status, body = call_api("POST", "/v1/audiences", {"key": "x", "name": "X"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "condition"
+    # malformed JSON says so
+    status, body = call_api("POST", "/v1/audiences", raw="{not json")
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+
+
+def test_a_key_is_unique_forever_even_after_delete(api):
+    assert call_api("POST", "/v1/audiences", PRO)[0] == 201
+    status, body = call_api("POST", "/v1/audiences", PRO)
+    assert status == 409 and body["error"]["code"] == "conflict"
+    # When it is deleted
+    assert call_api("DELETE", "/v1/audiences/pro_users")[0] == 204
+    # Then it is gone from reads and lists
+    assert call_api("GET", "/v1/audiences/pro_users")[0] == 404
+    assert [a["key"] for a in call_api("GET", "/v1/audiences")[1]["audiences"]] == ["all"]
+    # And its key can never be used again
+    status, body = call_api("POST", "/v1/audiences", PRO)
+    assert status == 409 and "deleted" in body["error"]["message"]
+
+
+def test_the_system_audience_cannot_be_created_edited_or_deleted(api):
+    assert call_api("POST", "/v1/audiences", {**PRO, "key": "all"})[0] == 409
+    assert call_api("PUT", "/v1/audiences/all", PRO)[0] == 409
+    assert call_api("DELETE", "/v1/audiences/all")[0] == 409
+    status, body = call_api("GET", "/v1/audiences/all")
+    assert status == 200 and body["status"] == "ready" and body["system"] is True
+
+
+def test_requests_need_a_valid_token_and_see_only_their_space(api):
+    assert call_api("GET", "/v1/audiences", token=None)[0] == 401
+    assert call_api("GET", "/v1/audiences", token="wrong")[0] == 401
+    from engage import spaces
+
+    spaces.create_space("other", access_token="other-token")
+    assert call_api("POST", "/v1/audiences", PRO)[0] == 201
+    # another space's token neither sees nor can delete acme's audience
+    assert call_api("GET", "/v1/audiences/pro_users", token="other-token")[0] == 404
+    assert call_api("DELETE", "/v1/audiences/pro_users", token="other-token")[0] == 404
+    # and can use the same key in its own space
+    assert call_api("POST", "/v1/audiences", PRO, token="other-token")[0] == 201
+
+
+def test_backfill_request_marks_the_audience_computing_and_starts_one_run(api, monkeypatch):
+    started = []
+    monkeypatch.setattr(backfill, "starter", lambda *args: started.append(args))
+    status, created = call_api("POST", "/v1/audiences", {**PRO, "backfill": True})
+    assert status == 201 and created["status"] == "computing"
+    assert started == [("acme", "pro_users", 1, backfill.SEGMENTS)]
+
+
+def test_unknown_routes_are_404_in_the_error_shape(api):
+    status, body = call_api("GET", "/v1/nothing")
+    assert status == 404 and body["error"]["code"] == "not_found"
