@@ -34,7 +34,7 @@ _CfnLoader.add_multi_constructor("!", _construct)
 @lru_cache(maxsize=4)
 def load(path: str | Path = TEMPLATE) -> dict:
     with open(path) as handle:
-        return yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(handle, Loader=_CfnLoader)
 
 
 def resources(kind: str | None = None, path: str | Path = TEMPLATE) -> dict[str, dict]:
@@ -60,3 +60,60 @@ def table_create_kwargs(logical_id: str, table_name: str, path: str | Path = TEM
     if "StreamSpecification" in props:
         kwargs["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
     return kwargs
+
+
+# ---------------------------------------------------------------- SAM -> CloudFormation (offline)
+CODE_BUCKET = "engage-local-code"
+
+
+def code_dirs(path: str | Path = TEMPLATE) -> dict[str, Path]:
+    """Logical id -> local code directory of every function (CodeUri) and layer (ContentUri)."""
+    base = Path(path).resolve().parent
+    found: dict[str, Path] = {}
+    for name, res in resources(path=path).items():
+        props = res.get("Properties", {})
+        if res["Type"] == "AWS::Serverless::Function" and isinstance(props.get("CodeUri"), str):
+            found[name] = base / props["CodeUri"]
+        elif res["Type"] == "AWS::Serverless::LayerVersion" and isinstance(props.get("ContentUri"), str):
+            found[name] = base / props["ContentUri"]
+    return found
+
+
+def translate(path: str | Path = TEMPLATE, bucket: str = CODE_BUCKET) -> dict:
+    """template.yaml as plain CloudFormation, translated offline by samtranslator.
+
+    Offline translation needs code as s3:// URIs (the local cloud uploads each folder to
+    `bucket` under its logical id) and state machine definitions inlined; DefinitionUri
+    files are read from disk and their DefinitionSubstitutions kept for CloudFormation to resolve.
+    """
+    import copy
+    import json
+
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    sam = copy.deepcopy(load(path))
+    base = Path(path).resolve().parent
+    machines: dict[str, tuple[dict, dict]] = {}
+    for name, res in sam["Resources"].items():
+        props = res.setdefault("Properties", {})
+        if res["Type"] == "AWS::Serverless::Function" and isinstance(props.get("CodeUri"), str):
+            props["CodeUri"] = f"s3://{bucket}/{name}.zip"
+        elif res["Type"] == "AWS::Serverless::LayerVersion" and isinstance(props.get("ContentUri"), str):
+            props["ContentUri"] = f"s3://{bucket}/{name}.zip"
+        elif res["Type"] == "AWS::Serverless::StateMachine":
+            if isinstance(props.get("DefinitionUri"), str):
+                props["Definition"] = json.loads((base / props.pop("DefinitionUri")).read_text())
+            machines[name] = (props["Definition"], props.pop("DefinitionSubstitutions", None) or {})
+    translated = Translator({}, Parser()).translate(sam, parameter_values={},
+                                                    get_managed_policy_map=dict)
+    # moto's CloudFormation reads only DefinitionString and ignores DefinitionSubstitutions: give it
+    # the definition with the substitutions as an Fn::Sub variable map, so CloudFormation resolves
+    # their Refs and GetAtts exactly as it does on AWS.
+    for name, (definition, substitutions) in machines.items():
+        text = json.dumps(definition, indent=2)
+        props = translated["Resources"][name]["Properties"]
+        props["DefinitionString"] = {"Fn::Sub": [text, substitutions]} if substitutions else text
+        props.pop("Definition", None)
+        props.pop("DefinitionSubstitutions", None)
+    return translated

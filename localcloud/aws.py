@@ -1,0 +1,246 @@
+"""The local AWS: moto in server mode on a loopback port, with template.yaml deployed into it.
+
+Any AWS tool reaches it (`aws --endpoint-url`, boto3 with AWS_ENDPOINT_URL). It runs in this
+process (ThreadedMotoServer) so three behaviours can be changed where moto differs from AWS:
+- Lambda Invoke (API, Step Functions tasks) runs the real handler in-process (runtime.Runtime);
+- moto's synchronous per-record delivery of stream/queue event source mappings is switched
+  off: the local cloud polls them like Lambda does (pollers.py);
+- stream writes wake the pollers, and can be suppressed while a saved state is restored.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from localcloud import template
+from localcloud.runtime import FunctionSpec, Runtime
+
+log = logging.getLogger("localcloud.aws")
+
+ACCOUNT_ID = "123456789012"  # moto's default account
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class _Hooks:
+    """Process-wide state the moto patches consult (moto backends are process-global too)."""
+
+    runtime: Runtime | None = None
+    stream_written = threading.Condition()
+    suppress_streams = False
+    installed = False
+
+
+def _install_patches() -> None:
+    if _Hooks.installed:
+        return
+    from moto.awslambda.models import LambdaBackend
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.dynamodb.models.table import StreamShard
+
+    def invoke(self, function_name, qualifier, body, headers, response_headers):
+        runtime = _Hooks.runtime
+        if runtime is None:
+            return None
+        try:
+            spec = runtime.resolve(function_name)
+        except KeyError:
+            return None  # moto answers 404 ResourceNotFound
+        event = json.loads(body) if body else {}
+        if (headers or {}).get("X-Amz-Invocation-Type") == "Event":
+            runtime.invoke_async(spec.name, event)
+            return b""
+        result = runtime.invoke(spec.name, event)
+        response_headers["x-amz-executed-version"] = "$LATEST"
+        if not result.ok:
+            response_headers["x-amz-function-error"] = "Unhandled"
+        return result.payload_bytes()
+
+    LambdaSimpleBackend.invoke = invoke
+
+    original_create_esm = LambdaBackend.create_event_source_mapping
+
+    def create_event_source_mapping(self, spec: dict[str, Any]):
+        esm = original_create_esm(self, spec)
+        # Keep the mapping in the Lambda API but take it off moto's synchronous delivery path.
+        from moto.dynamodb.models import dynamodb_backends
+        from moto.sqs.models import sqs_backends
+
+        for queue in sqs_backends[self.account_id][self.region_name].queues.values():
+            queue.lambda_event_source_mappings.pop(esm.function_arn, None)
+        for table in dynamodb_backends[self.account_id][self.region_name].tables.values():
+            table.lambda_event_source_mappings.pop(esm.function_arn, None)
+        return esm
+
+    LambdaBackend.create_event_source_mapping = create_event_source_mapping
+
+    original_add = StreamShard.add
+
+    def add(self, old, new):
+        if _Hooks.suppress_streams:
+            return
+        self.table.lambda_event_source_mappings.clear()  # belt and braces: moto never delivers itself
+        original_add(self, old, new)
+        with _Hooks.stream_written:
+            _Hooks.stream_written.notify_all()
+
+    StreamShard.add = add
+
+    # CloudFormation creates state machines in the plain backend, but with execute_state_machine
+    # the Step Functions API serves the executing (parser) backend: make CloudFormation use that one.
+    import moto.stepfunctions.models as sfn_models
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    sfn_models.stepfunctions_backends = stepfunctions_parser_backends
+    _Hooks.installed = True
+
+
+@dataclass
+class Deployment:
+    """What CloudFormation created: logical id -> physical id, plus the stack outputs."""
+
+    stack_name: str
+    physical: dict[str, str] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def of_type(self, kind: str) -> dict[str, str]:
+        return {lid: pid for lid, pid in self.physical.items() if self.types[lid] == kind}
+
+
+class MotoCloud:
+    """moto server on 127.0.0.1:<port>, configured for in-process Lambda and executed state machines."""
+
+    def __init__(self, port: int = 0, region: str = "us-east-1"):
+        self.region = region
+        self.requested_port = port
+        self.server = None
+        self.url = ""
+
+    def start(self, runtime: Runtime) -> None:
+        import os
+
+        from moto.core.config import default_user_config
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+        default_user_config.setdefault("lambda", {})["use_docker"] = False
+        default_user_config.setdefault("stepfunctions", {})["execute_state_machine"] = True
+        _install_patches()
+        _Hooks.runtime = runtime
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.requested_port, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        # moto's Step Functions interpreter calls Lambda through boto3 at localhost:$MOTO_PORT.
+        os.environ["MOTO_PORT"] = str(port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        _Hooks.runtime = None
+
+    def client(self, service: str):
+        return boto3.client(service, region_name=self.region, endpoint_url=self.url,
+                            config=Config(retries={"max_attempts": 2}), **CREDENTIALS)
+
+    # ------------------------------------------------------------ deploy
+    def deploy(self, template_path: Path, stack_name: str, parameters: dict[str, str] | None = None) -> Deployment:
+        """Upload code folders, translate the SAM template, create the stack in moto CloudFormation."""
+        s3 = self.client("s3")
+        s3.create_bucket(Bucket=template.CODE_BUCKET)
+        for logical_id, folder in template.code_dirs(template_path).items():
+            s3.put_object(Bucket=template.CODE_BUCKET, Key=f"{logical_id}.zip", Body=_zip(folder))
+        body = template.translate(template_path)
+        cfn = self.client("cloudformation")
+        cfn.create_stack(StackName=stack_name, TemplateBody=json.dumps(body),
+                         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in (parameters or {}).items()],
+                         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"])
+        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+        if stack["StackStatus"] != "CREATE_COMPLETE":
+            raise RuntimeError(f"stack {stack_name} is {stack['StackStatus']}: {stack.get('StackStatusReason')}")
+        deployment = Deployment(stack_name)
+        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=stack_name):
+            for res in page["StackResourceSummaries"]:
+                deployment.physical[res["LogicalResourceId"]] = res["PhysicalResourceId"]
+                deployment.types[res["LogicalResourceId"]] = res["ResourceType"]
+        deployment.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        self._apply_ttl(template_path, deployment)
+        return deployment
+
+    def _apply_ttl(self, template_path: Path, deployment: Deployment) -> None:
+        """moto's CloudFormation ignores TimeToLiveSpecification: apply the template's through the API."""
+        dynamodb = self.client("dynamodb")
+        for logical_id, res in template.resources("AWS::DynamoDB::Table", path=template_path).items():
+            ttl = res.get("Properties", {}).get("TimeToLiveSpecification") or {}
+            if ttl.get("Enabled") in (True, "true") and logical_id in deployment.physical:
+                dynamodb.update_time_to_live(TableName=deployment.physical[logical_id], TimeToLiveSpecification={
+                    "Enabled": True, "AttributeName": ttl["AttributeName"]})
+
+    def function_specs(self, template_path: Path, deployment: Deployment) -> Iterator[FunctionSpec]:
+        """Every deployed function with the configuration moto holds for it (env with Refs resolved)."""
+        lam = self.client("lambda")
+        dirs = template.code_dirs(template_path)
+        sam = template.resources(path=template_path)
+        layer_dirs = _layer_dirs(sam, dirs, template.load(template_path))
+        for logical_id, name in deployment.of_type("AWS::Lambda::Function").items():
+            config = lam.get_function_configuration(FunctionName=name)
+            yield FunctionSpec(
+                logical_id=logical_id, name=config["FunctionName"], arn=config["FunctionArn"],
+                handler=config["Handler"], code_dir=dirs[logical_id],
+                layer_dirs=layer_dirs.get(logical_id, []),
+                environment=config.get("Environment", {}).get("Variables", {}),
+                memory_mb=config.get("MemorySize", 128), timeout_s=config.get("Timeout", 3))
+
+
+def _layer_dirs(sam: dict, dirs: dict[str, Path], whole: dict) -> dict[str, list[Path]]:
+    """Function logical id -> local folders of its layers (Globals and its own Layers, by Ref)."""
+    global_layers = whole.get("Globals", {}).get("Function", {}).get("Layers", [])
+    found: dict[str, list[Path]] = {}
+    for logical_id, res in sam.items():
+        if res["Type"] != "AWS::Serverless::Function":
+            continue
+        refs = [*global_layers, *res.get("Properties", {}).get("Layers", [])]
+        found[logical_id] = [dirs[ref["Ref"]].resolve() for ref in refs if isinstance(ref, dict) and ref.get("Ref") in dirs]
+    return found
+
+
+def _zip(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(folder))
+    return buffer.getvalue()
+
+
+@contextmanager
+def streams_suppressed() -> Iterator[None]:
+    """Writes made inside produce no stream records (restoring saved state is not new activity)."""
+    _Hooks.suppress_streams = True
+    try:
+        yield
+    finally:
+        _Hooks.suppress_streams = False
+
+
+def wait_for_stream_write(timeout: float) -> None:
+    with _Hooks.stream_written:
+        _Hooks.stream_written.wait(timeout)
+
+
+def on_stream_write() -> threading.Condition:
+    return _Hooks.stream_written
+
+
+Callback = Callable[[], None]

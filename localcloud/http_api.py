@@ -1,0 +1,265 @@
+"""The HTTP API: routes read from the template's HttpApi events, payload format 2.0.
+
+moto's CloudFormation skips AWS::ApiGatewayV2, so the local cloud serves the routes itself:
+every `Type: HttpApi` (or `Api`) event of every function becomes a route; a request becomes
+the API Gateway v2 event the handler gets on AWS, and the handler's answer is mapped back
+the way API Gateway maps it (statusCode/headers/body/isBase64Encoded/cookies, or a bare
+value turned into a 200 JSON response).
+
+`/_local/...` paths belong to the local cloud itself (health, clock, settle).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from localcloud import template
+from localcloud.runtime import Runtime
+
+log = logging.getLogger("localcloud.http")
+TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
+              "application/x-www-form-urlencoded", "+json", "+xml")
+
+
+@dataclass
+class Route:
+    method: str  # GET, POST, ... or ANY
+    path: str  # /v1/spaces/{space}/..., /files/{proxy+} or $default
+    function: str  # logical id
+    pattern: re.Pattern | None
+    params: list[str]
+
+    @property
+    def route_key(self) -> str:
+        return "$default" if self.path == "$default" else f"{self.method} {self.path}"
+
+    def specificity(self) -> tuple:
+        # API Gateway prefers the most specific route: literal segments over {params} over {greedy+}.
+        if self.path == "$default":
+            return (2, 0, 0)
+        greedy = "+}" in self.path
+        return (1 if greedy else 0, self.path.count("{"), -len(self.path), self.method == "ANY")
+
+
+def routes_from_template(path: Path) -> list[Route]:
+    routes = []
+    for logical_id, res in template.resources("AWS::Serverless::Function", path=path).items():
+        for event in (res.get("Properties", {}).get("Events") or {}).values():
+            if event.get("Type") not in ("HttpApi", "Api"):
+                continue
+            props = event.get("Properties") or {}
+            route_path, method = props.get("Path", "$default"), props.get("Method", "ANY").upper()
+            method = "ANY" if method in ("*", "X-AMAZON-APIGATEWAY-ANY-METHOD") else method
+            routes.append(_route(method, route_path, logical_id))
+    return sorted(routes, key=Route.specificity)
+
+
+def _route(method: str, path: str, function: str) -> Route:
+    if path == "$default":
+        return Route(method, path, function, None, [])
+    params, regex = [], ""
+    for part in re.split(r"(\{[^}]+\})", path):
+        if part.startswith("{") and part.endswith("}"):
+            name = part[1:-1]
+            if name.endswith("+"):
+                params.append(name[:-1])
+                regex += f"(?P<{_group(name[:-1])}>.+)"
+            else:
+                params.append(name)
+                regex += f"(?P<{_group(name)}>[^/]+)"
+        else:
+            regex += re.escape(part)
+    return Route(method, path, function, re.compile(f"^{regex}$"), params)
+
+
+def _group(name: str) -> str:
+    return "p_" + re.sub(r"\W", "_", name)
+
+
+def match(routes: list[Route], method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    for route in routes:
+        if route.method not in (method, "ANY"):
+            continue
+        if route.pattern is None:
+            return route, {}
+        found = route.pattern.match(path)
+        if found:
+            return route, {name: unquote(found.group(_group(name))) for name in route.params}
+    return None
+
+
+def build_event(route: Route, params: dict[str, str], method: str, raw_path: str, raw_query: str,
+                headers: list[tuple[str, str]], body: bytes, source_ip: str, api_id: str) -> dict:
+    """The API Gateway HTTP API payload (format version 2.0) for one request."""
+    merged: dict[str, str] = {}
+    cookies: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "cookie":
+            cookies.extend(c.strip() for c in value.split(";") if c.strip())
+            continue
+        merged[lower] = f"{merged[lower]},{value}" if lower in merged else value
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(raw_query, keep_blank_values=True):
+        query[name] = f"{query[name]},{value}" if name in query else value
+    content_type = merged.get("content-type", "")
+    textual = not merged.get("content-encoding") and (not content_type or any(t in content_type for t in TEXT_TYPES))
+    try:
+        text_body = body.decode() if textual else None
+    except UnicodeDecodeError:
+        text_body = None
+    now = time.time()
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route.route_key,
+        "rawPath": raw_path,
+        "rawQueryString": raw_query,
+        "headers": merged,
+        "requestContext": {
+            "accountId": "123456789012", "apiId": api_id,
+            "domainName": merged.get("host", "127.0.0.1"), "domainPrefix": api_id,
+            "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1", "sourceIp": source_ip,
+                     "userAgent": merged.get("user-agent", "")},
+            "requestId": base64.b32encode(uuid.uuid4().bytes)[:16].decode(),
+            "routeKey": route.route_key, "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
+        },
+        "isBase64Encoded": bool(body) and text_body is None,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    if query:
+        event["queryStringParameters"] = query
+    if params:
+        event["pathParameters"] = params
+    if body:
+        event["body"] = text_body if text_body is not None else base64.b64encode(body).decode()
+    return event
+
+
+def map_response(payload: Any) -> tuple[int, dict[str, str], list[str], bytes]:
+    """API Gateway's v2 response mapping: (status, headers, set-cookies, body)."""
+    if isinstance(payload, dict) and "statusCode" in payload:
+        headers = {str(k): str(v) for k, v in (payload.get("headers") or {}).items()}
+        body = payload.get("body") or ""
+        if not isinstance(body, str):
+            body = json.dumps(body)
+        raw = base64.b64decode(body) if payload.get("isBase64Encoded") else body.encode()
+        return int(payload["statusCode"]), headers, list(payload.get("cookies") or []), raw
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return 200, {"content-type": "application/json"}, [], body.encode()
+
+
+class LocalHandlers:
+    """What the `/_local` endpoints do; set by the server."""
+
+    health: Callable[[], dict]
+    clock_get: Callable[[], dict]
+    clock_post: Callable[[dict], dict]
+    settle: Callable[[dict], dict]
+
+
+class HttpApi:
+    def __init__(self, routes: list[Route], runtime: Runtime, local: LocalHandlers, port: int = 3000,
+                 api_id: str = "local"):
+        self.routes = routes
+        self.runtime = runtime
+        self.local = local
+        self.api_id = api_id
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="http-api", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+    def _handler_class(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt, *args):
+                log.debug("%s %s", self.address_string(), fmt % args)
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                split = urlsplit(self.path)
+                if split.path.startswith("/_local/"):
+                    status, payload = api.local_endpoint(self.command, split.path, body)
+                    self._send(status, {"content-type": "application/json"}, [], json.dumps(payload).encode())
+                    return
+                found = match(api.routes, self.command, split.path)
+                if found is None:
+                    self._send(404, {"content-type": "application/json"}, [], b'{"message":"Not Found"}')
+                    return
+                route, params = found
+                event = build_event(route, params, self.command, split.path, split.query,
+                                    list(self.headers.items()), body, self.client_address[0], api.api_id)
+                spec = api.runtime.by_logical_id(route.function)
+                result = api.runtime.invoke(spec.name, event)
+                if not result.ok:
+                    self._send(500, {"content-type": "application/json"}, [],
+                               b'{"message":"Internal Server Error"}')
+                    return
+                try:
+                    status, headers, cookies, raw = map_response(result.payload)
+                except (ValueError, TypeError):
+                    log.exception("%s returned a response API Gateway cannot map", route.function)
+                    status, headers, cookies, raw = 500, {"content-type": "application/json"}, [], \
+                        b'{"message":"Internal Server Error"}'
+                headers.setdefault("apigw-requestid", event["requestContext"]["requestId"])
+                self._send(status, headers, cookies, raw)
+
+            def _send(self, status: int, headers: dict[str, str], cookies: list[str], raw: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    if name.lower() not in ("content-length", "connection"):
+                        self.send_header(name, value)
+                for cookie in cookies:
+                    self.send_header("Set-Cookie", cookie)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(raw)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+
+        return Handler
+
+    def local_endpoint(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+        try:
+            data = json.loads(body) if body else {}
+            if not isinstance(data, dict):
+                raise TypeError("the body must be a JSON object")
+            if path == "/_local/health" and method == "GET":
+                return 200, self.local.health()
+            if path == "/_local/clock" and method == "GET":
+                return 200, self.local.clock_get()
+            if path == "/_local/clock" and method == "POST":
+                return 200, self.local.clock_post(data)
+            if path == "/_local/settle" and method == "POST":
+                return 200, self.local.settle(data)
+        except (ValueError, TypeError) as error:
+            return 400, {"error": {"code": "validation_error", "message": str(error), "details": []}}
+        return 404, {"error": {"code": "not_found", "message": f"no local endpoint {method} {path}",
+                               "details": []}}

@@ -1,0 +1,402 @@
+"""Event source mappings polled the way Lambda polls them.
+
+One poller thread per enabled mapping, built from the mapping moto holds (CloudFormation
+created it from the template's `DynamoDB` / `SQS` events), so every setting comes from
+template.yaml: BatchSize, MaximumBatchingWindowInSeconds, FilterCriteria,
+FunctionResponseTypes (ReportBatchItemFailures), BisectBatchOnFunctionError,
+MaximumRetryAttempts, MaximumRecordAgeInSeconds and DestinationConfig.OnFailure.
+
+Streams are read through the DynamoDB Streams API of the local AWS endpoint, asynchronously
+and in batches, never inside the write that produced the record.
+
+To add a poller for another source (Kinesis, ...): subclass `Poller`, implement `fetch()`
+(return new records, [] when caught up) and `deliver(batch)`, and map its event source ARN
+prefix in `pollers_for()`. `settle()` then covers it automatically.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from localcloud import aws
+from localcloud.runtime import Invocation, Runtime
+
+log = logging.getLogger("localcloud.pollers")
+IDLE_WAIT = 0.25  # seconds a caught-up poller sleeps unless a stream write or settle() wakes it
+
+
+class Poller(threading.Thread):
+    def __init__(self, mapping: dict, cloud: aws.MotoCloud, runtime: Runtime):
+        super().__init__(name=f"poller-{mapping['UUID'][:8]}", daemon=True)
+        self.mapping = mapping
+        self.cloud = cloud
+        self.runtime = runtime
+        self.function_arn = mapping["FunctionArn"]
+        self.source_arn = mapping["EventSourceArn"]
+        self.batch_size = mapping.get("BatchSize") or 100
+        self.window = float(mapping.get("MaximumBatchingWindowInSeconds") or 0)
+        self.report_item_failures = "ReportBatchItemFailures" in (mapping.get("FunctionResponseTypes") or [])
+        self.filters = [json.loads(f["Pattern"]) for f in
+                        (mapping.get("FilterCriteria") or {}).get("Filters", []) if f.get("Pattern")]
+        self.stopping = threading.Event()
+        self.delivered = 0  # records handed to the function (or filtered out) so far
+        self._sync = threading.Condition()
+        self._sync_requested = 0
+        self._sync_done = 0
+
+    # ------------------------------------------------------------ to implement
+    def fetch(self) -> list[dict]:
+        raise NotImplementedError
+
+    def deliver(self, batch: list[dict]) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ loop
+    def run(self) -> None:
+        buffer: list[dict] = []
+        first_at = 0.0
+        while not self.stopping.is_set():
+            wanted = self._sync_requested
+            try:
+                fetched = self.fetch()
+            except Exception:
+                log.exception("%s: polling %s failed", self.name, self.source_arn)
+                fetched = []
+                if self.stopping.wait(IDLE_WAIT):
+                    break
+            kept = [r for r in fetched if self.matches(r)]
+            self.discard(r for r in fetched if not self.matches(r))
+            if kept and not buffer:
+                first_at = time.monotonic()
+            buffer.extend(kept)
+            flushing = wanted > self._sync_done
+            while buffer and (len(buffer) >= self.batch_size or flushing
+                              or time.monotonic() - first_at >= self.window):
+                batch, buffer = buffer[:self.batch_size], buffer[self.batch_size:]
+                self.deliver(batch)
+                self.delivered += len(batch)
+                first_at = time.monotonic()
+            if fetched:
+                continue  # there may be more right behind
+            if not buffer and flushing:
+                with self._sync:
+                    self._sync_done = wanted
+                    self._sync.notify_all()
+            wait = IDLE_WAIT if not buffer else max(0.0, self.window - (time.monotonic() - first_at))
+            self.idle_wait(wait)
+
+    def idle_wait(self, seconds: float) -> None:
+        condition = aws.on_stream_write()
+        with condition:
+            if not self.stopping.is_set() and self._sync_requested == self._sync_done:
+                condition.wait(seconds)
+
+    def discard(self, records) -> None:
+        """Records a filter rejects are dropped (and checkpointed) without invoking, as on AWS."""
+        for _ in records:
+            self.delivered += 1
+
+    def sync(self, timeout: float) -> bool:
+        """Deliver everything available now, ignoring the batching window; False on timeout."""
+        with self._sync:
+            self._sync_requested += 1
+            wanted = self._sync_requested
+        condition = aws.on_stream_write()
+        with condition:
+            condition.notify_all()
+        with self._sync:
+            return self._sync.wait_for(lambda: self._sync_done >= wanted or not self.is_alive(), timeout)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        condition = aws.on_stream_write()
+        with condition:
+            condition.notify_all()
+
+    def matches(self, record: dict) -> bool:
+        return not self.filters or any(pattern_matches(p, record) for p in self.filters)
+
+    def invoke(self, records: list[dict]) -> Invocation:
+        return self.runtime.invoke(self.function_arn, {"Records": records})
+
+    def failed_from(self, batch: list[dict], result: Invocation, ident) -> int | None:
+        """Index of the first record to retry, or None when the whole batch succeeded."""
+        if not result.ok:
+            return 0
+        if not self.report_item_failures or not isinstance(result.payload, dict):
+            return None
+        failures = result.payload.get("batchItemFailures") or []
+        ids = [ident(r) for r in batch]
+        indexes = []
+        for failure in failures:
+            item = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+            if item not in ids:
+                return 0  # an empty or unknown identifier fails the whole batch, as on AWS
+            indexes.append(ids.index(item))
+        return min(indexes) if indexes else None
+
+
+class DynamoDBStreamPoller(Poller):
+    """Reads every shard of one table stream through the DynamoDB Streams API."""
+
+    def __init__(self, mapping: dict, cloud: aws.MotoCloud, runtime: Runtime):
+        super().__init__(mapping, cloud, runtime)
+        self.client = cloud.client("dynamodbstreams")  # endpoint_url given: avoids botocore's account host
+        self.bisect = bool(mapping.get("BisectBatchOnFunctionError"))
+        self.max_retries = mapping.get("MaximumRetryAttempts", -1)
+        self.max_age = mapping.get("MaximumRecordAgeInSeconds", -1)
+        self.on_failure = (mapping.get("DestinationConfig") or {}).get("OnFailure", {}).get("Destination")
+        self.start_at = mapping.get("StartingPosition") or "LATEST"
+        self.iterators: dict[str, str] = {}
+
+    def fetch(self) -> list[dict]:
+        if not self.iterators:
+            stream = self.client.describe_stream(StreamArn=self.source_arn)["StreamDescription"]
+            for shard in stream["Shards"]:
+                self.iterators[shard["ShardId"]] = self.client.get_shard_iterator(
+                    StreamArn=self.source_arn, ShardId=shard["ShardId"],
+                    ShardIteratorType=self.start_at)["ShardIterator"]
+        records = []
+        for shard_id, iterator in list(self.iterators.items()):
+            page = self.client.get_records(ShardIterator=iterator, Limit=1000)
+            self.iterators[shard_id] = page.get("NextShardIterator") or iterator
+            records.extend(self._lambda_record(r, shard_id) for r in page["Records"])
+        return records
+
+    def _lambda_record(self, record: dict, shard_id: str) -> dict:
+        """The DynamoDB Streams record in the shape Lambda hands to functions."""
+        dynamodb = _jsonable(record["dynamodb"])
+        return {"eventID": record["eventID"], "eventName": record["eventName"],
+                "eventVersion": record.get("eventVersion", "1.1"), "eventSource": "aws:dynamodb",
+                "awsRegion": record.get("awsRegion", self.cloud.region), "dynamodb": dynamodb,
+                "eventSourceARN": self.source_arn, "_shard": shard_id}
+
+    def deliver(self, batch: list[dict]) -> None:
+        """Invoke with the batch; on errors retry, bisect and finally discard to OnFailure."""
+        pending: list[tuple[list[dict], int]] = [(batch, 0)]  # (records, failed attempts so far)
+        while pending:
+            records, attempts = pending.pop(0)
+            if self.max_age >= 0:
+                records = self._drop_expired(records, attempts)
+                if not records:
+                    continue
+            event_records = [{k: v for k, v in r.items() if k != "_shard"} for r in records]
+            result = self.invoke(event_records)
+            start = self.failed_from(records, result, lambda r: r["dynamodb"]["SequenceNumber"])
+            if start is None:
+                continue
+            remaining = records[start:]
+            if self.bisect and len(remaining) > 1:
+                # Splitting isolates a bad record; the halves are retried without using up retries.
+                middle = len(remaining) // 2
+                pending[:0] = [(remaining[:middle], attempts), (remaining[middle:], attempts)]
+                continue
+            attempts += 1
+            if 0 <= self.max_retries < attempts:
+                self._discard(remaining, attempts, result, "RetryAttemptsExhausted")
+            else:
+                pending.insert(0, (remaining, attempts))
+
+    def _drop_expired(self, records: list[dict], attempts: int) -> list[dict]:
+        now = time.time()
+        young = [r for r in records if now - float(r["dynamodb"].get("ApproximateCreationDateTime", now))
+                 <= self.max_age]
+        if len(young) < len(records):
+            old = [r for r in records if r not in young]
+            self._discard(old, attempts, Invocation(), "RecordAgeExceeded")
+        return young
+
+    def _discard(self, records: list[dict], attempts: int, result: Invocation, condition: str) -> None:
+        log.warning("%s: %d stream record(s) discarded (%s)", self.name, len(records), condition)
+        if not self.on_failure:
+            return
+        first, last = records[0], records[-1]
+
+        def arrival(record: dict) -> str:
+            seconds = float(record["dynamodb"].get("ApproximateCreationDateTime", time.time()))
+            return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        message = {
+            "requestContext": {"requestId": result.request_id or str(uuid.uuid4()),
+                               "functionArn": self.function_arn, "condition": condition,
+                               "approximateInvokeCount": attempts},
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST",
+                                "functionError": "Unhandled" if result.error else ""},
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "DDBStreamBatchInfo": {
+                "shardId": first["_shard"],
+                "startSequenceNumber": first["dynamodb"]["SequenceNumber"],
+                "endSequenceNumber": last["dynamodb"]["SequenceNumber"],
+                "approximateArrivalOfFirstRecord": arrival(first),
+                "approximateArrivalOfLastRecord": arrival(last),
+                "batchSize": len(records),
+                "streamArn": self.source_arn,
+            },
+        }
+        send_to_destination(self.cloud, self.on_failure, message)
+
+
+class SqsPoller(Poller):
+    """Long-polls one queue; deletes what the function processed, leaves failures to reappear."""
+
+    def __init__(self, mapping: dict, cloud: aws.MotoCloud, runtime: Runtime):
+        super().__init__(mapping, cloud, runtime)
+        self.client = cloud.client("sqs")
+        name = self.source_arn.split(":")[-1]
+        account = self.source_arn.split(":")[4]
+        self.queue_url = self.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+        self.batch_size = min(self.batch_size, 10_000)
+
+    def fetch(self) -> list[dict]:
+        wait = 0 if self._sync_requested > self._sync_done else 1
+        page = self.client.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=min(10, self.batch_size), WaitTimeSeconds=wait,
+            AttributeNames=["All"], MessageAttributeNames=["All"])
+        return [self._lambda_record(m) for m in page.get("Messages", [])]
+
+    def idle_wait(self, seconds: float) -> None:
+        pass  # fetch() long-polls already
+
+    def _lambda_record(self, message: dict) -> dict:
+        return {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"], "attributes": message.get("Attributes", {}),
+                "messageAttributes": {k: _sqs_attribute(v) for k, v in message.get("MessageAttributes", {}).items()},
+                "md5OfBody": message["MD5OfBody"], "eventSource": "aws:sqs",
+                "eventSourceARN": self.source_arn, "awsRegion": self.cloud.region}
+
+    def discard(self, records) -> None:
+        for record in records:  # filtered-out SQS messages are deleted, as on AWS
+            self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=record["receiptHandle"])
+            self.delivered += 1
+
+    def deliver(self, batch: list[dict]) -> None:
+        result = self.invoke(batch)
+        if not result.ok:
+            return  # every message becomes visible again after the visibility timeout
+        failed: set[str] = set()
+        if self.report_item_failures and isinstance(result.payload, dict):
+            ids = {r["messageId"] for r in batch}
+            for failure in result.payload.get("batchItemFailures") or []:
+                item = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+                if item not in ids:
+                    return  # malformed response: the whole batch failed
+                failed.add(item)
+        for record in batch:
+            if record["messageId"] not in failed:
+                self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=record["receiptHandle"])
+
+
+def send_to_destination(cloud: aws.MotoCloud, arn: str, message: dict) -> None:
+    service = arn.split(":")[2]
+    if service == "sqs":
+        name, account = arn.split(":")[5], arn.split(":")[4]
+        sqs = cloud.client("sqs")
+        url = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(message))
+    elif service == "sns":
+        cloud.client("sns").publish(TopicArn=arn, Message=json.dumps(message))
+    else:
+        log.error("on-failure destination %s is not supported locally (SQS and SNS are)", arn)
+
+
+def pollers_for(cloud: aws.MotoCloud, runtime: Runtime) -> list[Poller]:
+    """One poller per enabled event source mapping that targets a function of this deployment."""
+    found: list[Poller] = []
+    lam = cloud.client("lambda")
+    for page in lam.get_paginator("list_event_source_mappings").paginate():
+        for mapping in page["EventSourceMappings"]:
+            if mapping.get("State", "Enabled") != "Enabled":
+                continue
+            try:
+                runtime.resolve(mapping["FunctionArn"])
+            except KeyError:
+                continue
+            source = mapping["EventSourceArn"]
+            if source.startswith("arn:aws:dynamodb:"):
+                found.append(DynamoDBStreamPoller(mapping, cloud, runtime))
+            elif source.startswith("arn:aws:sqs:"):
+                found.append(SqsPoller(mapping, cloud, runtime))
+            else:
+                log.warning("event source %s is not polled locally (DynamoDB streams and SQS are)", source)
+    return found
+
+
+def pattern_matches(pattern: Any, value: Any) -> bool:
+    """Lambda/EventBridge event filter pattern matching (values lists, prefix, suffix,
+    anything-but, numeric, exists, nested objects). SQS bodies that are JSON match as objects."""
+    if isinstance(pattern, dict):
+        if not isinstance(value, dict):
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    return False
+                if not isinstance(value, dict):
+                    return False
+            else:
+                return False
+        for key, sub in pattern.items():
+            if isinstance(sub, list) and any(isinstance(c, dict) and "exists" in c for c in sub):
+                wanted = next(c["exists"] for c in sub if isinstance(c, dict) and "exists" in c)
+                if (key in value) != wanted:
+                    return False
+                continue
+            if key not in value or not pattern_matches(sub, value[key]):
+                return False
+        return True
+    if isinstance(pattern, list):
+        values = value if isinstance(value, list) else [value]
+        return any(_matches_one(c, v) for c in pattern for v in values)
+    return pattern == value
+
+
+def _matches_one(condition: Any, value: Any) -> bool:
+    if not isinstance(condition, dict):
+        return condition == value
+    if "prefix" in condition:
+        return isinstance(value, str) and value.startswith(condition["prefix"])
+    if "suffix" in condition:
+        return isinstance(value, str) and value.endswith(condition["suffix"])
+    if "anything-but" in condition:
+        excluded = condition["anything-but"]
+        excluded = excluded if isinstance(excluded, list) else [excluded]
+        return value not in excluded
+    if "numeric" in condition:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return False
+        ops = condition["numeric"]
+        checks = {"=": number.__eq__, ">": number.__gt__, ">=": number.__ge__,
+                  "<": number.__lt__, "<=": number.__le__}
+        return all(checks[ops[i]](float(ops[i + 1])) for i in range(0, len(ops), 2))
+    return False
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
+
+
+def _sqs_attribute(attribute: dict) -> dict:
+    """SQS API message attribute -> the lower-camel shape Lambda events carry."""
+    out = {"dataType": attribute["DataType"], "stringListValues": [], "binaryListValues": []}
+    if "StringValue" in attribute:
+        out["stringValue"] = attribute["StringValue"]
+    if "BinaryValue" in attribute:
+        out["binaryValue"] = base64.b64encode(attribute["BinaryValue"]).decode()
+    return out

@@ -1,0 +1,292 @@
+"""`engage dev`: the whole SAM app on this machine, from template.yaml, with no Docker.
+
+    LocalCloud(...).start()  ->  moto server (AWS endpoint) + stack deployed from the template
+                                 + in-process Lambda runtime + HTTP API + event source pollers
+                                 + virtual clock; .stop() saves state (if asked) and shuts down.
+
+Modules: template (read/translate the template), aws (moto server, patches, deploy),
+runtime (in-process Lambda), http_api (routes, v2 payloads, /_local endpoints),
+pollers (stream/queue event sources), scheduler (virtual clock and its timers), state
+(--state-dir snapshots).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from localcloud import aws, pollers, state, template
+from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
+from localcloud.runtime import Runtime
+from localcloud.scheduler import VirtualClock, parse_duration
+
+log = logging.getLogger("localcloud")
+READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed when serving
+
+
+class LocalCloud:
+    def __init__(self, template_path: Path = template.TEMPLATE, api_port: int = 3000, aws_port: int = 4566,
+                 state_dir: Path | None = None, stack_name: str = "engage", region: str = "us-east-1",
+                 space: tuple[str, str, str] = ("local", "local-write-key", "local-access-token"),
+                 parameters: dict[str, str] | None = None):
+        self.template_path = Path(template_path).resolve()
+        self.api_port, self.aws_port = api_port, aws_port
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.stack_name, self.region = stack_name, region
+        self.space = space
+        self.parameters = parameters or {}
+        self.cloud = aws.MotoCloud(aws_port, region)
+        self.runtime = Runtime({})
+        self.clock = VirtualClock(settle=lambda: self.settle())
+        self.pollers: list[pollers.Poller] = []
+        self.http: HttpApi | None = None
+        self.deployment: aws.Deployment | None = None
+        self.space_created = False
+        self._settle_lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> LocalCloud:
+        # Everything in this process (handlers' boto3 and pynamodb included) talks to the local endpoint.
+        os.environ.update({"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
+                           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        os.environ.pop("AWS_PROFILE", None)
+        self.cloud.start(self.runtime)
+        os.environ["AWS_ENDPOINT_URL"] = self.cloud.url
+        self.runtime.base_env = {
+            "AWS_ENDPOINT_URL": self.cloud.url, "AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            # No X-Ray daemon here: powertools' tracer would try to emit segments to it.
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }
+        self.deployment = self.cloud.deploy(self.template_path, self.stack_name, self.parameters)
+        for spec in self.cloud.function_specs(self.template_path, self.deployment):
+            self.runtime.add(spec)
+        if self.state_dir:
+            offset = state.restore(self.state_dir, self.cloud, self.deployment)
+            if offset:
+                self.clock.restore_offset(offset)
+        self._seed_space()
+        self.clock.on_advance(self._expire_ttl)
+        self.pollers = pollers.pollers_for(self.cloud, self.runtime)
+        for poller in self.pollers:
+            poller.start()
+        local = LocalHandlers()
+        local.health = self.health
+        local.clock_get = self.clock_state
+        local.clock_post = self.clock_move
+        local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
+        self.http = HttpApi(routes_from_template(self.template_path), self.runtime, local, self.api_port)
+        self.http.start()
+        return self
+
+    def stop(self) -> None:
+        if self.state_dir and self.deployment:
+            self.settle(timeout=30)
+            path = state.save(self.state_dir, self.cloud, self.deployment, self.clock.offset())
+            log.info("state saved to %s", path)
+        if self.http:
+            self.http.stop()
+        for poller in self.pollers:
+            poller.stop()
+        for poller in self.pollers:
+            poller.join(timeout=5)
+        self.cloud.stop()
+
+    # ------------------------------------------------------------ behaviour
+    def settle(self, timeout: float = 60, executions: bool = False) -> dict:
+        """Wait until every poller has delivered everything and no async invocation runs.
+
+        Repeats until a whole round delivers nothing new, since one function's writes feed
+        another's stream. With `executions`, also waits for running Step Functions executions
+        to end (so not while one waits for a task token). Raises TimeoutError if the app never
+        goes quiet.
+        """
+        deadline = time.monotonic() + timeout
+        with self._settle_lock:
+            rounds = 0
+            while True:
+                rounds += 1
+                before = (sum(p.delivered for p in self.pollers), self.runtime.invocations)
+                for poller in self.pollers:
+                    if not poller.sync(max(0.0, deadline - time.monotonic())):
+                        raise TimeoutError(f"{poller.name} did not catch up within {timeout}s")
+                while self.runtime.busy():
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"async invocations still running after {timeout}s")
+                    self.runtime.wait_async(max(0.0, deadline - time.monotonic()))
+                if executions:
+                    self._join_executions(deadline, timeout)
+                after = (sum(p.delivered for p in self.pollers), self.runtime.invocations)
+                if after == before:
+                    return {"settled": True, "rounds": rounds}
+
+    @staticmethod
+    def _join_executions(deadline: float, timeout: float) -> None:
+        # moto runs each execution on a thread it lists in TMP_THREADS.
+        from moto.stepfunctions.parser.utils import TMP_THREADS
+
+        for thread in list(TMP_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise TimeoutError(f"a Step Functions execution still runs after {timeout}s")
+
+    def health(self) -> dict:
+        return {"status": "ok", "api_url": self.http.url if self.http else None, "aws_endpoint": self.cloud.url,
+                "stack": self.stack_name, "functions": sorted(s.logical_id for s in self.runtime.functions.values()),
+                "pollers": [{"function": p.function_arn.split(":")[-1], "source": p.source_arn,
+                             "alive": p.is_alive()} for p in self.pollers]}
+
+    def clock_state(self) -> dict:
+        from engage import clock
+
+        return {"now": clock.iso(), "offset_seconds": self.clock.offset().total_seconds(),
+                "pending": [{"name": t.name, "at": clock.iso(t.when)} for t in self.clock.pending()]}
+
+    def clock_move(self, data: dict) -> dict:
+        from engage import clock
+
+        if ("advance" in data) == ("to" in data):
+            raise ValueError('give exactly one of {"advance": "P3D"} or {"to": "2030-01-01T00:00:00Z"}')
+        if "advance" in data:
+            if not isinstance(data["advance"], str):
+                raise ValueError("advance: an ISO 8601 duration string such as P3D or PT2H")
+            self.clock.advance(parse_duration(data["advance"]))
+        else:
+            if not isinstance(data["to"], str):
+                raise ValueError("to: an ISO 8601 timestamp such as 2030-01-01T00:00:00Z")
+            self.clock.advance_to(clock.parse(data["to"]))
+        return self.clock_state()
+
+    def _seed_space(self) -> None:
+        """Create the local space with known secrets; a restart (with state) finds it already there."""
+        candidates = [s for s in self.runtime.functions.values() if "CONFIG_TABLE" in s.environment]
+        if not candidates or not self.space:
+            return
+        space_id, write_key, access_token = self.space
+
+        def seed() -> None:
+            from engage import db, spaces
+            from engage.errors import Conflict
+
+            db.reset_connections()
+            try:
+                spaces.create_space(space_id, space_id, write_key=write_key, access_token=access_token)
+            except Conflict:
+                for kind, secret in ((spaces.WRITE_KEY, write_key), (spaces.ACCESS_TOKEN, access_token)):
+                    try:
+                        spaces.add_credential(space_id, kind, secret)
+                    except Exception as error:
+                        if "ConditionalCheckFailed" not in repr(error) and "conditional" not in str(error).lower():
+                            raise
+            db.reset_connections()
+
+        self.runtime.run_as(candidates[0], seed)
+        self.space_created = True
+
+    def _expire_ttl(self, _previous, now) -> None:
+        """DynamoDB TTL against the virtual clock: expired items are deleted (a REMOVE stream record)."""
+        if not self.deployment:
+            return
+        dynamodb = self.cloud.client("dynamodb")
+        epoch = int(now.timestamp())
+        for name in self.deployment.of_type("AWS::DynamoDB::Table").values():
+            ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            if ttl.get("TimeToLiveStatus") != "ENABLED":
+                continue
+            attribute = ttl["AttributeName"]
+            keys = [k["AttributeName"] for k in dynamodb.describe_table(TableName=name)["Table"]["KeySchema"]]
+            for page in dynamodb.get_paginator("scan").paginate(
+                    TableName=name, FilterExpression="#ttl < :now",
+                    ExpressionAttributeNames={"#ttl": attribute}, ExpressionAttributeValues={":now": {"N": str(epoch)}}):
+                for item in page["Items"]:
+                    dynamodb.delete_item(TableName=name, Key={k: item[k] for k in keys})
+
+
+# ---------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="engage dev", description="Run the whole app locally from template.yaml.")
+    parser.add_argument("--template", type=Path, default=template.TEMPLATE, help="SAM template (default: template.yaml)")
+    parser.add_argument("--port", type=int, default=int(env("ENGAGE_API_PORT", "3000")),
+                        help="HTTP API port on 127.0.0.1 (default 3000, env ENGAGE_API_PORT; 0 = any free port)")
+    parser.add_argument("--aws-port", type=int, default=int(env("ENGAGE_AWS_PORT", "4566")),
+                        help="AWS endpoint port on 127.0.0.1 (default 4566, env ENGAGE_AWS_PORT; 0 = any free port)")
+    parser.add_argument("--state-dir", type=Path, default=env("ENGAGE_STATE_DIR") or None,
+                        help="keep data across restarts in this folder (env ENGAGE_STATE_DIR)")
+    parser.add_argument("--stack-name", default="engage")
+    parser.add_argument("--space", default="local", help="id of the space created on start (default local)")
+    parser.add_argument("--write-key", default=None, help="its write key (default <space>-write-key)")
+    parser.add_argument("--access-token", default=None, help="its access token (default <space>-access-token)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="template parameter override (repeatable)")
+    parser.add_argument("--log-level", default=env("ENGAGE_LOG_LEVEL", "WARNING"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("werkzeug", "moto"):  # request lines and "no CloudFormation support for ApiGatewayV2"
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*not supported by moto's CloudFormation.*")
+    try:
+        parameters = dict(p.split("=", 1) for p in args.param)
+    except ValueError:
+        print("error: --param takes KEY=VALUE", file=sys.stderr)
+        return 2
+    space = (args.space, args.write_key or f"{args.space}-write-key", args.access_token or f"{args.space}-access-token")
+    cloud = LocalCloud(args.template, args.port, args.aws_port, args.state_dir, args.stack_name,
+                       space=space, parameters=parameters)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        cloud.start()
+    except OSError as error:
+        print(f"error: could not start the local cloud: {error} (is another one running? try --port/--aws-port)",
+              file=sys.stderr)
+        cloud.stop()
+        return 1
+    _banner(cloud)
+    stop.wait()
+    print("\nstopping...", flush=True)
+    cloud.stop()
+    return 0
+
+
+def _banner(cloud: LocalCloud) -> None:
+    from engage import clock
+
+    lines = [
+        "Engage local cloud is running (Ctrl-C to stop)",
+        f"  API URL        {cloud.http.url}",
+        f"  AWS endpoint   {cloud.cloud.url}   (aws --endpoint-url {cloud.cloud.url} dynamodb list-tables)",
+        f"  template       {cloud.template_path}   stack {cloud.stack_name}",
+        f"  functions      {', '.join(sorted(s.logical_id for s in cloud.runtime.functions.values()))}",
+        f"  pollers        {len(cloud.pollers)} event source mapping(s)",
+        f"  clock          {clock.iso()}   (GET/POST {cloud.http.url}/_local/clock)",
+    ]
+    if cloud.space_created:
+        space_id, write_key, access_token = cloud.space
+        lines += [f"  space          {space_id}",
+                  f"  write key      {write_key}",
+                  f"  access token   {access_token}"]
+    if cloud.state_dir:
+        lines.append(f"  state dir      {cloud.state_dir}")
+    if cloud.space_created:
+        lines.append(f"\n  try: curl -u {cloud.space[1]}: {cloud.http.url}/v1/track -H 'content-type: application/json' "
+                     "-d '{\"userId\":\"42\",\"event\":\"Signed Up\"}'")
+    print("\n".join(lines), flush=True)
+    print(READY + " " + json.dumps({"api_url": cloud.http.url, "aws_endpoint": cloud.cloud.url}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

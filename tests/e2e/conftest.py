@@ -1,0 +1,133 @@
+"""The local cloud as a test fixture: a subprocess per template, on free loopback ports.
+
+A subprocess (not in-process) because moto's backends are process-global and the
+integration tests' `aws` fixture resets them. Readiness is the server's own
+LOCALCLOUD_READY line (a blocking read, no sleeps), confirmed by GET /_local/health.
+All e2e tests share one xdist group so one worker owns the clouds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from localcloud.server import READY
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+START_TIMEOUT = 120
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.xdist_group("localcloud"))
+
+
+@dataclass
+class RunningCloud:
+    api_url: str
+    aws_endpoint: str
+    process: subprocess.Popen
+    output: list[str]
+
+    def client(self, service: str):
+        return boto3.client(service, region_name="us-east-1", endpoint_url=self.aws_endpoint,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def resource(self, service: str):
+        return boto3.resource(service, region_name="us-east-1", endpoint_url=self.aws_endpoint,
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def physical(self, logical_id: str, stack: str = "engage") -> str:
+        found = self.client("cloudformation").describe_stack_resource(StackName=stack, LogicalResourceId=logical_id)
+        return found["StackResourceDetail"]["PhysicalResourceId"]
+
+    def call(self, method: str, path: str, body=None, headers=None, auth: str | None = None,
+             raw: bytes | None = None) -> tuple[int, dict, object]:
+        """HTTP to the API; returns (status, headers, parsed JSON or text)."""
+        import base64
+
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.api_url + path, data=data, method=method, headers=headers or {})
+        if body is not None and raw is None:
+            request.add_header("content-type", "application/json")
+        if auth is not None:
+            request.add_header("authorization", "Basic " + base64.b64encode(f"{auth}:".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, headers_out, text = response.status, dict(response.headers), response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, headers_out, text = error.code, dict(error.headers), error.read().decode()
+        try:
+            return status, {k.lower(): v for k, v in headers_out.items()}, json.loads(text)
+        except ValueError:
+            return status, {k.lower(): v for k, v in headers_out.items()}, text
+
+    def settle(self) -> dict:
+        """Block until every stream/queue has been delivered and every async invocation is done."""
+        status, _, body = self.call("POST", "/_local/settle", {"timeout": 60})
+        assert status == 200, body
+        return body
+
+
+def start_cloud(*args: str, state_dir: Path | None = None) -> RunningCloud:
+    command = [sys.executable, "-m", "localcloud.server", "--port", "0", "--aws-port", "0", *args]
+    if state_dir is not None:
+        command += ["--state-dir", str(state_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ENGAGE_"))}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1)
+    watchdog = threading.Timer(START_TIMEOUT, process.kill)  # a hung start fails the fixture, never hangs it
+    watchdog.start()
+    output: list[str] = []
+    try:
+        for line in process.stdout:  # blocks until the server prints; ends if it dies
+            output.append(line)
+            if line.startswith(READY):
+                urls = json.loads(line[len(READY):])
+                break
+        else:
+            raise RuntimeError("the local cloud did not start:\n" + "".join(output[-60:]))
+    finally:
+        watchdog.cancel()
+    # Keep draining its output so the server never blocks on a full pipe.
+    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
+    cloud = RunningCloud(urls["api_url"], urls["aws_endpoint"], process, output)
+    status, _, health = cloud.call("GET", "/_local/health")
+    assert status == 200 and health["status"] == "ok", health
+    return cloud
+
+
+def stop_cloud(cloud: RunningCloud) -> int:
+    cloud.process.terminate()  # SIGTERM: the same clean stop as Ctrl-C
+    try:
+        return cloud.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        cloud.process.kill()
+        raise
+
+
+@pytest.fixture(scope="session")
+def mini_cloud():
+    """The local cloud running tests/e2e/fixtures/mini_template.yaml (throwaway functions)."""
+    cloud = start_cloud("--template", str(FIXTURES / "mini_template.yaml"), "--stack-name", "mini")
+    yield cloud
+    assert stop_cloud(cloud) == 0, "".join(cloud.output[-40:])
+
+
+@pytest.fixture(scope="session")
+def local_cloud():
+    """The local cloud running the project's template.yaml, with space `local` seeded."""
+    cloud = start_cloud()
+    yield cloud
+    assert stop_cloud(cloud) == 0, "".join(cloud.output[-40:])
