@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make dev` and `make test`. Everything else is optional.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.13 || command -v /root/.pyenv/versions/3.13.0/bin/python3.13 || command -v python3)
+# Prefer a real 3.13 interpreter (the Lambda runtime) over pyenv shims, which can hang in hooks.
+PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13) $(shell command -v python3))
 VENV := .venv
 SAMVENV := .venv-sam
 PY := $(VENV)/bin/python
