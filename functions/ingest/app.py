@@ -9,6 +9,7 @@ import json
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from engage import ingestion
 from engage.errors import EngageError
 from engage.observability import logger, metrics, tracer
@@ -30,6 +31,7 @@ def track_api(call: str) -> dict:
 
 @app.exception_handler(EngageError)
 def engage_error(error: EngageError) -> Response:
+    metrics.add_metric(name=f"Requests{error.status}", unit=MetricUnit.Count, value=1)
     return Response(status_code=error.status, content_type=content_types.APPLICATION_JSON,
                     body=json.dumps(ingestion.error_body(error)))
 
