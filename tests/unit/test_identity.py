@@ -131,3 +131,10 @@ def test_profile_ids_are_deterministic_per_space_message_and_id():
 def test_unusable_payloads_name_what_is_wrong_and_where(payload, where):
     with pytest.raises(ValueError, match=where.replace(".", r"\.")):
         Message.from_payload(payload)
+
+
+def test_a_group_id_in_external_ids_never_identifies_a_user():
+    # Given a track that lists the account's group id among its externalIds
+    msg = message(userId="u1", context={"externalIds": [{"id": "g1", "type": "group_id", "collection": "users"}]})
+    # Then it is not a user id (every user of the account would merge into one)
+    assert refs(identity.user_identifiers(msg)) == ["user_id:u1"]

@@ -83,7 +83,8 @@ def user_identifiers(message: Message) -> list[Identifier]:
         if isinstance(email, str) and email.strip():
             found.append(Identifier(EMAIL, email.strip()))
     for external in _external_ids(message):
-        if external.collection == USERS:
+        # A group id is shared by every user of the account: as a user id it would merge them all.
+        if external.collection == USERS and external.type != GROUP_ID:
             found.append(external)
     if message.anonymous_id:
         found.append(Identifier(ANONYMOUS_ID, message.anonymous_id))

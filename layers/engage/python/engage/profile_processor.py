@@ -34,6 +34,9 @@ from engage.profiles import Message, ProfileState
 # Optimistic-lock retries per message before the record is reported as failed (the event
 # source mapping then retries it with its batch).
 MAX_ATTEMPTS = 5
+# Ids one profile may collect (anonymous ids pile up across devices and cleared cookies);
+# past it events still land on the profile but add no new ids, as Segment does at its limits.
+MAX_IDS_PER_PROFILE = 200
 
 
 def process_stream_batch(event: dict, context: Any = None) -> dict:
@@ -217,6 +220,10 @@ class StreamBatch:
             unlinks += dropped_links
         pointers: list[tuple[store.IdentityRecord, str | None]] = []
         for i in resolution.accepted:
+            if not state.has_id(i.collection, i.type, i.value) and len(state.external_ids) >= MAX_IDS_PER_PROFILE:
+                logger.warning("profile holds the most ids allowed: id not added",
+                               extra={"message_id": message.message_id, "id": i.ref, "profile": state.profile_id})
+                continue
             profiles.add_external_id(state, collection=i.collection, id_type=i.type, value=i.value,
                                      encoding=i.encoding, created_at=message.received_at,
                                      message_id=message.message_id)

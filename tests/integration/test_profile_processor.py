@@ -1,0 +1,380 @@
+"""The profile processor's real handler on moto, fed DynamoDB stream batches of EventRecords.
+
+Batches are built the way the EventsTable stream delivers them (NEW_IMAGE of EventRecord
+items); one test reads them from moto's own stream to pin that shape. The event source
+mapping's retries/bisect/on-failure queue are the local cloud's; here we check the handler
+side: what is applied, what is reported in batchItemFailures.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+from engage import profile_processor
+from engage import profiles_store as store
+from engage.events_store import EventRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACE = "acme"
+_serialize = TypeSerializer().serialize
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "ProfileProcessorFunction"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ProfileProcessorFunction"
+    aws_request_id: str = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def _handler():
+    name = "fn_profile_processor"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "functions/profile_processor/app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].lambda_handler
+
+
+def run(event: dict) -> dict:
+    return _handler()(copy.deepcopy(event), LambdaContext())
+
+
+_sequence = iter(range(10**20, 10**21))
+
+
+def message(message_type: str, message_id: str, timestamp: str, **fields) -> dict:
+    return {"type": message_type, "messageId": message_id, "timestamp": timestamp, "receivedAt": timestamp,
+            "context": {}, "integrations": {}, **fields}
+
+
+def image(msg: dict, space: str = SPACE, payload: str | None = None) -> dict:
+    owner = f"u:{msg['userId']}" if msg.get("userId") else f"a:{msg.get('anonymousId')}"
+    return {"pk": f"{space}|{owner}", "sk": msg.get("messageId", "?"), "space_id": space, "type": msg["type"],
+            "payload": payload if payload is not None else json.dumps(msg), "received_at": msg.get("receivedAt", ""),
+            "expires_at": 1830000000}
+
+
+def stream_event(*items: dict | tuple[str, dict]) -> dict:
+    """A stream batch: each item is an image (INSERT) or (eventName, image)."""
+    records = []
+    for item in items:
+        name, new_image = item if isinstance(item, tuple) else ("INSERT", item)
+        records.append({
+            "eventID": f"evt-{len(records)}", "eventName": name, "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
+            "dynamodb": {"Keys": {"pk": _serialize(new_image["pk"]), "sk": _serialize(new_image["sk"])},
+                         "NewImage": {k: _serialize(v) for k, v in new_image.items()},
+                         "SequenceNumber": str(next(_sequence)), "SizeBytes": 300,
+                         "StreamViewType": "NEW_IMAGE"},
+            "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/EventsTable/stream/2026-11-20T00:00:00.000",
+        })
+    return {"Records": records}
+
+
+def batch(*messages: dict) -> dict:
+    return stream_event(*(image(m) for m in messages))
+
+
+def profile_of(id_type: str, value: str, collection: str = "users") -> store.ProfileRecord:
+    found = store.resolve(SPACE, collection, id_type, value)
+    assert found is not None, f"no profile for {id_type}:{value}"
+    return found
+
+
+def pointer(id_type: str, value: str, collection: str = "users") -> str | None:
+    return store.get_pointers([store.identity_pk(SPACE, collection, id_type, value)]).get(
+        store.identity_pk(SPACE, collection, id_type, value))
+
+
+def ids(profile: store.ProfileRecord) -> set[str]:
+    return {f"{e['type']}:{e['id']}" for e in profile.external_ids}
+
+
+def history(profile_id: str) -> list[str]:
+    return [r.message_id for r in store.ProfileEventRecord.query(store.profile_pk(SPACE, profile_id))]
+
+
+def scan_all(aws) -> dict[str, list[dict]]:
+    tables = ("ProfilesTable", "IdentityTable", "LinksTable", "ProfileEventsTable")
+    return {t: sorted(aws.table(t).scan(ConsistentRead=True)["Items"], key=lambda i: (i["pk"], i.get("sk", "")))
+            for t in tables}
+
+
+T0 = "2026-11-20T10:00:00.000Z"
+
+
+def at(minute: int) -> str:
+    return f"2026-11-20T10:{minute:02d}:00.000Z"
+
+
+# ---------------------------------------------------------------- tests
+def test_identify_and_track_from_the_events_table_stream_build_a_profile(aws, space):
+    # Given an identify and a track written to EventsTable as ingestion writes them
+    identify = message("identify", "m-id", at(0), userId="u42", anonymousId="a1",
+                       traits={"email": "ann@example.com", "plan": "pro", "company": None})
+    track = message("track", "m-tr", at(5), userId="u42", event="Order Completed", properties={"revenue": 12})
+    for msg in (identify, track):
+        EventRecord(**{k: v for k, v in image(msg).items() if k not in ("pk", "sk")},
+                    pk=image(msg)["pk"], sk=msg["messageId"]).save()
+    # When the handler gets the stream records moto produced
+    event = _read_stream(aws)
+    assert [r["eventName"] for r in event["Records"]] == ["INSERT", "INSERT"]
+    response = run(event)
+    # Then one profile holds the traits, the ids, the aggregates and the history
+    assert response == {"batchItemFailures": []}
+    profile = profile_of("user_id", "u42")
+    assert profile.traits.as_dict() == {"email": "ann@example.com", "plan": "pro", "company": None}
+    assert ids(profile) == {"user_id:u42", "anonymous_id:a1", "email:ann@example.com"}
+    assert profile_of("email", "ann@example.com").profile_id == profile.profile_id
+    assert profile.daily_counts.as_dict() == {"Order Completed": {"20261120": 1}}
+    assert profile.event_stats.as_dict()["Order Completed"]["total"] == 1
+    assert history(profile.profile_id) == ["m-id", "m-tr"]
+    entry = next(e for e in profile.external_ids if e["type"] == "email")
+    assert entry["message_id"] == "m-id" and entry["created_at"] == at(0)
+
+
+def _read_stream(aws) -> dict:
+    arn = aws.client("dynamodb").describe_table(TableName=aws.tables["EventsTable"])["Table"]["LatestStreamArn"]
+    # botocore's account-scoped streams host is not routed by moto (local-cloud-findings.md).
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1",
+                           endpoint_url="https://streams.dynamodb.us-east-1.amazonaws.com")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard,
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    records = streams.get_records(ShardIterator=iterator)["Records"]
+    for record in records:  # the wire shape: numbers and timestamps as the Lambda event carries them
+        record["dynamodb"].pop("ApproximateCreationDateTime", None)
+    return json.loads(json.dumps({"Records": records}, default=str))
+
+
+def test_anonymous_activity_joins_the_user_who_identifies(aws, space):
+    # Given anonymous page views (no user known yet)
+    run(batch(message("page", "m1", at(0), anonymousId="a1", name="Pricing"),
+              message("page", "m2", at(1), anonymousId="a1", name="Signup")))
+    anonymous = profile_of("anonymous_id", "a1")
+    # When the visitor identifies with anonymousId + userId
+    run(batch(message("identify", "m3", at(2), userId="u1", anonymousId="a1", traits={"name": "Ann"})))
+    # Then the same profile now answers for the user, with the earlier activity on it
+    known = profile_of("user_id", "u1")
+    assert known.profile_id == anonymous.profile_id
+    assert known.daily_counts.as_dict() == {"Page Viewed": {"20261120": 2}}
+    assert known.traits.as_dict() == {"name": "Ann"} and known.merged_from == []
+
+
+def test_alias_merges_two_existing_profiles(aws, space):
+    # Given an anonymous visitor's profile and, separately, the user's profile
+    run(batch(message("track", "m1", at(0), anonymousId="a1", event="Product Viewed")))
+    run(batch(message("identify", "m2", at(1), userId="u1", traits={"plan": "free"}),
+              message("track", "m3", at(2), userId="u1", event="Product Viewed")))
+    anonymous, user = profile_of("anonymous_id", "a1"), profile_of("user_id", "u1")
+    assert anonymous.profile_id != user.profile_id
+    # When alias links the anonymous id to the user
+    response = run(batch(message("alias", "m4", at(3), userId="u1", previousId="a1")))
+    # Then both ids read one profile: the oldest survives, the other points to it
+    assert response == {"batchItemFailures": []}
+    survivor = profile_of("user_id", "u1")
+    assert profile_of("anonymous_id", "a1").profile_id == survivor.profile_id == anonymous.profile_id
+    merged = store.get_profile(SPACE, user.profile_id)
+    assert merged.merged_into == survivor.profile_id and survivor.merged_from == [user.profile_id]
+    assert survivor.merges[0]["message_id"] == "m4" and survivor.merges[0]["message_type"] == "alias"
+    # traits, ids and aggregates combined; pointers repointed; history of both still there
+    assert survivor.traits.as_dict() == {"plan": "free"}
+    assert ids(survivor) == {"anonymous_id:a1", "user_id:u1"}
+    assert survivor.event_stats.as_dict()["Product Viewed"]["total"] == 2
+    assert survivor.daily_counts.as_dict() == {"Product Viewed": {"20261120": 2}}
+    assert pointer("user_id", "u1") == survivor.profile_id
+    assert history(survivor.profile_id) == ["m1", "m4"] and history(user.profile_id) == ["m2", "m3"]
+
+
+def test_identify_linking_two_existing_profiles_merges_them_with_newest_traits(aws, space):
+    # Given a known user (with an email) and an anonymous profile that set a trait later
+    run(batch(message("identify", "m1", at(0), userId="u1", traits={"email": "a@x.test", "plan": "free"})))
+    run(batch(message("identify", "m2", at(1), anonymousId="a1", traits={"plan": "pro", "theme": "dark"})))
+    # When an identify carries both ids
+    run(batch(message("identify", "m3", at(2), userId="u1", anonymousId="a1", traits={})))
+    # Then they are one profile: ids unioned, per-trait newest values
+    profile = profile_of("anonymous_id", "a1")
+    assert profile.profile_id == profile_of("email", "a@x.test").profile_id
+    assert ids(profile) == {"user_id:u1", "email:a@x.test", "anonymous_id:a1"}
+    assert profile.traits.as_dict() == {"email": "a@x.test", "plan": "pro", "theme": "dark"}
+    assert len(profile.merged_from) == 1
+
+
+def test_an_event_that_would_join_two_user_ids_does_not_merge(aws, space):
+    # Given a shared device: a1 belongs to u1
+    run(batch(message("identify", "m1", at(0), userId="u1", anonymousId="a1", traits={"name": "Ann"})))
+    first = profile_of("user_id", "u1")
+    # When u2 identifies on the same device
+    response = run(batch(message("identify", "m2", at(1), userId="u2", anonymousId="a1", traits={"name": "Bob"})))
+    # Then u2 gets a profile of its own without a1, and u1's profile is untouched
+    assert response == {"batchItemFailures": []}
+    second = profile_of("user_id", "u2")
+    assert second.profile_id != first.profile_id
+    assert ids(second) == {"user_id:u2"} and second.traits.as_dict() == {"name": "Bob"}
+    assert profile_of("anonymous_id", "a1").profile_id == first.profile_id
+    assert store.get_profile(SPACE, first.profile_id).traits.as_dict() == {"name": "Ann"}
+    assert history(second.profile_id) == ["m2"]
+
+
+def test_group_creates_the_account_and_links_it_both_ways(aws, space):
+    # Given a user
+    run(batch(message("identify", "m1", at(0), userId="u1", traits={"name": "Ann"})))
+    # When the user is grouped into an account, twice (traits updated the second time)
+    run(batch(message("group", "m2", at(1), userId="u1", groupId="g1",
+                      traits={"name": "Acme", "plan": "enterprise", "email": "billing@acme.test"}),
+              message("group", "m3", at(2), userId="u1", groupId="g1", traits={"plan": "business"})))
+    # Then one account profile holds the group traits, keyed by group_id in `accounts`
+    account = profile_of("group_id", "g1", "accounts")
+    user = profile_of("user_id", "u1")
+    assert account.collection == "accounts"
+    assert account.traits.as_dict() == {"name": "Acme", "plan": "business", "email": "billing@acme.test"}
+    assert user.traits.as_dict() == {"name": "Ann"}
+    assert ids(user) == {"user_id:u1", "group_id:g1"}
+    # and the link reads from either side
+    assert [link.to_profile_id for link in store.links_of(SPACE, user.profile_id, "accounts")] == [account.profile_id]
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [user.profile_id]
+    assert pointer("group_id", "g1") is None  # a group id never names a user (it would merge all of them)
+
+
+def test_a_merged_users_account_links_move_to_the_survivor(aws, space):
+    # Given an anonymous profile, and a user profile linked to an account
+    run(batch(message("page", "m1", at(0), anonymousId="a1")))
+    run(batch(message("group", "m2", at(1), userId="u1", groupId="g1", traits={"name": "Acme"})))
+    user_before = profile_of("user_id", "u1")
+    # When the two users merge (the anonymous one is older and survives)
+    run(batch(message("identify", "m3", at(2), userId="u1", anonymousId="a1")))
+    survivor = profile_of("user_id", "u1")
+    account = profile_of("group_id", "g1", "accounts")
+    # Then the account links to the survivor only
+    assert survivor.profile_id != user_before.profile_id
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [survivor.profile_id]
+    assert [link.to_profile_id for link in store.links_of(SPACE, survivor.profile_id, "accounts")] == [
+        account.profile_id]
+
+
+def test_redelivering_a_stream_batch_leaves_every_table_as_it_was(aws, space):
+    # Given the sample batch (page, identify, track, group, screen, alias and a MODIFY) applied once
+    event = json.loads((ROOT / "events/profile_processor_batch.json").read_text())
+    assert run(event) == {"batchItemFailures": []}
+    before = scan_all(aws)
+    # When the same batch is delivered again
+    assert run(event) == {"batchItemFailures": []}
+    # Then nothing changed, item for item (versions and updated_at included)
+    assert scan_all(aws) == before
+    profile = profile_of("user_id", "user-42")
+    assert profile.event_stats.as_dict()["Order Completed"]["total"] == 1
+    assert len(before["ProfilesTable"]) == 2  # the user and the account
+
+
+def test_modify_records_are_ignored(aws, space):
+    # Given an applied identify
+    first = message("identify", "m1", at(0), userId="u1", traits={"plan": "free"})
+    run(batch(first))
+    # When the stream carries a MODIFY of the same messageId (a duplicate re-sent, here altered)
+    altered = {**first, "traits": {"plan": "hacked"}, "timestamp": at(9)}
+    response = run(stream_event(("MODIFY", image(altered))))
+    # Then it is acknowledged and nothing changes
+    assert response == {"batchItemFailures": []}
+    assert profile_of("user_id", "u1").traits.as_dict() == {"plan": "free"}
+
+
+def test_a_poison_record_fails_alone_and_is_reported(aws, space, caplog):
+    # Given a batch whose middle record cannot be parsed, and one whose message cannot be applied
+    good_before = message("identify", "m1", at(0), userId="u1", traits={"plan": "free"})
+    good_after = message("track", "m3", at(2), userId="u1", event="Login")
+    broken = image(message("track", "m2", at(1), userId="u1", event="Login"), payload="{not json")
+    no_event = image(message("track", "m4", at(3), userId="u1"))
+    event = stream_event(image(good_before), broken, image(good_after), no_event)
+    # When the handler runs
+    response = run(event)
+    # Then only the poison records are reported (by sequence number) and the others are applied
+    failed = [r["dynamodb"]["SequenceNumber"] for r in (event["Records"][1], event["Records"][3])]
+    assert response == {"batchItemFailures": [{"itemIdentifier": seq} for seq in failed]}
+    profile = profile_of("user_id", "u1")
+    assert profile.traits.as_dict() == {"plan": "free"}
+    assert profile.event_stats.as_dict()["Login"]["total"] == 1
+    assert set(history(profile.profile_id)) == {"m1", "m3"}
+
+
+def test_a_concurrent_write_is_retried_against_the_new_version(aws, space):
+    # Given a profile, and a batch that has already read it (version 1)
+    run(batch(message("identify", "m1", at(0), userId="u1", traits={"plan": "free"})))
+    slow = batch(message("track", "m2", at(1), userId="u1", event="Login"))
+    slow_batch = profile_processor.StreamBatch(slow["Records"])
+    # When another invocation updates the profile first
+    run(batch(message("track", "m3", at(2), userId="u1", event="Login")))
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+    result = slow_batch.apply_record(DynamoDBRecord(slow["Records"][0]))
+    slow_batch.flush()
+    # Then the slow write re-read the profile and both events count
+    assert result == "applied"
+    profile = profile_of("user_id", "u1")
+    assert profile.event_stats.as_dict()["Login"]["total"] == 2 and profile.version == 3
+
+
+def test_spaces_never_share_profiles(aws, space):
+    # Given the same userId in two spaces
+    msg = message("identify", "m1", at(0), userId="u1", traits={"plan": "free"})
+    other = {**msg, "messageId": "m2", "traits": {"plan": "pro"}}
+    run(stream_event(image(msg), image(other, space="globex")))
+    # Then each space has its own profile
+    acme = store.resolve("acme", "users", "user_id", "u1")
+    globex = store.resolve("globex", "users", "user_id", "u1")
+    assert acme.traits.as_dict() == {"plan": "free"} and globex.traits.as_dict() == {"plan": "pro"}
+    assert acme.pk.startswith("acme|") and globex.pk.startswith("globex|")
+
+
+def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
+    # Given 10 known users
+    run(batch(*(message("identify", f"id{u}", at(0), userId=f"u{u}", anonymousId=f"a{u}") for u in range(10))))
+    calls: list[str] = []
+    from pynamodb.connection.base import Connection
+    original = Connection._make_api_call
+
+    def counting(self, operation_name, operation_kwargs, *args, **kwargs):
+        calls.append(operation_name)
+        return original(self, operation_name, operation_kwargs, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_make_api_call", counting)
+    # When a batch of 100 track events from them arrives
+    events = [message("track", f"t{i}", at(1 + i % 50), userId=f"u{i % 10}", anonymousId=f"a{i % 10}",
+                      event="Login") for i in range(100)]
+    assert run(batch(*events)) == {"batchItemFailures": []}
+    # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per event,
+    # and history goes out 25 items per BatchWriteItem
+    assert calls.count("BatchGetItem") == 2
+    assert calls.count("PutItem") == 100
+    assert calls.count("BatchWriteItem") == 4
+    assert len(calls) == 106
+    assert sum(profile_of("user_id", f"u{u}").event_stats.as_dict()["Login"]["total"] for u in range(10)) == 100
+
+
+@pytest.mark.parametrize("bad", [{"Records": [{"eventName": "INSERT", "dynamodb": {"SequenceNumber": "1"}}]}])
+def test_a_record_without_an_image_is_reported_not_dropped(aws, space, bad):
+    with pytest.raises(Exception, match="All records failed"):
+        run(bad)
+
+
+def test_a_profile_stops_collecting_ids_at_its_limit_but_keeps_its_events(aws, space, monkeypatch):
+    # Given a limit of 2 ids and a user who already has them
+    monkeypatch.setattr(profile_processor, "MAX_IDS_PER_PROFILE", 2)
+    run(batch(message("identify", "m1", at(0), userId="u1", anonymousId="a1")))
+    # When the user shows up from a third device
+    run(batch(message("track", "m2", at(1), userId="u1", anonymousId="a2", event="Login")))
+    # Then the event counts on the profile but the new id is neither recorded nor claimed
+    profile = profile_of("user_id", "u1")
+    assert ids(profile) == {"user_id:u1", "anonymous_id:a1"}
+    assert profile.event_stats.as_dict()["Login"]["total"] == 1
+    assert pointer("anonymous_id", "a2") is None
