@@ -102,6 +102,12 @@ def _install_patches() -> None:
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
     sfn_models.stepfunctions_backends = stepfunctions_parser_backends
+
+    # `!Ref` of an AWS::Events::EventBus is its name on AWS; moto's model has no physical id.
+    from moto.events.models import EventBus
+
+    if not hasattr(EventBus, "physical_resource_id"):
+        EventBus.physical_resource_id = property(lambda self: self.name)
     _Hooks.installed = True
 
 
@@ -199,7 +205,7 @@ class MotoCloud:
                 logical_id=logical_id, name=config["FunctionName"], arn=config["FunctionArn"],
                 handler=config["Handler"], code_dir=dirs[logical_id],
                 layer_dirs=layer_dirs.get(logical_id, []),
-                environment=config.get("Environment", {}).get("Variables", {}),
+                environment={k: str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()},
                 memory_mb=config.get("MemorySize", 128), timeout_s=config.get("Timeout", 3))
 
 

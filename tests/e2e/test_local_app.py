@@ -1,0 +1,192 @@
+"""The project's own template.yaml on the local cloud, driven like a user would drive it:
+official Segment SDKs against the API, results read back through the Profile API and
+through plain boto3 against the local AWS endpoint."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from boto3.dynamodb.conditions import Key
+
+from engage import clock
+
+WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def profile(cloud, user_id: str, resource: str, query: str = "") -> dict:
+    status, _, body = cloud.call("GET", f"/v1/spaces/local/collections/users/profiles/user_id:{user_id}/{resource}"
+                                 f"{query}", auth=ACCESS_TOKEN)
+    assert status == 200, body
+    return body
+
+
+def events_of(cloud, user_id: str) -> list[dict]:
+    table = cloud.resource("dynamodb").Table(cloud.physical("EventsTable"))
+    return table.query(KeyConditionExpression=Key("pk").eq(f"local|u:{user_id}"))["Items"]
+
+
+def drain(cloud, url: str) -> list[dict]:
+    sqs = cloud.client("sqs")
+    bodies = []
+    while True:
+        page = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        if not page.get("Messages"):
+            return bodies
+        for message in page["Messages"]:
+            bodies.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_health_lists_the_template_functions_and_pollers(local_cloud):
+    # Given the local cloud started from template.yaml
+    status, _, health = local_cloud.call("GET", "/_local/health")
+    # Then every function of the template is deployed and every stream mapping is polled
+    assert status == 200
+    assert {"IngestFunction", "ProfileProcessorFunction", "ProfileApiFunction"} <= set(health["functions"])
+    assert health["pollers"] and all(p["alive"] for p in health["pollers"])
+
+
+def test_segment_python_sdk_calls_become_profiles(local_cloud):
+    # Given the official Python SDK pointed at the local API with the local write key
+    from segment.analytics import Client
+
+    user = f"py-{uuid.uuid4().hex[:8]}"
+    errors = []
+    client = Client(WRITE_KEY, host=local_cloud.api_url, sync_mode=True, on_error=lambda e, _: errors.append(e))
+    # When it sends every call type
+    client.identify(user, {"email": f"{user}@example.com", "plan": "pro"})
+    client.track(user, "Order Completed", {"revenue": 120})
+    client.page(user, "Docs", "Pricing", {"url": "https://example.com/pricing"})
+    client.screen(user, "App", "Home")
+    client.group(user, f"{user}-org", {"name": "Acme"})
+    client.flush()
+    assert errors == []
+    local_cloud.settle()
+    # Then the Profile API shows the traits and the whole history
+    traits = profile(local_cloud, user, "traits")["traits"]
+    assert traits["email"] == f"{user}@example.com" and traits["plan"] == "pro"
+    history = profile(local_cloud, user, "events", "?limit=50")["data"]
+    assert {e["type"] for e in history} == {"identify", "track", "page", "screen", "group"}
+    assert next(e for e in history if e["type"] == "track")["event"] == "Order Completed"
+    # And plain boto3 against the AWS endpoint sees the raw events and the profile item
+    stored = events_of(local_cloud, user)
+    assert len(stored) == 5 and {item["type"] for item in stored} == {"identify", "track", "page", "screen", "group"}
+    profiles_table = local_cloud.resource("dynamodb").Table(local_cloud.physical("ProfilesTable"))
+    items = [i for i in profiles_table.scan()["Items"] if i["pk"].startswith("local|") and user in json.dumps(
+        i, default=str)]
+    assert items, "the profile item is in ProfilesTable"
+
+
+def test_segment_python_sdk_batch_of_many_messages(local_cloud):
+    # Given 30 track calls queued by the SDK (it posts them to /v1/batch)
+    from segment.analytics import Client
+
+    user = f"pyb-{uuid.uuid4().hex[:8]}"
+    client = Client(WRITE_KEY, host=local_cloud.api_url, sync_mode=True, upload_size=100)
+    for n in range(30):
+        client.track(user, "Viewed Item", {"n": n})
+    client.flush()
+    local_cloud.settle()
+    # Then every one is stored once and on the profile
+    assert len(events_of(local_cloud, user)) == 30
+    history = profile(local_cloud, user, "events", "?limit=100")["data"]
+    assert sorted(e["properties"]["n"] for e in history) == list(range(30))
+
+
+def test_segment_node_sdk_calls_become_profiles(local_cloud):
+    # Given the official @segment/analytics-node SDK (installed from npm on first use)
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node/npm are not installed: the @segment/analytics-node test needs them")
+    if not (NODE_DIR / "node_modules" / "@segment" / "analytics-node").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300,
+                       capture_output=True)
+    user = f"node-{uuid.uuid4().hex[:8]}"
+    # When its script sends identify, track, page, screen and group
+    env = {**os.environ, "ENGAGE_API_URL": local_cloud.api_url, "ENGAGE_WRITE_KEY": WRITE_KEY,
+           "ENGAGE_USER_ID": user}
+    run = subprocess.run(["node", "send.mjs"], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    local_cloud.settle()
+    # Then the profile has its traits and all five events
+    traits = profile(local_cloud, user, "traits")["traits"]
+    assert traits["email"] == f"{user}@node.example" and traits["plan"] == "node"
+    history = profile(local_cloud, user, "events", "?limit=50")["data"]
+    assert {e["type"] for e in history} == {"identify", "track", "page", "screen", "group"}
+
+
+def test_poison_event_goes_to_the_stream_failure_queue_and_the_rest_of_its_batch_is_applied(local_cloud):
+    # Given real events stored by ingestion, copied under new message ids around a poison item
+    user = f"poison-{uuid.uuid4().hex[:8]}"
+    for n in range(4):
+        status, _, _ = local_cloud.call("POST", "/v1/track", {"userId": user, "event": "Seed", "properties": {"n": n}},
+                                        auth=WRITE_KEY)
+        assert status == 200
+    local_cloud.settle()
+    failure_url = local_cloud.physical("StreamFailureQueue")
+    drain(local_cloud, failure_url)
+    originals = events_of(local_cloud, user)
+    copies = []
+    for item in originals:
+        message = json.loads(item["payload"])
+        message["messageId"] = "copy-" + message["messageId"]
+        copies.append({**item, "sk": message["messageId"], "payload": json.dumps(message)})
+    poison = {**originals[0], "sk": "poison-" + uuid.uuid4().hex, "payload": "{this is not json"}
+    # When they are written in one BatchWriteItem, so they reach the processor in one batch
+    table = local_cloud.resource("dynamodb").Table(local_cloud.physical("EventsTable"))
+    with table.batch_writer() as writer:
+        for item in [*copies[:2], poison, *copies[2:]]:
+            writer.put_item(Item=item)
+    local_cloud.settle()
+    # Then the copies are applied (8 events on the profile)
+    history = profile(local_cloud, user, "events", "?limit=50")["data"]
+    assert len(history) == 8
+    # And the poison record alone is in StreamFailureQueue, in Lambda's on-failure format
+    failures = drain(local_cloud, failure_url)
+    assert len(failures) == 1
+    info = failures[0]["DDBStreamBatchInfo"]
+    assert info["batchSize"] == 1 and info["startSequenceNumber"] == info["endSequenceNumber"]
+    assert info["streamArn"] == local_cloud.client("dynamodb").describe_table(
+        TableName=local_cloud.physical("EventsTable"))["Table"]["LatestStreamArn"]
+    assert failures[0]["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert failures[0]["requestContext"]["approximateInvokeCount"] == 4  # 1 + MaximumRetryAttempts 3
+    streams = local_cloud.client("dynamodbstreams")
+    iterator = streams.get_shard_iterator(StreamArn=info["streamArn"], ShardId=info["shardId"],
+                                          ShardIteratorType="AT_SEQUENCE_NUMBER",
+                                          SequenceNumber=info["startSequenceNumber"])["ShardIterator"]
+    record = streams.get_records(ShardIterator=iterator, Limit=1)["Records"][0]
+    assert record["dynamodb"]["Keys"]["sk"]["S"] == poison["sk"]
+
+
+def test_virtual_clock_advances_for_the_app(local_cloud):
+    # Given the virtual time now
+    _, _, before = local_cloud.call("GET", "/_local/clock")
+    # When three days pass
+    status, _, after = local_cloud.call("POST", "/_local/clock", {"advance": "P3D"})
+    assert status == 200
+    assert clock.parse(after["now"]) - clock.parse(before["now"]) >= timedelta(days=3)
+    # Then an event sent now is received at the new virtual time
+    user = f"clock-{uuid.uuid4().hex[:8]}"
+    local_cloud.call("POST", "/v1/track", {"userId": user, "event": "Later"}, auth=WRITE_KEY)
+    local_cloud.settle()
+    received = clock.parse(json.loads(events_of(local_cloud, user)[0]["payload"])["receivedAt"])
+    assert received >= clock.parse(after["now"])
+    # And jumping to an absolute moment works too
+    target = clock.parse(after["now"]) + timedelta(days=1)
+    status, _, moved = local_cloud.call("POST", "/_local/clock", {"to": clock.iso(target)})
+    assert status == 200 and clock.parse(moved["now"]) >= target
+
+
+def test_wrong_credentials_are_refused_through_the_local_api(local_cloud):
+    # Given a write key and a token that do not exist
+    status, _, _ = local_cloud.call("POST", "/v1/track", {"userId": "x", "event": "E"}, auth="nope")
+    assert status == 401
+    status, _, _ = local_cloud.call("GET", "/v1/spaces/local/collections/users/profiles/user_id:x/traits",
+                                    auth="nope")
+    assert status == 401
