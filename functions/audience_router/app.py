@@ -17,4 +17,5 @@ def record_handler(record: DynamoDBRecord):
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event, context):
+    router.register_context(context)
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -82,11 +82,12 @@ def stream_record(old: dict | None, new: dict | None, *, event_id: str, keys: di
 
 def stream_records_of(aws, logical_id: str) -> list[dict]:
     """Every record moto's stream of a table holds so far, as Lambda would receive them."""
-    table = aws.table(logical_id)
-    arn = table.latest_stream_arn
-    streams = aws.client("dynamodbstreams")
-    streams = __import__("boto3").client("dynamodbstreams", region_name="us-east-1",
-                                         endpoint_url="https://streams.dynamodb.us-east-1.amazonaws.com")
+    import boto3
+
+    arn = aws.table(logical_id).latest_stream_arn
+    # botocore routes stream calls to an account host moto does not serve (local-cloud findings)
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1",
+                           endpoint_url="https://streams.dynamodb.us-east-1.amazonaws.com")
     records = []
     for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
         iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
@@ -106,10 +107,74 @@ def stream_records_of(aws, logical_id: str) -> list[dict]:
 @pytest.fixture
 def engine(aws):
     """Reset the audience engine's warm-container caches around each test."""
-    from engage.audiences import router, store
+    from engage.audiences import due, router, runtime, store
 
-    store.clear_cache()
-    router.reset()
+    def reset():
+        store.clear_cache()
+        router.reset()
+        runtime.reset()
+        due.reset()
+
+    reset()
     yield aws
-    store.clear_cache()
-    router.reset()
+    reset()
+
+
+def make_profile(profile_id: str, *, space_id: str = "acme", ids: dict | None = None, **fields):
+    """A users profile item and its identity pointers, written the way the profile processor stores them."""
+    from engage import clock
+    from engage.db import key
+    from engage.profiles_store import IdentityRecord, ProfileRecord
+
+    now = clock.iso()
+    external = [{"type": t, "id": v, "created_at": now, "source": "test"} for t, v in (ids or {}).items()]
+    record = ProfileRecord(key(space_id, profile_id), space_id=space_id, profile_id=profile_id,
+                           external_ids=external, created_at=now, updated_at=now, **fields)
+    record.save()
+    for id_type, value in (ids or {}).items():
+        IdentityRecord(key(space_id, "users", f"{id_type}:{value}"), space_id=space_id, profile_id=profile_id,
+                       created_at=now).save()
+    return record
+
+
+def members_of(audience_key: str, space_id: str = "acme") -> set[str]:
+    from engage.audiences import membership
+
+    return {r.profile_id for r in membership.all_members(space_id, audience_key)}
+
+
+class StreamReader:
+    """Hands out a table's stream records in batches, each record once, like an event source mapping."""
+
+    def __init__(self, aws, logical_id: str):
+        self.aws, self.logical_id, self.seen = aws, logical_id, 0
+
+    def batch(self) -> dict:
+        records = stream_records_of(self.aws, self.logical_id)
+        fresh, self.seen = records[self.seen:], len(records)
+        return {"Records": fresh}
+
+
+class Bus:
+    """The stack's bus read through an SQS queue behind a rule matching every `engage` event."""
+
+    def __init__(self, aws):
+        import boto3
+
+        self.sqs = boto3.client("sqs", region_name="us-east-1")
+        events = boto3.client("events", region_name="us-east-1")
+        self.url = self.sqs.create_queue(QueueName="bus-tap")["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        bus = aws.env["EVENT_BUS_NAME"]
+        events.put_rule(Name="tap", EventBusName=bus, EventPattern=json.dumps({"source": ["engage"]}))
+        events.put_targets(Rule="tap", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+
+    def received(self) -> list[dict]:
+        found = []
+        while True:
+            page = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10)
+            if not page.get("Messages"):
+                return found
+            for message in page["Messages"]:
+                found.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])

@@ -27,7 +27,7 @@ class Settings(BaseModel):
     # Warm-container cache of a space's audience definitions, in seconds.
     audience_cache_seconds: int = 30
     # Shards per due-time bucket: spreads the sweeper index's writes over partitions.
-    due_shards: int = 8
+    due_shards: int = 16
     # Days an ingested event (and its dedupe key) is kept; Segment dedupes for 24 h at least.
     event_retention_days: int = 400
     # Warm-container cache of write key / token lookups, in seconds.

@@ -7,7 +7,7 @@ for "was a member, left" and omit audiences the profile never entered (API.md).
 """
 from __future__ import annotations
 
-from pynamodb.attributes import BooleanAttribute, UnicodeAttribute, VersionAttribute
+from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 
 from engage.db import EngageModel, TableName
@@ -36,6 +36,9 @@ class MembershipRecord(EngageModel):
     entered_at = UnicodeAttribute(null=True)
     exited_at = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute()
+    # The profile item version the last evaluation read (None for manual edits): a replayed,
+    # older stream image must not undo what a newer one decided.
+    profile_version = NumberAttribute(null=True)
     version = VersionAttribute()
 
     by_audience = ByAudienceIndex()

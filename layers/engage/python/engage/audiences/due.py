@@ -1,11 +1,14 @@
 """The due-time index: when time alone could next change a profile's memberships.
 
 DueTable, one item per profile that has a pending time edge:
-  pk = <space>|<profile_id>, due_at (ISO), bucket = <YYYY-MM-DDTHH>|<shard>
+  pk = <space>|<profile_id>, due_at (ISO), bucket = <YYYY-MM-DD>|<shard>
   GSI by_bucket: bucket (hash), due_at (range)
-The sweeper Queries the hour buckets from its cursor up to now (`due_at <= now`), shard by
-shard: work is proportional to what is due, never to the number of profiles. Shards spread
-one hour's writes over several partitions. The sweeper's cursor is the item pk = `sweeper|cursor`.
+The sweeper Queries the day buckets from its cursor up to today (`due_at <= now`), shard by
+shard: work is proportional to what is due, never to the number of profiles (the key
+condition skips what is due later in the day). Shards spread one day's writes over several
+partitions. The sweeper's cursor (the first day that may still hold due items) is the item
+pk = `sweeper|cursor`; the first schedule written creates it, so nothing is ever scheduled
+before it.
 """
 from __future__ import annotations
 
@@ -22,11 +25,9 @@ from engage.config import settings
 from engage.db import EngageModel, TableName, key
 
 CURSOR_PK = "sweeper|cursor"
-# Hours are closed this long after they end, so an evaluator whose clock lags slightly
-# behind the sweeper's can still schedule into the hour the sweeper is finishing.
+# Days are closed this long after they end, so an evaluator whose clock lags slightly
+# behind the sweeper's can still schedule into the day the sweeper is finishing.
 GRACE = timedelta(minutes=5)
-# Where the cursor starts when the sweeper has never run.
-FIRST_LOOKBACK = timedelta(days=7)
 
 
 class ByBucketIndex(GlobalSecondaryIndex):
@@ -52,13 +53,34 @@ class DueRecord(EngageModel):
     by_bucket = ByBucketIndex()
 
 
-def hour_of(moment: datetime) -> str:
-    return clock.iso(moment)[:13]
+def day_of(moment: datetime) -> str:
+    return clock.iso(moment)[:10]
 
 
 def _bucket(moment: datetime, profile_id: str) -> str:
     shard = zlib.crc32(profile_id.encode()) % settings().due_shards
-    return f"{hour_of(moment)}|{shard}"
+    return f"{day_of(moment)}|{shard}"
+
+
+_cursor_ensured = False
+
+
+def _ensure_cursor(now: datetime) -> None:
+    """Create the sweeper's cursor at today if there is none (once per warm container)."""
+    global _cursor_ensured
+    if _cursor_ensured:
+        return
+    try:
+        DueRecord(CURSOR_PK, cursor=day_of(now)).save(condition=DueRecord.pk.does_not_exist())
+    except PutError as error:
+        if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+            raise
+    _cursor_ensured = True
+
+
+def reset() -> None:
+    global _cursor_ensured
+    _cursor_ensured = False
 
 
 def _record(space_id: str, profile_id: str, when: datetime) -> DueRecord:
@@ -74,7 +96,9 @@ def schedule(space_id: str, profile_id: str, when: datetime | None) -> bool:
     """
     if when is None:
         return False
-    when = max(when, clock.now())
+    now = clock.now()
+    _ensure_cursor(now)
+    when = max(when, now)
     record = _record(space_id, profile_id, when)
     try:
         record.save(condition=DueRecord.pk.does_not_exist() | (DueRecord.due_at > record.due_at))
@@ -98,34 +122,36 @@ def reschedule(item: DueRecord, when: datetime | None) -> None:
             raise
 
 
-def due_in_hour(hour: str, now: datetime) -> Iterator[DueRecord]:
-    """Items of one hour bucket (all shards) due at `now` or before, in due order per shard."""
+def due_in_day(day: str, now: datetime) -> Iterator[DueRecord]:
+    """Items of one day bucket (all shards) due at `now` or before, in due order per shard."""
     limit = clock.iso(now)
     for shard in range(settings().due_shards):
-        yield from DueRecord.by_bucket.query(f"{hour}|{shard}", DueRecord.due_at <= limit)
+        yield from DueRecord.by_bucket.query(f"{day}|{shard}", DueRecord.due_at <= limit)
 
 
-def hours_to_sweep(now: datetime) -> list[str]:
-    """Hour buckets from the cursor to the current hour, oldest first."""
-    start = cursor() or now - FIRST_LOOKBACK
-    hours, moment = [], start.replace(minute=0, second=0, microsecond=0)
+def days_to_sweep(now: datetime) -> list[str]:
+    """Day buckets from the cursor to today, oldest first (none before anything was scheduled)."""
+    start = cursor()
+    if start is None:
+        return []
+    days, moment = [], start
     while moment <= now:
-        hours.append(hour_of(moment))
-        moment += timedelta(hours=1)
-    return hours
+        days.append(day_of(moment))
+        moment += timedelta(days=1)
+    return days
 
 
 def cursor() -> datetime | None:
     try:
-        return clock.parse(DueRecord.get(CURSOR_PK, consistent_read=True).cursor + ":00:00Z")
+        return clock.parse(DueRecord.get(CURSOR_PK, consistent_read=True).cursor + "T00:00:00Z")
     except DueRecord.DoesNotExist:
         return None
 
 
-def close_hour(hour: str, now: datetime) -> bool:
-    """Advance the cursor past `hour` once it has ended (plus GRACE) and was swept completely."""
-    following = clock.parse(hour + ":00:00Z") + timedelta(hours=1)
+def close_day(day: str, now: datetime) -> bool:
+    """Advance the cursor past `day` once it has ended (plus GRACE) and was swept completely."""
+    following = clock.parse(day + "T00:00:00Z") + timedelta(days=1)
     if now < following + GRACE:
         return False
-    DueRecord(CURSOR_PK, cursor=hour_of(following)).save()
+    DueRecord(CURSOR_PK, cursor=day_of(following)).save()
     return True

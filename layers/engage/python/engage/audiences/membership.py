@@ -40,16 +40,26 @@ def flags(records: dict[str, MembershipRecord]) -> dict[str, bool]:
     return {audience_key: bool(r.member) for audience_key, r in records.items()}
 
 
+def is_stale(existing: MembershipRecord | None, profile_version: int | None) -> bool:
+    """True when the stored membership was decided from a newer profile image than this one."""
+    if existing is None or profile_version is None or existing.profile_version is None:
+        return False
+    return int(existing.profile_version) > profile_version
+
+
 def set_member(space_id: str, profile_id: str, audience_key: str, member: bool,
-               existing: MembershipRecord | None, *, attempts: int = 3) -> Change | None:
+               existing: MembershipRecord | None, *, profile_version: int | None = None,
+               attempts: int = 3) -> Change | None:
     """Make the stored membership equal `member`; return the change written, or None if none was needed.
 
     `existing` is what the caller read (None = no item). On a lost race the item is read again and
-    the decision retaken, so two concurrent writers cannot both count an entry.
+    the decision retaken, so two concurrent writers cannot both count an entry. `profile_version`
+    is the version of the profile image the decision came from: an older image than the one the
+    stored membership was decided from changes nothing (replayed stream records).
     """
     for _ in range(attempts):
         stored = bool(existing.member) if existing is not None else False
-        if stored == member:
+        if stored == member or is_stale(existing, profile_version):
             return None
         now = clock.iso()
         record = existing if existing is not None else MembershipRecord(
@@ -57,6 +67,7 @@ def set_member(space_id: str, profile_id: str, audience_key: str, member: bool,
             space_id=space_id, profile_id=profile_id, audience_key=audience_key, member=False, updated_at=now)
         record.member = member
         record.updated_at = now
+        record.profile_version = profile_version
         if member:
             record.entered_at, record.exited_at = now, None
         else:

@@ -84,11 +84,20 @@ def _put(change: dict[str, Any]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1)
+def _config() -> IdempotencyConfig:
+    return IdempotencyConfig(event_key_jmespath="[space_id, profile_id, audience_key, to_string(version)]",
+                             expires_after_seconds=IDEMPOTENCY_SECONDS)
+
+
+def register_context(context: Any) -> None:
+    """Let the idempotency utility know the invocation's deadline (in-progress records expire with it)."""
+    _config().register_lambda_context(context)
+
+
+@lru_cache(maxsize=1)
 def _idempotent_put():
     persistence = DynamoDBPersistenceLayer(table_name=settings().require("idempotency_table"))
-    config = IdempotencyConfig(
-        event_key_jmespath="[space_id, profile_id, audience_key, to_string(version)]",
-        expires_after_seconds=IDEMPOTENCY_SECONDS)
+    config = _config()
 
     @idempotent_function(data_keyword_argument="change", persistence_store=persistence, config=config)
     def publish(change: dict[str, Any]) -> dict[str, Any]:
@@ -111,3 +120,4 @@ def reset() -> None:
     """Drop cached clients (tests build a fresh cloud per test)."""
     _events_client.cache_clear()
     _idempotent_put.cache_clear()
+    _config.cache_clear()

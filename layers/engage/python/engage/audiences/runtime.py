@@ -29,7 +29,7 @@ from engage.audiences.index import AudienceIndex
 from engage.db import key
 from engage.errors import ValidationFailed
 from engage.memberships_store import MembershipRecord
-from engage.observability import logger
+from engage.observability import logger, metrics
 from engage.profiles_store import ProfileEventRecord, ProfileRecord
 
 USERS = "users"
@@ -108,6 +108,7 @@ def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefiniti
     with `schedule` that edge is recorded in the due index (kept if an earlier one is there).
     """
     profile_id = image["profile_id"]
+    version = int(image["version"]) if image.get("version") is not None else None
     if records is None:
         records = membership.current(space_id, profile_id)
     flags = membership.flags(records)
@@ -126,20 +127,32 @@ def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefiniti
                 edge = next_change_at(definition, view, now, flags)
                 if edge is not None and (next_due is None or edge < next_due):
                     next_due = edge
-        if wanted != flags.get(definition.key, False):
-            change = membership.set_member(space_id, profile_id, definition.key, wanted, records.get(definition.key))
+        if wanted != flags.get(definition.key, False) and not membership.is_stale(records.get(definition.key),
+                                                                                  version):
+            change = membership.set_member(space_id, profile_id, definition.key, wanted, records.get(definition.key),
+                                           profile_version=version)
             flags[definition.key] = wanted
             if change is not None:
                 changes.append(change)
     if schedule and next_due is not None:
         due.schedule(space_id, profile_id, next_due)
+    _count(changes)
     return changes, next_due
+
+
+def _count(changes: list[membership.Change]) -> None:
+    entered = sum(1 for c in changes if c.member)
+    if entered:
+        metrics.add_metric(name="AudienceEntered", unit="Count", value=entered)
+    if len(changes) - entered:
+        metrics.add_metric(name="AudienceExited", unit="Count", value=len(changes) - entered)
 
 
 def leave_all(space_id: str, image: dict) -> list[membership.Change]:
     """A merged or deleted profile leaves every audience; its manual memberships go to the survivor."""
     profile_id = image["profile_id"]
     survivor = image.get("merged_into")
+    version = int(image["version"]) if image.get("version") is not None else None
     manual = engine(space_id).manual
     changes = []
     for audience_key, record in membership.current(space_id, profile_id).items():
@@ -150,9 +163,10 @@ def leave_all(space_id: str, image: dict) -> list[membership.Change]:
                                           membership.current_one(space_id, survivor, audience_key))
             if moved is not None:
                 changes.append(moved)
-        change = membership.set_member(space_id, profile_id, audience_key, False, record)
+        change = membership.set_member(space_id, profile_id, audience_key, False, record, profile_version=version)
         if change is not None:
             changes.append(change)
+    _count(changes)
     return changes
 
 

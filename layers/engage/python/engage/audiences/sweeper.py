@@ -1,7 +1,7 @@
 """Time passing: re-evaluate only the profiles whose memberships are due to change with time.
 
 Every evaluation records the profile's next time edge in the due index (`engage.audiences.due`);
-the sweeper, run every minute by EventBridge Scheduler, Queries the due hour buckets from its
+the sweeper, run every minute by EventBridge Scheduler, Queries the due day buckets from its
 cursor to now, re-evaluates each due profile's time-based audiences, and moves the profile's
 due item to its next edge (or drops it). Work per run is what is due, never a scan.
 """
@@ -26,7 +26,7 @@ class SweepReport:
     entered: int = 0
     exited: int = 0
     failed: int = 0
-    hours_closed: int = 0
+    days_closed: int = 0
     complete: bool = True
 
     def as_dict(self) -> dict:
@@ -37,9 +37,9 @@ def sweep(now: datetime | None = None, *, time_left: Callable[[], bool] = lambda
     """Process everything due at `now`; stop early (complete=False) when `time_left()` says so."""
     now = now or clock.now()
     report = SweepReport()
-    contiguous = True  # the cursor only moves past hours that are done, oldest first
-    for hour in due.hours_to_sweep(now):
-        for item in due.due_in_hour(hour, now):
+    contiguous = True  # the cursor only moves past days that are done, oldest first
+    for day in due.days_to_sweep(now):
+        for item in due.due_in_day(day, now):
             if not time_left():
                 report.complete = False
                 return report
@@ -55,8 +55,8 @@ def sweep(now: datetime | None = None, *, time_left: Callable[[], bool] = lambda
             report.entered += sum(1 for c in changes if c.member)
             report.exited += sum(1 for c in changes if not c.member)
             due.reschedule(item, next_due)
-        if contiguous and due.close_hour(hour, now):
-            report.hours_closed += 1
+        if contiguous and due.close_day(day, now):
+            report.days_closed += 1
         else:
             contiguous = False
     metrics.add_metric(name="AudienceSweepProfiles", unit="Count", value=report.profiles)

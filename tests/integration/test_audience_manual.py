@@ -1,0 +1,82 @@
+"""Manual audiences: add/remove by id and CSV import, through the management API handler."""
+from __future__ import annotations
+
+import pytest
+
+from engage.audiences import store
+from tests.integration.audience_support import call_api, engine, make_profile, members_of  # noqa: F401
+
+VIPS = {"key": "vips", "name": "VIPs", "kind": "manual"}
+
+
+@pytest.fixture
+def people(engine, space):
+    make_profile("p1", ids={"email": "ann@example.com", "user_id": "1"})
+    make_profile("p2", ids={"email": "bob@example.com", "user_id": "2"})
+    make_profile("p3", ids={"user_id": "3"})
+    assert call_api("POST", "/v1/audiences", VIPS)[0] == 201
+    return engine
+
+
+def test_members_are_added_and_removed_by_id_and_unknown_ids_are_reported(people):
+    # When two known people and one unknown id are added
+    status, body = call_api("POST", "/v1/audiences/vips/members",
+                            {"add": ["email:ann@example.com", "user_id:2", "email:nobody@example.com"]})
+    # Then the known ones are members, the unknown one is reported with its path
+    assert status == 200, body
+    assert body["added"] == 2
+    assert body["unknown"] == [{"path": "$.add[2]", "value": "email:nobody@example.com",
+                                "message": "no profile has this id"}]
+    assert members_of("vips") == {"p1", "p2"}
+    assert store.size("acme", "vips") == 2
+    # When the same request is repeated, nothing changes (and nothing is counted twice)
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["email:ann@example.com", "user_id:2"]})
+    assert body["added"] == 0 and body["unchanged"] == 2 and store.size("acme", "vips") == 2
+    # When one is removed
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"remove": ["user_id:1"]})
+    assert body["removed"] == 1 and members_of("vips") == {"p2"} and store.size("acme", "vips") == 1
+    # And the paged member list agrees
+    status, page = call_api("GET", "/v1/audiences/vips/members", query={"limit": "10"})
+    assert [m["profile_id"] for m in page["members"]] == ["p2"] and page["cursor"]["has_more"] is False
+
+
+def test_malformed_ids_are_a_400_naming_the_path(people):
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["ann@example.com"], "drop": []})
+    assert status == 400
+    paths = {d["path"] for d in body["error"]["details"]}
+    assert paths == {"$.add[0]", "$.drop"}
+    assert members_of("vips") == set()
+
+
+def test_dynamic_audiences_refuse_manual_members(people):
+    call_api("POST", "/v1/audiences", {"key": "pro", "name": "Pro", "backfill": False,
+                                       "condition": {"trait": "plan", "op": "eq", "value": "pro"}})
+    status, body = call_api("POST", "/v1/audiences/pro/members", {"add": ["user_id:1"]})
+    assert status == 409 and "manual" in body["error"]["message"]
+
+
+def test_csv_import_adds_and_reports_unknown_rows_by_line(people):
+    csv_text = "email,user_id\nann@example.com,\n,3\nghost@example.com,99\n\nbob@example.com,2,extra\n"
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=csv_text, query={"mode": "add"})
+    assert status == 200, body
+    assert body["added"] == 2 and members_of("vips") == {"p1", "p3"}
+    assert body["unknown"] == [{"line": 4, "value": "email:ghost@example.com,user_id:99",
+                                "message": "no profile has this id"}]
+    assert body["invalid"] == [{"line": 6, "message": "3 columns but the header has 2"}]
+
+
+def test_csv_replace_removes_members_the_file_does_not_name(people):
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\n2\n3\n",
+                            query={"mode": "replace"})
+    assert status == 200, body
+    assert (body["added"], body["removed"], body["unchanged"]) == (1, 1, 1)
+    assert members_of("vips") == {"p2", "p3"}
+    assert store.size("acme", "vips") == 2
+
+
+def test_csv_needs_a_header_of_id_types(people):
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="E-mail Address\nann@example.com\n")
+    assert status == 400 and body["error"]["details"][0]["line"] == 1
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="email\n", query={"mode": "merge"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "mode"
