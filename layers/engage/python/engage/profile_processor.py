@@ -13,6 +13,7 @@ lock race re-reads and applies again.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -387,9 +388,10 @@ def _all_ids(message: Message) -> list[Identifier]:
             *identity.account_identifiers(message)]
 
 
-_FIELDS = ("traits", "trait_times", "external_ids", "daily_counts", "event_stats", "applied", "merged_into",
-           "merged_at", "merged_from", "merges", "created_at", "first_message_at", "last_message_at",
-           "last_identified_at")
+# Every ProfileState field is stored under the same name on ProfileRecord: a new per-profile
+# aggregate needs a field in both and nothing here.
+_FIELDS = tuple(f.name for f in dataclasses.fields(ProfileState)
+                if f.name not in ("profile_id", "space_id", "collection", "updated_at"))
 
 
 def _plain(value: Any) -> Any:
