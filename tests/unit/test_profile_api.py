@@ -67,6 +67,7 @@ def test_query_values_are_parsed():
     query = params.parse_query("traits", {"limit": "200", "include": "plan, email,,", "class": "audience",
                                           "verbose": "true"})
     assert (query.limit, query.include, query.class_, query.verbose) == (200, ["plan", "email"], "audience", True)
+    assert params.parse_query("traits", {"include": ""}).include is None  # empty: no filter
     events = params.parse_query("events", {"start": "2026-01-02", "end": "2026-01-03T04:05:06Z", "sort": "asc"})
     assert events.start.isoformat() == "2026-01-02T00:00:00+00:00"
     assert events.end.isoformat() == "2026-01-03T04:05:06+00:00"

@@ -82,13 +82,13 @@ def parse_profile_ref(text: str) -> ProfileRef:
 
 
 def _names(value: Any) -> Any:
-    """`a,b` -> ['a', 'b'] (API Gateway joins repeated parameters with commas too)."""
+    """`a,b` -> ['a', 'b'] (API Gateway joins repeated parameters with commas too); empty = no filter."""
     if isinstance(value, str):
-        return [name.strip() for name in value.split(",") if name.strip()]
+        return [name.strip() for name in value.split(",") if name.strip()] or None
     return value
 
 
-Names = Annotated[list[str] | None, BeforeValidator(_names), Field(max_length=MAX_NAMES)]
+Names = Annotated[Annotated[list[str], Field(max_length=MAX_NAMES)] | None, BeforeValidator(_names)]
 
 
 class _Query(BaseModel):

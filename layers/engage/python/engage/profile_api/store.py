@@ -119,12 +119,13 @@ def event_streams(space_id: str, profile_ids: list[str], query: EventsQuery,
         condition = ProfileEventRecord.sk <= high
     else:
         condition = None
-    event_filter = None
+    # DynamoDB deletes expired items lazily (within days): past its TTL an event is gone for us.
+    event_filter = ProfileEventRecord.expires_at.does_not_exist() | (
+        ProfileEventRecord.expires_at > int(clock.now().timestamp()))
     if query.include:
-        event_filter = ProfileEventRecord.event.is_in(*query.include)
+        event_filter &= ProfileEventRecord.event.is_in(*query.include)
     if query.exclude:
-        excluded = ~ProfileEventRecord.event.is_in(*query.exclude)
-        event_filter = excluded if event_filter is None else event_filter & excluded
+        event_filter &= ~ProfileEventRecord.event.is_in(*query.exclude)
 
     def stream(profile_id: str) -> Iterator[tuple[str, tuple[str, dict[str, Any]]]]:
         records = ProfileEventRecord.query(key(space_id, profile_id), range_key_condition=condition,
