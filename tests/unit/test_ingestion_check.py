@@ -3,8 +3,10 @@ from datetime import UTC, datetime
 
 import pytest
 from engage import ingestion
-from engage.errors import ValidationFailed
+from engage.errors import EngageError, ValidationFailed
 from engage.ingestion import LimitExceeded
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOW = datetime(2026, 11, 23, 14, 30, 0, tzinfo=UTC)
 
@@ -110,3 +112,38 @@ def test_an_empty_batch_is_valid_and_stores_nothing():
 def test_every_message_of_a_request_gets_the_same_received_at():
     checked = check({"batch": [track(1), track(2)]})
     assert {m["receivedAt"] for m in checked.messages} == {"2026-11-23T14:30:00.000Z"}
+
+
+FIELDS = ["type", "userId", "anonymousId", "previousId", "groupId", "messageId", "event", "name", "category",
+          "traits", "properties", "context", "integrations", "timestamp", "originalTimestamp", "sentAt", "x"]
+scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+           | st.text(max_size=8) | st.sampled_from(["track", "identify", "alias", "group", "2026-01-01T00:00:00Z",
+                                                    "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"]))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=2)
+                      | st.dictionaries(st.text(max_size=4), inner, max_size=2), max_leaves=4)
+items = st.dictionaries(st.sampled_from(FIELDS), values, max_size=8) | values
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(items, max_size=4), shared=st.dictionaries(st.sampled_from(
+    ["context", "integrations", "sentAt"]), values, max_size=3))
+def test_any_json_batch_is_either_checked_or_refused_with_a_clear_error(batch, shared):
+    # Whatever JSON arrives, the answer is a verdict (stored/rejected per item) or a 4xx: never a crash
+    try:
+        checked = check({"batch": batch, **shared})
+    except EngageError as error:
+        assert error.status == 400 and error.message
+        return
+    assert len(checked.messages) + checked.rejected + checked.repeated == len(batch)
+    for message in checked.messages:
+        assert message["messageId"] and message["timestamp"].endswith("Z")
+        assert message.get("userId") or message.get("anonymousId")
+
+
+@settings(max_examples=200, deadline=None)
+@given(call=st.sampled_from(["identify", "track", "page", "screen", "group", "alias"]),
+       document=st.dictionaries(st.sampled_from(FIELDS), values, max_size=8))
+def test_any_json_single_call_is_either_checked_or_rejected(call, document):
+    checked = check(document, call=call)
+    assert len(checked.messages) + (1 if checked.issues else 0) == 1
+    assert all(issue.message for issue in checked.issues)

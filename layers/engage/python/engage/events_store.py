@@ -38,10 +38,6 @@ class EventRecord(EngageModel):
     received_at = UnicodeAttribute()
     expires_at = NumberAttribute(null=True)  # TTL (epoch seconds)
 
-    @property
-    def message(self) -> dict:
-        return json.loads(self.payload)
-
 
 class StoreUnavailable(Exception):
     """DynamoDB kept returning UnprocessedItems: the caller should fail so the sender retries."""

@@ -67,7 +67,7 @@ def _coerce_time(value: Any) -> datetime | None:
     if isinstance(value, str):
         try:
             return clock.parse(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: year 1 moved west of UTC
             pass
     raise _invalid(f"must be an ISO 8601 date-time such as 2026-01-02T03:04:05.678Z, not {_show(value)}")
 
@@ -144,7 +144,7 @@ def validate(raw: Any, call_type: str | None, path: str = "") -> Message | list[
     if not isinstance(raw, dict):
         return [Issue(path, f"must be a JSON object, not {_json_type(raw)}")]
     message_type = call_type or raw.get("type")
-    if message_type not in MODELS:
+    if not isinstance(message_type, str) or message_type not in MODELS:
         where = _join(path, ("type",))
         if message_type is None:
             return [Issue(where, f"is required: one of {', '.join(TYPES)}")]
@@ -178,7 +178,10 @@ def normalize(raw: dict, message: Message, message_type: str, received_at: datet
     if given is not None:
         timestamp = given  # historical import: the sender's time is the event's time
     elif original is not None and sent is not None:
-        timestamp = received_at - (sent - original)  # client clock skew corrected
+        try:
+            timestamp = received_at - (sent - original)  # client clock skew corrected
+        except OverflowError:
+            timestamp = received_at  # a device clock thousands of years off tells us nothing
     else:
         timestamp = received_at
     for name, value in (("originalTimestamp", original), ("sentAt", sent)):
