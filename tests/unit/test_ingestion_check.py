@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 from engage import ingestion
-from engage.errors import EngageError, ValidationFailed
+from engage.errors import EngageError, NotFound, ValidationFailed
 from engage.ingestion import LimitExceeded
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -147,3 +147,8 @@ def test_any_json_single_call_is_either_checked_or_rejected(call, document):
     checked = check(document, call=call)
     assert len(checked.messages) + (1 if checked.issues else 0) == 1
     assert all(issue.message for issue in checked.issues)
+
+
+def test_an_unknown_call_is_a_404_before_anything_is_read():
+    with pytest.raises(NotFound, match="/v1/click is not a Tracking API call: use one of identify, track"):
+        ingestion.receive("click", "{}", authorization=None)

@@ -106,3 +106,10 @@ def test_text_that_cannot_be_stored_is_refused():
     lone_surrogate = json.loads('{"userId": "\\ud800"}')
     with pytest.raises(ValueError, match="unpaired UTF-16 surrogate"):
         wire.message_size(lone_surrogate)
+
+
+def test_absurdly_deep_json_is_a_400_not_a_crash():
+    depth = 200_000
+    body = ('{"userId":"u","event":"E","properties":' + '{"a":' * depth + "1" + "}" * depth + "}").encode()
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        wire.parse_json(body)

@@ -80,6 +80,8 @@ def parse_json(data: bytes) -> dict:
         document = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(f"the request body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise BadRequest("the request body is nested too deeply to read") from error
     if not isinstance(document, dict):
         raise BadRequest("the request body must be a JSON object")
     return document
@@ -105,7 +107,10 @@ def message_size(message: Any) -> int:
 
     Raises ValueError for text that cannot be stored as UTF-8 (a lone `\\ud800` escape).
     """
-    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError as error:
+        raise ValueError("is nested too deeply") from error
     try:
         return len(text.encode())
     except UnicodeEncodeError as error:
