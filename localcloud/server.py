@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from localcloud import aws, pollers, state, template
@@ -28,6 +29,11 @@ from localcloud.scheduler import VirtualClock, parse_duration
 
 log = logging.getLogger("localcloud")
 READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed when serving
+
+# Installers run at the end of start(), before the API serves: each gets the LocalCloud and
+# may add pollers, clock timers/hooks (cloud.clock) or moto patches. This is where emulation
+# of EventBridge rule targets, Scheduler schedules and Step Functions waits plugs in.
+EXTENSIONS: list[Callable[[LocalCloud], None]] = []
 
 
 class LocalCloud:
@@ -74,6 +80,8 @@ class LocalCloud:
         self._seed_space()
         self.clock.on_advance(self._expire_ttl)
         self.pollers = pollers.pollers_for(self.cloud, self.runtime)
+        for extension in EXTENSIONS:
+            extension(self)
         for poller in self.pollers:
             poller.start()
         local = LocalHandlers()
@@ -234,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("werkzeug", "moto"):  # request lines and "no CloudFormation support for ApiGatewayV2"
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # A failing state is reported in the execution history, as on AWS; moto also logs it with a page of repr.
+    logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
     import warnings
 
     warnings.filterwarnings("ignore", message=".*not supported by moto's CloudFormation.*")
