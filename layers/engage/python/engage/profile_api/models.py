@@ -1,4 +1,8 @@
-"""Response models of the Profile API (Segment's shapes, API.md's error body)."""
+"""Response models of the Profile API (Segment's shapes, API.md's error body).
+
+`source_id` / `last_source_id` name a Segment source; Engage has none, so they are always null
+but present, because Segment clients read them.
+"""
 from __future__ import annotations
 
 from typing import Any

@@ -37,7 +37,7 @@ def _plain(value: Any) -> Any:
 
 def _to_profile(record: ProfileRecord) -> Profile:
     def attr(name: str, default: Any = None) -> Any:
-        # Fields written by other engines when they exist (computed traits, trait sources).
+        # `computed_traits` is read once the model declares it (written by the computed traits engine).
         value = _plain(getattr(record, name, None))
         return default if value is None else value
 
@@ -47,16 +47,13 @@ def _to_profile(record: ProfileRecord) -> Profile:
         traits=attr("traits", {}),
         # trait_times hold "<event timestamp>|<messageId>" stamps: the time is the part before `|`.
         trait_times={name: str(stamp).split("|", 1)[0] for name, stamp in attr("trait_times", {}).items()},
-        trait_sources=attr("trait_sources", {}),
         computed_traits=attr("computed_traits", {}),
-        computed_trait_times=attr("computed_trait_times", {}),
         external_ids=[entry for entry in attr("external_ids", []) if isinstance(entry, dict)],
         created_at=record.created_at,
         updated_at=record.updated_at,
         first_message_at=record.first_message_at,
         last_message_at=record.last_message_at,
         last_identified_at=record.last_identified_at,
-        last_source_id=attr("last_source_id"),
         merged_into=record.merged_into,
         merged_from=[str(profile_id) for profile_id in attr("merged_from", [])],
     )

@@ -36,16 +36,13 @@ class Profile:
     collection: str = "users"
     traits: dict[str, Any] = field(default_factory=dict)
     trait_times: dict[str, str] = field(default_factory=dict)
-    trait_sources: dict[str, str] = field(default_factory=dict)
     computed_traits: dict[str, Any] = field(default_factory=dict)
-    computed_trait_times: dict[str, str] = field(default_factory=dict)
     external_ids: list[dict[str, Any]] = field(default_factory=list)
     created_at: str | None = None
     updated_at: str | None = None
     first_message_at: str | None = None
     last_message_at: str | None = None
     last_identified_at: str | None = None
-    last_source_id: str | None = None
     merged_into: str | None = None
     merged_from: list[str] = field(default_factory=list)
 
@@ -70,12 +67,10 @@ def traits(profile: Profile, memberships: list[Membership], query: TraitsQuery, 
     entries: dict[str, VerboseTrait] = {}
     if query.class_ is None:
         for name, value in profile.traits.items():
-            entries[name] = VerboseTrait(value=value, source_id=profile.trait_sources.get(name),
-                                         updated_at=profile.trait_times.get(name) or profile.updated_at)
+            entries[name] = VerboseTrait(value=value, updated_at=profile.trait_times.get(name) or profile.updated_at)
     if query.class_ in (None, "computed_trait"):
         for name, value in profile.computed_traits.items():
-            entries[name] = VerboseTrait(value=value,
-                                         updated_at=profile.computed_trait_times.get(name) or profile.updated_at)
+            entries[name] = VerboseTrait(value=value, updated_at=profile.updated_at)
     if query.class_ in (None, "audience"):
         for membership in memberships:
             entries[membership.audience_key] = VerboseTrait(value=membership.member,
@@ -108,7 +103,6 @@ def external_id(entry: dict[str, Any], collection: str, verbose: bool) -> Extern
     fields = {
         "id": str(entry.get("id")),
         "type": str(entry.get("type")),
-        "source_id": entry.get("source_id"),
         "collection": collection,
         "created_at": entry.get("created_at"),
         "encoding": entry.get("encoding") or "none",
@@ -133,7 +127,6 @@ def metadata(profile: Profile, verbose: bool) -> MetadataResponse:
         "updated_at": profile.updated_at,
         "first_message_at": profile.first_message_at,
         "last_message_at": profile.last_message_at,
-        "last_source_id": profile.last_source_id,
         "last_identified_at": profile.last_identified_at,
     }
     if verbose:
