@@ -246,6 +246,7 @@ def test_group_creates_the_account_and_links_it_both_ways(aws, space):
     assert [link.to_profile_id for link in store.links_of(SPACE, user.profile_id, "accounts")] == [account.profile_id]
     assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [user.profile_id]
     assert pointer("group_id", "g1") is None  # a group id never names a user (it would merge all of them)
+    assert history(account.profile_id) == ["m2", "m3"] and history(user.profile_id) == ["m1", "m2", "m3"]
 
 
 def test_a_merged_users_account_links_move_to_the_survivor(aws, space):
@@ -378,3 +379,32 @@ def test_a_profile_stops_collecting_ids_at_its_limit_but_keeps_its_events(aws, s
     assert ids(profile) == {"user_id:u1", "anonymous_id:a1"}
     assert profile.event_stats.as_dict()["Login"]["total"] == 1
     assert pointer("anonymous_id", "a2") is None
+
+
+def test_two_writers_seeing_a_new_id_at_once_end_on_one_profile(aws, space):
+    # Given a batch that read "a1 is unknown" before another invocation created a1's profile
+    slow = batch(message("track", "m1", at(0), anonymousId="a1", event="Login"))
+    slow_batch = profile_processor.StreamBatch(slow["Records"])
+    run(batch(message("track", "m2", at(1), anonymousId="a1", event="Login")))
+    # When the slow batch applies its message
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+    assert slow_batch.apply_record(DynamoDBRecord(slow["Records"][0])) == "applied"
+    slow_batch.flush()
+    # Then its claim of a1 failed, it re-read and applied to the profile that owns a1
+    assert len(aws.table("ProfilesTable").scan()["Items"]) == 1
+    assert profile_of("anonymous_id", "a1").event_stats.as_dict()["Login"]["total"] == 2
+
+
+def test_a_message_that_fails_to_write_leaves_no_trace_for_the_rest_of_the_batch(aws, space):
+    # Given an identify DynamoDB refuses (NaN is not a number it stores), then a track by the same user
+    refused = image(message("identify", "m1", at(0), userId="u1"),
+                    payload=json.dumps(message("identify", "m1", at(0), userId="u1",
+                                               traits={"email": "ann@example.com", "score": float("nan")})))
+    event = stream_event(refused, image(message("track", "m2", at(1), userId="u1", event="Login")))
+    # When the batch runs
+    response = run(event)
+    # Then only the identify failed, and none of its effects reached the profile the track made
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["dynamodb"]["SequenceNumber"]}]}
+    profile = profile_of("user_id", "u1")
+    assert ids(profile) == {"user_id:u1"} and profile.traits.as_dict() == {}
+    assert pointer("email", "ann@example.com") is None and profile.applied == ["m2"]

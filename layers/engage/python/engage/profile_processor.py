@@ -150,10 +150,14 @@ class StreamBatch:
                 try:
                     return self._apply(space_id, message, touched, fresh=attempt > 1)
                 except store.WriteConflict:
+                    self._forget(space_id, _all_ids(message), touched)
                     if attempt == MAX_ATTEMPTS:
                         raise
                     metrics.add_metric(name="ProfileWriteConflicts", unit=MetricUnit.Count, value=1)
+                except Exception:
+                    # Nothing of this message was written: later messages must not see its effects.
                     self._forget(space_id, _all_ids(message), touched)
+                    raise
             raise AssertionError("unreachable")
         except Exception:
             logger.exception("profile processor could not apply a message",
@@ -196,6 +200,7 @@ class StreamBatch:
                 survivor = next(c for c in candidates if c.state.has_applied(message.message_id))
                 self._queue_history(space_id, survivor.state.profile_id, message)
                 self._queue_repoints(space_id, ids, owners, survivor.state.profile_id)
+                self._queue_account_history(space_id, message)
                 return "already applied"
             survivor = profiles.choose_survivor([c.state for c in candidates])
             survivor_cached = live[survivor.profile_id]
@@ -206,12 +211,13 @@ class StreamBatch:
             existing = self._cached(space_id, new_id) if fresh else None
             if existing is not None:  # made by an earlier delivery whose pointers were since taken over
                 self._queue_history(space_id, new_id, message)
+                self._queue_account_history(space_id, message)
                 return "already applied"
             survivor = ProfileState(new_id, space_id, USERS, created_at=message.received_at)
             survivor_cached, losers = None, []
 
         # Merges, then the message itself.
-        state, gone_states, links, unlinks = survivor, [], [], []
+        state, gone_states, links, unlinks = survivor.clone(), [], [], []
         for loser in losers:
             state, gone = profiles.merge_into(state, loser.state, message=message, merged_at=message.received_at,
                                               now=now, retention_days=self.retention_days)
@@ -267,6 +273,8 @@ class StreamBatch:
                                                               state.profile_id, message.received_at)
                         self.pointers[pk] = state.profile_id
         self._queue_history(space_id, state.profile_id, message)
+        if account is not None:  # the account's /events shows its group calls
+            self._queue_history(space_id, account[1].profile_id, message)
         if gone_states:
             metrics.add_metric(name="ProfilesMerged", unit=MetricUnit.Count, value=len(gone_states))
             logger.info("profiles merged", extra={"message_id": message.message_id, "survivor": state.profile_id,
@@ -288,7 +296,7 @@ class StreamBatch:
             account_id = identity.profile_id_for(space_id, message.message_id, ids[0])
             account = ProfileState(account_id, space_id, ACCOUNTS, created_at=message.received_at)
         else:
-            account = account_cached.state
+            account = account_cached.state.clone()
         touched.add(account.profile_id)
         pointers = []
         for i in ids:
@@ -355,6 +363,13 @@ class StreamBatch:
             pk, sk, message_id=message.message_id, type=message.type, event=message.event_name,
             timestamp=message.timestamp, payload=json.dumps(message.raw, separators=(",", ":")),
             expires_at=expires)
+
+    def _queue_account_history(self, space_id: str, message: Message) -> None:
+        account_ids = identity.account_identifiers(message)
+        pointed = self._pointer(space_id, account_ids[0]) if account_ids else None
+        account = self._live(space_id, pointed) if pointed else None
+        if account is not None:
+            self._queue_history(space_id, account.state.profile_id, message)
 
     # ------------------------------------------------------------ batched writes
     def flush(self) -> None:
