@@ -33,6 +33,7 @@ def get_profile_resource(space: str, collection: str, profile: str, resource: st
 
 @app.not_found
 def not_found(_: Exception) -> Response:
+    metrics.add_metric(name="ProfileApiRefused_not_found", unit=MetricUnit.Count, value=1)
     error = profile_api.ErrorDetail(
         code="not_found", message=f"no route for {app.current_event.path}: use /v1/spaces/<space>/collections/"
                                   "<users|accounts>/profiles/<id_type>:<value>/<resource>")
@@ -41,7 +42,8 @@ def not_found(_: Exception) -> Response:
 
 @app.exception_handler(EngageError)
 def engage_error(error: EngageError) -> Response:
-    logger.info("request refused", extra={"code": error.code, "error": error.message})
+    # Code and paths only: messages can hold profile ids (emails), which do not belong in logs.
+    logger.info("request refused", extra={"code": error.code, "paths": [d.get("path") for d in error.details]})
     metrics.add_metric(name=f"ProfileApiRefused_{error.code}", unit=MetricUnit.Count, value=1)
     body = profile_api.ErrorResponse(error=profile_api.ErrorDetail(code=error.code, message=error.message,
                                                                    details=error.details))
