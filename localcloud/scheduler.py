@@ -92,13 +92,19 @@ class VirtualClock:
     def advance(self, delta: timedelta) -> datetime:
         if delta < timedelta(0):
             raise ValueError("the clock only moves forward: give a positive duration")
-        return self.advance_to(self.now() + delta)
+        with self._lock:
+            start = self.now()
+            return self._move(start, start + delta)
 
     def advance_to(self, target: datetime) -> datetime:
         with self._lock:
             start = self.now()
             if target < start:
                 raise ValueError(f"the clock only moves forward: {target.isoformat()} is before now")
+            return self._move(start, target)
+
+    def _move(self, start: datetime, target: datetime) -> datetime:
+        with self._lock:
             while self._timers and self._timers[0].when <= target:
                 timer = heapq.heappop(self._timers)
                 if timer.cancelled:

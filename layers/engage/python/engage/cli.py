@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("rest", nargs=argparse.REMAINDER)
     dev.set_defaults(func=_dev)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dev"]:  # argparse's REMAINDER drops leading --options: the local cloud parses its own
+        return _dev(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

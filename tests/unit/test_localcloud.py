@@ -1,0 +1,141 @@
+"""Pure parts of the local cloud: routes and v2 payloads, filter patterns, durations, the clock's timers."""
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+
+import pytest
+
+from localcloud import http_api
+from localcloud.pollers import pattern_matches
+from localcloud.scheduler import VirtualClock, parse_duration
+
+
+@pytest.fixture(autouse=True)
+def _real_clock():
+    from engage import clock
+
+    clock.reset()
+    yield
+    clock.reset()
+
+
+ROUTES = sorted([
+    http_api._route("GET", "/v1/spaces/{space}/collections/{collection}/profiles/{profile}/{resource}", "Profile"),
+    http_api._route("POST", "/v1/track", "Ingest"),
+    http_api._route("ANY", "/v1/{proxy+}", "Catch"),
+    http_api._route("GET", "/v1/audiences/{key}", "AudienceByKey"),
+    http_api._route("GET", "/v1/audiences/special", "Special"),
+], key=http_api.Route.specificity)
+
+
+def test_literal_routes_win_over_parameters_and_greedy_routes():
+    assert http_api.match(ROUTES, "GET", "/v1/audiences/special")[0].function == "Special"
+    route, params = http_api.match(ROUTES, "GET", "/v1/audiences/vip")
+    assert (route.function, params) == ("AudienceByKey", {"key": "vip"})
+    route, params = http_api.match(ROUTES, "DELETE", "/v1/anything/deep")
+    assert (route.function, params) == ("Catch", {"proxy": "anything/deep"})
+    assert http_api.match(ROUTES, "GET", "/v2/track") is None
+
+
+def test_path_parameters_are_url_decoded():
+    route, params = http_api.match(ROUTES, "GET", "/v1/spaces/s1/collections/users/profiles/email:a%40b.c/traits")
+    assert route.function == "Profile"
+    assert params == {"space": "s1", "collection": "users", "profile": "email:a@b.c", "resource": "traits"}
+
+
+def test_v2_event_joins_repeated_headers_and_query_values_and_splits_cookies():
+    route, params = http_api.match(ROUTES, "POST", "/v1/track")
+    event = http_api.build_event(route, params, "POST", "/v1/track", "a=1&a=2&b=",
+                                 [("Content-Type", "application/json"), ("X-Multi", "1"), ("x-multi", "2"),
+                                  ("Cookie", "a=1; b=2")], b'{"x":1}', "10.0.0.1", "api")
+    assert event["headers"] == {"content-type": "application/json", "x-multi": "1,2"}
+    assert event["queryStringParameters"] == {"a": "1,2", "b": ""}
+    assert event["cookies"] == ["a=1", "b=2"]
+    assert event["body"] == '{"x":1}' and event["isBase64Encoded"] is False
+    assert event["routeKey"] == "POST /v1/track" and "pathParameters" not in event
+
+
+def test_binary_body_is_base64_and_empty_body_is_absent():
+    route, params = http_api.match(ROUTES, "POST", "/v1/track")
+    event = http_api.build_event(route, params, "POST", "/v1/track", "", [("Content-Type", "application/octet-stream")],
+                                 b"\x00\xff", "10.0.0.1", "api")
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == b"\x00\xff"
+    empty = http_api.build_event(route, params, "POST", "/v1/track", "", [], b"", "10.0.0.1", "api")
+    assert "body" not in empty and empty["isBase64Encoded"] is False
+
+
+def test_response_mapping_follows_api_gateway_v2():
+    assert http_api.map_response({"statusCode": 201, "headers": {"a": "b"}, "body": "hi", "cookies": ["c=1"]}) == (
+        201, {"a": "b"}, ["c=1"], b"hi")
+    assert http_api.map_response({"statusCode": 200, "body": base64.b64encode(b"\x01").decode(),
+                                  "isBase64Encoded": True})[3] == b"\x01"
+    status, headers, _, body = http_api.map_response({"ok": True})  # no statusCode: a 200 JSON answer
+    assert (status, headers["content-type"], json.loads(body)) == (200, "application/json", {"ok": True})
+
+
+@pytest.mark.parametrize(("pattern", "record", "expected"), [
+    ({"eventName": ["INSERT"]}, {"eventName": "INSERT"}, True),
+    ({"eventName": ["INSERT"]}, {"eventName": "REMOVE"}, False),
+    ({"dynamodb": {"NewImage": {"type": {"S": ["track"]}}}}, {"dynamodb": {"NewImage": {"type": {"S": "track"}}}}, True),
+    ({"dynamodb": {"NewImage": {"type": {"S": [{"prefix": "tr"}]}}}},
+     {"dynamodb": {"NewImage": {"type": {"S": "identify"}}}}, False),
+    ({"eventName": [{"anything-but": ["REMOVE"]}]}, {"eventName": "MODIFY"}, True),
+    ({"n": [{"numeric": [">", 10, "<=", 20]}]}, {"n": 20}, True),
+    ({"n": [{"numeric": [">", 10]}]}, {"n": 5}, False),
+    ({"gone": [{"exists": False}]}, {"other": 1}, True),
+    ({"body": {"kind": ["a"]}}, {"body": '{"kind": "a"}'}, True),  # SQS bodies match as JSON
+])
+def test_filter_patterns(pattern, record, expected):
+    assert pattern_matches(pattern, record) is expected
+
+
+def test_durations():
+    assert parse_duration("P3D") == timedelta(days=3)
+    assert parse_duration("PT1H30M") == timedelta(hours=1, minutes=30)
+    assert parse_duration("P1W") == timedelta(weeks=1)
+    for bad in ("P", "PT", "3 days", "P1M", "P1Y"):
+        with pytest.raises(ValueError, match="ISO 8601"):
+            parse_duration(bad)
+
+
+def test_advance_runs_due_callbacks_in_time_order_at_their_own_moment():
+    # Given callbacks due in 2 h and 1 h, and one in 5 days
+    settled = []
+    virtual = VirtualClock(settle=lambda: settled.append(True))
+    start = virtual.now()
+    seen = []
+    virtual.call_at(start + timedelta(hours=2), lambda at: seen.append(("two", virtual.now() - start)), "two")
+    virtual.call_at(start + timedelta(hours=1), lambda at: seen.append(("one", virtual.now() - start)), "one")
+    virtual.call_at(start + timedelta(days=5), lambda at: seen.append(("five", at)), "five")
+    # When one day passes
+    virtual.advance(timedelta(days=1))
+    # Then the two due ones ran in order, each with the clock at its due time (give or take real time)
+    assert [name for name, _ in seen] == ["one", "two"]
+    assert timedelta(hours=1) <= seen[0][1] < timedelta(hours=1, minutes=1)
+    assert timedelta(hours=2) <= seen[1][1] < timedelta(hours=2, minutes=1)
+    # And the app settled after each, and once more at the end
+    assert len(settled) == 3
+    assert [t.name for t in virtual.pending()] == ["five"]
+
+
+def test_recurring_callbacks_rearm_and_a_cancelled_one_stops():
+    virtual = VirtualClock()
+    fired = []
+    timer = virtual.every(timedelta(hours=1), fired.append, "hourly")
+    virtual.advance(timedelta(hours=3, minutes=30))
+    assert len(fired) == 3
+    timer.cancel()
+    virtual.advance(timedelta(hours=3))
+    assert len(fired) == 3
+
+
+def test_hooks_see_the_move_and_the_clock_never_goes_back():
+    virtual = VirtualClock()
+    moves = []
+    virtual.on_advance(lambda before, after: moves.append(after - before))
+    virtual.advance(timedelta(days=2))
+    assert timedelta(days=2) <= moves[0] < timedelta(days=2, minutes=1)
+    with pytest.raises(ValueError, match="forward"):
+        virtual.advance_to(virtual.now() - timedelta(days=1))
