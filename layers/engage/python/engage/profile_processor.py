@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -54,6 +54,19 @@ def process_stream_batch(event: dict, context: Any = None) -> dict:
 class _Cached:
     record: store.ProfileRecord
     state: ProfileState
+
+
+@dataclass
+class _Change:
+    """Everything one message changes, committed together."""
+
+    survivor: _Cached | None  # None: a new profile
+    state: ProfileState | None = None
+    merged: list[tuple[_Cached, ProfileState]] = field(default_factory=list)  # (as read, as merged)
+    account: tuple[_Cached | None, ProfileState] | None = None
+    pointers: list[tuple[store.IdentityRecord, str | None]] = field(default_factory=list)  # (new, expected)
+    links: list[store.LinkRecord] = field(default_factory=list)
+    unlinks: list[store.LinkRecord] = field(default_factory=list)
 
 
 class StreamBatch:
@@ -166,14 +179,25 @@ class StreamBatch:
             raise
 
     def _apply(self, space_id: str, message: Message, touched: set[str], *, fresh: bool) -> str:
+        """Resolve the message's profile, build everything it changes, commit it as one unit."""
         now = clock.now()
+        owners, live, resolution = self._resolve(space_id, message, touched)
+        target = self._land(space_id, message, owners, live, resolution, touched, fresh=fresh)
+        if target is None:  # applied by an earlier delivery: only re-queue what is idempotent
+            return "already applied"
+        survivor, survivor_cached, losers = target
+        change = self._change(space_id, message, survivor, survivor_cached, losers, resolution, now, touched)
+        self._commit(space_id, message, change, clock.iso(now))
+        return "applied"
+
+    def _resolve(self, space_id: str, message: Message, touched: set[str]):
+        """The message's ids (ranked), the live profiles they point at, and merge protection's verdict."""
         ids = identity.user_identifiers(message)
         self._load_pointers([store.identity_pk(space_id, i.collection, i.type, i.value)
                              for i in [*ids, *identity.alias_candidates(message)]])
         previous = identity.alias_identifier(message, lambda i: self._pointer(space_id, i) is not None)
         if previous:
             ids = identity.order([*ids, previous])
-
         owners: dict[Identifier, identity.ProfileFacts] = {}
         live: dict[str, _Cached] = {}
         for i in ids:
@@ -192,40 +216,44 @@ class StreamBatch:
             logger.warning("merge protection kept these ids off the profile: it would hold two user_ids",
                            extra={"message_id": message.message_id, "dropped": [i.ref for i in resolution.dropped],
                                   "profiles": resolution.profiles})
+        return owners, live, resolution
 
-        # Which profile the message lands on (creating it if no id is known yet).
+    def _land(self, space_id: str, message: Message, owners: dict[Identifier, identity.ProfileFacts],
+              live: dict[str, _Cached], resolution: identity.Resolution, touched: set[str], *, fresh: bool):
+        """(survivor state, its cache entry or None if new, profiles to merge into it), or None when
+        the message was applied already."""
         if resolution.profiles:
             candidates = [live[p] for p in resolution.profiles]
-            if any(c.state.has_applied(message.message_id) for c in candidates):
-                survivor = next(c for c in candidates if c.state.has_applied(message.message_id))
-                self._queue_history(space_id, survivor.state.profile_id, message)
-                self._queue_repoints(space_id, ids, owners, survivor.state.profile_id)
+            done = next((c for c in candidates if c.state.has_applied(message.message_id)), None)
+            if done is not None:
+                self._queue_history(space_id, done.state.profile_id, message)
+                self._queue_repoints(space_id, resolution.accepted, owners, done.state.profile_id)
                 self._queue_account_history(space_id, message)
-                return "already applied"
+                return None
             survivor = profiles.choose_survivor([c.state for c in candidates])
-            survivor_cached = live[survivor.profile_id]
             losers = [c for c in candidates if c.state.profile_id != survivor.profile_id]
-        else:
-            new_id = identity.profile_id_for(space_id, message.message_id, resolution.accepted[0])
-            touched.add(new_id)
-            existing = self._cached(space_id, new_id) if fresh else None
-            if existing is not None:  # made by an earlier delivery whose pointers were since taken over
-                self._queue_history(space_id, new_id, message)
-                self._queue_account_history(space_id, message)
-                return "already applied"
-            survivor = ProfileState(new_id, space_id, USERS, created_at=message.received_at)
-            survivor_cached, losers = None, []
+            return survivor, live[survivor.profile_id], losers
+        new_id = identity.profile_id_for(space_id, message.message_id, resolution.accepted[0])
+        touched.add(new_id)
+        # After a lost race, the profile this message would create may exist already.
+        if fresh and self._cached(space_id, new_id) is not None:
+            self._queue_history(space_id, new_id, message)
+            self._queue_account_history(space_id, message)
+            return None
+        return ProfileState(new_id, space_id, USERS, created_at=message.received_at), None, []
 
-        # Merges, then the message itself.
-        state, gone_states, links, unlinks = survivor.clone(), [], [], []
+    def _change(self, space_id: str, message: Message, survivor: ProfileState, survivor_cached: _Cached | None,
+                losers: list[_Cached], resolution: identity.Resolution, now, touched: set[str]) -> _Change:
+        """Merges, new ids, the message itself and the account side, on copies (nothing written yet)."""
+        state = survivor.clone()
+        change = _Change(survivor_cached)
         for loser in losers:
             state, gone = profiles.merge_into(state, loser.state, message=message, merged_at=message.received_at,
                                               now=now, retention_days=self.retention_days)
-            gone_states.append((loser, gone))
-            moved, dropped_links = self._move_links(space_id, loser.state, state, message)
-            links += moved
-            unlinks += dropped_links
-        pointers: list[tuple[store.IdentityRecord, str | None]] = []
+            change.merged.append((loser, gone))
+            moved, dropped_links = self._move_links(space_id, loser.state, state)
+            change.links += moved
+            change.unlinks += dropped_links
         for i in resolution.accepted:
             if not state.has_id(i.collection, i.type, i.value) and len(state.external_ids) >= MAX_IDS_PER_PROFILE:
                 logger.warning("profile holds the most ids allowed: id not added",
@@ -236,50 +264,46 @@ class StreamBatch:
                                      message_id=message.message_id)
             current = self._pointer(space_id, i)
             if current != state.profile_id:
-                pointers.append((store.new_pointer(space_id, i.collection, i.type, i.value, state.profile_id,
-                                                   message.received_at), current))
-        state = profiles.apply_message(state, message, now=now, retention_days=self.retention_days)
-
-        account = None
+                change.pointers.append((store.new_pointer(space_id, i.collection, i.type, i.value, state.profile_id,
+                                                          message.received_at), current))
+        change.state = profiles.apply_message(state, message, now=now, retention_days=self.retention_days)
         if message.type == "group":
-            account, account_pointers, account_links = self._group(space_id, message, state, now, touched)
-            pointers += account_pointers
-            links += account_links
+            change.account, account_pointers, account_links = self._group(space_id, message, change.state, now,
+                                                                          touched)
+            change.pointers += account_pointers
+            change.links += account_links
+        return change
 
-        # Write: the survivor (+ merged profiles, account, new ids, links) as one unit.
-        updated_at = clock.iso(now)
-        survivor_record = _to_record(state, survivor_cached.record if survivor_cached else None, updated_at)
-        records = [survivor_record]
-        records += [_to_record(gone, loser.record, updated_at) for loser, gone in gone_states]
-        if account is not None:
-            records.append(_to_record(account[1], account[0].record if account[0] else None, updated_at))
-        if len(records) == 1 and not pointers and not links and not unlinks:
-            store.save_profile(survivor_record)
+    def _commit(self, space_id: str, message: Message, change: _Change, updated_at: str) -> None:
+        """Write the change (one conditional PutItem, or one transaction), then update the caches."""
+        state = change.state
+        records = [_to_record(state, change.survivor.record if change.survivor else None, updated_at)]
+        records += [_to_record(gone, loser.record, updated_at) for loser, gone in change.merged]
+        if change.account is not None:
+            account_cached, account = change.account
+            records.append(_to_record(account, account_cached.record if account_cached else None, updated_at))
+        if len(records) == 1 and not change.pointers and not change.links and not change.unlinks:
+            store.save_profile(records[0])
         else:
-            store.save_together(records, pointers, links, unlinks)
+            store.save_together(records, change.pointers, change.links, change.unlinks)
 
-        # Committed: refresh the caches so the next message in the batch sees this one.
-        self._remember(space_id, survivor_record)
-        for record in records[1:]:
-            self._remember(space_id, record)
-        for pointer, _ in pointers:
+        # Committed: the next message in the batch sees this one.
+        for record in records:
+            self._remember(record)
+        for pointer, _ in change.pointers:
             self.pointers[pointer.pk] = pointer.profile_id
-        for _, gone in gone_states:
+        for _, gone in change.merged:  # the merged profiles' other ids: repointed after the batch
             for entry in gone.external_ids:
                 if entry.get("collection", USERS) == USERS and entry["type"] != GROUP_ID:
-                    pk = store.identity_pk(space_id, USERS, entry["type"], entry["id"])
-                    if self.pointers.get(pk) != state.profile_id:
-                        self.repoints[pk] = store.new_pointer(space_id, USERS, entry["type"], entry["id"],
-                                                              state.profile_id, message.received_at)
-                        self.pointers[pk] = state.profile_id
+                    self._repoint(store.identity_pk(space_id, USERS, entry["type"], entry["id"]), space_id,
+                                  entry["type"], entry["id"], state.profile_id)
         self._queue_history(space_id, state.profile_id, message)
-        if account is not None:  # the account's /events shows its group calls
-            self._queue_history(space_id, account[1].profile_id, message)
-        if gone_states:
-            metrics.add_metric(name="ProfilesMerged", unit=MetricUnit.Count, value=len(gone_states))
+        if change.account is not None:  # the account's /events shows its group calls
+            self._queue_history(space_id, change.account[1].profile_id, message)
+        if change.merged:
+            metrics.add_metric(name="ProfilesMerged", unit=MetricUnit.Count, value=len(change.merged))
             logger.info("profiles merged", extra={"message_id": message.message_id, "survivor": state.profile_id,
-                                                  "merged": [loser.state.profile_id for loser, _ in gone_states]})
-        return "applied"
+                                                  "merged": [loser.state.profile_id for loser, _ in change.merged]})
 
     def _group(self, space_id: str, message: Message, user: ProfileState, now, touched: set[str]):
         """The account side of a group call: its profile, ids and the user <-> account link."""
@@ -325,7 +349,7 @@ class StreamBatch:
             ]
         return (account_cached, account), pointers, links
 
-    def _move_links(self, space_id: str, loser: ProfileState, survivor: ProfileState, message: Message):
+    def _move_links(self, space_id: str, loser: ProfileState, survivor: ProfileState):
         """A merged user's account links move to the survivor (both directions); merges are rare,
         so the two Queries here cost nothing on the hot path."""
         if loser.collection != USERS or not loser.ids_of(GROUP_ID):
@@ -343,17 +367,20 @@ class StreamBatch:
                                             store.link_sk(USERS, loser.profile_id)))
         return links, unlinks
 
-    def _remember(self, space_id: str, record: store.ProfileRecord) -> None:
+    def _remember(self, record: store.ProfileRecord) -> None:
         self.profiles[record.pk] = _Cached(record, _to_state(record))
 
+    def _repoint(self, pk: str, space_id: str, id_type: str, value: str, profile_id: str) -> None:
+        if self.pointers.get(pk) != profile_id:
+            self.repoints[pk] = store.new_pointer(space_id, USERS, id_type, value, profile_id, clock.iso())
+            self.pointers[pk] = profile_id
+
     def _queue_repoints(self, space_id: str, ids: list[Identifier], owners: dict, profile_id: str) -> None:
-        """Ids still pointing at a merged profile are repointed at the survivor (cheaper reads)."""
+        """Ids still pointing at a merged profile are repointed at its survivor (shorter reads)."""
         for i in ids:
-            pk = store.identity_pk(space_id, i.collection, i.type, i.value)
-            if i in owners and owners[i].profile_id == profile_id and self.pointers.get(pk) != profile_id:
-                self.repoints[pk] = store.new_pointer(space_id, i.collection, i.type, i.value, profile_id,
-                                                      clock.iso())
-                self.pointers[pk] = profile_id
+            if i in owners and owners[i].profile_id == profile_id:
+                pk = store.identity_pk(space_id, i.collection, i.type, i.value)
+                self._repoint(pk, space_id, i.type, i.value, profile_id)
 
     def _queue_history(self, space_id: str, profile_id: str, message: Message) -> None:
         pk = store.profile_pk(space_id, profile_id)
