@@ -356,7 +356,7 @@ def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
     # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per event,
     # and history goes out 25 items per BatchWriteItem
     assert calls.count("BatchGetItem") == 2
-    assert calls.count("PutItem") == 100
+    assert calls.count("UpdateItem") == 100
     assert calls.count("BatchWriteItem") == 4
     assert len(calls) == 106
     assert sum(profile_of("user_id", f"u{u}").event_stats.as_dict()["Login"]["total"] for u in range(10)) == 100
@@ -408,3 +408,20 @@ def test_a_message_that_fails_to_write_leaves_no_trace_for_the_rest_of_the_batch
     profile = profile_of("user_id", "u1")
     assert ids(profile) == {"user_id:u1"} and profile.traits.as_dict() == {}
     assert pointer("email", "ann@example.com") is None and profile.applied == ["m2"]
+
+
+def test_attributes_other_parts_keep_on_the_profile_survive_its_writes(aws, space):
+    # Given a profile on which the audience engine stored its own state (bumping the version)
+    run(batch(message("identify", "m1", at(0), userId="u1", traits={"plan": "free"})))
+    profile = profile_of("user_id", "u1")
+    aws.table("ProfilesTable").update_item(
+        Key={"pk": profile.pk}, UpdateExpression="SET condition_state = :s ADD version :one",
+        ConditionExpression="version = :read", ExpressionAttributeValues={":s": {"c1": {"t": 3}}, ":one": 1,
+                                                                         ":read": profile.version})
+    # When the processor applies more events to it
+    run(batch(message("track", "m2", at(1), userId="u1", event="Login"),
+              message("identify", "m3", at(2), userId="u1", anonymousId="a1", traits={"plan": "pro"})))
+    # Then that state is still there next to the processor's changes
+    item = aws.table("ProfilesTable").get_item(Key={"pk": profile.pk}, ConsistentRead=True)["Item"]
+    assert item["condition_state"] == {"c1": {"t": 3}}
+    assert item["traits"] == {"plan": "pro"} and item["version"] == 4

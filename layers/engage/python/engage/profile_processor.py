@@ -2,8 +2,9 @@
 
 One `StreamBatch` per invocation. Reads are shared across the batch (one BatchGetItem for
 every id pointer, one for every profile they name); each message then costs one profile
-write (a TransactWriteItems when it claims new ids, merges or links, else a PutItem
-conditional on the version read); history and lazy pointer repairs are batched at the end.
+write (a TransactWriteItems when it claims new ids, merges or links, else an UpdateItem of
+the processor's own attributes, conditional on the version read); history and lazy pointer
+repairs are batched at the end.
 
 Safe under at-least-once delivery: a messageId already applied to the profile changes
 nothing; a profile created by a message gets an id derived from that message, and the
@@ -275,7 +276,7 @@ class StreamBatch:
         return change
 
     def _commit(self, space_id: str, message: Message, change: _Change, updated_at: str) -> None:
-        """Write the change (one conditional PutItem, or one transaction), then update the caches."""
+        """Write the change (one conditional UpdateItem/PutItem, or one transaction), then update the caches."""
         state = change.state
         records = [_to_record(state, change.survivor.record if change.survivor else None, updated_at)]
         records += [_to_record(gone, loser.record, updated_at) for loser, gone in change.merged]
@@ -283,9 +284,9 @@ class StreamBatch:
             account_cached, account = change.account
             records.append(_to_record(account, account_cached.record if account_cached else None, updated_at))
         if len(records) == 1 and not change.pointers and not change.links and not change.unlinks:
-            store.save_profile(records[0])
+            store.save_profile(records[0], _WRITTEN)
         else:
-            store.save_together(records, change.pointers, change.links, change.unlinks)
+            store.save_together(records, _WRITTEN, change.pointers, change.links, change.unlinks)
 
         # Committed: the next message in the batch sees this one.
         for record in records:
@@ -434,6 +435,8 @@ def _all_ids(message: Message) -> list[Identifier]:
 # aggregate needs a field in both and nothing here.
 _FIELDS = tuple(f.name for f in dataclasses.fields(ProfileState)
                 if f.name not in ("profile_id", "space_id", "collection", "updated_at"))
+# What the processor writes on an existing profile (an UpdateItem: other attributes survive).
+_WRITTEN = (*_FIELDS, "updated_at")
 
 
 def _plain(value: Any) -> Any:

@@ -25,7 +25,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     VersionAttribute,
 )
-from pynamodb.exceptions import PutError, TransactWriteError
+from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
 from engage.db import EngageModel, TableName, key
@@ -190,11 +190,24 @@ def _conflict(error: Exception) -> bool:
     return False
 
 
-def save_profile(profile: ProfileRecord) -> None:
-    """Single-item write, conditional on the version read (optimistic locking)."""
+def _actions(profile: ProfileRecord, fields: Iterable[str]) -> list:
+    actions = []
+    for name in fields:
+        attribute, value = getattr(ProfileRecord, name), getattr(profile, name)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    return actions
+
+
+def save_profile(profile: ProfileRecord, fields: Iterable[str]) -> None:
+    """One write conditional on the version read (optimistic locking): a PutItem for a new
+    profile, else an UpdateItem of `fields` only, so attributes other parts of the system keep
+    on the item (the audience engine's) survive."""
     try:
-        profile.save()
-    except PutError as error:
+        if profile.version is None:
+            profile.save()
+        else:
+            profile.update(actions=_actions(profile, fields))
+    except (PutError, UpdateError) as error:
         if _conflict(error):
             raise WriteConflict(f"profile {profile.pk} changed since it was read") from error
         raise
@@ -218,9 +231,10 @@ def new_link(space_id: str, collection: str, profile_id: str, to_collection: str
 MAX_TRANSACTION_ITEMS = 100
 
 
-def save_together(profiles: list[ProfileRecord], pointers: list[tuple[IdentityRecord, str | None]],
+def save_together(profiles: list[ProfileRecord], fields: Iterable[str],
+                  pointers: list[tuple[IdentityRecord, str | None]],
                   links: list[LinkRecord] = (), unlinks: list[LinkRecord] = ()) -> None:
-    """Profiles (version-checked) and identity claims in one TransactWriteItems.
+    """Profiles (version-checked, as in `save_profile`) and identity claims in one TransactWriteItems.
 
     Each pointer is written only if it still points where we read it (`expected`, None =
     absent): two concurrent writers can never both claim a new id.
@@ -232,8 +246,12 @@ def save_together(profiles: list[ProfileRecord], pointers: list[tuple[IdentityRe
     try:
         # The model's own connection: a new botocore client per transaction costs tens of ms.
         with TransactWrite(connection=ProfileRecord._get_connection().connection) as transaction:
+            fields = tuple(fields)
             for profile in profiles:
-                transaction.save(profile)
+                if profile.version is None:
+                    transaction.save(profile)
+                else:
+                    transaction.update(profile, actions=_actions(profile, fields))
             for pointer, expected in pointers:
                 condition = (IdentityRecord.pk.does_not_exist() if expected is None
                              else IdentityRecord.profile_id == expected)
