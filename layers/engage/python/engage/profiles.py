@@ -180,6 +180,10 @@ def apply_message(state: ProfileState, message: Message, *, now: datetime, reten
         name = message.event_name
         if name:
             record_event(state, name, message.timestamp, now=now, retention_days=retention_days)
+        # HOOK (audience engine): per-condition aggregates go here, e.g.
+        #   state.condition_state = audiences.apply_event(state.condition_state, message.raw, index)
+        # with a `condition_state` field added to ProfileState and ProfileRecord (the processor
+        # then stores it) and its merge added to `merge_into`.
         state.first_message_at = _min(state.first_message_at, message.timestamp)
         state.last_message_at = _max(state.last_message_at, message.timestamp)
     mark_applied(state, message.message_id)
