@@ -56,7 +56,10 @@ def _install_patches() -> None:
             spec = runtime.resolve(function_name)
         except KeyError:
             return None  # moto answers 404 ResourceNotFound
-        event = json.loads(body) if body else {}
+        try:
+            event = json.loads(body) if body else {}
+        except ValueError:
+            event = body.decode() if isinstance(body, bytes) else body  # Lambda accepts any JSON, even a bare string
         if (headers or {}).get("X-Amz-Invocation-Type") == "Event":
             runtime.invoke_async(spec.name, event)
             return b""

@@ -28,6 +28,7 @@ from localcloud import template
 from localcloud.runtime import Runtime
 
 log = logging.getLogger("localcloud.http")
+LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024  # a synchronous invocation's request payload, as API Gateway meets it
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
               "application/x-www-form-urlencoded", "+json", "+xml")
 
@@ -200,9 +201,22 @@ class HttpApi:
             def log_message(self, fmt, *args):
                 log.debug("%s %s", self.address_string(), fmt % args)
 
-            def _serve(self) -> None:
+            def _read_body(self) -> bytes:
+                if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass  # trailers
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
                 length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
+                return self.rfile.read(length) if length else b""
+
+            def _serve(self) -> None:
+                body = self._read_body()
                 split = urlsplit(self.path)
                 if split.path.startswith("/_local/"):
                     status, payload = api.local_endpoint(self.command, split.path, body)
@@ -214,7 +228,11 @@ class HttpApi:
                     return
                 route, params = found
                 event = build_event(route, params, self.command, split.path, split.query,
-                                    list(self.headers.items()), body, self.client_address[0], api.api_id)
+                                    [(k, v) for k, v in self.headers.items() if k.lower() != "transfer-encoding"],
+                                    body, self.client_address[0], api.api_id)
+                if len(json.dumps(event)) > LAMBDA_PAYLOAD_LIMIT:
+                    self._send(413, {"content-type": "application/json"}, [], b'{"message":"Request Entity Too Large"}')
+                    return
                 spec = api.runtime.by_logical_id(route.function)
                 result = api.runtime.invoke(spec.name, event)
                 if not result.ok:

@@ -134,7 +134,12 @@ class Runtime:
                 with self._code_on_path(spec):
                     loaded = self._load(spec)
                     result.payload = loaded.handler(event, context)
-                json.dumps(result.payload)  # Lambda serializes the result: fail here like it would
+                try:
+                    json.dumps(result.payload)  # Lambda serializes the result: fail here like it would
+                except (TypeError, ValueError) as error:
+                    result.payload = None
+                    result.error = {"errorMessage": f"Unable to marshal response: {error}",
+                                    "errorType": "Runtime.MarshalError"}
             except Exception as error:  # noqa: BLE001 - any handler error becomes a Lambda function error
                 result.error = {"errorMessage": str(error), "errorType": type(error).__name__,
                                 "stackTrace": traceback.format_exception(error)}

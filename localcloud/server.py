@@ -54,10 +54,13 @@ class LocalCloud:
         self.http: HttpApi | None = None
         self.deployment: aws.Deployment | None = None
         self.space_created = False
+        self.started = False  # only a fully started cloud saves state: a failed start must not overwrite it
         self._settle_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> LocalCloud:
+        for port in (self.api_port, self.aws_port):
+            _check_port(port)
         # Everything in this process (handlers' boto3 and pynamodb included) talks to the local endpoint.
         os.environ.update({"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
                            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
@@ -91,10 +94,11 @@ class LocalCloud:
         local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
         self.http = HttpApi(routes_from_template(self.template_path), self.runtime, local, self.api_port)
         self.http.start()
+        self.started = True
         return self
 
     def stop(self) -> None:
-        if self.state_dir and self.deployment:
+        if self.state_dir and self.started:
             self.settle(timeout=30)
             path = state.save(self.state_dir, self.cloud, self.deployment, self.clock.offset())
             log.info("state saved to %s", path)
@@ -216,6 +220,21 @@ class LocalCloud:
                     dynamodb.delete_item(TableName=name, Key={k: item[k] for k in keys})
 
 
+def _check_port(port: int) -> None:
+    """Fail fast with a clear message (moto's server thread would otherwise die silently on a busy port)."""
+    if port == 0:
+        return
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise OSError(f"127.0.0.1:{port} is in use ({error.strerror}): is another local cloud running? "
+                          "Pick other ports with --port/--aws-port") from error
+
+
 # ---------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
@@ -260,9 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         cloud.start()
-    except OSError as error:
-        print(f"error: could not start the local cloud: {error} (is another one running? try --port/--aws-port)",
-              file=sys.stderr)
+    except (OSError, RuntimeError) as error:
+        print(f"error: could not start the local cloud: {error}", file=sys.stderr)
         cloud.stop()
         return 1
     _banner(cloud)

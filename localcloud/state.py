@@ -48,7 +48,10 @@ def restore(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment) -
     path = state_dir / SNAPSHOT
     if not path.exists():
         return None
-    snapshot = json.loads(path.read_text())
+    try:
+        snapshot = json.loads(path.read_text())
+    except ValueError as error:
+        raise RuntimeError(f"{path} is not a readable snapshot ({error}): move it away to start empty") from error
     if snapshot.get("version") != VERSION:
         raise RuntimeError(f"{path} was written by another version of the local cloud: move it away")
     dynamodb = cloud.client("dynamodb")
@@ -60,7 +63,11 @@ def restore(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment) -
                 continue
             for start in range(0, len(items), 25):
                 requests = [{"PutRequest": {"Item": item}} for item in items[start:start + 25]]
-                dynamodb.batch_write_item(RequestItems={tables[logical_id]: requests})
+                try:
+                    dynamodb.batch_write_item(RequestItems={tables[logical_id]: requests})
+                except Exception as error:
+                    raise RuntimeError(f"{path}: items of {logical_id} no longer fit the table the template "
+                                       f"declares ({error}): move the snapshot away to start empty") from error
     sqs = cloud.client("sqs")
     queues = deployment.of_type("AWS::SQS::Queue")
     for logical_id, messages in snapshot.get("queues", {}).items():

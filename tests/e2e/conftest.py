@@ -3,7 +3,7 @@
 A subprocess (not in-process) because moto's backends are process-global and the
 integration tests' `aws` fixture resets them. Readiness is the server's own
 LOCALCLOUD_READY line (a blocking read, no sleeps), confirmed by GET /_local/health.
-All e2e tests share one xdist group so one worker owns the clouds.
+Every e2e module is in xdist group `localcloud`, so one worker owns the clouds.
 """
 from __future__ import annotations
 
@@ -24,13 +24,6 @@ from localcloud.server import READY
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 START_TIMEOUT = 120
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
-            item.add_marker(pytest.mark.e2e)
-            item.add_marker(pytest.mark.xdist_group("localcloud"))
 
 
 @dataclass

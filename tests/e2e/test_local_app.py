@@ -15,6 +15,8 @@ import pytest
 from boto3.dynamodb.conditions import Key
 from engage import clock
 
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
+
 WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -190,3 +192,50 @@ def test_wrong_credentials_are_refused_through_the_local_api(local_cloud):
     status, _, _ = local_cloud.call("GET", "/v1/spaces/local/collections/users/profiles/user_id:x/traits",
                                     auth="nope")
     assert status == 401
+
+
+def test_any_aws_tool_reaches_the_endpoint(local_cloud, monkeypatch):
+    # Given only AWS_ENDPOINT_URL set, as a user's script or tool would have it
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", local_cloud.aws_endpoint)
+    for name, value in (("AWS_ACCESS_KEY_ID", "any"), ("AWS_SECRET_ACCESS_KEY", "any"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    # Then plain boto3 lists the template's tables, state machines and the bus
+    tables = boto3.client("dynamodb").list_tables()["TableNames"]
+    assert local_cloud.physical("EventsTable") in tables and local_cloud.physical("ProfilesTable") in tables
+    machines = {m["name"] for m in boto3.client("stepfunctions").list_state_machines()["stateMachines"]}
+    assert any("AudienceBackfillStateMachine" in name for name in machines)
+    buses = {b["Name"] for b in boto3.client("events").list_event_buses()["EventBuses"]}
+    assert local_cloud.physical("EngageBus") in buses
+    # And the AWS CLI does too, when it is installed
+    if shutil.which("aws") is None:
+        pytest.skip("the aws CLI is not installed: boto3 was checked above")
+    listed = subprocess.run(["aws", "--endpoint-url", local_cloud.aws_endpoint, "dynamodb", "list-tables"],
+                            check=True, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "AWS_ACCESS_KEY_ID": "any", "AWS_SECRET_ACCESS_KEY": "any",
+                                 "AWS_DEFAULT_REGION": "us-east-1"})
+    assert local_cloud.physical("EventsTable") in json.loads(listed.stdout)["TableNames"]
+
+
+def test_oversized_and_chunked_requests_are_handled_like_api_gateway(local_cloud):
+    # Given a chunked request body (no Content-Length), as streaming clients send
+    import http.client
+    from urllib.parse import urlsplit
+
+    user = f"chunk-{uuid.uuid4().hex[:8]}"
+    target = urlsplit(local_cloud.api_url)
+    connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+    body = json.dumps({"userId": user, "event": "Chunked"}).encode()
+    connection.request("POST", "/v1/track", body=iter([body[:10], body[10:]]), encode_chunked=True, headers={
+        "content-type": "application/json", "authorization": "Basic bG9jYWwtd3JpdGUta2V5Og=="})
+    # Then it is received whole
+    assert connection.getresponse().status == 200
+    connection.close()
+    local_cloud.settle()
+    assert len(events_of(local_cloud, user)) == 1
+    # And a body over Lambda's 6 MB payload limit is refused before any function runs
+    status, _, body = local_cloud.call("POST", "/v1/batch", raw=b"x" * (6 * 1024 * 1024 + 10),
+                                       headers={"content-type": "text/plain"})
+    assert status == 413

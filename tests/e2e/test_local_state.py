@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from engage import clock
+
 from tests.e2e.conftest import start_cloud, stop_cloud
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
 
 WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
 TRAITS = "/v1/spaces/local/collections/users/profiles/user_id:keeper/traits"

@@ -11,6 +11,8 @@ import json
 import pytest
 from boto3.dynamodb.conditions import Attr
 
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
+
 
 @pytest.fixture(scope="module")
 def names(mini_cloud):
