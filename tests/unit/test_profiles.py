@@ -177,3 +177,25 @@ def test_applied_message_ids_stay_bounded():
     for i in range(profiles.APPLIED_LIMIT + 10):
         profiles.mark_applied(state, f"m{i}")
     assert len(state.applied) == profiles.APPLIED_LIMIT and state.applied[-1] == f"m{profiles.APPLIED_LIMIT + 9}"
+
+
+_STAMPED = st.dictionaries(st.sampled_from(["plan", "name", "age", "city"]),
+                           st.tuples(st.integers(0, 50), st.one_of(st.none(), st.integers(0, 3))), max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=_STAMPED, b=_STAMPED)
+def test_merging_two_profiles_gives_the_same_traits_whichever_survives(a, b):
+    # Given two profiles' traits with their stamps (side-tagged so no two stamps are equal)
+    def split(side, traits):
+        return ({k: v for k, (_, v) in traits.items()},
+                {k: f"2026-11-20T10:{m:02d}:00.000Z|{side}" for k, (m, _) in traits.items()})
+    (ta, sa), (tb, sb) = split("a", a), split("b", b)
+    # When merged one way and the other
+    one = profiles.merge_trait_maps(ta, sa, tb, sb)
+    other = profiles.merge_trait_maps(tb, sb, ta, sa)
+    # Then the result is the same, and each trait has its newest value
+    assert one == other
+    for name in set(a) | set(b):
+        newest = max([s for s in (sa.get(name), sb.get(name)) if s])
+        assert one[1][name] == newest
