@@ -1,7 +1,8 @@
 """The HTTP API: routes read from the template's HttpApi events, payload format 2.0.
 
 moto's CloudFormation skips AWS::ApiGatewayV2, so the local cloud serves the routes itself:
-every `Type: HttpApi` (or `Api`) event of every function becomes a route; a request becomes
+every `Type: HttpApi` event of every function becomes a route (REST `Api` events and
+payload format 1.0 are not emulated: they are skipped with a warning); a request becomes
 the API Gateway v2 event the handler gets on AWS, and the handler's answer is mapped back
 the way API Gateway maps it (statusCode/headers/body/isBase64Encoded/cookies, or a bare
 value turned into a 200 JSON response).
@@ -57,9 +58,16 @@ def routes_from_template(path: Path) -> list[Route]:
     routes = []
     for logical_id, res in template.resources("AWS::Serverless::Function", path=path).items():
         for event in (res.get("Properties", {}).get("Events") or {}).values():
-            if event.get("Type") not in ("HttpApi", "Api"):
+            if event.get("Type") == "Api":
+                log.warning("%s: REST API (Type: Api) events are not served locally; use HttpApi", logical_id)
+                continue
+            if event.get("Type") != "HttpApi":
                 continue
             props = event.get("Properties") or {}
+            if str(props.get("PayloadFormatVersion", "2.0")) != "2.0":
+                log.warning("%s: only payload format 2.0 is served locally; %s %s skipped",
+                            logical_id, props.get("Method"), props.get("Path"))
+                continue
             route_path, method = props.get("Path", "$default"), props.get("Method", "ANY").upper()
             method = "ANY" if method in ("*", "X-AMAZON-APIGATEWAY-ANY-METHOD") else method
             routes.append(_route(method, route_path, logical_id))

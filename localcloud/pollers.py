@@ -29,6 +29,7 @@ from localcloud.runtime import Invocation, Runtime
 
 log = logging.getLogger("localcloud.pollers")
 IDLE_WAIT = 0.25  # seconds a caught-up poller sleeps unless a stream write or settle() wakes it
+RETRY_BASE_DELAY, RETRY_MAX_DELAY = 0.1, 5.0  # seconds between retries of a failing stream batch (doubling)
 
 
 class Poller(threading.Thread):
@@ -201,6 +202,9 @@ class DynamoDBStreamPoller(Poller):
             if 0 <= self.max_retries < attempts:
                 self._discard(remaining, attempts, result, "RetryAttemptsExhausted")
             else:
+                # Lambda backs off between retries; without it an always-failing record would spin.
+                if self.stopping.wait(min(RETRY_BASE_DELAY * 2 ** (attempts - 1), RETRY_MAX_DELAY)):
+                    return
                 pending.insert(0, (remaining, attempts))
 
     def _drop_expired(self, records: list[dict], attempts: int) -> list[dict]:
