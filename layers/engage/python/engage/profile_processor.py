@@ -278,19 +278,21 @@ class StreamBatch:
     def _commit(self, space_id: str, message: Message, change: _Change, updated_at: str) -> None:
         """Write the change (one conditional UpdateItem/PutItem, or one transaction), then update the caches."""
         state = change.state
-        records = [_to_record(state, change.survivor.record if change.survivor else None, updated_at)]
-        records += [_to_record(gone, loser.record, updated_at) for loser, gone in change.merged]
+        written = [(state, change.survivor.record if change.survivor else None)]
+        written += [(gone, loser.record) for loser, gone in change.merged]
         if change.account is not None:
             account_cached, account = change.account
-            records.append(_to_record(account, account_cached.record if account_cached else None, updated_at))
+            written.append((account, account_cached.record if account_cached else None))
+        records = [_to_record(new_state, record, updated_at) for new_state, record in written]
         if len(records) == 1 and not change.pointers and not change.links and not change.unlinks:
             store.save_profile(records[0], _WRITTEN)
         else:
             store.save_together(records, _WRITTEN, change.pointers, change.links, change.unlinks)
 
         # Committed: the next message in the batch sees this one.
-        for record in records:
-            self._remember(record)
+        for (new_state, _), record in zip(written, records, strict=True):
+            new_state.updated_at = updated_at
+            self.profiles[record.pk] = _Cached(record, new_state)
         for pointer, _ in change.pointers:
             self.pointers[pointer.pk] = pointer.profile_id
         for _, gone in change.merged:  # the merged profiles' other ids: repointed after the batch
@@ -367,9 +369,6 @@ class StreamBatch:
             unlinks.append(store.LinkRecord(store.profile_pk(space_id, link.to_profile_id),
                                             store.link_sk(USERS, loser.profile_id)))
         return links, unlinks
-
-    def _remember(self, record: store.ProfileRecord) -> None:
-        self.profiles[record.pk] = _Cached(record, _to_state(record))
 
     def _repoint(self, pk: str, space_id: str, id_type: str, value: str, profile_id: str) -> None:
         if self.pointers.get(pk) != profile_id:

@@ -12,6 +12,7 @@ Convergence rules (why replays and out-of-order delivery end in the same state):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -156,7 +157,14 @@ class ProfileState:
                    for e in self.external_ids)
 
     def clone(self) -> ProfileState:
-        return copy.deepcopy(self)
+        """A copy safe to change; shallow where values are never changed in place (bucket maps are
+        copied one level, trait values are replaced whole), so it stays cheap on big profiles."""
+        return dataclasses.replace(
+            self, traits=dict(self.traits), trait_times=dict(self.trait_times),
+            external_ids=[dict(e) for e in self.external_ids],
+            daily_counts={name: dict(buckets) for name, buckets in self.daily_counts.items()},
+            event_stats={name: dict(stats) for name, stats in self.event_stats.items()},
+            applied=list(self.applied), merged_from=list(self.merged_from), merges=[dict(m) for m in self.merges])
 
 
 # ---------------------------------------------------------------- the one apply function
@@ -241,6 +249,9 @@ def prune_daily_counts(daily_counts: dict, *, now: datetime, retention_days: int
                        budget_bytes: int = AGGREGATES_BUDGET_BYTES) -> dict:
     """Drop buckets older than retention; if still over the size budget, drop oldest days first."""
     floor = retention_floor(now, retention_days)
+    if all(day >= floor for buckets in daily_counts.values() for day in buckets) and \
+            _size(daily_counts) <= budget_bytes:
+        return daily_counts  # the common case: nothing to drop, nothing copied
     pruned = {name: {day: n for day, n in buckets.items() if day >= floor}
               for name, buckets in daily_counts.items()}
     pruned = {name: buckets for name, buckets in pruned.items() if buckets}
@@ -254,8 +265,9 @@ def prune_daily_counts(daily_counts: dict, *, now: datetime, retention_days: int
     return pruned
 
 
-def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":")))
+def _size(daily_counts: dict) -> int:
+    """Stored size estimate of daily_counts: each bucket is an 8-byte day plus a small number."""
+    return sum(len(name.encode()) + 16 * len(buckets) for name, buckets in daily_counts.items())
 
 
 def sum_daily_counts(a: dict, b: dict) -> dict:
