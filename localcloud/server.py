@@ -157,7 +157,7 @@ class LocalCloud:
     def clock_state(self) -> dict:
         from engage import clock
 
-        return {"now": clock.iso(), "offset_seconds": self.clock.offset().total_seconds(),
+        return {"now": clock.iso(), "offset_seconds": round(self.clock.offset().total_seconds(), 3),
                 "pending": [{"name": t.name, "at": clock.iso(t.when)} for t in self.clock.pending()]}
 
     def clock_move(self, data: dict) -> dict:

@@ -107,13 +107,32 @@ def translate(path: str | Path = TEMPLATE, bucket: str = CODE_BUCKET) -> dict:
             machines[name] = (props["Definition"], props.pop("DefinitionSubstitutions", None) or {})
     translated = Translator({}, Parser()).translate(sam, parameter_values={},
                                                     get_managed_policy_map=dict)
-    # moto's CloudFormation reads only DefinitionString and ignores DefinitionSubstitutions: give it
-    # the definition with the substitutions as an Fn::Sub variable map, so CloudFormation resolves
-    # their Refs and GetAtts exactly as it does on AWS.
+    # moto's CloudFormation reads only DefinitionString and ignores DefinitionSubstitutions.
     for name, (definition, substitutions) in machines.items():
-        text = json.dumps(definition, indent=2)
         props = translated["Resources"][name]["Properties"]
-        props["DefinitionString"] = {"Fn::Sub": [text, substitutions]} if substitutions else text
+        props["DefinitionString"] = substituted_definition(json.dumps(definition, indent=2), substitutions)
         props.pop("Definition", None)
         props.pop("DefinitionSubstitutions", None)
     return translated
+
+
+def substituted_definition(text: str, substitutions: dict[str, Any]) -> Any:
+    """The definition with each `${Key}` of DefinitionSubstitutions replaced, as an Fn::Join.
+
+    Only the map's keys are replaced (Step Functions' rule), and the values stay intrinsics
+    (Ref, GetAtt...) for CloudFormation to resolve. Not Fn::Sub: moto implements it with
+    string.Template, which would turn ASL's context paths (`$$.Map.Item.Value`) into `$.Map...`.
+    """
+    import re
+
+    if not substitutions:
+        return text
+    pattern = re.compile(r"\$\{(" + "|".join(re.escape(k) for k in substitutions) + r")\}")
+    parts: list[Any] = []
+    position = 0
+    for found in pattern.finditer(text):
+        parts.append(text[position:found.start()])
+        parts.append(substitutions[found.group(1)])
+        position = found.end()
+    parts.append(text[position:])
+    return {"Fn::Join": ["", [p for p in parts if p != ""]]}

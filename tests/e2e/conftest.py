@@ -42,8 +42,13 @@ class RunningCloud:
                               aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def physical(self, logical_id: str, stack: str = "engage") -> str:
-        found = self.client("cloudformation").describe_stack_resource(StackName=stack, LogicalResourceId=logical_id)
-        return found["StackResourceDetail"]["PhysicalResourceId"]
+        """Physical id of a template resource, from the stack (moto's DescribeStackResource fails on some types)."""
+        pages = self.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=stack)
+        for page in pages:
+            for resource in page["StackResourceSummaries"]:
+                if resource["LogicalResourceId"] == logical_id:
+                    return resource["PhysicalResourceId"]
+        raise KeyError(f"{logical_id} is not in stack {stack}")
 
     def call(self, method: str, path: str, body=None, headers=None, auth: str | None = None,
              raw: bytes | None = None) -> tuple[int, dict, object]:

@@ -239,3 +239,27 @@ def test_oversized_and_chunked_requests_are_handled_like_api_gateway(local_cloud
     status, _, body = local_cloud.call("POST", "/v1/batch", raw=b"x" * (6 * 1024 * 1024 + 10),
                                        headers={"content-type": "text/plain"})
     assert status == 413
+
+
+def test_audience_backfill_runs_as_a_step_functions_execution_visible_through_boto3(local_cloud):
+    # Given a profile with a trait, and an audience on that trait created with backfill
+    user = f"sfn-{uuid.uuid4().hex[:8]}"
+    key = f"sfn_{uuid.uuid4().hex[:8]}"
+    local_cloud.call("POST", "/v1/identify", {"userId": user, "traits": {"tier": key}}, auth=WRITE_KEY)
+    local_cloud.settle()
+    status, _, created = local_cloud.call("POST", "/v1/audiences", {
+        "key": key, "name": "Tiered", "kind": "dynamic", "entity": "users", "backfill": True,
+        "condition": {"trait": "tier", "op": "eq", "value": key}}, auth=ACCESS_TOKEN)
+    assert status in (200, 201), created
+    # When the backfill state machine (template.yaml, DefinitionSubstitutions) has run
+    local_cloud.call("POST", "/_local/settle", {"executions": True, "timeout": 120})
+    # Then its execution succeeded and its history shows the real Lambda tasks
+    sfn = local_cloud.client("stepfunctions")
+    machine = local_cloud.physical("AudienceBackfillStateMachine")
+    executions = [e for e in sfn.list_executions(stateMachineArn=machine)["executions"] if key in e["name"]]
+    assert [e["status"] for e in executions] == ["SUCCEEDED"]
+    events = sfn.get_execution_history(executionArn=executions[0]["executionArn"], maxResults=1000)["events"]
+    assert "TaskSucceeded" in {e["type"] for e in events}
+    # And the audience is ready with the profile in it
+    status, _, audience = local_cloud.call("GET", f"/v1/audiences/{key}", auth=ACCESS_TOKEN)
+    assert status == 200 and audience["status"] == "ready" and audience["size"] == 1

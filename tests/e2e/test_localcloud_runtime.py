@@ -190,12 +190,12 @@ def test_state_machine_runs_the_real_function_with_substituted_arn(mini_cloud, n
     function_arn = definition["States"]["Double"]["Parameters"]["FunctionName"]
     assert function_arn.endswith(":function:" + mini_cloud.physical("DoublerFunction", "mini"))
     # When it is executed
-    execution = sfn.start_execution(stateMachineArn=names["DoubleMachine"], input='{"n": 21}')
+    execution = sfn.start_execution(stateMachineArn=names["DoubleMachine"], name="double-21", input='{"n": 21}')
     mini_cloud.call("POST", "/_local/settle", {"executions": True})
     # Then the real handler ran and its result is the output, with a full history
     described = sfn.describe_execution(executionArn=execution["executionArn"])
     assert described["status"] == "SUCCEEDED"
-    assert json.loads(described["output"]) == {"n": 42}
+    assert json.loads(described["output"]) == {"n": 42, "execution": "double-21"}  # $$ context paths intact
     history = sfn.get_execution_history(executionArn=execution["executionArn"])["events"]
     assert "TaskSucceeded" in {e["type"] for e in history}
 

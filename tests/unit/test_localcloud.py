@@ -139,3 +139,14 @@ def test_hooks_see_the_move_and_the_clock_never_goes_back():
     assert timedelta(days=2) <= moves[0] < timedelta(days=2, minutes=1)
     with pytest.raises(ValueError, match="forward"):
         virtual.advance_to(virtual.now() - timedelta(days=1))
+
+
+def test_definition_substitutions_replace_only_their_keys_and_keep_context_paths():
+    from localcloud.template import substituted_definition
+
+    text = '{"A": "${Fn}", "B.$": "$$.Map.Item.Value", "C": "${NotAKey}", "D": "${Fn}:x"}'
+    joined = substituted_definition(text, {"Fn": {"Fn::GetAtt": ["F", "Arn"]}})
+    assert joined == {"Fn::Join": ["", ['{"A": "', {"Fn::GetAtt": ["F", "Arn"]},
+                                        '", "B.$": "$$.Map.Item.Value", "C": "${NotAKey}", "D": "',
+                                        {"Fn::GetAtt": ["F", "Arn"]}, ':x"}']]}
+    assert substituted_definition(text, {}) == text
