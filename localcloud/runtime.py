@@ -87,6 +87,7 @@ class Invocation:
 class _Loaded:
     module: ModuleType
     handler: Callable[[Any, Any], Any]
+    stamp: tuple[int, int]
 
 
 class Runtime:
@@ -232,9 +233,17 @@ class Runtime:
                     private[name] = sys.modules.pop(name)
 
     def _load(self, spec: FunctionSpec) -> _Loaded:
+        stamp = _stamp(spec.code_dir)
         loaded = self._loaded.get(spec.name)
-        if loaded is not None:
+        if loaded is not None and loaded.stamp == stamp:
             return loaded
+        if loaded is not None:
+            # The function's folder changed while running (`make dev`): the next call is a cold start.
+            log.info("%s: code changed, loading it again", spec.logical_id)
+            private = self._private.get(spec.name, {})
+            for name in private:
+                sys.modules.pop(name, None)
+            private.clear()
         module_name, _, attr = spec.handler.rpartition(".")
         path = spec.code_dir / (module_name.replace(".", "/") + ".py")
         if not path.exists():
@@ -246,6 +255,18 @@ class Runtime:
         handler = getattr(module, attr, None)
         if not callable(handler):
             raise TypeError(f"{spec.logical_id}: {path} has no callable {attr!r} (Handler: {spec.handler})")
-        loaded = _Loaded(module, handler)
+        loaded = _Loaded(module, handler, stamp)
         self._loaded[spec.name] = loaded
         return loaded
+
+
+def _stamp(folder: Path) -> tuple[int, int]:
+    """Newest modification time and count of the folder's Python files: changes when code is edited."""
+    newest, count = 0, 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if name.endswith(".py"):
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
+                count += 1
+    return newest, count
