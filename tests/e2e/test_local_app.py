@@ -106,8 +106,9 @@ def test_segment_node_sdk_calls_become_profiles(local_cloud):
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node/npm are not installed: the @segment/analytics-node test needs them")
     if not (NODE_DIR / "node_modules" / "@segment" / "analytics-node").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300,
-                       capture_output=True)
+        install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=False, timeout=300,
+                                 capture_output=True, text=True)
+        assert install.returncode == 0, f"npm ci in {NODE_DIR} failed:\n{install.stderr}"
     user = f"node-{uuid.uuid4().hex[:8]}"
     # When its script sends identify, track, page, screen and group
     env = {**os.environ, "ENGAGE_API_URL": local_cloud.api_url, "ENGAGE_WRITE_KEY": WRITE_KEY,
