@@ -147,10 +147,11 @@ class Runtime:
                 log.warning("%s failed: %s: %s", spec.logical_id, type(error).__name__, error)
             finally:
                 result.duration_ms = (time.perf_counter() - started) * 1000
-                os.environ.clear()
-                os.environ.update(saved)
+                _restore_environ(saved)
                 self._settings_changed()
                 self.invocations += 1
+            log.info("REPORT %s RequestId: %s Duration: %.2f ms%s", spec.logical_id, result.request_id,
+                     result.duration_ms, f" Error: {result.error['errorType']}" if result.error else "")
             if result.duration_ms > spec.timeout_s * 1000:
                 # A thread cannot be killed mid-call: report the timeout Lambda would have raised.
                 result.error = {"errorMessage": f"Task timed out after {spec.timeout_s:.2f} seconds",
@@ -176,8 +177,7 @@ class Runtime:
                 self._enter(spec)
                 return action()
             finally:
-                os.environ.clear()
-                os.environ.update(saved)
+                _restore_environ(saved)
                 self._settings_changed()
 
     def busy(self) -> bool:
@@ -258,6 +258,15 @@ class Runtime:
         loaded = _Loaded(module, handler, stamp)
         self._loaded[spec.name] = loaded
         return loaded
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    """Put the process environment back key by key: never a moment with it empty (moto's threads read it)."""
+    for name in [n for n in os.environ if n not in saved]:
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def _stamp(folder: Path) -> tuple[int, int]:
