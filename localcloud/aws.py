@@ -185,7 +185,48 @@ class MotoCloud:
                 deployment.types[res["LogicalResourceId"]] = res["ResourceType"]
         deployment.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         self._apply_ttl(template_path, deployment)
+        self._create_schedules(body, deployment)
         return deployment
+
+    def _create_schedules(self, body: dict, deployment: Deployment) -> None:
+        """moto's CloudFormation skips AWS::Scheduler::Schedule: create them through the Scheduler API,
+        so every AWS tool sees them (firing them on the virtual clock is an extension's job)."""
+        scheduler = self.client("scheduler")
+        for logical_id, res in body["Resources"].items():
+            if res["Type"] != "AWS::Scheduler::Schedule" or deployment.physical.get(logical_id):
+                continue
+            props = self._resolve(res.get("Properties", {}), deployment)
+            target = {k: v for k, v in props["Target"].items() if not isinstance(v, dict) or "Fn::GetAtt" not in v}
+            kwargs = {"Name": props.get("Name", logical_id), "ScheduleExpression": props["ScheduleExpression"],
+                      "FlexibleTimeWindow": props.get("FlexibleTimeWindow", {"Mode": "OFF"}), "Target": target}
+            for key in ("Description", "GroupName", "ScheduleExpressionTimezone", "State"):
+                if key in props:
+                    kwargs[key] = props[key]
+            scheduler.create_schedule(**kwargs)
+            deployment.physical[logical_id] = kwargs["Name"]
+            deployment.types[logical_id] = "AWS::Scheduler::Schedule"
+
+    def _resolve(self, value: Any, deployment: Deployment) -> Any:
+        """Ref and GetAtt <resource>.Arn against the deployed stack (what CloudFormation would give)."""
+        if isinstance(value, list):
+            return [self._resolve(v, deployment) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if set(value) == {"Ref"} and value["Ref"] in deployment.physical:
+            return deployment.physical[value["Ref"]]
+        if set(value) == {"Fn::GetAtt"} and value["Fn::GetAtt"][1] == "Arn":
+            logical_id = value["Fn::GetAtt"][0]
+            physical, kind = deployment.physical.get(logical_id), deployment.types.get(logical_id)
+            if kind == "AWS::Lambda::Function":
+                return self.client("lambda").get_function(FunctionName=physical)["Configuration"]["FunctionArn"]
+            if kind == "AWS::IAM::Role":
+                return self.client("iam").get_role(RoleName=physical)["Role"]["Arn"]
+            if kind == "AWS::SQS::Queue":
+                return self.client("sqs").get_queue_attributes(
+                    QueueUrl=physical, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            if kind == "AWS::StepFunctions::StateMachine":
+                return physical
+        return {k: self._resolve(v, deployment) for k, v in value.items()}
 
     def _apply_ttl(self, template_path: Path, deployment: Deployment) -> None:
         """moto's CloudFormation ignores TimeToLiveSpecification: apply the template's through the API."""

@@ -210,6 +210,10 @@ def test_any_aws_tool_reaches_the_endpoint(local_cloud, monkeypatch):
     assert any("AudienceBackfillStateMachine" in name for name in machines)
     buses = {b["Name"] for b in boto3.client("events").list_event_buses()["EventBuses"]}
     assert local_cloud.physical("EngageBus") in buses
+    # And the template's EventBridge Scheduler schedules exist, targeting the deployed functions
+    function_arns = {f["FunctionArn"] for f in boto3.client("lambda").list_functions()["Functions"]}
+    schedules = boto3.client("scheduler").list_schedules()["Schedules"]
+    assert schedules and all(s["Target"]["Arn"] in function_arns for s in schedules)
     # And the AWS CLI does too, when it is installed
     if shutil.which("aws") is None:
         pytest.skip("the aws CLI is not installed: boto3 was checked above")
