@@ -42,8 +42,8 @@ def test_restart_with_state_dir_keeps_profiles_space_and_clock(tmp_path):
         assert sorted(e["type"] for e in history) == ["identify", "track"]
         # And the virtual clock is still ten days ahead
         _, _, now = second.call("GET", "/_local/clock")
-        assert clock.parse(now["now"]) >= clock.parse(moved["now"]) - timedelta(minutes=5)
-        assert now["offset_seconds"] >= 10 * 86400 - 60
+        assert clock.parse(now["now"]) >= clock.parse(moved["now"])
+        assert now["offset_seconds"] >= timedelta(days=10).total_seconds() - 1
         # And new events are accepted with the same write key
         assert second.call("POST", "/v1/track", {"userId": "keeper", "event": "Again"}, auth=WRITE_KEY)[0] == 200
         second.settle()
