@@ -136,3 +136,34 @@ def substituted_definition(text: str, substitutions: dict[str, Any]) -> Any:
         position = found.end()
     parts.append(text[position:])
     return {"Fn::Join": ["", [p for p in parts if p != ""]]}
+
+
+# ---------------------------------------------------------------- the template in an in-process moto account
+def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[str, str]]:
+    """Create every table (streams on), queue and bus of the template in the current moto account,
+    each named by its logical id, and resolve the functions' global environment against them.
+
+    Returns {"tables", "queues", "buses": logical id -> name/url, "env": variable -> value}.
+    Shared by the tests' `aws` fixture and the benchmarks (one wiring).
+    """
+    import boto3
+
+    made: dict[str, dict[str, str]] = {"tables": {}, "queues": {}, "buses": {}, "env": {}}
+    dynamodb = boto3.client("dynamodb", region_name=region)
+    for logical_id in resources("AWS::DynamoDB::Table", path):
+        dynamodb.create_table(**table_create_kwargs(logical_id, logical_id, path))
+        made["tables"][logical_id] = logical_id
+    for logical_id in resources("AWS::SQS::Queue", path):
+        made["queues"][logical_id] = boto3.client("sqs", region_name=region).create_queue(
+            QueueName=logical_id)["QueueUrl"]
+    for logical_id in resources("AWS::Events::EventBus", path):
+        boto3.client("events", region_name=region).create_event_bus(Name=logical_id)
+        made["buses"][logical_id] = logical_id
+    parameters = load(path).get("Parameters", {})
+    for var, value in global_environment(path).items():
+        if isinstance(value, dict) and "Ref" in value:
+            ref = value["Ref"]
+            value = (made["tables"].get(ref) or made["buses"].get(ref) or made["queues"].get(ref)
+                     or parameters[ref]["Default"])
+        made["env"][var] = str(value)
+    return made

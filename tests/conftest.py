@@ -41,10 +41,6 @@ def reset_engage_caches() -> None:
     clock.reset()
 
 
-def _param_default(name: str) -> str:
-    return str(template.load()["Parameters"][name]["Default"])
-
-
 @pytest.fixture
 def aws(monkeypatch):
     """A fresh moto account with every table/bus/queue of template.yaml and the functions' env set."""
@@ -54,23 +50,10 @@ def aws(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     with mock_aws():
-        state = Aws(env={})
-        dynamodb = boto3.client("dynamodb", region_name=REGION)
-        for logical_id in template.resources("AWS::DynamoDB::Table"):
-            dynamodb.create_table(**template.table_create_kwargs(logical_id, logical_id))
-            state.tables[logical_id] = logical_id
-        for logical_id in template.resources("AWS::SQS::Queue"):
-            url = boto3.client("sqs", region_name=REGION).create_queue(QueueName=logical_id)["QueueUrl"]
-            state.queues[logical_id] = url
-        for logical_id in template.resources("AWS::Events::EventBus"):
-            boto3.client("events", region_name=REGION).create_event_bus(Name=logical_id)
-            state.buses[logical_id] = logical_id
-        for var, value in template.global_environment().items():
-            if isinstance(value, dict) and "Ref" in value:
-                ref = value["Ref"]
-                value = state.tables.get(ref) or state.buses.get(ref) or state.queues.get(ref) or _param_default(ref)
-            state.env[var] = str(value)
-            monkeypatch.setenv(var, str(value))
+        made = template.create_in_moto(REGION)
+        state = Aws(env=made["env"], tables=made["tables"], queues=made["queues"], buses=made["buses"])
+        for var, value in state.env.items():
+            monkeypatch.setenv(var, value)
         reset_engage_caches()
         yield state
     reset_engage_caches()
