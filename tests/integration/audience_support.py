@@ -104,12 +104,13 @@ def stream_records_of(aws, logical_id: str) -> list[dict]:
     return records
 
 
-@pytest.fixture
-def engine(aws):
+@pytest.fixture(name="engine")
+def audience_engine(aws):
     """Reset the audience engine's warm-container caches around each test."""
-    from engage.audiences import due, router, runtime, store
+    from engage.audiences import backfill, due, router, runtime, store
 
     def reset():
+        backfill.reset()
         store.clear_cache()
         router.reset()
         runtime.reset()

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import pytest
-
 from engage.audiences import backfill
-from tests.integration.audience_support import call_api, engine  # noqa: F401 - fixture
+
+from tests.integration.audience_support import (
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+)
 
 PRO = {"key": "pro_users", "name": "Pro users", "backfill": False,
        "condition": {"trait": "plan", "op": "eq", "value": "pro"}}

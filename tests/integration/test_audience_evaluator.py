@@ -3,17 +3,17 @@ the real handlers fed with the records moto's streams hold."""
 from __future__ import annotations
 
 import pytest
-
 from engage.audiences import store
 from engage.db import key
 from engage.memberships_store import MembershipRecord
 from engage.profiles_store import ProfileRecord
-from tests.integration.audience_support import (  # noqa: F401 - engine is a fixture
+
+from tests.integration.audience_support import (
     Bus,
     LambdaContext,
     StreamReader,
+    audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,
-    engine,
     handler,
     make_profile,
 )

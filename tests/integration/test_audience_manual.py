@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import pytest
-
 from engage.audiences import store
-from tests.integration.audience_support import call_api, engine, make_profile, members_of  # noqa: F401
+
+from tests.integration.audience_support import (
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    make_profile,
+    members_of,
+)
 
 VIPS = {"key": "vips", "name": "VIPs", "kind": "manual"}
 

@@ -18,11 +18,11 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 import boto3
-from pynamodb.exceptions import UpdateError
 
 from engage import clock
 from engage.audiences import runtime, store
@@ -140,25 +140,31 @@ def seed_condition_state(space_id: str, image: dict[str, Any], index: AudienceIn
         seeded[aggregate_id] = mine
     if seeded == current:
         return image
-    record = ProfileRecord(key(space_id, image["profile_id"]))
     version = int(image.get("version") or 0)
     try:
-        record.update(actions=[_condition_state_attr().set(seeded), ProfileRecord.version.add(1)],
-                      condition=ProfileRecord.version == version, add_version_condition=False)
-    except UpdateError as error:
-        if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
-            raise
+        _table().update_item(
+            Key={"pk": key(space_id, image["profile_id"])},
+            UpdateExpression="SET condition_state = :state ADD version :one",
+            ConditionExpression="version = :read",
+            ExpressionAttributeValues={":state": _dynamo_safe(seeded), ":one": 1, ":read": version})
+    except _table().meta.client.exceptions.ConditionalCheckFailedException:
         fresh = runtime.profile_image(space_id, image["profile_id"])
         return seed_condition_state(space_id, fresh, index, aggregate_ids) if runtime.is_live(fresh) else image
     return {**image, "condition_state": seeded, "version": version + 1}
 
 
-def _condition_state_attr():
-    """`condition_state` as an update path, whether or not ProfileRecord declares it yet."""
-    from pynamodb.attributes import MapAttribute
+@lru_cache(maxsize=1)
+def _table():
+    # ProfileRecord does not declare condition_state (the profile processor's side owns the model),
+    # so this one conditional update goes through boto3.
+    return boto3.resource("dynamodb").Table(settings().require("profiles_table"))
 
-    attr = getattr(ProfileRecord, "condition_state", None)
-    if attr is None:
-        attr = MapAttribute(attr_name="condition_state")
-        attr._set_attr_name("condition_state")
-    return attr
+
+def _dynamo_safe(value: Any) -> Any:
+    """Floats as Decimals (boto3 refuses floats)."""
+    return json.loads(json.dumps(value, default=str), parse_float=Decimal)
+
+
+def reset() -> None:
+    _table.cache_clear()
+    _sfn.cache_clear()

@@ -1,0 +1,101 @@
+"""Backfill: an audience created (or edited) with backfill=true evaluates the profiles that exist."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from engage import clock
+from engage.audiences import backfill, runtime
+from engage.db import key
+from engage.profiles_store import ProfileEventRecord
+
+from tests.integration.audience_support import (
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    make_profile,
+    members_of,
+)
+
+BIG_SPENDERS = {"key": "big_spenders", "name": "Big spenders", "backfill": True, "condition": {
+    "event": "Order Completed", "where": [{"property": "revenue", "op": "gt", "value": 100}],
+    "count": {"op": "gte", "value": 2}, "window": {"within_days": 30}}}
+
+
+def order(profile_id: str, revenue: float, days_ago: int, n: int) -> None:
+    moment = clock.now() - timedelta(days=days_ago)
+    message = {"type": "track", "event": "Order Completed", "messageId": f"{profile_id}-{n}",
+               "timestamp": clock.iso(moment), "properties": {"revenue": revenue}, "userId": profile_id}
+    ProfileEventRecord(key("acme", profile_id), f"{clock.iso(moment)}|{profile_id}-{n}", message_id=f"{profile_id}-{n}",
+                       type="track", event="Order Completed", timestamp=clock.iso(moment),
+                       payload=json.dumps(message)).save()
+
+
+def run_like_the_state_machine(space_id: str, audience_key: str, revision: int, segments: int) -> None:
+    """What AudienceBackfillStateMachine does: each segment's page loop until done (pages kept small)."""
+    for segment in range(segments):
+        event = {"action": "page", "space_id": space_id, "audience_key": audience_key, "revision": revision,
+                 "total_segments": segments, "segment": segment, "cursor": None}
+        pages = 0
+        while True:
+            event = backfill.run_page(event, time_left=lambda: False)  # hand back after every page
+            pages += 1
+            if event["done"]:
+                break
+        assert pages >= 1
+
+
+@pytest.fixture
+def shop(engine, space, monkeypatch):
+    monkeypatch.setattr(backfill, "starter", run_like_the_state_machine)
+    monkeypatch.setattr(backfill, "PAGE_SIZE", 2)
+    for n in range(5):
+        make_profile(f"p{n}")
+    order("p1", 150, 3, 1)
+    order("p1", 250, 10, 2)
+    order("p2", 150, 3, 1)       # only one big order
+    order("p3", 150, 40, 1)      # two, but one is outside the window
+    order("p3", 500, 2, 2)
+    order("p4", 50, 1, 1)        # two small orders
+    order("p4", 60, 1, 2)
+    return engine
+
+
+def test_backfill_evaluates_existing_profiles_from_their_history_and_becomes_ready(shop):
+    status, created = call_api("POST", "/v1/audiences", BIG_SPENDERS)
+    assert status == 201, created
+    # Then the audience's members are the profiles whose history matches
+    assert members_of("big_spenders") == {"p1"}
+    status, got = call_api("GET", "/v1/audiences/big_spenders")
+    assert got["status"] == "ready" and got["size"] == 1
+    # And the condition's aggregate was seeded on the profile, so the real-time path continues from it
+    image = runtime.profile_image("acme", "p1")
+    assert image.get("condition_state"), image
+
+
+def test_editing_an_audience_backfills_its_new_definition(shop):
+    call_api("POST", "/v1/audiences", BIG_SPENDERS)
+    lower = {**BIG_SPENDERS, "condition": {**BIG_SPENDERS["condition"], "count": {"op": "gte", "value": 1}}}
+    status, updated = call_api("PUT", "/v1/audiences/big_spenders", lower)
+    assert status == 200 and updated["status"] == "ready" and updated["revision"] == 2
+    assert members_of("big_spenders") == {"p1", "p2", "p3"}
+
+
+def test_a_page_of_a_superseded_revision_stops_without_touching_the_status(shop, monkeypatch):
+    monkeypatch.setattr(backfill, "starter", lambda *args: None)
+    call_api("POST", "/v1/audiences", BIG_SPENDERS)
+    call_api("PUT", "/v1/audiences/big_spenders", BIG_SPENDERS)
+    stale = backfill.run_page({"action": "page", "space_id": "acme", "audience_key": "big_spenders",
+                               "revision": 1, "total_segments": 1, "segment": 0, "cursor": None})
+    assert stale["done"] and stale["superseded"]
+    assert call_api("GET", "/v1/audiences/big_spenders")[1]["status"] == "computing"
+    assert members_of("big_spenders") == set()
+
+
+def test_a_failed_run_marks_the_audience_failed(shop, monkeypatch):
+    monkeypatch.setattr(backfill, "starter", lambda *args: None)
+    call_api("POST", "/v1/audiences", BIG_SPENDERS)
+    backfill.run_page({"action": "fail", "space_id": "acme", "audience_key": "big_spenders", "revision": 1,
+                       "error": {"Error": "Lambda.Unknown", "Cause": "boom"}})
+    status, got = call_api("GET", "/v1/audiences/big_spenders")
+    assert status == 200 and got["status"] == "failed"
