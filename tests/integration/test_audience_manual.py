@@ -85,3 +85,40 @@ def test_csv_needs_a_header_of_id_types(people):
     assert status == 400 and body["error"]["details"][0]["line"] == 1
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="email\n", query={"mode": "merge"})
     assert status == 400 and body["error"]["details"][0]["path"] == "mode"
+
+
+def test_audiences_built_on_a_manual_audience_follow_its_edits(people):
+    # Given a dynamic audience of VIPs on the pro plan, and p1 on the pro plan
+    from engage.db import key
+    from engage.profiles_store import ProfileRecord
+
+    record = ProfileRecord.get(key("acme", "p1"))
+    record.traits = {"plan": "pro"}
+    record.save()
+    assert call_api("POST", "/v1/audiences", {"key": "pro_vips", "name": "Pro VIPs", "backfill": False,
+                                              "condition": {"all": [{"audience": "vips"},
+                                                                    {"trait": "plan", "op": "eq", "value": "pro"}]}}
+                    )[0] == 201
+    # When p1 and p2 are added to the manual audience
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})
+    # Then only the pro one is in the dependent audience, at once
+    assert members_of("pro_vips") == {"p1"}
+    # And leaves it when removed from the manual audience
+    call_api("POST", "/v1/audiences/vips/members", {"remove": ["user_id:1"]})
+    assert members_of("pro_vips") == set()
+
+
+def test_members_are_paged_with_a_cursor_and_bad_cursors_are_refused(people):
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2", "user_id:3"]})
+    seen, cursor = [], None
+    while True:
+        query = {"limit": "2", **({"next": cursor} if cursor else {})}
+        status, page = call_api("GET", "/v1/audiences/vips/members", query=query)
+        assert status == 200 and len(page["members"]) <= 2
+        seen += [m["profile_id"] for m in page["members"]]
+        if not page["cursor"]["has_more"]:
+            break
+        cursor = page["cursor"]["next"]
+    assert sorted(seen) == ["p1", "p2", "p3"]
+    status, body = call_api("GET", "/v1/audiences/vips/members", query={"next": "not-a-cursor"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "next"

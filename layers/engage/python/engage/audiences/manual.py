@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from engage.audiences import membership, store
+from engage.audiences import membership, runtime, store
 from engage.db import key
 from engage.errors import Conflict, ValidationFailed
 from engage.profiles_store import IdentityRecord
@@ -168,7 +168,10 @@ def _apply(outcome: Outcome, space_id: str, audience_key: str, profile_id: str, 
     change = membership.set_member(space_id, profile_id, audience_key, member, existing)
     if change is None:
         outcome.unchanged += 1
-    elif member:
+        return
+    if member:
         outcome.added += 1
     else:
         outcome.removed += 1
+    # audiences built on this one (`{"audience": key}`) follow at once
+    runtime.on_members_changed(space_id, profile_id, {audience_key})

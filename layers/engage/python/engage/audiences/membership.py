@@ -12,7 +12,7 @@ import base64
 import json
 from dataclasses import dataclass
 
-from pynamodb.exceptions import TransactWriteError
+from pynamodb.exceptions import QueryError, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from engage import clock
@@ -105,7 +105,11 @@ def members(space_id: str, audience_key: str, limit: int = 100, cursor: str | No
         page = MembershipRecord.by_audience.query(key(space_id, audience_key), limit=limit - len(found),
                                                   filter_condition=MembershipRecord.member == True,
                                                   last_evaluated_key=last)
-        found.extend(page)
+        try:
+            found.extend(page)
+        except QueryError as error:  # a cursor of another audience (or space) names keys outside this query
+            raise ValidationFailed("invalid `next` cursor: pass the value of cursor.next unchanged",
+                                   [{"path": "next", "value": cursor}]) from error
         last = page.last_evaluated_key
         if not last:
             break
