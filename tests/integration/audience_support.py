@@ -117,8 +117,26 @@ def audience_engine(aws):
         due.reset()
 
     reset()
+    original = backfill.starter
+    backfill.starter = run_like_the_state_machine
     yield aws
+    backfill.starter = original
     reset()
+
+
+def run_like_the_state_machine(space_id: str, audience_key: str, revision: int, segments: int,
+                               action: str = "page") -> None:
+    """What AudienceBackfillStateMachine does, in-process: each segment's page loop until done,
+    handing back after every page (the local cloud runs the real state machine)."""
+    from engage.audiences import backfill
+
+    for segment in range(segments):
+        event = {"action": action, "space_id": space_id, "audience_key": audience_key, "revision": revision,
+                 "total_segments": segments, "segment": segment, "cursor": None}
+        done = False
+        while not done:
+            event = backfill.run_page(event, time_left=lambda: False)
+            done = event["done"]
 
 
 def make_profile(profile_id: str, *, space_id: str = "acme", ids: dict | None = None, **fields):

@@ -31,23 +31,8 @@ def order(profile_id: str, revenue: float, days_ago: int, n: int) -> None:
                        payload=json.dumps(message)).save()
 
 
-def run_like_the_state_machine(space_id: str, audience_key: str, revision: int, segments: int) -> None:
-    """What AudienceBackfillStateMachine does: each segment's page loop until done (pages kept small)."""
-    for segment in range(segments):
-        event = {"action": "page", "space_id": space_id, "audience_key": audience_key, "revision": revision,
-                 "total_segments": segments, "segment": segment, "cursor": None}
-        pages = 0
-        while True:
-            event = backfill.run_page(event, time_left=lambda: False)  # hand back after every page
-            pages += 1
-            if event["done"]:
-                break
-        assert pages >= 1
-
-
 @pytest.fixture
 def shop(engine, space, monkeypatch):
-    monkeypatch.setattr(backfill, "starter", run_like_the_state_machine)
     monkeypatch.setattr(backfill, "PAGE_SIZE", 2)
     for n in range(5):
         make_profile(f"p{n}")

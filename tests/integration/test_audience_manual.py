@@ -122,3 +122,16 @@ def test_members_are_paged_with_a_cursor_and_bad_cursors_are_refused(people):
     assert sorted(seen) == ["p1", "p2", "p3"]
     status, body = call_api("GET", "/v1/audiences/vips/members", query={"next": "not-a-cursor"})
     assert status == 400 and body["error"]["details"][0]["path"] == "next"
+
+
+def test_deleting_an_audience_purges_its_memberships_without_exits(people):
+    from engage.db import key
+    from engage.memberships_store import MembershipRecord
+
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})
+    call_api("POST", "/v1/audiences/vips/members", {"remove": ["user_id:2"]})
+    assert call_api("DELETE", "/v1/audiences/vips")[0] == 204
+    # Then neither the member nor the former member keeps an item (the Profile API stops showing it)
+    assert [r for r in MembershipRecord.query(key("acme", "p1")) if r.sk == "vips"] == []
+    assert [r for r in MembershipRecord.query(key("acme", "p2")) if r.sk == "vips"] == []
+    assert store.size("acme", "vips") == 0

@@ -31,11 +31,13 @@ from engage.audiences.evaluator import compile_definition
 from engage.audiences.index import AudienceIndex
 from engage.config import settings
 from engage.db import key
+from engage.memberships_store import MembershipRecord
 from engage.observability import logger
 from engage.profiles_store import ProfileRecord
 
 SEGMENTS = 4
 PAGE_SIZE = 200
+PAGE, PURGE = "page", "purge"
 
 
 @lru_cache(maxsize=1)
@@ -50,18 +52,25 @@ def execution_name(space_id: str, audience_key: str, revision: int) -> str:
     return f"{name[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
-def start_execution(space_id: str, audience_key: str, revision: int, segments: int) -> None:
-    payload = {"space_id": space_id, "audience_key": audience_key, "revision": revision,
+def start_execution(space_id: str, audience_key: str, revision: int, segments: int, action: str = PAGE) -> None:
+    payload = {"action": action, "space_id": space_id, "audience_key": audience_key, "revision": revision,
                "total_segments": segments, "segments": list(range(segments))}
+    name = execution_name(space_id, audience_key, revision) if action == PAGE else \
+        execution_name(space_id, audience_key, revision) + "-purge"
     try:
         _sfn().start_execution(stateMachineArn=settings().require("audience_backfill_state_machine"),
-                               name=execution_name(space_id, audience_key, revision), input=json.dumps(payload))
+                               name=name, input=json.dumps(payload))
     except _sfn().exceptions.ExecutionAlreadyExists:
-        pass  # same (space, audience, revision): that run is the one
+        pass  # same (space, audience, revision, action): that run is the one
 
 
-# The management API calls `launch`; the local cloud and tests may swap the starter.
-starter: Callable[[str, str, int, int], None] = start_execution
+# The management API calls `launch`/`purge`; the local cloud and tests may swap the starter.
+starter: Callable[..., None] = start_execution
+
+
+def purge(space_id: str, audience_key: str, revision: int) -> None:
+    """After a delete: remove the audience's membership items (one segment walking its index)."""
+    starter(space_id, audience_key, revision, 1, PURGE)
 
 
 def launch(space_id: str, audience_key: str, revision: int, segments: int = SEGMENTS) -> None:
@@ -81,6 +90,8 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
         store.fail_backfill(event["space_id"], event["audience_key"], int(event["revision"]),
                             f"{error.get('Error', 'error')}: {error.get('Cause', '')}"[:1000])
         return {**event, "done": True}
+    if event.get("action") == PURGE:
+        return purge_page(event, time_left=time_left)
     space_id, audience_key = event["space_id"], event["audience_key"]
     revision, segment, total = int(event["revision"]), int(event["segment"]), int(event["total_segments"])
     store.clear_cache(space_id)  # this run's definition, not a warm container's older copy
@@ -168,3 +179,29 @@ def _dynamo_safe(value: Any) -> Any:
 def reset() -> None:
     _table.cache_clear()
     _sfn.cache_clear()
+
+
+def purge_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """Delete a deleted audience's membership items, a page at a time (REMOVE records: nothing is published).
+
+    The memberships of a live audience are never purged (a stale or forged request changes nothing).
+    """
+    space_id, audience_key = event["space_id"], event["audience_key"]
+    if store.find(space_id, audience_key) is not None:
+        return {**event, "done": True, "skipped": "the audience is live"}
+    cursor = json.loads(event["cursor"]) if event.get("cursor") else None
+    pages = MembershipRecord.by_audience.query(key(space_id, audience_key), page_size=PAGE_SIZE,
+                                               last_evaluated_key=cursor).page_iter
+    removed = 0
+    for page in pages:
+        with MembershipRecord.batch_write() as batch:
+            for raw in page.get("Items", []):
+                batch.delete(MembershipRecord.from_raw_data(raw))
+                removed += 1
+        following = pages.last_evaluated_key
+        if not following:
+            break
+        if not time_left():
+            return {**event, "cursor": json.dumps(following), "done": False, "removed": removed}
+    store.drop_size(space_id, audience_key)
+    return {**event, "cursor": None, "done": True, "removed": removed}

@@ -11,6 +11,7 @@ from typing import Any
 from engage.audiences import backfill, membership, store
 from engage.audiences.definition import AudienceDefinition, check_references, parse_definition
 from engage.errors import ValidationFailed
+from engage.observability import logger
 
 MAX_PAGE = 1000
 
@@ -76,7 +77,13 @@ def list_audiences(space_id: str) -> dict[str, Any]:
 
 
 def delete(space_id: str, audience_key: str) -> None:
-    store.delete(space_id, audience_key)
+    """Tombstone the audience, then purge its memberships in the background (the Profile API stops
+    showing it; no `Audience Exited` is published for a deleted audience)."""
+    revision = store.delete(space_id, audience_key)
+    try:
+        backfill.purge(space_id, audience_key, revision)
+    except Exception:  # noqa: BLE001 - the delete stands; leftover items only keep showing as former memberships
+        logger.exception("could not start the membership purge", extra={"space": space_id, "audience": audience_key})
 
 
 def members(space_id: str, audience_key: str, limit: int, cursor: str | None) -> dict[str, Any]:

@@ -162,13 +162,14 @@ def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, sta
     return _audience(record)
 
 
-def delete(space_id: str, audience_key: str) -> None:
-    """Tombstone the audience: it stops being evaluated, its key stays taken."""
+def delete(space_id: str, audience_key: str) -> int:
+    """Tombstone the audience: it stops being evaluated, its key stays taken. Returns its last revision."""
     refuse_system(audience_key, "deleted")
     record = _live_record(space_id, audience_key)
     record.deleted_at = record.updated_at = clock.iso()
     _save_versioned(record, audience_key)
     clear_cache(space_id)
+    return int(record.revision)
 
 
 def get(space_id: str, audience_key: str) -> Audience:
@@ -193,6 +194,13 @@ def list_all(space_id: str) -> list[Audience]:
 
 def size(space_id: str, audience_key: str) -> int:
     return max(0, sum(int(s.count) for s in AudienceSizeShard.query(_size_pk(space_id, audience_key))))
+
+
+def drop_size(space_id: str, audience_key: str) -> None:
+    """Remove a deleted audience's counter shards (its memberships were purged)."""
+    with AudienceSizeShard.batch_write() as batch:
+        for shard in AudienceSizeShard.query(_size_pk(space_id, audience_key)):
+            batch.delete(shard)
 
 
 def size_shard(space_id: str, audience_key: str, profile_id: str) -> AudienceSizeShard:
