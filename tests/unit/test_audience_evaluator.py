@@ -314,3 +314,17 @@ def test_next_change_at_skips_edges_that_do_not_flip_the_answer():
     profile = Profile([definition]).send(*(track("Login", at(days=-d)) for d in (6, 3, 1)))
     # Then it stays true until the newest one leaves the window
     assert next_change_at(definition, profile.view(), T0) == MIDNIGHT_AFTER_T0 + timedelta(days=5)
+
+
+def test_funnel_search_tries_every_earlier_choice_a_later_step_refers_to():
+    # Given "viewed, added to cart, then ordered the product viewed first"; the first view
+    # (p1) leads nowhere, the second (p2) does: remembering dead ends must not hide it
+    definition = audience({"funnel": [
+        {"event": "Product Viewed"}, {"event": "Product Added"},
+        {"event": "Order Completed",
+         "where": [{"property": "sku", "op": "eq", "ref": {"step": 0, "property": "sku"}}]}]})
+    profile = Profile([definition]).send(
+        track("Product Viewed", at(hours=-5), {"sku": "p1"}), track("Product Viewed", at(hours=-4), {"sku": "p2"}),
+        track("Product Added", at(hours=-3)), track("Order Completed", at(hours=-2), {"sku": "p2"}))
+    assert both(definition, profile, T0) is True
+

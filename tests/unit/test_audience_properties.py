@@ -4,10 +4,12 @@ events, for random definitions of the whole language at random moments; and next
 names the first moment the answer flips."""
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 from engage import clock
 from engage.audiences import evaluate, evaluate_from_scratch, next_change_at, parse_definition
+from engage.audiences.evaluator import _in_window, _scratch_filter, _scratch_profile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -215,3 +217,43 @@ def test_single_event_and_funnel_conditions_agree_with_the_reference(condition, 
     now = T0 + timedelta(minutes=later)
     assert evaluate(definition, profile.view(), now, {}) == evaluate_from_scratch(
         definition, profile.events, profile_traits, now, {})
+
+
+def brute_force_funnel(cond, scratch) -> bool:
+    """Every ordered choice of events for the performed steps, checked one by one."""
+    steps = cond.funnel
+    negative = steps[-1] if not steps[-1].performed else None
+    positive = steps[:-1] if negative is not None else steps
+    events = scratch.events
+    hour = 3_600_000
+    for chosen in itertools.combinations(range(len(events)), len(positive)):
+        bound = tuple(events[i] for i in chosen)
+        if not all(
+            event[2] == step.event and _in_window(cond.window, event[0], scratch)
+            and not (k and step.within_hours is not None and event[0] - bound[k - 1][0] >= step.within_hours * hour)
+            and all(_scratch_filter(f, event[3], scratch, bound[:k]) for f in step.where)
+            for k, (step, event) in enumerate(zip(positive, bound, strict=True))):
+            continue
+        if negative is None:
+            return True
+        deadline = None if negative.within_hours is None else bound[-1][0] + negative.within_hours * hour
+        if deadline is not None and scratch.now_ms < deadline:
+            continue
+        if not any(event[2] == negative.event and (deadline is None or event[0] < deadline)
+                   and all(_scratch_filter(f, event[3], scratch, bound) for f in negative.where)
+                   for event in events[chosen[-1] + 1:]):
+            return True
+    return False
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(condition=funnels(), events=messages(), profile_traits=traits,
+       later=st.one_of(st.just(0), st.integers(0, 36 * 60), st.integers(0, 10 * 24 * 60)))
+def test_funnel_search_agrees_with_brute_force(condition, events, profile_traits, later):
+    # The memoized depth-first funnel search against trying every ordered choice of events
+    definition = parse_definition({"key": "random", "name": "random", "condition": condition})
+    now = T0 + timedelta(minutes=later)
+    scratch = _scratch_profile([m if m["type"] == "track" else {k: v for k, v in m.items() if k != "event"}
+                                for m in events], profile_traits, None, None, None, now)
+    assert evaluate_from_scratch(definition, events, profile_traits, now, {}) == brute_force_funnel(
+        definition.condition, scratch)

@@ -11,7 +11,6 @@ with no aggregates. The hypothesis tests hold the incremental path to it.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -466,6 +465,15 @@ class _Step:
     filters: tuple
     within_ms: int | None
     performed: bool
+    refs: tuple = ()  # (earlier step, property) pairs its filters read
+
+
+def funnel_steps(cond: FunnelCondition) -> tuple[_Step, ...]:
+    return tuple(
+        _Step(s.event, tuple(_compile_filter(f) for f in s.where),
+              None if s.within_hours is None else s.within_hours * HOUR_MS, s.performed,
+              tuple((f.ref.step, f.ref.property) for f in s.where if isinstance(f.ref, StepRef)))
+        for s in cond.funnel)
 
 
 def _compile_funnel(cond: FunnelCondition, aggregates: list[Aggregate]) -> _Node:
@@ -473,10 +481,7 @@ def _compile_funnel(cond: FunnelCondition, aggregates: list[Aggregate]) -> _Node
     aggregates.append(aggregate)
     agg_id = aggregate.id
     spec = window_spec(cond.window)
-    steps = tuple(
-        _Step(s.event, tuple(_compile_filter(f) for f in s.where),
-              None if s.within_hours is None else s.within_hours * HOUR_MS, s.performed)
-        for s in cond.funnel)
+    steps = funnel_steps(cond)
     negative = steps[-1] if not steps[-1].performed else None
     clock_paths = [p for s in cond.funnel for p in _clock_paths(s.where)]
 
@@ -505,16 +510,30 @@ def funnel_matches(items: list[tuple], steps: tuple[_Step, ...], spec: WindowSpe
     """Is there a chain of events, one per performed step, in order (timestamp, then messageId),
     each within `within_hours` of the previous one and inside the window, such that (when the
     last step is `performed: false`) no matching event followed within its `within_hours`
-    (and those hours have passed)? Depth-first; records are capped, so this stays small."""
+    (and those hours have passed)? Depth-first, remembering dead ends: what remains to be
+    found after step k depends only on the event chosen for step k-1 and on the bound
+    properties later steps reference, so each (k, event, referenced values) is tried once."""
     negative = steps[-1] if not steps[-1].performed else None
     positive = steps[:-1] if negative is not None else steps
     now_ms = ctx.now_ms
     count = len(items)
+    # for each k: the (step, property) pairs that steps k.. read from earlier steps
+    needed = [tuple({ref for step in steps[k:] for ref in step.refs}) for k in range(len(steps) + 1)]
+    dead_ends: set = set()
 
     def step_ok(step: _Step, item, bound) -> bool:
         return item[2] == step.event and all(check(item[3], ctx, bound) for check in step.filters)
 
     def search(k: int, start: int, bound: tuple) -> bool:
+        key = (k, start, tuple(repr(lookup(bound[i][3], p)) for i, p in needed[k] if i < k))
+        if key in dead_ends:
+            return False
+        found = explore(k, start, bound)
+        if not found:
+            dead_ends.add(key)
+        return found
+
+    def explore(k: int, start: int, bound: tuple) -> bool:
         if k == len(positive):
             if negative is None:
                 return True
@@ -715,38 +734,6 @@ def _scratch_eval(cond, scratch: _Scratch) -> bool:
 
 
 def _scratch_funnel(cond: FunnelCondition, scratch: _Scratch) -> bool:
-    """Brute force over every ordered choice of events for the performed steps."""
-    steps = cond.funnel
-    negative = steps[-1] if not steps[-1].performed else None
-    positive = steps[:-1] if negative is not None else steps
-    events = scratch.events
-    for chosen in itertools.combinations(range(len(events)), len(positive)):
-        bound = tuple(events[i] for i in chosen)
-        ok = True
-        for k, (step, event) in enumerate(zip(positive, bound, strict=True)):
-            if event[2] != step.event or not _in_window(cond.window, event[0], scratch):
-                ok = False
-                break
-            too_late = k and step.within_hours is not None and (
-                event[0] - bound[k - 1][0] >= step.within_hours * HOUR_MS)
-            if too_late:
-                ok = False
-                break
-            if not all(_scratch_filter(f, event[3], scratch, bound[:k]) for f in step.where):
-                ok = False
-                break
-        if not ok:
-            continue
-        if negative is None:
-            return True
-        last_ts = bound[-1][0]
-        deadline = None if negative.within_hours is None else last_ts + negative.within_hours * HOUR_MS
-        if deadline is not None and scratch.now_ms < deadline:
-            continue
-        followed = any(
-            event[2] == negative.event and (deadline is None or event[0] < deadline)
-            and all(_scratch_filter(f, event[3], scratch, bound) for f in negative.where)
-            for event in events[chosen[-1] + 1:])
-        if not followed:
-            return True
-    return False
+    """The funnel search over the whole history (the tests check it against brute force)."""
+    ctx = _Ctx(ProfileView(traits=scratch.traits), scratch.now_ms, scratch.memberships)
+    return funnel_matches(scratch.events, funnel_steps(cond), window_spec(cond.window), ctx)
