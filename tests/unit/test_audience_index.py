@@ -123,3 +123,15 @@ def test_merging_two_profiles_sums_buckets_and_unites_records():
     ids = [r[1] for r in by_kind["r"]["r"]]
     assert ids[0] == old_a["messageId"] and ids[-2:] == [recent_a["messageId"], b_event["messageId"]]
     assert merge_condition_state(merged, {}) == merged
+
+
+def test_kept_event_properties_are_storable_in_dynamodb():
+    from boto3.dynamodb.types import TypeSerializer
+
+    definition = _def("d", {"funnel": [{"event": "A", "where": [{"property": "price", "op": "gt", "value": 1}]},
+                                       {"event": "B", "performed": False}]})
+    index = AudienceIndex([definition])
+    state = apply_event({}, track("A", at(), {"price": 19.99, "meta": {"ratio": 0.5}}), index)
+    TypeSerializer().serialize(state)  # raises on floats
+    profile_view_price = next(iter(state.values()))["r"][0][3]["price"]
+    assert float(profile_view_price) == 19.99

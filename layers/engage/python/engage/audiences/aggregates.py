@@ -22,8 +22,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -210,7 +212,7 @@ class Aggregate:
         records = [list(r) for r in current.get("r", [])]
         if any(r[1] == message_id for r in records):
             return current
-        kept = {path: value for path in self.keep if (value := lookup(properties, path)) is not None}
+        kept = {path: storable(value) for path in self.keep if (value := lookup(properties, path)) is not None}
         newest = max(int(current.get("m", ts_ms)), ts_ms)
         sort_keys = [(int(r[0]), r[1]) for r in records]
         records.insert(bisect.bisect(sort_keys, (ts_ms, message_id)), [ts_ms, message_id, name, kept])
@@ -218,6 +220,17 @@ class Aggregate:
             floor = newest - self.horizon
             records = [r for r in records if int(r[0]) > floor]
         return {"r": records[-MAX_RECORDS:], "m": newest}
+
+
+def storable(value: Any) -> Any:
+    """A property value as DynamoDB can store it: floats as Decimal (same number), no NaN/inf."""
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: storable(v) for k, v in value.items() if isinstance(k, str) and k}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 
 def _add_bucket(current: dict, kind: str, unit: int, to_key, from_key, horizon: int | None) -> dict:
