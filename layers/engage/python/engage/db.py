@@ -23,9 +23,25 @@ class TableName:
         return settings().require(self.setting)
 
 
+_clients: dict[tuple, object] = {}
+
+
 class EngageModel(Model):
     class Meta:
         abstract = True
+
+    @classmethod
+    def _get_connection(cls):
+        # PynamoDB opens one botocore client per model class; creating a client costs tens
+        # of milliseconds of cold start, so every model shares one per region/endpoint.
+        connection = super()._get_connection()
+        inner = connection.connection
+        if inner._client is None:
+            shared_key = (inner.region, inner.host)
+            if shared_key not in _clients:
+                _clients[shared_key] = inner.client
+            inner._client = _clients[shared_key]
+        return connection
 
 
 def key(*parts: str) -> str:
@@ -47,5 +63,6 @@ def models() -> list[type[Model]]:
 
 
 def reset_connections() -> None:
+    _clients.clear()
     for model in models():
         model._connection = None
