@@ -17,10 +17,13 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Self
 
 import botocore.client
+import botocore.exceptions
 
 KB = 1024
+_REFUSED = ("ConditionalCheckFailedException", "TransactionCanceledException")
 
 
 def attribute_size(value: dict) -> int:
@@ -62,6 +65,14 @@ class Usage:
     def own_seconds(self) -> float:
         return max(self.wall_seconds - self.aws_seconds, 0.0)
 
+    def __iadd__(self, other: Usage) -> Self:
+        self.requests.update(other.requests)
+        self.read_units += other.read_units
+        self.write_units += other.write_units
+        self.aws_seconds += other.aws_seconds
+        self.wall_seconds += other.wall_seconds
+        return self
+
     def count(self, service: str, operation: str | None = None) -> int:
         return sum(n for (svc, op), n in self.requests.items()
                    if svc == service and (operation is None or op == operation))
@@ -87,6 +98,13 @@ class _Meter:
             started = time.perf_counter()
             try:
                 result = meter._original(client, operation_name, api_params)
+            except botocore.exceptions.ClientError as error:
+                # A write refused by its condition still consumes write units (AWS bills it).
+                if service == "dynamodb" and error.response.get("Error", {}).get("Code") in _REFUSED:
+                    units = meter._refused_units(client, operation_name, api_params, before)
+                    for usage in meter.open:
+                        usage.write_units += units
+                raise
             finally:
                 elapsed = time.perf_counter() - started
                 for usage in meter.open:
@@ -128,6 +146,14 @@ class _Meter:
             return [self._get(client, params["TableName"], self._key_of(client, params["TableName"], params["Item"]))]
         if operation in ("UpdateItem", "DeleteItem"):
             return [self._get(client, params["TableName"], params["Key"])]
+        if operation == "TransactWriteItems":
+            images = []
+            for entry in params["TransactItems"]:
+                (_kind, body), = entry.items()
+                table = body["TableName"]
+                images.append(self._get(client, table, body["Key"] if "Key" in body
+                                        else self._key_of(client, table, body["Item"])))
+            return images
         if operation == "BatchWriteItem":
             images = []
             for table, requests in params["RequestItems"].items():
@@ -139,6 +165,15 @@ class _Meter:
                     images.append(self._get(client, table, key))
             return images
         return None
+
+    def _refused_units(self, client, operation, params, before) -> float:
+        """Write units of a write refused by its condition: the item's size, as if written."""
+        if operation == "TransactWriteItems":
+            return sum(2 * max(math.ceil(item_size(image) / KB), 1) for image in before or [])
+        if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            size = max(item_size(before[0]), item_size(params.get("Item")))
+            return max(math.ceil(size / KB), 1)
+        return 0
 
     def _index_writes(self, client, table: str, *images: dict | None) -> int:
         self._schema(client, table)
@@ -181,11 +216,16 @@ class _Meter:
                     units += self._index_writes(client, table, old, new)
             return 0, units
         if operation == "TransactWriteItems":
+            # Transactional writes cost two units per KB of each item (the larger of before and after).
             units = 0
-            for entry in params["TransactItems"]:
-                (_kind, body), = entry.items()
-                item = body.get("Item") or {}
-                units += 2 * max(math.ceil(item_size(item) / KB), 1)
+            for entry, old in zip(params["TransactItems"], before, strict=True):
+                (kind, body), = entry.items()
+                table = body["TableName"]
+                key = body["Key"] if "Key" in body else self._key_of(client, table, body["Item"])
+                after = self._get(client, table, key) if kind in ("Put", "Update") else None
+                units += 2 * max(math.ceil(max(item_size(old), item_size(after)) / KB), 1)
+                if kind != "ConditionCheck":
+                    units += self._index_writes(client, table, old, after)
             return 0, units
         return 0, 0
 

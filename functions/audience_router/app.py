@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
 from engage.audiences import router
 from engage.observability import logger, metrics, tracer
 

@@ -10,6 +10,7 @@ import json
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+
 from engage import ingestion
 from engage.errors import EngageError
 from engage.observability import logger, metrics, tracer

@@ -5,6 +5,7 @@ import json
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
+
 from engage import spaces
 from engage.audiences import export, management, manual, preview
 from engage.errors import EngageError, ValidationFailed

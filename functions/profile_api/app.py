@@ -6,6 +6,7 @@ from urllib.parse import unquote
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+
 from engage import profile_api
 from engage.errors import EngageError
 from engage.observability import logger, metrics, tracer

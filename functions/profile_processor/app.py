@@ -7,6 +7,7 @@ finally sent to the on-failure queue; the rest of the batch is kept.
 from __future__ import annotations
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from engage import profile_processor
 from engage.observability import logger, metrics, tracer
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from engage.audiences import backfill
 
+from engage.audiences import backfill
 from tests.integration.audience_support import (
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,

@@ -5,11 +5,11 @@ import json
 from datetime import timedelta
 
 import pytest
+
 from engage import clock
 from engage.audiences import backfill, runtime
 from engage.db import key
 from engage.profiles_store import ProfileEventRecord
-
 from tests.integration.audience_support import (
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,

@@ -3,11 +3,11 @@ the real handlers fed with the records moto's streams hold."""
 from __future__ import annotations
 
 import pytest
+
 from engage.audiences import store
 from engage.db import key
 from engage.memberships_store import MembershipRecord
 from engage.profiles_store import ProfileRecord
-
 from tests.integration.audience_support import (
     Bus,
     LambdaContext,

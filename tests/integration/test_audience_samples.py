@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from engage import spaces
 from engage.db import key
 from engage.memberships_store import MembershipRecord
-
 from tests.integration.audience_support import (
     ROOT,
     Bus,

@@ -4,11 +4,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+
 from engage import clock
 from engage.audiences import due
 from engage.db import key
 from engage.memberships_store import MembershipRecord
-
 from tests.integration.audience_support import (
     LambdaContext,
     StreamReader,

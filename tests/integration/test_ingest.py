@@ -13,6 +13,7 @@ from pathlib import Path
 
 import botocore.client
 import pytest
+
 from engage import events_store, spaces
 
 ROOT = Path(__file__).resolve().parents[2]

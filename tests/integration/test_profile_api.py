@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
+
 from engage import clock, profiles_store, spaces
 from engage.db import key
 from engage.memberships_store import MembershipRecord

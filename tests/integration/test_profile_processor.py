@@ -17,6 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 from boto3.dynamodb.types import TypeSerializer
+
 from engage import profile_processor
 from engage import profiles_store as store
 from engage.events_store import EventRecord

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from engage.audiences import check_references, parse_condition, parse_definition
 from engage.errors import ValidationFailed
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from engage.audiences import ProfileView, evaluate, evaluate_from_scratch, next_change_at
 
+from engage.audiences import ProfileView, evaluate, evaluate_from_scratch, next_change_at
 from tests.unit.audience_profiles import T0, Profile, at, audience, both, page, track
 
 MS = timedelta(milliseconds=1)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from engage.audiences import AudienceIndex, apply_event, dependencies, parse_definition
 from engage.audiences.aggregates import build_condition_state, drop_unused, merge_condition_state
-
 from tests.unit.audience_profiles import at, page, track
 
 

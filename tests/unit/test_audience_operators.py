@@ -5,9 +5,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+
 from engage.audiences import ProfileView, evaluate, next_change_at
 from engage.audiences.evaluator import compare
-
 from tests.unit.audience_profiles import T0, at, audience
 
 MISSING = object()

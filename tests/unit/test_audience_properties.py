@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
-from engage import clock
-from engage.audiences import evaluate, evaluate_from_scratch, next_change_at, parse_definition
-from engage.audiences.evaluator import _in_window, _scratch_filter, _scratch_profile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engage import clock
+from engage.audiences import evaluate, evaluate_from_scratch, next_change_at, parse_definition
+from engage.audiences.evaluator import _in_window, _scratch_filter, _scratch_profile
 from tests.unit.audience_profiles import T0, Profile
 
 EVENTS = ["A", "B"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from engage.audiences import evaluate, next_change_at
-
 from tests.unit.audience_profiles import T0, Profile, at, audience, both, page, track
 
 MS = timedelta(milliseconds=1)

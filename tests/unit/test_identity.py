@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from engage import identity
 from engage.identity import Identifier, ProfileFacts
 from engage.profiles import Message

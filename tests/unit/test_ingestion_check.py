@@ -2,11 +2,12 @@
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engage import ingestion
 from engage.errors import EngageError, NotFound, ValidationFailed
 from engage.ingestion import LimitExceeded
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NOW = datetime(2026, 11, 23, 14, 30, 0, tzinfo=UTC)
 

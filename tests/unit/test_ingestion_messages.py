@@ -2,9 +2,10 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from engage.ingestion import messages
 from hypothesis import given
 from hypothesis import strategies as st
+
+from engage.ingestion import messages
 
 RECEIVED = datetime(2026, 11, 23, 14, 30, 0, tzinfo=UTC)
 

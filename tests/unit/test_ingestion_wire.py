@@ -5,6 +5,7 @@ import json
 import zlib
 
 import pytest
+
 from engage.errors import AuthenticationFailed
 from engage.ingestion import wire
 from engage.ingestion.wire import BadRequest, LimitExceeded

@@ -4,12 +4,13 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from engage.errors import AuthenticationFailed, ValidationFailed
 from engage.profile_api import paging, params, views
 from engage.profile_api.params import ExternalIdsQuery, LinksQuery, TraitsQuery
 from engage.profile_api.views import Membership, Profile
-from hypothesis import given
-from hypothesis import strategies as st
 
 URL = "/v1/spaces/acme/collections/users/profiles/user_id:42/traits"
 

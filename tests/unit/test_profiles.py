@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from engage import profiles
-from engage.profiles import Message, ProfileState
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from engage import profiles
+from engage.profiles import Message, ProfileState
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 RETENTION = 30

@@ -28,6 +28,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from engage import clock, identity, profiles
 from engage import profiles_store as store
+from engage.audiences import runtime as audience_runtime
 from engage.config import settings
 from engage.identity import ACCOUNTS, GROUP_ID, USERS, Identifier
 from engage.observability import logger, metrics
@@ -267,7 +268,8 @@ class StreamBatch:
             if current != state.profile_id:
                 change.pointers.append((store.new_pointer(space_id, i.collection, i.type, i.value, state.profile_id,
                                                           message.received_at), current))
-        change.state = profiles.apply_message(state, message, now=now, retention_days=self.retention_days)
+        change.state = profiles.apply_message(state, message, now=now, retention_days=self.retention_days,
+                                              audience_index=audience_runtime.engine(space_id).index)
         if message.type == "group":
             change.account, account_pointers, account_links = self._group(space_id, message, change.state, now,
                                                                           touched)

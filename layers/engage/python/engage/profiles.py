@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from engage import clock
+from engage.audiences.aggregates import apply_event, merge_condition_state
 
 PAGE_VIEWED = "Page Viewed"
 SCREEN_VIEWED = "Screen Viewed"
@@ -145,6 +146,9 @@ class ProfileState:
     first_message_at: str | None = None
     last_message_at: str | None = None
     last_identified_at: str | None = None
+    # The audience engine's per-condition aggregates (engage.audiences.aggregates): only for
+    # conditions that daily_counts cannot answer (property filters, hour windows, funnels).
+    condition_state: dict = field(default_factory=dict)
 
     def has_applied(self, message_id: str) -> bool:
         return message_id in self.applied
@@ -164,11 +168,13 @@ class ProfileState:
             external_ids=[dict(e) for e in self.external_ids],
             daily_counts={name: dict(buckets) for name, buckets in self.daily_counts.items()},
             event_stats={name: dict(stats) for name, stats in self.event_stats.items()},
-            applied=list(self.applied), merged_from=list(self.merged_from), merges=[dict(m) for m in self.merges])
+            applied=list(self.applied), merged_from=list(self.merged_from), merges=[dict(m) for m in self.merges],
+            condition_state=dict(self.condition_state))
 
 
 # ---------------------------------------------------------------- the one apply function
-def apply_message(state: ProfileState, message: Message, *, now: datetime, retention_days: int) -> ProfileState:
+def apply_message(state: ProfileState, message: Message, *, now: datetime, retention_days: int,
+                  audience_index: Any = None) -> ProfileState:
     """Apply one message to one profile state (already resolved by identity). Returns a new state.
 
     Idempotent: a message already applied returns the state unchanged. This is the hook for
@@ -188,10 +194,11 @@ def apply_message(state: ProfileState, message: Message, *, now: datetime, reten
         name = message.event_name
         if name:
             record_event(state, name, message.timestamp, now=now, retention_days=retention_days)
-        # HOOK (audience engine): per-condition aggregates go here, e.g.
-        #   state.condition_state = audiences.apply_event(state.condition_state, message.raw, index)
-        # with a `condition_state` field added to ProfileState and ProfileRecord (the processor
-        # then stores it) and its merge added to `merge_into`.
+        if name and audience_index is not None:
+            # Audience aggregates see every event exactly once per profile, like record_event;
+            # the index touches only conditions on this event name (cost independent of audiences).
+            state.condition_state = apply_event(state.condition_state, {**message.raw, "timestamp": message.timestamp},
+                                                audience_index)
         state.first_message_at = _min(state.first_message_at, message.timestamp)
         state.last_message_at = _max(state.last_message_at, message.timestamp)
     mark_applied(state, message.message_id)
@@ -327,6 +334,7 @@ def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message
     out.daily_counts = prune_daily_counts(sum_daily_counts(out.daily_counts, merged.daily_counts),
                                           now=now, retention_days=retention_days)
     out.event_stats = sum_event_stats(out.event_stats, merged.event_stats)
+    out.condition_state = merge_condition_state(out.condition_state, merged.condition_state)
     for message_id in merged.applied:
         if message_id not in out.applied:
             out.applied.append(message_id)

@@ -56,6 +56,12 @@ class ProfileRecord(EngageModel):
     # Windowed aggregates for the audience engine (track, page -> "Page Viewed", screen ->
     # "Screen Viewed"): event name -> {"YYYYMMDD": count}, UTC days, pruned past retention.
     daily_counts = MapAttribute(default=dict)
+    # Audience engine aggregates for conditions daily_counts cannot answer (engage.audiences.aggregates)
+    condition_state = MapAttribute(default=dict)
+    # Written by computed traits and subscriptions; declared so reads keep them (PynamoDB drops
+    # undeclared attributes) while the processor's UpdateItem leaves them untouched.
+    computed_traits = MapAttribute(default=dict)
+    subscriptions = MapAttribute(default=dict)
     # event name -> {"first": iso, "last": iso, "total": n}   (all time, never pruned)
     event_stats = MapAttribute(default=dict)
     # messageIds already applied, newest last (bounded): a redelivered stream batch is a no-op.
