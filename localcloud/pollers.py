@@ -259,14 +259,12 @@ class SqsPoller(Poller):
         self.batch_size = min(self.batch_size, 10_000)
 
     def fetch(self) -> list[dict]:
-        wait = 0 if self._sync_requested > self._sync_done else 1
+        # Short polls with the base class's wakeable idle wait: a settle() must not sit out a long poll
+        # (the virtual clock settles after every timer it runs).
         page = self.client.receive_message(
-            QueueUrl=self.queue_url, MaxNumberOfMessages=min(10, self.batch_size), WaitTimeSeconds=wait,
+            QueueUrl=self.queue_url, MaxNumberOfMessages=min(10, self.batch_size), WaitTimeSeconds=0,
             AttributeNames=["All"], MessageAttributeNames=["All"])
         return [self._lambda_record(m) for m in page.get("Messages", [])]
-
-    def idle_wait(self, seconds: float) -> None:
-        pass  # fetch() long-polls already
 
     def _lambda_record(self, message: dict) -> dict:
         return {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],

@@ -49,6 +49,10 @@ class VirtualClock:
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._lock = threading.RLock()  # one advance at a time; callbacks may schedule more
+        # The heap has its own lock: threads the move is waiting for (an execution reaching a Wait
+        # state during settle) must be able to schedule without waiting for the move to end.
+        self._heap_lock = threading.Lock()
+        self.moving_to: datetime | None = None  # target of the move in progress (schedules coalesce catch-up)
         self._hooks: list[Callable[[datetime, datetime], None]] = []
         self.settle = settle
         self.fired: list[tuple[str, str]] = []  # (name, virtual time) of callbacks run, newest last
@@ -61,7 +65,7 @@ class VirtualClock:
 
     def call_at(self, when: datetime, callback: Callable[[datetime], None], name: str) -> Timer:
         timer = Timer(when, next(self._seq), name, callback)
-        with self._lock:
+        with self._heap_lock:
             heapq.heappush(self._timers, timer)
         return timer
 
@@ -78,7 +82,7 @@ class VirtualClock:
             self.call_at(moment + period, fire, name)
 
         head.callback = fire
-        with self._lock:
+        with self._heap_lock:
             heapq.heappush(self._timers, head)
         return head
 
@@ -86,7 +90,7 @@ class VirtualClock:
         self._hooks.append(hook)
 
     def pending(self) -> list[Timer]:
-        with self._lock:
+        with self._heap_lock:
             return sorted(t for t in self._timers if not t.cancelled)
 
     def advance(self, delta: timedelta) -> datetime:
@@ -105,17 +109,11 @@ class VirtualClock:
 
     def _move(self, start: datetime, target: datetime) -> datetime:
         with self._lock:
-            while self._timers and self._timers[0].when <= target:
-                timer = heapq.heappop(self._timers)
-                if timer.cancelled:
-                    continue
-                engage_clock.set_to(timer.when)
-                try:
-                    timer.callback(timer.when)
-                except Exception:
-                    log.exception("scheduled %s failed", timer.name)
-                self.fired.append((timer.name, engage_clock.iso(timer.when)))
-                self.settle()
+            self.moving_to = target
+            try:
+                self._run_due(target)
+            finally:
+                self.moving_to = None
             engage_clock.set_to(target)
             for hook in self._hooks:
                 try:
@@ -124,6 +122,23 @@ class VirtualClock:
                     log.exception("clock hook %s failed", getattr(hook, "__name__", hook))
             self.settle()
             return self.now()
+
+    def _run_due(self, target: datetime) -> None:
+        while True:
+            with self._heap_lock:
+                if not self._timers or self._timers[0].when > target:
+                    return
+                timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            engage_clock.set_to(timer.when)
+            try:
+                timer.callback(timer.when)
+            except Exception:
+                log.exception("scheduled %s failed", timer.name)
+            self.fired.append((timer.name, engage_clock.iso(timer.when)))
+            del self.fired[:-1000]  # recent history only: schedules fire every minute for as long as it runs
+            self.settle()
 
     def restore_offset(self, offset: timedelta) -> None:
         """Put the clock back where a saved state left it (relative to the real clock)."""

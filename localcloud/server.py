@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localcloud import aws, pollers, state, template
+from localcloud import aws, eventbridge, pollers, state, template, waits
 from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
 from localcloud.runtime import Runtime
 from localcloud.scheduler import VirtualClock, parse_duration
@@ -33,7 +33,7 @@ READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed wh
 # Installers run at the end of start(), before the API serves: each gets the LocalCloud and
 # may add pollers, clock timers/hooks (cloud.clock) or moto patches. This is where emulation
 # of EventBridge rule targets, Scheduler schedules and Step Functions waits plugs in.
-EXTENSIONS: list[Callable[[LocalCloud], None]] = []
+EXTENSIONS: list[Callable[[LocalCloud], None]] = [waits.install, eventbridge.install]
 
 
 class LocalCloud:
@@ -49,7 +49,10 @@ class LocalCloud:
         self.parameters = parameters or {}
         self.cloud = aws.MotoCloud(aws_port, region)
         self.runtime = Runtime({})
-        self.clock = VirtualClock(settle=lambda: self.settle())
+        # Executions parked on a Wait or a task token count as settled, so a clock move can include them:
+        # what a timer starts (a Wait's continuation, a scheduled execution) runs at that virtual moment.
+        self.clock = VirtualClock(settle=lambda: self.settle(executions=True))
+        self.on_stop: list[Callable[[], None]] = []  # extensions' own shutdown (threads they started)
         self.pollers: list[pollers.Poller] = []
         self.http: HttpApi | None = None
         self.deployment: aws.Deployment | None = None
@@ -102,6 +105,8 @@ class LocalCloud:
             self.settle(timeout=30)
             path = state.save(self.state_dir, self.cloud, self.deployment, self.clock.offset())
             log.info("state saved to %s", path)
+        for stop in self.on_stop:
+            stop()
         if self.http:
             self.http.stop()
         for poller in self.pollers:
@@ -116,8 +121,8 @@ class LocalCloud:
 
         Repeats until a whole round delivers nothing new, since one function's writes feed
         another's stream. With `executions`, also waits for running Step Functions executions
-        to end (so not while one waits for a task token). Raises TimeoutError if the app never
-        goes quiet.
+        to end or park (waiting on the virtual clock or a task token: localcloud/waits.py).
+        Raises TimeoutError if the app never goes quiet.
         """
         deadline = time.monotonic() + timeout
         with self._settle_lock:
@@ -140,13 +145,7 @@ class LocalCloud:
 
     @staticmethod
     def _join_executions(deadline: float, timeout: float) -> None:
-        # moto runs each execution on a thread it lists in TMP_THREADS.
-        from moto.stepfunctions.parser.utils import TMP_THREADS
-
-        for thread in list(TMP_THREADS):
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                raise TimeoutError(f"a Step Functions execution still runs after {timeout}s")
+        waits.join_executions(deadline, timeout)
 
     def health(self) -> dict:
         return {"status": "ok", "api_url": self.http.url if self.http else None, "aws_endpoint": self.cloud.url,
