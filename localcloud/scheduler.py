@@ -97,8 +97,11 @@ class VirtualClock:
         if delta < timedelta(0):
             raise ValueError("the clock only moves forward: give a positive duration")
         with self._lock:
-            start = self.now()
-            return self._move(start, start + delta)
+            start, offset = self.now(), self.offset()
+            self._move(start, start + delta)
+            # Virtual time flows on while timers run (in real seconds): the move adds `delta` to the offset.
+            engage_clock.advance(max(offset + delta - self.offset(), timedelta(0)))
+            return self.now()
 
     def advance_to(self, target: datetime) -> datetime:
         with self._lock:

@@ -99,12 +99,13 @@ def install(local) -> None:
         return
 
     # Every module that appends to TMP_THREADS bound the list at import: rebind them all to one tracking list.
-    tracking = _ThreadList(utils.TMP_THREADS)
+    original = utils.TMP_THREADS
+    tracking = _ThreadList(original)
     import sys
 
     for module in list(sys.modules.values()):
         name = getattr(module, "__name__", "") or ""
-        if name.startswith("moto.stepfunctions.parser") and getattr(module, "TMP_THREADS", None) is utils.TMP_THREADS:
+        if name.startswith("moto.stepfunctions.parser") and getattr(module, "TMP_THREADS", None) is original:
             module.TMP_THREADS = tracking
     utils.TMP_THREADS = tracking
 
