@@ -34,7 +34,7 @@ from localcloud import cron
 from localcloud.aws import ACCOUNT_ID
 
 log = logging.getLogger("localcloud.eventbridge")
-CATCH_UP = 60  # occurrences of one schedule per clock move before it skips ahead
+CATCH_UP = 24  # occurrences of one schedule per clock move before it skips ahead (a day of an hourly one)
 TICK_SECONDS = 1.0
 
 
