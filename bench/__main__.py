@@ -21,6 +21,7 @@ from bench import report, scenarios
 class Context:
     full: bool
     notes: list[str] = field(default_factory=list)
+    extra: list[tuple[str, list[str]]] = field(default_factory=list)  # (title, markdown lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     header = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), **report.machine()}
     if failed:
         context.notes.append(f"scenarios that failed in this run: {', '.join(failed)}")
-    report.write_document(figures, header, context.notes, args.full)
+    report.write_document(figures, header, context.notes, args.full, context.extra)
     worse = report.guard(figures)
     if args.update_baseline:
         report.save_baseline(figures)

@@ -94,8 +94,8 @@ class _Meter:
             if not meter.open:
                 return meter._original(client, operation_name, api_params)
             service = client.meta.service_model.service_name
+            started = time.perf_counter()  # reading before images is the meter's cost, not ours
             before = meter._before_images(client, service, operation_name, api_params) if service == "dynamodb" else None
-            started = time.perf_counter()
             try:
                 result = meter._original(client, operation_name, api_params)
             except botocore.exceptions.ClientError as error:

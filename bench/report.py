@@ -69,7 +69,8 @@ def machine() -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu}"}
 
 
-def write_document(figures: list[Figure], header: dict, notes: list[str], full: bool) -> None:
+def write_document(figures: list[Figure], header: dict, notes: list[str], full: bool,
+                   extra: list[tuple[str, list[str]]] = ()) -> None:
     lines = ["# Benchmarks", "",
              "Written by `make bench` from one run (`make bench FULL=1` adds the large-scale cases).",
              "Counted figures (requests, capacity units, evaluations) are exact and guarded: `make bench`",
@@ -92,6 +93,8 @@ def write_document(figures: list[Figure], header: dict, notes: list[str], full: 
             lines.append(f"| {figure.name} | {_fmt(figure.value)} | {figure.unit} | {floor_text} | "
                          f"{'' if ratio is None else f'{ratio:.2f}x'} | {figure.method} |")
         lines.append("")
+    for title, block in extra:
+        lines += [f"## {title}", "", *block, ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     DOCUMENT.write_text("\n".join(lines))

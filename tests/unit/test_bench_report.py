@@ -1,0 +1,25 @@
+"""The regression guard fails only counted figures that got worse; timings never fail the run."""
+import json
+
+from bench import report
+from bench.report import Figure
+
+
+def test_guard_flags_a_counted_figure_that_got_worse_and_ignores_timings(tmp_path, monkeypatch):
+    # Given a baseline of one cost (lower is better) and one throughput (higher is better)
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"Cost / requests": 3, "Speed / evals": 100, "Time / ms": 1}))
+    monkeypatch.setattr(report, "BASELINE", baseline)
+    # When the cost rises, the throughput falls and a timing doubles
+    figures = [Figure("Cost", "requests", 4, "requests", "m", counted=True),
+               Figure("Speed", "evals", 90, "eval", "m", counted=True, higher_is_better=True),
+               Figure("Time", "ms", 2, "ms", "m")]
+    # Then the two counted figures are reported, the timing is not
+    assert report.guard(figures) == ["Cost / requests: 4 > baseline 3", "Speed / evals: 90 < baseline 100"]
+
+
+def test_guard_accepts_equal_or_better_counts(tmp_path, monkeypatch):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"Cost / requests": 3}))
+    monkeypatch.setattr(report, "BASELINE", baseline)
+    assert report.guard([Figure("Cost", "requests", 2, "requests", "m", counted=True)]) == []
