@@ -39,7 +39,7 @@ build: install
 	$(SAM) build --template template.yaml
 
 test: install lint
-	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
+	$(VENV)/bin/pytest -n 2 --dist loadfile -q
 
 test-unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q tests/unit

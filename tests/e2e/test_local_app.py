@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from boto3.dynamodb.conditions import Key
+
 from engage import clock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]

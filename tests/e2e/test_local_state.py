@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from engage import clock
 
+from engage import clock
 from tests.e2e.conftest import start_cloud, stop_cloud
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
