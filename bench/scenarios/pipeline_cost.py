@@ -52,6 +52,12 @@ def run(context) -> list[Figure]:
     from bench.harness import Lambdas, StreamTap, moto_account
     from engage.audiences import parse_definition, runtime, store
 
+    if not context.full:
+        # Known problem: at 40 profiles x 100 audiences this scenario outgrows quick mode
+        # (minutes, GBs of memory; the stream reader is suspected). Until fixed it runs only
+        # with FULL=1 so `make bench` stays under 5 minutes; BENCHMARKS.md says so.
+        context.notes.append("pipeline cost model not run in quick mode (see bench/scenarios/pipeline_cost.py)")
+        return []
     profiles, events = (200, 1000) if context.full else (40, 200)
     evaluations = {"n": 0}
     original = runtime.evaluate
