@@ -8,25 +8,17 @@ import copy
 import gzip
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import botocore.client
 import pytest
 
 from engage import events_store, spaces
+from tests.integration.audience_support import LambdaContext
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 CALLS = ["identify", "track", "page", "screen", "group", "alias"]
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "engage-IngestFunction"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:engage-IngestFunction"
-    aws_request_id: str = "7f0c2f4e-4b7a-4c1e-9d2a-3f5b6c7d8e9f"
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,7 @@ side: what is applied, what is reported in batchItemFailures.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -21,35 +18,15 @@ from boto3.dynamodb.types import TypeSerializer
 from engage import profile_processor
 from engage import profiles_store as store
 from engage.events_store import EventRecord
+from tests.integration.audience_support import LambdaContext, handler
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = "acme"
 _serialize = TypeSerializer().serialize
 
 
-@dataclass
-class LambdaContext:
-    function_name: str = "ProfileProcessorFunction"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ProfileProcessorFunction"
-    aws_request_id: str = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
-
-
-def _handler():
-    name = "fn_profile_processor"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "functions/profile_processor/app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].lambda_handler
-
-
 def run(event: dict) -> dict:
-    return _handler()(copy.deepcopy(event), LambdaContext())
+    return handler("profile_processor")(copy.deepcopy(event), LambdaContext())
 
 
 _sequence = iter(range(10**20, 10**21))
