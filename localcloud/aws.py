@@ -44,6 +44,9 @@ class _Hooks:
 def _install_patches() -> None:
     if _Hooks.installed:
         return
+    from localcloud import moto_fixes
+
+    moto_fixes.install()
     from moto.awslambda.models import LambdaBackend
     from moto.awslambda_simple.models import LambdaSimpleBackend
     from moto.dynamodb.models.table import StreamShard

@@ -148,6 +148,9 @@ def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[s
     """
     import boto3
 
+    from localcloud import moto_fixes
+
+    moto_fixes.install()
     made: dict[str, dict[str, str]] = {"tables": {}, "queues": {}, "buses": {}, "env": {}}
     dynamodb = boto3.client("dynamodb", region_name=region)
     for logical_id in resources("AWS::DynamoDB::Table", path):

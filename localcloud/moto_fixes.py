@@ -1,0 +1,91 @@
+"""Fixes for moto costs that grow with the size of a local account, not with our work.
+
+moto's TransactWriteItems backs up every table it touches with `copy.deepcopy(table)`, once
+per item: every item of the table and every stream record it ever produced. A transaction
+on a table of a few thousand items then costs tens of milliseconds and the process grows by
+GBs (seen in bench pipeline_cost and in long `make dev` sessions). Here only the items the
+transaction names are backed up; on rollback they are put back and the transaction's stream
+records are taken off again, which is what AWS does (a cancelled transaction writes nothing).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+
+_state = threading.local()
+_installed = False
+
+
+def install() -> None:
+    """Patch moto once per process (moto's backends are process-global)."""
+    global _installed
+    if _installed:
+        return
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.table import Table
+
+    original_transact = DynamoDBBackend.transact_write_items
+    original_deepcopy = getattr(Table, "__deepcopy__", None)
+
+    def table_deepcopy(self, memo):
+        if getattr(_state, "in_transaction", False):
+            return self  # moto's whole-table backup; the touched items are saved below instead
+        if original_deepcopy is not None:
+            return original_deepcopy(self, memo)
+        clone = Table.__new__(Table)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            setattr(clone, key, copy.deepcopy(value, memo))
+        return clone
+
+    def transact_write_items(self, transact_items):
+        saved = _touched_items(self, transact_items)
+        streams = {id(t): (t.stream_shard, len(t.stream_shard.items))
+                   for _, t, _, _, _ in saved if t.stream_shard is not None}
+        _state.in_transaction = True
+        try:
+            return original_transact(self, transact_items)
+        except Exception:
+            for name, table, hash_key, range_key, item in reversed(saved):
+                self.tables[name] = table
+                _restore(table, hash_key, range_key, item)
+            for shard, length in streams.values():
+                del shard.items[length:]
+            raise
+        finally:
+            _state.in_transaction = False
+
+    Table.__deepcopy__ = table_deepcopy
+    DynamoDBBackend.transact_write_items = transact_write_items
+    _installed = True
+
+
+def _touched_items(backend, transact_items) -> list:
+    """(table name, table, hash key, range key, copy of the item or None) for each item named."""
+    saved = []
+    for entry in transact_items:
+        _, op = next(iter(entry.items()))
+        name = op.get("TableName")
+        table = backend.tables.get(name)
+        keys = op.get("Key") or op.get("Item")
+        if table is None or not keys:
+            continue  # moto reports the error itself
+        try:
+            hash_key, range_key = backend.get_keys_value(table, keys)
+            current = table.get_item(hash_key, range_key)
+        except Exception:  # noqa: BLE001, S112 - a malformed key: moto rejects the transaction as AWS would
+            continue
+        saved.append((name, table, hash_key, range_key, copy.deepcopy(current)))
+    return saved
+
+
+def _restore(table, hash_key, range_key, item) -> None:
+    if range_key is not None:
+        if item is None:
+            table.items[hash_key].pop(range_key, None)
+        else:
+            table.items[hash_key][range_key] = item
+    elif item is None:
+        table.items.pop(hash_key, None)
+    else:
+        table.items[hash_key] = item

@@ -1,0 +1,80 @@
+"""localcloud.moto_fixes: TransactWriteItems backs up only the items it names, and a cancelled
+transaction leaves items and stream exactly as before (as on AWS)."""
+from __future__ import annotations
+
+import copy
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from localcloud import moto_fixes
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def table(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    moto_fixes.install()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                                  {"AttributeName": "sk", "AttributeType": "S"}],
+                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                       {"AttributeName": "sk", "KeyType": "RANGE"}],
+                            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+        yield client
+
+
+def _stream_records(client) -> list[dict]:
+    arn = client.describe_table(TableName="t")["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name=REGION,
+                           endpoint_url=f"https://streams.dynamodb.{REGION}.amazonaws.com")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard,
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    return streams.get_records(ShardIterator=iterator)["Records"]
+
+
+def _item(client, sk: str) -> dict | None:
+    return client.get_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"S": sk}}).get("Item")
+
+
+def test_a_committed_transaction_writes_items_and_stream_records(table):
+    table.transact_write_items(TransactItems=[
+        {"Put": {"TableName": "t", "Item": {"pk": {"S": "p"}, "sk": {"S": "a"}, "n": {"N": "1"}}}},
+        {"Put": {"TableName": "t", "Item": {"pk": {"S": "p"}, "sk": {"S": "b"}, "n": {"N": "2"}}}},
+    ])
+    assert _item(table, "a")["n"] == {"N": "1"} and _item(table, "b")["n"] == {"N": "2"}
+    assert [r["eventName"] for r in _stream_records(table)] == ["INSERT", "INSERT"]
+
+
+def test_a_cancelled_transaction_restores_items_and_writes_no_stream_records(table):
+    table.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"S": "a"}, "n": {"N": "1"}})
+    table.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"S": "c"}})
+    with pytest.raises(ClientError) as refused:
+        table.transact_write_items(TransactItems=[
+            {"Update": {"TableName": "t", "Key": {"pk": {"S": "p"}, "sk": {"S": "a"}},
+                        "UpdateExpression": "SET n = :two", "ExpressionAttributeValues": {":two": {"N": "2"}}}},
+            {"Put": {"TableName": "t", "Item": {"pk": {"S": "p"}, "sk": {"S": "new"}}}},
+            {"Put": {"TableName": "t", "Item": {"pk": {"S": "p"}, "sk": {"S": "c"}, "n": {"N": "9"}},
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+        ])
+    assert refused.value.response["Error"]["Code"] == "TransactionCanceledException"
+    assert _item(table, "a")["n"] == {"N": "1"}
+    assert _item(table, "new") is None and "n" not in _item(table, "c")
+    assert [r["eventName"] for r in _stream_records(table)] == ["INSERT", "INSERT"]
+
+
+def test_tables_still_deep_copy_outside_transactions(table):
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    table.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"S": "a"}})
+    live = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION].tables["t"]
+    clone = copy.deepcopy(live)
+    assert clone is not live and clone.items is not live.items
