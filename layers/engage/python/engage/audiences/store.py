@@ -262,7 +262,9 @@ def cached(space_id: str) -> list[Audience]:
     """Live audiences of a space, cached per warm container for `audience_cache_seconds`.
 
     Stream evaluators read definitions on every batch; a short TTL bounds how long an edit
-    takes to reach a warm container without a ConfigTable read per record.
+    takes to reach a warm container without a ConfigTable read per record. The TTL runs on real
+    (monotonic) time on purpose, not engage.clock: it bounds how stale a container's copy is,
+    which advancing the virtual clock by days must not change.
     """
     hit = _cache.get(space_id)
     if hit and hit[0] > time.monotonic():
