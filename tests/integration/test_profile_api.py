@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import importlib.util
 import json
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -18,23 +17,10 @@ from engage import clock, profiles_store, spaces
 from engage.db import key
 from engage.memberships_store import MembershipRecord
 from engage.profiles_store import ProfileEventRecord, ProfileRecord
+from tests.integration.audience_support import LambdaContext, handler
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_TOKEN = "local-access-token"  # what the samples carry (the local cloud's default space)
-
-
-def _load_handler():
-    spec = importlib.util.spec_from_file_location("profile_api_app", ROOT / "functions/profile_api/app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class Context:
-    function_name = "ProfileApiFunction"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ProfileApiFunction"
-    aws_request_id = "test-request"
 
 
 def sample(resource: str) -> dict:
@@ -66,10 +52,10 @@ def request(resource: str, *, profile: str | None = None, query: dict | None = N
 
 @pytest.fixture
 def api(aws):
-    handler = _load_handler()
+    lambda_handler = handler("profile_api")
 
     def call(event: dict) -> tuple[int, dict]:
-        response = handler.lambda_handler(event, Context())
+        response = lambda_handler(event, LambdaContext(function_name="ProfileApiFunction"))
         return response["statusCode"], json.loads(response["body"])
 
     return call
