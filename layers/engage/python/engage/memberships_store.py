@@ -4,10 +4,18 @@ pk = space|profile_id, sk = audience key         all of a profile's memberships 
 audience_pk = space|audience key (GSI by_audience) all members of an audience
 `member` stays on the item after exit (False), so the Profile API can answer `false`
 for "was a member, left" and omit audiences the profile never entered (API.md).
+`identity` carries the profile's ids the bus events name, so the router builds
+`Audience Entered/Exited` from the stream image alone (no profile read per change).
 """
 from __future__ import annotations
 
-from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
+from pynamodb.attributes import (
+    BooleanAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    VersionAttribute,
+)
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 
 from engage.db import EngageModel, TableName
@@ -39,6 +47,10 @@ class MembershipRecord(EngageModel):
     # The profile item version the last evaluation read (None for manual edits): a replayed,
     # older stream image must not undo what a newer one decided.
     profile_version = NumberAttribute(null=True)
+    # {"user_id", "anonymous_id", "email"} (each a string or None) of the profile image the write was
+    # decided from. Absent on items written before it existed or by writers without an image
+    # (manual edits, merges): the router then reads the profile.
+    identity = MapAttribute(null=True)
     version = VersionAttribute()
 
     by_audience = ByAudienceIndex()

@@ -4,13 +4,16 @@ Every writer (stream evaluator, sweeper, backfill, manual edits, CSV import) goe
 `set_member`, which writes only when the stored `member` differs from the wanted one, with the
 item's version as the condition and the audience's size counter in the same transaction.
 A replayed batch therefore finds nothing to change: no duplicate stream record, no double count,
-no duplicate `Audience Entered` downstream.
+no duplicate `Audience Entered` downstream. Writers that hold the profile image pass its
+`identity_of` so the router can publish from the membership's stream image alone.
 """
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pynamodb.exceptions import QueryError, TransactWriteError
 from pynamodb.transactions import TransactWrite
@@ -31,6 +34,20 @@ class Change:
     version: int
 
 
+# The profile ids an `Audience Entered/Exited` event names (API.md "Events on the bus").
+IDENTITY_FIELDS = ("user_id", "anonymous_id", "email")
+
+
+def identity_of(external_ids: Iterable[Mapping[str, Any]] | None) -> dict[str, str | None]:
+    """The first user_id, anonymous_id and email among a profile's external ids (None when it has none)."""
+    found: dict[str, str | None] = dict.fromkeys(IDENTITY_FIELDS)
+    for entry in external_ids or ():
+        id_type = entry.get("type")
+        if id_type in found and found[id_type] is None:
+            found[id_type] = entry.get("id")
+    return found
+
+
 def current(space_id: str, profile_id: str) -> dict[str, MembershipRecord]:
     """All of a profile's membership items (entered and exited), one Query."""
     return {r.sk: r for r in MembershipRecord.query(key(space_id, profile_id), consistent_read=True)}
@@ -49,13 +66,15 @@ def is_stale(existing: MembershipRecord | None, profile_version: int | None) -> 
 
 def set_member(space_id: str, profile_id: str, audience_key: str, member: bool,
                existing: MembershipRecord | None, *, profile_version: int | None = None,
-               attempts: int = 3) -> Change | None:
+               identity: Mapping[str, str | None] | None = None, attempts: int = 3) -> Change | None:
     """Make the stored membership equal `member`; return the change written, or None if none was needed.
 
     `existing` is what the caller read (None = no item). On a lost race the item is read again and
     the decision retaken, so two concurrent writers cannot both count an entry. `profile_version`
     is the version of the profile image the decision came from: an older image than the one the
-    stored membership was decided from changes nothing (replayed stream records).
+    stored membership was decided from changes nothing (replayed stream records). `identity`
+    (`identity_of` the same image) is stored for the router; without it any stored identity is
+    dropped, so the router reads the profile's current ids instead of publishing stale ones.
     """
     for _ in range(attempts):
         stored = bool(existing.member) if existing is not None else False
@@ -68,6 +87,7 @@ def set_member(space_id: str, profile_id: str, audience_key: str, member: bool,
         record.member = member
         record.updated_at = now
         record.profile_version = profile_version
+        record.identity = {name: identity.get(name) for name in IDENTITY_FIELDS} if identity is not None else None
         if member:
             record.entered_at, record.exited_at = now, None
         else:

@@ -130,7 +130,8 @@ def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefiniti
         if wanted != flags.get(definition.key, False) and not membership.is_stale(records.get(definition.key),
                                                                                   version):
             change = membership.set_member(space_id, profile_id, definition.key, wanted, records.get(definition.key),
-                                           profile_version=version)
+                                           profile_version=version,
+                                           identity=membership.identity_of(image.get("external_ids")))
             flags[definition.key] = wanted
             if change is not None:
                 changes.append(change)
