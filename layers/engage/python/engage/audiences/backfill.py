@@ -7,6 +7,10 @@ The AudienceBackfillStateMachine (statemachines/audience_backfill.asl.json) maps
   history when the condition needs them (a `where` filter, an hour window, a funnel), so the
   real-time path continues from the full history rather than from the creation moment;
 - evaluates the audience (and the audiences that reference it) and writes the differences.
+An account audience with a `users` condition loads each account's users (as the real-time path
+does) and seeds the inner condition's aggregates on the users' profiles, once per user per page;
+a users audience that account audiences read inside `users` re-evaluates the accounts of each
+user whose membership changed.
 A segment's completion is recorded in a set on the audience (a retried page counts once);
 when all are done the status turns `ready`. An edit bumps the revision: pages of an older
 run see it and stop. The execution name is derived from (space, audience, revision), so
@@ -25,7 +29,7 @@ from typing import Any
 import boto3
 
 from engage import clock
-from engage.audiences import runtime, store
+from engage.audiences import accounts, runtime, store
 from engage.audiences.aggregates import build_condition_state, merge_condition_state
 from engage.audiences.evaluator import compile_definition
 from engage.audiences.index import AudienceIndex
@@ -101,8 +105,12 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
     definition = store.definition_of(audience)
     eng = runtime.engine(space_id)
     affected = [definition, *eng.index.affected(changed_audiences={audience_key})]
-    aggregates = {a.id for a in compile_definition(definition).aggregates}
-    seed_index = AudienceIndex([definition]) if aggregates else None
+    compiled = compile_definition(definition)
+    user_aggregates = {a.id for a in compiled.user_aggregates}
+    aggregates = {a.id for a in compiled.aggregates} - user_aggregates  # kept on the profile itself
+    seed_index = AudienceIndex([definition]) if aggregates or user_aggregates else None
+    reads_users = definition.entity == "accounts" and eng.index.reads_users(affected)
+    seeded_users: dict[str, dict] = {}  # user id -> image once its aggregates are seeded (this page run)
     now = now or clock.now()
     condition = (ProfileRecord.space_id == space_id) & (ProfileRecord.collection == definition.entity)
     cursor = json.loads(event["cursor"]) if event.get("cursor") else None
@@ -114,9 +122,15 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
             image = runtime.plain(raw)
             if not runtime.is_live(image):
                 continue
-            if seed_index is not None:
+            if aggregates:
                 image = seed_condition_state(space_id, image, seed_index, aggregates)
-            runtime.evaluate_profile(space_id, image, affected, now)
+            users = None
+            if reads_users:
+                users = accounts.load(space_id, image["profile_id"], eng.index.user_audience_refs(affected))
+                if user_aggregates and not users.over_limit:
+                    users = _seed_users(space_id, users, seed_index, user_aggregates, seeded_users)
+            changes, _ = runtime.evaluate_profile(space_id, image, affected, now, users=users)
+            runtime.after_user_memberships(space_id, image, {c.audience_key for c in changes}, now)
             evaluated += 1
         following = pages.last_evaluated_key
         if not following:
@@ -127,6 +141,19 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
     logger.info("backfill segment done", extra={"space": space_id, "audience": audience_key, "segment": segment,
                                                 "status": status})
     return {**event, "cursor": None, "done": True, "evaluated": evaluated}
+
+
+def _seed_users(space_id: str, users: accounts.AccountUsers, index: AudienceIndex, aggregate_ids: set[str],
+                seeded: dict[str, dict]) -> accounts.AccountUsers:
+    """The account's users with the `users` condition's aggregates seeded from their histories."""
+    images = {}
+    for user_id, image in users.images.items():
+        if user_id not in seeded:
+            seeded[user_id] = (seed_condition_state(space_id, image, index, aggregate_ids)
+                               if runtime.is_live(image) else image)
+        images[user_id] = seeded[user_id]
+    return accounts.AccountUsers(users.user_ids, accounts.user_views(images, users.memberships), images,
+                                 users.memberships)
 
 
 def seed_condition_state(space_id: str, image: dict[str, Any], index: AudienceIndex,

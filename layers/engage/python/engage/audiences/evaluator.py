@@ -243,6 +243,8 @@ def _no_edges(ctx) -> tuple:
 class Compiled:
     node: _Node
     aggregates: list[Aggregate]
+    # the aggregates of conditions inside `users`: kept on the users' profiles, not the account's
+    user_aggregates: list[Aggregate] = field(default_factory=list)
 
 
 def compile_definition(definition: AudienceDefinition) -> Compiled:
@@ -251,9 +253,23 @@ def compile_definition(definition: AudienceDefinition) -> Compiled:
     if compiled is None:
         aggregates: list[Aggregate] = []
         node = _compile(definition.condition, aggregates) if definition.condition is not None else None
-        compiled = Compiled(node, aggregates)
+        user_aggregates: list[Aggregate] = []
+        for users in _users_conditions(definition.condition):
+            _compile(users.condition, user_aggregates)  # the same ids as in `aggregates`
+        compiled = Compiled(node, aggregates, user_aggregates)
         definition._compiled = compiled
     return compiled
+
+
+def _users_conditions(cond):
+    """The `users` conditions of a definition (they are never nested in one another)."""
+    if isinstance(cond, UsersCondition):
+        yield cond
+    elif isinstance(cond, AllCondition | AnyCondition):
+        for item in cond.all if isinstance(cond, AllCondition) else cond.any_:
+            yield from _users_conditions(item)
+    elif isinstance(cond, NotCondition):
+        yield from _users_conditions(cond.not_)
 
 
 def static_filter(filters: list[Filter]):

@@ -119,6 +119,7 @@ class AudienceIndex:
         self._users_by_subscription: dict[str, set[str]] = {}
         self._aggregates: dict[str, dict[str, Aggregate]] = {}
         self.time_based: set[str] = set()
+        self.users_based: set[str] = set()  # account audiences with a `users` condition
         for key, definition in self.definitions.items():
             deps = dependencies(definition)
             self.dependencies[key] = deps
@@ -129,6 +130,7 @@ class AudienceIndex:
                 for name in names:
                     target.setdefault(name, set()).add(key)
             if deps.users is not None:
+                self.users_based.add(key)
                 inner = deps.users
                 for names, target in ((inner.events, self._users_by_event),
                                       (inner.traits, self._users_by_trait),
@@ -198,6 +200,20 @@ class AudienceIndex:
             for name in names:
                 hits |= source.get(name, set())
         return self._with_dependents(hits, "accounts")
+
+    def reading_users(self) -> list[AudienceDefinition]:
+        """Every account audience whose answer reads the account's users (and its dependents):
+        what a user joining or leaving an account can change."""
+        return self._with_dependents(set(self.users_based), "accounts")
+
+    def reads_users(self, definitions: Iterable[AudienceDefinition]) -> bool:
+        """Does evaluating any of `definitions` need the account's users?"""
+        return any(d.key in self.users_based for d in definitions)
+
+    def user_audience_refs(self, definitions: Iterable[AudienceDefinition]) -> set[str]:
+        """Audience keys the `users` conditions of `definitions` read on each user."""
+        return {ref for d in definitions if d.key in self.users_based
+                for ref in self.dependencies[d.key].users.audiences}
 
     def _with_dependents(self, hits: set[str], entity: str | None) -> list[AudienceDefinition]:
         queue = deque(hits)

@@ -6,14 +6,20 @@ evaluates the definition on each from its raw event history (`evaluate_from_scra
 newest HISTORY_LIMIT events of ProfileEventsTable, the same reference the engine is tested
 against), and scales the matching share to the space's population (the size of the system
 audience `all`). Nothing is written.
+
+An account audience with a `users` condition reads each sampled account's users as the engine
+does (`engage.audiences.accounts`) and evaluates the inner condition on each user's own history;
+an account with more users than the engine reads is counted as not matching (the engine leaves
+such accounts out of those audiences) and reported in `over_user_limit`.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from engage import clock
-from engage.audiences import membership, runtime, store
+from engage.audiences import accounts, membership, runtime, store
 from engage.audiences.evaluator import evaluate_from_scratch
+from engage.audiences.index import AudienceIndex
 from engage.audiences.management import validate
 from engage.errors import ValidationFailed
 from engage.profiles_store import ProfileRecord
@@ -23,6 +29,9 @@ MAX_SAMPLE = 1000
 MAX_SCANNED = 20_000  # items read (across spaces) before the sample is taken as it is
 HISTORY_LIMIT = 1000
 SHOWN = 20
+# Users' histories read for one preview of an account audience with a `users` condition; past
+# it, the accounts evaluated so far are the sample.
+MAX_USER_HISTORIES = 5000
 PREVIEW_KEY = "__preview__"  # a key no saved audience can be compared with by mistake
 
 
@@ -56,13 +65,26 @@ def preview(space_id: str, body: Any, *, sample_size: int = DEFAULT_SAMPLE) -> d
         raise ValidationFailed("only dynamic audiences can be previewed", [{"path": "kind"}])
     now = clock.now()
     profiles, exhaustive = sample_profiles(space_id, definition.entity, sample_size)
+    index = AudienceIndex([definition])
+    user_refs = index.user_audience_refs([definition]) if index.reads_users([definition]) else None
     matched: list[ProfileRecord] = []
-    for record in profiles:
+    over_user_limit = users_read = 0
+    for position, record in enumerate(profiles):
         item = profile_item(record)
+        users = None
+        if user_refs is not None:
+            if users_read >= MAX_USER_HISTORIES:  # the sample is what was evaluated so far
+                profiles, exhaustive = profiles[:position], False
+                break
+            users = account_users(space_id, record.profile_id, user_refs)
+            if users is None:
+                over_user_limit += 1
+                continue
+            users_read += len(users)
         flags = membership.flags(membership.current(space_id, record.profile_id))
-        if evaluate_from_scratch(definition, runtime.history(space_id, record.profile_id, HISTORY_LIMIT), item.get("traits") or {}, now,
-                                 flags, computed_traits=item.get("computed_traits"),
-                                 subscriptions=item.get("subscriptions")):
+        if evaluate_from_scratch(definition, runtime.history(space_id, record.profile_id, HISTORY_LIMIT),
+                                 item.get("traits") or {}, now, flags, computed_traits=item.get("computed_traits"),
+                                 subscriptions=item.get("subscriptions"), users=users):
             matched.append(record)
     population = len(profiles) if exhaustive or definition.entity != "users" else store.size(space_id, store.ALL)
     population = max(population, len(profiles))
@@ -76,7 +98,21 @@ def preview(space_id: str, body: Any, *, sample_size: int = DEFAULT_SAMPLE) -> d
         "method": ("every profile of the space evaluated" if exhaustive else
                    f"{len(matched)} of {len(profiles)} sampled profiles match, scaled to {population} profiles"),
         "sample": [{"profile_id": r.profile_id, **_ids(r)} for r in matched[:SHOWN]],
+        **({"over_user_limit": over_user_limit} if user_refs is not None else {}),
     }
+
+
+def account_users(space_id: str, account_id: str, audience_refs: set[str]) -> list[dict] | None:
+    """The account's users as evaluate_from_scratch takes them (their histories), or None when the
+    account has more users than the engine reads."""
+    users = accounts.load(space_id, account_id, audience_refs)
+    if users.over_limit:
+        return None
+    return [{"events": runtime.history(space_id, user_id, HISTORY_LIMIT), "traits": image.get("traits") or {},
+             "computed_traits": image.get("computed_traits"), "subscriptions": image.get("subscriptions"),
+             "memberships": users.memberships.get(user_id, {})}
+            for user_id, image in sorted(users.images.items())
+            if runtime.is_live(image) and image.get("collection", "users") == "users"]
 
 
 def _ids(record: ProfileRecord) -> dict[str, Any]:

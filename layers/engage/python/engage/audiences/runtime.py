@@ -11,6 +11,11 @@ Per profile stream record:
 4. record when time alone could next change one of them (`due.schedule`) for the sweeper.
 A new users profile enters the system audience `all`; a profile merged into another (or
 deleted) leaves every audience, and its manual memberships move to the survivor.
+
+Account audiences with `users` conditions read the account's users (`engage.audiences.accounts`):
+evaluating one loads them, and a user's change re-evaluates the user's accounts for the account
+audiences that read what changed (`account_audiences_for`), or for all of them when the user
+joined or left an account.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 
 from engage import clock
-from engage.audiences import due, membership, store
+from engage.audiences import accounts, due, membership, store
 from engage.audiences.definition import AudienceDefinition
 from engage.audiences.evaluator import ProfileView, evaluate, next_change_at
 from engage.audiences.index import AudienceIndex
@@ -33,6 +38,8 @@ from engage.observability import logger, metrics
 from engage.profiles_store import ProfileEventRecord, ProfileRecord
 
 USERS = "users"
+ACCOUNTS = "accounts"
+GROUP_ID = "group_id"
 
 
 @dataclass
@@ -94,26 +101,59 @@ def diff(old: dict, new: dict) -> ProfileDiff:
                        _changed_keys(old, new, "subscriptions"))
 
 
+def group_ids(image: dict | None) -> set[str]:
+    """The groupIds a users profile was grouped into (one `group_id` external id per account)."""
+    return {str(e.get("id")) for e in (image or {}).get("external_ids") or ()
+            if isinstance(e, dict) and e.get("type") == GROUP_ID}
+
+
+def account_audiences_for(index: AudienceIndex, old: dict | None, new: dict | None,
+                          changed_audiences: set[str] | frozenset = frozenset()) -> list[AudienceDefinition]:
+    """Account audiences to re-evaluate on the accounts of a user whose image went from `old` to
+    `new` (None: a new user / a user that left, merged or deleted) and whose own memberships of
+    `changed_audiences` changed. Pure: dict lookups in the index, nothing read.
+
+    Joining or leaving an account changes the account's set of users, so every audience reading
+    users is due; otherwise only those whose `users` condition reads a changed event, trait,
+    computed trait, subscription or audience. A user in no account changes no account.
+    """
+    if not index.users_based or not (group_ids(old) | group_ids(new)):
+        return []
+    if old is None or new is None or group_ids(old) != group_ids(new):
+        return index.reading_users()
+    changed = diff(old, new)
+    return index.affected_accounts(changed.events, changed.traits, changed_audiences, changed.computed_traits,
+                                   changed_subscriptions=changed.subscriptions)
+
+
 # ---------------------------------------------------------------- evaluation
 def is_live(image: dict | None) -> bool:
     return bool(image) and not image.get("merged_into")
 
 
 def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefinition], now: datetime,
-                     records: dict[str, MembershipRecord] | None = None, *, schedule: bool = True
+                     records: dict[str, MembershipRecord] | None = None, *, schedule: bool = True,
+                     users: accounts.AccountUsers | None = None
                      ) -> tuple[list[membership.Change], datetime | None]:
     """Evaluate `affected` (in order) for one profile image and write what changed.
 
     Returns the changes and the earliest time edge among the time-based audiences evaluated;
     with `schedule` that edge is recorded in the due index (kept if an earlier one is there).
+    For an account, audiences with `users` conditions read its users (`users`, loaded here when
+    not given); an account over the users limit keeps its memberships of those audiences as they are.
     """
     profile_id = image["profile_id"]
     version = int(image["version"]) if image.get("version") is not None else None
+    eng = engine(space_id)
+    if image.get("collection") == ACCOUNTS and eng.index.reads_users(affected):
+        if users is None:
+            users = accounts.load(space_id, profile_id, eng.index.user_audience_refs(affected))
+        if users.over_limit:
+            affected = [d for d in affected if d.key not in eng.index.users_based]
     if records is None:
         records = membership.current(space_id, profile_id)
     flags = membership.flags(records)
-    view = ProfileView.from_item(image, memberships=flags)
-    eng = engine(space_id)
+    view = ProfileView.from_item(image, memberships=flags, users=users.views if users is not None else None)
     changes: list[membership.Change] = []
     next_due: datetime | None = None
     for definition in affected:
@@ -181,33 +221,72 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
     if not is_live(new):
         if old is not None and not is_live(old):
             return []  # was already merged: its exits were written then
-        return leave_all(space_id, image)
+        changes = leave_all(space_id, image)
+        if image.get("collection", USERS) == USERS:  # its accounts lost a user
+            changes += reevaluate_accounts(space_id, image["profile_id"],
+                                           account_audiences_for(engine(space_id).index, image, None), now)
+        return changes
     entity = new.get("collection", USERS)
     eng = engine(space_id)
-    if not is_live(old):
+    before = old if is_live(old) else None
+    if before is None:
         affected = eng.everything(entity)  # a new profile: every audience of its entity
     else:
-        changed = diff(old, new)
-        if not changed:
-            return []
+        changed = diff(before, new)
         affected = eng.index.affected(changed.events, changed.traits, (), changed.computed_traits,
-                                      changed_subscriptions=changed.subscriptions, entity=entity)
+                                      changed_subscriptions=changed.subscriptions, entity=entity) if changed else []
+    changes = evaluate_profile(space_id, new, affected, now)[0] if affected else []
+    if entity == USERS:
+        own = {c.audience_key for c in changes if c.profile_id == new["profile_id"]}
+        changes += reevaluate_accounts(space_id, new["profile_id"],
+                                       account_audiences_for(eng.index, before, new, own), now)
+    return changes
+
+
+def reevaluate_accounts(space_id: str, user_id: str, affected: list[AudienceDefinition],
+                        now: datetime | None = None) -> list[membership.Change]:
+    """Evaluate `affected` (account audiences) on each account of the user, from current reads.
+
+    The accounts' images and users are read fresh (strongly consistent), never taken from the
+    user's stream image, so a replayed or out-of-order user record decides from the present and
+    changes nothing that is already right.
+    """
     if not affected:
         return []
-    return evaluate_profile(space_id, new, affected, now)[0]
+    now = now or clock.now()
+    index = engine(space_id).index
+    changes: list[membership.Change] = []
+    for account_id in accounts.of_user(space_id, user_id):
+        users = accounts.load(space_id, account_id, index.user_audience_refs(affected), with_account=True)
+        if is_live(users.account) and users.account.get("collection") == ACCOUNTS:
+            changes += evaluate_profile(space_id, users.account, affected, now, users=users)[0]
+    return changes
+
+
+def after_user_memberships(space_id: str, image: dict, changed_audiences: set[str],
+                            now: datetime) -> list[membership.Change]:
+    """A user's memberships changed outside the stream (manual edit, sweep, backfill): the account
+    audiences whose `users` conditions read those audiences follow."""
+    if image.get("collection", USERS) != USERS or not changed_audiences:
+        return []
+    affected = account_audiences_for(engine(space_id).index, image, image, changed_audiences)
+    return reevaluate_accounts(space_id, image["profile_id"], affected, now)
 
 
 def on_members_changed(space_id: str, profile_id: str, audience_keys: set[str],
                        now: datetime | None = None) -> list[membership.Change]:
     """Re-evaluate the audiences that reference `audience_keys` (e.g. after a manual edit)."""
+    now = now or clock.now()
     eng = engine(space_id)
     affected = [d for d in eng.index.affected(changed_audiences=audience_keys) if d.key not in audience_keys]
-    if not affected:
+    if not affected and not eng.index.users_based:
         return []
     image = profile_image(space_id, profile_id)
     if not is_live(image):
         return []
-    return evaluate_profile(space_id, image, affected, now or clock.now())[0]
+    changes = evaluate_profile(space_id, image, affected, now)[0] if affected else []
+    return changes + after_user_memberships(space_id, image, set(audience_keys) | {c.audience_key for c in changes},
+                                             now)
 
 
 def reevaluate(space_id: str, profile_id: str, now: datetime | None = None) -> tuple[list[membership.Change],
@@ -222,7 +301,8 @@ def reevaluate(space_id: str, profile_id: str, now: datetime | None = None) -> t
         return [], None
     eng = engine(space_id)
     affected = eng.index.affected(time=True, entity=image.get("collection", USERS))
-    return evaluate_profile(space_id, image, affected, now, schedule=False)
+    changes, next_due = evaluate_profile(space_id, image, affected, now, schedule=False)
+    return changes + after_user_memberships(space_id, image, {c.audience_key for c in changes}, now), next_due
 
 
 # ---------------------------------------------------------------- reading profiles as images

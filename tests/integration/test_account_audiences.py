@@ -1,0 +1,171 @@
+"""Account audiences over the account's users, on moto through the real handlers:
+ingest -> profile processor -> audience evaluator -> router (and the sweeper, backfill, preview).
+Group calls link users to accounts; the users' own calls move the accounts in and out."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from engage import clock, profiles_store
+from engage.audiences import accounts, due
+from tests.integration.audience_support import (
+    Bus,
+    LambdaContext,
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    handler,
+    members_of,
+    stream_records_of,
+)
+from tests.integration.test_pipeline import Pipeline
+
+ACTIVE = {"key": "active_accounts", "name": "Accounts where a user logged in this week", "entity": "accounts",
+          "condition": {"users": "any", "condition": {"event": "Login", "window": {"within_days": 7}}}}
+IDLE = {"key": "idle_accounts", "name": "Business accounts where nobody logged in this week", "entity": "accounts",
+        "condition": {"all": [{"trait": "tier", "op": "eq", "value": "business"},
+                              {"users": "none", "condition": {"event": "Login", "window": {"within_days": 7}}}]}}
+ALL_PRO = {"key": "all_pro", "name": "Accounts whose users are all on pro", "entity": "accounts",
+           "condition": {"users": "all", "condition": {"trait": "plan", "op": "eq", "value": "pro"}}}
+BIG_ORDER = {"key": "big_order", "name": "Accounts with an order over 100 this week", "entity": "accounts",
+             "condition": {"users": "any", "condition": {
+                 "event": "Order Completed", "where": [{"property": "revenue", "op": "gt", "value": 100}],
+                 "window": {"within_days": 7}}}}
+
+
+def account(group_id: str) -> str:
+    found = profiles_store.resolve("acme", "accounts", "group_id", group_id)
+    assert found is not None, f"no account for group {group_id}"
+    return found.profile_id
+
+
+def bus_changes(messages: list[dict], audience_key: str) -> list[tuple[str, str]]:
+    """(detail-type, profile) of the bus events about one audience."""
+    found = []
+    for message in messages:
+        detail = message["detail"]
+        if audience_key in (detail.get("audience"), detail.get("audience_key")):
+            found.append((message["detail-type"], detail.get("profile_id") or detail.get("profile", {}).get("id")))
+    return found
+
+
+@pytest.fixture
+def calls(engine, space, monkeypatch):
+    """The pipeline, and how many times a user change looked up its accounts."""
+    pipeline = Pipeline(engine)
+    pipeline.lookups = []
+    original = accounts.of_user
+
+    def counted(space_id, user_id, *args, **kwargs):
+        pipeline.lookups.append(user_id)
+        return original(space_id, user_id, *args, **kwargs)
+
+    monkeypatch.setattr(accounts, "of_user", counted)
+    return pipeline
+
+
+def test_accounts_enter_and_leave_as_their_users_act(calls):
+    bus_messages = Bus(calls.aws).received
+    # Given "any user logged in within 7 days" and "business, and none of its users logged in"
+    for definition in (ACTIVE, IDLE):
+        assert call_api("POST", "/v1/audiences", definition)[0] == 201
+    # When ann and bob are grouped into a business account, and carl into another one
+    calls.track({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com"}}, "identify")
+    calls.track({"userId": "ann", "groupId": "acme_co", "traits": {"tier": "business"}}, "group")
+    calls.track({"userId": "bob", "groupId": "acme_co"}, "group")
+    calls.track({"userId": "carl", "groupId": "beta_co", "traits": {"tier": "business"}}, "group")
+    acme, beta = account("acme_co"), account("beta_co")
+    # Then both accounts are idle and neither is active
+    assert members_of("idle_accounts") == {acme, beta}
+    assert members_of("active_accounts") == set()
+
+    # When bob logs in
+    calls.track({"userId": "bob", "event": "Login"})
+    # Then his account becomes active and stops being idle; carl's account is untouched
+    assert members_of("active_accounts") == {acme}
+    assert members_of("idle_accounts") == {beta}
+    published = bus_messages()
+    assert bus_changes(published, "active_accounts") == [("Audience Entered", acme)]
+    assert ("Audience Exited", acme) in bus_changes(published, "idle_accounts")
+
+    # When a user acts in a way no account audience reads, no account is looked up
+    calls.lookups.clear()
+    calls.track({"userId": "ann", "event": "Page Viewed"}, "track")
+    calls.track({"userId": "ann", "name": "Pricing"}, "page")
+    calls.track({"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}, "identify")
+    assert calls.lookups == []
+    assert members_of("active_accounts") == {acme}
+
+    # When the whole ProfilesTable stream is delivered again (and what it produces routed again)
+    memberships_before = len(stream_records_of(calls.aws, "MembershipsTable"))
+    replay = stream_records_of(calls.aws, "ProfilesTable")
+    assert handler("audience_evaluator")({"Records": replay}, LambdaContext()) == {"batchItemFailures": []}
+    calls.flow()
+    # Then nothing changes: no membership record, no bus event
+    assert len(stream_records_of(calls.aws, "MembershipsTable")) == memberships_before
+    assert bus_messages() == []
+    assert (members_of("active_accounts"), members_of("idle_accounts")) == ({acme}, {beta})
+
+    # When 8 days pass with no login, the sweeper moves the account back: the login left the window
+    assert due.DueRecord.get(profiles_store.profile_pk("acme", acme)).due_at is not None
+    clock.advance(timedelta(days=8))
+    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    assert report["exited"] >= 1 and report["entered"] >= 1
+    assert members_of("active_accounts") == set()
+    assert members_of("idle_accounts") == {acme, beta}
+
+
+def test_an_account_with_users_none_leaves_when_one_of_its_users_acts(calls):
+    bus_messages = Bus(calls.aws).received
+    assert call_api("POST", "/v1/audiences", IDLE)[0] == 201
+    calls.track({"userId": "dan", "groupId": "gamma_co", "traits": {"tier": "business"}}, "group")
+    calls.track({"userId": "eve", "groupId": "gamma_co"}, "group")
+    gamma = account("gamma_co")
+    assert members_of("idle_accounts") == {gamma}
+    bus_messages()
+    # When eve logs in, the account leaves, once
+    calls.track({"userId": "eve", "event": "Login"})
+    assert members_of("idle_accounts") == set()
+    assert bus_changes(bus_messages(), "idle_accounts") == [("Audience Exited", gamma)]
+    # And a second login changes nothing more
+    calls.track({"userId": "dan", "event": "Login"})
+    assert members_of("idle_accounts") == set()
+    assert bus_messages() == []
+
+
+def test_a_user_merged_away_no_longer_counts_for_the_account(calls):
+    # Given "all users are on pro", an identified pro user and an anonymous visitor in one account
+    assert call_api("POST", "/v1/audiences", ALL_PRO)[0] == 201
+    calls.track({"type": "identify", "userId": "fay", "traits": {"plan": "pro"}}, "identify")
+    calls.track({"userId": "fay", "groupId": "delta_co"}, "group")
+    calls.track({"anonymousId": "visitor-1", "groupId": "delta_co"}, "group")
+    delta = account("delta_co")
+    assert len(accounts.user_ids("acme", delta)) == 2
+    assert members_of("all_pro") == set()  # the visitor is not on pro
+    # When the visitor turns out to be fay (one profile now), the account has one user, on pro
+    calls.track({"type": "identify", "userId": "fay", "anonymousId": "visitor-1"}, "identify")
+    assert len(accounts.user_ids("acme", delta)) == 1
+    assert members_of("all_pro") == {delta}
+
+
+def test_backfill_preview_and_real_time_agree_on_a_filtered_users_condition(calls):
+    # Given orders placed before the audience exists (its per-condition aggregate has no state yet)
+    calls.track({"userId": "gus", "groupId": "big_co"}, "group")
+    calls.track({"userId": "hal", "groupId": "big_co"}, "group")
+    calls.track({"userId": "ida", "groupId": "small_co"}, "group")
+    calls.track({"userId": "gus", "event": "Order Completed", "properties": {"revenue": 250}})
+    calls.track({"userId": "ida", "event": "Order Completed", "properties": {"revenue": 20}})
+    big, small = account("big_co"), account("small_co")
+    # When it is previewed, then created (backfill seeds the users' aggregates from their histories)
+    status, preview = call_api("POST", "/v1/audiences:preview", {"entity": "accounts",
+                                                                 "condition": BIG_ORDER["condition"]})
+    assert status == 200, preview
+    assert (preview["matched"], preview["sampled"], preview["over_user_limit"]) == (1, 2, 0)
+    assert [s["profile_id"] for s in preview["sample"]] == [big]
+    assert call_api("POST", "/v1/audiences", BIG_ORDER)[0] == 201
+    calls.flow()
+    # Then the backfill finds the same account
+    assert members_of("big_order") == {big}
+    # And real time continues from the seeded state: a big order by ida moves her account in
+    calls.track({"userId": "ida", "event": "Order Completed", "properties": {"revenue": 120}})
+    assert members_of("big_order") == {big, small}
