@@ -169,3 +169,40 @@ def test_backfill_preview_and_real_time_agree_on_a_filtered_users_condition(call
     # And real time continues from the seeded state: a big order by ida moves her account in
     calls.track({"userId": "ida", "event": "Order Completed", "properties": {"revenue": 120}})
     assert members_of("big_order") == {big, small}
+
+
+def test_an_account_over_the_users_limit_keeps_its_users_memberships(calls, monkeypatch):
+    # Given an engine that reads at most 2 users per account, and an account of 3 idle users
+    monkeypatch.setattr(accounts, "MAX_USERS", 2)
+    assert call_api("POST", "/v1/audiences", ACTIVE)[0] == 201
+    for name in ("jo", "kim"):
+        calls.track({"userId": name, "groupId": "crowd_co"}, "group")
+    crowd = account("crowd_co")
+    calls.track({"userId": "kim", "event": "Login"})
+    assert members_of("active_accounts") == {crowd}
+    # When a third user joins, the account is over the limit: its membership is left as it is
+    calls.track({"userId": "lee", "groupId": "crowd_co"}, "group")
+    clock.advance(timedelta(days=8))
+    handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    calls.track({"userId": "lee", "event": "Login"})
+    assert members_of("active_accounts") == {crowd}
+    # And a preview says how many accounts it could not read
+    status, preview = call_api("POST", "/v1/audiences:preview", {"entity": "accounts",
+                                                                 "condition": ACTIVE["condition"]})
+    assert status == 200, preview
+    assert (preview["over_user_limit"], preview["matched"]) == (1, 0)
+
+
+def test_a_manual_edit_of_a_users_audience_moves_accounts_that_read_it(calls):
+    # Given a manual users audience and "accounts with at least one of its members"
+    assert call_api("POST", "/v1/audiences", {"key": "vips", "name": "VIPs", "kind": "manual"})[0] == 201
+    assert call_api("POST", "/v1/audiences", {"key": "has_vip", "name": "Accounts with a VIP", "entity": "accounts",
+                                              "condition": {"users": "any", "condition": {"audience": "vips"}}})[0] == 201
+    calls.track({"userId": "max", "groupId": "omega_co"}, "group")
+    omega = account("omega_co")
+    assert members_of("has_vip") == set()
+    # When max is added by hand, his account enters; when removed, it leaves
+    assert call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:max"]})[0] == 200
+    assert members_of("has_vip") == {omega}
+    assert call_api("POST", "/v1/audiences/vips/members", {"remove": ["user_id:max"]})[0] == 200
+    assert members_of("has_vip") == set()

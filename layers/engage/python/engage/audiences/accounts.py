@@ -57,16 +57,19 @@ class AccountUsers:
 
 
 # ---------------------------------------------------------------- links
-def user_ids(space_id: str, account_id: str, limit: int = MAX_USERS) -> list[str] | None:
-    """The account's users (profile ids, sorted), or None when it has more than `limit`."""
+def user_ids(space_id: str, account_id: str, limit: int | None = None) -> list[str] | None:
+    """The account's users (profile ids, sorted), or None when it has more than `limit` (MAX_USERS)."""
+    limit = MAX_USERS if limit is None else limit
     links = LinkRecord.query(profile_pk(space_id, account_id), LinkRecord.sk.startswith(link_sk(USERS, "")),
                              consistent_read=True, limit=limit + 1)
     found = [link.to_profile_id for link in links]
     return None if len(found) > limit else found
 
 
-def of_user(space_id: str, user_id: str, limit: int = MAX_ACCOUNTS_PER_USER) -> list[str]:
-    """The accounts a user belongs to (profile ids, sorted), at most `limit` (the rest is logged)."""
+def of_user(space_id: str, user_id: str, limit: int | None = None) -> list[str]:
+    """The accounts a user belongs to (profile ids, sorted), at most `limit` (MAX_ACCOUNTS_PER_USER;
+    the rest is logged)."""
+    limit = MAX_ACCOUNTS_PER_USER if limit is None else limit
     links = LinkRecord.query(profile_pk(space_id, user_id), LinkRecord.sk.startswith(link_sk(ACCOUNTS, "")),
                              consistent_read=True, limit=limit + 1)
     found = [link.to_profile_id for link in links]

@@ -8,7 +8,8 @@ shard: work is proportional to what is due, never to the number of profiles (the
 condition skips what is due later in the day). Shards spread one day's writes over several
 partitions. The sweeper's cursor (the first day that may still hold due items) is the item
 pk = `sweeper|cursor`; the first schedule written creates it, so nothing is ever scheduled
-before it.
+before it. An account's item covers its users' time edges too (`next_change_at` of a `users`
+condition walks the users' views), and the sweep re-evaluates the account with its users.
 """
 from __future__ import annotations
 

@@ -279,7 +279,8 @@ def on_members_changed(space_id: str, profile_id: str, audience_keys: set[str],
     now = now or clock.now()
     eng = engine(space_id)
     affected = [d for d in eng.index.affected(changed_audiences=audience_keys) if d.key not in audience_keys]
-    if not affected and not eng.index.users_based:
+    may_change = set(audience_keys) | {d.key for d in affected}
+    if not affected and not eng.index.affected_accounts(changed_audiences=may_change):
         return []
     image = profile_image(space_id, profile_id)
     if not is_live(image):
