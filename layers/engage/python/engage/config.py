@@ -2,16 +2,19 @@
 
 Logic never touches os.environ: it asks `settings()`. Tests and the local cloud call
 `settings.cache_clear()` after changing the environment.
+
+A plain dataclass, not a pydantic model: every function imports this module, and a dozen
+strings and three integers do not justify building a validator on each cold start.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
-from pydantic import BaseModel
 
-
-class Settings(BaseModel):
+@dataclass(frozen=True)
+class Settings:
     config_table: str = ""
     events_table: str = ""
     profiles_table: str = ""
@@ -42,6 +45,17 @@ class Settings(BaseModel):
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:
-    fields = Settings.model_fields
-    values = {name: os.environ[name.upper()] for name in fields if name.upper() in os.environ}
-    return Settings.model_validate(values)
+    values: dict[str, str | int] = {}
+    for setting in fields(Settings):
+        variable = setting.name.upper()
+        if variable not in os.environ:
+            continue
+        raw = os.environ[variable]
+        if setting.type == "int":  # annotations are strings (from __future__ import annotations)
+            try:
+                values[setting.name] = int(raw)
+            except ValueError:
+                raise ValueError(f"environment variable {variable} must be a whole number, not {raw!r}") from None
+        else:
+            values[setting.name] = raw
+    return Settings(**values)
