@@ -7,7 +7,7 @@ the API Gateway v2 event the handler gets on AWS, and the handler's answer is ma
 the way API Gateway maps it (statusCode/headers/body/isBase64Encoded/cookies, or a bare
 value turned into a 200 JSON response).
 
-`/_local/...` paths belong to the local cloud itself (health, clock, settle).
+`/_local/...` paths belong to the local cloud itself (health, clock, settle, invocations).
 """
 from __future__ import annotations
 
@@ -178,6 +178,13 @@ class LocalHandlers:
     clock_get: Callable[[], dict]
     clock_post: Callable[[dict], dict]
     settle: Callable[[dict], dict]
+    invocations: Callable[[dict], dict]  # query parameters -> a page of the runtime's invocation log
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: with more clients connecting at once the kernel drops
+    # their SYNs and each retries after a second (a 1 s stall that is the server's, not the app's).
+    request_queue_size = 128
 
 
 class HttpApi:
@@ -187,7 +194,7 @@ class HttpApi:
         self.runtime = runtime
         self.local = local
         self.api_id = api_id
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self.server = _Server(("127.0.0.1", port), self._handler_class())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="http-api", daemon=True)
@@ -224,10 +231,11 @@ class HttpApi:
                 return self.rfile.read(length) if length else b""
 
             def _serve(self) -> None:
+                received = time.time()
                 body = self._read_body()
                 split = urlsplit(self.path)
                 if split.path.startswith("/_local/"):
-                    status, payload = api.local_endpoint(self.command, split.path, body)
+                    status, payload = api.local_endpoint(self.command, split.path, body, split.query)
                     self._send(status, {"content-type": "application/json"}, [], json.dumps(payload).encode())
                     return
                 found = match(api.routes, self.command, split.path)
@@ -242,7 +250,7 @@ class HttpApi:
                     self._send(413, {"content-type": "application/json"}, [], b'{"message":"Request Entity Too Large"}')
                     return
                 spec = api.runtime.by_logical_id(route.function)
-                result = api.runtime.invoke(spec.name, event)
+                result = api.runtime.invoke(spec.name, event, origin={"received": received})
                 if not result.ok:
                     self._send(500, {"content-type": "application/json"}, [],
                                b'{"message":"Internal Server Error"}')
@@ -272,7 +280,7 @@ class HttpApi:
 
         return Handler
 
-    def local_endpoint(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+    def local_endpoint(self, method: str, path: str, body: bytes, query: str = "") -> tuple[int, dict]:
         try:
             data = json.loads(body) if body else {}
             if not isinstance(data, dict):
@@ -285,6 +293,8 @@ class HttpApi:
                 return 200, self.local.clock_post(data)
             if path == "/_local/settle" and method == "POST":
                 return 200, self.local.settle(data)
+            if path == "/_local/invocations" and method == "GET":
+                return 200, self.local.invocations(dict(parse_qsl(query)))
         except (ValueError, TypeError) as error:
             return 400, {"error": {"code": "validation_error", "message": str(error), "details": []}}
         return 404, {"error": {"code": "not_found", "message": f"no local endpoint {method} {path}",

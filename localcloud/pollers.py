@@ -71,6 +71,9 @@ class Poller(threading.Thread):
                 fetched = []
                 if self.stopping.wait(IDLE_WAIT):
                     break
+            read = time.time()
+            for record in fetched:
+                record["_read"] = read  # for the invocation log: when the record left its source
             kept = [r for r in fetched if self.matches(r)]
             self.discard(r for r in fetched if not self.matches(r))
             if kept and not buffer:
@@ -124,7 +127,9 @@ class Poller(threading.Thread):
         return not self.filters or any(pattern_matches(p, record) for p in self.filters)
 
     def invoke(self, records: list[dict]) -> Invocation:
-        return self.runtime.invoke(self.function_arn, {"Records": records})
+        """Invoke with the records as Lambda sends them (the poller's own `_` fields taken off)."""
+        event = {"Records": [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]}
+        return self.runtime.invoke(self.function_arn, event, origin={"read": [r.get("_read") for r in records]})
 
     def failed_from(self, batch: list[dict], result: Invocation, ident) -> int | None:
         """Index of the first record to retry, or None when the whole batch succeeded."""
@@ -187,8 +192,7 @@ class DynamoDBStreamPoller(Poller):
                 records = self._drop_expired(records, attempts)
                 if not records:
                     continue
-            event_records = [{k: v for k, v in r.items() if k != "_shard"} for r in records]
-            result = self.invoke(event_records)
+            result = self.invoke(records)
             start = self.failed_from(records, result, lambda r: r["dynamodb"]["SequenceNumber"])
             if start is None:
                 continue

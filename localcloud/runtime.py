@@ -10,10 +10,18 @@ The environment is process-global, so invocations are serialized by one lock: th
 code then sees the same settings it would see in its own sandbox. A consequence: a
 handler must not synchronously invoke another local function and wait for it
 (asynchronous invokes, Step Functions executions and stream triggers are fine).
+
+Every invocation is also written to `Runtime.log` (an `InvocationLog`: the last
+LOG_LIMIT invocations, served as GET /_local/invocations) with real-time timestamps of
+each step: queued for the runtime lock, sandbox entered, handler started and ended, lock
+released, plus the HTTP request or the stream/queue records it carried and, once
+`time_aws_calls()` is installed, the AWS calls it made and their time. That is how
+`bench/` tells the local cloud's own overhead apart from the handlers' time.
 """
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -22,7 +30,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +39,11 @@ from types import ModuleType
 from typing import Any
 
 log = logging.getLogger("localcloud.runtime")
+LOG_LIMIT = 10_000  # invocations kept in Runtime.log (oldest dropped first)
+LOG_PAGE_LIMIT = 5_000  # invocations per GET /_local/invocations page
+LOG_MAX_WAIT = 20.0  # seconds a GET /_local/invocations may wait for new invocations
+_thread = threading.local()  # .aws: [calls, seconds] of the invocation running on this thread
+_aws_timed = False
 
 
 @dataclass
@@ -102,6 +116,7 @@ class Runtime:
         self._async_threads: list[threading.Thread] = []
         self.invocations = 0
         self.listeners: list[Callable[[FunctionSpec, Any, Invocation], None]] = []
+        self.log = InvocationLog()
 
     def add(self, spec: FunctionSpec) -> None:
         self.functions[spec.name] = spec
@@ -123,18 +138,30 @@ class Runtime:
         return self.functions[name]
 
     # ------------------------------------------------------------ invoking
-    def invoke(self, name_or_arn: str, event: Any, request_id: str | None = None) -> Invocation:
+    def invoke(self, name_or_arn: str, event: Any, request_id: str | None = None,
+               origin: dict | None = None) -> Invocation:
+        """Run the handler with `event`; `origin` says what the caller knows of where the event came from,
+        for the invocation log: {"received": t} (HTTP API: request received) or {"read": [t, ...]}
+        (pollers: when each record was read from its source), times from time.time()."""
         spec = self.resolve(name_or_arn)
+        timing = {"queued": time.time()}
         with self._lock:
+            timing["started"] = time.time()
             context = LambdaContext(spec, request_id)
             saved = dict(os.environ)
             started = time.perf_counter()
             result = Invocation(request_id=context.aws_request_id)
+            aws = [0, 0.0]
+            outer, _thread.aws = getattr(_thread, "aws", None), aws
             try:
                 self._enter(spec)
                 with self._code_on_path(spec):
                     loaded = self._load(spec)
-                    result.payload = loaded.handler(event, context)
+                    timing["handler_started"] = time.time()
+                    try:
+                        result.payload = loaded.handler(event, context)
+                    finally:
+                        timing["handler_ended"] = time.time()
                 try:
                     json.dumps(result.payload)  # Lambda serializes the result: fail here like it would
                 except (TypeError, ValueError) as error:
@@ -146,16 +173,19 @@ class Runtime:
                                 "stackTrace": traceback.format_exception(error)}
                 log.warning("%s failed: %s: %s", spec.logical_id, type(error).__name__, error)
             finally:
+                _thread.aws = outer
                 result.duration_ms = (time.perf_counter() - started) * 1000
                 _restore_environ(saved)
                 self._settings_changed()
                 self.invocations += 1
+                timing["ended"] = time.time()
             log.info("REPORT %s RequestId: %s Duration: %.2f ms%s", spec.logical_id, result.request_id,
                      result.duration_ms, f" Error: {result.error['errorType']}" if result.error else "")
             if result.duration_ms > spec.timeout_s * 1000:
                 # A thread cannot be killed mid-call: report the timeout Lambda would have raised.
                 result.error = {"errorMessage": f"Task timed out after {spec.timeout_s:.2f} seconds",
                                 "errorType": "Sandbox.Timedout"}
+        self.log.append(log_entry(spec, event, result, timing, aws if _aws_timed else None, origin or {}))
         for listener in self.listeners:
             listener(spec, event, result)
         return result
@@ -258,6 +288,104 @@ class Runtime:
         loaded = _Loaded(module, handler, stamp)
         self._loaded[spec.name] = loaded
         return loaded
+
+
+class InvocationLog:
+    """The last LOG_LIMIT invocations, numbered from 1 (`seq`), for GET /_local/invocations."""
+
+    def __init__(self, limit: int = LOG_LIMIT):
+        self._entries: deque[dict] = deque(maxlen=limit)
+        self._changed = threading.Condition()
+        self.last = 0  # seq of the newest entry
+
+    def append(self, entry: dict) -> None:
+        with self._changed:
+            self.last += 1
+            entry["seq"] = self.last
+            self._entries.append(entry)
+            self._changed.notify_all()
+
+    def after(self, seq: int, limit: int = LOG_PAGE_LIMIT, wait: float = 0.0) -> dict:
+        """Entries newer than `seq` (oldest first, at most `limit`), waiting up to `wait` seconds for one.
+
+        `next` is the seq to ask after next time; `missed` counts entries already dropped
+        from the log (asked for too late), so a reader knows its view has a hole.
+        """
+        if seq < 0 or limit < 1 or not 0 <= wait <= LOG_MAX_WAIT:
+            raise ValueError(f"after >= 0, limit >= 1 and 0 <= wait <= {LOG_MAX_WAIT:g} (seconds)")
+        with self._changed:
+            if wait:
+                self._changed.wait_for(lambda: self.last > seq, wait)
+            oldest = self._entries[0]["seq"] if self._entries else self.last + 1
+            skip = max(0, seq + 1 - oldest)
+            entries = list(itertools.islice(self._entries, skip, skip + min(limit, LOG_PAGE_LIMIT)))
+        return {"invocations": entries, "next": entries[-1]["seq"] if entries else max(seq, oldest - 1),
+                "missed": max(0, oldest - seq - 1)}
+
+
+def log_entry(spec: FunctionSpec, event: Any, result: Invocation, timing: dict[str, float],
+              aws: list | None, origin: dict) -> dict:
+    """One invocation as the log keeps it: who, when (time.time() seconds), what it carried."""
+    entry: dict[str, Any] = {
+        "function": spec.logical_id, "request_id": result.request_id, "trigger": "direct",
+        "queued": timing["queued"], "started": timing["started"],
+        "handler_started": timing.get("handler_started"), "handler_ended": timing.get("handler_ended"),
+        "ended": timing["ended"], "error": (result.error or {}).get("errorType"),
+        "aws_calls": aws[0] if aws else None, "aws_seconds": round(aws[1], 6) if aws else None,
+    }
+    if isinstance(event, dict) and event.get("version") == "2.0" and isinstance(event.get("requestContext"), dict):
+        entry["trigger"] = "http"
+        entry["http"] = {"route": event.get("routeKey"), "request_id": event["requestContext"].get("requestId"),
+                         "received": origin.get("received")}
+    elif isinstance(event, dict) and isinstance(event.get("Records"), list):
+        records = event["Records"]
+        read: Sequence = origin.get("read") or [None] * len(records)
+        entry["records"] = [_record_summary(r, t) for r, t in zip(records, read, strict=False) if isinstance(r, dict)]
+        sources = {r.get("eventSource") for r in records if isinstance(r, dict)}
+        entry["trigger"] = "stream" if sources <= {"aws:dynamodb", "aws:kinesis"} else "queue"
+    return entry
+
+
+def _record_summary(record: dict, read: float | None) -> dict:
+    """Which record it was and when it entered its source (DynamoDB keys flattened to strings)."""
+    if "dynamodb" in record:
+        change = record["dynamodb"] if isinstance(record["dynamodb"], dict) else {}
+        keys = {name: next(iter(value.values())) if isinstance(value, dict) and len(value) == 1 else str(value)
+                for name, value in (change.get("Keys") or {}).items()}
+        created = change.get("ApproximateCreationDateTime")
+        return {"source": record.get("eventSourceARN"), "id": record.get("eventID"), "keys": keys,
+                "created": float(created) if isinstance(created, int | float) else None, "read": read}
+    sent = (record.get("attributes") or {}).get("SentTimestamp")
+    return {"source": record.get("eventSourceARN"), "id": record.get("messageId"), "keys": {},
+            "created": int(sent) / 1000 if str(sent or "").isdigit() else None, "read": read}
+
+
+def time_aws_calls() -> None:
+    """Count and time the AWS SDK calls each invocation makes (on its own thread) for the log.
+
+    Patches botocore's BaseClient._make_api_call, where boto3 and PynamoDB calls both end,
+    once per process; calls made outside an invocation pass straight through.
+    """
+    global _aws_timed
+    if _aws_timed:
+        return
+    import botocore.client
+
+    original = botocore.client.BaseClient._make_api_call
+
+    def timed(client, operation_name, api_params):
+        counter = getattr(_thread, "aws", None)
+        if counter is None:
+            return original(client, operation_name, api_params)
+        started = time.perf_counter()
+        try:
+            return original(client, operation_name, api_params)
+        finally:
+            counter[0] += 1
+            counter[1] += time.perf_counter() - started
+
+    botocore.client.BaseClient._make_api_call = timed
+    _aws_timed = True
 
 
 def _restore_environ(saved: dict[str, str]) -> None:

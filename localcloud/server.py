@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localcloud import aws, eventbridge, pollers, state, template, waits
+from localcloud import aws, eventbridge, pollers, runtime, state, template, waits
 from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
 from localcloud.runtime import Runtime
 from localcloud.scheduler import VirtualClock, parse_duration
@@ -68,6 +68,7 @@ class LocalCloud:
         os.environ.update({"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
                            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
         os.environ.pop("AWS_PROFILE", None)
+        runtime.time_aws_calls()  # each invocation's AWS calls, for the invocation log
         self.cloud.start(self.runtime)
         os.environ["AWS_ENDPOINT_URL"] = self.cloud.url
         self.runtime.base_env = {
@@ -95,6 +96,7 @@ class LocalCloud:
         local.clock_get = self.clock_state
         local.clock_post = self.clock_move
         local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
+        local.invocations = self.invocations
         self.http = HttpApi(routes_from_template(self.template_path), self.runtime, local, self.api_port)
         self.http.start()
         self.started = True
@@ -152,6 +154,15 @@ class LocalCloud:
                 "stack": self.stack_name, "functions": sorted(s.logical_id for s in self.runtime.functions.values()),
                 "pollers": [{"function": p.function_arn.split(":")[-1], "source": p.source_arn,
                              "alive": p.is_alive()} for p in self.pollers]}
+
+    def invocations(self, query: dict[str, str]) -> dict:
+        """GET /_local/invocations?after=<seq>&limit=<n>&wait=<seconds>: a page of the invocation log."""
+        try:
+            after, limit = int(query.get("after", 0)), int(query.get("limit", runtime.LOG_PAGE_LIMIT))
+            wait = float(query.get("wait", 0))
+        except ValueError as error:
+            raise ValueError("after and limit are integers, wait a number of seconds") from error
+        return self.runtime.log.after(after, limit, wait)
 
     def clock_state(self) -> dict:
         from engage import clock

@@ -1,65 +1,352 @@
-"""Latency on the local cloud: POST /v1/track -> profile shows the event -> audience membership visible.
+"""Latency on the local cloud: POST /v1/track -> profile shows the event -> audience membership visible,
+and where that time goes: the local cloud's own overhead apart from our handlers and the template's
+batching windows.
 
 The local cloud (template.yaml, moto server, in-process Lambdas, stream pollers) runs in a
-subprocess as `make dev` runs it. Each probe is a new user sending one `Latency Probe` track
-call; we poll the Profile API (every 5 ms) until /events lists it, then until /traits shows the
-`latency_probe` audience true. Sequential probes, p50/p95. What is measured includes the local
-pollers' intervals and moto's ~9 ms per AWS call: it is the local developer experience, not AWS.
+subprocess as `make dev` runs it, warmed by one probe first (no cold starts measured). 200
+probes, each a new user sending one `Latency Probe` track call with its own messageId, start
+at a steady 5 per second from their own threads (a few in flight at once, as real traffic;
+quick and FULL runs are the same). Each is measured from its own POST start to the end of the
+first Profile API read that shows the change: /events listing it, then /traits?class=audience
+showing `latency_probe` true.
+
+The local cloud's invocation log (GET /_local/invocations, followed by long poll) times every
+step: when the HTTP API received the request and queued the invocation, the runtime lock wait
+and sandbox setup/teardown of each invocation, when each stream record was written (its
+ApproximateCreationDateTime) and read by its poller, when its batch was handed over, and each
+handler's start and end. A probe's records are found by key: its messageId in the EventsTable
+record, its profile (GET /metadata?verbose=true) in the ProfilesTable record; its reads by
+their apigw-requestid. A probe reads the Profile API once the log shows that the invocation
+carrying its record has ended (then every 10 ms until the read shows it), so readers do not
+flood the one-at-a-time runtime with polls; a read never starts before the data is written, so
+this never shortens the figure.
+
+Each probe's time is cut at those moments into segments that add up exactly to its total:
+  HTTP API      POST sent -> ingest queued, and the read's request in and response out
+  runtime       lock wait + sandbox setup/teardown of each invocation on the path, the read's
+                included (local only: invocations run one at a time in one process)
+  pickup        record written -> read by its poller (a write wakes the poller; on AWS Lambda
+                polls each shard 4 times a second, so up to 250 ms)
+  window        read -> batch handed over: the template's MaximumBatchingWindowInSeconds (1 s
+                per stream; AWS waits the same)
+  handlers      ingest until its event record is written, profile_processor until the profile
+                record is (its whole batch, for the profile figure), audience_evaluator, and the
+                Profile API read (our code, whose AWS calls moto answers here)
+  noticing      the writer's end -> the read sent (the bench following the log; earlier reads)
+Local cloud's own overhead = HTTP API + runtime + pickup.
 """
 from __future__ import annotations
 
 import statistics
+import threading
 import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from bench.report import Figure
-from tests.e2e.conftest import start_cloud, stop_cloud
+from tests.e2e.conftest import RunningCloud, start_cloud, stop_cloud
 
 WRITE, TOKEN = "local-write-key", "local-access-token"
+SPACE = "local"
+AUDIENCE = "latency_probe"
+PROBES = 200
+RATE = 5.0  # probes started per second
+WORKERS = 48  # probe threads (at most this many in flight)
+READ_RETRY = 0.01  # seconds between Profile API reads once the log says the change is written
+TIMEOUT = 30.0  # seconds a probe may wait for one stage
+SECTION = "Local cloud latency"
+INGEST, PROCESSOR, EVALUATOR = "IngestFunction", "ProfileProcessorFunction", "AudienceEvaluatorFunction"
 
 
-def _wait(check, timeout: float = 30.0) -> float:
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        if check():
-            return time.perf_counter()
-        time.sleep(0.005)
-    raise TimeoutError("probe not visible in 30 s")
+@dataclass
+class Read:
+    sent: float  # time.time() when the GET started
+    seen: float  # ... and when its answer was in
+    request_id: str  # apigw-requestid: finds its invocation in the log
 
 
-def _percentile(values: list[float], q: float) -> float:
+@dataclass
+class Probe:
+    index: int
+    user: str
+    message_id: str
+    posted: float = 0.0  # time.time() when its POST started
+    api_request_id: str = ""
+    profile_read: Read | None = None  # the first Profile API read that showed the event
+    profile_id: str = ""
+    member_read: Read | None = None  # the first that showed the membership
+
+
+class LogFollower(threading.Thread):
+    """Follows the local cloud's invocation log and indexes it by HTTP request and by record key."""
+
+    def __init__(self, cloud: RunningCloud, after: int):
+        super().__init__(name="invocation-log", daemon=True)
+        self.cloud = cloud
+        self.after = after
+        self.entries: list[dict] = []
+        self.by_request: dict[str, dict] = {}
+        self.by_key: dict[tuple[str, str], list[tuple[dict, dict]]] = defaultdict(list)  # (function, key value)
+        self.changed = threading.Condition()
+        self.stopping = threading.Event()
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                status, _, page = self.cloud.call("GET", f"/_local/invocations?after={self.after}&wait=1")
+                if status != 200:
+                    raise RuntimeError(f"GET /_local/invocations: {status} {page}")
+                if page["missed"]:
+                    raise RuntimeError(f"the invocation log dropped {page['missed']} entries before they were read")
+                with self.changed:
+                    for entry in page["invocations"]:
+                        self._index(entry)
+                    self.after = page["next"]
+                    self.changed.notify_all()
+        except Exception as error:  # noqa: BLE001 - reported to every waiting probe
+            self.error = error
+            with self.changed:
+                self.changed.notify_all()
+
+    def _index(self, entry: dict) -> None:
+        self.entries.append(entry)
+        if entry.get("http"):
+            self.by_request[entry["http"]["request_id"]] = entry
+        for record in entry.get("records", []):
+            for value in record["keys"].values():
+                self.by_key[(entry["function"], value)].append((entry, record))
+
+    def wait(self, find, timeout: float = TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while (found := find()) is None:
+                if self.error:
+                    raise RuntimeError("following the invocation log failed") from self.error
+                if not self.changed.wait(deadline - time.monotonic()):
+                    raise TimeoutError("the invocation log never showed it")
+            return found
+
+    def carried(self, function: str, key_value: str) -> tuple[dict, dict] | None:
+        """The first successful invocation of `function` carrying a record with this key value, and the record."""
+        return next(((e, r) for e, r in self.by_key.get((function, key_value), []) if not e["error"]), None)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+
+
+def _percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
+def _read_until(cloud: RunningCloud, path: str, shows) -> Read:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        sent = time.time()
+        status, headers, body = cloud.call("GET", path, auth=TOKEN)
+        if status == 200 and shows(body):
+            return Read(sent, time.time(), headers["apigw-requestid"])
+        time.sleep(READ_RETRY)
+    raise TimeoutError(f"{path} never showed the change")
+
+
+def _probe(cloud: RunningCloud, log: LogFollower, probe: Probe) -> Probe:
+    from engage.profiles_store import profile_pk
+
+    base = f"/v1/spaces/{SPACE}/collections/users/profiles/user_id:{probe.user}"
+    probe.posted = time.time()
+    status, headers, body = cloud.call("POST", "/v1/track", {"userId": probe.user, "event": "Latency Probe",
+                                                             "messageId": probe.message_id}, auth=WRITE)
+    assert status == 200, body
+    probe.api_request_id = headers["apigw-requestid"]
+    log.wait(lambda: log.carried(PROCESSOR, probe.message_id))
+    probe.profile_read = _read_until(cloud, base + "/events",
+                                     lambda b: any(e.get("message_id") == probe.message_id for e in b["data"]))
+    status, _, body = cloud.call("GET", base + "/metadata?verbose=true", auth=TOKEN)
+    assert status == 200, body
+    probe.profile_id = body["metadata"]["profile_id"]
+    log.wait(lambda: log.carried(EVALUATOR, profile_pk(SPACE, probe.profile_id)))
+    probe.member_read = _read_until(cloud, base + "/traits?class=audience",
+                                    lambda b: b["traits"].get(AUDIENCE) is True)
+    return probe
+
+
+@dataclass
+class Split:
+    """One probe's time, segment by segment (seconds); each path's segments add up to its total."""
+
+    profile: dict[str, float] = field(default_factory=dict)
+    audience: dict[str, float] = field(default_factory=dict)
+
+
+PARTS = {  # name -> whose time it is
+    "HTTP API": "local cloud", "runtime": "local cloud", "pickup": "local cloud",
+    "window": "template (AWS the same)", "ingest handler": "our code", "profile_processor handler": "our code",
+    "audience_evaluator handler": "our code", "Profile API handler": "our code", "noticing": "bench",
+}
+LOCAL = ("HTTP API", "runtime", "pickup")
+
+
+def split(probe: Probe, log: LogFollower) -> Split:
+    """Cut the probe's time at every step the log and the bench saw (see the module doc)."""
+    from engage.profiles_store import profile_pk
+
+    ingest = log.by_request[probe.api_request_id]
+    processor, event_record = log.carried(PROCESSOR, probe.message_id)
+    evaluator, profile_record = log.carried(EVALUATOR, profile_pk(SPACE, probe.profile_id))
+    assert ingest["function"] == INGEST and not ingest["error"], ingest
+
+    def runtime(entry: dict) -> float:  # lock wait, sandbox setup and teardown
+        return entry["handler_started"] - entry["queued"] + entry["ended"] - entry["handler_ended"]
+
+    def handler(entry: dict) -> float:
+        return entry["handler_ended"] - entry["handler_started"]
+
+    def read_back(path: dict[str, float], writer: dict, read: Read) -> None:
+        get = log.by_request[read.request_id]
+        path["noticing"] = read.sent - writer["ended"]  # the log showing the write, and any earlier read
+        path["HTTP API"] += get["queued"] - read.sent + read.seen - get["ended"]
+        path["runtime"] += runtime(get)
+        path["Profile API handler"] = handler(get)
+
+    common = {
+        "HTTP API": ingest["queued"] - probe.posted,
+        "runtime": ingest["handler_started"] - ingest["queued"] + runtime(processor),
+        "ingest handler": event_record["created"] - ingest["handler_started"],
+        "pickup": event_record["read"] - event_record["created"],
+        "window": processor["queued"] - event_record["read"],
+    }
+    profile = {**common, "profile_processor handler": handler(processor)}
+    read_back(profile, processor, probe.profile_read)
+    audience = {**common,
+                "profile_processor handler": profile_record["created"] - processor["handler_started"],
+                "audience_evaluator handler": handler(evaluator)}
+    # On this path the processor's end is not on the way: its teardown, like the rest of its handler,
+    # overlaps the profile record's pickup and window.
+    audience["runtime"] -= processor["ended"] - processor["handler_ended"]
+    audience["runtime"] += runtime(evaluator)
+    audience["pickup"] += profile_record["read"] - profile_record["created"]
+    audience["window"] += evaluator["queued"] - profile_record["read"]
+    read_back(audience, evaluator, probe.member_read)
+    for path, read in ((profile, probe.profile_read), (audience, probe.member_read)):
+        assert abs(sum(path.values()) - (read.seen - probe.posted)) < 1e-6, (probe, path)  # the segments telescope
+    return Split(profile, audience)
+
+
 def run(context) -> list[Figure]:
-    probes = 200 if context.full else 50
     cloud = start_cloud()
+    log = None
     try:
-        status, _, body = cloud.call("POST", "/v1/audiences", {"key": "latency_probe", "name": "Latency probe",
+        status, _, body = cloud.call("POST", "/v1/audiences", {"key": AUDIENCE, "name": "Latency probe",
                                                                "condition": {"event": "Latency Probe"}}, auth=TOKEN)
         assert status == 201, body
+        status, _, page = cloud.call("GET", "/_local/invocations")
+        assert status == 200, page
+        log = LogFollower(cloud, page["next"])
+        log.start()
+        _probe(cloud, log, Probe(-1, "probe-warmup", "latency-probe-warmup"))  # every function warm, not measured
         cloud.settle()
-        to_profile, to_audience = [], []
-        for i in range(probes):
-            user = f"probe-{i}"
-            base = f"/v1/spaces/local/collections/users/profiles/user_id:{user}"
-            started = time.perf_counter()
-            status, _, body = cloud.call("POST", "/v1/track", {"userId": user, "event": "Latency Probe"}, auth=WRITE)
-            assert status == 200, body
-            seen = _wait(lambda base=base: (r := cloud.call("GET", base + "/events", auth=TOKEN))[0] == 200
-                         and len(r[2]["data"]) == 1)
-            member = _wait(lambda base=base: (r := cloud.call("GET", base + "/traits?class=audience",
-                                                              auth=TOKEN))[0] == 200
-                           and r[2]["traits"].get("latency_probe") is True)
-            to_profile.append((seen - started) * 1000)
-            to_audience.append((member - started) * 1000)
+        probes = [Probe(i, f"probe-{i}", f"latency-probe-{i}") for i in range(PROBES)]
+        started = time.monotonic()
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="probe") as pool:
+            futures = []
+            for probe in probes:
+                time.sleep(max(0.0, started + probe.index / RATE - time.monotonic()))
+                futures.append(pool.submit(_probe, cloud, log, probe))
+            done = [future.result() for future in futures]
+        wall = time.monotonic() - started
     finally:
+        if log is not None:
+            log.stop()
         stop_cloud(cloud)
-    method = f"{probes} sequential probes, new user each, Profile API polled every 5 ms"
-    return [
-        Figure("Local cloud latency", "track -> profile updated, p50", _percentile(to_profile, 50), "ms", method),
-        Figure("Local cloud latency", "track -> profile updated, p95", _percentile(to_profile, 95), "ms", method),
-        Figure("Local cloud latency", "track -> audience membership visible, p50", _percentile(to_audience, 50),
-               "ms", method),
-        Figure("Local cloud latency", "track -> audience membership visible, p95", _percentile(to_audience, 95),
-               "ms", method),
-    ]
+    splits = [split(p, log) for p in done]
+    first = min(p.posted for p in done)
+    window_entries = [e for e in log.entries if e["queued"] >= first]
+    busy = sum(e["ended"] - e["started"] for e in window_entries) / max(
+        max(e["ended"] for e in window_entries) - first, 1e-9)
+    context.extra.append(("Local cloud latency: where the time goes", _breakdown(splits, window_entries, busy)))
+    return _figures(done, splits, wall, busy)
+
+
+def _ms(values) -> list[float]:
+    return [v * 1000 for v in values]
+
+
+def _figures(probes: list[Probe], splits: list[Split], wall: float, busy: float) -> list[Figure]:
+    run_text = (f"{len(probes)} probes (new user each) started at {RATE:g}/s over {wall:.0f} s, runtime busy "
+                f"{busy:.0%}; each from its own POST start")
+    series = {
+        "track -> profile updated": (_ms(p.profile_read.seen - p.posted for p in probes),
+                                     f"{run_text} to the end of the first Profile API /events read listing it"),
+        "track -> audience membership visible": (_ms(p.member_read.seen - p.posted for p in probes),
+                                                 (f"{run_text} to the end of the first /traits?class=audience "
+                                                  "read showing it")),
+        "local cloud's own overhead, track -> profile updated": (
+            _ms(sum(s.profile[k] for k in LOCAL) for s in splits),
+            ("HTTP API + runtime lock waits and sandboxes + stream pickup, per probe from the local cloud's "
+             "invocation log (GET /_local/invocations); not our handlers, the batching window or the bench")),
+        "local cloud's own overhead, track -> audience membership": (
+            _ms(sum(s.audience[k] for k in LOCAL) for s in splits),
+            "the same over ingest, profile_processor, audience_evaluator, both streams and the read"),
+    }
+    parts = {  # figure name -> (part, method)
+        "HTTP API: POST in, Profile API read in and out": (
+            "HTTP API", "local cloud: loopback, server thread, payload 2.0 event, response"),
+        "runtime: lock waits + sandboxes of the 4 invocations": (
+            "runtime", ("local cloud: invocations run one at a time in one process (the function's environment "
+                        "is set for each); on AWS they run apart")),
+        "stream pickup, 2 streams": (
+            "pickup", ("local cloud: record written (ApproximateCreationDateTime) -> read by its poller (a write "
+                       "wakes it); Lambda polls a shard 4 times a second (<= 250 ms)")),
+        "batching windows, 2 streams": (
+            "window", ("template: MaximumBatchingWindowInSeconds 1 per stream, record read -> batch handed "
+                       "over; AWS waits the same")),
+        "ingest handler, until its event is in the stream": (
+            "ingest handler", "our code (its AWS calls are answered by moto, ~10 ms each)"),
+        "profile_processor handler, until the profile is in the stream": (
+            "profile_processor handler", "our code: the batch up to this profile's write"),
+        "audience_evaluator handler": ("audience_evaluator handler", "our code: the whole batch"),
+        "Profile API handler (the read)": ("Profile API handler", "our code: the /traits read that showed it"),
+        "noticing the write (bench)": (
+            "noticing", ("evaluator's end -> the read started: the bench follows the invocation log (long poll) "
+                         "and reads once it shows the write")),
+    }
+    for name, (part, method) in parts.items():
+        series[f"part of track -> audience: {name}"] = (_ms(s.audience[part] for s in splits), method)
+    return [Figure(SECTION, f"{name}, p{q}", _percentile(values, q), "ms", method)
+            for name, (values, method) in series.items() for q in (50, 95)]
+
+
+def _breakdown(splits: list[Split], entries: list[dict], busy: float) -> list[str]:
+    def stats(values: list[float]) -> str:
+        return f"{_percentile(values, 50):,.0f} | {_percentile(values, 95):,.0f} | {statistics.fmean(values):,.0f}"
+
+    lines = ["Per probe, in ms. The means of the parts add up to the mean total (the segments telescope);",
+             "percentiles do not add. Method: bench/scenarios/local_latency.py and docs/benchmarks.md.", "",
+             "| part | whose | to profile: p50 | p95 | mean | to audience: p50 | p95 | mean |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for part, whose in PARTS.items():
+        profile = stats(_ms(s.profile[part] for s in splits)) if part in splits[0].profile else " |  | "
+        audience = stats(_ms(s.audience[part] for s in splits))
+        lines.append(f"| {part} | {whose} | {profile} | {audience} |")
+    lines.append(f"| **total** |  | {stats(_ms(sum(s.profile.values()) for s in splits))} | "
+                 f"{stats(_ms(sum(s.audience.values()) for s in splits))} |")
+    lines += ["", f"Invocations while the probes ran (runtime busy {busy:.0%} of the time: one invocation at a time):",
+              "", ("| function | invocations | records per batch | handler ms p50 | p95 | AWS calls each | "
+                   "share of handler time in AWS calls (moto) |"),
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    by_function: dict[str, list[dict]] = defaultdict(list)
+    for entry in entries:
+        if entry["handler_started"] is not None:
+            by_function[entry["function"]].append(entry)
+    for function, group in sorted(by_function.items()):
+        handler = [(e["handler_ended"] - e["handler_started"]) * 1000 for e in group]
+        records = [len(e["records"]) for e in group if "records" in e]
+        aws = sum(e["aws_seconds"] or 0 for e in group) * 1000
+        lines.append(f"| {function} | {len(group)} | {statistics.fmean(records) if records else 0:.1f} | "
+                     f"{_percentile(handler, 50):,.0f} | {_percentile(handler, 95):,.0f} | "
+                     f"{statistics.fmean(e['aws_calls'] or 0 for e in group):.1f} | "
+                     f"{aws / max(sum(handler), 1e-9):.0%} |")
+    return lines

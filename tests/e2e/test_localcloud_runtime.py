@@ -249,3 +249,34 @@ def test_ttl_expires_items_against_the_virtual_clock(mini_cloud, names):
     # Then DynamoDB TTL removed only the expired one
     assert "Item" not in table.get_item(Key={"pk": "ttl-soon"})
     assert "Item" in table.get_item(Key={"pk": "ttl-later"})
+
+
+def test_invocation_log_shows_each_invocation_its_steps_and_what_it_carried(mini_cloud, names):
+    # Given the log's current end
+    status, _, page = mini_cloud.call("GET", "/_local/invocations")
+    assert status == 200 and page["missed"] == 0
+    # When an HTTP route is called and an item written to a table whose stream feeds a function
+    status, headers, _ = mini_cloud.call("POST", "/echo", {"hello": "log"})
+    assert status == 200
+    mini_cloud.resource("dynamodb").Table(names["ItemsTable"]).put_item(Item={"pk": "logged-1"})
+    mini_cloud.settle()
+    status, _, page = mini_cloud.call("GET", f"/_local/invocations?after={page['next']}&wait=1")
+    assert status == 200 and page["missed"] == 0
+    entries = page["invocations"]
+    # Then the HTTP invocation is there under API Gateway's request id, its steps in time order
+    http = next(e for e in entries if (e.get("http") or {}).get("request_id") == headers["apigw-requestid"])
+    assert http["function"] == "EchoFunction" and http["trigger"] == "http" and http["error"] is None
+    assert http["http"]["route"] == "POST /echo"
+    assert http["http"]["received"] <= http["queued"] <= http["started"] <= http["handler_started"] \
+        <= http["handler_ended"] <= http["ended"]
+    # And the stream invocation carried the item's record: written, then read by the poller, then handed over
+    stream, record = next((e, r) for e in entries for r in e.get("records", []) if r["keys"] == {"pk": "logged-1"})
+    assert stream["function"] == "RecorderFunction" and stream["trigger"] == "stream"
+    assert names["ItemsTable"] in record["source"]
+    assert record["created"] <= record["read"] <= stream["queued"] <= stream["handler_started"]
+    # And the AWS calls the handler made are counted (a batch log item and the applied item)
+    assert stream["aws_calls"] >= 2 and stream["aws_seconds"] > 0
+    assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
+    # And a bad query is refused, naming the parameters
+    status, _, body = mini_cloud.call("GET", "/_local/invocations?after=soon")
+    assert status == 400 and "after" in body["error"]["message"]

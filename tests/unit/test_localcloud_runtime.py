@@ -1,10 +1,16 @@
-"""The in-process Lambda runtime on its own: module isolation, environment, errors, code reload."""
+"""The in-process Lambda runtime on its own: module isolation, environment, errors, code reload, invocation log."""
 from __future__ import annotations
 
 import os
 import textwrap
 
-from localcloud.runtime import FunctionSpec, Runtime
+import boto3
+import botocore.client
+import pytest
+from moto import mock_aws
+
+from localcloud import runtime as runtime_module
+from localcloud.runtime import FunctionSpec, InvocationLog, Runtime
 
 
 def function(tmp_path, name: str, files: dict[str, str], env: dict[str, str] | None = None) -> FunctionSpec:
@@ -71,3 +77,80 @@ def test_edited_code_is_loaded_again_on_the_next_call(tmp_path):
     os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     # Then the next call runs the new code
     assert runtime.invoke(spec.name, {}).payload == 2
+
+
+def test_invocation_log_keeps_each_invocations_steps_and_what_it_carried(tmp_path):
+    # Given a function that fails on demand
+    runtime = Runtime({})
+    runtime.add(function(tmp_path, "log", {"app.py": """
+        def handler(event, context):
+            if event.get("fail"):
+                raise ValueError("asked to")
+            return {"statusCode": 200}
+        """}))
+    http = {"version": "2.0", "routeKey": "POST /v1/track", "requestContext": {"requestId": "REQ1"}}
+    stream = {"Records": [{"eventID": "e1", "eventSource": "aws:dynamodb", "eventSourceARN": "arn:stream",
+                           "dynamodb": {"Keys": {"pk": {"S": "space|u:1"}, "n": {"N": "7"}},
+                                        "ApproximateCreationDateTime": 1_700_000_000.5}}]}
+    # When it is invoked by the HTTP API, by a stream poller and directly (failing)
+    runtime.invoke("stack-log-X", http, origin={"received": 1_700_000_001.0})
+    runtime.invoke("stack-log-X", stream, origin={"read": [1_700_000_000.75]})
+    runtime.invoke("stack-log-X", {"fail": True})
+    # Then the log holds the three in order, each with its steps in time order
+    page = runtime.log.after(0)
+    entries = page["invocations"]
+    assert [e["seq"] for e in entries] == [1, 2, 3] and page["next"] == 3 and page["missed"] == 0
+    for entry in entries:
+        assert entry["function"] == "log" and entry["request_id"]
+        assert entry["queued"] <= entry["started"] <= entry["handler_started"] <= entry["handler_ended"] \
+            <= entry["ended"]
+        assert entry["aws_calls"] is None  # AWS calls are only counted once time_aws_calls() is installed
+    # And what each carried
+    assert entries[0]["trigger"] == "http"
+    assert entries[0]["http"] == {"route": "POST /v1/track", "request_id": "REQ1", "received": 1_700_000_001.0}
+    assert entries[1]["trigger"] == "stream"
+    assert entries[1]["records"] == [{"source": "arn:stream", "id": "e1", "keys": {"pk": "space|u:1", "n": "7"},
+                                      "created": 1_700_000_000.5, "read": 1_700_000_000.75}]
+    assert (entries[2]["trigger"], entries[2]["error"]) == ("direct", "ValueError")
+    assert entries[0]["error"] is None
+
+
+def test_invocation_log_pages_and_says_what_it_dropped():
+    # Given a log that keeps three entries, after five invocations
+    log = InvocationLog(limit=3)
+    for n in range(5):
+        log.append({"n": n})
+    # Then a reader from the start learns that two were dropped
+    page = log.after(0)
+    assert [e["seq"] for e in page["invocations"]] == [3, 4, 5] and page["missed"] == 2 and page["next"] == 5
+    # And pages continue where the last one ended
+    assert [e["seq"] for e in log.after(3, limit=1)["invocations"]] == [4]
+    assert log.after(5) == {"invocations": [], "next": 5, "missed": 0}
+    assert log.after(5, wait=0.01)["invocations"] == []
+    for bad in ({"seq": -1}, {"seq": 0, "limit": 0}, {"seq": 0, "wait": 60}):
+        with pytest.raises(ValueError, match="after >= 0"):
+            log.after(**bad)
+
+
+def test_aws_calls_of_an_invocation_are_counted_and_timed(tmp_path, monkeypatch):
+    # Given AWS call timing installed (undone after the test) and a handler making two AWS calls
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", botocore.client.BaseClient._make_api_call)
+    monkeypatch.setattr(runtime_module, "_aws_timed", False)
+    runtime_module.time_aws_calls()
+    runtime = Runtime({"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing"})
+    runtime.add(function(tmp_path, "calls", {"app.py": """
+        import boto3
+        def handler(event, context):
+            client = boto3.client("sts", region_name="us-east-1")
+            return [client.get_caller_identity()["Account"] for _ in range(2)]
+        """}))
+    with mock_aws():
+        # When it runs, and a call is made outside any invocation
+        result = runtime.invoke("stack-calls-X", {})
+        boto3.client("sts", region_name="us-east-1").get_caller_identity()
+    # Then its log entry counts its two calls and the time they took; the outside call is nobody's
+    assert result.ok, result.error
+    entry = runtime.log.after(0)["invocations"][0]
+    assert entry["aws_calls"] == 2
+    assert 0 < entry["aws_seconds"] <= entry["handler_ended"] - entry["handler_started"]
