@@ -1,22 +1,19 @@
-"""MembershipsTable stream -> Audience Entered / Exited on the bus (exactly once per change)."""
+"""MembershipsTable stream -> Audience Entered / Exited on the bus (once per change; batched PutEvents)."""
 from __future__ import annotations
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, event_source
 
 from engage.audiences import router
 from engage.observability import logger, metrics, tracer
-
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
-
-
-def record_handler(record: DynamoDBRecord):
-    return router.route(record.dynamodb.old_image, record.dynamodb.new_image)
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event, context):
-    router.register_context(context)
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+@event_source(data_class=DynamoDBStreamEvent)
+def lambda_handler(event: DynamoDBStreamEvent, context) -> PartialItemFailureResponse:
+    records = [router.StreamRecord(r.dynamodb.sequence_number, r.dynamodb.old_image, r.dynamodb.new_image)
+               for r in event.records]
+    failed = router.route_batch(records)
+    return {"batchItemFailures": [{"itemIdentifier": sequence_number} for sequence_number in failed]}
