@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "engage" / "python"
 FUNCTIONS = sorted(path.parent.name for path in (ROOT / "functions").glob("*/app.py"))
-# X-Ray's patch_all imports every library it can instrument; Engage only calls AWS (botocore).
-UNUSED_BY_ANY_HANDLER = ("requests", "sqlite3", "aws_xray_sdk.ext.requests", "aws_xray_sdk.ext.httplib")
+# X-Ray's patch_all imports every library it can instrument; Engage only calls AWS (botocore, pynamodb).
+UNUSED_BY_ANY_HANDLER = ("requests", "sqlite3", "aws_xray_sdk.ext.requests", "aws_xray_sdk.ext.sqlite3")
 
 
 def imported_by(code_dir: Path, statement: str) -> set[str]:
@@ -35,8 +35,8 @@ def imported_by(code_dir: Path, statement: str) -> set[str]:
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_handler_traces_aws_calls_without_importing_unused_libraries(function):
     modules = imported_by(ROOT / "functions" / function, "import app")
-    # Tracing is on (Lambda's environment) and botocore is instrumented ...
-    assert "aws_xray_sdk.ext.botocore.patch" in modules
+    # Tracing is on (Lambda's environment) and AWS calls are instrumented ...
+    assert {"aws_xray_sdk.ext.botocore.patch", "aws_xray_sdk.ext.pynamodb.patch"} <= modules
     # ... but nothing else X-Ray could patch is imported for it.
     assert not modules.intersection(UNUSED_BY_ANY_HANDLER)
 
