@@ -95,20 +95,25 @@ class LogFollower(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                status, _, page = self.cloud.call("GET", f"/_local/invocations?after={self.after}&wait=1")
-                if status != 200:
-                    raise RuntimeError(f"GET /_local/invocations: {status} {page}")
-                if page["missed"]:
-                    raise RuntimeError(f"the invocation log dropped {page['missed']} entries before they were read")
-                with self.changed:
-                    for entry in page["invocations"]:
-                        self._index(entry)
-                    self.after = page["next"]
-                    self.changed.notify_all()
+                self.fetch(wait=1)
         except Exception as error:  # noqa: BLE001 - reported to every waiting probe
             self.error = error
             with self.changed:
                 self.changed.notify_all()
+
+    def fetch(self, wait: float) -> int:
+        """Index the next page of the log; the number of new entries."""
+        status, _, page = self.cloud.call("GET", f"/_local/invocations?after={self.after}&wait={wait}")
+        if status != 200:
+            raise RuntimeError(f"GET /_local/invocations: {status} {page}")
+        if page["missed"]:
+            raise RuntimeError(f"the invocation log dropped {page['missed']} entries before they were read")
+        with self.changed:
+            for entry in page["invocations"]:
+                self._index(entry)
+            self.after = page["next"]
+            self.changed.notify_all()
+        return len(page["invocations"])
 
     def _index(self, entry: dict) -> None:
         self.entries.append(entry)
@@ -133,8 +138,11 @@ class LogFollower(threading.Thread):
         return next(((e, r) for e, r in self.by_key.get((function, key_value), []) if not e["error"]), None)
 
     def stop(self) -> None:
+        """Stop following, then read what the log got since the last page (the probes' last reads)."""
         self.stopping.set()
         self.join(timeout=5)
+        while self.fetch(wait=0):
+            pass
 
 
 def _percentile(values: list[float], q: int) -> float:
@@ -257,9 +265,10 @@ def run(context) -> list[Figure]:
                 futures.append(pool.submit(_probe, cloud, log, probe))
             done = [future.result() for future in futures]
         wall = time.monotonic() - started
+        log.stop()
     finally:
         if log is not None:
-            log.stop()
+            log.stopping.set()  # on failure: the follower is a daemon thread, it ends with its next page
         stop_cloud(cloud)
     splits = [split(p, log) for p in done]
     first = min(p.posted for p in done)
