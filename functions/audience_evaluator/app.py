@@ -1,6 +1,8 @@
 """ProfilesTable stream -> audience memberships (only the audiences whose inputs changed)."""
 from __future__ import annotations
 
+from functools import partial
+
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
@@ -10,12 +12,20 @@ from engage.observability import logger, metrics, tracer
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
-def record_handler(record: DynamoDBRecord) -> int:
-    return len(runtime.on_profile_change(record.dynamodb.old_image, record.dynamodb.new_image))
+def record_handler(record: DynamoDBRecord, backlog: runtime.AccountBacklog) -> int:
+    return len(runtime.on_profile_change(record.dynamodb.old_image, record.dynamodb.new_image,
+                                         backlog=backlog, owner=record.dynamodb.sequence_number))
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event, context):
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    backlog = runtime.AccountBacklog()  # accounts owed by this batch's users: each evaluated once
+    response = process_partial_response(event=event, record_handler=partial(record_handler, backlog=backlog),
+                                        processor=processor, context=context)
+    _, failed = backlog.flush()
+    reported = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+    response.setdefault("batchItemFailures", []).extend(
+        {"itemIdentifier": owner} for owner in sorted(failed - reported))
+    return response

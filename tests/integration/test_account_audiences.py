@@ -206,3 +206,48 @@ def test_a_manual_edit_of_a_users_audience_moves_accounts_that_read_it(calls):
     assert members_of("has_vip") == {omega}
     assert call_api("POST", "/v1/audiences/vips/members", {"remove": ["user_id:max"]})[0] == 200
     assert members_of("has_vip") == set()
+
+
+def test_a_batch_of_logins_in_one_account_loads_its_users_once(calls, monkeypatch):
+    assert call_api("POST", "/v1/audiences", ACTIVE)[0] == 201
+    for name in ("nia", "oz", "pia"):
+        calls.track({"userId": name, "groupId": "busy_co"}, "group")
+    busy = account("busy_co")
+    loads = []
+    original = accounts.load
+    monkeypatch.setattr(accounts, "load", lambda *a, **kw: loads.append(a[1]) or original(*a, **kw))
+    # When three of its users log in within one stream batch
+    calls.track({"batch": [{"type": "track", "userId": name, "event": "Login"} for name in ("nia", "oz", "pia")]},
+                "batch")
+    # Then the account entered once, from one load of its users
+    assert members_of("active_accounts") == {busy}
+    assert loads == [busy]
+
+
+def test_a_failed_account_evaluation_fails_the_records_that_asked_for_it(calls, monkeypatch):
+    assert call_api("POST", "/v1/audiences", ACTIVE)[0] == 201
+    calls.track({"userId": "quinn", "groupId": "flaky_co"}, "group")
+    flaky = account("flaky_co")
+    seen = len(stream_records_of(calls.aws, "ProfilesTable"))
+    # Given the account's users cannot be read for now (a throttled table, say)
+    original = accounts.load
+
+    def unavailable(space_id, account_id, *args, **kwargs):
+        if account_id == flaky:
+            raise RuntimeError("ProfilesTable unavailable")
+        return original(space_id, account_id, *args, **kwargs)
+
+    monkeypatch.setattr(accounts, "load", unavailable)
+    # When quinn logs in (ingest -> profile processor; the evaluator gets the record below)
+    calls.stages = calls.stages[:1]
+    calls.track({"userId": "quinn", "event": "Login"})
+    fresh = stream_records_of(calls.aws, "ProfilesTable")[seen:]
+    assert len(fresh) == 1
+    result = handler("audience_evaluator")({"Records": fresh}, LambdaContext())
+    # Then its record is reported for redelivery, and nothing was decided
+    assert result == {"batchItemFailures": [{"itemIdentifier": fresh[0]["dynamodb"]["SequenceNumber"]}]}
+    assert members_of("active_accounts") == set()
+    # And once the table answers, the redelivered record moves the account in
+    monkeypatch.setattr(accounts, "load", original)
+    assert handler("audience_evaluator")({"Records": fresh}, LambdaContext()) == {"batchItemFailures": []}
+    assert members_of("active_accounts") == {flaky}

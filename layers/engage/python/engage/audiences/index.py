@@ -201,6 +201,11 @@ class AudienceIndex:
                 hits |= source.get(name, set())
         return self._with_dependents(hits, "accounts")
 
+    def ordered(self, keys: Iterable[str]) -> list[AudienceDefinition]:
+        """The definitions of `keys` (unknown keys dropped) in evaluation order."""
+        return sorted((self.definitions[k] for k in set(keys) if k in self.definitions),
+                      key=lambda d: self._position[d.key])
+
     def reading_users(self) -> list[AudienceDefinition]:
         """Every account audience whose answer reads the account's users (and its dependents):
         what a user joining or leaving an account can change."""

@@ -211,8 +211,13 @@ def leave_all(space_id: str, image: dict) -> list[membership.Change]:
     return changes
 
 
-def on_profile_change(old: dict | None, new: dict | None, now: datetime | None = None) -> list[membership.Change]:
-    """One ProfilesTable stream record (plain images) -> the membership changes it causes."""
+def on_profile_change(old: dict | None, new: dict | None, now: datetime | None = None, *,
+                      backlog: AccountBacklog | None = None, owner: str | None = None) -> list[membership.Change]:
+    """One ProfilesTable stream record (plain images) -> the membership changes it causes.
+
+    With a `backlog` (a stream batch), the user's accounts are not re-evaluated here but owed to
+    the backlog on behalf of `owner` (the record's id), so each account is evaluated once per batch.
+    """
     now = now or clock.now()
     image = new or old
     if not image or "space_id" not in image:
@@ -223,8 +228,8 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
             return []  # was already merged: its exits were written then
         changes = leave_all(space_id, image)
         if image.get("collection", USERS) == USERS:  # its accounts lost a user
-            changes += reevaluate_accounts(space_id, image["profile_id"],
-                                           account_audiences_for(engine(space_id).index, image, None), now)
+            owed = account_audiences_for(engine(space_id).index, image, None)
+            changes += _accounts_now_or_later(space_id, image["profile_id"], owed, now, backlog, owner)
         return changes
     entity = new.get("collection", USERS)
     eng = engine(space_id)
@@ -238,9 +243,65 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
     changes = evaluate_profile(space_id, new, affected, now)[0] if affected else []
     if entity == USERS:
         own = {c.audience_key for c in changes if c.profile_id == new["profile_id"]}
-        changes += reevaluate_accounts(space_id, new["profile_id"],
-                                       account_audiences_for(eng.index, before, new, own), now)
+        owed = account_audiences_for(eng.index, before, new, own)
+        changes += _accounts_now_or_later(space_id, new["profile_id"], owed, now, backlog, owner)
     return changes
+
+
+def _accounts_now_or_later(space_id: str, user_id: str, affected: list[AudienceDefinition], now: datetime,
+                           backlog: AccountBacklog | None, owner: str | None) -> list[membership.Change]:
+    if backlog is None:
+        return reevaluate_accounts(space_id, user_id, affected, now)
+    backlog.add(space_id, user_id, affected, owner)
+    return []
+
+
+@dataclass
+class AccountBacklog:
+    """The account re-evaluations one stream batch owes, coalesced: each user's accounts are looked
+    up once and each account is evaluated once, for every audience its users' changes asked for
+    (a burst of logins in one account costs one load of its users, not one per login).
+
+    `flush` returns the ids of the records whose account work failed: reported as batch item
+    failures, the stream redelivers them and the work is redone (it decides from fresh reads).
+    """
+
+    wanted: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (space, user) -> audience keys
+    owners: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (space, user) -> record ids
+
+    def add(self, space_id: str, user_id: str, affected: list[AudienceDefinition], owner: str | None) -> None:
+        if not affected:
+            return
+        self.wanted.setdefault((space_id, user_id), set()).update(d.key for d in affected)
+        if owner is not None:
+            self.owners.setdefault((space_id, user_id), set()).add(owner)
+
+    def flush(self, now: datetime | None = None) -> tuple[list[membership.Change], set[str]]:
+        now = now or clock.now()
+        failed: set[str] = set()
+        per_account: dict[tuple[str, str], set[str]] = {}
+        account_owners: dict[tuple[str, str], set[str]] = {}
+        for (space_id, user_id), keys in self.wanted.items():
+            owners = self.owners.get((space_id, user_id), set())
+            try:
+                account_ids = accounts.of_user(space_id, user_id)
+            except Exception:  # noqa: BLE001 - the records that asked are retried
+                logger.exception("could not read a user's accounts", extra={"space": space_id, "profile_id": user_id})
+                failed |= owners
+                continue
+            for account_id in account_ids:
+                per_account.setdefault((space_id, account_id), set()).update(keys)
+                account_owners.setdefault((space_id, account_id), set()).update(owners)
+        changes: list[membership.Change] = []
+        for (space_id, account_id), keys in per_account.items():
+            try:
+                changes += _evaluate_account(space_id, account_id, engine(space_id).index.ordered(keys), now)
+            except Exception:  # noqa: BLE001 - one account must not stop the others; its records are retried
+                logger.exception("account re-evaluation failed", extra={"space": space_id, "profile_id": account_id})
+                failed |= account_owners[(space_id, account_id)]
+        self.wanted.clear()
+        self.owners.clear()
+        return changes, failed
 
 
 def reevaluate_accounts(space_id: str, user_id: str, affected: list[AudienceDefinition],
@@ -254,13 +315,22 @@ def reevaluate_accounts(space_id: str, user_id: str, affected: list[AudienceDefi
     if not affected:
         return []
     now = now or clock.now()
-    index = engine(space_id).index
     changes: list[membership.Change] = []
     for account_id in accounts.of_user(space_id, user_id):
-        users = accounts.load(space_id, account_id, index.user_audience_refs(affected), with_account=True)
-        if is_live(users.account) and users.account.get("collection") == ACCOUNTS:
-            changes += evaluate_profile(space_id, users.account, affected, now, users=users)[0]
+        changes += _evaluate_account(space_id, account_id, affected, now)
     return changes
+
+
+def _evaluate_account(space_id: str, account_id: str, affected: list[AudienceDefinition],
+                      now: datetime) -> list[membership.Change]:
+    """The account and its users read together (one Query, then BatchGetItem), then evaluated."""
+    if not affected:
+        return []
+    index = engine(space_id).index
+    users = accounts.load(space_id, account_id, index.user_audience_refs(affected), with_account=True)
+    if not is_live(users.account) or users.account.get("collection") != ACCOUNTS:
+        return []
+    return evaluate_profile(space_id, users.account, affected, now, users=users)[0]
 
 
 def after_user_memberships(space_id: str, image: dict, changed_audiences: set[str],
