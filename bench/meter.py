@@ -196,9 +196,14 @@ class _Meter:
             return read_units(item_size(result.get("Item")), params.get("ConsistentRead", False)), 0
         if operation == "BatchGetItem":
             total = 0.0
-            for table, items in result.get("Responses", {}).items():
-                consistent = params["RequestItems"][table].get("ConsistentRead", False)
+            for table, request in params["RequestItems"].items():
+                consistent = request.get("ConsistentRead", False)
+                items = result.get("Responses", {}).get(table, [])
+                unprocessed = len(result.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []))
                 total += sum(read_units(item_size(item), consistent) for item in items)
+                # A key with no item is billed as a read of the smallest unit all the same.
+                missing = len(request["Keys"]) - len(items) - unprocessed
+                total += missing * read_units(0, consistent)
             return total, 0
         if operation in ("Query", "Scan"):
             size = sum(item_size(item) for item in result.get("Items", []))

@@ -27,3 +27,16 @@ def test_requests_and_capacity_units_are_counted_per_block():
         assert usage.write_units == 2
         assert usage.read_units == 0.5
         assert usage.own_seconds <= usage.wall_seconds
+
+
+def test_batch_get_bills_keys_that_find_no_item():
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        client.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        with measure() as usage:
+            client.batch_get_item(RequestItems={"t": {"Keys": [{"pk": {"S": k}} for k in "abc"],
+                                                      "ConsistentRead": True}})
+        assert usage.read_units == 3  # one found, two missing: 1 RCU each, strongly consistent
