@@ -59,6 +59,7 @@ class Usage:
     requests: Counter = field(default_factory=Counter)  # (service, operation) -> n
     read_units: float = 0.0
     write_units: float = 0.0
+    bus_events: int = 0  # EventBridge bills each PutEvents entry (per 64 KB chunk), not each request
     aws_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -70,6 +71,7 @@ class Usage:
         self.requests.update(other.requests)
         self.read_units += other.read_units
         self.write_units += other.write_units
+        self.bus_events += other.bus_events
         self.aws_seconds += other.aws_seconds
         self.wall_seconds += other.wall_seconds
         return self
@@ -108,8 +110,10 @@ class _Meter:
                 raise
             finally:
                 elapsed = time.perf_counter() - started
+                entries = len(api_params.get("Entries", [])) if (service, operation_name) == ("events", "PutEvents") else 0
                 for usage in meter.open:
                     usage.requests[(service, operation_name)] += 1
+                    usage.bus_events += entries
                     usage.aws_seconds += elapsed
             if service == "dynamodb":
                 started = time.perf_counter()
