@@ -20,9 +20,15 @@ def test_settings_read_names_and_whole_numbers_from_the_environment(monkeypatch,
     assert settings.due_shards == 16  # unset: the default
 
 
-def test_a_setting_that_is_not_a_number_is_named(monkeypatch, fresh_settings):
-    monkeypatch.setenv("CREDENTIAL_CACHE_SECONDS", "soon")
-    with pytest.raises(ValueError, match="CREDENTIAL_CACHE_SECONDS must be a whole number, not 'soon'"):
+def test_a_whole_number_may_be_written_with_a_decimal_point(monkeypatch, fresh_settings):
+    monkeypatch.setenv("EVENT_RETENTION_DAYS", "400.0")
+    assert fresh_settings().event_retention_days == 400
+
+
+@pytest.mark.parametrize("value", ["soon", "2.5", ""])
+def test_a_setting_that_is_not_a_whole_number_is_named(monkeypatch, fresh_settings, value):
+    monkeypatch.setenv("CREDENTIAL_CACHE_SECONDS", value)
+    with pytest.raises(ValueError, match=f"CREDENTIAL_CACHE_SECONDS must be a whole number, not '{value}'"):
         fresh_settings()
 
 

@@ -8,6 +8,7 @@ strings and three integers do not justify building a validator on each cold star
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -51,11 +52,20 @@ def settings() -> Settings:
         if variable not in os.environ:
             continue
         raw = os.environ[variable]
-        if setting.type == "int":  # annotations are strings (from __future__ import annotations)
-            try:
-                values[setting.name] = int(raw)
-            except ValueError:
-                raise ValueError(f"environment variable {variable} must be a whole number, not {raw!r}") from None
-        else:
-            values[setting.name] = raw
+        # Annotations are strings here (from __future__ import annotations).
+        values[setting.name] = _whole_number(variable, raw) if setting.type == "int" else raw
     return Settings(**values)
+
+
+def _whole_number(variable: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        number = float(raw)  # "400.0" is a whole number too (CloudFormation Number parameters)
+    except ValueError:
+        number = math.nan
+    if not number.is_integer():
+        raise ValueError(f"environment variable {variable} must be a whole number, not {raw!r}")
+    return int(number)
