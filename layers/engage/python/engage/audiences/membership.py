@@ -1,8 +1,10 @@
 """Writing and reading audience memberships (MembershipsTable): the one place that changes them.
 
-Every writer (stream evaluator, sweeper, backfill, manual edits, CSV import) goes through
-`set_member`, which writes only when the stored `member` differs from the wanted one, with the
-item's version as the condition and the audience's size counter in the same transaction.
+Every writer (stream evaluator, sweeper, backfill, manual edits, CSV import) goes through `apply`
+(`set_member` is its one-audience form): it writes only the memberships whose stored `member`
+differs from the wanted one, each conditioned on the version read and counted in its audience's
+size counter, all of one profile's changes in one TransactWriteItems (DynamoDB takes 100 items
+per transaction: 50 changes, as each change is its membership item and a counter item).
 A replayed batch therefore finds nothing to change: no duplicate stream record, no double count,
 no duplicate `Audience Entered` downstream. Writers that hold the profile image pass its
 `identity_of` so the router can publish from the membership's stream image alone.
@@ -23,6 +25,10 @@ from engage.audiences import store
 from engage.db import key
 from engage.errors import ValidationFailed
 from engage.memberships_store import MembershipRecord
+
+TRANSACTION_ITEMS = 100  # DynamoDB's limit of items in one TransactWriteItems
+CHANGES_PER_TRANSACTION = TRANSACTION_ITEMS // 2  # each change: its membership item + a counter shard
+LOST_RACE = "ConditionalCheckFailed"  # the cancellation reason of an item whose version moved
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,12 @@ def current(space_id: str, profile_id: str) -> dict[str, MembershipRecord]:
     return {r.sk: r for r in MembershipRecord.query(key(space_id, profile_id), consistent_read=True)}
 
 
+def current_of(space_id: str, profile_id: str, audience_keys: Iterable[str]) -> dict[str, MembershipRecord]:
+    """The profile's membership items of `audience_keys` that exist (BatchGetItem, strongly consistent)."""
+    keys = [(key(space_id, profile_id), audience_key) for audience_key in dict.fromkeys(audience_keys)]
+    return {r.sk: r for r in MembershipRecord.batch_get(keys, consistent_read=True)} if keys else {}
+
+
 def flags(records: dict[str, MembershipRecord]) -> dict[str, bool]:
     return {audience_key: bool(r.member) for audience_key, r in records.items()}
 
@@ -64,47 +76,99 @@ def is_stale(existing: MembershipRecord | None, profile_version: int | None) -> 
     return int(existing.profile_version) > profile_version
 
 
+def _differs(existing: MembershipRecord | None, member: bool, profile_version: int | None) -> bool:
+    stored = bool(existing.member) if existing is not None else False
+    return stored != member and not is_stale(existing, profile_version)
+
+
+def apply(space_id: str, profile_id: str, decisions: Mapping[str, bool],
+          existing: Mapping[str, MembershipRecord | None], *, profile_version: int | None = None,
+          identity: Mapping[str, str | None] | None = None, attempts: int = 3) -> list[Change]:
+    """Make one profile's stored memberships equal `decisions` (audience key -> member); return the
+    changes written.
+
+    `existing` is what the caller read (audience key -> item; absent or None = no item). Only the
+    differences are written, together in one TransactWriteItems per 50: each membership item
+    conditioned on the version read, each audience's size counter moved by one in the same
+    transaction. On a lost race (another writer moved an item's version) the transaction is
+    cancelled whole; the items that lost are read again and only their decisions retaken, the
+    others are sent again as they were, so two concurrent writers cannot both count an entry.
+    `profile_version` is the version of the profile image the decisions came from: an older image
+    than the one a stored membership was decided from changes nothing (replayed stream records).
+    `identity` (`identity_of` the same image) is stored for the router; without it any stored
+    identity is dropped, so the router reads the profile's current ids instead of publishing stale ones.
+    """
+    known = {audience_key: record for audience_key, record in existing.items() if record is not None}
+    pending = [k for k, member in decisions.items() if _differs(known.get(k), member, profile_version)]
+    changes: list[Change] = []
+    for start in range(0, len(pending), CHANGES_PER_TRANSACTION):
+        chunk = pending[start:start + CHANGES_PER_TRANSACTION]
+        changes += _write(space_id, profile_id, chunk, decisions, known, profile_version, identity, attempts)
+    return changes
+
+
+def _write(space_id: str, profile_id: str, audience_keys: list[str], decisions: Mapping[str, bool],
+           known: dict[str, MembershipRecord], profile_version: int | None,
+           identity: Mapping[str, str | None] | None, attempts: int) -> list[Change]:
+    """One transaction of at most CHANGES_PER_TRANSACTION changes, retaken on lost races."""
+    for _ in range(attempts):
+        audience_keys = [k for k in audience_keys if _differs(known.get(k), decisions[k], profile_version)]
+        if not audience_keys:
+            return []
+        now = clock.iso()
+        records = [_next_record(space_id, profile_id, k, decisions[k], known.get(k), now, profile_version, identity)
+                   for k in audience_keys]
+        counters = store.size_moves(space_id, profile_id, {k: 1 if decisions[k] else -1 for k in audience_keys})
+        try:
+            with TransactWrite(connection=MembershipRecord._get_connection().connection) as transaction:
+                for record in records:  # puts go first in the request: reasons[i] is records[i]
+                    transaction.save(record)  # conditioned on the version read (VersionAttribute)
+                for counter, delta in counters:
+                    transaction.update(counter, actions=[type(counter).count.add(delta)])
+        except TransactWriteError as error:
+            reasons = (error.cancellation_reasons or [])[:len(records)]
+            lost = [k for k, reason in zip(audience_keys, reasons, strict=False)
+                    if reason is not None and reason.code == LOST_RACE]
+            if not lost:
+                raise
+            fresh = current_of(space_id, profile_id, lost)
+            known.update(fresh)
+            for audience_key in lost:
+                if audience_key not in fresh:
+                    known.pop(audience_key, None)
+            continue
+        return [Change(space_id, profile_id, r.audience_key, bool(r.member), int(r.version or 0)) for r in records]
+    raise RuntimeError(f"memberships {space_id}/{profile_id}/{','.join(audience_keys)} kept changing under us; "
+                       "retry")
+
+
+def _next_record(space_id: str, profile_id: str, audience_key: str, member: bool, stored: MembershipRecord | None,
+                 now: str, profile_version: int | None, identity: Mapping[str, str | None] | None
+                 ) -> MembershipRecord:
+    """The item to put: what was stored (or a new item), flipped to `member` (the caller's record is left as read)."""
+    record = MembershipRecord(
+        key(space_id, profile_id), audience_key, audience_pk=key(space_id, audience_key), space_id=space_id,
+        profile_id=profile_id, audience_key=audience_key, member=member, updated_at=now,
+        entered_at=stored.entered_at if stored is not None else None,
+        exited_at=stored.exited_at if stored is not None else None,
+        profile_version=profile_version,
+        identity={name: identity.get(name) for name in IDENTITY_FIELDS} if identity is not None else None)
+    if stored is not None and stored.version is not None:
+        record.version = stored.version  # the save's condition: unchanged since read (none = no item yet)
+    if member:
+        record.entered_at, record.exited_at = now, None
+    else:
+        record.exited_at = now
+    return record
+
+
 def set_member(space_id: str, profile_id: str, audience_key: str, member: bool,
                existing: MembershipRecord | None, *, profile_version: int | None = None,
                identity: Mapping[str, str | None] | None = None, attempts: int = 3) -> Change | None:
-    """Make the stored membership equal `member`; return the change written, or None if none was needed.
-
-    `existing` is what the caller read (None = no item). On a lost race the item is read again and
-    the decision retaken, so two concurrent writers cannot both count an entry. `profile_version`
-    is the version of the profile image the decision came from: an older image than the one the
-    stored membership was decided from changes nothing (replayed stream records). `identity`
-    (`identity_of` the same image) is stored for the router; without it any stored identity is
-    dropped, so the router reads the profile's current ids instead of publishing stale ones.
-    """
-    for _ in range(attempts):
-        stored = bool(existing.member) if existing is not None else False
-        if stored == member or is_stale(existing, profile_version):
-            return None
-        now = clock.iso()
-        record = existing if existing is not None else MembershipRecord(
-            key(space_id, profile_id), audience_key, audience_pk=key(space_id, audience_key),
-            space_id=space_id, profile_id=profile_id, audience_key=audience_key, member=False, updated_at=now)
-        record.member = member
-        record.updated_at = now
-        record.profile_version = profile_version
-        record.identity = {name: identity.get(name) for name in IDENTITY_FIELDS} if identity is not None else None
-        if member:
-            record.entered_at, record.exited_at = now, None
-        else:
-            record.exited_at = now
-        counter = store.size_shard(space_id, audience_key, profile_id)
-        try:
-            with TransactWrite(connection=MembershipRecord._get_connection().connection) as transaction:
-                transaction.save(record)  # conditioned on the version we read
-                transaction.update(counter, actions=[type(counter).count.add(1 if member else -1)])
-        except TransactWriteError as error:
-            reasons = error.cancellation_reasons or []
-            if not any(r is not None and r.code == "ConditionalCheckFailed" for r in reasons):
-                raise
-            existing = current_one(space_id, profile_id, audience_key)
-            continue
-        return Change(space_id, profile_id, audience_key, member, int(record.version or 0))
-    raise RuntimeError(f"membership {space_id}/{profile_id}/{audience_key} kept changing under us; retry")
+    """`apply` for one audience (manual edits): the change written, or None if none was needed."""
+    changes = apply(space_id, profile_id, {audience_key: member}, {audience_key: existing},
+                    profile_version=profile_version, identity=identity, attempts=attempts)
+    return changes[0] if changes else None
 
 
 def current_one(space_id: str, profile_id: str, audience_key: str) -> MembershipRecord | None:

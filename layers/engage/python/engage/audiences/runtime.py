@@ -7,7 +7,8 @@ Per profile stream record:
    audiences that reference them), in evaluation order;
 3. evaluate them from the new image itself (the profile carries its aggregates: no extra read
    besides the profile's memberships, one Query) and write only the differences
-   (`membership.set_member`: conditional, counted, replay-safe);
+   (`membership.apply`: one transaction for all of the profile's changes; conditional, counted,
+   replay-safe);
 4. record when time alone could next change one of them (`due.schedule`) for the sweeper.
 A new users profile enters the system audience `all`; a profile merged into another (or
 deleted) leaves every audience, and its manual memberships move to the survivor.
@@ -154,7 +155,7 @@ def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefiniti
         records = membership.current(space_id, profile_id)
     flags = membership.flags(records)
     view = ProfileView.from_item(image, memberships=flags, users=users.views if users is not None else None)
-    changes: list[membership.Change] = []
+    decisions: dict[str, bool] = {}  # what to write, all in one transaction after the pass
     next_due: datetime | None = None
     for definition in affected:
         if definition.key == store.ALL:
@@ -169,12 +170,10 @@ def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefiniti
                     next_due = edge
         if wanted != flags.get(definition.key, False) and not membership.is_stale(records.get(definition.key),
                                                                                   version):
-            change = membership.set_member(space_id, profile_id, definition.key, wanted, records.get(definition.key),
-                                           profile_version=version,
-                                           identity=membership.identity_of(image.get("external_ids")))
-            flags[definition.key] = wanted
-            if change is not None:
-                changes.append(change)
+            decisions[definition.key] = wanted
+            flags[definition.key] = wanted  # audiences evaluated later in this pass read the new flag
+    changes = membership.apply(space_id, profile_id, decisions, records, profile_version=version,
+                               identity=membership.identity_of(image.get("external_ids"))) if decisions else []
     if schedule and next_due is not None:
         due.schedule(space_id, profile_id, next_due)
     _count(changes)
@@ -194,19 +193,15 @@ def leave_all(space_id: str, image: dict) -> list[membership.Change]:
     profile_id = image["profile_id"]
     survivor = image.get("merged_into")
     version = int(image["version"]) if image.get("version") is not None else None
-    manual = engine(space_id).manual
+    records = membership.current(space_id, profile_id)
+    entered = [audience_key for audience_key, record in records.items() if record.member]
     changes = []
-    for audience_key, record in membership.current(space_id, profile_id).items():
-        if not record.member:
-            continue
-        if survivor and audience_key in manual:
-            moved = membership.set_member(space_id, survivor, audience_key, True,
-                                          membership.current_one(space_id, survivor, audience_key))
-            if moved is not None:
-                changes.append(moved)
-        change = membership.set_member(space_id, profile_id, audience_key, False, record, profile_version=version)
-        if change is not None:
-            changes.append(change)
+    moving = [audience_key for audience_key in entered if audience_key in engine(space_id).manual] if survivor else []
+    if moving:  # the survivor first: a failure in between leaves the member in both, not in neither
+        changes += membership.apply(space_id, survivor, dict.fromkeys(moving, True),
+                                    membership.current_of(space_id, survivor, moving))
+    changes += membership.apply(space_id, profile_id, dict.fromkeys(entered, False), records,
+                                profile_version=version)
     _count(changes)
     return changes
 

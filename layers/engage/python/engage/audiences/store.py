@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +208,14 @@ def size_shard(space_id: str, audience_key: str, profile_id: str) -> AudienceSiz
     """The counter shard a profile's membership changes are counted in (spreads hot audiences)."""
     shard = sum(profile_id.encode()) % SIZE_SHARDS
     return AudienceSizeShard(_size_pk(space_id, audience_key), str(shard))
+
+
+def size_moves(space_id: str, profile_id: str, deltas: Mapping[str, int]) -> list[tuple[AudienceSizeShard, int]]:
+    """The counter updates of one profile's membership changes (audience key -> net change, +1 for an
+    entry, -1 for an exit): one shard item per audience, none where the net change is 0. A
+    transaction may touch an item only once; keyed by audience, these never name one item twice."""
+    return [(size_shard(space_id, audience_key, profile_id), delta)
+            for audience_key, delta in deltas.items() if delta]
 
 
 # ---------------------------------------------------------------- backfill bookkeeping
