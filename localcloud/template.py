@@ -140,10 +140,11 @@ def substituted_definition(text: str, substitutions: dict[str, Any]) -> Any:
 
 # ---------------------------------------------------------------- the template in an in-process moto account
 def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[str, str]]:
-    """Create every table (streams on), queue and bus of the template in the current moto account,
-    each named by its logical id, and resolve the functions' global environment against them.
+    """Create every table (streams on), queue, bus and bucket of the template in the current moto account,
+    each named by its logical id (buckets: lower-cased), and resolve the functions' global environment
+    against them.
 
-    Returns {"tables", "queues", "buses": logical id -> name/url, "env": variable -> value}.
+    Returns {"tables", "queues", "buses", "buckets": logical id -> name/url, "env": variable -> value}.
     Shared by the tests' `aws` fixture and the benchmarks (one wiring).
     """
     import boto3
@@ -151,7 +152,7 @@ def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[s
     from localcloud import moto_fixes
 
     moto_fixes.install()
-    made: dict[str, dict[str, str]] = {"tables": {}, "queues": {}, "buses": {}, "env": {}}
+    made: dict[str, dict[str, str]] = {"tables": {}, "queues": {}, "buses": {}, "buckets": {}, "env": {}}
     dynamodb = boto3.client("dynamodb", region_name=region)
     for logical_id in resources("AWS::DynamoDB::Table", path):
         dynamodb.create_table(**table_create_kwargs(logical_id, logical_id, path))
@@ -162,11 +163,14 @@ def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[s
     for logical_id in resources("AWS::Events::EventBus", path):
         boto3.client("events", region_name=region).create_event_bus(Name=logical_id)
         made["buses"][logical_id] = logical_id
+    for logical_id in resources("AWS::S3::Bucket", path):
+        boto3.client("s3", region_name=region).create_bucket(Bucket=logical_id.lower())
+        made["buckets"][logical_id] = logical_id.lower()
     parameters = load(path).get("Parameters", {})
     for var, value in global_environment(path).items():
         if isinstance(value, dict) and "Ref" in value:
             ref = value["Ref"]
             value = (made["tables"].get(ref) or made["buses"].get(ref) or made["queues"].get(ref)
-                     or parameters[ref]["Default"])
+                     or made["buckets"].get(ref) or parameters[ref]["Default"])
         made["env"][var] = str(value)
     return made

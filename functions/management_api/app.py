@@ -39,6 +39,15 @@ def _int_query(name: str, default: int) -> int:
         raise ValidationFailed(f"{name} must be an integer", [{"path": name, "value": text}]) from error
 
 
+def _bool_query(name: str) -> bool:
+    text = _query(name)
+    if text is None or text.lower() in ("false", "0", ""):
+        return False
+    if text.lower() in ("true", "1"):
+        return True
+    raise ValidationFailed(f"{name} must be true or false", [{"path": name, "value": text}])
+
+
 @app.post("/v1/audiences")
 def create_audience():
     return Response(201, "application/json", json.dumps(management.create(_space(), _json_body())))
@@ -88,10 +97,17 @@ def import_members(key: str):
 @app.get("/v1/audiences/<key>/export")
 def export_audience(key: str):
     space_id = _space()
-    result = export.export_csv(space_id, key, fmt=_query("format", "unformatted"), id_type=_query("id_type"),
-                               hash_=_query("hash"))
-    return Response(200, "text/csv", result.body,
-                    headers={"Content-Disposition": f'attachment; filename="{result.filename}"'})
+    result = export.request(space_id, key, fmt=_query("format", "unformatted"), id_type=_query("id_type"),
+                            hash_=_query("hash"), regenerate=_bool_query("regenerate"))
+    if isinstance(result, export.Export):
+        return Response(200, "text/csv", result.body,
+                        headers={"Content-Disposition": f'attachment; filename="{result.filename}"'})
+    body = json.dumps(result.view())
+    if result.status == export.READY:
+        return Response(303, "application/json", body, headers={"Location": result.url})
+    if result.status == export.FAILED:
+        return Response(500, "application/json", body)
+    return Response(202, "application/json", body, headers={"Retry-After": str(result.retry_after_seconds)})
 
 
 @app.exception_handler(EngageError)

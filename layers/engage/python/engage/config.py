@@ -36,6 +36,17 @@ class Settings:
     event_retention_days: int = 400
     # Warm-container cache of write key / token lookups, in seconds.
     credential_cache_seconds: int = 60
+    # Audience CSV exports (engage.audiences.export): audiences up to this many members are answered
+    # synchronously (Lambda's 6 MB response); larger ones are generated into the exports bucket.
+    export_sync_max_members: int = 20_000
+    exports_bucket: str = ""
+    audience_export_function: str = ""
+    # A generated export is handed out again for this long (then, or with ?regenerate=true, made anew).
+    export_reuse_seconds: int = 3600
+    # Lifetime of the presigned download URL.
+    export_url_seconds: int = 900
+    # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
+    aws_endpoint_url: str = ""
 
     def require(self, name: str) -> str:
         value = getattr(self, name)
