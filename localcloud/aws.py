@@ -188,6 +188,7 @@ class MotoCloud:
                 deployment.types[res["LogicalResourceId"]] = res["ResourceType"]
         deployment.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         self._apply_ttl(template_path, deployment)
+        self._apply_bucket_settings(template_path, deployment)
         self._create_schedules(body, deployment)
         return deployment
 
@@ -240,6 +241,24 @@ class MotoCloud:
                 dynamodb.update_time_to_live(TableName=deployment.physical[logical_id], TimeToLiveSpecification={
                     "Enabled": True, "AttributeName": ttl["AttributeName"]})
 
+    def _apply_bucket_settings(self, template_path: Path, deployment: Deployment) -> None:
+        """moto's CloudFormation applies only a bucket's encryption and tags: apply the template's public
+        access block, ownership controls and lifecycle rules through the S3 API."""
+        s3 = self.client("s3")
+        for logical_id, res in template.resources("AWS::S3::Bucket", path=template_path).items():
+            props, bucket = res.get("Properties", {}), deployment.physical.get(logical_id)
+            if not bucket:
+                continue
+            if "PublicAccessBlockConfiguration" in props:
+                s3.put_public_access_block(Bucket=bucket,
+                                           PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+            if "OwnershipControls" in props:
+                s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=props["OwnershipControls"])
+            rules = (props.get("LifecycleConfiguration") or {}).get("Rules") or []
+            if rules:
+                s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={
+                    "Rules": [_lifecycle_rule(rule) for rule in rules]})
+
     def function_specs(self, template_path: Path, deployment: Deployment) -> Iterator[FunctionSpec]:
         """Every deployed function with the configuration moto holds for it (env with Refs resolved)."""
         lam = self.client("lambda")
@@ -266,6 +285,19 @@ def _layer_dirs(sam: dict, dirs: dict[str, Path], whole: dict) -> dict[str, list
         refs = [*global_layers, *res.get("Properties", {}).get("Layers", [])]
         found[logical_id] = [dirs[ref["Ref"]].resolve() for ref in refs if isinstance(ref, dict) and ref.get("Ref") in dirs]
     return found
+
+
+def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation lifecycle rule in the S3 API's shape (the parts Engage's template uses)."""
+    api: dict[str, Any] = {"Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "Id" in rule:
+        api["ID"] = rule["Id"]
+    if "ExpirationInDays" in rule:
+        api["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        api["AbortIncompleteMultipartUpload"] = {
+            "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
+    return api
 
 
 def _zip(folder: Path) -> bytes:
