@@ -251,3 +251,35 @@ def test_a_failed_account_evaluation_fails_the_records_that_asked_for_it(calls, 
     monkeypatch.setattr(accounts, "load", original)
     assert handler("audience_evaluator")({"Records": fresh}, LambdaContext()) == {"batchItemFailures": []}
     assert members_of("active_accounts") == {flaky}
+
+
+def test_a_redelivered_record_still_moves_the_accounts_after_the_users_own_change_was_written(calls, monkeypatch):
+    # Given "pros" (users on plan pro) and "accounts with a pro", read through the users' memberships
+    assert call_api("POST", "/v1/audiences", {"key": "pros", "name": "Pros",
+                                              "condition": {"trait": "plan", "op": "eq", "value": "pro"}})[0] == 201
+    assert call_api("POST", "/v1/audiences", {"key": "has_pro", "name": "Accounts with a pro", "entity": "accounts",
+                                              "condition": {"users": "any", "condition": {"audience": "pros"}}})[0] == 201
+    calls.track({"userId": "rae", "groupId": "retry_co"}, "group")
+    retry_co = account("retry_co")
+    seen = len(stream_records_of(calls.aws, "ProfilesTable"))
+    original = accounts.load
+
+    def unavailable(space_id, account_id, *args, **kwargs):
+        if account_id == retry_co:
+            raise RuntimeError("ProfilesTable unavailable")
+        return original(space_id, account_id, *args, **kwargs)
+
+    # When rae turns pro while her account cannot be read: her own membership is written, the record fails
+    monkeypatch.setattr(accounts, "load", unavailable)
+    calls.stages = calls.stages[:1]
+    calls.track({"type": "identify", "userId": "rae", "traits": {"plan": "pro"}}, "identify")
+    fresh = stream_records_of(calls.aws, "ProfilesTable")[seen:]
+    assert len(fresh) == 1
+    failures = handler("audience_evaluator")({"Records": fresh}, LambdaContext())["batchItemFailures"]
+    assert failures == [{"itemIdentifier": fresh[0]["dynamodb"]["SequenceNumber"]}]
+    assert (members_of("pros"), members_of("has_pro")) == ({profiles_store.resolve("acme", "users", "user_id", "rae")
+                                                             .profile_id}, set())
+    # Then the redelivered record (whose own change is already written) still moves the account in
+    monkeypatch.setattr(accounts, "load", original)
+    assert handler("audience_evaluator")({"Records": fresh}, LambdaContext()) == {"batchItemFailures": []}
+    assert members_of("has_pro") == {retry_co}

@@ -235,12 +235,23 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
         changed = diff(before, new)
         affected = eng.index.affected(changed.events, changed.traits, (), changed.computed_traits,
                                       changed_subscriptions=changed.subscriptions, entity=entity) if changed else []
-    changes = evaluate_profile(space_id, new, affected, now)[0] if affected else []
+    records = membership.current(space_id, new["profile_id"]) if affected and entity == USERS else None
+    changes = evaluate_profile(space_id, new, affected, now, records)[0] if affected else []
     if entity == USERS:
-        own = {c.audience_key for c in changes if c.profile_id == new["profile_id"]}
+        # A redelivered record finds its own changes written by its first delivery, whose account
+        # work may have failed: memberships decided from this very image count as changed by it.
+        own = {c.audience_key for c in changes if c.profile_id == new["profile_id"]} | written_from(records, new)
         owed = account_audiences_for(eng.index, before, new, own)
         changes += _accounts_now_or_later(space_id, new["profile_id"], owed, now, backlog, owner)
     return changes
+
+
+def written_from(records: dict[str, MembershipRecord] | None, image: dict) -> set[str]:
+    """Audience keys whose stored membership was decided from this profile image (its version)."""
+    version = image.get("version")
+    if version is None:
+        return set()
+    return {k for k, r in (records or {}).items() if r.profile_version is not None and int(r.profile_version) == int(version)}
 
 
 def _accounts_now_or_later(space_id: str, user_id: str, affected: list[AudienceDefinition], now: datetime,
