@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from engage import clock, profiles_store
-from engage.audiences import accounts, due
+from engage.audiences import accounts, due, membership, runtime
 from tests.integration.audience_support import (
     Bus,
     LambdaContext,
@@ -283,3 +283,44 @@ def test_a_redelivered_record_still_moves_the_accounts_after_the_users_own_chang
     monkeypatch.setattr(accounts, "load", original)
     assert handler("audience_evaluator")({"Records": fresh}, LambdaContext()) == {"batchItemFailures": []}
     assert members_of("has_pro") == {retry_co}
+
+
+def _set_plan(user_id: str, plan: str) -> None:
+    """Change a user's plan in ProfilesTable directly (what a concurrent ingest does between two reads)."""
+    client = profiles_store.ProfileRecord._get_connection().connection.client
+    client.update_item(TableName=profiles_store.ProfileRecord.Meta.table_name,
+                       Key={"pk": {"S": profiles_store.profile_pk("acme", user_id)}},
+                       UpdateExpression="SET traits.#plan = :plan", ExpressionAttributeNames={"#plan": "plan"},
+                       ExpressionAttributeValues={":plan": {"S": plan}})
+
+
+def test_an_account_evaluation_that_loses_a_race_decides_again_from_fresh_users(calls, engine, monkeypatch):
+    # Given "accounts with a user on pro" and sam, on free, in one account
+    any_pro = {"key": "any_pro", "name": "Accounts with a pro", "entity": "accounts",
+               "condition": {"users": "any", "condition": {"trait": "plan", "op": "eq", "value": "pro"}}}
+    assert call_api("POST", "/v1/audiences", any_pro)[0] == 201
+    calls.track({"type": "identify", "userId": "sam", "traits": {"plan": "free"}}, "identify")
+    calls.track({"userId": "sam", "groupId": "race_co"}, "group")
+    race_co, sam = account("race_co"), profiles_store.resolve("acme", "users", "user_id", "sam").profile_id
+    assert members_of("any_pro") == set()
+    # When sam turns pro, and while one evaluation of the account has read its users (sam on pro),
+    # sam goes back to free and other evaluations move the account in and out again
+    _set_plan(sam, "pro")
+    original = accounts.load
+    raced = []
+
+    def racing(space_id, account_id, *args, **kwargs):
+        users = original(space_id, account_id, *args, **kwargs)
+        if not raced:
+            raced.append(account_id)
+            _set_plan(sam, "free")
+            for member in (True, False):
+                membership.set_member("acme", race_co, "any_pro", member,
+                                      membership.current_one("acme", race_co, "any_pro"))
+        return users
+
+    monkeypatch.setattr(accounts, "load", racing)
+    runtime.reevaluate_accounts("acme", sam, runtime.engine("acme").index.reading_users())
+    # Then the account is decided from what its users are now (free), not from what the loser read
+    assert raced == [race_co]
+    assert members_of("any_pro") == set()

@@ -31,6 +31,10 @@ CHANGES_PER_TRANSACTION = TRANSACTION_ITEMS // 2  # each change: its membership 
 LOST_RACE = "ConditionalCheckFailed"  # the cancellation reason of an item whose version moved
 
 
+class LostRace(RuntimeError):
+    """Other writers kept moving the memberships between our read and our write (`attempts` times)."""
+
+
 @dataclass(frozen=True)
 class Change:
     space_id: str
@@ -138,7 +142,7 @@ def _write(space_id: str, profile_id: str, audience_keys: list[str], decisions: 
                     known.pop(audience_key, None)
             continue
         return [Change(space_id, profile_id, r.audience_key, bool(r.member), int(r.version or 0)) for r in records]
-    raise RuntimeError(f"memberships {space_id}/{profile_id}/{','.join(audience_keys)} kept changing under us; "
+    raise LostRace(f"memberships {space_id}/{profile_id}/{','.join(audience_keys)} kept changing under us; "
                        "retry")
 
 

@@ -41,6 +41,7 @@ from engage.profiles_store import ProfileEventRecord, ProfileRecord
 USERS = "users"
 ACCOUNTS = "accounts"
 GROUP_ID = "group_id"
+ACCOUNT_ATTEMPTS = 3  # evaluations of one account with its users before a lost race fails the caller
 
 
 @dataclass
@@ -143,16 +144,38 @@ def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefiniti
     For an account, audiences with `users` conditions read its users (`users`, loaded here when
     not given); an account over the users limit keeps its memberships of those audiences as they are.
     """
+    eng = engine(space_id)
+    if image.get("collection") != ACCOUNTS or not eng.index.reads_users(affected):
+        if records is None:
+            records = membership.current(space_id, image["profile_id"])
+        return _decide_and_write(space_id, image, affected, now, records, schedule, users)
+    # An account read with its users: its memberships are read before its users, so a write (conditioned
+    # on what was read) lands only if no writer moved them since, and every earlier writer read older
+    # users than ours. A lost race decides again from fresh reads: retaking the decision would write
+    # what older users said over a newer writer's answer.
+    def attempt(records: dict[str, MembershipRecord] | None, users: accounts.AccountUsers | None):
+        if records is None:
+            records = membership.current(space_id, image["profile_id"])
+        if users is None:
+            users = accounts.load(space_id, image["profile_id"], eng.index.user_audience_refs(affected))
+        return _decide_and_write(space_id, image, affected, now, records, schedule, users, attempts=1)
+
+    for _ in range(ACCOUNT_ATTEMPTS - 1):
+        try:
+            return attempt(records, users)
+        except membership.LostRace:
+            records = users = None
+    return attempt(None, None)
+
+
+def _decide_and_write(space_id: str, image: dict, affected: list[AudienceDefinition], now: datetime,
+                      records: dict[str, MembershipRecord], schedule: bool, users: accounts.AccountUsers | None,
+                      attempts: int = 3) -> tuple[list[membership.Change], datetime | None]:
     profile_id = image["profile_id"]
     version = int(image["version"]) if image.get("version") is not None else None
     eng = engine(space_id)
-    if image.get("collection") == ACCOUNTS and eng.index.reads_users(affected):
-        if users is None:
-            users = accounts.load(space_id, profile_id, eng.index.user_audience_refs(affected))
-        if users.over_limit:
-            affected = [d for d in affected if d.key not in eng.index.users_based]
-    if records is None:
-        records = membership.current(space_id, profile_id)
+    if users is not None and users.over_limit:
+        affected = [d for d in affected if d.key not in eng.index.users_based]
     flags = membership.flags(records)
     view = ProfileView.from_item(image, memberships=flags, users=users.views if users is not None else None)
     decisions: dict[str, bool] = {}  # what to write, all in one transaction after the pass
@@ -173,7 +196,8 @@ def evaluate_profile(space_id: str, image: dict, affected: list[AudienceDefiniti
             decisions[definition.key] = wanted
             flags[definition.key] = wanted  # audiences evaluated later in this pass read the new flag
     changes = membership.apply(space_id, profile_id, decisions, records, profile_version=version,
-                               identity=membership.identity_of(image.get("external_ids"))) if decisions else []
+                               identity=membership.identity_of(image.get("external_ids")),
+                               attempts=attempts) if decisions else []
     if schedule and next_due is not None:
         due.schedule(space_id, profile_id, next_due)
     _count(changes)
@@ -333,10 +357,11 @@ def _evaluate_account(space_id: str, account_id: str, affected: list[AudienceDef
     if not affected:
         return []
     index = engine(space_id).index
+    records = membership.current(space_id, account_id)  # before the users: see evaluate_profile
     users = accounts.load(space_id, account_id, index.user_audience_refs(affected), with_account=True)
     if not is_live(users.account) or users.account.get("collection") != ACCOUNTS:
         return []
-    return evaluate_profile(space_id, users.account, affected, now, users=users)[0]
+    return evaluate_profile(space_id, users.account, affected, now, records, users=users)[0]
 
 
 def after_user_memberships(space_id: str, image: dict, changed_audiences: set[str],
