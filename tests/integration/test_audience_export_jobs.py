@@ -275,3 +275,60 @@ def test_exports_bucket_is_private_encrypted_and_expires_files():
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert bucket["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 1
     assert not template.resources("AWS::S3::BucketPolicy")
+
+
+def test_a_job_claimed_late_is_not_restarted_while_it_may_still_run(jobs, monkeypatch):
+    """An async event can wait in Lambda's queue: the 16 minutes run from the claim, not the GET."""
+    from engage import clock
+    from engage.audiences import export
+
+    add_people(12)
+    call_api("GET", "/v1/audiences/big/export")
+    clock.advance(timedelta(minutes=10))  # delivered late, then claimed
+    generate_to_s3 = export._generate_to_s3
+    seen: list[int] = []
+
+    def slow_generation(*args, **kwargs):
+        clock.advance(timedelta(minutes=7))  # 17 minutes after the start, 7 after the claim
+        seen.append(call_api("GET", "/v1/audiences/big/export")[0])
+        return generate_to_s3(*args, **kwargs)
+
+    monkeypatch.setattr(export, "_generate_to_s3", slow_generation)
+    assert run_export(jobs[0])["status"] == "ready"
+    assert seen == [202] and len(jobs) == 1
+    assert call_api("GET", "/v1/audiences/big/export")[0] == 303
+
+
+def test_a_small_audience_whose_csv_would_not_fit_a_lambda_response_is_generated(jobs, monkeypatch):
+    from engage.audiences import export
+
+    add_people(5)  # under the member threshold (10)
+    assert call_api("GET", "/v1/audiences/big/export")[0] == 200 and jobs == []
+    monkeypatch.setattr(export, "SYNC_MAX_RESPONSE_BYTES", 200)  # stands for 6 MB of wide profiles
+    status, body = call_api("GET", "/v1/audiences/big/export")
+    assert status == 202 and body["status"] == "generating" and len(jobs) == 1
+    assert run_export(jobs[0])["rows"] == 5
+
+
+@pytest.mark.parametrize("id_type", ["e mail", "x" * 65, "email,phone"])
+def test_a_malformed_id_type_is_a_400_naming_it(jobs, id_type):
+    add_people(12)
+    status, body = call_api("GET", "/v1/audiences/big/export", query={"format": "single_column", "id_type": id_type})
+    assert status == 400 and body["error"]["details"] == [{"path": "id_type", "value": id_type}], body
+    assert jobs == []
+
+
+def test_an_export_that_cannot_be_started_answers_the_failed_job(jobs, monkeypatch):
+    from engage.audiences import export
+
+    add_people(12)
+
+    def refused(_event):
+        raise RuntimeError("lambda:InvokeFunction denied")
+
+    monkeypatch.setattr(export, "invoker", refused)
+    status, body = call_api("GET", "/v1/audiences/big/export")
+    assert status == 500 and body["status"] == "failed"
+    assert "could not start the export: lambda:InvokeFunction denied" in body["message"]
+    monkeypatch.setattr(export, "invoker", jobs.append)
+    assert call_api("GET", "/v1/audiences/big/export", query={"regenerate": "true"})[0] == 202 and len(jobs) == 1

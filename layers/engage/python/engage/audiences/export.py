@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -48,10 +49,17 @@ from engage.profiles_store import ProfileRecord
 FORMATS = ("unformatted", "formatted", "single_column")
 HASHES = ("sha256", "none")
 MAX_MEMBERS = 20_000  # a synchronous answer must fit Lambda's 6 MB response
+# ... and so must its bytes: wide profiles (many anonymous or device ids) pass 6 MB well below 20,000
+# members. The budget counts the body as the Lambda response carries it (JSON-escaped), less room for
+# the envelope and headers.
+SYNC_MAX_RESPONSE_BYTES = 6 * 1024 * 1024 - 64 * 1024
+ID_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # as the Profile API's id types
 BATCH_GET = 100
 MEMBER_PAGE = 500
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB, except the last
-# AudienceExportFunction's timeout is 15 minutes: a job still `generating` later than this has died.
+# AudienceExportFunction's timeout is 15 minutes and its async events are dropped after 15 minutes
+# (MaximumEventAgeInSeconds): a job unclaimed this long after its start, or still running this long
+# after its claim, has died.
 STALE_AFTER = timedelta(minutes=16)
 GENERATING, READY, FAILED = "generating", "ready", "failed"
 
@@ -127,6 +135,8 @@ def options(fmt: str | None, id_type: str | None, hash_: str | None) -> Options:
     if fmt != "single_column" and (id_type or hash_):
         raise ValidationFailed("id_type and hash apply to format=single_column only",
                                [{"path": "id_type" if id_type else "hash", "value": id_type or hash_}])
+    if id_type is not None and not ID_TYPE.match(id_type):
+        raise ValidationFailed(f"id_type must match {ID_TYPE.pattern}", [{"path": "id_type", "value": id_type}])
     return Options(fmt, (id_type or "email") if fmt == "single_column" else None, hashing)
 
 
@@ -236,9 +246,11 @@ def request(space_id: str, audience_key: str, *, fmt: str | None = None, id_type
     size = store.size(space_id, audience_key)
     if size <= limit:
         try:
-            return _export_in_memory(space_id, audience_key, opts, limit)
+            made = _export_in_memory(space_id, audience_key, opts, limit)
         except TooLarge:
-            pass  # the audience grew past the counter we read: generate it instead
+            made = None  # the audience grew past the counter we read: generate it instead
+        if made is not None and len(json.dumps(made.body)) <= SYNC_MAX_RESPONSE_BYTES:
+            return made
     return _job(space_id, audience_key, opts, regenerate, size)
 
 
@@ -259,8 +271,9 @@ def _job(space_id: str, audience_key: str, opts: Options, regenerate: bool, size
     pk, sk = _pk(space_id, audience_key), opts.sort_key
     current = _read_job(pk, sk)
     now = clock.now()
-    if current is not None and current.status == GENERATING and clock.parse(current.started_at) + STALE_AFTER > now:
-        return _view(current, audience_key, opts, size)  # running: never a second job
+    if (current is not None and current.status == GENERATING
+            and clock.parse(current.claimed_at or current.started_at) + STALE_AFTER > now):
+        return _view(current, audience_key, opts, size)  # queued or running: never a second job
     if (current is not None and current.status == FAILED and not regenerate):
         return _view(current, audience_key, opts, size)  # reported until asked to regenerate
     if (current is not None and current.status == READY and not regenerate and current.generated_at
@@ -298,10 +311,11 @@ def _start(space_id: str, audience_key: str, opts: Options, current: ExportJob |
              "hash": opts.hashing if opts.fmt == "single_column" else None, "job_id": job.job_id}
     try:
         invoker(event)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - answered as the failed job (500 naming the cause), not a bare 500
+        logger.exception("could not start the export job", extra={"job_id": job.job_id})
         _finish(pk, sk, job.job_id, [ExportJob.status.set(FAILED),
                                      ExportJob.message.set(f"could not start the export: {error}")])
-        raise
+        return _read_job(pk, sk) or job
     return job
 
 
