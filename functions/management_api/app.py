@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
@@ -107,7 +108,16 @@ def export_audience(key: str):
         return Response(303, "application/json", body, headers={"Location": result.url})
     if result.status == export.FAILED:
         return Response(500, "application/json", body)
-    return Response(202, "application/json", body, headers={"Retry-After": str(result.retry_after_seconds)})
+    # Location: where to poll. Without `regenerate`, so a client polling it gets the file this job
+    # makes instead of starting another one each time the last is ready.
+    return Response(202, "application/json", body, headers={"Retry-After": str(result.retry_after_seconds),
+                                                            "Location": _without_query("regenerate")})
+
+
+def _without_query(name: str) -> str:
+    event = app.current_event
+    kept = {k: v for k, v in (event.query_string_parameters or {}).items() if k != name}
+    return event.path + (f"?{urlencode(kept)}" if kept else "")
 
 
 @app.exception_handler(EngageError)

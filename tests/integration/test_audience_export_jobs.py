@@ -332,3 +332,14 @@ def test_an_export_that_cannot_be_started_answers_the_failed_job(jobs, monkeypat
     assert "could not start the export: lambda:InvokeFunction denied" in body["message"]
     monkeypatch.setattr(export, "invoker", jobs.append)
     assert call_api("GET", "/v1/audiences/big/export", query={"regenerate": "true"})[0] == 202 and len(jobs) == 1
+
+
+def test_a_regenerate_answer_points_polling_at_the_url_without_regenerate(jobs):
+    add_people(12)
+    response = raw_get("/v1/audiences/big/export", {"format": "formatted", "regenerate": "true"})
+    assert response["statusCode"] == 202
+    assert response["headers"]["Location"] == "/v1/audiences/big/export?format=formatted"
+    run_export(jobs[0])
+    # polling the Location gets this job's file; it starts nothing more
+    assert raw_get("/v1/audiences/big/export", {"format": "formatted"})["statusCode"] == 303
+    assert len(jobs) == 1
