@@ -243,3 +243,30 @@ def test_sizes_equal_the_members_after_any_sequence_of_writes(engine, space, ste
         assert all(now.get(audience_key, False) == member for audience_key, member in decisions.items())
     for audience_key in AUDIENCES:
         assert store.size(SPACE, audience_key) == members_counted(audience_key)
+
+
+def test_a_transaction_conflict_on_a_counter_is_sent_again_not_failed(engine, space, monkeypatch):
+    """DynamoDB cancels a transaction that meets another one on the same item (TransactionConflict):
+    nothing read was wrong, so the writer sends it again instead of failing the stream record."""
+    import botocore.client
+    from botocore.exceptions import ClientError
+
+    assert call_api("POST", "/v1/audiences", trait_audience("a0", "t0"))[0] == 201
+    affected = runtime.engine(SPACE).everything("users")
+    original = botocore.client.BaseClient._make_api_call
+    refused = []
+
+    def conflict_once(client, operation, params):
+        if operation == "TransactWriteItems" and not refused:
+            refused.append(params)
+            reasons = [{"Code": "None"}] * (len(params["TransactItems"]) - 1) + [{"Code": "TransactionConflict"}]
+            raise ClientError({"Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                               "CancellationReasons": reasons}, operation)
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", conflict_once)
+    image = {"space_id": SPACE, "profile_id": "p1", "collection": "users", "version": 1, "traits": {"t0": True}}
+    changes, _ = runtime.evaluate_profile(SPACE, image, affected, runtime.clock.now())
+    assert len(refused) == 1
+    assert sorted(c.audience_key for c in changes) == ["a0", "all"]
+    assert stored("p1") == {"a0": True, "all": True} and store.size(SPACE, "a0") == 1

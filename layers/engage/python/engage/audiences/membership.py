@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,9 @@ from engage.memberships_store import MembershipRecord
 TRANSACTION_ITEMS = 100  # DynamoDB's limit of items in one TransactWriteItems
 CHANGES_PER_TRANSACTION = TRANSACTION_ITEMS // 2  # each change: its membership item + a counter shard
 LOST_RACE = "ConditionalCheckFailed"  # the cancellation reason of an item whose version moved
+# Another transaction was writing one of our items (typically a busy size counter shard): nothing
+# we read is wrong, so the same transaction is sent again after a short pause.
+CONFLICT = "TransactionConflict"
 
 
 class LostRace(RuntimeError):
@@ -115,7 +120,7 @@ def _write(space_id: str, profile_id: str, audience_keys: list[str], decisions: 
            known: dict[str, MembershipRecord], profile_version: int | None,
            identity: Mapping[str, str | None] | None, attempts: int) -> list[Change]:
     """One transaction of at most CHANGES_PER_TRANSACTION changes, retaken on lost races."""
-    for _ in range(attempts):
+    for attempt in range(attempts):
         audience_keys = [k for k in audience_keys if _differs(known.get(k), decisions[k], profile_version)]
         if not audience_keys:
             return []
@@ -134,6 +139,9 @@ def _write(space_id: str, profile_id: str, audience_keys: list[str], decisions: 
             lost = [k for k, reason in zip(audience_keys, reasons, strict=False)
                     if reason is not None and reason.code == LOST_RACE]
             if not lost:
+                if any(r is not None and r.code == CONFLICT for r in error.cancellation_reasons or []):
+                    time.sleep(0.02 * 2 ** attempt + random.random() * 0.02)  # let the other writer finish
+                    continue
                 raise
             fresh = current_of(space_id, profile_id, lost)
             known.update(fresh)
