@@ -224,20 +224,26 @@ def test_a_batch_of_logins_in_one_account_loads_its_users_once(calls, monkeypatc
     assert loads == [busy]
 
 
+def _make_unreadable(monkeypatch, account_id: str):
+    """Loading this account's users fails (a throttled table, say); returns what makes it readable again."""
+    original = accounts.load
+
+    def unavailable(space_id, wanted, *args, **kwargs):
+        if wanted == account_id:
+            raise RuntimeError("ProfilesTable unavailable")
+        return original(space_id, wanted, *args, **kwargs)
+
+    monkeypatch.setattr(accounts, "load", unavailable)
+    return lambda: monkeypatch.setattr(accounts, "load", original)
+
+
 def test_a_failed_account_evaluation_fails_the_records_that_asked_for_it(calls, monkeypatch):
     assert call_api("POST", "/v1/audiences", ACTIVE)[0] == 201
     calls.track({"userId": "quinn", "groupId": "flaky_co"}, "group")
     flaky = account("flaky_co")
     seen = len(stream_records_of(calls.aws, "ProfilesTable"))
     # Given the account's users cannot be read for now (a throttled table, say)
-    original = accounts.load
-
-    def unavailable(space_id, account_id, *args, **kwargs):
-        if account_id == flaky:
-            raise RuntimeError("ProfilesTable unavailable")
-        return original(space_id, account_id, *args, **kwargs)
-
-    monkeypatch.setattr(accounts, "load", unavailable)
+    restore = _make_unreadable(monkeypatch, flaky)
     # When quinn logs in (ingest -> profile processor; the evaluator gets the record below)
     calls.stages = calls.stages[:1]
     calls.track({"userId": "quinn", "event": "Login"})
@@ -248,7 +254,7 @@ def test_a_failed_account_evaluation_fails_the_records_that_asked_for_it(calls, 
     assert result == {"batchItemFailures": [{"itemIdentifier": fresh[0]["dynamodb"]["SequenceNumber"]}]}
     assert members_of("active_accounts") == set()
     # And once the table answers, the redelivered record moves the account in
-    monkeypatch.setattr(accounts, "load", original)
+    restore()
     assert handler("audience_evaluator")({"Records": fresh}, LambdaContext()) == {"batchItemFailures": []}
     assert members_of("active_accounts") == {flaky}
 
@@ -262,15 +268,8 @@ def test_a_redelivered_record_still_moves_the_accounts_after_the_users_own_chang
     calls.track({"userId": "rae", "groupId": "retry_co"}, "group")
     retry_co = account("retry_co")
     seen = len(stream_records_of(calls.aws, "ProfilesTable"))
-    original = accounts.load
-
-    def unavailable(space_id, account_id, *args, **kwargs):
-        if account_id == retry_co:
-            raise RuntimeError("ProfilesTable unavailable")
-        return original(space_id, account_id, *args, **kwargs)
-
     # When rae turns pro while her account cannot be read: her own membership is written, the record fails
-    monkeypatch.setattr(accounts, "load", unavailable)
+    restore = _make_unreadable(monkeypatch, retry_co)
     calls.stages = calls.stages[:1]
     calls.track({"type": "identify", "userId": "rae", "traits": {"plan": "pro"}}, "identify")
     fresh = stream_records_of(calls.aws, "ProfilesTable")[seen:]
@@ -280,7 +279,7 @@ def test_a_redelivered_record_still_moves_the_accounts_after_the_users_own_chang
     assert (members_of("pros"), members_of("has_pro")) == ({profiles_store.resolve("acme", "users", "user_id", "rae")
                                                              .profile_id}, set())
     # Then the redelivered record (whose own change is already written) still moves the account in
-    monkeypatch.setattr(accounts, "load", original)
+    restore()
     assert handler("audience_evaluator")({"Records": fresh}, LambdaContext()) == {"batchItemFailures": []}
     assert members_of("has_pro") == {retry_co}
 
