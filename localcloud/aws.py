@@ -101,6 +101,10 @@ def _install_patches() -> None:
             _Hooks.stream_written.notify_all()
 
     StreamShard.add = add
+    # DynamoDB's limits (item size, keys, numbers, nesting), wrapping the stream patch above.
+    from localcloud import dynamodb_limits
+
+    dynamodb_limits.install()
 
     # CloudFormation creates state machines in the plain backend, but with execute_state_machine
     # the Step Functions API serves the executing (parser) backend: make CloudFormation use that one.

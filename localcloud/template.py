@@ -149,9 +149,10 @@ def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[s
     """
     import boto3
 
-    from localcloud import moto_fixes
+    from localcloud import dynamodb_limits, moto_fixes
 
     moto_fixes.install()
+    dynamodb_limits.install()  # moto enforces few of DynamoDB's limits: the tests must
     made: dict[str, dict[str, str]] = {"tables": {}, "queues": {}, "buses": {}, "buckets": {}, "env": {}}
     dynamodb = boto3.client("dynamodb", region_name=region)
     for logical_id in resources("AWS::DynamoDB::Table", path):

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from localcloud import template
+from localcloud import dynamodb_limits, template
 
 REGION = "us-east-1"
 os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
@@ -49,6 +49,7 @@ def aws(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    dynamodb_limits.install()  # DynamoDB's item, key, number and nesting limits (moto has few of them)
     with mock_aws():
         made = template.create_in_moto(REGION)
         state = Aws(env=made["env"], tables=made["tables"], queues=made["queues"], buses=made["buses"])

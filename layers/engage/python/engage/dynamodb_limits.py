@@ -1,0 +1,191 @@
+"""DynamoDB's limits as data, and item sizes computed the way DynamoDB computes them.
+
+What one item may hold (developer guide, "Service, account, and table quotas" and "Item sizes
+and formats"):
+- 400 KB per item (409,600 bytes): the sum of attribute names and values, where a string is
+  its UTF-8 bytes, a number about 1 byte per two significant digits plus 1, binary its raw
+  bytes, null and booleans 1 byte, and a list or map 3 bytes plus its elements, each element
+  1 byte more (a map's element also counts its key's bytes);
+- partition key 2,048 bytes, sort key 1,024 bytes;
+- numbers: at most 38 significant digits, magnitude 1E-130 to 9.9999999999999999999999999999999999999E+125
+  (positive or negative) or zero;
+- lists and maps nested at most 32 levels deep (a top-level attribute is level 1).
+
+Two callers: the pipeline (ingestion refuses what a later stage could not store; the profile
+processor keeps each profile under its budget) and the tests and local cloud
+(localcloud/dynamodb_limits.py makes moto refuse what DynamoDB refuses, with AWS's messages).
+Pure: no I/O.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+MAX_ITEM_BYTES = 400 * 1024
+MAX_PARTITION_KEY_BYTES = 2048
+MAX_SORT_KEY_BYTES = 1024
+MAX_DEPTH = 32
+MAX_DIGITS = 38
+MAX_EXPONENT = 125  # 9.99...E+125 is the largest magnitude
+MIN_EXPONENT = -130  # 1E-130 is the smallest non-zero magnitude
+
+# AWS's own wording (ValidationException messages), so code that matches on them works on both.
+ITEM_TOO_LARGE = "Item size has exceeded the maximum allowed size"
+UPDATE_TOO_LARGE = "Item size to update has exceeded the maximum allowed size"
+TOO_MANY_DIGITS = "Attempting to store more than 38 significant digits in a Number"
+NUMBER_OVERFLOW = "Number overflow. Attempting to store a number with magnitude larger than supported range"
+NUMBER_UNDERFLOW = "Number underflow. Attempting to store a number with magnitude smaller than supported range"
+TOO_DEEP = ("Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond "
+            "supported limit")
+HASH_KEY_TOO_LONG = ("One or more parameter values were invalid: Size of hashkey has exceeded the maximum size "
+                     "limit of2048 bytes")  # sic: AWS prints no space before 2048
+RANGE_KEY_TOO_LONG = ("One or more parameter values were invalid: Aggregated size of all range keys has exceeded "
+                      "the size limit of 1024 bytes")
+
+
+# ---------------------------------------------------------------- numbers
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    if isinstance(value, (int, Decimal)):
+        return Decimal(value)
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def _significant(number: Decimal) -> tuple[int, int]:
+    """(significant digits, exponent of the leading digit); leading and trailing zeros trimmed."""
+    _, digits, exponent = number.as_tuple()
+    digits = list(digits)
+    while len(digits) > 1 and digits[0] == 0:
+        digits.pop(0)
+    while len(digits) > 1 and digits[-1] == 0:
+        digits.pop()
+        exponent += 1
+    return len(digits), exponent + len(digits) - 1
+
+
+def number_problem(value: Any) -> str | None:
+    """AWS's message for a number DynamoDB refuses (int, float, Decimal or its text), else None."""
+    number = _decimal(value)
+    if number is None:
+        return None  # not a number at all: the caller's own type check says so
+    if number.is_zero():
+        return None
+    digits, leading = _significant(number)
+    if digits > MAX_DIGITS:
+        return TOO_MANY_DIGITS
+    if leading > MAX_EXPONENT:
+        return NUMBER_OVERFLOW
+    if leading < MIN_EXPONENT:
+        return NUMBER_UNDERFLOW
+    return None
+
+
+def number_size(value: Any) -> int:
+    number = _decimal(value)
+    digits = _significant(number)[0] if number is not None and not number.is_zero() else 1
+    return (digits + 1) // 2 + 1
+
+
+# ---------------------------------------------------------------- sizes of plain Python values
+def value_size(value: Any) -> int:
+    """Stored size of a plain value (what pynamodb/boto3 write for str, numbers, bool, None, bytes,
+    dict, list, set), as DynamoDB counts it."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float, Decimal)):
+        return number_size(value)
+    if isinstance(value, dict):
+        return 3 + sum(len(str(k).encode("utf-8", "surrogatepass")) + value_size(v) + 1 for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return 3 + sum(value_size(v) + 1 for v in value)
+    if isinstance(value, (set, frozenset)):
+        return sum(value_size(v) for v in value)
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if hasattr(value, "as_dict"):  # a pynamodb MapAttribute
+        return value_size(value.as_dict())
+    return len(str(value).encode())
+
+
+def attributes_size(attributes: dict) -> int:
+    """Size of an item given as plain values: attribute names plus values."""
+    return sum(len(name.encode()) + value_size(value) for name, value in attributes.items())
+
+
+def depth(value: Any) -> int:
+    """Nesting level of a plain value: 1 for a scalar or an empty container, +1 per list/map around it."""
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    if isinstance(value, (list, tuple)):
+        return 1 + max((depth(v) for v in value), default=0)
+    return 1
+
+
+# ---------------------------------------------------------------- wire form ({"S": "..."}, {"M": {...}})
+def wire_size(value: dict) -> int:
+    """Size of one AttributeValue in DynamoDB's JSON form."""
+    kind, inner = next(iter(value.items()))
+    if kind == "S":
+        return len(inner.encode("utf-8", "surrogatepass"))
+    if kind == "N":
+        return number_size(inner)
+    if kind == "B":
+        return len(_raw(inner))
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "SS":
+        return sum(len(v.encode("utf-8", "surrogatepass")) for v in inner)
+    if kind == "NS":
+        return sum(number_size(v) for v in inner)
+    if kind == "BS":
+        return sum(len(_raw(v)) for v in inner)
+    if kind == "L":
+        return 3 + sum(wire_size(v) + 1 for v in inner)
+    if kind == "M":
+        return 3 + sum(len(k.encode("utf-8", "surrogatepass")) + wire_size(v) + 1 for k, v in inner.items())
+    raise ValueError(f"unknown AttributeValue type {kind!r}")
+
+
+def wire_item_size(item: dict) -> int:
+    return sum(len(name.encode("utf-8", "surrogatepass")) + wire_size(value) for name, value in item.items())
+
+
+def _raw(binary: Any) -> bytes:
+    if isinstance(binary, (bytes, bytearray)):
+        return bytes(binary)
+    return base64.b64decode(binary)
+
+
+def wire_problem(value: dict, level: int = 1) -> str | None:
+    """AWS's message for the first number or nesting problem in an AttributeValue, else None."""
+    kind, inner = next(iter(value.items()))
+    if kind == "N":
+        return number_problem(inner)
+    if kind == "NS":
+        return next((p for v in inner if (p := number_problem(v))), None)
+    if kind in ("L", "M"):
+        if level >= MAX_DEPTH and inner:
+            return TOO_DEEP
+        children = inner if kind == "L" else inner.values()
+        return next((p for v in children if (p := wire_problem(v, level + 1))), None)
+    return None
+
+
+def wire_key_problem(item: dict, hash_key: str, range_key: str | None) -> str | None:
+    """AWS's message when the item's primary key is over DynamoDB's key size limits."""
+    if hash_key in item and wire_size(item[hash_key]) > MAX_PARTITION_KEY_BYTES:
+        return HASH_KEY_TOO_LONG
+    if range_key and range_key in item and wire_size(item[range_key]) > MAX_SORT_KEY_BYTES:
+        return RANGE_KEY_TOO_LONG
+    return None

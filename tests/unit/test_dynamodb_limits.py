@@ -1,0 +1,175 @@
+"""engage.dynamodb_limits (sizes as DynamoDB counts them) and localcloud.dynamodb_limits (moto refuses
+what DynamoDB refuses, with AWS's codes and messages, for PutItem, UpdateItem, BatchWriteItem and
+TransactWriteItems; a refused write leaves items and streams as they were)."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from engage import dynamodb_limits as limits
+from localcloud import dynamodb_limits, moto_fixes
+
+REGION = "us-east-1"
+BIG = "x" * (limits.MAX_ITEM_BYTES - 100)
+
+
+# ---------------------------------------------------------------- pure rules
+@pytest.mark.parametrize(("number", "problem"), [
+    ("1e308", limits.NUMBER_OVERFLOW), (1e308, limits.NUMBER_OVERFLOW), ("-1E+126", limits.NUMBER_OVERFLOW),
+    ("9.9999999999999999999999999999999999999E+125", None), ("1E-130", None), ("-1E-130", None),
+    ("1e-200", limits.NUMBER_UNDERFLOW), (1e-200, limits.NUMBER_UNDERFLOW), ("9E-131", limits.NUMBER_UNDERFLOW),
+    (int("1" * 50), limits.TOO_MANY_DIGITS), (int("1" * 38), None), (10 ** 100, None), ("0", None), (0.0, None),
+    ("0.000100", None), (Decimal("12345678901234567890123456789012345678.9"), limits.TOO_MANY_DIGITS),
+])
+def test_numbers_dynamodb_can_hold(number, problem):
+    assert limits.number_problem(number) == problem
+
+
+def test_sizes_follow_the_developer_guide():
+    # strings: UTF-8 bytes; numbers: 1 byte per two significant digits + 1; null/bool: 1;
+    # list/map: 3 + elements, each element 1 more (a map's element also its key)
+    assert limits.value_size("héllo") == 6
+    assert limits.value_size(12345) == 4 and limits.value_size(Decimal("1.50")) == 2 and limits.value_size(0) == 2
+    assert limits.value_size(None) == 1 and limits.value_size(True) == 1
+    assert limits.value_size([]) == 3 and limits.value_size({}) == 3
+    assert limits.value_size({"ab": "c", "d": [1]}) == 3 + (2 + 1 + 1) + (1 + (3 + 2 + 1) + 1)
+    wire = {"M": {"ab": {"S": "c"}, "d": {"L": [{"N": "1"}]}}}
+    assert limits.wire_size(wire) == limits.value_size({"ab": "c", "d": [1]})
+    assert limits.attributes_size({"pk": "a|b", "n": 7}) == 2 + 3 + 1 + 2
+
+
+def _wrapped(value, times: int):
+    for _ in range(times):
+        value = {"a": value}
+    return value
+
+
+def test_nesting_counts_levels_from_the_top_level_attribute():
+    value = _wrapped("leaf", 31)
+    assert limits.depth(value) == 32
+    assert limits.wire_problem(_to_wire(value)) is None
+    assert limits.wire_problem(_to_wire({"a": value})) == limits.TOO_DEEP
+
+
+def _to_wire(value):
+    if isinstance(value, dict):
+        return {"M": {k: _to_wire(v) for k, v in value.items()}}
+    return {"S": value}
+
+
+# ---------------------------------------------------------------- moto refuses what DynamoDB refuses
+@pytest.fixture
+def client(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    moto_fixes.install()
+    dynamodb_limits.install()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                                  {"AttributeName": "sk", "AttributeType": "S"}],
+                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                       {"AttributeName": "sk", "KeyType": "RANGE"}],
+                            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+        yield client
+
+
+def _stream_events(client) -> list[str]:
+    arn = client.describe_table(TableName="t")["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name=REGION,
+                           endpoint_url=f"https://streams.dynamodb.{REGION}.amazonaws.com")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard,
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    return [r["eventName"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+
+
+def _refused(call, **kwargs) -> dict:
+    with pytest.raises(ClientError) as refused:
+        call(**kwargs)
+    return refused.value.response
+
+
+def _key(sk: str = "a") -> dict:
+    return {"pk": {"S": "p"}, "sk": {"S": sk}}
+
+
+@pytest.mark.parametrize(("attributes", "message"), [
+    ({"big": {"S": BIG + "x" * 200}}, limits.ITEM_TOO_LARGE),
+    ({"n": {"N": "1e308"}}, limits.NUMBER_OVERFLOW),
+    ({"n": {"M": {"deep": {"NS": ["1", "1e-200"]}}}}, limits.NUMBER_UNDERFLOW),
+    ({"n": {"N": "1" * 50}}, limits.TOO_MANY_DIGITS),
+    ({"sk": {"S": "s" * 1025}}, limits.RANGE_KEY_TOO_LONG),
+    ({"pk": {"S": "p" * 2049}}, limits.HASH_KEY_TOO_LONG),
+    ({"deep": {"M": {}}}, None),
+    ({"deep": _to_wire(_wrapped("x", 32))}, limits.TOO_DEEP),
+])
+def test_put_item_is_refused_with_aws_message(client, attributes, message):
+    if message is None:  # the control: a valid item is stored
+        client.put_item(TableName="t", Item={**_key(), **attributes})
+        return
+    response = _refused(client.put_item, TableName="t", Item={**_key(), **attributes})
+    assert response["Error"] == {"Code": "ValidationException", "Message": message}
+    assert client.scan(TableName="t")["Items"] == [] and _stream_events(client) == []
+
+
+def test_an_item_just_under_400_kb_is_stored(client):
+    item = {**_key(), "big": {"S": BIG}}
+    assert limits.wire_item_size(item) < limits.MAX_ITEM_BYTES
+    client.put_item(TableName="t", Item=item)
+    assert _stream_events(client) == ["INSERT"]
+
+
+def test_update_item_checks_the_resulting_item_and_puts_it_back(client):
+    client.put_item(TableName="t", Item={**_key(), "big": {"S": BIG}, "n": {"N": "1"}})
+    response = _refused(client.update_item, TableName="t", Key=_key(), UpdateExpression="SET more = :v, n = :n",
+                        ExpressionAttributeValues={":v": {"S": "y" * 200}, ":n": {"N": "2"}})
+    assert response["Error"] == {"Code": "ValidationException", "Message": limits.UPDATE_TOO_LARGE}
+    item = client.get_item(TableName="t", Key=_key())["Item"]
+    assert item["n"] == {"N": "1"} and "more" not in item
+    assert _stream_events(client) == ["INSERT"]  # no MODIFY for the refused update
+
+    response = _refused(client.update_item, TableName="t", Key=_key("new"), UpdateExpression="SET n = :n",
+                        ExpressionAttributeValues={":n": {"N": "1e-200"}})
+    assert response["Error"]["Message"] == limits.NUMBER_UNDERFLOW
+    assert "Item" not in client.get_item(TableName="t", Key=_key("new"))
+
+    client.update_item(TableName="t", Key=_key(), UpdateExpression="SET n = :n",
+                       ExpressionAttributeValues={":n": {"N": "3"}})
+    assert _stream_events(client) == ["INSERT", "MODIFY"]
+
+
+def test_batch_write_item_refuses_the_whole_call(client):
+    response = _refused(client.batch_write_item, RequestItems={"t": [
+        {"PutRequest": {"Item": {**_key("ok"), "n": {"N": "1"}}}},
+        {"PutRequest": {"Item": {**_key("x" * 1030)}}}]})
+    assert response["Error"] == {"Code": "ValidationException", "Message": limits.RANGE_KEY_TOO_LONG}
+    assert client.scan(TableName="t")["Items"] == [] and _stream_events(client) == []
+
+
+def test_transact_write_items_refuses_a_put_and_cancels_on_a_refused_update(client):
+    client.put_item(TableName="t", Item={**_key(), "big": {"S": BIG}})
+    response = _refused(client.transact_write_items, TransactItems=[
+        {"Put": {"TableName": "t", "Item": {**_key("b"), "n": {"N": "1e308"}}}}])
+    assert response["Error"] == {"Code": "ValidationException", "Message": limits.NUMBER_OVERFLOW}
+
+    response = _refused(client.transact_write_items, TransactItems=[
+        {"Put": {"TableName": "t", "Item": {**_key("c")}}},
+        {"Update": {"TableName": "t", "Key": _key(), "UpdateExpression": "SET more = :v",
+                    "ExpressionAttributeValues": {":v": {"S": "y" * 200}}}}])
+    assert response["Error"]["Code"] == "TransactionCanceledException"
+    assert [(r["Code"], r.get("Message")) for r in response["CancellationReasons"]] == [
+        ("None", None), ("ValidationError", limits.UPDATE_TOO_LARGE)]
+    assert {i["sk"]["S"] for i in client.scan(TableName="t")["Items"]} == {"a"}
+    assert _stream_events(client) == ["INSERT"]
+
+    client.transact_write_items(TransactItems=[
+        {"Put": {"TableName": "t", "Item": {**_key("c")}}},
+        {"Update": {"TableName": "t", "Key": _key(), "UpdateExpression": "SET n = :n",
+                    "ExpressionAttributeValues": {":n": {"N": "1"}}}}])
+    assert sorted(_stream_events(client)) == ["INSERT", "INSERT", "MODIFY"]
