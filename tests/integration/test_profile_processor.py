@@ -350,7 +350,9 @@ def test_a_batch_whose_every_record_fails_fails_the_invocation(aws, space):
 
 def test_a_profile_stops_collecting_ids_at_its_limit_but_keeps_its_events(aws, space, monkeypatch):
     # Given a limit of 2 ids and a user who already has them
-    monkeypatch.setattr(profile_processor, "MAX_IDS_PER_PROFILE", 2)
+    from engage import profile_budgets
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
     run(batch(message("identify", "m1", at(0), userId="u1", anonymousId="a1")))
     # When the user shows up from a third device
     run(batch(message("track", "m2", at(1), userId="u1", anonymousId="a2", event="Login")))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from engage import clock, identity, profiles
 from engage import profiles_store as store
 from engage.audiences import runtime as audience_runtime
 from engage.config import settings
+from engage.dynamodb_limits import MAX_ITEM_BYTES, attributes_size
 from engage.identity import ACCOUNTS, GROUP_ID, USERS, Identifier
 from engage.observability import logger, metrics
 from engage.profiles import Message, ProfileState
@@ -37,9 +39,9 @@ from engage.profiles import Message, ProfileState
 # Optimistic-lock retries per message before the record is reported as failed (the event
 # source mapping then retries it with its batch).
 MAX_ATTEMPTS = 5
-# Ids one profile may collect (anonymous ids pile up across devices and cleared cookies);
-# past it events still land on the profile but add no new ids, as Segment does at its limits.
-MAX_IDS_PER_PROFILE = 200
+# What a profile drops when one of its budgets is full (engage.profile_budgets) -> metric name.
+_DROP_METRICS = {"traits": "ProfileTraitsDropped", "ids": "ProfileIdsDropped", "event_names": "ProfileEventNamesPruned",
+                 "audience_records": "ProfileAudienceRecordsPruned", "merge_log_entries": "ProfileMergeLogPruned"}
 
 
 def process_stream_batch(event: dict, context: Any = None) -> dict:
@@ -69,6 +71,7 @@ class _Change:
     pointers: list[tuple[store.IdentityRecord, str | None]] = field(default_factory=list)  # (new, expected)
     links: list[store.LinkRecord] = field(default_factory=list)
     unlinks: list[store.LinkRecord] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)  # what the profile's budgets left out
 
 
 class StreamBatch:
@@ -251,15 +254,18 @@ class StreamBatch:
         change = _Change(survivor_cached)
         for loser in losers:
             state, gone = profiles.merge_into(state, loser.state, message=message, merged_at=message.received_at,
-                                              now=now, retention_days=self.retention_days)
+                                              now=now, retention_days=self.retention_days, dropped=change.dropped)
             change.merged.append((loser, gone))
             moved, dropped_links = self._move_links(space_id, loser.state, state)
             change.links += moved
             change.unlinks += dropped_links
         for i in resolution.accepted:
-            if not state.has_id(i.collection, i.type, i.value) and len(state.external_ids) >= MAX_IDS_PER_PROFILE:
+            if not state.has_id(i.collection, i.type, i.value) and not profiles.room_for_id(
+                    state, collection=i.collection, id_type=i.type, value=i.value, encoding=i.encoding,
+                    created_at=message.received_at, message_id=message.message_id):
                 logger.warning("profile holds the most ids allowed: id not added",
                                extra={"message_id": message.message_id, "id": i.ref, "profile": state.profile_id})
+                change.dropped["ids"] += 1
                 continue
             profiles.add_external_id(state, collection=i.collection, id_type=i.type, value=i.value,
                                      encoding=i.encoding, created_at=message.received_at,
@@ -269,10 +275,11 @@ class StreamBatch:
                 change.pointers.append((store.new_pointer(space_id, i.collection, i.type, i.value, state.profile_id,
                                                           message.received_at), current))
         change.state = profiles.apply_message(state, message, now=now, retention_days=self.retention_days,
-                                              audience_index=audience_runtime.engine(space_id).index)
+                                              audience_index=audience_runtime.engine(space_id).index,
+                                              dropped=change.dropped)
         if message.type == "group":
             change.account, account_pointers, account_links = self._group(space_id, message, change.state, now,
-                                                                          touched)
+                                                                          touched, change.dropped)
             change.pointers += account_pointers
             change.links += account_links
         return change
@@ -286,6 +293,8 @@ class StreamBatch:
             account_cached, account = change.account
             written.append((account, account_cached.record if account_cached else None))
         records = [_to_record(new_state, record, updated_at) for new_state, record in written]
+        for record in records:
+            _check_size(record, message)
         if len(records) == 1 and not change.pointers and not change.links and not change.unlinks:
             store.save_profile(records[0], _WRITTEN)
         else:
@@ -302,6 +311,12 @@ class StreamBatch:
                 if entry.get("collection", USERS) == USERS and entry["type"] != GROUP_ID:
                     self._repoint(store.identity_pk(space_id, USERS, entry["type"], entry["id"]), space_id,
                                   entry["type"], entry["id"], state.profile_id)
+        if change.dropped:
+            for what, n in change.dropped.items():
+                metrics.add_metric(name=_DROP_METRICS[what], unit=MetricUnit.Count, value=n)
+            logger.warning("profile budget full: part of the message was not kept on the profile",
+                           extra={"message_id": message.message_id, "profile": state.profile_id,
+                                  "dropped": dict(change.dropped)})
         self._queue_history(space_id, state.profile_id, message)
         if change.account is not None:  # the account's /events shows its group calls
             self._queue_history(space_id, change.account[1].profile_id, message)
@@ -310,7 +325,8 @@ class StreamBatch:
             logger.info("profiles merged", extra={"message_id": message.message_id, "survivor": state.profile_id,
                                                   "merged": [loser.state.profile_id for loser, _ in change.merged]})
 
-    def _group(self, space_id: str, message: Message, user: ProfileState, now, touched: set[str]):
+    def _group(self, space_id: str, message: Message, user: ProfileState, now, touched: set[str],
+               dropped: Counter):
         """The account side of a group call: its profile, ids and the user <-> account link."""
         ids = identity.account_identifiers(message)
         account_cached = None
@@ -334,18 +350,21 @@ class StreamBatch:
                 logger.warning("account id already names another account: not moved",
                                extra={"message_id": message.message_id, "id": i.ref, "account": current})
                 continue
-            profiles.add_external_id(account, collection=ACCOUNTS, id_type=i.type, value=i.value,
-                                     encoding=i.encoding, created_at=message.received_at,
-                                     message_id=message.message_id)
+            if not profiles.add_external_id(account, collection=ACCOUNTS, id_type=i.type, value=i.value,
+                                            encoding=i.encoding, created_at=message.received_at,
+                                            message_id=message.message_id, dropped=dropped) \
+                    and not account.has_id(ACCOUNTS, i.type, i.value):
+                continue  # no room on the account for this id: not claimed either
             if current is None:
                 pointers.append((store.new_pointer(space_id, ACCOUNTS, i.type, i.value, account.profile_id,
                                                    message.received_at), None))
-        account = profiles.apply_message(account, message, now=now, retention_days=self.retention_days)
+        account = profiles.apply_message(account, message, now=now, retention_days=self.retention_days,
+                                         dropped=dropped)
         links = []
         # The user's group ids tell whether the link exists already (links are written once).
         if profiles.add_external_id(user, collection=USERS, id_type=GROUP_ID, value=message.group_id,
                                     encoding="none", created_at=message.received_at,
-                                    message_id=message.message_id):
+                                    message_id=message.message_id, dropped=dropped):
             links = [
                 store.new_link(space_id, USERS, user.profile_id, ACCOUNTS, account.profile_id,
                                message.received_at, message.message_id),
@@ -449,6 +468,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+class ProfileTooLarge(Exception):
+    """A profile would pass DynamoDB's item limit despite its budgets: a bug, never input."""
+
+
+def _check_size(record: store.ProfileRecord, message: Message) -> None:
+    """The budgets keep every profile far below 400 KB; if a bug let one through, fail this record
+    with a message that says so (it goes to the failure queue) instead of DynamoDB's bare refusal."""
+    size = attributes_size(record.attribute_values)
+    if size > MAX_ITEM_BYTES:
+        raise ProfileTooLarge(f"profile {record.pk} would be {size:,} bytes after message {message.message_id}: "
+                              f"over DynamoDB's {MAX_ITEM_BYTES:,}; its budgets (engage.profile_budgets) failed")
 
 
 def _to_state(record: store.ProfileRecord) -> ProfileState:

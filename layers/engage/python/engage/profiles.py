@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from engage import clock
+from engage import profile_budgets as budgets
 from engage.audiences.aggregates import apply_event, merge_condition_state
 
 PAGE_VIEWED = "Page Viewed"
@@ -29,8 +31,8 @@ SCREEN_VIEWED = "Screen Viewed"
 APPLIED_LIMIT = 500
 # Merges one profile may absorb (Segment protects its graph with the same limit).
 MERGE_LIMIT = 100
-# Budget for the aggregates of one item: DynamoDB items hold 400 KB; traits and ids need room.
-AGGREGATES_BUDGET_BYTES = 200_000
+# Budget for the aggregates of one item (daily_counts + event_stats; engage.profile_budgets).
+AGGREGATES_BUDGET_BYTES = budgets.EVENTS_BUDGET_BYTES
 
 
 class BadMessage(ValueError):
@@ -174,31 +176,34 @@ class ProfileState:
 
 # ---------------------------------------------------------------- the one apply function
 def apply_message(state: ProfileState, message: Message, *, now: datetime, retention_days: int,
-                  audience_index: Any = None) -> ProfileState:
+                  audience_index: Any = None, dropped: Counter | None = None) -> ProfileState:
     """Apply one message to one profile state (already resolved by identity). Returns a new state.
 
     Idempotent: a message already applied returns the state unchanged. This is the hook for
     per-event aggregation: anything that must see every event exactly once per profile
     (e.g. the audience engine's own aggregates) is called here, next to `record_event`.
+    Every part stays within its budget (engage.profile_budgets); what did not fit is counted
+    in `dropped`.
     """
     if state.has_applied(message.message_id):
         return state
     state = state.clone()
     if state.collection == "accounts":
         if message.type == "group":
-            merge_traits(state, message.traits, message.stamp)
+            merge_traits(state, message.traits, message.stamp, dropped)
     else:
         if message.type == "identify":
-            merge_traits(state, message.traits, message.stamp)
+            merge_traits(state, message.traits, message.stamp, dropped)
             state.last_identified_at = _max(state.last_identified_at, message.timestamp)
         name = message.event_name
         if name:
-            record_event(state, name, message.timestamp, now=now, retention_days=retention_days)
+            record_event(state, name, message.timestamp, now=now, retention_days=retention_days, dropped=dropped)
         if name and audience_index is not None:
             # Audience aggregates see every event exactly once per profile, like record_event;
             # the index touches only conditions on this event name (cost independent of audiences).
-            state.condition_state = apply_event(state.condition_state, {**message.raw, "timestamp": message.timestamp},
-                                                audience_index)
+            state.condition_state = budgets.prune_condition_state(
+                apply_event(state.condition_state, {**message.raw, "timestamp": message.timestamp}, audience_index),
+                dropped=dropped)
         state.first_message_at = _min(state.first_message_at, message.timestamp)
         state.last_message_at = _max(state.last_message_at, message.timestamp)
     mark_applied(state, message.message_id)
@@ -206,24 +211,42 @@ def apply_message(state: ProfileState, message: Message, *, now: datetime, reten
 
 
 # ---------------------------------------------------------------- traits
-def merge_traits(state: ProfileState, traits: dict, stamp: str) -> None:
-    """Last writer by event time wins per top-level trait; null is stored as null (Segment)."""
+def merge_traits(state: ProfileState, traits: dict, stamp: str, dropped: Counter | None = None) -> None:
+    """Last writer by event time wins per top-level trait; null is stored as null (Segment).
+    A trait that would take the profile's traits past their budget is not applied (counted)."""
+    size = None
     for name, value in traits.items():
         if not isinstance(name, str) or not name:
             continue  # DynamoDB map keys must be non-empty strings; JSON can't give non-strings
         if stamp >= state.trait_times.get(name, ""):
+            size = budgets.traits_size(state.traits, state.trait_times) if size is None else size
+            growth = budgets.trait_growth(state.traits, state.trait_times, name, value, stamp)
+            if growth > 0 and size + growth > budgets.TRAITS_BUDGET_BYTES:
+                if dropped is not None:
+                    dropped["traits"] += 1
+                continue
             state.traits[name] = copy.deepcopy(value)
             state.trait_times[name] = stamp
+            size += growth
 
 
-def merge_trait_maps(traits_a: dict, times_a: dict, traits_b: dict, times_b: dict) -> tuple[dict, dict]:
-    """Union of two profiles' traits, each trait from whichever side set it last."""
+def merge_trait_maps(traits_a: dict, times_a: dict, traits_b: dict, times_b: dict,
+                     dropped: Counter | None = None) -> tuple[dict, dict]:
+    """Union of two profiles' traits, each trait from whichever side set it last (within the
+    traits budget: a trait of `b` that does not fit is left out and counted)."""
     traits, times = copy.deepcopy(traits_a), dict(times_a)
+    size = budgets.traits_size(traits, times)
     for name, value in traits_b.items():
         stamp = times_b.get(name, "")
         if name not in traits or stamp > times.get(name, ""):
+            growth = budgets.trait_growth(traits, times, name, value, stamp)
+            if growth > 0 and size + growth > budgets.TRAITS_BUDGET_BYTES:
+                if dropped is not None:
+                    dropped["traits"] += 1
+                continue
             traits[name] = copy.deepcopy(value)
             times[name] = stamp
+            size += growth
     return traits, times
 
 
@@ -237,7 +260,8 @@ def retention_floor(now: datetime, retention_days: int) -> str:
     return (now - timedelta(days=retention_days)).strftime("%Y%m%d")
 
 
-def record_event(state: ProfileState, name: str, timestamp: str, *, now: datetime, retention_days: int) -> None:
+def record_event(state: ProfileState, name: str, timestamp: str, *, now: datetime, retention_days: int,
+                 dropped: Counter | None = None) -> None:
     stats = state.event_stats.get(name)
     if stats is None:
         state.event_stats[name] = {"first": timestamp, "last": timestamp, "total": 1}
@@ -249,12 +273,28 @@ def record_event(state: ProfileState, name: str, timestamp: str, *, now: datetim
     if day >= retention_floor(now, retention_days):  # an import older than retention: totals only
         buckets = state.daily_counts.setdefault(name, {})
         buckets[day] = int(buckets.get(day, 0)) + 1
-    state.daily_counts = prune_daily_counts(state.daily_counts, now=now, retention_days=retention_days)
+    prune_events(state, now=now, retention_days=retention_days, dropped=dropped)
+
+
+def prune_events(state: ProfileState, *, now: datetime, retention_days: int, dropped: Counter | None = None) -> None:
+    """daily_counts + event_stats within their budget: days past retention go, then the oldest
+    days (the newest stays), then the event names seen least recently."""
+    budget = budgets.EVENTS_BUDGET_BYTES
+    state.daily_counts = prune_daily_counts(state.daily_counts, now=now, retention_days=retention_days,
+                                            budget_bytes=max(budget - _stats_size(state.event_stats), 0))
+    state.daily_counts, state.event_stats = budgets.prune_event_names(state.daily_counts, state.event_stats,
+                                                                      budget=budget, dropped=dropped)
+
+
+def _stats_size(event_stats: dict) -> int:
+    """Stored size estimate of event_stats: a name and its first/last/total (~75 bytes)."""
+    return sum(len(name.encode()) + 75 for name in event_stats)
 
 
 def prune_daily_counts(daily_counts: dict, *, now: datetime, retention_days: int,
                        budget_bytes: int = AGGREGATES_BUDGET_BYTES) -> dict:
-    """Drop buckets older than retention; if still over the size budget, drop oldest days first."""
+    """Drop buckets older than retention; if still over the size budget, drop oldest days first
+    (never the newest day: what is happening now is what audiences need most)."""
     floor = retention_floor(now, retention_days)
     if all(day >= floor for buckets in daily_counts.values() for day in buckets) and \
             _size(daily_counts) <= budget_bytes:
@@ -264,7 +304,7 @@ def prune_daily_counts(daily_counts: dict, *, now: datetime, retention_days: int
     pruned = {name: buckets for name, buckets in pruned.items() if buckets}
     if _size(pruned) > budget_bytes:
         days = sorted({day for buckets in pruned.values() for day in buckets})
-        while days and _size(pruned) > budget_bytes:
+        while len(days) > 1 and _size(pruned) > budget_bytes:
             oldest = days.pop(0)
             for buckets in pruned.values():
                 buckets.pop(oldest, None)
@@ -301,13 +341,27 @@ def sum_event_stats(a: dict, b: dict) -> dict:
 
 # ---------------------------------------------------------------- identities
 def add_external_id(state: ProfileState, *, collection: str, id_type: str, value: str, encoding: str,
-                    created_at: str, message_id: str) -> bool:
-    """Record an id on the profile once; returns whether it was new."""
+                    created_at: str, message_id: str, dropped: Counter | None = None) -> bool:
+    """Record an id on the profile once; returns whether it was added (False: known already,
+    or no room left in the ids budget, which is counted)."""
     if state.has_id(collection, id_type, value):
         return False
-    state.external_ids.append({"id": value, "type": id_type, "collection": collection, "encoding": encoding,
-                               "created_at": created_at, "message_id": message_id})
+    entry = {"id": value, "type": id_type, "collection": collection, "encoding": encoding,
+             "created_at": created_at, "message_id": message_id}
+    if not budgets.room_for_id(state.external_ids, entry):
+        if dropped is not None:
+            dropped["ids"] += 1
+        return False
+    state.external_ids.append(entry)
     return True
+
+
+def room_for_id(state: ProfileState, *, collection: str, id_type: str, value: str, encoding: str,
+                created_at: str, message_id: str) -> bool:
+    """Whether a new id fits the profile's ids budget (200 ids, 32 KB)."""
+    return budgets.room_for_id(state.external_ids, {
+        "id": value, "type": id_type, "collection": collection, "encoding": encoding,
+        "created_at": created_at, "message_id": message_id})
 
 
 def mark_applied(state: ProfileState, message_id: str) -> None:
@@ -318,7 +372,7 @@ def mark_applied(state: ProfileState, message_id: str) -> None:
 
 # ---------------------------------------------------------------- merges
 def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message, merged_at: str,
-               now: datetime, retention_days: int) -> tuple[ProfileState, ProfileState]:
+               now: datetime, retention_days: int, dropped: Counter | None = None) -> tuple[ProfileState, ProfileState]:
     """Fold `merged` into `survivor`: traits by per-trait time, ids unioned, aggregates summed.
 
     Returns (new survivor, new merged). The merged profile keeps its data (its history stays
@@ -327,14 +381,19 @@ def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message
     if merged.profile_id in survivor.merged_from:
         return survivor, merged
     out = survivor.clone()
-    out.traits, out.trait_times = merge_trait_maps(out.traits, out.trait_times, merged.traits, merged.trait_times)
+    out.traits, out.trait_times = merge_trait_maps(out.traits, out.trait_times, merged.traits, merged.trait_times,
+                                                   dropped)
     for entry in merged.external_ids:
         if not out.has_id(entry.get("collection", "users"), entry["type"], entry["id"]):
-            out.external_ids.append(dict(entry))
-    out.daily_counts = prune_daily_counts(sum_daily_counts(out.daily_counts, merged.daily_counts),
-                                          now=now, retention_days=retention_days)
+            if budgets.room_for_id(out.external_ids, entry):
+                out.external_ids.append(dict(entry))
+            elif dropped is not None:
+                dropped["ids"] += 1
+    out.daily_counts = sum_daily_counts(out.daily_counts, merged.daily_counts)
     out.event_stats = sum_event_stats(out.event_stats, merged.event_stats)
-    out.condition_state = merge_condition_state(out.condition_state, merged.condition_state)
+    prune_events(out, now=now, retention_days=retention_days, dropped=dropped)
+    out.condition_state = budgets.prune_condition_state(
+        merge_condition_state(out.condition_state, merged.condition_state), dropped=dropped)
     for message_id in merged.applied:
         if message_id not in out.applied:
             out.applied.append(message_id)
@@ -344,8 +403,10 @@ def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message
     out.merges = out.merges + [{
         "profile_id": merged.profile_id, "merged_at": merged_at, "message_id": message.message_id,
         "message_type": message.type,
-        "ids": [f"{e['type']}:{e['id']}" for e in merged.external_ids if e.get("collection", "users") == "users"],
+        "ids": budgets.merge_entry_ids(
+            [f"{e['type']}:{e['id']}" for e in merged.external_ids if e.get("collection", "users") == "users"]),
     }]
+    out.merges = budgets.prune_merges(out.merges, dropped=dropped)
     out.created_at = _min(out.created_at, merged.created_at)
     out.first_message_at = _min(out.first_message_at, merged.first_message_at)
     out.last_message_at = _max(out.last_message_at, merged.last_message_at)

@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from engage import clock, events_store, spaces
 from engage.errors import AuthenticationFailed, EngageError, NotFound, ValidationFailed
-from engage.ingestion import messages, wire
+from engage.ingestion import messages, storable, wire
 from engage.ingestion.messages import Issue
 from engage.ingestion.wire import BadRequest, LimitExceeded
 from engage.observability import logger, metrics
@@ -197,7 +197,8 @@ def _merge(shared: dict, item: dict) -> dict:
 
 
 def _check(raw, call_type: str | None, path: str, received_at: datetime) -> tuple[dict, list[Issue]]:
-    """Size, then the spec; returns the normalized message or the reasons it was rejected."""
+    """Size, the spec, then what the pipeline can store; returns the normalized message or the
+    reasons it was rejected."""
     try:
         size = wire.message_size(raw)
     except ValueError as error:
@@ -208,6 +209,9 @@ def _check(raw, call_type: str | None, path: str, received_at: datetime) -> tupl
     if isinstance(result, list):
         return {}, result
     message_type = call_type or raw["type"]
+    unstorable = storable.problems(raw, message_type, path)
+    if unstorable:
+        return {}, unstorable
     return messages.normalize(raw, result, message_type, received_at), []
 
 

@@ -18,8 +18,13 @@ from pydantic_core import PydanticCustomError
 from engage import clock
 
 # DynamoDB keys: a partition key holds 2,048 bytes and a sort key 1,024; the space prefix
-# and the messageId-as-sort-key both fit under this.
+# plus an id fit under this.
 MAX_ID_BYTES = 1000
+# messageId is the events' sort key, part of the history's (`<timestamp>|<messageId>`), and
+# each profile remembers its last 500 (dedupe): 100 bytes, Segment's own limit for profiles.
+MAX_MESSAGE_ID_BYTES = 100
+# Years a timestamp may name: clock.iso() writes 4-digit years, which sort as text.
+YEARS = (1000, 9999)
 TYPES = ("identify", "track", "page", "screen", "group", "alias")
 ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
 TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
@@ -42,7 +47,7 @@ def _invalid(reason: str) -> PydanticCustomError:
     return PydanticCustomError("segment_spec", reason)
 
 
-def _coerce_id(value: Any) -> str | None:
+def _coerce_id(value: Any, limit: int = MAX_ID_BYTES) -> str | None:
     # Segment SDKs may send numeric ids; Segment stores them as strings, so do we.
     if value is None or value == "":
         return None
@@ -56,9 +61,13 @@ def _coerce_id(value: Any) -> str | None:
         value = str(int(value)) if value.is_integer() else repr(value)
     elif not isinstance(value, str):
         raise _invalid(f"must be a string or a number, not {_json_type(value)}")
-    if len(value.encode()) > MAX_ID_BYTES:
-        raise _invalid(f"is longer than {MAX_ID_BYTES} bytes")
+    if len(value.encode()) > limit:
+        raise _invalid(f"is longer than {limit} bytes")
     return value
+
+
+def _coerce_message_id(value: Any) -> str | None:
+    return _coerce_id(value, MAX_MESSAGE_ID_BYTES)
 
 
 def _coerce_time(value: Any) -> datetime | None:
@@ -66,10 +75,19 @@ def _coerce_time(value: Any) -> datetime | None:
         return value
     if isinstance(value, str):
         try:
-            return clock.parse(value)
+            moment = clock.parse(value)
         except (ValueError, OverflowError):  # OverflowError: year 1 moved west of UTC
             pass
+        else:
+            if not in_years(moment):
+                raise _invalid(f"is in the year {moment.year}: timestamps must be in the years "
+                               f"{YEARS[0]} to {YEARS[1]} (UTC)")
+            return moment
     raise _invalid(f"must be an ISO 8601 date-time such as 2026-01-02T03:04:05.678Z, not {_show(value)}")
+
+
+def in_years(moment: datetime) -> bool:
+    return YEARS[0] <= moment.year <= YEARS[1]
 
 
 def _require(value: Any) -> Any:
@@ -79,6 +97,7 @@ def _require(value: Any) -> Any:
 
 
 Id = Annotated[str | None, BeforeValidator(_coerce_id)]
+MessageId = Annotated[str | None, BeforeValidator(_coerce_message_id)]
 RequiredId = Annotated[str, BeforeValidator(_coerce_id), BeforeValidator(_require)]
 Time = Annotated[datetime | None, BeforeValidator(_coerce_time)]
 Object = dict[str, Any] | None
@@ -91,7 +110,7 @@ class Message(BaseModel):
 
     userId: Id = None
     anonymousId: Id = None
-    messageId: Id = None
+    messageId: MessageId = None
     timestamp: Time = None
     originalTimestamp: Time = None
     sentAt: Time = None
@@ -105,19 +124,24 @@ class Message(BaseModel):
         return self
 
 
+# `traits` and `properties` are objects on every call, not only where the spec reads them: the
+# profile processor cannot apply a message whose traits or properties are something else.
 class Identify(Message):
     traits: Object = None
+    properties: Object = None
 
 
 class Track(Message):
     event: Annotated[str, BeforeValidator(_require)]
     properties: Object = None
+    traits: Object = None
 
 
 class Page(Message):
     name: str | None = None
     category: str | None = None
     properties: Object = None
+    traits: Object = None
 
 
 class Screen(Page):
@@ -127,11 +151,14 @@ class Screen(Page):
 class Group(Message):
     groupId: RequiredId
     traits: Object = None
+    properties: Object = None
 
 
 class Alias(Message):
     previousId: RequiredId
     userId: RequiredId
+    traits: Object = None
+    properties: Object = None
 
 
 MODELS: dict[str, type[Message]] = {
@@ -182,6 +209,8 @@ def normalize(raw: dict, message: Message, message_type: str, received_at: datet
             timestamp = received_at - (sent - original)  # client clock skew corrected
         except OverflowError:
             timestamp = received_at  # a device clock thousands of years off tells us nothing
+        if not in_years(timestamp):
+            timestamp = received_at
     else:
         timestamp = received_at
     for name, value in (("originalTimestamp", original), ("sentAt", sent)):

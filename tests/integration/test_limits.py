@@ -1,0 +1,146 @@
+"""Issue 9, reproductions 1-3: nothing accepted is lost, no one can break a profile.
+
+Every message goes through the real ingest handler, then each stage gets the stream records the
+previous one wrote (ingest -> profile processor -> audience evaluator -> router), on moto with
+DynamoDB's limits enforced (localcloud.dynamodb_limits): a message answered 200 must be applied
+with no record failing; one that cannot be stored is refused with a 400 naming the field."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engage import dynamodb_limits as limits
+from tests.integration.audience_support import (
+    LambdaContext,
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    handler,
+    members_of,
+)
+from tests.integration.test_pipeline import WRITE_AUTH, Pipeline
+
+
+class Sender(Pipeline):
+    """Posts to the Tracking API and reports (status, body) instead of asserting 200."""
+
+    def send(self, call: str, body: dict) -> tuple[int, dict]:
+        event = {"version": "2.0", "routeKey": f"POST /v1/{call}", "rawPath": f"/v1/{call}", "rawQueryString": "",
+                 "headers": {"authorization": WRITE_AUTH, "content-type": "application/json"},
+                 "requestContext": {"http": {"method": "POST", "path": f"/v1/{call}", "sourceIp": "127.0.0.1"},
+                                    "stage": "$default", "requestId": "r"},
+                 "body": json.dumps(body), "isBase64Encoded": False}
+        response = handler("ingest")(event, LambdaContext())
+        return response["statusCode"], json.loads(response["body"])
+
+    def accepted(self, call: str, body: dict) -> None:
+        status, answer = self.send(call, body)
+        assert status == 200, answer
+        self.flow()  # asserts that no stream record failed
+
+
+def profile_of(user_id: str) -> dict:
+    from engage import profiles_store
+
+    record = profiles_store.resolve("acme", "users", "user_id", user_id)
+    assert record is not None, f"no profile for {user_id}"
+    return record.attribute_values
+
+
+@pytest.fixture
+def sender(aws, space, engine):
+    return Sender(aws)
+
+
+# ---------------------------------------------------------------- reproduction 2: accepted, then dropped
+@pytest.mark.parametrize(("call", "body", "path"), [
+    ("identify", {"userId": "u1", "timestamp": "0001-01-01T00:00:00Z"}, "timestamp"),
+    ("track", {"userId": "u1", "event": "E", "originalTimestamp": "0999-12-31T23:59:59Z",
+               "sentAt": "2026-01-01T00:00:00Z"}, "originalTimestamp"),
+    ("track", {"userId": "u1", "event": "E", "traits": [1]}, "traits"),
+    ("identify", {"userId": "u1", "properties": "x"}, "properties"),
+    ("identify", {"userId": "u1", "traits": {"email": "e" * 2100 + "@example.com"}}, "traits.email"),
+    ("track", {"userId": "u1", "event": "E", "context": {"traits": {"email": "e" * 1001}}}, "context.traits.email"),
+    ("track", {"userId": "u1", "event": "E", "context": {"externalIds": [
+        {"id": "x" * 2100, "type": "crm_id", "collection": "users", "encoding": "none"}]}},
+     "context.externalIds[0].id"),
+    ("track", {"userId": "u1", "event": "E", "context": {"externalIds": [
+        {"id": "1", "type": "t" * 101}]}}, "context.externalIds[0].type"),
+    ("track", {"userId": "u1", "event": "E", "messageId": "m" * 1000}, "messageId"),
+])
+def test_what_a_later_stage_cannot_store_is_refused_with_a_400_naming_the_field(sender, call, body, path):
+    status, answer = sender.send(call, body)
+    assert status == 400, answer
+    assert answer["code"] == "validation_error"
+    assert path in [d["path"] for d in answer["details"]], answer
+
+
+# ---------------------------------------------------------------- reproduction 3: numbers
+@pytest.mark.parametrize(("value", "reason"), [
+    (1e308, "larger than DynamoDB's largest number"), (-1e308, "larger than DynamoDB's largest number"),
+    (1e-200, "smaller than DynamoDB's smallest number"), (int("9" * 50), "more than 38 significant digits"),
+])
+def test_numbers_dynamodb_cannot_hold_are_refused(sender, value, reason):
+    status, answer = sender.send("identify", {"userId": "u1", "traits": {"score": value}})
+    assert status == 400, answer
+    assert answer["details"][0]["path"] == "traits.score" and reason in answer["details"][0]["message"]
+    status, answer = sender.send("track", {"userId": "u1", "event": "E", "properties": {"a": [{"b": value}]}})
+    assert status == 400 and answer["details"][0]["path"] == "properties.a[0].b", answer
+
+
+def test_a_message_nested_too_deep_for_a_profile_is_refused(sender):
+    deep: object = "x"
+    for _ in range(30):
+        deep = {"a": deep}
+    status, answer = sender.send("identify", {"userId": "u1", "traits": {"deep": deep}})
+    assert status == 400, answer
+    assert answer["details"][0]["path"].startswith("traits.deep.a"), answer
+
+
+def test_values_at_every_limit_are_accepted_and_applied(sender):
+    """The boundary of the contract: each of these is answered 200 and the pipeline stores and
+    processes it (Sender.accepted asserts no stream record fails), audiences included."""
+    status, _ = call_api("POST", "/v1/audiences", {"key": "scored", "name": "Scored", "condition": {
+        "trait": "score", "op": "gt", "value": 0}})
+    assert status == 201
+    email = "e" * (1000 - len("@example.com")) + "@example.com"
+    deep: object = "x"
+    for _ in range(21):
+        deep = {"a": deep}
+    sender.accepted("identify", {
+        "userId": "u1", "messageId": "m" * 100, "timestamp": "1000-01-01T00:00:00Z",
+        "traits": {"email": email, "score": 9.99e125, "tiny": 1e-130,
+                   "digits": int("9" * 38), "deep": deep, "big": "b" * 16_000},
+        "context": {"externalIds": [{"id": "x" * 1000, "type": "t" * 100, "collection": "users"}]}})
+    sender.accepted("track", {"userId": "u1", "event": "E" * 255, "properties": {"n": -1e125, "deep": deep},
+                              "timestamp": "9999-12-31T23:59:59.999Z"})
+    profile = profile_of("u1")
+    assert profile["traits"]["email"] == email
+    assert members_of("scored") == {profile["profile_id"]}
+
+
+# ---------------------------------------------------------------- reproduction 1: a profile past 400 KB
+def test_nine_identifies_with_big_traits_cannot_freeze_a_profile(sender):
+    for i in range(9):
+        status, answer = sender.send("identify", {"userId": "victim", "traits": {f"junk{i}": "j" * 30_000}})
+        assert status == 400 and answer["details"][0]["path"] == f"traits.junk{i}", answer
+    for i in range(9):  # the largest trait allowed, nine times: the profile's trait budget holds
+        sender.accepted("identify", {"userId": "victim", "traits": {f"junk{i}": "j" * 16_000}})
+    sender.accepted("identify", {"userId": "victim", "traits": {"plan": "pro"}})
+    profile = profile_of("victim")
+    assert profile["traits"]["plan"] == "pro"
+    assert limits.attributes_size(profile) < limits.MAX_ITEM_BYTES
+
+
+def test_many_distinct_event_names_cannot_freeze_a_profile(sender):
+    status, _ = call_api("POST", "/v1/audiences", {"key": "buyers", "name": "Buyers", "condition": {
+        "event": "Order Completed", "count": {"op": "gte", "value": 1}}})
+    assert status == 201
+    names = [f"{i:04d}" + "n" * 246 for i in range(1200)]
+    for start in range(0, len(names), 400):
+        sender.accepted("batch", {"batch": [{"type": "track", "userId": "victim", "event": name}
+                                            for name in names[start:start + 400]]})
+    sender.accepted("track", {"userId": "victim", "event": "Order Completed"})
+    profile = profile_of("victim")
+    assert members_of("buyers") == {profile["profile_id"]}
+    assert limits.attributes_size(profile) < limits.MAX_ITEM_BYTES
