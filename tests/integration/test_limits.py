@@ -22,7 +22,44 @@ from tests.integration.test_pipeline import WRITE_AUTH, Pipeline
 
 
 class Sender(Pipeline):
-    """Posts to the Tracking API and reports (status, body) instead of asserting 200."""
+    """Posts to the Tracking API and reports (status, body) instead of asserting 200; delivers each
+    stream's new records in batches of 100 (the event source mappings' BatchSize), reading on from
+    where it stopped (profile images are large: re-reading whole streams would cost minutes)."""
+
+    def __init__(self, aws):
+        super().__init__(aws)
+        self.positions: dict[tuple[str, str], str] = {}  # (table, shard) -> last sequence number read
+
+    def flow(self) -> None:
+        for table, function in self.stages:
+            fresh = self._fresh(table)
+            for start in range(0, len(fresh), 100):
+                result = handler(function)({"Records": fresh[start:start + 100]}, LambdaContext())
+                assert not (result or {}).get("batchItemFailures"), result
+
+    def _fresh(self, table: str) -> list[dict]:
+        import boto3
+
+        arn = self.aws.table(table).latest_stream_arn
+        streams = boto3.client("dynamodbstreams", region_name="us-east-1",
+                               endpoint_url="https://streams.dynamodb.us-east-1.amazonaws.com")
+        records = []
+        for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+            after = self.positions.get((table, shard["ShardId"]))
+            start = ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after} if after
+                     else {"ShardIteratorType": "TRIM_HORIZON"})
+            iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], **start)["ShardIterator"]
+            while iterator:
+                page = streams.get_records(ShardIterator=iterator, Limit=1000)
+                if not page["Records"]:
+                    break
+                for record in page["Records"]:
+                    record.setdefault("eventSourceARN", arn)
+                    record["dynamodb"].pop("ApproximateCreationDateTime", None)
+                    self.positions[(table, shard["ShardId"])] = record["dynamodb"]["SequenceNumber"]
+                records.extend(page["Records"])
+                iterator = page.get("NextShardIterator")
+        return records
 
     def send(self, call: str, body: dict) -> tuple[int, dict]:
         event = {"version": "2.0", "routeKey": f"POST /v1/{call}", "rawPath": f"/v1/{call}", "rawQueryString": "",
@@ -144,3 +181,70 @@ def test_many_distinct_event_names_cannot_freeze_a_profile(sender):
     profile = profile_of("victim")
     assert members_of("buyers") == {profile["profile_id"]}
     assert limits.attributes_size(profile) < limits.MAX_ITEM_BYTES
+
+
+def test_an_adversary_hits_every_budget_and_the_profile_still_works(sender):
+    """One profile, driven with a write key's worth of hostile input until each of its budgets
+    (engage.profile_budgets) is full: every message is still applied without a failure, the item
+    stays within its budget, and the victim's own identifies and tracks still move audiences."""
+    from engage import profile_budgets as budgets
+
+    for key, condition in (("pro", {"trait": "plan", "op": "eq", "value": "pro"}),
+                           ("buyers", {"event": "Order Completed", "count": {"op": "gte", "value": 1}}),
+                           ("trialists", {"event": "Trial Started", "where": [
+                               {"property": "started", "op": "within_last_days", "value": 30}]})):
+        status, body = call_api("POST", "/v1/audiences", {"key": key, "name": key, "condition": condition})
+        assert status == 201, body
+    sender.accepted("identify", {"userId": "victim", "anonymousId": "device-1", "traits": {"plan": "free"}})
+    victim = profile_of("victim")["profile_id"]
+
+    def batch(messages: list[dict]) -> None:
+        for start in range(0, len(messages), 200):
+            sender.accepted("batch", {"batch": messages[start:start + 200]})
+
+    def mid(kind: str, i: int) -> str:
+        return f"{kind}-{i:05d}-" + "m" * 88  # 100 bytes: the longest messageId, 500 of them on the profile
+
+    # traits: the largest trait value, nine times (96 KB budget)
+    batch([{"type": "identify", "userId": "victim", "messageId": mid("t", i), "traits": {f"junk{i}": "j" * 16_000}}
+           for i in range(9)])
+    # ids: anonymous ids of 1,000 bytes (200 ids or 32 KB)
+    batch([{"type": "track", "userId": "victim", "anonymousId": f"{i:04d}" + "a" * 996, "event": "Tick",
+            "messageId": mid("i", i)} for i in range(40)])
+    # event names: 300 distinct 250-byte names (96 KB for daily_counts + event_stats)
+    batch([{"type": "track", "userId": "victim", "event": f"{i:04d}" + "n" * 246, "messageId": mid("e", i)}
+           for i in range(300)])
+    # audience records: events an audience keeps a 1 KB property of (64 KB)
+    batch([{"type": "track", "userId": "victim", "event": "Trial Started", "messageId": mid("r", i),
+            "properties": {"started": "s" * 1000}} for i in range(120)])
+    # merge log: 20 anonymous profiles with 1,000-byte ids merged into the victim (16 KB)
+    batch([{"type": "track", "anonymousId": f"m{i:03d}" + "x" * 996, "event": "Tick", "messageId": mid("p", i)}
+           for i in range(20)])
+    batch([{"type": "alias", "userId": "victim", "previousId": f"m{i:03d}" + "x" * 996, "messageId": mid("a", i)}
+           for i in range(20)])
+
+    profile = profile_of("victim")
+    assert profile["profile_id"] == victim
+    full = {
+        "traits": budgets.traits_size(profile["traits"], profile["trait_times"]) + 17_000
+        > budgets.TRAITS_BUDGET_BYTES,
+        "ids": limits.value_size(profile["external_ids"]) + 1_200 > budgets.IDS_BUDGET_BYTES,
+        "events": limits.value_size(profile["daily_counts"]) + limits.value_size(profile["event_stats"]) + 600
+        > budgets.EVENTS_BUDGET_BYTES,
+        "audience records": limits.value_size(profile["condition_state"]) + 1_100 > budgets.CONDITIONS_BUDGET_BYTES,
+        "merge log": limits.value_size(profile["merges"]) + 1_200 > budgets.MERGES_BUDGET_BYTES,
+        "applied": len(profile["applied"]) == 500,
+    }
+    assert all(full.values()), full
+    assert "junk8" not in profile["traits"] and len(profile["merged_from"]) == 20
+    assert limits.attributes_size(profile) <= budgets.PROFILE_BUDGET_BYTES
+
+    # When the victim's own app identifies and tracks
+    sender.accepted("identify", {"userId": "victim", "traits": {"plan": "pro"}})
+    sender.accepted("track", {"userId": "victim", "event": "Order Completed", "properties": {"revenue": 25}})
+    # Then traits update and audiences move
+    profile = profile_of("victim")
+    assert profile["traits"]["plan"] == "pro"
+    assert profile["event_stats"]["Order Completed"]["total"] == 1
+    assert members_of("pro") == {victim} and members_of("buyers") == {victim}
+    assert limits.attributes_size(profile) <= budgets.PROFILE_BUDGET_BYTES

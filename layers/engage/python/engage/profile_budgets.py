@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from engage.audiences.aggregates import DAY_MS, HOUR_MS, key_day, key_hour
 from engage.dynamodb_limits import MAX_ITEM_BYTES, value_size
 
 KB = 1024
@@ -99,8 +100,6 @@ def prune_condition_state(state: dict, *, budget: int = CONDITIONS_BUDGET_BYTES,
     size = value_size(state)
     if size <= budget:
         return state
-    from engage.audiences.aggregates import DAY_MS, HOUR_MS, key_day, key_hour
-
     out = {agg_id: dict(agg) for agg_id, agg in state.items()}
     oldest: list[tuple[int, str, str, Any]] = []  # (epoch ms, aggregate id, kind, record or bucket key)
     for agg_id, agg in out.items():
