@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 
 import pytest
 
@@ -44,7 +43,7 @@ def test_a_minute_schedule_fires_on_real_time_without_moving_the_clock():
         _, _, now = cloud.call("GET", "/_local/clock")
         assert abs(now["offset_seconds"]) < 1
         assert clock.parse(now["now"]) >= due
-        assert [p for p in now["pending"] if "rate(1 minute)" in p["name"]][0]["at"] > pending["at"]
+        assert next(p for p in now["pending"] if "rate(1 minute)" in p["name"])["at"] > pending["at"]
     finally:
         assert stop_cloud(cloud) == 0, "".join(cloud.output[-40:])
     # And the console shows no errors in normal running (each tick used to print a ValueError traceback)
