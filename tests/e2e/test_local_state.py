@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import timedelta
 from urllib.parse import quote
@@ -57,15 +58,16 @@ def test_restart_with_state_dir_keeps_profiles_space_and_clock(tmp_path):
 
 
 def _profile_message_ids(cloud, user: str) -> set[str]:
-    """Every messageId the Profile API lists for a user (all pages)."""
-    found, following = set(), ""
+    """Every messageId the Profile API lists for a user (all pages), each once."""
+    found, following = [], ""
     while True:
         path = f"/v1/spaces/local/collections/users/profiles/user_id:{user}/events?limit=100"
         status, _, page = cloud.call("GET", path + (f"&next={quote(following)}" if following else ""), auth=ACCESS_TOKEN)
         assert status == 200, page
-        found |= {e["message_id"] for e in page["data"]}
+        found += [e["message_id"] for e in page["data"]]
         if not page["cursor"]["has_more"]:
-            return found
+            assert len(found) == len(set(found)), f"{user}: an event delivered again shows twice"
+            return set(found)
         following = page["cursor"]["next"]
 
 
@@ -99,7 +101,9 @@ def test_every_acknowledged_event_survives_sigkill_under_load(tmp_path):
         # while the clients are still sending and the stream functions are still working
         _, _, page = first.call("GET", "/_local/invocations?after=0&wait=0")
         after = page["next"]
+        deadline = time.monotonic() + 600  # generous: a busy machine answers slowly, a dead cloud never
         while sum(map(len, acknowledged.values())) < 150:
+            assert time.monotonic() < deadline, "".join(first.output[-40:])
             _, _, page = first.call("GET", f"/_local/invocations?after={after}&wait=20")
             after = page["next"]
         first.process.kill()
