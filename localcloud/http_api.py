@@ -194,6 +194,9 @@ class HttpApi:
         self.runtime = runtime
         self.local = local
         self.api_id = api_id
+        # (route, headers, body) -> body, before the event is built: the local cloud's client-time shift.
+        self.request_filter: Callable[[Route, dict[str, str], bytes], bytes] | None = None
+        self.stopping = False  # set when the local cloud starts stopping: every request is then refused (503)
         self.server = _Server(("127.0.0.1", port), self._handler_class())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -233,6 +236,10 @@ class HttpApi:
             def _serve(self) -> None:
                 received = time.time()
                 body = self._read_body()
+                if api.stopping:  # nothing is accepted that the stop might not keep
+                    self._send(503, {"content-type": "application/json", "retry-after": "5"}, [],
+                               b'{"message":"Service Unavailable: the local cloud is stopping"}')
+                    return
                 split = urlsplit(self.path)
                 if split.path.startswith("/_local/"):
                     status, payload = api.local_endpoint(self.command, split.path, body, split.query)
@@ -243,6 +250,8 @@ class HttpApi:
                     self._send(404, {"content-type": "application/json"}, [], b'{"message":"Not Found"}')
                     return
                 route, params = found
+                if api.request_filter is not None:
+                    body = api.request_filter(route, dict(self.headers.items()), body)
                 event = build_event(route, params, self.command, split.path, split.query,
                                     [(k, v) for k, v in self.headers.items() if k.lower() != "transfer-encoding"],
                                     body, self.client_address[0], api.api_id)

@@ -61,7 +61,7 @@ class VirtualClock:
         return engage_clock.now()
 
     def offset(self) -> timedelta:
-        return engage_clock.now() - datetime.now(UTC)
+        return engage_clock.offset()
 
     def call_at(self, when: datetime, callback: Callable[[datetime], None], name: str) -> Timer:
         timer = Timer(when, next(self._seq), name, callback)
@@ -110,6 +110,21 @@ class VirtualClock:
                 raise ValueError(f"the clock only moves forward: {target.isoformat()} is before now")
             return self._move(start, target)
 
+    def run_due(self) -> int:
+        """Run the timers real time has brought due (the ticker), without moving the clock.
+
+        Real time moves the clock on its own: comparing a target taken a moment ago with `now()`
+        (as `advance_to` does) would always find it in the past. Returns how many timers ran.
+        `on_advance` hooks (TTL expiry) run on clock moves only.
+        """
+        with self._lock:
+            target = self.now()
+            self.moving_to = target  # schedules behind by more than CATCH_UP occurrences skip ahead
+            try:
+                return self._run_due(target)
+            finally:
+                self.moving_to = None
+
     def _move(self, start: datetime, target: datetime) -> datetime:
         with self._lock:
             self.moving_to = target
@@ -126,14 +141,16 @@ class VirtualClock:
             self.settle()
             return self.now()
 
-    def _run_due(self, target: datetime) -> None:
+    def _run_due(self, target: datetime) -> int:
+        ran = 0
         while True:
             with self._heap_lock:
                 if not self._timers or self._timers[0].when > target:
-                    return
+                    return ran
                 timer = heapq.heappop(self._timers)
             if timer.cancelled:
                 continue
+            ran += 1
             engage_clock.set_to(timer.when)
             try:
                 timer.callback(timer.when)

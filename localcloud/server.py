@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localcloud import aws, eventbridge, pollers, runtime, state, template, waits
+from localcloud import aws, client_time, eventbridge, pollers, runtime, state, template, waits
 from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
 from localcloud.runtime import Runtime
 from localcloud.scheduler import VirtualClock, parse_duration
@@ -57,7 +57,8 @@ class LocalCloud:
         self.http: HttpApi | None = None
         self.deployment: aws.Deployment | None = None
         self.space_created = False
-        self.started = False  # only a fully started cloud saves state: a failed start must not overwrite it
+        self.started = False
+        self.keeper: state.StateKeeper | None = None  # --state-dir: journal and checkpoints (localcloud/state.py)
         self._settle_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
@@ -80,17 +81,18 @@ class LocalCloud:
         self.deployment = self.cloud.deploy(self.template_path, self.stack_name, self.parameters)
         for spec in self.cloud.function_specs(self.template_path, self.deployment):
             self.runtime.add(spec)
-        if self.state_dir:
-            offset = state.restore(self.state_dir, self.cloud, self.deployment)
-            if offset:
-                self.clock.restore_offset(offset)
-        self._seed_space()
+        restored = state.restore(self.state_dir, self.cloud, self.deployment) if self.state_dir else None
+        if restored and restored.clock_offset:
+            self.clock.restore_offset(restored.clock_offset)
         self.clock.on_advance(self._expire_ttl)
         self.pollers = pollers.pollers_for(self.cloud, self.runtime)
         for extension in EXTENSIONS:
             extension(self)
         for poller in self.pollers:
             poller.start()
+        if restored is not None:
+            self._keep_state(restored)
+        self._seed_space()
         local = LocalHandlers()
         local.health = self.health
         local.clock_get = self.clock_state
@@ -98,15 +100,35 @@ class LocalCloud:
         local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
         local.invocations = self.invocations
         self.http = HttpApi(routes_from_template(self.template_path), self.runtime, local, self.api_port)
+        self.http.request_filter = client_time.request_filter(self.http.routes)  # SDK time follows the clock
         self.http.start()
         self.started = True
         return self
 
+    def _keep_state(self, restored: state.Restored) -> None:
+        """Apply the last run's journal (with stream records), then journal every write from now on."""
+        if restored.journal:
+            for poller in self.pollers:  # a poller at LATEST must have its iterators before the records exist
+                poller.sync(30)
+            applied = state.replay(restored.journal, self.cloud, self.deployment,
+                                   state.journal_path(self.state_dir, restored.generation))
+            log.info("state: %d journaled write(s) since the last checkpoint applied again", applied)
+        self.keeper = state.StateKeeper(self, self.state_dir, restored.generation)
+        self.keeper.journal.since_checkpoint = len(restored.journal)  # checkpoint once they are processed
+        self.keeper.activate()
+
     def stop(self) -> None:
-        if self.state_dir and self.started:
-            self.settle(timeout=30)
-            path = state.save(self.state_dir, self.cloud, self.deployment, self.clock.offset())
-            log.info("state saved to %s", path)
+        if self.http:
+            self.http.stopping = True  # from now on every request is answered 503: nothing new is accepted
+        if self.keeper:
+            try:
+                self.settle(timeout=30, checkpoint=False)
+                if self.keeper.checkpoint(settle_timeout=5):
+                    log.info("state saved to %s", self.state_dir)
+            except TimeoutError:
+                log.warning("the app did not go quiet in 30 s: the journal in %s keeps what was accepted, "
+                            "and the next start delivers it again", self.state_dir)
+            self.keeper.stop()
         for stop in self.on_stop:
             stop()
         if self.http:
@@ -118,7 +140,7 @@ class LocalCloud:
         self.cloud.stop()
 
     # ------------------------------------------------------------ behaviour
-    def settle(self, timeout: float = 60, executions: bool = False) -> dict:
+    def settle(self, timeout: float = 60, executions: bool = False, checkpoint: bool = True) -> dict:
         """Wait until every poller has delivered everything and no async invocation runs.
 
         Repeats until a whole round delivers nothing new, since one function's writes feed
@@ -143,6 +165,8 @@ class LocalCloud:
                     self._join_executions(deadline, timeout)
                 after = (sum(p.delivered for p in self.pollers), self.runtime.invocations)
                 if after == before:
+                    if checkpoint and self.keeper:
+                        self.keeper.poke()  # a quiet moment: write the snapshot soon
                     return {"settled": True, "rounds": rounds}
 
     @staticmethod
@@ -183,6 +207,8 @@ class LocalCloud:
             if not isinstance(data["to"], str):
                 raise ValueError("to: an ISO 8601 timestamp such as 2030-01-01T00:00:00Z")
             self.clock.advance_to(clock.parse(data["to"]))
+        if self.keeper:
+            self.keeper.journal.record_clock(self.clock.offset())
         return self.clock_state()
 
     def _seed_space(self) -> None:

@@ -1,39 +1,239 @@
-"""--state-dir: keep the local cloud's data across restarts.
+"""--state-dir: the local cloud's data survives restarts, clean or not.
 
-moto can reset its state but not export it, and pickling its backends drags along threads
-and locks, so the snapshot is data, keyed by the template's logical ids (physical names
-change on every deploy): every table's items, every queue's waiting messages, and the
-virtual clock's offset. On start the stack is deployed fresh and the snapshot written
-back with stream records suppressed (restoring is not new activity: nothing is
-re-processed). Step Functions executions, EventBridge archives and Lambda logs are not kept.
+Two files, keyed by the template's logical ids (physical names change on every deploy):
+
+- `journal-<generation>.jsonl`: every DynamoDB write of the deployment's tables, appended as
+  it happens: after moto has applied it and before the call that made it returns, so before
+  the API answers the request it served. A line holds the item's whole image after the write
+  (`null` once deleted), read under the journal's lock, so the last line of a key is its
+  current state whatever the order in which concurrent writers got there. A transaction is
+  journaled once it has committed (a cancelled one writes nothing). Clock moves add a line.
+  Each line is one `write()` to the file: a process that is killed (SIGKILL included) loses
+  nothing the OS has been given; a power cut or OS crash can lose what the OS had not yet
+  written out.
+- `snapshot.json`: every table's items, every queue's waiting messages and the clock's
+  offset, as of a quiet moment (a checkpoint), with the generation of the journal that
+  follows it.
+
+A checkpoint (every CHECKPOINT_SECONDS while the journal has lines, after each settle, and
+at a clean stop) first settles the app, then, holding the journal's lock, checks that no
+write was journaled since the settle began (else it tries later): so everything in the
+snapshot has been delivered to its stream consumers. It writes the snapshot (atomically) and
+starts the next generation's journal.
+
+On start the stack is deployed fresh, the snapshot is written back without stream records
+(nothing in it is re-processed), then the journal's lines are applied again *with* stream
+records, once the pollers run: what was acknowledged after the last checkpoint may not have
+been processed yet, so it is delivered again (at least once: every handler is idempotent).
+Queue messages are kept as of the last checkpoint. Step Functions executions, EventBridge
+archives and Lambda logs are not kept.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from localcloud import aws
 
 log = logging.getLogger("localcloud.state")
 SNAPSHOT = "snapshot.json"
 VERSION = 1
+CHECKPOINT_SECONDS = 5.0  # at most this long between checkpoints while writes arrive and the app goes quiet
+CHECKPOINT_SETTLE_SECONDS = 2.0  # a checkpoint waits this long for the app to go quiet, then tries later
 
 
-def save(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment, clock_offset: timedelta) -> Path:
-    dynamodb = cloud.client("dynamodb")
-    tables = {}
-    for logical_id, name in deployment.of_type("AWS::DynamoDB::Table").items():
-        items = []
-        for page in dynamodb.get_paginator("scan").paginate(TableName=name):
-            items.extend(page["Items"])
-        tables[logical_id] = items
-    queues = {}
-    for logical_id, url in deployment.of_type("AWS::SQS::Queue").items():
-        queues[logical_id] = [{"Body": m.body} for m in _queue_messages(cloud, url)]
-    snapshot = {"version": VERSION, "clock_offset_seconds": clock_offset.total_seconds(),
+def journal_path(state_dir: Path, generation: int) -> Path:
+    return state_dir / f"journal-{generation}.jsonl"
+
+
+# ---------------------------------------------------------------- moto hooks (process-wide, once)
+class _Hooks:
+    journal: Journal | None = None
+    installed = False
+
+
+_transaction = threading.local()
+
+
+def _install_hooks() -> None:
+    if _Hooks.installed:
+        return
+    from moto.dynamodb.models import DynamoDBBackend
+
+    put, update, delete = DynamoDBBackend.put_item, DynamoDBBackend.update_item, DynamoDBBackend.delete_item
+    transact = DynamoDBBackend.transact_write_items  # moto_fixes' version: it rolls back a cancelled one
+
+    def put_item(self, table_name, item_attrs, *args, **kwargs):
+        result = put(self, table_name, item_attrs, *args, **kwargs)
+        _written(self, table_name, item_attrs)
+        return result
+
+    def update_item(self, table_name, key, *args, **kwargs):
+        result = update(self, table_name, key, *args, **kwargs)
+        _written(self, table_name, key)
+        return result
+
+    def delete_item(self, table_name, key, *args, **kwargs):
+        result = delete(self, table_name, key, *args, **kwargs)
+        _written(self, table_name, key)
+        return result
+
+    def transact_write_items(self, transact_items):
+        outer = not hasattr(_transaction, "touched")
+        if outer:
+            _transaction.touched = []
+        try:
+            result = transact(self, transact_items)
+            touched = list(_transaction.touched) if outer else []
+        finally:
+            if outer:
+                del _transaction.touched
+        for table_name, key in touched:
+            _written(self, table_name, key)
+        return result
+
+    DynamoDBBackend.put_item = put_item
+    DynamoDBBackend.update_item = update_item
+    DynamoDBBackend.delete_item = delete_item
+    DynamoDBBackend.transact_write_items = transact_write_items
+    _Hooks.installed = True
+
+
+def _written(backend, table_name: str, keys: dict) -> None:
+    touched = getattr(_transaction, "touched", None)
+    if touched is not None:
+        touched.append((table_name, keys))  # journaled when (and if) the transaction commits
+        return
+    journal = _Hooks.journal
+    if journal is not None:
+        journal.record(backend, table_name, keys)
+
+
+# ---------------------------------------------------------------- the journal
+class Journal:
+    """Append-only record of the deployment's DynamoDB writes since the last checkpoint."""
+
+    def __init__(self, state_dir: Path, generation: int, tables: dict[str, str]):
+        self.state_dir, self.generation = state_dir, generation
+        self.logical = {name: logical_id for logical_id, name in tables.items()}
+        self.lock = threading.Lock()
+        self.appended = 0  # lines written since start (a checkpoint compares it before and after settling)
+        self.since_checkpoint = 0
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(journal_path(state_dir, generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def record(self, backend, table_name: str, keys: dict) -> None:
+        logical_id = self.logical.get(table_name)
+        if logical_id is None:
+            return  # a table made outside the template: not kept
+        table = backend.get_table(table_name)
+        key = {a: keys[a] for a in (table.hash_key_attr, table.range_key_attr) if a and a in keys}
+        with self.lock:
+            # The image now, not the one this write made: the last line of a key is then always its state.
+            hash_key, range_key = backend.get_keys_value(table, key)
+            item = table.get_item(hash_key, range_key)
+            self._append({"table": logical_id, "key": key, "item": image(item) if item is not None else None})
+
+    def record_clock(self, offset: timedelta) -> None:
+        with self.lock:
+            self._append({"clock_offset_seconds": offset.total_seconds()})
+
+    def _append(self, entry: dict) -> None:
+        os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        self.appended += 1
+        self.since_checkpoint += 1
+
+    def start_generation(self, generation: int) -> None:
+        """Continue in a new, empty journal (caller holds the lock and has written the snapshot)."""
+        old, old_generation = self._fd, self.generation
+        self._fd = os.open(journal_path(self.state_dir, generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                           | os.O_APPEND, 0o644)
+        self.generation, self.since_checkpoint = generation, 0
+        os.close(old)
+        journal_path(self.state_dir, old_generation).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self.lock:
+            os.close(self._fd)
+            self._fd = os.open(os.devnull, os.O_WRONLY)
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The journal's lines; a torn last line (the process died mid-write) is left out."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    entries = []
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            if number >= len(lines) - 2:  # only the last line can be torn
+                log.warning("%s: its last line was cut short (the process died while writing it): ignored",
+                            path)
+                break
+            raise RuntimeError(f"{path}: line {number + 1} is not JSON: move the state dir away") from None
+    return entries
+
+
+# ---------------------------------------------------------------- snapshot
+def image(item) -> dict:
+    """A moto item in DynamoDB's wire format (binary as base64), as PutItem takes it back."""
+    return {name: _wire(value) for name, value in item.attrs.items()}
+
+
+def _wire(value) -> Any:
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    if not isinstance(value, DynamoType):
+        return value  # already wire format
+    if value.type == "M":
+        return {"M": {k: _wire(v) for k, v in value.value.items()}}
+    if value.type == "L":
+        return {"L": [_wire(v) for v in value.value]}
+    if value.type == "B":
+        return {"B": _base64(value.value)}
+    if value.type == "BS":
+        return {"BS": [_base64(v) for v in value.value]}
+    return {value.type: value.value}
+
+
+def _base64(value) -> str:
+    return base64.b64encode(value).decode() if isinstance(value, bytes | bytearray) else value
+
+
+def _backend(cloud: aws.MotoCloud):
+    from moto.dynamodb.models import dynamodb_backends
+
+    return dynamodb_backends[aws.ACCOUNT_ID][cloud.region]
+
+
+def _table_items(backend, name: str) -> list[dict]:
+    for _ in range(20):
+        try:
+            return [image(item) for item in backend.get_table(name).all_items()]
+        except RuntimeError:  # a writer changed the table while it was read: read again
+            continue
+    raise RuntimeError(f"table {name} kept changing while its snapshot was taken")
+
+
+def save(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment, clock_offset: timedelta,
+         generation: int = 0) -> Path:
+    backend = _backend(cloud)
+    tables = {logical_id: _table_items(backend, name)
+              for logical_id, name in deployment.of_type("AWS::DynamoDB::Table").items()}
+    queues = {logical_id: [{"Body": m.body} for m in _queue_messages(cloud, url)]
+              for logical_id, url in deployment.of_type("AWS::SQS::Queue").items()}
+    snapshot = {"version": VERSION, "generation": generation, "clock_offset_seconds": clock_offset.total_seconds(),
                 "tables": tables, "queues": queues}
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / SNAPSHOT
@@ -43,38 +243,78 @@ def save(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment, cloc
     return path
 
 
-def restore(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment) -> timedelta | None:
-    """Write a saved snapshot back; returns the clock offset to restore, or None if there was none."""
+class Restored:
+    """What `restore` found: the clock offset to set, and the journal to apply once the pollers run."""
+
+    def __init__(self, generation: int = 0, clock_offset: timedelta | None = None,
+                 journal: list[dict] | None = None):
+        self.generation, self.clock_offset, self.journal = generation, clock_offset, journal or []
+
+
+def restore(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment) -> Restored:
+    """Write the snapshot back (no stream records); read the journal that follows it."""
     path = state_dir / SNAPSHOT
-    if not path.exists():
-        return None
-    try:
-        snapshot = json.loads(path.read_text())
-    except ValueError as error:
-        raise RuntimeError(f"{path} is not a readable snapshot ({error}): move it away to start empty") from error
-    if snapshot.get("version") != VERSION:
-        raise RuntimeError(f"{path} was written by another version of the local cloud: move it away")
-    dynamodb = cloud.client("dynamodb")
+    found = Restored()
+    if path.exists():
+        try:
+            snapshot = json.loads(path.read_text())
+        except ValueError as error:
+            raise RuntimeError(f"{path} is not a readable snapshot ({error}): move it away to start empty") from error
+        if snapshot.get("version") != VERSION:
+            raise RuntimeError(f"{path} was written by another version of the local cloud: move it away")
+        found.generation = int(snapshot.get("generation", 0))
+        found.clock_offset = timedelta(seconds=snapshot.get("clock_offset_seconds", 0))
+        backend = _backend(cloud)
+        tables = deployment.of_type("AWS::DynamoDB::Table")
+        with aws.streams_suppressed():
+            for logical_id, items in snapshot["tables"].items():
+                if logical_id not in tables:
+                    log.warning("snapshot table %s is no longer in the template: skipped", logical_id)
+                    continue
+                for item in items:
+                    _put(backend, tables[logical_id], logical_id, item, path)
+        sqs = cloud.client("sqs")
+        queues = deployment.of_type("AWS::SQS::Queue")
+        for logical_id, messages in snapshot.get("queues", {}).items():
+            for message in messages:
+                if logical_id in queues:
+                    sqs.send_message(QueueUrl=queues[logical_id], MessageBody=message["Body"])
+    found.journal = read_journal(journal_path(state_dir, found.generation))
+    for entry in found.journal:
+        if "clock_offset_seconds" in entry:
+            found.clock_offset = timedelta(seconds=entry["clock_offset_seconds"])
+    for stale in state_dir.glob("journal-*.jsonl"):  # a crash between a snapshot and its cleanup leaves one
+        if stale != journal_path(state_dir, found.generation):
+            stale.unlink(missing_ok=True)
+    return found
+
+
+def replay(entries: list[dict], cloud: aws.MotoCloud, deployment: aws.Deployment, source: Path) -> int:
+    """Apply the journal's writes again, with stream records: their consumers may not have seen them."""
+    backend = _backend(cloud)
     tables = deployment.of_type("AWS::DynamoDB::Table")
-    with aws.streams_suppressed():
-        for logical_id, items in snapshot["tables"].items():
-            if logical_id not in tables:
-                log.warning("snapshot table %s is no longer in the template: skipped", logical_id)
-                continue
-            for start in range(0, len(items), 25):
-                requests = [{"PutRequest": {"Item": item}} for item in items[start:start + 25]]
-                try:
-                    dynamodb.batch_write_item(RequestItems={tables[logical_id]: requests})
-                except Exception as error:
-                    raise RuntimeError(f"{path}: items of {logical_id} no longer fit the table the template "
-                                       f"declares ({error}): move the snapshot away to start empty") from error
-    sqs = cloud.client("sqs")
-    queues = deployment.of_type("AWS::SQS::Queue")
-    for logical_id, messages in snapshot.get("queues", {}).items():
-        for message in messages:
-            if logical_id in queues:
-                sqs.send_message(QueueUrl=queues[logical_id], MessageBody=message["Body"])
-    return timedelta(seconds=snapshot.get("clock_offset_seconds", 0))
+    applied = 0
+    for entry in entries:
+        logical_id = entry.get("table")
+        if logical_id is None:
+            continue  # a clock line
+        if logical_id not in tables:
+            log.warning("journal table %s is no longer in the template: skipped", logical_id)
+            continue
+        if entry["item"] is None:
+            backend.delete_item(tables[logical_id], entry["key"])
+        else:
+            _put(backend, tables[logical_id], logical_id, entry["item"], source)
+        applied += 1
+    return applied
+
+
+def _put(backend, table_name: str, logical_id: str, item: dict[str, Any], source: Path) -> None:
+    try:
+        backend.put_item(table_name, item)
+    except Exception as error:
+        raise RuntimeError(f"{source}: items of {logical_id} no longer fit the table the template declares "
+                           f"({error}): move the state dir away to start empty") from error
 
 
 def _queue_messages(cloud: aws.MotoCloud, url: str) -> list:
@@ -84,3 +324,74 @@ def _queue_messages(cloud: aws.MotoCloud, url: str) -> list:
     backend = sqs_backends[aws.ACCOUNT_ID][cloud.region]
     queue = backend.queues.get(url.rsplit("/", 1)[-1])
     return list(queue._messages) if queue is not None else []
+
+
+# ---------------------------------------------------------------- keeping state while running
+class StateKeeper(threading.Thread):
+    """Journals every write and checkpoints the snapshot when the app is quiet."""
+
+    def __init__(self, local, state_dir: Path, generation: int):
+        super().__init__(name="localcloud-state", daemon=True)
+        self.local, self.state_dir = local, state_dir
+        self.journal = Journal(state_dir, generation, local.deployment.of_type("AWS::DynamoDB::Table"))
+        self.stopping = threading.Event()
+        self._poked = threading.Event()
+        self._checkpoint_lock = threading.Lock()
+        self.last_checkpoint = time.monotonic()
+        self.checkpoints = 0
+
+    def activate(self) -> None:
+        """From now on every write is journaled (call after the journal of the last run is replayed)."""
+        _install_hooks()
+        _Hooks.journal = self.journal
+        self.start()
+
+    def poke(self) -> None:
+        """A settle just ended: checkpoint soon (at most once every CHECKPOINT_SECONDS)."""
+        self._poked.set()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self._poked.wait(CHECKPOINT_SECONDS)
+            self._poked.clear()
+            if self.stopping.is_set():
+                break
+            wait = CHECKPOINT_SECONDS - (time.monotonic() - self.last_checkpoint)
+            if wait > 0 and self.stopping.wait(wait):
+                break
+            try:
+                self.checkpoint()
+            except Exception:
+                log.exception("checkpoint failed (the journal still holds every write)")
+
+    def checkpoint(self, settle_timeout: float = CHECKPOINT_SETTLE_SECONDS, attempts: int = 3) -> bool:
+        """Snapshot and a fresh journal, if the app can be caught quiet; False if it could not."""
+        with self._checkpoint_lock:
+            if not self.journal.since_checkpoint:
+                return True
+            for _ in range(attempts):
+                before = self.journal.appended
+                try:
+                    self.local.settle(timeout=settle_timeout, checkpoint=False)
+                except TimeoutError:
+                    return False
+                with self.journal.lock:
+                    if self.journal.appended != before:
+                        continue  # the settle delivered something (or a request wrote): not quiet yet
+                    generation = self.journal.generation + 1
+                    save(self.state_dir, self.local.cloud, self.local.deployment, self.local.clock.offset(),
+                         generation)
+                    self.journal.start_generation(generation)
+                self.last_checkpoint = time.monotonic()
+                self.checkpoints += 1
+                return True
+            return False
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._poked.set()
+        if self.is_alive():
+            self.join(timeout=10)
+        if _Hooks.journal is self.journal:
+            _Hooks.journal = None
+        self.journal.close()

@@ -34,10 +34,14 @@ class Aws:
 
 def reset_engage_caches() -> None:
     from engage import clock, config, db, spaces
+    from engage.audiences import store
 
     config.settings.cache_clear()
     db.reset_connections()
     spaces.clear_cache()
+    # Audience definitions are cached for 30 s of real time: a fresh account must not see the last
+    # test's (and a count of requests must not depend on whether that entry expired meanwhile).
+    store.clear_cache()
     clock.reset()
 
 

@@ -40,3 +40,27 @@ def test_batch_get_bills_keys_that_find_no_item():
             client.batch_get_item(RequestItems={"t": {"Keys": [{"pk": {"S": k}} for k in "abc"],
                                                       "ConsistentRead": True}})
         assert usage.read_units == 3  # one found, two missing: 1 RCU each, strongly consistent
+
+
+def test_bench_accounts_keep_warm_caches_however_long_the_run_takes(monkeypatch):
+    # Counted figures must not depend on machine speed (issue 10: one extra definition reload on a slow
+    # run failed `make bench`): the caches that expire on real time never do inside a bench account.
+    import time
+
+    from bench.harness import moto_account
+    from engage import spaces
+    from engage.audiences import store
+
+    loads, lookups = [], []
+    list_all, get = store.list_all, spaces.CredentialRecord.get
+    monkeypatch.setattr(store, "list_all", lambda space_id: loads.append(space_id) or list_all(space_id))
+    monkeypatch.setattr(spaces.CredentialRecord, "get",
+                        classmethod(lambda cls, *args, **kw: lookups.append(args) or get(*args, **kw)))
+    with moto_account():
+        store.cached("acme")
+        assert spaces.authenticate("acme-write-key", spaces.WRITE_KEY) == "acme"
+        later = time.monotonic() + 3600  # an hour of real time passes between two invocations
+        monkeypatch.setattr(time, "monotonic", lambda: later)
+        store.cached("acme")
+        assert spaces.authenticate("acme-write-key", spaces.WRITE_KEY) == "acme"
+    assert len(loads) == 1 and len(lookups) == 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import threading
 from datetime import timedelta
 
 import pytest
@@ -144,6 +146,39 @@ def test_hooks_see_the_move_and_the_clock_never_goes_back():
     assert moves == [timedelta(days=2)]
     with pytest.raises(ValueError, match="forward"):
         virtual.advance_to(virtual.now() - timedelta(days=1))
+
+
+def test_run_due_runs_what_real_time_brought_due_without_moving_the_clock():
+    # Given a timer whose moment real time has already passed
+    virtual = VirtualClock()
+    fired = []
+    virtual.call_at(virtual.now() - timedelta(milliseconds=1), fired.append, "due")
+    virtual.call_at(virtual.now() + timedelta(hours=1), fired.append, "later")
+    before = virtual.offset()
+    # When the due timers run (what the real-time ticker does every second)
+    assert virtual.run_due() == 1
+    # Then only the due one ran, and the clock was not moved
+    assert len(fired) == 1
+    assert abs(virtual.offset() - before) < timedelta(seconds=1)
+    assert [t.name for t in virtual.pending()] == ["later"]
+
+
+def test_ticker_fires_due_timers_on_real_time_without_errors(caplog):
+    from localcloud.eventbridge import Ticker
+
+    # Given a clock with a timer coming due, and the ticker running
+    virtual = VirtualClock()
+    fired = threading.Event()
+    virtual.call_at(virtual.now() + timedelta(milliseconds=50), lambda _at: fired.set(), "soon")
+    ticker = Ticker(virtual)
+    ticker.start()
+    try:
+        # Then real time alone fires it (generous deadline: the ticker looks once a second)
+        assert fired.wait(30)
+    finally:
+        ticker.stop()
+        ticker.join(10)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_definition_substitutions_replace_only_their_keys_and_keep_context_paths():

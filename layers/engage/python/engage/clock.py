@@ -16,6 +16,11 @@ def now() -> datetime:
     return datetime.now(UTC) + _offset
 
 
+def offset() -> timedelta:
+    """How far virtual time is ahead of the system clock (zero on AWS)."""
+    return _offset
+
+
 def advance(delta: timedelta) -> datetime:
     """Move virtual time forward (local cloud and tests only)."""
     global _offset

@@ -1,0 +1,95 @@
+"""One time for everything: client-set timestamps follow the virtual clock (local cloud only).
+
+SDKs stamp every message with the machine's real time (`timestamp`, `sentAt`, often
+`originalTimestamp`). Once `POST /_local/clock` has moved the clock, that real time is in the
+virtual past, so SDK events would land days before "now" and fall out of every window. The
+local HTTP API therefore shifts those fields by the clock's offset (virtual now - real now)
+before the tracking API's function sees the body:
+
+- `timestamp`, `sentAt` and `originalTimestamp` of a message, of every message of a `batch`, and
+  the batch's own `sentAt`, when they are ISO 8601 strings, are moved forward by the offset
+  (written back as ISO 8601 UTC with milliseconds). An explicit historical timestamp keeps its
+  distance from now: "3 days before the real now" becomes "3 days before the virtual now".
+- Nothing else changes. A body that is not JSON, a value that is not a timestamp, or a body
+  that cannot be decoded is passed on untouched, so ingestion reports it exactly as on AWS.
+- gzip bodies (`Content-Encoding: gzip`, or gzip bytes without the header) are inflated,
+  shifted and compressed again; `text/plain` JSON (analytics.js beacons) is shifted like JSON.
+- With no offset (the clock never moved) the body is passed on byte for byte.
+- A request with the header `X-Engage-Virtual-Time: true` says its timestamps are already
+  virtual (a script that read `GET /_local/clock`): it is not shifted.
+
+On AWS nothing of this exists: the API receives what the client sent.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from engage import clock as engage_clock
+
+FIELDS = ("timestamp", "sentAt", "originalTimestamp")
+OPT_OUT_HEADER = "x-engage-virtual-time"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def tracking_functions(routes: Iterable) -> set[str]:
+    """Logical ids of the functions that serve the tracking API (the one behind POST /v1/track|batch)."""
+    return {r.function for r in routes if r.method in ("POST", "ANY") and r.path in ("/v1/track", "/v1/batch")}
+
+
+def request_filter(routes: Iterable):
+    """HttpApi.request_filter: shifts the bodies of requests to the tracking API, passes the rest on."""
+    tracking = tracking_functions(routes)
+
+    def shift(route, headers: dict[str, str], body: bytes) -> bytes:
+        return shift_request_body(headers, body) if route.function in tracking else body
+
+    return shift
+
+
+def shift_request_body(headers: dict[str, str], body: bytes, by: timedelta | None = None) -> bytes:
+    """The request body with its client-set timestamps moved by `by` (default: the clock's offset)."""
+    by = engage_clock.offset() if by is None else by
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if not body or by <= timedelta(milliseconds=1) or lowered.get(OPT_OUT_HEADER, "").lower() == "true":
+        return body
+    encoding = lowered.get("content-encoding", "").strip().lower()
+    zipped = encoding in ("gzip", "x-gzip") or body[:2] == _GZIP_MAGIC
+    try:
+        raw = gzip.decompress(body) if zipped else body
+        document = json.loads(raw)
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError):
+        return body  # not ours to judge: ingestion answers with its own error
+    if not isinstance(document, dict) or not _shift_document(document, by):
+        return body
+    shifted = json.dumps(document, ensure_ascii=False).encode()
+    return gzip.compress(shifted) if zipped else shifted
+
+
+def _shift_document(document: dict, by: timedelta) -> bool:
+    changed = _shift_message(document, by)
+    batch = document.get("batch")
+    if isinstance(batch, list):
+        for item in batch:
+            if isinstance(item, dict):
+                changed = _shift_message(item, by) or changed
+    return changed
+
+
+def _shift_message(message: dict[str, Any], by: timedelta) -> bool:
+    changed = False
+    for name in FIELDS:
+        value = message.get(name)
+        if not isinstance(value, str):
+            continue
+        try:
+            moved = engage_clock.parse(value) + by
+        except (ValueError, OverflowError):
+            continue  # ingestion reports a bad or out-of-range timestamp itself
+        message[name] = engage_clock.iso(moved)
+        changed = True
+    return changed

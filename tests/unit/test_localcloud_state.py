@@ -1,0 +1,94 @@
+"""--state-dir's journal (localcloud/state.py): every committed write, in an order that replays to the same state."""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from localcloud import aws, moto_fixes, state
+from localcloud.http_api import HttpApi, LocalHandlers
+
+
+@pytest.fixture
+def journaled(tmp_path, monkeypatch):
+    """A moto table `T` (logical id Items) whose writes go to a journal in tmp_path."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        moto_fixes.install()
+        state._install_hooks()
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(TableName="T", BillingMode="PAY_PER_REQUEST",
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        journal = state.Journal(tmp_path, 0, {"Items": "T"})
+        monkeypatch.setattr(state._Hooks, "journal", journal)
+        yield client, journal, tmp_path
+        journal.close()
+
+
+def test_every_committed_write_is_journaled_with_the_items_state_and_a_cancelled_transaction_is_not(journaled):
+    client, journal, state_dir = journaled
+    # When items are put, updated, deleted, written in a transaction and in a cancelled one
+    client.put_item(TableName="T", Item={"pk": {"S": "a"}, "n": {"N": "1"}})
+    client.update_item(TableName="T", Key={"pk": {"S": "a"}}, UpdateExpression="SET n = n + :one",
+                       ExpressionAttributeValues={":one": {"N": "1"}})
+    client.put_item(TableName="T", Item={"pk": {"S": "gone"}})
+    client.delete_item(TableName="T", Key={"pk": {"S": "gone"}})
+    client.transact_write_items(TransactItems=[{"Put": {"TableName": "T", "Item": {"pk": {"S": "t"}}}}])
+    with pytest.raises(client.exceptions.TransactionCanceledException):
+        client.transact_write_items(TransactItems=[
+            {"Put": {"TableName": "T", "Item": {"pk": {"S": "never"}}}},
+            {"Put": {"TableName": "T", "Item": {"pk": {"S": "a"}}, "ConditionExpression": "attribute_not_exists(pk)"}},
+        ])
+    # Then the journal holds each committed write as the item's image after it, in order
+    entries = state.read_journal(state.journal_path(state_dir, 0))
+    assert [(e["key"]["pk"]["S"], e["item"]) for e in entries] == [
+        ("a", {"pk": {"S": "a"}, "n": {"N": "1"}}), ("a", {"pk": {"S": "a"}, "n": {"N": "2"}}),
+        ("gone", {"pk": {"S": "gone"}}), ("gone", None), ("t", {"pk": {"S": "t"}})]
+    assert journal.appended == 5
+
+
+def test_replay_rebuilds_the_table_and_a_torn_last_line_is_ignored(journaled, monkeypatch):
+    client, _, state_dir = journaled
+    item = {"pk": {"S": "a"}, "b": {"B": b"\x00\x01"}, "n": {"N": "1.50"}, "bs": {"BS": [b"\x03"]},
+            "m": {"M": {"x": {"B": b"\x02"}, "l": {"L": [{"S": "s"}, {"NULL": True}, {"BOOL": False}]}}}}
+    client.put_item(TableName="T", Item=item)
+    client.put_item(TableName="T", Item={"pk": {"S": "b"}})
+    client.delete_item(TableName="T", Key={"pk": {"S": "b"}})
+    path = state.journal_path(state_dir, 0)
+    with path.open("ab") as file:
+        file.write(b'{"table":"Items","key":{"pk":{"S":"c"}},"it')  # the process died mid-write
+    entries = state.read_journal(path)
+    assert len(entries) == 3
+    # When the journal is applied to an empty table of the same template
+    client.delete_table(TableName="T")
+    client.create_table(TableName="T2", BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+    monkeypatch.setattr(state._Hooks, "journal", None)  # replaying is not new activity
+    deployment = aws.Deployment("s", physical={"Items": "T2"}, types={"Items": "AWS::DynamoDB::Table"})
+    assert state.replay(entries, aws.MotoCloud(0, "us-east-1"), deployment, path) == 3
+    # Then it holds what the first table held, binary values included
+    items = client.scan(TableName="T2")["Items"]
+    assert items == [item]
+
+
+def test_a_stopping_api_refuses_every_request_with_503():
+    api = HttpApi([], runtime=None, local=LocalHandlers(), port=0)
+    api.start()
+    try:
+        api.stopping = True
+        request = urllib.request.Request(api.url + "/v1/track", data=json.dumps({}).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 503
+        assert "stopping" in json.loads(refused.value.read())["message"]
+    finally:
+        api.stop()
