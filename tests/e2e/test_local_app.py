@@ -34,98 +34,22 @@ def events_of(cloud, user_id: str) -> list[dict]:
     return table.query(KeyConditionExpression=Key("pk").eq(f"local|u:{user_id}"))["Items"]
 
 
-def drain(cloud, url: str) -> list[dict]:
-    sqs = cloud.client("sqs")
-    bodies = []
-    while True:
-        page = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-        if not page.get("Messages"):
-            return bodies
-        for message in page["Messages"]:
-            bodies.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+def engage_cli(cloud, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    """Run the `engage` CLI against the local cloud, as a user with AWS_ENDPOINT_URL set would."""
+    from engage import cli, config
+
+    for var, value in {"AWS_ENDPOINT_URL": cloud.aws_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("FAILURES_TABLE", cloud.physical("FailuresTable"))
+    config.settings.cache_clear()
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
 
 
-def test_health_lists_the_template_functions_and_pollers(local_cloud):
-    # Given the local cloud started from template.yaml
-    status, _, health = local_cloud.call("GET", "/_local/health")
-    # Then every function of the template is deployed and every stream mapping is polled
-    assert status == 200
-    assert {"IngestFunction", "ProfileProcessorFunction", "ProfileApiFunction"} <= set(health["functions"])
-    assert health["pollers"] and all(p["alive"] for p in health["pollers"])
-
-
-def test_segment_python_sdk_calls_become_profiles(local_cloud):
-    # Given the official Python SDK pointed at the local API with the local write key
-    from segment.analytics import Client
-
-    user = f"py-{uuid.uuid4().hex[:8]}"
-    errors = []
-    client = Client(WRITE_KEY, host=local_cloud.api_url, sync_mode=True, on_error=lambda e, _: errors.append(e))
-    # When it sends every call type
-    client.identify(user, {"email": f"{user}@example.com", "plan": "pro"})
-    client.track(user, "Order Completed", {"revenue": 120})
-    client.page(user, "Docs", "Pricing", {"url": "https://example.com/pricing"})
-    client.screen(user, "App", "Home")
-    client.group(user, f"{user}-org", {"name": "Acme"})
-    client.flush()
-    assert errors == []
-    local_cloud.settle()
-    # Then the Profile API shows the traits and the whole history
-    traits = profile(local_cloud, user, "traits")["traits"]
-    assert traits["email"] == f"{user}@example.com" and traits["plan"] == "pro"
-    history = profile(local_cloud, user, "events", "?limit=50")["data"]
-    assert {e["type"] for e in history} == {"identify", "track", "page", "screen", "group"}
-    assert next(e for e in history if e["type"] == "track")["event"] == "Order Completed"
-    # And plain boto3 against the AWS endpoint sees the raw events and the profile item
-    stored = events_of(local_cloud, user)
-    assert len(stored) == 5 and {item["type"] for item in stored} == {"identify", "track", "page", "screen", "group"}
-    profiles_table = local_cloud.resource("dynamodb").Table(local_cloud.physical("ProfilesTable"))
-    items = [i for i in profiles_table.scan()["Items"] if i["pk"].startswith("local|") and user in json.dumps(
-        i, default=str)]
-    assert items, "the profile item is in ProfilesTable"
-
-
-def test_segment_python_sdk_batch_of_many_messages(local_cloud):
-    # Given 30 track calls queued by the SDK (it posts them to /v1/batch)
-    from segment.analytics import Client
-
-    user = f"pyb-{uuid.uuid4().hex[:8]}"
-    client = Client(WRITE_KEY, host=local_cloud.api_url, sync_mode=True, upload_size=100)
-    for n in range(30):
-        client.track(user, "Viewed Item", {"n": n})
-    client.flush()
-    local_cloud.settle()
-    # Then every one is stored once and on the profile
-    assert len(events_of(local_cloud, user)) == 30
-    history = profile(local_cloud, user, "events", "?limit=100")["data"]
-    assert sorted(e["properties"]["n"] for e in history) == list(range(30))
-
-
-def test_segment_node_sdk_calls_become_profiles(local_cloud):
-    # Given the official @segment/analytics-node SDK (installed from npm on first use)
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm are not installed: the @segment/analytics-node test needs them")
-    if not (NODE_DIR / "node_modules" / "@segment" / "analytics-node").exists():
-        install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=False, timeout=300,
-                                 capture_output=True, text=True)
-        assert install.returncode == 0, f"npm ci in {NODE_DIR} failed:\n{install.stderr}"
-    user = f"node-{uuid.uuid4().hex[:8]}"
-    # When its script sends identify, track, page, screen and group
-    env = {**os.environ, "ENGAGE_API_URL": local_cloud.api_url, "ENGAGE_WRITE_KEY": WRITE_KEY,
-           "ENGAGE_USER_ID": user}
-    run = subprocess.run(["node", "send.mjs"], check=False, cwd=NODE_DIR, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr
-    local_cloud.settle()
-    # Then the profile has its traits and all five events
-    traits = profile(local_cloud, user, "traits")["traits"]
-    assert traits["email"] == f"{user}@node.example" and traits["plan"] == "node"
-    history = profile(local_cloud, user, "events", "?limit=50")["data"]
-    assert {e["type"] for e in history} == {"identify", "track", "page", "screen", "group"}
-
-
-def test_poison_event_goes_to_the_stream_failure_queue_and_the_rest_of_its_batch_is_applied(local_cloud):
+def test_poison_event_is_parked_with_its_payload_then_replayed_once_after_the_fix(local_cloud, monkeypatch,
+                                                                                   capsys):
     # Given real events stored by ingestion, copied under new message ids around a poison item
     user = f"poison-{uuid.uuid4().hex[:8]}"
     for n in range(4):
@@ -133,8 +57,6 @@ def test_poison_event_goes_to_the_stream_failure_queue_and_the_rest_of_its_batch
                                         auth=WRITE_KEY)
         assert status == 200
     local_cloud.settle()
-    failure_url = local_cloud.physical("StreamFailureQueue")
-    drain(local_cloud, failure_url)
     originals = events_of(local_cloud, user)
     copies = []
     for item in originals:
@@ -151,21 +73,44 @@ def test_poison_event_goes_to_the_stream_failure_queue_and_the_rest_of_its_batch
     # Then the copies are applied (8 events on the profile)
     history = profile(local_cloud, user, "events", "?limit=50")["data"]
     assert len(history) == 8
-    # And the poison record alone is in StreamFailureQueue, in Lambda's on-failure format
-    failures = drain(local_cloud, failure_url)
-    assert len(failures) == 1
-    info = failures[0]["DDBStreamBatchInfo"]
-    assert info["batchSize"] == 1 and info["startSequenceNumber"] == info["endSequenceNumber"]
-    assert info["streamArn"] == local_cloud.client("dynamodb").describe_table(
-        TableName=local_cloud.physical("EventsTable"))["Table"]["LatestStreamArn"]
-    assert failures[0]["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert failures[0]["requestContext"]["approximateInvokeCount"] == 4  # 1 + MaximumRetryAttempts 3
-    streams = local_cloud.client("dynamodbstreams")
-    iterator = streams.get_shard_iterator(StreamArn=info["streamArn"], ShardId=info["shardId"],
-                                          ShardIteratorType="AT_SEQUENCE_NUMBER",
-                                          SequenceNumber=info["startSequenceNumber"])["ShardIterator"]
-    record = streams.get_records(ShardIterator=iterator, Limit=1)["Records"][0]
-    assert record["dynamodb"]["Keys"]["sk"]["S"] == poison["sk"]
+    # And the poison record alone was given up on (1 + MaximumRetryAttempts 3 attempts), sent to
+    # StreamFailureQueue and parked from there with its payload and why it failed; the queue is empty
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "failures", "--json", "--records")
+    assert code == 0
+    parked = [f for f in json.loads(out) if f["keys"] == {"pk": {"S": poison["pk"]}, "sk": {"S": poison["sk"]}}]
+    assert len(parked) == 1, out
+    failure = parked[0]
+    processor = local_cloud.physical("ProfileProcessorFunction")
+    assert failure["function"] == processor and failure["status"] == "parked"
+    assert failure["condition"] == "RetryAttemptsExhausted" and failure["attempts"] == 4
+    assert failure["table"] == local_cloud.physical("EventsTable")
+    assert failure["record"]["dynamodb"]["NewImage"]["payload"] == {"S": "{this is not json"}
+    assert "BadMessage" in failure["reason"] or "JSON" in failure["reason"], failure["reason"]
+    assert local_cloud.client("sqs").get_queue_attributes(
+        QueueUrl=local_cloud.physical("StreamFailureQueue"),
+        AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"] == "0"
+    # When the stored event is corrected (a MODIFY: the processor does not apply it by itself) and replayed
+    fixed = json.loads(originals[0]["payload"])
+    fixed["messageId"] = poison["sk"]
+    table.put_item(Item={**poison, "payload": json.dumps(fixed)})
+    local_cloud.settle()
+    assert len(profile(local_cloud, user, "events", "?limit=50")["data"]) == 8
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "replay", "--all")
+    assert code == 0, out
+    assert json.loads(out)["replayed"] == [failure["id"]]
+    local_cloud.settle()
+    # Then it is applied once, and a second replay of the same id changes nothing
+    assert len(profile(local_cloud, user, "events", "?limit=50")["data"]) == 9
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "replay", "--id", failure["id"])
+    assert code == 0 and json.loads(out)["replayed"] == [failure["id"]], out
+    local_cloud.settle()
+    assert len(profile(local_cloud, user, "events", "?limit=50")["data"]) == 9
+    # And nothing is parked any more; the item says it was replayed (twice)
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "failures", "--json", "--function", processor)
+    assert [f for f in json.loads(out) if f["id"] == failure["id"]] == []
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "failures", "--json", "--status", "replayed")
+    done = next(f for f in json.loads(out) if f["id"] == failure["id"])
+    assert done["replays"] == 2 and done["last_replay_error"] is None
 
 
 def test_virtual_clock_advances_for_the_app(local_cloud):
