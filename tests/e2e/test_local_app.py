@@ -34,6 +34,85 @@ def events_of(cloud, user_id: str) -> list[dict]:
     return table.query(KeyConditionExpression=Key("pk").eq(f"local|u:{user_id}"))["Items"]
 
 
+def test_health_lists_the_template_functions_and_pollers(local_cloud):
+    # Given the local cloud started from template.yaml
+    status, _, health = local_cloud.call("GET", "/_local/health")
+    # Then every function of the template is deployed and every stream mapping is polled
+    assert status == 200
+    assert {"IngestFunction", "ProfileProcessorFunction", "ProfileApiFunction"} <= set(health["functions"])
+    assert health["pollers"] and all(p["alive"] for p in health["pollers"])
+
+
+def test_segment_python_sdk_calls_become_profiles(local_cloud):
+    # Given the official Python SDK pointed at the local API with the local write key
+    from segment.analytics import Client
+
+    user = f"py-{uuid.uuid4().hex[:8]}"
+    errors = []
+    client = Client(WRITE_KEY, host=local_cloud.api_url, sync_mode=True, on_error=lambda e, _: errors.append(e))
+    # When it sends every call type
+    client.identify(user, {"email": f"{user}@example.com", "plan": "pro"})
+    client.track(user, "Order Completed", {"revenue": 120})
+    client.page(user, "Docs", "Pricing", {"url": "https://example.com/pricing"})
+    client.screen(user, "App", "Home")
+    client.group(user, f"{user}-org", {"name": "Acme"})
+    client.flush()
+    assert errors == []
+    local_cloud.settle()
+    # Then the Profile API shows the traits and the whole history
+    traits = profile(local_cloud, user, "traits")["traits"]
+    assert traits["email"] == f"{user}@example.com" and traits["plan"] == "pro"
+    history = profile(local_cloud, user, "events", "?limit=50")["data"]
+    assert {e["type"] for e in history} == {"identify", "track", "page", "screen", "group"}
+    assert next(e for e in history if e["type"] == "track")["event"] == "Order Completed"
+    # And plain boto3 against the AWS endpoint sees the raw events and the profile item
+    stored = events_of(local_cloud, user)
+    assert len(stored) == 5 and {item["type"] for item in stored} == {"identify", "track", "page", "screen", "group"}
+    profiles_table = local_cloud.resource("dynamodb").Table(local_cloud.physical("ProfilesTable"))
+    items = [i for i in profiles_table.scan()["Items"] if i["pk"].startswith("local|") and user in json.dumps(
+        i, default=str)]
+    assert items, "the profile item is in ProfilesTable"
+
+
+def test_segment_python_sdk_batch_of_many_messages(local_cloud):
+    # Given 30 track calls queued by the SDK (it posts them to /v1/batch)
+    from segment.analytics import Client
+
+    user = f"pyb-{uuid.uuid4().hex[:8]}"
+    client = Client(WRITE_KEY, host=local_cloud.api_url, sync_mode=True, upload_size=100)
+    for n in range(30):
+        client.track(user, "Viewed Item", {"n": n})
+    client.flush()
+    local_cloud.settle()
+    # Then every one is stored once and on the profile
+    assert len(events_of(local_cloud, user)) == 30
+    history = profile(local_cloud, user, "events", "?limit=100")["data"]
+    assert sorted(e["properties"]["n"] for e in history) == list(range(30))
+
+
+def test_segment_node_sdk_calls_become_profiles(local_cloud):
+    # Given the official @segment/analytics-node SDK (installed from npm on first use)
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node/npm are not installed: the @segment/analytics-node test needs them")
+    if not (NODE_DIR / "node_modules" / "@segment" / "analytics-node").exists():
+        install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=False, timeout=300,
+                                 capture_output=True, text=True)
+        assert install.returncode == 0, f"npm ci in {NODE_DIR} failed:\n{install.stderr}"
+    user = f"node-{uuid.uuid4().hex[:8]}"
+    # When its script sends identify, track, page, screen and group
+    env = {**os.environ, "ENGAGE_API_URL": local_cloud.api_url, "ENGAGE_WRITE_KEY": WRITE_KEY,
+           "ENGAGE_USER_ID": user}
+    run = subprocess.run(["node", "send.mjs"], check=False, cwd=NODE_DIR, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    local_cloud.settle()
+    # Then the profile has its traits and all five events
+    traits = profile(local_cloud, user, "traits")["traits"]
+    assert traits["email"] == f"{user}@node.example" and traits["plan"] == "node"
+    history = profile(local_cloud, user, "events", "?limit=50")["data"]
+    assert {e["type"] for e in history} == {"identify", "track", "page", "screen", "group"}
+
+
 def engage_cli(cloud, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
     """Run the `engage` CLI against the local cloud, as a user with AWS_ENDPOINT_URL set would."""
     from engage import cli, config
