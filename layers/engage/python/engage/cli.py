@@ -39,6 +39,58 @@ def _spaces_create(args: argparse.Namespace) -> int:
     return 0
 
 
+KINDS = {"write-key": "write_key", "access-token": "access_token"}
+
+
+def _duration(text: str):
+    """`24h`, `90m`, `2d`, `0` (seconds by default) -> timedelta."""
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return timedelta(seconds=float(number) * units[unit])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 24h, 90m, 2d or 0") from error
+
+
+def _space_command(action):
+    """Run a spaces action against ConfigTable; domain errors become exit code 2 with their message."""
+    def run(args: argparse.Namespace) -> int:
+        from engage.errors import EngageError
+
+        _use_table(args, "CONFIG_TABLE", "ConfigTable", args.config_table)
+        try:
+            print(json.dumps(action(args), indent=2))
+        except EngageError as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return 2
+        return 0
+    return run
+
+
+def _spaces_rotate(args: argparse.Namespace) -> dict:
+    from engage import clock, spaces
+
+    rotated = spaces.rotate(args.space_id, KINDS[args.kind], grace=args.grace, secret=args.secret)
+    print(f"The new {args.kind} is shown once: keep it now. The old one(s) are refused from "
+          f"{clock.iso(clock.now() + args.grace)}.", file=sys.stderr)
+    return {"space": rotated.space_id, args.kind.replace("-", "_"): rotated.secret, "retiring": rotated.retiring}
+
+
+def _spaces_revoke(args: argparse.Namespace) -> dict:
+    from engage import spaces
+
+    return {"space": args.space_id, "revoked": spaces.revoke(args.space_id, KINDS[args.kind], secret=args.secret,
+                                                             credential_id=args.id)}
+
+
+def _spaces_credentials(args: argparse.Namespace) -> dict:
+    from engage import spaces
+
+    return {"space": args.space_id, "credentials": [r.view() for r in spaces.credentials(args.space_id)]}
+
+
 def _use_table(args: argparse.Namespace, variable: str, logical_id: str, given: str | None) -> str:
     """Point engage.config at a table: the option, else the environment, else the stack's resource."""
     from engage.config import settings
@@ -118,6 +170,34 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--write-key", help="use this write key instead of a random one")
     create.add_argument("--access-token", help="use this access token instead of a random one")
     create.set_defaults(func=_spaces_create)
+
+    def config_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--stack", default="engage", help="CloudFormation stack to find ConfigTable in")
+        sub.add_argument("--config-table", help="ConfigTable name (skips the stack lookup)")
+
+    rotate = spaces_commands.add_parser("rotate", help="add a new write key or access token; the old ones are "
+                                                       "refused after a grace period")
+    rotate.add_argument("space_id")
+    rotate.add_argument("kind", choices=sorted(KINDS))
+    rotate.add_argument("--grace", type=_duration, default="24h",
+                        help="how long the old secret(s) stay valid: 24h (default), 90m, 7d, 0 = refused now")
+    rotate.add_argument("--secret", help="use this secret instead of a random one")
+    config_options(rotate)
+    rotate.set_defaults(func=_space_command(_spaces_rotate))
+
+    revoke = spaces_commands.add_parser("revoke", help="refuse one write key or access token from now on")
+    revoke.add_argument("space_id")
+    revoke.add_argument("kind", choices=sorted(KINDS))
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--secret", help="the secret to revoke")
+    which.add_argument("--id", help="its id (a digest prefix from engage spaces credentials)")
+    config_options(revoke)
+    revoke.set_defaults(func=_space_command(_spaces_revoke))
+
+    listing = spaces_commands.add_parser("credentials", help="list a space's credentials (ids, expiry; no secrets)")
+    listing.add_argument("space_id")
+    config_options(listing)
+    listing.set_defaults(func=_space_command(_spaces_credentials))
 
     def table_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--stack", default="engage", help="CloudFormation stack to find FailuresTable in")
