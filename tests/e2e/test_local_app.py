@@ -15,6 +15,7 @@ import pytest
 from boto3.dynamodb.conditions import Key
 
 from engage import clock
+from localcloud import template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
 
@@ -294,3 +295,14 @@ def test_audience_backfill_runs_as_a_step_functions_execution_visible_through_bo
     # And the audience is ready with the profile in it
     status, _, audience = local_cloud.call("GET", f"/v1/audiences/{key}", auth=ACCESS_TOKEN)
     assert status == 200 and audience["status"] == "ready" and audience["size"] == 1
+
+
+def test_operations_resources_deploy_on_the_local_cloud(local_cloud):
+    # Given the template deployed into the local cloud (moto's CloudFormation skips alarms, with a warning)
+    cloudwatch, logs = local_cloud.client("cloudwatch"), local_cloud.client("logs")
+    # Then the dashboard, the alarm topic and one log group per function exist, with the stack's retention
+    assert "engage-pipeline" in [d["DashboardName"] for d in cloudwatch.list_dashboards()["DashboardEntries"]]
+    assert local_cloud.physical("AlarmTopic").startswith("arn:aws:sns:")
+    groups = logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/engage/")["logGroups"]
+    assert {g["logGroupName"].rsplit("/", 1)[1] for g in groups} == set(template.resources("AWS::Serverless::Function"))
+    assert {g.get("retentionInDays") for g in groups} == {30}
