@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import boto3
 import pytest
@@ -27,6 +28,8 @@ from tests.integration.audience_support import (
     stream_records_of,
 )
 from tests.integration.test_pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PRO = {"key": "pro", "name": "Pro", "backfill": False, "condition": {"trait": "plan", "op": "eq", "value": "pro"}}
 FUNCTIONS = {"EventsTable": "processor-fn", "ProfilesTable": "evaluator-fn", "MembershipsTable": "router-fn"}
@@ -203,3 +206,26 @@ def test_failure_replay_function_wants_to_be_told_what_to_replay(aws):
     # (it replays for real in tests/e2e/test_local_app.py, through the local cloud's Lambda)
     with pytest.raises(ValidationFailed, match="say what to replay"):
         handler("failure_replay")({}, LambdaContext())
+
+
+def test_the_parker_handler_parks_the_sample_on_failure_message(aws, space, streams):
+    # Given the sample SQS event (events/failure_parker_on_failure.json) pointing at a real stream record
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:w", "sk": "m9", "space_id": "acme", "payload": "{}"})
+    [record] = stream_records_of(aws, "EventsTable")
+    event = json.loads((ROOT / "events" / "failure_parker_on_failure.json").read_text())
+    body = json.loads(event["Records"][0]["body"])
+    body["DDBStreamBatchInfo"].update(on_failure_message(aws, "EventsTable", [record])["DDBStreamBatchInfo"],
+                                      shardId=shard_of(aws, "EventsTable"))
+    event["Records"][0]["body"] = json.dumps(body)
+    # When FailureParkerFunction receives it
+    response = handler("failure_parker")(event, LambdaContext())
+    # Then the message is done with and the record parked under the function named in the message
+    assert response == {"batchItemFailures": []}
+    [item] = store.listing()
+    assert item.function == "engage-ProfileProcessorFunction-AbC123"
+    assert store.record_of(item)["dynamodb"]["Keys"] == {"pk": {"S": "acme|u:w"}, "sk": {"S": "m9"}}
+    # And a message that is not an on-failure record fails the invocation (SQS retries it, then the
+    # dead-letter queue takes it and its alarm fires)
+    event["Records"][0]["body"] = json.dumps({"hello": "world"})
+    with pytest.raises(BatchProcessingError, match="All records failed"):
+        handler("failure_parker")(event, LambdaContext())
