@@ -229,3 +229,24 @@ def test_the_parker_handler_parks_the_sample_on_failure_message(aws, space, stre
     event["Records"][0]["body"] = json.dumps({"hello": "world"})
     with pytest.raises(BatchProcessingError, match="All records failed"):
         handler("failure_parker")(event, LambdaContext())
+
+
+def test_engage_failures_and_replay_list_say_what_is_parked_and_why(aws, space, streams, capsys):
+    from engage import cli
+
+    # Given a poison event noted by the processor and parked
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:v", "sk": "bad", "space_id": "acme", "payload": "{oops"})
+    [record] = stream_records_of(aws, "EventsTable")
+    with pytest.raises(BatchProcessingError):
+        handler("profile_processor")({"Records": [record]}, LambdaContext(function_name="processor-fn"))
+    [item] = park(aws, streams, "EventsTable", [record])
+    # When the operator lists them (both commands)
+    for argv in (["failures"], ["replay", "--list"]):
+        assert cli.main([*argv, "--failures-table", aws.tables["FailuresTable"]]) == 0
+        out = capsys.readouterr().out
+        # Then each shows the id, function, verdict, source keys and the reason
+        assert item.pk in out and "processor-fn" in out and "RetryAttemptsExhausted after 6 attempt(s)" in out
+        assert '"sk": {"S": "bad"}' in out and "why:      BadMessage: payload: not valid JSON" in out
+    # And replay without a selection explains itself
+    assert cli.main(["replay", "--failures-table", aws.tables["FailuresTable"]]) == 2
+    assert "say what to replay" in capsys.readouterr().err

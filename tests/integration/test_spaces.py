@@ -141,3 +141,30 @@ def test_revoke_names_exactly_one_credential_and_reserved_ids_are_refused(aws, s
     for reserved in ("space", "cred"):
         with pytest.raises(ValidationFailed, match="reserved"):
             spaces.create_space(reserved)
+
+
+def test_engage_spaces_rotate_revoke_and_credentials_commands(aws, space, capsys):
+    import json
+
+    from engage import cli
+
+    table = ["--config-table", aws.tables["ConfigTable"]]
+    # When the write key is rotated with a 90-minute grace through the CLI
+    assert cli.main(["spaces", "rotate", "acme", "write-key", "--grace", "90m", *table]) == 0
+    rotated = json.loads(capsys.readouterr().out)
+    assert rotated["write_key"].startswith("wk_") and len(rotated["retiring"]) == 1
+    # Then the listing shows three credentials, one expiring, and no secret
+    assert cli.main(["spaces", "credentials", "acme", *table]) == 0
+    listed = capsys.readouterr().out
+    creds = json.loads(listed)["credentials"]
+    assert len(creds) == 3 and sum(1 for c in creds if c["expires_at"]) == 1
+    assert rotated["write_key"] not in listed and "acme-write-key" not in listed
+    # When the new key is revoked by its id
+    new_id = spaces.digest(rotated["write_key"])[:12]
+    assert cli.main(["spaces", "revoke", "acme", "write-key", "--id", new_id, *table]) == 0
+    assert json.loads(capsys.readouterr().out)["revoked"]["id"] == new_id
+    with pytest.raises(AuthenticationFailed, match="expired or was revoked"):
+        spaces.authenticate(rotated["write_key"], spaces.WRITE_KEY)
+    # And mistakes are explained, with exit code 2
+    assert cli.main(["spaces", "revoke", "acme", "write-key", "--id", "ffffffffffff", *table]) == 2
+    assert "0 write_key credentials" in capsys.readouterr().err

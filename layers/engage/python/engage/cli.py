@@ -120,11 +120,18 @@ def _failures(args: argparse.Namespace) -> int:
         print(f"{view['id']}\n  function: {view['function']}  status: {view['status']}  parked: {view['parked_at']}"
               f"  {view['condition'] or ''} after {view['attempts'] or '?'} attempt(s)")
         print(f"  source:   {view['table']} {json.dumps(view['keys'])} ({view['event_name'] or '?'})")
-        print(f"  why:      {view['reason'] or 'no reason noted: it may have been applied (replay is harmless)'}")
+        print(f"  why:      {view['reason'] or _unexplained(view)}")
         if view["replays"]:
             print(f"  replays:  {view['replays']}, last error: {view['last_replay_error'] or 'none'}")
     print(f"{len(items)} failure(s); replay with: engage replay --all | --function NAME | --id ID", file=sys.stderr)
     return 0
+
+
+def _unexplained(view: dict) -> str:
+    if view["function_error"]:
+        return (f"the invocation failed ({view['function_error']}) before any note: a timeout, crash or out of "
+                f"memory? see the function's logs")
+    return "no reason noted: it came after the failed record in its batch and may have been applied (replay is harmless)"
 
 
 def _replay(args: argparse.Namespace) -> int:

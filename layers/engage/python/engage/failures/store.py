@@ -65,6 +65,7 @@ class ParkedFailure(EngageModel):
         """What `engage failures` shows (the record copy only when asked for)."""
         return {"id": self.pk, "function": self.function, "status": self.status, "parked_at": self.parked_at,
                 "condition": self.condition, "attempts": self.attempts, "reason": self.reason,
+                "function_error": self.function_error or None,
                 "request_id": self.request_id, "table": self.table, "keys": _loads(self.keys),
                 "event_name": self.event_name, "replays": self.replays or 0, "replayed_at": self.replayed_at,
                 "last_replay_error": self.last_replay_error}
