@@ -306,3 +306,49 @@ def test_operations_resources_deploy_on_the_local_cloud(local_cloud):
     groups = logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/engage/")["logGroups"]
     assert {g["logGroupName"].rsplit("/", 1)[1] for g in groups} == set(template.resources("AWS::Serverless::Function"))
     assert {g.get("retentionInDays") for g in groups} == {30}
+
+
+def test_keys_rotated_and_revoked_with_the_cli_through_the_local_apis(local_cloud, monkeypatch, capsys):
+    # Given a new space created with the CLI against the local cloud
+    space = f"rot-{uuid.uuid4().hex[:8]}"
+    table = ["--config-table", local_cloud.physical("ConfigTable")]
+    monkeypatch.setenv("CONFIG_TABLE", local_cloud.physical("ConfigTable"))
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "create", space, *table)
+    assert code == 0
+    created = json.loads(out)
+    old_key, old_token = created["write_key"], created["access_token"]
+
+    def statuses(write_key: str, token: str) -> tuple[int, int, int]:
+        track = local_cloud.call("POST", "/v1/track", {"userId": "u1", "event": "E"}, auth=write_key)[0]
+        traits = local_cloud.call("GET", f"/v1/spaces/{space}/collections/users/profiles/user_id:u1/traits",
+                                  auth=token)[0]
+        audiences = local_cloud.call("GET", "/v1/audiences", auth=token)[0]
+        return track, traits, audiences
+
+    assert statuses(old_key, old_token)[0] == 200
+    # When both are rotated with a one-hour grace
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "rotate", space, "write-key", "--grace", "1h",
+                           *table)
+    new_key = json.loads(out)["write_key"]
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "rotate", space, "access-token", "--grace",
+                           "1h", *table)
+    new_token = json.loads(out)["access_token"]
+    local_cloud.settle()
+    # Then old and new both work during the grace period
+    assert statuses(old_key, old_token) == (200, 200, 200)
+    assert statuses(new_key, new_token) == (200, 200, 200)
+    # And once the virtual clock passes its end, the old ones are refused by all three APIs
+    status, _, _ = local_cloud.call("POST", "/_local/clock", {"advance": "PT1H1M"})
+    assert status == 200
+    assert statuses(old_key, old_token) == (401, 401, 401)
+    assert statuses(new_key, new_token) == (200, 200, 200)
+    # When the new access token is revoked by its id
+    token_id = json.loads(engage_cli(local_cloud, monkeypatch, capsys, "spaces", "credentials", space,
+                                     *table)[1])["credentials"]
+    [current] = [c for c in token_id if c["kind"] == "access_token" and c["expires_at"] is None]
+    code, _ = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "revoke", space, "access-token", "--id",
+                         current["id"], *table)
+    assert code == 0
+    # Then it is refused once the local cloud's warm cache entry ages out (60 s of virtual time)
+    local_cloud.call("POST", "/_local/clock", {"advance": "PT61S"})
+    assert statuses(new_key, new_token) == (200, 401, 401)
