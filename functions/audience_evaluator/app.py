@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from engage.audiences import runtime
-from engage.failures.handler import BatchProcessor, replayable
+from engage.failures.handler import BatchProcessor, remember, replayable
 from engage.observability import logger, metrics, tracer
 
 processor = BatchProcessor()  # remembers each failed record's exception for its parked failure
@@ -28,6 +28,8 @@ def lambda_handler(event, context):
                                         processor=processor, context=context)
     _, failed = backlog.flush()
     reported = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+    for owner in failed - reported:
+        remember(owner, "the accounts of this record's user could not be re-evaluated (see the logs)")
     response.setdefault("batchItemFailures", []).extend(
         {"itemIdentifier": owner} for owner in sorted(failed - reported))
     return response
