@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from functools import partial
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from engage.audiences import runtime
+from engage.failures.handler import BatchProcessor, remember, replayable
 from engage.observability import logger, metrics, tracer
 
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+processor = BatchProcessor()  # remembers each failed record's exception for its parked failure
 
 
 def record_handler(record: DynamoDBRecord, backlog: runtime.AccountBacklog) -> int:
@@ -20,12 +21,15 @@ def record_handler(record: DynamoDBRecord, backlog: runtime.AccountBacklog) -> i
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@replayable
 def lambda_handler(event, context):
     backlog = runtime.AccountBacklog()  # accounts owed by this batch's users: each evaluated once
     response = process_partial_response(event=event, record_handler=partial(record_handler, backlog=backlog),
                                         processor=processor, context=context)
     _, failed = backlog.flush()
     reported = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+    for owner in failed - reported:
+        remember(owner, "the accounts of this record's user could not be re-evaluated (see the logs)")
     response.setdefault("batchItemFailures", []).extend(
         {"itemIdentifier": owner} for owner in sorted(failed - reported))
     return response

@@ -5,12 +5,14 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, event_source
 
 from engage.audiences import router
+from engage.failures.handler import replayable
 from engage.observability import logger, metrics, tracer
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@replayable
 @event_source(data_class=DynamoDBStreamEvent)
 def lambda_handler(event: DynamoDBStreamEvent, context) -> PartialItemFailureResponse:
     records = [router.StreamRecord(r.dynamodb.sequence_number, r.dynamodb.old_image, r.dynamodb.new_image)

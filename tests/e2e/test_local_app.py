@@ -15,6 +15,7 @@ import pytest
 from boto3.dynamodb.conditions import Key
 
 from engage import clock
+from localcloud import template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
 
@@ -32,18 +33,6 @@ def profile(cloud, user_id: str, resource: str, query: str = "") -> dict:
 def events_of(cloud, user_id: str) -> list[dict]:
     table = cloud.resource("dynamodb").Table(cloud.physical("EventsTable"))
     return table.query(KeyConditionExpression=Key("pk").eq(f"local|u:{user_id}"))["Items"]
-
-
-def drain(cloud, url: str) -> list[dict]:
-    sqs = cloud.client("sqs")
-    bodies = []
-    while True:
-        page = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-        if not page.get("Messages"):
-            return bodies
-        for message in page["Messages"]:
-            bodies.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
 def test_health_lists_the_template_functions_and_pollers(local_cloud):
@@ -125,7 +114,22 @@ def test_segment_node_sdk_calls_become_profiles(local_cloud):
     assert {e["type"] for e in history} == {"identify", "track", "page", "screen", "group"}
 
 
-def test_poison_event_goes_to_the_stream_failure_queue_and_the_rest_of_its_batch_is_applied(local_cloud):
+def engage_cli(cloud, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    """Run the `engage` CLI against the local cloud, as a user with AWS_ENDPOINT_URL set would."""
+    from engage import cli, config
+
+    for var, value in {"AWS_ENDPOINT_URL": cloud.aws_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("FAILURES_TABLE", cloud.physical("FailuresTable"))
+    config.settings.cache_clear()
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_poison_event_is_parked_with_its_payload_then_replayed_once_after_the_fix(local_cloud, monkeypatch,
+                                                                                   capsys):
     # Given real events stored by ingestion, copied under new message ids around a poison item
     user = f"poison-{uuid.uuid4().hex[:8]}"
     for n in range(4):
@@ -133,8 +137,6 @@ def test_poison_event_goes_to_the_stream_failure_queue_and_the_rest_of_its_batch
                                         auth=WRITE_KEY)
         assert status == 200
     local_cloud.settle()
-    failure_url = local_cloud.physical("StreamFailureQueue")
-    drain(local_cloud, failure_url)
     originals = events_of(local_cloud, user)
     copies = []
     for item in originals:
@@ -151,21 +153,45 @@ def test_poison_event_goes_to_the_stream_failure_queue_and_the_rest_of_its_batch
     # Then the copies are applied (8 events on the profile)
     history = profile(local_cloud, user, "events", "?limit=50")["data"]
     assert len(history) == 8
-    # And the poison record alone is in StreamFailureQueue, in Lambda's on-failure format
-    failures = drain(local_cloud, failure_url)
-    assert len(failures) == 1
-    info = failures[0]["DDBStreamBatchInfo"]
-    assert info["batchSize"] == 1 and info["startSequenceNumber"] == info["endSequenceNumber"]
-    assert info["streamArn"] == local_cloud.client("dynamodb").describe_table(
-        TableName=local_cloud.physical("EventsTable"))["Table"]["LatestStreamArn"]
-    assert failures[0]["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert failures[0]["requestContext"]["approximateInvokeCount"] == 4  # 1 + MaximumRetryAttempts 3
-    streams = local_cloud.client("dynamodbstreams")
-    iterator = streams.get_shard_iterator(StreamArn=info["streamArn"], ShardId=info["shardId"],
-                                          ShardIteratorType="AT_SEQUENCE_NUMBER",
-                                          SequenceNumber=info["startSequenceNumber"])["ShardIterator"]
-    record = streams.get_records(ShardIterator=iterator, Limit=1)["Records"][0]
-    assert record["dynamodb"]["Keys"]["sk"]["S"] == poison["sk"]
+    # And the poison record alone was given up on (1 + MaximumRetryAttempts 3 attempts), sent to
+    # StreamFailureQueue and parked from there with its payload and why it failed; the queue is empty
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "failures", "--json", "--records")
+    assert code == 0
+    parked = [f for f in json.loads(out) if f["keys"] == {"pk": {"S": poison["pk"]}, "sk": {"S": poison["sk"]}}]
+    assert len(parked) == 1, out
+    failure = parked[0]
+    processor = local_cloud.physical("ProfileProcessorFunction")
+    assert failure["function"] == processor and failure["status"] == "parked"
+    assert failure["condition"] == "RetryAttemptsExhausted" and failure["attempts"] == 4
+    assert failure["table"] == local_cloud.physical("EventsTable")
+    assert failure["record"]["dynamodb"]["NewImage"]["payload"] == {"S": "{this is not json"}
+    assert "BadMessage" in failure["reason"] or "JSON" in failure["reason"], failure["reason"]
+    assert local_cloud.client("sqs").get_queue_attributes(
+        QueueUrl=local_cloud.physical("StreamFailureQueue"),
+        AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"] == "0"
+    # When the stored event is corrected (a MODIFY: the processor does not apply it by itself) and replayed
+    fixed = json.loads(originals[0]["payload"])
+    fixed["messageId"] = poison["sk"]
+    table.put_item(Item={**poison, "payload": json.dumps(fixed)})
+    local_cloud.settle()
+    assert len(profile(local_cloud, user, "events", "?limit=50")["data"]) == 8
+    # (through FailureReplayFunction, the way without the CLI: it invokes the processor asynchronously)
+    answer = local_cloud.client("lambda").invoke(FunctionName=local_cloud.physical("FailureReplayFunction"),
+                                                 Payload=json.dumps({"function": processor}))
+    assert "FunctionError" not in answer, answer["Payload"].read()
+    local_cloud.settle()
+    # Then it is applied once, and a second replay of the same id (by the CLI, synchronously) changes nothing
+    assert len(profile(local_cloud, user, "events", "?limit=50")["data"]) == 9
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "replay", "--id", failure["id"])
+    assert code == 0 and json.loads(out)["replayed"] == [failure["id"]], out
+    local_cloud.settle()
+    assert len(profile(local_cloud, user, "events", "?limit=50")["data"]) == 9
+    # And nothing is parked any more; the item says it was replayed (twice)
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "failures", "--json", "--function", processor)
+    assert [f for f in json.loads(out) if f["id"] == failure["id"]] == []
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "failures", "--json", "--status", "replayed")
+    done = next(f for f in json.loads(out) if f["id"] == failure["id"])
+    assert done["replays"] == 2 and done["last_replay_error"] is None
 
 
 def test_virtual_clock_advances_for_the_app(local_cloud):
@@ -269,3 +295,60 @@ def test_audience_backfill_runs_as_a_step_functions_execution_visible_through_bo
     # And the audience is ready with the profile in it
     status, _, audience = local_cloud.call("GET", f"/v1/audiences/{key}", auth=ACCESS_TOKEN)
     assert status == 200 and audience["status"] == "ready" and audience["size"] == 1
+
+
+def test_operations_resources_deploy_on_the_local_cloud(local_cloud):
+    # Given the template deployed into the local cloud (moto's CloudFormation skips alarms, with a warning)
+    cloudwatch, logs = local_cloud.client("cloudwatch"), local_cloud.client("logs")
+    # Then the dashboard, the alarm topic and one log group per function exist, with the stack's retention
+    assert "engage-pipeline" in [d["DashboardName"] for d in cloudwatch.list_dashboards()["DashboardEntries"]]
+    assert local_cloud.physical("AlarmTopic").startswith("arn:aws:sns:")
+    groups = logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/engage/")["logGroups"]
+    assert {g["logGroupName"].rsplit("/", 1)[1] for g in groups} == set(template.resources("AWS::Serverless::Function"))
+    assert {g.get("retentionInDays") for g in groups} == {30}
+
+
+def test_keys_rotated_and_revoked_with_the_cli_through_the_local_apis(local_cloud, monkeypatch, capsys):
+    # Given a new space created with the CLI against the local cloud
+    space = f"rot-{uuid.uuid4().hex[:8]}"
+    table = ["--config-table", local_cloud.physical("ConfigTable")]
+    monkeypatch.setenv("CONFIG_TABLE", local_cloud.physical("ConfigTable"))
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "create", space, *table)
+    assert code == 0
+    created = json.loads(out)
+    old_key, old_token = created["write_key"], created["access_token"]
+
+    def statuses(write_key: str, token: str) -> tuple[int, int, int]:
+        track = local_cloud.call("POST", "/v1/track", {"userId": "u1", "event": "E"}, auth=write_key)[0]
+        traits = local_cloud.call("GET", f"/v1/spaces/{space}/collections/users/profiles/user_id:u1/traits",
+                                  auth=token)[0]
+        audiences = local_cloud.call("GET", "/v1/audiences", auth=token)[0]
+        return track, traits, audiences
+
+    assert statuses(old_key, old_token)[0] == 200
+    # When both are rotated with a one-hour grace
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "rotate", space, "write-key", "--grace", "1h",
+                           *table)
+    new_key = json.loads(out)["write_key"]
+    code, out = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "rotate", space, "access-token", "--grace",
+                           "1h", *table)
+    new_token = json.loads(out)["access_token"]
+    local_cloud.settle()
+    # Then old and new both work during the grace period
+    assert statuses(old_key, old_token) == (200, 200, 200)
+    assert statuses(new_key, new_token) == (200, 200, 200)
+    # And once the virtual clock passes its end, the old ones are refused by all three APIs
+    status, _, _ = local_cloud.call("POST", "/_local/clock", {"advance": "PT1H1M"})
+    assert status == 200
+    assert statuses(old_key, old_token) == (401, 401, 401)
+    assert statuses(new_key, new_token) == (200, 200, 200)
+    # When the new access token is revoked by its id
+    token_id = json.loads(engage_cli(local_cloud, monkeypatch, capsys, "spaces", "credentials", space,
+                                     *table)[1])["credentials"]
+    [current] = [c for c in token_id if c["kind"] == "access_token" and c["expires_at"] is None]
+    code, _ = engage_cli(local_cloud, monkeypatch, capsys, "spaces", "revoke", space, "access-token", "--id",
+                         current["id"], *table)
+    assert code == 0
+    # Then it is refused once the local cloud's warm cache entry ages out (60 s of virtual time)
+    local_cloud.call("POST", "/_local/clock", {"advance": "PT61S"})
+    assert statuses(new_key, new_token) == (200, 401, 401)

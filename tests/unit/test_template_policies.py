@@ -4,10 +4,15 @@ a missing grant would fail only on AWS).
 NEEDS lists the calls each handler's code paths make (traced through the integration and e2e
 tests, with the call sites read), table by table; policy templates are expanded from SAM's own
 definitions. A TransactWriteItems needs the action of each of its items (Put -> PutItem ...).
+
+ConfigTable also holds the spaces and their credential digests, which only the operator's CLI writes:
+each function's writes there are limited by dynamodb:LeadingKeys to the partitions its code writes,
+and CONFIG_KEYS_WRITTEN builds those partition keys with the code's own key functions.
 """
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "LinksTable": {"Query", "PutItem", "DeleteItem"},
         "ProfileEventsTable": {"BatchWriteItem"},
         "ConfigTable": {"Query"},
+        # engage.failures: notes, replays (the event re-read as it is now)
+        "FailuresTable": {"UpdateItem", "BatchGetItem"}, "EventsTable": {"GetItem"},
     },
     "ProfileApiFunction": {
         "ConfigTable": {"GetItem"}, "IdentityTable": {"BatchGetItem"}, "ProfilesTable": {"BatchGetItem", "GetItem"},
@@ -44,12 +51,19 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "AudienceEvaluatorFunction": {
         "ConfigTable": {"Query", "UpdateItem"}, "MembershipsTable": {"BatchGetItem", "Query", "PutItem"},
-        "ProfilesTable": {"BatchGetItem"}, "DueTable": {"PutItem"}, "LinksTable": {"Query"},
-        "ProfileEventsTable": {"Query"},
+        "ProfilesTable": {"BatchGetItem", "GetItem"}, "DueTable": {"PutItem"}, "LinksTable": {"Query"},
+        "ProfileEventsTable": {"Query"}, "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
     "AudienceRouterFunction": {
         "ProfilesTable": {"BatchGetItem"}, "IdempotencyTable": {"BatchGetItem", "BatchWriteItem"},
+        "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
+    # StreamFailureQueue -> the failed records read back from their stream, parked
+    "FailureParkerFunction": {
+        "FailuresTable": {"UpdateItem"}, "EventsTable": {"GetShardIterator", "GetRecords"},
+        "ProfilesTable": {"GetShardIterator", "GetRecords"}, "MembershipsTable": {"GetShardIterator", "GetRecords"},
+    },
+    "FailureReplayFunction": {"FailuresTable": {"BatchGetItem", "Scan"}},
     "AudienceSweeperFunction": {
         "DueTable": {"GetItem", "PutItem", "DeleteItem", "Query"}, "ProfilesTable": {"GetItem", "BatchGetItem"},
         "ConfigTable": {"Query", "UpdateItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
@@ -80,10 +94,10 @@ def _names(value) -> set[str]:
             or f'"{name}.Arn"' in text}
 
 
-def _grants(function: str) -> list[tuple[set[str], set[str]]]:
-    """(actions, referenced logical ids) of each statement of the function's policies."""
+def _statements(function: str) -> list[tuple[set[str], set[str], dict]]:
+    """(actions, referenced logical ids, condition) of each Allow statement of the function's policies."""
     sam_templates = _policy_templates()
-    found: list[tuple[set[str], set[str]]] = []
+    found: list[tuple[set[str], set[str], dict]] = []
     for policy in template.resources()[function]["Properties"].get("Policies", []):
         for name, params in policy.items():
             if name == "Statement":
@@ -91,12 +105,18 @@ def _grants(function: str) -> list[tuple[set[str], set[str]]]:
                     if statement.get("Effect") == "Allow":
                         actions = statement["Action"]
                         found.append(({actions} if isinstance(actions, str) else set(actions),
-                                      _names(statement["Resource"])))
+                                      _names(statement["Resource"]), statement.get("Condition") or {}))
             else:
                 for statement in sam_templates[name]["Definition"]["Statement"]:
                     actions = statement["Action"]
-                    found.append(({actions} if isinstance(actions, str) else set(actions), _names(params)))
+                    found.append(({actions} if isinstance(actions, str) else set(actions), _names(params),
+                                  statement.get("Condition") or {}))
     return found
+
+
+def _grants(function: str) -> list[tuple[set[str], set[str]]]:
+    """(actions, referenced logical ids) of each statement of the function's policies."""
+    return [(actions, refs) for actions, refs, _ in _statements(function)]
 
 
 @pytest.mark.parametrize("function", sorted(NEEDS))
@@ -113,3 +133,89 @@ def test_export_roles_may_make_their_s3_calls_and_no_others(function):
     assert S3_NEEDS[function] <= granted
     # nothing beyond what the code calls (ListBucket on the bucket only turns a missing file's 403 into 404)
     assert granted - S3_NEEDS[function] <= {"s3:ListBucket"}
+
+
+# ---------------------------------------------------------------- ConfigTable: writes limited by leading keys
+WRITE_ACTIONS = {f"dynamodb:{a}" for a in ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem",
+                                           "PartiQLInsert", "PartiQLUpdate", "PartiQLDelete", "*")}
+
+
+def _config_keys_written() -> dict[str, set[str]]:
+    """ConfigTable partition keys each function's code writes, from the code's own key functions
+    (call sites: membership transactions -> store._size_pk; backfill/management -> store._pk;
+    export jobs -> export._pk)."""
+    from engage.audiences import export, store
+
+    audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
+    return {
+        "AudienceEvaluatorFunction": {sizes},
+        "AudienceSweeperFunction": {sizes},
+        "AudienceBackfillFunction": {audiences, sizes},
+        "ManagementApiFunction": {audiences, sizes, exports},
+        "AudienceExportFunction": {exports},
+    }
+
+
+def _operator_only_keys() -> set[str]:
+    from engage import spaces
+    from engage.db import key
+
+    # (space|audiences, the record of a space named `audiences`, matches "*|audiences": the key only code
+    # for a space named `space` would write, and that id is reserved: spaces.RESERVED_SPACE_IDS.)
+    return {key("space", "acme"), key("cred", spaces.digest("a-write-key"))}
+
+
+def _config_writes(function: str) -> list[tuple[set[str], list[str] | None]]:
+    """(write actions, LeadingKeys patterns or None) of the statements letting `function` write ConfigTable."""
+    found = []
+    for actions, refs, condition in _statements(function):
+        writes = actions & WRITE_ACTIONS
+        if "ConfigTable" in refs and writes:
+            leading = None
+            for operator, values in condition.items():
+                if operator in ("ForAllValues:StringLike", "ForAllValues:StringEquals") and \
+                        "dynamodb:LeadingKeys" in values:
+                    leading = list(values["dynamodb:LeadingKeys"])
+            found.append((writes, leading))
+    return found
+
+
+FUNCTIONS = sorted(template.resources("AWS::Serverless::Function"))
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_config_table_writes_are_limited_by_leading_keys_to_the_partitions_the_code_writes(function):
+    written = _config_keys_written().get(function, set())
+    writes = _config_writes(function)
+    if not written:
+        assert not writes, f"{function} writes no ConfigTable item, yet may: {writes}"
+        return
+    for actions, patterns in writes:
+        assert patterns, f"{function} may {sorted(actions)} on ConfigTable without a dynamodb:LeadingKeys condition"
+        # every pattern is used by some key the code writes (nothing granted beyond them)
+        unused = [p for p in patterns if not any(fnmatchcase(k, p) for k in written)]
+        assert not unused, f"{function}: LeadingKeys {unused} match no key its code writes"
+    needed = {f"dynamodb:{a}" for a in NEEDS[function].get("ConfigTable", set())} & WRITE_ACTIONS
+    for action in needed:
+        for pk in written:
+            assert any(action in actions and any(fnmatchcase(pk, p) for p in patterns)
+                       for actions, patterns in writes), f"{function} may not {action} {pk!r}"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_no_function_may_write_spaces_or_credentials(function):
+    for _, patterns in _config_writes(function):
+        for pk in _operator_only_keys():
+            assert not any(fnmatchcase(pk, p) for p in patterns or ["*"]), f"{function} may write {pk!r}"
+
+
+def test_the_leading_keys_check_fails_for_a_grant_without_a_condition(monkeypatch):
+    """The check above can fail: a plain write policy on ConfigTable is caught."""
+    resources = template.resources()
+    evaluator = json.loads(json.dumps(resources["AudienceEvaluatorFunction"]))
+    evaluator["Properties"]["Policies"].append({"DynamoDBWritePolicy": {"TableName": {"Ref": "ConfigTable"}}})
+    monkeypatch.setattr(template, "resources", lambda kind=None, path=None: {**resources,
+                                                                             "AudienceEvaluatorFunction": evaluator})
+    with pytest.raises(AssertionError, match="without a dynamodb:LeadingKeys condition"):
+        test_config_table_writes_are_limited_by_leading_keys_to_the_partitions_the_code_writes(
+            "AudienceEvaluatorFunction")

@@ -1,4 +1,4 @@
-"""`engage` command line: spaces and keys, and the local cloud (`engage dev`).
+"""`engage` command line: spaces and keys, parked failures and replay, and the local cloud (`engage dev`).
 
 It talks to DynamoDB directly through boto3's usual configuration, so it works against
 AWS (table names from the stack, or --config-table) and against the local cloud
@@ -39,6 +39,124 @@ def _spaces_create(args: argparse.Namespace) -> int:
     return 0
 
 
+KINDS = {"write-key": "write_key", "access-token": "access_token"}
+
+
+def _duration(text: str):
+    """`24h`, `90m`, `2d`, `0` (seconds by default) -> timedelta."""
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return timedelta(seconds=float(number) * units[unit])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 24h, 90m, 2d or 0") from error
+
+
+def _space_command(action):
+    """Run a spaces action against ConfigTable; domain errors become exit code 2 with their message."""
+    def run(args: argparse.Namespace) -> int:
+        from engage.errors import EngageError
+
+        _use_table(args, "CONFIG_TABLE", "ConfigTable", args.config_table)
+        try:
+            print(json.dumps(action(args), indent=2))
+        except EngageError as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return 2
+        return 0
+    return run
+
+
+def _spaces_rotate(args: argparse.Namespace) -> dict:
+    from engage import clock, spaces
+
+    rotated = spaces.rotate(args.space_id, KINDS[args.kind], grace=args.grace, secret=args.secret)
+    print(f"The new {args.kind} is shown once: keep it now. The old one(s) are refused from "
+          f"{clock.iso(clock.now() + args.grace)}.", file=sys.stderr)
+    return {"space": rotated.space_id, args.kind.replace("-", "_"): rotated.secret, "retiring": rotated.retiring}
+
+
+def _spaces_revoke(args: argparse.Namespace) -> dict:
+    from engage import spaces
+
+    return {"space": args.space_id, "revoked": spaces.revoke(args.space_id, KINDS[args.kind], secret=args.secret,
+                                                             credential_id=args.id)}
+
+
+def _spaces_credentials(args: argparse.Namespace) -> dict:
+    from engage import spaces
+
+    return {"space": args.space_id, "credentials": [r.view() for r in spaces.credentials(args.space_id)]}
+
+
+def _use_table(args: argparse.Namespace, variable: str, logical_id: str, given: str | None) -> str:
+    """Point engage.config at a table: the option, else the environment, else the stack's resource."""
+    from engage.config import settings
+
+    table = given or os.environ.get(variable) or _stack_table(args.stack, logical_id)
+    os.environ[variable] = table
+    settings.cache_clear()
+    return table
+
+
+def _failures(args: argparse.Namespace) -> int:
+    from engage.failures import store
+
+    _use_table(args, "FAILURES_TABLE", "FailuresTable", args.failures_table)
+    statuses = () if args.status == "all" else (args.status,)
+    items = store.listing(function=args.function, statuses=statuses)
+    if args.json:
+        views = [{**item.view(), **({"record": store.record_of(item)} if args.records else {})} for item in items]
+        print(json.dumps(views, indent=2))
+        return 0
+    if not items:
+        print(f"no {'' if args.status == 'all' else args.status + ' '}failures"
+              + (f" of {args.function}" if args.function else ""))
+        return 0
+    for item in items:
+        view = item.view()
+        print(f"{view['id']}\n  function: {view['function']}  status: {view['status']}  parked: {view['parked_at']}"
+              f"  {view['condition'] or ''} after {view['attempts'] or '?'} attempt(s)")
+        print(f"  source:   {view['table']} {json.dumps(view['keys'])} ({view['event_name'] or '?'})")
+        print(f"  why:      {view['reason'] or _unexplained(view)}")
+        if view["replays"]:
+            print(f"  replays:  {view['replays']}, last error: {view['last_replay_error'] or 'none'}")
+    print(f"{len(items)} failure(s); replay with: engage replay --all | --function NAME | --id ID", file=sys.stderr)
+    return 0
+
+
+def _unexplained(view: dict) -> str:
+    if view["function_error"]:
+        return (f"the invocation failed ({view['function_error']}) before any note: a timeout, crash or out of "
+                f"memory? see the function's logs")
+    return "no reason noted: it came after the failed record in its batch and may have been applied (replay is harmless)"
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from engage.failures import replay
+
+    if args.list:
+        return _failures(argparse.Namespace(**{**vars(args), "status": "parked", "json": False, "records": False}))
+    if not (args.all or args.function or args.id):
+        print("error: say what to replay: --all, --function NAME or --id ID (see engage failures)", file=sys.stderr)
+        return 2
+    _use_table(args, "FAILURES_TABLE", "FailuresTable", args.failures_table)
+    items, missing = replay.select(ids=args.id, function=args.function)
+    for failure_id in missing:
+        print(f"error: no parked failure {failure_id!r}", file=sys.stderr)
+    if not items:
+        print("nothing to replay")
+        return 2 if missing else 0
+    outcomes = replay.request(items, wait=True)
+    report = {"replayed": [i for o in outcomes for i in o.get("replayed", [])],
+              "failed": [f for o in outcomes for f in o.get("failed", [])],
+              "skipped": [s for o in outcomes for s in o.get("skipped", [])]}
+    print(json.dumps(report, indent=2))
+    return 1 if report["failed"] or report["skipped"] or missing else 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from localcloud.server import main as run_local_cloud
 
@@ -59,6 +177,56 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--write-key", help="use this write key instead of a random one")
     create.add_argument("--access-token", help="use this access token instead of a random one")
     create.set_defaults(func=_spaces_create)
+
+    def config_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--stack", default="engage", help="CloudFormation stack to find ConfigTable in")
+        sub.add_argument("--config-table", help="ConfigTable name (skips the stack lookup)")
+
+    rotate = spaces_commands.add_parser("rotate", help="add a new write key or access token; the old ones are "
+                                                       "refused after a grace period")
+    rotate.add_argument("space_id")
+    rotate.add_argument("kind", choices=sorted(KINDS))
+    rotate.add_argument("--grace", type=_duration, default="24h",
+                        help="how long the old secret(s) stay valid: 24h (default), 90m, 7d, 0 = refused now")
+    rotate.add_argument("--secret", help="use this secret instead of a random one")
+    config_options(rotate)
+    rotate.set_defaults(func=_space_command(_spaces_rotate))
+
+    revoke = spaces_commands.add_parser("revoke", help="refuse one write key or access token from now on")
+    revoke.add_argument("space_id")
+    revoke.add_argument("kind", choices=sorted(KINDS))
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--secret", help="the secret to revoke")
+    which.add_argument("--id", help="its id (a digest prefix from engage spaces credentials)")
+    config_options(revoke)
+    revoke.set_defaults(func=_space_command(_spaces_revoke))
+
+    listing = spaces_commands.add_parser("credentials", help="list a space's credentials (ids, expiry; no secrets)")
+    listing.add_argument("space_id")
+    config_options(listing)
+    listing.set_defaults(func=_space_command(_spaces_credentials))
+
+    def table_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--stack", default="engage", help="CloudFormation stack to find FailuresTable in")
+        sub.add_argument("--failures-table", help="FailuresTable name (skips the stack lookup)")
+
+    failures = commands.add_parser("failures", help="list parked stream failures and why they failed")
+    failures.add_argument("--function", help="only this function's (physical name)")
+    failures.add_argument("--status", default="parked", choices=["parked", "noted", "replayed", "all"],
+                          help="parked (default): Lambda gave up; noted: failing, still retried; replayed: done")
+    failures.add_argument("--json", action="store_true", help="print JSON")
+    failures.add_argument("--records", action="store_true", help="with --json: include each stored record")
+    table_options(failures)
+    failures.set_defaults(func=_failures)
+
+    replay = commands.add_parser("replay", help="send parked stream failures back to their function after a fix")
+    picked = replay.add_mutually_exclusive_group()
+    picked.add_argument("--list", action="store_true", help="list what is parked (same as engage failures)")
+    picked.add_argument("--all", action="store_true", help="every parked failure")
+    picked.add_argument("--function", help="every parked failure of this function")
+    picked.add_argument("--id", action="append", help="this failure (again even if replayed); repeatable")
+    table_options(replay)
+    replay.set_defaults(func=_replay)
 
     dev = commands.add_parser("dev", help="run the whole app locally on the embedded local cloud",
                               add_help=False)

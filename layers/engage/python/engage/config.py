@@ -45,6 +45,9 @@ class Settings:
     export_reuse_seconds: int = 3600
     # Lifetime of the presigned download URL.
     export_url_seconds: int = 900
+    # Parked stream failures (engage.failures): FailuresTable, and days a parked failure is kept.
+    failures_table: str = ""
+    parked_failure_retention_days: int = 28
     # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
     aws_endpoint_url: str = ""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
     DynamoDBRecord,
     DynamoDBRecordEventName,
@@ -32,6 +32,7 @@ from engage import profiles_store as store
 from engage.audiences import runtime as audience_runtime
 from engage.config import settings
 from engage.dynamodb_limits import MAX_ITEM_BYTES, attributes_size
+from engage.failures import handler as failure_handler
 from engage.identity import ACCOUNTS, GROUP_ID, USERS, Identifier
 from engage.observability import logger, metrics
 from engage.profiles import Message, ProfileState
@@ -48,7 +49,7 @@ def process_stream_batch(event: dict, context: Any = None) -> dict:
     """Apply a DynamoDB stream batch of EventRecords; failed records go to batchItemFailures."""
     batch = StreamBatch(event.get("Records", []))
     response = process_partial_response(event=event, record_handler=batch.apply_record,
-                                        processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
+                                        processor=failure_handler.BatchProcessor(),
                                         context=context)
     batch.flush()
     return response

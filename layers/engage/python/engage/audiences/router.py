@@ -41,6 +41,7 @@ from engage import clock
 from engage.audiences.membership import IDENTITY_FIELDS, identity_of
 from engage.config import settings
 from engage.db import key
+from engage.failures import handler as failure_handler
 from engage.observability import logger, metrics
 from engage.profiles_store import ProfileRecord
 
@@ -221,8 +222,9 @@ def route_batch(records: Sequence[StreamRecord]) -> list[str]:
     for record in records:
         try:
             change = change_of(record.old, record.new)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError) as error:
             logger.exception("unreadable membership stream record", extra={"sequence_number": record.sequence_number})
+            failure_handler.remember(record.sequence_number, f"unreadable record: {failure_handler.describe(error)}")
             failed.append(record.sequence_number)
             continue
         if change is None:
@@ -233,6 +235,9 @@ def route_batch(records: Sequence[StreamRecord]) -> list[str]:
     done, unknown = log.completed(by_key) if by_key else (set(), set())
     todo = {k: p for k, p in by_key.items() if k not in done and k not in unknown}
     for k in unknown:  # cannot tell whether it was published: retry rather than risk a duplicate
+        for sequence_number in by_key[k].sequence_numbers:
+            failure_handler.remember(sequence_number, "the publication log could not be read: retried rather "
+                                                      "than risk publishing twice")
         failed.extend(by_key[k].sequence_numbers)
 
     published: dict[str, dict[str, Any]] = {}
@@ -250,6 +255,8 @@ def route_batch(records: Sequence[StreamRecord]) -> list[str]:
             unrecorded |= _record(log, full)
     unrecorded |= _record(log, to_record)
     for k in refused:
+        for sequence_number in todo[k].sequence_numbers:
+            failure_handler.remember(sequence_number, "EventBridge refused the entry or PutEvents failed (see logs)")
         failed.extend(todo[k].sequence_numbers)
     _report(len(by_key), len(done), published, refused, unrecorded, todo)
     return failed

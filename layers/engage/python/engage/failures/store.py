@@ -1,0 +1,175 @@
+"""FailuresTable: one item per (function, stream record) that failed, noted, parked or replayed.
+
+Key: `<function name>|<sequence number>`. A DynamoDB stream feeds one function per mapping here,
+so the pair names one delivery target of one record; the same id is written by the handler's note
+(while Lambda retries), by the parker (after Lambda gave up) and by a replay, so every writer is an
+idempotent update of the same item whatever the order or the number of deliveries.
+
+Statuses: `noted` (a handler reported the record failed; Lambda may still succeed on a retry: kept
+NOTE_DAYS), `parked` (Lambda gave up: kept the stack's ParkedFailureRetentionDays), `replayed` (a replay
+applied it: kept as long, as the record of what was done). Listing is a Scan: the table holds only
+failures, so it stays small; a failure storm shows in the alarms long before a Scan costs anything.
+"""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.exceptions import UpdateError
+
+from engage import clock
+from engage.config import settings
+from engage.db import EngageModel, TableName
+
+NOTED, PARKED, REPLAYED = "noted", "parked", "replayed"
+NOTE_DAYS = 2  # a note outlives Lambda's retries (at most the stream's 24 h) and then goes
+MAX_REASON = 2_000  # characters of an error kept (the rest is in the function's logs)
+MAX_RECORD_BYTES = 300_000  # a stored record copy must leave room in the 400 KB item for the rest
+
+
+class ParkedFailure(EngageModel):
+    class Meta:
+        table_name = TableName("failures_table")
+
+    pk = UnicodeAttribute(hash_key=True)  # <function>|<sequence number>
+    function = UnicodeAttribute()
+    sequence_number = UnicodeAttribute()
+    status = UnicodeAttribute(default=NOTED)
+    # Why: the handler's exception for this record (noted while it was retried) and Lambda's verdict.
+    reason = UnicodeAttribute(null=True)
+    noted_at = UnicodeAttribute(null=True)
+    notes = NumberAttribute(null=True)  # failed attempts noted
+    request_id = UnicodeAttribute(null=True)  # the invocation that noted the reason (its logs say more)
+    condition = UnicodeAttribute(null=True)  # RetryAttemptsExhausted | RecordAgeExceeded | ...
+    function_error = UnicodeAttribute(null=True)  # "Unhandled" when the whole invocation failed
+    attempts = NumberAttribute(null=True)
+    # What: the stream record (Lambda's shape, JSON) and where its source item lives.
+    stream_arn = UnicodeAttribute(null=True)
+    table = UnicodeAttribute(null=True)
+    keys = UnicodeAttribute(null=True)  # JSON, DynamoDB-typed
+    event_name = UnicodeAttribute(null=True)
+    record = UnicodeAttribute(null=True)  # JSON; absent when over MAX_RECORD_BYTES (replay re-reads by keys)
+    parked_at = UnicodeAttribute(null=True)
+    # Replays.
+    replays = NumberAttribute(null=True)
+    replayed_at = UnicodeAttribute(null=True)
+    last_replay_error = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute(null=True)  # TTL
+
+    @property
+    def id(self) -> str:
+        return self.pk
+
+    def view(self) -> dict:
+        """What `engage failures` shows (the record copy only when asked for)."""
+        return {"id": self.pk, "function": self.function, "status": self.status, "parked_at": self.parked_at,
+                "condition": self.condition, "attempts": self.attempts, "reason": self.reason,
+                "function_error": self.function_error or None,
+                "request_id": self.request_id, "table": self.table, "keys": _loads(self.keys),
+                "event_name": self.event_name, "replays": self.replays or 0, "replayed_at": self.replayed_at,
+                "last_replay_error": self.last_replay_error}
+
+
+def failure_id(function: str, sequence_number: str) -> str:
+    return f"{function}|{sequence_number}"
+
+
+def _expiry(days: int) -> int:
+    return int((clock.now() + timedelta(days=days)).timestamp())
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 1] + "…"
+
+
+def note(function: str, sequence_number: str, reason: str, request_id: str | None) -> None:
+    """A handler failed this record: keep why (the latest reason wins). Never downgrades a parked item."""
+    item = ParkedFailure(failure_id(function, sequence_number))
+    item.update(actions=[
+        ParkedFailure.function.set(function),
+        ParkedFailure.sequence_number.set(sequence_number),
+        ParkedFailure.status.set(ParkedFailure.status | NOTED),
+        ParkedFailure.reason.set(_clip(reason)),
+        ParkedFailure.noted_at.set(clock.iso()),
+        ParkedFailure.notes.add(1),
+        ParkedFailure.request_id.set(request_id or ""),
+        ParkedFailure.expires_at.set(ParkedFailure.expires_at | _expiry(NOTE_DAYS)),
+    ])
+
+
+def park(function: str, sequence_number: str, *, record: dict | None, stream_arn: str, condition: str,
+         attempts: int | None, function_error: str, reason: str | None = None) -> bool:
+    """Lambda gave up on this record: keep it (with its payload) until replayed or expired.
+
+    Idempotent: a redelivered pointer updates the same item. An item already replayed stays replayed
+    (False): the pointer arrived again after the fix, and the record is applied.
+    """
+    table = stream_arn.split(":table/", 1)[-1].split("/stream/", 1)[0] if ":table/" in stream_arn else None
+    copy = json.dumps(record, separators=(",", ":")) if record is not None else None
+    if copy is not None and len(copy.encode()) > MAX_RECORD_BYTES:
+        copy = None
+    dynamodb = (record or {}).get("dynamodb", {})
+    actions = [
+        ParkedFailure.function.set(function),
+        ParkedFailure.sequence_number.set(sequence_number),
+        ParkedFailure.status.set(PARKED),
+        ParkedFailure.condition.set(condition),
+        ParkedFailure.function_error.set(function_error or ""),
+        ParkedFailure.stream_arn.set(stream_arn),
+        ParkedFailure.parked_at.set(clock.iso()),
+        ParkedFailure.expires_at.set(_expiry(settings().parked_failure_retention_days)),
+    ]
+    if attempts is not None:
+        actions.append(ParkedFailure.attempts.set(attempts))
+    if table:
+        actions.append(ParkedFailure.table.set(table))
+    if dynamodb.get("Keys"):
+        actions.append(ParkedFailure.keys.set(json.dumps(dynamodb["Keys"], separators=(",", ":"))))
+    if record is not None:
+        actions.append(ParkedFailure.event_name.set(record.get("eventName", "")))
+    if copy is not None:
+        actions.append(ParkedFailure.record.set(copy))
+    if reason:  # only what the parker itself knows (e.g. the record had expired); a handler's note is kept
+        actions.append(ParkedFailure.reason.set(ParkedFailure.reason | _clip(reason)))
+    try:
+        ParkedFailure(failure_id(function, sequence_number)).update(
+            actions=actions, condition=ParkedFailure.status.does_not_exist() | (ParkedFailure.status != REPLAYED))
+    except UpdateError as error:
+        if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def mark_replayed(item: ParkedFailure) -> None:
+    item.update(actions=[ParkedFailure.status.set(REPLAYED), ParkedFailure.replayed_at.set(clock.iso()),
+                         ParkedFailure.replays.add(1), ParkedFailure.last_replay_error.remove()])
+
+
+def mark_replay_failed(item: ParkedFailure, reason: str) -> None:
+    item.update(actions=[ParkedFailure.replays.add(1), ParkedFailure.last_replay_error.set(_clip(reason))])
+
+
+def get_many(ids: list[str]) -> dict[str, ParkedFailure]:
+    return {item.pk: item for item in ParkedFailure.batch_get(list(dict.fromkeys(ids)))}
+
+
+def listing(*, function: str | None = None, statuses: tuple[str, ...] = (PARKED,)) -> list[ParkedFailure]:
+    """Failures with one of `statuses` (all when empty), of one function or all, oldest first."""
+    condition = None
+    if statuses:
+        condition = ParkedFailure.status.is_in(*statuses)
+    if function:
+        by_function = ParkedFailure.function == function
+        condition = by_function if condition is None else condition & by_function
+    items = list(ParkedFailure.scan(condition))
+    return sorted(items, key=lambda i: (i.parked_at or i.noted_at or "", i.pk))
+
+
+def record_of(item: ParkedFailure) -> dict | None:
+    return _loads(item.record)
+
+
+def _loads(text: str | None):
+    return json.loads(text) if text else None

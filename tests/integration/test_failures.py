@@ -1,0 +1,252 @@
+"""Parked stream failures on moto: the parker reads failed records back from the real stream by
+sequence number and parks them with their payload; replays go through the real handlers.
+
+Each stage is driven like the pipeline tests (the stream records each table produced, delivered to the
+function template.yaml wires to it), except that the record under test is held back, as if its function
+had failed it until Lambda gave up, and its on-failure pointer is handed to the parker."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+from engage import clock
+from engage.errors import ValidationFailed
+from engage.failures import handler as failure_handler
+from engage.failures import parker, replay, store
+from tests.integration.audience_support import (
+    Bus,
+    LambdaContext,
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    handler,
+    members_of,
+    stream_records_of,
+)
+from tests.integration.test_pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PRO = {"key": "pro", "name": "Pro", "backfill": False, "condition": {"trait": "plan", "op": "eq", "value": "pro"}}
+FUNCTIONS = {"EventsTable": "processor-fn", "ProfilesTable": "evaluator-fn", "MembershipsTable": "router-fn"}
+
+
+@pytest.fixture
+def streams(aws, monkeypatch):
+    # botocore sends stream calls to an account host moto does not serve (local-cloud findings): the
+    # service's own endpoint variable points the parker's client at moto's.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", "https://streams.dynamodb.us-east-1.amazonaws.com")
+    return boto3.client("dynamodbstreams", region_name="us-east-1")
+
+
+class HeldPipeline(Pipeline):
+    """Delivers every stage but keeps back the records `hold(record)` picks, like a failing function."""
+
+    def __init__(self, aws, hold):
+        super().__init__(aws)
+        self.hold = hold
+        self.held: list[tuple[str, dict]] = []
+
+    def flow(self) -> None:
+        for table, function in self.stages:
+            fresh = [r for r in stream_records_of(self.aws, table)
+                     if (table, r["dynamodb"]["SequenceNumber"]) not in self.delivered]
+            self.delivered.update((table, r["dynamodb"]["SequenceNumber"]) for r in fresh)
+            kept = [r for r in fresh if self.hold(table, r)]
+            self.held += [(table, r) for r in kept]
+            fresh = [r for r in fresh if r not in kept]
+            if fresh:
+                result = handler(function)({"Records": fresh}, LambdaContext())
+                assert not (result or {}).get("batchItemFailures"), result
+
+
+def on_failure_message(aws, table: str, records: list[dict], attempts: int = 6) -> dict:
+    """Lambda's on-failure record for a range of one stream shard."""
+    arn = aws.table(table).latest_stream_arn
+    return {"requestContext": {"requestId": "req-9", "condition": "RetryAttemptsExhausted",
+                               "functionArn": f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTIONS[table]}",
+                               "approximateInvokeCount": attempts},
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": ""},
+            "version": "1.0", "timestamp": "2026-11-30T00:00:00.000Z",
+            "DDBStreamBatchInfo": {"shardId": "shard-0", "startSequenceNumber": records[0]["dynamodb"]["SequenceNumber"],
+                                   "endSequenceNumber": records[-1]["dynamodb"]["SequenceNumber"],
+                                   "approximateArrivalOfFirstRecord": "", "approximateArrivalOfLastRecord": "",
+                                   "batchSize": len(records), "streamArn": arn}}
+
+
+def shard_of(aws, table: str) -> str:
+    client = boto3.client("dynamodbstreams", region_name="us-east-1",
+                          endpoint_url="https://streams.dynamodb.us-east-1.amazonaws.com")
+    return client.describe_stream(StreamArn=aws.table(table).latest_stream_arn)["StreamDescription"]["Shards"][0][
+        "ShardId"]
+
+
+def park(aws, streams, table: str, records: list[dict]) -> list[store.ParkedFailure]:
+    message = on_failure_message(aws, table, records)
+    message["DDBStreamBatchInfo"]["shardId"] = shard_of(aws, table)
+    assert parker.park_message(message, streams) == len(records)
+    return [store.ParkedFailure.get(store.failure_id(FUNCTIONS[table], r["dynamodb"]["SequenceNumber"]))
+            for r in records]
+
+
+def replay_in(function_dir: str, table: str, ids: list[str]) -> dict:
+    """What `engage replay` makes the failed function do (its handler, its name)."""
+    return handler(function_dir)({failure_handler.REPLAY_KEY: {"ids": ids}}, LambdaContext(function_name=FUNCTIONS[table]))
+
+
+def test_a_held_profile_change_is_parked_and_its_replay_decides_from_the_profile_as_it_is_now(aws, space, engine,
+                                                                                               streams):
+    # Given an audience of pro users, and ann's first profile change failing in the evaluator
+    assert call_api("POST", "/v1/audiences", PRO)[0] == 201
+    pipeline = HeldPipeline(aws, hold=lambda table, r: table == "ProfilesTable")
+    pipeline.track({"type": "identify", "userId": "ann", "traits": {"plan": "free"}}, "identify")
+    assert members_of("pro") == set()
+    [(_, failed)] = pipeline.held
+    # When Lambda gives up and the parker reads the record back from the stream
+    [item] = park(aws, streams, "ProfilesTable", [failed])
+    # Then it is parked with its payload, where it came from, and the verdict
+    assert item.status == store.PARKED and item.condition == "RetryAttemptsExhausted" and item.attempts == 6
+    assert item.table == aws.tables["ProfilesTable"]
+    assert json.loads(item.keys) == failed["dynamodb"]["Keys"]
+    assert store.record_of(item)["dynamodb"]["NewImage"]["traits"] == failed["dynamodb"]["NewImage"]["traits"]
+    # When ann became pro meanwhile (that change was evaluated too: she entered) and left again (held too)
+    pipeline.hold = lambda table, r: False
+    pipeline.track({"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}, "identify")
+    assert len(members_of("pro")) == 1
+    pipeline.hold = lambda table, r: table == "ProfilesTable"
+    pipeline.track({"type": "identify", "userId": "ann", "traits": {"plan": "free"}}, "identify")
+    assert len(members_of("pro")) == 1  # the exit is stuck in the held record
+    # Then replaying the first failure (its image said plan=free, but it is old) decides from the current
+    # profile: ann leaves, as her last change said
+    outcome = replay_in("audience_evaluator", "ProfilesTable", [item.pk])
+    assert outcome == {"replayed": [item.pk], "failed": [], "skipped": []}
+    assert members_of("pro") == set()
+    assert store.ParkedFailure.get(item.pk).status == store.REPLAYED
+
+
+def test_a_held_membership_change_is_published_once_however_often_it_is_replayed(aws, space, engine, streams):
+    # Given ann entering the pro audience, with the router failing that membership record
+    bus = Bus(aws)
+    assert call_api("POST", "/v1/audiences", PRO)[0] == 201
+    pipeline = HeldPipeline(aws, hold=lambda table, r: table == "MembershipsTable")
+    pipeline.track({"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}, "identify")
+    held = [r for table, r in pipeline.held if table == "MembershipsTable"]
+    assert held and bus.received() == []
+    items = park(aws, streams, "MembershipsTable", held)
+    ids = [i.pk for i in items]
+    # When it is replayed twice (the second time explicitly, by id)
+    assert replay_in("audience_router", "MembershipsTable", ids)["replayed"] == ids
+    assert replay_in("audience_router", "MembershipsTable", ids)["replayed"] == ids
+    # Then the bus got Audience Entered once
+    entered = [(m["detail"].get("audience_key") or m["detail"].get("audience")) for m in bus.received()
+               if m["detail-type"] == "Audience Entered"]
+    assert sorted(entered) == ["all", "pro"]  # ann entered the system audience `all` and `pro`, once each
+    assert store.ParkedFailure.get(ids[0]).replays == 2
+
+
+def test_a_replay_that_fails_again_stays_parked_with_the_new_error(aws, space, streams):
+    # Given a poison event (not JSON) parked from the processor, with the reason its handler noted
+    table = aws.table("EventsTable")
+    table.put_item(Item={"pk": "acme|u:bob", "sk": "poison-1", "space_id": "acme", "payload": "{not json"})
+    [record] = [r for r in stream_records_of(aws, "EventsTable") if r["dynamodb"]["Keys"]["sk"]["S"] == "poison-1"]
+    with pytest.raises(BatchProcessingError):  # a batch whose every record failed fails the invocation
+        handler("profile_processor")({"Records": [record]}, LambdaContext(function_name="processor-fn"))
+    noted = store.ParkedFailure.get(store.failure_id("processor-fn", record["dynamodb"]["SequenceNumber"]))
+    assert noted.status == store.NOTED and noted.request_id == "req-1"
+    assert noted.reason.startswith("BadMessage: payload: not valid JSON") and "profiles.py" in noted.reason
+    [item] = park(aws, streams, "EventsTable", [record])
+    assert item.reason == noted.reason  # the parker keeps the handler's reason
+    # When it is replayed unfixed
+    outcome = replay_in("profile_processor", "EventsTable", [item.pk])
+    # Then it fails again, stays parked, and says why
+    assert outcome["replayed"] == [] and "BadMessage" in outcome["failed"][0]["reason"]
+    again = store.ParkedFailure.get(item.pk)
+    assert again.status == store.PARKED and again.replays == 1 and "BadMessage" in again.last_replay_error
+    # And a replay sent to another function is refused without touching the item
+    assert replay_in("audience_router", "MembershipsTable", [item.pk])["skipped"][0]["reason"].startswith(
+        "failed in processor-fn")
+
+
+def test_a_pointer_whose_records_left_the_stream_is_kept_and_says_so(aws, space, streams):
+    # Given an on-failure pointer to sequence numbers the stream does not hold (any more)
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:x", "sk": "m1", "space_id": "acme", "payload": "{}"})
+    [record] = stream_records_of(aws, "EventsTable")
+    message = on_failure_message(aws, "EventsTable", [record])
+    info = message["DDBStreamBatchInfo"]
+    info["shardId"] = shard_of(aws, "EventsTable")
+    info["startSequenceNumber"] = info["endSequenceNumber"] = str(int(record["dynamodb"]["SequenceNumber"]) + 1000)
+    # When it is parked
+    assert parker.park_message(message, streams) == 0
+    # Then one item keeps the pointer and the reason; replaying it explains there is nothing to replay
+    [item] = store.listing()
+    assert "no longer held" in item.reason and item.record is None
+    assert replay.rebuild(item).startswith("the stream no longer held the record")
+
+
+def test_parking_is_idempotent_and_never_reopens_a_replayed_failure(aws, space, streams):
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:y", "sk": "m2", "space_id": "acme", "payload": "{}"})
+    [record] = stream_records_of(aws, "EventsTable")
+    [item] = park(aws, streams, "EventsTable", [record])
+    park(aws, streams, "EventsTable", [record])  # the same pointer delivered again
+    assert [i.pk for i in store.listing()] == [item.pk]
+    store.mark_replayed(item)
+    message = on_failure_message(aws, "EventsTable", [record])
+    message["DDBStreamBatchInfo"]["shardId"] = shard_of(aws, "EventsTable")
+    assert parker.park_message(message, streams) == 0
+    assert store.ParkedFailure.get(item.pk).status == store.REPLAYED
+    # And it expires after the stack's retention (TTL), counted from when it was parked
+    assert item.expires_at == pytest.approx((clock.now() + timedelta(days=28)).timestamp(), abs=120)
+
+
+def test_failure_replay_function_wants_to_be_told_what_to_replay(aws):
+    # (it replays for real in tests/e2e/test_local_app.py, through the local cloud's Lambda)
+    with pytest.raises(ValidationFailed, match="say what to replay"):
+        handler("failure_replay")({}, LambdaContext())
+
+
+def test_the_parker_handler_parks_the_sample_on_failure_message(aws, space, streams):
+    # Given the sample SQS event (events/failure_parker_on_failure.json) pointing at a real stream record
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:w", "sk": "m9", "space_id": "acme", "payload": "{}"})
+    [record] = stream_records_of(aws, "EventsTable")
+    event = json.loads((ROOT / "events" / "failure_parker_on_failure.json").read_text())
+    body = json.loads(event["Records"][0]["body"])
+    body["DDBStreamBatchInfo"].update(on_failure_message(aws, "EventsTable", [record])["DDBStreamBatchInfo"],
+                                      shardId=shard_of(aws, "EventsTable"))
+    event["Records"][0]["body"] = json.dumps(body)
+    # When FailureParkerFunction receives it
+    response = handler("failure_parker")(event, LambdaContext())
+    # Then the message is done with and the record parked under the function named in the message
+    assert response == {"batchItemFailures": []}
+    [item] = store.listing()
+    assert item.function == "engage-ProfileProcessorFunction-AbC123"
+    assert store.record_of(item)["dynamodb"]["Keys"] == {"pk": {"S": "acme|u:w"}, "sk": {"S": "m9"}}
+    # And a message that is not an on-failure record fails the invocation (SQS retries it, then the
+    # dead-letter queue takes it and its alarm fires)
+    event["Records"][0]["body"] = json.dumps({"hello": "world"})
+    with pytest.raises(BatchProcessingError, match="All records failed"):
+        handler("failure_parker")(event, LambdaContext())
+
+
+def test_engage_failures_and_replay_list_say_what_is_parked_and_why(aws, space, streams, capsys):
+    from engage import cli
+
+    # Given a poison event noted by the processor and parked
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:v", "sk": "bad", "space_id": "acme", "payload": "{oops"})
+    [record] = stream_records_of(aws, "EventsTable")
+    with pytest.raises(BatchProcessingError):
+        handler("profile_processor")({"Records": [record]}, LambdaContext(function_name="processor-fn"))
+    [item] = park(aws, streams, "EventsTable", [record])
+    # When the operator lists them (both commands)
+    for argv in (["failures"], ["replay", "--list"]):
+        assert cli.main([*argv, "--failures-table", aws.tables["FailuresTable"]]) == 0
+        out = capsys.readouterr().out
+        # Then each shows the id, function, verdict, source keys and the reason
+        assert item.pk in out and "processor-fn" in out and "RetryAttemptsExhausted after 6 attempt(s)" in out
+        assert '"sk": {"S": "bad"}' in out and "why:      BadMessage: payload: not valid JSON" in out
+    # And replay without a selection explains itself
+    assert cli.main(["replay", "--failures-table", aws.tables["FailuresTable"]]) == 2
+    assert "say what to replay" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""template.yaml's operations wiring (docs/reliability.md): every function and state machine logs with a
+retention, every stream failure is parked and replayable, and the alarms watch every function, stream and
+failure queue. A function or stream added later without them fails here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from localcloud import template
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS = template.resources("AWS::Serverless::Function")
+ALARMS = template.resources("AWS::CloudWatch::Alarm")
+
+
+def _stream_events(function: dict) -> list[dict]:
+    return [e["Properties"] for e in function["Properties"].get("Events", {}).values() if e["Type"] == "DynamoDB"]
+
+
+STREAM_FUNCTIONS = sorted(name for name, res in FUNCTIONS.items() if _stream_events(res))
+
+
+def _alarm_metrics(alarm: dict) -> list[tuple[str, str, str]]:
+    """(namespace, metric name, dimension value as JSON) of every metric an alarm watches."""
+    props = alarm["Properties"]
+    metrics = [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+    if "MetricName" in props:
+        metrics.append(props)
+    return [(m["Namespace"], m["MetricName"], json.dumps(m.get("Dimensions", []))) for m in metrics]
+
+
+def _watched(namespace: str, metric: str) -> str:
+    return " ".join(d for alarm in ALARMS.values() for ns, name, d in _alarm_metrics(alarm)
+                    if (ns, name) == (namespace, metric))
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_every_function_logs_to_its_own_group_with_the_stack_retention(function):
+    group = FUNCTIONS[function]["Properties"].get("LoggingConfig", {}).get("LogGroup")
+    assert group and "Ref" in group, f"{function} has no LoggingConfig.LogGroup"
+    resource = template.resources()[group["Ref"]]
+    assert resource["Type"] == "AWS::Logs::LogGroup"
+    assert resource["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+@pytest.mark.parametrize("machine", sorted(template.resources("AWS::Serverless::StateMachine")))
+def test_every_state_machine_logs_and_traces(machine):
+    props = template.resources()[machine]["Properties"]
+    assert props["Tracing"] == {"Enabled": True}
+    [destination] = props["Logging"]["Destinations"]
+    group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+    assert template.resources()[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+@pytest.mark.parametrize("function", STREAM_FUNCTIONS)
+def test_every_stream_failure_is_parked_and_the_function_serves_replays(function):
+    parker_queues = {e["Properties"]["Queue"]["Fn::GetAtt"][0]
+                     for e in FUNCTIONS["FailureParkerFunction"]["Properties"]["Events"].values() if e["Type"] == "SQS"}
+    for event in _stream_events(FUNCTIONS[function]):
+        # partial failures, so one bad record is isolated and the rest of its batch applied
+        assert "ReportBatchItemFailures" in event["FunctionResponseTypes"]
+        assert event["BisectBatchOnFunctionError"] is True
+        destination = event["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
+        assert destination in parker_queues, f"{function}'s failures go to {destination}, which nothing parks"
+        # the parker may read the stream back
+        table = event["Stream"]["Fn::GetAtt"][0]
+        assert table in json.dumps(FUNCTIONS["FailureParkerFunction"]["Properties"]["Policies"])
+    code = (ROOT / FUNCTIONS[function]["Properties"]["CodeUri"] / "app.py").read_text()
+    assert "@replayable" in code, f"{function}'s handler does not note failures nor serve replays"
+    replayer = json.dumps(FUNCTIONS["FailureReplayFunction"]["Properties"]["Policies"])
+    assert f'"{function}"' in replayer, f"FailureReplayFunction may not invoke {function}"
+
+
+@pytest.mark.parametrize("queue", sorted(template.resources("AWS::SQS::Queue")))
+def test_every_queue_depth_is_alarmed(queue):
+    assert f'"{queue}"' in _watched("AWS/SQS", "ApproximateNumberOfMessagesVisible"), f"no depth alarm on {queue}"
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_every_function_has_its_errors_and_throttles_alarmed(function):
+    assert f'"{function}"' in _watched("AWS/Lambda", "Errors")
+    assert f'"{function}"' in _watched("AWS/Lambda", "Throttles")
+
+
+@pytest.mark.parametrize("function", STREAM_FUNCTIONS)
+def test_every_stream_function_has_its_iterator_age_alarmed(function):
+    assert f'"{function}"' in _watched("AWS/Lambda", "IteratorAge")
+
+
+def test_alarms_notify_the_alarm_topic_and_the_dashboard_shows_them_all():
+    for name, alarm in ALARMS.items():
+        assert {"Ref": "AlarmTopic"} in alarm["Properties"]["AlarmActions"], name
+        assert len(alarm["Properties"].get("Metrics", [])) <= 11, f"{name}: CloudWatch takes 10 metrics + 1 expression"
+    body = template.resources()["PipelineDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(body)["widgets"]  # valid JSON once substituted (${...} sit inside strings)
+    [alarm_widget] = [w for w in widgets if w["type"] == "alarm"]
+    names = {a.rsplit("${AWS::StackName}-", 1)[1] for a in alarm_widget["properties"]["alarms"]}
+    assert names == {a["Properties"]["AlarmName"]["Fn::Sub"].split("-", 1)[1] for a in ALARMS.values()}
