@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 
-from engage import spaces
+from engage import json_body, spaces
 from engage.audiences import export, management, manual, preview
 from engage.errors import EngageError, ValidationFailed
 from engage.observability import logger, tracer
@@ -23,9 +23,10 @@ def _space() -> str:
 
 def _json_body():
     try:
-        return json.loads(app.current_event.decoded_body or "null")
+        text = app.current_event.decoded_body
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValidationFailed(f"the body is not valid JSON: {error}", [{"path": "$", "message": str(error)}]) from error
+        raise ValidationFailed(f"the body is not valid UTF-8: {error}", [{"path": "$", "message": str(error)}]) from error
+    return json_body.loads(text)
 
 
 def _query(name: str, default: str | None = None) -> str | None:
