@@ -1,6 +1,8 @@
 """Management API for audiences, through the real handler (moto tables from template.yaml)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engage.audiences import backfill
@@ -128,3 +130,11 @@ def test_nesting_past_32_levels_is_refused_at_its_path_and_32_levels_pass_the_pa
     status, body = call_api("POST", "/v1/audiences", {**PRO, "condition": nested(32)})
     assert status == 400 and "deeper than 32 levels" in body["error"]["message"]
     assert body["error"]["details"][0]["path"] == "$.condition" + ".a" * 31
+
+
+def test_the_openapi_document_is_served_without_credentials(api):
+    from engage import openapi
+
+    status, body = call_api("GET", "/openapi.json", token=None)
+    assert status == 200 and body == json.loads(openapi.DOCUMENT.read_text())
+    assert "/v1/audiences/{key}/members" in body["paths"]
