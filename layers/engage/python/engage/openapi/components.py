@@ -153,7 +153,7 @@ def schemas() -> dict[str, Any]:
             found.update(schema.pop("$defs", {}))
             found[model.__name__] = schema
     calls = []
-    for call, model in messages.MODELS.items():
+    for model in messages.MODELS.values():
         schema = model.model_json_schema(ref_template=REF_TEMPLATE)
         found.update(schema.pop("$defs", {}))
         found[model.__name__] = schema
