@@ -1,6 +1,7 @@
 """Profile API handler (HTTP API v2): decode the request, call engage.profile_api.read, answer JSON."""
 from __future__ import annotations
 
+import uuid
 from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
@@ -12,6 +13,7 @@ from engage.errors import EngageError
 from engage.observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver()
+IGNORED_HEADER = "Engage-Ignored-Parameters"
 
 
 def _json(status: int, body: str) -> Response:
@@ -36,7 +38,11 @@ def get_profile_resource(space: str, collection: str, profile: str, resource: st
         query=dict(event.query_string_parameters), url=event.path)
     answer = profile_api.read(request)
     metrics.add_metric(name=f"ProfileApi_{request.resource}", unit=MetricUnit.Count, value=1)
-    return _json(200, answer.model_dump_json())
+    response = _json(200, answer.model_dump_json())
+    ignored = profile_api.ignored_parameters(request.resource, request.query)
+    if ignored:  # ignored as Segment does, but named, so a typo (`limits=5`) can still be spotted
+        response.headers[IGNORED_HEADER] = ",".join(ignored)
+    return response
 
 
 @app.not_found
@@ -62,4 +68,9 @@ def engage_error(error: EngageError) -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context) -> dict:
-    return app.resolve(event, context)
+    response = app.resolve(event, context)
+    # Segment's Request-Id on every answer, errors included: API Gateway's id for this request (its logs'
+    # and the apigw-requestid header's), so a caller can quote it.
+    request_id = (event.get("requestContext") or {}).get("requestId") or str(uuid.uuid4())
+    response.setdefault("headers", {})["Request-Id"] = request_id
+    return response

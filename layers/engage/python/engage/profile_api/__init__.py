@@ -20,6 +20,7 @@ from engage.profile_api.params import (
     COLLECTIONS,
     RESOURCES,
     EventsQuery,
+    ignored_parameters,
     parse_collection,
     parse_profile_ref,
     parse_query,
@@ -27,8 +28,8 @@ from engage.profile_api.params import (
     token_from_authorization,
 )
 
-__all__ = ["COLLECTIONS", "RESOURCES", "ErrorDetail", "ErrorResponse", "ProfileRequest", "read",
-           "token_from_authorization"]
+__all__ = ["COLLECTIONS", "RESOURCES", "ErrorDetail", "ErrorResponse", "ProfileRequest", "ignored_parameters",
+           "read", "token_from_authorization"]
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def _to_profile(record: ProfileRecord) -> Profile:
         updated_at=record.updated_at,
         first_message_at=record.first_message_at,
         last_message_at=record.last_message_at,
+        first_message_id=record.first_message_id,
+        last_message_id=record.last_message_id,
         last_identified_at=record.last_identified_at,
         merged_into=record.merged_into,
         merged_from=[str(profile_id) for profile_id in attr("merged_from", [])],
