@@ -228,6 +228,7 @@ def _encode_cursor(last: dict) -> str:
 
 # A page's LastEvaluatedKey on the by_audience index: the table's keys and the index's, all strings.
 CURSOR_KEYS = frozenset({"pk", "sk", "audience_pk"})
+SORT_KEY_BYTES = 1024  # DynamoDB's limit on a (table or index) sort key: pk and sk are both one here
 
 
 def _decode_cursor(cursor: str, audience_pk: str) -> dict:
@@ -243,7 +244,7 @@ def _decode_cursor(cursor: str, audience_pk: str) -> dict:
     if not isinstance(last, dict) or set(last) != CURSOR_KEYS:
         raise problem
     if not all(isinstance(value, dict) and list(value) == ["S"] and isinstance(value["S"], str)
-               for value in last.values()):
+               and len(value["S"].encode()) <= SORT_KEY_BYTES for value in last.values()):
         raise problem
     if last["audience_pk"]["S"] != audience_pk:  # a cursor of another audience (or space)
         raise problem
