@@ -19,8 +19,9 @@ app = APIGatewayHttpResolver()
 
 
 @app.post("/v1/<call>", summary="Send Segment messages (identify, track, page, screen, group, alias, batch)",
-          description="The call is the path's last segment; JSON, optionally gzip (Content-Encoding) or text/plain. "
-                      "A batch stores its valid messages even when some are rejected (400 lists them).",
+          description="The call is the path's last segment; JSON, optionally gzip (Content-Encoding) or "
+                      "text/plain. A batch stores its valid messages even when some are rejected "
+                      "(400 lists them).",
           tags=[openapi.TRACKING], security=[{openapi.WRITE_KEY: []}],
           openapi_extensions=openapi.body("SegmentCall", more={"text/plain": "SegmentCall"}),
           responses=openapi.responses(200, "Success", "stored (or already stored: duplicates are ignored)",

@@ -28,7 +28,8 @@ def _json_body():
     try:
         text = app.current_event.decoded_body
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValidationFailed(f"the body is not valid UTF-8: {error}", [{"path": "$", "message": str(error)}]) from error
+        raise ValidationFailed(f"the body is not valid UTF-8: {error}",
+                               [{"path": "$", "message": str(error)}]) from error
     return json_body.loads(text)
 
 
@@ -53,7 +54,8 @@ def _bool_query(name: str) -> bool:
     raise ValidationFailed(f"{name} must be true or false", [{"path": name, "value": text}])
 
 
-@app.post("/v1/audiences", summary="Create an audience", **DOC, openapi_extensions=openapi.body("AudienceDefinition"),
+@app.post("/v1/audiences", summary="Create an audience", **DOC,
+          openapi_extensions=openapi.body("AudienceDefinition"),
           responses=openapi.responses(201, "Audience", "created (status computing while its backfill runs)",
                                       400, 401, 409))
 def create_audience():
@@ -123,8 +125,8 @@ def import_members(key: str):
 
 @app.get("/v1/audiences/<key>/export", summary="Export an audience's members as CSV", **DOC,
          openapi_extensions=openapi.query(
-             openapi.param("format", {"type": "string", "enum": list(export.FORMATS), "default": "unformatted"},
-                           "CSV layout"),
+             openapi.param("format", {"type": "string", "enum": list(export.FORMATS),
+                                      "default": "unformatted"}, "CSV layout"),
              openapi.param("id_type", {"type": "string"}, "the id type of single_column / hashed exports"),
              openapi.param("hash", {"type": "string", "enum": list(export.HASHES)}, "hash the ids"),
              openapi.param("regenerate", {"type": "boolean", "default": False}, "make a new file now")),

@@ -22,13 +22,15 @@ def _json(status: int, body: str) -> Response:
 
 @app.get("/v1/spaces/<space>/collections/<collection>/profiles/<profile>/<resource>",
          summary="Read a profile's traits, external_ids, events, metadata or links (Segment's Profile API)",
-         description="`profile` is `<id_type>:<value>` (URL-encoded), `collection` users or accounts. Each "
-                     "resource takes its own query parameters (docs/profile-api.md); unknown ones are ignored.",
+         description="`profile` is `<id_type>:<value>` (URL-encoded), `collection` users or accounts. "
+                     "Each resource takes its own query parameters (docs/profile-api.md); unknown ones are "
+                     "ignored.",
          tags=[openapi.PROFILES], security=[{openapi.ACCESS_TOKEN: []}],
          openapi_extensions=openapi.query_models("engage.profile_api.params", "QUERIES"),
-         responses=openapi.responses(200, "ProfileResource", "the resource, in Segment's shape", 400, 401, 403, 404,
-                                     headers=openapi.REQUEST_ID))
-def get_profile_resource(space: str, collection: str, profile: str, resource: str):  # no return type: powertools would model Response
+         responses=openapi.responses(200, "ProfileResource", "the resource, in Segment's shape",
+                                     400, 401, 403, 404, headers=openapi.REQUEST_ID))
+# No return annotation: powertools would try to document `Response` as a schema.
+def get_profile_resource(space: str, collection: str, profile: str, resource: str):
     event = app.current_event
     request = profile_api.ProfileRequest(
         # The route matches the raw path: `email:ann%40x.com`, `phone:%2B1555...` arrive encoded.

@@ -18,8 +18,9 @@ def test_the_document_is_served_at_openapi_json(local_cloud):
     assert body["openapi"].startswith("3.1") and body["paths"] == json.loads(openapi.document())["paths"]
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nothing"), ("POST", "/v1/audiences/x/y/z"),
-                                              ("GET", "/v1/spaces/local/collections/users/profiles/user_id:1")])
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/nothing"), ("POST", "/v1/audiences/x/y/z"),
+    ("GET", "/v1/spaces/local/collections/users/profiles/user_id:1")])
 def test_unmatched_paths_answer_the_documented_error_shape(local_cloud, method, path):
     # Issue 10: these answered API Gateway's bare {"message": "Not Found"}
     status, _, body = local_cloud.call(method, path, auth=ACCESS_TOKEN)

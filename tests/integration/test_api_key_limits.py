@@ -39,17 +39,19 @@ def requests_sent(monkeypatch):
 
 def profile_api(path: str, query: dict | None = None) -> tuple[int, dict]:
     token = base64.b64encode(b"acme-access-token:").decode()
-    event = {"version": "2.0", "routeKey": "GET /v1/spaces/{space}/collections/{collection}/profiles/{profile}/"
-             "{resource}", "rawPath": path, "rawQueryString": "", "headers": {"authorization": f"Basic {token}"},
-             "queryStringParameters": query, "isBase64Encoded": False,
-             "requestContext": {"http": {"method": "GET", "path": path, "sourceIp": "127.0.0.1"}, "stage": "$default",
-                                "requestId": "r", "accountId": "123456789012"}}
+    route = "GET /v1/spaces/{space}/collections/{collection}/profiles/{profile}/{resource}"
+    event = {"version": "2.0", "routeKey": route, "rawPath": path, "rawQueryString": "",
+             "headers": {"authorization": f"Basic {token}"}, "queryStringParameters": query,
+             "isBase64Encoded": False,
+             "requestContext": {"http": {"method": "GET", "path": path, "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
     response = handler("profile_api")(event, LambdaContext())
     return response["statusCode"], json.loads(response["body"])
 
 
 def test_a_profile_id_longer_than_a_partition_key_is_404_without_a_lookup(engine, space, requests_sent):
-    status, body = profile_api(f"/v1/spaces/acme/collections/users/profiles/{quote('user_id:' + LONG)}/traits")
+    profile = quote("user_id:" + LONG)
+    status, body = profile_api(f"/v1/spaces/acme/collections/users/profiles/{profile}/traits")
     assert status == 404 and body["error"]["code"] == "not_found"
     assert not [request for request in requests_sent if LONG in request]
 
@@ -64,18 +66,21 @@ def test_an_events_cursor_past_a_sort_key_is_a_400(engine, space, requests_sent)
                   created_at="t", updated_at="t").save()
     profiles_store.new_pointer("acme", "users", "user_id", "u1", "p1", "t").save()
     cursor = paging.encode_cursor({"after": LONG[:1100], "sort": "desc"})
-    status, body = profile_api("/v1/spaces/acme/collections/users/profiles/user_id:u1/events", {"next": cursor})
+    status, body = profile_api("/v1/spaces/acme/collections/users/profiles/user_id:u1/events",
+                               {"next": cursor})
     assert status == 400 and body["error"]["details"][0]["path"] == "query.next"
     assert not [request for request in requests_sent if LONG[:1100] in request]
 
 
 @pytest.mark.parametrize(("method", "suffix", "expected"), [
-    ("GET", "", 404), ("DELETE", "", 404), ("GET", "/members", 404), ("POST", "/members", 404), ("GET", "/export", 404),
+    ("GET", "", 404), ("DELETE", "", 404), ("GET", "/members", 404), ("POST", "/members", 404),
+    ("GET", "/export", 404),
     ("PUT", "", 400),  # the body's key is not the path's: refused before any read
 ])
-def test_an_audience_key_no_audience_can_have_is_refused_without_a_lookup(engine, space, requests_sent, method,
-                                                                         suffix, expected):
-    body = {"key": "k", "name": "K", "kind": "manual"} if method == "PUT" else {"add": []} if method == "POST" else None
+def test_an_audience_key_no_audience_can_have_is_refused_without_a_lookup(engine, space, requests_sent,
+                                                                         method, suffix, expected):
+    bodies = {"PUT": {"key": "k", "name": "K", "kind": "manual"}, "POST": {"add": []}}
+    body = bodies.get(method)
     status, answer = call_api(method, f"/v1/audiences/{LONG}{suffix}", body)
     assert status == expected, answer
     assert not [request for request in requests_sent if LONG in request]

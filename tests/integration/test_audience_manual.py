@@ -140,7 +140,8 @@ def test_a_forged_members_cursor_is_a_400_not_a_500(people, audience, forged):
     # Issue 9: {"pk": 1} on /v1/audiences/all/members raised AttributeError inside pynamodb (a 500)
     status, body = call_api("GET", f"/v1/audiences/{audience}/members", query={"next": _cursor(forged)})
     assert status == 400, body
-    assert body["error"]["details"][0]["path"] == "next" and "invalid `next` cursor" in body["error"]["message"]
+    assert body["error"]["details"][0]["path"] == "next"
+    assert "invalid `next` cursor" in body["error"]["message"]
 
 
 def test_deleting_an_audience_purges_its_memberships_without_exits(people):

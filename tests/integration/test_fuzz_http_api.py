@@ -31,7 +31,8 @@ from tests.integration.audience_support import LambdaContext, call_api, handler,
 
 EXAMPLES = int(os.environ.get("ENGAGE_FUZZ_EXAMPLES", "10"))
 SCHEMA = schemathesis.openapi.from_dict(json.loads(openapi.DOCUMENT.read_text(encoding="utf-8")))
-OPERATIONS = {f"{op.method.upper()} {op.path}": op for op in (result.ok() for result in SCHEMA.get_all_operations())}
+OPERATIONS = {f"{op.method.upper()} {op.path}": op
+              for op in (result.ok() for result in SCHEMA.get_all_operations())}
 ROUTES = http_api.routes_from_template(template.TEMPLATE)
 CODE_DIRS = template.code_dirs(template.TEMPLATE)
 SECRETS = {openapi.WRITE_KEY: "acme-write-key", openapi.ACCESS_TOKEN: "acme-access-token"}
@@ -61,8 +62,9 @@ def seeded():
         spaces.create_space("acme", "Acme", write_key=SECRETS[openapi.WRITE_KEY],
                             access_token=SECRETS[openapi.ACCESS_TOKEN])
         assert call_api("POST", "/v1/audiences", {"key": "vips", "name": "VIPs", "kind": "manual"})[0] == 201
-        assert call_api("POST", "/v1/audiences", {"key": "pro_users", "name": "Pro", "backfill": False,
-                                                  "condition": {"trait": "plan", "op": "eq", "value": "pro"}})[0] == 201
+        pro = {"key": "pro_users", "name": "Pro", "backfill": False,
+               "condition": {"trait": "plan", "op": "eq", "value": "pro"}}
+        assert call_api("POST", "/v1/audiences", pro)[0] == 201
         yield
     reset_engage_caches()
 
@@ -71,7 +73,8 @@ def seeded():
 def report():
     yield
     if TALLY:
-        statuses = ", ".join(f"{status}: {count}" for status, count in sorted(TALLY.items(), key=str) if status != "cases")
+        statuses = ", ".join(f"{status}: {count}" for status, count in sorted(TALLY.items(), key=str)
+                             if status != "cases")
         print(f"\nfuzz: {TALLY['cases']} cases over {len(OPERATIONS)} operations ({statuses})")
 
 
@@ -100,7 +103,8 @@ def _request(case, credentials: str, known_key: str | None) -> tuple[str, str, l
     if credentials == "valid":
         scheme = next(iter(case.operation.definition.raw.get("security", [{}])[0] or {}), None)
         if scheme:
-            headers.append(("authorization", "Basic " + base64.b64encode(f"{SECRETS[scheme]}:".encode()).decode()))
+            secret = base64.b64encode(f"{SECRETS[scheme]}:".encode()).decode()
+            headers.append(("authorization", f"Basic {secret}"))
     elif generated is not None:
         headers.append(("authorization", str(generated)))
     if case.media_type:
@@ -146,7 +150,8 @@ def test_no_operation_answers_5xx_or_a_stack_trace_and_every_4xx_says_why(seeded
     @given(case=api_operation.as_strategy(generation_mode=mode),
            credentials=st.sampled_from(["valid", "valid", "valid", "generated"]),
            # A DELETE of a seeded audience would turn every later case on it into a 404.
-           known_key=st.sampled_from([None, "all"] if operation.startswith("DELETE") else [None, *KNOWN_KEYS]))
+           known_key=st.sampled_from([None, "all"] if operation.startswith("DELETE")
+                                     else [None, *KNOWN_KEYS]))
     def fuzz(case, credentials, known_key):
         method = case.method.upper()
         path, query, headers, body = _request(case, credentials, known_key)

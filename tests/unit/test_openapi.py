@@ -49,7 +49,7 @@ def test_the_document_is_valid_openapi_3_1_and_every_operation_is_tagged_and_sec
     assert document["openapi"].startswith("3.1")
     for path, item in document["paths"].items():
         for method, operation in item.items():
-            assert operation["tags"][0] in (openapi.TRACKING, openapi.PROFILES, openapi.MANAGEMENT), (method, path)
+            assert operation["tags"][0] in (openapi.TRACKING, openapi.PROFILES, openapi.MANAGEMENT), path
             if path != "/openapi.json":
                 assert operation["security"], (method, path)
                 assert any(code.startswith("4") for code in operation["responses"]), (method, path)
@@ -63,7 +63,8 @@ def test_a_template_route_the_resolver_does_not_serve_is_an_error():
         return {}
 
     with pytest.raises(build.RouteMismatch, match="GET /v1/other"):
-        build.build({"Fn": app}, [build.ApiRoute("Fn", "GET", "/v1/things"), build.ApiRoute("Fn", "GET", "/v1/other")])
+        build.build({"Fn": app}, [build.ApiRoute("Fn", "GET", "/v1/things"),
+                                  build.ApiRoute("Fn", "GET", "/v1/other")])
 
 
 def test_a_resolver_route_the_template_does_not_route_is_an_error():
@@ -88,7 +89,8 @@ def test_a_parameterised_handler_route_is_documented_once_per_api_route():
     def call_api(call: str):
         return {}
 
-    document = build.build({"Fn": app}, [build.ApiRoute("Fn", "POST", "/v1/t"), build.ApiRoute("Fn", "POST", "/v1/b")])
+    document = build.build({"Fn": app}, [build.ApiRoute("Fn", "POST", "/v1/t"),
+                                         build.ApiRoute("Fn", "POST", "/v1/b")])
     assert sorted(document["paths"]) == ["/v1/b", "/v1/t"]
     operation = document["paths"]["/v1/t"]["post"]
     assert "parameters" not in operation  # the API route fixes {call}

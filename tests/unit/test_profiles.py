@@ -112,7 +112,8 @@ def test_first_and_last_message_ids_follow_event_time_in_any_delivery_order():
         state = fresh()
         for message in order:
             state = apply(state, message)
-        answers.add((state.first_message_at, state.first_message_id, state.last_message_at, state.last_message_id))
+        answers.add((state.first_message_at, state.first_message_id,
+                     state.last_message_at, state.last_message_id))
     # Then every order gives the earliest and the latest message (ties broken by messageId)
     assert answers == {("2026-11-20T00:00:00.000Z", "m1", "2026-11-22T00:00:00.000Z", "m4")}
 

@@ -22,7 +22,8 @@ def loads(text: str | None) -> Any:
     except RecursionError as error:
         raise _too_deep("$") from error
     except ValueError as error:
-        raise ValidationFailed(f"the body is not valid JSON: {error}", [{"path": "$", "message": str(error)}]) from error
+        raise ValidationFailed(f"the body is not valid JSON: {error}",
+                               [{"path": "$", "message": str(error)}]) from error
     where = too_deep_at(value)
     if where is not None:
         raise _too_deep(where)
@@ -47,6 +48,6 @@ def too_deep_at(value: Any, limit: int = MAX_DEPTH) -> str | None:
 
 
 def _too_deep(path: str) -> ValidationFailed:
-    message = (f"the body nests objects and arrays deeper than {MAX_DEPTH} levels (DynamoDB's limit) at {path}: "
-               "flatten it")
+    message = (f"the body nests objects and arrays deeper than {MAX_DEPTH} levels (DynamoDB's limit) "
+               f"at {path}: flatten it")
     return ValidationFailed(message, [{"path": path, "message": f"nested deeper than {MAX_DEPTH} levels"}])

@@ -214,8 +214,8 @@ def note_message_times(state: ProfileState, timestamp: str | None, message_id: s
     if timestamp is None:
         return
     # An unknown id (kept before ids were) loses ties, so it never displaces a known one.
-    if state.first_message_at is None or \
-            (timestamp, message_id or "\uffff") < (state.first_message_at, state.first_message_id or "\uffff"):
+    first = (state.first_message_at, state.first_message_id or "\uffff")
+    if state.first_message_at is None or (timestamp, message_id or "\uffff") < first:
         state.first_message_at, state.first_message_id = timestamp, message_id
     if state.last_message_at is None or \
             (timestamp, message_id or "") > (state.last_message_at, state.last_message_id or ""):

@@ -54,8 +54,8 @@ def query(*parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def query_models(module: str, attribute: str) -> dict[str, Any]:
-    """`openapi_extensions` naming a `{resource: pydantic model}` map of query models (resolved by the generator,
-    so a cold start builds no schema)."""
+    """`openapi_extensions` naming a `{resource: pydantic model}` map of query models (resolved by the
+    generator, so a cold start builds no schema)."""
     return {QUERY: {"models": f"{module}:{attribute}"}}
 
 
@@ -64,7 +64,8 @@ def param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]
 
 
 def responses(ok: int, ok_schema: str | None, description: str, *errors: int, error_schema: str = "Error",
-              ok_media_type: str = "application/json", headers: dict[str, Any] | None = None) -> dict[int, Any]:
+              ok_media_type: str = "application/json",
+              headers: dict[str, Any] | None = None) -> dict[int, Any]:
     """powertools `responses=`: the success answer and each error status in the API's error shape."""
     success: dict[str, Any] = {"description": description}
     if ok_schema is not None:

@@ -28,7 +28,8 @@ DESCRIPTION = (
     "and docs/audiences-api.md describe behaviour and limits.")
 SECURITY_SCHEMES = {
     openapi.WRITE_KEY: {"type": "http", "scheme": "basic",
-                        "description": "the write key as username, empty password (or `writeKey` in the body)"},
+                        "description": "the write key as username, empty password (or `writeKey` in the "
+                                       "body)"},
     openapi.ACCESS_TOKEN: {"type": "http", "scheme": "basic",
                            "description": "the space's access token as username, empty password"},
 }
@@ -66,12 +67,13 @@ def build(resolvers: Mapping[str, Any], routes: Iterable[ApiRoute]) -> dict[str,
         for route in by_function.get(function, []):
             found = _serving(operations, route)
             if found is None:
-                problems.append(f"template route {route.method} {route.path} ({function}) has no route in its "
-                                "handler's resolver")
+                problems.append(f"template route {route.method} {route.path} ({function}) has no route in "
+                                "its handler's resolver")
                 continue
             template_path, operation = found
             claimed.add((route.method, template_path))
-            paths.setdefault(route.path, {})[route.method.lower()] = _concrete(operation, template_path, route.path)
+            documented = _concrete(operation, template_path, route.path)
+            paths.setdefault(route.path, {})[route.method.lower()] = documented
         problems += [f"handler route {method} {path} ({function}) is not routed by template.yaml"
                      for method, path in sorted(set(operations) - claimed)]
     unknown = sorted(set(by_function) - set(resolvers))
@@ -146,7 +148,7 @@ def _query_parameters(reference: str) -> list[dict[str, Any]]:
 
 
 def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model field's schema as a query parameter: no title, and `null` dropped (absent means the default)."""
+    """A model field's schema as a query parameter: no title, `null` dropped (absent means the default)."""
     schema = {key: value for key, value in schema.items() if key != "title"}
     options = [option for option in schema.pop("anyOf", []) if option.get("type") != "null"]
     if len(options) == 1:

@@ -137,7 +137,8 @@ def _openapi_document() -> dict[str, Any]:
 
 
 PROFILE_RESOURCES = (profile_models.TraitsResponse, profile_models.ExternalIdsResponse,
-                     profile_models.EventsResponse, profile_models.MetadataResponse, profile_models.LinksResponse)
+                     profile_models.EventsResponse, profile_models.MetadataResponse,
+                     profile_models.LinksResponse)
 REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit)
 RESPONSES: tuple[type[BaseModel], ...] = (
     Error, SegmentError, Success, Audience, AudienceList, Preview, Members, MemberEditResult, ExportJob,

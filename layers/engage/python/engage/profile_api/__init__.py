@@ -84,7 +84,7 @@ def _events(space_id: str, profile: views.Profile, query: EventsQuery, url: str)
                 f"this next cursor continues a sort={position['sort']} listing; repeat sort={position['sort']} "
                 "or start again without next", [{"path": "query.next", "message": "cursor made for another sort"}])
         after = str(position["after"])
-        if len(after.encode()) > SORT_KEY_BYTES:  # not a history sort key: DynamoDB would refuse the condition
+        if len(after.encode()) > SORT_KEY_BYTES:  # no history sort key: DynamoDB would refuse the condition
             raise ValidationFailed("this next cursor is not one this API returned: pass cursor.next from the "
                                    "previous page", [{"path": "query.next", "message": "malformed cursor"}])
     streams = store.event_streams(space_id, store.history_profile_ids(profile), query, after)

@@ -76,7 +76,8 @@ PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
 @tracer.capture_method
 def lookup(space_id: str, collection: str, ref: ProfileRef) -> Profile | None:
     """Resolve `<type>:<value>` in a collection to its profile (a merged id answers with the survivor)."""
-    if len(profiles_store.identity_pk(space_id, collection, ref.type, ref.value).encode()) > PARTITION_KEY_BYTES:
+    identity_key = profiles_store.identity_pk(space_id, collection, ref.type, ref.value)
+    if len(identity_key.encode()) > PARTITION_KEY_BYTES:
         return None  # no id that long was ever stored (DynamoDB refuses the key): not looked up
     record = profiles_store.resolve(space_id, collection, ref.type, ref.value)
     if record is None or (record.collection or profiles_store.USERS) != collection:
