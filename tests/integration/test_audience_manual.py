@@ -83,6 +83,16 @@ def test_csv_replace_removes_members_the_file_does_not_name(people):
     assert store.size("acme", "vips") == 2
 
 
+def test_csv_with_carriage_returns_is_read_and_an_unreadable_csv_is_a_400(people):
+    # Found by the fuzzer: a lone \r inside a row was a 500 (csv.Error "new-line character seen in unquoted field")
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\r1\r\n2\rnobody\r")
+    assert status == 200, body
+    assert body["added"] == 2 and [u["line"] for u in body["unknown"]] == [4]
+    # A field past the csv module's size limit cannot be read: a 400 naming the line, not a 500
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\n1\n" + "x" * 200_000)
+    assert status == 400 and body["error"]["details"][0]["line"] == 3, body
+
+
 def test_csv_needs_a_header_of_id_types(people):
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="E-mail Address\nann@example.com\n")
     assert status == 400 and body["error"]["details"][0]["line"] == 1
