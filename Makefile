@@ -11,7 +11,7 @@ export SAM_CLI_TELEMETRY := 0
 # sam build needs the function runtime's interpreter on PATH (python3.13).
 export PATH := $(dir $(PYTHON)):$(PATH)
 
-.PHONY: install dev test test-unit test-integration test-e2e lint validate build bench clean
+.PHONY: install dev test test-unit test-integration test-e2e lint validate build bench clean openapi
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test-integration: $(VENV)/.installed
 
 test-e2e: $(VENV)/.installed
 	$(VENV)/bin/pytest -q tests/e2e
+
+# Regenerate the HTTP API's OpenAPI document from the handlers (tests/unit/test_openapi.py checks it).
+openapi: $(VENV)/.installed
+	$(VENV)/bin/engage openapi
 
 bench: install
 	$(PY) -m bench $(if $(FULL),--full,)

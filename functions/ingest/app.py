@@ -11,14 +11,21 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from engage import ingestion
+from engage import ingestion, openapi
 from engage.errors import EngageError
 from engage.observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver()
 
 
-@app.post("/v1/<call>")
+@app.post("/v1/<call>", summary="Send Segment messages (identify, track, page, screen, group, alias, batch)",
+          description="The call is the path's last segment; JSON, optionally gzip (Content-Encoding) or "
+                      "text/plain. A batch stores its valid messages even when some are rejected "
+                      "(400 lists them).",
+          tags=[openapi.TRACKING], security=[{openapi.WRITE_KEY: []}],
+          openapi_extensions=openapi.body("SegmentCall", more={"text/plain": "SegmentCall"}),
+          responses=openapi.responses(200, "Success", "stored (or already stored: duplicates are ignored)",
+                                      400, 401, 404, error_schema="SegmentError"))
 def track_api(call: str) -> dict:
     request = app.current_event
     ingestion.receive(

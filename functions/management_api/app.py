@@ -7,13 +7,16 @@ from urllib.parse import urlencode
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 
-from engage import spaces
+from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
 from engage.errors import EngageError, ValidationFailed
 from engage.observability import logger, tracer
 from engage.profile_api.params import token_from_authorization
 
 app = APIGatewayHttpResolver()
+# Every operation: the management tag and the access token (Basic auth).
+DOC = {"tags": [openapi.MANAGEMENT], "security": [{openapi.ACCESS_TOKEN: []}]}
+KEY_ERRORS = (400, 401, 404)
 
 
 def _space() -> str:
@@ -23,9 +26,11 @@ def _space() -> str:
 
 def _json_body():
     try:
-        return json.loads(app.current_event.decoded_body or "null")
+        text = app.current_event.decoded_body
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValidationFailed(f"the body is not valid JSON: {error}", [{"path": "$", "message": str(error)}]) from error
+        raise ValidationFailed(f"the body is not valid UTF-8: {error}",
+                               [{"path": "$", "message": str(error)}]) from error
+    return json_body.loads(text)
 
 
 def _query(name: str, default: str | None = None) -> str | None:
@@ -49,53 +54,87 @@ def _bool_query(name: str) -> bool:
     raise ValidationFailed(f"{name} must be true or false", [{"path": name, "value": text}])
 
 
-@app.post("/v1/audiences")
+@app.post("/v1/audiences", summary="Create an audience", **DOC,
+          openapi_extensions=openapi.body("AudienceDefinition"),
+          responses=openapi.responses(201, "Audience", "created (status computing while its backfill runs)",
+                                      400, 401, 409))
 def create_audience():
     return Response(201, "application/json", json.dumps(management.create(_space(), _json_body())))
 
 
-@app.get("/v1/audiences")
+@app.get("/v1/audiences", summary="List the space's audiences (with the system audience `all`)", **DOC,
+         responses=openapi.responses(200, "AudienceList", "every audience, with its size", 401))
 def list_audiences():
     return management.list_audiences(_space())
 
 
-@app.post("/v1/audiences:preview")
+@app.post("/v1/audiences:preview", summary="Estimate an audience's size without creating it", **DOC,
+          openapi_extensions={**openapi.body("AudiencePreviewRequest"), **openapi.query(
+              openapi.param("sample", {"type": "integer", "minimum": 1, "maximum": preview.MAX_SAMPLE,
+                                       "default": preview.DEFAULT_SAMPLE}, "profiles evaluated"))},
+          responses=openapi.responses(200, "Preview", "the estimate and how it was made", 400, 401))
 def preview_audience():
     return preview.preview(_space(), _json_body(), sample_size=_int_query("sample", preview.DEFAULT_SAMPLE))
 
 
-@app.get("/v1/audiences/<key>")
+@app.get("/v1/audiences/<key>", summary="Read an audience: definition, status, size", **DOC,
+         responses=openapi.responses(200, "Audience", "the audience", *KEY_ERRORS))
 def get_audience(key: str):
     return management.get(_space(), key)
 
 
-@app.put("/v1/audiences/<key>")
+@app.put("/v1/audiences/<key>", summary="Replace an audience's definition (recomputes it)", **DOC,
+         openapi_extensions=openapi.body("AudienceDefinition"),
+         responses=openapi.responses(200, "Audience", "replaced", *KEY_ERRORS, 409))
 def replace_audience(key: str):
     return management.replace(_space(), key, _json_body())
 
 
-@app.delete("/v1/audiences/<key>")
+@app.delete("/v1/audiences/<key>", summary="Delete an audience (its key is never reused)", **DOC,
+            responses=openapi.responses(204, None, "deleted", *KEY_ERRORS, 409))
 def delete_audience(key: str):
     management.delete(_space(), key)
     return Response(204, "application/json", "")
 
 
-@app.get("/v1/audiences/<key>/members")
+@app.get("/v1/audiences/<key>/members", summary="List an audience's current members, a page at a time", **DOC,
+         openapi_extensions=openapi.query(
+             openapi.param("limit", {"type": "integer", "minimum": 1, "maximum": management.MAX_PAGE,
+                                     "default": 100}, "members per page"),
+             openapi.param("next", {"type": "string"}, "cursor.next of the previous page, unchanged")),
+         responses=openapi.responses(200, "Members", "one page of members", *KEY_ERRORS))
 def list_members(key: str):
     return management.members(_space(), key, _int_query("limit", 100), _query("next"))
 
 
-@app.post("/v1/audiences/<key>/members")
+@app.post("/v1/audiences/<key>/members", summary="Add and remove members of a manual audience", **DOC,
+          openapi_extensions=openapi.body("MemberEdit"),
+          responses=openapi.responses(200, "MemberEditResult", "what changed", *KEY_ERRORS, 409))
 def edit_members(key: str):
     return manual.edit_members(_space(), key, _json_body())
 
 
-@app.post("/v1/audiences/<key>/members:import")
+@app.post("/v1/audiences/<key>/members:import", summary="Import a manual audience's members from CSV", **DOC,
+          openapi_extensions={**openapi.body("Csv", media_type="text/csv"), **openapi.query(
+              openapi.param("mode", {"type": "string", "enum": ["add", "replace"], "default": "add"},
+                            "add to the members, or make the file the whole audience"))},
+          responses=openapi.responses(200, "MemberEditResult", "what changed", *KEY_ERRORS, 409))
 def import_members(key: str):
     return manual.import_csv(_space(), key, app.current_event.decoded_body or "", _query("mode", "add"))
 
 
-@app.get("/v1/audiences/<key>/export")
+@app.get("/v1/audiences/<key>/export", summary="Export an audience's members as CSV", **DOC,
+         openapi_extensions=openapi.query(
+             openapi.param("format", {"type": "string", "enum": list(export.FORMATS),
+                                      "default": "unformatted"}, "CSV layout"),
+             openapi.param("id_type", {"type": "string"}, "the id type of single_column / hashed exports"),
+             openapi.param("hash", {"type": "string", "enum": list(export.HASHES)}, "hash the ids"),
+             openapi.param("regenerate", {"type": "boolean", "default": False}, "make a new file now")),
+         responses={**openapi.responses(200, "Csv", "the CSV file (small audiences)", *KEY_ERRORS, 500,
+                                        ok_media_type="text/csv"),
+                    **{status: {"description": text, "content": openapi.json_content("ExportJob")}
+                       for status, text in ((202, "being generated: poll Location after Retry-After"),
+                                            (303, "ready: Location is the file"))}})
 def export_audience(key: str):
     space_id = _space()
     result = export.request(space_id, key, fmt=_query("format", "unformatted"), id_type=_query("id_type"),
@@ -118,6 +157,12 @@ def _without_query(name: str) -> str:
     event = app.current_event
     kept = {k: v for k, v in (event.query_string_parameters or {}).items() if k != name}
     return event.path + (f"?{urlencode(kept)}" if kept else "")
+
+
+@app.get("/openapi.json", summary="This OpenAPI document (all three APIs; no credentials needed)",
+         tags=[openapi.MANAGEMENT], responses=openapi.responses(200, "OpenApiDocument", "OpenAPI 3.1"))
+def openapi_document():
+    return Response(200, "application/json", openapi.document(), headers={"Cache-Control": "max-age=300"})
 
 
 @app.exception_handler(EngageError)

@@ -1,25 +1,36 @@
 """Profile API handler (HTTP API v2): decode the request, call engage.profile_api.read, answer JSON."""
 from __future__ import annotations
 
+import uuid
 from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from engage import profile_api
+from engage import openapi, profile_api
 from engage.errors import EngageError
 from engage.observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver()
+IGNORED_HEADER = "Engage-Ignored-Parameters"
 
 
 def _json(status: int, body: str) -> Response:
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body)
 
 
-@app.get("/v1/spaces/<space>/collections/<collection>/profiles/<profile>/<resource>")
-def get_profile_resource(space: str, collection: str, profile: str, resource: str) -> Response:
+@app.get("/v1/spaces/<space>/collections/<collection>/profiles/<profile>/<resource>",
+         summary="Read a profile's traits, external_ids, events, metadata or links (Segment's Profile API)",
+         description="`profile` is `<id_type>:<value>` (URL-encoded), `collection` users or accounts. "
+                     "Each resource takes its own query parameters (docs/profile-api.md); unknown ones are "
+                     "ignored.",
+         tags=[openapi.PROFILES], security=[{openapi.ACCESS_TOKEN: []}],
+         openapi_extensions=openapi.query_models("engage.profile_api.params", "QUERIES"),
+         responses=openapi.responses(200, "ProfileResource", "the resource, in Segment's shape",
+                                     400, 401, 403, 404, headers=openapi.REQUEST_ID))
+# No return annotation: powertools would try to document `Response` as a schema.
+def get_profile_resource(space: str, collection: str, profile: str, resource: str):
     event = app.current_event
     request = profile_api.ProfileRequest(
         # The route matches the raw path: `email:ann%40x.com`, `phone:%2B1555...` arrive encoded.
@@ -29,7 +40,11 @@ def get_profile_resource(space: str, collection: str, profile: str, resource: st
         query=dict(event.query_string_parameters), url=event.path)
     answer = profile_api.read(request)
     metrics.add_metric(name=f"ProfileApi_{request.resource}", unit=MetricUnit.Count, value=1)
-    return _json(200, answer.model_dump_json())
+    response = _json(200, answer.model_dump_json())
+    ignored = profile_api.ignored_parameters(request.resource, request.query)
+    if ignored:  # ignored as Segment does, but named, so a typo (`limits=5`) can still be spotted
+        response.headers[IGNORED_HEADER] = ",".join(ignored)
+    return response
 
 
 @app.not_found
@@ -55,4 +70,9 @@ def engage_error(error: EngageError) -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context) -> dict:
-    return app.resolve(event, context)
+    response = app.resolve(event, context)
+    # Segment's Request-Id on every answer, errors included: API Gateway's id for this request (its logs'
+    # and the apigw-requestid header's), so a caller can quote it.
+    request_id = (event.get("requestContext") or {}).get("requestId") or str(uuid.uuid4())
+    response.setdefault("headers", {})["Request-Id"] = request_id
+    return response

@@ -1,6 +1,8 @@
 """Management API for audiences, through the real handler (moto tables from template.yaml)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engage.audiences import backfill
@@ -101,3 +103,38 @@ def test_backfill_request_marks_the_audience_computing_and_starts_one_run(api, m
 def test_unknown_routes_are_404_in_the_error_shape(api):
     status, body = call_api("GET", "/v1/nothing")
     assert status == 404 and body["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/audiences"), ("POST", "/v1/audiences:preview"),
+                                              ("PUT", "/v1/audiences/pro_users"),
+                                              ("POST", "/v1/audiences/all/members")])
+def test_a_body_nested_10000_levels_deep_is_a_400_that_names_the_limit(api, method, path):
+    # Given a body nested far beyond DynamoDB's 32 levels (issue 9: RecursionError, a 500)
+    deep = "[" * 10_000 + "]" * 10_000
+    # Then it is refused with a 400 that says what is wrong
+    status, body = call_api(method, path, raw=deep)
+    assert status == 400, body
+    assert body["error"]["code"] == "validation_error" and "deeper than 32 levels" in body["error"]["message"]
+
+
+def test_nesting_past_32_levels_is_refused_at_its_path_and_32_levels_pass_the_parser(api):
+    def nested(levels: int) -> dict:
+        value: dict = {}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    # The body is level 1, so a condition of 31 levels reaches level 32: past the parser, a definition error
+    status, body = call_api("POST", "/v1/audiences", {**PRO, "condition": nested(31)})
+    assert status == 400 and "deeper" not in body["error"]["message"], body
+    status, body = call_api("POST", "/v1/audiences", {**PRO, "condition": nested(32)})
+    assert status == 400 and "deeper than 32 levels" in body["error"]["message"]
+    assert body["error"]["details"][0]["path"] == "$.condition" + ".a" * 31
+
+
+def test_the_openapi_document_is_served_without_credentials(api):
+    from engage import openapi
+
+    status, body = call_api("GET", "/openapi.json", token=None)
+    assert status == 200 and body == json.loads(openapi.DOCUMENT.read_text())
+    assert "/v1/audiences/{key}/members" in body["paths"]

@@ -73,6 +73,8 @@ def test_every_management_route_in_the_template_reaches_the_handler(people):
     assert events, "ManagementApiFunction declares its routes"
     for event in events.values():
         props = event["Properties"]
+        if "Path" not in props:
+            continue  # the catch-all ($default) route: every path no other route matches
         path = props["Path"].replace("{key}", "vips")
         status, body = call_api(props["Method"], path, {} if props["Method"] in ("POST", "PUT") else None)
         assert not (status == 404 and "no route" in json.dumps(body)), (props, body)

@@ -1,6 +1,9 @@
 """Manual audiences: add/remove by id and CSV import, through the management API handler."""
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from engage.audiences import store
@@ -80,6 +83,16 @@ def test_csv_replace_removes_members_the_file_does_not_name(people):
     assert store.size("acme", "vips") == 2
 
 
+def test_csv_with_carriage_returns_is_read_and_an_unreadable_csv_is_a_400(people):
+    # Found by the fuzzer: a lone \r inside a row was a 500 (csv.Error "new-line character seen in unquoted field")
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\r1\r\n2\rnobody\r")
+    assert status == 200, body
+    assert body["added"] == 2 and [u["line"] for u in body["unknown"]] == [4]
+    # A field past the csv module's size limit cannot be read: a 400 naming the line, not a 500
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\n1\n" + "x" * 200_000)
+    assert status == 400 and body["error"]["details"][0]["line"] == 3, body
+
+
 def test_csv_needs_a_header_of_id_types(people):
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="E-mail Address\nann@example.com\n")
     assert status == 400 and body["error"]["details"][0]["line"] == 1
@@ -122,6 +135,23 @@ def test_members_are_paged_with_a_cursor_and_bad_cursors_are_refused(people):
     assert sorted(seen) == ["p1", "p2", "p3"]
     status, body = call_api("GET", "/v1/audiences/vips/members", query={"next": "not-a-cursor"})
     assert status == 400 and body["error"]["details"][0]["path"] == "next"
+
+
+def _cursor(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("forged", [
+    {"pk": 1}, {"a": 1}, {}, [], {"pk": {"S": "acme|p1"}, "sk": {"S": "all"}, "audience_pk": {"N": "1"}},
+    {"pk": {"S": "acme|p1"}, "sk": {"S": "vips"}, "audience_pk": {"S": "other|vips"}},
+])
+@pytest.mark.parametrize("audience", ["all", "vips"])
+def test_a_forged_members_cursor_is_a_400_not_a_500(people, audience, forged):
+    # Issue 9: {"pk": 1} on /v1/audiences/all/members raised AttributeError inside pynamodb (a 500)
+    status, body = call_api("GET", f"/v1/audiences/{audience}/members", query={"next": _cursor(forged)})
+    assert status == 400, body
+    assert body["error"]["details"][0]["path"] == "next"
+    assert "invalid `next` cursor" in body["error"]["message"]
 
 
 def test_deleting_an_audience_purges_its_memberships_without_exits(people):

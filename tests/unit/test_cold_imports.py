@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "engage" / "python"
 FUNCTIONS = sorted(path.parent.name for path in (ROOT / "functions").glob("*/app.py"))
 # X-Ray's patch_all imports every library it can instrument; Engage only calls AWS (botocore, pynamodb).
+OPENAPI_GENERATION = ("engage.openapi.build", "engage.openapi.components",
+                      "aws_lambda_powertools.event_handler.openapi.schema_generator")
 UNUSED_BY_ANY_HANDLER = ("requests", "sqlite3", "aws_xray_sdk.ext.requests", "aws_xray_sdk.ext.sqlite3")
 
 
@@ -39,6 +41,8 @@ def test_handler_traces_aws_calls_without_importing_unused_libraries(function):
     assert {"aws_xray_sdk.ext.botocore.patch", "aws_xray_sdk.ext.pynamodb.patch"} <= modules
     # ... but nothing else X-Ray could patch is imported for it.
     assert not modules.intersection(UNUSED_BY_ANY_HANDLER)
+    # The OpenAPI document is generated ahead (engage openapi), never built on a cold start.
+    assert not modules.intersection(OPENAPI_GENERATION)
 
 
 def test_settings_do_not_need_pydantic():

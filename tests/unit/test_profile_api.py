@@ -91,11 +91,15 @@ def test_bad_query_values_say_what_and_where(resource, query, path, text):
     assert text in caught.value.message and path.removeprefix("query.") in caught.value.message
 
 
-def test_unknown_query_parameters_are_named_with_the_allowed_ones():
-    with pytest.raises(ValidationFailed) as caught:
-        params.parse_query("metadata", {"limit": "5", "sort": "asc"})
-    assert "limit, sort" in caught.value.message and "allowed: verbose" in caught.value.message
-    assert [d["path"] for d in caught.value.details] == ["query.limit", "query.sort"]
+def test_unknown_query_parameters_are_ignored_as_segment_does_and_named():
+    # Issue 10: they were refused with a 400, which broke Segment clients' extra parameters
+    assert params.parse_query("metadata", {"limit": "5", "sort": "asc", "verbose": "true"}).verbose is True
+    assert params.parse_query("traits", {"limits": "5"}).limit == 10
+    ignored = params.ignored_parameters("metadata", {"limit": "5", "sort": "asc", "verbose": "true"})
+    assert ignored == ["limit", "sort"]
+    # known parameters are still checked
+    with pytest.raises(ValidationFailed, match="limit"):
+        params.parse_query("traits", {"limit": "0", "cursor.url": "x"})
 
 
 def test_include_lists_are_bounded():
@@ -255,7 +259,8 @@ def test_external_ids_include_verbose_and_paging():
 def test_metadata_shape_and_verbose():
     plain = views.metadata(PROFILE, verbose=False).model_dump(mode="json")
     assert plain == {"metadata": {"created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-04T00:00:00.000Z",
-                                  "expires_at": None, "first_message_at": None, "last_message_at": None,
+                                  "expires_at": None, "first_message_at": None, "first_message_id": None,
+                                  "first_source_id": None, "last_message_at": None, "last_message_id": None,
                                   "last_source_id": None, "last_identified_at": None}}
     verbose = views.metadata(Profile(profile_id="p1", merged_from=["p0"]), verbose=True).model_dump(mode="json")
     assert verbose["metadata"]["profile_id"] == "p1" and verbose["metadata"]["merged_from"] == ["p0"]

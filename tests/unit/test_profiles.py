@@ -101,6 +101,32 @@ def test_track_page_and_screen_count_per_utc_day_with_first_last_total():
     assert state.last_message_at == "2026-11-22T08:00:00.000Z"
 
 
+def test_first_and_last_message_ids_follow_event_time_in_any_delivery_order():
+    # Given messages whose event times are not their arrival order (same time for two of them)
+    sent = [msg("m2", "2026-11-21T00:00:00.000Z", type="track", event="A"),
+            msg("m1", "2026-11-20T00:00:00.000Z", type="track", event="A"),
+            msg("m4", "2026-11-22T00:00:00.000Z", type="track", event="A"),
+            msg("m3", "2026-11-22T00:00:00.000Z", type="track", event="A")]
+    answers = set()
+    for order in (sent, sent[::-1], sent[1:] + sent[:1]):
+        state = fresh()
+        for message in order:
+            state = apply(state, message)
+        answers.add((state.first_message_at, state.first_message_id,
+                     state.last_message_at, state.last_message_id))
+    # Then every order gives the earliest and the latest message (ties broken by messageId)
+    assert answers == {("2026-11-20T00:00:00.000Z", "m1", "2026-11-22T00:00:00.000Z", "m4")}
+
+
+def test_a_profile_kept_before_message_ids_keeps_unknown_ids_until_a_message_at_or_past_its_times():
+    state = fresh()
+    state.first_message_at = "2026-11-19T00:00:00.000Z"  # kept before ids were: no ids stored
+    state.last_message_at = "2026-11-20T00:00:00.000Z"
+    state = apply(state, msg("m9", "2026-11-20T00:00:00.000Z", type="track", event="A"))
+    assert (state.first_message_at, state.first_message_id) == ("2026-11-19T00:00:00.000Z", None)
+    assert (state.last_message_at, state.last_message_id) == ("2026-11-20T00:00:00.000Z", "m9")
+
+
 def test_buckets_past_retention_are_pruned_but_totals_remain():
     # Given a bucket from 40 days ago (retention 30) and an import older than retention
     state = fresh()
@@ -162,6 +188,8 @@ def test_merge_unions_ids_sums_aggregates_and_keeps_newest_trait_per_name():
     assert out.merges == [{"profile_id": "usr_2", "merged_at": "2026-11-20T13:00:01.000Z", "message_id": "x1",
                            "message_type": "alias", "ids": ["anonymous_id:a1"]}]
     assert gone.merged_into == "usr_1" and gone.traits == merged.traits
+    # And the first and last messages are the earliest and latest of either side
+    assert (out.first_message_id, out.last_message_id) == ("s1", "a2")
     # And merging the same profile again adds nothing
     again, _ = profiles.merge_into(out, merged, message=alias, merged_at="later", now=NOW, retention_days=RETENTION)
     assert again == out

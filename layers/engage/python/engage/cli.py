@@ -157,6 +157,40 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if report["failed"] or report["skipped"] or missing else 0
 
 
+def openapi_document(template_path: str | None = None) -> str:
+    """The OpenAPI document generated from template.yaml's HTTP routes and the handlers' resolvers."""
+    import importlib.util
+    from pathlib import Path
+
+    from engage.openapi import build
+    from localcloud import http_api, template
+
+    path = Path(template_path) if template_path else template.TEMPLATE
+    routes = [build.ApiRoute(r.function, r.method, r.path) for r in http_api.routes_from_template(path)]
+    resolvers = {}
+    for function, code_dir in template.code_dirs(path).items():
+        if any(route.function == function for route in routes):
+            spec = importlib.util.spec_from_file_location(f"openapi_{function}", Path(code_dir) / "app.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            resolvers[function] = module.app
+    return build.to_json(build.build(resolvers, routes))
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from engage import openapi
+
+    text = openapi_document(args.template)
+    if args.check:
+        if openapi.DOCUMENT.read_text(encoding="utf-8") != text:
+            print(f"{openapi.DOCUMENT} is stale: run `engage openapi` (make openapi)", file=sys.stderr)
+            return 1
+        return 0
+    openapi.DOCUMENT.write_text(text, encoding="utf-8")
+    print(f"wrote {openapi.DOCUMENT}", file=sys.stderr)
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from localcloud.server import main as run_local_cloud
 
@@ -227,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     picked.add_argument("--id", action="append", help="this failure (again even if replayed); repeatable")
     table_options(replay)
     replay.set_defaults(func=_replay)
+    docs = commands.add_parser("openapi", help="generate the HTTP API's OpenAPI document from the handlers "
+                                               "(layers/engage/python/engage/openapi/openapi.json)")
+    docs.add_argument("--check", action="store_true", help="fail if the checked-in document is stale")
+    docs.add_argument("--template", help="template.yaml to read the routes from")
+    docs.set_defaults(func=_openapi)
 
     dev = commands.add_parser("dev", help="run the whole app locally on the embedded local cloud",
                               add_help=False)

@@ -147,6 +147,10 @@ class ProfileState:
     updated_at: str | None = None
     first_message_at: str | None = None
     last_message_at: str | None = None
+    # The messages behind first/last_message_at (Segment's metadata): None on profiles whose
+    # first (or last) message was applied before these were kept.
+    first_message_id: str | None = None
+    last_message_id: str | None = None
     last_identified_at: str | None = None
     # The audience engine's per-condition aggregates (engage.audiences.aggregates): only for
     # conditions that daily_counts cannot answer (property filters, hour windows, funnels).
@@ -204,10 +208,23 @@ def apply_message(state: ProfileState, message: Message, *, now: datetime, reten
             state.condition_state = budgets.prune_condition_state(
                 apply_event(state.condition_state, {**message.raw, "timestamp": message.timestamp}, audience_index),
                 dropped=dropped)
-        state.first_message_at = _min(state.first_message_at, message.timestamp)
-        state.last_message_at = _max(state.last_message_at, message.timestamp)
+        note_message_times(state, message.timestamp, message.message_id)
     mark_applied(state, message.message_id)
     return state
+
+
+def note_message_times(state: ProfileState, timestamp: str | None, message_id: str | None) -> None:
+    """Move first/last_message_at (and their message ids) to include this message. Ordered by
+    (timestamp, messageId), so any delivery order of the same messages gives the same answer."""
+    if timestamp is None:
+        return
+    # An unknown id (kept before ids were) loses ties, so it never displaces a known one.
+    first = (state.first_message_at, state.first_message_id or "\uffff")
+    if state.first_message_at is None or (timestamp, message_id or "\uffff") < first:
+        state.first_message_at, state.first_message_id = timestamp, message_id
+    if state.last_message_at is None or \
+            (timestamp, message_id or "") > (state.last_message_at, state.last_message_id or ""):
+        state.last_message_at, state.last_message_id = timestamp, message_id
 
 
 # ---------------------------------------------------------------- traits
@@ -408,8 +425,8 @@ def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message
     }]
     out.merges = budgets.prune_merges(out.merges, dropped=dropped)
     out.created_at = _min(out.created_at, merged.created_at)
-    out.first_message_at = _min(out.first_message_at, merged.first_message_at)
-    out.last_message_at = _max(out.last_message_at, merged.last_message_at)
+    note_message_times(out, merged.first_message_at, merged.first_message_id)
+    note_message_times(out, merged.last_message_at, merged.last_message_id)
     out.last_identified_at = _max(out.last_identified_at, merged.last_identified_at)
     gone = merged.clone()
     gone.merged_into = survivor.profile_id

@@ -77,6 +77,8 @@ class ProfileRecord(EngageModel):
     updated_at = UnicodeAttribute()
     first_message_at = UnicodeAttribute(null=True)
     last_message_at = UnicodeAttribute(null=True)
+    first_message_id = UnicodeAttribute(null=True)
+    last_message_id = UnicodeAttribute(null=True)
     last_identified_at = UnicodeAttribute(null=True)
     # When time alone could next change an audience membership (audience engine)
     next_evaluation_at = UnicodeAttribute(null=True)

@@ -118,7 +118,13 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     if mode not in ("add", "replace"):
         raise ValidationFailed(f"mode must be add or replace, not {mode!r}", [{"path": "mode", "value": mode}])
     _manual_audience(space_id, audience_key)
-    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    # newline="": the csv module reads \r, \n and \r\n line ends itself (a lone \r was an error).
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as error:  # e.g. a field past the csv module's size limit (128 KiB)
+        raise ValidationFailed(f"the CSV cannot be read at line {reader.line_num}: {error}",
+                               [{"line": reader.line_num, "message": str(error)}]) from error
     header = [column.strip().lower() for column in rows[0]] if rows else []
     bad = [{"line": 1, "column": i + 1, "value": name,
             "message": "header columns name id types like email or user_id"}

@@ -193,7 +193,7 @@ def current_one(space_id: str, profile_id: str, audience_key: str) -> Membership
 def members(space_id: str, audience_key: str, limit: int = 100, cursor: str | None = None
             ) -> tuple[list[MembershipRecord], str | None]:
     """One page of an audience's current members (GSI by_audience) and the cursor of the next page."""
-    start = _decode_cursor(cursor) if cursor else None
+    start = _decode_cursor(cursor, key(space_id, audience_key)) if cursor else None
     found: list[MembershipRecord] = []
     last = start
     # A filter can empty a page (exited members): keep reading until the page is full or the end.
@@ -226,14 +226,26 @@ def _encode_cursor(last: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(last, sort_keys=True).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> dict:
+# A page's LastEvaluatedKey on the by_audience index: the table's keys and the index's, all strings.
+CURSOR_KEYS = frozenset({"pk", "sk", "audience_pk"})
+SORT_KEY_BYTES = 1024  # DynamoDB's limit on a (table or index) sort key: pk and sk are both one here
+
+
+def _decode_cursor(cursor: str, audience_pk: str) -> dict:
+    """The LastEvaluatedKey a previous page handed out, checked before DynamoDB (or pynamodb) sees it:
+    a forged cursor is a 400, never an error deep in the query."""
     problem = ValidationFailed("invalid `next` cursor: pass the value of cursor.next unchanged",
                                [{"path": "next", "value": cursor}])
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         last = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise problem from error
-    if not isinstance(last, dict):
+    if not isinstance(last, dict) or set(last) != CURSOR_KEYS:
+        raise problem
+    if not all(isinstance(value, dict) and list(value) == ["S"] and isinstance(value["S"], str)
+               and len(value["S"].encode()) <= SORT_KEY_BYTES for value in last.values()):
+        raise problem
+    if last["audience_pk"]["S"] != audience_pk:  # a cursor of another audience (or space)
         raise problem
     return last

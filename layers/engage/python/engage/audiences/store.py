@@ -22,7 +22,7 @@ from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UnicodeSetAtt
 from pynamodb.exceptions import PutError, UpdateError
 
 from engage import clock
-from engage.audiences.definition import AudienceDefinition, parse_definition
+from engage.audiences.definition import KEY_PATTERN, AudienceDefinition, parse_definition
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound, ValidationFailed
@@ -299,7 +299,8 @@ def _record(space_id: str, audience_key: str) -> AudienceRecord | None:
 
 
 def _live_record(space_id: str, audience_key: str) -> AudienceRecord:
-    record = _record(space_id, audience_key)
+    # A key no audience can have is not looked up: one from a URL can be longer than DynamoDB takes in a key.
+    record = _record(space_id, audience_key) if KEY_PATTERN.match(audience_key) else None
     if record is None or record.deleted_at:
         raise NotFound(f"no audience {audience_key!r} in this space", [{"path": "key", "value": audience_key}])
     return record

@@ -20,6 +20,7 @@ from engage.profile_api.params import (
     COLLECTIONS,
     RESOURCES,
     EventsQuery,
+    ignored_parameters,
     parse_collection,
     parse_profile_ref,
     parse_query,
@@ -27,8 +28,10 @@ from engage.profile_api.params import (
     token_from_authorization,
 )
 
-__all__ = ["COLLECTIONS", "RESOURCES", "ErrorDetail", "ErrorResponse", "ProfileRequest", "read",
-           "token_from_authorization"]
+SORT_KEY_BYTES = 1024  # DynamoDB's limit on a sort key value
+
+__all__ = ["COLLECTIONS", "RESOURCES", "ErrorDetail", "ErrorResponse", "ProfileRequest", "ignored_parameters",
+           "read", "token_from_authorization"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ def _events(space_id: str, profile: views.Profile, query: EventsQuery, url: str)
                 f"this next cursor continues a sort={position['sort']} listing; repeat sort={position['sort']} "
                 "or start again without next", [{"path": "query.next", "message": "cursor made for another sort"}])
         after = str(position["after"])
+        if len(after.encode()) > SORT_KEY_BYTES:  # no history sort key: DynamoDB would refuse the condition
+            raise ValidationFailed("this next cursor is not one this API returned: pass cursor.next from the "
+                                   "previous page", [{"path": "query.next", "message": "malformed cursor"}])
     streams = store.event_streams(space_id, store.history_profile_ids(profile), query, after)
     page, has_more = merge_streams(streams, descending=query.sort == "desc", after=after, limit=query.limit)
     following = encode_cursor({"after": page[-1][0], "sort": query.sort}) if has_more else None

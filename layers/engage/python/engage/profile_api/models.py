@@ -91,7 +91,10 @@ class Metadata(BaseModel):
     updated_at: str | None
     expires_at: str | None = None
     first_message_at: str | None
+    first_message_id: str | None = None
+    first_source_id: str | None = None
     last_message_at: str | None
+    last_message_id: str | None = None
     last_source_id: str | None = None
     last_identified_at: str | None
 

@@ -92,7 +92,7 @@ Names = Annotated[Annotated[list[str], Field(max_length=MAX_NAMES)] | None, Befo
 
 
 class _Query(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
     verbose: bool = False
 
@@ -154,18 +154,21 @@ def _allowed(model: type[_Query]) -> list[str]:
 
 
 def parse_query(resource: str, query: dict[str, str]) -> _Query:
-    """Validate the query string of one resource; unknown parameters are rejected by name."""
+    """Validate the query parameters this resource takes; others are ignored, as Segment ignores them
+    (so a Segment client's extra parameters, or its cursor URL followed as given, still work)."""
     model = QUERIES[resource]
-    allowed = _allowed(model)
-    unknown = sorted(set(query) - set(allowed))
-    if unknown:
-        raise ValidationFailed(
-            f"unknown query parameter(s) {', '.join(unknown)} for /{resource}; allowed: {', '.join(allowed)}",
-            [{"path": f"query.{name}", "message": "unknown parameter"} for name in unknown])
+    known = {name: value for name, value in query.items() if name in _allowed(model)}
     try:
-        return model.model_validate(query)
+        return model.model_validate(known)
     except ValidationError as error:
         details = [{"path": "query." + ".".join(str(part) for part in item["loc"]),
                     "message": item["msg"].removeprefix("Value error, ")} for item in error.errors()]
         summary = "; ".join(f"{d['path'].removeprefix('query.')}: {d['message']}" for d in details)
         raise ValidationFailed(f"invalid query parameter(s) for /{resource}: {summary}", details) from error
+
+
+def ignored_parameters(resource: str, query: dict[str, str]) -> list[str]:
+    """The query parameters `resource` does not take (ignored, named in the response's header)."""
+    if resource not in QUERIES:
+        return []
+    return sorted(set(query) - set(_allowed(QUERIES[resource])))

@@ -53,6 +53,8 @@ def _to_profile(record: ProfileRecord) -> Profile:
         updated_at=record.updated_at,
         first_message_at=record.first_message_at,
         last_message_at=record.last_message_at,
+        first_message_id=record.first_message_id,
+        last_message_id=record.last_message_id,
         last_identified_at=record.last_identified_at,
         merged_into=record.merged_into,
         merged_from=[str(profile_id) for profile_id in attr("merged_from", [])],
@@ -68,9 +70,15 @@ def _follow(space_id: str, record: ProfileRecord | None) -> ProfileRecord | None
     return None
 
 
+PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
+
+
 @tracer.capture_method
 def lookup(space_id: str, collection: str, ref: ProfileRef) -> Profile | None:
     """Resolve `<type>:<value>` in a collection to its profile (a merged id answers with the survivor)."""
+    identity_key = profiles_store.identity_pk(space_id, collection, ref.type, ref.value)
+    if len(identity_key.encode()) > PARTITION_KEY_BYTES:
+        return None  # no id that long was ever stored (DynamoDB refuses the key): not looked up
     record = profiles_store.resolve(space_id, collection, ref.type, ref.value)
     if record is None or (record.collection or profiles_store.USERS) != collection:
         return None

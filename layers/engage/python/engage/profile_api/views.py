@@ -42,6 +42,8 @@ class Profile:
     updated_at: str | None = None
     first_message_at: str | None = None
     last_message_at: str | None = None
+    first_message_id: str | None = None
+    last_message_id: str | None = None
     last_identified_at: str | None = None
     merged_into: str | None = None
     merged_from: list[str] = field(default_factory=list)
@@ -127,6 +129,8 @@ def metadata(profile: Profile, verbose: bool) -> MetadataResponse:
         "updated_at": profile.updated_at,
         "first_message_at": profile.first_message_at,
         "last_message_at": profile.last_message_at,
+        "first_message_id": profile.first_message_id,
+        "last_message_id": profile.last_message_id,
         "last_identified_at": profile.last_identified_at,
     }
     if verbose:

@@ -1,0 +1,53 @@
+"""JSON request bodies of the management API: parsed once, refused with a 400 that says why.
+
+Nesting is bounded by DynamoDB's own limit (32 levels of maps and lists): a definition that
+deep could not be stored anyway, and a body nested thousands of levels deep would otherwise
+exhaust Python's recursion limit in the parser or the validators (a 500, issue 9).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engage.errors import ValidationFailed
+
+# DynamoDB refuses documents nested deeper than this (the body itself is level 1).
+MAX_DEPTH = 32
+
+
+def loads(text: str | None) -> Any:
+    """The parsed body (None for an empty one), or ValidationFailed naming the problem and where."""
+    try:
+        value = json.loads(text or "null")
+    except RecursionError as error:
+        raise _too_deep("$") from error
+    except ValueError as error:
+        raise ValidationFailed(f"the body is not valid JSON: {error}",
+                               [{"path": "$", "message": str(error)}]) from error
+    where = too_deep_at(value)
+    if where is not None:
+        raise _too_deep(where)
+    return value
+
+
+def too_deep_at(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """JSON path of the first map or list nested deeper than `limit`, or None. Iterative: any depth."""
+    stack: list[tuple[Any, str, int]] = [(value, "$", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, dict):
+            children = ((f"{path}.{name}", child) for name, child in node.items())
+        elif isinstance(node, list):
+            children = ((f"{path}[{index}]", child) for index, child in enumerate(node))
+        else:
+            continue
+        if depth > limit:
+            return path
+        stack.extend((child, child_path, depth + 1) for child_path, child in children)
+    return None
+
+
+def _too_deep(path: str) -> ValidationFailed:
+    message = (f"the body nests objects and arrays deeper than {MAX_DEPTH} levels (DynamoDB's limit) "
+               f"at {path}: flatten it")
+    return ValidationFailed(message, [{"path": path, "message": f"nested deeper than {MAX_DEPTH} levels"}])
