@@ -269,3 +269,26 @@ def test_audience_backfill_runs_as_a_step_functions_execution_visible_through_bo
     # And the audience is ready with the profile in it
     status, _, audience = local_cloud.call("GET", f"/v1/audiences/{key}", auth=ACCESS_TOKEN)
     assert status == 200 and audience["status"] == "ready" and audience["size"] == 1
+
+
+def test_browser_preflight_and_short_paths_are_served_with_the_template_cors(local_cloud):
+    # Given a page on another origin about to post JSON (a preflighted request)
+    origin = "https://shop.example"
+    status, headers, _ = local_cloud.call("OPTIONS", "/v1/track", headers={
+        "origin": origin, "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type"})
+    # Then the local cloud answers the preflight as API Gateway does, from the template's CorsConfiguration
+    assert status == 204
+    assert headers["access-control-allow-origin"] == "*"
+    assert "POST" in headers["access-control-allow-methods"].split(",")
+    assert "content-type" in headers["access-control-allow-headers"].split(",")
+    # And analytics.js's own request (text/plain to /v1/t, write key in the body) lands, with CORS headers
+    user = f"cors-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"userId": user, "event": "Clicked", "writeKey": WRITE_KEY,
+                       "sentAt": clock.iso(), "_metadata": {"bundled": ["Segment.io"]}}).encode()
+    status, headers, answer = local_cloud.call("POST", "/v1/t", raw=body, headers={
+        "origin": origin, "content-type": "text/plain"})
+    assert (status, answer) == (200, {"success": True})
+    assert headers["access-control-allow-origin"] == "*"
+    local_cloud.settle()
+    assert [json.loads(e["payload"])["event"] for e in events_of(local_cloud, user)] == ["Clicked"]

@@ -187,6 +187,62 @@ def test_the_write_key_may_come_in_the_body(handler, aws, space):
     assert "writeKey" not in stored(aws)[("acme|u:u1", "m1")]["payload"]
 
 
+# What analytics.js (@segment/analytics-next 1.8x, src/plugins/segmentio) posts: each call to
+# /v1/<first letter> as text/plain (a CORS simple request), the write key in the body, sentAt,
+# and _metadata; the batching strategy posts {batch, writeKey, sentAt} to /v1/b.
+AJS_CONTEXT = {"library": {"name": "analytics.js", "version": "npm:next-1.82.0"}, "locale": "en-US",
+               "page": {"path": "/", "url": "http://127.0.0.1/", "title": "Shop", "referrer": "", "search": ""},
+               "userAgent": "Mozilla/5.0 HeadlessChrome"}
+AJS_METADATA = {"bundled": ["Segment.io"], "unbundled": [], "bundledIds": []}
+
+
+def ajs_message(call: str, **fields) -> dict:
+    return {"type": call, "anonymousId": "5c8f1a3e-7f36-4c8e-9e7d-1c2b3a4d5e6f", "userId": None,
+            "messageId": f"ajs-next-1764513600000-{call}", "timestamp": "2026-11-30T14:30:00.000Z",
+            "context": AJS_CONTEXT, "integrations": {}, "writeKey": "acme-write-key",
+            "sentAt": "2026-11-30T14:30:00.120Z", "_metadata": AJS_METADATA, **fields}
+
+
+@pytest.mark.parametrize(("short", "message"), [
+    ("p", ajs_message("page", name=None, category=None, properties={"path": "/", "title": "Shop"})),
+    ("i", ajs_message("identify", userId="ann", traits={"email": "ann@example.com"})),
+    ("t", ajs_message("track", event="Clicked Buy", properties={"sku": "A1"})),
+    ("s", ajs_message("screen", name="Home", properties={})),
+    ("g", ajs_message("group", groupId="acme_co", traits={"name": "Acme"})),
+    ("a", ajs_message("alias", userId="ann", previousId="5c8f1a3e-7f36-4c8e-9e7d-1c2b3a4d5e6f")),
+])
+def test_analytics_js_short_paths_with_text_plain_and_the_write_key_in_the_body(handler, aws, space, short,
+                                                                                message):
+    # Given the body analytics.js posts to /v1/<letter>, as text/plain with no Authorization header
+    event = request(short, message, auth=None, headers={"content-type": "text/plain"})
+    # When the handler runs
+    status, answer = invoke(handler, event)
+    # Then it is stored as the call the letter names, without the write key, with _metadata kept
+    assert (status, answer) == (200, {"success": True})
+    (item,) = stored(aws).values()
+    payload = json.loads(item["payload"])
+    assert item["space_id"] == "acme" and payload["type"] == message["type"]
+    assert "writeKey" not in payload and payload["_metadata"] == AJS_METADATA
+
+
+def test_analytics_js_batches_to_v1_b_with_one_write_key_and_sent_at(handler, aws, space):
+    # Given the batching dispatcher's body: every event keeps its writeKey, sentAt is the batch's
+    events = [{k: v for k, v in ajs_message("track", event=f"E{n}", messageId=f"ajs-b-{n}").items()
+               if k != "sentAt"} for n in range(3)]
+    body = {"batch": events, "writeKey": "acme-write-key", "sentAt": "2026-11-30T14:30:00.120Z"}
+    # When posted to /v1/b as text/plain
+    status, answer = invoke(handler, request("b", body, auth=None, headers={"content-type": "text/plain"}))
+    # Then all three are stored
+    assert (status, answer) == (200, {"success": True})
+    assert sorted(json.loads(i["payload"])["event"] for i in stored(aws).values()) == ["E0", "E1", "E2"]
+
+
+def test_an_unknown_short_path_is_a_404_listing_the_calls(handler, aws, space):
+    status, answer = invoke(handler, request("x", {"userId": "u1", "event": "E"}))
+    assert status == 404 and "/v1/x is not a Tracking API call" in answer["message"] and "t, i, p" in answer[
+        "message"]
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_json_is_a_400(handler, aws, space):
