@@ -12,10 +12,10 @@ def test_the_project_api_allows_any_origin_with_the_headers_the_sdks_send():
     props = template.resources("AWS::Serverless::HttpApi")["EngageHttpApi"]["Properties"]["CorsConfiguration"]
     # Then what the local cloud serves is exactly that configuration
     assert configured.allow_origins == ("*",) == tuple(props["AllowOrigins"])
-    assert {"content-type", "authorization", "content-encoding"} <= set(configured.allow_headers)
-    assert "POST" in configured.allow_methods
-    # And a browser preflight for analytics.js's JSON post is allowed
-    answer = configured.preflight_headers("https://shop.example", "POST", "Content-Type")
+    assert {"content-type", "authorization", "content-encoding", "x-retry-count"} <= set(configured.allow_headers)
+    assert "POST" in configured.allow_methods and "retry-after" in configured.expose_headers
+    # And a browser preflight for analytics.js's post (Basic auth, a retry count) is allowed
+    answer = configured.preflight_headers("https://shop.example", "POST", "authorization,content-type,x-retry-count")
     assert answer["access-control-allow-origin"] == "*"
     assert "POST" in answer["access-control-allow-methods"].split(",")
     assert "content-type" in answer["access-control-allow-headers"].split(",")
