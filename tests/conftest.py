@@ -34,10 +34,14 @@ class Aws:
 
 def reset_engage_caches() -> None:
     from engage import clock, config, db, spaces
+    from engage.audiences import store as audience_store
 
     config.settings.cache_clear()
     db.reset_connections()
     spaces.clear_cache()
+    # Audience definitions are cached per space on real time: an entry left by an earlier test (another
+    # moto account) would otherwise expire in the middle of a later one and add a read it did not expect.
+    audience_store.clear_cache()
     clock.reset()
 
 

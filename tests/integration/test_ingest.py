@@ -57,6 +57,12 @@ def request(call: str, body, *, auth: str | None = "acme-write-key", gzipped: bo
     return event
 
 
+@pytest.fixture
+def local_space(aws):
+    """The local cloud's default space, whose write key the samples in events/ carry."""
+    return spaces.create_space("local", "Local", write_key="local-write-key", access_token="local-access-token")
+
+
 def invoke(handler, event: dict) -> tuple[int, dict]:
     response = handler(event, LambdaContext())
     return response["statusCode"], json.loads(response["body"])
@@ -70,7 +76,7 @@ def stored(aws) -> dict[tuple[str, str], dict]:
 # ---------------------------------------------------------------- every route
 
 @pytest.mark.parametrize("call", CALLS)
-def test_each_call_stores_its_sample_event(handler, aws, space, call):
+def test_each_call_stores_its_sample_event(handler, aws, local_space, call):
     # Given the sample API Gateway request for the call (Basic auth with the space's write key)
     event = sample(call)
     sent = body_of(event)
@@ -79,9 +85,9 @@ def test_each_call_stores_its_sample_event(handler, aws, space, call):
     # Then it answers Segment's success and stores the message under the identity it names
     assert (status, answer) == (200, {"success": True})
     identity = f"u:{sent['userId']}" if "userId" in sent else f"a:{sent['anonymousId']}"
-    item = stored(aws)[(f"acme|{identity}", sent["messageId"])]
+    item = stored(aws)[(f"local|{identity}", sent["messageId"])]
     message = json.loads(item["payload"])
-    assert item["space_id"] == "acme" and item["type"] == call == message["type"]
+    assert item["space_id"] == "local" and item["type"] == call == message["type"]
     assert {k: v for k, v in sent.items() if k not in ("timestamp", "sentAt", "originalTimestamp")}.items() \
         <= message.items()
     assert message["receivedAt"] == item["received_at"]
@@ -95,21 +101,21 @@ def _epoch(iso: str) -> float:
     return clock.parse(iso).timestamp()
 
 
-def test_the_batch_sample_stores_every_message_with_the_batch_context(handler, aws, space):
+def test_the_batch_sample_stores_every_message_with_the_batch_context(handler, aws, local_space):
     status, answer = invoke(handler, sample("batch"))
     assert (status, answer) == (200, {"success": True})
     items = stored(aws)
-    assert set(items) == {("acme|u:019mr8mf4r", "py-batch-0001"), ("acme|u:42", "py-batch-0002"),
-                          ("acme|u:019mr8mf4r", "py-batch-0003")}
-    signed_up = json.loads(items[("acme|u:42", "py-batch-0002")]["payload"])
+    assert set(items) == {("local|u:019mr8mf4r", "py-batch-0001"), ("local|u:42", "py-batch-0002"),
+                          ("local|u:019mr8mf4r", "py-batch-0003")}
+    signed_up = json.loads(items[("local|u:42", "py-batch-0002")]["payload"])
     assert signed_up["userId"] == "42"  # a numeric id, coerced as Segment does
     assert signed_up["context"] == {"ip": "203.0.113.10", "library": {"name": "analytics-python",
                                                                       "version": "2.4.0"}}
     assert signed_up["integrations"] == {"Amplitude": False}
-    assert "writeKey" not in items[("acme|u:42", "py-batch-0002")]["payload"]
+    assert "writeKey" not in items[("local|u:42", "py-batch-0002")]["payload"]
 
 
-def test_a_gzip_import_stores_all_its_historical_events(handler, aws, space):
+def test_a_gzip_import_stores_all_its_historical_events(handler, aws, local_space):
     # Given the gzip /v1/import sample: 120 events from 2025 (API Gateway gives it as base64)
     event = sample("batch_gzip")
     assert event["isBase64Encoded"] and event["headers"]["content-encoding"] == "gzip"
@@ -123,7 +129,7 @@ def test_a_gzip_import_stores_all_its_historical_events(handler, aws, space):
 
 # ---------------------------------------------------------------- dedupe
 
-def test_the_same_message_twice_is_stored_once_and_both_calls_succeed(handler, aws, space):
+def test_the_same_message_twice_is_stored_once_and_both_calls_succeed(handler, aws, local_space):
     event = sample("track")
     first = invoke(handler, event)
     before = stored(aws)
@@ -133,7 +139,7 @@ def test_the_same_message_twice_is_stored_once_and_both_calls_succeed(handler, a
     assert stored(aws) == before and len(before) == 1
 
 
-def test_a_batch_sent_again_keeps_one_item_per_message(handler, aws, space):
+def test_a_batch_sent_again_keeps_one_item_per_message(handler, aws, local_space):
     invoke(handler, sample("batch"))
     status, _ = invoke(handler, sample("batch"))
     assert status == 200 and len(stored(aws)) == 3
