@@ -212,9 +212,9 @@ class HttpApi:
 
     def cors_for(self, path: str, method: str) -> cors_config.Cors | None:
         """The CORS configuration of the API that serves this path (the only API when no route matches)."""
-        found = match(self.routes, method.upper(), path) or next(
-            (found for m in ("GET", "POST", "PUT", "DELETE", "PATCH") if (found := match(self.routes, m, path))),
-            None)
+        found = match(self.routes, method.upper(), path)
+        for other in ("GET", "POST", "PUT", "DELETE", "PATCH"):  # a path served for another method
+            found = found or match(self.routes, other, path)
         if found is not None:
             return self.cors.get(found[0].api)
         return next(iter(self.cors.values())) if len(self.cors) == 1 else None
