@@ -176,12 +176,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(invoker: Invoker, args: argparse.Namespace, event: Any) -> tuple[int, Result | None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         if not args.no_seed:
             seed(invoker)
         result = invoker.invoke(args.function, event)
     except (LookupError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2, None
+    except (BotoCoreError, ClientError) as error:  # no such stack there, or not a local cloud at all
+        print(f"error: the AWS endpoint {invoker.lambda_.meta.endpoint_url} answered: {error}", file=sys.stderr)
         return 2, None
     if result.error:
         print(f"engage invoke: {args.function} raised (a function error)", file=sys.stderr)
