@@ -11,7 +11,7 @@ export SAM_CLI_TELEMETRY := 0
 # sam build needs the function runtime's interpreter on PATH (python3.13).
 export PATH := $(dir $(PYTHON)):$(PATH)
 
-.PHONY: install dev test test-unit test-integration test-e2e lint validate build bench clean openapi
+.PHONY: install e2e-deps dev test test-unit test-integration test-e2e lint validate build bench clean openapi
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,18 @@ $(SAMVENV)/.installed:
 
 install: $(VENV)/.installed $(SAMVENV)/.installed
 
+# The JS SDK tests (tests/e2e): @segment/analytics-node, @segment/analytics-next and playwright-core
+# from npm (pinned by the committed package-lock.json), and Debian's Chromium for analytics.js.
+# Installs what is missing (apt-get needs root, as in CI); the tests fail, never skip, without them.
+E2E_NODE := tests/e2e/node
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(E2E_NODE)/node_modules/.package-lock.json: $(E2E_NODE)/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends nodejs npm; }
+	cd $(E2E_NODE) && npm ci --no-audit --no-fund
+e2e-deps: $(E2E_NODE)/node_modules/.package-lock.json
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+
 dev: $(VENV)/.installed
 	$(VENV)/bin/engage dev $(ARGS)
 
@@ -38,7 +50,7 @@ lint: install
 build: install
 	$(SAM) build --template template.yaml
 
-test: install lint
+test: install e2e-deps lint
 	$(VENV)/bin/pytest -n 2 --dist loadfile -q
 
 test-unit: $(VENV)/.installed
@@ -47,7 +59,7 @@ test-unit: $(VENV)/.installed
 test-integration: $(VENV)/.installed
 	$(VENV)/bin/pytest -q tests/integration
 
-test-e2e: $(VENV)/.installed
+test-e2e: $(VENV)/.installed e2e-deps
 	$(VENV)/bin/pytest -q tests/e2e
 
 # Regenerate the HTTP API's OpenAPI document from the handlers (tests/unit/test_openapi.py checks it).

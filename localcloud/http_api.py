@@ -5,7 +5,8 @@ every `Type: HttpApi` event of every function becomes a route (REST `Api` events
 payload format 1.0 are not emulated: they are skipped with a warning); a request becomes
 the API Gateway v2 event the handler gets on AWS, and the handler's answer is mapped back
 the way API Gateway maps it (statusCode/headers/body/isBase64Encoded/cookies, or a bare
-value turned into a 200 JSON response).
+value turned into a 200 JSON response). CORS (preflights and response headers) is API
+Gateway's, from each API's `CorsConfiguration` in the template: localcloud/cors.py.
 
 `/_local/...` paths belong to the local cloud itself (health, clock, settle, invocations).
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from localcloud import cors as cors_config
 from localcloud import template
 from localcloud.runtime import Runtime
 
@@ -41,6 +43,7 @@ class Route:
     function: str  # logical id
     pattern: re.Pattern | None
     params: list[str]
+    api: str = cors_config.IMPLICIT_API  # logical id of the HttpApi (its ApiId), for its CORS configuration
 
     @property
     def route_key(self) -> str:
@@ -70,7 +73,11 @@ def routes_from_template(path: Path) -> list[Route]:
                 continue
             route_path, method = props.get("Path", "$default"), props.get("Method", "ANY").upper()
             method = "ANY" if method in ("*", "X-AMAZON-APIGATEWAY-ANY-METHOD") else method
-            routes.append(_route(method, route_path, logical_id))
+            route = _route(method, route_path, logical_id)
+            api_id = props.get("ApiId")
+            if isinstance(api_id, dict) and isinstance(api_id.get("Ref"), str):
+                route.api = api_id["Ref"]
+            routes.append(route)
     return sorted(routes, key=Route.specificity)
 
 
@@ -189,8 +196,9 @@ class _Server(ThreadingHTTPServer):
 
 class HttpApi:
     def __init__(self, routes: list[Route], runtime: Runtime, local: LocalHandlers, port: int = 3000,
-                 api_id: str = "local"):
+                 api_id: str = "local", cors: dict[str, cors_config.Cors] | None = None):
         self.routes = routes
+        self.cors = cors or {}  # HttpApi logical id -> CorsConfiguration (cors_config.from_template)
         self.runtime = runtime
         self.local = local
         self.api_id = api_id
@@ -204,6 +212,15 @@ class HttpApi:
 
     def start(self) -> None:
         self._thread.start()
+
+    def cors_for(self, path: str, method: str) -> cors_config.Cors | None:
+        """The CORS configuration of the API that serves this path (the only API when no route matches)."""
+        found = match(self.routes, method.upper(), path)
+        for other in ("GET", "POST", "PUT", "DELETE", "PATCH"):  # a path served for another method
+            found = found or match(self.routes, other, path)
+        if found is not None:
+            return self.cors.get(found[0].api)
+        return next(iter(self.cors.values())) if len(self.cors) == 1 else None
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -241,6 +258,9 @@ class HttpApi:
                                b'{"message":"Service Unavailable: the local cloud is stopping"}')
                     return
                 split = urlsplit(self.path)
+                self.cors_headers: dict[str, str] = {}
+                if not split.path.startswith("/_local/") and self._cors(split.path):
+                    return
                 if split.path.startswith("/_local/"):
                     status, payload = api.local_endpoint(self.command, split.path, body, split.query)
                     self._send(status, {"content-type": "application/json"}, [], json.dumps(payload).encode())
@@ -273,7 +293,23 @@ class HttpApi:
                 headers.setdefault("apigw-requestid", event["requestContext"]["requestId"])
                 self._send(status, headers, cookies, raw)
 
+            def _cors(self, path: str) -> bool:
+                """Answer a CORS preflight as API Gateway does (True when answered); else note the
+                headers a cross-origin request's answer gets."""
+                origin, asked = self.headers.get("origin"), self.headers.get("access-control-request-method")
+                cors = api.cors_for(path, asked or self.command) if origin else None
+                if cors is None:
+                    return False
+                if self.command == "OPTIONS" and asked:
+                    self._send(204, cors.preflight_headers(origin, asked, self.headers.get(
+                        "access-control-request-headers")), [], b"")
+                    return True
+                self.cors_headers = cors.response_headers(origin)
+                return False
+
             def _send(self, status: int, headers: dict[str, str], cookies: list[str], raw: bytes) -> None:
+                if getattr(self, "cors_headers", None):
+                    headers = {**cors_config.strip(headers), **self.cors_headers}
                 self.send_response(status)
                 for name, value in headers.items():
                     if name.lower() not in ("content-length", "connection"):

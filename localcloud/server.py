@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localcloud import aws, client_time, eventbridge, pollers, runtime, state, template, waits
+from localcloud import aws, client_time, cors, eventbridge, pollers, runtime, state, template, waits
 from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
 from localcloud.runtime import Runtime
 from localcloud.scheduler import VirtualClock, parse_duration
@@ -99,7 +99,8 @@ class LocalCloud:
         local.clock_post = self.clock_move
         local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
         local.invocations = self.invocations
-        self.http = HttpApi(routes_from_template(self.template_path), self.runtime, local, self.api_port)
+        self.http = HttpApi(routes_from_template(self.template_path), self.runtime, local, self.api_port,
+                            cors=cors.from_template(self.template_path))
         self.http.request_filter = client_time.request_filter(self.http.routes)  # SDK time follows the clock
         self.http.start()
         self.started = True

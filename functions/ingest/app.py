@@ -1,4 +1,5 @@
-"""Segment HTTP Tracking API: POST /v1/identify|track|page|screen|group|alias|batch|import.
+"""Segment HTTP Tracking API: POST /v1/identify|track|page|screen|group|alias|batch|import,
+and analytics.js's short paths /v1/t|i|p|s|g|a|b.
 
 Thin handler: read the request, call engage.ingestion.receive, answer. Segment's shapes:
 200 {"success": true}; errors {"code", "message"} (400 bad input, 401 bad write key).

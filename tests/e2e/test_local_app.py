@@ -20,7 +20,8 @@ from localcloud import template
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
 
 WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = Path(__file__).resolve().parent / "node"  # npm packages of the JS SDK tests (make e2e-deps)
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Debian's chromium package
 
 
 def profile(cloud, user_id: str, resource: str, query: str = "") -> dict:
@@ -91,21 +92,35 @@ def test_segment_python_sdk_batch_of_many_messages(local_cloud):
     assert sorted(e["properties"]["n"] for e in history) == list(range(30))
 
 
-def test_segment_node_sdk_calls_become_profiles(local_cloud):
-    # Given the official @segment/analytics-node SDK (installed from npm on first use)
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm are not installed: the @segment/analytics-node test needs them")
-    if not (NODE_DIR / "node_modules" / "@segment" / "analytics-node").exists():
-        install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=False, timeout=300,
+@pytest.fixture(scope="module")
+def node_sdks() -> Path:
+    """tests/e2e/node with its npm packages: `make e2e-deps` installs them (and Chromium); `make test` runs it.
+
+    Missing tools fail the test rather than skip it: a skipped SDK test would pass CI having proved nothing.
+    """
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    assert not missing, f"{' and '.join(missing)} not installed: run `make e2e-deps` (or install Node.js >= 20)"
+    if not (NODE_DIR / "node_modules" / ".package-lock.json").exists():
+        install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=False, timeout=600,
                                  capture_output=True, text=True)
         assert install.returncode == 0, f"npm ci in {NODE_DIR} failed:\n{install.stderr}"
+    return NODE_DIR
+
+
+def run_node(script: str, cloud, user: str, timeout: int = 180) -> str:
+    env = {**os.environ, "ENGAGE_API_URL": cloud.api_url, "ENGAGE_WRITE_KEY": WRITE_KEY, "ENGAGE_USER_ID": user,
+           "CHROMIUM": CHROMIUM}
+    run = subprocess.run(["node", script], check=False, cwd=NODE_DIR, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, f"node {script} failed ({run.returncode}):\n{run.stderr}\n{run.stdout}"
+    return run.stdout
+
+
+def test_segment_node_sdk_calls_become_profiles(local_cloud, node_sdks):
+    # Given the official @segment/analytics-node SDK from npm (tests/e2e/node/package-lock.json)
     user = f"node-{uuid.uuid4().hex[:8]}"
     # When its script sends identify, track, page, screen and group
-    env = {**os.environ, "ENGAGE_API_URL": local_cloud.api_url, "ENGAGE_WRITE_KEY": WRITE_KEY,
-           "ENGAGE_USER_ID": user}
-    run = subprocess.run(["node", "send.mjs"], check=False, cwd=NODE_DIR, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr
+    run_node("send.mjs", local_cloud, user)
     local_cloud.settle()
     # Then the profile has its traits and all five events
     traits = profile(local_cloud, user, "traits")["traits"]
@@ -126,6 +141,44 @@ def engage_cli(cloud, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
     capsys.readouterr()
     code = cli.main(list(argv))
     return code, capsys.readouterr().out
+
+
+def test_analytics_js_in_headless_chromium_lands_page_identify_and_track_on_a_profile(local_cloud, node_sdks):
+    # Given analytics.js (@segment/analytics-next from npm, its own browser bundle, settings inline, no CDN)
+    # on a page served from another origin, in Debian's Chromium driven by playwright-core
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: run `make e2e-deps` (apt-get install chromium)"
+    user = f"ajs-{uuid.uuid4().hex[:8]}"
+    # When the page calls page(), identify() and track(), then two track()s with the batching delivery
+    report = json.loads(run_node("browser.mjs", local_cloud, user).splitlines()[-1])
+    assert report["pageErrors"] == []
+    # Then analytics.js posted to its short paths, cross-origin, and every answer was a success
+    api = [r for r in report["requests"]
+           if r["url"].startswith(local_cloud.api_url) and "cors-probe" not in r["url"]]
+    assert [(r["method"], r["url"][len(local_cloud.api_url):]) for r in api] == [
+        ("POST", "/v1/p"), ("POST", "/v1/i"), ("POST", "/v1/t"), ("POST", "/v1/b")]
+    assert all(r["status"] == 200 and r["headers"]["content-type"] == "text/plain" for r in api), api
+    assert all(r["responseHeaders"].get("access-control-allow-origin") == "*" for r in api)
+    # And the page's own script could read the API's answers (CORS allowed them), a 400 for a bad body
+    assert report["standard"]["probe"] == {"status": 400, "code": "validation_error"}
+    # And nothing was fetched from anywhere but the page server and the local API (no CDN, no api.segment.io)
+    assert {r["url"].split("/")[2] for r in report["requests"]} == {
+        report["pageOrigin"].split("/")[2], local_cloud.api_url.split("/")[2]}
+    local_cloud.settle()
+    # And the profile has the identify's traits and the events, the anonymous page() included
+    traits = profile(local_cloud, user, "traits")["traits"]
+    assert traits["email"] == f"{user}@browser.example" and traits["plan"] == "browser"
+    history = profile(local_cloud, user, "events", "?limit=50")["data"]
+    sent = {m["messageId"] for run in ("standard", "batched") for m in report[run]["sent"]}
+    assert {e["message_id"] for e in history} == sent
+    assert sorted((e["type"], e.get("event") or e.get("name")) for e in history) == [
+        ("identify", None), ("page", "Shop"), ("track", "Browser Batched"), ("track", "Browser Batched"),
+        ("track", "Browser Order Completed")]
+    page = next(e for e in history if e["type"] == "page")
+    anonymous_id = report["standard"]["anonymousId"]
+    assert [(i["type"], i["id"]) for i in page["external_ids"]] == [("anonymous_id", anonymous_id)]
+    assert page["context"]["library"]["name"] == "analytics.js" and "writeKey" not in json.dumps(page)
+    ids = profile(local_cloud, user, "external_ids")["data"]
+    assert {(i["type"], i["id"]) for i in ids} >= {("user_id", user), ("anonymous_id", anonymous_id)}
 
 
 def test_poison_event_is_parked_with_its_payload_then_replayed_once_after_the_fix(local_cloud, monkeypatch,
@@ -352,3 +405,26 @@ def test_keys_rotated_and_revoked_with_the_cli_through_the_local_apis(local_clou
     # Then it is refused once the local cloud's warm cache entry ages out (60 s of virtual time)
     local_cloud.call("POST", "/_local/clock", {"advance": "PT61S"})
     assert statuses(new_key, new_token) == (200, 401, 401)
+
+
+def test_browser_preflight_and_short_paths_are_served_with_the_template_cors(local_cloud):
+    # Given a page on another origin about to post JSON (a preflighted request)
+    origin = "https://shop.example"
+    status, headers, _ = local_cloud.call("OPTIONS", "/v1/track", headers={
+        "origin": origin, "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type,x-retry-count"})
+    # Then the local cloud answers the preflight as API Gateway does, from the template's CorsConfiguration
+    assert status == 204
+    assert headers["access-control-allow-origin"] == "*"
+    assert "POST" in headers["access-control-allow-methods"].split(",")
+    assert "content-type" in headers["access-control-allow-headers"].split(",")
+    # And analytics.js's own request (text/plain to /v1/t, write key in the body) lands, with CORS headers
+    user = f"cors-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"userId": user, "event": "Clicked", "writeKey": WRITE_KEY,
+                       "sentAt": clock.iso(), "_metadata": {"bundled": ["Segment.io"]}}).encode()
+    status, headers, answer = local_cloud.call("POST", "/v1/t", raw=body, headers={
+        "origin": origin, "content-type": "text/plain"})
+    assert (status, answer) == (200, {"success": True})
+    assert headers["access-control-allow-origin"] == "*"
+    local_cloud.settle()
+    assert [json.loads(e["payload"])["event"] for e in events_of(local_cloud, user)] == ["Clicked"]

@@ -1,4 +1,4 @@
-"""The events/*.json samples of the audience functions (also used by `sam local invoke`) run as they are."""
+"""The events/*.json samples of the audience functions (also run by `engage invoke`) run as they are."""
 from __future__ import annotations
 
 import json

@@ -57,6 +57,12 @@ def request(call: str, body, *, auth: str | None = "acme-write-key", gzipped: bo
     return event
 
 
+@pytest.fixture
+def local_space(aws):
+    """The local cloud's default space, whose write key the samples in events/ carry."""
+    return spaces.create_space("local", "Local", write_key="local-write-key", access_token="local-access-token")
+
+
 def invoke(handler, event: dict) -> tuple[int, dict]:
     response = handler(event, LambdaContext())
     return response["statusCode"], json.loads(response["body"])
@@ -70,7 +76,7 @@ def stored(aws) -> dict[tuple[str, str], dict]:
 # ---------------------------------------------------------------- every route
 
 @pytest.mark.parametrize("call", CALLS)
-def test_each_call_stores_its_sample_event(handler, aws, space, call):
+def test_each_call_stores_its_sample_event(handler, aws, local_space, call):
     # Given the sample API Gateway request for the call (Basic auth with the space's write key)
     event = sample(call)
     sent = body_of(event)
@@ -79,9 +85,9 @@ def test_each_call_stores_its_sample_event(handler, aws, space, call):
     # Then it answers Segment's success and stores the message under the identity it names
     assert (status, answer) == (200, {"success": True})
     identity = f"u:{sent['userId']}" if "userId" in sent else f"a:{sent['anonymousId']}"
-    item = stored(aws)[(f"acme|{identity}", sent["messageId"])]
+    item = stored(aws)[(f"local|{identity}", sent["messageId"])]
     message = json.loads(item["payload"])
-    assert item["space_id"] == "acme" and item["type"] == call == message["type"]
+    assert item["space_id"] == "local" and item["type"] == call == message["type"]
     assert {k: v for k, v in sent.items() if k not in ("timestamp", "sentAt", "originalTimestamp")}.items() \
         <= message.items()
     assert message["receivedAt"] == item["received_at"]
@@ -95,21 +101,21 @@ def _epoch(iso: str) -> float:
     return clock.parse(iso).timestamp()
 
 
-def test_the_batch_sample_stores_every_message_with_the_batch_context(handler, aws, space):
+def test_the_batch_sample_stores_every_message_with_the_batch_context(handler, aws, local_space):
     status, answer = invoke(handler, sample("batch"))
     assert (status, answer) == (200, {"success": True})
     items = stored(aws)
-    assert set(items) == {("acme|u:019mr8mf4r", "py-batch-0001"), ("acme|u:42", "py-batch-0002"),
-                          ("acme|u:019mr8mf4r", "py-batch-0003")}
-    signed_up = json.loads(items[("acme|u:42", "py-batch-0002")]["payload"])
+    assert set(items) == {("local|u:019mr8mf4r", "py-batch-0001"), ("local|u:42", "py-batch-0002"),
+                          ("local|u:019mr8mf4r", "py-batch-0003")}
+    signed_up = json.loads(items[("local|u:42", "py-batch-0002")]["payload"])
     assert signed_up["userId"] == "42"  # a numeric id, coerced as Segment does
     assert signed_up["context"] == {"ip": "203.0.113.10", "library": {"name": "analytics-python",
                                                                       "version": "2.4.0"}}
     assert signed_up["integrations"] == {"Amplitude": False}
-    assert "writeKey" not in items[("acme|u:42", "py-batch-0002")]["payload"]
+    assert "writeKey" not in items[("local|u:42", "py-batch-0002")]["payload"]
 
 
-def test_a_gzip_import_stores_all_its_historical_events(handler, aws, space):
+def test_a_gzip_import_stores_all_its_historical_events(handler, aws, local_space):
     # Given the gzip /v1/import sample: 120 events from 2025 (API Gateway gives it as base64)
     event = sample("batch_gzip")
     assert event["isBase64Encoded"] and event["headers"]["content-encoding"] == "gzip"
@@ -123,7 +129,7 @@ def test_a_gzip_import_stores_all_its_historical_events(handler, aws, space):
 
 # ---------------------------------------------------------------- dedupe
 
-def test_the_same_message_twice_is_stored_once_and_both_calls_succeed(handler, aws, space):
+def test_the_same_message_twice_is_stored_once_and_both_calls_succeed(handler, aws, local_space):
     event = sample("track")
     first = invoke(handler, event)
     before = stored(aws)
@@ -133,7 +139,7 @@ def test_the_same_message_twice_is_stored_once_and_both_calls_succeed(handler, a
     assert stored(aws) == before and len(before) == 1
 
 
-def test_a_batch_sent_again_keeps_one_item_per_message(handler, aws, space):
+def test_a_batch_sent_again_keeps_one_item_per_message(handler, aws, local_space):
     invoke(handler, sample("batch"))
     status, _ = invoke(handler, sample("batch"))
     assert status == 200 and len(stored(aws)) == 3
@@ -185,6 +191,62 @@ def test_the_write_key_may_come_in_the_body(handler, aws, space):
     body = {"userId": "u1", "event": "E", "writeKey": "acme-write-key", "messageId": "m1"}
     assert invoke(handler, request("track", body, auth=None)) == (200, {"success": True})
     assert "writeKey" not in stored(aws)[("acme|u:u1", "m1")]["payload"]
+
+
+# What analytics.js (@segment/analytics-next 1.8x, src/plugins/segmentio) posts: each call to
+# /v1/<first letter> as text/plain (a CORS simple request), the write key in the body, sentAt,
+# and _metadata; the batching strategy posts {batch, writeKey, sentAt} to /v1/b.
+AJS_CONTEXT = {"library": {"name": "analytics.js", "version": "npm:next-1.82.0"}, "locale": "en-US",
+               "page": {"path": "/", "url": "http://127.0.0.1/", "title": "Shop", "referrer": "", "search": ""},
+               "userAgent": "Mozilla/5.0 HeadlessChrome"}
+AJS_METADATA = {"bundled": ["Segment.io"], "unbundled": [], "bundledIds": []}
+
+
+def ajs_message(call: str, **fields) -> dict:
+    return {"type": call, "anonymousId": "5c8f1a3e-7f36-4c8e-9e7d-1c2b3a4d5e6f", "userId": None,
+            "messageId": f"ajs-next-1764513600000-{call}", "timestamp": "2026-11-30T14:30:00.000Z",
+            "context": AJS_CONTEXT, "integrations": {}, "writeKey": "acme-write-key",
+            "sentAt": "2026-11-30T14:30:00.120Z", "_metadata": AJS_METADATA, **fields}
+
+
+@pytest.mark.parametrize(("short", "message"), [
+    ("p", ajs_message("page", name=None, category=None, properties={"path": "/", "title": "Shop"})),
+    ("i", ajs_message("identify", userId="ann", traits={"email": "ann@example.com"})),
+    ("t", ajs_message("track", event="Clicked Buy", properties={"sku": "A1"})),
+    ("s", ajs_message("screen", name="Home", properties={})),
+    ("g", ajs_message("group", groupId="acme_co", traits={"name": "Acme"})),
+    ("a", ajs_message("alias", userId="ann", previousId="5c8f1a3e-7f36-4c8e-9e7d-1c2b3a4d5e6f")),
+])
+def test_analytics_js_short_paths_with_text_plain_and_the_write_key_in_the_body(handler, aws, space, short,
+                                                                                message):
+    # Given the body analytics.js posts to /v1/<letter>, as text/plain with no Authorization header
+    event = request(short, message, auth=None, headers={"content-type": "text/plain"})
+    # When the handler runs
+    status, answer = invoke(handler, event)
+    # Then it is stored as the call the letter names, without the write key, with _metadata kept
+    assert (status, answer) == (200, {"success": True})
+    (item,) = stored(aws).values()
+    payload = json.loads(item["payload"])
+    assert item["space_id"] == "acme" and payload["type"] == message["type"]
+    assert "writeKey" not in payload and payload["_metadata"] == AJS_METADATA
+
+
+def test_analytics_js_batches_to_v1_b_with_one_write_key_and_sent_at(handler, aws, space):
+    # Given the batching dispatcher's body: every event keeps its writeKey, sentAt is the batch's
+    events = [{k: v for k, v in ajs_message("track", event=f"E{n}", messageId=f"ajs-b-{n}").items()
+               if k != "sentAt"} for n in range(3)]
+    body = {"batch": events, "writeKey": "acme-write-key", "sentAt": "2026-11-30T14:30:00.120Z"}
+    # When posted to /v1/b as text/plain
+    status, answer = invoke(handler, request("b", body, auth=None, headers={"content-type": "text/plain"}))
+    # Then all three are stored
+    assert (status, answer) == (200, {"success": True})
+    assert sorted(json.loads(i["payload"])["event"] for i in stored(aws).values()) == ["E0", "E1", "E2"]
+
+
+def test_an_unknown_short_path_is_a_404_listing_the_calls(handler, aws, space):
+    status, answer = invoke(handler, request("x", {"userId": "u1", "event": "E"}))
+    assert status == 404 and "/v1/x is not a Tracking API call" in answer["message"] and "t, i, p" in answer[
+        "message"]
 
 
 # ---------------------------------------------------------------- bad input

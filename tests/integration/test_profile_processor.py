@@ -65,8 +65,8 @@ def batch(*messages: dict) -> dict:
     return stream_event(*(image(m) for m in messages))
 
 
-def profile_of(id_type: str, value: str, collection: str = "users") -> store.ProfileRecord:
-    found = store.resolve(SPACE, collection, id_type, value)
+def profile_of(id_type: str, value: str, collection: str = "users", space: str = SPACE) -> store.ProfileRecord:
+    found = store.resolve(space, collection, id_type, value)
     assert found is not None, f"no profile for {id_type}:{value}"
     return found
 
@@ -244,7 +244,8 @@ def test_a_merged_users_account_links_move_to_the_survivor(aws, space):
 
 
 def test_redelivering_a_stream_batch_leaves_every_table_as_it_was(aws, space):
-    # Given the sample batch (page, identify, track, group, screen, alias and a MODIFY) applied once
+    # Given the sample batch (page, identify, track, group, screen, alias and a MODIFY; space `local`,
+    # the local cloud's default) applied once
     event = json.loads((ROOT / "events/profile_processor_batch.json").read_text())
     assert run(event) == {"batchItemFailures": []}
     before = scan_all(aws)
@@ -252,7 +253,7 @@ def test_redelivering_a_stream_batch_leaves_every_table_as_it_was(aws, space):
     assert run(event) == {"batchItemFailures": []}
     # Then nothing changed, item for item (versions and updated_at included)
     assert scan_all(aws) == before
-    profile = profile_of("user_id", "user-42")
+    profile = profile_of("user_id", "user-42", space="local")
     assert profile.event_stats.as_dict()["Order Completed"]["total"] == 1
     assert len(before["ProfilesTable"]) == 2  # the user and the account
 

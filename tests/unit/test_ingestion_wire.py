@@ -114,3 +114,10 @@ def test_absurdly_deep_json_is_a_400_not_a_crash():
     body = ('{"userId":"u","event":"E","properties":' + '{"a":' * depth + "1" + "}" * depth + "}").encode()
     with pytest.raises(BadRequest, match="nested too deeply"):
         wire.parse_json(body)
+
+
+@pytest.mark.parametrize(("path_call", "call"), [("t", "track"), ("i", "identify"), ("p", "page"), ("s", "screen"),
+                                                 ("g", "group"), ("a", "alias"), ("b", "batch"),
+                                                 ("track", "track"), ("import", "import"), ("x", "x")])
+def test_analytics_js_short_paths_name_the_same_calls(path_call, call):
+    assert wire.call_name(path_call) == call

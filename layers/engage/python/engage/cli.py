@@ -1,4 +1,5 @@
-"""`engage` command line: spaces and keys, parked failures and replay, and the local cloud (`engage dev`).
+"""`engage` command line: spaces and keys, parked failures and replay, and the local cloud
+(`engage dev`, `engage invoke`).
 
 It talks to DynamoDB directly through boto3's usual configuration, so it works against
 AWS (table names from the stack, or --config-table) and against the local cloud
@@ -197,6 +198,12 @@ def _dev(args: argparse.Namespace) -> int:
     return run_local_cloud(args.rest)
 
 
+def _invoke(args: argparse.Namespace) -> int:
+    from localcloud.invoke import main as invoke_on_local_cloud
+
+    return invoke_on_local_cloud(args.rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engage", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -272,9 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("rest", nargs=argparse.REMAINDER)
     dev.set_defaults(func=_dev)
 
+    invoke = commands.add_parser("invoke", help="run one function with an event on the local cloud "
+                                 "(engage invoke IngestFunction -e events/ingest_track.json)", add_help=False)
+    invoke.add_argument("rest", nargs=argparse.REMAINDER)
+    invoke.set_defaults(func=_invoke)
+
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["dev"]:  # argparse's REMAINDER drops leading --options: the local cloud parses its own
+    # argparse's REMAINDER drops leading --options: these commands parse their own.
+    if argv[:1] == ["dev"]:
         return _dev(argparse.Namespace(rest=argv[1:]))
+    if argv[:1] == ["invoke"]:
+        return _invoke(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -86,9 +86,14 @@ def error_body(error: EngageError) -> dict:
 
 def receive(call: str, body: str | None, *, authorization: str | None = None, is_base64: bool = False,
             content_encoding: str | None = None) -> Receipt:
-    """Handle one Tracking API request; return what was stored or raise an EngageError."""
+    """Handle one Tracking API request; return what was stored or raise an EngageError.
+
+    `call` is the last segment of the path: a call name or analytics.js's short form (`t`, `b`).
+    """
+    path_call, call = call, wire.call_name(call)
     if call not in CALLS:
-        raise NotFound(f"/v1/{call} is not a Tracking API call: use one of {', '.join(CALLS)}")
+        raise NotFound(f"/v1/{path_call} is not a Tracking API call: use one of {', '.join(CALLS)} "
+                       f"(or {', '.join(wire.SHORT_CALLS)})")
     header_key = wire.write_key_from_authorization(authorization)
     space_id = spaces.authenticate(header_key, spaces.WRITE_KEY) if header_key is not None else None
     document = wire.parse_json(wire.read_body(body, is_base64=is_base64, content_encoding=content_encoding))

@@ -1,7 +1,11 @@
-"""The HTTP side of the Tracking API: body decoding, JSON, write keys, size limits.
+"""The HTTP side of the Tracking API: paths, body decoding, JSON, write keys, size limits.
 
 Limits are Segment's (analytics SDKs size their batches for them): 32 KB per message,
 500 KB per request, 2,500 messages per batch. Sizes are of the decompressed JSON.
+
+Bodies are read whatever the Content-Type says: analytics.js posts JSON as `text/plain`
+(a CORS "simple request", so browsers send it without a preflight) with the write key
+in the body as `writeKey`.
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ MAX_MESSAGE_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
 _GZIP_MAGIC = b"\x1f\x8b"
+# analytics.js posts each call to /v1/<its first letter> and batches to /v1/b, as do
+# analytics-swift and analytics-kotlin; they are the same calls as the long paths.
+SHORT_CALLS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias",
+               "b": "batch"}
 
 
 class BadRequest(EngageError):
@@ -27,6 +35,11 @@ class BadRequest(EngageError):
 class LimitExceeded(EngageError):
     code = "limit_exceeded"
     status = 400
+
+
+def call_name(path_call: str) -> str:
+    """The call a /v1/<path_call> request makes: `t` -> `track`, `b` -> `batch`, `track` -> `track`."""
+    return SHORT_CALLS.get(path_call, path_call)
 
 
 def read_body(body: str | None, *, is_base64: bool = False, content_encoding: str | None = None) -> bytes:
