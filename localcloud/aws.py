@@ -96,7 +96,8 @@ def _install_patches() -> None:
         if _Hooks.suppress_streams:
             return
         self.table.lambda_event_source_mappings.clear()  # belt and braces: moto never delivers itself
-        original_add(self, old, new)
+        with moto_fixes.STREAM_LOCK:  # after a running transaction commits or rolls back (moto_fixes.py)
+            original_add(self, old, new)
         with _Hooks.stream_written:
             _Hooks.stream_written.notify_all()
 

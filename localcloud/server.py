@@ -153,6 +153,7 @@ class LocalCloud:
     def health(self) -> dict:
         return {"status": "ok", "api_url": self.http.url if self.http else None, "aws_endpoint": self.cloud.url,
                 "stack": self.stack_name, "functions": sorted(s.logical_id for s in self.runtime.functions.values()),
+                "workers": self.runtime.workers(),
                 "pollers": [{"function": p.function_arn.split(":")[-1], "source": p.source_arn,
                              "alive": p.is_alive()} for p in self.pollers]}
 
