@@ -14,6 +14,11 @@ transaction's records before they are taken off. `STREAM_LOCK` orders them: a tr
 from start to commit or rollback, every stream append takes it (aws.py), and the pollers read a shard
 under it, so a stream only ever shows committed records, in order.
 
+moto's Query on a table (not an index) gathers and sorts every item of the table, then keeps the
+ones under the queried partition key: a cost that grows with the table (ProfileEventsTable, a backfill's
+ProfilesTable) on every query. Here that query reads its partition only; results, order and paging
+are moto's own (it sorts the partition by range key itself). Index queries are unchanged.
+
 moto's server also lists its own package folder (listdir + isdir of ~200 entries) on every request to
 route it (`list_of_moto_modules`); the list never changes in a running process, so it is computed once.
 """
@@ -69,6 +74,32 @@ def install() -> None:
 
     Table.__deepcopy__ = table_deepcopy
     DynamoDBBackend.transact_write_items = transact_write_items
+
+    original_query, original_all_items = Table.query, Table.all_items
+
+    def all_items(self):
+        only = getattr(_state, "partition", None)
+        if only is None or only[0] is not self:
+            return original_all_items(self)
+        bucket = self.items.get(only[1])
+        if bucket is None:
+            return []
+        return list(bucket.values()) if self.range_key_attr else [bucket]
+
+    def query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key, scan_index_forward,
+              projection_expressions, index_name=None, *args, **kwargs):
+        if index_name or hash_key is None:
+            return original_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                                  scan_index_forward, projection_expressions, index_name, *args, **kwargs)
+        _state.partition = (self, hash_key)
+        try:
+            return original_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                                  scan_index_forward, projection_expressions, index_name, *args, **kwargs)
+        finally:
+            _state.partition = None
+
+    Table.all_items = all_items
+    Table.query = query
 
     import moto.backends
 
