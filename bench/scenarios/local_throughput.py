@@ -20,12 +20,13 @@ runs in a subprocess. In one run:
    until it says `ready`. Backfill time: POST start to the end of the first read showing `ready`;
    read latency: each GET, p50/p95/max.
 
-Quick mode: 500 events and profiles; FULL: 10,000 (the targets: 10,000 events reach their
+Quick mode: 300 events and profiles; FULL: 10,000 (the targets: 10,000 events reach their
 profiles within 60 s, GET p95 under 1 s during a 10,000-profile backfill, that backfill under 60 s,
 a clock move with nothing due under 1 s, on 2 cores).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -162,6 +163,7 @@ def _ingest(cloud: RunningCloud, users: int) -> dict:
 def _backfill(cloud: RunningCloud, profiles: int, run: str) -> dict:
     key = f"bench_backfill_{run}"
     latencies: list[float] = []
+    after = _log_after(cloud)
     posted = time.time()
     status, _, body = cloud.call("POST", "/v1/audiences", {
         "key": key, "name": "Bench backfill", "condition": {"trait": "bench", "op": "eq", "value": run}},
@@ -179,7 +181,8 @@ def _backfill(cloud: RunningCloud, profiles: int, run: str) -> dict:
     done = time.time()
     assert audience["status"] == "ready", audience
     assert audience["size"] == profiles, audience
-    return {"seconds": done - posted, "latencies": latencies}
+    pages = [e for e in _read_log(cloud, after) if e["function"] == "AudienceBackfillFunction"]
+    return {"seconds": done - posted, "latencies": latencies, "calls": sum(e["aws_calls"] or 0 for e in pages)}
 
 
 def _clock_move(cloud: RunningCloud) -> float:
@@ -192,7 +195,7 @@ def _clock_move(cloud: RunningCloud) -> float:
 
 
 def run(context) -> list[Figure]:
-    events = 10_000 if context.full else 500
+    events = 10_000 if context.full else 300
     cloud = start_cloud()
     try:
         get_rate = _moto_rate(cloud, "GetItem", YARDSTICK_SECONDS)
@@ -203,8 +206,15 @@ def run(context) -> list[Figure]:
         backfill = _backfill(cloud, events, ingest["run"])
         status, _, health = cloud.call("GET", "/_local/health")
         workers = health.get("workers", {}) if status == 200 else {}
+        load = os.getloadavg()[0]
     finally:
         stop_cloud(cloud)
+    context.notes.append(
+        f"local_throughput: the machine's 1-minute load average was {load:.1f} on {os.cpu_count()} cores at the end "
+        f"of the run (other work shares the cores); moto answered {get_rate:,.0f} GetItem/s in the same run. "
+        f"Targets met in this run: events to profiles < 60 s: {ingest['profiles'] < 60}; GET p95 < 1 s: "
+        f"{_percentile([x * 1000 for x in backfill['latencies']], 95) < 1000}; backfill < 60 s: "
+        f"{backfill['seconds'] < 60}; clock move < 1 s: {move < 1} (FULL=1 sizes them at 10,000).")
     profiles_floor = ingest["processor_calls"] / get_rate
     latencies_ms = [s * 1000 for s in backfill["latencies"]]
     sends = f"{events:,} identify calls (a new user each) as POST /v1/batch of {BATCH} from {SENDERS} threads"
@@ -235,7 +245,9 @@ def run(context) -> list[Figure]:
                 "over that time: compare with the yardstick above"), higher_is_better=True),
         Figure(SECTION, f"backfill over {events:,} profiles", backfill["seconds"], "s",
                ("POST /v1/audiences (trait condition every profile meets) to the first GET showing `ready`: "
-                "Step Functions, 4 segments in AudienceBackfillFunction workers; target < 60 s for 10,000")),
+                "Step Functions, 4 segments in AudienceBackfillFunction workers; target < 60 s for 10,000"),
+               floor=backfill["calls"] / get_rate,
+               floor_method=f"the backfill pages' {backfill['calls']:,} AWS calls at moto's {get_rate:,.0f} GetItem/s"),
         Figure(SECTION, "GET /v1/audiences/{key} during the backfill, p50", _percentile(latencies_ms, 50), "ms",
                f"{len(latencies_ms)} reads back to back by one client while the backfill ran"),
         Figure(SECTION, "GET /v1/audiences/{key} during the backfill, p95", _percentile(latencies_ms, 95), "ms",
