@@ -96,7 +96,8 @@ def _install_patches() -> None:
         if _Hooks.suppress_streams:
             return
         self.table.lambda_event_source_mappings.clear()  # belt and braces: moto never delivers itself
-        original_add(self, old, new)
+        with moto_fixes.STREAM_LOCK:  # after a running transaction commits or rolls back (moto_fixes.py)
+            original_add(self, old, new)
         with _Hooks.stream_written:
             _Hooks.stream_written.notify_all()
 
@@ -270,13 +271,16 @@ class MotoCloud:
         sam = template.resources(path=template_path)
         layer_dirs = _layer_dirs(sam, dirs, template.load(template_path))
         for logical_id, name in deployment.of_type("AWS::Lambda::Function").items():
-            config = lam.get_function_configuration(FunctionName=name)
+            function = lam.get_function(FunctionName=name)
+            config = function["Configuration"]
+            reserved = function.get("Concurrency", {}).get("ReservedConcurrentExecutions")
             yield FunctionSpec(
                 logical_id=logical_id, name=config["FunctionName"], arn=config["FunctionArn"],
                 handler=config["Handler"], code_dir=dirs[logical_id],
                 layer_dirs=layer_dirs.get(logical_id, []),
                 environment={k: str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()},
-                memory_mb=config.get("MemorySize", 128), timeout_s=config.get("Timeout", 3))
+                memory_mb=config.get("MemorySize", 128), timeout_s=config.get("Timeout", 3),
+                reserved_concurrency=int(reserved) if reserved is not None else None)
 
 
 def _layer_dirs(sam: dict, dirs: dict[str, Path], whole: dict) -> dict[str, list[Path]]:

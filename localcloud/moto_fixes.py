@@ -6,6 +6,21 @@ on a table of a few thousand items then costs tens of milliseconds and the proce
 GBs (seen in bench pipeline_cost and in long `make dev` sessions). Here only the items the
 transaction names are backed up; on rollback they are put back and the transaction's stream
 records are taken off again, which is what AWS does (a cancelled transaction writes nothing).
+
+moto serves requests on many threads and has no lock of its own: with functions running at the
+same time (localcloud/runtime.py), a stream record appended by another write between a transaction's
+start and its rollback would be taken off with the transaction's, and a poller could read a cancelled
+transaction's records before they are taken off. `STREAM_LOCK` orders them: a transaction holds it
+from start to commit or rollback, every stream append takes it (aws.py), and the pollers read a shard
+under it, so a stream only ever shows committed records, in order.
+
+moto's Query on a table (not an index) gathers and sorts every item of the table, then keeps the
+ones under the queried partition key: a cost that grows with the table (ProfileEventsTable, a backfill's
+ProfilesTable) on every query. Here that query reads its partition only; results, order and paging
+are moto's own (it sorts the partition by range key itself). Index queries are unchanged.
+
+moto's server also lists its own package folder (listdir + isdir of ~200 entries) on every request to
+route it (`list_of_moto_modules`); the list never changes in a running process, so it is computed once.
 """
 from __future__ import annotations
 
@@ -14,6 +29,7 @@ import threading
 
 _state = threading.local()
 _installed = False
+STREAM_LOCK = threading.RLock()
 
 
 def install() -> None:
@@ -39,24 +55,56 @@ def install() -> None:
         return clone
 
     def transact_write_items(self, transact_items):
-        saved = _touched_items(self, transact_items)
-        streams = {id(t): (t.stream_shard, len(t.stream_shard.items))
-                   for _, t, _, _, _ in saved if t.stream_shard is not None}
-        _state.in_transaction = True
-        try:
-            return original_transact(self, transact_items)
-        except Exception:
-            for name, table, hash_key, range_key, item in reversed(saved):
-                self.tables[name] = table
-                _restore(table, hash_key, range_key, item)
-            for shard, length in streams.values():
-                del shard.items[length:]
-            raise
-        finally:
-            _state.in_transaction = False
+        with STREAM_LOCK:
+            saved = _touched_items(self, transact_items)
+            streams = {id(t): (t.stream_shard, len(t.stream_shard.items))
+                       for _, t, _, _, _ in saved if t.stream_shard is not None}
+            _state.in_transaction = True
+            try:
+                return original_transact(self, transact_items)
+            except Exception:
+                for name, table, hash_key, range_key, item in reversed(saved):
+                    self.tables[name] = table
+                    _restore(table, hash_key, range_key, item)
+                for shard, length in streams.values():
+                    del shard.items[length:]
+                raise
+            finally:
+                _state.in_transaction = False
 
     Table.__deepcopy__ = table_deepcopy
     DynamoDBBackend.transact_write_items = transact_write_items
+
+    original_query, original_all_items = Table.query, Table.all_items
+
+    def all_items(self):
+        only = getattr(_state, "partition", None)
+        if only is None or only[0] is not self:
+            return original_all_items(self)
+        bucket = self.items.get(only[1])
+        if bucket is None:
+            return []
+        return list(bucket.values()) if self.range_key_attr else [bucket]
+
+    def query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key, scan_index_forward,
+              projection_expressions, index_name=None, *args, **kwargs):
+        if index_name or hash_key is None:
+            return original_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                                  scan_index_forward, projection_expressions, index_name, *args, **kwargs)
+        _state.partition = (self, hash_key)
+        try:
+            return original_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                                  scan_index_forward, projection_expressions, index_name, *args, **kwargs)
+        finally:
+            _state.partition = None
+
+    Table.all_items = all_items
+    Table.query = query
+
+    import moto.backends
+
+    modules = tuple(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: iter(modules)
     _installed = True
 
 

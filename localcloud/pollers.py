@@ -6,8 +6,10 @@ template.yaml: BatchSize, MaximumBatchingWindowInSeconds, FilterCriteria,
 FunctionResponseTypes (ReportBatchItemFailures), BisectBatchOnFunctionError,
 MaximumRetryAttempts, MaximumRecordAgeInSeconds and DestinationConfig.OnFailure.
 
-Streams are read through the DynamoDB Streams API of the local AWS endpoint, asynchronously
-and in batches, never inside the write that produced the record.
+Streams are read asynchronously and in batches, never inside the write that produced the record:
+straight from the stream shard moto keeps in this process (the same records the DynamoDB Streams API
+serves, without a serialize-over-HTTP-and-parse round trip per poll: under load every stream write
+wakes every poller, and that round trip was a large part of the local cloud's own CPU).
 
 To add a poller for another source (Kinesis, ...): subclass `Poller`, implement `fetch()`
 (return new records, [] when caught up) and `deliver(batch)`, and map its event source ARN
@@ -24,7 +26,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from localcloud import aws
+from localcloud import aws, moto_fixes
 from localcloud.runtime import Invocation, Runtime
 
 log = logging.getLogger("localcloud.pollers")
@@ -149,34 +151,38 @@ class Poller(threading.Thread):
 
 
 class DynamoDBStreamPoller(Poller):
-    """Reads every shard of one table stream through the DynamoDB Streams API."""
+    """Reads the shard of one table stream (moto keeps one per table) from moto's stream in this process."""
+
+    PAGE = 1000  # records per read, as GetRecords' limit
 
     def __init__(self, mapping: dict, cloud: aws.MotoCloud, runtime: Runtime):
         super().__init__(mapping, cloud, runtime)
-        self.client = cloud.client("dynamodbstreams")  # endpoint_url given: avoids botocore's account host
         self.bisect = bool(mapping.get("BisectBatchOnFunctionError"))
         self.max_retries = mapping.get("MaximumRetryAttempts", -1)
         self.max_age = mapping.get("MaximumRecordAgeInSeconds", -1)
         self.on_failure = (mapping.get("DestinationConfig") or {}).get("OnFailure", {}).get("Destination")
         self.start_at = mapping.get("StartingPosition") or "LATEST"
-        self.iterators: dict[str, str] = {}
+        arn = self.source_arn.split(":")
+        self._account, self._region, self._table = arn[4], arn[3], arn[5].split("/")[1]
+        self._shard = None  # moto's StreamShard being read, and the index of the next record in it
+        self._position = 0
 
     def fetch(self) -> list[dict]:
-        if not self.iterators:
-            stream = self.client.describe_stream(StreamArn=self.source_arn)["StreamDescription"]
-            for shard in stream["Shards"]:
-                self.iterators[shard["ShardId"]] = self.client.get_shard_iterator(
-                    StreamArn=self.source_arn, ShardId=shard["ShardId"],
-                    ShardIteratorType=self.start_at)["ShardIterator"]
-        records = []
-        for shard_id, iterator in list(self.iterators.items()):
-            page = self.client.get_records(ShardIterator=iterator, Limit=1000)
-            self.iterators[shard_id] = page.get("NextShardIterator") or iterator
-            records.extend(self._lambda_record(r, shard_id) for r in page["Records"])
-        return records
+        from moto.dynamodb.models import dynamodb_backends
+
+        shard = dynamodb_backends[self._account][self._region].get_table(self._table).stream_shard
+        if shard is None:
+            return []
+        if shard is not self._shard:  # the first read starts per the mapping; a new stream from its start
+            first, self._shard = self._shard is None, shard
+            self._position = len(shard.items) if first and self.start_at == "LATEST" else 0
+        with moto_fixes.STREAM_LOCK:  # committed records only (a cancelled transaction's are taken off)
+            items = shard.items[self._position:self._position + self.PAGE]
+        self._position += len(items)
+        return [self._lambda_record(item.to_json(), shard.id) for item in items]
 
     def _lambda_record(self, record: dict, shard_id: str) -> dict:
-        """The DynamoDB Streams record in the shape Lambda hands to functions."""
+        """The DynamoDB Streams record in the shape Lambda hands to functions (a copy: moto keeps the original)."""
         dynamodb = _jsonable(record["dynamodb"])
         return {"eventID": record["eventID"], "eventName": record["eventName"],
                 "eventVersion": record.get("eventVersion", "1.1"), "eventSource": "aws:dynamodb",

@@ -1,48 +1,61 @@
-"""In-process Lambda runtime: the deployed functions' own code, configuration and context.
+"""The local Lambda service: every function runs in its own worker processes, concurrently, as on Lambda.
 
-Each function's handler module is imported from its CodeUri folder under a unique module
-name (two functions may both have an `app.py`), with its layers importable. An invocation
-runs with exactly the environment the deployed function has (read back from the moto
-Lambda API, so CloudFormation resolved every Ref), plus what the Lambda runtime adds
-(AWS_LAMBDA_FUNCTION_NAME, AWS_ENDPOINT_URL pointing at the local AWS endpoint...).
+Each worker (`localcloud/worker.py`) is one execution environment: a process started in the function's
+code folder with exactly the environment the deployed function has (read back from the moto Lambda
+API, so CloudFormation resolved every Ref) plus what the Lambda runtime adds (AWS_LAMBDA_FUNCTION_NAME,
+AWS_ENDPOINT_URL pointing at the local AWS endpoint...). It imports the handler once (a cold start)
+and then serves invocations one at a time, warm, for as long as the local cloud runs. Every worker
+of every function calls the one local AWS endpoint (moto, in the local cloud's process).
 
-The environment is process-global, so invocations are serialized by one lock: the same
-code then sees the same settings it would see in its own sandbox. A consequence: a
-handler must not synchronously invoke another local function and wait for it
-(asynchronous invokes, Step Functions executions and stream triggers are fine).
+Each function has its own pool of workers, up to its concurrency: ReservedConcurrentExecutions when
+the template sets it, else the runtime's default (`--concurrency`, ENGAGE_LAMBDA_CONCURRENCY, 4). An
+invocation takes an idle warm worker (the most recently used), else starts a new one while the pool
+has room, else waits for one to come free (Lambda would throttle; here the caller waits). So an HTTP
+request never waits for a stream batch or a backfill of another function, and one function's
+invocations run side by side.
 
-Every invocation is also written to `Runtime.log` (an `InvocationLog`: the last
-LOG_LIMIT invocations, served as GET /_local/invocations) with real-time timestamps of
-each step: queued for the runtime lock, sandbox entered, handler started and ended, lock
-released, plus the HTTP request or the stream/queue records it carried and, once
-`time_aws_calls()` is installed, the AWS calls it made and their time. That is how
+A worker is retired (and the next invocation starts cold) when the function's code or its layers
+change on disk (`make dev`), when its handler times out (the process is killed, as Lambda ends the
+sandbox), when it crashes, or when its import failed. The virtual clock's offset travels with every
+invocation, so every worker sees the local cloud's one virtual now (`engage.clock`).
+
+Every invocation is also written to `Runtime.log` (an `InvocationLog`: the last LOG_LIMIT
+invocations, served as GET /_local/invocations) with real-time timestamps of each step: queued,
+worker assigned, handler started and ended (in the worker), worker released, whether it started a
+new worker (cold), plus the HTTP request or the stream/queue records it carried and, once
+`time_aws_calls()` is on, the AWS calls the worker made during it and their time. That is how
 `bench/` tells the local cloud's own overhead apart from the handlers' time.
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import logging
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from localcloud.worker import recv_message, send_message
 
 log = logging.getLogger("localcloud.runtime")
 LOG_LIMIT = 10_000  # invocations kept in Runtime.log (oldest dropped first)
 LOG_PAGE_LIMIT = 5_000  # invocations per GET /_local/invocations page
 LOG_MAX_WAIT = 20.0  # seconds a GET /_local/invocations may wait for new invocations
-_thread = threading.local()  # .aws: [calls, seconds] of the invocation running on this thread
+DEFAULT_CONCURRENCY = 4  # workers per function unless ReservedConcurrentExecutions or --concurrency say
+INIT_TIMEOUT = 60.0  # seconds a worker may take to import its handler and start a call (a loaded machine)
+WORKER_SCRIPT = Path(__file__).with_name("worker.py")
+# What a worker inherits from the host besides the function's own environment (the interpreter needs them).
+HOST_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
 _aws_timed = False
 
 
@@ -59,25 +72,7 @@ class FunctionSpec:
     environment: dict[str, str]
     memory_mb: int = 128
     timeout_s: int = 3
-
-
-class LambdaContext:
-    """The context object the Python Lambda runtime passes to handlers."""
-
-    def __init__(self, spec: FunctionSpec, request_id: str | None = None):
-        self.function_name = spec.name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = spec.arn
-        self.memory_limit_in_mb = spec.memory_mb
-        self.aws_request_id = request_id or str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{spec.name}"
-        self.log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
-        self.identity = None
-        self.client_context = None
-        self._deadline = time.monotonic() + spec.timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
+    reserved_concurrency: int | None = None  # ReservedConcurrentExecutions, when the template sets it
 
 
 @dataclass
@@ -97,29 +92,166 @@ class Invocation:
         return json.dumps(self.error if self.error else self.payload).encode()
 
 
-@dataclass
-class _Loaded:
-    module: ModuleType
-    handler: Callable[[Any, Any], Any]
-    stamp: tuple[int, int]
+class Throttled(Exception):
+    """The function may not run at all (ReservedConcurrentExecutions 0)."""
+
+
+class _Worker:
+    """The local cloud's side of one worker process (localcloud/worker.py)."""
+
+    def __init__(self, spec: FunctionSpec, stamp: tuple, env: dict[str, str], count_aws_calls: bool):
+        from localcloud.worker import new_log_stream
+
+        self.spec, self.stamp = spec, stamp
+        self.healthy = True  # False once it died, timed out or failed its import: never reused
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-u", str(WORKER_SCRIPT), str(theirs.fileno())], cwd=spec.code_dir, env=env,
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        send_message(ours, {"setup": {
+            "name": spec.name, "arn": spec.arn, "handler": spec.handler, "code_dir": str(spec.code_dir),
+            "layers": [str(p) for p in spec.layer_dirs], "memory_mb": spec.memory_mb,
+            "log_stream": new_log_stream(), "count_aws_calls": count_aws_calls}})
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def invoke(self, event: Any, request_id: str, clock_offset: float) -> dict:
+        """Run one invocation; the worker's reply (see worker.py), or a Lambda error when it could not answer."""
+        try:
+            send_message(self.sock, {"invoke": {"event": event, "request_id": request_id,
+                                                "clock_offset": clock_offset, "timeout_s": self.spec.timeout_s}})
+            first = self._receive(INIT_TIMEOUT)
+            if first is None:
+                return self._died(request_id)
+            if "init_error" in first:
+                self.close()
+                return {"error": first["init_error"]}
+            reply = self._receive(self.spec.timeout_s)
+            if reply is None:
+                return self._died(request_id)
+            reply["handler_started"] = first["started"]
+            return reply
+        except TimeoutError:
+            self.close()
+            return {"error": {"errorMessage": f"{_iso_now()} {request_id} Task timed out after "
+                                              f"{self.spec.timeout_s:.2f} seconds",
+                              "errorType": "Sandbox.Timedout"}}
+        except OSError:  # the socket broke: the process is gone
+            return self._died(request_id)
+
+    def _receive(self, timeout: float) -> dict | None:
+        self.sock.settimeout(timeout)
+        try:
+            return recv_message(self.sock)
+        except TimeoutError:
+            raise
+        except ConnectionError:
+            return None
+
+    def _died(self, request_id: str) -> dict:
+        self.close()
+        code = self.process.returncode
+        how = f"signal: {-code}" if code is not None and code < 0 else f"exit status {code}"
+        return {"error": {"errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: {how}",
+                          "errorType": "Runtime.ExitError"}}
+
+    def close(self) -> None:
+        """End the process (killed if it is still running, as Lambda ends a sandbox) and reap it."""
+        self.healthy = False
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s of %s did not end", self.pid, self.spec.logical_id)
+
+
+class _Pool:
+    """One function's workers: idle ones (most recently used last) and how many exist or are starting."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.idle: list[_Worker] = []
+        self.slots = 0  # workers alive or being started, busy or idle
+        self.changed = threading.Condition()
+        self.stopped = False
+
+    def acquire(self, stamp: tuple) -> _Worker | None:
+        """A warm worker running this code, or None: the caller starts one (its slot is reserved)."""
+        if self.size < 1:
+            raise Throttled()
+        stale: list[_Worker] = []
+        try:
+            with self.changed:
+                while True:
+                    if self.stopped:
+                        raise RuntimeError("the local Lambda runtime is stopped")
+                    while self.idle:
+                        worker = self.idle.pop()
+                        if worker.stamp == stamp and worker.healthy and worker.process.poll() is None:
+                            return worker
+                        stale.append(worker)
+                        self.slots -= 1
+                    if self.slots < self.size:
+                        self.slots += 1
+                        return None
+                    self.changed.wait()
+        finally:
+            for worker in stale:  # code changed (or the process ended): the next call starts cold
+                worker.close()
+
+    def release(self, worker: _Worker | None) -> None:
+        with self.changed:
+            if worker is not None and worker.healthy and not self.stopped:
+                self.idle.append(worker)
+            else:
+                self.slots -= 1
+            self.changed.notify()
+
+    def stop(self) -> list[_Worker]:
+        with self.changed:
+            self.stopped = True
+            idle, self.idle = self.idle, []
+            self.changed.notify_all()
+        return idle
 
 
 class Runtime:
-    """Holds the functions and invokes them one at a time (see module doc)."""
+    """Holds the functions and runs their invocations in worker processes (see module doc)."""
 
-    def __init__(self, base_env: dict[str, str]):
+    def __init__(self, base_env: dict[str, str], concurrency: int | None = None):
         self.base_env = base_env  # what the Lambda runtime itself adds (region, endpoint, credentials)
+        self.concurrency = concurrency or int(os.environ.get("ENGAGE_LAMBDA_CONCURRENCY") or DEFAULT_CONCURRENCY)
+        if self.concurrency < 1:
+            raise ValueError("the concurrency (workers per function) is at least 1")
         self.functions: dict[str, FunctionSpec] = {}  # by physical name
-        self._loaded: dict[str, _Loaded] = {}
-        self._private: dict[str, dict[str, ModuleType]] = {}
-        self._lock = threading.RLock()
+        self._pools: dict[str, _Pool] = {}
+        self._busy: set[_Worker] = set()
+        self._busy_lock = threading.Lock()
+        self._env_lock = threading.RLock()  # run_as sets this process's environment
         self._async_threads: list[threading.Thread] = []
+        self._count_lock = threading.Lock()
         self.invocations = 0
         self.listeners: list[Callable[[FunctionSpec, Any, Invocation], None]] = []
         self.log = InvocationLog()
 
     def add(self, spec: FunctionSpec) -> None:
         self.functions[spec.name] = spec
+        size = self.concurrency if spec.reserved_concurrency is None else spec.reserved_concurrency
+        self._pools[spec.name] = _Pool(size)
 
     def by_logical_id(self, logical_id: str) -> FunctionSpec:
         for spec in self.functions.values():
@@ -137,78 +269,77 @@ class Runtime:
             raise KeyError(f"function {name!r} is not deployed")
         return self.functions[name]
 
+    def workers(self) -> dict[str, int]:
+        """Worker processes per function (logical id), busy or idle."""
+        return {spec.logical_id: self._pools[name].slots for name, spec in self.functions.items()}
+
     # ------------------------------------------------------------ invoking
     def invoke(self, name_or_arn: str, event: Any, request_id: str | None = None,
                origin: dict | None = None) -> Invocation:
-        """Run the handler with `event`; `origin` says what the caller knows of where the event came from,
-        for the invocation log: {"received": t} (HTTP API: request received) or {"read": [t, ...]}
-        (pollers: when each record was read from its source), times from time.time()."""
+        """Run the handler with `event` in one of the function's workers; `origin` says what the caller
+        knows of where the event came from, for the invocation log: {"received": t} (HTTP API: request
+        received) or {"read": [t, ...]} (pollers: when each record was read from its source), times from
+        time.time()."""
         spec = self.resolve(name_or_arn)
+        pool = self._pools[spec.name]
         timing = {"queued": time.time()}
-        with self._lock:
+        result = Invocation(request_id=request_id or str(uuid.uuid4()))
+        reply: dict = {}
+        worker, cold, acquired = None, False, False
+        stamp = _stamp(spec)
+        try:
+            worker = pool.acquire(stamp)
+            acquired = True
             timing["started"] = time.time()
-            context = LambdaContext(spec, request_id)
-            saved = dict(os.environ)
-            started = time.perf_counter()
-            result = Invocation(request_id=context.aws_request_id)
-            aws = [0, 0.0]
-            outer, _thread.aws = getattr(_thread, "aws", None), aws
-            try:
-                self._enter(spec)
-                with self._code_on_path(spec):
-                    loaded = self._load(spec)
-                    timing["handler_started"] = time.time()
-                    try:
-                        result.payload = loaded.handler(event, context)
-                    finally:
-                        timing["handler_ended"] = time.time()
-                try:
-                    json.dumps(result.payload)  # Lambda serializes the result: fail here like it would
-                except (TypeError, ValueError) as error:
-                    result.payload = None
-                    result.error = {"errorMessage": f"Unable to marshal response: {error}",
-                                    "errorType": "Runtime.MarshalError"}
-            except Exception as error:  # noqa: BLE001 - any handler error becomes a Lambda function error
-                result.error = {"errorMessage": str(error), "errorType": type(error).__name__,
-                                "stackTrace": traceback.format_exception(error)}
-                log.warning("%s failed: %s: %s", spec.logical_id, type(error).__name__, error)
-            finally:
-                _thread.aws = outer
-                result.duration_ms = (time.perf_counter() - started) * 1000
-                _restore_environ(saved)
-                self._settings_changed()
-                self.invocations += 1
-                timing["ended"] = time.time()
-            log.info("REPORT %s RequestId: %s Duration: %.2f ms%s", spec.logical_id, result.request_id,
-                     result.duration_ms, f" Error: {result.error['errorType']}" if result.error else "")
-            if result.duration_ms > spec.timeout_s * 1000:
-                # A thread cannot be killed mid-call: report the timeout Lambda would have raised.
-                result.error = {"errorMessage": f"Task timed out after {spec.timeout_s:.2f} seconds",
-                                "errorType": "Sandbox.Timedout"}
-        self.log.append(log_entry(spec, event, result, timing, aws if _aws_timed else None, origin or {}))
+            if worker is None:
+                cold = True
+                worker = _Worker(spec, stamp, self._environment(spec), _aws_timed)
+            with self._busy_lock:
+                self._busy.add(worker)
+            reply = worker.invoke(event, result.request_id, _clock_offset())
+        except Throttled:
+            reply = {"error": {"errorMessage": "Rate Exceeded.", "errorType": "TooManyRequestsException"}}
+        except OSError as error:  # the worker process could not be started
+            reply = {"error": {"errorMessage": f"could not start a worker: {error}", "errorType": "Runtime.Unknown"}}
+        finally:
+            if worker is not None:
+                with self._busy_lock:
+                    self._busy.discard(worker)
+            if acquired:
+                pool.release(worker)
+        timing.setdefault("started", time.time())
+        timing["ended"] = time.time()
+        result.error = reply.get("error")
+        if reply.get("payload") is not None and result.error is None:
+            result.payload = json.loads(reply["payload"])
+        if reply.get("handler_started") is not None:
+            timing["handler_started"] = reply["handler_started"]
+            timing["handler_ended"] = reply.get("ended") or timing["ended"]
+            result.duration_ms = (timing["handler_ended"] - timing["handler_started"]) * 1000
+        with self._count_lock:
+            self.invocations += 1
+        if result.error:
+            log.warning("%s failed: %s: %s", spec.logical_id, result.error.get("errorType"),
+                        result.error.get("errorMessage"))
+        log.info("REPORT %s RequestId: %s Duration: %.2f ms%s", spec.logical_id, result.request_id,
+                 result.duration_ms, f" Error: {result.error['errorType']}" if result.error else "")
+        aws = [reply["aws_calls"], reply["aws_seconds"]] if reply.get("aws_calls") is not None else None
+        entry = log_entry(spec, event, result, timing, aws, origin or {})
+        entry["cold"], entry["worker"] = cold, worker.pid if worker is not None else None
+        self.log.append(entry)
         for listener in self.listeners:
             listener(spec, event, result)
         return result
 
     def invoke_async(self, name_or_arn: str, event: Any) -> str:
         """InvocationType=Event: queue and return at once, as Lambda does."""
+        self.resolve(name_or_arn)
         request_id = str(uuid.uuid4())
         thread = threading.Thread(target=self.invoke, args=(name_or_arn, event, request_id),
                                   name=f"lambda-async-{request_id[:8]}", daemon=True)
         self._async_threads = [t for t in self._async_threads if t.is_alive()] + [thread]
         thread.start()
         return request_id
-
-    def run_as(self, spec: FunctionSpec, action: Callable[[], Any]) -> Any:
-        """Run `action` in `spec`'s environment, as if inside its sandbox (setup tasks like seeding)."""
-        with self._lock:
-            saved = dict(os.environ)
-            try:
-                self._enter(spec)
-                return action()
-            finally:
-                _restore_environ(saved)
-                self._settings_changed()
 
     def busy(self) -> bool:
         return any(t.is_alive() for t in self._async_threads)
@@ -217,77 +348,66 @@ class Runtime:
         for thread in list(self._async_threads):
             thread.join(timeout)
 
+    def stop(self) -> None:
+        """End every worker: idle ones at once, busy ones killed (their callers get Runtime.ExitError)."""
+        workers = [w for pool in self._pools.values() for w in pool.stop()]
+        with self._busy_lock:
+            workers += list(self._busy)
+        for worker in workers:
+            worker.close()
+
     # ------------------------------------------------------------ sandbox
-    def _enter(self, spec: FunctionSpec) -> None:
-        for path in spec.layer_dirs:
-            if str(path) not in sys.path:
-                sys.path.append(str(path))
-        os.environ.update(self.base_env)
-        os.environ.update(spec.environment)
-        os.environ.update({
+    def _environment(self, spec: FunctionSpec) -> dict[str, str]:
+        """A worker's whole environment: the function's, plus what Lambda sets (nothing else of this process)."""
+        env = {name: os.environ[name] for name in HOST_VARIABLES if name in os.environ}
+        env.update(self.base_env)
+        env.update(spec.environment)
+        env.update({
             "AWS_LAMBDA_FUNCTION_NAME": spec.name,
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "_HANDLER": spec.handler,
             "LAMBDA_TASK_ROOT": str(spec.code_dir),
+            "TZ": ":UTC",
         })
-        self._settings_changed()
+        return env
 
-    @staticmethod
-    def _settings_changed() -> None:
-        # engage caches settings read from the environment: drop the cache whenever it changes.
-        config = sys.modules.get("engage.config")
-        if config is not None:
-            config.settings.cache_clear()
+    def run_as(self, spec: FunctionSpec, action: Callable[[], Any]) -> Any:
+        """Run `action` in this process with `spec`'s environment, as if inside its sandbox (setup tasks
+        like seeding the space; nothing else in this process reads the environment meanwhile)."""
+        with self._env_lock:
+            saved = dict(os.environ)
+            try:
+                for path in spec.layer_dirs:
+                    if str(path) not in sys.path:
+                        sys.path.append(str(path))
+                os.environ.update(self.base_env)
+                os.environ.update(spec.environment)
+                os.environ["AWS_LAMBDA_FUNCTION_NAME"] = spec.name
+                _settings_changed()
+                return action()
+            finally:
+                _restore_environ(saved)
+                _settings_changed()
 
-    @contextmanager
-    def _code_on_path(self, spec: FunctionSpec):
-        """The function's folder first on sys.path, and its own sibling modules importable, during a call.
 
-        Sibling modules (anything imported from the folder) are taken out of sys.modules afterwards,
-        so another function's same-named module (`app`, `models`...) can never collide with them.
-        """
-        private = self._private.setdefault(spec.name, {})
-        before = set(sys.modules)
-        sys.path.insert(0, str(spec.code_dir))
-        sys.modules.update(private)
-        try:
-            yield
-        finally:
-            sys.path.remove(str(spec.code_dir))
-            prefix = str(spec.code_dir) + os.sep
-            for name in set(sys.modules) - before:
-                file = getattr(sys.modules[name], "__file__", None) or ""
-                if file.startswith(prefix):
-                    private[name] = sys.modules.pop(name)
+def _settings_changed() -> None:
+    # engage caches settings read from the environment: drop the cache whenever it changes.
+    config = sys.modules.get("engage.config")
+    if config is not None:
+        config.settings.cache_clear()
 
-    def _load(self, spec: FunctionSpec) -> _Loaded:
-        stamp = _stamp(spec.code_dir)
-        loaded = self._loaded.get(spec.name)
-        if loaded is not None and loaded.stamp == stamp:
-            return loaded
-        if loaded is not None:
-            # The function's folder changed while running (`make dev`): the next call is a cold start.
-            log.info("%s: code changed, loading it again", spec.logical_id)
-            private = self._private.get(spec.name, {})
-            for name in private:
-                sys.modules.pop(name, None)
-            private.clear()
-        module_name, _, attr = spec.handler.rpartition(".")
-        path = spec.code_dir / (module_name.replace(".", "/") + ".py")
-        if not path.exists():
-            raise ImportError(f"{spec.logical_id}: handler module {path} not found (Handler: {spec.handler})")
-        unique = f"_localcloud_fn_{spec.logical_id}_{module_name.replace('.', '_')}"
-        module_spec = importlib.util.spec_from_file_location(unique, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)  # a failed import is retried on the next call, like a cold start
-        handler = getattr(module, attr, None)
-        if not callable(handler):
-            raise TypeError(f"{spec.logical_id}: {path} has no callable {attr!r} (Handler: {spec.handler})")
-        loaded = _Loaded(module, handler, stamp)
-        self._loaded[spec.name] = loaded
-        return loaded
+
+def _clock_offset() -> float:
+    """The virtual clock's offset from real time, in seconds (engage.clock keeps it for this process)."""
+    clock = sys.modules.get("engage.clock")
+    return clock._offset.total_seconds() if clock is not None else 0.0
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class InvocationLog:
@@ -361,30 +481,12 @@ def _record_summary(record: dict, read: float | None) -> dict:
 
 
 def time_aws_calls() -> None:
-    """Count and time the AWS SDK calls each invocation makes (on its own thread) for the log.
+    """Count and time the AWS SDK calls of each invocation for the log (workers started from now on).
 
-    Patches botocore's BaseClient._make_api_call, where boto3 and PynamoDB calls both end,
-    once per process; calls made outside an invocation pass straight through.
+    Each worker wraps botocore's BaseClient._make_api_call, where boto3 and PynamoDB calls both end,
+    and reports the calls made in its process during each invocation (the handler's threads included).
     """
     global _aws_timed
-    if _aws_timed:
-        return
-    import botocore.client
-
-    original = botocore.client.BaseClient._make_api_call
-
-    def timed(client, operation_name, api_params):
-        counter = getattr(_thread, "aws", None)
-        if counter is None:
-            return original(client, operation_name, api_params)
-        started = time.perf_counter()
-        try:
-            return original(client, operation_name, api_params)
-        finally:
-            counter[0] += 1
-            counter[1] += time.perf_counter() - started
-
-    botocore.client.BaseClient._make_api_call = timed
     _aws_timed = True
 
 
@@ -397,13 +499,15 @@ def _restore_environ(saved: dict[str, str]) -> None:
             os.environ[name] = value
 
 
-def _stamp(folder: Path) -> tuple[int, int]:
-    """Newest modification time and count of the folder's Python files: changes when code is edited."""
+def _stamp(spec: FunctionSpec) -> tuple[int, int]:
+    """Newest modification time and count of the Python files of the function's code and its layers:
+    changes when code is edited, and then new workers load it."""
     newest, count = 0, 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for name in files:
-            if name.endswith(".py"):
-                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
-                count += 1
+    for folder in (spec.code_dir, *spec.layer_dirs):
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                if name.endswith(".py"):
+                    newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
+                    count += 1
     return newest, count

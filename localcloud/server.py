@@ -1,11 +1,11 @@
 """`engage dev`: the whole SAM app on this machine, from template.yaml, with no Docker.
 
     LocalCloud(...).start()  ->  moto server (AWS endpoint) + stack deployed from the template
-                                 + in-process Lambda runtime + HTTP API + event source pollers
+                                 + Lambda runtime (worker processes) + HTTP API + event source pollers
                                  + virtual clock; .stop() saves state (if asked) and shuts down.
 
 Modules: template (read/translate the template), aws (moto server, patches, deploy),
-runtime (in-process Lambda), http_api (routes, v2 payloads, /_local endpoints),
+runtime (Lambda: worker processes per function, worker.py), http_api (routes, v2 payloads, /_local endpoints),
 pollers (stream/queue event sources), scheduler (virtual clock and its timers), state
 (--state-dir snapshots).
 """
@@ -40,7 +40,7 @@ class LocalCloud:
     def __init__(self, template_path: Path = template.TEMPLATE, api_port: int = 3000, aws_port: int = 4566,
                  state_dir: Path | None = None, stack_name: str = "engage", region: str = "us-east-1",
                  space: tuple[str, str, str] = ("local", "local-write-key", "local-access-token"),
-                 parameters: dict[str, str] | None = None):
+                 parameters: dict[str, str] | None = None, concurrency: int | None = None):
         self.template_path = Path(template_path).resolve()
         self.api_port, self.aws_port = api_port, aws_port
         self.state_dir = Path(state_dir) if state_dir else None
@@ -48,7 +48,7 @@ class LocalCloud:
         self.space = space
         self.parameters = parameters or {}
         self.cloud = aws.MotoCloud(aws_port, region)
-        self.runtime = Runtime({})
+        self.runtime = Runtime({}, concurrency)
         # Executions parked on a Wait or a task token count as settled, so a clock move can include them:
         # what a timer starts (a Wait's continuation, a scheduled execution) runs at that virtual moment.
         self.clock = VirtualClock(settle=lambda: self.settle(executions=True))
@@ -138,6 +138,7 @@ class LocalCloud:
             poller.stop()
         for poller in self.pollers:
             poller.join(timeout=5)
+        self.runtime.stop()  # the functions' worker processes
         self.cloud.stop()
 
     # ------------------------------------------------------------ behaviour
@@ -177,6 +178,7 @@ class LocalCloud:
     def health(self) -> dict:
         return {"status": "ok", "api_url": self.http.url if self.http else None, "aws_endpoint": self.cloud.url,
                 "stack": self.stack_name, "functions": sorted(s.logical_id for s in self.runtime.functions.values()),
+                "workers": self.runtime.workers(),
                 "pollers": [{"function": p.function_arn.split(":")[-1], "source": p.source_arn,
                              "alive": p.is_alive()} for p in self.pollers]}
 
@@ -289,6 +291,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-token", default=None, help="its access token (default <space>-access-token)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="template parameter override (repeatable)")
+    parser.add_argument("--concurrency", type=int, default=int(env("ENGAGE_LAMBDA_CONCURRENCY") or 4),
+                        help="worker processes per function unless its ReservedConcurrentExecutions says "
+                             "(default 4, env ENGAGE_LAMBDA_CONCURRENCY)")
     parser.add_argument("--log-level", default=env("ENGAGE_LOG_LEVEL", "WARNING"))
     return parser
 
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     space = (args.space, args.write_key or f"{args.space}-write-key", args.access_token or f"{args.space}-access-token")
     cloud = LocalCloud(args.template, args.port, args.aws_port, args.state_dir, args.stack_name,
-                       space=space, parameters=parameters)
+                       space=space, parameters=parameters, concurrency=args.concurrency)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

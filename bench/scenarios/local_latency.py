@@ -11,20 +11,20 @@ first Profile API read that shows the change: /events listing it, then /traits?c
 showing `latency_probe` true.
 
 The local cloud's invocation log (GET /_local/invocations, followed by long poll) times every
-step: when the HTTP API received the request and queued the invocation, the runtime lock wait
-and sandbox setup/teardown of each invocation, when each stream record was written (its
+step: when the HTTP API received the request and queued the invocation, the wait for a worker
+and the hand-over to and from it for each invocation, when each stream record was written (its
 ApproximateCreationDateTime) and read by its poller, when its batch was handed over, and each
 handler's start and end. A probe's records are found by key: its messageId in the EventsTable
 record, its profile (GET /metadata?verbose=true) in the ProfilesTable record; its reads by
 their apigw-requestid. A probe reads the Profile API once the log shows that the invocation
 carrying its record has ended (then every 10 ms until the read shows it), so readers do not
-flood the one-at-a-time runtime with polls; a read never starts before the data is written, so
+flood the runtime with polls; a read never starts before the data is written, so
 this never shortens the figure.
 
 Each probe's time is cut at those moments into segments that add up exactly to its total:
   HTTP API      POST sent -> ingest queued, and the read's request in and response out
-  runtime       lock wait + sandbox setup/teardown of each invocation on the path, the read's
-                included (local only: invocations run one at a time in one process)
+  runtime       wait for a free worker + hand-over of the event and the result to and from the
+                worker process, for each invocation on the path, the read's included (local only)
   pickup        record written -> read by its poller (a write wakes the poller; on AWS Lambda
                 polls each shard 4 times a second, so up to 250 ms)
   window        read -> batch handed over: the template's MaximumBatchingWindowInSeconds (1 s
@@ -206,7 +206,7 @@ def split(probe: Probe, log: LogFollower) -> Split:
     evaluator, profile_record = log.carried(EVALUATOR, profile_pk(SPACE, probe.profile_id))
     assert ingest["function"] == INGEST and not ingest["error"], ingest
 
-    def runtime(entry: dict) -> float:  # lock wait, sandbox setup and teardown
+    def runtime(entry: dict) -> float:  # waiting for a worker, handing the event over and the result back
         return entry["handler_started"] - entry["queued"] + entry["ended"] - entry["handler_ended"]
 
     def handler(entry: dict) -> float:
@@ -284,7 +284,7 @@ def _ms(values) -> list[float]:
 
 
 def _figures(probes: list[Probe], splits: list[Split], wall: float, busy: float) -> list[Figure]:
-    run_text = (f"{len(probes)} probes (new user each) started at {RATE:g}/s over {wall:.0f} s, runtime busy "
+    run_text = (f"{len(probes)} probes (new user each) started at {RATE:g}/s over {wall:.0f} s, workers busy "
                 f"{busy:.0%}; each from its own POST start")
     series = {
         "track -> profile updated": (_ms(p.profile_read.seen - p.posted for p in probes),
@@ -294,7 +294,7 @@ def _figures(probes: list[Probe], splits: list[Split], wall: float, busy: float)
                                                   "read showing it")),
         "local cloud's own overhead, track -> profile updated": (
             _ms(sum(s.profile[k] for k in LOCAL) for s in splits),
-            ("HTTP API + runtime lock waits and sandboxes + stream pickup, per probe from the local cloud's "
+            ("HTTP API + runtime (worker waits and hand-overs) + stream pickup, per probe from the local cloud's "
              "invocation log (GET /_local/invocations); not our handlers, the batching window or the bench")),
         "local cloud's own overhead, track -> audience membership": (
             _ms(sum(s.audience[k] for k in LOCAL) for s in splits),
@@ -303,9 +303,9 @@ def _figures(probes: list[Probe], splits: list[Split], wall: float, busy: float)
     parts = {  # figure name -> (part, method)
         "HTTP API: POST in, Profile API read in and out": (
             "HTTP API", "local cloud: loopback, server thread, payload 2.0 event, response"),
-        "runtime: lock waits + sandboxes of the 4 invocations": (
-            "runtime", ("local cloud: invocations run one at a time in one process (the function's environment "
-                        "is set for each); on AWS they run apart")),
+        "runtime: worker waits + hand-overs of the 4 invocations": (
+            "runtime", ("local cloud: each invocation waits for a worker of its function (only when all are busy) "
+                        "and hands its event over a socket and gets the result back; on AWS the same in Lambda")),
         "stream pickup, 2 streams": (
             "pickup", ("local cloud: record written (ApproximateCreationDateTime) -> read by its poller (a write "
                        "wakes it); Lambda polls a shard 4 times a second (<= 250 ms)")),
@@ -342,7 +342,7 @@ def _breakdown(splits: list[Split], entries: list[dict], busy: float) -> list[st
         lines.append(f"| {part} | {whose} | {profile} | {audience} |")
     lines.append(f"| **total** |  | {stats(_ms(sum(s.profile.values()) for s in splits))} | "
                  f"{stats(_ms(sum(s.audience.values()) for s in splits))} |")
-    lines += ["", f"Invocations while the probes ran (runtime busy {busy:.0%} of the time: one invocation at a time):",
+    lines += ["", f"Invocations while the probes ran (workers busy {busy:.0%} of the time, summed over every worker):",
               "", ("| function | invocations | records per batch | handler ms p50 | p95 | AWS calls each | "
                    "share of handler time in AWS calls (moto) |"),
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import pytest
 from boto3.dynamodb.conditions import Attr
@@ -280,3 +281,30 @@ def test_invocation_log_shows_each_invocation_its_steps_and_what_it_carried(mini
     # And a bad query is refused, naming the parameters
     status, _, body = mini_cloud.call("GET", "/_local/invocations?after=soon")
     assert status == 400 and "after" in body["error"]["message"]
+
+
+def test_an_http_request_is_answered_while_a_long_stream_batch_runs(mini_cloud, names):
+    # Given a stream batch that keeps running until it is released (RecorderFunction holds on `hold`)
+    status, _, page = mini_cloud.call("GET", "/_local/invocations")
+    applied_table = mini_cloud.resource("dynamodb").Table(names["AppliedTable"])
+    mini_cloud.resource("dynamodb").Table(names["ItemsTable"]).put_item(Item={"pk": "held-1", "hold": True})
+    deadline = time.monotonic() + 60
+    while "Item" not in applied_table.get_item(Key={"pk": "holding|held-1"}, ConsistentRead=True):
+        assert time.monotonic() < deadline, "the stream batch never started"
+        time.sleep(0.05)  # no settle here: settling would wait for the held batch itself
+    # When an HTTP route is called while that batch runs, and only then is the batch released
+    status, headers, _ = mini_cloud.call("GET", "/echo/during-the-batch")
+    assert status == 200
+    applied_table.put_item(Item={"pk": "release|held-1"})
+    mini_cloud.settle()
+    # Then the batch was released, not given up
+    assert "Item" not in applied_table.get_item(Key={"pk": "gave-up|held-1"}, ConsistentRead=True)
+    assert "Item" in applied_table.get_item(Key={"pk": "held-1"}, ConsistentRead=True)
+    # And the invocation log shows the HTTP invocation queued, run and ended inside the batch's handler run
+    status, _, page = mini_cloud.call("GET", f"/_local/invocations?after={page['next']}")
+    entries = page["invocations"]
+    http = next(e for e in entries if (e.get("http") or {}).get("request_id") == headers["apigw-requestid"])
+    batch = next(e for e in entries if any(r["keys"] == {"pk": "held-1"} for r in e.get("records", [])))
+    assert batch["function"] == "RecorderFunction" and batch["error"] is None
+    assert batch["handler_started"] < http["queued"] <= http["started"] <= http["ended"] < batch["handler_ended"]
+    assert http["worker"] != batch["worker"]

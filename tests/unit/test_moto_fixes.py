@@ -1,5 +1,6 @@
 """localcloud.moto_fixes: TransactWriteItems backs up only the items it names, and a cancelled
-transaction leaves items and stream exactly as before (as on AWS)."""
+transaction leaves items and stream exactly as before (as on AWS); a table Query reads its partition only
+and answers exactly as moto's own."""
 from __future__ import annotations
 
 import copy
@@ -78,3 +79,43 @@ def test_tables_still_deep_copy_outside_transactions(table):
     live = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION].tables["t"]
     clone = copy.deepcopy(live)
     assert clone is not live and clone.items is not live.items
+
+
+def test_a_table_query_reads_its_partition_only_and_answers_as_before(table):
+    # Given items under several partition keys (written out of order)
+    for pk, sk in (("b", "2"), ("a", "9"), ("b", "1"), ("c", "1"), ("b", "3"), ("a", "1")):
+        table.put_item(TableName="t", Item={"pk": {"S": pk}, "sk": {"S": sk}, "v": {"N": sk}})
+    from moto.dynamodb.models.table import Table
+
+    read_everything = []
+    real_all_items = Table.all_items
+
+    def counting(self):
+        read_everything.append(getattr(moto_fixes._state, "partition", None) is None)
+        return real_all_items(self)
+
+    Table.all_items = counting
+    try:
+        # When partition b is queried forwards, backwards, paged and with a range condition
+        forward = table.query(TableName="t", KeyConditionExpression="pk = :p",
+                              ExpressionAttributeValues={":p": {"S": "b"}})
+        backward = table.query(TableName="t", KeyConditionExpression="pk = :p", ScanIndexForward=False,
+                               ExpressionAttributeValues={":p": {"S": "b"}})
+        first = table.query(TableName="t", KeyConditionExpression="pk = :p", Limit=2,
+                            ExpressionAttributeValues={":p": {"S": "b"}})
+        rest = table.query(TableName="t", KeyConditionExpression="pk = :p", ExclusiveStartKey=first["LastEvaluatedKey"],
+                           ExpressionAttributeValues={":p": {"S": "b"}})
+        ranged = table.query(TableName="t", KeyConditionExpression="pk = :p AND sk > :s",
+                             ExpressionAttributeValues={":p": {"S": "b"}, ":s": {"S": "1"}})
+        missing = table.query(TableName="t", KeyConditionExpression="pk = :p",
+                              ExpressionAttributeValues={":p": {"S": "zz"}})
+    finally:
+        Table.all_items = real_all_items
+    # Then the answers are moto's: the partition's items in range-key order, paged the same way
+    assert [i["sk"]["S"] for i in forward["Items"]] == ["1", "2", "3"]
+    assert [i["sk"]["S"] for i in backward["Items"]] == ["3", "2", "1"]
+    assert [i["sk"]["S"] for i in first["Items"] + rest["Items"]] == ["1", "2", "3"]
+    assert [i["sk"]["S"] for i in ranged["Items"]] == ["2", "3"]
+    assert missing["Items"] == [] and missing["Count"] == 0
+    # And no query gathered the whole table
+    assert read_everything and not any(read_everything)

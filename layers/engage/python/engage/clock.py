@@ -1,7 +1,8 @@
 """The one clock all project code reads.
 
-On AWS it is the system clock. The local cloud runs the code in-process and shifts it
-(`advance`), so a 3-day wait passes in a second; nothing else may call datetime.now().
+On AWS it is the system clock. The local cloud shifts it (`advance`), so a 3-day wait passes
+in a second, and hands the offset to every function's worker process with each invocation
+(localcloud/worker.py sets `_offset`); nothing else may call datetime.now().
 """
 from __future__ import annotations
 
