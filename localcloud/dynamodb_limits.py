@@ -71,7 +71,8 @@ def install() -> None:
         if problem:
             raise MockValidationException(problem)
         hash_value, range_value = self.get_keys_value(table, key)
-        before = copy.deepcopy(table.get_item(hash_value, range_value))
+        # moto copies the item for the stream record anyway: copy it here only without a stream
+        before = copy.deepcopy(table.get_item(hash_value, range_value)) if table.stream_shard is None else None
         outer = getattr(_state, "deferred", None)
         _state.deferred = deferred = []  # this update's stream records, held until the result passes
         try:
@@ -83,6 +84,8 @@ def install() -> None:
         attributes = {name: _wire(value) for name, value in item.attrs.items()}
         problem = _item_problem(attributes, limits.UPDATE_TOO_LARGE)
         if problem:
+            if table.stream_shard is not None:
+                before = deferred[0][1] if deferred else None  # the stream record's old image
             _put_back(table, hash_value, range_value, before)
             raise refuse(problem, in_transaction=outer is not None)
         for shard, old, new in deferred:
