@@ -15,7 +15,7 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
-from engage import profile_processor
+from engage import config, profile_processor
 from engage import profiles_store as store
 from engage.events_store import EventRecord
 from tests.integration.audience_support import LambdaContext, handler
@@ -316,6 +316,9 @@ def test_spaces_never_share_profiles(aws, space):
 
 
 def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
+    # (the audience definition cache expires on real time: on a slow run it would reload mid-test)
+    monkeypatch.setenv("AUDIENCE_CACHE_SECONDS", "86400")
+    config.settings.cache_clear()
     # Given 10 known users
     run(batch(*(message("identify", f"id{u}", at(0), userId=f"u{u}", anonymousId=f"a{u}") for u in range(10))))
     calls: list[str] = []
