@@ -122,9 +122,10 @@ class LocalCloud:
         if self.http:
             self.http.stopping = True  # from now on every request is answered 503: nothing new is accepted
         if self.keeper:
+            self.keeper.stopping.set()  # no more background checkpoints: the one below is the last
             try:
                 self.settle(timeout=30, checkpoint=False)
-                if self.keeper.checkpoint(settle_timeout=5):
+                if self.keeper.checkpoint(settle_timeout=5, attempts=1):
                     log.info("state saved to %s", self.state_dir)
             except TimeoutError:
                 log.warning("the app did not go quiet in 30 s: the journal in %s keeps what was accepted, "

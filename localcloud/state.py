@@ -369,7 +369,9 @@ class StateKeeper(threading.Thread):
         with self._checkpoint_lock:
             if not self.journal.since_checkpoint:
                 return True
-            for _ in range(attempts):
+            for attempt in range(attempts):
+                if attempt and self.stopping.is_set():
+                    return False  # stopping: the stop's own checkpoint follows
                 before = self.journal.appended
                 try:
                     self.local.settle(timeout=settle_timeout, checkpoint=False)

@@ -109,7 +109,7 @@ def start_cloud(*args: str, state_dir: Path | None = None) -> RunningCloud:
 def stop_cloud(cloud: RunningCloud) -> int:
     cloud.process.terminate()  # SIGTERM: the same clean stop as Ctrl-C
     try:
-        return cloud.process.wait(timeout=60)
+        return cloud.process.wait(timeout=120)  # a clean stop settles (30 s at most) and checkpoints
     except subprocess.TimeoutExpired:
         cloud.process.kill()
         raise
