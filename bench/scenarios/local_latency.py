@@ -2,10 +2,12 @@
 and where that time goes: the local cloud's own overhead apart from our handlers and the template's
 batching windows.
 
-The local cloud (template.yaml, moto server, in-process Lambdas, stream pollers) runs in a
-subprocess as `make dev` runs it, warmed by one probe first (no cold starts measured). 200
-probes, each a new user sending one `Latency Probe` track call with its own messageId, start
-at a steady 5 per second from their own threads (a few in flight at once, as real traffic;
+The local cloud (template.yaml, moto server, Lambda worker processes, stream pollers) runs in a
+subprocess as `make dev` runs it, warmed by one probe first (a warm worker per function; a function
+that then needs more workers at once starts them, cold, during the run, as Lambda scales out; the
+table after the figures counts them). 200 probes, each a new user sending one `Latency Probe`
+track call with its own messageId, start at a steady 5 per second from their own threads (a few in
+flight at once, as real traffic;
 quick and FULL runs are the same). Each is measured from its own POST start to the end of the
 first Profile API read that shows the change: /events listing it, then /traits?class=audience
 showing `latency_probe` true.
@@ -37,6 +39,7 @@ Local cloud's own overhead = HTTP API + runtime + pickup.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -276,6 +279,8 @@ def run(context) -> list[Figure]:
     busy = sum(e["ended"] - e["started"] for e in window_entries) / max(
         max(e["ended"] for e in window_entries) - first, 1e-9)
     context.extra.append(("Local cloud latency: where the time goes", _breakdown(splits, window_entries, busy)))
+    context.notes.append(f"local_latency: the machine's 1-minute load average was {os.getloadavg()[0]:.1f} on "
+                         f"{os.cpu_count()} cores at the end of the probes (handler times grow with it).")
     return _figures(done, splits, wall, busy)
 
 
@@ -343,9 +348,9 @@ def _breakdown(splits: list[Split], entries: list[dict], busy: float) -> list[st
     lines.append(f"| **total** |  | {stats(_ms(sum(s.profile.values()) for s in splits))} | "
                  f"{stats(_ms(sum(s.audience.values()) for s in splits))} |")
     lines += ["", f"Invocations while the probes ran (workers busy {busy:.0%} of the time, summed over every worker):",
-              "", ("| function | invocations | records per batch | handler ms p50 | p95 | AWS calls each | "
-                   "share of handler time in AWS calls (moto) |"),
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "", ("| function | invocations | cold (started a worker) | records per batch | handler ms p50 | p95 | "
+                   "AWS calls each | share of handler time in AWS calls (moto) |"),
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     by_function: dict[str, list[dict]] = defaultdict(list)
     for entry in entries:
         if entry["handler_started"] is not None:
@@ -354,7 +359,8 @@ def _breakdown(splits: list[Split], entries: list[dict], busy: float) -> list[st
         handler = [(e["handler_ended"] - e["handler_started"]) * 1000 for e in group]
         records = [len(e["records"]) for e in group if "records" in e]
         aws = sum(e["aws_seconds"] or 0 for e in group) * 1000
-        lines.append(f"| {function} | {len(group)} | {statistics.fmean(records) if records else 0:.1f} | "
+        lines.append(f"| {function} | {len(group)} | {sum(1 for e in group if e.get('cold'))} | "
+                     f"{statistics.fmean(records) if records else 0:.1f} | "
                      f"{_percentile(handler, 50):,.0f} | {_percentile(handler, 95):,.0f} | "
                      f"{statistics.fmean(e['aws_calls'] or 0 for e in group):.1f} | "
                      f"{aws / max(sum(handler), 1e-9):.0%} |")
