@@ -316,6 +316,12 @@ def test_spaces_never_share_profiles(aws, space):
 
 
 def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
+    # The audience definitions are re-read (one Query) every audience_cache_seconds of real time:
+    # on a busy machine the batch below can take longer than the default 30 s, so pin the cache.
+    from engage import config
+
+    monkeypatch.setenv("AUDIENCE_CACHE_SECONDS", "3600")
+    config.settings.cache_clear()
     # Given 10 known users
     run(batch(*(message("identify", f"id{u}", at(0), userId=f"u{u}", anonymousId=f"a{u}") for u in range(10))))
     calls: list[str] = []
