@@ -108,7 +108,8 @@ class _Worker:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-u", str(WORKER_SCRIPT), str(theirs.fileno())], cwd=spec.code_dir, env=env,
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=2)  # function logs are the console's (CloudWatch's), never a caller's stdout
         except BaseException:
             ours.close()
             raise
