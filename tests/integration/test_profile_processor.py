@@ -15,7 +15,7 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
-from engage import config, profile_processor
+from engage import profile_processor
 from engage import profiles_store as store
 from engage.events_store import EventRecord
 from tests.integration.audience_support import LambdaContext, handler
