@@ -158,7 +158,11 @@ class Traffic:
 _TEMPLATE = json.loads((ROOT / "events" / "ingest_track.json").read_text())
 
 
-def api_event(call: str, body: dict | str, *, write_key_header: str = "Basic YWNtZS13cml0ZS1rZXk6") -> dict:
+# Basic auth of the bench space's write key (bench.harness.SPACE: "acme-write-key").
+BENCH_AUTH = "Basic YWNtZS13cml0ZS1rZXk6"
+
+
+def api_event(call: str, body: dict | str, *, write_key_header: str = BENCH_AUTH) -> dict:
     """An HTTP API (payload 2.0) event for POST /v1/<call>, from events/ingest_track.json."""
     event = copy.deepcopy(_TEMPLATE)
     text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
