@@ -19,7 +19,7 @@ from tests.integration.audience_support import (
     handler,
     members_of,
 )
-from tests.integration.test_pipeline import WRITE_AUTH, Pipeline
+from tests.integration.test_pipeline import Pipeline, ingest
 
 
 class Sender(Pipeline):
@@ -60,12 +60,7 @@ class Sender(Pipeline):
         return records
 
     def send(self, call: str, body: dict) -> tuple[int, dict]:
-        event = {"version": "2.0", "routeKey": f"POST /v1/{call}", "rawPath": f"/v1/{call}", "rawQueryString": "",
-                 "headers": {"authorization": WRITE_AUTH, "content-type": "application/json"},
-                 "requestContext": {"http": {"method": "POST", "path": f"/v1/{call}", "sourceIp": "127.0.0.1"},
-                                    "stage": "$default", "requestId": "r"},
-                 "body": json.dumps(body), "isBase64Encoded": False}
-        response = handler("ingest")(event, LambdaContext())
+        response = ingest(call, body)
         return response["statusCode"], json.loads(response["body"])
 
     def accepted(self, call: str, body: dict) -> None:

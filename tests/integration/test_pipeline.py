@@ -23,6 +23,16 @@ from tests.integration.test_profile_api import request
 WRITE_AUTH = "Basic " + base64.b64encode(b"acme-write-key:").decode()
 
 
+def ingest(call: str, body: dict) -> dict:
+    """POST /v1/<call> to the ingest handler as API Gateway would, with the acme space's write key."""
+    event = {"version": "2.0", "routeKey": f"POST /v1/{call}", "rawPath": f"/v1/{call}", "rawQueryString": "",
+             "headers": {"authorization": WRITE_AUTH, "content-type": "application/json"},
+             "requestContext": {"http": {"method": "POST", "path": f"/v1/{call}", "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r"},
+             "body": json.dumps(body), "isBase64Encoded": False}
+    return handler("ingest")(event, LambdaContext())
+
+
 class Pipeline:
     """Delivers each table's new stream records to the function template.yaml wires to it."""
 
@@ -34,12 +44,7 @@ class Pipeline:
         self.delivered: set[tuple[str, str]] = set()  # (table, sequence number)
 
     def track(self, body: dict, call: str = "track") -> None:
-        event = {"version": "2.0", "routeKey": f"POST /v1/{call}", "rawPath": f"/v1/{call}", "rawQueryString": "",
-                 "headers": {"authorization": WRITE_AUTH, "content-type": "application/json"},
-                 "requestContext": {"http": {"method": "POST", "path": f"/v1/{call}", "sourceIp": "127.0.0.1"},
-                                    "stage": "$default", "requestId": "r"},
-                 "body": json.dumps(body), "isBase64Encoded": False}
-        response = handler("ingest")(event, LambdaContext())
+        response = ingest(call, body)
         assert response["statusCode"] == 200, response
         self.flow()
 

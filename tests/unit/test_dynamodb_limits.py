@@ -12,6 +12,7 @@ from moto import mock_aws
 
 from engage import dynamodb_limits as limits
 from localcloud import dynamodb_limits, moto_fixes
+from tests.moto_streams import create_stream_table, stream_records
 
 REGION = "us-east-1"
 BIG = "x" * (limits.MAX_ITEM_BYTES - 100)
@@ -70,23 +71,12 @@ def client(monkeypatch):
     dynamodb_limits.install()
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
-                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                                  {"AttributeName": "sk", "AttributeType": "S"}],
-                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                                       {"AttributeName": "sk", "KeyType": "RANGE"}],
-                            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+        create_stream_table(client)
         yield client
 
 
 def _stream_events(client) -> list[str]:
-    arn = client.describe_table(TableName="t")["Table"]["LatestStreamArn"]
-    streams = boto3.client("dynamodbstreams", region_name=REGION,
-                           endpoint_url=f"https://streams.dynamodb.{REGION}.amazonaws.com")
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard,
-                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-    return [r["eventName"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+    return [r["eventName"] for r in stream_records(client)]
 
 
 def _refused(call, **kwargs) -> dict:

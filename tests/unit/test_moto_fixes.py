@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from localcloud import moto_fixes
+from tests.moto_streams import create_stream_table, stream_records
 
 REGION = "us-east-1"
 
@@ -22,23 +23,12 @@ def table(monkeypatch):
     moto_fixes.install()
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
-                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                                  {"AttributeName": "sk", "AttributeType": "S"}],
-                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                                       {"AttributeName": "sk", "KeyType": "RANGE"}],
-                            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+        create_stream_table(client)
         yield client
 
 
 def _stream_records(client) -> list[dict]:
-    arn = client.describe_table(TableName="t")["Table"]["LatestStreamArn"]
-    streams = boto3.client("dynamodbstreams", region_name=REGION,
-                           endpoint_url=f"https://streams.dynamodb.{REGION}.amazonaws.com")
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard,
-                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-    return streams.get_records(ShardIterator=iterator)["Records"]
+    return stream_records(client)
 
 
 def _item(client, sk: str) -> dict | None:
