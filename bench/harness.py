@@ -25,7 +25,7 @@ from localcloud import template
 REGION = "us-east-1"
 SPACE = ("acme", "acme-write-key", "acme-access-token")
 # engage.config settings of the caches that expire on real time, and the lifetime a bench account gives them.
-CACHE_SETTINGS = ("AUDIENCE_CACHE_SECONDS", "CREDENTIAL_CACHE_SECONDS")
+CACHE_SETTINGS = ("CREDENTIAL_CACHE_SECONDS",)
 PINNED_CACHE_SECONDS = 10 * 24 * 3600
 
 

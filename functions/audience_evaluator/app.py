@@ -23,6 +23,7 @@ def record_handler(record: DynamoDBRecord, backlog: runtime.AccountBacklog) -> i
 @metrics.log_metrics
 @replayable
 def lambda_handler(event, context):
+    runtime.begin_batch()  # an audience created before this batch is evaluated in it
     backlog = runtime.AccountBacklog()  # accounts owed by this batch's users: each evaluated once
     response = process_partial_response(event=event, record_handler=partial(record_handler, backlog=backlog),
                                         processor=processor, context=context)

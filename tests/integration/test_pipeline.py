@@ -112,3 +112,23 @@ def test_property_filtered_audience_follows_events_in_real_time(aws, space, engi
     response = handler("profile_api")(event, LambdaContext())
     assert response["statusCode"] == 200, response
     assert json.loads(response["body"])["traits"]["browsed_expensive"] is False
+
+
+def test_a_warm_container_evaluates_an_audience_created_after_it_cached_the_list(aws, space, engine):
+    # Given warm stream functions that have read the space's audience list (ann's first event)
+    from engage.audiences import store
+
+    pipeline = Pipeline(aws)
+    pipeline.track({"userId": "ann", "event": "Signed Up"})
+    warm = dict(store._cache)  # what another container, not the one serving the API, keeps
+    assert "acme" in warm
+    # When an audience is created through the management API (this process's copy is dropped,
+    # another container's is not: put it back)
+    status, _ = call_api("POST", "/v1/audiences", {
+        "key": "ordered", "name": "Ordered", "backfill": False, "condition": {"event": "Order Completed"}})
+    assert status == 201
+    store._cache.update(warm)
+    # And bob orders in the next batch
+    pipeline.track({"userId": "bob", "event": "Order Completed"})
+    # Then that batch evaluated the new audience: bob is a member at once
+    assert len(members_of("ordered")) == 1

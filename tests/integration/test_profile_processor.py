@@ -317,15 +317,9 @@ def test_spaces_never_share_profiles(aws, space):
 
 
 def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
-    # (the space's audience list is read once, by the first batch, and stays cached for the second: an
-    # entry left by an earlier test in this process expired mid-test on a slow run, one more Query that is
-    # not per-event cost)
     from engage.audiences import store as audience_store
-    from engage.config import settings
 
     audience_store.clear_cache()
-    monkeypatch.setenv("AUDIENCE_CACHE_SECONDS", "3600")
-    settings.cache_clear()
     # Given 10 known users
     run(batch(*(message("identify", f"id{u}", at(0), userId=f"u{u}", anonymousId=f"a{u}") for u in range(10))))
     calls: list[str] = []
@@ -342,11 +336,13 @@ def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
                       event="Login") for i in range(100)]
     assert run(batch(*events)) == {"batchItemFailures": []}
     # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per event,
-    # and history goes out 25 items per BatchWriteItem
+    # history goes out 25 items per BatchWriteItem, and the audience definitions are checked once
+    # (the space's definitions stamp, one GetItem for the whole batch)
+    assert calls.count("GetItem") == 1
     assert calls.count("BatchGetItem") == 2
     assert calls.count("UpdateItem") == 100
     assert calls.count("BatchWriteItem") == 4
-    assert len(calls) == 106, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
+    assert len(calls) == 107, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
     assert sum(profile_of("user_id", f"u{u}").event_stats.as_dict()["Login"]["total"] for u in range(10)) == 100
 
 

@@ -28,8 +28,6 @@ class Settings:
     due_table: str = ""
     idempotency_table: str = ""
     audience_backfill_state_machine: str = ""
-    # Warm-container cache of a space's audience definitions, in seconds.
-    audience_cache_seconds: int = 30
     # Shards per due-time bucket: spreads the sweeper index's writes over partitions.
     due_shards: int = 16
     # Days an ingested event (and its dedupe key) is kept; Segment dedupes for 24 h at least.

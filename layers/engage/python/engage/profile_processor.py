@@ -47,6 +47,7 @@ _DROP_METRICS = {"traits": "ProfileTraitsDropped", "ids": "ProfileIdsDropped", "
 
 def process_stream_batch(event: dict, context: Any = None) -> dict:
     """Apply a DynamoDB stream batch of EventRecords; failed records go to batchItemFailures."""
+    audience_runtime.begin_batch()  # definitions as of now: an audience created before this batch counts
     batch = StreamBatch(event.get("Records", []))
     response = process_partial_response(event=event, record_handler=batch.apply_record,
                                         processor=failure_handler.BatchProcessor(),

@@ -98,7 +98,7 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
         return purge_page(event, time_left=time_left)
     space_id, audience_key = event["space_id"], event["audience_key"]
     revision, segment, total = int(event["revision"]), int(event["segment"]), int(event["total_segments"])
-    store.clear_cache(space_id)  # this run's definition, not a warm container's older copy
+    store.begin_batch()  # this run's definition, not a warm container's older copy
     audience = store.find(space_id, audience_key)
     if audience is None or audience.revision != revision:
         return {**event, "done": True, "superseded": True}

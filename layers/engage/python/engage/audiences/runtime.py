@@ -76,6 +76,11 @@ def engine(space_id: str) -> SpaceEngine:
     return built
 
 
+def begin_batch() -> None:
+    """Call at the start of each stream batch or scheduled run: definitions are checked once per batch."""
+    store.begin_batch()
+
+
 def reset() -> None:
     _engines.clear()
 

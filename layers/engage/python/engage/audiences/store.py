@@ -4,6 +4,9 @@ ConfigTable items (every key starts with the space id):
   pk = <space>|audiences, sk = <key>          one item per audience ever created; a deleted
                                               audience stays as a tombstone (`deleted_at`) so its
                                               key is never reused in the space (API.md)
+  pk = <space>|audiences, sk = #definitions   the space's definitions stamp: a counter bumped after
+                                              every change to an audience item, so warm containers
+                                              know when their copy of the list is stale (`cached`)
   pk = <space>|audience_size|<key>, sk = <n>  membership counter shards, updated in the same
                                               transaction as the membership change they count
 
@@ -13,7 +16,6 @@ cannot be created, edited or deleted, and shows in the list with its counted siz
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,6 @@ from pynamodb.exceptions import PutError, UpdateError
 
 from engage import clock
 from engage.audiences.definition import KEY_PATTERN, AudienceDefinition, parse_definition
-from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound, ValidationFailed
 
@@ -31,6 +32,8 @@ ALL = "all"
 SYSTEM_KEYS = frozenset({ALL})
 COMPUTING, READY, FAILED = "computing", "ready", "failed"
 SIZE_SHARDS = 10
+# The stamp's sort key sorts before every audience key ([a-z0-9_]), so listings skip it with `sk >= "0"`.
+STAMP_SK = "#definitions"
 
 
 class AudienceRecord(EngageModel):
@@ -54,6 +57,15 @@ class AudienceRecord(EngageModel):
     updated_at = UnicodeAttribute()
     deleted_at = UnicodeAttribute(null=True)
     version = VersionAttribute()
+
+
+class DefinitionsStamp(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True, default=STAMP_SK)
+    changes = NumberAttribute(default=0)
 
 
 class AudienceSizeShard(EngageModel):
@@ -136,7 +148,7 @@ def create(space_id: str, definition: dict[str, Any], *, status: str = READY) ->
             raise Conflict(f"audience key {audience_key!r} {what}: keys are unique in a space forever",
                            [{"path": "$.key", "value": audience_key}]) from error
         raise
-    clear_cache(space_id)
+    _changed(space_id)
     return _audience(record)
 
 
@@ -159,7 +171,7 @@ def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, sta
     record.error = None
     record.updated_at = clock.iso()
     _save_versioned(record, audience_key)
-    clear_cache(space_id)
+    _changed(space_id)
     return _audience(record)
 
 
@@ -169,7 +181,7 @@ def delete(space_id: str, audience_key: str) -> int:
     record = _live_record(space_id, audience_key)
     record.deleted_at = record.updated_at = clock.iso()
     _save_versioned(record, audience_key)
-    clear_cache(space_id)
+    _changed(space_id)
     return int(record.revision)
 
 
@@ -189,7 +201,7 @@ def find(space_id: str, audience_key: str) -> Audience | None:
 
 def list_all(space_id: str) -> list[Audience]:
     """Every live audience of the space, the system audience first (one Query, paged by DynamoDB)."""
-    live = [_audience(r) for r in AudienceRecord.query(_pk(space_id)) if not r.deleted_at]
+    live = [_audience(r) for r in AudienceRecord.query(_pk(space_id), AudienceRecord.sk >= "0") if not r.deleted_at]
     return [system_audience(space_id), *live]
 
 
@@ -227,7 +239,7 @@ def start_backfill(space_id: str, audience_key: str, revision: int, segments: in
     record.backfill_done = None
     record.status = COMPUTING
     _save_versioned(record, audience_key)
-    clear_cache(space_id)
+    _changed(space_id)
 
 
 def finish_backfill_segment(space_id: str, audience_key: str, revision: int, segment: int) -> str | None:
@@ -260,26 +272,40 @@ def _set_status(space_id: str, audience_key: str, revision: int, status: str, er
     except UpdateError as error_:
         if not _conditional_failed(error_):
             raise
-    clear_cache(space_id)
+    _changed(space_id)
 
 
 # ---------------------------------------------------------------- warm-container cache
-_cache: dict[str, tuple[float, list[Audience]]] = {}
+# space -> (stamp the list was read at, the list, the batch it was last checked in)
+_cache: dict[str, tuple[int, list[Audience], int]] = {}
+_batch = 0
+
+
+def begin_batch() -> None:
+    """Start of a stream batch or scheduled run: the next `cached` call per space checks the stamp."""
+    global _batch
+    _batch += 1
 
 
 def cached(space_id: str) -> list[Audience]:
-    """Live audiences of a space, cached per warm container for `audience_cache_seconds`.
+    """Live audiences of a space, as of the start of the current batch (`begin_batch`).
 
-    Stream evaluators read definitions on every batch; a short TTL bounds how long an edit
-    takes to reach a warm container without a ConfigTable read per record. The TTL runs on real
-    (monotonic) time on purpose, not engage.clock: it bounds how stale a container's copy is,
-    which advancing the virtual clock by days must not change.
+    Stream functions look definitions up for every record; reading the list each time would cost a
+    Query per record. Instead each warm container keeps the list with the space's definitions
+    stamp, and checks the stamp once per batch (one consistent GetItem, 1 read unit): a batch
+    that starts after an audience was created or edited (the management API has answered) always
+    evaluates it. Callers outside a batch (the management API) check on every call.
     """
     hit = _cache.get(space_id)
-    if hit and hit[0] > time.monotonic():
+    if hit and _batch and hit[2] == _batch:
         return hit[1]
+    stamp = _stamp(space_id)
+    if hit and hit[0] == stamp:
+        _cache[space_id] = (stamp, hit[1], _batch)
+        return hit[1]
+    # Read after the stamp: a change landing in between is seen now or, with a newer stamp, next batch.
     audiences = list_all(space_id)
-    _cache[space_id] = (time.monotonic() + settings().audience_cache_seconds, audiences)
+    _cache[space_id] = (stamp, audiences, _batch)
     return audiences
 
 
@@ -288,6 +314,20 @@ def clear_cache(space_id: str | None = None) -> None:
         _cache.clear()
     else:
         _cache.pop(space_id, None)
+
+
+def _stamp(space_id: str) -> int:
+    try:
+        return int(DefinitionsStamp.get(_pk(space_id), STAMP_SK, consistent_read=True,
+                                        attributes_to_get=["changes"]).changes)
+    except DefinitionsStamp.DoesNotExist:
+        return 0
+
+
+def _changed(space_id: str) -> None:
+    """After a write to an audience item: bump the stamp so every warm container reloads the list."""
+    DefinitionsStamp(_pk(space_id), STAMP_SK).update(actions=[DefinitionsStamp.changes.add(1)])
+    clear_cache(space_id)
 
 
 # ---------------------------------------------------------------- helpers

@@ -36,6 +36,7 @@ class SweepReport:
 def sweep(now: datetime | None = None, *, time_left: Callable[[], bool] = lambda: True) -> SweepReport:
     """Process everything due at `now`; stop early (complete=False) when `time_left()` says so."""
     now = now or clock.now()
+    runtime.begin_batch()
     report = SweepReport()
     contiguous = True  # the cursor only moves past days that are done, oldest first
     for day in due.days_to_sweep(now):
