@@ -8,6 +8,7 @@ Cost: 1 SES request ($0.10 per 1,000 emails on AWS).
 """
 from __future__ import annotations
 
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from functools import lru_cache
@@ -23,8 +24,14 @@ def _ses():
     return boto3.client("sesv2")
 
 
+# SMTP line endings; headers folded only past RFC 5322's 998-character limit, so a long List-Unsubscribe URL
+# stays one plain `<url>` (the default policy folds at 78 by turning it into RFC 2047 encoded words, which
+# mailbox providers then cannot read as a URL).
+POLICY = policy.SMTP.clone(max_line_length=998)
+
+
 def mime(message: OutgoingMessage) -> bytes:
-    mail = EmailMessage()
+    mail = EmailMessage(policy=POLICY)
     mail["From"] = message.from_address
     mail["To"] = message.address
     mail["Subject"] = message.subject or ""
