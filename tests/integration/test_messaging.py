@@ -353,3 +353,22 @@ def test_message_sender_function_answers_a_delivery(pipeline):
     queued = {"Records": [{"messageId": "m1", "body": json.dumps(payload)}]}
     assert handler("message_sender")(queued, LambdaContext()) == {"batchItemFailures": []}
     assert len(sent_emails()) == 1
+
+
+def test_identify_traits_set_subscriptions_in_both_conventions(pipeline):
+    # Customer.io's `unsubscribed` trait (email) and Twilio Engage's context.messaging_subscriptions
+    pipeline.track({"userId": "u1", "traits": {"email": "ann@example.com", "unsubscribed": True},
+                    "context": {"messaging_subscriptions": [
+                        {"key": "+15555550100", "type": "SMS", "status": "SUBSCRIBED"},
+                        {"key": "ann@example.com", "type": "EMAIL", "status": "DID_NOT_SUBSCRIBE"}]},
+                    "timestamp": "2026-01-02T00:00:00Z"}, call="identify")
+    record = profiles_store.resolve("acme", "users", "user_id", "u1")
+    subscriptions = record.subscriptions.as_dict()
+    assert subscriptions["email"] == {"status": "unsubscribed", "at": "2026-01-02T00:00:00.000Z", "how": "identify"}
+    assert subscriptions["sms"]["status"] == "subscribed"
+    # An older identify arriving late does not undo the newer decision
+    pipeline.track({"userId": "u1", "traits": {"unsubscribed": False}, "timestamp": "2026-01-01T00:00:00Z"},
+                   call="identify")
+    assert profiles_store.resolve("acme", "users", "user_id", "u1").subscriptions["email"]["status"] == "unsubscribed"
+    create(WELCOME)
+    assert send_message(request(record.profile_id)).reason == "unsubscribed"
