@@ -25,7 +25,7 @@ from tests.e2e.conftest import RunningCloud, start_cloud, stop_cloud
 pytestmark = pytest.mark.xdist_group("localcloud")
 
 WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
-EVENTS = int(os.environ.get("ENGAGE_FAULTS_EVENTS") or 300)
+EVENTS = int(os.environ.get("ENGAGE_FAULTS_EVENTS") or 150)
 SEED = int(os.environ.get("ENGAGE_FAULTS_SEED") or 7)
 # 5% of HTTP attempts fail (botocore retries them as on AWS), 1% of SDK calls fail past the SDK's retries,
 # 1% of successful writes are followed by a crash or an unexpected error. Retry sleeps are shortened tenfold.
@@ -140,8 +140,8 @@ def differences(clean, faulty, path: str = "") -> list[str]:
                 for d in differences(clean.get(k), faulty.get(k), f"{path}.{k}")]
     if isinstance(clean, list) and isinstance(faulty, list) and clean != faulty:
         only = [x for x in clean if x not in faulty], [x for x in faulty if x not in clean]
-        return [f"{path}: only without faults {only[0]!r}, only with faults {only[1]!r}, "
-                f"lengths {len(clean)} / {len(faulty)}"]
+        return [(f"{path}: only without faults {only[0]!r}, only with faults {only[1]!r}, "
+                f"lengths {len(clean)} / {len(faulty)}")]
     return [] if clean == faulty else [f"{path}: {clean!r} != {faulty!r}"]
 
 
