@@ -247,6 +247,10 @@ class Runtime:
         self._count_lock = threading.Lock()
         self.invocations = 0
         self.listeners: list[Callable[[FunctionSpec, Any, Invocation], None]] = []
+        # Fault injection (localcloud/faults.py): the JSON config handed to the chosen functions' workers.
+        self.faults: str | None = None
+        self.fault_functions: tuple[str, ...] = ()
+        self._workers_started = itertools.count()
         self.log = InvocationLog()
 
     def add(self, spec: FunctionSpec) -> None:
@@ -294,7 +298,7 @@ class Runtime:
             timing["started"] = time.time()
             if worker is None:
                 cold = True
-                worker = _Worker(spec, stamp, self._environment(spec), _aws_timed)
+                worker = _Worker(spec, stamp, self._worker_environment(spec), _aws_timed)
             with self._busy_lock:
                 self._busy.add(worker)
             reply = worker.invoke(event, result.request_id, _clock_offset())
@@ -373,6 +377,18 @@ class Runtime:
             "LAMBDA_TASK_ROOT": str(spec.code_dir),
             "TZ": ":UTC",
         })
+        return env
+
+    def inject_faults(self, config_json: str, functions: Sequence[str]) -> None:
+        """Workers of `functions` (logical ids) started from now on inject faults (localcloud/faults.py)."""
+        self.faults, self.fault_functions = config_json, tuple(functions)
+
+    def _worker_environment(self, spec: FunctionSpec) -> dict[str, str]:
+        env = self._environment(spec)
+        if self.faults and spec.logical_id in self.fault_functions:
+            env["ENGAGE_FAULTS"] = self.faults
+            env["ENGAGE_FAULTS_FUNCTION"] = spec.logical_id
+            env["ENGAGE_FAULTS_WORKER"] = str(next(self._workers_started))
         return env
 
     def run_as(self, spec: FunctionSpec, action: Callable[[], Any]) -> Any:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from localcloud import aws, client_time, cors, eventbridge, outbox, pollers, runtime, state, template, waits
+from localcloud.faults import FaultConfig
 from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
 from localcloud.runtime import Runtime
 from localcloud.scheduler import VirtualClock, parse_duration
@@ -40,7 +41,8 @@ class LocalCloud:
     def __init__(self, template_path: Path = template.TEMPLATE, api_port: int = 3000, aws_port: int = 4566,
                  state_dir: Path | None = None, stack_name: str = "engage", region: str = "us-east-1",
                  space: tuple[str, str, str] = ("local", "local-write-key", "local-access-token"),
-                 parameters: dict[str, str] | None = None, concurrency: int | None = None):
+                 parameters: dict[str, str] | None = None, concurrency: int | None = None,
+                 faults: str | None = None):
         self.template_path = Path(template_path).resolve()
         self.api_port, self.aws_port = api_port, aws_port
         self.state_dir = Path(state_dir) if state_dir else None
@@ -49,6 +51,9 @@ class LocalCloud:
         self.parameters = parameters or {}
         self.cloud = aws.MotoCloud(aws_port, region)
         self.runtime = Runtime({}, concurrency)
+        if faults:  # a test harness only (localcloud/faults.py): the chosen functions' workers inject faults
+            config = FaultConfig.parse(faults)
+            self.runtime.inject_faults(config.to_json(), config.functions)
         # Executions parked on a Wait or a task token count as settled, so a clock move can include them:
         # what a timer starts (a Wait's continuation, a scheduled execution) runs at that virtual moment.
         self.clock = VirtualClock(settle=lambda: self.settle(executions=True))
@@ -302,6 +307,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=int(env("ENGAGE_LAMBDA_CONCURRENCY") or 4),
                         help="worker processes per function unless its ReservedConcurrentExecutions says "
                              "(default 4, env ENGAGE_LAMBDA_CONCURRENCY)")
+    parser.add_argument("--faults", default=env("ENGAGE_FAULTS") or None, metavar="JSON",
+                        help="inject AWS faults and crashes into the pipeline's functions, for testing "
+                             "at-least-once delivery (localcloud/faults.py; env ENGAGE_FAULTS), e.g. "
+                             "'{\"rate\": 0.05, \"seed\": 7, \"log_dir\": \"/tmp/faults\"}'")
     parser.add_argument("--log-level", default=env("ENGAGE_LOG_LEVEL", "WARNING"))
     return parser
 
@@ -322,8 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --param takes KEY=VALUE", file=sys.stderr)
         return 2
     space = (args.space, args.write_key or f"{args.space}-write-key", args.access_token or f"{args.space}-access-token")
-    cloud = LocalCloud(args.template, args.port, args.aws_port, args.state_dir, args.stack_name,
-                       space=space, parameters=parameters, concurrency=args.concurrency)
+    try:
+        cloud = LocalCloud(args.template, args.port, args.aws_port, args.state_dir, args.stack_name,
+                           space=space, parameters=parameters, concurrency=args.concurrency, faults=args.faults)
+    except ValueError as error:  # a --faults configuration that does not parse
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

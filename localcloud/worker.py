@@ -17,12 +17,14 @@ process then stays warm for the next ones. Times are time.time() (comparable acr
 The virtual clock's offset comes with every invocation and is applied to `engage.clock` before the
 handler runs, so every process sees the local cloud's one virtual now.
 A timeout is enforced by the parent, which kills the process (as Lambda ends a timed-out sandbox).
-This module imports only the standard library (and botocore, lazily, to count AWS calls).
+This module imports only the standard library (and botocore, lazily, to count AWS calls; localcloud.faults
+only when the local cloud injects faults: ENGAGE_FAULTS).
 """
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import signal
 import socket
 import struct
@@ -168,6 +170,10 @@ def main(fd: int) -> int:
     try:
         if counter is not None:
             counter.install()
+        if os.environ.get("ENGAGE_FAULTS"):  # only when the local cloud was started with a fault config
+            from localcloud import faults
+
+            faults.install()
         try:
             import engage.clock  # noqa: F401 - imported before the handler so the first call has virtual now
         except ImportError:

@@ -250,3 +250,26 @@ def test_engage_failures_and_replay_list_say_what_is_parked_and_why(aws, space, 
     # And replay without a selection explains itself
     assert cli.main(["replay", "--failures-table", aws.tables["FailuresTable"]]) == 2
     assert "say what to replay" in capsys.readouterr().err
+
+
+def test_records_after_a_failed_one_are_not_applied_before_it(aws, space):
+    # Given a batch of ann's events with a failing record (a poison item) between two good ones
+    from tests.integration.test_pipeline import ingest
+
+    assert ingest("identify", {"userId": "ann", "messageId": "m1", "traits": {"plan": "free"}})["statusCode"] == 200
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:ann", "sk": "poison", "space_id": "acme",
+                                            "payload": "{not json"})
+    assert ingest("identify", {"userId": "ann", "messageId": "m3", "traits": {"plan": "pro"}})["statusCode"] == 200
+    records = stream_records_of(aws, "EventsTable")
+    assert [r["dynamodb"]["Keys"]["sk"]["S"] for r in records][1] == "poison"
+    # When the processor gets them in one invocation
+    response = handler("profile_processor")({"Records": records}, LambdaContext(function_name="processor-fn"))
+    # Then the record after the failure is not applied yet (Lambda retries the batch from the failure, so
+    # applying it now would apply ann's third message before her second) and is reported failed too
+    sequence = [r["dynamodb"]["SequenceNumber"] for r in records]
+    assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == sequence[1:]
+    [profile] = [i for i in aws.table("ProfilesTable").scan()["Items"] if i.get("collection") == "users"]
+    assert profile["traits"]["plan"] == "free" and profile["applied"] == ["m1"]
+    # And the note says why it was not attempted
+    noted = store.ParkedFailure.get(store.failure_id("processor-fn", sequence[2]))
+    assert noted.reason.startswith("BlockedBehindFailure: not attempted: record " + sequence[1])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from boto3.dynamodb.types import TypeSerializer
 
 from engage import profile_processor
@@ -279,11 +280,19 @@ def test_a_poison_record_fails_alone_and_is_reported(aws, space, caplog):
     event = stream_event(image(good_before), broken, image(good_after), no_event)
     # When the handler runs
     response = run(event)
-    # Then only the poison records are reported (by sequence number) and the others are applied
-    failed = [r["dynamodb"]["SequenceNumber"] for r in (event["Records"][1], event["Records"][3])]
+    # Then the records from the first poison one on are reported (by sequence number), in order: Lambda
+    # retries from there and bisection isolates the poison records; the ones after it wait their turn
+    failed = [r["dynamodb"]["SequenceNumber"] for r in event["Records"][1:]]
     assert response == {"batchItemFailures": [{"itemIdentifier": seq} for seq in failed]}
     profile = profile_of("user_id", "u1")
     assert profile.traits.as_dict() == {"plan": "free"}
+    assert "Login" not in (profile.event_stats.as_dict() if profile.event_stats else {})
+    assert set(history(profile.profile_id)) == {"m1"}
+    # When the poison record is retried alone (bisection), it fails alone; the good one after it applies
+    with pytest.raises(BatchProcessingError):  # a batch whose every record failed fails the invocation
+        run(stream_event(broken))
+    assert run(stream_event(image(good_after))) == {"batchItemFailures": []}
+    profile = profile_of("user_id", "u1")
     assert profile.event_stats.as_dict()["Login"]["total"] == 1
     assert set(history(profile.profile_id)) == {"m1", "m3"}
 
@@ -389,10 +398,18 @@ def test_a_message_that_fails_to_write_leaves_no_trace_for_the_rest_of_the_batch
                     payload=json.dumps(message("identify", "m1", at(0), userId="u1",
                                                traits={"email": "ann@example.com", "score": float("nan")})))
     event = stream_event(refused, image(message("track", "m2", at(1), userId="u1", event="Login")))
-    # When the batch runs
-    response = run(event)
-    # Then only the identify failed, and none of its effects reached the profile the track made
-    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["dynamodb"]["SequenceNumber"]}]}
+    # When the batch runs, the identify fails and the track waits behind it (stream order)
+    with pytest.raises(BatchProcessingError):
+        run(event)
+    # When one batch applies both (as after a retry whose first record still fails)
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+    stream_batch = profile_processor.StreamBatch(event["Records"])
+    with pytest.raises(Exception, match="Failed to write"):
+        stream_batch.apply_record(DynamoDBRecord(event["Records"][0]))
+    assert stream_batch.apply_record(DynamoDBRecord(event["Records"][1])) == "applied"
+    stream_batch.flush()
+    # Then none of the identify's effects reached the profile the track made
     profile = profile_of("user_id", "u1")
     assert ids(profile) == {"user_id:u1"} and profile.traits.as_dict() == {}
     assert pointer("email", "ann@example.com") is None and profile.applied == ["m2"]

@@ -1,0 +1,330 @@
+"""At-least-once, end to end, under injected faults: the same seeded workload through two local clouds,
+one fault-free and one whose pipeline functions meet AWS faults and crash (localcloud/faults.py), must
+end in the same state: profiles, memberships, audience sizes, each membership change once on the bus,
+nothing parked after a replay. docs/reliability.md ("Fault injection") explains the model and the figures.
+
+Small by default (a few hundred events, part of `make test`); ENGAGE_FAULTS_EVENTS=5000 runs a larger
+workload and prints the figures (`-s`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bench.workload import Traffic
+from tests.e2e.conftest import RunningCloud, start_cloud, stop_cloud
+
+pytestmark = pytest.mark.xdist_group("localcloud")
+
+WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
+EVENTS = int(os.environ.get("ENGAGE_FAULTS_EVENTS") or 150)
+SEED = int(os.environ.get("ENGAGE_FAULTS_SEED") or 7)
+# 5% of HTTP attempts fail (botocore retries them as on AWS), 1% of SDK calls fail past the SDK's retries,
+# 1% of successful writes are followed by a crash or an unexpected error. Retry sleeps are shortened tenfold.
+FAULTS = {"seed": SEED, "rate": 0.05, "call_rate": 0.01, "crash_rate": 0.01, "backoff_scale": 0.1}
+START = datetime(2030, 3, 4, 12, 0, tzinfo=UTC)  # virtual noon: a run never crosses a day boundary
+BATCH = 20  # messages per /v1/batch request
+VIRTUAL_TIME = {"X-Engage-Virtual-Time": "true"}  # the workload's timestamps are virtual already
+# A shop's audiences (bench.workload's kinds): traits, windowed counts, a property filter, recency in hours
+# (the sweeper moves them when time passes), a funnel, an audience of an audience; `viewers` is created
+# after the traffic, so its members come from the backfill state machine.
+AUDIENCES = [
+    {"key": "pro", "name": "Pro", "condition": {"trait": "plan", "op": "eq", "value": "pro"}},
+    {"key": "buyers", "name": "Buyers", "condition": {"event": "Order Completed", "where": [
+        {"property": "revenue", "op": "gt", "value": 100}], "window": {"within_days": 30}}},
+    {"key": "recent_search", "name": "Searched lately", "condition": {
+        "event": "Products Searched", "window": {"within_hours": 6}}},
+    {"key": "cart_no_order", "name": "Added, no order", "condition": {"funnel": [
+        {"event": "Product Added"}, {"event": "Order Completed", "within_hours": 24, "performed": False}],
+        "window": {"within_days": 7}}},
+    {"key": "engaged_pro", "name": "Engaged pro", "condition": {"all": [
+        {"audience": "pro"}, {"trait": "logins", "op": "gte", "value": 10}]}},
+    {"key": "active", "name": "Active", "condition": {"event": "Signed In", "count": {"op": "gte", "value": 2},
+                                                       "window": {"within_days": 7}}},
+]
+BACKFILLED = {"key": "viewers", "name": "Viewers", "backfill": True,
+              "condition": {"event": "Product Viewed", "count": {"op": "gte", "value": 2}}}
+
+
+@dataclass
+class Run:
+    """What one run ended with, and what it went through."""
+
+    profiles: dict = field(default_factory=dict)  # pk -> normalized item
+    memberships: dict = field(default_factory=dict)  # (profile_id, audience) -> (member, version)
+    sizes: dict = field(default_factory=dict)  # audience -> counted size
+    audiences: dict = field(default_factory=dict)  # audience -> (status, size) as the API says
+    bus: list = field(default_factory=list)  # (profile_id, audience, version, detail-type), as delivered
+    events: int = 0  # items in EventsTable
+    history: int = 0  # items in ProfileEventsTable
+    parked: list = field(default_factory=list)  # FailuresTable items still parked at the end
+    parked_before_replay: int = 0
+    replayed: int = 0
+    faults: Counter = field(default_factory=Counter)  # kind -> injected
+    router_faults: Counter = field(default_factory=Counter)  # (kind, operation) -> injected in the router
+    redelivered: int = 0  # stream records handed to a function again (retries, bisection, replays)
+    failed_invocations: int = 0
+    ingest_retries: int = 0  # HTTP requests the client sent again after a 5xx
+    seconds: float = 0.0
+
+
+def send(cloud: RunningCloud, messages: list[dict], run: Run) -> None:
+    """POST /v1/batch, BATCH messages at a time, retrying 5xx like Segment's SDKs (same messageIds)."""
+    for start in range(0, len(messages), BATCH):
+        body = {"batch": messages[start:start + BATCH]}
+        for _ in range(20):
+            status, _, answer = cloud.call("POST", "/v1/batch", body, auth=WRITE_KEY, headers=VIRTUAL_TIME)
+            if status < 500:
+                break
+            run.ingest_retries += 1
+        assert status == 200, answer
+
+
+def settle(cloud: RunningCloud, executions: bool = False) -> None:
+    status, _, body = cloud.call("POST", "/_local/settle", {"timeout": 300, "executions": executions})
+    assert status == 200, body
+
+
+def scan(cloud: RunningCloud, logical_id: str) -> list[dict]:
+    table = cloud.resource("dynamodb").Table(cloud.physical(logical_id))
+    items, page = [], {}
+    while True:
+        answer = table.scan(ConsistentRead=True, **page)
+        items += answer["Items"]
+        if "LastEvaluatedKey" not in answer:
+            return items
+        page = {"ExclusiveStartKey": answer["LastEvaluatedKey"]}
+
+
+def bus_tap(cloud: RunningCloud) -> str:
+    """An SQS queue receiving everything published on the stack's bus (moto delivers SQS rule targets)."""
+    sqs, events = cloud.client("sqs"), cloud.client("events")
+    url = sqs.create_queue(QueueName="fault-harness-bus-tap")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus = cloud.physical("EngageBus")
+    events.put_rule(Name="fault-harness-tap", EventBusName=bus, EventPattern=json.dumps({"source": ["engage"]}))
+    events.put_targets(Rule="fault-harness-tap", EventBusName=bus, Targets=[{"Id": "tap", "Arn": arn}])
+    return url
+
+
+def drain(cloud: RunningCloud, url: str) -> list[dict]:
+    sqs, out = cloud.client("sqs"), []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in batch:
+            out.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return out
+
+
+def normalized(value):
+    """An item without what only says *when* it was processed (real time differs between runs)."""
+    if isinstance(value, dict):
+        return {k: normalized(v) for k, v in sorted(value.items()) if not k.endswith("_at") and k != "request_id"}
+    if isinstance(value, list):
+        return [normalized(v) for v in value]
+    return value
+
+
+def differences(clean, faulty, path: str = "") -> list[str]:
+    """Where two items differ (for the failure message)."""
+    if isinstance(clean, dict) and isinstance(faulty, dict):
+        return [d for k in sorted(clean.keys() | faulty.keys())
+                for d in differences(clean.get(k), faulty.get(k), f"{path}.{k}")]
+    if isinstance(clean, list) and isinstance(faulty, list) and clean != faulty:
+        only = [x for x in clean if x not in faulty], [x for x in faulty if x not in clean]
+        return [(f"{path}: only without faults {only[0]!r}, only with faults {only[1]!r}, "
+                f"lengths {len(clean)} / {len(faulty)}")]
+    return [] if clean == faulty else [f"{path}: {clean!r} != {faulty!r}"]
+
+
+def replay_parked(cloud: RunningCloud, run: Run) -> None:
+    """What an operator does after an outage: `engage replay --all` (FailureReplayFunction), until none is parked."""
+    lam = cloud.client("lambda")
+    replay = cloud.physical("FailureReplayFunction")
+    for _ in range(5):
+        parked = [f for f in scan(cloud, "FailuresTable") if f.get("status") == "parked"]
+        if not parked:
+            return
+        run.replayed += len(parked)
+        answer = lam.invoke(FunctionName=replay, Payload=json.dumps({"all": True}))
+        assert "FunctionError" not in answer, answer["Payload"].read()
+        settle(cloud)
+
+
+def workload() -> tuple[list[dict], list[dict], list[dict]]:
+    """One seeded day of shop traffic: first visits, then steady traffic in two halves."""
+    profiles = max(10, EVENTS // 6)
+    traffic = Traffic(profiles, seed=SEED)
+    first = traffic.warm_up(START - timedelta(hours=5), START - timedelta(hours=3))
+    rest = traffic.steady(max(0, EVENTS - len(first)), START - timedelta(hours=3), START - timedelta(minutes=1))
+    half = len(rest) // 2
+    return first, rest[:half], rest[half:]
+
+
+# Sent during the outage: a new pro user, whose entries (`all`, `pro`, `engaged_pro`) the router cannot publish.
+DURING_OUTAGE = {"type": "identify", "userId": "outage-user", "messageId": "outage-1",
+                 "timestamp": (START - timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                 "traits": {"plan": "pro", "logins": 12, "email": "outage@example.com"}}
+
+
+def run_workload(faults: dict | None, work: Path) -> Run:
+    run = Run()
+    began = time.monotonic()
+    args = ["--faults", json.dumps({**faults, "log_dir": str(work)})] if faults is not None else []
+    cloud = start_cloud(*args)
+    try:
+        tap = bus_tap(cloud)
+        assert cloud.call("POST", "/_local/clock", {"to": START.isoformat().replace("+00:00", "Z")})[0] == 200
+        for audience in AUDIENCES:
+            status, _, body = cloud.call("POST", "/v1/audiences", {**audience, "backfill": False}, auth=ACCESS_TOKEN)
+            assert status == 201, body
+        first, middle, last = workload()
+        send(cloud, first, run)
+        settle(cloud)
+        # An EventBridge outage (faulty run): the router's batch fails until Lambda gives up on it (retries,
+        # bisection), and the on-failure pointers are parked with their records
+        outage = work / "outage"
+        if faults is not None:
+            outage.write_text("PutEvents\n")
+        send(cloud, [DURING_OUTAGE], run)
+        settle(cloud)
+        outage.unlink(missing_ok=True)
+        run.parked_before_replay = sum(1 for f in scan(cloud, "FailuresTable") if f.get("status") == "parked")
+        send(cloud, middle, run)
+        settle(cloud)
+        # An audience created now is filled by the backfill state machine (its pages meet faults too)
+        status, _, body = cloud.call("POST", "/v1/audiences", BACKFILLED, auth=ACCESS_TOKEN)
+        assert status == 201, body
+        settle(cloud, executions=True)
+        send(cloud, last, run)
+        settle(cloud)
+        # Time passes: the sweeper moves the recency audiences (a profile it fails on is retried 15 min later)
+        for step in ("P2D", "PT20M", "PT20M"):
+            assert cloud.call("POST", "/_local/clock", {"advance": step})[0] == 200
+            settle(cloud)
+        replay_parked(cloud, run)
+        settle(cloud, executions=True)
+        read_state(cloud, run, tap)
+    finally:
+        assert stop_cloud(cloud) == 0, "".join(cloud.output[-40:])
+    if faults is not None:
+        for path in work.glob("faults-*.jsonl"):
+            for line in path.read_text().splitlines():
+                fault = json.loads(line)
+                run.faults[fault["kind"]] += 1
+                if fault["function"] == "AudienceRouterFunction":
+                    run.router_faults[(fault["kind"], fault["operation"])] += 1
+    run.seconds = time.monotonic() - began
+    return run
+
+
+def read_state(cloud: RunningCloud, run: Run, tap: str) -> None:
+    for item in scan(cloud, "ProfilesTable"):
+        run.profiles[item["pk"]] = normalized(item)
+    for item in scan(cloud, "MembershipsTable"):
+        run.memberships[(item["profile_id"], item["audience_key"])] = (bool(item["member"]), int(item["version"]))
+    for item in scan(cloud, "ConfigTable"):
+        if "|audience_size|" in item["pk"]:
+            audience = item["pk"].split("|audience_size|", 1)[1]
+            run.sizes[audience] = run.sizes.get(audience, 0) + int(item.get("count", 0))
+    status, _, listed = cloud.call("GET", "/v1/audiences", auth=ACCESS_TOKEN)
+    assert status == 200, listed
+    for audience in listed["audiences"]:
+        run.audiences[audience["key"]] = (audience.get("status"), audience.get("size"))
+    for message in drain(cloud, tap):
+        detail = message["detail"]
+        run.bus.append((detail["profile_id"], detail["audience_key"], int(detail["version"]), message["detail-type"]))
+    run.events = len(scan(cloud, "EventsTable"))
+    run.history = len(scan(cloud, "ProfileEventsTable"))
+    run.parked = [f for f in scan(cloud, "FailuresTable") if f.get("status") == "parked"]
+    seen: Counter = Counter()
+    after = 0
+    while True:
+        status, _, page = cloud.call("GET", f"/_local/invocations?after={after}")
+        assert status == 200, page
+        for entry in page["invocations"]:
+            if entry.get("trigger") == "stream":
+                seen.update((entry["function"], r["id"]) for r in entry.get("records", []))
+                run.failed_invocations += bool(entry.get("error"))
+        if not page["invocations"]:
+            break
+        after = page["next"]
+    run.redelivered = sum(n - 1 for n in seen.values())
+
+
+def bus_changes(run: Run) -> dict[tuple[str, str, int], str]:
+    """Each membership change once (EventBridge consumers dedupe by (profile, audience, version))."""
+    changes: dict[tuple[str, str, int], str] = {}
+    for profile_id, audience, version, detail_type in run.bus:
+        assert changes.setdefault((profile_id, audience, version), detail_type) == detail_type, (
+            f"{profile_id}/{audience} version {version} published as two different changes")
+    return changes
+
+
+def figures(clean: Run, faulty: Run) -> dict:
+    changes = bus_changes(faulty)
+    return {
+        "events": EVENTS, "profiles": len(faulty.profiles), "memberships": len(faulty.memberships),
+        "bus events (fault-free)": len(clean.bus), "bus events (faults)": len(faulty.bus),
+        "faults injected": dict(sorted(faulty.faults.items())), "faults total": sum(faulty.faults.values()),
+        "ingest requests retried": faulty.ingest_retries, "failed stream invocations": faulty.failed_invocations,
+        "stream records redelivered": faulty.redelivered, "parked": faulty.parked_before_replay,
+        "replayed": faulty.replayed, "parked at the end": len(faulty.parked),
+        "bus redeliveries (same change)": len(faulty.bus) - len(changes),
+        "seconds (fault-free, faults)": (round(clean.seconds), round(faulty.seconds)),
+    }
+
+
+def test_the_pipeline_ends_the_same_under_injected_faults_and_crashes(tmp_path):
+    # Given the same seeded workload run fault-free and with faults
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "faulty").mkdir()
+    with ThreadPoolExecutor(2) as pool:  # two local clouds side by side (each mostly waits on its workers)
+        runs = pool.map(run_workload, (None, FAULTS), (tmp_path / "clean", tmp_path / "faulty"))
+        clean, faulty = list(runs)
+    print("\nfault injection figures:", json.dumps(figures(clean, faulty), indent=1))
+    # Then faults of every kind were injected, and some stream batches failed and were delivered again
+    assert set(faulty.faults) >= {"throttle", "server_error", "timeout", "timeout_after", "outage"}, faulty.faults
+    assert faulty.redelivered > 0
+    # And the outage's batches were parked, then replayed, and nothing is left parked
+    assert faulty.parked_before_replay > 0 and faulty.replayed >= faulty.parked_before_replay
+    assert faulty.parked == [] and clean.parked == []
+    # And nothing accepted was lost or applied twice: events, histories, profiles (traits and aggregates)
+    assert faulty.events == clean.events and faulty.history == clean.history
+    assert faulty.profiles.keys() == clean.profiles.keys()
+    different = [pk for pk in clean.profiles if clean.profiles[pk] != faulty.profiles[pk]]
+    assert different == [], [(pk, differences(clean.profiles[pk], faulty.profiles[pk])) for pk in different[:3]]
+    # And memberships are the same, each changed as often (version), and every size counter is exact
+    assert faulty.memberships == clean.memberships
+    for run in (clean, faulty):
+        members = Counter(audience for (_, audience), (member, _) in run.memberships.items() if member)
+        assert {k: v for k, v in run.sizes.items() if v} == dict(members)
+    assert faulty.audiences == clean.audiences
+    assert faulty.audiences["viewers"][0] == "ready", faulty.audiences
+    # And the bus carried each membership change once (deduplicated by its key, as API.md tells consumers):
+    # versions 1..n of every membership, alternating Entered/Exited, the same changes as without faults
+    clean_changes, faulty_changes = bus_changes(clean), bus_changes(faulty)
+    assert faulty_changes == clean_changes
+    by_membership = defaultdict(list)
+    for (profile_id, audience, version), detail_type in faulty_changes.items():
+        by_membership[(profile_id, audience)].append((version, detail_type))
+    for membership, (member, version) in faulty.memberships.items():
+        published = sorted(by_membership.get(membership, []))
+        assert [v for v, _ in published] == list(range(1, version + 1)), (membership, published)
+        assert published[-1][1] == ("Audience Entered" if member else "Audience Exited"), (membership, published)
+    # And a change was delivered twice only where the router documents it (a crash or lost answer between
+    # PutEvents and recording the publication): without faults never, with faults at most 10 (one PutEvents
+    # call) per such fault, or 25 (one recording write) per failed recording
+    assert len(clean.bus) == len(clean_changes)
+    windows = sum(n for (kind, operation), n in faulty.router_faults.items()
+                  if operation == "PutEvents" and kind in ("crash", "raise", "timeout_after"))
+    recording = sum(n for (kind, operation), n in faulty.router_faults.items() if operation == "BatchWriteItem")
+    assert len(faulty.bus) - len(faulty_changes) <= 10 * windows + 25 * recording, faulty.router_faults
