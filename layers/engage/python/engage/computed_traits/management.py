@@ -37,12 +37,12 @@ def create(space_id: str, body: Any) -> dict[str, Any]:
 
 
 def replace(space_id: str, trait_key: str, body: Any) -> dict[str, Any]:
-    current = store.get(space_id, trait_key)  # 404 first
+    definition = validate(body, editing=trait_key)
+    current = store.get(space_id, trait_key)
     if current.status == store.COMPUTING:
         raise Computing(f"computed trait {trait_key!r} is computing (its backfill is running): edit it once its "
                         "status is ready or failed", [{"path": "status", "value": current.status,
                                                        "progress": current.progress()}])
-    definition = validate(body, editing=trait_key)
     trait = store.replace(space_id, trait_key, definition.to_dict(), status=store.COMPUTING)
     backfill.launch(space_id, trait.key, trait.revision)
     return store.get(space_id, trait_key).view()
