@@ -9,6 +9,7 @@ import pytest
 
 from engage import clock
 from tests.integration.audience_support import (
+    Bus,
     LambdaContext,
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,
@@ -16,8 +17,15 @@ from tests.integration.audience_support import (
     members_of,
     stream_records_of,
 )
-from tests.integration.test_pipeline import Pipeline, bus_messages  # noqa: F401 - the `bus_messages` fixture
+from tests.integration.test_pipeline import Pipeline
 from tests.integration.test_profile_api import request
+
+
+@pytest.fixture
+def bus(aws):
+    """Everything published on the stack's bus (read through an SQS rule target)."""
+    return Bus(aws).received
+
 
 TOTAL_REVENUE = {"key": "total_revenue", "kind": "sum", "event": "Order Completed", "property": "revenue"}
 BIG_SPENDER = {"key": "big_spender", "name": "Big spender",
@@ -42,7 +50,7 @@ def detail_types(messages: list[dict]) -> list[tuple[str, str, object]]:
              m["detail"].get("value")) for m in messages]
 
 
-def test_seed_002_total_revenue_and_big_spender_follow_events_in_real_time(aws, space, engine, bus_messages):
+def test_seed_002_total_revenue_and_big_spender_follow_events_in_real_time(aws, space, engine, bus):
     # Given the seed's computed trait and an audience on it
     status, created = call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)
     assert status == 201, created
@@ -59,11 +67,11 @@ def test_seed_002_total_revenue_and_big_spender_follow_events_in_real_time(aws, 
     assert traits_of("ann", **{"class": "computed_trait"}) == {"total_revenue": 550.5}
     assert len(members_of("big_spender")) == 1
     # Then the bus carried both value changes and the entry
-    published = detail_types(bus_messages())
+    published = detail_types(bus())
     assert ("Computed Trait Changed", "total_revenue", 300) in published
     assert ("Computed Trait Changed", "total_revenue", 550.5) in published
     assert ("Audience Entered", "big_spender", None) in published
-    changed = [m for m in bus_messages() if m]  # read once: nothing more
+    changed = [m for m in bus() if m]  # read once: nothing more
     assert changed == []
 
 
@@ -227,7 +235,7 @@ def test_list_and_preview(aws, space, engine):
     assert status == 400 and body["error"]["details"][0]["path"] == "kind"
 
 
-def test_the_sweeper_moves_a_windowed_trait_and_its_audience_with_the_clock(aws, space, engine, bus_messages):
+def test_the_sweeper_moves_a_windowed_trait_and_its_audience_with_the_clock(aws, space, engine, bus):
     # Given orders counted over 7 days, and an audience of profiles with 2 or more
     assert call_api("POST", "/v1/computed-traits", {"key": "orders_7d", "kind": "count", "event": "Order Completed",
                                                     "window": {"within_days": 7}})[0] == 201
@@ -246,7 +254,7 @@ def test_the_sweeper_moves_a_windowed_trait_and_its_audience_with_the_clock(aws,
     # Then the value moved with no event, the audience followed, and the bus said so
     assert traits_of("ann")["orders_7d"] == 1
     assert members_of("frequent") == set()
-    published = detail_types(bus_messages())
+    published = detail_types(bus())
     assert ("Computed Trait Changed", "orders_7d", 1) in published
     assert ("Audience Exited", "frequent", None) in published
     # and after the newer order leaves too, the value is 0

@@ -55,7 +55,7 @@ def reference(body: dict, events: list[dict], now: datetime):
     kind, prop = body["kind"], body.get("property")
     rows = []
     for m in events:
-        ts = datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00"))
+        ts = datetime.fromisoformat(m["timestamp"])
         props = m["properties"]
         if m["event"] != body["event"] or not _in_window(body.get("window"), ts, now):
             continue

@@ -99,10 +99,10 @@ def create(space_id: str, body: Any) -> dict[str, Any]:
 def replace(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
     store.refuse_system(audience_key, "edited")
     definition = validate(space_id, body, editing=audience_key)
-    refuse_while_computing(space_id, audience_key, store.get(space_id, audience_key).status)
     if definition.key != audience_key:
         raise ValidationFailed("the key of an audience cannot change",
                                [{"path": "key", "value": definition.key, "expected": audience_key}])
+    refuse_while_computing(space_id, audience_key, store.get(space_id, audience_key).status)
     backfilling = _needs_backfill(definition)
     audience = store.replace(space_id, audience_key, definition.to_dict(),
                              status=store.COMPUTING if backfilling else store.READY)
