@@ -1,4 +1,5 @@
-"""Management API (API.md): audiences; messaging routes from engage.messaging.routes. Token auth, JSON, one error shape."""
+"""Management API (API.md): audiences, computed traits; messaging routes from engage.messaging.routes.
+Token auth, JSON in and out, errors in one shape."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
+from engage.computed_traits import management as computed_traits
 from engage.errors import EngageError, ValidationFailed
 from engage.messaging import routes as messaging_routes
 from engage.observability import logger, tracer
@@ -158,6 +160,53 @@ def _without_query(name: str) -> str:
     event = app.current_event
     kept = {k: v for k, v in (event.query_string_parameters or {}).items() if k != name}
     return event.path + (f"?{urlencode(kept)}" if kept else "")
+
+
+# ---------------------------------------------------------------- computed traits
+@app.post("/v1/computed-traits", summary="Create a computed trait (computed from every profile's history)", **DOC,
+          openapi_extensions=openapi.body("ComputedTraitDefinition"),
+          responses=openapi.responses(201, "ComputedTrait", "created (status computing while its backfill runs)",
+                                      400, 401, 409))
+def create_computed_trait():
+    return Response(201, "application/json", json.dumps(computed_traits.create(_space(), _json_body())))
+
+
+@app.get("/v1/computed-traits", summary="List the space's computed traits", **DOC,
+         responses=openapi.responses(200, "ComputedTraitList", "every computed trait, with its status", 401))
+def list_computed_traits():
+    return computed_traits.list_traits(_space())
+
+
+@app.post("/v1/computed-traits:preview", summary="A computed trait's values on a sample, without creating it",
+          **DOC, openapi_extensions={**openapi.body("ComputedTraitPreviewRequest"), **openapi.query(
+              openapi.param("sample", {"type": "integer", "minimum": 1, "maximum": preview.MAX_SAMPLE,
+                                       "default": preview.DEFAULT_SAMPLE}, "profiles evaluated"))},
+          responses=openapi.responses(200, "ComputedTraitPreview", "values of sampled profiles", 400, 401))
+def preview_computed_trait():
+    body = _json_body()
+    if isinstance(body, dict):
+        body = {"key": "preview", **body}
+    return computed_traits.preview_trait(_space(), body, _int_query("sample", preview.DEFAULT_SAMPLE))
+
+
+@app.get("/v1/computed-traits/<key>", summary="Read a computed trait: definition, status, progress", **DOC,
+         responses=openapi.responses(200, "ComputedTrait", "the computed trait", *KEY_ERRORS))
+def get_computed_trait(key: str):
+    return computed_traits.get(_space(), key)
+
+
+@app.put("/v1/computed-traits/<key>", summary="Replace a computed trait's definition (recomputes it)", **DOC,
+         openapi_extensions=openapi.body("ComputedTraitDefinition"),
+         responses=openapi.responses(200, "ComputedTrait", "replaced", *KEY_ERRORS, 409))
+def replace_computed_trait(key: str):
+    return computed_traits.replace(_space(), key, _json_body())
+
+
+@app.delete("/v1/computed-traits/<key>", summary="Delete a computed trait (its key is never reused)", **DOC,
+            responses=openapi.responses(204, None, "deleted", *KEY_ERRORS, 409))
+def delete_computed_trait(key: str):
+    computed_traits.delete(_space(), key)
+    return Response(204, "application/json", "")
 
 
 messaging_routes.register(app, _space, _json_body, DOC, KEY_ERRORS)  # templates, messages, subscriptions

@@ -69,7 +69,11 @@ def test_editing_an_audience_backfills_its_new_definition(shop):
 def test_a_page_of_a_superseded_revision_stops_without_touching_the_status(shop, monkeypatch):
     monkeypatch.setattr(backfill, "starter", lambda *args: None)
     call_api("POST", "/v1/audiences", BIG_SPENDERS)
-    call_api("PUT", "/v1/audiences/big_spenders", BIG_SPENDERS)
+    # (an edit waits for the running backfill: revision 1's run fails, then the edit starts revision 2)
+    assert call_api("PUT", "/v1/audiences/big_spenders", BIG_SPENDERS)[0] == 409
+    backfill.run_page({"action": "fail", "space_id": "acme", "audience_key": "big_spenders", "revision": 1,
+                       "error": {"Error": "boom"}})
+    assert call_api("PUT", "/v1/audiences/big_spenders", BIG_SPENDERS)[0] == 200
     stale = backfill.run_page({"action": "page", "space_id": "acme", "audience_key": "big_spenders",
                                "revision": 1, "total_segments": 1, "segment": 0, "cursor": None})
     assert stale["done"] and stale["superseded"]

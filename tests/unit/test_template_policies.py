@@ -65,7 +65,9 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "FailureReplayFunction": {"FailuresTable": {"BatchGetItem", "Scan"}},
     "AudienceSweeperFunction": {
-        "DueTable": {"GetItem", "PutItem", "DeleteItem", "Query"}, "ProfilesTable": {"GetItem", "BatchGetItem"},
+        # ProfilesTable UpdateItem: a windowed computed trait's refreshed values (computed_traits.runtime.refresh)
+        "DueTable": {"GetItem", "PutItem", "DeleteItem", "Query"},
+        "ProfilesTable": {"GetItem", "BatchGetItem", "UpdateItem"},
         "ConfigTable": {"Query", "UpdateItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
     },
     "AudienceBackfillFunction": {
@@ -154,17 +156,19 @@ def _config_keys_written() -> dict[str, set[str]]:
     (call sites: membership transactions -> store._size_pk; backfill/management -> store._pk;
     export jobs -> export._pk)."""
     from engage.audiences import export, store
+    from engage.computed_traits import store as computed_store
     from engage.messaging import settings_store, signing
     from engage.messaging import store as messaging_store
 
     audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
+    computed = computed_store.pk("acme")
     signing_key = signing.KEY_PK
     messaging = {messaging_store._templates_pk("acme"), settings_store._pk("acme"), signing_key}
     return {
         "AudienceEvaluatorFunction": {sizes},
         "AudienceSweeperFunction": {sizes},
-        "AudienceBackfillFunction": {audiences, sizes},
-        "ManagementApiFunction": {audiences, sizes, exports} | messaging,
+        "AudienceBackfillFunction": {audiences, sizes, computed},
+        "ManagementApiFunction": {audiences, sizes, exports, computed} | messaging,
         "AudienceExportFunction": {exports},
         "MessageSenderFunction": {signing_key},
     }

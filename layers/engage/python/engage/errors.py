@@ -35,3 +35,9 @@ class NotFound(EngageError):
 class Conflict(EngageError):
     code = "conflict"
     status = 409
+
+
+class Computing(Conflict):
+    """An edit of something whose backfill or recompute is still running (details carry its progress)."""
+
+    code = "computing"

@@ -13,6 +13,7 @@ says what each budget keeps first and what audiences see.
 | external_ids | 200 ids, 32 KB | a new id is not added (events still land on the profile) |
 | daily_counts + event_stats | 96 KB | days past retention, then the oldest days (the newest day stays), then the event names seen least recently go |
 | condition_state | 64 KB | the oldest audience records and buckets go first |
+| computed_trait_state + computed_traits | 24 KB, from the other writers' share | the oldest buckets go first, then the largest trait's state and value |
 | merges (the merge log) | 16 KB, 10 ids per merge | the oldest entries go (merged_from, which history needs, stays whole) |
 | applied | 500 messageIds of <= 100 bytes | the oldest go (engage.profiles) |
 
@@ -40,6 +41,8 @@ PROFILE_BUDGET_BYTES = (TRAITS_BUDGET_BYTES + IDS_BUDGET_BYTES + EVENTS_BUDGET_B
                         + MERGES_BUDGET_BYTES + OTHER_BYTES)  # 340 KB
 # What the other writers of the item (computed traits, subscriptions, the audience engine) may use.
 OTHER_WRITERS_BYTES = MAX_ITEM_BYTES - PROFILE_BUDGET_BYTES
+# Computed traits (engage.computed_traits): their buckets and values, out of OTHER_WRITERS_BYTES.
+COMPUTED_TRAITS_BUDGET_BYTES = 24 * KB
 
 
 def _count(dropped: Counter | None, what: str, n: int = 1) -> None:
@@ -125,6 +128,42 @@ def prune_condition_state(state: dict, *, budget: int = CONDITIONS_BUDGET_BYTES,
     for agg_id, ids in gone.items():
         out[agg_id]["r"] = [r for r in out[agg_id]["r"] if id(r) not in ids]
     return out
+
+
+# ---------------------------------------------------------------- computed traits
+def prune_computed_traits(state: dict, values: dict, *, budget: int = COMPUTED_TRAITS_BUDGET_BYTES,
+                          dropped: Counter | None = None) -> tuple[dict, dict]:
+    """Keep computed_trait_state + computed_traits within `budget`: the oldest buckets go first (across
+    traits), then whole traits, largest state first (its value goes with it: no value without its data)."""
+    size = value_size(state) + value_size(values)
+    if size <= budget:
+        return state, values
+    out = {trait: dict(entry) for trait, entry in state.items()}
+    values = dict(values)
+    oldest: list[tuple[int, str, str]] = []  # (epoch ms, trait id, bucket key)
+    for trait, entry in out.items():
+        for bucket in entry.get("b") or {}:
+            unit = key_day(bucket) if len(bucket) == 8 else key_hour(bucket)
+            oldest.append(((unit or 0) * (DAY_MS if len(bucket) == 8 else HOUR_MS), trait, bucket))
+    oldest.sort()
+    for _, trait, bucket in oldest:
+        if size <= budget:
+            break
+        buckets = out[trait]["b"] = dict(out[trait]["b"])
+        if len(buckets) <= 1:
+            continue  # the newest bucket stays while others can go
+        size -= _entry(bucket, buckets.pop(bucket))
+        _count(dropped, "computed_trait_buckets")
+    for trait in sorted(out, key=lambda t: -value_size(out[t])):
+        if size <= budget:
+            break
+        entry = out.pop(trait)
+        size -= _entry(trait, entry)
+        key = entry.get("k")
+        if key in values:
+            size -= _entry(key, values.pop(key))
+        _count(dropped, "computed_trait_buckets")
+    return out, values
 
 
 # ---------------------------------------------------------------- merge log

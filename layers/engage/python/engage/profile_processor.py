@@ -30,6 +30,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from engage import clock, identity, profiles
 from engage import profiles_store as store
 from engage.audiences import runtime as audience_runtime
+from engage.computed_traits import runtime as computed_runtime
 from engage.config import settings
 from engage.dynamodb_limits import MAX_ITEM_BYTES, attributes_size
 from engage.failures import handler as failure_handler
@@ -42,7 +43,9 @@ from engage.profiles import Message, ProfileState
 MAX_ATTEMPTS = 5
 # What a profile drops when one of its budgets is full (engage.profile_budgets) -> metric name.
 _DROP_METRICS = {"traits": "ProfileTraitsDropped", "ids": "ProfileIdsDropped", "event_names": "ProfileEventNamesPruned",
-                 "audience_records": "ProfileAudienceRecordsPruned", "merge_log_entries": "ProfileMergeLogPruned"}
+                 "audience_records": "ProfileAudienceRecordsPruned", "merge_log_entries": "ProfileMergeLogPruned",
+                 "computed_trait_buckets": "ProfileComputedTraitsPruned",
+                 "computed_trait_values": "ComputedTraitValuesDropped"}
 
 
 def process_stream_batch(event: dict, context: Any = None) -> dict:
@@ -278,6 +281,7 @@ class StreamBatch:
                                                           message.received_at), current))
         change.state = profiles.apply_message(state, message, now=now, retention_days=self.retention_days,
                                               audience_index=audience_runtime.engine(space_id).index,
+                                              computed_index=computed_runtime.index(space_id),
                                               dropped=change.dropped)
         if message.type == "group":
             change.account, account_pointers, account_links = self._group(space_id, message, change.state, now,

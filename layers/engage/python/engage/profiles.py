@@ -21,7 +21,8 @@ from typing import Any
 
 from engage import clock
 from engage import profile_budgets as budgets
-from engage.audiences.aggregates import apply_event, merge_condition_state
+from engage.audiences.aggregates import apply_event, from_ms, merge_condition_state, to_ms
+from engage.computed_traits import aggregates as computed
 
 PAGE_VIEWED = "Page Viewed"
 SCREEN_VIEWED = "Screen Viewed"
@@ -158,6 +159,11 @@ class ProfileState:
     # Per-channel subscription status (engage.messaging): {channel: {"status", "at", "how"}}; set here by
     # identify traits (`subscription_changes`), elsewhere by the subscriptions API and unsubscribe links.
     subscriptions: dict = field(default_factory=dict)
+    # Computed traits (engage.computed_traits): their values by key, the per-trait buckets they are
+    # computed from, and when a window edge could next change a value with no event (ISO, or None).
+    computed_traits: dict = field(default_factory=dict)
+    computed_trait_state: dict = field(default_factory=dict)
+    computed_traits_due: str | None = None
 
     def has_applied(self, message_id: str) -> bool:
         return message_id in self.applied
@@ -178,12 +184,14 @@ class ProfileState:
             daily_counts={name: dict(buckets) for name, buckets in self.daily_counts.items()},
             event_stats={name: dict(stats) for name, stats in self.event_stats.items()},
             applied=list(self.applied), merged_from=list(self.merged_from), merges=[dict(m) for m in self.merges],
-            condition_state=dict(self.condition_state), subscriptions=dict(self.subscriptions))
+            condition_state=dict(self.condition_state), subscriptions=dict(self.subscriptions),
+            computed_traits=dict(self.computed_traits), computed_trait_state=dict(self.computed_trait_state))
 
 
 # ---------------------------------------------------------------- the one apply function
 def apply_message(state: ProfileState, message: Message, *, now: datetime, retention_days: int,
-                  audience_index: Any = None, dropped: Counter | None = None) -> ProfileState:
+                  audience_index: Any = None, computed_index: Any = None,
+                  dropped: Counter | None = None) -> ProfileState:
     """Apply one message to one profile state (already resolved by identity). Returns a new state.
 
     Idempotent: a message already applied returns the state unchanged. This is the hook for
@@ -212,9 +220,32 @@ def apply_message(state: ProfileState, message: Message, *, now: datetime, reten
             state.condition_state = budgets.prune_condition_state(
                 apply_event(state.condition_state, {**message.raw, "timestamp": message.timestamp}, audience_index),
                 dropped=dropped)
+        if name and computed_index:
+            # Computed traits likewise: only the traits on this event name are touched.
+            lost: list = []
+            state.computed_trait_state, _ = computed.apply_event(
+                state.computed_trait_state, {**message.raw, "timestamp": message.timestamp}, computed_index, lost)
+            if lost and dropped is not None:
+                dropped["computed_trait_values"] += len(lost)
+        if computed_index and state.computed_trait_state:
+            refresh_computed_traits(state, computed_index, now, dropped)
         note_message_times(state, message.timestamp, message.message_id)
     mark_applied(state, message.message_id)
     return state
+
+
+def refresh_computed_traits(state: ProfileState, computed_index: Any, now: datetime,
+                            dropped: Counter | None = None) -> None:
+    """The values of the space's computed traits at `now` from the profile's buckets (also after a
+    merge summed them, or a window moved), within their budget, and the next window edge."""
+    now_ms = to_ms(now)
+    state.computed_trait_state, state.computed_traits = budgets.prune_computed_traits(
+        state.computed_trait_state,
+        computed.with_values(state.computed_traits, computed.values(state.computed_trait_state, computed_index,
+                                                                    now_ms)),
+        dropped=dropped)
+    edge = computed.next_change_ms(state.computed_trait_state, computed_index, now_ms)
+    state.computed_traits_due = None if edge is None else clock.iso(from_ms(edge))
 
 
 def note_message_times(state: ProfileState, timestamp: str | None, message_id: str | None) -> None:
@@ -455,6 +486,8 @@ def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message
     out.condition_state = budgets.prune_condition_state(
         merge_condition_state(out.condition_state, merged.condition_state), dropped=dropped)
     out.subscriptions = merge_subscriptions(out.subscriptions, merged.subscriptions)
+    # values are recomputed from the summed buckets when the message is applied (refresh_computed_traits)
+    out.computed_trait_state = computed.merge_state(out.computed_trait_state, merged.computed_trait_state)
     for message_id in merged.applied:
         if message_id not in out.applied:
             out.applied.append(message_id)

@@ -58,9 +58,13 @@ class ProfileRecord(EngageModel):
     daily_counts = MapAttribute(default=dict)
     # Audience engine aggregates for conditions daily_counts cannot answer (engage.audiences.aggregates)
     condition_state = MapAttribute(default=dict)
-    # Written by computed traits and subscriptions; declared so reads keep them (PynamoDB drops
-    # undeclared attributes) while the processor's UpdateItem leaves them untouched.
+    # Computed traits (engage.computed_traits): values by key, the buckets they come from, and the
+    # next window edge. Written by the processor per event, by the sweeper and by backfills.
     computed_traits = MapAttribute(default=dict)
+    computed_trait_state = MapAttribute(default=dict)
+    computed_traits_due = UnicodeAttribute(null=True)
+    # Written by subscriptions; declared so reads keep them (PynamoDB drops undeclared attributes)
+    # while the processor's UpdateItem leaves them untouched.
     subscriptions = MapAttribute(default=dict)
     # event name -> {"first": iso, "last": iso, "total": n}   (all time, never pruned)
     event_stats = MapAttribute(default=dict)

@@ -42,6 +42,7 @@ from engage.profiles_store import ProfileRecord
 SEGMENTS = 4
 PAGE_SIZE = 200
 PAGE, PURGE = "page", "purge"
+COMPUTED_TRAIT = "computed_trait"  # engage.computed_traits.backfill
 
 
 @lru_cache(maxsize=1)
@@ -59,8 +60,9 @@ def execution_name(space_id: str, audience_key: str, revision: int) -> str:
 def start_execution(space_id: str, audience_key: str, revision: int, segments: int, action: str = PAGE) -> None:
     payload = {"action": action, "space_id": space_id, "audience_key": audience_key, "revision": revision,
                "total_segments": segments, "segments": list(range(segments))}
-    name = execution_name(space_id, audience_key, revision) if action == PAGE else \
-        execution_name(space_id, audience_key, revision) + "-purge"
+    # one run per (space, key, revision, job): audiences page, purges and computed traits (engage.computed_traits)
+    suffix = {PAGE: "", PURGE: "-purge"}.get(action, f"-{action[:2]}")
+    name = execution_name(space_id, audience_key, revision) + suffix
     try:
         _sfn().start_execution(stateMachineArn=settings().require("audience_backfill_state_machine"),
                                name=name, input=json.dumps(payload))
@@ -89,6 +91,14 @@ def launch(space_id: str, audience_key: str, revision: int, segments: int = SEGM
 def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: True,
              now: datetime | None = None) -> dict[str, Any]:
     """One state machine step: evaluate pages of one scan segment; returns the event with cursor/done."""
+    if event.get("action") == COMPUTED_TRAIT or (event.get("action") == "fail"
+                                                 and event.get("subject") == COMPUTED_TRAIT):
+        # the machine's second kind of job: a computed trait's backfill or recompute
+        from engage.computed_traits import backfill as computed_backfill
+
+        if event.get("action") == "fail":
+            return computed_backfill.fail(event)
+        return computed_backfill.run_page(event, time_left=time_left, now=now)
     if event.get("action") == "fail":
         error = event.get("error") or {}
         store.fail_backfill(event["space_id"], event["audience_key"], int(event["revision"]),
@@ -136,7 +146,9 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
         if not following:
             break
         if not time_left():
+            store.count_evaluated(space_id, audience_key, revision, evaluated)
             return {**event, "cursor": json.dumps(following), "done": False, "evaluated": evaluated}
+    store.count_evaluated(space_id, audience_key, revision, evaluated)
     status = store.finish_backfill_segment(space_id, audience_key, revision, segment)
     logger.info("backfill segment done", extra={"space": space_id, "audience": audience_key, "segment": segment,
                                                 "status": status})

@@ -491,6 +491,15 @@ def parse_moment(value: Any) -> datetime | None:
 
 def audience_refs(cond) -> list[tuple[str, str]]:
     """(audience key, JSON path) of every `{"audience": key}` inside a condition."""
+    return _refs(cond, AudienceRefCondition, "audience")
+
+
+def computed_trait_refs(cond) -> list[tuple[str, str]]:
+    """(computed trait key, JSON path) of every `{"computed_trait": key, ...}` inside a condition."""
+    return _refs(cond, ComputedTraitCondition, "computed_trait")
+
+
+def _refs(cond, form, field: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
 
     def walk(node, path: str) -> None:
@@ -504,8 +513,8 @@ def audience_refs(cond) -> list[tuple[str, str]]:
             walk(node.not_, f"{path}.not")
         elif isinstance(node, UsersCondition):
             walk(node.condition, f"{path}.condition")
-        elif isinstance(node, AudienceRefCondition):
-            found.append((node.audience, f"{path}.audience"))
+        elif isinstance(node, form):
+            found.append((getattr(node, field), f"{path}.{field}"))
 
     if cond is not None:
         walk(cond, "condition")

@@ -2,15 +2,23 @@
 
 Handlers call these with the space the access token authenticated; every read and write is
 keyed by that space. Definitions are validated by `parse_definition` (shape, operators, paths)
-and `check_references` (unknown audiences, cycles) before anything is stored.
+and `check_references` (unknown audiences and computed traits, cycles) before anything is stored.
+Definitions cannot lie: an audience that others reference cannot be deleted (409 listing them),
+and one whose backfill is running cannot be edited (409 `computing`, with the run's progress).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from engage.audiences import backfill, membership, store
-from engage.audiences.definition import AudienceDefinition, check_references, parse_definition
-from engage.errors import ValidationFailed
+from engage.audiences.definition import (
+    AudienceDefinition,
+    audience_refs,
+    check_references,
+    computed_trait_refs,
+    parse_definition,
+)
+from engage.errors import Computing, Conflict, ValidationFailed
 from engage.observability import logger
 
 MAX_PAGE = 1000
@@ -37,7 +45,37 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Audienc
         raise ValidationFailed("a manual audience has no condition: add members through /members",
                                [{"path": "condition", "message": "not allowed when kind is manual"}])
     check_references(definition, _known(space_id, excluding=definition.key))
+    check_computed_traits(space_id, definition.condition)
     return definition
+
+
+def check_computed_traits(space_id: str, condition) -> None:
+    """400 for `{"computed_trait": key}` conditions naming no live computed trait of the space."""
+    from engage.computed_traits import store as computed_store
+
+    refs = computed_trait_refs(condition)
+    if not refs:
+        return
+    live = {t.key for t in computed_store.list_all(space_id)}
+    problems = [{"path": path, "message": f"unknown computed trait '{ref}'"} for ref, path in refs if ref not in live]
+    if problems:
+        first = problems[0]
+        raise ValidationFailed(f"invalid audience definition at {first['path']}: {first['message']}"
+                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), problems)
+
+
+def referrers(space_id: str, audience_key: str) -> list[dict[str, str]]:
+    """The live audiences whose conditions reference `audience_key`, with where."""
+    return [{"type": "audience", "key": audience.key, "path": path}
+            for audience in store.list_all(space_id) if not audience.system and audience.key != audience_key
+            for ref, path in audience_refs(store.definition_of(audience).condition) if ref == audience_key]
+
+
+def refuse_while_computing(space_id: str, audience_key: str, status: str) -> None:
+    if status == store.COMPUTING:
+        raise Computing(f"audience {audience_key!r} is computing (its backfill is running): edit it once its "
+                        "status is ready or failed", [{"path": "status", "value": status,
+                                                       "progress": store.progress(space_id, audience_key)}])
 
 
 def _needs_backfill(definition: AudienceDefinition) -> bool:
@@ -46,6 +84,11 @@ def _needs_backfill(definition: AudienceDefinition) -> bool:
 
 def create(space_id: str, body: Any) -> dict[str, Any]:
     definition = validate(space_id, body)
+    from engage.computed_traits import store as computed_store
+
+    if computed_store.record(space_id, definition.key) is not None:
+        raise Conflict(f"key {definition.key!r} is a computed trait's: audiences and computed traits share keys "
+                       "(both show in the Profile API's /traits)", [{"path": "$.key", "value": definition.key}])
     backfilling = _needs_backfill(definition)
     audience = store.create(space_id, definition.to_dict(), status=store.COMPUTING if backfilling else store.READY)
     if backfilling:
@@ -59,6 +102,7 @@ def replace(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
     if definition.key != audience_key:
         raise ValidationFailed("the key of an audience cannot change",
                                [{"path": "key", "value": definition.key, "expected": audience_key}])
+    refuse_while_computing(space_id, audience_key, store.get(space_id, audience_key).status)
     backfilling = _needs_backfill(definition)
     audience = store.replace(space_id, audience_key, definition.to_dict(),
                              status=store.COMPUTING if backfilling else store.READY)
@@ -69,7 +113,10 @@ def replace(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
 
 def get(space_id: str, audience_key: str) -> dict[str, Any]:
     audience = store.get(space_id, audience_key)
-    return audience.view(store.size(space_id, audience_key))
+    view = audience.view(store.size(space_id, audience_key))
+    if audience.status == store.COMPUTING:
+        view["progress"] = store.progress(space_id, audience_key)
+    return view
 
 
 def list_audiences(space_id: str) -> dict[str, Any]:
@@ -79,6 +126,13 @@ def list_audiences(space_id: str) -> dict[str, Any]:
 def delete(space_id: str, audience_key: str) -> None:
     """Tombstone the audience, then purge its memberships in the background (the Profile API stops
     showing it; no `Audience Exited` is published for a deleted audience)."""
+    store.refuse_system(audience_key, "deleted")
+    store.get(space_id, audience_key)  # 404 first
+    found = referrers(space_id, audience_key)
+    if found:
+        raise Conflict(f"audience {audience_key!r} is referenced by {len(found)} other definition(s): "
+                       + ", ".join(f"{r['type']} {r['key']!r} at {r['path']}" for r in found)
+                       + "; change or delete them first", found)
     revision = store.delete(space_id, audience_key)
     try:
         backfill.purge(space_id, audience_key, revision)

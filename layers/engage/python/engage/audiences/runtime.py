@@ -32,6 +32,7 @@ from engage.audiences import accounts, due, membership, store
 from engage.audiences.definition import AudienceDefinition
 from engage.audiences.evaluator import ProfileView, evaluate, next_change_at
 from engage.audiences.index import AudienceIndex
+from engage.computed_traits import runtime as computed_runtime
 from engage.db import key
 from engage.errors import ValidationFailed
 from engage.memberships_store import MembershipRecord
@@ -266,6 +267,7 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
                                       changed_subscriptions=changed.subscriptions, entity=entity) if changed else []
     records = membership.current(space_id, new["profile_id"]) if affected and entity == USERS else None
     changes = evaluate_profile(space_id, new, affected, now, records)[0] if affected else []
+    _schedule_computed_traits(space_id, before, new)
     if entity == USERS:
         # A redelivered record finds its own changes written by its first delivery, whose account
         # work may have failed: memberships decided from this very image count as changed by it.
@@ -273,6 +275,14 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
         owed = account_audiences_for(eng.index, before, new, own)
         changes += _accounts_now_or_later(space_id, new["profile_id"], owed, now, backlog, owner)
     return changes
+
+
+def _schedule_computed_traits(space_id: str, old: dict | None, new: dict) -> None:
+    """Record the computed traits' next window edge in the due index when it moved (one conditional
+    PutItem then; none on the many profile changes that leave it where it was)."""
+    due_at = new.get("computed_traits_due")
+    if due_at and due_at != (old or {}).get("computed_traits_due"):
+        due.schedule(space_id, new["profile_id"], clock.parse(due_at))
 
 
 def written_from(records: dict[str, MembershipRecord] | None, image: dict) -> set[str]:
@@ -406,10 +416,21 @@ def reevaluate(space_id: str, profile_id: str, now: datetime | None = None) -> t
     image = profile_image(space_id, profile_id)
     if not is_live(image):
         return [], None
+    # Windowed computed traits first: audiences on them then decide from the values as of now.
+    read = image
+    image, computed_due = computed_runtime.refresh(space_id, image, now,
+                                                   reread=lambda: profile_image(space_id, profile_id))
+    if not is_live(image):
+        return [], None
     eng = engine(space_id)
-    affected = eng.index.affected(time=True, entity=image.get("collection", USERS))
+    refreshed = diff(read, image).computed_traits
+    affected = eng.index.affected(changed_computed_traits=refreshed, time=True,
+                                  entity=image.get("collection", USERS))
     changes, next_due = evaluate_profile(space_id, image, affected, now, schedule=False)
+    if computed_due is not None and (next_due is None or computed_due < next_due):
+        next_due = computed_due
     return changes + after_user_memberships(space_id, image, {c.audience_key for c in changes}, now), next_due
+
 
 
 # ---------------------------------------------------------------- reading profiles as images

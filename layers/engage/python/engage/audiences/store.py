@@ -53,6 +53,7 @@ class AudienceRecord(EngageModel):
     backfill_segments = NumberAttribute(null=True)
     backfill_done = UnicodeSetAttribute(null=True)
     error = UnicodeAttribute(null=True)
+    backfill_evaluated = NumberAttribute(null=True)  # profiles evaluated by the current run (progress)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
     deleted_at = UnicodeAttribute(null=True)
@@ -168,6 +169,7 @@ def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, sta
     record.revision = int(record.revision) + 1
     record.backfill_segments = None
     record.backfill_done = None
+    record.backfill_evaluated = None
     record.error = None
     record.updated_at = clock.iso()
     _save_versioned(record, audience_key)
@@ -237,6 +239,7 @@ def start_backfill(space_id: str, audience_key: str, revision: int, segments: in
         return
     record.backfill_segments = segments
     record.backfill_done = None
+    record.backfill_evaluated = None
     record.status = COMPUTING
     _save_versioned(record, audience_key)
     _changed(space_id)
@@ -357,3 +360,31 @@ def _save_versioned(record: AudienceRecord, audience_key: str) -> None:
 
 def _conditional_failed(error: Exception) -> bool:
     return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+# ---------------------------------------------------------------- computed traits' key space, progress
+def ever_used(space_id: str, audience_key: str) -> bool:
+    """Whether an audience ever had this key (tombstones too): computed traits may not take it."""
+    return audience_key in SYSTEM_KEYS or _record(space_id, audience_key) is not None
+
+
+def count_evaluated(space_id: str, audience_key: str, revision: int, evaluated: int) -> None:
+    """Add a backfill page's evaluated profiles to the run's progress (ignored once a newer run owns it)."""
+    if not evaluated:
+        return
+    try:
+        AudienceRecord(_pk(space_id), audience_key).update(
+            actions=[AudienceRecord.backfill_evaluated.add(evaluated)],
+            condition=AudienceRecord.revision == revision, add_version_condition=False)
+    except UpdateError as error:
+        if not _conditional_failed(error):
+            raise
+
+
+def progress(space_id: str, audience_key: str) -> dict[str, Any]:
+    """A running backfill's progress: scan segments done, profiles evaluated, members so far."""
+    record = _live_record(space_id, audience_key)
+    return {"segments": None if record.backfill_segments is None else int(record.backfill_segments),
+            "segments_done": len(record.backfill_done or ()),
+            "profiles_evaluated": int(record.backfill_evaluated or 0),
+            "members_so_far": size(space_id, audience_key)}

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engage.audiences import definition
+from engage.computed_traits.definition import ComputedTraitDefinition
 from engage.ingestion import messages
 from engage.messaging import api_models as messaging_models
 from engage.profile_api import models as profile_models
@@ -22,7 +23,7 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 # ---------------------------------------------------------------- errors
 class ErrorDetail(BaseModel):
     code: str = Field(description="authentication_error, forbidden, not_found, validation_error, "
-                                  "invalid_request_error, conflict")
+                                  "invalid_request_error, conflict, computing (409: an edit while a backfill runs)")
     message: str = Field(description="what was wrong and where")
     details: list[dict[str, Any]] = Field(description="one entry per problem, each with its `path`")
 
@@ -128,6 +129,30 @@ class ExportJob(BaseModel):
     message: str | None = None
 
 
+class ComputedTrait(ComputedTraitDefinition):
+    """A computed trait as stored, with its state (`progress` while computing)."""
+
+    status: Literal["computing", "ready", "failed"]
+    revision: int
+    created_at: str
+    updated_at: str
+    progress: dict[str, Any] | None = Field(None, description="segments, segments_done, profiles_evaluated")
+    error: str | None = None
+
+
+class ComputedTraitList(BaseModel):
+    computed_traits: list[ComputedTrait]
+
+
+class ComputedTraitPreview(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    sampled: int
+    exact: bool
+    with_value: int
+    sample: list[dict[str, Any]] = Field(description="profile_id and value of the first profiles with a value")
+
+
 def _csv() -> dict[str, Any]:
     return {"type": "string", "description": "CSV text"}
 
@@ -140,10 +165,10 @@ def _openapi_document() -> dict[str, Any]:
 PROFILE_RESOURCES = (profile_models.TraitsResponse, profile_models.ExternalIdsResponse,
                      profile_models.EventsResponse, profile_models.MetadataResponse,
                      profile_models.LinksResponse)
-REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit)
+REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit, ComputedTraitDefinition)
 RESPONSES: tuple[type[BaseModel], ...] = (
     Error, SegmentError, Success, Audience, AudienceList, Preview, Members, MemberEditResult, ExportJob,
-    *PROFILE_RESOURCES)
+    ComputedTrait, ComputedTraitList, ComputedTraitPreview, *PROFILE_RESOURCES)
 # Messaging (engage.messaging.api_models)
 REQUESTS += messaging_models.REQUESTS
 RESPONSES += messaging_models.RESPONSES
@@ -173,6 +198,10 @@ def schemas() -> dict[str, Any]:
     preview["required"] = [name for name in preview.get("required", []) if name not in ("key", "name")]
     preview["title"] = "AudiencePreviewRequest"
     found["AudiencePreviewRequest"] = preview
+    trait_preview = dict(found["ComputedTraitDefinition"])
+    trait_preview["required"] = [name for name in trait_preview.get("required", []) if name != "key"]
+    trait_preview["title"] = "ComputedTraitPreviewRequest"
+    found["ComputedTraitPreviewRequest"] = trait_preview
     found["ProfileResource"] = {
         "description": "the answer of the resource the path names",
         "anyOf": [{"$ref": REF_TEMPLATE.format(model=model.__name__)} for model in PROFILE_RESOURCES]}

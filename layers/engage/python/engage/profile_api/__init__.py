@@ -47,6 +47,17 @@ class ProfileRequest:
     url: str = ""  # the request path, echoed as cursor.url
 
 
+def live_computed_traits(space_id: str, profile: views.Profile) -> views.Profile:
+    """The profile with the computed traits of live definitions only: a deleted trait's last values
+    stay on profiles until they next change, and must not show (definitions cached per container)."""
+    from dataclasses import replace
+
+    from engage.computed_traits import store as computed_store
+
+    live = {trait.key for trait in computed_store.cached(space_id)}
+    return replace(profile, computed_traits={k: v for k, v in profile.computed_traits.items() if k in live})
+
+
 def read(request: ProfileRequest) -> BaseModel:
     space_id = spaces.authenticate(request.token, spaces.ACCESS_TOKEN)
     if space_id != request.space:
@@ -63,6 +74,8 @@ def read(request: ProfileRequest) -> BaseModel:
     if resource == "traits":
         wants_audiences = query.class_ in (None, "audience")
         memberships = store.memberships(space_id, profile.profile_id) if wants_audiences else []
+        if profile.computed_traits and query.class_ in (None, "computed_trait"):
+            profile = live_computed_traits(space_id, profile)
         return views.traits(profile, memberships, query, request.url)
     if resource == "external_ids":
         return views.external_ids(profile, query, request.url)

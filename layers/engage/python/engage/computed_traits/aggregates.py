@@ -1,0 +1,364 @@
+"""Computed trait aggregates kept on the profile (`computed_trait_state`), pure.
+
+Each definition gets one entry, keyed by a hash of what its value depends on (kind, event,
+property, filters, window), so an edit starts a fresh entry and leaves other traits alone:
+
+  no window:  {"k": key, "c": kind, "t": part}
+  windowed:   {"k": key, "c": kind, "b": {"YYYYMMDD" (or "YYYYMMDDHH"): part}, "m": newest unit}
+
+A `part` summarizes the matching events of one bucket in a form that combines (sums, pairs,
+extremes, value counts), so the value over any window is a combination of buckets:
+
+  count: n          sum: s            avg: [s, n]        min / max: v
+  first / last: [ts_ms, messageId, v]                    most_frequent / unique_*: {str(v): n}
+
+Buckets older than the window (measured from the newest event seen, never from the clock, as
+engage.audiences.aggregates does) are dropped; the value at a moment reads the buckets inside
+the window at that moment, so a window slides with no event. Like daily_counts, applying the
+same message twice counts it twice: the profile processor applies each messageId once
+(ProfileState.applied).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any
+
+from engage.audiences.aggregates import (
+    DAY_MS,
+    WindowSpec,
+    day_key,
+    event_ms,
+    event_name,
+    hour_key,
+    key_day,
+    key_hour,
+    lookup,
+    window_spec,
+)
+from engage.computed_traits.definition import ComputedTraitDefinition
+
+# Distinct values one bucket counts (most_frequent, unique_*); more are not counted (and counted as dropped).
+MAX_DISTINCT = 100
+# Longest value string a bucket keeps for value-counting kinds (longer ones are cut).
+MAX_VALUE_CHARS = 200
+_MATH = Context(prec=34)  # DynamoDB numbers hold 38 digits
+
+
+@dataclass(frozen=True, eq=False)
+class TraitSpec:
+    """One definition compiled for the per-event path."""
+
+    key: str
+    id: str
+    kind: str
+    event: str
+    property: str | None
+    accept: Any  # props -> bool (the static `where` filters)
+    window: WindowSpec | None
+
+
+def trait_id(definition: ComputedTraitDefinition) -> str:
+    payload = definition.model_dump(mode="json", include={"kind", "event", "property", "where", "window"})
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def compile_trait(definition: ComputedTraitDefinition) -> TraitSpec:
+    from engage.audiences.evaluator import static_filter  # the audience filters' own semantics
+
+    compiled = definition._compiled
+    if compiled is None:
+        compiled = TraitSpec(definition.key, trait_id(definition), definition.kind, definition.event,
+                             definition.property, static_filter(definition.where), window_spec(definition.window))
+        definition._compiled = compiled
+    return compiled
+
+
+class TraitIndex:
+    """A space's computed traits by event name (the per-event lookup) and by state id."""
+
+    def __init__(self, definitions: Iterable[ComputedTraitDefinition]):
+        self.definitions = list(definitions)
+        self.specs = [compile_trait(d) for d in self.definitions]
+        self.by_event: dict[str, list[TraitSpec]] = {}
+        for spec in self.specs:
+            self.by_event.setdefault(spec.event, []).append(spec)
+        self.by_id = {spec.id: spec for spec in self.specs}
+        self.by_key = {spec.key: spec for spec in self.specs}
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+
+# --- parts ------------------------------------------------------------------------------
+
+
+def number(value: Any) -> Decimal | None:
+    """Numbers and numeric strings as a finite Decimal; None for anything else (booleans too)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        if isinstance(value, int):
+            out = Decimal(value)
+        elif isinstance(value, float):
+            out = Decimal(repr(value))
+        elif isinstance(value, Decimal):
+            out = value
+        elif isinstance(value, str):
+            out = Decimal(value.strip())
+        else:
+            return None
+    except (InvalidOperation, ValueError):
+        return None
+    return out if out.is_finite() else None
+
+
+def _plain_value(value: Any) -> Any:
+    """A property value as the profile item keeps it (no NaN/inf, Decimals as int/float)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return plain_number(value) if value.is_finite() else None
+    if isinstance(value, dict):
+        return {k: v for k, item in value.items() if isinstance(k, str) and k
+                and (v := _plain_value(item)) is not None}
+    if isinstance(value, list):
+        return [v for item in value if (v := _plain_value(item)) is not None]
+    return value
+
+
+def value_key(value: Any) -> str | None:
+    """A scalar property value as the string a value-counting bucket keys it by."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value[:MAX_VALUE_CHARS] or None
+    num = number(value) if isinstance(value, int | float | Decimal) else None
+    if num is None:
+        return None
+    return str(num.normalize()) if num == num.to_integral_value() else str(num)
+
+
+def part_of(kind: str, properties: dict, prop: str | None, ts_ms: int, message_id: str) -> Any:
+    """One event's part; None when the event has no usable value (it then changes nothing)."""
+    if kind == "count":
+        return 1
+    raw = lookup(properties, prop) if prop else None
+    if kind in ("sum", "min", "max"):
+        return plain_number(number(raw))
+    if kind == "avg":
+        num = number(raw)
+        return None if num is None else [plain_number(num), 1]
+    if kind in ("first", "last"):
+        value = _plain_value(raw)
+        return None if value is None else [ts_ms, message_id, value]
+    key = value_key(raw)
+    return None if key is None else {key: 1}
+
+
+def combine(kind: str, a: Any, b: Any, dropped: list | None = None) -> Any:
+    """Two parts as one (commutative and associative: bucket order does not matter)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if kind == "count":
+        return int(a) + int(b)
+    if kind == "sum":
+        return plain_number(_MATH.add(number(a), number(b)))
+    if kind == "avg":
+        return [plain_number(_MATH.add(number(a[0]), number(b[0]))), int(a[1]) + int(b[1])]
+    if kind == "min":
+        return plain_number(min(number(a), number(b)))
+    if kind == "max":
+        return plain_number(max(number(a), number(b)))
+    if kind == "first":
+        return a if (int(a[0]), str(a[1])) <= (int(b[0]), str(b[1])) else b
+    if kind == "last":
+        return a if (int(a[0]), str(a[1])) >= (int(b[0]), str(b[1])) else b
+    out = {k: int(n) for k, n in a.items()}
+    for k, n in b.items():
+        if k in out:
+            out[k] += int(n)
+        elif len(out) < MAX_DISTINCT:
+            out[k] = int(n)
+        elif dropped is not None:
+            dropped.append(k)
+    return out
+
+
+def finish(kind: str, part: Any) -> Any:
+    """The trait's value from the combined part of its window (None: no value, the trait is absent)."""
+    if kind in ("count", "unique_count"):
+        if part is None:
+            return 0
+        return int(part) if kind == "count" else len(part)
+    if kind == "sum":
+        return 0 if part is None else plain_number(number(part))
+    if kind == "unique_list":
+        return sorted(part) if part else []
+    if part is None:
+        return None
+    if kind == "avg":
+        total, n = number(part[0]), int(part[1])
+        return plain_number(Context(prec=17).divide(total, Decimal(n))) if n else None
+    if kind in ("min", "max"):
+        return plain_number(number(part))
+    if kind in ("first", "last"):
+        return part[2]
+    if not part:
+        return None
+    # most frequent; ties go to the smallest value so every replica agrees
+    return min(part.items(), key=lambda item: (-int(item[1]), item[0]))[0]
+
+
+def plain_number(value: Decimal | None) -> int | float | None:
+    """A Decimal as the int or float the profile item stores (PynamoDB maps take no Decimal;
+    a float's repr is exact to 17 digits, inside DynamoDB's 38)."""
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() and abs(value) < 10 ** 30 else float(value)
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+def _unit_keys(window: WindowSpec):
+    return (day_key, key_day) if window.unit_ms == DAY_MS else (hour_key, key_hour)
+
+
+def apply_part(spec: TraitSpec, entry: dict | None, part: Any, ts_ms: int, dropped: list | None = None) -> dict:
+    """The state entry after one event's part (a new dict; `entry` is not changed)."""
+    entry = entry or {"k": spec.key, "c": spec.kind}
+    if spec.window is None:
+        return {"k": spec.key, "c": spec.kind, "t": combine(spec.kind, entry.get("t"), part, dropped)}
+    to_key, from_key = _unit_keys(spec.window)
+    unit = ts_ms // spec.window.unit_ms
+    buckets = dict(entry.get("b") or {})
+    bucket = to_key(unit)
+    buckets[bucket] = combine(spec.kind, buckets.get(bucket), part, dropped)
+    newest = max(int(entry.get("m", unit)), unit)
+    # a bucket `hi` units older than the newest event is out of the window at any later moment
+    buckets = {k: p for k, p in buckets.items() if (u := from_key(k)) is not None and newest - u < spec.window.hi}
+    return {"k": spec.key, "c": spec.kind, "b": buckets, "m": newest}
+
+
+def apply_event(state: dict | None, message: dict, index: TraitIndex,
+                dropped: list | None = None) -> tuple[dict, set[str]]:
+    """(computed_trait_state after one message, keys of the traits it touched). Pure.
+
+    Only the traits on this event name are looked at: the cost does not grow with the number
+    of computed traits defined.
+    """
+    state = state or {}
+    name = event_name(message)
+    specs = index.by_event.get(name, ()) if name else ()
+    if not specs:
+        return state, set()
+    ts_ms = event_ms(message)
+    if ts_ms is None:
+        return state, set()
+    properties = message.get("properties") or {}
+    message_id = str(message.get("messageId", ""))
+    out, touched = dict(state), set()
+    for spec in specs:
+        if not spec.accept(properties):
+            continue
+        part = part_of(spec.kind, properties, spec.property, ts_ms, message_id)
+        if part is None:
+            continue
+        out[spec.id] = apply_part(spec, out.get(spec.id), part, ts_ms, dropped)
+        touched.add(spec.key)
+    return out, touched
+
+
+def value_at(spec: TraitSpec, entry: dict | None, now_ms: int) -> Any:
+    if entry is None:
+        return None
+    if spec.window is None:
+        return finish(spec.kind, entry.get("t"))
+    _, from_key = _unit_keys(spec.window)
+    now_unit = now_ms // spec.window.unit_ms
+    first, last = now_unit - spec.window.hi + 1, now_unit - spec.window.lo
+    part = None
+    for bucket, p in (entry.get("b") or {}).items():
+        unit = from_key(bucket)
+        if unit is not None and first <= unit <= last:
+            part = combine(spec.kind, part, p)
+    return finish(spec.kind, part)
+
+
+def values(state: dict, index: TraitIndex, now_ms: int) -> dict[str, Any]:
+    """Every known trait's value at `now_ms`, for the traits the profile has state for (None: absent)."""
+    return {spec.key: value_at(spec, state.get(spec.id), now_ms) for spec in index.specs if spec.id in state}
+
+
+def with_values(current: dict, computed: dict[str, Any]) -> dict:
+    """The profile's `computed_traits` map with `computed` written in (None removes a key)."""
+    out = dict(current or {})
+    for key, value in computed.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def next_change_ms(state: dict, index: TraitIndex, now_ms: int) -> int | None:
+    """The first moment after `now_ms` at which a bucket enters or leaves a windowed trait's window."""
+    best = None
+    for spec in index.specs:
+        entry = state.get(spec.id)
+        if entry is None or spec.window is None:
+            continue
+        _, from_key = _unit_keys(spec.window)
+        for bucket in entry.get("b") or {}:
+            unit = from_key(bucket)
+            if unit is None:
+                continue
+            for moment in ((unit + spec.window.lo) * spec.window.unit_ms, (unit + spec.window.hi) * spec.window.unit_ms):
+                if moment > now_ms and (best is None or moment < best):
+                    best = moment
+    return best
+
+
+def build_state(events: list[dict], index: TraitIndex) -> dict:
+    """computed_trait_state of `index`'s traits from a profile's history (backfill, reference)."""
+    state: dict = {}
+    ordered = sorted(events, key=lambda m: (event_ms(m) or 0, str(m.get("messageId", ""))))
+    seen: set[str] = set()
+    for message in ordered:
+        message_id = str(message.get("messageId", ""))
+        if message_id and message_id in seen:
+            continue  # history holds each message once; a duplicate must not count twice
+        seen.add(message_id)
+        state, _ = apply_event(state, message, index)
+    return state
+
+
+def merge_state(a: dict | None, b: dict | None) -> dict:
+    """Two merged profiles' computed_trait_state: the same trait's buckets combined."""
+    out = dict(a or {})
+    for trait, theirs in (b or {}).items():
+        mine = out.get(trait)
+        if mine is None:
+            out[trait] = theirs
+            continue
+        kind = mine.get("c") or theirs.get("c")
+        merged = {"k": mine.get("k") or theirs.get("k"), "c": kind}
+        if "t" in mine or "t" in theirs:
+            merged["t"] = combine(kind, mine.get("t"), theirs.get("t"))
+        if "b" in mine or "b" in theirs:
+            buckets = dict(mine.get("b") or {})
+            for bucket, part in (theirs.get("b") or {}).items():
+                buckets[bucket] = combine(kind, buckets.get(bucket), part)
+            merged["b"] = buckets
+            merged["m"] = max(int(mine.get("m", 0)), int(theirs.get("m", 0)))
+        out[trait] = merged
+    return out
+

@@ -1,0 +1,80 @@
+"""Management API operations on computed traits (API.md "Management API"): validate, store, answer.
+
+Like audiences: a create or an edit stores the definition as `computing` and starts its backfill
+(engage.computed_traits.backfill); an edit while that runs is a 409 `computing` with the run's
+progress; a key is unique in the space forever and shared with audiences (both show in /traits);
+a computed trait that audiences read cannot be deleted (409 listing them).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from engage.audiences import store as audience_store
+from engage.audiences.definition import computed_trait_refs
+from engage.computed_traits import backfill, preview, store
+from engage.computed_traits.definition import ComputedTraitDefinition, parse_definition
+from engage.errors import Computing, Conflict, ValidationFailed
+
+
+def validate(body: Any, *, editing: str | None = None) -> ComputedTraitDefinition:
+    if isinstance(body, dict) and editing is not None:
+        body = {"key": editing, **body}
+    definition = parse_definition(body)
+    if editing is not None and definition.key != editing:
+        raise ValidationFailed("the key of a computed trait cannot change",
+                               [{"path": "key", "value": definition.key, "expected": editing}])
+    return definition
+
+
+def create(space_id: str, body: Any) -> dict[str, Any]:
+    definition = validate(body)
+    if audience_store.ever_used(space_id, definition.key):
+        raise Conflict(f"key {definition.key!r} is an audience's: audiences and computed traits share keys "
+                       "(both show in the Profile API's /traits)", [{"path": "key", "value": definition.key}])
+    trait = store.create(space_id, definition.to_dict(), status=store.COMPUTING)
+    backfill.launch(space_id, trait.key, trait.revision)
+    return store.get(space_id, trait.key).view()
+
+
+def replace(space_id: str, trait_key: str, body: Any) -> dict[str, Any]:
+    definition = validate(body, editing=trait_key)
+    current = store.get(space_id, trait_key)
+    if current.status == store.COMPUTING:
+        raise Computing(f"computed trait {trait_key!r} is computing (its backfill is running): edit it once its "
+                        "status is ready or failed", [{"path": "status", "value": current.status,
+                                                       "progress": current.progress()}])
+    trait = store.replace(space_id, trait_key, definition.to_dict(), status=store.COMPUTING)
+    backfill.launch(space_id, trait.key, trait.revision)
+    return store.get(space_id, trait_key).view()
+
+
+def get(space_id: str, trait_key: str) -> dict[str, Any]:
+    return store.get(space_id, trait_key).view()
+
+
+def list_traits(space_id: str) -> dict[str, Any]:
+    return {"computed_traits": [t.view() for t in store.list_all(space_id)]}
+
+
+def referrers(space_id: str, trait_key: str) -> list[dict[str, str]]:
+    """The live audiences whose conditions read `trait_key`, with where."""
+    return [{"type": "audience", "key": audience.key, "path": path}
+            for audience in audience_store.list_all(space_id) if not audience.system
+            for ref, path in computed_trait_refs(audience_store.definition_of(audience).condition)
+            if ref == trait_key]
+
+
+def delete(space_id: str, trait_key: str) -> None:
+    """Tombstone the trait (its key stays taken). The Profile API shows live computed traits only, so
+    its values disappear from /traits at once; no audience reads it (that is a 409 above)."""
+    store.get(space_id, trait_key)  # 404 first
+    found = referrers(space_id, trait_key)
+    if found:
+        raise Conflict(f"computed trait {trait_key!r} is referenced by {len(found)} definition(s): "
+                       + ", ".join(f"{r['type']} {r['key']!r} at {r['path']}" for r in found)
+                       + "; change or delete them first", found)
+    store.delete(space_id, trait_key)
+
+
+def preview_trait(space_id: str, body: Any, sample_size: int) -> dict[str, Any]:
+    return preview.preview(space_id, validate(body), sample_size)

@@ -1,0 +1,117 @@
+"""Computed traits for the stream pipeline and the sweeper.
+
+- `index(space)`: the space's compiled definitions for the profile processor (built once per
+  definitions cache fill; no read per event);
+- `refresh(space, image, now)`: the sweeper's recompute of a profile's values when a window
+  moved: pure over the image's buckets, then one conditional UpdateItem only if a value changed.
+  That write is a profile change like any other, so audiences on the trait follow through the
+  profile stream, and `Computed Trait Changed` is published from it.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import boto3
+
+from engage import clock
+from engage.audiences.aggregates import from_ms, to_ms
+from engage.computed_traits import aggregates, store
+from engage.config import settings
+from engage.db import key
+from engage.errors import ValidationFailed
+from engage.observability import logger
+
+REFRESH_ATTEMPTS = 3
+
+_indexes: dict[str, tuple[list[store.ComputedTrait], aggregates.TraitIndex]] = {}
+
+
+def index(space_id: str) -> aggregates.TraitIndex:
+    traits = store.cached(space_id)
+    hit = _indexes.get(space_id)
+    if hit is not None and hit[0] is traits:
+        return hit[1]
+    definitions = []
+    for trait in traits:
+        if trait.definition.get("entity", "users") != "users":
+            continue
+        try:
+            definitions.append(store.definition_of(trait))
+        except ValidationFailed:  # a definition stored by an older version must not stop the others
+            logger.exception("unreadable computed trait definition", extra={"space": space_id, "key": trait.key})
+    built = aggregates.TraitIndex(definitions)
+    _indexes[space_id] = (traits, built)
+    return built
+
+
+def reset() -> None:
+    _indexes.clear()
+    _table.cache_clear()
+
+
+def due_of(image: dict | None) -> datetime | None:
+    due = (image or {}).get("computed_traits_due")
+    return clock.parse(due) if due else None
+
+
+def computed_now(image: dict, trait_index: aggregates.TraitIndex, now: datetime) -> tuple[dict, str | None]:
+    """(computed_traits, computed_traits_due) of an image at `now` (pure)."""
+    state = image.get("computed_trait_state") or {}
+    now_ms = to_ms(now)
+    values = aggregates.with_values(image.get("computed_traits") or {}, aggregates.values(state, trait_index, now_ms))
+    edge = aggregates.next_change_ms(state, trait_index, now_ms)
+    return values, None if edge is None else clock.iso(from_ms(edge))
+
+
+def refresh(space_id: str, image: dict, now: datetime, reread=None) -> tuple[dict, datetime | None]:
+    """The image with its computed traits as of `now` (written if they changed) and their next edge."""
+    trait_index = index(space_id)
+    for _ in range(REFRESH_ATTEMPTS):
+        if not trait_index or not image.get("computed_trait_state"):
+            return image, None
+        values, due = computed_now(image, trait_index, now)
+        if _same(values, image.get("computed_traits") or {}) and due == image.get("computed_traits_due"):
+            return image, due_of({"computed_traits_due": due})
+        version = int(image.get("version") or 0)
+        try:
+            _table().update_item(
+                Key={"pk": key(space_id, image["profile_id"])},
+                UpdateExpression="SET computed_traits = :values, computed_traits_due = :due ADD version :one",
+                ConditionExpression="version = :read",
+                ExpressionAttributeValues={":values": dynamo_safe(values), ":due": due, ":one": 1, ":read": version})
+        except _table().meta.client.exceptions.ConditionalCheckFailedException:
+            image = reread() if reread else None  # the processor wrote meanwhile: decide from its image
+            if image is None:
+                return {}, None
+            continue
+        return {**image, "computed_traits": values, "computed_traits_due": due, "version": version + 1}, \
+            due_of({"computed_traits_due": due})
+    raise RuntimeError(f"computed traits of profile {image.get('profile_id')!r} kept changing while refreshed")
+
+
+def _same(a: dict, b: dict) -> bool:
+    return _canonical(a) == _canonical(b)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_number)
+
+
+@lru_cache(maxsize=1)
+def _table():
+    return boto3.resource("dynamodb").Table(settings().require("profiles_table"))
+
+
+def dynamo_safe(value: Any) -> Any:
+    """Floats as Decimals (boto3 refuses floats)."""
+    return json.loads(json.dumps(value, default=_number), parse_float=Decimal, parse_int=Decimal)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

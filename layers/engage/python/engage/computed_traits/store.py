@@ -1,0 +1,251 @@
+"""Computed trait definitions in ConfigTable: the one storage place for the computed trait aggregate.
+
+  pk = <space>|computed_traits, sk = <key>   one item per computed trait ever created; a deleted one
+                                             stays as a tombstone (`deleted_at`): keys are never reused
+
+Keys share the audience key space (both show in the Profile API's /traits): management refuses a
+computed trait key that an audience ever used, and the other way round.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UnicodeSetAttribute, VersionAttribute
+from pynamodb.exceptions import PutError, UpdateError
+
+from engage import clock
+from engage.audiences.definition import KEY_PATTERN
+from engage.computed_traits.definition import ComputedTraitDefinition, parse_definition
+from engage.config import settings
+from engage.db import EngageModel, TableName, key
+from engage.errors import Conflict, NotFound
+
+COMPUTING, READY, FAILED = "computing", "ready", "failed"
+
+
+class ComputedTraitRecord(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    key = UnicodeAttribute()
+    entity = UnicodeAttribute(default="users")
+    definition = UnicodeAttribute()
+    status = UnicodeAttribute(default=READY)
+    revision = NumberAttribute(default=1)
+    backfill_segments = NumberAttribute(null=True)
+    backfill_done = UnicodeSetAttribute(null=True)
+    backfill_evaluated = NumberAttribute(null=True)  # profiles evaluated by the current run
+    error = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    deleted_at = UnicodeAttribute(null=True)
+    version = VersionAttribute()
+
+
+@dataclass(frozen=True)
+class ComputedTrait:
+    space_id: str
+    key: str
+    definition: dict[str, Any]
+    status: str
+    revision: int
+    created_at: str
+    updated_at: str
+    segments: int | None = None
+    segments_done: int = 0
+    evaluated: int = 0
+    error: str | None = None
+
+    def progress(self) -> dict[str, Any]:
+        return {"segments": self.segments, "segments_done": self.segments_done,
+                "profiles_evaluated": self.evaluated}
+
+    def view(self) -> dict[str, Any]:
+        out = {**self.definition, "status": self.status, "revision": self.revision,
+               "created_at": self.created_at, "updated_at": self.updated_at}
+        if self.status == COMPUTING:
+            out["progress"] = self.progress()
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def pk(space_id: str) -> str:
+    return key(space_id, "computed_traits")
+
+
+def _trait(record: ComputedTraitRecord) -> ComputedTrait:
+    return ComputedTrait(record.space_id, record.key, json.loads(record.definition), record.status,
+                         int(record.revision), record.created_at, record.updated_at,
+                         None if record.backfill_segments is None else int(record.backfill_segments),
+                         len(record.backfill_done or ()), int(record.backfill_evaluated or 0), record.error)
+
+
+def definition_of(trait: ComputedTrait) -> ComputedTraitDefinition:
+    return parse_definition(trait.definition)
+
+
+def record(space_id: str, trait_key: str) -> ComputedTraitRecord | None:
+    """The item of a key, tombstones included (None if the key was never used)."""
+    if not KEY_PATTERN.match(trait_key):
+        return None
+    try:
+        return ComputedTraitRecord.get(pk(space_id), trait_key, consistent_read=True)
+    except ComputedTraitRecord.DoesNotExist:
+        return None
+
+
+def _live(space_id: str, trait_key: str) -> ComputedTraitRecord:
+    found = record(space_id, trait_key)
+    if found is None or found.deleted_at:
+        raise NotFound(f"no computed trait {trait_key!r} in this space", [{"path": "key", "value": trait_key}])
+    return found
+
+
+def create(space_id: str, definition: dict[str, Any], *, status: str) -> ComputedTrait:
+    trait_key = definition["key"]
+    now = clock.iso()
+    item = ComputedTraitRecord(pk(space_id), trait_key, space_id=space_id, key=trait_key,
+                               entity=definition.get("entity", "users"),
+                               definition=json.dumps(definition, sort_keys=True), status=status,
+                               created_at=now, updated_at=now)
+    try:
+        item.save(condition=ComputedTraitRecord.pk.does_not_exist())
+    except PutError as error:
+        if _conditional_failed(error):
+            existing = record(space_id, trait_key)
+            what = "was used by a deleted computed trait" if existing and existing.deleted_at else "is in use"
+            raise Conflict(f"computed trait key {trait_key!r} {what}: keys are unique in a space forever",
+                           [{"path": "key", "value": trait_key}]) from error
+        raise
+    clear_cache(space_id)
+    return _trait(item)
+
+
+def replace(space_id: str, trait_key: str, definition: dict[str, Any], *, status: str,
+            expected_version: int | None = None) -> ComputedTrait:
+    """A new revision of a live trait's definition (its values are recomputed by the backfill)."""
+    item = _live(space_id, trait_key)
+    if expected_version is not None and int(item.version) != expected_version:
+        raise Conflict(f"computed trait {trait_key!r} was changed concurrently; read it again and retry")
+    item.definition = json.dumps(definition, sort_keys=True)
+    item.entity = definition.get("entity", "users")
+    item.status = status
+    item.revision = int(item.revision) + 1
+    item.backfill_segments = None
+    item.backfill_done = None
+    item.backfill_evaluated = None
+    item.error = None
+    item.updated_at = clock.iso()
+    _save(item, trait_key)
+    clear_cache(space_id)
+    return _trait(item)
+
+
+def delete(space_id: str, trait_key: str) -> None:
+    item = _live(space_id, trait_key)
+    item.deleted_at = item.updated_at = clock.iso()
+    _save(item, trait_key)
+    clear_cache(space_id)
+
+
+def get(space_id: str, trait_key: str) -> ComputedTrait:
+    return _trait(_live(space_id, trait_key))
+
+
+def find(space_id: str, trait_key: str) -> ComputedTrait | None:
+    try:
+        return get(space_id, trait_key)
+    except NotFound:
+        return None
+
+
+def list_all(space_id: str) -> list[ComputedTrait]:
+    return [_trait(r) for r in ComputedTraitRecord.query(pk(space_id)) if not r.deleted_at]
+
+
+# ---------------------------------------------------------------- backfill bookkeeping
+def start_backfill(space_id: str, trait_key: str, revision: int, segments: int) -> None:
+    _update(space_id, trait_key, revision, [ComputedTraitRecord.backfill_segments.set(segments),
+                                             ComputedTraitRecord.backfill_done.remove(),
+                                             ComputedTraitRecord.backfill_evaluated.set(0),
+                                             ComputedTraitRecord.status.set(COMPUTING)])
+
+
+def count_evaluated(space_id: str, trait_key: str, revision: int, evaluated: int) -> None:
+    if evaluated:
+        _update(space_id, trait_key, revision, [ComputedTraitRecord.backfill_evaluated.add(evaluated)])
+
+
+def finish_backfill_segment(space_id: str, trait_key: str, revision: int, segment: int) -> str | None:
+    item = ComputedTraitRecord(pk(space_id), trait_key)
+    try:
+        item.update(actions=[ComputedTraitRecord.backfill_done.add({str(segment)})],
+                    condition=(ComputedTraitRecord.revision == revision)
+                    & ComputedTraitRecord.deleted_at.does_not_exist(), add_version_condition=False)
+    except UpdateError as error:
+        if _conditional_failed(error):
+            return None
+        raise
+    if item.backfill_segments is not None and len(item.backfill_done or ()) >= int(item.backfill_segments):
+        set_status(space_id, trait_key, revision, READY)
+        return READY
+    return item.status
+
+
+def set_status(space_id: str, trait_key: str, revision: int, status: str, error: str | None = None) -> None:
+    actions = [ComputedTraitRecord.status.set(status), ComputedTraitRecord.updated_at.set(clock.iso()),
+               ComputedTraitRecord.error.set(error[:1000]) if error else ComputedTraitRecord.error.remove()]
+    _update(space_id, trait_key, revision, actions)
+
+
+def _update(space_id: str, trait_key: str, revision: int, actions: list) -> None:
+    """Update the bookkeeping of one revision (a newer revision's run owns the item: no-op then)."""
+    try:
+        ComputedTraitRecord(pk(space_id), trait_key).update(
+            actions=actions, condition=ComputedTraitRecord.revision == revision, add_version_condition=False)
+    except UpdateError as error:
+        if not _conditional_failed(error):
+            raise
+    clear_cache(space_id)
+
+
+# ---------------------------------------------------------------- warm-container cache
+_cache: dict[str, tuple[float, list[ComputedTrait]]] = {}
+
+
+def cached(space_id: str) -> list[ComputedTrait]:
+    """Live computed traits of a space, cached per warm container for `audience_cache_seconds`
+    (the same window and the same mechanism as engage.audiences.store.cached; keep them alike)."""
+    hit = _cache.get(space_id)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    traits = list_all(space_id)
+    _cache[space_id] = (time.monotonic() + settings().audience_cache_seconds, traits)
+    return traits
+
+
+def clear_cache(space_id: str | None = None) -> None:
+    if space_id is None:
+        _cache.clear()
+    else:
+        _cache.pop(space_id, None)
+
+
+def _save(item: ComputedTraitRecord, trait_key: str) -> None:
+    try:
+        item.save()
+    except PutError as error:
+        if _conditional_failed(error):
+            raise Conflict(f"computed trait {trait_key!r} was changed concurrently; read it again and retry") from error
+        raise
+
+
+def _conditional_failed(error: Exception) -> bool:
+    return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"

@@ -1,0 +1,97 @@
+"""Computed traits on the local cloud (template.yaml as deployed): seed 002's `total_revenue` and a
+`big_spender` audience on it, in real time from the Segment SDK; a windowed trait moving with the clock."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+pytestmark = [pytest.mark.e2e]
+
+WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
+
+
+def traits(cloud, user_id: str, **query) -> dict:
+    suffix = "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
+    status, _, body = cloud.call("GET", f"/v1/spaces/local/collections/users/profiles/user_id:{user_id}/traits{suffix}",
+                                 auth=ACCESS_TOKEN)
+    assert status == 200, body
+    return body["traits"]
+
+
+def create(cloud, path: str, body: dict) -> dict:
+    status, _, created = cloud.call("POST", path, body, auth=ACCESS_TOKEN)
+    assert status == 201, created
+    status, _, settled = cloud.call("POST", "/_local/settle", {"executions": True, "timeout": 120})
+    assert status == 200, settled
+    return created
+
+
+def until_seen(cloud, event: dict, check, deadline_s: float = 180) -> None:
+    """Send `event` for fresh probe users until `check(traits)` holds for one of them: warm processors and
+    evaluators see new definitions within AUDIENCE_CACHE_SECONDS of real time, as on AWS (a poll, no sleeps)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        status, _, _ = cloud.call("POST", "/v1/track", {"userId": probe, **event}, auth=WRITE_KEY)
+        assert status == 200
+        cloud.settle()
+        if check(traits(cloud, probe)):
+            return
+    raise AssertionError(f"no warm function saw the new definitions within {deadline_s} s")
+
+
+def test_seed_002_total_revenue_and_big_spender_from_sdk_events_in_real_time(local_cloud):
+    from segment.analytics import Client
+
+    suffix = uuid.uuid4().hex[:8]
+    trait, audience = f"total_revenue_{suffix}", f"big_spender_{suffix}"
+    # Given the seed's computed trait (sum of Order Completed revenue) and an audience on it
+    created = create(local_cloud, "/v1/computed-traits", {"key": trait, "kind": "sum", "event": "Order Completed",
+                                                          "property": "revenue"})
+    assert created["status"] == "computing"
+    status, _, got = local_cloud.call("GET", f"/v1/computed-traits/{trait}", auth=ACCESS_TOKEN)
+    assert status == 200 and got["status"] == "ready", got
+    create(local_cloud, "/v1/audiences", {"key": audience, "name": "Big spender",
+                                          "condition": {"computed_trait": trait, "op": "gte", "value": 500}})
+    until_seen(local_cloud, {"event": "Order Completed", "properties": {"revenue": 600}},
+               lambda t: t.get(trait) == 600 and t.get(audience) is True)
+    # When a customer orders for 300 through the real analytics-python SDK
+    user = f"spender-{suffix}"
+    errors = []
+    client = Client(WRITE_KEY, host=local_cloud.api_url, sync_mode=True, on_error=lambda e, _: errors.append(e))
+    client.track(user_id=user, event="Order Completed", properties={"revenue": 300})
+    client.flush()
+    local_cloud.settle()
+    # Then the trait shows it, and the audience does not take them yet
+    assert traits(local_cloud, user, **{"class": "computed_trait"}).get(trait) == 300
+    assert audience not in traits(local_cloud, user)
+    # When they order for 250 more (curl-style, straight to the HTTP API)
+    status, _, _ = local_cloud.call("POST", "/v1/track", {"userId": user, "event": "Order Completed",
+                                                          "properties": {"revenue": 250}}, auth=WRITE_KEY)
+    assert status == 200
+    local_cloud.settle()
+    # Then they crossed 500 and entered at once
+    shown = traits(local_cloud, user)
+    assert shown[trait] == 550 and shown[audience] is True
+    assert errors == []
+
+
+def test_a_windowed_computed_trait_moves_when_the_clock_advances(local_cloud):
+    suffix = uuid.uuid4().hex[:8]
+    trait = f"orders_7d_{suffix}"
+    create(local_cloud, "/v1/computed-traits", {"key": trait, "kind": "count", "event": "Order Completed",
+                                                "window": {"within_days": 7}})
+    until_seen(local_cloud, {"event": "Order Completed"}, lambda t: t.get(trait) == 1)
+    user = f"weekly-{suffix}"
+    status, _, _ = local_cloud.call("POST", "/v1/track", {"userId": user, "event": "Order Completed"}, auth=WRITE_KEY)
+    assert status == 200
+    local_cloud.settle()
+    assert traits(local_cloud, user)[trait] == 1
+    # When 8 days pass on the virtual clock (the sweeper's schedule fires on the way)
+    status, _, moved = local_cloud.call("POST", "/_local/clock", {"advance": "P8D"})
+    assert status == 200, moved
+    local_cloud.settle()
+    # Then the order left the window with no new event
+    assert traits(local_cloud, user)[trait] == 0

@@ -1,0 +1,274 @@
+"""Computed traits on moto through the real handlers: the stream pipeline (processor -> evaluator ->
+router -> bus), the management API, the backfill machine's page function and the sweeper."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from engage import clock
+from tests.integration.audience_support import (
+    Bus,
+    LambdaContext,
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    handler,
+    members_of,
+    stream_records_of,
+)
+from tests.integration.test_pipeline import Pipeline
+from tests.integration.test_profile_api import request
+
+
+@pytest.fixture
+def bus(aws):
+    """Everything published on the stack's bus (read through an SQS rule target)."""
+    return Bus(aws).received
+
+
+TOTAL_REVENUE = {"key": "total_revenue", "kind": "sum", "event": "Order Completed", "property": "revenue"}
+BIG_SPENDER = {"key": "big_spender", "name": "Big spender",
+               "condition": {"computed_trait": "total_revenue", "op": "gte", "value": 500}}
+
+
+def order(user: str, revenue, message_id: str, **extra) -> dict:
+    return {"userId": user, "event": "Order Completed", "properties": {"revenue": revenue}, "messageId": message_id,
+            **extra}
+
+
+def traits_of(user: str, **query) -> dict:
+    event = request("traits", space="acme", profile=f"user_id:{user}", query=query or None,
+                    token="acme-access-token")
+    response = handler("profile_api")(event, LambdaContext())
+    assert response["statusCode"] == 200, response
+    return json.loads(response["body"])["traits"]
+
+
+def detail_types(messages: list[dict]) -> list[tuple[str, str, object]]:
+    return [(m["detail-type"], m["detail"].get("computed_trait_key") or m["detail"].get("audience_key"),
+             m["detail"].get("value")) for m in messages]
+
+
+def test_seed_002_total_revenue_and_big_spender_follow_events_in_real_time(aws, space, engine, bus):
+    # Given the seed's computed trait and an audience on it
+    status, created = call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)
+    assert status == 201, created
+    assert call_api("GET", "/v1/computed-traits/total_revenue")[1]["status"] == "ready"
+    assert call_api("POST", "/v1/audiences", BIG_SPENDER)[0] == 201
+    pipeline = Pipeline(aws)
+    # When ann orders for 300: the trait follows, the audience does not take her yet
+    pipeline.track(order("ann", 300, "o1"))
+    assert traits_of("ann")["total_revenue"] == 300
+    assert members_of("big_spender") == set()
+    # and when she orders for 250.5 more, she crosses 500 and enters at once
+    pipeline.track(order("ann", "250.5", "o2"))
+    assert traits_of("ann") == {"total_revenue": 550.5, "big_spender": True, "all": True}
+    assert traits_of("ann", **{"class": "computed_trait"}) == {"total_revenue": 550.5}
+    assert len(members_of("big_spender")) == 1
+    # Then the bus carried both value changes and the entry
+    published = detail_types(bus())
+    assert ("Computed Trait Changed", "total_revenue", 300) in published
+    assert ("Computed Trait Changed", "total_revenue", 550.5) in published
+    assert ("Audience Entered", "big_spender", None) in published
+    changed = [m for m in bus() if m]  # read once: nothing more
+    assert changed == []
+
+
+def test_a_redelivered_batch_does_not_count_twice(aws, space, engine):
+    # Given a computed trait and an order applied once
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    pipeline = Pipeline(aws)
+    pipeline.track(order("bob", 120, "o1"))
+    # When the EventsTable batch is delivered again (a retried batch), and the same messageId is sent again
+    again = handler("profile_processor")({"Records": stream_records_of(aws, "EventsTable")}, LambdaContext())
+    assert not again.get("batchItemFailures")
+    pipeline.track(order("bob", 120, "o1"))
+    # Then it counted once
+    assert traits_of("bob")["total_revenue"] == 120
+
+
+def test_backfill_computes_values_from_the_history_kept_before_the_trait_existed(aws, space, engine):
+    # Given orders applied before any computed trait was defined
+    pipeline = Pipeline(aws)
+    for n, (user, revenue) in enumerate([("ann", 400), ("ann", 200), ("bob", 90), ("cy", "x")]):
+        pipeline.track(order(user, revenue, f"o{n}"))
+    assert "total_revenue" not in traits_of("ann")
+    # When the trait is created (the backfill runs its pages)
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    ready = call_api("GET", "/v1/computed-traits/total_revenue")[1]
+    # Then every profile has its value, and the run's progress was counted
+    assert ready["status"] == "ready" and "progress" not in ready
+    assert traits_of("ann")["total_revenue"] == 600
+    assert traits_of("bob")["total_revenue"] == 90
+    assert "total_revenue" not in traits_of("cy")  # no usable revenue: no value
+    # and an audience created on it afterwards finds its members by its own backfill
+    assert call_api("POST", "/v1/audiences", BIG_SPENDER)[0] == 201
+    assert len(members_of("big_spender")) == 1
+    # and new events continue from the backfilled buckets
+    pipeline.track(order("bob", 10, "o9"))
+    assert traits_of("bob")["total_revenue"] == 100
+
+
+def test_an_edit_recomputes_every_profile_and_audiences_follow(aws, space, engine):
+    pipeline = Pipeline(aws)
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    assert call_api("POST", "/v1/audiences", BIG_SPENDER)[0] == 201
+    pipeline.track(order("ann", 300, "o1", properties={"revenue": 300, "coupon": True}))
+    pipeline.track(order("ann", 300, "o2"))
+    assert members_of("big_spender") != set()
+    # When the trait is edited to count only orders without a coupon
+    status, edited = call_api("PUT", "/v1/computed-traits/total_revenue",
+                              {**TOTAL_REVENUE, "where": [{"property": "coupon", "op": "not_exists"}]})
+    assert status == 200, edited
+    assert edited["revision"] == 2
+    # Then the value is recomputed from the history, the old revision's buckets are gone,
+    # and the audience follows through the profile stream
+    assert traits_of("ann")["total_revenue"] == 300
+    pipeline.flow()
+    assert members_of("big_spender") == set()
+    profile = _profile_item(aws, "ann")
+    assert len(profile["computed_trait_state"]) == 1
+
+
+def _profile_item(aws, user: str) -> dict:
+    items = [i for i in aws.table("ProfilesTable").scan(ConsistentRead=True)["Items"]
+             if any(e.get("id") == user for e in i.get("external_ids", []))]
+    assert len(items) == 1
+    return items[0]
+
+
+def test_an_edit_while_computing_is_a_409_with_progress(aws, space, engine, monkeypatch):
+    from engage.audiences import backfill
+
+    monkeypatch.setattr(backfill, "starter", lambda *args: None)  # the run never finishes
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    status, body = call_api("PUT", "/v1/computed-traits/total_revenue", {**TOTAL_REVENUE, "kind": "max"})
+    assert status == 409 and body["error"]["code"] == "computing", body
+    assert body["error"]["details"][0]["progress"] == {"segments": backfill.SEGMENTS, "segments_done": 0,
+                                                       "profiles_evaluated": 0}
+    assert call_api("GET", "/v1/computed-traits/total_revenue")[1]["progress"]["segments"] == backfill.SEGMENTS
+    # audiences likewise (seed 002: a computing audience cannot be edited)
+    assert call_api("POST", "/v1/audiences", {"key": "pro", "name": "Pro",
+                                              "condition": {"trait": "plan", "op": "eq", "value": "pro"}})[0] == 201
+    status, body = call_api("PUT", "/v1/audiences/pro", {"name": "Pro", "condition": {"trait": "plan", "op": "exists"}})
+    assert status == 409 and body["error"]["code"] == "computing", body
+    assert body["error"]["details"][0]["progress"]["members_so_far"] == 0
+    got = call_api("GET", "/v1/audiences/pro")[1]
+    assert got["status"] == "computing" and got["progress"]["segments_done"] == 0
+    # a failed run unlocks it
+    backfill.run_page({"action": "fail", "space_id": "acme", "audience_key": "pro", "revision": 1,
+                       "error": {"Error": "boom"}})
+    assert call_api("PUT", "/v1/audiences/pro", {"name": "Pro", "condition": {"trait": "plan", "op": "exists"}})[0] \
+        == 200
+    backfill.run_page({"action": "fail", "subject": "computed_trait", "space_id": "acme",
+                       "audience_key": "total_revenue", "revision": 1, "error": {"Error": "boom"}})
+    assert call_api("GET", "/v1/computed-traits/total_revenue")[1]["status"] == "failed"
+    assert call_api("PUT", "/v1/computed-traits/total_revenue", {**TOTAL_REVENUE, "kind": "max"})[0] == 200
+
+
+def test_definitions_cannot_reference_what_does_not_exist(aws, space, engine):
+    # An audience on a computed trait that does not exist is a 400 naming the path
+    status, body = call_api("POST", "/v1/audiences", {"key": "x", "name": "X", "condition": {"all": [
+        {"trait": "plan", "op": "exists"}, {"computed_trait": "total_revenue", "op": "gte", "value": 5}]}})
+    assert status == 400, body
+    assert body["error"]["details"] == [{"path": "condition.all[1].computed_trait",
+                                         "message": "unknown computed trait 'total_revenue'"}]
+    # and an unknown audience too (as before)
+    status, body = call_api("POST", "/v1/audiences", {"key": "x", "name": "X", "condition": {"audience": "nope"}})
+    assert status == 400 and body["error"]["details"][0]["path"] == "condition.audience"
+
+
+def test_deleting_what_others_reference_is_a_409_that_lists_them(aws, space, engine):
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    assert call_api("POST", "/v1/audiences", BIG_SPENDER)[0] == 201
+    assert call_api("POST", "/v1/audiences", {"key": "vip", "name": "VIP", "condition": {"any": [
+        {"audience": "big_spender"}, {"trait": "vip", "op": "eq", "value": True}]}})[0] == 201
+    status, body = call_api("DELETE", "/v1/computed-traits/total_revenue")
+    assert status == 409, body
+    assert body["error"]["details"] == [{"type": "audience", "key": "big_spender", "path": "condition.computed_trait"}]
+    status, body = call_api("DELETE", "/v1/audiences/big_spender")
+    assert status == 409, body
+    assert body["error"]["details"] == [{"type": "audience", "key": "vip", "path": "condition.any[0].audience"}]
+    # once the referrers are gone, both can go
+    assert call_api("DELETE", "/v1/audiences/vip")[0] == 204
+    assert call_api("DELETE", "/v1/audiences/big_spender")[0] == 204
+    assert call_api("DELETE", "/v1/computed-traits/total_revenue")[0] == 204
+    assert call_api("GET", "/v1/computed-traits/total_revenue")[0] == 404
+    # and the key is never reused, by either kind
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 409
+    assert call_api("POST", "/v1/audiences", {**BIG_SPENDER, "key": "total_revenue",
+                                              "condition": {"trait": "a", "op": "exists"}})[0] == 409
+
+
+def test_audience_and_computed_trait_keys_do_not_collide(aws, space, engine):
+    assert call_api("POST", "/v1/audiences", {"key": "pro", "name": "Pro",
+                                              "condition": {"trait": "plan", "op": "eq", "value": "pro"}})[0] == 201
+    status, body = call_api("POST", "/v1/computed-traits", {**TOTAL_REVENUE, "key": "pro"})
+    assert status == 409 and "audience" in body["error"]["message"]
+    assert call_api("POST", "/v1/computed-traits", {**TOTAL_REVENUE, "key": "all"})[0] == 409
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    status, body = call_api("POST", "/v1/audiences", {"key": "total_revenue", "name": "T",
+                                                      "condition": {"trait": "a", "op": "exists"}})
+    assert status == 409 and "computed trait" in body["error"]["message"]
+
+
+def test_a_deleted_computed_trait_no_longer_shows_in_the_profile_api(aws, space, engine):
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    Pipeline(aws).track(order("ann", 10, "o1"))
+    assert traits_of("ann", **{"class": "computed_trait"}) == {"total_revenue": 10}
+    assert call_api("DELETE", "/v1/computed-traits/total_revenue")[0] == 204
+    assert traits_of("ann", **{"class": "computed_trait"}) == {}
+    assert "total_revenue" not in traits_of("ann")
+
+
+def test_list_and_preview(aws, space, engine):
+    Pipeline(aws).track(order("ann", 10, "o1"))
+    status, preview = call_api("POST", "/v1/computed-traits:preview", {k: v for k, v in TOTAL_REVENUE.items()
+                                                                       if k != "key"})
+    assert status == 200, preview
+    assert preview["with_value"] == 1 and preview["sample"][0]["value"] == 10
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    listed = call_api("GET", "/v1/computed-traits")[1]["computed_traits"]
+    assert [t["key"] for t in listed] == ["total_revenue"]
+    status, body = call_api("POST", "/v1/computed-traits", {**TOTAL_REVENUE, "key": "t2", "kind": "median"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "kind"
+
+
+def test_the_sweeper_moves_a_windowed_trait_and_its_audience_with_the_clock(aws, space, engine, bus):
+    # Given orders counted over 7 days, and an audience of profiles with 2 or more
+    assert call_api("POST", "/v1/computed-traits", {"key": "orders_7d", "kind": "count", "event": "Order Completed",
+                                                    "window": {"within_days": 7}})[0] == 201
+    assert call_api("POST", "/v1/audiences", {"key": "frequent", "name": "Frequent", "condition": {
+        "computed_trait": "orders_7d", "op": "gte", "value": 2}})[0] == 201
+    pipeline = Pipeline(aws)
+    pipeline.track(order("ann", 1, "o1", timestamp=clock.iso(clock.now() - timedelta(days=3))))
+    pipeline.track(order("ann", 1, "o2"))
+    assert traits_of("ann")["orders_7d"] == 2
+    assert len(members_of("frequent")) == 1
+    # When 5 days pass (the older order leaves the window) and the sweeper runs
+    clock.advance(timedelta(days=5))
+    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    assert report["profiles"] == 1, report
+    pipeline.flow()
+    # Then the value moved with no event, the audience followed, and the bus said so
+    assert traits_of("ann")["orders_7d"] == 1
+    assert members_of("frequent") == set()
+    published = detail_types(bus())
+    assert ("Computed Trait Changed", "orders_7d", 1) in published
+    assert ("Audience Exited", "frequent", None) in published
+    # and after the newer order leaves too, the value is 0
+    clock.advance(timedelta(days=3))
+    handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    pipeline.flow()
+    assert traits_of("ann")["orders_7d"] == 0
+
+
+def test_routes_are_in_the_template_and_need_the_token(aws, space, engine):
+    assert call_api("GET", "/v1/computed-traits", token=None)[0] == 401
+    assert call_api("GET", "/v1/computed-traits/nope")[0] == 404
+
+
+@pytest.mark.parametrize("body", [json.dumps([1]), "{"])
+def test_bad_bodies_are_400s(aws, space, engine, body):
+    assert call_api("POST", "/v1/computed-traits", raw=body)[0] == 400

@@ -1,0 +1,314 @@
+"""Computed traits, pure: every kind over windows, filters, merges and budgets, held to a reference
+that reads the raw events (no buckets) and to hand-computed answers."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engage import profile_budgets as budgets
+from engage import profiles
+from engage.audiences.aggregates import from_ms, lookup, to_ms
+from engage.audiences.evaluator import compare
+from engage.computed_traits import aggregates as ag
+from engage.computed_traits.definition import KINDS, parse_definition
+from engage.dynamodb_limits import value_size
+from engage.errors import ValidationFailed
+
+NOW = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
+ORDER = "Order Completed"
+
+
+def message(i: int, when: datetime, props: dict, name: str = ORDER) -> dict:
+    return {"type": "track", "event": name, "messageId": f"m{i:04d}", "userId": "u1",
+            "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "properties": props}
+
+
+def definition(kind: str, **extra) -> dict:
+    body = {"key": f"t_{kind}", "kind": kind, "event": ORDER, **extra}
+    if kind != "count" and "property" not in body:
+        body["property"] = "revenue" if kind in ("sum", "avg", "min", "max") else "category"
+    return body
+
+
+# ---------------------------------------------------------------- the reference: raw events, no buckets
+def _in_window(window: dict | None, ts: datetime, now: datetime) -> bool:
+    if window is None:
+        return True
+    if "within_hours" in window:
+        ago = int(now.timestamp() // 3600) - int(ts.timestamp() // 3600)
+        return 0 <= ago < window["within_hours"]
+    ago = (now.date() - ts.date()).days
+    if "within_days" in window:
+        return 0 <= ago < window["within_days"]
+    start, end = window["between_days"]
+    return start <= ago < end
+
+
+def reference(body: dict, events: list[dict], now: datetime):
+    """The value from the raw events, written plainly from docs/computed-traits.md."""
+    kind, prop = body["kind"], body.get("property")
+    rows = []
+    for m in events:
+        ts = datetime.fromisoformat(m["timestamp"])
+        props = m["properties"]
+        if m["event"] != body["event"] or not _in_window(body.get("window"), ts, now):
+            continue
+        if not all(compare(f["op"], lookup(props, f["property"]), f.get("value")) for f in body.get("where", [])):
+            continue
+        rows.append((ts, m["messageId"], lookup(props, prop) if prop else None))
+    if kind == "count":
+        return len(rows)
+    if kind in ("sum", "avg", "min", "max"):
+        nums = [ag.number(v) for _, _, v in rows if ag.number(v) is not None]
+        if kind == "sum":
+            return float(sum(nums, Decimal(0)))
+        if not nums:
+            return None
+        if kind == "avg":
+            return float(sum(nums, Decimal(0)) / len(nums))
+        return float(min(nums) if kind == "min" else max(nums))
+    if kind in ("first", "last"):
+        present = sorted((ts, mid, v) for ts, mid, v in rows if v is not None)
+        if not present:
+            return None
+        return present[0][2] if kind == "first" else present[-1][2]
+    counts = Counter(ag.value_key(v) for _, _, v in rows if ag.value_key(v) is not None)
+    if kind == "unique_list":
+        return sorted(counts)
+    if kind == "unique_count":
+        return len(counts)
+    if not counts:
+        return None
+    return min(counts.items(), key=lambda item: (-item[1], item[0]))[0]
+
+
+def contributed(body: dict, events: list[dict]) -> bool:
+    """Whether any event (in any window) matched with a usable value: only then has a profile the trait."""
+    usable = {"count": lambda v: True, "first": lambda v: v is not None, "last": lambda v: v is not None}
+    for m in events:
+        props = m["properties"]
+        if m["event"] != body["event"] or not all(
+                compare(f["op"], lookup(props, f["property"]), f.get("value")) for f in body.get("where", [])):
+            continue
+        value = lookup(props, body["property"]) if body.get("property") else None
+        check = usable.get(body["kind"], (lambda v: ag.number(v) is not None)
+                           if body["kind"] in ("sum", "avg", "min", "max") else (lambda v: ag.value_key(v) is not None))
+        if check(value):
+            return True
+    return False
+
+
+def incremental(body: dict, events: list[dict], now: datetime, *, order_seed: int = 0):
+    """The value the engine computes: events applied one by one (in any order) to the buckets."""
+    index = ag.TraitIndex([parse_definition(body)])
+    shuffled = list(events)
+    random.Random(order_seed).shuffle(shuffled)
+    state: dict = {}
+    for m in shuffled:
+        state, _ = ag.apply_event(state, m, index)
+    spec = index.specs[0]
+    return ag.value_at(spec, state.get(spec.id), to_ms(now))
+
+
+def _same(engine, expected) -> bool:
+    if isinstance(expected, float) and engine is not None and not isinstance(engine, str | list):
+        return float(engine) == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    return engine == expected
+
+
+# ---------------------------------------------------------------- property-based: every kind, every window
+events_strategy = st.lists(
+    st.tuples(st.integers(0, 60 * 24), st.one_of(st.none(), st.integers(-50, 500), st.floats(0, 1000, width=32),
+                                                  st.sampled_from(["12.5", "x"])),
+              st.sampled_from(["shoes", "hats", "bags", None]), st.booleans()),
+    max_size=25)
+windows = st.sampled_from([None, {"within_days": 1}, {"within_days": 7}, {"within_days": 30},
+                           {"within_hours": 36}, {"between_days": [3, 20]}])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), raw=events_strategy, window=windows, filtered=st.booleans(),
+       later_hours=st.integers(0, 24 * 40), seed=st.integers(0, 1000))
+def test_every_kind_matches_the_reference_over_raw_events(kind, raw, window, filtered, later_hours, seed):
+    # Given events over 60 days before NOW (some with no usable value, some filtered out)
+    events = [message(i, NOW - timedelta(hours=hours_ago), {"revenue": revenue, "category": category, "gift": gift})
+              for i, (hours_ago, revenue, category, gift) in enumerate(raw)]
+    body = definition(kind, **({"window": window} if window else {}),
+                      **({"where": [{"property": "gift", "op": "eq", "value": False}]} if filtered else {}))
+    # When the engine applies them in any order, then Then its value at NOW and at a later moment
+    # (no new event: the window slid) is the reference's
+    for moment in (NOW, NOW + timedelta(hours=later_hours)):
+        engine = incremental(body, events, moment, order_seed=seed)
+        expected = reference(body, events, moment)
+        if not contributed(body, events):
+            assert engine is None  # no matching event with a value, ever: the trait is absent
+            continue
+        assert _same(engine, expected), (kind, window, engine, expected)
+
+
+# ---------------------------------------------------------------- hand-computed answers
+def test_seed_002_total_revenue_sums_order_completed_revenue():
+    body = {"key": "total_revenue", "kind": "sum", "event": ORDER, "property": "revenue"}
+    events = [message(1, NOW - timedelta(days=40), {"revenue": 120}), message(2, NOW, {"revenue": 380.5}),
+              message(3, NOW, {"revenue": "99.5"}), message(4, NOW, {"revenue": "n/a"}),
+              message(5, NOW, {"revenue": 10}, name="Order Refunded")]
+    assert incremental(body, events, NOW) == 600
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("count", 4), ("sum", 60), ("avg", 20), ("min", 10), ("max", 30), ("first", "hats"), ("last", "bags"),
+    ("most_frequent", "shoes"), ("unique_list", ["bags", "hats", "shoes"]), ("unique_count", 3)])
+def test_each_kind_on_a_small_history(kind, expected):
+    events = [message(1, NOW - timedelta(days=3), {"revenue": 10, "category": "hats"}),
+              message(2, NOW - timedelta(days=2), {"revenue": 20, "category": "shoes"}),
+              message(3, NOW - timedelta(days=1), {"revenue": 30, "category": "shoes"}),
+              message(4, NOW, {"category": "bags"})]
+    prop = {"property": "revenue"} if kind in ("sum", "avg", "min", "max") else \
+        {} if kind == "count" else {"property": "category"}
+    assert incremental({"key": "k", "kind": kind, "event": ORDER, **prop}, events, NOW) == expected
+
+
+def test_a_window_slides_with_no_event_and_next_change_names_the_moment():
+    # Given orders 2 and 5 days ago, counted over 7 days
+    index = ag.TraitIndex([parse_definition(definition("count", window={"within_days": 7}))])
+    state: dict = {}
+    for i, days in enumerate((5, 2)):
+        state, _ = ag.apply_event(state, message(i, NOW - timedelta(days=days), {}), index)
+    spec = index.specs[0]
+    assert ag.value_at(spec, state[spec.id], to_ms(NOW)) == 2
+    # When time passes to the first edge: the older order leaves the window at midnight UTC, 7 days after its day
+    edge = ag.next_change_ms(state, index, to_ms(NOW))
+    assert from_ms(edge) == datetime(2026, 12, 2, tzinfo=UTC)
+    assert ag.value_at(spec, state[spec.id], edge - 1) == 2
+    assert ag.value_at(spec, state[spec.id], edge) == 1
+    # and the next edge after it is the newer order's exit
+    assert from_ms(ag.next_change_ms(state, index, edge)) == datetime(2026, 12, 5, tzinfo=UTC)
+    assert ag.next_change_ms(state, index, to_ms(datetime(2026, 12, 5, tzinfo=UTC))) is None
+
+
+def test_buckets_past_the_window_are_pruned_so_the_state_stays_small():
+    index = ag.TraitIndex([parse_definition(definition("sum", window={"within_days": 7}))])
+    state: dict = {}
+    for day in range(100):
+        state, _ = ag.apply_event(state, message(day, NOW - timedelta(days=100 - day), {"revenue": 1}), index)
+    entry = state[index.specs[0].id]
+    assert len(entry["b"]) == 7
+
+
+def test_filters_use_the_audience_operators():
+    body = definition("count", where=[{"property": "revenue", "op": "gte", "value": 100},
+                                      {"property": "category", "op": "in", "value": ["shoes", "hats"]}])
+    events = [message(1, NOW, {"revenue": 150, "category": "shoes"}), message(2, NOW, {"revenue": 50, "category": "shoes"}),
+              message(3, NOW, {"revenue": "120", "category": "hats"}), message(4, NOW, {"revenue": 500, "category": "x"})]
+    assert incremental(body, events, NOW) == 2
+
+
+def test_other_events_touch_nothing():
+    index = ag.TraitIndex([parse_definition(definition("count"))])
+    state, touched = ag.apply_event({}, message(1, NOW, {}, name="Signed Up"), index)
+    assert state == {} and touched == set()
+
+
+# ---------------------------------------------------------------- merges
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(KINDS), raw=events_strategy, window=windows, split=st.integers(0, 25))
+def test_merging_two_profiles_equals_one_profile_with_both_histories(kind, raw, window, split):
+    events = [message(i, NOW - timedelta(hours=h), {"revenue": r, "category": c}) for i, (h, r, c, _) in enumerate(raw)]
+    index = ag.TraitIndex([parse_definition(definition(kind, **({"window": window} if window else {})))])
+    a = ag.build_state(events[:split], index)
+    b = ag.build_state(events[split:], index)
+    whole = ag.build_state(events, index)
+    spec = index.specs[0]
+    merged = ag.merge_state(a, b)
+    assert ag.value_at(spec, merged.get(spec.id), to_ms(NOW)) == ag.value_at(spec, whole.get(spec.id), to_ms(NOW))
+
+
+# ---------------------------------------------------------------- the processor's hook, and budgets
+def _apply(state: profiles.ProfileState, index, i: int, when: datetime, props: dict) -> profiles.ProfileState:
+    m = profiles.Message.from_payload(message(i, when, props))
+    return profiles.apply_message(state, m, now=NOW, retention_days=400, computed_index=index)
+
+
+def test_apply_message_writes_values_and_the_next_edge_and_a_redelivery_counts_once():
+    index = ag.TraitIndex([parse_definition({"key": "total_revenue", "kind": "sum", "event": ORDER,
+                                             "property": "revenue"}),
+                           parse_definition(definition("count", window={"within_days": 7}))])
+    state = profiles.ProfileState("p1", "acme")
+    state = _apply(state, index, 1, NOW - timedelta(days=1), {"revenue": 300})
+    state = _apply(state, index, 1, NOW - timedelta(days=1), {"revenue": 300})  # the same messageId again
+    state = _apply(state, index, 2, NOW, {"revenue": 250})
+    assert state.computed_traits == {"total_revenue": 550, "t_count": 2}
+    assert state.computed_traits_due == "2026-12-06T00:00:00.000Z"
+
+
+def test_a_merge_sums_both_profiles_buckets():
+    index = ag.TraitIndex([parse_definition({"key": "total_revenue", "kind": "sum", "event": ORDER,
+                                             "property": "revenue"})])
+    a = _apply(profiles.ProfileState("a", "acme", created_at="2026-01-01"), index, 1, NOW, {"revenue": 100})
+    b = _apply(profiles.ProfileState("b", "acme", created_at="2026-02-01"), index, 2, NOW, {"revenue": 200})
+    trigger = profiles.Message.from_payload(message(3, NOW, {"revenue": 5}))
+    survivor, _ = profiles.merge_into(a, b, message=trigger, merged_at=trigger.received_at, now=NOW,
+                                      retention_days=400)
+    survivor = profiles.apply_message(survivor, trigger, now=NOW, retention_days=400, computed_index=index)
+    assert survivor.computed_traits == {"total_revenue": 305}
+
+
+def test_the_computed_traits_budget_holds_whatever_arrives():
+    # Given unique lists of long values over 90 daily buckets, for several traits
+    index = ag.TraitIndex([parse_definition({"key": f"cats_{n}", "kind": "unique_list", "event": ORDER,
+                                             "property": "category", "window": {"within_days": 90}})
+                           for n in range(4)])
+    state = profiles.ProfileState("p1", "acme")
+    dropped: Counter = Counter()
+    for i in range(400):
+        m = profiles.Message.from_payload(message(i, NOW - timedelta(days=i % 90, minutes=i),
+                                                  {"category": f"{i:04d}-" + "x" * 150}))
+        state = profiles.apply_message(state, m, now=NOW, retention_days=400, computed_index=index, dropped=dropped)
+    size = value_size(state.computed_trait_state) + value_size(state.computed_traits)
+    assert size <= budgets.COMPUTED_TRAITS_BUDGET_BYTES
+    assert dropped["computed_trait_buckets"] > 0
+    assert budgets.COMPUTED_TRAITS_BUDGET_BYTES <= budgets.OTHER_WRITERS_BYTES
+
+
+def test_distinct_values_per_bucket_are_capped_and_counted():
+    index = ag.TraitIndex([parse_definition(definition("unique_count"))])
+    state: dict = {}
+    lost: list = []
+    for i in range(ag.MAX_DISTINCT + 5):
+        state, _ = ag.apply_event(state, message(i, NOW, {"category": f"c{i}"}), index, lost)
+    assert ag.value_at(index.specs[0], state[index.specs[0].id], to_ms(NOW)) == ag.MAX_DISTINCT
+    assert len(lost) == 5
+
+
+# ---------------------------------------------------------------- definitions
+@pytest.mark.parametrize(("body", "path"), [
+    ({"key": "Bad Key", "kind": "count", "event": ORDER}, "key"),
+    ({"key": "k", "kind": "median", "event": ORDER}, "kind"),
+    ({"key": "k", "kind": "sum", "event": ORDER}, "property"),
+    ({"key": "k", "kind": "count", "event": ORDER, "property": "revenue"}, "property"),
+    ({"key": "k", "kind": "count", "event": ORDER, "where": [{"property": "a", "op": "eq", "ref": {"trait": "t"}}]},
+     "where[0].ref"),
+    ({"key": "k", "kind": "count", "event": ORDER, "where": [{"property": "a", "op": "gt", "value": "x"}]},
+     "where[0].value"),
+    ({"key": "k", "kind": "count", "event": ORDER, "window": {"within_days": 0}}, "window.within_days"),
+    ({"key": "k", "kind": "count", "event": ORDER, "extra": 1}, "extra"),
+    ({"key": "k", "kind": "count", "event": ORDER, "entity": "accounts"}, "entity"),
+])
+def test_bad_definitions_are_refused_naming_the_path(body, path):
+    with pytest.raises(ValidationFailed) as raised:
+        parse_definition(body)
+    assert path in [d["path"] for d in raised.value.details], raised.value.details
+
+
+def test_an_edit_gets_a_fresh_state_entry_and_other_traits_keep_theirs():
+    one = parse_definition(definition("sum"))
+    edited = parse_definition({**definition("sum"), "window": {"within_days": 30}})
+    other = parse_definition({**definition("count"), "key": "orders"})
+    assert ag.trait_id(one) != ag.trait_id(edited)
+    assert ag.trait_id(other) == ag.trait_id(parse_definition({**definition("count"), "key": "orders"}))
