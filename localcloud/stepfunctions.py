@@ -265,7 +265,6 @@ def _install_backend() -> None:
     from moto.core.exceptions import AWSError
     from moto.stepfunctions.exceptions import InvalidToken as InvalidTokenError
     from moto.stepfunctions.parser import models
-    from moto.stepfunctions.parser.api import InvalidToken
 
     class TaskTimedOut(AWSError):
         TYPE = "TaskTimedOut"
@@ -286,21 +285,40 @@ def _install_backend() -> None:
 
     callback.CallbackPoolManager.add = add
 
-    def spent_token_is_timed_out(original):
-        # moto answers InvalidToken for every token it cannot deliver; AWS only for tokens it never issued.
-        def send(self, task_token, *args, **kwargs):
-            try:
-                return original(self, task_token, *args, **kwargs)
-            except InvalidToken:
-                with _tokens_lock:
-                    issued = task_token in _issued_tokens
-                if issued:
-                    raise TaskTimedOut("Task Timed Out: 'Provided task does not exist anymore'") from None
-                raise InvalidTokenError("'Invalid token'") from None
-        return send
+    def waiting_endpoint(self, task_token: str):
+        """The task still waiting on this token, else AWS's answer: TaskTimedOut if spent, InvalidToken if forged.
 
-    for method in ("send_task_success", "send_task_failure", "send_task_heartbeat"):
-        setattr(backend, method, spent_token_is_timed_out(getattr(backend, method)))
+        moto answered InvalidToken for every token it could not deliver, and its TaskTimedOut and
+        TaskDoesNotExist could not be raised (the client saw a 500).
+        """
+        for execution in self._get_executions():
+            env = execution.exec_worker.env if execution.exec_worker is not None else None
+            endpoint = env.callback_pool_manager.get(task_token) if env is not None else None
+            if endpoint is not None:
+                if endpoint.consumer_error is None and execution.status == "RUNNING":
+                    return endpoint
+                break
+        with _tokens_lock:
+            issued = task_token in _issued_tokens
+        if issued:
+            raise TaskTimedOut("Task Timed Out: 'Provided task does not exist anymore'")
+        raise InvalidTokenError("'Invalid token'")
+
+    def send_task_success(self, task_token, outcome):
+        waiting_endpoint(self, task_token).notify(callback.CallbackOutcomeSuccess(callback_id=task_token,
+                                                                                  output=outcome))
+
+    def send_task_failure(self, task_token, error=None, cause=None):
+        waiting_endpoint(self, task_token).notify(callback.CallbackOutcomeFailure(callback_id=task_token,
+                                                                                  error=error, cause=cause))
+
+    def send_task_heartbeat(self, task_token):
+        # AWS accepts a heartbeat for a waiting task without HeartbeatSeconds too (nothing to extend).
+        waiting_endpoint(self, task_token).notify_heartbeat()
+
+    backend.send_task_success = send_task_success
+    backend.send_task_failure = send_task_failure
+    backend.send_task_heartbeat = send_task_heartbeat
 
     event_manager.EventManager._get_current_timestamp = staticmethod(engage_clock.now)
 
