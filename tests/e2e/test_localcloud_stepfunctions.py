@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from datetime import timedelta
 
@@ -338,3 +339,33 @@ def test_aws_cli_drives_a_standard_state_machine(mini_cloud):
     assert described["status"] == "ABORTED"
     events = aws("get-execution-history", "--execution-arn", started["executionArn"], "--reverse-order")["events"]
     assert events[0]["type"] == "ExecutionAborted" and events[0]["executionAbortedEventDetails"]["error"] == "Cli"
+
+
+def test_real_time_releases_waits_and_task_timeouts_without_moving_the_clock(mini_cloud, sfn):
+    # Given a 2-second Wait and a token wait with TimeoutSeconds 2, each followed by a call to the
+    # observer function, and nobody moving the clock (the clock's ticker follows real time, as AWS)
+    observer = mini_cloud.physical("ObserverFunction", "mini")
+    marker = uuid.uuid4().hex
+    tell = {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke", "End": True,
+            "Parameters": {"FunctionName": observer, "Payload": {"kind": "real-time", "marker": marker,
+                                                                 "path.$": "$.path"}}}
+    waits = sfn.create_state_machine(name=unique("realwait"), roleArn=ROLE, definition=json.dumps({
+        "StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 2, "Next": "Tell"}, "Tell": tell}}))
+    token_task = json.loads(token_machine(observer, 2))
+    token_task["States"]["TimedOut"] = tell
+    tokens = sfn.create_state_machine(name=unique("realtoken"), roleArn=ROLE, definition=json.dumps(token_task))
+    _, _, start = mini_cloud.call("GET", "/_local/invocations?after=0&limit=1")
+    after = start["next"]
+    for machine, path in ((waits, "wait"), (tokens, "token")):
+        sfn.start_execution(stateMachineArn=machine["stateMachineArn"], input=json.dumps({"path": path}))
+    # When real time passes (long-polling the invocation log for the observer's calls)
+    seen = mini_cloud.resource("dynamodb").Table(mini_cloud.physical("SeenTable", "mini"))
+    told, deadline = set(), time.monotonic() + 120
+    while told != {"wait", "token"} and time.monotonic() < deadline:
+        _, _, page = mini_cloud.call("GET", f"/_local/invocations?after={after}&wait=20")
+        after = page["next"]
+        if any(i["function"] == "ObserverFunction" for i in page["invocations"]):
+            events = [json.loads(item["event"]) for item in seen.scan()["Items"]]
+            told |= {e["path"] for e in events if e.get("marker") == marker}
+    # Then both went on by themselves
+    assert told == {"wait", "token"}, "".join(mini_cloud.output[-40:])
