@@ -6,6 +6,8 @@ tasks, and read executions and histories back the way the console does. moto's e
 (parser) backend got these wrong; each patch below says what AWS does:
 
 - ListStateMachineVersions, PublishStateMachineVersion: not implemented (500).
+- CreateStateMachine with the name of a machine whose definition differs answered the old
+  machine, unchanged; AWS answers StateMachineAlreadyExists (same definition: idempotent).
 - StartExecution on an alias ARN (StateMachineDoesNotExist) or a version ARN (500): AWS runs the
   version (an alias picks one of its routing versions by weight) and records
   `stateMachineVersionArn`/`stateMachineAliasArn` on the execution; the execution belongs to the
@@ -275,6 +277,25 @@ def _install_backend() -> None:
 
     backend = models.StepFunctionsParserBackend
     backend.start_execution = start_execution
+
+    class StateMachineAlreadyExists(AWSError):
+        TYPE = "StateMachineAlreadyExists"
+        STATUS = 400
+
+    original_create = backend.create_state_machine
+
+    def create_state_machine(self, *args, **kwargs):
+        # AWS: idempotent for the same name and definition (and type); the same name with another
+        # definition is StateMachineAlreadyExists. moto silently answered the old machine, unchanged.
+        name = kwargs.get("name", args[0] if args else None)
+        definition = kwargs.get("definition", args[1] if len(args) > 1 else None)
+        existing = next((m for m in self.state_machines if m.name == name), None)
+        if existing is not None and (existing.definition != definition
+                                     or existing.type != (kwargs.get("sm_type") or "STANDARD")):
+            raise StateMachineAlreadyExists(f"State Machine Already Exists: '{existing.arn}'")
+        return original_create(self, *args, **kwargs)
+
+    backend.create_state_machine = create_state_machine
 
     original_add = callback.CallbackPoolManager.add
 

@@ -98,6 +98,13 @@ def test_versions_aliases_and_executions_that_finish_on_their_version(mini_cloud
                                        publish=True, versionDescription="first")
     machine, v1 = created["stateMachineArn"], created["stateMachineVersionArn"]
     assert v1 == f"{machine}:1"
+    name = machine.rsplit(":", 1)[1]
+    # creating it again is idempotent; with another definition it is StateMachineAlreadyExists (update it)
+    assert sfn.create_state_machine(name=name, definition=wait_then("v1"), roleArn=ROLE,
+                                    publish=True, versionDescription="first")["stateMachineArn"] == machine
+    with pytest.raises(ClientError) as exists:
+        sfn.create_state_machine(name=name, definition=wait_then("other"), roleArn=ROLE)
+    assert error_code(exists.value) == "StateMachineAlreadyExists"
     alias = sfn.create_state_machine_alias(
         name="live", routingConfiguration=[{"stateMachineVersionArn": v1, "weight": 100}])["stateMachineAliasArn"]
     assert alias == f"{machine}:live"
