@@ -22,7 +22,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localcloud import aws, client_time, cors, eventbridge, outbox, pollers, runtime, state, template, waits
+from localcloud import (
+    aws,
+    client_time,
+    cors,
+    eventbridge,
+    outbox,
+    pollers,
+    runtime,
+    state,
+    stepfunctions,
+    template,
+    waits,
+)
 from localcloud.faults import FaultConfig
 from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
 from localcloud.runtime import Runtime
@@ -33,8 +45,9 @@ READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed wh
 
 # Installers run at the end of start(), before the API serves: each gets the LocalCloud and
 # may add pollers, clock timers/hooks (cloud.clock) or moto patches. This is where emulation
-# of EventBridge rule targets, Scheduler schedules and Step Functions waits plugs in.
-EXTENSIONS: list[Callable[[LocalCloud], None]] = [waits.install, eventbridge.install]
+# of EventBridge rule targets, Scheduler schedules, Step Functions waits and the Step Functions
+# API fixes (versions, aliases, task tokens, StopExecution, history paging) plugs in.
+EXTENSIONS: list[Callable[[LocalCloud], None]] = [waits.install, stepfunctions.install, eventbridge.install]
 
 
 class LocalCloud:

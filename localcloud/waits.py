@@ -8,6 +8,13 @@ system clock. Here a Wait computes its end on the virtual clock (`engage.clock`)
 ticker releases it when its moment comes, as on AWS. Stopping the execution still
 interrupts the wait.
 
+Task timeouts follow the same clock: `TimeoutSeconds` (every Task; moto waited
+`threading.Event.wait(seconds)` in real time) and `HeartbeatSeconds` of a `.waitForTaskToken`
+task end when the virtual clock passes them, so advancing the clock past a journey's
+`wait_for_event` timeout takes its `States.Timeout` Catch, as AWS does when the time comes.
+A token is spent once its task ends (success, failure, timeout, stop): a later
+SendTask* with it is answered `TaskTimedOut` (localcloud/stepfunctions.py).
+
 Executions parked on the clock (or on a task token) are quiet: `settle(executions=True)`
 does not wait for them, and threads moto spawns for Map/Parallel iterations count as quiet
 when all their live children are. To know the children, the interpreter's thread list
@@ -84,13 +91,144 @@ def join_executions(deadline: float, timeout: float) -> None:
         busy.join(0.05)  # ends, or parks (a Wait has no way to wake this join)
 
 
+def _unpark_tree(thread: threading.Thread) -> None:
+    """A timer woke `thread`: it and every thread it started are working again until they say otherwise."""
+    parents = _threads().parent
+    todo = [thread]
+    with _parked_lock:
+        while todo:
+            current = todo.pop()
+            _parked.discard(current)
+            todo.extend(child for child, parent in list(parents.items()) if parent is current)
+
+
+def wait_on_clock(event: threading.Event, seconds: float, label: str, running=lambda: True) -> bool:
+    """Block until `event` is set (True), or `seconds` of virtual time pass or `running()` turns false (False).
+
+    Polls in short slices so a StopExecution (the environment no longer running) ends the wait too.
+    """
+    if event.is_set():
+        return True
+    fired = threading.Event()
+    me = threading.current_thread()
+
+    def release(_moment) -> None:
+        _unpark_tree(me)  # before waking: the clock's settle must wait for what this wait leads to
+        fired.set()
+
+    timer = _Hooks.clock.call_at(engage_clock.now() + timedelta(seconds=seconds), release, label)
+    try:
+        while not event.wait(0.25):
+            if fired.is_set() or not running():
+                return event.is_set()
+        return True
+    finally:
+        timer.cancel()
+
+
+def _install_task_timeouts() -> None:
+    """TimeoutSeconds and HeartbeatSeconds on the virtual clock; spent task tokens."""
+    import copy
+
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import EvalTimeoutError
+    from moto.stepfunctions.parser.asl.component.state.exec import execute_state
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_callback as callback_module,
+    )
+    from moto.stepfunctions.parser.asl.eval.callback import callback
+
+    def evaluate_with_timeout(self, env) -> None:
+        # moto's ExecutionState._evaluate_with_timeout, with the one real-time wait put on the virtual clock.
+        self.timeout.eval(env=env)
+        timeout_seconds: int = env.stack.pop()
+        frame = env.open_frame()
+        frame.states.reset(input_value=env.states.get_input())
+        frame.stack = copy.deepcopy(env.stack)
+        execution_outputs: list = []
+        execution_exceptions: list = [None]
+        terminated_event = threading.Event()
+
+        def _exec_and_notify():
+            try:
+                self._eval_execution(frame)
+                execution_outputs.extend(frame.stack)
+            except Exception as ex:  # noqa: BLE001 - handed to the state's Retry/Catch below, as moto does
+                execution_exceptions.append(ex)
+            terminated_event.set()
+
+        thread = threading.Thread(target=_exec_and_notify, daemon=True)
+        _threads().append(thread)
+        thread.start()
+        if self.timeout.is_default_value():  # 99999999 s: no timer worth listing on the clock
+            while not terminated_event.wait(0.25) and env.is_running():
+                pass
+            finished_on_time = terminated_event.is_set()
+        else:
+            finished_on_time = wait_on_clock(terminated_event, timeout_seconds,
+                                             f"Step Functions {self.name} TimeoutSeconds {timeout_seconds}",
+                                             running=env.is_running)
+        frame.set_ended()
+        env.close_frame(frame)
+        if not env.is_running():
+            # StopExecution: the task ends with the execution (ExecutionAborted), not with a
+            # States.Timeout or task failure that moto would record and let a Catch take.
+            return
+        execution_exception = execution_exceptions.pop()
+        if execution_exception:
+            raise execution_exception
+        if not finished_on_time:
+            raise EvalTimeoutError()
+        execution_output = execution_outputs.pop()
+        env.stack.append(execution_output)
+        if not self._is_language_query_jsonpath():
+            env.states.set_result(execution_output)
+        if self.assign_decl:
+            self.assign_decl.eval(env=env)
+        if self.result_selector:
+            self.result_selector.eval(env=env)
+        if self.result_path:
+            self.result_path.eval(env)
+        else:
+            env.states.reset(input_value=env.stack.pop())
+
+    execute_state.ExecutionState._evaluate_with_timeout = evaluate_with_timeout
+
+    def clear_and_wait(self) -> bool:
+        with self._mutex:
+            if self._next_heartbeat_event.is_set():
+                self._next_heartbeat_event.clear()
+                return True
+        env = getattr(self, "env", None)
+        return wait_on_clock(self._next_heartbeat_event, self._heartbeat_seconds,
+                             f"Step Functions HeartbeatSeconds {self._heartbeat_seconds}",
+                             running=env.is_running if env is not None else lambda: True)
+
+    callback.HeartbeatEndpoint.clear_and_wait = clear_and_wait
+
+    def wait_for_task_token(self, env, timeout_seconds, callback_endpoint, heartbeat_endpoint):
+        # TimeoutSeconds is the enclosing evaluate_with_timeout's (virtual); here: wait for the token,
+        # a heartbeat timeout, or the state's end (timeout, StopExecution), whichever comes first.
+        with _Parked():
+            if heartbeat_endpoint is not None:
+                heartbeat_endpoint.env = env
+                outcome = self._wait_for_task_token_heartbeat(env, callback_endpoint, heartbeat_endpoint)
+            else:
+                while env.is_running() and not callback_endpoint._notify_event.wait(0.25):
+                    pass
+                outcome = callback_endpoint.get_outcome()
+        # The token is spent: AWS answers any later SendTask* with it TaskTimedOut.
+        callback_endpoint.report(callback.CallbackConsumerTimeout())
+        if outcome is None:
+            return callback.CallbackOutcomeTimedOut(callback_id=callback_endpoint.callback_id)
+        return outcome
+
+    callback_module.StateTaskServiceCallback._eval_wait_for_task_token = wait_for_task_token
+
+
 def install(local) -> None:
     """Extension: Wait states on the virtual clock, and a settle that knows parked executions."""
     global _installed
     from moto.stepfunctions.parser import utils
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
-        state_task_service_callback as callback_module,
-    )
     from moto.stepfunctions.parser.asl.component.state.wait.wait_function import timestamp, wait_function
 
     vclock = local.clock
@@ -145,13 +283,7 @@ def install(local) -> None:
     wait_function.WaitFunction._wait_interval = wait_interval
     timestamp.Timestamp._get_wait_seconds = timestamp_seconds
 
-    original_token_wait = callback_module.StateTaskServiceCallback._eval_wait_for_task_token
-
-    def wait_for_task_token(self, *args, **kwargs):
-        with _Parked():
-            return original_token_wait(self, *args, **kwargs)
-
-    callback_module.StateTaskServiceCallback._eval_wait_for_task_token = wait_for_task_token
+    _install_task_timeouts()
     _installed = True
 
 
