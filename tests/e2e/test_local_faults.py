@@ -204,7 +204,7 @@ def run_workload(faults: dict | None, work: Path) -> Run:
         run.parked_before_replay = sum(1 for f in scan(cloud, "FailuresTable") if f.get("status") == "parked")
         send(cloud, middle, run)
         settle(cloud)
-        # An audience created now is filled by the backfill state machine (its pages meet faults too)
+        # An audience created now is filled by the backfill state machine
         status, _, body = cloud.call("POST", "/v1/audiences", BACKFILLED, auth=ACCESS_TOKEN)
         assert status == 201, body
         settle(cloud, executions=True)
