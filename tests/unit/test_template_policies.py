@@ -33,7 +33,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "FailuresTable": {"UpdateItem", "BatchGetItem"}, "EventsTable": {"GetItem"},
     },
     "ProfileApiFunction": {
-        "ConfigTable": {"GetItem"}, "IdentityTable": {"BatchGetItem"}, "ProfilesTable": {"BatchGetItem", "GetItem"},
+        # Query: the live computed trait keys (engage.computed_traits.store.cached)
+        "ConfigTable": {"GetItem", "Query"}, "IdentityTable": {"BatchGetItem"}, "ProfilesTable": {"BatchGetItem", "GetItem"},
         "LinksTable": {"Query"}, "MembershipsTable": {"Query"}, "ProfileEventsTable": {"Query"},
     },
     "ManagementApiFunction": {
