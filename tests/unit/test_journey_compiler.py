@@ -94,8 +94,8 @@ def test_every_step_type_has_its_shape():
     assert [c["Next"] for c in states["tier.branch"]["Choices"]] == ["hold", "mark", "sync_crm"]
     assert states["hold.branch"]["Choices"][1]["Next"] == "hold.held_out"
     assert states["hold.held_out"]["Type"] == "Succeed"
-    assert states["mark"]["Parameters"]["Payload"]["params"] == {"traits": {"journey_stage": "welcomed"}}
-    assert states["sync_crm"]["Parameters"]["Payload"]["params"] == {"destination": "crm"}
+    assert states["mark"]["Parameters"]["Payload"]["params"] == {"traits": {"journey_stage": "welcomed"}, "next": "sync_crm"}
+    assert states["sync_crm"]["Parameters"]["Payload"]["params"] == {"destination": "crm", "next": "await"}
     assert states["nudge"]["Comment"] == "Send push 'nudge'"
     assert states["done"]["End"] is True
     # the Task before a chain of native waits knows the chain (counts for steps with no Task of their own)

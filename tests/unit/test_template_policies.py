@@ -73,6 +73,15 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "DueTable": {"PutItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
         "ProfileEventsTable": {"Query"},
     },
+    # journeys (engage.journeys): the enroller and the steps function
+    "JourneyEnrollerFunction": {
+        "ConfigTable": {"Query"}, "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query"},
+    },
+    "JourneyStepsFunction": {
+        "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
+        "ProfilesTable": {"GetItem"}, "ProfileEventsTable": {"Query"}, "MembershipsTable": {"Query"},
+        "EventsTable": {"PutItem"},
+    },
 }
 # S3 actions on ExportsBucket objects (CreateMultipartUpload/UploadPart/Complete are s3:PutObject;
 # HeadObject and presigned GETs are s3:GetObject).
@@ -145,13 +154,15 @@ def _config_keys_written() -> dict[str, set[str]]:
     (call sites: membership transactions -> store._size_pk; backfill/management -> store._pk;
     export jobs -> export._pk)."""
     from engage.audiences import export, store
+    from engage.journeys import store as journey_store
 
     audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
+    journeys = journey_store._pk("acme")
     return {
         "AudienceEvaluatorFunction": {sizes},
         "AudienceSweeperFunction": {sizes},
         "AudienceBackfillFunction": {audiences, sizes},
-        "ManagementApiFunction": {audiences, sizes, exports},
+        "ManagementApiFunction": {audiences, sizes, exports, journeys},
         "AudienceExportFunction": {exports},
     }
 

@@ -258,11 +258,11 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
         return states
     if isinstance(step, SendStep):
         return task("send", {"channel": step.channel, "template": step.template,
-                             "transactional": step.transactional}, step.next, failure_next=step.next)
+                             "transactional": step.transactional, "next": step.next}, step.next, failure_next=step.next)
     if isinstance(step, SyncStep):
-        return task("sync", {"destination": step.destination}, step.next, failure_next=step.next)
+        return task("sync", {"destination": step.destination, "next": step.next}, step.next, failure_next=step.next)
     if isinstance(step, UpdateTraitStep):
-        return task("update_trait", {"traits": step.traits}, step.next, failure_next=step.next)
+        return task("update_trait", {"traits": step.traits, "next": step.next}, step.next, failure_next=step.next)
     if isinstance(step, ExitStep):
         return task("exit", {}, None)
     raise TypeError(f"no compilation for step {step_id!r} of type {type(step).__name__}")
