@@ -20,7 +20,7 @@ import boto3
 
 from engage.audiences import store as audience_store
 from engage.config import settings
-from engage.errors import Conflict, ValidationFailed
+from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.journeys import store
 from engage.journeys.compiler import compile_journey, describe
 from engage.journeys.definition import JourneyDefinition, check_references, parse_journey
@@ -158,6 +158,7 @@ def profile_runs(space_id: str, journey_key: str, profile_id: str) -> dict[str, 
     from engage.journeys import enrollment
 
     journey = store.get(space_id, journey_key)
+    profile_id = _profile_id(space_id, profile_id)
     runs = []
     for run in enrollment.runs(space_id, journey_key, profile_id):
         view = {"entry": run["entry"], "version": run["version"], "execution_arn": run["execution_arn"],
@@ -166,6 +167,20 @@ def profile_runs(space_id: str, journey_key: str, profile_id: str) -> dict[str, 
             view |= _execution_story(journey, run["execution_arn"])
         runs.append(view)
     return {"journey": journey_key, "profile_id": profile_id, "runs": runs}
+
+
+def _profile_id(space_id: str, reference: str) -> str:
+    """A profile id as is, or `<id_type>:<value>` (as in the Profile API) resolved to its profile."""
+    if ":" not in reference:
+        return reference
+    from engage.profile_api import store as profiles
+    from engage.profile_api.params import ProfileRef
+
+    id_type, value = reference.split(":", 1)
+    profile = profiles.lookup(space_id, "users", ProfileRef(id_type, value))
+    if profile is None:
+        raise NotFound(f"no profile {reference!r} in this space", [{"path": "id", "value": reference}])
+    return profile.profile_id
 
 
 def _execution_story(journey: store.Journey, execution_arn: str) -> dict[str, Any]:
