@@ -97,10 +97,13 @@ def triggers_of_audience_event(detail: dict[str, Any]) -> Trigger:
 def on_audience_entered(detail: dict[str, Any]) -> list[Outcome]:
     """Enroll the profile in every live journey entered by this audience."""
     trigger = triggers_of_audience_event(detail)
-    outcomes = []
+    outcomes: list[Outcome] = []
     for journey in store.cached(trigger.space_id):
         if journey.live and journey.entry_audience == detail["audience_key"]:
             outcomes.append(enroll(journey, trigger))
+    for outcome in outcomes:
+        logger.info("journey entry", extra={"journey": outcome.journey, "enrolled": outcome.enrolled,
+                                            "reason": outcome.reason, "execution": outcome.execution_name})
     return outcomes
 
 
