@@ -233,3 +233,26 @@ def test_update_trait_stores_an_identify_once(api):
     stored = [json.loads(e.payload) for e in EventRecord.scan()]
     assert len(stored) == 1 and stored[0]["traits"] == {"stage": "rescued"} and stored[0]["userId"] == "u-p1"
     assert stored[0]["context"]["engage"]["source"] == "journey"
+
+
+def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(api):
+    from engage.journeys import waits
+
+    published()
+    payload = task("wait_for_event", "wait_buy", {"event": "Order Completed",
+                                                  "where": [{"property": "total", "op": "gt", "value": 10}],
+                                                  "next": "exit", "timeout_next": "sms"}, task_token="token-1")
+    assert steps.handle(payload) is None  # the execution waits for the token
+    stored = list(waits.WaitRecord.query("acme|p1|waits"))
+    assert [w.token for w in stored] == ["token-1"]
+    assert json.loads(stored[0].output_json) == {"next": "exit", "at": ["wait_buy"], "until": None}
+    # an event of another name, or one failing the filter, releases nothing
+    assert waits.release("acme", "p1", {"type": "track", "event": "Cart Viewed", "properties": {}}) == 0
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order Completed",
+                                        "properties": {"total": 5}}) == 0
+    # a matching one sends the token back and the wait is gone, so a second event releases nothing
+    matching = {"type": "track", "event": "Order Completed", "properties": {"total": 50}}
+    assert waits.release("acme", "p1", matching) == 1
+    assert list(waits.WaitRecord.query("acme|p1|waits")) == []
+    assert waits.release("acme", "p1", matching) == 0
+    assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
