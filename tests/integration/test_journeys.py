@@ -256,3 +256,21 @@ def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(a
     assert list(waits.WaitRecord.query("acme|p1|waits")) == []
     assert waits.release("acme", "p1", matching) == 0
     assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
+
+
+def test_a_profile_meeting_the_goal_leaves_as_a_goal_exit(api):
+    from tests.integration.audience_support import make_profile
+
+    published()
+    enrollment.on_audience_entered(audience_entered())
+    make_profile("p1", space_id="acme", ids={"user_id": "u-p1"}, traits={"email": "p1@example.com"})
+    goal = {"trait": "email", "op": "exists"}
+    split = task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]}, goal=goal)
+    with pytest.raises(steps.GoalReached):
+        steps.handle(split)
+    stats = management.get("acme", "cart_rescue")["stats"]
+    assert stats["ab"]["goal_exits"] == 1 and stats["ab"]["in_progress"] == 0
+    assert enrollment.runs("acme", "cart_rescue", "p1")[0]["exit_reason"] == "goal"
+    # a profile not meeting it goes on
+    assert steps.handle(task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]},
+                             goal={"trait": "plan", "op": "eq", "value": "gold"}))["next"] == "email_a"

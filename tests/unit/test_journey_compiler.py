@@ -51,7 +51,7 @@ def test_cart_rescue_compiles_to_the_golden_asl():
     wait_buy = states["wait_buy"]
     assert wait_buy["Resource"] == "arn:aws:states:::lambda:invoke.waitForTaskToken"
     assert wait_buy["TimeoutSeconds"] == 2 * 86400
-    assert wait_buy["Catch"][0] == {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.timeout",
+    assert wait_buy["Catch"][1] == {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.timeout",
                                     "Next": "wait_buy.timeout"}
     assert states["wait_buy.timeout"]["Next"] == "sms"
 
@@ -82,6 +82,19 @@ def test_every_task_retries_with_backoff_and_catches_into_a_recorded_failure():
     # messaging missing is not retried (a retry cannot bring it back)
     assert "MessagingUnavailable" in tasks["nudge"]["Retry"][0]["ErrorEquals"]
     assert tasks["nudge"]["Retry"][0]["MaxAttempts"] == 0
+
+
+def test_the_exit_goal_is_checked_by_every_task_and_caught_into_goal_reached():
+    asl = compile_journey(parse_journey(CART_RESCUE), STEPS_ARN)
+    states = asl["States"]
+    assert states["goal_reached"]["Type"] == "Succeed"
+    for name in ("check", "ab", "email_a", "wait_buy", "sms"):
+        assert states[name]["Parameters"]["Payload"]["goal"] == CART_RESCUE["exit_when"]
+        assert states[name]["Catch"][0] == {"ErrorEquals": ["GoalReached"], "ResultPath": "$.goal",
+                                            "Next": "goal_reached"}
+    assert "goal" not in states["exit"]["Parameters"]["Payload"]
+    # a journey without a goal has no such state
+    assert "goal_reached" not in compile_journey(parse_journey(EVERY_STEP), STEPS_ARN)["States"]
 
 
 def test_every_step_type_has_its_shape():
@@ -163,7 +176,7 @@ def test_random_valid_journeys_compile_to_valid_asl_with_a_state_per_step(data):
     states = asl["States"]
     # one state named after each step, and every other state belongs to exactly one step
     assert set(journey.steps) <= set(states)
-    helpers = {name for name in states if name not in journey.steps} - {"recording_failed"}
+    helpers = {name for name in states if name not in journey.steps} - {"recording_failed", "goal_reached"}
     assert all(step_of(name) in journey.steps for name in helpers)
     for step_id, step in journey.steps.items():
         assert states[step_id]["Comment"] == describe(journey, step_id)

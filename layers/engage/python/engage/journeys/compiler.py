@@ -21,6 +21,10 @@ says: a failed `send`/`sync`/`update_trait` goes on to its `next`, any other fai
 A failure of the recorder itself ends the execution in a `Fail` state named `recording_failed`, so
 it is visible as a failed execution, never silent.
 
+With an `exit_when` goal, each Task (but `exit`) gets the goal condition and checks it on the profile
+before acting: a profile that meets it is recorded as a goal exit and the Task fails with `GoalReached`,
+caught into the `goal_reached` Succeed state.
+
 The state data: the execution input (`space_id`, `profile_id`, `journey`, `version`, `entry`,
 `ids`, `event`) plus `step`, the last Task's answer: `next` (the chosen step), `at` (the wait steps
 entered before the next Task, for counts) and `until` (a wait_until's moment).
@@ -51,8 +55,9 @@ from engage.journeys.definition import (
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 LAMBDA_INVOKE_WAIT = "arn:aws:states:::lambda:invoke.waitForTaskToken"
 RECORDING_FAILED = "recording_failed"
-# Errors a retry cannot fix: the Catch records them at once.
-PERMANENT_ERRORS = ["MessagingUnavailable", "DestinationUnavailable", "InvalidStep"]
+GOAL_REACHED = "goal_reached"
+# Errors a retry cannot fix: the Catch records them at once. GoalReached: the profile met exit_when.
+PERMANENT_ERRORS = ["GoalReached", "MessagingUnavailable", "DestinationUnavailable", "InvalidStep"]
 TRANSIENT_RETRY = {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0,
                    "MaxDelaySeconds": 60, "JitterStrategy": "FULL"}
 NO_RETRY = {"ErrorEquals": PERMANENT_ERRORS, "MaxAttempts": 0}
@@ -66,6 +71,8 @@ def compile_journey(journey: JourneyDefinition, steps_function_arn: str, *, vers
     states: dict[str, Any] = {}
     for step_id, step in journey.steps.items():
         states.update(_states_for(journey, step_id, step, steps_function_arn))
+    if journey.exit_when is not None:
+        states[GOAL_REACHED] = {"Type": "Succeed", "Comment": "Goal met (exit_when): left the journey"}
     states[RECORDING_FAILED] = {"Type": "Fail", "Comment": "A step failed and recording the failure failed too",
                                 "Error": "JourneyStepFailed", "Cause": "see the execution history"}
     title = f"Journey {journey.key}: {journey.name}" + (f" (version {version})" if version else "")
@@ -146,6 +153,8 @@ def _task(journey: JourneyDefinition, step_id: str, step_type: str, arn: str, pa
                **{f"{name}.$": f"$.{name}" for name in INPUT_FIELDS}}
     if wait_for_token:
         payload["task_token.$"] = "$$.Task.Token"
+    if journey.exit_when is not None and step_type != "exit":
+        payload["goal"] = journey.exit_when  # checked before the step acts
     state: dict[str, Any] = {
         "Type": "Task", "Comment": comment, "Resource": LAMBDA_INVOKE_WAIT if wait_for_token else LAMBDA_INVOKE,
         "Parameters": {"FunctionName": arn, "Payload": payload},
@@ -155,6 +164,8 @@ def _task(journey: JourneyDefinition, step_id: str, step_type: str, arn: str, pa
         "Retry": [NO_RETRY, TRANSIENT_RETRY],
     }
     catches = []
+    if "goal" in payload:
+        catches.append({"ErrorEquals": ["GoalReached"], "ResultPath": "$.goal", "Next": GOAL_REACHED})
     if timeout is not None:
         state["TimeoutSeconds"] = timeout
         # A timed-out wait carries on at timeout_next: record where it went (and the wait chain after it).

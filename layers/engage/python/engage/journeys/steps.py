@@ -47,6 +47,10 @@ class InvalidStep(StepError):
     pass
 
 
+class GoalReached(StepError):
+    """The profile meets the journey's exit_when: the state machine catches this into `goal_reached`."""
+
+
 class SendFailed(Exception):
     """The sender answered `failed` (retried with backoff; then recorded by the Catch)."""
 
@@ -57,6 +61,13 @@ def handle(payload: dict[str, Any]) -> dict[str, Any] | None:
     if handler is None:
         raise InvalidStep(f"unknown step_type {kind!r}")
     _count_previous(payload)
+    if payload.get("goal") is not None and kind != "failure" and \
+            matches(payload["space_id"], payload["profile_id"], payload["goal"]):
+        step = payload["step"]
+        _count(payload, [(step, "entered"), (step, "goal_exits")])
+        enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                               "goal", payload.get("ids"), step)
+        raise GoalReached(f"the profile meets the journey's goal at step {step!r}")
     return handler(payload)
 
 
