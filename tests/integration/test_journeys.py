@@ -274,3 +274,18 @@ def test_a_profile_meeting_the_goal_leaves_as_a_goal_exit(api):
     # a profile not meeting it goes on
     assert steps.handle(task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]},
                              goal={"trait": "plan", "op": "eq", "value": "gold"}))["next"] == "email_a"
+
+
+def test_a_trigger_redelivered_after_a_crash_between_the_writes_starts_the_recorded_execution(api):
+    answer = published()
+    enrollment.on_audience_entered(audience_entered())
+    # the first attempt died after the enrollment write: no run item, no execution
+    pk = store.profile_pk("acme", "cart_rescue", "p1")
+    store.RunRecord(pk, "run|000001").delete()
+    sfn = api.client("stepfunctions")
+    found = executions(api, answer)
+    sfn.stop_execution(executionArn=found[0]["executionArn"])
+    outcome = enrollment.on_audience_entered(audience_entered())[0]
+    assert outcome.reason == "redelivered" and outcome.execution_name == "cart_rescue-v1-p1-e1"
+    assert [r["execution_name"] for r in enrollment.runs("acme", "cart_rescue", "p1")] == ["cart_rescue-v1-p1-e1"]
+    assert len(executions(api, answer)) == 1

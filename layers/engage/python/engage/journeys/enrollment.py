@@ -123,9 +123,18 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
         record = store.EnrollmentRecord(pk, "enrollment")
     if record.last_trigger == trigger.trigger_id and record.current_execution:
         # A redelivery: start the recorded execution again (a no-op if it started).
-        run = store.RunRecord.get(pk, f"run|{int(record.entries):06d}", consistent_read=True)
-        _start(journey, run.execution_name, json.loads(run.input_json), int(run.version))
-        return Outcome(journey.key, True, "redelivered", run.execution_name)
+        entry = int(record.entries)
+        try:
+            run = store.RunRecord.get(pk, f"run|{entry:06d}", consistent_read=True)
+            payload, version = json.loads(run.input_json), int(run.version)
+        except store.RunRecord.DoesNotExist:  # the first attempt died between the two writes
+            payload, version = _input(journey, trigger, entry), int(record.current_version)
+            store.RunRecord(pk, f"run|{entry:06d}", execution_name=record.current_execution, version=version,
+                            started_at=record.started_at or clock.iso(),
+                            input_json=json.dumps(payload, sort_keys=True)).save()
+        arn = _start(journey, record.current_execution, payload, version)
+        store.RunRecord(pk, f"run|{entry:06d}").update(actions=[store.RunRecord.execution_arn.set(arn)])
+        return Outcome(journey.key, True, "redelivered", record.current_execution)
     refusal = _reentry_refusal(journey, record)
     if refusal:
         metrics.add_metric(name="JourneyEntriesRefused", unit="Count", value=1)
