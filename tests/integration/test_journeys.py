@@ -289,3 +289,40 @@ def test_a_trigger_redelivered_after_a_crash_between_the_writes_starts_the_recor
     assert outcome.reason == "redelivered" and outcome.execution_name == "cart_rescue-v1-p1-e1"
     assert [r["execution_name"] for r in enrollment.runs("acme", "cart_rescue", "p1")] == ["cart_rescue-v1-p1-e1"]
     assert len(executions(api, answer)) == 1
+
+
+def history_item(profile_id: str, message: dict) -> dict:
+    return {"pk": f"acme|{profile_id}", "sk": f"{message['timestamp']}|{message['messageId']}",
+            "type": message["type"], "payload": json.dumps(message)}
+
+
+def test_an_event_entry_journey_enrolls_on_a_matching_track_event_once(api):
+    from engage.journeys import events
+
+    body = journey(key="welcome", entry={"event": "Signed Up", "where": [{"property": "plan", "op": "eq",
+                                                                           "value": "pro"}]}, exit_when=None)
+    answer = published("welcome", body)
+    message = {"type": "track", "event": "Signed Up", "userId": "u-p1", "messageId": "m-1",
+               "timestamp": clock.iso(), "properties": {"plan": "pro"}}
+    assert events.on_history_item(history_item("p1", message)) == {"released": 0, "enrolled": 1}
+    assert events.on_history_item(history_item("p1", message))["enrolled"] == 1  # the redelivery: same run
+    free = {**message, "messageId": "m-2", "properties": {"plan": "free"}}
+    assert events.on_history_item(history_item("p2", free))["enrolled"] == 0  # the where filter
+    found = executions(api, answer)
+    assert [e["name"] for e in found] == ["welcome-v1-p1-e1"]
+    started = json.loads(api.client("stepfunctions").describe_execution(executionArn=found[0]["executionArn"])["input"])
+    assert started["event"]["properties"] == {"plan": "pro"} and started["trigger"] == "event:m-1"
+
+
+def test_a_track_event_on_the_profile_releases_its_wait_but_not_an_older_one(api):
+    from engage.journeys import events, waits
+
+    published()
+    steps.handle(task("wait_for_event", "wait_buy", {"event": "Order Completed", "where": [], "next": "exit",
+                                                     "timeout_next": "sms"}, task_token="token-9"))
+    older = {"type": "track", "event": "Order Completed", "userId": "u-p1", "messageId": "old",
+             "timestamp": "2020-01-01T00:00:00.000Z", "properties": {}}
+    assert events.on_history_item(history_item("p1", older))["released"] == 0
+    newer = {**older, "messageId": "new", "timestamp": clock.iso()}
+    assert events.on_history_item(history_item("p1", newer))["released"] == 1
+    assert list(waits.WaitRecord.query("acme|p1|waits")) == []

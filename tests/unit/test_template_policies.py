@@ -77,6 +77,9 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     "JourneyEnrollerFunction": {
         "ConfigTable": {"Query"}, "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query"},
     },
+    "JourneyEventsFunction": {
+        "ConfigTable": {"Query"}, "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
+    },
     "JourneyStepsFunction": {
         "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
         "ProfilesTable": {"GetItem"}, "ProfileEventsTable": {"Query"}, "MembershipsTable": {"Query"},
