@@ -130,3 +130,49 @@ def test_a_journey_entered_by_audience_waits_an_hour_splits_and_counts(local_clo
     assert run["exit_reason"] == "completed" and run["status"] == "SUCCEEDED"
     assert [h["step"] for h in run["history"]][:3] == ["wait_1h", "check", "ab"]
 
+
+
+def test_an_event_entry_journey_with_a_wait_for_event_released_and_timed_out(local_cloud):
+    if not _supports_version_starts(local_cloud):
+        pytest.skip("the local cloud cannot start executions on state machine versions yet (localcloud "
+                    "Step Functions versions/aliases)")
+    suffix = uuid.uuid4().hex[:6]
+    journey_key, started, upgraded = f"trial_{suffix}", f"Trial Started {suffix}", f"Upgraded {suffix}"
+    definition = {
+        "key": journey_key, "name": "Trial", "entry": {"event": started, "where": [
+            {"property": "plan", "op": "eq", "value": "pro"}]}, "start": "wait_upgrade",
+        "steps": {
+            "wait_upgrade": {"type": "wait_for_event", "event": upgraded, "timeout": "PT2H", "next": "won",
+                             "timeout_next": "lost"},
+            "won": {"type": "update_trait", "traits": {f"trial_{suffix}": "won"}, "next": "done"},
+            "lost": {"type": "update_trait", "traits": {f"trial_{suffix}": "lost"}, "next": "done"},
+            "done": {"type": "exit"}}}
+    assert local_cloud.call("POST", "/v1/journeys", definition, auth=ACCESS_TOKEN)[0] == 201
+    status, _, published = local_cloud.call("POST", f"/v1/journeys/{journey_key}/publish", auth=ACCESS_TOKEN)
+    assert status == 200, published
+    # When two pro users start a trial (and a free one, whom the entry filter leaves out)
+    buyer, browser, free = f"buyer-{suffix}", f"browser-{suffix}", f"free-{suffix}"
+    for user, plan in ((buyer, "pro"), (browser, "pro"), (free, "free")):
+        assert local_cloud.call("POST", "/v1/track", {"userId": user, "event": started,
+                                                      "properties": {"plan": plan}}, auth=WRITE_KEY)[0] == 200
+    local_cloud.settle()
+    settle_executions(local_cloud)
+    sfn = local_cloud.client("stepfunctions")
+    running = sfn.list_executions(stateMachineArn=published["state_machine_arn"])["executions"]
+    assert len(running) == 2 and {e["status"] for e in running} == {"RUNNING"}
+    # And one of them upgrades
+    assert local_cloud.call("POST", "/v1/track", {"userId": buyer, "event": upgraded}, auth=WRITE_KEY)[0] == 200
+    local_cloud.settle()
+    settle_executions(local_cloud)
+    local_cloud.settle()
+    assert traits(local_cloud, buyer).get(f"trial_{suffix}") == "won"
+    # And two hours pass for the other
+    assert local_cloud.call("POST", "/_local/clock", {"advance": "PT2H"})[0] == 200
+    settle_executions(local_cloud)
+    local_cloud.settle()
+    assert traits(local_cloud, browser).get(f"trial_{suffix}") == "lost"
+    done = sfn.list_executions(stateMachineArn=published["state_machine_arn"])["executions"]
+    assert {e["status"] for e in done} == {"SUCCEEDED"}
+    stats = local_cloud.call("GET", f"/v1/journeys/{journey_key}", auth=ACCESS_TOKEN)[2]["stats"]
+    assert stats["wait_upgrade"]["entered"] == 2 and stats["wait_upgrade"]["completed"] == 2
+    assert stats["won"]["completed"] == 1 and stats["lost"]["completed"] == 1 and stats["done"]["completed"] == 2
