@@ -1,13 +1,13 @@
 """ProfileEventsTable stream (track inserts) -> journey waits released, event-entry journeys enrolled."""
 from __future__ import annotations
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from engage.failures import handler as failure_handler
+from engage.failures.handler import replayable
 from engage.journeys import events, store
 from engage.observability import logger, metrics, tracer
-
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
 def record_handler(record: DynamoDBRecord) -> dict:
@@ -17,7 +17,8 @@ def record_handler(record: DynamoDBRecord) -> dict:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@replayable
 def lambda_handler(event, context):
     store.clear_cache()  # journeys are read once per space per batch: a publish counts from the next batch
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+    return process_partial_response(event=event, record_handler=record_handler,
+                                    processor=failure_handler.BatchProcessor(), context=context)

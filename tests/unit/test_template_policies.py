@@ -79,6 +79,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "JourneyEventsFunction": {
         "ConfigTable": {"Query"}, "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
+        "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
     "JourneyStepsFunction": {
         "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
