@@ -13,6 +13,7 @@ from engage.audiences import export, management, manual, preview
 from engage.computed_traits import management as computed_traits
 from engage.errors import EngageError, ValidationFailed
 from engage.messaging import routes as messaging_routes
+from engage.journeys import management as journeys
 from engage.observability import logger, tracer
 from engage.profile_api.params import token_from_authorization
 
@@ -210,6 +211,63 @@ def delete_computed_trait(key: str):
 
 
 messaging_routes.register(app, _space, _json_body, DOC, KEY_ERRORS)  # templates, messages, subscriptions
+# ---------------------------------------------------------------- journeys (engage.journeys)
+JOURNEY = {"responses": openapi.responses(200, "Journey", "the journey, its status, version and step counts",
+                                          *KEY_ERRORS, 409)}
+
+
+@app.post("/v1/journeys", summary="Create a journey (a draft: publish it to start enrolling)", **DOC,
+          openapi_extensions=openapi.body("JourneyDefinition"),
+          responses=openapi.responses(201, "Journey", "created as a draft", 400, 401, 409))
+def create_journey():
+    return Response(201, "application/json", json.dumps(journeys.create(_space(), _json_body())))
+
+
+@app.get("/v1/journeys", summary="List the space's journeys", **DOC,
+         responses=openapi.responses(200, "JourneyList", "every journey not deleted", 401))
+def list_journeys():
+    return journeys.list_journeys(_space())
+
+
+@app.get("/v1/journeys/<key>", summary="Read a journey: definition, status, version, ARNs, step counts", **DOC,
+         **JOURNEY)
+def get_journey(key: str):
+    return journeys.get(_space(), key)
+
+
+@app.put("/v1/journeys/<key>", summary="Replace a journey's draft (publish to make it live)", **DOC,
+         openapi_extensions=openapi.body("JourneyDefinition"), **JOURNEY)
+def replace_journey(key: str):
+    return journeys.replace(_space(), key, _json_body())
+
+
+@app.delete("/v1/journeys/<key>", summary="Archive a journey (no new enrollments; its key is never reused)",
+            **DOC, responses=openapi.responses(204, None, "archived", *KEY_ERRORS))
+def delete_journey(key: str):
+    journeys.delete(_space(), key)
+    return Response(204, "application/json", "")
+
+
+@app.post("/v1/journeys/<key>/publish", summary="Publish the draft as a new state machine version", **DOC,
+          **JOURNEY)
+def publish_journey(key: str):
+    return journeys.publish(_space(), key)
+
+
+@app.post("/v1/journeys/<key>/pause", summary="Stop new enrollments (running ones go on)", **DOC, **JOURNEY)
+def pause_journey(key: str):
+    return journeys.pause(_space(), key)
+
+
+@app.post("/v1/journeys/<key>/resume", summary="Enroll again after a pause", **DOC, **JOURNEY)
+def resume_journey(key: str):
+    return journeys.resume(_space(), key)
+
+
+@app.get("/v1/journeys/<key>/profiles/<profile_id>", summary="One profile's runs of a journey", **DOC,
+         responses=openapi.responses(200, "JourneyProfile", "runs, current step, history in words", *KEY_ERRORS))
+def journey_profile(key: str, profile_id: str):
+    return journeys.profile_runs(_space(), key, profile_id)
 
 
 @app.get("/openapi.json", summary="This OpenAPI document (all three APIs; no credentials needed)",

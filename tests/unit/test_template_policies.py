@@ -82,6 +82,19 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "MessagesTable": {"GetItem", "PutItem", "UpdateItem", "DeleteItem"},
     },
     "MessagingFeedbackFunction": {"MessagesTable": {"PutItem"}, "ProfilesTable": {"GetItem", "UpdateItem"}},
+    # journeys (engage.journeys): the enroller and the steps function
+    "JourneyEnrollerFunction": {
+        "ConfigTable": {"Query"}, "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query"},
+    },
+    "JourneyEventsFunction": {
+        "ConfigTable": {"Query"}, "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
+        "FailuresTable": {"UpdateItem", "BatchGetItem"},
+    },
+    "JourneyStepsFunction": {
+        "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
+        "ProfilesTable": {"GetItem"}, "ProfileEventsTable": {"Query"}, "MembershipsTable": {"Query"},
+        "EventsTable": {"PutItem"},
+    },
 }
 # Messaging routes of the management API (templates, settings, subscriptions, delivery log)
 NEEDS["ManagementApiFunction"] = {**NEEDS["ManagementApiFunction"], "MessagesTable": {"GetItem", "Query"},
@@ -158,18 +171,20 @@ def _config_keys_written() -> dict[str, set[str]]:
     export jobs -> export._pk)."""
     from engage.audiences import export, store
     from engage.computed_traits import store as computed_store
+    from engage.journeys import store as journey_store
     from engage.messaging import settings_store, signing
     from engage.messaging import store as messaging_store
 
     audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
     computed = computed_store.pk("acme")
+    journeys = journey_store._pk("acme")
     signing_key = signing.KEY_PK
     messaging = {messaging_store._templates_pk("acme"), settings_store._pk("acme"), signing_key}
     return {
         "AudienceEvaluatorFunction": {sizes},
         "AudienceSweeperFunction": {sizes},
         "AudienceBackfillFunction": {audiences, sizes, computed},
-        "ManagementApiFunction": {audiences, sizes, exports, computed} | messaging,
+        "ManagementApiFunction": {audiences, sizes, exports, computed, journeys} | messaging,
         "AudienceExportFunction": {exports},
         "MessageSenderFunction": {signing_key},
     }

@@ -57,6 +57,14 @@ class Settings:
     # A pending delivery older than this was claimed by an attempt that stopped (see engage.messaging.sender).
     send_lease_seconds: int = 120
     webhook_timeout_seconds: int = 5
+    # Journeys (engage.journeys): runtime table, the steps function every journey Task invokes, the role
+    # journey state machines run as, and the prefix of their names (the stack's name: one account, many stacks).
+    journeys_table: str = ""
+    journey_steps_function_arn: str = ""
+    journey_execution_role_arn: str = ""
+    journey_name_prefix: str = "engage"
+    # Space default time zone for wait_until when a profile has no time zone trait (IANA name).
+    default_timezone: str = "UTC"
     # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
     aws_endpoint_url: str = ""
 

@@ -15,6 +15,7 @@ from engage.audiences import definition
 from engage.computed_traits.definition import ComputedTraitDefinition
 from engage.ingestion import messages
 from engage.messaging import api_models as messaging_models
+from engage.journeys import definition as journey_definition
 from engage.profile_api import models as profile_models
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -151,6 +152,50 @@ class ComputedTraitPreview(BaseModel):
     exact: bool
     with_value: int
     sample: list[dict[str, Any]] = Field(description="profile_id and value of the first profiles with a value")
+# ---------------------------------------------------------------- journeys (engage.journeys)
+class JourneyStepStats(BaseModel):
+    entered: int
+    in_progress: int
+    completed: int
+    failures: int
+    holdouts: int
+    goal_exits: int
+
+
+class Journey(journey_definition.JourneyDefinition):
+    """A journey as stored: the draft definition, its status and the published version's state machine."""
+
+    status: Literal["draft", "published", "paused"]
+    version: int = Field(description="the published version (0: never published)")
+    state_machine_arn: str | None = None
+    version_arn: str | None = Field(None, description="the state machine version new enrollments start on")
+    alias_arn: str | None = Field(None, description="the alias `live`, pointing at the published version")
+    created_at: str
+    updated_at: str
+    published_at: str | None = None
+    stats: dict[str, JourneyStepStats] | None = Field(None, description="per step of the published version")
+
+
+class JourneyList(BaseModel):
+    journeys: list[Journey]
+
+
+class JourneyRun(BaseModel):
+    entry: int
+    version: int
+    execution_arn: str | None
+    started_at: str
+    exited_at: str | None
+    exit_reason: str | None
+    status: str | None = None
+    current_step: str | None = None
+    history: list[dict[str, Any]] | None = Field(None, description="steps entered, in words, oldest first")
+
+
+class JourneyProfile(BaseModel):
+    journey: str
+    profile_id: str
+    runs: list[JourneyRun]
 
 
 def _csv() -> dict[str, Any]:
@@ -165,10 +210,11 @@ def _openapi_document() -> dict[str, Any]:
 PROFILE_RESOURCES = (profile_models.TraitsResponse, profile_models.ExternalIdsResponse,
                      profile_models.EventsResponse, profile_models.MetadataResponse,
                      profile_models.LinksResponse)
-REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit, ComputedTraitDefinition)
+REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit, ComputedTraitDefinition,
+                                         journey_definition.JourneyDefinition)
 RESPONSES: tuple[type[BaseModel], ...] = (
     Error, SegmentError, Success, Audience, AudienceList, Preview, Members, MemberEditResult, ExportJob,
-    ComputedTrait, ComputedTraitList, ComputedTraitPreview, *PROFILE_RESOURCES)
+    ComputedTrait, ComputedTraitList, ComputedTraitPreview, *PROFILE_RESOURCES, Journey, JourneyList, JourneyProfile)
 # Messaging (engage.messaging.api_models)
 REQUESTS += messaging_models.REQUESTS
 RESPONSES += messaging_models.RESPONSES

@@ -1,0 +1,244 @@
+"""Enrollment: entry triggers -> one Standard execution per enrollment, re-entry enforced.
+
+Triggers come from the bus: `Audience Entered` (published once per membership change by the audience
+router) reaches JourneyEntryQueue through an EventBridge rule; the enroller function reads the queue
+(so a burst is queued and drained at the function's reserved concurrency, never dropped, and kept
+under Step Functions' StartExecution quota) and calls `enroll` for each live journey the trigger enters.
+
+Guarantees, per (journey, profile), kept on one enrollment item (JourneysTable, sk `enrollment`):
+- a trigger is identified (`audience:<key>:<membership version>`); the item remembers the trigger of its
+  latest run. A redelivered trigger starts the same execution again: same deterministic name
+  (journey, version, profile, entry number) and the same input, which Step Functions answers with the
+  running execution (or ExecutionAlreadyExists once it ended): counted as success, never a second run;
+- `reentry.mode = once`: one run ever; `after_exit`: a new run only after the latest one ended and
+  its `cooldown` passed (a trigger meanwhile is dropped: the profile is in the journey, or cooling down);
+- the item is written (optimistic lock) before StartExecution: a crash between the two is repaired
+  by the redelivery, which finds its own trigger and starts the recorded execution.
+Cost per enrollment: one consistent GetItem, one PutItem (enrollment) and one PutItem (run), one
+StartExecution, one PutEvents entry (`Journey Entered`), one counter transaction (2 writes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import PutError
+
+from engage import clock
+from engage.config import settings
+from engage.journeys import store
+from engage.journeys.compiler import wait_chain
+from engage.journeys.definition import parse_duration, parse_journey
+from engage.observability import logger, metrics
+
+SOURCE = "engage"
+ENTERED, STEP_COMPLETED, EXITED = "Journey Entered", "Journey Step Completed", "Journey Exited"
+NAME_LIMIT = 80
+_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+IDS = ("user_id", "anonymous_id", "email")
+
+
+@lru_cache(maxsize=1)
+def _sfn():
+    return boto3.client("stepfunctions")
+
+
+@lru_cache(maxsize=1)
+def _events():
+    return boto3.client("events")
+
+
+def reset() -> None:
+    _sfn.cache_clear()
+    _events.cache_clear()
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a profile enters: its id (stable under redelivery), the profile and its ids, the event if any."""
+
+    trigger_id: str
+    space_id: str
+    profile_id: str
+    ids: dict[str, Any]
+    event: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    journey: str
+    enrolled: bool
+    reason: str
+    execution_name: str | None = None
+
+
+def execution_name(journey_key: str, version: int, profile_id: str, entry: int) -> str:
+    """Deterministic: (journey, version, profile, entry number); hashed when it would not fit or be safe."""
+    readable = f"{journey_key}-v{version}-{profile_id}-e{entry}"
+    if len(readable) <= NAME_LIMIT and _SAFE.match(readable):
+        return readable
+    digest = hashlib.sha256(profile_id.encode()).hexdigest()[:24]
+    return f"{journey_key[:40]}-v{version}-{digest}-e{entry}"
+
+
+def triggers_of_audience_event(detail: dict[str, Any]) -> Trigger:
+    """An `Audience Entered` detail (engage.audiences.router.detail_of) as a trigger."""
+    return Trigger(trigger_id=f"audience:{detail['audience_key']}:{detail.get('version', 0)}",
+                   space_id=detail["space"], profile_id=detail["profile_id"],
+                   ids={name: detail.get(name) for name in IDS})
+
+
+def on_audience_entered(detail: dict[str, Any]) -> list[Outcome]:
+    """Enroll the profile in every live journey entered by this audience."""
+    trigger = triggers_of_audience_event(detail)
+    outcomes: list[Outcome] = []
+    for journey in store.cached(trigger.space_id):
+        if journey.live and journey.entry_audience == detail["audience_key"]:
+            outcomes.append(enroll(journey, trigger))
+    for outcome in outcomes:
+        logger.info("journey entry", extra={"journey": outcome.journey, "enrolled": outcome.enrolled,
+                                            "reason": outcome.reason, "execution": outcome.execution_name})
+    return outcomes
+
+
+def _input(journey: store.Journey, trigger: Trigger, entry: int) -> dict[str, Any]:
+    definition = parse_journey(journey.published_definition)
+    start = definition.start
+    return {"space_id": trigger.space_id, "profile_id": trigger.profile_id, "journey": journey.key,
+            "version": journey.version, "entry": entry, "ids": trigger.ids, "event": trigger.event,
+            "trigger": trigger.trigger_id, "step": {"next": start, "at": wait_chain(definition, start), "until": None}}
+
+
+def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
+    pk = store.profile_pk(trigger.space_id, journey.key, trigger.profile_id)
+    try:
+        record = store.EnrollmentRecord.get(pk, "enrollment", consistent_read=True)
+    except store.EnrollmentRecord.DoesNotExist:
+        record = store.EnrollmentRecord(pk, "enrollment")
+    if record.last_trigger == trigger.trigger_id and record.current_execution:
+        # A redelivery: start the recorded execution again (a no-op if it started).
+        entry = int(record.entries)
+        try:
+            run = store.RunRecord.get(pk, f"run|{entry:06d}", consistent_read=True)
+            payload, version = json.loads(run.input_json), int(run.version)
+        except store.RunRecord.DoesNotExist:  # the first attempt died between the two writes
+            payload, version = _input(journey, trigger, entry), int(record.current_version)
+            store.RunRecord(pk, f"run|{entry:06d}", execution_name=record.current_execution, version=version,
+                            started_at=record.started_at or clock.iso(),
+                            input_json=json.dumps(payload, sort_keys=True)).save()
+        arn = _start(journey, record.current_execution, payload, version)
+        store.RunRecord(pk, f"run|{entry:06d}").update(actions=[store.RunRecord.execution_arn.set(arn)])
+        return Outcome(journey.key, True, "redelivered", record.current_execution)
+    refusal = _reentry_refusal(journey, record)
+    if refusal:
+        metrics.add_metric(name="JourneyEntriesRefused", unit="Count", value=1)
+        return Outcome(journey.key, False, refusal)
+    entry = int(record.entries or 0) + 1
+    name = execution_name(journey.key, journey.version, trigger.profile_id, entry)
+    payload = _input(journey, trigger, entry)
+    now = clock.iso()
+    record.entries = entry
+    record.current_execution = name
+    record.current_version = journey.version
+    record.last_trigger = trigger.trigger_id
+    record.started_at = now
+    record.exited_at = None
+    record.exit_reason = None
+    try:
+        record.save()  # optimistic lock: two triggers racing for one profile enroll it once
+    except PutError as error:
+        if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            raise RuntimeError("the enrollment changed concurrently; the trigger is retried") from error
+        raise
+    store.RunRecord(pk, f"run|{entry:06d}", execution_name=name, version=journey.version, started_at=now,
+                    input_json=json.dumps(payload, sort_keys=True)).save()
+    arn = _start(journey, name, payload, journey.version)
+    store.RunRecord(pk, f"run|{entry:06d}").update(actions=[store.RunRecord.execution_arn.set(arn)])
+    definition = parse_journey(journey.published_definition)
+    if definition.start in wait_chain(definition, definition.start):
+        store.count(trigger.space_id, journey.key, trigger.profile_id, name, [(definition.start, "entered")])
+    publish(ENTERED, trigger.space_id, journey.key, trigger.profile_id, trigger.ids,
+            {"version": journey.version, "entry": entry, "execution_name": name})
+    metrics.add_metric(name="JourneyEntries", unit="Count", value=1)
+    return Outcome(journey.key, True, "enrolled", name)
+
+
+def _reentry_refusal(journey: store.Journey, record: store.EnrollmentRecord) -> str | None:
+    if not record.entries:
+        return None
+    reentry = (journey.published_definition or {}).get("reentry") or {"mode": "once"}
+    if reentry.get("mode", "once") == "once":
+        return "already entered once (reentry: once)"
+    if not record.exited_at:
+        return "still in the journey"
+    cooldown = parse_duration(reentry["cooldown"]) if reentry.get("cooldown") else None
+    if cooldown and clock.now() < clock.parse(record.exited_at) + cooldown:
+        return f"cooling down until {clock.iso(clock.parse(record.exited_at) + cooldown)}"
+    return None
+
+
+def _start(journey: store.Journey, name: str, payload: dict[str, Any], version: int) -> str:
+    """StartExecution on the version the name says; ExecutionAlreadyExists means it was started before."""
+    version_arn = f"{journey.state_machine_arn}:{version}"
+    try:
+        return _sfn().start_execution(stateMachineArn=version_arn, name=name,
+                                      input=json.dumps(payload, sort_keys=True))["executionArn"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ExecutionAlreadyExists":
+            raise
+        logger.info("execution already started (a redelivered trigger)", extra={"execution": name})
+        return f"{journey.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+
+
+def record_exit(space_id: str, journey_key: str, profile_id: str, execution: str, reason: str,
+                ids: dict[str, Any] | None = None, step: str | None = None) -> bool:
+    """The run of `execution` ended: mark the enrollment (re-entry counts from here) and publish
+    `Journey Exited`. Idempotent: a second call for the same execution changes and publishes nothing."""
+    name = execution.rsplit(":", 1)[-1]
+    pk = store.profile_pk(space_id, journey_key, profile_id)
+    try:
+        record = store.EnrollmentRecord.get(pk, "enrollment", consistent_read=True)
+    except store.EnrollmentRecord.DoesNotExist:
+        return False
+    if record.current_execution != name or record.exited_at:
+        return False
+    now = clock.iso()
+    record.exited_at, record.exit_reason = now, reason
+    try:
+        record.save()
+    except PutError as error:
+        if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            raise RuntimeError("the enrollment changed concurrently; retried") from error
+        raise
+    store.RunRecord(pk, f"run|{int(record.entries):06d}").update(
+        actions=[store.RunRecord.exited_at.set(now), store.RunRecord.exit_reason.set(reason)])
+    publish(EXITED, space_id, journey_key, profile_id, ids or {}, {"reason": reason, "step": step,
+                                                                   "execution_name": name})
+    return True
+
+
+def runs(space_id: str, journey_key: str, profile_id: str) -> list[dict[str, Any]]:
+    pk = store.profile_pk(space_id, journey_key, profile_id)
+    found = []
+    for run in store.RunRecord.query(pk, store.RunRecord.sk.startswith("run|")):
+        found.append({"entry": int(run.sk.split("|")[1]), "version": int(run.version),
+                      "execution_name": run.execution_name, "execution_arn": run.execution_arn,
+                      "started_at": run.started_at, "exited_at": run.exited_at, "exit_reason": run.exit_reason})
+    return found
+
+
+def publish(detail_type: str, space_id: str, journey_key: str, profile_id: str, ids: dict[str, Any],
+            extra: dict[str, Any]) -> None:
+    """One Journey event on the bus (API.md: space, the profile's ids, the journey's key in detail)."""
+    detail = {"space": space_id, "journey_key": journey_key, "profile_id": profile_id,
+              **{name: ids.get(name) for name in IDS}, "timestamp": clock.iso(), **extra}
+    answer = _events().put_events(Entries=[{"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail),
+                                            "EventBusName": settings().require("event_bus_name")}])
+    if answer.get("FailedEntryCount"):
+        raise RuntimeError(f"EventBridge refused {detail_type}: {answer['Entries']}")

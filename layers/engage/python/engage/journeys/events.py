@@ -1,0 +1,58 @@
+"""Track events as they land in a profile's history -> journeys: wait_for_event releases, event entry.
+
+ProfileEventsTable's stream (NEW_IMAGE, filtered to track inserts) carries each event once the profile
+processor resolved whose it is (pk `<space>|<profile_id>`), so an event sent under an anonymous id
+before identify is seen on the profile it landed on. Per event:
+
+1. waits: one Query on the profile's waits for that event name (`waits.release`); an event older than a
+   wait (history re-homed by a merge) never releases it;
+2. event entry: each live journey of the space entered by that event name, whose `where` filters
+   match, enrolls the profile (trigger `event:<messageId>`: a redelivered record enrolls once; the
+   execution input carries the event, so templates can use it).
+
+Safe under redelivery: a released wait is deleted (and Step Functions refuses a spent token); an
+enrollment's trigger is remembered on its enrollment item.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engage import clock
+from engage.journeys import enrollment, store, waits
+from engage.observability import logger
+
+
+def ids_of(message: dict[str, Any]) -> dict[str, Any]:
+    traits = (message.get("context") or {}).get("traits") or {}
+    return {"user_id": message.get("userId"), "anonymous_id": message.get("anonymousId"),
+            "email": traits.get("email") if isinstance(traits.get("email"), str) else None}
+
+
+def on_history_item(item: dict[str, Any]) -> dict[str, int]:
+    """One ProfileEventsTable item (plain values): release waits, enroll event-entry journeys."""
+    space_id, profile_id = item["pk"].split("|", 1)
+    message = json.loads(item["payload"])
+    if message.get("type") != "track" or not message.get("event"):
+        return {"released": 0, "enrolled": 0}
+    released = waits.release(space_id, profile_id, message)
+    enrolled = 0
+    for journey in store.cached(space_id):
+        if not (journey.live and journey.entry_event == message["event"]):
+            continue
+        where = (journey.published_definition or {}).get("entry", {}).get("where") or []
+        if not waits.filters_match(where, message.get("properties") or {}):
+            continue
+        trigger = enrollment.Trigger(trigger_id=f"event:{message.get('messageId')}", space_id=space_id,
+                                     profile_id=profile_id, ids=ids_of(message), event=_event_view(message))
+        outcome = enrollment.enroll(journey, trigger)
+        enrolled += int(outcome.enrolled)
+        logger.info("journey entry", extra={"journey": journey.key, "enrolled": outcome.enrolled,
+                                            "reason": outcome.reason, "execution": outcome.execution_name})
+    return {"released": released, "enrolled": enrolled}
+
+
+def _event_view(message: dict[str, Any]) -> dict[str, Any]:
+    """What an execution carries of its triggering event (templates read `event`): small and stable."""
+    return {"event": message.get("event"), "properties": message.get("properties") or {},
+            "messageId": message.get("messageId"), "timestamp": message.get("timestamp") or clock.iso()}

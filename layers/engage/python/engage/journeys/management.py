@@ -1,0 +1,205 @@
+"""Management API operations on journeys (API.md "Management API"): drafts, publishing, inspection.
+
+A journey is saved as a draft (validated on every save, so a draft is always publishable unless an
+audience it names is deleted meanwhile). `publish` validates again against the space, compiles the
+draft to ASL, creates or updates the journey's Standard state machine with `publish=True` (a new
+immutable version), points the alias `live` at that version and records it: new enrollments start
+on the version ARN recorded here, and running executions finish on the version they started on.
+`pause` stops new enrollments (running ones go on); `resume` restarts them; `DELETE` archives the
+journey (no new enrollments; its key is never reused; running executions go on to their end).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+import boto3
+
+from engage.audiences import store as audience_store
+from engage.config import settings
+from engage.errors import Conflict, NotFound, ValidationFailed
+from engage.journeys import store
+from engage.journeys.compiler import compile_journey, describe
+from engage.journeys.definition import JourneyDefinition, check_references, parse_journey
+
+ALIAS = "live"
+NAME_LIMIT = 80  # Step Functions state machine names
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@lru_cache(maxsize=1)
+def _sfn():
+    return boto3.client("stepfunctions")
+
+
+def reset() -> None:
+    _sfn.cache_clear()
+
+
+def validate(space_id: str, body: Any, *, editing: str | None = None) -> JourneyDefinition:
+    if isinstance(body, dict) and editing is not None:
+        body = {"key": editing, **body}
+    journey = parse_journey(body)
+    audiences = {a.key for a in audience_store.list_all(space_id)}
+    # Templates and destinations are checked once their stores exist (engage.messaging, engage.destinations).
+    check_references(journey, audiences, templates=_known("engage.messaging", "template_keys", space_id),
+                     destinations=_known("engage.destinations", "destination_keys", space_id))
+    return journey
+
+
+def _known(module_name: str, function: str, space_id: str) -> set[str] | None:
+    """The keys a sibling store knows, or None while that store is not part of the build."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        return None
+    lookup = getattr(module, function, None)
+    return set(lookup(space_id)) if lookup else None
+
+
+def create(space_id: str, body: Any) -> dict[str, Any]:
+    journey = validate(space_id, body)
+    return store.create(space_id, journey.to_dict()).view()
+
+
+def replace(space_id: str, journey_key: str, body: Any) -> dict[str, Any]:
+    journey = validate(space_id, body, editing=journey_key)
+    if journey.key != journey_key:
+        raise ValidationFailed("the key of a journey cannot change",
+                               [{"path": "key", "value": journey.key, "expected": journey_key}])
+    store.replace_draft(space_id, journey_key, journey.to_dict())
+    return get(space_id, journey_key)
+
+
+def get(space_id: str, journey_key: str) -> dict[str, Any]:
+    journey = store.get(space_id, journey_key)
+    counts = store.step_counts(space_id, journey_key)
+    empty = dict.fromkeys((*store.COUNTS, "in_progress"), 0)
+    steps = (journey.published_definition or journey.definition)["steps"]
+    return {**journey.view(), "stats": {step: {**empty, **counts.get(step, {})} for step in steps}}
+
+
+def list_journeys(space_id: str) -> dict[str, Any]:
+    return {"journeys": [j.view() for j in store.list_all(space_id)]}
+
+
+def delete(space_id: str, journey_key: str) -> None:
+    store.set_status(space_id, journey_key, store.ARCHIVED)
+
+
+def pause(space_id: str, journey_key: str) -> dict[str, Any]:
+    journey = store.get(space_id, journey_key)
+    if journey.status not in (store.PUBLISHED, store.PAUSED):
+        raise Conflict(f"journey {journey_key!r} is {journey.status}: only a published journey can be paused")
+    store.set_status(space_id, journey_key, store.PAUSED)
+    return get(space_id, journey_key)
+
+
+def resume(space_id: str, journey_key: str) -> dict[str, Any]:
+    journey = store.get(space_id, journey_key)
+    if journey.status not in (store.PUBLISHED, store.PAUSED):
+        raise Conflict(f"journey {journey_key!r} is {journey.status}: publish it first")
+    store.set_status(space_id, journey_key, store.PUBLISHED)
+    return get(space_id, journey_key)
+
+
+def state_machine_name(space_id: str, journey_key: str) -> str:
+    """`<prefix>-<space>-<key>`; a long or unusual one is shortened and made unique by a hash."""
+    prefix = settings().journey_name_prefix
+    name = f"{prefix}-{space_id}-{journey_key}"
+    if len(name) <= NAME_LIMIT and not _UNSAFE.search(name):
+        return name
+    # Keep the prefix whole: IAM grants the stack's functions `<prefix>-*` state machines only.
+    digest = hashlib.sha256(f"{space_id}|{journey_key}".encode()).hexdigest()[:16]
+    room = max(0, NAME_LIMIT - len(prefix) - len(digest) - 2)
+    return f"{prefix}-{journey_key[:room]}-{digest}" if room else f"{prefix}-{digest}"[:NAME_LIMIT]
+
+
+def publish(space_id: str, journey_key: str) -> dict[str, Any]:
+    journey_item = store.get(space_id, journey_key)
+    expected = store.revision(space_id, journey_key)
+    journey = validate(space_id, journey_item.definition, editing=journey_key)
+    version = journey_item.version + 1
+    asl = json.dumps(compile_journey(journey, settings().require("journey_steps_function_arn"), version=version))
+    role = settings().require("journey_execution_role_arn")
+    sfn = _sfn()
+    description = f"{journey_key} version {version}"
+    if journey_item.state_machine_arn:
+        answer = sfn.update_state_machine(stateMachineArn=journey_item.state_machine_arn, definition=asl,
+                                          roleArn=role, publish=True, versionDescription=description)
+        machine_arn = journey_item.state_machine_arn
+    else:
+        answer = sfn.create_state_machine(
+            name=state_machine_name(space_id, journey_key), definition=asl, roleArn=role, type="STANDARD",
+            publish=True, versionDescription=description,
+            tags=[{"key": "engage:space", "value": space_id}, {"key": "engage:journey", "value": journey_key}])
+        machine_arn = answer["stateMachineArn"]
+    version_arn = answer["stateMachineVersionArn"]
+    routing = [{"stateMachineVersionArn": version_arn, "weight": 100}]
+    if journey_item.alias_arn:
+        sfn.update_state_machine_alias(stateMachineAliasArn=journey_item.alias_arn, routingConfiguration=routing)
+        alias_arn = journey_item.alias_arn
+    else:
+        alias_arn = sfn.create_state_machine_alias(
+            name=ALIAS, routingConfiguration=routing,
+            description="The journey's published version (new enrollments)")["stateMachineAliasArn"]
+    store.record_published(space_id, journey_key, expected=expected, definition=journey.to_dict(), version=version,
+                           state_machine_arn=machine_arn, version_arn=version_arn, alias_arn=alias_arn)
+    return get(space_id, journey_key)
+
+
+def profile_runs(space_id: str, journey_key: str, profile_id: str) -> dict[str, Any]:
+    """One profile's runs of a journey: execution ARN, where it is, its history in words."""
+    from engage.journeys import enrollment
+
+    journey = store.get(space_id, journey_key)
+    profile_id = _profile_id(space_id, profile_id)
+    runs = []
+    for run in enrollment.runs(space_id, journey_key, profile_id):
+        view = {"entry": run["entry"], "version": run["version"], "execution_arn": run["execution_arn"],
+                "started_at": run["started_at"], "exited_at": run["exited_at"], "exit_reason": run["exit_reason"]}
+        if run["execution_arn"]:
+            view |= _execution_story(journey, run["execution_arn"])
+        runs.append(view)
+    return {"journey": journey_key, "profile_id": profile_id, "runs": runs}
+
+
+def _profile_id(space_id: str, reference: str) -> str:
+    """A profile id as is, or `<id_type>:<value>` (as in the Profile API) resolved to its profile."""
+    if ":" not in reference:
+        return reference
+    from engage.profile_api import store as profiles
+    from engage.profile_api.params import ProfileRef
+
+    id_type, value = reference.split(":", 1)
+    profile = profiles.lookup(space_id, "users", ProfileRef(id_type, value))
+    if profile is None:
+        raise NotFound(f"no profile {reference!r} in this space", [{"path": "id", "value": reference}])
+    return profile.profile_id
+
+
+def _execution_story(journey: store.Journey, execution_arn: str) -> dict[str, Any]:
+    """Status, current step and the steps taken, from the execution's own history (newest page first)."""
+    sfn = _sfn()
+    described = sfn.describe_execution(executionArn=execution_arn)
+    definition = parse_journey(journey.published_definition or journey.definition)
+    history, entered = [], []
+    paginator = sfn.get_paginator("get_execution_history")
+    for page in paginator.paginate(executionArn=execution_arn, includeExecutionData=False):
+        for event in page["events"]:
+            details = event.get("stateEnteredEventDetails")
+            if not details:
+                continue
+            name = details["name"]
+            step = name.split(".")[0]
+            if step in definition.steps and name == step:
+                entered.append(step)
+                history.append({"at": event["timestamp"].isoformat() if hasattr(event["timestamp"], "isoformat")
+                                else str(event["timestamp"]), "step": step, "what": describe(definition, step)})
+    return {"status": described["status"], "current_step": entered[-1] if entered and
+            described["status"] == "RUNNING" else None, "history": history}

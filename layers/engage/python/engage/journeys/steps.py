@@ -1,0 +1,299 @@
+"""The journey steps function's logic: one Task of a journey execution, dispatched on `step_type`.
+
+The compiled state machine (engage.journeys.compiler) passes each Task its step's parameters, the
+execution's ids and `previous` (native wait steps passed since the last Task). Each call answers
+`{"next": step id, "at": waits after it, "until": ISO moment | None}`.
+
+Safe under retries and replays: decisions are pure functions of (journey, step, profile) and of the
+profile now (a retried split re-reads the profile: it answers for the moment it runs); random splits
+and holdouts hash (journey, step, profile), so a retry lands in the same branch; counts are facts
+keyed (execution, step, what), counted once (store.count); a send carries the idempotency key
+(execution, step) to the sender, which sends once per key; update_trait writes an identify event with
+a messageId derived from (execution, step), which ingestion's dedupe stores once.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engage import clock, events_store
+from engage.audiences import membership, runtime
+from engage.audiences.definition import AudienceDefinition, parse_condition
+from engage.audiences.evaluator import evaluate_from_scratch
+from engage.config import settings
+from engage.journeys import enrollment, store
+from engage.journeys.definition import DAYS
+from engage.observability import logger
+
+HISTORY_LIMIT = 1000
+
+
+class StepError(Exception):
+    """A step that cannot succeed by retrying; its class name is the Step Functions error name."""
+
+
+class MessagingUnavailable(StepError):
+    pass
+
+
+class DestinationUnavailable(StepError):
+    pass
+
+
+class InvalidStep(StepError):
+    pass
+
+
+class GoalReached(StepError):
+    """The profile meets the journey's exit_when: the state machine catches this into `goal_reached`."""
+
+
+class SendFailed(Exception):
+    """The sender answered `failed` (retried with backoff; then recorded by the Catch)."""
+
+
+def handle(payload: dict[str, Any]) -> dict[str, Any] | None:
+    kind = payload.get("step_type")
+    handler = HANDLERS.get(kind)
+    if handler is None:
+        raise InvalidStep(f"unknown step_type {kind!r}")
+    _count_previous(payload)
+    if payload.get("goal") is not None and kind != "failure" and \
+            matches(payload["space_id"], payload["profile_id"], payload["goal"]):
+        step = payload["step"]
+        _count(payload, [(step, "entered"), (step, "goal_exits")])
+        enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                               "goal", payload.get("ids"), step)
+        raise GoalReached(f"the profile meets the journey's goal at step {step!r}")
+    return handler(payload)
+
+
+# ---------------------------------------------------------------- counting
+def _count(payload: dict[str, Any], facts: list[tuple[str, str]]) -> None:
+    store.count(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"], facts)
+
+
+def _count_previous(payload: dict[str, Any]) -> None:
+    """Native waits passed since the last Task: entered and completed (once each, whoever counts first)."""
+    previous = [step for step in payload.get("previous") or [] if step]
+    if previous:
+        _count(payload, [(step, what) for step in previous for what in ("entered", "completed")])
+        for step in previous:
+            _step_completed(payload, step)
+
+
+def _step_completed(payload: dict[str, Any], step: str) -> None:
+    enrollment.publish(enrollment.STEP_COMPLETED, payload["space_id"], payload["journey"], payload["profile_id"],
+                       payload.get("ids") or {}, {"step": step, "execution": payload["execution"]})
+
+
+def _go(payload: dict[str, Any], target: str, *, until: str | None = None) -> dict[str, Any]:
+    """This step is done: count it, count the next step as entered, answer where to go."""
+    step = payload["step"]
+    _count(payload, [(step, "entered"), (step, "completed"), (target, "entered")])
+    _step_completed(payload, step)
+    return {"next": target, "at": (payload.get("chains") or {}).get(target, []), "until": until}
+
+
+# ---------------------------------------------------------------- decisions
+def bucket(journey: str, step: str, profile_id: str) -> int:
+    """0..99, stable for (journey, step, profile): retries and replays land in the same branch."""
+    digest = hashlib.sha256(f"{journey}|{step}|{profile_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def pick_percent(branches: list[dict[str, Any]], value: int) -> str:
+    edge = 0
+    for branch in branches:
+        edge += int(branch["percent"])
+        if value < edge:
+            return branch["next"]
+    return branches[-1]["next"]
+
+
+def matches(space_id: str, profile_id: str, condition: Any, now: datetime | None = None) -> bool:
+    """An audience condition on one profile now, by the audience language's reference evaluator (the
+    profile's traits, memberships and its newest events; the same path audience previews take)."""
+    definition = AudienceDefinition(key="journey_condition", name="journey condition",
+                                    condition=parse_condition(condition))
+    image = runtime.profile_image(space_id, profile_id) or {}
+    flags = membership.flags(membership.current(space_id, profile_id))
+    return evaluate_from_scratch(definition, runtime.history(space_id, profile_id, HISTORY_LIMIT),
+                                 image.get("traits") or {}, now or clock.now(), flags,
+                                 computed_traits=image.get("computed_traits"),
+                                 subscriptions=image.get("subscriptions"))
+
+
+def next_time_of_day(now: datetime, zone: ZoneInfo, time_of_day: str, days: list[str] | None) -> datetime:
+    """The first moment strictly after `now` that is `time_of_day` in `zone` on one of `days`."""
+    hour, minute = (int(part) for part in time_of_day.split(":"))
+    local = now.astimezone(zone)
+    for offset in range(8):
+        day = (local + timedelta(days=offset)).date()
+        if days and DAYS[day.weekday()] not in days:
+            continue
+        candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone)
+        if candidate > now:
+            return candidate
+    raise InvalidStep(f"no {time_of_day} on {days} within a week")  # unreachable with a valid step
+
+
+def zone_of(traits: dict[str, Any], trait: str) -> ZoneInfo:
+    for name in (traits.get(trait), settings().default_timezone, "UTC"):
+        if isinstance(name, str) and name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                logger.info("unknown time zone; falling back", extra={"zone": name})
+    return ZoneInfo("UTC")
+
+
+# ---------------------------------------------------------------- handlers
+def _split(payload: dict[str, Any]) -> dict[str, Any]:
+    params = payload["params"]
+    chosen = params["true"] if matches(payload["space_id"], payload["profile_id"], params["condition"]) \
+        else params["false"]
+    return _go(payload, chosen)
+
+
+def _multi_split(payload: dict[str, Any]) -> dict[str, Any]:
+    params = payload["params"]
+    for branch in params["branches"]:
+        if matches(payload["space_id"], payload["profile_id"], branch["condition"]):
+            return _go(payload, branch["next"])
+    return _go(payload, params["default"])
+
+
+def _random_split(payload: dict[str, Any]) -> dict[str, Any]:
+    value = bucket(payload["journey"], payload["step"], payload["profile_id"])
+    return _go(payload, pick_percent(payload["params"]["branches"], value))
+
+
+def _holdout(payload: dict[str, Any]) -> dict[str, Any]:
+    params = payload["params"]
+    if bucket(payload["journey"], payload["step"], payload["profile_id"]) < int(params["percent"]):
+        step = payload["step"]
+        _count(payload, [(step, "entered"), (step, "completed"), (step, "holdouts")])
+        enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                               "holdout", payload.get("ids"), step)
+        return {"next": "holdout", "at": [], "until": None}
+    return _go(payload, params["next"])
+
+
+def _wait_until(payload: dict[str, Any]) -> dict[str, Any]:
+    params = payload["params"]
+    image = runtime.profile_image(payload["space_id"], payload["profile_id"]) or {}
+    zone = zone_of(image.get("traits") or {}, params.get("timezone_trait") or "timezone")
+    moment = next_time_of_day(clock.now(), zone, params["time_of_day"], params.get("days"))
+    # Step Functions' Wait compares with its own clock; on the local cloud that is the virtual one.
+    step = payload["step"]
+    _count(payload, [(step, "entered")])
+    return {"next": params["next"], "at": [step, *(payload.get("chains") or {}).get(params["next"], [])],
+            "until": clock.iso(moment)}
+
+
+def _wait_for_event(payload: dict[str, Any]) -> None:
+    """Store the task token keyed (space, profile, event) for the events path to release; count entry."""
+    from engage.journeys import waits
+
+    step = payload["step"]
+    params = payload["params"]
+    _count(payload, [(step, "entered")])
+    chains = payload.get("chains") or {}
+    waits.store_token(payload["space_id"], payload["profile_id"], params["event"], params.get("where") or [],
+                      journey=payload["journey"], execution=payload["execution"], step=step,
+                      token=payload["task_token"],
+                      output={"next": params["next"], "at": [step, *chains.get(params["next"], [])], "until": None})
+
+
+def _send(payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        messaging = importlib.import_module("engage.messaging")
+        request_type, send_message = messaging.SendRequest, messaging.send_message
+    except (ModuleNotFoundError, AttributeError) as error:
+        raise MessagingUnavailable("engage.messaging is not part of this build: the send step cannot send "
+                                   "(nothing was sent)") from error
+    params = payload["params"]
+    request = request_type(space_id=payload["space_id"], profile_id=payload["profile_id"], channel=params["channel"],
+                           template=params["template"],
+                           idempotency_key=f"{payload['execution']}|{payload['step']}",
+                           source={"type": "journey", "key": payload["journey"], "step": payload["step"]},
+                           event=payload.get("event"), transactional=bool(params.get("transactional")))
+    delivery = send_message(request)
+    if delivery.status == "failed":
+        raise SendFailed(f"the sender could not deliver: {delivery.reason}")
+    return _go(payload, _static_next(payload))
+
+
+def _sync(payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        destinations = importlib.import_module("engage.destinations")
+        sync_profile = destinations.sync_profile
+    except (ModuleNotFoundError, AttributeError) as error:
+        raise DestinationUnavailable("engage.destinations (sync_profile) is not part of this build: nothing "
+                                     "was synced") from error
+    sync_profile(payload["space_id"], payload["profile_id"], payload["params"]["destination"],
+                 idempotency_key=f"{payload['execution']}|{payload['step']}",
+                 source={"type": "journey", "key": payload["journey"], "step": payload["step"]})
+    return _go(payload, _static_next(payload))
+
+
+def _update_trait(payload: dict[str, Any]) -> dict[str, Any]:
+    """An identify with the traits, stored as ingestion stores one: the profile processor applies it and
+    audiences react, as to any identify. Its messageId comes from (execution, step): a retry is a duplicate."""
+    from engage import ingestion
+
+    ids = payload.get("ids") or {}
+    if not ids.get("user_id") and not ids.get("anonymous_id"):
+        raise InvalidStep("the profile has neither a userId nor an anonymousId to identify it with")
+    message_id = "journey-" + hashlib.sha256(f"{payload['execution']}|{payload['step']}".encode()).hexdigest()[:32]
+    document = {"type": "identify", "traits": payload["params"]["traits"], "messageId": message_id,
+                "context": {"engage": {"source": "journey", "journey": payload["journey"], "step": payload["step"]}},
+                **({"userId": ids["user_id"]} if ids.get("user_id") else {"anonymousId": ids["anonymous_id"]})}
+    now = clock.now()
+    checked = ingestion.check(payload["space_id"], "identify", document, now)
+    if checked.issues:
+        raise InvalidStep(f"the traits cannot be stored: {checked.issues[0]}")
+    events_store.put_new(events_store.record(payload["space_id"], checked.messages[0], now))
+    return _go(payload, _static_next(payload))
+
+
+def _exit(payload: dict[str, Any]) -> dict[str, Any]:
+    step = payload["step"]
+    _count(payload, [(step, "entered"), (step, "completed")])
+    enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                           "completed", payload.get("ids"), step)
+    return {"next": None, "at": [], "until": None}
+
+
+def _failure(payload: dict[str, Any]) -> dict[str, Any]:
+    """A step's Catch: count the failure; go on where the journey says, or record the exit."""
+    step, target = payload["step"], payload["params"].get("continue_at")
+    error = payload.get("error") or {}
+    logger.warning("journey step failed", extra={"journey": payload["journey"], "step": step,
+                                                 "execution": payload["execution"], "error": error.get("Error"),
+                                                 "cause": str(error.get("Cause"))[:500]})
+    _count(payload, [(step, "entered"), (step, "failures")])
+    if target:
+        _count(payload, [(target, "entered")])
+        return {"next": target, "at": (payload.get("chains") or {}).get(target, []), "until": None}
+    enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                           f"failed: {error.get('Error') or 'error'}", payload.get("ids"), step)
+    return {"next": None, "at": [], "until": None}
+
+
+def _static_next(payload: dict[str, Any]) -> str:
+    nxt = payload["params"].get("next")
+    if not nxt:
+        raise InvalidStep(f"step {payload['step']!r} has no next step in its parameters")
+    return nxt
+
+
+HANDLERS = {
+    "split": _split, "multi_split": _multi_split, "random_split": _random_split, "holdout": _holdout,
+    "wait_until": _wait_until, "wait_for_event": _wait_for_event, "send": _send, "sync": _sync,
+    "update_trait": _update_trait, "exit": _exit, "failure": _failure,
+}

@@ -1,0 +1,332 @@
+"""Journey definitions (ConfigTable) and journey runtime items (JourneysTable): the one storage place.
+
+ConfigTable (every key starts with the space id):
+  pk = <space>|journeys, sk = <key>     one item per journey ever created: the draft definition,
+                                        status (draft|published|paused|archived), the published
+                                        version's definition, state machine, version and alias ARNs.
+                                        An archived journey stays (its key is never reused).
+
+JourneysTable (pk, sk; TTL on `expires_at`):
+  pk = <space>|<key>|<profile>, sk = enrollment   the enrollment: entries, current execution, last exit
+  pk = <space>|<key>|<profile>, sk = run|<entry>  one run: execution ARN, version, started/ended, reason
+  pk = <space>|<key>|stats, sk = <step>|<shard>   step counters, sharded (hot journeys spread writes)
+  pk = <space>|<key>|mark, sk = <execution>|<step>|<what>   a counted fact (idempotency, TTL 14 days)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute, VersionAttribute
+from pynamodb.exceptions import PutError
+
+from engage import clock
+from engage.config import settings
+from engage.db import EngageModel, TableName, key
+from engage.errors import Conflict, NotFound, ValidationFailed
+from engage.journeys.definition import KEY_PATTERN
+
+DRAFT, PUBLISHED, PAUSED, ARCHIVED = "draft", "published", "paused", "archived"
+STAT_SHARDS = 8
+MARK_DAYS = 14  # a Task retry or redelivery comes within minutes; two weeks is far past any of them
+COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits")
+
+
+class JourneyRecord(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    key = UnicodeAttribute()
+    definition = UnicodeAttribute()  # the draft (what PUT wrote), JSON
+    status = UnicodeAttribute(default=DRAFT)
+    published_version = NumberAttribute(default=0)
+    published_definition = UnicodeAttribute(null=True)  # the live version's definition, JSON
+    entry_audience = UnicodeAttribute(null=True)  # of the live version (enrollment looks journeys up by it)
+    entry_event = UnicodeAttribute(null=True)
+    state_machine_arn = UnicodeAttribute(null=True)
+    version_arn = UnicodeAttribute(null=True)
+    alias_arn = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    published_at = UnicodeAttribute(null=True)
+    archived_at = UnicodeAttribute(null=True)
+    revision = VersionAttribute()
+
+
+@dataclass(frozen=True)
+class Journey:
+    space_id: str
+    key: str
+    definition: dict[str, Any]
+    status: str
+    version: int
+    published_definition: dict[str, Any] | None
+    entry_audience: str | None
+    entry_event: str | None
+    state_machine_arn: str | None
+    version_arn: str | None
+    alias_arn: str | None
+    created_at: str
+    updated_at: str
+    published_at: str | None
+
+    @property
+    def live(self) -> bool:
+        """Enrolling: published and not paused."""
+        return self.status == PUBLISHED and self.version_arn is not None
+
+    def view(self) -> dict[str, Any]:
+        return {**self.definition, "status": self.status, "version": self.version,
+                "state_machine_arn": self.state_machine_arn, "version_arn": self.version_arn,
+                "alias_arn": self.alias_arn, "created_at": self.created_at, "updated_at": self.updated_at,
+                "published_at": self.published_at}
+
+
+def _pk(space_id: str) -> str:
+    return key(space_id, "journeys")
+
+
+def _journey(record: JourneyRecord) -> Journey:
+    return Journey(record.space_id, record.key, json.loads(record.definition), record.status,
+                   int(record.published_version or 0),
+                   json.loads(record.published_definition) if record.published_definition else None,
+                   record.entry_audience, record.entry_event, record.state_machine_arn, record.version_arn,
+                   record.alias_arn, record.created_at, record.updated_at, record.published_at)
+
+
+def create(space_id: str, definition: dict[str, Any]) -> Journey:
+    """Store a new draft; 409 if the key was ever used in the space (archived keys included)."""
+    journey_key = definition["key"]
+    now = clock.iso()
+    record = JourneyRecord(_pk(space_id), journey_key, space_id=space_id, key=journey_key,
+                           definition=json.dumps(definition, sort_keys=True), status=DRAFT,
+                           created_at=now, updated_at=now)
+    try:
+        record.save(condition=JourneyRecord.pk.does_not_exist())
+    except PutError as error:
+        if _conditional_failed(error):
+            raise Conflict(f"journey key {journey_key!r} is taken: keys are unique in a space forever",
+                           [{"path": "key", "value": journey_key}]) from error
+        raise
+    clear_cache(space_id)
+    return _journey(record)
+
+
+def replace_draft(space_id: str, journey_key: str, definition: dict[str, Any]) -> Journey:
+    record = _live_record(space_id, journey_key)
+    if definition.get("key", journey_key) != journey_key:
+        raise ValidationFailed("the key of a journey cannot change",
+                               [{"path": "key", "value": definition.get("key"), "expected": journey_key}])
+    record.definition = json.dumps(definition, sort_keys=True)
+    record.updated_at = clock.iso()
+    _save_versioned(record, journey_key)
+    return _journey(record)
+
+
+def record_published(space_id: str, journey_key: str, *, expected: int, definition: dict[str, Any],
+                     version: int, state_machine_arn: str, version_arn: str, alias_arn: str) -> Journey:
+    """The new live version (after its state machine version and alias exist); paused stays paused."""
+    record = _live_record(space_id, journey_key)
+    if int(record.revision) != expected:
+        raise Conflict(f"journey {journey_key!r} was changed while publishing; publish again")
+    record.status = PAUSED if record.status == PAUSED else PUBLISHED
+    record.published_version = version
+    record.published_definition = json.dumps(definition, sort_keys=True)
+    entry = definition["entry"]
+    record.entry_audience = entry.get("audience")
+    record.entry_event = entry.get("event")
+    record.state_machine_arn = state_machine_arn
+    record.version_arn = version_arn
+    record.alias_arn = alias_arn
+    record.published_at = record.updated_at = clock.iso()
+    _save_versioned(record, journey_key)
+    clear_cache(space_id)
+    return _journey(record)
+
+
+def set_status(space_id: str, journey_key: str, status: str) -> Journey:
+    record = _live_record(space_id, journey_key)
+    record.status = status
+    record.updated_at = clock.iso()
+    if status == ARCHIVED:
+        record.archived_at = record.updated_at
+    _save_versioned(record, journey_key)
+    clear_cache(space_id)
+    return _journey(record)
+
+
+def get(space_id: str, journey_key: str) -> Journey:
+    return _journey(_live_record(space_id, journey_key))
+
+
+def revision(space_id: str, journey_key: str) -> int:
+    return int(_live_record(space_id, journey_key).revision)
+
+
+def list_all(space_id: str) -> list[Journey]:
+    return [_journey(r) for r in JourneyRecord.query(_pk(space_id)) if r.status != ARCHIVED]
+
+
+# ---------------------------------------------------------------- warm-container cache (enrollment)
+_cache: dict[str, tuple[float, list[Journey]]] = {}
+
+
+def cached(space_id: str) -> list[Journey]:
+    """The space's journeys, cached per warm container for `audience_cache_seconds` (real time, as
+    the audience definitions are): enrollment looks journeys up on every trigger."""
+    hit = _cache.get(space_id)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    journeys = list_all(space_id)
+    _cache[space_id] = (time.monotonic() + settings().audience_cache_seconds, journeys)
+    return journeys
+
+
+def clear_cache(space_id: str | None = None) -> None:
+    if space_id is None:
+        _cache.clear()
+    else:
+        _cache.pop(space_id, None)
+
+
+def _record(space_id: str, journey_key: str) -> JourneyRecord | None:
+    try:
+        return JourneyRecord.get(_pk(space_id), journey_key, consistent_read=True)
+    except JourneyRecord.DoesNotExist:
+        return None
+
+
+def _live_record(space_id: str, journey_key: str) -> JourneyRecord:
+    record = _record(space_id, journey_key) if KEY_PATTERN.match(journey_key) else None
+    if record is None or record.status == ARCHIVED:
+        raise NotFound(f"no journey {journey_key!r} in this space", [{"path": "key", "value": journey_key}])
+    return record
+
+
+def _save_versioned(record: JourneyRecord, journey_key: str) -> None:
+    try:
+        record.save()
+    except PutError as error:
+        if _conditional_failed(error):
+            raise Conflict(f"journey {journey_key!r} was changed concurrently; read it again and retry") from error
+        raise
+
+
+def _conditional_failed(error: Exception) -> bool:
+    return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+# ================================================================ JourneysTable: runtime items
+class EnrollmentRecord(EngageModel):
+    class Meta:
+        table_name = TableName("journeys_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    entries = NumberAttribute(default=0)
+    current_execution = UnicodeAttribute(null=True)  # execution name of the latest run
+    current_version = NumberAttribute(null=True)
+    last_trigger = UnicodeAttribute(null=True)  # the trigger that started the latest run (redeliveries)
+    started_at = UnicodeAttribute(null=True)
+    exited_at = UnicodeAttribute(null=True)  # set when the latest run ended (any reason)
+    exit_reason = UnicodeAttribute(null=True)
+    revision = VersionAttribute()
+
+
+class RunRecord(EngageModel):
+    class Meta:
+        table_name = TableName("journeys_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    execution_name = UnicodeAttribute()
+    execution_arn = UnicodeAttribute(null=True)
+    version = NumberAttribute()
+    started_at = UnicodeAttribute()
+    exited_at = UnicodeAttribute(null=True)
+    exit_reason = UnicodeAttribute(null=True)
+    input_json = UnicodeAttribute(null=True)  # the execution input (a redelivery starts it again, identical)
+
+
+class StatShard(EngageModel):
+    class Meta:
+        table_name = TableName("journeys_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+
+
+def profile_pk(space_id: str, journey_key: str, profile_id: str) -> str:
+    return key(space_id, journey_key, profile_id)
+
+
+def stats_pk(space_id: str, journey_key: str) -> str:
+    return key(space_id, journey_key, "stats")
+
+
+def marks_pk(space_id: str, journey_key: str) -> str:
+    return key(space_id, journey_key, "mark")
+
+
+def shard_of(profile_id: str) -> int:
+    return int(hashlib.sha256(profile_id.encode()).hexdigest()[:8], 16) % STAT_SHARDS
+
+
+def count(space_id: str, journey_key: str, profile_id: str, execution: str, facts: list[tuple[str, str]]) -> int:
+    """Count (step, what) facts of one execution once each, however often a Task is retried.
+
+    Each fact is one transaction: a marker item (conditional on not existing) and the counter ADD, so
+    a retried Task counts nothing twice. Returns how many facts were new.
+    """
+    execution = execution.rsplit(":", 1)[-1]  # the name: the enroller knows no ARN yet, Tasks pass the ARN
+    client = StatShard._get_connection().connection.client
+    table = settings().require("journeys_table")
+    expires = int(clock.now().timestamp()) + MARK_DAYS * 86400
+    shard = shard_of(profile_id)
+    new = 0
+    for step, what in facts:
+        if what not in COUNTS:
+            raise ValueError(f"unknown count {what!r}")
+        try:
+            client.transact_write_items(TransactItems=[
+                {"Put": {"TableName": table, "Item": {
+                    "pk": {"S": marks_pk(space_id, journey_key)}, "sk": {"S": f"{execution}|{step}|{what}"},
+                    "expires_at": {"N": str(expires)}},
+                    "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Update": {"TableName": table,
+                            "Key": {"pk": {"S": stats_pk(space_id, journey_key)}, "sk": {"S": f"{step}|{shard}"}},
+                            "UpdateExpression": "ADD #what :one",
+                            "ExpressionAttributeNames": {"#what": what},
+                            "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
+            new += 1
+        except client.exceptions.TransactionCanceledException as error:
+            reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                continue  # counted before (a retry or a redelivery)
+            raise
+    return new
+
+
+def step_counts(space_id: str, journey_key: str) -> dict[str, dict[str, int]]:
+    """Per step: entered, in_progress, completed, failures, holdouts, goal_exits (shards summed)."""
+    client = StatShard._get_connection().connection.client
+    table = settings().require("journeys_table")
+    totals: dict[str, dict[str, int]] = {}
+    paginator = client.get_paginator("query")
+    for page in paginator.paginate(TableName=table, KeyConditionExpression="pk = :pk", ConsistentRead=True,
+                                   ExpressionAttributeValues={":pk": {"S": stats_pk(space_id, journey_key)}}):
+        for item in page["Items"]:
+            step = item["sk"]["S"].rsplit("|", 1)[0]
+            row = totals.setdefault(step, dict.fromkeys(COUNTS, 0))
+            for name in COUNTS:
+                if name in item:
+                    row[name] += int(item[name]["N"])
+    for row in totals.values():
+        row["in_progress"] = max(0, row["entered"] - row["completed"] - row["failures"] - row["goal_exits"])
+    return totals

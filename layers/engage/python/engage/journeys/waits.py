@@ -1,0 +1,92 @@
+"""`wait_for_event` task tokens: stored by the waiting Task, released by a matching event.
+
+JourneysTable items: pk = <space>|<profile>|waits, sk = <event name>|<execution>|<step>, holding the
+task token, the `where` filters and the output to hand back (where the journey goes next). They expire
+(TTL) a day after the step's timeout would have fired anyway.
+
+`release(space, profile, message)` is what the events path calls for a track event: one Query on the
+profile's waits for that event name, the `where` filters checked with the audience language's own
+operators, then SendTaskSuccess and a delete per match. A token already used or timed out answers
+TaskTimedOut / InvalidToken: the item is deleted and nothing else happens (idempotent).
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+
+from engage import clock
+from engage.audiences.evaluator import compare
+from engage.db import EngageModel, TableName, key
+from engage.observability import logger
+
+KEEP_SECONDS = 400 * 86400  # Step Functions Standard runs at most a year; TTL bounds leftovers
+
+
+class WaitRecord(EngageModel):
+    class Meta:
+        table_name = TableName("journeys_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    journey = UnicodeAttribute()
+    execution = UnicodeAttribute()
+    step = UnicodeAttribute()
+    token = UnicodeAttribute()
+    where_json = UnicodeAttribute(default="[]")
+    output_json = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+    expires_at = NumberAttribute()
+
+
+@lru_cache(maxsize=1)
+def _sfn():
+    return boto3.client("stepfunctions")
+
+
+def _pk(space_id: str, profile_id: str) -> str:
+    return key(space_id, profile_id, "waits")
+
+
+def store_token(space_id: str, profile_id: str, event: str, where: list[dict[str, Any]], *, journey: str,
+                execution: str, step: str, token: str, output: dict[str, Any]) -> None:
+    """Keyed by (event, execution, step): a retried Task overwrites its own item with the new token."""
+    WaitRecord(_pk(space_id, profile_id), f"{event}|{execution}|{step}", journey=journey, execution=execution,
+               step=step, token=token, where_json=json.dumps(where), output_json=json.dumps(output),
+               created_at=clock.iso(), expires_at=int(clock.now().timestamp()) + KEEP_SECONDS).save()
+
+
+def filters_match(where: list[dict[str, Any]], properties: dict[str, Any]) -> bool:
+    for flt in where:
+        actual: Any = properties
+        for part in str(flt["property"]).split("."):
+            actual = actual.get(part) if isinstance(actual, dict) else None
+        if not compare(flt["op"], actual, flt.get("value")):
+            return False
+    return True
+
+
+def release(space_id: str, profile_id: str, message: dict[str, Any]) -> int:
+    """Release every wait of this profile the track `message` satisfies; how many were released."""
+    if message.get("type") != "track" or not message.get("event"):
+        return 0
+    released = 0
+    sent_at = message.get("timestamp") or message.get("receivedAt")
+    for wait in WaitRecord.query(_pk(space_id, profile_id), WaitRecord.sk.startswith(f"{message['event']}|")):
+        if sent_at and clock.parse(sent_at) < clock.parse(wait.created_at):
+            continue  # an event from before the wait (history re-homed by a merge) does not release it
+        if not filters_match(json.loads(wait.where_json), message.get("properties") or {}):
+            continue
+        try:
+            _sfn().send_task_success(taskToken=wait.token, output=wait.output_json)
+            released += 1
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist"):
+                raise
+            logger.info("wait already over", extra={"execution": wait.execution, "step": wait.step})
+        wait.delete()
+    return released

@@ -1,0 +1,178 @@
+"""Journeys on the local cloud (template.yaml): entry by audience through the bus and the entry queue, a
+1-hour Wait released by the virtual clock, a split on the profile, a random split's distribution, and
+the step counts adding up. Executions are read with boto3 as the Step Functions console reads them."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from botocore.exceptions import ClientError
+
+pytestmark = [pytest.mark.e2e]
+
+WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
+PROFILES = 30
+WITH_EMAIL = 24
+
+
+def _supports_version_starts(cloud) -> bool:
+    """Whether the local cloud's Step Functions can start an execution on a version ARN (AWS can; the
+    enroller starts each enrollment on its journey's published version). moto 5.2.5 cannot; localcloud's
+    Step Functions work adds it."""
+    sfn = cloud.client("stepfunctions")
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    machine = sfn.create_state_machine(name=name, roleArn="arn:aws:iam::123456789012:role/probe", publish=True,
+                                       definition=json.dumps({"StartAt": "Done", "States": {"Done": {
+                                           "Type": "Succeed"}}}))
+    try:
+        sfn.start_execution(stateMachineArn=machine["stateMachineVersionArn"], name="probe")
+        return True
+    except (ClientError, Exception):  # noqa: BLE001 - moto answers a 500 (AttributeError inside)
+        return False
+    finally:
+        sfn.delete_state_machine(stateMachineArn=machine["stateMachineArn"])
+
+
+def traits(cloud, user_id: str) -> dict:
+    status, _, body = cloud.call("GET", f"/v1/spaces/local/collections/users/profiles/user_id:{user_id}/traits",
+                                 auth=ACCESS_TOKEN)
+    assert status == 200, body
+    return body["traits"]
+
+
+def until_evaluators_see(cloud, key: str, event: str, deadline_s: float = 180) -> None:
+    """Send `event` for fresh probe users until one of them enters audience `key` (a poll, no sleeps)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        assert cloud.call("POST", "/v1/track", {"userId": probe, "event": event}, auth=WRITE_KEY)[0] == 200
+        cloud.settle()
+        if traits(cloud, probe).get(key) is True:
+            return
+    raise AssertionError(f"no evaluator saw audience {key!r} within {deadline_s} s")
+
+
+def settle_executions(cloud) -> None:
+    status, _, body = cloud.call("POST", "/_local/settle", {"executions": True, "timeout": 120})
+    assert status == 200, body
+
+
+def test_a_journey_entered_by_audience_waits_an_hour_splits_and_counts(local_cloud):
+    if not _supports_version_starts(local_cloud):
+        pytest.skip("the local cloud cannot start executions on state machine versions yet (localcloud "
+                    "Step Functions versions/aliases)")
+    suffix = uuid.uuid4().hex[:6]
+    audience, journey_key, event = f"carts_{suffix}", f"rescue_{suffix}", f"Cart Abandoned {suffix}"
+    # Given an audience of cart abandoners, and the evaluators knowing it
+    status, _, body = local_cloud.call("POST", "/v1/audiences", {
+        "key": audience, "name": "Cart abandoners", "backfill": False,
+        "condition": {"event": event, "window": {"within_days": 1}}}, auth=ACCESS_TOKEN)
+    assert status == 201, body
+    until_evaluators_see(local_cloud, audience, event)
+    # And a published journey: wait 1 h, split on email, then a 50/50 random split setting a trait
+    definition = {
+        "key": journey_key, "name": "Cart rescue", "entry": {"audience": audience}, "start": "wait_1h",
+        "steps": {
+            "wait_1h": {"type": "wait", "duration": "PT1H", "next": "check"},
+            "check": {"type": "split", "condition": {"trait": "email", "op": "exists"}, "true": "ab",
+                      "false": "done"},
+            "ab": {"type": "random_split", "branches": [{"percent": 50, "next": "mark_a"},
+                                                         {"percent": 50, "next": "mark_b"}]},
+            "mark_a": {"type": "update_trait", "traits": {f"variant_{suffix}": "a"}, "next": "done"},
+            "mark_b": {"type": "update_trait", "traits": {f"variant_{suffix}": "b"}, "next": "done"},
+            "done": {"type": "exit"}}}
+    status, _, body = local_cloud.call("POST", "/v1/journeys", definition, auth=ACCESS_TOKEN)
+    assert status == 201, body
+    status, _, published = local_cloud.call("POST", f"/v1/journeys/{journey_key}/publish", auth=ACCESS_TOKEN)
+    assert status == 200, published
+    # When a few dozen users abandon a cart (most of them with an email)
+    users = [f"j{suffix}-{i}" for i in range(PROFILES)]
+    for i, user in enumerate(users):
+        if i < WITH_EMAIL:
+            assert local_cloud.call("POST", "/v1/identify", {"userId": user, "traits": {
+                "email": f"{user}@example.com"}}, auth=WRITE_KEY)[0] == 200
+        assert local_cloud.call("POST", "/v1/track", {"userId": user, "event": event}, auth=WRITE_KEY)[0] == 200
+    local_cloud.settle()
+    settle_executions(local_cloud)
+    # Then each has one execution, waiting in wait_1h
+    sfn = local_cloud.client("stepfunctions")
+    machine = published["state_machine_arn"]
+    running = sfn.list_executions(stateMachineArn=machine)["executions"]
+    assert len(running) == PROFILES and {e["status"] for e in running} == {"RUNNING"}
+    assert all(e["name"].startswith(f"{journey_key}-v1-") and e["name"].endswith("-e1") for e in running)
+    status, _, got = local_cloud.call("GET", f"/v1/journeys/{journey_key}", auth=ACCESS_TOKEN)
+    assert got["stats"]["wait_1h"]["entered"] == PROFILES and got["stats"]["wait_1h"]["in_progress"] == PROFILES
+    # When an hour passes on the virtual clock
+    status, _, moved = local_cloud.call("POST", "/_local/clock", {"advance": "PT1H"})
+    assert status == 200, moved
+    settle_executions(local_cloud)
+    local_cloud.settle()
+    # Then every execution ran to its end
+    done = sfn.list_executions(stateMachineArn=machine)["executions"]
+    assert {e["status"] for e in done} == {"SUCCEEDED"}, [e["status"] for e in done]
+    stats = local_cloud.call("GET", f"/v1/journeys/{journey_key}", auth=ACCESS_TOKEN)[2]["stats"]
+    assert stats["wait_1h"]["completed"] == PROFILES
+    assert stats["check"]["completed"] == PROFILES
+    assert stats["ab"]["entered"] == WITH_EMAIL
+    a, b = stats["mark_a"]["completed"], stats["mark_b"]["completed"]
+    assert a + b == WITH_EMAIL and 4 <= a <= WITH_EMAIL - 4, (a, b)  # 50/50 within a wide tolerance
+    assert stats["done"]["completed"] == PROFILES and all(s["in_progress"] == 0 for s in stats.values())
+    # And the trait each got went through the profile path (Profile API)
+    variants = [traits(local_cloud, user).get(f"variant_{suffix}") for user in users]
+    assert variants.count("a") == a and variants.count("b") == b and variants.count(None) == PROFILES - WITH_EMAIL
+    # And one profile's runs read back with the history in words
+    status, _, runs = local_cloud.call("GET", f"/v1/journeys/{journey_key}/profiles/"
+                                              f"user_id:{users[0]}", auth=ACCESS_TOKEN)
+    assert status == 200, runs
+    run = runs["runs"][0]
+    assert run["exit_reason"] == "completed" and run["status"] == "SUCCEEDED"
+    assert [h["step"] for h in run["history"]][:3] == ["wait_1h", "check", "ab"]
+
+
+
+def test_an_event_entry_journey_with_a_wait_for_event_released_and_timed_out(local_cloud):
+    if not _supports_version_starts(local_cloud):
+        pytest.skip("the local cloud cannot start executions on state machine versions yet (localcloud "
+                    "Step Functions versions/aliases)")
+    suffix = uuid.uuid4().hex[:6]
+    journey_key, started, upgraded = f"trial_{suffix}", f"Trial Started {suffix}", f"Upgraded {suffix}"
+    definition = {
+        "key": journey_key, "name": "Trial", "entry": {"event": started, "where": [
+            {"property": "plan", "op": "eq", "value": "pro"}]}, "start": "wait_upgrade",
+        "steps": {
+            "wait_upgrade": {"type": "wait_for_event", "event": upgraded, "timeout": "PT2H", "next": "won",
+                             "timeout_next": "lost"},
+            "won": {"type": "update_trait", "traits": {f"trial_{suffix}": "won"}, "next": "done"},
+            "lost": {"type": "update_trait", "traits": {f"trial_{suffix}": "lost"}, "next": "done"},
+            "done": {"type": "exit"}}}
+    assert local_cloud.call("POST", "/v1/journeys", definition, auth=ACCESS_TOKEN)[0] == 201
+    status, _, published = local_cloud.call("POST", f"/v1/journeys/{journey_key}/publish", auth=ACCESS_TOKEN)
+    assert status == 200, published
+    # When two pro users start a trial (and a free one, whom the entry filter leaves out)
+    buyer, browser, free = f"buyer-{suffix}", f"browser-{suffix}", f"free-{suffix}"
+    for user, plan in ((buyer, "pro"), (browser, "pro"), (free, "free")):
+        assert local_cloud.call("POST", "/v1/track", {"userId": user, "event": started,
+                                                      "properties": {"plan": plan}}, auth=WRITE_KEY)[0] == 200
+    local_cloud.settle()
+    settle_executions(local_cloud)
+    sfn = local_cloud.client("stepfunctions")
+    running = sfn.list_executions(stateMachineArn=published["state_machine_arn"])["executions"]
+    assert len(running) == 2 and {e["status"] for e in running} == {"RUNNING"}
+    # And one of them upgrades
+    assert local_cloud.call("POST", "/v1/track", {"userId": buyer, "event": upgraded}, auth=WRITE_KEY)[0] == 200
+    local_cloud.settle()
+    settle_executions(local_cloud)
+    local_cloud.settle()
+    assert traits(local_cloud, buyer).get(f"trial_{suffix}") == "won"
+    # And two hours pass for the other
+    assert local_cloud.call("POST", "/_local/clock", {"advance": "PT2H"})[0] == 200
+    settle_executions(local_cloud)
+    local_cloud.settle()
+    assert traits(local_cloud, browser).get(f"trial_{suffix}") == "lost"
+    done = sfn.list_executions(stateMachineArn=published["state_machine_arn"])["executions"]
+    assert {e["status"] for e in done} == {"SUCCEEDED"}
+    stats = local_cloud.call("GET", f"/v1/journeys/{journey_key}", auth=ACCESS_TOKEN)[2]["stats"]
+    assert stats["wait_upgrade"]["entered"] == 2 and stats["wait_upgrade"]["completed"] == 2
+    assert stats["won"]["completed"] == 1 and stats["lost"]["completed"] == 1 and stats["done"]["completed"] == 2

@@ -1,0 +1,328 @@
+"""Journeys through the management API and the enroller (moto from template.yaml): drafts, publishing
+(state machine, version, alias), enrollment idempotency and re-entry, step effects and counts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engage import clock
+from engage.journeys import enrollment, management, steps, store
+from tests.integration.audience_support import call_api
+from tests.journey_samples import CART_RESCUE, journey
+
+CART_ABANDONERS = {"key": "cart_abandoners", "name": "Cart abandoners", "backfill": False,
+                   "condition": {"event": "Cart Abandoned", "window": {"within_days": 1}}}
+
+
+STEPS_ARN = "arn:aws:lambda:us-east-1:123456789012:function:JourneyStepsFunction"
+
+
+@pytest.fixture
+def api(aws, space, monkeypatch):
+    from engage import config
+
+    # the journey functions' own environment (template.yaml sets it per function, not globally)
+    role = aws.client("iam").create_role(RoleName="JourneyExecutionRole", AssumeRolePolicyDocument="{}")["Role"]
+    monkeypatch.setenv("JOURNEYS_TABLE", aws.tables["JourneysTable"])
+    monkeypatch.setenv("JOURNEY_STEPS_FUNCTION_ARN", STEPS_ARN)
+    monkeypatch.setenv("JOURNEY_EXECUTION_ROLE_ARN", role["Arn"])
+    monkeypatch.setenv("JOURNEY_NAME_PREFIX", "engage")
+    config.settings.cache_clear()
+    aws.role_arn = role["Arn"]
+    # moto 5.2.5 cannot StartExecution on a state machine version ARN (AWS can; the enroller starts each
+    # enrollment on the version its name carries). Until localcloud's Step Functions versions land, a
+    # version starts its executions on its state machine, listed there as on AWS.
+    from moto.stepfunctions import models as sfn_models
+
+    def start_version(self, region_name, account_id, execution_name, execution_input):
+        backend = sfn_models.stepfunctions_backends[account_id][region_name]
+        return backend.describe_state_machine(self.source_arn).start_execution(
+            region_name=region_name, account_id=account_id, execution_name=execution_name,
+            execution_input=execution_input)
+
+    if not hasattr(sfn_models.StateMachineVersion, "start_execution"):
+        monkeypatch.setattr(sfn_models.StateMachineVersion, "start_execution", start_version, raising=False)
+    management.reset()
+    enrollment.reset()
+    store.clear_cache()
+    assert call_api("POST", "/v1/audiences", CART_ABANDONERS)[0] == 201
+    yield aws
+    management.reset()
+    enrollment.reset()
+
+
+def published(key: str = "cart_rescue", body: dict = CART_RESCUE) -> dict:
+    status, created = call_api("POST", "/v1/journeys", body)
+    assert status == 201, created
+    status, answer = call_api("POST", f"/v1/journeys/{key}/publish")
+    assert status == 200, answer
+    return answer
+
+
+def test_a_draft_is_saved_validated_and_unknown_audiences_are_400s(api):
+    status, created = call_api("POST", "/v1/journeys", CART_RESCUE)
+    assert status == 201, created
+    assert created["status"] == "draft" and created["version"] == 0 and created["state_machine_arn"] is None
+    status, body = call_api("POST", "/v1/journeys", journey(key="other", entry={"audience": "nobody"}))
+    assert status == 400 and body["error"]["details"][0]["path"] == "entry.audience"
+    status, body = call_api("POST", "/v1/journeys", journey(key="other", steps__sms={
+        "type": "send", "channel": "sms", "template": "cart_sms", "next": "wait_1h"}))
+    assert status == 400 and "cycle" in body["error"]["message"]
+    assert call_api("POST", "/v1/journeys", CART_RESCUE)[0] == 409
+    status, got = call_api("GET", "/v1/journeys/cart_rescue")
+    assert status == 200 and got["steps"]["wait_1h"]["duration"] == "PT1H"
+    assert set(got["stats"]) == set(CART_RESCUE["steps"])
+
+
+def test_publish_creates_a_standard_state_machine_a_version_and_the_live_alias(api):
+    answer = published()
+    assert answer["status"] == "published" and answer["version"] == 1
+    sfn = api.client("stepfunctions")
+    machine = sfn.describe_state_machine(stateMachineArn=answer["state_machine_arn"])
+    assert machine["type"] == "STANDARD"
+    assert machine["name"].endswith("-acme-cart_rescue")
+    assert machine["name"] == "engage-acme-cart_rescue" and machine["roleArn"] == api.role_arn
+    definition = json.loads(machine["definition"])
+    assert definition["StartAt"] == "wait_1h" and definition["States"]["wait_1h"]["Comment"] == "Wait 1 hour"
+    assert answer["version_arn"] == answer["state_machine_arn"] + ":1"
+    alias = sfn.describe_state_machine_alias(stateMachineAliasArn=answer["alias_arn"])
+    assert alias["name"] == "live"
+    assert alias["routingConfiguration"] == [{"stateMachineVersionArn": answer["version_arn"], "weight": 100}]
+    # Editing and publishing again makes version 2 and moves the alias; the state machine stays the same
+    changed = journey(steps__wait_1h={"type": "wait", "duration": "PT2H", "next": "check"})
+    changed.pop("key")
+    assert call_api("PUT", "/v1/journeys/cart_rescue", changed)[0] == 200
+    status, again = call_api("POST", "/v1/journeys/cart_rescue/publish")
+    assert status == 200 and again["version"] == 2 and again["state_machine_arn"] == answer["state_machine_arn"]
+    alias = sfn.describe_state_machine_alias(stateMachineAliasArn=answer["alias_arn"])
+    assert alias["routingConfiguration"][0]["stateMachineVersionArn"] == again["version_arn"]
+    # each version keeps its own definition (a running execution finishes on the one it started on)
+    first = json.loads(sfn.describe_state_machine(stateMachineArn=answer["version_arn"])["definition"])
+    second = json.loads(sfn.describe_state_machine(stateMachineArn=again["version_arn"])["definition"])
+    assert first["States"]["wait_1h"]["Seconds"] == 3600 and second["States"]["wait_1h"]["Seconds"] == 7200
+
+
+def test_pause_resume_and_delete(api):
+    published()
+    assert call_api("POST", "/v1/journeys/cart_rescue/pause")[1]["status"] == "paused"
+    assert call_api("POST", "/v1/journeys/cart_rescue/resume")[1]["status"] == "published"
+    status, _ = call_api("DELETE", "/v1/journeys/cart_rescue")
+    assert status == 204
+    assert call_api("GET", "/v1/journeys/cart_rescue")[0] == 404
+    assert call_api("POST", "/v1/journeys", CART_RESCUE)[0] == 409  # the key is never reused
+
+
+def audience_entered(profile_id: str = "p1", version: int = 1) -> dict:
+    return {"space": "acme", "audience_key": "cart_abandoners", "profile_id": profile_id, "user_id": "u-" + profile_id,
+            "anonymous_id": None, "email": None, "timestamp": clock.iso(), "version": version}
+
+
+def executions(api, answer: dict) -> list[dict]:
+    sfn = api.client("stepfunctions")
+    return sfn.list_executions(stateMachineArn=answer["state_machine_arn"])["executions"]
+
+
+def test_one_execution_per_enrollment_and_a_redelivered_trigger_never_enrolls_twice(api):
+    answer = published()
+    # When a profile enters the audience, and the same trigger is delivered again
+    first = enrollment.on_audience_entered(audience_entered())
+    again = enrollment.on_audience_entered(audience_entered())
+    # Then one execution exists, named (journey, version, profile, entry)
+    assert [o.reason for o in first] == ["enrolled"] and [o.reason for o in again] == ["redelivered"]
+    found = executions(api, answer)
+    assert [e["name"] for e in found] == ["cart_rescue-v1-p1-e1"]
+    started = api.client("stepfunctions").describe_execution(executionArn=found[0]["executionArn"])
+    data = json.loads(started["input"])
+    assert data["space_id"] == "acme" and data["profile_id"] == "p1" and data["ids"]["user_id"] == "u-p1"
+    assert data["step"] == {"next": "wait_1h", "at": ["wait_1h"], "until": None}
+    # And the start step counts one entry
+    assert management.get("acme", "cart_rescue")["stats"]["wait_1h"]["entered"] == 1
+
+
+def test_reentry_once_refuses_a_second_entry(api):
+    published()
+    enrollment.on_audience_entered(audience_entered())
+    name = "cart_rescue-v1-p1-e1"
+    assert enrollment.record_exit("acme", "cart_rescue", "p1", name, "completed")
+    later = enrollment.on_audience_entered(audience_entered(version=3))
+    assert later[0].enrolled is False and "once" in later[0].reason
+
+
+def test_reentry_after_exit_waits_for_the_exit_and_the_cooldown(api):
+    body = journey(reentry={"mode": "after_exit", "cooldown": "P1D"})
+    answer = published(body=body)
+    enrollment.on_audience_entered(audience_entered())
+    # still running: a new entry is refused
+    assert enrollment.on_audience_entered(audience_entered(version=3))[0].reason == "still in the journey"
+    assert enrollment.record_exit("acme", "cart_rescue", "p1", "cart_rescue-v1-p1-e1", "completed")
+    assert not enrollment.record_exit("acme", "cart_rescue", "p1", "cart_rescue-v1-p1-e1", "completed")  # once
+    assert enrollment.on_audience_entered(audience_entered(version=5))[0].reason.startswith("cooling down")
+    clock.advance(clock.parse("2026-01-02T00:00:00Z") - clock.parse("2026-01-01T00:00:00Z"))
+    outcome = enrollment.on_audience_entered(audience_entered(version=7))[0]
+    assert outcome.enrolled and outcome.execution_name == "cart_rescue-v1-p1-e2"
+    assert sorted(e["name"] for e in executions(api, answer)) == ["cart_rescue-v1-p1-e1", "cart_rescue-v1-p1-e2"]
+    runs = call_api("GET", "/v1/journeys/cart_rescue/profiles/p1")[1]["runs"]
+    assert [r["entry"] for r in runs] == [1, 2] and runs[0]["exit_reason"] == "completed"
+
+
+def test_a_paused_journey_enrolls_no_one(api):
+    answer = published()
+    call_api("POST", "/v1/journeys/cart_rescue/pause")
+    assert enrollment.on_audience_entered(audience_entered()) == []
+    assert executions(api, answer) == []
+
+
+def test_the_enroller_handler_reads_the_queue_message(api):
+    from tests.integration.audience_support import LambdaContext, handler
+
+    answer = published()
+    body = {"version": "0", "detail-type": "Audience Entered", "source": "engage", "detail": audience_entered("p9")}
+    event = {"Records": [{"messageId": "m1", "receiptHandle": "r", "body": json.dumps(body), "attributes": {},
+                          "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}]}
+    assert handler("journey_enroller")(event, LambdaContext()) == {"batchItemFailures": []}
+    assert [e["name"] for e in executions(api, answer)] == ["cart_rescue-v1-p9-e1"]
+
+
+# --- step effects -----------------------------------------------------------------------------------
+def task(step_type: str, step: str, params: dict, **extra) -> dict:
+    return {"step_type": step_type, "step": step, "params": params, "chains": extra.pop("chains", {}),
+            "execution": "arn:aws:states:us-east-1:123456789012:execution:m:cart_rescue-v1-p1-e1",
+            "previous": extra.pop("previous", []), "space_id": "acme", "profile_id": "p1", "journey": "cart_rescue",
+            "version": 1, "entry": 1, "ids": {"user_id": "u-p1", "anonymous_id": None, "email": None}, **extra}
+
+
+def test_counts_are_idempotent_under_retries_and_add_up(api):
+    published()
+    enrollment.on_audience_entered(audience_entered())
+    split = task("split", "check", {"condition": {"trait": "email", "op": "exists"}, "true": "ab", "false": "exit"},
+                 previous=["wait_1h"])
+    assert steps.handle(split)["next"] == "exit"  # p1 has no email
+    steps.handle(split)  # a retry
+    steps.handle(task("exit", "exit", {}))
+    stats = management.get("acme", "cart_rescue")["stats"]
+    assert stats["wait_1h"] == {**stats["wait_1h"], "entered": 1, "completed": 1, "in_progress": 0}
+    assert stats["check"]["entered"] == 1 and stats["check"]["completed"] == 1
+    assert stats["exit"]["entered"] == 1 and stats["exit"]["completed"] == 1 and stats["exit"]["in_progress"] == 0
+    runs = enrollment.runs("acme", "cart_rescue", "p1")
+    assert runs[0]["exit_reason"] == "completed"
+
+
+def test_send_without_messaging_fails_with_messaging_unavailable_and_never_sends(api):
+    with pytest.raises(steps.MessagingUnavailable, match="nothing was sent"):
+        steps.handle(task("send", "email_a", {"channel": "email", "template": "cart_a", "next": "wait_buy"}))
+
+
+def test_a_recorded_failure_goes_on_and_counts(api):
+    published()
+    failure = task("failure", "email_a", {"continue_at": "wait_buy"},
+                   error={"Error": "MessagingUnavailable", "Cause": "..."})
+    assert steps.handle(failure) == {"next": "wait_buy", "at": [], "until": None}
+    assert steps.handle(failure)["next"] == "wait_buy"
+    stats = management.get("acme", "cart_rescue")["stats"]
+    assert stats["email_a"]["failures"] == 1 and stats["email_a"]["in_progress"] == 0
+
+
+def test_update_trait_stores_an_identify_once(api):
+    from engage.events_store import EventRecord
+
+    payload = task("update_trait", "mark", {"traits": {"stage": "rescued"}, "next": "exit"})
+    assert steps.handle(payload)["next"] == "exit"
+    steps.handle(payload)
+    stored = [json.loads(e.payload) for e in EventRecord.scan()]
+    assert len(stored) == 1 and stored[0]["traits"] == {"stage": "rescued"} and stored[0]["userId"] == "u-p1"
+    assert stored[0]["context"]["engage"]["source"] == "journey"
+
+
+def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(api):
+    from engage.journeys import waits
+
+    published()
+    payload = task("wait_for_event", "wait_buy", {"event": "Order Completed",
+                                                  "where": [{"property": "total", "op": "gt", "value": 10}],
+                                                  "next": "exit", "timeout_next": "sms"}, task_token="token-1")
+    assert steps.handle(payload) is None  # the execution waits for the token
+    stored = list(waits.WaitRecord.query("acme|p1|waits"))
+    assert [w.token for w in stored] == ["token-1"]
+    assert json.loads(stored[0].output_json) == {"next": "exit", "at": ["wait_buy"], "until": None}
+    # an event of another name, or one failing the filter, releases nothing
+    assert waits.release("acme", "p1", {"type": "track", "event": "Cart Viewed", "properties": {}}) == 0
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order Completed",
+                                        "properties": {"total": 5}}) == 0
+    # a matching one sends the token back and the wait is gone, so a second event releases nothing
+    matching = {"type": "track", "event": "Order Completed", "properties": {"total": 50}}
+    assert waits.release("acme", "p1", matching) == 1
+    assert list(waits.WaitRecord.query("acme|p1|waits")) == []
+    assert waits.release("acme", "p1", matching) == 0
+    assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
+
+
+def test_a_profile_meeting_the_goal_leaves_as_a_goal_exit(api):
+    from tests.integration.audience_support import make_profile
+
+    published()
+    enrollment.on_audience_entered(audience_entered())
+    make_profile("p1", space_id="acme", ids={"user_id": "u-p1"}, traits={"email": "p1@example.com"})
+    goal = {"trait": "email", "op": "exists"}
+    split = task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]}, goal=goal)
+    with pytest.raises(steps.GoalReached):
+        steps.handle(split)
+    stats = management.get("acme", "cart_rescue")["stats"]
+    assert stats["ab"]["goal_exits"] == 1 and stats["ab"]["in_progress"] == 0
+    assert enrollment.runs("acme", "cart_rescue", "p1")[0]["exit_reason"] == "goal"
+    # a profile not meeting it goes on
+    assert steps.handle(task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]},
+                             goal={"trait": "plan", "op": "eq", "value": "gold"}))["next"] == "email_a"
+
+
+def test_a_trigger_redelivered_after_a_crash_between_the_writes_starts_the_recorded_execution(api):
+    answer = published()
+    enrollment.on_audience_entered(audience_entered())
+    # the first attempt died after the enrollment write: no run item, no execution
+    pk = store.profile_pk("acme", "cart_rescue", "p1")
+    store.RunRecord(pk, "run|000001").delete()
+    sfn = api.client("stepfunctions")
+    found = executions(api, answer)
+    sfn.stop_execution(executionArn=found[0]["executionArn"])
+    outcome = enrollment.on_audience_entered(audience_entered())[0]
+    assert outcome.reason == "redelivered" and outcome.execution_name == "cart_rescue-v1-p1-e1"
+    assert [r["execution_name"] for r in enrollment.runs("acme", "cart_rescue", "p1")] == ["cart_rescue-v1-p1-e1"]
+    assert len(executions(api, answer)) == 1
+
+
+def history_item(profile_id: str, message: dict) -> dict:
+    return {"pk": f"acme|{profile_id}", "sk": f"{message['timestamp']}|{message['messageId']}",
+            "type": message["type"], "payload": json.dumps(message)}
+
+
+def test_an_event_entry_journey_enrolls_on_a_matching_track_event_once(api):
+    from engage.journeys import events
+
+    body = journey(key="welcome", entry={"event": "Signed Up", "where": [{"property": "plan", "op": "eq",
+                                                                           "value": "pro"}]}, exit_when=None)
+    answer = published("welcome", body)
+    message = {"type": "track", "event": "Signed Up", "userId": "u-p1", "messageId": "m-1",
+               "timestamp": clock.iso(), "properties": {"plan": "pro"}}
+    assert events.on_history_item(history_item("p1", message)) == {"released": 0, "enrolled": 1}
+    assert events.on_history_item(history_item("p1", message))["enrolled"] == 1  # the redelivery: same run
+    free = {**message, "messageId": "m-2", "properties": {"plan": "free"}}
+    assert events.on_history_item(history_item("p2", free))["enrolled"] == 0  # the where filter
+    found = executions(api, answer)
+    assert [e["name"] for e in found] == ["welcome-v1-p1-e1"]
+    started = json.loads(api.client("stepfunctions").describe_execution(executionArn=found[0]["executionArn"])["input"])
+    assert started["event"]["properties"] == {"plan": "pro"} and started["trigger"] == "event:m-1"
+
+
+def test_a_track_event_on_the_profile_releases_its_wait_but_not_an_older_one(api):
+    from engage.journeys import events, waits
+
+    published()
+    steps.handle(task("wait_for_event", "wait_buy", {"event": "Order Completed", "where": [], "next": "exit",
+                                                     "timeout_next": "sms"}, task_token="token-9"))
+    older = {"type": "track", "event": "Order Completed", "userId": "u-p1", "messageId": "old",
+             "timestamp": "2020-01-01T00:00:00.000Z", "properties": {}}
+    assert events.on_history_item(history_item("p1", older))["released"] == 0
+    newer = {**older, "messageId": "new", "timestamp": clock.iso()}
+    assert events.on_history_item(history_item("p1", newer))["released"] == 1
+    assert list(waits.WaitRecord.query("acme|p1|waits")) == []

@@ -1,0 +1,214 @@
+"""Journey -> ASL: the golden cart_rescue, every step type, and random journeys checked by real validators
+(cfn-lint's state machine schema, E3601, and moto's ASL parser, the interpreter the local cloud runs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cfnlint.api import ManualArgs, lint
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+from engage.journeys.compiler import compile_journey, describe, to_json
+from engage.journeys.definition import STEP_TYPES, parse_journey, successors
+from tests.journey_samples import CART_RESCUE, EVERY_STEP, STEPS_ARN
+
+GOLDEN = Path(__file__).parent / "fixtures" / "cart_rescue.asl.json"
+HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out")
+
+
+def lint_errors(asl: dict) -> list[str]:
+    template = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"Journey": {
+        "Type": "AWS::StepFunctions::StateMachine",
+        "Properties": {"RoleArn": "arn:aws:iam::123456789012:role/journey", "Definition": asl}}}}
+    return [str(match) for match in lint(json.dumps(template), config=ManualArgs(regions=["us-east-1"]))]
+
+
+def assert_valid(asl: dict) -> None:
+    assert lint_errors(asl) == []
+    AmazonStateLanguageParser.parse(to_json(asl))  # raises on anything moto's interpreter cannot run
+
+
+def step_of(state_name: str) -> str:
+    for suffix in HELPER_SUFFIXES:
+        if state_name.endswith(suffix):
+            return state_name.removesuffix(suffix)
+    return state_name
+
+
+def test_cart_rescue_compiles_to_the_golden_asl():
+    asl = compile_journey(parse_journey(CART_RESCUE), STEPS_ARN)
+    assert asl == json.loads(GOLDEN.read_text())
+    assert_valid(asl)
+    states = asl["States"]
+    assert asl["StartAt"] == "wait_1h"
+    assert states["wait_1h"] == {"Type": "Wait", "Comment": "Wait 1 hour", "Seconds": 3600, "Next": "check"}
+    assert states["check"]["Comment"] == "Split: has email?"
+    assert states["check.branch"]["Type"] == "Choice"
+    assert {c["Next"] for c in states["check.branch"]["Choices"]} == {"ab", "exit"}
+    wait_buy = states["wait_buy"]
+    assert wait_buy["Resource"] == "arn:aws:states:::lambda:invoke.waitForTaskToken"
+    assert wait_buy["TimeoutSeconds"] == 2 * 86400
+    assert wait_buy["Catch"][1] == {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.timeout",
+                                    "Next": "wait_buy.timeout"}
+    assert states["wait_buy.timeout"]["Next"] == "sms"
+
+
+def test_the_golden_file_is_a_validator_failing_when_broken():
+    # the validator is real: a wrong state type and a non-numeric wait are reported
+    broken = json.loads(GOLDEN.read_text())
+    broken["States"]["wait_1h"]["Seconds"] = "an hour"
+    broken["States"]["check"]["Type"] = "Taks"
+    assert len(lint_errors(broken)) == 2
+
+
+def test_every_task_retries_with_backoff_and_catches_into_a_recorded_failure():
+    asl = compile_journey(parse_journey(EVERY_STEP), STEPS_ARN)
+    assert_valid(asl)
+    tasks = {name: s for name, s in asl["States"].items() if s["Type"] == "Task"}
+    assert tasks
+    for name, state in tasks.items():
+        assert state["Retry"][-1]["ErrorEquals"] == ["States.ALL"] and state["Retry"][-1]["BackoffRate"] > 1
+        assert state["Catch"][-1]["ErrorEquals"] == ["States.ALL"], name
+        target = state["Catch"][-1]["Next"]
+        assert target == f"{step_of(name)}.failed" or target == "recording_failed", name
+        assert state["Parameters"]["FunctionName"] == STEPS_ARN
+    # a failed send or sync goes on with the journey; a failed split ends it
+    assert asl["States"]["nudge.failed"]["Next"] == "done"
+    assert asl["States"]["sync_crm.failed"]["Next"] == "await"
+    assert asl["States"]["tier.failed"]["End"] is True
+    # messaging missing is not retried (a retry cannot bring it back)
+    assert "MessagingUnavailable" in tasks["nudge"]["Retry"][0]["ErrorEquals"]
+    assert tasks["nudge"]["Retry"][0]["MaxAttempts"] == 0
+
+
+def test_the_exit_goal_is_checked_by_every_task_and_caught_into_goal_reached():
+    asl = compile_journey(parse_journey(CART_RESCUE), STEPS_ARN)
+    states = asl["States"]
+    assert states["goal_reached"]["Type"] == "Succeed"
+    for name in ("check", "ab", "email_a", "wait_buy", "sms"):
+        assert states[name]["Parameters"]["Payload"]["goal"] == CART_RESCUE["exit_when"]
+        assert states[name]["Catch"][0] == {"ErrorEquals": ["GoalReached"], "ResultPath": "$.goal",
+                                            "Next": "goal_reached"}
+    assert "goal" not in states["exit"]["Parameters"]["Payload"]
+    # a journey without a goal has no such state
+    assert "goal_reached" not in compile_journey(parse_journey(EVERY_STEP), STEPS_ARN)["States"]
+
+
+def test_every_step_type_has_its_shape():
+    asl = compile_journey(parse_journey(EVERY_STEP), STEPS_ARN)
+    states = asl["States"]
+    assert states["welcome_wait"]["Seconds"] == 129600 and states["welcome_wait"]["Comment"] == "Wait 1 day 12 hours"
+    assert states["morning"]["Parameters"]["Payload"]["step_type"] == "wait_until"
+    assert states["morning.wait"] == {"Type": "Wait", "Comment": "Until the moment morning computed",
+                                      "TimestampPath": "$.step.until", "Next": "tier"}
+    assert [c["Next"] for c in states["tier.branch"]["Choices"]] == ["hold", "mark", "sync_crm"]
+    assert states["hold.branch"]["Choices"][1]["Next"] == "hold.held_out"
+    assert states["hold.held_out"]["Type"] == "Succeed"
+    assert states["mark"]["Parameters"]["Payload"]["params"] == {"traits": {"journey_stage": "welcomed"}, "next": "sync_crm"}
+    assert states["sync_crm"]["Parameters"]["Payload"]["params"] == {"destination": "crm", "next": "await"}
+    assert states["nudge"]["Comment"] == "Send push 'nudge'"
+    assert states["done"]["End"] is True
+    # the Task before a chain of native waits knows the chain (counts for steps with no Task of their own)
+    start = parse_journey(EVERY_STEP)
+    assert describe(start, "morning").startswith("Wait until 09:30 on mon, wed")
+
+
+# --- random journeys ------------------------------------------------------------------------------
+
+CONDITIONS = st.sampled_from([{"trait": "email", "op": "exists"}, {"trait": "plan", "op": "eq", "value": "pro"},
+                              {"event": "Order Completed", "window": {"within_days": 3}},
+                              {"not": {"trait": "vip", "op": "eq", "value": True}}])
+
+
+@st.composite
+def journeys(draw):
+    """A random valid journey: steps in a random order, each pointing only forward (so acyclic) and the
+    last one an exit; every step reachable (each step i > 0 is a target of some earlier step)."""
+    count = draw(st.integers(min_value=1, max_value=14))
+    ids = [f"s{i}" for i in range(count)] + ["end"]
+    steps: dict[str, dict] = {"end": {"type": "exit"}}
+    for i in range(count - 1, -1, -1):
+        later = ids[i + 1:]
+        # the next step in order always gets a way in, so everything is reachable
+        must = ids[i + 1]
+        kind = draw(st.sampled_from(sorted(set(STEP_TYPES) - {"exit"})))
+        others = st.sampled_from(later)
+        if kind == "wait":
+            step = {"type": "wait", "duration": draw(st.sampled_from(["PT1H", "P1D", "PT30M", "P1DT2H"])),
+                    "next": must}
+        elif kind == "wait_until":
+            step = {"type": "wait_until", "time_of_day": "09:00", "next": must}
+        elif kind == "wait_for_event":
+            step = {"type": "wait_for_event", "event": "Order Completed", "timeout": "P2D", "next": must,
+                    "timeout_next": draw(others)}
+        elif kind == "split":
+            step = {"type": "split", "condition": draw(CONDITIONS), "true": must, "false": draw(others)}
+        elif kind == "multi_split":
+            step = {"type": "multi_split", "branches": [{"condition": draw(CONDITIONS), "next": must}],
+                    "default": draw(others)}
+        elif kind == "random_split":
+            first = draw(st.integers(min_value=0, max_value=100))
+            step = {"type": "random_split", "branches": [{"percent": first, "next": must},
+                                                          {"percent": 100 - first, "next": draw(others)}]}
+        elif kind == "holdout":
+            step = {"type": "holdout", "percent": draw(st.integers(min_value=1, max_value=99)), "next": must}
+        elif kind == "send":
+            step = {"type": "send", "channel": "email", "template": "t", "next": must}
+        elif kind == "sync":
+            step = {"type": "sync", "destination": "d", "next": must}
+        else:
+            step = {"type": "update_trait", "traits": {"stage": i}, "next": must}
+        steps[ids[i]] = step
+    order = draw(st.permutations(list(steps)))
+    return {"key": "random_journey", "name": "Random", "entry": {"audience": "a"}, "start": "s0",
+            "steps": {step_id: steps[step_id] for step_id in order}}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(journeys())
+def test_random_valid_journeys_compile_to_valid_asl_with_a_state_per_step(data):
+    journey = parse_journey(data)
+    asl = compile_journey(journey, STEPS_ARN)
+    assert_valid(asl)
+    states = asl["States"]
+    # one state named after each step, and every other state belongs to exactly one step
+    assert set(journey.steps) <= set(states)
+    helpers = {name for name in states if name not in journey.steps} - {"recording_failed", "goal_reached"}
+    assert all(step_of(name) in journey.steps for name in helpers)
+    for step_id, step in journey.steps.items():
+        assert states[step_id]["Comment"] == describe(journey, step_id)
+        # every way out of the step is a transition of the compiled graph
+        reachable = _targets(states, step_id)
+        assert set(successors(step)) <= reachable, step_id
+
+
+def _targets(states: dict, name: str) -> set[str]:
+    """The step states reachable from `name` through its own helper states (Choice/Wait/Pass/Catch)."""
+    seen, todo, found = {name}, [name], set()
+    while todo:
+        state = states[todo.pop()]
+        targets = [state.get("Next"), state.get("Default")]
+        targets += [c["Next"] for c in state.get("Choices", [])] + [c["Next"] for c in state.get("Catch", [])]
+        for target in filter(None, targets):
+            if target in seen:
+                continue
+            seen.add(target)
+            if step_of(target) == step_of(name) and target != step_of(name):
+                todo.append(target)
+            else:
+                found.add(target)
+    return found
+
+
+@pytest.mark.parametrize("steps", [1, 50])
+def test_compiling_is_pure_and_repeatable(steps):
+    chain = {f"w{i}": {"type": "wait", "duration": "PT1M", "next": f"w{i + 1}" if i + 1 < steps else "end"}
+             for i in range(steps)}
+    data = {"key": "long", "name": "Long", "entry": {"audience": "a"}, "start": "w0",
+            "steps": {**chain, "end": {"type": "exit"}}}
+    first = compile_journey(parse_journey(data), STEPS_ARN)
+    assert first == compile_journey(parse_journey(data), STEPS_ARN)
+    assert len([s for s in first["States"] if s.startswith("w")]) == steps

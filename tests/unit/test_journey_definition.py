@@ -1,0 +1,120 @@
+"""Journey definition validation: shapes, and the graph rules, each a 400 naming the step and field."""
+from __future__ import annotations
+
+import pytest
+
+from engage.errors import ValidationFailed
+from engage.journeys.definition import check_references, parse_duration, parse_journey
+from tests.journey_samples import CART_RESCUE, EVERY_STEP, journey
+
+
+def problems(data) -> list[dict]:
+    with pytest.raises(ValidationFailed) as caught:
+        parse_journey(data)
+    return caught.value.details
+
+
+def paths(data) -> list[str]:
+    return [d["path"] for d in problems(data)]
+
+
+def test_api_md_cart_rescue_and_every_step_type_are_accepted():
+    cart = parse_journey(CART_RESCUE)
+    assert cart.start == "wait_1h" and len(cart.steps) == 8
+    every = parse_journey(EVERY_STEP)
+    assert {s.type for s in every.steps.values()} >= {"wait", "wait_until", "multi_split", "holdout",
+                                                      "update_trait", "sync", "wait_for_event", "send", "exit"}
+    assert every.entry.event == "Signed Up" and every.reentry.cooldown == "P7D"
+
+
+def test_a_next_naming_no_step_is_named_at_its_field():
+    data = journey(steps__email_a={"type": "send", "channel": "email", "template": "cart_a", "next": "wait_by"})
+    found = problems(data)
+    assert found[0]["path"] == "steps.email_a.next" and "wait_by" in found[0]["message"]
+    data = journey(steps__check={"type": "split", "condition": {"trait": "email", "op": "exists"},
+                                 "true": "ab", "false": "nowhere"})
+    assert paths(data) == ["steps.check.false"]
+    data = journey(steps__ab={"type": "random_split", "branches": [{"percent": 50, "next": "email_a"},
+                                                                    {"percent": 50, "next": "x"}]})
+    assert "steps.ab.branches[1].next" in paths(data)
+    assert paths(journey(start="nope")) == ["start"]
+
+
+def test_unreachable_steps_are_named():
+    data = journey(steps__orphan={"type": "exit"})
+    found = problems(data)
+    assert found[0]["path"] == "steps.orphan" and "unreachable" in found[0]["message"]
+
+
+def test_a_cycle_is_refused_and_a_path_with_no_way_out_is_said_to_never_end():
+    data = journey(steps__sms={"type": "send", "channel": "sms", "template": "cart_sms", "next": "wait_1h"})
+    found = problems(data)
+    assert "cycle" in found[0]["message"] and "wait_1h" in found[0]["message"]
+    loop = journey(start="a", steps={"a": {"type": "wait", "duration": "PT1H", "next": "b"},
+                                     "b": {"type": "wait", "duration": "PT1H", "next": "a"}})
+    found = problems(loop)
+    assert found[0]["message"].startswith("this path never ends: a -> b -> a")
+
+
+def test_percentages_must_sum_to_100():
+    data = journey(steps__ab={"type": "random_split", "branches": [{"percent": 50, "next": "email_a"},
+                                                                    {"percent": 40, "next": "email_b"}]})
+    found = problems(data)
+    assert found[0]["path"] == "steps.ab.branches" and "90" in found[0]["message"]
+    bad_holdout = journey(EVERY_STEP, steps__hold={"type": "holdout", "percent": 100, "next": "mark"})
+    assert paths(bad_holdout) == ["steps.hold.percent"]
+
+
+def test_shapes_are_refused_at_their_json_path():
+    assert "steps.wait_1h.duration" in paths(journey(steps__wait_1h={"type": "wait", "duration": "1 hour",
+                                                                      "next": "check"}))
+    assert "steps.wait_1h.duration" in paths(journey(steps__wait_1h={"type": "wait", "duration": "P1M",
+                                                                      "next": "check"}))
+    assert "steps.wait_1h.nxt" in paths(journey(steps__wait_1h={"type": "wait", "duration": "PT1H", "nxt": "check"}))
+    found = problems(journey(steps__wait_1h={"type": "sleep", "next": "check"}))
+    assert found[0]["path"] == "steps.wait_1h" and "wait_until" in found[0]["message"]
+    assert "steps.email_a.channel" in paths(journey(steps__email_a={"type": "send", "channel": "fax",
+                                                                     "template": "t", "next": "exit"}))
+    assert "steps.morning.time_of_day" in paths(journey(EVERY_STEP, steps__morning={
+        "type": "wait_until", "time_of_day": "25:00", "next": "tier"}))
+    assert "steps.morning.days[0]" in paths(journey(EVERY_STEP, steps__morning={
+        "type": "wait_until", "time_of_day": "09:00", "days": ["someday"], "next": "tier"}))
+    assert paths(journey(entry={"segment": "x"})) == ["entry"]
+    assert paths(journey(entry={"audience": "x", "bogus": 1})) == ["entry.bogus"]
+    assert paths(journey(reentry={"mode": "once", "cooldown": "P1D"})) == ["reentry.cooldown"]
+    assert paths(journey(key="Cart Rescue")) == ["key"]
+
+
+def test_conditions_are_checked_by_the_audience_language_at_their_path():
+    data = journey(steps__check={"type": "split", "condition": {"trait": "email", "op": "equals"},
+                                 "true": "ab", "false": "exit"})
+    assert paths(data) == ["steps.check.condition.op"]
+    assert paths(journey(exit_when={"event": "Order Completed", "window": {"within_weeks": 1}})) == [
+        "exit_when.window"]
+
+
+def test_references_to_audiences_the_space_does_not_have_are_refused():
+    data = journey(steps__check={"type": "split", "condition": {"audience": "vip"}, "true": "ab", "false": "exit"})
+    parsed = parse_journey(data)
+    with pytest.raises(ValidationFailed) as caught:
+        check_references(parsed, {"cart_abandoners"})
+    assert [d["path"] for d in caught.value.details] == ["steps.check.condition.audience"]
+    with pytest.raises(ValidationFailed) as caught:
+        check_references(parsed, {"vip"})
+    assert [d["path"] for d in caught.value.details] == ["entry.audience"]
+    check_references(parsed, {"vip", "cart_abandoners"})  # templates/destinations not checked without stores
+    with pytest.raises(ValidationFailed) as caught:
+        check_references(parsed, {"vip", "cart_abandoners"}, templates={"cart_a"})
+    assert [d["path"] for d in caught.value.details] == ["steps.email_b.template", "steps.sms.template"]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("PT1H", 3600), ("P2D", 172800), ("P1DT12H", 129600),
+                                               ("PT90S", 90), ("P1W", 604800), ("PT1M30S", 90)])
+def test_durations(text, seconds):
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "P", "PT", "1H", "P1Y", "PT1.5H", "P1DT"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
