@@ -12,8 +12,8 @@ from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
 from engage.computed_traits import management as computed_traits
 from engage.errors import EngageError, ValidationFailed
-from engage.messaging import routes as messaging_routes
 from engage.journeys import management as journeys
+from engage.messaging import routes as messaging_routes
 from engage.observability import logger, tracer
 from engage.profile_api.params import token_from_authorization
 

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from engage.audiences import definition
 from engage.computed_traits.definition import ComputedTraitDefinition
 from engage.ingestion import messages
-from engage.messaging import api_models as messaging_models
 from engage.journeys import definition as journey_definition
+from engage.messaging import api_models as messaging_models
 from engage.profile_api import models as profile_models
 
 REF_TEMPLATE = "#/components/schemas/{model}"
