@@ -1,4 +1,4 @@
-"""Management API (API.md): audiences. Token auth, JSON in and out, errors in one shape."""
+"""Management API (API.md): audiences; messaging routes from engage.messaging.routes. Token auth, JSON, one error shape."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
 from engage.errors import EngageError, ValidationFailed
+from engage.messaging import routes as messaging_routes
 from engage.observability import logger, tracer
 from engage.profile_api.params import token_from_authorization
 
@@ -157,6 +158,9 @@ def _without_query(name: str) -> str:
     event = app.current_event
     kept = {k: v for k, v in (event.query_string_parameters or {}).items() if k != name}
     return event.path + (f"?{urlencode(kept)}" if kept else "")
+
+
+messaging_routes.register(app, _space, _json_body, DOC, KEY_ERRORS)  # templates, messages, subscriptions
 
 
 @app.get("/openapi.json", summary="This OpenAPI document (all three APIs; no credentials needed)",

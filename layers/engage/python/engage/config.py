@@ -46,6 +46,17 @@ class Settings:
     # Parked stream failures (engage.failures): FailuresTable, and days a parked failure is kept.
     failures_table: str = ""
     parked_failure_retention_days: int = 28
+    # Messaging (engage.messaging): the delivery log, sending defaults and the stack's signing key.
+    messages_table: str = ""
+    message_retention_days: int = 180
+    email_from_address: str = ""
+    ses_configuration_set: str = ""
+    messaging_key_id: str = ""
+    # Base URL of the HTTP API as recipients reach it (unsubscribe links); empty: links cannot be made.
+    public_api_url: str = ""
+    # A pending delivery older than this was claimed by an attempt that stopped (see engage.messaging.sender).
+    send_lease_seconds: int = 120
+    webhook_timeout_seconds: int = 5
     # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
     aws_endpoint_url: str = ""
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engage.audiences import definition
 from engage.ingestion import messages
+from engage.messaging import api_models as messaging_models
 from engage.profile_api import models as profile_models
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -143,6 +144,9 @@ REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, M
 RESPONSES: tuple[type[BaseModel], ...] = (
     Error, SegmentError, Success, Audience, AudienceList, Preview, Members, MemberEditResult, ExportJob,
     *PROFILE_RESOURCES)
+# Messaging (engage.messaging.api_models)
+REQUESTS += messaging_models.REQUESTS
+RESPONSES += messaging_models.RESPONSES
 
 
 def schemas() -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""Webhook: an HTTP POST of the rendered JSON body, signed, with a timeout and bounded retries.
+
+Headers: `Content-Type: application/json`, `Webhook-Id: <idempotency key>` (the same on every retry:
+receivers dedupe on it), `Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
+with the template's secret (GET /v1/templates/{key} shows it), plus the template's own headers.
+A 2xx is sent; a 4xx other than 408/429 is refused (not retried); a timeout, connection error, 408,
+429 or 5xx is retried up to ATTEMPTS times with short backoff, then reported unavailable, so the
+sender's caller retries later with the same Webhook-Id. Delivery to a receiver is therefore at least
+once, deduplicated by Webhook-Id. Cost: no AWS request; the function waits at most
+ATTEMPTS x timeout.
+"""
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+from engage import clock
+from engage.config import settings
+from engage.messaging import signing
+from engage.messaging.channels import OutgoingMessage, Refused, Unavailable
+
+ATTEMPTS = 3
+BACKOFF_SECONDS = (0.2, 1.0)
+
+
+def request_of(message: OutgoingMessage) -> urllib.request.Request:
+    body = message.body.encode()
+    timestamp = str(int(clock.now().timestamp()))
+    secret = signing.webhook_secret(message.space_id, message.template)
+    headers = {**message.headers, "Content-Type": "application/json", "User-Agent": "engage-webhook/1",
+               "Webhook-Id": message.idempotency_key,
+               "Webhook-Signature": signing.webhook_signature(secret, timestamp, body)}
+    return urllib.request.Request(message.address, data=body, headers=headers, method="POST")
+
+
+def send(message: OutgoingMessage) -> str:
+    request = request_of(message)
+    last = ""
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
+        try:
+            with urllib.request.urlopen(request, timeout=settings().webhook_timeout_seconds) as response:
+                return f"webhook:{response.status}:{message.idempotency_key}"
+        except urllib.error.HTTPError as error:
+            if error.code < 500 and error.code not in (408, 429):
+                raise Refused(f"the webhook answered {error.code}") from error
+            last = f"the webhook answered {error.code}"
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            last = f"the webhook could not be reached: {getattr(error, 'reason', error)}"
+    raise Unavailable(f"{last} ({ATTEMPTS} attempts)")

@@ -1,0 +1,195 @@
+"""Management API operations of messaging (API.md): templates, preview, the delivery log, subscriptions,
+unsubscribe links and the space's messaging settings. Handlers call these with the authenticated space.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from engage import profiles_store
+from engage.errors import NotFound, ValidationFailed
+from engage.messaging import rules, sender, settings_store, signing, store, subscriptions, templates
+from engage.profile_api.params import parse_profile_ref
+
+SOURCES = ("journey", "broadcast", "api")
+
+
+def _with_secret(space_id: str, view: dict[str, Any]) -> dict[str, Any]:
+    if view.get("channel") == "webhook":
+        view = {**view, "signing_secret": signing.webhook_secret(space_id, view["key"])}
+    return view
+
+
+# ---------------------------------------------------------------- templates
+def create_template(space_id: str, body: Any) -> dict[str, Any]:
+    return _with_secret(space_id, store.create_template(space_id, templates.parse_template(body)))
+
+
+def get_template(space_id: str, template_key: str) -> dict[str, Any]:
+    return _with_secret(space_id, store.get_template(space_id, template_key))
+
+
+def list_templates(space_id: str) -> dict[str, Any]:
+    return {"templates": store.list_templates(space_id)}
+
+
+def replace_template(space_id: str, template_key: str, body: Any) -> dict[str, Any]:
+    if isinstance(body, dict) and body.get("key", template_key) != template_key:
+        raise ValidationFailed("the key of a template cannot change",
+                               [{"path": "$.key", "value": body.get("key"), "expected": template_key}])
+    definition = templates.parse_template({k: v for k, v in body.items() if k != "key"}
+                                          if isinstance(body, dict) else body, key=template_key)
+    return _with_secret(space_id, store.replace_template(space_id, definition))
+
+
+def delete_template(space_id: str, template_key: str) -> None:
+    store.delete_template(space_id, template_key)
+
+
+def _resolve(space_id: str, ref_text: str, path: str):
+    try:
+        ref = parse_profile_ref(ref_text)
+    except ValidationFailed as error:
+        raise ValidationFailed(error.message.replace("path.profile", path), [{"path": path, "value": ref_text}]) \
+            from None
+    record = profiles_store.resolve(space_id, profiles_store.USERS, ref.type, ref.value)
+    if record is None:
+        raise NotFound(f"no profile {ref_text!r} in this space", [{"path": path, "value": ref_text}])
+    return record
+
+
+def preview(space_id: str, template_key: str, body: Any) -> dict[str, Any]:
+    """Render for a stored profile (`{"profile": "<id_type>:<value>"}`) or sample data (`{"traits": {...},
+    "event": {...}}`) and show what would be sent; nothing is sent or logged."""
+    body = body or {}
+    if not isinstance(body, dict) or set(body) - {"profile", "traits", "event"}:
+        raise ValidationFailed("preview takes {\"profile\": id} or {\"traits\": {...}} and optionally \"event\"",
+                               [{"path": "$", "message": "unknown fields"}])
+    definition = templates.parse_template(
+        {k: v for k, v in store.get_template(space_id, template_key).items()
+         if k not in ("version", "created_at", "updated_at")})
+    if body.get("profile"):
+        record = _resolve(space_id, str(body["profile"]), "$.profile")
+        profile = sender._profile_dict(record, record.profile_id)
+    else:
+        traits = body.get("traits") or {}
+        if not isinstance(traits, dict):
+            raise ValidationFailed("traits must be an object", [{"path": "$.traits", "value": traits}])
+        profile = {"id": "preview", "traits": traits, "computed_traits": {}, "subscriptions": {}, "ids": {},
+                   "external_ids": []}
+    unsubscribe_url = sender.unsubscribe_link(space_id, profile["id"], definition.channel) \
+        if body.get("profile") else ""
+    scope = templates.scope_for(profile, event=body.get("event"), source={"type": "api", "key": "preview"},
+                                unsubscribe_url=unsubscribe_url)
+    try:
+        rendered = templates.render(definition, scope)
+    except templates.RenderFailed as error:
+        raise ValidationFailed(str(error), [{"path": "$", "message": str(error)}]) from error
+    return {"channel": definition.channel, "to": rules.address_for(definition.channel, profile, definition.url),
+            "from": definition.from_, "subject": rendered.subject, "body": rendered.body, "text": rendered.text,
+            "unsubscribe_url": unsubscribe_url or None,
+            "subscription": rules.subscription_status(profile, definition.channel)}
+
+
+# ---------------------------------------------------------------- the delivery log
+def messages(space_id: str, profile_ref: str | None, source: str | None) -> dict[str, Any]:
+    if not profile_ref:
+        raise ValidationFailed("profile is required: ?profile=<id_type>:<value>", [{"path": "profile"}])
+    if source is not None and source not in SOURCES:
+        raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}", [{"path": "source", "value": source}])
+    record = _resolve(space_id, profile_ref, "profile")
+    profile_ids = [record.profile_id, *[str(p) for p in (record.merged_from or [])]]
+    found = [d for profile_id in profile_ids for d in store.deliveries(space_id, profile_id, source)]
+    found.sort(key=lambda d: d.created_at, reverse=True)
+    return {"messages": [view(d) for d in found]}
+
+
+def view(record: store.DeliveryRecord) -> dict[str, Any]:
+    status = record.status
+    if status == store.PENDING:
+        status_text = "pending"
+    elif status == store.SENT:
+        status_text = "sent"
+    elif status == store.DEFERRED:
+        status_text = f"deferred: {record.until}"
+    else:
+        status_text = f"{status}: {record.reason}"
+    return {"idempotency_key": record.idempotency_key, "status": status, "status_text": status_text,
+            "reason": record.reason, "until": record.until, "message_id": record.message_id,
+            "channel": record.channel, "template": record.template, "to": record.address,
+            "source": {"type": record.source_type, "key": record.source_key, "step": record.source_step},
+            "transactional": bool(record.transactional), "profile_id": record.profile_id,
+            "created_at": record.created_at, "updated_at": record.updated_at}
+
+
+def send(space_id: str, body: Any) -> dict[str, Any]:
+    """POST /v1/messages: send one message now through the sender (source `api`)."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body is a JSON object", [{"path": "$", "message": "expected an object"}])
+    allowed = {"profile", "template", "idempotency_key", "transactional", "event"}
+    unknown = set(body) - allowed
+    missing = {"profile", "template", "idempotency_key"} - set(body)
+    if unknown or missing:
+        raise ValidationFailed(f"unknown {sorted(unknown)} / missing {sorted(missing)} fields",
+                               [{"path": f"$.{n}", "message": "unknown"} for n in sorted(unknown)]
+                               + [{"path": f"$.{n}", "message": "required"} for n in sorted(missing)])
+    record = _resolve(space_id, str(body["profile"]), "$.profile")
+    definition = store.load_template(space_id, str(body["template"]))
+    if definition is None:
+        raise NotFound(f"no template {body['template']!r}", [{"path": "$.template", "value": body["template"]}])
+    delivery = sender.send_message(sender.SendRequest(
+        space_id, record.profile_id, definition.channel, definition.key, str(body["idempotency_key"]),
+        {"type": "api", "key": "api", "step": None}, event=body.get("event"),
+        transactional=bool(body.get("transactional"))))
+    return delivery.to_dict()
+
+
+# ---------------------------------------------------------------- subscriptions
+def put_subscription(space_id: str, profile_ref: str, body: Any) -> dict[str, Any]:
+    channel, status = subscriptions.parse_change(body)
+    record = _resolve(space_id, profile_ref, "id")
+    return {"profile_id": record.profile_id,
+            "subscriptions": subscriptions.set_status(space_id, record.profile_id, channel, status, how="api")}
+
+
+def unsubscribe(token: str | None, how: str) -> tuple[str, str]:
+    """Apply a signed link; (channel, status). A forged or altered token is a ValidationFailed."""
+    space_id, profile_id, channel = signing.read_unsubscribe_token(token)
+    subscriptions.set_status(space_id, profile_id, channel, rules.UNSUBSCRIBED, how=how)
+    return channel, rules.UNSUBSCRIBED
+
+
+def check_token(token: str | None) -> None:
+    signing.read_unsubscribe_token(token)
+
+
+def confirm_page(token: str) -> str:
+    """GET shows a button rather than unsubscribing at once: mail scanners fetch every link in a message."""
+    return ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            "<title>Unsubscribe</title><body style='font-family:system-ui;max-width:32em;margin:4em auto'>"
+            "<h1>Unsubscribe</h1><form method=post action='/v1/unsubscribe'>"
+            f"<input type=hidden name=token value='{html.escape(token, quote=True)}'>"
+            "<button type=submit>Unsubscribe</button></form></body></html>")
+
+
+def unsubscribe_page(channel: str) -> str:
+    label = {"email": "emails", "sms": "text messages", "push": "push notifications"}.get(channel, channel)
+    return ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            "<title>Unsubscribed</title><body style='font-family:system-ui;max-width:32em;margin:4em auto'>"
+            f"<h1>You are unsubscribed</h1><p>You will no longer receive {html.escape(label)} from us.</p>"
+            "</body></html>")
+
+
+def refused_page(message: str) -> str:
+    return ("<!doctype html><html lang=en><meta charset=utf-8><title>Link not valid</title>"
+            "<body style='font-family:system-ui;max-width:32em;margin:4em auto'><h1>This link is not valid</h1>"
+            f"<p>{html.escape(message)}</p></body></html>")
+
+
+# ---------------------------------------------------------------- settings
+def get_settings(space_id: str) -> dict[str, Any]:
+    return settings_store.view(space_id)
+
+
+def put_settings(space_id: str, body: Any) -> dict[str, Any]:
+    return settings_store.save(space_id, body)

@@ -1,0 +1,171 @@
+"""The sender's pure rules: addresses, subscriptions, frequency caps and quiet hours. No AWS.
+
+Space settings (ConfigTable `<space>|messaging_settings`, PUT /v1/messaging/settings):
+  {"frequency_caps": {"email": {"limit": 3, "window_hours": 24}, ...},
+   "quiet_hours": {"start": "21:00", "end": "08:00", "timezone_trait": "timezone", "default_timezone": "UTC"}}
+- A frequency cap allows at most `limit` non-transactional sends per profile on the channel in any
+  rolling `window_hours` (the sends' own times are kept, not fixed buckets). Over the cap a message is
+  suppressed (reason `frequency_cap`), as Customer.io and Braze do; transactional sends bypass caps
+  and are not counted.
+- Quiet hours are local to the profile (its `timezone_trait`, an IANA name, else `default_timezone`).
+  A message due inside them is deferred to the end of the quiet period (the first instant local time
+  reaches `end`, DST-correct through zoneinfo), never dropped. Transactional sends ignore them.
+"""
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engage import clock
+from engage.errors import ValidationFailed
+
+SUBSCRIBED, UNSUBSCRIBED = "subscribed", "unsubscribed"
+EMAIL_TRAITS = ("email",)
+PHONE_TRAITS = ("phone", "phone_number", "mobile")
+PUSH_TRAITS = ("push_endpoint_arn", "push_endpoint")
+PHONE_ID_TYPES = ("phone",)
+PUSH_ID_TYPES = ("push_endpoint_arn",)
+
+
+class FrequencyCap(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(ge=1, le=1000)
+    window_hours: int = Field(ge=1, le=24 * 31)
+
+
+class QuietHours(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: time
+    end: time
+    timezone_trait: str = "timezone"
+    default_timezone: str = "UTC"
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        _zone(value)
+        return value
+
+
+class MessagingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    frequency_caps: dict[str, FrequencyCap] = Field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
+
+    @field_validator("frequency_caps")
+    @classmethod
+    def _channels(cls, value: dict[str, FrequencyCap]) -> dict[str, FrequencyCap]:
+        unknown = set(value) - {"email", "sms", "push", "webhook"}
+        if unknown:
+            raise ValueError(f"unknown channel(s) {sorted(unknown)}: email, sms, push or webhook")
+        return value
+
+
+def parse_settings(data: Any) -> MessagingSettings:
+    try:
+        return MessagingSettings.model_validate(data)
+    except ValidationError as exc:
+        details = [{"path": "$" + "".join(f".{p}" for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        raise ValidationFailed(f"invalid messaging settings at {details[0]['path']}: {details[0]['message']}",
+                               details) from None
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as error:
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Paris)") from error
+
+
+# ---------------------------------------------------------------- addresses and subscriptions
+def external_id(profile: dict[str, Any], id_types: tuple[str, ...]) -> str | None:
+    for entry in profile.get("external_ids") or ():
+        if entry.get("type") in id_types and entry.get("id"):
+            return str(entry["id"])
+    return None
+
+
+def address_for(channel: str, profile: dict[str, Any], template_url: str | None = None) -> str | None:
+    """Where the message goes: email trait (else email id), phone trait, push endpoint ARN, webhook URL."""
+    traits = profile.get("traits") or {}
+    if channel == "webhook":
+        return template_url
+    names, id_types = {"email": (EMAIL_TRAITS, ("email",)), "sms": (PHONE_TRAITS, PHONE_ID_TYPES),
+                       "push": (PUSH_TRAITS, PUSH_ID_TYPES)}[channel]
+    for name in names:
+        value = traits.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return external_id(profile, id_types)
+
+
+def subscription_status(profile: dict[str, Any], channel: str) -> str | None:
+    entry = (profile.get("subscriptions") or {}).get(channel)
+    if isinstance(entry, dict):
+        entry = entry.get("status")
+    return entry if entry in (SUBSCRIBED, UNSUBSCRIBED) else None
+
+
+def may_send(channel: str, status: str | None, *, transactional: bool) -> bool:
+    """Unsubscribed profiles get nothing but transactional messages; no status means not opted out
+    (email and push: the common default of Customer.io and Segment). Webhooks have no subscription."""
+    if channel == "webhook" or transactional:
+        return True
+    return status != UNSUBSCRIBED
+
+
+# ---------------------------------------------------------------- frequency caps
+def cap_allows(cap: FrequencyCap | None, sent_at: list[str], now: datetime) -> bool:
+    if cap is None:
+        return True
+    since = now - timedelta(hours=cap.window_hours)
+    return sum(1 for moment in sent_at if clock.parse(moment) > since) < cap.limit
+
+
+def sends_to_keep(cap: FrequencyCap | None, sent_at: list[str], now: datetime) -> list[str]:
+    """The send times to store after sending now: only those still inside the window, at most `limit`."""
+    if cap is None:
+        return []
+    since = now - timedelta(hours=cap.window_hours)
+    kept = [m for m in sent_at if clock.parse(m) > since] + [clock.iso(now)]
+    return kept[-cap.limit:]
+
+
+# ---------------------------------------------------------------- quiet hours
+def profile_zone(quiet: QuietHours, traits: dict[str, Any]) -> ZoneInfo:
+    name = traits.get(quiet.timezone_trait)
+    if isinstance(name, str):
+        try:
+            return _zone(name)
+        except ValueError:
+            pass
+    return _zone(quiet.default_timezone)
+
+
+def _inside(local: time, start: time, end: time) -> bool:
+    if start == end:
+        return False
+    if start < end:
+        return start <= local < end
+    return local >= start or local < end  # the period crosses midnight
+
+
+def quiet_until(quiet: QuietHours | None, traits: dict[str, Any], now: datetime) -> datetime | None:
+    """The end of the quiet period `now` falls in for this profile (UTC), or None when sending is fine."""
+    if quiet is None:
+        return None
+    zone = profile_zone(quiet, traits)
+    local = now.astimezone(zone)
+    if not _inside(local.timetz().replace(tzinfo=None), quiet.start, quiet.end):
+        return None
+    day = local.date() if local.time() < quiet.end else local.date() + timedelta(days=1)
+    end = datetime.combine(day, quiet.end)
+    # Wall-clock `end` in the zone; if a DST gap skips it, fold=0 resolves it to the instant after the gap.
+    resolved = end.replace(tzinfo=zone)
+    utc = resolved.astimezone(ZoneInfo("UTC"))
+    if utc.astimezone(zone).replace(tzinfo=None) != end:  # nonexistent local time (spring forward)
+        utc = (end - timedelta(hours=1)).replace(tzinfo=zone).astimezone(ZoneInfo("UTC")) + timedelta(hours=1)
+    return utc

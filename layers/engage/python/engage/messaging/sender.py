@@ -1,0 +1,294 @@
+"""The one sender path: `send_message(SendRequest) -> Delivery`. Journeys, broadcasts and the API call it.
+
+Steps, in order:
+ 1. Read the delivery log item of (space, profile, idempotency key). A final one is returned as is:
+    the same key always answers the same Delivery and sends at most once.
+ 2. Load the profile (following merges) and the template; resolve the address for the channel.
+ 3. Rules: subscription (unsubscribed -> suppressed unless transactional), suppression list (hard
+    bounce, complaint), quiet hours (deferred to their end, never dropped), frequency cap (suppressed).
+    A suppressed or deferred outcome is written once (conditional put) and returned.
+ 4. Render (Liquid, sandboxed). A render failure is recorded as failed.
+ 5. Claim: conditional put of a `pending` item naming this attempt, BEFORE the provider call.
+ 6. Provider call (SES / SNS / webhook), then complete the item (`sent` + provider message id), count
+    the send for the frequency cap, and put `Message Sent` (or `Message Failed`) on the bus.
+
+Guarantee: at most once per idempotency key. The crash window is between the provider accepting the
+message (step 6) and the completion write: a retry then finds a `pending` claim it does not own. Within
+SEND_LEASE_SECONDS it may still be in flight, so the retry raises `SendInProgress` (the caller's retry
+comes back later); past the lease the claim is marked `failed: outcome unknown` and NOT sent again.
+At most once because a duplicate email or SMS costs money and trust, SES and SNS take no idempotency
+token, and the window is milliseconds wide; the unknown outcome stays visible in GET /v1/messages.
+When the provider answers with an error, nothing was sent: a permanent refusal is recorded `failed`;
+a transient one releases the claim and raises `ProviderUnavailable`, so a retry sends.
+
+Cost per message sent: GetItem delivery, GetItem profile, GetItem suppression (email/SMS/push), GetItem
+cap counter (when the channel has a cap), PutItem claim, UpdateItem completion, PutItem cap counter
+(when capped), 1 PutEvents entry, 1 provider request; the template and space settings are read at most
+once a minute per warm container. About 4 read units and 3 write units (items under 1 KB).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any, Literal
+from urllib.parse import quote
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from engage import clock, profiles_store
+from engage.audiences.membership import identity_of
+from engage.config import settings
+from engage.messaging import channels, rules, settings_store, signing, store, templates
+from engage.messaging.channels import email as email_channel
+from engage.messaging.channels import push as push_channel
+from engage.messaging.channels import sms as sms_channel
+from engage.observability import logger, metrics
+
+SOURCE = "engage"
+SENT_EVENT, FAILED_EVENT = "Message Sent", "Message Failed"
+OUTCOME_UNKNOWN = "outcome unknown: the sender stopped between the provider call and its record; not resent"
+
+
+class SendInProgress(Exception):
+    """Another attempt holds the claim of this key and may still be sending: retry later."""
+
+
+class ProviderUnavailable(Exception):
+    """The provider did not take the message (throttled, unavailable): nothing was sent; retry later."""
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    space_id: str
+    profile_id: str
+    channel: Literal["email", "sms", "push", "webhook"]
+    template: str
+    idempotency_key: str
+    source: dict[str, Any]  # {"type": "journey"|"broadcast"|"api", "key": str, "step": str|None}
+    event: dict[str, Any] | None = None
+    transactional: bool = False
+    # Broadcasts' `send_to_unsubscribed`: ignore the subscription status (never the suppression list).
+    ignore_subscription: bool = False
+    # Extra Liquid names (e.g. a broadcast's own fields); never overrides profile/event/unsubscribe_url.
+    extra_scope: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    status: Literal["sent", "suppressed", "deferred", "failed"]
+    reason: str | None
+    until: str | None
+    message_id: str | None
+    idempotency_key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def delivery_of(record: store.DeliveryRecord) -> Delivery:
+    return Delivery(status=record.status, reason=record.reason, until=record.until, message_id=record.message_id,
+                    idempotency_key=record.idempotency_key)
+
+
+def _check(request: SendRequest) -> None:
+    if request.channel not in templates.CHANNELS:
+        raise ValueError(f"channel must be one of {templates.CHANNELS}, not {request.channel!r}")
+    if not request.idempotency_key or len(request.idempotency_key.encode()) > 900:
+        raise ValueError("idempotency_key must be 1-900 bytes (it is a DynamoDB sort key)")
+    if (request.source or {}).get("type") not in ("journey", "broadcast", "api"):
+        raise ValueError("source.type must be journey, broadcast or api")
+
+
+def send_message(request: SendRequest) -> Delivery:
+    _check(request)
+    now = clock.now()
+    existing = store.read_delivery(request.space_id, request.profile_id, request.idempotency_key)
+    if existing is not None and not _due_again(existing, now):
+        return _existing(existing)
+    profile_record = profiles_store.get_profile(request.space_id, request.profile_id)
+    while profile_record is not None and profile_record.merged_into:
+        profile_record = profiles_store.get_profile(request.space_id, profile_record.merged_into)
+    if profile_record is None:
+        return _final(request, store.FAILED, None, reason="profile not found")
+    profile = _profile_dict(profile_record, request.profile_id)
+    template = store.load_template(request.space_id, request.template)
+    if template is None:
+        return _final(request, store.FAILED, None, reason=f"template {request.template!r} not found")
+    if template.channel != request.channel:
+        return _final(request, store.FAILED, None, reason=f"template {request.template!r} is for "
+                                                          f"{template.channel}, not {request.channel}")
+    address = rules.address_for(request.channel, profile, template.url)
+    if not address:
+        return _final(request, store.SUPPRESSED, None, reason=f"no {request.channel} address on the profile")
+    status = rules.subscription_status(profile, request.channel)
+    if not request.ignore_subscription and not rules.may_send(request.channel, status,
+                                                              transactional=request.transactional):
+        return _final(request, store.SUPPRESSED, address, reason="unsubscribed")
+    if request.channel != "webhook":
+        suppressed = store.suppression_of(request.space_id, request.channel, address)
+        if suppressed is not None:
+            return _final(request, store.SUPPRESSED, address, reason=f"suppressed: {suppressed.reason}")
+    space_rules = settings_store.load(request.space_id)
+    cap = None if request.transactional else space_rules.frequency_caps.get(request.channel)
+    recent: list[str] = []
+    if not request.transactional:
+        until = rules.quiet_until(space_rules.quiet_hours, profile["traits"], now)
+        if until is not None:
+            return _final(request, store.DEFERRED, address, reason="quiet hours", until=clock.iso(until))
+        if cap is not None:
+            recent = store.recent_sends(request.space_id, profile_record.profile_id, request.channel)
+            if not rules.cap_allows(cap, recent, now):
+                return _final(request, store.SUPPRESSED, address, reason="frequency_cap")
+    unsubscribe_url = unsubscribe_link(request.space_id, profile_record.profile_id, request.channel)
+    scope = {**request.extra_scope, **templates.scope_for(profile, event=request.event, source=request.source,
+                                                         unsubscribe_url=unsubscribe_url)}
+    try:
+        rendered = templates.render(template, scope)
+    except templates.RenderFailed as error:
+        return _final(request, store.FAILED, address, reason=str(error))
+    outgoing = channels.OutgoingMessage(
+        channel=request.channel, address=address, subject=rendered.subject, body=rendered.body, text=rendered.text,
+        from_address=template.from_ or settings().email_from_address or None,
+        configuration_set=template.configuration_set or settings().ses_configuration_set or None,
+        unsubscribe_url=unsubscribe_url or None, headers=dict(template.headers),
+        idempotency_key=request.idempotency_key, space_id=request.space_id, template=request.template,
+        tags={"transactional": "true" if request.transactional else "false"} if request.channel == "sms" else
+        _email_tags(request) if request.channel == "email" else {})
+    return _send(request, outgoing, profile_record, cap, recent, now)
+
+
+def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_record, cap, recent, now) -> Delivery:
+    claim = _record(request, store.PENDING, outgoing.address)
+    claim.attempt = uuid.uuid4().hex
+    existing = store.put_if_absent(claim)
+    if existing is not None:
+        return _existing(existing)
+    try:
+        message_id = channels.send(outgoing)
+    except channels.Refused as error:
+        record = store.complete(claim, store.FAILED, reason=str(error))
+        _publish(request, profile_record, FAILED_EVENT, reason=str(error))
+        metrics.add_metric(name="MessagesFailed", unit="Count", value=1)
+        return delivery_of(record)
+    except channels.Unavailable as error:
+        store.release(claim)
+        raise ProviderUnavailable(str(error)) from error
+    record = store.complete(claim, store.SENT, message_id=message_id)
+    if cap is not None:
+        try:
+            store.record_send(request.space_id, profile_record.profile_id, request.channel,
+                              rules.sends_to_keep(cap, recent, now))
+        except (BotoCoreError, ClientError):  # sent and logged: only the cap counts one short
+            logger.exception("could not count a send for the frequency cap")
+    _publish(request, profile_record, SENT_EVENT, message_id=message_id)
+    metrics.add_metric(name="MessagesSent", unit="Count", value=1)
+    return delivery_of(record)
+
+
+def _email_tags(request: SendRequest) -> dict[str, str]:
+    # SES message tags travel to the bounce/complaint notifications: the feedback function finds the profile.
+    return {"engage_space": _tag(request.space_id), "engage_profile": _tag(request.profile_id),
+            "engage_template": _tag(request.template)}
+
+
+def _tag(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in value)[:256]
+
+
+def _due_again(record: store.DeliveryRecord, now) -> bool:
+    """A message deferred by quiet hours is sent when asked again with its key at or after `until`."""
+    return record.status == store.DEFERRED and bool(record.until) and clock.parse(record.until) <= now
+
+
+def _existing(record: store.DeliveryRecord) -> Delivery:
+    if record.status != store.PENDING:
+        return delivery_of(record)
+    claimed = clock.parse(record.updated_at)
+    if clock.now() - claimed < timedelta(seconds=settings().send_lease_seconds):
+        raise SendInProgress(f"delivery {record.idempotency_key!r} is being sent by another attempt")
+    given_up = store.give_up(record, OUTCOME_UNKNOWN)
+    if given_up is None:  # finished meanwhile by its own attempt
+        return delivery_of(store.read_delivery(record.space_id, record.profile_id, record.idempotency_key))
+    return delivery_of(given_up)
+
+
+def _record(request: SendRequest, status: str, address: str | None, **fields: Any) -> store.DeliveryRecord:
+    source = request.source or {}
+    return store.new_delivery(request.space_id, request.profile_id, request.idempotency_key, status=status,
+                              channel=request.channel, template=request.template, address=address,
+                              source_type=source.get("type", "api"), source_key=source.get("key"),
+                              source_step=source.get("step"), transactional=int(request.transactional), **fields)
+
+
+def _final(request: SendRequest, status: str, address: str | None, *, reason: str,
+           until: str | None = None) -> Delivery:
+    record = _record(request, status, address, reason=reason, until=until)
+    existing = store.put_if_absent(record)
+    if existing is not None:
+        return _existing(existing)
+    if status == store.FAILED:
+        _publish(request, None, FAILED_EVENT, reason=reason)
+    metrics.add_metric(name={"suppressed": "MessagesSuppressed", "deferred": "MessagesDeferred"}.get(
+        status, "MessagesFailed"), unit="Count", value=1)
+    return delivery_of(record)
+
+
+def _profile_dict(record, requested_id: str) -> dict[str, Any]:
+    external_ids = [dict(x) for x in (record.external_ids or [])]
+    return {"id": record.profile_id, "traits": _plain(record.traits), "computed_traits": _plain(record.computed_traits),
+            "subscriptions": _plain(record.subscriptions), "external_ids": external_ids,
+            "ids": {k: v for k, v in identity_of(external_ids).items() if v is not None}}
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return {}
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    return value
+
+
+def unsubscribe_link(space_id: str, profile_id: str, channel: str) -> str:
+    """The signed unsubscribe link for (space, profile, channel); empty when the stack has no public URL
+    or no signing key (webhooks have no subscription)."""
+    base = settings().public_api_url.rstrip("/")
+    if channel == "webhook" or not base or not settings().messaging_key_id:
+        return ""
+    return f"{base}/v1/unsubscribe?token={quote(signing.unsubscribe_token(space_id, profile_id, channel))}"
+
+
+# ---------------------------------------------------------------- the bus
+@lru_cache(maxsize=1)
+def _events():
+    return boto3.client("events")
+
+
+def _publish(request: SendRequest, profile_record, detail_type: str, *, message_id: str | None = None,
+             reason: str | None = None) -> None:
+    """`Message Sent` / `Message Failed` (API.md "Events on the bus"): after the log is written, so a
+    failure here loses an event, never a delivery record (logged and counted)."""
+    ids = identity_of([dict(x) for x in (profile_record.external_ids or [])]) if profile_record else {}
+    detail = {"space": request.space_id, "profile_id": request.profile_id, **ids, "template": request.template,
+              "channel": request.channel, "idempotency_key": request.idempotency_key, "source": request.source,
+              "message_id": message_id, "reason": reason, "timestamp": clock.iso()}
+    try:
+        result = _events().put_events(Entries=[{"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(
+            detail, default=str), "EventBusName": settings().require("event_bus_name")}])
+        if result.get("FailedEntryCount"):
+            raise RuntimeError(str(result["Entries"]))
+    except (BotoCoreError, ClientError, RuntimeError):
+        logger.exception("could not put a message event on the bus", extra={"detail_type": detail_type})
+        metrics.add_metric(name="MessageEventsLost", unit="Count", value=1)
+
+
+def reset() -> None:
+    _events.cache_clear()
+    store.clear_cache()
+    settings_store.clear_cache()
+    signing.reset()
+    for module in (email_channel, sms_channel, push_channel):
+        module.reset()

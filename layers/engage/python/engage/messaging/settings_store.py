@@ -1,0 +1,59 @@
+"""A space's messaging settings (frequency caps, quiet hours) in ConfigTable: pk = <space>|messaging_settings,
+sk = -. Read by the sender at most once a minute per warm container; absent means no caps, no quiet hours."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pynamodb.attributes import UnicodeAttribute
+
+from engage import clock
+from engage.db import EngageModel, TableName, key
+from engage.messaging.rules import MessagingSettings, parse_settings
+
+CACHE_SECONDS = 60
+_cache: dict[str, tuple[float, MessagingSettings]] = {}
+
+
+class MessagingSettingsRecord(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    settings = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+def _pk(space_id: str) -> str:
+    return key(space_id, "messaging_settings")
+
+
+def load(space_id: str) -> MessagingSettings:
+    cached = _cache.get(space_id)
+    if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
+        return cached[1]
+    try:
+        found = parse_settings(json.loads(MessagingSettingsRecord.get(_pk(space_id), "-").settings))
+    except MessagingSettingsRecord.DoesNotExist:
+        found = MessagingSettings()
+    _cache[space_id] = (time.monotonic(), found)
+    return found
+
+
+def view(space_id: str) -> dict[str, Any]:
+    _cache.pop(space_id, None)
+    return load(space_id).model_dump(mode="json", exclude_none=True)
+
+
+def save(space_id: str, body: Any) -> dict[str, Any]:
+    parsed = parse_settings(body)
+    MessagingSettingsRecord(_pk(space_id), "-", settings=parsed.model_dump_json(exclude_none=True),
+                            updated_at=clock.iso()).save()
+    _cache.pop(space_id, None)
+    return parsed.model_dump(mode="json", exclude_none=True)
+
+
+def clear_cache() -> None:
+    _cache.clear()

@@ -1,0 +1,306 @@
+"""Messaging storage: templates in ConfigTable; deliveries, suppressions and cap counters in MessagesTable.
+
+ConfigTable
+  pk = <space>|templates, sk = <key>        one item per template ever created; a deleted template
+                                            stays as a tombstone so its key is never reused (API.md)
+MessagesTable (on-demand, TTL `expires_at`, no stream)
+  pk = <space>|<profile_id>, sk = delivery|<idempotency key>
+        the delivery log: written `pending` (conditional put) before the provider is called, then
+        completed; a Query of the profile's partition lists its messages
+  pk = <space>|<profile_id>, sk = cap|<channel>
+        send times of the last sends on the channel (bounded list) for rolling-window frequency caps
+  pk = <space>|suppression|<channel>|<address>, sk = -
+        suppressed addresses (hard bounce, complaint): one GetItem per send, spread over partitions
+
+Why a table of its own rather than ConfigTable: deliveries are the one high-volume write of messaging
+(2 writes a message), they expire (TTL) and need no point-in-time recovery, and the sender's IAM can
+be scoped to this table alone. Idle, an on-demand table costs nothing.
+"""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
+from pynamodb.exceptions import DeleteError, PutError, UpdateError
+
+from engage import clock
+from engage.config import settings
+from engage.db import EngageModel, TableName, key
+from engage.errors import Conflict, NotFound
+from engage.messaging.templates import TemplateDefinition, parse_template
+
+PENDING, SENT, SUPPRESSED, DEFERRED, FAILED = "pending", "sent", "suppressed", "deferred", "failed"
+FINAL = (SENT, SUPPRESSED, DEFERRED, FAILED)
+
+
+def _conditional_failed(error: Exception) -> bool:
+    return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+# ---------------------------------------------------------------- templates
+class TemplateRecord(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    key = UnicodeAttribute()
+    definition = UnicodeAttribute()  # the accepted definition as JSON
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    deleted_at = UnicodeAttribute(null=True)
+    version = VersionAttribute()
+
+
+def _templates_pk(space_id: str) -> str:
+    return key(space_id, "templates")
+
+
+def _template_view(record: TemplateRecord) -> dict[str, Any]:
+    return {**json.loads(record.definition), "version": int(record.version or 1),
+            "created_at": record.created_at, "updated_at": record.updated_at}
+
+
+def create_template(space_id: str, definition: TemplateDefinition) -> dict[str, Any]:
+    now = clock.iso()
+    record = TemplateRecord(_templates_pk(space_id), definition.key, space_id=space_id, key=definition.key,
+                            definition=json.dumps(definition.to_dict(), sort_keys=True),
+                            created_at=now, updated_at=now)
+    try:
+        record.save(condition=TemplateRecord.pk.does_not_exist())
+    except PutError as error:
+        if _conditional_failed(error):
+            raise Conflict(f"template key {definition.key!r} is or was in use: keys are unique in a space "
+                           "forever", [{"path": "$.key", "value": definition.key}]) from error
+        raise
+    _cache.pop((space_id, definition.key), None)
+    return _template_view(record)
+
+
+def _live(space_id: str, template_key: str) -> TemplateRecord:
+    try:
+        record = TemplateRecord.get(_templates_pk(space_id), template_key, consistent_read=True)
+    except TemplateRecord.DoesNotExist:
+        record = None
+    if record is None or record.deleted_at:
+        raise NotFound(f"no template {template_key!r} in this space", [{"path": "key", "value": template_key}])
+    return record
+
+
+def get_template(space_id: str, template_key: str) -> dict[str, Any]:
+    return _template_view(_live(space_id, template_key))
+
+
+def replace_template(space_id: str, definition: TemplateDefinition) -> dict[str, Any]:
+    record = _live(space_id, definition.key)
+    record.definition = json.dumps(definition.to_dict(), sort_keys=True)
+    record.updated_at = clock.iso()
+    try:
+        record.save(condition=TemplateRecord.deleted_at.does_not_exist())
+    except PutError as error:
+        if _conditional_failed(error):
+            raise Conflict(f"template {definition.key!r} changed meanwhile; read it again",
+                           [{"path": "$.key", "value": definition.key}]) from error
+        raise
+    _cache.pop((space_id, definition.key), None)
+    return _template_view(record)
+
+
+def delete_template(space_id: str, template_key: str) -> None:
+    record = _live(space_id, template_key)
+    record.deleted_at = clock.iso()
+    record.save()
+    _cache.pop((space_id, template_key), None)
+
+
+def list_templates(space_id: str) -> list[dict[str, Any]]:
+    return [_template_view(r) for r in TemplateRecord.query(_templates_pk(space_id)) if not r.deleted_at]
+
+
+# A warm sender reads a template once a minute at most (edits reach sends within that time).
+_cache: dict[tuple[str, str], tuple[float, TemplateDefinition | None]] = {}
+TEMPLATE_CACHE_SECONDS = 60
+
+
+def load_template(space_id: str, template_key: str) -> TemplateDefinition | None:
+    """The live template for sending (None when unknown or deleted), cached per warm container."""
+    import time
+
+    cached = _cache.get((space_id, template_key))
+    if cached and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:
+        return cached[1]
+    try:
+        definition = parse_template(json.loads(_live(space_id, template_key).definition))
+    except NotFound:
+        definition = None
+    _cache[(space_id, template_key)] = (time.monotonic(), definition)
+    return definition
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+# ---------------------------------------------------------------- the delivery log
+class DeliveryRecord(EngageModel):
+    class Meta:
+        table_name = TableName("messages_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    profile_id = UnicodeAttribute()
+    idempotency_key = UnicodeAttribute()
+    status = UnicodeAttribute()
+    reason = UnicodeAttribute(null=True)
+    until = UnicodeAttribute(null=True)
+    message_id = UnicodeAttribute(null=True)
+    channel = UnicodeAttribute()
+    template = UnicodeAttribute()
+    address = UnicodeAttribute(null=True)
+    source_type = UnicodeAttribute()
+    source_key = UnicodeAttribute(null=True)
+    source_step = UnicodeAttribute(null=True)
+    transactional = NumberAttribute(default=0)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    # The attempt that claimed the send (pending) and when: a retry tells its own claim from another's.
+    attempt = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute()
+
+
+def delivery_pk(space_id: str, profile_id: str) -> str:
+    return key(space_id, profile_id)
+
+
+def delivery_sk(idempotency_key: str) -> str:
+    return "delivery|" + idempotency_key
+
+
+def read_delivery(space_id: str, profile_id: str, idempotency_key: str) -> DeliveryRecord | None:
+    try:
+        return DeliveryRecord.get(delivery_pk(space_id, profile_id), delivery_sk(idempotency_key),
+                                  consistent_read=True)
+    except DeliveryRecord.DoesNotExist:
+        return None
+
+
+def _expiry() -> int:
+    return int((clock.now() + timedelta(days=settings().message_retention_days)).timestamp())
+
+
+def new_delivery(space_id: str, profile_id: str, idempotency_key: str, **fields: Any) -> DeliveryRecord:
+    now = clock.iso()
+    return DeliveryRecord(delivery_pk(space_id, profile_id), delivery_sk(idempotency_key), space_id=space_id,
+                          profile_id=profile_id, idempotency_key=idempotency_key, created_at=now, updated_at=now,
+                          expires_at=_expiry(), **fields)
+
+
+def put_if_absent(record: DeliveryRecord) -> DeliveryRecord | None:
+    """Write `record` unless a delivery with its key exists: None when written, else the existing one."""
+    # A delivery deferred by quiet hours whose time has come may be replaced (by its next attempt).
+    due_deferred = (DeliveryRecord.status == DEFERRED) & (DeliveryRecord.until <= clock.iso())
+    try:
+        record.save(condition=DeliveryRecord.pk.does_not_exist() | due_deferred)
+        return None
+    except PutError as error:
+        if _conditional_failed(error):
+            existing = read_delivery(record.space_id, record.profile_id, record.idempotency_key)
+            if existing is not None:
+                return existing
+        raise
+
+
+def complete(record: DeliveryRecord, status: str, *, reason: str | None = None, message_id: str | None = None,
+             until: str | None = None) -> DeliveryRecord:
+    """Move this attempt's pending claim to its outcome (conditional: only the claiming attempt may)."""
+    actions = [DeliveryRecord.status.set(status), DeliveryRecord.updated_at.set(clock.iso())]
+    for attribute, value in ((DeliveryRecord.reason, reason), (DeliveryRecord.message_id, message_id),
+                             (DeliveryRecord.until, until)):
+        if value is not None:
+            actions.append(attribute.set(value))
+    record.update(actions=actions, condition=(DeliveryRecord.status == PENDING)
+                  & (DeliveryRecord.attempt == record.attempt))
+    return record
+
+
+def release(record: DeliveryRecord) -> None:
+    """Drop this attempt's claim (the provider refused the message, so a retry may send it)."""
+    try:
+        record.delete(condition=(DeliveryRecord.status == PENDING) & (DeliveryRecord.attempt == record.attempt))
+    except DeleteError as error:
+        if not _conditional_failed(error):
+            raise
+
+
+def give_up(record: DeliveryRecord, reason: str) -> DeliveryRecord | None:
+    """Mark a stale claim failed (outcome unknown); None when another attempt finished it meanwhile."""
+    try:
+        return complete(record, FAILED, reason=reason)
+    except UpdateError as error:
+        if _conditional_failed(error):
+            return None
+        raise
+
+
+def deliveries(space_id: str, profile_id: str, source_type: str | None = None) -> list[DeliveryRecord]:
+    """A profile's delivery log, newest first (one Query of its partition; `source_type` filters)."""
+    condition = DeliveryRecord.source_type == source_type if source_type else None
+    found = DeliveryRecord.query(delivery_pk(space_id, profile_id), DeliveryRecord.sk.startswith("delivery|"),
+                                 filter_condition=condition)
+    return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+
+# ---------------------------------------------------------------- suppression list
+class SuppressionRecord(EngageModel):
+    class Meta:
+        table_name = TableName("messages_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    channel = UnicodeAttribute()
+    address = UnicodeAttribute()
+    reason = UnicodeAttribute()
+    at = UnicodeAttribute()
+
+
+def _suppression_pk(space_id: str, channel: str, address: str) -> str:
+    return f"{space_id}|suppression|{channel}|{address.strip().lower()}"
+
+
+def suppression_of(space_id: str, channel: str, address: str) -> SuppressionRecord | None:
+    try:
+        return SuppressionRecord.get(_suppression_pk(space_id, channel, address), "-")
+    except SuppressionRecord.DoesNotExist:
+        return None
+
+
+def suppress(space_id: str, channel: str, address: str, reason: str) -> None:
+    SuppressionRecord(_suppression_pk(space_id, channel, address), "-", space_id=space_id, channel=channel,
+                      address=address.strip().lower(), reason=reason, at=clock.iso()).save()
+
+
+# ---------------------------------------------------------------- frequency cap counters
+class CapRecord(EngageModel):
+    class Meta:
+        table_name = TableName("messages_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    sent_at = ListAttribute(default=list)  # ISO times, oldest first, at most the cap's limit kept
+    expires_at = NumberAttribute(null=True)
+
+
+def recent_sends(space_id: str, profile_id: str, channel: str) -> list[str]:
+    try:
+        return list(CapRecord.get(delivery_pk(space_id, profile_id), "cap|" + channel).sent_at)
+    except CapRecord.DoesNotExist:
+        return []
+
+
+def record_send(space_id: str, profile_id: str, channel: str, kept: list[str]) -> None:
+    CapRecord(delivery_pk(space_id, profile_id), "cap|" + channel, sent_at=kept, expires_at=_expiry()).save()

@@ -1,0 +1,355 @@
+"""Messaging on moto through the real handlers: templates API, the sender under retries, channels as
+moto records them, suppression, quiet hours, caps, subscriptions and the signed unsubscribe link."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import timedelta
+from email import message_from_string
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ses.models import ses_backends
+from moto.sns.models import sns_backends
+
+from engage import clock, config, profiles_store
+from engage.messaging import ProviderUnavailable, SendInProgress, SendRequest, send_message, sender, store
+from engage.messaging.channels import Unavailable
+from tests.integration import test_pipeline
+from tests.integration.audience_support import LambdaContext, call_api, handler, members_of
+from tests.integration.test_pipeline import Pipeline
+
+REGION = "us-east-1"
+FROM = "news@example.com"
+
+
+@pytest.fixture
+def messaging(aws, space, monkeypatch):
+    key_id = boto3.client("kms", region_name=REGION).create_key(Description="messaging")["KeyMetadata"]["KeyId"]
+    monkeypatch.setenv("MESSAGING_KEY_ID", key_id)
+    monkeypatch.setenv("PUBLIC_API_URL", "https://api.example.test")
+    monkeypatch.setenv("EMAIL_FROM_ADDRESS", FROM)
+    boto3.client("sesv2", region_name=REGION).create_email_identity(EmailIdentity=FROM)
+    config.settings.cache_clear()
+    sender.reset()
+    yield aws
+    sender.reset()
+
+
+bus_messages = test_pipeline.bus_messages  # the fixture, under its own name
+
+
+@pytest.fixture
+def pipeline(messaging):
+    return Pipeline(messaging)
+
+
+def identify(pipeline: Pipeline, user_id: str, **traits) -> str:
+    pipeline.track({"userId": user_id, "traits": traits}, call="identify")
+    return profiles_store.resolve("acme", "users", "user_id", user_id).profile_id
+
+
+def create(template: dict) -> dict:
+    status, body = call_api("POST", "/v1/templates", template)
+    assert status == 201, body
+    return body
+
+
+WELCOME = {"key": "welcome", "channel": "email", "subject": "Welcome {{ profile.traits.first_name | default: 'friend' }}",
+           "body": "<p>Hi {{ profile.traits.first_name }}</p><a href='{{ unsubscribe_url }}'>unsubscribe</a>",
+           "text": "Hi {{ profile.traits.first_name }}"}
+
+
+def request(profile_id: str, key: str = "k1", template: str = "welcome", channel: str = "email", **extra) -> SendRequest:
+    return SendRequest("acme", profile_id, channel, template, key, {"type": "journey", "key": "onboarding",
+                                                                     "step": "welcome"}, **extra)
+
+
+def sent_emails() -> list:
+    return ses_backends[DEFAULT_ACCOUNT_ID][REGION].sent_messages
+
+
+# ---------------------------------------------------------------- templates API
+def test_template_lifecycle_and_key_never_reused(messaging):
+    assert create(WELCOME)["channel"] == "email"
+    status, body = call_api("GET", "/v1/templates/welcome")
+    assert status == 200 and body["subject"] == WELCOME["subject"] and body["version"] == 1
+    status, body = call_api("PUT", "/v1/templates/welcome", {**WELCOME, "subject": "Hello"})
+    assert status == 200 and body["subject"] == "Hello"
+    status, _ = call_api("DELETE", "/v1/templates/welcome")
+    assert status == 204
+    assert call_api("GET", "/v1/templates/welcome")[0] == 404
+    status, body = call_api("POST", "/v1/templates", WELCOME)
+    assert status == 409 and body["error"]["code"] == "conflict"
+
+
+def test_unknown_filter_is_a_400_naming_line_and_column(messaging):
+    status, body = call_api("POST", "/v1/templates", {**WELCOME, "body": "ok\n{{ profile.traits.x | frobnicate }}"})
+    assert status == 400
+    assert body["error"]["details"][0] == {"path": "$.body", "line": 2, "column": 23,
+                                           "message": "unknown filter 'frobnicate'"}
+
+
+def test_preview_for_a_profile_and_for_sample_traits(pipeline):
+    identify(pipeline, "u1", email="ann@example.com", first_name="<Ann>")
+    create(WELCOME)
+    status, body = call_api("POST", "/v1/templates/welcome/preview", {"profile": "user_id:u1"})
+    assert status == 200, body
+    assert body["to"] == "ann@example.com" and body["subject"] == "Welcome <Ann>"
+    assert "<p>Hi &lt;Ann&gt;</p>" in body["body"]
+    assert body["unsubscribe_url"].startswith("https://api.example.test/v1/unsubscribe?token=")
+    status, body = call_api("POST", "/v1/templates/welcome/preview", {"traits": {}})
+    assert status == 200 and body["subject"] == "Welcome friend"
+    assert call_api("POST", "/v1/templates/welcome/preview", {"profile": "user_id:nobody"})[0] == 404
+    assert sent_emails() == []  # a preview sends nothing
+
+
+# ---------------------------------------------------------------- the sender
+def test_email_is_sent_once_per_key_with_one_click_unsubscribe_headers(pipeline, bus_messages):
+    profile_id = identify(pipeline, "u1", email="ann@example.com", first_name="Ann")
+    create(WELCOME)
+    first = send_message(request(profile_id))
+    again = send_message(request(profile_id))
+    assert first.status == "sent" and first.message_id
+    assert again == first
+    assert len(sent_emails()) == 1
+    mail = message_from_string(sent_emails()[0].raw_data)
+    assert mail["To"] == "ann@example.com" and mail["From"] == FROM and mail["Subject"] == "Welcome Ann"
+    assert mail["List-Unsubscribe"].startswith("<https://api.example.test/v1/unsubscribe?token=")
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    parts = {part.get_content_type(): part.get_payload(decode=True).decode() for part in mail.walk()
+             if not part.is_multipart()}
+    assert parts["text/plain"].strip() == "Hi Ann" and "<p>Hi Ann</p>" in parts["text/html"]
+    events = [e for e in bus_messages() if e["detail-type"] == "Message Sent"]
+    assert len(events) == 1
+    assert events[0]["detail"]["user_id"] == "u1" and events[0]["detail"]["template"] == "welcome"
+
+
+def test_sms_push_and_webhook_reach_their_providers(pipeline):
+    sns = boto3.client("sns", region_name=REGION)
+    app = sns.create_platform_application(Name="app", Platform="GCM", Attributes={"PlatformCredential": "k"})
+    endpoint = sns.create_platform_endpoint(PlatformApplicationArn=app["PlatformApplicationArn"],
+                                            Token="device-token")["EndpointArn"]
+    received: list[tuple[dict, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile_id = identify(pipeline, "u2", phone="+15555550100", push_endpoint_arn=endpoint, first_name="Bo")
+        create({"key": "sms_hi", "channel": "sms", "body": "Hi {{ profile.traits.first_name }}"})
+        create({"key": "push_hi", "channel": "push", "subject": "Hello", "body": "Hi {{ profile.traits.first_name }}"})
+        hook = create({"key": "hook", "channel": "webhook", "url": f"http://127.0.0.1:{server.server_port}/in",
+                       "body": '{"name": {{ profile.traits.first_name | json }}}'})
+        assert send_message(request(profile_id, "s1", "sms_hi", "sms")).status == "sent"
+        assert send_message(request(profile_id, "p1", "push_hi", "push")).status == "sent"
+        assert send_message(request(profile_id, "w1", "hook", "webhook")).status == "sent"
+        assert send_message(request(profile_id, "w1", "hook", "webhook")).status == "sent"  # retried: not resent
+    finally:
+        server.shutdown()
+    backend = sns_backends[DEFAULT_ACCOUNT_ID][REGION]
+    assert list(backend.sms_messages.values()) == [("+15555550100", "Hi Bo")]
+    pushed = list(backend.platform_endpoints[endpoint].messages.values())
+    assert len(pushed) == 1 and json.loads(pushed[0])["default"] == "Hi Bo"
+    assert len(received) == 1
+    headers, body = received[0]
+    assert json.loads(body) == {"name": "Bo"} and headers["Webhook-Id"] == "w1"
+    timestamp, signature = (part.split("=", 1)[1] for part in headers["Webhook-Signature"].split(","))
+    expected = hmac.new(hook["signing_secret"].encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert signature == expected
+
+
+def test_unsubscribed_profile_is_suppressed_unless_transactional(pipeline):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    status, body = call_api("PUT", "/v1/subscriptions/user_id:u1", {"channel": "email", "status": "unsubscribed"})
+    assert status == 200 and body["subscriptions"]["email"]["status"] == "unsubscribed"
+    assert body["subscriptions"]["email"]["how"] == "api"
+    delivery = send_message(request(profile_id))
+    assert (delivery.status, delivery.reason) == ("suppressed", "unsubscribed")
+    assert send_message(request(profile_id, "receipt", transactional=True)).status == "sent"
+    assert len(sent_emails()) == 1
+
+
+def test_suppressed_address_is_not_sent(pipeline):
+    profile_id = identify(pipeline, "u1", email="Ann@Example.com")
+    create(WELCOME)
+    store.suppress("acme", "email", "ann@example.com", "hard bounce")
+    delivery = send_message(request(profile_id))
+    assert (delivery.status, delivery.reason) == ("suppressed", "suppressed: hard bounce")
+    assert sent_emails() == []
+
+
+def test_provider_refusal_is_failed_and_a_missing_address_suppressed(pipeline, monkeypatch, bus_messages):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create({**WELCOME, "key": "unverified", "from": "someone@unverified.test"})
+    delivery = send_message(request(profile_id, template="unverified"))
+    assert delivery.status == "failed" and "MessageRejected" in delivery.reason
+    assert [e["detail-type"] for e in bus_messages() if e["detail-type"].startswith("Message")] == ["Message Failed"]
+    nobody = identify(pipeline, "u2", first_name="No email")
+    create(WELCOME)
+    assert send_message(request(nobody)).reason == "no email address on the profile"
+
+
+def test_transient_provider_error_releases_the_claim_so_a_retry_sends(pipeline, monkeypatch):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    real = sender.channels.send
+
+    def throttled(message):
+        raise Unavailable("Throttling: slow down")
+
+    monkeypatch.setattr(sender.channels, "send", throttled)
+    with pytest.raises(ProviderUnavailable):
+        send_message(request(profile_id))
+    assert store.read_delivery("acme", profile_id, "k1") is None
+    monkeypatch.setattr(sender.channels, "send", real)
+    assert send_message(request(profile_id)).status == "sent"
+    assert len(sent_emails()) == 1
+
+
+def test_crash_after_the_provider_call_is_never_resent(pipeline, monkeypatch):
+    """At most once: the provider took the message, the completion write never happened."""
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the function was killed")
+
+    monkeypatch.setattr(store, "complete", crash)
+    with pytest.raises(RuntimeError):
+        send_message(request(profile_id))
+    monkeypatch.undo()
+    assert len(sent_emails()) == 1
+    with pytest.raises(SendInProgress):  # within the lease: may still be in flight
+        send_message(request(profile_id))
+    clock.advance(timedelta(seconds=config.settings().send_lease_seconds + 1))
+    delivery = send_message(request(profile_id))
+    assert delivery.status == "failed" and delivery.reason.startswith("outcome unknown")
+    assert send_message(request(profile_id)) == delivery
+    assert len(sent_emails()) == 1
+
+
+def test_quiet_hours_defer_then_the_same_key_sends_at_the_end(pipeline):
+    profile_id = identify(pipeline, "u1", email="ann@example.com", timezone="Europe/Paris")
+    create(WELCOME)
+    status, _ = call_api("PUT", "/v1/messaging/settings",
+                         {"quiet_hours": {"start": "00:00", "end": "23:59", "timezone_trait": "timezone"}})
+    assert status == 200
+    deferred = send_message(request(profile_id))
+    assert deferred.status == "deferred" and deferred.until
+    assert send_message(request(profile_id)) == deferred  # asked again too early: same answer
+    assert sent_emails() == []
+    clock.set_to(clock.parse(deferred.until))
+    sender.settings_store.clear_cache()
+    call_api("PUT", "/v1/messaging/settings", {})
+    assert send_message(request(profile_id)).status == "sent"
+    assert len(sent_emails()) == 1
+
+
+def test_frequency_cap_suppresses_over_the_limit_and_transactional_bypasses(pipeline):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    call_api("PUT", "/v1/messaging/settings", {"frequency_caps": {"email": {"limit": 2, "window_hours": 24}}})
+    assert [send_message(request(profile_id, f"k{i}")).status for i in range(3)] == ["sent", "sent", "suppressed"]
+    assert send_message(request(profile_id, "k3")).reason == "frequency_cap"
+    assert send_message(request(profile_id, "tx", transactional=True)).status == "sent"
+    clock.advance(timedelta(hours=24, seconds=1))
+    assert send_message(request(profile_id, "k4")).status == "sent"
+    assert len(sent_emails()) == 4
+
+
+def test_messages_lists_the_log_with_status_and_source(pipeline):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    send_message(request(profile_id, "j1"))
+    send_message(SendRequest("acme", profile_id, "email", "welcome", "broadcast:spring:" + profile_id,
+                             {"type": "broadcast", "key": "spring", "step": None}))
+    call_api("PUT", "/v1/subscriptions/user_id:u1", {"channel": "email", "status": "unsubscribed"})
+    send_message(request(profile_id, "j2"))
+    status, body = call_api("GET", "/v1/messages", query={"profile": "user_id:u1"})
+    assert status == 200
+    assert [(m["idempotency_key"], m["status_text"]) for m in body["messages"]] == [
+        ("j2", "suppressed: unsubscribed"), ("broadcast:spring:" + profile_id, "sent"), ("j1", "sent")]
+    status, body = call_api("GET", "/v1/messages", query={"profile": "user_id:u1", "source": "broadcast"})
+    assert [m["source"]["key"] for m in body["messages"]] == ["spring"]
+    assert call_api("GET", "/v1/messages", query={"profile": "user_id:u1", "source": "fax"})[0] == 400
+    assert call_api("GET", "/v1/messages")[0] == 400
+
+
+# ---------------------------------------------------------------- unsubscribe links and audiences
+def _token_of(url: str) -> str:
+    return parse_qs(urlparse(url).query)["token"][0]
+
+
+def test_unsubscribe_link_round_trip_and_subscribed_audience_follows(pipeline):
+    identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    status, _ = call_api("POST", "/v1/audiences", {"key": "mailable", "name": "Mailable", "kind": "dynamic",
+                                                   "backfill": False, "condition": {"subscribed": "email"}})
+    assert status == 201
+    call_api("PUT", "/v1/subscriptions/user_id:u1", {"channel": "email", "status": "subscribed"})
+    pipeline.flow()
+    profile_id = profiles_store.resolve("acme", "users", "user_id", "u1").profile_id
+    assert members_of("mailable") == {profile_id}
+    url = call_api("POST", "/v1/templates/welcome/preview", {"profile": "user_id:u1"})[1]["unsubscribe_url"]
+    token = _token_of(url)
+    status, page = call_api("GET", "/v1/unsubscribe", token=None, query={"token": token})
+    assert status == 200 and "<form method=post" in page
+    assert members_of("mailable") == {profile_id}  # GET alone changes nothing (mail scanners fetch links)
+    status, page = call_api("POST", "/v1/unsubscribe", token=None, query={"token": token},
+                            raw="List-Unsubscribe=One-Click")
+    assert status == 200 and "unsubscribed" in page
+    record = profiles_store.get_profile("acme", profile_id)
+    assert record.subscriptions["email"]["status"] == "unsubscribed"
+    assert record.subscriptions["email"]["how"] == "one_click"
+    pipeline.flow()
+    assert members_of("mailable") == set()
+
+
+@pytest.mark.parametrize("alter", [
+    lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # signature changed
+    lambda t: "eyJzIjoiYWNtZSIsInAiOiJvdGhlciIsImMiOiJlbWFpbCJ9." + t.split(".")[1],  # payload swapped
+    lambda t: "garbage",
+])
+def test_forged_or_altered_token_is_refused(pipeline, alter):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    token = sender.signing.unsubscribe_token("acme", profile_id, "email")
+    status, page = call_api("POST", "/v1/unsubscribe", token=None, query={"token": alter(token)})
+    assert status == 400 and "not valid" in page
+    assert call_api("GET", "/v1/unsubscribe", token=None, query={"token": alter(token)})[0] == 400
+    assert profiles_store.get_profile("acme", profile_id).subscriptions.as_dict() == {}
+
+
+def test_signing_key_is_stored_only_encrypted(messaging):
+    token = sender.signing.unsubscribe_token("acme", "p", "email")
+    item = messaging.table("ConfigTable").get_item(Key={"pk": "_stack|messaging", "sk": "signing_key"})["Item"]
+    assert set(item) == {"pk", "sk", "ciphertext"}
+    assert sender.signing.signing_key().hex() not in json.dumps(item)
+    sender.signing.reset()  # a cold start decrypts the same key: old links stay valid
+    assert sender.signing.read_unsubscribe_token(token) == ("acme", "p", "email")
+
+
+def test_message_sender_function_answers_a_delivery(pipeline):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    payload = {"space_id": "acme", "profile_id": profile_id, "channel": "email", "template": "welcome",
+               "idempotency_key": "exec-1:send", "source": {"type": "journey", "key": "j", "step": "send"}}
+    result = handler("message_sender")(payload, LambdaContext())
+    assert result["status"] == "sent" and result["idempotency_key"] == "exec-1:send"
+    queued = {"Records": [{"messageId": "m1", "body": json.dumps(payload)}]}
+    assert handler("message_sender")(queued, LambdaContext()) == {"batchItemFailures": []}
+    assert len(sent_emails()) == 1

@@ -1,0 +1,86 @@
+"""Sender rules: addresses, subscriptions, rolling-window caps, quiet hours in the profile's zone (DST)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+
+from engage import clock
+from engage.messaging import rules
+from engage.messaging.rules import FrequencyCap, QuietHours
+
+
+def at(text: str) -> datetime:
+    return clock.parse(text)
+
+
+def test_addresses_per_channel():
+    profile = {"traits": {"email": "ann@example.com", "phone": "+15550100"},
+               "external_ids": [{"type": "push_endpoint_arn", "id": "arn:aws:sns:us-east-1:1:endpoint/APNS/a/b"}]}
+    assert rules.address_for("email", profile) == "ann@example.com"
+    assert rules.address_for("sms", profile) == "+15550100"
+    assert rules.address_for("push", profile).endswith("/b")
+    assert rules.address_for("webhook", profile, "https://h") == "https://h"
+    assert rules.address_for("email", {"traits": {}, "external_ids": [{"type": "email", "id": "x@y.z"}]}) == "x@y.z"
+    assert rules.address_for("sms", {"traits": {}}) is None
+
+
+def test_unsubscribed_gets_only_transactional():
+    profile = {"subscriptions": {"email": {"status": "unsubscribed", "at": "t", "how": "link"}}}
+    status = rules.subscription_status(profile, "email")
+    assert status == "unsubscribed"
+    assert not rules.may_send("email", status, transactional=False)
+    assert rules.may_send("email", status, transactional=True)
+    assert rules.may_send("email", None, transactional=False)
+
+
+def test_cap_is_a_rolling_window_not_a_calendar_bucket():
+    cap = FrequencyCap(limit=2, window_hours=24)
+    sends = ["2026-03-01T23:00:00.000Z", "2026-03-02T01:00:00.000Z"]
+    assert not rules.cap_allows(cap, sends, at("2026-03-02T22:59:00Z"))  # both within 24 h
+    assert rules.cap_allows(cap, sends, at("2026-03-02T23:00:01Z"))  # the first has left the window
+    assert rules.cap_allows(None, sends * 10, at("2026-03-02T00:00:00Z"))
+
+
+def test_cap_keeps_only_what_the_window_needs():
+    cap = FrequencyCap(limit=2, window_hours=1)
+    kept = rules.sends_to_keep(cap, ["2026-03-01T00:00:00.000Z", "2026-03-01T09:30:00.000Z"], at("2026-03-01T10:00:00Z"))
+    assert kept == ["2026-03-01T09:30:00.000Z", "2026-03-01T10:00:00.000Z"]
+
+
+QUIET = QuietHours(start=time(21, 0), end=time(8, 0), timezone_trait="timezone", default_timezone="UTC")
+
+
+def test_outside_quiet_hours_sends_now():
+    assert rules.quiet_until(QUIET, {"timezone": "Europe/Paris"}, at("2026-01-15T10:00:00Z")) is None
+
+
+def test_quiet_hours_across_midnight_in_the_profile_zone():
+    # 22:30 in New York (UTC-5 in January) -> deferred to 08:00 New York = 13:00 UTC next day
+    until = rules.quiet_until(QUIET, {"timezone": "America/New_York"}, at("2026-01-16T03:30:00Z"))
+    assert until == datetime(2026, 1, 16, 13, 0, tzinfo=UTC)
+    # 06:00 local, same morning
+    until = rules.quiet_until(QUIET, {"timezone": "America/New_York"}, at("2026-01-16T11:00:00Z"))
+    assert until == datetime(2026, 1, 16, 13, 0, tzinfo=UTC)
+
+
+def test_quiet_hours_end_after_spring_forward_is_the_new_offset():
+    # US DST starts 2026-03-08 02:00 local: at 23:00 EST on the 7th, 08:00 on the 8th is EDT (UTC-4) = 12:00 UTC
+    until = rules.quiet_until(QUIET, {"timezone": "America/New_York"}, at("2026-03-08T04:00:00Z"))
+    assert until == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)
+
+
+def test_quiet_hours_end_after_fall_back():
+    # US DST ends 2026-11-01: 08:00 that morning is EST (UTC-5) = 13:00 UTC
+    until = rules.quiet_until(QUIET, {"timezone": "America/New_York"}, at("2026-11-01T03:00:00Z"))
+    assert until == datetime(2026, 11, 1, 13, 0, tzinfo=UTC)
+
+
+def test_quiet_end_inside_a_dst_gap_moves_to_after_the_gap():
+    quiet = QuietHours(start=time(1, 0), end=time(2, 30), default_timezone="America/New_York")
+    # 01:30 EST on 2026-03-08; 02:30 does not exist that day -> 03:30 EDT = 07:30 UTC
+    until = rules.quiet_until(quiet, {}, at("2026-03-08T06:30:00Z"))
+    assert until == datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
+
+
+def test_unknown_zone_trait_falls_back_to_the_default():
+    assert rules.quiet_until(QUIET, {"timezone": "Mars/Olympus"}, at("2026-01-15T22:00:00Z")) == \
+        datetime(2026, 1, 16, 8, 0, tzinfo=UTC)

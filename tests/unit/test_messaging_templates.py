@@ -1,0 +1,112 @@
+"""Templates: validation at save time (line and column), sandboxed rendering, escaping, defaults."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engage.errors import ValidationFailed
+from engage.messaging import templates
+from engage.messaging.templates import RenderFailed, parse_template, render, scope_for
+
+
+def email(body: str, **extra) -> dict:
+    return {"key": "welcome", "channel": "email", "subject": "Hi {{ profile.traits.first_name }}", "body": body,
+            **extra}
+
+
+def test_html_body_is_escaped_but_subject_and_text_are_plain():
+    definition = parse_template(email("<p>{{ profile.traits.first_name }}</p>", text="{{ profile.traits.first_name }}"))
+    out = render(definition, scope_for({"traits": {"first_name": "<script>x</script>"}}))
+    assert out.body == "<p>&lt;script&gt;x&lt;/script&gt;</p>"
+    assert out.subject == "Hi <script>x</script>"
+    assert out.text == "<script>x</script>"
+
+
+def test_missing_trait_uses_default_and_absent_renders_empty():
+    definition = parse_template(email("Hello {{ profile.traits.first_name | default: 'there' }}{{ profile.traits.x }}!"))
+    assert render(definition, scope_for({"traits": {}})).body == "Hello there!"
+
+
+def test_event_unsubscribe_url_and_source_are_in_scope():
+    definition = parse_template(email("{{ event.properties.sku }} {{ unsubscribe_url }} {{ journey.key }}"))
+    out = render(definition, scope_for({"traits": {}}, event={"properties": {"sku": "A1"}},
+                                       source={"type": "journey", "key": "cart", "step": "s"},
+                                       unsubscribe_url="https://u/x"))
+    assert out.body == "A1 https://u/x cart"
+
+
+def test_unknown_filter_is_refused_at_save_with_line_and_column():
+    with pytest.raises(ValidationFailed) as refused:
+        parse_template(email("line one\n  {{ profile.traits.name | shout }}"))
+    detail = refused.value.details[0]
+    assert (detail["path"], detail["line"], detail["column"]) == ("$.body", 2, 28)
+    assert "shout" in detail["message"]
+
+
+def test_syntax_error_is_refused_with_line_and_column():
+    with pytest.raises(ValidationFailed) as refused:
+        parse_template(email("ok\nok\n{% if %}x{% endif %}"))
+    detail = refused.value.details[0]
+    assert (detail["line"], detail["column"]) == (3, 4)
+
+
+def test_error_in_the_subject_names_the_subject():
+    with pytest.raises(ValidationFailed) as refused:
+        parse_template(email("fine", subject="{{ x | nope }}"))
+    assert refused.value.details[0]["path"] == "$.subject"
+
+
+@pytest.mark.parametrize("tag", ["{% include 'other' %}", "{% render 'other' %}"])
+def test_no_template_can_reach_another_or_the_file_system(tag):
+    with pytest.raises(ValidationFailed, match="unexpected tag"):
+        parse_template(email(tag))
+
+
+def test_loop_iterations_are_bounded():
+    definition = parse_template(email("{% for i in (1..5000) %}x{% endfor %}"))
+    with pytest.raises(RenderFailed, match="loop iteration limit"):
+        render(definition, scope_for({"traits": {}}))
+
+
+def test_nested_loops_count_together():
+    definition = parse_template(email("{% for i in (1..40) %}{% for j in (1..40) %}x{% endfor %}{% endfor %}"))
+    with pytest.raises(RenderFailed):
+        render(definition, scope_for({"traits": {}}))
+
+
+def test_output_size_is_bounded():
+    definition = parse_template(email("{% for i in (1..999) %}{{ profile.traits.big }}{% endfor %}"))
+    with pytest.raises(RenderFailed, match="output stream limit"):
+        render(definition, scope_for({"traits": {"big": "y" * 1000}}))
+
+
+def test_webhook_body_must_render_to_json_and_json_filter_encodes():
+    definition = parse_template({"key": "hook", "channel": "webhook", "url": "https://example.com/h",
+                                 "body": '{"name": {{ profile.traits.name | json }}}'})
+    out = render(definition, scope_for({"traits": {"name": 'a "quoted" name'}}))
+    assert json.loads(out.body) == {"name": 'a "quoted" name'}
+    broken = parse_template({"key": "hook", "channel": "webhook", "url": "https://example.com/h",
+                             "body": '{"name": "{{ profile.traits.name }}"}'})
+    with pytest.raises(RenderFailed, match="JSON"):
+        render(broken, scope_for({"traits": {"name": 'a "quoted" name'}}))
+
+
+@pytest.mark.parametrize("body, path", [
+    ({"key": "a", "channel": "email", "body": "x"}, "$"),
+    ({"key": "a", "channel": "fax", "body": "x"}, "$.channel"),
+    ({"key": "A!", "channel": "sms", "body": "x"}, "$.key"),
+    ({"key": "a", "channel": "webhook", "body": "{}"}, "$"),
+    ({"key": "a", "channel": "sms", "body": "x", "from": "a@b.c"}, "$"),
+    ({"key": "a", "channel": "sms", "body": "x", "colour": "red"}, "$.colour"),
+])
+def test_shape_errors_name_the_path(body, path):
+    with pytest.raises(ValidationFailed) as refused:
+        parse_template(body)
+    assert refused.value.details[0]["path"] == path
+
+
+def test_sms_longer_than_sns_allows_fails_at_render():
+    definition = parse_template({"key": "s", "channel": "sms", "body": "{{ profile.traits.t }}"})
+    with pytest.raises(RenderFailed, match="SMS"):
+        render(definition, scope_for({"traits": {"t": "x" * (templates.SMS_MAX_CHARS + 1)}}))
