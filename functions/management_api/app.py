@@ -9,6 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
+from engage.broadcasts import routes as broadcast_routes
 from engage.errors import EngageError, ValidationFailed
 from engage.messaging import routes as messaging_routes
 from engage.observability import logger, tracer
@@ -161,6 +162,7 @@ def _without_query(name: str) -> str:
 
 
 messaging_routes.register(app, _space, _json_body, DOC, KEY_ERRORS)  # templates, messages, subscriptions
+broadcast_routes.register(app, _space, _json_body, DOC, KEY_ERRORS)  # broadcasts
 
 
 @app.get("/openapi.json", summary="This OpenAPI document (all three APIs; no credentials needed)",

@@ -57,6 +57,14 @@ class Settings:
     # A pending delivery older than this was claimed by an attempt that stopped (see engage.messaging.sender).
     send_lease_seconds: int = 120
     webhook_timeout_seconds: int = 5
+    # Broadcasts (engage.broadcasts): their table and queues; the starter function and the role EventBridge
+    # Scheduler assumes to invoke it (management API and starter only); schedule names start with the prefix.
+    broadcasts_table: str = ""
+    broadcast_work_queue: str = ""
+    broadcast_send_queue: str = ""
+    broadcast_starter_arn: str = ""
+    broadcast_scheduler_role_arn: str = ""
+    broadcast_schedule_prefix: str = "engage-bc"
     # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
     aws_endpoint_url: str = ""
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engage.audiences import definition
+from engage.broadcasts import api_models as broadcast_models
 from engage.ingestion import messages
 from engage.messaging import api_models as messaging_models
 from engage.profile_api import models as profile_models
@@ -147,6 +148,9 @@ RESPONSES: tuple[type[BaseModel], ...] = (
 # Messaging (engage.messaging.api_models)
 REQUESTS += messaging_models.REQUESTS
 RESPONSES += messaging_models.RESPONSES
+# Broadcasts (engage.broadcasts.api_models)
+REQUESTS += broadcast_models.REQUESTS
+RESPONSES += broadcast_models.RESPONSES
 
 
 def schemas() -> dict[str, Any]:
