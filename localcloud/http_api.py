@@ -8,7 +8,7 @@ the way API Gateway maps it (statusCode/headers/body/isBase64Encoded/cookies, or
 value turned into a 200 JSON response). CORS (preflights and response headers) is API
 Gateway's, from each API's `CorsConfiguration` in the template: localcloud/cors.py.
 
-`/_local/...` paths belong to the local cloud itself (health, clock, settle, invocations).
+`/_local/...` paths belong to the local cloud itself (health, clock, settle, invocations, outbox).
 """
 from __future__ import annotations
 
@@ -186,6 +186,9 @@ class LocalHandlers:
     clock_post: Callable[[dict], dict]
     settle: Callable[[dict], dict]
     invocations: Callable[[dict], dict]  # query parameters -> a page of the runtime's invocation log
+    # Messaging's outbox (localcloud/outbox.py): the messages as JSON, and the same as an HTML page.
+    outbox: Callable[[], list[dict]] | None = None
+    outbox_page: Callable[[], str] | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -260,6 +263,10 @@ class HttpApi:
                 split = urlsplit(self.path)
                 self.cors_headers: dict[str, str] = {}
                 if not split.path.startswith("/_local/") and self._cors(split.path):
+                    return
+                if split.path == "/_local/outbox.html" and self.command == "GET" and api.local.outbox_page:
+                    self._send(200, {"content-type": "text/html; charset=utf-8"}, [],
+                               api.local.outbox_page().encode())
                     return
                 if split.path.startswith("/_local/"):
                     status, payload = api.local_endpoint(self.command, split.path, body, split.query)
@@ -340,6 +347,8 @@ class HttpApi:
                 return 200, self.local.settle(data)
             if path == "/_local/invocations" and method == "GET":
                 return 200, self.local.invocations(dict(parse_qsl(query)))
+            if path == "/_local/outbox" and method == "GET" and self.local.outbox:
+                return 200, {"messages": self.local.outbox()}
         except (ValueError, TypeError) as error:
             return 400, {"error": {"code": "validation_error", "message": str(error), "details": []}}
         return 404, {"error": {"code": "not_found", "message": f"no local endpoint {method} {path}",

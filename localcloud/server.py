@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localcloud import aws, client_time, cors, eventbridge, pollers, runtime, state, template, waits
+from localcloud import aws, client_time, cors, eventbridge, outbox, pollers, runtime, state, template, waits
 from localcloud.http_api import HttpApi, LocalHandlers, routes_from_template
 from localcloud.runtime import Runtime
 from localcloud.scheduler import VirtualClock, parse_duration
@@ -99,10 +99,17 @@ class LocalCloud:
         local.clock_post = self.clock_move
         local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
         local.invocations = self.invocations
+        local.outbox = lambda: outbox.messages(self.region, self.deployment.physical.get("MessagesTable"))
+        local.outbox_page = lambda: outbox.page(local.outbox())
         self.http = HttpApi(routes_from_template(self.template_path), self.runtime, local, self.api_port,
                             cors=cors.from_template(self.template_path))
         self.http.request_filter = client_time.request_filter(self.http.routes)  # SDK time follows the clock
         self.http.start()
+        # Messaging: unsubscribe links point at this API when the template's PublicApiUrl is left empty
+        # (on AWS it is a parameter: the function cannot reference its own HTTP API without a cycle).
+        for spec in self.runtime.functions.values():
+            if spec.environment.get("PUBLIC_API_URL") == "":
+                spec.environment["PUBLIC_API_URL"] = self.http.url
         self.started = True
         return self
 

@@ -189,7 +189,7 @@ def test_suppressed_address_is_not_sent(pipeline):
     create(WELCOME)
     store.suppress("acme", "email", "ann@example.com", "hard bounce")
     delivery = send_message(request(profile_id))
-    assert (delivery.status, delivery.reason) == ("suppressed", "suppressed: hard bounce")
+    assert (delivery.status, delivery.reason) == ("suppressed", "hard bounce")
     assert sent_emails() == []
 
 
@@ -353,3 +353,59 @@ def test_message_sender_function_answers_a_delivery(pipeline):
     queued = {"Records": [{"messageId": "m1", "body": json.dumps(payload)}]}
     assert handler("message_sender")(queued, LambdaContext()) == {"batchItemFailures": []}
     assert len(sent_emails()) == 1
+
+
+def test_identify_traits_set_subscriptions_in_both_conventions(pipeline):
+    # Customer.io's `unsubscribed` trait (email) and Twilio Engage's context.messaging_subscriptions
+    pipeline.track({"userId": "u1", "traits": {"email": "ann@example.com", "unsubscribed": True},
+                    "context": {"messaging_subscriptions": [
+                        {"key": "+15555550100", "type": "SMS", "status": "SUBSCRIBED"},
+                        {"key": "ann@example.com", "type": "EMAIL", "status": "DID_NOT_SUBSCRIBE"}]},
+                    "timestamp": "2026-01-02T00:00:00Z"}, call="identify")
+    record = profiles_store.resolve("acme", "users", "user_id", "u1")
+    subscriptions = record.subscriptions.as_dict()
+    assert subscriptions["email"] == {"status": "unsubscribed", "at": "2026-01-02T00:00:00.000Z", "how": "identify"}
+    assert subscriptions["sms"]["status"] == "subscribed"
+    # An older identify arriving late does not undo the newer decision
+    pipeline.track({"userId": "u1", "traits": {"unsubscribed": False}, "timestamp": "2026-01-01T00:00:00Z"},
+                   call="identify")
+    assert profiles_store.resolve("acme", "users", "user_id", "u1").subscriptions["email"]["status"] == "unsubscribed"
+    create(WELCOME)
+    assert send_message(request(record.profile_id)).reason == "unsubscribed"
+
+
+def ses_event(kind: str, mail: dict, **body) -> dict:
+    return {"Records": [{"EventSource": "aws:sns", "Sns": {"Message": json.dumps({"eventType": kind, "mail": mail,
+                                                                                  **body})}}]}
+
+
+def test_hard_bounce_suppresses_the_address_and_unsubscribes_the_profile(pipeline):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    assert send_message(request(profile_id, "first")).status == "sent"
+    # SES returns in its events the tags the sender put on the email (moto does not record them)
+    assert sender._email_tags(request(profile_id)) == {"engage_space": "acme", "engage_profile": profile_id,
+                                                       "engage_template": "welcome"}
+    mail = {"messageId": "ses-1", "destination": ["ann@example.com"],
+            "tags": {"engage_space": ["acme"], "engage_profile": [profile_id]}}
+    soft = ses_event("Bounce", mail, bounce={"bounceType": "Transient", "bouncedRecipients": [
+        {"emailAddress": "ann@example.com"}]})
+    assert handler("messaging_feedback")(soft, LambdaContext()) == {"outcomes": ["ignored: Transient bounce"]}
+    hard = ses_event("Bounce", mail, bounce={"bounceType": "Permanent", "bouncedRecipients": [
+        {"emailAddress": "Ann@example.com"}]})
+    assert handler("messaging_feedback")(hard, LambdaContext()) == {"outcomes": ["suppressed"]}
+    assert handler("messaging_feedback")(hard, LambdaContext()) == {"outcomes": ["suppressed"]}  # redelivered
+    subscription = profiles_store.get_profile("acme", profile_id).subscriptions["email"]
+    assert (subscription["status"], subscription["how"]) == ("unsubscribed", "bounce")
+    after = send_message(request(profile_id, "second", transactional=True))
+    assert (after.status, after.reason) == ("suppressed", "hard bounce")
+    assert len(sent_emails()) == 1
+
+
+def test_complaint_suppresses_too(pipeline):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    mail = {"messageId": "ses-2", "tags": {"engage_space": ["acme"], "engage_profile": [profile_id]}}
+    event = ses_event("Complaint", mail, complaint={"complainedRecipients": [{"emailAddress": "ann@example.com"}]})
+    assert handler("messaging_feedback")(event, LambdaContext()) == {"outcomes": ["suppressed"]}
+    assert send_message(request(profile_id)).reason == "complaint"

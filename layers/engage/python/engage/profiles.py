@@ -155,6 +155,9 @@ class ProfileState:
     # The audience engine's per-condition aggregates (engage.audiences.aggregates): only for
     # conditions that daily_counts cannot answer (property filters, hour windows, funnels).
     condition_state: dict = field(default_factory=dict)
+    # Per-channel subscription status (engage.messaging): {channel: {"status", "at", "how"}}; set here by
+    # identify traits (`subscription_changes`), elsewhere by the subscriptions API and unsubscribe links.
+    subscriptions: dict = field(default_factory=dict)
 
     def has_applied(self, message_id: str) -> bool:
         return message_id in self.applied
@@ -175,7 +178,7 @@ class ProfileState:
             daily_counts={name: dict(buckets) for name, buckets in self.daily_counts.items()},
             event_stats={name: dict(stats) for name, stats in self.event_stats.items()},
             applied=list(self.applied), merged_from=list(self.merged_from), merges=[dict(m) for m in self.merges],
-            condition_state=dict(self.condition_state))
+            condition_state=dict(self.condition_state), subscriptions=dict(self.subscriptions))
 
 
 # ---------------------------------------------------------------- the one apply function
@@ -199,6 +202,7 @@ def apply_message(state: ProfileState, message: Message, *, now: datetime, reten
         if message.type == "identify":
             merge_traits(state, message.traits, message.stamp, dropped)
             state.last_identified_at = _max(state.last_identified_at, message.timestamp)
+            state.subscriptions = merge_subscriptions(state.subscriptions, subscription_changes(message))
         name = message.event_name
         if name:
             record_event(state, name, message.timestamp, now=now, retention_days=retention_days, dropped=dropped)
@@ -387,6 +391,45 @@ def mark_applied(state: ProfileState, message_id: str) -> None:
         del state.applied[:-APPLIED_LIMIT]
 
 
+# ---------------------------------------------------------------- subscriptions from identify calls
+# Two conventions users of Customer.io and Segment already send (docs/messaging.md "Subscriptions"):
+#   traits.unsubscribed: true | false                 Customer.io's attribute: email unsubscribed / subscribed
+#   context.messaging_subscriptions: [{"key": address, "type": "EMAIL"|"SMS"|"IOS_PUSH"|"ANDROID_PUSH",
+#                                      "status": "SUBSCRIBED"|"UNSUBSCRIBED"|"DID_NOT_SUBSCRIBE"}]   Twilio Engage's
+_SUBSCRIPTION_TYPES = {"EMAIL": "email", "SMS": "sms", "IOS_PUSH": "push", "ANDROID_PUSH": "push", "PUSH": "push"}
+_SUBSCRIPTION_STATUSES = {"SUBSCRIBED": "subscribed", "UNSUBSCRIBED": "unsubscribed"}
+
+
+def subscription_changes(message: Message) -> dict:
+    """The subscription statuses an identify call sets, stamped with the call's time ("how": identify)."""
+    found: dict[str, str] = {}
+    flag = message.traits.get("unsubscribed")
+    if isinstance(flag, bool):
+        found["email"] = "unsubscribed" if flag else "subscribed"
+    entries = message.context.get("messaging_subscriptions")
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict):
+            channel = _SUBSCRIPTION_TYPES.get(str(entry.get("type", "")).upper())
+            status = _SUBSCRIPTION_STATUSES.get(str(entry.get("status", "")).upper())
+            if channel and status:
+                found[channel] = status
+    return {channel: {"status": status, "at": message.timestamp, "how": "identify"}
+            for channel, status in found.items()}
+
+
+def merge_subscriptions(current: dict, incoming: dict) -> dict:
+    """Per channel the later status wins (by `at`; a tie keeps the current one): out-of-order and
+    replayed messages converge, and a merge keeps each channel's latest decision."""
+    if not incoming:
+        return current
+    out = dict(current)
+    for channel, entry in incoming.items():
+        existing = out.get(channel)
+        if not isinstance(existing, dict) or str(entry.get("at", "")) > str(existing.get("at", "")):
+            out[channel] = dict(entry)
+    return out
+
+
 # ---------------------------------------------------------------- merges
 def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message, merged_at: str,
                now: datetime, retention_days: int, dropped: Counter | None = None) -> tuple[ProfileState, ProfileState]:
@@ -411,6 +454,7 @@ def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message
     prune_events(out, now=now, retention_days=retention_days, dropped=dropped)
     out.condition_state = budgets.prune_condition_state(
         merge_condition_state(out.condition_state, merged.condition_state), dropped=dropped)
+    out.subscriptions = merge_subscriptions(out.subscriptions, merged.subscriptions)
     for message_id in merged.applied:
         if message_id not in out.applied:
             out.applied.append(message_id)

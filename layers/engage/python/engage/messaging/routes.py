@@ -78,7 +78,12 @@ def register(app, space, json_body, doc, key_errors) -> None:
     def put_settings():
         return management.put_settings(space(), json_body())
 
-    unsubscribe_doc = {"tags": [openapi.MANAGEMENT], "security": []}
+    # No credentials: the recipient's link carries a signed token instead. Answers are small HTML pages.
+    html_page = {"type": "string", "description": "an HTML page"}
+    unsubscribe_doc = {"tags": [openapi.MANAGEMENT], "security": [],
+                       "responses": {200: {"description": "the page", "content": {"text/html": {"schema": html_page}}},
+                                     400: {"description": "the token was forged, altered or missing (an HTML page)",
+                                           "content": {"text/html": {"schema": html_page}}}}}
 
     @app.get("/v1/unsubscribe", summary="Unsubscribe link target: a confirmation page (no credentials; signed)",
              **unsubscribe_doc, openapi_extensions=openapi.query(

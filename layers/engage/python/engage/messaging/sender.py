@@ -4,8 +4,8 @@ Steps, in order:
  1. Read the delivery log item of (space, profile, idempotency key). A final one is returned as is:
     the same key always answers the same Delivery and sends at most once.
  2. Load the profile (following merges) and the template; resolve the address for the channel.
- 3. Rules: subscription (unsubscribed -> suppressed unless transactional), suppression list (hard
-    bounce, complaint), quiet hours (deferred to their end, never dropped), frequency cap (suppressed).
+ 3. Rules: suppression list (hard bounce, complaint: even transactional messages stop), subscription
+    (unsubscribed -> suppressed unless transactional), quiet hours (deferred to their end, never dropped), frequency cap (suppressed).
     A suppressed or deferred outcome is written once (conditional put) and returned.
  4. Render (Liquid, sandboxed). A render failure is recorded as failed.
  5. Claim: conditional put of a `pending` item naming this attempt, BEFORE the provider call.
@@ -124,14 +124,14 @@ def send_message(request: SendRequest) -> Delivery:
     address = rules.address_for(request.channel, profile, template.url)
     if not address:
         return _final(request, store.SUPPRESSED, None, reason=f"no {request.channel} address on the profile")
+    if request.channel != "webhook":  # the address itself bounced or complained: even transactional mail stops
+        suppressed = store.suppression_of(request.space_id, request.channel, address)
+        if suppressed is not None:
+            return _final(request, store.SUPPRESSED, address, reason=suppressed.reason)
     status = rules.subscription_status(profile, request.channel)
     if not request.ignore_subscription and not rules.may_send(request.channel, status,
                                                               transactional=request.transactional):
         return _final(request, store.SUPPRESSED, address, reason="unsubscribed")
-    if request.channel != "webhook":
-        suppressed = store.suppression_of(request.space_id, request.channel, address)
-        if suppressed is not None:
-            return _final(request, store.SUPPRESSED, address, reason=f"suppressed: {suppressed.reason}")
     space_rules = settings_store.load(request.space_id)
     cap = None if request.transactional else space_rules.frequency_caps.get(request.channel)
     recent: list[str] = []
