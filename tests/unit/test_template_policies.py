@@ -74,6 +74,18 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ProfileEventsTable": {"Query"},
     },
 }
+# Broadcasts (engage.broadcasts): the management API's create/read/cancel; the starter's snapshot and fan-out;
+# the sender's per-recipient transaction (TransactWriteItems of two Updates) and the sender path it runs.
+NEEDS["ManagementApiFunction"]["BroadcastsTable"] = {"GetItem", "PutItem", "UpdateItem", "Query"}
+NEEDS["BroadcastStarterFunction"] = {
+    "BroadcastsTable": {"GetItem", "UpdateItem", "Query", "BatchWriteItem"},
+    "MembershipsTable": {"Query", "BatchGetItem"}, "ProfilesTable": {"BatchGetItem"}, "ConfigTable": {"GetItem"},
+}
+NEEDS["BroadcastSenderFunction"] = {
+    "BroadcastsTable": {"GetItem", "BatchGetItem", "UpdateItem", "Query"},
+    "MessagesTable": {"GetItem", "PutItem", "UpdateItem"}, "ProfilesTable": {"GetItem"},
+    "ConfigTable": {"GetItem", "PutItem"},
+}
 # S3 actions on ExportsBucket objects (CreateMultipartUpload/UploadPart/Complete are s3:PutObject;
 # HeadObject and presigned GETs are s3:GetObject).
 S3_NEEDS = {
@@ -145,6 +157,7 @@ def _config_keys_written() -> dict[str, set[str]]:
     (call sites: membership transactions -> store._size_pk; backfill/management -> store._pk;
     export jobs -> export._pk)."""
     from engage.audiences import export, store
+    from engage.messaging import signing
 
     audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
     return {
@@ -153,6 +166,7 @@ def _config_keys_written() -> dict[str, set[str]]:
         "AudienceBackfillFunction": {audiences, sizes},
         "ManagementApiFunction": {audiences, sizes, exports},
         "AudienceExportFunction": {exports},
+        "BroadcastSenderFunction": {signing.KEY_PK},  # the sender path creates the signing key on first use
     }
 
 
