@@ -124,10 +124,15 @@ def _invoke(method: str, path: str, query: str, headers: list[tuple[str, str]], 
     return route, status, response_headers, raw
 
 
-def _check(route, status: int, raw: bytes) -> None:
+def _check(route, status: int, raw: bytes, content_type: str = "application/json") -> None:
     text = raw.decode("utf-8", "replace")
     assert status < 500, f"{status}: {text[:500]}"
     assert not any(trace in text for trace in TRACES), f"stack trace in the body: {text[:500]}"
+    if 400 <= status < 500 and content_type.startswith("text/html"):
+        # Pages for people (the unsubscribe link's target, documented as text/html): a page that says why.
+        assert route.path == "/v1/unsubscribe", f"{route.path} answered HTML"
+        assert text.startswith("<!doctype html>") and "not valid" in text, text[:500]
+        return
     if 400 <= status < 500:
         body = json.loads(text)
         error = body if route.function == "IngestFunction" else body["error"]  # Segment's shape / API.md's
@@ -155,10 +160,10 @@ def test_no_operation_answers_5xx_or_a_stack_trace_and_every_4xx_says_why(seeded
     def fuzz(case, credentials, known_key):
         method = case.method.upper()
         path, query, headers, body = _request(case, credentials, known_key)
-        route, status, _, raw = _invoke(method, path, query, headers, body)
+        route, status, response_headers, raw = _invoke(method, path, query, headers, body)
         TALLY["cases"] += 1
         TALLY[status] += 1
-        _check(route, status, raw)
+        _check(route, status, raw, {k.lower(): v for k, v in response_headers.items()}.get("content-type", ""))
 
     fuzz()
 
