@@ -456,3 +456,29 @@ def test_from_address_is_the_stacks(cloud):
     create({"key": "one", "audience": "fans", "channel": "email", "template": "news"})
     cloud.run()
     assert [m["From"] for m in mails()] == [FROM]
+
+
+def test_requests_per_recipient_are_counted(cloud):
+    """The counts docs/broadcasts.md quotes: 50 recipients, no rate limit, no exclusions."""
+    from bench.meter import measure
+
+    cloud.people(50)
+    cloud.audience("fans", refs(50))
+    create({"key": "count", "audience": "fans", "channel": "email", "template": "news"})
+    with measure() as start:
+        cloud.run(sender=False)
+    with measure() as send:
+        cloud.run()
+    assert get("count")["stats"]["sent"] == 50
+    # Snapshot and fan-out: recipients written 25 a request, 25 a message, 10 messages a request
+    assert start.count("dynamodb", "BatchWriteItem") == 2
+    assert start.count("sqs", "SendMessageBatch") == 1
+    assert start.count("dynamodb", "TransactWriteItems") == 0
+    # Sending: one transaction per recipient (status + its stats shard), one BatchGet and one stats Query per
+    # message, one broadcast read per message; the sender path's own requests come on top
+    assert send.count("dynamodb", "TransactWriteItems") == 50
+    assert send.count("dynamodb", "BatchGetItem") >= 2
+    assert send.count("sqs", "DeleteMessage") == 2
+    # (pytest -s shows the whole count, as docs/broadcasts.md quotes it)
+    print("\nstart", sorted(start.requests.items()), start.read_units, start.write_units)
+    print("send", sorted(send.requests.items()), send.read_units, send.write_units)
