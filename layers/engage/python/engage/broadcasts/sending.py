@@ -65,20 +65,16 @@ def process(body: dict[str, Any]) -> bool:
     definition = engine.definition_of(broadcast)
     now = clock.now()
     due: list[tuple[str, str]] = []  # (profile id, its status now)
-    by_shard: dict[int, list[str]] = {}
-    for pid in body["profile_ids"]:
-        by_shard.setdefault(store.shard_of(pid), []).append(pid)
-    for shard, ids in by_shard.items():
-        items = store.recipient_statuses(space_id, broadcast_key, zone, shard, ids)
-        for pid in ids:
-            item = items.get(pid)
-            if item is None:
-                continue  # not a recipient (never snapshotted): nothing to send
-            if item["status"] == store.QUEUED or (item["status"] == "deferred" and item.get("until")
-                                                  and clock.parse(item["until"]) <= now):
-                due.append((pid, item["status"]))
-            elif item["status"] == "deferred" and item.get("until"):
-                _send_later(body, pid, item["until"])  # past SQS's 15-minute delay: wait another round
+    items = store.recipient_statuses(space_id, broadcast_key, zone, body["profile_ids"])
+    for pid in dict.fromkeys(body["profile_ids"]):
+        item = items.get(pid)
+        if item is None:
+            continue  # not a recipient (never snapshotted): nothing to send
+        if item["status"] == store.QUEUED or (item["status"] == "deferred" and item.get("until")
+                                              and clock.parse(item["until"]) <= now):
+            due.append((pid, item["status"]))
+        elif item["status"] == "deferred" and item.get("until"):
+            _send_later(body, pid, item["until"])  # past SQS's 15-minute delay: wait another round
     if not due:
         engine.finish_if_done(space_id, broadcast_key)
         return True

@@ -215,11 +215,12 @@ def queued_pages(space_id: str, broadcast_key: str, zone: str, shard: int, start
             return
 
 
-def recipient_statuses(space_id: str, broadcast_key: str, zone: str, shard: int,
+def recipient_statuses(space_id: str, broadcast_key: str, zone: str,
                        profile_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """profile id -> its recipient item (BatchGetItem, strongly consistent); absent ids are not recipients."""
-    pk = recipients_pk(space_id, broadcast_key, zone, shard)
-    wanted = [{"pk": pk, "sk": pid} for pid in dict.fromkeys(profile_ids)]
+    """profile id -> its recipient item (one BatchGetItem per 100 ids, whatever their shards, strongly
+    consistent); absent ids are not recipients."""
+    wanted = [{"pk": recipients_pk(space_id, broadcast_key, zone, shard_of(pid)), "sk": pid}
+              for pid in dict.fromkeys(profile_ids)]
     found: dict[str, dict[str, Any]] = {}
     name = settings().require("broadcasts_table")
     while wanted:
