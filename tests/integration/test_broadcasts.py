@@ -460,7 +460,7 @@ def test_from_address_is_the_stacks(cloud):
 
 
 def test_requests_per_recipient_are_counted(cloud, monkeypatch):
-    """The counts docs/broadcasts.md quotes: 50 recipients, no rate limit, no exclusions. Every AWS request
+    """The counts docs/broadcasts.md quotes: 30 recipients, no rate limit, no exclusions. Every AWS request
     made in the process (boto3 clients and resources, PynamoDB) is counted by service and operation."""
     import botocore.client
 
@@ -474,8 +474,8 @@ def test_requests_per_recipient_are_counted(cloud, monkeypatch):
         return original(client, operation, params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
-    ids = cloud.people(50)
-    cloud.audience("fans", refs(50))
+    ids = cloud.people(30)
+    cloud.audience("fans", refs(30))
     shards = len({store.shard_of(pid) for pid in ids})  # fan-out makes messages per shard page
     create({"key": "count", "audience": "fans", "channel": "email", "template": "news"})
     phase["now"] = "start"
@@ -483,7 +483,7 @@ def test_requests_per_recipient_are_counted(cloud, monkeypatch):
     phase["now"] = "send"
     cloud.run()
     phase["now"] = None
-    assert get("count")["stats"]["sent"] == 50
+    assert get("count")["stats"]["sent"] == 30
     start, send = counts["start"], counts["send"]
     # Snapshot and fan-out: recipients written 25 a request; each shard's page becomes its own messages
     # (up to 25 ids each, 10 a SendMessageBatch): a small broadcast sends one batch per shard
@@ -492,7 +492,7 @@ def test_requests_per_recipient_are_counted(cloud, monkeypatch):
     assert start[("dynamodb", "TransactWriteItems")] == 0
     # Sending: one transaction per recipient (status + its stats shard), one recipients BatchGet per message;
     # the sender path's own requests come on top
-    assert send[("dynamodb", "TransactWriteItems")] == 50
+    assert send[("dynamodb", "TransactWriteItems")] == 30
     assert send[("dynamodb", "BatchGetItem")] == shards
     assert send[("sqs", "DeleteMessage")] == shards
     # (pytest -s shows the whole count, as docs/broadcasts.md quotes it)
