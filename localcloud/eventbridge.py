@@ -11,6 +11,9 @@ matches scheduled rules against every event, and never fires a schedule. This ex
   "Scheduled Event" to their targets; Scheduler schedules (`ScheduleV2`) send their Input
   (context attributes such as <aws.scheduler.scheduled-time> replaced; `{}` without Input).
   rate()/cron()/at() (localcloud/cron.py) fire on the virtual clock, each at its own moment.
+  Schedules created, updated or deleted through the Scheduler API while the cloud runs (a broadcast's
+  one-time `at(...)` with its ScheduleExpressionTimezone) are armed, re-armed or disarmed at once; a
+  one-time schedule with ActionAfterCompletion DELETE is deleted after it fires, as on AWS.
 - Real time drives the clock too: a ticker runs whatever has come due by the (offset) real
   time, so under `make dev` the minute schedules fire every minute, as on AWS.
 
@@ -190,6 +193,42 @@ def _rule_schedules(local) -> list[Schedule]:
     return schedules
 
 
+_armed: dict[str, Schedule] = {}  # Scheduler schedule ARN -> its armed Schedule (runtime create/update/delete)
+
+
+def _scheduler_schedule(local, item) -> Schedule | None:
+    """The virtual-clock Schedule of one moto Scheduler schedule (None when disabled)."""
+    if item.state != "ENABLED":
+        return None
+    expression = cron.expression(item.schedule_expression, item.schedule_expression_timezone)
+    one_time = isinstance(expression, cron.At)
+
+    def send(moment, item=item):
+        text = item.target.get("Input")
+        if text is None:
+            payload = {}
+        else:
+            for key, value in (("schedule-arn", item.arn), ("scheduled-time", _iso(moment)),
+                               ("execution-id", uuid.uuid4().hex[:16]), ("attempt-number", "1")):
+                text = text.replace(f"<aws.scheduler.{key}>", value)
+            payload = _json_or_text(text)
+        deliver(item.target["Arn"], payload, local.region)
+        if one_time and item.action_after_completion == "DELETE":
+            _forget(local, item)
+
+    return Schedule(f"schedule {item.group_name}/{item.name} {item.schedule_expression}",
+                    expression, send, local.clock, engage_clock.now())
+
+
+def _forget(local, item) -> None:
+    from moto.scheduler.models import scheduler_backends
+
+    _armed.pop(item.arn, None)
+    group = scheduler_backends[ACCOUNT_ID][local.region].schedule_groups.get(item.group_name)
+    if group is not None and group.schedules.get(item.name) is item:
+        del group.schedules[item.name]
+
+
 def _scheduler_schedules(local) -> list[Schedule]:
     from moto.scheduler.models import scheduler_backends
 
@@ -197,24 +236,64 @@ def _scheduler_schedules(local) -> list[Schedule]:
     backend = scheduler_backends[ACCOUNT_ID][local.region]
     for item in sorted((s for g in backend.schedule_groups.values() for s in g.schedules.values()),
                        key=lambda s: s.arn):
-        if item.state != "ENABLED":
-            continue
-        expression = cron.expression(item.schedule_expression, item.schedule_expression_timezone)
-
-        def send(moment, item=item):
-            text = item.target.get("Input")
-            if text is None:
-                payload = {}
-            else:
-                for key, value in (("schedule-arn", item.arn), ("scheduled-time", _iso(moment)),
-                                   ("execution-id", uuid.uuid4().hex[:16]), ("attempt-number", "1")):
-                    text = text.replace(f"<aws.scheduler.{key}>", value)
-                payload = _json_or_text(text)
-            deliver(item.target["Arn"], payload, local.region)
-
-        schedules.append(Schedule(f"schedule {item.group_name}/{item.name} {item.schedule_expression}",
-                                  expression, send, local.clock, engage_clock.now()))
+        _disarm(item.arn)  # armed already when created through the API after the patches went in
+        schedule = _scheduler_schedule(local, item)
+        if schedule is not None:
+            _armed[item.arn] = schedule
+            schedules.append(schedule)
     return schedules
+
+
+def _disarm(arn: str) -> None:
+    schedule = _armed.pop(arn, None)
+    if schedule is not None and schedule.timer is not None:
+        schedule.timer.cancel()
+
+
+def _arm_at_runtime(item) -> None:
+    """A schedule created or updated through the API while the cloud runs: (re-)arm it from now."""
+    local = _Hooks.local
+    _disarm(item.arn)
+    if local is None:
+        return
+    schedule = _scheduler_schedule(local, item)
+    if schedule is not None:
+        _armed[item.arn] = schedule
+        schedule.arm(engage_clock.now())
+
+
+def _install_scheduler_patches() -> None:
+    from moto.scheduler.models import EventBridgeSchedulerBackend
+
+    original_create = EventBridgeSchedulerBackend.create_schedule
+    original_update = EventBridgeSchedulerBackend.update_schedule
+    original_delete = EventBridgeSchedulerBackend.delete_schedule
+
+    def create_schedule(self, *args, **kwargs):
+        expression = kwargs.get("schedule_expression")
+        try:  # refuse what AWS refuses (a bad at()/cron()/zone), instead of storing a schedule that never fires
+            cron.expression(expression, kwargs.get("schedule_expression_timezone"))
+        except (ValueError, KeyError) as error:
+            from moto.scheduler.exceptions import ValidationException
+
+            raise ValidationException(f"Invalid Schedule Expression {expression}: {error}") from None
+        schedule = original_create(self, *args, **kwargs)
+        _arm_at_runtime(schedule)
+        return schedule
+
+    def update_schedule(self, *args, **kwargs):
+        schedule = original_update(self, *args, **kwargs)
+        _arm_at_runtime(schedule)
+        return schedule
+
+    def delete_schedule(self, group_name, name):
+        arn = self.get_schedule(group_name, name).arn
+        original_delete(self, group_name, name)
+        _disarm(arn)
+
+    EventBridgeSchedulerBackend.create_schedule = create_schedule
+    EventBridgeSchedulerBackend.update_schedule = update_schedule
+    EventBridgeSchedulerBackend.delete_schedule = delete_schedule
 
 
 class Ticker(threading.Thread):
@@ -243,6 +322,7 @@ def install(local) -> None:
     _Hooks.local = local
     if not _Hooks.installed:
         _install_patches()
+        _install_scheduler_patches()
         _Hooks.installed = True
     now = engage_clock.now()
     for schedule in [*_rule_schedules(local), *_scheduler_schedules(local)]:

@@ -10,6 +10,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
+from engage.broadcasts import routes as broadcast_routes
 from engage.computed_traits import management as computed_traits
 from engage.errors import EngageError, ValidationFailed
 from engage.journeys import management as journeys
@@ -268,6 +269,7 @@ def resume_journey(key: str):
          responses=openapi.responses(200, "JourneyProfile", "runs, current step, history in words", *KEY_ERRORS))
 def journey_profile(key: str, profile_id: str):
     return journeys.profile_runs(_space(), key, profile_id)
+broadcast_routes.register(app, _space, _json_body, DOC, KEY_ERRORS)  # broadcasts
 
 
 @app.get("/openapi.json", summary="This OpenAPI document (all three APIs; no credentials needed)",

@@ -99,6 +99,18 @@ NEEDS: dict[str, dict[str, set[str]]] = {
 # Messaging routes of the management API (templates, settings, subscriptions, delivery log)
 NEEDS["ManagementApiFunction"] = {**NEEDS["ManagementApiFunction"], "MessagesTable": {"GetItem", "Query"},
                                   "ProfilesTable": NEEDS["ManagementApiFunction"]["ProfilesTable"] | {"UpdateItem"}}
+# Broadcasts (engage.broadcasts): the management API's create/read/cancel; the starter's snapshot and fan-out;
+# the sender's per-recipient transaction (TransactWriteItems of two Updates) and the sender path it runs.
+NEEDS["ManagementApiFunction"]["BroadcastsTable"] = {"GetItem", "PutItem", "UpdateItem", "Query"}
+NEEDS["BroadcastStarterFunction"] = {
+    "BroadcastsTable": {"GetItem", "UpdateItem", "Query", "BatchWriteItem"},
+    "MembershipsTable": {"Query", "BatchGetItem"}, "ProfilesTable": {"BatchGetItem"}, "ConfigTable": {"GetItem"},
+}
+NEEDS["BroadcastSenderFunction"] = {
+    "BroadcastsTable": {"GetItem", "BatchGetItem", "UpdateItem", "Query"},
+    "MessagesTable": {"GetItem", "PutItem", "UpdateItem"}, "ProfilesTable": {"GetItem"},
+    "ConfigTable": {"GetItem", "PutItem"},
+}
 # S3 actions on ExportsBucket objects (CreateMultipartUpload/UploadPart/Complete are s3:PutObject;
 # HeadObject and presigned GETs are s3:GetObject).
 S3_NEEDS = {
@@ -187,6 +199,7 @@ def _config_keys_written() -> dict[str, set[str]]:
         "ManagementApiFunction": {audiences, sizes, exports, computed, journeys} | messaging,
         "AudienceExportFunction": {exports},
         "MessageSenderFunction": {signing_key},
+        "BroadcastSenderFunction": {signing_key},  # the sender path creates the signing key on first use
     }
 
 

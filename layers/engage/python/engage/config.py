@@ -65,6 +65,14 @@ class Settings:
     journey_name_prefix: str = "engage"
     # Space default time zone for wait_until when a profile has no time zone trait (IANA name).
     default_timezone: str = "UTC"
+    # Broadcasts (engage.broadcasts): their table and queues; the starter function and the role EventBridge
+    # Scheduler assumes to invoke it (management API and starter only); schedule names start with the prefix.
+    broadcasts_table: str = ""
+    broadcast_work_queue: str = ""
+    broadcast_send_queue: str = ""
+    broadcast_starter_arn: str = ""
+    broadcast_scheduler_role_arn: str = ""
+    broadcast_schedule_prefix: str = "engage-bc"
     # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
     aws_endpoint_url: str = ""
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engage.audiences import definition
+from engage.broadcasts import api_models as broadcast_models
 from engage.computed_traits.definition import ComputedTraitDefinition
 from engage.ingestion import messages
 from engage.journeys import definition as journey_definition
@@ -218,6 +219,9 @@ RESPONSES: tuple[type[BaseModel], ...] = (
 # Messaging (engage.messaging.api_models)
 REQUESTS += messaging_models.REQUESTS
 RESPONSES += messaging_models.RESPONSES
+# Broadcasts (engage.broadcasts.api_models)
+REQUESTS += broadcast_models.REQUESTS
+RESPONSES += broadcast_models.RESPONSES
 
 
 def schemas() -> dict[str, Any]:

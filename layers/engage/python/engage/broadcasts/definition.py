@@ -1,0 +1,149 @@
+"""A broadcast's definition (API.md "Templates, broadcasts, destinations"): shape and checks that need no AWS.
+
+    {"key", "audience", "exclude_audiences": [], "channel", "template",
+     "send_at": ISO 8601 with a zone, or absent for now, "in_recipient_timezone": false,
+     "send_to_unsubscribed": false, "rate_limit_per_second": null, "default_timezone": "UTC"}
+
+`in_recipient_timezone`: the date and wall-clock time of `send_at` are read in each recipient's time
+zone (their `timezone` trait, an IANA name; `default_timezone` when absent or unknown), as Customer.io
+does; `send_at`'s own offset then only says which moment the API checks "not in the past" against.
+Errors name the field (JSON path) and say what is expected.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engage import clock
+from engage.errors import ValidationFailed
+
+KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,64}$")
+CHANNELS = ("email", "sms", "push", "webhook")
+MAX_RATE_PER_SECOND = 10_000  # well above SES's usual per-account send rate; the sender's own ceiling
+MAX_EXCLUDED = 20
+# Earliest and latest UTC offsets in use (Kiribati +14, Baker Island -12): the moments the same wall-clock
+# time reaches first and last somewhere on Earth.
+EARLIEST_OFFSET, LATEST_OFFSET = timedelta(hours=14), timedelta(hours=-12)
+
+
+class BroadcastDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    key: str
+    name: str | None = Field(default=None, max_length=256)
+    audience: str
+    exclude_audiences: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDED)
+    channel: Literal["email", "sms", "push", "webhook"]
+    template: str
+    send_at: str | None = None
+    in_recipient_timezone: bool = False
+    send_to_unsubscribed: bool = False
+    rate_limit_per_second: int | None = Field(default=None, ge=1, le=MAX_RATE_PER_SECOND)
+    default_timezone: str = "UTC"
+
+    @field_validator("key", "audience", "template")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not KEY_PATTERN.match(value):
+            raise ValueError(f"must match {KEY_PATTERN.pattern}")
+        return value
+
+    @field_validator("exclude_audiences")
+    @classmethod
+    def _slugs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not KEY_PATTERN.match(value):
+                raise ValueError(f"{value!r} must match {KEY_PATTERN.pattern}")
+        if len(set(values)) != len(values):
+            raise ValueError("lists an audience twice")
+        return values
+
+    @field_validator("send_at")
+    @classmethod
+    def _moment(cls, value: str | None) -> str | None:
+        if value is not None:
+            send_at_moment(value)
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if not valid_zone(value):
+            raise ValueError(f"{value!r} is not an IANA time zone name (e.g. Europe/Paris)")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+def valid_zone(name: Any) -> bool:
+    if not isinstance(name, str) or not name or len(name) > 64:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def send_at_moment(text: str) -> datetime:
+    """`send_at` as an aware datetime; it must carry a zone (Z or an offset)."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be ISO 8601, e.g. 2030-05-01T09:00:00+02:00") from None
+    if moment.tzinfo is None:
+        raise ValueError("must carry a time zone (Z or an offset such as +02:00)")
+    return moment
+
+
+def wall_time(definition: BroadcastDefinition) -> datetime:
+    """The naive wall-clock time of send_at (what each zone sends at, for in_recipient_timezone)."""
+    return send_at_moment(definition.send_at).replace(tzinfo=None)
+
+
+def zone_moment(definition: BroadcastDefinition, zone: str) -> datetime:
+    """When recipients in `zone` get it (UTC): send_at's wall time there, or send_at itself."""
+    if not definition.in_recipient_timezone:
+        return clock.parse(definition.send_at) if definition.send_at else clock.now()
+    return wall_time(definition).replace(tzinfo=ZoneInfo(zone)).astimezone(ZoneInfo("UTC"))
+
+
+def start_moment(definition: BroadcastDefinition) -> datetime:
+    """When the broadcast starts (its snapshot): send_at, or for recipients' zones the first zone's moment."""
+    if not definition.send_at:
+        return clock.now()
+    if not definition.in_recipient_timezone:
+        return clock.parse(definition.send_at)
+    return clock.parse((wall_time(definition) - EARLIEST_OFFSET).isoformat() + "+00:00")
+
+
+def parse_definition(data: Any, *, now: datetime | None = None) -> BroadcastDefinition:
+    """Validate shape and time; raise ValidationFailed naming the field."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("a broadcast is a JSON object", [{"path": "$", "message": "expected an object"}])
+    try:
+        definition = BroadcastDefinition.model_validate(data)
+    except ValidationError as exc:
+        details = [{"path": "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]),
+                    "message": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
+        raise ValidationFailed(f"invalid broadcast at {details[0]['path']}: {details[0]['message']}",
+                               details) from None
+    if definition.audience in definition.exclude_audiences:
+        raise ValidationFailed("a broadcast cannot exclude its own audience",
+                               [{"path": "$.exclude_audiences", "value": definition.audience}])
+    if definition.in_recipient_timezone and not definition.send_at:
+        raise ValidationFailed("in_recipient_timezone needs send_at (the local time to send at)",
+                               [{"path": "$.send_at", "message": "required when in_recipient_timezone is true"}])
+    now = now or clock.now()
+    if definition.send_at:
+        latest = (clock.parse((wall_time(definition) - LATEST_OFFSET).isoformat() + "+00:00")
+                  if definition.in_recipient_timezone else clock.parse(definition.send_at))
+        if latest < now - timedelta(seconds=60):  # a minute of leeway for clock skew and slow clients
+            raise ValidationFailed(f"send_at {definition.send_at} is in the past (now {clock.iso(now)}); "
+                                   "omit it to send now", [{"path": "$.send_at", "value": definition.send_at}])
+    return definition

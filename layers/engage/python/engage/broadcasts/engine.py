@@ -1,0 +1,333 @@
+"""Starting a broadcast: wait for its audience, snapshot the members once, fan the recipients out to SQS.
+
+Run by BroadcastStarterFunction, invoked by the broadcast's Scheduler schedule (`start`, `send_zone`) and
+by its own work queue (`start` for "send now", and the continuations `snapshot` / `fanout`), so no one
+invocation has to list a million members: each works through at most WORK_BUDGET recipients and queues
+the rest of its work. Every step is safe to run twice:
+
+- start: `scheduled -> sending` is a conditional update; a second start finds `sending` and stops.
+  An audience still `computing` (backfill running) is waited for: the start is re-scheduled
+  AUDIENCE_WAIT later (a new one-time schedule), at most MAX_AUDIENCE_WAITS times (then `failed`).
+- snapshot: pages of the audience's by_audience index (engage.audiences.membership.members, the same
+  consistent paging as the CSV export). Members who entered after `snapshot_at` are left out, so
+  someone who joins during a long snapshot does not receive it; members of `exclude_audiences` are
+  subtracted (BatchGetItem of their membership items). Recipients are written as `queued` before the
+  cursor moves, and the cursor moves with a condition on its previous value together with `targeted`:
+  a retried page rewrites identical items and counts nothing twice. No send starts before the snapshot
+  is complete.
+- fanout: queued recipients of a zone group, a shard at a time, into SQS messages of up to
+  RECIPIENTS_PER_MESSAGE profile ids (SendMessageBatch, 10 a request). A message sent twice is harmless:
+  the sender moves each recipient out of `queued` once (engage.broadcasts.sending).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import boto3
+
+from engage import clock, profiles_store
+from engage.audiences import membership
+from engage.audiences import store as audiences
+from engage.broadcasts import schedule, store
+from engage.broadcasts.definition import BroadcastDefinition, start_moment, valid_zone, zone_moment
+from engage.config import settings
+from engage.db import key
+from engage.memberships_store import MembershipRecord
+from engage.observability import logger
+
+MEMBER_PAGE = 500
+WORK_BUDGET = 20_000  # recipients one invocation snapshots or fans out before handing on the rest
+RECIPIENTS_PER_MESSAGE = 25
+AUDIENCE_WAIT = timedelta(minutes=5)
+MAX_AUDIENCE_WAITS = 288  # a day of re-checks
+BATCH_GET = 100
+END = "$end"  # the snapshot cursor once the last page is written
+
+
+@lru_cache(maxsize=1)
+def _sqs():
+    return boto3.client("sqs")
+
+
+def reset() -> None:
+    _sqs.cache_clear()
+
+
+def definition_of(broadcast: store.Broadcast) -> BroadcastDefinition:
+    return BroadcastDefinition.model_validate(broadcast.definition)
+
+
+def queue_work(payload: dict[str, Any]) -> None:
+    _sqs().send_message(QueueUrl=settings().require("broadcast_work_queue"), MessageBody=json.dumps(payload))
+
+
+def handle(payload: dict[str, Any]) -> dict[str, Any]:
+    """One unit of work (see the module doc); the answer says what was done, for logs and tests."""
+    action, space_id, broadcast_key = payload.get("action"), payload.get("space_id"), payload.get("key")
+    if not (isinstance(space_id, str) and isinstance(broadcast_key, str)):
+        raise TypeError(f"a broadcast work item names space_id and key (strings): {payload!r}")
+    if action == "start":
+        return start(space_id, broadcast_key)
+    if action == "snapshot":
+        return snapshot(space_id, broadcast_key, payload.get("cursor"))  # the stored cursor decides
+    if action == "send_zone":
+        return fanout(space_id, broadcast_key, payload["zone"], 0, None)
+    if action == "fanout":
+        return fanout(space_id, broadcast_key, payload["zone"], int(payload["shard"]), payload.get("start"))
+    raise ValueError(f"unknown broadcast action {action!r}")
+
+
+# ---------------------------------------------------------------- start
+def start(space_id: str, broadcast_key: str) -> dict[str, Any]:
+    broadcast = store.find(space_id, broadcast_key)
+    if broadcast is None or broadcast.status != store.SCHEDULED:
+        return {"done": "nothing", "status": broadcast.status if broadcast else None}
+    definition = definition_of(broadcast)
+    audience = audiences.find(space_id, definition.audience)
+    if audience is None:
+        return _fail(broadcast, f"audience {definition.audience!r} no longer exists")
+    if audience.status == audiences.FAILED:
+        return _fail(broadcast, f"audience {definition.audience!r} failed to compute")
+    if audience.status == audiences.COMPUTING:
+        return _wait_for_audience(broadcast)
+    now = clock.now()
+    if not store.update(space_id, broadcast_key,
+                        ["#status = :sending", "phase = :snapshot", "snapshot_at = :at", "targeted = :zero",
+                         "zones = :empty"], {":sending": store.SENDING, ":snapshot": store.SNAPSHOT,
+                                             ":at": clock.iso(now), ":zero": 0, ":empty": {},
+                                             ":scheduled": store.SCHEDULED},
+                        "#status = :scheduled", names={"#status": "status"}):
+        return {"done": "nothing", "status": "moved on meanwhile"}
+    logger.info("broadcast started", extra={"space": space_id, "broadcast": broadcast_key})
+    return snapshot(space_id, broadcast_key, None)
+
+
+def _fail(broadcast: store.Broadcast, reason: str) -> dict[str, Any]:
+    store.update(broadcast.space_id, broadcast.key, ["#status = :failed", "reason = :reason"],
+                 {":failed": store.FAILED, ":reason": reason, ":scheduled": store.SCHEDULED,
+                  ":sending": store.SENDING}, "#status IN (:scheduled, :sending)", names={"#status": "status"})
+    logger.warning("broadcast failed", extra={"broadcast": broadcast.key, "reason": reason})
+    return {"done": "failed", "reason": reason}
+
+
+def _wait_for_audience(broadcast: store.Broadcast) -> dict[str, Any]:
+    if broadcast.waits >= MAX_AUDIENCE_WAITS:
+        return _fail(broadcast, f"audience still computing after {MAX_AUDIENCE_WAITS} checks "
+                                f"{int(AUDIENCE_WAIT.total_seconds() // 60)} minutes apart")
+    attempt = broadcast.waits + 1
+    name = schedule.name_for(broadcast.space_id, broadcast.key, f"wait{attempt}")
+    # Count the wait first: a retried start after a crash re-creates no second schedule of this attempt.
+    if not store.update(broadcast.space_id, broadcast.key,
+                        ["waits = :attempt", "schedules = list_append(schedules, :names)"],
+                        {":attempt": attempt, ":names": [name], ":previous": broadcast.waits,
+                         ":scheduled": store.SCHEDULED},
+                        "#status = :scheduled AND waits = :previous", names={"#status": "status"}):
+        return {"done": "nothing", "status": "moved on meanwhile"}
+    at = clock.now() + AUDIENCE_WAIT
+    schedule.create(name, at, "UTC", {"action": "start", "space_id": broadcast.space_id, "key": broadcast.key})
+    logger.info("audience still computing: start re-scheduled",
+                extra={"broadcast": broadcast.key, "at": clock.iso(at), "attempt": attempt})
+    return {"done": "waiting", "until": clock.iso(at)}
+
+
+def initial_schedule(broadcast: store.Broadcast, definition: BroadcastDefinition) -> None:
+    """At create: the start schedule for send_at, or a work item to start now."""
+    payload = {"action": "start", "space_id": broadcast.space_id, "key": broadcast.key}
+    if not definition.send_at:
+        queue_work(payload)
+        return
+    zone = "Etc/GMT-14" if definition.in_recipient_timezone else "UTC"  # POSIX sign: Etc/GMT-14 is UTC+14
+    name = schedule.name_for(broadcast.space_id, broadcast.key, "start")
+    schedule.create(name, start_moment(definition), zone, payload)
+    store.update(broadcast.space_id, broadcast.key, ["schedules = list_append(schedules, :names)"],
+                 {":names": [name]}, "attribute_exists(pk)")
+
+
+# ---------------------------------------------------------------- snapshot
+def _is_before(entered_at: str | None, moment: datetime) -> bool:
+    return bool(entered_at) and clock.parse(entered_at) <= moment
+
+
+def _excluded(space_id: str, profile_ids: list[str], exclude: list[str]) -> set[str]:
+    """Profiles among `profile_ids` that are current members of any `exclude` audience."""
+    if not exclude or not profile_ids:
+        return set()
+    wanted = [(key(space_id, pid), audience_key) for pid in profile_ids for audience_key in exclude]
+    found: set[str] = set()
+    for start in range(0, len(wanted), BATCH_GET):
+        for record in MembershipRecord.batch_get(wanted[start:start + BATCH_GET],
+                                                 attributes_to_get=["pk", "sk", "profile_id", "member"]):
+            if record.member:
+                found.add(record.profile_id)
+    return found
+
+
+def _zones(space_id: str, profile_ids: list[str], definition: BroadcastDefinition) -> dict[str, str]:
+    """profile id -> zone group: the `timezone` trait when it names an IANA zone, else the default."""
+    if not definition.in_recipient_timezone:
+        return dict.fromkeys(profile_ids, store.NO_ZONE)
+    found = profiles_store.get_profiles(profiles_store.profile_pk(space_id, pid) for pid in profile_ids)
+    zones = {}
+    for pid in profile_ids:
+        record = found.get(profiles_store.profile_pk(space_id, pid))
+        traits = record.traits if record is not None and record.traits else {}
+        trait = (traits.as_dict() if hasattr(traits, "as_dict") else dict(traits)).get("timezone")
+        zones[pid] = trait if valid_zone(trait) else definition.default_timezone
+    return zones
+
+
+def snapshot(space_id: str, broadcast_key: str, _hint: str | None = None) -> dict[str, Any]:
+    broadcast = store.find(space_id, broadcast_key)
+    if broadcast is not None and broadcast.status == store.SENDING and broadcast.phase == store.FANOUT \
+            and not broadcast.dispatched:
+        return _dispatch(space_id, broadcast_key)  # a crash after the snapshot, before its zones were sent
+    if broadcast is None or broadcast.status != store.SENDING or broadcast.phase != store.SNAPSHOT:
+        return {"done": "nothing", "status": "snapshot moved on meanwhile"}
+    # The stored cursor is the truth: a redelivered or stale work item resumes where the snapshot is, so a
+    # crash between moving the cursor and queuing the next work item loses nothing.
+    cursor = broadcast.cursor
+    if cursor == END:
+        return _snapshot_taken(space_id, broadcast_key)
+    definition = definition_of(broadcast)
+    taken_at = clock.parse(broadcast.snapshot_at)
+    budget = WORK_BUDGET
+    while True:
+        page, following = membership.members(space_id, definition.audience, MEMBER_PAGE, cursor)
+        ids = [r.profile_id for r in page if _is_before(r.entered_at, taken_at)]
+        excluded = _excluded(space_id, ids, definition.exclude_audiences)
+        ids = [pid for pid in ids if pid not in excluded]
+        zones = _zones(space_id, ids, definition)
+        store.write_recipients(space_id, broadcast_key, ((pid, zones[pid]) for pid in ids))
+        counts: dict[str, int] = {}
+        for zone in zones.values():
+            counts[zone] = counts.get(zone, 0) + 1
+        if not _advance(broadcast, cursor, following, len(ids), counts):
+            return {"done": "nothing", "status": "snapshot moved on meanwhile"}
+        budget -= len(page)
+        cursor = following
+        if not following:
+            return _snapshot_taken(space_id, broadcast_key)
+        if budget <= 0:
+            queue_work({"action": "snapshot", "space_id": space_id, "key": broadcast_key, "cursor": following})
+            return {"done": "snapshot continues", "cursor": following}
+
+
+def _advance(broadcast: store.Broadcast, cursor: str | None, following: str | None, added: int,
+             counts: dict[str, int]) -> bool:
+    """Move the cursor and the counts in one conditional update (the page is counted once)."""
+    names = {"#status": "status"}
+    values: dict[str, Any] = {":added": added, ":sending": store.SENDING, ":snapshot": store.SNAPSHOT}
+    sets = ["targeted = targeted + :added"]
+    for index, (zone, count) in enumerate(sorted(counts.items())):
+        names[f"#z{index}"] = zone
+        values[f":c{index}"] = count
+        values[":zero"] = 0
+        sets.append(f"zones.#z{index} = if_not_exists(zones.#z{index}, :zero) + :c{index}")
+    condition = "#status = :sending AND phase = :snapshot AND "
+    if cursor is None:
+        condition += "attribute_not_exists(#cursor)"
+    else:
+        condition += "#cursor = :cursor"
+        values[":cursor"] = cursor
+    names["#cursor"] = "cursor"
+    sets.append("#cursor = :following")
+    values[":following"] = following or END
+    return store.update(broadcast.space_id, broadcast.key, sets, values, condition, names=names)
+
+
+def _snapshot_taken(space_id: str, broadcast_key: str) -> dict[str, Any]:
+    """Snapshot complete: enter fanout, then send each zone group now or schedule it for its moment."""
+    if not store.update(space_id, broadcast_key, ["phase = :fanout"],
+                        {":fanout": store.FANOUT, ":snapshot": store.SNAPSHOT, ":sending": store.SENDING},
+                        "#status = :sending AND phase = :snapshot", names={"#status": "status"}):
+        return {"done": "nothing", "status": "snapshot finished meanwhile"}
+    return _dispatch(space_id, broadcast_key)
+
+
+def _dispatch(space_id: str, broadcast_key: str) -> dict[str, Any]:
+    """Fan out the zone groups whose moment has come, schedule the others; safe to repeat until `dispatched`."""
+    broadcast = store.get(space_id, broadcast_key)
+    definition = definition_of(broadcast)
+    logger.info("snapshot taken", extra={"broadcast": broadcast_key, "targeted": broadcast.targeted,
+                                         "zones": len(broadcast.zones)})
+    if broadcast.targeted == 0:
+        store.update(space_id, broadcast_key, ["dispatched = :true"], {":true": True}, "attribute_exists(pk)")
+        finish_if_done(space_id, broadcast_key)
+        return {"done": "sent", "targeted": 0}
+    now, later = clock.now(), []
+    for zone in sorted(broadcast.zones):
+        moment = zone_moment(definition, zone)
+        if moment <= now + timedelta(seconds=1):
+            fanout(space_id, broadcast_key, zone, 0, None)
+        else:
+            later.append((zone, moment))
+    names = []
+    for zone, moment in later:
+        name = schedule.name_for(space_id, broadcast_key, f"z{len(names)}")
+        schedule.create(name, moment, zone, {"action": "send_zone", "space_id": space_id, "key": broadcast_key,
+                                             "zone": zone})
+        names.append(name)
+    store.update(space_id, broadcast_key, ["schedules = list_append(schedules, :names)", "dispatched = :true"],
+                 {":names": names, ":true": True}, "attribute_exists(pk)")
+    return {"done": "fanout", "targeted": broadcast.targeted, "zones_now": len(broadcast.zones) - len(later),
+            "zones_later": len(later)}
+
+
+# ---------------------------------------------------------------- fanout
+def fanout(space_id: str, broadcast_key: str, zone: str, shard: int, start: dict | None) -> dict[str, Any]:
+    broadcast = store.find(space_id, broadcast_key)
+    if broadcast is None or broadcast.status != store.SENDING or broadcast.phase != store.FANOUT:
+        return {"done": "nothing", "status": broadcast.status if broadcast else None}
+    per_message = min(RECIPIENTS_PER_MESSAGE, definition_of(broadcast).rate_limit_per_second
+                      or RECIPIENTS_PER_MESSAGE)
+    budget, enqueued = WORK_BUDGET, 0
+    while shard < store.SHARDS:
+        for ids, following in store.queued_pages(space_id, broadcast_key, zone, shard, start, 1000):
+            bodies = [{"space_id": space_id, "key": broadcast_key, "zone": zone, "profile_ids": ids[i:i + per_message]}
+                      for i in range(0, len(ids), per_message)]
+            _send_batches(bodies)
+            enqueued += len(ids)
+            budget -= len(ids)
+            start = following
+            if budget <= 0 and following:
+                queue_work({"action": "fanout", "space_id": space_id, "key": broadcast_key, "zone": zone,
+                            "shard": shard, "start": following})
+                return {"done": "fanout continues", "enqueued": enqueued}
+        shard, start = shard + 1, None
+    return {"done": "fanout", "zone": zone, "enqueued": enqueued}
+
+
+def _send_batches(bodies: list[dict[str, Any]]) -> None:
+    url = settings().require("broadcast_send_queue")
+    for start in range(0, len(bodies), 10):
+        entries = [{"Id": str(i), "MessageBody": json.dumps(body)} for i, body in enumerate(bodies[start:start + 10])]
+        for attempt in range(5):
+            answer = _sqs().send_message_batch(QueueUrl=url, Entries=entries)
+            failed = {f["Id"] for f in answer.get("Failed", [])}
+            entries = [e for e in entries if e["Id"] in failed]
+            if not entries:
+                break
+        if entries:  # the work item is retried: recipients already queued are sent once all the same
+            raise RuntimeError(f"SQS refused {len(entries)} broadcast messages after 5 attempts")
+
+
+# ---------------------------------------------------------------- completion
+def finish_if_done(space_id: str, broadcast_key: str) -> bool:
+    """`sending -> sent` once every targeted recipient has a final status (nothing queued or deferred)."""
+    broadcast = store.find(space_id, broadcast_key)
+    if broadcast is None or broadcast.status != store.SENDING or broadcast.phase != store.FANOUT:
+        return False
+    counts = store.stats(space_id, broadcast_key)
+    final = counts["sent"] + counts["suppressed"] + counts["failed"]
+    if final < broadcast.targeted:
+        return False
+    done = store.update(space_id, broadcast_key, ["#status = :sent", "finished_at = :at"],
+                        {":sent": store.SENT, ":at": clock.iso(), ":sending": store.SENDING},
+                        "#status = :sending", names={"#status": "status"})
+    if done:
+        logger.info("broadcast sent", extra={"broadcast": broadcast_key, **{k: v for k, v in counts.items()
+                                                                             if k != "suppressed_by_reason"}})
+    return done

@@ -1,0 +1,62 @@
+"""EventBridge Scheduler one-time schedules of broadcasts: `at(yyyy-mm-ddThh:mm:ss)` with its time zone.
+
+One schedule starts a broadcast (at send_at, or for recipients' time zones at the first zone's moment);
+with `in_recipient_timezone` one more per zone group fires that zone's sends at its local send time.
+Each invokes the broadcast starter with a small JSON input; the role Scheduler assumes may invoke that
+function only (template.yaml BroadcastSchedulerRole). ActionAfterCompletion DELETE removes a schedule once
+it has fired; cancel deletes the ones still pending. Names: <prefix>-<hash of space and key>-<suffix>
+(at most 64 characters whatever the key), so one space's names never collide with another's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import boto3
+from botocore.exceptions import ClientError
+
+from engage.config import settings
+from engage.observability import logger
+
+
+@lru_cache(maxsize=1)
+def _scheduler():
+    return boto3.client("scheduler")
+
+
+def reset() -> None:
+    _scheduler.cache_clear()
+
+
+def name_for(space_id: str, broadcast_key: str, suffix: str) -> str:
+    digest = hashlib.sha256(f"{space_id}|{broadcast_key}".encode()).hexdigest()[:20]
+    return f"{settings().broadcast_schedule_prefix}-{digest}-{suffix}"[:64]
+
+
+def create(name: str, moment: datetime, zone: str, payload: dict[str, Any], *,
+           starter_arn: str | None = None, role_arn: str | None = None) -> str:
+    """A one-time schedule firing at `moment`'s wall-clock time in `zone` (an IANA name)."""
+    local = moment.astimezone(ZoneInfo(zone))
+    _scheduler().create_schedule(
+        Name=name, ScheduleExpression=f"at({local.strftime('%Y-%m-%dT%H:%M:%S')})",
+        ScheduleExpressionTimezone=zone, FlexibleTimeWindow={"Mode": "OFF"}, ActionAfterCompletion="DELETE",
+        Description=f"broadcast {payload.get('key')} ({payload.get('action')})"[:512],
+        Target={"Arn": starter_arn or settings().require("broadcast_starter_arn"),
+                "RoleArn": role_arn or settings().require("broadcast_scheduler_role_arn"),
+                "Input": json.dumps(payload),
+                # The starter is idempotent: a retried invocation finds the broadcast already moved on.
+                "RetryPolicy": {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600}})
+
+
+def delete(name: str) -> None:
+    """Delete a pending schedule; one that fired (deleted after completion) or never existed is fine."""
+    try:
+        _scheduler().delete_schedule(Name=name)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+            raise
+        logger.debug("schedule already gone", extra={"schedule": name})

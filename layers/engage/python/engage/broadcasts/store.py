@@ -1,0 +1,324 @@
+"""Storage of broadcasts (BroadcastsTable): the broadcast, its recipient list, its stats, its rate buckets.
+
+    pk = <space>|broadcasts                                sk = <key>     the broadcast (definition, status,
+                                                                          phase, snapshot cursor, targeted, zones)
+    pk = <space>|broadcast_recipients|<key>|<zone>|<shard> sk = <profile> one recipient: status queued ->
+                                                                          sent|suppressed|deferred|failed
+    pk = <space>|broadcast_stats|<key>                     sk = <shard>   counters moved only with a recipient's
+                                                                          own status change (one transaction)
+    pk = <space>|broadcast_rate|<key>                      sk = <second>  sends claimed in that second
+
+Recipients and stats are spread over SHARDS partitions by a hash of the profile id: a 5M-recipient
+broadcast writes and counts at thousands per second, past one partition's 1,000 writes per second.
+Every key starts with the space id, so a space never reads another's items. The boto3 client is used
+(not PynamoDB) for the transactions and map-path updates the counting needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from boto3.dynamodb.conditions import Attr, Key
+from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import ClientError
+
+from engage import clock
+from engage.config import settings
+from engage.db import key
+from engage.errors import Conflict, NotFound
+
+SHARDS = 16
+SCHEDULED, SENDING, SENT, CANCELLED, FAILED = "scheduled", "sending", "sent", "cancelled", "failed"
+# phases of a broadcast that is sending: its snapshot is being taken, then its recipients are being sent
+SNAPSHOT, FANOUT = "snapshot", "fanout"
+QUEUED = "queued"
+FINAL = ("sent", "suppressed", "failed")  # a recipient in one of these is never sent again
+RECIPIENT_DAYS = 30  # recipients, stats and rate buckets expire after this (the broadcast item stays)
+NO_ZONE = "_"  # the one zone group of a broadcast not sent in recipients' time zones
+_serialize = TypeSerializer().serialize
+
+
+@lru_cache(maxsize=1)
+def _resource():
+    return boto3.resource("dynamodb")
+
+
+@lru_cache(maxsize=1)
+def _client():
+    return boto3.client("dynamodb")
+
+
+def _table():
+    return _resource().Table(settings().require("broadcasts_table"))
+
+
+def reset() -> None:
+    _resource.cache_clear()
+    _client.cache_clear()
+
+
+def _conditional_failed(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code")
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code == "TransactionCanceledException":
+        reasons = error.response.get("CancellationReasons") or []
+        return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
+    return False
+
+
+def _expiry() -> int:
+    return int(clock.now().timestamp()) + RECIPIENT_DAYS * 86400
+
+
+def shard_of(profile_id: str) -> int:
+    return hashlib.sha1(profile_id.encode()).digest()[0] % SHARDS
+
+
+# ---------------------------------------------------------------- the broadcast
+@dataclass
+class Broadcast:
+    space_id: str
+    key: str
+    definition: dict[str, Any]
+    status: str
+    reason: str | None
+    phase: str | None
+    created_at: str
+    updated_at: str
+    start_at: str
+    snapshot_at: str | None
+    cursor: str | None
+    targeted: int
+    zones: dict[str, int]  # zone group -> recipients targeted in it
+    schedules: list[str]
+    waits: int
+    dispatched: bool = False  # the zone groups were fanned out or scheduled after the snapshot
+    finished_at: str | None = None
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> Broadcast:
+        return cls(space_id=item["space_id"], key=item["sk"], definition=plain(item["definition"]), status=item["status"],
+                   reason=item.get("reason"), phase=item.get("phase"), created_at=item["created_at"],
+                   updated_at=item["updated_at"], start_at=item["start_at"], snapshot_at=item.get("snapshot_at"),
+                   cursor=item.get("cursor"), targeted=int(item.get("targeted") or 0),
+                   zones={z: int(n) for z, n in (item.get("zones") or {}).items()},
+                   schedules=list(item.get("schedules") or []), waits=int(item.get("waits") or 0),
+                   dispatched=bool(item.get("dispatched")), finished_at=item.get("finished_at"))
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB's Decimals back to ints (definitions hold whole numbers only)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _pk(space_id: str) -> str:
+    return key(space_id, "broadcasts")
+
+
+def create(space_id: str, broadcast_key: str, definition: dict[str, Any], start_at: str) -> Broadcast:
+    now = clock.iso()
+    item = {"pk": _pk(space_id), "sk": broadcast_key, "space_id": space_id, "definition": definition,
+            "status": SCHEDULED, "created_at": now, "updated_at": now, "start_at": start_at, "targeted": 0,
+            "schedules": [], "waits": 0}
+    try:
+        _table().put_item(Item=item, ConditionExpression=Attr("pk").not_exists())
+    except ClientError as error:
+        if _conditional_failed(error):
+            raise Conflict(f"broadcast {broadcast_key!r} exists (keys are never reused)",
+                           [{"path": "$.key", "value": broadcast_key}]) from None
+        raise
+    return Broadcast.of(item)
+
+
+def find(space_id: str, broadcast_key: str) -> Broadcast | None:
+    item = _table().get_item(Key={"pk": _pk(space_id), "sk": broadcast_key}, ConsistentRead=True).get("Item")
+    return Broadcast.of(item) if item else None
+
+
+def get(space_id: str, broadcast_key: str) -> Broadcast:
+    found = find(space_id, broadcast_key)
+    if found is None:
+        raise NotFound(f"no broadcast {broadcast_key!r} in this space", [{"path": "key", "value": broadcast_key}])
+    return found
+
+
+def list_all(space_id: str) -> list[Broadcast]:
+    found, start = [], None
+    while True:
+        page = _table().query(KeyConditionExpression=Key("pk").eq(_pk(space_id)),
+                              **({"ExclusiveStartKey": start} if start else {}))
+        found += [Broadcast.of(i) for i in page["Items"]]
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return found
+
+
+def update(space_id: str, broadcast_key: str, sets: list[str], values: dict[str, Any], condition: str, *,
+           names: dict[str, str] | None = None, removes: Iterable[str] = ()) -> bool:
+    """One conditional UpdateItem on the broadcast (updated_at set too); False when the condition failed."""
+    expression = "SET " + ", ".join([*sets, "updated_at = :now"])
+    removes = list(removes)
+    if removes:
+        expression += " REMOVE " + ", ".join(removes)
+    try:
+        _table().update_item(Key={"pk": _pk(space_id), "sk": broadcast_key}, UpdateExpression=expression,
+                             ConditionExpression=condition,
+                             ExpressionAttributeValues={**values, ":now": clock.iso()},
+                             **({"ExpressionAttributeNames": names} if names else {}))
+    except ClientError as error:
+        if _conditional_failed(error):
+            return False
+        raise
+    return True
+
+
+# ---------------------------------------------------------------- recipients
+def recipients_pk(space_id: str, broadcast_key: str, zone: str, shard: int) -> str:
+    return key(space_id, "broadcast_recipients", broadcast_key, zone, f"{shard:02d}")
+
+
+def write_recipients(space_id: str, broadcast_key: str, recipients: Iterable[tuple[str, str]]) -> int:
+    """Put (profile, zone) recipients as queued (BatchWriteItem, 25 a request). Only before sending starts:
+    a retried page rewrites the same items."""
+    expires, written = _expiry(), 0
+    with _table().batch_writer(overwrite_by_pkeys=["pk", "sk"]) as batch:
+        for profile_id, zone in recipients:
+            batch.put_item(Item={"pk": recipients_pk(space_id, broadcast_key, zone, shard_of(profile_id)),
+                                 "sk": profile_id, "status": QUEUED, "expires_at": expires})
+            written += 1
+    return written
+
+
+def queued_pages(space_id: str, broadcast_key: str, zone: str, shard: int, start: dict | None,
+                 limit: int) -> Iterator[tuple[list[str], dict | None]]:
+    """Pages of queued recipients of one zone and shard: (profile ids, the key to resume after)."""
+    while True:
+        page = _table().query(KeyConditionExpression=Key("pk").eq(recipients_pk(space_id, broadcast_key, zone, shard)),
+                              FilterExpression=Attr("status").eq(QUEUED), Limit=limit, ProjectionExpression="sk",
+                              **({"ExclusiveStartKey": start} if start else {}))
+        start = page.get("LastEvaluatedKey")
+        yield [i["sk"] for i in page["Items"]], start
+        if not start:
+            return
+
+
+def recipient_statuses(space_id: str, broadcast_key: str, zone: str,
+                       profile_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """profile id -> its recipient item (one BatchGetItem per 100 ids, whatever their shards, strongly
+    consistent); absent ids are not recipients."""
+    wanted = [{"pk": recipients_pk(space_id, broadcast_key, zone, shard_of(pid)), "sk": pid}
+              for pid in dict.fromkeys(profile_ids)]
+    found: dict[str, dict[str, Any]] = {}
+    name = settings().require("broadcasts_table")
+    while wanted:
+        request = {name: {"Keys": wanted[:100], "ConsistentRead": True}}
+        answer = _resource().batch_get_item(RequestItems=request)
+        for item in answer.get("Responses", {}).get(name, []):
+            found[item["sk"]] = item
+        wanted = wanted[100:] + answer.get("UnprocessedKeys", {}).get(name, {}).get("Keys", [])
+    return found
+
+
+def reason_slug(reason: str | None) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", (reason or "unknown").lower()).strip("_")[:48] or "unknown"
+
+
+def transition(space_id: str, broadcast_key: str, zone: str, profile_id: str, previous: str, status: str, *,
+               reason: str | None = None, until: str | None = None) -> bool:
+    """Move one recipient from `previous` to `status` and count it, in one transaction: the counters move
+    exactly once per real change, whatever is retried or redelivered. False when it had moved already."""
+    shard = shard_of(profile_id)
+    names = {"#status": "status", "#to": status}
+    adds = ["#to :one"]
+    if status == "suppressed":
+        names["#by"] = f"suppressed__{reason_slug(reason)}"
+        adds.append("#by :one")
+    if previous == "deferred":
+        names["#from"] = "deferred"
+        adds.append("#from :minus")
+    recipient_set = "SET #status = :to, updated_at = :now" + (", reason = :reason" if reason else "") + (
+        ", #until = :until" if until else "")
+    recipient_values = {":to": status, ":from": previous, ":now": clock.iso()}
+    recipient_names = {"#status": "status"}
+    if reason:
+        recipient_values[":reason"] = reason
+    if until:
+        recipient_values[":until"] = until
+        recipient_names["#until"] = "until"
+    name = settings().require("broadcasts_table")
+    items = [
+        {"Update": {"TableName": name,
+                    "Key": {"pk": _serialize(recipients_pk(space_id, broadcast_key, zone, shard)),
+                            "sk": _serialize(profile_id)},
+                    "UpdateExpression": recipient_set, "ConditionExpression": "#status = :from",
+                    "ExpressionAttributeNames": recipient_names,
+                    "ExpressionAttributeValues": {k: _serialize(v) for k, v in recipient_values.items()}}},
+        {"Update": {"TableName": name,
+                    "Key": {"pk": _serialize(key(space_id, "broadcast_stats", broadcast_key)),
+                            "sk": _serialize(f"{shard:02d}")},
+                    "UpdateExpression": "ADD " + ", ".join(adds) + " SET expires_at = :expires",
+                    "ExpressionAttributeNames": {k: v for k, v in names.items() if k != "#status"},
+                    "ExpressionAttributeValues": {k: _serialize(v) for k, v in
+                                                  {":one": 1, ":expires": _expiry(),
+                                                   **({":minus": -1} if previous == "deferred" else {})}.items()}}},
+    ]
+    try:
+        _client().transact_write_items(TransactItems=items)
+    except ClientError as error:
+        if _conditional_failed(error):
+            return False
+        raise
+    return True
+
+
+def stats(space_id: str, broadcast_key: str) -> dict[str, Any]:
+    """The counters summed over the shards (one Query, strongly consistent)."""
+    totals: dict[str, Any] = {"sent": 0, "suppressed": 0, "deferred": 0, "failed": 0}
+    by_reason: dict[str, int] = {}
+    page = _table().query(KeyConditionExpression=Key("pk").eq(key(space_id, "broadcast_stats", broadcast_key)),
+                          ConsistentRead=True)
+    for item in page["Items"]:
+        for name, value in item.items():
+            if name in totals:
+                totals[name] += int(value)
+            elif name.startswith("suppressed__"):
+                by_reason[name.removeprefix("suppressed__")] = by_reason.get(name.removeprefix("suppressed__"), 0) \
+                    + int(value)
+    totals["suppressed_by_reason"] = by_reason
+    return totals
+
+
+# ---------------------------------------------------------------- rate buckets
+def claim(space_id: str, broadcast_key: str, second: int, count: int, limit: int) -> bool:
+    """Claim `count` sends in `second` if the bucket has room (conditional ADD): exact across consumers."""
+    try:
+        _table().update_item(
+            Key={"pk": key(space_id, "broadcast_rate", broadcast_key), "sk": str(second)},
+            UpdateExpression="ADD used :n SET expires_at = :expires",
+            ConditionExpression=Attr("used").not_exists() | Attr("used").lte(limit - count),
+            ExpressionAttributeValues={":n": count, ":expires": second + 86400})
+    except ClientError as error:
+        if _conditional_failed(error):
+            return False
+        raise
+    return True
+
+
+def rate_buckets(space_id: str, broadcast_key: str) -> dict[int, int]:
+    """second -> sends claimed (for tests and the docs' counts)."""
+    page = _table().query(KeyConditionExpression=Key("pk").eq(key(space_id, "broadcast_rate", broadcast_key)),
+                          ConsistentRead=True)
+    return {int(i["sk"]): int(i["used"]) for i in page["Items"]}

@@ -1,0 +1,500 @@
+"""Broadcasts on moto through the real handlers: management API, the starter (as Scheduler and the work
+queue invoke it), the sender (as the SQS event source mapping invokes it) and the real sender path
+(engage.messaging), with SES's records as the proof of what was sent."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from email import message_from_string
+
+import boto3
+import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.scheduler.models import scheduler_backends
+
+from engage import clock, config
+from engage.broadcasts import engine, schedule, sending, store
+from localcloud import cron
+from tests.integration.audience_support import LambdaContext, call_api, handler
+from tests.integration.test_messaging import FROM, identify, sent_emails
+from tests.integration.test_messaging import messaging as messaging  # noqa: PLC0414 - the fixture
+from tests.integration.test_pipeline import Pipeline
+
+REGION = "us-east-1"
+STARTER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:engage-broadcast-starter"
+ROLE_ARN = "arn:aws:iam::123456789012:role/broadcast-scheduler"
+NEWS = {"key": "news", "channel": "email", "subject": "Hello {{ profile.traits.name }}",
+        "body": "<p>News for {{ profile.traits.name }}</p>"}
+
+
+@pytest.fixture
+def cloud(messaging, monkeypatch):
+    monkeypatch.setenv("BROADCAST_STARTER_ARN", STARTER_ARN)
+    monkeypatch.setenv("BROADCAST_SCHEDULER_ROLE_ARN", ROLE_ARN)
+    config.settings.cache_clear()
+    for module in (store, schedule, engine, sending):
+        module.reset()
+    # The rate limiter waits for the next second on the virtual clock, not in real time.
+    monkeypatch.setattr(sending, "sleep", lambda seconds: clock.advance(timedelta(seconds=seconds)))
+    status, _ = call_api("POST", "/v1/templates", NEWS)
+    assert status == 201
+    yield Cloud(messaging)
+    for module in (store, schedule, engine, sending):
+        module.reset()
+
+
+class Cloud:
+    """Runs what AWS would run: due Scheduler schedules -> starter; work queue -> starter; send queue -> sender."""
+
+    def __init__(self, aws):
+        self.aws = aws
+        self.pipeline = Pipeline(aws)
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        self.sender_invocations: list[dict] = []  # every batch handed to the sender (for redelivery tests)
+
+    def people(self, count: int, prefix: str = "u", **traits) -> list[str]:
+        ids = []
+        for i in range(count):
+            ids.append(identify(self.pipeline, f"{prefix}{i}", email=f"{prefix}{i}@example.com",
+                                name=f"{prefix.upper()}{i}", **traits))
+        return ids
+
+    def audience(self, audience_key: str, user_ids: list[str]) -> None:
+        status, body = call_api("POST", "/v1/audiences", {"key": audience_key, "name": audience_key,
+                                                          "kind": "manual"})
+        assert status == 201, body
+        if user_ids:
+            status, body = call_api("POST", f"/v1/audiences/{audience_key}/members", {"add": user_ids})
+            assert status == 200, body
+
+    def due_schedules(self) -> list:
+        backend = scheduler_backends[DEFAULT_ACCOUNT_ID][REGION]
+        now = clock.now()
+        due = []
+        for group in backend.schedule_groups.values():
+            for item in list(group.schedules.values()):
+                moment = cron.expression(item.schedule_expression, item.schedule_expression_timezone).moment
+                if moment <= now:
+                    due.append((moment, item))
+        return [item for _, item in sorted(due, key=lambda pair: pair[0])]
+
+    def fire_schedules(self) -> int:
+        """Invoke the target of every due one-time schedule with its Input, then delete it (ActionAfterCompletion)."""
+        fired = 0
+        for item in self.due_schedules():
+            assert item.target["Arn"] == STARTER_ARN and item.target["RoleArn"] == ROLE_ARN
+            handler("broadcast_starter")(json.loads(item.target["Input"]), LambdaContext())
+            boto3.client("scheduler", region_name=REGION).delete_schedule(Name=item.name)
+            fired += 1
+        return fired
+
+    def receive(self, logical_id: str) -> list[dict]:
+        answer = self.sqs.receive_message(QueueUrl=self.aws.queues[logical_id], MaxNumberOfMessages=10,
+                                          AttributeNames=["All"])
+        return [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                 "attributes": m.get("Attributes", {}), "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+                 "eventSource": "aws:sqs", "awsRegion": REGION,
+                 "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:{logical_id}"}
+                for m in answer.get("Messages", [])]
+
+    def deliver(self, logical_id: str, function: str, records: list[dict]) -> dict:
+        if function == "broadcast_sender":
+            self.sender_invocations.append({"Records": records})
+        result = handler(function)({"Records": records}, LambdaContext()) or {}
+        failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+        for record in records:
+            if record["messageId"] not in failed:
+                self.sqs.delete_message(QueueUrl=self.aws.queues[logical_id], ReceiptHandle=record["receiptHandle"])
+        return result
+
+    def run(self, *, sender: bool = True, rounds: int = 500) -> None:
+        """Fire due schedules and drain both queues until nothing is left to do."""
+        for _ in range(rounds):
+            moved = self.fire_schedules()
+            work = self.receive("BroadcastWorkQueue")
+            if work:
+                self.deliver("BroadcastWorkQueue", "broadcast_starter", work)
+                moved += 1
+            if sender:
+                batch = self.receive("BroadcastSendQueue")
+                if batch:
+                    self.deliver("BroadcastSendQueue", "broadcast_sender", batch)
+                    moved += 1
+            if not moved:
+                return
+        raise AssertionError("the broadcast did not settle")
+
+
+def create(body: dict) -> dict:
+    status, answer = call_api("POST", "/v1/broadcasts", body)
+    assert status == 201, answer
+    return answer
+
+
+def get(broadcast_key: str) -> dict:
+    status, answer = call_api("GET", f"/v1/broadcasts/{broadcast_key}")
+    assert status == 200, answer
+    return answer
+
+
+def mails() -> list:
+    return [message_from_string(m.raw_data) for m in sent_emails()]
+
+
+def recipients_of_sent_emails() -> list[str]:
+    return [mail["To"] for mail in mails()]
+
+
+def refs(count: int, prefix: str = "u") -> list[str]:
+    return [f"user_id:{prefix}{i}" for i in range(count)]
+
+
+# ---------------------------------------------------------------- validation
+def test_validation_names_the_field(cloud):
+    cloud.audience("fans", [])
+    tomorrow = clock.iso(clock.now() + timedelta(days=1))
+    base = {"key": "b1", "audience": "fans", "channel": "email", "template": "news"}
+    cases = [
+        ({**base, "audience": "nobody"}, "$.audience"),
+        ({**base, "exclude_audiences": ["ghosts"]}, "$.exclude_audiences[0]"),
+        ({**base, "exclude_audiences": ["fans"]}, "$.exclude_audiences"),
+        ({**base, "channel": "fax"}, "$.channel"),
+        ({**base, "template": "missing"}, "$.template"),
+        ({**base, "channel": "sms"}, "$.template"),  # the template is an email template
+        ({**base, "send_at": "2030-01-01T09:00:00"}, "$.send_at"),  # no zone
+        ({**base, "send_at": "tomorrow"}, "$.send_at"),
+        ({**base, "send_at": "2020-01-01T09:00:00Z"}, "$.send_at"),  # in the past
+        ({**base, "in_recipient_timezone": True}, "$.send_at"),  # needs a local time
+        ({**base, "in_recipient_timezone": "yes", "send_at": tomorrow}, "$.in_recipient_timezone"),
+        ({**base, "send_to_unsubscribed": 1}, "$.send_to_unsubscribed"),
+        ({**base, "rate_limit_per_second": 0}, "$.rate_limit_per_second"),
+        ({**base, "rate_limit_per_second": 10_001}, "$.rate_limit_per_second"),
+        ({**base, "default_timezone": "Mars/Olympus"}, "$.default_timezone"),
+        ({**base, "key": "Bad Key"}, "$.key"),
+        ({**base, "colour": "red"}, "$.colour"),
+    ]
+    for body, path in cases:
+        status, answer = call_api("POST", "/v1/broadcasts", body)
+        assert status == 400, (body, answer)
+        assert path in [d.get("path") for d in answer["error"]["details"]], (body, answer)
+    assert call_api("GET", "/v1/broadcasts")[1] == {"broadcasts": []}  # nothing was stored
+
+
+def test_key_is_unique_and_unknown_keys_are_404(cloud):
+    cloud.audience("fans", [])
+    body = {"key": "b1", "audience": "fans", "channel": "email", "template": "news",
+            "send_at": clock.iso(clock.now() + timedelta(days=1))}
+    create(body)
+    assert call_api("POST", "/v1/broadcasts", body)[0] == 409
+    assert call_api("GET", "/v1/broadcasts/nope")[0] == 404
+    assert call_api("POST", "/v1/broadcasts/nope/cancel")[0] == 404
+    assert call_api("GET", "/v1/broadcasts/nope/preview")[0] == 404
+    assert call_api("GET", "/v1/broadcasts", token="wrong")[0] == 401
+
+
+# ---------------------------------------------------------------- scheduling and sending
+def test_scheduled_broadcast_sends_once_to_the_snapshot(cloud):
+    # Given 5 members of an audience and a broadcast scheduled for tomorrow 09:00 in Paris
+    cloud.people(6)
+    cloud.audience("fans", refs(5))
+    moment = (clock.now() + timedelta(days=1)).astimezone(cron.ZoneInfo("Europe/Paris")).replace(
+        hour=9, minute=0, second=0, microsecond=0)
+    answer = create({"key": "spring", "audience": "fans", "channel": "email", "template": "news",
+                     "send_at": moment.isoformat()})
+    assert answer["status"] == "scheduled" and clock.parse(answer["start_at"]) == moment
+    # Then one one-time schedule exists, at 09:00 Paris time expressed in UTC, invoking the starter
+    [item] = [s for g in scheduler_backends[DEFAULT_ACCOUNT_ID][REGION].schedule_groups.values()
+              for s in g.schedules.values()]
+    assert item.schedule_expression.startswith("at(") and item.action_after_completion == "DELETE"
+    assert cron.expression(item.schedule_expression, item.schedule_expression_timezone).moment == moment
+    # When the clock has not reached it: nothing happens
+    cloud.run()
+    assert get("spring")["status"] == "scheduled" and sent_emails() == []
+    # When it passes the moment (u5 joined the audience the minute before)
+    clock.set_to(moment - timedelta(minutes=1))
+    call_api("POST", "/v1/audiences/fans/members", {"add": ["user_id:u5"]})
+    clock.set_to(moment + timedelta(seconds=1))
+    cloud.run()
+    # Then each of the 6 members got it once, rendered for them
+    answer = get("spring")
+    assert answer["status"] == "sent", answer
+    assert answer["stats"] == {"targeted": 6, "sent": 6, "suppressed": 0, "suppressed_by_reason": {},
+                               "deferred": 0, "failed": 0}
+    assert sorted(recipients_of_sent_emails()) == sorted(f"u{i}@example.com" for i in range(6))
+    assert {m["Subject"] for m in mails()} == {f"Hello U{i}" for i in range(6)}
+    # And the delivery log names the broadcast
+    status, log = call_api("GET", "/v1/messages", query={"profile": "user_id:u0", "source": "broadcast"})
+    assert status == 200 and [m["source"]["key"] for m in log["messages"]] == ["spring"]
+    assert log["messages"][0]["idempotency_key"].startswith("broadcast:spring:")
+
+
+def test_member_joining_after_the_snapshot_does_not_receive_it(cloud):
+    # Given a broadcast whose snapshot is taken but whose recipients are not sent yet
+    cloud.people(4)
+    cloud.audience("fans", refs(3))
+    create({"key": "now", "audience": "fans", "channel": "email", "template": "news"})
+    cloud.run(sender=False)
+    assert get("now")["stats"]["targeted"] == 3
+    # When a member joins and the sends go out
+    clock.advance(timedelta(seconds=5))
+    call_api("POST", "/v1/audiences/fans/members", {"add": ["user_id:u3"]})
+    cloud.run()
+    # Then only the snapshot received it
+    assert sorted(recipients_of_sent_emails()) == ["u0@example.com", "u1@example.com", "u2@example.com"]
+    assert get("now")["status"] == "sent"
+
+
+def test_exclusions_are_subtracted(cloud):
+    cloud.people(5)
+    cloud.audience("fans", refs(5))
+    cloud.audience("churned", ["user_id:u1", "user_id:u3"])
+    cloud.audience("staff", ["user_id:u4"])
+    create({"key": "ex", "audience": "fans", "exclude_audiences": ["churned", "staff"], "channel": "email",
+            "template": "news"})
+    cloud.run()
+    assert sorted(recipients_of_sent_emails()) == ["u0@example.com", "u2@example.com"]
+    assert get("ex")["stats"]["targeted"] == 2
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_unsubscribed_are_suppressed_unless_the_override(cloud, override):
+    cloud.people(3)
+    cloud.audience("fans", refs(3))
+    status, _ = call_api("PUT", "/v1/subscriptions/user_id:u1", {"channel": "email", "status": "unsubscribed"})
+    assert status == 200
+    # The preview counts the unsubscribed apart
+    create({"key": "promo", "audience": "fans", "channel": "email", "template": "news",
+            "send_at": clock.iso(clock.now() + timedelta(hours=1)), "send_to_unsubscribed": override})
+    status, preview = call_api("GET", "/v1/broadcasts/promo/preview")
+    assert status == 200, preview
+    assert preview["counts"] == {"members": 3, "excluded": 0, "unsubscribed": 1, "targeted": 3 if override else 2}
+    assert preview["message"]["subject"].startswith("Hello U") and preview["message"]["to"].endswith("@example.com")
+    assert sent_emails() == []  # a preview sends nothing
+    clock.advance(timedelta(hours=1, seconds=1))
+    cloud.run()
+    answer = get("promo")
+    if override:
+        assert sorted(recipients_of_sent_emails()) == ["u0@example.com", "u1@example.com", "u2@example.com"]
+        assert answer["stats"]["sent"] == 3 and answer["stats"]["suppressed"] == 0
+    else:
+        assert sorted(recipients_of_sent_emails()) == ["u0@example.com", "u2@example.com"]
+        assert answer["stats"]["suppressed"] == 1
+        assert answer["stats"]["suppressed_by_reason"] == {"unsubscribed": 1}
+    assert answer["status"] == "sent" and answer["stats"]["targeted"] == 3
+
+
+def test_rate_limit_holds_across_consumers(cloud):
+    # Given 12 members and a limit of 3 per second
+    cloud.people(12)
+    cloud.audience("fans", refs(12))
+    create({"key": "slow", "audience": "fans", "channel": "email", "template": "news", "rate_limit_per_second": 3})
+    cloud.run(sender=False)
+    # When two consumers take turns on the queue, each with its own batch
+    started = clock.now()
+    cloud.run()
+    # Then no second had more than 3 sends claimed, all 12 went out once, over at least 4 seconds
+    buckets = store.rate_buckets("acme", "slow")
+    assert max(buckets.values()) <= 3 and sum(buckets.values()) == 12
+    assert len(buckets) >= 4
+    assert clock.now() - started >= timedelta(seconds=3)
+    assert len(sent_emails()) == 12 and get("slow")["status"] == "sent"
+    # And the messages carried at most 3 recipients each (a message must fit in one second's bucket)
+    assert max(len(json.loads(r["body"])["profile_ids"]) for i in cloud.sender_invocations
+               for r in i["Records"]) == 3
+
+
+def test_cancel_before_sending_sends_nothing_and_deletes_the_schedule(cloud):
+    cloud.people(2)
+    cloud.audience("fans", refs(2))
+    create({"key": "later", "audience": "fans", "channel": "email", "template": "news",
+            "send_at": clock.iso(clock.now() + timedelta(days=2))})
+    assert len(cloud.due_schedules()) == 0
+    status, answer = call_api("POST", "/v1/broadcasts/later/cancel")
+    assert status == 200 and answer["status"] == "cancelled"
+    assert [s for g in scheduler_backends[DEFAULT_ACCOUNT_ID][REGION].schedule_groups.values()
+            for s in g.schedules.values()] == []
+    # Even a start that fired anyway (a retry) does nothing
+    handler("broadcast_starter")({"action": "start", "space_id": "acme", "key": "later"}, LambdaContext())
+    clock.advance(timedelta(days=3))
+    cloud.run()
+    assert sent_emails() == [] and get("later")["status"] == "cancelled"
+    assert call_api("POST", "/v1/broadcasts/later/cancel")[0] == 409
+
+
+def test_cancel_during_sending_stops_the_remaining_sends(cloud):
+    # Given 30 recipients fanned out in messages of 3 (rate limit 3/s)
+    cloud.people(30)
+    cloud.audience("fans", refs(30))
+    create({"key": "stop", "audience": "fans", "channel": "email", "template": "news", "rate_limit_per_second": 3})
+    cloud.run(sender=False)
+    # When one batch of messages is sent, then the broadcast is cancelled
+    cloud.deliver("BroadcastSendQueue", "broadcast_sender", cloud.receive("BroadcastSendQueue"))
+    sent_before = len(sent_emails())
+    assert 0 < sent_before < 30
+    status, answer = call_api("POST", "/v1/broadcasts/stop/cancel")
+    assert status == 200 and answer["status"] == "cancelled"
+    cloud.run()
+    # Then nothing more was sent, the stats say what went out and what the cancel spared
+    assert len(sent_emails()) == sent_before
+    stats = get("stop")["stats"]
+    assert stats["sent"] == sent_before and stats["not_sent"] == 30 - sent_before
+
+
+def test_redelivered_batches_change_nothing(cloud):
+    # Given a broadcast sent to 7 recipients (one of them unsubscribed)
+    cloud.people(7)
+    cloud.audience("fans", refs(7))
+    call_api("PUT", "/v1/subscriptions/user_id:u6", {"channel": "email", "status": "unsubscribed"})
+    create({"key": "again", "audience": "fans", "channel": "email", "template": "news"})
+    cloud.run()
+    before = get("again")
+    assert before["status"] == "sent" and before["stats"]["sent"] == 6
+    emails = len(sent_emails())
+    # When every batch the sender got is delivered again (SQS at-least-once), and the start retried
+    for invocation in cloud.sender_invocations:
+        handler("broadcast_sender")(invocation, LambdaContext())
+    handler("broadcast_starter")({"action": "start", "space_id": "acme", "key": "again"}, LambdaContext())
+    handler("broadcast_starter")({"Records": [{"messageId": "m", "body": json.dumps(
+        {"action": "snapshot", "space_id": "acme", "key": "again", "cursor": None})}]}, LambdaContext())
+    cloud.run()
+    # Then nothing was sent twice and the stats are unchanged
+    assert len(sent_emails()) == emails
+    after = get("again")
+    assert after["stats"] == before["stats"] and after["status"] == "sent"
+
+
+def test_snapshot_pages_across_invocations_counts_each_member_once(cloud, monkeypatch):
+    # Given a snapshot budget of one page per invocation and pages of 2 members
+    monkeypatch.setattr(engine, "MEMBER_PAGE", 2)
+    monkeypatch.setattr(engine, "WORK_BUDGET", 1)
+    cloud.people(7)
+    cloud.audience("fans", refs(7))
+    create({"key": "paged", "audience": "fans", "channel": "email", "template": "news"})
+    # When the work items (and a duplicate of each) run
+    for _ in range(20):
+        work = cloud.receive("BroadcastWorkQueue")
+        if not work:
+            break
+        handler("broadcast_starter")({"Records": work}, LambdaContext())  # a duplicate delivery first
+        cloud.deliver("BroadcastWorkQueue", "broadcast_starter", work)
+    cloud.run()
+    # Then every member was targeted and sent once
+    answer = get("paged")
+    assert answer["stats"]["targeted"] == 7 and answer["stats"]["sent"] == 7 and answer["status"] == "sent"
+    assert sorted(recipients_of_sent_emails()) == sorted(f"u{i}@example.com" for i in range(7))
+
+
+def test_audience_still_computing_waits(cloud):
+    # Given a broadcast to an audience whose backfill is running
+    cloud.people(2)
+    cloud.audience("fans", refs(2))
+    from engage.audiences.store import AudienceRecord
+
+    record = AudienceRecord.get("acme|audiences", "fans")
+    record.update(actions=[AudienceRecord.status.set("computing")])
+    from engage.audiences import store as audiences
+
+    audiences.clear_cache()
+    create({"key": "patient", "audience": "fans", "channel": "email", "template": "news"})
+    cloud.run()
+    # Then it waits (a new one-time schedule 5 minutes ahead), sending nothing
+    assert get("patient")["status"] == "scheduled" and sent_emails() == []
+    assert len(cloud.due_schedules()) == 0
+    # When the audience is ready and the re-check comes due
+    record.update(actions=[AudienceRecord.status.set("ready")])
+    audiences.clear_cache()
+    clock.advance(engine.AUDIENCE_WAIT + timedelta(seconds=1))
+    cloud.run()
+    assert get("patient")["status"] == "sent" and len(sent_emails()) == 2
+
+
+def test_in_recipient_timezone_sends_per_zone(cloud):
+    # Given recipients in Tokyo, New York and one without a zone (the default, UTC)
+    tokyo = cloud.people(2, "t", timezone="Asia/Tokyo")
+    york = cloud.people(1, "n", timezone="America/New_York")
+    plain = cloud.people(1, "p")
+    cloud.audience("world", [*refs(2, "t"), *refs(1, "n"), *refs(1, "p")])
+    assert tokyo and york and plain
+    day = (clock.now() + timedelta(days=2)).date()
+    create({"key": "morning", "audience": "world", "channel": "email", "template": "news",
+            "send_at": f"{day.isoformat()}T09:00:00+00:00", "in_recipient_timezone": True})
+    sent_at: dict[str, datetime] = {}
+
+    def run_until(moment: datetime) -> None:
+        clock.set_to(moment)
+        cloud.run()
+        for address in recipients_of_sent_emails():
+            sent_at.setdefault(address, moment)
+
+    # When the clock walks through the day, each zone's 09:00 passing
+    for hours in range(-16, 16):
+        run_until(datetime(day.year, day.month, day.day, 9, tzinfo=UTC) + timedelta(hours=hours, seconds=1))
+    # Then each recipient got it once, in the hour after 09:00 in their own zone
+    assert sorted(recipients_of_sent_emails()) == ["n0@example.com", "p0@example.com", "t0@example.com",
+                                                   "t1@example.com"]
+    for address, zone in (("t0@example.com", "Asia/Tokyo"), ("n0@example.com", "America/New_York"),
+                          ("p0@example.com", "UTC")):
+        local = sent_at[address].astimezone(cron.ZoneInfo(zone))
+        assert (local.hour, local.minute) == (9, 0), (address, local)
+    answer = get("morning")
+    assert answer["status"] == "sent"
+    assert answer["zones"] == {"America/New_York": {"targeted": 1}, "Asia/Tokyo": {"targeted": 2},
+                               "UTC": {"targeted": 1}}
+
+
+def test_empty_audience_completes_at_once(cloud):
+    cloud.audience("nobody", [])
+    create({"key": "void", "audience": "nobody", "channel": "email", "template": "news"})
+    cloud.run()
+    answer = get("void")
+    assert answer["status"] == "sent" and answer["stats"]["targeted"] == 0
+
+
+def test_from_address_is_the_stacks(cloud):
+    cloud.people(1)
+    cloud.audience("fans", refs(1))
+    create({"key": "one", "audience": "fans", "channel": "email", "template": "news"})
+    cloud.run()
+    assert [m["From"] for m in mails()] == [FROM]
+
+
+def test_requests_per_recipient_are_counted(cloud, monkeypatch):
+    """The counts docs/broadcasts.md quotes: 30 recipients, no rate limit, no exclusions. Every AWS request
+    made in the process (boto3 clients and resources, PynamoDB) is counted by service and operation."""
+    import botocore.client
+
+    counts: dict[str, Counter] = {"start": Counter(), "send": Counter()}
+    phase = {"now": None}
+    original = botocore.client.BaseClient._make_api_call
+
+    def counting(client, operation, params):
+        if phase["now"]:
+            counts[phase["now"]][(client.meta.service_model.service_name, operation)] += 1
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
+    ids = cloud.people(30)
+    cloud.audience("fans", refs(30))
+    shards = len({store.shard_of(pid) for pid in ids})  # fan-out makes messages per shard page
+    create({"key": "count", "audience": "fans", "channel": "email", "template": "news"})
+    phase["now"] = "start"
+    cloud.run(sender=False)
+    phase["now"] = "send"
+    cloud.run()
+    phase["now"] = None
+    assert get("count")["stats"]["sent"] == 30
+    start, send = counts["start"], counts["send"]
+    # Snapshot and fan-out: recipients written 25 a request; each shard's page becomes its own messages
+    # (up to 25 ids each, 10 a SendMessageBatch): a small broadcast sends one batch per shard
+    assert start[("dynamodb", "BatchWriteItem")] == 2
+    assert start[("sqs", "SendMessageBatch")] == shards
+    assert start[("dynamodb", "TransactWriteItems")] == 0
+    # Sending: one transaction per recipient (status + its stats shard), one recipients BatchGet per message;
+    # the sender path's own requests come on top
+    assert send[("dynamodb", "TransactWriteItems")] == 30
+    assert send[("dynamodb", "BatchGetItem")] == shards
+    assert send[("sqs", "DeleteMessage")] == shards
+    # (pytest -s shows the whole count, as docs/broadcasts.md quotes it)
+    print("\nstart", sorted(start.items()))
+    print("send", sorted(send.items()))

@@ -1,0 +1,60 @@
+"""A broadcast's definition: shape, the field each error names, and the moments it sends at (no AWS)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from engage.broadcasts.definition import parse_definition, start_moment, zone_moment
+from engage.errors import ValidationFailed
+
+NOW = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
+BASE = {"key": "spring", "audience": "fans", "channel": "email", "template": "news"}
+
+
+def test_send_at_with_an_offset_sends_at_that_moment():
+    definition = parse_definition({**BASE, "send_at": "2030-03-02T09:00:00+09:00"}, now=NOW)
+    assert start_moment(definition) == datetime(2030, 3, 2, 0, 0, tzinfo=UTC)
+    assert zone_moment(definition, "_") == datetime(2030, 3, 2, 0, 0, tzinfo=UTC)
+
+
+def test_recipient_time_zones_start_at_the_first_zone_and_send_at_each_local_time():
+    definition = parse_definition({**BASE, "send_at": "2030-03-02T09:00:00Z", "in_recipient_timezone": True},
+                                  now=NOW)
+    # 09:00 comes first at UTC+14 (19:00 UTC the day before): the snapshot is taken then
+    assert start_moment(definition) == datetime(2030, 3, 1, 19, 0, tzinfo=UTC)
+    assert zone_moment(definition, "Asia/Tokyo") == datetime(2030, 3, 2, 0, 0, tzinfo=UTC)
+    assert zone_moment(definition, "America/New_York") == datetime(2030, 3, 2, 14, 0, tzinfo=UTC)
+    assert zone_moment(definition, "UTC") == datetime(2030, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def test_recipient_time_zones_accept_a_day_not_yet_over_somewhere():
+    # 09:00 on March 1st has passed in London at noon UTC, but not in Honolulu: accepted
+    parse_definition({**BASE, "send_at": "2030-03-01T09:00:00Z", "in_recipient_timezone": True}, now=NOW)
+    with pytest.raises(ValidationFailed) as error:
+        parse_definition({**BASE, "send_at": "2030-03-01T09:00:00Z"}, now=NOW)
+    assert error.value.details[0]["path"] == "$.send_at"
+
+
+@pytest.mark.parametrize(("change", "path"), [
+    ({"send_at": "2030-03-02T09:00:00"}, "$.send_at"),
+    ({"send_at": "next week"}, "$.send_at"),
+    ({"rate_limit_per_second": 0}, "$.rate_limit_per_second"),
+    ({"rate_limit_per_second": 1.5}, "$.rate_limit_per_second"),
+    ({"exclude_audiences": ["a", "a"]}, "$.exclude_audiences"),
+    ({"exclude_audiences": ["Bad"]}, "$.exclude_audiences"),
+    ({"channel": "pigeon"}, "$.channel"),
+    ({"send_to_unsubscribed": "true"}, "$.send_to_unsubscribed"),
+    ({"default_timezone": "Nowhere/Land"}, "$.default_timezone"),
+    ({"template": None}, "$.template"),
+])
+def test_errors_name_the_field(change, path):
+    with pytest.raises(ValidationFailed) as error:
+        parse_definition({**BASE, **change}, now=NOW)
+    assert path in [d["path"] for d in error.value.details]
+
+
+def test_not_an_object():
+    with pytest.raises(ValidationFailed) as error:
+        parse_definition(["spring"], now=NOW)
+    assert error.value.details[0]["path"] == "$"
