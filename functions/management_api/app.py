@@ -9,6 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
+from engage.destinations.routes import router as destination_routes
 from engage.errors import EngageError, ValidationFailed
 from engage.observability import logger, tracer
 from engage.profile_api.params import token_from_authorization
@@ -17,6 +18,7 @@ app = APIGatewayHttpResolver()
 # Every operation: the management tag and the access token (Basic auth).
 DOC = {"tags": [openapi.MANAGEMENT], "security": [{openapi.ACCESS_TOKEN: []}]}
 KEY_ERRORS = (400, 401, 404)
+app.include_router(destination_routes)  # /v1/destinations (engage.destinations.routes)
 
 
 def _space() -> str:

@@ -45,6 +45,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ProfileEventsTable": {"Query"},
         # manual edit -> runtime.on_members_changed -> evaluate_profile -> due.schedule
         "DueTable": {"PutItem"},
+        # destinations: status, backlog, replay of parked deliveries
+        "DestinationsTable": {"GetItem", "Query", "UpdateItem"}, "FailuresTable": {"Scan", "UpdateItem"},
     },
     "AudienceExportFunction": {
         "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"}, "ConfigTable": {"UpdateItem"},
@@ -64,6 +66,20 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ProfilesTable": {"GetShardIterator", "GetRecords"}, "MembershipsTable": {"GetShardIterator", "GetRecords"},
     },
     "FailureReplayFunction": {"FailuresTable": {"BatchGetItem", "Scan"}},
+    # engage.destinations: the router (change log, destinations, profile ids, failure notes), the deliverer
+    # (sequence marks, rate windows, change log, status, backfill pages, parking), the batch run
+    "DestinationRouterFunction": {
+        "ConfigTable": {"Query"}, "ProfilesTable": {"BatchGetItem"}, "DestinationsTable": {"PutItem"},
+        "FailuresTable": {"UpdateItem", "BatchGetItem"},
+    },
+    "DestinationDelivererFunction": {
+        "ConfigTable": {"Query"}, "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"},
+        "DestinationsTable": {"GetItem", "PutItem", "UpdateItem"}, "FailuresTable": {"UpdateItem"},
+    },
+    "DestinationBatchFunction": {
+        "ConfigTable": {"GetItem", "Query"}, "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"},
+        "DestinationsTable": {"Query", "DeleteItem", "UpdateItem"},
+    },
     "AudienceSweeperFunction": {
         "DueTable": {"GetItem", "PutItem", "DeleteItem", "Query"}, "ProfilesTable": {"GetItem", "BatchGetItem"},
         "ConfigTable": {"Query", "UpdateItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
@@ -145,13 +161,15 @@ def _config_keys_written() -> dict[str, set[str]]:
     (call sites: membership transactions -> store._size_pk; backfill/management -> store._pk;
     export jobs -> export._pk)."""
     from engage.audiences import export, store
+    from engage.destinations import store as destination_store
 
     audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
+    destinations = destination_store._pk("acme")
     return {
         "AudienceEvaluatorFunction": {sizes},
         "AudienceSweeperFunction": {sizes},
         "AudienceBackfillFunction": {audiences, sizes},
-        "ManagementApiFunction": {audiences, sizes, exports},
+        "ManagementApiFunction": {audiences, sizes, exports, destinations},
         "AudienceExportFunction": {exports},
     }
 

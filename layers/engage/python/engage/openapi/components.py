@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engage.audiences import definition
+from engage.destinations import definition as destination_definition
 from engage.ingestion import messages
 from engage.profile_api import models as profile_models
 
@@ -127,6 +128,39 @@ class ExportJob(BaseModel):
     message: str | None = None
 
 
+# ---------------------------------------------------------------- destinations
+class DestinationStatus(BaseModel):
+    delivered: int = Field(description="changes delivered")
+    failures: int = Field(description="failed attempts (each retried or parked)")
+    dlq_depth: int = Field(description="parked deliveries waiting for POST /v1/destinations/{key}/replay")
+    backlog: int | None = Field(None, description="changes waiting in the change log (batch or paused; counted "
+                                                  "up to 1,000)")
+    last_success_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    last_run_at: str | None = Field(None, description="last scheduled run (batch)")
+
+
+class Destination(destination_definition.DestinationDefinition):
+    """A destination as stored: secret config fields show as {"set": true, "hint": "…abcd"}, never their value."""
+
+    revision: int
+    created_at: str
+    updated_at: str
+    status: DestinationStatus
+    parked: list[dict[str, Any]] | None = Field(None, description="the oldest parked deliveries (GET of one)")
+
+
+class DestinationList(BaseModel):
+    destinations: list[Destination]
+
+
+class DestinationReplay(BaseModel):
+    replayed: int
+    remaining: int = Field(description="parked deliveries the queue refused (still parked)")
+    delivery_ids: list[str]
+
+
 def _csv() -> dict[str, Any]:
     return {"type": "string", "description": "CSV text"}
 
@@ -139,10 +173,11 @@ def _openapi_document() -> dict[str, Any]:
 PROFILE_RESOURCES = (profile_models.TraitsResponse, profile_models.ExternalIdsResponse,
                      profile_models.EventsResponse, profile_models.MetadataResponse,
                      profile_models.LinksResponse)
-REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit)
+REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit,
+                                         destination_definition.DestinationDefinition)
 RESPONSES: tuple[type[BaseModel], ...] = (
     Error, SegmentError, Success, Audience, AudienceList, Preview, Members, MemberEditResult, ExportJob,
-    *PROFILE_RESOURCES)
+    *PROFILE_RESOURCES, Destination, DestinationList, DestinationReplay)
 
 
 def schemas() -> dict[str, Any]:
