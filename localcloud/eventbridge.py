@@ -193,28 +193,77 @@ def _rule_schedules(local) -> list[Schedule]:
 def _scheduler_schedules(local) -> list[Schedule]:
     from moto.scheduler.models import scheduler_backends
 
-    schedules = []
     backend = scheduler_backends[ACCOUNT_ID][local.region]
-    for item in sorted((s for g in backend.schedule_groups.values() for s in g.schedules.values()),
-                       key=lambda s: s.arn):
-        if item.state != "ENABLED":
-            continue
-        expression = cron.expression(item.schedule_expression, item.schedule_expression_timezone)
+    items = sorted((s for g in backend.schedule_groups.values() for s in g.schedules.values()), key=lambda s: s.arn)
+    _armed.clear()
+    for item in items:
+        if item.state == "ENABLED":
+            _armed[item.arn] = _scheduler_schedule(local, item)
+    return list(_armed.values())
 
-        def send(moment, item=item):
-            text = item.target.get("Input")
-            if text is None:
-                payload = {}
-            else:
-                for key, value in (("schedule-arn", item.arn), ("scheduled-time", _iso(moment)),
-                                   ("execution-id", uuid.uuid4().hex[:16]), ("attempt-number", "1")):
-                    text = text.replace(f"<aws.scheduler.{key}>", value)
-                payload = _json_or_text(text)
-            deliver(item.target["Arn"], payload, local.region)
 
-        schedules.append(Schedule(f"schedule {item.group_name}/{item.name} {item.schedule_expression}",
-                                  expression, send, local.clock, engage_clock.now()))
-    return schedules
+def _scheduler_schedule(local, item) -> Schedule:
+    expression = cron.expression(item.schedule_expression, item.schedule_expression_timezone)
+
+    def send(moment, item=item):
+        text = item.target.get("Input")
+        if text is None:
+            payload = {}
+        else:
+            for key, value in (("schedule-arn", item.arn), ("scheduled-time", _iso(moment)),
+                               ("execution-id", uuid.uuid4().hex[:16]), ("attempt-number", "1")):
+                text = text.replace(f"<aws.scheduler.{key}>", value)
+            payload = _json_or_text(text)
+        deliver(item.target["Arn"], payload, local.region)
+
+    return Schedule(f"schedule {item.group_name}/{item.name} {item.schedule_expression}",
+                    expression, send, local.clock, engage_clock.now())
+
+
+# ---------------------------------------------------------------- schedules made at run time
+# Scheduler schedules created, updated or deleted through the API while the cloud runs (destinations'
+# batch schedules, made by the management API) are armed, re-armed or cancelled at once, by ARN.
+_armed: dict[str, Schedule] = {}
+
+
+def _rearm(arn: str, item) -> None:
+    local = _Hooks.local
+    if local is None:
+        return
+    previous = _armed.pop(arn, None)
+    if previous is not None and previous.timer is not None:
+        previous.timer.cancel()
+    if item is not None and item.state == "ENABLED":
+        schedule = _scheduler_schedule(local, item)
+        schedule.arm(engage_clock.now())
+        _armed[arn] = schedule
+
+
+def _install_scheduler_patches() -> None:
+    from moto.scheduler.models import EventBridgeSchedulerBackend
+
+    original_create = EventBridgeSchedulerBackend.create_schedule
+    original_update = EventBridgeSchedulerBackend.update_schedule
+    original_delete = EventBridgeSchedulerBackend.delete_schedule
+
+    def create_schedule(self, *args, **kwargs):
+        item = original_create(self, *args, **kwargs)
+        _rearm(item.arn, item)
+        return item
+
+    def update_schedule(self, *args, **kwargs):
+        item = original_update(self, *args, **kwargs)
+        _rearm(item.arn, item)
+        return item
+
+    def delete_schedule(self, group_name, name):
+        item = self.get_schedule(group_name=group_name, name=name)
+        original_delete(self, group_name, name)
+        _rearm(item.arn, None)
+
+    EventBridgeSchedulerBackend.create_schedule = create_schedule
+    EventBridgeSchedulerBackend.update_schedule = update_schedule
+    EventBridgeSchedulerBackend.delete_schedule = delete_schedule
 
 
 class Ticker(threading.Thread):
@@ -243,6 +292,7 @@ def install(local) -> None:
     _Hooks.local = local
     if not _Hooks.installed:
         _install_patches()
+        _install_scheduler_patches()
         _Hooks.installed = True
     now = engage_clock.now()
     for schedule in [*_rule_schedules(local), *_scheduler_schedules(local)]:
