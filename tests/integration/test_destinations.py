@@ -245,3 +245,107 @@ def test_the_rate_limit_holds_across_consumers(env, receiver):
     assert [ratelimit.take(destination) for _ in range(3)] == [True, True, False]
     clock.set_to(start + timedelta(seconds=1))
     assert ratelimit.take(destination)
+
+
+# ---------------------------------------------------------------- eventbridge, batch, s3, pause
+def tap_bus(name: str) -> tuple[str, object, str]:
+    """A customer's bus (ARN) read through an SQS queue behind a catch-all rule."""
+    events = boto3.client("events", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    arn = events.create_event_bus(Name=name)["EventBusArn"]
+    url = sqs.create_queue(QueueName=f"{name}-tap")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="all", EventBusName=name, EventPattern=json.dumps({"source": ["engage.destinations"]}))
+    events.put_targets(Rule="all", EventBusName=name, Targets=[{"Id": "q", "Arn": queue_arn}])
+    return arn, sqs, url
+
+
+def test_an_eventbridge_destination_puts_each_change_on_the_customers_bus(env):
+    flow = Flow(env)
+    arn, sqs, url = tap_bus("customer-bus")
+    assert call_api("POST", "/v1/destinations", {"key": "bus", "type": "eventbridge", "audiences": ["vip"],
+                                                 "config": {"event_bus_arn": arn}})[0] == 201
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    [message] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    event = json.loads(message["Body"])
+    assert event["detail-type"] == "Audience Entered" and event["detail"]["user_id"] == "u1"
+
+
+def run_batch(space_id: str, destination: str) -> dict:
+    return handler("destination_batch")({"space_id": space_id, "destination": destination},
+                                        LambdaContext(function_name="batch-fn"))
+
+
+def test_a_batch_run_sends_the_coalesced_log_and_keeps_what_failed_for_the_next_run(env, receiver):
+    flow = Flow(env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    body["config"]["batch_size"] = 2
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
+    assert call_api("POST", "/v1/audiences/vip/members", {"remove": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    assert receiver.requests == []  # batch: nothing until the run
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 3
+
+    receiver.answer(200, 503)  # the first request of 2 goes through, the second fails
+    result = run_batch("acme", "hourly")
+    assert result["delivered"] == 2 and "HTTP 503" in result["why"]
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 1
+    assert run_batch("acme", "hourly")["delivered"] == 1  # the next run sends the rest
+    sent = [c for r in receiver.requests if r["status"] == 200 for c in r["body"]["batch"]]
+    assert sorted((c["user_id"], c["event"]) for c in sent) == [
+        ("u1", "Audience Exited"), ("u2", "Audience Entered"), ("u3", "Audience Entered")]
+    assert run_batch("acme", "hourly")["delivered"] == 0  # nothing twice
+
+
+@pytest.mark.parametrize(("fmt", "extension"), [("csv", "csv"), ("jsonl", "jsonl")])
+def test_an_s3_destination_writes_a_snapshot_of_the_members_in_the_export_formats(env, fmt, extension):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="customer-lake")
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+    body = {"key": "lake", "type": "s3", "mode": "batch", "audiences": ["vip"],
+            "schedule": {"expression": "rate(1 day)"},
+            "config": {"bucket": "customer-lake", "prefix": "engage/", "format": fmt}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    result = run_batch("acme", "lake")
+    written = result["objects"]["vip"]
+    assert written["rows"] == 2 and written["key"].startswith("engage/lake/vip/") and written["key"].endswith(extension)
+    text = s3.get_object(Bucket="customer-lake", Key=written["key"])["Body"].read().decode()
+    if fmt == "csv":
+        from engage.audiences import export
+
+        assert text == export.export_csv("acme", "vip").body  # byte for byte the audience export
+    else:
+        rows = [json.loads(line) for line in text.splitlines()]
+        assert sorted(r["external_ids"]["user_id"][0] for r in rows) == ["u1", "u2"]
+
+
+def test_a_paused_destination_collects_changes_and_delivers_them_on_resume(env, receiver):
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", {**webhook(receiver), "paused": True})[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+    flow.drain()
+    assert receiver.requests == []
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 2
+    edited = webhook(receiver)
+    del edited["config"]["secret"]
+    assert call_api("PUT", "/v1/destinations/crm", {**edited, "paused": False})[0] == 200
+    flow.drain()
+    assert sorted(c["user_id"] for c in receiver.delivered()) == ["u1", "u2"]
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 0
+
+
+def test_a_stale_change_never_overtakes_a_newer_one(env, receiver):
+    """Sequence check: an Entered at version 1 arriving after the Exited at version 2 was sent is dropped."""
+    from engage.destinations import delivery
+
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    base = {"space_id": "acme", "destination": "crm", "audience_key": "vip", "entity": "users", "profile_id": "p1",
+            "timestamp": "2026-01-01T00:00:00Z", "identity": {"user_id": "u1"}}
+    assert delivery.deliver_change({**base, "member": False, "version": 2}, 1, "fn").done
+    result = delivery.deliver_change({**base, "member": True, "version": 1}, 1, "fn")
+    assert result.done and "dropped" in result.what
+    assert [c["event"] for c in receiver.delivered()] == ["Audience Exited"]

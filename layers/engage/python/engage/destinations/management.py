@@ -34,8 +34,9 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
 
 def _view(destination: store.Destination) -> dict[str, Any]:
     status = store.status(destination.space_id, destination.key)
-    if destination.definition.mode == "batch" or destination.definition.paused:
-        status["backlog"] = changelog.depth(destination.space_id, destination.key)
+    # changes waiting in the change log (batch, or collected while paused); realtime messages in flight
+    # are the queue's (its depth alarm), not counted per destination
+    status["backlog"] = changelog.depth(destination.space_id, destination.key)
     status["dlq_depth"] = status.pop("parked")
     return destination.view(status)
 
