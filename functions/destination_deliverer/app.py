@@ -42,5 +42,8 @@ def record_handler(record: SQSRecord) -> str:
 def lambda_handler(event, context):
     _function["name"] = getattr(context, "function_name", None) or _function["name"]
     store.clear_cache()  # destinations read once per invocation: pauses and connections seen at once
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+    try:
+        return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                        context=context)
+    finally:
+        delivery.flush_status()

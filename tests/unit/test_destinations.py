@@ -38,6 +38,7 @@ def test_a_webhook_definition_is_accepted_with_its_defaults_filled():
 @pytest.mark.parametrize(("body", "path"), [
     ({**WEBHOOK, "type": "ftp"}, "type"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "ftp://x"}}, "config.url"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "http://169.254.169.254/latest"}}, "config.url"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "colour": "red"}}, "config.colour"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "timeout_seconds": 99}}, "config.timeout_seconds"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "headers": {"Authorization": "x"}}}, "config.headers.Authorization"),
@@ -134,3 +135,14 @@ def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after():
     assert len(set(later)) > 1  # jittered
     assert delivery.backoff(1, 120) >= 120
     assert max(delivery.backoff(30, None) for _ in range(20)) <= delivery.MAX_BACKOFF_SECONDS + 1
+
+
+def test_the_default_attempts_outlast_an_hour_long_outage():
+    """Even the shortest jittered backoffs add up to more than an hour before a delivery is parked."""
+    from engage.config import Settings
+    from engage.destinations import delivery
+
+    attempts = Settings().destination_max_attempts
+    shortest = sum(min(delivery.MAX_BACKOFF_SECONDS, delivery.BASE_BACKOFF_SECONDS * 2 ** (n - 1)) / 2
+                   for n in range(1, attempts))
+    assert shortest > 3600

@@ -150,7 +150,17 @@ def _detail(error: dict, prefix: tuple = ()) -> dict:
 
 def _http_url(url: str) -> bool:
     parsed = urlparse(url)
-    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc) and not _link_local(parsed.hostname or "")
+
+
+def _link_local(host: str) -> bool:
+    """169.254.0.0/16 and fe80::/10: the instance metadata services live there; never a customer endpoint."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_link_local
+    except ValueError:
+        return False
 
 
 def _check_semantics(definition: DestinationDefinition, config: _Model) -> list[dict]:

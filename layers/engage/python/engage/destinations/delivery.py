@@ -60,6 +60,20 @@ class Result:
 
 
 DONE = Result(True, "done")
+# Deliveries per destination in this invocation: one status update per destination and invocation (a
+# status item updated per delivery would cap a destination at DynamoDB's 1,000 writes/s per item).
+successes: dict[tuple[str, str], int] = {}
+
+
+def flush_status() -> None:
+    """Write the invocation's success counts (the handler calls it once at the end)."""
+    pending = dict(successes)
+    successes.clear()
+    for (space_id, destination_key), count in pending.items():
+        try:
+            store.note_success(space_id, destination_key, count)
+        except Exception:  # noqa: BLE001 - a status counter must never fail deliveries already made
+            logger.exception("could not update a destination's status", extra={"destination": destination_key})
 
 
 def handle(body: dict[str, Any], receive_count: int, function: str) -> Result:
@@ -125,7 +139,7 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str) ->
                                                              batched=False)
     if outcome.ok:
         mark_delivered(change)
-        store.note_success(destination.space_id, destination.key)
+        successes[(destination.space_id, destination.key)] = successes.get((destination.space_id, destination.key), 0) + 1
         return DONE
     max_attempts = settings().destination_max_attempts
     if outcome.status == senders.PERMANENT or receive_count >= max_attempts:
