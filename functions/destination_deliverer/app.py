@@ -12,7 +12,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from engage.destinations import delivery, queue, store
+from engage.destinations import delivery, parking, queue, store
+from engage.failures.handler import REPLAY_KEY
 from engage.observability import logger, metrics, tracer
 
 processor = SqsFifoPartialProcessor(skip_group_on_error=True)
@@ -41,6 +42,8 @@ def record_handler(record: SQSRecord) -> str:
 @metrics.log_metrics
 def lambda_handler(event, context):
     _function["name"] = getattr(context, "function_name", None) or _function["name"]
+    if isinstance(event, dict) and REPLAY_KEY in event:  # `engage replay` of parked deliveries
+        return parking.serve(event[REPLAY_KEY], _function["name"])
     store.clear_cache()  # destinations read once per invocation: pauses and connections seen at once
     try:
         return process_partial_response(event=event, record_handler=record_handler, processor=processor,

@@ -349,3 +349,24 @@ def test_a_stale_change_never_overtakes_a_newer_one(env, receiver):
     result = delivery.deliver_change({**base, "member": True, "version": 1}, 1, "fn")
     assert result.done and "dropped" in result.what
     assert [c["event"] for c in receiver.delivered()] == ["Audience Exited"]
+
+
+def test_engage_replay_of_a_parked_delivery_goes_through_the_deliverer(env, receiver):
+    """The operator's path (`engage replay`, FailureReplayFunction) reaches parked deliveries too."""
+    from engage.failures import replay as failure_replay
+    from engage.failures import store as failure_store
+
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer(400)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    items, missing = failure_replay.select(function="deliverer-fn")
+    assert len(items) == 1 and not missing
+    answer = handler("destination_deliverer")({"replayParked": {"ids": [items[0].pk, "nope"]}}, flow.context)
+    assert answer["replayed"] == [items[0].pk] and answer["skipped"][0]["id"] == "nope"
+    assert failure_store.get_many([items[0].pk])[items[0].pk].status == failure_store.REPLAYED
+    flow.drain()
+    assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["dlq_depth"] == 0

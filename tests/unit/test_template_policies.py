@@ -74,7 +74,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "DestinationDelivererFunction": {
         "ConfigTable": {"Query"}, "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"},
-        "DestinationsTable": {"GetItem", "PutItem", "UpdateItem"}, "FailuresTable": {"UpdateItem"},
+        "DestinationsTable": {"GetItem", "PutItem", "UpdateItem"}, "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
     "DestinationBatchFunction": {
         "ConfigTable": {"GetItem", "Query"}, "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"},

@@ -52,15 +52,41 @@ def parked(space_id: str, destination_key: str) -> list[ParkedFailure]:
 
 def replay(space_id: str, destination_key: str) -> dict[str, Any]:
     items = parked(space_id, destination_key)
-    replayed: list[str] = []
+    replayed = _requeue(items)
+    return {"replayed": len(replayed), "remaining": len(items) - len(replayed),
+            "delivery_ids": [i.sequence_number for i in replayed]}
+
+
+def _requeue(items: list[ParkedFailure]) -> list[ParkedFailure]:
+    """Queue each parked change again; the items queued (and marked replayed)."""
+    done = []
     for item in items:
         change = json.loads(item.record)
         tag = f"-r{int(item.replays or 0) + 1}"  # a new deduplication id: SQS would drop a repeat of the first
         if queue.send([queue.change_message(change, attempt_tag=tag)]):
             continue  # refused: stays parked, the next replay tries again
         failures.mark_replayed(item)
-        replayed.append(item.sequence_number)
-    return {"replayed": len(replayed), "remaining": len(items) - len(replayed), "delivery_ids": replayed}
+        done.append(item)
+    return done
+
+
+def serve(request: dict, function: str | None) -> dict[str, Any]:
+    """`engage replay` / FailureReplayFunction invoking the deliverer with {"replayParked": {"ids"}}:
+    the same as the API's replay, for the ids asked (answered in engage.failures.replay's shape)."""
+    from engage.destinations import store
+
+    ids = [i for i in (request or {}).get("ids", []) if isinstance(i, str)]
+    found = failures.get_many(ids) if ids else {}
+    skipped = [{"id": i, "reason": "no such parked failure"} for i in ids if i not in found]
+    mine = [item for item in found.values() if item.function == function and (item.table or "").startswith("destination|")]
+    skipped += [{"id": item.pk, "reason": f"failed in {item.function}, not in {function}"}
+                for item in found.values() if item not in mine]
+    replayed = _requeue(mine)
+    for item in replayed:
+        _, space_id, destination_key = item.table.split("|", 2)
+        store.note_unparked(space_id, destination_key, 1)
+    return {"replayed": [i.pk for i in replayed], "skipped": skipped,
+            "failed": [{"id": i.pk, "reason": "SQS refused the message"} for i in mine if i not in replayed]}
 
 
 def views(space_id: str, destination_key: str, limit: int = 20) -> list[dict[str, Any]]:
