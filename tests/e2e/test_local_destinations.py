@@ -112,3 +112,26 @@ def test_a_batch_destination_delivers_coalesced_changes_when_the_clock_passes_it
     assert sent == {users[0]: "Audience Entered", users[1]: "Audience Entered", users[2]: "Audience Exited"}
     shown = api(cloud, "GET", "/v1/destinations/bt_hourly")
     assert shown["status"]["backlog"] == 0 and shown["status"]["delivered"] == 3 and shown["status"]["last_run_at"]
+
+
+def test_a_refused_delivery_is_parked_visible_and_replayed_after_the_fix(local_cloud, receiver):
+    cloud = local_cloud
+    users = given_people(cloud, "dl", 1)
+    api(cloud, "POST", "/v1/audiences", {"key": "dl_vips", "name": "VIPs", "kind": "manual"}, 201)
+    api(cloud, "POST", "/v1/destinations", {"key": "dl_hook", "type": "webhook", "audiences": ["dl_vips"],
+                                            "config": {"url": receiver.url + "/d"}}, 201)
+    cloud.settle()
+    # Given a receiver that refuses the next request (a 4xx: the same request would be refused again)
+    receiver.answer((422, {}))
+    edit(cloud, "dl_vips", add=users)
+    shown = api(cloud, "GET", "/v1/destinations/dl_hook")
+    assert shown["status"]["dlq_depth"] == 1 and "HTTP 422" in shown["parked"][0]["reason"]
+    assert shown["parked"][0]["change"]["user_id"] == users[0]
+    assert receiver.delivered() == []
+
+    # When the receiver is fixed and the parked delivery replayed, it arrives once
+    replayed = api(cloud, "POST", "/v1/destinations/dl_hook/replay")
+    assert replayed["replayed"] == 1
+    cloud.settle()
+    assert [(c["user_id"], c["event"]) for c in receiver.delivered()] == [(users[0], "Audience Entered")]
+    assert api(cloud, "GET", "/v1/destinations/dl_hook")["status"]["dlq_depth"] == 0

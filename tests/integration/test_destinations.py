@@ -370,3 +370,19 @@ def test_engage_replay_of_a_parked_delivery_goes_through_the_deliverer(env, rece
     flow.drain()
     assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
     assert call_api("GET", "/v1/destinations/crm")[1]["status"]["dlq_depth"] == 0
+
+
+def test_a_batch_destination_made_realtime_sends_its_log_at_once(env, receiver):
+    flow = Flow(env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    assert receiver.requests == []
+    realtime = webhook(receiver, key="hourly")
+    del realtime["config"]["secret"]
+    assert call_api("PUT", "/v1/destinations/hourly", realtime)[0] == 200
+    flow.drain()
+    assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 0

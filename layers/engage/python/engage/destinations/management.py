@@ -66,14 +66,15 @@ def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
     elif before.definition.mode == "batch":
         schedules.remove(space_id, destination_key)
         store.set_schedule_name(space_id, destination_key, None)
-    if before.definition.paused and not definition.paused and definition.mode == "realtime":
-        resume(space_id, destination_key)
+    collecting = before.definition.paused or before.definition.mode == "batch"
+    if collecting and not definition.paused and definition.mode == "realtime":
+        resume(space_id, destination_key)  # resumed, or batch turned realtime: the log goes out now
     _connect(space_id, after, [a for a in after.audiences if a not in before.audiences])
     return _view(store.get(space_id, destination_key))
 
 
 def resume(space_id: str, destination_key: str) -> int:
-    """A realtime destination resumed: what it collected while paused goes to the queue, in order."""
+    """A realtime destination resumed (or a batch one made realtime): its change log goes to the queue."""
     sent = 0
     for page in changelog.pages(space_id, destination_key):
         refused = {m["MessageDeduplicationId"] for m in queue.send([queue.change_message(c) for c in page])}
