@@ -386,3 +386,24 @@ def test_a_batch_destination_made_realtime_sends_its_log_at_once(env, receiver):
     flow.drain()
     assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
     assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 0
+
+
+def test_messages_behind_a_waiting_one_in_its_group_wait_with_it_in_order(env, receiver, monkeypatch):
+    """FIFO: a 503 on a profile's first change holds its second (skipped by the processor) for the same
+    backoff. (moto hands the two back in the order they became visible, where SQS FIFO keeps the group's
+    order: then the sequence check drops the overtaken Entered, so an Exited is still never followed by it.)"""
+    flow = Flow(env, monkeypatch)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer(503)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    assert call_api("POST", "/v1/audiences/vip/members", {"remove": ["user_id:u1"]})[0] == 200
+    flow.route()
+    records = flow.receive()
+    assert len(records) == 2  # one group: the Entered, then the Exited
+    result = flow.deliver(records)
+    assert {f["itemIdentifier"] for f in result["batchItemFailures"]} == {r["messageId"] for r in records}
+    assert len(flow.delays) == 2 and flow.delays[0] == flow.delays[1]  # the skipped one waits as long
+    flow.drain()
+    events = [c["event"] for c in receiver.delivered()]
+    assert events in (["Audience Entered", "Audience Exited"], ["Audience Exited"])
