@@ -158,9 +158,11 @@ def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[s
     for logical_id in resources("AWS::DynamoDB::Table", path):
         dynamodb.create_table(**table_create_kwargs(logical_id, logical_id, path))
         made["tables"][logical_id] = logical_id
-    for logical_id in resources("AWS::SQS::Queue", path):
+    for logical_id, queue in resources("AWS::SQS::Queue", path).items():
+        fifo = bool(queue.get("Properties", {}).get("FifoQueue"))  # FIFO names end in .fifo
         made["queues"][logical_id] = boto3.client("sqs", region_name=region).create_queue(
-            QueueName=logical_id)["QueueUrl"]
+            QueueName=logical_id + (".fifo" if fifo else ""),
+            Attributes={"FifoQueue": "true"} if fifo else {})["QueueUrl"]
     for logical_id in resources("AWS::Events::EventBus", path):
         boto3.client("events", region_name=region).create_event_bus(Name=logical_id)
         made["buses"][logical_id] = logical_id

@@ -12,6 +12,7 @@ from engage import json_body, openapi, spaces
 from engage.audiences import export, management, manual, preview
 from engage.broadcasts import routes as broadcast_routes
 from engage.computed_traits import management as computed_traits
+from engage.destinations.routes import router as destination_routes
 from engage.errors import EngageError, ValidationFailed
 from engage.journeys import management as journeys
 from engage.messaging import routes as messaging_routes
@@ -22,6 +23,7 @@ app = APIGatewayHttpResolver()
 # Every operation: the management tag and the access token (Basic auth).
 DOC = {"tags": [openapi.MANAGEMENT], "security": [{openapi.ACCESS_TOKEN: []}]}
 KEY_ERRORS = (400, 401, 404)
+app.include_router(destination_routes)  # /v1/destinations (engage.destinations.routes)
 
 
 def _space() -> str:

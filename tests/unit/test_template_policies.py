@@ -46,6 +46,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ProfileEventsTable": {"Query"},
         # manual edit -> runtime.on_members_changed -> evaluate_profile -> due.schedule
         "DueTable": {"PutItem"},
+        # destinations: status, backlog, replay of parked deliveries
+        "DestinationsTable": {"GetItem", "Query", "UpdateItem"}, "FailuresTable": {"Scan", "UpdateItem"},
     },
     "AudienceExportFunction": {
         "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"}, "ConfigTable": {"UpdateItem"},
@@ -65,6 +67,20 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ProfilesTable": {"GetShardIterator", "GetRecords"}, "MembershipsTable": {"GetShardIterator", "GetRecords"},
     },
     "FailureReplayFunction": {"FailuresTable": {"BatchGetItem", "Scan"}},
+    # engage.destinations: the router (change log, destinations, profile ids, failure notes), the deliverer
+    # (sequence marks, rate windows, change log, status, backfill pages, parking), the batch run
+    "DestinationRouterFunction": {
+        "ConfigTable": {"Query"}, "ProfilesTable": {"BatchGetItem"}, "DestinationsTable": {"PutItem"},
+        "FailuresTable": {"UpdateItem", "BatchGetItem"},
+    },
+    "DestinationDelivererFunction": {
+        "ConfigTable": {"Query"}, "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"},
+        "DestinationsTable": {"GetItem", "PutItem", "UpdateItem"}, "FailuresTable": {"UpdateItem", "BatchGetItem"},
+    },
+    "DestinationBatchFunction": {
+        "ConfigTable": {"GetItem", "Query"}, "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"},
+        "DestinationsTable": {"Query", "DeleteItem", "UpdateItem"},
+    },
     "AudienceSweeperFunction": {
         # ProfilesTable UpdateItem: a windowed computed trait's refreshed values (computed_traits.runtime.refresh)
         "DueTable": {"GetItem", "PutItem", "DeleteItem", "Query"},
@@ -183,6 +199,7 @@ def _config_keys_written() -> dict[str, set[str]]:
     export jobs -> export._pk)."""
     from engage.audiences import export, store
     from engage.computed_traits import store as computed_store
+    from engage.destinations import store as destination_store
     from engage.journeys import store as journey_store
     from engage.messaging import settings_store, signing
     from engage.messaging import store as messaging_store
@@ -190,13 +207,14 @@ def _config_keys_written() -> dict[str, set[str]]:
     audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
     computed = computed_store.pk("acme")
     journeys = journey_store._pk("acme")
+    destinations = destination_store._pk("acme")
     signing_key = signing.KEY_PK
     messaging = {messaging_store._templates_pk("acme"), settings_store._pk("acme"), signing_key}
     return {
         "AudienceEvaluatorFunction": {sizes},
         "AudienceSweeperFunction": {sizes},
         "AudienceBackfillFunction": {audiences, sizes, computed},
-        "ManagementApiFunction": {audiences, sizes, exports, computed, journeys} | messaging,
+        "ManagementApiFunction": {audiences, sizes, exports, computed, journeys, destinations} | messaging,
         "AudienceExportFunction": {exports},
         "MessageSenderFunction": {signing_key},
         "BroadcastSenderFunction": {signing_key},  # the sender path creates the signing key on first use

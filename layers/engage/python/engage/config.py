@@ -73,6 +73,14 @@ class Settings:
     broadcast_starter_arn: str = ""
     broadcast_scheduler_role_arn: str = ""
     broadcast_schedule_prefix: str = "engage-bc"
+    # Destinations (engage.destinations): delivery state table, the shared FIFO queue, secrets' SSM
+    # path prefix, the batch function and the role its Scheduler schedules assume, attempts before parking.
+    destinations_table: str = ""
+    destinations_queue_url: str = ""
+    destination_secrets_prefix: str = ""
+    destination_batch_function_arn: str = ""
+    destination_scheduler_role_arn: str = ""
+    destination_max_attempts: int = 16
     # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
     aws_endpoint_url: str = ""
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engage.audiences import definition
 from engage.broadcasts import api_models as broadcast_models
 from engage.computed_traits.definition import ComputedTraitDefinition
+from engage.destinations import definition as destination_definition
 from engage.ingestion import messages
 from engage.journeys import definition as journey_definition
 from engage.messaging import api_models as messaging_models
@@ -197,6 +198,37 @@ class JourneyProfile(BaseModel):
     journey: str
     profile_id: str
     runs: list[JourneyRun]
+# ---------------------------------------------------------------- destinations
+class DestinationStatus(BaseModel):
+    delivered: int = Field(description="changes delivered")
+    failures: int = Field(description="failed attempts (each retried or parked)")
+    dlq_depth: int = Field(description="parked deliveries waiting for POST /v1/destinations/{key}/replay")
+    backlog: int | None = Field(None, description="changes waiting in the change log (batch or paused; counted "
+                                                  "up to 1,000)")
+    last_success_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    last_run_at: str | None = Field(None, description="last scheduled run (batch)")
+
+
+class Destination(destination_definition.DestinationDefinition):
+    """A destination as stored: secret config fields show as {"set": true, "hint": "…abcd"}, never their value."""
+
+    revision: int
+    created_at: str
+    updated_at: str
+    status: DestinationStatus
+    parked: list[dict[str, Any]] | None = Field(None, description="the oldest parked deliveries (GET of one)")
+
+
+class DestinationList(BaseModel):
+    destinations: list[Destination]
+
+
+class DestinationReplay(BaseModel):
+    replayed: int
+    remaining: int = Field(description="parked deliveries the queue refused (still parked)")
+    delivery_ids: list[str]
 
 
 def _csv() -> dict[str, Any]:
@@ -222,6 +254,8 @@ RESPONSES += messaging_models.RESPONSES
 # Broadcasts (engage.broadcasts.api_models)
 REQUESTS += broadcast_models.REQUESTS
 RESPONSES += broadcast_models.RESPONSES
+REQUESTS += (destination_definition.DestinationDefinition,)
+RESPONSES += (Destination, DestinationList, DestinationReplay)
 
 
 def schemas() -> dict[str, Any]:

@@ -1,0 +1,20 @@
+"""Destinations: audiences synced out to webhooks, Segment-compatible APIs, EventBridge buses and S3.
+
+Shaped like engage.audiences: a pure core (definition, payloads) and storage at the edge.
+
+  definition   the API's destination shape, validated (paths named), secrets split off
+  store        definitions (ConfigTable), secrets (SSM SecureString), status and delivery state
+  router       membership stream -> DestinationsQueue (realtime) or the change log (batch, paused)
+  queue        the shared FIFO queue: groups per (destination, profile), dedup by delivery id
+  delivery     one queued change -> one send, sequence-checked, rate-limited, retried, parked
+  payloads     webhook bodies and signatures, Segment calls, EventBridge entries, coalescing
+  senders      one attempt per type, and what it came to
+  changelog    batch mode's coalesced change log
+  batch        a batch destination's scheduled run (and the s3 snapshot)
+  schedules    the Scheduler schedule of each batch destination
+  ratelimit    per-destination requests per second across consumers
+  parking      the DLQ (FailuresTable) and replay
+  management   the API's operations
+
+docs/destinations.md has the behaviour, the guarantees and the costs.
+"""

@@ -1,0 +1,237 @@
+"""The destination definition (API.md "Destination"): models and validation.
+
+`parse_definition(data)` is the one way in: pydantic checks the shape (unknown fields, types, the
+config each type takes, the schedule batch mode needs), then `_check_semantics` checks what a
+schema cannot say. Every problem is a `ValidationFailed` detail naming its JSON path
+(`config.url`, `schedule.expression`) and what is allowed there. Secrets (`config.secret` of a
+webhook, `config.write_key` of a segment destination) are accepted here and split off by the store:
+they are never stored beside the definition nor returned.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from engage.audiences.definition import KEY_PATTERN, json_path
+from engage.errors import ValidationFailed
+
+TYPES = ("webhook", "segment", "eventbridge", "s3")
+MODES = ("realtime", "batch")
+# The config fields that are secrets, per type: write-only (stored in SSM SecureString).
+SECRET_FIELDS: dict[str, tuple[str, ...]] = {"webhook": ("secret",), "segment": ("write_key",)}
+MAX_RATE = 10_000  # requests per second; beyond that a destination is a bulk pipeline, not a sync
+MAX_HEADERS = 20
+RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
+EVENT_BUS_ARN = re.compile(r"^arn:aws[a-z-]*:events:[a-z0-9-]+:\d{12}:event-bus/[A-Za-z0-9._\-/]{1,256}$")
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+# Headers the deliverer sets itself: a config cannot override them.
+RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "x-engage-signature",
+                              "x-engage-delivery-id", "authorization"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebhookConfig(_Model):
+    url: StrictStr
+    # HMAC-SHA256 signing secret (write-only): X-Engage-Signature: t=<unix seconds>,v1=<hex>
+    secret: Annotated[StrictStr, Field(min_length=16, max_length=256)] | None = None
+    headers: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    timeout_seconds: Annotated[StrictInt, Field(ge=1, le=30)] = 10
+    # batch mode: how many changes go in one POST (a JSON object {"batch": [...]}); realtime posts one
+    batch_size: Annotated[StrictInt, Field(ge=1, le=1000)] = 100
+
+
+class SegmentConfig(_Model):
+    # Any Segment-compatible tracking API (api.segment.io, or this product's own ingestion).
+    endpoint: StrictStr = "https://api.segment.io"
+    write_key: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+    # identify: the audience key as a boolean trait; track: `Audience Entered` / `Audience Exited`.
+    call: Literal["identify", "track"] = "identify"
+    timeout_seconds: Annotated[StrictInt, Field(ge=1, le=30)] = 10
+
+
+class EventBridgeConfig(_Model):
+    event_bus_arn: StrictStr
+    source: Annotated[StrictStr, Field(min_length=1, max_length=256)] = "engage.destinations"
+
+
+class S3Config(_Model):
+    bucket: StrictStr
+    prefix: Annotated[StrictStr, Field(max_length=512)] = ""
+    format: Literal["csv", "jsonl"] = "csv"
+    # csv: the audience export's layouts (engage.audiences.export.FORMATS)
+    csv_format: Literal["unformatted", "formatted", "single_column"] = "unformatted"
+
+
+CONFIGS: dict[str, type[_Model]] = {"webhook": WebhookConfig, "segment": SegmentConfig,
+                                    "eventbridge": EventBridgeConfig, "s3": S3Config}
+
+
+class Schedule(_Model):
+    # rate(N minutes|hours|days) or cron(...) as EventBridge Scheduler takes them
+    expression: StrictStr
+    timezone: StrictStr = "UTC"
+
+
+class DestinationDefinition(_Model):
+    key: StrictStr
+    name: StrictStr | None = None
+    type: Literal["webhook", "segment", "eventbridge", "s3"]
+    config: dict[str, Any]
+    mode: Literal["realtime", "batch"] = "realtime"
+    schedule: Schedule | None = None
+    audiences: list[StrictStr] = Field(default_factory=list, max_length=100)
+    rate_limit_per_second: Annotated[StrictInt, Field(ge=1, le=MAX_RATE)] | None = None
+    # A paused destination collects changes (nothing is lost) and delivers them when resumed.
+    paused: StrictBool = False
+
+    def typed_config(self) -> _Model:
+        return CONFIGS[self.type].model_validate(self.config)
+
+    def public(self, secret_hints: dict[str, str] | None = None) -> dict[str, Any]:
+        """The definition as the API shows it: secrets replaced by a hint (`…abcd`), never the value."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        config = {k: v for k, v in data["config"].items() if k not in SECRET_FIELDS.get(self.type, ())}
+        for name, hint in (secret_hints or {}).items():
+            config[name] = {"set": True, "hint": hint}
+        data["config"] = config
+        return data
+
+
+def parse_definition(data: Any) -> DestinationDefinition:
+    """Validate a destination definition (JSON object); raise ValidationFailed naming each path."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("a destination definition is a JSON object",
+                               [{"path": "", "message": "expected an object"}])
+    try:
+        definition = DestinationDefinition.model_validate(data)
+    except ValidationError as exc:
+        details = [_detail(error) for error in exc.errors()]
+        raise ValidationFailed(_summary(details), details) from None
+    try:
+        config = definition.typed_config()
+    except ValidationError as exc:
+        details = [_detail(error, ("config",)) for error in exc.errors()]
+        raise ValidationFailed(_summary(details), details) from None
+    # Normalised: the config as its model has it (defaults filled), so stored definitions are complete.
+    definition = definition.model_copy(update={"config": config.model_dump(mode="json", exclude_none=True)})
+    problems = _check_semantics(definition, config)
+    if problems:
+        raise ValidationFailed(_summary(problems), problems)
+    return definition
+
+
+def _summary(details: list[dict]) -> str:
+    first = details[0]
+    where = first["path"] or "the definition"
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"invalid destination at {where}: {first['message']}{more}"
+
+
+def _detail(error: dict, prefix: tuple = ()) -> dict:
+    loc = prefix + tuple(error["loc"])
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = f"unknown field '{loc[-1]}'"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    elif error["type"] == "literal_error" or error["type"].endswith("_type"):
+        message = f"{message} (got {error.get('input')!r})"
+    return {"path": json_path(loc), "message": message}
+
+
+def _http_url(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc) and not _link_local(parsed.hostname or "")
+
+
+def _link_local(host: str) -> bool:
+    """169.254.0.0/16 and fe80::/10: the instance metadata services live there; never a customer endpoint."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_link_local
+    except ValueError:
+        return False
+
+
+def _check_semantics(definition: DestinationDefinition, config: _Model) -> list[dict]:
+    problems: list[dict] = []
+
+    def problem(path: str, message: str) -> None:
+        problems.append({"path": path, "message": message})
+
+    if not KEY_PATTERN.match(definition.key):
+        problem("key", "a key is 1 to 64 of a-z, 0-9 and _")
+    for index, audience in enumerate(definition.audiences):
+        if not KEY_PATTERN.match(audience):
+            problem(f"audiences[{index}]", "an audience key is 1 to 64 of a-z, 0-9 and _")
+    if len(set(definition.audiences)) != len(definition.audiences):
+        problem("audiences", "each audience is listed once")
+    if isinstance(config, WebhookConfig):
+        if not _http_url(config.url):
+            problem("config.url", "an http:// or https:// URL")
+        if len(config.headers) > MAX_HEADERS:
+            problem("config.headers", f"at most {MAX_HEADERS} headers")
+        for name in config.headers:
+            if not HEADER_NAME.match(name):
+                problem(f"config.headers.{name}", "not a valid HTTP header name")
+            elif name.lower() in RESERVED_HEADERS:
+                problem(f"config.headers.{name}", "set by the deliverer itself: cannot be configured")
+    if isinstance(config, SegmentConfig) and not _http_url(config.endpoint):
+        problem("config.endpoint", "an http:// or https:// URL (the tracking API's base, e.g. https://api.segment.io)")
+    if isinstance(config, EventBridgeConfig) and not EVENT_BUS_ARN.match(config.event_bus_arn):
+        problem("config.event_bus_arn", "an event bus ARN: arn:aws:events:<region>:<account>:event-bus/<name>")
+    if isinstance(config, S3Config):
+        if not BUCKET.match(config.bucket):
+            problem("config.bucket", "an S3 bucket name (3 to 63 of a-z, 0-9, '.' and '-')")
+        if definition.mode != "batch":
+            problem("mode", "an s3 destination writes a snapshot per scheduled run: mode must be batch")
+    if definition.mode == "batch":
+        if definition.schedule is None:
+            problem("schedule", "batch mode needs a schedule: {\"expression\": \"rate(1 hour)\", \"timezone\": \"UTC\"}")
+        else:
+            problems.extend(_schedule_problems(definition.schedule))
+    elif definition.schedule is not None:
+        problem("schedule", "only batch destinations have a schedule (realtime ones deliver each change)")
+    return problems
+
+
+def _schedule_problems(schedule: Schedule) -> list[dict]:
+    problems = []
+    expression = schedule.expression.strip()
+    rate = RATE.match(expression)
+    if rate:
+        if int(rate.group(1)) < 1:
+            problems.append({"path": "schedule.expression", "message": "a rate is at least 1"})
+        elif int(rate.group(1)) == 1 and rate.group(2).endswith("s"):
+            problems.append({"path": "schedule.expression", "message": "say rate(1 hour), not rate(1 hours)"})
+    elif not CRON.match(expression):
+        problems.append({"path": "schedule.expression",
+                         "message": "rate(N minutes|hours|days) or cron(min hour day month weekday year)"})
+    try:
+        ZoneInfo(schedule.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append({"path": "schedule.timezone", "message": f"unknown IANA time zone {schedule.timezone!r}"})
+    return problems
+
+
+def split_secrets(definition: DestinationDefinition) -> tuple[DestinationDefinition, dict[str, str]]:
+    """(the definition without its secret config fields, the secrets)."""
+    names = SECRET_FIELDS.get(definition.type, ())
+    secrets = {k: v for k, v in definition.config.items() if k in names and v is not None}
+    config = {k: v for k, v in definition.config.items() if k not in names}
+    return definition.model_copy(update={"config": config}), secrets
+
+
+def hint(secret: str) -> str:
+    """What GET shows of a secret: its last 4 characters (none of a short one)."""
+    return "…" + secret[-4:] if len(secret) >= 12 else "…"

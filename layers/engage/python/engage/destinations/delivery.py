@@ -1,0 +1,201 @@
+"""DestinationsQueue messages -> deliveries (DestinationDelivererFunction).
+
+A message is a `change` (one membership change for one destination) or a `backfill` page request.
+
+A change, in this order:
+1. the destination is read (cached per container); a deleted destination, or an audience no longer
+   connected, drops the change; a paused or batch destination appends it to the change log instead
+   (delivered on resume / on the schedule: nothing is lost);
+2. sequence check: the destination's mark for (audience, profile) holds the last version delivered;
+   a change at or below it is a redelivery or was overtaken by a newer state (a backfill entry
+   after a realtime exit): dropped. One GetItem;
+3. rate limit (`ratelimit.take`): no token in this second -> the message comes back in a second,
+   without counting as a failed attempt;
+4. send one attempt (senders); sent -> the mark moves to this version (conditional: never back),
+   and the status counter; retryable -> the message becomes visible again after an exponential
+   backoff with full jitter (or the receiver's Retry-After), until `destination_max_attempts`
+   receives, then parked; permanent (a 4xx) -> parked at once.
+
+Guarantee: at least once per change and destination, in per-profile order, exactly once unless the
+invocation dies between the receiver's answer and the mark (then the redelivery sends again with the
+same delivery id: `X-Engage-Delivery-Id` for webhooks, the Segment `messageId`, which Segment and this
+product's ingestion deduplicate).
+
+A backfill page reads 100 current members of the audience (the by_audience index, the same pages
+as the audience export), queues a change (`backfill: true`, the membership's version) per member
+in that member's group, then queues the next page: the work is bounded per invocation whatever
+the audience's size.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.exceptions import UpdateError
+
+from engage import clock
+from engage.audiences import membership
+from engage.audiences import store as audience_store
+from engage.config import settings
+from engage.db import key
+from engage.destinations import changelog, parking, payloads, queue, ratelimit, senders, store
+from engage.destinations.store import DestinationState, destination_pk
+from engage.observability import logger
+from engage.profiles_store import ProfileRecord
+
+BACKFILL_PAGE = 100
+BASE_BACKOFF_SECONDS = 10
+MAX_BACKOFF_SECONDS = 900
+THROTTLED_DELAY_SECONDS = 1
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of a message: done (delete it) or retry after `delay` seconds."""
+
+    done: bool
+    what: str
+    delay: int | None = None
+
+
+DONE = Result(True, "done")
+# Deliveries per destination in this invocation: one status update per destination and invocation (a
+# status item updated per delivery would cap a destination at DynamoDB's 1,000 writes/s per item).
+successes: dict[tuple[str, str], int] = {}
+
+
+def flush_status() -> None:
+    """Write the invocation's success counts (the handler calls it once at the end)."""
+    pending = dict(successes)
+    successes.clear()
+    for (space_id, destination_key), count in pending.items():
+        try:
+            store.note_success(space_id, destination_key, count)
+        except Exception:  # noqa: BLE001 - a status counter must never fail deliveries already made
+            logger.exception("could not update a destination's status", extra={"destination": destination_key})
+
+
+def handle(body: dict[str, Any], receive_count: int, function: str) -> Result:
+    kind = body.get("kind")
+    if kind == "change":
+        return deliver_change(body["change"], receive_count, function)
+    if kind == "backfill":
+        return backfill_page(body)
+    logger.warning("unknown destination message dropped", extra={"kind": kind})
+    return Result(True, f"unknown message kind {kind!r}")
+
+
+# ---------------------------------------------------------------- one change
+def seq_sk(audience_key: str, profile_id: str) -> str:
+    return key("seq", audience_key, profile_id)
+
+
+def delivered_version(change: dict[str, Any]) -> int:
+    try:
+        item = DestinationState.get(destination_pk(change["space_id"], change["destination"]),
+                                    seq_sk(change["audience_key"], change["profile_id"]), consistent_read=True)
+    except DestinationState.DoesNotExist:
+        return -1
+    return int(item.version if item.version is not None else -1)
+
+
+def mark_delivered(change: dict[str, Any]) -> None:
+    version = int(change["version"])
+    item = DestinationState(destination_pk(change["space_id"], change["destination"]),
+                            seq_sk(change["audience_key"], change["profile_id"]))
+    try:
+        item.update(actions=[DestinationState.version.set(version), DestinationState.member.set(bool(change["member"]))],
+                    condition=DestinationState.version.does_not_exist() | (DestinationState.version < version))
+    except UpdateError as error:
+        if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+            raise  # a newer version is marked already: keep it
+
+
+def backoff(receive_count: int, retry_after: float | None) -> int:
+    """Seconds before the next attempt: exponential with full jitter, at least what the receiver asked."""
+    ceiling = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2 ** max(0, receive_count - 1))
+    wait = random.uniform(ceiling / 2, ceiling)
+    if retry_after is not None:
+        wait = max(wait, retry_after)
+    return int(wait) + 1
+
+
+def deliver_change(change: dict[str, Any], receive_count: int, function: str) -> Result:
+    destination = store.cached(change["space_id"], change["destination"])
+    if destination is None:
+        return Result(True, "destination deleted: dropped")
+    if change["audience_key"] not in destination.audiences:
+        return Result(True, "audience disconnected: dropped")
+    if destination.definition.mode == "batch" or destination.definition.paused:
+        changelog.append([change])
+        return Result(True, "logged for a later run")
+    if int(change["version"]) <= delivered_version(change):
+        return Result(True, "already delivered (or overtaken by a newer change): dropped")
+    if not ratelimit.take(destination):
+        return Result(False, "rate limited", THROTTLED_DELAY_SECONDS)
+    secrets = store.get_secrets(destination.space_id, destination.key) if destination.secret_hints else {}
+    outcome = senders.SENDERS[destination.definition.type](destination.definition.config, secrets, [change],
+                                                             batched=False)
+    if outcome.ok:
+        mark_delivered(change)
+        successes[(destination.space_id, destination.key)] = successes.get((destination.space_id, destination.key), 0) + 1
+        return DONE
+    max_attempts = settings().destination_max_attempts
+    if outcome.status == senders.PERMANENT or receive_count >= max_attempts:
+        why = outcome.reason if outcome.status == senders.PERMANENT else (
+            f"{outcome.reason} (gave up after {receive_count} attempts)")
+        parking.park(function, change, why)
+        store.note_failure(destination.space_id, destination.key, why, parked=1)
+        return Result(True, f"parked: {why}")
+    store.note_failure(destination.space_id, destination.key, outcome.reason)
+    return Result(False, outcome.reason, backoff(receive_count, outcome.retry_after))
+
+
+# ---------------------------------------------------------------- backfill on connect
+def profile_identities(space_id: str, profile_ids: list[str]) -> dict[str, dict[str, str | None]]:
+    """user_id, anonymous_id, email and group_id of profiles (first of each), 100 per BatchGetItem."""
+    found: dict[str, dict[str, str | None]] = {pid: dict.fromkeys(payloads.IDENTITY_FIELDS) for pid in profile_ids}
+    for start in range(0, len(profile_ids), 100):
+        chunk = [key(space_id, pid) for pid in profile_ids[start:start + 100]]
+        for record in ProfileRecord.batch_get(chunk, attributes_to_get=["pk", "external_ids"]):
+            ids = found[record.pk.split("|", 1)[1]]
+            for entry in record.external_ids or []:
+                entry = dict(entry)
+                if entry.get("type") in ids and ids[entry["type"]] is None:
+                    ids[entry["type"]] = entry.get("id")
+    return found
+
+
+def entity_of(space_id: str, audience_key: str) -> str:
+    for audience in audience_store.cached(space_id):
+        if audience.key == audience_key:
+            return audience.entity
+    return "users"
+
+
+def backfill_page(body: dict[str, Any]) -> Result:
+    space_id, destination_key, audience_key = body["space_id"], body["destination"], body["audience_key"]
+    destination = store.cached(space_id, destination_key, fresh=True)
+    if destination is None or audience_key not in destination.audiences:
+        return Result(True, "destination deleted or audience disconnected: backfill stopped")
+    page, cursor = membership.members(space_id, audience_key, BACKFILL_PAGE, body.get("cursor"))
+    identities = profile_identities(space_id, [r.profile_id for r in page])
+    entity = entity_of(space_id, audience_key)
+    changes = [{"space_id": space_id, "destination": destination_key, "audience_key": audience_key,
+                "entity": entity, "profile_id": r.profile_id, "member": True, "version": int(r.version or 0),
+                "timestamp": r.entered_at or clock.iso(), "identity": identities[r.profile_id], "backfill": True}
+               for r in page]
+    if destination.definition.mode == "batch" or destination.definition.paused:
+        changelog.append(changes)
+        messages = []
+    else:
+        messages = [queue.change_message(c) for c in changes]
+    if cursor:
+        messages.append(queue.backfill_message(space_id, destination_key, audience_key, cursor, body.get("revision", 0)))
+    refused = queue.send(messages)
+    if refused:
+        # The page is sent again (its changes deduplicated by SQS and the sequence check).
+        return Result(False, f"SQS refused {len(refused)} messages", 1)
+    return Result(True, f"backfilled {len(changes)} members" + (" (more to come)" if cursor else ""))
+

@@ -1,0 +1,107 @@
+"""Destination management (API.md "Destination"): validate, store, connect, answer.
+
+Handlers call these with the space the access token authenticated. A definition is validated
+(`parse_definition`: shape and per-type config, paths named), its audiences must exist in the
+space, its secrets go to SSM (write-only), a batch destination gets its Scheduler schedule, and
+every audience newly connected gets a backfill (its current members are queued, or logged for a
+batch destination) before its changes: the router starts routing an audience's changes as soon as
+the definition is stored, and the sequence check orders backfill and changes by membership version.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from engage.audiences import store as audience_store
+from engage.destinations import changelog, parking, queue, schedules, store
+from engage.destinations.definition import DestinationDefinition, parse_definition, split_secrets
+from engage.errors import ValidationFailed
+
+
+def validate(space_id: str, body: Any, *, editing: str | None = None) -> DestinationDefinition:
+    if isinstance(body, dict) and editing is not None:
+        if "key" in body and body["key"] != editing:
+            raise ValidationFailed("the key of a destination cannot change",
+                                   [{"path": "key", "value": body["key"], "expected": editing}])
+        body = {**body, "key": editing}
+    definition = parse_definition(body)
+    live = {a.key for a in audience_store.list_all(space_id)}
+    problems = [{"path": f"audiences[{i}]", "message": f"no audience {k!r} in this space"}
+                for i, k in enumerate(definition.audiences) if k not in live]
+    if problems:
+        raise ValidationFailed(f"invalid destination at {problems[0]['path']}: {problems[0]['message']}", problems)
+    return definition
+
+
+def _view(destination: store.Destination) -> dict[str, Any]:
+    status = store.status(destination.space_id, destination.key)
+    # changes waiting in the change log (batch, or collected while paused); realtime messages in flight
+    # are the queue's (its depth alarm), not counted per destination
+    status["backlog"] = changelog.depth(destination.space_id, destination.key)
+    status["dlq_depth"] = status.pop("parked")
+    return destination.view(status)
+
+
+def _connect(space_id: str, destination: store.Destination, audiences: list[str]) -> None:
+    """Backfill newly connected audiences: one page request each, the deliverer pages on."""
+    if audiences:
+        queue.send([queue.backfill_message(space_id, destination.key, a, None, destination.revision)
+                    for a in audiences])
+
+
+def create(space_id: str, body: Any) -> dict[str, Any]:
+    definition, secrets = split_secrets(validate(space_id, body))
+    destination = store.create(space_id, definition, secrets)
+    if definition.mode == "batch":
+        store.set_schedule_name(space_id, definition.key, schedules.put(space_id, definition))
+    _connect(space_id, destination, destination.audiences)
+    return _view(store.get(space_id, definition.key))
+
+
+def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
+    store.get(space_id, destination_key)  # 404 first
+    definition, secrets = split_secrets(validate(space_id, body, editing=destination_key))
+    before, after = store.replace(space_id, destination_key, definition, secrets)
+    if definition.mode == "batch":
+        store.set_schedule_name(space_id, destination_key, schedules.put(space_id, definition))
+    elif before.definition.mode == "batch":
+        schedules.remove(space_id, destination_key)
+        store.set_schedule_name(space_id, destination_key, None)
+    collecting = before.definition.paused or before.definition.mode == "batch"
+    if collecting and not definition.paused and definition.mode == "realtime":
+        resume(space_id, destination_key)  # resumed, or batch turned realtime: the log goes out now
+    _connect(space_id, after, [a for a in after.audiences if a not in before.audiences])
+    return _view(store.get(space_id, destination_key))
+
+
+def resume(space_id: str, destination_key: str) -> int:
+    """A realtime destination resumed (or a batch one made realtime): its change log goes to the queue."""
+    sent = 0
+    for page in changelog.pages(space_id, destination_key):
+        refused = {m["MessageDeduplicationId"] for m in queue.send([queue.change_message(c) for c in page])}
+        done = [c for c in page if queue.change_message(c)["MessageDeduplicationId"] not in refused]
+        changelog.remove(done)
+        sent += len(done)
+    return sent
+
+
+def get(space_id: str, destination_key: str) -> dict[str, Any]:
+    view = _view(store.get(space_id, destination_key))
+    view["parked"] = parking.views(space_id, destination_key)
+    return view
+
+
+def list_destinations(space_id: str) -> dict[str, Any]:
+    return {"destinations": [_view(d) for d in store.list_all(space_id)]}
+
+
+def delete(space_id: str, destination_key: str) -> None:
+    gone = store.delete(space_id, destination_key)
+    if gone.definition.mode == "batch":
+        schedules.remove(space_id, destination_key)
+
+
+def replay(space_id: str, destination_key: str) -> dict[str, Any]:
+    destination = store.get(space_id, destination_key)
+    result = parking.replay(space_id, destination_key)
+    store.note_unparked(space_id, destination.key, result["replayed"])
+    return result

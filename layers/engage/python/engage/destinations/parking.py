@@ -1,0 +1,94 @@
+"""Deliveries that keep failing, parked in FailuresTable (engage.failures) and replayed on request.
+
+A parked delivery is a `ParkedFailure` item of the deliverer function, keyed by the change's
+delivery id (in place of a stream sequence number), with the change as its record, the reason, and
+`table = destination|<space>|<key>` naming the destination (so `engage failures` lists them beside
+the stream functions' and the replay endpoint finds a destination's own). Parking is idempotent:
+the same delivery parked twice is one item.
+
+`replay` (POST /v1/destinations/{key}/replay) sends every parked change of the destination back to
+DestinationsQueue with a fresh deduplication id and marks it replayed; the deliverer's sequence
+check then skips any that a newer change has overtaken meanwhile.
+"""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from engage import clock
+from engage.config import settings
+from engage.destinations import payloads, queue
+from engage.failures import store as failures
+from engage.failures.store import PARKED, ParkedFailure, failure_id
+
+
+def marker(space_id: str, destination_key: str) -> str:
+    return f"destination|{space_id}|{destination_key}"
+
+
+def park(function: str, change: dict[str, Any], reason: str) -> None:
+    delivery = payloads.delivery_id(change)
+    expires = int((clock.now() + timedelta(days=settings().parked_failure_retention_days)).timestamp())
+    ParkedFailure(failure_id(function, delivery)).update(actions=[
+        ParkedFailure.function.set(function),
+        ParkedFailure.sequence_number.set(delivery),
+        ParkedFailure.status.set(PARKED),
+        ParkedFailure.reason.set(reason[:failures.MAX_REASON]),
+        ParkedFailure.table.set(marker(change["space_id"], change["destination"])),
+        ParkedFailure.event_name.set(payloads.event_name(change)),
+        ParkedFailure.record.set(json.dumps(change, sort_keys=True)),
+        ParkedFailure.parked_at.set(clock.iso()),
+        ParkedFailure.condition.set("DeliveryFailed"),
+        ParkedFailure.expires_at.set(expires),
+    ])
+
+
+def parked(space_id: str, destination_key: str) -> list[ParkedFailure]:
+    """The destination's parked deliveries, oldest first (a Scan of FailuresTable: failures only)."""
+    condition = (ParkedFailure.table == marker(space_id, destination_key)) & (ParkedFailure.status == PARKED)
+    return sorted(ParkedFailure.scan(condition), key=lambda i: (i.parked_at or "", i.pk))
+
+
+def replay(space_id: str, destination_key: str) -> dict[str, Any]:
+    items = parked(space_id, destination_key)
+    replayed = _requeue(items)
+    return {"replayed": len(replayed), "remaining": len(items) - len(replayed),
+            "delivery_ids": [i.sequence_number for i in replayed]}
+
+
+def _requeue(items: list[ParkedFailure]) -> list[ParkedFailure]:
+    """Queue each parked change again; the items queued (and marked replayed)."""
+    done = []
+    for item in items:
+        change = json.loads(item.record)
+        tag = f"-r{int(item.replays or 0) + 1}"  # a new deduplication id: SQS would drop a repeat of the first
+        if queue.send([queue.change_message(change, attempt_tag=tag)]):
+            continue  # refused: stays parked, the next replay tries again
+        failures.mark_replayed(item)
+        done.append(item)
+    return done
+
+
+def serve(request: dict, function: str | None) -> dict[str, Any]:
+    """`engage replay` / FailureReplayFunction invoking the deliverer with {"replayParked": {"ids"}}:
+    the same as the API's replay, for the ids asked (answered in engage.failures.replay's shape)."""
+    from engage.destinations import store
+
+    ids = [i for i in (request or {}).get("ids", []) if isinstance(i, str)]
+    found = failures.get_many(ids) if ids else {}
+    skipped = [{"id": i, "reason": "no such parked failure"} for i in ids if i not in found]
+    mine = [item for item in found.values() if item.function == function and (item.table or "").startswith("destination|")]
+    skipped += [{"id": item.pk, "reason": f"failed in {item.function}, not in {function}"}
+                for item in found.values() if item not in mine]
+    replayed = _requeue(mine)
+    for item in replayed:
+        _, space_id, destination_key = item.table.split("|", 2)
+        store.note_unparked(space_id, destination_key, 1)
+    return {"replayed": [i.pk for i in replayed], "skipped": skipped,
+            "failed": [{"id": i.pk, "reason": "SQS refused the message"} for i in mine if i not in replayed]}
+
+
+def views(space_id: str, destination_key: str, limit: int = 20) -> list[dict[str, Any]]:
+    return [{"delivery_id": i.sequence_number, "reason": i.reason, "parked_at": i.parked_at,
+             "change": payloads.change_view(json.loads(i.record))} for i in parked(space_id, destination_key)[:limit]]

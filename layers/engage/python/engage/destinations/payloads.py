@@ -1,0 +1,136 @@
+"""What each destination type receives for membership changes: pure functions, no I/O.
+
+A change (the queue message body, the change log's entry) is a dict:
+  {"space_id", "destination", "audience_key", "entity": "users"|"accounts", "profile_id",
+   "member": bool, "version": int, "timestamp": ISO, "identity": {"user_id", "anonymous_id",
+   "email", "group_id"}, "backfill": bool}
+`version` is the membership item's version: it grows with every change of one (profile, audience),
+so (destination, profile, audience, version) names one delivery (`delivery_id`).
+
+- webhook: one JSON object per change (realtime) or {"batch": [...]} (batch mode), signed with
+  HMAC-SHA256 over "<unix seconds>.<body>" (`signature`), Stripe's scheme: the receiver recomputes
+  it with the shared secret and rejects stale timestamps (replays);
+- segment: Tracking API calls (identify with the audience key as a boolean trait, or track
+  `Audience Entered`/`Audience Exited`; an account audience as a group call), with a deterministic
+  messageId (the delivery id): Segment, and this product's own ingestion, drop a redelivered call;
+- eventbridge: PutEvents entries (detail-type `Audience Entered`/`Audience Exited`).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable
+from typing import Any
+
+ENTERED, EXITED = "Audience Entered", "Audience Exited"
+SIGNATURE_HEADER = "X-Engage-Signature"
+DELIVERY_HEADER = "X-Engage-Delivery-Id"
+IDENTITY_FIELDS = ("user_id", "anonymous_id", "email", "group_id")
+
+
+def delivery_id(change: dict[str, Any]) -> str:
+    """The change's id at one destination: same change, same id, whatever the number of deliveries."""
+    text = "|".join((change["space_id"], change["destination"], change["audience_key"], change["profile_id"],
+                     str(int(change["version"])), "1" if change["member"] else "0"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def event_name(change: dict[str, Any]) -> str:
+    return ENTERED if change["member"] else EXITED
+
+
+def ids(change: dict[str, Any]) -> dict[str, Any]:
+    identity = change.get("identity") or {}
+    return {name: identity.get(name) for name in IDENTITY_FIELDS if identity.get(name) is not None}
+
+
+def change_view(change: dict[str, Any]) -> dict[str, Any]:
+    """One change as a webhook receives it."""
+    return {"id": delivery_id(change), "type": "audience_membership", "event": event_name(change),
+            "space": change["space_id"], "destination": change["destination"],
+            "audience_key": change["audience_key"], "entity": change.get("entity", "users"),
+            "profile_id": change["profile_id"], **ids(change), "member": bool(change["member"]),
+            "version": int(change["version"]), "timestamp": change["timestamp"],
+            "backfill": bool(change.get("backfill"))}
+
+
+def webhook_body(changes: list[dict[str, Any]], *, batched: bool) -> bytes:
+    views = [change_view(c) for c in changes]
+    document: Any = {"batch": views} if batched else views[0]
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """The X-Engage-Signature value: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: str, header: str, body: bytes, now: int, tolerance_seconds: int = 300) -> bool:
+    """What a receiver does (documented, and used by the tests' receiver)."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    try:
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance_seconds:
+        return False
+    return hmac.compare_digest(signature(secret, timestamp, body), header)
+
+
+def segment_call(change: dict[str, Any], call: str) -> tuple[str, dict[str, Any]]:
+    """(path, body) of the Tracking API call for one change.
+
+    Users: identify {traits: {<audience>: true|false}} or track `Audience Entered|Exited`.
+    Accounts: group {groupId, traits: {<audience>: bool}} (seed 002: account audiences are sent as
+    group calls), with the account's user or anonymous id when it has one, else an anonymousId
+    naming the account (the tracking API needs one of the two).
+    """
+    found = ids(change)
+    audience = change["audience_key"]
+    member = bool(change["member"])
+    common: dict[str, Any] = {
+        "messageId": f"engage-{delivery_id(change)}", "timestamp": change["timestamp"],
+        "context": {"personas": {"computation_class": "audience", "computation_key": audience,
+                                 "space_id": change["space_id"], "destination": change["destination"]},
+                    "traits": {"email": found["email"]} if found.get("email") else {}},
+        "integrations": {"All": True}}
+    who = {k: v for k, v in (("userId", found.get("user_id")), ("anonymousId", found.get("anonymous_id"))) if v}
+    if change.get("entity") == "accounts":
+        group_id = found.get("group_id") or change["profile_id"]
+        who = who or {"anonymousId": f"account:{group_id}"}
+        return "/v1/group", {**common, **who, "type": "group", "groupId": group_id, "traits": {audience: member}}
+    if not who:
+        who = {"anonymousId": f"profile:{change['profile_id']}"}
+    if call == "track":
+        return "/v1/track", {**common, **who, "type": "track", "event": event_name(change),
+                             "properties": {"audience_key": audience, audience: member}}
+    traits: dict[str, Any] = {audience: member}
+    if found.get("email"):
+        traits["email"] = found["email"]
+    return "/v1/identify", {**common, **who, "type": "identify", "traits": traits}
+
+
+def segment_batch(changes: Iterable[dict[str, Any]], call: str) -> dict[str, Any]:
+    """One /v1/batch body (batch mode)."""
+    return {"batch": [{**body} for _, body in (segment_call(c, call) for c in changes)]}
+
+
+def eventbridge_entry(change: dict[str, Any], bus_arn: str, source: str) -> dict[str, Any]:
+    return {"Source": source, "DetailType": event_name(change), "EventBusName": bus_arn,
+            "Detail": json.dumps(change_view(change), sort_keys=True)}
+
+
+def coalesce(changes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One change per (audience, profile): the one with the highest version (its final state).
+
+    Batch semantics (Segment's): a profile that entered then exited within one run is sent as
+    exited only. Order of the result: by (audience, profile), deterministic.
+    """
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for change in changes:
+        slot = (change["audience_key"], change["profile_id"])
+        if slot not in latest or int(change["version"]) > int(latest[slot]["version"]):
+            latest[slot] = change
+    return [latest[slot] for slot in sorted(latest)]

@@ -1,0 +1,139 @@
+"""Sending to a destination: one attempt, and what it came to (`Outcome`).
+
+The deliverer retries, not the sender: an attempt that can succeed later (429, 5xx, a timeout, a
+refused connection, an EventBridge throttle) is `retry` with the wait the receiver asked for
+(Retry-After) when it gave one; a 4xx other than 408/409/429 is `permanent` (the same request will
+be refused again: parked at once, replayable after the receiver or the destination is fixed).
+HTTP goes through the standard library (urllib): one connection per request, no pool to keep warm
+between the seconds-apart invocations of a queue consumer.
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from engage import clock
+from engage.destinations import payloads
+
+SENT, RETRY, PERMANENT = "sent", "retry", "permanent"
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+MAX_RETRY_AFTER = 12 * 3600  # SQS visibility timeout's ceiling
+USER_AGENT = "engage-destinations/1"
+MAX_ENTRIES_PER_PUT = 10  # EventBridge PutEvents
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # sent | retry | permanent
+    reason: str = ""
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+    requests: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SENT
+
+
+def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Outcome:
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(64 * 1024)
+            return Outcome(SENT, f"HTTP {response.status}")
+    except urllib.error.HTTPError as error:
+        status = error.code
+        after = retry_after(error.headers.get("Retry-After") if error.headers else None)
+        text = f"HTTP {status} from {url}: {_snippet(error)}"
+        if status >= 500 or status in RETRYABLE_STATUSES:
+            return Outcome(RETRY, text, after)
+        return Outcome(PERMANENT, text)
+    except TimeoutError:
+        return Outcome(RETRY, f"no answer from {url} within {timeout:g} s")
+    except (urllib.error.URLError, ConnectionError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return Outcome(RETRY, f"could not reach {url}: {reason}")
+
+
+def _snippet(error: urllib.error.HTTPError) -> str:
+    try:
+        return error.read(300).decode("utf-8", "replace").strip() or error.reason or ""
+    except Exception:  # noqa: BLE001 - the body is only for the error message
+        return str(error.reason or "")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), capped; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = (parsedate_to_datetime(value) - clock.now()).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(seconds, MAX_RETRY_AFTER))
+
+
+# ---------------------------------------------------------------- per type
+def send_webhook(config: dict[str, Any], secrets: dict[str, str], changes: list[dict[str, Any]], *,
+                 batched: bool) -> Outcome:
+    body = payloads.webhook_body(changes, batched=batched)
+    headers = dict(config.get("headers") or {})
+    headers[payloads.DELIVERY_HEADER] = (payloads.delivery_id(changes[0]) if not batched else
+                                         payloads.delivery_id(changes[0]) + f"+{len(changes) - 1}")
+    if secrets.get("secret"):
+        headers[payloads.SIGNATURE_HEADER] = payloads.signature(secrets["secret"], int(clock.now().timestamp()), body)
+    return post_json(config["url"], body, headers, config.get("timeout_seconds", 10))
+
+
+def send_segment(config: dict[str, Any], secrets: dict[str, str], changes: list[dict[str, Any]], *,
+                 batched: bool) -> Outcome:
+    base = config["endpoint"].rstrip("/")
+    headers = {}
+    if secrets.get("write_key"):
+        headers["Authorization"] = "Basic " + b64encode(f"{secrets['write_key']}:".encode()).decode()
+    timeout = config.get("timeout_seconds", 10)
+    if batched:
+        body = payloads.segment_batch(changes, config.get("call", "identify"))
+        return post_json(f"{base}/v1/batch", json.dumps(body).encode(), headers, timeout)
+    path, body = payloads.segment_call(changes[0], config.get("call", "identify"))
+    return post_json(base + path, json.dumps(body).encode(), headers, timeout)
+
+
+@lru_cache(maxsize=1)
+def _events():
+    return boto3.client("events")
+
+
+def send_eventbridge(config: dict[str, Any], _secrets: dict[str, str], changes: list[dict[str, Any]], *,
+                     batched: bool) -> Outcome:
+    entries = [payloads.eventbridge_entry(c, config["event_bus_arn"], config.get("source", "engage.destinations"))
+               for c in changes]
+    requests = 0
+    for start in range(0, len(entries), MAX_ENTRIES_PER_PUT):
+        requests += 1
+        try:
+            result = _events().put_events(Entries=entries[start:start + MAX_ENTRIES_PER_PUT])
+        except (BotoCoreError, ClientError) as error:
+            return Outcome(RETRY, f"PutEvents to {config['event_bus_arn']} failed: {error}", requests=requests)
+        refused = [e for e in result.get("Entries", []) if e.get("ErrorCode")]
+        if refused:
+            return Outcome(RETRY, f"PutEvents refused {len(refused)} entries: {refused[0].get('ErrorCode')} "
+                                  f"{refused[0].get('ErrorMessage', '')}", requests=requests)
+    return Outcome(SENT, f"{len(entries)} events", requests=requests)
+
+
+SENDERS = {"webhook": send_webhook, "segment": send_segment, "eventbridge": send_eventbridge}

@@ -1,0 +1,315 @@
+"""Destination definitions, secrets and delivery state: the one storage place for the destination aggregate.
+
+ConfigTable (every key starts with the space id):
+  pk = <space>|destinations, sk = <key>     one item per destination ever created; a deleted one stays
+                                            as a tombstone so its key is never reused (API.md)
+SSM Parameter Store, SecureString (KMS-encrypted, standard tier: no charge):
+  <DestinationSecretsPrefix>/<space>/<key>  the definition's secret config fields as JSON; write-only
+                                            through the API (GET shows a hint)
+DestinationsTable (pk = <space>|<key>, the destination):
+  sk = status                               counters and last outcome (GET shows them)
+  sk = seq|<audience>|<profile>             the last change version delivered (sequence check)
+  sk = log|<audience>|<profile>             batch mode's change log: the latest change only (coalesced)
+  sk = rate|<unix second>                   the rate limit's one-second windows (expire after a minute)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
+from pynamodb.exceptions import PutError
+
+from engage import clock
+from engage.config import settings
+from engage.db import EngageModel, TableName, key
+from engage.destinations.definition import DestinationDefinition, hint, parse_definition
+from engage.errors import Conflict, NotFound
+
+CACHE_SECONDS = 30  # warm-container cache of a space's destinations (the router reads them per batch)
+
+
+class DestinationRecord(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    key = UnicodeAttribute()
+    definition = UnicodeAttribute()  # JSON, without secrets
+    secret_hints = UnicodeAttribute(null=True)  # JSON {field: hint}
+    schedule_name = UnicodeAttribute(null=True)
+    revision = NumberAttribute(default=1)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    deleted_at = UnicodeAttribute(null=True)
+    version = VersionAttribute()
+
+
+class DestinationState(EngageModel):
+    """Items of DestinationsTable: status, sequence marks, the batch change log, rate windows."""
+
+    class Meta:
+        table_name = TableName("destinations_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    # status
+    delivered = NumberAttribute(null=True)
+    failures = NumberAttribute(null=True)
+    parked = NumberAttribute(null=True)
+    last_success_at = UnicodeAttribute(null=True)
+    last_error = UnicodeAttribute(null=True)
+    last_error_at = UnicodeAttribute(null=True)
+    last_run_at = UnicodeAttribute(null=True)
+    # seq / log
+    version = NumberAttribute(null=True)
+    member = BooleanAttribute(null=True)
+    change = UnicodeAttribute(null=True)  # log: the change as JSON
+    # rate
+    count = NumberAttribute(null=True)
+    expires_at = NumberAttribute(null=True)
+
+
+@dataclass(frozen=True)
+class Destination:
+    space_id: str
+    key: str
+    definition: DestinationDefinition
+    secret_hints: dict[str, str]
+    revision: int
+    created_at: str
+    updated_at: str
+    schedule_name: str | None = None
+
+    @property
+    def audiences(self) -> list[str]:
+        return list(self.definition.audiences)
+
+    def view(self, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**self.definition.public(self.secret_hints), "revision": self.revision,
+                "created_at": self.created_at, "updated_at": self.updated_at, "status": status or {}}
+
+
+def destination_pk(space_id: str, destination_key: str) -> str:
+    return key(space_id, destination_key)
+
+
+def _pk(space_id: str) -> str:
+    return key(space_id, "destinations")
+
+
+def _destination(record: DestinationRecord) -> Destination:
+    return Destination(record.space_id, record.key, parse_definition(json.loads(record.definition)),
+                       json.loads(record.secret_hints or "{}"), int(record.revision), record.created_at,
+                       record.updated_at, record.schedule_name)
+
+
+def _record(space_id: str, destination_key: str) -> DestinationRecord | None:
+    try:
+        return DestinationRecord.get(_pk(space_id), destination_key, consistent_read=True)
+    except DestinationRecord.DoesNotExist:
+        return None
+
+
+def _live_record(space_id: str, destination_key: str) -> DestinationRecord:
+    record = _record(space_id, destination_key)
+    if record is None or record.deleted_at:
+        raise NotFound(f"no destination {destination_key!r} in this space", [{"path": "key", "value": destination_key}])
+    return record
+
+
+def create(space_id: str, definition: DestinationDefinition, secrets: dict[str, str]) -> Destination:
+    """Store a new destination (secrets to SSM first); 409 if the key was ever used in the space."""
+    now = clock.iso()
+    record = DestinationRecord(_pk(space_id), definition.key, space_id=space_id, key=definition.key,
+                               definition=definition.model_dump_json(exclude_none=True),
+                               secret_hints=json.dumps({k: hint(v) for k, v in secrets.items()}),
+                               created_at=now, updated_at=now)
+    existing = _record(space_id, definition.key)
+    if existing is not None:
+        raise _taken(definition.key, existing)
+    if secrets:
+        put_secrets(space_id, definition.key, secrets)
+    try:
+        record.save(condition=DestinationRecord.pk.does_not_exist())
+    except PutError as error:
+        if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+            raise _taken(definition.key, _record(space_id, definition.key)) from error
+        raise
+    clear_cache()
+    return _destination(record)
+
+
+def _taken(destination_key: str, existing: DestinationRecord | None) -> Conflict:
+    what = "was used by a deleted destination" if existing and existing.deleted_at else "is in use"
+    return Conflict(f"destination key {destination_key!r} {what}: keys are unique in a space forever",
+                    [{"path": "key", "value": destination_key}])
+
+
+def replace(space_id: str, destination_key: str, definition: DestinationDefinition,
+            secrets: dict[str, str]) -> tuple[Destination, Destination]:
+    """Replace a live destination's definition; secrets not given are kept. (before, after)."""
+    record = _live_record(space_id, destination_key)
+    before = _destination(record)
+    hints = dict(before.secret_hints)
+    if secrets:
+        kept = get_secrets(space_id, destination_key) if before.secret_hints else {}
+        put_secrets(space_id, destination_key, {**kept, **secrets})
+        hints |= {k: hint(v) for k, v in secrets.items()}
+    record.definition = definition.model_dump_json(exclude_none=True)
+    record.secret_hints = json.dumps(hints)
+    record.revision = int(record.revision) + 1
+    record.updated_at = clock.iso()
+    record.save()  # VersionAttribute: a concurrent edit fails rather than being lost
+    clear_cache()
+    return before, _destination(record)
+
+
+def set_schedule_name(space_id: str, destination_key: str, name: str | None) -> None:
+    record = _live_record(space_id, destination_key)
+    record.update(actions=[DestinationRecord.schedule_name.set(name) if name else
+                           DestinationRecord.schedule_name.remove()])
+
+
+def delete(space_id: str, destination_key: str) -> Destination:
+    record = _live_record(space_id, destination_key)
+    gone = _destination(record)
+    record.deleted_at = record.updated_at = clock.iso()
+    record.save()
+    delete_secrets(space_id, destination_key)
+    clear_cache()
+    return gone
+
+
+def get(space_id: str, destination_key: str) -> Destination:
+    return _destination(_live_record(space_id, destination_key))
+
+
+def find(space_id: str, destination_key: str) -> Destination | None:
+    record = _record(space_id, destination_key)
+    return _destination(record) if record is not None and not record.deleted_at else None
+
+
+def list_all(space_id: str) -> list[Destination]:
+    return [_destination(r) for r in DestinationRecord.query(_pk(space_id)) if not r.deleted_at]
+
+
+_cache: dict[str, tuple[float, list[Destination]]] = {}
+
+
+def connected(space_id: str, audience_key: str) -> list[Destination]:
+    """The space's live destinations connected to an audience (cached CACHE_SECONDS per container)."""
+    now = clock.now().timestamp()
+    cached = _cache.get(space_id)
+    if cached is None or now - cached[0] > CACHE_SECONDS or now < cached[0]:
+        cached = (now, list_all(space_id))
+        _cache[space_id] = cached
+    return [d for d in cached[1] if audience_key in d.definition.audiences]
+
+
+def cached(space_id: str, destination_key: str, *, fresh: bool = False) -> Destination | None:
+    """One live destination, from the per-space cache (`fresh`: read it now)."""
+    if fresh:
+        return find(space_id, destination_key)
+    now = clock.now().timestamp()
+    hit = _cache.get(space_id)
+    if hit is None or now - hit[0] > CACHE_SECONDS or now < hit[0]:
+        hit = (now, list_all(space_id))
+        _cache[space_id] = hit
+    return next((d for d in hit[1] if d.key == destination_key), None)
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+# ---------------------------------------------------------------- secrets (SSM SecureString)
+@lru_cache(maxsize=1)
+def _ssm():
+    return boto3.client("ssm")
+
+
+def _parameter(space_id: str, destination_key: str) -> str:
+    return f"{settings().require('destination_secrets_prefix').rstrip('/')}/{space_id}/{destination_key}"
+
+
+def put_secrets(space_id: str, destination_key: str, secrets: dict[str, str]) -> None:
+    _ssm().put_parameter(Name=_parameter(space_id, destination_key), Value=json.dumps(secrets),
+                         Type="SecureString", Overwrite=True)
+    _secret_cache.pop((space_id, destination_key), None)
+
+
+_secret_cache: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+
+
+def get_secrets(space_id: str, destination_key: str) -> dict[str, str]:
+    """The destination's secrets (cached CACHE_SECONDS per container: one GetParameter per sender)."""
+    now = clock.now().timestamp()
+    cached = _secret_cache.get((space_id, destination_key))
+    if cached and 0 <= now - cached[0] <= CACHE_SECONDS:
+        return cached[1]
+    try:
+        value = _ssm().get_parameter(Name=_parameter(space_id, destination_key),
+                                     WithDecryption=True)["Parameter"]["Value"]
+        secrets = json.loads(value)
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ParameterNotFound":
+            raise
+        secrets = {}
+    _secret_cache[(space_id, destination_key)] = (now, secrets)
+    return secrets
+
+
+def delete_secrets(space_id: str, destination_key: str) -> None:
+    try:
+        _ssm().delete_parameter(Name=_parameter(space_id, destination_key))
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ParameterNotFound":
+            raise
+    _secret_cache.pop((space_id, destination_key), None)
+
+
+# ---------------------------------------------------------------- status
+STATUS = "status"
+
+
+def status(space_id: str, destination_key: str) -> dict[str, Any]:
+    try:
+        item = DestinationState.get(destination_pk(space_id, destination_key), STATUS)
+    except DestinationState.DoesNotExist:
+        return {"delivered": 0, "failures": 0, "parked": 0, "last_success_at": None, "last_error": None,
+                "last_error_at": None, "last_run_at": None}
+    return {"delivered": int(item.delivered or 0), "failures": int(item.failures or 0),
+            "parked": max(0, int(item.parked or 0)), "last_success_at": item.last_success_at,
+            "last_error": item.last_error, "last_error_at": item.last_error_at, "last_run_at": item.last_run_at}
+
+
+def note_success(space_id: str, destination_key: str, delivered: int = 1) -> None:
+    DestinationState(destination_pk(space_id, destination_key), STATUS).update(actions=[
+        DestinationState.delivered.add(delivered), DestinationState.last_success_at.set(clock.iso())])
+
+
+def note_failure(space_id: str, destination_key: str, error: str, *, parked: int = 0) -> None:
+    actions = [DestinationState.failures.add(1), DestinationState.last_error.set(error[:1000]),
+               DestinationState.last_error_at.set(clock.iso())]
+    if parked:
+        actions.append(DestinationState.parked.add(parked))
+    DestinationState(destination_pk(space_id, destination_key), STATUS).update(actions=actions)
+
+
+def note_unparked(space_id: str, destination_key: str, count: int) -> None:
+    if count:
+        DestinationState(destination_pk(space_id, destination_key), STATUS).update(
+            actions=[DestinationState.parked.add(-count)])
+
+
+def note_run(space_id: str, destination_key: str) -> None:
+    DestinationState(destination_pk(space_id, destination_key), STATUS).update(
+        actions=[DestinationState.last_run_at.set(clock.iso())])
+

@@ -1,0 +1,409 @@
+"""Destinations on moto, through the real handlers: the management API, the membership stream's
+destination router, the FIFO queue and the deliverer, against a real HTTP receiver on loopback.
+
+Given a manual audience and members added through the API, the stream records MembershipsTable made
+are handed to DestinationRouterFunction, and the messages it queued to the deliverer as Lambda's SQS
+event source would (receive count and group id included)."""
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from engage.destinations import payloads
+from engage.destinations import store as destination_store
+from tests.integration.audience_support import (
+    LambdaContext,
+    StreamReader,
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    handler,
+    make_profile,
+)
+from tests.receiver import Receiver
+
+VIP = {"key": "vip", "name": "VIP", "kind": "manual"}
+SECRET = "whsec-0123456789abcdef"
+
+
+@pytest.fixture
+def env(engine, space, monkeypatch):
+    """The destination functions' own environment (template.yaml gives it per function)."""
+    from engage import config
+
+    monkeypatch.setenv("DESTINATIONS_TABLE", engine.tables["DestinationsTable"])
+    monkeypatch.setenv("DESTINATIONS_QUEUE_URL", engine.queues["DestinationsQueue"])
+    monkeypatch.setenv("DESTINATION_SECRETS_PREFIX", "/test/destinations")
+    monkeypatch.setenv("DESTINATION_BATCH_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:batch")
+    monkeypatch.setenv("DESTINATION_SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/scheduler")
+    monkeypatch.setenv("DESTINATION_MAX_ATTEMPTS", "3")
+    config.settings.cache_clear()
+    destination_store.clear_cache()
+    assert call_api("POST", "/v1/audiences", VIP)[0] == 201
+    for n in (1, 2, 3):
+        make_profile(f"p{n}", ids={"user_id": f"u{n}", "email": f"u{n}@example.com"})
+    return engine
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()
+
+
+class Flow:
+    """The stream -> router -> queue -> deliverer path, driven one hop at a time."""
+
+    def __init__(self, aws, monkeypatch=None):
+        self.aws = aws
+        self.delays: list[int] = []
+        if monkeypatch is not None:
+            # moto's visibility timeouts run on real time: record the backoff the deliverer asks for
+            # (unit-tested) and let the next receive see the message at once, as if that time had passed.
+            from engage.destinations import queue
+
+            monkeypatch.setattr(queue, "delay", lambda _handle, seconds: self.delays.append(seconds))
+        self.stream = StreamReader(aws, "MembershipsTable")
+        self.sqs = boto3.client("sqs", region_name="us-east-1")
+        self.url = aws.queues["DestinationsQueue"]
+        self.context = LambdaContext(function_name="deliverer-fn")
+
+    def route(self) -> dict:
+        return handler("destination_router")(self.stream.batch(), LambdaContext(function_name="dest-router-fn"))
+
+    def receive(self) -> list[dict]:
+        page = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                        VisibilityTimeout=0)
+        return [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                 "attributes": m["Attributes"], "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+                 "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+                 "awsRegion": "us-east-1"} for m in page.get("Messages", [])]
+
+    def deliver(self, records: list[dict], *, delete: bool = True) -> dict:
+        result = handler("destination_deliverer")({"Records": records}, self.context)
+        failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+        if delete:
+            for record in records:
+                if record["messageId"] not in failed:
+                    self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=record["receiptHandle"])
+        return result
+
+    def drain(self, rounds: int = 10) -> None:
+        self.route()
+        for _ in range(rounds):
+            records = self.receive()
+            if not records:
+                return
+            self.deliver(records)
+
+
+def webhook(receiver: Receiver, **more) -> dict:
+    return {"key": "crm", "type": "webhook", "audiences": ["vip"],
+            "config": {"url": receiver.url + "/hook", "secret": SECRET, "headers": {"X-Team": "growth"}}, **more}
+
+
+# ---------------------------------------------------------------- management
+def test_crud_validates_paths_keeps_secrets_write_only_and_never_reuses_a_key(env, receiver):
+    status, body = call_api("POST", "/v1/destinations", {**webhook(receiver), "audiences": ["nope"]})
+    assert status == 400 and body["error"]["details"][0]["path"] == "audiences[0]"
+    status, body = call_api("POST", "/v1/destinations", {**webhook(receiver), "config": {"url": 5}})
+    assert status == 400 and body["error"]["details"][0]["path"] == "config.url"
+
+    status, created = call_api("POST", "/v1/destinations", webhook(receiver))
+    assert status == 201, created
+    assert created["config"]["secret"] == {"set": True, "hint": "…cdef"}
+    assert SECRET not in json.dumps(created)
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    stored = ssm.get_parameter(Name="/test/destinations/acme/crm", WithDecryption=True)["Parameter"]
+    assert stored["Type"] == "SecureString" and json.loads(stored["Value"]) == {"secret": SECRET}
+
+    status, listed = call_api("GET", "/v1/destinations")
+    assert status == 200 and [d["key"] for d in listed["destinations"]] == ["crm"]
+    assert SECRET not in json.dumps(listed)
+
+    # PUT without the secret keeps it
+    edited = webhook(receiver)
+    del edited["config"]["secret"]
+    status, replaced = call_api("PUT", "/v1/destinations/crm", {**edited, "rate_limit_per_second": 3})
+    assert status == 200 and replaced["rate_limit_per_second"] == 3 and replaced["config"]["secret"]["set"]
+    assert destination_store.get_secrets("acme", "crm") == {"secret": SECRET}
+
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
+    assert call_api("GET", "/v1/destinations/crm")[0] == 404
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 409
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name="/test/destinations/acme/crm")
+
+
+def test_a_batch_destination_gets_its_schedule_and_loses_it_when_deleted(env, receiver):
+    body = {**webhook(receiver, key="nightly"), "mode": "batch",
+            "schedule": {"expression": "cron(0 2 * * ? *)", "timezone": "Europe/Paris"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    scheduler = boto3.client("scheduler", region_name="us-east-1")
+    from engage.destinations import schedules
+
+    found = scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
+    assert found["ScheduleExpression"] == "cron(0 2 * * ? *)"
+    assert found["ScheduleExpressionTimezone"] == "Europe/Paris"
+    assert json.loads(found["Target"]["Input"]) == {"space_id": "acme", "destination": "nightly"}
+    assert call_api("DELETE", "/v1/destinations/nightly")[0] == 204
+    with pytest.raises(scheduler.exceptions.ResourceNotFoundException):
+        scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
+
+
+# ---------------------------------------------------------------- realtime delivery
+def test_changes_are_delivered_signed_in_order_and_once_under_redelivery(env, receiver):
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()  # the (empty) backfill
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+    assert call_api("POST", "/v1/audiences/vip/members", {"remove": ["user_id:u1"]})[0] == 200
+    flow.route()
+    records = flow.receive()
+    flow.deliver(records, delete=False)
+    # Lambda's at-least-once: the same messages again (and the stream batch routed again) send nothing
+    flow.deliver(records)
+    flow.drain()
+    sent = receiver.delivered()
+    # per-profile order: u1's Exited after its Entered; u2 in between or not, each change once
+    assert [c["event"] for c in sent if c["user_id"] == "u1"] == ["Audience Entered", "Audience Exited"]
+    assert [c["event"] for c in sent if c["user_id"] == "u2"] == ["Audience Entered"]
+    assert len(sent) == 3
+    request = receiver.requests[0]
+    assert request["headers"]["x-team"] == "growth"
+    assert request["headers"]["x-engage-delivery-id"] == request["body"]["id"]
+    assert payloads.verify(SECRET, request["headers"]["x-engage-signature"], request["raw"],
+                           now=int(request["headers"]["x-engage-signature"].split(",")[0][2:]))
+
+
+def test_connecting_an_audience_backfills_its_current_members_first(env, receiver):
+    flow = Flow(env)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
+    flow.route()  # no destination yet: nothing queued
+    assert flow.receive() == []
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    sent = receiver.delivered()
+    assert sorted(c["user_id"] for c in sent) == ["u1", "u2", "u3"]
+    assert all(c["backfill"] and c["event"] == "Audience Entered" for c in sent)
+    # a change after the backfill is delivered; the backfilled state is not sent again
+    assert call_api("POST", "/v1/audiences/vip/members", {"remove": ["user_id:u3"]})[0] == 200
+    flow.drain()
+    assert [(c["user_id"], c["event"]) for c in receiver.delivered()[3:]] == [("u3", "Audience Exited")]
+
+
+def test_a_failing_receiver_is_retried_then_parked_and_replay_delivers(env, receiver, monkeypatch):
+    flow = Flow(env, monkeypatch)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer(500, (429, {"Retry-After": "7"}), 503)  # three attempts fail (DESTINATION_MAX_ATTEMPTS=3)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.route()
+    for attempt in range(3):
+        records = flow.receive()
+        assert len(records) == 1 and records[0]["attributes"]["ApproximateReceiveCount"] == str(attempt + 1)
+        result = flow.deliver(records)
+        assert result["batchItemFailures"] == ([] if attempt == 2 else [{"itemIdentifier": records[0]["messageId"]}])
+    assert flow.receive() == []  # parked, not lost
+    assert len(flow.delays) == 2 and flow.delays[1] >= 7  # backoff, at least the receiver's Retry-After
+    status, shown = call_api("GET", "/v1/destinations/crm")
+    assert shown["status"]["dlq_depth"] == 1 and shown["status"]["failures"] == 3
+    assert "HTTP 503" in shown["status"]["last_error"] and "gave up after 3 attempts" in shown["parked"][0]["reason"]
+    assert receiver.delivered() == []
+
+    status, replayed = call_api("POST", "/v1/destinations/crm/replay")
+    assert status == 200 and replayed["replayed"] == 1
+    flow.drain()
+    assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
+    status, shown = call_api("GET", "/v1/destinations/crm")
+    assert shown["status"]["dlq_depth"] == 0 and shown["status"]["delivered"] == 1
+
+
+def test_a_permanent_refusal_is_parked_at_once(env, receiver):
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer(400)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    shown = call_api("GET", "/v1/destinations/crm")[1]
+    assert shown["status"]["dlq_depth"] == 1 and "HTTP 400" in shown["parked"][0]["reason"]
+
+
+def test_the_rate_limit_holds_across_consumers(env, receiver):
+    from datetime import UTC, datetime, timedelta
+
+    from engage import clock
+    from engage.destinations import ratelimit
+
+    assert call_api("POST", "/v1/destinations", {**webhook(receiver), "rate_limit_per_second": 2})[0] == 201
+    destination = destination_store.get("acme", "crm")
+    start = datetime(2030, 1, 1, tzinfo=UTC)  # the start of a second: three takes land inside it
+    clock.set_to(start)
+    assert [ratelimit.take(destination) for _ in range(3)] == [True, True, False]
+    clock.set_to(start + timedelta(seconds=1))
+    assert ratelimit.take(destination)
+
+
+# ---------------------------------------------------------------- eventbridge, batch, s3, pause
+def tap_bus(name: str) -> tuple[str, object, str]:
+    """A customer's bus (ARN) read through an SQS queue behind a catch-all rule."""
+    events = boto3.client("events", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    arn = events.create_event_bus(Name=name)["EventBusArn"]
+    url = sqs.create_queue(QueueName=f"{name}-tap")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="all", EventBusName=name, EventPattern=json.dumps({"source": ["engage.destinations"]}))
+    events.put_targets(Rule="all", EventBusName=name, Targets=[{"Id": "q", "Arn": queue_arn}])
+    return arn, sqs, url
+
+
+def test_an_eventbridge_destination_puts_each_change_on_the_customers_bus(env):
+    flow = Flow(env)
+    arn, sqs, url = tap_bus("customer-bus")
+    assert call_api("POST", "/v1/destinations", {"key": "bus", "type": "eventbridge", "audiences": ["vip"],
+                                                 "config": {"event_bus_arn": arn}})[0] == 201
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    [message] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    event = json.loads(message["Body"])
+    assert event["detail-type"] == "Audience Entered" and event["detail"]["user_id"] == "u1"
+
+
+def run_batch(space_id: str, destination: str) -> dict:
+    return handler("destination_batch")({"space_id": space_id, "destination": destination},
+                                        LambdaContext(function_name="batch-fn"))
+
+
+def test_a_batch_run_sends_the_coalesced_log_and_keeps_what_failed_for_the_next_run(env, receiver):
+    flow = Flow(env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    body["config"]["batch_size"] = 2
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
+    assert call_api("POST", "/v1/audiences/vip/members", {"remove": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    assert receiver.requests == []  # batch: nothing until the run
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 3
+
+    receiver.answer(200, 503)  # the first request of 2 goes through, the second fails
+    result = run_batch("acme", "hourly")
+    assert result["delivered"] == 2 and "HTTP 503" in result["why"]
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 1
+    assert run_batch("acme", "hourly")["delivered"] == 1  # the next run sends the rest
+    sent = [c for r in receiver.requests if r["status"] == 200 for c in r["body"]["batch"]]
+    assert sorted((c["user_id"], c["event"]) for c in sent) == [
+        ("u1", "Audience Exited"), ("u2", "Audience Entered"), ("u3", "Audience Entered")]
+    assert run_batch("acme", "hourly")["delivered"] == 0  # nothing twice
+
+
+@pytest.mark.parametrize(("fmt", "extension"), [("csv", "csv"), ("jsonl", "jsonl")])
+def test_an_s3_destination_writes_a_snapshot_of_the_members_in_the_export_formats(env, fmt, extension):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="customer-lake")
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+    body = {"key": "lake", "type": "s3", "mode": "batch", "audiences": ["vip"],
+            "schedule": {"expression": "rate(1 day)"},
+            "config": {"bucket": "customer-lake", "prefix": "engage/", "format": fmt}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    result = run_batch("acme", "lake")
+    written = result["objects"]["vip"]
+    assert written["rows"] == 2 and written["key"].startswith("engage/lake/vip/") and written["key"].endswith(extension)
+    text = s3.get_object(Bucket="customer-lake", Key=written["key"])["Body"].read().decode()
+    if fmt == "csv":
+        from engage.audiences import export
+
+        assert text == export.export_csv("acme", "vip").body  # byte for byte the audience export
+    else:
+        rows = [json.loads(line) for line in text.splitlines()]
+        assert sorted(r["external_ids"]["user_id"][0] for r in rows) == ["u1", "u2"]
+
+
+def test_a_paused_destination_collects_changes_and_delivers_them_on_resume(env, receiver):
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", {**webhook(receiver), "paused": True})[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+    flow.drain()
+    assert receiver.requests == []
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 2
+    edited = webhook(receiver)
+    del edited["config"]["secret"]
+    assert call_api("PUT", "/v1/destinations/crm", {**edited, "paused": False})[0] == 200
+    flow.drain()
+    assert sorted(c["user_id"] for c in receiver.delivered()) == ["u1", "u2"]
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 0
+
+
+def test_a_stale_change_never_overtakes_a_newer_one(env, receiver):
+    """Sequence check: an Entered at version 1 arriving after the Exited at version 2 was sent is dropped."""
+    from engage.destinations import delivery
+
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    base = {"space_id": "acme", "destination": "crm", "audience_key": "vip", "entity": "users", "profile_id": "p1",
+            "timestamp": "2026-01-01T00:00:00Z", "identity": {"user_id": "u1"}}
+    assert delivery.deliver_change({**base, "member": False, "version": 2}, 1, "fn").done
+    result = delivery.deliver_change({**base, "member": True, "version": 1}, 1, "fn")
+    assert result.done and "dropped" in result.what
+    assert [c["event"] for c in receiver.delivered()] == ["Audience Exited"]
+
+
+def test_engage_replay_of_a_parked_delivery_goes_through_the_deliverer(env, receiver):
+    """The operator's path (`engage replay`, FailureReplayFunction) reaches parked deliveries too."""
+    from engage.failures import replay as failure_replay
+    from engage.failures import store as failure_store
+
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer(400)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    items, missing = failure_replay.select(function="deliverer-fn")
+    assert len(items) == 1 and not missing
+    answer = handler("destination_deliverer")({"replayParked": {"ids": [items[0].pk, "nope"]}}, flow.context)
+    assert answer["replayed"] == [items[0].pk] and answer["skipped"][0]["id"] == "nope"
+    assert failure_store.get_many([items[0].pk])[items[0].pk].status == failure_store.REPLAYED
+    flow.drain()
+    assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["dlq_depth"] == 0
+
+
+def test_a_batch_destination_made_realtime_sends_its_log_at_once(env, receiver):
+    flow = Flow(env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    assert receiver.requests == []
+    realtime = webhook(receiver, key="hourly")
+    del realtime["config"]["secret"]
+    assert call_api("PUT", "/v1/destinations/hourly", realtime)[0] == 200
+    flow.drain()
+    assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 0
+
+
+def test_messages_behind_a_waiting_one_in_its_group_wait_with_it_in_order(env, receiver, monkeypatch):
+    """FIFO: a 503 on a profile's first change holds its second (skipped by the processor) for the same
+    backoff. (moto hands the two back in the order they became visible, where SQS FIFO keeps the group's
+    order: then the sequence check drops the overtaken Entered, so an Exited is still never followed by it.)"""
+    flow = Flow(env, monkeypatch)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer(503)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    assert call_api("POST", "/v1/audiences/vip/members", {"remove": ["user_id:u1"]})[0] == 200
+    flow.route()
+    records = flow.receive()
+    assert len(records) == 2  # one group: the Entered, then the Exited
+    result = flow.deliver(records)
+    assert {f["itemIdentifier"] for f in result["batchItemFailures"]} == {r["messageId"] for r in records}
+    assert len(flow.delays) == 2 and flow.delays[0] == flow.delays[1]  # the skipped one waits as long
+    flow.drain()
+    events = [c["event"] for c in receiver.delivered()]
+    assert events in (["Audience Entered", "Audience Exited"], ["Audience Exited"])

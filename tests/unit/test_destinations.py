@@ -1,0 +1,148 @@
+"""Destinations, the pure parts: definitions (paths named), payloads, signatures, coalescing, backoff."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from engage.destinations import definition, payloads, senders
+from engage.destinations.definition import parse_definition, split_secrets
+from engage.errors import ValidationFailed
+
+WEBHOOK = {"key": "crm", "type": "webhook", "mode": "realtime", "audiences": ["vip"],
+           "config": {"url": "https://hooks.example.com/engage", "secret": "s3cr3t-signing-key-0001",
+                      "headers": {"X-Team": "growth"}}, "rate_limit_per_second": 5}
+
+
+def change(**overrides):
+    base = {"space_id": "acme", "destination": "crm", "audience_key": "vip", "entity": "users",
+            "profile_id": "p1", "member": True, "version": 3, "timestamp": "2026-01-01T00:00:00Z",
+            "identity": {"user_id": "u1", "anonymous_id": None, "email": "ann@example.com", "group_id": None}}
+    return {**base, **overrides}
+
+
+def problems(body) -> list[dict]:
+    with pytest.raises(ValidationFailed) as caught:
+        parse_definition(body)
+    return caught.value.details
+
+
+# ---------------------------------------------------------------- definitions
+def test_a_webhook_definition_is_accepted_with_its_defaults_filled():
+    parsed = parse_definition(WEBHOOK)
+    assert parsed.config["timeout_seconds"] == 10 and parsed.config["batch_size"] == 100
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    ({**WEBHOOK, "type": "ftp"}, "type"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "ftp://x"}}, "config.url"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "http://169.254.169.254/latest"}}, "config.url"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "colour": "red"}}, "config.colour"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "timeout_seconds": 99}}, "config.timeout_seconds"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "headers": {"Authorization": "x"}}}, "config.headers.Authorization"),
+    ({**WEBHOOK, "mode": "batch"}, "schedule"),
+    ({**WEBHOOK, "mode": "batch", "schedule": {"expression": "every hour"}}, "schedule.expression"),
+    ({**WEBHOOK, "mode": "batch", "schedule": {"expression": "rate(1 hour)", "timezone": "Mars/Base"}},
+     "schedule.timezone"),
+    ({**WEBHOOK, "schedule": {"expression": "rate(1 hour)"}}, "schedule"),
+    ({**WEBHOOK, "audiences": ["VIP!"]}, "audiences[0]"),
+    ({**WEBHOOK, "rate_limit_per_second": 0}, "rate_limit_per_second"),
+    ({**WEBHOOK, "key": "Bad Key"}, "key"),
+    ({"key": "bus", "type": "eventbridge", "config": {"event_bus_arn": "my-bus"}}, "config.event_bus_arn"),
+    ({"key": "lake", "type": "s3", "config": {"bucket": "lake"}}, "mode"),
+    ({"key": "seg", "type": "segment", "config": {"call": "page"}}, "config.call"),
+])
+def test_bad_definitions_name_the_path(body, path):
+    assert path in [p["path"] for p in problems(body)]
+
+
+def test_secrets_are_split_off_and_shown_only_as_a_hint():
+    parsed, secrets = split_secrets(parse_definition(WEBHOOK))
+    assert secrets == {"secret": "s3cr3t-signing-key-0001"}
+    assert "secret" not in parsed.config
+    shown = parsed.public({"secret": definition.hint(secrets["secret"])})
+    assert shown["config"]["secret"] == {"set": True, "hint": "…0001"}
+    assert "s3cr3t" not in json.dumps(shown)
+
+
+def test_a_batch_schedule_takes_rate_or_cron_with_a_time_zone():
+    for expression in ("rate(1 hour)", "rate(15 minutes)", "cron(0 9 * * ? *)"):
+        body = {**WEBHOOK, "mode": "batch", "schedule": {"expression": expression, "timezone": "Europe/Paris"}}
+        assert parse_definition(body).schedule.timezone == "Europe/Paris"
+
+
+# ---------------------------------------------------------------- payloads
+def test_the_delivery_id_names_one_change_at_one_destination():
+    assert payloads.delivery_id(change()) == payloads.delivery_id(change())
+    assert payloads.delivery_id(change()) != payloads.delivery_id(change(version=4))
+    assert payloads.delivery_id(change()) != payloads.delivery_id(change(destination="other"))
+
+
+def test_the_signature_is_hmac_sha256_over_the_timestamp_and_body_and_verifies():
+    body = payloads.webhook_body([change()], batched=False)
+    header = payloads.signature("key", 1700000000, body)
+    expected = hmac.new(b"key", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
+    assert payloads.verify("key", header, body, now=1700000010)
+    assert not payloads.verify("other", header, body, now=1700000010)
+    assert not payloads.verify("key", header, body + b" ", now=1700000010)
+    assert not payloads.verify("key", header, body, now=1700000000 + 3600)  # a stale replay
+
+
+def test_a_webhook_body_names_the_change():
+    one = json.loads(payloads.webhook_body([change(member=False)], batched=False))
+    assert one["event"] == "Audience Exited" and one["member"] is False and one["user_id"] == "u1"
+    many = json.loads(payloads.webhook_body([change(), change(profile_id="p2")], batched=True))
+    assert [c["profile_id"] for c in many["batch"]] == ["p1", "p2"]
+
+
+def test_segment_identify_carries_the_audience_as_a_boolean_trait_and_a_deterministic_message_id():
+    path, body = payloads.segment_call(change(), "identify")
+    assert path == "/v1/identify" and body["traits"]["vip"] is True and body["userId"] == "u1"
+    assert body["messageId"] == payloads.segment_call(change(), "identify")[1]["messageId"]
+    path, body = payloads.segment_call(change(member=False), "track")
+    assert path == "/v1/track" and body["event"] == "Audience Exited"
+
+
+def test_an_account_audience_is_sent_as_a_group_call():
+    account = change(entity="accounts", identity={"group_id": "acct-9"})
+    path, body = payloads.segment_call(account, "identify")
+    assert path == "/v1/group" and body["groupId"] == "acct-9" and body["traits"] == {"vip": True}
+    assert body["anonymousId"] == "account:acct-9"
+
+
+def test_coalescing_keeps_each_profiles_final_state():
+    entered, exited = change(version=3, member=True), change(version=4, member=False)
+    other = change(profile_id="p2", version=1)
+    assert payloads.coalesce([exited, entered, other]) == [exited, other]
+
+
+# ---------------------------------------------------------------- retries
+def test_retry_after_is_read_as_seconds_or_a_date_and_capped():
+    assert senders.retry_after("30") == 30
+    assert senders.retry_after("nonsense") is None
+    assert senders.retry_after(str(10**9)) == senders.MAX_RETRY_AFTER
+
+
+def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after():
+    from engage.destinations import delivery
+
+    first = [delivery.backoff(1, None) for _ in range(50)]
+    later = [delivery.backoff(6, None) for _ in range(50)]
+    assert max(first) <= 11 < min(later)
+    assert len(set(later)) > 1  # jittered
+    assert delivery.backoff(1, 120) >= 120
+    assert max(delivery.backoff(30, None) for _ in range(20)) <= delivery.MAX_BACKOFF_SECONDS + 1
+
+
+def test_the_default_attempts_outlast_an_hour_long_outage():
+    """Even the shortest jittered backoffs add up to more than an hour before a delivery is parked."""
+    from engage.config import Settings
+    from engage.destinations import delivery
+
+    attempts = Settings().destination_max_attempts
+    shortest = sum(min(delivery.MAX_BACKOFF_SECONDS, delivery.BASE_BACKOFF_SECONDS * 2 ** (n - 1)) / 2
+                   for n in range(1, attempts))
+    assert shortest > 3600
