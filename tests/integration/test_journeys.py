@@ -9,6 +9,7 @@ import pytest
 from engage import clock
 from engage.journeys import enrollment, management, steps, store
 from tests.integration.audience_support import call_api
+from tests.integration.test_messaging import messaging  # noqa: F401 - the fixture (KMS key, SES identity)
 from tests.journey_samples import CART_RESCUE, journey
 
 CART_ABANDONERS = {"key": "cart_abandoners", "name": "Cart abandoners", "backfill": False,
@@ -209,9 +210,25 @@ def test_counts_are_idempotent_under_retries_and_add_up(api):
     assert runs[0]["exit_reason"] == "completed"
 
 
-def test_send_without_messaging_fails_with_messaging_unavailable_and_never_sends(api):
-    with pytest.raises(steps.MessagingUnavailable, match="nothing was sent"):
-        steps.handle(task("send", "email_a", {"channel": "email", "template": "cart_a", "next": "wait_buy"}))
+def test_a_send_step_sends_once_through_the_sender_whatever_is_retried(api, messaging):
+    # Given the messaging stack (KMS key, SES identity) and ann, who has an email, and a template
+    from tests.integration import test_messaging as m
+
+    pipeline = m.Pipeline(api)
+    profile_id = m.identify(pipeline, "ann", email="ann@example.com", first_name="Ann")
+    m.create(m.WELCOME)
+    # When the journey's send step runs, and Step Functions retries the same Task
+    payload = task("send", "email_a", {"channel": "email", "template": "welcome", "next": "wait_buy"},
+                   profile_id=profile_id)
+    assert steps.handle(payload)["next"] == "wait_buy"
+    assert steps.handle(payload)["next"] == "wait_buy"
+    # Then one email left, rendered for her, and the delivery log names the journey and step
+    emails = m.sent_emails()
+    assert len(emails) == 1 and "ann@example.com" in str(emails[0].destinations)
+    status, log = call_api("GET", "/v1/messages", query={"profile": "user_id:ann", "source": "journey"})
+    assert status == 200, log
+    assert [(d["status"], d["source"]["key"], d["source"]["step"]) for d in log["messages"]] == [
+        ("sent", "cart_rescue", "email_a")]
 
 
 def test_a_recorded_failure_goes_on_and_counts(api):

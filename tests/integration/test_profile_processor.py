@@ -345,13 +345,13 @@ def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
                       event="Login") for i in range(100)]
     assert run(batch(*events)) == {"batchItemFailures": []}
     # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per event,
-    # history goes out 25 items per BatchWriteItem, and the audience definitions are checked once
-    # (the space's definitions stamp, one GetItem for the whole batch)
-    assert calls.count("GetItem") == 1
+    # history goes out 25 items per BatchWriteItem, and the audience and computed trait definitions are
+    # checked once each (the space's two definitions stamps, one GetItem each for the whole batch)
+    assert calls.count("GetItem") == 2
     assert calls.count("BatchGetItem") == 2
     assert calls.count("UpdateItem") == 100
     assert calls.count("BatchWriteItem") == 4
-    assert len(calls) == 107, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
+    assert len(calls) == 108, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
     assert sum(profile_of("user_id", f"u{u}").event_stats.as_dict()["Login"]["total"] for u in range(10)) == 100
 
 

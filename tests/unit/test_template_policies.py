@@ -110,6 +110,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
         "ProfilesTable": {"GetItem"}, "ProfileEventsTable": {"Query"}, "MembershipsTable": {"Query"},
         "EventsTable": {"PutItem"},
+        # send steps: the sender path in process (delivery log, signing key)
+        "MessagesTable": {"GetItem", "PutItem", "UpdateItem"}, "ConfigTable": {"GetItem", "PutItem"},
     },
 }
 # Messaging routes of the management API (templates, settings, subscriptions, delivery log)
@@ -218,6 +220,7 @@ def _config_keys_written() -> dict[str, set[str]]:
         "AudienceExportFunction": {exports},
         "MessageSenderFunction": {signing_key},
         "BroadcastSenderFunction": {signing_key},  # the sender path creates the signing key on first use
+        "JourneyStepsFunction": {signing_key},  # send steps: the same sender path
     }
 
 

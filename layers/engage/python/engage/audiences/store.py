@@ -320,17 +320,31 @@ def clear_cache(space_id: str | None = None) -> None:
 
 
 def _stamp(space_id: str) -> int:
+    return read_stamp(_pk(space_id))
+
+
+def _changed(space_id: str) -> None:
+    """After a write to an audience item: bump the stamp so every warm container reloads the list."""
+    bump_stamp(_pk(space_id))
+    clear_cache(space_id)
+
+
+# The same stamp serves other definition lists kept in one ConfigTable partition (computed traits).
+def read_stamp(partition: str) -> int:
     try:
-        return int(DefinitionsStamp.get(_pk(space_id), STAMP_SK, consistent_read=True,
+        return int(DefinitionsStamp.get(partition, STAMP_SK, consistent_read=True,
                                         attributes_to_get=["changes"]).changes)
     except DefinitionsStamp.DoesNotExist:
         return 0
 
 
-def _changed(space_id: str) -> None:
-    """After a write to an audience item: bump the stamp so every warm container reloads the list."""
-    DefinitionsStamp(_pk(space_id), STAMP_SK).update(actions=[DefinitionsStamp.changes.add(1)])
-    clear_cache(space_id)
+def bump_stamp(partition: str) -> None:
+    DefinitionsStamp(partition, STAMP_SK).update(actions=[DefinitionsStamp.changes.add(1)])
+
+
+def current_batch() -> int:
+    """The batch `begin_batch` last started (0: none, check on every call)."""
+    return _batch
 
 
 # ---------------------------------------------------------------- helpers

@@ -9,7 +9,6 @@ computed trait key that an audience ever used, and the other way round.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +16,9 @@ from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UnicodeSetAtt
 from pynamodb.exceptions import PutError, UpdateError
 
 from engage import clock
+from engage.audiences import store as audience_store
 from engage.audiences.definition import KEY_PATTERN
 from engage.computed_traits.definition import ComputedTraitDefinition, parse_definition
-from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound
 
@@ -124,7 +123,7 @@ def create(space_id: str, definition: dict[str, Any], *, status: str) -> Compute
             raise Conflict(f"computed trait key {trait_key!r} {what}: keys are unique in a space forever",
                            [{"path": "key", "value": trait_key}]) from error
         raise
-    clear_cache(space_id)
+    _changed(space_id)
     return _trait(item)
 
 
@@ -144,7 +143,7 @@ def replace(space_id: str, trait_key: str, definition: dict[str, Any], *, status
     item.error = None
     item.updated_at = clock.iso()
     _save(item, trait_key)
-    clear_cache(space_id)
+    _changed(space_id)
     return _trait(item)
 
 
@@ -152,7 +151,7 @@ def delete(space_id: str, trait_key: str) -> None:
     item = _live(space_id, trait_key)
     item.deleted_at = item.updated_at = clock.iso()
     _save(item, trait_key)
-    clear_cache(space_id)
+    _changed(space_id)
 
 
 def get(space_id: str, trait_key: str) -> ComputedTrait:
@@ -167,7 +166,8 @@ def find(space_id: str, trait_key: str) -> ComputedTrait | None:
 
 
 def list_all(space_id: str) -> list[ComputedTrait]:
-    return [_trait(r) for r in ComputedTraitRecord.query(pk(space_id)) if not r.deleted_at]
+    return [_trait(r) for r in ComputedTraitRecord.query(pk(space_id), ComputedTraitRecord.sk >= "0")
+            if not r.deleted_at]
 
 
 # ---------------------------------------------------------------- backfill bookkeeping
@@ -213,21 +213,27 @@ def _update(space_id: str, trait_key: str, revision: int, actions: list) -> None
     except UpdateError as error:
         if not _conditional_failed(error):
             raise
-    clear_cache(space_id)
+    _changed(space_id)
 
 
 # ---------------------------------------------------------------- warm-container cache
-_cache: dict[str, tuple[float, list[ComputedTrait]]] = {}
+# space -> (stamp the list was read at, the list, the batch it was last checked in). The same mechanism as
+# engage.audiences.store.cached: a stamp item in this partition, bumped by every change, checked once per
+# stream batch (audience_store.begin_batch), so a batch after a create or edit always sees it.
+_cache: dict[str, tuple[int, list[ComputedTrait], int]] = {}
 
 
 def cached(space_id: str) -> list[ComputedTrait]:
-    """Live computed traits of a space, cached per warm container for `audience_cache_seconds`
-    (the same window and the same mechanism as engage.audiences.store.cached; keep them alike)."""
+    batch = audience_store.current_batch()
     hit = _cache.get(space_id)
-    if hit and hit[0] > time.monotonic():
+    if hit and batch and hit[2] == batch:
+        return hit[1]
+    stamp = audience_store.read_stamp(pk(space_id))
+    if hit and hit[0] == stamp:
+        _cache[space_id] = (stamp, hit[1], batch)
         return hit[1]
     traits = list_all(space_id)
-    _cache[space_id] = (time.monotonic() + settings().audience_cache_seconds, traits)
+    _cache[space_id] = (stamp, traits, batch)
     return traits
 
 
@@ -236,6 +242,11 @@ def clear_cache(space_id: str | None = None) -> None:
         _cache.clear()
     else:
         _cache.pop(space_id, None)
+
+
+def _changed(space_id: str) -> None:
+    audience_store.bump_stamp(pk(space_id))
+    clear_cache(space_id)
 
 
 def _save(item: ComputedTraitRecord, trait_key: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,18 +173,16 @@ def list_all(space_id: str) -> list[Journey]:
 
 
 # ---------------------------------------------------------------- warm-container cache (enrollment)
-_cache: dict[str, tuple[float, list[Journey]]] = {}
+_cache: dict[str, list[Journey]] = {}
 
 
 def cached(space_id: str) -> list[Journey]:
-    """The space's journeys, cached per warm container for `audience_cache_seconds` (real time, as
-    the audience definitions are): enrollment looks journeys up on every trigger."""
-    hit = _cache.get(space_id)
-    if hit and hit[0] > time.monotonic():
-        return hit[1]
-    journeys = list_all(space_id)
-    _cache[space_id] = (time.monotonic() + settings().audience_cache_seconds, journeys)
-    return journeys
+    """The space's journeys for the current batch: the enroller and the events function clear this at the
+    start of each batch (`clear_cache`), so a publish or a pause takes effect at the next batch, and a
+    batch reads each space's journeys once (one Query) however many triggers it holds."""
+    if space_id not in _cache:
+        _cache[space_id] = list_all(space_id)
+    return _cache[space_id]
 
 
 def clear_cache(space_id: str | None = None) -> None:
