@@ -300,8 +300,9 @@ def test_rate_limit_holds_across_consumers(cloud):
     assert clock.now() - started >= timedelta(seconds=3)
     assert len(sent_emails()) == 12 and get("slow")["status"] == "sent"
     # And the messages carried at most 3 recipients each (a message must fit in one second's bucket)
+    # (how many share a message depends on how the random profile ids fall into snapshot shards)
     assert max(len(json.loads(r["body"])["profile_ids"]) for i in cloud.sender_invocations
-               for r in i["Records"]) == 3
+               for r in i["Records"]) <= 3
 
 
 def test_cancel_before_sending_sends_nothing_and_deletes_the_schedule(cloud):
