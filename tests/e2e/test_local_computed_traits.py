@@ -2,7 +2,6 @@
 `big_spender` audience on it, in real time from the Segment SDK; a windowed trait moving with the clock."""
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -28,20 +27,6 @@ def create(cloud, path: str, body: dict) -> dict:
     return created
 
 
-def until_seen(cloud, event: dict, check, deadline_s: float = 180) -> None:
-    """Send `event` for fresh probe users until `check(traits)` holds for one of them: warm processors and
-    evaluators see new definitions within AUDIENCE_CACHE_SECONDS of real time, as on AWS (a poll, no sleeps)."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        probe = f"probe-{uuid.uuid4().hex[:8]}"
-        status, _, _ = cloud.call("POST", "/v1/track", {"userId": probe, **event}, auth=WRITE_KEY)
-        assert status == 200
-        cloud.settle()
-        if check(traits(cloud, probe)):
-            return
-    raise AssertionError(f"no warm function saw the new definitions within {deadline_s} s")
-
-
 def test_seed_002_total_revenue_and_big_spender_from_sdk_events_in_real_time(local_cloud):
     from segment.analytics import Client
 
@@ -55,8 +40,6 @@ def test_seed_002_total_revenue_and_big_spender_from_sdk_events_in_real_time(loc
     assert status == 200 and got["status"] == "ready", got
     create(local_cloud, "/v1/audiences", {"key": audience, "name": "Big spender",
                                           "condition": {"computed_trait": trait, "op": "gte", "value": 500}})
-    until_seen(local_cloud, {"event": "Order Completed", "properties": {"revenue": 600}},
-               lambda t: t.get(trait) == 600 and t.get(audience) is True)
     # When a customer orders for 300 through the real analytics-python SDK
     user = f"spender-{suffix}"
     errors = []
@@ -83,7 +66,6 @@ def test_a_windowed_computed_trait_moves_when_the_clock_advances(local_cloud):
     trait = f"orders_7d_{suffix}"
     create(local_cloud, "/v1/computed-traits", {"key": trait, "kind": "count", "event": "Order Completed",
                                                 "window": {"within_days": 7}})
-    until_seen(local_cloud, {"event": "Order Completed"}, lambda t: t.get(trait) == 1)
     user = f"weekly-{suffix}"
     status, _, _ = local_cloud.call("POST", "/v1/track", {"userId": user, "event": "Order Completed"}, auth=WRITE_KEY)
     assert status == 200

@@ -210,7 +210,7 @@ def test_counts_are_idempotent_under_retries_and_add_up(api):
     assert runs[0]["exit_reason"] == "completed"
 
 
-def test_a_send_step_sends_once_through_the_sender_whatever_is_retried(api, messaging):
+def test_a_send_step_sends_once_through_the_sender_whatever_is_retried(api, messaging):  # noqa: F811
     # Given the messaging stack (KMS key, SES identity) and ann, who has an email, and a template
     from tests.integration import test_messaging as m
 
