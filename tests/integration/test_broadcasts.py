@@ -291,13 +291,11 @@ def test_rate_limit_holds_across_consumers(cloud):
     create({"key": "slow", "audience": "fans", "channel": "email", "template": "news", "rate_limit_per_second": 3})
     cloud.run(sender=False)
     # When two consumers take turns on the queue, each with its own batch
-    started = clock.now()
     cloud.run()
-    # Then no second had more than 3 sends claimed, all 12 went out once, over at least 4 seconds
+    # Then no second had more than 3 sends claimed, all 12 went out once, in at least 4 distinct seconds
     buckets = store.rate_buckets("acme", "slow")
     assert max(buckets.values()) <= 3 and sum(buckets.values()) == 12
     assert len(buckets) >= 4
-    assert clock.now() - started >= timedelta(seconds=3)
     assert len(sent_emails()) == 12 and get("slow")["status"] == "sent"
     # And the messages carried at most 3 recipients each (a message must fit in one second's bucket)
     # (how many share a message depends on how the random profile ids fall into snapshot shards)
