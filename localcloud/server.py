@@ -47,6 +47,9 @@ READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed wh
 # may add pollers, clock timers/hooks (cloud.clock) or moto patches. This is where emulation
 # of EventBridge rule targets, Scheduler schedules, Step Functions waits and the Step Functions
 # API fixes (versions, aliases, task tokens, StopExecution, history paging) plugs in.
+# A clock move waits for everything that came due to finish (journey executions included): on a busy
+# machine with dozens of executions released at once that takes longer than an ordinary settle.
+CLOCK_SETTLE_SECONDS = 300
 EXTENSIONS: list[Callable[[LocalCloud], None]] = [waits.install, stepfunctions.install, eventbridge.install]
 
 
@@ -69,7 +72,7 @@ class LocalCloud:
             self.runtime.inject_faults(config.to_json(), config.functions)
         # Executions parked on a Wait or a task token count as settled, so a clock move can include them:
         # what a timer starts (a Wait's continuation, a scheduled execution) runs at that virtual moment.
-        self.clock = VirtualClock(settle=lambda: self.settle(executions=True))
+        self.clock = VirtualClock(settle=lambda: self.settle(timeout=CLOCK_SETTLE_SECONDS, executions=True))
         self.on_stop: list[Callable[[], None]] = []  # extensions' own shutdown (threads they started)
         self.pollers: list[pollers.Poller] = []
         self.http: HttpApi | None = None

@@ -24,6 +24,8 @@ from localcloud.server import READY
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 START_TIMEOUT = 120
+# A clock move answers once everything due has run (localcloud.server.CLOCK_SETTLE_SECONDS): wait as long.
+CALL_TIMEOUT_SECONDS = 300
 
 
 @dataclass
@@ -62,7 +64,7 @@ class RunningCloud:
         if auth is not None:
             request.add_header("authorization", "Basic " + base64.b64encode(f"{auth}:".encode()).decode())
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_SECONDS) as response:
                 status, headers_out, text = response.status, dict(response.headers), response.read().decode()
         except urllib.error.HTTPError as error:
             status, headers_out, text = error.code, dict(error.headers), error.read().decode()
