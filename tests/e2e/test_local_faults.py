@@ -25,7 +25,7 @@ from tests.e2e.conftest import RunningCloud, start_cloud, stop_cloud
 pytestmark = pytest.mark.xdist_group("localcloud")
 
 WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
-EVENTS = int(os.environ.get("ENGAGE_FAULTS_EVENTS") or 150)
+EVENTS = int(os.environ.get("ENGAGE_FAULTS_EVENTS") or 100)
 SEED = int(os.environ.get("ENGAGE_FAULTS_SEED") or 7)
 # 5% of HTTP attempts fail (botocore retries them as on AWS), 1% of SDK calls fail past the SDK's retries,
 # 1% of successful writes are followed by a crash or an unexpected error. Retry sleeps are shortened tenfold.

@@ -4,7 +4,6 @@ the step counts adding up. Executions are read with boto3 as the Step Functions 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
@@ -13,8 +12,8 @@ from botocore.exceptions import ClientError
 pytestmark = [pytest.mark.e2e]
 
 WRITE_KEY, ACCESS_TOKEN = "local-write-key", "local-access-token"
-PROFILES = 30
-WITH_EMAIL = 24
+PROFILES = 20
+WITH_EMAIL = 16
 
 
 def _supports_version_starts(cloud) -> bool:
@@ -42,18 +41,6 @@ def traits(cloud, user_id: str) -> dict:
     return body["traits"]
 
 
-def until_evaluators_see(cloud, key: str, event: str, deadline_s: float = 180) -> None:
-    """Send `event` for fresh probe users until one of them enters audience `key` (a poll, no sleeps)."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        probe = f"probe-{uuid.uuid4().hex[:8]}"
-        assert cloud.call("POST", "/v1/track", {"userId": probe, "event": event}, auth=WRITE_KEY)[0] == 200
-        cloud.settle()
-        if traits(cloud, probe).get(key) is True:
-            return
-    raise AssertionError(f"no evaluator saw audience {key!r} within {deadline_s} s")
-
-
 def settle_executions(cloud) -> None:
     status, _, body = cloud.call("POST", "/_local/settle", {"executions": True, "timeout": 120})
     assert status == 200, body
@@ -65,12 +52,11 @@ def test_a_journey_entered_by_audience_waits_an_hour_splits_and_counts(local_clo
                     "Step Functions versions/aliases)")
     suffix = uuid.uuid4().hex[:6]
     audience, journey_key, event = f"carts_{suffix}", f"rescue_{suffix}", f"Cart Abandoned {suffix}"
-    # Given an audience of cart abandoners, and the evaluators knowing it
+    # Given an audience of cart abandoners (the evaluators load it at their next batch)
     status, _, body = local_cloud.call("POST", "/v1/audiences", {
         "key": audience, "name": "Cart abandoners", "backfill": False,
         "condition": {"event": event, "window": {"within_days": 1}}}, auth=ACCESS_TOKEN)
     assert status == 201, body
-    until_evaluators_see(local_cloud, audience, event)
     # And a published journey: wait 1 h, split on email, then a 50/50 random split setting a trait
     definition = {
         "key": journey_key, "name": "Cart rescue", "entry": {"audience": audience}, "start": "wait_1h",
@@ -117,7 +103,7 @@ def test_a_journey_entered_by_audience_waits_an_hour_splits_and_counts(local_clo
     assert stats["check"]["completed"] == PROFILES
     assert stats["ab"]["entered"] == WITH_EMAIL
     a, b = stats["mark_a"]["completed"], stats["mark_b"]["completed"]
-    assert a + b == WITH_EMAIL and 4 <= a <= WITH_EMAIL - 4, (a, b)  # 50/50 within a wide tolerance
+    assert a + b == WITH_EMAIL and 2 <= a <= WITH_EMAIL - 2, (a, b)  # 50/50: outside this 1 run in 2,000
     assert stats["done"]["completed"] == PROFILES and all(s["in_progress"] == 0 for s in stats.values())
     # And the trait each got went through the profile path (Profile API)
     variants = [traits(local_cloud, user).get(f"variant_{suffix}") for user in users]
