@@ -88,3 +88,54 @@ def test_a_failed_run_marks_the_audience_failed(shop, monkeypatch):
                        "error": {"Error": "Lambda.Unknown", "Cause": "boom"}})
     status, got = call_api("GET", "/v1/audiences/big_spenders")
     assert status == 200 and got["status"] == "failed"
+
+
+def test_a_page_that_fails_after_progress_resumes_after_the_last_profile(shop, monkeypatch):
+    """Issue 9 (fault injection): a failure mid-page used to repeat the whole segment on every Retry, so
+    enough transient errors in a large segment marked the audience failed with members missing."""
+    monkeypatch.setattr(backfill, "starter", lambda *args: None)
+    monkeypatch.setattr(backfill, "PAGE_SIZE", 10)  # one scan page holds every profile
+    assert call_api("POST", "/v1/audiences", BIG_SPENDERS)[0] == 201
+    real, calls, seen = runtime.evaluate_profile, {"n": 0}, []
+
+    def flaky(space_id, image, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third profile's evaluation meets an error once
+            raise RuntimeError("injected: ThrottlingException past the SDK's retries")
+        seen.append(image["profile_id"])
+        return real(space_id, image, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "evaluate_profile", flaky)
+    # When each of the run's segments is paged as the state machine does (the create asked for
+    # backfill.SEGMENTS of them), and one call fails on the third profile evaluated
+    answers = []
+    for segment in range(backfill.SEGMENTS):
+        event = {"action": "page", "space_id": "acme", "audience_key": "big_spenders", "revision": 1,
+                 "total_segments": backfill.SEGMENTS, "segment": segment, "cursor": None}
+        while True:
+            event = backfill.run_page(event)
+            answers.append(event)
+            if event["done"]:
+                break
+    # Then the failing call returned a cursor after its last profile instead of raising,
+    [resumed] = [a for a in answers if not a["done"]]
+    assert resumed["cursor"] and resumed["evaluated"] >= 1
+    # and the next call went on from there: each profile evaluated once in all, and the run completed
+    assert sorted(seen) == [f"p{n}" for n in range(5)] and calls["n"] == 6
+    assert members_of("big_spenders") == {"p1"}
+    got = call_api("GET", "/v1/audiences/big_spenders")[1]
+    assert got["status"] == "ready" and got["size"] == 1
+
+
+def test_a_profile_that_fails_at_once_raises_for_the_state_machine_retry(shop, monkeypatch):
+    monkeypatch.setattr(backfill, "starter", lambda *args: None)
+    assert call_api("POST", "/v1/audiences", BIG_SPENDERS)[0] == 201
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected: every evaluation fails")
+
+    monkeypatch.setattr(runtime, "evaluate_profile", broken)
+    with pytest.raises(RuntimeError, match="every evaluation fails"):
+        backfill.run_page({"action": "page", "space_id": "acme", "audience_key": "big_spenders", "revision": 1,
+                           "total_segments": 1, "segment": 0, "cursor": None})
+    assert call_api("GET", "/v1/audiences/big_spenders")[1]["status"] == "computing"

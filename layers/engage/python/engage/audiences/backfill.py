@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -107,7 +108,7 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
     if event.get("action") == PURGE:
         return purge_page(event, time_left=time_left)
     space_id, audience_key = event["space_id"], event["audience_key"]
-    revision, segment, total = int(event["revision"]), int(event["segment"]), int(event["total_segments"])
+    revision, segment = int(event["revision"]), int(event["segment"])
     store.begin_batch()  # this run's definition, not a warm container's older copy
     audience = store.find(space_id, audience_key)
     if audience is None or audience.revision != revision:
@@ -122,37 +123,73 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
     reads_users = definition.entity == "accounts" and eng.index.reads_users(affected)
     seeded_users: dict[str, dict] = {}  # user id -> image once its aggregates are seeded (this page run)
     now = now or clock.now()
+
+    def visit(raw: dict) -> bool:
+        image = runtime.plain(raw)
+        if not runtime.is_live(image):
+            return False
+        if aggregates:
+            image = seed_condition_state(space_id, image, seed_index, aggregates)
+        users = None
+        if reads_users:
+            users = accounts.load(space_id, image["profile_id"], eng.index.user_audience_refs(affected))
+            if user_aggregates and not users.over_limit:
+                users = _seed_users(space_id, users, seed_index, user_aggregates, seeded_users)
+        changes, _ = runtime.evaluate_profile(space_id, image, affected, now, users=users)
+        runtime.after_user_memberships(space_id, image, {c.audience_key for c in changes}, now)
+        return True
+
     condition = (ProfileRecord.space_id == space_id) & (ProfileRecord.collection == definition.entity)
-    cursor = json.loads(event["cursor"]) if event.get("cursor") else None
-    pages = ProfileRecord.scan(condition, segment=segment, total_segments=total, page_size=PAGE_SIZE,
-                               last_evaluated_key=cursor).page_iter
-    evaluated = 0
-    for page in pages:
-        for raw in page.get("Items", []):
-            image = runtime.plain(raw)
-            if not runtime.is_live(image):
-                continue
-            if aggregates:
-                image = seed_condition_state(space_id, image, seed_index, aggregates)
-            users = None
-            if reads_users:
-                users = accounts.load(space_id, image["profile_id"], eng.index.user_audience_refs(affected))
-                if user_aggregates and not users.over_limit:
-                    users = _seed_users(space_id, users, seed_index, user_aggregates, seeded_users)
-            changes, _ = runtime.evaluate_profile(space_id, image, affected, now, users=users)
-            runtime.after_user_memberships(space_id, image, {c.audience_key for c in changes}, now)
-            evaluated += 1
-        following = pages.last_evaluated_key
-        if not following:
-            break
-        if not time_left():
-            store.count_evaluated(space_id, audience_key, revision, evaluated)
-            return {**event, "cursor": json.dumps(following), "done": False, "evaluated": evaluated}
+    walked = walk_segment(event, condition, visit, time_left=time_left)
+    evaluated = walked.evaluated
+    if walked.cursor is not None:
+        store.count_evaluated(space_id, audience_key, revision, evaluated)
+        return {**event, "cursor": walked.cursor, "done": False, "evaluated": evaluated}
     store.count_evaluated(space_id, audience_key, revision, evaluated)
     status = store.finish_backfill_segment(space_id, audience_key, revision, segment)
     logger.info("backfill segment done", extra={"space": space_id, "audience": audience_key, "segment": segment,
                                                 "status": status})
     return {**event, "cursor": None, "done": True, "evaluated": evaluated}
+
+
+@dataclass(frozen=True)
+class Walked:
+    cursor: str | None  # where the next call starts (JSON); None when the segment is done
+    evaluated: int
+
+
+def walk_segment(event: dict[str, Any], condition: Any, visit: Callable[[dict], bool], *,
+                 time_left: Callable[[], bool], page_size: int | None = None) -> Walked:
+    """Scan one parallel-scan segment of ProfilesTable from the event's cursor, `visit` per raw item
+    (True when it counted as evaluated), until the segment ends or `time_left()` says stop.
+
+    Resumable per profile: an error after at least one item was visited in full returns a cursor
+    just past that item (a scan's ExclusiveStartKey is the last item's key), so the state machine's
+    next call continues there instead of repeating the page, and its Retry budget is spent only on
+    an item that fails at once. Visits are idempotent, so the item that failed is simply visited again.
+    """
+    cursor = json.loads(event["cursor"]) if event.get("cursor") else None
+    pages = ProfileRecord.scan(condition, segment=int(event["segment"]), total_segments=int(event["total_segments"]),
+                               page_size=page_size or PAGE_SIZE, last_evaluated_key=cursor).page_iter
+    evaluated, last = 0, None
+    try:
+        for page in pages:
+            for raw in page.get("Items", []):
+                if visit(raw):
+                    evaluated += 1
+                last = {"pk": raw["pk"]}  # ProfilesTable has a partition key only
+            following = pages.last_evaluated_key
+            if not following:
+                break
+            if not time_left():
+                return Walked(json.dumps(following), evaluated)
+    except Exception as error:
+        if last is None:
+            raise  # no progress: the state machine's Retry (and then MarkFailed) takes over
+        logger.warning("backfill page failed after progress; the next call resumes after the last profile",
+                       extra={"segment": event.get("segment"), "error": repr(error)[:300]})
+        return Walked(json.dumps(last), evaluated)
+    return Walked(None, evaluated)
 
 
 def _seed_users(space_id: str, users: accounts.AccountUsers, index: AudienceIndex, aggregate_ids: set[str],

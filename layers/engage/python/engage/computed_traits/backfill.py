@@ -11,7 +11,6 @@ An edit bumps the revision: pages of an older run see it and stop.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -50,7 +49,7 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
              now: datetime | None = None) -> dict[str, Any]:
     """One state machine step over one scan segment; returns the event with cursor/done."""
     space_id, trait_key = event["space_id"], event["audience_key"]
-    revision, segment, total = int(event["revision"]), int(event["segment"]), int(event["total_segments"])
+    revision, segment = int(event["revision"]), int(event["segment"])
     store.clear_cache(space_id)  # this run's definition, not a warm container's older copy
     trait = store.find(space_id, trait_key)
     if trait is None or trait.revision != revision:
@@ -59,24 +58,21 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
     spec = aggregates.compile_trait(definition)
     only = aggregates.TraitIndex([definition])
     now = now or clock.now()
+
+    def visit(raw: dict) -> bool:
+        image = audience_runtime.plain(raw)
+        if not audience_runtime.is_live(image):
+            return False
+        recompute(space_id, image, spec, only, now)
+        return True
+
     condition = (ProfileRecord.space_id == space_id) & (ProfileRecord.collection == definition.entity)
-    cursor = json.loads(event["cursor"]) if event.get("cursor") else None
-    pages = ProfileRecord.scan(condition, segment=segment, total_segments=total, page_size=PAGE_SIZE,
-                               last_evaluated_key=cursor).page_iter
-    evaluated = 0
-    for page in pages:
-        for raw in page.get("Items", []):
-            image = audience_runtime.plain(raw)
-            if audience_runtime.is_live(image):
-                recompute(space_id, image, spec, only, now)
-                evaluated += 1
-        following = pages.last_evaluated_key
-        if not following:
-            break
-        if not time_left():
-            store.count_evaluated(space_id, trait_key, revision, evaluated)
-            return {**event, "cursor": json.dumps(following), "done": False,
-                    "evaluated": evaluated}
+    walked = audience_backfill.walk_segment(event, condition, visit, time_left=time_left,
+                                              page_size=PAGE_SIZE)
+    evaluated = walked.evaluated
+    if walked.cursor is not None:
+        store.count_evaluated(space_id, trait_key, revision, evaluated)
+        return {**event, "cursor": walked.cursor, "done": False, "evaluated": evaluated}
     store.count_evaluated(space_id, trait_key, revision, evaluated)
     status = store.finish_backfill_segment(space_id, trait_key, revision, segment)
     logger.info("computed trait backfill segment done",
