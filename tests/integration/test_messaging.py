@@ -18,7 +18,15 @@ from moto.ses.models import ses_backends
 from moto.sns.models import sns_backends
 
 from engage import clock, config, profiles_store
-from engage.messaging import ProviderUnavailable, SendInProgress, SendRequest, send_message, sender, store
+from engage.messaging import (
+    ProviderUnavailable,
+    SendInProgress,
+    SendRequest,
+    send_message,
+    sender,
+    settings_store,
+    store,
+)
 from engage.messaging.channels import Unavailable
 from tests.integration import test_pipeline
 from tests.integration.audience_support import LambdaContext, call_api, handler, members_of
@@ -128,6 +136,28 @@ def test_email_is_sent_once_per_key_with_one_click_unsubscribe_headers(pipeline,
     events = [e for e in bus_messages() if e["detail-type"] == "Message Sent"]
     assert len(events) == 1
     assert events[0]["detail"]["user_id"] == "u1" and events[0]["detail"]["template"] == "welcome"
+
+
+def test_from_address_is_the_templates_else_the_spaces_else_the_stacks(pipeline):
+    boto3.client("sesv2", region_name=REGION).create_email_identity(EmailIdentity="acme.example")
+    profile_id = identify(pipeline, "u1", email="ann@example.com", first_name="Ann")
+    create(WELCOME)
+    create({**WELCOME, "key": "own_from", "from": "Billing <billing@acme.example>"})
+    # Given a space From address set through the messaging settings (a bad one is a 400 naming the field)
+    status, refused = call_api("PUT", "/v1/messaging/settings", {"email_from": "not an address"})
+    assert status == 400 and "$.email_from" in json.dumps(refused), refused
+    status, saved = call_api("PUT", "/v1/messaging/settings", {"email_from": "Acme <hello@acme.example>"})
+    assert status == 200 and saved["email_from"] == "Acme <hello@acme.example>", saved
+    settings_store.clear_cache()
+    # Then a template without `from` sends from the space's address, one with `from` from its own
+    assert send_message(request(profile_id, key="k1")).status == "sent"
+    assert send_message(request(profile_id, key="k2", template="own_from")).status == "sent"
+    # And without a space address, from the stack's EmailFromAddress
+    assert call_api("PUT", "/v1/messaging/settings", {})[0] == 200
+    settings_store.clear_cache()
+    assert send_message(request(profile_id, key="k3")).status == "sent"
+    froms = [message_from_string(m.raw_data)["From"] for m in sent_emails()]
+    assert froms == ["Acme <hello@acme.example>", "Billing <billing@acme.example>", FROM]
 
 
 def test_sms_push_and_webhook_reach_their_providers(pipeline):

@@ -2,7 +2,8 @@
 
 Space settings (ConfigTable `<space>|messaging_settings`, PUT /v1/messaging/settings):
   {"frequency_caps": {"email": {"limit": 3, "window_hours": 24}, ...},
-   "quiet_hours": {"start": "21:00", "end": "08:00", "timezone_trait": "timezone", "default_timezone": "UTC"}}
+   "quiet_hours": {"start": "21:00", "end": "08:00", "timezone_trait": "timezone", "default_timezone": "UTC"},
+   "email_from": "Acme <hello@acme.example>"}
 - A frequency cap allows at most `limit` non-transactional sends per profile on the channel in any
   rolling `window_hours` (the sends' own times are kept, not fixed buckets). Over the cap a message is
   suppressed (reason `frequency_cap`), as Customer.io and Braze do; transactional sends bypass caps
@@ -14,6 +15,7 @@ Space settings (ConfigTable `<space>|messaging_settings`, PUT /v1/messaging/sett
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from email.utils import parseaddr
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -54,6 +56,18 @@ class MessagingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     frequency_caps: dict[str, FrequencyCap] = Field(default_factory=dict)
     quiet_hours: QuietHours | None = None
+    # The space's From address for email (a template's `from` wins; else the stack's EmailFromAddress).
+    email_from: str | None = Field(default=None, max_length=320)
+
+    @field_validator("email_from")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            _, address = parseaddr(value)
+            if "@" not in address or any(c in value for c in "\r\n"):
+                raise ValueError(f"{value!r} is not an email address "
+                                 "(`name@example.com` or `Name <name@example.com>`)")
+        return value
 
     @field_validator("frequency_caps")
     @classmethod

@@ -152,7 +152,7 @@ def send_message(request: SendRequest) -> Delivery:
         return _final(request, store.FAILED, address, reason=str(error))
     outgoing = channels.OutgoingMessage(
         channel=request.channel, address=address, subject=rendered.subject, body=rendered.body, text=rendered.text,
-        from_address=template.from_ or settings().email_from_address or None,
+        from_address=template.from_ or space_rules.email_from or settings().email_from_address or None,
         configuration_set=template.configuration_set or settings().ses_configuration_set or None,
         unsubscribe_url=unsubscribe_url or None, headers=dict(template.headers),
         idempotency_key=request.idempotency_key, space_id=request.space_id, template=request.template,
