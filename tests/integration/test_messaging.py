@@ -302,6 +302,55 @@ def test_frequency_cap_suppresses_over_the_limit_and_transactional_bypasses(pipe
     assert len(sent_emails()) == 4
 
 
+def test_two_sends_racing_for_the_last_cap_slot_send_once(pipeline, monkeypatch):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    call_api("PUT", "/v1/messaging/settings", {"frequency_caps": {"email": {"limit": 1, "window_hours": 24}}})
+    settings_store.clear_cache()
+    # Given two sends of one profile whose counter reads both happen before either writes
+    both_read, real_read, first_reads = threading.Barrier(2, timeout=30), store.read_cap, set()
+
+    def read_then_wait(*args):
+        counter = real_read(*args)
+        if threading.get_ident() not in first_reads:
+            first_reads.add(threading.get_ident())
+            both_read.wait()
+        return counter
+
+    monkeypatch.setattr(store, "read_cap", read_then_wait)
+    results = {}
+    threads = [threading.Thread(target=lambda k=k: results.update({k: send_message(request(profile_id, k))}))
+               for k in ("race-a", "race-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # Then one is sent and the other suppressed by the cap (each read the counter empty)
+    assert sorted(d.status for d in results.values()) == ["sent", "suppressed"], results
+    assert [d.reason for d in results.values() if d.status == "suppressed"] == ["frequency_cap"]
+    assert len(sent_emails()) == 1
+    # And the winner asked again with its key is the same delivery, still one slot used
+    [winner] = [k for k, d in results.items() if d.status == "sent"]
+    assert send_message(request(profile_id, winner)) == results[winner]
+    assert len(real_read("acme", profile_id, "email").sent_at) == 1
+
+
+def test_a_refused_message_gives_its_cap_slot_back(pipeline, monkeypatch):
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    call_api("PUT", "/v1/messaging/settings", {"frequency_caps": {"email": {"limit": 1, "window_hours": 24}}})
+    settings_store.clear_cache()
+
+    def refused(message):
+        raise sender.channels.Refused("MessageRejected: Email address is not verified")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sender.channels, "send", refused)
+        assert send_message(request(profile_id, "bad")).status == "failed"
+    assert store.read_cap("acme", profile_id, "email").sent_at == []
+    assert send_message(request(profile_id, "good")).status == "sent"
+
+
 def test_messages_lists_the_log_with_status_and_source(pipeline):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create(WELCOME)

@@ -132,20 +132,29 @@ def may_send(channel: str, status: str | None, *, transactional: bool) -> bool:
 
 
 # ---------------------------------------------------------------- frequency caps
+def _moment(entry: str) -> datetime:
+    return clock.parse(entry.split(" ", 1)[0])  # "<ISO time> <key tag>" (older entries: the time alone)
+
+
 def cap_allows(cap: FrequencyCap | None, sent_at: list[str], now: datetime) -> bool:
     if cap is None:
         return True
     since = now - timedelta(hours=cap.window_hours)
-    return sum(1 for moment in sent_at if clock.parse(moment) > since) < cap.limit
+    return sum(1 for entry in sent_at if _moment(entry) > since) < cap.limit
 
 
-def sends_to_keep(cap: FrequencyCap | None, sent_at: list[str], now: datetime) -> list[str]:
-    """The send times to store after sending now: only those still inside the window, at most `limit`."""
+def sends_to_keep(cap: FrequencyCap | None, sent_at: list[str], now: datetime, tag: str = "") -> list[str]:
+    """The counter after counting a send now: the entries still inside the window, at most `limit`."""
     if cap is None:
         return []
     since = now - timedelta(hours=cap.window_hours)
-    kept = [m for m in sent_at if clock.parse(m) > since] + [clock.iso(now)]
+    kept = [e for e in sent_at if _moment(e) > since] + [f"{clock.iso(now)} {tag}".strip()]
     return kept[-cap.limit:]
+
+
+def counted_for(sent_at: list[str], tag: str) -> bool:
+    """Whether the send tagged `tag` already holds one of the counter's slots (a retry of it)."""
+    return any(entry.split(" ", 1)[1:] == [tag] for entry in sent_at)
 
 
 # ---------------------------------------------------------------- quiet hours

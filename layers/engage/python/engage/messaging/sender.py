@@ -5,15 +5,17 @@ Steps, in order:
     the same key always answers the same Delivery and sends at most once.
  2. Load the profile (following merges) and the template; resolve the address for the channel.
  3. Rules: suppression list (hard bounce, complaint: even transactional messages stop), subscription
-    (unsubscribed -> suppressed unless transactional), quiet hours (deferred to their end, never dropped), frequency cap (suppressed).
+    (unsubscribed -> suppressed unless transactional), quiet hours (deferred to their end, never dropped).
     A suppressed or deferred outcome is written once (conditional put) and returned.
  4. Render (Liquid, sandboxed). A render failure is recorded as failed.
- 5. Claim: conditional put of a `pending` item naming this attempt, BEFORE the provider call.
- 6. Provider call (SES / SNS / webhook), then complete the item (`sent` + provider message id), count
-    the send for the frequency cap, and put `Message Sent` (or `Message Failed`) on the bus.
+ 5. Frequency cap: take a slot on the profile's counter for the channel (a conditional write on the
+    version read, so two racing sends cannot both take the last slot; a retry finds its own slot), or
+    be suppressed. A provider refusal gives the slot back; a crash after taking it leaves it counted.
+ 6. Claim: conditional put of a `pending` item naming this attempt, BEFORE the provider call.
+ 7. Provider call (SES / SNS / webhook), then complete the item (`sent` + provider message id), and put `Message Sent` (or `Message Failed`) on the bus.
 
 Guarantee: at most once per idempotency key. The crash window is between the provider accepting the
-message (step 6) and the completion write: a retry then finds a `pending` claim it does not own. Within
+message (step 7) and the completion write: a retry then finds a `pending` claim it does not own. Within
 SEND_LEASE_SECONDS it may still be in flight, so the retry raises `SendInProgress` (the caller's retry
 comes back later); past the lease the claim is marked `failed: outcome unknown` and NOT sent again.
 At most once because a duplicate email or SMS costs money and trust, SES and SNS take no idempotency
@@ -21,13 +23,14 @@ token, and the window is milliseconds wide; the unknown outcome stays visible in
 When the provider answers with an error, nothing was sent: a permanent refusal is recorded `failed`;
 a transient one releases the claim and raises `ProviderUnavailable`, so a retry sends.
 
-Cost per message sent: GetItem delivery, GetItem profile, GetItem suppression (email/SMS/push), GetItem
-cap counter (when the channel has a cap), PutItem claim, UpdateItem completion, PutItem cap counter
-(when capped), 1 PutEvents entry, 1 provider request; the template and space settings are read at most
+Cost per message sent: GetItem delivery, GetItem profile, GetItem suppression (email/SMS/push), consistent
+GetItem cap counter (when the channel has a cap), PutItem cap counter (when capped), PutItem claim,
+UpdateItem completion, 1 PutEvents entry, 1 provider request; the template and space settings are read at most
 once a minute per warm container. About 4 read units and 3 write units (items under 1 KB).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -49,6 +52,7 @@ from engage.messaging.channels import sms as sms_channel
 from engage.observability import logger, metrics
 
 SOURCE = "engage"
+CAP_ATTEMPTS = 5  # rereads of a frequency cap counter another send of the same profile just wrote
 SENT_EVENT, FAILED_EVENT = "Message Sent", "Message Failed"
 OUTCOME_UNKNOWN = "outcome unknown: the sender stopped between the provider call and its record; not resent"
 
@@ -134,15 +138,10 @@ def send_message(request: SendRequest) -> Delivery:
         return _final(request, store.SUPPRESSED, address, reason="unsubscribed")
     space_rules = settings_store.load(request.space_id)
     cap = None if request.transactional else space_rules.frequency_caps.get(request.channel)
-    recent: list[str] = []
     if not request.transactional:
         until = rules.quiet_until(space_rules.quiet_hours, profile["traits"], now)
         if until is not None:
             return _final(request, store.DEFERRED, address, reason="quiet hours", until=clock.iso(until))
-        if cap is not None:
-            recent = store.recent_sends(request.space_id, profile_record.profile_id, request.channel)
-            if not rules.cap_allows(cap, recent, now):
-                return _final(request, store.SUPPRESSED, address, reason="frequency_cap")
     unsubscribe_url = unsubscribe_link(request.space_id, profile_record.profile_id, request.channel)
     scope = {**request.extra_scope, **templates.scope_for(profile, event=request.event, source=request.source,
                                                          unsubscribe_url=unsubscribe_url)}
@@ -158,10 +157,13 @@ def send_message(request: SendRequest) -> Delivery:
         idempotency_key=request.idempotency_key, space_id=request.space_id, template=request.template,
         tags={"transactional": "true" if request.transactional else "false"} if request.channel == "sms" else
         _email_tags(request) if request.channel == "email" else {})
-    return _send(request, outgoing, profile_record, cap, recent, now)
+    return _send(request, outgoing, profile_record, cap, now)
 
 
-def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_record, cap, recent, now) -> Delivery:
+def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_record, cap, now) -> Delivery:
+    tag = hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:12]
+    if cap is not None and not _take_cap_slot(request, profile_record.profile_id, cap, now, tag):
+        return _final(request, store.SUPPRESSED, outgoing.address, reason="frequency_cap")
     claim = _record(request, store.PENDING, outgoing.address)
     claim.attempt = uuid.uuid4().hex
     existing = store.put_if_absent(claim)
@@ -170,6 +172,8 @@ def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_reco
     try:
         message_id = channels.send(outgoing)
     except channels.Refused as error:
+        if cap is not None:
+            _give_back_cap_slot(request, profile_record.profile_id, tag)
         record = store.complete(claim, store.FAILED, reason=str(error))
         _publish(request, profile_record, FAILED_EVENT, reason=str(error))
         metrics.add_metric(name="MessagesFailed", unit="Count", value=1)
@@ -178,15 +182,38 @@ def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_reco
         store.release(claim)
         raise ProviderUnavailable(str(error)) from error
     record = store.complete(claim, store.SENT, message_id=message_id)
-    if cap is not None:
-        try:
-            store.record_send(request.space_id, profile_record.profile_id, request.channel,
-                              rules.sends_to_keep(cap, recent, now))
-        except (BotoCoreError, ClientError):  # sent and logged: only the cap counts one short
-            logger.exception("could not count a send for the frequency cap")
     _publish(request, profile_record, SENT_EVENT, message_id=message_id)
     metrics.add_metric(name="MessagesSent", unit="Count", value=1)
     return delivery_of(record)
+
+
+def _take_cap_slot(request: SendRequest, profile_id: str, cap, now, tag: str) -> bool:
+    """Count this send against the profile's frequency cap before it goes out; False when the cap is full.
+
+    Read, decide, write conditioned on the version read: of two sends racing for the last slot one
+    write fails, reads again and finds the cap full. A retry of the same message finds its own slot.
+    """
+    for _ in range(CAP_ATTEMPTS):
+        counter = store.read_cap(request.space_id, profile_id, request.channel)
+        entries = list(counter.sent_at)
+        if rules.counted_for(entries, tag):
+            return True
+        if not rules.cap_allows(cap, entries, now):
+            return False
+        if store.write_cap(counter, rules.sends_to_keep(cap, entries, now, tag)):
+            return True
+    raise SendInProgress(f"the {request.channel} frequency cap counter of this profile is contended; retry")
+
+
+def _give_back_cap_slot(request: SendRequest, profile_id: str, tag: str) -> None:
+    """The provider refused the message: it was not sent, so it does not count (best effort)."""
+    try:
+        counter = store.read_cap(request.space_id, profile_id, request.channel)
+        entries = [e for e in counter.sent_at if e.split(" ", 1)[1:] != [tag]]
+        if len(entries) != len(counter.sent_at):
+            store.write_cap(counter, entries)
+    except (BotoCoreError, ClientError):
+        logger.exception("could not give back a frequency cap slot")
 
 
 def _email_tags(request: SendRequest) -> dict[str, str]:

@@ -291,16 +291,26 @@ class CapRecord(EngageModel):
 
     pk = UnicodeAttribute(hash_key=True)
     sk = UnicodeAttribute(range_key=True)
-    sent_at = ListAttribute(default=list)  # ISO times, oldest first, at most the cap's limit kept
+    # "<ISO time> <key tag>" per counted send, oldest first, at most the cap's limit kept
+    sent_at = ListAttribute(default=list)
     expires_at = NumberAttribute(null=True)
+    version = VersionAttribute()  # a write lands only if no other send wrote since it was read
 
 
-def recent_sends(space_id: str, profile_id: str, channel: str) -> list[str]:
+def read_cap(space_id: str, profile_id: str, channel: str) -> CapRecord:
     try:
-        return list(CapRecord.get(delivery_pk(space_id, profile_id), "cap|" + channel).sent_at)
+        return CapRecord.get(delivery_pk(space_id, profile_id), "cap|" + channel, consistent_read=True)
     except CapRecord.DoesNotExist:
-        return []
+        return CapRecord(delivery_pk(space_id, profile_id), "cap|" + channel, sent_at=[])
 
 
-def record_send(space_id: str, profile_id: str, channel: str, kept: list[str]) -> None:
-    CapRecord(delivery_pk(space_id, profile_id), "cap|" + channel, sent_at=kept, expires_at=_expiry()).save()
+def write_cap(record: CapRecord, entries: list[str]) -> bool:
+    """Store `entries` if nobody changed the counter since `record` was read; False if someone did."""
+    record.sent_at, record.expires_at = entries, _expiry()
+    try:
+        record.save()
+    except PutError as error:
+        if _conditional_failed(error):
+            return False
+        raise
+    return True
