@@ -4,9 +4,13 @@ unsubscribe link round trip with a `subscribed` audience following it, a forged 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 
 import pytest
+
+from tests.e2e.test_local_app import CHROMIUM, node_sdks  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
 
@@ -124,3 +128,33 @@ def test_unsubscribe_link_round_trip_and_the_subscribed_audience_follows(local_c
     cloud.settle()
     assert traits(cloud, user)[audience] is False
     assert send(cloud, user, f"news_{tag}", "email", f"n-{tag}")["reason"] == "unsubscribed"
+
+
+def test_the_outbox_page_shows_an_email_in_chromium_without_running_its_scripts(local_cloud, node_sdks):  # noqa: F811
+    # Given an email whose template carries a script and whose recipient's name is markup
+    cloud, tag = local_cloud, uuid.uuid4().hex[:8]
+    cloud.client("sesv2").create_email_identity(EmailIdentity=FROM)
+    user = f"page-{tag}"
+    identify(cloud, user, email=f"{user}@example.com", first_name="<b>Ann</b>")
+    template = {"key": f"page_{tag}", "channel": "email", "from": FROM, "subject": "Hi {{ profile.traits.first_name }}",
+                "body": "<h1>Hello {{ profile.traits.first_name }}</h1>"
+                        "<script>window.pwned = true; parent.document.title = 'pwned'; alert('pwned')</script>"
+                        "<img src=x onerror=\"window.pwned = true; parent.document.title = 'pwned'\">"}
+    status, _, body = cloud.call("POST", "/v1/templates", template, auth=ACCESS_TOKEN)
+    assert status == 201, body
+    assert send(cloud, user, f"page_{tag}", "email", f"page-{tag}")["status"] == "sent"
+    # When the outbox page is opened in Debian's Chromium
+    run = subprocess.run(["node", "outbox.mjs"], check=False, cwd=node_sdks, capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "ENGAGE_API_URL": cloud.api_url,
+                                           "ENGAGE_RECIPIENT": f"{user}@example.com", "CHROMIUM": CHROMIUM})
+    assert run.returncode == 0, f"node outbox.mjs failed:\n{run.stderr}\n{run.stdout}"
+    report = json.loads(run.stdout.splitlines()[-1])
+    # Then the row names the recipient and the subject, the trait's markup shown as text, not as markup
+    assert report["status"] == 200 and f"{user}@example.com" in report["rowText"]
+    assert "Hi <b>Ann</b>" in report["rowText"]
+    # And the email is rendered as its HTML in a frame sandboxed without scripts
+    assert report["sandbox"] == "" and report["heading"] == "Hello <b>Ann</b>"
+    # And none of its scripts ran: no mark on the page or in the frame, no dialog, no page error
+    assert report["marks"] == {"title": report["marks"]["title"], "pwned": False}
+    assert report["marks"]["title"] != "pwned" and report["frameMarks"].get("pwned") is not True
+    assert report["dialogs"] == [] and report["pageErrors"] == []
