@@ -15,8 +15,8 @@ the rest of its work. Every step is safe to run twice:
   cursor moves, and the cursor moves with a condition on its previous value together with `targeted`:
   a retried page rewrites identical items and counts nothing twice. No send starts before the snapshot
   is complete.
-- fanout: queued recipients of a zone group, a shard at a time, into SQS messages of up to
-  RECIPIENTS_PER_MESSAGE profile ids (SendMessageBatch, 10 a request). A message sent twice is harmless:
+- fanout: queued recipients of a zone group, a shard at a time, packed across shards into SQS messages of
+  up to RECIPIENTS_PER_MESSAGE profile ids (SendMessageBatch, 10 a request). A message sent twice is harmless:
   the sender moves each recipient out of `queued` once (engage.broadcasts.sending).
 """
 from __future__ import annotations
@@ -284,19 +284,28 @@ def fanout(space_id: str, broadcast_key: str, zone: str, shard: int, start: dict
     per_message = min(RECIPIENTS_PER_MESSAGE, definition_of(broadcast).rate_limit_per_second
                       or RECIPIENTS_PER_MESSAGE)
     budget, enqueued = WORK_BUDGET, 0
+    pending: list[str] = []  # ids not yet in a full message: packed with the next shard's (a message may mix shards)
+
+    def send(ids: list[str]) -> None:
+        _send_batches([{"space_id": space_id, "key": broadcast_key, "zone": zone, "profile_ids": ids[i:i + per_message]}
+                       for i in range(0, len(ids), per_message)])
+
     while shard < store.SHARDS:
         for ids, following in store.queued_pages(space_id, broadcast_key, zone, shard, start, 1000):
-            bodies = [{"space_id": space_id, "key": broadcast_key, "zone": zone, "profile_ids": ids[i:i + per_message]}
-                      for i in range(0, len(ids), per_message)]
-            _send_batches(bodies)
+            pending += ids
+            full = len(pending) - len(pending) % per_message
+            send(pending[:full])
+            pending = pending[full:]
             enqueued += len(ids)
             budget -= len(ids)
             start = following
             if budget <= 0 and following:
+                send(pending)  # before the checkpoint: the continuation starts after these ids
                 queue_work({"action": "fanout", "space_id": space_id, "key": broadcast_key, "zone": zone,
                             "shard": shard, "start": following})
                 return {"done": "fanout continues", "enqueued": enqueued}
         shard, start = shard + 1, None
+    send(pending)
     return {"done": "fanout", "zone": zone, "enqueued": enqueued}
 
 
