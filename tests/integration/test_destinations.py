@@ -407,3 +407,95 @@ def test_messages_behind_a_waiting_one_in_its_group_wait_with_it_in_order(env, r
     flow.drain()
     events = [c["event"] for c in receiver.delivered()]
     assert events in (["Audience Entered", "Audience Exited"], ["Audience Exited"])
+
+
+# ---------------------------------------------------------------- journeys' sync step
+def sync_task(destination: str, profile_id: str = "p1", execution: str = "cart_rescue-v1-p1-e1") -> dict:
+    return {"step_type": "sync", "step": "to_crm", "params": {"destination": destination, "next": "done"},
+            "chains": {}, "previous": [], "execution": f"arn:aws:states:us-east-1:123456789012:execution:m:{execution}",
+            "space_id": "acme", "profile_id": profile_id, "journey": "cart_rescue", "version": 1, "entry": 1,
+            "ids": {"user_id": "u1"}}
+
+
+@pytest.fixture
+def journeys_env(env, monkeypatch):
+    from engage import config
+
+    monkeypatch.setenv("JOURNEYS_TABLE", env.tables["JourneysTable"])
+    config.settings.cache_clear()
+    return env
+
+
+def test_a_journey_sync_step_sends_the_profiles_state_once_in_its_group_whatever_is_retried(journeys_env, receiver):
+    from engage.journeys import steps
+
+    # Given a webhook destination connected to vip, and u1 a member of it with a trait
+    flow = Flow(journeys_env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    from engage.audiences import runtime
+
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(journeys_env.tables["ProfilesTable"])
+    table.update_item(Key={"pk": "acme|p1"}, UpdateExpression="SET traits = :t",
+                      ExpressionAttributeValues={":t": {"plan": "pro"}})
+    runtime.reset()
+    # When the journey's sync step runs, and Step Functions retries the same Task (also after delivery)
+    assert steps.handle(sync_task("crm"))["next"] == "done"
+    assert steps.handle(sync_task("crm"))["next"] == "done"
+    flow.drain()
+    assert steps.handle(sync_task("crm"))["next"] == "done"
+    flow.drain()
+    # Then the receiver got the membership change and one profile sync, with traits and connected audiences
+    sent = receiver.delivered()
+    assert [c["event"] for c in sent] == ["Audience Entered", "Profile Synced"]
+    synced = sent[1]
+    assert synced["traits"]["plan"] == "pro" and synced["audiences"] == {"vip": True}
+    assert synced["user_id"] == "u1" and synced["source"] == {"type": "journey", "key": "cart_rescue",
+                                                               "step": "to_crm"}
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["delivered"] == 2
+    # a second run of the journey (another execution) syncs again
+    steps.handle(sync_task("crm", execution="cart_rescue-v1-p1-e2"))
+    flow.drain()
+    assert [c["event"] for c in receiver.delivered()] == ["Audience Entered", "Profile Synced", "Profile Synced"]
+
+
+def test_a_sync_to_a_segment_destination_is_an_identify_with_traits_and_audiences(journeys_env, receiver):
+    from engage.journeys import steps
+
+    flow = Flow(journeys_env)
+    body = {"key": "seg", "type": "segment", "audiences": ["vip"],
+            "config": {"endpoint": receiver.url, "write_key": "wk-1"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    steps.handle(sync_task("seg", profile_id="p2"))
+    flow.drain()
+    (request,) = receiver.requests
+    assert request["path"] == "/v1/identify"
+    assert request["body"]["userId"] == "u2" and request["body"]["traits"] == {"vip": False}
+    assert request["body"]["messageId"].startswith("engage-")
+
+
+def test_a_sync_step_to_a_batch_destination_waits_for_the_run_and_s3_or_unknown_ones_refuse(journeys_env,
+                                                                                           receiver):
+    from engage.journeys import steps
+
+    flow = Flow(journeys_env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    steps.handle(sync_task("hourly"))
+    steps.handle(sync_task("hourly"))  # a retry logs nothing more
+    assert receiver.requests == []
+    assert run_batch("acme", "hourly")["delivered"] == 1
+    steps.handle(sync_task("hourly"))  # a retry after the run sends nothing again
+    assert run_batch("acme", "hourly")["delivered"] == 0
+    assert [c["event"] for c in receiver.requests[0]["body"]["batch"]] == ["Profile Synced"]
+
+    s3 = {"key": "lake", "type": "s3", "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+          "audiences": ["vip"], "config": {"bucket": "lake-bucket"}}
+    assert call_api("POST", "/v1/destinations", s3)[0] == 201
+    with pytest.raises(steps.DestinationUnavailable, match="s3 destination"):
+        steps.handle(sync_task("lake"))
+    with pytest.raises(steps.DestinationUnavailable, match="no destination 'nope'"):
+        steps.handle(sync_task("nope"))

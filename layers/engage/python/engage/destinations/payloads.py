@@ -29,14 +29,26 @@ DELIVERY_HEADER = "X-Engage-Delivery-Id"
 IDENTITY_FIELDS = ("user_id", "anonymous_id", "email", "group_id")
 
 
+PROFILE_SYNC = "profile"  # a change's `type` for a journey's sync step (engage.destinations.sync)
+SYNCED = "Profile Synced"
+
+
+def is_sync(change: dict[str, Any]) -> bool:
+    return change.get("type") == PROFILE_SYNC
+
+
 def delivery_id(change: dict[str, Any]) -> str:
     """The change's id at one destination: same change, same id, whatever the number of deliveries."""
+    if is_sync(change):
+        return change["sync_id"]  # (destination, journey run, step): sync.sync_id
     text = "|".join((change["space_id"], change["destination"], change["audience_key"], change["profile_id"],
                      str(int(change["version"])), "1" if change["member"] else "0"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def event_name(change: dict[str, Any]) -> str:
+    if is_sync(change):
+        return SYNCED
     return ENTERED if change["member"] else EXITED
 
 
@@ -47,6 +59,12 @@ def ids(change: dict[str, Any]) -> dict[str, Any]:
 
 def change_view(change: dict[str, Any]) -> dict[str, Any]:
     """One change as a webhook receives it."""
+    if is_sync(change):
+        return {"id": delivery_id(change), "type": "profile_sync", "event": SYNCED, "space": change["space_id"],
+                "destination": change["destination"], "entity": change.get("entity", "users"),
+                "profile_id": change["profile_id"], **ids(change), "traits": change.get("traits") or {},
+                "audiences": change.get("audiences") or {}, "computed_traits": change.get("computed_traits") or {},
+                "source": change.get("source") or {}, "timestamp": change["timestamp"]}
     return {"id": delivery_id(change), "type": "audience_membership", "event": event_name(change),
             "space": change["space_id"], "destination": change["destination"],
             "audience_key": change["audience_key"], "entity": change.get("entity", "users"),
@@ -88,6 +106,8 @@ def segment_call(change: dict[str, Any], call: str) -> tuple[str, dict[str, Any]
     naming the account (the tracking API needs one of the two).
     """
     found = ids(change)
+    if is_sync(change):
+        return _segment_sync(change, call, found)
     audience = change["audience_key"]
     member = bool(change["member"])
     common: dict[str, Any] = {
@@ -110,6 +130,24 @@ def segment_call(change: dict[str, Any], call: str) -> tuple[str, dict[str, Any]
     if found.get("email"):
         traits["email"] = found["email"]
     return "/v1/identify", {**common, **who, "type": "identify", "traits": traits}
+
+
+def _segment_sync(change: dict[str, Any], call: str, found: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A journey's sync step: identify with the profile's traits, its connected audiences as booleans and
+    computed traits by key; or track `Profile Synced` with the same values as properties."""
+    values = {**(change.get("traits") or {}), **(change.get("computed_traits") or {}),
+              **(change.get("audiences") or {})}
+    source = change.get("source") or {}
+    who = {k: v for k, v in (("userId", found.get("user_id")), ("anonymousId", found.get("anonymous_id"))) if v}
+    who = who or {"anonymousId": f"profile:{change['profile_id']}"}
+    common = {"messageId": f"engage-{delivery_id(change)}", "timestamp": change["timestamp"],
+              "context": {"personas": {"computation_class": "journey", "computation_key": source.get("key"),
+                                       "step": source.get("step"), "space_id": change["space_id"],
+                                       "destination": change["destination"]}},
+              "integrations": {"All": True}, **who}
+    if call == "track":
+        return "/v1/track", {**common, "type": "track", "event": SYNCED, "properties": values}
+    return "/v1/identify", {**common, "type": "identify", "traits": values}
 
 
 def segment_batch(changes: Iterable[dict[str, Any]], call: str) -> dict[str, Any]:

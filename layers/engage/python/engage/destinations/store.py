@@ -91,6 +91,10 @@ class Destination:
     def audiences(self) -> list[str]:
         return list(self.definition.audiences)
 
+    @property
+    def computed_traits(self) -> list[str]:
+        return list(self.definition.computed_traits)
+
     def view(self, status: dict[str, Any] | None = None) -> dict[str, Any]:
         return {**self.definition.public(self.secret_hints), "revision": self.revision,
                 "created_at": self.created_at, "updated_at": self.updated_at, "status": status or {}}
