@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import boto3
 import pytest
 
 from engage import clock
@@ -343,3 +344,79 @@ def test_a_track_event_on_the_profile_releases_its_wait_but_not_an_older_one(api
     newer = {**older, "messageId": "new", "timestamp": clock.iso()}
     assert events.on_history_item(history_item("p1", newer))["released"] == 1
     assert list(waits.WaitRecord.query("acme|p1|waits")) == []
+
+
+# --- goals met between Tasks (engage.journeys.goals) -------------------------------------------------
+def put_history(api, profile_id: str, message: dict) -> dict:
+    item = {**history_item(profile_id, message), "message_id": message["messageId"], "event": message["event"],
+            "timestamp": message["timestamp"]}
+    boto3.resource("dynamodb", region_name="us-east-1").Table(api.tables["ProfileEventsTable"]).put_item(Item=item)
+    return item
+
+
+def test_a_goal_met_during_a_wait_stops_the_run_and_records_a_goal_exit_once(api):
+    from engage.journeys import events
+
+    # Given p1 enrolled in cart_rescue (goal: Order Completed within a day), its execution waiting
+    answer = published()
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    assert execution["status"] == "RUNNING"
+    # When p1 completes an order (the track event lands in its history), and the record is redelivered
+    order = {"type": "track", "event": "Order Completed", "userId": "u-p1", "messageId": "o-1",
+             "timestamp": clock.iso(), "properties": {"total": 20}}
+    item = put_history(api, "p1", order)
+    events.on_history_item(item)
+    events.on_history_item(item)
+    # Then the execution is stopped and the run ended with reason goal (once)
+    sfn = api.client("stepfunctions")
+    assert sfn.describe_execution(executionArn=execution["executionArn"])["status"] == "ABORTED"
+    (run,) = enrollment.runs("acme", "cart_rescue", "p1")
+    assert run["exit_reason"] == "goal" and run["exited_at"]
+    # an event the goal does not read checks nothing; a profile not in the journey is left alone
+    assert goals_stopped("acme", "p2", "Order Completed") == 0
+
+
+def goals_stopped(space: str, profile: str, event: str) -> int:
+    from engage.journeys import goals
+
+    return goals.on_event(space, profile, event)
+
+
+def test_a_goal_on_an_audience_stops_the_run_when_the_audience_is_exited(api):
+    from tests.integration.audience_support import LambdaContext, handler
+
+    body = journey(key="while_in_cart", exit_when={"not": {"audience": "cart_abandoners"}})
+    answer = published("while_in_cart", body)
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    # p1 is still a member: Audience Entered of it (a redelivery) does not stop the run
+    event = {"version": "0", "detail-type": "Audience Exited", "source": "engage",
+             "detail": {**audience_entered(), "version": 2}}
+    from engage.memberships_store import MembershipRecord
+
+    def membership(member: bool, version: int) -> None:
+        try:
+            record = MembershipRecord.get("acme|p1", "cart_abandoners")
+        except MembershipRecord.DoesNotExist:
+            record = MembershipRecord("acme|p1", "cart_abandoners", audience_pk="acme|cart_abandoners",
+                                      space_id="acme", profile_id="p1", audience_key="cart_abandoners")
+        record.member, record.updated_at = member, clock.iso()
+        record.save()
+        assert int(record.version) == version
+
+    membership(True, 1)
+    assert handler("journey_enroller")({"Records": [sqs_record(event)]}, LambdaContext()) == {"batchItemFailures": []}
+    assert api.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["status"] == "RUNNING"
+    # when the membership ends, the Exited event stops it
+    membership(False, 2)
+    assert handler("journey_enroller")({"Records": [sqs_record(event)]}, LambdaContext()) == {"batchItemFailures": []}
+    assert api.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["status"] == "ABORTED"
+    assert enrollment.runs("acme", "while_in_cart", "p1")[0]["exit_reason"] == "goal"
+
+
+def sqs_record(event: dict) -> dict:
+    return {"messageId": "m-" + event["detail-type"], "receiptHandle": "r", "body": json.dumps(event),
+            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
+            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+            "awsRegion": "us-east-1"}
