@@ -17,6 +17,11 @@ CART_ABANDONERS = {"key": "cart_abandoners", "name": "Cart abandoners", "backfil
                    "condition": {"event": "Cart Abandoned", "window": {"within_days": 1}}}
 
 
+CART_TEMPLATES = [
+    {"key": "cart_a", "channel": "email", "subject": "Your cart", "body": "Come back, {{ profile.first_name }}"},
+    {"key": "cart_b", "channel": "email", "subject": "Still there?", "body": "Your cart misses you"},
+    {"key": "cart_sms", "channel": "sms", "body": "Your cart is waiting"}]
+
 STEPS_ARN = "arn:aws:lambda:us-east-1:123456789012:function:JourneyStepsFunction"
 
 
@@ -49,6 +54,8 @@ def api(aws, space, monkeypatch):
     enrollment.reset()
     store.clear_cache()
     assert call_api("POST", "/v1/audiences", CART_ABANDONERS)[0] == 201
+    for template in CART_TEMPLATES:  # the templates cart_rescue sends (a journey naming an unknown one is a 400)
+        assert call_api("POST", "/v1/templates", template)[0] == 201
     yield aws
     management.reset()
     enrollment.reset()
@@ -420,3 +427,37 @@ def sqs_record(event: dict) -> dict:
             "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
             "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
             "awsRegion": "us-east-1"}
+
+
+# --- references to templates and destinations ----------------------------------------------------------
+def test_unknown_templates_and_destinations_are_400s_and_referenced_ones_cannot_be_deleted(api, monkeypatch):
+    from engage import config
+
+    monkeypatch.setenv("DESTINATION_SECRETS_PREFIX", "/test/destinations")
+    monkeypatch.setenv("DESTINATIONS_QUEUE_URL", api.queues["DestinationsQueue"])
+    monkeypatch.setenv("DESTINATIONS_TABLE", api.tables["DestinationsTable"])
+    config.settings.cache_clear()
+    # a send step naming no template, a sync step naming no destination: 400s naming step and field
+    status, body = call_api("POST", "/v1/journeys", journey(key="bad_send", steps__email_a={
+        "type": "send", "channel": "email", "template": "nope", "next": "wait_buy"}))
+    assert status == 400 and body["error"]["details"] == [
+        {"path": "steps.email_a.template", "message": "unknown template 'nope'"}]
+    synced = journey(key="synced", steps__sms={"type": "sync", "destination": "crm", "next": "exit"})
+    status, body = call_api("POST", "/v1/journeys", synced)
+    assert status == 400 and body["error"]["details"][0]["path"] == "steps.sms.destination"
+    assert "unknown destination 'crm'" in body["error"]["message"]
+    # once the destination exists the journey is accepted, and then neither can be deleted
+    crm = {"key": "crm", "type": "webhook", "config": {"url": "https://hooks.example.com/x"}}
+    assert call_api("POST", "/v1/destinations", crm)[0] == 201
+    assert call_api("POST", "/v1/journeys", synced)[0] == 201
+    status, body = call_api("DELETE", "/v1/destinations/crm")
+    assert status == 409 and body["error"]["details"] == [
+        {"type": "journey", "key": "synced", "path": "steps.sms.destination"}]
+    status, body = call_api("DELETE", "/v1/templates/cart_a")
+    assert status == 409 and {d["key"] for d in body["error"]["details"]} == {"synced"}
+    assert "journey 'synced' at steps.email_a.template" in body["error"]["message"]
+    assert call_api("DELETE", "/v1/templates/nope")[0] == 404
+    # an archived journey references nothing: the deletes go through
+    assert call_api("DELETE", "/v1/journeys/synced")[0] == 204
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
+    assert call_api("DELETE", "/v1/templates/cart_a")[0] == 204

@@ -95,6 +95,10 @@ def list_destinations(space_id: str) -> dict[str, Any]:
 
 
 def delete(space_id: str, destination_key: str) -> None:
+    store.get(space_id, destination_key)  # 404 first
+    from engage.journeys.references import refuse_if_referenced
+
+    refuse_if_referenced(space_id, "destination", "sync", destination_key)  # 409 listing the journeys that sync
     gone = store.delete(space_id, destination_key)
     if gone.definition.mode == "batch":
         schedules.remove(space_id, destination_key)
