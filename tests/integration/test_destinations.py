@@ -499,3 +499,61 @@ def test_a_sync_step_to_a_batch_destination_waits_for_the_run_and_s3_or_unknown_
         steps.handle(sync_task("lake"))
     with pytest.raises(steps.DestinationUnavailable, match="no destination 'nope'"):
         steps.handle(sync_task("nope"))
+
+
+# ---------------------------------------------------------------- computed trait changes
+REVENUE = {"key": "total_revenue", "kind": "sum", "event": "Order Completed", "property": "revenue"}
+
+
+def trait_changed(profile: str, value, version: int, previous=None) -> dict:
+    return {"space": "acme", "computed_trait_key": "total_revenue", "profile_id": profile,
+            "user_id": "u" + profile[1:], "anonymous_id": None, "email": None, "value": value,
+            "previous_value": previous, "timestamp": f"2026-11-30T10:00:0{version}.000Z", "version": version}
+
+
+def trait_records(*details: dict) -> dict:
+    return {"Records": [{"messageId": f"m{i}", "receiptHandle": "r", "attributes": {}, "messageAttributes": {},
+                         "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+                         "body": json.dumps({"detail-type": "Computed Trait Changed", "source": "engage",
+                                             "detail": d})} for i, d in enumerate(details)]}
+
+
+def test_computed_trait_changes_reach_connected_destinations_newest_value_wins(env, receiver):
+    # Given a computed trait, a segment destination connected to it and a webhook one that is not
+    assert call_api("POST", "/v1/computed-traits", REVENUE)[0] in (200, 201)
+    status, body = call_api("POST", "/v1/destinations", {"key": "seg", "type": "segment", "computed_traits": ["nope"],
+                                                         "config": {"endpoint": receiver.url}})
+    assert status == 400 and body["error"]["details"][0]["path"] == "computed_traits[0]"
+    seg = {"key": "seg", "type": "segment", "computed_traits": ["total_revenue"], "config": {"endpoint": receiver.url}}
+    assert call_api("POST", "/v1/destinations", seg)[0] == 201
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow = Flow(env)
+    flow.drain()
+    route = handler("destination_trait_router")
+    # When p1's value changes twice (the bus delivered them out of order) and a change is delivered again
+    newer, older = trait_changed("p1", 250, 3, previous=100), trait_changed("p1", 100, 2)
+    assert route(trait_records(newer), LambdaContext(function_name="trait-router")) == {"batchItemFailures": []}
+    flow.drain()
+    assert route(trait_records(older, newer), LambdaContext(function_name="trait-router"))["batchItemFailures"] == []
+    flow.drain()
+    # Then the segment destination got one identify with the newest value; the webhook nothing
+    assert [r["path"] for r in receiver.requests] == ["/v1/identify"]
+    identify = receiver.requests[0]["body"]
+    assert identify["userId"] == "u1" and identify["traits"] == {"total_revenue": 250}
+    assert identify["context"]["personas"]["computation_class"] == "computed_trait"
+
+
+def test_computed_trait_changes_to_a_batch_destination_wait_for_its_run_coalesced(env, receiver):
+    assert call_api("POST", "/v1/computed-traits", REVENUE)[0] in (200, 201)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+            "audiences": [], "computed_traits": ["total_revenue"]}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    route = handler("destination_trait_router")
+    route(trait_records(trait_changed("p1", 100, 2), trait_changed("p1", 250, 3), trait_changed("p2", 5, 1)),
+          LambdaContext(function_name="trait-router"))
+    assert receiver.requests == []
+    assert run_batch("acme", "hourly")["delivered"] == 2
+    sent = receiver.requests[0]["body"]["batch"]
+    assert sorted((c["profile_id"], c["value"], c["event"]) for c in sent) == [
+        ("p1", 250, "Computed Trait Changed"), ("p2", 5, "Computed Trait Changed")]

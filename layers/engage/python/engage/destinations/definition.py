@@ -202,6 +202,9 @@ def _check_semantics(definition: DestinationDefinition, config: _Model) -> list[
             problem("config.bucket", "an S3 bucket name (3 to 63 of a-z, 0-9, '.' and '-')")
         if definition.mode != "batch":
             problem("mode", "an s3 destination writes a snapshot per scheduled run: mode must be batch")
+        if definition.computed_traits:
+            problem("computed_traits", "an s3 destination writes audience snapshots: connect computed traits to a "
+                                       "webhook, segment or eventbridge destination")
     if definition.mode == "batch":
         if definition.schedule is None:
             problem("schedule", "batch mode needs a schedule: {\"expression\": \"rate(1 hour)\", \"timezone\": \"UTC\"}")

@@ -126,7 +126,10 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str) ->
     if destination is None:
         return Result(True, "destination deleted: dropped")
     syncing = payloads.is_sync(change)  # a journey's sync step (engage.destinations.sync)
-    if not syncing and change["audience_key"] not in destination.audiences:
+    if payloads.is_trait(change):
+        if change["computed_trait_key"] not in destination.computed_traits:
+            return Result(True, "computed trait disconnected: dropped")
+    elif not syncing and change["audience_key"] not in destination.audiences:
         return Result(True, "audience disconnected: dropped")
     if destination.definition.mode == "batch" or destination.definition.paused:
         changelog.append([change])

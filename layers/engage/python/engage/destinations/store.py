@@ -217,6 +217,12 @@ def connected(space_id: str, audience_key: str) -> list[Destination]:
     return [d for d in cached[1] if audience_key in d.definition.audiences]
 
 
+def connected_traits(space_id: str, trait_key: str) -> list[Destination]:
+    """The space's live destinations connected to a computed trait (the same cache as `connected`)."""
+    connected(space_id, "")  # fills the cache
+    return [d for d in _cache[space_id][1] if trait_key in d.definition.computed_traits]
+
+
 def cached(space_id: str, destination_key: str, *, fresh: bool = False) -> Destination | None:
     """One live destination, from the per-space cache (`fresh`: read it now)."""
     if fresh:
