@@ -38,6 +38,7 @@ def env(engine, space, monkeypatch):
     monkeypatch.setenv("DESTINATION_BATCH_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:batch")
     monkeypatch.setenv("DESTINATION_SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/scheduler")
     monkeypatch.setenv("DESTINATION_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")  # the receiver is on loopback (engage.netguard)
     config.settings.cache_clear()
     destination_store.clear_cache()
     assert call_api("POST", "/v1/audiences", VIP)[0] == 201
@@ -557,3 +558,26 @@ def test_computed_trait_changes_to_a_batch_destination_wait_for_its_run_coalesce
     sent = receiver.requests[0]["body"]["batch"]
     assert sorted((c["profile_id"], c["value"], c["event"]) for c in sent) == [
         ("p1", 250, "Computed Trait Changed"), ("p2", 5, "Computed Trait Changed")]
+
+
+# ---------------------------------------------------------------- internal hosts (engage.netguard)
+def test_a_webhook_host_resolving_to_an_internal_address_is_parked_at_once_with_the_reason(env, receiver,
+                                                                                          monkeypatch):
+    from engage import config
+
+    # Given a webhook destination whose host name resolves to loopback (localhost), outside the local cloud
+    flow = Flow(env)
+    body = webhook(receiver)
+    body["config"]["url"] = body["config"]["url"].replace("127.0.0.1", "localhost")
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    monkeypatch.delenv("ENGAGE_ALLOW_INTERNAL_HOSTS")
+    config.settings.cache_clear()
+    # When a change is delivered
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    # Then nothing reached the receiver and the delivery is parked (not retried) with the reason
+    assert receiver.requests == []
+    shown = call_api("GET", "/v1/destinations/crm")[1]
+    assert shown["status"]["dlq_depth"] == 1 and shown["status"]["failures"] == 1
+    assert "127.0.0.1 is a loopback address" in shown["parked"][0]["reason"]
