@@ -98,7 +98,11 @@ class LocalCloud:
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             # No X-Ray daemon here: powertools' tracer would try to emit segments to it.
             "POWERTOOLS_TRACE_DISABLED": "true",
+            # The local cloud's webhook receivers and sinks are on loopback: engage.netguard lets
+            # webhooks reach internal addresses here only (docs/local-cloud.md; never set on AWS).
+            "ENGAGE_ALLOW_INTERNAL_HOSTS": "true",
         }
+        os.environ["ENGAGE_ALLOW_INTERNAL_HOSTS"] = "true"  # handlers run in this process too
         self.deployment = self.cloud.deploy(self.template_path, self.stack_name, self.parameters)
         for spec in self.cloud.function_specs(self.template_path, self.deployment):
             self.runtime.add(spec)

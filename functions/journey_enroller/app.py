@@ -1,4 +1,7 @@
-"""JourneyEntryQueue (Audience Entered from the bus) -> one journey execution per enrollment."""
+"""JourneyEntryQueue (from the bus) -> one journey execution per enrollment; goals met between Tasks.
+
+`Audience Entered` enrolls (and checks goals reading that audience); `Audience Exited` and
+`Computed Trait Changed` check the goals that read them (engage.journeys.goals)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +9,7 @@ import json
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from engage.journeys import enrollment, store
+from engage.journeys import enrollment, goals, store
 from engage.observability import logger, metrics, tracer
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -14,7 +17,13 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 def record_handler(record: SQSRecord) -> int:
     event = json.loads(record.body)  # the EventBridge event the rule delivered
-    return sum(1 for outcome in enrollment.on_audience_entered(event["detail"]) if outcome.enrolled)
+    detail, kind = event["detail"], event.get("detail-type")
+    if kind == "Computed Trait Changed":
+        return goals.on_computed_trait(detail["space"], detail["profile_id"], detail["computed_trait_key"])
+    goals.on_audience(detail["space"], detail["profile_id"], detail["audience_key"])
+    if kind == "Audience Exited":
+        return 0
+    return sum(1 for outcome in enrollment.on_audience_entered(detail) if outcome.enrolled)
 
 
 @logger.inject_lambda_context

@@ -38,6 +38,7 @@ def env(engine, space, monkeypatch):
     monkeypatch.setenv("DESTINATION_BATCH_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:batch")
     monkeypatch.setenv("DESTINATION_SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/scheduler")
     monkeypatch.setenv("DESTINATION_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")  # the receiver is on loopback (engage.netguard)
     config.settings.cache_clear()
     destination_store.clear_cache()
     assert call_api("POST", "/v1/audiences", VIP)[0] == 201
@@ -407,3 +408,176 @@ def test_messages_behind_a_waiting_one_in_its_group_wait_with_it_in_order(env, r
     flow.drain()
     events = [c["event"] for c in receiver.delivered()]
     assert events in (["Audience Entered", "Audience Exited"], ["Audience Exited"])
+
+
+# ---------------------------------------------------------------- journeys' sync step
+def sync_task(destination: str, profile_id: str = "p1", execution: str = "cart_rescue-v1-p1-e1") -> dict:
+    return {"step_type": "sync", "step": "to_crm", "params": {"destination": destination, "next": "done"},
+            "chains": {}, "previous": [], "execution": f"arn:aws:states:us-east-1:123456789012:execution:m:{execution}",
+            "space_id": "acme", "profile_id": profile_id, "journey": "cart_rescue", "version": 1, "entry": 1,
+            "ids": {"user_id": "u1"}}
+
+
+@pytest.fixture
+def journeys_env(env, monkeypatch):
+    from engage import config
+
+    monkeypatch.setenv("JOURNEYS_TABLE", env.tables["JourneysTable"])
+    config.settings.cache_clear()
+    return env
+
+
+def test_a_journey_sync_step_sends_the_profiles_state_once_in_its_group_whatever_is_retried(journeys_env, receiver):
+    from engage.journeys import steps
+
+    # Given a webhook destination connected to vip, and u1 a member of it with a trait
+    flow = Flow(journeys_env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    from engage.audiences import runtime
+
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(journeys_env.tables["ProfilesTable"])
+    table.update_item(Key={"pk": "acme|p1"}, UpdateExpression="SET traits = :t",
+                      ExpressionAttributeValues={":t": {"plan": "pro"}})
+    runtime.reset()
+    # When the journey's sync step runs, and Step Functions retries the same Task (also after delivery)
+    assert steps.handle(sync_task("crm"))["next"] == "done"
+    assert steps.handle(sync_task("crm"))["next"] == "done"
+    flow.drain()
+    assert steps.handle(sync_task("crm"))["next"] == "done"
+    flow.drain()
+    # Then the receiver got the membership change and one profile sync, with traits and connected audiences
+    sent = receiver.delivered()
+    assert [c["event"] for c in sent] == ["Audience Entered", "Profile Synced"]
+    synced = sent[1]
+    assert synced["traits"]["plan"] == "pro" and synced["audiences"] == {"vip": True}
+    assert synced["user_id"] == "u1" and synced["source"] == {"type": "journey", "key": "cart_rescue",
+                                                               "step": "to_crm"}
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["delivered"] == 2
+    # a second run of the journey (another execution) syncs again
+    steps.handle(sync_task("crm", execution="cart_rescue-v1-p1-e2"))
+    flow.drain()
+    assert [c["event"] for c in receiver.delivered()] == ["Audience Entered", "Profile Synced", "Profile Synced"]
+
+
+def test_a_sync_to_a_segment_destination_is_an_identify_with_traits_and_audiences(journeys_env, receiver):
+    from engage.journeys import steps
+
+    flow = Flow(journeys_env)
+    body = {"key": "seg", "type": "segment", "audiences": ["vip"],
+            "config": {"endpoint": receiver.url, "write_key": "wk-1"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    steps.handle(sync_task("seg", profile_id="p2"))
+    flow.drain()
+    (request,) = receiver.requests
+    assert request["path"] == "/v1/identify"
+    assert request["body"]["userId"] == "u2" and request["body"]["traits"] == {"vip": False}
+    assert request["body"]["messageId"].startswith("engage-")
+
+
+def test_a_sync_step_to_a_batch_destination_waits_for_the_run_and_s3_or_unknown_ones_refuse(journeys_env,
+                                                                                           receiver):
+    from engage.journeys import steps
+
+    flow = Flow(journeys_env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    steps.handle(sync_task("hourly"))
+    steps.handle(sync_task("hourly"))  # a retry logs nothing more
+    assert receiver.requests == []
+    assert run_batch("acme", "hourly")["delivered"] == 1
+    steps.handle(sync_task("hourly"))  # a retry after the run sends nothing again
+    assert run_batch("acme", "hourly")["delivered"] == 0
+    assert [c["event"] for c in receiver.requests[0]["body"]["batch"]] == ["Profile Synced"]
+
+    s3 = {"key": "lake", "type": "s3", "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+          "audiences": ["vip"], "config": {"bucket": "lake-bucket"}}
+    assert call_api("POST", "/v1/destinations", s3)[0] == 201
+    with pytest.raises(steps.DestinationUnavailable, match="s3 destination"):
+        steps.handle(sync_task("lake"))
+    with pytest.raises(steps.DestinationUnavailable, match="no destination 'nope'"):
+        steps.handle(sync_task("nope"))
+
+
+# ---------------------------------------------------------------- computed trait changes
+REVENUE = {"key": "total_revenue", "kind": "sum", "event": "Order Completed", "property": "revenue"}
+
+
+def trait_changed(profile: str, value, version: int, previous=None) -> dict:
+    return {"space": "acme", "computed_trait_key": "total_revenue", "profile_id": profile,
+            "user_id": "u" + profile[1:], "anonymous_id": None, "email": None, "value": value,
+            "previous_value": previous, "timestamp": f"2026-11-30T10:00:0{version}.000Z", "version": version}
+
+
+def trait_records(*details: dict) -> dict:
+    return {"Records": [{"messageId": f"m{i}", "receiptHandle": "r", "attributes": {}, "messageAttributes": {},
+                         "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+                         "body": json.dumps({"detail-type": "Computed Trait Changed", "source": "engage",
+                                             "detail": d})} for i, d in enumerate(details)]}
+
+
+def test_computed_trait_changes_reach_connected_destinations_newest_value_wins(env, receiver):
+    # Given a computed trait, a segment destination connected to it and a webhook one that is not
+    assert call_api("POST", "/v1/computed-traits", REVENUE)[0] in (200, 201)
+    status, body = call_api("POST", "/v1/destinations", {"key": "seg", "type": "segment", "computed_traits": ["nope"],
+                                                         "config": {"endpoint": receiver.url}})
+    assert status == 400 and body["error"]["details"][0]["path"] == "computed_traits[0]"
+    seg = {"key": "seg", "type": "segment", "computed_traits": ["total_revenue"], "config": {"endpoint": receiver.url}}
+    assert call_api("POST", "/v1/destinations", seg)[0] == 201
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow = Flow(env)
+    flow.drain()
+    route = handler("destination_trait_router")
+    # When p1's value changes twice (the bus delivered them out of order) and a change is delivered again
+    newer, older = trait_changed("p1", 250, 3, previous=100), trait_changed("p1", 100, 2)
+    assert route(trait_records(newer), LambdaContext(function_name="trait-router")) == {"batchItemFailures": []}
+    flow.drain()
+    assert route(trait_records(older, newer), LambdaContext(function_name="trait-router"))["batchItemFailures"] == []
+    flow.drain()
+    # Then the segment destination got one identify with the newest value; the webhook nothing
+    assert [r["path"] for r in receiver.requests] == ["/v1/identify"]
+    identify = receiver.requests[0]["body"]
+    assert identify["userId"] == "u1" and identify["traits"] == {"total_revenue": 250}
+    assert identify["context"]["personas"]["computation_class"] == "computed_trait"
+
+
+def test_computed_trait_changes_to_a_batch_destination_wait_for_its_run_coalesced(env, receiver):
+    assert call_api("POST", "/v1/computed-traits", REVENUE)[0] in (200, 201)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+            "audiences": [], "computed_traits": ["total_revenue"]}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    route = handler("destination_trait_router")
+    route(trait_records(trait_changed("p1", 100, 2), trait_changed("p1", 250, 3), trait_changed("p2", 5, 1)),
+          LambdaContext(function_name="trait-router"))
+    assert receiver.requests == []
+    assert run_batch("acme", "hourly")["delivered"] == 2
+    sent = receiver.requests[0]["body"]["batch"]
+    assert sorted((c["profile_id"], c["value"], c["event"]) for c in sent) == [
+        ("p1", 250, "Computed Trait Changed"), ("p2", 5, "Computed Trait Changed")]
+
+
+# ---------------------------------------------------------------- internal hosts (engage.netguard)
+def test_a_webhook_host_resolving_to_an_internal_address_is_parked_at_once_with_the_reason(env, receiver,
+                                                                                          monkeypatch):
+    from engage import config
+
+    # Given a webhook destination whose host name resolves to loopback (localhost), outside the local cloud
+    flow = Flow(env)
+    body = webhook(receiver)
+    body["config"]["url"] = body["config"]["url"].replace("127.0.0.1", "localhost")
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    monkeypatch.delenv("ENGAGE_ALLOW_INTERNAL_HOSTS")
+    config.settings.cache_clear()
+    # When a change is delivered
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    # Then nothing reached the receiver and the delivery is parked (not retried) with the reason
+    assert receiver.requests == []
+    shown = call_api("GET", "/v1/destinations/crm")[1]
+    assert shown["status"]["dlq_depth"] == 1 and shown["status"]["failures"] == 1
+    assert "127.0.0.1 is a loopback address" in shown["parked"][0]["reason"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import boto3
 import pytest
 
 from engage import clock
@@ -15,6 +16,11 @@ from tests.journey_samples import CART_RESCUE, journey
 CART_ABANDONERS = {"key": "cart_abandoners", "name": "Cart abandoners", "backfill": False,
                    "condition": {"event": "Cart Abandoned", "window": {"within_days": 1}}}
 
+
+CART_TEMPLATES = [
+    {"key": "cart_a", "channel": "email", "subject": "Your cart", "body": "Come back, {{ profile.first_name }}"},
+    {"key": "cart_b", "channel": "email", "subject": "Still there?", "body": "Your cart misses you"},
+    {"key": "cart_sms", "channel": "sms", "body": "Your cart is waiting"}]
 
 STEPS_ARN = "arn:aws:lambda:us-east-1:123456789012:function:JourneyStepsFunction"
 
@@ -48,6 +54,8 @@ def api(aws, space, monkeypatch):
     enrollment.reset()
     store.clear_cache()
     assert call_api("POST", "/v1/audiences", CART_ABANDONERS)[0] == 201
+    for template in CART_TEMPLATES:  # the templates cart_rescue sends (a journey naming an unknown one is a 400)
+        assert call_api("POST", "/v1/templates", template)[0] == 201
     yield aws
     management.reset()
     enrollment.reset()
@@ -343,3 +351,113 @@ def test_a_track_event_on_the_profile_releases_its_wait_but_not_an_older_one(api
     newer = {**older, "messageId": "new", "timestamp": clock.iso()}
     assert events.on_history_item(history_item("p1", newer))["released"] == 1
     assert list(waits.WaitRecord.query("acme|p1|waits")) == []
+
+
+# --- goals met between Tasks (engage.journeys.goals) -------------------------------------------------
+def put_history(api, profile_id: str, message: dict) -> dict:
+    item = {**history_item(profile_id, message), "message_id": message["messageId"], "event": message["event"],
+            "timestamp": message["timestamp"]}
+    boto3.resource("dynamodb", region_name="us-east-1").Table(api.tables["ProfileEventsTable"]).put_item(Item=item)
+    return item
+
+
+def test_a_goal_met_during_a_wait_stops_the_run_and_records_a_goal_exit_once(api):
+    from engage.journeys import events
+
+    # Given p1 enrolled in cart_rescue (goal: Order Completed within a day), its execution waiting
+    answer = published()
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    assert execution["status"] == "RUNNING"
+    # When p1 completes an order (the track event lands in its history), and the record is redelivered
+    order = {"type": "track", "event": "Order Completed", "userId": "u-p1", "messageId": "o-1",
+             "timestamp": clock.iso(), "properties": {"total": 20}}
+    item = put_history(api, "p1", order)
+    events.on_history_item(item)
+    events.on_history_item(item)
+    # Then the execution is stopped and the run ended with reason goal (once)
+    sfn = api.client("stepfunctions")
+    assert sfn.describe_execution(executionArn=execution["executionArn"])["status"] == "ABORTED"
+    (run,) = enrollment.runs("acme", "cart_rescue", "p1")
+    assert run["exit_reason"] == "goal" and run["exited_at"]
+    # an event the goal does not read checks nothing; a profile not in the journey is left alone
+    assert goals_stopped("acme", "p2", "Order Completed") == 0
+
+
+def goals_stopped(space: str, profile: str, event: str) -> int:
+    from engage.journeys import goals
+
+    return goals.on_event(space, profile, event)
+
+
+def test_a_goal_on_an_audience_stops_the_run_when_the_audience_is_exited(api):
+    from tests.integration.audience_support import LambdaContext, handler
+
+    body = journey(key="while_in_cart", exit_when={"not": {"audience": "cart_abandoners"}})
+    answer = published("while_in_cart", body)
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    # p1 is still a member: Audience Entered of it (a redelivery) does not stop the run
+    event = {"version": "0", "detail-type": "Audience Exited", "source": "engage",
+             "detail": {**audience_entered(), "version": 2}}
+    from engage.memberships_store import MembershipRecord
+
+    def membership(member: bool, version: int) -> None:
+        try:
+            record = MembershipRecord.get("acme|p1", "cart_abandoners")
+        except MembershipRecord.DoesNotExist:
+            record = MembershipRecord("acme|p1", "cart_abandoners", audience_pk="acme|cart_abandoners",
+                                      space_id="acme", profile_id="p1", audience_key="cart_abandoners")
+        record.member, record.updated_at = member, clock.iso()
+        record.save()
+        assert int(record.version) == version
+
+    membership(True, 1)
+    assert handler("journey_enroller")({"Records": [sqs_record(event)]}, LambdaContext()) == {"batchItemFailures": []}
+    assert api.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["status"] == "RUNNING"
+    # when the membership ends, the Exited event stops it
+    membership(False, 2)
+    assert handler("journey_enroller")({"Records": [sqs_record(event)]}, LambdaContext()) == {"batchItemFailures": []}
+    assert api.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["status"] == "ABORTED"
+    assert enrollment.runs("acme", "while_in_cart", "p1")[0]["exit_reason"] == "goal"
+
+
+def sqs_record(event: dict) -> dict:
+    return {"messageId": "m-" + event["detail-type"], "receiptHandle": "r", "body": json.dumps(event),
+            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
+            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+            "awsRegion": "us-east-1"}
+
+
+# --- references to templates and destinations ----------------------------------------------------------
+def test_unknown_templates_and_destinations_are_400s_and_referenced_ones_cannot_be_deleted(api, monkeypatch):
+    from engage import config
+
+    monkeypatch.setenv("DESTINATION_SECRETS_PREFIX", "/test/destinations")
+    monkeypatch.setenv("DESTINATIONS_QUEUE_URL", api.queues["DestinationsQueue"])
+    monkeypatch.setenv("DESTINATIONS_TABLE", api.tables["DestinationsTable"])
+    config.settings.cache_clear()
+    # a send step naming no template, a sync step naming no destination: 400s naming step and field
+    status, body = call_api("POST", "/v1/journeys", journey(key="bad_send", steps__email_a={
+        "type": "send", "channel": "email", "template": "nope", "next": "wait_buy"}))
+    assert status == 400 and body["error"]["details"] == [
+        {"path": "steps.email_a.template", "message": "unknown template 'nope'"}]
+    synced = journey(key="synced", steps__sms={"type": "sync", "destination": "crm", "next": "exit"})
+    status, body = call_api("POST", "/v1/journeys", synced)
+    assert status == 400 and body["error"]["details"][0]["path"] == "steps.sms.destination"
+    assert "unknown destination 'crm'" in body["error"]["message"]
+    # once the destination exists the journey is accepted, and then neither can be deleted
+    crm = {"key": "crm", "type": "webhook", "config": {"url": "https://hooks.example.com/x"}}
+    assert call_api("POST", "/v1/destinations", crm)[0] == 201
+    assert call_api("POST", "/v1/journeys", synced)[0] == 201
+    status, body = call_api("DELETE", "/v1/destinations/crm")
+    assert status == 409 and body["error"]["details"] == [
+        {"type": "journey", "key": "synced", "path": "steps.sms.destination"}]
+    status, body = call_api("DELETE", "/v1/templates/cart_a")
+    assert status == 409 and {d["key"] for d in body["error"]["details"]} == {"synced"}
+    assert "journey 'synced' at steps.email_a.template" in body["error"]["message"]
+    assert call_api("DELETE", "/v1/templates/nope")[0] == 404
+    # an archived journey references nothing: the deletes go through
+    assert call_api("DELETE", "/v1/journeys/synced")[0] == 204
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
+    assert call_api("DELETE", "/v1/templates/cart_a")[0] == 204

@@ -42,6 +42,7 @@ def messaging(aws, space, monkeypatch):
     monkeypatch.setenv("MESSAGING_KEY_ID", key_id)
     monkeypatch.setenv("PUBLIC_API_URL", "https://api.example.test")
     monkeypatch.setenv("EMAIL_FROM_ADDRESS", FROM)
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")  # the receivers here are on loopback (netguard)
     boto3.client("sesv2", region_name=REGION).create_email_identity(EmailIdentity=FROM)
     config.settings.cache_clear()
     sender.reset()
@@ -488,3 +489,15 @@ def test_complaint_suppresses_too(pipeline):
     event = ses_event("Complaint", mail, complaint={"complainedRecipients": [{"emailAddress": "ann@example.com"}]})
     assert handler("messaging_feedback")(event, LambdaContext()) == {"outcomes": ["suppressed"]}
     assert send_message(request(profile_id)).reason == "complaint"
+
+
+def test_a_webhook_template_whose_host_is_internal_fails_with_the_reason_and_sends_nothing(pipeline, monkeypatch):
+    # Given a webhook template pointing at the instance metadata address (outside the local cloud)
+    monkeypatch.delenv("ENGAGE_ALLOW_INTERNAL_HOSTS")
+    config.settings.cache_clear()
+    profile_id = identify(pipeline, "u3", first_name="Cy")
+    create({"key": "meta", "channel": "webhook", "url": "http://169.254.169.254/latest/meta-data/",
+            "body": '{"name": {{ profile.traits.first_name | json }}}'})
+    # When it is sent, Then it fails at once (not retried) saying why
+    delivery = send_message(request(profile_id, "m1", "meta", "webhook"))
+    assert delivery.status == "failed" and "169.254.169.254 is a link-local address" in delivery.reason

@@ -66,3 +66,17 @@ def test_pick_percent_edges(value, expected):
 def test_a_zero_percent_branch_is_never_picked():
     branches = [{"percent": 0, "next": "never"}, {"percent": 100, "next": "always"}]
     assert {pick_percent(branches, v) for v in range(100)} == {"always"}
+
+
+def test_a_goal_depends_on_the_events_audiences_and_computed_traits_its_condition_reads():
+    from engage.journeys.goals import dependencies
+
+    goal = {"any": [{"event": "Order Completed", "window": {"within_days": 1}},
+                    {"not": {"audience": "cart_abandoners"}},
+                    {"computed_trait": "total_revenue", "op": "gt", "value": 100},
+                    {"funnel": [{"event": "Viewed"}, {"event": "Bought"}], "window": {"within_days": 7}},
+                    {"trait": "plan", "op": "eq", "value": "pro"}]}
+    assert dependencies(goal) == {"events": {"Order Completed", "Viewed", "Bought"},
+                                  "audiences": {"cart_abandoners"}, "computed_traits": {"total_revenue"}}
+    assert dependencies({"trait": "plan", "op": "exists"}) == {"events": set(), "audiences": set(),
+                                                              "computed_traits": set()}

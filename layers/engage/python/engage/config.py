@@ -83,6 +83,9 @@ class Settings:
     destination_max_attempts: int = 16
     # Set by the local cloud (and tests pointing at it): S3 URLs then use path-style addressing.
     aws_endpoint_url: str = ""
+    # "true" only on the local cloud (localcloud/server.py): webhooks may reach loopback and private
+    # addresses (engage.netguard); unset on AWS, where such hosts are refused.
+    engage_allow_internal_hosts: str = ""
 
     def require(self, name: str) -> str:
         value = getattr(self, name)

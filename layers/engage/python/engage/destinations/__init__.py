@@ -18,3 +18,30 @@ Shaped like engage.audiences: a pure core (definition, payloads) and storage at 
 
 docs/destinations.md has the behaviour, the guarantees and the costs.
 """
+
+# The public surface other capabilities call (journeys' sync step, definition checks), imported on use
+# so that importing the package stays as light as it was.
+__all__ = ["SyncRefused", "destination_keys", "sync_profile"]
+
+
+def sync_profile(space_id: str, profile_id: str, destination_key: str, *, idempotency_key: str,
+                 source: dict | None = None) -> dict:
+    """Send one profile's current state to a destination (engage.destinations.sync)."""
+    from engage.destinations import sync
+
+    return sync.sync_profile(space_id, profile_id, destination_key, idempotency_key=idempotency_key, source=source)
+
+
+def destination_keys(space_id: str) -> set[str]:
+    """The keys of the space's live destinations."""
+    from engage.destinations import store
+
+    return {d.key for d in store.list_all(space_id)}
+
+
+def __getattr__(name: str):
+    if name == "SyncRefused":
+        from engage.destinations.sync import SyncRefused
+
+        return SyncRefused
+    raise AttributeError(name)

@@ -89,6 +89,8 @@ class DestinationDefinition(_Model):
     mode: Literal["realtime", "batch"] = "realtime"
     schedule: Schedule | None = None
     audiences: list[StrictStr] = Field(default_factory=list, max_length=100)
+    # computed trait keys: their changes are sent (segment: identify with the value), as audiences' are
+    computed_traits: list[StrictStr] = Field(default_factory=list, max_length=100)
     rate_limit_per_second: Annotated[StrictInt, Field(ge=1, le=MAX_RATE)] | None = None
     # A paused destination collects changes (nothing is lost) and delivers them when resumed.
     paused: StrictBool = False
@@ -176,6 +178,11 @@ def _check_semantics(definition: DestinationDefinition, config: _Model) -> list[
             problem(f"audiences[{index}]", "an audience key is 1 to 64 of a-z, 0-9 and _")
     if len(set(definition.audiences)) != len(definition.audiences):
         problem("audiences", "each audience is listed once")
+    for index, trait in enumerate(definition.computed_traits):
+        if not KEY_PATTERN.match(trait):
+            problem(f"computed_traits[{index}]", "a computed trait key is 1 to 64 of a-z, 0-9 and _")
+    if len(set(definition.computed_traits)) != len(definition.computed_traits):
+        problem("computed_traits", "each computed trait is listed once")
     if isinstance(config, WebhookConfig):
         if not _http_url(config.url):
             problem("config.url", "an http:// or https:// URL")
@@ -195,6 +202,9 @@ def _check_semantics(definition: DestinationDefinition, config: _Model) -> list[
             problem("config.bucket", "an S3 bucket name (3 to 63 of a-z, 0-9, '.' and '-')")
         if definition.mode != "batch":
             problem("mode", "an s3 destination writes a snapshot per scheduled run: mode must be batch")
+        if definition.computed_traits:
+            problem("computed_traits", "an s3 destination writes audience snapshots: connect computed traits to a "
+                                       "webhook, segment or eventbridge destination")
     if definition.mode == "batch":
         if definition.schedule is None:
             problem("schedule", "batch mode needs a schedule: {\"expression\": \"rate(1 hour)\", \"timezone\": \"UTC\"}")

@@ -39,7 +39,7 @@ from engage.audiences import membership
 from engage.audiences import store as audience_store
 from engage.config import settings
 from engage.db import key
-from engage.destinations import changelog, parking, payloads, queue, ratelimit, senders, store
+from engage.destinations import changelog, parking, payloads, queue, ratelimit, senders, store, sync
 from engage.destinations.store import DestinationState, destination_pk
 from engage.observability import logger
 from engage.profiles_store import ProfileRecord
@@ -125,12 +125,18 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str) ->
     destination = store.cached(change["space_id"], change["destination"])
     if destination is None:
         return Result(True, "destination deleted: dropped")
-    if change["audience_key"] not in destination.audiences:
+    syncing = payloads.is_sync(change)  # a journey's sync step (engage.destinations.sync)
+    if payloads.is_trait(change):
+        if change["computed_trait_key"] not in destination.computed_traits:
+            return Result(True, "computed trait disconnected: dropped")
+    elif not syncing and change["audience_key"] not in destination.audiences:
         return Result(True, "audience disconnected: dropped")
     if destination.definition.mode == "batch" or destination.definition.paused:
         changelog.append([change])
         return Result(True, "logged for a later run")
-    if int(change["version"]) <= delivered_version(change):
+    if syncing and sync.already_done(change):
+        return Result(True, "profile sync already delivered: dropped")
+    if not syncing and int(change["version"]) <= delivered_version(change):
         return Result(True, "already delivered (or overtaken by a newer change): dropped")
     if not ratelimit.take(destination):
         return Result(False, "rate limited", THROTTLED_DELAY_SECONDS)
@@ -138,7 +144,10 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str) ->
     outcome = senders.SENDERS[destination.definition.type](destination.definition.config, secrets, [change],
                                                              batched=False)
     if outcome.ok:
-        mark_delivered(change)
+        if syncing:
+            sync.mark_done(change)
+        else:
+            mark_delivered(change)
         successes[(destination.space_id, destination.key)] = successes.get((destination.space_id, destination.key), 0) + 1
         return DONE
     max_attempts = settings().destination_max_attempts

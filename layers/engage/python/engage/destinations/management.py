@@ -27,6 +27,12 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
     live = {a.key for a in audience_store.list_all(space_id)}
     problems = [{"path": f"audiences[{i}]", "message": f"no audience {k!r} in this space"}
                 for i, k in enumerate(definition.audiences) if k not in live]
+    if definition.computed_traits:
+        from engage.computed_traits import store as trait_store
+
+        traits = {t.key for t in trait_store.list_all(space_id)}
+        problems += [{"path": f"computed_traits[{i}]", "message": f"no computed trait {k!r} in this space"}
+                     for i, k in enumerate(definition.computed_traits) if k not in traits]
     if problems:
         raise ValidationFailed(f"invalid destination at {problems[0]['path']}: {problems[0]['message']}", problems)
     return definition
@@ -95,6 +101,10 @@ def list_destinations(space_id: str) -> dict[str, Any]:
 
 
 def delete(space_id: str, destination_key: str) -> None:
+    store.get(space_id, destination_key)  # 404 first
+    from engage.journeys.references import refuse_if_referenced
+
+    refuse_if_referenced(space_id, "destination", "sync", destination_key)  # 409 listing the journeys that sync
     gone = store.delete(space_id, destination_key)
     if gone.definition.mode == "batch":
         schedules.remove(space_id, destination_key)

@@ -29,14 +29,41 @@ DELIVERY_HEADER = "X-Engage-Delivery-Id"
 IDENTITY_FIELDS = ("user_id", "anonymous_id", "email", "group_id")
 
 
+PROFILE_SYNC = "profile"  # a change's `type` for a journey's sync step (engage.destinations.sync)
+SYNCED = "Profile Synced"
+
+
+TRAIT_CHANGE = "computed_trait"  # a change's `type` for a computed trait's new value (router.route_trait_changes)
+TRAIT_CHANGED = "Computed Trait Changed"
+
+
+def is_sync(change: dict[str, Any]) -> bool:
+    return change.get("type") == PROFILE_SYNC
+
+
+def is_trait(change: dict[str, Any]) -> bool:
+    return change.get("type") == TRAIT_CHANGE
+
+
+def trait_slot(trait_key: str) -> str:
+    """The sequence / change log slot of a computed trait ('~' is never in an audience key: no clash)."""
+    return f"~trait.{trait_key}"
+
+
 def delivery_id(change: dict[str, Any]) -> str:
     """The change's id at one destination: same change, same id, whatever the number of deliveries."""
+    if is_sync(change):
+        return change["sync_id"]  # (destination, journey run, step): sync.sync_id
     text = "|".join((change["space_id"], change["destination"], change["audience_key"], change["profile_id"],
                      str(int(change["version"])), "1" if change["member"] else "0"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def event_name(change: dict[str, Any]) -> str:
+    if is_sync(change):
+        return SYNCED
+    if is_trait(change):
+        return TRAIT_CHANGED
     return ENTERED if change["member"] else EXITED
 
 
@@ -47,6 +74,19 @@ def ids(change: dict[str, Any]) -> dict[str, Any]:
 
 def change_view(change: dict[str, Any]) -> dict[str, Any]:
     """One change as a webhook receives it."""
+    if is_trait(change):
+        return {"id": delivery_id(change), "type": "computed_trait", "event": TRAIT_CHANGED,
+                "space": change["space_id"], "destination": change["destination"],
+                "computed_trait_key": change["computed_trait_key"], "entity": change.get("entity", "users"),
+                "profile_id": change["profile_id"], **ids(change), "value": change.get("value"),
+                "previous_value": change.get("previous_value"), "version": int(change["version"]),
+                "timestamp": change["timestamp"], "backfill": bool(change.get("backfill"))}
+    if is_sync(change):
+        return {"id": delivery_id(change), "type": "profile_sync", "event": SYNCED, "space": change["space_id"],
+                "destination": change["destination"], "entity": change.get("entity", "users"),
+                "profile_id": change["profile_id"], **ids(change), "traits": change.get("traits") or {},
+                "audiences": change.get("audiences") or {}, "computed_traits": change.get("computed_traits") or {},
+                "source": change.get("source") or {}, "timestamp": change["timestamp"]}
     return {"id": delivery_id(change), "type": "audience_membership", "event": event_name(change),
             "space": change["space_id"], "destination": change["destination"],
             "audience_key": change["audience_key"], "entity": change.get("entity", "users"),
@@ -88,6 +128,10 @@ def segment_call(change: dict[str, Any], call: str) -> tuple[str, dict[str, Any]
     naming the account (the tracking API needs one of the two).
     """
     found = ids(change)
+    if is_sync(change):
+        return _segment_sync(change, call, found)
+    if is_trait(change):
+        return _segment_trait(change, call, found)
     audience = change["audience_key"]
     member = bool(change["member"])
     common: dict[str, Any] = {
@@ -110,6 +154,43 @@ def segment_call(change: dict[str, Any], call: str) -> tuple[str, dict[str, Any]
     if found.get("email"):
         traits["email"] = found["email"]
     return "/v1/identify", {**common, **who, "type": "identify", "traits": traits}
+
+
+def _segment_sync(change: dict[str, Any], call: str, found: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A journey's sync step: identify with the profile's traits, its connected audiences as booleans and
+    computed traits by key; or track `Profile Synced` with the same values as properties."""
+    values = {**(change.get("traits") or {}), **(change.get("computed_traits") or {}),
+              **(change.get("audiences") or {})}
+    source = change.get("source") or {}
+    who = {k: v for k, v in (("userId", found.get("user_id")), ("anonymousId", found.get("anonymous_id"))) if v}
+    who = who or {"anonymousId": f"profile:{change['profile_id']}"}
+    common = {"messageId": f"engage-{delivery_id(change)}", "timestamp": change["timestamp"],
+              "context": {"personas": {"computation_class": "journey", "computation_key": source.get("key"),
+                                       "step": source.get("step"), "space_id": change["space_id"],
+                                       "destination": change["destination"]}},
+              "integrations": {"All": True}, **who}
+    if call == "track":
+        return "/v1/track", {**common, "type": "track", "event": SYNCED, "properties": values}
+    return "/v1/identify", {**common, "type": "identify", "traits": values}
+
+
+def _segment_trait(change: dict[str, Any], call: str, found: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A computed trait's new value: identify {traits: {<key>: value}} (or track `Computed Trait Changed`)."""
+    trait = change["computed_trait_key"]
+    who = {k: v for k, v in (("userId", found.get("user_id")), ("anonymousId", found.get("anonymous_id"))) if v}
+    who = who or {"anonymousId": f"profile:{change['profile_id']}"}
+    common = {"messageId": f"engage-{delivery_id(change)}", "timestamp": change["timestamp"],
+              "context": {"personas": {"computation_class": "computed_trait", "computation_key": trait,
+                                       "space_id": change["space_id"], "destination": change["destination"]},
+                          "traits": {"email": found["email"]} if found.get("email") else {}},
+              "integrations": {"All": True}, **who}
+    if call == "track":
+        return "/v1/track", {**common, "type": "track", "event": TRAIT_CHANGED,
+                             "properties": {"computed_trait_key": trait, trait: change.get("value")}}
+    traits: dict[str, Any] = {trait: change.get("value")}
+    if found.get("email"):
+        traits["email"] = found["email"]
+    return "/v1/identify", {**common, "type": "identify", "traits": traits}
 
 
 def segment_batch(changes: Iterable[dict[str, Any]], call: str) -> dict[str, Any]:

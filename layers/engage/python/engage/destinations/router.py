@@ -21,8 +21,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from engage import clock
 from engage.audiences.router import StreamRecord, change_of
-from engage.destinations import changelog, delivery, queue, store
+from engage.destinations import changelog, delivery, payloads, queue, store
 from engage.failures import handler as failure_handler
 from engage.observability import logger
 
@@ -78,6 +79,53 @@ def route_batch(records: Sequence[StreamRecord]) -> list[str]:
             failure_handler.remember(sequence_number, "SQS refused the destination message")
             failed.append(sequence_number)
     return sorted(set(failed))
+
+
+def route_trait_changes(details: Sequence[dict[str, Any]]) -> list[int]:
+    """`Computed Trait Changed` details (from the bus, through DestinationTraitChangesQueue) -> each destination
+    connected to the trait: queued (realtime) or logged (batch, paused). The indexes of details to retry.
+
+    EventBridge does not keep order, so order is the sequence check's: a change carries the profile's
+    version, and a destination is never sent a trait value older than one it was sent (final state wins).
+    """
+    store.clear_cache()
+    routed: list[tuple[int, dict[str, Any]]] = []
+    failed: set[int] = set()
+    for index, detail in enumerate(details):
+        try:
+            space_id, trait_key, profile_id = detail["space"], detail["computed_trait_key"], detail["profile_id"]
+            version = int(detail.get("version") or 0)
+        except (KeyError, TypeError, ValueError):
+            logger.warning("unreadable Computed Trait Changed detail dropped", extra={"detail": str(detail)[:500]})
+            continue
+        for destination in store.connected_traits(space_id, trait_key):
+            routed.append((index, {
+                "type": payloads.TRAIT_CHANGE, "space_id": space_id, "destination": destination.key,
+                "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key,
+                "entity": "users", "profile_id": profile_id, "member": True, "version": version,
+                "timestamp": detail.get("timestamp") or clock.iso(),
+                "identity": {name: detail.get(name) for name in payloads.IDENTITY_FIELDS},
+                "value": detail.get("value"), "previous_value": detail.get("previous_value"), "backfill": False}))
+    logged = [(i, c) for i, c in routed if _collecting(c)]
+    queued = [(i, c) for i, c in routed if not _collecting(c)]
+    try:
+        changelog.append([c for _, c in logged])
+    except (BotoCoreError, ClientError):
+        logger.exception("change log write failed")
+        failed |= {i for i, _ in logged}
+    try:
+        messages = [queue.change_message(c) for _, c in queued]
+        refused = {m["MessageDeduplicationId"] for m in queue.send(messages)}
+    except (BotoCoreError, ClientError):
+        logger.exception("queueing computed trait changes failed")
+        return sorted(failed | {i for i, _ in queued})
+    failed |= {i for (i, _), m in zip(queued, messages, strict=True) if m["MessageDeduplicationId"] in refused}
+    return sorted(failed)
+
+
+def _collecting(change: dict[str, Any]) -> bool:
+    destination = store.cached(change["space_id"], change["destination"])
+    return destination is not None and (destination.definition.mode == "batch" or destination.definition.paused)
 
 
 def _fill_identities(changes: list[dict[str, Any]]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from engage import clock
+from engage import clock, netguard
 from engage.destinations import payloads
 
 SENT, RETRY, PERMANENT = "sent", "retry", "permanent"
@@ -46,7 +46,7 @@ def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with netguard.urlopen(request, timeout=timeout) as response:
             response.read(64 * 1024)
             return Outcome(SENT, f"HTTP {response.status}")
     except urllib.error.HTTPError as error:
@@ -59,6 +59,9 @@ def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
     except TimeoutError:
         return Outcome(RETRY, f"no answer from {url} within {timeout:g} s")
     except (urllib.error.URLError, ConnectionError, OSError) as error:
+        refused = netguard.refused_by_guard(error)
+        if refused:
+            return Outcome(PERMANENT, f"refused to send to {url}: {refused}")  # parked, never retried
         reason = getattr(error, "reason", error)
         return Outcome(RETRY, f"could not reach {url}: {reason}")
 

@@ -91,6 +91,10 @@ class Destination:
     def audiences(self) -> list[str]:
         return list(self.definition.audiences)
 
+    @property
+    def computed_traits(self) -> list[str]:
+        return list(self.definition.computed_traits)
+
     def view(self, status: dict[str, Any] | None = None) -> dict[str, Any]:
         return {**self.definition.public(self.secret_hints), "revision": self.revision,
                 "created_at": self.created_at, "updated_at": self.updated_at, "status": status or {}}
@@ -211,6 +215,12 @@ def connected(space_id: str, audience_key: str) -> list[Destination]:
         cached = (now, list_all(space_id))
         _cache[space_id] = cached
     return [d for d in cached[1] if audience_key in d.definition.audiences]
+
+
+def connected_traits(space_id: str, trait_key: str) -> list[Destination]:
+    """The space's live destinations connected to a computed trait (the same cache as `connected`)."""
+    connected(space_id, "")  # fills the cache
+    return [d for d in _cache[space_id][1] if trait_key in d.definition.computed_traits]
 
 
 def cached(space_id: str, destination_key: str, *, fresh: bool = False) -> Destination | None:

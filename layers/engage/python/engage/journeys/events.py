@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from engage import clock
-from engage.journeys import enrollment, store, waits
+from engage.journeys import enrollment, goals, store, waits
 from engage.observability import logger
 
 
@@ -36,6 +36,7 @@ def on_history_item(item: dict[str, Any]) -> dict[str, int]:
     if message.get("type") != "track" or not message.get("event"):
         return {"released": 0, "enrolled": 0}
     released = waits.release(space_id, profile_id, message)
+    goals.on_event(space_id, profile_id, message["event"])  # a goal met during a wait stops the run
     enrolled = 0
     for journey in store.cached(space_id):
         if not (journey.live and journey.entry_event == message["event"]):

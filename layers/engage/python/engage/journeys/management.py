@@ -44,22 +44,21 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Journey
         body = {"key": editing, **body}
     journey = parse_journey(body)
     audiences = {a.key for a in audience_store.list_all(space_id)}
-    # Templates and destinations are checked once their stores exist (engage.messaging, engage.destinations).
-    check_references(journey, audiences, templates=_known("engage.messaging", "template_keys", space_id),
-                     destinations=_known("engage.destinations", "destination_keys", space_id))
+    check_references(journey, audiences, templates=_template_keys(space_id),
+                     destinations=_destination_keys(space_id))
     return journey
 
 
-def _known(module_name: str, function: str, space_id: str) -> set[str] | None:
-    """The keys a sibling store knows, or None while that store is not part of the build."""
-    import importlib
+def _template_keys(space_id: str) -> set[str]:
+    from engage.messaging import store as messaging_store
 
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        return None
-    lookup = getattr(module, function, None)
-    return set(lookup(space_id)) if lookup else None
+    return {template["key"] for template in messaging_store.list_templates(space_id)}
+
+
+def _destination_keys(space_id: str) -> set[str]:
+    from engage.destinations import destination_keys
+
+    return destination_keys(space_id)
 
 
 def create(space_id: str, body: Any) -> dict[str, Any]:

@@ -229,15 +229,18 @@ def _send(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sync(payload: dict[str, Any]) -> dict[str, Any]:
+    """Hand the profile's current state to the destination's delivery path (engage.destinations.sync_profile),
+    once per (execution, step): a retried Task queues nothing twice. A destination that cannot take it
+    (deleted, or an s3 one) fails the step at once with the reason (the Catch records it)."""
+    from engage import destinations
+    from engage.destinations.sync import SyncRefused
+
     try:
-        destinations = importlib.import_module("engage.destinations")
-        sync_profile = destinations.sync_profile
-    except (ModuleNotFoundError, AttributeError) as error:
-        raise DestinationUnavailable("engage.destinations (sync_profile) is not part of this build: nothing "
-                                     "was synced") from error
-    sync_profile(payload["space_id"], payload["profile_id"], payload["params"]["destination"],
-                 idempotency_key=f"{payload['execution']}|{payload['step']}",
-                 source={"type": "journey", "key": payload["journey"], "step": payload["step"]})
+        destinations.sync_profile(payload["space_id"], payload["profile_id"], payload["params"]["destination"],
+                                  idempotency_key=f"{payload['execution'].rsplit(':', 1)[-1]}|{payload['step']}",
+                                  source={"type": "journey", "key": payload["journey"], "step": payload["step"]})
+    except SyncRefused as refused:
+        raise DestinationUnavailable(str(refused)) from refused
     return _go(payload, _static_next(payload))
 
 

@@ -43,6 +43,10 @@ def replace_template(space_id: str, template_key: str, body: Any) -> dict[str, A
 
 
 def delete_template(space_id: str, template_key: str) -> None:
+    store.get_template(space_id, template_key)  # 404 first
+    from engage.journeys.references import refuse_if_referenced
+
+    refuse_if_referenced(space_id, "template", "send", template_key)  # 409 listing the journeys that send it
     store.delete_template(space_id, template_key)
 
 

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
-from engage import clock
+from engage import clock, netguard
 from engage.config import settings
 from engage.messaging import signing
 from engage.messaging.channels import OutgoingMessage, Refused, Unavailable
@@ -41,12 +41,15 @@ def send(message: OutgoingMessage) -> str:
         if attempt:
             time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
         try:
-            with urllib.request.urlopen(request, timeout=settings().webhook_timeout_seconds) as response:
+            with netguard.urlopen(request, timeout=settings().webhook_timeout_seconds) as response:
                 return f"webhook:{response.status}:{message.idempotency_key}"
         except urllib.error.HTTPError as error:
             if error.code < 500 and error.code not in (408, 429):
                 raise Refused(f"the webhook answered {error.code}") from error
             last = f"the webhook answered {error.code}"
         except (urllib.error.URLError, TimeoutError, OSError) as error:
+            refused = netguard.refused_by_guard(error)
+            if refused:  # an internal address (loopback, private, metadata): never sent, never retried
+                raise Refused(f"the webhook host is refused: {refused}") from error
             last = f"the webhook could not be reached: {getattr(error, 'reason', error)}"
     raise Unavailable(f"{last} ({ATTEMPTS} attempts)")

@@ -1,0 +1,165 @@
+"""Journey goals (`exit_when`) met between Tasks: the running execution is stopped, the exit recorded as goal.
+
+Each Task checks the goal before it acts (engage.journeys.steps), but a profile sitting in a `wait` or a
+`wait_for_event` runs no Task until the wait ends. So the paths that see a profile change call here:
+- the journey events function, for each track event on a profile (`on_event`): goals that read that
+  event name (an `event` or `funnel` condition);
+- the enroller, for `Audience Entered` / `Audience Exited` (`on_audience`) and `Computed Trait Changed`
+  (`on_computed_trait`): goals that read that audience or computed trait.
+A goal that reads only custom traits is checked at the profile's next Task (a trait change reaches no
+journey path; wrap it in an audience to have it checked as it changes).
+
+For each live or paused journey whose published goal depends on what changed: the profile's enrollment
+is read (one consistent GetItem); only a run in progress is checked (the goal evaluated on the profile
+now, as steps.matches does). A met goal: StopExecution (error `GoalReached`), the step it was in (the
+newest state entered in its history, one GetExecutionHistory page) counted `entered` + `goal_exits`
+once, and the run recorded as exited with reason `goal` (Journey Exited on the bus).
+
+At-least-once safe: the execution is stopped first and the exit recorded last, so a redelivery after a
+crash finds the run still open and does it again (StopExecution of a stopped execution succeeds, the
+counts are facts counted once, record_exit is idempotent); once recorded, a redelivery finds the run
+ended and does nothing. Cost per triggering change and journey whose goal depends on it: 1 GetItem;
+when a run is open, the goal's evaluation reads (profile, memberships, recent events).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from engage.audiences.definition import (
+    AudienceRefCondition,
+    ComputedTraitCondition,
+    EventCondition,
+    FunnelStep,
+    parse_condition,
+)
+from engage.journeys import enrollment, store
+from engage.observability import logger
+
+GOAL = "goal"
+HISTORY_PAGE = 25
+
+
+@lru_cache(maxsize=1)
+def _sfn():
+    return boto3.client("stepfunctions")
+
+
+def reset() -> None:
+    _sfn.cache_clear()
+
+
+def dependencies(condition: Any) -> dict[str, set[str]]:
+    """What a goal condition reads: event names, audience keys, computed trait keys (pure)."""
+    found: dict[str, set[str]] = {"events": set(), "audiences": set(), "computed_traits": set()}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, EventCondition | FunnelStep):
+            found["events"].add(node.event)
+        elif isinstance(node, AudienceRefCondition):
+            found["audiences"].add(node.audience)
+        elif isinstance(node, ComputedTraitCondition):
+            found["computed_traits"].add(node.computed_trait)
+        if isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+        elif isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+
+    walk(parse_condition(condition))
+    return found
+
+
+def on_event(space_id: str, profile_id: str, event_name: str) -> int:
+    return _check(space_id, profile_id, "events", event_name)
+
+
+def on_audience(space_id: str, profile_id: str, audience_key: str) -> int:
+    return _check(space_id, profile_id, "audiences", audience_key)
+
+
+def on_computed_trait(space_id: str, profile_id: str, trait_key: str) -> int:
+    return _check(space_id, profile_id, "computed_traits", trait_key)
+
+
+def _check(space_id: str, profile_id: str, kind: str, name: str) -> int:
+    """Stop the profile's runs whose journey goal reads `name` and is now met; how many were stopped."""
+    stopped = 0
+    for journey in store.cached(space_id):
+        goal = (journey.published_definition or {}).get("exit_when")
+        if goal is None or journey.status not in (store.PUBLISHED, store.PAUSED):
+            continue
+        if name in dependencies(goal)[kind]:
+            stopped += int(stop_if_met(space_id, journey, profile_id, goal))
+    return stopped
+
+
+def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: Any) -> bool:
+    from engage.journeys.steps import matches
+
+    pk = store.profile_pk(space_id, journey.key, profile_id)
+    try:
+        record = store.EnrollmentRecord.get(pk, "enrollment", consistent_read=True)
+    except store.EnrollmentRecord.DoesNotExist:
+        return False
+    if not record.current_execution or record.exited_at:
+        return False  # not in the journey now
+    if not matches(space_id, profile_id, goal):
+        return False
+    arn = _execution_arn(journey, pk, record)
+    step = current_step(arn, set((journey.published_definition or {}).get("steps") or {}))
+    try:
+        _sfn().stop_execution(executionArn=arn, error="GoalReached",
+                              cause=f"the profile meets journey {journey.key!r}'s goal (exit_when)")
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
+            raise
+    if step:
+        store.count(space_id, journey.key, profile_id, record.current_execution, [(step, "entered"),
+                                                                                   (step, "goal_exits")])
+    ids = _ids(pk, record)
+    enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, GOAL, ids, step)
+    logger.info("journey goal met: run stopped", extra={"journey": journey.key, "execution": arn, "step": step})
+    return True
+
+
+def _execution_arn(journey: store.Journey, pk: str, record: store.EnrollmentRecord) -> str:
+    try:
+        run = store.RunRecord.get(pk, f"run|{int(record.entries):06d}", consistent_read=True)
+        if run.execution_arn:
+            return run.execution_arn
+    except store.RunRecord.DoesNotExist:
+        pass
+    return f"{journey.state_machine_arn.replace(':stateMachine:', ':execution:')}:{record.current_execution}"
+
+
+def _ids(pk: str, record: store.EnrollmentRecord) -> dict[str, Any]:
+    import json
+
+    try:
+        run = store.RunRecord.get(pk, f"run|{int(record.entries):06d}")
+        return (json.loads(run.input_json or "{}")).get("ids") or {}
+    except store.RunRecord.DoesNotExist:
+        return {}
+
+
+def current_step(execution_arn: str, steps: set[str]) -> str | None:
+    """The journey step the execution is in: the newest state entered that is a step (None if unknown)."""
+    try:
+        page = _sfn().get_execution_history(executionArn=execution_arn, reverseOrder=True, maxResults=HISTORY_PAGE,
+                                            includeExecutionData=False)
+    except ClientError as error:
+        logger.info("execution history unreadable", extra={"execution": execution_arn,
+                                                           "error": error.response["Error"]["Code"]})
+        return None
+    for event in page.get("events", []):
+        name = (event.get("stateEnteredEventDetails") or {}).get("name") or ""
+        step = name.split(".", 1)[0]  # `<step>.wait` (wait_until's Wait), `<step>.branch`: the step's own
+        if step in steps:
+            return step
+    return None

@@ -1,0 +1,112 @@
+"""Outbound HTTP to customer-given hosts (webhook destinations, the webhook channel), refused when the host
+is an internal address: loopback, private (RFC 1918, fc00::/7), link-local (169.254.0.0/16, where the
+instance metadata service lives; fe80::/10), carrier-grade NAT, multicast, reserved, unspecified - anything
+that is not a global unicast address (IPv4-mapped IPv6 is judged by its IPv4 address).
+
+Checked at send time, on the address actually connected to: the connection resolves the host itself,
+drops every internal address and connects to an address it checked, so a DNS name that resolves to a
+public address when saved and to 169.254.169.254 later (DNS rebinding) is refused at the send. TLS still
+verifies the certificate against the host name (the connection only chooses the address).
+
+The local cloud's receivers are on loopback: it sets ENGAGE_ALLOW_INTERNAL_HOSTS=true in its functions'
+environment (localcloud/server.py). Nothing in template.yaml sets it; never set it on AWS.
+"""
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import urllib.request
+
+from engage.config import settings
+
+
+class InternalAddressRefused(OSError):
+    """The host resolves only to internal addresses: the request was not sent (a retry cannot help)."""
+
+
+def refusal(address: str) -> str | None:
+    """Why a request to `address` (an IP literal) is refused, or None when it may be sent."""
+    if settings().engage_allow_internal_hosts.lower() in ("1", "true", "yes"):
+        return None
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for name, is_it in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                        ("link-local", ip.is_link_local), ("private", ip.is_private),
+                        ("multicast", ip.is_multicast), ("reserved", ip.is_reserved)):
+        if is_it:
+            return f"{ip} is a {name} address"
+    if not ip.is_global:
+        return f"{ip} is not a public address"
+    return None
+
+
+def _create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_ignored):
+    """socket.create_connection, connecting only to addresses `refusal` allows."""
+    host, port = address[0], address[1]
+    refused: list[str] = []
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        why = refusal(sockaddr[0])
+        if why:
+            refused.append(why)
+            continue
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as failed:
+            sock.close()
+            error = failed
+    if error is not None:
+        raise error
+    raise InternalAddressRefused(f"host {host!r} resolves to internal addresses only ({'; '.join(refused)}): "
+                                 "requests to loopback, private, link-local or metadata addresses are refused")
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _create_connection
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _create_connection
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_HTTPSConnection, req, context=self._context)
+
+
+# No ProxyHandler: a proxy would connect for us, to an address this module never saw.
+_opener = urllib.request.OpenerDirector()
+for _handler in (_HTTPHandler(), _HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                 urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+    _opener.add_handler(_handler)
+
+
+def urlopen(request: urllib.request.Request, timeout: float):
+    """urllib.request.urlopen for customer-given URLs (redirects are followed through the same check)."""
+    return _opener.open(request, timeout=timeout)
+
+
+def refused_by_guard(error: BaseException) -> str | None:
+    """The refusal inside a urllib error, if that is what it is."""
+    reason = getattr(error, "reason", error)
+    return str(reason) if isinstance(reason, InternalAddressRefused) else None

@@ -1,0 +1,78 @@
+"""engage.netguard: webhook hosts that are (or resolve to) internal addresses are refused at send time."""
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from threading import Thread
+
+import pytest
+
+from engage import config, netguard
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    monkeypatch.delenv("ENGAGE_ALLOW_INTERNAL_HOSTS", raising=False)
+    config.settings.cache_clear()
+    yield
+    config.settings.cache_clear()
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("169.254.169.254", "link-local"), ("127.0.0.1", "loopback"), ("10.1.2.3", "private"),
+    ("192.168.0.10", "private"), ("172.16.5.5", "private"), ("::1", "loopback"), ("fe80::1", "link-local"),
+    ("fd00::1", "private"), ("::ffff:169.254.169.254", "link-local"), ("0.0.0.0", "unspecified"),
+    ("100.64.0.1", "not a public address"), ("224.0.0.1", "multicast")])
+def test_internal_addresses_are_refused_with_what_they_are(guarded, address, why):
+    assert why in netguard.refusal(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700::1111"])
+def test_public_addresses_pass(guarded, address):
+    assert netguard.refusal(address) is None
+
+
+def test_the_local_cloud_allowance_lets_loopback_through(monkeypatch):
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")
+    config.settings.cache_clear()
+    try:
+        assert netguard.refusal("127.0.0.1") is None
+    finally:
+        config.settings.cache_clear()
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_args):
+        pass
+
+
+@pytest.fixture
+def loopback_server():
+    server = HTTPServer(("127.0.0.1", 0), _Hello)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_a_name_resolving_to_loopback_is_refused_at_connect_time_and_allowed_on_the_local_cloud(
+        guarded, loopback_server, monkeypatch):
+    # Given a host name that resolves to loopback at send time (as a DNS rebinding would make it)
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *rest: real(
+        "127.0.0.1" if host == "hooks.example.com" else host, *rest))
+    request = urllib.request.Request(f"http://hooks.example.com:{loopback_server.server_port}/x", data=b"{}",
+                                     method="POST")
+    with pytest.raises(urllib.error.URLError) as refused:
+        netguard.urlopen(request, timeout=5)
+    assert "127.0.0.1 is a loopback address" in netguard.refused_by_guard(refused.value)
+    # the local cloud's allowance: the same request goes through
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")
+    config.settings.cache_clear()
+    with netguard.urlopen(request, timeout=5) as response:
+        assert response.status == 204
