@@ -1,0 +1,98 @@
+"""Erasing a person (engage.privacy): from every store, the whole merged person, idempotent under replay;
+suppressed ids are kept hashed only."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from engage import events_store
+from engage import profiles_store as store
+from engage.audiences import membership
+from engage.messaging import store as messaging_store
+from engage.privacy import erase, suppression
+from tests.integration.test_profile_processor import SPACE, batch, message, run
+
+ANON, USER, EMAIL = "anon-privacy-1", "user-privacy-1", "ann.privacy@example.com"
+OTHER = "user-someone-else"
+
+
+def _given_a_merged_person_with_data_everywhere() -> list[str]:
+    msgs = [
+        message("identify", "m1", "2026-11-20T10:00:00.000Z", anonymousId=ANON, traits={"email": EMAIL}),
+        message("track", "m2", "2026-11-20T10:01:00.000Z", anonymousId=ANON, event="Viewed", properties={}),
+        message("identify", "m3", "2026-11-20T10:02:00.000Z", userId=USER, traits={"plan": "pro"}),
+        message("alias", "m4", "2026-11-20T10:03:00.000Z", userId=USER, previousId=ANON),
+        message("group", "m5", "2026-11-20T10:04:00.000Z", userId=USER, groupId="acct-1", traits={}),
+        message("identify", "m6", "2026-11-20T10:05:00.000Z", userId=OTHER, traits={"plan": "free"}),
+    ]
+    for msg in msgs:
+        events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+    for msg in msgs:  # one batch per message: the merge needs the earlier profiles committed
+        run(batch(msg))
+    person = store.resolve(SPACE, "users", "user_id", USER)
+    assert person is not None and len(person.merged_from) == 1, "the alias merged the two profiles"
+    profile_ids = [person.profile_id, *person.merged_from]
+    membership.set_member(SPACE, person.profile_id, "vip", True, None,
+                          identity={"user_id": USER, "anonymous_id": ANON, "email": EMAIL})
+    messaging_store.put_if_absent(messaging_store.new_delivery(
+        SPACE, person.profile_id, "journey:welcome:1", channel="email", template="welcome", status="sent",
+        source_type="journey", address=EMAIL))
+    return profile_ids
+
+
+def _everything(aws) -> str:
+    dump = []
+    for logical_id, name in aws.tables.items():
+        for item in aws.client("dynamodb").scan(TableName=name)["Items"]:
+            dump.append(f"{logical_id} {json.dumps(item, default=str)}")
+    return "\n".join(dump)
+
+
+def test_erasing_a_person_by_any_id_leaves_nothing_of_them_in_any_table_and_replays_cleanly(aws, space):
+    # Given a person known by an anonymous id and a user id (merged), with memberships and messages
+    profile_ids = _given_a_merged_person_with_data_everywhere()
+    before = _everything(aws)
+    for needle in (ANON, USER, EMAIL, *profile_ids):
+        assert needle in before
+
+    # When they are erased, found by their anonymous id
+    person = erase.find_person(SPACE, "users", "anonymous_id", ANON)
+    assert sorted(person.profile_ids) == sorted(profile_ids)
+    assert erase.exit_memberships(person) == 1
+    counts = erase.erase(person)
+
+    # Then no table holds any of their ids; someone else is untouched
+    after = _everything(aws)
+    for needle in (ANON, USER, EMAIL, *profile_ids):
+        assert needle not in after, f"{needle} still in:\n" + "\n".join(
+            line for line in after.splitlines() if needle in line)
+    assert OTHER in after
+    assert store.resolve(SPACE, "users", "user_id", OTHER) is not None
+    assert counts["profiles"] == 2 and counts["events"] >= 4 and counts["event_history"] >= 5
+    assert counts["memberships"] == 1 and counts["messages"] == 1 and counts["links"] == 2
+
+    # And a replay (a crashed run resumed) finds nothing more and exits nothing twice
+    assert erase.exit_memberships(person) == 0
+    again = erase.erase(person)
+    assert all(n == 0 for n in again.values()), again
+    assert erase.find_person(SPACE, "users", "user_id", USER) is None
+
+
+def test_the_membership_exit_goes_through_the_normal_path_before_the_item_is_deleted(aws, space):
+    profile_ids = _given_a_merged_person_with_data_everywhere()
+    person = erase.find_person(SPACE, "users", "email", EMAIL)
+    erase.exit_memberships(person)
+    record = membership.current(SPACE, profile_ids[0])["vip"]
+    assert record.member is False and record.exited_at
+    assert record.identity.as_dict()["email"] == EMAIL  # the router names the person in Audience Exited
+
+
+def test_suppressions_are_stored_hashed_and_can_be_lifted(aws, space):
+    suppression.suppress(SPACE, [("users", "user_id", USER), ("users", "email", EMAIL)], job_id="job1")
+    assert USER not in _everything(aws) and EMAIL not in _everything(aws)
+    found = suppression.suppressed_among(SPACE, [("users", "user_id", USER), ("users", "user_id", OTHER)])
+    assert found == {("users", "user_id", USER)}
+    assert suppression.suppressed_among("other-space", [("users", "user_id", USER)]) == set()
+    assert suppression.unsuppress(SPACE, "users", "user_id", USER) is True
+    assert suppression.unsuppress(SPACE, "users", "user_id", USER) is False
+    assert suppression.suppressed_among(SPACE, [("users", "user_id", USER)]) == set()
