@@ -96,3 +96,31 @@ def test_suppressions_are_stored_hashed_and_can_be_lifted(aws, space):
     assert suppression.unsuppress(SPACE, "users", "user_id", USER) is True
     assert suppression.unsuppress(SPACE, "users", "user_id", USER) is False
     assert suppression.suppressed_among(SPACE, [("users", "user_id", USER)]) == set()
+
+
+def test_a_suppressed_ids_new_events_are_dropped_with_their_raw_event_until_unsuppressed(aws, space):
+    from engage.events_store import EventRecord
+
+    # Given an erased and suppressed person
+    _given_a_merged_person_with_data_everywhere()
+    person = erase.find_person(SPACE, "users", "user_id", USER)
+    suppression.suppress(SPACE, person.ids)
+    erase.exit_memberships(person)
+    erase.erase(person)
+
+    # When a new event carrying one of their ids arrives
+    late = message("track", "m7", "2026-11-21T10:00:00.000Z", userId=USER, event="Came Back", properties={})
+    events_store.put_new(events_store.record(SPACE, late, datetime(2026, 11, 21, tzinfo=UTC)))
+    response = run(batch(late))
+
+    # Then it is dropped: no profile, and the raw event is gone too
+    assert response["batchItemFailures"] == []
+    assert store.resolve(SPACE, "users", "user_id", USER) is None
+    assert USER not in _everything(aws)
+    assert list(EventRecord.query(f"{SPACE}|u:{USER}")) == []
+
+    # And once unsuppressed, their events build a profile again
+    assert suppression.unsuppress(SPACE, "users", "user_id", USER)
+    back = message("track", "m8", "2026-11-21T11:00:00.000Z", userId=USER, event="Came Back", properties={})
+    run(batch(back))
+    assert store.resolve(SPACE, "users", "user_id", USER) is not None
