@@ -108,9 +108,10 @@ class StreamBatch:
                    *identity.account_identifiers(message)]
             pks += [store.identity_pk(space_id, i.collection, i.type, i.value) for i in ids]
             by_space.setdefault(space_id, []).extend((i.collection, i.type, i.value) for i in ids)
-        for space_id, space_ids in by_space.items():  # one BatchGetItem per space in the batch
-            self.suppressed |= {(space_id, *i) for i in suppression.suppressed_among(space_id, space_ids)}
-        self._load_pointers(pks)
+        # Suppressed ids (engage.privacy) are read in the same BatchGetItem as the pointers: same table.
+        wanted = {suppression.suppression_pk(space_id, *i): (space_id, *i)
+                  for space_id, space_ids in by_space.items() for i in space_ids}
+        self._load_pointers(pks, suppressions=wanted)
         profile_pks = {}
         for pk, profile_id in self.pointers.items():
             if profile_id:
@@ -118,12 +119,13 @@ class StreamBatch:
                 profile_pks[store.profile_pk(space_id, profile_id)] = space_id
         self._load_profiles(profile_pks)
 
-    def _load_pointers(self, pks: list[str]) -> None:
+    def _load_pointers(self, pks: list[str], suppressions: dict[str, tuple] | None = None) -> None:
         missing = [pk for pk in dict.fromkeys(pks) if pk not in self.pointers]
-        if missing:
-            found = store.get_pointers(missing)
+        if missing or suppressions:
+            found = store.get_identity_items([*missing, *(suppressions or {})])
             for pk in missing:
-                self.pointers[pk] = found.get(pk)
+                self.pointers[pk] = found[pk].profile_id if pk in found else None
+            self.suppressed |= {ids for pk, ids in (suppressions or {}).items() if pk in found}
 
     def _load_profiles(self, pks: dict[str, str]) -> None:
         """Fetch profiles (pk -> space) not cached yet, then whatever they were merged into."""
