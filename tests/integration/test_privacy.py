@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from engage import events_store
 from engage import profiles_store as store
 from engage.audiences import membership
@@ -124,3 +126,37 @@ def test_a_suppressed_ids_new_events_are_dropped_with_their_raw_event_until_unsu
     back = message("track", "m8", "2026-11-21T11:00:00.000Z", userId=USER, event="Came Back", properties={})
     run(batch(back))
     assert store.resolve(SPACE, "users", "user_id", USER) is not None
+
+
+def test_a_deletion_job_runs_resumably_and_keeps_an_audit_record_without_personal_data(aws, space, monkeypatch):
+    from engage.privacy import jobs
+
+    profile_ids = _given_a_merged_person_with_data_everywhere()
+    job = jobs.request(SPACE, "users", [("email", EMAIL)], suppress=True, requested_by="token:abc123")
+    assert jobs.view(job)["status"] == "pending"
+
+    # A run that crashes in its last step records the steps before it
+    real_erase = erase.erase
+
+    def crash(person):
+        raise RuntimeError("Lambda timed out")
+
+    monkeypatch.setattr(erase, "erase", crash)
+    with pytest.raises(RuntimeError):
+        jobs.run(SPACE, job.job_id)
+    crashed = jobs.view(jobs.get(SPACE, job.job_id))
+    assert crashed["status"] == "running" and crashed["steps_done"] == list(jobs.STEPS[:-1])
+
+    # and the next run continues from the first step not recorded (the memberships are not exited twice)
+    monkeypatch.setattr(erase, "erase", real_erase)
+    done = jobs.run(SPACE, job.job_id)
+    view = jobs.view(done)
+    assert view["status"] == "done" and view["steps_done"] == list(jobs.STEPS)
+    assert view["erased"]["profiles"] == 2 and view["erased"]["audiences_exited"] == 1
+    assert view["erased"]["suppressed_ids"] >= 3
+    assert jobs.view(jobs.run(SPACE, job.job_id)) == view  # a replay changes nothing
+
+    after = _everything(aws)
+    for needle in (ANON, USER, EMAIL, *profile_ids):
+        assert needle not in after
+    assert suppression.suppressed_among(SPACE, [("users", "anonymous_id", ANON)])
