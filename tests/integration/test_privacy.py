@@ -160,3 +160,38 @@ def test_a_deletion_job_runs_resumably_and_keeps_an_audit_record_without_persona
     for needle in (ANON, USER, EMAIL, *profile_ids):
         assert needle not in after
     assert suppression.suppressed_among(SPACE, [("users", "anonymous_id", ANON)])
+
+
+def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once(aws, space, monkeypatch):
+    from engage import config
+    from engage.journeys import leave
+
+    monkeypatch.setenv("JOURNEYS_TABLE", aws.tables["JourneysTable"])  # the privacy worker's own environment
+    config.settings.cache_clear()
+    from engage.journeys import store as journeys_store
+
+    # Given a journey with a run of the profile whose execution is waiting
+    journeys_store.create(SPACE, {"key": "welcome", "name": "Welcome"})
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="welcome", roleArn="arn:aws:iam::123456789012:role/x",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="usr_1-1")["executionArn"]
+    pk = journeys_store.profile_pk(SPACE, "welcome", "usr_1")
+    journeys_store.RunRecord(pk, "run|000001", execution_name="usr_1-1", execution_arn=arn, version=1,
+                             started_at="2026-11-20T10:00:00.000Z").save()
+    journeys_store.RunRecord(pk, "run|000000", execution_name="usr_1-0", version=1,
+                             started_at="2026-11-19T10:00:00.000Z", exited_at="2026-11-19T11:00:00.000Z",
+                             exit_reason="completed").save()
+
+    # When the profile leaves its journeys
+    assert leave.stop_profile_runs(SPACE, "usr_1") == 1
+
+    # Then the execution is stopped and only the running run is marked; a replay stops nothing
+    assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+    runs = {r.sk: r for r in journeys_store.RunRecord.query(pk)}
+    assert runs["run|000001"].exit_reason == "profile_deleted" and runs["run|000000"].exit_reason == "completed"
+    assert leave.stop_profile_runs(SPACE, "usr_1") == 0
+    # And erasing the profile deletes its enrollment and run items
+    counts = erase.erase(erase.Person(SPACE, ["usr_1"]))
+    assert counts["journey_runs"] == 2 and list(journeys_store.RunRecord.query(pk)) == []
