@@ -33,9 +33,11 @@ from engage.audiences import runtime as audience_runtime
 from engage.computed_traits import runtime as computed_runtime
 from engage.config import settings
 from engage.dynamodb_limits import MAX_ITEM_BYTES, attributes_size
+from engage.events_store import EventRecord
 from engage.failures import handler as failure_handler
 from engage.identity import ACCOUNTS, GROUP_ID, USERS, Identifier
 from engage.observability import logger, metrics
+from engage.privacy import suppression
 from engage.profiles import Message, ProfileState
 
 # Optimistic-lock retries per message before the record is reported as failed (the event
@@ -86,11 +88,14 @@ class StreamBatch:
         self.profiles: dict[str, _Cached | None] = {}  # profile pk -> cached (None: known absent)
         self.history: dict[tuple[str, str], store.ProfileEventRecord] = {}
         self.repoints: dict[str, store.IdentityRecord] = {}
+        # (space, collection, type, value) of the batch's ids that are suppressed (engage.privacy)
+        self.suppressed: set[tuple[str, str, str, str]] = set()
         self._prefetch(records)
 
     # ------------------------------------------------------------ batch reads
     def _prefetch(self, records: list[dict]) -> None:
         pks: list[str] = []
+        by_space: dict[str, list[tuple[str, str, str]]] = {}
         for raw in records:
             record = DynamoDBRecord(raw)
             if record.event_name != DynamoDBRecordEventName.INSERT:
@@ -102,7 +107,11 @@ class StreamBatch:
             ids = [*identity.user_identifiers(message), *identity.alias_candidates(message),
                    *identity.account_identifiers(message)]
             pks += [store.identity_pk(space_id, i.collection, i.type, i.value) for i in ids]
-        self._load_pointers(pks)
+            by_space.setdefault(space_id, []).extend((i.collection, i.type, i.value) for i in ids)
+        # Suppressed ids (engage.privacy) are read in the same BatchGetItem as the pointers: same table.
+        wanted = {suppression.suppression_pk(space_id, *i): (space_id, *i)
+                  for space_id, space_ids in by_space.items() for i in space_ids}
+        self._load_pointers(pks, suppressions=wanted)
         profile_pks = {}
         for pk, profile_id in self.pointers.items():
             if profile_id:
@@ -110,12 +119,13 @@ class StreamBatch:
                 profile_pks[store.profile_pk(space_id, profile_id)] = space_id
         self._load_profiles(profile_pks)
 
-    def _load_pointers(self, pks: list[str]) -> None:
+    def _load_pointers(self, pks: list[str], suppressions: dict[str, tuple] | None = None) -> None:
         missing = [pk for pk in dict.fromkeys(pks) if pk not in self.pointers]
-        if missing:
-            found = store.get_pointers(missing)
+        if missing or suppressions:
+            found = store.get_identity_items([*missing, *(suppressions or {})])
             for pk in missing:
-                self.pointers[pk] = found.get(pk)
+                self.pointers[pk] = found[pk].profile_id if pk in found else None
+            self.suppressed |= {ids for pk, ids in (suppressions or {}).items() if pk in found}
 
     def _load_profiles(self, pks: dict[str, str]) -> None:
         """Fetch profiles (pk -> space) not cached yet, then whatever they were merged into."""
@@ -168,6 +178,8 @@ class StreamBatch:
         try:
             space_id, message = _parse(record)
             message_id = message.message_id
+            if self._drop_if_suppressed(space_id, message, record):
+                return "suppressed"
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 touched: set[str] = set()
                 try:
@@ -187,6 +199,17 @@ class StreamBatch:
                              extra={"message_id": message_id or _image_message_id(record),
                                     "sequence_number": record.dynamodb.sequence_number if record.dynamodb else None})
             raise
+
+    def _drop_if_suppressed(self, space_id: str, message: Message, record: DynamoDBRecord) -> bool:
+        """A message carrying a suppressed id (a deleted person's) is dropped, and its raw event deleted:
+        nothing of the person is kept or rebuilt (docs/privacy.md)."""
+        if not self.suppressed or not any((space_id, i.collection, i.type, i.value) in self.suppressed
+                                          for i in _all_ids(message)):
+            return False
+        image = record.dynamodb.new_image
+        EventRecord(image["pk"], image["sk"]).delete()
+        metrics.add_metric(name="SuppressedEventsDropped", unit=MetricUnit.Count, value=1)
+        return True
 
     def _apply(self, space_id: str, message: Message, touched: set[str], *, fresh: bool) -> str:
         """Resolve the message's profile, build everything it changes, commit it as one unit."""

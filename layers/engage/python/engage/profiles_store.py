@@ -154,6 +154,13 @@ def get_pointers(pks: Iterable[str]) -> dict[str, str]:
     return {record.pk: record.profile_id for record in IdentityRecord.batch_get(wanted)} if wanted else {}
 
 
+def get_identity_items(pks: Iterable[str]) -> dict[str, IdentityRecord]:
+    """pk -> item of IdentityTable for those that exist: pointers and, beside them, other items keyed
+    in the same table (engage.privacy's suppressions), read in one BatchGetItem per 100 keys."""
+    wanted = list(dict.fromkeys(pks))
+    return {record.pk: record for record in IdentityRecord.batch_get(wanted)} if wanted else {}
+
+
 def get_profiles(pks: Iterable[str]) -> dict[str, ProfileRecord]:
     """Profile pk -> record for those that exist (BatchGetItem, strongly consistent)."""
     wanted = list(dict.fromkeys(pks))

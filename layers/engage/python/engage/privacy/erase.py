@@ -1,0 +1,134 @@
+"""Erasing a person: every item that names any of their profiles or ids, store by store.
+
+A person is the live profile an id resolves to plus every profile merged into it (`merged_from`),
+with all of their ids. Steps run in this order and each is idempotent, so a crashed or replayed
+run is run again from the start and finds nothing twice:
+1. memberships: each current membership is exited through `membership.set_member` (the normal path:
+   the size counter moves, the router publishes `Audience Exited` with the profile's ids from the
+   membership's stream image, destinations sync the exit); a replay finds them exited already;
+2. journeys: running executions stopped (`journeys.leave`);
+3. deletes: membership items, raw events (EventsTable u:/a: partitions), event history, links (both
+   directions), identity pointers still pointing at the person, due-sweeper items, delivery log and
+   frequency-cap items, journey enrollment and run items, and last the profile items (a run that
+   crashes before this can still find the person again from the job record).
+Costs: one Query per partition read, one write unit per item deleted (BatchWriteItem, 25 a call).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from engage import profiles_store
+from engage.audiences import membership
+from engage.audiences.due import DueRecord
+from engage.db import key
+from engage.events_store import EventRecord
+from engage.identity import ACCOUNTS, GROUP_ID, USERS
+from engage.journeys import leave
+from engage.journeys import store as journeys_store
+from engage.memberships_store import MembershipRecord
+from engage.messaging.store import DeliveryRecord
+
+
+@dataclass
+class Person:
+    space_id: str
+    profile_ids: list[str]
+    # (collection, type, value) of every id the person's profiles hold (group ids excluded: accounts own them)
+    ids: list[tuple[str, str, str]] = field(default_factory=list)
+    identity: dict = field(default_factory=dict)  # user_id/anonymous_id/email named by Audience Exited
+
+    def as_dict(self) -> dict:
+        return {"space_id": self.space_id, "profile_ids": self.profile_ids, "ids": [list(i) for i in self.ids],
+                "identity": self.identity}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Person:
+        return cls(data["space_id"], list(data["profile_ids"]), [tuple(i) for i in data["ids"]],
+                   dict(data.get("identity") or {}))
+
+
+def find_person(space_id: str, collection: str, id_type: str, value: str) -> Person | None:
+    """The whole merged person that `<id_type>:<value>` names, or None when no profile has it."""
+    live = profiles_store.resolve(space_id, collection, id_type, value)
+    if live is None:
+        return None
+    profile_ids = list(dict.fromkeys([live.profile_id, *(live.merged_from or [])]))
+    records = profiles_store.get_profiles(profiles_store.profile_pk(space_id, p) for p in profile_ids)
+    ids: list[tuple[str, str, str]] = [(collection, id_type, value)]
+    for record in records.values():
+        for entry in record.external_ids or []:
+            entry = entry.as_dict() if hasattr(entry, "as_dict") else dict(entry)
+            if entry.get("type") == GROUP_ID:
+                continue
+            ids.append((entry.get("collection") or USERS, entry["type"], str(entry["id"])))
+    external = live.external_ids or []
+    plain = [e.as_dict() if hasattr(e, "as_dict") else dict(e) for e in external]
+    return Person(space_id, profile_ids, list(dict.fromkeys(ids)), membership.identity_of(plain))
+
+
+def exit_memberships(person: Person) -> int:
+    """Step 1: leave every audience through the normal membership path (counted, published)."""
+    exited = 0
+    for profile_id in person.profile_ids:
+        for audience_key, record in membership.current(person.space_id, profile_id).items():
+            if record.member and membership.set_member(person.space_id, profile_id, audience_key, False, record,
+                                                       identity=person.identity):
+                exited += 1
+    return exited
+
+
+def stop_journeys(person: Person) -> int:
+    """Step 2: stop running journey executions."""
+    return sum(leave.stop_profile_runs(person.space_id, p) for p in person.profile_ids)
+
+
+def _delete_all(model, items) -> int:
+    count = 0
+    with model.batch_write() as batch:
+        for item in items:
+            batch.delete(item)
+            count += 1
+    return count
+
+
+def erase(person: Person) -> Counter:
+    """Step 3: delete every item naming the person; counts of items deleted per store."""
+    space = person.space_id
+    counts: Counter = Counter()
+    for profile_id in person.profile_ids:
+        pk = profiles_store.profile_pk(space, profile_id)
+        counts["memberships"] += _delete_all(MembershipRecord, MembershipRecord.query(pk, consistent_read=True))
+        history = list(profiles_store.ProfileEventRecord.query(pk, consistent_read=True))
+        links = list(profiles_store.LinkRecord.query(pk, consistent_read=True))
+        # A group call is also kept in its account's history (same sort key): that copy names the person.
+        account_copies = [profiles_store.ProfileEventRecord(profiles_store.profile_pk(space, link.to_profile_id),
+                                                            item.sk)
+                          for item in history if item.type == "group" for link in links]
+        counts["event_history"] += _delete_all(profiles_store.ProfileEventRecord, [*history, *account_copies])
+        # each link has its mirror on the account's side
+        mirrors = [profiles_store.LinkRecord(profiles_store.profile_pk(space, link.to_profile_id),
+                                             profiles_store.link_sk(USERS, profile_id)) for link in links]
+        counts["links"] += _delete_all(profiles_store.LinkRecord, [*links, *mirrors])
+        counts["due"] += _delete_all(DueRecord, DueRecord.batch_get([pk]))
+        counts["messages"] += _delete_all(DeliveryRecord, DeliveryRecord.query(pk, consistent_read=True))
+        for journey in journeys_store.list_all(space):
+            journey_pk = journeys_store.profile_pk(space, journey.key, profile_id)
+            counts["journey_runs"] += _delete_all(journeys_store.StatShard,
+                                                  journeys_store.StatShard.query(journey_pk, consistent_read=True))
+    for collection, id_type, value in person.ids:
+        if collection == USERS and id_type in ("user_id", "anonymous_id"):
+            event_pk = key(space, ("u:" if id_type == "user_id" else "a:") + value)
+            counts["events"] += _delete_all(EventRecord, EventRecord.query(event_pk, consistent_read=True))
+    counts["identities"] += _delete_pointers(person)
+    counts["profiles"] += _delete_all(profiles_store.ProfileRecord, profiles_store.get_profiles(
+        profiles_store.profile_pk(space, p) for p in person.profile_ids).values())
+    return counts
+
+
+def _delete_pointers(person: Person) -> int:
+    """Pointers still naming one of the person's profiles (an id since claimed by someone else stays)."""
+    pks = [profiles_store.identity_pk(person.space_id, c, t, v) for c, t, v in person.ids if c != ACCOUNTS]
+    mine = set(person.profile_ids)
+    owned = [pk for pk, profile_id in profiles_store.get_pointers(pks).items() if profile_id in mine]
+    return _delete_all(profiles_store.IdentityRecord, [profiles_store.IdentityRecord(pk) for pk in owned])

@@ -1,0 +1,141 @@
+"""Deletion jobs: a request (one id or many) becomes a job record; `run` advances it step by step.
+
+ConfigTable  pk = <space>|privacy_jobs, sk = <job id>
+  status pending -> running -> done | failed, the steps done, counts of items erased per store, who
+  asked (the credential's digest prefix, never the secret), when, and the ids as SHA-256 hashes.
+  While the job runs the record also holds the people found (their profile ids and ids, needed to
+  resume after a crash); `run` removes them when the job is done, so what stays is the audit record
+  without personal data.
+
+Resumable: each step is idempotent (engage.privacy.erase) and recorded when it finishes, so a run
+that crashed or is replayed continues at the first step not recorded, and redoing a step that was
+cut short finds only what is left.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+from pynamodb.attributes import BooleanAttribute, ListAttribute, MapAttribute, UnicodeAttribute
+
+from engage import clock
+from engage.db import EngageModel, TableName, key
+from engage.errors import NotFound
+from engage.privacy import erase, suppression
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+STEPS = ("find", "suppress", "exit_memberships", "stop_journeys", "erase")
+
+
+class DeletionJob(EngageModel):
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    space_id = UnicodeAttribute()
+    job_id = UnicodeAttribute()
+    status = UnicodeAttribute(default=PENDING)
+    collection = UnicodeAttribute()
+    id_hashes = ListAttribute(default=list)
+    suppress = BooleanAttribute(default=False)
+    requested_by = UnicodeAttribute()
+    requested_at = UnicodeAttribute()
+    finished_at = UnicodeAttribute(null=True)
+    steps_done = ListAttribute(default=list)
+    counts = MapAttribute(default=dict)
+    error = UnicodeAttribute(null=True)
+    # Only while running: the requested ids and the people found (JSON); removed when done.
+    work = UnicodeAttribute(null=True)
+
+
+def _pk(space_id: str) -> str:
+    return key(space_id, "privacy_jobs")
+
+
+def job_id_for(space_id: str, collection: str, refs: list[str], requested_at: str) -> str:
+    digest = hashlib.sha256(json.dumps([space_id, collection, sorted(refs), requested_at]).encode()).hexdigest()
+    return "del_" + digest[:24]
+
+
+def request(space_id: str, collection: str, refs: list[tuple[str, str]], *, suppress: bool,
+            requested_by: str) -> DeletionJob:
+    """Record a deletion of (type, value) ids; the caller then starts `run` (asynchronously)."""
+    now = clock.iso()
+    job_id = job_id_for(space_id, collection, [f"{t}:{v}" for t, v in refs], now)
+    job = DeletionJob(_pk(space_id), job_id, space_id=space_id, job_id=job_id, collection=collection,
+                      id_hashes=[suppression.id_hash(collection, t, v) for t, v in refs], suppress=suppress,
+                      requested_by=requested_by, requested_at=now,
+                      work=json.dumps({"refs": [list(r) for r in refs], "people": []}))
+    job.save()
+    return job
+
+
+def get(space_id: str, job_id: str) -> DeletionJob:
+    try:
+        return DeletionJob.get(_pk(space_id), job_id, consistent_read=True)
+    except DeletionJob.DoesNotExist:
+        raise NotFound(f"no deletion job {job_id!r} in this space") from None
+
+
+def view(job: DeletionJob) -> dict[str, Any]:
+    return {"id": job.job_id, "status": job.status, "collection": job.collection, "suppress": job.suppress,
+            "ids_sha256": list(job.id_hashes), "requested_at": job.requested_at, "requested_by": job.requested_by,
+            "finished_at": job.finished_at, "steps_done": list(job.steps_done),
+            "erased": {k: int(v) for k, v in job.counts.as_dict().items()}, "error": job.error}
+
+
+def run(space_id: str, job_id: str) -> DeletionJob:
+    """Advance the job through the steps not yet recorded; safe to call again at any point."""
+    job = get(space_id, job_id)
+    if job.status in (DONE, FAILED):
+        return job
+    work = json.loads(job.work)
+    job.status = RUNNING
+    try:
+        for step in STEPS:
+            if step in job.steps_done:
+                continue
+            counts = _step(step, job, work)
+            total = Counter({k: int(v) for k, v in job.counts.as_dict().items()})
+            total.update(counts)
+            job.counts = dict(total)
+            job.steps_done = [*job.steps_done, step]
+            job.work = json.dumps(work)
+            job.save()
+    except Exception as error:
+        job.error = f"{type(error).__name__}: {error}"[:1000]
+        job.save()
+        raise
+    job.status, job.finished_at, job.work = DONE, clock.iso(), None  # the audit record keeps no personal data
+    job.save()
+    return job
+
+
+def _step(step: str, job: DeletionJob, work: dict) -> Counter:
+    people = [erase.Person.from_dict(p) for p in work["people"]]
+    if step == "find":
+        found: dict[str, erase.Person] = {}
+        for id_type, value in work["refs"]:
+            person = erase.find_person(job.space_id, job.collection, id_type, value)
+            if person is not None:
+                found.setdefault(person.profile_ids[0], person)
+        work["people"] = [p.as_dict() for p in found.values()]
+        return Counter(people=len(found))
+    if step == "suppress":
+        if not job.suppress:
+            return Counter()
+        ids = {(job.collection, t, v) for t, v in work["refs"]} | {i for p in people for i in p.ids}
+        return Counter(suppressed_ids=suppression.suppress(job.space_id, ids, job_id=job.job_id))
+    if step == "exit_memberships":
+        return Counter(audiences_exited=sum(erase.exit_memberships(p) for p in people))
+    if step == "stop_journeys":
+        return Counter(journey_runs_stopped=sum(erase.stop_journeys(p) for p in people))
+    total: Counter = Counter()
+    for person in people:
+        total.update(erase.erase(person))
+    return total
+
+

@@ -1,0 +1,197 @@
+"""Erasing a person (engage.privacy): from every store, the whole merged person, idempotent under replay;
+suppressed ids are kept hashed only."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from engage import events_store
+from engage import profiles_store as store
+from engage.audiences import membership
+from engage.messaging import store as messaging_store
+from engage.privacy import erase, suppression
+from tests.integration.test_profile_processor import SPACE, batch, message, run
+
+ANON, USER, EMAIL = "anon-privacy-1", "user-privacy-1", "ann.privacy@example.com"
+OTHER = "user-someone-else"
+
+
+def _given_a_merged_person_with_data_everywhere() -> list[str]:
+    msgs = [
+        message("identify", "m1", "2026-11-20T10:00:00.000Z", anonymousId=ANON, traits={"email": EMAIL}),
+        message("track", "m2", "2026-11-20T10:01:00.000Z", anonymousId=ANON, event="Viewed", properties={}),
+        message("identify", "m3", "2026-11-20T10:02:00.000Z", userId=USER, traits={"plan": "pro"}),
+        message("alias", "m4", "2026-11-20T10:03:00.000Z", userId=USER, previousId=ANON),
+        message("group", "m5", "2026-11-20T10:04:00.000Z", userId=USER, groupId="acct-1", traits={}),
+        message("identify", "m6", "2026-11-20T10:05:00.000Z", userId=OTHER, traits={"plan": "free"}),
+    ]
+    for msg in msgs:
+        events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+    for msg in msgs:  # one batch per message: the merge needs the earlier profiles committed
+        run(batch(msg))
+    person = store.resolve(SPACE, "users", "user_id", USER)
+    assert person is not None and len(person.merged_from) == 1, "the alias merged the two profiles"
+    profile_ids = [person.profile_id, *person.merged_from]
+    membership.set_member(SPACE, person.profile_id, "vip", True, None,
+                          identity={"user_id": USER, "anonymous_id": ANON, "email": EMAIL})
+    messaging_store.put_if_absent(messaging_store.new_delivery(
+        SPACE, person.profile_id, "journey:welcome:1", channel="email", template="welcome", status="sent",
+        source_type="journey", address=EMAIL))
+    return profile_ids
+
+
+def _everything(aws) -> str:
+    dump = []
+    for logical_id, name in aws.tables.items():
+        for item in aws.client("dynamodb").scan(TableName=name)["Items"]:
+            dump.append(f"{logical_id} {json.dumps(item, default=str)}")
+    return "\n".join(dump)
+
+
+def test_erasing_a_person_by_any_id_leaves_nothing_of_them_in_any_table_and_replays_cleanly(aws, space):
+    # Given a person known by an anonymous id and a user id (merged), with memberships and messages
+    profile_ids = _given_a_merged_person_with_data_everywhere()
+    before = _everything(aws)
+    for needle in (ANON, USER, EMAIL, *profile_ids):
+        assert needle in before
+
+    # When they are erased, found by their anonymous id
+    person = erase.find_person(SPACE, "users", "anonymous_id", ANON)
+    assert sorted(person.profile_ids) == sorted(profile_ids)
+    assert erase.exit_memberships(person) == 1
+    counts = erase.erase(person)
+
+    # Then no table holds any of their ids; someone else is untouched
+    after = _everything(aws)
+    for needle in (ANON, USER, EMAIL, *profile_ids):
+        assert needle not in after, f"{needle} still in:\n" + "\n".join(
+            line for line in after.splitlines() if needle in line)
+    assert OTHER in after
+    assert store.resolve(SPACE, "users", "user_id", OTHER) is not None
+    assert counts["profiles"] == 2 and counts["events"] >= 4 and counts["event_history"] >= 5
+    assert counts["memberships"] == 1 and counts["messages"] == 1 and counts["links"] == 2
+
+    # And a replay (a crashed run resumed) finds nothing more and exits nothing twice
+    assert erase.exit_memberships(person) == 0
+    again = erase.erase(person)
+    assert all(n == 0 for n in again.values()), again
+    assert erase.find_person(SPACE, "users", "user_id", USER) is None
+
+
+def test_the_membership_exit_goes_through_the_normal_path_before_the_item_is_deleted(aws, space):
+    profile_ids = _given_a_merged_person_with_data_everywhere()
+    person = erase.find_person(SPACE, "users", "email", EMAIL)
+    erase.exit_memberships(person)
+    record = membership.current(SPACE, profile_ids[0])["vip"]
+    assert record.member is False and record.exited_at
+    assert record.identity.as_dict()["email"] == EMAIL  # the router names the person in Audience Exited
+
+
+def test_suppressions_are_stored_hashed_and_can_be_lifted(aws, space):
+    suppression.suppress(SPACE, [("users", "user_id", USER), ("users", "email", EMAIL)], job_id="job1")
+    assert USER not in _everything(aws) and EMAIL not in _everything(aws)
+    found = suppression.suppressed_among(SPACE, [("users", "user_id", USER), ("users", "user_id", OTHER)])
+    assert found == {("users", "user_id", USER)}
+    assert suppression.suppressed_among("other-space", [("users", "user_id", USER)]) == set()
+    assert suppression.unsuppress(SPACE, "users", "user_id", USER) is True
+    assert suppression.unsuppress(SPACE, "users", "user_id", USER) is False
+    assert suppression.suppressed_among(SPACE, [("users", "user_id", USER)]) == set()
+
+
+def test_a_suppressed_ids_new_events_are_dropped_with_their_raw_event_until_unsuppressed(aws, space):
+    from engage.events_store import EventRecord
+
+    # Given an erased and suppressed person
+    _given_a_merged_person_with_data_everywhere()
+    person = erase.find_person(SPACE, "users", "user_id", USER)
+    suppression.suppress(SPACE, person.ids)
+    erase.exit_memberships(person)
+    erase.erase(person)
+
+    # When a new event carrying one of their ids arrives
+    late = message("track", "m7", "2026-11-21T10:00:00.000Z", userId=USER, event="Came Back", properties={})
+    events_store.put_new(events_store.record(SPACE, late, datetime(2026, 11, 21, tzinfo=UTC)))
+    response = run(batch(late))
+
+    # Then it is dropped: no profile, and the raw event is gone too
+    assert response["batchItemFailures"] == []
+    assert store.resolve(SPACE, "users", "user_id", USER) is None
+    assert USER not in _everything(aws)
+    assert list(EventRecord.query(f"{SPACE}|u:{USER}")) == []
+
+    # And once unsuppressed, their events build a profile again
+    assert suppression.unsuppress(SPACE, "users", "user_id", USER)
+    back = message("track", "m8", "2026-11-21T11:00:00.000Z", userId=USER, event="Came Back", properties={})
+    run(batch(back))
+    assert store.resolve(SPACE, "users", "user_id", USER) is not None
+
+
+def test_a_deletion_job_runs_resumably_and_keeps_an_audit_record_without_personal_data(aws, space, monkeypatch):
+    from engage.privacy import jobs
+
+    profile_ids = _given_a_merged_person_with_data_everywhere()
+    job = jobs.request(SPACE, "users", [("email", EMAIL)], suppress=True, requested_by="token:abc123")
+    assert jobs.view(job)["status"] == "pending"
+
+    # A run that crashes in its last step records the steps before it
+    real_erase = erase.erase
+
+    def crash(person):
+        raise RuntimeError("Lambda timed out")
+
+    monkeypatch.setattr(erase, "erase", crash)
+    with pytest.raises(RuntimeError):
+        jobs.run(SPACE, job.job_id)
+    crashed = jobs.view(jobs.get(SPACE, job.job_id))
+    assert crashed["status"] == "running" and crashed["steps_done"] == list(jobs.STEPS[:-1])
+
+    # and the next run continues from the first step not recorded (the memberships are not exited twice)
+    monkeypatch.setattr(erase, "erase", real_erase)
+    done = jobs.run(SPACE, job.job_id)
+    view = jobs.view(done)
+    assert view["status"] == "done" and view["steps_done"] == list(jobs.STEPS)
+    assert view["erased"]["profiles"] == 2 and view["erased"]["audiences_exited"] == 1
+    assert view["erased"]["suppressed_ids"] >= 3
+    assert jobs.view(jobs.run(SPACE, job.job_id)) == view  # a replay changes nothing
+
+    after = _everything(aws)
+    for needle in (ANON, USER, EMAIL, *profile_ids):
+        assert needle not in after
+    assert suppression.suppressed_among(SPACE, [("users", "anonymous_id", ANON)])
+
+
+def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once(aws, space, monkeypatch):
+    from engage import config
+    from engage.journeys import leave
+
+    monkeypatch.setenv("JOURNEYS_TABLE", aws.tables["JourneysTable"])  # the privacy worker's own environment
+    config.settings.cache_clear()
+    from engage.journeys import store as journeys_store
+
+    # Given a journey with a run of the profile whose execution is waiting
+    journeys_store.create(SPACE, {"key": "welcome", "name": "Welcome"})
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="welcome", roleArn="arn:aws:iam::123456789012:role/x",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="usr_1-1")["executionArn"]
+    pk = journeys_store.profile_pk(SPACE, "welcome", "usr_1")
+    journeys_store.RunRecord(pk, "run|000001", execution_name="usr_1-1", execution_arn=arn, version=1,
+                             started_at="2026-11-20T10:00:00.000Z").save()
+    journeys_store.RunRecord(pk, "run|000000", execution_name="usr_1-0", version=1,
+                             started_at="2026-11-19T10:00:00.000Z", exited_at="2026-11-19T11:00:00.000Z",
+                             exit_reason="completed").save()
+
+    # When the profile leaves its journeys
+    assert leave.stop_profile_runs(SPACE, "usr_1") == 1
+
+    # Then the execution is stopped and only the running run is marked; a replay stops nothing
+    assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+    runs = {r.sk: r for r in journeys_store.RunRecord.query(pk)}
+    assert runs["run|000001"].exit_reason == "profile_deleted" and runs["run|000000"].exit_reason == "completed"
+    assert leave.stop_profile_runs(SPACE, "usr_1") == 0
+    # And erasing the profile deletes its enrollment and run items
+    counts = erase.erase(erase.Person(SPACE, ["usr_1"]))
+    assert counts["journey_runs"] == 2 and list(journeys_store.RunRecord.query(pk)) == []
