@@ -1,6 +1,7 @@
 """Profile API handler (HTTP API v2): decode the request, call engage.profile_api.read, answer JSON."""
 from __future__ import annotations
 
+import json
 import uuid
 from urllib.parse import unquote
 
@@ -8,9 +9,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from engage import openapi, profile_api
-from engage.errors import EngageError
+from engage import json_body, openapi, profile_api
+from engage.errors import EngageError, ValidationFailed
 from engage.observability import logger, metrics, tracer
+from engage.privacy import api as privacy
 
 app = APIGatewayHttpResolver()
 IGNORED_HEADER = "Engage-Ignored-Parameters"
@@ -45,6 +47,53 @@ def get_profile_resource(space: str, collection: str, profile: str, resource: st
     if ignored:  # ignored as Segment does, but named, so a typo (`limits=5`) can still be spotted
         response.headers[IGNORED_HEADER] = ",".join(ignored)
     return response
+
+
+# ---------------------------------------------------------------- data rights (docs/privacy.md)
+PRIVACY_DOC = {"tags": [openapi.PROFILES], "security": [{openapi.ACCESS_TOKEN: []}]}
+
+
+def _token() -> str | None:
+    return profile_api.token_from_authorization(app.current_event.headers.get("authorization"))
+
+
+@app.delete("/v1/spaces/<space>/collections/<collection>/profiles/<profile>",
+            summary="Delete a person everywhere (and, with ?suppress=true, drop their future events)",
+            description="Answers 202 with the deletion job; `GET /v1/spaces/{space}/deletions/{job}` follows it.",
+            responses=openapi.responses(202, None, "the deletion job", 400, 401, 403), **PRIVACY_DOC)
+def delete_profile(space: str, collection: str, profile: str):
+    job = privacy.request_deletion(_token(), unquote(space), unquote(collection), [unquote(profile)],
+                                   app.current_event.get_query_string_value("suppress"))
+    return _json(202, json.dumps(job))
+
+
+@app.post("/v1/spaces/<space>/collections/<collection>/profiles:delete",
+          summary="Delete many people in one job: {\"ids\": [\"<id_type>:<value>\", ...], \"suppress\": bool}",
+          responses=openapi.responses(202, None, "the deletion job", 400, 401, 403), **PRIVACY_DOC)
+def delete_profiles(space: str, collection: str):
+    body = json_body.loads(app.current_event.body)
+    if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
+        raise ValidationFailed("the body must be {\"ids\": [\"<id_type>:<value>\", ...], \"suppress\": bool}",
+                               [{"path": "$.ids", "message": "a list of profile ids is required"}])
+    unknown = sorted(set(body) - {"ids", "suppress"})
+    if unknown:
+        raise ValidationFailed(f"unknown field(s) {unknown}", [{"path": f"$.{unknown[0]}", "message": "unknown"}])
+    job = privacy.request_deletion(_token(), unquote(space), unquote(collection), body["ids"], body.get("suppress"),
+                                   path="$.ids")
+    return _json(202, json.dumps(job))
+
+
+@app.get("/v1/spaces/<space>/deletions/<job>", summary="A deletion job: status, steps done, items erased per store",
+         responses=openapi.responses(200, None, "the deletion job", 401, 403, 404), **PRIVACY_DOC)
+def deletion_job(space: str, job: str):
+    return _json(200, json.dumps(privacy.job_status(_token(), unquote(space), unquote(job))))
+
+
+@app.delete("/v1/spaces/<space>/collections/<collection>/suppressions/<profile>",
+            summary="Lift the suppression of one id: its new events are processed again",
+            responses=openapi.responses(200, None, "unsuppressed", 401, 403, 404), **PRIVACY_DOC)
+def lift_suppression(space: str, collection: str, profile: str):
+    return _json(200, json.dumps(privacy.unsuppress(_token(), unquote(space), unquote(collection), unquote(profile))))
 
 
 @app.not_found

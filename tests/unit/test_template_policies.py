@@ -33,9 +33,21 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "FailuresTable": {"UpdateItem", "BatchGetItem"}, "EventsTable": {"GetItem"},
     },
     "ProfileApiFunction": {
-        # Query: the live computed trait keys (engage.computed_traits.store.cached)
-        "ConfigTable": {"GetItem", "Query"}, "IdentityTable": {"BatchGetItem"}, "ProfilesTable": {"BatchGetItem", "GetItem"},
+        # Query: the live computed trait keys (engage.computed_traits.store.cached); PutItem: deletion jobs
+        "ConfigTable": {"GetItem", "Query", "PutItem"}, "ProfilesTable": {"BatchGetItem", "GetItem"},
+        "IdentityTable": {"BatchGetItem", "GetItem", "DeleteItem"},  # DeleteItem/GetItem: unsuppress
         "LinksTable": {"Query"}, "MembershipsTable": {"Query"}, "ProfileEventsTable": {"Query"},
+    },
+    # engage.privacy: find the person, exit memberships (transactions with size counters), delete everywhere
+    "PrivacyWorkerFunction": {
+        "ConfigTable": {"GetItem", "Query", "PutItem", "UpdateItem"},
+        "ProfilesTable": {"GetItem", "BatchGetItem", "BatchWriteItem"},
+        "IdentityTable": {"GetItem", "BatchGetItem", "BatchWriteItem"},
+        "EventsTable": {"Query", "BatchWriteItem"}, "ProfileEventsTable": {"Query", "BatchWriteItem"},
+        "LinksTable": {"Query", "BatchWriteItem"},
+        "MembershipsTable": {"Query", "PutItem", "UpdateItem", "BatchWriteItem"},
+        "DueTable": {"BatchGetItem", "BatchWriteItem"}, "MessagesTable": {"Query", "BatchWriteItem"},
+        "JourneysTable": {"Query", "UpdateItem", "BatchWriteItem"},
     },
     "ManagementApiFunction": {
         "ConfigTable": {"GetItem", "PutItem", "Query", "UpdateItem", "BatchWriteItem"},
@@ -205,6 +217,7 @@ def _config_keys_written() -> dict[str, set[str]]:
     from engage.journeys import store as journey_store
     from engage.messaging import settings_store, signing
     from engage.messaging import store as messaging_store
+    from engage.privacy import jobs as privacy_jobs_store
 
     audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
     computed = computed_store.pk("acme")
@@ -212,6 +225,7 @@ def _config_keys_written() -> dict[str, set[str]]:
     destinations = destination_store._pk("acme")
     signing_key = signing.KEY_PK
     messaging = {messaging_store._templates_pk("acme"), settings_store._pk("acme"), signing_key}
+    privacy_jobs = privacy_jobs_store._pk("acme")
     return {
         "AudienceEvaluatorFunction": {sizes},
         "AudienceSweeperFunction": {sizes},
@@ -221,6 +235,8 @@ def _config_keys_written() -> dict[str, set[str]]:
         "MessageSenderFunction": {signing_key},
         "BroadcastSenderFunction": {signing_key},  # the sender path creates the signing key on first use
         "JourneyStepsFunction": {signing_key},  # send steps: the same sender path
+        "ProfileApiFunction": {privacy_jobs},
+        "PrivacyWorkerFunction": {privacy_jobs, sizes},
     }
 
 

@@ -86,6 +86,8 @@ class Settings:
     # "true" only on the local cloud (localcloud/server.py): webhooks may reach loopback and private
     # addresses (engage.netguard); unset on AWS, where such hosts are refused.
     engage_allow_internal_hosts: str = ""
+    # Data rights (engage.privacy): the queue the deletion worker reads.
+    privacy_jobs_queue_url: str = ""
 
     def require(self, name: str) -> str:
         value = getattr(self, name)

@@ -1,0 +1,83 @@
+"""The data rights routes' logic (Profile API, access token of the space): delete and suppress, the
+job's status, unsuppress. Thin: authentication, parsing, then engage.privacy.jobs / suppression.
+
+A deletion answers 202 with the job; the job is run by PrivacyWorkerFunction from PrivacyJobsQueue
+(at-least-once: `jobs.run` is resumable and idempotent, so a redelivered message finishes or no-ops).
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import boto3
+
+from engage import spaces
+from engage.config import settings
+from engage.errors import Forbidden, NotFound, ValidationFailed
+from engage.privacy import jobs, suppression
+from engage.profile_api.params import parse_collection, parse_profile_ref
+
+MAX_IDS = 1000  # per batch request (Segment's regulation API takes up to 5,000 per call; ours is one job item)
+
+
+@lru_cache(maxsize=1)
+def _sqs():
+    return boto3.client("sqs")
+
+
+def _space(token: str | None, space: str) -> str:
+    space_id = spaces.authenticate(token, spaces.ACCESS_TOKEN)
+    if space_id != space:
+        raise Forbidden(f"this access token cannot act on space {space!r}",
+                        [{"path": "path.space", "message": "not the access token's space"}])
+    return space_id
+
+
+def _truthy(value: Any, path: str) -> bool:
+    if value in (None, "", "false", False):
+        return False
+    if value in ("true", True):
+        return True
+    raise ValidationFailed(f"{path} must be true or false", [{"path": path, "message": "must be true or false"}])
+
+
+def request_deletion(token: str | None, space: str, collection: str, profiles: list[str], suppress: Any,
+                     path: str = "path.profile") -> dict[str, Any]:
+    """Record a deletion job for `<id_type>:<value>` refs and queue it; the job's view (202)."""
+    space_id = _space(token, space)
+    collection = parse_collection(collection)
+    if not profiles:
+        raise ValidationFailed("ids must name at least one profile", [{"path": path, "message": "empty"}])
+    if len(profiles) > MAX_IDS:
+        raise ValidationFailed(f"at most {MAX_IDS} ids per request, got {len(profiles)}",
+                               [{"path": path, "message": f"more than {MAX_IDS}"}])
+    refs = []
+    for index, text in enumerate(profiles):
+        if not isinstance(text, str):
+            raise ValidationFailed(f"{path}[{index}] must be a string <id_type>:<value>",
+                                   [{"path": f"{path}[{index}]", "message": "not a string"}])
+        ref = parse_profile_ref(text)
+        refs.append((ref.type, ref.value))
+    job = jobs.request(space_id, collection, list(dict.fromkeys(refs)), suppress=_truthy(suppress, "suppress"),
+                       requested_by="access_token:" + spaces.digest(token or "")[:12])
+    _sqs().send_message(QueueUrl=settings().require("privacy_jobs_queue_url"),
+                        MessageBody=json.dumps({"space_id": space_id, "job_id": job.job_id}))
+    return jobs.view(job)
+
+
+def job_status(token: str | None, space: str, job_id: str) -> dict[str, Any]:
+    return jobs.view(jobs.get(_space(token, space), job_id))
+
+
+def unsuppress(token: str | None, space: str, collection: str, profile: str) -> dict[str, Any]:
+    space_id = _space(token, space)
+    ref = parse_profile_ref(profile)
+    if not suppression.unsuppress(space_id, parse_collection(collection), ref.type, ref.value):
+        raise NotFound(f"{profile!r} is not suppressed in this space")
+    return {"unsuppressed": profile}
+
+
+def run_job(message: dict[str, Any]) -> dict[str, Any]:
+    """The worker's step for one queue message: advance the job (raises to be retried by SQS)."""
+    return jobs.view(jobs.run(message["space_id"], message["job_id"]))
