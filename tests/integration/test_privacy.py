@@ -10,6 +10,7 @@ import pytest
 from engage import events_store
 from engage import profiles_store as store
 from engage.audiences import membership
+from engage.broadcasts import store as broadcasts_store
 from engage.messaging import store as messaging_store
 from engage.privacy import erase, suppression
 from tests.integration.test_profile_processor import SPACE, batch, message, run
@@ -36,6 +37,8 @@ def _given_a_merged_person_with_data_everywhere() -> list[str]:
     profile_ids = [person.profile_id, *person.merged_from]
     membership.set_member(SPACE, person.profile_id, "vip", True, None,
                           identity={"user_id": USER, "anonymous_id": ANON, "email": EMAIL})
+    broadcasts_store.create(SPACE, "spring", {"audience": "vip"}, "2026-11-20T10:10:00.000Z")
+    broadcasts_store.write_recipients(SPACE, "spring", [(person.profile_id, broadcasts_store.NO_ZONE)])
     messaging_store.put_if_absent(messaging_store.new_delivery(
         SPACE, person.profile_id, "journey:welcome:1", channel="email", template="welcome", status="sent",
         source_type="journey", address=EMAIL))
@@ -72,6 +75,7 @@ def test_erasing_a_person_by_any_id_leaves_nothing_of_them_in_any_table_and_repl
     assert store.resolve(SPACE, "users", "user_id", OTHER) is not None
     assert counts["profiles"] == 2 and counts["events"] >= 4 and counts["event_history"] >= 5
     assert counts["memberships"] == 1 and counts["messages"] == 1 and counts["links"] == 2
+    assert counts["broadcast_recipients"] == 1
 
     # And a replay (a crashed run resumed) finds nothing more and exits nothing twice
     assert erase.exit_memberships(person) == 0

@@ -48,6 +48,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "MembershipsTable": {"Query", "PutItem", "UpdateItem", "BatchWriteItem"},
         "DueTable": {"BatchGetItem", "BatchWriteItem"}, "MessagesTable": {"Query", "BatchWriteItem"},
         "JourneysTable": {"Query", "UpdateItem", "BatchWriteItem"},
+        "BroadcastsTable": {"Query", "BatchGetItem", "BatchWriteItem"},
     },
     "ManagementApiFunction": {
         "ConfigTable": {"GetItem", "PutItem", "Query", "UpdateItem", "BatchWriteItem"},

@@ -190,6 +190,25 @@ def recipients_pk(space_id: str, broadcast_key: str, zone: str, shard: int) -> s
     return key(space_id, "broadcast_recipients", broadcast_key, zone, f"{shard:02d}")
 
 
+def delete_recipient(space_id: str, profile_id: str) -> int:
+    """Data rights (engage.privacy.erase): delete the profile's recipient items in every broadcast of the
+    space; how many there were. One Query of the broadcasts, then BatchGetItem (100 keys a call) of the
+    possible items and BatchWriteItem of those found, so a replay deletes and counts nothing."""
+    name = settings().require("broadcasts_table")
+    wanted = [{"pk": recipients_pk(space_id, b.key, zone, shard_of(profile_id)), "sk": profile_id}
+              for b in list_all(space_id) for zone in (b.zones or {NO_ZONE: 0})]
+    found = []
+    while wanted:
+        answer = _resource().batch_get_item(RequestItems={name: {"Keys": wanted[:100], "ConsistentRead": True,
+                                                                 "ProjectionExpression": "pk, sk"}})
+        found += answer.get("Responses", {}).get(name, [])
+        wanted = wanted[100:] + answer.get("UnprocessedKeys", {}).get(name, {}).get("Keys", [])
+    with _table().batch_writer(overwrite_by_pkeys=["pk", "sk"]) as batch:
+        for item in found:
+            batch.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
+    return len(found)
+
+
 def write_recipients(space_id: str, broadcast_key: str, recipients: Iterable[tuple[str, str]]) -> int:
     """Put (profile, zone) recipients as queued (BatchWriteItem, 25 a request). Only before sending starts:
     a retried page rewrites the same items."""

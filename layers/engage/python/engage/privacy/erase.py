@@ -9,7 +9,7 @@ run is run again from the start and finds nothing twice:
 2. journeys: running executions stopped (`journeys.leave`);
 3. deletes: membership items, raw events (EventsTable u:/a: partitions), event history, links (both
    directions), identity pointers still pointing at the person, due-sweeper items, delivery log and
-   frequency-cap items, journey enrollment and run items, and last the profile items (a run that
+   frequency-cap items, broadcast recipient items, journey enrollment and run items, and last the profile items (a run that
    crashes before this can still find the person again from the job record).
 Costs: one Query per partition read, one write unit per item deleted (BatchWriteItem, 25 a call).
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from engage import profiles_store
 from engage.audiences import membership
 from engage.audiences.due import DueRecord
+from engage.broadcasts import store as broadcasts_store
 from engage.db import key
 from engage.events_store import EventRecord
 from engage.identity import ACCOUNTS, GROUP_ID, USERS
@@ -112,6 +113,7 @@ def erase(person: Person) -> Counter:
         counts["links"] += _delete_all(profiles_store.LinkRecord, [*links, *mirrors])
         counts["due"] += _delete_all(DueRecord, DueRecord.batch_get([pk]))
         counts["messages"] += _delete_all(DeliveryRecord, DeliveryRecord.query(pk, consistent_read=True))
+        counts["broadcast_recipients"] += broadcasts_store.delete_recipient(space, profile_id)
         for journey in journeys_store.list_all(space):
             journey_pk = journeys_store.profile_pk(space, journey.key, profile_id)
             counts["journey_runs"] += _delete_all(journeys_store.StatShard,
