@@ -100,6 +100,12 @@ def test_deletion_routes_refuse_what_they_cannot_do(local_cloud):
     assert status == 400 and body["error"]["details"][0]["path"] == "$.ids[1]"
     status, _, body = cloud.call("DELETE", f"{PROFILES}/user_id:x?suppress=maybe", auth=ACCESS_TOKEN)
     assert status == 400, body
+    # ids longer than any profile can have, and a batch too large for one job record
+    status, _, body = cloud.call("DELETE", f"{PROFILES}/user_id:{'x' * 1001}", auth=ACCESS_TOKEN)
+    assert status == 400 and body["error"]["details"][0]["path"] == "path.profile", body
+    status, _, body = cloud.call("POST", "/v1/spaces/local/collections/users/profiles:delete",
+                                 {"ids": [f"user_id:{i:04d}{'y' * 990}" for i in range(300)]}, auth=ACCESS_TOKEN)
+    assert status == 400 and "several requests" in body["error"]["message"], body
     # a batch job for two people, one unknown: done, one person erased
     assert cloud.call("POST", "/v1/identify", {"userId": "batch-gone", "traits": {"a": 1}}, auth=WRITE_KEY)[0] == 200
     cloud.settle()

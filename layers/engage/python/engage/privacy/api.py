@@ -15,10 +15,13 @@ import boto3
 from engage import spaces
 from engage.config import settings
 from engage.errors import Forbidden, NotFound, ValidationFailed
+from engage.ingestion.messages import MAX_ID_BYTES
 from engage.privacy import jobs, suppression
 from engage.profile_api.params import parse_collection, parse_profile_ref
 
 MAX_IDS = 1000  # per batch request (Segment's regulation API takes up to 5,000 per call; ours is one job item)
+# The job item holds the ids while it runs: bounded well under DynamoDB's 400 KB item size.
+MAX_IDS_BYTES = 200_000
 
 
 @lru_cache(maxsize=1)
@@ -58,7 +61,14 @@ def request_deletion(token: str | None, space: str, collection: str, profiles: l
             raise ValidationFailed(f"{path}[{index}] must be a string <id_type>:<value>",
                                    [{"path": f"{path}[{index}]", "message": "not a string"}])
         ref = parse_profile_ref(text)
+        if len(ref.value.encode()) > MAX_ID_BYTES:
+            where = path if path == "path.profile" else f"{path}[{index}]"
+            raise ValidationFailed(f"{where}: an id is at most {MAX_ID_BYTES} bytes (no profile has a longer one)",
+                                   [{"path": where, "message": f"longer than {MAX_ID_BYTES} bytes"}])
         refs.append((ref.type, ref.value))
+    if sum(len(t.encode()) + len(v.encode()) for t, v in refs) > MAX_IDS_BYTES:
+        raise ValidationFailed(f"the ids take more than {MAX_IDS_BYTES:,} bytes: send them in several requests",
+                               [{"path": path, "message": "too large for one job"}])
     job = jobs.request(space_id, collection, list(dict.fromkeys(refs)), suppress=_truthy(suppress, "suppress"),
                        requested_by="access_token:" + spaces.digest(token or "")[:12])
     _sqs().send_message(QueueUrl=settings().require("privacy_jobs_queue_url"),
