@@ -199,9 +199,16 @@ def _install_task_timeouts() -> None:
                 self._next_heartbeat_event.clear()
                 return True
         env = getattr(self, "env", None)
-        return wait_on_clock(self._next_heartbeat_event, self._heartbeat_seconds,
-                             f"Step Functions HeartbeatSeconds {self._heartbeat_seconds}",
-                             running=env.is_running if env is not None else lambda: True)
+        received = wait_on_clock(self._next_heartbeat_event, self._heartbeat_seconds,
+                                 f"Step Functions HeartbeatSeconds {self._heartbeat_seconds}",
+                                 running=env.is_running if env is not None else lambda: True)
+        if received and (env is None or env.is_running()):
+            # A heartbeat: the task waits on for its token. A clock move can fire the ending window's timer
+            # just before the heartbeat is seen, which un-parks this thread: park it again, or settle waits
+            # for an execution that is only waiting (a 300 s hang, seen once in a fresh-clone CI run).
+            with _parked_lock:
+                _parked.add(threading.current_thread())
+        return received
 
     callback.HeartbeatEndpoint.clear_and_wait = clear_and_wait
 
