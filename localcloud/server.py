@@ -151,18 +151,29 @@ class LocalCloud:
         self.keeper.activate()
 
     def stop(self) -> None:
+        began = last = time.monotonic()
+
+        def stage(name: str) -> None:  # a slow stop says where it spent its time (tests print these lines)
+            nonlocal last
+            now = time.monotonic()
+            log.log(logging.WARNING if now - last > 10 else logging.INFO,
+                    "stop: %s after %.1f s (%.1f s in all)", name, now - last, now - began)
+            last = now
+
         if self.http:
             self.http.stopping = True  # from now on every request is answered 503: nothing new is accepted
         if self.keeper:
             self.keeper.stopping.set()  # no more background checkpoints: the one below is the last
             try:
                 self.settle(timeout=30, checkpoint=False)
+                stage("settled")
                 if self.keeper.checkpoint(settle_timeout=5, attempts=1):
                     log.info("state saved to %s", self.state_dir)
             except TimeoutError:
                 log.warning("the app did not go quiet in 30 s: the journal in %s keeps what was accepted, "
                             "and the next start delivers it again", self.state_dir)
             self.keeper.stop()
+            stage("state kept")
         for stop in self.on_stop:
             stop()
         if self.http:
@@ -171,8 +182,11 @@ class LocalCloud:
             poller.stop()
         for poller in self.pollers:
             poller.join(timeout=5)
+        stage("pollers stopped")
         self.runtime.stop()  # the functions' worker processes
+        stage("workers stopped")
         self.cloud.stop()
+        stage("done")
 
     # ------------------------------------------------------------ behaviour
     def settle(self, timeout: float = 60, executions: bool = False, checkpoint: bool = True) -> dict:

@@ -114,7 +114,9 @@ def stop_cloud(cloud: RunningCloud) -> int:
         return cloud.process.wait(timeout=120)  # a clean stop settles (30 s at most) and checkpoints
     except subprocess.TimeoutExpired:
         cloud.process.kill()
-        raise
+        # Say where the stop hung: its last lines name each stage it finished (localcloud/server.py stop).
+        raise AssertionError("the local cloud did not stop within 120 s of SIGTERM:\n"
+                             + "".join(cloud.output[-60:])) from None
 
 
 @pytest.fixture(scope="session")
