@@ -381,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         cloud.stop()
         return 1
     _banner(cloud)
-    stop.wait()
+    # Wake up now and then: Python runs signal handlers only in the main thread, and a SIGTERM the kernel
+    # hands to one of the many other threads does not interrupt a main thread blocked in a plain wait()
+    # (under load a stop could then hang for good: CI saw SIGTERM ignored for 120 s).
+    while not stop.wait(0.5):
+        pass
     print("\nstopping...", flush=True)
     cloud.stop()
     return 0
