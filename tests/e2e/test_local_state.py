@@ -102,7 +102,7 @@ def test_every_acknowledged_event_survives_sigkill_under_load(tmp_path):
         _, _, page = first.call("GET", "/_local/invocations?after=0&wait=0")
         after = page["next"]
         deadline = time.monotonic() + 600  # generous: a busy machine answers slowly, a dead cloud never
-        while sum(map(len, acknowledged.values())) < 150:
+        while sum(map(len, acknowledged.values())) < 100:
             assert time.monotonic() < deadline, "".join(first.output[-40:])
             _, _, page = first.call("GET", f"/_local/invocations?after={after}&wait=20")
             after = page["next"]
@@ -115,7 +115,7 @@ def test_every_acknowledged_event_survives_sigkill_under_load(tmp_path):
         if first.process.poll() is None:
             first.process.kill()
     sent = {user: list(ids) for user, ids in acknowledged.items()}
-    assert sum(map(len, sent.values())) >= 150
+    assert sum(map(len, sent.values())) >= 100
     # (the kill came while writes were arriving: the last checkpoint's snapshot does not hold them all)
     assert sum(len(p.read_bytes().splitlines()) for p in tmp_path.glob("journal-*.jsonl")) > 0
 

@@ -155,7 +155,7 @@ def _profile(definition, events: list[dict], profile_traits: dict) -> Profile:
     return profile
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(condition=conditions, events=messages(), profile_traits=traits,
        later=st.one_of(st.just(0), st.integers(0, 36 * 60), st.integers(0, 45 * 24 * 60)))
 def test_incremental_evaluation_equals_evaluation_from_scratch(condition, events, profile_traits, later):
@@ -205,7 +205,7 @@ def windowed_counts(draw) -> dict:
             "window": draw(windows.filter(lambda w: w is not None))}
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(condition=st.one_of(windowed_counts(), windowed_counts(), event_conditions(), funnels()), events=messages(),
        profile_traits=traits,
        later=st.one_of(st.just(0), st.integers(0, 36 * 60), st.integers(0, 10 * 24 * 60)))
@@ -246,7 +246,7 @@ def brute_force_funnel(cond, scratch) -> bool:
     return False
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(condition=funnels(), events=messages(), profile_traits=traits,
        later=st.one_of(st.just(0), st.integers(0, 36 * 60), st.integers(0, 10 * 24 * 60)))
 def test_funnel_search_agrees_with_brute_force(condition, events, profile_traits, later):

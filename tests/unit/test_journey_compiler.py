@@ -19,16 +19,19 @@ GOLDEN = Path(__file__).parent / "fixtures" / "cart_rescue.asl.json"
 HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out")
 
 
-def lint_errors(asl: dict) -> list[str]:
-    template = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"Journey": {
+def lint_errors(*asls: dict) -> list[str]:
+    # One template for many machines: a cfn-lint run costs seconds, the machines in it almost nothing.
+    template = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {f"Journey{i}": {
         "Type": "AWS::StepFunctions::StateMachine",
-        "Properties": {"RoleArn": "arn:aws:iam::123456789012:role/journey", "Definition": asl}}}}
+        "Properties": {"RoleArn": "arn:aws:iam::123456789012:role/journey", "Definition": asl}}
+        for i, asl in enumerate(asls)}}
     return [str(match) for match in lint(json.dumps(template), config=ManualArgs(regions=["us-east-1"]))]
 
 
-def assert_valid(asl: dict) -> None:
-    assert lint_errors(asl) == []
-    AmazonStateLanguageParser.parse(to_json(asl))  # raises on anything moto's interpreter cannot run
+def assert_valid(*asls: dict) -> None:
+    assert lint_errors(*asls) == []
+    for asl in asls:
+        AmazonStateLanguageParser.parse(to_json(asl))  # raises on anything moto's interpreter cannot run
 
 
 def step_of(state_name: str) -> str:
@@ -167,22 +170,26 @@ def journeys(draw):
             "steps": {step_id: steps[step_id] for step_id in order}}
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(journeys())
-def test_random_valid_journeys_compile_to_valid_asl_with_a_state_per_step(data):
-    journey = parse_journey(data)
-    asl = compile_journey(journey, STEPS_ARN)
-    assert_valid(asl)
-    states = asl["States"]
-    # one state named after each step, and every other state belongs to exactly one step
-    assert set(journey.steps) <= set(states)
-    helpers = {name for name in states if name not in journey.steps} - {"recording_failed", "goal_reached"}
-    assert all(step_of(name) in journey.steps for name in helpers)
-    for step_id, step in journey.steps.items():
-        assert states[step_id]["Comment"] == describe(journey, step_id)
-        # every way out of the step is a transition of the compiled graph
-        reachable = _targets(states, step_id)
-        assert set(successors(step)) <= reachable, step_id
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(journeys(), min_size=5, max_size=5))
+def test_random_valid_journeys_compile_to_valid_asl_with_a_state_per_step(drawn):
+    # 3 examples of 5 journeys: 15 random journeys, validated 5 to a cfn-lint run
+    compiled = []
+    for data in drawn:
+        journey = parse_journey(data)
+        asl = compile_journey(journey, STEPS_ARN)
+        compiled.append(asl)
+        states = asl["States"]
+        # one state named after each step, and every other state belongs to exactly one step
+        assert set(journey.steps) <= set(states)
+        helpers = {name for name in states if name not in journey.steps} - {"recording_failed", "goal_reached"}
+        assert all(step_of(name) in journey.steps for name in helpers)
+        for step_id, step in journey.steps.items():
+            assert states[step_id]["Comment"] == describe(journey, step_id)
+            # every way out of the step is a transition of the compiled graph
+            reachable = _targets(states, step_id)
+            assert set(successors(step)) <= reachable, step_id
+    assert_valid(*compiled)
 
 
 def _targets(states: dict, name: str) -> set[str]:
