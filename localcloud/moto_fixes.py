@@ -21,11 +21,23 @@ are moto's own (it sorts the partition by range key itself). Index queries are u
 
 moto's server also lists its own package folder (listdir + isdir of ~200 entries) on every request to
 route it (`list_of_moto_modules`); the list never changes in a running process, so it is computed once.
+
+moto 5.2 writes every DynamoDB answer through its generic, model-driven serializer, which looks up
+each of AttributeValue's ten members under several name aliases at every node of every item: about
+0.15 s per answer for a profile item with a few hundred nested values, most of the suite's time and
+of the local cloud's. The item operations' results are already DynamoDB JSON (moto builds them with
+`dynamo_to_dict`), so they are written with `json.dumps` instead: bytes as base64 and datetimes as
+epoch seconds (what the serializer does), absent (None) members left out.
+tests/unit/test_moto_fixes.py compares both writers on the same answers.
 """
 from __future__ import annotations
 
+import base64
 import copy
+import functools
+import json
 import threading
+from datetime import datetime
 
 _state = threading.local()
 _installed = False
@@ -105,7 +117,57 @@ def install() -> None:
 
     modules = tuple(moto.backends.list_of_moto_modules())
     moto.backends.list_of_moto_modules = lambda: iter(modules)
+    _install_fast_dynamodb_answers()
     _installed = True
+
+
+# The operations whose answers are items (and counts, keys, capacity): plain DynamoDB JSON.
+FAST_OPERATIONS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "PutItem", "UpdateItem", "DeleteItem",
+                             "BatchWriteItem", "TransactGetItems", "TransactWriteItems"})
+JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
+
+
+def _install_fast_dynamodb_answers() -> None:
+    from moto.dynamodb.responses import DynamoHandler
+
+    original = DynamoHandler.serialized
+
+    def serialized(self, action_result):
+        result = action_result.result
+        operation = self._get_action()
+        if isinstance(result, dict) and operation in FAST_OPERATIONS:
+            headers = {"Content-Type": JSON_CONTENT_TYPE}
+            headers.update(self.response_headers)
+            members = _output_members(operation)  # moto adds a few keys of its own the wire does not carry
+            return 200, headers, dynamodb_json({k: v for k, v in result.items() if k in members})
+        return original(self, action_result)
+
+    DynamoHandler.serialized = serialized
+    DynamoHandler._engage_original_serialized = original  # tests compare both writers
+
+
+@functools.cache
+def _output_members(operation: str) -> frozenset[str]:
+    from moto.core.responses import get_service_model
+
+    return frozenset(get_service_model("dynamodb").operation_model(operation).output_shape.members)
+
+
+def dynamodb_json(result: dict) -> str:
+    """An item operation's answer as the wire's JSON (what moto's serializer writes, much faster)."""
+    return json.dumps(_plain(result), separators=(",", ":"))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
 
 
 def _touched_items(backend, transact_items) -> list:

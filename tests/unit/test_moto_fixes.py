@@ -1,14 +1,17 @@
 """localcloud.moto_fixes: TransactWriteItems backs up only the items it names, and a cancelled
 transaction leaves items and stream exactly as before (as on AWS); a table Query reads its partition only
-and answers exactly as moto's own."""
+and answers exactly as moto's own; DynamoDB item answers written with json.dumps are what moto's own
+model-driven serializer writes."""
 from __future__ import annotations
 
 import copy
+import json
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from moto.dynamodb.responses import DynamoHandler
 
 from localcloud import moto_fixes
 from tests.moto_streams import create_stream_table, stream_records
@@ -109,3 +112,70 @@ def test_a_table_query_reads_its_partition_only_and_answers_as_before(table):
     assert missing["Items"] == [] and missing["Count"] == 0
     # And no query gathered the whole table
     assert read_everything and not any(read_everything)
+
+
+# ---------------------------------------------------------------- fast DynamoDB answers
+ITEM = {
+    "pk": {"S": "acme|p1"}, "sk": {"S": "profile"},
+    "n": {"N": "12.5"}, "big": {"N": "-1e125"}, "flag": {"BOOL": False}, "nothing": {"NULL": True},
+    "blob": {"B": b"\x00\xffbytes"}, "blobs": {"BS": [b"a", b"\x01"]},
+    "names": {"SS": ["x", "y"]}, "nums": {"NS": ["1", "2.5"]},
+    "traits": {"M": {"plan": {"S": "pro"}, "nested": {"M": {"deep": {"L": [{"N": "1"}, {"S": "two"},
+                                                                          {"M": {}}, {"L": []}]}}},
+                     "empty": {"S": ""}}},
+}
+
+
+@pytest.fixture
+def answers_table(monkeypatch):
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    moto_fixes.install()
+    answers: list[tuple[str, str, str]] = []
+    fast = DynamoHandler.serialized
+    original = DynamoHandler._engage_original_serialized
+
+    def both(self, action_result):
+        status, headers, body = fast(self, action_result)
+        _, _, reference = original(self, copy.deepcopy(action_result))
+        answers.append((self._get_action(), body, reference))
+        return status, headers, body
+
+    monkeypatch.setattr(DynamoHandler, "serialized", both)
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                       {"AttributeName": "sk", "KeyType": "RANGE"}],
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                                  {"AttributeName": "sk", "AttributeType": "S"}])
+        yield client, answers
+
+
+def test_item_answers_are_what_motos_serializer_writes(answers_table):
+    client, answers = answers_table
+    key = {"pk": ITEM["pk"], "sk": ITEM["sk"]}
+    capacity = {"ReturnConsumedCapacity": "TOTAL"}
+    client.put_item(TableName="t", Item=ITEM, ReturnValues="ALL_OLD", **capacity)
+    client.put_item(TableName="t", Item={**ITEM, "sk": {"S": "other"}}, **capacity)
+    got = client.get_item(TableName="t", Key=key, ConsistentRead=True, **capacity)
+    client.get_item(TableName="t", Key={"pk": {"S": "missing"}, "sk": {"S": "x"}})
+    client.update_item(TableName="t", Key=key, UpdateExpression="SET n = n + :one REMOVE flag",
+                       ExpressionAttributeValues={":one": {"N": "1"}}, ReturnValues="ALL_NEW", **capacity)
+    client.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": ITEM["pk"]},
+                 Limit=1, **capacity)
+    client.scan(TableName="t", **capacity)
+    client.batch_get_item(RequestItems={"t": {"Keys": [key, {"pk": ITEM["pk"], "sk": {"S": "other"}}]}})
+    client.transact_get_items(TransactItems=[{"Get": {"TableName": "t", "Key": key}}])
+    client.batch_write_item(RequestItems={"t": [{"PutRequest": {"Item": {**ITEM, "sk": {"S": "third"}}}}]})
+    client.transact_write_items(TransactItems=[{"Update": {"TableName": "t", "Key": key,
+                                                           "UpdateExpression": "SET extra = :e",
+                                                           "ExpressionAttributeValues": {":e": {"S": "x"}}}}])
+    client.delete_item(TableName="t", Key=key, ReturnValues="ALL_OLD", **capacity)
+    # the answer boto3 read carries every value back as sent (bytes, sets, nesting)
+    assert got["Item"] == ITEM
+    operations = [operation for operation, _, _ in answers]
+    assert set(moto_fixes.FAST_OPERATIONS) <= set(operations), operations
+    for operation, body, reference in answers:
+        assert json.loads(body) == json.loads(reference), operation
