@@ -1,19 +1,24 @@
 """A real HTTP server on a free loopback port standing in for a customer's endpoint.
 
 Records every request (path, headers, JSON body) and answers what the test asks: 200 by default,
-or a queue of statuses (500, 429 with Retry-After, 400...) consumed one request at a time.
+or a queue of statuses (500, 429 with Retry-After, 400...) consumed one request at a time, or 503 to
+every request while `down()` says so (an outage). `clock`, when given, stamps each request with its
+answer (`at`): the tests pass the project's virtual clock.
 """
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    def __init__(self):
+    def __init__(self, clock: Callable[[], object] | None = None):
         self.requests: list[dict] = []
         self.answers: list[tuple[int, dict]] = []  # (status, headers) for the next requests
+        self.down: Callable[[], bool] = lambda: False
+        self.clock = clock
         self.lock = threading.Lock()
         receiver = self
 
@@ -22,9 +27,13 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 with receiver.lock:
-                    status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
+                    if receiver.down():
+                        status, headers = 503, {}
+                    else:
+                        status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
                     receiver.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                              "raw": raw, "body": json.loads(raw or b"null"), "status": status})
+                                              "raw": raw, "body": json.loads(raw or b"null"), "status": status,
+                                              "at": receiver.clock() if receiver.clock else None})
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)

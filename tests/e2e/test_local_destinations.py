@@ -1,12 +1,15 @@
 """Destinations on the local cloud, over HTTP as a user runs them, against a real HTTP server on a
 loopback port standing in for the customer's endpoint, and this product's own ingestion as a
-Segment-compatible destination.
+Segment-compatible destination (into another space, whose profiles then show the audience trait).
 
 Realtime: an audience connected to a webhook and a segment destination gets its current members
 first (backfill on connect), then each member entering or leaving, in order, as it happens.
 Batch: a destination with an hourly schedule gets nothing until the virtual clock passes the
 schedule, then one coalesced request (a member who entered and left meanwhile is sent as left)."""
 from __future__ import annotations
+
+import json
+import uuid
 
 import pytest
 
@@ -47,7 +50,25 @@ def edit(cloud, audience: str, add=(), remove=()):
     cloud.settle()
 
 
-def test_realtime_webhook_and_segment_destinations_get_the_backfill_then_each_change(local_cloud, receiver):
+def another_space(cloud, monkeypatch, capsys) -> dict:
+    """A second space made with the `engage` CLI against the local cloud: its id, write key and token."""
+    from engage import cli, config
+
+    space = f"dst-{uuid.uuid4().hex[:8]}"
+    for var, value in {"AWS_ENDPOINT_URL": cloud.aws_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "CONFIG_TABLE": cloud.physical("ConfigTable")}.items():
+        monkeypatch.setenv(var, value)
+    config.settings.cache_clear()
+    capsys.readouterr()
+    assert cli.main(["spaces", "create", space, "--config-table", cloud.physical("ConfigTable")]) == 0
+    created = json.loads(capsys.readouterr().out)
+    config.settings.cache_clear()
+    return {"space": space, "write_key": created["write_key"], "access_token": created["access_token"]}
+
+
+def test_realtime_webhook_and_segment_destinations_get_the_backfill_then_each_change(local_cloud, receiver,
+                                                                                   monkeypatch, capsys):
     cloud = local_cloud
     users = given_people(cloud, "rt", 3)
     api(cloud, "POST", "/v1/audiences", {"key": "rt_vips", "name": "VIPs", "kind": "manual"}, 201)
@@ -57,10 +78,12 @@ def test_realtime_webhook_and_segment_destinations_get_the_backfill_then_each_ch
     api(cloud, "POST", "/v1/destinations", {
         "key": "rt_hook", "type": "webhook", "audiences": ["rt_vips"],
         "config": {"url": receiver.url + "/engage", "secret": SECRET, "headers": {"X-Team": "growth"}}}, 201)
+    # (another space of this product: there the audience does not exist, so its trait is the destination's doing)
+    other = another_space(cloud, monkeypatch, capsys)
     created = api(cloud, "POST", "/v1/destinations", {
         "key": "rt_self", "type": "segment", "audiences": ["rt_vips"],
-        "config": {"endpoint": cloud.api_url, "write_key": WRITE_KEY, "call": "identify"}}, 201)
-    assert created["config"]["write_key"] == {"set": True, "hint": "…-key"}
+        "config": {"endpoint": cloud.api_url, "write_key": other["write_key"], "call": "identify"}}, 201)
+    assert created["config"]["write_key"] == {"set": True, "hint": "…" + other["write_key"][-4:]}
     cloud.settle()
 
     # Then the current members arrive first, signed
@@ -78,12 +101,17 @@ def test_realtime_webhook_and_segment_destinations_get_the_backfill_then_each_ch
     changes = [(c["user_id"], c["event"]) for c in receiver.delivered()[2:]]
     assert changes == [(users[2], "Audience Entered"), (users[0], "Audience Exited")]
 
-    # And the segment destination's identify calls reached ingestion: the profile's events hold them
-    status, _, events = cloud.call("GET", f"/v1/spaces/local/collections/users/profiles/user_id:{users[2]}/events"
-                                          "?limit=50", auth=ACCESS_TOKEN)
-    assert status == 200, events
-    identifies = [e for e in events["data"] if e.get("type") == "identify" and "rt_vips" in (e.get("traits") or {})]
-    assert len(identifies) == 1 and identifies[0]["traits"]["rt_vips"] is True
+    # And the segment destination's identify calls reached ingestion: in the receiving space each profile
+    # shows the audience as a trait, true for members, false for the one who left
+    def received(user: str) -> dict:
+        status, _, body = cloud.call("GET", f"/v1/spaces/{other['space']}/collections/users/profiles/user_id:{user}"
+                                            "/traits", auth=other["access_token"])
+        assert status == 200, body
+        return body["traits"]
+
+    assert received(users[2])["rt_vips"] is True and received(users[1])["rt_vips"] is True
+    assert received(users[0])["rt_vips"] is False
+    assert received(users[0])["email"] == f"{users[0]}@example.com"
     shown = api(cloud, "GET", "/v1/destinations/rt_hook")
     assert shown["status"]["delivered"] == 4 and shown["status"]["dlq_depth"] == 0
     assert SECRET not in str(shown)

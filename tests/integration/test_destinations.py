@@ -248,6 +248,105 @@ def test_the_rate_limit_holds_across_consumers(env, receiver):
     assert ratelimit.take(destination)
 
 
+class FrozenClock:
+    """The project clock stopped at a moment, moved only by the test (real time passing on a busy machine
+    must not carry a request into the next rate-limit second between the token and the receiver)."""
+
+    def __init__(self, monkeypatch, moment):
+        from engage import clock
+
+        self.moment = moment
+        monkeypatch.setattr(clock, "now", lambda: self.moment)
+
+    def __call__(self):
+        return self.moment
+
+    def advance(self, delta) -> None:
+        self.moment += delta
+
+
+def test_the_rate_limit_is_what_the_receiver_sees_across_two_consumers(env, monkeypatch):
+    from collections import Counter
+    from datetime import UTC, datetime, timedelta
+
+    # Given a destination limited to 2 requests a second and 6 members entering at once
+    clock = FrozenClock(monkeypatch, datetime(2030, 1, 1, tzinfo=UTC))
+    receiver = Receiver(clock=clock)
+    try:
+        for n in (4, 5, 6):
+            make_profile(f"p{n}", ids={"user_id": f"u{n}"})
+        flow = Flow(env, monkeypatch)
+        assert call_api("POST", "/v1/destinations", {**webhook(receiver), "rate_limit_per_second": 2})[0] == 201
+        flow.drain()
+        members = [f"user_id:u{n}" for n in range(1, 7)]
+        assert call_api("POST", "/v1/audiences/vip/members", {"add": members})[0] == 200
+        flow.route()
+        # When two deliverer invocations share each batch (as concurrent consumers would), and the virtual
+        # clock moves on by the second a throttled message waits
+        for _ in range(10):
+            records = flow.receive()
+            if not records:
+                break
+            flow.deliver(records[: len(records) // 2])
+            flow.deliver(records[len(records) // 2:])
+            clock.advance(timedelta(seconds=1))
+        # Then every change arrived once, never more than 2 in any second of the clock
+        sent = receiver.delivered()
+        assert sorted(c["user_id"] for c in sent) == [f"u{n}" for n in range(1, 7)]
+        per_second = Counter(int(r["at"].timestamp()) for r in receiver.requests)
+        assert max(per_second.values()) == 2 and len(per_second) == 3, per_second
+        shown = call_api("GET", "/v1/destinations/crm")[1]["status"]
+        assert shown["failures"] == 0 and shown["dlq_depth"] == 0  # waiting for a token is no failed attempt
+    finally:
+        receiver.close()
+
+
+def test_an_hour_long_outage_loses_nothing_and_duplicates_nothing(env, monkeypatch):
+    """The production attempt budget (16 receives, backoff from 10 s doubling to 15 minutes with jitter)
+    outlasts an hour of 503s; the virtual clock moves by the backoff the deliverer asks for each round."""
+    from datetime import UTC, datetime, timedelta
+
+    from engage import config
+
+    monkeypatch.setenv("DESTINATION_MAX_ATTEMPTS", "16")
+    config.settings.cache_clear()
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    clock = FrozenClock(monkeypatch, start)
+    receiver = Receiver(clock=clock)
+    try:
+        flow = Flow(env, monkeypatch)
+        assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+        flow.drain()
+        # Given the receiver answers 503 to everything for one hour
+        receiver.down = lambda: clock() < start + timedelta(hours=1)
+        assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+        flow.route()
+        rounds = 0
+        while records := flow.receive():
+            flow.deliver(records)
+            waited = max(flow.delays, default=1)
+            flow.delays.clear()
+            clock.advance(timedelta(seconds=waited))
+            rounds += 1
+            if rounds == 2:  # changes keep coming during the outage
+                assert call_api("POST", "/v1/audiences/vip/members",
+                                {"add": ["user_id:u3"], "remove": ["user_id:u1"]})[0] == 200
+                flow.route()
+            assert rounds < 40
+        # Then after the outage every change arrived exactly once, each profile's in order, nothing parked
+        refused = [r for r in receiver.requests if r["status"] == 503]
+        assert refused and max(r["at"] for r in refused) < start + timedelta(hours=1)
+        sent = receiver.delivered()
+        assert all(r["at"] >= start + timedelta(hours=1) for r in receiver.requests if r["status"] == 200)
+        assert len({c["id"] for c in sent}) == len(sent) == 4
+        assert [c["event"] for c in sent if c["user_id"] == "u1"] == ["Audience Entered", "Audience Exited"]
+        assert sorted(c["user_id"] for c in sent if c["event"] == "Audience Entered") == ["u1", "u2", "u3"]
+        shown = call_api("GET", "/v1/destinations/crm")[1]["status"]
+        assert shown["dlq_depth"] == 0 and shown["delivered"] == 4 and shown["failures"] >= len(refused)
+    finally:
+        receiver.close()
+
+
 # ---------------------------------------------------------------- eventbridge, batch, s3, pause
 def tap_bus(name: str) -> tuple[str, object, str]:
     """A customer's bus (ARN) read through an SQS queue behind a catch-all rule."""
@@ -558,6 +657,57 @@ def test_computed_trait_changes_to_a_batch_destination_wait_for_its_run_coalesce
     sent = receiver.requests[0]["body"]["batch"]
     assert sorted((c["profile_id"], c["value"], c["event"]) for c in sent) == [
         ("p1", 250, "Computed Trait Changed"), ("p2", 5, "Computed Trait Changed")]
+
+
+def give_trait(aws, profile_id: str, value, space_id: str = "acme") -> int:
+    """A computed trait value on a stored profile, as the processor writes it (the version moves)."""
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(aws.tables["ProfilesTable"])
+    answer = table.update_item(Key={"pk": f"{space_id}|{profile_id}"}, ReturnValues="ALL_NEW",
+                               UpdateExpression="SET computed_traits = :v ADD version :one",
+                               ExpressionAttributeValues={":v": {"total_revenue": value}, ":one": 1})
+    return int(answer["Attributes"]["version"])
+
+
+def test_connecting_a_computed_trait_sends_current_values_first_then_changes(env, receiver):
+    # Given a computed trait that p1 and p3 have (p2 has none) and a webhook destination without it
+    assert call_api("POST", "/v1/computed-traits", REVENUE)[0] in (200, 201)
+    v1 = give_trait(env, "p1", 100)
+    give_trait(env, "p3", 7)
+    make_profile("other", space_id="globex", ids={"user_id": "g1"})  # another space's profile: never sent
+    give_trait(env, "other", 999, space_id="globex")
+    assert call_api("POST", "/v1/destinations", {**webhook(receiver), "audiences": []})[0] == 201
+    flow = Flow(env)
+    flow.drain()
+    assert receiver.requests == []
+    # When the trait is connected (PUT adding it)
+    edited = {**webhook(receiver), "audiences": [], "computed_traits": ["total_revenue"]}
+    del edited["config"]["secret"]
+    assert call_api("PUT", "/v1/destinations/crm", edited)[0] == 200
+    flow.drain()
+    # Then the current values of the profiles that have it arrive, marked as backfill
+    sent = receiver.delivered()
+    assert sorted((c["profile_id"], c["value"], c["backfill"]) for c in sent) == [("p1", 100, True), ("p3", 7, True)]
+    assert {c["user_id"] for c in sent} == {"u1", "u3"} and all(c["event"] == "Computed Trait Changed" for c in sent)
+    # and then changes: an older change arriving late is dropped, a newer one is sent
+    route = handler("destination_trait_router")
+    context = LambdaContext(function_name="trait-router")
+    route(trait_records(trait_changed("p1", 100, v1)), context)
+    route(trait_records(trait_changed("p1", 250, v1 + 1, previous=100)), context)
+    flow.drain()
+    assert [(c["profile_id"], c["value"], c["backfill"]) for c in receiver.delivered()[2:]] == [("p1", 250, False)]
+
+
+def test_a_computed_trait_connected_to_a_batch_destination_is_backfilled_into_its_log(env, receiver):
+    assert call_api("POST", "/v1/computed-traits", REVENUE)[0] in (200, 201)
+    give_trait(env, "p2", 42)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+            "audiences": [], "computed_traits": ["total_revenue"]}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    Flow(env).drain()
+    assert receiver.requests == [] and call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 1
+    assert run_batch("acme", "hourly")["delivered"] == 1
+    [change] = receiver.requests[0]["body"]["batch"]
+    assert (change["profile_id"], change["value"], change["backfill"]) == ("p2", 42, True)
 
 
 # ---------------------------------------------------------------- internal hosts (engage.netguard)

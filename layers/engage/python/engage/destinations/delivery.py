@@ -45,6 +45,7 @@ from engage.observability import logger
 from engage.profiles_store import ProfileRecord
 
 BACKFILL_PAGE = 100
+TRAIT_BACKFILL_SCAN = 500  # ProfilesTable items examined per trait backfill page (at most 1 MB read)
 BASE_BACKOFF_SECONDS = 10
 MAX_BACKOFF_SECONDS = 900
 THROTTLED_DELAY_SECONDS = 1
@@ -82,6 +83,8 @@ def handle(body: dict[str, Any], receive_count: int, function: str) -> Result:
         return deliver_change(body["change"], receive_count, function)
     if kind == "backfill":
         return backfill_page(body)
+    if kind == "trait_backfill":
+        return trait_backfill_page(body)
     logger.warning("unknown destination message dropped", extra={"kind": kind})
     return Result(True, f"unknown message kind {kind!r}")
 
@@ -208,3 +211,62 @@ def backfill_page(body: dict[str, Any]) -> Result:
         return Result(False, f"SQS refused {len(refused)} messages", 1)
     return Result(True, f"backfilled {len(changes)} members" + (" (more to come)" if cursor else ""))
 
+
+
+# ---------------------------------------------------------------- backfill of a computed trait on connect
+def _profiles_table():
+    from engage.computed_traits import runtime
+
+    return runtime._table()
+
+
+def trait_backfill_page(body: dict[str, Any]) -> Result:
+    """One page of a computed trait's backfill: the current value of each profile of the space that has it.
+
+    There is no index of profiles by computed trait, so a page is a Scan of ProfilesTable (TRAIT_BACKFILL_SCAN
+    items examined, filtered to the space's live users profiles holding the trait), and the cursor is the
+    Scan's position: one page request queues the next, as an audience backfill does. Each value goes out
+    as a `Computed Trait Changed` with `backfill: true` and the profile's version: a change routed meanwhile
+    carries a higher version, so the sequence check keeps the newest value whichever arrives first.
+    """
+    from boto3.dynamodb.conditions import Attr
+
+    from engage.audiences.membership import identity_of
+    from engage.audiences.runtime import is_live
+    from engage.computed_traits.events import _plain
+
+    space_id, destination_key, trait_key = body["space_id"], body["destination"], body["computed_trait_key"]
+    destination = store.cached(space_id, destination_key, fresh=True)
+    if destination is None or trait_key not in destination.computed_traits:
+        return Result(True, "destination deleted or computed trait disconnected: backfill stopped")
+    scan: dict[str, Any] = {
+        "FilterExpression": Attr("space_id").eq(space_id) & Attr("collection").eq("users")
+        & Attr(f"computed_traits.{trait_key}").exists(),
+        "ProjectionExpression": "pk, profile_id, external_ids, computed_traits, version, updated_at, merged_into",
+        "Limit": TRAIT_BACKFILL_SCAN}
+    if body.get("cursor"):
+        scan["ExclusiveStartKey"] = {"pk": body["cursor"]}
+    page = _profiles_table().scan(**scan)
+    changes = []
+    for image in page.get("Items", []):
+        if not is_live(image):
+            continue
+        changes.append({
+            "type": payloads.TRAIT_CHANGE, "space_id": space_id, "destination": destination_key,
+            "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key, "entity": "users",
+            "profile_id": image["profile_id"], "member": True, "version": int(image.get("version") or 0),
+            "timestamp": image.get("updated_at") or clock.iso(), "identity": identity_of(image.get("external_ids")),
+            "value": _plain(image["computed_traits"][trait_key]), "previous_value": None, "backfill": True})
+    cursor = (page.get("LastEvaluatedKey") or {}).get("pk")
+    if destination.definition.mode == "batch" or destination.definition.paused:
+        changelog.append(changes)
+        messages = []
+    else:
+        messages = [queue.change_message(c) for c in changes]
+    if cursor:
+        messages.append(queue.trait_backfill_message(space_id, destination_key, trait_key, cursor,
+                                                     body.get("revision", 0)))
+    refused = queue.send(messages)
+    if refused:
+        return Result(False, f"SQS refused {len(refused)} messages", 1)
+    return Result(True, f"backfilled {len(changes)} values of {trait_key}" + (" (more to come)" if cursor else ""))

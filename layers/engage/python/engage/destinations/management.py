@@ -47,11 +47,13 @@ def _view(destination: store.Destination) -> dict[str, Any]:
     return destination.view(status)
 
 
-def _connect(space_id: str, destination: store.Destination, audiences: list[str]) -> None:
-    """Backfill newly connected audiences: one page request each, the deliverer pages on."""
-    if audiences:
-        queue.send([queue.backfill_message(space_id, destination.key, a, None, destination.revision)
-                    for a in audiences])
+def _connect(space_id: str, destination: store.Destination, audiences: list[str], traits: list[str]) -> None:
+    """Backfill newly connected audiences and computed traits: one page request each, the deliverer pages on."""
+    messages = [queue.backfill_message(space_id, destination.key, a, None, destination.revision) for a in audiences]
+    messages += [queue.trait_backfill_message(space_id, destination.key, t, None, destination.revision)
+                 for t in traits]
+    if messages:
+        queue.send(messages)
 
 
 def create(space_id: str, body: Any) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def create(space_id: str, body: Any) -> dict[str, Any]:
     destination = store.create(space_id, definition, secrets)
     if definition.mode == "batch":
         store.set_schedule_name(space_id, definition.key, schedules.put(space_id, definition))
-    _connect(space_id, destination, destination.audiences)
+    _connect(space_id, destination, destination.audiences, list(destination.computed_traits))
     return _view(store.get(space_id, definition.key))
 
 
@@ -75,7 +77,8 @@ def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
     collecting = before.definition.paused or before.definition.mode == "batch"
     if collecting and not definition.paused and definition.mode == "realtime":
         resume(space_id, destination_key)  # resumed, or batch turned realtime: the log goes out now
-    _connect(space_id, after, [a for a in after.audiences if a not in before.audiences])
+    _connect(space_id, after, [a for a in after.audiences if a not in before.audiences],
+             [t for t in after.computed_traits if t not in before.computed_traits])
     return _view(store.get(space_id, destination_key))
 
 

@@ -49,6 +49,17 @@ def backfill_message(space_id: str, destination: str, audience_key: str, cursor:
             "MessageDeduplicationId": dedup}
 
 
+def trait_backfill_message(space_id: str, destination: str, trait_key: str, cursor: str | None,
+                           revision: int) -> dict[str, Any]:
+    """A page request of a computed trait's backfill (delivery.trait_backfill_page)."""
+    body = {"kind": "trait_backfill", "space_id": space_id, "destination": destination,
+            "computed_trait_key": trait_key, "cursor": cursor, "revision": revision}
+    dedup = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return {"Id": "", "MessageBody": json.dumps(body, sort_keys=True),
+            "MessageGroupId": _group(f"{space_id}|{destination}|backfill|{payloads.trait_slot(trait_key)}"),
+            "MessageDeduplicationId": dedup}
+
+
 def _group(text: str) -> str:
     # MessageGroupId: at most 128 characters of a restricted set; a digest keeps any key in bounds.
     return hashlib.sha256(text.encode()).hexdigest()
