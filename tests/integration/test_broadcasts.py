@@ -368,6 +368,30 @@ def test_redelivered_batches_change_nothing(cloud):
     assert after["stats"] == before["stats"] and after["status"] == "sent"
 
 
+def test_batches_delivered_twice_while_sending_send_once_and_count_once(cloud):
+    # Given a broadcast to 12 recipients (two unsubscribed) fanned out in messages of 3 (rate limit 3/s)
+    cloud.people(12)
+    cloud.audience("fans", refs(12))
+    for user in ("user_id:u4", "user_id:u7"):
+        call_api("PUT", f"/v1/subscriptions/{user}", {"channel": "email", "status": "unsubscribed"})
+    create({"key": "twice", "audience": "fans", "channel": "email", "template": "news", "rate_limit_per_second": 3})
+    cloud.run(sender=False)
+    # When every batch is handed to the sender twice while the broadcast is still sending (SQS at-least-once:
+    # a second consumer gets the same messages before the first deletes them)
+    while batch := cloud.receive("BroadcastSendQueue"):
+        assert get("twice")["status"] == "sending"
+        handler("broadcast_sender")({"Records": batch}, LambdaContext())
+        cloud.deliver("BroadcastSendQueue", "broadcast_sender", batch)
+    cloud.run()
+    # Then each subscribed recipient got one email, and the stats count each recipient once
+    assert sorted(recipients_of_sent_emails()) == sorted(f"u{i}@example.com" for i in range(12) if i not in (4, 7))
+    answer = get("twice")
+    assert answer["status"] == "sent"
+    assert answer["stats"] == {"targeted": 12, "sent": 10, "suppressed": 2, "suppressed_by_reason": {"unsubscribed": 2},
+                               "deferred": 0, "failed": 0}
+    assert sum(store.rate_buckets("acme", "twice").values()) == 12  # the duplicates claimed no sends
+
+
 def test_snapshot_pages_across_invocations_counts_each_member_once(cloud, monkeypatch):
     # Given a snapshot budget of one page per invocation and pages of 2 members
     monkeypatch.setattr(engine, "MEMBER_PAGE", 2)
