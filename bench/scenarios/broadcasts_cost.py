@@ -211,9 +211,10 @@ def _snapshot(members: int) -> dict:
         if answer["stats"]["targeted"] != members:
             raise AssertionError(f"snapshot targeted {answer['stats']['targeted']} of {members}")
         messages = queues.depth("BroadcastSendQueue")
-        expected = -(-members // 25)
-        if messages != expected:
-            raise AssertionError(f"{messages} send messages queued, {expected} expected")
+        # Full messages of 25, but the last, and one partial before each fan-out continuation.
+        fewest = -(-members // 25)
+        if not fewest <= messages <= fewest + invocations:
+            raise AssertionError(f"{messages} send messages queued for {members} recipients")
         starter = lambdas.stats["broadcast_starter"]
         return {"members": members, "invocations": invocations, "usage": starter.usage, "messages": messages,
                 "poller": queues.poller}
@@ -371,8 +372,11 @@ def _local(members: int) -> dict:
     from pathlib import Path
 
     from engage import clock
+    from tests.e2e import conftest
     from tests.e2e.conftest import start_cloud, stop_cloud
 
+    # Writing the seeded tables back takes the local cloud a while before it is ready on a busy machine.
+    conftest.START_TIMEOUT = max(conftest.START_TIMEOUT, 900)
     with tempfile.TemporaryDirectory(prefix="bench-broadcasts-") as state_dir:
         tag = uuid.uuid4().hex[:6]
         seeded = time.perf_counter()
