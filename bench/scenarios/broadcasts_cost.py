@@ -52,9 +52,8 @@ LOCAL_TIMEOUT = 3600.0
 def _seed(space_id: str, audience_key: str, members: int, *, profiles: bool, prefix: str = "p") -> list[str]:
     """`members` current members of `audience_key` written straight into the tables (batch writes)."""
     from engage import clock
-    from engage.db import key
     from engage.memberships_store import MembershipRecord
-    from engage.profiles_store import ProfileRecord, profile_pk
+    from engage.profiles_store import ProfileRecord
 
     now = clock.iso(clock.now() - timedelta(hours=1))
     ids = [f"{prefix}{i:07d}" for i in range(members)]
@@ -65,7 +64,6 @@ def _seed(space_id: str, audience_key: str, members: int, *, profiles: bool, pre
         with ProfileRecord.batch_write() as batch:
             for n, pid in enumerate(ids):
                 batch.save(_profile(space_id, pid, n, now))
-    assert key(space_id, ids[0]) == profile_pk(space_id, ids[0])
     return ids
 
 
@@ -264,10 +262,6 @@ def _whole_path(members: int) -> dict:
         return {"members": members, "starter": lambdas.stats["broadcast_starter"],
                 "sender": lambdas.stats["broadcast_sender"], "path": path, "start_poller": start_poller,
                 "send_poller": queues.poller}
-
-
-def _requests(usage, service: str) -> int:
-    return usage.count(service)
 
 
 def _path_figures(whole: dict) -> tuple[list[Figure], tuple[str, list[str]]]:
