@@ -22,6 +22,7 @@ from typing import Self
 
 import botocore.client
 import botocore.exceptions
+from boto3.dynamodb.types import TypeSerializer
 
 KB = 1024
 _REFUSED = ("ConditionalCheckFailedException", "TransactionCanceledException")
@@ -48,7 +49,19 @@ def attribute_size(value: dict) -> int:
     raise ValueError(f"unknown attribute type {kind}")
 
 
+_TYPE_TAGS = frozenset({"S", "N", "B", "BOOL", "NULL", "SS", "NS", "BS", "L", "M"})
+_serializer = TypeSerializer()
+
+
+def wire(item: dict | None) -> dict | None:
+    """An item or key in DynamoDB's wire format: boto3's resource (Table) passes plain Python values."""
+    if not item or all(isinstance(v, dict) and len(v) == 1 and next(iter(v)) in _TYPE_TAGS for v in item.values()):
+        return item
+    return {name: _serializer.serialize(value) for name, value in item.items()}
+
+
 def item_size(item: dict | None) -> int:
+    item = wire(item)
     if not item:
         return 0
     return sum(len(name.encode()) + attribute_size(value) for name, value in item.items())
@@ -141,6 +154,7 @@ class _Meter:
         return self._key_schemas[table]
 
     def _get(self, client, table: str, key: dict) -> dict | None:
+        key = wire(key)
         found, item = _moto_item(client.meta.region_name, table, key)
         if found:
             return item

@@ -1,6 +1,8 @@
 """Sends broadcast recipients: SQS messages of up to 25 profile ids (engage.broadcasts.sending). A message
 to retry (rate bucket full, a send in flight or the provider unavailable) is reported as a batch item
-failure and comes back after the visibility timeout; the rest of the batch is deleted."""
+failure and comes back after the visibility timeout; the rest of the batch is deleted. Up to 250 sends
+an invocation can outlast the 60 s timeout on a slow provider: the handler stops STOP_BEFORE_TIMEOUT_SECONDS
+before it, so no send is cut off between the provider call and its record (which would make it `failed`)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +17,11 @@ from engage.observability import logger, metrics, tracer
 def lambda_handler(event, context):
     failures = []
     for record in event["Records"]:
+        if not sending.time_left(context.get_remaining_time_in_millis):
+            failures.append({"itemIdentifier": record["messageId"]})  # near the timeout: comes back later
+            continue
         try:
-            done = sending.process(json.loads(record["body"]))
+            done = sending.process(json.loads(record["body"]), context.get_remaining_time_in_millis)
         except Exception:  # noqa: BLE001 - this message only: the others of the batch are not retried for it
             logger.exception("broadcast message failed", extra={"message_id": record["messageId"]})
             done = False

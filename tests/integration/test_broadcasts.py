@@ -368,6 +368,72 @@ def test_redelivered_batches_change_nothing(cloud):
     assert after["stats"] == before["stats"] and after["status"] == "sent"
 
 
+def test_batches_delivered_twice_while_sending_send_once_and_count_once(cloud):
+    # Given a broadcast to 12 recipients (two unsubscribed) fanned out in messages of 3 (rate limit 3/s)
+    cloud.people(12)
+    cloud.audience("fans", refs(12))
+    for user in ("user_id:u4", "user_id:u7"):
+        call_api("PUT", f"/v1/subscriptions/{user}", {"channel": "email", "status": "unsubscribed"})
+    create({"key": "twice", "audience": "fans", "channel": "email", "template": "news", "rate_limit_per_second": 3})
+    cloud.run(sender=False)
+    # When every batch is handed to the sender twice while the broadcast is still sending (SQS at-least-once:
+    # a second consumer gets the same messages before the first deletes them)
+    while batch := cloud.receive("BroadcastSendQueue"):
+        assert get("twice")["status"] == "sending"
+        handler("broadcast_sender")({"Records": batch}, LambdaContext())
+        cloud.deliver("BroadcastSendQueue", "broadcast_sender", batch)
+    cloud.run()
+    # Then each subscribed recipient got one email, and the stats count each recipient once
+    assert sorted(recipients_of_sent_emails()) == sorted(f"u{i}@example.com" for i in range(12) if i not in (4, 7))
+    answer = get("twice")
+    assert answer["status"] == "sent"
+    assert answer["stats"] == {"targeted": 12, "sent": 10, "suppressed": 2, "suppressed_by_reason": {"unsubscribed": 2},
+                               "deferred": 0, "failed": 0}
+    assert sum(store.rate_buckets("acme", "twice").values()) == 12  # the duplicates claimed no sends
+
+
+def test_sender_near_its_timeout_stops_and_leaves_the_rest_queued(cloud, monkeypatch):
+    # Given 6 recipients fanned out in 2 messages of 3 (rate limit 3/s)
+    cloud.people(6)
+    cloud.audience("fans", refs(6))
+    create({"key": "slow_ses", "audience": "fans", "channel": "email", "template": "news", "rate_limit_per_second": 3})
+    cloud.run(sender=False)
+    batch = cloud.receive("BroadcastSendQueue")
+    assert len(batch) == 2
+    # And a provider so slow that each send takes 25 s of a 60 s invocation (the 10k local-cloud bench run
+    # had a sender cut off by its timeout mid-send: that recipient was recorded failed, never sent)
+    import engage.messaging
+
+    clock_ms = {"left": 60_000}
+    send = engage.messaging.send_message
+
+    def slow_send(request):
+        clock_ms["left"] -= 25_000
+        return send(request)
+
+    class Context(LambdaContext):
+        def get_remaining_time_in_millis(self) -> int:
+            return clock_ms["left"]
+
+    monkeypatch.setattr(engage.messaging, "send_message", slow_send)
+    # When the sender gets both messages in one invocation
+    result = handler("broadcast_sender")({"Records": batch}, Context())
+    # Then it stops 15 s before its timeout: two sent, the rest of the first message and the second are retried
+    assert sorted(f["itemIdentifier"] for f in result["batchItemFailures"]) == sorted(r["messageId"] for r in batch)
+    assert len(sent_emails()) == 2
+    stats = get("slow_ses")["stats"]
+    assert stats["sent"] == 2 and stats["failed"] == 0
+    # And when the messages come back to a sender with time, everyone gets it once and nobody failed
+    monkeypatch.setattr(engage.messaging, "send_message", send)
+    for record in batch:
+        cloud.sqs.change_message_visibility(QueueUrl=cloud.aws.queues["BroadcastSendQueue"],
+                                            ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0)
+    cloud.run()
+    assert sorted(recipients_of_sent_emails()) == sorted(f"u{i}@example.com" for i in range(6))
+    answer = get("slow_ses")
+    assert answer["status"] == "sent" and answer["stats"]["sent"] == 6 and answer["stats"]["failed"] == 0
+
+
 def test_snapshot_pages_across_invocations_counts_each_member_once(cloud, monkeypatch):
     # Given a snapshot budget of one page per invocation and pages of 2 members
     monkeypatch.setattr(engine, "MEMBER_PAGE", 2)

@@ -36,6 +36,9 @@ from engage.config import settings
 from engage.observability import logger, metrics
 
 RATE_WAIT_SECONDS = 20
+# A send started this close to the function's timeout could be cut off between the provider call and its
+# record (an unknown outcome: recorded failed, never resent). Stop before, leaving the rest queued.
+STOP_BEFORE_TIMEOUT_SECONDS = 15
 MAX_DELAY_SECONDS = 900  # SQS DelaySeconds ceiling
 # How a consumer waits for the next second's rate bucket; tests move the virtual clock instead.
 sleep: Callable[[float], None] = time.sleep
@@ -54,8 +57,14 @@ def idempotency_key(broadcast_key: str, profile_id: str) -> str:
     return f"broadcast:{broadcast_key}:{profile_id}"
 
 
-def process(body: dict[str, Any]) -> bool:
-    """Send one message's recipients; False when it must be retried (rate bucket full, sender busy)."""
+def time_left(remaining_ms: Callable[[], int] | None) -> bool:
+    """Whether there is time for one more send before the invocation's timeout."""
+    return remaining_ms is None or remaining_ms() > STOP_BEFORE_TIMEOUT_SECONDS * 1000
+
+
+def process(body: dict[str, Any], remaining_ms: Callable[[], int] | None = None) -> bool:
+    """Send one message's recipients; False when it must be retried (rate bucket full, sender busy, or the
+    invocation near its timeout: the recipients not sent yet stay queued and the message comes back)."""
     space_id, broadcast_key, zone = body["space_id"], body["key"], body["zone"]
     broadcast = store.find(space_id, broadcast_key)
     if broadcast is None or broadcast.status != store.SENDING:
@@ -85,6 +94,10 @@ def process(body: dict[str, Any]) -> bool:
 
     retry = False
     for pid, previous in due:
+        if not time_left(remaining_ms):
+            logger.info("near the timeout: the rest of the message is retried", extra={"broadcast": broadcast_key})
+            retry = True
+            break
         request = SendRequest(space_id=space_id, profile_id=pid, channel=definition.channel,
                               template=definition.template, idempotency_key=idempotency_key(broadcast_key, pid),
                               source={"type": "broadcast", "key": broadcast_key, "step": None},
