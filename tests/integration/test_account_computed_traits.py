@@ -23,7 +23,7 @@ from tests.integration.audience_support import (
     members_of,
     stream_records_of,
 )
-from tests.integration.test_pipeline import Pipeline
+from tests.integration.test_pipeline import Pipeline, ingest
 from tests.integration.test_profile_api import request
 
 ACCOUNT_REVENUE = {"key": "account_revenue", "kind": "sum", "event": "Order Completed", "property": "revenue",
@@ -35,15 +35,18 @@ BIG_ACCOUNTS = {"key": "big_accounts", "name": "Accounts whose users ordered for
 
 
 class Settling(Pipeline):
-    """The pipeline, delivered until nothing is left (an account's write is a second profile record)."""
+    """The pipeline with the profile stream delivered twice: a user's record makes the evaluator write its
+    account, whose own record then moves the account's audiences."""
 
-    def flow(self) -> None:
-        for _ in range(5):
-            before = len(self.delivered)
-            super().flow()
-            if len(self.delivered) == before:
-                return
-        raise AssertionError("the pipeline kept producing records")
+    stages = (("EventsTable", "profile_processor"), ("ProfilesTable", "audience_evaluator"),
+              ("ProfilesTable", "audience_evaluator"), ("MembershipsTable", "audience_router"))
+
+    def send(self, *calls: tuple[str, dict]) -> None:
+        """Several calls ingested, then delivered together (one stream batch per stage)."""
+        for call, body in calls:
+            response = ingest(call, body)
+            assert response["statusCode"] == 200, response
+        self.flow()
 
 
 @pytest.fixture
@@ -88,9 +91,8 @@ def test_an_account_trait_follows_its_users_events_and_an_account_audience_follo
     assert call_api("POST", "/v1/computed-traits", ACCOUNT_REVENUE)[0] == 201
     assert call_api("POST", "/v1/audiences", BIG_ACCOUNTS)[0] == 201
     # Given ann and bob in acme_co, carl in beta_co
-    group(pipeline, "ann", "acme_co", tier="business")
-    group(pipeline, "bob", "acme_co")
-    group(pipeline, "carl", "beta_co")
+    pipeline.send(("group", {"userId": "ann", "groupId": "acme_co", "traits": {"tier": "business"}}),
+                  ("group", {"userId": "bob", "groupId": "acme_co"}), ("group", {"userId": "carl", "groupId": "beta_co"}))
     acme, beta = account("acme_co"), account("beta_co")
     # When ann orders for 300 and bob for 250
     pipeline.track(order("ann", 300, "o1"))
@@ -135,10 +137,9 @@ def test_an_account_trait_follows_its_users_events_and_an_account_audience_follo
 def test_a_user_joining_an_account_brings_its_history_and_counts_from_then_on(pipeline):
     assert call_api("POST", "/v1/computed-traits", ACCOUNT_REVENUE)[0] == 201
     assert call_api("POST", "/v1/audiences", BIG_ACCOUNTS)[0] == 201
-    group(pipeline, "ann", "acme_co")
-    pipeline.track(order("ann", 100, "o1"))
-    # Given dan, in no account, with 450 of orders
-    pipeline.track(order("dan", 450, "o2"))
+    # Given dan, in no account, with 450 of orders, and ann in acme_co with 100
+    pipeline.send(("group", {"userId": "ann", "groupId": "acme_co"}), ("track", order("ann", 100, "o1")),
+                  ("track", order("dan", 450, "o2")))
     assert "account_revenue" not in traits_of("users", "user_id:dan")
     # When dan joins acme_co (a new group_id on his profile)
     group(pipeline, "dan", "acme_co")
@@ -155,10 +156,9 @@ def test_a_windowed_account_trait_moves_with_the_clock_through_the_sweeper(pipel
     assert call_api("POST", "/v1/audiences", {
         "key": "busy_accounts", "name": "Busy", "entity": "accounts",
         "condition": {"computed_trait": "account_orders_7d", "op": "gte", "value": 2}})[0] == 201
-    group(pipeline, "ann", "acme_co")
-    group(pipeline, "bob", "acme_co")
-    pipeline.track(order("ann", 1, "o1", timestamp=clock.iso(clock.now() - timedelta(days=3))))
-    pipeline.track(order("bob", 1, "o2"))
+    pipeline.send(("group", {"userId": "ann", "groupId": "acme_co"}), ("group", {"userId": "bob", "groupId": "acme_co"}),
+                  ("track", order("ann", 1, "o1", timestamp=clock.iso(clock.now() - timedelta(days=3)))),
+                  ("track", order("bob", 1, "o2")))
     acme = account("acme_co")
     assert traits_of("accounts", "group_id:acme_co")["account_orders_7d"] == 2
     assert members_of("busy_accounts") == {acme}
@@ -178,11 +178,10 @@ def test_a_windowed_account_trait_moves_with_the_clock_through_the_sweeper(pipel
 
 def test_backfill_edit_and_preview_cover_accounts(pipeline):
     # Given orders before any account trait existed
-    group(pipeline, "ann", "acme_co")
-    group(pipeline, "bob", "acme_co")
-    group(pipeline, "carl", "beta_co")
-    for n, (user, revenue) in enumerate([("ann", 400), ("bob", 200), ("carl", 90), ("bob", "x")]):
-        pipeline.track(order(user, revenue, f"o{n}", properties={"revenue": revenue, "coupon": user == "bob"}))
+    pipeline.send(("group", {"userId": "ann", "groupId": "acme_co"}), ("group", {"userId": "bob", "groupId": "acme_co"}),
+                  ("group", {"userId": "carl", "groupId": "beta_co"}),
+                  *[("track", order(user, revenue, f"o{n}", properties={"revenue": revenue, "coupon": user == "bob"}))
+                    for n, (user, revenue) in enumerate([("ann", 400), ("bob", 200), ("carl", 90), ("bob", "x")])])
     # When the account trait is created: its backfill rebuilds the users' state, the accounts follow
     status, body = call_api("POST", "/v1/computed-traits", ACCOUNT_REVENUE)
     assert status == 201, body
@@ -209,14 +208,13 @@ def test_every_kind_on_an_account_is_the_reference_over_its_users_raw_events(pip
                                                    else "category"})} for kind in KINDS]
     for body in definitions:
         assert call_api("POST", "/v1/computed-traits", body)[0] == 201
-    for user in ("ann", "bob", "cy"):
-        group(pipeline, user, "acme_co")
     rows = [("ann", 10, "hats"), ("bob", "20.5", "shoes"), ("cy", 5, "shoes"), ("ann", "n/a", "bags"),
             ("bob", 70, None), ("cy", 1, "hats"), ("ann", 3, "shoes")]
-    for n, (user, revenue, category) in enumerate(rows):
-        pipeline.track({"userId": user, "event": "Order Completed", "messageId": f"o{n}",
-                        "timestamp": clock.iso(clock.now() - timedelta(hours=len(rows) - n)),
-                        "properties": {"revenue": revenue, "category": category}})
+    pipeline.send(*[("group", {"userId": user, "groupId": "acme_co"}) for user in ("ann", "bob", "cy")],
+                  *[("track", {"userId": user, "event": "Order Completed", "messageId": f"o{n}",
+                               "timestamp": clock.iso(clock.now() - timedelta(hours=len(rows) - n)),
+                               "properties": {"revenue": revenue, "category": category}})
+                    for n, (user, revenue, category) in enumerate(rows)])
     # The account's values are what the users' raw events give, every kind
     acme = account("acme_co")
     histories = {u: audience_runtime.history("acme", u) for u in accounts.user_ids("acme", acme)}
