@@ -223,3 +223,22 @@ def test_every_kind_on_an_account_is_the_reference_over_its_users_raw_events(pip
     assert shown == expected
     assert shown["acct_sum"] == 109.5 and shown["acct_count"] == 7 and shown["acct_most_frequent"] == "shoes"
     assert shown["acct_first"] == "hats" and shown["acct_last"] == "shoes"
+
+
+def test_erasing_a_user_takes_its_events_out_of_its_accounts_values(pipeline, monkeypatch):
+    from engage.privacy import erase
+
+    monkeypatch.setenv("DESTINATIONS_TABLE", pipeline.aws.tables["DestinationsTable"])
+    assert call_api("POST", "/v1/computed-traits", ACCOUNT_REVENUE)[0] == 201
+    assert call_api("POST", "/v1/audiences", BIG_ACCOUNTS)[0] == 201
+    pipeline.send(("group", {"userId": "ann", "groupId": "acme_co"}), ("group", {"userId": "bob", "groupId": "acme_co"}),
+                  ("track", order("ann", 100, "o1")), ("track", order("bob", 450, "o2")))
+    assert members_of("big_accounts") == {account("acme_co")}
+    # When bob is erased (docs/privacy.md)
+    person = erase.find_person("acme", "users", "user_id", "bob")
+    counts = erase.erase(person)
+    pipeline.flow()
+    # Then his account no longer counts his orders, and leaves the audience his orders put it in
+    assert counts["accounts_reevaluated"] == 1
+    assert traits_of("accounts", "group_id:acme_co")["account_revenue"] == 100
+    assert members_of("big_accounts") == set()

@@ -108,6 +108,7 @@ def erase(person: Person) -> Counter:
     space = person.space_id
     counts: Counter = Counter()
     profiles = profiles_store.get_profiles(profiles_store.profile_pk(space, p) for p in person.profile_ids)
+    accounts: set[str] = set()  # the accounts the person was a user of: they lose a user
     counts["parked_failures"] += delete_parked_failures(person)
     for profile_id in person.profile_ids:
         pk = profiles_store.profile_pk(space, profile_id)
@@ -119,6 +120,7 @@ def erase(person: Person) -> Counter:
         counts["memberships"] += _delete_all(MembershipRecord, memberships)
         history = list(profiles_store.ProfileEventRecord.query(pk, consistent_read=True))
         links = list(profiles_store.LinkRecord.query(pk, consistent_read=True))
+        accounts.update(link.to_profile_id for link in links if link.to_collection == ACCOUNTS)
         # A group call is also kept in its account's history (same sort key): that copy names the person.
         account_copies = [profiles_store.ProfileEventRecord(profiles_store.profile_pk(space, link.to_profile_id),
                                                             item.sk)
@@ -143,7 +145,28 @@ def erase(person: Person) -> Counter:
     # the profiles read above may have changed since (an event in flight): read them again to delete
     counts["profiles"] += _delete_all(profiles_store.ProfileRecord, profiles_store.get_profiles(
         profiles_store.profile_pk(space, p) for p in person.profile_ids).values())
+    counts["accounts_reevaluated"] += reevaluate_accounts(space, accounts)
     return counts
+
+
+def reevaluate_accounts(space_id: str, account_ids: set[str]) -> int:
+    """The person's accounts lost a user: their computed traits are recomputed and their audiences that
+    read users re-evaluated from the users left (the stream cannot: the person's links are gone)."""
+    from engage import clock
+    from engage.audiences import runtime as audience_runtime
+    from engage.computed_traits import accounts as computed_accounts
+    from engage.computed_traits import runtime as computed_runtime
+
+    if not account_ids:
+        return 0
+    audience_runtime.begin_batch()
+    now = clock.now()
+    index = computed_runtime.index(space_id)
+    reading_users = audience_runtime.engine(space_id).index.reading_users()
+    for account_id in sorted(account_ids):
+        computed_accounts.recompute(space_id, account_id, index, now)
+        audience_runtime._evaluate_account(space_id, account_id, reading_users, now)
+    return len(account_ids)
 
 
 def _delete_pointers(person: Person) -> int:
