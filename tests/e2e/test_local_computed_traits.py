@@ -77,3 +77,28 @@ def test_a_windowed_computed_trait_moves_when_the_clock_advances(local_cloud):
     local_cloud.settle()
     # Then the order left the window with no new event
     assert traits(local_cloud, user)[trait] == 0
+
+
+def test_an_account_computed_trait_from_users_events_to_an_account_audience(local_cloud):
+    suffix = uuid.uuid4().hex[:8]
+    trait, audience, company = f"account_revenue_{suffix}", f"big_accounts_{suffix}", f"co-{suffix}"
+    # Given an account trait (its users' Order Completed revenue) and an account audience on it
+    create(local_cloud, "/v1/computed-traits", {"key": trait, "kind": "sum", "event": "Order Completed",
+                                                "property": "revenue", "entity": "accounts"})
+    create(local_cloud, "/v1/audiences", {"key": audience, "name": "Big accounts", "entity": "accounts",
+                                          "condition": {"computed_trait": trait, "op": "gte", "value": 500}})
+    # When two users of one company order for 300 and 250 (the second one before joining it)
+    calls = [("group", {"userId": f"a-{suffix}", "groupId": company}),
+             ("track", {"userId": f"a-{suffix}", "event": "Order Completed", "properties": {"revenue": 300}}),
+             ("track", {"userId": f"b-{suffix}", "event": "Order Completed", "properties": {"revenue": 250}}),
+             ("group", {"userId": f"b-{suffix}", "groupId": company})]
+    for call, body in calls:
+        status, _, answer = local_cloud.call("POST", f"/v1/{call}", body, auth=WRITE_KEY)
+        assert status == 200, answer
+    local_cloud.settle()
+    # Then the account shows the sum of its users' orders and is in the audience; its users show neither
+    status, _, body = local_cloud.call(
+        "GET", f"/v1/spaces/local/collections/accounts/profiles/group_id:{company}/traits", auth=ACCESS_TOKEN)
+    assert status == 200, body
+    assert body["traits"][trait] == 550 and body["traits"][audience] is True, body
+    assert trait not in traits(local_cloud, f"a-{suffix}")

@@ -11,9 +11,21 @@ from engage import events_store
 from engage import profiles_store as store
 from engage.audiences import membership
 from engage.broadcasts import store as broadcasts_store
+from engage.destinations import changelog as destination_log
+from engage.destinations import delivery as destination_delivery
+from engage.destinations import parking as destination_parking
+from engage.destinations import store as destinations_store
+from engage.failures import store as failures_store
 from engage.messaging import store as messaging_store
 from engage.privacy import erase, suppression
 from tests.integration.test_profile_processor import SPACE, batch, message, run
+
+
+@pytest.fixture(autouse=True)
+def destinations_table(aws, monkeypatch):
+    """The privacy worker's environment names DestinationsTable (template.yaml)."""
+    monkeypatch.setenv("DESTINATIONS_TABLE", aws.tables["DestinationsTable"])
+
 
 ANON, USER, EMAIL = "anon-privacy-1", "user-privacy-1", "ann.privacy@example.com"
 OTHER = "user-someone-else"
@@ -42,7 +54,34 @@ def _given_a_merged_person_with_data_everywhere() -> list[str]:
     messaging_store.put_if_absent(messaging_store.new_delivery(
         SPACE, person.profile_id, "journey:welcome:1", channel="email", template="welcome", status="sent",
         source_type="journey", address=EMAIL))
+    _given_destination_state_and_parked_failures(person.profile_id)
     return profile_ids
+
+
+def _change(profile_id: str, user_id: str, destination: str, version: int) -> dict:
+    return {"space_id": SPACE, "destination": destination, "audience_key": "vip", "profile_id": profile_id,
+            "version": version, "member": True, "user_id": user_id}
+
+
+def _given_destination_state_and_parked_failures(profile_id: str) -> None:
+    """A destination delivered the person's entry (sequence mark) and a batch one holds it in its change
+    log; a delivery and a profile-stream record of theirs are parked; someone else's items beside them."""
+    other = store.resolve(SPACE, "users", "user_id", OTHER).profile_id
+    now = "2026-11-20T10:10:00.000Z"
+    for key in ("hooks", "nightly"):  # `nightly` deleted since: its items still name the person
+        destinations_store.DestinationRecord(f"{SPACE}|destinations", key, space_id=SPACE, key=key,
+                                             definition=json.dumps({"key": key, "audiences": ["vip"]}),
+                                             created_at=now, updated_at=now,
+                                             deleted_at=now if key == "nightly" else None).save()
+    for who, user in ((profile_id, USER), (other, OTHER)):
+        destination_delivery.mark_delivered(_change(who, user, "hooks", 3))
+        destination_log.append([_change(who, user, "nightly", 3)])
+        destination_parking.park("deliverer", _change(who, user, "hooks", 4), "endpoint answered 500")
+        failures_store.park("audience_evaluator", f"seq-{who}", stream_arn=(
+            "arn:aws:dynamodb:us-east-1:123456789012:table/ProfilesTable/stream/1"), condition="RetryAttemptsExhausted",
+            attempts=3, function_error="", record={"eventName": "MODIFY", "dynamodb": {
+                "Keys": {"pk": {"S": store.profile_pk(SPACE, who)}},
+                "NewImage": {"space_id": {"S": SPACE}, "profile_id": {"S": who}, "traits": {"M": {}}}}})
 
 
 def _everything(aws) -> str:
@@ -76,6 +115,10 @@ def test_erasing_a_person_by_any_id_leaves_nothing_of_them_in_any_table_and_repl
     assert counts["profiles"] == 2 and counts["events"] >= 4 and counts["event_history"] >= 5
     assert counts["memberships"] == 1 and counts["messages"] == 1 and counts["links"] == 2
     assert counts["broadcast_recipients"] == 1
+    assert counts["destination_items"] == 2 and counts["parked_failures"] == 2
+    # someone else's delivery state and parked failures stay
+    assert f"seq-{store.resolve(SPACE, 'users', 'user_id', OTHER).profile_id}" in after
+    assert sum(1 for _ in failures_store.ParkedFailure.scan()) == 2
 
     # And a replay (a crashed run resumed) finds nothing more and exits nothing twice
     assert erase.exit_memberships(person) == 0

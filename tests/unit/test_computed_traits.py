@@ -298,7 +298,7 @@ def test_distinct_values_per_bucket_are_capped_and_counted():
      "where[0].value"),
     ({"key": "k", "kind": "count", "event": ORDER, "window": {"within_days": 0}}, "window.within_days"),
     ({"key": "k", "kind": "count", "event": ORDER, "extra": 1}, "extra"),
-    ({"key": "k", "kind": "count", "event": ORDER, "entity": "accounts"}, "entity"),
+    ({"key": "k", "kind": "count", "event": ORDER, "entity": "groups"}, "entity"),
 ])
 def test_bad_definitions_are_refused_naming_the_path(body, path):
     with pytest.raises(ValidationFailed) as raised:
@@ -312,3 +312,65 @@ def test_an_edit_gets_a_fresh_state_entry_and_other_traits_keep_theirs():
     other = parse_definition({**definition("count"), "key": "orders"})
     assert ag.trait_id(one) != ag.trait_id(edited)
     assert ag.trait_id(other) == ag.trait_id(parse_definition({**definition("count"), "key": "orders"}))
+
+
+# ---------------------------------------------------------------- accounts: the users' states combined
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), raw=events_strategy, window=windows, filtered=st.booleans(),
+       owners=st.lists(st.integers(0, 3), min_size=25, max_size=25), later_hours=st.integers(0, 24 * 40),
+       seed=st.integers(0, 1000))
+def test_every_kind_on_an_account_matches_the_reference_over_its_users_raw_events(kind, raw, window, filtered,
+                                                                                  owners, later_hours, seed):
+    from engage.computed_traits.accounts import account_values
+
+    # Given the events of an account's 4 users (each event one user's)
+    events = [message(i, NOW - timedelta(hours=hours_ago), {"revenue": revenue, "category": category, "gift": gift})
+              for i, (hours_ago, revenue, category, gift) in enumerate(raw)]
+    body = definition(kind, entity="accounts", **({"window": window} if window else {}),
+                      **({"where": [{"property": "gift", "op": "eq", "value": False}]} if filtered else {}))
+    index = ag.TraitIndex([parse_definition(body)])
+    states: list[dict] = [{}, {}, {}, {}]
+    shuffled = list(enumerate(events))
+    random.Random(seed).shuffle(shuffled)
+    for i, m in shuffled:  # each user's processor applies its own events, in any order
+        states[owners[i]], _ = ag.apply_event(states[owners[i]], m, index)
+    # Then every user keeps the state but shows no value of its own
+    for state in states:
+        assert ag.values(state, index, to_ms(NOW)) == {}
+    # and the account's value, combined from its users' states, is the reference over all their raw events
+    for moment in (NOW, NOW + timedelta(hours=later_hours)):
+        values, _ = account_values(index, states, {}, moment)
+        if not contributed(body, events):
+            assert body["key"] not in values
+            continue
+        assert _same(values.get(body["key"]), reference(body, events, moment)), (kind, window, values)
+
+
+def test_an_account_trait_keeps_its_own_user_side_entry_beside_a_users_trait_computing_the_same():
+    users = parse_definition({"key": "revenue", "kind": "sum", "event": ORDER, "property": "revenue"})
+    accounts = parse_definition({"key": "account_revenue", "kind": "sum", "event": ORDER, "property": "revenue",
+                                 "entity": "accounts"})
+    index = ag.TraitIndex([users, accounts])
+    assert ag.compile_trait(users).id != ag.compile_trait(accounts).id
+    state, touched = ag.apply_event({}, message(1, NOW, {"revenue": 5}), index)
+    assert touched == {"revenue", "account_revenue"} and len(state) == 2
+    assert ag.values(state, index, to_ms(NOW)) == {"revenue": 5}  # the user shows its own trait only
+
+
+def test_an_account_value_and_next_edge_come_from_its_users_and_users_in_no_state_are_absent():
+    from engage.computed_traits.accounts import account_values, changed_keys
+
+    index = ag.TraitIndex([parse_definition({"key": "orders_7d", "kind": "count", "event": ORDER,
+                                             "window": {"within_days": 7}, "entity": "accounts"})])
+    ann, _ = ag.apply_event({}, message(1, NOW - timedelta(days=5), {}), index)
+    bob, _ = ag.apply_event({}, message(2, NOW, {}), index)
+    values, due = account_values(index, [ann, bob, {}], {"gone_trait": 1}, NOW)
+    assert values == {"gone_trait": 1, "orders_7d": 2}  # other keys are left as they are
+    assert due == "2026-12-02T00:00:00.000Z"  # ann's order leaves the window then
+    assert account_values(index, [{}, {}], {}, NOW)[0] == {}  # no user ever matched: no value
+    # A user's image change names the account traits whose entries moved; joining names all it holds
+    old, new = {"computed_trait_state": ann}, {"computed_trait_state": ag.apply_event(ann, message(3, NOW, {}), index)[0]}
+    assert changed_keys(index, old, new, joined=False) == {"orders_7d"}
+    assert changed_keys(index, old, old, joined=False) == set()
+    assert changed_keys(index, old, old, joined=True) == {"orders_7d"}
+    assert changed_keys(index, {}, {}, joined=True) == set()

@@ -84,11 +84,12 @@ def of_user(space_id: str, user_id: str, limit: int | None = None) -> list[str]:
 _deserializer = TypeDeserializer()
 
 
-def read_images(space_id: str, profile_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """profile id -> plain profile image (READ_ATTRIBUTES only) for those that exist."""
+def read_images(space_id: str, profile_ids: Iterable[str],
+                attributes: Iterable[str] = READ_ATTRIBUTES) -> dict[str, dict[str, Any]]:
+    """profile id -> plain profile image (`attributes` only: READ_ATTRIBUTES) for those that exist."""
     table = ProfileRecord.Meta.table_name
     client = ProfileRecord._get_connection().connection.client
-    names = {f"#a{i}": name for i, name in enumerate(READ_ATTRIBUTES)}
+    names = {f"#a{i}": name for i, name in enumerate(attributes)}
     pending = [{"pk": {"S": profile_pk(space_id, p)}} for p in dict.fromkeys(profile_ids)]
     found: dict[str, dict[str, Any]] = {}
     while pending:

@@ -32,6 +32,7 @@ from engage.audiences import accounts, due, membership, store
 from engage.audiences.definition import AudienceDefinition
 from engage.audiences.evaluator import ProfileView, evaluate, next_change_at
 from engage.audiences.index import AudienceIndex
+from engage.computed_traits import accounts as computed_accounts
 from engage.computed_traits import runtime as computed_runtime
 from engage.db import key
 from engage.errors import ValidationFailed
@@ -255,6 +256,7 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
         if image.get("collection", USERS) == USERS:  # its accounts lost a user
             owed = account_audiences_for(engine(space_id).index, image, None)
             changes += _accounts_now_or_later(space_id, image["profile_id"], owed, now, backlog, owner)
+            _account_traits_now_or_later(space_id, image["profile_id"], image, None, now, backlog, owner)
         return changes
     entity = new.get("collection", USERS)
     eng = engine(space_id)
@@ -274,7 +276,25 @@ def on_profile_change(old: dict | None, new: dict | None, now: datetime | None =
         own = {c.audience_key for c in changes if c.profile_id == new["profile_id"]} | written_from(records, new)
         owed = account_audiences_for(eng.index, before, new, own)
         changes += _accounts_now_or_later(space_id, new["profile_id"], owed, now, backlog, owner)
+        _account_traits_now_or_later(space_id, new["profile_id"], before, new, now, backlog, owner)
     return changes
+
+
+def _account_traits_now_or_later(space_id: str, user_id: str, old: dict | None, new: dict | None, now: datetime,
+                                 backlog: AccountBacklog | None, owner: str | None) -> None:
+    """A user's state for account computed traits changed (or the user joined or left an account):
+    its accounts' values are recomputed from their users (engage.computed_traits.accounts)."""
+    if not (group_ids(old) | group_ids(new)):
+        return  # in no account: nothing to recompute (its state counts when it joins one)
+    index = computed_runtime.index(space_id)
+    joined = old is None or new is None or group_ids(old) != group_ids(new)
+    keys = computed_accounts.changed_keys(index, old, new, joined)
+    if not keys:
+        return
+    if backlog is None:
+        computed_accounts.recompute_for_user(space_id, user_id, index, now)
+    else:
+        backlog.add_traits(space_id, user_id, owner)
 
 
 def _schedule_computed_traits(space_id: str, old: dict | None, new: dict) -> None:
@@ -313,6 +333,7 @@ class AccountBacklog:
 
     wanted: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (space, user) -> audience keys
     owners: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (space, user) -> record ids
+    traits: set[tuple[str, str]] = field(default_factory=set)  # (space, user) whose accounts' computed traits
 
     def add(self, space_id: str, user_id: str, affected: list[AudienceDefinition], owner: str | None) -> None:
         if not affected:
@@ -321,12 +342,19 @@ class AccountBacklog:
         if owner is not None:
             self.owners.setdefault((space_id, user_id), set()).add(owner)
 
+    def add_traits(self, space_id: str, user_id: str, owner: str | None) -> None:
+        self.traits.add((space_id, user_id))
+        if owner is not None:
+            self.owners.setdefault((space_id, user_id), set()).add(owner)
+
     def flush(self, now: datetime | None = None) -> tuple[list[membership.Change], set[str]]:
         now = now or clock.now()
         failed: set[str] = set()
         per_account: dict[tuple[str, str], set[str]] = {}
         account_owners: dict[tuple[str, str], set[str]] = {}
-        for (space_id, user_id), keys in self.wanted.items():
+        with_traits: set[tuple[str, str]] = set()  # accounts whose computed traits are owed
+        for space_id, user_id in self.wanted.keys() | self.traits:
+            keys = self.wanted.get((space_id, user_id), set())
             owners = self.owners.get((space_id, user_id), set())
             try:
                 account_ids = accounts.of_user(space_id, user_id)
@@ -337,15 +365,21 @@ class AccountBacklog:
             for account_id in account_ids:
                 per_account.setdefault((space_id, account_id), set()).update(keys)
                 account_owners.setdefault((space_id, account_id), set()).update(owners)
+                if (space_id, user_id) in self.traits:
+                    with_traits.add((space_id, account_id))
         changes: list[membership.Change] = []
-        for (space_id, account_id), keys in per_account.items():
+        for (space_id, account_id), keys in sorted(per_account.items()):
             try:
+                if (space_id, account_id) in with_traits:
+                    # the account's write reaches its audiences through the profile stream
+                    computed_accounts.recompute(space_id, account_id, computed_runtime.index(space_id), now)
                 changes += _evaluate_account(space_id, account_id, engine(space_id).index.ordered(keys), now)
             except Exception:  # noqa: BLE001 - one account must not stop the others; its records are retried
                 logger.exception("account re-evaluation failed", extra={"space": space_id, "profile_id": account_id})
                 failed |= account_owners[(space_id, account_id)]
         self.wanted.clear()
         self.owners.clear()
+        self.traits.clear()
         return changes, failed
 
 

@@ -60,10 +60,16 @@ class TraitSpec:
     property: str | None
     accept: Any  # props -> bool (the static `where` filters)
     window: WindowSpec | None
+    entity: str = "users"  # "accounts": the state is kept on each user, the value on the account
 
 
 def trait_id(definition: ComputedTraitDefinition) -> str:
-    payload = definition.model_dump(mode="json", include={"kind", "event", "property", "where", "window"})
+    """The state entry's id. An account trait's user-side entry hashes its entity too, so a users trait
+    computing the same thing keeps its own entry (the ids of users traits are unchanged by this)."""
+    fields = {"kind", "event", "property", "where", "window"}
+    if definition.entity == "accounts":
+        fields.add("entity")
+    payload = definition.model_dump(mode="json", include=fields)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -74,25 +80,34 @@ def compile_trait(definition: ComputedTraitDefinition) -> TraitSpec:
     compiled = definition._compiled
     if compiled is None:
         compiled = TraitSpec(definition.key, trait_id(definition), definition.kind, definition.event,
-                             definition.property, static_filter(definition.where), window_spec(definition.window))
+                             definition.property, static_filter(definition.where), window_spec(definition.window),
+                             definition.entity)
         definition._compiled = compiled
     return compiled
 
 
 class TraitIndex:
-    """A space's computed traits by event name (the per-event lookup) and by state id."""
+    """A space's computed traits by event name (the per-event lookup) and by state id.
+
+    `specs` are the users traits (their values are the user's); `account_specs` the account traits,
+    whose state every user keeps too (by_event holds both) but whose value is the account's,
+    computed from its users' entries (engage.computed_traits.accounts).
+    """
 
     def __init__(self, definitions: Iterable[ComputedTraitDefinition]):
         self.definitions = list(definitions)
-        self.specs = [compile_trait(d) for d in self.definitions]
+        compiled = [compile_trait(d) for d in self.definitions]
+        self.specs = [spec for spec in compiled if spec.entity != "accounts"]
+        self.account_specs = [spec for spec in compiled if spec.entity == "accounts"]
         self.by_event: dict[str, list[TraitSpec]] = {}
-        for spec in self.specs:
+        for spec in compiled:
             self.by_event.setdefault(spec.event, []).append(spec)
-        self.by_id = {spec.id: spec for spec in self.specs}
-        self.by_key = {spec.key: spec for spec in self.specs}
+        self.by_id = {spec.id: spec for spec in compiled}
+        self.by_key = {spec.key: spec for spec in compiled}
+        self.account_keys = frozenset(spec.key for spec in self.account_specs)
 
     def __bool__(self) -> bool:
-        return bool(self.specs)
+        return bool(self.specs or self.account_specs)
 
 
 # --- parts ------------------------------------------------------------------------------
@@ -293,9 +308,11 @@ def value_at(spec: TraitSpec, entry: dict | None, now_ms: int) -> Any:
     return finish(spec.kind, part)
 
 
-def values(state: dict, index: TraitIndex, now_ms: int) -> dict[str, Any]:
-    """Every known trait's value at `now_ms`, for the traits the profile has state for (None: absent)."""
-    return {spec.key: value_at(spec, state.get(spec.id), now_ms) for spec in index.specs if spec.id in state}
+def values(state: dict, index: TraitIndex, now_ms: int, specs: list[TraitSpec] | None = None) -> dict[str, Any]:
+    """Every known trait's value at `now_ms`, for the traits the profile has state for (None: absent).
+    `specs`: which traits (default: the users traits)."""
+    return {spec.key: value_at(spec, state.get(spec.id), now_ms)
+            for spec in (index.specs if specs is None else specs) if spec.id in state}
 
 
 def with_values(current: dict, computed: dict[str, Any]) -> dict:
@@ -309,10 +326,11 @@ def with_values(current: dict, computed: dict[str, Any]) -> dict:
     return out
 
 
-def next_change_ms(state: dict, index: TraitIndex, now_ms: int) -> int | None:
-    """The first moment after `now_ms` at which a bucket enters or leaves a windowed trait's window."""
+def next_change_ms(state: dict, index: TraitIndex, now_ms: int, specs: list[TraitSpec] | None = None) -> int | None:
+    """The first moment after `now_ms` at which a bucket enters or leaves a windowed trait's window
+    (`specs`: which traits; default: the users traits)."""
     best = None
-    for spec in index.specs:
+    for spec in index.specs if specs is None else specs:
         entry = state.get(spec.id)
         if entry is None or spec.window is None:
             continue

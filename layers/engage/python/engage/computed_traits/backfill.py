@@ -8,6 +8,9 @@ the profile, conditional on the version read (a processor write in between makes
 and retry, never lose an event). Entries of older revisions of the same trait are dropped then.
 A segment's completion is recorded once per segment; when all are done the trait is `ready`.
 An edit bumps the revision: pages of an older run see it and stop.
+An account trait (`entity: accounts`) is rebuilt on the users (its state lives there); the accounts'
+values follow from the users' writes through the profile stream, so `ready` means every user's
+state is rebuilt, and the accounts' values land within the stream's lag after it.
 """
 from __future__ import annotations
 
@@ -66,7 +69,9 @@ def run_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda: T
         recompute(space_id, image, spec, only, now)
         return True
 
-    condition = (ProfileRecord.space_id == space_id) & (ProfileRecord.collection == definition.entity)
+    # An account trait's state is on its users: they are rebuilt, and each user whose entry changed makes
+    # the audience evaluator recompute its accounts from the profile stream (engage.computed_traits.accounts).
+    condition = (ProfileRecord.space_id == space_id) & (ProfileRecord.collection == "users")
     walked = audience_backfill.walk_segment(event, condition, visit, time_left=time_left,
                                               page_size=PAGE_SIZE)
     evaluated = walked.evaluated
@@ -121,6 +126,6 @@ def _index_with(space_id: str, only: aggregates.TraitIndex) -> aggregates.TraitI
     """The space's traits, this run's definition among them (run_page cleared the cache, so it is
     there unless it was edited meanwhile, and then this run is superseded anyway)."""
     index = runtime.index(space_id)
-    if all(spec.id in index.by_id for spec in only.specs):
+    if all(spec_id in index.by_id for spec_id in only.by_id):
         return index
     return aggregates.TraitIndex([*index.definitions, *only.definitions])

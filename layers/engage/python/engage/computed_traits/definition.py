@@ -72,8 +72,6 @@ def parse_definition(data) -> ComputedTraitDefinition:
         problem("property", f"'{definition.kind}' needs the event property it reads")
     if definition.kind == "count" and definition.property is not None:
         problem("property", "'count' counts events: it reads no property")
-    if definition.entity == "accounts":
-        problem("entity", "computed traits on accounts are not supported yet; use 'users'")
     for i, flt in enumerate(definition.where):
         path = f"where[{i}]"
         if flt.ref is not None:

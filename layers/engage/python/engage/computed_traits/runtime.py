@@ -36,9 +36,7 @@ def index(space_id: str) -> aggregates.TraitIndex:
     if hit is not None and hit[0] is traits:
         return hit[1]
     definitions = []
-    for trait in traits:
-        if trait.definition.get("entity", "users") != "users":
-            continue
+    for trait in traits:  # account traits too: every user keeps their state (engage.computed_traits.accounts)
         try:
             definitions.append(store.definition_of(trait))
         except ValidationFailed:  # a definition stored by an older version must not stop the others
@@ -68,8 +66,16 @@ def computed_now(image: dict, trait_index: aggregates.TraitIndex, now: datetime)
 
 
 def refresh(space_id: str, image: dict, now: datetime, reread=None) -> tuple[dict, datetime | None]:
-    """The image with its computed traits as of `now` (written if they changed) and their next edge."""
+    """The image with its computed traits as of `now` (written if they changed) and their next edge.
+    An account's are recomputed from its users' state (engage.computed_traits.accounts)."""
     trait_index = index(space_id)
+    if image.get("collection") == "accounts":
+        from engage.computed_traits import accounts
+
+        if not trait_index.account_specs and not image.get("computed_traits"):
+            return image, None
+        account, due = accounts.recompute(space_id, image["profile_id"], trait_index, now, account=image)
+        return ({**image, **account} if account else {}), due
     for _ in range(REFRESH_ATTEMPTS):
         if not trait_index or not image.get("computed_trait_state"):
             return image, None

@@ -9,12 +9,18 @@ run is run again from the start and finds nothing twice:
 2. journeys: running executions stopped (`journeys.leave`);
 3. deletes: membership items, raw events (EventsTable u:/a: partitions), event history, links (both
    directions), identity pointers still pointing at the person, due-sweeper items, delivery log and
-   frequency-cap items, broadcast recipient items, journey enrollment and run items, and last the profile items (a run that
-   crashes before this can still find the person again from the job record).
-Costs: one Query per partition read, one write unit per item deleted (BatchWriteItem, 25 a call).
+   frequency-cap items, broadcast recipient items, journey enrollment and run items, destination delivery
+   state naming the profile (DestinationsTable `seq|` sequence marks and `log|` batch change-log items, for
+   every destination of the space, deleted ones included), parked failures holding the person's records
+   (FailuresTable), and last the profile items (a run that crashes before this can still find the person
+   again from the job record).
+Costs: one Query per partition read, one write unit per item deleted (BatchWriteItem, 25 a call); the
+destination items are read by key (BatchGetItem); FailuresTable is Scanned once per job (it holds only
+failures, so it is small).
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,7 +29,11 @@ from engage.audiences import membership
 from engage.audiences.due import DueRecord
 from engage.broadcasts import store as broadcasts_store
 from engage.db import key
+from engage.destinations import changelog as destination_log
+from engage.destinations import delivery as destination_delivery
+from engage.destinations import store as destinations_store
 from engage.events_store import EventRecord
+from engage.failures.store import ParkedFailure
 from engage.identity import ACCOUNTS, GROUP_ID, USERS
 from engage.journeys import leave
 from engage.journeys import store as journeys_store
@@ -97,11 +107,20 @@ def erase(person: Person) -> Counter:
     """Step 3: delete every item naming the person; counts of items deleted per store."""
     space = person.space_id
     counts: Counter = Counter()
+    profiles = profiles_store.get_profiles(profiles_store.profile_pk(space, p) for p in person.profile_ids)
+    accounts: set[str] = set()  # the accounts the person was a user of: they lose a user
+    counts["parked_failures"] += delete_parked_failures(person)
     for profile_id in person.profile_ids:
         pk = profiles_store.profile_pk(space, profile_id)
-        counts["memberships"] += _delete_all(MembershipRecord, MembershipRecord.query(pk, consistent_read=True))
+        memberships = list(MembershipRecord.query(pk, consistent_read=True))
+        # before the memberships: they name the audiences whose delivery state names the profile
+        profile = profiles.get(pk)
+        keys = {m.audience_key for m in memberships} | set((profile.computed_traits or {}) if profile else {})
+        counts["destination_items"] += delete_destination_items(space, profile_id, keys)
+        counts["memberships"] += _delete_all(MembershipRecord, memberships)
         history = list(profiles_store.ProfileEventRecord.query(pk, consistent_read=True))
         links = list(profiles_store.LinkRecord.query(pk, consistent_read=True))
+        accounts.update(link.to_profile_id for link in links if link.to_collection == ACCOUNTS)
         # A group call is also kept in its account's history (same sort key): that copy names the person.
         account_copies = [profiles_store.ProfileEventRecord(profiles_store.profile_pk(space, link.to_profile_id),
                                                             item.sk)
@@ -123,9 +142,31 @@ def erase(person: Person) -> Counter:
             event_pk = key(space, ("u:" if id_type == "user_id" else "a:") + value)
             counts["events"] += _delete_all(EventRecord, EventRecord.query(event_pk, consistent_read=True))
     counts["identities"] += _delete_pointers(person)
+    # the profiles read above may have changed since (an event in flight): read them again to delete
     counts["profiles"] += _delete_all(profiles_store.ProfileRecord, profiles_store.get_profiles(
         profiles_store.profile_pk(space, p) for p in person.profile_ids).values())
+    counts["accounts_reevaluated"] += reevaluate_accounts(space, accounts)
     return counts
+
+
+def reevaluate_accounts(space_id: str, account_ids: set[str]) -> int:
+    """The person's accounts lost a user: their computed traits are recomputed and their audiences that
+    read users re-evaluated from the users left (the stream cannot: the person's links are gone)."""
+    from engage import clock
+    from engage.audiences import runtime as audience_runtime
+    from engage.computed_traits import accounts as computed_accounts
+    from engage.computed_traits import runtime as computed_runtime
+
+    if not account_ids:
+        return 0
+    audience_runtime.begin_batch()
+    now = clock.now()
+    index = computed_runtime.index(space_id)
+    reading_users = audience_runtime.engine(space_id).index.reading_users()
+    for account_id in sorted(account_ids):
+        computed_accounts.recompute(space_id, account_id, index, now)
+        audience_runtime._evaluate_account(space_id, account_id, reading_users, now)
+    return len(account_ids)
 
 
 def _delete_pointers(person: Person) -> int:
@@ -134,3 +175,65 @@ def _delete_pointers(person: Person) -> int:
     mine = set(person.profile_ids)
     owned = [pk for pk, profile_id in profiles_store.get_pointers(pks).items() if profile_id in mine]
     return _delete_all(profiles_store.IdentityRecord, [profiles_store.IdentityRecord(pk) for pk in owned])
+
+
+# ---------------------------------------------------------------- destinations and parked failures
+def delete_destination_items(space_id: str, profile_id: str, keys: set[str]) -> int:
+    """DestinationsTable items that name the profile: the deliverer's sequence marks (`seq|<key>|<profile>`)
+    and batch mode's change log (`log|<key>|<profile>`: a change not yet delivered), for every destination
+    the space ever had, over the audiences and computed traits the profile had memberships or values of
+    and those each destination syncs. Read by key (BatchGetItem, 100 a call), then deleted."""
+    found: list = []
+    for record in destinations_store.DestinationRecord.query(key(space_id, "destinations"), consistent_read=True):
+        try:
+            definition = json.loads(record.definition)
+        except (TypeError, ValueError):
+            definition = {}
+        synced = set(definition.get("audiences") or []) | set(definition.get("computed_traits") or [])
+        pk = destinations_store.destination_pk(space_id, record.key)
+        wanted = [(pk, sk) for k in sorted(keys | synced)
+                  for sk in (destination_delivery.seq_sk(k, profile_id), destination_log.log_sk(k, profile_id))]
+        found += list(destinations_store.DestinationState.batch_get(wanted, consistent_read=True))
+    return _delete_all(destinations_store.DestinationState, found)
+
+
+def _strings(value, depth: int = 0):
+    """Every string inside a stored record (nested JSON strings too: an event payload is one)."""
+    if depth > 6:
+        return
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, depth + 1)
+    elif isinstance(value, str):
+        yield value
+        if value[:1] in "{[":
+            try:
+                yield from _strings(json.loads(value), depth + 1)
+            except ValueError:
+                pass
+
+
+def names_person(failure: ParkedFailure, person: Person) -> bool:
+    """Whether a parked failure's record (or its keys) holds one of the person's ids or profile ids, in
+    the person's space: exact string values, so another person's record that merely contains the same
+    characters is kept."""
+    texts = [t for t in (failure.record, failure.keys) if t]
+    if not texts:
+        return False
+    strings = set()
+    for text in texts:
+        strings.update(_strings(text))
+    prefix = f"{person.space_id}|"
+    in_space = person.space_id in strings or any(s.startswith(prefix) for s in strings)
+    mine = set(person.profile_ids) | {value for _, _, value in person.ids}
+    mine |= {profiles_store.profile_pk(person.space_id, p) for p in person.profile_ids}
+    return in_space and bool(strings & mine)
+
+
+def delete_parked_failures(person: Person) -> int:
+    """FailuresTable items (noted, parked or replayed stream records and destination deliveries) holding
+    the person's records. The table holds only failures, so one Scan per job reads it."""
+    return _delete_all(ParkedFailure, [f for f in ParkedFailure.scan() if names_person(f, person)])
