@@ -111,7 +111,7 @@ def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: An
         return False  # not in the journey now
     if not matches(space_id, profile_id, goal):
         return False
-    arn = _execution_arn(journey, pk, record)
+    arn = execution_arn(journey, pk, record)
     step = current_step(arn, set((journey.published_definition or {}).get("steps") or {}))
     try:
         _sfn().stop_execution(executionArn=arn, error="GoalReached",
@@ -122,13 +122,13 @@ def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: An
     if step:
         store.count(space_id, journey.key, profile_id, record.current_execution, [(step, "entered"),
                                                                                    (step, "goal_exits")])
-    ids = _ids(pk, record)
+    ids = run_ids(pk, record)
     enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, GOAL, ids, step)
     logger.info("journey goal met: run stopped", extra={"journey": journey.key, "execution": arn, "step": step})
     return True
 
 
-def _execution_arn(journey: store.Journey, pk: str, record: store.EnrollmentRecord) -> str:
+def execution_arn(journey: store.Journey, pk: str, record: store.EnrollmentRecord) -> str:
     try:
         run = store.RunRecord.get(pk, f"run|{int(record.entries):06d}", consistent_read=True)
         if run.execution_arn:
@@ -138,7 +138,7 @@ def _execution_arn(journey: store.Journey, pk: str, record: store.EnrollmentReco
     return f"{journey.state_machine_arn.replace(':stateMachine:', ':execution:')}:{record.current_execution}"
 
 
-def _ids(pk: str, record: store.EnrollmentRecord) -> dict[str, Any]:
+def run_ids(pk: str, record: store.EnrollmentRecord) -> dict[str, Any]:
     import json
 
     try:
