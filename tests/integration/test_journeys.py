@@ -522,3 +522,45 @@ def test_a_profile_merged_into_another_leaves_its_journeys_once(api, bus_message
     assert handler("journey_enroller")({"Records": delivered}, LambdaContext()) == {"batchItemFailures": []}
     assert [m for m in bus_messages() if m["detail-type"] == "Journey Exited"] == []
     assert enrollment.runs("acme", "cart_rescue", merged) == [run]
+
+
+def deliver_history(api) -> int:
+    """New ProfileEventsTable records to JourneyEventsFunction, through the template's filter."""
+    from localcloud import template
+    from localcloud.pollers import pattern_matches
+    from tests.integration.audience_support import LambdaContext, handler, stream_records_of
+
+    mapping = template.resources()["JourneyEventsFunction"]["Properties"]["Events"]["History"]["Properties"]
+    patterns = [json.loads(f["Pattern"]) for f in mapping["FilterCriteria"]["Filters"]]
+    seen = api.__dict__.setdefault("history_seen", set())
+    fresh = [r for r in stream_records_of(api, "ProfileEventsTable") if r["eventID"] not in seen]
+    seen.update(r["eventID"] for r in fresh)
+    passed = [r for r in fresh if any(pattern_matches(p, r) for p in patterns)]
+    if passed:
+        assert handler("journey_events")({"Records": passed}, LambdaContext()) == {"batchItemFailures": []}
+    return len(passed)
+
+
+def test_a_goal_on_a_custom_trait_stops_the_run_when_an_identify_sets_it(api, bus_messages):  # noqa: F811
+    from engage import profiles_store
+    from tests.integration.test_pipeline import Pipeline
+
+    # Given a journey whose goal is a plain trait (no audience, no event), and a user in it, waiting
+    answer = published(body=journey(exit_when={"trait": "plan", "op": "eq", "value": "pro"}))
+    pipeline = Pipeline(api)
+    pipeline.track({"userId": "u-1", "event": "Cart Abandoned"})
+    deliver_to_enroller(bus_messages)
+    deliver_history(api)
+    profile_id = profiles_store.resolve("acme", "users", "user_id", "u-1").profile_id
+    [running] = executions(api, answer)
+    # When an identify sets another trait, nothing happens; when one sets plan=pro, the goal is met
+    pipeline.track({"userId": "u-1", "traits": {"plan": "free"}}, call="identify")
+    assert deliver_history(api) == 1
+    sfn = api.client("stepfunctions")
+    assert sfn.describe_execution(executionArn=running["executionArn"])["status"] == "RUNNING"
+    pipeline.track({"userId": "u-1", "traits": {"plan": "pro"}}, call="identify")
+    assert deliver_history(api) == 1
+    # Then the run is stopped at once (not at its next Task) and recorded as a goal exit
+    assert sfn.describe_execution(executionArn=running["executionArn"])["status"] == "ABORTED"
+    [run] = enrollment.runs("acme", "cart_rescue", profile_id)
+    assert run["exit_reason"] == "goal"
