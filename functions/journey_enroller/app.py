@@ -1,7 +1,8 @@
 """JourneyEntryQueue (from the bus) -> one journey execution per enrollment; goals met between Tasks.
 
 `Audience Entered` enrolls (and checks goals reading that audience); `Audience Exited` and
-`Computed Trait Changed` check the goals that read them (engage.journeys.goals)."""
+`Computed Trait Changed` check the goals that read them (engage.journeys.goals). A profile leaving the
+system audience `all` because it was merged into another leaves its journeys (engage.journeys.leave)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import json
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from engage.journeys import enrollment, goals, store
+from engage.journeys import enrollment, goals, leave, store
 from engage.observability import logger, metrics, tracer
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -22,7 +23,7 @@ def record_handler(record: SQSRecord) -> int:
         return goals.on_computed_trait(detail["space"], detail["profile_id"], detail["computed_trait_key"])
     goals.on_audience(detail["space"], detail["profile_id"], detail["audience_key"])
     if kind == "Audience Exited":
-        return 0
+        return leave.on_audience_exited(detail["space"], detail["profile_id"], detail["audience_key"])
     return sum(1 for outcome in enrollment.on_audience_entered(detail) if outcome.enrolled)
 
 

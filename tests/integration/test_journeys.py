@@ -11,6 +11,7 @@ from engage import clock
 from engage.journeys import enrollment, management, steps, store
 from tests.integration.audience_support import call_api
 from tests.integration.test_messaging import messaging  # noqa: F401 - the fixture (KMS key, SES identity)
+from tests.integration.test_pipeline import bus_messages  # noqa: F401 - the fixture (the bus, tapped)
 from tests.journey_samples import CART_RESCUE, journey
 
 CART_ABANDONERS = {"key": "cart_abandoners", "name": "Cart abandoners", "backfill": False,
@@ -461,3 +462,105 @@ def test_unknown_templates_and_destinations_are_400s_and_referenced_ones_cannot_
     assert call_api("DELETE", "/v1/journeys/synced")[0] == 204
     assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
     assert call_api("DELETE", "/v1/templates/cart_a")[0] == 204
+
+
+# --- a profile merged away leaves its journeys -------------------------------------------------------
+ENTRY_RULE = ("Audience Entered", "Audience Exited", "Computed Trait Changed")  # JourneyEntryRule's pattern
+
+
+def sqs_records(events: list[dict]) -> list[dict]:
+    return [{"messageId": f"m{i}", "receiptHandle": "r", "body": json.dumps(e), "attributes": {},
+             "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+             "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
+            for i, e in enumerate(events)]
+
+
+def deliver_to_enroller(bus_messages) -> tuple[list[dict], list[dict]]:  # noqa: F811
+    """What the bus carried since the last call; the events JourneyEntryRule routes go to the enroller (as
+    JourneyEntryQueue's event source mapping hands them over). Returns (delivered records, everything)."""
+    from tests.integration.audience_support import LambdaContext, handler
+
+    carried = bus_messages()
+    records = sqs_records([m for m in carried if m["detail-type"] in ENTRY_RULE])
+    if records:
+        assert handler("journey_enroller")({"Records": records}, LambdaContext()) == {"batchItemFailures": []}
+    return records, carried
+
+
+def test_a_profile_merged_into_another_leaves_its_journeys_once(api, bus_messages):  # noqa: F811
+    from engage import profiles_store
+    from tests.integration.test_pipeline import Pipeline
+
+    answer = published()
+    pipeline = Pipeline(api)
+    # Given an anonymous visitor (the older profile: it will survive the merge)
+    pipeline.track({"anonymousId": "anon-1", "event": "Page Viewed"})
+    survivor = profiles_store.resolve("acme", "users", "anonymous_id", "anon-1").profile_id
+    # And a known user who abandons a cart and so enters cart_rescue
+    pipeline.track({"userId": "u-1", "event": "Cart Abandoned"})
+    deliver_to_enroller(bus_messages)
+    merged = profiles_store.resolve("acme", "users", "user_id", "u-1").profile_id
+    [running] = executions(api, answer)
+    assert running["status"] == "RUNNING" and merged in running["name"]
+    # When the user turns out to be the visitor: the newer profile (the user's) is merged into the older one
+    pipeline.track({"userId": "u-1", "anonymousId": "anon-1", "traits": {}}, call="identify")
+    assert profiles_store.get_profile("acme", merged).merged_into == survivor
+    delivered, carried = deliver_to_enroller(bus_messages)
+    assert ("all", merged) in [(m["detail"]["audience_key"], m["detail"]["profile_id"]) for m in carried
+                               if m["detail-type"] == "Audience Exited"]
+    # Then its run is stopped and recorded as left because of the merge, counted at the step it was in
+    sfn = api.client("stepfunctions")
+    stopped = sfn.describe_execution(executionArn=running["executionArn"])
+    assert stopped["status"] == "ABORTED"  # (plain moto drops the error; the local cloud keeps it)
+    [run] = enrollment.runs("acme", "cart_rescue", merged)
+    assert run["exit_reason"] == "merged" and run["exited_at"]
+    exits = [m["detail"] for m in bus_messages() if m["detail-type"] == "Journey Exited"]
+    assert [(e["profile_id"], e["reason"]) for e in exits] == [(merged, "merged")]
+    # And a redelivery of the same triggers changes nothing (at least once)
+    from tests.integration.audience_support import LambdaContext, handler
+
+    assert handler("journey_enroller")({"Records": delivered}, LambdaContext()) == {"batchItemFailures": []}
+    assert [m for m in bus_messages() if m["detail-type"] == "Journey Exited"] == []
+    assert enrollment.runs("acme", "cart_rescue", merged) == [run]
+
+
+def deliver_history(api) -> int:
+    """New ProfileEventsTable records to JourneyEventsFunction, through the template's filter."""
+    from localcloud import template
+    from localcloud.pollers import pattern_matches
+    from tests.integration.audience_support import LambdaContext, handler, stream_records_of
+
+    mapping = template.resources()["JourneyEventsFunction"]["Properties"]["Events"]["History"]["Properties"]
+    patterns = [json.loads(f["Pattern"]) for f in mapping["FilterCriteria"]["Filters"]]
+    seen = api.__dict__.setdefault("history_seen", set())
+    fresh = [r for r in stream_records_of(api, "ProfileEventsTable") if r["eventID"] not in seen]
+    seen.update(r["eventID"] for r in fresh)
+    passed = [r for r in fresh if any(pattern_matches(p, r) for p in patterns)]
+    if passed:
+        assert handler("journey_events")({"Records": passed}, LambdaContext()) == {"batchItemFailures": []}
+    return len(passed)
+
+
+def test_a_goal_on_a_custom_trait_stops_the_run_when_an_identify_sets_it(api, bus_messages):  # noqa: F811
+    from engage import profiles_store
+    from tests.integration.test_pipeline import Pipeline
+
+    # Given a journey whose goal is a plain trait (no audience, no event), and a user in it, waiting
+    answer = published(body=journey(exit_when={"trait": "plan", "op": "eq", "value": "pro"}))
+    pipeline = Pipeline(api)
+    pipeline.track({"userId": "u-1", "event": "Cart Abandoned"})
+    deliver_to_enroller(bus_messages)
+    deliver_history(api)
+    profile_id = profiles_store.resolve("acme", "users", "user_id", "u-1").profile_id
+    [running] = executions(api, answer)
+    # When an identify sets another trait, nothing happens; when one sets plan=pro, the goal is met
+    pipeline.track({"userId": "u-1", "traits": {"plan": "free"}}, call="identify")
+    assert deliver_history(api) == 1
+    sfn = api.client("stepfunctions")
+    assert sfn.describe_execution(executionArn=running["executionArn"])["status"] == "RUNNING"
+    pipeline.track({"userId": "u-1", "traits": {"plan": "pro"}}, call="identify")
+    assert deliver_history(api) == 1
+    # Then the run is stopped at once (not at its next Task) and recorded as a goal exit
+    assert sfn.describe_execution(executionArn=running["executionArn"])["status"] == "ABORTED"
+    [run] = enrollment.runs("acme", "cart_rescue", profile_id)
+    assert run["exit_reason"] == "goal"

@@ -1,4 +1,5 @@
-"""Track events as they land in a profile's history -> journeys: wait_for_event releases, event entry.
+"""Track events as they land in a profile's history -> journeys: wait_for_event releases, event entry;
+identify calls -> goals on the traits they set (engage.journeys.goals.on_traits).
 
 ProfileEventsTable's stream (NEW_IMAGE, filtered to track inserts) carries each event once the profile
 processor resolved whose it is (pk `<space>|<profile_id>`), so an event sent under an anonymous id
@@ -33,6 +34,10 @@ def on_history_item(item: dict[str, Any]) -> dict[str, int]:
     """One ProfileEventsTable item (plain values): release waits, enroll event-entry journeys."""
     space_id, profile_id = item["pk"].split("|", 1)
     message = json.loads(item["payload"])
+    if message.get("type") == "identify":  # a goal on custom traits may be met now
+        traits = message.get("traits") if isinstance(message.get("traits"), dict) else {}
+        goals.on_traits(space_id, profile_id, set(traits))
+        return {"released": 0, "enrolled": 0}
     if message.get("type") != "track" or not message.get("event"):
         return {"released": 0, "enrolled": 0}
     released = waits.release(space_id, profile_id, message)

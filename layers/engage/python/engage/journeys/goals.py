@@ -5,9 +5,10 @@ Each Task checks the goal before it acts (engage.journeys.steps), but a profile 
 - the journey events function, for each track event on a profile (`on_event`): goals that read that
   event name (an `event` or `funnel` condition);
 - the enroller, for `Audience Entered` / `Audience Exited` (`on_audience`) and `Computed Trait Changed`
-  (`on_computed_trait`): goals that read that audience or computed trait.
-A goal that reads only custom traits is checked at the profile's next Task (a trait change reaches no
-journey path; wrap it in an audience to have it checked as it changes).
+  (`on_computed_trait`): goals that read that audience or computed trait;
+- the journey events function, for each identify on a profile (`on_traits`): goals that read one of the
+  traits it sets (a `trait` condition; the profile processor writes the profile before its history item,
+  so the goal is evaluated on the new traits).
 
 For each live or paused journey whose published goal depends on what changed: the profile's enrollment
 is read (one consistent GetItem); only a run in progress is checked (the goal evaluated on the profile
@@ -35,6 +36,7 @@ from engage.audiences.definition import (
     ComputedTraitCondition,
     EventCondition,
     FunnelStep,
+    TraitCondition,
     parse_condition,
 )
 from engage.journeys import enrollment, store
@@ -54,8 +56,9 @@ def reset() -> None:
 
 
 def dependencies(condition: Any) -> dict[str, set[str]]:
-    """What a goal condition reads: event names, audience keys, computed trait keys (pure)."""
-    found: dict[str, set[str]] = {"events": set(), "audiences": set(), "computed_traits": set()}
+    """What a goal condition reads: event names, audience keys, computed trait keys, custom traits (the
+    top-level name: `address.city` reads `address`) (pure)."""
+    found: dict[str, set[str]] = {"events": set(), "audiences": set(), "computed_traits": set(), "traits": set()}
 
     def walk(node: Any) -> None:
         if isinstance(node, EventCondition | FunnelStep):
@@ -64,6 +67,8 @@ def dependencies(condition: Any) -> dict[str, set[str]]:
             found["audiences"].add(node.audience)
         elif isinstance(node, ComputedTraitCondition):
             found["computed_traits"].add(node.computed_trait)
+        elif isinstance(node, TraitCondition):
+            found["traits"].add(node.trait.split(".", 1)[0])
         if isinstance(node, BaseModel):
             for name in type(node).model_fields:
                 walk(getattr(node, name))
@@ -76,25 +81,32 @@ def dependencies(condition: Any) -> dict[str, set[str]]:
 
 
 def on_event(space_id: str, profile_id: str, event_name: str) -> int:
-    return _check(space_id, profile_id, "events", event_name)
+    return _check(space_id, profile_id, "events", {event_name})
+
+
+def on_traits(space_id: str, profile_id: str, trait_names: set[str]) -> int:
+    """An identify set these traits on the profile (its history item: the profile is already written)."""
+    return _check(space_id, profile_id, "traits", trait_names)
 
 
 def on_audience(space_id: str, profile_id: str, audience_key: str) -> int:
-    return _check(space_id, profile_id, "audiences", audience_key)
+    return _check(space_id, profile_id, "audiences", {audience_key})
 
 
 def on_computed_trait(space_id: str, profile_id: str, trait_key: str) -> int:
-    return _check(space_id, profile_id, "computed_traits", trait_key)
+    return _check(space_id, profile_id, "computed_traits", {trait_key})
 
 
-def _check(space_id: str, profile_id: str, kind: str, name: str) -> int:
-    """Stop the profile's runs whose journey goal reads `name` and is now met; how many were stopped."""
+def _check(space_id: str, profile_id: str, kind: str, names: set[str]) -> int:
+    """Stop the profile's runs whose journey goal reads one of `names` and is now met; how many were stopped."""
+    if not names:
+        return 0
     stopped = 0
     for journey in store.cached(space_id):
         goal = (journey.published_definition or {}).get("exit_when")
         if goal is None or journey.status not in (store.PUBLISHED, store.PAUSED):
             continue
-        if name in dependencies(goal)[kind]:
+        if names & dependencies(goal)[kind]:
             stopped += int(stop_if_met(space_id, journey, profile_id, goal))
     return stopped
 
@@ -111,7 +123,7 @@ def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: An
         return False  # not in the journey now
     if not matches(space_id, profile_id, goal):
         return False
-    arn = _execution_arn(journey, pk, record)
+    arn = execution_arn(journey, pk, record)
     step = current_step(arn, set((journey.published_definition or {}).get("steps") or {}))
     try:
         _sfn().stop_execution(executionArn=arn, error="GoalReached",
@@ -122,13 +134,13 @@ def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: An
     if step:
         store.count(space_id, journey.key, profile_id, record.current_execution, [(step, "entered"),
                                                                                    (step, "goal_exits")])
-    ids = _ids(pk, record)
+    ids = run_ids(pk, record)
     enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, GOAL, ids, step)
     logger.info("journey goal met: run stopped", extra={"journey": journey.key, "execution": arn, "step": step})
     return True
 
 
-def _execution_arn(journey: store.Journey, pk: str, record: store.EnrollmentRecord) -> str:
+def execution_arn(journey: store.Journey, pk: str, record: store.EnrollmentRecord) -> str:
     try:
         run = store.RunRecord.get(pk, f"run|{int(record.entries):06d}", consistent_read=True)
         if run.execution_arn:
@@ -138,7 +150,7 @@ def _execution_arn(journey: store.Journey, pk: str, record: store.EnrollmentReco
     return f"{journey.state_machine_arn.replace(':stateMachine:', ':execution:')}:{record.current_execution}"
 
 
-def _ids(pk: str, record: store.EnrollmentRecord) -> dict[str, Any]:
+def run_ids(pk: str, record: store.EnrollmentRecord) -> dict[str, Any]:
     import json
 
     try:

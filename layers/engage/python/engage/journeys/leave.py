@@ -1,16 +1,32 @@
-"""Stop a profile's running journey executions (profile deletion, engage.privacy).
+"""Leaving journeys when the profile itself goes: deletion (engage.privacy) or a merge into another profile.
 
-For each journey of the space, the profile's run items (JourneysTable pk = <space>|<key>|<profile>,
-sk = run|<entry>) that have not ended are stopped with StopExecution and marked ended with the
-reason given. Idempotent: an execution already stopped or finished is not an error, and a run
-already marked is skipped. Cost: one Query per journey of the space, one StopExecution and one
+Deletion (`stop_profile_runs`): for each journey of the space, the profile's run items (JourneysTable
+pk = <space>|<key>|<profile>, sk = run|<entry>) that have not ended are stopped with StopExecution and
+marked ended with the reason given. Idempotent: an execution already stopped or finished is not an error,
+and a run already marked is skipped. Cost: one Query per journey of the space, one StopExecution and one
 UpdateItem per running run.
+
+Merge (`leave_merged`): a profile merged into another keeps no journey running (its events now land on
+the survivor, which enters journeys on its own). The enroller calls it when the merged-away profile leaves
+the system audience `all` (every users profile is in it; a merge makes the profile leave every audience).
+For each journey of the space (archived ones too: their executions go on) whose enrollment of the profile
+has a run in progress: StopExecution (error `ProfileMerged`), the step it was in (the newest state
+entered, one GetExecutionHistory page) counted `entered` + `left` once, and the run recorded as exited
+with reason `merged` (the enrollment, the run item, `Journey Exited` on the bus). At least once: the
+execution is stopped first and the exit recorded last, so a redelivery after a crash repeats the rest
+(counts are facts counted once; `record_exit` is idempotent) and, once recorded, finds nothing to do.
+Cost: one consistent GetItem per journey of the space; per running run, 1 StopExecution,
+1 GetExecutionHistory, 2 count transactions, the exit writes and one PutEvents entry.
 """
 from __future__ import annotations
 
+from botocore.exceptions import ClientError
+
 from engage import clock
-from engage.journeys import enrollment, store
+from engage.journeys import enrollment, goals, store
 from engage.observability import logger
+
+MERGED = "merged"
 
 
 def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_deleted") -> int:
@@ -32,4 +48,48 @@ def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_del
             run.update(actions=[store.RunRecord.exited_at.set(clock.iso()),
                                 store.RunRecord.exit_reason.set(reason)])
             stopped += 1
+    return stopped
+
+
+def on_audience_exited(space_id: str, profile_id: str, audience_key: str) -> int:
+    """`Audience Exited`: when it is `all` and the profile was merged away, it leaves its journeys.
+    Only `all`'s exits are read (one GetItem of the profile each: merges and deletions only)."""
+    from engage.audiences.store import ALL
+    from engage.profiles_store import get_profile
+
+    if audience_key != ALL:
+        return 0
+    profile = get_profile(space_id, profile_id)
+    if profile is None or not profile.merged_into:
+        return 0  # deleted (engage.privacy stops its runs) or back in the audience meanwhile
+    return leave_merged(space_id, profile_id, profile.merged_into)
+
+
+def leave_merged(space_id: str, profile_id: str, survivor: str) -> int:
+    """Stop the merged-away profile's runs in progress and record them as left (reason `merged`); how many."""
+    stopped = 0
+    for journey in store.list_all(space_id, archived=True):
+        pk = store.profile_pk(space_id, journey.key, profile_id)
+        try:
+            record = store.EnrollmentRecord.get(pk, "enrollment", consistent_read=True)
+        except store.EnrollmentRecord.DoesNotExist:
+            continue
+        if not record.current_execution or record.exited_at:
+            continue  # never entered, or its run already ended
+        arn = goals.execution_arn(journey, pk, record)
+        step = goals.current_step(arn, set((journey.published_definition or {}).get("steps") or {}))
+        try:
+            goals._sfn().stop_execution(executionArn=arn, error="ProfileMerged",
+                                        cause=f"the profile was merged into {survivor}")
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
+                raise
+        if step:
+            store.count(space_id, journey.key, profile_id, record.current_execution, [(step, "entered"),
+                                                                                       (step, "left")])
+        enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, MERGED,
+                               goals.run_ids(pk, record), step)
+        logger.info("profile merged away: run stopped", extra={"journey": journey.key, "execution": arn,
+                                                                "step": step, "survivor": survivor})
+        stopped += 1
     return stopped

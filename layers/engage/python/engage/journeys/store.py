@@ -31,7 +31,7 @@ from engage.journeys.definition import KEY_PATTERN
 DRAFT, PUBLISHED, PAUSED, ARCHIVED = "draft", "published", "paused", "archived"
 STAT_SHARDS = 8
 MARK_DAYS = 14  # a Task retry or redelivery comes within minutes; two weeks is far past any of them
-COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits")
+COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits", "left")  # left: merged away mid-run
 
 
 class JourneyRecord(EngageModel):
@@ -168,8 +168,9 @@ def revision(space_id: str, journey_key: str) -> int:
     return int(_live_record(space_id, journey_key).revision)
 
 
-def list_all(space_id: str) -> list[Journey]:
-    return [_journey(r) for r in JourneyRecord.query(_pk(space_id)) if r.status != ARCHIVED]
+def list_all(space_id: str, *, archived: bool = False) -> list[Journey]:
+    """The space's journeys; with `archived`, archived ones too (their running executions go on)."""
+    return [_journey(r) for r in JourneyRecord.query(_pk(space_id)) if archived or r.status != ARCHIVED]
 
 
 # ---------------------------------------------------------------- warm-container cache (enrollment)
@@ -311,7 +312,7 @@ def count(space_id: str, journey_key: str, profile_id: str, execution: str, fact
 
 
 def step_counts(space_id: str, journey_key: str) -> dict[str, dict[str, int]]:
-    """Per step: entered, in_progress, completed, failures, holdouts, goal_exits (shards summed)."""
+    """Per step: entered, in_progress, completed, failures, holdouts, goal_exits, left (shards summed)."""
     client = StatShard._get_connection().connection.client
     table = settings().require("journeys_table")
     totals: dict[str, dict[str, int]] = {}
@@ -325,5 +326,6 @@ def step_counts(space_id: str, journey_key: str) -> dict[str, dict[str, int]]:
                 if name in item:
                     row[name] += int(item[name]["N"])
     for row in totals.values():
-        row["in_progress"] = max(0, row["entered"] - row["completed"] - row["failures"] - row["goal_exits"])
+        row["in_progress"] = max(0, row["entered"] - row["completed"] - row["failures"] - row["goal_exits"]
+                                 - row["left"])
     return totals

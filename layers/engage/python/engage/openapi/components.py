@@ -162,6 +162,7 @@ class JourneyStepStats(BaseModel):
     failures: int
     holdouts: int
     goal_exits: int
+    left: int = Field(0, description="runs that left at this step because their profile was merged into another")
 
 
 class Journey(journey_definition.JourneyDefinition):
