@@ -77,6 +77,8 @@ def test_a_goal_depends_on_the_events_audiences_and_computed_traits_its_conditio
                     {"funnel": [{"event": "Viewed"}, {"event": "Bought"}], "window": {"within_days": 7}},
                     {"trait": "plan", "op": "eq", "value": "pro"}]}
     assert dependencies(goal) == {"events": {"Order Completed", "Viewed", "Bought"},
-                                  "audiences": {"cart_abandoners"}, "computed_traits": {"total_revenue"}}
-    assert dependencies({"trait": "plan", "op": "exists"}) == {"events": set(), "audiences": set(),
-                                                              "computed_traits": set()}
+                                  "audiences": {"cart_abandoners"}, "computed_traits": {"total_revenue"},
+                                  "traits": {"plan"}}
+    # (a nested trait is read by its top-level name: an identify sets `address`, not `address.city`)
+    assert dependencies({"trait": "address.city", "op": "exists"}) == {
+        "events": set(), "audiences": set(), "computed_traits": set(), "traits": {"address"}}
