@@ -117,7 +117,7 @@ def _figures(context, lambdas, events: int, profiles: int, evaluations: int) -> 
         Figure(section, "SQS requests per event", total.usage.count("sqs") / events, "requests", "counted",
                counted=True),
         Figure(section, "Step Functions requests per event", total.usage.count("stepfunctions") / events, "requests",
-               "no journey is defined in this build: no executions, no state transitions", counted=True),
+               "this workload defines no journey (journeys are priced per enrollment in their own section): no executions, no state transitions", counted=True),
         Figure(section, "log bytes per event", total.log_bytes / events, "bytes",
                "powertools log lines and EMF metrics written by the handlers (CloudWatch Logs ingestion)"),
     ]
