@@ -198,19 +198,26 @@ def backfill_page(body: dict[str, Any]) -> Result:
                 "entity": entity, "profile_id": r.profile_id, "member": True, "version": int(r.version or 0),
                 "timestamp": r.entered_at or clock.iso(), "identity": identities[r.profile_id], "backfill": True}
                for r in page]
-    if destination.definition.mode == "batch" or destination.definition.paused:
-        changelog.append(changes)
-        messages = []
-    else:
-        messages = [queue.change_message(c) for c in changes]
-    if cursor:
-        messages.append(queue.backfill_message(space_id, destination_key, audience_key, cursor, body.get("revision", 0)))
-    refused = queue.send(messages)
+    refused = _hand_over(destination, changes, cursor and queue.backfill_message(
+        space_id, destination_key, audience_key, cursor, body.get("revision", 0)))
     if refused:
         # The page is sent again (its changes deduplicated by SQS and the sequence check).
         return Result(False, f"SQS refused {len(refused)} messages", 1)
     return Result(True, f"backfilled {len(changes)} members" + (" (more to come)" if cursor else ""))
 
+
+
+def _hand_over(destination, changes: list[dict], next_page: dict | None) -> list:
+    """A backfill page's changes into the batch log (batch or paused) or the queue, then the next page's
+    request: the SQS messages refused (shared by audience and computed-trait backfills)."""
+    if destination.definition.mode == "batch" or destination.definition.paused:
+        changelog.append(changes)
+        messages = []
+    else:
+        messages = [queue.change_message(c) for c in changes]
+    if next_page:
+        messages.append(next_page)
+    return queue.send(messages)
 
 
 # ---------------------------------------------------------------- backfill of a computed trait on connect
@@ -258,15 +265,8 @@ def trait_backfill_page(body: dict[str, Any]) -> Result:
             "timestamp": image.get("updated_at") or clock.iso(), "identity": identity_of(image.get("external_ids")),
             "value": _plain(image["computed_traits"][trait_key]), "previous_value": None, "backfill": True})
     cursor = (page.get("LastEvaluatedKey") or {}).get("pk")
-    if destination.definition.mode == "batch" or destination.definition.paused:
-        changelog.append(changes)
-        messages = []
-    else:
-        messages = [queue.change_message(c) for c in changes]
-    if cursor:
-        messages.append(queue.trait_backfill_message(space_id, destination_key, trait_key, cursor,
-                                                     body.get("revision", 0)))
-    refused = queue.send(messages)
+    refused = _hand_over(destination, changes, cursor and queue.trait_backfill_message(
+        space_id, destination_key, trait_key, cursor, body.get("revision", 0)))
     if refused:
         return Result(False, f"SQS refused {len(refused)} messages", 1)
     return Result(True, f"backfilled {len(changes)} values of {trait_key}" + (" (more to come)" if cursor else ""))
