@@ -179,6 +179,34 @@ def test_changes_are_delivered_signed_in_order_and_once_under_redelivery(env, re
                            now=int(request["headers"]["x-engage-signature"].split(",")[0][2:]))
 
 
+def test_a_sequence_mark_expires_once_no_older_copy_of_its_change_can_arrive(env, receiver):
+    """The mark's TTL (riding on its own write) is past the oldest redelivery: a delivery parked for
+    ParkedFailureRetentionDays, replayed, then kept by the queue for its retention. So marks of profiles
+    that stop changing, an erased person's late exits among them, leave the table (docs/privacy.md)."""
+    from datetime import UTC, datetime, timedelta
+
+    from engage import clock, config
+    from engage.destinations import delivery
+    from engage.destinations.store import DestinationState, destination_pk
+    from localcloud import template as local_template
+
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    clock.set_to(start)
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    assert [c["event"] for c in receiver.delivered()] == ["Audience Entered"]
+    marks = [item for item in DestinationState.query(destination_pk("acme", "crm")) if item.sk.startswith("seq|vip|")]
+    assert len(marks) == 1
+    retention = config.settings().parked_failure_retention_days
+    queue_days = local_template.load()["Resources"]["DestinationsQueue"]["Properties"]["MessageRetentionPeriod"]
+    assert delivery.QUEUE_RETENTION_DAYS == int(queue_days) // 86_400  # the constant follows the template
+    keep = timedelta(days=retention + delivery.QUEUE_RETENTION_DAYS + 1)  # the clock runs on from `start`
+    assert int((start + keep).timestamp()) <= marks[0].expires_at <= int((clock.now() + keep).timestamp())
+
+
 def test_connecting_an_audience_backfills_its_current_members_first(env, receiver):
     flow = Flow(env)
     assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pynamodb.exceptions import UpdateError
@@ -49,6 +50,7 @@ TRAIT_BACKFILL_SCAN = 500  # ProfilesTable items examined per trait backfill pag
 BASE_BACKOFF_SECONDS = 10
 MAX_BACKOFF_SECONDS = 900
 THROTTLED_DELAY_SECONDS = 1
+QUEUE_RETENTION_DAYS = 14  # DestinationsQueue's MessageRetentionPeriod (template.yaml)
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,26 @@ def delivered_version(change: dict[str, Any]) -> int:
     return int(item.version if item.version is not None else -1)
 
 
+def mark_expiry() -> int:
+    """When a sequence mark may go (DynamoDB TTL): once no older copy of its change can still arrive.
+
+    The oldest copy is a delivery parked for ParkedFailureRetentionDays, then replayed into the queue,
+    which keeps a message up to 14 days; a day more for clock skew. Any change after that carries a
+    higher version and is delivered with or without the mark, so expiry loses no ordering. It is what
+    lets the marks of an erased person's late exits (docs/privacy.md) and of profiles that no longer
+    change leave the table, at no extra request: the TTL rides on the mark's own write.
+    """
+    days = settings().parked_failure_retention_days + QUEUE_RETENTION_DAYS + 1
+    return int((clock.now() + timedelta(days=days)).timestamp())
+
+
 def mark_delivered(change: dict[str, Any]) -> None:
     version = int(change["version"])
     item = DestinationState(destination_pk(change["space_id"], change["destination"]),
                             seq_sk(change["audience_key"], change["profile_id"]))
     try:
-        item.update(actions=[DestinationState.version.set(version), DestinationState.member.set(bool(change["member"]))],
+        item.update(actions=[DestinationState.version.set(version), DestinationState.member.set(bool(change["member"])),
+                             DestinationState.expires_at.set(mark_expiry())],
                     condition=DestinationState.version.does_not_exist() | (DestinationState.version < version))
     except UpdateError as error:
         if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
