@@ -17,9 +17,11 @@ matches scheduled rules against every event, and never fires a schedule. This ex
 - Real time drives the clock too: a ticker runs whatever has come due by the (offset) real
   time, so under `make dev` the minute schedules fire every minute, as on AWS.
 
-Catch-up: a clock jump fires every occurrence in order, but at most CATCH_UP occurrences of
-one schedule per move; past that, the schedule skips to its last occurrence before the
-target (logged). Advancing two days must not mean 2,880 sweeper runs.
+Catch-up: a clock jump fires every occurrence in order when there are at most CATCH_UP of them
+(24 minutes of a minute schedule, a day of an hourly one); past that, it fires the first
+occurrence, then its last before the target (logged). Advancing two days must not mean 2,880
+sweeper runs, nor 24 runs a minute apart at the start of the move that find nothing due: a clock
+move with nothing due stays about two invocations of each schedule.
 Everything comes from the deployed stack (the rules and schedules moto holds).
 """
 from __future__ import annotations
@@ -159,7 +161,8 @@ class Schedule:
         self.fired_in_move += 1
         self.send(moment)
         after = moment
-        if target is not None and self.fired_in_move >= CATCH_UP:
+        if target is not None and (self.fired_in_move >= CATCH_UP
+                                   or self.fired_in_move == 1 and self._due_before(moment, target) >= CATCH_UP):
             skipped, last = 0, moment
             while (following := self.expression.next_after(last, self.start)) is not None and following <= target:
                 last, skipped = following, skipped + 1
@@ -168,6 +171,15 @@ class Schedule:
                             self.name, skipped - 1, CATCH_UP)
                 after = last - timedelta(seconds=1)  # occurrences are whole minutes: the last one still runs
         self.arm(after)
+
+
+    def _due_before(self, moment: datetime, target: datetime) -> int:
+        """Occurrences after `moment` up to `target`, counted up to CATCH_UP + 1 (enough to decide)."""
+        count, last = 0, moment
+        while count <= CATCH_UP and (following := self.expression.next_after(last, self.start)) is not None \
+                and following <= target:
+            count, last = count + 1, following
+        return count
 
 
 def _rule_schedules(local) -> list[Schedule]:

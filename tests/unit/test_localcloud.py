@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import threading
@@ -190,3 +191,30 @@ def test_definition_substitutions_replace_only_their_keys_and_keep_context_paths
                                         '", "B.$": "$$.Map.Item.Value", "C": "${NotAKey}", "D": "',
                                         {"Fn::GetAtt": ["F", "Arn"]}, ':x"}']]}
     assert substituted_definition(text, {}) == text
+
+
+def test_a_long_clock_move_runs_a_schedule_first_and_last_and_a_short_one_every_time():
+    """Catch-up (localcloud/eventbridge.py): every occurrence while there are at most CATCH_UP of them;
+    past that only the first and the last before the target, so a long move with nothing due stays
+    two invocations of the minute sweeper instead of CATCH_UP of them a minute apart at the start."""
+    from localcloud import cron
+    from localcloud.eventbridge import CATCH_UP, Schedule
+
+    virtual = VirtualClock()
+    start = virtual.now()
+    sent = []
+    minute = Schedule("rate(1 minute)", cron.expression("rate(1 minute)"), sent.append, virtual, start)
+    minute.arm(start)
+    # A move of 20 minutes: all 20 run, a minute apart
+    virtual.advance(timedelta(minutes=20))
+    assert len(sent) == 20 < CATCH_UP
+    assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(sent))
+    # A move of 8 days: the first occurrence, then the last before the target, nothing between
+    sent.clear()
+    before = virtual.now()
+    virtual.advance(timedelta(days=8))
+    assert len(sent) == 2
+    assert sent[0] - before <= timedelta(minutes=1)
+    assert virtual.now() - timedelta(minutes=1) <= sent[1] <= virtual.now()
+    # And the schedule goes on a minute after its last occurrence
+    assert [t.when for t in virtual.pending()] == [sent[1] + timedelta(minutes=1)]
