@@ -74,7 +74,7 @@ _PLAIN = _SandboxedEnvironment(autoescape=False)
 
 
 class TemplateDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     key: str = Field(pattern=KEY_PATTERN)
     channel: Channel
