@@ -23,7 +23,7 @@ class TemplateList(BaseModel):
 
 
 class TemplatePreviewRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     profile: str | None = Field(None, description="a stored profile `<id_type>:<value>`")
     traits: dict[str, Any] | None = Field(None, description="sample traits (when no profile is given)")
     event: dict[str, Any] | None = Field(None, description="a sample triggering event")
@@ -67,7 +67,7 @@ class MessageList(BaseModel):
 
 
 class SendMessageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     profile: str = Field(description="`<id_type>:<value>`")
     template: str
     idempotency_key: str = Field(description="the same key sends at most once")
@@ -84,7 +84,7 @@ class DeliveryResult(BaseModel):
 
 
 class SubscriptionChange(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     channel: Literal["email", "sms", "push"]
     status: Literal["subscribed", "unsubscribed"]
 
