@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -128,8 +127,9 @@ def _sam_build_layer(context) -> Path | None:
         context.notes.append("layer size skipped: SAM CLI not installed (make install)")
         return None
     build_dir = ROOT / ".aws-sam" / "bench"
+    # sam build wants a real python3.13 on PATH (the runtime's), not a pyenv shim: this run's own interpreter.
     env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1",
-           "PATH": f"{Path(shutil.which('python3.13') or sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).resolve().parent}{os.pathsep}{os.environ['PATH']}"}
     built = subprocess.run([str(sam), "build", "EngageLayer", "--template", str(ROOT / "template.yaml"),
                             "--build-dir", str(build_dir), "--cached", "--cache-dir", str(ROOT / ".aws-sam" / "cache")],
                            cwd=ROOT, env=env, check=False, capture_output=True, text=True)
