@@ -23,3 +23,22 @@ def test_guard_accepts_equal_or_better_counts(tmp_path, monkeypatch):
     baseline.write_text(json.dumps({"Cost / requests": 3}))
     monkeypatch.setattr(report, "BASELINE", baseline)
     assert report.guard([Figure("Cost", "requests", 2, "requests", "m", counted=True)]) == []
+
+
+def test_a_timed_ratio_is_guarded_with_its_tolerance_and_the_baseline_holds_its_target(tmp_path, monkeypatch):
+    # Given a cold-start ratio (handler process / `import boto3` process) whose target is 1.5x, 15% slack
+    baseline = tmp_path / "baseline.json"
+    monkeypatch.setattr(report, "BASELINE", baseline)
+
+    def ratio(value):
+        return Figure("Cold start", "f", value, "x", "m", counted=True, tolerance=0.15, floor=1.5)
+
+    # When a run meets the target, the baseline keeps the target, not the run's jittering value
+    report.save_baseline([ratio(1.2)])
+    assert json.loads(baseline.read_text()) == {"Cold start / f": 1.5}
+    # Then a run within the slack passes and one beyond it fails
+    assert report.guard([ratio(1.7)]) == []
+    assert report.guard([ratio(1.8)]) == ["Cold start / f: 1.8 > baseline 1.5 + 15%"]
+    # And a ratio still above its target is held where it is (it may not get worse)
+    report.save_baseline([ratio(2.1)])
+    assert json.loads(baseline.read_text()) == {"Cold start / f": 2.1}

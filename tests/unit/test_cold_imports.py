@@ -21,6 +21,9 @@ FUNCTIONS = sorted(path.parent.name for path in (ROOT / "functions").glob("*/app
 OPENAPI_GENERATION = ("engage.openapi.build", "engage.openapi.components",
                       "aws_lambda_powertools.event_handler.openapi.schema_generator")
 UNUSED_BY_ANY_HANDLER = ("requests", "sqlite3", "aws_xray_sdk.ext.requests", "aws_xray_sdk.ext.sqlite3")
+# Only what some paths need, loaded on those paths: python-liquid (and babel) when a template is first
+# parsed or rendered (engage.messaging.templates), never by importing a handler.
+ON_FIRST_USE = ("liquid", "babel")
 
 
 def imported_by(code_dir: Path, statement: str) -> set[str]:
@@ -43,6 +46,14 @@ def test_handler_traces_aws_calls_without_importing_unused_libraries(function):
     assert not modules.intersection(UNUSED_BY_ANY_HANDLER)
     # The OpenAPI document is generated ahead (engage openapi), never built on a cold start.
     assert not modules.intersection(OPENAPI_GENERATION)
+    assert not modules.intersection(ON_FIRST_USE)
+
+
+def test_templates_load_liquid_when_first_used():
+    modules = imported_by(ROOT / "functions" / "message_sender",
+                          "import app\nfrom engage.messaging import templates\n"
+                          "templates.check_liquid('{{ x | json }}', field='body')")
+    assert {"liquid", "babel"} <= modules
 
 
 def test_settings_do_not_need_pydantic():

@@ -45,7 +45,7 @@ CountOperator = Literal["gte", "gt", "eq", "lte", "lt"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
 
 # --- windows --------------------------------------------------------------------------
@@ -245,8 +245,9 @@ Condition = Annotated[
     ),
 ]
 
-for _model in (AllCondition, AnyCondition, NotCondition, UsersCondition):
-    _model.model_rebuild()
+# The models build their validators on first use (defer_build): a function that only imports this
+# module (for the condition types) never pays for them, and the first parse builds the whole tree
+# in one pass, with `Condition` above resolved by then.
 
 
 class AudienceDefinition(_Model):

@@ -31,7 +31,7 @@ EARLIEST_OFFSET, LATEST_OFFSET = timedelta(hours=14), timedelta(hours=-12)
 
 
 class BroadcastDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     key: str
     name: str | None = Field(default=None, max_length=256)

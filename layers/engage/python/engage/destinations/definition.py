@@ -36,7 +36,7 @@ RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "x-engag
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class WebhookConfig(_Model):

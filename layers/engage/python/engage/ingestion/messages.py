@@ -106,7 +106,7 @@ Object = dict[str, Any] | None
 class Message(BaseModel):
     """Fields common to every call (Segment spec: Common Fields)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     userId: Id = None
     anonymousId: Id = None

@@ -67,7 +67,7 @@ def duration_words(text: str) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ class WaitForEventStep(_Model):
 
 
 class SplitStep(_Model):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     type: Literal["split"]
     condition: Any

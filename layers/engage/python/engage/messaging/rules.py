@@ -33,13 +33,13 @@ PUSH_ID_TYPES = ("push_endpoint_arn",)
 
 
 class FrequencyCap(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     limit: int = Field(ge=1, le=1000)
     window_hours: int = Field(ge=1, le=24 * 31)
 
 
 class QuietHours(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     start: time
     end: time
     timezone_trait: str = "timezone"
@@ -53,7 +53,7 @@ class QuietHours(BaseModel):
 
 
 class MessagingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     frequency_caps: dict[str, FrequencyCap] = Field(default_factory=dict)
     quiet_hours: QuietHours | None = None
     # The space's From address for email (a template's `from` wins; else the stack's EmailFromAddress).

@@ -27,10 +27,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal
 
-from liquid import Environment
-from liquid.exceptions import LiquidError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engage.errors import ValidationFailed
@@ -55,26 +54,31 @@ def _json_filter(value: Any) -> str:
     return json.dumps(None if is_undefined(value) else value, default=str)
 
 
-class _SandboxedEnvironment(Environment):
-    loop_iteration_limit = LOOP_ITERATIONS
-    output_stream_limit = OUTPUT_CHARS
-    context_depth_limit = CONTEXT_DEPTH
-    local_namespace_limit = LOCALS_CHARS
+@cache
+def _environment(html: bool):
+    """The sandboxed Liquid environment (HTML autoescaping or plain), built on first use: python-liquid
+    and babel cost a cold start ~100-300 ms, and most functions that import this module (privacy,
+    the profile API, feedback) never parse or render a template."""
+    from liquid import Environment
 
-    def setup_tags_and_filters(self, *, extra: bool = False) -> None:
-        super().setup_tags_and_filters(extra=extra)
-        # No loader is configured, and without these tags nothing can reach for another template.
-        for tag in ("include", "render"):
-            self.tags.pop(tag, None)
-        self.filters["json"] = _json_filter
+    class _SandboxedEnvironment(Environment):
+        loop_iteration_limit = LOOP_ITERATIONS
+        output_stream_limit = OUTPUT_CHARS
+        context_depth_limit = CONTEXT_DEPTH
+        local_namespace_limit = LOCALS_CHARS
 
+        def setup_tags_and_filters(self, *, extra: bool = False) -> None:
+            super().setup_tags_and_filters(extra=extra)
+            # No loader is configured, and without these tags nothing can reach for another template.
+            for tag in ("include", "render"):
+                self.tags.pop(tag, None)
+            self.filters["json"] = _json_filter
 
-_HTML = _SandboxedEnvironment(autoescape=True)
-_PLAIN = _SandboxedEnvironment(autoescape=False)
+    return _SandboxedEnvironment(autoescape=html)
 
 
 class TemplateDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     key: str = Field(pattern=KEY_PATTERN)
     channel: Channel
@@ -147,7 +151,9 @@ def _line_col(source: str, index: int) -> tuple[int, int]:
 
 def check_liquid(source: str, *, field: str, html: bool = False) -> list[dict[str, Any]]:
     """Problems of one Liquid source: syntax errors and unknown filters, each with line and column."""
-    env = _HTML if html else _PLAIN
+    from liquid.exceptions import LiquidError
+
+    env = _environment(html)
     try:
         template = env.from_string(source)
     except LiquidError as error:
@@ -189,12 +195,14 @@ def _parse(source: str, html: bool):
     if cached is None:
         if len(_parsed) >= _PARSED_CACHE:
             _parsed.clear()
-        cached = _parsed[(source, html)] = (_HTML if html else _PLAIN).from_string(source)
+        cached = _parsed[(source, html)] = _environment(html).from_string(source)
     return cached
 
 
 def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
     """Render every Liquid field of a validated template with `scope`; RenderFailed on a sandbox limit."""
+    from liquid.exceptions import LiquidError
+
     try:
         subject = _parse(definition.subject, False).render(**scope).strip() if definition.subject else None
         body = _parse(definition.body, _is_html(definition, "body")).render(**scope)

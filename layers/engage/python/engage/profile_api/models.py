@@ -2,6 +2,9 @@
 
 `source_id` / `last_source_id` name a Segment source; Engage has none, so they are always null
 but present, because Segment clients read them.
+
+Every model builds its serializer on first use (`defer_build=True`): a cold start of a function
+that imports the Profile API's modules but answers another route pays nothing for the others.
 """
 from __future__ import annotations
 
@@ -10,25 +13,25 @@ from typing import Any
 from pydantic import BaseModel, SerializeAsAny, model_serializer
 
 
-class Cursor(BaseModel):
+class Cursor(BaseModel, defer_build=True):
     url: str
     has_more: bool
     next: str
     limit: int
 
 
-class VerboseTrait(BaseModel):
+class VerboseTrait(BaseModel, defer_build=True):
     value: Any
     source_id: str | None = None
     updated_at: str | None = None
 
 
-class TraitsResponse(BaseModel):
+class TraitsResponse(BaseModel, defer_build=True):
     traits: dict[str, Any]  # name -> value, or name -> VerboseTrait with verbose=true
     cursor: Cursor
 
 
-class ExternalId(BaseModel):
+class ExternalId(BaseModel, defer_build=True):
     id: str
     type: str
     source_id: str | None = None
@@ -41,19 +44,19 @@ class VerboseExternalId(ExternalId):
     first_message_id: str | None = None
 
 
-class ExternalIdsResponse(BaseModel):
+class ExternalIdsResponse(BaseModel, defer_build=True):
     data: list[SerializeAsAny[ExternalId]]
     cursor: Cursor
 
 
-class EventExternalId(BaseModel):
+class EventExternalId(BaseModel, defer_build=True):
     collection: str
     type: str
     id: str
     encoding: str = "none"
 
 
-class ProfileEvent(BaseModel):
+class ProfileEvent(BaseModel, defer_build=True):
     """One Segment message as the Profile API shows it (snake_case envelope, spec fields as sent)."""
 
     type: str
@@ -81,12 +84,12 @@ class ProfileEvent(BaseModel):
         return data
 
 
-class EventsResponse(BaseModel):
+class EventsResponse(BaseModel, defer_build=True):
     data: list[ProfileEvent]
     cursor: Cursor
 
 
-class Metadata(BaseModel):
+class Metadata(BaseModel, defer_build=True):
     created_at: str | None
     updated_at: str | None
     expires_at: str | None = None
@@ -104,25 +107,25 @@ class VerboseMetadata(Metadata):
     merged_from: list[str]
 
 
-class MetadataResponse(BaseModel):
+class MetadataResponse(BaseModel, defer_build=True):
     metadata: SerializeAsAny[Metadata]
 
 
-class Link(BaseModel):
+class Link(BaseModel, defer_build=True):
     to_collection: str
     external_ids: list[ExternalId]
 
 
-class LinksResponse(BaseModel):
+class LinksResponse(BaseModel, defer_build=True):
     data: list[Link]
     cursor: Cursor
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(BaseModel, defer_build=True):
     code: str
     message: str
     details: list[dict[str, Any]] = []
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(BaseModel, defer_build=True):
     error: ErrorDetail

@@ -92,7 +92,7 @@ Names = Annotated[Annotated[list[str], Field(max_length=MAX_NAMES)] | None, Befo
 
 
 class _Query(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True, defer_build=True)
 
     verbose: bool = False
 
