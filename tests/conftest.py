@@ -90,9 +90,14 @@ SLOWEST_FILES = [
     "tests/e2e/test_local_faults.py",
     "tests/e2e/test_local_journeys.py",
     "tests/e2e/test_local_state.py",
-    "tests/e2e/test_local_broadcasts.py",
-    "tests/e2e/test_localcloud_realtime.py",
     "tests/e2e/test_local_app.py",
+    "tests/e2e/test_local_broadcasts.py",
+    "tests/e2e/test_engage_invoke.py",
+    "tests/e2e/test_localcloud_stepfunctions.py",
+    "tests/e2e/test_localcloud_realtime.py",
+    "tests/e2e/test_local_audience_export.py",
+    "tests/integration/test_fuzz_http_api.py",
+    "tests/unit/test_journey_compiler.py",
 ]
 
 
