@@ -3,7 +3,8 @@
 A subprocess (not in-process) because moto's backends are process-global and the
 integration tests' `aws` fixture resets them. Readiness is the server's own
 LOCALCLOUD_READY line (a blocking read, no sleeps), confirmed by GET /_local/health.
-Every e2e module is in xdist group `localcloud`, so one worker owns the clouds.
+Under `pytest -n 2 --dist loadfile` each file runs on one worker; each worker starts the shared
+clouds it needs (`local_cloud`, `mini_cloud`) once, and stops them when it leaves tests/e2e.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ import pytest
 from localcloud.server import READY
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-START_TIMEOUT = 120
+E2E = Path(__file__).resolve().parent
+FIXTURES = E2E / "fixtures"
+# About 10 s on an idle 2-core machine; 58 s measured alone on one shared by four other jobs (load 24), and
+# more than 120 s there when four clouds started at once: generous, a hung start still fails the fixture.
+START_TIMEOUT = 300
 # A clock move answers once everything due has run (localcloud.server.CLOCK_SETTLE_SECONDS): wait as long.
 CALL_TIMEOUT_SECONDS = 300
 
@@ -119,17 +123,48 @@ def stop_cloud(cloud: RunningCloud) -> int:
                              + "".join(cloud.output[-60:])) from None
 
 
-@pytest.fixture(scope="session")
+# The two shared clouds (one of each per xdist worker): started by the first module that asks, stopped as
+# soon as the worker's next test is not an e2e test. Left running, an idle cloud's pollers keep a tenth
+# of a core busy while the worker goes on with hundreds of unit tests (tests/conftest.py runs e2e first).
+_SHARED_ARGS = {"mini": ("--template", str(FIXTURES / "mini_template.yaml"), "--stack-name", "mini"),
+                "local": ()}
+_shared: dict[str, RunningCloud] = {}
+
+
+def _shared_cloud(name: str) -> RunningCloud:
+    if name not in _shared:
+        _shared[name] = start_cloud(*_SHARED_ARGS[name])
+    return _shared[name]
+
+
+def _stop_shared() -> None:
+    """Stop every shared cloud; each must stop cleanly (exit 0), as Ctrl-C would."""
+    unclean = []
+    while _shared:
+        _, cloud = _shared.popitem()
+        if stop_cloud(cloud) != 0:
+            unclean.append("".join(cloud.output[-40:]))
+    assert not unclean, "\n".join(unclean)
+
+
+@pytest.hookimpl(trylast=True)  # after the item's own fixtures are torn down (they may still use the cloud)
+def pytest_runtest_teardown(item, nextitem):
+    if _shared and (nextitem is None or E2E not in nextitem.path.parents):
+        _stop_shared()
+
+
+def pytest_sessionfinish(session):
+    for cloud in _shared.values():  # only after an interrupted run: the last e2e test's teardown stops them
+        cloud.process.kill()
+
+
+@pytest.fixture(scope="module")
 def mini_cloud():
-    """The local cloud running tests/e2e/fixtures/mini_template.yaml (throwaway functions)."""
-    cloud = start_cloud("--template", str(FIXTURES / "mini_template.yaml"), "--stack-name", "mini")
-    yield cloud
-    assert stop_cloud(cloud) == 0, "".join(cloud.output[-40:])
+    """The local cloud running tests/e2e/fixtures/mini_template.yaml (throwaway functions), shared."""
+    return _shared_cloud("mini")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_cloud():
-    """The local cloud running the project's template.yaml, with space `local` seeded."""
-    cloud = start_cloud()
-    yield cloud
-    assert stop_cloud(cloud) == 0, "".join(cloud.output[-40:])
+    """The local cloud running the project's template.yaml, with space `local` seeded, shared."""
+    return _shared_cloud("local")

@@ -1,4 +1,6 @@
-"""--state-dir: data, the local space and the virtual clock survive a restart."""
+"""--state-dir: data, the local space and the virtual clock survive a restart, clean (SIGTERM) or not (SIGKILL).
+
+The two tests share one chain of clouds (started, stopped, restarted, killed, restarted): run in file order."""
 from __future__ import annotations
 
 import threading
@@ -20,9 +22,13 @@ TRAITS = "/v1/spaces/local/collections/users/profiles/user_id:keeper/traits"
 EVENTS = "/v1/spaces/local/collections/users/profiles/user_id:keeper/events?limit=50"
 
 
-def test_restart_with_state_dir_keeps_profiles_space_and_clock(tmp_path):
+@pytest.fixture(scope="module")
+def restarted(tmp_path_factory):
+    """A local cloud with a state dir that was stopped cleanly and started again on it (test 1 checks what
+    survived), then killed by test 2. One cloud for both: each start of template.yaml costs seconds."""
+    state_dir = tmp_path_factory.mktemp("state")
     # Given a local cloud with a state dir, a profile in it and the clock ten days ahead
-    first = start_cloud(state_dir=tmp_path)
+    first = start_cloud(state_dir=state_dir)
     try:
         assert first.call("POST", "/v1/identify", {"userId": "keeper", "traits": {"plan": "gold"}},
                           auth=WRITE_KEY)[0] == 200
@@ -32,29 +38,32 @@ def test_restart_with_state_dir_keeps_profiles_space_and_clock(tmp_path):
     finally:
         # When it is stopped (SIGTERM, like Ctrl-C: settles and saves)
         assert stop_cloud(first) == 0, "".join(first.output[-40:])
-    assert (tmp_path / "snapshot.json").exists()
-
+    assert (state_dir / "snapshot.json").exists()
     # And started again on the same state dir
-    second = start_cloud(state_dir=tmp_path)
-    try:
-        # Then the same access token still works (the local space was kept, not created twice)
-        status, _, traits = second.call("GET", TRAITS, auth=ACCESS_TOKEN)
-        assert status == 200, traits
-        assert traits["traits"]["plan"] == "gold"
-        # And the history is there exactly once: restoring wrote no stream records to re-process
-        second.settle()
-        history = second.call("GET", EVENTS, auth=ACCESS_TOKEN)[2]["data"]
-        assert sorted(e["type"] for e in history) == ["identify", "track"]
-        # And the virtual clock is still ten days ahead
-        _, _, now = second.call("GET", "/_local/clock")
-        assert clock.parse(now["now"]) >= clock.parse(moved["now"])
-        assert now["offset_seconds"] >= timedelta(days=10).total_seconds() - 1
-        # And new events are accepted with the same write key
-        assert second.call("POST", "/v1/track", {"userId": "keeper", "event": "Again"}, auth=WRITE_KEY)[0] == 200
-        second.settle()
-        assert len(second.call("GET", EVENTS, auth=ACCESS_TOKEN)[2]["data"]) == 3
-    finally:
+    second = start_cloud(state_dir=state_dir)
+    yield second, state_dir, moved
+    if second.process.poll() is None:  # test 2 kills it; if it did not run, the clean stop is checked here
         assert stop_cloud(second) == 0, "".join(second.output[-40:])
+
+
+def test_restart_with_state_dir_keeps_profiles_space_and_clock(restarted):
+    second, _, moved = restarted
+    # Then the same access token still works (the local space was kept, not created twice)
+    status, _, traits = second.call("GET", TRAITS, auth=ACCESS_TOKEN)
+    assert status == 200, traits
+    assert traits["traits"]["plan"] == "gold"
+    # And the history is there exactly once: restoring wrote no stream records to re-process
+    second.settle()
+    history = second.call("GET", EVENTS, auth=ACCESS_TOKEN)[2]["data"]
+    assert sorted(e["type"] for e in history) == ["identify", "track"]
+    # And the virtual clock is still ten days ahead
+    _, _, now = second.call("GET", "/_local/clock")
+    assert clock.parse(now["now"]) >= clock.parse(moved["now"])
+    assert now["offset_seconds"] >= timedelta(days=10).total_seconds() - 1
+    # And new events are accepted with the same write key
+    assert second.call("POST", "/v1/track", {"userId": "keeper", "event": "Again"}, auth=WRITE_KEY)[0] == 200
+    second.settle()
+    assert len(second.call("GET", EVENTS, auth=ACCESS_TOKEN)[2]["data"]) == 3
 
 
 def _profile_message_ids(cloud, user: str) -> set[str]:
@@ -86,9 +95,10 @@ def _send_until_killed(cloud, user: str, acknowledged: list[str], stop) -> None:
             acknowledged.append(message_id)
 
 
-def test_every_acknowledged_event_survives_sigkill_under_load(tmp_path):
-    # Given a local cloud with a state dir, and eight clients sending track calls as fast as it answers
-    first = start_cloud(state_dir=tmp_path)
+def test_every_acknowledged_event_survives_sigkill_under_load(restarted):
+    # Given a local cloud with a state dir (the restarted one above), and eight clients sending track
+    # calls as fast as it answers
+    first, tmp_path, _ = restarted
     users = [f"load-{i}" for i in range(8)]
     acknowledged: dict[str, list[str]] = {user: [] for user in users}
     stop = threading.Event()
@@ -117,7 +127,8 @@ def test_every_acknowledged_event_survives_sigkill_under_load(tmp_path):
     sent = {user: list(ids) for user, ids in acknowledged.items()}
     assert sum(map(len, sent.values())) >= 100
     # (the kill came while writes were arriving: the last checkpoint's snapshot does not hold them all)
-    assert sum(len(p.read_bytes().splitlines()) for p in tmp_path.glob("journal-*.jsonl")) > 0
+    journaled = [line for p in tmp_path.glob("journal-*.jsonl") for line in p.read_bytes().splitlines()]
+    assert any(b'"kill-' in line for line in journaled)  # this test's writes, not only the test above's
 
     # And started again on the same state dir
     second = start_cloud(state_dir=tmp_path)
