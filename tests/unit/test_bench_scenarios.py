@@ -22,3 +22,49 @@ def test_messaging_yardstick_renders_what_the_sender_renders():
     # Then the sender's output carries the escaped name and the link (the yardstick renders the same fields)
     assert rendered.subject == "Welcome <Ann>"
     assert "<p>Hi &lt;Ann&gt;</p>" in rendered.body and "https://u.test/x" in rendered.body
+
+
+def test_realistic_space_has_the_shape_its_figures_claim():
+    from datetime import UTC, datetime
+
+    from bench import space
+
+    # Given a month of 1,000 persons
+    traffic = space.Space(1_000, datetime(2030, 1, 1, tzinfo=UTC))
+    flushes = traffic.batches()
+    messages = [m for _, chunk in flushes for m in chunk]
+    volumes = sorted(p.messages for p in traffic.persons)
+    # Then activity is long-tailed: most send a few, a few send hundreds
+    assert volumes[len(volumes) // 2] <= 5 and volumes[-1] >= 200
+    # And there are anonymous-only persons, anonymous-then-identified ones (merges), and group calls
+    users = {m.get("userId") for m in messages}
+    anonymous_only = {m["anonymousId"] for m in messages} - {m["anonymousId"] for m in messages if "userId" in m}
+    assert anonymous_only and None in users and any(m["type"] == "group" for m in messages)
+    # And batches are analytics.js flushes, in send order, inside the 30 days, each message once
+    assert all(1 <= len(chunk) <= space.FLUSH_AT for _, chunk in flushes)
+    assert [when for when, _ in flushes] == sorted(when for when, _ in flushes)
+    assert all(traffic.start <= when < traffic.end for when, _ in flushes)
+    assert len({m["messageId"] for m in messages}) == len(messages)
+
+
+def test_realistic_audiences_are_valid_and_cover_every_family():
+    from bench import space
+    from engage.audiences import parse_definition
+
+    specs = space.audiences(100)
+    definitions = [parse_definition(spec).to_dict() for spec in specs]
+    assert len({d["key"] for d in definitions}) == 100
+    assert sum(1 for d in definitions if d.get("entity") == "accounts") == 10
+    text = str(specs)
+    for form in ("'funnel'", "'where'", "'audience'", "'within_hours'", "'between_days'", "'users'"):
+        assert form in text
+
+
+def test_profile_floor_counts_only_the_bytes_that_changed():
+    from bench.scenarios.realistic_cost import changed_bytes
+
+    old = {"pk": {"S": "p1"}, "daily_counts": {"M": {"Signed In": {"M": {"20300101": {"N": "1"}}}}}}
+    new = {"pk": {"S": "p1"}, "daily_counts": {"M": {"Signed In": {"M": {"20300101": {"N": "2"}}}}}}
+    # one number inside nested maps: its name and value, plus the names of the maps on the way
+    assert changed_bytes(old, new) == len("daily_counts") + 1 + len("Signed In") + 1 + len("20300101") + 2
+    assert changed_bytes(new, new) == 0

@@ -1,0 +1,406 @@
+"""Cost per event on a realistic space (issue 16), stage by stage, each beside its floor.
+
+Quick mode: 200 persons (about 1,700 messages: moto's item copies make larger runs slow);
+--full: 10,000 persons (about 83,500 messages).
+The month of traffic of `bench.space.Space` (identified and anonymous profiles, merges,
+accounts, Pareto-distributed activity) is sent as analytics.js batches to the real ingest
+handler (`POST /v1/batch`) with the project clock moved to each batch's send time, over 30
+days of virtual time. Streams are drained like event source mappings (batches of up to 100,
+i.e. a space busy enough to fill them) whenever 100 messages have arrived: EventsTable ->
+profile_processor, ProfilesTable -> audience_evaluator, MembershipsTable -> audience_router.
+The sweeper runs at every virtual hour (its schedule is every minute: the runs in between
+find nothing more due and are a fixed monthly cost, reported apart), so windows open and close.
+100 audiences from the seeds' use cases (`bench.space.audiences`) are defined from the start.
+
+Beside it, the pipeline_cost workload (40 profiles, 200 one-message requests; 200 and 1,000
+with --full), measured the same way: the small column.
+
+Floors (issue 16 item 2), in write units per event: ingest, one write of the event item;
+profile processor, one write of the profile bytes that changed (from each ProfilesTable stream
+record: changed attributes, map entries compared key by key, rounded up to 1 KB per write);
+evaluator and sweeper, one write unit per membership change they made; router, none (its
+floor is one EventBridge entry per change).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from bench.meter import KB, attribute_size, item_size
+from bench.report import Figure
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+STAGES = ["ingest", "profile_processor", "audience_evaluator", "audience_router", "audience_sweeper"]
+DRAIN_EVERY = 100
+MINUTES_A_MONTH = 30 * 24 * 60
+QUICK_PERSONS = 200
+
+
+@dataclass
+class Run:
+    """What one workload cost: the metered functions, events measured, floors and changes by stage."""
+    name: str
+    lambdas: object
+    events: int
+    floor_wru: Counter = field(default_factory=Counter)  # stage -> floor write units
+    changes: Counter = field(default_factory=Counter)  # stage -> membership changes written
+    by_audience: Counter = field(default_factory=Counter)  # audience key -> membership changes
+    idle_sweeps: int = 0  # sweeper runs that found nothing due, and what they asked of DynamoDB
+    idle_sweep_requests: int = 0
+    idle_sweep_rru: float = 0.0
+    idle_sweep_wru: float = 0.0
+    skipped_sweeps: int = 0  # hourly runs not made: nothing was due
+    profiles: int = 0
+    profile_writes: int = 0  # ProfilesTable stream records, and the bytes of their new images
+    profile_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Shards:
+    """Reads what each invocation wrote to the three streams (in-process moto, unmetered) to
+    compute floors: event item sizes, profile bytes changed, membership flips."""
+
+    def __init__(self, tables: dict):
+        self.tables = {"events": tables["EventsTable"], "profiles": tables["ProfilesTable"],
+                       "memberships": tables["MembershipsTable"]}
+        self.position = {name: len(self._shard(name).items) for name in self.tables}
+
+    def _shard(self, name: str):
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.dynamodb.models import dynamodb_backends
+
+        from bench.harness import REGION
+        return dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION].get_table(self.tables[name]).stream_shard
+
+    def _new(self, name: str) -> list[dict]:
+        items = self._shard(name).items
+        out = [item.to_json()["dynamodb"] for item in items[self.position[name]:]]
+        self.position[name] = len(items)
+        return out
+
+    def account(self, run: Run, stage: str) -> None:
+        for record in self._new("events"):
+            run.floor_wru[stage] += _units(item_size(record.get("NewImage")))
+        for record in self._new("profiles"):
+            old, new = record.get("OldImage"), record.get("NewImage")
+            if new is None:
+                run.floor_wru[stage] += 1  # a merged-away profile's delete
+                continue
+            run.profile_writes += 1
+            run.profile_bytes += item_size(new)
+            if old is None:
+                run.floor_wru[stage] += _units(item_size(new))
+            else:
+                run.floor_wru[stage] += _units(changed_bytes(old, new))
+        for record in self._new("memberships"):
+            old, new = record.get("OldImage") or {}, record.get("NewImage") or {}
+            if new and _flag(old) != _flag(new):
+                run.changes[stage] += 1
+                run.floor_wru[stage] += 1
+                run.by_audience[new.get("audience_key", {}).get("S", "?")] += 1
+
+
+def _flag(image: dict) -> bool:
+    return bool(image.get("member", {}).get("BOOL"))
+
+
+def _units(size: int) -> int:
+    return max(math.ceil(size / KB), 1)
+
+
+def changed_bytes(old: dict, new: dict) -> int:
+    """Bytes of `new` (wire format) that differ from `old`: changed attributes, maps compared entry by entry."""
+    total = 0
+    for name, value in new.items():
+        before = old.get(name)
+        if before == value:
+            continue
+        if before is not None and "M" in value and "M" in before:
+            total += len(name.encode()) + 1 + changed_bytes(before["M"], value["M"])
+        else:
+            total += len(name.encode()) + attribute_size(value)
+    return total + sum(len(name.encode()) for name in old.keys() - new.keys())
+
+
+def _metered(lambdas, shards: Shards, run: Run):
+    def invoke(function: str, event: dict):
+        result = lambdas.invoke(function, event)
+        shards.account(run, function)
+        return result
+    return invoke
+
+
+def _drain(invoke, taps) -> None:
+    moved = True
+    while moved:
+        moved = False
+        for function, tap in taps:
+            for batch in tap.batches(100):
+                invoke(function, batch)
+                moved = True
+
+
+def _taps(made):
+    from bench.harness import StreamTap
+    return [("profile_processor", StreamTap(made["tables"]["EventsTable"])),
+            ("audience_evaluator", StreamTap(made["tables"]["ProfilesTable"])),
+            ("audience_router", StreamTap(made["tables"]["MembershipsTable"]))]
+
+
+def realistic(full: bool) -> Run:
+    from bench import space, workload
+    from bench.harness import Lambdas, moto_account
+    from engage import clock
+    from engage.audiences import parse_definition, store
+
+    persons = 10_000 if full else QUICK_PERSONS
+    traffic = space.Space(persons, START)
+    flushes = traffic.batches()
+    with moto_account(now=START - timedelta(hours=1)) as made:
+        for spec in space.audiences(100):
+            store.create("acme", parse_definition(spec).to_dict())
+        lambdas = Lambdas()
+        shards = Shards(made["tables"])
+        run = Run("realistic", lambdas, sum(len(chunk) for _, chunk in flushes))
+        invoke = _metered(lambdas, shards, run)
+        taps = _taps(made)
+        sweeper = lambdas.stats["audience_sweeper"]
+        next_sweep = START + timedelta(hours=1)
+        pending = 0
+
+        def sweep_until(moment: datetime) -> None:
+            nonlocal next_sweep, pending
+            while next_sweep <= moment:
+                _drain(invoke, taps)
+                pending = 0
+                # An hourly run with nothing due is skipped (peeked at in moto, unmetered), except the
+                # first of each day, which closes the day; the skipped ones are priced as the idle runs.
+                if next_sweep.hour == 0 or _anything_due(made, next_sweep):
+                    clock.set_to(next_sweep)
+                    before = (sweeper.usage.count("dynamodb"), sweeper.usage.read_units, sweeper.usage.write_units)
+                    report = invoke("audience_sweeper", workload.sample("audience_sweeper_schedule.json"))
+                    if report["profiles"] == 0:  # nothing due: the schedule's fixed cost, kept apart
+                        run.idle_sweeps += 1
+                        run.idle_sweep_requests += sweeper.usage.count("dynamodb") - before[0]
+                        run.idle_sweep_rru += sweeper.usage.read_units - before[1]
+                        run.idle_sweep_wru += sweeper.usage.write_units - before[2]
+                    _drain(invoke, taps)
+                else:
+                    run.skipped_sweeps += 1
+                next_sweep += timedelta(hours=1)
+
+        for when, chunk in flushes:
+            sweep_until(when)
+            clock.set_to(when + timedelta(seconds=1))
+            body = {"batch": chunk, "sentAt": chunk[-1]["timestamp"]}
+            response = invoke("ingest", workload.api_event("batch", body))
+            if response["statusCode"] != 200:
+                raise AssertionError(f"ingest refused a benchmark batch: {response}")
+            pending += len(chunk)
+            if pending >= DRAIN_EVERY:
+                _drain(invoke, taps)
+                pending = 0
+        sweep_until(traffic.end)
+        _drain(invoke, taps)
+        run.profiles = _count_profiles(made)
+    run.notes.append(f"{persons:,} persons, {len(flushes):,} SDK batches, {run.events:,} messages, "
+                     f"{traffic.accounts} accounts, {run.profiles:,} profile items at the end")
+    return run
+
+
+def small(full: bool) -> Run:
+    """pipeline_cost's workload, measured with the same floors."""
+    from bench import workload
+    from bench.harness import Lambdas, moto_account
+    from bench.scenarios import pipeline_cost
+
+    profiles, events = (200, 1000) if full else (40, 200)
+    anchor = pipeline_cost.ANCHOR
+    with moto_account(now=anchor) as made:
+        from engage.audiences import parse_definition, store
+        for spec in workload.audiences(pipeline_cost.AUDIENCES):
+            store.create("acme", parse_definition(spec).to_dict())
+        lambdas = Lambdas()
+        taps = _taps(made)
+        traffic = workload.Traffic(profiles)
+
+        def drive(messages, run):
+            shards = Shards(made["tables"])
+            invoke = _metered(lambdas, shards, run)
+            for i, message in enumerate(messages):
+                if invoke("ingest", workload.api_event(message["type"], message))["statusCode"] != 200:
+                    raise AssertionError("ingest refused a benchmark message")
+                if i % 100 == 99:
+                    _drain(invoke, taps)
+            _drain(invoke, taps)
+
+        drive(traffic.warm_up(anchor - timedelta(days=20), anchor - timedelta(days=10)), Run("warm-up", None, 0))
+        lambdas.reset()
+        run = Run("small", lambdas, events)
+        drive(traffic.steady(events, anchor - timedelta(days=10), anchor), run)
+        run.profiles = _count_profiles(made)
+    run.notes.append(f"{profiles} profiles, {events} steady messages one request each (after a warm-up)")
+    return run
+
+
+def _anything_due(made, moment: datetime) -> bool:
+    """Whether DueTable holds a profile due at `moment` (read in moto directly: not an AWS request)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    from bench.harness import REGION
+    from engage import clock
+    table = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION].get_table(made["tables"]["DueTable"])
+    limit = clock.iso(moment)
+    for item in table.all_items():
+        due_at = item.attrs.get("due_at")
+        if due_at is not None and due_at.value <= limit:
+            return True
+    return False
+
+
+def _count_profiles(made) -> int:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    from bench.harness import REGION
+    table = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION].get_table(made["tables"]["ProfilesTable"])
+    return sum(1 for _ in table.all_items())
+
+
+# -- figures and tables ---------------------------------------------------------------------------
+def _stage_rows(run: Run) -> list[dict]:
+    rows = []
+    for stage in STAGES:
+        stats = run.lambdas.stats.get(stage)
+        if stats is None or not stats.invocations:
+            continue
+        usage = stats.usage
+        sweeper = stage == "audience_sweeper"  # runs that found nothing due are the fixed cost, apart
+        idle = (run.idle_sweeps, run.idle_sweep_requests, run.idle_sweep_rru, run.idle_sweep_wru) if sweeper \
+            else (0, 0, 0.0, 0.0)
+        rows.append({"stage": stage, "invocations": (stats.invocations - idle[0]) / run.events,
+                     "requests": (usage.count("dynamodb") - idle[1]) / run.events,
+                     "rru": (usage.read_units - idle[2]) / run.events,
+                     "wru": (usage.write_units - idle[3]) / run.events,
+                     "floor": run.floor_wru[stage] / run.events,
+                     "changes": run.changes[stage] / run.events})
+    return rows
+
+
+def _money(run: Run) -> dict:
+    from bench.scenarios.pipeline_cost import LAMBDA_GB, PRICES
+
+    total = run.lambdas.total()
+    usage = total.usage
+    per = 1e6 / run.events
+    requests_aws = sum(usage.requests.values()) - run.idle_sweep_requests
+    gb_s = (usage.own_seconds * 1769 / 512 + requests_aws * 0.005) * LAMBDA_GB * per
+    invocations = (total.invocations - run.idle_sweeps) * per
+    out = {
+        "DynamoDB requests": (usage.count("dynamodb") - run.idle_sweep_requests) * per,
+        "DynamoDB read units": (usage.read_units - run.idle_sweep_rru) * per,
+        "DynamoDB write units": (usage.write_units - run.idle_sweep_wru) * per,
+        "membership changes": sum(run.changes.values()) * per,
+        "Lambda invocations": invocations,
+        "Lambda GB-s (modelled)": gb_s,
+        "EventBridge entries": usage.bus_events * per,
+        "API Gateway requests": run.lambdas.stats["ingest"].invocations * per,
+        "log GB": total.log_bytes * per / 1e9,
+    }
+    usd = {
+        "DynamoDB": out["DynamoDB write units"] * PRICES["dynamodb_wru"] + out["DynamoDB read units"] * PRICES["dynamodb_rru"],
+        "Lambda": invocations * PRICES["lambda_request"] + gb_s * PRICES["lambda_gb_second_arm64"],
+        "EventBridge": out["EventBridge entries"] * PRICES["eventbridge_event"],
+        "API Gateway": out["API Gateway requests"] * PRICES["http_api_request"],
+        "CloudWatch Logs": out["log GB"] * PRICES["cloudwatch_logs_gb"],
+        "SQS": usage.count("sqs") * per * PRICES["sqs_request"],
+    }
+    out["usd"] = usd
+    out["USD"] = sum(usd.values())
+    return out
+
+
+_FAMILIES = ["trait", "windowed count", "trait + windowed count", "property filter", "not performed lately",
+             "page / offer views", "funnel", "audience of audiences", "recency in hours", "accounts"]
+_FLOORS = {"ingest": "one write of the event item", "profile_processor": "one write of the profile bytes that changed",
+           "audience_evaluator": "one write unit per membership change", "audience_router": "none",
+           "audience_sweeper": "one write unit per membership change"}
+
+
+def run(context) -> list[Figure]:
+    big = realistic(context.full)
+    little = small(context.full)
+    section = f"Realistic workload: cost per event by stage ({10_000 if context.full else QUICK_PERSONS:,} persons, 30 days)"
+    figures = []
+    for row in _stage_rows(big):
+        stage = row["stage"]
+        figures += [
+            Figure(section, f"{stage}: DynamoDB requests per event", row["requests"], "requests",
+                   "counted by bench.meter; SDK batches through ingest, streams in batches of <= 100", counted=True),
+            Figure(section, f"{stage}: write units per event", row["wru"], "WRU",
+                   "from item sizes as on-demand bills", counted=True,
+                   floor=row["floor"] or None, floor_method=_FLOORS[stage]),
+            Figure(section, f"{stage}: read units per event", row["rru"], "RRU", "from item sizes", counted=True),
+            Figure(section, f"{stage}: invocations per event", row["invocations"], "invocations",
+                   "one per SDK batch (ingest), per stream batch, per sweeper run with work", counted=True),
+        ]
+    money = _money(big)
+    figures += [
+        Figure(section, "membership changes per event", money["membership changes"] / 1e6, "changes",
+               "MembershipsTable stream records whose `member` flipped, all writers", counted=True),
+        Figure(section, "EventBridge entries per event", money["EventBridge entries"] / 1e6, "entries",
+               "Audience Entered/Exited published by the router", counted=True),
+        Figure(section, "all stages: write units per event", money["DynamoDB write units"] / 1e6, "WRU",
+               "the sum of the stages", counted=True),
+        Figure(section, "USD per million events (modelled Lambda duration)", money["USD"], "USD",
+               "list prices of pipeline_cost; Lambda GB-s = own time x 1769/512 + 5 ms per AWS request"),
+    ]
+    context.extra.append(("Realistic workload: per stage, per event, beside the floor", _tables(big, little, context)))
+    return figures
+
+
+def _tables(big: Run, little: Run, context) -> list[str]:
+    lines = [(f"Realistic: {big.notes[0]}. Small (pipeline_cost's): {little.notes[0]}. "
+             "Floors: one event write; one profile write of the bytes that changed; one write per membership change "
+             "(docs/benchmarks.md). Sweeper runs with nothing due are left out of the per-event figures (fixed cost, below)."), ""]
+    for run in (big, little):
+        lines += [f"**{run.name}**", "",
+                  "| stage | invocations | DynamoDB requests | RRU | WRU | floor WRU | WRU / floor | membership changes |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        rows = _stage_rows(run)
+        for row in rows:
+            ratio = f"{row['wru'] / row['floor']:.1f}x" if row["floor"] else "-"
+            lines.append(f"| {row['stage']} | {row['invocations']:.4f} | {row['requests']:.3f} | {row['rru']:.3f} | "
+                         f"{row['wru']:.3f} | {row['floor']:.3f} | {ratio} | {row['changes']:.3f} |")
+        wru, floor = sum(r["wru"] for r in rows), sum(r["floor"] for r in rows)
+        lines += [(f"| **all** | {sum(r['invocations'] for r in rows):.4f} | {sum(r['requests'] for r in rows):.3f} | "
+                  f"{sum(r['rru'] for r in rows):.3f} | **{wru:.3f}** | {floor:.3f} | {wru / floor:.1f}x | "
+                  f"{sum(r['changes'] for r in rows):.3f} |"), ""]
+    a, b = _money(big), _money(little)
+    lines += ["| per million events | realistic | small |", "| --- | ---: | ---: |"]
+    for key in ("DynamoDB requests", "DynamoDB read units", "DynamoDB write units", "membership changes",
+                "Lambda invocations", "Lambda GB-s (modelled)", "EventBridge entries", "API Gateway requests"):
+        lines.append(f"| {key} | {a[key]:,.0f} | {b[key]:,.0f} |")
+    for key in a["usd"]:
+        lines.append(f"| USD: {key} | {a['usd'][key]:,.2f} | {b['usd'][key]:,.2f} |")
+    lines += [f"| **USD total** | **{a['USD']:,.2f}** | **{b['USD']:,.2f}** |", ""]
+    per_run = big.idle_sweep_requests / big.idle_sweeps if big.idle_sweeps else 0
+    for run in (big, little):
+        if run.profile_writes:
+            lines.append(f"{run.name}: {run.profile_writes / run.events:.2f} profile writes per event, the profile item "
+                         f"{run.profile_bytes / run.profile_writes / KB:.2f} KB on average after a write.")
+    lines.append("")
+    lines.append(f"Fixed cost of the sweeper schedule (every minute, whatever the traffic, {MINUTES_A_MONTH:,} "
+                 f"invocations a month): {big.idle_sweeps} runs found nothing due (the midnight ones, which see two "
+                 f"open days; {big.skipped_sweeps} hourly runs with nothing due were skipped), {per_run:.1f} DynamoDB "
+                 "requests each (a Query per due shard per open day); a run with one open day makes half as many.")
+    families = Counter()
+    for key, n in big.by_audience.items():
+        families[_FAMILIES[int(key[1:]) % 10] if key[1:].isdigit() else key] += n
+    lines += ["", "Membership changes per event by audience family (realistic, `bench.space.audiences`):", "",
+              "| family | changes per event |", "| --- | ---: |"]
+    lines += [f"| {name} | {n / big.events:.3f} |" for name, n in families.most_common()]
+    return lines
