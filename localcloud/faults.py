@@ -44,10 +44,15 @@ from typing import Any
 ENV = "ENGAGE_FAULTS"  # the configuration (JSON), in the local cloud's and the chosen workers' environment
 FUNCTION_ENV = "ENGAGE_FAULTS_FUNCTION"  # the worker's function (template logical id)
 ORDINAL_ENV = "ENGAGE_FAULTS_WORKER"  # which worker of its function this process is (for the seed)
-# The functions of the event pipeline (template logical ids): operator tooling (parker, replay) and the
-# management API stay fault-free by default (see docs/reliability.md, "Fault injection").
+# The functions of the event pipeline (template logical ids) and what hangs off it: journeys (enroller,
+# events, the state machines' steps), the sender, destinations (router, deliverer, batch runs, trait router).
+# Operator tooling (parker, replay) and the management API stay fault-free by default (see
+# docs/reliability.md, "Fault injection").
 PIPELINE = ("IngestFunction", "ProfileProcessorFunction", "AudienceEvaluatorFunction", "AudienceRouterFunction",
-            "AudienceSweeperFunction", "AudienceBackfillFunction")
+            "AudienceSweeperFunction", "AudienceBackfillFunction",
+            "JourneyEnrollerFunction", "JourneyEventsFunction", "JourneyStepsFunction", "MessageSenderFunction",
+            "DestinationRouterFunction", "DestinationDelivererFunction", "DestinationBatchFunction",
+            "DestinationTraitRouterFunction")
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem", "PutEvents",
                     "SendMessage", "SendMessageBatch", "StartExecution"})
 ATTEMPT_KINDS = ("throttle", "server_error", "timeout", "timeout_after")
