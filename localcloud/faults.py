@@ -25,7 +25,8 @@ Faults are injected at the two levels where AWS faults reach a Lambda function's
   line, e.g. `PutEvents`) fails as `exhausted`: a dependency down long enough for Lambda to give up on a
   stream batch (retries, bisection, then the on-failure destination and the parker).
 
-Each injected fault is appended to `<log_dir>/faults-<pid>.jsonl` (kind, function, operation), flushed
+Each injected fault is appended to `<log_dir>/faults-<pid>.jsonl` (kind, function, operation, and for a
+crash or raise the table of the DynamoDB write it followed), flushed
 before it takes effect, so the test counts them even when the process dies. Decisions come from a
 `random.Random` seeded with (seed, function, worker ordinal): the same seed gives the same fault stream
 per worker; which invocation meets it depends on how the local cloud batched records.
@@ -44,10 +45,15 @@ from typing import Any
 ENV = "ENGAGE_FAULTS"  # the configuration (JSON), in the local cloud's and the chosen workers' environment
 FUNCTION_ENV = "ENGAGE_FAULTS_FUNCTION"  # the worker's function (template logical id)
 ORDINAL_ENV = "ENGAGE_FAULTS_WORKER"  # which worker of its function this process is (for the seed)
-# The functions of the event pipeline (template logical ids): operator tooling (parker, replay) and the
-# management API stay fault-free by default (see docs/reliability.md, "Fault injection").
+# The functions of the event pipeline (template logical ids) and what hangs off it: journeys (enroller,
+# events, the state machines' steps), the sender, destinations (router, deliverer, batch runs, trait router).
+# Operator tooling (parker, replay) and the management API stay fault-free by default (see
+# docs/reliability.md, "Fault injection").
 PIPELINE = ("IngestFunction", "ProfileProcessorFunction", "AudienceEvaluatorFunction", "AudienceRouterFunction",
-            "AudienceSweeperFunction", "AudienceBackfillFunction")
+            "AudienceSweeperFunction", "AudienceBackfillFunction",
+            "JourneyEnrollerFunction", "JourneyEventsFunction", "JourneyStepsFunction", "MessageSenderFunction",
+            "DestinationRouterFunction", "DestinationDelivererFunction", "DestinationBatchFunction",
+            "DestinationTraitRouterFunction")
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem", "PutEvents",
                     "SendMessage", "SendMessageBatch", "StartExecution"})
 ATTEMPT_KINDS = ("throttle", "server_error", "timeout", "timeout_after")
@@ -122,11 +128,11 @@ class Injector:
                 return None
             return self.rng.choice(kinds)
 
-    def note(self, kind: str, service: str, operation: str) -> None:
+    def note(self, kind: str, service: str, operation: str, table: str | None = None) -> None:
         if self.log_path is None:
             return
         line = json.dumps({"kind": kind, "function": self.function, "service": service, "operation": operation,
-                           "at": time.time()})
+                           "table": table, "at": time.time()})
         with self.lock, self.log_path.open("a") as out:
             out.write(line + "\n")
             out.flush()
@@ -186,11 +192,12 @@ class Injector:
             result = call(params)
         if operation in WRITES:
             crash = self._draw(self.config.crash_rate, ("crash", "raise"))
+            table = params.get("TableName") if isinstance(params, dict) else None  # which write it followed
             if crash == "crash":
-                self.note("crash", service, operation)
+                self.note("crash", service, operation, table)
                 os._exit(1)  # the sandbox dies after the write: Lambda reports Runtime.ExitError
             if crash == "raise":
-                self.note("raise", service, operation)
+                self.note("raise", service, operation, table)
                 raise InjectedHandlerError(f"injected handler error after {operation} succeeded")
         return result
 

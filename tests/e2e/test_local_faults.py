@@ -1,7 +1,10 @@
 """At-least-once, end to end, under injected faults: the same seeded workload through two local clouds,
 one fault-free and one whose pipeline functions meet AWS faults and crash (localcloud/faults.py), must
 end in the same state: profiles, memberships, audience sizes, each membership change once on the bus,
-nothing parked after a replay. docs/reliability.md ("Fault injection") explains the model and the figures.
+nothing parked after a replay; and what hangs off the pipeline, under faults too: a journey entered by an
+audience (a wait moved by the virtual clock, a split, an email), its enrollments and end states, each email
+sent once; a realtime webhook destination and a batch one, every change delivered, duplicates only in the
+deliverer's documented window. docs/reliability.md ("Fault injection") explains the model and the figures.
 
 Small by default (a few hundred events, part of `make test`); ENGAGE_FAULTS_EVENTS=5000 runs a larger
 workload and prints the figures (`-s`).
@@ -20,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from bench.workload import Traffic
+from localcloud.faults import PIPELINE
 from tests.e2e.conftest import RunningCloud, start_cloud, stop_cloud
+from tests.receiver import Receiver
 
 pytestmark = pytest.mark.xdist_group("localcloud")
 
@@ -31,10 +36,13 @@ SEED = int(os.environ.get("ENGAGE_FAULTS_SEED") or 7)
 # 1% of successful writes are followed by a crash or an unexpected error. Retry sleeps are shortened tenfold.
 # The backfill function meets faults too: a page that fails after progress returns a cursor past its last
 # profile (engage.audiences.backfill.walk_segment), so Retry is spent only on a profile that fails at once.
+# The SQS-fed functions (journey enroller, destination deliverer) meet faults too: a message that fails comes
+# back after its queue's visibility timeout, real time in the local cloud (180 s in the template), so both runs
+# shorten it to QUEUE_VISIBILITY, as backoff_scale shortens botocore's sleeps (the function timeouts stay 30 s).
 FAULTS = {"seed": SEED, "rate": 0.05, "call_rate": 0.01, "crash_rate": 0.01, "backoff_scale": 0.1,
-          "functions": ["IngestFunction", "ProfileProcessorFunction", "AudienceEvaluatorFunction",
-                        "AudienceRouterFunction", "AudienceSweeperFunction",
-                        "AudienceBackfillFunction"]}
+          "functions": list(PIPELINE)}
+QUEUES = ("JourneyEntryQueue", "DestinationsQueue", "DestinationTraitChangesQueue")
+QUEUE_VISIBILITY = 30
 START = datetime(2030, 3, 4, 12, 0, tzinfo=UTC)  # virtual noon: a run never crosses a day boundary
 BATCH = 20  # messages per /v1/batch request
 VIRTUAL_TIME = {"X-Engage-Virtual-Time": "true"}  # the workload's timestamps are virtual already
@@ -55,6 +63,29 @@ AUDIENCES = [
     {"key": "active", "name": "Active", "condition": {"event": "Signed In", "count": {"op": "gte", "value": 2},
                                                        "window": {"within_days": 7}}},
 ]
+# A few VIPs (one without an email) enter `vip`, which a journey and two destinations follow.
+AUDIENCES.append({"key": "vip", "name": "VIP", "condition": {"trait": "vip", "op": "eq", "value": True}})
+VIPS = [{"type": "identify", "userId": f"vip-{n}", "messageId": f"vip-{n}",
+         "timestamp": (START - timedelta(hours=2, minutes=n)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+         "traits": {"vip": True, **({"email": f"vip-{n}@example.com"} if n else {})}}
+        for n in range(5)]
+FROM = "shop@engage.local"
+TEMPLATE = {"key": "vip_mail", "channel": "email", "from": FROM, "subject": "{{ journey.key }}/{{ journey.step }}",
+            "body": "<p>Welcome, {{ profile.traits.email }}</p>"}
+# Entered by `vip`: wait an hour (released by the clock's two-day move), split on email, send, exit.
+JOURNEY = {"key": "vip_welcome", "name": "VIP welcome", "entry": {"audience": "vip"}, "start": "wait_1h",
+           "steps": {"wait_1h": {"type": "wait", "duration": "PT1H", "next": "check"},
+                     "check": {"type": "split", "condition": {"trait": "email", "op": "exists"},
+                               "true": "mail", "false": "done"},
+                     "mail": {"type": "send", "channel": "email", "template": "vip_mail", "next": "done"},
+                     "done": {"type": "exit"}}}
+# A realtime webhook on `vip` and `recent_search` (entries now, exits when the clock moves), and an hourly
+# batch webhook on `recent_search`; both connected before the traffic (nothing to backfill).
+REALTIME = {"key": "hook", "type": "webhook", "audiences": ["vip", "recent_search"], "config": {"url": ""}}
+BATCHED = {"key": "hourly", "type": "webhook", "mode": "batch", "audiences": ["recent_search"],
+           "schedule": {"expression": "rate(1 hour)", "timezone": "UTC"}, "config": {"url": ""}}
+BATCH_SIZE = 100  # the webhook's default batch_size: changes per batch request
+
 BACKFILLED = {"key": "viewers", "name": "Viewers", "backfill": True,
               "condition": {"event": "Product Viewed", "count": {"op": "gte", "value": 2}}}
 
@@ -68,6 +99,7 @@ class Run:
     sizes: dict = field(default_factory=dict)  # audience -> counted size
     audiences: dict = field(default_factory=dict)  # audience -> (status, size) as the API says
     bus: list = field(default_factory=list)  # (profile_id, audience, version, detail-type), as delivered
+    other_bus: set = field(default_factory=set)  # journey and message events on the bus, deduplicated
     events: int = 0  # items in EventsTable
     history: int = 0  # items in ProfileEventsTable
     parked: list = field(default_factory=list)  # FailuresTable items still parked at the end
@@ -79,6 +111,18 @@ class Run:
     failed_invocations: int = 0
     ingest_retries: int = 0  # HTTP requests the client sent again after a 5xx
     seconds: float = 0.0
+    function_faults: Counter = field(default_factory=Counter)  # (function, kind, operation) -> injected
+    enrollments: dict = field(default_factory=dict)  # (journey, profile) -> normalized enrollment item
+    runs: dict = field(default_factory=dict)  # (journey, profile, run) -> normalized run item
+    executions: dict = field(default_factory=dict)  # execution name -> status
+    stats: dict = field(default_factory=dict)  # step -> counters, as GET /v1/journeys/{key} says
+    emails: Counter = field(default_factory=Counter)  # (to, subject) -> emails SES accepted
+    deliveries: dict = field(default_factory=dict)  # (profile pk, idempotency key) -> status (MessagesTable)
+    realtime: list = field(default_factory=list)  # change bodies the realtime webhook received (2xx)
+    batched: list = field(default_factory=list)  # change bodies the batch webhook received (2xx)
+    batch_requests: int = 0
+    messages_table: str = ""
+    send_windows: Counter = field(default_factory=Counter)  # faults in the sender's at-most-once window
 
 
 def send(cloud: RunningCloud, messages: list[dict], run: Run) -> None:
@@ -164,6 +208,46 @@ def replay_parked(cloud: RunningCloud, run: Run) -> None:
         settle(cloud)
 
 
+def connect_journey_and_destinations(cloud: RunningCloud, realtime: Receiver, batched: Receiver) -> None:
+    """The same journey, template and destinations in both runs; the SQS queues' visibility shortened."""
+    sqs = cloud.client("sqs")
+    for queue in QUEUES:
+        url = sqs.get_queue_url(QueueName=cloud.physical(queue).rsplit("/", 1)[-1])["QueueUrl"]
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(QUEUE_VISIBILITY)})
+    cloud.client("sesv2").create_email_identity(EmailIdentity=FROM)
+    for path, body in (("/v1/templates", TEMPLATE), ("/v1/journeys", JOURNEY),
+                       ("/v1/destinations", {**REALTIME, "config": {"url": realtime.url + "/hook"}}),
+                       ("/v1/destinations", {**BATCHED, "config": {"url": batched.url + "/hourly"}})):
+        status, _, answer = cloud.call("POST", path, body, auth=ACCESS_TOKEN)
+        assert status == 201, (path, answer)
+    status, _, answer = cloud.call("POST", f"/v1/journeys/{JOURNEY['key']}/publish", auth=ACCESS_TOKEN)
+    assert status == 200, answer
+
+
+def queued(cloud: RunningCloud) -> int:
+    """Messages in the journey and destination queues, visible or not (a failed one waits its visibility)."""
+    sqs, total = cloud.client("sqs"), 0
+    for queue in QUEUES:
+        url = sqs.get_queue_url(QueueName=cloud.physical(queue).rsplit("/", 1)[-1])["QueueUrl"]
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        total += sum(int(counts.get(name, 0)) for name in (
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed"))
+    return total
+
+
+def quiet(cloud: RunningCloud) -> None:
+    """Settle until the queues are empty too: a message that failed comes back after its visibility timeout
+    (real time), which settle does not wait for. Before every clock move, so an enrollment a fault delayed
+    starts before the move that releases its wait, as it would on AWS (an hour is far past 30 s)."""
+    deadline = time.monotonic() + 10 * QUEUE_VISIBILITY
+    settle(cloud, executions=True)
+    while queued(cloud):
+        assert time.monotonic() < deadline, f"{queued(cloud)} message(s) still queued"
+        time.sleep(2)  # polling for the visibility timeout to pass (real time), not a timed assertion
+        settle(cloud, executions=True)
+
+
 def workload() -> tuple[list[dict], list[dict], list[dict]]:
     """One seeded day of shop traffic: first visits, then steady traffic in two halves."""
     profiles = max(10, EVENTS // 6)
@@ -184,6 +268,7 @@ def run_workload(faults: dict | None, work: Path) -> Run:
     run = Run()
     began = time.monotonic()
     args = ["--faults", json.dumps({**faults, "log_dir": str(work)})] if faults is not None else []
+    realtime, batched = Receiver(), Receiver()
     cloud = start_cloud(*args)
     try:
         tap = bus_tap(cloud)
@@ -191,7 +276,10 @@ def run_workload(faults: dict | None, work: Path) -> Run:
         for audience in AUDIENCES:
             status, _, body = cloud.call("POST", "/v1/audiences", {**audience, "backfill": False}, auth=ACCESS_TOKEN)
             assert status == 201, body
+        connect_journey_and_destinations(cloud, realtime, batched)
+        run.messages_table = cloud.physical("MessagesTable")
         first, middle, last = workload()
+        middle = middle + VIPS
         send(cloud, first, run)
         settle(cloud)
         # An EventBridge outage (faulty run): the router's batch fails until Lambda gives up on it (retries,
@@ -211,22 +299,45 @@ def run_workload(faults: dict | None, work: Path) -> Run:
         settle(cloud, executions=True)
         send(cloud, last, run)
         settle(cloud)
-        # Time passes: the sweeper moves the recency audiences (a profile it fails on is retried 15 min later)
-        for step in ("P2D", "PT20M", "PT20M"):
+        # Time passes: the sweeper moves the recency audiences (a profile it fails on is retried 15 min later),
+        # the journey's hour passes, the batch destination's schedule comes (and once more an hour later)
+        for step in ("P2D", "PT20M", "PT20M", "PT1H"):
+            quiet(cloud)
             assert cloud.call("POST", "/_local/clock", {"advance": step})[0] == 200
             settle(cloud)
         replay_parked(cloud, run)
-        settle(cloud, executions=True)
+        quiet(cloud)
+        # A batch run that met a fault leaves its entries for the next run (nothing lost): run the schedule
+        # again while any wait (the fault-free run never needs this)
+        for _ in range(3):
+            if not backlog(cloud):
+                break
+            assert cloud.call("POST", "/_local/clock", {"advance": "PT1H"})[0] == 200
+            quiet(cloud)
         read_state(cloud, run, tap)
+        read_journeys_and_sends(cloud, run)
+        run.realtime = realtime.delivered()
+        run.batched = [change for body in batched.delivered() for change in body["batch"]]
+        run.batch_requests = len(batched.requests)
     finally:
+        realtime.close()
+        batched.close()
         assert stop_cloud(cloud) == 0, "".join(cloud.output[-40:])
     if faults is not None:
         for path in work.glob("faults-*.jsonl"):
             for line in path.read_text().splitlines():
                 fault = json.loads(line)
                 run.faults[fault["kind"]] += 1
+                run.function_faults[(fault["function"], fault["kind"], fault["operation"])] += 1
                 if fault["function"] == "AudienceRouterFunction":
                     run.router_faults[(fault["kind"], fault["operation"])] += 1
+                if fault["function"] in ("JourneyStepsFunction", "MessageSenderFunction"):
+                    # the sender's documented window (docs/messaging.md, "at most once"): a death between its
+                    # claim and the completion, or SES's answer lost (the email may be out; it is never resent)
+                    if fault["kind"] in ("crash", "raise") and fault.get("table") == run.messages_table:
+                        run.send_windows["died after a delivery write"] += 1
+                    if fault["service"] == "email" and fault["kind"] == "timeout_after":
+                        run.send_windows["SES answer lost"] += 1
     run.seconds = time.monotonic() - began
     return run
 
@@ -246,6 +357,10 @@ def read_state(cloud: RunningCloud, run: Run, tap: str) -> None:
         run.audiences[audience["key"]] = (audience.get("status"), audience.get("size"))
     for message in drain(cloud, tap):
         detail = message["detail"]
+        if message["detail-type"] not in ("Audience Entered", "Audience Exited"):  # journeys', the sender's
+            run.other_bus.add((message["detail-type"], detail.get("profile_id"), detail.get("journey_key"),
+                               detail.get("step"), detail.get("idempotency_key"), detail.get("reason")))
+            continue
         run.bus.append((detail["profile_id"], detail["audience_key"], int(detail["version"]), message["detail-type"]))
     run.events = len(scan(cloud, "EventsTable"))
     run.history = len(scan(cloud, "ProfileEventsTable"))
@@ -263,6 +378,34 @@ def read_state(cloud: RunningCloud, run: Run, tap: str) -> None:
             break
         after = page["next"]
     run.redelivered = sum(n - 1 for n in seen.values())
+
+
+def backlog(cloud: RunningCloud) -> int:
+    status, _, shown = cloud.call("GET", f"/v1/destinations/{BATCHED['key']}", auth=ACCESS_TOKEN)
+    assert status == 200, shown
+    return int(shown["status"]["backlog"])
+
+
+def read_journeys_and_sends(cloud: RunningCloud, run: Run) -> None:
+    for item in scan(cloud, "JourneysTable"):
+        parts = item["pk"].split("|")
+        if len(parts) == 3 and parts[2] not in ("stats", "mark", "waits") and item["sk"] == "enrollment":
+            run.enrollments[(parts[1], parts[2])] = normalized(item)
+        elif len(parts) == 3 and item["sk"].startswith("run|"):
+            run.runs[(parts[1], parts[2], item["sk"])] = normalized(
+                {k: v for k, v in item.items() if k not in ("execution_arn", "expires_at")})
+    status, _, journey = cloud.call("GET", f"/v1/journeys/{JOURNEY['key']}", auth=ACCESS_TOKEN)
+    assert status == 200, journey
+    run.stats = journey["stats"]
+    sfn = cloud.client("stepfunctions")
+    for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=journey["state_machine_arn"]):
+        run.executions.update({e["name"]: e["status"] for e in page["executions"]})
+    status, _, outbox = cloud.call("GET", "/_local/outbox")
+    assert status == 200, outbox
+    run.emails = Counter((m["to"], m["subject"]) for m in outbox["messages"] if m["channel"] == "email")
+    for item in scan(cloud, "MessagesTable"):
+        if item["sk"].startswith("delivery|"):
+            run.deliveries[(item["pk"], item["idempotency_key"])] = item["status"]
 
 
 def bus_changes(run: Run) -> dict[tuple[str, str, int], str]:
@@ -284,6 +427,18 @@ def figures(clean: Run, faulty: Run) -> dict:
         "stream records redelivered": faulty.redelivered, "parked": faulty.parked_before_replay,
         "replayed": faulty.replayed, "parked at the end": len(faulty.parked),
         "bus redeliveries (same change)": len(faulty.bus) - len(changes),
+        "journey executions (fault-free, faults)": (len(clean.executions), len(faulty.executions)),
+        "emails (fault-free, faults)": (sum(clean.emails.values()), sum(faulty.emails.values())),
+        "realtime webhook requests / distinct changes (faults)": (len(faulty.realtime),
+                                                                   len({c["id"] for c in faulty.realtime})),
+        "realtime webhook requests (fault-free)": len(clean.realtime),
+        "batch webhook changes / distinct / requests (fault-free)": (
+            len(clean.batched), len({c["id"] for c in clean.batched}), clean.batch_requests),
+        "batch webhook changes / distinct / requests (faults)": (
+            len(faulty.batched), len({c["id"] for c in faulty.batched}), faulty.batch_requests),
+        "sender's at-most-once window met": dict(faulty.send_windows),
+        "faults per function": {f: sum(n for (g, _, _), n in faulty.function_faults.items() if g == f)
+                                for f in sorted({g for g, _, _ in faulty.function_faults})},
         "seconds (fault-free, faults)": (round(clean.seconds), round(faulty.seconds)),
     }
 
@@ -333,3 +488,59 @@ def test_the_pipeline_ends_the_same_under_injected_faults_and_crashes(tmp_path):
                   if operation == "PutEvents" and kind in ("crash", "raise", "timeout_after"))
     recording = sum(n for (kind, operation), n in faulty.router_faults.items() if operation == "BatchWriteItem")
     assert len(faulty.bus) - len(faulty_changes) <= 10 * windows + 25 * recording, faulty.router_faults
+    # And the journey: each VIP enrolled once, every run ended as without faults (same executions, same
+    # enrollment and run items, same counts per step)
+    vips = {pk for pk, item in clean.profiles.items() if item.get("traits", {}).get("vip")}
+    assert len(clean.executions) == len(VIPS) == len(vips), (clean.executions, vips)
+    assert set(clean.executions.values()) == {"SUCCEEDED"}
+    assert faulty.executions == clean.executions
+    assert faulty.enrollments == clean.enrollments
+    assert faulty.runs == clean.runs
+    windows = sum(faulty.send_windows.values())
+    mail = ("entered", "completed", "failures")
+    assert {k: v for k, v in faulty.stats.items() if k != "mail"} == {k: v for k, v in clean.stats.items() if k != "mail"}
+    assert faulty.stats["mail"]["entered"] == clean.stats["mail"]["entered"]
+    assert faulty.stats["mail"]["completed"] + faulty.stats["mail"]["failures"] == clean.stats["mail"]["completed"]
+    assert faulty.stats["mail"]["failures"] <= windows, ({k: faulty.stats["mail"][k] for k in mail}, faulty.send_windows)
+    assert clean.stats["mail"]["completed"] == len(VIPS) - 1 and clean.stats["done"]["completed"] == len(VIPS)
+    # And each email went out at most once per (profile, journey, step), in SES's records: 0 duplicate sends.
+    # One is missing, or its log entry left `pending`, only where a fault met the sender's at-most-once window
+    expected = {(f"vip-{n}@example.com", f"{JOURNEY['key']}/mail") for n in range(1, len(VIPS))}
+    assert clean.emails == Counter(expected)
+    assert set(faulty.emails.values()) == {1} and set(faulty.emails) <= set(clean.emails), faulty.emails
+    assert len(clean.emails) - len(faulty.emails) <= windows, (faulty.emails, faulty.send_windows)
+    assert set(clean.deliveries.values()) == {"sent"} and len(clean.deliveries) == len(VIPS) - 1
+    assert faulty.deliveries.keys() == clean.deliveries.keys()
+    unresolved = [k for k, status in faulty.deliveries.items() if status != "sent"]
+    assert {faulty.deliveries[k] for k in unresolved} <= {"pending"} and len(unresolved) <= windows, faulty.deliveries
+    # And the journey's events on the bus are the same; `Message Sent` is best effort (docs/messaging.md)
+    # and a send step that failed completed no step
+    differ = clean.other_bus ^ faulty.other_bus
+    assert all(e[0] == "Message Sent" or e[3] == "mail" for e in differ), differ
+    assert len({e[1] for e in differ}) <= windows + sum(
+        n for (function, kind, operation), n in faulty.function_faults.items()
+        if function == "JourneyStepsFunction" and operation == "PutEvents" and kind in ("exhausted", "partial")), differ
+    # And the realtime webhook got every membership change of its audiences, none lost, none stale; a change
+    # twice (same delivery id) only in the deliverer's window: the invocation died between the receiver's 2xx
+    # and the sequence mark (docs/destinations.md, "Guarantees"), at most one change per such fault
+    for run in (clean, faulty):
+        received = {(c["profile_id"], c["audience_key"], int(c["version"])): c["event"] for c in run.realtime}
+        published = {k: v for k, v in bus_changes(run).items() if k[1] in REALTIME["audiences"]}
+        assert received == published, (sorted(set(published) - set(received)), sorted(set(received) - set(published)))
+    assert {c["id"] for c in faulty.realtime} == {c["id"] for c in clean.realtime}
+    assert len(clean.realtime) == len({c["id"] for c in clean.realtime})
+    deliverer = sum(n for (function, kind, _), n in faulty.function_faults.items()
+                    if function == "DestinationDelivererFunction" and kind in ("exhausted", "crash", "raise"))
+    assert len(faulty.realtime) - len({c["id"] for c in faulty.realtime}) <= deliverer
+    # And the batch webhook: the last change it got per (audience, profile) is the membership's final state,
+    # nothing left in its log; a batch sent twice only after a run died between its request and its deletes
+    for run in (clean, faulty):
+        last: dict = {}
+        for change in sorted(run.batched, key=lambda c: int(c["version"])):
+            last[(change["profile_id"], change["audience_key"])] = (bool(change["member"]), int(change["version"]))
+        final = {k: v for k, v in run.memberships.items() if k[1] in BATCHED["audiences"] and v[1] > 0}
+        assert last == final, (sorted(set(final.items()) - set(last.items())), sorted(set(last.items()) - set(final.items())))
+    assert len(clean.batched) == len({c["id"] for c in clean.batched})
+    batch_faults = sum(n for (function, kind, _), n in faulty.function_faults.items()
+                       if function == "DestinationBatchFunction" and kind in ("exhausted", "crash", "raise"))
+    assert len(faulty.batched) - len({c["id"] for c in faulty.batched}) <= BATCH_SIZE * batch_faults

@@ -317,6 +317,56 @@ def test_a_trigger_redelivered_after_a_crash_between_the_writes_starts_the_recor
     assert len(executions(api, answer)) == 1
 
 
+def test_a_trigger_redelivered_after_a_failed_publication_counts_and_publishes_the_entry(
+        api, bus_messages, monkeypatch):  # noqa: F811 - the fixture imported above
+    """The first attempt started the execution and died before `Journey Entered` was on the bus (PutEvents
+    throttled past the SDK's retries, or the process killed). Found by the fault harness (issue 9 item 4):
+    the redelivery took the 'redelivered' path, which restarted the execution and stopped there: the
+    entry event was lost, and so was the start step's `entered` count when the journey starts with a wait."""
+    published()
+    real = enrollment.publish
+
+    def throttled(*args, **kwargs):
+        raise RuntimeError("EventBridge refused Journey Entered: ThrottlingException")
+
+    monkeypatch.setattr(enrollment, "publish", throttled)
+    with pytest.raises(RuntimeError):
+        enrollment.on_audience_entered(audience_entered())
+    monkeypatch.setattr(enrollment, "publish", real)
+    assert enrollment.on_audience_entered(audience_entered())[0].reason == "redelivered"
+    entered = [e for e in bus_messages() if e["detail-type"] == "Journey Entered"]
+    assert [e["detail"]["execution_name"] for e in entered] == ["cart_rescue-v1-p1-e1"]
+    assert management.get("acme", "cart_rescue")["stats"]["wait_1h"]["entered"] == 1
+    enrollment.on_audience_entered(audience_entered())  # once more: counted once (the event may repeat)
+    assert management.get("acme", "cart_rescue")["stats"]["wait_1h"]["entered"] == 1
+
+
+def test_an_exit_retried_after_a_failed_publication_publishes_it_and_marks_the_run(
+        api, bus_messages, monkeypatch):  # noqa: F811 - the fixture imported above
+    """The exit Task wrote the enrollment's exit and died before `Journey Exited` (and the run item's exit).
+    Found by the fault harness (issue 9 item 4): the retry saw the enrollment exited and did nothing, so the
+    event was lost and `GET .../profiles/{id}` showed the run as never ended."""
+    published()
+    enrollment.on_audience_entered(audience_entered())
+    execution = "cart_rescue-v1-p1-e1"
+    real = enrollment.publish
+
+    def throttled(*args, **kwargs):
+        raise RuntimeError("EventBridge refused Journey Exited: ThrottlingException")
+
+    monkeypatch.setattr(enrollment, "publish", throttled)
+    with pytest.raises(RuntimeError):
+        enrollment.record_exit("acme", "cart_rescue", "p1", execution, "completed", {}, "exit")
+    monkeypatch.setattr(enrollment, "publish", real)
+    assert enrollment.record_exit("acme", "cart_rescue", "p1", execution, "completed", {}, "exit")
+    exited = [e for e in bus_messages() if e["detail-type"] == "Journey Exited"]
+    assert [(e["detail"]["execution_name"], e["detail"]["reason"]) for e in exited] == [(execution, "completed")]
+    assert enrollment.runs("acme", "cart_rescue", "p1")[0]["exit_reason"] == "completed"
+    # and once done, another call changes and publishes nothing
+    assert not enrollment.record_exit("acme", "cart_rescue", "p1", execution, "completed", {}, "exit")
+    assert [e for e in bus_messages() if e["detail-type"] == "Journey Exited"] == []  # (the tap hands out new ones)
+
+
 def history_item(profile_id: str, message: dict) -> dict:
     return {"pk": f"acme|{profile_id}", "sk": f"{message['timestamp']}|{message['messageId']}",
             "type": message["type"], "payload": json.dumps(message)}

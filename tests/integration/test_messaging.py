@@ -501,3 +501,54 @@ def test_a_webhook_template_whose_host_is_internal_fails_with_the_reason_and_sen
     # When it is sent, Then it fails at once (not retried) saying why
     delivery = send_message(request(profile_id, "m1", "meta", "webhook"))
     assert delivery.status == "failed" and "169.254.169.254 is a link-local address" in delivery.reason
+
+
+def test_a_claim_whose_answer_was_lost_is_taken_as_its_own_and_the_message_sent(pipeline, monkeypatch):
+    """The claim's PutItem was applied and its answer lost (read timeout); the SDK's retry meets the item.
+    Found by the fault harness's model (docs/reliability.md): the attempt used to take its own claim for
+    another in flight (SendInProgress until the lease), so a journey's send step gave up and nothing was sent."""
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    real = store.put_if_absent
+
+    def answer_lost(record):
+        assert real(record) is None  # the first attempt is applied
+        return real(record)  # the retry meets it
+
+    monkeypatch.setattr(store, "put_if_absent", answer_lost)
+    delivery = send_message(request(profile_id))
+    assert delivery.status == "sent" and len(sent_emails()) == 1
+
+
+def test_a_provider_call_whose_answer_was_lost_is_not_sent_again(pipeline, monkeypatch):
+    """SES took the email and its answer was lost (read timeout): the SDK must not send it again (SES has no
+    idempotency token). One attempt per provider call; the outcome is unknown, so the claim stays."""
+    import botocore.endpoint
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    real = botocore.endpoint.Endpoint._get_response  # (moto in-process answers below _send)
+    faults = ["read"]
+
+    def lossy(endpoint, request_, operation_model, context):
+        if operation_model.name == "SendEmail" and faults:
+            if faults.pop(0) == "read":
+                real(endpoint, request_, operation_model, context)  # applied: SES accepted the email
+                return None, ReadTimeoutError(endpoint_url=request_.url)
+            return None, ConnectTimeoutError(endpoint_url=request_.url)  # never arrived
+        return real(endpoint, request_, operation_model, context)
+
+    monkeypatch.setattr(botocore.endpoint.Endpoint, "_get_response", lossy)
+    with pytest.raises(ReadTimeoutError):
+        send_message(request(profile_id))
+    assert len(sent_emails()) == 1
+    with pytest.raises(SendInProgress):  # the claim holds: never sent twice
+        send_message(request(profile_id))
+    assert len(sent_emails()) == 1
+    # And a connection never made is not sent: the claim is released, so the caller's retry sends
+    faults.append("connect")
+    with pytest.raises(ProviderUnavailable):
+        send_message(request(profile_id, key="k2"))
+    assert store.read_delivery("acme", profile_id, "k2") is None
+    assert send_message(request(profile_id, key="k2")).status == "sent" and len(sent_emails()) == 2

@@ -134,6 +134,9 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
                             input_json=json.dumps(payload, sort_keys=True)).save()
         arn = _start(journey, record.current_execution, payload, version)
         store.RunRecord(pk, f"run|{entry:06d}").update(actions=[store.RunRecord.execution_arn.set(arn)])
+        # The first attempt may have died before counting the start or publishing the entry: both again (the
+        # count is a fact counted once; the event is at least once, consumers dedupe by execution name).
+        _entered(journey, trigger, version, entry, record.current_execution)
         return Outcome(journey.key, True, "redelivered", record.current_execution)
     refusal = _reentry_refusal(journey, record)
     if refusal:
@@ -160,13 +163,18 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
                     input_json=json.dumps(payload, sort_keys=True)).save()
     arn = _start(journey, name, payload, journey.version)
     store.RunRecord(pk, f"run|{entry:06d}").update(actions=[store.RunRecord.execution_arn.set(arn)])
+    _entered(journey, trigger, journey.version, entry, name)
+    metrics.add_metric(name="JourneyEntries", unit="Count", value=1)
+    return Outcome(journey.key, True, "enrolled", name)
+
+
+def _entered(journey: store.Journey, trigger: Trigger, version: int, entry: int, name: str) -> None:
+    """After the start: a start step that is a wait is counted here (no Task counts it), then the event."""
     definition = parse_journey(journey.published_definition)
     if definition.start in wait_chain(definition, definition.start):
         store.count(trigger.space_id, journey.key, trigger.profile_id, name, [(definition.start, "entered")])
     publish(ENTERED, trigger.space_id, journey.key, trigger.profile_id, trigger.ids,
-            {"version": journey.version, "entry": entry, "execution_name": name})
-    metrics.add_metric(name="JourneyEntries", unit="Count", value=1)
-    return Outcome(journey.key, True, "enrolled", name)
+            {"version": version, "entry": entry, "execution_name": name})
 
 
 def _reentry_refusal(journey: store.Journey, record: store.EnrollmentRecord) -> str | None:
@@ -198,28 +206,39 @@ def _start(journey: store.Journey, name: str, payload: dict[str, Any], version: 
 
 def record_exit(space_id: str, journey_key: str, profile_id: str, execution: str, reason: str,
                 ids: dict[str, Any] | None = None, step: str | None = None) -> bool:
-    """The run of `execution` ended: mark the enrollment (re-entry counts from here) and publish
-    `Journey Exited`. Idempotent: a second call for the same execution changes and publishes nothing."""
+    """The run of `execution` ended: mark the enrollment (re-entry counts from here), publish `Journey
+    Exited`, then mark the run item. At least once: a call that died after the enrollment write is finished
+    by the retry (the run item's exit, written last, says the event went out); once the run item says so, a
+    call changes and publishes nothing."""
     name = execution.rsplit(":", 1)[-1]
     pk = store.profile_pk(space_id, journey_key, profile_id)
     try:
         record = store.EnrollmentRecord.get(pk, "enrollment", consistent_read=True)
     except store.EnrollmentRecord.DoesNotExist:
         return False
-    if record.current_execution != name or record.exited_at:
+    if record.current_execution != name:
         return False
-    now = clock.iso()
-    record.exited_at, record.exit_reason = now, reason
-    try:
-        record.save()
-    except PutError as error:
-        if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
-            raise RuntimeError("the enrollment changed concurrently; retried") from error
-        raise
-    store.RunRecord(pk, f"run|{int(record.entries):06d}").update(
-        actions=[store.RunRecord.exited_at.set(now), store.RunRecord.exit_reason.set(reason)])
+    run_sk = f"run|{int(record.entries):06d}"
+    if record.exited_at:  # recorded before: finish what the earlier call may not have (event, run item)
+        try:
+            if store.RunRecord.get(pk, run_sk, consistent_read=True).exited_at:
+                return False
+        except store.RunRecord.DoesNotExist:
+            return False
+        now, reason = record.exited_at, record.exit_reason or reason
+    else:
+        now = clock.iso()
+        record.exited_at, record.exit_reason = now, reason
+        try:
+            record.save()
+        except PutError as error:
+            if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
+                raise RuntimeError("the enrollment changed concurrently; retried") from error
+            raise
     publish(EXITED, space_id, journey_key, profile_id, ids or {}, {"reason": reason, "step": step,
                                                                    "execution_name": name})
+    store.RunRecord(pk, run_sk).update(
+        actions=[store.RunRecord.exited_at.set(now), store.RunRecord.exit_reason.set(reason)])
     return True
 
 

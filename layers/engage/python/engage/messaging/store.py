@@ -209,6 +209,10 @@ def put_if_absent(record: DeliveryRecord) -> DeliveryRecord | None:
     except PutError as error:
         if _conditional_failed(error):
             existing = read_delivery(record.space_id, record.profile_id, record.idempotency_key)
+            if existing is not None and record.attempt and existing.attempt == record.attempt:
+                # This write's own claim: its first attempt was applied and its answer lost (a read timeout),
+                # then the SDK's retry met it. Without this the attempt took itself for another in flight.
+                return None
             if existing is not None:
                 return existing
         raise

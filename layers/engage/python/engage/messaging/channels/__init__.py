@@ -2,7 +2,13 @@
 
 A channel raises `Refused` when the provider rejected the message for good (it was not sent and a
 retry would not help: a bad address, a rejected sender), `Unavailable` when it was not sent but a
-retry may succeed (throttling, 5xx before acceptance). Any other exception leaves the outcome unknown.
+retry may succeed (throttling, 5xx before acceptance, a connection never made). Any other exception
+(a read timeout: the request may have been taken) leaves the outcome unknown.
+
+Provider clients (`provider_client`) make one attempt per call: SES and SNS take no idempotency token,
+so the SDK's own retry of a request whose answer was lost (read timeout) would send the message twice.
+What is surely not sent (throttling, 5xx, a connection never made) is `Unavailable`: the caller's retry
+(a Step Functions Retry, an SQS redelivery) sends it, after the sender released its claim.
 Swapping a provider (SNS SMS -> End User Messaging SMS, say) means replacing one module.
 """
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
 
 
 class Refused(Exception):
@@ -52,9 +60,19 @@ def classify(error: Exception) -> Exception:
         if code in RETRYABLE_CODES or status >= 500:
             return Unavailable(f"{code}: {message}")
         return Refused(f"{code}: {message}")
+    if isinstance(error, ConnectTimeoutError | EndpointConnectionError):
+        return Unavailable(f"not sent: {error}")  # no connection was made: the request never arrived
     if isinstance(error, BotoCoreError):
-        return error  # connection trouble: whether the request arrived is unknown
+        return error  # a read timeout or a dropped connection: whether the request arrived is unknown
     return error
+
+
+# One attempt: a resend is the caller's decision, made only when the first surely did not send.
+ONE_ATTEMPT = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+
+
+def provider_client(service: str):
+    return boto3.client(service, config=ONE_ATTEMPT)
 
 
 def send(message: OutgoingMessage) -> str:

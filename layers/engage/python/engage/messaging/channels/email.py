@@ -13,15 +13,14 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from functools import lru_cache
 
-import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from engage.messaging.channels import OutgoingMessage, Refused, classify
+from engage.messaging.channels import OutgoingMessage, Refused, classify, provider_client
 
 
 @lru_cache(maxsize=1)
 def _ses():
-    return boto3.client("sesv2")
+    return provider_client("sesv2")
 
 
 # SMTP line endings; headers folded only past RFC 5322's 998-character limit, so a long List-Unsubscribe URL
@@ -58,7 +57,7 @@ def send(message: OutgoingMessage) -> str:
         kwargs["ConfigurationSetName"] = message.configuration_set
     try:
         return _ses().send_email(**kwargs)["MessageId"]
-    except ClientError as error:
+    except (ClientError, BotoCoreError) as error:
         raise classify(error) from error
 
 

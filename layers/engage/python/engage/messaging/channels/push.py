@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from engage.messaging.channels import OutgoingMessage, classify
+from engage.messaging.channels import OutgoingMessage, classify, provider_client
 
 
 @lru_cache(maxsize=1)
 def _sns():
-    return boto3.client("sns")
+    return provider_client("sns")
 
 
 def payload(message: OutgoingMessage) -> str:
@@ -30,7 +29,7 @@ def send(message: OutgoingMessage) -> str:
     try:
         return _sns().publish(TargetArn=message.address, Message=payload(message),
                               MessageStructure="json")["MessageId"]
-    except ClientError as error:
+    except (ClientError, BotoCoreError) as error:
         raise classify(error) from error
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from engage.messaging.channels import OutgoingMessage, classify
+from engage.messaging.channels import OutgoingMessage, classify, provider_client
 
 
 @lru_cache(maxsize=1)
 def _sns():
-    return boto3.client("sns")
+    return provider_client("sns")
 
 
 def send(message: OutgoingMessage) -> str:
@@ -25,7 +24,7 @@ def send(message: OutgoingMessage) -> str:
     try:
         return _sns().publish(PhoneNumber=message.address, Message=message.body, MessageAttributes={
             "AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": kind}})["MessageId"]
-    except ClientError as error:
+    except (ClientError, BotoCoreError) as error:
         raise classify(error) from error
 
 
