@@ -267,7 +267,14 @@ def test_crash_after_the_provider_call_is_never_resent(pipeline, monkeypatch):
     assert len(sent_emails()) == 1
     with pytest.raises(SendInProgress):  # within the lease: may still be in flight
         send_message(request(profile_id))
+    shown = call_api("GET", "/v1/messages", query={"profile": "user_id:u1"})[1]["messages"]
+    assert [(m["status"], m["status_text"]) for m in shown] == [("pending", "pending")]
     clock.advance(timedelta(seconds=config.settings().send_lease_seconds + 1))
+    # Past the lease, before any retry: the log shows the outcome a retry would record (a journey's
+    # retries may all have ended by then), without writing it
+    shown = call_api("GET", "/v1/messages", query={"profile": "user_id:u1"})[1]["messages"]
+    assert [m["status"] for m in shown] == ["failed"] and shown[0]["reason"].startswith("outcome unknown")
+    assert store.read_delivery("acme", profile_id, "k1").status == "pending"
     delivery = send_message(request(profile_id))
     assert delivery.status == "failed" and delivery.reason.startswith("outcome unknown")
     assert send_message(request(profile_id)) == delivery

@@ -109,7 +109,11 @@ def messages(space_id: str, profile_ref: str | None, source: str | None) -> dict
 
 
 def view(record: store.DeliveryRecord) -> dict[str, Any]:
-    status = record.status
+    status, reason = record.status, record.reason
+    if status == store.PENDING and sender.lease_expired(record):
+        # No attempt finished this send within the lease, and none will (a crash in the at-most-once
+        # window with no retry left): the outcome the next retry would record, shown without a write.
+        status, reason = store.FAILED, sender.OUTCOME_UNKNOWN
     if status == store.PENDING:
         status_text = "pending"
     elif status == store.SENT:
@@ -117,9 +121,9 @@ def view(record: store.DeliveryRecord) -> dict[str, Any]:
     elif status == store.DEFERRED:
         status_text = f"deferred: {record.until}"
     else:
-        status_text = f"{status}: {record.reason}"
+        status_text = f"{status}: {reason}"
     return {"idempotency_key": record.idempotency_key, "status": status, "status_text": status_text,
-            "reason": record.reason, "until": record.until, "message_id": record.message_id,
+            "reason": reason, "until": record.until, "message_id": record.message_id,
             "channel": record.channel, "template": record.template, "to": record.address,
             "source": {"type": record.source_type, "key": record.source_key, "step": record.source_step},
             "transactional": bool(record.transactional), "profile_id": record.profile_id,

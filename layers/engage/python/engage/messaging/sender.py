@@ -231,11 +231,15 @@ def _due_again(record: store.DeliveryRecord, now) -> bool:
     return record.status == store.DEFERRED and bool(record.until) and clock.parse(record.until) <= now
 
 
+def lease_expired(record: store.DeliveryRecord) -> bool:
+    """A pending claim older than the lease: its attempt can no longer be in flight."""
+    return clock.now() - clock.parse(record.updated_at) >= timedelta(seconds=settings().send_lease_seconds)
+
+
 def _existing(record: store.DeliveryRecord) -> Delivery:
     if record.status != store.PENDING:
         return delivery_of(record)
-    claimed = clock.parse(record.updated_at)
-    if clock.now() - claimed < timedelta(seconds=settings().send_lease_seconds):
+    if not lease_expired(record):
         raise SendInProgress(f"delivery {record.idempotency_key!r} is being sent by another attempt")
     given_up = store.give_up(record, OUTCOME_UNKNOWN)
     if given_up is None:  # finished meanwhile by its own attempt
