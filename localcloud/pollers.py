@@ -110,12 +110,20 @@ class Poller(threading.Thread):
 
     def sync(self, timeout: float) -> bool:
         """Deliver everything available now, ignoring the batching window; False on timeout."""
+        return self.wait_sync(self.request_sync(), timeout)
+
+    def request_sync(self) -> int:
+        """Ask the poller to deliver everything available now; the ticket `wait_sync` waits for.
+        Settle asks every poller first, then waits: the pollers fetch in parallel, not one by one."""
         with self._sync:
             self._sync_requested += 1
             wanted = self._sync_requested
         condition = aws.on_stream_write()
         with condition:
             condition.notify_all()
+        return wanted
+
+    def wait_sync(self, wanted: int, timeout: float) -> bool:
         with self._sync:
             return self._sync.wait_for(lambda: self._sync_done >= wanted or not self.is_alive(), timeout)
 

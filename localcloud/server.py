@@ -203,8 +203,11 @@ class LocalCloud:
             while True:
                 rounds += 1
                 before = (sum(p.delivered for p in self.pollers), self.runtime.invocations)
-                for poller in self.pollers:
-                    if not poller.sync(max(0.0, deadline - time.monotonic())):
+                # All pollers fetch at once (a round costs the slowest poller, not the sum of all); one
+                # function's writes that another poller missed in this round make the next round run.
+                tickets = [(poller, poller.request_sync()) for poller in self.pollers]
+                for poller, wanted in tickets:
+                    if not poller.wait_sync(wanted, max(0.0, deadline - time.monotonic())):
                         raise TimeoutError(f"{poller.name} did not catch up within {timeout}s")
                 while self.runtime.busy():
                     if time.monotonic() > deadline:
