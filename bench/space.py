@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bench.workload import COUNTRIES, PAGES, PLANS
+from bench.workload import COUNTRIES, PAGES, PLANS, browser_context
 
 DAYS = 30
 TIERS = ["free", "team", "business", "enterprise"]
@@ -138,9 +138,7 @@ class Space:
         self.sequence += 1
         message = {"anonymousId": f"anon-{person.index:05d}-{device}-{person.index * 7919 % 100000:05d}",
                    "messageId": f"space-{self.sequence:08d}", "timestamp": _iso(when),
-                   "context": {"library": {"name": "analytics.js", "version": "5.2.0"}, "ip": "203.0.113.7",
-                               "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15",
-                               "page": {"path": "/", "url": "https://shop.example.com/"}}}
+                   "context": browser_context()}
         if not anonymous:
             message["userId"] = f"user-{person.index:05d}"
         return message

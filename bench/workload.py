@@ -77,6 +77,13 @@ def one_event_audiences(n: int) -> list[dict]:
             for i in range(n)]
 
 
+def browser_context() -> dict:
+    """The context analytics.js sends from the shop's home page (a new dict each time: callers edit it)."""
+    return {"library": {"name": "analytics.js", "version": "5.2.0"}, "ip": "203.0.113.7",
+            "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15",
+            "page": {"path": "/", "url": "https://shop.example.com/"}}
+
+
 class Traffic:
     """Segment messages from `profiles` users of a web shop, in arrival order."""
 
@@ -92,9 +99,7 @@ class Traffic:
         self.sequence += 1
         message = {"anonymousId": f"anon-{user:05d}-{user * 7919 % 100000:05d}",
                    "messageId": f"bench-{self.sequence:07d}", "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-                   "context": {"library": {"name": "analytics.js", "version": "5.2.0"}, "ip": "203.0.113.7",
-                               "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15",
-                               "page": {"path": "/", "url": "https://shop.example.com/"}}}
+                   "context": browser_context()}
         if not anonymous:
             message["userId"] = f"user-{user:05d}"
         return message
