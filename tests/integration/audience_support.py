@@ -174,6 +174,25 @@ class StreamReader:
         return {"Records": fresh}
 
 
+class Sizes:
+    """Audience sizes as users see them: the router counts each membership change from the stream,
+    so the stream's new records are routed (through the router's handler) before the counters are read."""
+
+    def __init__(self, aws):
+        self.changes = StreamReader(aws, "MembershipsTable")
+
+    def __call__(self, audience_key: str, space_id: str = "acme") -> int:
+        from engage.audiences import store
+
+        self.route()
+        return store.size(space_id, audience_key)
+
+    def route(self) -> None:
+        batch = self.changes.batch()
+        if batch["Records"]:
+            assert handler("audience_router")(batch, LambdaContext()) == {"batchItemFailures": []}
+
+
 class Bus:
     """The stack's bus read through an SQS queue behind a rule matching every `engage` event."""
 

@@ -11,6 +11,7 @@ from engage.audiences import backfill, runtime
 from engage.db import key
 from engage.profiles_store import ProfileEventRecord
 from tests.integration.audience_support import (
+    Sizes,
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,
     make_profile,
@@ -51,6 +52,8 @@ def test_backfill_evaluates_existing_profiles_from_their_history_and_becomes_rea
     assert status == 201, created
     # Then the audience's members are the profiles whose history matches
     assert members_of("big_spenders") == {"p1"}
+    Sizes(shop).route()  # sizes are counted by the router from the memberships stream
+    Sizes(shop).route()  # sizes are counted by the router from the memberships stream
     status, got = call_api("GET", "/v1/audiences/big_spenders")
     assert got["status"] == "ready" and got["size"] == 1
     # And the condition's aggregate was seeded on the profile, so the real-time path continues from it
@@ -123,6 +126,8 @@ def test_a_page_that_fails_after_progress_resumes_after_the_last_profile(shop, m
     # and the next call went on from there: each profile evaluated once in all, and the run completed
     assert sorted(seen) == [f"p{n}" for n in range(5)] and calls["n"] == 6
     assert members_of("big_spenders") == {"p1"}
+    Sizes(shop).route()
+    Sizes(shop).route()
     got = call_api("GET", "/v1/audiences/big_spenders")[1]
     assert got["status"] == "ready" and got["size"] == 1
 

@@ -1,5 +1,5 @@
-"""membership.apply: one profile evaluation's membership changes in as few TransactWriteItems as
-DynamoDB allows, still conditional on what was read, counted once, and replay-safe (moto)."""
+"""membership.apply: one profile evaluation's membership changes, each one PutItem conditional on
+what was read, replay-safe, and counted once by the router from the stream (moto)."""
 from __future__ import annotations
 
 import itertools
@@ -14,6 +14,7 @@ from engage.db import key
 from engage.memberships_store import MembershipRecord
 from tests.integration.audience_support import (
     LambdaContext,
+    Sizes,
     StreamReader,
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,
@@ -24,8 +25,13 @@ from tests.integration.audience_support import (
 SPACE = "acme"
 
 
-def transactions(usage) -> int:
-    return usage.count("dynamodb", "TransactWriteItems")
+def puts(usage) -> int:
+    return usage.count("dynamodb", "PutItem")
+
+
+@pytest.fixture
+def size(engine):
+    return Sizes(engine)
 
 
 def stored(profile_id: str) -> dict[str, bool]:
@@ -43,7 +49,7 @@ def trait_audience(audience_key: str, trait: str) -> dict:
             "condition": {"trait": trait, "op": "eq", "value": True}}
 
 
-def test_every_change_of_one_evaluation_is_one_transaction(engine, space):
+def test_every_change_of_one_evaluation_is_one_put_after_one_read(engine, space, size):
     # Given five audiences on five traits and a new profile matching all of them
     for i in range(5):
         assert call_api("POST", "/v1/audiences", trait_audience(f"a{i}", f"t{i}"))[0] == 201
@@ -53,45 +59,46 @@ def test_every_change_of_one_evaluation_is_one_transaction(engine, space):
     # When it is evaluated
     with measure() as usage:
         changes, _ = runtime.evaluate_profile(SPACE, image, affected, runtime.clock.now())
-    # Then its six entries (five audiences and `all`) were written by one transaction after one read
+    # Then its six entries (five audiences and `all`) were written one PutItem each after one read,
+    # no transaction and no counter write (the router counts them from the stream)
     assert sorted(c.audience_key for c in changes) == ["a0", "a1", "a2", "a3", "a4", "all"]
-    assert transactions(usage) == 1 and usage.count("dynamodb", "Query") == 1
+    assert puts(usage) == 6 and usage.count("dynamodb", "Query") == 1
+    assert usage.count("dynamodb", "TransactWriteItems") == usage.count("dynamodb", "UpdateItem") == 0
     assert stored("p1") == dict.fromkeys(["a0", "a1", "a2", "a3", "a4", "all"], True)
-    assert all(store.size(SPACE, c.audience_key) == 1 for c in changes)
+    assert all(size(c.audience_key) == 1 for c in changes)
     record = MembershipRecord.get(key(SPACE, "p1"), "a3")
     assert record.identity.as_dict() == {"user_id": "u1", "anonymous_id": None, "email": None}
     assert record.profile_version == 1 and record.version == 1
 
 
-def test_more_than_fifty_changes_are_split_at_the_transaction_limit(engine, space):
+def test_a_hundred_and_twenty_changes_are_each_written_and_counted_once(engine, space, size):
     keys = [f"aud{i:03}" for i in range(120)]
     with measure() as usage:
         changes = membership.apply(SPACE, "p1", dict.fromkeys(keys, True), {}, profile_version=1)
-    # 120 changes are 240 items: 50 + 50 + 20 changes (DynamoDB takes at most 100 items a transaction)
-    assert transactions(usage) == 3
+    assert puts(usage) == 120 and usage.count("dynamodb") == 120
     assert sorted(c.audience_key for c in changes) == keys
     assert stored("p1") == dict.fromkeys(keys, True)
-    assert {store.size(SPACE, k) for k in keys} == {1}
-    # And leaving them all is split the same way, each counter moved back once
+    assert {size(k) for k in keys} == {1}
+    # And leaving them all moves each counter back once
     with measure() as usage:
         left = membership.apply(SPACE, "p1", dict.fromkeys(keys, False), membership.current(SPACE, "p1"),
                                 profile_version=2)
-    assert transactions(usage) == 3 and len(left) == 120 and {store.size(SPACE, k) for k in keys} == {0}
+    assert puts(usage) == 120 and len(left) == 120 and {size(k) for k in keys} == {0}
 
 
-def test_only_differences_are_written(engine, space):
+def test_only_differences_are_written(engine, space, size):
     membership.apply(SPACE, "p1", {"a": True, "b": True}, {}, profile_version=1)
     read = membership.current(SPACE, "p1")
     with measure() as usage:
         changes = membership.apply(SPACE, "p1", {"a": True, "b": False, "c": False}, read, profile_version=2)
     # `a` is already in, `c` was never in: only `b` leaves
     assert [(c.audience_key, c.member) for c in changes] == [("b", False)]
-    assert transactions(usage) == 1
-    assert (store.size(SPACE, "a"), store.size(SPACE, "b"), store.size(SPACE, "c")) == (1, 0, 0)
+    assert puts(usage) == 1
+    assert (size("a"), size("b"), size("c")) == (1, 0, 0)
     assert stored("p1") == {"a": True, "b": False}
 
 
-def test_a_lost_race_rereads_and_retakes_only_the_item_that_lost(engine, space, monkeypatch):
+def test_a_lost_race_rereads_and_retakes_only_the_item_that_lost(engine, space, size, monkeypatch):
     # Given a profile that was in `a` and never in `b` or `c`, read by the evaluator...
     membership.apply(SPACE, "p1", {"a": True}, {}, profile_version=1)
     read = membership.current(SPACE, "p1")
@@ -108,16 +115,16 @@ def test_a_lost_race_rereads_and_retakes_only_the_item_that_lost(engine, space, 
     # When the evaluator, deciding from its older read, wants `a` out, `b` in and `c` in
     with measure() as usage:
         changes = membership.apply(SPACE, "p1", {"a": False, "b": True, "c": True}, read, profile_version=3)
-    # Then `a` moved and `b` appeared since the read: the first transaction is cancelled, only those
-    # two items are read again, and the retry writes only what is still different (`c`)
+    # Then `a` moved and `b` appeared since the read: their puts are refused, only those two items are
+    # read again, and nothing is retaken (both are already as wanted); `c` was written by its own put
     assert reread == [["a", "b"]]
-    assert transactions(usage) == 2
+    assert puts(usage) == 3
     assert [(c.audience_key, c.member) for c in changes] == [("c", True)]
-    assert (store.size(SPACE, "a"), store.size(SPACE, "b"), store.size(SPACE, "c")) == (0, 1, 1)
+    assert (size("a"), size("b"), size("c")) == (0, 1, 1)
     assert stored("p1") == {"a": False, "b": True, "c": True}
 
 
-def test_a_lost_race_on_one_item_leaves_the_others_as_decided(engine, space, monkeypatch):
+def test_a_lost_race_on_one_item_leaves_the_others_as_decided(engine, space, size, monkeypatch):
     # Given the evaluator read a profile with no memberships
     read = membership.current(SPACE, "p1")
     # And meanwhile another writer put it in `a` and out again (the item exists now, member false)
@@ -134,20 +141,23 @@ def test_a_lost_race_on_one_item_leaves_the_others_as_decided(engine, space, mon
     assert reread == [["a"]]
     assert sorted((c.audience_key, c.member, c.version) for c in changes) == [
         ("a", True, 3), ("b", True, 1), ("c", True, 1)]
-    assert {k: store.size(SPACE, k) for k in "abc"} == {"a": 1, "b": 1, "c": 1}
+    assert {k: size(k) for k in "abc"} == {"a": 1, "b": 1, "c": 1}
 
 
-def test_a_profile_that_keeps_losing_gives_up_after_its_attempts(engine, space):
+def test_a_profile_that_keeps_losing_gives_up_after_its_attempts(engine, space, size):
     membership.apply(SPACE, "p1", {"a": True}, {}, profile_version=1)
     read = membership.current(SPACE, "p1")
-    membership.apply(SPACE, "p1", {"a": False}, membership.current(SPACE, "p1"), profile_version=2)
-    # One attempt: the lost race is not retaken, and nothing is written or counted
+    # Another writer put it in `b` and out again since that read
+    membership.apply(SPACE, "p1", {"b": True}, membership.current(SPACE, "p1"), profile_version=2)
+    membership.apply(SPACE, "p1", {"b": False}, membership.current(SPACE, "p1"), profile_version=3)
+    # One attempt: the lost race on `b` is not retaken (the caller decides again from fresh reads);
+    # `c`, which nobody moved since the read, stands as written: each change is its own item
     with pytest.raises(RuntimeError, match="kept changing"):
-        membership.apply(SPACE, "p1", {"a": False, "b": True}, {**read}, profile_version=3, attempts=1)
-    assert stored("p1") == {"a": False} and store.size(SPACE, "b") == 0
+        membership.apply(SPACE, "p1", {"b": True, "c": True}, {**read}, profile_version=4, attempts=1)
+    assert stored("p1") == {"a": True, "b": False, "c": True} and (size("b"), size("c")) == (0, 1)
 
 
-def test_a_stale_image_writes_nothing(engine, space):
+def test_a_stale_image_writes_nothing(engine, space, size):
     membership.apply(SPACE, "p1", {"a": True}, {}, profile_version=5)
     read = membership.current(SPACE, "p1")
     # When a replayed, older image (version 3) decides `a` out
@@ -155,41 +165,40 @@ def test_a_stale_image_writes_nothing(engine, space):
         changes = membership.apply(SPACE, "p1", {"a": False}, read, profile_version=3)
     # Then nothing is written: the stored membership came from a newer image
     assert changes == [] and sum(usage.requests.values()) == 0
-    assert stored("p1") == {"a": True} and store.size(SPACE, "a") == 1
+    assert stored("p1") == {"a": True} and size("a") == 1
 
 
-def test_set_member_is_one_audience_of_apply(engine, space):
+def test_set_member_is_one_audience_of_apply(engine, space, size):
     change = membership.set_member(SPACE, "p1", "vip", True, None)
     assert change == membership.Change(SPACE, "p1", "vip", True, 1)
     assert membership.set_member(SPACE, "p1", "vip", True, membership.current_one(SPACE, "p1", "vip")) is None
-    assert store.size(SPACE, "vip") == 1
+    assert size("vip") == 1
 
 
-def test_a_replayed_profiles_batch_writes_nothing_and_counts_nothing(engine, space):
+def test_a_replayed_profiles_batch_writes_nothing_and_counts_nothing(engine, space, size):
     for i in range(3):
         assert call_api("POST", "/v1/audiences", trait_audience(f"a{i}", f"t{i}"))[0] == 201
-    profiles, changes = StreamReader(engine, "ProfilesTable"), StreamReader(engine, "MembershipsTable")
+    profiles = StreamReader(engine, "ProfilesTable")
     for n in range(4):
         make_profile(f"p{n}", ids={"user_id": str(n)}, traits={f"t{i}": True for i in range(n % 4)})
     batch = profiles.batch()
     evaluate = handler("audience_evaluator")
     with measure() as first:
         assert evaluate(batch, LambdaContext()) == {"batchItemFailures": []}
-    written = changes.batch()["Records"]
-    sizes = {k: store.size(SPACE, k) for k in ("all", "a0", "a1", "a2")}
+    written = puts(first)
+    sizes = {k: size(k) for k in ("all", "a0", "a1", "a2")}
     assert sizes == {"all": 4, "a0": 3, "a1": 2, "a2": 1}
-    assert len(written) == sum(sizes.values())
-    assert transactions(first) == 4  # one per profile
+    assert written == sum(sizes.values())  # one put per change
     # When the same batch is delivered again
     with measure() as replay:
         assert evaluate(batch, LambdaContext()) == {"batchItemFailures": []}
-    # Then nothing is written: no transaction, no membership stream record, the same sizes
-    assert transactions(replay) == 0
-    assert changes.batch()["Records"] == []
-    assert {k: store.size(SPACE, k) for k in sizes} == sizes
+    # Then nothing is written: no put, no membership stream record, the same sizes
+    assert puts(replay) == 0
+    assert size.changes.batch()["Records"] == []
+    assert {k: size(k) for k in sizes} == sizes
 
 
-def test_a_merged_profile_leaves_in_one_transaction_and_its_manual_memberships_move(engine, space):
+def test_a_merged_profile_leaves_everything_and_its_manual_memberships_move(engine, space, size):
     assert call_api("POST", "/v1/audiences", {"key": "vips", "name": "VIPs", "kind": "manual"})[0] == 201
     runtime.reset()
     membership.apply(SPACE, "loser", {"all": True, "vips": True, "x": True}, {}, profile_version=1)
@@ -197,13 +206,13 @@ def test_a_merged_profile_leaves_in_one_transaction_and_its_manual_memberships_m
     with measure() as usage:
         changes = runtime.leave_all(SPACE, {"space_id": SPACE, "profile_id": "loser", "version": 2,
                                             "merged_into": "winner"})
-    # One transaction moves the manual membership to the survivor, one takes the loser out of all three
-    assert transactions(usage) == 2
+    # One put moves the manual membership to the survivor, three take the loser out
+    assert puts(usage) == 4
     assert sorted((c.profile_id, c.audience_key, c.member) for c in changes) == [
         ("loser", "all", False), ("loser", "vips", False), ("loser", "x", False), ("winner", "vips", True)]
     assert stored("loser") == {"all": False, "vips": False, "x": False}
     assert stored("winner") == {"all": True, "vips": True}
-    assert (store.size(SPACE, "all"), store.size(SPACE, "vips"), store.size(SPACE, "x")) == (1, 1, 0)
+    assert (size("all"), size("vips"), size("x")) == (1, 1, 0)
 
 
 EXAMPLES = itertools.count(1)
@@ -217,7 +226,7 @@ steps = st.lists(st.tuples(st.sampled_from(PROFILES),
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=steps)
-def test_sizes_equal_the_members_after_any_sequence_of_writes(engine, space, steps):
+def test_sizes_equal_the_members_after_any_sequence_of_writes(engine, space, size, steps):
     """Fresh decisions, decisions from an outdated read (lost races) and replays of an earlier
     step, in any order: every size is the number of member items, and a replay changes nothing.
     (The moto account is shared by the examples: the invariant holds across them too.)"""
@@ -241,15 +250,19 @@ def test_sizes_equal_the_members_after_any_sequence_of_writes(engine, space, ste
         done.append((profile_id, decisions, version))
         now = stored(profile_id)
         assert all(now.get(audience_key, False) == member for audience_key, member in decisions.items())
+    size.route()
     for audience_key in AUDIENCES:
         assert store.size(SPACE, audience_key) == members_counted(audience_key)
 
 
-def test_a_transaction_conflict_on_a_counter_is_sent_again_not_failed(engine, space, monkeypatch):
-    """DynamoDB cancels a transaction that meets another one on the same item (TransactionConflict):
-    nothing read was wrong, so the writer sends it again instead of failing the stream record."""
+def test_a_transaction_conflict_on_a_counter_is_sent_again_not_failed(engine, space, size, monkeypatch):
+    """DynamoDB cancels a transaction that meets another one on the same item (TransactionConflict;
+    the router's commits meet on a busy audience's counter shards): nothing read was wrong, so the
+    router sends it again instead of failing the stream records."""
     import botocore.client
     from botocore.exceptions import ClientError
+
+    from engage.audiences import router
 
     assert call_api("POST", "/v1/audiences", trait_audience("a0", "t0"))[0] == 201
     affected = runtime.engine(SPACE).everything("users")
@@ -264,9 +277,10 @@ def test_a_transaction_conflict_on_a_counter_is_sent_again_not_failed(engine, sp
                                "CancellationReasons": reasons}, operation)
         return original(client, operation, params)
 
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", conflict_once)
     image = {"space_id": SPACE, "profile_id": "p1", "collection": "users", "version": 1, "traits": {"t0": True}}
     changes, _ = runtime.evaluate_profile(SPACE, image, affected, runtime.clock.now())
-    assert len(refused) == 1
     assert sorted(c.audience_key for c in changes) == ["a0", "all"]
-    assert stored("p1") == {"a0": True, "all": True} and store.size(SPACE, "a0") == 1
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", conflict_once)
+    monkeypatch.setattr(router, "_back_off", lambda attempt: None)
+    assert size("a0") == 1 and len(refused) == 1  # routed without a failure despite the conflict
+    assert stored("p1") == {"a0": True, "all": True} and size("all") == 1

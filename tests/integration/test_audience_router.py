@@ -9,7 +9,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from bench.meter import measure
-from engage.audiences import membership, router
+from engage.audiences import membership, router, store
 from engage.db import key
 from engage.profiles_store import ProfileRecord
 from tests.integration.audience_support import (
@@ -63,18 +63,19 @@ def test_a_batch_publishes_ten_entries_per_call_and_records_each_change_once(cha
     # When 23 changes are routed
     with measure() as usage:
         assert route(batch) == {"batchItemFailures": []}
-    # Then 3 PutEvents calls carried them, with one idempotency read and ceil(23/25) write, no profile read
+    # Then 3 PutEvents calls carried them, with one log read and one commit (the 23 log items and the
+    # audience's counter in one transaction), no profile read
     assert usage.count("events", "PutEvents") == 3
     assert usage.count("dynamodb", "BatchGetItem") == 1
-    assert usage.count("dynamodb", "BatchWriteItem") == 1
+    assert usage.count("dynamodb", "TransactWriteItems") == 1
     assert usage.count("dynamodb") == 2
-    assert len(published(bus)) == 23
+    assert len(published(bus)) == 23 and store.size("acme", "vip") == 23
     # When the same batch is delivered again
     with measure() as replay:
         assert route(batch) == {"batchItemFailures": []}
     # Then nothing is published twice: one read finds every change recorded
     assert replay.count("events") == 0 and replay.count("dynamodb") == 1
-    assert bus.received() == []
+    assert bus.received() == [] and store.size("acme", "vip") == 23
 
 
 def test_events_carry_the_documented_fields_from_the_stream_image_or_the_profile(changes, engine):
@@ -183,54 +184,62 @@ def test_a_failed_put_events_call_reports_its_records_and_publishes_nothing(chan
     assert [p for _, p, _ in published(bus)] == ["p0", "p1", "p2"]
 
 
-def test_a_publication_not_recorded_is_published_again_on_redelivery(changes, engine, monkeypatch):
-    """The documented limit: between PutEvents and the recording write, a failure means at least once."""
+def test_a_publication_not_committed_is_retried_published_again_and_counted_once(changes, engine, monkeypatch):
+    """The documented limit: between PutEvents and the commit, a failure means at least once; the
+    change is retried so its count is never lost."""
     bus = Bus(engine)
     make_profile("ann")
     enter("ann", "vip")
     batch = changes.batch()
 
-    def lost(self, results):
-        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "simulated"}}, "BatchWriteItem")
+    def lost(self, changes):
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "simulated"}}, "TransactWriteItems")
 
-    monkeypatch.setattr(router.PublicationLog, "record", lost)
-    # The change reached the bus, so the record is not reported (retrying it would publish it now)
-    assert route(batch) == {"batchItemFailures": []}
-    assert len(bus.received()) == 1
+    monkeypatch.setattr(router.PublicationLog, "commit", lost)
+    # The change reached the bus but was not recorded nor counted: its record is reported for a retry
+    assert route(batch) == {"batchItemFailures": [{"itemIdentifier": sequence_of(batch, "ann", "vip")}]}
+    assert len(bus.received()) == 1 and store.size("acme", "vip") == 0
     monkeypatch.undo()
-    # A redelivery publishes it again (never lost, possibly twice), and from then on it is recorded
+    # The retry publishes it again (never lost, possibly twice) and counts it; from then on it is recorded
     route(batch)
     route(batch)
-    assert len(bus.received()) == 1
+    assert len(bus.received()) == 1 and store.size("acme", "vip") == 1
 
 
-def test_an_invocation_dying_mid_batch_loses_nothing_and_re_publishes_only_what_was_unrecorded(changes, engine,
-                                                                                              monkeypatch):
-    bus = Bus(engine)
-    for n in range(40):
-        make_profile(f"p{n:02}")
-        enter(f"p{n:02}", "vip")
-    batch = changes.batch()
-    client = router._events_client()
-    real, calls = client.put_events, []
+def test_a_commit_whose_answer_was_lost_counts_nothing_twice(changes, engine):
+    """A transaction applied whose answer never came back is sent again: its conditions refuse it,
+    the log is read, and only what was not recorded is committed."""
+    make_profile("ann")
+    make_profile("bob")
+    enter("ann", "vip")
+    enter("bob", "vip")
+    records = changes.batch()["Records"]
+    plain = [router.change_of(None, {n: _plain.deserialize(v) for n, v in r["dynamodb"]["NewImage"].items()})
+             for r in records]
+    log = router._log()
+    log.commit(plain[:1])  # ann's commit applied (its answer lost) ...
+    log.commit(plain)  # ... so the retry carries both: ann is found recorded, bob committed
+    log.commit(plain)  # and a third attempt changes nothing
+    assert store.size("acme", "vip") == 2
+    recorded, _ = log.published({router.log_id(c) for c in plain})
+    assert sorted(e for elements in recorded.values() for e in elements) == ["vip#1", "vip#1"]
 
-    def dies_on_the_fourth_call(Entries):
-        calls.append(len(Entries))
-        if len(calls) == 4:
-            raise RuntimeError("the invocation timed out")
-        return real(Entries=Entries)
 
-    monkeypatch.setattr(client, "put_events", dies_on_the_fourth_call)
-    with pytest.raises(RuntimeError):
-        route(batch)
-    first = [p for _, p, _ in published(bus)]
-    assert len(first) == 30  # three calls accepted; 25 of them were recorded when the fourth call died
-    monkeypatch.undo()
-    # Lambda retries the whole batch: the 5 accepted-but-unrecorded changes go out again, with the 10 never sent
-    assert route(batch) == {"batchItemFailures": []}
-    second = [p for _, p, _ in published(bus)]
-    assert len(second) == 15 and len(set(first) & set(second)) == 5
-    assert set(first) | set(second) == {f"p{n:02}" for n in range(40)}
+def test_sizes_count_entries_and_exits_once_whatever_the_batches(changes, engine):
+    """Sizes are the router's: +1 per entry, -1 per exit, as the batches replay and overlap."""
+    for n in range(6):
+        make_profile(f"p{n}")
+        enter(f"p{n}", "vip")
+    first = changes.batch()
+    for n in range(3):
+        enter(f"p{n}", "vip", member=False)
+    second = changes.batch()
+    everything = {"Records": first["Records"] + second["Records"]}
+    route({"Records": first["Records"][:4]})
+    route(everything)
+    route(second)
+    route(everything)
+    assert store.size("acme", "vip") == 3
 
 
 def test_records_written_by_the_previous_router_version_still_deduplicate(changes, engine):
@@ -257,9 +266,17 @@ def test_records_written_by_the_previous_router_version_still_deduplicate(change
         config=IdempotencyConfig(event_key_jmespath="[space_id, profile_id, audience_key, to_string(version)]",
                                  expires_after_seconds=router.IDEMPOTENCY_SECONDS))(publish)
     image = batch["Records"][0]["dynamodb"]["NewImage"]
+    del image["router_counts"]  # a change written before the router counted sizes (its writer counted it)
     previous(change=router.change_of(None, {name: _plain.deserialize(value) for name, value in image.items()}))
     assert route(batch) == {"batchItemFailures": []}
-    assert bus.received() == []
+    assert bus.received() == [] and store.size("acme", "vip") == 0
+    # A change of the same era the old log does not hold is published once, and not counted
+    make_profile("bob")
+    enter("bob", "vip")
+    later = changes.batch()
+    del later["Records"][0]["dynamodb"]["NewImage"]["router_counts"]
+    assert route(later) == route(later) == {"batchItemFailures": []}
+    assert published(bus) == [("Audience Entered", "bob", "vip")] and store.size("acme", "vip") == 0
 
 
 def test_a_change_whose_idempotency_lookup_stays_throttled_is_retried_not_published(changes, engine, monkeypatch):

@@ -38,7 +38,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "IdentityTable": {"BatchGetItem", "GetItem", "DeleteItem"},  # DeleteItem/GetItem: unsuppress
         "LinksTable": {"Query"}, "MembershipsTable": {"Query"}, "ProfileEventsTable": {"Query"},
     },
-    # engage.privacy: find the person, exit memberships (transactions with size counters), delete everywhere
+    # engage.privacy: find the person, exit memberships (one put each), delete everywhere
     "PrivacyWorkerFunction": {
         "ConfigTable": {"GetItem", "Query", "PutItem", "UpdateItem"},
         "ProfilesTable": {"GetItem", "BatchGetItem", "BatchWriteItem"},
@@ -66,12 +66,14 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"}, "ConfigTable": {"UpdateItem"},
     },
     "AudienceEvaluatorFunction": {
-        "ConfigTable": {"Query", "UpdateItem"}, "MembershipsTable": {"BatchGetItem", "Query", "PutItem"},
+        "ConfigTable": {"Query"}, "MembershipsTable": {"BatchGetItem", "Query", "PutItem"},
         "ProfilesTable": {"BatchGetItem", "GetItem"}, "DueTable": {"PutItem"}, "LinksTable": {"Query"},
         "ProfileEventsTable": {"Query"}, "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
+    # the publication log and the size counters, committed together (TransactWriteItems: UpdateItem each)
     "AudienceRouterFunction": {
-        "ProfilesTable": {"BatchGetItem"}, "IdempotencyTable": {"BatchGetItem", "BatchWriteItem"},
+        "ProfilesTable": {"BatchGetItem"}, "IdempotencyTable": {"BatchGetItem", "UpdateItem"},
+        "ConfigTable": {"UpdateItem"},
         "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
     # StreamFailureQueue -> the failed records read back from their stream, parked
@@ -98,7 +100,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         # ProfilesTable UpdateItem: a windowed computed trait's refreshed values (computed_traits.runtime.refresh)
         "DueTable": {"GetItem", "PutItem", "DeleteItem", "Query"},
         "ProfilesTable": {"GetItem", "BatchGetItem", "UpdateItem"},
-        "ConfigTable": {"Query", "UpdateItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
+        "ConfigTable": {"Query"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
     },
     "AudienceBackfillFunction": {
         "ConfigTable": {"GetItem", "Query", "UpdateItem"}, "ProfilesTable": {"Scan", "UpdateItem"},
@@ -210,7 +212,7 @@ WRITE_ACTIONS = {f"dynamodb:{a}" for a in ("PutItem", "UpdateItem", "DeleteItem"
 
 def _config_keys_written() -> dict[str, set[str]]:
     """ConfigTable partition keys each function's code writes, from the code's own key functions
-    (call sites: membership transactions -> store._size_pk; backfill/management -> store._pk;
+    (call sites: the router's commits -> store._size_pk; backfill/management -> store._pk;
     export jobs -> export._pk)."""
     from engage.audiences import export, store
     from engage.computed_traits import store as computed_store
@@ -228,8 +230,7 @@ def _config_keys_written() -> dict[str, set[str]]:
     messaging = {messaging_store._templates_pk("acme"), settings_store._pk("acme"), signing_key}
     privacy_jobs = privacy_jobs_store._pk("acme")
     return {
-        "AudienceEvaluatorFunction": {sizes},
-        "AudienceSweeperFunction": {sizes},
+        "AudienceRouterFunction": {sizes},
         "AudienceBackfillFunction": {audiences, sizes, computed},
         "ManagementApiFunction": {audiences, sizes, exports, computed, journeys, destinations} | messaging,
         "AudienceExportFunction": {exports},
@@ -237,7 +238,7 @@ def _config_keys_written() -> dict[str, set[str]]:
         "BroadcastSenderFunction": {signing_key},  # the sender path creates the signing key on first use
         "JourneyStepsFunction": {signing_key},  # send steps: the same sender path
         "ProfileApiFunction": {privacy_jobs},
-        "PrivacyWorkerFunction": {privacy_jobs, sizes},
+        "PrivacyWorkerFunction": {privacy_jobs},
     }
 
 
@@ -310,10 +311,10 @@ def test_no_function_may_write_spaces_or_credentials(function):
 def test_the_leading_keys_check_fails_for_a_grant_without_a_condition(monkeypatch):
     """The check above can fail: a plain write policy on ConfigTable is caught."""
     resources = template.resources()
-    evaluator = json.loads(json.dumps(resources["AudienceEvaluatorFunction"]))
-    evaluator["Properties"]["Policies"].append({"DynamoDBWritePolicy": {"TableName": {"Ref": "ConfigTable"}}})
+    router = json.loads(json.dumps(resources["AudienceRouterFunction"]))
+    router["Properties"]["Policies"].append({"DynamoDBWritePolicy": {"TableName": {"Ref": "ConfigTable"}}})
     monkeypatch.setattr(template, "resources", lambda kind=None, path=None: {**resources,
-                                                                             "AudienceEvaluatorFunction": evaluator})
+                                                                             "AudienceRouterFunction": router})
     with pytest.raises(AssertionError, match="without a dynamodb:LeadingKeys condition"):
         test_config_table_writes_are_limited_by_leading_keys_to_the_partitions_the_code_writes(
-            "AudienceEvaluatorFunction")
+            "AudienceRouterFunction")

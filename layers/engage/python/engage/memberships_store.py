@@ -51,6 +51,10 @@ class MembershipRecord(EngageModel):
     # decided from. Absent on items written before it existed or by writers without an image
     # (manual edits, merges): the router then reads the profile.
     identity = MapAttribute(null=True)
+    # True on every change written since sizes are counted by the router from the stream: the
+    # router counts exactly the changes whose new image carries it. Changes written before were
+    # counted by their writer's transaction, so a deploy never counts one change twice.
+    router_counts = BooleanAttribute(null=True)
     version = VersionAttribute()
 
     by_audience = ByAudienceIndex()

@@ -2,38 +2,28 @@
 
 Every writer (stream evaluator, sweeper, backfill, manual edits, CSV import) goes through `apply`
 (`set_member` is its one-audience form): it writes only the memberships whose stored `member`
-differs from the wanted one, each conditioned on the version read and counted in its audience's
-size counter, all of one profile's changes in one TransactWriteItems (DynamoDB takes 100 items
-per transaction: 50 changes, as each change is its membership item and a counter item).
-A replayed batch therefore finds nothing to change: no duplicate stream record, no double count,
-no duplicate `Audience Entered` downstream. Writers that hold the profile image pass its
-`identity_of` so the router can publish from the membership's stream image alone.
+differs from the wanted one, each with one PutItem conditioned on the version read. A replayed
+batch therefore finds nothing to change: no duplicate stream record, no double count, no
+duplicate `Audience Entered` downstream. Sizes are not written here: the router counts each change
+from the memberships stream, exactly once (engage.audiences.router). Writers that hold the profile
+image pass its `identity_of` so the router can publish from the membership's stream image alone.
 """
 from __future__ import annotations
 
 import base64
 import json
-import random
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import QueryError, TransactWriteError
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import PutError, QueryError
 
 from engage import clock
-from engage.audiences import store
 from engage.db import key
 from engage.errors import ValidationFailed
 from engage.memberships_store import MembershipRecord
 
-TRANSACTION_ITEMS = 100  # DynamoDB's limit of items in one TransactWriteItems
-CHANGES_PER_TRANSACTION = TRANSACTION_ITEMS // 2  # each change: its membership item + a counter shard
-LOST_RACE = "ConditionalCheckFailed"  # the cancellation reason of an item whose version moved
-# Another transaction was writing one of our items (typically a busy size counter shard): nothing
-# we read is wrong, so the same transaction is sent again after a short pause.
-CONFLICT = "TransactionConflict"
+LOST_RACE = "ConditionalCheckFailedException"  # the item's version moved since it was read
 
 
 class LostRace(RuntimeError):
@@ -97,11 +87,11 @@ def apply(space_id: str, profile_id: str, decisions: Mapping[str, bool],
     changes written.
 
     `existing` is what the caller read (audience key -> item; absent or None = no item). Only the
-    differences are written, together in one TransactWriteItems per 50: each membership item
-    conditioned on the version read, each audience's size counter moved by one in the same
-    transaction. On a lost race (another writer moved an item's version) the transaction is
-    cancelled whole; the items that lost are read again and only their decisions retaken, the
-    others are sent again as they were, so two concurrent writers cannot both count an entry.
+    differences are written, each its own PutItem conditioned on the version read (no transaction:
+    a change is one membership item, and its size is counted by the router from the stream). On a
+    lost race (another writer moved an item's version) only that item is read again and its
+    decision retaken, so two concurrent writers cannot both write one entry. A write whose answer
+    was lost after it applied is found applied on the re-read: nothing is written twice.
     `profile_version` is the version of the profile image the decisions came from: an older image
     than the one a stored membership was decided from changes nothing (replayed stream records).
     `identity` (`identity_of` the same image) is stored for the router; without it any stored
@@ -110,48 +100,32 @@ def apply(space_id: str, profile_id: str, decisions: Mapping[str, bool],
     known = {audience_key: record for audience_key, record in existing.items() if record is not None}
     pending = [k for k, member in decisions.items() if _differs(known.get(k), member, profile_version)]
     changes: list[Change] = []
-    for start in range(0, len(pending), CHANGES_PER_TRANSACTION):
-        chunk = pending[start:start + CHANGES_PER_TRANSACTION]
-        changes += _write(space_id, profile_id, chunk, decisions, known, profile_version, identity, attempts)
-    return changes
-
-
-def _write(space_id: str, profile_id: str, audience_keys: list[str], decisions: Mapping[str, bool],
-           known: dict[str, MembershipRecord], profile_version: int | None,
-           identity: Mapping[str, str | None] | None, attempts: int) -> list[Change]:
-    """One transaction of at most CHANGES_PER_TRANSACTION changes, retaken on lost races."""
     for attempt in range(attempts):
-        audience_keys = [k for k in audience_keys if _differs(known.get(k), decisions[k], profile_version)]
-        if not audience_keys:
-            return []
+        lost: list[str] = []
         now = clock.iso()
-        records = [_next_record(space_id, profile_id, k, decisions[k], known.get(k), now, profile_version, identity)
-                   for k in audience_keys]
-        counters = store.size_moves(space_id, profile_id, {k: 1 if decisions[k] else -1 for k in audience_keys})
-        try:
-            with TransactWrite(connection=MembershipRecord._get_connection().connection) as transaction:
-                for record in records:  # puts go first in the request: reasons[i] is records[i]
-                    transaction.save(record)  # conditioned on the version read (VersionAttribute)
-                for counter, delta in counters:
-                    transaction.update(counter, actions=[type(counter).count.add(delta)])
-        except TransactWriteError as error:
-            reasons = (error.cancellation_reasons or [])[:len(records)]
-            lost = [k for k, reason in zip(audience_keys, reasons, strict=False)
-                    if reason is not None and reason.code == LOST_RACE]
-            if not lost:
-                if any(r is not None and r.code == CONFLICT for r in error.cancellation_reasons or []):
-                    time.sleep(0.02 * 2 ** attempt + random.random() * 0.02)  # let the other writer finish
-                    continue
-                raise
-            fresh = current_of(space_id, profile_id, lost)
-            known.update(fresh)
-            for audience_key in lost:
-                if audience_key not in fresh:
-                    known.pop(audience_key, None)
-            continue
-        return [Change(space_id, profile_id, r.audience_key, bool(r.member), int(r.version or 0)) for r in records]
-    raise LostRace(f"memberships {space_id}/{profile_id}/{','.join(audience_keys)} kept changing under us; "
-                       "retry")
+        for audience_key in pending:
+            record = _next_record(space_id, profile_id, audience_key, decisions[audience_key], known.get(audience_key),
+                                  now, profile_version, identity)
+            try:
+                record.save()  # conditioned on the version read (VersionAttribute); none = no item yet
+            except PutError as error:
+                if error.cause_response_code != LOST_RACE:
+                    raise
+                lost.append(audience_key)
+                continue
+            changes.append(Change(space_id, profile_id, audience_key, bool(record.member), int(record.version or 0)))
+        if not lost:
+            return changes
+        fresh = current_of(space_id, profile_id, lost)
+        for audience_key in lost:
+            if audience_key in fresh:
+                known[audience_key] = fresh[audience_key]
+            else:
+                known.pop(audience_key, None)
+        pending = [k for k in lost if _differs(known.get(k), decisions[k], profile_version)]
+        if not pending:
+            return changes
+    raise LostRace(f"memberships {space_id}/{profile_id}/{','.join(pending)} kept changing under us; retry")
 
 
 def _next_record(space_id: str, profile_id: str, audience_key: str, member: bool, stored: MembershipRecord | None,
@@ -164,7 +138,8 @@ def _next_record(space_id: str, profile_id: str, audience_key: str, member: bool
         entered_at=stored.entered_at if stored is not None else None,
         exited_at=stored.exited_at if stored is not None else None,
         profile_version=profile_version,
-        identity={name: identity.get(name) for name in IDENTITY_FIELDS} if identity is not None else None)
+        identity={name: identity.get(name) for name in IDENTITY_FIELDS} if identity is not None else None,
+        router_counts=True)
     if stored is not None and stored.version is not None:
         record.version = stored.version  # the save's condition: unchanged since read (none = no item yet)
     if member:

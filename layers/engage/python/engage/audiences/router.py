@@ -1,9 +1,13 @@
-"""Membership changes -> `Audience Entered` / `Audience Exited` on the stack's EventBridge bus.
+"""Membership changes -> `Audience Entered` / `Audience Exited` on the stack's EventBridge bus,
+and the audiences' size counters.
 
 Reads MembershipsTable stream records (NEW_AND_OLD_IMAGES) a batch at a time. A record is a
 change when `member` differs between the old and the new image. Per batch:
 
-1. one BatchGetItem on IdempotencyTable (per 100 changes) finds the changes already published;
+1. the publication log (IdempotencyTable) is read, one item per profile evaluation (space,
+   profile, profile version: every change one evaluation wrote shares it; a change without a
+   profile version is its own item), BatchGetItem per 100: it holds the changes already
+   published as `<audience>#<membership version>` in a string set;
 2. the rest are built from the stream image: the profile's ids come from the membership's
    `identity` (written by the evaluator from the profile image it decided from); only items
    without it (written before it existed, manual edits, merges) read the profile, all such
@@ -11,33 +15,40 @@ change when `member` differs between the old and the new image. Per batch:
 3. PutEvents sends up to 10 entries (and 256 KB) per call; each entry's result is checked:
    a refused entry (or a call that fails) makes its record a batch item failure, retried
    by the event source mapping;
-4. each published change is recorded as a COMPLETED powertools idempotency record (same table,
-   key, format and expiry as the `idempotent_function` decorator), 25 per BatchWriteItem,
-   written only after EventBridge accepted the entry, as soon as 25 are pending.
+4. the accepted changes are committed: their elements are added to their log items and each
+   audience's size counter moves by the batch's net count of them (+1 an entry, -1 an exit; one
+   shard item per audience, picked at random to spread a hot audience), in one TransactWriteItems
+   whose log updates are conditioned on the elements being absent. A count therefore moves
+   exactly when its change is first recorded: a replay, a retried transaction whose answer was
+   lost, or a regrouped batch counts nothing twice. Changes written before the router counted
+   (no `router_counts` on the image) are recorded but not counted: their writer counted them.
+   A commit that fails makes its records batch item failures (their counts must not be lost).
 
-Guarantee: at least once, and exactly once unless the invocation dies (or the recording write
-fails) between PutEvents accepting an entry and its record being written; then a redelivery
-publishes that change again. A replayed or regrouped batch whose changes were recorded
-publishes nothing. Consumers can drop such a duplicate by (space, profile_id, audience_key,
-version), which identifies one change. No INPROGRESS lock is written: a stream shard is
-processed by one invocation at a time, so nothing else can publish the same change meanwhile.
+Guarantee: sizes exact, each change counted once; publication at least once, and exactly once
+unless the invocation dies (or the commit fails) between PutEvents accepting an entry and its
+commit; then a redelivery publishes that change again (and counts it then, once). Consumers can
+drop such a duplicate by (space, profile_id, audience_key, version), which identifies one change.
+No lock is written: a stream shard is processed by one invocation at a time, and all of a
+profile's memberships share a partition key, so nothing else publishes the same change meanwhile.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import boto3
-from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engage import clock
+from engage.audiences import store
 from engage.audiences.membership import IDENTITY_FIELDS, identity_of
 from engage.config import settings
 from engage.db import key
@@ -52,19 +63,23 @@ IDEMPOTENCY_SECONDS = 2 * 24 * 3600
 # EventBridge PutEvents: at most 10 entries and 256 KB per call.
 MAX_ENTRIES_PER_PUT = 10
 MAX_BYTES_PER_PUT = 256 * 1024
-# DynamoDB: BatchGetItem reads up to 100 keys, BatchWriteItem writes up to 25 items.
-MAX_KEYS_PER_READ, MAX_ITEMS_PER_WRITE = 100, 25
-# Unprocessed keys/items (throttling) are retried this many times, backing off, before giving up.
+# DynamoDB: BatchGetItem reads up to 100 keys; TransactWriteItems writes up to 100 items.
+MAX_KEYS_PER_READ, MAX_ITEMS_PER_TRANSACTION = 100, 100
+# Commit as soon as this many accepted changes are pending: a crash re-publishes at most this many + 10.
+COMMIT_EVERY = 50
+# Unprocessed keys (throttling) and conflicting transactions are retried this many times, backing off.
 BATCH_ATTEMPTS = 5
-# The key prefix the `idempotent_function` decorator gave these records before publishing was
-# batched: records written by the previous router version keep deduplicating across a deploy.
-KEY_PREFIX_FUNCTION = "engage.audiences.router._idempotent_put.<locals>.publish"
+LOG_PREFIX = "engage.audiences.router.published"
+# The key prefix the previous routers gave their per-change powertools idempotency records.
+LEGACY_KEY_PREFIX = "engage.audiences.router._idempotent_put.<locals>.publish"
 
 
 def change_of(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any] | None:
     """The membership change a stream record carries (plain images), or None when `member` did not flip.
 
-    `identity` is the profile ids the membership item carries, or None for items without them.
+    `identity` is the profile ids the membership item carries, or None for items without them;
+    `profile_version` the profile image the writer decided from (None for manual edits);
+    `counted` whether the router counts it in the audience's size (see the module's docstring).
     """
     if not new:
         return None  # item removed: not a membership change
@@ -74,10 +89,13 @@ def change_of(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[st
         return None
     timestamp = new.get("entered_at") if now_member else new.get("exited_at")
     identity = new.get("identity")
+    profile_version = new.get("profile_version")
     return {"space_id": new["space_id"], "profile_id": new["profile_id"], "audience_key": new["audience_key"],
             "member": now_member, "version": int(new.get("version") or 0),
             "timestamp": timestamp or new.get("updated_at") or clock.iso(),
-            "identity": {name: identity.get(name) for name in IDENTITY_FIELDS} if isinstance(identity, dict) else None}
+            "identity": {name: identity.get(name) for name in IDENTITY_FIELDS} if isinstance(identity, dict) else None,
+            "profile_version": int(profile_version) if profile_version is not None else None,
+            "counted": bool(new.get("router_counts"))}
 
 
 def profile_ids(space_id: str, profile_id: str) -> dict[str, Any]:
@@ -128,69 +146,163 @@ def put_groups(entries: Sequence[dict[str, Any]]) -> Iterator[list[int]]:
 
 
 # ---------------------------------------------------------------- the publication log
-class PublicationLog(DynamoDBPersistenceLayer):
-    """Powertools idempotency records of published changes, read and written a batch at a time.
+def log_id(change: dict[str, Any]) -> str:
+    """The log item a change is recorded in: one per profile evaluation (hashed: no ids in the key)."""
+    if change["profile_version"] is not None:
+        parts = [change["space_id"], change["profile_id"], "v", change["profile_version"]]
+    else:
+        parts = [change["space_id"], change["profile_id"], change["audience_key"], change["version"]]
+    return f"{LOG_PREFIX}#{hashlib.sha256(json.dumps(parts).encode()).hexdigest()}"
 
-    Keys, item format and expiry are the persistence layer's own (`event_key_jmespath` over the
-    change); only COMPLETED records are written, once EventBridge accepted the change.
-    """
 
-    def key_of(self, change: dict[str, Any]) -> str:
-        return self._get_hashed_idempotency_key(change)
+def element_of(change: dict[str, Any]) -> str:
+    return f"{change['audience_key']}#{change['version']}"
 
-    def completed(self, keys: Iterable[str]) -> tuple[set[str], set[str]]:
-        """(keys with a live COMPLETED record, keys whose lookup stayed unprocessed)."""
-        pending = [self._get_key(k) for k in dict.fromkeys(keys)]
-        done: set[str] = set()
+
+class PublicationLog:
+    """Published changes in IdempotencyTable (`id`, TTL `expiration`), read and committed a batch at a time."""
+
+    def __init__(self, table_name: str, config_table: str):
+        self.table_name, self.config_table = table_name, config_table
+        self.client = boto3.client("dynamodb")
+
+    def published(self, ids: Iterable[str]) -> tuple[dict[str, set[str]], set[str]]:
+        """(log id -> elements recorded, for live items; ids whose read stayed unprocessed)."""
+        pending = [{"id": {"S": i}} for i in dict.fromkeys(ids)]
+        found: dict[str, set[str]] = {}
+        now = int(clock.now().timestamp())
+        for attempt in range(BATCH_ATTEMPTS):
+            unprocessed = []
+            for start in range(0, len(pending), MAX_KEYS_PER_READ):
+                request = {self.table_name: {"Keys": pending[start:start + MAX_KEYS_PER_READ], "ConsistentRead": True,
+                                             "ProjectionExpression": "id, published, expiration"}}
+                response = self.client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    if int(item.get("expiration", {}).get("N", "0")) > now:  # expired, not yet removed: forgotten
+                        found[item["id"]["S"]] = set(item.get("published", {}).get("SS", []))
+                unprocessed += response.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
+            pending = unprocessed
+            if not pending or attempt == BATCH_ATTEMPTS - 1:
+                break
+            _back_off(attempt)
+        return found, {k["id"]["S"] for k in pending}
+
+    def commit(self, changes: Sequence[dict[str, Any]]) -> None:
+        """Record `changes` as published and count the counted ones, each exactly once (see the module)."""
+        for chunk in _chunks(changes):
+            self._commit_chunk(chunk)
+
+    def _commit_chunk(self, chunk: list[dict[str, Any]]) -> None:
+        for attempt in range(BATCH_ATTEMPTS):
+            if not chunk:
+                return
+            items = self._transaction(chunk)
+            try:
+                if any(i["Update"]["TableName"] == self.config_table for i in items):
+                    self.client.transact_write_items(TransactItems=items)
+                else:  # nothing to count: each log update is safe alone, at half a transaction's price
+                    for item in items:
+                        self.client.update_item(**item["Update"])
+                return
+            except ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+                if code == "ConditionalCheckFailedException" or "ConditionalCheckFailed" in reasons:
+                    # Some were recorded meanwhile (a retried commit whose answer was lost): keep the others.
+                    recorded, _ = self.published({log_id(c) for c in chunk})
+                    chunk = [c for c in chunk if element_of(c) not in recorded.get(log_id(c), set())]
+                    continue
+                if code == "TransactionCanceledException" and "TransactionConflict" in reasons or \
+                        code in ("TransactionConflictException", "ProvisionedThroughputExceededException",
+                                 "ThrottlingException"):
+                    _back_off(attempt)
+                    continue
+                raise
+        raise RuntimeError(f"committing {len(chunk)} published changes kept conflicting")
+
+    def _transaction(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        elements: dict[str, list[str]] = {}
+        deltas: dict[tuple[str, str], int] = {}
+        for change in chunk:
+            elements.setdefault(log_id(change), []).append(element_of(change))
+            if change["counted"]:
+                audience = (change["space_id"], change["audience_key"])
+                deltas[audience] = deltas.get(audience, 0) + (1 if change["member"] else -1)
+        expiry = str(int(clock.now().timestamp()) + IDEMPOTENCY_SECONDS)
+        items: list[dict[str, Any]] = []
+        for item_id, recorded in elements.items():
+            values = {f":e{i}": {"S": e} for i, e in enumerate(recorded)}
+            items.append({"Update": {
+                "TableName": self.table_name, "Key": {"id": {"S": item_id}},
+                "UpdateExpression": "ADD published :published SET expiration = :expiry",
+                "ConditionExpression": " AND ".join(f"NOT contains(published, {v})" for v in values),
+                "ExpressionAttributeValues": {**values, ":published": {"SS": recorded}, ":expiry": {"N": expiry}}}})
+        for (space_id, audience_key), delta in deltas.items():
+            if delta:
+                shard = store.size_shard_key(space_id, audience_key, random.randrange(store.SIZE_SHARDS))
+                items.append({"Update": {
+                    "TableName": self.config_table, "Key": {"pk": {"S": shard[0]}, "sk": {"S": shard[1]}},
+                    "UpdateExpression": "ADD #count :delta", "ExpressionAttributeNames": {"#count": "count"},
+                    "ExpressionAttributeValues": {":delta": {"N": str(delta)}}}})
+        return items
+
+
+class LegacyLog(DynamoDBPersistenceLayer):
+    """The previous routers' log: one powertools COMPLETED record per change. Read only for changes
+    written before sizes were counted here (no `router_counts`), the only ones it can hold, so a
+    redelivery across the deploy does not publish them again."""
+
+    def published(self, changes: Iterable[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(changes (log id, element) the old log holds as published, changes whose lookup stayed unprocessed)."""
+        keys = {self._get_hashed_idempotency_key(c): (log_id(c), element_of(c)) for c in changes}
+        pending = [self._get_key(k) for k in keys]
+        done: set[tuple[str, str]] = set()
         for attempt in range(BATCH_ATTEMPTS):
             unprocessed = []
             for start in range(0, len(pending), MAX_KEYS_PER_READ):
                 request = {self.table_name: {"Keys": pending[start:start + MAX_KEYS_PER_READ], "ConsistentRead": True}}
                 response = self.client.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self.table_name, []):
-                    # INPROGRESS (left by a crashed invocation of the decorator era) or expired: publish again
                     if self._item_to_data_record(item).status == STATUS_CONSTANTS["COMPLETED"]:
-                        done.add(self._item_to_key(item))
+                        done.add(keys[item[self.key_attr]["S"]])
                 unprocessed += response.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
             pending = unprocessed
             if not pending or attempt == BATCH_ATTEMPTS - 1:
                 break
             _back_off(attempt)
-        return done, {self._item_to_key(k) for k in pending}
+        return done, {keys[k[self.key_attr]["S"]] for k in pending}
 
-    def record(self, results: dict[str, dict[str, Any]]) -> set[str]:
-        """Write a COMPLETED record per key (value = the publication); return the keys left unwritten."""
-        expiry = str(self._get_expiry_timestamp())
-        pending = [{"PutRequest": {"Item": {
-            **self._get_key(k), self.expiry_attr: {"N": expiry},
-            self.status_attr: {"S": STATUS_CONSTANTS["COMPLETED"]},
-            self.data_attr: {"S": json.dumps(result, cls=Encoder, sort_keys=True)}}}} for k, result in results.items()]
-        for attempt in range(BATCH_ATTEMPTS):
-            unprocessed = []
-            for start in range(0, len(pending), MAX_ITEMS_PER_WRITE):
-                response = self.client.batch_write_item(
-                    RequestItems={self.table_name: pending[start:start + MAX_ITEMS_PER_WRITE]})
-                unprocessed += response.get("UnprocessedItems", {}).get(self.table_name, [])
-            pending = unprocessed
-            if not pending or attempt == BATCH_ATTEMPTS - 1:
-                break
-            _back_off(attempt)
-        return {self._item_to_key(request["PutRequest"]["Item"]) for request in pending}
 
-    def _item_to_key(self, item: dict[str, Any]) -> str:
-        return item[self.sort_key_attr or self.key_attr]["S"]
+@lru_cache(maxsize=1)
+def _legacy_log() -> LegacyLog:
+    log = LegacyLog(table_name=settings().require("idempotency_table"))
+    log.configure(IdempotencyConfig(event_key_jmespath="[space_id, profile_id, audience_key, to_string(version)]",
+                                    expires_after_seconds=IDEMPOTENCY_SECONDS), LEGACY_KEY_PREFIX)
+    return log
+
+
+def _chunks(changes: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """`changes` in groups whose log items and counters fit one transaction (each item named once)."""
+    chunk: list[dict[str, Any]] = []
+    named: set = set()
+    for change in changes:
+        adds = {log_id(change)} | ({(change["space_id"], change["audience_key"])} if change["counted"] else set())
+        if len(named | adds) > MAX_ITEMS_PER_TRANSACTION:
+            yield chunk
+            chunk, named = [], set()
+        chunk.append(change)
+        named |= adds
+    if chunk:
+        yield chunk
 
 
 def _back_off(attempt: int) -> None:
-    time.sleep(0.05 * 2 ** attempt)  # unprocessed items mean throttling: give the table a moment
+    time.sleep(0.05 * 2 ** attempt + random.random() * 0.02)  # throttling or another writer: give it a moment
 
 
 @lru_cache(maxsize=1)
 def _log() -> PublicationLog:
-    log = PublicationLog(table_name=settings().require("idempotency_table"))
-    log.configure(IdempotencyConfig(event_key_jmespath="[space_id, profile_id, audience_key, to_string(version)]",
-                                    expires_after_seconds=IDEMPOTENCY_SECONDS), KEY_PREFIX_FUNCTION)
-    return log
+    return PublicationLog(settings().require("idempotency_table"), settings().require("config_table"))
 
 
 @lru_cache(maxsize=1)
@@ -211,13 +323,13 @@ class StreamRecord:
 @dataclass
 class _Pending:
     change: dict[str, Any]
-    sequence_numbers: list[str]
+    sequence_numbers: list[str] = field(default_factory=list)
 
 
 def route_batch(records: Sequence[StreamRecord]) -> list[str]:
-    """Publish every membership change of a stream batch once; return the sequence numbers to retry."""
+    """Publish and count every membership change of a stream batch once; return the sequence numbers to retry."""
     failed: list[str] = []
-    by_key: dict[str, _Pending] = {}
+    by_key: dict[tuple[str, str], _Pending] = {}
     log = _log()
     for record in records:
         try:
@@ -229,51 +341,63 @@ def route_batch(records: Sequence[StreamRecord]) -> list[str]:
             continue
         if change is None:
             continue
-        pending = by_key.setdefault(log.key_of(change), _Pending(change, []))
+        pending = by_key.setdefault((log_id(change), element_of(change)), _Pending(change))
         pending.sequence_numbers.append(record.sequence_number)  # a repeat in one batch publishes once
 
-    done, unknown = log.completed(by_key) if by_key else (set(), set())
-    todo = {k: p for k, p in by_key.items() if k not in done and k not in unknown}
-    for k in unknown:  # cannot tell whether it was published: retry rather than risk a duplicate
-        for sequence_number in by_key[k].sequence_numbers:
-            failure_handler.remember(sequence_number, "the publication log could not be read: retried rather "
-                                                      "than risk publishing twice")
-        failed.extend(by_key[k].sequence_numbers)
+    recorded, unknown = log.published({item_id for item_id, _ in by_key}) if by_key else ({}, set())
+    done = {k for k in by_key if k[1] in recorded.get(k[0], set())}
+    unknown_keys = {k for k in by_key if k[0] in unknown}
+    earlier = [p.change for k, p in by_key.items() if not p.change["counted"] and k not in done | unknown_keys]
+    if earlier:
+        legacy_done, legacy_unknown = _legacy_log().published(earlier)
+        done |= legacy_done
+        unknown_keys |= legacy_unknown
+    todo = {k: p for k, p in by_key.items() if k not in done and k not in unknown_keys}
+    for k, pending in by_key.items():
+        if k in unknown_keys:  # cannot tell whether it was published: retry rather than risk a duplicate
+            for sequence_number in pending.sequence_numbers:
+                failure_handler.remember(sequence_number, "the publication log could not be read: retried rather "
+                                                          "than risk publishing twice")
+            failed.extend(pending.sequence_numbers)
 
-    published: dict[str, dict[str, Any]] = {}
-    refused: list[str] = []
-    unrecorded: set[str] = set()
-    to_record: dict[str, dict[str, Any]] = {}
+    published: dict = {}
+    refused: list = []
+    uncommitted: list = []
+    to_commit: list = []
     for accepted, refused_now in _publish(todo):
         published |= accepted
         refused += refused_now
-        to_record |= accepted
-        # Record as soon as a full BatchWriteItem is pending: a crash re-publishes at most 24 + 10.
-        while len(to_record) >= MAX_ITEMS_PER_WRITE:
-            full = dict(list(to_record.items())[:MAX_ITEMS_PER_WRITE])
-            to_record = {k: v for k, v in to_record.items() if k not in full}
-            unrecorded |= _record(log, full)
-    unrecorded |= _record(log, to_record)
+        to_commit += list(accepted)
+        if len(to_commit) >= COMMIT_EVERY:
+            uncommitted += _commit(log, to_commit, todo)
+            to_commit = []
+    uncommitted += _commit(log, to_commit, todo)
     for k in refused:
         for sequence_number in todo[k].sequence_numbers:
             failure_handler.remember(sequence_number, "EventBridge refused the entry or PutEvents failed (see logs)")
         failed.extend(todo[k].sequence_numbers)
-    _report(len(by_key), len(done), published, refused, unrecorded, todo)
+    for k in uncommitted:
+        for sequence_number in todo[k].sequence_numbers:
+            failure_handler.remember(sequence_number, "published, but recording and counting it failed (see logs)")
+        failed.extend(todo[k].sequence_numbers)
+    _report(len(by_key), len(done), published, refused, uncommitted, todo)
     return failed
 
 
-def _record(log: PublicationLog, accepted: dict[str, dict[str, Any]]) -> set[str]:
-    """Record accepted changes as published; the keys that could not be recorded."""
-    if not accepted:
-        return set()
+def _commit(log: PublicationLog, keys: list, todo: dict) -> list:
+    """Commit accepted changes; the keys whose commit failed (retried: their counts must not be lost)."""
+    if not keys:
+        return []
     try:
-        return log.record(accepted)
-    except (BotoCoreError, ClientError):  # already on the bus: failing their records would re-publish them now
-        logger.exception("recording published changes failed")
-        return set(accepted)
+        log.commit([todo[k].change for k in keys])
+    except (BotoCoreError, ClientError, RuntimeError):
+        logger.exception("recording and counting published changes failed; they will be retried",
+                         extra={"changes": len(keys)})
+        return keys
+    return []
 
 
-def _publish(todo: dict[str, _Pending]) -> Iterator[tuple[dict[str, dict[str, Any]], list[str]]]:
+def _publish(todo: dict[Any, _Pending]) -> Iterator[tuple[dict[Any, dict[str, Any]], list[Any]]]:
     """PutEvents for every pending change, 10 a call; per call (key -> publication of accepted ones, keys refused)."""
     keys = list(todo)
     without_ids = {(p.change["space_id"], p.change["profile_id"]) for p in todo.values() if p.change["identity"] is None}
@@ -301,25 +425,23 @@ def _publish(todo: dict[str, _Pending]) -> Iterator[tuple[dict[str, dict[str, An
         yield accepted, refused
 
 
-def _report(changes: int, already: int, published: dict[str, dict[str, Any]], refused: list[str],
-            unrecorded: set[str], todo: dict[str, _Pending]) -> None:
+def _report(changes: int, already: int, published: dict, refused: list, uncommitted: list,
+            todo: dict[Any, _Pending]) -> None:
     for detail_type in (ENTERED, EXITED):
         count = sum(1 for p in published.values() if p["detail_type"] == detail_type)
         if count:
             metrics.add_metric(name=detail_type.replace(" ", ""), unit="Count", value=count)
     if refused:
         metrics.add_metric(name="AudienceEventsRefused", unit="Count", value=len(refused))
-    if unrecorded:
-        # Published but not remembered: a later redelivery of these records publishes them again.
-        metrics.add_metric(name="AudienceEventsUnrecorded", unit="Count", value=len(unrecorded))
-        logger.error("published changes could not be recorded; a redelivery would publish them again",
-                     extra={"changes": [{f: todo[k].change[f] for f in ("space_id", "profile_id", "audience_key",
-                                                                        "version")} for k in unrecorded]})
+    if uncommitted:
+        # Published but not recorded: their redelivery publishes them again (and counts them, once).
+        metrics.add_metric(name="AudienceEventsUncommitted", unit="Count", value=len(uncommitted))
     logger.info("routed", extra={"changes": changes, "already_published": already, "published": len(published),
-                                 "refused": len(refused)})
+                                 "refused": len(refused), "uncommitted": len(uncommitted)})
 
 
 def reset() -> None:
     """Drop cached clients (tests build a fresh cloud per test)."""
     _events_client.cache_clear()
     _log.cache_clear()
+    _legacy_log.cache_clear()

@@ -7,8 +7,7 @@ Per profile stream record:
    audiences that reference them), in evaluation order;
 3. evaluate them from the new image itself (the profile carries its aggregates: no extra read
    besides the profile's memberships, one Query) and write only the differences
-   (`membership.apply`: one transaction for all of the profile's changes; conditional, counted,
-   replay-safe);
+   (`membership.apply`: one conditional PutItem per change, replay-safe; the router counts sizes);
 4. record when time alone could next change one of them (`due.schedule`) for the sweeper.
 A new users profile enters the system audience `all`; a profile merged into another (or
 deleted) leaves every audience, and its manual memberships move to the survivor.
@@ -185,7 +184,7 @@ def _decide_and_write(space_id: str, image: dict, affected: list[AudienceDefinit
         affected = [d for d in affected if d.key not in eng.index.users_based]
     flags = membership.flags(records)
     view = ProfileView.from_item(image, memberships=flags, users=users.views if users is not None else None)
-    decisions: dict[str, bool] = {}  # what to write, all in one transaction after the pass
+    decisions: dict[str, bool] = {}  # what to write, written after the pass (one conditional put each)
     next_due: datetime | None = None
     for definition in affected:
         if definition.key == store.ALL:

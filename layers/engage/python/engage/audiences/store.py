@@ -7,8 +7,8 @@ ConfigTable items (every key starts with the space id):
   pk = <space>|audiences, sk = #definitions   the space's definitions stamp: a counter bumped after
                                               every change to an audience item, so warm containers
                                               know when their copy of the list is stale (`cached`)
-  pk = <space>|audience_size|<key>, sk = <n>  membership counter shards, updated in the same
-                                              transaction as the membership change they count
+  pk = <space>|audience_size|<key>, sk = <n>  membership counter shards, moved by the router as it
+                                              records each change published (exactly once)
 
 The system audience `all` (every users profile) is implicit in every space: it is not stored,
 cannot be created, edited or deleted, and shows in the list with its counted size.
@@ -16,7 +16,6 @@ cannot be created, edited or deleted, and shows in the list with its counted siz
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,18 +217,9 @@ def drop_size(space_id: str, audience_key: str) -> None:
             batch.delete(shard)
 
 
-def size_shard(space_id: str, audience_key: str, profile_id: str) -> AudienceSizeShard:
-    """The counter shard a profile's membership changes are counted in (spreads hot audiences)."""
-    shard = sum(profile_id.encode()) % SIZE_SHARDS
-    return AudienceSizeShard(_size_pk(space_id, audience_key), str(shard))
-
-
-def size_moves(space_id: str, profile_id: str, deltas: Mapping[str, int]) -> list[tuple[AudienceSizeShard, int]]:
-    """The counter updates of one profile's membership changes (audience key -> net change, +1 for an
-    entry, -1 for an exit): one shard item per audience, none where the net change is 0. A
-    transaction may touch an item only once; keyed by audience, these never name one item twice."""
-    return [(size_shard(space_id, audience_key, profile_id), delta)
-            for audience_key, delta in deltas.items() if delta]
+def size_shard_key(space_id: str, audience_key: str, shard: int) -> tuple[str, str]:
+    """(pk, sk) of one of an audience's counter shards (the router spreads a busy audience over them)."""
+    return _size_pk(space_id, audience_key), str(shard)
 
 
 # ---------------------------------------------------------------- backfill bookkeeping
