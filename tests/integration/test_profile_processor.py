@@ -344,14 +344,14 @@ def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
     events = [message("track", f"t{i}", at(1 + i % 50), userId=f"u{i % 10}", anonymousId=f"a{i % 10}",
                       event="Login") for i in range(100)]
     assert run(batch(*events)) == {"batchItemFailures": []}
-    # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per event,
-    # history goes out 25 items per BatchWriteItem, and the audience and computed trait definitions are
-    # checked once each (the space's two definitions stamps, one GetItem each for the whole batch)
+    # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per profile
+    # (its 10 events coalesced), history goes out 25 items per BatchWriteItem, and the audience and computed
+    # trait definitions are checked once each (the space's two definitions stamps, one GetItem each)
     assert calls.count("GetItem") == 2
     assert calls.count("BatchGetItem") == 2
-    assert calls.count("UpdateItem") == 100
+    assert calls.count("UpdateItem") == 10
     assert calls.count("BatchWriteItem") == 4
-    assert len(calls) == 108, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
+    assert len(calls) == 18, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
     assert sum(profile_of("user_id", f"u{u}").event_stats.as_dict()["Login"]["total"] for u in range(10)) == 100
 
 
