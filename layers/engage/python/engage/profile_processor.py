@@ -76,7 +76,9 @@ def _report_from_first_failure(records: list[dict], response: dict, failed: dict
     order; those already written are skipped as applied)."""
     sequence = [str((r.get("dynamodb") or {}).get("SequenceNumber") or "") for r in records]
     reported = {f.get("itemIdentifier") for f in response.get("batchItemFailures", [])} | set(failed)
-    first = min(i for i, seq in enumerate(sequence) if seq in reported)
+    first = min((i for i, seq in enumerate(sequence) if seq and seq in reported), default=None)
+    if first is None:  # records without sequence numbers: nothing to name (they failed in the BatchProcessor)
+        return response
     for seq in sequence[first:]:
         if seq not in reported:
             failure_handler.remember(seq, f"{failure_handler.BlockedBehindFailure.__name__}: reported with record "
@@ -244,7 +246,7 @@ class StreamBatch:
             return "ignored"  # MODIFY = a duplicate messageId re-sent; REMOVE = TTL expiry
         message_id = None
         sequence_number = record.dynamodb.sequence_number if record.dynamodb else None
-        entry = _Entry(self._positions.get(str(sequence_number or ""), len(self._positions)), str(sequence_number))
+        entry = _Entry(self._positions.get(str(sequence_number or ""), len(self._positions)), str(sequence_number or ""))
         try:
             space_id, message = _parse(record)
             message_id = message.message_id
