@@ -470,7 +470,7 @@ class StreamBatch:
         the profile as now written, and EarlierMessageFailed when one of the pending messages failed."""
         pending = self.pending.pop(pk)
         try:
-            store.save_profile(pending.record, _WRITTEN)
+            store.save_profile(pending.record, _WRITTEN, steps=len(pending.applied))
         except Exception as error:  # any failure: the per-message path decides per message
             conflict = isinstance(error, store.WriteConflict)
             if conflict:
