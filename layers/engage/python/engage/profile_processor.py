@@ -677,6 +677,9 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(ProfileState)
                 if f.name not in ("profile_id", "space_id", "collection", "updated_at"))
 # What the processor writes on an existing profile (an UpdateItem: other attributes survive).
 _WRITTEN = (*_FIELDS, "updated_at")
+# What others keep on the item (the audience engine's next_evaluation_at).
+_KEPT = tuple(sorted(set(store.ProfileRecord.get_attributes()) - set(_WRITTEN)
+                     - {"pk", "space_id", "profile_id", "collection", "version"}))
 
 
 def _plain(value: Any) -> Any:
@@ -719,6 +722,9 @@ def _to_record(state: ProfileState, read: store.ProfileRecord | None, updated_at
     for name in _FIELDS:
         setattr(record, name, getattr(state, name))
     record.updated_at = updated_at
-    if read is not None and read.version is not None:
-        record.version = read.version
+    if read is not None:
+        for name in _KEPT:  # not the processor's, not written by it: kept so the size check sees them
+            setattr(record, name, getattr(read, name))
+        if read.version is not None:
+            record.version = read.version
     return record
