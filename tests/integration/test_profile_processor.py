@@ -19,7 +19,12 @@ from boto3.dynamodb.types import TypeSerializer
 from engage import profile_processor
 from engage import profiles_store as store
 from engage.events_store import EventRecord
-from tests.integration.audience_support import LambdaContext, handler
+from tests.integration.audience_support import (
+    LambdaContext,
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    call_api,
+    handler,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = "acme"
@@ -344,14 +349,14 @@ def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
     events = [message("track", f"t{i}", at(1 + i % 50), userId=f"u{i % 10}", anonymousId=f"a{i % 10}",
                       event="Login") for i in range(100)]
     assert run(batch(*events)) == {"batchItemFailures": []}
-    # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per event,
-    # history goes out 25 items per BatchWriteItem, and the audience and computed trait definitions are
-    # checked once each (the space's two definitions stamps, one GetItem each for the whole batch)
+    # Then reads are batched (one BatchGetItem each for pointers and profiles), one write per profile
+    # (its 10 events coalesced), history goes out 25 items per BatchWriteItem, and the audience and computed
+    # trait definitions are checked once each (the space's two definitions stamps, one GetItem each)
     assert calls.count("GetItem") == 2
     assert calls.count("BatchGetItem") == 2
-    assert calls.count("UpdateItem") == 100
+    assert calls.count("UpdateItem") == 10
     assert calls.count("BatchWriteItem") == 4
-    assert len(calls) == 108, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
+    assert len(calls) == 18, [c for c in calls if c not in ("UpdateItem", "BatchGetItem", "BatchWriteItem")]
     assert sum(profile_of("user_id", f"u{u}").event_stats.as_dict()["Login"]["total"] for u in range(10)) == 100
 
 
@@ -430,3 +435,229 @@ def test_attributes_other_parts_keep_on_the_profile_survive_its_writes(aws, spac
     item = aws.table("ProfilesTable").get_item(Key={"pk": profile.pk}, ConsistentRead=True)["Item"]
     assert item["condition_state"] == {"c1": {"t": 3}}
     assert item["traits"] == {"plan": "pro"} and item["version"] == 4
+
+
+# ---------------------------------------------------------------- one write per profile per batch
+WRITES = ("PutItem", "UpdateItem", "TransactWriteItems")
+
+
+@pytest.fixture
+def profile_writes(monkeypatch) -> list[str]:
+    """The write requests that reach ProfilesTable (a transaction counts once if it holds a profile)."""
+    from pynamodb.connection.base import Connection
+
+    calls: list[str] = []
+    original = Connection._make_api_call
+
+    def counting(self, operation_name, operation_kwargs, *args, **kwargs):
+        if operation_name in WRITES and "ProfilesTable" in json.dumps(operation_kwargs):
+            calls.append(operation_name)
+        return original(self, operation_name, operation_kwargs, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_make_api_call", counting)
+    return calls
+
+
+OTHER = "globex"
+DEFINITIONS = [
+    ("/v1/audiences", {"key": "frequent", "name": "Frequent", "condition": {
+        "event": "Login", "count": {"op": "gte", "value": 2}, "window": {"within_days": 7}}}),
+    ("/v1/audiences", {"key": "cart_no_order", "name": "Added, no order", "condition": {"funnel": [
+        {"event": "Product Added"}, {"event": "Order Completed", "within_hours": 24, "performed": False}],
+        "window": {"within_days": 7}}}),
+    ("/v1/computed-traits", {"key": "total_revenue", "kind": "sum", "event": "Order Completed",
+                             "property": "revenue"}),
+]
+
+
+@pytest.fixture
+def two_spaces(space, engine):
+    """`acme` and `globex`, with the same audiences and computed trait: a profile built one way in one
+    space is compared with the same messages applied another way in the other."""
+    from engage import spaces
+
+    spaces.create_space(OTHER, "Globex", write_key="globex-write-key", access_token="globex-access-token")
+    for token in ("acme-access-token", "globex-access-token"):
+        for path, body in DEFINITIONS:
+            status, created = call_api("POST", path, body, token=token)
+            assert status == 201, created
+
+
+def session(user: str) -> list[dict]:
+    """A session of one known user, as an SDK batch brings it: traits, a funnel step, logins, an order."""
+    return [message("identify", f"{user}-1", at(1), userId=user, traits={"plan": "pro", "seats": 3}),
+            message("track", f"{user}-2", at(2), userId=user, event="Product Added", properties={"sku": "a"}),
+            message("track", f"{user}-3", at(3), userId=user, event="Login"),
+            message("track", f"{user}-4", at(4), userId=user, event="Order Completed", properties={"revenue": 40}),
+            message("identify", f"{user}-5", at(5), userId=user, traits={"plan": "team"}),
+            message("track", f"{user}-6", at(6), userId=user, event="Login")]
+
+
+def comparable(space_id: str, user: str) -> dict:
+    """The profile item as stored, minus what names its space or says when it was written."""
+    profile = profile_of("user_id", user, space=space_id)
+    item = {k: v for k, v in profile.attribute_values.items()
+            if k not in ("pk", "space_id", "profile_id", "updated_at")}
+    item = json.loads(json.dumps(item, default=lambda v: v.as_dict() if hasattr(v, "as_dict") else str(v)))
+    item["merged_from"] = len(item.get("merged_from") or [])  # profile ids are derived from the space
+    item["merges"] = [{k: v for k, v in m.items() if k != "profile_id"} for m in item.get("merges") or []]
+    return item
+
+
+def in_space(space_id: str, *messages: dict) -> dict:
+    return stream_event(*(image(m, space=space_id) for m in messages))
+
+
+def test_a_profiles_messages_in_one_batch_are_written_once_and_as_if_one_by_one(aws, two_spaces, profile_writes):
+    # Given ann, known in both spaces
+    first = message("identify", "m0", at(0), userId="ann", traits={"plan": "free"})
+    run(in_space(SPACE, first))
+    run(in_space(OTHER, first))
+    profile_writes.clear()
+    messages = session("ann")
+    # When one batch brings her session in acme (between messages of other users)
+    others = [message("track", f"bob-{i}", at(i), userId="bob", event="Login") for i in range(3)]
+    assert run(in_space(SPACE, others[0], *messages[:3], others[1], *messages[3:], others[2])) == {
+        "batchItemFailures": []}
+    # Then her profile was written once (and bob's, a new profile, in its creating transaction and once more)
+    assert profile_writes == ["TransactWriteItems", "UpdateItem", "UpdateItem"], profile_writes
+    # And it is what applying her messages one batch each makes in globex (one write each)
+    profile_writes.clear()
+    for msg in messages:
+        assert run(in_space(OTHER, msg)) == {"batchItemFailures": []}
+    assert profile_writes == ["UpdateItem"] * len(messages)
+    coalesced = comparable(SPACE, "ann")
+    assert coalesced == comparable(OTHER, "ann")
+    assert coalesced["traits"] == {"plan": "team", "seats": 3}
+    assert coalesced["applied"] == ["m0", *(m["messageId"] for m in messages)]
+    assert coalesced["computed_traits"]["total_revenue"] == 40 and coalesced["condition_state"]
+    assert coalesced["event_stats"]["Login"]["total"] == 2
+    assert history(profile_of("user_id", "ann").profile_id) == ["m0", *(m["messageId"] for m in messages)]
+
+
+def test_a_replayed_or_regrouped_batch_writes_nothing_twice(aws, space, profile_writes):
+    # Given bob's profile, and a session of 4 of his messages delivered first as a batch of its first two
+    run(batch(message("identify", "m0", at(0), userId="bob", traits={"plan": "free"})))
+    messages = session("bob")[:4]
+    profile_writes.clear()
+    assert run(batch(*messages[:2])) == {"batchItemFailures": []}
+    assert profile_writes == ["UpdateItem"]
+    # When the batch is regrouped with all four (a retry from an earlier record), then replayed whole
+    assert run(batch(*messages)) == {"batchItemFailures": []}
+    assert profile_writes == ["UpdateItem", "UpdateItem"]  # messages 3 and 4, in one write
+    before = scan_all(aws)
+    assert run(batch(*messages)) == {"batchItemFailures": []}
+    # Then the replay wrote no profile and changed nothing; nothing is counted twice
+    assert profile_writes == ["UpdateItem", "UpdateItem"]
+    assert scan_all(aws) == before
+    profile = profile_of("user_id", "bob")
+    assert profile.applied == ["m0", *(m["messageId"] for m in messages)]
+    assert profile.event_stats.as_dict()["Login"]["total"] == 1
+    assert profile.event_stats.as_dict()["Order Completed"]["total"] == 1
+    assert profile.daily_counts.as_dict()["Product Added"] == {"20261120": 1}
+
+
+def test_a_message_that_fails_keeps_the_ones_after_it_of_its_profile_unapplied(aws, space, monkeypatch,
+                                                                              profile_writes):
+    # Given carl's profile, and a batch of 4 of his messages whose third makes his profile too large
+    from engage import profile_processor as processor
+
+    run(batch(message("identify", "m0", at(0), userId="carl", traits={"plan": "free"})))
+    messages = session("carl")[:4]
+    messages[2] = message("identify", "carl-3", at(3), userId="carl", traits={"bio": "x" * 3000})
+    monkeypatch.setattr(processor, "MAX_ITEM_BYTES", attributes_size_of("carl") + 1500)
+    event = batch(*messages)
+    profile_writes.clear()
+    # When the batch runs
+    response = run(event)
+    # Then messages 1-2 are written (once), 3 and 4 are reported, in order, and not applied
+    sequence = [r["dynamodb"]["SequenceNumber"] for r in event["Records"]]
+    assert response == {"batchItemFailures": [{"itemIdentifier": s} for s in sequence[2:]]}
+    assert profile_writes == ["UpdateItem"]
+    profile = profile_of("user_id", "carl")
+    assert profile.applied == ["m0", "carl-1", "carl-2"]
+    assert profile.version == 3  # the version counts messages, however they were grouped into writes
+    assert "bio" not in profile.traits.as_dict() and "Login" not in profile.event_stats.as_dict()
+    assert history(profile.profile_id) == ["m0", "carl-1", "carl-2"]
+
+
+def attributes_size_of(user: str) -> int:
+    from engage.dynamodb_limits import attributes_size
+
+    return attributes_size(profile_of("user_id", user).attribute_values)
+
+
+def test_a_coalesced_write_dynamodb_refuses_falls_back_to_one_write_per_message(aws, space, profile_writes,
+                                                                              monkeypatch):
+    # Given dan's profile, and 4 of his messages of which DynamoDB refuses any write holding the third
+    # (moto stores what DynamoDB would refuse, e.g. NaN in an UpdateItem: the refusal is injected here)
+    from pynamodb.exceptions import UpdateError
+
+    run(batch(message("identify", "m0", at(0), userId="dan", traits={"plan": "free"})))
+    messages = session("dan")[:4]
+    original = store.save_profile
+
+    def refusing(profile, fields):
+        if "dan-3" in profile.applied:
+            raise UpdateError("Failed to update item: ValidationException: the third message's value")
+        return original(profile, fields)
+
+    monkeypatch.setattr(store, "save_profile", refusing)
+    event = batch(*messages)
+    profile_writes.clear()
+    # When the batch runs: its one write is refused
+    response = run(event)
+    # Then dan's messages were applied again one by one: 1 and 2 written, 3 refused alone, 4 not applied
+    sequence = [r["dynamodb"]["SequenceNumber"] for r in event["Records"]]
+    assert response == {"batchItemFailures": [{"itemIdentifier": s} for s in sequence[2:]]}
+    assert profile_writes == ["UpdateItem", "UpdateItem"]  # 1 and 2 (the refusals never reach the table)
+    profile = profile_of("user_id", "dan")
+    assert profile.applied == ["m0", "dan-1", "dan-2"] and profile.traits.as_dict() == {"plan": "pro", "seats": 3}
+    assert history(profile.profile_id) == ["m0", "dan-1", "dan-2"]
+    # When the batch comes again from the refused message, DynamoDB accepting it now
+    monkeypatch.setattr(store, "save_profile", original)
+    assert run(stream_event(*(image(m) for m in messages[2:]))) == {"batchItemFailures": []}
+    # Then every message is on the profile once
+    profile = profile_of("user_id", "dan")
+    assert profile.applied == ["m0", *(m["messageId"] for m in messages)]
+    assert profile.event_stats.as_dict()["Login"]["total"] == 1
+
+
+def test_a_coalesced_write_that_loses_a_race_applies_its_messages_again(aws, space):
+    # Given a profile, and a batch of two of its messages applied in memory (version 1 read)
+    run(batch(message("identify", "m1", at(0), userId="u1", traits={"plan": "free"})))
+    slow = batch(message("track", "m2", at(1), userId="u1", event="Login"),
+                 message("identify", "m3", at(2), userId="u1", traits={"plan": "pro"}))
+    slow_batch = profile_processor.StreamBatch(slow["Records"])
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+    assert [slow_batch.apply_record(DynamoDBRecord(r)) for r in slow["Records"]] == ["applied", "applied"]
+    # When another invocation writes the profile first
+    run(batch(message("track", "m4", at(3), userId="u1", event="Login")))
+    assert slow_batch.flush() == {}
+    # Then the slow batch re-read it and applied both again: every event counts once
+    profile = profile_of("user_id", "u1")
+    assert profile.event_stats.as_dict()["Login"]["total"] == 2
+    assert profile.traits.as_dict() == {"plan": "pro"} and sorted(profile.applied) == ["m1", "m2", "m3", "m4"]
+
+
+def test_a_merge_in_the_middle_of_a_batch_writes_what_came_before_it_first(aws, two_spaces, profile_writes):
+    # Given an anonymous visitor and a user, in both spaces
+    for space_id in (SPACE, OTHER):
+        run(in_space(space_id, message("page", "m1", at(0), anonymousId="a1")))
+        run(in_space(space_id, message("identify", "m2", at(1), userId="u1", traits={"plan": "free"})))
+    messages = [message("track", "m3", at(2), anonymousId="a1", event="Product Added"),
+                message("track", "m4", at(3), userId="u1", event="Login"),
+                message("identify", "m5", at(4), userId="u1", anonymousId="a1", traits={"plan": "pro"}),
+                message("track", "m6", at(5), anonymousId="a1", event="Login"),
+                message("track", "m7", at(6), userId="u1", event="Order Completed", properties={"revenue": 9})]
+    profile_writes.clear()
+    # When one batch brings activity on both, their merge, then more activity
+    assert run(in_space(SPACE, *messages)) == {"batchItemFailures": []}
+    # Then both pending writes went out before the merge's transaction, and the survivor once after it
+    assert profile_writes == ["UpdateItem", "UpdateItem", "TransactWriteItems", "UpdateItem"], profile_writes
+    # And the survivor is what one message per batch makes
+    for msg in messages:
+        run(in_space(OTHER, msg))
+    assert comparable(SPACE, "u1") == comparable(OTHER, "u1")
+    assert profile_of("anonymous_id", "a1").event_stats.as_dict()["Login"]["total"] == 2

@@ -1,16 +1,22 @@
 """The EventsTable stream -> profiles: identity resolution, merges, traits, aggregates, history.
 
 One `StreamBatch` per invocation. Reads are shared across the batch (one BatchGetItem for
-every id pointer, one for every profile they name); each message then costs one profile
-write (a TransactWriteItems when it claims new ids, merges or links, else an UpdateItem of
-the processor's own attributes, conditional on the version read); history and lazy pointer
-repairs are batched at the end.
+every id pointer, one for every profile they name). Messages are applied one by one, in
+stream order, to the profiles held in memory; a profile is written ONCE per batch for all
+of its messages that need no other item (an UpdateItem of the processor's own attributes,
+conditional on the version read, whose `applied` list names every message in it), at the
+end of the batch. A message that claims new ids, merges or links commits at once in a
+TransactWriteItems, after the pending write of each profile it rewrites. History and lazy
+pointer repairs are batched at the end.
 
 Safe under at-least-once delivery: a messageId already applied to the profile changes
-nothing; a profile created by a message gets an id derived from that message, and the
-profile, its new id pointers, merged profiles and links commit in one transaction, so a
-crash leaves either all of a message's effects or none. A write that loses an optimistic-
-lock race re-reads and applies again.
+nothing, and a message's effects and its messageId reach the profile in the same write; a
+profile created by a message gets an id derived from that message, and the profile, its
+new id pointers, merged profiles and links commit in one transaction, so a crash leaves
+either all of a message's effects or none. A write that loses an optimistic-lock race, or
+that DynamoDB refuses, falls back to the per-message path: re-read, apply and write each
+of its messages alone (a lost race re-applies; a refused message fails alone, those before
+it written, those after it reported with it, never written ahead of it).
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
     DynamoDBRecord,
     DynamoDBRecordEventName,
@@ -53,12 +60,36 @@ _DROP_METRICS = {"traits": "ProfileTraitsDropped", "ids": "ProfileIdsDropped", "
 def process_stream_batch(event: dict, context: Any = None) -> dict:
     """Apply a DynamoDB stream batch of EventRecords; failed records go to batchItemFailures."""
     audience_runtime.begin_batch()  # definitions as of now: an audience created before this batch counts
-    batch = StreamBatch(event.get("Records", []))
+    records = event.get("Records", [])
+    batch = StreamBatch(records)
     response = process_partial_response(event=event, record_handler=batch.apply_record,
                                         processor=failure_handler.BatchProcessor(),
                                         context=context)
-    batch.flush()
-    return response
+    failed = batch.flush()
+    return _report_from_first_failure(records, response, failed) if failed else response
+
+
+def _report_from_first_failure(records: list[dict], response: dict, failed: dict[str, str]) -> dict:
+    """Records whose write failed after their handler returned (a coalesced write, see `flush`): Lambda
+    retries a stream batch from its first reported record, so report every record from the first
+    failed one on, as the BatchProcessor does for a failure it sees (records after it come again in
+    order; those already written are skipped as applied)."""
+    sequence = [str((r.get("dynamodb") or {}).get("SequenceNumber") or "") for r in records]
+    reported = {f.get("itemIdentifier") for f in response.get("batchItemFailures", [])} | set(failed)
+    first = min((i for i, seq in enumerate(sequence) if seq and seq in reported), default=None)
+    if first is None:  # records without sequence numbers: nothing to name (they failed in the BatchProcessor)
+        return response
+    for seq in sequence[first:]:
+        if seq not in reported:
+            failure_handler.remember(seq, f"{failure_handler.BlockedBehindFailure.__name__}: reported with record "
+                                          f"{sequence[first]} before it, whose profile write failed; Lambda "
+                                          "retries the batch from there")
+        elif seq in failed:
+            failure_handler.remember(seq, failed[seq])
+    if first == 0:  # as the BatchProcessor does when every record failed: the invocation fails
+        raise BatchProcessingError(f"All records failed processing: the profile write of record {sequence[0]} "
+                                   f"failed ({failed.get(sequence[0], 'see the logs')})")
+    return {"batchItemFailures": [{"itemIdentifier": seq} for seq in sequence[first:]]}
 
 
 @dataclass
@@ -81,6 +112,33 @@ class _Change:
     dropped: Counter = field(default_factory=Counter)  # what the profile's budgets left out
 
 
+@dataclass
+class _Entry:
+    """One stream record: its place in the batch (stream order) and sequence number."""
+
+    position: int
+    sequence_number: str
+
+
+@dataclass
+class _Pending:
+    """A profile's messages applied in memory since its last write: written together, once."""
+
+    space_id: str
+    record: store.ProfileRecord  # the profile after them, at the version read
+    applied: list[tuple[_Entry, Message]] = field(default_factory=list)
+    history: dict[tuple[str, str], store.ProfileEventRecord] = field(default_factory=dict)
+    dropped: list[tuple[str, Counter]] = field(default_factory=list)  # (message id, what budgets left out)
+
+    @property
+    def first(self) -> int:
+        return self.applied[0][0].position
+
+
+class EarlierMessageFailed(Exception):
+    """A message not applied because an earlier message of the same profile failed to be written."""
+
+
 class StreamBatch:
     def __init__(self, records: list[dict]):
         self.retention_days = settings().event_retention_days
@@ -90,6 +148,16 @@ class StreamBatch:
         self.repoints: dict[str, store.IdentityRecord] = {}
         # (space, collection, type, value) of the batch's ids that are suppressed (engage.privacy)
         self.suppressed: set[tuple[str, str, str, str]] = set()
+        # Coalesced writes: profile pk -> its messages applied in memory, not written yet. While
+        # `_alone` > 0 (re-applying the messages of a write that failed), every message writes alone.
+        self.pending: dict[str, _Pending] = {}
+        self._alone = 0
+        self._positions = {str((r.get("dynamodb") or {}).get("SequenceNumber") or ""): i
+                           for i, r in enumerate(records)}
+        # Records that failed after their handler returned (sequence number -> why), and the position
+        # of the first record that failed at all (a pending write starting after it is not made).
+        self.failed: dict[str, str] = {}
+        self._first_failure: int | None = None
         self._prefetch(records)
 
     # ------------------------------------------------------------ batch reads
@@ -167,7 +235,9 @@ class StreamBatch:
         for i in identifiers:
             self.pointers.pop(store.identity_pk(space_id, i.collection, i.type, i.value), None)
         for profile_id in profile_ids:
-            self.profiles.pop(store.profile_pk(space_id, profile_id), None)
+            pk = store.profile_pk(space_id, profile_id)
+            if pk not in self.pending:  # its cache holds this batch's unwritten messages: the truth
+                self.profiles.pop(pk, None)
 
     # ------------------------------------------------------------ one record
     def apply_record(self, record: DynamoDBRecord) -> str:
@@ -175,30 +245,44 @@ class StreamBatch:
         if record.event_name != DynamoDBRecordEventName.INSERT:
             return "ignored"  # MODIFY = a duplicate messageId re-sent; REMOVE = TTL expiry
         message_id = None
+        sequence_number = record.dynamodb.sequence_number if record.dynamodb else None
+        entry = _Entry(self._positions.get(str(sequence_number or ""), len(self._positions)), str(sequence_number or ""))
         try:
             space_id, message = _parse(record)
             message_id = message.message_id
             if self._drop_if_suppressed(space_id, message, record):
                 return "suppressed"
-            for attempt in range(1, MAX_ATTEMPTS + 1):
-                touched: set[str] = set()
-                try:
-                    return self._apply(space_id, message, touched, fresh=attempt > 1)
-                except store.WriteConflict:
-                    self._forget(space_id, _all_ids(message), touched)
-                    if attempt == MAX_ATTEMPTS:
-                        raise
-                    metrics.add_metric(name="ProfileWriteConflicts", unit=MetricUnit.Count, value=1)
-                except Exception:
-                    # Nothing of this message was written: later messages must not see its effects.
-                    self._forget(space_id, _all_ids(message), touched)
-                    raise
-            raise AssertionError("unreachable")
+            return self._apply_with_retries(space_id, message, entry)
         except Exception:
+            self._note_failure(entry)
             logger.exception("profile processor could not apply a message",
                              extra={"message_id": message_id or _image_message_id(record),
-                                    "sequence_number": record.dynamodb.sequence_number if record.dynamodb else None})
+                                    "sequence_number": sequence_number})
             raise
+
+    def _apply_with_retries(self, space_id: str, message: Message, entry: _Entry, *, fresh: bool = False) -> str:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            touched: set[str] = set()
+            try:
+                return self._apply(space_id, message, entry, touched, fresh=fresh or attempt > 1)
+            except store.WriteConflict:
+                self._forget(space_id, _all_ids(message), touched)
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                metrics.add_metric(name="ProfileWriteConflicts", unit=MetricUnit.Count, value=1)
+            except Exception:
+                # Nothing of this message was written: later messages must not see its effects.
+                self._forget(space_id, _all_ids(message), touched)
+                raise
+        raise AssertionError("unreachable")
+
+    def _note_failure(self, entry: _Entry, reason: str | None = None) -> None:
+        """A record failed: it (with `reason`, when it failed after its handler returned) and every
+        record after it will be reported (`_report_from_first_failure`)."""
+        if reason is not None:
+            self.failed[entry.sequence_number] = reason
+        if self._first_failure is None or entry.position < self._first_failure:
+            self._first_failure = entry.position
 
     def _drop_if_suppressed(self, space_id: str, message: Message, record: DynamoDBRecord) -> bool:
         """A message carrying a suppressed id (a deleted person's) is dropped, and its raw event deleted:
@@ -211,8 +295,8 @@ class StreamBatch:
         metrics.add_metric(name="SuppressedEventsDropped", unit=MetricUnit.Count, value=1)
         return True
 
-    def _apply(self, space_id: str, message: Message, touched: set[str], *, fresh: bool) -> str:
-        """Resolve the message's profile, build everything it changes, commit it as one unit."""
+    def _apply(self, space_id: str, message: Message, entry: _Entry, touched: set[str], *, fresh: bool) -> str:
+        """Resolve the message's profile, build everything it changes, commit (or defer) it as one unit."""
         now = clock.now()
         owners, live, resolution = self._resolve(space_id, message, touched)
         target = self._land(space_id, message, owners, live, resolution, touched, fresh=fresh)
@@ -220,7 +304,7 @@ class StreamBatch:
             return "already applied"
         survivor, survivor_cached, losers = target
         change = self._change(space_id, message, survivor, survivor_cached, losers, resolution, now, touched)
-        self._commit(space_id, message, change, clock.iso(now))
+        self._commit(space_id, message, entry, change, clock.iso(now))
         return "applied"
 
     def _resolve(self, space_id: str, message: Message, touched: set[str]):
@@ -313,18 +397,28 @@ class StreamBatch:
             change.links += account_links
         return change
 
-    def _commit(self, space_id: str, message: Message, change: _Change, updated_at: str) -> None:
-        """Write the change (one conditional UpdateItem/PutItem, or one transaction), then update the caches."""
+    def _commit(self, space_id: str, message: Message, entry: _Entry, change: _Change, updated_at: str) -> None:
+        """Defer the change into its profile's pending write when it rewrites that profile alone; else
+        write it now (one conditional UpdateItem/PutItem, or one transaction), after the pending writes
+        of the profiles it rewrites. Then update the caches."""
         state = change.state
-        written = [(state, change.survivor.record if change.survivor else None)]
-        written += [(gone, loser.record) for loser, gone in change.merged]
+        written = [(state, change.survivor)]
+        written += [(gone, loser) for loser, gone in change.merged]
         if change.account is not None:
-            account_cached, account = change.account
-            written.append((account, account_cached.record if account_cached else None))
-        records = [_to_record(new_state, record, updated_at) for new_state, record in written]
+            written.append(change.account[::-1])
+        alone = not (change.pointers or change.links or change.unlinks) and len(written) == 1
+        if alone and change.survivor is not None and not self._alone:
+            record = _to_record(state, change.survivor.record, updated_at)
+            _check_size(record, message)  # per message, as if it were written alone
+            self._defer(space_id, message, entry, record, state, change.dropped)
+            return
+        for _, cached in written:  # their pending writes first: this write is conditional on their versions
+            if cached is not None and cached.record.pk in self.pending:
+                self._write_pending(cached.record.pk, before=message)
+        records = [_to_record(new_state, cached.record if cached else None, updated_at) for new_state, cached in written]
         for record in records:
             _check_size(record, message)
-        if len(records) == 1 and not change.pointers and not change.links and not change.unlinks:
+        if alone:
             store.save_profile(records[0], _WRITTEN)
         else:
             store.save_together(records, _WRITTEN, change.pointers, change.links, change.unlinks)
@@ -336,16 +430,11 @@ class StreamBatch:
         for pointer, _ in change.pointers:
             self.pointers[pointer.pk] = pointer.profile_id
         for _, gone in change.merged:  # the merged profiles' other ids: repointed after the batch
-            for entry in gone.external_ids:
-                if entry.get("collection", USERS) == USERS and entry["type"] != GROUP_ID:
-                    self._repoint(store.identity_pk(space_id, USERS, entry["type"], entry["id"]), space_id,
-                                  entry["type"], entry["id"], state.profile_id)
-        if change.dropped:
-            for what, n in change.dropped.items():
-                metrics.add_metric(name=_DROP_METRICS[what], unit=MetricUnit.Count, value=n)
-            logger.warning("profile budget full: part of the message was not kept on the profile",
-                           extra={"message_id": message.message_id, "profile": state.profile_id,
-                                  "dropped": dict(change.dropped)})
+            for external in gone.external_ids:
+                if external.get("collection", USERS) == USERS and external["type"] != GROUP_ID:
+                    self._repoint(store.identity_pk(space_id, USERS, external["type"], external["id"]), space_id,
+                                  external["type"], external["id"], state.profile_id)
+        _report_dropped(message.message_id, state.profile_id, change.dropped)
         self._queue_history(space_id, state.profile_id, message)
         if change.account is not None:  # the account's /events shows its group calls
             self._queue_history(space_id, change.account[1].profile_id, message)
@@ -353,6 +442,79 @@ class StreamBatch:
             metrics.add_metric(name="ProfilesMerged", unit=MetricUnit.Count, value=len(change.merged))
             logger.info("profiles merged", extra={"message_id": message.message_id, "survivor": state.profile_id,
                                                   "merged": [loser.state.profile_id for loser, _ in change.merged]})
+
+    # ------------------------------------------------------------ coalesced writes
+    def _defer(self, space_id: str, message: Message, entry: _Entry, record: store.ProfileRecord,
+               state: ProfileState, dropped: Counter) -> None:
+        """Keep the message's change in memory: the profile's one write carries it, with its messageId in
+        `applied`. The next message of the profile in the batch sees it, as if it had been written."""
+        pending = self.pending.get(record.pk)
+        if pending is None:
+            pending = self.pending[record.pk] = _Pending(space_id, record)
+        pending.record = record
+        pending.applied.append((entry, message))
+        key, item = _history_item(space_id, state.profile_id, message, self.retention_days)
+        pending.history[key] = item
+        if dropped:
+            pending.dropped.append((message.message_id, dropped))
+        state.updated_at = record.updated_at
+        self.profiles[record.pk] = _Cached(record, state)
+
+    def _write_pending(self, pk: str, before: Message | None = None) -> None:
+        """The profile's one write for its pending messages (an UpdateItem conditional on the version read).
+
+        If it fails, whether on a lost race or because DynamoDB refuses it, its messages go the per-message
+        way: re-read, then each applied and written alone, in order (a lost race re-applies as it always
+        did; a refused message fails alone, those before it are written, those after it are not applied).
+        Raises WriteConflict when `before` (a message about to rewrite this profile) must apply again on
+        the profile as now written, and EarlierMessageFailed when one of the pending messages failed."""
+        pending = self.pending.pop(pk)
+        try:
+            store.save_profile(pending.record, _WRITTEN, steps=len(pending.applied))
+        except Exception as error:  # any failure: the per-message path decides per message
+            conflict = isinstance(error, store.WriteConflict)
+            if conflict:
+                metrics.add_metric(name="ProfileWriteConflicts", unit=MetricUnit.Count, value=1)
+            else:
+                logger.warning("a coalesced profile write failed: writing its messages one by one",
+                               extra={"profile": pk, "messages": [m.message_id for _, m in pending.applied],
+                                      "error": failure_handler.describe(error)})
+            failed = self._apply_alone(pending)
+            if failed is not None:
+                raise EarlierMessageFailed(f"message {failed} of profile {pk} failed to be written before this "
+                                           "one: it waits behind it (per-profile order)") from error
+            if before is not None:
+                raise store.WriteConflict(f"profile {pk} was written again before message "
+                                          f"{before.message_id}") from error
+            return
+        self.history.update(pending.history)
+        for message_id, dropped in pending.dropped:
+            _report_dropped(message_id, pending.record.profile_id, dropped)
+        metrics.add_metric(name="ProfileMessagesCoalesced", unit=MetricUnit.Count, value=len(pending.applied))
+
+    def _apply_alone(self, pending: _Pending) -> str | None:
+        """Re-read the profile and apply each pending message alone (today's per-message writes); on the
+        first that fails, it and the rest are noted failed. Returns the messageId that failed, if any."""
+        self.profiles.pop(pending.record.pk, None)
+        for _, message in pending.applied:
+            self._forget(pending.space_id, _all_ids(message), set())
+        self._alone += 1
+        try:
+            for i, (entry, message) in enumerate(pending.applied):
+                try:
+                    self._apply_with_retries(pending.space_id, message, entry, fresh=True)
+                except Exception as error:  # noqa: BLE001 - reported in batchItemFailures with its reason
+                    logger.exception("profile processor could not apply a message",
+                                     extra={"message_id": message.message_id,
+                                            "sequence_number": entry.sequence_number})
+                    self._note_failure(entry, failure_handler.describe(error))
+                    for later, _ in pending.applied[i + 1:]:
+                        self._note_failure(later, f"{EarlierMessageFailed.__name__}: message {message.message_id} "
+                                                  "of the same profile before it failed")
+                    return message.message_id
+            return None
+        finally:
+            self._alone -= 1
 
     def _group(self, space_id: str, message: Message, user: ProfileState, now, touched: set[str],
                dropped: Counter):
@@ -433,13 +595,8 @@ class StreamBatch:
                 self._repoint(pk, space_id, i.type, i.value, profile_id)
 
     def _queue_history(self, space_id: str, profile_id: str, message: Message) -> None:
-        pk = store.profile_pk(space_id, profile_id)
-        sk = store.history_sk(message.timestamp, message.message_id)
-        expires = int(clock.parse(message.received_at).timestamp()) + self.retention_days * 86400
-        self.history[(pk, sk)] = store.ProfileEventRecord(
-            pk, sk, message_id=message.message_id, type=message.type, event=message.event_name,
-            timestamp=message.timestamp, payload=json.dumps(message.raw, separators=(",", ":")),
-            expires_at=expires)
+        key, item = _history_item(space_id, profile_id, message, self.retention_days)
+        self.history[key] = item
 
     def _queue_account_history(self, space_id: str, message: Message) -> None:
         account_ids = identity.account_identifiers(message)
@@ -449,15 +606,49 @@ class StreamBatch:
             self._queue_history(space_id, account.state.profile_id, message)
 
     # ------------------------------------------------------------ batched writes
-    def flush(self) -> None:
+    def flush(self) -> dict[str, str]:
+        """The batch's deferred writes: each profile's one write (in the order of its first message), then
+        history and pointer repairs. A profile whose first pending message comes after a record that failed
+        is not written (Lambda retries from that record; its messages are reported and come again).
+        Returns the records that failed here: sequence number -> why."""
+        while self.pending:
+            pk = min(self.pending, key=lambda k: self.pending[k].first)
+            if self._first_failure is not None and self.pending[pk].first > self._first_failure:
+                for entry, _ in self.pending.pop(pk).applied:
+                    self._note_failure(entry, f"{failure_handler.BlockedBehindFailure.__name__}: not written: a "
+                                              "record before it failed, and Lambda retries the batch from there")
+                continue
+            try:
+                self._write_pending(pk)
+            except EarlierMessageFailed:
+                pass  # noted by _apply_alone
         if self.history:
             store.put_history(self.history.values())
         if self.repoints:
             store.put_pointers(self.repoints.values())
         metrics.add_metric(name="ProfileHistoryWritten", unit=MetricUnit.Count, value=len(self.history))
+        return dict(self.failed)
 
 
 # ---------------------------------------------------------------- helpers
+def _history_item(space_id: str, profile_id: str, message: Message,
+                  retention_days: int) -> tuple[tuple[str, str], store.ProfileEventRecord]:
+    pk = store.profile_pk(space_id, profile_id)
+    sk = store.history_sk(message.timestamp, message.message_id)
+    expires = int(clock.parse(message.received_at).timestamp()) + retention_days * 86400
+    return (pk, sk), store.ProfileEventRecord(
+        pk, sk, message_id=message.message_id, type=message.type, event=message.event_name,
+        timestamp=message.timestamp, payload=json.dumps(message.raw, separators=(",", ":")), expires_at=expires)
+
+
+def _report_dropped(message_id: str, profile_id: str, dropped: Counter) -> None:
+    if dropped:
+        for what, n in dropped.items():
+            metrics.add_metric(name=_DROP_METRICS[what], unit=MetricUnit.Count, value=n)
+        logger.warning("profile budget full: part of the message was not kept on the profile",
+                       extra={"message_id": message_id, "profile": profile_id, "dropped": dict(dropped)})
+
+
 def _parse(record: DynamoDBRecord) -> tuple[str, Message]:
     image = record.dynamodb.new_image if record.dynamodb else None
     if not image:
@@ -486,6 +677,9 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(ProfileState)
                 if f.name not in ("profile_id", "space_id", "collection", "updated_at"))
 # What the processor writes on an existing profile (an UpdateItem: other attributes survive).
 _WRITTEN = (*_FIELDS, "updated_at")
+# What others keep on the item (the audience engine's next_evaluation_at).
+_KEPT = tuple(sorted(set(store.ProfileRecord.get_attributes()) - set(_WRITTEN)
+                     - {"pk", "space_id", "profile_id", "collection", "version"}))
 
 
 def _plain(value: Any) -> Any:
@@ -520,11 +714,17 @@ def _to_state(record: store.ProfileRecord) -> ProfileState:
     return state
 
 
-def _to_record(state: ProfileState, record: store.ProfileRecord | None, updated_at: str) -> store.ProfileRecord:
-    if record is None:
-        record = store.ProfileRecord(store.profile_pk(state.space_id, state.profile_id), space_id=state.space_id,
-                                     profile_id=state.profile_id, collection=state.collection)
+def _to_record(state: ProfileState, read: store.ProfileRecord | None, updated_at: str) -> store.ProfileRecord:
+    """A new record of `state` at the version of `read` (None: a new profile). Never the cached record
+    itself: a message that then fails (too large, refused) leaves the cache and pending writes as they were."""
+    record = store.ProfileRecord(store.profile_pk(state.space_id, state.profile_id), space_id=state.space_id,
+                                 profile_id=state.profile_id, collection=state.collection)
     for name in _FIELDS:
         setattr(record, name, getattr(state, name))
     record.updated_at = updated_at
+    if read is not None:
+        for name in _KEPT:  # not the processor's, not written by it: kept so the size check sees them
+            setattr(record, name, getattr(read, name))
+        if read.version is not None:
+            record.version = read.version
     return record

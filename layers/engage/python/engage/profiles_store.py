@@ -217,15 +217,24 @@ def _actions(profile: ProfileRecord, fields: Iterable[str]) -> list:
     return actions
 
 
-def save_profile(profile: ProfileRecord, fields: Iterable[str]) -> None:
+def save_profile(profile: ProfileRecord, fields: Iterable[str], steps: int = 1) -> None:
     """One write conditional on the version read (optimistic locking): a PutItem for a new
     profile, else an UpdateItem of `fields` only, so attributes other parts of the system keep
-    on the item (the audience engine's) survive."""
+    on the item (the audience engine's) survive.
+
+    `steps`: how many messages the write carries; the version moves by as many, so a profile's
+    version counts its messages (and other writers' writes) however they were grouped into writes."""
     try:
         if profile.version is None:
             profile.save()
-        else:
+        elif steps == 1:
             profile.update(actions=_actions(profile, fields))
+        else:  # pynamodb's own update moves the version by exactly 1
+            read = profile.version
+            data = ProfileRecord._get_connection().update_item(
+                profile.pk, return_values="ALL_NEW", condition=ProfileRecord.version == read,
+                actions=[*_actions(profile, fields), ProfileRecord.version.set(read + steps)])
+            profile.deserialize(data["Attributes"])
     except (PutError, UpdateError) as error:
         if _conflict(error):
             raise WriteConflict(f"profile {profile.pk} changed since it was read") from error
