@@ -384,7 +384,7 @@ def _figures(one: WindowRun) -> list[Figure]:
 
 
 def _stream_use(one: WindowRun) -> dict[str, tuple[int, int]]:
-    """Stream function -> (invocations, records) while the probes ran and settled."""
+    """Stream or queue function (its invocations carry records) -> (invocations, records), probes and settle."""
     use: dict[str, tuple[int, int]] = {}
     for entry in one.entries:
         if "records" in entry and entry["handler_started"] is not None:
@@ -395,14 +395,14 @@ def _stream_use(one: WindowRun) -> dict[str, tuple[int, int]]:
 
 def _counts(one: WindowRun) -> list[Figure]:
     # Not counted (guarded): how many records share a batch depends on timing, most of all at window 0.
-    method = (f"{one.label}: invocations of the stream function (every batch, filtered-in records only) while the "
+    method = (f"{one.label}: invocations of the stream or queue function (every batch, filtered-in records) while the "
               f"{len(one.probes)} probes ran and settled, from the invocation log, per probe (one track event each)")
     figures = []
     for function, (calls, records) in sorted(_stream_use(one).items()):
         figures += [Figure(SECTION, f"{one.label}: {function} invocations per event", calls / len(one.probes),
                            "invocations", method),
                     Figure(SECTION, f"{one.label}: {function} records per batch", records / calls, "records",
-                           f"{one.label}: records the stream function got per invocation, the same run")]
+                           f"{one.label}: records the function got per invocation, the same run")]
     return figures
 
 
@@ -432,7 +432,7 @@ def _side_by_side(runs: list[WindowRun]) -> list[str]:
             [f"{use.get(function, (0, 0))[0] / len(one.probes):.2f}" for one, use in zip(runs, uses, strict=True)])
         row(f"{function}: records per batch",
             [f"{use[function][1] / use[function][0]:.1f}" if function in use else "-" for use in uses])
-    lines.append("| stream invocations per event, all | " + " | ".join(
+    lines.append("| stream and queue invocations per event, all | " + " | ".join(
         f"{sum(c for c, _ in use.values()) / len(one.probes):.2f}" for one, use in zip(runs, uses, strict=True)) + " |")
     return lines
 
