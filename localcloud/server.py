@@ -230,6 +230,8 @@ class LocalCloud:
                 "stack": self.stack_name, "functions": sorted(s.logical_id for s in self.runtime.functions.values()),
                 "workers": self.runtime.workers(),
                 "pollers": [{"function": p.function_arn.split(":")[-1], "source": p.source_arn,
+                             "logical_id": self.runtime.resolve(p.function_arn).logical_id,
+                             "batch_size": p.batch_size, "batching_window": p.window,
                              "alive": p.is_alive()} for p in self.pollers]}
 
     def invocations(self, query: dict[str, str]) -> dict:

@@ -1,14 +1,20 @@
 """Latency on the local cloud: POST /v1/track -> profile shows the event -> audience membership visible,
 and where that time goes: the local cloud's own overhead apart from our handlers and the template's
-batching windows.
+batching windows; at batching window 0 and at the template's default, side by side, with what each
+costs in stream invocations (issue 16 item 3).
+
+Two local clouds run one after the other in the same bench run: the first with both batching-window
+parameters (AudienceBatchingWindowSeconds, ActivationBatchingWindowSeconds) at 0, the second at the
+template's default. Each gets the same probes below (100 per window in quick runs, to keep `make
+bench` short; 200 with --full), and from its invocation log the scenario counts, per stream
+function, invocations per probe (each probe is one track event) and records per batch.
 
 The local cloud (template.yaml, moto server, Lambda worker processes, stream pollers) runs in a
 subprocess as `make dev` runs it, warmed by one probe first (a warm worker per function; a function
 that then needs more workers at once starts them, cold, during the run, as Lambda scales out; the
-table after the figures counts them). 200 probes, each a new user sending one `Latency Probe`
+table after the figures counts them). The probes, each a new user sending one `Latency Probe`
 track call with its own messageId, start at a steady 5 per second from their own threads (a few in
-flight at once, as real traffic;
-quick and FULL runs are the same). Each is measured from its own POST start to the end of the
+flight at once, as real traffic). Each is measured from its own POST start to the end of the
 first Profile API read that shows the change: /events listing it, then /traits?class=audience
 showing `latency_probe` true.
 
@@ -29,8 +35,8 @@ Each probe's time is cut at those moments into segments that add up exactly to i
                 worker process, for each invocation on the path, the read's included (local only)
   pickup        record written -> read by its poller (a write wakes the poller; on AWS Lambda
                 polls each shard 4 times a second, so up to 250 ms)
-  window        read -> batch handed over: the template's MaximumBatchingWindowInSeconds (1 s
-                per stream; AWS waits the same)
+  window        read -> batch handed over: the template's MaximumBatchingWindowInSeconds (the
+                AudienceBatchingWindowSeconds parameter, per stream; AWS waits the same)
   handlers      ingest until its event record is written, profile_processor until the profile
                 record is (its whole batch, for the profile figure), audience_evaluator, and the
                 Profile API read (our code, whose AWS calls moto answers here)
@@ -53,13 +59,15 @@ from tests.e2e.conftest import RunningCloud, start_cloud, stop_cloud
 WRITE, TOKEN = "local-write-key", "local-access-token"
 SPACE = "local"
 AUDIENCE = "latency_probe"
-PROBES = 200
+PROBES = 200  # per batching window with --full
+QUICK_PROBES = 100  # per batching window in quick runs (two local clouds in one `make bench`)
 RATE = 5.0  # probes started per second
 WORKERS = 48  # probe threads (at most this many in flight)
 READ_RETRY = 0.01  # seconds between Profile API reads once the log says the change is written
 TIMEOUT = 30.0  # seconds a probe may wait for one stage
 SECTION = "Local cloud latency"
 INGEST, PROCESSOR, EVALUATOR = "IngestFunction", "ProfileProcessorFunction", "AudienceEvaluatorFunction"
+WINDOW_PARAMETERS = ("AudienceBatchingWindowSeconds", "ActivationBatchingWindowSeconds")
 
 
 @dataclass
@@ -246,10 +254,53 @@ def split(probe: Probe, log: LogFollower) -> Split:
     return Split(profile, audience)
 
 
+@dataclass
+class WindowRun:
+    """The probes of one local cloud started with both batching windows at `window` seconds."""
+
+    window: float
+    probes: list[Probe]
+    splits: list[Split]
+    wall: float
+    busy: float
+    entries: list[dict]  # the invocation log from the first probe's POST on
+    load: float  # the machine's 1-minute load average at the end of the probes
+
+    @property
+    def label(self) -> str:
+        return f"window {self.window:g} s"
+
+
+def default_window() -> float:
+    from localcloud import template
+
+    defaults = {float(template.load(template.TEMPLATE)["Parameters"][p]["Default"]) for p in WINDOW_PARAMETERS}
+    assert len(defaults) == 1, defaults  # the scenario compares one default with 0
+    return defaults.pop()
+
+
 def run(context) -> list[Figure]:
-    cloud = start_cloud()
+    count = PROBES if context.full else QUICK_PROBES
+    runs = [measure(window, count) for window in (0.0, default_window())]
+    for one in runs:
+        context.extra.append((f"Local cloud latency, {one.label}: where the time goes",
+                              _breakdown(one.splits, one.entries, one.busy)))
+        context.notes.append(f"local_latency ({one.label}): the machine's 1-minute load average was "
+                             f"{one.load:.1f} on {os.cpu_count()} cores at the end of the probes (handler times "
+                             "grow with it).")
+    context.extra.append(("Local cloud latency: batching window 0 beside the default", _side_by_side(runs)))
+    return [figure for one in runs for figure in _figures(one) + _counts(one)]
+
+
+def measure(window: float, count: int) -> WindowRun:
+    """Start a local cloud with both batching windows at `window`, send `count` probes, stop it."""
+    cloud = start_cloud(*(arg for p in WINDOW_PARAMETERS for arg in ("--param", f"{p}={window:g}")))
     log = None
     try:
+        status, _, health = cloud.call("GET", "/_local/health")
+        windows = {p["logical_id"]: p["batching_window"] for p in health["pollers"] if p["source"].startswith(
+            "arn:aws:dynamodb:")}
+        assert windows and set(windows.values()) == {window}, windows  # the override reached every stream
         status, _, body = cloud.call("POST", "/v1/audiences", {"key": AUDIENCE, "name": "Latency probe",
                                                                "condition": {"event": "Latency Probe"}}, auth=TOKEN)
         assert status == 201, body
@@ -259,7 +310,7 @@ def run(context) -> list[Figure]:
         log.start()
         _probe(cloud, log, Probe(-1, "probe-warmup", "latency-probe-warmup"))  # every function warm, not measured
         cloud.settle()
-        probes = [Probe(i, f"probe-{i}", f"latency-probe-{i}") for i in range(PROBES)]
+        probes = [Probe(i, f"probe-{i}", f"latency-probe-{i}") for i in range(count)]
         started = time.monotonic()
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="probe") as pool:
             futures = []
@@ -268,6 +319,8 @@ def run(context) -> list[Figure]:
                 futures.append(pool.submit(_probe, cloud, log, probe))
             done = [future.result() for future in futures]
         wall = time.monotonic() - started
+        load = os.getloadavg()[0]
+        cloud.settle()  # the probes' batches of the other stream functions (router, journeys, destinations) too
         log.stop()
     finally:
         if log is not None:
@@ -275,22 +328,19 @@ def run(context) -> list[Figure]:
         stop_cloud(cloud)
     splits = [split(p, log) for p in done]
     first = min(p.posted for p in done)
-    window_entries = [e for e in log.entries if e["queued"] >= first]
-    busy = sum(e["ended"] - e["started"] for e in window_entries) / max(
-        max(e["ended"] for e in window_entries) - first, 1e-9)
-    context.extra.append(("Local cloud latency: where the time goes", _breakdown(splits, window_entries, busy)))
-    context.notes.append(f"local_latency: the machine's 1-minute load average was {os.getloadavg()[0]:.1f} on "
-                         f"{os.cpu_count()} cores at the end of the probes (handler times grow with it).")
-    return _figures(done, splits, wall, busy)
+    entries = [e for e in log.entries if e["queued"] >= first]
+    busy = sum(e["ended"] - e["started"] for e in entries) / max(max(e["ended"] for e in entries) - first, 1e-9)
+    return WindowRun(window, done, splits, wall, busy, entries, load)
 
 
 def _ms(values) -> list[float]:
     return [v * 1000 for v in values]
 
 
-def _figures(probes: list[Probe], splits: list[Split], wall: float, busy: float) -> list[Figure]:
-    run_text = (f"{len(probes)} probes (new user each) started at {RATE:g}/s over {wall:.0f} s, workers busy "
-                f"{busy:.0%}; each from its own POST start")
+def _figures(one: WindowRun) -> list[Figure]:
+    probes, splits = one.probes, one.splits
+    run_text = (f"{one.label}: {len(probes)} probes (new user each) started at {RATE:g}/s over {one.wall:.0f} s, "
+                f"workers busy {one.busy:.0%}; each from its own POST start")
     series = {
         "track -> profile updated": (_ms(p.profile_read.seen - p.posted for p in probes),
                                      f"{run_text} to the end of the first Profile API /events read listing it"),
@@ -315,8 +365,8 @@ def _figures(probes: list[Probe], splits: list[Split], wall: float, busy: float)
             "pickup", ("local cloud: record written (ApproximateCreationDateTime) -> read by its poller (a write "
                        "wakes it); Lambda polls a shard 4 times a second (<= 250 ms)")),
         "batching windows, 2 streams": (
-            "window", ("template: MaximumBatchingWindowInSeconds 1 per stream, record read -> batch handed "
-                       "over; AWS waits the same")),
+            "window", (f"template: MaximumBatchingWindowInSeconds {one.window:g} per stream "
+                       "(AudienceBatchingWindowSeconds), record read -> batch handed over; AWS waits the same")),
         "ingest handler, until its event is in the stream": (
             "ingest handler", "our code (its AWS calls are answered by moto, ~10 ms each)"),
         "profile_processor handler, until the profile is in the stream": (
@@ -329,8 +379,62 @@ def _figures(probes: list[Probe], splits: list[Split], wall: float, busy: float)
     }
     for name, (part, method) in parts.items():
         series[f"part of track -> audience: {name}"] = (_ms(s.audience[part] for s in splits), method)
-    return [Figure(SECTION, f"{name}, p{q}", _percentile(values, q), "ms", method)
+    return [Figure(SECTION, f"{one.label}: {name}, p{q}", _percentile(values, q), "ms", method)
             for name, (values, method) in series.items() for q in (50, 95)]
+
+
+def _stream_use(one: WindowRun) -> dict[str, tuple[int, int]]:
+    """Stream or queue function (its invocations carry records) -> (invocations, records), probes and settle."""
+    use: dict[str, tuple[int, int]] = {}
+    for entry in one.entries:
+        if "records" in entry and entry["handler_started"] is not None:
+            calls, records = use.get(entry["function"], (0, 0))
+            use[entry["function"]] = (calls + 1, records + len(entry["records"]))
+    return use
+
+
+def _counts(one: WindowRun) -> list[Figure]:
+    # Not counted (guarded): how many records share a batch depends on timing, most of all at window 0.
+    method = (f"{one.label}: invocations of the stream or queue function (every batch, filtered-in records) while the "
+              f"{len(one.probes)} probes ran and settled, from the invocation log, per probe (one track event each)")
+    figures = []
+    for function, (calls, records) in sorted(_stream_use(one).items()):
+        figures += [Figure(SECTION, f"{one.label}: {function} invocations per event", calls / len(one.probes),
+                           "invocations", method),
+                    Figure(SECTION, f"{one.label}: {function} records per batch", records / calls, "records",
+                           f"{one.label}: records the function got per invocation, the same run")]
+    return figures
+
+
+def _side_by_side(runs: list[WindowRun]) -> list[str]:
+    def p(values: list[float], q: int) -> str:
+        return f"{_percentile(_ms(values), q):,.0f}"
+
+    head = " | ".join(one.label + (" (default)" if i else "") for i, one in enumerate(runs))
+    lines = [("Two local clouds in the same bench run, one after the other (window 0 first), the same probes; "
+              "both template parameters (AudienceBatchingWindowSeconds, ActivationBatchingWindowSeconds) at the "
+              "window. Times in ms; the machine is shared, see the notes for its load."), "",
+             f"| figure | {head} |", "| --- |" + " ---: |" * len(runs)]
+
+    def row(name: str, cells: list[str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    for q in (50, 95):
+        row(f"track -> audience membership visible, p{q}", [p([m.member_read.seen - m.posted for m in one.probes], q)
+                                                           for one in runs])
+        row(f"of which batching windows, p{q}", [p([s.audience["window"] for s in one.splits], q) for one in runs])
+        row(f"of which the local cloud's own overhead, p{q}",
+            [p([sum(s.audience[k] for k in LOCAL) for s in one.splits], q) for one in runs])
+    row("track -> profile updated, p95", [p([m.profile_read.seen - m.posted for m in one.probes], 95) for one in runs])
+    uses = [_stream_use(one) for one in runs]
+    for function in sorted({f for use in uses for f in use}):
+        row(f"{function}: invocations per event",
+            [f"{use.get(function, (0, 0))[0] / len(one.probes):.2f}" for one, use in zip(runs, uses, strict=True)])
+        row(f"{function}: records per batch",
+            [f"{use[function][1] / use[function][0]:.1f}" if function in use else "-" for use in uses])
+    lines.append("| stream and queue invocations per event, all | " + " | ".join(
+        f"{sum(c for c, _ in use.values()) / len(one.probes):.2f}" for one, use in zip(runs, uses, strict=True)) + " |")
+    return lines
 
 
 def _breakdown(splits: list[Split], entries: list[dict], busy: float) -> list[str]:

@@ -98,3 +98,28 @@ def test_alarms_notify_the_alarm_topic_and_the_dashboard_shows_them_all():
     [alarm_widget] = [w for w in widgets if w["type"] == "alarm"]
     names = {a.rsplit("${AWS::StackName}-", 1)[1] for a in alarm_widget["properties"]["alarms"]}
     assert names == {a["Properties"]["AlarmName"]["Fn::Sub"].split("-", 1)[1] for a in ALARMS.values()}
+
+
+# Stream batching windows are template parameters (docs/benchmarks.md "Batching windows"): the
+# event -> audience path shares one, the reactions to it (journeys, destinations) another.
+WINDOWS = {"ProfileProcessorFunction": "AudienceBatchingWindowSeconds",
+           "AudienceEvaluatorFunction": "AudienceBatchingWindowSeconds",
+           "AudienceRouterFunction": "AudienceBatchingWindowSeconds",
+           "JourneyEventsFunction": "ActivationBatchingWindowSeconds",
+           "DestinationRouterFunction": "ActivationBatchingWindowSeconds"}
+
+
+@pytest.mark.parametrize("function", STREAM_FUNCTIONS)
+def test_every_stream_takes_its_batching_window_from_a_parameter(function):
+    # Given a function fed by a DynamoDB stream
+    windows = [e.get("MaximumBatchingWindowInSeconds") for e in _stream_events(FUNCTIONS[function])]
+    # Then its batching window is the parameter of its group, not a number written in place
+    assert windows == [{"Ref": WINDOWS[function]}]
+
+
+@pytest.mark.parametrize("parameter", sorted(set(WINDOWS.values())))
+def test_batching_window_parameters_are_bounded_numbers_that_say_what_they_trade(parameter):
+    spec = template.load(template.TEMPLATE)["Parameters"][parameter]
+    # Then it is a number of seconds within Lambda's bounds, its default 1 s, and it says what it costs
+    assert (spec["Type"], spec["MinValue"], spec["MaxValue"], spec["Default"]) == ("Number", 0, 300, 1)
+    assert "more invocations" in spec["Description"] and "sooner" in spec["Description"]
