@@ -168,24 +168,15 @@ class PublicationLog:
 
     def published(self, ids: Iterable[str]) -> tuple[dict[str, set[str]], set[str]]:
         """(log id -> elements recorded, for live items; ids whose read stayed unprocessed)."""
-        pending = [{"id": {"S": i}} for i in dict.fromkeys(ids)]
         found: dict[str, set[str]] = {}
         now = int(clock.now().timestamp())
-        for attempt in range(BATCH_ATTEMPTS):
-            unprocessed = []
-            for start in range(0, len(pending), MAX_KEYS_PER_READ):
-                request = {self.table_name: {"Keys": pending[start:start + MAX_KEYS_PER_READ], "ConsistentRead": True,
-                                             "ProjectionExpression": "id, published, expiration"}}
-                response = self.client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table_name, []):
-                    if int(item.get("expiration", {}).get("N", "0")) > now:  # expired, not yet removed: forgotten
-                        found[item["id"]["S"]] = set(item.get("published", {}).get("SS", []))
-                unprocessed += response.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
-            pending = unprocessed
-            if not pending or attempt == BATCH_ATTEMPTS - 1:
-                break
-            _back_off(attempt)
-        return found, {k["id"]["S"] for k in pending}
+        items, unprocessed = _consistent_batch_get(self.client, self.table_name,
+                                                   [{"id": {"S": i}} for i in dict.fromkeys(ids)],
+                                                   ProjectionExpression="id, published, expiration")
+        for item in items:
+            if int(item.get("expiration", {}).get("N", "0")) > now:  # expired, not yet removed: forgotten
+                found[item["id"]["S"]] = set(item.get("published", {}).get("SS", []))
+        return found, {k["id"]["S"] for k in unprocessed}
 
     def commit(self, changes: Sequence[dict[str, Any]]) -> None:
         """Record `changes` as published and count the counted ones, each exactly once (see the module)."""
@@ -255,22 +246,10 @@ class LegacyLog(DynamoDBPersistenceLayer):
     def published(self, changes: Iterable[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """(changes (log id, element) the old log holds as published, changes whose lookup stayed unprocessed)."""
         keys = {self._get_hashed_idempotency_key(c): (log_id(c), element_of(c)) for c in changes}
-        pending = [self._get_key(k) for k in keys]
-        done: set[tuple[str, str]] = set()
-        for attempt in range(BATCH_ATTEMPTS):
-            unprocessed = []
-            for start in range(0, len(pending), MAX_KEYS_PER_READ):
-                request = {self.table_name: {"Keys": pending[start:start + MAX_KEYS_PER_READ], "ConsistentRead": True}}
-                response = self.client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table_name, []):
-                    if self._item_to_data_record(item).status == STATUS_CONSTANTS["COMPLETED"]:
-                        done.add(keys[item[self.key_attr]["S"]])
-                unprocessed += response.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
-            pending = unprocessed
-            if not pending or attempt == BATCH_ATTEMPTS - 1:
-                break
-            _back_off(attempt)
-        return done, {keys[k[self.key_attr]["S"]] for k in pending}
+        items, unprocessed = _consistent_batch_get(self.client, self.table_name, [self._get_key(k) for k in keys])
+        done = {keys[item[self.key_attr]["S"]] for item in items
+                if self._item_to_data_record(item).status == STATUS_CONSTANTS["COMPLETED"]}
+        return done, {keys[k[self.key_attr]["S"]] for k in unprocessed}
 
 
 @lru_cache(maxsize=1)
@@ -294,6 +273,25 @@ def _chunks(changes: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]
         named |= adds
     if chunk:
         yield chunk
+
+
+def _consistent_batch_get(client, table: str, keys: list[dict], **extra) -> tuple[list[dict], list[dict]]:
+    """Strongly consistent BatchGetItem of `keys`, 100 a call, unprocessed keys retried with back-off;
+    (items found, keys still unprocessed after BATCH_ATTEMPTS)."""
+    found: list[dict] = []
+    pending = keys
+    for attempt in range(BATCH_ATTEMPTS):
+        unprocessed = []
+        for start in range(0, len(pending), MAX_KEYS_PER_READ):
+            request = {table: {"Keys": pending[start:start + MAX_KEYS_PER_READ], "ConsistentRead": True, **extra}}
+            response = client.batch_get_item(RequestItems=request)
+            found += response.get("Responses", {}).get(table, [])
+            unprocessed += response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
+        pending = unprocessed
+        if not pending or attempt == BATCH_ATTEMPTS - 1:
+            break
+        _back_off(attempt)
+    return found, pending
 
 
 def _back_off(attempt: int) -> None:
