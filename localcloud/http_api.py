@@ -351,5 +351,7 @@ class HttpApi:
                 return 200, {"messages": self.local.outbox()}
         except (ValueError, TypeError) as error:
             return 400, {"error": {"code": "validation_error", "message": str(error), "details": []}}
+        except TimeoutError as error:  # settle: the app did not go quiet in time (it keeps working)
+            return 504, {"settled": False, "error": {"code": "timeout", "message": str(error), "details": []}}
         return 404, {"error": {"code": "not_found", "message": f"no local endpoint {method} {path}",
                                "details": []}}

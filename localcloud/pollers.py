@@ -64,8 +64,10 @@ class Poller(threading.Thread):
     def run(self) -> None:
         buffer: list[dict] = []
         first_at = 0.0
+        signal = self.wake_signal()
         while not self.stopping.is_set():
             wanted = self._sync_requested
+            seen = signal.generation  # read before fetching: a write during the fetch cuts the wait short
             try:
                 fetched = self.fetch()
             except Exception:
@@ -95,13 +97,11 @@ class Poller(threading.Thread):
                     self._sync_done = wanted
                     self._sync.notify_all()
             wait = IDLE_WAIT if not buffer else max(0.0, self.window - (time.monotonic() - first_at))
-            self.idle_wait(wait)
+            signal.wait(seen, wait, lambda: not self.stopping.is_set() and self._sync_requested == self._sync_done)
 
-    def idle_wait(self, seconds: float) -> None:
-        condition = aws.on_stream_write()
-        with condition:
-            if not self.stopping.is_set() and self._sync_requested == self._sync_done:
-                condition.wait(seconds)
+    def wake_signal(self) -> aws.WriteSignal:
+        """What wakes this poller before its idle wait ends: a write to its kind of source."""
+        return aws.on_stream_write()
 
     def discard(self, records) -> None:
         """Records a filter rejects are dropped (and checkpointed) without invoking, as on AWS."""
@@ -118,9 +118,7 @@ class Poller(threading.Thread):
         with self._sync:
             self._sync_requested += 1
             wanted = self._sync_requested
-        condition = aws.on_stream_write()
-        with condition:
-            condition.notify_all()
+        self.wake_signal().notify()
         return wanted
 
     def wait_sync(self, wanted: int, timeout: float) -> bool:
@@ -129,9 +127,7 @@ class Poller(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
-        condition = aws.on_stream_write()
-        with condition:
-            condition.notify_all()
+        self.wake_signal().notify()
 
     def matches(self, record: dict) -> bool:
         return not self.filters or any(pattern_matches(p, record) for p in self.filters)
@@ -276,13 +272,29 @@ class SqsPoller(Poller):
         self.queue_url = self.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
         self.batch_size = min(self.batch_size, 10_000)
 
+    def wake_signal(self) -> aws.WriteSignal:
+        # Sends to this queue only, not stream writes nor other queues' sends; a message whose delay or
+        # visibility timeout ends wakes nobody: the idle wait (IDLE_WAIT) finds it.
+        return aws.on_queue_write(self.source_arn)
+
     def fetch(self) -> list[dict]:
         # Short polls with the base class's wakeable idle wait: a settle() must not sit out a long poll
         # (the virtual clock settles after every timer it runs).
+        if not self._any_visible():
+            return []  # most polls find nothing: asked in-process, not as a ReceiveMessage over HTTP
         page = self.client.receive_message(
             QueueUrl=self.queue_url, MaxNumberOfMessages=min(10, self.batch_size), WaitTimeSeconds=0,
             AttributeNames=["All"], MessageAttributeNames=["All"])
         return [self._lambda_record(m) for m in page.get("Messages", [])]
+
+    def _any_visible(self) -> bool:
+        """Whether the queue (moto's, in this process) holds a message ReceiveMessage could return now:
+        never False when it could (it may be True when a FIFO group is locked: the receive then says so)."""
+        from moto.sqs.models import sqs_backends
+
+        _, _, _, region, account, name = self.source_arn.split(":", 5)
+        queue = sqs_backends[account][region].queues.get(name)
+        return queue is None or any(m.visible and not m.delayed for m in list(queue._messages))
 
     def _lambda_record(self, message: dict) -> dict:
         return {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],

@@ -198,7 +198,11 @@ class LocalCloud:
         Raises TimeoutError if the app never goes quiet.
         """
         deadline = time.monotonic() + timeout
-        with self._settle_lock:
+        # One settle at a time (the clock's own settle after each timer may hold it): waiting for it counts
+        # against this one's timeout, so a settle answers within its timeout, never after the other's.
+        if not self._settle_lock.acquire(timeout=timeout):
+            raise TimeoutError(f"another settle (the clock's, or a client's) was still running after {timeout}s")
+        try:
             rounds = 0
             while True:
                 rounds += 1
@@ -220,6 +224,8 @@ class LocalCloud:
                     if checkpoint and self.keeper:
                         self.keeper.poke()  # a quiet moment: write the snapshot soon
                     return {"settled": True, "rounds": rounds}
+        finally:
+            self._settle_lock.release()
 
     @staticmethod
     def _join_executions(deadline: float, timeout: float) -> None:

@@ -179,3 +179,18 @@ def test_item_answers_are_what_motos_serializer_writes(answers_table):
     assert set(moto_fixes.FAST_OPERATIONS) <= set(operations), operations
     for operation, body, reference in answers:
         assert json.loads(body) == json.loads(reference), operation
+
+
+def test_per_request_lookups_are_cached_and_answer_as_before():
+    import inspect
+
+    import jsonpath_ng.ext
+    import moto.core.responses
+
+    moto_fixes.install()
+    names = moto.core.responses.method_names_from_class(DynamoHandler)
+    assert names == [n for n, _ in inspect.getmembers(DynamoHandler, predicate=inspect.isfunction)]
+    assert moto.core.responses.method_names_from_class(DynamoHandler) is names  # computed once
+    path = jsonpath_ng.ext.parse("$.detail.userId")
+    assert jsonpath_ng.ext.parse("$.detail.userId") is path
+    assert [m.value for m in path.find({"detail": {"userId": "u1"}})] == ["u1"]
