@@ -57,12 +57,12 @@ class _Hooks:
     """Process-wide state the moto patches consult (moto backends are process-global too)."""
 
     runtime: Runtime | None = None
-    # Stream pollers wake on stream writes, queue pollers on SQS sends: waking every queue poller on
-    # every stream write made each of them ask moto over HTTP for messages hundreds of times a second
-    # under load (about a third of the local cloud's own CPU in a 1,000-event ingest).
-    stream_written = WriteSignal()
+    # A poller wakes on writes to its own source only: waking every poller on every stream write made
+    # each queue poller ask moto over HTTP for messages hundreds of times a second under load (about a
+    # third of the local cloud's own CPU in a 1,000-event ingest), and notify_all cost grows with waiters.
+    stream_written: ClassVar[dict[str, WriteSignal]] = {}  # by table ARN: a write wakes that table's pollers
     queue_written: ClassVar[dict[str, WriteSignal]] = {}  # by queue ARN: a send wakes only that queue's poller
-    queue_signals_lock = threading.Lock()
+    signals_lock = threading.Lock()
     suppress_streams = False
     installed = False
 
@@ -124,7 +124,7 @@ def _install_patches() -> None:
         self.table.lambda_event_source_mappings.clear()  # belt and braces: moto never delivers itself
         with moto_fixes.STREAM_LOCK:  # after a running transaction commits or rolls back (moto_fixes.py)
             original_add(self, old, new)
-        _Hooks.stream_written.notify()
+        on_stream_write(self.table.table_arn).notify()
 
     StreamShard.add = add
     _install_queue_hook()
@@ -369,12 +369,13 @@ def streams_suppressed() -> Iterator[None]:
         _Hooks.suppress_streams = False
 
 
-def on_stream_write() -> WriteSignal:
-    return _Hooks.stream_written
+def on_stream_write(table_arn: str) -> WriteSignal:
+    with _Hooks.signals_lock:
+        return _Hooks.stream_written.setdefault(table_arn, WriteSignal())
 
 
 def on_queue_write(queue_arn: str) -> WriteSignal:
-    with _Hooks.queue_signals_lock:
+    with _Hooks.signals_lock:
         return _Hooks.queue_written.setdefault(queue_arn, WriteSignal())
 
 

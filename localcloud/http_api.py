@@ -353,5 +353,9 @@ class HttpApi:
             return 400, {"error": {"code": "validation_error", "message": str(error), "details": []}}
         except TimeoutError as error:  # settle: the app did not go quiet in time (it keeps working)
             return 504, {"settled": False, "error": {"code": "timeout", "message": str(error), "details": []}}
+        except Exception as error:  # answer what went wrong rather than drop the connection
+            log.exception("%s %s failed", method, path)
+            return 500, {"error": {"code": "internal_error", "message": f"{type(error).__name__}: {error}",
+                                   "details": []}}
         return 404, {"error": {"code": "not_found", "message": f"no local endpoint {method} {path}",
                                "details": []}}

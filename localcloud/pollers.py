@@ -48,6 +48,7 @@ class Poller(threading.Thread):
         self.filters = [json.loads(f["Pattern"]) for f in
                         (mapping.get("FilterCriteria") or {}).get("Filters", []) if f.get("Pattern")]
         self.stopping = threading.Event()
+        self._own_signal = aws.WriteSignal()  # for sources that wake nobody: sync, stop and IDLE_WAIT only
         self.delivered = 0  # records handed to the function (or filtered out) so far
         self._sync = threading.Condition()
         self._sync_requested = 0
@@ -100,8 +101,8 @@ class Poller(threading.Thread):
             signal.wait(seen, wait, lambda: not self.stopping.is_set() and self._sync_requested == self._sync_done)
 
     def wake_signal(self) -> aws.WriteSignal:
-        """What wakes this poller before its idle wait ends: a write to its kind of source."""
-        return aws.on_stream_write()
+        """What wakes this poller before its idle wait ends: a write to its own source (subclasses)."""
+        return self._own_signal
 
     def discard(self, records) -> None:
         """Records a filter rejects are dropped (and checkpointed) without invoking, as on AWS."""
@@ -170,6 +171,9 @@ class DynamoDBStreamPoller(Poller):
         self._account, self._region, self._table = arn[4], arn[3], arn[5].split("/")[1]
         self._shard = None  # moto's StreamShard being read, and the index of the next record in it
         self._position = 0
+
+    def wake_signal(self) -> aws.WriteSignal:
+        return aws.on_stream_write(self.source_arn.split("/stream/")[0])  # writes to this table only
 
     def fetch(self) -> list[dict]:
         from moto.dynamodb.models import dynamodb_backends

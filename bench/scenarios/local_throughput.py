@@ -43,11 +43,40 @@ BATCH = 100  # messages per POST /v1/batch (analytics-python's default upload si
 SENDERS = 4  # SDK clients flushing at once
 YARDSTICK_SECONDS = 3.0
 TIMEOUT = 600.0  # per step; FULL sizes get FULL_TIMEOUT (10,000 events at moto's pace take longer)
+TARGET_EVENTS, TARGET_SECONDS = 10_000, 60.0  # issue 10: 10,000 SDK events on their profiles within 60 s
 FULL_TIMEOUT = 2400.0
 
 
 def _percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def _cpu_seconds(cloud: RunningCloud) -> tuple[float, float] | None:
+    """CPU seconds (user + system) so far of the local cloud's own process (moto, the HTTP API, the pollers:
+    one Python process, one GIL) and of its worker processes (the functions: the live ones plus those it
+    has reaped); None where /proc is not there (not Linux)."""
+    pid, tick = cloud.process.pid, os.sysconf("SC_CLK_TCK")
+
+    def fields(process: int) -> list[str]:
+        with open(f"/proc/{process}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is [0], utime [11]
+
+    try:
+        own = fields(pid)
+        children: set[int] = set()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listed:
+                children.update(int(c) for c in listed.read().split())
+    except OSError:
+        return None
+    workers = (int(own[13]) + int(own[14])) / tick  # reaped children
+    for child in children:
+        try:
+            stat = fields(child)
+        except OSError:
+            continue  # ended between the listing and the read
+        workers += (int(stat[11]) + int(stat[12])) / tick
+    return (int(own[11]) + int(own[12])) / tick, workers
 
 
 def _moto_rate(cloud: RunningCloud, operation: str, seconds: float) -> float:
@@ -100,9 +129,9 @@ def _read_log(cloud: RunningCloud, after: int) -> list[dict]:
         after = page["next"]
 
 
-def _settle(cloud: RunningCloud) -> None:
+def _settle(cloud: RunningCloud, timeout: float) -> None:
     """POST /_local/settle until it says settled (one call gives up after 50 s; a big load takes longer)."""
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         try:
             status, _, _body = cloud.call("POST", "/_local/settle", {"timeout": 50})
@@ -110,16 +139,17 @@ def _settle(cloud: RunningCloud) -> None:
                 return
         except OSError:  # the server gave up waiting within that call: ask again
             pass
-        assert time.monotonic() < deadline, f"the app did not settle within {TIMEOUT:.0f} s"
+        assert time.monotonic() < deadline, f"the app did not settle within {timeout:.0f} s"
 
 
-def _ingest(cloud: RunningCloud, users: int) -> dict:
+def _ingest(cloud: RunningCloud, users: int, timeout: float) -> dict:
     run = uuid.uuid4().hex[:6]
     batches = [[{"type": "identify", "userId": f"bench-{run}-{n}", "messageId": f"bench-{run}-{n}",
                  "traits": {"plan": "pro" if n % 2 else "free", "seats": n % 50, "bench": run}}
                 for n in range(start, min(start + BATCH, users))] for start in range(0, users, BATCH)]
     wanted = {m["messageId"] for batch in batches for m in batch}
     after = _log_after(cloud)
+    cpu_before = _cpu_seconds(cloud)
     first = time.time()
 
     def send(batch: list[dict]) -> None:
@@ -132,7 +162,7 @@ def _ingest(cloud: RunningCloud, users: int) -> dict:
     # Follow the invocation log until the profile processor has applied every one of them.
     entries: list[dict] = []
     applied: dict[str, float] = {}
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + timeout
     while len(applied) < len(wanted):
         assert time.monotonic() < deadline, f"{len(wanted) - len(applied)} events never reached their profiles"
         status, _, page = cloud.call("GET", f"/_local/invocations?after={after}&wait=5")
@@ -145,8 +175,9 @@ def _ingest(cloud: RunningCloud, users: int) -> dict:
                     if record["keys"].get("sk") in wanted:  # EventsTable sort key: the messageId
                         applied.setdefault(record["keys"]["sk"], entry["ended"])
     reached = max(applied.values())
-    _settle(cloud)
+    _settle(cloud, timeout)
     settled = time.time()
+    cpu_after = _cpu_seconds(cloud)
     entries += _read_log(cloud, after)
     status, _, body = cloud.call("GET", f"/v1/spaces/local/collections/users/profiles/user_id:bench-{run}-"
                                         f"{users - 1}/traits", auth=TOKEN)
@@ -158,10 +189,13 @@ def _ingest(cloud: RunningCloud, users: int) -> dict:
     until_reached = [e for e in entries if e["ended"] <= reached]
     return {"run": run, "accepted": accepted - first, "profiles": reached - first, "settled": settled - first,
             "processor_calls": processor_calls, "by_function": by_function,
-            "calls_until_reached": sum(e["aws_calls"] or 0 for e in until_reached)}
+            "calls_until_reached": sum(e["aws_calls"] or 0 for e in until_reached),
+            "calls_until_settled": sum(e["aws_calls"] or 0 for e in entries),
+            "cpu": None if cpu_before is None or cpu_after is None
+            else tuple(a - b for a, b in zip(cpu_after, cpu_before, strict=True))}
 
 
-def _backfill(cloud: RunningCloud, profiles: int, run: str) -> dict:
+def _backfill(cloud: RunningCloud, profiles: int, run: str, timeout: float) -> dict:
     key = f"bench_backfill_{run}"
     latencies: list[float] = []
     after = _log_after(cloud)
@@ -170,7 +204,7 @@ def _backfill(cloud: RunningCloud, profiles: int, run: str) -> dict:
         "key": key, "name": "Bench backfill", "condition": {"trait": "bench", "op": "eq", "value": run}},
         auth=TOKEN)
     assert status == 201, body
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         sent = time.perf_counter()
         status, _, audience = cloud.call("GET", f"/v1/audiences/{key}", auth=TOKEN)
@@ -178,7 +212,7 @@ def _backfill(cloud: RunningCloud, profiles: int, run: str) -> dict:
         assert status == 200, audience
         if audience["status"] != "computing":
             break
-        assert time.monotonic() < deadline, f"the backfill of {key} did not end within {TIMEOUT:.0f} s"
+        assert time.monotonic() < deadline, f"the backfill of {key} did not end within {timeout:.0f} s"
     done = time.time()
     assert audience["status"] == "ready", audience
     # Sizes are counted by the audience router from the memberships stream (docs/audiences.md): they
@@ -193,8 +227,8 @@ def _backfill(cloud: RunningCloud, profiles: int, run: str) -> dict:
             "calls": sum(e["aws_calls"] or 0 for e in pages)}
 
 
-def _clock_move(cloud: RunningCloud) -> float:
-    _settle(cloud)
+def _clock_move(cloud: RunningCloud, timeout: float) -> float:
+    _settle(cloud, timeout)
     started = time.perf_counter()
     status, _, body = cloud.call("POST", "/_local/clock", {"advance": "P8D"})
     elapsed = time.perf_counter() - started
@@ -203,17 +237,20 @@ def _clock_move(cloud: RunningCloud) -> float:
 
 
 def run(context) -> list[Figure]:
-    global TIMEOUT
     events = 10_000 if context.full else 300
-    TIMEOUT = FULL_TIMEOUT if context.full else TIMEOUT
+    timeout = FULL_TIMEOUT if context.full else TIMEOUT
     cloud = start_cloud()
     try:
+        cpu_before = _cpu_seconds(cloud)
         get_rate = _moto_rate(cloud, "GetItem", YARDSTICK_SECONDS)
+        cpu_after = _cpu_seconds(cloud)
+        get_cpu_ms = None if cpu_before is None or cpu_after is None else \
+            (cpu_after[0] - cpu_before[0]) * 1000 / (get_rate * YARDSTICK_SECONDS)
         put_rate = _moto_rate(cloud, "PutItem", YARDSTICK_SECONDS)
-        cold_move = _clock_move(cloud)  # the sweeper's first run starts its worker
-        move = _clock_move(cloud)
-        ingest = _ingest(cloud, events)
-        backfill = _backfill(cloud, events, ingest["run"])
+        cold_move = _clock_move(cloud, timeout)  # the sweeper's first run starts its worker
+        move = _clock_move(cloud, timeout)
+        ingest = _ingest(cloud, events, timeout)
+        backfill = _backfill(cloud, events, ingest["run"], timeout)
         status, _, health = cloud.call("GET", "/_local/health")
         workers = health.get("workers", {}) if status == 200 else {}
         load = os.getloadavg()[0]
@@ -253,6 +290,7 @@ def run(context) -> list[Figure]:
                ingest["calls_until_reached"] / ingest["profiles"], "requests/s",
                ("every function's AWS calls (invocation log) from the first POST to the last profile applied, "
                 "over that time: compare with the yardstick above"), higher_is_better=True),
+        *_cpu_figures(events, ingest, get_cpu_ms),
         Figure(SECTION, f"backfill over {events:,} profiles", backfill["seconds"], "s",
                ("POST /v1/audiences (trait condition every profile meets) to the first GET showing `ready`: "
                 "Step Functions, 4 segments in AudienceBackfillFunction workers; target < 60 s for 10,000"),
@@ -269,6 +307,32 @@ def run(context) -> list[Figure]:
     ]
     context.extra.append(("Local cloud throughput: invocations during the ingest", _table(ingest, workers)))
     return figures
+
+
+def _cpu_figures(events: int, ingest: dict, get_cpu_ms: float | None) -> list[Figure]:
+    """Where the CPU goes: moto answers every function in one process on one GIL, so its CPU per event
+    bounds how fast the whole app can go on any number of cores."""
+    if ingest["cpu"] is None or get_cpu_ms is None:
+        return []  # no /proc here
+    own, workers = ingest["cpu"]
+    requests = ingest["calls_until_settled"] / events
+    return [
+        Figure(SECTION, "moto: CPU per GetItem", get_cpu_ms, "ms",
+               "yardstick: the local cloud process's CPU seconds during the GetItem yardstick above / requests "
+               "served"),
+        Figure(SECTION, f"{events:,} SDK events: local cloud process CPU per event", own * 1000 / events, "ms",
+               (f"moto, the HTTP API and the pollers (one process, one GIL), first POST to settled, over every "
+                f"function's {requests:.1f} AWS requests per event (invocation log)"),
+               floor=requests * get_cpu_ms,
+               floor_method=f"{requests:.1f} AWS requests per event at the yardstick's CPU per GetItem"),
+        Figure(SECTION, f"{events:,} SDK events: functions' CPU per event", workers * 1000 / events, "ms",
+               "every function's worker processes (handlers, boto3), first POST to settled"),
+        Figure(SECTION, f"{TARGET_EVENTS:,} SDK events: the local cloud process's CPU alone",
+               own * TARGET_EVENTS / events, "s",
+               (f"its CPU per event above x {TARGET_EVENTS:,}: one GIL, so no number of cores takes "
+                f"{TARGET_EVENTS:,} events through the app faster while moto answers every call; target "
+                f"{TARGET_SECONDS:.0f} s to their profiles")),
+    ]
 
 
 def _table(ingest: dict, workers: dict) -> list[str]:

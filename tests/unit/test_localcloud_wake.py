@@ -6,7 +6,7 @@ import threading
 import time
 
 from localcloud import aws
-from localcloud.pollers import DynamoDBStreamPoller, Poller, SqsPoller
+from localcloud.pollers import DynamoDBStreamPoller, SqsPoller
 
 
 def test_a_write_after_the_read_cuts_the_wait_short():
@@ -42,14 +42,38 @@ def test_no_wait_when_the_poller_no_longer_waits():
     assert time.monotonic() - started < 5
 
 
-def test_each_kind_of_poller_wakes_on_its_own_source():
-    assert Poller.wake_signal(None) is aws.on_stream_write()
-    assert DynamoDBStreamPoller.wake_signal(None) is aws.on_stream_write()
+def test_each_poller_wakes_on_its_own_source():
+    table = "arn:aws:dynamodb:us-east-1:123456789012:table/events"
+    stream = DynamoDBStreamPoller.__new__(DynamoDBStreamPoller)
+    stream.source_arn = table + "/stream/2026-12-01T00:00:00.000"
+    assert stream.wake_signal() is aws.on_stream_write(table)
+    assert aws.on_stream_write(table) is not aws.on_stream_write(table + "-other")
     queue = SqsPoller.__new__(SqsPoller)
     queue.source_arn = "arn:aws:sqs:us-east-1:123456789012:q"
     assert queue.wake_signal() is aws.on_queue_write(queue.source_arn)
     assert aws.on_queue_write(queue.source_arn) is not aws.on_queue_write(queue.source_arn + "-other")
-    assert aws.on_queue_write(queue.source_arn) is not aws.on_stream_write()
+    assert aws.on_queue_write(queue.source_arn) is not aws.on_stream_write(table)
+
+
+def test_the_stream_hook_and_the_poller_name_the_same_table():
+    """aws's hook on moto's StreamShard.add notifies `shard.table.table_arn`; the poller derives its table
+    ARN from the mapping's stream ARN: they must be the same string, or pollers would only wake on
+    their idle timer (slower, and no test would fail)."""
+    import boto3
+    from moto import mock_aws
+    from moto.dynamodb.models import dynamodb_backends
+
+    from tests.moto_streams import create_stream_table
+
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_stream_table(client)
+        stream_arn = client.describe_table(TableName="t")["Table"]["LatestStreamArn"]
+        table = dynamodb_backends["123456789012"]["us-east-1"].get_table("t")
+        poller = DynamoDBStreamPoller.__new__(DynamoDBStreamPoller)
+        poller.source_arn = stream_arn
+        assert table.stream_shard.table.table_arn == stream_arn.split("/stream/")[0]
+        assert poller.wake_signal() is aws.on_stream_write(table.stream_shard.table.table_arn)
 
 
 def test_sends_to_a_queue_wake_its_poller_only(monkeypatch):
@@ -67,13 +91,13 @@ def test_sends_to_a_queue_wake_its_poller_only(monkeypatch):
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         other = arn.rsplit(":", 1)[0] + ":other"
         before = {"q": aws.on_queue_write(arn).generation, "other": aws.on_queue_write(other).generation,
-                  "streams": aws.on_stream_write().generation}
+                  "signals": {k: v.generation for k, v in aws._Hooks.stream_written.items()}}
         sqs.send_message(QueueUrl=url, MessageBody="one")
         sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "a", "MessageBody": "two"},
                                                       {"Id": "b", "MessageBody": "three"}])
         assert aws.on_queue_write(arn).generation - before["q"] == 3
         assert aws.on_queue_write(other).generation == before["other"]
-        assert aws.on_stream_write().generation == before["streams"]
+        assert {k: v.generation for k, v in aws._Hooks.stream_written.items()} == before["signals"]
 
 
 def test_a_queue_poller_asks_over_http_only_when_a_message_is_receivable(monkeypatch):
