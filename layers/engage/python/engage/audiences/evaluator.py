@@ -688,10 +688,12 @@ def _view(profile: ProfileView | dict) -> ProfileView:
 def evaluate(definition: AudienceDefinition, profile: ProfileView | dict, now: datetime,
              memberships: dict[str, bool] | None = None) -> bool:
     """Does the profile belong to the audience at `now`? Manual audiences answer from memberships."""
-    node = compile_definition(definition).node
-    if node is None:
+    # called once per (profile, audience): the cached closure and the view are taken inline
+    compiled = definition.__pydantic_private__.get("_compiled") or compile_definition(definition)
+    if compiled.node is None:
         return bool((memberships or {}).get(definition.key))
-    return node.test(_view(profile), to_ms(now), memberships or _NO_MEMBERSHIPS)
+    view = profile if isinstance(profile, ProfileView) else ProfileView.from_item(profile)
+    return compiled.node.test(view, to_ms(now), memberships or _NO_MEMBERSHIPS)
 
 
 def next_change_at(definition: AudienceDefinition, profile: ProfileView | dict, now: datetime,
