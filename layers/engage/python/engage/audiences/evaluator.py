@@ -480,10 +480,12 @@ def _compile_event(cond: EventCondition, aggregates: list[Aggregate]) -> _Node:
             first = last - (hi - lo) + 1
             total = 0
             for key, n in buckets.items():
-                day = days.get(key, -1)
-                if day == -1:
+                day = days.get(key)
+                if day is None:  # first sight of the key, or not a day
                     day = key_day(key)
-                if day is not None and first <= day <= last:
+                    if day is None:
+                        continue
+                if first <= day <= last:
                     total += n
             return count_op(int(total), count_value)
 
