@@ -2,9 +2,9 @@
 
 A definition is compiled once into closures (cached on the definition object), so an
 evaluation reads the profile's maps and never walks the pydantic models. Each compiled node
-has `test(ctx) -> bool` and `edges(ctx) -> moments (epoch ms)` after which its value may
-differ with no new data; `next_change_at` evaluates at those moments in order and returns
-the first one where the audience's answer flips.
+has `test(view, now_ms, memberships) -> bool` and `edges(view, now_ms, memberships) ->
+moments (epoch ms)` after which its value may differ with no new data; `next_change_at`
+evaluates at those moments in order and returns the first one where the audience's answer flips.
 
 `evaluate_from_scratch` is the reference: it walks the definition over the raw event list
 with no aggregates. The hypothesis tests hold the incremental path to it.
@@ -16,6 +16,7 @@ import operator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from engage.audiences.aggregates import (
@@ -90,15 +91,6 @@ class ProfileView:
             users=users,
             memberships=memberships or {},
         )
-
-
-class _Ctx:
-    __slots__ = ("memberships", "now_ms", "view")
-
-    def __init__(self, view: ProfileView, now_ms: int, memberships: dict):
-        self.view = view
-        self.now_ms = now_ms
-        self.memberships = memberships
 
 
 # --- operators ------------------------------------------------------------------------
@@ -227,15 +219,22 @@ def _count_comparator(op: str, value: int):
 
 
 # --- compiling ------------------------------------------------------------------------
+#
+# Every compiled test is called as test(view, now_ms, memberships): plain arguments, no context
+# object to allocate per evaluation. The closures below are specialised for the common shapes
+# (a trait compared with a string, a windowed count over daily_counts, and/or of two
+# conditions) because an evaluation is a handful of dict reads and the Python calls around
+# them are most of its cost; tests/unit/test_audience_compiled.py holds every shape to the
+# reference evaluator.
 
 
 @dataclass(frozen=True, slots=True)
 class _Node:
-    test: Any  # (ctx) -> bool
-    edges: Any  # (ctx) -> iterable of epoch ms
+    test: Any  # (view, now_ms, memberships) -> bool
+    edges: Any  # (view, now_ms, memberships) -> iterable of epoch ms
 
 
-def _no_edges(ctx) -> tuple:
+def _no_edges(view, now_ms, memberships) -> tuple:
     return ()
 
 
@@ -249,7 +248,9 @@ class Compiled:
 
 def compile_definition(definition: AudienceDefinition) -> Compiled:
     """The definition's evaluator, built once and cached on the definition object."""
-    compiled = definition._compiled
+    # read through __pydantic_private__: `definition._compiled` goes through pydantic's
+    # __getattr__, which costs more than a whole evaluation
+    compiled = definition.__pydantic_private__.get("_compiled")
     if compiled is None:
         aggregates: list[Aggregate] = []
         node = _compile(definition.condition, aggregates) if definition.condition is not None else None
@@ -281,24 +282,24 @@ def static_filter(filters: list[Filter]):
 
 
 def _compile_filter(flt: Filter):
-    """(props, ctx, bound_steps) -> bool, for any filter (static, trait ref, step ref, clock)."""
+    """(props, view, now_ms, bound_steps) -> bool, for any filter (static, trait ref, step ref, clock)."""
     path, op = flt.property, flt.op
     if flt.ref is None:
         pred = make_predicate(op, flt.value if flt.has_value else None)
-        return lambda props, ctx, bound: pred(lookup(props, path), ctx.now_ms)
+        return lambda props, view, now_ms, bound: pred(lookup(props, path), now_ms)
     if isinstance(flt.ref, StepRef):
         step, ref_path = flt.ref.step, flt.ref.property
 
-        def by_step(props, ctx, bound):
+        def by_step(props, view, now_ms, bound):
             expected = lookup(bound[step][3], ref_path)
-            return expected is not None and compare(op, lookup(props, path), expected, ctx.now_ms)
+            return expected is not None and compare(op, lookup(props, path), expected, now_ms)
 
         return by_step
     trait = flt.ref.trait
 
-    def by_trait(props, ctx, bound):
-        expected = lookup(ctx.view.traits, trait)
-        return expected is not None and compare(op, lookup(props, path), expected, ctx.now_ms)
+    def by_trait(props, view, now_ms, bound):
+        expected = lookup(view.traits, trait)
+        return expected is not None and compare(op, lookup(props, path), expected, now_ms)
 
     return by_trait
 
@@ -309,20 +310,14 @@ def _clock_paths(filters: list[Filter]) -> list[tuple[str, Any]]:
 
 def _compile(cond, aggregates: list[Aggregate]) -> _Node:
     if isinstance(cond, AllCondition | AnyCondition):
-        items = cond.all if isinstance(cond, AllCondition) else cond.any_
-        children = [_compile(c, aggregates) for c in items]
+        is_all = isinstance(cond, AllCondition)
+        children = [_compile(c, aggregates) for c in (cond.all if is_all else cond.any_)]
         tests = tuple(child.test for child in children)
-        if isinstance(cond, AllCondition):
-            def test(ctx):
-                return all(t(ctx) for t in tests)
-        else:
-            def test(ctx):
-                return any(t(ctx) for t in tests)
-        return _Node(test, _chain_edges(children))
+        return _Node(_all_of(tests) if is_all else _any_of(tests), _chain_edges(children))
     if isinstance(cond, NotCondition):
         child = _compile(cond.not_, aggregates)
         inner = child.test
-        return _Node(lambda ctx: not inner(ctx), child.edges)
+        return _Node(lambda view, now_ms, memberships: not inner(view, now_ms, memberships), child.edges)
     if isinstance(cond, TraitCondition | ComputedTraitCondition):
         return _compile_trait(cond)
     if isinstance(cond, EventCondition):
@@ -331,12 +326,12 @@ def _compile(cond, aggregates: list[Aggregate]) -> _Node:
         return _compile_funnel(cond, aggregates)
     if isinstance(cond, AudienceRefCondition):
         key = cond.audience
-        return _Node(lambda ctx: bool(ctx.memberships.get(key)), _no_edges)
+        return _Node(lambda view, now_ms, memberships: bool(memberships.get(key)), _no_edges)
     if isinstance(cond, SubscribedCondition):
         channel = cond.subscribed
 
-        def subscribed(ctx):
-            status = ctx.view.subscriptions.get(channel)
+        def subscribed(view, now_ms, memberships):
+            status = view.subscriptions.get(channel)
             if isinstance(status, dict):
                 status = status.get("status")
             return status == "subscribed"
@@ -347,9 +342,45 @@ def _compile(cond, aggregates: list[Aggregate]) -> _Node:
     raise TypeError(f"unknown condition {cond!r}")
 
 
+def _all_of(tests: tuple):
+    # `all(t(...) for t in tests)` builds a generator per evaluation: a direct `and` for the
+    # usual one or two children, a loop beyond
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda view, now_ms, memberships: (
+            first(view, now_ms, memberships) and second(view, now_ms, memberships))
+
+    def test(view, now_ms, memberships):
+        for child in tests:
+            if not child(view, now_ms, memberships):
+                return False
+        return True
+
+    return test
+
+
+def _any_of(tests: tuple):
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda view, now_ms, memberships: (
+            first(view, now_ms, memberships) or second(view, now_ms, memberships))
+
+    def test(view, now_ms, memberships):
+        for child in tests:
+            if child(view, now_ms, memberships):
+                return True
+        return False
+
+    return test
+
+
 def _chain_edges(children: list[_Node]):
-    def edges(ctx):
-        return [moment for child in children for moment in child.edges(ctx)]
+    def edges(view, now_ms, memberships):
+        return [moment for child in children for moment in child.edges(view, now_ms, memberships)]
     return edges
 
 
@@ -357,28 +388,46 @@ def _compile_trait(cond) -> _Node:
     is_trait = isinstance(cond, TraitCondition)
     path = cond.trait if is_trait else cond.computed_trait
     value = cond.value if cond.has_value else None
-    pred = make_predicate(cond.op, value)
-    if is_trait:
-        def test(ctx):
-            return pred(lookup(ctx.view.traits, path), ctx.now_ms)
-    else:
-        def test(ctx):
-            return pred(lookup(ctx.view.computed_traits, path), ctx.now_ms)
-    if cond.op != "within_last_days":
+    op = cond.op
+    source = operator.attrgetter("traits" if is_trait else "computed_traits")
+    if op == "eq" and isinstance(value, str) and "." not in path:
+        # the usual trait condition (plan = "pro"), in one call: a plain key is `.get`
+        # (lookup()'s answer on a dict); a non-string value goes through compare()
+        def test(view, now_ms, memberships):
+            traits = source(view)
+            actual = traits.get(path) if type(traits) is dict else lookup(traits, path)
+            return actual == value or (
+                actual is not None and not isinstance(actual, str) and compare("eq", actual, value))
+
+        return _Node(test, _no_edges)
+    pred = make_predicate(op, value)
+
+    def test(view, now_ms, memberships):
+        return pred(lookup(source(view), path), now_ms)
+
+    if op != "within_last_days":
         return _Node(test, _no_edges)
 
-    def edges(ctx):
-        source = ctx.view.traits if is_trait else ctx.view.computed_traits
-        return _within_last_days_edges(lookup(source, path), value, ctx.now_ms)
+    def edges(view, now_ms, memberships):
+        return _within_last_days_edges(lookup(source(view), path), value, now_ms)
 
     return _Node(test, edges)
+
+
+# count op -> comparison, applied as op(count, value) (a C call: cheaper than a lambda)
+_COUNT_OPS = {"gte": operator.ge, "gt": operator.gt, "eq": operator.eq, "lte": operator.le, "lt": operator.lt}
+
+
+def _count_comparator(op: str, value: int):
+    compare_to = _COUNT_OPS[op]
+    return lambda n: compare_to(n, value)
 
 
 def _sum_buckets(buckets: dict, first: int, last: int, unit_of) -> int:
     """Sum of the buckets whose unit (day or hour number) is in [first, last]."""
     total = 0
     if unit_of is key_day:
-        days = DAY_OF_KEY
+        days = DAY_OF_KEY  # key_day()'s own table, read inline
         for key, n in buckets.items():
             unit = days.get(key, -1)
             if unit == -1:
@@ -395,7 +444,7 @@ def _sum_buckets(buckets: dict, first: int, last: int, unit_of) -> int:
 
 def _bucket_edges(buckets: dict, spec: WindowSpec, unit_of, now_ms: int) -> list[int]:
     moments = []
-    for key, n in buckets.items():
+    for key, n in (buckets or {}).items():
         unit = unit_of(key)
         if unit is not None and n:
             moments.extend(spec.edges(unit * spec.unit_ms, now_ms))
@@ -405,71 +454,96 @@ def _bucket_edges(buckets: dict, spec: WindowSpec, unit_of, now_ms: int) -> list
 def _compile_event(cond: EventCondition, aggregates: list[Aggregate]) -> _Node:
     name = cond.event
     spec = window_spec(cond.window)
-    matches = _count_comparator(cond.count.op, cond.count.value)
+    count_op, count_value = _COUNT_OPS[cond.count.op], cond.count.value
     aggregate = aggregate_for(cond, static_filter)
     if aggregate is not None:
         aggregates.append(aggregate)
 
     if aggregate is None and spec is None:
-        def total(ctx):
-            stats = ctx.view.event_stats.get(name)
-            return int(stats.get("total", 0)) if stats else 0
-        return _Node(lambda ctx: matches(total(ctx)), _no_edges)
+        def total(view, now_ms, memberships):
+            stats = view.event_stats.get(name)
+            return count_op(int(stats.get("total", 0)) if stats else 0, count_value)
+        return _Node(total, _no_edges)
 
-    if aggregate is None or aggregate.kind in ("d", "h"):
+    if aggregate is None and spec.unit_ms == DAY_MS:
+        # daily_counts {event: {"YYYYMMDD": n}}: the day number of each key comes from the
+        # shared DAY_OF_KEY table (key_day() fills it), inline rather than a call per bucket
+        lo, hi = spec.lo, spec.hi
+        empty = count_op(0, count_value)
+        days = DAY_OF_KEY
+
+        def day_count(view, now_ms, memberships):
+            buckets = view.daily_counts.get(name)
+            if not buckets:
+                return empty
+            last = now_ms // DAY_MS - lo
+            first = last - (hi - lo) + 1
+            total = 0
+            for key, n in buckets.items():
+                day = days.get(key)
+                if day is None:  # first sight of the key, or not a day
+                    day = key_day(key)
+                    if day is None:
+                        continue
+                if first <= day <= last:
+                    total += n
+            return count_op(int(total), count_value)
+
+        def day_edges(view, now_ms, memberships):
+            return _bucket_edges(view.daily_counts.get(name), spec, key_day, now_ms)
+
+        return _Node(day_count, day_edges)
+
+    agg_id = aggregate.id  # not None from here: aggregate_for gives hour windows one
+    if aggregate.kind in ("d", "h"):
         unit_of = key_day if spec.unit_ms == DAY_MS else key_hour
-        if aggregate is None:
-            def buckets_of(ctx):
-                return ctx.view.daily_counts.get(name) or {}
-        else:
-            agg_id, kind = aggregate.id, aggregate.kind
+        kind = aggregate.kind
 
-            def buckets_of(ctx):
-                state = ctx.view.condition_state.get(agg_id)
-                return state.get(kind, {}) if state else {}
+        def buckets_of(view):
+            state = view.condition_state.get(agg_id)
+            return state.get(kind) if state else None
+
         unit_ms, lo, hi = spec.unit_ms, spec.lo, spec.hi
 
-        def test(ctx):
-            buckets = buckets_of(ctx)
-            now_unit = ctx.now_ms // unit_ms
+        def test(view, now_ms, memberships):
+            buckets = buckets_of(view)
+            now_unit = now_ms // unit_ms
             count = _sum_buckets(buckets, now_unit - hi + 1, now_unit - lo, unit_of) if buckets else 0
-            return matches(count)
+            return count_op(count, count_value)
 
-        return _Node(test, lambda ctx: _bucket_edges(buckets_of(ctx), spec, unit_of, ctx.now_ms))
+        return _Node(test, lambda view, now_ms, memberships: _bucket_edges(buckets_of(view), spec, unit_of, now_ms))
 
-    agg_id = aggregate.id
     if aggregate.kind == "t":
-        def total_state(ctx):
-            state = ctx.view.condition_state.get(agg_id)
-            return int(state.get("t", 0)) if state else 0
-        return _Node(lambda ctx: matches(total_state(ctx)), _no_edges)
+        def total_state(view, now_ms, memberships):
+            state = view.condition_state.get(agg_id)
+            return count_op(int(state.get("t", 0)) if state else 0, count_value)
+        return _Node(total_state, _no_edges)
 
     # records: the filter reads a trait or the clock, so it is applied at evaluation time
     dynamic = [_compile_filter(f) for f in cond.where if is_dynamic_filter(f)]
     clock_paths = _clock_paths(cond.where)
 
-    def records(ctx):
-        state = ctx.view.condition_state.get(agg_id)
+    def records(view):
+        state = view.condition_state.get(agg_id)
         return state.get("r", ()) if state else ()
 
-    def test(ctx):
+    def test(view, now_ms, memberships):
         count = 0
-        for record in records(ctx):
-            ts = int(record[0])
-            if spec is not None and not spec.contains(ts, ctx.now_ms):
+        for record in records(view):
+            if spec is not None and not spec.contains(int(record[0]), now_ms):
                 continue
             props = record[3]
-            if all(check(props, ctx, ()) for check in dynamic):
+            if all(check(props, view, now_ms, ()) for check in dynamic):
                 count += 1
-        return matches(count)
+        return count_op(count, count_value)
 
-    def edges(ctx):
+    def edges(view, now_ms, memberships):
         moments = []
-        for record in records(ctx):
+        for record in records(view):
             if spec is not None:
-                moments.extend(spec.edges(int(record[0]), ctx.now_ms))
+                moments.extend(spec.edges(int(record[0]), now_ms))
             for path, days in clock_paths:
-                moments.extend(_within_last_days_edges(lookup(record[3], path), days, ctx.now_ms))
+                moments.extend(_within_last_days_edges(lookup(record[3], path), days, now_ms))
         return moments
 
     return _Node(test, edges)
@@ -501,28 +575,29 @@ def _compile_funnel(cond: FunnelCondition, aggregates: list[Aggregate]) -> _Node
     negative = steps[-1] if not steps[-1].performed else None
     clock_paths = [p for s in cond.funnel for p in _clock_paths(s.where)]
 
-    def items(ctx):
-        state = ctx.view.condition_state.get(agg_id)
+    def items(view):
+        state = view.condition_state.get(agg_id)
         return [(int(r[0]), r[1], r[2], r[3]) for r in state.get("r", ())] if state else []
 
-    def test(ctx):
-        return funnel_matches(items(ctx), steps, spec, ctx)
+    def test(view, now_ms, memberships):
+        return funnel_matches(items(view), steps, spec, view, now_ms)
 
-    def edges(ctx):
+    def edges(view, now_ms, memberships):
         moments = []
-        for ts, _mid, _name, props in items(ctx):
+        for ts, _mid, _name, props in items(view):
             if spec is not None:
-                moments.extend(spec.edges(ts, ctx.now_ms))
+                moments.extend(spec.edges(ts, now_ms))
             if negative is not None and negative.within_ms is not None:
                 moments.append(ts + negative.within_ms)
             for path, days in clock_paths:
-                moments.extend(_within_last_days_edges(lookup(props, path), days, ctx.now_ms))
+                moments.extend(_within_last_days_edges(lookup(props, path), days, now_ms))
         return moments
 
     return _Node(test, edges)
 
 
-def funnel_matches(items: list[tuple], steps: tuple[_Step, ...], spec: WindowSpec | None, ctx) -> bool:
+def funnel_matches(items: list[tuple], steps: tuple[_Step, ...], spec: WindowSpec | None,
+                   view: ProfileView, now_ms: int) -> bool:
     """Is there a chain of events, one per performed step, in order (timestamp, then messageId),
     each within `within_hours` of the previous one and inside the window, such that (when the
     last step is `performed: false`) no matching event followed within its `within_hours`
@@ -531,14 +606,13 @@ def funnel_matches(items: list[tuple], steps: tuple[_Step, ...], spec: WindowSpe
     properties later steps reference, so each (k, event, referenced values) is tried once."""
     negative = steps[-1] if not steps[-1].performed else None
     positive = steps[:-1] if negative is not None else steps
-    now_ms = ctx.now_ms
     count = len(items)
     # for each k: the (step, property) pairs that steps k.. read from earlier steps
     needed = [tuple({ref for step in steps[k:] for ref in step.refs}) for k in range(len(steps) + 1)]
     dead_ends: set = set()
 
     def step_ok(step: _Step, item, bound) -> bool:
-        return item[2] == step.event and all(check(item[3], ctx, bound) for check in step.filters)
+        return item[2] == step.event and all(check(item[3], view, now_ms, bound) for check in step.filters)
 
     def search(k: int, start: int, bound: tuple) -> bool:
         key = (k, start, tuple(repr(lookup(bound[i][3], p)) for i, p in needed[k] if i < k))
@@ -580,30 +654,33 @@ def funnel_matches(items: list[tuple], steps: tuple[_Step, ...], spec: WindowSpe
 
 def _compile_users(cond: UsersCondition, aggregates: list[Aggregate]) -> _Node:
     inner = _compile(cond.condition, aggregates)
+    inner_test, inner_edges = inner.test, inner.edges
     mode = cond.users
 
-    def results(ctx):
-        for user in ctx.view.users or ():
-            yield inner.test(_Ctx(user, ctx.now_ms, user.memberships))
+    def results(view, now_ms):
+        for user in view.users or ():
+            yield inner_test(user, now_ms, user.memberships)
 
     if mode == "any":
-        def test(ctx):
-            return any(results(ctx))
+        def test(view, now_ms, memberships):
+            return any(results(view, now_ms))
     elif mode == "all":
-        def test(ctx):
-            return bool(ctx.view.users) and all(results(ctx))
+        def test(view, now_ms, memberships):
+            return bool(view.users) and all(results(view, now_ms))
     else:
-        def test(ctx):
-            return not any(results(ctx))
+        def test(view, now_ms, memberships):
+            return not any(results(view, now_ms))
 
-    def edges(ctx):
-        return [moment for user in ctx.view.users or ()
-                for moment in inner.edges(_Ctx(user, ctx.now_ms, user.memberships))]
+    def edges(view, now_ms, memberships):
+        return [moment for user in view.users or ()
+                for moment in inner_edges(user, now_ms, user.memberships)]
 
     return _Node(test, edges)
 
 
 # --- public entry points --------------------------------------------------------------
+
+_NO_MEMBERSHIPS = MappingProxyType({})  # read-only: shared by every call that passes none
 
 
 def _view(profile: ProfileView | dict) -> ProfileView:
@@ -613,10 +690,12 @@ def _view(profile: ProfileView | dict) -> ProfileView:
 def evaluate(definition: AudienceDefinition, profile: ProfileView | dict, now: datetime,
              memberships: dict[str, bool] | None = None) -> bool:
     """Does the profile belong to the audience at `now`? Manual audiences answer from memberships."""
-    compiled = compile_definition(definition)
+    # called once per (profile, audience): the cached closure and the view are taken inline
+    compiled = definition.__pydantic_private__.get("_compiled") or compile_definition(definition)
     if compiled.node is None:
         return bool((memberships or {}).get(definition.key))
-    return compiled.node.test(_Ctx(_view(profile), to_ms(now), memberships or {}))
+    view = profile if isinstance(profile, ProfileView) else ProfileView.from_item(profile)
+    return compiled.node.test(view, to_ms(now), memberships or _NO_MEMBERSHIPS)
 
 
 def next_change_at(definition: AudienceDefinition, profile: ProfileView | dict, now: datetime,
@@ -626,16 +705,16 @@ def next_change_at(definition: AudienceDefinition, profile: ProfileView | dict, 
     Memberships of referenced audiences are taken as they are (their own next_change_at
     covers them, and a change re-evaluates this audience through the index).
     """
-    compiled = compile_definition(definition)
-    if compiled.node is None:
+    node = compile_definition(definition).node
+    if node is None:
         return None
-    view, memberships = _view(profile), memberships or {}
+    view, memberships = _view(profile), memberships or _NO_MEMBERSHIPS
     now_ms = to_ms(now)
-    node = compiled.node
-    current = node.test(_Ctx(view, now_ms, memberships))
-    moments = sorted({m for m in node.edges(_Ctx(view, now_ms, memberships)) if m > now_ms})
+    test = node.test
+    current = test(view, now_ms, memberships)
+    moments = sorted({m for m in node.edges(view, now_ms, memberships) if m > now_ms})
     for moment in moments[:EDGE_LIMIT]:
-        if node.test(_Ctx(view, moment, memberships)) != current:
+        if test(view, moment, memberships) != current:
             return from_ms(moment)
     if len(moments) > EDGE_LIMIT:
         return from_ms(moments[EDGE_LIMIT])  # too many to try now: look again then
@@ -751,5 +830,5 @@ def _scratch_eval(cond, scratch: _Scratch) -> bool:
 
 def _scratch_funnel(cond: FunnelCondition, scratch: _Scratch) -> bool:
     """The funnel search over the whole history (the tests check it against brute force)."""
-    ctx = _Ctx(ProfileView(traits=scratch.traits), scratch.now_ms, scratch.memberships)
-    return funnel_matches(scratch.events, funnel_steps(cond), window_spec(cond.window), ctx)
+    return funnel_matches(scratch.events, funnel_steps(cond), window_spec(cond.window),
+                          ProfileView(traits=scratch.traits), scratch.now_ms)
