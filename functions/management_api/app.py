@@ -8,16 +8,22 @@ from urllib.parse import urlencode
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 
-from engage import json_body, openapi, spaces
-from engage.audiences import export, management, manual, preview
+from engage import json_body, lazy, openapi, spaces
+from engage.audiences import DEFAULT_SAMPLE, EXPORT_FORMATS, EXPORT_HASHES, MAX_SAMPLE, MEMBERS_MAX_PAGE
 from engage.broadcasts import routes as broadcast_routes
-from engage.computed_traits import management as computed_traits
 from engage.destinations.routes import router as destination_routes
 from engage.errors import EngageError, ValidationFailed
-from engage.journeys import management as journeys
 from engage.messaging import routes as messaging_routes
 from engage.observability import logger, tracer
-from engage.profile_api.params import token_from_authorization
+
+# Each capability's operations load with the first route that calls them: a cold start pays for the
+# capability it serves, not for all of them.
+export = lazy.module("engage.audiences.export")
+management = lazy.module("engage.audiences.management")
+manual = lazy.module("engage.audiences.manual")
+preview = lazy.module("engage.audiences.preview")
+computed_traits = lazy.module("engage.computed_traits.management")
+journeys = lazy.module("engage.journeys.management")
 
 app = APIGatewayHttpResolver()
 # Every operation: the management tag and the access token (Basic auth).
@@ -27,7 +33,7 @@ app.include_router(destination_routes)  # /v1/destinations (engage.destinations.
 
 
 def _space() -> str:
-    return spaces.authenticate(token_from_authorization(app.current_event.headers.get("authorization")),
+    return spaces.authenticate(spaces.token_from_authorization(app.current_event.headers.get("authorization")),
                                spaces.ACCESS_TOKEN)
 
 
@@ -77,11 +83,11 @@ def list_audiences():
 
 @app.post("/v1/audiences:preview", summary="Estimate an audience's size without creating it", **DOC,
           openapi_extensions={**openapi.body("AudiencePreviewRequest"), **openapi.query(
-              openapi.param("sample", {"type": "integer", "minimum": 1, "maximum": preview.MAX_SAMPLE,
-                                       "default": preview.DEFAULT_SAMPLE}, "profiles evaluated"))},
+              openapi.param("sample", {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLE,
+                                       "default": DEFAULT_SAMPLE}, "profiles evaluated"))},
           responses=openapi.responses(200, "Preview", "the estimate and how it was made", 400, 401))
 def preview_audience():
-    return preview.preview(_space(), _json_body(), sample_size=_int_query("sample", preview.DEFAULT_SAMPLE))
+    return preview.preview(_space(), _json_body(), sample_size=_int_query("sample", DEFAULT_SAMPLE))
 
 
 @app.get("/v1/audiences/<key>", summary="Read an audience: definition, status, size", **DOC,
@@ -106,7 +112,7 @@ def delete_audience(key: str):
 
 @app.get("/v1/audiences/<key>/members", summary="List an audience's current members, a page at a time", **DOC,
          openapi_extensions=openapi.query(
-             openapi.param("limit", {"type": "integer", "minimum": 1, "maximum": management.MAX_PAGE,
+             openapi.param("limit", {"type": "integer", "minimum": 1, "maximum": MEMBERS_MAX_PAGE,
                                      "default": 100}, "members per page"),
              openapi.param("next", {"type": "string"}, "cursor.next of the previous page, unchanged")),
          responses=openapi.responses(200, "Members", "one page of members", *KEY_ERRORS))
@@ -132,10 +138,10 @@ def import_members(key: str):
 
 @app.get("/v1/audiences/<key>/export", summary="Export an audience's members as CSV", **DOC,
          openapi_extensions=openapi.query(
-             openapi.param("format", {"type": "string", "enum": list(export.FORMATS),
+             openapi.param("format", {"type": "string", "enum": list(EXPORT_FORMATS),
                                       "default": "unformatted"}, "CSV layout"),
              openapi.param("id_type", {"type": "string"}, "the id type of single_column / hashed exports"),
-             openapi.param("hash", {"type": "string", "enum": list(export.HASHES)}, "hash the ids"),
+             openapi.param("hash", {"type": "string", "enum": list(EXPORT_HASHES)}, "hash the ids"),
              openapi.param("regenerate", {"type": "boolean", "default": False}, "make a new file now")),
          responses={**openapi.responses(200, "Csv", "the CSV file (small audiences)", *KEY_ERRORS, 500,
                                         ok_media_type="text/csv"),
@@ -183,14 +189,14 @@ def list_computed_traits():
 
 @app.post("/v1/computed-traits:preview", summary="A computed trait's values on a sample, without creating it",
           **DOC, openapi_extensions={**openapi.body("ComputedTraitPreviewRequest"), **openapi.query(
-              openapi.param("sample", {"type": "integer", "minimum": 1, "maximum": preview.MAX_SAMPLE,
-                                       "default": preview.DEFAULT_SAMPLE}, "profiles evaluated"))},
+              openapi.param("sample", {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLE,
+                                       "default": DEFAULT_SAMPLE}, "profiles evaluated"))},
           responses=openapi.responses(200, "ComputedTraitPreview", "values of sampled profiles", 400, 401))
 def preview_computed_trait():
     body = _json_body()
     if isinstance(body, dict):
         body = {"key": "preview", **body}
-    return computed_traits.preview_trait(_space(), body, _int_query("sample", preview.DEFAULT_SAMPLE))
+    return computed_traits.preview_trait(_space(), body, _int_query("sample", DEFAULT_SAMPLE))
 
 
 @app.get("/v1/computed-traits/<key>", summary="Read a computed trait: definition, status, progress", **DOC,

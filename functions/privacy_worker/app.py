@@ -12,13 +12,15 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from engage.journeys import store as journeys_store
 from engage.observability import logger, metrics, tracer
-from engage.privacy import api as privacy
+from engage.privacy import jobs
+from engage.privacy.erase import Person  # noqa: F401 (every job erases: loaded at init, lazy elsewhere)
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def record_handler(record: SQSRecord) -> str:
-    job = privacy.run_job(json.loads(record.body))
+    message = json.loads(record.body)
+    job = jobs.view(jobs.run(message["space_id"], message["job_id"]))  # raises to be retried by SQS
     logger.info("deletion job advanced", extra={"job": job["id"], "status": job["status"], "erased": job["erased"]})
     return job["status"]
 

@@ -9,10 +9,12 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from engage import json_body, openapi, profile_api
+from engage import json_body, lazy, openapi, profile_api
 from engage.errors import EngageError, ValidationFailed
 from engage.observability import logger, metrics, tracer
-from engage.privacy import api as privacy
+
+# The data rights routes' module (jobs, suppression) loads when one of them is called, not for every read.
+privacy = lazy.module("engage.privacy.api")
 
 app = APIGatewayHttpResolver()
 IGNORED_HEADER = "Engage-Ignored-Parameters"

@@ -26,11 +26,43 @@ UNUSED_BY_ANY_HANDLER = ("requests", "sqlite3", "aws_xray_sdk.ext.requests", "aw
 ON_FIRST_USE = ("liquid", "babel")
 
 
+# What each handler must not load at init because its first invocation may well not need it: route
+# modules of other capabilities, message kinds other than the common one, code of another function.
+# Everything listed here is loaded on first use (engage.lazy, PEP 562 package attributes).
+CAPABILITY_OPERATIONS = ("engage.audiences.management", "engage.audiences.export", "engage.audiences.manual",
+                         "engage.audiences.preview", "engage.audiences.backfill", "engage.audiences.runtime",
+                         "engage.computed_traits.management", "engage.journeys.management",
+                         "engage.broadcasts.management", "engage.destinations.management",
+                         "engage.messaging.management", "engage.messaging.sender")
+SENDERS = ("engage.destinations.delivery", "engage.destinations.senders", "engage.netguard",
+           "engage.messaging.sender", "engage.messaging.channels")
+NOT_AT_INIT = {
+    # A route's operations load when it is called (the router, auth and route docs do not need them).
+    "management_api": (*CAPABILITY_OPERATIONS, "engage.profile_api", "engage.profile_api.store"),
+    # The data rights routes (jobs, erase and every store erase reaches) load when one is called.
+    "profile_api": ("engage.privacy.api", "engage.privacy.jobs", "engage.privacy.erase", *SENDERS,
+                    "engage.journeys", "engage.broadcasts", "engage.audiences.definition"),
+    # Erasing reaches every store, never a sender; it runs jobs, it does not serve the Profile API.
+    "privacy_worker": (*SENDERS, "engage.profile_api", "engage.audiences.runtime"),
+    # Routers queue changes; the deliverer sends them.
+    "destination_router": (*SENDERS, "engage.audiences.runtime"),
+    "destination_trait_router": (*SENDERS, "engage.audiences.runtime"),
+    # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one.
+    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime"),
+    # Feedback marks deliveries and subscriptions; it never sends.
+    "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels"),
+    # The sender needs one helper of engage.audiences.membership, not the audience language.
+    "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator"),
+}
+
+
 def imported_by(code_dir: Path, statement: str) -> set[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("POWERTOOLS_TRACE")}
     env.update(PYTHONPATH=f"{code_dir}{os.pathsep}{LAYER}", LAMBDA_TASK_ROOT=str(code_dir),
                AWS_LAMBDA_FUNCTION_NAME=code_dir.name, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1")
-    script = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    # A module engage.lazy registered but nobody used yet is in sys.modules without having run: not imported.
+    script = (f"{statement}\nimport json, sys\n"
+              "print(json.dumps(sorted(n for n, m in sys.modules.items() if type(m).__name__ != '_LazyModule')))")
     done = subprocess.run([sys.executable, "-c", script], cwd=code_dir, env=env, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr
@@ -39,7 +71,13 @@ def imported_by(code_dir: Path, statement: str) -> set[str]:
 
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_handler_traces_aws_calls_without_importing_unused_libraries(function):
-    modules = imported_by(ROOT / "functions" / function, "import app")
+    # engage.netguard's opener loads the CA bundle: built by the first webhook send, never by an import.
+    modules = imported_by(ROOT / "functions" / function,
+                          "import app, sys\nguard = sys.modules.get('engage.netguard')\n"
+                          "assert guard is None or type(guard).__name__ == '_LazyModule' "
+                          "or guard._opener.cache_info().currsize == 0, 'TLS context built at init'")
+    # What this handler's first invocation may well not need (NOT_AT_INIT above) is not loaded.
+    assert not modules.intersection(NOT_AT_INIT.get(function, ()))
     # Tracing is on (Lambda's environment) and AWS calls are instrumented ...
     assert {"aws_xray_sdk.ext.botocore.patch", "aws_xray_sdk.ext.pynamodb.patch"} <= modules
     # ... but nothing else X-Ray could patch is imported for it.
@@ -60,3 +98,10 @@ def test_settings_do_not_need_pydantic():
     # Every function imports engage.config; it must stay cheap (a dataclass, no validator to build).
     modules = imported_by(ROOT / "functions" / "ingest", "from engage.config import settings\nsettings()")
     assert "pydantic" not in modules
+
+
+def test_lazy_modules_run_on_first_use_and_behave_as_imported():
+    modules = imported_by(ROOT / "functions" / "management_api",
+                          "import app\nassert app.preview.MAX_SAMPLE == app.MAX_SAMPLE\n"
+                          "from engage.audiences import export\nassert export.FORMATS == app.EXPORT_FORMATS")
+    assert {"engage.audiences.preview", "engage.audiences.export"} <= modules

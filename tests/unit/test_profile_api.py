@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engage import spaces
 from engage.errors import AuthenticationFailed, ValidationFailed
 from engage.profile_api import paging, params, views
 from engage.profile_api.params import ExternalIdsQuery, LinksQuery, TraitsQuery
@@ -21,16 +22,16 @@ def basic(username: str, password: str = "") -> str:
 
 # ---------------------------------------------------------------- request parsing
 def test_token_is_the_basic_auth_username():
-    assert params.token_from_authorization(basic("at_secret")) == "at_secret"
-    assert params.token_from_authorization("basic " + base64.b64encode(b"at_secret").decode()) == "at_secret"
-    assert params.token_from_authorization(None) is None
-    assert params.token_from_authorization(basic("")) is None
+    assert spaces.token_from_authorization(basic("at_secret")) == "at_secret"
+    assert spaces.token_from_authorization("basic " + base64.b64encode(b"at_secret").decode()) == "at_secret"
+    assert spaces.token_from_authorization(None) is None
+    assert spaces.token_from_authorization(basic("")) is None
 
 
 @pytest.mark.parametrize("header", ["Bearer at_secret", "Basic", "Basic !!!notbase64"])
 def test_a_header_that_is_not_basic_auth_is_refused_with_what_to_send(header):
     with pytest.raises(AuthenticationFailed, match="Basic"):
-        params.token_from_authorization(header)
+        spaces.token_from_authorization(header)
 
 
 def test_profile_ref_splits_on_the_first_colon():

@@ -17,6 +17,7 @@ import http.client
 import ipaddress
 import socket
 import urllib.request
+from functools import cache
 
 from engage.config import settings
 
@@ -94,16 +95,23 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_HTTPSConnection, req, context=self._context)
 
 
-# No ProxyHandler: a proxy would connect for us, to an address this module never saw.
-_opener = urllib.request.OpenerDirector()
-for _handler in (_HTTPHandler(), _HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
-                 urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
-    _opener.add_handler(_handler)
+@cache
+def _opener() -> urllib.request.OpenerDirector:
+    # Built on the first send, not at import: the HTTPS handler loads the CA bundle into a TLS context
+    # (tens of ms), which the functions that import this module only through a code path they do not
+    # take (the privacy worker, the Profile API, routers without a webhook destination) would pay on
+    # every cold start.
+    # No ProxyHandler: a proxy would connect for us, to an address this module never saw.
+    opener = urllib.request.OpenerDirector()
+    for handler in (_HTTPHandler(), _HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def urlopen(request: urllib.request.Request, timeout: float):
     """urllib.request.urlopen for customer-given URLs (redirects are followed through the same check)."""
-    return _opener.open(request, timeout=timeout)
+    return _opener().open(request, timeout=timeout)
 
 
 def refused_by_guard(error: BaseException) -> str | None:

@@ -14,6 +14,8 @@ dynamodb:LeadingKeys on ConfigTable).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import secrets
@@ -218,3 +220,22 @@ def clear_cache() -> None:
 def _conditional_failed(error: Exception) -> bool:
     cause = getattr(error, "cause_response_code", None)
     return cause == "ConditionalCheckFailedException"
+
+
+def token_from_authorization(header: str | None) -> str | None:
+    """The access token from `Authorization: Basic base64(token:)` (Segment's convention).
+
+    None when no header was sent (authentication then says so); a header that is not Basic
+    auth is a 401 that says what to send instead.
+    """
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise AuthenticationFailed("the Authorization header must be HTTP Basic auth with the access token as "
+                                   "username and an empty password (curl -u TOKEN:)")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as error:
+        raise AuthenticationFailed("the Authorization header's Basic credentials are not valid base64") from error
+    return decoded.partition(":")[0] or None

@@ -39,15 +39,15 @@ from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import PutError, UpdateError
 
 from engage import clock
-from engage.audiences import membership, store
+from engage.audiences import EXPORT_FORMATS, EXPORT_HASHES, membership, store
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import ValidationFailed
 from engage.observability import logger
 from engage.profiles_store import ProfileRecord
 
-FORMATS = ("unformatted", "formatted", "single_column")
-HASHES = ("sha256", "none")
+FORMATS = EXPORT_FORMATS
+HASHES = EXPORT_HASHES
 MAX_MEMBERS = 20_000  # a synchronous answer must fit Lambda's 6 MB response
 # ... and so must its bytes: wide profiles (many anonymous or device ids) pass 6 MB well below 20,000
 # members. The budget counts the body as the Lambda response carries it (JSON-escaped), less room for

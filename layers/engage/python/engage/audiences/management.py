@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engage.audiences import backfill, membership, store
+from engage.audiences import MEMBERS_MAX_PAGE, backfill, membership, store
 from engage.audiences.definition import (
     AudienceDefinition,
     audience_refs,
@@ -21,7 +21,7 @@ from engage.audiences.definition import (
 from engage.errors import Computing, Conflict, ValidationFailed
 from engage.observability import logger
 
-MAX_PAGE = 1000
+MAX_PAGE = MEMBERS_MAX_PAGE
 
 
 def _known(space_id: str, excluding: str | None = None) -> dict[str, AudienceDefinition]:

@@ -17,15 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from engage import clock
-from engage.audiences import accounts, membership, runtime, store
+from engage.audiences import DEFAULT_SAMPLE, MAX_SAMPLE, accounts, membership, runtime, store
 from engage.audiences.evaluator import evaluate_from_scratch
 from engage.audiences.index import AudienceIndex
 from engage.audiences.management import validate
 from engage.errors import ValidationFailed
 from engage.profiles_store import ProfileRecord
 
-DEFAULT_SAMPLE = 200
-MAX_SAMPLE = 1000
 MAX_SCANNED = 20_000  # items read (across spaces) before the sample is taken as it is
 HISTORY_LIMIT = 1000
 SHOWN = 20

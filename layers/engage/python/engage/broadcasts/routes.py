@@ -6,8 +6,10 @@ import json
 
 from aws_lambda_powertools.event_handler import Response
 
-from engage import openapi
-from engage.broadcasts import management
+from engage import lazy, openapi
+
+# Loaded by the first broadcast route called (engage.lazy): other routes of the API do not pay for it.
+management = lazy.module("engage.broadcasts.management")
 
 
 def register(app, space, json_body, doc, key_errors) -> None:

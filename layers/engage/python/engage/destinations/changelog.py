@@ -26,6 +26,11 @@ def log_sk(audience_key: str, profile_id: str) -> str:
     return key("log", audience_key, profile_id)
 
 
+def seq_sk(audience_key: str, profile_id: str) -> str:
+    """The item holding the last version delivered of one membership (engage.destinations.delivery)."""
+    return key("seq", audience_key, profile_id)
+
+
 def append(changes: list[dict[str, Any]]) -> int:
     """Write each change unless its slot holds a newer one; the number written."""
     written = 0

@@ -35,15 +35,17 @@ from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
-from engage import clock
+from engage import clock, lazy
 from engage.audiences import membership
-from engage.audiences import store as audience_store
 from engage.config import settings
-from engage.db import key
-from engage.destinations import changelog, parking, payloads, queue, ratelimit, senders, store, sync
+from engage.destinations import changelog, parking, payloads, queue, ratelimit, senders, store
+from engage.destinations.changelog import seq_sk
+from engage.destinations.identities import entity_of, profile_identities
 from engage.destinations.store import DestinationState, destination_pk
 from engage.observability import logger
-from engage.profiles_store import ProfileRecord
+
+# Journeys' profile syncs only (engage.destinations.sync loads the audience runtime): on their first message.
+sync = lazy.module("engage.destinations.sync")
 
 BACKFILL_PAGE = 100
 TRAIT_BACKFILL_SCAN = 500  # ProfilesTable items examined per trait backfill page (at most 1 MB read)
@@ -92,10 +94,6 @@ def handle(body: dict[str, Any], receive_count: int, function: str) -> Result:
 
 
 # ---------------------------------------------------------------- one change
-def seq_sk(audience_key: str, profile_id: str) -> str:
-    return key("seq", audience_key, profile_id)
-
-
 def delivered_version(change: dict[str, Any]) -> int:
     try:
         item = DestinationState.get(destination_pk(change["space_id"], change["destination"]),
@@ -181,27 +179,6 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str) ->
 
 
 # ---------------------------------------------------------------- backfill on connect
-def profile_identities(space_id: str, profile_ids: list[str]) -> dict[str, dict[str, str | None]]:
-    """user_id, anonymous_id, email and group_id of profiles (first of each), 100 per BatchGetItem."""
-    found: dict[str, dict[str, str | None]] = {pid: dict.fromkeys(payloads.IDENTITY_FIELDS) for pid in profile_ids}
-    for start in range(0, len(profile_ids), 100):
-        chunk = [key(space_id, pid) for pid in profile_ids[start:start + 100]]
-        for record in ProfileRecord.batch_get(chunk, attributes_to_get=["pk", "external_ids"]):
-            ids = found[record.pk.split("|", 1)[1]]
-            for entry in record.external_ids or []:
-                entry = dict(entry)
-                if entry.get("type") in ids and ids[entry["type"]] is None:
-                    ids[entry["type"]] = entry.get("id")
-    return found
-
-
-def entity_of(space_id: str, audience_key: str) -> str:
-    for audience in audience_store.cached(space_id):
-        if audience.key == audience_key:
-            return audience.entity
-    return "users"
-
-
 def backfill_page(body: dict[str, Any]) -> Result:
     space_id, destination_key, audience_key = body["space_id"], body["destination"], body["audience_key"]
     destination = store.cached(space_id, destination_key, fresh=True)

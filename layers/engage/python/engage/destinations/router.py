@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from engage import clock
 from engage.audiences.router import StreamRecord, change_of
-from engage.destinations import changelog, delivery, payloads, queue, store
+from engage.destinations import changelog, identities, payloads, queue, store
 from engage.failures import handler as failure_handler
 from engage.observability import logger
 
@@ -135,13 +135,13 @@ def _fill_identities(changes: list[dict[str, Any]]) -> None:
     for change in changes:
         slot = (change["space_id"], change["audience_key"])
         if slot not in entities:
-            entities[slot] = delivery.entity_of(*slot)
+            entities[slot] = identities.entity_of(*slot)
         change["entity"] = entities[slot]
         identity = change.get("identity") or {}
         if change["entity"] == "accounts" or not any(identity.values()):
             missing.setdefault(change["space_id"], set()).add(change["profile_id"])
-    found = {space: delivery.profile_identities(space, sorted(ids)) for space, ids in missing.items()}
+    found = {space: identities.profile_identities(space, sorted(ids)) for space, ids in missing.items()}
     for change in changes:
         identity = dict(change.get("identity") or {})
         extra = found.get(change["space_id"], {}).get(change["profile_id"], {})
-        change["identity"] = {name: identity.get(name) or extra.get(name) for name in delivery.payloads.IDENTITY_FIELDS}
+        change["identity"] = {name: identity.get(name) or extra.get(name) for name in payloads.IDENTITY_FIELDS}

@@ -11,10 +11,11 @@ import json
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from engage import json_body, openapi, spaces
-from engage.destinations import management
+from engage import json_body, lazy, openapi, spaces
 from engage.errors import ValidationFailed
-from engage.profile_api.params import token_from_authorization
+
+# Loaded by the first destination route called (engage.lazy): other routes of the API do not pay for it.
+management = lazy.module("engage.destinations.management")
 
 router = Router()
 DOC = {"tags": [openapi.MANAGEMENT], "security": [{openapi.ACCESS_TOKEN: []}]}
@@ -22,7 +23,7 @@ KEY_ERRORS = (400, 401, 404)
 
 
 def _space() -> str:
-    return spaces.authenticate(token_from_authorization(router.current_event.headers.get("authorization")),
+    return spaces.authenticate(spaces.token_from_authorization(router.current_event.headers.get("authorization")),
                                spaces.ACCESS_TOKEN)
 
 

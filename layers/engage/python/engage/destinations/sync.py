@@ -78,7 +78,7 @@ def mark_done(change: dict[str, Any], stage: str = SENT) -> None:
 def profile_change(space_id: str, profile_id: str, destination: store.Destination, idempotency_key: str,
                    source: dict[str, Any] | None) -> dict[str, Any]:
     """The change that carries the profile's state now (a pure shape over three reads)."""
-    from engage.destinations.delivery import profile_identities
+    from engage.destinations.identities import profile_identities
 
     image = audience_runtime.profile_image(space_id, profile_id)
     if image is None:

@@ -9,12 +9,32 @@ sender path that journeys, broadcasts and the API share.
 The same idempotency key always answers the same Delivery and sends at most once (engage.messaging.sender
 states the rules, the crash window and the cost). The pure parts (templates, rules) need no AWS.
 """
-from engage.messaging.sender import (
-    Delivery,
-    ProviderUnavailable,
-    SendInProgress,
-    SendRequest,
-    send_message,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engage.messaging.sender import (
+        Delivery,
+        ProviderUnavailable,
+        SendInProgress,
+        SendRequest,
+        send_message,
+    )
+
+# Who sends a message (a delivery's `source.type`): the filter of the messages route.
+SOURCES = ("journey", "broadcast", "api")
 
 __all__ = ["Delivery", "ProviderUnavailable", "SendInProgress", "SendRequest", "send_message"]
+
+
+def __getattr__(name: str) -> Any:
+    # The sender (channels, SES/SNS clients, email) loads on first use of its names, not with the package:
+    # the feedback function, the privacy worker and the Profile API import engage.messaging.store and
+    # .subscriptions only, and would otherwise pay for the whole send path on every cold start.
+    if name in __all__:
+        from engage.messaging import sender
+
+        value = globals()[name] = getattr(sender, name)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,10 +8,8 @@ from typing import Any
 
 from engage import profiles_store
 from engage.errors import NotFound, ValidationFailed
-from engage.messaging import rules, sender, settings_store, signing, store, subscriptions, templates
+from engage.messaging import SOURCES, rules, sender, settings_store, signing, store, subscriptions, templates
 from engage.profile_api.params import parse_profile_ref
-
-SOURCES = ("journey", "broadcast", "api")
 
 
 def _with_secret(space_id: str, view: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,12 @@ from urllib.parse import parse_qs
 
 from aws_lambda_powertools.event_handler import Response
 
-from engage import openapi
+from engage import lazy, openapi
 from engage.errors import ValidationFailed
-from engage.messaging import management
+from engage.messaging import SOURCES
+
+# Loaded by the first messaging route called (engage.lazy): other routes of the API do not pay for it.
+management = lazy.module("engage.messaging.management")
 
 HTML = "text/html; charset=utf-8"
 
@@ -56,7 +59,7 @@ def register(app, space, json_body, doc, key_errors) -> None:
     @app.get("/v1/messages", summary="A profile's delivery log", **doc,
              openapi_extensions=openapi.query(
                  openapi.param("profile", {"type": "string"}, "`<id_type>:<value>` (required)"),
-                 openapi.param("source", {"type": "string", "enum": list(management.SOURCES)}, "who sent")),
+                 openapi.param("source", {"type": "string", "enum": list(SOURCES)}, "who sent")),
              responses=openapi.responses(200, "MessageList", "deliveries, newest first", 400, 401, 404))
     def list_messages():
         return management.messages(space(), query("profile"), query("source"))

@@ -86,8 +86,3 @@ def unsuppress(token: str | None, space: str, collection: str, profile: str) -> 
     if not suppression.unsuppress(space_id, parse_collection(collection), ref.type, ref.value):
         raise NotFound(f"{profile!r} is not suppressed in this space")
     return {"unsuppressed": profile}
-
-
-def run_job(message: dict[str, Any]) -> dict[str, Any]:
-    """The worker's step for one queue message: advance the job (raises to be retried by SQS)."""
-    return jobs.view(jobs.run(message["space_id"], message["job_id"]))

@@ -30,7 +30,6 @@ from engage.audiences.due import DueRecord
 from engage.broadcasts import store as broadcasts_store
 from engage.db import key
 from engage.destinations import changelog as destination_log
-from engage.destinations import delivery as destination_delivery
 from engage.destinations import store as destinations_store
 from engage.events_store import EventRecord
 from engage.failures.store import ParkedFailure
@@ -192,7 +191,7 @@ def delete_destination_items(space_id: str, profile_id: str, keys: set[str]) -> 
         synced = set(definition.get("audiences") or []) | set(definition.get("computed_traits") or [])
         pk = destinations_store.destination_pk(space_id, record.key)
         wanted = [(pk, sk) for k in sorted(keys | synced)
-                  for sk in (destination_delivery.seq_sk(k, profile_id), destination_log.log_sk(k, profile_id))]
+                  for sk in (destination_log.seq_sk(k, profile_id), destination_log.log_sk(k, profile_id))]
         found += list(destinations_store.DestinationState.batch_get(wanted, consistent_read=True))
     return _delete_all(destinations_store.DestinationState, found)
 

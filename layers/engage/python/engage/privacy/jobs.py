@@ -20,10 +20,14 @@ from typing import Any
 
 from pynamodb.attributes import BooleanAttribute, ListAttribute, MapAttribute, UnicodeAttribute
 
-from engage import clock
+from engage import clock, lazy
 from engage.db import EngageModel, TableName, key
 from engage.errors import NotFound
-from engage.privacy import erase, suppression
+from engage.privacy import suppression
+
+# Only `run` (the privacy worker) erases: the Profile API records and reads jobs without loading every
+# store erase reaches (destinations, journeys, messaging...).
+erase = lazy.module("engage.privacy.erase")
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STEPS = ("find", "suppress", "exit_memberships", "stop_journeys", "erase")

@@ -25,8 +25,8 @@ from engage.profile_api.params import (
     parse_profile_ref,
     parse_query,
     parse_resource,
-    token_from_authorization,
 )
+from engage.spaces import token_from_authorization
 
 SORT_KEY_BYTES = 1024  # DynamoDB's limit on a sort key value
 

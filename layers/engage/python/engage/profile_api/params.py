@@ -6,8 +6,6 @@ Pure functions over strings. Every rejection is a ValidationFailed (400) or Auth
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from engage import clock
-from engage.errors import AuthenticationFailed, ValidationFailed
+from engage.errors import ValidationFailed
 
 COLLECTIONS = ("users", "accounts")
 RESOURCES = ("traits", "external_ids", "events", "metadata", "links")
@@ -38,25 +36,6 @@ class ProfileRef:
 
 def invalid(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, [{"path": path, "message": message}])
-
-
-def token_from_authorization(header: str | None) -> str | None:
-    """The access token from `Authorization: Basic base64(token:)` (Segment's convention).
-
-    None when no header was sent (authentication then says so); a header that is not Basic
-    auth is a 401 that says what to send instead.
-    """
-    if not header:
-        return None
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not encoded.strip():
-        raise AuthenticationFailed("the Authorization header must be HTTP Basic auth with the access token as "
-                                   "username and an empty password (curl -u TOKEN:)")
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as error:
-        raise AuthenticationFailed("the Authorization header's Basic credentials are not valid base64") from error
-    return decoded.partition(":")[0] or None
 
 
 def parse_collection(text: str) -> str:
