@@ -63,12 +63,16 @@ def _cpu_seconds(cloud: RunningCloud) -> tuple[float, float] | None:
 
     try:
         own = fields(pid)
-        children: set[int] = set()
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as listed:
-                children.update(int(c) for c in listed.read().split())
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
+    children: set[int] = set()
+    for task in tasks:  # threads come and go (one per HTTP request): one that ended has no children left
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listed:
+                children.update(int(c) for c in listed.read().split())
+        except OSError:
+            continue
     workers = (int(own[13]) + int(own[14])) / tick  # reaped children
     for child in children:
         try:
