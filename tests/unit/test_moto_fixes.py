@@ -194,3 +194,26 @@ def test_per_request_lookups_are_cached_and_answer_as_before():
     path = jsonpath_ng.ext.parse("$.detail.userId")
     assert jsonpath_ng.ext.parse("$.detail.userId") is path
     assert [m.value for m in path.find({"detail": {"userId": "u1"}})] == ["u1"]
+
+
+def test_received_messages_respect_the_retention_period(monkeypatch):
+    """The retention check reads the queue's period directly: within it a message is received, past it
+    (a clock moved beyond the period) it is not, as moto's own check answers."""
+    import moto.sqs.models
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    moto_fixes.install()
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION)
+        url = sqs.create_queue(QueueName="r", Attributes={"MessageRetentionPeriod": "60",
+                                                           "VisibilityTimeout": "0"})["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="kept")
+        assert [m["Body"] for m in sqs.receive_message(QueueUrl=url).get("Messages", [])] == ["kept"]
+        now = moto.sqs.models.unix_time()
+        backend = moto.sqs.models.sqs_backends["123456789012"][REGION]
+        message = backend.get_queue("r")._messages[0]
+        assert backend.is_message_valid_based_on_retention_period("r", message)
+        message.sent_timestamp = (now - 61) * 1000  # sent longer ago than the 60 s period
+        assert not backend.is_message_valid_based_on_retention_period("r", message)
+        assert sqs.receive_message(QueueUrl=url).get("Messages", []) == []
