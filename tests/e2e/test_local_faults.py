@@ -1,6 +1,7 @@
 """At-least-once, end to end, under injected faults: the same seeded workload through two local clouds,
 one fault-free and one whose pipeline functions meet AWS faults and crash (localcloud/faults.py), must
-end in the same state: profiles, memberships, audience sizes, each membership change once on the bus,
+end in the same state: profiles, memberships (but for flip-and-back pairs elided in one run's batches),
+audience sizes, each membership change once on the bus,
 nothing parked after a replay; and what hangs off the pipeline, under faults too: a journey entered by an
 audience (a wait moved by the virtual clock, a split, an email), its enrollments and end states, each email
 sent once; a realtime webhook destination and a batch one, every change delivered, duplicates only in the
@@ -417,6 +418,21 @@ def bus_changes(run: Run) -> dict[tuple[str, str, int], str]:
     return changes
 
 
+def elided(clean: Run, faulty: Run) -> set[tuple[str, str]]:
+    """Memberships whose two runs differ. Only one difference is allowed: a membership that flipped and
+    flipped back within one processor batch is not written (docs/reliability.md), and with faults the
+    records are grouped into batches differently (retries, bisects), so one run may have written a pair
+    of flips the other elided: the same final state, versions apart by an even number."""
+    keys = clean.memberships.keys() | faulty.memberships.keys()
+    differ = {k for k in keys if clean.memberships.get(k, (False, 0)) != faulty.memberships.get(k, (False, 0))}
+    for k in differ:
+        (clean_member, clean_version), (member, version) = (run.memberships.get(k, (False, 0))
+                                                            for run in (clean, faulty))
+        assert member == clean_member and (version - clean_version) % 2 == 0, (k, clean.memberships.get(k),
+                                                                                faulty.memberships.get(k))
+    return differ
+
+
 def figures(clean: Run, faulty: Run) -> dict:
     changes = bus_changes(faulty)
     return {
@@ -462,9 +478,12 @@ def test_the_pipeline_ends_the_same_under_injected_faults_and_crashes(tmp_path):
     assert faulty.profiles.keys() == clean.profiles.keys()
     different = [pk for pk in clean.profiles if clean.profiles[pk] != faulty.profiles[pk]]
     assert different == [], [(pk, differences(clean.profiles[pk], faulty.profiles[pk])) for pk in different[:3]]
-    # And memberships are the same, each changed as often (version), and every size counter is exact
+    # And memberships are the same, each changed as often (version) but for flip-and-back pairs one run's
+    # batches elided, and every size counter is exact
     assert faulty.audiences["viewers"][0] == "ready", faulty.audiences  # a failed backfill says so first
-    assert faulty.memberships == clean.memberships
+    regrouped = elided(clean, faulty)
+    # Few at most: a run whose replays re-applied flips would differ on many (the bound is 5%, at least 3)
+    assert len(regrouped) <= max(3, len(clean.memberships) // 20), regrouped
     for run in (clean, faulty):
         members = Counter(audience for (_, audience), (member, _) in run.memberships.items() if member)
         assert {k: v for k, v in run.sizes.items() if v} == dict(members)
@@ -472,14 +491,18 @@ def test_the_pipeline_ends_the_same_under_injected_faults_and_crashes(tmp_path):
     # And the bus carried each membership change once (deduplicated by its key, as API.md tells consumers):
     # versions 1..n of every membership, alternating Entered/Exited, the same changes as without faults
     clean_changes, faulty_changes = bus_changes(clean), bus_changes(faulty)
-    assert faulty_changes == clean_changes
-    by_membership = defaultdict(list)
-    for (profile_id, audience, version), detail_type in faulty_changes.items():
-        by_membership[(profile_id, audience)].append((version, detail_type))
-    for membership, (member, version) in faulty.memberships.items():
-        published = sorted(by_membership.get(membership, []))
-        assert [v for v, _ in published] == list(range(1, version + 1)), (membership, published)
-        assert published[-1][1] == ("Audience Entered" if member else "Audience Exited"), (membership, published)
+    assert ({k: v for k, v in faulty_changes.items() if k[:2] not in regrouped}
+            == {k: v for k, v in clean_changes.items() if k[:2] not in regrouped})
+    for run, changes in ((clean, clean_changes), (faulty, faulty_changes)):
+        by_membership = defaultdict(list)
+        for (profile_id, audience, version), detail_type in changes.items():
+            by_membership[(profile_id, audience)].append((version, detail_type))
+        for membership, (member, version) in run.memberships.items():
+            published = sorted(by_membership.get(membership, []))
+            assert [v for v, _ in published] == list(range(1, version + 1)), (membership, published)
+            assert [t for _, t in published] == ["Audience Entered", "Audience Exited"] * (version // 2) + (
+                ["Audience Entered"] if version % 2 else []), (membership, published)
+            assert published[-1][1] == ("Audience Entered" if member else "Audience Exited"), (membership, published)
     # And a change was delivered twice only where the router documents it (a crash or lost answer between
     # PutEvents and recording the publication): without faults never, with faults at most 10 (one PutEvents
     # call) per such fault, or 25 (one recording write) per failed recording
@@ -527,7 +550,8 @@ def test_the_pipeline_ends_the_same_under_injected_faults_and_crashes(tmp_path):
         received = {(c["profile_id"], c["audience_key"], int(c["version"])): c["event"] for c in run.realtime}
         published = {k: v for k, v in bus_changes(run).items() if k[1] in REALTIME["audiences"]}
         assert received == published, (sorted(set(published) - set(received)), sorted(set(received) - set(published)))
-    assert {c["id"] for c in faulty.realtime} == {c["id"] for c in clean.realtime}
+    assert ({c["id"] for c in faulty.realtime if (c["profile_id"], c["audience_key"]) not in regrouped}
+            == {c["id"] for c in clean.realtime if (c["profile_id"], c["audience_key"]) not in regrouped})
     assert len(clean.realtime) == len({c["id"] for c in clean.realtime})
     deliverer = sum(n for (function, kind, _), n in faulty.function_faults.items()
                     if function == "DestinationDelivererFunction" and kind in ("exhausted", "crash", "raise"))
