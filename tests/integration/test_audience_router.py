@@ -398,13 +398,13 @@ def test_a_refused_evaluation_entry_fails_all_of_its_records_and_only_them(chang
         evaluate(name, {k: True for k in AUDIENCES}, profile_version=1)
     batch = changes.batch()
     # When EventBridge refuses bob's entry (his 5 changes), accepting ann's and cid's in the same call
-    failing_for("bob", monkeypatch)
-    response = route(batch)
+    with monkeypatch.context() as patched:
+        failing_for("bob", patched)
+        response = route(batch)
     # Then exactly bob's 5 records are batch item failures; ann's and cid's changes are on the bus, counted
     assert failures(response) == sequences(batch, "bob")
     assert sorted({p for _, p, _ in published(bus)}) == ["ann", "cid"] and store.size("acme", "a1") == 2
     # When Lambda retries from the lowest failed record on
-    monkeypatch.undo()
     ordered = [r["dynamodb"]["SequenceNumber"] for r in batch["Records"]]
     start = min(ordered.index(s) for s in sequences(batch, "bob"))
     assert route({"Records": batch["Records"][start:]}) == {"batchItemFailures": []}
@@ -422,7 +422,6 @@ def test_a_split_evaluation_fails_only_the_records_of_its_refused_entry(changes,
     evaluate("ann", {k: True for k in AUDIENCES}, profile_version=1)
     batch = changes.batch()
     # Given entries small enough that the evaluation is split (about two changes an entry)
-    monkeypatch.setattr(shapes, "MAX_BYTES_PER_ENTRY", 420)
     client = router._events_client()
     real = client.put_events
     sent: list[list[str]] = []
@@ -436,14 +435,15 @@ def test_a_split_evaluation_fails_only_the_records_of_its_refused_entry(changes,
                 "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "simulated"} if no else next(accepted)
                             for no in refused]}
 
-    monkeypatch.setattr(client, "put_events", refuse_a3)
-    response = route(batch)
+    with monkeypatch.context() as patched:
+        patched.setattr(shapes, "MAX_BYTES_PER_ENTRY", 420)
+        patched.setattr(client, "put_events", refuse_a3)
+        response = route(batch)
     assert len(sent) >= 3 and sorted(k for keys in sent for k in keys) == AUDIENCES
     # Then the records of a3's entry, and only them, fail; the other entries' changes are published and counted
     with_a3 = next(keys for keys in sent if "a3" in keys)
     assert failures(response) == sequences(batch, "ann", with_a3)
     assert sorted(k for _, _, k in published(bus)) == sorted(set(AUDIENCES) - set(with_a3))
-    monkeypatch.undo()
     # And the retry publishes only them; a replay nothing; each size is 1
     route(batch)
     assert sorted(k for _, _, k in published(bus)) == sorted(with_a3)
@@ -481,10 +481,10 @@ def test_an_uncommitted_evaluation_is_published_again_and_counted_once(changes, 
     def lost(self, changes):
         raise ClientError({"Error": {"Code": "InternalServerError", "Message": "simulated"}}, "TransactWriteItems")
 
-    monkeypatch.setattr(router.PublicationLog, "commit", lost)
-    assert failures(route(batch)) == sequences(batch, "ann")
+    with monkeypatch.context() as patched:
+        patched.setattr(router.PublicationLog, "commit", lost)
+        assert failures(route(batch)) == sequences(batch, "ann")
     assert len(bus.received()) == 1 and store.size("acme", "a1") == 0
-    monkeypatch.undo()
     route(batch)
     route(batch)
     (again,) = bus.received()  # at least once: published a second time, whole; counted once
