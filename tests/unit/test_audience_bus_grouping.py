@@ -120,3 +120,22 @@ def test_an_unknown_grouping_is_refused_with_what_to_do(monkeypatch):
         monkeypatch.undo()
         config.settings.cache_clear()
     assert router.grouping() == bus.CHANGE
+
+
+def test_the_template_offers_the_grouping_off_by_default_and_routes_both_shapes_to_the_enroller():
+    from localcloud import template
+
+    whole = template.load(template.TEMPLATE)
+    spec = whole["Parameters"]["AudienceEventGrouping"]
+    assert (spec["Type"], spec["Default"], spec["AllowedValues"]) == ("String", bus.CHANGE, list(bus.GROUPINGS))
+    resources = template.resources()
+    # Only the router reads it (env var from the parameter, as engage.config names it)
+    readers = [name for name, r in resources.items()
+               if "AUDIENCE_EVENT_GROUPING" in ((r.get("Properties") or {}).get("Environment") or {}).get(
+                   "Variables", {})]
+    assert readers == ["AudienceRouterFunction"]
+    env = resources["AudienceRouterFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["AUDIENCE_EVENT_GROUPING"] == {"Ref": "AudienceEventGrouping"}
+    # And the enroller's rule carries every shape the router can publish
+    pattern = resources["JourneyEntryRule"]["Properties"]["EventPattern"]
+    assert {bus.ENTERED, bus.EXITED, bus.CHANGED} <= set(pattern["detail-type"])
