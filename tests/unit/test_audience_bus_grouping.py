@@ -139,3 +139,19 @@ def test_the_template_offers_the_grouping_off_by_default_and_routes_both_shapes_
     # And the enroller's rule carries every shape the router can publish
     pattern = resources["JourneyEntryRule"]["Properties"]["EventPattern"]
     assert {bus.ENTERED, bus.EXITED, bus.CHANGED} <= set(pattern["detail-type"])
+
+
+def test_the_enrollers_grouped_sample_stands_for_its_per_change_samples():
+    # events/ samples (also run by `engage invoke`): the grouped message carries the per-change one's entry
+    from pathlib import Path
+
+    samples = Path(__file__).resolve().parents[2] / "events"
+
+    def body(name: str) -> dict:
+        return json.loads(json.loads((samples / name).read_text())["Records"][0]["body"])
+
+    grouped, entered = body("journey_enroller_audience_memberships_changed.json"), body(
+        "journey_enroller_audience_entered.json")
+    unpacked = bus.per_change(grouped["detail-type"], grouped["detail"])
+    assert unpacked[0] == (entered["detail-type"], entered["detail"])
+    assert [kind for kind, _ in unpacked] == [bus.ENTERED, bus.EXITED] and unpacked[1][1]["audience_key"] == "lapsed_7d"
