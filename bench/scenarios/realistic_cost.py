@@ -15,6 +15,15 @@ find nothing more due and are a fixed monthly cost, reported apart), so windows 
 Beside it, the pipeline_cost workload (40 profiles, 200 one-message requests; 200 and 1,000
 with --full), measured the same way: the small column.
 
+AudienceEventGrouping=evaluation (one EventBridge entry per profile evaluation) is not run a second
+time: the router runs in the default grouping (one entry per change), and every batch handed to it is
+also passed through the router's own entry builder in `evaluation` mode (`router.entries_of`, what the
+router would send for the same changes), so the opt-in's entries are counted on the very same
+batches. Its USD replaces only the EventBridge line: the router's DynamoDB reads and writes are the
+same log reads and commits in both groupings (its commits fall every 50 accepted changes, so their
+boundaries can move by one PutEvents call: a few counter writes per batch at most), and its Lambda
+time would be a little lower (fewer PutEvents calls), so the figure is if anything an over-estimate.
+
 Floors (issue 16 item 2), in write units per event: ingest, one write of the event item;
 profile processor, one write of the profile bytes that changed (from each ProfilesTable stream
 record: changed attributes, map entries compared key by key, rounded up to 1 KB per write);
@@ -55,6 +64,8 @@ class Run:
     profiles: int = 0
     profile_writes: int = 0  # ProfilesTable stream records, and the bytes of their new images
     profile_bytes: int = 0
+    grouped_entries: int = 0  # entries the router would send with AudienceEventGrouping=evaluation
+    grouped_puts: int = 0  # and its PutEvents calls
     notes: list[str] = field(default_factory=list)
 
 
@@ -128,8 +139,33 @@ def _metered(lambdas, shards: Shards, run: Run):
     def invoke(function: str, event: dict):
         result = lambdas.invoke(function, event)
         shards.account(run, function)
+        if function == "audience_router":
+            _count_grouped(run, event, result)
         return result
     return invoke
+
+
+def _count_grouped(run: Run, batch: dict, result: dict) -> None:
+    """What the router would have sent for this batch with AudienceEventGrouping=evaluation: the same changes
+    (each (log item, element) once, as route_batch dedupes them) through its own entry builder (unmetered)."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    from engage.audiences import bus, router
+
+    if result.get("batchItemFailures"):
+        raise AssertionError(f"the router failed records of a benchmark batch: {result}")
+    plain = TypeDeserializer()
+    changes = {}
+    for record in batch["Records"]:
+        images = record["dynamodb"]
+        old, new = ({n: plain.deserialize(v) for n, v in (images.get(name) or {}).items()} or None
+                    for name in ("OldImage", "NewImage"))
+        change = router.change_of(old, new)
+        if change is not None:
+            changes.setdefault((router.log_id(change), router.element_of(change)), change)
+    entries = [entry for entry, _ in router.entries_of(list(changes.values()), bus.EVALUATION, {}, "bus")]
+    run.grouped_entries += len(entries)
+    run.grouped_puts += len(list(router.put_groups(entries)))
 
 
 def _drain(invoke, taps) -> None:
@@ -320,6 +356,10 @@ def _money(run: Run) -> dict:
     }
     out["usd"] = usd
     out["USD"] = sum(usd.values())
+    # AudienceEventGrouping=evaluation: the same run with one entry per profile evaluation (module docstring).
+    out["EventBridge entries (evaluation grouping)"] = run.grouped_entries * per
+    out["USD total (evaluation grouping)"] = out["USD"] - usd["EventBridge"] + \
+        out["EventBridge entries (evaluation grouping)"] * PRICES["eventbridge_event"]
     return out
 
 
@@ -353,13 +393,26 @@ def run(context) -> list[Figure]:
                "MembershipsTable stream records whose `member` flipped, all writers", counted=True),
         Figure(section, "EventBridge entries per event", money["EventBridge entries"] / 1e6, "entries",
                "Audience Entered/Exited published by the router", counted=True),
+        Figure(section, "EventBridge entries per event (AudienceEventGrouping=evaluation)",
+               money["EventBridge entries (evaluation grouping)"] / 1e6, "entries",
+               "one Audience Memberships Changed per profile evaluation per router batch: the router's entry "
+               "builder in that mode run on each batch of this run (the router itself runs the default)",
+               counted=True),
         Figure(section, "all stages: write units per event", money["DynamoDB write units"] / 1e6, "WRU",
                "the sum of the stages", counted=True),
         Figure(section, "USD per million events (modelled Lambda duration)", money["USD"], "USD",
                "list prices of pipeline_cost; Lambda GB-s = own time x 1769/512 + 5 ms per AWS request"),
+        Figure(section, "USD per million events, AudienceEventGrouping=evaluation (modelled Lambda duration)",
+               money["USD total (evaluation grouping)"], "USD",
+               "the line above with EventBridge at the grouped entries (DynamoDB and Lambda as measured)"),
     ]
     context.extra.append(("Realistic workload: per stage, per event, beside the floor", _tables(big, little, context)))
     return figures
+
+
+def _price(name: str) -> float:
+    from bench.scenarios.pipeline_cost import PRICES
+    return PRICES[name]
 
 
 def _tables(big: Run, little: Run, context) -> list[str]:
@@ -386,7 +439,17 @@ def _tables(big: Run, little: Run, context) -> list[str]:
         lines.append(f"| {key} | {a[key]:,.0f} | {b[key]:,.0f} |")
     for key in a["usd"]:
         lines.append(f"| USD: {key} | {a['usd'][key]:,.2f} | {b['usd'][key]:,.2f} |")
-    lines += [f"| **USD total** | **{a['USD']:,.2f}** | **{b['USD']:,.2f}** |", ""]
+    lines += [f"| **USD total** | **{a['USD']:,.2f}** | **{b['USD']:,.2f}** |"]
+    key, price = "EventBridge entries (evaluation grouping)", _price("eventbridge_event")
+    router_puts = big.lambdas.stats["audience_router"].usage.count("events", "PutEvents") / big.events
+    lines += [f"| EventBridge entries, AudienceEventGrouping=evaluation | {a[key]:,.0f} | {b[key]:,.0f} |",
+              f"| USD: EventBridge, AudienceEventGrouping=evaluation | {a[key] * price:,.2f} | {b[key] * price:,.2f} |",
+              (f"| **USD total, AudienceEventGrouping=evaluation** | **{a['USD total (evaluation grouping)']:,.2f}** | "
+               f"**{b['USD total (evaluation grouping)']:,.2f}** |"), "",
+              ("AudienceEventGrouping=evaluation rows: the router ran in the default grouping; each of its batches "
+               "was also passed through its entry builder in `evaluation` mode (counted, not sent). Only the "
+               f"EventBridge line differs (realistic: PutEvents calls per event {big.grouped_puts / big.events:.3f} "
+               f"instead of {router_puts:.3f})."), ""]
     per_run = big.idle_sweep_requests / big.idle_sweeps if big.idle_sweeps else 0
     for run in (big, little):
         if run.profile_writes:

@@ -1,8 +1,10 @@
 """JourneyEntryQueue (from the bus) -> one journey execution per enrollment; goals met between Tasks.
 
 `Audience Entered` enrolls (and checks goals reading that audience); `Audience Exited` and
-`Computed Trait Changed` check the goals that read them (engage.journeys.goals). A profile leaving the
-system audience `all` because it was merged into another leaves its journeys (engage.journeys.leave)."""
+`Computed Trait Changed` check the goals that read them (engage.journeys.goals); `Audience Memberships
+Changed` (AudienceEventGrouping=evaluation) is read as the per-change events it carries. A profile leaving
+the system audience `all` because it was merged into another leaves its journeys (engage.journeys.leave).
+Everything past parsing is engage.journeys.audience_events."""
 from __future__ import annotations
 
 import json
@@ -10,7 +12,7 @@ import json
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from engage.journeys import enrollment, goals, leave, store
+from engage.journeys import audience_events, store
 from engage.observability import logger, metrics, tracer
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -18,13 +20,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 def record_handler(record: SQSRecord) -> int:
     event = json.loads(record.body)  # the EventBridge event the rule delivered
-    detail, kind = event["detail"], event.get("detail-type")
-    if kind == "Computed Trait Changed":
-        return goals.on_computed_trait(detail["space"], detail["profile_id"], detail["computed_trait_key"])
-    goals.on_audience(detail["space"], detail["profile_id"], detail["audience_key"])
-    if kind == "Audience Exited":
-        return leave.on_audience_exited(detail["space"], detail["profile_id"], detail["audience_key"])
-    return sum(1 for outcome in enrollment.on_audience_entered(detail) if outcome.enrolled)
+    return audience_events.handle(event.get("detail-type"), event["detail"])
 
 
 @logger.inject_lambda_context

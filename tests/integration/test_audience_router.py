@@ -1,5 +1,10 @@
 """The audience router (MembershipsTable stream -> bus) through its real handler on moto: batched
-PutEvents, per-entry failures, idempotency across replays, events built from the stream image."""
+PutEvents, per-entry failures, idempotency across replays, events built from the stream image.
+
+Every test runs in both groupings (AudienceEventGrouping: `change`, the default, and `evaluation`): the
+guarantees of router.py's docstring hold in each. The bus is read back as per-change events
+(engage.audiences.bus.per_change), so one assertion serves both shapes; the tests at the end are the
+grouped shape's own (several changes of one evaluation in one entry)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +14,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from bench.meter import measure
+from engage.audiences import bus as shapes
 from engage.audiences import membership, router, store
 from engage.db import key
 from engage.profiles_store import ProfileRecord
@@ -24,6 +30,17 @@ from tests.integration.audience_support import (
 # API.md "Events on the bus" / docs/audiences-api.md: the detail of Audience Entered / Exited.
 DETAIL_FIELDS = {"space", "audience_key", "profile_id", "user_id", "anonymous_id", "email", "timestamp", "version"}
 _plain = TypeDeserializer()
+
+
+@pytest.fixture(autouse=True, params=[shapes.CHANGE, shapes.EVALUATION])
+def grouping(request, aws, monkeypatch):
+    """The router's AUDIENCE_EVENT_GROUPING (template.yaml's AudienceEventGrouping) for this test."""
+    from engage import config
+
+    monkeypatch.setenv("AUDIENCE_EVENT_GROUPING", request.param)
+    config.settings.cache_clear()
+    yield request.param
+    config.settings.cache_clear()
 
 
 def route(batch: dict) -> dict:
@@ -45,8 +62,13 @@ def sequence_of(batch: dict, profile_id: str, audience_key: str) -> str:
                 and r["dynamodb"]["NewImage"]["audience_key"]["S"] == audience_key)
 
 
+def unpacked(events: list[dict]) -> list[tuple[str, dict]]:
+    """Bus events of either shape as the per-change events they carry (what the journey enroller reads)."""
+    return [pair for e in events for pair in shapes.per_change(e["detail-type"], e["detail"])]
+
+
 def published(bus: Bus) -> list[tuple[str, str, str]]:
-    return sorted((e["detail-type"], e["detail"]["profile_id"], e["detail"]["audience_key"]) for e in bus.received())
+    return sorted((kind, d["profile_id"], d["audience_key"]) for kind, d in unpacked(bus.received()))
 
 
 @pytest.fixture
@@ -78,7 +100,7 @@ def test_a_batch_publishes_ten_entries_per_call_and_records_each_change_once(cha
     assert bus.received() == [] and store.size("acme", "vip") == 23
 
 
-def test_events_carry_the_documented_fields_from_the_stream_image_or_the_profile(changes, engine):
+def test_events_carry_the_documented_fields_from_the_stream_image_or_the_profile(changes, engine, grouping):
     bus = Bus(engine)
     make_profile("ann", ids={"user_id": "42", "anonymous_id": "anon-1", "email": "ann@example.com"})
     make_profile("bob", ids={"email": "bob@example.com"})
@@ -91,9 +113,13 @@ def test_events_carry_the_documented_fields_from_the_stream_image_or_the_profile
         assert route(batch) == {"batchItemFailures": []}
     # Only the item without ids reads its profile (one BatchGetItem next to the idempotency read)
     assert usage.count("dynamodb", "BatchGetItem") == 2 and usage.count("dynamodb", "GetItem") == 0
-    events = {e["detail"]["profile_id"]: e for e in bus.received()}
+    received = bus.received()
+    assert all(e["source"] == "engage" for e in received)
+    assert {e["detail-type"] for e in received} == {"Audience Entered" if grouping == shapes.CHANGE
+                                                    else "Audience Memberships Changed"}
+    events = {d["profile_id"]: {"detail-type": kind, "detail": d} for kind, d in unpacked(received)}
     for event in events.values():
-        assert event["source"] == "engage" and event["detail-type"] == "Audience Entered"
+        assert event["detail-type"] == "Audience Entered"
         assert set(event["detail"]) == DETAIL_FIELDS
     stored = membership.current_one("acme", "ann", "vip")
     assert events["ann"]["detail"] == {"space": "acme", "audience_key": "vip", "profile_id": "ann", "user_id": "42",
@@ -118,9 +144,9 @@ def test_a_write_without_ids_drops_the_stored_ones_so_the_event_names_the_curren
     assert membership.current_one("acme", "ann", "vip").identity is None
     route(changes.batch())
     # Then the exit names the profile's ids as they are now
-    (event,) = bus.received()
-    assert event["detail-type"] == "Audience Exited"
-    assert event["detail"]["email"] == "ann@example.com" and event["detail"]["user_id"] == "42"
+    ((kind, detail),) = unpacked(bus.received())
+    assert kind == "Audience Exited"
+    assert detail["email"] == "ann@example.com" and detail["user_id"] == "42"
 
 
 def failing_for(profile_id: str, monkeypatch) -> None:
@@ -306,3 +332,160 @@ def test_an_unreadable_record_fails_alone(changes, engine):
     del broken["dynamodb"]["NewImage"]["space_id"]
     assert route({"Records": [broken, *batch["Records"]]}) == {"batchItemFailures": [{"itemIdentifier": "broken-1"}]}
     assert len(bus.received()) == 1
+
+
+# ---------------------------------------------------------------- the grouped shape's own (evaluation)
+AUDIENCES = ["a1", "a2", "a3", "a4", "a5"]
+
+
+def evaluate(profile_id: str, decisions: dict[str, bool], profile_version: int) -> None:
+    """Write memberships the way one evaluation does: one profile image, its version and ids on each change."""
+    profile = ProfileRecord.get(key("acme", profile_id))
+    membership.apply("acme", profile_id, decisions, membership.current_of("acme", profile_id, list(decisions)),
+                     profile_version=profile_version, identity=membership.identity_of(profile.external_ids))
+
+
+def sequences(batch: dict, profile_id: str, audiences=None) -> list[str]:
+    return sorted(r["dynamodb"]["SequenceNumber"] for r in batch["Records"]
+                  if r["dynamodb"]["NewImage"]["profile_id"]["S"] == profile_id
+                  and (audiences is None or r["dynamodb"]["NewImage"]["audience_key"]["S"] in audiences))
+
+
+def failures(response: dict) -> list[str]:
+    return sorted(f["itemIdentifier"] for f in response["batchItemFailures"])
+
+
+grouped = pytest.mark.parametrize("grouping", [shapes.EVALUATION], indirect=True)
+
+
+@grouped
+def test_one_entry_per_evaluation_carries_its_changes_and_replays_publish_nothing(changes, engine):
+    bus = Bus(engine)
+    make_profile("ann", ids={"user_id": "42", "email": "ann@example.com"})
+    make_profile("bob", ids={"user_id": "7"})
+    evaluate("ann", {k: True for k in AUDIENCES}, profile_version=3)
+    evaluate("bob", {"a1": True, "a2": True}, profile_version=8)
+    route(changes.batch())
+    assert sorted((e["detail"]["profile_id"], len(e["detail"]["entered"])) for e in bus.received()) == [
+        ("ann", 5), ("bob", 2)]
+    evaluate("ann", {"a1": False, "a2": False, "a9": True}, profile_version=4)  # a later evaluation
+    batch = changes.batch()
+    with measure() as usage:
+        assert route(batch) == {"batchItemFailures": []}
+    # Then one entry for the evaluation: one PutEvents, one log read, one commit (log item + counters)
+    assert usage.count("events", "PutEvents") == 1 and usage.count("dynamodb") == 2
+    (event,) = bus.received()
+    assert event["detail-type"] == "Audience Memberships Changed"
+    detail = event["detail"]
+    assert {k: detail[k] for k in ("space", "profile_id", "user_id", "anonymous_id", "email", "profile_version")} == {
+        "space": "acme", "profile_id": "ann", "user_id": "42", "anonymous_id": None, "email": "ann@example.com",
+        "profile_version": 4}
+    stored = membership.current_one("acme", "ann", "a9")
+    assert detail["entered"] == [{"audience_key": "a9", "version": 1, "timestamp": stored.entered_at}]
+    assert sorted((e["audience_key"], e["version"]) for e in detail["exited"]) == [("a1", 2), ("a2", 2)]
+    assert detail["timestamp"] == stored.entered_at
+    # And sizes are exact; a replay of both batches publishes and counts nothing
+    assert [store.size("acme", k) for k in ("a1", "a2", "a3", "a9")] == [1, 1, 1, 1]
+    route(batch)
+    assert bus.received() == [] and [store.size("acme", k) for k in ("a1", "a2", "a3", "a9")] == [1, 1, 1, 1]
+
+
+@grouped
+def test_a_refused_evaluation_entry_fails_all_of_its_records_and_only_them(changes, engine, monkeypatch):
+    bus = Bus(engine)
+    for name in ("ann", "bob", "cid"):
+        make_profile(name)
+        evaluate(name, {k: True for k in AUDIENCES}, profile_version=1)
+    batch = changes.batch()
+    # When EventBridge refuses bob's entry (his 5 changes), accepting ann's and cid's in the same call
+    with monkeypatch.context() as patched:
+        failing_for("bob", patched)
+        response = route(batch)
+    # Then exactly bob's 5 records are batch item failures; ann's and cid's changes are on the bus, counted
+    assert failures(response) == sequences(batch, "bob")
+    assert sorted({p for _, p, _ in published(bus)}) == ["ann", "cid"] and store.size("acme", "a1") == 2
+    # When Lambda retries from the lowest failed record on
+    ordered = [r["dynamodb"]["SequenceNumber"] for r in batch["Records"]]
+    start = min(ordered.index(s) for s in sequences(batch, "bob"))
+    assert route({"Records": batch["Records"][start:]}) == {"batchItemFailures": []}
+    # Then bob's evaluation is published once, in one entry, and cid's is not again
+    (event,) = bus.received()
+    assert event["detail"]["profile_id"] == "bob" and len(event["detail"]["entered"]) == 5
+    route(batch)
+    assert bus.received() == [] and [store.size("acme", k) for k in AUDIENCES] == [3] * 5
+
+
+@grouped
+def test_a_split_evaluation_fails_only_the_records_of_its_refused_entry(changes, engine, monkeypatch):
+    bus = Bus(engine)
+    make_profile("ann")
+    evaluate("ann", {k: True for k in AUDIENCES}, profile_version=1)
+    batch = changes.batch()
+    # Given entries small enough that the evaluation is split (about two changes an entry)
+    client = router._events_client()
+    real = client.put_events
+    sent: list[list[str]] = []
+
+    def refuse_a3(Entries):
+        sent.extend([e["audience_key"] for e in json.loads(x["Detail"])["entered"]] for x in Entries)
+        refused = ['"a3"' in e["Detail"] for e in Entries]
+        result = real(Entries=[e for e, no in zip(Entries, refused, strict=True) if not no])
+        accepted = iter(result["Entries"])
+        return {**result, "FailedEntryCount": sum(refused),
+                "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "simulated"} if no else next(accepted)
+                            for no in refused]}
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shapes, "MAX_BYTES_PER_ENTRY", 420)
+        patched.setattr(client, "put_events", refuse_a3)
+        response = route(batch)
+    assert len(sent) >= 3 and sorted(k for keys in sent for k in keys) == AUDIENCES
+    # Then the records of a3's entry, and only them, fail; the other entries' changes are published and counted
+    with_a3 = next(keys for keys in sent if "a3" in keys)
+    assert failures(response) == sequences(batch, "ann", with_a3)
+    assert sorted(k for _, _, k in published(bus)) == sorted(set(AUDIENCES) - set(with_a3))
+    # And the retry publishes only them; a replay nothing; each size is 1
+    route(batch)
+    assert sorted(k for _, _, k in published(bus)) == sorted(with_a3)
+    route(batch)
+    assert bus.received() == [] and [store.size("acme", k) for k in AUDIENCES] == [1] * 5
+
+
+@grouped
+def test_a_redelivered_evaluation_carries_only_its_changes_not_yet_recorded(changes, engine):
+    bus = Bus(engine)
+    make_profile("ann")
+    evaluate("ann", {k: True for k in AUDIENCES}, profile_version=1)
+    batch = changes.batch()
+    # Given a bisected batch: the first two records of the evaluation were routed (published, recorded)
+    route({"Records": batch["Records"][:2]})
+    first = bus.received()
+    assert len(first) == 1 and len(first[0]["detail"]["entered"]) == 2
+    # When the whole batch is delivered
+    with measure() as usage:
+        assert route(batch) == {"batchItemFailures": []}
+    # Then one entry carries the three other changes; every change published once, counted once
+    (event,) = bus.received()
+    assert usage.count("events", "PutEvents") == 1
+    assert sorted(e["audience_key"] for e in first[0]["detail"]["entered"] + event["detail"]["entered"]) == AUDIENCES
+    assert [store.size("acme", k) for k in AUDIENCES] == [1] * 5
+
+
+@grouped
+def test_an_uncommitted_evaluation_is_published_again_and_counted_once(changes, engine, monkeypatch):
+    bus = Bus(engine)
+    make_profile("ann")
+    evaluate("ann", {k: True for k in AUDIENCES}, profile_version=1)
+    batch = changes.batch()
+
+    def lost(self, changes):
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "simulated"}}, "TransactWriteItems")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(router.PublicationLog, "commit", lost)
+        assert failures(route(batch)) == sequences(batch, "ann")
+    assert len(bus.received()) == 1 and store.size("acme", "a1") == 0
+    route(batch)
+    route(batch)
+    (again,) = bus.received()  # at least once: published a second time, whole; counted once
+    assert len(again["detail"]["entered"]) == 5 and [store.size("acme", k) for k in AUDIENCES] == [1] * 5

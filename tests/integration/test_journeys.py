@@ -195,6 +195,53 @@ def test_the_enroller_handler_reads_the_queue_message(api):
     assert [e["name"] for e in executions(api, answer)] == ["cart_rescue-v1-p9-e1"]
 
 
+def test_a_grouped_entry_enrolls_each_entered_audiences_journeys_once_even_redelivered(api, monkeypatch):
+    """AudienceEventGrouping=evaluation: one `Audience Memberships Changed` carries 5 changes; the first delivery
+    fails after some were handled (as a crash would leave it); the redeliveries enroll no one twice."""
+    from engage.journeys import goals
+    from tests.integration.audience_support import LambdaContext, handler
+
+    for key in ("vip", "lapsed", "big"):
+        condition = {"trait": key, "op": "exists"}
+        assert call_api("POST", "/v1/audiences", {"key": key, "name": key, "backfill": False,
+                                                   "condition": condition})[0] == 201
+    journeys = {"cart_abandoners": published(), "vip": published("vip_welcome", journey(
+        key="vip_welcome", entry={"audience": "vip"})), "big": published("big_thanks", journey(
+            key="big_thanks", entry={"audience": "big"}))}
+    element = {"version": 1, "timestamp": clock.iso()}
+    detail = {"space": "acme", "profile_id": "p1", "user_id": "u-p1", "anonymous_id": None, "email": None,
+              "profile_version": 4, "timestamp": clock.iso(),
+              "entered": [{"audience_key": k, **element} for k in ("cart_abandoners", "vip", "all", "big")],
+              "exited": [{"audience_key": "lapsed", **element}]}
+    message = {"version": "0", "detail-type": "Audience Memberships Changed", "source": "engage", "detail": detail}
+    assert entry_rule_matches(message)
+    # (beside it, in the same SQS batch, a per-change event of another profile: the shapes mix during a switch)
+    other = {"version": "0", "detail-type": "Audience Entered", "source": "engage", "detail": audience_entered("p2")}
+    event = {"Records": sqs_records([message, other])}
+    # When the first delivery fails at the third change (`all`), after two journeys were entered
+    real = goals.on_audience
+
+    def crash_at_all(space_id, profile_id, audience_key):
+        if audience_key == "all":
+            raise RuntimeError("simulated crash")
+        return real(space_id, profile_id, audience_key)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(goals, "on_audience", crash_at_all)
+        assert handler("journey_enroller")(event, LambdaContext()) == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+    assert [e["name"] for e in executions(api, journeys["vip"])] == ["vip_welcome-v1-p1-e1"]  # before the crash
+    # And SQS redelivers the message, twice
+    assert handler("journey_enroller")(event, LambdaContext()) == {"batchItemFailures": []}
+    assert handler("journey_enroller")(event, LambdaContext()) == {"batchItemFailures": []}
+    # Then each journey an entered audience starts has exactly one execution for p1 (and p2 one)
+    for answer in (journeys["vip"], journeys["big"]):
+        (execution,) = executions(api, answer)
+        assert execution["name"].endswith("-p1-e1")
+    assert sorted(e["name"] for e in executions(api, journeys["cart_abandoners"])) == [
+        "cart_rescue-v1-p1-e1", "cart_rescue-v1-p2-e1"]
+    assert [r["entry"] for r in enrollment.runs("acme", "vip_welcome", "p1")] == [1]
+
+
 # --- step effects -----------------------------------------------------------------------------------
 def task(step_type: str, step: str, params: dict, **extra) -> dict:
     return {"step_type": step_type, "step": step, "params": params, "chains": extra.pop("chains", {}),
@@ -515,7 +562,12 @@ def test_unknown_templates_and_destinations_are_400s_and_referenced_ones_cannot_
 
 
 # --- a profile merged away leaves its journeys -------------------------------------------------------
-ENTRY_RULE = ("Audience Entered", "Audience Exited", "Computed Trait Changed")  # JourneyEntryRule's pattern
+def entry_rule_matches(event: dict) -> bool:
+    """Whether JourneyEntryRule (template.yaml, as the local cloud reads it) routes `event` to the enroller."""
+    from localcloud import template
+    from localcloud.pollers import pattern_matches
+
+    return pattern_matches(template.resources()["JourneyEntryRule"]["Properties"]["EventPattern"], event)
 
 
 def sqs_records(events: list[dict]) -> list[dict]:
@@ -531,15 +583,21 @@ def deliver_to_enroller(bus_messages) -> tuple[list[dict], list[dict]]:  # noqa:
     from tests.integration.audience_support import LambdaContext, handler
 
     carried = bus_messages()
-    records = sqs_records([m for m in carried if m["detail-type"] in ENTRY_RULE])
+    records = sqs_records([m for m in carried if entry_rule_matches(m)])
     if records:
         assert handler("journey_enroller")({"Records": records}, LambdaContext()) == {"batchItemFailures": []}
     return records, carried
 
 
-def test_a_profile_merged_into_another_leaves_its_journeys_once(api, bus_messages):  # noqa: F811
-    from engage import profiles_store
+@pytest.mark.parametrize("grouping", ["change", "evaluation"])
+def test_a_profile_merged_into_another_leaves_its_journeys_once(api, bus_messages, grouping, monkeypatch):  # noqa: F811
+    """Through the pipeline, in both AudienceEventGrouping shapes: the router's events reach the enroller."""
+    from engage import config, profiles_store
+    from engage.audiences import bus
     from tests.integration.test_pipeline import Pipeline
+
+    monkeypatch.setenv("AUDIENCE_EVENT_GROUPING", grouping)
+    config.settings.cache_clear()
 
     answer = published()
     pipeline = Pipeline(api)
@@ -556,8 +614,10 @@ def test_a_profile_merged_into_another_leaves_its_journeys_once(api, bus_message
     pipeline.track({"userId": "u-1", "anonymousId": "anon-1", "traits": {}}, call="identify")
     assert profiles_store.get_profile("acme", merged).merged_into == survivor
     delivered, carried = deliver_to_enroller(bus_messages)
-    assert ("all", merged) in [(m["detail"]["audience_key"], m["detail"]["profile_id"]) for m in carried
-                               if m["detail-type"] == "Audience Exited"]
+    assert {m["detail-type"] for m in carried if m["detail-type"].startswith("Audience ")} == (
+        {"Audience Memberships Changed"} if grouping == "evaluation" else {"Audience Entered", "Audience Exited"})
+    assert ("all", merged) in [(d["audience_key"], d["profile_id"]) for m in carried
+                               for kind, d in bus.per_change(m["detail-type"], m["detail"]) if kind == "Audience Exited"]
     # Then its run is stopped and recorded as left because of the merge, counted at the step it was in
     sfn = api.client("stepfunctions")
     stopped = sfn.describe_execution(executionArn=running["executionArn"])

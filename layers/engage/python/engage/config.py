@@ -28,6 +28,9 @@ class Settings:
     due_table: str = ""
     idempotency_table: str = ""
     audience_backfill_state_machine: str = ""
+    # Audience events on the bus (engage.audiences.bus): `change` (one entry per membership change, the
+    # default) or `evaluation` (one `Audience Memberships Changed` per profile evaluation). Router only.
+    audience_event_grouping: str = "change"
     # Shards per due-time bucket: spreads the sweeper index's writes over partitions.
     due_shards: int = 16
     # Days an ingested event (and its dedupe key) is kept; Segment dedupes for 24 h at least.

@@ -1,5 +1,5 @@
-"""Membership changes -> `Audience Entered` / `Audience Exited` on the stack's EventBridge bus,
-and the audiences' size counters.
+"""Membership changes -> `Audience Entered` / `Audience Exited` on the stack's EventBridge bus (or, opted in,
+one `Audience Memberships Changed` per profile evaluation: engage.audiences.bus), and the audiences' size counters.
 
 Reads MembershipsTable stream records (NEW_AND_OLD_IMAGES) a batch at a time. A record is a
 change when `member` differs between the old and the new image. Per batch:
@@ -11,10 +11,12 @@ change when `member` differs between the old and the new image. Per batch:
 2. the rest are built from the stream image: the profile's ids come from the membership's
    `identity` (written by the evaluator from the profile image it decided from); only items
    without it (written before it existed, manual edits, merges) read the profile, all such
-   profiles in one BatchGetItem per 100;
+   profiles in one BatchGetItem per 100. With `AUDIENCE_EVENT_GROUPING=change` (the default) each
+   change is one entry; with `evaluation` the batch's changes that share a log item are one entry
+   (several if they would exceed 64 KB, EventBridge's billing unit);
 3. PutEvents sends up to 10 entries (and 256 KB) per call; each entry's result is checked:
-   a refused entry (or a call that fails) makes its record a batch item failure, retried
-   by the event source mapping;
+   a refused entry (or a call that fails) makes the records of all of its changes batch item
+   failures, retried by the event source mapping;
 4. the accepted changes are committed: their elements are added to their log items and each
    audience's size counter moves by the batch's net count of them (+1 an entry, -1 an exit; one
    shard item per audience, picked at random to spread a hot audience), in one TransactWriteItems
@@ -23,13 +25,15 @@ change when `member` differs between the old and the new image. Per batch:
    lost, or a regrouped batch counts nothing twice. Changes written before the router counted
    (no `router_counts` on the image) are recorded but not counted: their writer counted them.
    A commit that fails makes its records batch item failures (their counts must not be lost).
+   Steps 1 and 4 are the same in both groupings: the log is per change, whatever carried it.
 
 Guarantee: sizes exact, each change counted once; publication at least once, and exactly once
 unless the invocation dies (or the commit fails) between PutEvents accepting an entry and its
-commit; then a redelivery publishes that change again (and counts it then, once). Consumers can
-drop such a duplicate by (space, profile_id, audience_key, version), which identifies one change.
-No lock is written: a stream shard is processed by one invocation at a time, and all of a
-profile's memberships share a partition key, so nothing else publishes the same change meanwhile.
+commit; then a redelivery publishes that change again (and counts it then, once); with grouping,
+the redelivered entry carries only the evaluation's changes not yet recorded. Consumers can drop
+such a duplicate by (space, profile_id, audience_key, version), which identifies one change in
+either shape. No lock is written: a stream shard is processed by one invocation at a time, and all
+of a profile's memberships share a partition key, so nothing else publishes the same change meanwhile.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import S
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engage import clock
-from engage.audiences import store
+from engage.audiences import bus, store
 from engage.audiences.membership import IDENTITY_FIELDS, identity_of
 from engage.config import settings
 from engage.db import key
@@ -56,8 +60,8 @@ from engage.failures import handler as failure_handler
 from engage.observability import logger, metrics
 from engage.profiles_store import ProfileRecord
 
-SOURCE = "engage"
-ENTERED, EXITED = "Audience Entered", "Audience Exited"
+SOURCE = bus.SOURCE
+ENTERED, EXITED, CHANGED = bus.ENTERED, bus.EXITED, bus.CHANGED
 # Stream records live 24 h; remembering a publication for 2 days covers every redelivery.
 IDEMPOTENCY_SECONDS = 2 * 24 * 3600
 # EventBridge PutEvents: at most 10 entries and 256 KB per call.
@@ -65,7 +69,8 @@ MAX_ENTRIES_PER_PUT = 10
 MAX_BYTES_PER_PUT = 256 * 1024
 # DynamoDB: BatchGetItem reads up to 100 keys; TransactWriteItems writes up to 100 items.
 MAX_KEYS_PER_READ, MAX_ITEMS_PER_TRANSACTION = 100, 100
-# Commit as soon as this many accepted changes are pending: a crash re-publishes at most this many + 10.
+# Commit as soon as this many accepted changes are pending: a crash re-publishes at most this many - 1 plus
+# the changes of one PutEvents call (10 entries: 10 changes, or 10 evaluations' with grouping).
 COMMIT_EVERY = 50
 # Unprocessed keys (throttling) and conflicting transactions are retried this many times, backing off.
 BATCH_ATTEMPTS = 5
@@ -115,19 +120,50 @@ def profile_identities(profiles: Iterable[tuple[str, str]]) -> dict[tuple[str, s
 def detail_of(change: dict[str, Any], identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """The event's detail (API.md): the ids are the change's own, else `identity`, else read from the profile."""
     ids = change.get("identity") or identity or profile_ids(change["space_id"], change["profile_id"])
-    return {"space": change["space_id"], "audience_key": change["audience_key"],
-            "profile_id": change["profile_id"], **ids,
-            "timestamp": change["timestamp"], "version": change["version"]}
+    return bus.change_detail(change, ids)
 
 
 def entry_of(change: dict[str, Any], identity: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"Source": SOURCE, "DetailType": ENTERED if change["member"] else EXITED,
-            "Detail": json.dumps(detail_of(change, identity)), "EventBusName": settings().require("event_bus_name")}
+    ids = change.get("identity") or identity or profile_ids(change["space_id"], change["profile_id"])
+    return bus.change_entry(change, ids, settings().require("event_bus_name"))
 
 
-def entry_size(entry: dict[str, Any]) -> int:
-    """An entry's size as EventBridge counts it against the 256 KB per call (Source, DetailType, Detail)."""
-    return sum(len(entry[name].encode()) for name in ("Source", "DetailType", "Detail"))
+entry_size = bus.entry_size
+
+
+def grouping() -> str:
+    """`change` (one entry per change, the default) or `evaluation` (one per profile evaluation): the
+    AudienceEventGrouping template parameter."""
+    mode = settings().audience_event_grouping or bus.CHANGE
+    if mode not in bus.GROUPINGS:
+        raise RuntimeError(f"AUDIENCE_EVENT_GROUPING is {mode!r}: it must be one of {', '.join(bus.GROUPINGS)} "
+                           "(template.yaml's AudienceEventGrouping parameter)")
+    return mode
+
+
+def entries_of(changes: Sequence[dict[str, Any]], mode: str, identities: dict[tuple[str, str], dict[str, Any]],
+               bus_name: str) -> list[tuple[dict[str, Any], list[int]]]:
+    """The PutEvents entries that publish `changes` in `mode`, each with the indexes of the changes it
+    carries, in the changes' order (pure). `evaluation` groups the changes that share a publication log
+    item (one profile evaluation; a change without a profile version is alone in its item). A change's
+    ids are its own, else `identities[(space, profile)]`, else none."""
+    blank = identity_of(None)
+
+    def ids(change: dict[str, Any]) -> dict[str, Any]:
+        return change["identity"] or identities.get((change["space_id"], change["profile_id"])) or blank
+
+    if mode == bus.CHANGE:
+        return [(bus.change_entry(change, ids(change), bus_name), [index]) for index, change in enumerate(changes)]
+    evaluations: dict[str, list[int]] = {}
+    for index, change in enumerate(changes):
+        evaluations.setdefault(log_id(change), []).append(index)
+    out: list[tuple[dict[str, Any], list[int]]] = []
+    for indexes in evaluations.values():
+        members = [changes[i] for i in indexes]
+        known = next((c for c in members if c["identity"]), members[0])
+        for entry, carried in bus.evaluation_entries(members, ids(known), bus_name):
+            out.append((entry, [indexes[i] for i in carried]))
+    return out
 
 
 def put_groups(entries: Sequence[dict[str, Any]]) -> Iterator[list[int]]:
@@ -396,37 +432,43 @@ def _commit(log: PublicationLog, keys: list, todo: dict) -> list:
 
 
 def _publish(todo: dict[Any, _Pending]) -> Iterator[tuple[dict[Any, dict[str, Any]], list[Any]]]:
-    """PutEvents for every pending change, 10 a call; per call (key -> publication of accepted ones, keys refused)."""
+    """PutEvents for every pending change (one entry each, or one per profile evaluation: `grouping()`),
+    10 entries a call; per call (key -> publication of accepted changes, keys of refused changes). An
+    entry's changes share its fate: all accepted, or all refused."""
     keys = list(todo)
-    without_ids = {(p.change["space_id"], p.change["profile_id"]) for p in todo.values() if p.change["identity"] is None}
+    changes = [todo[k].change for k in keys]
+    without_ids = {(c["space_id"], c["profile_id"]) for c in changes if c["identity"] is None}
     identities = profile_identities(without_ids) if without_ids else {}
-    entries = [entry_of(todo[k].change, identities.get((todo[k].change["space_id"], todo[k].change["profile_id"])))
-               for k in keys]
+    units = entries_of(changes, grouping(), identities, settings().require("event_bus_name"))
+    entries = [entry for entry, _ in units]
     for group in put_groups(entries):
         try:
             result = _events_client().put_events(Entries=[entries[i] for i in group])
         except (BotoCoreError, ClientError):
             logger.exception("PutEvents failed; its changes will be retried", extra={"entries": len(group)})
-            yield {}, [keys[i] for i in group]
+            yield {}, [keys[c] for i in group for c in units[i][1]]
             continue
-        accepted: dict[str, dict[str, Any]] = {}
-        refused: list[str] = []
+        accepted: dict[Any, dict[str, Any]] = {}
+        refused: list[Any] = []
         for index, outcome in zip(group, result["Entries"], strict=True):
+            carried = [keys[c] for c in units[index][1]]
             if outcome.get("EventId") and not outcome.get("ErrorCode"):
-                accepted[keys[index]] = {"event_id": outcome["EventId"], "detail_type": entries[index]["DetailType"]}
+                for k in carried:
+                    accepted[k] = {"event_id": outcome["EventId"], "member": todo[k].change["member"]}
             else:
-                logger.warning("EventBridge refused an entry; its record will be retried",
+                first = todo[carried[0]].change
+                logger.warning("EventBridge refused an entry; its records will be retried",
                                extra={"error_code": outcome.get("ErrorCode"), "error": outcome.get("ErrorMessage"),
-                                      **{f: todo[keys[index]].change[f] for f in ("space_id", "profile_id",
-                                                                                  "audience_key", "version")}})
-                refused.append(keys[index])
+                                      "changes": len(carried), "detail_type": entries[index]["DetailType"],
+                                      **{f: first[f] for f in ("space_id", "profile_id", "audience_key", "version")}})
+                refused += carried
         yield accepted, refused
 
 
 def _report(changes: int, already: int, published: dict, refused: list, uncommitted: list,
             todo: dict[Any, _Pending]) -> None:
-    for detail_type in (ENTERED, EXITED):
-        count = sum(1 for p in published.values() if p["detail_type"] == detail_type)
+    for detail_type, member in ((ENTERED, True), (EXITED, False)):  # changes published, whatever the grouping
+        count = sum(1 for p in published.values() if p["member"] == member)
         if count:
             metrics.add_metric(name=detail_type.replace(" ", ""), unit="Count", value=count)
     if refused:
@@ -435,6 +477,7 @@ def _report(changes: int, already: int, published: dict, refused: list, uncommit
         # Published but not recorded: their redelivery publishes them again (and counts them, once).
         metrics.add_metric(name="AudienceEventsUncommitted", unit="Count", value=len(uncommitted))
     logger.info("routed", extra={"changes": changes, "already_published": already, "published": len(published),
+                                 "entries": len({p["event_id"] for p in published.values()}),
                                  "refused": len(refused), "uncommitted": len(uncommitted)})
 
 
