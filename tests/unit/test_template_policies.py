@@ -57,8 +57,9 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ProfilesTable": {"GetItem", "BatchGetItem", "Scan"},
         "LinksTable": {"Query"},
         "ProfileEventsTable": {"Query"},
-        # manual edit -> runtime.on_members_changed -> evaluate_profile -> due.schedule
-        "DueTable": {"PutItem"},
+        # manual edit -> runtime.on_members_changed -> evaluate_profile -> due.schedule (GetItem: a refused
+        # schedule reads the item to see whether its time has passed)
+        "DueTable": {"PutItem", "GetItem"},
         # destinations: status, backlog, replay of parked deliveries
         "DestinationsTable": {"GetItem", "Query", "UpdateItem"}, "FailuresTable": {"Scan", "UpdateItem"},
     },
@@ -67,7 +68,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "AudienceEvaluatorFunction": {
         "ConfigTable": {"Query"}, "MembershipsTable": {"BatchGetItem", "Query", "PutItem"},
-        "ProfilesTable": {"BatchGetItem", "GetItem"}, "DueTable": {"PutItem"}, "LinksTable": {"Query"},
+        "ProfilesTable": {"BatchGetItem", "GetItem"}, "DueTable": {"PutItem", "GetItem"}, "LinksTable": {"Query"},
         "ProfileEventsTable": {"Query"}, "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
     # the publication log and the size counters, committed together (TransactWriteItems: UpdateItem each)
@@ -104,7 +105,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "AudienceBackfillFunction": {
         "ConfigTable": {"GetItem", "Query", "UpdateItem"}, "ProfilesTable": {"Scan", "UpdateItem"},
-        "DueTable": {"PutItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
+        "DueTable": {"PutItem", "GetItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
         "ProfileEventsTable": {"Query"},
     },
     # engage.messaging: the sender (templates, settings, signing key; delivery log, caps, suppressions)

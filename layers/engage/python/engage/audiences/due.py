@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from botocore.exceptions import ClientError
 from pynamodb.attributes import UnicodeAttribute
 from pynamodb.exceptions import DeleteError, PutError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
@@ -89,11 +90,42 @@ def _record(space_id: str, profile_id: str, when: datetime) -> DueRecord:
                      space_id=space_id, profile_id=profile_id)
 
 
+ATTEMPTS = 3  # schedule's rounds when a sweep moves the item between its writes
+
+
+def _refused(error: PutError) -> bool:
+    return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+def _put_unless_earlier(record: DueRecord) -> str | None:
+    """PutItem unless a time at or before the record's is stored. None when written, else the stored
+    time, which a refused write returns at no extra cost (ReturnValuesOnConditionCheckFailure)."""
+    client = DueRecord._get_connection().connection.client
+    try:
+        client.put_item(TableName=DueRecord.Meta.table_name, Item=record.serialize(),
+                        ConditionExpression="attribute_not_exists(pk) OR due_at > :when",
+                        ExpressionAttributeValues={":when": {"S": record.due_at}},
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        return None
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        stored = error.response.get("Item", {}).get("due_at", {}).get("S")
+    if stored is None:  # an endpoint that does not return the item: read it
+        stored = DueRecord.get(record.pk, consistent_read=True).due_at or ""
+    return stored
+
+
 def schedule(space_id: str, profile_id: str, when: datetime | None) -> bool:
     """Record `when` unless an earlier (or equal) time is already recorded. No read needed.
 
     An earlier stored time may belong to another audience's edge: keeping it is right, and the
-    sweep at that time recomputes the full next time anyway.
+    sweep at that time recomputes the full next time anyway. Unless that time has passed: then a
+    sweep may be re-evaluating the profile right now from an image older than the caller's, and its
+    reschedule (conditioned on the time it swept) would replace ours with an edge computed without
+    it. So when the refused write's stored time (returned with the refusal) has passed, the item is
+    set to now: it stays due, the sweep's reschedule is refused, and the next run sweeps the profile
+    again from the stored profile, which has the caller's change.
     """
     if when is None:
         return False
@@ -101,13 +133,20 @@ def schedule(space_id: str, profile_id: str, when: datetime | None) -> bool:
     _ensure_cursor(now)
     when = max(when, now)
     record = _record(space_id, profile_id, when)
-    try:
-        record.save(condition=DueRecord.pk.does_not_exist() | (DueRecord.due_at > record.due_at))
-    except PutError as error:
-        if getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+    for _ in range(ATTEMPTS):
+        stored = _put_unless_earlier(record)
+        if stored is None:
+            return True
+        if stored > clock.iso(now):
+            return False  # an earlier time, still to come: it covers ours
+        moment = now if clock.iso(now) != stored else now + timedelta(milliseconds=1)  # it must change
+        try:
+            _record(space_id, profile_id, moment).save(condition=DueRecord.due_at == stored)
+            return True
+        except PutError as error:
+            if not _refused(error):
+                raise  # refused: a sweep moved or deleted it since; try again
+    raise RuntimeError(f"the due time of {profile_id} kept moving under {ATTEMPTS} attempts to schedule it")
 
 
 def reschedule(item: DueRecord, when: datetime | None) -> None:
