@@ -36,6 +36,9 @@ CAPABILITY_OPERATIONS = ("engage.audiences.management", "engage.audiences.export
                          "engage.messaging.management", "engage.messaging.sender")
 SENDERS = ("engage.destinations.delivery", "engage.destinations.senders", "engage.netguard",
            "engage.messaging.sender", "engage.messaging.channels")
+# A handler that reports its own batch item failures needs neither powertools' batch utility (it loads every
+# event class) nor FailuresTable's store (written only when records fail) at init.
+ROUTER_SKIPS = ("aws_lambda_powertools.utilities.batch", "engage.failures.store", "engage.failures.batch")
 NOT_AT_INIT = {
     # A route's operations load when it is called (the router, auth and route docs do not need them).
     "management_api": (*CAPABILITY_OPERATIONS, "engage.profile_api", "engage.profile_api.store"),
@@ -44,8 +47,11 @@ NOT_AT_INIT = {
                     "engage.journeys", "engage.broadcasts", "engage.audiences.definition"),
     # Erasing reaches every store, never a sender; it runs jobs, it does not serve the Profile API.
     "privacy_worker": (*SENDERS, "engage.profile_api", "engage.audiences.runtime"),
-    # Routers queue changes; the deliverer sends them.
-    "destination_router": (*SENDERS, "engage.audiences.runtime"),
+    # Routers queue changes; the deliverer sends them. The destination router reads a stream record with
+    # engage.audiences.changes, not the audience router's module (publication log, bus, audience store), and
+    # loads the audience store and profile store only for a change it routes.
+    "destination_router": (*SENDERS, "engage.audiences.runtime", "engage.audiences.router", "engage.audiences.store",
+                           "engage.profiles_store", *ROUTER_SKIPS),
     "destination_trait_router": (*SENDERS, "engage.audiences.runtime"),
     # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one.
     "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime"),
