@@ -49,12 +49,17 @@ NOT_AT_INIT = {
     "privacy_worker": (*SENDERS, "engage.profile_api", "engage.audiences.runtime"),
     # Routers queue changes; the deliverer sends them. The destination router reads a stream record with
     # engage.audiences.changes, not the audience router's module (publication log, bus, audience store), and
-    # loads the audience store and profile store only for a change it routes.
+    # loads the audience store, profile store and destination definitions only when it routes a change.
     "destination_router": (*SENDERS, "engage.audiences.runtime", "engage.audiences.router", "engage.audiences.store",
-                           "engage.profiles_store", *ROUTER_SKIPS),
-    "destination_trait_router": (*SENDERS, "engage.audiences.runtime"),
-    # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one.
-    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime"),
+                           "engage.profiles_store", "engage.destinations.definition", *ROUTER_SKIPS),
+    # The trait router reads destination definitions (pydantic) only for a space that has destinations.
+    "destination_trait_router": (*SENDERS, "engage.audiences.runtime", "engage.destinations.definition",
+                                 "engage.audiences.definition", *ROUTER_SKIPS),
+    # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one, memberships
+    # with the first backfill page.
+    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership"),
+    # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
+    "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store"),
     # Feedback marks deliveries and subscriptions; it never sends.
     "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels"),
     # The sender needs one helper of engage.audiences.membership, not the audience language.
