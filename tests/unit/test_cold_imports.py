@@ -41,10 +41,18 @@ SENDERS = ("engage.destinations.delivery", "engage.destinations.senders", "engag
 ROUTER_SKIPS = ("aws_lambda_powertools.utilities.batch", "engage.failures.store", "engage.failures.batch")
 NOT_AT_INIT = {
     # A route's operations load when it is called (the router, auth and route docs do not need them).
-    "management_api": (*CAPABILITY_OPERATIONS, "engage.profile_api", "engage.profile_api.store"),
+    # Definitions (pydantic) load with the first route that validates or parses one: reads need none.
+    "management_api": (*CAPABILITY_OPERATIONS, "engage.profile_api", "engage.profile_api.store",
+                       "engage.broadcasts.definition", "pydantic"),
+    # The export reads memberships and profiles: no definition to parse (the key check is a regex).
+    "audience_export": ("engage.audiences.definition", "pydantic"),
+    # The audience router publishes and counts changes: it never parses an audience definition.
+    "audience_router": ("engage.audiences.definition", "pydantic", "aws_lambda_powertools.utilities.batch",
+                        "engage.failures.store"),
     # The data rights routes (jobs, erase and every store erase reaches) load when one is called.
     "profile_api": ("engage.privacy.api", "engage.privacy.jobs", "engage.privacy.erase", *SENDERS,
-                    "engage.journeys", "engage.broadcasts", "engage.audiences.definition"),
+                    "engage.journeys", "engage.broadcasts", "engage.audiences.definition",
+                    "engage.messaging.templates"),
     # Erasing reaches every store, never a sender; it runs jobs, it does not serve the Profile API.
     "privacy_worker": (*SENDERS, "engage.profile_api", "engage.audiences.runtime"),
     # Routers queue changes; the deliverer sends them. The destination router reads a stream record with
@@ -61,7 +69,9 @@ NOT_AT_INIT = {
     # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
     "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store"),
     # Feedback marks deliveries and subscriptions; it never sends.
-    "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels"),
+    # Its stores' template and settings models (pydantic) are for the API and the sender.
+    "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels", "engage.messaging.templates",
+                           "engage.messaging.rules", "pydantic"),
     # The sender needs one helper of engage.audiences.membership, not the audience language.
     "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator"),
 }

@@ -20,16 +20,22 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 
-from engage import clock
+from engage import clock, lazy
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound
-from engage.messaging.templates import TemplateDefinition, parse_template
+
+if TYPE_CHECKING:
+    from engage.messaging.templates import TemplateDefinition
+
+# Loaded with the first template read or written: templates are pydantic models, and feedback, the Profile
+# API and the privacy worker use this store for deliveries and subscriptions only.
+templates = lazy.module("engage.messaging.templates")
 
 PENDING, SENT, SUPPRESSED, DEFERRED, FAILED = "pending", "sent", "suppressed", "deferred", "failed"
 FINAL = (SENT, SUPPRESSED, DEFERRED, FAILED)
@@ -133,7 +139,7 @@ def load_template(space_id: str, template_key: str) -> TemplateDefinition | None
     if cached and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:
         return cached[1]
     try:
-        definition = parse_template(json.loads(_live(space_id, template_key).definition))
+        definition = templates.parse_template(json.loads(_live(space_id, template_key).definition))
     except NotFound:
         definition = None
     _cache[(space_id, template_key)] = (time.monotonic(), definition)
