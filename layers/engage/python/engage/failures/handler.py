@@ -19,12 +19,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from engage import lazy
 from engage.observability import logger
 
-# Loaded on first use: FailuresTable is written only when records fail, and the BatchProcessor (powertools'
-# batch utility) only by the handlers that process records one by one (engage.failures.batch).
-store = lazy.module("engage.failures.store")
+# Not imported here: FailuresTable's store (written only when records fail, see _note) and the BatchProcessor
+# (powertools' batch utility, engage.failures.batch) for the handlers that process records one by one.
 
 REPLAY_KEY = "replayParked"
 NOTES_PER_INVOCATION = 25
@@ -89,6 +87,8 @@ def _note(sequence_numbers: list[str], default: str, context) -> None:
     function = getattr(context, "function_name", None)
     if not function:
         return
+    from engage.failures import store  # only when records fail: not on every cold start
+
     request_id = getattr(context, "aws_request_id", None)
     for sequence_number in sequence_numbers[:NOTES_PER_INVOCATION]:
         try:
