@@ -25,17 +25,13 @@ from typing import TYPE_CHECKING, Any
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 
-from engage import clock, lazy
+from engage import clock
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
     from engage.messaging.templates import TemplateDefinition
-
-# Loaded with the first template read or written: templates are pydantic models, and feedback, the Profile
-# API and the privacy worker use this store for deliveries and subscriptions only.
-templates = lazy.module("engage.messaging.templates")
 
 PENDING, SENT, SUPPRESSED, DEFERRED, FAILED = "pending", "sent", "suppressed", "deferred", "failed"
 FINAL = (SENT, SUPPRESSED, DEFERRED, FAILED)
@@ -138,8 +134,12 @@ def load_template(space_id: str, template_key: str) -> TemplateDefinition | None
     cached = _cache.get((space_id, template_key))
     if cached and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:
         return cached[1]
+    # Templates are pydantic models: imported here, by the first template read, since feedback, the Profile
+    # API and the privacy worker use this store for deliveries and subscriptions only.
+    from engage.messaging.templates import parse_template
+
     try:
-        definition = templates.parse_template(json.loads(_live(space_id, template_key).definition))
+        definition = parse_template(json.loads(_live(space_id, template_key).definition))
     except NotFound:
         definition = None
     _cache[(space_id, template_key)] = (time.monotonic(), definition)
