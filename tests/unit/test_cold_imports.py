@@ -68,6 +68,8 @@ NOT_AT_INIT = {
     "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership"),
     # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
     "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store"),
+    # Replays invoke the failed function: it processes no batch itself.
+    "failure_replay": ("aws_lambda_powertools.utilities.batch", "engage.failures.batch"),
     # Feedback marks deliveries and subscriptions; it never sends.
     # Its stores' template and settings models (pydantic) are for the API and the sender.
     "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels", "engage.messaging.templates",
