@@ -1,13 +1,17 @@
 """MembershipsTable stream -> DestinationsQueue (realtime destinations) or change logs (batch, paused)."""
 from __future__ import annotations
 
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from typing import TYPE_CHECKING
+
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, event_source
 
-from engage.audiences.router import StreamRecord
+from engage.audiences.changes import StreamRecord
 from engage.destinations import router
 from engage.failures.handler import replayable
 from engage.observability import logger, metrics, tracer
+
+if TYPE_CHECKING:  # a type only: powertools' batch package loads every event class with it
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 
 @logger.inject_lambda_context

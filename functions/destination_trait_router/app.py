@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
-
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from typing import TYPE_CHECKING
 
 from engage.destinations import router
 from engage.observability import logger, metrics, tracer
+
+if TYPE_CHECKING:  # a type only: powertools' batch package loads every event class with it
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 
 @logger.inject_lambda_context

@@ -36,21 +36,44 @@ CAPABILITY_OPERATIONS = ("engage.audiences.management", "engage.audiences.export
                          "engage.messaging.management", "engage.messaging.sender")
 SENDERS = ("engage.destinations.delivery", "engage.destinations.senders", "engage.netguard",
            "engage.messaging.sender", "engage.messaging.channels")
+# A handler that reports its own batch item failures needs neither powertools' batch utility (it loads every
+# event class) nor FailuresTable's store (written only when records fail) at init.
+ROUTER_SKIPS = ("aws_lambda_powertools.utilities.batch", "engage.failures.store", "engage.failures.batch")
 NOT_AT_INIT = {
     # A route's operations load when it is called (the router, auth and route docs do not need them).
-    "management_api": (*CAPABILITY_OPERATIONS, "engage.profile_api", "engage.profile_api.store"),
+    # Definitions (pydantic) load with the first route that validates or parses one: reads need none.
+    "management_api": (*CAPABILITY_OPERATIONS, "engage.profile_api", "engage.profile_api.store",
+                       "engage.broadcasts.definition", "pydantic"),
+    # The export reads memberships and profiles: no definition to parse (the key check is a regex).
+    "audience_export": ("engage.audiences.definition", "pydantic"),
+    # The audience router publishes and counts changes: it never parses an audience definition.
+    "audience_router": ("engage.audiences.definition", "pydantic", "aws_lambda_powertools.utilities.batch",
+                        "engage.failures.store"),
     # The data rights routes (jobs, erase and every store erase reaches) load when one is called.
     "profile_api": ("engage.privacy.api", "engage.privacy.jobs", "engage.privacy.erase", *SENDERS,
-                    "engage.journeys", "engage.broadcasts", "engage.audiences.definition"),
+                    "engage.journeys", "engage.broadcasts", "engage.audiences.definition",
+                    "engage.messaging.templates"),
     # Erasing reaches every store, never a sender; it runs jobs, it does not serve the Profile API.
     "privacy_worker": (*SENDERS, "engage.profile_api", "engage.audiences.runtime"),
-    # Routers queue changes; the deliverer sends them.
-    "destination_router": (*SENDERS, "engage.audiences.runtime"),
-    "destination_trait_router": (*SENDERS, "engage.audiences.runtime"),
-    # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one.
-    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime"),
+    # Routers queue changes; the deliverer sends them. The destination router reads a stream record with
+    # engage.audiences.changes, not the audience router's module (publication log, bus, audience store), and
+    # loads the audience store, profile store and destination definitions only when it routes a change.
+    "destination_router": (*SENDERS, "engage.audiences.runtime", "engage.audiences.router", "engage.audiences.store",
+                           "engage.profiles_store", "engage.destinations.definition", *ROUTER_SKIPS),
+    # The trait router reads destination definitions (pydantic) only for a space that has destinations.
+    "destination_trait_router": (*SENDERS, "engage.audiences.runtime", "engage.destinations.definition",
+                                 "engage.audiences.definition", *ROUTER_SKIPS),
+    # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one, memberships
+    # with the first backfill page.
+    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership"),
+    # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
+    "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store"),
+    # Replays invoke the failed function: it processes no batch itself.
+    "failure_replay": ("aws_lambda_powertools.utilities.batch", "engage.failures.batch"),
     # Feedback marks deliveries and subscriptions; it never sends.
-    "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels"),
+    # Its stores' template and settings models (pydantic) are for the API and the sender.
+    "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels", "engage.messaging.templates",
+                           "engage.messaging.rules", "pydantic"),
     # The sender needs one helper of engage.audiences.membership, not the audience language.
     "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator"),
 }

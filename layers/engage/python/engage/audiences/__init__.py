@@ -5,6 +5,7 @@ and build on this surface.
 """
 from __future__ import annotations
 
+import re
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ MAX_SAMPLE = 1000
 EXPORT_FORMATS = ("unformatted", "formatted", "single_column")
 EXPORT_HASHES = ("sha256", "none")
 MEMBERS_MAX_PAGE = 1000
+# An audience (or computed trait) key: here so the stores check a key without loading the definition language.
+KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,64}$")
 
 # Where each name of the surface lives. Loaded on first use, not with the package: most functions import
 # one runtime module (membership, store, router...) and must not pay for the whole language with it.

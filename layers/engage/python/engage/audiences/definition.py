@@ -9,7 +9,6 @@ accounts). Every problem becomes a `ValidationFailed` detail naming its JSON pat
 from __future__ import annotations
 
 import math
-import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -26,9 +25,8 @@ from pydantic import (
     ValidationError,
 )
 
+from engage.audiences import KEY_PATTERN
 from engage.errors import ValidationFailed
-
-KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,64}$")
 
 OPERATORS = (
     "eq", "neq", "gt", "gte", "lt", "lte", "contains", "not_contains", "starts_with", "ends_with",

@@ -53,7 +53,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from engage import clock
 from engage.audiences import bus, store
-from engage.audiences.membership import IDENTITY_FIELDS, identity_of
+from engage.audiences.changes import StreamRecord, change_of
+from engage.audiences.membership import identity_of
 from engage.config import settings
 from engage.db import key
 from engage.failures import handler as failure_handler
@@ -77,30 +78,6 @@ BATCH_ATTEMPTS = 5
 LOG_PREFIX = "engage.audiences.router.published"
 # The key prefix the previous routers gave their per-change powertools idempotency records.
 LEGACY_KEY_PREFIX = "engage.audiences.router._idempotent_put.<locals>.publish"
-
-
-def change_of(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The membership change a stream record carries (plain images), or None when `member` did not flip.
-
-    `identity` is the profile ids the membership item carries, or None for items without them;
-    `profile_version` the profile image the writer decided from (None for manual edits);
-    `counted` whether the router counts it in the audience's size (see the module's docstring).
-    """
-    if not new:
-        return None  # item removed: not a membership change
-    was = bool(old.get("member")) if old else False
-    now_member = bool(new.get("member"))
-    if was == now_member:
-        return None
-    timestamp = new.get("entered_at") if now_member else new.get("exited_at")
-    identity = new.get("identity")
-    profile_version = new.get("profile_version")
-    return {"space_id": new["space_id"], "profile_id": new["profile_id"], "audience_key": new["audience_key"],
-            "member": now_member, "version": int(new.get("version") or 0),
-            "timestamp": timestamp or new.get("updated_at") or clock.iso(),
-            "identity": {name: identity.get(name) for name in IDENTITY_FIELDS} if isinstance(identity, dict) else None,
-            "profile_version": int(profile_version) if profile_version is not None else None,
-            "counted": bool(new.get("router_counts"))}
 
 
 def profile_ids(space_id: str, profile_id: str) -> dict[str, Any]:
@@ -345,15 +322,6 @@ def _events_client():
 
 
 # ---------------------------------------------------------------- routing a batch
-@dataclass(frozen=True)
-class StreamRecord:
-    """One MembershipsTable stream record: its sequence number (the batch item id) and plain images."""
-
-    sequence_number: str
-    old: dict[str, Any] | None
-    new: dict[str, Any] | None
-
-
 @dataclass
 class _Pending:
     change: dict[str, Any]

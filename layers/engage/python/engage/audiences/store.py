@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UnicodeSetAttribute, VersionAttribute
 from pynamodb.exceptions import PutError, UpdateError
 
-from engage import clock
-from engage.audiences.definition import KEY_PATTERN, AudienceDefinition, parse_definition
+from engage import clock, lazy
+from engage.audiences import KEY_PATTERN
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound, ValidationFailed
+
+if TYPE_CHECKING:
+    from engage.audiences.definition import AudienceDefinition
+
+# Loaded on first use: definitions are stored as plain JSON and parsed only by definition_of, and the
+# definition language (pydantic models) is most of this module's import; the audience router, which counts
+# sizes here, never parses one.
+definitions = lazy.module("engage.audiences.definition")
 
 ALL = "all"
 SYSTEM_KEYS = frozenset({ALL})
@@ -119,9 +127,9 @@ def _audience(record: AudienceRecord) -> Audience:
 def definition_of(audience: Audience) -> AudienceDefinition:
     """The parsed definition of a stored audience (the system audience: a condition-less one)."""
     if audience.system:
-        return AudienceDefinition(key=audience.key, name=audience.definition["name"], kind="manual",
+        return definitions.AudienceDefinition(key=audience.key, name=audience.definition["name"], kind="manual",
                                   entity="users", backfill=False)
-    return parse_definition(audience.definition)
+    return definitions.parse_definition(audience.definition)
 
 
 def refuse_system(audience_key: str, action: str) -> None:

@@ -16,8 +16,8 @@ from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UnicodeSetAtt
 from pynamodb.exceptions import PutError, UpdateError
 
 from engage import clock
+from engage.audiences import KEY_PATTERN
 from engage.audiences import store as audience_store
-from engage.audiences.definition import KEY_PATTERN
 from engage.computed_traits.definition import ComputedTraitDefinition, parse_definition
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound

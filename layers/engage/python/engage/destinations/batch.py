@@ -21,10 +21,16 @@ from typing import Any
 
 import boto3
 
-from engage import clock
-from engage.audiences import export
+from engage import clock, lazy
 from engage.destinations import changelog, ratelimit, senders, store
 from engage.observability import logger
+
+# Snapshot destinations only (a full member list written with the audience export's layouts): loaded by the
+# first snapshot, not by a change-log drain.
+export = lazy.module("engage.audiences.export")
+# Every run reads its destination's definition (engage.destinations.store loads the definition language on
+# first use, for the routers): this function loads it at init, as its first run will.
+store.definitions.parse_definition  # noqa: B018
 
 SEGMENT_BATCH = 100  # calls per /v1/batch: well inside 500 KB for membership calls
 EVENTBRIDGE_BATCH = 10

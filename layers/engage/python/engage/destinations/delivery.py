@@ -36,7 +36,6 @@ from typing import Any
 from pynamodb.exceptions import UpdateError
 
 from engage import clock, lazy
-from engage.audiences import membership
 from engage.config import settings
 from engage.destinations import changelog, parking, payloads, queue, ratelimit, senders, store
 from engage.destinations.changelog import seq_sk
@@ -46,6 +45,11 @@ from engage.observability import logger
 
 # Journeys' profile syncs only (engage.destinations.sync loads the audience runtime): on their first message.
 sync = lazy.module("engage.destinations.sync")
+# A backfill page reads memberships: loaded with the first page (a connect), not for every change.
+membership = lazy.module("engage.audiences.membership")
+# Every message is for a destination whose definition is parsed (engage.destinations.store loads the
+# definition language on first use, for the routers): the deliverer loads it at init, as its first message will.
+store.definitions.parse_definition  # noqa: B018
 
 BACKFILL_PAGE = 100
 TRAIT_BACKFILL_SCAN = 500  # ProfilesTable items examined per trait backfill page (at most 1 MB read)

@@ -1,6 +1,6 @@
 """Membership stream -> destinations (DestinationRouterFunction, the stream's second consumer).
 
-Per MembershipsTable stream batch: each record that flips `member` (audiences.router.change_of,
+Per MembershipsTable stream batch: each record that flips `member` (audiences.changes.change_of,
 the same rule the bus publication uses) is a change; the space's destinations are read once per
 batch (one Query of ConfigTable per space) and each connected destination gets the change:
 - realtime (not paused): a DestinationsQueue message in the group <space>|<destination>|<profile>
@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engage import clock
-from engage.audiences.router import StreamRecord, change_of
+from engage.audiences.changes import StreamRecord, change_of
 from engage.destinations import changelog, identities, payloads, queue, store
 from engage.failures import handler as failure_handler
 from engage.observability import logger

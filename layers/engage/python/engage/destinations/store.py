@@ -17,18 +17,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.exceptions import ClientError
 from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
 from pynamodb.exceptions import PutError
 
-from engage import clock
+from engage import clock, lazy
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
-from engage.destinations.definition import DestinationDefinition, hint, parse_definition
 from engage.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from engage.destinations.definition import DestinationDefinition
+
+# Loaded with the first destination read or written: the definition language is pydantic models, and the
+# routers read no definition for a space without destinations (the deliverer imports it at init: every
+# message it gets is for a destination).
+definitions = lazy.module("engage.destinations.definition")
 
 CACHE_SECONDS = 30  # warm-container cache of a space's destinations (the router reads them per batch)
 
@@ -109,7 +116,7 @@ def _pk(space_id: str) -> str:
 
 
 def _destination(record: DestinationRecord) -> Destination:
-    return Destination(record.space_id, record.key, parse_definition(json.loads(record.definition)),
+    return Destination(record.space_id, record.key, definitions.parse_definition(json.loads(record.definition)),
                        json.loads(record.secret_hints or "{}"), int(record.revision), record.created_at,
                        record.updated_at, record.schedule_name)
 
@@ -133,7 +140,7 @@ def create(space_id: str, definition: DestinationDefinition, secrets: dict[str, 
     now = clock.iso()
     record = DestinationRecord(_pk(space_id), definition.key, space_id=space_id, key=definition.key,
                                definition=definition.model_dump_json(exclude_none=True),
-                               secret_hints=json.dumps({k: hint(v) for k, v in secrets.items()}),
+                               secret_hints=json.dumps({k: definitions.hint(v) for k, v in secrets.items()}),
                                created_at=now, updated_at=now)
     existing = _record(space_id, definition.key)
     if existing is not None:
@@ -165,7 +172,7 @@ def replace(space_id: str, destination_key: str, definition: DestinationDefiniti
     if secrets:
         kept = get_secrets(space_id, destination_key) if before.secret_hints else {}
         put_secrets(space_id, destination_key, {**kept, **secrets})
-        hints |= {k: hint(v) for k, v in secrets.items()}
+        hints |= {k: definitions.hint(v) for k, v in secrets.items()}
     record.definition = definition.model_dump_json(exclude_none=True)
     record.secret_hints = json.dumps(hints)
     record.revision = int(record.revision) + 1

@@ -18,6 +18,20 @@ docs/reliability.md ("Parked failures and replay") has the design, the guarantee
 """
 from __future__ import annotations
 
-from engage.failures.store import PARKED, REPLAYED, ParkedFailure, failure_id
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engage.failures.store import PARKED, REPLAYED, ParkedFailure, failure_id
+
+
+# Loaded on first use: every stream handler imports engage.failures.handler, and writes FailuresTable only
+# when records fail.
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from engage.failures import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["PARKED", "REPLAYED", "ParkedFailure", "failure_id"]

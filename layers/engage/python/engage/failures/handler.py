@@ -4,7 +4,7 @@
 
 - on a stream batch, it runs the handler and, for each record the handler reported in
   batchItemFailures (or every record, when the handler raised), notes the reason in FailuresTable:
-  the exception the record raised when known (`BatchProcessor` below remembers it), else a
+  the exception the record raised when known (engage.failures.batch.BatchProcessor remembers it), else a
   description. At most NOTES_PER_INVOCATION notes a call: a whole batch failing on throttling costs
   a bounded number of writes, and bisection isolates the real culprits into small batches that are
   then noted in full. A note that cannot be written is logged, never fails the batch;
@@ -19,11 +19,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor as _PowertoolsBatchProcessor
-from aws_lambda_powertools.utilities.batch import EventType
-
-from engage.failures import store
 from engage.observability import logger
+
+# Not imported here: FailuresTable's store (written only when records fail, see _note) and the BatchProcessor
+# (powertools' batch utility, engage.failures.batch) for the handlers that process records one by one.
 
 REPLAY_KEY = "replayParked"
 NOTES_PER_INVOCATION = 25
@@ -43,44 +42,16 @@ class BlockedBehindFailure(Exception):
     """A stream record not attempted because an earlier record of its batch failed."""
 
 
-class BatchProcessor(_PowertoolsBatchProcessor):
-    """powertools' BatchProcessor for a stream, in order: once a record fails, the records after it are
-    not attempted and are reported failed too; it also remembers each failed record's exception.
+def __getattr__(name: str) -> Any:
+    if name == "BatchProcessor":
+        from engage.failures.batch import BatchProcessor
 
-    powertools goes on with the records after a failure, but Lambda retries a stream batch *from* the
-    first reported record, so those records come again anyway: applying them now only applied a
-    profile's later messages before its earlier failed one (found by the fault-injection harness:
-    a profile's `applied` log, and which message creates a profile, depended on where a fault hit).
-    """
-
-    def __init__(self, event_type: EventType = EventType.DynamoDBStreams, **kwargs):
-        super().__init__(event_type=event_type, **kwargs)
-        self._failed_at: str | None = None
-
-    def _prepare(self):
-        super()._prepare()
-        self._failed_at = None
-
-    def _process_record(self, record: dict):
-        if self._failed_at is not None:
-            blocked = BlockedBehindFailure(f"not attempted: record {self._failed_at} before it in the batch "
-                                           "failed, and Lambda retries the batch from there")
-            return self.failure_handler(self._to_batch_type(record, self.event_type, self.model),
-                                        (type(blocked), blocked, None))
-        outcome = super()._process_record(record)
-        if outcome[0] == "fail":
-            self._failed_at = str((record.get("dynamodb") or {}).get("SequenceNumber") or "?")
-        return outcome
-
-    def failure_handler(self, record, exception):
-        sequence_number = getattr(getattr(record, "dynamodb", None), "sequence_number", None)
-        if sequence_number and exception[1] is not None:
-            _errors[sequence_number] = describe(exception[1])
-        return super().failure_handler(record, exception)
+        return BatchProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def remember(sequence_number: str, reason: str) -> None:
-    """For handlers without a BatchProcessor (the router): why this record is reported failed."""
+    """Why this record is reported failed (the BatchProcessor notes exceptions; the routers note their own)."""
     _errors[sequence_number] = reason
 
 
@@ -116,6 +87,8 @@ def _note(sequence_numbers: list[str], default: str, context) -> None:
     function = getattr(context, "function_name", None)
     if not function:
         return
+    from engage.failures import store  # only when records fail: not on every cold start
+
     request_id = getattr(context, "aws_request_id", None)
     for sequence_number in sequence_numbers[:NOTES_PER_INVOCATION]:
         try:

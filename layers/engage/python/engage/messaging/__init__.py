@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 # Who sends a message (a delivery's `source.type`): the filter of the messages route.
 SOURCES = ("journey", "broadcast", "api")
+# A subscription's two states (engage.messaging.rules): here so feedback and the subscription store need not
+# load the rules' settings models (pydantic) for them.
+SUBSCRIBED, UNSUBSCRIBED = "subscribed", "unsubscribed"
 
 __all__ = ["Delivery", "ProviderUnavailable", "SendInProgress", "SendRequest", "send_message"]
 

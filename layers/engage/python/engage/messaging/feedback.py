@@ -15,8 +15,7 @@ import json
 from typing import Any
 
 from engage.errors import NotFound
-from engage.messaging import store, subscriptions
-from engage.messaging.rules import UNSUBSCRIBED
+from engage.messaging import UNSUBSCRIBED, store, subscriptions
 from engage.observability import logger
 
 

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engage import clock
 from engage.errors import ValidationFailed
+from engage.messaging import SUBSCRIBED, UNSUBSCRIBED
 
-SUBSCRIBED, UNSUBSCRIBED = "subscribed", "unsubscribed"
 EMAIL_TRAITS = ("email",)
 PHONE_TRAITS = ("phone", "phone_number", "mobile")
 PUSH_TRAITS = ("push_endpoint_arn", "push_endpoint")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
@@ -29,7 +29,9 @@ from engage import clock
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound
-from engage.messaging.templates import TemplateDefinition, parse_template
+
+if TYPE_CHECKING:
+    from engage.messaging.templates import TemplateDefinition
 
 PENDING, SENT, SUPPRESSED, DEFERRED, FAILED = "pending", "sent", "suppressed", "deferred", "failed"
 FINAL = (SENT, SUPPRESSED, DEFERRED, FAILED)
@@ -132,6 +134,10 @@ def load_template(space_id: str, template_key: str) -> TemplateDefinition | None
     cached = _cache.get((space_id, template_key))
     if cached and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:
         return cached[1]
+    # Templates are pydantic models: imported here, by the first template read, since feedback, the Profile
+    # API and the privacy worker use this store for deliveries and subscriptions only.
+    from engage.messaging.templates import parse_template
+
     try:
         definition = parse_template(json.loads(_live(space_id, template_key).definition))
     except NotFound:

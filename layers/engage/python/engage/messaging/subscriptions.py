@@ -13,7 +13,7 @@ from typing import Any
 
 from engage import clock, profiles_store
 from engage.errors import NotFound, ValidationFailed
-from engage.messaging.rules import SUBSCRIBED, UNSUBSCRIBED
+from engage.messaging import SUBSCRIBED, UNSUBSCRIBED
 
 CHANNELS = ("email", "sms", "push")
 ATTEMPTS = 5
