@@ -17,6 +17,7 @@ import os
 from collections import Counter
 from urllib.parse import urlencode
 
+import boto3
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +26,7 @@ from moto import mock_aws
 from schemathesis import GenerationMode
 
 from engage import openapi
+from engage.messaging import signing
 from localcloud import http_api, template
 from tests.conftest import REGION, reset_engage_caches
 from tests.integration.audience_support import LambdaContext, call_api, handler, run_like_the_state_machine
@@ -57,6 +59,12 @@ def seeded():
             monkeypatch.setenv(var, value)
         for var, value in template.create_in_moto(REGION)["env"].items():
             monkeypatch.setenv(var, value)
+        # The management API's own key (template.yaml gives it MESSAGING_KEY_ID): a well-formed unsubscribe
+        # token is checked against the signing key it protects. Without it the case depended on a key some
+        # earlier test in the same worker left cached.
+        key = boto3.client("kms", region_name=REGION).create_key(Description="messaging")["KeyMetadata"]["KeyId"]
+        monkeypatch.setenv("MESSAGING_KEY_ID", key)
+        signing.signing_key.cache_clear()
         reset_engage_caches()
         monkeypatch.setattr(backfill, "starter", run_like_the_state_machine)
         spaces.create_space("acme", "Acme", write_key=SECRETS[openapi.WRITE_KEY],
