@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.e2e.conftest import start_cloud, stop_cloud
+from tests.e2e.test_local_faults import bus_tap
 from tests.e2e.test_local_journeys import _supports_version_starts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
@@ -19,12 +20,7 @@ USERS = [f"grouped-{i}" for i in range(4)]
 def test_the_parameter_groups_each_evaluation_into_one_entry_and_journeys_read_it():
     cloud = start_cloud("--param", "AudienceEventGrouping=evaluation")
     try:
-        sqs, events = cloud.client("sqs"), cloud.client("events")
-        url = sqs.create_queue(QueueName="grouping-tap")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        bus = cloud.physical("EngageBus")
-        events.put_rule(Name="grouping-tap", EventBusName=bus, EventPattern=json.dumps({"source": ["engage"]}))
-        events.put_targets(Rule="grouping-tap", EventBusName=bus, Targets=[{"Id": "tap", "Arn": arn}])
+        sqs, url = cloud.client("sqs"), bus_tap(cloud)
         # Given two audiences one identify enters together, and a journey entered by one of them
         for key in ("pros", "known"):
             condition = {"trait": "plan", "op": "eq", "value": "pro"} if key == "pros" else \

@@ -24,7 +24,6 @@ from tests.integration.audience_support import (
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,
     handler,
-    stream_records_of,
 )
 from tests.integration.test_pipeline import Pipeline
 
@@ -42,21 +41,7 @@ AUDIENCES = [RECENT, QUIET, HOURLY, BUYER_ACTIVE]
 
 
 class Flow(Pipeline):
-    """The pipeline, each stage's batch kept so a test can deliver it again (at-least-once)."""
-
-    def __init__(self, aws):
-        super().__init__(aws)
-        self.last: dict[str, dict] = {}
-
-    def flow(self) -> None:
-        for table, function in self.stages:
-            fresh = [r for r in stream_records_of(self.aws, table)
-                     if (table, r["dynamodb"]["SequenceNumber"]) not in self.delivered]
-            self.delivered.update((table, r["dynamodb"]["SequenceNumber"]) for r in fresh)
-            if fresh:
-                self.last[function] = {"Records": fresh}
-                result = handler(function)({"Records": fresh}, LambdaContext())
-                assert not (result or {}).get("batchItemFailures"), result
+    """The pipeline, each stage's last batch delivered again on demand (at-least-once)."""
 
     def redeliver(self, function: str = "audience_evaluator") -> None:
         result = handler(function)(self.last[function], LambdaContext())

@@ -42,6 +42,7 @@ class Pipeline:
     def __init__(self, aws):
         self.aws = aws
         self.delivered: set[tuple[str, str]] = set()  # (table, sequence number)
+        self.last: dict[str, dict] = {}  # function -> its last batch, for a test to deliver again
 
     def track(self, body: dict, call: str = "track") -> None:
         response = ingest(call, body)
@@ -54,6 +55,7 @@ class Pipeline:
                      if (table, r["dynamodb"]["SequenceNumber"]) not in self.delivered]
             self.delivered.update((table, r["dynamodb"]["SequenceNumber"]) for r in fresh)
             if fresh:
+                self.last[function] = {"Records": fresh}
                 result = handler(function)({"Records": fresh}, LambdaContext())
                 assert not (result or {}).get("batchItemFailures"), result
 
