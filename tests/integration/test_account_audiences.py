@@ -17,6 +17,7 @@ from tests.integration.audience_support import (
     handler,
     members_of,
     stream_records_of,
+    sweep,
 )
 from tests.integration.test_pipeline import Pipeline
 
@@ -109,7 +110,7 @@ def test_accounts_enter_and_leave_as_their_users_act(calls):
     # When 8 days pass with no login, the sweeper moves the account back: the login left the window
     assert due.DueRecord.get(profiles_store.profile_pk("acme", acme)).due_at is not None
     clock.advance(timedelta(days=8))
-    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    report = sweep()
     assert report["exited"] >= 1 and report["entered"] >= 1
     assert members_of("active_accounts") == set()
     assert members_of("idle_accounts") == {acme, beta}
@@ -183,7 +184,7 @@ def test_an_account_over_the_users_limit_keeps_its_users_memberships(calls, monk
     # When a third user joins, the account is over the limit: its membership is left as it is
     calls.track({"userId": "lee", "groupId": "crowd_co"}, "group")
     clock.advance(timedelta(days=8))
-    handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    sweep()
     calls.track({"userId": "lee", "event": "Login"})
     assert members_of("active_accounts") == {crowd}
     # And a preview says how many accounts it could not read

@@ -22,6 +22,7 @@ from tests.integration.audience_support import (
     handler,
     members_of,
     stream_records_of,
+    sweep,
 )
 from tests.integration.test_pipeline import Pipeline, ingest
 from tests.integration.test_profile_api import request
@@ -164,14 +165,14 @@ def test_a_windowed_account_trait_moves_with_the_clock_through_the_sweeper(pipel
     assert members_of("busy_accounts") == {acme}
     # When 5 days pass (ann's order leaves the window) and the sweeper runs
     clock.advance(timedelta(days=5))
-    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    report = sweep()
     assert report["failed"] == 0 and report["profiles"] >= 1, report
     pipeline.flow()
     # Then the account's value moved with no event, and its audience followed
     assert traits_of("accounts", "group_id:acme_co")["account_orders_7d"] == 1
     assert members_of("busy_accounts") == set()
     clock.advance(timedelta(days=3))
-    handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    sweep()
     pipeline.flow()
     assert traits_of("accounts", "group_id:acme_co")["account_orders_7d"] == 0
 

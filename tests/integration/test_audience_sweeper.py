@@ -16,6 +16,7 @@ from tests.integration.audience_support import (
     call_api,
     handler,
     make_profile,
+    sweep,
 )
 
 LAPSED = {"key": "lapsed", "name": "Lapsed", "backfill": False, "condition": {"all": [
@@ -34,10 +35,6 @@ def member(profile_id: str, audience_key: str = "lapsed") -> bool | None:
         return MembershipRecord.get(key("acme", profile_id), audience_key).member
     except MembershipRecord.DoesNotExist:
         return None
-
-
-def sweep() -> dict:
-    return handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
 
 
 @pytest.fixture

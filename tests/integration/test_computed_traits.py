@@ -16,6 +16,7 @@ from tests.integration.audience_support import (
     handler,
     members_of,
     stream_records_of,
+    sweep,
 )
 from tests.integration.test_pipeline import Pipeline
 from tests.integration.test_profile_api import request
@@ -248,7 +249,7 @@ def test_the_sweeper_moves_a_windowed_trait_and_its_audience_with_the_clock(aws,
     assert len(members_of("frequent")) == 1
     # When 5 days pass (the older order leaves the window) and the sweeper runs
     clock.advance(timedelta(days=5))
-    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    report = sweep()
     assert report["profiles"] == 1, report
     pipeline.flow()
     # Then the value moved with no event, the audience followed, and the bus said so
@@ -259,7 +260,7 @@ def test_the_sweeper_moves_a_windowed_trait_and_its_audience_with_the_clock(aws,
     assert ("Audience Exited", "frequent", None) in published
     # and after the newer order leaves too, the value is 0
     clock.advance(timedelta(days=3))
-    handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    sweep()
     pipeline.flow()
     assert traits_of("ann")["orders_7d"] == 0
 

@@ -24,6 +24,7 @@ from tests.integration.audience_support import (
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,
     handler,
+    sweep,
 )
 from tests.integration.test_pipeline import Pipeline
 
@@ -74,10 +75,6 @@ def due_at(user: str) -> str:
 def member(user: str, audience_key: str) -> bool:
     record = membership.current("acme", pid(user)).get(audience_key)
     return bool(record and record.member)
-
-
-def sweep() -> dict:
-    return handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
 
 
 def live_profiles() -> list[dict]:
@@ -255,8 +252,8 @@ def test_an_event_evaluated_while_its_profile_is_swept_keeps_its_edge(flow, monk
     clock.advance(timedelta(days=7))  # the login's week is over: u1 is due
     original, raced = runtime.reevaluate, []
 
-    def racing(space_id, profile_id, now=None):
-        decided = original(space_id, profile_id, now)  # from the profile before the order
+    def racing(space_id, profile_id, now=None, **read):
+        decided = original(space_id, profile_id, now, **read)  # from the profile before the order
         if not raced:
             raced.append(profile_id)
             send(flow, "u1", "Order Completed", "m2")

@@ -97,7 +97,9 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ConfigTable": {"GetItem", "Query"}, "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"},
         "DestinationsTable": {"Query", "DeleteItem", "UpdateItem"},
     },
-    "AudienceSweeperFunction": {
+    # the dispatch: the cursor, and a one-item Query per open bucket (by_bucket)
+    "AudienceSweeperFunction": {"DueTable": {"GetItem", "PutItem", "Query"}},
+    "AudienceSweepWorkerFunction": {
         # ProfilesTable UpdateItem: a windowed computed trait's refreshed values (computed_traits.runtime.refresh)
         "DueTable": {"GetItem", "PutItem", "DeleteItem", "Query"},
         "ProfilesTable": {"GetItem", "BatchGetItem", "UpdateItem"},
@@ -162,7 +164,7 @@ def _names(value) -> set[str]:
     """Logical ids a resource expression refers to."""
     text = json.dumps(value)
     return {name for name in template.resources() if f'"{name}"' in text or "${" + name + "}" in text
-            or f'"{name}.Arn"' in text}
+            or f'"{name}.Arn"' in text or "${" + name + ".Arn}" in text}
 
 
 def _statements(function: str) -> list[tuple[set[str], set[str], dict]]:

@@ -31,8 +31,12 @@ class Settings:
     # Audience events on the bus (engage.audiences.bus): `change` (one entry per membership change, the
     # default) or `evaluation` (one `Audience Memberships Changed` per profile evaluation). Router only.
     audience_event_grouping: str = "change"
-    # Shards per due-time bucket: spreads the sweeper index's writes over partitions.
+    # Shards per due-time bucket: spreads the sweeper index's writes over partitions, and the sweep over
+    # workers (one per shard with work). Only ever raise it: items already in shards above a lowered
+    # count would not be swept.
     due_shards: int = 16
+    # The FIFO queue that hands due buckets from the sweeper's dispatch to its workers (sweeper only).
+    sweep_queue_url: str = ""
     # Days an ingested event (and its dedupe key) is kept; Segment dedupes for 24 h at least.
     event_retention_days: int = 400
     # Warm-container cache of write key / token lookups, in seconds.

@@ -4,7 +4,7 @@ DueTable, one item per profile that has a pending time edge:
   pk = <space>|<profile_id>, due_at (ISO), bucket = <YYYY-MM-DD>|<shard>
   GSI by_bucket: bucket (hash), due_at (range)
 The sweeper Queries the day buckets from its cursor up to today (`due_at <= now`), shard by
-shard: work is proportional to what is due, never to the number of profiles (the key
+shard (engage.audiences.sweeper fans the shards out to workers): work is proportional to what is due, never to the number of profiles (the key
 condition skips what is due later in the day). Shards spread one day's writes over several
 partitions. The sweeper's cursor (the first day that may still hold due items) is the item
 pk = `sweeper|cursor`; the first schedule written creates it, so nothing is ever scheduled
@@ -162,11 +162,27 @@ def reschedule(item: DueRecord, when: datetime | None) -> None:
             raise
 
 
-def due_in_day(day: str, now: datetime) -> Iterator[DueRecord]:
-    """Items of one day bucket (all shards) due at `now` or before, in due order per shard."""
-    limit = clock.iso(now)
-    for shard in range(settings().due_shards):
-        yield from DueRecord.by_bucket.query(f"{day}|{shard}", DueRecord.due_at <= limit)
+def shards() -> range:
+    return range(settings().due_shards)
+
+
+def has_due(day: str, shard: int, now: datetime) -> bool:
+    """Whether the (day, shard) bucket holds an item due at `now` or before (a Query for one item)."""
+    found = DueRecord.by_bucket.query(f"{day}|{shard}", DueRecord.due_at <= clock.iso(now), limit=1)
+    return next(iter(found), None) is not None
+
+
+def due_in_shard(day: str, shard: int, now: datetime, page: int) -> Iterator[list[DueRecord]]:
+    """Items of one (day, shard) bucket due at `now` or before, in due order, `page` per Query."""
+    found = DueRecord.by_bucket.query(f"{day}|{shard}", DueRecord.due_at <= clock.iso(now), page_size=page)
+    batch: list[DueRecord] = []
+    for item in found:  # the next Query is made only when this page's items are used up
+        batch.append(item)
+        if len(batch) == page:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def days_to_sweep(now: datetime) -> list[str]:

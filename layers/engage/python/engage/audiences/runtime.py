@@ -20,6 +20,7 @@ joined or left an account.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,7 @@ from engage.profiles_store import ProfileEventRecord, ProfileRecord
 USERS = "users"
 ACCOUNTS = "accounts"
 GROUP_ID = "group_id"
+BATCH_GET_ATTEMPTS = 8  # rounds of a BatchGetItem whose keys come back unprocessed (throttling)
 ACCOUNT_ATTEMPTS = 3  # evaluations of one account with its users before a lost race fails the caller
 
 
@@ -439,14 +441,20 @@ def on_members_changed(space_id: str, profile_id: str, audience_keys: set[str],
                                              now)
 
 
-def reevaluate(space_id: str, profile_id: str, now: datetime | None = None) -> tuple[list[membership.Change],
-                                                                                     datetime | None]:
+_UNREAD: Any = object()
+
+
+def reevaluate(space_id: str, profile_id: str, now: datetime | None = None, *,
+               image: dict[str, Any] | None = _UNREAD) -> tuple[list[membership.Change], datetime | None]:
     """The sweeper's re-evaluation of one due profile: every time-based audience (and dependents).
 
-    Returns the changes and the profile's next due time over all of them.
+    `image` is the stored profile when the caller already read it (the sweep reads a page of due
+    profiles in one BatchGetItem; None: no such profile). Returns the changes and the profile's next
+    due time over all of them.
     """
     now = now or clock.now()
-    image = profile_image(space_id, profile_id)
+    if image is _UNREAD:
+        image = profile_image(space_id, profile_id)
     if not is_live(image):
         return [], None
     # Windowed computed traits first: audiences on them then decide from the values as of now.
@@ -479,6 +487,30 @@ def profile_image(space_id: str, profile_id: str) -> dict[str, Any] | None:
     """The whole profile item (every attribute, including ones the model does not declare)."""
     found = ProfileRecord._get_connection().get_item(key(space_id, profile_id), consistent_read=True)
     return plain(found["Item"]) if found.get("Item") else None
+
+
+def profile_images(pks: list[str]) -> dict[str, dict[str, Any]]:
+    """Whole profile items by pk (`<space>|<profile>`), those that exist: strongly consistent
+    BatchGetItem, 100 keys a request, unprocessed keys asked again."""
+    client = ProfileRecord._get_connection().connection.client
+    table = ProfileRecord.Meta.table_name
+    found: dict[str, dict[str, Any]] = {}
+    wanted = list(dict.fromkeys(pks))
+    for start in range(0, len(wanted), 100):
+        request: dict[str, Any] = {table: {"Keys": [{"pk": {"S": pk}} for pk in wanted[start:start + 100]],
+                                           "ConsistentRead": True}}
+        for attempt in range(BATCH_GET_ATTEMPTS):
+            response = client.batch_get_item(RequestItems=request)
+            for item in response.get("Responses", {}).get(table, []):
+                image = plain(item)
+                found[image["pk"]] = image
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(min(0.05 * 2 ** attempt, 1.0))  # DynamoDB's advice: back off before asking again
+        else:
+            raise RuntimeError(f"BatchGetItem left profiles unread after {BATCH_GET_ATTEMPTS} attempts")
+    return found
 
 
 def history(space_id: str, profile_id: str, limit: int = 1000) -> list[dict]:

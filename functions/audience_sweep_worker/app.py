@@ -1,0 +1,43 @@
+"""SweepQueue (FIFO, one group per due bucket) -> re-evaluate what is due in one (day, shard) bucket.
+
+A bucket left unfinished when time runs short is not an error: its items stay due, and the next
+minute's dispatch hands it out again. A message that keeps failing (a malformed body, DynamoDB
+refusing for minutes) goes to SweepDeadLetterQueue after its receives (alarmed); the index still
+holds the work, so nothing due is lost with it.
+"""
+from __future__ import annotations
+
+import json
+
+from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from engage.audiences import sweeper
+from engage.observability import logger, metrics, tracer
+
+# Stop taking new profiles when less than this is left.
+RESERVE_MS = 15_000
+
+processor = SqsFifoPartialProcessor()
+_context = {"lambda": None}
+
+
+def _time_left() -> bool:
+    context = _context["lambda"]
+    return context is None or context.get_remaining_time_in_millis() > RESERVE_MS
+
+
+def record_handler(record: SQSRecord) -> dict:
+    bucket = sweeper.Bucket.parse(json.loads(record.body))
+    report = sweeper.sweep_shard(bucket, time_left=_time_left)
+    logger.info("bucket swept", extra={**bucket.as_dict(), **report.as_dict()})
+    return report.as_dict()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event, context):
+    _context["lambda"] = context
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                    context=context)
