@@ -18,7 +18,8 @@ from engage.observability import logger, metrics, tracer
 # Stop taking new profiles when less than this is left.
 RESERVE_MS = 15_000
 
-processor = SqsFifoPartialProcessor()
+# Buckets are independent: a failing one must not hold back the others of a batch (their own groups).
+processor = SqsFifoPartialProcessor(skip_group_on_error=True)
 _context = {"lambda": None}
 
 
@@ -28,7 +29,11 @@ def _time_left() -> bool:
 
 
 def record_handler(record: SQSRecord) -> dict:
-    bucket = sweeper.Bucket.parse(json.loads(record.body))
+    try:
+        bucket = sweeper.Bucket.parse(json.loads(record.body))
+    except ValueError as error:  # it comes back, then goes to the dead-letter queue: say why
+        logger.error(f"unreadable sweep message: {error}", extra={"message_id": record.message_id})
+        raise
     report = sweeper.sweep_shard(bucket, time_left=_time_left)
     logger.info("bucket swept", extra={**bucket.as_dict(), **report.as_dict()})
     return report.as_dict()

@@ -1,6 +1,9 @@
 """Time passing: the scheduled sweeper re-evaluates only due profiles, and windowed audiences move."""
 from __future__ import annotations
 
+import json
+import sys
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -74,3 +77,141 @@ def test_the_due_index_holds_only_profiles_with_a_time_edge(lapsing):
     assert items["old"].due_at.startswith((login_old + timedelta(days=90)).isoformat())
     login_recent = (clock.now() - timedelta(days=10)).date()
     assert items["recent"].due_at.startswith((login_recent + timedelta(days=30)).isoformat())
+
+
+# ---------------------------------------------------------------- the fan-out: dispatch -> SweepQueue -> workers
+MANY = 40  # profiles that enter `lapsed` on the same day, spread over the day's shards
+
+
+@pytest.fixture
+def crowd(engine, space):
+    """MANY profiles whose login turns 30 days old tomorrow: all due then, in several buckets."""
+    assert call_api("POST", "/v1/audiences", LAPSED)[0] == 201
+    profiles = StreamReader(engine, "ProfilesTable")
+    for n in range(MANY):
+        make_profile(f"p{n:02d}", **logged_in(29))
+    assert handler("audience_evaluator")(profiles.batch(), LambdaContext()) == {"batchItemFailures": []}
+    clock.advance(timedelta(days=2))
+    return engine
+
+
+def dispatched() -> list[dict]:
+    """Run the scheduled dispatch; the SweepQueue messages it sent (left in the queue, in flight)."""
+    import boto3
+
+    from engage.config import settings
+
+    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    sqs, url, out = boto3.client("sqs"), settings().sweep_queue_url, []
+    while page := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                      VisibilityTimeout=0).get("Messages", []):
+        out += page
+        for message in page:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    assert report["buckets"] == len(out)
+    return out
+
+
+def worker_event(*bodies: dict | str) -> dict:
+    return {"Records": [{"messageId": f"m{n}", "receiptHandle": f"r{n}", "md5OfBody": "", "eventSource": "aws:sqs",
+                         "body": body if isinstance(body, str) else json.dumps(body), "messageAttributes": {},
+                         "attributes": {"MessageGroupId": f"g{n}", "ApproximateReceiveCount": "1"},
+                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:SweepQueue.fifo", "awsRegion": "us-east-1"}
+                        for n, body in enumerate(bodies)]}
+
+
+def flips(memberships: StreamReader) -> Counter:
+    """Membership stream records whose `member` flipped, by (profile, audience): what the router counts."""
+    out = Counter()
+    for record in memberships.batch()["Records"]:
+        old, new = record["dynamodb"].get("OldImage") or {}, record["dynamodb"].get("NewImage") or {}
+        if new and old.get("member", {}).get("BOOL") != new.get("member", {}).get("BOOL"):
+            out[(new["profile_id"]["S"], new["audience_key"]["S"])] += 1
+    return out
+
+
+def test_the_dispatch_hands_out_one_message_per_bucket_with_work_and_the_workers_sweep_them_all(crowd, monkeypatch):
+    from engage.audiences import sweeper
+
+    monkeypatch.setattr(sweeper, "PAGE", 3)  # buckets of more than one page
+    memberships = StreamReader(crowd, "MembershipsTable")
+    flips(memberships)
+    messages = dispatched()
+    buckets = {json.loads(m["Body"])["shard"] for m in messages}
+    expected = {int(i.bucket.split("|")[1]) for i in due.DueRecord.scan() if i.profile_id}
+    # One message per bucket with a profile due, in its own FIFO group (one worker per bucket at a time)
+    assert len(messages) == len(buckets) == len(expected) > 1 and buckets == expected
+    assert {m["Attributes"]["MessageGroupId"] for m in messages} == {f"{json.loads(m['Body'])['day']}|"
+                                                                     f"{json.loads(m['Body'])['shard']}" for m in messages}
+    # When the worker handles them (in reverse order: buckets are independent)
+    bodies = [json.loads(m["Body"]) for m in reversed(messages)]
+    assert handler("audience_sweep_worker")(worker_event(*bodies), LambdaContext()) == {"batchItemFailures": []}
+    # Then every profile entered once, and nothing is due any more
+    assert all(member(f"p{n:02d}") for n in range(MANY))
+    assert flips(memberships) == Counter({(f"p{n:02d}", "lapsed"): 1 for n in range(MANY)})
+    assert dispatched() == []
+
+
+def test_a_bucket_redelivered_or_swept_by_two_workers_at_once_changes_each_membership_once(crowd, monkeypatch):
+    from engage.audiences import runtime
+
+    memberships = StreamReader(crowd, "MembershipsTable")
+    flips(memberships)
+    bodies = [json.loads(m["Body"]) for m in dispatched()]
+    # Given a second worker that sweeps the same bucket while the first is between its decision and its writes
+    original, inside = runtime.reevaluate, []
+
+    def racing(space_id, profile_id, now=None, **read):
+        decided = original(space_id, profile_id, now, **read)
+        if not inside:
+            inside.append(profile_id)
+            assert handler("audience_sweep_worker")(worker_event(bodies[0]), LambdaContext()) == {
+                "batchItemFailures": []}
+        return decided
+
+    monkeypatch.setattr(runtime, "reevaluate", racing)
+    assert handler("audience_sweep_worker")(worker_event(*bodies), LambdaContext()) == {"batchItemFailures": []}
+    monkeypatch.setattr(runtime, "reevaluate", original)
+    # And the whole dispatch redelivered afterwards
+    assert handler("audience_sweep_worker")(worker_event(*bodies), LambdaContext()) == {"batchItemFailures": []}
+    # Then each profile's membership flipped exactly once (the router's size counts follow these flips)
+    assert inside and flips(memberships) == Counter({(f"p{n:02d}", "lapsed"): 1 for n in range(MANY)})
+    assert dispatched() == []
+
+
+def test_a_worker_out_of_time_leaves_the_rest_due_and_the_day_open_until_it_is_swept(crowd, monkeypatch):
+    from engage.audiences import sweeper
+
+    messages = dispatched()
+    start = due.cursor()
+    bucket_of = {m["MessageId"]: sweeper.Bucket.parse(json.loads(m["Body"])) for m in messages}
+    sizes = {mid: sum(1 for i in due.DueRecord.scan() if i.bucket == f"{b.day}|{b.shard}")
+             for mid, b in bucket_of.items()}
+    biggest = max(sizes, key=sizes.get)
+    assert sizes[biggest] >= 3
+    # Given a worker whose time runs out after a few checks
+    budget = iter([True] * 3)
+    worker = sys.modules["fn_audience_sweep_worker"]
+    monkeypatch.setattr(worker, "_time_left", lambda: next(budget, False))
+    report = sweeper.sweep_shard(bucket_of[biggest], time_left=worker._time_left)
+    assert 0 < report.profiles < sizes[biggest] and report.complete is False
+    # When days pass, every bucket is handed out again, and the day with what is left stays open
+    clock.advance(timedelta(days=3))
+    assert len(dispatched()) == len(messages) and due.cursor() == start
+    monkeypatch.undo()
+    # Then once every bucket is swept, the dispatches close the days up to yesterday
+    assert sweep()["profiles"] == MANY - report.profiles
+    assert due.cursor() == clock.parse(clock.iso()[:10] + "T00:00:00Z")
+    assert all(member(f"p{n:02d}") for n in range(MANY))
+
+
+def test_a_malformed_sweep_message_is_a_batch_item_failure_with_a_clear_error(crowd, caplog):
+    bodies = [json.loads(m["Body"]) for m in dispatched()]
+    result = handler("audience_sweep_worker")(worker_event({"day": "2030-13-45", "shard": 0}, "not json",
+                                                           {"day": "2026-11-30", "shard": 99}, *bodies), LambdaContext())
+    # The three bad messages come back (then to the dead-letter queue); the good ones are swept
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m0"}, {"itemIdentifier": "m1"},
+                                            {"itemIdentifier": "m2"}]}
+    assert "a sweep message needs `day` as YYYY-MM-DD, got '2030-13-45'" in caplog.text
+    assert "a sweep message needs `shard` in 0..15, got 99" in caplog.text
+    assert all(member(f"p{n:02d}") for n in range(MANY))
