@@ -9,7 +9,9 @@ days of virtual time. Streams are drained like event source mappings (batches of
 i.e. a space busy enough to fill them) whenever 100 messages have arrived: EventsTable ->
 profile_processor, ProfilesTable -> audience_evaluator, MembershipsTable -> audience_router.
 The sweeper runs at every virtual hour (its schedule is every minute: the runs in between
-find nothing more due and are a fixed monthly cost, reported apart), so windows open and close.
+find nothing more due and are a fixed monthly cost, reported apart), so windows open and close:
+its dispatch, then the sweep worker for each bucket message it sent (SweepQueue, BatchSize 1,
+with the poller's receive and delete counted as SQS requests).
 100 audiences from the seeds' use cases (`bench.space.audiences`) are defined from the start.
 
 Beside it, the pipeline_cost workload (40 profiles, 200 one-message requests; 200 and 1,000
@@ -27,8 +29,8 @@ time would be a little lower (fewer PutEvents calls), so the figure is if anythi
 Floors (issue 16 item 2), in write units per event: ingest, one write of the event item;
 profile processor, one write of the profile bytes that changed (from each ProfilesTable stream
 record: changed attributes, map entries compared key by key, rounded up to 1 KB per write);
-evaluator and sweeper, one write unit per membership change they made; router, none (its
-floor is one EventBridge entry per change).
+evaluator and sweep worker, one write unit per membership change they made; router, none (its
+floor is one EventBridge entry per change); the sweeper's dispatch, none (it reads the index).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ from bench.meter import KB, attribute_size, item_size
 from bench.report import Figure
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
-STAGES = ["ingest", "profile_processor", "audience_evaluator", "audience_router", "audience_sweeper"]
+STAGES = ["ingest", "profile_processor", "audience_evaluator", "audience_router", "audience_sweeper",
+          "audience_sweep_worker"]
 DRAIN_EVERY = 100
 MINUTES_A_MONTH = 30 * 24 * 60
 QUICK_PERSONS = 200
@@ -61,6 +64,7 @@ class Run:
     idle_sweep_rru: float = 0.0
     idle_sweep_wru: float = 0.0
     skipped_sweeps: int = 0  # hourly runs not made: nothing was due
+    poller_sqs_requests: int = 0  # Lambda's SweepQueue poller: receives and deletes (billed SQS requests)
     profiles: int = 0
     profile_writes: int = 0  # ProfilesTable stream records, and the bytes of their new images
     profile_bytes: int = 0
@@ -178,6 +182,34 @@ def _drain(invoke, taps) -> None:
                 moved = True
 
 
+def _sweep_buckets(invoke, made, run: Run) -> None:
+    """SweepQueue into the sweep worker, a message a batch (BatchSize 1), as Lambda's poller does: one
+    ReceiveMessage and one DeleteMessage per message, metered apart (Lambda makes and bills them)."""
+    import boto3
+
+    from bench.harness import REGION
+    from bench.meter import measure
+
+    sqs, url = boto3.client("sqs", region_name=REGION), made["queues"]["SweepQueue"]
+    while True:
+        with measure() as usage:
+            messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, AttributeNames=["All"]).get("Messages")
+        run.poller_sqs_requests += usage.count("sqs")
+        if not messages:
+            return
+        [message] = messages
+        result = invoke("audience_sweep_worker", {"Records": [{
+            "messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"], "body": message["Body"],
+            "attributes": message["Attributes"], "messageAttributes": {}, "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs", "awsRegion": REGION,
+            "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:SweepQueue.fifo"}]})
+        if result.get("batchItemFailures"):
+            raise AssertionError(f"the sweep worker failed a benchmark bucket: {result}")
+        with measure() as usage:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        run.poller_sqs_requests += usage.count("sqs")
+
+
 def _taps(made):
     from bench.harness import StreamTap
     return [("profile_processor", StreamTap(made["tables"]["EventsTable"])),
@@ -217,7 +249,8 @@ def realistic(full: bool) -> Run:
                     clock.set_to(next_sweep)
                     before = (sweeper.usage.count("dynamodb"), sweeper.usage.read_units, sweeper.usage.write_units)
                     report = invoke("audience_sweeper", workload.sample("audience_sweeper_schedule.json"))
-                    if report["profiles"] == 0:  # nothing due: the schedule's fixed cost, kept apart
+                    _sweep_buckets(invoke, made, run)
+                    if report["buckets"] == 0:  # nothing due: the schedule's fixed cost, kept apart
                         run.idle_sweeps += 1
                         run.idle_sweep_requests += sweeper.usage.count("dynamodb") - before[0]
                         run.idle_sweep_rru += sweeper.usage.read_units - before[1]
@@ -352,7 +385,7 @@ def _money(run: Run) -> dict:
         "EventBridge": out["EventBridge entries"] * PRICES["eventbridge_event"],
         "API Gateway": out["API Gateway requests"] * PRICES["http_api_request"],
         "CloudWatch Logs": out["log GB"] * PRICES["cloudwatch_logs_gb"],
-        "SQS": usage.count("sqs") * per * PRICES["sqs_request"],
+        "SQS": (usage.count("sqs") + run.poller_sqs_requests) * per * PRICES["sqs_request"],
     }
     out["usd"] = usd
     out["USD"] = sum(usd.values())
@@ -367,7 +400,8 @@ _FAMILIES = ["trait", "windowed count", "trait + windowed count", "property filt
              "page / offer views", "funnel", "audience of audiences", "recency in hours", "accounts"]
 _FLOORS = {"ingest": "one write of the event item", "profile_processor": "one write of the profile bytes that changed",
            "audience_evaluator": "one write unit per membership change", "audience_router": "none",
-           "audience_sweeper": "one write unit per membership change"}
+           "audience_sweeper": "none (the dispatch only reads the index)",
+           "audience_sweep_worker": "one write unit per membership change"}
 
 
 def run(context) -> list[Figure]:

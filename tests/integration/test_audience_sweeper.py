@@ -208,10 +208,32 @@ def test_a_worker_out_of_time_leaves_the_rest_due_and_the_day_open_until_it_is_s
 def test_a_malformed_sweep_message_is_a_batch_item_failure_with_a_clear_error(crowd, caplog):
     bodies = [json.loads(m["Body"]) for m in dispatched()]
     result = handler("audience_sweep_worker")(worker_event({"day": "2030-13-45", "shard": 0}, "not json",
-                                                           {"day": "2026-11-30", "shard": 99}, *bodies), LambdaContext())
+                                                           {"day": "2026-11-30", "shard": -1}, *bodies), LambdaContext())
     # The three bad messages come back (then to the dead-letter queue); the good ones are swept
     assert result == {"batchItemFailures": [{"itemIdentifier": "m0"}, {"itemIdentifier": "m1"},
                                             {"itemIdentifier": "m2"}]}
     assert "a sweep message needs `day` as YYYY-MM-DD, got '2030-13-45'" in caplog.text
-    assert "a sweep message needs `shard` in 0..15, got 99" in caplog.text
+    assert "a sweep message needs `shard` in 0..1023, got -1" in caplog.text
     assert all(member(f"p{n:02d}") for n in range(MANY))
+
+
+def test_lowering_due_shards_leaves_no_profile_behind(engine, space, monkeypatch):
+    from engage.config import settings
+
+    # Given profiles scheduled while the index had 64 shards a day
+    monkeypatch.setenv("DUE_SHARDS", "64")
+    settings.cache_clear()
+    assert call_api("POST", "/v1/audiences", LAPSED)[0] == 201
+    profiles = StreamReader(engine, "ProfilesTable")
+    for n in range(MANY):
+        make_profile(f"p{n:02d}", **logged_in(29))
+    assert handler("audience_evaluator")(profiles.batch(), LambdaContext()) == {"batchItemFailures": []}
+    assert max(int(i.bucket.split("|")[1]) for i in due.DueRecord.scan() if i.profile_id) >= 16
+    # When the stack is deployed again with 4, and the day comes
+    monkeypatch.setenv("DUE_SHARDS", "4")
+    settings.cache_clear()
+    clock.advance(timedelta(days=2))
+    # Then the sweep still probes the 64 shards ever used, and every profile enters
+    assert sweep()["profiles"] == MANY
+    assert all(member(f"p{n:02d}") for n in range(MANY))
+    assert due.DueRecord.get(due.CURSOR_PK).shards == 64

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from botocore.exceptions import ClientError
-from pynamodb.attributes import UnicodeAttribute
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DeleteError, PutError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 
@@ -50,7 +51,8 @@ class DueRecord(EngageModel):
     due_at = UnicodeAttribute(null=True)
     space_id = UnicodeAttribute(null=True)
     profile_id = UnicodeAttribute(null=True)
-    cursor = UnicodeAttribute(null=True)  # only on the sweeper's cursor item
+    cursor = UnicodeAttribute(null=True)  # only on the sweeper's cursor item:
+    shards = NumberAttribute(null=True)  # and the most shards a day has ever been written with
 
     by_bucket = ByBucketIndex()
 
@@ -73,7 +75,8 @@ def _ensure_cursor(now: datetime) -> None:
     if _cursor_ensured:
         return
     try:
-        DueRecord(CURSOR_PK, cursor=day_of(now)).save(condition=DueRecord.pk.does_not_exist())
+        DueRecord(CURSOR_PK, cursor=day_of(now), shards=settings().due_shards).save(
+            condition=DueRecord.pk.does_not_exist())
     except PutError as error:
         if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
             raise
@@ -162,10 +165,6 @@ def reschedule(item: DueRecord, when: datetime | None) -> None:
             raise
 
 
-def shards() -> range:
-    return range(settings().due_shards)
-
-
 def has_due(day: str, shard: int, now: datetime) -> bool:
     """Whether the (day, shard) bucket holds an item due at `now` or before (a Query for one item)."""
     found = DueRecord.by_bucket.query(f"{day}|{shard}", DueRecord.due_at <= clock.iso(now), limit=1)
@@ -185,16 +184,35 @@ def due_in_shard(day: str, shard: int, now: datetime, page: int) -> Iterator[lis
         yield batch
 
 
-def days_to_sweep(now: datetime) -> list[str]:
-    """Day buckets from the cursor to today, oldest first (none before anything was scheduled)."""
-    start = cursor()
-    if start is None:
-        return []
-    days, moment = [], start
+MAX_SHARDS = 1024  # template.yaml's DueShards MaxValue
+# Before the cursor remembered its shard count, every day had this many (the setting's default then).
+FIRST_SHARDS = 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a dispatch sweeps: the day buckets from the cursor to today, oldest first, and the shards
+    of each. Shards are the most ever written with, so lowering DUE_SHARDS strands nothing."""
+    days: list[str]
+    shards: range
+
+
+def plan(now: datetime) -> Plan:
+    """The cursor read once (none before anything was scheduled: nothing to sweep). A DUE_SHARDS raised
+    since the last dispatch is remembered at once, before any writer's items can be left behind by
+    lowering it again."""
+    try:
+        record = DueRecord.get(CURSOR_PK, consistent_read=True)
+    except DueRecord.DoesNotExist:
+        return Plan([], range(0))
+    shards = max(int(record.shards or FIRST_SHARDS), settings().due_shards)
+    if shards != record.shards:
+        DueRecord(CURSOR_PK, cursor=record.cursor, shards=shards).save()  # only the dispatch writes it now
+    days, moment = [], clock.parse(record.cursor + "T00:00:00Z")
     while moment <= now:
         days.append(day_of(moment))
         moment += timedelta(days=1)
-    return days
+    return Plan(days, range(shards))
 
 
 def cursor() -> datetime | None:
@@ -204,10 +222,10 @@ def cursor() -> datetime | None:
         return None
 
 
-def close_day(day: str, now: datetime) -> bool:
+def close_day(day: str, now: datetime, shards: range) -> bool:
     """Advance the cursor past `day` once it has ended (plus GRACE) and was swept completely."""
     following = clock.parse(day + "T00:00:00Z") + timedelta(days=1)
     if now < following + GRACE:
         return False
-    DueRecord(CURSOR_PK, cursor=day_of(following)).save()
+    DueRecord(CURSOR_PK, cursor=day_of(following), shards=len(shards)).save()
     return True

@@ -54,8 +54,8 @@ class Bucket:
             clock.parse(f"{day}T00:00:00Z")
         except (TypeError, ValueError):
             raise ValueError(f"a sweep message needs `day` as YYYY-MM-DD, got {day!r}") from None
-        if not isinstance(shard, int) or isinstance(shard, bool) or shard not in due.shards():
-            raise ValueError(f"a sweep message needs `shard` in 0..{len(due.shards()) - 1}, got {shard!r}")
+        if not isinstance(shard, int) or isinstance(shard, bool) or not 0 <= shard < due.MAX_SHARDS:
+            raise ValueError(f"a sweep message needs `shard` in 0..{due.MAX_SHARDS - 1}, got {shard!r}")
         return cls(day, shard)
 
     def as_dict(self) -> dict:
@@ -96,11 +96,12 @@ def dispatch(now: datetime | None = None, *, send: Callable[[list[Bucket]], None
     now = now or clock.now()
     report = DispatchReport()
     contiguous = True  # the cursor only moves past days that are done, oldest first
-    for day in due.days_to_sweep(now):
+    plan = due.plan(now)
+    for day in plan.days:
         report.days_open += 1
-        busy = [Bucket(day, shard) for shard in due.shards() if due.has_due(day, shard, now)]
+        busy = [Bucket(day, shard) for shard in plan.shards if due.has_due(day, shard, now)]
         report.buckets += busy
-        if not busy and contiguous and due.close_day(day, now):
+        if not busy and contiguous and due.close_day(day, now, plan.shards):
             report.days_closed += 1
         else:
             contiguous = False
