@@ -5,7 +5,8 @@ Every AWS call made in the process (boto3 or PynamoDB: both end in botocore's
 are computed from item sizes the way AWS bills on-demand tables (moto does not compute
 them): a write costs ceil(size / 1 KB) per item (the larger of the before and after
 image), a strongly consistent read ceil(size / 4 KB), an eventually consistent one half
-that; Query/Scan round the summed size once; GSIs add a write per item they hold.
+that; Query/Scan round the summed size once; GSIs add a write per item they hold, two when an
+index key attribute changes value (DynamoDB deletes the old index entry and puts the new one).
 Time spent inside AWS calls (moto, serialization, the network) is accumulated apart, so
 `own_seconds` = wall time of the measured block minus time in AWS calls.
 """
@@ -197,12 +198,18 @@ class _Meter:
             return max(math.ceil(size / KB), 1)
         return 0
 
-    def _index_writes(self, client, table: str, *images: dict | None) -> int:
+    def _index_writes(self, client, table: str, old: dict | None, new: dict | None) -> int:
+        """A GSI's writes, as DynamoDB bills them: one when the item enters, leaves or changes in the
+        index; two when an index key attribute changes value (the old entry deleted, the new one put)."""
         self._schema(client, table)
         writes = 0
         for keys in self._gsi_keys.get(table, []):
-            if any(image and all(k in image for k in keys) for image in images):
-                writes += math.ceil(max(item_size(i) for i in images) / KB) or 1
+            was = old is not None and all(k in old for k in keys)
+            now = new is not None and all(k in new for k in keys)
+            if was and now and any(old[k] != new[k] for k in keys):
+                writes += max(math.ceil(item_size(old) / KB), 1) + max(math.ceil(item_size(new) / KB), 1)
+            elif was or now:
+                writes += max(math.ceil(max(item_size(old), item_size(new)) / KB), 1)
         return writes
 
     def _capacity(self, client, operation, params, result, before) -> tuple[float, float]:

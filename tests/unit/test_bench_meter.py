@@ -86,3 +86,30 @@ def test_bench_accounts_keep_warm_caches_however_long_the_run_takes(monkeypatch)
         store.cached("acme")
         assert spaces.authenticate("acme-write-key", spaces.WRITE_KEY) == "acme"
     assert len(loads) == 1 and len(lookups) == 1
+
+
+def test_gsi_writes_are_billed_as_dynamodb_bills_them():
+    # One write when an item enters, stays in or leaves the index; two when an index key changes value.
+    # (a table name of its own: the meter remembers each table's schema by name)
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="indexed", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "bucket", "due")],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[{"IndexName": "by_bucket", "Projection": {"ProjectionType": "ALL"},
+                                     "KeySchema": [{"AttributeName": "bucket", "KeyType": "HASH"},
+                                                   {"AttributeName": "due", "KeyType": "RANGE"}]}])
+        item = {"pk": {"S": "a"}, "bucket": {"S": "d1|0"}, "due": {"S": "10:00"}}
+        cases = [({**item, "note": {"S": "x"}}, 2),  # enters: table 1 + index 1
+                 (item, 2),  # stays, same keys: 1 + 1
+                 ({**item, "due": {"S": "11:00"}}, 3),  # range key moves: 1 + delete 1 + put 1
+                 ({**item, "bucket": {"S": "d2|3"}}, 3),  # hash key moves: the same
+                 ({"pk": {"S": "a"}}, 2)]  # leaves the index: 1 + 1
+        for new, units in cases:
+            with measure() as usage:
+                client.put_item(TableName="indexed", Item=new)
+            assert usage.write_units == units, new
+        with measure() as usage:
+            client.delete_item(TableName="indexed", Key={"pk": {"S": "a"}})
+        assert usage.write_units == 1  # not in the index any more
