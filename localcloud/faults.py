@@ -50,7 +50,7 @@ ORDINAL_ENV = "ENGAGE_FAULTS_WORKER"  # which worker of its function this proces
 # Operator tooling (parker, replay) and the management API stay fault-free by default (see
 # docs/reliability.md, "Fault injection").
 PIPELINE = ("IngestFunction", "ProfileProcessorFunction", "AudienceEvaluatorFunction", "AudienceRouterFunction",
-            "AudienceSweeperFunction", "AudienceBackfillFunction",
+            "AudienceSweeperFunction", "AudienceSweepWorkerFunction", "AudienceBackfillFunction",
             "JourneyEnrollerFunction", "JourneyEventsFunction", "JourneyStepsFunction", "MessageSenderFunction",
             "DestinationRouterFunction", "DestinationDelivererFunction", "DestinationBatchFunction",
             "DestinationTraitRouterFunction")

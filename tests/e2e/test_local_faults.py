@@ -42,7 +42,7 @@ SEED = int(os.environ.get("ENGAGE_FAULTS_SEED") or 7)
 # shorten it to QUEUE_VISIBILITY, as backoff_scale shortens botocore's sleeps (the function timeouts stay 30 s).
 FAULTS = {"seed": SEED, "rate": 0.05, "call_rate": 0.01, "crash_rate": 0.01, "backoff_scale": 0.1,
           "functions": list(PIPELINE)}
-QUEUES = ("JourneyEntryQueue", "DestinationsQueue", "DestinationTraitChangesQueue")
+QUEUES = ("JourneyEntryQueue", "DestinationsQueue", "DestinationTraitChangesQueue", "SweepQueue")
 QUEUE_VISIBILITY = 30
 START = datetime(2030, 3, 4, 12, 0, tzinfo=UTC)  # virtual noon: a run never crosses a day boundary
 BATCH = 20  # messages per /v1/batch request

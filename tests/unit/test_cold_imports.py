@@ -46,6 +46,9 @@ NOT_AT_INIT = {
                        "engage.broadcasts.definition", "pydantic"),
     # The export reads memberships and profiles: no definition to parse (the key check is a regex).
     "audience_export": ("engage.audiences.definition", "pydantic"),
+    # The sweeper's dispatch reads the due index and sends bucket messages: the workers evaluate.
+    "audience_sweeper": ("engage.audiences.runtime", "engage.audiences.evaluator", "pydantic",
+                         "aws_lambda_powertools.utilities.batch"),
     # The audience router publishes and counts changes: it never parses an audience definition.
     "audience_router": ("engage.audiences.definition", "pydantic", "aws_lambda_powertools.utilities.batch",
                         "engage.failures.store"),

@@ -26,10 +26,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from engage import clock
-from engage.audiences import due, runtime
+from engage import clock, lazy
+from engage.audiences import due
 from engage.config import settings
 from engage.observability import logger, metrics
+
+# The workers re-evaluate profiles; the dispatch only reads the index and must not load the audience engine.
+runtime = lazy.module("engage.audiences.runtime")
 
 # A profile whose re-evaluation fails is looked at again this much later (it must not hold
 # the cursor back forever, nor be dropped).
