@@ -4,7 +4,8 @@ One poller thread per enabled mapping, built from the mapping moto holds (CloudF
 created it from the template's `DynamoDB` / `SQS` events), so every setting comes from
 template.yaml: BatchSize, MaximumBatchingWindowInSeconds, FilterCriteria,
 FunctionResponseTypes (ReportBatchItemFailures), BisectBatchOnFunctionError,
-MaximumRetryAttempts, MaximumRecordAgeInSeconds and DestinationConfig.OnFailure.
+MaximumRetryAttempts, MaximumRecordAgeInSeconds, DestinationConfig.OnFailure and, for streams,
+ParallelizationFactor.
 
 Streams are read asynchronously and in batches, never inside the write that produced the record:
 straight from the stream shard moto keeps in this process (the same records the DynamoDB Streams API
@@ -23,6 +24,8 @@ import logging
 import threading
 import time
 import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -170,6 +173,8 @@ class DynamoDBStreamPoller(Poller):
         arn = self.source_arn.split(":")
         self._account, self._region, self._table = arn[4], arn[3], arn[5].split("/")[1]
         self._shard = None  # moto's StreamShard being read, and the index of the next record in it
+        self.factor = int(mapping.get("ParallelizationFactor") or 1)  # concurrent batches per shard
+        self._hash_key: str | None = None
         self._position = 0
 
     def wake_signal(self) -> aws.WriteSignal:
@@ -198,6 +203,31 @@ class DynamoDBStreamPoller(Poller):
                 "eventSourceARN": self.source_arn, "_shard": shard_id}
 
     def deliver(self, batch: list[dict]) -> None:
+        """With ParallelizationFactor N, as on Lambda: the batch's records go to N lanes by partition key
+        (a key's records always to the same lane, in stream order) and the lanes' batches are invoked
+        concurrently. *Decision*: the lanes of one batch finish before the next batch is split (Lambda
+        lets a lane run ahead); a key's records are never reordered either way, and different keys (a
+        person's `u:` and `a:` keys before their merge) are processed at the same time, which is what
+        the factor adds."""
+        if self.factor <= 1:
+            return self._deliver_in_order(batch)
+        lanes: dict[int, list[dict]] = {}
+        for record in batch:
+            lanes.setdefault(self._lane(record), []).append(record)
+        if len(lanes) == 1:
+            return self._deliver_in_order(batch)
+        with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix=f"{self.name}-lane") as pool:
+            for done in [pool.submit(self._deliver_in_order, records) for records in lanes.values()]:
+                done.result()
+
+    def _lane(self, record: dict) -> int:
+        if self._hash_key is None:
+            from moto.dynamodb.models import dynamodb_backends
+            self._hash_key = dynamodb_backends[self._account][self._region].get_table(self._table).hash_key_attr
+        value = record["dynamodb"]["Keys"].get(self._hash_key)
+        return zlib.crc32(json.dumps(value, sort_keys=True).encode()) % self.factor
+
+    def _deliver_in_order(self, batch: list[dict]) -> None:
         """Invoke with the batch; on errors retry, bisect and finally discard to OnFailure."""
         pending: list[tuple[list[dict], int]] = [(batch, 0)]  # (records, failed attempts so far)
         while pending:
