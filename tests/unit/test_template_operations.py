@@ -120,6 +120,17 @@ def test_every_stream_takes_its_batching_window_from_a_parameter(function):
 DEFAULT_WINDOWS = {"AudienceBatchingWindowSeconds": 0, "ActivationBatchingWindowSeconds": 1}
 
 
+def test_the_event_to_audience_streams_take_their_parallelization_factor_from_a_parameter():
+    # Lambda's bound is 10; the default 1 stays until the traffic needs more (docs/scale.md, limit 1)
+    spec = template.load(template.TEMPLATE)["Parameters"]["StreamParallelizationFactor"]
+    assert (spec["Type"], spec["MinValue"], spec["MaxValue"], spec["Default"]) == ("Number", 1, 10, 1)
+    for function, stream_events in ((f, _stream_events(FUNCTIONS[f])) for f in WINDOWS):
+        factors = [e.get("ParallelizationFactor") for e in stream_events]
+        # Only the processor and the evaluator (proven under the fault harness at 10); the others keep one batch a shard
+        expected = {"Ref": "StreamParallelizationFactor"} if WINDOWS[function] == "AudienceBatchingWindowSeconds" else None
+        assert factors == [expected], function
+
+
 @pytest.mark.parametrize("parameter", sorted(set(WINDOWS.values())))
 def test_batching_window_parameters_are_bounded_numbers_that_say_what_they_trade(parameter):
     spec = template.load(template.TEMPLATE)["Parameters"][parameter]
