@@ -123,6 +123,7 @@ SLOWEST_FILES = [
     "tests/e2e/test_local_destinations.py",
     "tests/e2e/test_local_app_time.py",
     "tests/e2e/test_local_computed_traits.py",
+    "tests/integration/test_due_index.py",  # 330 s of a 1,707 s run on 2026-12-01 (hypothesis sequences)
     "tests/integration/test_broadcasts.py",
     "tests/unit/test_journey_compiler.py",
     "tests/integration/test_account_computed_traits.py",
