@@ -154,20 +154,21 @@ def create_in_moto(region: str, path: str | Path = TEMPLATE) -> dict[str, dict[s
     moto_fixes.install()
     dynamodb_limits.install()  # moto enforces few of DynamoDB's limits: the tests must
     made: dict[str, dict[str, str]] = {"tables": {}, "queues": {}, "buses": {}, "buckets": {}, "env": {}}
-    dynamodb = boto3.client("dynamodb", region_name=region)
+    dynamodb, sqs = boto3.client("dynamodb", region_name=region), boto3.client("sqs", region_name=region)
+    events, s3 = boto3.client("events", region_name=region), boto3.client("s3", region_name=region)
     for logical_id in resources("AWS::DynamoDB::Table", path):
         dynamodb.create_table(**table_create_kwargs(logical_id, logical_id, path))
         made["tables"][logical_id] = logical_id
     for logical_id, queue in resources("AWS::SQS::Queue", path).items():
         fifo = bool(queue.get("Properties", {}).get("FifoQueue"))  # FIFO names end in .fifo
-        made["queues"][logical_id] = boto3.client("sqs", region_name=region).create_queue(
+        made["queues"][logical_id] = sqs.create_queue(
             QueueName=logical_id + (".fifo" if fifo else ""),
             Attributes={"FifoQueue": "true"} if fifo else {})["QueueUrl"]
     for logical_id in resources("AWS::Events::EventBus", path):
-        boto3.client("events", region_name=region).create_event_bus(Name=logical_id)
+        events.create_event_bus(Name=logical_id)
         made["buses"][logical_id] = logical_id
     for logical_id in resources("AWS::S3::Bucket", path):
-        boto3.client("s3", region_name=region).create_bucket(Bucket=logical_id.lower())
+        s3.create_bucket(Bucket=logical_id.lower())
         made["buckets"][logical_id] = logical_id.lower()
     parameters = load(path).get("Parameters", {})
     for var, value in global_environment(path).items():

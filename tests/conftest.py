@@ -2,10 +2,12 @@
 built from template.yaml itself (one wiring: tests cannot drift from the infrastructure)."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
 import boto3
+import botocore.session
 import pytest
 from moto import mock_aws
 
@@ -16,6 +18,28 @@ os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Engage")
 os.environ.setdefault("POWERTOOLS_DEV", "false")
+
+
+# ---------------------------------------------------------------- botocore's models, parsed once per process
+# mock_aws() drops boto3's default session at every start, and each new botocore session (boto3's, PynamoDB's)
+# parses the service models' JSON again: about a third of the `aws` fixture's setup. One loader per data path
+# for the whole process keeps them parsed. The loader holds only what it read from botocore's and boto3's data
+# files (a session already shares it among all its clients), so no test's state goes through it.
+class _SearchPaths(list):
+    def append(self, path):  # boto3.Session adds its data folder to the loader at every construction
+        if path not in self:
+            super().append(path)
+
+
+@functools.cache
+def _shared_loader(search_path_string=None):
+    loader = _create_loader(search_path_string)
+    loader._search_paths = _SearchPaths(loader.search_paths)
+    return loader
+
+
+_create_loader = botocore.session.create_loader
+botocore.session.create_loader = _shared_loader
 
 
 @dataclass
@@ -99,6 +123,7 @@ SLOWEST_FILES = [
     "tests/e2e/test_local_destinations.py",
     "tests/e2e/test_local_app_time.py",
     "tests/e2e/test_local_computed_traits.py",
+    "tests/integration/test_due_index.py",  # 330 s of a 1,707 s run on 2026-12-01 (hypothesis sequences)
     "tests/integration/test_broadcasts.py",
     "tests/unit/test_journey_compiler.py",
     "tests/integration/test_account_computed_traits.py",

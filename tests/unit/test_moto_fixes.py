@@ -217,3 +217,24 @@ def test_received_messages_respect_the_retention_period(monkeypatch):
         message.sent_timestamp = (now - 61) * 1000  # sent longer ago than the 60 s period
         assert not backend.is_message_valid_based_on_retention_period("r", message)
         assert sqs.receive_message(QueueUrl=url).get("Messages", []) == []
+
+
+def test_a_json_template_body_is_read_as_moto_reads_it_and_yaml_still_parses():
+    """CreateStack reads a JSON body as JSON: the same dict as moto's YAML-first parse of the local cloud's
+    translated mini template (intrinsics, nested lists, escaped unicode); a YAML body still goes through moto's parse."""
+    import yaml
+    from moto.cloudformation.models import Stack
+    from moto.cloudformation.utils import yaml_tag_constructor
+
+    from localcloud import template
+    from tests.e2e.conftest import FIXTURES
+
+    moto_fixes.install()
+    body = json.dumps({**template.translate(FIXTURES / "mini_template.yaml"), "Description": "caf\u00e9"})
+    yaml.add_multi_constructor("", yaml_tag_constructor)
+    expected = yaml.load(body, Loader=yaml.Loader)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(yaml, "load", lambda *_, **__: pytest.fail("a JSON body went through PyYAML"))
+        assert Stack.parse_template(body) == expected
+    assert Stack.parse_template("Resources:\n  Q:\n    Type: AWS::SQS::Queue\n") == {
+        "Resources": {"Q": {"Type": "AWS::SQS::Queue"}}}
