@@ -203,6 +203,20 @@ def _on_local_cloud(users: int) -> dict:
             print(f"bench: journeys_cost: {str(error).splitlines()[0]}", flush=True)
 
 
+def _first_state_entered(sfn, arn: str) -> dict:
+    """The execution's first StateEntered event, once it is there: under load a listed execution may not
+    have entered its first state yet."""
+    found: list[dict] = []
+
+    def entered() -> bool:
+        page = sfn.get_execution_history(executionArn=arn, maxResults=10)
+        found[:] = [e for e in page["events"] if e["type"].endswith("StateEntered")][:1]
+        return bool(found)
+
+    _until(entered, f"{arn} entering its first state")
+    return found[0]
+
+
 def _until(ready, what: str) -> None:
     deadline = time.monotonic() + POLL_DEADLINE
     while not ready():
@@ -228,8 +242,7 @@ def _entry_latency(cloud, sfn, executions: list[dict], after: int) -> dict:
     for execution in executions:
         described = sfn.describe_execution(executionArn=execution["executionArn"])
         profile_id = json.loads(described["input"])["profile_id"]
-        page = sfn.get_execution_history(executionArn=execution["executionArn"], maxResults=10)
-        first = next(e for e in page["events"] if e["type"].endswith("StateEntered"))
+        first = _first_state_entered(sfn, execution["executionArn"])
         totals.append(first["timestamp"].timestamp() - router_end[profile_id])
     own = [(e["handler_ended"] - e["handler_started"] - (e["aws_seconds"] or 0.0), len(e.get("records", [])))
            for e in log if e["function"] == "JourneyEnrollerFunction" and not e["error"]]
