@@ -20,21 +20,16 @@ RESERVE_MS = 15_000
 
 # Buckets are independent: a failing one must not hold back the others of a batch (their own groups).
 processor = SqsFifoPartialProcessor(skip_group_on_error=True)
-_context = {"lambda": None}
 
 
-def _time_left() -> bool:
-    context = _context["lambda"]
-    return context is None or context.get_remaining_time_in_millis() > RESERVE_MS
-
-
-def record_handler(record: SQSRecord) -> dict:
+def record_handler(record: SQSRecord, lambda_context=None) -> dict:
     try:
         bucket = sweeper.Bucket.parse(json.loads(record.body))
     except ValueError as error:  # it comes back, then goes to the dead-letter queue: say why
         logger.error(f"unreadable sweep message: {error}", extra={"message_id": record.message_id})
         raise
-    report = sweeper.sweep_shard(bucket, time_left=_time_left)
+    report = sweeper.sweep_shard(bucket, time_left=lambda: lambda_context is None
+                                 or lambda_context.get_remaining_time_in_millis() > RESERVE_MS)
     logger.info("bucket swept", extra={**bucket.as_dict(), **report.as_dict()})
     return report.as_dict()
 
@@ -43,6 +38,5 @@ def record_handler(record: SQSRecord) -> dict:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event, context):
-    _context["lambda"] = context
     return process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                     context=context)

@@ -44,30 +44,38 @@ def function_module(name: str):
     return sys.modules[f"fn_{name}"]
 
 
-def sweep() -> dict:
-    """One minute of the audience sweeper as AWS runs it: the scheduled dispatch, then the worker's
-    record handler for each SweepQueue message it sent (deleted once handled, as the batch processor
-    does), then the next minute's dispatch, which closes the days the workers emptied. Returns the
-    workers' reports summed, with the first dispatch's counts (`buckets`, `days_open`) and the
-    days both closed."""
+def dispatch_sweep() -> tuple[dict, list[dict]]:
+    """The sweeper's scheduled dispatch, and the SweepQueue messages it sent (received and deleted)."""
     import boto3
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
     from engage.config import settings
 
-    first = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
-    total = {"profiles": 0, "entered": 0, "exited": 0, "failed": 0, "complete": True}
-    sqs, url, worker = boto3.client("sqs"), settings().sweep_queue_url, function_module("audience_sweep_worker")
-    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
-                                          AttributeNames=["All"]).get("Messages", []):
-        for message in messages:
-            report = worker.record_handler(SQSRecord({
-                "messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"], "attributes": message["Attributes"], "eventSource": "aws:sqs"}))
+    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
+    sqs, url, messages = boto3.client("sqs"), settings().sweep_queue_url, []
+    while page := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages"):
+        messages += page
+        for message in page:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-            for name in ("profiles", "entered", "exited", "failed"):
-                total[name] += report[name]
-            total["complete"] = total["complete"] and report["complete"]
+    return report, messages
+
+
+def sweep() -> dict:
+    """One minute of the audience sweeper as AWS runs it: the scheduled dispatch, then the worker's
+    record handler for each SweepQueue message it sent, then the next minute's dispatch, which closes
+    the days the workers emptied. Returns the workers' reports summed, with the first dispatch's
+    counts (`buckets`, `days_open`) and the days both closed."""
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    first, messages = dispatch_sweep()
+    total = {"profiles": 0, "entered": 0, "exited": 0, "failed": 0, "complete": True}
+    worker = function_module("audience_sweep_worker")
+    for message in messages:
+        report = worker.record_handler(SQSRecord({
+            "messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"], "attributes": message["Attributes"], "eventSource": "aws:sqs"}))
+        for name in ("profiles", "entered", "exited", "failed"):
+            total[name] += report[name]
+        total["complete"] = total["complete"] and report["complete"]
     closing = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
     return {**total, "buckets": first["buckets"], "days_open": first["days_open"],
             "days_closed": first["days_closed"] + closing["days_closed"]}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from datetime import timedelta
 
@@ -17,6 +16,7 @@ from tests.integration.audience_support import (
     StreamReader,
     audience_engine,  # noqa: F401 - the `engine` fixture
     call_api,
+    dispatch_sweep,
     handler,
     make_profile,
     sweep,
@@ -96,20 +96,10 @@ def crowd(engine, space):
 
 
 def dispatched() -> list[dict]:
-    """Run the scheduled dispatch; the SweepQueue messages it sent (left in the queue, in flight)."""
-    import boto3
-
-    from engage.config import settings
-
-    report = handler("audience_sweeper")({"source": "aws.scheduler"}, LambdaContext())
-    sqs, url, out = boto3.client("sqs"), settings().sweep_queue_url, []
-    while page := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"],
-                                      VisibilityTimeout=0).get("Messages", []):
-        out += page
-        for message in page:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-    assert report["buckets"] == len(out)
-    return out
+    """Run the scheduled dispatch; the SweepQueue messages it sent."""
+    report, messages = dispatch_sweep()
+    assert report["buckets"] == len(messages)
+    return messages
 
 
 def worker_event(*bodies: dict | str) -> dict:
@@ -179,7 +169,7 @@ def test_a_bucket_redelivered_or_swept_by_two_workers_at_once_changes_each_membe
     assert dispatched() == []
 
 
-def test_a_worker_out_of_time_leaves_the_rest_due_and_the_day_open_until_it_is_swept(crowd, monkeypatch):
+def test_a_worker_out_of_time_leaves_the_rest_due_and_the_day_open_until_it_is_swept(crowd):
     from engage.audiences import sweeper
 
     messages = dispatched()
@@ -191,14 +181,11 @@ def test_a_worker_out_of_time_leaves_the_rest_due_and_the_day_open_until_it_is_s
     assert sizes[biggest] >= 3
     # Given a worker whose time runs out after a few checks
     budget = iter([True] * 3)
-    worker = sys.modules["fn_audience_sweep_worker"]
-    monkeypatch.setattr(worker, "_time_left", lambda: next(budget, False))
-    report = sweeper.sweep_shard(bucket_of[biggest], time_left=worker._time_left)
+    report = sweeper.sweep_shard(bucket_of[biggest], time_left=lambda: next(budget, False))
     assert 0 < report.profiles < sizes[biggest] and report.complete is False
     # When days pass, every bucket is handed out again, and the day with what is left stays open
     clock.advance(timedelta(days=3))
     assert len(dispatched()) == len(messages) and due.cursor() == start
-    monkeypatch.undo()
     # Then once every bucket is swept, the dispatches close the days up to yesterday
     assert sweep()["profiles"] == MANY - report.profiles
     assert due.cursor() == clock.parse(clock.iso()[:10] + "T00:00:00Z")

@@ -6,6 +6,10 @@ space can never read another's items by construction.
 """
 from __future__ import annotations
 
+import random
+import time
+from typing import Any
+
 from pynamodb.models import Model
 
 from engage.config import settings
@@ -66,3 +70,30 @@ def reset_connections() -> None:
     _clients.clear()
     for model in models():
         model._connection = None
+
+
+MAX_KEYS_PER_READ = 100  # BatchGetItem reads up to 100 keys a call
+
+
+def consistent_batch_get(client, table: str, keys: list[dict], *, attempts: int,
+                         **extra: Any) -> tuple[list[dict], list[dict]]:
+    """Strongly consistent BatchGetItem of `keys` (wire format), 100 a call, unprocessed keys (throttling,
+    16 MB answers) asked again with back-off; (items found, keys still unprocessed after `attempts`)."""
+    found: list[dict] = []
+    pending = keys
+    for attempt in range(attempts):
+        unprocessed = []
+        for start in range(0, len(pending), MAX_KEYS_PER_READ):
+            request = {table: {"Keys": pending[start:start + MAX_KEYS_PER_READ], "ConsistentRead": True, **extra}}
+            response = client.batch_get_item(RequestItems=request)
+            found += response.get("Responses", {}).get(table, [])
+            unprocessed += response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
+        pending = unprocessed
+        if not pending or attempt == attempts - 1:
+            break
+        back_off(attempt)
+    return found, pending
+
+
+def back_off(attempt: int) -> None:
+    time.sleep(0.05 * 2 ** attempt + random.random() * 0.02)  # throttling or another writer: give it a moment

@@ -4,8 +4,9 @@ DueTable, one item per profile that has a pending time edge:
   pk = <space>|<profile_id>, due_at (ISO), bucket = <YYYY-MM-DD>|<shard>
   GSI by_bucket: bucket (hash), due_at (range)
 The sweeper Queries the day buckets from its cursor up to today (`due_at <= now`), shard by
-shard (engage.audiences.sweeper fans the shards out to workers): work is proportional to what is due, never to the number of profiles (the key
-condition skips what is due later in the day). Shards spread one day's writes over several
+shard (engage.audiences.sweeper hands each shard with work to a worker): work is proportional
+to what is due, never to the number of profiles (the key condition skips what is due later in
+the day). Shards spread one day's writes over several
 partitions. The sweeper's cursor (the first day that may still hold due items) is the item
 pk = `sweeper|cursor`; the first schedule written creates it, so nothing is ever scheduled
 before it. An account's item covers its users' time edges too (`next_change_at` of a `users`

@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -56,7 +55,8 @@ from engage.audiences import bus, store
 from engage.audiences.changes import StreamRecord, change_of
 from engage.audiences.membership import identity_of
 from engage.config import settings
-from engage.db import key
+from engage.db import back_off as _back_off  # its own name: tests skip the waits
+from engage.db import consistent_batch_get, key
 from engage.failures import handler as failure_handler
 from engage.observability import logger, metrics
 from engage.profiles_store import ProfileRecord
@@ -69,7 +69,7 @@ IDEMPOTENCY_SECONDS = 2 * 24 * 3600
 MAX_ENTRIES_PER_PUT = 10
 MAX_BYTES_PER_PUT = 256 * 1024
 # DynamoDB: BatchGetItem reads up to 100 keys; TransactWriteItems writes up to 100 items.
-MAX_KEYS_PER_READ, MAX_ITEMS_PER_TRANSACTION = 100, 100
+MAX_ITEMS_PER_TRANSACTION = 100
 # Commit as soon as this many accepted changes are pending: a crash re-publishes at most this many - 1 plus
 # the changes of one PutEvents call (10 entries: 10 changes, or 10 evaluations' with grouping).
 COMMIT_EVERY = 50
@@ -183,8 +183,9 @@ class PublicationLog:
         """(log id -> elements recorded, for live items; ids whose read stayed unprocessed)."""
         found: dict[str, set[str]] = {}
         now = int(clock.now().timestamp())
-        items, unprocessed = _consistent_batch_get(self.client, self.table_name,
+        items, unprocessed = consistent_batch_get(self.client, self.table_name,
                                                    [{"id": {"S": i}} for i in dict.fromkeys(ids)],
+                                                   attempts=BATCH_ATTEMPTS,
                                                    ProjectionExpression="id, published, expiration")
         for item in items:
             if int(item.get("expiration", {}).get("N", "0")) > now:  # expired, not yet removed: forgotten
@@ -259,7 +260,8 @@ class LegacyLog(DynamoDBPersistenceLayer):
     def published(self, changes: Iterable[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """(changes (log id, element) the old log holds as published, changes whose lookup stayed unprocessed)."""
         keys = {self._get_hashed_idempotency_key(c): (log_id(c), element_of(c)) for c in changes}
-        items, unprocessed = _consistent_batch_get(self.client, self.table_name, [self._get_key(k) for k in keys])
+        items, unprocessed = consistent_batch_get(self.client, self.table_name, [self._get_key(k) for k in keys],
+                                                  attempts=BATCH_ATTEMPTS)
         done = {keys[item[self.key_attr]["S"]] for item in items
                 if self._item_to_data_record(item).status == STATUS_CONSTANTS["COMPLETED"]}
         return done, {keys[k[self.key_attr]["S"]] for k in unprocessed}
@@ -286,29 +288,6 @@ def _chunks(changes: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]
         named |= adds
     if chunk:
         yield chunk
-
-
-def _consistent_batch_get(client, table: str, keys: list[dict], **extra) -> tuple[list[dict], list[dict]]:
-    """Strongly consistent BatchGetItem of `keys`, 100 a call, unprocessed keys retried with back-off;
-    (items found, keys still unprocessed after BATCH_ATTEMPTS)."""
-    found: list[dict] = []
-    pending = keys
-    for attempt in range(BATCH_ATTEMPTS):
-        unprocessed = []
-        for start in range(0, len(pending), MAX_KEYS_PER_READ):
-            request = {table: {"Keys": pending[start:start + MAX_KEYS_PER_READ], "ConsistentRead": True, **extra}}
-            response = client.batch_get_item(RequestItems=request)
-            found += response.get("Responses", {}).get(table, [])
-            unprocessed += response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
-        pending = unprocessed
-        if not pending or attempt == BATCH_ATTEMPTS - 1:
-            break
-        _back_off(attempt)
-    return found, pending
-
-
-def _back_off(attempt: int) -> None:
-    time.sleep(0.05 * 2 ** attempt + random.random() * 0.02)  # throttling or another writer: give it a moment
 
 
 @lru_cache(maxsize=1)

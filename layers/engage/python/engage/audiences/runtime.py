@@ -20,7 +20,6 @@ joined or left an account.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,7 +33,7 @@ from engage.audiences.evaluator import ProfileView, evaluate, next_change_at
 from engage.audiences.index import AudienceIndex
 from engage.computed_traits import accounts as computed_accounts
 from engage.computed_traits import runtime as computed_runtime
-from engage.db import key
+from engage.db import consistent_batch_get, key
 from engage.errors import ValidationFailed
 from engage.memberships_store import MembershipRecord
 from engage.observability import logger, metrics
@@ -490,27 +489,13 @@ def profile_image(space_id: str, profile_id: str) -> dict[str, Any] | None:
 
 
 def profile_images(pks: list[str]) -> dict[str, dict[str, Any]]:
-    """Whole profile items by pk (`<space>|<profile>`), those that exist: strongly consistent
-    BatchGetItem, 100 keys a request, unprocessed keys asked again."""
+    """Whole profile items by pk (`<space>|<profile>`), those that exist (strongly consistent BatchGetItem)."""
     client = ProfileRecord._get_connection().connection.client
-    table = ProfileRecord.Meta.table_name
-    found: dict[str, dict[str, Any]] = {}
-    wanted = list(dict.fromkeys(pks))
-    for start in range(0, len(wanted), 100):
-        request: dict[str, Any] = {table: {"Keys": [{"pk": {"S": pk}} for pk in wanted[start:start + 100]],
-                                           "ConsistentRead": True}}
-        for attempt in range(BATCH_GET_ATTEMPTS):
-            response = client.batch_get_item(RequestItems=request)
-            for item in response.get("Responses", {}).get(table, []):
-                image = plain(item)
-                found[image["pk"]] = image
-            request = response.get("UnprocessedKeys") or {}
-            if not request:
-                break
-            time.sleep(min(0.05 * 2 ** attempt, 1.0))  # DynamoDB's advice: back off before asking again
-        else:
-            raise RuntimeError(f"BatchGetItem left profiles unread after {BATCH_GET_ATTEMPTS} attempts")
-    return found
+    keys = [{"pk": {"S": pk}} for pk in dict.fromkeys(pks)]
+    items, unread = consistent_batch_get(client, ProfileRecord.Meta.table_name, keys, attempts=BATCH_GET_ATTEMPTS)
+    if unread:  # the worker's message comes back; the profiles stay due
+        raise RuntimeError(f"BatchGetItem left {len(unread)} profiles unread after {BATCH_GET_ATTEMPTS} attempts")
+    return {image["pk"]: image for image in map(plain, items)}
 
 
 def history(space_id: str, profile_id: str, limit: int = 1000) -> list[dict]:
