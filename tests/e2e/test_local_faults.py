@@ -406,7 +406,11 @@ def read_state(cloud: RunningCloud, run: Run, tap: str) -> None:
     for item in scan(cloud, "MembershipsTable"):
         run.memberships[(item["profile_id"], item["audience_key"])] = (bool(item["member"]), int(item["version"]))
     for item in scan(cloud, "ConfigTable"):
-        if "|audience_size|" in item["pk"]:
+        if "|audience_sizes|" in item["pk"]:  # counter pages: one `n:<key>` attribute per audience
+            for name, count in item.items():
+                if name.startswith("n:"):
+                    run.sizes[name[2:]] = run.sizes.get(name[2:], 0) + int(count)
+        elif "|audience_size|" in item["pk"]:  # one audience's counter shards, as written before the pages
             audience = item["pk"].split("|audience_size|", 1)[1]
             run.sizes[audience] = run.sizes.get(audience, 0) + int(item.get("count", 0))
     status, _, listed = cloud.call("GET", "/v1/audiences", auth=ACCESS_TOKEN)

@@ -86,11 +86,13 @@ def test_a_batch_publishes_ten_entries_per_call_and_records_each_change_once(cha
     with measure() as usage:
         assert route(batch) == {"batchItemFailures": []}
     # Then 3 PutEvents calls carried them, with one log read and one commit (the 23 log items and the
-    # audience's counter in one transaction), no profile read
+    # audience's counter page in one transaction), no profile read; the container's first batch of the
+    # space also reads its audience keys once (one Query: how many counter pages)
     assert usage.count("events", "PutEvents") == 3
     assert usage.count("dynamodb", "BatchGetItem") == 1
     assert usage.count("dynamodb", "TransactWriteItems") == 1
-    assert usage.count("dynamodb") == 2
+    assert usage.count("dynamodb", "Query") == 1
+    assert usage.count("dynamodb") == 3
     assert len(published(bus)) == 23 and store.size("acme", "vip") == 23
     # When the same batch is delivered again
     with measure() as replay:
@@ -332,6 +334,81 @@ def test_an_unreadable_record_fails_alone(changes, engine):
     del broken["dynamodb"]["NewImage"]["space_id"]
     assert route({"Records": [broken, *batch["Records"]]}) == {"batchItemFailures": [{"itemIdentifier": "broken-1"}]}
     assert len(bus.received()) == 1
+
+
+# ---------------------------------------------------------------- size counter pages
+def page_items(engine) -> list[dict]:
+    client = engine.client("dynamodb")
+    table = next(t for t in client.list_tables()["TableNames"] if "ConfigTable" in t)
+    return [item for item in client.scan(TableName=table)["Items"]
+            if item["pk"]["S"].startswith(key("acme", "audience_sizes", ""))]
+
+
+def counters_of(item: dict) -> dict[str, int]:
+    return {name.removeprefix(store.COUNTER_PREFIX): int(value["N"]) for name, value in item.items()
+            if name.startswith(store.COUNTER_PREFIX)}
+
+
+PACKED = [f"seg{n}" for n in range(12)]
+
+
+def test_one_commit_moves_the_counters_of_many_audiences_in_one_page_item(changes, engine):
+    """The counters of a space's audiences share a page: a commit writes one item for all of them."""
+    make_profile("ann")
+    for audience_key in PACKED:
+        enter("ann", audience_key)
+    batch = changes.batch()
+    with measure() as usage:
+        assert route(batch) == {"batchItemFailures": []}
+    # one transaction: the changes' log items and ONE counter page item for the 12 audiences
+    assert usage.count("dynamodb", "TransactWriteItems") == 1
+    [page] = page_items(engine)
+    assert counters_of(page) == dict.fromkeys(PACKED, 1)
+    assert store.sizes("acme", PACKED) == dict.fromkeys(PACKED, 1)
+    route(batch)  # a replay counts nothing
+    assert store.sizes("acme", PACKED) == dict.fromkeys(PACKED, 1)
+
+
+def test_sizes_stay_exact_when_the_page_count_changes_between_batches(changes, engine, monkeypatch):
+    """A container's page count goes stale as audiences are added (each re-reads it every few minutes):
+    counters written under either count are summed, and deleting an audience clears it from every page."""
+    people = [f"p{n}" for n in range(4)]
+    for profile_id in people:
+        make_profile(profile_id)
+        for audience_key in PACKED:
+            enter(profile_id, audience_key)
+    first = changes.batch()
+    page_bytes = store.SIZE_PAGE_BYTES
+    monkeypatch.setattr(store, "SIZE_PAGE_BYTES", 3)  # pages sized as for a space of many long keys
+    router._layouts.clear()
+    route(first)
+    assert router._pages("acme") > 1 and len({i["sk"]["S"] for i in page_items(engine)}) > 1
+    for profile_id in people[:3]:
+        for audience_key in PACKED[:6]:
+            enter(profile_id, audience_key, member=False)
+    second = changes.batch()
+    monkeypatch.setattr(store, "SIZE_PAGE_BYTES", page_bytes)
+    router._layouts.clear()
+    route(second)
+    assert router._pages("acme") == 1
+    route({"Records": first["Records"] + second["Records"]})  # replays of both count nothing
+    expected = {k: 1 if k in PACKED[:6] else 4 for k in PACKED}
+    assert store.sizes("acme", PACKED) == expected
+    assert [store.size("acme", k) for k in PACKED] == [expected[k] for k in PACKED]  # one audience's agrees
+    store.drop_size("acme", "seg7")
+    assert all(store.counter_name("seg7") not in item for item in page_items(engine))
+    assert store.sizes("acme", PACKED) == {**expected, "seg7": 0}
+
+
+def test_counter_shards_written_before_the_pages_are_summed_in_and_dropped(changes, engine):
+    """Sizes counted by routers before the pages (one audience's shard items) still count."""
+    store.AudienceSizeShard(store._size_pk("acme", "vip"), "3", count=4).save()
+    make_profile("ann")
+    enter("ann", "vip")
+    route(changes.batch())
+    assert store.size("acme", "vip") == 5
+    store.drop_size("acme", "vip")
+    assert store.size("acme", "vip") == 0 and list(store.AudienceSizeShard.query(store._size_pk("acme", "vip"))) == []
 
 
 # ---------------------------------------------------------------- the grouped shape's own (evaluation)

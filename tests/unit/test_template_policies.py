@@ -71,10 +71,11 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ProfilesTable": {"BatchGetItem", "GetItem"}, "DueTable": {"PutItem", "GetItem"}, "LinksTable": {"Query"},
         "ProfileEventsTable": {"Query"}, "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
-    # the publication log and the size counters, committed together (TransactWriteItems: UpdateItem each)
+    # the publication log and the size counter pages, committed together (TransactWriteItems: UpdateItem
+    # each); Query: the space's audience keys, which size its pages
     "AudienceRouterFunction": {
         "ProfilesTable": {"BatchGetItem"}, "IdempotencyTable": {"BatchGetItem", "UpdateItem"},
-        "ConfigTable": {"UpdateItem"},
+        "ConfigTable": {"UpdateItem", "Query"},
         "FailuresTable": {"UpdateItem", "BatchGetItem"},
     },
     # StreamFailureQueue -> the failed records read back from their stream, parked
@@ -106,7 +107,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "ConfigTable": {"Query"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
     },
     "AudienceBackfillFunction": {
-        "ConfigTable": {"GetItem", "Query", "UpdateItem"}, "ProfilesTable": {"Scan", "UpdateItem"},
+        # BatchWriteItem: a purged audience's older counter shards (store.drop_size)
+        "ConfigTable": {"GetItem", "Query", "UpdateItem", "BatchWriteItem"}, "ProfilesTable": {"Scan", "UpdateItem"},
         "DueTable": {"PutItem", "GetItem"}, "MembershipsTable": {"Query", "PutItem"}, "LinksTable": {"Query"},
         "ProfileEventsTable": {"Query"},
     },
@@ -215,7 +217,7 @@ WRITE_ACTIONS = {f"dynamodb:{a}" for a in ("PutItem", "UpdateItem", "DeleteItem"
 
 def _config_keys_written() -> dict[str, set[str]]:
     """ConfigTable partition keys each function's code writes, from the code's own key functions
-    (call sites: the router's commits -> store._size_pk; backfill/management -> store._pk;
+    (call sites: the router's commits -> store._pages_pk; backfill/management -> store._pk, store.drop_size;
     export jobs -> export._pk)."""
     from engage.audiences import export, store
     from engage.computed_traits import store as computed_store
@@ -225,7 +227,8 @@ def _config_keys_written() -> dict[str, set[str]]:
     from engage.messaging import store as messaging_store
     from engage.privacy import jobs as privacy_jobs_store
 
-    audiences, sizes, exports = store._pk("acme"), store._size_pk("acme", "vip"), export._pk("acme", "vip")
+    audiences, exports = store._pk("acme"), export._pk("acme", "vip")
+    sizes = {store._size_pk("acme", "vip"), store._pages_pk("acme", 3)}  # older shards (dropped), pages
     computed = computed_store.pk("acme")
     journeys = journey_store._pk("acme")
     destinations = destination_store._pk("acme")
@@ -233,9 +236,9 @@ def _config_keys_written() -> dict[str, set[str]]:
     messaging = {messaging_store._templates_pk("acme"), settings_store._pk("acme"), signing_key}
     privacy_jobs = privacy_jobs_store._pk("acme")
     return {
-        "AudienceRouterFunction": {sizes},
-        "AudienceBackfillFunction": {audiences, sizes, computed},
-        "ManagementApiFunction": {audiences, sizes, exports, computed, journeys, destinations} | messaging,
+        "AudienceRouterFunction": {store._pages_pk("acme", 3)},
+        "AudienceBackfillFunction": {audiences, computed} | sizes,
+        "ManagementApiFunction": {audiences, exports, computed, journeys, destinations} | sizes | messaging,
         "AudienceExportFunction": {exports},
         "MessageSenderFunction": {signing_key},
         "BroadcastSenderFunction": {signing_key},  # the sender path creates the signing key on first use

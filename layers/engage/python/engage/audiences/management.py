@@ -120,7 +120,9 @@ def get(space_id: str, audience_key: str) -> dict[str, Any]:
 
 
 def list_audiences(space_id: str) -> dict[str, Any]:
-    return {"audiences": [a.view(store.size(space_id, a.key)) for a in store.list_all(space_id)]}
+    audiences = store.list_all(space_id)
+    counted = store.sizes(space_id, [a.key for a in audiences])
+    return {"audiences": [a.view(counted[a.key]) for a in audiences]}
 
 
 def delete(space_id: str, audience_key: str) -> None:

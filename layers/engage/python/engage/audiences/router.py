@@ -18,8 +18,10 @@ change when `member` differs between the old and the new image. Per batch:
    a refused entry (or a call that fails) makes the records of all of its changes batch item
    failures, retried by the event source mapping;
 4. the accepted changes are committed: their elements are added to their log items and each
-   audience's size counter moves by the batch's net count of them (+1 an entry, -1 an exit; one
-   shard item per audience, picked at random to spread a hot audience), in one TransactWriteItems
+   audience's size counter moves by the batch's net count of them (+1 an entry, -1 an exit). The
+   counters of a space's audiences are packed in pages (engage.audiences.store: a page item holds
+   many audiences' counters within one write unit), so a commit writes one item per page it moves,
+   a shard item picked at random to spread a hot page; all in one TransactWriteItems
    whose log updates are conditioned on the elements being absent. A count therefore moves
    exactly when its change is first recorded: a replay, a retried transaction whose answer was
    lost, or a regrouped batch counts nothing twice. Changes written before the router counted
@@ -40,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -194,14 +197,16 @@ class PublicationLog:
 
     def commit(self, changes: Sequence[dict[str, Any]]) -> None:
         """Record `changes` as published and count the counted ones, each exactly once (see the module)."""
-        for chunk in _chunks(changes):
-            self._commit_chunk(chunk)
+        # The page count of each space read once: the chunks and their transactions name the same items.
+        layout = {space_id: _pages(space_id) for space_id in {c["space_id"] for c in changes if c["counted"]}}
+        for chunk in _chunks(changes, layout):
+            self._commit_chunk(chunk, layout)
 
-    def _commit_chunk(self, chunk: list[dict[str, Any]]) -> None:
+    def _commit_chunk(self, chunk: list[dict[str, Any]], layout: dict[str, int]) -> None:
         for attempt in range(BATCH_ATTEMPTS):
             if not chunk:
                 return
-            items = self._transaction(chunk)
+            items = self._transaction(chunk, layout)
             try:
                 if any(i["Update"]["TableName"] == self.config_table for i in items):
                     self.client.transact_write_items(TransactItems=items)
@@ -225,14 +230,15 @@ class PublicationLog:
                 raise
         raise RuntimeError(f"committing {len(chunk)} published changes kept conflicting")
 
-    def _transaction(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _transaction(self, chunk: list[dict[str, Any]], layout: dict[str, int]) -> list[dict[str, Any]]:
         elements: dict[str, list[str]] = {}
-        deltas: dict[tuple[str, str], int] = {}
+        deltas: dict[tuple[str, int], dict[str, int]] = {}  # (space, page) -> audience -> net count
         for change in chunk:
             elements.setdefault(log_id(change), []).append(element_of(change))
             if change["counted"]:
-                audience = (change["space_id"], change["audience_key"])
-                deltas[audience] = deltas.get(audience, 0) + (1 if change["member"] else -1)
+                counters = deltas.setdefault(_page_of(change, layout), {})
+                counters[change["audience_key"]] = counters.get(change["audience_key"], 0) + \
+                    (1 if change["member"] else -1)
         expiry = str(int(clock.now().timestamp()) + IDEMPOTENCY_SECONDS)
         items: list[dict[str, Any]] = []
         for item_id, recorded in elements.items():
@@ -242,14 +248,39 @@ class PublicationLog:
                 "UpdateExpression": "ADD published :published SET expiration = :expiry",
                 "ConditionExpression": " AND ".join(f"NOT contains(published, {v})" for v in values),
                 "ExpressionAttributeValues": {**values, ":published": {"SS": recorded}, ":expiry": {"N": expiry}}}})
-        for (space_id, audience_key), delta in deltas.items():
-            if delta:
-                shard = store.size_shard_key(space_id, audience_key, random.randrange(store.SIZE_SHARDS))
-                items.append({"Update": {
-                    "TableName": self.config_table, "Key": {"pk": {"S": shard[0]}, "sk": {"S": shard[1]}},
-                    "UpdateExpression": "ADD #count :delta", "ExpressionAttributeNames": {"#count": "count"},
-                    "ExpressionAttributeValues": {":delta": {"N": str(delta)}}}})
+        for (space_id, page), counters in deltas.items():
+            moved = [(audience_key, delta) for audience_key, delta in sorted(counters.items()) if delta]
+            if not moved:
+                continue
+            # One item for the page's audiences (a shard picked at random, spreading a hot page).
+            page_key = store.size_page_key(space_id, page, random.randrange(store.SIZE_SHARDS))
+            items.append({"Update": {
+                "TableName": self.config_table, "Key": page_key,
+                "UpdateExpression": "ADD " + ", ".join(f"#c{i} :d{i}" for i in range(len(moved))),
+                "ExpressionAttributeNames": {f"#c{i}": store.counter_name(k) for i, (k, _) in enumerate(moved)},
+                "ExpressionAttributeValues": {f":d{i}": {"N": str(d)} for i, (_, d) in enumerate(moved)}}})
         return items
+
+
+# ---------------------------------------------------------------- size counter pages
+# space -> (monotonic time the page count expires, page count). A stale count is harmless (sizes sum every
+# page), so each warm container re-reads the space's audience keys at most this often.
+_layouts: dict[str, tuple[float, int]] = {}
+LAYOUT_SECONDS = 300.0
+
+
+def _pages(space_id: str) -> int:
+    hit = _layouts.get(space_id)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    pages = store.size_pages(audience.key for audience in store.list_all(space_id))
+    _layouts[space_id] = (time.monotonic() + LAYOUT_SECONDS, pages)
+    return pages
+
+
+def _page_of(change: dict[str, Any], layout: dict[str, int]) -> tuple[str, int]:
+    """The counter page a counted change moves: its space and its page of the space's `layout` count."""
+    return change["space_id"], store.size_page(change["audience_key"], layout[change["space_id"]])
 
 
 class LegacyLog(DynamoDBPersistenceLayer):
@@ -275,12 +306,12 @@ def _legacy_log() -> LegacyLog:
     return log
 
 
-def _chunks(changes: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+def _chunks(changes: Sequence[dict[str, Any]], layout: dict[str, int]) -> Iterator[list[dict[str, Any]]]:
     """`changes` in groups whose log items and counters fit one transaction (each item named once)."""
     chunk: list[dict[str, Any]] = []
     named: set = set()
     for change in changes:
-        adds = {log_id(change)} | ({(change["space_id"], change["audience_key"])} if change["counted"] else set())
+        adds = {log_id(change)} | ({_page_of(change, layout)} if change["counted"] else set())
         if len(named | adds) > MAX_ITEMS_PER_TRANSACTION:
             yield chunk
             chunk, named = [], set()
@@ -433,3 +464,4 @@ def reset() -> None:
     _events_client.cache_clear()
     _log.cache_clear()
     _legacy_log.cache_clear()
+    _layouts.clear()

@@ -7,8 +7,13 @@ ConfigTable items (every key starts with the space id):
   pk = <space>|audiences, sk = #definitions   the space's definitions stamp: a counter bumped after
                                               every change to an audience item, so warm containers
                                               know when their copy of the list is stale (`cached`)
-  pk = <space>|audience_size|<key>, sk = <n>  membership counter shards, moved by the router as it
-                                              records each change published (exactly once)
+  pk = <space>|audience_sizes|<n>, sk = <page> the space's size counters, packed: one attribute
+                                              (`n:<key>`) per audience in one of the space's pages, each
+                                              page in SIZE_SHARDS (16) shards (in the partition key: a busy
+                                              space's commits spread over as many partitions); the router
+                                              moves them as it records each change published (exactly once)
+  pk = <space>|audience_size|<key>, sk = <n>  one audience's counter shards, as routers before the
+                                              pages wrote them: read (summed in), no longer written
 
 The system audience `all` (every users profile) is implicit in every space: it is not stored,
 cannot be created, edited or deleted, and shows in the list with its counted size.
@@ -16,6 +21,8 @@ cannot be created, edited or deleted, and shows in the list with its counted siz
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +45,16 @@ definitions = lazy.module("engage.audiences.definition")
 ALL = "all"
 SYSTEM_KEYS = frozenset({ALL})
 COMPUTING, READY, FAILED = "computing", "ready", "failed"
-SIZE_SHARDS = 10
+# Shards of each counter page, in its partition key: a busy space's commits spread over this many
+# partitions. Raise it if needed; never lower it (sizes read every shard up to it).
+SIZE_SHARDS = 16
+# A router commit moves its audiences' counters in one transaction, billed 2 write units per item per KB:
+# packing a space's counters into a few pages writes one item per page touched instead of one per
+# audience. A page is sized to about one write unit: the space's page count doubles as its audience
+# keys outgrow them, so a page holds between half and all of this (headroom below 1 KB for the keys
+# and for hashing's uneven spread).
+SIZE_PAGE_BYTES = 900
+COUNTER_PREFIX = "n:"  # counter attribute names: an audience key never collides with pk or sk
 # The stamp's sort key sorts before every audience key ([a-z0-9_]), so listings skip it with `sk >= "0"`.
 STAMP_SK = "#definitions"
 
@@ -111,6 +127,10 @@ def _pk(space_id: str) -> str:
 
 def _size_pk(space_id: str, audience_key: str) -> str:
     return key(space_id, "audience_size", audience_key)
+
+
+def _pages_pk(space_id: str, shard: int) -> str:
+    return key(space_id, "audience_sizes", str(shard))
 
 
 def system_audience(space_id: str) -> Audience:
@@ -215,19 +235,73 @@ def list_all(space_id: str) -> list[Audience]:
 
 
 def size(space_id: str, audience_key: str) -> int:
-    return max(0, sum(int(s.count) for s in AudienceSizeShard.query(_size_pk(space_id, audience_key))))
+    return sizes(space_id, [audience_key])[audience_key]
+
+
+def sizes(space_id: str, audience_keys: Iterable[str]) -> dict[str, int]:
+    """Counted members of each audience: its counters summed over every page and shard of the space
+    (whatever page count wrote them) plus its older per-audience shards."""
+    counts = dict.fromkeys(audience_keys, 0)
+    for item in _page_items(space_id):
+        for audience_key in counts:
+            counts[audience_key] += int(item.get(counter_name(audience_key), {}).get("N", "0"))
+    for audience_key in counts:
+        counts[audience_key] += sum(int(s.count) for s in AudienceSizeShard.query(_size_pk(space_id, audience_key)))
+    return {audience_key: max(0, count) for audience_key, count in counts.items()}
 
 
 def drop_size(space_id: str, audience_key: str) -> None:
-    """Remove a deleted audience's counter shards (its memberships were purged)."""
+    """Remove a deleted audience's counters (its memberships were purged)."""
     with AudienceSizeShard.batch_write() as batch:
         for shard in AudienceSizeShard.query(_size_pk(space_id, audience_key)):
             batch.delete(shard)
+    name = counter_name(audience_key)
+    for item in _page_items(space_id):
+        if name in item:
+            _client().update_item(TableName=AudienceSizeShard.Meta.table_name,
+                                  Key={"pk": item["pk"], "sk": item["sk"]},
+                                  UpdateExpression="REMOVE #counter", ExpressionAttributeNames={"#counter": name})
 
 
-def size_shard_key(space_id: str, audience_key: str, shard: int) -> tuple[str, str]:
-    """(pk, sk) of one of an audience's counter shards (the router spreads a busy audience over them)."""
-    return _size_pk(space_id, audience_key), str(shard)
+def size_pages(audience_keys: Iterable[str]) -> int:
+    """How many counter pages a space with these audiences uses: the smallest power of two that keeps a
+    page's share of the counters' bytes (name and number) under SIZE_PAGE_BYTES."""
+    need = sum(len(counter_name(k)) + 6 for k in audience_keys)
+    pages = 1
+    while need > pages * SIZE_PAGE_BYTES:
+        pages *= 2
+    return pages
+
+
+def size_page(audience_key: str, pages: int) -> int:
+    """The page, of `pages` (a power of two), that counts `audience_key`."""
+    return zlib.crc32(audience_key.encode()) & (pages - 1)
+
+
+def size_page_key(space_id: str, page: int, shard: int) -> dict[str, dict[str, str]]:
+    """The key (wire format) of one shard item of a counter page (the router spreads a busy space's
+    commits over SIZE_SHARDS partitions)."""
+    return {"pk": {"S": _pages_pk(space_id, shard)}, "sk": {"S": str(page)}}
+
+
+def counter_name(audience_key: str) -> str:
+    return COUNTER_PREFIX + audience_key
+
+
+def _page_items(space_id: str) -> Iterable[dict[str, Any]]:
+    """Every page item of the space: one Query per shard (SIZE_SHARDS must never shrink)."""
+    for shard in range(SIZE_SHARDS):
+        pages = _client().get_paginator("query").paginate(
+            TableName=AudienceSizeShard.Meta.table_name, KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": _pages_pk(space_id, shard)}})
+        for page in pages:
+            yield from page.get("Items", [])
+
+
+def _client():
+    """PynamoDB's botocore client for ConfigTable (counters are attributes named at run time, which models
+    cannot declare): no second client to build."""
+    return AudienceSizeShard._get_connection().connection.client
 
 
 # ---------------------------------------------------------------- backfill bookkeeping
