@@ -324,3 +324,29 @@ def test_an_account_evaluation_that_loses_a_race_decides_again_from_fresh_users(
     # Then the account is decided from what its users are now (free), not from what the loser read
     assert raced == [race_co]
     assert members_of("any_pro") == set()
+
+
+def test_reading_an_accounts_users_backs_off_on_throttling_and_fails_loudly_past_its_attempts(calls, monkeypatch):
+    """BatchGetItem's unprocessed keys (throttling) are asked again with back-off; never read, the
+    evaluation raises (its record is retried) rather than judge the account without those users."""
+    from engage import db
+
+    calls.track({"userId": "ann", "groupId": "acme_co", "traits": {"tier": "business"}}, "group")
+    calls.track({"userId": "bob", "groupId": "acme_co"}, "group")
+    users = [u.profile_id for u in (profiles_store.resolve("acme", "users", "user_id", n) for n in ("ann", "bob"))]
+    client = profiles_store.ProfileRecord._get_connection().connection.client
+    original, waits, throttled = client.batch_get_item, [], {"rounds": 2}
+
+    def throttling(**request):
+        table, asked = next(iter(request["RequestItems"].items()))
+        if throttled["rounds"]:
+            throttled["rounds"] -= 1
+            return {"Responses": {table: []}, "UnprocessedKeys": {table: asked}}
+        return original(**request)
+
+    monkeypatch.setattr(client, "batch_get_item", throttling)
+    monkeypatch.setattr(db, "back_off", waits.append)
+    assert set(accounts.read_images("acme", users)) == set(users) and waits == [0, 1]
+    throttled["rounds"] = accounts.BATCH_GET_ATTEMPTS
+    with pytest.raises(RuntimeError, match="unread after 8 attempts"):
+        accounts.read_images("acme", users)

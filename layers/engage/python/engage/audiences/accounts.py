@@ -24,7 +24,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 
 from engage.audiences.evaluator import ProfileView
-from engage.db import key
+from engage.db import consistent_batch_get, key
 from engage.memberships_store import MembershipRecord
 from engage.observability import logger, metrics
 from engage.profiles_store import ACCOUNTS, USERS, LinkRecord, ProfileRecord, link_sk, profile_pk
@@ -33,7 +33,7 @@ from engage.profiles_store import ACCOUNTS, USERS, LinkRecord, ProfileRecord, li
 MAX_USERS = 1000
 # Accounts of one user re-evaluated after a change of that user.
 MAX_ACCOUNTS_PER_USER = 100
-BATCH_GET_LIMIT = 100  # DynamoDB's BatchGetItem keys per request
+BATCH_GET_ATTEMPTS = 8  # rounds of a BatchGetItem whose keys come back unprocessed (throttling)
 # What the evaluator reads from a profile item (ProfileView), what tells a live user, and the ids
 # a membership written from the image carries.
 READ_ATTRIBUTES = ("profile_id", "space_id", "collection", "merged_into", "version", "traits",
@@ -86,23 +86,19 @@ _deserializer = TypeDeserializer()
 
 def read_images(space_id: str, profile_ids: Iterable[str],
                 attributes: Iterable[str] = READ_ATTRIBUTES) -> dict[str, dict[str, Any]]:
-    """profile id -> plain profile image (`attributes` only: READ_ATTRIBUTES) for those that exist."""
-    table = ProfileRecord.Meta.table_name
-    client = ProfileRecord._get_connection().connection.client
+    """profile id -> plain profile image (`attributes` only: READ_ATTRIBUTES) for those that exist.
+    Keys left unread by throttling are asked again with back-off; still unread after BATCH_GET_ATTEMPTS
+    rounds, it raises (the caller's record is retried) rather than evaluate an account without them."""
     names = {f"#a{i}": name for i, name in enumerate(attributes)}
-    pending = [{"pk": {"S": profile_pk(space_id, p)}} for p in dict.fromkeys(profile_ids)]
-    found: dict[str, dict[str, Any]] = {}
-    while pending:
-        chunk, pending = pending[:BATCH_GET_LIMIT], pending[BATCH_GET_LIMIT:]
-        response = client.batch_get_item(RequestItems={table: {
-            "Keys": chunk, "ConsistentRead": True, "ProjectionExpression": ", ".join(names),
-            "ExpressionAttributeNames": names}})
-        for raw in response.get("Responses", {}).get(table, []):
-            image = {k: _deserializer.deserialize(v) for k, v in raw.items()}
-            found[image["profile_id"]] = image
-        # throttled or over 16 MB: DynamoDB hands back the keys it did not read
-        pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []) + pending
-    return found
+    keys = [{"pk": {"S": profile_pk(space_id, p)}} for p in dict.fromkeys(profile_ids)]
+    items, unread = consistent_batch_get(ProfileRecord._get_connection().connection.client,
+                                         ProfileRecord.Meta.table_name, keys, attempts=BATCH_GET_ATTEMPTS,
+                                         ProjectionExpression=", ".join(names), ExpressionAttributeNames=names)
+    if unread:
+        raise RuntimeError(f"BatchGetItem left {len(unread)} profiles of {space_id} unread after "
+                           f"{BATCH_GET_ATTEMPTS} attempts")
+    images = ({k: _deserializer.deserialize(v) for k, v in raw.items()} for raw in items)
+    return {image["profile_id"]: image for image in images}
 
 
 def memberships_of(space_id: str, profile_ids: Iterable[str], audience_keys: Iterable[str]
