@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -137,7 +138,10 @@ class Space:
     def _base(self, person: Person, when: datetime, device: int, *, anonymous: bool) -> dict:
         self.sequence += 1
         message = {"anonymousId": f"anon-{person.index:05d}-{device}-{person.index * 7919 % 100000:05d}",
-                   "messageId": f"space-{self.sequence:08d}", "timestamp": _iso(when),
+                   # shaped as analytics.js makes them ("ajs-next-" + 32 hex): their length is what a
+                   # profile's `applied` list and the history items pay for
+                   "messageId": f"ajs-next-{hashlib.md5(f'space-{self.sequence}'.encode()).hexdigest()}",
+                   "timestamp": _iso(when),
                    "context": browser_context()}
         if not anonymous:
             message["userId"] = f"user-{person.index:05d}"
@@ -263,7 +267,7 @@ class Space:
                 last = when
             if chunk:
                 flushes.append((last, chunk))
-        flushes.sort(key=lambda flush: (flush[0], flush[1][0]["messageId"]))
+        flushes.sort(key=lambda flush: flush[0])  # stable: ties keep the order the messages were made in
         return [(when, chunk) for when, chunk in flushes if when < self.end]
 
 

@@ -18,6 +18,7 @@ from engage import clock
 from engage.errors import ValidationFailed
 from engage.failures import handler as failure_handler
 from engage.failures import parker, replay, store
+from engage.profiles import applied_token
 from tests.integration.audience_support import (
     Bus,
     LambdaContext,
@@ -269,7 +270,7 @@ def test_records_after_a_failed_one_are_not_applied_before_it(aws, space):
     sequence = [r["dynamodb"]["SequenceNumber"] for r in records]
     assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == sequence[1:]
     [profile] = [i for i in aws.table("ProfilesTable").scan()["Items"] if i.get("collection") == "users"]
-    assert profile["traits"]["plan"] == "free" and profile["applied"] == ["m1"]
+    assert profile["traits"]["plan"] == "free" and profile["applied"] == [applied_token("m1")]
     # And the note says why it was not attempted
     noted = store.ParkedFailure.get(store.failure_id("processor-fn", sequence[2]))
     assert noted.reason.startswith("BlockedBehindFailure: not attempted: record " + sequence[1])

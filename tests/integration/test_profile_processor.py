@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from boto3.dynamodb.types import TypeSerializer
 
 from engage import profile_processor
+from engage.profiles import applied_token
 from engage import profiles_store as store
 from engage.events_store import EventRecord
 from tests.integration.audience_support import (
@@ -29,6 +30,11 @@ from tests.integration.audience_support import (
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = "acme"
 _serialize = TypeSerializer().serialize
+
+
+def tokens(*message_ids: str) -> list[str]:
+    """A profile's `applied` for these messageIds, in order (engage.profiles.applied_token)."""
+    return [applied_token(m) for m in message_ids]
 
 
 def run(event: dict) -> dict:
@@ -417,7 +423,7 @@ def test_a_message_that_fails_to_write_leaves_no_trace_for_the_rest_of_the_batch
     # Then none of the identify's effects reached the profile the track made
     profile = profile_of("user_id", "u1")
     assert ids(profile) == {"user_id:u1"} and profile.traits.as_dict() == {}
-    assert pointer("email", "ann@example.com") is None and profile.applied == ["m2"]
+    assert pointer("email", "ann@example.com") is None and profile.applied == tokens("m2")
 
 
 def test_attributes_other_parts_keep_on_the_profile_survive_its_writes(aws, space):
@@ -529,7 +535,7 @@ def test_a_profiles_messages_in_one_batch_are_written_once_and_as_if_one_by_one(
     coalesced = comparable(SPACE, "ann")
     assert coalesced == comparable(OTHER, "ann")
     assert coalesced["traits"] == {"plan": "team", "seats": 3}
-    assert coalesced["applied"] == ["m0", *(m["messageId"] for m in messages)]
+    assert coalesced["applied"] == tokens("m0", *(m["messageId"] for m in messages))
     assert coalesced["computed_traits"]["total_revenue"] == 40 and coalesced["condition_state"]
     assert coalesced["event_stats"]["Login"]["total"] == 2
     assert history(profile_of("user_id", "ann").profile_id) == ["m0", *(m["messageId"] for m in messages)]
@@ -551,7 +557,7 @@ def test_a_replayed_or_regrouped_batch_writes_nothing_twice(aws, space, profile_
     assert profile_writes == ["UpdateItem", "UpdateItem"]
     assert scan_all(aws) == before
     profile = profile_of("user_id", "bob")
-    assert profile.applied == ["m0", *(m["messageId"] for m in messages)]
+    assert profile.applied == tokens("m0", *(m["messageId"] for m in messages))
     assert profile.event_stats.as_dict()["Login"]["total"] == 1
     assert profile.event_stats.as_dict()["Order Completed"]["total"] == 1
     assert profile.daily_counts.as_dict()["Product Added"] == {"20261120": 1}
@@ -575,7 +581,7 @@ def test_a_message_that_fails_keeps_the_ones_after_it_of_its_profile_unapplied(a
     assert response == {"batchItemFailures": [{"itemIdentifier": s} for s in sequence[2:]]}
     assert profile_writes == ["UpdateItem"]
     profile = profile_of("user_id", "carl")
-    assert profile.applied == ["m0", "carl-1", "carl-2"]
+    assert profile.applied == tokens("m0", "carl-1", "carl-2")
     assert profile.version == 3  # the version counts messages, however they were grouped into writes
     assert "bio" not in profile.traits.as_dict() and "Login" not in profile.event_stats.as_dict()
     assert history(profile.profile_id) == ["m0", "carl-1", "carl-2"]
@@ -597,10 +603,10 @@ def test_a_coalesced_write_dynamodb_refuses_falls_back_to_one_write_per_message(
     messages = session("dan")[:4]
     original = store.save_profile
 
-    def refusing(profile, fields):
-        if "dan-3" in profile.applied:
+    def refusing(profile, fields, **options):
+        if applied_token("dan-3") in profile.applied:
             raise UpdateError("Failed to update item: ValidationException: the third message's value")
-        return original(profile, fields)
+        return original(profile, fields, **options)
 
     monkeypatch.setattr(store, "save_profile", refusing)
     event = batch(*messages)
@@ -612,14 +618,14 @@ def test_a_coalesced_write_dynamodb_refuses_falls_back_to_one_write_per_message(
     assert response == {"batchItemFailures": [{"itemIdentifier": s} for s in sequence[2:]]}
     assert profile_writes == ["UpdateItem", "UpdateItem"]  # 1 and 2 (the refusals never reach the table)
     profile = profile_of("user_id", "dan")
-    assert profile.applied == ["m0", "dan-1", "dan-2"] and profile.traits.as_dict() == {"plan": "pro", "seats": 3}
+    assert profile.applied == tokens("m0", "dan-1", "dan-2") and profile.traits.as_dict() == {"plan": "pro", "seats": 3}
     assert history(profile.profile_id) == ["m0", "dan-1", "dan-2"]
     # When the batch comes again from the refused message, DynamoDB accepting it now
     monkeypatch.setattr(store, "save_profile", original)
     assert run(stream_event(*(image(m) for m in messages[2:]))) == {"batchItemFailures": []}
     # Then every message is on the profile once
     profile = profile_of("user_id", "dan")
-    assert profile.applied == ["m0", *(m["messageId"] for m in messages)]
+    assert profile.applied == tokens("m0", *(m["messageId"] for m in messages))
     assert profile.event_stats.as_dict()["Login"]["total"] == 1
 
 
@@ -638,7 +644,7 @@ def test_a_coalesced_write_that_loses_a_race_applies_its_messages_again(aws, spa
     # Then the slow batch re-read it and applied both again: every event counts once
     profile = profile_of("user_id", "u1")
     assert profile.event_stats.as_dict()["Login"]["total"] == 2
-    assert profile.traits.as_dict() == {"plan": "pro"} and sorted(profile.applied) == ["m1", "m2", "m3", "m4"]
+    assert profile.traits.as_dict() == {"plan": "pro"} and sorted(profile.applied) == sorted(tokens("m1", "m2", "m3", "m4"))
 
 
 def test_a_merge_in_the_middle_of_a_batch_writes_what_came_before_it_first(aws, two_spaces, profile_writes):

@@ -183,7 +183,7 @@ def test_merge_unions_ids_sums_aggregates_and_keeps_newest_trait_per_name():
     assert out.daily_counts == {"Login": {"20261120": 2}}
     assert out.event_stats["Login"] == {"first": "2026-11-20T10:00:00.000Z", "last": "2026-11-20T12:00:00.000Z",
                                         "total": 2}
-    assert set(out.applied) == {"s1", "s2", "a1", "a2"}
+    assert set(out.applied) == {profiles.applied_token(m) for m in ("s1", "s2", "a1", "a2")}
     assert out.merged_from == ["usr_2"]
     assert out.merges == [{"profile_id": "usr_2", "merged_at": "2026-11-20T13:00:01.000Z", "message_id": "x1",
                            "message_type": "alias", "ids": ["anonymous_id:a1"]}]
@@ -205,7 +205,25 @@ def test_applied_message_ids_stay_bounded():
     state = fresh()
     for i in range(profiles.APPLIED_LIMIT + 10):
         profiles.mark_applied(state, f"m{i}")
-    assert len(state.applied) == profiles.APPLIED_LIMIT and state.applied[-1] == f"m{profiles.APPLIED_LIMIT + 9}"
+    assert len(state.applied) == profiles.APPLIED_LIMIT
+    assert state.applied[-1] == profiles.applied_token(f"m{profiles.APPLIED_LIMIT + 9}")
+    assert state.has_applied(f"m{profiles.APPLIED_LIMIT + 9}") and state.has_applied("m10")
+    assert not state.has_applied("m9")  # the oldest went
+
+
+def test_applied_keeps_a_short_token_of_each_message_id_and_still_knows_ids_kept_before_tokens():
+    state = fresh()
+    long_id = "ajs-next-" + "f" * 32  # analytics.js; up to 100 characters are accepted
+    profiles.mark_applied(state, long_id)
+    profiles.mark_applied(state, "x" * 100)
+    assert [len(t) for t in state.applied] == [12, 12] and state.has_applied(long_id)
+    assert not state.has_applied("ajs-next-" + "f" * 31 + "e")
+    profiles.mark_applied(state, long_id)  # again: nothing added
+    assert len(state.applied) == 2
+    # a profile written before tokens names its messageIds whole: a replay of one is still skipped
+    legacy = fresh()
+    legacy.applied = ["m-before-tokens"]
+    assert legacy.has_applied("m-before-tokens") and not legacy.has_applied("m-after")
 
 
 _STAMPED = st.dictionaries(st.sampled_from(["plan", "name", "age", "city"]),

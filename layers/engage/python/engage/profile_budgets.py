@@ -15,7 +15,7 @@ says what each budget keeps first and what audiences see.
 | condition_state | 64 KB | the oldest audience records and buckets go first |
 | computed_trait_state + computed_traits | 24 KB, from the other writers' share | the oldest buckets go first, then the largest trait's state and value |
 | merges (the merge log) | 16 KB, 10 ids per merge | the oldest entries go (merged_from, which history needs, stays whole) |
-| applied | 500 messageIds of <= 100 bytes | the oldest go (engage.profiles) |
+| applied | 500 messageId tokens of 12 characters | the oldest go (engage.profiles) |
 
 Pure: no I/O.
 """
@@ -35,7 +35,7 @@ EVENTS_BUDGET_BYTES = 96 * KB
 CONDITIONS_BUDGET_BYTES = 64 * KB
 MERGES_BUDGET_BYTES = 16 * KB
 IDS_PER_MERGE_ENTRY = 10
-# applied (500 ids of at most 100 bytes: 52 KB), merged_from (100 merges), timestamps, keys: 36 KB
+# applied (500 tokens: 6.5 KB; 52 KB as messageIds before tokens), merged_from (100 merges), timestamps, keys: 36 KB
 OTHER_BYTES = 36 * KB
 PROFILE_BUDGET_BYTES = (TRAITS_BUDGET_BYTES + IDS_BUDGET_BYTES + EVENTS_BUDGET_BYTES + CONDITIONS_BUDGET_BYTES
                         + MERGES_BUDGET_BYTES + OTHER_BYTES)  # 340 KB

@@ -7,12 +7,14 @@ a profile; the audience engine hooks its own per-event aggregation in there.
 Convergence rules (why replays and out-of-order delivery end in the same state):
 - traits: per top-level trait, the greatest stamp "<event timestamp>|<messageId>" wins;
 - aggregates: counts are sums (commutative), first/last are min/max of event timestamps;
-- each messageId is applied at most once per profile (`applied`, kept bounded).
+- each messageId is applied at most once per profile (`applied`: a short digest of each, kept bounded).
 """
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ PAGE_VIEWED = "Page Viewed"
 SCREEN_VIEWED = "Screen Viewed"
 # Newest messageIds remembered per profile. A stream record is redelivered only while its
 # batch is retried (same shard, minutes), so a few hundred covers any redelivery while the
-# item stays small (~40 bytes each).
+# item stays small: each is kept as a 12-character token (applied_token), 13 bytes in the item.
 APPLIED_LIMIT = 500
 # Merges one profile may absorb (Segment protects its graph with the same limit).
 MERGE_LIMIT = 100
@@ -166,7 +168,8 @@ class ProfileState:
     computed_traits_due: str | None = None
 
     def has_applied(self, message_id: str) -> bool:
-        return message_id in self.applied
+        # the messageId itself: `applied` as written before tokens (they age out as new ones arrive)
+        return applied_token(message_id) in self.applied or message_id in self.applied
 
     def ids_of(self, id_type: str) -> set[str]:
         return {entry["id"] for entry in self.external_ids if entry["type"] == id_type}
@@ -416,9 +419,20 @@ def room_for_id(state: ProfileState, *, collection: str, id_type: str, value: st
         "created_at": created_at, "message_id": message_id})
 
 
+def applied_token(message_id: str) -> str:
+    """What a profile's `applied` keeps of a messageId: 12 characters of its BLAKE2b digest (72 bits).
+
+    A heavy user's profile is rewritten with its `applied` list on every batch; messageIds run to 36-41
+    characters (UUIDs, analytics.js's `ajs-next-…`) and up to 100, so 500 of them were up to 20-50 KB of
+    every write. The chance that a new message's token is among 500 others is about 1 in 10^19."""
+    return base64.urlsafe_b64encode(hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"),
+                                                    digest_size=9).digest()).decode("ascii")
+
+
 def mark_applied(state: ProfileState, message_id: str) -> None:
-    if message_id not in state.applied:
-        state.applied.append(message_id)
+    token = applied_token(message_id)
+    if token not in state.applied:
+        state.applied.append(token)
         del state.applied[:-APPLIED_LIMIT]
 
 
