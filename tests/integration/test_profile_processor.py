@@ -17,9 +17,9 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from boto3.dynamodb.types import TypeSerializer
 
 from engage import profile_processor
-from engage.profiles import applied_token
 from engage import profiles_store as store
 from engage.events_store import EventRecord
+from engage.profiles import applied_token
 from tests.integration.audience_support import (
     LambdaContext,
     audience_engine,  # noqa: F401 - the `engine` fixture
