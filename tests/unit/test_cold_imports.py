@@ -69,9 +69,12 @@ NOT_AT_INIT = {
                                  "engage.audiences.definition", *ROUTER_SKIPS),
     # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one, memberships
     # with the first backfill page.
-    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership"),
+    # Destination definitions check audience keys with the light package's pattern: no audience language.
+    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership",
+                              "engage.audiences.definition"),
     # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
-    "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store"),
+    "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store",
+                          "engage.audiences.definition"),
     # Replays invoke the failed function: it processes no batch itself.
     "failure_replay": ("aws_lambda_powertools.utilities.batch", "engage.failures.batch"),
     # Feedback marks deliveries and subscriptions; it never sends.
