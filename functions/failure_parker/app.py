@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit
@@ -12,11 +13,17 @@ from engage.failures import parker
 from engage.observability import logger, metrics, tracer
 
 processor = BatchProcessor(event_type=EventType.SQS)
-streams = boto3.client("dynamodbstreams")
+
+
+@lru_cache(maxsize=1)
+def _streams():
+    """Made on the first message, as every function makes its clients (a client's service model is most of
+    this module's import otherwise): the first invocation pays it, warm ones reuse it."""
+    return boto3.client("dynamodbstreams")
 
 
 def record_handler(record: SQSRecord) -> int:
-    parked = parker.park_message(json.loads(record.body), streams)
+    parked = parker.park_message(json.loads(record.body), _streams())
     metrics.add_metric(name="ParkedRecords", unit=MetricUnit.Count, value=parked)
     return parked
 

@@ -39,6 +39,9 @@ SENDERS = ("engage.destinations.delivery", "engage.destinations.senders", "engag
 # A handler that reports its own batch item failures needs neither powertools' batch utility (it loads every
 # event class) nor FailuresTable's store (written only when records fail) at init.
 ROUTER_SKIPS = ("aws_lambda_powertools.utilities.batch", "engage.failures.store", "engage.failures.batch")
+# The journey and audience definition languages (pydantic models) and the audience evaluator.
+JOURNEY_LANGUAGE = ("engage.journeys.definition", "engage.journeys.compiler", "engage.audiences.definition",
+                    "engage.audiences.evaluator", "pydantic")
 NOT_AT_INIT = {
     # A route's operations load when it is called (the router, auth and route docs do not need them).
     # Definitions (pydantic) load with the first route that validates or parses one: reads need none.
@@ -56,8 +59,6 @@ NOT_AT_INIT = {
     "profile_api": ("engage.privacy.api", "engage.privacy.jobs", "engage.privacy.erase", *SENDERS,
                     "engage.journeys", "engage.broadcasts", "engage.audiences.definition",
                     "engage.messaging.templates"),
-    # Erasing reaches every store, never a sender; it runs jobs, it does not serve the Profile API.
-    "privacy_worker": (*SENDERS, "engage.profile_api", "engage.audiences.runtime"),
     # Routers queue changes; the deliverer sends them. The destination router reads a stream record with
     # engage.audiences.changes, not the audience router's module (publication log, bus, audience store), and
     # loads the audience store, profile store and destination definitions only when it routes a change.
@@ -68,9 +69,12 @@ NOT_AT_INIT = {
                                  "engage.audiences.definition", *ROUTER_SKIPS),
     # Journey syncs (engage.destinations.sync and the audience runtime) load with the first one, memberships
     # with the first backfill page.
-    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership"),
+    # Destination definitions check audience keys with the light package's pattern: no audience language.
+    "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership",
+                              "engage.audiences.definition"),
     # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
-    "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store"),
+    "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store",
+                          "engage.audiences.definition"),
     # Replays invoke the failed function: it processes no batch itself.
     "failure_replay": ("aws_lambda_powertools.utilities.batch", "engage.failures.batch"),
     # Feedback marks deliveries and subscriptions; it never sends.
@@ -79,6 +83,19 @@ NOT_AT_INIT = {
                            "engage.messaging.rules", "pydantic"),
     # The sender needs one helper of engage.audiences.membership, not the audience language.
     "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator"),
+    # Journey definitions are stored as JSON: the journey language (pydantic) loads with the first live
+    # journey entered; a goal's audience condition with the first goal read, a wait's `where` with the first
+    # wait or event entry it filters. A track event or audience event of a space without journeys loads none.
+    "journey_events": JOURNEY_LANGUAGE,
+    "journey_enroller": JOURNEY_LANGUAGE,
+    # A Task's parameters come inline: the audience language, its evaluator and runtime load with the first
+    # condition (split, multi_split, a goal) or profile read (wait_until); the events store with update_trait.
+    "journey_steps": (*JOURNEY_LANGUAGE, "engage.audiences.runtime", "engage.audiences.membership",
+                      "engage.events_store", "engage.messaging.sender", "engage.destinations"),
+    # Erasing reaches every store, never a sender; it runs jobs, it does not serve the Profile API. It rewrites
+    # profiles and journey run items but parses no definition of any kind (the languages are pydantic).
+    "privacy_worker": (*SENDERS, "engage.profile_api", "engage.audiences.runtime", *JOURNEY_LANGUAGE,
+                       "engage.computed_traits.definition"),
 }
 
 
@@ -111,6 +128,15 @@ def test_handler_traces_aws_calls_without_importing_unused_libraries(function):
     # The OpenAPI document is generated ahead (engage openapi), never built on a cold start.
     assert not modules.intersection(OPENAPI_GENERATION)
     assert not modules.intersection(ON_FIRST_USE)
+
+
+def test_the_parker_makes_its_streams_client_with_its_first_message():
+    # A client's service model and endpoint rules were most of the parker's import (it was the only
+    # function making a client at module level); every function makes its clients on first use.
+    modules = imported_by(ROOT / "functions" / "failure_parker",
+                          "import app\nassert app._streams.cache_info().currsize == 0, 'client made at init'\n"
+                          "assert type(app._streams()).__name__ == 'DynamoDBStreams'")
+    assert "engage.failures.parker" in modules
 
 
 def test_templates_load_liquid_when_first_used():

@@ -17,6 +17,20 @@ class ValidationFailed(EngageError):
     status = 400
 
 
+def json_path(loc: tuple) -> str:
+    """A pydantic error location as the JSON path a ValidationFailed detail names (`steps.ab.branches[1]`).
+    Here, not with a definition language, so one language's module does not load another's models."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and part.startswith("<"):
+            continue  # discriminator tags are not part of the JSON
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
 class AuthenticationFailed(EngageError):
     code = "authentication_error"
     status = 401

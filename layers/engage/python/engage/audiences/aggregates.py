@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engage.audiences.definition import (
-    BetweenDays,
-    EventCondition,
-    Filter,
-    FunnelCondition,
-    WithinDays,
-    WithinHours,
-)
+from engage import lazy
+
+if TYPE_CHECKING:
+    from engage.audiences.definition import Filter
+
+# The definition language (pydantic) is read only when an index is built from parsed definitions (which
+# loads it anyway): the profile code that applies events and budgets state (engage.profiles) does not load it.
+definitions = lazy.module("engage.audiences.definition")
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -168,11 +168,11 @@ class WindowSpec:
 def window_spec(window) -> WindowSpec | None:
     if window is None:
         return None
-    if isinstance(window, WithinDays):
+    if isinstance(window, definitions.WithinDays):
         return WindowSpec(DAY_MS, 0, window.within_days)
-    if isinstance(window, WithinHours):
+    if isinstance(window, definitions.WithinHours):
         return WindowSpec(HOUR_MS, 0, window.within_hours)
-    if isinstance(window, BetweenDays):
+    if isinstance(window, definitions.BetweenDays):
         return WindowSpec(DAY_MS, window.between_days[0], window.between_days[1])
     raise TypeError(f"unknown window {window!r}")
 
@@ -256,7 +256,7 @@ def aggregate_for(cond, static_filter) -> Aggregate | None:
 
     `static_filter(filters)` compiles a list of Filters (all static) into props -> bool.
     """
-    if isinstance(cond, EventCondition):
+    if isinstance(cond, definitions.EventCondition):
         spec = window_spec(cond.window)
         dynamic = any(is_dynamic_filter(f) for f in cond.where)
         if not cond.where and (spec is None or spec.unit_ms == DAY_MS):
@@ -275,7 +275,7 @@ def aggregate_for(cond, static_filter) -> Aggregate | None:
         horizon = None if spec is None else spec.hi
         return Aggregate(condition_id({kind: payload}), kind, (name,),
                          lambda n, p: n == name and static(p), (), horizon)
-    if isinstance(cond, FunnelCondition):
+    if isinstance(cond, definitions.FunnelCondition):
         payload = cond.model_dump(by_alias=True, mode="json")
         by_name: dict[str, list] = {}
         keep: set[str] = set()

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from engage.audiences import KEY_PATTERN
-from engage.errors import ValidationFailed
+from engage.errors import ValidationFailed, json_path
 
 OPERATORS = (
     "eq", "neq", "gt", "gte", "lt", "lte", "contains", "not_contains", "starts_with", "ends_with",
@@ -295,18 +295,6 @@ def _summary(details: list[dict]) -> str:
     where = first["path"] or "the definition"
     more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
     return f"invalid audience definition at {where}: {first['message']}{more}"
-
-
-def json_path(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif isinstance(part, str) and part.startswith("<"):
-            continue  # discriminator tags are not part of the JSON
-        else:
-            path += f".{part}" if path else str(part)
-    return path
 
 
 def _detail(error: dict) -> dict:

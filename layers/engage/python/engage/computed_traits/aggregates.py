@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engage.audiences.aggregates import (
     DAY_MS,
@@ -40,7 +40,9 @@ from engage.audiences.aggregates import (
     lookup,
     window_spec,
 )
-from engage.computed_traits.definition import ComputedTraitDefinition
+
+if TYPE_CHECKING:  # the definitions arrive parsed: the per-event path never loads their language (pydantic)
+    from engage.computed_traits.definition import ComputedTraitDefinition
 
 # Distinct values one bucket counts (most_frequent, unique_*); more are not counted (and counted as dropped).
 MAX_DISTINCT = 100

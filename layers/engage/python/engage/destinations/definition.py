@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from engage.audiences.definition import KEY_PATTERN, json_path
-from engage.errors import ValidationFailed
+from engage.audiences import KEY_PATTERN
+from engage.errors import ValidationFailed, json_path
 
 TYPES = ("webhook", "segment", "eventbridge", "s3")
 MODES = ("realtime", "batch")

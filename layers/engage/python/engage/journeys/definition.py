@@ -27,12 +27,11 @@ from engage.audiences.definition import (
     parse_condition,
 )
 from engage.errors import ValidationFailed
+from engage.journeys import KEY_PATTERN
 
-KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,64}$")
 # Step ids become Step Functions state names (at most 80 characters; letters, digits, - and _ keep the
 # console and CloudWatch metrics readable).
 STEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CHANNELS = ("email", "sms", "push", "webhook")
 MAX_STEPS = 200
 # Step Functions waits at most one year per execution; a journey wait longer than that cannot run.

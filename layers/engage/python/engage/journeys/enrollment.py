@@ -30,12 +30,15 @@ import boto3
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import PutError
 
-from engage import clock
+from engage import clock, lazy
 from engage.config import settings
 from engage.journeys import store
-from engage.journeys.compiler import wait_chain
-from engage.journeys.definition import parse_duration, parse_journey
 from engage.observability import logger, metrics
+
+# Loaded with the first enrollment: the definition language (pydantic) parses a published definition only
+# when a live journey is entered, so a trigger for a space without one never loads it.
+definitions = lazy.module("engage.journeys.definition")
+compiler = lazy.module("engage.journeys.compiler")
 
 SOURCE = "engage"
 ENTERED, STEP_COMPLETED, EXITED = "Journey Entered", "Journey Step Completed", "Journey Exited"
@@ -108,11 +111,11 @@ def on_audience_entered(detail: dict[str, Any]) -> list[Outcome]:
 
 
 def _input(journey: store.Journey, trigger: Trigger, entry: int) -> dict[str, Any]:
-    definition = parse_journey(journey.published_definition)
+    definition = definitions.parse_journey(journey.published_definition)
     start = definition.start
     return {"space_id": trigger.space_id, "profile_id": trigger.profile_id, "journey": journey.key,
             "version": journey.version, "entry": entry, "ids": trigger.ids, "event": trigger.event,
-            "trigger": trigger.trigger_id, "step": {"next": start, "at": wait_chain(definition, start), "until": None}}
+            "trigger": trigger.trigger_id, "step": {"next": start, "at": compiler.wait_chain(definition, start), "until": None}}
 
 
 def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
@@ -170,8 +173,8 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
 
 def _entered(journey: store.Journey, trigger: Trigger, version: int, entry: int, name: str) -> None:
     """After the start: a start step that is a wait is counted here (no Task counts it), then the event."""
-    definition = parse_journey(journey.published_definition)
-    if definition.start in wait_chain(definition, definition.start):
+    definition = definitions.parse_journey(journey.published_definition)
+    if definition.start in compiler.wait_chain(definition, definition.start):
         store.count(trigger.space_id, journey.key, trigger.profile_id, name, [(definition.start, "entered")])
     publish(ENTERED, trigger.space_id, journey.key, trigger.profile_id, trigger.ids,
             {"version": version, "entry": entry, "execution_name": name})
@@ -185,7 +188,7 @@ def _reentry_refusal(journey: store.Journey, record: store.EnrollmentRecord) -> 
         return "already entered once (reentry: once)"
     if not record.exited_at:
         return "still in the journey"
-    cooldown = parse_duration(reentry["cooldown"]) if reentry.get("cooldown") else None
+    cooldown = definitions.parse_duration(reentry["cooldown"]) if reentry.get("cooldown") else None
     if cooldown and clock.now() < clock.parse(record.exited_at) + cooldown:
         return f"cooling down until {clock.iso(clock.parse(record.exited_at) + cooldown)}"
     return None

@@ -29,18 +29,13 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
 
-from engage.audiences.definition import (
-    AudienceRefCondition,
-    ComputedTraitCondition,
-    EventCondition,
-    FunnelStep,
-    TraitCondition,
-    parse_condition,
-)
+from engage import lazy
 from engage.journeys import enrollment, store
 from engage.observability import logger
+
+# Loaded with the first goal read: a space whose journeys have no goal never parses a condition (pydantic).
+conditions = lazy.module("engage.audiences.definition")
 
 GOAL = "goal"
 HISTORY_PAGE = 25
@@ -58,16 +53,18 @@ def reset() -> None:
 def dependencies(condition: Any) -> dict[str, set[str]]:
     """What a goal condition reads: event names, audience keys, computed trait keys, custom traits (the
     top-level name: `address.city` reads `address`) (pure)."""
+    from pydantic import BaseModel
+
     found: dict[str, set[str]] = {"events": set(), "audiences": set(), "computed_traits": set(), "traits": set()}
 
     def walk(node: Any) -> None:
-        if isinstance(node, EventCondition | FunnelStep):
+        if isinstance(node, conditions.EventCondition | conditions.FunnelStep):
             found["events"].add(node.event)
-        elif isinstance(node, AudienceRefCondition):
+        elif isinstance(node, conditions.AudienceRefCondition):
             found["audiences"].add(node.audience)
-        elif isinstance(node, ComputedTraitCondition):
+        elif isinstance(node, conditions.ComputedTraitCondition):
             found["computed_traits"].add(node.computed_trait)
-        elif isinstance(node, TraitCondition):
+        elif isinstance(node, conditions.TraitCondition):
             found["traits"].add(node.trait.split(".", 1)[0])
         if isinstance(node, BaseModel):
             for name in type(node).model_fields:
@@ -76,7 +73,7 @@ def dependencies(condition: Any) -> dict[str, set[str]]:
             for item in node:
                 walk(item)
 
-    walk(parse_condition(condition))
+    walk(conditions.parse_condition(condition))
     return found
 
 

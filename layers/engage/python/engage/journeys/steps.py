@@ -19,14 +19,19 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engage import clock, events_store
-from engage.audiences import membership, runtime
-from engage.audiences.definition import AudienceDefinition, parse_condition
-from engage.audiences.evaluator import evaluate_from_scratch
+from engage import clock, lazy
 from engage.config import settings
-from engage.journeys import enrollment, store
-from engage.journeys.definition import DAYS
+from engage.journeys import DAYS, enrollment, store
 from engage.observability import logger
+
+# Loaded with the first step that needs them: the audience language (pydantic) and its evaluator with the
+# first condition (split, multi_split, a journey goal), the audience runtime's profile reads with those and
+# wait_until, the events store with update_trait. A wait, random split, holdout, sync or exit loads none.
+conditions = lazy.module("engage.audiences.definition")
+evaluator = lazy.module("engage.audiences.evaluator")
+runtime = lazy.module("engage.audiences.runtime")
+membership = lazy.module("engage.audiences.membership")
+events_store = lazy.module("engage.events_store")
 
 HISTORY_LIMIT = 1000
 
@@ -117,14 +122,14 @@ def pick_percent(branches: list[dict[str, Any]], value: int) -> str:
 def matches(space_id: str, profile_id: str, condition: Any, now: datetime | None = None) -> bool:
     """An audience condition on one profile now, by the audience language's reference evaluator (the
     profile's traits, memberships and its newest events; the same path audience previews take)."""
-    definition = AudienceDefinition(key="journey_condition", name="journey condition",
-                                    condition=parse_condition(condition))
+    definition = conditions.AudienceDefinition(key="journey_condition", name="journey condition",
+                                               condition=conditions.parse_condition(condition))
     image = runtime.profile_image(space_id, profile_id) or {}
     flags = membership.flags(membership.current(space_id, profile_id))
-    return evaluate_from_scratch(definition, runtime.history(space_id, profile_id, HISTORY_LIMIT),
-                                 image.get("traits") or {}, now or clock.now(), flags,
-                                 computed_traits=image.get("computed_traits"),
-                                 subscriptions=image.get("subscriptions"))
+    return evaluator.evaluate_from_scratch(definition, runtime.history(space_id, profile_id, HISTORY_LIMIT),
+                                           image.get("traits") or {}, now or clock.now(), flags,
+                                           computed_traits=image.get("computed_traits"),
+                                           subscriptions=image.get("subscriptions"))
 
 
 def next_time_of_day(now: datetime, zone: ZoneInfo, time_of_day: str, days: list[str] | None) -> datetime:

@@ -26,7 +26,7 @@ from engage import clock
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound, ValidationFailed
-from engage.journeys.definition import KEY_PATTERN
+from engage.journeys import KEY_PATTERN
 
 DRAFT, PUBLISHED, PAUSED, ARCHIVED = "draft", "published", "paused", "archived"
 STAT_SHARDS = 8

@@ -19,10 +19,13 @@ import boto3
 from botocore.exceptions import ClientError
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 
-from engage import clock
-from engage.audiences.evaluator import compare
+from engage import clock, lazy
 from engage.db import EngageModel, TableName, key
 from engage.observability import logger
+
+# Loaded with the first `where` filter to match: the audience evaluator brings the definition language
+# (pydantic), and most track events release no wait and enter no journey.
+evaluator = lazy.module("engage.audiences.evaluator")
 
 KEEP_SECONDS = 400 * 86400  # Step Functions Standard runs at most a year; TTL bounds leftovers
 
@@ -65,7 +68,7 @@ def filters_match(where: list[dict[str, Any]], properties: dict[str, Any]) -> bo
         actual: Any = properties
         for part in str(flt["property"]).split("."):
             actual = actual.get(part) if isinstance(actual, dict) else None
-        if not compare(flt["op"], actual, flt.get("value")):
+        if not evaluator.compare(flt["op"], actual, flt.get("value")):
             return False
     return True
 
