@@ -52,9 +52,11 @@ NOT_AT_INIT = {
     # The sweeper's dispatch reads the due index and sends bucket messages: the workers evaluate.
     "audience_sweeper": ("engage.audiences.runtime", "engage.audiences.evaluator", "pydantic",
                          "aws_lambda_powertools.utilities.batch"),
-    # The audience router publishes and counts changes: it never parses an audience definition.
+    # The audience router publishes and counts changes: it never parses an audience definition, and reads
+    # the previous routers' idempotency records (powertools' idempotency utility) only for changes that old.
     "audience_router": ("engage.audiences.definition", "pydantic", "aws_lambda_powertools.utilities.batch",
-                        "engage.failures.store"),
+                        "engage.failures.store", "engage.audiences.router_legacy",
+                        "aws_lambda_powertools.utilities.idempotency"),
     # The data rights routes (jobs, erase and every store erase reaches) load when one is called.
     "profile_api": ("engage.privacy.api", "engage.privacy.jobs", "engage.privacy.erase", *SENDERS,
                     "engage.journeys", "engage.broadcasts", "engage.audiences.definition",

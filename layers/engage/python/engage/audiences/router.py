@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,8 +50,6 @@ from functools import lru_cache
 from typing import Any
 
 import boto3
-from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engage import clock
@@ -283,27 +282,12 @@ def _page_of(change: dict[str, Any], layout: dict[str, int]) -> tuple[str, int]:
     return change["space_id"], store.size_page(change["audience_key"], layout[change["space_id"]])
 
 
-class LegacyLog(DynamoDBPersistenceLayer):
-    """The previous routers' log: one powertools COMPLETED record per change. Read only for changes
-    written before sizes were counted here (no `router_counts`), the only ones it can hold, so a
-    redelivery across the deploy does not publish them again."""
+def _legacy_log():
+    """The previous routers' log, read only for changes written before the router counted sizes: its module
+    brings powertools' idempotency utility, which the router's cold start otherwise never pays for."""
+    from engage.audiences import router_legacy
 
-    def published(self, changes: Iterable[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        """(changes (log id, element) the old log holds as published, changes whose lookup stayed unprocessed)."""
-        keys = {self._get_hashed_idempotency_key(c): (log_id(c), element_of(c)) for c in changes}
-        items, unprocessed = consistent_batch_get(self.client, self.table_name, [self._get_key(k) for k in keys],
-                                                  attempts=BATCH_ATTEMPTS)
-        done = {keys[item[self.key_attr]["S"]] for item in items
-                if self._item_to_data_record(item).status == STATUS_CONSTANTS["COMPLETED"]}
-        return done, {keys[k[self.key_attr]["S"]] for k in unprocessed}
-
-
-@lru_cache(maxsize=1)
-def _legacy_log() -> LegacyLog:
-    log = LegacyLog(table_name=settings().require("idempotency_table"))
-    log.configure(IdempotencyConfig(event_key_jmespath="[space_id, profile_id, audience_key, to_string(version)]",
-                                    expires_after_seconds=IDEMPOTENCY_SECONDS), LEGACY_KEY_PREFIX)
-    return log
+    return router_legacy.log()
 
 
 def _chunks(changes: Sequence[dict[str, Any]], layout: dict[str, int]) -> Iterator[list[dict[str, Any]]]:
@@ -463,5 +447,6 @@ def reset() -> None:
     """Drop cached clients (tests build a fresh cloud per test)."""
     _events_client.cache_clear()
     _log.cache_clear()
-    _legacy_log.cache_clear()
+    if "engage.audiences.router_legacy" in sys.modules:
+        sys.modules["engage.audiences.router_legacy"].log.cache_clear()
     _layouts.clear()
