@@ -347,6 +347,6 @@ def test_reading_an_accounts_users_backs_off_on_throttling_and_fails_loudly_past
     monkeypatch.setattr(client, "batch_get_item", throttling)
     monkeypatch.setattr(db, "back_off", waits.append)
     assert set(accounts.read_images("acme", users)) == set(users) and waits == [0, 1]
-    throttled["rounds"] = accounts.BATCH_GET_ATTEMPTS
+    throttled["rounds"] = db.BATCH_GET_ATTEMPTS
     with pytest.raises(RuntimeError, match="unread after 8 attempts"):
         accounts.read_images("acme", users)

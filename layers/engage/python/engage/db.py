@@ -73,6 +73,7 @@ def reset_connections() -> None:
 
 
 MAX_KEYS_PER_READ = 100  # BatchGetItem reads up to 100 keys a call
+BATCH_GET_ATTEMPTS = 8  # rounds of a BatchGetItem whose keys come back unprocessed (throttling)
 
 
 def consistent_batch_get(client, table: str, keys: list[dict], *, attempts: int,
@@ -93,6 +94,16 @@ def consistent_batch_get(client, table: str, keys: list[dict], *, attempts: int,
             break
         back_off(attempt)
     return found, pending
+
+
+def consistent_batch_get_all(client, table: str, keys: list[dict], *, attempts: int = BATCH_GET_ATTEMPTS,
+                             **extra: Any) -> list[dict]:
+    """`consistent_batch_get` that reads every key or raises (the caller's record or message is retried)
+    rather than go on without the items it could not read."""
+    items, unread = consistent_batch_get(client, table, keys, attempts=attempts, **extra)
+    if unread:
+        raise RuntimeError(f"BatchGetItem left {len(unread)} keys of {table} unread after {attempts} attempts")
+    return items
 
 
 def back_off(attempt: int) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 
 from engage.audiences.evaluator import ProfileView
-from engage.db import consistent_batch_get, key
+from engage.db import consistent_batch_get_all, key
 from engage.memberships_store import MembershipRecord
 from engage.observability import logger, metrics
 from engage.profiles_store import ACCOUNTS, USERS, LinkRecord, ProfileRecord, link_sk, profile_pk
@@ -33,7 +33,6 @@ from engage.profiles_store import ACCOUNTS, USERS, LinkRecord, ProfileRecord, li
 MAX_USERS = 1000
 # Accounts of one user re-evaluated after a change of that user.
 MAX_ACCOUNTS_PER_USER = 100
-BATCH_GET_ATTEMPTS = 8  # rounds of a BatchGetItem whose keys come back unprocessed (throttling)
 # What the evaluator reads from a profile item (ProfileView), what tells a live user, and the ids
 # a membership written from the image carries.
 READ_ATTRIBUTES = ("profile_id", "space_id", "collection", "merged_into", "version", "traits",
@@ -87,16 +86,12 @@ _deserializer = TypeDeserializer()
 def read_images(space_id: str, profile_ids: Iterable[str],
                 attributes: Iterable[str] = READ_ATTRIBUTES) -> dict[str, dict[str, Any]]:
     """profile id -> plain profile image (`attributes` only: READ_ATTRIBUTES) for those that exist.
-    Keys left unread by throttling are asked again with back-off; still unread after BATCH_GET_ATTEMPTS
+    Keys left unread by throttling are asked again with back-off; still unread after engage.db.BATCH_GET_ATTEMPTS (8)
     rounds, it raises (the caller's record is retried) rather than evaluate an account without them."""
     names = {f"#a{i}": name for i, name in enumerate(attributes)}
     keys = [{"pk": {"S": profile_pk(space_id, p)}} for p in dict.fromkeys(profile_ids)]
-    items, unread = consistent_batch_get(ProfileRecord._get_connection().connection.client,
-                                         ProfileRecord.Meta.table_name, keys, attempts=BATCH_GET_ATTEMPTS,
-                                         ProjectionExpression=", ".join(names), ExpressionAttributeNames=names)
-    if unread:
-        raise RuntimeError(f"BatchGetItem left {len(unread)} profiles of {space_id} unread after "
-                           f"{BATCH_GET_ATTEMPTS} attempts")
+    items = consistent_batch_get_all(ProfileRecord._get_connection().connection.client, ProfileRecord.Meta.table_name,
+                                     keys, ProjectionExpression=", ".join(names), ExpressionAttributeNames=names)
     images = ({k: _deserializer.deserialize(v) for k, v in raw.items()} for raw in items)
     return {image["profile_id"]: image for image in images}
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -282,6 +281,7 @@ def _page_of(change: dict[str, Any], layout: dict[str, int]) -> tuple[str, int]:
     return change["space_id"], store.size_page(change["audience_key"], layout[change["space_id"]])
 
 
+@lru_cache(maxsize=1)
 def _legacy_log():
     """The previous routers' log, read only for changes written before the router counted sizes: its module
     brings powertools' idempotency utility, which the router's cold start otherwise never pays for."""
@@ -447,6 +447,5 @@ def reset() -> None:
     """Drop cached clients (tests build a fresh cloud per test)."""
     _events_client.cache_clear()
     _log.cache_clear()
-    if "engage.audiences.router_legacy" in sys.modules:
-        sys.modules["engage.audiences.router_legacy"].log.cache_clear()
+    _legacy_log.cache_clear()
     _layouts.clear()

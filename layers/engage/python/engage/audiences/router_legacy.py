@@ -7,7 +7,6 @@ router pays only when a batch holds such a change.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
@@ -33,8 +32,8 @@ class LegacyLog(DynamoDBPersistenceLayer):
         return done, {keys[k[self.key_attr]["S"]] for k in unprocessed}
 
 
-@lru_cache(maxsize=1)
 def log() -> LegacyLog:
+    """The log as the previous routers configured it (the router keeps one per container)."""
     legacy = LegacyLog(table_name=settings().require("idempotency_table"))
     legacy.configure(IdempotencyConfig(event_key_jmespath="[space_id, profile_id, audience_key, to_string(version)]",
                                        expires_after_seconds=IDEMPOTENCY_SECONDS), LEGACY_KEY_PREFIX)

@@ -33,7 +33,7 @@ from engage.audiences.evaluator import ProfileView, evaluate, next_change_at
 from engage.audiences.index import AudienceIndex
 from engage.computed_traits import accounts as computed_accounts
 from engage.computed_traits import runtime as computed_runtime
-from engage.db import consistent_batch_get, key
+from engage.db import consistent_batch_get_all, key
 from engage.errors import ValidationFailed
 from engage.memberships_store import MembershipRecord
 from engage.observability import logger, metrics
@@ -42,7 +42,6 @@ from engage.profiles_store import ProfileEventRecord, ProfileRecord
 USERS = "users"
 ACCOUNTS = "accounts"
 GROUP_ID = "group_id"
-BATCH_GET_ATTEMPTS = 8  # rounds of a BatchGetItem whose keys come back unprocessed (throttling)
 ACCOUNT_ATTEMPTS = 3  # evaluations of one account with its users before a lost race fails the caller
 
 
@@ -492,9 +491,8 @@ def profile_images(pks: list[str]) -> dict[str, dict[str, Any]]:
     """Whole profile items by pk (`<space>|<profile>`), those that exist (strongly consistent BatchGetItem)."""
     client = ProfileRecord._get_connection().connection.client
     keys = [{"pk": {"S": pk}} for pk in dict.fromkeys(pks)]
-    items, unread = consistent_batch_get(client, ProfileRecord.Meta.table_name, keys, attempts=BATCH_GET_ATTEMPTS)
-    if unread:  # the worker's message comes back; the profiles stay due
-        raise RuntimeError(f"BatchGetItem left {len(unread)} profiles unread after {BATCH_GET_ATTEMPTS} attempts")
+    # unread after its attempts, it raises: the worker's message comes back and the profiles stay due
+    items = consistent_batch_get_all(client, ProfileRecord.Meta.table_name, keys)
     return {image["pk"]: image for image in map(plain, items)}
 
 
