@@ -61,6 +61,32 @@ def wire(item: dict | None) -> dict | None:
     return {name: _serializer.serialize(value) for name, value in item.items()}
 
 
+def _units(entry: dict | None) -> int:
+    return max(math.ceil(item_size(entry) / KB), 1)
+
+
+@dataclass(frozen=True)
+class _IndexShape:
+    keys: list[str]
+    projected: frozenset[str] | None  # None: ALL
+
+    @classmethod
+    def of(cls, gsi: dict, table_keys: list[str]) -> _IndexShape:
+        keys = [k["AttributeName"] for k in gsi["KeySchema"]]
+        projection = gsi.get("Projection", {})
+        kind = projection.get("ProjectionType", "ALL")
+        if kind == "ALL":
+            return cls(keys, None)
+        extra = projection.get("NonKeyAttributes", []) if kind == "INCLUDE" else []
+        return cls(keys, frozenset([*keys, *table_keys, *extra]))
+
+    def entry(self, item: dict | None) -> dict | None:
+        """What the index holds of `item`: the projected attributes."""
+        if item is None or self.projected is None:
+            return item
+        return {name: value for name, value in item.items() if name in self.projected}
+
+
 def item_size(item: dict | None) -> int:
     item = wire(item)
     if not item:
@@ -102,7 +128,7 @@ class _Meter:
         self.open: list[Usage] = []
         self._original = botocore.client.BaseClient._make_api_call
         self._key_schemas: dict[str, list[str]] = {}
-        self._gsi_keys: dict[str, list[list[str]]] = {}
+        self._gsi_keys: dict[str, list[_IndexShape]] = {}
 
     def install(self):
         meter = self
@@ -149,9 +175,8 @@ class _Meter:
     def _schema(self, client, table: str) -> list[str]:
         if table not in self._key_schemas:
             desc = self._raw(client, "DescribeTable", {"TableName": table})["Table"]
-            self._key_schemas[table] = [k["AttributeName"] for k in desc["KeySchema"]]
-            self._gsi_keys[table] = [[k["AttributeName"] for k in gsi["KeySchema"]]
-                                     for gsi in desc.get("GlobalSecondaryIndexes", [])]
+            table_keys = self._key_schemas[table] = [k["AttributeName"] for k in desc["KeySchema"]]
+            self._gsi_keys[table] = [_IndexShape.of(gsi, table_keys) for gsi in desc.get("GlobalSecondaryIndexes", [])]
         return self._key_schemas[table]
 
     def _get(self, client, table: str, key: dict) -> dict | None:
@@ -200,16 +225,21 @@ class _Meter:
 
     def _index_writes(self, client, table: str, old: dict | None, new: dict | None) -> int:
         """A GSI's writes, as DynamoDB bills them: one when the item enters, leaves or changes in the
-        index; two when an index key attribute changes value (the old entry deleted, the new one put)."""
+        index; two when an index key attribute changes value (the old entry deleted, the new one put).
+        An item that stays in a KEYS_ONLY or INCLUDE index with no projected attribute changed writes
+        nothing there (an ALL index is counted as written on every write of the item)."""
         self._schema(client, table)
         writes = 0
-        for keys in self._gsi_keys.get(table, []):
+        for index in self._gsi_keys.get(table, []):
+            keys = index.keys
             was = old is not None and all(k in old for k in keys)
             now = new is not None and all(k in new for k in keys)
             if was and now and any(old[k] != new[k] for k in keys):
-                writes += max(math.ceil(item_size(old) / KB), 1) + max(math.ceil(item_size(new) / KB), 1)
+                writes += _units(index.entry(old)) + _units(index.entry(new))
+            elif was and now and index.projected is not None and index.entry(old) == index.entry(new):
+                continue
             elif was or now:
-                writes += max(math.ceil(max(item_size(old), item_size(new)) / KB), 1)
+                writes += _units(max(index.entry(old), index.entry(new), key=item_size))
         return writes
 
     def _capacity(self, client, operation, params, result, before) -> tuple[float, float]:

@@ -36,6 +36,8 @@ class with `inspect.getmembers` on every request) and EventBridge's parse of eac
 ReceiveMessage's retention check per message reads the queue's retention period instead of building its
 whole attribute dict (whose approximate counts walk every message of the queue) three times.
 
+CloudFormation drops a list element that resolves to `AWS::NoValue`; moto keeps it as None (fixed below).
+
 CloudFormation's CreateStack read a template body with PyYAML's pure-Python loader before trying JSON:
 the local cloud sends template.yaml translated to JSON, and that parse was about half of the stack's
 creation, paid at every start. A body that is a JSON object is read as JSON (as AWS reads it), any other
@@ -130,7 +132,24 @@ def install() -> None:
     moto.backends.list_of_moto_modules = lambda: iter(modules)
     _install_fast_dynamodb_answers()
     _install_per_request_caches()
+    _install_cfn_no_value_in_lists()
     _installed = True
+
+
+def _install_cfn_no_value_in_lists() -> None:
+    """CloudFormation drops a list element that resolves to `AWS::NoValue` (`!If [cond, x, !Ref AWS::NoValue]`);
+    moto keeps it as None, which a table's GlobalSecondaryIndexes cannot take."""
+    from moto.cloudformation import parsing
+
+    original = parsing.clean_json
+
+    def clean_json(resource_json, resources_map):
+        if isinstance(resource_json, list):
+            cleaned = (original(value, resources_map) for value in resource_json)
+            return [value for value in cleaned if value is not None]
+        return original(resource_json, resources_map)
+
+    parsing.clean_json = clean_json
 
 
 # The operations whose answers are items (and counts, keys, capacity): plain DynamoDB JSON.

@@ -46,9 +46,53 @@ def global_environment(path: str | Path = TEMPLATE) -> dict[str, Any]:
     return load(path).get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
 
 
-def table_create_kwargs(logical_id: str, table_name: str, path: str | Path = TEMPLATE) -> dict:
-    """boto3 `create_table` arguments built from the template's own key schema."""
-    props = resources(path=path)[logical_id]["Properties"]
+NO_VALUE = object()
+
+
+def resolved(value: Any, parameters: dict[str, Any] | None = None, path: str | Path = TEMPLATE) -> Any:
+    """`value` with its `Fn::If`s decided by the template's Conditions (Equals, Not, And, Or over parameters,
+    at their defaults unless given) and `AWS::NoValue` elements and keys dropped, as CloudFormation does."""
+    template = load(path)
+    values = {name: spec.get("Default") for name, spec in template.get("Parameters", {}).items()}
+    values.update(parameters or {})
+
+    def condition(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            (name, args), = node.items()
+            if name == "Ref":
+                return values[args]
+            if name == "Condition":
+                return condition(template["Conditions"][args])
+            if name == "Fn::Equals":
+                return str(condition(args[0])) == str(condition(args[1]))
+            if name == "Fn::Not":
+                return not condition(args[0])
+            if name == "Fn::And":
+                return all(condition(arg) for arg in args)
+            if name == "Fn::Or":
+                return any(condition(arg) for arg in args)
+        return node
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node == {"Ref": "AWS::NoValue"}:
+                return NO_VALUE
+            if set(node) == {"Fn::If"}:
+                name, when_true, when_false = node["Fn::If"]
+                return walk(when_true if condition(template["Conditions"][name]) else when_false)
+            return {k: v for k, v in ((k, walk(v)) for k, v in node.items()) if v is not NO_VALUE}
+        if isinstance(node, list):
+            return [v for v in (walk(item) for item in node) if v is not NO_VALUE]
+        return node
+
+    return walk(value)
+
+
+def table_create_kwargs(logical_id: str, table_name: str, path: str | Path = TEMPLATE,
+                        parameters: dict[str, Any] | None = None) -> dict:
+    """boto3 `create_table` arguments built from the template's own key schema (conditions decided with
+    the parameters' defaults unless `parameters` names them)."""
+    props = resolved(resources(path=path)[logical_id]["Properties"], parameters, path)
     kwargs: dict[str, Any] = {
         "TableName": table_name,
         "AttributeDefinitions": props["AttributeDefinitions"],

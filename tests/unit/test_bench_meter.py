@@ -113,3 +113,30 @@ def test_gsi_writes_are_billed_as_dynamodb_bills_them():
         with measure() as usage:
             client.delete_item(TableName="indexed", Key={"pk": {"S": "a"}})
         assert usage.write_units == 1  # not in the index any more
+
+
+def test_keys_only_and_include_indexes_are_written_only_when_what_they_hold_changes():
+    # DynamoDB writes an index entry when the item enters or leaves it, or when a key or projected
+    # attribute changes; a KEYS_ONLY index is not written by a change of a non-key attribute.
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="projected", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "group")],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            GlobalSecondaryIndexes=[
+                {"IndexName": "keys", "Projection": {"ProjectionType": "KEYS_ONLY"},
+                 "KeySchema": [{"AttributeName": "group", "KeyType": "HASH"}, {"AttributeName": "pk", "KeyType": "RANGE"}]},
+                {"IndexName": "some", "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["state"]},
+                 "KeySchema": [{"AttributeName": "group", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]}])
+        item = {"pk": {"S": "a"}, "sk": {"S": "x"}, "group": {"S": "g"}, "state": {"BOOL": True},
+                "note": {"S": "n" * 2000}}
+        cases = [(item, 2 + 1 + 1),  # enters both: table 2 (2 KB) + keys 1 + some 1
+                 ({**item, "note": {"S": "m" * 2000}}, 2),  # neither index holds `note`: the table alone
+                 ({**item, "state": {"BOOL": False}}, 2 + 1),  # `some` projects `state`
+                 ({**item, "state": {"BOOL": False}, "group": {"S": "h"}}, 2 + 2 + 2),  # key moves: both twice
+                 ({"pk": {"S": "a"}, "sk": {"S": "x"}}, 2 + 1 + 1)]  # leaves both
+        for new, units in cases:
+            with measure() as usage:
+                client.put_item(TableName="projected", Item=new)
+            assert usage.write_units == units, new

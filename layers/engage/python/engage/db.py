@@ -47,6 +47,11 @@ class EngageModel(Model):
             inner._client = _clients[shared_key]
         return connection
 
+    @classmethod
+    def client(cls):
+        """The shared botocore DynamoDB client, for what PynamoDB does not say (raw pages, index fallbacks)."""
+        return cls._get_connection().connection.client
+
 
 def key(*parts: str) -> str:
     for part in parts:

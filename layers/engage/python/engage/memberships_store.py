@@ -1,9 +1,12 @@
 """Storage model of audience memberships (MembershipsTable, stream -> router).
 
 pk = space|profile_id, sk = audience key         all of a profile's memberships in one Query
-audience_pk = space|audience key (GSI by_audience) all members of an audience
+audience_pk = space|audience key (GSI by_audience_keys)  every profile that ever entered an audience
 `member` stays on the item after exit (False), so the Profile API can answer `false`
 for "was a member, left" and omit audiences the profile never entered (API.md).
+The index projects keys only, so DynamoDB writes it once, when a profile first enters an audience:
+later flips of `member` change no indexed attribute and cost the table write alone. Readers page the
+index's keys and read the items (engage.audiences.membership.members).
 `identity` carries the profile's ids the bus events name, so the router builds
 `Audience Entered/Exited` from the stream image alone (no profile read per change).
 """
@@ -16,18 +19,15 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     VersionAttribute,
 )
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 
 from engage.db import EngageModel, TableName
 
-
-class ByAudienceIndex(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "by_audience"
-        projection = AllProjection()
-
-    audience_pk = UnicodeAttribute(hash_key=True)
-    pk = UnicodeAttribute(range_key=True)
+# GSI on (audience_pk, pk), Projection KEYS_ONLY (template.yaml); queried through the client, which can
+# fall back to the legacy index by name.
+MEMBER_INDEX = "by_audience_keys"
+# The index of stacks created before by_audience_keys (Projection ALL: written on every flip). Read only
+# while an upgrading stack builds by_audience_keys (docs/audiences.md, "Upgrading the members index").
+LEGACY_MEMBER_INDEX = "by_audience"
 
 
 class MembershipRecord(EngageModel):
@@ -56,5 +56,3 @@ class MembershipRecord(EngageModel):
     # counted by their writer's transaction, so a deploy never counts one change twice.
     router_counts = BooleanAttribute(null=True)
     version = VersionAttribute()
-
-    by_audience = ByAudienceIndex()

@@ -90,7 +90,7 @@ def read_images(space_id: str, profile_ids: Iterable[str],
     rounds, it raises (the caller's record is retried) rather than evaluate an account without them."""
     names = {f"#a{i}": name for i, name in enumerate(attributes)}
     keys = [{"pk": {"S": profile_pk(space_id, p)}} for p in dict.fromkeys(profile_ids)]
-    items = consistent_batch_get_all(ProfileRecord._get_connection().connection.client, ProfileRecord.Meta.table_name,
+    items = consistent_batch_get_all(ProfileRecord.client(), ProfileRecord.Meta.table_name,
                                      keys, ProjectionExpression=", ".join(names), ExpressionAttributeNames=names)
     images = ({k: _deserializer.deserialize(v) for k, v in raw.items()} for raw in items)
     return {image["profile_id"]: image for image in images}

@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 
 from engage import clock
-from engage.audiences import accounts, runtime, store
+from engage.audiences import accounts, membership, runtime, store
 from engage.audiences.aggregates import build_condition_state, merge_condition_state
 from engage.audiences.evaluator import compile_definition
 from engage.audiences.index import AudienceIndex
@@ -266,18 +266,16 @@ def purge_page(event: dict[str, Any], *, time_left: Callable[[], bool] = lambda:
     if store.find(space_id, audience_key) is not None:
         return {**event, "done": True, "skipped": "the audience is live"}
     cursor = json.loads(event["cursor"]) if event.get("cursor") else None
-    pages = MembershipRecord.by_audience.query(key(space_id, audience_key), page_size=PAGE_SIZE,
-                                               last_evaluated_key=cursor).page_iter
     removed = 0
-    for page in pages:
+    while True:
+        keys, cursor = membership.member_keys(space_id, audience_key, PAGE_SIZE, cursor)
         with MembershipRecord.batch_write() as batch:
-            for raw in page.get("Items", []):
-                batch.delete(MembershipRecord.from_raw_data(raw))
+            for entry in keys:
+                batch.delete(MembershipRecord(entry["pk"]["S"], entry["sk"]["S"]))
                 removed += 1
-        following = pages.last_evaluated_key
-        if not following:
+        if not cursor:
             break
         if not time_left():
-            return {**event, "cursor": json.dumps(following), "done": False, "removed": removed}
+            return {**event, "cursor": json.dumps(cursor), "done": False, "removed": removed}
     store.drop_size(space_id, audience_key)
     return {**event, "cursor": None, "done": True, "removed": removed}

@@ -104,7 +104,7 @@ def _refused(error: PutError) -> bool:
 def _put_unless_earlier(record: DueRecord) -> str | None:
     """PutItem unless a time at or before the record's is stored. None when written, else the stored
     time, which a refused write returns at no extra cost (ReturnValuesOnConditionCheckFailure)."""
-    client = DueRecord._get_connection().connection.client
+    client = DueRecord.client()
     try:
         client.put_item(TableName=DueRecord.Meta.table_name, Item=record.serialize(),
                         ConditionExpression="attribute_not_exists(pk) OR due_at > :when",

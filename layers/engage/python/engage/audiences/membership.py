@@ -16,12 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import PutError, QueryError
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import PutError
 
 from engage import clock
-from engage.db import key
+from engage.db import consistent_batch_get_all, key
 from engage.errors import ValidationFailed
-from engage.memberships_store import MembershipRecord
+from engage.memberships_store import LEGACY_MEMBER_INDEX, MEMBER_INDEX, MembershipRecord
 
 LOST_RACE = "ConditionalCheckFailedException"  # the item's version moved since it was read
 
@@ -167,24 +168,68 @@ def current_one(space_id: str, profile_id: str, audience_key: str) -> Membership
 
 def members(space_id: str, audience_key: str, limit: int = 100, cursor: str | None = None
             ) -> tuple[list[MembershipRecord], str | None]:
-    """One page of an audience's current members (GSI by_audience) and the cursor of the next page."""
+    """One page of an audience's current members, in index order, and the cursor of the next page.
+
+    The index holds the keys of every profile that ever entered (members and those who left): a page
+    of keys is read back from the table (strongly consistent BatchGetItem) and the current members kept.
+    """
     start = _decode_cursor(cursor, key(space_id, audience_key)) if cursor else None
     found: list[MembershipRecord] = []
     last = start
-    # A filter can empty a page (exited members): keep reading until the page is full or the end.
+    # Leavers are dropped after the read, so a page of keys can yield fewer members: read on until full.
     while len(found) < limit:
-        page = MembershipRecord.by_audience.query(key(space_id, audience_key), limit=limit - len(found),
-                                                  filter_condition=MembershipRecord.member == True,
-                                                  last_evaluated_key=last)
-        try:
-            found.extend(page)
-        except QueryError as error:  # a cursor of another audience (or space) names keys outside this query
-            raise ValidationFailed("invalid `next` cursor: pass the value of cursor.next unchanged",
-                                   [{"path": "next", "value": cursor}]) from error
-        last = page.last_evaluated_key
+        keys, last = member_keys(space_id, audience_key, limit - len(found), last, cursor=cursor)
+        found.extend(record for record in _read(keys) if record.member)
         if not last:
             break
     return found, _encode_cursor(last) if last else None
+
+
+def member_keys(space_id: str, audience_key: str, limit: int, start: dict | None = None, *,
+                cursor: str | None = None) -> tuple[list[dict], dict | None]:
+    """One page of the members index: table keys (wire format) of profiles that entered the audience,
+    and the LastEvaluatedKey after them (None at the end).
+
+    While an upgrading stack still builds the keys-only index, the older index answers the same Query
+    (same key schema, so the same cursors): see docs/audiences.md, "Upgrading the members index".
+    """
+    request: dict[str, Any] = {
+        "TableName": MembershipRecord.Meta.table_name, "KeyConditionExpression": "audience_pk = :audience",
+        "ExpressionAttributeValues": {":audience": {"S": key(space_id, audience_key)}},
+        "ProjectionExpression": "pk, sk", "Limit": limit}
+    if start:
+        request["ExclusiveStartKey"] = start
+    client = MembershipRecord.client()
+    for index in (MEMBER_INDEX, LEGACY_MEMBER_INDEX):
+        try:
+            page = client.query(IndexName=index, **request)
+        except ClientError as error:
+            if index != LEGACY_MEMBER_INDEX and _index_unreadable(error):
+                continue
+            if error.response["Error"]["Code"] == "ValidationException" and cursor is not None:
+                # a cursor of another audience or space names keys outside this query
+                raise ValidationFailed("invalid `next` cursor: pass the value of cursor.next unchanged",
+                                       [{"path": "next", "value": cursor}]) from error
+            raise
+        return page.get("Items", []), page.get("LastEvaluatedKey")
+    raise AssertionError("unreachable")  # the legacy index either answers or raises
+
+
+def _index_unreadable(error: ClientError) -> bool:
+    """The keys-only index is missing or still backfilling (an upgrading stack): read the older one."""
+    message = error.response["Error"].get("Message", "")
+    return error.response["Error"]["Code"] in ("ValidationException", "ResourceNotFoundException") and (
+        "backfilling" in message or "specified index" in message or "Invalid index" in message)
+
+
+def _read(keys: list[dict]) -> list[MembershipRecord]:
+    """The membership items of `keys`, in the order of `keys` (BatchGetItem answers in any order)."""
+    if not keys:
+        return []
+    items = consistent_batch_get_all(MembershipRecord.client(), MembershipRecord.Meta.table_name, keys)
+    by_key = {(item["pk"]["S"], item["sk"]["S"]): item for item in items}
+    wanted = ((entry["pk"]["S"], entry["sk"]["S"]) for entry in keys)
+    return [MembershipRecord.from_raw_data(by_key[k]) for k in wanted if k in by_key]
 
 
 def all_members(space_id: str, audience_key: str):
@@ -201,7 +246,7 @@ def _encode_cursor(last: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(last, sort_keys=True).encode()).decode().rstrip("=")
 
 
-# A page's LastEvaluatedKey on the by_audience index: the table's keys and the index's, all strings.
+# A page's LastEvaluatedKey on the members index: the table's keys and the index's, all strings.
 CURSOR_KEYS = frozenset({"pk", "sk", "audience_pk"})
 SORT_KEY_BYTES = 1024  # DynamoDB's limit on a (table or index) sort key: pk and sk are both one here
 

@@ -489,7 +489,7 @@ def profile_image(space_id: str, profile_id: str) -> dict[str, Any] | None:
 
 def profile_images(pks: list[str]) -> dict[str, dict[str, Any]]:
     """Whole profile items by pk (`<space>|<profile>`), those that exist (strongly consistent BatchGetItem)."""
-    client = ProfileRecord._get_connection().connection.client
+    client = ProfileRecord.client()
     keys = [{"pk": {"S": pk}} for pk in dict.fromkeys(pks)]
     # unread after its attempts, it raises: the worker's message comes back and the profiles stay due
     items = consistent_batch_get_all(client, ProfileRecord.Meta.table_name, keys)

@@ -301,7 +301,7 @@ def _page_items(space_id: str) -> Iterable[dict[str, Any]]:
 def _client():
     """PynamoDB's botocore client for ConfigTable (counters are attributes named at run time, which models
     cannot declare): no second client to build."""
-    return AudienceSizeShard._get_connection().connection.client
+    return AudienceSizeShard.client()
 
 
 # ---------------------------------------------------------------- backfill bookkeeping

@@ -283,7 +283,7 @@ def count(space_id: str, journey_key: str, profile_id: str, execution: str, fact
     a retried Task counts nothing twice. Returns how many facts were new.
     """
     execution = execution.rsplit(":", 1)[-1]  # the name: the enroller knows no ARN yet, Tasks pass the ARN
-    client = StatShard._get_connection().connection.client
+    client = StatShard.client()
     table = settings().require("journeys_table")
     expires = int(clock.now().timestamp()) + MARK_DAYS * 86400
     shard = shard_of(profile_id)
@@ -313,7 +313,7 @@ def count(space_id: str, journey_key: str, profile_id: str, execution: str, fact
 
 def step_counts(space_id: str, journey_key: str) -> dict[str, dict[str, int]]:
     """Per step: entered, in_progress, completed, failures, holdouts, goal_exits, left (shards summed)."""
-    client = StatShard._get_connection().connection.client
+    client = StatShard.client()
     table = settings().require("journeys_table")
     totals: dict[str, dict[str, int]] = {}
     paginator = client.get_paginator("query")
