@@ -238,3 +238,32 @@ def test_a_json_template_body_is_read_as_moto_reads_it_and_yaml_still_parses():
         assert Stack.parse_template(body) == expected
     assert Stack.parse_template("Resources:\n  Q:\n    Type: AWS::SQS::Queue\n") == {
         "Resources": {"Q": {"Type": "AWS::SQS::Queue"}}}
+
+
+def test_a_stack_list_element_that_is_no_value_is_dropped_as_cloudformation_drops_it(monkeypatch):
+    # MembershipsTable's second index exists only while a stack upgrades (MemberIndexUpgrade)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    moto_fixes.install()
+    index = {"KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}], "Projection": {"ProjectionType": "KEYS_ONLY"}}
+    body = {
+        "Parameters": {"Keep": {"Type": "String", "Default": "no"}},
+        "Conditions": {"Keeping": {"Fn::Equals": [{"Ref": "Keep"}, "yes"]}},
+        "Resources": {"T": {"Type": "AWS::DynamoDB::Table", "Properties": {
+            "TableName": "t", "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "g")],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [{"IndexName": "new", **index},
+                                       {"Fn::If": ["Keeping", {"IndexName": "old", **index}, {"Ref": "AWS::NoValue"}]}]}}}}
+    with mock_aws():
+        cloudformation = boto3.client("cloudformation", region_name=REGION)
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
+        cloudformation.create_stack(StackName="s", TemplateBody=json.dumps(body))
+        indexes = dynamodb.describe_table(TableName="t")["Table"]["GlobalSecondaryIndexes"]
+        assert [i["IndexName"] for i in indexes] == ["new"]
+        cloudformation.create_stack(StackName="s2", TemplateBody=json.dumps(
+            {**body, "Resources": {"T": {**body["Resources"]["T"], "Properties": {
+                **body["Resources"]["T"]["Properties"], "TableName": "t2"}}}}),
+            Parameters=[{"ParameterKey": "Keep", "ParameterValue": "yes"}])
+        indexes = dynamodb.describe_table(TableName="t2")["Table"]["GlobalSecondaryIndexes"]
+        assert [i["IndexName"] for i in indexes] == ["new", "old"]

@@ -26,7 +26,7 @@ from engage.db import EngageModel, TableName
 # fall back to the legacy index by name.
 MEMBER_INDEX = "by_audience_keys"
 # The index of stacks created before by_audience_keys (Projection ALL: written on every flip). Read only
-# while an upgrading stack builds by_audience_keys (docs/audiences.md, "Upgrading the members index").
+# while an upgrading stack builds by_audience_keys (docs/audiences.md, "The members index").
 LEGACY_MEMBER_INDEX = "by_audience"
 
 

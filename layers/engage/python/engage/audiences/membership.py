@@ -191,7 +191,7 @@ def member_keys(space_id: str, audience_key: str, limit: int, start: dict | None
     and the LastEvaluatedKey after them (None at the end).
 
     While an upgrading stack still builds the keys-only index, the older index answers the same Query
-    (same key schema, so the same cursors): see docs/audiences.md, "Upgrading the members index".
+    (same key schema, so the same cursors): see docs/audiences.md, "The members index".
     """
     request: dict[str, Any] = {
         "TableName": MembershipRecord.Meta.table_name, "KeyConditionExpression": "audience_pk = :audience",

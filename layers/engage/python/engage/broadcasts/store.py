@@ -25,12 +25,12 @@ from typing import Any
 
 import boto3
 from boto3.dynamodb.conditions import Attr, Key
-from boto3.dynamodb.types import TypeSerializer
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from engage import clock
 from engage.config import settings
-from engage.db import key
+from engage.db import consistent_batch_get_all, key
 from engage.errors import Conflict, NotFound
 
 SHARDS = 16
@@ -42,6 +42,7 @@ FINAL = ("sent", "suppressed", "failed")  # a recipient in one of these is never
 RECIPIENT_DAYS = 30  # recipients, stats and rate buckets expire after this (the broadcast item stays)
 NO_ZONE = "_"  # the one zone group of a broadcast not sent in recipients' time zones
 _serialize = TypeSerializer().serialize
+_deserialize = TypeDeserializer().deserialize
 
 
 @lru_cache(maxsize=1)
@@ -197,16 +198,19 @@ def delete_recipient(space_id: str, profile_id: str) -> int:
     name = settings().require("broadcasts_table")
     wanted = [{"pk": recipients_pk(space_id, b.key, zone, shard_of(profile_id)), "sk": profile_id}
               for b in list_all(space_id) for zone in (b.zones or {NO_ZONE: 0})]
-    found = []
-    while wanted:
-        answer = _resource().batch_get_item(RequestItems={name: {"Keys": wanted[:100], "ConsistentRead": True,
-                                                                 "ProjectionExpression": "pk, sk"}})
-        found += answer.get("Responses", {}).get(name, [])
-        wanted = wanted[100:] + answer.get("UnprocessedKeys", {}).get(name, {}).get("Keys", [])
+    found = _read(name, wanted, ProjectionExpression="pk, sk")
     with _table().batch_writer(overwrite_by_pkeys=["pk", "sk"]) as batch:
         for item in found:
             batch.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
     return len(found)
+
+
+def _read(table: str, keys: list[dict[str, Any]], **extra: Any) -> list[dict[str, Any]]:
+    """The items of `keys` (plain values), strongly consistent, 100 a call; unprocessed keys are asked
+    again with back-off and an error raised if any stay unread (engage.db.consistent_batch_get_all)."""
+    wire = [{name: _serialize(value) for name, value in entry.items()} for entry in keys]
+    return [{name: _deserialize(value) for name, value in item.items()}
+            for item in consistent_batch_get_all(_client(), table, wire, **extra)]
 
 
 def write_recipients(space_id: str, broadcast_key: str, recipients: Iterable[tuple[str, str]]) -> int:
@@ -240,15 +244,7 @@ def recipient_statuses(space_id: str, broadcast_key: str, zone: str,
     consistent); absent ids are not recipients."""
     wanted = [{"pk": recipients_pk(space_id, broadcast_key, zone, shard_of(pid)), "sk": pid}
               for pid in dict.fromkeys(profile_ids)]
-    found: dict[str, dict[str, Any]] = {}
-    name = settings().require("broadcasts_table")
-    while wanted:
-        request = {name: {"Keys": wanted[:100], "ConsistentRead": True}}
-        answer = _resource().batch_get_item(RequestItems=request)
-        for item in answer.get("Responses", {}).get(name, []):
-            found[item["sk"]] = item
-        wanted = wanted[100:] + answer.get("UnprocessedKeys", {}).get(name, {}).get("Keys", [])
-    return found
+    return {item["sk"]: item for item in _read(settings().require("broadcasts_table"), wanted)}
 
 
 def reason_slug(reason: str | None) -> str:
