@@ -70,6 +70,10 @@ def test_a_cursor_of_another_audience_is_refused_before_it_reads_anything(aws):
     _, cursor = membership.members(SPACE, "vip", 1)
     with pytest.raises(ValidationFailed):
         membership.members(SPACE, "club", 1, cursor)
+    # the cursor's shape with an empty key value: DynamoDB would refuse it, so it is a 400 here too
+    forged = {"audience_pk": {"S": "acme|vip"}, "pk": {"S": ""}, "sk": {"S": "vip"}}
+    with pytest.raises(ValidationFailed):
+        membership.members(SPACE, "vip", 1, membership._encode_cursor(forged))
 
 
 def _only_the_legacy_index() -> None:

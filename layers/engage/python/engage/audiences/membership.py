@@ -263,8 +263,9 @@ def _decode_cursor(cursor: str, audience_pk: str) -> dict:
         raise problem from error
     if not isinstance(last, dict) or set(last) != CURSOR_KEYS:
         raise problem
+    # Key values are non-empty strings (DynamoDB refuses an empty key value; moto does not) of key size.
     if not all(isinstance(value, dict) and list(value) == ["S"] and isinstance(value["S"], str)
-               and len(value["S"].encode()) <= SORT_KEY_BYTES for value in last.values()):
+               and 0 < len(value["S"].encode()) <= SORT_KEY_BYTES for value in last.values()):
         raise problem
     if last["audience_pk"]["S"] != audience_pk:  # a cursor of another audience (or space)
         raise problem
