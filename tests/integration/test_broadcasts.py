@@ -455,6 +455,36 @@ def test_snapshot_pages_across_invocations_counts_each_member_once(cloud, monkey
     assert sorted(recipients_of_sent_emails()) == sorted(f"u{i}@example.com" for i in range(7))
 
 
+def test_a_snapshot_of_an_audience_most_have_left_hands_on_by_keys_read_not_members_found(cloud, monkeypatch):
+    # Given 8 people who joined a manual audience and 6 of whom left it (the members index keeps all 8),
+    # an invocation budget of 2 index keys and pages that read at most 2
+    from engage.audiences import membership
+
+    monkeypatch.setattr(engine, "MEMBER_PAGE", 2)
+    monkeypatch.setattr(engine, "WORK_BUDGET", 2)
+    monkeypatch.setattr(membership, "MAX_KEYS_PER_PAGE", 2)
+    cloud.people(8)
+    cloud.audience("fans", refs(8))
+    status, body = call_api("POST", "/v1/audiences/fans/members", {"remove": refs(8)[:3] + refs(8)[4:7]})
+    assert status == 200 and body["removed"] == 6, body
+    create({"key": "sparse", "audience": "fans", "channel": "email", "template": "news"})
+    # When the work items run one at a time
+    starts = 0
+    for _ in range(20):
+        work = cloud.receive("BroadcastWorkQueue")
+        if not work:
+            break
+        starts += 1
+        cloud.deliver("BroadcastWorkQueue", "broadcast_starter", work)
+    cloud.run()
+    # Then the snapshot took an invocation per 2 keys read (counting the 2 members found, one would have
+    # read all 8), and only the 2 members got it
+    assert starts >= 4
+    answer = get("sparse")
+    assert answer["stats"]["targeted"] == 2 and answer["stats"]["sent"] == 2 and answer["status"] == "sent"
+    assert sorted(recipients_of_sent_emails()) == ["u3@example.com", "u7@example.com"]
+
+
 def test_audience_still_computing_waits(cloud):
     # Given a broadcast to an audience whose backfill is running
     cloud.people(2)

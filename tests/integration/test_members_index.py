@@ -63,6 +63,30 @@ def test_pages_hold_current_members_only_in_index_order_whatever_the_page_size(a
     assert [r.profile_id for r in membership.all_members(SPACE, "vip")] == expected
 
 
+def test_a_page_of_an_audience_most_have_left_reads_a_bounded_number_of_keys(aws, monkeypatch):
+    # Given 30 profiles that entered and 27 of them left again (an audience of recent activity)
+    for n in range(30):
+        _enter(f"p{n:02d}", "recent", True)
+        if n not in (3, 17, 28):
+            _enter(f"p{n:02d}", "recent", False)
+    monkeypatch.setattr(membership, "MAX_KEYS_PER_PAGE", 8)
+    # Then a page reads at most max(limit, 8) keys: partial pages carry a cursor, and following the
+    # cursors to the end gives every member once, in index order
+    pages, cursor = [], None
+    while True:
+        page = membership.member_page(SPACE, "recent", 2, cursor)
+        assert page.keys_read <= 8 and len(page.members) <= 2
+        pages.append(page)
+        cursor = page.cursor
+        if not cursor:
+            break
+    assert [r.profile_id for page in pages for r in page.members] == ["p03", "p17", "p28"]
+    assert sum(page.keys_read for page in pages) == 30
+    assert any(page.cursor and len(page.members) < 2 for page in pages)  # a partial page, not the last
+    # a larger limit reads up to the limit's keys
+    assert membership.member_page(SPACE, "recent", 20).keys_read == 20
+
+
 def test_a_cursor_of_another_audience_is_refused_before_it_reads_anything(aws):
     for n in range(3):
         _enter(f"p{n}", "vip", True)

@@ -166,23 +166,44 @@ def current_one(space_id: str, profile_id: str, audience_key: str) -> Membership
         return None
 
 
-def members(space_id: str, audience_key: str, limit: int = 100, cursor: str | None = None
-            ) -> tuple[list[MembershipRecord], str | None]:
+# A page reads at most this many index keys (10 BatchGetItem calls), so a page of an audience that most
+# of its past members have left stays quick: it then holds fewer than `limit` members, with a cursor.
+MAX_KEYS_PER_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class MemberPage:
+    members: list[MembershipRecord]
+    cursor: str | None  # None at the end of the audience
+    keys_read: int  # index keys read for it (members and leavers): the work the page took
+
+
+def member_page(space_id: str, audience_key: str, limit: int = 100, cursor: str | None = None) -> MemberPage:
     """One page of an audience's current members, in index order, and the cursor of the next page.
 
-    The index holds the keys of every profile that ever entered (members and those who left): a page
-    of keys is read back from the table (strongly consistent BatchGetItem) and the current members kept.
+    The index holds the keys of every profile that ever entered (members and those who left): keys are
+    read back from the table (strongly consistent BatchGetItem) and the current members kept, until the
+    page holds `limit` members, the index ends, or max(limit, MAX_KEYS_PER_PAGE) keys were read.
     """
     start = _decode_cursor(cursor, key(space_id, audience_key)) if cursor else None
     found: list[MembershipRecord] = []
-    last = start
-    # Leavers are dropped after the read, so a page of keys can yield fewer members: read on until full.
-    while len(found) < limit:
-        keys, last = member_keys(space_id, audience_key, limit - len(found), last, cursor=cursor)
+    last, read, budget = start, 0, max(limit, MAX_KEYS_PER_PAGE)
+    while len(found) < limit and read < budget:
+        keys, last = member_keys(space_id, audience_key, min(limit - len(found), budget - read), last,
+                                 cursor=cursor)
+        read += len(keys)
         found.extend(record for record in _read(keys) if record.member)
         if not last:
             break
-    return found, _encode_cursor(last) if last else None
+    return MemberPage(found, _encode_cursor(last) if last else None, read)
+
+
+def members(space_id: str, audience_key: str, limit: int = 100, cursor: str | None = None
+            ) -> tuple[list[MembershipRecord], str | None]:
+    """`member_page` as (members, cursor of the next page): a page may hold fewer than `limit` members
+    while the cursor is not None (follow it to the end)."""
+    page = member_page(space_id, audience_key, limit, cursor)
+    return page.members, page.cursor
 
 
 def member_keys(space_id: str, audience_key: str, limit: int, start: dict | None = None, *,

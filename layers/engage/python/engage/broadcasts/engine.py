@@ -39,7 +39,7 @@ from engage.memberships_store import MembershipRecord
 from engage.observability import logger
 
 MEMBER_PAGE = 500
-WORK_BUDGET = 20_000  # recipients one invocation snapshots or fans out before handing on the rest
+WORK_BUDGET = 20_000  # members index keys one invocation snapshots (recipients it fans out) before handing on
 RECIPIENTS_PER_MESSAGE = 25
 AUDIENCE_WAIT = timedelta(minutes=5)
 MAX_AUDIENCE_WAITS = 288  # a day of re-checks
@@ -195,7 +195,8 @@ def snapshot(space_id: str, broadcast_key: str, _hint: str | None = None) -> dic
     taken_at = clock.parse(broadcast.snapshot_at)
     budget = WORK_BUDGET
     while True:
-        page, following = membership.members(space_id, definition.audience, MEMBER_PAGE, cursor)
+        read = membership.member_page(space_id, definition.audience, MEMBER_PAGE, cursor)
+        page, following = read.members, read.cursor
         ids = [r.profile_id for r in page if _is_before(r.entered_at, taken_at)]
         excluded = _excluded(space_id, ids, definition.exclude_audiences)
         ids = [pid for pid in ids if pid not in excluded]
@@ -206,7 +207,7 @@ def snapshot(space_id: str, broadcast_key: str, _hint: str | None = None) -> dic
             counts[zone] = counts.get(zone, 0) + 1
         if not _advance(broadcast, cursor, following, len(ids), counts):
             return {"done": "nothing", "status": "snapshot moved on meanwhile"}
-        budget -= len(page)
+        budget -= read.keys_read  # members and leavers read: an audience most have left costs its keys
         cursor = following
         if not following:
             return _snapshot_taken(space_id, broadcast_key)
