@@ -151,7 +151,7 @@ def _ids_by_type(profile: ProfileRecord | None) -> dict[str, list[str]]:
 
 
 def _member_pages(space_id: str, audience_key: str) -> Iterator[list[str]]:
-    """Profile ids of the current members, a page of the by_audience index at a time."""
+    """Profile ids of the current members, a page of the members index at a time."""
     cursor = None
     while True:
         page, cursor = membership.members(space_id, audience_key, MEMBER_PAGE, cursor)
@@ -263,8 +263,8 @@ def _object_key(space_id: str, audience_key: str, job_id: str) -> str:
 
 
 def _retry_after(size: int) -> int:
-    # about 1 s per 5,000 members generated on AWS (docs/audiences-api.md), between 5 s and 1 min
-    return max(5, min(60, math.ceil(size / 5_000)))
+    # about 1 s per 3,000 members generated on AWS (docs/audiences-api.md), between 5 s and 1 min
+    return max(5, min(60, math.ceil(size / 3_000)))
 
 
 def _job(space_id: str, audience_key: str, opts: Options, regenerate: bool, size: int) -> Job:
