@@ -343,3 +343,25 @@ def test_a_regenerate_answer_points_polling_at_the_url_without_regenerate(jobs):
     # polling the Location gets this job's file; it starts nothing more
     assert raw_get("/v1/audiences/big/export", {"format": "formatted"})["statusCode"] == 303
     assert len(jobs) == 1
+
+
+def test_a_small_audience_most_have_left_is_generated_not_read_inside_the_request(jobs, monkeypatch):
+    # Given 8 current members of 30 who ever joined (the members index keeps all 30), under the
+    # synchronous limit of 10 members, and a synchronous read budget of 20 index keys
+    from engage.audiences import export
+
+    add_people(30)
+    status, body = call_api("POST", "/v1/audiences/big/members", {"remove": [f"user_id:{i}" for i in range(22)]})
+    assert status == 200 and body["removed"] == 22, body
+    monkeypatch.setattr(export, "SYNC_MAX_KEYS", 20)
+    # When it is exported, the request starts the background job instead of reading 30 keys inline
+    status, body = call_api("GET", "/v1/audiences/big/export", query={"format": "unformatted"})
+    assert status == 202 and body["status"] == "generating", body
+    assert run_export(jobs[0])["status"] == "ready"
+    # And the generated file holds the 8 members; with a larger budget the same file comes back inline
+    status, ready = call_api("GET", "/v1/audiences/big/export", query={"format": "unformatted"})
+    assert status == 303 and ready["status"] == "ready", ready
+    generated = download(ready["url"])
+    monkeypatch.setattr(export, "SYNC_MAX_KEYS", 1_000)
+    assert generated == synchronous({"format": "unformatted"})
+    assert generated.count(b"\n") == 1 + 8

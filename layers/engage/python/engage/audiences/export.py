@@ -56,6 +56,9 @@ SYNC_MAX_RESPONSE_BYTES = 6 * 1024 * 1024 - 64 * 1024
 ID_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # as the Profile API's id types
 BATCH_GET = 100
 MEMBER_PAGE = 500
+# Members index keys (current and past members) a synchronous export reads before it hands over to the
+# background job: 500 BatchGetItem calls, about 10 s on AWS, under API Gateway's 29 s.
+SYNC_MAX_KEYS = 50_000
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB, except the last
 # AudienceExportFunction's timeout is 15 minutes and its async events are dropped after 15 minutes
 # (MaximumEventAgeInSeconds): a job unclaimed this long after its start, or still running this long
@@ -221,11 +224,20 @@ def export_csv(space_id: str, audience_key: str, *, fmt: str | None = "unformatt
 
 def _export_in_memory(space_id: str, audience_key: str, opts: Options, max_members: int) -> Export:
     member_ids: list[str] = []
-    for page in _member_pages(space_id, audience_key):
-        member_ids.extend(page)
+    cursor, keys_read = None, 0
+    while True:
+        page = membership.member_page(space_id, audience_key, MEMBER_PAGE, cursor)
+        member_ids.extend(record.profile_id for record in page.members)
+        keys_read += page.keys_read
         if len(member_ids) > max_members:
             raise TooLarge(f"the audience has more than {max_members} members: too large for a "
                            "synchronous export", [{"path": "key", "value": audience_key}])
+        if keys_read > SYNC_MAX_KEYS:
+            raise TooLarge(f"the audience has had more than {SYNC_MAX_KEYS} members (current and past): too "
+                           "many to read for a synchronous export", [{"path": "key", "value": audience_key}])
+        cursor = page.cursor
+        if not cursor:
+            break
     members = list(_with_ids(space_id, [member_ids]))
     widest: dict[str, int] = {}
     for _pid, ids in members:
@@ -248,7 +260,7 @@ def request(space_id: str, audience_key: str, *, fmt: str | None = None, id_type
         try:
             made = _export_in_memory(space_id, audience_key, opts, limit)
         except TooLarge:
-            made = None  # the audience grew past the counter we read: generate it instead
+            made = None  # it grew past the counter we read, or most have left: generate it instead
         if made is not None and len(json.dumps(made.body)) <= SYNC_MAX_RESPONSE_BYTES:
             return made
     return _job(space_id, audience_key, opts, regenerate, size)
