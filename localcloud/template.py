@@ -71,6 +71,9 @@ def resolved(value: Any, parameters: dict[str, Any] | None = None, path: str | P
                 return all(condition(arg) for arg in args)
             if name == "Fn::Or":
                 return any(condition(arg) for arg in args)
+        if isinstance(node, (dict, list)):  # an intrinsic this reader does not decide: say so, never guess
+            raise NotImplementedError(f"{path}: condition {node!r} uses what only Ref, Condition, Fn::Equals, Fn::Not, "
+                             "Fn::And and Fn::Or can say here")
         return node
 
     def walk(node: Any) -> Any:

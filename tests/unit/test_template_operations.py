@@ -139,3 +139,19 @@ def test_batching_window_parameters_are_bounded_numbers_that_say_what_they_trade
     assert (spec["Type"], spec["MinValue"], spec["MaxValue"]) == ("Number", 0, 300)
     assert spec["Default"] == DEFAULT_WINDOWS[parameter]
     assert "more invocations" in spec["Description"] and "sooner" in spec["Description"]
+
+
+def test_conditions_are_decided_from_parameters_and_an_unknown_intrinsic_is_refused(tmp_path):
+    # template.resolved decides Fn::If for the tests' tables as CloudFormation would, or says it cannot
+    body = {"Parameters": {"Mode": {"Type": "String", "Default": "a"}},
+            "Conditions": {"IsB": {"Fn::Equals": [{"Ref": "Mode"}, "b"]},
+                           "NotB": {"Fn::Not": [{"Condition": "IsB"}]},
+                           "Odd": {"Fn::Equals": [{"Fn::Select": [0, ["b"]]}, "b"]}},
+            "Resources": {}}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(body))
+    value = [1, {"Fn::If": ["IsB", 2, {"Ref": "AWS::NoValue"}]}, {"Fn::If": ["NotB", 3, 4]}]
+    assert template.resolved(value, path=path) == [1, 3]
+    assert template.resolved(value, {"Mode": "b"}, path=path) == [1, 2, 4]
+    with pytest.raises(NotImplementedError, match="Fn::Select"):
+        template.resolved({"Fn::If": ["Odd", 1, 2]}, path=path)

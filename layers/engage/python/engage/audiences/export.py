@@ -155,12 +155,8 @@ def _ids_by_type(profile: ProfileRecord | None) -> dict[str, list[str]]:
 
 def _member_pages(space_id: str, audience_key: str) -> Iterator[list[str]]:
     """Profile ids of the current members, a page of the members index at a time."""
-    cursor = None
-    while True:
-        page, cursor = membership.members(space_id, audience_key, MEMBER_PAGE, cursor)
-        yield [record.profile_id for record in page]
-        if not cursor:
-            return
+    for page in membership.member_pages(space_id, audience_key, MEMBER_PAGE):
+        yield [record.profile_id for record in page.members]
 
 
 def _with_ids(space_id: str, pages: Iterable[list[str]]) -> Iterator[tuple[str, dict[str, list[str]]]]:
@@ -224,9 +220,8 @@ def export_csv(space_id: str, audience_key: str, *, fmt: str | None = "unformatt
 
 def _export_in_memory(space_id: str, audience_key: str, opts: Options, max_members: int) -> Export:
     member_ids: list[str] = []
-    cursor, keys_read = None, 0
-    while True:
-        page = membership.member_page(space_id, audience_key, MEMBER_PAGE, cursor)
+    keys_read = 0
+    for page in membership.member_pages(space_id, audience_key, MEMBER_PAGE):
         member_ids.extend(record.profile_id for record in page.members)
         keys_read += page.keys_read
         if len(member_ids) > max_members:
@@ -235,9 +230,6 @@ def _export_in_memory(space_id: str, audience_key: str, opts: Options, max_membe
         if keys_read > SYNC_MAX_KEYS:
             raise TooLarge(f"the audience has had more than {SYNC_MAX_KEYS} members (current and past): too "
                            "many to read for a synchronous export", [{"path": "key", "value": audience_key}])
-        cursor = page.cursor
-        if not cursor:
-            break
     members = list(_with_ids(space_id, [member_ids]))
     widest: dict[str, int] = {}
     for _pid, ids in members:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,14 +253,21 @@ def _read(keys: list[dict]) -> list[MembershipRecord]:
     return [MembershipRecord.from_raw_data(by_key[k]) for k in wanted if k in by_key]
 
 
-def all_members(space_id: str, audience_key: str):
-    """Iterate every current member (pages of the GSI; used by CSV replace and export)."""
+def member_pages(space_id: str, audience_key: str, size: int = 500) -> Iterator[MemberPage]:
+    """Every page of the audience, `size` members at most each, cursor to cursor (whole-audience readers)."""
     cursor = None
     while True:
-        page, cursor = members(space_id, audience_key, 500, cursor)
-        yield from page
+        page = member_page(space_id, audience_key, size, cursor)
+        yield page
+        cursor = page.cursor
         if not cursor:
             return
+
+
+def all_members(space_id: str, audience_key: str) -> Iterator[MembershipRecord]:
+    """Every current member (CSV replace)."""
+    for page in member_pages(space_id, audience_key):
+        yield from page.members
 
 
 def _encode_cursor(last: dict) -> str:
