@@ -151,14 +151,19 @@ def test_while_the_keys_index_backfills_the_old_index_answers(aws, monkeypatch):
 def test_other_query_errors_are_not_mistaken_for_an_unbuilt_index(aws, monkeypatch):
     _enter("p0", "vip", True)
     shared = MembershipRecord.client()
+    asked: list[str] = []
 
     def query(**request):
+        asked.append(request["IndexName"])
         raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
                           "Query")
 
     monkeypatch.setattr(shared, "query", query)
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as raised:
         membership.members(SPACE, "vip")
+    # raised as it came, and the older index was never asked
+    assert raised.value.response["Error"]["Code"] == "ProvisionedThroughputExceededException"
+    assert asked == [MEMBER_INDEX]
 
 
 def test_the_template_makes_the_keys_index_and_keeps_the_old_one_only_while_upgrading():
