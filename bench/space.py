@@ -12,6 +12,11 @@
   group call with the account's traits.
 - delivery: analytics.js batching (flush at 10 messages or the session's end) to /v1/batch.
 
+`Space.next_month()` is the same space a month on: most identified persons come back on the
+device they signed in on (analytics.js keeps their anonymousId and userId), anonymous visitors
+do not, and new persons arrive as in the first month. Sent after the first month, it is a space
+in its steady state rather than one filling up.
+
 `audiences(n)` gives `n` definitions from the seeds' use cases (docs/audiences.md examples).
 """
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Person:
     account: int | None
     messages: int
     first_seen: datetime
+    returning: bool = False  # known since an earlier month: no first identify, no account join
 
 
 def audiences(n: int = 100, seed: int = 16) -> list[dict]:
@@ -116,23 +122,53 @@ class Space:
     """Messages of `persons` people over DAYS days from `start`, and their delivery in SDK batches."""
 
     def __init__(self, persons: int, start: datetime, *, seed: int = 16, cap: int = 5000):
+        self.seed = seed
         self.rng = random.Random(seed)
         self.start = start
         self.end = start + timedelta(days=DAYS)
+        self.month = 1
+        self.cap = cap
         self.sequence = 0
         accounts = max(persons * 75 // 100 * 30 // 100 // 12, 1)
         self.accounts = accounts
-        self.persons = []
-        for index in range(persons):
-            identified = self.rng.random() < 0.75
-            volume = int(2 / (1 - self.rng.random()) ** (1 / 1.2))  # Pareto, alpha 1.2, minimum 2
-            self.persons.append(Person(
-                index=index, identified=identified,
-                anonymous_first=identified and self.rng.random() < 0.30,
-                second_device=identified and self.rng.random() < 0.10,
-                account=self.rng.randrange(accounts) if identified and self.rng.random() < 0.30 else None,
-                messages=min(volume, cap) if identified else min(volume, 6),
-                first_seen=start + timedelta(seconds=self.rng.uniform(0, DAYS * 86400 * 0.8))))
+        self.persons = [self._new_person(index) for index in range(persons)]
+
+    def _new_person(self, index: int) -> Person:
+        identified = self.rng.random() < 0.75
+        messages = self._volume(identified)
+        return Person(
+            index=index, identified=identified,
+            anonymous_first=identified and self.rng.random() < 0.30,
+            second_device=identified and self.rng.random() < 0.10,
+            account=self.rng.randrange(self.accounts) if identified and self.rng.random() < 0.30 else None,
+            messages=messages,
+            first_seen=self.start + timedelta(seconds=self.rng.uniform(0, DAYS * 86400 * 0.8)))
+
+    def _volume(self, identified: bool) -> int:
+        volume = int(2 / (1 - self.rng.random()) ** (1 / 1.2))  # Pareto, alpha 1.2, minimum 2
+        return min(volume, self.cap) if identified else min(volume, 6)
+
+    def next_month(self, *, returning: float = 0.6, newcomers: float = 0.25) -> Space:
+        """The following DAYS days: a share `returning` of the identified persons come back (activity
+        drawn anew, signed in on their first device, 5% on a new one), anonymous visitors do not, and
+        `newcomers` x the first month's persons arrive as new ones. Its own seed: this month's
+        messages stay what they were."""
+        later = Space.__new__(Space)
+        later.seed = self.seed
+        later.rng = random.Random(f"{self.seed}-month-{self.month + 1}")
+        later.start, later.end = self.end, self.end + timedelta(days=DAYS)
+        later.month, later.cap, later.sequence, later.accounts = self.month + 1, self.cap, 0, self.accounts
+        later.persons = []
+        for person in self.persons:
+            if person.identified and later.rng.random() < returning:
+                later.persons.append(Person(
+                    index=person.index, identified=True, anonymous_first=False,
+                    second_device=later.rng.random() < 0.05, account=person.account,
+                    messages=later._volume(True), returning=True,
+                    first_seen=later.start + timedelta(seconds=later.rng.uniform(0, DAYS * 86400 * 0.8))))
+        first = max(person.index for person in self.persons) + 1
+        later.persons += [later._new_person(first + n) for n in range(int(len(self.persons) * newcomers))]
+        return later
 
     # -- messages -----------------------------------------------------------------------------
     def _base(self, person: Person, when: datetime, device: int, *, anonymous: bool) -> dict:
@@ -140,12 +176,15 @@ class Space:
         message = {"anonymousId": f"anon-{person.index:05d}-{device}-{person.index * 7919 % 100000:05d}",
                    # shaped as analytics.js makes them ("ajs-next-" + 32 hex): their length is what a
                    # profile's `applied` list and the history items pay for
-                   "messageId": f"ajs-next-{hashlib.md5(f'space-{self.sequence}'.encode()).hexdigest()}",
+                   "messageId": f"ajs-next-{hashlib.md5(self._id_seed().encode()).hexdigest()}",
                    "timestamp": _iso(when),
                    "context": browser_context()}
         if not anonymous:
             message["userId"] = f"user-{person.index:05d}"
         return message
+
+    def _id_seed(self) -> str:
+        return f"space-{self.sequence}" if self.month == 1 else f"space-m{self.month}-{self.sequence}"
 
     def _identify(self, person: Person, when: datetime, device: int, *, first: bool) -> dict:
         message = self._base(person, when, device, anonymous=False)
@@ -228,9 +267,10 @@ class Space:
         if person.anonymous_first:
             out += [self._page(person, when + timedelta(seconds=15 * i), 0, anonymous=True) for i in range(2)]
             when += timedelta(seconds=40)
-        out.append(self._identify(person, when, 0, first=True))
-        if person.account is not None:
-            out.append(self._group(person, when + timedelta(seconds=1), 0))
+        if not person.returning:
+            out.append(self._identify(person, when, 0, first=True))
+            if person.account is not None:
+                out.append(self._group(person, when + timedelta(seconds=1), 0))
         left = max(person.messages - len(out), 1)
         sessions = max(1, left // 8)
         span = (self.end - person.first_seen).total_seconds() - 3600

@@ -13,6 +13,8 @@ find nothing more due and are a fixed monthly cost, reported apart), so windows 
 its dispatch, then the sweep worker for each bucket message it sent (SweepQueue, BatchSize 1,
 with the poller's receive and delete counted as SQS requests).
 100 audiences from the seeds' use cases (`bench.space.audiences`) are defined from the start.
+Then the same space's second month (`Space.next_month`: returning persons, new ones, the first
+month's windows closing) on the same tables, metered apart: the month 2 section and column.
 
 Beside it, the pipeline_cost workload (40 profiles, 200 one-message requests; 200 and 1,000
 with --full), measured the same way: the small column.
@@ -217,64 +219,77 @@ def _taps(made):
             ("audience_router", StreamTap(made["tables"]["MembershipsTable"]))]
 
 
-def realistic(full: bool) -> Run:
-    from bench import space, workload
+def realistic(full: bool) -> tuple[Run, Run]:
+    """The space's first month, then its second (`Space.next_month`) on the same tables, each metered apart."""
+    from bench import space
     from bench.harness import Lambdas, moto_account
-    from engage import clock
     from engage.audiences import parse_definition, store
 
     persons = 10_000 if full else QUICK_PERSONS
-    traffic = space.Space(persons, START)
-    flushes = traffic.batches()
+    first = space.Space(persons, START)
     with moto_account(now=START - timedelta(hours=1)) as made:
         for spec in space.audiences(100):
             store.create("acme", parse_definition(spec).to_dict())
-        lambdas = Lambdas()
-        shards = Shards(made["tables"])
-        run = Run("realistic", lambdas, sum(len(chunk) for _, chunk in flushes))
-        invoke = _metered(lambdas, shards, run)
         taps = _taps(made)
-        sweeper = lambdas.stats["audience_sweeper"]
-        next_sweep = START + timedelta(hours=1)
-        pending = 0
+        months = []
+        for name, traffic in (("realistic", first), ("realistic, month 2", first.next_month())):
+            months.append(_month(made, taps, Run(name, Lambdas(), 0), traffic))
+    return months[0], months[1]
 
-        def sweep_until(moment: datetime) -> None:
-            nonlocal next_sweep, pending
-            while next_sweep <= moment:
-                _drain(invoke, taps)
-                pending = 0
-                # An hourly run with nothing due is skipped (peeked at in moto, unmetered), except the
-                # first of each day, which closes the day; the skipped ones are priced as the idle runs.
-                if next_sweep.hour == 0 or _anything_due(made, next_sweep):
-                    clock.set_to(next_sweep)
-                    before = (sweeper.usage.count("dynamodb"), sweeper.usage.read_units, sweeper.usage.write_units)
-                    report = invoke("audience_sweeper", workload.sample("audience_sweeper_schedule.json"))
-                    _sweep_buckets(invoke, made, run)
-                    if report["buckets"] == 0:  # nothing due: the schedule's fixed cost, kept apart
-                        run.idle_sweeps += 1
-                        run.idle_sweep_requests += sweeper.usage.count("dynamodb") - before[0]
-                        run.idle_sweep_rru += sweeper.usage.read_units - before[1]
-                        run.idle_sweep_wru += sweeper.usage.write_units - before[2]
-                    _drain(invoke, taps)
-                else:
-                    run.skipped_sweeps += 1
-                next_sweep += timedelta(hours=1)
 
-        for when, chunk in flushes:
-            sweep_until(when)
-            clock.set_to(when + timedelta(seconds=1))
-            body = {"batch": chunk, "sentAt": chunk[-1]["timestamp"]}
-            response = invoke("ingest", workload.api_event("batch", body))
-            if response["statusCode"] != 200:
-                raise AssertionError(f"ingest refused a benchmark batch: {response}")
-            pending += len(chunk)
-            if pending >= DRAIN_EVERY:
+def _month(made, taps, run: Run, traffic) -> Run:
+    """Send `traffic`'s SDK batches at their send times, streams drained and the sweeper run hourly."""
+    from bench import workload
+    from engage import clock
+
+    flushes = traffic.batches()
+    run.events = sum(len(chunk) for _, chunk in flushes)
+    shards = Shards(made["tables"])
+    invoke = _metered(run.lambdas, shards, run)
+    sweeper = run.lambdas.stats["audience_sweeper"]
+    next_sweep = traffic.start + timedelta(hours=1)
+    pending = 0
+
+    def sweep_until(moment: datetime) -> None:
+        nonlocal next_sweep, pending
+        while next_sweep <= moment:
+            _drain(invoke, taps)
+            pending = 0
+            # An hourly run with nothing due is skipped (peeked at in moto, unmetered), except the
+            # first of each day, which closes the day; the skipped ones are priced as the idle runs.
+            if next_sweep.hour == 0 or _anything_due(made, next_sweep):
+                clock.set_to(next_sweep)
+                before = (sweeper.usage.count("dynamodb"), sweeper.usage.read_units, sweeper.usage.write_units)
+                report = invoke("audience_sweeper", workload.sample("audience_sweeper_schedule.json"))
+                _sweep_buckets(invoke, made, run)
+                if report["buckets"] == 0:  # nothing due: the schedule's fixed cost, kept apart
+                    run.idle_sweeps += 1
+                    run.idle_sweep_requests += sweeper.usage.count("dynamodb") - before[0]
+                    run.idle_sweep_rru += sweeper.usage.read_units - before[1]
+                    run.idle_sweep_wru += sweeper.usage.write_units - before[2]
                 _drain(invoke, taps)
-                pending = 0
-        sweep_until(traffic.end)
-        _drain(invoke, taps)
-        run.profiles = _count_profiles(made)
-    run.notes.append(f"{persons:,} persons, {len(flushes):,} SDK batches, {run.events:,} messages, "
+            else:
+                run.skipped_sweeps += 1
+            next_sweep += timedelta(hours=1)
+
+    for when, chunk in flushes:
+        sweep_until(when)
+        clock.set_to(when + timedelta(seconds=1))
+        body = {"batch": chunk, "sentAt": chunk[-1]["timestamp"]}
+        response = invoke("ingest", workload.api_event("batch", body))
+        if response["statusCode"] != 200:
+            raise AssertionError(f"ingest refused a benchmark batch: {response}")
+        pending += len(chunk)
+        if pending >= DRAIN_EVERY:
+            _drain(invoke, taps)
+            pending = 0
+    sweep_until(traffic.end)
+    _drain(invoke, taps)
+    run.profiles = _count_profiles(made)
+    returning = sum(person.returning for person in traffic.persons)
+    who = (f"{len(traffic.persons):,} persons ({returning:,} returning from the first month, "
+           f"{len(traffic.persons) - returning:,} new)" if returning else f"{len(traffic.persons):,} persons")
+    run.notes.append(f"{who}, {len(flushes):,} SDK batches, {run.events:,} messages, "
                      f"{traffic.accounts} accounts, {run.profiles:,} profile items at the end")
     return run
 
@@ -405,11 +420,20 @@ _FLOORS = {"ingest": "one write of the event item", "profile_processor": "one wr
 
 
 def run(context) -> list[Figure]:
-    big = realistic(context.full)
+    big, later = realistic(context.full)
     little = small(context.full)
-    section = f"Realistic workload: cost per event by stage ({10_000 if context.full else QUICK_PERSONS:,} persons, 30 days)"
+    persons = 10_000 if context.full else QUICK_PERSONS
+    figures = _figures(f"Realistic workload: cost per event by stage ({persons:,} persons, 30 days)", big)
+    figures += _figures(f"Realistic workload, month 2: cost per event by stage (the {persons:,}-person space's "
+                        "next 30 days)", later)
+    context.extra.append(("Realistic workload: per stage, per event, beside the floor",
+                          _tables(big, later, little, context)))
+    return figures
+
+
+def _figures(section: str, run: Run) -> list[Figure]:
     figures = []
-    for row in _stage_rows(big):
+    for row in _stage_rows(run):
         stage = row["stage"]
         figures += [
             Figure(section, f"{stage}: DynamoDB requests per event", row["requests"], "requests",
@@ -421,7 +445,7 @@ def run(context) -> list[Figure]:
             Figure(section, f"{stage}: invocations per event", row["invocations"], "invocations",
                    "one per SDK batch (ingest), per stream batch, per sweeper run with work", counted=True),
         ]
-    money = _money(big)
+    money = _money(run)
     figures += [
         Figure(section, "membership changes per event", money["membership changes"] / 1e6, "changes",
                "MembershipsTable stream records whose `member` flipped, all writers", counted=True),
@@ -440,7 +464,6 @@ def run(context) -> list[Figure]:
                money["USD total (evaluation grouping)"], "USD",
                "the line above with EventBridge at the grouped entries (DynamoDB and Lambda as measured)"),
     ]
-    context.extra.append(("Realistic workload: per stage, per event, beside the floor", _tables(big, little, context)))
     return figures
 
 
@@ -449,11 +472,12 @@ def _price(name: str) -> float:
     return PRICES[name]
 
 
-def _tables(big: Run, little: Run, context) -> list[str]:
-    lines = [(f"Realistic: {big.notes[0]}. Small (pipeline_cost's): {little.notes[0]}. "
+def _tables(big: Run, later: Run, little: Run, context) -> list[str]:
+    lines = [(f"Realistic: {big.notes[0]}. Month 2 (the same space's next 30 days, on the same tables): "
+              f"{later.notes[0]}. Small (pipeline_cost's): {little.notes[0]}. "
              "Floors: one event write; one profile write of the bytes that changed; one write per membership change "
              "(docs/benchmarks.md). Sweeper runs with nothing due are left out of the per-event figures (fixed cost, below)."), ""]
-    for run in (big, little):
+    for run in (big, later, little):
         lines += [f"**{run.name}**", "",
                   "| stage | invocations | DynamoDB requests | RRU | WRU | floor WRU | WRU / floor | membership changes |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -466,26 +490,27 @@ def _tables(big: Run, little: Run, context) -> list[str]:
         lines += [(f"| **all** | {sum(r['invocations'] for r in rows):.4f} | {sum(r['requests'] for r in rows):.3f} | "
                   f"{sum(r['rru'] for r in rows):.3f} | **{wru:.3f}** | {floor:.3f} | {wru / floor:.1f}x | "
                   f"{sum(r['changes'] for r in rows):.3f} |"), ""]
-    a, b = _money(big), _money(little)
-    lines += ["| per million events | realistic | small |", "| --- | ---: | ---: |"]
+    money = [_money(run) for run in (big, later, little)]
+    lines += ["| per million events | realistic | realistic, month 2 | small |", "| --- | ---: | ---: | ---: |"]
     for key in ("DynamoDB requests", "DynamoDB read units", "DynamoDB write units", "membership changes",
                 "Lambda invocations", "Lambda GB-s (modelled)", "EventBridge entries", "API Gateway requests"):
-        lines.append(f"| {key} | {a[key]:,.0f} | {b[key]:,.0f} |")
-    for key in a["usd"]:
-        lines.append(f"| USD: {key} | {a['usd'][key]:,.2f} | {b['usd'][key]:,.2f} |")
-    lines += [f"| **USD total** | **{a['USD']:,.2f}** | **{b['USD']:,.2f}** |"]
+        lines.append(f"| {key} | " + " | ".join(f"{m[key]:,.0f}" for m in money) + " |")
+    for key in money[0]["usd"]:
+        lines.append(f"| USD: {key} | " + " | ".join(f"{m['usd'][key]:,.2f}" for m in money) + " |")
+    lines += ["| **USD total** | " + " | ".join(f"**{m['USD']:,.2f}**" for m in money) + " |"]
     key, price = "EventBridge entries (evaluation grouping)", _price("eventbridge_event")
     router_puts = big.lambdas.stats["audience_router"].usage.count("events", "PutEvents") / big.events
-    lines += [f"| EventBridge entries, AudienceEventGrouping=evaluation | {a[key]:,.0f} | {b[key]:,.0f} |",
-              f"| USD: EventBridge, AudienceEventGrouping=evaluation | {a[key] * price:,.2f} | {b[key] * price:,.2f} |",
-              (f"| **USD total, AudienceEventGrouping=evaluation** | **{a['USD total (evaluation grouping)']:,.2f}** | "
-               f"**{b['USD total (evaluation grouping)']:,.2f}** |"), "",
+    lines += ["| EventBridge entries, AudienceEventGrouping=evaluation | " + " | ".join(f"{m[key]:,.0f}" for m in money) + " |",
+              "| USD: EventBridge, AudienceEventGrouping=evaluation | "
+              + " | ".join(f"{m[key] * price:,.2f}" for m in money) + " |",
+              "| **USD total, AudienceEventGrouping=evaluation** | "
+              + " | ".join(f"**{m['USD total (evaluation grouping)']:,.2f}**" for m in money) + " |", "",
               ("AudienceEventGrouping=evaluation rows: the router ran in the default grouping; each of its batches "
                "was also passed through its entry builder in `evaluation` mode (counted, not sent). Only the "
                f"EventBridge line differs (realistic: PutEvents calls per event {big.grouped_puts / big.events:.3f} "
                f"instead of {router_puts:.3f})."), ""]
     per_run = big.idle_sweep_requests / big.idle_sweeps if big.idle_sweeps else 0
-    for run in (big, little):
+    for run in (big, later, little):
         if run.profile_writes:
             lines.append(f"{run.name}: {run.profile_writes / run.events:.2f} profile writes per event, the profile item "
                          f"{run.profile_bytes / run.profile_writes / KB:.2f} KB on average after a write.")

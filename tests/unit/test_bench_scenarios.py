@@ -47,6 +47,38 @@ def test_realistic_space_has_the_shape_its_figures_claim():
     assert len({m["messageId"] for m in messages}) == len(messages)
 
 
+def test_realistic_second_month_is_the_same_space_a_month_on():
+    from datetime import UTC, datetime
+
+    from bench import space
+
+    # Given a month of 1,000 persons and the month after it
+    first = space.Space(1_000, datetime(2030, 1, 1, tzinfo=UTC))
+    before = first.batches()
+    later = first.next_month()
+    flushes = later.batches()
+    messages = [m for _, chunk in flushes for m in chunk]
+    known = {p.index for p in first.persons if p.identified}
+    returning = [p for p in later.persons if p.returning]
+    # Then identified persons come back (not all), anonymous visitors do not, and new persons arrive
+    assert 0.4 * len(known) < len(returning) < 0.8 * len(known)
+    assert {p.index for p in returning} <= known
+    assert sum(not p.returning for p in later.persons) == 250
+    assert min(p.index for p in later.persons if not p.returning) == 1_000
+    # And a returning person signs in with the ids of the first month: no first identify, no new account join
+    old_ids = {(m["anonymousId"], m.get("userId")) for _, chunk in before for m in chunk}
+    mine = [m for m in messages if m.get("userId") == f"user-{returning[0].index:05d}"]
+    assert mine and {(m["anonymousId"], m["userId"]) for m in mine if m["anonymousId"].endswith(
+        f"-0-{returning[0].index * 7919 % 100000:05d}")} <= old_ids
+    assert not any(m["type"] == "group" and m.get("userId") in {f"user-{p.index:05d}" for p in returning}
+                   for m in messages)
+    # And it is the next 30 days, its messageIds new, and the first month's messages unchanged by it
+    assert all(later.start <= when < later.end for when, _ in flushes) and later.start == first.end
+    assert not {m["messageId"] for m in messages} & {m["messageId"] for _, chunk in before for m in chunk}
+    assert len({m["messageId"] for m in messages}) == len(messages)
+    assert space.Space(1_000, datetime(2030, 1, 1, tzinfo=UTC)).batches() == before
+
+
 def test_realistic_audiences_are_valid_and_cover_every_family():
     from bench import space
     from engage.audiences import parse_definition
