@@ -74,14 +74,32 @@ def moto_account(now: datetime | None = None):
 
 
 class CountingStream(io.TextIOBase):
-    """Swallows log output, counting its bytes (CloudWatch Logs bills ingested bytes)."""
+    """Swallows log output, counting its bytes and lines (CloudWatch Logs bills ingested bytes)."""
 
     def __init__(self):
         self.bytes = 0
+        self.lines = 0
 
     def write(self, text: str) -> int:
         self.bytes += len(text.encode())
+        self.lines += text.count("\n")
         return len(text)
+
+
+# What CloudWatch Logs ingests per invocation besides the handler's own lines: Lambda's START, END and
+# REPORT lines (text format; `Tracing: Active` adds the XRAY line to REPORT's event), as the python3.13
+# runtime writes them for a warm invocation (a cold one adds "Init Duration: ...").
+_REQUEST = "6f1b0c3e-8a4d-4c1f-9e2b-3d5a7c9e1f20"
+PLATFORM_LOG_EVENTS = (
+    f"START RequestId: {_REQUEST} Version: $LATEST\n",
+    f"END RequestId: {_REQUEST}\n",
+    (f"REPORT RequestId: {_REQUEST}\tDuration: 123.45 ms\tBilled Duration: 124 ms\tMemory Size: 512 MB\t"
+     "Max Memory Used: 98 MB\t\nXRAY TraceId: 1-6571a2b3-4c5d6e7f8a9b0c1d2e3f4a5b\tSegmentId: 1a2b3c4d5e6f7a8b\t"
+     "Sampled: true\t\n"),
+)
+# Each log event is counted with 26 bytes of metadata (as PutLogEvents sizes a batch).
+LOG_EVENT_OVERHEAD = 26
+PLATFORM_LOG_BYTES = sum(len(line.encode()) + LOG_EVENT_OVERHEAD for line in PLATFORM_LOG_EVENTS)
 
 
 @dataclass
@@ -114,13 +132,15 @@ class Lambdas:
 
         lambda_handler = handler(function)
         self._swap_log_stream()
-        before = self._log.bytes
+        before, lines = self._log.bytes, self._log.lines
         with redirect_stdout(self._log), measure() as usage:  # EMF metrics are printed
             result = lambda_handler(event, LambdaContext(function_name=function))
         stats = self.stats[function]
         stats.invocations += 1
         stats.usage += usage
-        stats.log_bytes += self._log.bytes - before
+        # the handler's lines (one log event each), then Lambda's own per invocation
+        stats.log_bytes += (self._log.bytes - before + (self._log.lines - lines) * LOG_EVENT_OVERHEAD
+                            + PLATFORM_LOG_BYTES)
         stats.billed_own_ms += int(-(-usage.own_seconds * 1000 // 1))
         return result
 

@@ -81,6 +81,8 @@ def run(context) -> list[Figure]:
 
 
 def _figures(context, lambdas, events: int, profiles: int, evaluations: int) -> list[Figure]:
+    from bench.harness import PLATFORM_LOG_BYTES
+
     section = f"Cost per ingested event ({AUDIENCES} audiences, {profiles} profiles, steady traffic)"
     basis = f"{events} messages (15% identify, 15% page, 70% track) one request each, streams in batches of 100"
     figures = []
@@ -119,7 +121,9 @@ def _figures(context, lambdas, events: int, profiles: int, evaluations: int) -> 
         Figure(section, "Step Functions requests per event", total.usage.count("stepfunctions") / events, "requests",
                "this workload defines no journey (journeys are priced per enrollment in their own section): no executions, no state transitions", counted=True),
         Figure(section, "log bytes per event", total.log_bytes / events, "bytes",
-               "powertools log lines and EMF metrics written by the handlers (CloudWatch Logs ingestion)"),
+               "powertools log lines and EMF metrics written by the handlers, 26 bytes of metadata per log event, and "
+               f"Lambda's START, END and REPORT (+XRAY) lines per invocation, {PLATFORM_LOG_BYTES} bytes "
+               "(bench.harness; CloudWatch Logs ingestion)"),
     ]
     context.extra.append(_cost_table(lambdas, events))
     return figures
