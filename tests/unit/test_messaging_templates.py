@@ -81,6 +81,18 @@ def test_output_size_is_bounded():
         render(definition, scope_for({"traits": {"big": "y" * 1000}}))
 
 
+@pytest.mark.parametrize(("source", "traits"), [
+    ("{{ profile.traits.ts | date: '%Y' }}", {"ts": 99999999999999}),  # year 3170843: ValueError
+    ("{% assign n = 10 %}{% for i in (1..13) %}{% assign n = n | times: n %}{% endfor %}{{ n }}", {}),
+])
+def test_a_filter_raising_a_python_error_is_a_failed_render(source, traits):
+    # Valid at save; the profile's data (or arithmetic) makes a standard filter raise ValueError. It must
+    # be a RenderFailed (the send is recorded failed), not an exception the caller retries forever.
+    definition = parse_template(email("<p>x</p>", subject=source))
+    with pytest.raises(RenderFailed, match="rendering stopped: ValueError"):
+        render(definition, scope_for({"traits": traits}))
+
+
 def test_webhook_body_must_render_to_json_and_json_filter_encodes():
     definition = parse_template({"key": "hook", "channel": "webhook", "url": "https://example.com/h",
                                  "body": '{"name": {{ profile.traits.name | json }}}'})

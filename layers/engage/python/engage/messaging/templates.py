@@ -209,6 +209,12 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         text = _parse(definition.text, False).render(**scope) if definition.text else None
     except LiquidError as error:
         raise RenderFailed(f"rendering stopped: {error.message}") from error
+    except (ValueError, TypeError, ArithmeticError) as error:
+        # A standard filter given data it cannot take raises Python's own errors, not a LiquidError:
+        # `date` of a timestamp past year 9999, an integer past Python's 4,300-digit str() limit
+        # (`times` in a loop). Rendering is pure, so the same profile fails the same way on every
+        # retry: a failed render, never an exception that a broadcast retries 50 times into its DLQ.
+        raise RenderFailed(f"rendering stopped: {type(error).__name__}: {error}") from error
     if subject is not None and "\n" in subject:
         subject = " ".join(subject.split())  # a header cannot hold a line break
     if definition.channel == "webhook":
