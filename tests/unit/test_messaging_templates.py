@@ -111,11 +111,26 @@ def test_webhook_body_must_render_to_json_and_json_filter_encodes():
     ({"key": "a", "channel": "webhook", "body": "{}"}, "$"),
     ({"key": "a", "channel": "sms", "body": "x", "from": "a@b.c"}, "$"),
     ({"key": "a", "channel": "sms", "body": "x", "colour": "red"}, "$.colour"),
+    # what the HTTP client would refuse at send time (before: pending, then "failed: outcome unknown")
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://[::1/x"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://example.com:99999/x"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://a b/x"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://h/x", "headers": {"X-A": "a\r\nB: 1"}},
+     "$.headers"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://h/x", "headers": {"Bad Name:": "v"}},
+     "$.headers"),
 ])
 def test_shape_errors_name_the_path(body, path):
     with pytest.raises(ValidationFailed) as refused:
         parse_template(body)
     assert refused.value.details[0]["path"] == path
+
+
+def test_a_valid_webhook_url_and_headers_are_kept():
+    definition = parse_template({"key": "a", "channel": "webhook", "body": "{}",
+                                 "url": "https://hooks.example.com:8443/p?q=1",
+                                 "headers": {"Authorization": "Bearer x", "X-Api-Key": "a\tb"}})
+    assert definition.headers == {"Authorization": "Bearer x", "X-Api-Key": "a\tb"}
 
 
 def test_sms_longer_than_sns_allows_fails_at_render():

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engage.errors import ValidationFailed
 
@@ -96,6 +96,19 @@ class TemplateDefinition(BaseModel):
     url: str | None = Field(default=None, max_length=2048)
     headers: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_headers(value)
+        return value
+
     @model_validator(mode="after")
     def _per_channel(self) -> TemplateDefinition:
         if self.channel == "email" and not self.subject:
@@ -113,6 +126,36 @@ class TemplateDefinition(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}$")  # an RFC 9110 token
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is the one control character a header value may hold
+
+
+# What Python's HTTP client would refuse at send time is refused at save instead: a url it cannot parse
+# (`http://[::1/x`, port 99999, a space or control character) and a header it cannot write (a name that is
+# not a token, a value with a line break). Before, the send raised ValueError, an unknown outcome: the
+# delivery stayed `pending` for the lease and was then recorded `failed: outcome unknown`.
+def _check_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    if re.search(r"[\x00-\x20\x7f]", url):
+        raise ValueError("url must not contain spaces or control characters (percent-encode them)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"url is not a valid URL: {error}") from None
+    if not parts.hostname:
+        raise ValueError("url needs a host")
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
+        if _CONTROL.search(value):
+            raise ValueError(f"header {name!r} holds a line break or control character")
 
 
 def parse_template(data: Any, *, key: str | None = None) -> TemplateDefinition:
