@@ -111,6 +111,8 @@ def test_webhook_body_must_render_to_json_and_json_filter_encodes():
     ({"key": "a", "channel": "webhook", "body": "{}"}, "$"),
     ({"key": "a", "channel": "sms", "body": "x", "from": "a@b.c"}, "$"),
     ({"key": "a", "channel": "sms", "body": "x", "colour": "red"}, "$.colour"),
+    ({"key": "a", "channel": "email", "subject": "s", "body": "x", "from": "x\r\nBcc: e@x.com <a@b.c>"}, "$.from"),
+    ({"key": "a", "channel": "email", "subject": "s", "body": "x", "from": "no address"}, "$.from"),
     # what the HTTP client would refuse at send time (before: pending, then "failed: outcome unknown")
     ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://[::1/x"}, "$.url"),
     ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://example.com:99999/x"}, "$.url"),

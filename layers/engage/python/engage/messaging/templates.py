@@ -103,6 +103,19 @@ class TemplateDefinition(BaseModel):
             _check_url(value)
         return value
 
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        # As the space's email_from setting: a line break would reach the MIME From header, where the
+        # email package refuses it inside the provider call (ValueError: an unknown outcome, `pending`
+        # until the lease, then `failed: outcome unknown`), not at save.
+        if value is not None:
+            from email.utils import parseaddr
+
+            if "@" not in parseaddr(value)[1] or any(c in value for c in "\r\n"):
+                raise ValueError("from must be an email address (optionally 'Name <address>')")
+        return value
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
@@ -120,8 +133,6 @@ class TemplateDefinition(BaseModel):
             raise ValueError("url and headers belong to webhook templates only")
         if self.channel != "email" and (self.text or self.from_ or self.configuration_set):
             raise ValueError("text, from and configuration_set belong to email templates only")
-        if self.from_ is not None and "@" not in self.from_:
-            raise ValueError("from must be an email address (optionally 'Name <address>')")
         return self
 
     def to_dict(self) -> dict[str, Any]:
