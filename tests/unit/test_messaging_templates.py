@@ -93,6 +93,24 @@ def test_a_filter_raising_a_python_error_is_a_failed_render(source, traits):
         render(definition, scope_for({"traits": traits}))
 
 
+@pytest.mark.parametrize("source", [
+    "{{ profile.traits.big | replace: 'y', profile.traits.big | size }}",
+    "{{ profile.traits.big | replace: '', profile.traits.big | size }}",
+    "{{ profile.traits.big | split: '' | join: profile.traits.big | size }}",
+])
+def test_one_filter_cannot_build_a_string_past_the_output_limit(source):
+    # 600 x 600 = 360,000 characters built inside one filter while only its size is output: the output limit
+    # never saw it (with a 60 KB trait the same template built 3.6 GB); refused before the filter runs
+    definition = parse_template(email(source))
+    with pytest.raises(RenderFailed, match="output stream limit"):
+        render(definition, scope_for({"traits": {"big": "y" * 600}}))
+
+
+def test_replace_and_join_still_work():
+    definition = parse_template(email("{{ 'a-b-c' | replace: '-', '+' }} {{ 'a b' | split: ' ' | join: ', ' }}"))
+    assert render(definition, scope_for({"traits": {}})).body == "a+b+c a, b"
+
+
 def test_webhook_body_must_render_to_json_and_json_filter_encodes():
     definition = parse_template({"key": "hook", "channel": "webhook", "url": "https://example.com/h",
                                  "body": '{"name": {{ profile.traits.name | json }}}'})

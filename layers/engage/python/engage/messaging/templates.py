@@ -73,8 +73,44 @@ def _environment(html: bool):
             for tag in ("include", "render"):
                 self.tags.pop(tag, None)
             self.filters["json"] = _json_filter
+            # The output limit is checked as output is written, after a filter returns: `replace` and `join`
+            # can build a string far past it in one call (a 60 KB value with each character replaced by
+            # itself is 3.6 GB: 24 s and gigabytes on the local cloud, an out-of-memory Lambda on AWS).
+            self.filters["replace"] = _size_bounded(self.filters["replace"], _replace_size)
+            self.filters["join"] = _size_bounded(self.filters["join"], _join_size)
 
     return _SandboxedEnvironment(autoescape=html)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _replace_size(left: Any, seq: Any = "", sub: Any = "", *_: Any) -> int:
+    text, old, new = _text(left), _text(seq), _text(sub)
+    count = len(text) + 1 if old == "" else text.count(old)
+    return len(text) + count * max(len(new) - len(old), 0)
+
+
+def _join_size(left: Any, separator: Any = " ", *_: Any) -> int:
+    if not isinstance(left, (list, tuple)):
+        return 0
+    return sum(len(_text(item)) for item in left) + max(len(left) - 1, 0) * len(_text(separator))
+
+
+def _size_bounded(original, size_of):
+    """`original` (a filter) refused before it runs when the string it would return exceeds OUTPUT_CHARS."""
+    from functools import wraps
+
+    @wraps(original)  # keeps the filter's flags (with_environment, ...)
+    def bounded(left: Any, *args: Any, **kwargs: Any) -> Any:
+        if size_of(left, *args) > OUTPUT_CHARS:
+            from liquid.exceptions import OutputStreamLimitError
+
+            raise OutputStreamLimitError("output stream limit reached", token=None)
+        return original(left, *args, **kwargs)
+
+    return bounded
 
 
 class TemplateDefinition(BaseModel):
