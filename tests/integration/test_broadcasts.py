@@ -543,6 +543,31 @@ def test_in_recipient_timezone_sends_per_zone(cloud):
                                "UTC": {"targeted": 1}}
 
 
+@pytest.mark.parametrize(("change", "reason"), [
+    (("DELETE", "/v1/templates/news", None), "template 'news' no longer exists"),
+    (("PUT", "/v1/templates/news", {"channel": "sms", "body": "now a text"}), "template 'news' is now for sms"),
+    (("DELETE", "/v1/audiences/staff", None), "excluded audience 'staff' no longer exists"),
+])
+def test_a_template_or_exclusion_gone_since_scheduling_fails_the_broadcast(cloud, change, reason):
+    # Given a broadcast scheduled for an hour ahead, excluding staff
+    cloud.people(2)
+    cloud.audience("fans", refs(2))
+    cloud.audience("staff", ["user_id:u1"])
+    create({"key": "later", "audience": "fans", "exclude_audiences": ["staff"], "channel": "email",
+            "template": "news", "send_at": (clock.now() + timedelta(hours=1)).isoformat()})
+    # When its template is deleted or moved to another channel, or its exclusion deleted, meanwhile
+    method, path, body = change
+    status, answer = call_api(method, path, body)
+    assert status in (200, 204), answer
+    clock.advance(timedelta(hours=1, seconds=1))
+    cloud.run()
+    # Then it fails at start saying why, and nobody gets anything (before: `sent` with every recipient
+    # failed, or, once the deleted audience's purge has removed its memberships, u1 mailed despite the exclusion)
+    answer = get("later")
+    assert answer["status"] == "failed" and reason in answer["reason"], answer
+    assert sent_emails() == [] and answer["stats"]["targeted"] == 0
+
+
 def test_empty_audience_completes_at_once(cloud):
     cloud.audience("nobody", [])
     create({"key": "void", "audience": "nobody", "channel": "email", "template": "news"})

@@ -235,6 +235,17 @@ def test_provider_refusal_is_failed_and_a_missing_address_suppressed(pipeline, m
     assert send_message(request(nobody)).reason == "no email address on the profile"
 
 
+def test_an_address_the_email_package_cannot_write_is_failed_at_once(pipeline):
+    # A profile's email trait comes from identify calls (client side too): one with a line break made the
+    # MIME build raise ValueError inside the provider step, an unknown outcome left `pending` until the lease
+    profile_id = identify(pipeline, "u1", email="ann@example.com\r\nBcc: spam@example.com")
+    create(WELCOME)
+    delivery = send_message(request(profile_id))
+    assert delivery.status == "failed" and "could not be built" in delivery.reason, delivery
+    assert sent_emails() == []
+    assert send_message(request(profile_id)) == delivery  # final: the same key gives the same answer
+
+
 def test_transient_provider_error_releases_the_claim_so_a_retry_sends(pipeline, monkeypatch):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create(WELCOME)

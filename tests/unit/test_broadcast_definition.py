@@ -47,6 +47,9 @@ def test_recipient_time_zones_accept_a_day_not_yet_over_somewhere():
     ({"send_to_unsubscribed": "true"}, "$.send_to_unsubscribed"),
     ({"default_timezone": "Nowhere/Land"}, "$.default_timezone"),
     ({"template": None}, "$.template"),
+    # in range as written, out of range in UTC or read as a wall time in a zone west of UTC (was a 500)
+    ({"send_at": "9999-12-31T23:59:59-14:00"}, "$.send_at"),
+    ({"send_at": "9999-12-31T20:00:00Z", "in_recipient_timezone": True}, "$.send_at"),
 ])
 def test_errors_name_the_field(change, path):
     with pytest.raises(ValidationFailed) as error:

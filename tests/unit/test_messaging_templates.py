@@ -81,6 +81,36 @@ def test_output_size_is_bounded():
         render(definition, scope_for({"traits": {"big": "y" * 1000}}))
 
 
+@pytest.mark.parametrize(("source", "traits"), [
+    ("{{ profile.traits.ts | date: '%Y' }}", {"ts": 99999999999999}),  # year 3170843: ValueError
+    ("{% assign n = 10 %}{% for i in (1..13) %}{% assign n = n | times: n %}{% endfor %}{{ n }}", {}),
+])
+def test_a_filter_raising_a_python_error_is_a_failed_render(source, traits):
+    # Valid at save; the profile's data (or arithmetic) makes a standard filter raise ValueError. It must
+    # be a RenderFailed (the send is recorded failed), not an exception the caller retries forever.
+    definition = parse_template(email("<p>x</p>", subject=source))
+    with pytest.raises(RenderFailed, match="rendering stopped: ValueError"):
+        render(definition, scope_for({"traits": traits}))
+
+
+@pytest.mark.parametrize("source", [
+    "{{ profile.traits.big | replace: 'y', profile.traits.big | size }}",
+    "{{ profile.traits.big | replace: '', profile.traits.big | size }}",
+    "{{ profile.traits.big | split: '' | join: profile.traits.big | size }}",
+])
+def test_one_filter_cannot_build_a_string_past_the_output_limit(source):
+    # 600 x 600 = 360,000 characters built inside one filter while only its size is output: the output limit
+    # never saw it (with a 60 KB trait the same template built 3.6 GB); refused before the filter runs
+    definition = parse_template(email(source))
+    with pytest.raises(RenderFailed, match="output stream limit"):
+        render(definition, scope_for({"traits": {"big": "y" * 600}}))
+
+
+def test_replace_and_join_still_work():
+    definition = parse_template(email("{{ 'a-b-c' | replace: '-', '+' }} {{ 'a b' | split: ' ' | join: ', ' }}"))
+    assert render(definition, scope_for({"traits": {}})).body == "a+b+c a, b"
+
+
 def test_webhook_body_must_render_to_json_and_json_filter_encodes():
     definition = parse_template({"key": "hook", "channel": "webhook", "url": "https://example.com/h",
                                  "body": '{"name": {{ profile.traits.name | json }}}'})
@@ -99,11 +129,28 @@ def test_webhook_body_must_render_to_json_and_json_filter_encodes():
     ({"key": "a", "channel": "webhook", "body": "{}"}, "$"),
     ({"key": "a", "channel": "sms", "body": "x", "from": "a@b.c"}, "$"),
     ({"key": "a", "channel": "sms", "body": "x", "colour": "red"}, "$.colour"),
+    ({"key": "a", "channel": "email", "subject": "s", "body": "x", "from": "x\r\nBcc: e@x.com <a@b.c>"}, "$.from"),
+    ({"key": "a", "channel": "email", "subject": "s", "body": "x", "from": "no address"}, "$.from"),
+    # what the HTTP client would refuse at send time (before: pending, then "failed: outcome unknown")
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://[::1/x"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://example.com:99999/x"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://a b/x"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://h/x", "headers": {"X-A": "a\r\nB: 1"}},
+     "$.headers"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://h/x", "headers": {"Bad Name:": "v"}},
+     "$.headers"),
 ])
 def test_shape_errors_name_the_path(body, path):
     with pytest.raises(ValidationFailed) as refused:
         parse_template(body)
     assert refused.value.details[0]["path"] == path
+
+
+def test_a_valid_webhook_url_and_headers_are_kept():
+    definition = parse_template({"key": "a", "channel": "webhook", "body": "{}",
+                                 "url": "https://hooks.example.com:8443/p?q=1",
+                                 "headers": {"Authorization": "Bearer x", "X-Api-Key": "a\tb"}})
+    assert definition.headers == {"Authorization": "Bearer x", "X-Api-Key": "a\tb"}
 
 
 def test_sms_longer_than_sns_allows_fails_at_render():

@@ -12,7 +12,7 @@ Errors name the field (JSON path) and say what is expected.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -98,6 +98,12 @@ def send_at_moment(text: str) -> datetime:
         raise ValueError("must be ISO 8601, e.g. 2030-05-01T09:00:00+02:00") from None
     if moment.tzinfo is None:
         raise ValueError("must carry a time zone (Z or an offset such as +02:00)")
+    try:  # its UTC moment and, for in_recipient_timezone, its wall time read in any zone (UTC-12..+14)
+        moment.astimezone(UTC)
+        naive = moment.replace(tzinfo=None)
+        naive - timedelta(days=1), naive + timedelta(days=1)
+    except OverflowError:
+        raise ValueError("is out of the range of dates that can be scheduled (years 1 to 9999 in every zone)") from None
     return moment
 
 

@@ -35,6 +35,7 @@ from engage.broadcasts import schedule, store
 from engage.broadcasts.definition import BroadcastDefinition, start_moment, valid_zone, zone_moment
 from engage.config import settings
 from engage.db import key
+from engage.errors import NotFound
 from engage.memberships_store import MembershipRecord
 from engage.observability import logger
 
@@ -93,6 +94,9 @@ def start(space_id: str, broadcast_key: str) -> dict[str, Any]:
         return _fail(broadcast, f"audience {definition.audience!r} failed to compute")
     if audience.status == audiences.COMPUTING:
         return _wait_for_audience(broadcast)
+    gone = _gone_since_scheduled(space_id, definition)
+    if gone:
+        return _fail(broadcast, gone)
     now = clock.now()
     if not store.update(space_id, broadcast_key,
                         ["#status = :sending", "phase = :snapshot", "snapshot_at = :at", "targeted = :zero",
@@ -103,6 +107,25 @@ def start(space_id: str, broadcast_key: str) -> dict[str, Any]:
         return {"done": "nothing", "status": "moved on meanwhile"}
     logger.info("broadcast started", extra={"space": space_id, "broadcast": broadcast_key})
     return snapshot(space_id, broadcast_key, None)
+
+
+def _gone_since_scheduled(space_id: str, definition: BroadcastDefinition) -> str | None:
+    """Why the broadcast can no longer be sent as it was accepted, if so. Checked at POST, but a template or an
+    excluded audience may be deleted (or the template moved to another channel) while the broadcast waits:
+    without this the broadcast ran to `sent` with every recipient `failed: unknown template`, or sent to the
+    very people a deleted exclusion (a do-not-contact list) was there to keep out."""
+    from engage.messaging import store as templates_store
+
+    try:
+        template = templates_store.get_template(space_id, definition.template)
+    except NotFound:
+        return f"template {definition.template!r} no longer exists"
+    if template.get("channel") != definition.channel:
+        return f"template {definition.template!r} is now for {template.get('channel')}, not {definition.channel}"
+    for excluded in definition.exclude_audiences:
+        if audiences.find(space_id, excluded) is None:
+            return f"excluded audience {excluded!r} no longer exists"
+    return None
 
 
 def _fail(broadcast: store.Broadcast, reason: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engage.errors import ValidationFailed
 
@@ -73,8 +73,44 @@ def _environment(html: bool):
             for tag in ("include", "render"):
                 self.tags.pop(tag, None)
             self.filters["json"] = _json_filter
+            # The output limit is checked as output is written, after a filter returns: `replace` and `join`
+            # can build a string far past it in one call (a 60 KB value with each character replaced by
+            # itself is 3.6 GB: 24 s and gigabytes on the local cloud, an out-of-memory Lambda on AWS).
+            self.filters["replace"] = _size_bounded(self.filters["replace"], _replace_size)
+            self.filters["join"] = _size_bounded(self.filters["join"], _join_size)
 
     return _SandboxedEnvironment(autoescape=html)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _replace_size(left: Any, seq: Any = "", sub: Any = "", *_: Any) -> int:
+    text, old, new = _text(left), _text(seq), _text(sub)
+    count = len(text) + 1 if old == "" else text.count(old)
+    return len(text) + count * max(len(new) - len(old), 0)
+
+
+def _join_size(left: Any, separator: Any = " ", *_: Any) -> int:
+    if not isinstance(left, (list, tuple)):
+        return 0
+    return sum(len(_text(item)) for item in left) + max(len(left) - 1, 0) * len(_text(separator))
+
+
+def _size_bounded(original, size_of):
+    """`original` (a filter) refused before it runs when the string it would return exceeds OUTPUT_CHARS."""
+    from functools import wraps
+
+    @wraps(original)  # keeps the filter's flags (with_environment, ...)
+    def bounded(left: Any, *args: Any, **kwargs: Any) -> Any:
+        if size_of(left, *args) > OUTPUT_CHARS:
+            from liquid.exceptions import OutputStreamLimitError
+
+            raise OutputStreamLimitError("output stream limit reached", token=None)
+        return original(left, *args, **kwargs)
+
+    return bounded
 
 
 class TemplateDefinition(BaseModel):
@@ -96,6 +132,32 @@ class TemplateDefinition(BaseModel):
     url: str | None = Field(default=None, max_length=2048)
     headers: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value)
+        return value
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        # As the space's email_from setting: a line break would reach the MIME From header, where the
+        # email package refuses it inside the provider call (ValueError: an unknown outcome, `pending`
+        # until the lease, then `failed: outcome unknown`), not at save.
+        if value is not None:
+            from email.utils import parseaddr
+
+            if "@" not in parseaddr(value)[1] or any(c in value for c in "\r\n"):
+                raise ValueError("from must be an email address (optionally 'Name <address>')")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_headers(value)
+        return value
+
     @model_validator(mode="after")
     def _per_channel(self) -> TemplateDefinition:
         if self.channel == "email" and not self.subject:
@@ -107,12 +169,40 @@ class TemplateDefinition(BaseModel):
             raise ValueError("url and headers belong to webhook templates only")
         if self.channel != "email" and (self.text or self.from_ or self.configuration_set):
             raise ValueError("text, from and configuration_set belong to email templates only")
-        if self.from_ is not None and "@" not in self.from_:
-            raise ValueError("from must be an email address (optionally 'Name <address>')")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}$")  # an RFC 9110 token
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is the one control character a header value may hold
+
+
+# What Python's HTTP client would refuse at send time is refused at save instead: a url it cannot parse
+# (`http://[::1/x`, port 99999, a space or control character) and a header it cannot write (a name that is
+# not a token, a value with a line break). Before, the send raised ValueError, an unknown outcome: the
+# delivery stayed `pending` for the lease and was then recorded `failed: outcome unknown`.
+def _check_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    if re.search(r"[\x00-\x20\x7f]", url):
+        raise ValueError("url must not contain spaces or control characters (percent-encode them)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"url is not a valid URL: {error}") from None
+    if not parts.hostname:
+        raise ValueError("url needs a host")
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
+        if _CONTROL.search(value):
+            raise ValueError(f"header {name!r} holds a line break or control character")
 
 
 def parse_template(data: Any, *, key: str | None = None) -> TemplateDefinition:
@@ -209,6 +299,12 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         text = _parse(definition.text, False).render(**scope) if definition.text else None
     except LiquidError as error:
         raise RenderFailed(f"rendering stopped: {error.message}") from error
+    except (ValueError, TypeError, ArithmeticError) as error:
+        # A standard filter given data it cannot take raises Python's own errors, not a LiquidError:
+        # `date` of a timestamp past year 9999, an integer past Python's 4,300-digit str() limit
+        # (`times` in a loop). Rendering is pure, so the same profile fails the same way on every
+        # retry: a failed render, never an exception that a broadcast retries 50 times into its DLQ.
+        raise RenderFailed(f"rendering stopped: {type(error).__name__}: {error}") from error
     if subject is not None and "\n" in subject:
         subject = " ".join(subject.split())  # a header cannot hold a line break
     if definition.channel == "webhook":

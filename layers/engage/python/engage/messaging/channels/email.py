@@ -50,8 +50,16 @@ def mime(message: OutgoingMessage) -> bytes:
 def send(message: OutgoingMessage) -> str:
     if not message.from_address:
         raise Refused("no From address: set the template's `from` or the stack's EmailFromAddress")
+    try:
+        raw = mime(message)
+    except ValueError as error:
+        # The email package refuses a header it cannot write, e.g. an address with a line break, which a
+        # profile's `email` trait (client-side identify data) can hold. Nothing was sent: refused, so it is
+        # recorded failed at once rather than raised inside the provider step as an unknown outcome
+        # (`pending` until the lease, and the recipient's broadcast batch retried meanwhile).
+        raise Refused(f"the email could not be built: {error}") from error
     kwargs = {"FromEmailAddress": message.from_address, "Destination": {"ToAddresses": [message.address]},
-              "Content": {"Raw": {"Data": mime(message)}},
+              "Content": {"Raw": {"Data": raw}},
               "EmailTags": [{"Name": name, "Value": value} for name, value in message.tags.items()]}
     if message.configuration_set:
         kwargs["ConfigurationSetName"] = message.configuration_set
