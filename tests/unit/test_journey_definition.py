@@ -118,3 +118,32 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["PT1H\n", "P\u0661D", "P99999999999999999999D", "PT99999999999999999999999S"])
+def test_durations_that_are_not_plain_ascii_or_overflow_are_value_errors(text):
+    # A trailing newline or a non-ASCII digit once passed the pattern; a day count beyond timedelta's
+    # range raised OverflowError, which the validation did not catch: a 500 instead of a 400.
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_a_huge_duration_or_cooldown_is_a_400_at_its_path():
+    assert paths(journey(steps__wait_1h={"type": "wait", "duration": "P99999999999999999999D",
+                                         "next": "check"})) == ["steps.wait_1h.duration"]
+    # A cooldown timedelta can hold but exit time + cooldown overflows a datetime in the enroller.
+    found = problems(journey(reentry={"mode": "after_exit", "cooldown": "P9999999D"}))
+    assert [d["path"] for d in found] == ["reentry.cooldown"] and "36500 days" in found[0]["message"]
+    parse_journey(journey(reentry={"mode": "after_exit", "cooldown": "P3650D"}))
+
+
+def test_thousands_of_chained_steps_are_a_400_not_a_recursion_error():
+    # The cycle search was recursive: a chain longer than Python's recursion limit crashed the API.
+    count = 3000
+    steps = {f"s{i}": {"type": "wait", "duration": "PT1M", "next": f"s{i + 1}"} for i in range(count)}
+    steps[f"s{count}"] = {"type": "exit"}
+    assert paths(journey(start="s0", steps=steps)) == ["steps"]
+    steps[f"s{count}"] = {"type": "wait", "duration": "PT1M", "next": "s0"}
+    found = problems(journey(start="s0", steps=steps))
+    assert [d["path"] for d in found] == ["steps", f"steps.s{count}"]
+    assert found[1]["message"].startswith("this path never ends: s0 -> s1 -> ")

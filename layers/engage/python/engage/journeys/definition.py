@@ -36,9 +36,12 @@ CHANNELS = ("email", "sms", "push", "webhook")
 MAX_STEPS = 200
 # Step Functions waits at most one year per execution; a journey wait longer than that cannot run.
 MAX_WAIT = timedelta(days=365)
+# A re-entry cooldown is compared with (last exit + cooldown): beyond a century it means "never again" (mode once),
+# and a cooldown near timedelta's limit would overflow that datetime in the enroller.
+MAX_COOLDOWN = timedelta(days=36500)
 DURATION = re.compile(r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-                      r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$")
-TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+                      r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?\Z", re.ASCII)
+TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z", re.ASCII)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -51,7 +54,10 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is not an ISO 8601 duration of weeks/days/hours/minutes/seconds "
                          "(e.g. PT1H, P2D, P1DT12H)")
     parts = {name: int(value) for name, value in match.groupdict().items() if value}
-    return timedelta(**parts)
+    try:
+        return timedelta(**parts)
+    except OverflowError:  # e.g. P99999999999D: more days than a timedelta holds
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def duration_words(text: str) -> str:
@@ -334,7 +340,7 @@ def _check_fields(journey: JourneyDefinition) -> list[dict]:
         problem("steps", f"a journey has at most {MAX_STEPS} steps")
     if journey.reentry.mode == "after_exit":
         if journey.reentry.cooldown is not None:
-            _check_duration(journey.reentry.cooldown, "reentry.cooldown", problem, limit=None)
+            _check_duration(journey.reentry.cooldown, "reentry.cooldown", problem, limit=MAX_COOLDOWN)
     elif journey.reentry.cooldown is not None:
         problem("reentry.cooldown", "a cooldown applies only with mode after_exit")
     for cond, path in journey.conditions():
@@ -383,7 +389,8 @@ def _check_duration(text: str, path: str, problem, limit: timedelta | None = MAX
     if length <= timedelta(0):
         problem(path, "a duration must be longer than zero")
     elif limit is not None and length > limit:
-        problem(path, "longer than a Step Functions execution may last (one year)")
+        problem(path, "longer than a Step Functions execution may last (one year)" if limit == MAX_WAIT
+                else f"at most {limit.days} days")
 
 
 def _check_graph(journey: JourneyDefinition) -> list[dict]:
@@ -440,21 +447,26 @@ def _find_cycle(journey: JourneyDefinition) -> list[str] | None:
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     trail: list[str] = []
 
-    def visit(step_id: str) -> list[str] | None:
-        state[step_id] = 1
-        trail.append(step_id)
-        for target in successors(steps[step_id]):
-            if state.get(target) == 1:
-                return trail[trail.index(target):] + [target]
-            if target not in state:
-                found = visit(target)
-                if found:
-                    return found
-        trail.pop()
-        state[step_id] = 2
+    if journey.start not in steps:
         return None
-
-    return visit(journey.start) if journey.start in steps else None
+    # Iterative (a stack of successor iterators): a definition's size is checked beside this walk, not
+    # before it, and a chain of thousands of steps must not exhaust Python's recursion limit.
+    state[journey.start] = 1
+    trail.append(journey.start)
+    stack = [iter(successors(steps[journey.start]))]
+    while stack:
+        target = next(stack[-1], None)
+        if target is None:
+            stack.pop()
+            state[trail.pop()] = 2
+            continue
+        if state.get(target) == 1:
+            return trail[trail.index(target):] + [target]
+        if target not in state:
+            state[target] = 1
+            trail.append(target)
+            stack.append(iter(successors(steps[target])))
+    return None
 
 
 def referenced_audiences(journey: JourneyDefinition) -> list[tuple[str, str]]:
