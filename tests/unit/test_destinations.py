@@ -40,6 +40,12 @@ def test_a_webhook_definition_is_accepted_with_its_defaults_filled():
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "ftp://x"}}, "config.url"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "http://169.254.169.254/latest"}}, "config.url"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "colour": "red"}}, "config.colour"),
+    # never deliverable: http.client refuses them at every send
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "https://hooks.exa mple.com/"}}, "config.url"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "https://hooks.example.com:99999/"}}, "config.url"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "url": "https://hooks.example.com/\r\nX: y"}}, "config.url"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "headers": {"X-A": "v\r\nX-Injected: 1"}}}, "config.headers.X-A"),
+    ({**WEBHOOK, "config": {**WEBHOOK["config"], "headers": {"X-A": "\u20ac"}}}, "config.headers.X-A"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "timeout_seconds": 99}}, "config.timeout_seconds"),
     ({**WEBHOOK, "config": {**WEBHOOK["config"], "headers": {"Authorization": "x"}}}, "config.headers.Authorization"),
     ({**WEBHOOK, "mode": "batch"}, "schedule"),
@@ -146,3 +152,15 @@ def test_the_default_attempts_outlast_an_hour_long_outage():
     shortest = sum(min(delivery.MAX_BACKOFF_SECONDS, delivery.BASE_BACKOFF_SECONDS * 2 ** (n - 1)) / 2
                    for n in range(1, attempts))
     assert shortest > 3600
+
+
+@pytest.mark.parametrize(("url", "headers"), [
+    ("http://127.0.0.1:9/x", {"X-A": "v\r\nX-Injected: 1"}),  # header injection: http.client's ValueError
+    ("http://127.0.0.1:9/x", {"X-A": "\u20ac"}),  # not latin-1: UnicodeEncodeError
+    ("http://exa mple.com/x", {}),  # http.client.InvalidURL
+])
+def test_a_request_that_cannot_be_built_is_a_permanent_failure_not_a_crash(url, headers):
+    # Stored before the definition checks refused these: the deliverer raised on every receive (no
+    # status, no reason, the message ending in the DLQ after 30 receives). Now parked at once, with why.
+    outcome = senders.post_json(url, b"{}", headers, 1)
+    assert outcome.status == senders.PERMANENT and outcome.reason.startswith(f"cannot send to {url}: ")

@@ -30,6 +30,7 @@ CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
 EVENT_BUS_ARN = re.compile(r"^arn:aws[a-z-]*:events:[a-z0-9-]+:\d{12}:event-bus/[A-Za-z0-9._\-/]{1,256}$")
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Headers the deliverer sets itself: a config cannot override them.
 RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "x-engage-signature",
                               "x-engage-delivery-id", "authorization"})
@@ -151,8 +152,22 @@ def _detail(error: dict, prefix: tuple = ()) -> dict:
 
 
 def _http_url(url: str) -> bool:
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return False  # http.client refuses such a URL at every send (the deliverer could never deliver)
     parsed = urlparse(url)
+    try:
+        parsed.port  # noqa: B018 - raises ValueError on a port outside 0..65535 or not a number
+    except ValueError:
+        return False
     return parsed.scheme in ("http", "https") and bool(parsed.netloc) and not _link_local(parsed.hostname or "")
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _link_local(host: str) -> bool:
@@ -193,6 +208,11 @@ def _check_semantics(definition: DestinationDefinition, config: _Model) -> list[
                 problem(f"config.headers.{name}", "not a valid HTTP header name")
             elif name.lower() in RESERVED_HEADERS:
                 problem(f"config.headers.{name}", "set by the deliverer itself: cannot be configured")
+            elif HEADER_VALUE_FORBIDDEN.search(config.headers[name]):
+                # CR/LF would inject headers; http.client refuses them at every send, so never deliverable
+                problem(f"config.headers.{name}", "a header value cannot hold control characters (CR, LF, ...)")
+            elif not _latin1(config.headers[name]):
+                problem(f"config.headers.{name}", "a header value is ISO-8859-1 text (HTTP sends it so)")
     if isinstance(config, SegmentConfig) and not _http_url(config.endpoint):
         problem("config.endpoint", "an http:// or https:// URL (the tracking API's base, e.g. https://api.segment.io)")
     if isinstance(config, EventBridgeConfig) and not EVENT_BUS_ARN.match(config.event_bus_arn):
