@@ -152,14 +152,37 @@ def _detail(error: dict, prefix: tuple = ()) -> dict:
 
 
 def _http_url(url: str) -> bool:
-    if any(char.isspace() or not char.isprintable() for char in url):
-        return False  # http.client refuses such a URL at every send (the deliverer could never deliver)
     parsed = urlparse(url)
-    try:
-        parsed.port  # noqa: B018 - raises ValueError on a port outside 0..65535 or not a number
-    except ValueError:
-        return False
     return parsed.scheme in ("http", "https") and bool(parsed.netloc) and not _link_local(parsed.hostname or "")
+
+
+def request_problems(definition: DestinationDefinition) -> list[dict]:
+    """What http.client would refuse at every send of this definition: a URL with whitespace or control
+    characters or a port outside 0..65535, a header value with CR/LF (header injection) or other control
+    characters, or one that is not ISO-8859-1. Checked when a definition is saved through the API
+    (management.validate), not in `parse_definition`: stored definitions are parsed again on every read,
+    and one saved before this check must stay readable (its sends are parked with the reason)."""
+    problems: list[dict] = []
+    urls = {"webhook": "url", "segment": "endpoint"}
+    field = urls.get(definition.type)
+    url = definition.config.get(field) if field else None
+    if isinstance(url, str):
+        try:
+            urlparse(url).port  # noqa: B018 - raises ValueError on a port outside 0..65535 or not a number
+            bad_port = False
+        except ValueError:
+            bad_port = True
+        if bad_port or any(char.isspace() or not char.isprintable() for char in url):
+            problems.append({"path": f"config.{field}", "message": "not a URL an HTTP request can be sent to "
+                                                                 "(whitespace, control characters or a bad port)"})
+    for name, value in (definition.config.get("headers") or {}).items() if definition.type == "webhook" else ():
+        if HEADER_VALUE_FORBIDDEN.search(value):
+            problems.append({"path": f"config.headers.{name}",
+                             "message": "a header value cannot hold control characters (CR, LF, ...)"})
+        elif not _latin1(value):
+            problems.append({"path": f"config.headers.{name}",
+                             "message": "a header value is ISO-8859-1 text (HTTP sends it so)"})
+    return problems
 
 
 def _latin1(text: str) -> bool:
@@ -208,11 +231,6 @@ def _check_semantics(definition: DestinationDefinition, config: _Model) -> list[
                 problem(f"config.headers.{name}", "not a valid HTTP header name")
             elif name.lower() in RESERVED_HEADERS:
                 problem(f"config.headers.{name}", "set by the deliverer itself: cannot be configured")
-            elif HEADER_VALUE_FORBIDDEN.search(config.headers[name]):
-                # CR/LF would inject headers; http.client refuses them at every send, so never deliverable
-                problem(f"config.headers.{name}", "a header value cannot hold control characters (CR, LF, ...)")
-            elif not _latin1(config.headers[name]):
-                problem(f"config.headers.{name}", "a header value is ISO-8859-1 text (HTTP sends it so)")
     if isinstance(config, SegmentConfig) and not _http_url(config.endpoint):
         problem("config.endpoint", "an http:// or https:// URL (the tracking API's base, e.g. https://api.segment.io)")
     if isinstance(config, EventBridgeConfig) and not EVENT_BUS_ARN.match(config.event_bus_arn):

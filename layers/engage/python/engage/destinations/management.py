@@ -13,7 +13,12 @@ from typing import Any
 
 from engage.audiences import store as audience_store
 from engage.destinations import changelog, parking, queue, schedules, store
-from engage.destinations.definition import DestinationDefinition, parse_definition, split_secrets
+from engage.destinations.definition import (
+    DestinationDefinition,
+    parse_definition,
+    request_problems,
+    split_secrets,
+)
 from engage.errors import ValidationFailed
 
 
@@ -24,6 +29,9 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
                                    [{"path": "key", "value": body["key"], "expected": editing}])
         body = {**body, "key": editing}
     definition = parse_definition(body)
+    problems = request_problems(definition)
+    if problems:
+        raise ValidationFailed(f"invalid destination at {problems[0]['path']}: {problems[0]['message']}", problems)
     live = {a.key for a in audience_store.list_all(space_id)}
     problems = [{"path": f"audiences[{i}]", "message": f"no audience {k!r} in this space"}
                 for i, k in enumerate(definition.audiences) if k not in live]
