@@ -147,3 +147,15 @@ def test_thousands_of_chained_steps_are_a_400_not_a_recursion_error():
     found = problems(journey(start="s0", steps=steps))
     assert [d["path"] for d in found] == ["steps", f"steps.s{count}"]
     assert found[1]["message"].startswith("this path never ends: s0 -> s1 -> ")
+
+
+def test_a_send_step_naming_a_template_of_another_channel_is_refused_at_its_channel():
+    # Once accepted: the sender then refused it at every attempt ("template 'cart_a' is for email,
+    # not sms"), five retries with backoff per profile, then a failure recorded.
+    parsed = parse_journey(CART_RESCUE)
+    channels = {"cart_a": "email", "cart_b": "email", "cart_sms": "email"}
+    with pytest.raises(ValidationFailed) as caught:
+        check_references(parsed, {"cart_abandoners"}, templates=channels)
+    assert caught.value.details == [{"path": "steps.sms.channel",
+                                     "message": "template 'cart_sms' is for email, not sms"}]
+    check_references(parsed, {"cart_abandoners"}, templates={**channels, "cart_sms": "sms"})

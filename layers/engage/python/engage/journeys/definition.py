@@ -479,15 +479,23 @@ def referenced_audiences(journey: JourneyDefinition) -> list[tuple[str, str]]:
     return found
 
 
-def check_references(journey: JourneyDefinition, audiences: set[str], *, templates: set[str] | None = None,
+def check_references(journey: JourneyDefinition, audiences: set[str], *,
+                     templates: set[str] | dict[str, str] | None = None,
                      destinations: set[str] | None = None) -> None:
     """Refuse references the space cannot satisfy. `templates` / `destinations` None: not checked
-    (their stores are not part of this build; the send/sync step fails at run time instead)."""
+    (their stores are not part of this build; the send/sync step fails at run time instead).
+    `templates` as {key: channel}: a send step's channel must also be its template's (the sender refuses
+    an email template on the sms channel at every attempt)."""
     problems = [{"path": path, "message": f"unknown audience {key!r}"}
                 for key, path in referenced_audiences(journey) if key not in audiences]
     for step_id, step in journey.steps.items():
         if templates is not None and isinstance(step, SendStep) and step.template not in templates:
             problems.append({"path": f"steps.{step_id}.template", "message": f"unknown template {step.template!r}"})
+        elif (isinstance(templates, dict) and isinstance(step, SendStep)
+              and templates[step.template] != step.channel):
+            problems.append({"path": f"steps.{step_id}.channel",
+                             "message": f"template {step.template!r} is for {templates[step.template]}, "
+                                        f"not {step.channel}"})
         if destinations is not None and isinstance(step, SyncStep) and step.destination not in destinations:
             problems.append({"path": f"steps.{step_id}.destination",
                              "message": f"unknown destination {step.destination!r}"})

@@ -49,10 +49,11 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Journey
     return journey
 
 
-def _template_keys(space_id: str) -> set[str]:
+def _template_keys(space_id: str) -> dict[str, str]:
+    """{template key: its channel}."""
     from engage.messaging import store as messaging_store
 
-    return {template["key"] for template in messaging_store.list_templates(space_id)}
+    return {template["key"]: template["channel"] for template in messaging_store.list_templates(space_id)}
 
 
 def _destination_keys(space_id: str) -> set[str]:
