@@ -331,6 +331,19 @@ def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(a
     assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
 
 
+def test_an_event_whose_name_prefixes_a_waited_name_before_a_bar_releases_nothing(api):
+    # The waits are found by sk prefix "<event>|": a wait for "Order|Completed" was released (its token
+    # answered, the wait deleted) by a track event named "Order", and the real event then found nothing.
+    from engage.journeys import waits
+
+    published()
+    payload = task("wait_for_event", "wait_buy", {"event": "Order|Completed", "where": [],
+                                                  "next": "exit", "timeout_next": "sms"}, task_token="token-1")
+    assert steps.handle(payload) is None
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order", "properties": {}}) == 0
+    assert [w.token for w in waits.WaitRecord.query("acme|p1|waits")] == ["token-1"]
+
+
 def test_a_profile_meeting_the_goal_leaves_as_a_goal_exit(api):
     from tests.integration.audience_support import make_profile
 
