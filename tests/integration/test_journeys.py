@@ -176,6 +176,17 @@ def test_reentry_after_exit_waits_for_the_exit_and_the_cooldown(api):
     assert [r["entry"] for r in runs] == [1, 2] and runs[0]["exit_reason"] == "completed"
 
 
+def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
+    # The route sees the raw path: "user_id:a%20b%2F%C3%A9" was looked up as is (404) while the Profile
+    # API, which decodes its path, found the profile.
+    from tests.integration.audience_support import make_profile
+
+    published()
+    make_profile("p9", ids={"user_id": "a b/\u00e9"})
+    status, body = call_api("GET", "/v1/journeys/cart_rescue/profiles/user_id:a%20b%2F%C3%A9")
+    assert status == 200 and body["profile_id"] == "p9" and body["runs"] == []
+
+
 def test_a_paused_journey_enrolls_no_one(api):
     answer = published()
     call_api("POST", "/v1/journeys/cart_rescue/pause")
