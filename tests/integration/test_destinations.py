@@ -285,6 +285,15 @@ def test_a_header_value_with_crlf_is_refused_and_one_stored_before_is_parked_wit
     assert receiver.delivered() == []
 
 
+def test_a_definition_too_large_to_store_is_a_400_not_a_500(env, receiver):
+    # 20 headers of 30 KB each were a 500 from DynamoDB (item over 400 KB).
+    big = {**webhook(receiver), "config": {**webhook(receiver)["config"],
+                                           "headers": {f"X-H{i}": "v" * 30_000 for i in range(20)}}}
+    status, body = call_api("POST", "/v1/destinations", big)
+    assert status == 400 and "at most 100000" in body["error"]["message"]
+    assert call_api("GET", "/v1/destinations/crm")[0] == 404
+
+
 def test_the_rate_limit_holds_across_consumers(env, receiver):
     from datetime import UTC, datetime, timedelta
 

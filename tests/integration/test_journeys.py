@@ -187,6 +187,15 @@ def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
     assert status == 200 and body["profile_id"] == "p9" and body["runs"] == []
 
 
+def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
+    # A 450 KB name was a 500 from DynamoDB (item over 400 KB); a ~400 KB draft was stored and its publish
+    # (the item then also holds the published definition) was the 500.
+    status, body = call_api("POST", "/v1/journeys", journey(name="x" * 200_000))
+    assert status == 400 and "at most 160000" in body["error"]["message"]
+    assert call_api("GET", "/v1/journeys/cart_rescue")[0] == 404
+    assert call_api("POST", "/v1/journeys", journey(name="x" * 150_000))[0] == 201
+
+
 def test_a_paused_journey_enrolls_no_one(api):
     answer = published()
     call_api("POST", "/v1/journeys/cart_rescue/pause")

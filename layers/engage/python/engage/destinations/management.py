@@ -9,6 +9,7 @@ the definition is stored, and the sequence check orders backfill and changes by 
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engage.audiences import store as audience_store
@@ -21,6 +22,9 @@ from engage.destinations.definition import (
 )
 from engage.errors import ValidationFailed
 
+# A definition item must stay under DynamoDB's 400 KB (an oversized one was a 500 from the store).
+MAX_DEFINITION_BYTES = 100_000
+
 
 def validate(space_id: str, body: Any, *, editing: str | None = None) -> DestinationDefinition:
     if isinstance(body, dict) and editing is not None:
@@ -28,6 +32,10 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
             raise ValidationFailed("the key of a destination cannot change",
                                    [{"path": "key", "value": body["key"], "expected": editing}])
         body = {**body, "key": editing}
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationFailed(f"the destination definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
+                               [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     definition = parse_definition(body)
     problems = request_problems(definition)
     if problems:

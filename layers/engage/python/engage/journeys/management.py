@@ -39,9 +39,18 @@ def reset() -> None:
     _sfn.cache_clear()
 
 
+# The journey item holds the draft and the published definition (DynamoDB: 400 KB an item): each stays
+# under this many bytes of JSON, so a save or a publish never fails in the store (it was a 500).
+MAX_DEFINITION_BYTES = 160_000
+
+
 def validate(space_id: str, body: Any, *, editing: str | None = None) -> JourneyDefinition:
     if isinstance(body, dict) and editing is not None:
         body = {"key": editing, **body}
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationFailed(f"the journey definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
+                               [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     journey = parse_journey(body)
     audiences = {a.key for a in audience_store.list_all(space_id)}
     check_references(journey, audiences, templates=_template_keys(space_id),
