@@ -32,6 +32,9 @@ from engage.journeys import KEY_PATTERN
 # Step ids become Step Functions state names (at most 80 characters; letters, digits, - and _ keep the
 # console and CloudWatch metrics readable).
 STEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# States every compiled journey has (compiler.GOAL_REACHED, compiler.RECORDING_FAILED): a step of that name
+# was overwritten by them (a step `goal_reached` became a Succeed state: its run ended unrecorded).
+RESERVED_STEP_IDS = frozenset({"goal_reached", "recording_failed"})
 CHANNELS = ("email", "sms", "push", "webhook")
 MAX_STEPS = 200
 # Step Functions waits at most one year per execution; a journey wait longer than that cannot run.
@@ -40,8 +43,8 @@ MAX_WAIT = timedelta(days=365)
 # and a cooldown near timedelta's limit would overflow that datetime in the enroller.
 MAX_COOLDOWN = timedelta(days=36500)
 DURATION = re.compile(r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-                      r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?\Z", re.ASCII)
-TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z", re.ASCII)
+                      r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$")
+TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -340,7 +343,7 @@ def _check_fields(journey: JourneyDefinition) -> list[dict]:
         problem("steps", f"a journey has at most {MAX_STEPS} steps")
     if journey.reentry.mode == "after_exit":
         if journey.reentry.cooldown is not None:
-            _check_duration(journey.reentry.cooldown, "reentry.cooldown", problem, limit=MAX_COOLDOWN)
+            _check_duration(journey.reentry.cooldown, "reentry.cooldown", problem, limit=None)
     elif journey.reentry.cooldown is not None:
         problem("reentry.cooldown", "a cooldown applies only with mode after_exit")
     for cond, path in journey.conditions():
@@ -378,6 +381,23 @@ def _check_fields(journey: JourneyDefinition) -> list[dict]:
                 if not name or name.startswith("$"):
                     problem(f"{at}.traits", f"trait name {name!r} is not allowed")
     return problems
+
+
+def check_new_definition(journey: JourneyDefinition) -> None:
+    """Rules added after journeys were stored, checked when a definition is saved or published (the
+    management API), not by `parse_journey`: stored definitions are parsed again on every enrollment and
+    Task, and one saved before a rule must stay readable (a raise there failed the whole events batch)."""
+    problems: list[dict] = []
+    for step_id in journey.steps:
+        if step_id in RESERVED_STEP_IDS:
+            problems.append({"path": f"steps.{step_id}",
+                             "message": f"{step_id!r} names a state the compiler adds itself: choose another step id"})
+    if journey.reentry.mode == "after_exit" and journey.reentry.cooldown is not None:
+        _check_duration(journey.reentry.cooldown, "reentry.cooldown",
+                        lambda path, message: problems.append({"path": path, "message": message}),
+                        limit=MAX_COOLDOWN)
+    if problems:
+        raise ValidationFailed(_summary(problems), problems)
 
 
 def _check_duration(text: str, path: str, problem, limit: timedelta | None = MAX_WAIT) -> None:

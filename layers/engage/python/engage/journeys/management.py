@@ -23,7 +23,12 @@ from engage.config import settings
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.journeys import store
 from engage.journeys.compiler import compile_journey, describe
-from engage.journeys.definition import JourneyDefinition, check_references, parse_journey
+from engage.journeys.definition import (
+    JourneyDefinition,
+    check_new_definition,
+    check_references,
+    parse_journey,
+)
 
 ALIAS = "live"
 NAME_LIMIT = 80  # Step Functions state machine names
@@ -52,6 +57,7 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Journey
         raise ValidationFailed(f"the journey definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
                                [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     journey = parse_journey(body)
+    check_new_definition(journey)
     audiences = {a.key for a in audience_store.list_all(space_id)}
     check_references(journey, audiences, templates=_template_keys(space_id),
                      destinations=_destination_keys(space_id))
