@@ -196,6 +196,18 @@ def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
     assert call_api("POST", "/v1/journeys", journey(name="x" * 150_000))[0] == 201
 
 
+def test_a_journey_compiling_past_step_functions_definition_limit_is_a_400_on_publish(api):
+    # A 105 KB exit_when copied into 41 Tasks compiled to 2.3 MB of ASL: Step Functions refuses definitions
+    # over 1 MB (ValidationException, a 500), which moto does not check.
+    steps = {f"s{i}": {"type": "update_trait", "traits": {"k": i}, "next": f"s{i + 1}"} for i in range(20)}
+    steps["s20"] = {"type": "exit"}
+    goal = {"any": [{"trait": "t", "op": "eq", "value": "x" * 1000 + str(i)} for i in range(100)]}
+    assert call_api("POST", "/v1/journeys", journey(exit_when=goal, start="s0", steps=steps))[0] == 201
+    status, body = call_api("POST", "/v1/journeys/cart_rescue/publish")
+    assert status == 400 and "Step Functions takes at most 1048576" in body["error"]["message"]
+    assert call_api("GET", "/v1/journeys/cart_rescue")[1]["version"] == 0
+
+
 def test_a_paused_journey_enrolls_no_one(api):
     answer = published()
     call_api("POST", "/v1/journeys/cart_rescue/pause")

@@ -47,6 +47,8 @@ def reset() -> None:
 # The journey item holds the draft and the published definition (DynamoDB: 400 KB an item): each stays
 # under this many bytes of JSON, so a save or a publish never fails in the store (it was a 500).
 MAX_DEFINITION_BYTES = 160_000
+# Step Functions' limit on a state machine definition (CreateStateMachine / UpdateStateMachine).
+MAX_ASL_BYTES = 1_048_576
 
 
 def validate(space_id: str, body: Any, *, editing: str | None = None) -> JourneyDefinition:
@@ -141,6 +143,13 @@ def publish(space_id: str, journey_key: str) -> dict[str, Any]:
     journey = validate(space_id, journey_item.definition, editing=journey_key)
     version = journey_item.version + 1
     asl = json.dumps(compile_journey(journey, settings().require("journey_steps_function_arn"), version=version))
+    if len(asl.encode()) > MAX_ASL_BYTES:
+        # Step Functions refuses it (ValidationException, a 500 here); moto and the local cloud do not check.
+        raise ValidationFailed(
+            f"the compiled state machine would be {len(asl.encode())} bytes; Step Functions takes at most "
+            f"{MAX_ASL_BYTES}: every Task carries its step's parameters and the exit_when goal, so shorten "
+            "exit_when or the conditions, or use fewer steps",
+            [{"path": "", "message": f"compiles to more than {MAX_ASL_BYTES} bytes of ASL"}])
     role = settings().require("journey_execution_role_arn")
     sfn = _sfn()
     description = f"{journey_key} version {version}"
