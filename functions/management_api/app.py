@@ -3,7 +3,7 @@ Token auth, JSON in and out, errors in one shape."""
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
@@ -276,7 +276,8 @@ def resume_journey(key: str):
 @app.get("/v1/journeys/<key>/profiles/<profile_id>", summary="One profile's runs of a journey", **DOC,
          responses=openapi.responses(200, "JourneyProfile", "runs, current step, history in words", *KEY_ERRORS))
 def journey_profile(key: str, profile_id: str):
-    return journeys.profile_runs(_space(), key, profile_id)
+    # The route matches the raw (percent-encoded) path: `user_id:a%20b` names user id "a b", as in the Profile API.
+    return journeys.profile_runs(_space(), key, unquote(profile_id))
 broadcast_routes.register(app, _space, _json_body, DOC, KEY_ERRORS)  # broadcasts
 
 

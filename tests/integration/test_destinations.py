@@ -261,6 +261,39 @@ def test_a_permanent_refusal_is_parked_at_once(env, receiver):
     assert shown["status"]["dlq_depth"] == 1 and "HTTP 400" in shown["parked"][0]["reason"]
 
 
+def test_a_header_value_with_crlf_is_refused_and_one_stored_before_is_parked_with_the_reason(env, receiver,
+                                                                                             monkeypatch):
+    # Once accepted: http.client then raised ValueError at every send, the deliverer crashed on each
+    # receive (no failure counted, no last_error) until the message went to the DLQ after 30 receives.
+    injected = {**webhook(receiver), "config": {**webhook(receiver)["config"], "headers": {"X-A": "v\r\nX-B: 1"}}}
+    status, body = call_api("POST", "/v1/destinations", injected)
+    assert status == 400 and body["error"]["details"][0]["path"] == "config.headers.X-A"
+
+    from engage.destinations import management
+
+    monkeypatch.setattr(management, "request_problems", lambda _definition: [])  # saved before the check
+    assert call_api("POST", "/v1/destinations", injected)[0] == 201
+    monkeypatch.undo()
+    flow = Flow(env)
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    status, shown = call_api("GET", "/v1/destinations/crm")
+    assert status == 200 and shown["status"]["dlq_depth"] == 1
+    reason = shown["parked"][0]["reason"]
+    assert reason.startswith("cannot send to ") and "Invalid header value" in reason
+    assert receiver.delivered() == []
+
+
+def test_a_definition_too_large_to_store_is_a_400_not_a_500(env, receiver):
+    # 20 headers of 30 KB each were a 500 from DynamoDB (item over 400 KB).
+    big = {**webhook(receiver), "config": {**webhook(receiver)["config"],
+                                           "headers": {f"X-H{i}": "v" * 30_000 for i in range(20)}}}
+    status, body = call_api("POST", "/v1/destinations", big)
+    assert status == 400 and "at most 100000" in body["error"]["message"]
+    assert call_api("GET", "/v1/destinations/crm")[0] == 404
+
+
 def test_the_rate_limit_holds_across_consumers(env, receiver):
     from datetime import UTC, datetime, timedelta
 
@@ -414,7 +447,7 @@ def test_a_batch_run_sends_the_coalesced_log_and_keeps_what_failed_for_the_next_
     assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
     assert call_api("POST", "/v1/audiences/vip/members", {"remove": ["user_id:u1"]})[0] == 200
     flow.drain()
-    assert receiver.requests == []  # batch: nothing until the run
+    assert receiver.delivered() == []  # batch: nothing until the run
     assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 3
 
     receiver.answer(200, 503)  # the first request of 2 goes through, the second fails
@@ -456,7 +489,7 @@ def test_a_paused_destination_collects_changes_and_delivers_them_on_resume(env, 
     flow.drain()
     assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
     flow.drain()
-    assert receiver.requests == []
+    assert receiver.delivered() == []
     assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 2
     edited = webhook(receiver)
     del edited["config"]["secret"]
@@ -507,7 +540,7 @@ def test_a_batch_destination_made_realtime_sends_its_log_at_once(env, receiver):
     flow.drain()
     assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
     flow.drain()
-    assert receiver.requests == []
+    assert receiver.delivered() == []
     realtime = webhook(receiver, key="hourly")
     del realtime["config"]["secret"]
     assert call_api("PUT", "/v1/destinations/hourly", realtime)[0] == 200
@@ -614,7 +647,7 @@ def test_a_sync_step_to_a_batch_destination_waits_for_the_run_and_s3_or_unknown_
     flow.drain()
     steps.handle(sync_task("hourly"))
     steps.handle(sync_task("hourly"))  # a retry logs nothing more
-    assert receiver.requests == []
+    assert receiver.delivered() == []
     assert run_batch("acme", "hourly")["delivered"] == 1
     steps.handle(sync_task("hourly"))  # a retry after the run sends nothing again
     assert run_batch("acme", "hourly")["delivered"] == 0
@@ -680,7 +713,7 @@ def test_computed_trait_changes_to_a_batch_destination_wait_for_its_run_coalesce
     route = handler("destination_trait_router")
     route(trait_records(trait_changed("p1", 100, 2), trait_changed("p1", 250, 3), trait_changed("p2", 5, 1)),
           LambdaContext(function_name="trait-router"))
-    assert receiver.requests == []
+    assert receiver.delivered() == []
     assert run_batch("acme", "hourly")["delivered"] == 2
     sent = receiver.requests[0]["body"]["batch"]
     assert sorted((c["profile_id"], c["value"], c["event"]) for c in sent) == [
@@ -706,7 +739,7 @@ def test_connecting_a_computed_trait_sends_current_values_first_then_changes(env
     assert call_api("POST", "/v1/destinations", {**webhook(receiver), "audiences": []})[0] == 201
     flow = Flow(env)
     flow.drain()
-    assert receiver.requests == []
+    assert receiver.delivered() == []
     # When the trait is connected (PUT adding it)
     edited = {**webhook(receiver), "audiences": [], "computed_traits": ["total_revenue"]}
     del edited["config"]["secret"]
@@ -732,7 +765,7 @@ def test_a_computed_trait_connected_to_a_batch_destination_is_backfilled_into_it
             "audiences": [], "computed_traits": ["total_revenue"]}
     assert call_api("POST", "/v1/destinations", body)[0] == 201
     Flow(env).drain()
-    assert receiver.requests == [] and call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 1
+    assert receiver.delivered() == [] and call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 1
     assert run_batch("acme", "hourly")["delivered"] == 1
     [change] = receiver.requests[0]["body"]["batch"]
     assert (change["profile_id"], change["value"], change["backfill"]) == ("p2", 42, True)
@@ -755,7 +788,7 @@ def test_a_webhook_host_resolving_to_an_internal_address_is_parked_at_once_with_
     assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
     flow.drain()
     # Then nothing reached the receiver and the delivery is parked (not retried) with the reason
-    assert receiver.requests == []
+    assert receiver.delivered() == []
     shown = call_api("GET", "/v1/destinations/crm")[1]
     assert shown["status"]["dlq_depth"] == 1 and shown["status"]["failures"] == 1
     assert "127.0.0.1 is a loopback address" in shown["parked"][0]["reason"]

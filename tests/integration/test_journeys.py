@@ -176,6 +176,38 @@ def test_reentry_after_exit_waits_for_the_exit_and_the_cooldown(api):
     assert [r["entry"] for r in runs] == [1, 2] and runs[0]["exit_reason"] == "completed"
 
 
+def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
+    # The route sees the raw path: "user_id:a%20b%2F%C3%A9" was looked up as is (404) while the Profile
+    # API, which decodes its path, found the profile.
+    from tests.integration.audience_support import make_profile
+
+    published()
+    make_profile("p9", ids={"user_id": "a b/\u00e9"})
+    status, body = call_api("GET", "/v1/journeys/cart_rescue/profiles/user_id:a%20b%2F%C3%A9")
+    assert status == 200 and body["profile_id"] == "p9" and body["runs"] == []
+
+
+def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
+    # A 450 KB name was a 500 from DynamoDB (item over 400 KB); a ~400 KB draft was stored and its publish
+    # (the item then also holds the published definition) was the 500.
+    status, body = call_api("POST", "/v1/journeys", journey(name="x" * 200_000))
+    assert status == 400 and "at most 160000" in body["error"]["message"]
+    assert call_api("GET", "/v1/journeys/cart_rescue")[0] == 404
+    assert call_api("POST", "/v1/journeys", journey(name="x" * 150_000))[0] == 201
+
+
+def test_a_journey_compiling_past_step_functions_definition_limit_is_a_400_on_publish(api):
+    # A 105 KB exit_when copied into 41 Tasks compiled to 2.3 MB of ASL: Step Functions refuses definitions
+    # over 1 MB (ValidationException, a 500), which moto does not check.
+    steps = {f"s{i}": {"type": "update_trait", "traits": {"k": i}, "next": f"s{i + 1}"} for i in range(20)}
+    steps["s20"] = {"type": "exit"}
+    goal = {"any": [{"trait": "t", "op": "eq", "value": "x" * 1000 + str(i)} for i in range(100)]}
+    assert call_api("POST", "/v1/journeys", journey(exit_when=goal, start="s0", steps=steps))[0] == 201
+    status, body = call_api("POST", "/v1/journeys/cart_rescue/publish")
+    assert status == 400 and "Step Functions takes at most 1048576" in body["error"]["message"]
+    assert call_api("GET", "/v1/journeys/cart_rescue")[1]["version"] == 0
+
+
 def test_a_paused_journey_enrolls_no_one(api):
     answer = published()
     call_api("POST", "/v1/journeys/cart_rescue/pause")
@@ -329,6 +361,19 @@ def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(a
     assert list(waits.WaitRecord.query("acme|p1|waits")) == []
     assert waits.release("acme", "p1", matching) == 0
     assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
+
+
+def test_an_event_whose_name_prefixes_a_waited_name_before_a_bar_releases_nothing(api):
+    # The waits are found by sk prefix "<event>|": a wait for "Order|Completed" was released (its token
+    # answered, the wait deleted) by a track event named "Order", and the real event then found nothing.
+    from engage.journeys import waits
+
+    published()
+    payload = task("wait_for_event", "wait_buy", {"event": "Order|Completed", "where": [],
+                                                  "next": "exit", "timeout_next": "sms"}, task_token="token-1")
+    assert steps.handle(payload) is None
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order", "properties": {}}) == 0
+    assert [w.token for w in waits.WaitRecord.query("acme|p1|waits")] == ["token-1"]
 
 
 def test_a_profile_meeting_the_goal_leaves_as_a_goal_exit(api):

@@ -146,3 +146,30 @@ def test_the_default_attempts_outlast_an_hour_long_outage():
     shortest = sum(min(delivery.MAX_BACKOFF_SECONDS, delivery.BASE_BACKOFF_SECONDS * 2 ** (n - 1)) / 2
                    for n in range(1, attempts))
     assert shortest > 3600
+
+
+@pytest.mark.parametrize(("url", "headers"), [
+    ("http://127.0.0.1:9/x", {"X-A": "v\r\nX-Injected: 1"}),  # header injection: http.client's ValueError
+    ("http://127.0.0.1:9/x", {"X-A": "\u20ac"}),  # not latin-1: UnicodeEncodeError
+    ("http://exa mple.com/x", {}),  # http.client.InvalidURL
+])
+def test_a_request_that_cannot_be_built_is_a_permanent_failure_not_a_crash(url, headers):
+    # Stored before the definition checks refused these: the deliverer raised on every receive (no
+    # status, no reason, the message ending in the DLQ after 30 receives). Now parked at once, with why.
+    outcome = senders.post_json(url, b"{}", headers, 1)
+    assert outcome.status == senders.PERMANENT and outcome.reason.startswith(f"cannot send to {url}: ")
+
+
+@pytest.mark.parametrize(("config", "path"), [
+    ({"url": "https://hooks.exa mple.com/"}, "config.url"),
+    ({"url": "https://hooks.example.com:99999/"}, "config.url"),
+    ({"url": "https://hooks.example.com/\r\nX: y"}, "config.url"),
+    ({"headers": {"X-A": "v\r\nX-Injected: 1"}}, "config.headers.X-A"),
+    ({"headers": {"X-A": "\u20ac"}}, "config.headers.X-A"),
+])
+def test_configs_http_client_would_refuse_at_every_send_are_named_and_stay_readable(config, path):
+    # Once accepted by POST/PUT (never deliverable); management.validate now refuses them. parse_definition
+    # still reads them: a definition stored before the check is parsed again on every read.
+    parsed = parse_definition({**WEBHOOK, "config": {**WEBHOOK["config"], **config}})
+    assert [p["path"] for p in definition.request_problems(parsed)] == [path]
+    assert definition.request_problems(parse_definition(WEBHOOK)) == []

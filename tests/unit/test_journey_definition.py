@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from engage.errors import ValidationFailed
-from engage.journeys.definition import check_references, parse_duration, parse_journey
+from engage.journeys.definition import check_new_definition, check_references, parse_duration, parse_journey
 from tests.journey_samples import CART_RESCUE, EVERY_STEP, journey
 
 
@@ -118,3 +118,60 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["P99999999999999999999D", "PT99999999999999999999999S"])
+def test_durations_that_overflow_are_value_errors(text):
+    # A day count beyond timedelta's range raised OverflowError, which the validation did not catch:
+    # a 500 instead of a 400.
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_a_huge_duration_or_cooldown_is_a_400_at_its_path():
+    assert paths(journey(steps__wait_1h={"type": "wait", "duration": "P99999999999999999999D",
+                                         "next": "check"})) == ["steps.wait_1h.duration"]
+    # A cooldown timedelta can hold but exit time + cooldown overflows a datetime in the enroller: refused
+    # on save (check_new_definition), while a stored one still parses.
+    huge = parse_journey(journey(reentry={"mode": "after_exit", "cooldown": "P9999999D"}))
+    with pytest.raises(ValidationFailed) as caught:
+        check_new_definition(huge)
+    assert [d["path"] for d in caught.value.details] == ["reentry.cooldown"]
+    assert "36500 days" in caught.value.details[0]["message"]
+    check_new_definition(parse_journey(journey(reentry={"mode": "after_exit", "cooldown": "P3650D"})))
+
+
+def test_thousands_of_chained_steps_are_a_400_not_a_recursion_error():
+    # The cycle search was recursive: a chain longer than Python's recursion limit crashed the API.
+    count = 3000
+    steps = {f"s{i}": {"type": "wait", "duration": "PT1M", "next": f"s{i + 1}"} for i in range(count)}
+    steps[f"s{count}"] = {"type": "exit"}
+    assert paths(journey(start="s0", steps=steps)) == ["steps"]
+    steps[f"s{count}"] = {"type": "wait", "duration": "PT1M", "next": "s0"}
+    found = problems(journey(start="s0", steps=steps))
+    assert [d["path"] for d in found] == ["steps", f"steps.s{count}"]
+    assert found[1]["message"].startswith("this path never ends: s0 -> s1 -> ")
+
+
+def test_a_send_step_naming_a_template_of_another_channel_is_refused_at_its_channel():
+    # Once accepted: the sender then refused it at every attempt ("template 'cart_a' is for email,
+    # not sms"), five retries with backoff per profile, then a failure recorded.
+    parsed = parse_journey(CART_RESCUE)
+    channels = {"cart_a": "email", "cart_b": "email", "cart_sms": "email"}
+    with pytest.raises(ValidationFailed) as caught:
+        check_references(parsed, {"cart_abandoners"}, templates=channels)
+    assert caught.value.details == [{"path": "steps.sms.channel",
+                                     "message": "template 'cart_sms' is for email, not sms"}]
+    check_references(parsed, {"cart_abandoners"}, templates={**channels, "cart_sms": "sms"})
+
+
+@pytest.mark.parametrize("reserved", ["goal_reached", "recording_failed"])
+def test_a_step_named_like_a_state_the_compiler_adds_is_refused(reserved):
+    # The compiled state of that name overwrote the step: a step `goal_reached` became a Succeed state.
+    # Refused on save and publish; parse_journey still reads one stored before (enrollment parses it).
+    parsed = parse_journey(journey(start=reserved, steps={reserved: {"type": "wait", "duration": "PT1H",
+                                                                     "next": "done"}, "done": {"type": "exit"}}))
+    with pytest.raises(ValidationFailed) as caught:
+        check_new_definition(parsed)
+    found = caught.value.details
+    assert [d["path"] for d in found] == [f"steps.{reserved}"] and "compiler adds" in found[0]["message"]

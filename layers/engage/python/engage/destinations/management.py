@@ -9,12 +9,21 @@ the definition is stored, and the sequence check orders backfill and changes by 
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engage.audiences import store as audience_store
 from engage.destinations import changelog, parking, queue, schedules, store
-from engage.destinations.definition import DestinationDefinition, parse_definition, split_secrets
+from engage.destinations.definition import (
+    DestinationDefinition,
+    parse_definition,
+    request_problems,
+    split_secrets,
+)
 from engage.errors import ValidationFailed
+
+# A definition item must stay under DynamoDB's 400 KB (an oversized one was a 500 from the store).
+MAX_DEFINITION_BYTES = 100_000
 
 
 def validate(space_id: str, body: Any, *, editing: str | None = None) -> DestinationDefinition:
@@ -23,7 +32,14 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
             raise ValidationFailed("the key of a destination cannot change",
                                    [{"path": "key", "value": body["key"], "expected": editing}])
         body = {**body, "key": editing}
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationFailed(f"the destination definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
+                               [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     definition = parse_definition(body)
+    problems = request_problems(definition)
+    if problems:
+        raise ValidationFailed(f"invalid destination at {problems[0]['path']}: {problems[0]['message']}", problems)
     live = {a.key for a in audience_store.list_all(space_id)}
     problems = [{"path": f"audiences[{i}]", "message": f"no audience {k!r} in this space"}
                 for i, k in enumerate(definition.audiences) if k not in live]

@@ -9,6 +9,7 @@ between the seconds-apart invocations of a queue consumer.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -58,6 +59,11 @@ def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
         return Outcome(PERMANENT, text)
     except TimeoutError:
         return Outcome(RETRY, f"no answer from {url} within {timeout:g} s")
+    except (ValueError, http.client.InvalidURL) as error:
+        # The request cannot be built (a header value with CR/LF, a URL with a space or a bad port, saved
+        # before the definition checks refused them): no retry can help, so park it with the reason
+        # instead of crashing the deliverer on every receive until the message lands in the DLQ.
+        return Outcome(PERMANENT, f"cannot send to {url}: {error}")
     except (urllib.error.URLError, ConnectionError, OSError) as error:
         refused = netguard.refused_by_guard(error)
         if refused:

@@ -32,10 +32,16 @@ from engage.journeys import KEY_PATTERN
 # Step ids become Step Functions state names (at most 80 characters; letters, digits, - and _ keep the
 # console and CloudWatch metrics readable).
 STEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# States every compiled journey has (compiler.GOAL_REACHED, compiler.RECORDING_FAILED): a step of that name
+# was overwritten by them (a step `goal_reached` became a Succeed state: its run ended unrecorded).
+RESERVED_STEP_IDS = frozenset({"goal_reached", "recording_failed"})
 CHANNELS = ("email", "sms", "push", "webhook")
 MAX_STEPS = 200
 # Step Functions waits at most one year per execution; a journey wait longer than that cannot run.
 MAX_WAIT = timedelta(days=365)
+# A re-entry cooldown is compared with (last exit + cooldown): beyond a century it means "never again" (mode once),
+# and a cooldown near timedelta's limit would overflow that datetime in the enroller.
+MAX_COOLDOWN = timedelta(days=36500)
 DURATION = re.compile(r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
                       r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$")
 TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -51,7 +57,10 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is not an ISO 8601 duration of weeks/days/hours/minutes/seconds "
                          "(e.g. PT1H, P2D, P1DT12H)")
     parts = {name: int(value) for name, value in match.groupdict().items() if value}
-    return timedelta(**parts)
+    try:
+        return timedelta(**parts)
+    except OverflowError:  # e.g. P99999999999D: more days than a timedelta holds
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def duration_words(text: str) -> str:
@@ -374,6 +383,23 @@ def _check_fields(journey: JourneyDefinition) -> list[dict]:
     return problems
 
 
+def check_new_definition(journey: JourneyDefinition) -> None:
+    """Rules added after journeys were stored, checked when a definition is saved or published (the
+    management API), not by `parse_journey`: stored definitions are parsed again on every enrollment and
+    Task, and one saved before a rule must stay readable (a raise there failed the whole events batch)."""
+    problems: list[dict] = []
+    for step_id in journey.steps:
+        if step_id in RESERVED_STEP_IDS:
+            problems.append({"path": f"steps.{step_id}",
+                             "message": f"{step_id!r} names a state the compiler adds itself: choose another step id"})
+    if journey.reentry.mode == "after_exit" and journey.reentry.cooldown is not None:
+        _check_duration(journey.reentry.cooldown, "reentry.cooldown",
+                        lambda path, message: problems.append({"path": path, "message": message}),
+                        limit=MAX_COOLDOWN)
+    if problems:
+        raise ValidationFailed(_summary(problems), problems)
+
+
 def _check_duration(text: str, path: str, problem, limit: timedelta | None = MAX_WAIT) -> None:
     try:
         length = parse_duration(text)
@@ -383,7 +409,8 @@ def _check_duration(text: str, path: str, problem, limit: timedelta | None = MAX
     if length <= timedelta(0):
         problem(path, "a duration must be longer than zero")
     elif limit is not None and length > limit:
-        problem(path, "longer than a Step Functions execution may last (one year)")
+        problem(path, "longer than a Step Functions execution may last (one year)" if limit == MAX_WAIT
+                else f"at most {limit.days} days")
 
 
 def _check_graph(journey: JourneyDefinition) -> list[dict]:
@@ -440,21 +467,26 @@ def _find_cycle(journey: JourneyDefinition) -> list[str] | None:
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     trail: list[str] = []
 
-    def visit(step_id: str) -> list[str] | None:
-        state[step_id] = 1
-        trail.append(step_id)
-        for target in successors(steps[step_id]):
-            if state.get(target) == 1:
-                return trail[trail.index(target):] + [target]
-            if target not in state:
-                found = visit(target)
-                if found:
-                    return found
-        trail.pop()
-        state[step_id] = 2
+    if journey.start not in steps:
         return None
-
-    return visit(journey.start) if journey.start in steps else None
+    # Iterative (a stack of successor iterators): a definition's size is checked beside this walk, not
+    # before it, and a chain of thousands of steps must not exhaust Python's recursion limit.
+    state[journey.start] = 1
+    trail.append(journey.start)
+    stack = [iter(successors(steps[journey.start]))]
+    while stack:
+        target = next(stack[-1], None)
+        if target is None:
+            stack.pop()
+            state[trail.pop()] = 2
+            continue
+        if state.get(target) == 1:
+            return trail[trail.index(target):] + [target]
+        if target not in state:
+            state[target] = 1
+            trail.append(target)
+            stack.append(iter(successors(steps[target])))
+    return None
 
 
 def referenced_audiences(journey: JourneyDefinition) -> list[tuple[str, str]]:
@@ -467,15 +499,23 @@ def referenced_audiences(journey: JourneyDefinition) -> list[tuple[str, str]]:
     return found
 
 
-def check_references(journey: JourneyDefinition, audiences: set[str], *, templates: set[str] | None = None,
+def check_references(journey: JourneyDefinition, audiences: set[str], *,
+                     templates: set[str] | dict[str, str] | None = None,
                      destinations: set[str] | None = None) -> None:
     """Refuse references the space cannot satisfy. `templates` / `destinations` None: not checked
-    (their stores are not part of this build; the send/sync step fails at run time instead)."""
+    (their stores are not part of this build; the send/sync step fails at run time instead).
+    `templates` as {key: channel}: a send step's channel must also be its template's (the sender refuses
+    an email template on the sms channel at every attempt)."""
     problems = [{"path": path, "message": f"unknown audience {key!r}"}
                 for key, path in referenced_audiences(journey) if key not in audiences]
     for step_id, step in journey.steps.items():
         if templates is not None and isinstance(step, SendStep) and step.template not in templates:
             problems.append({"path": f"steps.{step_id}.template", "message": f"unknown template {step.template!r}"})
+        elif (isinstance(templates, dict) and isinstance(step, SendStep)
+              and templates[step.template] != step.channel):
+            problems.append({"path": f"steps.{step_id}.channel",
+                             "message": f"template {step.template!r} is for {templates[step.template]}, "
+                                        f"not {step.channel}"})
         if destinations is not None and isinstance(step, SyncStep) and step.destination not in destinations:
             problems.append({"path": f"steps.{step_id}.destination",
                              "message": f"unknown destination {step.destination!r}"})

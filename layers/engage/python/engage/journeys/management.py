@@ -23,7 +23,12 @@ from engage.config import settings
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.journeys import store
 from engage.journeys.compiler import compile_journey, describe
-from engage.journeys.definition import JourneyDefinition, check_references, parse_journey
+from engage.journeys.definition import (
+    JourneyDefinition,
+    check_new_definition,
+    check_references,
+    parse_journey,
+)
 
 ALIAS = "live"
 NAME_LIMIT = 80  # Step Functions state machine names
@@ -39,20 +44,33 @@ def reset() -> None:
     _sfn.cache_clear()
 
 
+# The journey item holds the draft and the published definition (DynamoDB: 400 KB an item): each stays
+# under this many bytes of JSON, so a save or a publish never fails in the store (it was a 500).
+MAX_DEFINITION_BYTES = 160_000
+# Step Functions' limit on a state machine definition (CreateStateMachine / UpdateStateMachine).
+MAX_ASL_BYTES = 1_048_576
+
+
 def validate(space_id: str, body: Any, *, editing: str | None = None) -> JourneyDefinition:
     if isinstance(body, dict) and editing is not None:
         body = {"key": editing, **body}
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationFailed(f"the journey definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
+                               [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     journey = parse_journey(body)
+    check_new_definition(journey)
     audiences = {a.key for a in audience_store.list_all(space_id)}
     check_references(journey, audiences, templates=_template_keys(space_id),
                      destinations=_destination_keys(space_id))
     return journey
 
 
-def _template_keys(space_id: str) -> set[str]:
+def _template_keys(space_id: str) -> dict[str, str]:
+    """{template key: its channel}."""
     from engage.messaging import store as messaging_store
 
-    return {template["key"] for template in messaging_store.list_templates(space_id)}
+    return {template["key"]: template["channel"] for template in messaging_store.list_templates(space_id)}
 
 
 def _destination_keys(space_id: str) -> set[str]:
@@ -125,6 +143,13 @@ def publish(space_id: str, journey_key: str) -> dict[str, Any]:
     journey = validate(space_id, journey_item.definition, editing=journey_key)
     version = journey_item.version + 1
     asl = json.dumps(compile_journey(journey, settings().require("journey_steps_function_arn"), version=version))
+    if len(asl.encode()) > MAX_ASL_BYTES:
+        # Step Functions refuses it (ValidationException, a 500 here); moto and the local cloud do not check.
+        raise ValidationFailed(
+            f"the compiled state machine would be {len(asl.encode())} bytes; Step Functions takes at most "
+            f"{MAX_ASL_BYTES}: every Task carries its step's parameters and the exit_when goal, so shorten "
+            "exit_when or the conditions, or use fewer steps",
+            [{"path": "", "message": f"compiles to more than {MAX_ASL_BYTES} bytes of ASL"}])
     role = settings().require("journey_execution_role_arn")
     sfn = _sfn()
     description = f"{journey_key} version {version}"

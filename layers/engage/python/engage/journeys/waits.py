@@ -80,6 +80,8 @@ def release(space_id: str, profile_id: str, message: dict[str, Any]) -> int:
     released = 0
     sent_at = message.get("timestamp") or message.get("receivedAt")
     for wait in WaitRecord.query(_pk(space_id, profile_id), WaitRecord.sk.startswith(f"{message['event']}|")):
+        if wait.sk != f"{message['event']}|{wait.execution}|{wait.step}":
+            continue  # a wait for a longer name ("Order|Completed" begins with "Order|"): not this event
         if sent_at and clock.parse(sent_at) < clock.parse(wait.created_at):
             continue  # an event from before the wait (history re-homed by a merge) does not release it
         if not filters_match(json.loads(wait.where_json), message.get("properties") or {}):
