@@ -246,6 +246,23 @@ def test_an_address_the_email_package_cannot_write_is_failed_at_once(pipeline):
     assert send_message(request(profile_id)) == delivery  # final: the same key gives the same answer
 
 
+def test_a_template_stored_before_a_rule_it_breaks_fails_its_sends_with_the_reason(pipeline):
+    # A from with a line break was accepted until the check on save; a stored one must not crash every send
+    # (an error retried the whole batch until the DLQ) but fail each with what to fix
+    from engage.messaging.store import TemplateRecord
+
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    record = TemplateRecord.get(store._templates_pk("acme"), "welcome")
+    stored = json.loads(record.definition)
+    record.definition = json.dumps({**stored, "from": "x\r\nBcc: evil@example.com <shop@example.com>"})
+    record.save()
+    sender.reset()  # the warm container's template cache
+    delivery = send_message(request(profile_id))
+    assert delivery.status == "failed" and "no longer valid" in delivery.reason and "from" in delivery.reason, delivery
+    assert sent_emails() == []
+
+
 def test_transient_provider_error_releases_the_claim_so_a_retry_sends(pipeline, monkeypatch):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create(WELCOME)

@@ -45,6 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from engage import clock, profiles_store
 from engage.audiences.membership import identity_of
 from engage.config import settings
+from engage.errors import ValidationFailed
 from engage.messaging import channels, rules, settings_store, signing, store, templates
 from engage.messaging.channels import email as email_channel
 from engage.messaging.channels import push as push_channel
@@ -119,7 +120,13 @@ def send_message(request: SendRequest) -> Delivery:
     if profile_record is None:
         return _final(request, store.FAILED, None, reason="profile not found")
     profile = _profile_dict(profile_record, request.profile_id)
-    template = store.load_template(request.space_id, request.template)
+    try:
+        template = store.load_template(request.space_id, request.template)
+    except ValidationFailed as invalid:
+        # Stored before a rule it breaks was added (a url, header or from that no send could use): a
+        # final failure naming it, not an error that would retry the whole batch until the DLQ.
+        return _final(request, store.FAILED, None, reason=f"template {request.template!r} is no longer valid: "
+                                                          f"{invalid}; save it again to fix it")
     if template is None:
         return _final(request, store.FAILED, None, reason=f"template {request.template!r} not found")
     if template.channel != request.channel:
