@@ -435,6 +435,16 @@ def test_unsubscribe_link_round_trip_and_subscribed_audience_follows(pipeline):
     assert members_of("mailable") == set()
 
 
+def test_a_link_whose_profile_was_deleted_answers_a_page_not_json(pipeline):
+    # A recipient clicking an old link after their profile was deleted gets a page, like every other answer
+    token = sender.signing.unsubscribe_token("acme", "usr_deleted00000000000000000", "email")
+    assert call_api("GET", "/v1/unsubscribe", token=None, query={"token": token})[0] == 200  # signed: the button
+    status, page = call_api("POST", "/v1/unsubscribe", token=None, query={"token": token},
+                            raw="List-Unsubscribe=One-Click")
+    assert status == 404 and isinstance(page, str) and "no longer exists" in page, page
+    assert profiles_store.get_profile("acme", "usr_deleted00000000000000000") is None  # not created by it
+
+
 @pytest.mark.parametrize("alter", [
     lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # signature changed
     lambda t: "eyJzIjoiYWNtZSIsInAiOiJvdGhlciIsImMiOiJlbWFpbCJ9." + t.split(".")[1],  # payload swapped

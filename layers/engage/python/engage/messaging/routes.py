@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 from aws_lambda_powertools.event_handler import Response
 
 from engage import lazy, openapi
-from engage.errors import ValidationFailed
+from engage.errors import NotFound, ValidationFailed
 from engage.messaging import SOURCES
 
 # Loaded by the first messaging route called (engage.lazy): other routes of the API do not pay for it.
@@ -87,6 +87,9 @@ def register(app, space, json_body, doc, key_errors) -> None:
                        "responses": {200: {"description": "the page", "content": {"text/html": {"schema": html_page}}},
                                      400: {"description": "the token was forged, altered or missing (an HTML page)",
                                            "content": {"text/html": {"schema": html_page}}}}}
+    applied_doc = {**unsubscribe_doc, "responses": {**unsubscribe_doc["responses"], 404: {
+        "description": "the link's profile was deleted since (an HTML page)",
+        "content": {"text/html": {"schema": html_page}}}}}
 
     @app.get("/v1/unsubscribe", summary="Unsubscribe link target: a confirmation page (no credentials; signed)",
              **unsubscribe_doc, openapi_extensions=openapi.query(
@@ -100,7 +103,7 @@ def register(app, space, json_body, doc, key_errors) -> None:
         return Response(200, HTML, management.confirm_page(token))
 
     @app.post("/v1/unsubscribe", summary="Unsubscribe (RFC 8058 one-click, or the confirmation page's button)",
-              **unsubscribe_doc, openapi_extensions=openapi.query(
+              **applied_doc, openapi_extensions=openapi.query(
                   openapi.param("token", {"type": "string"}, "the signed token of the link")))
     def unsubscribe():
         token = query("token") or _form_token(app)
@@ -108,6 +111,9 @@ def register(app, space, json_body, doc, key_errors) -> None:
             channel, _ = management.unsubscribe(token, how="one_click" if _one_click(app) else "link")
         except ValidationFailed as error:
             return Response(400, HTML, management.refused_page(error.message))
+        except NotFound:  # a genuine link whose profile was deleted since: a page, as for every other answer
+            return Response(404, HTML, management.refused_page(
+                "The profile this link was for no longer exists: nothing more is sent to it."))
         return Response(200, HTML, management.unsubscribe_page(channel))
 
 
