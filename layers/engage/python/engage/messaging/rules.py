@@ -52,6 +52,12 @@ class QuietHours(BaseModel):
         return value
 
 
+def is_from_address(value: str) -> bool:
+    """A From header value the email package can write: an address, optionally with a name, and no line
+    break (one would reach the MIME header, where building the message fails inside the provider call)."""
+    return "@" in parseaddr(value)[1] and not any(c in value for c in "\r\n")
+
+
 class MessagingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
     frequency_caps: dict[str, FrequencyCap] = Field(default_factory=dict)
@@ -62,11 +68,9 @@ class MessagingSettings(BaseModel):
     @field_validator("email_from")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is not None:
-            _, address = parseaddr(value)
-            if "@" not in address or any(c in value for c in "\r\n"):
-                raise ValueError(f"{value!r} is not an email address "
-                                 "(`name@example.com` or `Name <name@example.com>`)")
+        if value is not None and not is_from_address(value):
+            raise ValueError(f"{value!r} is not an email address "
+                             "(`name@example.com` or `Name <name@example.com>`)")
         return value
 
     @field_validator("frequency_caps")

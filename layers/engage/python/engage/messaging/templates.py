@@ -145,11 +145,10 @@ class TemplateDefinition(BaseModel):
         # As the space's email_from setting: a line break would reach the MIME From header, where the
         # email package refuses it inside the provider call (ValueError: an unknown outcome, `pending`
         # until the lease, then `failed: outcome unknown`), not at save.
-        if value is not None:
-            from email.utils import parseaddr
+        from engage.messaging.rules import is_from_address
 
-            if "@" not in parseaddr(value)[1] or any(c in value for c in "\r\n"):
-                raise ValueError("from must be an email address (optionally 'Name <address>')")
+        if value is not None and not is_from_address(value):
+            raise ValueError("from must be an email address (optionally 'Name <address>')")
         return value
 
     @field_validator("headers")
