@@ -25,8 +25,8 @@ Faults are injected at the two levels where AWS faults reach a Lambda function's
   line, e.g. `PutEvents`) fails as `exhausted`: a dependency down long enough for Lambda to give up on a
   stream batch (retries, bisection, then the on-failure destination and the parker).
 
-Each injected fault is appended to `<log_dir>/faults-<pid>.jsonl` (kind, function, operation, and for a
-crash or raise the table of the DynamoDB write it followed), flushed
+Each injected fault is appended to `<log_dir>/faults-<pid>.jsonl` (kind, function, operation, and for an
+SDK call's fault, a crash or a raise the DynamoDB table of the call or of the write it followed), flushed
 before it takes effect, so the test counts them even when the process dies. Decisions come from a
 `random.Random` seeded with (seed, function, worker ordinal): the same seed gives the same fault stream
 per worker; which invocation meets it depends on how the local cloud batched records.
@@ -181,8 +181,9 @@ class Injector:
         if operation == "TransactWriteItems":
             kinds.append("conflict")
         kind = self._draw(self.config.call_rate, tuple(kinds))
+        table = params.get("TableName") if isinstance(params, dict) else None  # which table's call (or write)
         if kind is not None:
-            self.note(kind, service, operation)
+            self.note(kind, service, operation, table)
             if kind == "exhausted":
                 raise ClientError(_throttled(service, operation), operation)
             if kind == "conflict":
@@ -192,7 +193,6 @@ class Injector:
             result = call(params)
         if operation in WRITES:
             crash = self._draw(self.config.crash_rate, ("crash", "raise"))
-            table = params.get("TableName") if isinstance(params, dict) else None  # which write it followed
             if crash == "crash":
                 self.note("crash", service, operation, table)
                 os._exit(1)  # the sandbox dies after the write: Lambda reports Runtime.ExitError

@@ -60,3 +60,52 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class HostileReceiver:
+    """A raw TCP server that reads each request and then misbehaves as `mode` says:
+    `hang` (never answers), `drip` (a valid 200 answer, one byte every `interval` seconds), `garbage`
+    (a line that is not HTTP, then closes). Counts the requests it took."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+    def __init__(self, mode: str, interval: float = 0.25):
+        import socket
+
+        self.mode, self.interval, self.requests = mode, interval, 0
+        self.stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._misbehave, args=(conn,), daemon=True).start()
+
+    def _misbehave(self, conn) -> None:
+        with conn:
+            conn.settimeout(1)
+            try:
+                conn.recv(65536)
+                self.requests += 1
+                if self.mode == "garbage":
+                    conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                    return
+                for byte in self.ANSWER if self.mode == "drip" else b"":
+                    if self.stopped.wait(self.interval):
+                        return
+                    conn.sendall(bytes([byte]))
+                self.stopped.wait(60)  # hang (or hold the dripped answer's connection) until closed
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        self.thread.join(2)

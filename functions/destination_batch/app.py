@@ -11,6 +11,7 @@ from engage.observability import logger, tracer
 def lambda_handler(event, context):
     if not isinstance(event, dict) or not event.get("space_id") or not event.get("destination"):
         raise ValidationFailed('a run names its destination: {"space_id": "...", "destination": "..."}')
-    result = batch.run(event["space_id"], event["destination"])
+    result = batch.run(event["space_id"], event["destination"],
+                       seconds_left=lambda: context.get_remaining_time_in_millis() / 1000)
     logger.info("destination run", extra={"destination": event["destination"], **result})
     return result

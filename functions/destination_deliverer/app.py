@@ -2,7 +2,8 @@
 
 A message that must wait (a retry's backoff, the rate limit) gets its visibility moved and is
 reported as a batch item failure; the FIFO processor then holds the rest of its group (per-profile
-order) and lets other groups through.
+order) and lets other groups through. No send outlasts the invocation: each is bounded by the time
+left (a batch of ten slow receivers ends with the ones not tried back in the queue at once).
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class Wait(Exception):
     """The message comes back later (its visibility was moved)."""
 
 
-def record_handler(record: SQSRecord) -> str:
+def record_handler(record: SQSRecord, lambda_context=None) -> str:
     receive_count = int(record.attributes.approximate_receive_count or 1)
-    result = delivery.handle(json.loads(record.body), receive_count, _function["name"])
+    seconds_left = lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context is not None else None
+    result = delivery.handle(json.loads(record.body), receive_count, _function["name"], seconds_left)
     if result.done:
         metrics.add_metric(name="DestinationMessages", unit=MetricUnit.Count, value=1)
         return result.what

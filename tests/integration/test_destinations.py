@@ -570,6 +570,76 @@ def test_messages_behind_a_waiting_one_in_its_group_wait_with_it_in_order(env, r
     assert events in (["Audience Entered", "Audience Exited"], ["Audience Exited"])
 
 
+class EndingContext(LambdaContext):
+    """An invocation with `seconds` left when it starts (the deliverer reads its remaining time)."""
+
+    def __init__(self, seconds: float, **kwargs):
+        super().__init__(**kwargs)
+        import time
+
+        self.deadline = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        import time
+
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def test_a_receiver_that_never_answers_cannot_make_the_deliverer_time_out(env, monkeypatch):
+    """Found by reading the code (session 14's bug hunt): sends of a batch went one after another, each
+    waiting up to the destination's timeout (10 s by default, up to 30: the function's own timeout). The
+    invocation died mid-batch with nothing recorded; the whole batch came back after the queue's 180 s
+    visibility timeout, and each receive brought it nearer the DLQ instead of parking it. Each send is now
+    bounded by the time left, and a change with too little time left is put back at once, untried."""
+    import time
+
+    from tests.receiver import HostileReceiver
+
+    flow = Flow(env, monkeypatch)
+    hung = HostileReceiver("hang")
+    try:
+        body = {"key": "crm", "type": "webhook", "audiences": ["vip"],
+                "config": {"url": hung.url + "/hook", "timeout_seconds": 30}}
+        assert call_api("POST", "/v1/destinations", body)[0] == 201
+        flow.drain()  # the (empty) backfill
+        assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+        flow.route()
+        records = flow.receive()
+        assert len(records) == 2  # two profiles: two groups, both in this batch
+        # When the batch is delivered by an invocation with 6 s left
+        flow.context = EndingContext(6, function_name="deliverer-fn")
+        began = time.monotonic()
+        result = flow.deliver(records)
+        took = time.monotonic() - began
+    finally:
+        hung.close()
+    # Then it ends before its time (its first send cut to the 3 s it could spare), both changes come back,
+    # the one tried after a backoff, the one untried at once, and only the tried one counts as a failure
+    assert took < 5.5, took
+    assert {f["itemIdentifier"] for f in result["batchItemFailures"]} == {r["messageId"] for r in records}
+    assert hung.requests == 1 and len(flow.delays) == 2 and flow.delays[0] > 0 and flow.delays[1] == 0
+    shown = call_api("GET", "/v1/destinations/crm")[1]
+    assert shown["status"]["failures"] == 1 and "within 3 s" in shown["status"]["last_error"], shown["status"]
+
+
+def test_a_batch_run_stops_sending_while_it_can_still_record_what_it_did(env, receiver):
+    """A run with little time left sends what fits and leaves the rest of the log for the next run."""
+    from engage.destinations import batch
+
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    body["config"]["batch_size"] = 1
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    Flow(env).drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2"]})[0] == 200
+    Flow(env).drain()
+    left = iter([60.0, batch.AFTER_SEND_SECONDS + 0.5])  # time for the first request, not the second
+    first = batch.run("acme", "hourly", seconds_left=lambda: next(left))
+    assert first["delivered"] == 1 and first["why"] == "time: the rest next run" and len(receiver.delivered()) == 1
+    shown = call_api("GET", "/v1/destinations/hourly")[1]["status"]
+    assert shown["backlog"] == 1 and shown["delivered"] == 1  # what it sent is recorded
+    assert run_batch("acme", "hourly")["delivered"] == 1 and len(receiver.delivered()) == 2
+
+
 # ---------------------------------------------------------------- journeys' sync step
 def sync_task(destination: str, profile_id: str = "p1", execution: str = "cart_rescue-v1-p1-e1") -> dict:
     return {"step_type": "sync", "step": "to_crm", "params": {"destination": destination, "next": "done"},

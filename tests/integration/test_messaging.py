@@ -309,6 +309,57 @@ def test_crash_after_the_provider_call_is_never_resent(pipeline, monkeypatch):
     assert len(sent_emails()) == 1
 
 
+def test_a_completion_write_throttled_past_the_sdks_retries_is_tried_again(pipeline, monkeypatch, bus_messages):
+    """The provider took the email; DynamoDB kept throttling the completion past botocore's retries. Found by
+    the fault harness (CI): the claim stayed `pending`, the journey's retries met it until they ran out, and
+    the step counted a failure for an email that had gone out. The write is now tried again."""
+    from botocore.exceptions import ClientError
+    from pynamodb.exceptions import UpdateError
+
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    monkeypatch.setattr(store, "COMPLETE_BACKOFF_SECONDS", 0)
+    real, throttled = store.DeliveryRecord.update, [2]
+
+    def throttling(record, *args, **kwargs):
+        if throttled[0]:
+            throttled[0] -= 1
+            raise UpdateError("Failed to update item", cause=ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "UpdateItem"))
+        return real(record, *args, **kwargs)
+
+    monkeypatch.setattr(store.DeliveryRecord, "update", throttling)
+    delivery = send_message(request(profile_id))
+    assert delivery.status == "sent" and throttled == [0]
+    assert store.read_delivery("acme", profile_id, "k1").status == "sent" and len(sent_emails()) == 1
+    assert [e["detail-type"] for e in bus_messages()].count("Message Sent") == 1
+    # And a write that keeps failing is raised after COMPLETE_ATTEMPTS (the at-most-once window: not resent)
+    throttled[0] = store.COMPLETE_ATTEMPTS
+    with pytest.raises(UpdateError):
+        send_message(request(profile_id, key="k2"))
+    assert store.read_delivery("acme", profile_id, "k2").status == "pending" and len(sent_emails()) == 2
+
+
+def test_a_completion_applied_whose_answer_was_lost_is_this_attempts_outcome(pipeline, monkeypatch, bus_messages):
+    """The completion's UpdateItem was applied and its answer lost; the SDK's retry fails the condition
+    (the claim is no longer pending). That is this attempt's own write: the send is `sent` at once and its
+    `Message Sent` published, where the step used to fail, retry, find `sent` and publish nothing."""
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    real, lost = store.DeliveryRecord.update, [1]
+
+    def answer_lost(record, *args, **kwargs):
+        if lost[0]:
+            lost[0] -= 1
+            real(record, *args, **kwargs)  # applied
+        return real(record, *args, **kwargs)  # the retry meets it
+
+    monkeypatch.setattr(store.DeliveryRecord, "update", answer_lost)
+    delivery = send_message(request(profile_id))
+    assert delivery.status == "sent" and delivery.message_id and lost == [0]
+    assert [e["detail-type"] for e in bus_messages()].count("Message Sent") == 1 and len(sent_emails()) == 1
+
+
 def test_quiet_hours_defer_then_the_same_key_sends_at_the_end(pipeline):
     profile_id = identify(pipeline, "u1", email="ann@example.com", timezone="Europe/Paris")
     create(WELCOME)

@@ -76,3 +76,72 @@ def test_a_name_resolving_to_loopback_is_refused_at_connect_time_and_allowed_on_
     config.settings.cache_clear()
     with netguard.urlopen(request, timeout=5) as response:
         assert response.status == 204
+
+
+@pytest.fixture
+def loopback(monkeypatch):
+    """The hostile receivers are on loopback."""
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")
+    config.settings.cache_clear()
+    yield
+    config.settings.cache_clear()
+
+
+@pytest.mark.parametrize("mode", ["hang", "drip"])
+def test_a_send_ends_within_its_timeout_whatever_the_receiver_does(loopback, mode):
+    """A socket timeout bounds each read: a receiver answering a byte every 0.25 s (a valid 200 in about
+    20 s) held a destination's send for as long as it liked, past the deliverer's own timeout."""
+    import time
+
+    from engage.destinations import senders
+    from tests.receiver import HostileReceiver
+
+    receiver = HostileReceiver(mode)
+    try:
+        began = time.monotonic()
+        outcome = senders.post_json(receiver.url + "/hook", b"{}", {}, 1.0)
+        took = time.monotonic() - began
+    finally:
+        receiver.close()
+    assert outcome.status == senders.RETRY and outcome.reason.endswith("within 1 s"), outcome
+    assert took < 2.5 and receiver.requests == 1
+
+
+def test_an_answer_that_is_not_http_is_a_retry_with_the_reason_not_an_exception(loopback):
+    from engage.destinations import senders
+    from tests.receiver import HostileReceiver
+
+    receiver = HostileReceiver("garbage")
+    try:
+        outcome = senders.post_json(receiver.url + "/hook", b"{}", {}, 2.0)
+    finally:
+        receiver.close()
+    assert outcome.status == senders.RETRY and "no valid HTTP answer" in outcome.reason, outcome
+
+
+def test_the_webhook_channel_ends_within_its_timeout_and_retries_an_answer_that_is_not_http(monkeypatch):
+    import time
+
+    from engage.messaging.channels import OutgoingMessage, Unavailable, webhook
+    from tests.receiver import HostileReceiver
+
+    monkeypatch.setenv("WEBHOOK_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")
+    monkeypatch.setattr(webhook, "BACKOFF_SECONDS", (0, 0))
+    monkeypatch.setattr(webhook.signing, "webhook_secret", lambda *_: "whsec-0123456789abcdef")
+    config.settings.cache_clear()
+    for mode, why in (("drip", "did not answer within 1 s"), ("garbage", "could not be reached")):
+        receiver = HostileReceiver(mode)
+        message = OutgoingMessage(channel="webhook", address=receiver.url + "/hook", subject=None, body="{}",
+                                  text=None, from_address=None, configuration_set=None, unsubscribe_url=None,
+                                  headers={}, idempotency_key="k1", space_id="acme", template="t", tags={})
+        try:
+            began = time.monotonic()
+            with pytest.raises(Unavailable) as raised:
+                webhook.send(message)
+            took = time.monotonic() - began
+        finally:
+            receiver.close()
+        assert why in str(raised.value) and receiver.requests == webhook.ATTEMPTS
+        assert took < webhook.ATTEMPTS * 1 + 1.5
+    config.settings.cache_clear()

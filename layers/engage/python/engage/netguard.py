@@ -16,7 +16,10 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import socket
+import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 from engage.config import settings
@@ -73,16 +76,82 @@ def _create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
                                  "requests to loopback, private, link-local or metadata addresses are refused")
 
 
+class TimeLimit:
+    """A bound on a whole exchange: when it passes, the connections opened under it are shut down.
+
+    A socket timeout bounds each read, not the exchange: a receiver that answers a byte at a time holds the
+    sender for as long as it likes. Shutting the socket down ends a read blocked on it at once (EOF or an
+    error), so a send ends within its time whatever the receiver does. (A TLS handshake is bounded by the
+    socket timeout only: the connection is registered once it is up.)"""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._connections: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, seconds), self._expire)
+        self._timer.daemon = True
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._connections.append(connection)
+            if self.expired:
+                _shut(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for connection in self._connections:
+                _shut(connection)
+
+
+def _shut(connection: http.client.HTTPConnection) -> None:
+    try:
+        if connection.sock is not None:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
+
+
+_limits = threading.local()
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[TimeLimit]:
+    """`urlopen` calls and their responses' reads inside the block end within `seconds` (see TimeLimit)."""
+    limit = TimeLimit(seconds)
+    _limits.current = limit
+    limit._timer.start()
+    try:
+        yield limit
+    finally:
+        limit._timer.cancel()
+        _limits.current = None
+
+
+def _watched(connection: http.client.HTTPConnection) -> None:
+    limit = getattr(_limits, "current", None)
+    if limit is not None:
+        limit.watch(connection)
+
+
 class _HTTPConnection(http.client.HTTPConnection):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._create_connection = _create_connection
+
+    def connect(self):
+        super().connect()
+        _watched(self)
 
 
 class _HTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._create_connection = _create_connection
+
+    def connect(self):
+        super().connect()
+        _watched(self)
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

@@ -4,8 +4,8 @@ webhook / segment / eventbridge: the change log (already coalesced: one entry pe
 audience, its final state) is read a page at a time and sent in requests of `batch_size` changes
 (webhook: {"batch": [...]}; segment: /v1/batch of 100 calls; eventbridge: PutEvents of 10); each
 request that succeeds deletes its entries (on condition that their version did not move), each
-taking one rate-limit token. The first failure ends the run: what was not delivered stays in the
-log for the next run (nothing is lost however long the receiver is down; the status shows the error).
+taking one rate-limit token. The first failure ends the run, and so does the function's time running
+out (a request never outlasts it): what was not delivered stays in the log for the next run (nothing is lost however long the receiver is down; the status shows the error).
 
 s3: a snapshot per connected audience per run, the audience's current members in the audience
 export's layouts (CSV: unformatted / formatted / single_column, the same row writer) or JSONL (one
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -32,11 +33,15 @@ export = lazy.module("engage.audiences.export")
 # first use, for the routers): this function loads it at init, as its first run will.
 store.definitions.parse_definition  # noqa: B018
 
+# What a run keeps of its time after a request (the log's deletes, the status); a request with less than
+# MIN_SEND_SECONDS left is not started: the rest of the log waits for the next run.
+AFTER_SEND_SECONDS, MIN_SEND_SECONDS = 5.0, 1.0
 SEGMENT_BATCH = 100  # calls per /v1/batch: well inside 500 KB for membership calls
 EVENTBRIDGE_BATCH = 10
 
 
-def run(space_id: str, destination_key: str) -> dict[str, Any]:
+def run(space_id: str, destination_key: str, seconds_left: Callable[[], float] | None = None) -> dict[str, Any]:
+    """`seconds_left`: the invocation's time left; a drain stops while it can still record what it did."""
     destination = store.find(space_id, destination_key)
     if destination is None:
         return {"delivered": 0, "why": "destination deleted"}
@@ -45,7 +50,7 @@ def run(space_id: str, destination_key: str) -> dict[str, Any]:
     store.note_run(space_id, destination_key)
     if destination.definition.type == "s3":
         return snapshot(destination)
-    return drain(destination)
+    return drain(destination, seconds_left)
 
 
 def _chunk_size(destination: store.Destination) -> int:
@@ -55,7 +60,7 @@ def _chunk_size(destination: store.Destination) -> int:
     return SEGMENT_BATCH if kind == "segment" else EVENTBRIDGE_BATCH
 
 
-def drain(destination: store.Destination) -> dict[str, Any]:
+def drain(destination: store.Destination, seconds_left: Callable[[], float] | None = None) -> dict[str, Any]:
     secrets = store.get_secrets(destination.space_id, destination.key) if destination.secret_hints else {}
     send = senders.SENDERS[destination.definition.type]
     size = _chunk_size(destination)
@@ -63,20 +68,29 @@ def drain(destination: store.Destination) -> dict[str, Any]:
     for page in changelog.pages(destination.space_id, destination.key):
         for start in range(0, len(page), size):
             chunk = page[start:start + size]
+            budget = None if seconds_left is None else seconds_left() - AFTER_SEND_SECONDS
+            if budget is not None and budget < MIN_SEND_SECONDS:
+                _note(destination, delivered)
+                return {"delivered": delivered, "requests": requests, "why": "time: the rest next run"}
             if not ratelimit.take(destination):
                 return {"delivered": delivered, "requests": requests, "why": "rate limit: the rest next run"}
-            outcome = send(destination.definition.config, secrets, chunk, batched=True)
+            outcome = send(destination.definition.config, secrets, chunk, batched=True, seconds_left=budget)
             requests += outcome.requests
             if not outcome.ok:
+                _note(destination, delivered)
                 store.note_failure(destination.space_id, destination.key, outcome.reason)
                 logger.warning("batch delivery failed; the rest waits for the next run",
                                extra={"destination": destination.key, "reason": outcome.reason})
                 return {"delivered": delivered, "requests": requests, "why": outcome.reason}
             changelog.remove(chunk)
             delivered += len(chunk)
+    _note(destination, delivered)
+    return {"delivered": delivered, "requests": requests}
+
+
+def _note(destination: store.Destination, delivered: int) -> None:
     if delivered:
         store.note_success(destination.space_id, destination.key, delivered)
-    return {"delivered": delivered, "requests": requests}
 
 
 @lru_cache(maxsize=1)

@@ -9,9 +9,11 @@ A change, in this order:
 2. sequence check: the destination's mark for (audience, profile) holds the last version delivered;
    a change at or below it is a redelivery or was overtaken by a newer state (a backfill entry
    after a realtime exit): dropped. One GetItem;
-3. rate limit (`ratelimit.take`): no token in this second -> the message comes back in a second,
+3. time: with less than AFTER_SEND_SECONDS + MIN_SEND_SECONDS of the invocation left, the change is
+   not sent now but comes back at once (a slow receiver never makes the function time out mid-send);
+   rate limit (`ratelimit.take`): no token in this second -> the message comes back in a second,
    without counting as a failed attempt;
-4. send one attempt (senders); sent -> the mark moves to this version (conditional: never back),
+4. send one attempt (senders; bounded by the destination's `timeout_seconds` and the time left); sent -> the mark moves to this version (conditional: never back),
    and the status counter; retryable -> the message becomes visible again after an exponential
    backoff with full jitter (or the receiver's Retry-After), until `destination_max_attempts`
    receives, then parked; permanent (a 4xx) -> parked at once.
@@ -56,6 +58,9 @@ TRAIT_BACKFILL_SCAN = 500  # ProfilesTable items examined per trait backfill pag
 BASE_BACKOFF_SECONDS = 10
 MAX_BACKOFF_SECONDS = 900
 THROTTLED_DELAY_SECONDS = 1
+# Kept from a send's time for what follows it in the invocation (the mark or the failure status, the
+# message's visibility, the status flush); a send with less than MIN_SEND_SECONDS left is not started.
+AFTER_SEND_SECONDS, MIN_SEND_SECONDS = 3.0, 1.0
 QUEUE_RETENTION_DAYS = 14  # DestinationsQueue's MessageRetentionPeriod (template.yaml)
 
 
@@ -85,10 +90,11 @@ def flush_status() -> None:
             logger.exception("could not update a destination's status", extra={"destination": destination_key})
 
 
-def handle(body: dict[str, Any], receive_count: int, function: str) -> Result:
+def handle(body: dict[str, Any], receive_count: int, function: str, seconds_left: float | None = None) -> Result:
+    """`seconds_left`: the invocation's time left, when known (a send never outlasts it)."""
     kind = body.get("kind")
     if kind == "change":
-        return deliver_change(body["change"], receive_count, function)
+        return deliver_change(body["change"], receive_count, function, seconds_left)
     if kind == "backfill":
         return backfill_page(body)
     if kind == "trait_backfill":
@@ -142,7 +148,8 @@ def backoff(receive_count: int, retry_after: float | None) -> int:
     return int(wait) + 1
 
 
-def deliver_change(change: dict[str, Any], receive_count: int, function: str) -> Result:
+def deliver_change(change: dict[str, Any], receive_count: int, function: str,
+                   seconds_left: float | None = None) -> Result:
     destination = store.cached(change["space_id"], change["destination"])
     if destination is None:
         return Result(True, "destination deleted: dropped")
@@ -159,11 +166,16 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str) ->
         return Result(True, "profile sync already delivered: dropped")
     if not syncing and int(change["version"]) <= delivered_version(change):
         return Result(True, "already delivered (or overtaken by a newer change): dropped")
+    budget = None if seconds_left is None else seconds_left - AFTER_SEND_SECONDS
+    if budget is not None and budget < MIN_SEND_SECONDS:
+        # Not attempted (not a failure): the invocation is ending, and a send cut off by its timeout would
+        # leave no outcome, the batch back only after the queue's visibility timeout, nearer the DLQ.
+        return Result(False, "the invocation's time ran out before this send: back at once", 0)
     if not ratelimit.take(destination):
         return Result(False, "rate limited", THROTTLED_DELAY_SECONDS)
     secrets = store.get_secrets(destination.space_id, destination.key) if destination.secret_hints else {}
     outcome = senders.SENDERS[destination.definition.type](destination.definition.config, secrets, [change],
-                                                             batched=False)
+                                                             batched=False, seconds_left=budget)
     if outcome.ok:
         if syncing:
             sync.mark_done(change)

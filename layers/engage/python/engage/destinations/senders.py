@@ -4,6 +4,8 @@ The deliverer retries, not the sender: an attempt that can succeed later (429, 5
 refused connection, an EventBridge throttle) is `retry` with the wait the receiver asked for
 (Retry-After) when it gave one; a 4xx other than 408/409/429 is `permanent` (the same request will
 be refused again: parked at once, replayable after the receiver or the destination is fixed).
+A request never outlasts its `timeout_seconds` (the whole exchange) nor the time its caller has left
+(`seconds_left`): an invocation is never cut off in the middle of a send by a slow receiver.
 HTTP goes through the standard library (urllib): one connection per request, no pool to keep warm
 between the seconds-apart invocations of a queue consumer.
 """
@@ -44,32 +46,45 @@ class Outcome:
 
 
 def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Outcome:
+    """One POST. `timeout` bounds the whole exchange, from the connection to the last byte read (a socket
+    timeout alone bounds each read, and a receiver answering a byte at a time would hold the deliverer)."""
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
-    try:
-        with netguard.urlopen(request, timeout=timeout) as response:
-            response.read(64 * 1024)
-            return Outcome(SENT, f"HTTP {response.status}")
-    except urllib.error.HTTPError as error:
-        status = error.code
-        after = retry_after(error.headers.get("Retry-After") if error.headers else None)
-        text = f"HTTP {status} from {url}: {_snippet(error)}"
-        if status >= 500 or status in RETRYABLE_STATUSES:
-            return Outcome(RETRY, text, after)
-        return Outcome(PERMANENT, text)
-    except TimeoutError:
-        return Outcome(RETRY, f"no answer from {url} within {timeout:g} s")
-    except (ValueError, http.client.InvalidURL) as error:
-        # The request cannot be built (a header value with CR/LF, a URL with a space or a bad port, saved
-        # before the definition checks refused them): no retry can help, so park it with the reason
-        # instead of crashing the deliverer on every receive until the message lands in the DLQ.
-        return Outcome(PERMANENT, f"cannot send to {url}: {error}")
-    except (urllib.error.URLError, ConnectionError, OSError) as error:
-        refused = netguard.refused_by_guard(error)
-        if refused:
-            return Outcome(PERMANENT, f"refused to send to {url}: {refused}")  # parked, never retried
-        reason = getattr(error, "reason", error)
-        return Outcome(RETRY, f"could not reach {url}: {reason}")
+    late = f"no answer from {url} within {timeout:.2g} s"
+    with netguard.time_limit(timeout) as limit:
+        try:
+            response = netguard.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            status = error.code
+            after = retry_after(error.headers.get("Retry-After") if error.headers else None)
+            text = f"HTTP {status} from {url}: {_snippet(error)}"
+            if status >= 500 or status in RETRYABLE_STATUSES:
+                return Outcome(RETRY, text, after)
+            return Outcome(PERMANENT, text)
+        except TimeoutError:
+            return Outcome(RETRY, late)
+        except (ValueError, http.client.InvalidURL) as error:
+            # The request cannot be built (a header value with CR/LF, a URL with a space or a bad port, saved
+            # before the definition checks refused them): no retry can help, so park it with the reason
+            # instead of crashing the deliverer on every receive until the message lands in the DLQ.
+            return Outcome(PERMANENT, f"cannot send to {url}: {error}")
+        except http.client.HTTPException as error:  # no status line, or one that is not HTTP
+            return Outcome(RETRY, late if limit.expired else f"no valid HTTP answer from {url}: {error!r}")
+        except (urllib.error.URLError, ConnectionError, OSError) as error:
+            refused = netguard.refused_by_guard(error)
+            if refused:
+                return Outcome(PERMANENT, f"refused to send to {url}: {refused}")  # parked, never retried
+            if limit.expired:
+                return Outcome(RETRY, late)
+            reason = getattr(error, "reason", error)
+            return Outcome(RETRY, f"could not reach {url}: {reason}")
+        # A 2xx status: the receiver took it. Its body is read (up to 64 KB) only to end the exchange cleanly.
+        with response:
+            try:
+                response.read(64 * 1024)
+            except (http.client.HTTPException, OSError):
+                pass
+        return Outcome(SENT, f"HTTP {response.status}")
 
 
 def _snippet(error: urllib.error.HTTPError) -> str:
@@ -97,24 +112,30 @@ def retry_after(value: str | None) -> float | None:
 
 
 # ---------------------------------------------------------------- per type
+def _timeout(config: dict[str, Any], seconds_left: float | None) -> float:
+    """The destination's `timeout_seconds`, cut to the time its caller has left (an invocation's)."""
+    configured = float(config.get("timeout_seconds", 10))
+    return configured if seconds_left is None else max(0.1, min(configured, seconds_left))
+
+
 def send_webhook(config: dict[str, Any], secrets: dict[str, str], changes: list[dict[str, Any]], *,
-                 batched: bool) -> Outcome:
+                 batched: bool, seconds_left: float | None = None) -> Outcome:
     body = payloads.webhook_body(changes, batched=batched)
     headers = dict(config.get("headers") or {})
     headers[payloads.DELIVERY_HEADER] = (payloads.delivery_id(changes[0]) if not batched else
                                          payloads.delivery_id(changes[0]) + f"+{len(changes) - 1}")
     if secrets.get("secret"):
         headers[payloads.SIGNATURE_HEADER] = payloads.signature(secrets["secret"], int(clock.now().timestamp()), body)
-    return post_json(config["url"], body, headers, config.get("timeout_seconds", 10))
+    return post_json(config["url"], body, headers, _timeout(config, seconds_left))
 
 
 def send_segment(config: dict[str, Any], secrets: dict[str, str], changes: list[dict[str, Any]], *,
-                 batched: bool) -> Outcome:
+                 batched: bool, seconds_left: float | None = None) -> Outcome:
     base = config["endpoint"].rstrip("/")
     headers = {}
     if secrets.get("write_key"):
         headers["Authorization"] = "Basic " + b64encode(f"{secrets['write_key']}:".encode()).decode()
-    timeout = config.get("timeout_seconds", 10)
+    timeout = _timeout(config, seconds_left)
     if batched:
         body = payloads.segment_batch(changes, config.get("call", "identify"))
         return post_json(f"{base}/v1/batch", json.dumps(body).encode(), headers, timeout)
@@ -128,7 +149,8 @@ def _events():
 
 
 def send_eventbridge(config: dict[str, Any], _secrets: dict[str, str], changes: list[dict[str, Any]], *,
-                     batched: bool) -> Outcome:
+                     batched: bool, seconds_left: float | None = None) -> Outcome:
+    # `seconds_left` is not used: PutEvents answers in milliseconds, within the SDK's own timeouts.
     entries = [payloads.eventbridge_entry(c, config["event_bus_arn"], config.get("source", "engage.destinations"))
                for c in changes]
     requests = 0

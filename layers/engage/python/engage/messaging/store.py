@@ -19,6 +19,7 @@ be scoped to this table alone. Idle, an on-demand table costs nothing.
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 
 PENDING, SENT, SUPPRESSED, DEFERRED, FAILED = "pending", "sent", "suppressed", "deferred", "failed"
 FINAL = (SENT, SUPPRESSED, DEFERRED, FAILED)
+
+
+# The completion write after a provider call: tries in all, and the first pause (doubled after each try).
+COMPLETE_ATTEMPTS, COMPLETE_BACKOFF_SECONDS = 3, 0.2
 
 
 def _conditional_failed(error: Exception) -> bool:
@@ -226,15 +231,35 @@ def put_if_absent(record: DeliveryRecord) -> DeliveryRecord | None:
 
 def complete(record: DeliveryRecord, status: str, *, reason: str | None = None, message_id: str | None = None,
              until: str | None = None) -> DeliveryRecord:
-    """Move this attempt's pending claim to its outcome (conditional: only the claiming attempt may)."""
+    """Move this attempt's pending claim to its outcome (conditional: only the claiming attempt may).
+
+    Called after the provider answered, so the record is worth more than the SDK's own retries: a write
+    still throttled or failing past them is tried again (COMPLETE_ATTEMPTS in all) before the error is
+    raised, when the claim would be left `pending` and end `failed: outcome unknown` for a message that went
+    out. A write applied whose answer was lost (the SDK's retry then fails the condition) is this attempt's
+    own outcome, returned as written."""
     actions = [DeliveryRecord.status.set(status), DeliveryRecord.updated_at.set(clock.iso())]
     for attribute, value in ((DeliveryRecord.reason, reason), (DeliveryRecord.message_id, message_id),
                              (DeliveryRecord.until, until)):
         if value is not None:
             actions.append(attribute.set(value))
-    record.update(actions=actions, condition=(DeliveryRecord.status == PENDING)
-                  & (DeliveryRecord.attempt == record.attempt))
-    return record
+    attempt = 1
+    while True:
+        try:
+            record.update(actions=actions, condition=(DeliveryRecord.status == PENDING)
+                          & (DeliveryRecord.attempt == record.attempt))
+            return record
+        except UpdateError as error:
+            if _conditional_failed(error):
+                existing = read_delivery(record.space_id, record.profile_id, record.idempotency_key)
+                if (existing is not None and record.attempt and existing.attempt == record.attempt
+                        and existing.status == status and existing.message_id == message_id):
+                    return existing
+                raise
+            if attempt == COMPLETE_ATTEMPTS:
+                raise
+            time.sleep(COMPLETE_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            attempt += 1
 
 
 def release(record: DeliveryRecord) -> None:

@@ -11,6 +11,7 @@ ATTEMPTS x timeout.
 """
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -40,16 +41,20 @@ def send(message: OutgoingMessage) -> str:
     for attempt in range(ATTEMPTS):
         if attempt:
             time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
-        try:
-            with netguard.urlopen(request, timeout=settings().webhook_timeout_seconds) as response:
-                return f"webhook:{response.status}:{message.idempotency_key}"
-        except urllib.error.HTTPError as error:
-            if error.code < 500 and error.code not in (408, 429):
-                raise Refused(f"the webhook answered {error.code}") from error
-            last = f"the webhook answered {error.code}"
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            refused = netguard.refused_by_guard(error)
-            if refused:  # an internal address (loopback, private, metadata): never sent, never retried
-                raise Refused(f"the webhook host is refused: {refused}") from error
-            last = f"the webhook could not be reached: {getattr(error, 'reason', error)}"
+        timeout = settings().webhook_timeout_seconds
+        # The whole exchange within the timeout, not each read (netguard.time_limit)
+        with netguard.time_limit(timeout) as limit:
+            try:
+                with netguard.urlopen(request, timeout=timeout) as response:
+                    return f"webhook:{response.status}:{message.idempotency_key}"
+            except urllib.error.HTTPError as error:
+                if error.code < 500 and error.code not in (408, 429):
+                    raise Refused(f"the webhook answered {error.code}") from error
+                last = f"the webhook answered {error.code}"
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as error:
+                refused = netguard.refused_by_guard(error)
+                if refused:  # an internal address (loopback, private, metadata): never sent, never retried
+                    raise Refused(f"the webhook host is refused: {refused}") from error
+                last = (f"the webhook did not answer within {timeout} s" if limit.expired else
+                        f"the webhook could not be reached: {getattr(error, 'reason', error)!r}")
     raise Unavailable(f"{last} ({ATTEMPTS} attempts)")
