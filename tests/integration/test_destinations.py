@@ -570,6 +570,15 @@ def test_messages_behind_a_waiting_one_in_its_group_wait_with_it_in_order(env, r
     assert events in (["Audience Entered", "Audience Exited"], ["Audience Exited"])
 
 
+def test_an_audience_a_destination_is_connected_to_cannot_be_deleted(env, receiver):
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    status, answer = call_api("DELETE", "/v1/audiences/vip")
+    assert status == 409 and answer["error"]["details"] == [{"type": "destination", "key": "crm",
+                                                            "path": "audiences[0]"}], answer
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
+    assert call_api("DELETE", "/v1/audiences/vip")[0] == 204
+
+
 class EndingContext(LambdaContext):
     """An invocation with `seconds` left when it starts (the deliverer reads its remaining time)."""
 

@@ -606,6 +606,32 @@ def test_unknown_templates_and_destinations_are_400s_and_referenced_ones_cannot_
     assert call_api("DELETE", "/v1/templates/cart_a")[0] == 204
 
 
+def test_an_audience_a_journey_enters_by_or_splits_on_cannot_be_deleted(api):
+    """Found by session 14's bug hunt: DELETE /v1/audiences/{key} answered 204 for the audience a published
+    journey is entered by (the journey then never enrolled anyone, silently), where a template or a
+    destination in use is a 409 naming its users."""
+    vip = {"key": "vip", "name": "VIP", "condition": {"trait": "vip", "op": "eq", "value": True}, "backfill": False}
+    assert call_api("POST", "/v1/audiences", vip)[0] == 201
+    published(body=journey(steps__check={"type": "split", "condition": {"audience": "vip"},
+                                         "true": "ab", "false": "exit"}))
+    status, body = call_api("DELETE", "/v1/audiences/cart_abandoners")
+    assert status == 409 and body["error"]["details"] == [
+        {"type": "journey", "key": "cart_rescue", "path": "entry.audience"}]
+    status, body = call_api("DELETE", "/v1/audiences/vip")
+    assert status == 409 and body["error"]["details"] == [
+        {"type": "journey", "key": "cart_rescue", "path": "steps.check.condition.audience"}], body
+    assert "journey 'cart_rescue' at steps.check.condition.audience" in body["error"]["message"]
+    # A draft's references count too: an edit that drops the split still leaves the published version's
+    draft = journey()
+    draft.pop("key")
+    assert call_api("PUT", "/v1/journeys/cart_rescue", draft)[0] == 200
+    assert call_api("DELETE", "/v1/audiences/vip")[0] == 409
+    # Once the journey is archived, both go
+    assert call_api("DELETE", "/v1/journeys/cart_rescue")[0] == 204
+    assert call_api("DELETE", "/v1/audiences/vip")[0] == 204
+    assert call_api("DELETE", "/v1/audiences/cart_abandoners")[0] == 204
+
+
 # --- a profile merged away leaves its journeys -------------------------------------------------------
 def entry_rule_matches(event: dict) -> bool:
     """Whether JourneyEntryRule (template.yaml, as the local cloud reads it) routes `event` to the enroller."""

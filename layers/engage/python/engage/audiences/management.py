@@ -3,7 +3,8 @@
 Handlers call these with the space the access token authenticated; every read and write is
 keyed by that space. Definitions are validated by `parse_definition` (shape, operators, paths)
 and `check_references` (unknown audiences and computed traits, cycles) before anything is stored.
-Definitions cannot lie: an audience that others reference cannot be deleted (409 listing them),
+Definitions cannot lie: an audience that others reference (audiences, journeys, broadcasts still to send,
+destinations) cannot be deleted (409 listing them),
 and one whose backfill is running cannot be edited (409 `computing`, with the run's progress).
 """
 from __future__ import annotations
@@ -71,6 +72,32 @@ def referrers(space_id: str, audience_key: str) -> list[dict[str, str]]:
             for ref, path in audience_refs(store.definition_of(audience).condition) if ref == audience_key]
 
 
+def _users_of(space_id: str, audience_key: str) -> list[dict[str, str]]:
+    """What acts on the audience and would break or lie without it: journeys (entry, conditions), broadcasts
+    not yet sent (audience, exclusions), destinations connected to it."""
+    return _journeys(space_id, audience_key) + _broadcasts(space_id, audience_key) + _destinations(
+        space_id, audience_key)
+
+
+def _journeys(space_id: str, audience_key: str) -> list[dict[str, str]]:
+    from engage.journeys.references import audience_referrers
+
+    return audience_referrers(space_id, audience_key)
+
+
+def _broadcasts(space_id: str, audience_key: str) -> list[dict[str, str]]:
+    from engage.broadcasts.references import referrers as broadcast_referrers
+
+    return broadcast_referrers(space_id, audience=audience_key)
+
+
+def _destinations(space_id: str, audience_key: str) -> list[dict[str, str]]:
+    from engage.destinations import store as destinations
+
+    return [{"type": "destination", "key": d.key, "path": f"audiences[{d.audiences.index(audience_key)}]"}
+            for d in destinations.list_all(space_id) if audience_key in d.audiences]
+
+
 def refuse_while_computing(space_id: str, audience_key: str, status: str) -> None:
     if status == store.COMPUTING:
         raise Computing(f"audience {audience_key!r} is computing (its backfill is running): edit it once its "
@@ -130,11 +157,11 @@ def delete(space_id: str, audience_key: str) -> None:
     showing it; no `Audience Exited` is published for a deleted audience)."""
     store.refuse_system(audience_key, "deleted")
     store.get(space_id, audience_key)  # 404 first
-    found = referrers(space_id, audience_key)
+    found = referrers(space_id, audience_key) + _users_of(space_id, audience_key)
     if found:
-        raise Conflict(f"audience {audience_key!r} is referenced by {len(found)} other definition(s): "
+        raise Conflict(f"audience {audience_key!r} is referenced by {len(found)} definition(s): "
                        + ", ".join(f"{r['type']} {r['key']!r} at {r['path']}" for r in found)
-                       + "; change or delete them first", found)
+                       + "; change, cancel or delete them first", found)
     revision = store.delete(space_id, audience_key)
     try:
         backfill.purge(space_id, audience_key, revision)

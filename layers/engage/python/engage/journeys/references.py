@@ -1,4 +1,4 @@
-"""Which journeys name a template or a destination: a delete of either answers 409 listing them.
+"""Which journeys name a template, a destination or an audience: a delete of any answers 409 listing them.
 
 The same mechanism audiences and computed traits use for their references (issue 15): the referrers
 are computed from the live definitions when a delete is asked (one Query of the space's journeys), not
@@ -36,3 +36,24 @@ def refuse_if_referenced(space_id: str, what: str, step_type: str, target_key: s
                        + ", ".join(f"journey {r['key']!r} at {r['path']}" for r in found)
                        + "; change or delete them first", found)
 
+
+
+def audience_referrers(space_id: str, audience_key: str) -> list[dict[str, str]]:
+    """[{"type": "journey", "key", "path"}] of the space's journeys entered by `audience_key` or naming it in
+    a condition (splits, multi-split branches, the exit goal), draft or published."""
+    from engage.errors import ValidationFailed
+    from engage.journeys.definition import parse_journey, referenced_audiences
+
+    found: list[dict[str, str]] = []
+    for journey in store.list_all(space_id):
+        paths: dict[str, None] = {}
+        for definition in (journey.definition, journey.published_definition):
+            if not definition:
+                continue
+            try:
+                parsed = parse_journey(definition)
+            except ValidationFailed:  # a draft cannot be stored unparseable; nothing to follow if one were
+                continue
+            paths.update((path, None) for key, path in referenced_audiences(parsed) if key == audience_key)
+        found += [{"type": "journey", "key": journey.key, "path": path} for path in paths]
+    return found

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from engage import profiles_store
-from engage.errors import NotFound, ValidationFailed
+from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.messaging import SOURCES, rules, sender, settings_store, signing, store, subscriptions, templates
 from engage.profile_api.params import parse_profile_ref
 
@@ -42,9 +42,14 @@ def replace_template(space_id: str, template_key: str, body: Any) -> dict[str, A
 
 def delete_template(space_id: str, template_key: str) -> None:
     store.get_template(space_id, template_key)  # 404 first
+    from engage.broadcasts.references import referrers as broadcast_referrers
     from engage.journeys.references import refuse_if_referenced
 
     refuse_if_referenced(space_id, "template", "send", template_key)  # 409 listing the journeys that send it
+    found = broadcast_referrers(space_id, template=template_key)
+    if found:
+        raise Conflict(f"template {template_key!r} is used by {len(found)} broadcast(s) still to send: "
+                       + ", ".join(f"broadcast {r['key']!r}" for r in found) + "; cancel them first", found)
     store.delete_template(space_id, template_key)
 
 
