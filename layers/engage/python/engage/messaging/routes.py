@@ -45,7 +45,7 @@ def register(app, space, json_body, doc, key_errors) -> None:
         return management.replace_template(space(), key, json_body())
 
     @app.delete("/v1/templates/<key>", summary="Delete a template (its key is never reused)", **doc,
-                responses=openapi.responses(204, None, "deleted", *key_errors))
+                responses=openapi.responses(204, None, "deleted", *key_errors, 409))
     def delete_template(key: str):
         management.delete_template(space(), key)
         return Response(204, "application/json", "")
