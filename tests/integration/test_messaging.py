@@ -588,15 +588,19 @@ def test_complaint_suppresses_too(pipeline):
 
 
 def test_a_webhook_template_whose_host_is_internal_fails_with_the_reason_and_sends_nothing(pipeline, monkeypatch):
-    # Given a webhook template pointing at the instance metadata address (outside the local cloud)
+    # Given a webhook template pointing at a private address (outside the local cloud); the metadata address,
+    # in any spelling, is refused when the template is saved
     monkeypatch.delenv("ENGAGE_ALLOW_INTERNAL_HOSTS")
     config.settings.cache_clear()
     profile_id = identify(pipeline, "u3", first_name="Cy")
-    create({"key": "meta", "channel": "webhook", "url": "http://169.254.169.254/latest/meta-data/",
+    status, refused = call_api("POST", "/v1/templates", {
+        "key": "meta", "channel": "webhook", "url": "http://0xa9fea9fe/latest/meta-data/", "body": "{}"})
+    assert status == 400 and "169.254.169.254, a link-local address" in refused["error"]["message"], refused
+    create({"key": "internal", "channel": "webhook", "url": "http://10.20.30.40/hook",
             "body": '{"name": {{ profile.traits.first_name | json }}}'})
     # When it is sent, Then it fails at once (not retried) saying why
-    delivery = send_message(request(profile_id, "m1", "meta", "webhook"))
-    assert delivery.status == "failed" and "169.254.169.254 is a link-local address" in delivery.reason
+    delivery = send_message(request(profile_id, "m1", "internal", "webhook"))
+    assert delivery.status == "failed" and "10.20.30.40 is a private address" in delivery.reason
 
 
 def test_a_claim_whose_answer_was_lost_is_taken_as_its_own_and_the_message_sent(pipeline, monkeypatch):

@@ -166,6 +166,11 @@ def test_a_request_that_cannot_be_built_is_a_permanent_failure_not_a_crash(url, 
     ({"url": "https://hooks.example.com/\r\nX: y"}, "config.url"),
     ({"headers": {"X-A": "v\r\nX-Injected: 1"}}, "config.headers.X-A"),
     ({"headers": {"X-A": "\u20ac"}}, "config.headers.X-A"),
+    # the metadata address spelled so the parser's literal check missed it (the send-time guard held)
+    ({"url": "http://0xa9fea9fe/latest/meta-data/"}, "config.url"),
+    ({"url": "http://2852039166/"}, "config.url"),
+    ({"url": "http://[::ffff:169.254.169.254]/"}, "config.url"),
+    ({"url": "https://hooks.example.com/caf\u00e9"}, "config.url"),
 ])
 def test_configs_http_client_would_refuse_at_every_send_are_named_and_stay_readable(config, path):
     # Once accepted by POST/PUT (never deliverable); management.validate now refuses them. parse_definition

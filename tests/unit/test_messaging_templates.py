@@ -139,6 +139,13 @@ def test_webhook_body_must_render_to_json_and_json_filter_encodes():
      "$.headers"),
     ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://h/x", "headers": {"Bad Name:": "v"}},
      "$.headers"),
+    # the rules webhook destinations share (netguard): the metadata address in any spelling, a header value
+    # HTTP cannot encode and a URL that is not ASCII (both raised inside the send: `failed: outcome unknown`)
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://0xa9fea9fe/latest/meta-data/"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://[::ffff:169.254.169.254]/"}, "$.url"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://h/x", "headers": {"X-A": "\u20ac"}},
+     "$.headers"),
+    ({"key": "a", "channel": "webhook", "body": "{}", "url": "http://h/caf\u00e9"}, "$.url"),
 ])
 def test_shape_errors_name_the_path(body, path):
     with pytest.raises(ValidationFailed) as refused:

@@ -145,3 +145,27 @@ def test_the_webhook_channel_ends_within_its_timeout_and_retries_an_answer_that_
         assert why in str(raised.value) and receiver.requests == webhook.ATTEMPTS
         assert took < webhook.ATTEMPTS * 1 + 1.5
     config.settings.cache_clear()
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "0xa9fea9fe", "2852039166", "0251.0376.0251.0376",
+                                  "169.254.43518", "[::ffff:169.254.169.254]", "[fe80::1%eth0]"])
+def test_a_link_local_literal_is_refused_when_saved_in_any_spelling(host):
+    assert "link-local" in netguard.url_problem(f"http://{host}/latest/meta-data/")
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com:8443/p?q=1", "http://1e3.com/", "http://10.0.0.1/x",
+                                 "http://[2001:db8::1]/"])
+def test_names_and_other_addresses_are_left_to_the_send_time_guard(url):
+    assert netguard.url_problem(url) is None
+
+
+def test_a_webhook_request_that_cannot_be_built_is_refused_not_raised(loopback, monkeypatch):
+    """A template stored before the save checks, with a header value HTTP cannot encode: the send raised
+    UnicodeEncodeError inside the provider call (the delivery `pending`, then `failed: outcome unknown`)."""
+    from engage.messaging.channels import OutgoingMessage, Refused, webhook
+
+    monkeypatch.setattr(webhook.signing, "webhook_secret", lambda *_: "whsec-0123456789abcdef")
+    message = OutgoingMessage(channel="webhook", address="http://127.0.0.1:9/hook", subject=None, body="{}",
+                              headers={"X-A": "\u20ac"}, idempotency_key="k1", space_id="acme", template="t")
+    with pytest.raises(Refused, match="cannot be built"):
+        webhook.send(message)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import threading
 import urllib.request
@@ -47,6 +48,80 @@ def refusal(address: str) -> str | None:
     if not ip.is_global:
         return f"{ip} is not a public address"
     return None
+
+
+# ---------------------------------------------------------------- when a URL or headers are saved
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}$")  # an RFC 9110 token
+# Tab is the one control character a header value may hold; CR/LF would inject headers.
+HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names literally, in any form a resolver takes: dotted, IPv6 in brackets, and
+    inet_aton's integer, hex and octal spellings (`0xa9fea9fe` and `2852039166` are 169.254.169.254)."""
+    host = host.strip("[]").split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[0-9a-fA-FxX.]+", host) or not host[0].isdigit():
+        return None  # a name (inet_aton would take `1e3`-like names as numbers only if they start with a digit)
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why no request should be sent to `url`, for a webhook template or destination when it is saved (a
+    phrase to follow "url ..."), or None. What http.client would refuse at every send (whitespace, control
+    or non-ASCII characters, a bad port), what is not http(s) with a host, and a link-local literal (the
+    instance metadata service: never a customer endpoint, in any spelling). Other internal addresses are
+    refused when sent (`refusal`), where the local cloud may allow them."""
+    from urllib.parse import urlsplit
+
+    if re.search(r"[\x00-\x20\x7f]", url):
+        return "must not contain spaces or control characters (percent-encode them)"
+    if not url.isascii():
+        return "must be ASCII (percent-encode other characters; a host in its xn-- form)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as error:
+        return f"is not a valid URL: {error}"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "needs a host"
+    address = literal_address(parts.hostname)
+    if address is not None and isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is not None and address.is_link_local:
+        return f"names {address}, a link-local address (where instance metadata lives): never a customer endpoint"
+    return None
+
+
+def header_problems(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """(header name, why) for each header no request can carry: a name that is not an RFC 9110 token, a
+    value with a line break or other control character (header injection), or one not ISO-8859-1 (HTTP
+    sends header values so; anything else raises inside the send)."""
+    problems = []
+    for name, value in headers.items():
+        if not HEADER_NAME.match(name):
+            problems.append((name, f"header name {name[:64]!r} is not a valid HTTP header name"))
+        elif HEADER_VALUE_CONTROL.search(value):
+            problems.append((name, f"header {name!r} holds a line break or control character"))
+        elif not _latin1(value):
+            problems.append((name, f"header {name!r} is not ISO-8859-1 text (HTTP sends header values so)"))
+    return problems
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_ignored):

@@ -30,7 +30,6 @@ CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
 EVENT_BUS_ARN = re.compile(r"^arn:aws[a-z-]*:events:[a-z0-9-]+:\d{12}:event-bus/[A-Za-z0-9._\-/]{1,256}$")
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
-HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Headers the deliverer sets itself: a config cannot override them.
 RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "x-engage-signature",
                               "x-engage-delivery-id", "authorization"})
@@ -157,40 +156,25 @@ def _http_url(url: str) -> bool:
 
 
 def request_problems(definition: DestinationDefinition) -> list[dict]:
-    """What http.client would refuse at every send of this definition: a URL with whitespace or control
-    characters or a port outside 0..65535, a header value with CR/LF (header injection) or other control
-    characters, or one that is not ISO-8859-1. Checked when a definition is saved through the API
-    (management.validate), not in `parse_definition`: stored definitions are parsed again on every read,
-    and one saved before this check must stay readable (its sends are parked with the reason)."""
+    """What no request should carry, by the rules webhook templates share (engage.netguard.url_problem,
+    header_problems): a URL http.client cannot send (whitespace, control or non-ASCII characters, a bad
+    port) or that names a link-local address in any spelling (`0xa9fea9fe`, `[::ffff:169.254.169.254]`),
+    a header name that is not a token, a header value with CR/LF (header injection) or other control
+    characters, or not ISO-8859-1. Checked when a definition is saved through the API (management.validate),
+    not in `parse_definition`: stored definitions are parsed again on every read, and one saved before this
+    check must stay readable (its sends are parked with the reason)."""
+    from engage import netguard
+
     problems: list[dict] = []
     urls = {"webhook": "url", "segment": "endpoint"}
     field = urls.get(definition.type)
     url = definition.config.get(field) if field else None
-    if isinstance(url, str):
-        try:
-            urlparse(url).port  # noqa: B018 - raises ValueError on a port outside 0..65535 or not a number
-            bad_port = False
-        except ValueError:
-            bad_port = True
-        if bad_port or any(char.isspace() or not char.isprintable() for char in url):
-            problems.append({"path": f"config.{field}", "message": "not a URL an HTTP request can be sent to "
-                                                                 "(whitespace, control characters or a bad port)"})
-    for name, value in (definition.config.get("headers") or {}).items() if definition.type == "webhook" else ():
-        if HEADER_VALUE_FORBIDDEN.search(value):
-            problems.append({"path": f"config.headers.{name}",
-                             "message": "a header value cannot hold control characters (CR, LF, ...)"})
-        elif not _latin1(value):
-            problems.append({"path": f"config.headers.{name}",
-                             "message": "a header value is ISO-8859-1 text (HTTP sends it so)"})
+    if isinstance(url, str) and (problem := netguard.url_problem(url)):
+        problems.append({"path": f"config.{field}", "message": f"the URL {problem}"})
+    headers = definition.config.get("headers") or {} if definition.type == "webhook" else {}
+    for name, message in netguard.header_problems(headers):
+        problems.append({"path": f"config.headers.{name}", "message": message})
     return problems
-
-
-def _latin1(text: str) -> bool:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _link_local(host: str) -> bool:

@@ -174,34 +174,25 @@ class TemplateDefinition(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
 
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}$")  # an RFC 9110 token
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is the one control character a header value may hold
-
-
-# What Python's HTTP client would refuse at send time is refused at save instead: a url it cannot parse
-# (`http://[::1/x`, port 99999, a space or control character) and a header it cannot write (a name that is
-# not a token, a value with a line break). Before, the send raised ValueError, an unknown outcome: the
-# delivery stayed `pending` for the lease and was then recorded `failed: outcome unknown`.
+# What Python's HTTP client would refuse at send time is refused at save instead (netguard.url_problem,
+# header_problems: the same rules as a webhook destination's): a url it cannot parse or encode, a header it
+# cannot write. Before, the send raised ValueError, an unknown outcome: the delivery stayed `pending` for
+# the lease and was then recorded `failed: outcome unknown`. A link-local literal is refused here too.
 def _check_url(url: str) -> None:
-    from urllib.parse import urlsplit
+    # The webhook checks shared with destinations (netguard is loaded only for a webhook's url)
+    from engage import netguard
 
-    if re.search(r"[\x00-\x20\x7f]", url):
-        raise ValueError("url must not contain spaces or control characters (percent-encode them)")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError as error:
-        raise ValueError(f"url is not a valid URL: {error}") from None
-    if not parts.hostname:
-        raise ValueError("url needs a host")
+    problem = netguard.url_problem(url)
+    if problem:
+        raise ValueError(f"url {problem}")
 
 
 def _check_headers(headers: dict[str, str]) -> None:
-    for name, value in headers.items():
-        if not _HEADER_NAME.match(name):
-            raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
-        if _CONTROL.search(value):
-            raise ValueError(f"header {name!r} holds a line break or control character")
+    from engage import netguard
+
+    problems = netguard.header_problems(headers)
+    if problems:
+        raise ValueError(problems[0][1])
 
 
 def parse_template(data: Any, *, key: str | None = None) -> TemplateDefinition:

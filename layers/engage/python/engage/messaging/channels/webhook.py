@@ -51,6 +51,10 @@ def send(message: OutgoingMessage) -> str:
                 if error.code < 500 and error.code not in (408, 429):
                     raise Refused(f"the webhook answered {error.code}") from error
                 last = f"the webhook answered {error.code}"
+            except (ValueError, http.client.InvalidURL) as error:
+                # A request that cannot be built (a template stored before the save checks): refused at once,
+                # not raised inside the send, which would leave its outcome unknown
+                raise Refused(f"the webhook request cannot be built: {error}") from error
             except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as error:
                 refused = netguard.refused_by_guard(error)
                 if refused:  # an internal address (loopback, private, metadata): never sent, never retried
