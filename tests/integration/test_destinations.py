@@ -570,6 +570,15 @@ def test_messages_behind_a_waiting_one_in_its_group_wait_with_it_in_order(env, r
     assert events in (["Audience Entered", "Audience Exited"], ["Audience Exited"])
 
 
+@pytest.mark.parametrize("zone", ["localtime", "right/Europe/Paris", "posix/UTC"])
+def test_a_schedule_zone_that_is_not_an_iana_name_is_refused_when_saved(env, receiver, zone):
+    """ZoneInfo loads these (the host's own zone; the database's leap-second and POSIX copies): accepted,
+    they became a Scheduler schedule's zone that depends on the host or that Scheduler refuses."""
+    body = {**webhook(receiver), "mode": "batch", "schedule": {"expression": "cron(0 9 * * ? *)", "timezone": zone}}
+    status, answer = call_api("POST", "/v1/destinations", body)
+    assert status == 400 and answer["error"]["details"][0]["path"] == "schedule.timezone", answer
+
+
 def test_an_audience_a_destination_is_connected_to_cannot_be_deleted(env, receiver):
     assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
     status, answer = call_api("DELETE", "/v1/audiences/vip")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from engage import timezones
 from engage.audiences import KEY_PATTERN
 from engage.errors import ValidationFailed, json_path
 
@@ -249,9 +249,7 @@ def _schedule_problems(schedule: Schedule) -> list[dict]:
     elif not CRON.match(expression):
         problems.append({"path": "schedule.expression",
                          "message": "rate(N minutes|hours|days) or cron(min hour day month weekday year)"})
-    try:
-        ZoneInfo(schedule.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    if not timezones.is_zone(schedule.timezone, strict=False):  # stored definitions: management checks strictly
         problems.append({"path": "schedule.timezone", "message": f"unknown IANA time zone {schedule.timezone!r}"})
     return problems
 

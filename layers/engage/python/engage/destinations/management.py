@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engage import timezones
 from engage.audiences import store as audience_store
 from engage.destinations import changelog, parking, queue, schedules, store
 from engage.destinations.definition import (
@@ -38,6 +39,9 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
                                [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     definition = parse_definition(body)
     problems = request_problems(definition)
+    if definition.schedule is not None and not timezones.is_zone(definition.schedule.timezone):
+        problems.append({"path": "schedule.timezone", "message": f"{definition.schedule.timezone!r} is not an IANA "
+                                                                 "time zone name (e.g. Europe/Paris)"})
     if problems:
         raise ValidationFailed(f"invalid destination at {problems[0]['path']}: {problems[0]['message']}", problems)
     live = {a.key for a in audience_store.list_all(space_id)}

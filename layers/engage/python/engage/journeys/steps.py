@@ -17,9 +17,9 @@ import hashlib
 import importlib
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from engage import clock, lazy
+from engage import clock, lazy, timezones
 from engage.config import settings
 from engage.journeys import DAYS, enrollment, store
 from engage.observability import logger
@@ -149,10 +149,10 @@ def next_time_of_day(now: datetime, zone: ZoneInfo, time_of_day: str, days: list
 def zone_of(traits: dict[str, Any], trait: str) -> ZoneInfo:
     for name in (traits.get(trait), settings().default_timezone, "UTC"):
         if isinstance(name, str) and name:
-            try:
-                return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
-                logger.info("unknown time zone; falling back", extra={"zone": name})
+            found = timezones.zone(name)
+            if found is not None:
+                return found
+            logger.info("unknown time zone; falling back", extra={"zone": name[:64]})
     return ZoneInfo("UTC")
 
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from email.utils import parseaddr
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from engage import clock
+from engage import clock, timezones
 from engage.errors import ValidationFailed
 from engage.messaging import SUBSCRIBED, UNSUBSCRIBED
 
@@ -47,8 +47,8 @@ class QuietHours(BaseModel):
 
     @field_validator("default_timezone")
     @classmethod
-    def _known_zone(cls, value: str) -> str:
-        _zone(value)
+    def _known_zone(cls, value: str, info: ValidationInfo) -> str:
+        _zone(value, strict=timezones.saving(info))
         return value
 
 
@@ -82,20 +82,21 @@ class MessagingSettings(BaseModel):
         return value
 
 
-def parse_settings(data: Any) -> MessagingSettings:
+def parse_settings(data: Any, *, saving: bool = False) -> MessagingSettings:
+    """`saving`: the rules a new save must meet (timezones); without it, what stored settings met when saved."""
     try:
-        return MessagingSettings.model_validate(data)
+        return MessagingSettings.model_validate(data, context={"saving": saving})
     except ValidationError as exc:
         details = [{"path": "$" + "".join(f".{p}" for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         raise ValidationFailed(f"invalid messaging settings at {details[0]['path']}: {details[0]['message']}",
                                details) from None
 
 
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as error:
-        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Paris)") from error
+def _zone(name: str, *, strict: bool = True) -> ZoneInfo:
+    found = timezones.zone(name, strict=strict)
+    if found is None:
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Paris)")
+    return found
 
 
 # ---------------------------------------------------------------- addresses and subscriptions
@@ -169,7 +170,7 @@ def profile_zone(quiet: QuietHours, traits: dict[str, Any]) -> ZoneInfo:
             return _zone(name)
         except ValueError:
             pass
-    return _zone(quiet.default_timezone)
+    return timezones.zone(quiet.default_timezone, strict=False) or _zone("UTC")
 
 
 def _inside(local: time, start: time, end: time) -> bool:

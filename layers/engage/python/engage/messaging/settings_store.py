@@ -48,7 +48,7 @@ def view(space_id: str) -> dict[str, Any]:
 
 
 def save(space_id: str, body: Any) -> dict[str, Any]:
-    parsed = parse_settings(body)
+    parsed = parse_settings(body, saving=True)
     MessagingSettingsRecord(_pk(space_id), "-", settings=parsed.model_dump_json(exclude_none=True),
                             updated_at=clock.iso()).save()
     _cache.pop(space_id, None)
