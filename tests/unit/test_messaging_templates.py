@@ -164,3 +164,19 @@ def test_sms_longer_than_sns_allows_fails_at_render():
     definition = parse_template({"key": "s", "channel": "sms", "body": "{{ profile.traits.t }}"})
     with pytest.raises(RenderFailed, match="SMS"):
         render(definition, scope_for({"traits": {"t": "x" * (templates.SMS_MAX_CHARS + 1)}}))
+
+
+def test_now_in_a_date_filter_is_the_projects_clock_not_the_hosts():
+    """A send released by moving the clock (the local cloud, a test) said the host's day: python-liquid's
+    `date` reads datetime.now() for "now" and "today"."""
+    from datetime import UTC, datetime
+
+    from engage import clock
+
+    definition = parse_template({"key": "d", "channel": "sms", "body": '{{ "now" | date: "%Y-%m-%d %H:%M" }} '
+                                                                        '{{ "today" | date: "%Y" }}'})
+    clock.set_to(datetime(2031, 7, 4, 9, 30, tzinfo=UTC))
+    try:
+        assert render(definition, scope_for({"traits": {}})).body == "2031-07-04 09:30 2031"
+    finally:
+        clock.reset()
