@@ -340,6 +340,36 @@ def test_a_completion_write_throttled_past_the_sdks_retries_is_tried_again(pipel
     assert store.read_delivery("acme", profile_id, "k2").status == "pending" and len(sent_emails()) == 2
 
 
+def test_a_claim_release_throttled_past_the_sdks_retries_is_tried_again(pipeline, monkeypatch):
+    """SES throttled the email (nothing sent) and DynamoDB throttled the claim's release: the claim stayed
+    `pending`, so every retry met it until the lease and the message ended `failed: outcome unknown`, unsent."""
+    from botocore.exceptions import ClientError
+    from pynamodb.exceptions import DeleteError
+
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    monkeypatch.setattr(store, "COMPLETE_BACKOFF_SECONDS", 0)
+    real_send, real_delete, throttled = sender.channels.send, store.DeliveryRecord.delete, [1]
+
+    def busy(message):
+        raise Unavailable("Throttling: slow down")
+
+    def throttling(record, *args, **kwargs):
+        if throttled[0]:
+            throttled[0] -= 1
+            raise DeleteError("Failed to delete item", cause=ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "DeleteItem"))
+        return real_delete(record, *args, **kwargs)
+
+    monkeypatch.setattr(sender.channels, "send", busy)
+    monkeypatch.setattr(store.DeliveryRecord, "delete", throttling)
+    with pytest.raises(ProviderUnavailable):
+        send_message(request(profile_id))
+    assert throttled == [0] and store.read_delivery("acme", profile_id, "k1") is None
+    monkeypatch.setattr(sender.channels, "send", real_send)
+    assert send_message(request(profile_id)).status == "sent" and len(sent_emails()) == 1
+
+
 def test_a_completion_applied_whose_answer_was_lost_is_this_attempts_outcome(pipeline, monkeypatch, bus_messages):
     """The completion's UpdateItem was applied and its answer lost; the SDK's retry fails the condition
     (the claim is no longer pending). That is this attempt's own write: the send is `sent` at once and its

@@ -263,12 +263,21 @@ def complete(record: DeliveryRecord, status: str, *, reason: str | None = None, 
 
 
 def release(record: DeliveryRecord) -> None:
-    """Drop this attempt's claim (the provider refused the message, so a retry may send it)."""
-    try:
-        record.delete(condition=(DeliveryRecord.status == PENDING) & (DeliveryRecord.attempt == record.attempt))
-    except DeleteError as error:
-        if not _conditional_failed(error):
-            raise
+    """Drop this attempt's claim (the provider did not take the message, so a retry may send it). Tried as
+    the completion is (COMPLETE_ATTEMPTS): a claim left behind would hold the message until its lease and
+    then record it `failed: outcome unknown`, unsent."""
+    attempt = 1
+    while True:
+        try:
+            record.delete(condition=(DeliveryRecord.status == PENDING) & (DeliveryRecord.attempt == record.attempt))
+            return
+        except DeleteError as error:
+            if _conditional_failed(error):
+                return  # gone already (this delete applied, its answer lost) or no longer this attempt's
+            if attempt == COMPLETE_ATTEMPTS:
+                raise
+            time.sleep(COMPLETE_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            attempt += 1
 
 
 def give_up(record: DeliveryRecord, reason: str) -> DeliveryRecord | None:
