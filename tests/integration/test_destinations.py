@@ -82,6 +82,21 @@ class Flow:
                  "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
                  "awsRegion": "us-east-1"} for m in page.get("Messages", [])]
 
+    def receive_all(self) -> list[dict]:
+        """Every message in the queue: pages of 10 hidden while the next is read, then all made visible
+        again (the test's own clock decides which are due)."""
+        found: list[dict] = []
+        while page := self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                               VisibilityTimeout=60).get("Messages", []):
+            found += page
+        for message in found:
+            self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"],
+                                               VisibilityTimeout=0)
+        return [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                 "attributes": m["Attributes"], "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+                 "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+                 "awsRegion": "us-east-1"} for m in found]
+
     def deliver(self, records: list[dict], *, delete: bool = True) -> dict:
         result = handler("destination_deliverer")({"Records": records}, self.context)
         failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
@@ -304,9 +319,53 @@ def test_the_rate_limit_holds_across_consumers(env, receiver):
     destination = destination_store.get("acme", "crm")
     start = datetime(2030, 1, 1, tzinfo=UTC)  # the start of a second: three takes land inside it
     clock.set_to(start)
-    assert [ratelimit.take(destination) for _ in range(3)] == [True, True, False]
+    # Two tickets of a second send in it; the rest are places in line, a second per `limit` further back
+    assert [ratelimit.take(destination) for _ in range(7)] == [0, 0, 1, 1, 2, 2, 3]
     clock.set_to(start + timedelta(seconds=1))
-    assert ratelimit.take(destination)
+    assert ratelimit.take(destination) == 0
+
+
+def test_a_backlog_behind_a_rate_limit_waits_its_turn_instead_of_wearing_out_its_receives(env, monkeypatch):
+    """Before, a change with no token came back a second later, every second: with 40 changes at 2 a second
+    the last was received 20 times before it was sent (SQS's dead-letter queue takes a message after 30
+    receives, and a failed send after 16 parked it). Now each waits for its place in line."""
+    from datetime import UTC, datetime, timedelta
+
+    from engage.destinations import queue
+
+    clock = FrozenClock(monkeypatch, datetime(2030, 1, 1, tzinfo=UTC))
+    receiver = Receiver(clock=clock)
+    try:
+        for n in range(4, 41):
+            make_profile(f"p{n}", ids={"user_id": f"u{n}"})
+        flow = Flow(env)
+        waits: dict[str, int] = {}  # receipt handle -> seconds its message asked to wait
+        monkeypatch.setattr(queue, "delay", lambda handle, seconds: waits.__setitem__(handle, seconds))
+        assert call_api("POST", "/v1/destinations", {**webhook(receiver), "rate_limit_per_second": 2})[0] == 201
+        flow.drain()
+        assert call_api("POST", "/v1/audiences/vip/members", {"add": [f"user_id:u{n}" for n in range(1, 41)]})[0] == 200
+        flow.route()
+        # When the deliverer runs each second on what is due then (a message comes back when it asked to)
+        due_at: dict[str, float] = {}  # message id -> when it is visible again
+        receives: dict[str, int] = {}
+        for _ in range(60):
+            now = clock().timestamp()
+            records = [r for r in flow.receive_all() if due_at.get(r["messageId"], 0) <= now]
+            for record in records:
+                receives[record["messageId"]] = receives.get(record["messageId"], 0) + 1
+            if records:
+                result = flow.deliver(records)
+                for record in records:
+                    if {"itemIdentifier": record["messageId"]} in result["batchItemFailures"]:
+                        due_at[record["messageId"]] = now + waits.get(record["receiptHandle"], 0)
+            clock.advance(timedelta(seconds=1))
+            if len(receiver.delivered()) == 40:
+                break
+        # Then all 40 arrived, 2 a second, and no change was received more than 3 times
+        assert sorted(c["user_id"] for c in receiver.delivered()) == sorted(f"u{n}" for n in range(1, 41))
+        assert max(receives.values()) <= 3, sorted(receives.values())
+    finally:
+        receiver.close()
 
 
 class FrozenClock:

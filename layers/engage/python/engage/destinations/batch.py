@@ -72,7 +72,7 @@ def drain(destination: store.Destination, seconds_left: Callable[[], float] | No
             if budget is not None and budget < MIN_SEND_SECONDS:
                 _note(destination, delivered)
                 return {"delivered": delivered, "requests": requests, "why": "time: the rest next run"}
-            if not ratelimit.take(destination):
+            if ratelimit.take(destination):  # no token this second: the rest waits for the next run
                 return {"delivered": delivered, "requests": requests, "why": "rate limit: the rest next run"}
             outcome = send(destination.definition.config, secrets, chunk, batched=True, seconds_left=budget)
             requests += outcome.requests

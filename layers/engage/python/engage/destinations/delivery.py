@@ -11,8 +11,8 @@ A change, in this order:
    after a realtime exit): dropped. One GetItem;
 3. time: with less than AFTER_SEND_SECONDS + MIN_SEND_SECONDS of the invocation left, the change is
    not sent now but comes back at once (a slow receiver never makes the function time out mid-send);
-   rate limit (`ratelimit.take`): no token in this second -> the message comes back in a second,
-   without counting as a failed attempt;
+   rate limit (`ratelimit.take`): no token in this second -> the message comes back when its place
+   in line says (the limit's later seconds), without counting as a failed attempt;
 4. send one attempt (senders; bounded by the destination's `timeout_seconds` and the time left); sent -> the mark moves to this version (conditional: never back),
    and the status counter; retryable -> the message becomes visible again after an exponential
    backoff with full jitter (or the receiver's Retry-After), until `destination_max_attempts`
@@ -57,7 +57,6 @@ BACKFILL_PAGE = 100
 TRAIT_BACKFILL_SCAN = 500  # ProfilesTable items examined per trait backfill page (at most 1 MB read)
 BASE_BACKOFF_SECONDS = 10
 MAX_BACKOFF_SECONDS = 900
-THROTTLED_DELAY_SECONDS = 1
 # Kept from a send's time for what follows it in the invocation (the mark or the failure status, the
 # message's visibility, the status flush); a send with less than MIN_SEND_SECONDS left is not started.
 AFTER_SEND_SECONDS, MIN_SEND_SECONDS = 3.0, 1.0
@@ -171,8 +170,9 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str,
         # Not attempted (not a failure): the invocation is ending, and a send cut off by its timeout would
         # leave no outcome, the batch back only after the queue's visibility timeout, nearer the DLQ.
         return Result(False, "the invocation's time ran out before this send: back at once", 0)
-    if not ratelimit.take(destination):
-        return Result(False, "rate limited", THROTTLED_DELAY_SECONDS)
+    wait = ratelimit.take(destination)
+    if wait:
+        return Result(False, f"rate limited: back in {wait} s, its place in line", wait)
     secrets = store.get_secrets(destination.space_id, destination.key) if destination.secret_hints else {}
     outcome = senders.SENDERS[destination.definition.type](destination.definition.config, secrets, [change],
                                                              batched=False, seconds_left=budget)
