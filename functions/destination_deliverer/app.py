@@ -3,7 +3,8 @@
 A message that must wait (a retry's backoff, the rate limit) gets its visibility moved and is
 reported as a batch item failure; the FIFO processor then holds the rest of its group (per-profile
 order) and lets other groups through. No send outlasts the invocation: each is bounded by the time
-left (a batch of ten slow receivers ends with the ones not tried back in the queue at once).
+left (a batch of ten slow receivers ends with the ones not tried back in the queue at once), and the
+changes of a destination whose receiver lately did not answer in time go last in the batch.
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ def lambda_handler(event, context):
     store.clear_cache()  # destinations read once per invocation: pauses and connections seen at once
     _delayed.clear()
     _moved.clear()
+    if isinstance(event, dict) and isinstance(event.get("Records"), list):
+        event = {**event, "Records": delivery.slow_last(event["Records"])}
     try:
         response = process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                             context=context)

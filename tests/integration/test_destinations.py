@@ -699,6 +699,39 @@ def test_a_receiver_that_never_answers_cannot_make_the_deliverer_time_out(env, m
     assert shown["status"]["failures"] == 1 and "within 3 s" in shown["status"]["last_error"], shown["status"]
 
 
+def test_a_destination_that_did_not_answer_goes_last_so_the_others_are_still_sent(env, receiver, monkeypatch):
+    """One hung receiver used up an invocation on its first change, and the other destinations' changes
+    behind it in the batch went back untried, every time. Once it has not answered, its changes go last."""
+    import json as _json
+
+    from engage.destinations import delivery
+    from tests.receiver import HostileReceiver
+
+    flow = Flow(env, monkeypatch)
+    hung = HostileReceiver("hang")
+    monkeypatch.setattr(delivery, "_slow", {})
+    try:
+        assert call_api("POST", "/v1/destinations", {"key": "crm", "type": "webhook", "audiences": ["vip"],
+                                                     "config": {"url": hung.url + "/hook"}})[0] == 201
+        assert call_api("POST", "/v1/destinations", {**webhook(receiver), "key": "fast"})[0] == 201
+        flow.drain()
+        assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+        flow.route()
+        hung_first = sorted(flow.receive(), key=lambda r: _json.loads(r["body"])["change"]["destination"] != "crm")
+        assert [_json.loads(r["body"])["change"]["destination"] for r in hung_first] == ["crm", "fast"]
+        # The first time, the hung one is first: its send takes the time left and `fast` goes back untried
+        flow.context = EndingContext(5, function_name="deliverer-fn")
+        flow.deliver(hung_first)
+        assert receiver.delivered() == [] and hung.requests == 1
+        # The next batch, in the same order: `fast` is sent first, then the hung one gets what is left
+        flow.context = EndingContext(5, function_name="deliverer-fn")
+        again = sorted(flow.receive(), key=lambda r: _json.loads(r["body"])["change"]["destination"] != "crm")
+        flow.deliver(again)
+        assert [c["user_id"] for c in receiver.delivered()] == ["u1"] and hung.requests == 2
+    finally:
+        hung.close()
+
+
 def test_a_batch_run_stops_sending_while_it_can_still_record_what_it_did(env, receiver):
     """A run with little time left sends what fits and leaves the rest of the log for the next run."""
     from engage.destinations import batch

@@ -30,7 +30,9 @@ the audience's size.
 """
 from __future__ import annotations
 
+import json
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -147,6 +149,33 @@ def backoff(receive_count: int, retry_after: float | None) -> int:
     return int(wait) + 1
 
 
+# Destinations whose receiver did not answer in time lately (this warm container): (space, key) -> until
+# (time.monotonic()). Their changes go last in a batch, so one hung receiver's sends, each taking its whole
+# timeout, do not use up the invocation before the other destinations' changes are tried.
+SLOW_FOR_SECONDS = 300
+_slow: dict[tuple[str, str], float] = {}
+
+
+def slow_last(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SQS records with those of slow destinations moved to the end (stable: each destination's, and so each
+    message group's, order is kept; groups never span destinations)."""
+    now = time.monotonic()
+    for destination in [d for d, until in _slow.items() if until <= now]:
+        del _slow[destination]
+    if not _slow:
+        return records
+
+    def is_slow(record: dict[str, Any]) -> bool:
+        try:
+            body = json.loads(record.get("body") or "{}")
+            change = body.get("change") or body
+            return (change.get("space_id"), change.get("destination")) in _slow
+        except (ValueError, AttributeError):
+            return False
+
+    return sorted(records, key=is_slow)
+
+
 def deliver_change(change: dict[str, Any], receive_count: int, function: str,
                    seconds_left: float | None = None) -> Result:
     destination = store.cached(change["space_id"], change["destination"])
@@ -176,7 +205,10 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str,
     secrets = store.get_secrets(destination.space_id, destination.key) if destination.secret_hints else {}
     outcome = senders.SENDERS[destination.definition.type](destination.definition.config, secrets, [change],
                                                              batched=False, seconds_left=budget)
+    if outcome.slow:
+        _slow[(destination.space_id, destination.key)] = time.monotonic() + SLOW_FOR_SECONDS
     if outcome.ok:
+        _slow.pop((destination.space_id, destination.key), None)
         if syncing:
             sync.mark_done(change)
         else:

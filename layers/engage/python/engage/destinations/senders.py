@@ -39,6 +39,7 @@ class Outcome:
     reason: str = ""
     retry_after: float | None = None  # seconds the receiver asked us to wait
     requests: int = 1
+    slow: bool = False  # the receiver did not answer within the time given (the deliverer sends to it last)
 
     @property
     def ok(self) -> bool:
@@ -62,20 +63,22 @@ def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
                 return Outcome(RETRY, text, after)
             return Outcome(PERMANENT, text)
         except TimeoutError:
-            return Outcome(RETRY, late)
+            return Outcome(RETRY, late, slow=True)
         except (ValueError, http.client.InvalidURL) as error:
             # The request cannot be built (a header value with CR/LF, a URL with a space or a bad port, saved
             # before the definition checks refused them): no retry can help, so park it with the reason
             # instead of crashing the deliverer on every receive until the message lands in the DLQ.
             return Outcome(PERMANENT, f"cannot send to {url}: {error}")
         except http.client.HTTPException as error:  # no status line, or one that is not HTTP
-            return Outcome(RETRY, late if limit.expired else f"no valid HTTP answer from {url}: {error!r}")
+            if limit.expired:
+                return Outcome(RETRY, late, slow=True)
+            return Outcome(RETRY, f"no valid HTTP answer from {url}: {error!r}")
         except (urllib.error.URLError, ConnectionError, OSError) as error:
             refused = netguard.refused_by_guard(error)
             if refused:
                 return Outcome(PERMANENT, f"refused to send to {url}: {refused}")  # parked, never retried
-            if limit.expired:
-                return Outcome(RETRY, late)
+            if limit.expired or isinstance(getattr(error, "reason", None), TimeoutError):
+                return Outcome(RETRY, late, slow=True)
             reason = getattr(error, "reason", error)
             return Outcome(RETRY, f"could not reach {url}: {reason}")
         # A 2xx status: the receiver took it. Its body is read (up to 64 KB) only to end the exchange cleanly.
