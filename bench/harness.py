@@ -36,7 +36,7 @@ def reset_caches() -> None:
 
     reset_engage_caches()
     backfill.reset()
-    store.clear_cache()
+    store.reset()  # and no batch begun: a scenario sees what a new container does, whatever ran before it
     router.reset()
     runtime.reset()
     due.reset()

@@ -65,7 +65,7 @@ def reset_engage_caches() -> None:
     spaces.clear_cache()
     # Audience definitions are cached for 30 s of real time: a fresh account must not see the last
     # test's (and a count of requests must not depend on whether that entry expired meanwhile).
-    store.clear_cache()
+    store.reset()
     from engage.computed_traits import events as computed_events
     from engage.computed_traits import runtime as computed_runtime
     from engage.computed_traits import store as computed_store

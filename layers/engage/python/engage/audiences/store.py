@@ -414,6 +414,13 @@ def bump_stamp(partition: str) -> None:
     DefinitionsStamp(partition, STAMP_SK).update(actions=[DefinitionsStamp.changes.add(1)])
 
 
+def reset() -> None:
+    """A new container: no list kept and no batch begun (tests and the bench, between accounts)."""
+    global _batch
+    _cache.clear()
+    _batch = 0
+
+
 def current_batch() -> int:
     """The batch `begin_batch` last started (0: none, check on every call)."""
     return _batch
