@@ -374,3 +374,19 @@ def test_an_account_value_and_next_edge_come_from_its_users_and_users_in_no_stat
     assert changed_keys(index, old, old, joined=False) == set()
     assert changed_keys(index, old, old, joined=True) == {"orders_7d"}
     assert changed_keys(index, {}, {}, joined=True) == set()
+
+
+# ---------------------------------------------------------------- year 9999
+@pytest.mark.parametrize("window, when, value, due", [
+    ({"within_days": 5_000_000}, NOW, 1, None),
+    ({"between_days": [0, 4_000_000]}, NOW, 1, None),
+    ({"within_hours": 10 ** 12}, NOW, 1, None),
+    # an event dated on the last day ingestion takes: it enters its 1-day window then, and never leaves
+    ({"within_days": 1}, datetime(9999, 12, 31, 12, tzinfo=UTC), 0, "9999-12-31T00:00:00.000Z")])
+def test_a_window_edge_past_the_year_9999_is_never_due_instead_of_failing_the_event(window, when, value, due):
+    # A window edge past 9999-12-31 has no datetime: computing computed_traits_due raised OverflowError
+    # in the profile processor for every event of the trait's name (the stream retried it forever).
+    index = ag.TraitIndex([parse_definition(definition("count", window=window))])
+    state = _apply(profiles.ProfileState("p1", "acme"), index, 1, when, {})
+    assert state.computed_traits == {"t_count": value}
+    assert state.computed_traits_due == due

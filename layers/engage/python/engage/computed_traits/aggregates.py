@@ -49,6 +49,8 @@ MAX_DISTINCT = 100
 # Longest value string a bucket keeps for value-counting kinds (longer ones are cut).
 MAX_VALUE_CHARS = 200
 _MATH = Context(prec=34)  # DynamoDB numbers hold 38 digits
+# The last millisecond a datetime holds (9999-12-31T23:59:59.999Z): a window edge past it never comes.
+LAST_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True, eq=False)
@@ -342,7 +344,7 @@ def next_change_ms(state: dict, index: TraitIndex, now_ms: int, specs: list[Trai
             if unit is None:
                 continue
             for moment in ((unit + spec.window.lo) * spec.window.unit_ms, (unit + spec.window.hi) * spec.window.unit_ms):
-                if moment > now_ms and (best is None or moment < best):
+                if now_ms < moment <= LAST_MS and (best is None or moment < best):
                     best = moment
     return best
 
