@@ -376,7 +376,39 @@ def test_an_account_value_and_next_edge_come_from_its_users_and_users_in_no_stat
     assert changed_keys(index, {}, {}, joined=True) == set()
 
 
-# ---------------------------------------------------------------- year 9999
+# ---------------------------------------------------------------- DynamoDB's number range and year 9999
+def _numbers(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield value
+
+
+@pytest.mark.parametrize("kind", ["sum", "avg", "min", "max"])
+def test_numbers_dynamodb_cannot_store_are_not_counted_and_sums_stay_in_its_range(kind):
+    # Numeric strings pass ingestion as strings ("1e400", "1e-200"), and two storable numbers can sum past
+    # 9.99E+125: a state or value DynamoDB refuses would fail the profile write on every redelivery.
+    from engage.dynamodb_limits import number_problem
+
+    index = ag.TraitIndex([parse_definition(definition(kind))])
+    state = profiles.ProfileState("p1", "acme")
+    for i, revenue in enumerate(["1e400", "-1e400", "1e-200", 9e125, 9e125, "9.9e125"]):
+        state = _apply(state, index, i, NOW, {"revenue": revenue})
+    stored = [*_numbers(state.computed_trait_state), *_numbers(state.computed_traits)]
+    assert stored and [n for n in stored if number_problem(n)] == []
+    value = state.computed_traits[f"t_{kind}"]
+    assert 9e125 <= value < 1e126 if kind in ("sum", "max", "min") else 3e125 < value < 1e126
+    # a sum or average below the smallest magnitude is 0, not a refused write
+    tiny = _apply(_apply(profiles.ProfileState("p2", "acme"), index, 1, NOW, {"revenue": "1.5e-130"}),
+                  index, 2, NOW, {"revenue": "-1e-130"})
+    assert [n for n in [*_numbers(tiny.computed_trait_state), *_numbers(tiny.computed_traits)]
+            if number_problem(n)] == []
+
+
 @pytest.mark.parametrize("window, when, value, due", [
     ({"within_days": 5_000_000}, NOW, 1, None),
     ({"between_days": [0, 4_000_000]}, NOW, 1, None),
