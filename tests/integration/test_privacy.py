@@ -242,3 +242,38 @@ def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once
     # And erasing the profile deletes its enrollment and run items
     counts = erase.erase(erase.Person(SPACE, ["usr_1"]))
     assert counts["journey_runs"] == 2 and list(journeys_store.RunRecord.query(pk)) == []
+
+
+def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_the_group_id_works_again(
+        aws, space):
+    # Given an account with two users (group calls through the real processor)
+    msgs = [message("group", f"g{i}", f"2026-11-20T10:0{i}:00.000Z", userId=user, groupId="acct-erase",
+                    traits={"name": "Erase Inc"}) for i, user in enumerate(("user-a", "user-b"))]
+    for msg in msgs:
+        events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+        run(batch(msg))
+    account = store.resolve(SPACE, "accounts", "group_id", "acct-erase")
+    users = [store.resolve(SPACE, "users", "user_id", u).profile_id for u in ("user-a", "user-b")]
+    assert {link.to_profile_id for link in store.links_of(SPACE, account.profile_id)} == set(users)
+
+    # When the account is erased (DELETE .../collections/accounts/profiles/group_id:acct-erase)
+    person = erase.find_person(SPACE, "accounts", "group_id", "acct-erase")
+    counts = erase.erase(person)
+
+    # Then neither its group id's pointer nor its users' links to it are left: the pointer to the deleted
+    # profile made every later group call build an account no id reached, and the users kept links to it
+    after = _everything(aws)
+    assert account.profile_id not in after, "\n".join(line for line in after.splitlines() if account.profile_id in line)
+    assert counts["identities"] == 1 and counts["profiles"] == 1
+    for user in users:
+        assert store.links_of(SPACE, user, "accounts") == []
+    assert store.resolve(SPACE, "users", "user_id", "user-a") is not None  # the users stay
+
+    # And a new group call builds the account again, reachable by its group id
+    again = message("group", "g9", "2026-11-21T10:00:00.000Z", userId="user-a", groupId="acct-erase",
+                    traits={"name": "Erase Again"})
+    events_store.put_new(events_store.record(SPACE, again, datetime(2026, 11, 21, tzinfo=UTC)))
+    run(batch(again))
+    rebuilt = store.resolve(SPACE, "accounts", "group_id", "acct-erase")
+    assert rebuilt is not None and rebuilt.profile_id != account.profile_id
+    assert rebuilt.traits.as_dict() == {"name": "Erase Again"}

@@ -69,9 +69,10 @@ def find_person(space_id: str, collection: str, id_type: str, value: str) -> Per
     for record in records.values():
         for entry in record.external_ids or []:
             entry = entry.as_dict() if hasattr(entry, "as_dict") else dict(entry)
-            if entry.get("type") == GROUP_ID:
-                continue
-            ids.append((entry.get("collection") or USERS, entry["type"], str(entry["id"])))
+            if entry.get("type") == GROUP_ID and collection == USERS:
+                continue  # a user lists its accounts' group ids: those are the accounts' own
+            # every id of a profile is a pointer of the profile's collection (an account's too)
+            ids.append((collection, entry["type"], str(entry["id"])))
     external = live.external_ids or []
     plain = [e.as_dict() if hasattr(e, "as_dict") else dict(e) for e in external]
     return Person(space_id, profile_ids, list(dict.fromkeys(ids)), membership.identity_of(plain))
@@ -125,9 +126,10 @@ def erase(person: Person) -> Counter:
                                                             item.sk)
                           for item in history if item.type == "group" for link in links]
         counts["event_history"] += _delete_all(profiles_store.ProfileEventRecord, [*history, *account_copies])
-        # each link has its mirror on the account's side
+        # each link has its mirror on the other side (a user's on its account, an account's on its user)
         mirrors = [profiles_store.LinkRecord(profiles_store.profile_pk(space, link.to_profile_id),
-                                             profiles_store.link_sk(USERS, profile_id)) for link in links]
+                                             profiles_store.link_sk(USERS if link.to_collection == ACCOUNTS
+                                                                    else ACCOUNTS, profile_id)) for link in links]
         counts["links"] += _delete_all(profiles_store.LinkRecord, [*links, *mirrors])
         counts["due"] += _delete_all(DueRecord, DueRecord.batch_get([pk]))
         counts["messages"] += _delete_all(DeliveryRecord, DeliveryRecord.query(pk, consistent_read=True))
@@ -169,8 +171,9 @@ def reevaluate_accounts(space_id: str, account_ids: set[str]) -> int:
 
 
 def _delete_pointers(person: Person) -> int:
-    """Pointers still naming one of the person's profiles (an id since claimed by someone else stays)."""
-    pks = [profiles_store.identity_pk(person.space_id, c, t, v) for c, t, v in person.ids if c != ACCOUNTS]
+    """Pointers still naming one of the person's profiles (an id since claimed by someone else stays);
+    an erased account's group ids too, else its group id would point at a profile that is gone."""
+    pks = [profiles_store.identity_pk(person.space_id, c, t, v) for c, t, v in person.ids]
     mine = set(person.profile_ids)
     owned = [pk for pk, profile_id in profiles_store.get_pointers(pks).items() if profile_id in mine]
     return _delete_all(profiles_store.IdentityRecord, [profiles_store.IdentityRecord(pk) for pk in owned])
