@@ -22,6 +22,7 @@ from pynamodb.attributes import BooleanAttribute, ListAttribute, MapAttribute, U
 
 from engage import clock, lazy
 from engage.db import EngageModel, TableName, key
+from engage.dynamodb_limits import MAX_SORT_KEY_BYTES
 from engage.errors import NotFound
 from engage.privacy import suppression
 
@@ -78,6 +79,8 @@ def request(space_id: str, collection: str, refs: list[tuple[str, str]], *, supp
 
 
 def get(space_id: str, job_id: str) -> DeletionJob:
+    if len(job_id.encode()) > MAX_SORT_KEY_BYTES:  # no job has such an id; DynamoDB would refuse the key (a 500)
+        raise NotFound(f"no deletion job {job_id[:40]!r}... in this space")
     try:
         return DeletionJob.get(_pk(space_id), job_id, consistent_read=True)
     except DeletionJob.DoesNotExist:
