@@ -193,12 +193,14 @@ def test_a_deletion_job_runs_resumably_and_keeps_an_audit_record_without_persona
         jobs.run(SPACE, job.job_id)
     crashed = jobs.view(jobs.get(SPACE, job.job_id))
     assert crashed["status"] == "running" and crashed["steps_done"] == list(jobs.STEPS[:-1])
+    assert crashed["error"] == "RuntimeError: Lambda timed out"
 
     # and the next run continues from the first step not recorded (the memberships are not exited twice)
     monkeypatch.setattr(erase, "erase", real_erase)
     done = jobs.run(SPACE, job.job_id)
     view = jobs.view(done)
     assert view["status"] == "done" and view["steps_done"] == list(jobs.STEPS)
+    assert view["error"] is None  # the crash is over: a done job showed it still
     assert view["erased"]["profiles"] == 2 and view["erased"]["audiences_exited"] == 1
     assert view["erased"]["suppressed_ids"] >= 3
     assert jobs.view(jobs.run(SPACE, job.job_id)) == view  # a replay changes nothing

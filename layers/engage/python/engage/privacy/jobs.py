@@ -116,7 +116,8 @@ def run(space_id: str, job_id: str) -> DeletionJob:
         job.error = f"{type(error).__name__}: {error}"[:1000]
         job.save()
         raise
-    job.status, job.finished_at, job.work = DONE, clock.iso(), None  # the audit record keeps no personal data
+    # the audit record keeps no personal data, nor the error of an attempt that a later one got past
+    job.status, job.finished_at, job.work, job.error = DONE, clock.iso(), None, None
     job.save()
     return job
 
