@@ -297,6 +297,9 @@ def test_distinct_values_per_bucket_are_capped_and_counted():
     ({"key": "k", "kind": "count", "event": ORDER, "where": [{"property": "a", "op": "gt", "value": "x"}]},
      "where[0].value"),
     ({"key": "k", "kind": "count", "event": ORDER, "window": {"within_days": 0}}, "window.within_days"),
+    # an integer past a float's range was a 500 (OverflowError in the check itself)
+    ({"key": "k", "kind": "count", "event": ORDER, "where": [{"property": "a", "op": "gt", "value": 10 ** 400}]},
+     "where[0].value"),
     ({"key": "k", "kind": "count", "event": ORDER, "extra": 1}, "extra"),
     ({"key": "k", "kind": "count", "event": ORDER, "entity": "groups"}, "entity"),
 ])
