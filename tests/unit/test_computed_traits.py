@@ -309,6 +309,18 @@ def test_bad_definitions_are_refused_naming_the_path(body, path):
     assert path in [d["path"] for d in raised.value.details], raised.value.details
 
 
+def test_a_definition_too_large_for_its_item_is_refused_when_saved():
+    # a 450 KB name was a 500: the ConfigTable PutItem past DynamoDB's 400 KB item
+    from engage.computed_traits import management
+
+    with pytest.raises(ValidationFailed, match="bytes of JSON: at most 160000") as caught:
+        management.validate({"key": "k", "kind": "count", "event": ORDER, "name": "n" * 450_000})
+    assert caught.value.details[0]["path"] == ""
+    with pytest.raises(ValidationFailed, match="at most 160000"):
+        management.validate({"kind": "count", "event": ORDER, "description": "d" * 160_000}, editing="k")
+    assert management.validate({"key": "k", "kind": "count", "event": ORDER, "name": "n" * 100_000}).key == "k"
+
+
 def test_an_edit_gets_a_fresh_state_entry_and_other_traits_keep_theirs():
     one = parse_definition(definition("sum"))
     edited = parse_definition({**definition("sum"), "window": {"within_days": 30}})
