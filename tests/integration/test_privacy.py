@@ -279,3 +279,33 @@ def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_
     rebuilt = store.resolve(SPACE, "accounts", "group_id", "acct-erase")
     assert rebuilt is not None and rebuilt.profile_id != account.profile_id
     assert rebuilt.traits.as_dict() == {"name": "Erase Again"}
+
+
+def test_a_batch_job_whose_people_outgrow_one_item_still_runs_to_the_end(aws, space, monkeypatch):
+    # 1,000 ids (the most one request takes) whose people hold a few ids each: the people found, kept
+    # on the job item while it ran, passed DynamoDB's 400 KB item, so recording the find step failed
+    # on every redelivery and the job never ended (status running; the message parked in the DLQ).
+    from engage.privacy import jobs
+
+    long = "x" * 150
+    people = {f"u{i}": erase.Person(SPACE, [f"usr_{i:04d}"], [("users", "user_id", f"u{i}"),
+                                                              ("users", "anonymous_id", f"a{i}-{long}"),
+                                                              ("users", "email", f"e{i}-{long}@example.com")],
+                                    {"user_id": f"u{i}", "anonymous_id": f"a{i}-{long}"}) for i in range(1000)}
+    erased: list = []
+    monkeypatch.setattr(erase, "find_person", lambda space_id, collection, id_type, value: people.get(value))
+    monkeypatch.setattr(erase, "exit_memberships", lambda person: 0)
+    monkeypatch.setattr(erase, "stop_journeys", lambda person: 0)
+    monkeypatch.setattr(erase, "erase", lambda person: erased.append(person) or {"profiles": 1})
+    job = jobs.request(SPACE, "users", [("user_id", f"u{i}") for i in range(1000)], suppress=True,
+                       requested_by="token:abc123")
+
+    view = jobs.view(jobs.run(SPACE, job.job_id))
+
+    assert view["status"] == "done" and view["erased"]["people"] == 1000 and view["erased"]["profiles"] == 1000
+    assert sorted(p.profile_ids[0] for p in erased) == sorted(p.profile_ids[0] for p in people.values())
+    assert erased[0].ids == people[erased[0].ids[0][2]].ids
+    assert view["erased"]["suppressed_ids"] == 3000
+    # and nothing of the people is kept once the job is done
+    after = _everything(aws)
+    assert "usr_0001" not in after and f"a1-{long}" not in after
