@@ -266,7 +266,7 @@ def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_
     # profile made every later group call build an account no id reached, and the users kept links to it
     after = _everything(aws)
     assert account.profile_id not in after, "\n".join(line for line in after.splitlines() if account.profile_id in line)
-    assert counts["identities"] == 1 and counts["profiles"] == 1
+    assert counts["identities"] == 1 and counts["profiles"] == 1 and counts["users_unlisted"] == 2
     for user in users:
         assert store.links_of(SPACE, user, "accounts") == []
     assert store.resolve(SPACE, "users", "user_id", "user-a") is not None  # the users stay
@@ -279,6 +279,9 @@ def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_
     rebuilt = store.resolve(SPACE, "accounts", "group_id", "acct-erase")
     assert rebuilt is not None and rebuilt.profile_id != account.profile_id
     assert rebuilt.traits.as_dict() == {"name": "Erase Again"}
+    # with its user linked to it (the user still listed the group id, which the processor reads as linked)
+    assert [link.to_profile_id for link in store.links_of(SPACE, users[0], "accounts")] == [rebuilt.profile_id]
+    assert {link.to_profile_id for link in store.links_of(SPACE, rebuilt.profile_id)} == {users[0]}
 
 
 def test_a_batch_job_whose_people_outgrow_one_item_still_runs_to_the_end(aws, space, monkeypatch):

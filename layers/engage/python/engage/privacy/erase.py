@@ -109,6 +109,7 @@ def erase(person: Person) -> Counter:
     counts: Counter = Counter()
     profiles = profiles_store.get_profiles(profiles_store.profile_pk(space, p) for p in person.profile_ids)
     accounts: set[str] = set()  # the accounts the person was a user of: they lose a user
+    users: set[str] = set()  # the users of an erased account: they stop listing its group ids
     counts["parked_failures"] += delete_parked_failures(person)
     for profile_id in person.profile_ids:
         pk = profiles_store.profile_pk(space, profile_id)
@@ -121,6 +122,7 @@ def erase(person: Person) -> Counter:
         history = list(profiles_store.ProfileEventRecord.query(pk, consistent_read=True))
         links = list(profiles_store.LinkRecord.query(pk, consistent_read=True))
         accounts.update(link.to_profile_id for link in links if link.to_collection == ACCOUNTS)
+        users.update(link.to_profile_id for link in links if link.to_collection == USERS)
         # A group call is also kept in its account's history (same sort key): that copy names the person.
         account_copies = [profiles_store.ProfileEventRecord(profiles_store.profile_pk(space, link.to_profile_id),
                                                             item.sk)
@@ -143,6 +145,7 @@ def erase(person: Person) -> Counter:
             event_pk = key(space, ("u:" if id_type == "user_id" else "a:") + value)
             counts["events"] += _delete_all(EventRecord, EventRecord.query(event_pk, consistent_read=True))
     counts["identities"] += _delete_pointers(person)
+    counts["users_unlisted"] += _unlist_account(space, users, {v for c, t, v in person.ids if t == GROUP_ID})
     # the profiles read above may have changed since (an event in flight): read them again to delete
     counts["profiles"] += _delete_all(profiles_store.ProfileRecord, profiles_store.get_profiles(
         profiles_store.profile_pk(space, p) for p in person.profile_ids).values())
@@ -168,6 +171,29 @@ def reevaluate_accounts(space_id: str, account_ids: set[str]) -> int:
         computed_accounts.recompute(space_id, account_id, index, now)
         audience_runtime._evaluate_account(space_id, account_id, reading_users, now)
     return len(account_ids)
+
+
+def _unlist_account(space_id: str, user_ids: set[str], group_ids: set[str]) -> int:
+    """An erased account's users list its group ids among their own, and the processor links a user to an
+    account only when that id is new on the user: drop them, so a later group call links the user to the
+    account it builds. A version-checked write of `external_ids`, read again when the processor wrote first."""
+    changed = 0
+    for user_id in sorted(user_ids) if group_ids else ():
+        for _ in range(5):
+            record = profiles_store.get_profile(space_id, user_id)
+            entries = [e.as_dict() if hasattr(e, "as_dict") else dict(e) for e in (record.external_ids or [])] \
+                if record else []
+            kept = [e for e in entries if not (e.get("type") == GROUP_ID and str(e.get("id")) in group_ids)]
+            if record is None or len(kept) == len(entries):
+                break
+            record.external_ids = kept
+            try:
+                profiles_store.save_profile(record, ["external_ids"])
+            except profiles_store.WriteConflict:
+                continue
+            changed += 1
+            break
+    return changed
 
 
 def _delete_pointers(person: Person) -> int:
