@@ -312,3 +312,15 @@ def test_a_batch_job_whose_people_outgrow_one_item_still_runs_to_the_end(aws, sp
     # and nothing of the people is kept once the job is done
     after = _everything(aws)
     assert "usr_0001" not in after and f"a1-{long}" not in after
+
+
+def test_a_job_of_ids_at_the_request_limit_in_any_script_is_recorded(aws, space):
+    # 1,000 ids of emoji within the request's 200,000 bytes: the job item held them JSON-escaped (an emoji's
+    # 4 bytes as 12), passing 400 KB, and recording the job was a 500
+    from engage.privacy import api, jobs
+
+    refs = [("user_id", f"{i:03d}" + "\U0001F600" * 47) for i in range(api.MAX_IDS)]
+    assert sum(len(t.encode()) + len(v.encode()) for t, v in refs) <= api.MAX_IDS_BYTES
+    job = jobs.request(SPACE, "users", refs, suppress=False, requested_by="token:abc123")
+    assert jobs.view(jobs.get(SPACE, job.job_id))["status"] == "pending"
+    assert json.loads(jobs.get(SPACE, job.job_id).work)["refs"][7] == list(refs[7])

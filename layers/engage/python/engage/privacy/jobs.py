@@ -72,6 +72,12 @@ class PeoplePage(EngageModel):
 PAGE_BYTES = 300_000  # of people JSON per page item (DynamoDB: 400 KB an item)
 
 
+def _json(value: Any) -> str:
+    # UTF-8 as sent: escaped, an emoji's 4 bytes take 12, and 200,000 bytes of ids (what a request may
+    # name) passed the 400 KB item (a 500 when the job was recorded).
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _pk(space_id: str) -> str:
     return key(space_id, "privacy_jobs")
 
@@ -89,7 +95,7 @@ def request(space_id: str, collection: str, refs: list[tuple[str, str]], *, supp
     job = DeletionJob(_pk(space_id), job_id, space_id=space_id, job_id=job_id, collection=collection,
                       id_hashes=[suppression.id_hash(collection, t, v) for t, v in refs], suppress=suppress,
                       requested_by=requested_by, requested_at=now,
-                      work=json.dumps({"refs": [list(r) for r in refs], "people": []}))
+                      work=_json({"refs": [list(r) for r in refs], "people": []}))
     job.save()
     return job
 
@@ -126,7 +132,7 @@ def run(space_id: str, job_id: str) -> DeletionJob:
             total.update(counts)
             job.counts = dict(total)
             job.steps_done = [*job.steps_done, step]
-            job.work = json.dumps(work)
+            job.work = _json(work)
             job.save()
     except Exception as error:
         job.error = f"{type(error).__name__}: {error}"[:1000]
@@ -147,16 +153,16 @@ def _save_people(job: DeletionJob, people: list[dict]) -> int:
     """Write the people found in pages of at most PAGE_BYTES; how many pages."""
     pages, page, size = [], [], 0
     for person in people:
-        text = json.dumps(person)
-        if page and size + len(text) > PAGE_BYTES:
+        text = _json(person)
+        if page and size + len(text.encode()) > PAGE_BYTES:
             pages.append(page)
             page, size = [], 0
         page.append(person)
-        size += len(text) + 2
+        size += len(text.encode()) + 2
     pages.append(page)
     _delete_pages(job)  # a find redone after a crash may have written more pages before
     for number, chunk in enumerate(pages):
-        PeoplePage(job.pk, f"{_page_prefix(job)}{number:04d}", people=json.dumps(chunk)).save()
+        PeoplePage(job.pk, f"{_page_prefix(job)}{number:04d}", people=_json(chunk)).save()
     return len(pages)
 
 
