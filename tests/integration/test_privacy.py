@@ -324,3 +324,23 @@ def test_a_job_of_ids_at_the_request_limit_in_any_script_is_recorded(aws, space)
     job = jobs.request(SPACE, "users", refs, suppress=False, requested_by="token:abc123")
     assert jobs.view(jobs.get(SPACE, job.job_id))["status"] == "pending"
     assert json.loads(jobs.get(SPACE, job.job_id).work)["refs"][7] == list(refs[7])
+
+
+@pytest.mark.parametrize("body", ['{"ids": ["user_id:a\\ud800b"]}', '{"ids": ["user_id:ok", "email:\\udfff@x.io"]}'])
+def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
+    # JSON's "\ud800" escape parses to no text: measuring the id (UTF-8) raised, a 500
+    import base64
+
+    from tests.integration.audience_support import LambdaContext, handler
+
+    path = "/v1/spaces/acme/collections/users/profiles:delete"
+    token = base64.b64encode(b"acme-access-token:").decode()
+    event = {"version": "2.0", "routeKey": "POST /v1/spaces/{space}/collections/{collection}/profiles:delete",
+             "rawPath": path, "rawQueryString": "", "body": body, "isBase64Encoded": False,
+             "headers": {"authorization": f"Basic {token}", "content-type": "application/json"},
+             "requestContext": {"http": {"method": "POST", "path": path, "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
+    response = handler("profile_api")(event, LambdaContext())
+    assert response["statusCode"] == 400, response
+    error = json.loads(response["body"])["error"]
+    assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]" and "surrogate" in error["message"]
