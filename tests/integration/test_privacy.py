@@ -344,3 +344,26 @@ def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
     assert response["statusCode"] == 400, response
     error = json.loads(response["body"])["error"]
     assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]" and "surrogate" in error["message"]
+
+
+def test_a_delivery_running_beside_the_one_that_finished_the_job_does_not_undo_it(aws, space, monkeypatch):
+    # SQS redelivers a message still running past its visibility timeout: the late run read the job before the
+    # other finished and removed the people's pages; its failure overwrote the done record with a running one,
+    # and every retry failed the same way (the pages are gone) until the DLQ
+    from engage.privacy import jobs
+
+    _given_a_merged_person_with_data_everywhere()
+    job = jobs.request(SPACE, "users", [("email", EMAIL)], suppress=False, requested_by="token:abc123")
+    real_erase = erase.erase
+    monkeypatch.setattr(erase, "erase", lambda person: (_ for _ in ()).throw(RuntimeError("Lambda timed out")))
+    with pytest.raises(RuntimeError):
+        jobs.run(SPACE, job.job_id)
+    monkeypatch.setattr(erase, "erase", real_erase)
+    stale = jobs.get(SPACE, job.job_id)  # the late delivery's read
+    assert jobs.run(SPACE, job.job_id).status == jobs.DONE
+
+    real_get, late_reads = jobs.get, iter([stale])
+    monkeypatch.setattr(jobs, "get", lambda space_id, job_id: next(late_reads, None) or real_get(space_id, job_id))
+    assert jobs.run(SPACE, job.job_id).status == jobs.DONE
+    record = jobs.view(real_get(SPACE, job.job_id))
+    assert record["status"] == "done" and record["error"] is None and record["steps_done"] == list(jobs.STEPS)

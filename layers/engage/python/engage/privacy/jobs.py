@@ -135,6 +135,9 @@ def run(space_id: str, job_id: str) -> DeletionJob:
             job.work = _json(work)
             job.save()
     except Exception as error:
+        current = get(space_id, job_id)
+        if current.status == DONE:  # a concurrent delivery finished it (and removed the pages this one read)
+            return current
         job.error = f"{type(error).__name__}: {error}"[:1000]
         job.save()
         raise
