@@ -93,3 +93,15 @@ def test_a_members_cursor_with_keys_past_dynamodb_limits_is_a_400(engine, space,
     status, answer = call_api("GET", "/v1/audiences/vips/members", query={"next": cursor})
     assert status == 400 and answer["error"]["details"][0]["path"] == "next"
     assert not [request for request in requests_sent if LONG[:1100] in request]
+
+
+def test_a_deletion_job_id_longer_than_a_sort_key_is_404_without_a_read(engine, space, requests_sent):
+    token = base64.b64encode(b"acme-access-token:").decode()
+    path = f"/v1/spaces/acme/deletions/{LONG}"
+    event = {"version": "2.0", "routeKey": "GET /v1/spaces/{space}/deletions/{job}", "rawPath": path,
+             "rawQueryString": "", "headers": {"authorization": f"Basic {token}"}, "isBase64Encoded": False,
+             "requestContext": {"http": {"method": "GET", "path": path, "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
+    response = handler("profile_api")(event, LambdaContext())
+    assert response["statusCode"] == 404 and json.loads(response["body"])["error"]["code"] == "not_found"
+    assert not [request for request in requests_sent if LONG in request]

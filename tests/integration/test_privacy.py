@@ -193,12 +193,14 @@ def test_a_deletion_job_runs_resumably_and_keeps_an_audit_record_without_persona
         jobs.run(SPACE, job.job_id)
     crashed = jobs.view(jobs.get(SPACE, job.job_id))
     assert crashed["status"] == "running" and crashed["steps_done"] == list(jobs.STEPS[:-1])
+    assert crashed["error"] == "RuntimeError: Lambda timed out"
 
     # and the next run continues from the first step not recorded (the memberships are not exited twice)
     monkeypatch.setattr(erase, "erase", real_erase)
     done = jobs.run(SPACE, job.job_id)
     view = jobs.view(done)
     assert view["status"] == "done" and view["steps_done"] == list(jobs.STEPS)
+    assert view["error"] is None  # the crash is over: a done job showed it still
     assert view["erased"]["profiles"] == 2 and view["erased"]["audiences_exited"] == 1
     assert view["erased"]["suppressed_ids"] >= 3
     assert jobs.view(jobs.run(SPACE, job.job_id)) == view  # a replay changes nothing
@@ -242,3 +244,126 @@ def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once
     # And erasing the profile deletes its enrollment and run items
     counts = erase.erase(erase.Person(SPACE, ["usr_1"]))
     assert counts["journey_runs"] == 2 and list(journeys_store.RunRecord.query(pk)) == []
+
+
+def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_the_group_id_works_again(
+        aws, space):
+    # Given an account with two users (group calls through the real processor)
+    msgs = [message("group", f"g{i}", f"2026-11-20T10:0{i}:00.000Z", userId=user, groupId="acct-erase",
+                    traits={"name": "Erase Inc"}) for i, user in enumerate(("user-a", "user-b"))]
+    for msg in msgs:
+        events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+        run(batch(msg))
+    account = store.resolve(SPACE, "accounts", "group_id", "acct-erase")
+    users = [store.resolve(SPACE, "users", "user_id", u).profile_id for u in ("user-a", "user-b")]
+    assert {link.to_profile_id for link in store.links_of(SPACE, account.profile_id)} == set(users)
+
+    # When the account is erased (DELETE .../collections/accounts/profiles/group_id:acct-erase)
+    person = erase.find_person(SPACE, "accounts", "group_id", "acct-erase")
+    counts = erase.erase(person)
+
+    # Then neither its group id's pointer nor its users' links to it are left: the pointer to the deleted
+    # profile made every later group call build an account no id reached, and the users kept links to it
+    after = _everything(aws)
+    assert account.profile_id not in after, "\n".join(line for line in after.splitlines() if account.profile_id in line)
+    assert counts["identities"] == 1 and counts["profiles"] == 1 and counts["users_unlisted"] == 2
+    for user in users:
+        assert store.links_of(SPACE, user, "accounts") == []
+    assert store.resolve(SPACE, "users", "user_id", "user-a") is not None  # the users stay
+
+    # And a new group call builds the account again, reachable by its group id
+    again = message("group", "g9", "2026-11-21T10:00:00.000Z", userId="user-a", groupId="acct-erase",
+                    traits={"name": "Erase Again"})
+    events_store.put_new(events_store.record(SPACE, again, datetime(2026, 11, 21, tzinfo=UTC)))
+    run(batch(again))
+    rebuilt = store.resolve(SPACE, "accounts", "group_id", "acct-erase")
+    assert rebuilt is not None and rebuilt.profile_id != account.profile_id
+    assert rebuilt.traits.as_dict() == {"name": "Erase Again"}
+    # with its user linked to it (the user still listed the group id, which the processor reads as linked)
+    assert [link.to_profile_id for link in store.links_of(SPACE, users[0], "accounts")] == [rebuilt.profile_id]
+    assert {link.to_profile_id for link in store.links_of(SPACE, rebuilt.profile_id)} == {users[0]}
+
+
+def test_a_batch_job_whose_people_outgrow_one_item_still_runs_to_the_end(aws, space, monkeypatch):
+    # 1,000 ids (the most one request takes) whose people hold a few ids each: the people found, kept
+    # on the job item while it ran, passed DynamoDB's 400 KB item, so recording the find step failed
+    # on every redelivery and the job never ended (status running; the message parked in the DLQ).
+    from engage.privacy import jobs
+
+    long = "x" * 150
+    people = {f"u{i}": erase.Person(SPACE, [f"usr_{i:04d}"], [("users", "user_id", f"u{i}"),
+                                                              ("users", "anonymous_id", f"a{i}-{long}"),
+                                                              ("users", "email", f"e{i}-{long}@example.com")],
+                                    {"user_id": f"u{i}", "anonymous_id": f"a{i}-{long}"}) for i in range(1000)}
+    erased: list = []
+    monkeypatch.setattr(erase, "find_person", lambda space_id, collection, id_type, value: people.get(value))
+    monkeypatch.setattr(erase, "exit_memberships", lambda person: 0)
+    monkeypatch.setattr(erase, "stop_journeys", lambda person: 0)
+    monkeypatch.setattr(erase, "erase", lambda person: erased.append(person) or {"profiles": 1})
+    job = jobs.request(SPACE, "users", [("user_id", f"u{i}") for i in range(1000)], suppress=True,
+                       requested_by="token:abc123")
+
+    view = jobs.view(jobs.run(SPACE, job.job_id))
+
+    assert view["status"] == "done" and view["erased"]["people"] == 1000 and view["erased"]["profiles"] == 1000
+    assert sorted(p.profile_ids[0] for p in erased) == sorted(p.profile_ids[0] for p in people.values())
+    assert erased[0].ids == people[erased[0].ids[0][2]].ids
+    assert view["erased"]["suppressed_ids"] == 3000
+    # and nothing of the people is kept once the job is done
+    after = _everything(aws)
+    assert "usr_0001" not in after and f"a1-{long}" not in after
+
+
+def test_a_job_of_ids_at_the_request_limit_in_any_script_is_recorded(aws, space):
+    # 1,000 ids of emoji within the request's 200,000 bytes: the job item held them JSON-escaped (an emoji's
+    # 4 bytes as 12), passing 400 KB, and recording the job was a 500
+    from engage.privacy import api, jobs
+
+    refs = [("user_id", f"{i:03d}" + "\U0001F600" * 47) for i in range(api.MAX_IDS)]
+    assert sum(len(t.encode()) + len(v.encode()) for t, v in refs) <= api.MAX_IDS_BYTES
+    job = jobs.request(SPACE, "users", refs, suppress=False, requested_by="token:abc123")
+    assert jobs.view(jobs.get(SPACE, job.job_id))["status"] == "pending"
+    assert json.loads(jobs.get(SPACE, job.job_id).work)["refs"][7] == list(refs[7])
+
+
+@pytest.mark.parametrize("body", ['{"ids": ["user_id:a\\ud800b"]}', '{"ids": ["user_id:ok", "email:\\udfff@x.io"]}'])
+def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
+    # JSON's "\ud800" escape parses to no text: measuring the id (UTF-8) raised, a 500
+    import base64
+
+    from tests.integration.audience_support import LambdaContext, handler
+
+    path = "/v1/spaces/acme/collections/users/profiles:delete"
+    token = base64.b64encode(b"acme-access-token:").decode()
+    event = {"version": "2.0", "routeKey": "POST /v1/spaces/{space}/collections/{collection}/profiles:delete",
+             "rawPath": path, "rawQueryString": "", "body": body, "isBase64Encoded": False,
+             "headers": {"authorization": f"Basic {token}", "content-type": "application/json"},
+             "requestContext": {"http": {"method": "POST", "path": path, "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
+    response = handler("profile_api")(event, LambdaContext())
+    assert response["statusCode"] == 400, response
+    error = json.loads(response["body"])["error"]
+    assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]" and "surrogate" in error["message"]
+
+
+def test_a_delivery_running_beside_the_one_that_finished_the_job_does_not_undo_it(aws, space, monkeypatch):
+    # SQS redelivers a message still running past its visibility timeout: the late run read the job before the
+    # other finished and removed the people's pages; its failure overwrote the done record with a running one,
+    # and every retry failed the same way (the pages are gone) until the DLQ
+    from engage.privacy import jobs
+
+    _given_a_merged_person_with_data_everywhere()
+    job = jobs.request(SPACE, "users", [("email", EMAIL)], suppress=False, requested_by="token:abc123")
+    real_erase = erase.erase
+    monkeypatch.setattr(erase, "erase", lambda person: (_ for _ in ()).throw(RuntimeError("Lambda timed out")))
+    with pytest.raises(RuntimeError):
+        jobs.run(SPACE, job.job_id)
+    monkeypatch.setattr(erase, "erase", real_erase)
+    stale = jobs.get(SPACE, job.job_id)  # the late delivery's read
+    assert jobs.run(SPACE, job.job_id).status == jobs.DONE
+
+    real_get, late_reads = jobs.get, iter([stale])
+    monkeypatch.setattr(jobs, "get", lambda space_id, job_id: next(late_reads, None) or real_get(space_id, job_id))
+    assert jobs.run(SPACE, job.job_id).status == jobs.DONE
+    record = jobs.view(real_get(SPACE, job.job_id))
+    assert record["status"] == "done" and record["error"] is None and record["steps_done"] == list(jobs.STEPS)

@@ -297,6 +297,9 @@ def test_distinct_values_per_bucket_are_capped_and_counted():
     ({"key": "k", "kind": "count", "event": ORDER, "where": [{"property": "a", "op": "gt", "value": "x"}]},
      "where[0].value"),
     ({"key": "k", "kind": "count", "event": ORDER, "window": {"within_days": 0}}, "window.within_days"),
+    # an integer past a float's range was a 500 (OverflowError in the check itself)
+    ({"key": "k", "kind": "count", "event": ORDER, "where": [{"property": "a", "op": "gt", "value": 10 ** 400}]},
+     "where[0].value"),
     ({"key": "k", "kind": "count", "event": ORDER, "extra": 1}, "extra"),
     ({"key": "k", "kind": "count", "event": ORDER, "entity": "groups"}, "entity"),
 ])
@@ -304,6 +307,18 @@ def test_bad_definitions_are_refused_naming_the_path(body, path):
     with pytest.raises(ValidationFailed) as raised:
         parse_definition(body)
     assert path in [d["path"] for d in raised.value.details], raised.value.details
+
+
+def test_a_definition_too_large_for_its_item_is_refused_when_saved():
+    # a 450 KB name was a 500: the ConfigTable PutItem past DynamoDB's 400 KB item
+    from engage.computed_traits import management
+
+    with pytest.raises(ValidationFailed, match="bytes of JSON: at most 160000") as caught:
+        management.validate({"key": "k", "kind": "count", "event": ORDER, "name": "n" * 450_000})
+    assert caught.value.details[0]["path"] == ""
+    with pytest.raises(ValidationFailed, match="at most 160000"):
+        management.validate({"kind": "count", "event": ORDER, "description": "d" * 160_000}, editing="k")
+    assert management.validate({"key": "k", "kind": "count", "event": ORDER, "name": "n" * 100_000}).key == "k"
 
 
 def test_an_edit_gets_a_fresh_state_entry_and_other_traits_keep_theirs():
@@ -374,3 +389,51 @@ def test_an_account_value_and_next_edge_come_from_its_users_and_users_in_no_stat
     assert changed_keys(index, old, old, joined=False) == set()
     assert changed_keys(index, old, old, joined=True) == {"orders_7d"}
     assert changed_keys(index, {}, {}, joined=True) == set()
+
+
+# ---------------------------------------------------------------- DynamoDB's number range and year 9999
+def _numbers(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield value
+
+
+@pytest.mark.parametrize("kind", ["sum", "avg", "min", "max"])
+def test_numbers_dynamodb_cannot_store_are_not_counted_and_sums_stay_in_its_range(kind):
+    # Numeric strings pass ingestion as strings ("1e400", "1e-200"), and two storable numbers can sum past
+    # 9.99E+125: a state or value DynamoDB refuses would fail the profile write on every redelivery.
+    from engage.dynamodb_limits import number_problem
+
+    index = ag.TraitIndex([parse_definition(definition(kind))])
+    state = profiles.ProfileState("p1", "acme")
+    for i, revenue in enumerate(["1e400", "-1e400", "1e-200", 9e125, 9e125, "9.9e125"]):
+        state = _apply(state, index, i, NOW, {"revenue": revenue})
+    stored = [*_numbers(state.computed_trait_state), *_numbers(state.computed_traits)]
+    assert stored and [n for n in stored if number_problem(n)] == []
+    value = state.computed_traits[f"t_{kind}"]
+    assert 9e125 <= value < 1e126 if kind in ("sum", "max", "min") else 3e125 < value < 1e126
+    # a sum or average below the smallest magnitude is 0, not a refused write
+    tiny = _apply(_apply(profiles.ProfileState("p2", "acme"), index, 1, NOW, {"revenue": "1.5e-130"}),
+                  index, 2, NOW, {"revenue": "-1e-130"})
+    assert [n for n in [*_numbers(tiny.computed_trait_state), *_numbers(tiny.computed_traits)]
+            if number_problem(n)] == []
+
+
+@pytest.mark.parametrize("window, when, value, due", [
+    ({"within_days": 5_000_000}, NOW, 1, None),
+    ({"between_days": [0, 4_000_000]}, NOW, 1, None),
+    ({"within_hours": 10 ** 12}, NOW, 1, None),
+    # an event dated on the last day ingestion takes: it enters its 1-day window then, and never leaves
+    ({"within_days": 1}, datetime(9999, 12, 31, 12, tzinfo=UTC), 0, "9999-12-31T00:00:00.000Z")])
+def test_a_window_edge_past_the_year_9999_is_never_due_instead_of_failing_the_event(window, when, value, due):
+    # A window edge past 9999-12-31 has no datetime: computing computed_traits_due raised OverflowError
+    # in the profile processor for every event of the trait's name (the stream retried it forever).
+    index = ag.TraitIndex([parse_definition(definition("count", window=window))])
+    state = _apply(profiles.ProfileState("p1", "acme"), index, 1, when, {})
+    assert state.computed_traits == {"t_count": value}
+    assert state.computed_traits_due == due

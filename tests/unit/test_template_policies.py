@@ -40,7 +40,7 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     # engage.privacy: find the person, exit memberships (one put each), delete everywhere
     "PrivacyWorkerFunction": {
-        "ConfigTable": {"GetItem", "Query", "PutItem", "UpdateItem"},
+        "ConfigTable": {"GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem"},  # DeleteItem: pages of people
         "ProfilesTable": {"GetItem", "BatchGetItem", "BatchWriteItem"},
         "IdentityTable": {"GetItem", "BatchGetItem", "BatchWriteItem"},
         "EventsTable": {"Query", "BatchWriteItem"}, "ProfileEventsTable": {"Query", "BatchWriteItem"},

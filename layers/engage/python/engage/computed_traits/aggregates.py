@@ -40,6 +40,7 @@ from engage.audiences.aggregates import (
     lookup,
     window_spec,
 )
+from engage.dynamodb_limits import MAX_EXPONENT, MIN_EXPONENT
 
 if TYPE_CHECKING:  # the definitions arrive parsed: the per-event path never loads their language (pydantic)
     from engage.computed_traits.definition import ComputedTraitDefinition
@@ -49,6 +50,12 @@ MAX_DISTINCT = 100
 # Longest value string a bucket keeps for value-counting kinds (longer ones are cut).
 MAX_VALUE_CHARS = 200
 _MATH = Context(prec=34)  # DynamoDB numbers hold 38 digits
+# DynamoDB's number range (engage.dynamodb_limits): a property value outside it is not counted, and a sum
+# or average that leaves it is kept at its edge, else the profile write carrying it would be refused and
+# the stream would retry the event forever. A float whose text stays below 9.99...E+125 (float(that) prints 1e+126).
+LARGEST = 9.99999999999999e125
+# The last millisecond a datetime holds (9999-12-31T23:59:59.999Z): a window edge past it never comes.
+LAST_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,7 +139,9 @@ def number(value: Any) -> Decimal | None:
             return None
     except (InvalidOperation, ValueError):
         return None
-    return out if out.is_finite() else None
+    if not out.is_finite():
+        return None
+    return out if out.is_zero() or MIN_EXPONENT <= out.adjusted() <= MAX_EXPONENT else None
 
 
 def _plain_value(value: Any) -> Any:
@@ -239,6 +248,10 @@ def plain_number(value: Decimal | None) -> int | float | None:
     a float's repr is exact to 17 digits, inside DynamoDB's 38)."""
     if value is None:
         return None
+    if not value.is_zero() and value.adjusted() < MIN_EXPONENT:
+        return 0  # a sum or average below DynamoDB's smallest magnitude
+    if abs(value) >= LARGEST:
+        return math.copysign(LARGEST, value)
     return int(value) if value == value.to_integral_value() and abs(value) < 10 ** 30 else float(value)
 
 
@@ -342,7 +355,7 @@ def next_change_ms(state: dict, index: TraitIndex, now_ms: int, specs: list[Trai
             if unit is None:
                 continue
             for moment in ((unit + spec.window.lo) * spec.window.unit_ms, (unit + spec.window.hi) * spec.window.unit_ms):
-                if moment > now_ms and (best is None or moment < best):
+                if now_ms < moment <= LAST_MS and (best is None or moment < best):
                     best = moment
     return best
 

@@ -7,6 +7,7 @@ a computed trait that audiences read cannot be deleted (409 listing them).
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engage.audiences import store as audience_store
@@ -15,10 +16,19 @@ from engage.computed_traits import backfill, preview, store
 from engage.computed_traits.definition import ComputedTraitDefinition, parse_definition
 from engage.errors import Computing, Conflict, ValidationFailed
 
+# The definition is one ConfigTable item (DynamoDB: 400 KB) that every processor container caches: a
+# larger one failed in the store (a 500). Journeys' bound.
+MAX_DEFINITION_BYTES = 160_000
+
 
 def validate(body: Any, *, editing: str | None = None) -> ComputedTraitDefinition:
     if isinstance(body, dict) and editing is not None:
         body = {"key": editing, **body}
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationFailed(f"the computed trait definition is {size} bytes of JSON: at most "
+                               f"{MAX_DEFINITION_BYTES}", [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} "
+                                                                                   "bytes of JSON"}])
     definition = parse_definition(body)
     if editing is not None and definition.key != editing:
         raise ValidationFailed("the key of a computed trait cannot change",

@@ -45,6 +45,14 @@ def _truthy(value: Any, path: str) -> bool:
     raise ValidationFailed(f"{path} must be true or false", [{"path": path, "message": "must be true or false"}])
 
 
+def _surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def request_deletion(token: str | None, space: str, collection: str, profiles: list[str], suppress: Any,
                      path: str = "path.profile") -> dict[str, Any]:
     """Record a deletion job for `<id_type>:<value>` refs and queue it; the job's view (202)."""
@@ -61,8 +69,11 @@ def request_deletion(token: str | None, space: str, collection: str, profiles: l
             raise ValidationFailed(f"{path}[{index}] must be a string <id_type>:<value>",
                                    [{"path": f"{path}[{index}]", "message": "not a string"}])
         ref = parse_profile_ref(text)
+        where = path if path == "path.profile" else f"{path}[{index}]"
+        if _surrogate(ref.value):  # "\ud800" in a JSON body: not text, so no profile's id (it was a 500)
+            raise ValidationFailed(f"{where}: an id with an unpaired UTF-16 surrogate (\\uD800-\\uDFFF) is not text",
+                                   [{"path": where, "message": "unpaired UTF-16 surrogate"}])
         if len(ref.value.encode()) > MAX_ID_BYTES:
-            where = path if path == "path.profile" else f"{path}[{index}]"
             raise ValidationFailed(f"{where}: an id is at most {MAX_ID_BYTES} bytes (no profile has a longer one)",
                                    [{"path": where, "message": f"longer than {MAX_ID_BYTES} bytes"}])
         refs.append((ref.type, ref.value))

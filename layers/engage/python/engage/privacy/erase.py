@@ -69,9 +69,10 @@ def find_person(space_id: str, collection: str, id_type: str, value: str) -> Per
     for record in records.values():
         for entry in record.external_ids or []:
             entry = entry.as_dict() if hasattr(entry, "as_dict") else dict(entry)
-            if entry.get("type") == GROUP_ID:
-                continue
-            ids.append((entry.get("collection") or USERS, entry["type"], str(entry["id"])))
+            if entry.get("type") == GROUP_ID and collection == USERS:
+                continue  # a user lists its accounts' group ids: those are the accounts' own
+            # every id of a profile is a pointer of the profile's collection (an account's too)
+            ids.append((collection, entry["type"], str(entry["id"])))
     external = live.external_ids or []
     plain = [e.as_dict() if hasattr(e, "as_dict") else dict(e) for e in external]
     return Person(space_id, profile_ids, list(dict.fromkeys(ids)), membership.identity_of(plain))
@@ -108,6 +109,7 @@ def erase(person: Person) -> Counter:
     counts: Counter = Counter()
     profiles = profiles_store.get_profiles(profiles_store.profile_pk(space, p) for p in person.profile_ids)
     accounts: set[str] = set()  # the accounts the person was a user of: they lose a user
+    users: set[str] = set()  # the users of an erased account: they stop listing its group ids
     counts["parked_failures"] += delete_parked_failures(person)
     for profile_id in person.profile_ids:
         pk = profiles_store.profile_pk(space, profile_id)
@@ -120,14 +122,16 @@ def erase(person: Person) -> Counter:
         history = list(profiles_store.ProfileEventRecord.query(pk, consistent_read=True))
         links = list(profiles_store.LinkRecord.query(pk, consistent_read=True))
         accounts.update(link.to_profile_id for link in links if link.to_collection == ACCOUNTS)
+        users.update(link.to_profile_id for link in links if link.to_collection == USERS)
         # A group call is also kept in its account's history (same sort key): that copy names the person.
         account_copies = [profiles_store.ProfileEventRecord(profiles_store.profile_pk(space, link.to_profile_id),
                                                             item.sk)
                           for item in history if item.type == "group" for link in links]
         counts["event_history"] += _delete_all(profiles_store.ProfileEventRecord, [*history, *account_copies])
-        # each link has its mirror on the account's side
+        # each link has its mirror on the other side (a user's on its account, an account's on its user)
         mirrors = [profiles_store.LinkRecord(profiles_store.profile_pk(space, link.to_profile_id),
-                                             profiles_store.link_sk(USERS, profile_id)) for link in links]
+                                             profiles_store.link_sk(USERS if link.to_collection == ACCOUNTS
+                                                                    else ACCOUNTS, profile_id)) for link in links]
         counts["links"] += _delete_all(profiles_store.LinkRecord, [*links, *mirrors])
         counts["due"] += _delete_all(DueRecord, DueRecord.batch_get([pk]))
         counts["messages"] += _delete_all(DeliveryRecord, DeliveryRecord.query(pk, consistent_read=True))
@@ -141,6 +145,7 @@ def erase(person: Person) -> Counter:
             event_pk = key(space, ("u:" if id_type == "user_id" else "a:") + value)
             counts["events"] += _delete_all(EventRecord, EventRecord.query(event_pk, consistent_read=True))
     counts["identities"] += _delete_pointers(person)
+    counts["users_unlisted"] += _unlist_account(space, users, {v for c, t, v in person.ids if t == GROUP_ID})
     # the profiles read above may have changed since (an event in flight): read them again to delete
     counts["profiles"] += _delete_all(profiles_store.ProfileRecord, profiles_store.get_profiles(
         profiles_store.profile_pk(space, p) for p in person.profile_ids).values())
@@ -168,9 +173,33 @@ def reevaluate_accounts(space_id: str, account_ids: set[str]) -> int:
     return len(account_ids)
 
 
+def _unlist_account(space_id: str, user_ids: set[str], group_ids: set[str]) -> int:
+    """An erased account's users list its group ids among their own, and the processor links a user to an
+    account only when that id is new on the user: drop them, so a later group call links the user to the
+    account it builds. A version-checked write of `external_ids`, read again when the processor wrote first."""
+    changed = 0
+    for user_id in sorted(user_ids) if group_ids else ():
+        for _ in range(5):
+            record = profiles_store.get_profile(space_id, user_id)
+            entries = [e.as_dict() if hasattr(e, "as_dict") else dict(e) for e in (record.external_ids or [])] \
+                if record else []
+            kept = [e for e in entries if not (e.get("type") == GROUP_ID and str(e.get("id")) in group_ids)]
+            if record is None or len(kept) == len(entries):
+                break
+            record.external_ids = kept
+            try:
+                profiles_store.save_profile(record, ["external_ids"])
+            except profiles_store.WriteConflict:
+                continue
+            changed += 1
+            break
+    return changed
+
+
 def _delete_pointers(person: Person) -> int:
-    """Pointers still naming one of the person's profiles (an id since claimed by someone else stays)."""
-    pks = [profiles_store.identity_pk(person.space_id, c, t, v) for c, t, v in person.ids if c != ACCOUNTS]
+    """Pointers still naming one of the person's profiles (an id since claimed by someone else stays);
+    an erased account's group ids too, else its group id would point at a profile that is gone."""
+    pks = [profiles_store.identity_pk(person.space_id, c, t, v) for c, t, v in person.ids]
     mine = set(person.profile_ids)
     owned = [pk for pk, profile_id in profiles_store.get_pointers(pks).items() if profile_id in mine]
     return _delete_all(profiles_store.IdentityRecord, [profiles_store.IdentityRecord(pk) for pk in owned])

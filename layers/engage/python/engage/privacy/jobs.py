@@ -3,8 +3,9 @@
 ConfigTable  pk = <space>|privacy_jobs, sk = <job id>
   status pending -> running -> done | failed, the steps done, counts of items erased per store, who
   asked (the credential's digest prefix, never the secret), when, and the ids as SHA-256 hashes.
-  While the job runs the record also holds the people found (their profile ids and ids, needed to
-  resume after a crash); `run` removes them when the job is done, so what stays is the audit record
+  While the job runs the record also holds the requested ids, and pages beside it (sk `<job id>|people|<n>`)
+  the people found (their profile ids and ids, needed to resume after a crash: 1,000 people's ids pass
+  one item's 400 KB); `run` removes them when the job is done, so what stays is the audit record
   without personal data.
 
 Resumable: each step is idempotent (engage.privacy.erase) and recorded when it finishes, so a run
@@ -22,6 +23,7 @@ from pynamodb.attributes import BooleanAttribute, ListAttribute, MapAttribute, U
 
 from engage import clock, lazy
 from engage.db import EngageModel, TableName, key
+from engage.dynamodb_limits import MAX_SORT_KEY_BYTES
 from engage.errors import NotFound
 from engage.privacy import suppression
 
@@ -55,6 +57,27 @@ class DeletionJob(EngageModel):
     work = UnicodeAttribute(null=True)
 
 
+class PeoplePage(EngageModel):
+    """The people a job found, beside its record (sk `<job id>|people|<n>`): a job of 1,000 ids finds
+    people whose ids pass one item's 400 KB, so they are kept in pages; deleted when the job is done."""
+
+    class Meta:
+        table_name = TableName("config_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    people = UnicodeAttribute()  # JSON list of erase.Person.as_dict()
+
+
+PAGE_BYTES = 300_000  # of people JSON per page item (DynamoDB: 400 KB an item)
+
+
+def _json(value: Any) -> str:
+    # UTF-8 as sent: escaped, an emoji's 4 bytes take 12, and 200,000 bytes of ids (what a request may
+    # name) passed the 400 KB item (a 500 when the job was recorded).
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _pk(space_id: str) -> str:
     return key(space_id, "privacy_jobs")
 
@@ -72,12 +95,14 @@ def request(space_id: str, collection: str, refs: list[tuple[str, str]], *, supp
     job = DeletionJob(_pk(space_id), job_id, space_id=space_id, job_id=job_id, collection=collection,
                       id_hashes=[suppression.id_hash(collection, t, v) for t, v in refs], suppress=suppress,
                       requested_by=requested_by, requested_at=now,
-                      work=json.dumps({"refs": [list(r) for r in refs], "people": []}))
+                      work=_json({"refs": [list(r) for r in refs], "people": []}))
     job.save()
     return job
 
 
 def get(space_id: str, job_id: str) -> DeletionJob:
+    if len(job_id.encode()) > MAX_SORT_KEY_BYTES:  # no job has such an id; DynamoDB would refuse the key (a 500)
+        raise NotFound(f"no deletion job {job_id[:40]!r}... in this space")
     try:
         return DeletionJob.get(_pk(space_id), job_id, consistent_read=True)
     except DeletionJob.DoesNotExist:
@@ -107,27 +132,68 @@ def run(space_id: str, job_id: str) -> DeletionJob:
             total.update(counts)
             job.counts = dict(total)
             job.steps_done = [*job.steps_done, step]
-            job.work = json.dumps(work)
+            job.work = _json(work)
             job.save()
     except Exception as error:
+        current = get(space_id, job_id)
+        if current.status == DONE:  # a concurrent delivery finished it (and removed the pages this one read)
+            return current
         job.error = f"{type(error).__name__}: {error}"[:1000]
         job.save()
         raise
-    job.status, job.finished_at, job.work = DONE, clock.iso(), None  # the audit record keeps no personal data
+    # the audit record keeps no personal data, nor the error of an attempt that a later one got past
+    job.status, job.finished_at, job.work, job.error = DONE, clock.iso(), None, None
     job.save()
+    _delete_pages(job)
     return job
 
 
+def _page_prefix(job: DeletionJob) -> str:
+    return f"{job.job_id}|people|"
+
+
+def _save_people(job: DeletionJob, people: list[dict]) -> int:
+    """Write the people found in pages of at most PAGE_BYTES; how many pages."""
+    pages, page, size = [], [], 0
+    for person in people:
+        text = _json(person)
+        if page and size + len(text.encode()) > PAGE_BYTES:
+            pages.append(page)
+            page, size = [], 0
+        page.append(person)
+        size += len(text.encode()) + 2
+    pages.append(page)
+    _delete_pages(job)  # a find redone after a crash may have written more pages before
+    for number, chunk in enumerate(pages):
+        PeoplePage(job.pk, f"{_page_prefix(job)}{number:04d}", people=_json(chunk)).save()
+    return len(pages)
+
+
+def _load_people(job: DeletionJob, work: dict) -> list:
+    if "people_pages" not in work:  # a job recorded before pages: the people are in `work`
+        return [erase.Person.from_dict(p) for p in work["people"]]
+    found = []
+    for number in range(int(work["people_pages"])):
+        page = PeoplePage.get(job.pk, f"{_page_prefix(job)}{number:04d}", consistent_read=True)
+        found += json.loads(page.people)
+    return [erase.Person.from_dict(p) for p in found]
+
+
+def _delete_pages(job: DeletionJob) -> None:
+    for page in PeoplePage.query(job.pk, PeoplePage.sk.startswith(_page_prefix(job)), consistent_read=True):
+        page.delete()
+
+
 def _step(step: str, job: DeletionJob, work: dict) -> Counter:
-    people = [erase.Person.from_dict(p) for p in work["people"]]
     if step == "find":
         found: dict[str, erase.Person] = {}
         for id_type, value in work["refs"]:
             person = erase.find_person(job.space_id, job.collection, id_type, value)
             if person is not None:
                 found.setdefault(person.profile_ids[0], person)
-        work["people"] = [p.as_dict() for p in found.values()]
+        work["people"], work["people_pages"] = [], _save_people(job, [p.as_dict() for p in found.values()])
         return Counter(people=len(found))
+    people = _load_people(job, work)
     if step == "suppress":
         if not job.suppress:
             return Counter()

@@ -21,6 +21,8 @@ RESOURCES = ("traits", "external_ids", "events", "metadata", "links")
 ID_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # DynamoDB's IN accepts at most 100 operands; a longer include list is a client mistake anyway.
 MAX_NAMES = 100
+# The years an event may carry (engage.ingestion.messages.YEARS; not imported: reads stay off ingestion's code).
+YEARS = (1000, 9999)
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,16 @@ class EventsQuery(_Query):
     def _iso(cls, value: Any) -> Any:
         if isinstance(value, str):
             try:
-                return clock.parse(value)
-            except ValueError as error:
+                moment = clock.parse(value)
+            except (ValueError, OverflowError) as error:  # OverflowError: year 1 moved west of UTC
                 raise ValueError(f"{value!r} is not an ISO 8601 date or timestamp (e.g. 2026-01-02 or "
                                  "2026-01-02T15:04:05Z)") from error
+            # History sort keys are text with 4-digit years: a year before 1000 would compare as text
+            # after them (start=0999-01-01 found nothing, end=0999-01-01 everything).
+            if not YEARS[0] <= moment.year <= YEARS[1]:
+                raise ValueError(f"{value!r} is in the year {moment.year}: events carry the years {YEARS[0]} to "
+                                 f"{YEARS[1]} (UTC)")
+            return moment
         return value
 
 
