@@ -316,6 +316,22 @@ def test_next_change_at_skips_edges_that_do_not_flip_the_answer():
     assert next_change_at(definition, profile.view(), T0) == MIDNIGHT_AFTER_T0 + timedelta(days=5)
 
 
+@pytest.mark.parametrize("condition", [
+    {"event": "Login", "window": {"within_days": 10**40}},
+    {"event": "Login", "window": {"within_hours": 10**40}},
+    {"event": "Login", "where": [{"property": "n", "op": "gt", "value": 1}], "window": {"within_days": 10**9}},
+    {"funnel": [{"event": "Login"}, {"event": "Login", "within_hours": 10**26}], "window": {"within_days": 10**30}},
+])
+def test_a_window_longer_than_a_datetime_has_no_edge_time_can_reach(condition):
+    # Found on the local cloud: such a definition is valid and was saved (201), then every profile change of
+    # the space raised OverflowError in next_change_at (from_ms of an edge past year 9999): the evaluator's
+    # whole batch failed and was retried, so no audience of the space moved any more.
+    definition = audience(condition)
+    profile = Profile([definition]).send(track("Login", at(days=-1), {"n": 5}), track("Login", at(), {"n": 5}))
+    assert both(definition, profile, T0) is True
+    assert next_change_at(definition, profile.view(), T0) is None
+
+
 def test_funnel_search_tries_every_earlier_choice_a_later_step_refers_to():
     # Given "viewed, added to cart, then ordered the product viewed first"; the first view
     # (p1) leads nowhere, the second (p2) does: remembering dead ends must not hide it
