@@ -65,6 +65,12 @@ def test_every_condition_form_parses():
     ({"trait": "a", "op": "like", "value": 1}, "condition.op", "'eq'"),
     ({"trait": "a", "op": "eq", "value": 1, "extra": 2}, "condition.extra", "unknown field"),
     ({"trait": "a", "op": "gt", "value": "10"}, "condition.value", "number"),
+    # an int past a float's range raised OverflowError while the definition was checked (a 500)
+    ({"trait": "a", "op": "gt", "value": 10**400}, "condition.value", "number"),
+    ({"trait": "a", "op": "eq", "value": -(10**400)}, "condition.value", "string, number or boolean"),
+    ({"event": "X", "where": [{"property": "p", "op": "in", "value": [1, 10**400]}]}, "condition.where[0].value",
+     "list items"),
+    ({"trait": "a", "op": "within_last_days", "value": 10**400}, "condition.value", "> 0"),
     ({"trait": "a", "op": "in", "value": "pro"}, "condition.value", "list"),
     ({"trait": "a", "op": "in", "value": []}, "condition.value", "non-empty"),
     ({"trait": "a", "op": "contains", "value": 3}, "condition.value", "string"),

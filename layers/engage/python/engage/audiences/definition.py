@@ -420,7 +420,12 @@ def _check_filter(flt: Filter, path: str, step: int | None, problem) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past a float's range (10**400): the evaluator compares floats
+        return False
 
 
 def _is_scalar(value: Any) -> bool:
