@@ -56,6 +56,20 @@ def test_invalid_definitions_are_refused_with_json_paths(api):
     assert status == 400 and "not valid JSON" in body["error"]["message"]
 
 
+def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
+    # A 450 KB name, or 20,000 short conditions (each stored with its defaults, 3x the body sent), made
+    # PutItem fail (item over 400 KB): a 500 on create, and on replace of a stored audience.
+    for body in ({**PRO, "name": "n" * 450_000},
+                 {**PRO, "condition": {"any": [{"event": f"E{i}"} for i in range(20_000)]}}):
+        status, answer = call_api("POST", "/v1/audiences", body)
+        assert status == 400 and "at most 100000" in answer["error"]["message"], str(answer)[:300]
+        assert call_api("POST", "/v1/audiences", PRO)[0] in (201, 409)
+        status, answer = call_api("PUT", "/v1/audiences/pro_users", body)
+        assert status == 400 and "at most 100000" in answer["error"]["message"], str(answer)[:300]
+    # The limit is on the stored form: a definition just under it is stored
+    assert call_api("POST", "/v1/audiences", {**PRO, "key": "wide", "name": "n" * 99_000})[0] == 201
+
+
 def test_a_key_is_unique_forever_even_after_delete(api):
     assert call_api("POST", "/v1/audiences", PRO)[0] == 201
     status, body = call_api("POST", "/v1/audiences", PRO)

@@ -9,6 +9,7 @@ and one whose backfill is running cannot be edited (409 `computing`, with the ru
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engage.audiences import MEMBERS_MAX_PAGE, backfill, membership, store
@@ -23,6 +24,9 @@ from engage.errors import Computing, Conflict, ValidationFailed
 from engage.observability import logger
 
 MAX_PAGE = MEMBERS_MAX_PAGE
+# The audience item holds the definition as JSON (DynamoDB: 400 KB an item; an oversized one was a 500
+# from the store). Measured as stored: defaults filled in make a condition larger than the body sent.
+MAX_DEFINITION_BYTES = 100_000
 
 
 def _known(space_id: str, excluding: str | None = None) -> dict[str, AudienceDefinition]:
@@ -45,6 +49,11 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Audienc
     if definition.kind == "manual" and definition.condition is not None:
         raise ValidationFailed("a manual audience has no condition: add members through /members",
                                [{"path": "condition", "message": "not allowed when kind is manual"}])
+    size = len(json.dumps(definition.to_dict(), sort_keys=True).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationFailed(f"the audience definition is {size} bytes of JSON as stored: at most "
+                               f"{MAX_DEFINITION_BYTES}", [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} "
+                                                           "bytes of JSON (defaults included)"}])
     check_references(definition, _known(space_id, excluding=definition.key))
     check_computed_traits(space_id, definition.condition)
     return definition
