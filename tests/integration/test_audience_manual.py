@@ -96,6 +96,19 @@ def test_csv_with_carriage_returns_is_read_and_an_unreadable_csv_is_a_400(people
     assert status == 400 and body["error"]["details"][0]["line"] == 3, body
 
 
+def test_a_csv_that_is_not_utf8_is_a_400(people):
+    # Excel's "CSV" (not "CSV UTF-8") is cp1252: API Gateway hands it over base64-encoded, and decoding it
+    # raised UnicodeDecodeError in the handler (a 500)
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw_bytes="email\nann@example.com\nj\xe9r\xf4me@example.com\n".encode("cp1252"))
+    assert status == 400 and "UTF-8" in body["error"]["message"], body
+    assert members_of("vips") == set()
+    # the same file in UTF-8, handed over base64-encoded too, is read
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw_bytes="email\nann@example.com\nj\xe9r\xf4me@example.com\n".encode())
+    assert status == 200 and body["added"] == 1 and [u["line"] for u in body["unknown"]] == [3], body
+
+
 def test_csv_needs_a_header_of_id_types(people):
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="E-mail Address\nann@example.com\n")
     assert status == 400 and body["error"]["details"][0]["line"] == 1
