@@ -22,6 +22,7 @@ ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_IDS_PER_REQUEST = 1000
 MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: split bigger files
 BATCH_GET = 100  # DynamoDB BatchGetItem limit
+PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
 
 
 @dataclass
@@ -55,6 +56,8 @@ def resolve(space_id: str, refs: list[tuple[str, str]]) -> dict[tuple[str, str],
     for start in range(0, len(unique), BATCH_GET):
         chunk = unique[start:start + BATCH_GET]
         by_pk = {key(space_id, "users", f"{t}:{v}"): (t, v) for t, v in chunk}
+        # No id that long was ever stored, and one such key fails the whole BatchGetItem (a 500): not looked up
+        by_pk = {pk: ref for pk, ref in by_pk.items() if len(pk.encode()) <= PARTITION_KEY_BYTES}
         for record in IdentityRecord.batch_get(list(by_pk)):
             found[by_pk[record.pk]] = record.profile_id
     return found
