@@ -24,6 +24,9 @@ MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: spl
 # ... and so must the identity lookups: every id of the file is resolved (BatchGetItem, 100 a call), so a
 # file of 2,000 columns was 2,000 calls per 100 rows. 500 calls, about 10 s on AWS (the export's budget).
 MAX_IMPORT_IDS = 50_000
+# An unknown row is reported with its ids, cut to this many characters: the report of a file of long type
+# names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done).
+MAX_SHOWN = 200
 BATCH_GET = 100  # DynamoDB BatchGetItem limit
 PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
 
@@ -164,8 +167,9 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     for line, ids in candidates:
         profile_id = next((resolved[ref] for ref in ids if ref in resolved), None)
         if profile_id is None:
-            outcome.unknown.append({"line": line, "value": ",".join(f"{t}:{v}" for t, v in ids),
-                                    "message": "no profile has this id"})
+            shown = ",".join(f"{t}:{v}" for t, v in ids)
+            shown = shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + "..."
+            outcome.unknown.append({"line": line, "value": shown, "message": "no profile has this id"})
             continue
         if profile_id in named:
             continue  # the same person twice in the file
