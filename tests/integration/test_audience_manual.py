@@ -175,6 +175,32 @@ def test_the_report_of_a_csv_import_stays_within_a_lambda_response(people):
     assert body["unknown"][0]["value"] == "email:x@example.com,user_id:99"
 
 
+def test_a_manual_accounts_audience_takes_accounts_not_users(people):
+    # Ids were always looked up among users: group_id:acme named nobody, and user_id:1 (a user) was added
+    # to the accounts audience, which then showed a user as a member of an audience of accounts
+    from engage import clock
+    from engage.db import key
+    from engage.profiles_store import IdentityRecord, ProfileRecord
+
+    ProfileRecord(key("acme", "a1"), space_id="acme", profile_id="a1", collection="accounts",
+                  external_ids=[{"type": "group_id", "id": "acme-co", "collection": "accounts"}],
+                  created_at=clock.iso(), updated_at=clock.iso()).save()
+    IdentityRecord(key("acme", "accounts", "group_id:acme-co"), space_id="acme", profile_id="a1",
+                   created_at=clock.iso()).save()
+    assert call_api("POST", "/v1/audiences", {"key": "key_accounts", "name": "Key accounts", "kind": "manual",
+                                              "entity": "accounts"})[0] == 201
+    status, body = call_api("POST", "/v1/audiences/key_accounts/members", {"add": ["group_id:acme-co", "user_id:1"]})
+    assert status == 200 and body["added"] == 1, body
+    assert [u["path"] for u in body["unknown"]] == ["$.add[1]"]
+    assert members_of("key_accounts") == {"a1"}
+    status, body = call_api("POST", "/v1/audiences/key_accounts/members:import", raw="group_id\nacme-co\n",
+                            query={"mode": "replace"})
+    assert status == 200 and (body["unchanged"], body["removed"]) == (1, 0), body
+    # and a users audience still takes users only
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["group_id:acme-co", "user_id:1"]})
+    assert body["added"] == 1 and members_of("vips") == {"p1"}
+
+
 def test_csv_needs_a_header_of_id_types(people):
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="E-mail Address\nann@example.com\n")
     assert status == 400 and body["error"]["details"][0]["line"] == 1
