@@ -70,6 +70,23 @@ def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
     assert call_api("POST", "/v1/audiences", {**PRO, "key": "wide", "name": "n" * 99_000})[0] == 201
 
 
+def test_the_entity_of_an_audience_cannot_change(api):
+    # A users audience replaced with entity accounts kept its user members (size counted them), and none was
+    # ever evaluated again: they stayed members of an audience of accounts for good
+    assert call_api("POST", "/v1/audiences", PRO)[0] == 201
+    status, body = call_api("PUT", "/v1/audiences/pro_users", {**PRO, "entity": "accounts"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "$.entity", body
+    assert call_api("GET", "/v1/audiences/pro_users")[1]["entity"] == "users"
+    manual = {"key": "vips", "name": "VIPs", "kind": "manual", "entity": "accounts"}
+    assert call_api("POST", "/v1/audiences", manual)[0] == 201
+    status, body = call_api("PUT", "/v1/audiences/vips", {**manual, "entity": "users"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "$.entity", body
+    status, body = call_api("PUT", "/v1/audiences/vips", {"name": "VIPs", "kind": "manual"})  # entity defaults
+    assert status == 400 and body["error"]["details"][0]["path"] == "$.entity", body
+    # the same entity is an edit like any other
+    assert call_api("PUT", "/v1/audiences/vips", {**manual, "name": "Key accounts"})[0] == 200
+
+
 def test_a_key_is_unique_forever_even_after_delete(api):
     assert call_api("POST", "/v1/audiences", PRO)[0] == 201
     status, body = call_api("POST", "/v1/audiences", PRO)

@@ -190,6 +190,11 @@ def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, sta
     if definition.get("kind", "dynamic") != record.kind:
         raise ValidationFailed(f"the kind of an audience cannot change (it is {record.kind!r})",
                                [{"path": "$.kind", "value": definition.get("kind")}])
+    # Its members are profiles of its entity: moving users to accounts kept every user in it, never
+    # evaluated again (the engine evaluates an audience on profiles of its entity only)
+    if definition.get("entity", "users") != (record.entity or "users"):
+        raise ValidationFailed(f"the entity of an audience cannot change (it is {record.entity!r}): create "
+                               "another audience", [{"path": "$.entity", "value": definition.get("entity")}])
     record.definition = json.dumps(definition, sort_keys=True)
     record.entity = definition.get("entity", "users")
     record.status = status
