@@ -87,6 +87,42 @@ def test_the_entity_of_an_audience_cannot_change(api):
     assert call_api("PUT", "/v1/audiences/vips", {**manual, "name": "Key accounts"})[0] == 200
 
 
+def test_two_edits_at_once_cannot_store_a_cycle(api, monkeypatch):
+    # Two PUTs at once, a -> b and b -> a, each passed its cycle check (the other's edit was not stored yet)
+    # and both were stored (4 races in 5 on the local cloud): a cycle, whose audiences never had a member
+    from engage.audiences import management
+
+    plain = {"name": "X", "backfill": False, "condition": {"trait": "plan", "op": "exists"}}
+    for name in ("ca", "cb"):
+        assert call_api("POST", "/v1/audiences", {"key": name, **plain})[0] == 201
+    original, raced = management.validate, []
+
+    def racing(space_id, body, *, editing=None):
+        definition = original(space_id, body, editing=editing)
+        if editing == "ca" and not raced:  # the other edit lands between this one's checks and its write
+            raced.append(management.replace(space_id, "cb", {**plain, "condition": {"audience": "ca"}}))
+        return definition
+
+    monkeypatch.setattr(management, "validate", racing)
+    status, body = call_api("PUT", "/v1/audiences/ca", {**plain, "condition": {"audience": "cb"}})
+    assert raced and status == 400 and "cycle" in body["error"]["message"], body
+    assert call_api("GET", "/v1/audiences/ca")[1]["condition"] == plain["condition"]
+    assert call_api("GET", "/v1/audiences/cb")[1]["condition"] == {"audience": "ca"}
+    # A delete racing an edit that starts referencing it: the edit is checked again and refused
+    assert call_api("POST", "/v1/audiences", {"key": "cc", **plain})[0] == 201
+    raced.clear()
+
+    def deleting(space_id, body, *, editing=None):
+        definition = original(space_id, body, editing=editing)
+        if not raced:
+            raced.append(management.delete(space_id, "cc"))
+        return definition
+
+    monkeypatch.setattr(management, "validate", deleting)
+    status, body = call_api("PUT", "/v1/audiences/cb", {**plain, "condition": {"audience": "cc"}})
+    assert raced and status == 400 and "unknown audience 'cc'" in body["error"]["message"], body
+
+
 def test_a_key_is_unique_forever_even_after_delete(api):
     assert call_api("POST", "/v1/audiences", PRO)[0] == 201
     status, body = call_api("POST", "/v1/audiences", PRO)
