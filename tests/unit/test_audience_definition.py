@@ -75,6 +75,7 @@ def test_every_condition_form_parses():
     ({"trait": "a", "op": "in", "value": []}, "condition.value", "non-empty"),
     ({"trait": "a", "op": "contains", "value": 3}, "condition.value", "string"),
     ({"trait": "a", "op": "before", "value": "yesterday"}, "condition.value", "ISO 8601"),
+    ({"trait": "a", "op": "before", "value": "9999-12-31T23:59:59-23:59"}, "condition.value", "ISO 8601"),
     ({"trait": "a", "op": "within_last_days", "value": 0}, "condition.value", "> 0"),
     ({"trait": "a", "op": "exists", "value": 1}, "condition.value", "takes no value"),
     ({"trait": "a", "op": "eq"}, "condition.value", "needs 'value'"),

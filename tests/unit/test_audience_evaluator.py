@@ -332,6 +332,18 @@ def test_a_window_longer_than_a_datetime_has_no_edge_time_can_reach(condition):
     assert next_change_at(definition, profile.view(), T0) is None
 
 
+@pytest.mark.parametrize("op", ["before", "after", "within_last_days"])
+def test_a_date_trait_past_datetime_range_in_utc_is_not_a_date(op):
+    # Found on the local cloud: an identify with {"d": "9999-12-31T23:59:59-23:59"} (valid ISO 8601, but past
+    # year 9999 in UTC) raised OverflowError in the evaluator: its whole batch failed and was retried
+    value = 30 if op == "within_last_days" else "2020-01-01"
+    definition = audience({"trait": "d", "op": op, "value": value})
+    for moment in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"):
+        profile = Profile([definition], {"d": moment})
+        assert both(definition, profile, T0) is False
+        assert next_change_at(definition, profile.view(), T0) is None
+
+
 def test_funnel_search_tries_every_earlier_choice_a_later_step_refers_to():
     # Given "viewed, added to cart, then ordered the product viewed first"; the first view
     # (p1) leads nowhere, the second (p2) does: remembering dead ends must not hide it

@@ -474,7 +474,7 @@ def parse_moment(value: Any) -> datetime | None:
             day = date.fromisoformat(value)
             return clock.parse(day.isoformat() + "T00:00:00Z")
         return clock.parse(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31T23:59:59-23:59 is past datetime's range in UTC
         return None
 
 
