@@ -37,13 +37,16 @@ def _space() -> str:
                                spaces.ACCESS_TOKEN)
 
 
-def _json_body():
+def _text_body() -> str | None:
     try:
-        text = app.current_event.decoded_body
+        return app.current_event.decoded_body
     except (ValueError, UnicodeDecodeError) as error:
         raise ValidationFailed(f"the body is not valid UTF-8: {error}",
                                [{"path": "$", "message": str(error)}]) from error
-    return json_body.loads(text)
+
+
+def _json_body():
+    return json_body.loads(_text_body())
 
 
 def _query(name: str, default: str | None = None) -> str | None:
@@ -133,7 +136,8 @@ def edit_members(key: str):
                             "add to the members, or make the file the whole audience"))},
           responses=openapi.responses(200, "MemberEditResult", "what changed", *KEY_ERRORS, 409))
 def import_members(key: str):
-    return manual.import_csv(_space(), key, app.current_event.decoded_body or "", _query("mode", "add"))
+    # A CSV that is not UTF-8 (Excel's ANSI "CSV" in cp1252, say) reaches us base64-encoded: a 400, not a 500
+    return manual.import_csv(_space(), key, _text_body() or "", _query("mode", "add"))
 
 
 @app.get("/v1/audiences/<key>/export", summary="Export an audience's members as CSV", **DOC,

@@ -82,14 +82,18 @@ def sweep() -> dict:
 
 
 def call_api(method: str, path: str, body=None, *, token: str | None = TOKEN, query: dict | None = None,
-             raw: str | None = None) -> tuple[int, object]:
+             raw: str | None = None, raw_bytes: bytes | None = None) -> tuple[int, object]:
+    """`raw_bytes`: a body API Gateway hands over base64-encoded (not UTF-8 text)."""
     headers = {"content-type": "application/json"}
     if token is not None:
         headers["authorization"] = "Basic " + base64.b64encode(f"{token}:".encode()).decode()
     text = raw if raw is not None else (json.dumps(body) if body is not None else None)
+    if raw_bytes is not None:
+        text = base64.b64encode(raw_bytes).decode()
     event = {
         "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": urlencode(query or {}),
-        "headers": headers, "queryStringParameters": query or None, "body": text, "isBase64Encoded": False,
+        "headers": headers, "queryStringParameters": query or None, "body": text,
+        "isBase64Encoded": raw_bytes is not None,
         "requestContext": {"http": {"method": method, "path": path, "sourceIp": "127.0.0.1"},
                            "stage": "$default", "requestId": "r", "accountId": "123456789012"},
     }

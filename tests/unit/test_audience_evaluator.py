@@ -316,6 +316,34 @@ def test_next_change_at_skips_edges_that_do_not_flip_the_answer():
     assert next_change_at(definition, profile.view(), T0) == MIDNIGHT_AFTER_T0 + timedelta(days=5)
 
 
+@pytest.mark.parametrize("condition", [
+    {"event": "Login", "window": {"within_days": 10**40}},
+    {"event": "Login", "window": {"within_hours": 10**40}},
+    {"event": "Login", "where": [{"property": "n", "op": "gt", "value": 1}], "window": {"within_days": 10**9}},
+    {"funnel": [{"event": "Login"}, {"event": "Login", "within_hours": 10**26}], "window": {"within_days": 10**30}},
+])
+def test_a_window_longer_than_a_datetime_has_no_edge_time_can_reach(condition):
+    # Found on the local cloud: such a definition is valid and was saved (201), then every profile change of
+    # the space raised OverflowError in next_change_at (from_ms of an edge past year 9999): the evaluator's
+    # whole batch failed and was retried, so no audience of the space moved any more.
+    definition = audience(condition)
+    profile = Profile([definition]).send(track("Login", at(days=-1), {"n": 5}), track("Login", at(), {"n": 5}))
+    assert both(definition, profile, T0) is True
+    assert next_change_at(definition, profile.view(), T0) is None
+
+
+@pytest.mark.parametrize("op", ["before", "after", "within_last_days"])
+def test_a_date_trait_past_datetime_range_in_utc_is_not_a_date(op):
+    # Found on the local cloud: an identify with {"d": "9999-12-31T23:59:59-23:59"} (valid ISO 8601, but past
+    # year 9999 in UTC) raised OverflowError in the evaluator: its whole batch failed and was retried
+    value = 30 if op == "within_last_days" else "2020-01-01"
+    definition = audience({"trait": "d", "op": op, "value": value})
+    for moment in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"):
+        profile = Profile([definition], {"d": moment})
+        assert both(definition, profile, T0) is False
+        assert next_change_at(definition, profile.view(), T0) is None
+
+
 def test_funnel_search_tries_every_earlier_choice_a_later_step_refers_to():
     # Given "viewed, added to cart, then ordered the product viewed first"; the first view
     # (p1) leads nowhere, the second (p2) does: remembering dead ends must not hide it

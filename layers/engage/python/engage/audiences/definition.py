@@ -424,7 +424,7 @@ def _is_number(value: Any) -> bool:
         return False
     try:
         return math.isfinite(value)
-    except OverflowError:  # an integer past a float's range: the engine compares numbers as floats
+    except OverflowError:  # an integer past a float's range (10**400): the engine compares numbers as floats
         return False
 
 
@@ -474,7 +474,7 @@ def parse_moment(value: Any) -> datetime | None:
             day = date.fromisoformat(value)
             return clock.parse(day.isoformat() + "T00:00:00Z")
         return clock.parse(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31T23:59:59-23:59 is past datetime's range in UTC
         return None
 
 

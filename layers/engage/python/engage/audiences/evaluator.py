@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -55,6 +55,9 @@ from engage.audiences.definition import (
 
 # How many candidate moments next_change_at tries before answering "re-check at the next one".
 EDGE_LIMIT = 400
+# The last moment a datetime can hold: an edge past it (a window of 10**40 days is a valid definition)
+# is never reached, and from_ms() of it would raise OverflowError inside the stream functions.
+LAST_MS = to_ms(datetime(9999, 12, 31, tzinfo=UTC))
 
 
 # --- what the evaluator reads from a profile ------------------------------------------
@@ -712,7 +715,7 @@ def next_change_at(definition: AudienceDefinition, profile: ProfileView | dict, 
     now_ms = to_ms(now)
     test = node.test
     current = test(view, now_ms, memberships)
-    moments = sorted({m for m in node.edges(view, now_ms, memberships) if m > now_ms})
+    moments = sorted({m for m in node.edges(view, now_ms, memberships) if now_ms < m < LAST_MS})
     for moment in moments[:EDGE_LIMIT]:
         if test(view, moment, memberships) != current:
             return from_ms(moment)

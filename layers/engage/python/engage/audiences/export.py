@@ -65,6 +65,11 @@ PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB, except the l
 # after its claim, has died.
 STALE_AFTER = timedelta(minutes=16)
 GENERATING, READY, FAILED = "generating", "ready", "failed"
+# A cell a spreadsheet would run as a formula (first character = + - @, a tab or a CR: OWASP's "CSV
+# injection"), from ids anyone can send (a user_id "=HYPERLINK(...)"), is written with a leading ' so that
+# Excel shows it as text. Numbers and phone numbers ("+15551234567", "-42") are kept: no formula hides in them.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"^[+-]?[0-9][0-9 ().-]*$")
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,13 @@ def _digest(id_type: str, value: str) -> str:
     return hashlib.sha256(normalized.encode()).hexdigest()
 
 
+def _cell(value: str) -> str:
+    """An id as a CSV cell that no spreadsheet runs as a formula (see FORMULA_START)."""
+    if value.startswith(FORMULA_START) and not PLAIN_NUMBER.match(value):
+        return "'" + value
+    return value
+
+
 def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list[str]]]],
                 widest: dict[str, int]) -> int:
     """Header and rows of one format to a text sink; `widest` (formatted only) sizes the id columns."""
@@ -189,13 +201,13 @@ def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list
         writer.writerow([chosen if opts.hashing == "none" else f"{chosen}_sha256"])
         for _pid, ids in members:
             for value in ids.get(chosen, []):
-                writer.writerow([value if opts.hashing == "none" else _digest(chosen, value)])
+                writer.writerow([_cell(value) if opts.hashing == "none" else _digest(chosen, value)])
                 rows += 1
         return rows
     columns = [(t, i) for t in sorted(widest) for i in range(widest[t])] if opts.fmt == "formatted" else []
-    writer.writerow(["profile_id", "external_ids", *(t if i == 0 else f"{t}_{i}" for t, i in columns)])
+    writer.writerow(["profile_id", "external_ids", *(_cell(t if i == 0 else f"{t}_{i}") for t, i in columns)])
     for pid, ids in members:
-        cells = [ids[t][i] if i < len(ids.get(t, [])) else "" for t, i in columns]
+        cells = [_cell(ids[t][i]) if i < len(ids.get(t, [])) else "" for t, i in columns]
         writer.writerow([pid, json.dumps(ids, sort_keys=True), *cells])
         rows += 1
     return rows

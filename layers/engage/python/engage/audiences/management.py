@@ -9,6 +9,7 @@ and one whose backfill is running cannot be edited (409 `computing`, with the ru
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engage.audiences import MEMBERS_MAX_PAGE, backfill, membership, store
@@ -23,11 +24,14 @@ from engage.errors import Computing, Conflict, ValidationFailed
 from engage.observability import logger
 
 MAX_PAGE = MEMBERS_MAX_PAGE
+# The audience item holds the definition as JSON (DynamoDB: 400 KB an item; an oversized one was a 500
+# from the store). Measured as stored: defaults filled in make a condition larger than the body sent.
+MAX_DEFINITION_BYTES = 100_000
 
 
 def _known(space_id: str, excluding: str | None = None) -> dict[str, AudienceDefinition]:
     known: dict[str, AudienceDefinition] = {}
-    for audience in store.list_all(space_id):
+    for audience in store.list_all(space_id, consistent=True):  # what the stamp read before it counted
         if audience.key == excluding:
             continue
         known[audience.key] = store.definition_of(audience)
@@ -45,6 +49,11 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Audienc
     if definition.kind == "manual" and definition.condition is not None:
         raise ValidationFailed("a manual audience has no condition: add members through /members",
                                [{"path": "condition", "message": "not allowed when kind is manual"}])
+    size = len(json.dumps(definition.to_dict(), sort_keys=True).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationFailed(f"the audience definition is {size} bytes of JSON as stored: at most "
+                               f"{MAX_DEFINITION_BYTES}", [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} "
+                                                           "bytes of JSON (defaults included)"}])
     check_references(definition, _known(space_id, excluding=definition.key))
     check_computed_traits(space_id, definition.condition)
     return definition
@@ -68,7 +77,8 @@ def check_computed_traits(space_id: str, condition) -> None:
 def referrers(space_id: str, audience_key: str) -> list[dict[str, str]]:
     """The live audiences whose conditions reference `audience_key`, with where."""
     return [{"type": "audience", "key": audience.key, "path": path}
-            for audience in store.list_all(space_id) if not audience.system and audience.key != audience_key
+            for audience in store.list_all(space_id, consistent=True)
+            if not audience.system and audience.key != audience_key
             for ref, path in audience_refs(store.definition_of(audience).condition) if ref == audience_key]
 
 
@@ -123,16 +133,31 @@ def create(space_id: str, body: Any) -> dict[str, Any]:
     return store.get(space_id, audience.key).view(0)
 
 
+# Checks against the other audiences (references, cycles, referrers) hold only if none changed before the
+# write lands: two edits at once each passed its cycle check (a -> b, b -> a) and stored a cycle, whose
+# audiences then never had a member. Such writes are conditioned on the definitions stamp read before the
+# checks, and checked again when it moved.
+ATTEMPTS = 3
+
+
 def replace(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
     store.refuse_system(audience_key, "edited")
-    definition = validate(space_id, body, editing=audience_key)
-    if definition.key != audience_key:
-        raise ValidationFailed("the key of an audience cannot change",
-                               [{"path": "key", "value": definition.key, "expected": audience_key}])
-    refuse_while_computing(space_id, audience_key, store.get(space_id, audience_key).status)
-    backfilling = _needs_backfill(definition)
-    audience = store.replace(space_id, audience_key, definition.to_dict(),
-                             status=store.COMPUTING if backfilling else store.READY)
+    for attempt in range(ATTEMPTS):
+        stamp = store.definitions_stamp(space_id)
+        definition = validate(space_id, body, editing=audience_key)
+        if definition.key != audience_key:
+            raise ValidationFailed("the key of an audience cannot change",
+                                   [{"path": "key", "value": definition.key, "expected": audience_key}])
+        refuse_while_computing(space_id, audience_key, store.get(space_id, audience_key).status)
+        backfilling = _needs_backfill(definition)
+        try:
+            audience = store.replace(space_id, audience_key, definition.to_dict(),
+                                     status=store.COMPUTING if backfilling else store.READY,
+                                     stamp=stamp if audience_refs(definition.condition) else None)
+            break
+        except store.DefinitionsMoved:
+            if attempt == ATTEMPTS - 1:
+                raise
     if backfilling:
         backfill.launch(space_id, audience.key, audience.revision)
     return get(space_id, audience_key)
@@ -157,12 +182,19 @@ def delete(space_id: str, audience_key: str) -> None:
     showing it; no `Audience Exited` is published for a deleted audience)."""
     store.refuse_system(audience_key, "deleted")
     store.get(space_id, audience_key)  # 404 first
-    found = referrers(space_id, audience_key) + _users_of(space_id, audience_key)
-    if found:
-        raise Conflict(f"audience {audience_key!r} is referenced by {len(found)} definition(s): "
-                       + ", ".join(f"{r['type']} {r['key']!r} at {r['path']}" for r in found)
-                       + "; change, cancel or delete them first", found)
-    revision = store.delete(space_id, audience_key)
+    for attempt in range(ATTEMPTS):
+        stamp = store.definitions_stamp(space_id)
+        found = referrers(space_id, audience_key) + _users_of(space_id, audience_key)
+        if found:
+            raise Conflict(f"audience {audience_key!r} is referenced by {len(found)} definition(s): "
+                           + ", ".join(f"{r['type']} {r['key']!r} at {r['path']}" for r in found)
+                           + "; change, cancel or delete them first", found)
+        try:
+            revision = store.delete(space_id, audience_key, stamp=stamp)
+            break
+        except store.DefinitionsMoved:
+            if attempt == ATTEMPTS - 1:
+                raise
     try:
         backfill.purge(space_id, audience_key, revision)
     except Exception:  # noqa: BLE001 - the delete stands; leftover items only keep showing as former memberships

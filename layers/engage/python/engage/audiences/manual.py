@@ -21,7 +21,14 @@ from engage.profiles_store import IdentityRecord
 ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_IDS_PER_REQUEST = 1000
 MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: split bigger files
+# ... and so must the identity lookups: every id of the file is resolved (BatchGetItem, 100 a call), so a
+# file of 2,000 columns was 2,000 calls per 100 rows. 500 calls, about 10 s on AWS (the export's budget).
+MAX_IMPORT_IDS = 50_000
+# An unknown row is reported with its ids, cut to this many characters: the report of a file of long type
+# names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done).
+MAX_SHOWN = 200
 BATCH_GET = 100  # DynamoDB BatchGetItem limit
+PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
 
 
 @dataclass
@@ -48,13 +55,15 @@ def parse_ref(ref: Any) -> tuple[str, str] | None:
     return id_type, value
 
 
-def resolve(space_id: str, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """(type, value) -> profile id for the refs that name an existing users profile (BatchGet)."""
+def resolve(space_id: str, refs: list[tuple[str, str]], collection: str = "users") -> dict[tuple[str, str], str]:
+    """(type, value) -> profile id for the refs that name an existing profile of `collection` (BatchGet)."""
     unique = list(dict.fromkeys(refs))
     found: dict[tuple[str, str], str] = {}
     for start in range(0, len(unique), BATCH_GET):
         chunk = unique[start:start + BATCH_GET]
-        by_pk = {key(space_id, "users", f"{t}:{v}"): (t, v) for t, v in chunk}
+        by_pk = {key(space_id, collection, f"{t}:{v}"): (t, v) for t, v in chunk}
+        # No id that long was ever stored, and one such key fails the whole BatchGetItem (a 500): not looked up
+        by_pk = {pk: ref for pk, ref in by_pk.items() if len(pk.encode()) <= PARTITION_KEY_BYTES}
         for record in IdentityRecord.batch_get(list(by_pk)):
             found[by_pk[record.pk]] = record.profile_id
     return found
@@ -70,7 +79,7 @@ def _manual_audience(space_id: str, audience_key: str) -> store.Audience:
 
 def edit_members(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
     """`{"add": [ids], "remove": [ids]}` on a manual audience."""
-    _manual_audience(space_id, audience_key)
+    audience = _manual_audience(space_id, audience_key)
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object {\"add\": [ids], \"remove\": [ids]}",
                                [{"path": "$", "message": "expected an object"}])
@@ -97,7 +106,8 @@ def edit_members(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
         raise ValidationFailed(f"invalid members request at {problems[0]['path']}: {problems[0]['message']}",
                                problems)
     outcome = Outcome()
-    resolved = resolve(space_id, [(t, v) for entries in lists.values() for _, t, v in entries])
+    # an accounts audience takes accounts (group_id:acme), a users audience users
+    resolved = resolve(space_id, [(t, v) for entries in lists.values() for _, t, v in entries], audience.entity)
     for name, entries in lists.items():
         for path, id_type, value in entries:
             profile_id = resolved.get((id_type, value))
@@ -117,7 +127,7 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     """
     if mode not in ("add", "replace"):
         raise ValidationFailed(f"mode must be add or replace, not {mode!r}", [{"path": "mode", "value": mode}])
-    _manual_audience(space_id, audience_key)
+    audience = _manual_audience(space_id, audience_key)
     # newline="": the csv module reads \r, \n and \r\n line ends itself (a lone \r was an error).
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     try:
@@ -137,6 +147,7 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
                                [{"line": MAX_IMPORT_ROWS + 2, "message": "too many rows"}])
     outcome = Outcome()
     candidates: list[tuple[int, list[tuple[str, str]]]] = []
+    id_count = 0
     for line, row in enumerate(rows[1:], start=2):
         ids = [(header[i], value.strip()) for i, value in enumerate(row[:len(header)]) if value.strip()]
         if not any(row):
@@ -147,14 +158,19 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
         if not ids:
             outcome.invalid.append({"line": line, "message": "no id in this row"})
             continue
+        id_count += len(ids)
+        if id_count > MAX_IMPORT_IDS:
+            raise ValidationFailed(f"at most {MAX_IMPORT_IDS} ids per import (non-empty cells): split the file "
+                                   "or drop columns", [{"line": line, "message": "too many ids"}])
         candidates.append((line, ids))
-    resolved = resolve(space_id, [ref for _, ids in candidates for ref in ids])
+    resolved = resolve(space_id, [ref for _, ids in candidates for ref in ids], audience.entity)
     named: set[str] = set()
     for line, ids in candidates:
         profile_id = next((resolved[ref] for ref in ids if ref in resolved), None)
         if profile_id is None:
-            outcome.unknown.append({"line": line, "value": ",".join(f"{t}:{v}" for t, v in ids),
-                                    "message": "no profile has this id"})
+            shown = ",".join(f"{t}:{v}" for t, v in ids)
+            shown = shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + "..."
+            outcome.unknown.append({"line": line, "value": shown, "message": "no profile has this id"})
             continue
         if profile_id in named:
             continue  # the same person twice in the file

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UnicodeSetAttribute, VersionAttribute
-from pynamodb.exceptions import PutError, UpdateError
+from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
+from pynamodb.transactions import TransactWrite
 
 from engage import clock, lazy
 from engage.audiences import KEY_PATTERN
@@ -180,8 +181,10 @@ def create(space_id: str, definition: dict[str, Any], *, status: str = READY) ->
     return _audience(record)
 
 
-def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, status: str = READY) -> Audience:
-    """Replace a live audience's definition (same key, same kind); bumps the revision."""
+def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, status: str = READY,
+            stamp: int | None = None) -> Audience:
+    """Replace a live audience's definition (same key, same kind); bumps the revision. With `stamp`, only
+    if no definition of the space changed since the stamp was read (else DefinitionsMoved)."""
     refuse_system(audience_key, "edited")
     record = _live_record(space_id, audience_key)
     if definition.get("key", audience_key) != audience_key:
@@ -190,6 +193,11 @@ def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, sta
     if definition.get("kind", "dynamic") != record.kind:
         raise ValidationFailed(f"the kind of an audience cannot change (it is {record.kind!r})",
                                [{"path": "$.kind", "value": definition.get("kind")}])
+    # Its members are profiles of its entity: moving users to accounts kept every user in it, never
+    # evaluated again (the engine evaluates an audience on profiles of its entity only)
+    if definition.get("entity", "users") != (record.entity or "users"):
+        raise ValidationFailed(f"the entity of an audience cannot change (it is {record.entity!r}): create "
+                               "another audience", [{"path": "$.entity", "value": definition.get("entity")}])
     record.definition = json.dumps(definition, sort_keys=True)
     record.entity = definition.get("entity", "users")
     record.status = status
@@ -199,19 +207,50 @@ def replace(space_id: str, audience_key: str, definition: dict[str, Any], *, sta
     record.backfill_evaluated = None
     record.error = None
     record.updated_at = clock.iso()
-    _save_versioned(record, audience_key)
-    _changed(space_id)
+    _save_and_bump(space_id, record, audience_key, stamp)
     return _audience(record)
 
 
-def delete(space_id: str, audience_key: str) -> int:
-    """Tombstone the audience: it stops being evaluated, its key stays taken. Returns its last revision."""
+def delete(space_id: str, audience_key: str, *, stamp: int | None = None) -> int:
+    """Tombstone the audience: it stops being evaluated, its key stays taken. Returns its last revision.
+    With `stamp`, as `replace`."""
     refuse_system(audience_key, "deleted")
     record = _live_record(space_id, audience_key)
     record.deleted_at = record.updated_at = clock.iso()
-    _save_versioned(record, audience_key)
-    _changed(space_id)
+    _save_and_bump(space_id, record, audience_key, stamp)
     return int(record.revision)
+
+
+class DefinitionsMoved(Conflict):
+    """Another definition of the space changed between the checks of a write and the write."""
+
+
+def definitions_stamp(space_id: str) -> int:
+    """The space's definitions stamp, read before checking a write that reads the other audiences."""
+    return read_stamp(_pk(space_id))
+
+
+def _save_and_bump(space_id: str, record: AudienceRecord, audience_key: str, stamp: int | None) -> None:
+    """Save the audience and bump the stamp; with `stamp`, both in one transaction conditioned on the stamp,
+    so checks made against the other audiences (references, cycles, referrers) still hold when it lands."""
+    if stamp is None:
+        _save_versioned(record, audience_key)
+        _changed(space_id)
+        return
+    unchanged = (DefinitionsStamp.changes == stamp) if stamp else (
+        DefinitionsStamp.changes.does_not_exist() | (DefinitionsStamp.changes == 0))
+    try:
+        with TransactWrite(connection=AudienceRecord._get_connection().connection) as transaction:
+            transaction.save(record)
+            transaction.update(DefinitionsStamp(_pk(space_id), STAMP_SK),
+                               actions=[DefinitionsStamp.changes.add(1)], condition=unchanged)
+    except TransactWriteError as error:
+        codes = {reason.code for reason in error.cancellation_reasons if reason}
+        if codes & {"ConditionalCheckFailed", "TransactionConflict"}:
+            raise DefinitionsMoved(f"the space's audiences changed while {audience_key!r} was being saved; "
+                                   "read them again and retry") from error
+        raise
+    clear_cache(space_id)
 
 
 def get(space_id: str, audience_key: str) -> Audience:
@@ -228,9 +267,10 @@ def find(space_id: str, audience_key: str) -> Audience | None:
         return None
 
 
-def list_all(space_id: str) -> list[Audience]:
+def list_all(space_id: str, *, consistent: bool = False) -> list[Audience]:
     """Every live audience of the space, the system audience first (one Query, paged by DynamoDB)."""
-    live = [_audience(r) for r in AudienceRecord.query(_pk(space_id), AudienceRecord.sk >= "0") if not r.deleted_at]
+    live = [_audience(r) for r in AudienceRecord.query(_pk(space_id), AudienceRecord.sk >= "0",
+                                                        consistent_read=consistent) if not r.deleted_at]
     return [system_audience(space_id), *live]
 
 
