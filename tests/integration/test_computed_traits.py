@@ -139,6 +139,20 @@ def _profile_item(aws, user: str) -> dict:
     return items[0]
 
 
+def test_the_entity_of_a_computed_trait_cannot_change(aws, space, engine, monkeypatch):
+    """As an audience's (the audiences bug hunt): a users trait made an accounts one kept every user's value,
+    never recomputed (the backfill walks the new entity's profiles only)."""
+    from engage.audiences import backfill
+
+    monkeypatch.setattr(backfill, "starter", lambda *args: None)
+    assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
+    backfill.run_page({"action": "fail", "subject": "computed_trait", "space_id": "acme",
+                       "audience_key": "total_revenue", "revision": 1, "error": {"Error": "unlock"}})
+    status, body = call_api("PUT", "/v1/computed-traits/total_revenue", {**TOTAL_REVENUE, "entity": "accounts"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "$.entity", body
+    assert call_api("PUT", "/v1/computed-traits/total_revenue", {**TOTAL_REVENUE, "kind": "max"})[0] == 200
+
+
 def test_an_edit_while_computing_is_a_409_with_progress(aws, space, engine, monkeypatch):
     from engage.audiences import backfill
 

@@ -49,6 +49,12 @@ def create(space_id: str, body: Any) -> dict[str, Any]:
 def replace(space_id: str, trait_key: str, body: Any) -> dict[str, Any]:
     definition = validate(body, editing=trait_key)
     current = store.get(space_id, trait_key)
+    # Its values live on profiles of its entity: moving users to accounts left every user's value shown by
+    # the Profile API and read by audiences, never recomputed again (the backfill walks the new entity)
+    was, now = current.definition.get("entity", "users"), definition.to_dict().get("entity", "users")
+    if was != now:
+        raise ValidationFailed(f"the entity of a computed trait cannot change (it is {was!r}): create another "
+                               "computed trait", [{"path": "$.entity", "value": now}])
     if current.status == store.COMPUTING:
         raise Computing(f"computed trait {trait_key!r} is computing (its backfill is running): edit it once its "
                         "status is ready or failed", [{"path": "status", "value": current.status,
