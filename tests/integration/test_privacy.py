@@ -346,6 +346,21 @@ def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
     assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]" and "surrogate" in error["message"]
 
 
+def test_requests_in_the_same_millisecond_are_one_job_only_when_they_are_the_same_request(aws, space, monkeypatch):
+    """Found by the privacy bug hunt: the job id ignored `suppress` and the record was written unconditionally,
+    so a delete and a delete-and-suppress of the same ids in one millisecond were one job (the second's)."""
+    from engage.privacy import jobs
+
+    monkeypatch.setattr(jobs.clock, "iso", lambda *_: "2030-01-01T00:00:00.000Z")
+    plain = jobs.request(SPACE, "users", [("email", EMAIL)], suppress=False, requested_by="token:a")
+    suppressing = jobs.request(SPACE, "users", [("email", EMAIL)], suppress=True, requested_by="token:b")
+    assert plain.job_id != suppressing.job_id
+    assert jobs.get(SPACE, plain.job_id).suppress is False and jobs.get(SPACE, suppressing.job_id).suppress is True
+    # The same request again is that job, as it stands (not reset)
+    again = jobs.request(SPACE, "users", [("email", EMAIL)], suppress=False, requested_by="token:c")
+    assert again.job_id == plain.job_id and jobs.get(SPACE, plain.job_id).requested_by == "token:a"
+
+
 def test_a_delivery_running_beside_the_one_that_finished_the_job_does_not_undo_it(aws, space, monkeypatch):
     # SQS redelivers a message still running past its visibility timeout: the late run read the job before the
     # other finished and removed the people's pages; its failure overwrote the done record with a running one,

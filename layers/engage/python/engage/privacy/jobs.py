@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from pynamodb.attributes import BooleanAttribute, ListAttribute, MapAttribute, UnicodeAttribute
+from pynamodb.exceptions import PutError
 
 from engage import clock, lazy
 from engage.db import EngageModel, TableName, key
@@ -82,8 +83,11 @@ def _pk(space_id: str) -> str:
     return key(space_id, "privacy_jobs")
 
 
-def job_id_for(space_id: str, collection: str, refs: list[str], requested_at: str) -> str:
-    digest = hashlib.sha256(json.dumps([space_id, collection, sorted(refs), requested_at]).encode()).hexdigest()
+def job_id_for(space_id: str, collection: str, refs: list[str], requested_at: str, suppress: bool = False) -> str:
+    # `suppress` is part of the request: a delete and a delete-and-suppress of the same ids in the same
+    # millisecond were one job, the second request's record overwriting the first's.
+    digest = hashlib.sha256(json.dumps([space_id, collection, sorted(refs), requested_at]
+                                       + ([True] if suppress else [])).encode()).hexdigest()
     return "del_" + digest[:24]
 
 
@@ -91,12 +95,17 @@ def request(space_id: str, collection: str, refs: list[tuple[str, str]], *, supp
             requested_by: str) -> DeletionJob:
     """Record a deletion of (type, value) ids; the caller then starts `run` (asynchronously)."""
     now = clock.iso()
-    job_id = job_id_for(space_id, collection, [f"{t}:{v}" for t, v in refs], now)
+    job_id = job_id_for(space_id, collection, [f"{t}:{v}" for t, v in refs], now, suppress)
     job = DeletionJob(_pk(space_id), job_id, space_id=space_id, job_id=job_id, collection=collection,
                       id_hashes=[suppression.id_hash(collection, t, v) for t, v in refs], suppress=suppress,
                       requested_by=requested_by, requested_at=now,
                       work=_json({"refs": [list(r) for r in refs], "people": []}))
-    job.save()
+    try:
+        job.save(condition=DeletionJob.pk.does_not_exist())
+    except PutError as error:
+        if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+            raise
+        return get(space_id, job_id)  # the same request in the same millisecond: that job, not a reset of it
     return job
 
 
