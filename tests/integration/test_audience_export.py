@@ -55,6 +55,27 @@ def test_export_unformatted_formatted_and_single_column(people):
     assert status == 400 and body["error"]["details"][0]["path"] == "format"
 
 
+def test_formatted_columns_never_share_a_name(people):
+    """Found by the audiences bug hunt: id types named `profile_id` or `external_ids`, or `email_1` beside a
+    profile with two emails, gave two columns of one name (a reader keyed by header keeps one of them)."""
+    from engage.db import key
+    from engage.profiles_store import ProfileRecord
+
+    make_profile("odd", ids={"profile_id": "crm-7", "external_ids": "x", "email_1": "e1", "email": "a@example.com"})
+    odd = ProfileRecord.get(key("acme", "odd"))
+    odd.update(actions=[ProfileRecord.external_ids.set([*odd.external_ids, {
+        "type": "email", "id": "b@example.com", "created_at": odd.created_at, "source": "test"}])])
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["profile_id:crm-7"]})
+    status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "formatted"})
+    assert status == 200
+    header = rows(body)[0]
+    assert len(header) == len(set(header)), header
+    assert header == ["profile_id", "external_ids", "email", "email_1", "email_1 (id type)",
+                      "external_ids (id type)", "profile_id (id type)", "user_id"]
+    odd = next(r for r in rows(body)[1:] if r[0] == "odd")
+    assert dict(zip(header, odd))["profile_id (id type)"] == "crm-7"
+
+
 def test_exported_ids_a_spreadsheet_would_run_as_formulas_are_written_as_text(people):
     # Anyone who can send an identify chooses their ids: a user_id of =HYPERLINK(...) or @SUM(...) was
     # written as is, and ran as a formula for the marketer who opened the export in Excel (CSV injection)

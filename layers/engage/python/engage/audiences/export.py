@@ -205,12 +205,26 @@ def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list
                 rows += 1
         return rows
     columns = [(t, i) for t in sorted(widest) for i in range(widest[t])] if opts.fmt == "formatted" else []
-    writer.writerow(["profile_id", "external_ids", *(_cell(t if i == 0 else f"{t}_{i}") for t, i in columns)])
+    writer.writerow(["profile_id", "external_ids", *(_cell(name) for name in _column_names(columns))])
     for pid, ids in members:
         cells = [_cell(ids[t][i]) if i < len(ids.get(t, [])) else "" for t, i in columns]
         writer.writerow([pid, json.dumps(ids, sort_keys=True), *cells])
         rows += 1
     return rows
+
+
+def _column_names(columns: list[tuple[str, int]]) -> list[str]:
+    """One header per id column (`email`, `email_1`, ...), never one already taken: an id type named
+    `profile_id` or `external_ids`, or `email_1` beside a second email, gave two columns of one name, which
+    spreadsheets and CSV readers keyed by header mix up. A taken name gets " (id type)" appended."""
+    taken, names = {"profile_id", "external_ids"}, []
+    for id_type, index in columns:
+        name = id_type if index == 0 else f"{id_type}_{index}"
+        while name in taken:
+            name += " (id type)"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _filename(audience_key: str, opts: Options) -> str:
