@@ -263,3 +263,18 @@ class Bus:
             for message in page["Messages"]:
                 found.append(json.loads(message["Body"]))
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def pynamodb_calls(monkeypatch) -> list[str]:
+    """The DynamoDB operations PynamoDB sends from now on, in order (the list fills as they are made)."""
+    from pynamodb.connection.base import Connection
+
+    calls: list[str] = []
+    original = Connection._make_api_call
+
+    def counting(self, operation_name, operation_kwargs, *args, **kwargs):
+        calls.append(operation_name)
+        return original(self, operation_name, operation_kwargs, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_make_api_call", counting)
+    return calls

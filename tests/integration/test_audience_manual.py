@@ -135,18 +135,10 @@ def test_an_id_longer_than_a_partition_key_is_unknown_without_a_lookup(people, m
 def test_a_csv_with_more_ids_than_an_import_resolves_in_time_is_a_400(people, monkeypatch):
     # A 600 KB file of 2,000 id columns and 100 rows took 2,000 identity BatchGetItem calls (16 s on moto,
     # past API Gateway's 29 s a few files later); the rows limit alone never bounded the ids
-    from pynamodb.connection.base import Connection
-
     from engage.audiences import manual
+    from tests.integration.audience_support import pynamodb_calls
 
-    calls: list[str] = []
-    original = Connection._make_api_call
-
-    def counting(self, operation_name, operation_kwargs, *args, **kwargs):
-        calls.append(operation_name)
-        return original(self, operation_name, operation_kwargs, *args, **kwargs)
-
-    monkeypatch.setattr(Connection, "_make_api_call", counting)
+    calls = pynamodb_calls(monkeypatch)
     columns = 2_000
     text = ",".join(f"t{i}" for i in range(columns)) + "\n" + "".join(
         ",".join([str(row)] * columns) + "\n" for row in range(1, 30))

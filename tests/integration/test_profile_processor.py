@@ -342,15 +342,9 @@ def test_requests_per_event_stay_low_for_a_busy_batch(aws, space, monkeypatch):
     audience_store.clear_cache()
     # Given 10 known users
     run(batch(*(message("identify", f"id{u}", at(0), userId=f"u{u}", anonymousId=f"a{u}") for u in range(10))))
-    calls: list[str] = []
-    from pynamodb.connection.base import Connection
-    original = Connection._make_api_call
+    from tests.integration.audience_support import pynamodb_calls
 
-    def counting(self, operation_name, operation_kwargs, *args, **kwargs):
-        calls.append(operation_name)
-        return original(self, operation_name, operation_kwargs, *args, **kwargs)
-
-    monkeypatch.setattr(Connection, "_make_api_call", counting)
+    calls = pynamodb_calls(monkeypatch)
     # When a batch of 100 track events from them arrives
     events = [message("track", f"t{i}", at(1 + i % 50), userId=f"u{i % 10}", anonymousId=f"a{i % 10}",
                       event="Login") for i in range(100)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -243,41 +244,42 @@ def complete(record: DeliveryRecord, status: str, *, reason: str | None = None, 
                              (DeliveryRecord.until, until)):
         if value is not None:
             actions.append(attribute.set(value))
-    attempt = 1
-    while True:
-        try:
-            record.update(actions=actions, condition=(DeliveryRecord.status == PENDING)
-                          & (DeliveryRecord.attempt == record.attempt))
-            return record
-        except UpdateError as error:
-            if _conditional_failed(error):
-                existing = read_delivery(record.space_id, record.profile_id, record.idempotency_key)
-                if (existing is not None and record.attempt and existing.attempt == record.attempt
-                        and existing.status == status and existing.message_id == message_id):
-                    return existing
-                raise
-            if attempt == COMPLETE_ATTEMPTS:
-                raise
-            time.sleep(COMPLETE_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            attempt += 1
+    try:
+        _persisting(lambda: record.update(actions=actions, condition=(DeliveryRecord.status == PENDING)
+                                          & (DeliveryRecord.attempt == record.attempt)))
+        return record
+    except UpdateError as error:
+        if _conditional_failed(error):
+            existing = read_delivery(record.space_id, record.profile_id, record.idempotency_key)
+            if (existing is not None and record.attempt and existing.attempt == record.attempt
+                    and existing.status == status and existing.message_id == message_id):
+                return existing
+        raise
 
 
 def release(record: DeliveryRecord) -> None:
     """Drop this attempt's claim (the provider did not take the message, so a retry may send it). Tried as
     the completion is (COMPLETE_ATTEMPTS): a claim left behind would hold the message until its lease and
     then record it `failed: outcome unknown`, unsent."""
-    attempt = 1
-    while True:
+    try:
+        _persisting(lambda: record.delete(condition=(DeliveryRecord.status == PENDING)
+                                          & (DeliveryRecord.attempt == record.attempt)))
+    except DeleteError as error:
+        if not _conditional_failed(error):  # else gone already (applied, its answer lost) or not this attempt's
+            raise
+
+
+def _persisting(write: Callable[[], Any]) -> Any:
+    """`write()`, tried COMPLETE_ATTEMPTS times in all while DynamoDB still fails it past the SDK's own retries
+    (a failed condition is an answer, raised at once)."""
+    for attempt in range(1, COMPLETE_ATTEMPTS + 1):
         try:
-            record.delete(condition=(DeliveryRecord.status == PENDING) & (DeliveryRecord.attempt == record.attempt))
-            return
-        except DeleteError as error:
-            if _conditional_failed(error):
-                return  # gone already (this delete applied, its answer lost) or no longer this attempt's
-            if attempt == COMPLETE_ATTEMPTS:
+            return write()
+        except (UpdateError, DeleteError) as error:
+            if _conditional_failed(error) or attempt == COMPLETE_ATTEMPTS:
                 raise
             time.sleep(COMPLETE_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            attempt += 1
+    return None
 
 
 def give_up(record: DeliveryRecord, reason: str) -> DeliveryRecord | None:
