@@ -96,6 +96,9 @@ def sender(aws, space, engine):
      "context.externalIds[0].id"),
     ("track", {"userId": "u1", "event": "E", "context": {"externalIds": [
         {"id": "1", "type": "t" * 101}]}}, "context.externalIds[0].type"),
+    # a control character: no Profile API path could name the id (engage.id_types)
+    ("track", {"userId": "u1", "event": "E", "context": {"externalIds": [
+        {"id": "1", "type": "crm\nid"}]}}, "context.externalIds[0].type"),
     ("track", {"userId": "u1", "event": "E", "messageId": "m" * 1000}, "messageId"),
 ])
 def test_what_a_later_stage_cannot_store_is_refused_with_a_400_naming_the_field(sender, call, body, path):

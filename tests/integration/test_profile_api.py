@@ -294,6 +294,17 @@ BAD_REQUESTS = [
 ]
 
 
+def test_custom_id_types_ingestion_accepts_are_looked_up(api, local):
+    # `crm id`, `ümlaut` and a 100-byte type are stored by ingestion; the API used to refuse them (400)
+    odd = [("crm id", "C-9"), ("\u00fcmlaut", "u-1"), ("t" * 100, "long-1")]
+    make_profile("local", "p-odd", [("user_id", "odd-1"), *odd], traits={"plan": "pro"})
+    for id_type, value in odd:
+        status, body = api(request("traits", profile=f"{id_type}:{value}"))
+        assert status == 200 and body["traits"]["plan"] == "pro", (id_type, body)
+    status, body = api(request("external_ids", profile="crm id:C-9", query={"include": "crm id"}))
+    assert status == 200 and [e["id"] for e in body["data"]] == ["C-9"]
+
+
 def test_bad_requests_are_400_saying_what_and_where(api, local):
     # one moto account for all cases: the account, not the request, is what costs time here
     for change, path, words in BAD_REQUESTS:

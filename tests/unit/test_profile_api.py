@@ -40,12 +40,19 @@ def test_profile_ref_splits_on_the_first_colon():
     assert str(ref) == "email:ann:x@example.com"
 
 
-@pytest.mark.parametrize("text", ["42", "user_id:", ":42", "bad type:42"])
+@pytest.mark.parametrize("text", ["42", "user_id:", ":42", "bad\ttype:42", "line\nbreak:42", "t" * 101 + ":42",
+                                  "\u00e9" * 51 + ":42"])
 def test_a_malformed_profile_ref_names_the_path_and_the_expected_form(text):
     with pytest.raises(ValidationFailed) as caught:
         params.parse_profile_ref(text)
     assert caught.value.details[0]["path"] == "path.profile"
     assert repr(text) in caught.value.message
+
+
+@pytest.mark.parametrize("id_type", ["crm id", "\u00fcmlaut", "ios.idfa", "t" * 100, "\u00e9" * 50, "Crm-ID"])
+def test_every_id_type_ingestion_stores_is_addressable(id_type):
+    # ingestion (engage.ingestion.storable) accepts any non-empty type of at most 100 bytes
+    assert params.parse_profile_ref(f"{id_type}:C-9") == params.ProfileRef(id_type, "C-9")
 
 
 def test_collection_and_resource_are_checked_against_the_known_ones():

@@ -38,7 +38,7 @@ from botocore.exceptions import ClientError
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import PutError, UpdateError
 
-from engage import clock
+from engage import clock, id_types
 from engage.audiences import EXPORT_FORMATS, EXPORT_HASHES, membership, store
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
@@ -53,7 +53,6 @@ MAX_MEMBERS = 20_000  # a synchronous answer must fit Lambda's 6 MB response
 # members. The budget counts the body as the Lambda response carries it (JSON-escaped), less room for
 # the envelope and headers.
 SYNC_MAX_RESPONSE_BYTES = 6 * 1024 * 1024 - 64 * 1024
-ID_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # as the Profile API's id types
 BATCH_GET = 100
 MEMBER_PAGE = 500
 # Members index keys (current and past members) a synchronous export reads before it hands over to the
@@ -143,8 +142,8 @@ def options(fmt: str | None, id_type: str | None, hash_: str | None) -> Options:
     if fmt != "single_column" and (id_type or hash_):
         raise ValidationFailed("id_type and hash apply to format=single_column only",
                                [{"path": "id_type" if id_type else "hash", "value": id_type or hash_}])
-    if id_type is not None and not ID_TYPE.match(id_type):
-        raise ValidationFailed(f"id_type must match {ID_TYPE.pattern}", [{"path": "id_type", "value": id_type}])
+    if id_type is not None and id_types.problem(id_type):  # any type ingestion stores, as the Profile API
+        raise ValidationFailed(f"id_type {id_types.problem(id_type)}", [{"path": "id_type", "value": id_type}])
     return Options(fmt, (id_type or "email") if fmt == "single_column" else None, hashing)
 
 

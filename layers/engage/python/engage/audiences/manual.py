@@ -13,12 +13,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from engage import id_types
 from engage.audiences import membership, runtime, store
 from engage.db import key
 from engage.errors import Conflict, ValidationFailed
 from engage.profiles_store import IdentityRecord
 
-ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# CSV header columns: lowercased, so `Email` names email (a custom type with capitals or spaces is addressed
+# by `type:value` refs in the JSON bodies instead).
+CSV_ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_IDS_PER_REQUEST = 1000
 MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: split bigger files
 # ... and so must the identity lookups: every id of the file is resolved (BatchGetItem, 100 a call), so a
@@ -50,7 +53,7 @@ def parse_ref(ref: Any) -> tuple[str, str] | None:
         return None
     id_type, value = ref.split(":", 1)
     id_type, value = id_type.strip(), value.strip()
-    if not ID_TYPE.match(id_type) or not value:
+    if id_types.problem(id_type) or not value:  # any type ingestion stores, as the Profile API
         return None
     return id_type, value
 
@@ -138,7 +141,7 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     header = [column.strip().lower() for column in rows[0]] if rows else []
     bad = [{"line": 1, "column": i + 1, "value": name,
             "message": "header columns name id types like email or user_id"}
-           for i, name in enumerate(header) if not ID_TYPE.match(name)]
+           for i, name in enumerate(header) if not CSV_ID_TYPE.match(name)]
     if not header or bad:
         raise ValidationFailed("the CSV needs a header row naming the id type of each column, e.g. `email`",
                                bad or [{"line": 1, "message": "empty file"}])

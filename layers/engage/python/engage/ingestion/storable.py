@@ -9,7 +9,7 @@ ingestion refuses it with the JSON path of the offending value (docs/ingestion.m
   lower, and an audience aggregate a property value up to four levels lower: DynamoDB allows 32);
 - one trait value is at most MAX_TRAIT_BYTES of JSON (a profile keeps several);
 - an email used as an id (`traits.email` on identify, `context.traits.email`) and
-  `context.externalIds[].id` are at most MAX_ID_BYTES, an external id's `type` MAX_ID_TYPE_BYTES
+  `context.externalIds[].id` are at most MAX_ID_BYTES, an external id's `type` id_types.MAX_ID_TYPE_BYTES
   (the identity item's partition key `<space>|<collection>|<type>:<id>` stays under 2,048 bytes),
   and a message names at most MAX_EXTERNAL_IDS external ids (one transaction claims them all).
 
@@ -21,11 +21,11 @@ import json
 from typing import Any
 
 from engage import dynamodb_limits as limits
+from engage import id_types
 from engage.ingestion.messages import MAX_ID_BYTES, Issue
 
 MAX_DEPTH = 24
 MAX_TRAIT_BYTES = 16 * 1024
-MAX_ID_TYPE_BYTES = 100
 MAX_EXTERNAL_IDS = 25
 
 _NUMBER_REASONS = {
@@ -102,8 +102,8 @@ def _check_external_ids(entries: Any, path: str, issues: list[Issue]) -> None:
             issues.append(Issue(f"{where}.id", f"is longer than {MAX_ID_BYTES} bytes"))
         if not isinstance(id_type, str) or not id_type:
             issues.append(Issue(f"{where}.type", "is required: a non-empty string such as ios.idfa"))
-        elif len(id_type.encode()) > MAX_ID_TYPE_BYTES:
-            issues.append(Issue(f"{where}.type", f"is longer than {MAX_ID_TYPE_BYTES} bytes"))
+        elif id_types.problem(id_type):
+            issues.append(Issue(f"{where}.type", id_types.problem(id_type)))
 
 
 def _key(path: str, name: Any) -> str:

@@ -6,19 +6,17 @@ Pure functions over strings. Every rejection is a ValidationFailed (400) or Auth
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from engage import clock
+from engage import clock, id_types
 from engage.errors import ValidationFailed
 
 COLLECTIONS = ("users", "accounts")
 RESOURCES = ("traits", "external_ids", "events", "metadata", "links")
-ID_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # DynamoDB's IN accepts at most 100 operands; a longer include list is a client mistake anyway.
 MAX_NAMES = 100
 # The years an event may carry (engage.ingestion.messages.YEARS; not imported: reads stay off ingestion's code).
@@ -57,8 +55,9 @@ def parse_profile_ref(text: str) -> ProfileRef:
     if not colon or not value:
         raise invalid("path.profile", f"profile id {text!r} must be <id_type>:<value>, e.g. user_id:42 or "
                                       "email:ann@example.com (URL-encode '+' as %2B)")
-    if not ID_TYPE.match(id_type):
-        raise invalid("path.profile", f"id type {id_type!r} in profile id {text!r} must match {ID_TYPE.pattern}")
+    wrong = id_types.problem(id_type)  # any type ingestion stores, `crm id` too
+    if wrong:
+        raise invalid("path.profile", f"id type {id_type!r} in profile id {text!r} {wrong}")
     return ProfileRef(id_type, value)
 
 
