@@ -86,6 +86,20 @@ def test_csv_replace_removes_members_the_file_does_not_name(people):
     assert size("vips") == 2
 
 
+def test_csv_replace_whose_rows_name_nobody_changes_nothing(people):
+    # A file of the wrong id column (or the wrong file) used to remove every member: now a 400 naming its lines
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\nann@example.com\n\n1,2\n",
+                            query={"mode": "replace"})
+    assert status == 400, body
+    assert "nothing was replaced" in body["error"]["message"]
+    assert [d["line"] for d in body["error"]["details"]] == [2, 4]
+    assert members_of("vips") == {"p1", "p2"}
+    # a file with only its header is a deliberate "empty the audience"
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\n", query={"mode": "replace"})
+    assert status == 200 and body["removed"] == 2 and members_of("vips") == set(), body
+
+
 def test_csv_with_carriage_returns_is_read_and_an_unreadable_csv_is_a_400(people):
     # Found by the fuzzer: a lone \r inside a row was a 500 (csv.Error "new-line character seen in unquoted field")
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\r1\r\n2\rnobody\r")

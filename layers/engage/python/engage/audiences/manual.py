@@ -30,6 +30,7 @@ MAX_IMPORT_IDS = 50_000
 # An unknown row is reported with its ids, cut to this many characters: the report of a file of long type
 # names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done).
 MAX_SHOWN = 200
+MAX_REPORTED = 20  # lines named in the 400 of a replace that names nobody
 BATCH_GET = 100  # DynamoDB BatchGetItem limit
 PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
 
@@ -179,6 +180,13 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
             continue  # the same person twice in the file
         named.add(profile_id)
         _apply(outcome, space_id, audience_key, profile_id, True)
+    if mode == "replace" and not named and (candidates or outcome.invalid):
+        # Rows, none naming anyone: a wrong header or the wrong file, not "remove every member".
+        # (A header-only file still empties the audience: that one is deliberate.)
+        problems = (outcome.unknown + outcome.invalid)[:MAX_REPORTED]
+        raise ValidationFailed("mode=replace: no row of the file names an existing profile, so nothing was "
+                               "replaced (check the header's id types); a file with only its header empties "
+                               "the audience", problems)
     if mode == "replace":
         for record in list(membership.all_members(space_id, audience_key)):
             if record.profile_id not in named:
