@@ -31,9 +31,8 @@ class Wait(Exception):
 
 
 def record_handler(record: SQSRecord, lambda_context=None) -> str:
-    receive_count = int(record.attributes.approximate_receive_count or 1)
     seconds_left = lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context is not None else None
-    result = delivery.handle(json.loads(record.body), receive_count, _function["name"], seconds_left)
+    result = delivery.handle(json.loads(record.body), _function["name"], seconds_left)
     if result.done:
         metrics.add_metric(name="DestinationMessages", unit=MetricUnit.Count, value=1)
         return result.what

@@ -222,6 +222,32 @@ def test_a_sequence_mark_expires_once_no_older_copy_of_its_change_can_arrive(env
     assert int((start + keep).timestamp()) <= marks[0].expires_at <= int((clock.now() + keep).timestamp())
 
 
+def test_a_change_waiting_behind_its_groups_retries_gets_its_own_attempts(env, receiver, monkeypatch):
+    # A profile's second change is received with its FIFO group each time the first is retried, untried.
+    # Attempts used to be SQS's receive count: when the first was parked, the second had used them all and
+    # was parked after one failed send (DESTINATION_MAX_ATTEMPTS=3 here). Attempts are now counted per send.
+    flow = Flow(env, monkeypatch)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.route()
+    receiver.answer(500, 500, 500, 500)
+    for attempt in range(1, 4):
+        records = flow.receive()
+        records[0]["attributes"]["ApproximateReceiveCount"] = str(3 + attempt)  # 3 receives behind the first
+        assert flow.deliver(records)["batchItemFailures"] == ([] if attempt == 3 else [
+            {"itemIdentifier": records[0]["messageId"]}]), attempt
+        parked = call_api("GET", "/v1/destinations/crm")[1]["parked"]
+        assert len(parked) == (1 if attempt == 3 else 0), attempt  # parked at its 3rd failed send, not its 1st
+    assert "gave up after 3 attempts" in parked[0]["reason"]
+    # replayed, the parked change gets its attempts anew: its next failure is retried, not parked at once
+    assert call_api("POST", "/v1/destinations/crm/replay")[1]["replayed"] == 1
+    records = flow.receive()
+    assert flow.deliver(records)["batchItemFailures"]
+    assert call_api("GET", "/v1/destinations/crm")[1]["parked"] == []
+    assert receiver.delivered() == []
+
+
 def test_connecting_an_audience_backfills_its_current_members_first(env, receiver):
     flow = Flow(env)
     assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
@@ -565,8 +591,8 @@ def test_a_stale_change_never_overtakes_a_newer_one(env, receiver):
     assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
     base = {"space_id": "acme", "destination": "crm", "audience_key": "vip", "entity": "users", "profile_id": "p1",
             "timestamp": "2026-01-01T00:00:00Z", "identity": {"user_id": "u1"}}
-    assert delivery.deliver_change({**base, "member": False, "version": 2}, 1, "fn").done
-    result = delivery.deliver_change({**base, "member": True, "version": 1}, 1, "fn")
+    assert delivery.deliver_change({**base, "member": False, "version": 2}, "fn").done
+    result = delivery.deliver_change({**base, "member": True, "version": 1}, "fn")
     assert result.done and "dropped" in result.what
     assert [c["event"] for c in receiver.delivered()] == ["Audience Exited"]
 

@@ -16,7 +16,13 @@ A change, in this order:
 4. send one attempt (senders; bounded by the destination's `timeout_seconds` and the time left); sent -> the mark moves to this version (conditional: never back),
    and the status counter; retryable -> the message becomes visible again after an exponential
    backoff with full jitter (or the receiver's Retry-After), until `destination_max_attempts`
-   receives, then parked; permanent (a 4xx) -> parked at once.
+   failed attempts, then parked; permanent (a 4xx) -> parked at once.
+
+Attempts are counted here (one ADD per failed attempt on an item of the delivery), not read from SQS's
+receive count: a message is also received when it is put back untried (time ran out, its place in line)
+and each time it waits behind the first message of its FIFO group while that one retries. Counted by
+receives, a profile's second change met a receiver outage already past its attempts and was parked after
+one try (and the queue's DLQ took changes never tried).
 
 Guarantee: at least once per change and destination, in per-profile order, exactly once unless the
 invocation dies between the receiver's answer and the mark (then the redelivery sends again with the
@@ -41,6 +47,7 @@ from pynamodb.exceptions import UpdateError
 
 from engage import clock, lazy
 from engage.config import settings
+from engage.db import key
 from engage.destinations import changelog, parking, payloads, queue, ratelimit, senders, store
 from engage.destinations.changelog import seq_sk
 from engage.destinations.identities import entity_of, profile_identities
@@ -91,11 +98,11 @@ def flush_status() -> None:
             logger.exception("could not update a destination's status", extra={"destination": destination_key})
 
 
-def handle(body: dict[str, Any], receive_count: int, function: str, seconds_left: float | None = None) -> Result:
+def handle(body: dict[str, Any], function: str, seconds_left: float | None = None) -> Result:
     """`seconds_left`: the invocation's time left, when known (a send never outlasts it)."""
     kind = body.get("kind")
     if kind == "change":
-        return deliver_change(body["change"], receive_count, function, seconds_left)
+        return deliver_change(body["change"], function, seconds_left)
     if kind == "backfill":
         return backfill_page(body)
     if kind == "trait_backfill":
@@ -140,9 +147,9 @@ def mark_delivered(change: dict[str, Any]) -> None:
             raise  # a newer version is marked already: keep it
 
 
-def backoff(receive_count: int, retry_after: float | None) -> int:
+def backoff(attempts: int, retry_after: float | None) -> int:
     """Seconds before the next attempt: exponential with full jitter, at least what the receiver asked."""
-    ceiling = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2 ** max(0, receive_count - 1))
+    ceiling = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2 ** max(0, attempts - 1))
     wait = random.uniform(ceiling / 2, ceiling)
     if retry_after is not None:
         wait = max(wait, retry_after)
@@ -176,8 +183,7 @@ def slow_last(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(records, key=is_slow)
 
 
-def deliver_change(change: dict[str, Any], receive_count: int, function: str,
-                   seconds_left: float | None = None) -> Result:
+def deliver_change(change: dict[str, Any], function: str, seconds_left: float | None = None) -> Result:
     destination = store.cached(change["space_id"], change["destination"])
     if destination is None:
         return Result(True, "destination deleted: dropped")
@@ -215,15 +221,37 @@ def deliver_change(change: dict[str, Any], receive_count: int, function: str,
             mark_delivered(change)
         successes[(destination.space_id, destination.key)] = successes.get((destination.space_id, destination.key), 0) + 1
         return DONE
-    max_attempts = settings().destination_max_attempts
-    if outcome.status == senders.PERMANENT or receive_count >= max_attempts:
+    attempts = count_attempt(change) if outcome.status != senders.PERMANENT else 1
+    if outcome.status == senders.PERMANENT or attempts >= settings().destination_max_attempts:
         why = outcome.reason if outcome.status == senders.PERMANENT else (
-            f"{outcome.reason} (gave up after {receive_count} attempts)")
+            f"{outcome.reason} (gave up after {attempts} attempts)")
         parking.park(function, change, why)
         store.note_failure(destination.space_id, destination.key, why, parked=1)
+        if attempts > 1:
+            reset_attempts(change)  # a replay of the parked change gets its attempts anew
         return Result(True, f"parked: {why}")
     store.note_failure(destination.space_id, destination.key, outcome.reason)
-    return Result(False, outcome.reason, backoff(receive_count, outcome.retry_after))
+    return Result(False, outcome.reason, backoff(attempts, outcome.retry_after))
+
+
+def count_attempt(change: dict[str, Any]) -> int:
+    """Record one failed attempt of this change at its destination; the attempts so far (this one included).
+
+    One UpdateItem, on failures only. A replay of the same message after a crash between the send and this
+    count counts nothing for that send: the change gets an attempt more, never one less.
+    """
+    item = _attempts_item(change)
+    item.update(actions=[DestinationState.attempts.add(1), DestinationState.expires_at.set(mark_expiry())])
+    return int(item.attempts or 1)
+
+
+def reset_attempts(change: dict[str, Any]) -> None:
+    _attempts_item(change).update(actions=[DestinationState.attempts.set(0)])
+
+
+def _attempts_item(change: dict[str, Any]) -> DestinationState:
+    return DestinationState(destination_pk(change["space_id"], change["destination"]),
+                            key("attempts", payloads.delivery_id(change)))
 
 
 # ---------------------------------------------------------------- backfill on connect

@@ -80,6 +80,8 @@ class DestinationState(EngageModel):
     change = UnicodeAttribute(null=True)  # log: the change as JSON
     # rate
     count = NumberAttribute(null=True)
+    # failed attempts of one delivery (engage.destinations.delivery.count_attempt)
+    attempts = NumberAttribute(null=True)
     expires_at = NumberAttribute(null=True)
 
 
