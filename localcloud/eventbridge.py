@@ -163,14 +163,25 @@ class Schedule:
         after = moment
         if target is not None and (self.fired_in_move >= CATCH_UP
                                    or self.fired_in_move == 1 and self._due_before(moment, target) >= CATCH_UP):
-            skipped, last = 0, moment
-            while (following := self.expression.next_after(last, self.start)) is not None and following <= target:
-                last, skipped = following, skipped + 1
-            if skipped > 1:
-                log.warning("%s: skipped %d occurrences in one clock move (at most %d run)",
-                            self.name, skipped - 1, CATCH_UP)
+            last = self._last_before(moment, target)
+            if last is not None and self.expression.next_after(moment, self.start) != last:
+                log.warning("%s: skipped the occurrences between %s and %s in one clock move (at most %d run)",
+                            self.name, _iso(moment), _iso(last), CATCH_UP)
                 after = last - timedelta(seconds=1)  # occurrences are whole minutes: the last one still runs
         self.arm(after)
+
+    def _last_before(self, moment: datetime, target: datetime) -> datetime | None:
+        """The last occurrence after `moment` and at or before `target`, found from the target back: walking
+        every occurrence from `moment` took minutes for a move of a century (52 million of a minute rate)."""
+        window = timedelta(hours=1)
+        while True:
+            low = max(moment, target - window)
+            last, following = None, self.expression.next_after(low, self.start)
+            while following is not None and following <= target:
+                last, following = following, self.expression.next_after(following, self.start)
+            if last is not None or low == moment:
+                return last
+            window *= 2
 
 
     def _due_before(self, moment: datetime, target: datetime) -> int:

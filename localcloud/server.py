@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from localcloud import (
@@ -50,6 +51,10 @@ READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed wh
 # A clock move waits for everything that came due to finish (journey executions included): on a busy
 # machine with dozens of executions released at once that takes longer than an ordinary settle.
 CLOCK_SETTLE_SECONDS = 300
+# The virtual clock stays well before the year 9999, where Python's dates end: windows, expiries and
+# schedules computed from now (a TTL 43 days on) overflowed there, and every later move was a 500.
+CLOCK_CEILING = datetime(9000, 1, 1, tzinfo=UTC)
+CEILING_WHY = "the latest the virtual clock goes (dates computed from it must stay before the year 9999)"
 EXTENSIONS: list[Callable[[LocalCloud], None]] = [waits.install, stepfunctions.install, eventbridge.install]
 
 
@@ -263,11 +268,21 @@ class LocalCloud:
         if "advance" in data:
             if not isinstance(data["advance"], str):
                 raise ValueError("advance: an ISO 8601 duration string such as P3D or PT2H")
-            self.clock.advance(parse_duration(data["advance"]))
+            try:
+                delta = parse_duration(data["advance"])
+                too_far = clock.now() + delta >= CLOCK_CEILING
+            except OverflowError:
+                too_far = True
+            if too_far:
+                raise ValueError(f"advance: {data['advance']} goes past {clock.iso(CLOCK_CEILING)}, " + CEILING_WHY)
+            self.clock.advance(delta)
         else:
             if not isinstance(data["to"], str):
                 raise ValueError("to: an ISO 8601 timestamp such as 2030-01-01T00:00:00Z")
-            self.clock.advance_to(clock.parse(data["to"]))
+            target = clock.parse(data["to"])
+            if target >= CLOCK_CEILING:
+                raise ValueError(f"to: {data['to']} is not before {clock.iso(CLOCK_CEILING)}, " + CEILING_WHY)
+            self.clock.advance_to(target)
         if self.keeper:
             self.keeper.journal.record_clock(self.clock.offset())
         return self.clock_state()

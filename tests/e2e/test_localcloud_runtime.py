@@ -234,6 +234,12 @@ def test_virtual_clock_moves_forward_only(mini_cloud):
     assert status == 400 and "forward" in error["error"]["message"]
     status, _, error = mini_cloud.call("POST", "/_local/clock", {"advance": "three days"})
     assert status == 400 and "P3D" in error["error"]["message"]
+    # And past the year 9000 (the year 9999 was a 500 at every later move), or a duration no date can take,
+    # is a 400 too, and the clock still moves after it
+    for move in ({"to": "9999-12-31T23:59:59Z"}, {"advance": "P3000000D"}, {"advance": "P999999999D"}):
+        status, _, error = mini_cloud.call("POST", "/_local/clock", move)
+        assert status == 400 and "9000-01-01" in error["error"]["message"], (move, error)
+    assert mini_cloud.call("POST", "/_local/clock", {"advance": "PT1M"})[0] == 200
 
 
 def test_ttl_expires_items_against_the_virtual_clock(mini_cloud, names):
