@@ -7,11 +7,15 @@ from __future__ import annotations
 from engage.audiences import sweeper
 from engage.observability import logger, metrics, tracer
 
+# Kept for sending what the run found (SweepQueue) and its log line: the dispatch stops with this much left.
+RESERVE_MS = 10_000
+
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event, context):
-    report = sweeper.dispatch(send=sweeper.enqueue)
+    report = sweeper.dispatch(send=sweeper.enqueue, time_left=lambda: context is None
+                              or context.get_remaining_time_in_millis() > RESERVE_MS)
     logger.info("sweep dispatched", extra=report.as_dict())
     return report.as_dict()

@@ -142,6 +142,30 @@ def test_the_dispatch_hands_out_one_message_per_bucket_with_work_and_the_workers
     assert dispatched() == []
 
 
+def test_a_dispatch_years_behind_sends_what_it_found_before_its_time_runs_out(crowd):
+    # The schedule off for years (or the local clock moved years on): the days from the cursor are 16 Queries
+    # each. The run used to scan them all before sending anything: cut off by its 60 s timeout every minute,
+    # it never handed out the buckets it had found, and the audience never changed again.
+    import boto3
+
+    from engage.config import settings
+
+    clock.advance(timedelta(days=3 * 365))
+
+    class Shrinking(LambdaContext):
+        left = 60_000
+
+        def get_remaining_time_in_millis(self) -> int:
+            self.left -= 2_000  # 2 s a day of Queries: 25 days, then the reserve
+            return self.left
+
+    report = handler("audience_sweeper")({"source": "aws.scheduler"}, Shrinking())
+    assert report["complete"] is False and 0 < report["days_open"] <= 25 and report["buckets"] > 0
+    sqs, url = boto3.client("sqs"), settings().sweep_queue_url
+    sent = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert len(sent) == min(10, report["buckets"])  # what it found is handed out
+
+
 def test_a_bucket_redelivered_or_swept_by_two_workers_at_once_changes_each_membership_once(crowd, monkeypatch):
     from engage.audiences import runtime
 

@@ -70,9 +70,11 @@ class DispatchReport:
     days_open: int = 0
     days_closed: int = 0
     buckets: list[Bucket] = field(default_factory=list)  # handed to workers
+    complete: bool = True  # False: stopped for time before the last open day
 
     def as_dict(self) -> dict:
-        return {"days_open": self.days_open, "days_closed": self.days_closed, "buckets": len(self.buckets)}
+        return {"days_open": self.days_open, "days_closed": self.days_closed, "buckets": len(self.buckets),
+                "complete": self.complete}
 
 
 @dataclass
@@ -94,13 +96,22 @@ class SweepReport:
         return asdict(self)
 
 
-def dispatch(now: datetime | None = None, *, send: Callable[[list[Bucket]], None]) -> DispatchReport:
-    """Hand every open bucket that has something due to `send`; close the past days that are empty."""
+def dispatch(now: datetime | None = None, *, send: Callable[[list[Bucket]], None],
+             time_left: Callable[[], bool] = lambda: True) -> DispatchReport:
+    """Hand every open bucket that has something due to `send`; close the past days that are empty.
+
+    Stops at the first day it has no time for (`time_left()` False; complete=False): after a long gap (the
+    schedule off for months, the local clock moved years) the days from the cursor are thousands of Queries,
+    and a run cut off by its timeout sent nothing it had found. The next run goes on from the cursor.
+    """
     now = now or clock.now()
     report = DispatchReport()
     contiguous = True  # the cursor only moves past days that are done, oldest first
     plan = due.plan(now)
     for day in plan.days:
+        if not time_left():
+            report.complete = False
+            break
         report.days_open += 1
         busy = [Bucket(day, shard) for shard in plan.shards if due.has_due(day, shard, now)]
         report.buckets += busy
