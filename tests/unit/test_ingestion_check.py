@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from engage import ingestion
 from engage.errors import EngageError, NotFound, ValidationFailed
-from engage.ingestion import LimitExceeded
+from engage.ingestion import LimitExceeded, wire
 
 NOW = datetime(2026, 11, 23, 14, 30, 0, tzinfo=UTC)
 
@@ -69,6 +69,19 @@ def test_an_oversize_message_is_rejected_by_its_index_naming_the_limit():
     assert issue.path == "batch[12]"
     assert issue.message.startswith("message is 33,") and issue.message.endswith(
         "bytes: the limit is 32 KB (32,768 bytes) per message")
+
+
+def test_a_number_past_the_float_range_is_refused_naming_it_not_stored_as_infinity():
+    # Given valid JSON whose numbers Python reads as inf (JSON has no Infinity; 1e400 is a number)
+    document = wire.parse_json(b'{"batch": [{"type": "identify", "userId": "u1", "traits": {"score": 1e400}},'
+                               b' {"type": "track", "userId": "u1", "event": "E", "properties": {"p": [-1e999]}},'
+                               b' {"type": "track", "userId": "u1", "event": "E", "messageId": "ok"}]}')
+    checked = check(document)
+    # Then each is refused by its path (DynamoDB cannot hold it: the profile write would fail on every
+    # redelivery), and the valid message is kept
+    assert [(i.path, "largest number" in i.message) for i in checked.issues] == [
+        ("batch[0].traits.score", True), ("batch[1].properties.p[0]", True)]
+    assert [m["messageId"] for m in checked.messages] == ["ok"]
 
 
 def test_a_single_call_over_32_kb_is_rejected():

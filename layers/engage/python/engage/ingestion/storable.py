@@ -18,6 +18,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from engage import dynamodb_limits as limits
@@ -72,7 +73,8 @@ def _walk(value: Any, path: str, level: int, issues: list[Issue]) -> None:
         for key, child in items:
             _walk(child, f"{path}[{key}]" if isinstance(key, int) else _key(path, key), level + 1, issues)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        problem = limits.number_problem(value)
+        # JSON has no Infinity, but Python reads a number past the float range (1e400) as inf
+        problem = limits.NUMBER_OVERFLOW if value in (math.inf, -math.inf) else limits.number_problem(value)
         if problem:
             issues.append(Issue(path, _NUMBER_REASONS[problem]))
 
