@@ -255,6 +255,27 @@ def test_a_merged_users_account_links_move_to_the_survivor(aws, space):
         account.profile_id]
 
 
+def test_a_merged_user_in_more_accounts_than_a_transaction_holds_still_merges(aws, space):
+    # Given an anonymous profile, and a newer user profile in 40 accounts (3 link items each to move:
+    # more than DynamoDB's 100 items per transaction)
+    run(batch(message("page", "m1", at(0), anonymousId="a1")))
+    run(batch(*[message("group", f"g{i}", at(1), userId="u1", groupId=f"acct{i}") for i in range(40)]))
+    # When the two users merge, and the stream delivers that batch twice
+    merge = batch(message("identify", "m3", at(2), userId="u1", anonymousId="a1"))
+    assert run(merge) == {"batchItemFailures": []}
+    before = scan_all(aws)
+    assert run(merge) == {"batchItemFailures": []}
+    # Then the merge is applied (not failed on every redelivery) and every account links to the survivor only
+    survivor = profile_of("user_id", "u1")
+    assert ids(survivor) >= {"user_id:u1", "anonymous_id:a1"}
+    accounts = [profile_of("group_id", f"acct{i}", "accounts").profile_id for i in range(40)]
+    assert sorted(link.to_profile_id for link in store.links_of(SPACE, survivor.profile_id, "accounts")) == sorted(
+        accounts)
+    for account in accounts:
+        assert [link.to_profile_id for link in store.links_of(SPACE, account, "users")] == [survivor.profile_id]
+    assert scan_all(aws) == before
+
+
 def test_redelivering_a_stream_batch_leaves_every_table_as_it_was(aws, space):
     # Given the sample batch (page, identify, track, group, screen, alias and a MODIFY; space `local`,
     # the local cloud's default) applied once
