@@ -84,6 +84,20 @@ def test_a_number_past_the_float_range_is_refused_naming_it_not_stored_as_infini
     assert [m["messageId"] for m in checked.messages] == ["ok"]
 
 
+def test_an_empty_key_anywhere_is_refused_naming_the_object_that_holds_it():
+    # Given traits and properties with empty keys (JSON allows them; a DynamoDB map does not, at any depth,
+    # so the profile write of such a trait would fail on every redelivery)
+    checked = check({"batch": [
+        {"type": "identify", "userId": "u1", "traits": {"address": {"": "x", "city": "Paris"}}},
+        {"type": "group", "userId": "u1", "groupId": "g1", "traits": {"": 1}},
+        {"type": "track", "userId": "u1", "event": "E", "properties": {"items": [{"": 2}]}},
+        {"type": "identify", "userId": "u1", "traits": {"address": {"city": "Paris"}}}]})
+    # Then each is refused by the path of the object with the empty key; the valid message is kept
+    assert [(i.path, "empty key" in i.message) for i in checked.issues] == [
+        ("batch[0].traits.address", True), ("batch[1].traits", True), ("batch[2].properties.items[0]", True)]
+    assert len(checked.messages) == 1
+
+
 def test_a_single_call_over_32_kb_is_rejected():
     checked = check({"userId": "u1", "event": "E", "properties": {"blob": "x" * 33_000}}, call="track")
     assert checked.messages == [] and "the limit is 32 KB" in str(checked.issues[0])
