@@ -291,6 +291,21 @@ def test_redelivering_a_stream_batch_leaves_every_table_as_it_was(aws, space):
     assert len(before["ProfilesTable"]) == 2  # the user and the account
 
 
+def test_redelivering_a_batch_that_merged_a_busy_profile_counts_nothing_twice(aws, space):
+    # Given a user, and a newer anonymous profile that has applied 500 messages (a full `applied`)
+    run(batch(message("identify", "u-0", at(0), userId="u1")))
+    for start in range(0, 500, 100):
+        run(batch(*[message("page", f"a-{i}", at(1), anonymousId="a1") for i in range(start, start + 100)]))
+    # When one batch brings the user's purchase and then the login that merges the two, twice
+    merge = batch(message("track", "u-buy", at(2), userId="u1", event="Order Completed"),
+                  message("identify", "u-login", at(3), userId="u1", anonymousId="a1"))
+    run(merge)
+    run(merge)
+    # Then the purchase counts once (the merge kept the survivor's newest messageIds, not only the other's)
+    stats = profile_of("user_id", "u1").event_stats.as_dict()
+    assert stats["Order Completed"]["total"] == 1 and stats["Page Viewed"]["total"] == 500
+
+
 def test_modify_records_are_ignored(aws, space):
     # Given an applied identify
     first = message("identify", "m1", at(0), userId="u1", traits={"plan": "free"})
