@@ -108,6 +108,19 @@ def test_more_than_2500_messages_is_refused_whole():
         check({"batch": [track(n) for n in range(2501)]})
 
 
+def test_a_shared_context_copied_into_every_message_is_bounded():
+    # Given a 215 KB request: 2,500 small messages and a 32 KB batch-level context, which each message gets a
+    # copy of (80 MB to store: the ingest function timed out, the sender retried, storing it again)
+    context = {f"k{i}": "x" * 100 for i in range(290)}
+    messages = [track(n) for n in range(2500)]
+    # Then it is refused whole, saying why, before anything is copied or stored
+    with pytest.raises(LimitExceeded, match=r"copied into each of its 2,500 messages: .* the limit is 4 MB"):
+        check({"context": context, "batch": messages})
+    # And a usual shared context (1.5 KB for 2,500 messages) is applied as before
+    checked = check({"context": {"library": {"name": "importer", "notes": "n" * 1500}}, "batch": messages})
+    assert len(checked.messages) == 2500 and checked.issues == []
+
+
 @pytest.mark.parametrize("document, expected", [
     ({}, "batch is required: a list of messages"),
     ({"batch": {"type": "track"}}, "batch must be a list of messages"),

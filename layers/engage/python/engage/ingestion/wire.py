@@ -20,6 +20,9 @@ from engage.errors import AuthenticationFailed, EngageError
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
+# A batch's top-level context/integrations are copied into each of its messages, which are stored
+# whole: 2,500 copies of a 32 KB context made a 215 KB request store 80 MB (and time out). Bounded.
+MAX_SHARED_COPIES_BYTES = 4 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 # analytics.js posts each call to /v1/<its first letter> and batches to /v1/b, as do
 # analytics-swift and analytics-kotlin; they are the same calls as the long paths.
