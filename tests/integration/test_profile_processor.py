@@ -419,6 +419,29 @@ def test_a_profile_stops_collecting_ids_at_its_limit_but_keeps_its_events(aws, s
     assert pointer("anonymous_id", "a2") is None
 
 
+def test_an_id_left_behind_a_long_chain_of_merges_still_finds_its_profile(aws, space, monkeypatch):
+    # Given profiles whose ids budgets are full (2 ids here), each older than the next, and each merged
+    # into the older one in turn: an id of the first is not carried along, so its pointer stays
+    # behind a chain that grows with every merge (past the 20 hops that were followed)
+    from engage import profile_budgets, profiles
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    n = 24
+    for k in reversed(range(n)):
+        run(batch(message("identify", f"c{k}", at(n - 1 - k), anonymousId=f"a{k}",
+                          context={"externalIds": [{"type": "crm", "id": f"c{k}"}]})))
+    for k in range(n - 1):
+        assert run(batch(message("track", f"m{k}", at(40), event="Link", anonymousId=f"a{k}",
+                                 context={"externalIds": [{"type": "crm", "id": f"c{k + 1}"}]}))) == {
+            "batchItemFailures": []}, k
+    # When an event comes for that id
+    assert run(batch(message("track", "buy", at(50), event="Buy", anonymousId="a0"))) == {"batchItemFailures": []}
+    # Then it lands on the survivor (not failed on every redelivery), which the Profile API finds too
+    survivor = profile_of("anonymous_id", "a0")
+    assert survivor.event_stats.as_dict()["Buy"]["total"] == 1 and not survivor.merged_into
+    assert store.MAX_MERGE_HOPS > profiles.MERGE_LIMIT
+
+
 def test_two_writers_seeing_a_new_id_at_once_end_on_one_profile(aws, space):
     # Given a batch that read "a1 is unknown" before another invocation created a1's profile
     slow = batch(message("track", "m1", at(0), anonymousId="a1", event="Login"))

@@ -33,8 +33,10 @@ from engage.db import EngageModel, TableName, key
 USERS = "users"
 ACCOUNTS = "accounts"
 COLLECTIONS = (USERS, ACCOUNTS)
-# Following merged_into more than this many hops means a cycle or corruption, not a real chain.
-MAX_MERGE_HOPS = 20
+# Following merged_into more than this many hops means a cycle or corruption, not a real chain. A real
+# chain can be as long as the merges its survivor absorbed (engage.profiles.MERGE_LIMIT, 100): an id whose
+# profile's ids budget was full when it was merged is not carried on, so its pointer is not moved along.
+MAX_MERGE_HOPS = 101
 
 
 class ProfileRecord(EngageModel):
