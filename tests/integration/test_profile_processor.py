@@ -442,6 +442,29 @@ def test_an_id_left_behind_a_long_chain_of_merges_still_finds_its_profile(aws, s
     assert store.MAX_MERGE_HOPS > profiles.MERGE_LIMIT
 
 
+def test_a_user_whose_ids_budget_is_full_is_still_linked_to_a_new_account(aws, space, monkeypatch):
+    # Given a limit of 2 ids and a user who already has them
+    from engage import profile_budgets
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    run(batch(message("identify", "m1", at(0), userId="u1", anonymousId="a1")))
+    # When the user joins an account (twice: a redelivery or a repeated call)
+    run(batch(message("group", "m2", at(1), userId="u1", groupId="g1", traits={"name": "Acme"})))
+    run(batch(message("group", "m3", at(2), userId="u1", groupId="g1", traits={"plan": "pro"})))
+    # Then the group_id is not recorded on the full profile, but the membership is kept: linked both ways, once
+    user, account = profile_of("user_id", "u1"), profile_of("group_id", "g1", "accounts")
+    assert ids(user) == {"user_id:u1", "anonymous_id:a1"}
+    assert [link.to_profile_id for link in store.links_of(SPACE, user.profile_id, "accounts")] == [account.profile_id]
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [user.profile_id]
+    # And when that user is merged into an older profile, the link moves to the survivor
+    run(batch(message("page", "m0", "2026-11-20T09:00:00.000Z", anonymousId="a0")))
+    run(batch(message("track", "m4", at(3), event="Login", userId="u1", anonymousId="a0")))
+    survivor = profile_of("user_id", "u1")
+    assert survivor.profile_id != user.profile_id
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [
+        survivor.profile_id]
+
+
 def test_two_writers_seeing_a_new_id_at_once_end_on_one_profile(aws, space):
     # Given a batch that read "a1 is unknown" before another invocation created a1's profile
     slow = batch(message("track", "m1", at(0), anonymousId="a1", event="Login"))

@@ -552,10 +552,12 @@ class StreamBatch:
         account = profiles.apply_message(account, message, now=now, retention_days=self.retention_days,
                                          dropped=dropped)
         links = []
-        # The user's group ids tell whether the link exists already (links are written once).
+        # The user's group ids tell whether the link exists already (links are written once). A user whose
+        # ids budget is full cannot record it: linked anyway (on each such call: puts of the same items).
         if profiles.add_external_id(user, collection=USERS, id_type=GROUP_ID, value=message.group_id,
                                     encoding="none", created_at=message.received_at,
-                                    message_id=message.message_id, dropped=dropped):
+                                    message_id=message.message_id, dropped=dropped) \
+                or not user.has_id(USERS, GROUP_ID, message.group_id):
             links = [
                 store.new_link(space_id, USERS, user.profile_id, ACCOUNTS, account.profile_id,
                                message.received_at, message.message_id),
@@ -567,8 +569,12 @@ class StreamBatch:
     def _move_links(self, space_id: str, loser: ProfileState, survivor: ProfileState):
         """A merged user's account links move to the survivor (both directions); merges are rare,
         so the two Queries here cost nothing on the hot path."""
-        if loser.collection != USERS or not loser.ids_of(GROUP_ID):
+        if loser.collection != USERS:
             return [], []
+        if not loser.ids_of(GROUP_ID) and profiles.room_for_id(loser, collection=USERS, id_type=GROUP_ID,
+                                                               value="x" * 1000, encoding="none", created_at="",
+                                                               message_id=""):
+            return [], []  # in no account: a group call records its group id when the ids budget has room
         have = {link.to_profile_id for link in store.links_of(space_id, survivor.profile_id, ACCOUNTS)}
         links, unlinks = [], []
         for link in store.links_of(space_id, loser.profile_id, ACCOUNTS):
