@@ -465,6 +465,23 @@ def test_a_user_whose_ids_budget_is_full_is_still_linked_to_a_new_account(aws, s
         survivor.profile_id]
 
 
+def test_a_group_call_that_merges_into_a_full_profile_links_once(aws, space, monkeypatch):
+    # Given a limit of 2 ids, an older profile that has them, and a newer user already in account g1
+    from engage import profile_budgets
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    run(batch(message("identify", "m1", at(0), anonymousId="a1", context={"externalIds": [{"type": "crm", "id": "c1"}]})))
+    run(batch(message("group", "m2", at(1), userId="u1", groupId="g1")))
+    # When a group call for g1 merges the user into the older profile
+    assert run(batch(message("group", "m3", at(2), userId="u1", anonymousId="a1", groupId="g1"))) == {
+        "batchItemFailures": []}
+    # Then the account links to the survivor only (the moved link and the call's own are one item)
+    survivor, account = profile_of("anonymous_id", "a1"), profile_of("group_id", "g1", "accounts")
+    assert profile_of("user_id", "u1").profile_id == survivor.profile_id
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [
+        survivor.profile_id]
+
+
 def test_two_writers_seeing_a_new_id_at_once_end_on_one_profile(aws, space):
     # Given a batch that read "a1 is unknown" before another invocation created a1's profile
     slow = batch(message("track", "m1", at(0), anonymousId="a1", event="Login"))

@@ -394,7 +394,9 @@ class StreamBatch:
             change.account, account_pointers, account_links = self._group(space_id, message, change.state, now,
                                                                           touched, change.dropped)
             change.pointers += account_pointers
-            change.links += account_links
+            # a link the merge moved may be this call's own too: one item (a transaction names an item once)
+            moved = {(link.pk, link.sk) for link in change.links}
+            change.links += [link for link in account_links if (link.pk, link.sk) not in moved]
         return change
 
     def _commit(self, space_id: str, message: Message, entry: _Entry, change: _Change, updated_at: str) -> None:
