@@ -482,6 +482,21 @@ def test_a_group_call_that_merges_into_a_full_profile_links_once(aws, space, mon
         survivor.profile_id]
 
 
+def test_two_merged_users_of_the_same_account_leave_it_one_link(aws, space):
+    # Given an older profile, and two newer users who both joined account g1
+    run(batch(message("identify", "m0", at(0), anonymousId="a0", traits={"email": "ann@example.com"})))
+    run(batch(message("group", "m1", at(1), userId="u1", groupId="g1")))
+    run(batch(message("group", "m2", at(2), anonymousId="a2", groupId="g1")))
+    # When one message merges all three
+    assert run(batch(message("identify", "m3", at(3), userId="u1", anonymousId="a2",
+                             traits={"email": "ann@example.com"}))) == {"batchItemFailures": []}
+    # Then the account links to the survivor, once
+    survivor, account = profile_of("email", "ann@example.com"), profile_of("group_id", "g1", "accounts")
+    assert profile_of("anonymous_id", "a2").profile_id == survivor.profile_id
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [
+        survivor.profile_id]
+
+
 def test_two_writers_seeing_a_new_id_at_once_end_on_one_profile(aws, space):
     # Given a batch that read "a1 is unknown" before another invocation created a1's profile
     slow = batch(message("track", "m1", at(0), anonymousId="a1", event="Login"))

@@ -369,7 +369,7 @@ class StreamBatch:
                                               now=now, retention_days=self.retention_days, dropped=change.dropped)
             change.merged.append((loser, gone))
             moved, dropped_links = self._move_links(space_id, loser.state, state)
-            change.links += moved
+            _add_links(change, moved)
             change.unlinks += dropped_links
         for i in resolution.accepted:
             if not state.has_id(i.collection, i.type, i.value) and not profiles.room_for_id(
@@ -394,9 +394,7 @@ class StreamBatch:
             change.account, account_pointers, account_links = self._group(space_id, message, change.state, now,
                                                                           touched, change.dropped)
             change.pointers += account_pointers
-            # a link the merge moved may be this call's own too: one item (a transaction names an item once)
-            moved = {(link.pk, link.sk) for link in change.links}
-            change.links += [link for link in account_links if (link.pk, link.sk) not in moved]
+            _add_links(change, account_links)
         return change
 
     def _commit(self, space_id: str, message: Message, entry: _Entry, change: _Change, updated_at: str) -> None:
@@ -647,6 +645,16 @@ def _history_item(space_id: str, profile_id: str, message: Message,
     return (pk, sk), store.ProfileEventRecord(
         pk, sk, message_id=message.message_id, type=message.type, event=message.event_name,
         timestamp=message.timestamp, payload=json.dumps(message.raw, separators=(",", ":")), expires_at=expires)
+
+
+def _add_links(change: _Change, links: list[store.LinkRecord]) -> None:
+    """A link two merged profiles both had, or that the merge moves and the group call makes too, is one
+    item: a transaction names an item once."""
+    have = {(link.pk, link.sk) for link in change.links}
+    for link in links:
+        if (link.pk, link.sk) not in have:
+            have.add((link.pk, link.sk))
+            change.links.append(link)
 
 
 def _report_dropped(message_id: str, profile_id: str, dropped: Counter) -> None:
