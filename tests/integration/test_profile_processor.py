@@ -255,6 +255,27 @@ def test_a_merged_users_account_links_move_to_the_survivor(aws, space):
         account.profile_id]
 
 
+def test_a_merged_user_in_more_accounts_than_a_transaction_holds_still_merges(aws, space):
+    # Given an anonymous profile, and a newer user profile in 40 accounts (3 link items each to move:
+    # more than DynamoDB's 100 items per transaction)
+    run(batch(message("page", "m1", at(0), anonymousId="a1")))
+    run(batch(*[message("group", f"g{i}", at(1), userId="u1", groupId=f"acct{i}") for i in range(40)]))
+    # When the two users merge, and the stream delivers that batch twice
+    merge = batch(message("identify", "m3", at(2), userId="u1", anonymousId="a1"))
+    assert run(merge) == {"batchItemFailures": []}
+    before = scan_all(aws)
+    assert run(merge) == {"batchItemFailures": []}
+    # Then the merge is applied (not failed on every redelivery) and every account links to the survivor only
+    survivor = profile_of("user_id", "u1")
+    assert ids(survivor) >= {"user_id:u1", "anonymous_id:a1"}
+    accounts = [profile_of("group_id", f"acct{i}", "accounts").profile_id for i in range(40)]
+    assert sorted(link.to_profile_id for link in store.links_of(SPACE, survivor.profile_id, "accounts")) == sorted(
+        accounts)
+    for account in accounts:
+        assert [link.to_profile_id for link in store.links_of(SPACE, account, "users")] == [survivor.profile_id]
+    assert scan_all(aws) == before
+
+
 def test_redelivering_a_stream_batch_leaves_every_table_as_it_was(aws, space):
     # Given the sample batch (page, identify, track, group, screen, alias and a MODIFY; space `local`,
     # the local cloud's default) applied once
@@ -268,6 +289,21 @@ def test_redelivering_a_stream_batch_leaves_every_table_as_it_was(aws, space):
     profile = profile_of("user_id", "user-42", space="local")
     assert profile.event_stats.as_dict()["Order Completed"]["total"] == 1
     assert len(before["ProfilesTable"]) == 2  # the user and the account
+
+
+def test_redelivering_a_batch_that_merged_a_busy_profile_counts_nothing_twice(aws, space):
+    # Given a user, and a newer anonymous profile that has applied 500 messages (a full `applied`)
+    run(batch(message("identify", "u-0", at(0), userId="u1")))
+    for start in range(0, 500, 100):
+        run(batch(*[message("page", f"a-{i}", at(1), anonymousId="a1") for i in range(start, start + 100)]))
+    # When one batch brings the user's purchase and then the login that merges the two, twice
+    merge = batch(message("track", "u-buy", at(2), userId="u1", event="Order Completed"),
+                  message("identify", "u-login", at(3), userId="u1", anonymousId="a1"))
+    run(merge)
+    run(merge)
+    # Then the purchase counts once (the merge kept the survivor's newest messageIds, not only the other's)
+    stats = profile_of("user_id", "u1").event_stats.as_dict()
+    assert stats["Order Completed"]["total"] == 1 and stats["Page Viewed"]["total"] == 500
 
 
 def test_modify_records_are_ignored(aws, space):
@@ -381,6 +417,84 @@ def test_a_profile_stops_collecting_ids_at_its_limit_but_keeps_its_events(aws, s
     assert ids(profile) == {"user_id:u1", "anonymous_id:a1"}
     assert profile.event_stats.as_dict()["Login"]["total"] == 1
     assert pointer("anonymous_id", "a2") is None
+
+
+def test_an_id_left_behind_a_long_chain_of_merges_still_finds_its_profile(aws, space, monkeypatch):
+    # Given profiles whose ids budgets are full (2 ids here), each older than the next, and each merged
+    # into the older one in turn: an id of the first is not carried along, so its pointer stays
+    # behind a chain that grows with every merge (past the 20 hops that were followed)
+    from engage import profile_budgets, profiles
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    n = 24
+    for k in reversed(range(n)):
+        run(batch(message("identify", f"c{k}", at(n - 1 - k), anonymousId=f"a{k}",
+                          context={"externalIds": [{"type": "crm", "id": f"c{k}"}]})))
+    for k in range(n - 1):
+        assert run(batch(message("track", f"m{k}", at(40), event="Link", anonymousId=f"a{k}",
+                                 context={"externalIds": [{"type": "crm", "id": f"c{k + 1}"}]}))) == {
+            "batchItemFailures": []}, k
+    # When an event comes for that id
+    assert run(batch(message("track", "buy", at(50), event="Buy", anonymousId="a0"))) == {"batchItemFailures": []}
+    # Then it lands on the survivor (not failed on every redelivery), which the Profile API finds too
+    survivor = profile_of("anonymous_id", "a0")
+    assert survivor.event_stats.as_dict()["Buy"]["total"] == 1 and not survivor.merged_into
+    assert store.MAX_MERGE_HOPS > profiles.MERGE_LIMIT
+
+
+def test_a_user_whose_ids_budget_is_full_is_still_linked_to_a_new_account(aws, space, monkeypatch):
+    # Given a limit of 2 ids and a user who already has them
+    from engage import profile_budgets
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    run(batch(message("identify", "m1", at(0), userId="u1", anonymousId="a1")))
+    # When the user joins an account (twice: a redelivery or a repeated call)
+    run(batch(message("group", "m2", at(1), userId="u1", groupId="g1", traits={"name": "Acme"})))
+    run(batch(message("group", "m3", at(2), userId="u1", groupId="g1", traits={"plan": "pro"})))
+    # Then the group_id is not recorded on the full profile, but the membership is kept: linked both ways, once
+    user, account = profile_of("user_id", "u1"), profile_of("group_id", "g1", "accounts")
+    assert ids(user) == {"user_id:u1", "anonymous_id:a1"}
+    assert [link.to_profile_id for link in store.links_of(SPACE, user.profile_id, "accounts")] == [account.profile_id]
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [user.profile_id]
+    # And when that user is merged into an older profile, the link moves to the survivor
+    run(batch(message("page", "m0", "2026-11-20T09:00:00.000Z", anonymousId="a0")))
+    run(batch(message("track", "m4", at(3), event="Login", userId="u1", anonymousId="a0")))
+    survivor = profile_of("user_id", "u1")
+    assert survivor.profile_id != user.profile_id
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [
+        survivor.profile_id]
+
+
+def test_a_group_call_that_merges_into_a_full_profile_links_once(aws, space, monkeypatch):
+    # Given a limit of 2 ids, an older profile that has them, and a newer user already in account g1
+    from engage import profile_budgets
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    run(batch(message("identify", "m1", at(0), anonymousId="a1", context={"externalIds": [{"type": "crm", "id": "c1"}]})))
+    run(batch(message("group", "m2", at(1), userId="u1", groupId="g1")))
+    # When a group call for g1 merges the user into the older profile
+    assert run(batch(message("group", "m3", at(2), userId="u1", anonymousId="a1", groupId="g1"))) == {
+        "batchItemFailures": []}
+    # Then the account links to the survivor only (the moved link and the call's own are one item)
+    survivor, account = profile_of("anonymous_id", "a1"), profile_of("group_id", "g1", "accounts")
+    assert profile_of("user_id", "u1").profile_id == survivor.profile_id
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [
+        survivor.profile_id]
+
+
+def test_two_merged_users_of_the_same_account_leave_it_one_link(aws, space):
+    # Given an older profile, and two newer users who both joined account g1
+    run(batch(message("identify", "m0", at(0), anonymousId="a0", traits={"email": "ann@example.com"})))
+    run(batch(message("group", "m1", at(1), userId="u1", groupId="g1")))
+    run(batch(message("group", "m2", at(2), anonymousId="a2", groupId="g1")))
+    # When one message merges all three
+    assert run(batch(message("identify", "m3", at(3), userId="u1", anonymousId="a2",
+                             traits={"email": "ann@example.com"}))) == {"batchItemFailures": []}
+    # Then the account links to the survivor, once
+    survivor, account = profile_of("email", "ann@example.com"), profile_of("group_id", "g1", "accounts")
+    assert profile_of("anonymous_id", "a2").profile_id == survivor.profile_id
+    assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [
+        survivor.profile_id]
 
 
 def test_two_writers_seeing_a_new_id_at_once_end_on_one_profile(aws, space):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from engage import ingestion
 from engage.errors import EngageError, NotFound, ValidationFailed
-from engage.ingestion import LimitExceeded
+from engage.ingestion import LimitExceeded, wire
 
 NOW = datetime(2026, 11, 23, 14, 30, 0, tzinfo=UTC)
 
@@ -71,6 +71,33 @@ def test_an_oversize_message_is_rejected_by_its_index_naming_the_limit():
         "bytes: the limit is 32 KB (32,768 bytes) per message")
 
 
+def test_a_number_past_the_float_range_is_refused_naming_it_not_stored_as_infinity():
+    # Given valid JSON whose numbers Python reads as inf (JSON has no Infinity; 1e400 is a number)
+    document = wire.parse_json(b'{"batch": [{"type": "identify", "userId": "u1", "traits": {"score": 1e400}},'
+                               b' {"type": "track", "userId": "u1", "event": "E", "properties": {"p": [-1e999]}},'
+                               b' {"type": "track", "userId": "u1", "event": "E", "messageId": "ok"}]}')
+    checked = check(document)
+    # Then each is refused by its path (DynamoDB cannot hold it: the profile write would fail on every
+    # redelivery), and the valid message is kept
+    assert [(i.path, "largest number" in i.message) for i in checked.issues] == [
+        ("batch[0].traits.score", True), ("batch[1].properties.p[0]", True)]
+    assert [m["messageId"] for m in checked.messages] == ["ok"]
+
+
+def test_an_empty_key_anywhere_is_refused_naming_the_object_that_holds_it():
+    # Given traits and properties with empty keys (JSON allows them; a DynamoDB map does not, at any depth,
+    # so the profile write of such a trait would fail on every redelivery)
+    checked = check({"batch": [
+        {"type": "identify", "userId": "u1", "traits": {"address": {"": "x", "city": "Paris"}}},
+        {"type": "group", "userId": "u1", "groupId": "g1", "traits": {"": 1}},
+        {"type": "track", "userId": "u1", "event": "E", "properties": {"items": [{"": 2}]}},
+        {"type": "identify", "userId": "u1", "traits": {"address": {"city": "Paris"}}}]})
+    # Then each is refused by the path of the object with the empty key; the valid message is kept
+    assert [(i.path, "empty key" in i.message) for i in checked.issues] == [
+        ("batch[0].traits.address", True), ("batch[1].traits", True), ("batch[2].properties.items[0]", True)]
+    assert len(checked.messages) == 1
+
+
 def test_a_single_call_over_32_kb_is_rejected():
     checked = check({"userId": "u1", "event": "E", "properties": {"blob": "x" * 33_000}}, call="track")
     assert checked.messages == [] and "the limit is 32 KB" in str(checked.issues[0])
@@ -79,6 +106,19 @@ def test_a_single_call_over_32_kb_is_rejected():
 def test_more_than_2500_messages_is_refused_whole():
     with pytest.raises(LimitExceeded, match="batch has 2,501 messages: the limit is 2,500 per request"):
         check({"batch": [track(n) for n in range(2501)]})
+
+
+def test_a_shared_context_copied_into_every_message_is_bounded():
+    # Given a 215 KB request: 2,500 small messages and a 32 KB batch-level context, which each message gets a
+    # copy of (80 MB to store: the ingest function timed out, the sender retried, storing it again)
+    context = {f"k{i}": "x" * 100 for i in range(290)}
+    messages = [track(n) for n in range(2500)]
+    # Then it is refused whole, saying why, before anything is copied or stored
+    with pytest.raises(LimitExceeded, match=r"copied into each of its 2,500 messages: .* the limit is 4 MB"):
+        check({"context": context, "batch": messages})
+    # And a usual shared context (1.5 KB for 2,500 messages) is applied as before
+    checked = check({"context": {"library": {"name": "importer", "notes": "n" * 1500}}, "batch": messages})
+    assert len(checked.messages) == 2500 and checked.issues == []
 
 
 @pytest.mark.parametrize("document, expected", [

@@ -34,6 +34,18 @@ def test_gzip_bodies_are_inflated_with_or_without_the_header(encoding):
     assert wire.parse_json(wire.read_body(body, is_base64=True, content_encoding=encoding)) == BODY
 
 
+def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_are_refused():
+    # Given a gzip body in two members (RFC 1952 allows it; gzip -d joins them), the first one valid JSON alone
+    first, second = b'{"batch": [{"type": "track", "userId": "u1", "event": "A"}]', b"}"
+    whole = b'{"batch": [{"type": "track", "userId": "u1", "event": "A"}]}'
+    body = b64(gzip.compress(first) + gzip.compress(second))
+    # Then both are read (not the first alone, or a 400 for JSON cut in two)
+    assert wire.read_body(body, is_base64=True) == whole
+    # And bytes after a member that are not gzip are refused, not silently ignored
+    with pytest.raises(BadRequest, match="not valid gzip"):
+        wire.read_body(b64(gzip.compress(whole) + b'{"batch": [{"type": "track"}]}'), is_base64=True)
+
+
 def test_deflate_bodies_are_inflated():
     body = b64(zlib.compress(TEXT.encode()))
     assert wire.parse_json(wire.read_body(body, is_base64=True, content_encoding="deflate")) == BODY

@@ -195,6 +195,23 @@ def test_merge_unions_ids_sums_aggregates_and_keeps_newest_trait_per_name():
     assert again == out
 
 
+def test_a_merge_keeps_the_newest_applied_messages_of_both_profiles():
+    # Given two busy profiles, each with a full `applied` (500 messages)
+    survivor, merged = fresh(), ProfileState("usr_2", "acme", created_at="2026-11-02T00:00:00.000Z")
+    for i in range(profiles.APPLIED_LIMIT):
+        profiles.mark_applied(survivor, f"s{i}")
+        profiles.mark_applied(merged, f"a{i}")
+    # When they merge
+    out, _ = profiles.merge_into(survivor, merged, message=msg("x1", "2026-11-20T13:00:00.000Z"),
+                                 merged_at="2026-11-20T13:00:01.000Z", now=NOW, retention_days=RETENTION)
+    # Then the newest of each side are still known (a redelivery of the batch that carried them and the
+    # merge applies none of them twice): the survivor's were all pushed out by the merged profile's
+    assert len(out.applied) == profiles.APPLIED_LIMIT
+    last = profiles.APPLIED_LIMIT - 1
+    assert all(out.has_applied(f"s{i}") and out.has_applied(f"a{i}") for i in range(last - 200, last + 1))
+    assert out.applied[-2:] == [profiles.applied_token(f"a{last}"), profiles.applied_token(f"s{last}")]
+
+
 def test_the_oldest_profile_survives():
     older = ProfileState("usr_b", "acme", created_at="2026-01-01T00:00:00.000Z")
     newer = ProfileState("usr_a", "acme", created_at="2026-06-01T00:00:00.000Z")

@@ -369,7 +369,7 @@ class StreamBatch:
                                               now=now, retention_days=self.retention_days, dropped=change.dropped)
             change.merged.append((loser, gone))
             moved, dropped_links = self._move_links(space_id, loser.state, state)
-            change.links += moved
+            _add_links(change, moved)
             change.unlinks += dropped_links
         for i in resolution.accepted:
             if not state.has_id(i.collection, i.type, i.value) and not profiles.room_for_id(
@@ -394,7 +394,7 @@ class StreamBatch:
             change.account, account_pointers, account_links = self._group(space_id, message, change.state, now,
                                                                           touched, change.dropped)
             change.pointers += account_pointers
-            change.links += account_links
+            _add_links(change, account_links)
         return change
 
     def _commit(self, space_id: str, message: Message, entry: _Entry, change: _Change, updated_at: str) -> None:
@@ -552,10 +552,12 @@ class StreamBatch:
         account = profiles.apply_message(account, message, now=now, retention_days=self.retention_days,
                                          dropped=dropped)
         links = []
-        # The user's group ids tell whether the link exists already (links are written once).
+        # The user's group ids tell whether the link exists already (links are written once). A user whose
+        # ids budget is full cannot record it: linked anyway (on each such call: puts of the same items).
         if profiles.add_external_id(user, collection=USERS, id_type=GROUP_ID, value=message.group_id,
                                     encoding="none", created_at=message.received_at,
-                                    message_id=message.message_id, dropped=dropped):
+                                    message_id=message.message_id, dropped=dropped) \
+                or not user.has_id(USERS, GROUP_ID, message.group_id):
             links = [
                 store.new_link(space_id, USERS, user.profile_id, ACCOUNTS, account.profile_id,
                                message.received_at, message.message_id),
@@ -567,8 +569,12 @@ class StreamBatch:
     def _move_links(self, space_id: str, loser: ProfileState, survivor: ProfileState):
         """A merged user's account links move to the survivor (both directions); merges are rare,
         so the two Queries here cost nothing on the hot path."""
-        if loser.collection != USERS or not loser.ids_of(GROUP_ID):
+        if loser.collection != USERS:
             return [], []
+        if not loser.ids_of(GROUP_ID) and profiles.room_for_id(loser, collection=USERS, id_type=GROUP_ID,
+                                                               value="x" * 1000, encoding="none", created_at="",
+                                                               message_id=""):
+            return [], []  # in no account: a group call records its group id when the ids budget has room
         have = {link.to_profile_id for link in store.links_of(space_id, survivor.profile_id, ACCOUNTS)}
         links, unlinks = [], []
         for link in store.links_of(space_id, loser.profile_id, ACCOUNTS):
@@ -639,6 +645,16 @@ def _history_item(space_id: str, profile_id: str, message: Message,
     return (pk, sk), store.ProfileEventRecord(
         pk, sk, message_id=message.message_id, type=message.type, event=message.event_name,
         timestamp=message.timestamp, payload=json.dumps(message.raw, separators=(",", ":")), expires_at=expires)
+
+
+def _add_links(change: _Change, links: list[store.LinkRecord]) -> None:
+    """A link two merged profiles both had, or that the merge moves and the group call makes too, is one
+    item: a transaction names an item once."""
+    have = {(link.pk, link.sk) for link in change.links}
+    for link in links:
+        if (link.pk, link.sk) not in have:
+            have.add((link.pk, link.sk))
+            change.links.append(link)
 
 
 def _report_dropped(message_id: str, profile_id: str, dropped: Counter) -> None:

@@ -19,6 +19,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from typing import Any
 
 from engage import clock
@@ -436,6 +437,18 @@ def mark_applied(state: ProfileState, message_id: str) -> None:
         del state.applied[:-APPLIED_LIMIT]
 
 
+def merge_applied(mine: list, theirs: list) -> list:
+    """Both profiles' newest tokens, taken in turn from each (newest last, at most APPLIED_LIMIT): each
+    side's latest messages may be redelivered with the batch that merged them, so neither side's may be
+    pushed out by the other's older ones (appending one list to the other kept only the second's)."""
+    picked: dict = {}  # insertion-ordered set
+    for pair in zip_longest(reversed(mine), reversed(theirs)):
+        for token in pair:
+            if token is not None and len(picked) < APPLIED_LIMIT:
+                picked.setdefault(token)
+    return list(picked)[::-1]
+
+
 # ---------------------------------------------------------------- subscriptions from identify calls
 # Two conventions users of Customer.io and Segment already send (docs/messaging.md "Subscriptions"):
 #   traits.unsubscribed: true | false                 Customer.io's attribute: email unsubscribed / subscribed
@@ -502,10 +515,7 @@ def merge_into(survivor: ProfileState, merged: ProfileState, *, message: Message
     out.subscriptions = merge_subscriptions(out.subscriptions, merged.subscriptions)
     # values are recomputed from the summed buckets when the message is applied (refresh_computed_traits)
     out.computed_trait_state = computed.merge_state(out.computed_trait_state, merged.computed_trait_state)
-    for message_id in merged.applied:
-        if message_id not in out.applied:
-            out.applied.append(message_id)
-    del out.applied[:-APPLIED_LIMIT]
+    out.applied = merge_applied(out.applied, merged.applied)
     out.merged_from = out.merged_from + [merged.profile_id] + [
         pid for pid in merged.merged_from if pid not in out.merged_from]
     out.merges = out.merges + [{

@@ -33,8 +33,10 @@ from engage.db import EngageModel, TableName, key
 USERS = "users"
 ACCOUNTS = "accounts"
 COLLECTIONS = (USERS, ACCOUNTS)
-# Following merged_into more than this many hops means a cycle or corruption, not a real chain.
-MAX_MERGE_HOPS = 20
+# Following merged_into more than this many hops means a cycle or corruption, not a real chain. A real
+# chain can be as long as the merges its survivor absorbed (engage.profiles.MERGE_LIMIT, 100): an id whose
+# profile's ids budget was full when it was merged is not carried on, so its pointer is not moved along.
+MAX_MERGE_HOPS = 101
 
 
 class ProfileRecord(EngageModel):
@@ -268,6 +270,13 @@ def save_together(profiles: list[ProfileRecord], fields: Iterable[str],
     absent): two concurrent writers can never both claim a new id.
     """
     count = len(profiles) + len(pointers) + len(links) + len(unlinks)
+    if count > MAX_TRANSACTION_ITEMS and len(profiles) + len(pointers) <= MAX_TRANSACTION_ITEMS:
+        # A merged user in many accounts moves 3 link items per account: more than a transaction holds.
+        # The links go first, outside it: puts and deletes that a redelivery repeats to the same end,
+        # so a transaction that then loses a race (retried, re-read) leaves nothing half done.
+        _write_links(links, unlinks)
+        links, unlinks = [], []
+        count = len(profiles) + len(pointers)
     if count > MAX_TRANSACTION_ITEMS:
         raise ValueError(f"one message would change {count} items; DynamoDB transactions hold at most "
                          f"{MAX_TRANSACTION_ITEMS} (too many external ids or links in one call)")
@@ -292,6 +301,14 @@ def save_together(profiles: list[ProfileRecord], fields: Iterable[str],
         if _conflict(error):
             raise WriteConflict("a profile or identity changed since it was read") from error
         raise
+
+
+def _write_links(links: Iterable[LinkRecord], unlinks: Iterable[LinkRecord]) -> None:
+    with LinkRecord.batch_write() as batch:
+        for link in links:
+            batch.save(link)
+        for link in unlinks:
+            batch.delete(link)
 
 
 def put_pointers(pointers: Iterable[IdentityRecord]) -> None:

@@ -187,7 +187,20 @@ def _batch_items(document: dict) -> tuple[list, dict]:
         shared["sentAt"] = document["sentAt"]
     if issues:
         raise _invalid(issues)
+    _check_shared_copies(shared, len(items))
     return items, shared
+
+
+def _check_shared_copies(shared: dict, count: int) -> None:
+    try:
+        size = wire.message_size(shared) if shared else 0
+    except ValueError:
+        return  # not storable text: each message that gets a copy is rejected for it
+    if size * count > wire.MAX_SHARED_COPIES_BYTES:
+        raise LimitExceeded(f"the batch's shared context, integrations and sentAt ({size:,} bytes) are copied into "
+                            f"each of its {count:,} messages: {size * count:,} bytes; the limit is 4 MB "
+                            f"({wire.MAX_SHARED_COPIES_BYTES:,} bytes) of copies per request: send fewer messages "
+                            "per batch or less in the batch's context")
 
 
 def _merge(shared: dict, item: dict) -> dict:

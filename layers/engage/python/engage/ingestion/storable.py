@@ -4,6 +4,7 @@ The profile processor copies traits, ids and (for audiences) properties into Dyn
 and ids into keys. A message it could not store would be answered 200 and then lost, so
 ingestion refuses it with the JSON path of the offending value (docs/ingestion.md, Limits):
 
+- object keys are never empty (DynamoDB refuses an empty map key at any depth);
 - every number must be one DynamoDB holds (38 significant digits, magnitude 1E-130..9.99E+125, or 0);
 - a message nests at most MAX_DEPTH levels of objects/arrays (the profile stores a trait a level
   lower, and an audience aggregate a property value up to four levels lower: DynamoDB allows 32);
@@ -18,6 +19,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from engage import dynamodb_limits as limits
@@ -70,9 +72,14 @@ def _walk(value: Any, path: str, level: int, issues: list[Issue]) -> None:
             return
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, child in items:
+            if key == "":
+                issues.append(Issue(path, "has an empty key: DynamoDB refuses an empty name in a map, and traits "
+                                          "and properties are stored as maps; name the field"))
+                continue
             _walk(child, f"{path}[{key}]" if isinstance(key, int) else _key(path, key), level + 1, issues)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        problem = limits.number_problem(value)
+        # JSON has no Infinity, but Python reads a number past the float range (1e400) as inf
+        problem = limits.NUMBER_OVERFLOW if value in (math.inf, -math.inf) else limits.number_problem(value)
         if problem:
             issues.append(Issue(path, _NUMBER_REASONS[problem]))
 

@@ -20,6 +20,9 @@ from engage.errors import AuthenticationFailed, EngageError
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
+# A batch's top-level context/integrations are copied into each of its messages, which are stored
+# whole: 2,500 copies of a 32 KB context made a 215 KB request store 80 MB (and time out). Bounded.
+MAX_SHARED_COPIES_BYTES = 4 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 # analytics.js posts each call to /v1/<its first letter> and batches to /v1/b, as do
 # analytics-swift and analytics-kotlin; they are the same calls as the long paths.
@@ -65,17 +68,23 @@ def read_body(body: str | None, *, is_base64: bool = False, content_encoding: st
 
 def _inflate(data: bytes) -> bytes:
     # wbits 47 = gzip or zlib header, auto-detected. Inflate at most one byte past the
-    # limit so a small compressed bomb cannot blow up memory.
-    inflater = zlib.decompressobj(wbits=47)
-    try:
-        out = inflater.decompress(data, MAX_REQUEST_BYTES + 1)
-    except zlib.error as error:
-        raise BadRequest(f"the request body is not valid gzip: {error}") from error
-    if len(out) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
-        raise _request_too_large(None)
-    if not inflater.eof:
-        raise BadRequest("the request body is truncated gzip")
-    return out
+    # limit so a small compressed bomb cannot blow up memory. A gzip body may hold several
+    # members (RFC 1952; `gzip -d` joins them): each is read, and bytes after the last
+    # that are not gzip (other than zero padding) are refused rather than ignored.
+    out = b""
+    while True:
+        inflater = zlib.decompressobj(wbits=47)
+        try:
+            out += inflater.decompress(data, MAX_REQUEST_BYTES + 1 - len(out))
+        except zlib.error as error:
+            raise BadRequest(f"the request body is not valid gzip: {error}") from error
+        if len(out) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
+            raise _request_too_large(None)
+        if not inflater.eof:
+            raise BadRequest("the request body is truncated gzip")
+        data = inflater.unused_data
+        if not data.strip(b"\x00"):  # zero padding after the last member is ignored, as gzip -d does
+            return out
 
 
 def _request_too_large(size: int | None) -> LimitExceeded:
