@@ -20,7 +20,9 @@ def _with_secret(space_id: str, view: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- templates
 def create_template(space_id: str, body: Any) -> dict[str, Any]:
-    return _with_secret(space_id, store.create_template(space_id, templates.parse_template(body)))
+    definition = templates.parse_template(body)
+    templates.check_stored_size(definition)
+    return _with_secret(space_id, store.create_template(space_id, definition))
 
 
 def get_template(space_id: str, template_key: str) -> dict[str, Any]:
@@ -37,6 +39,7 @@ def replace_template(space_id: str, template_key: str, body: Any) -> dict[str, A
                                [{"path": "$.key", "value": body.get("key"), "expected": template_key}])
     definition = templates.parse_template({k: v for k, v in body.items() if k != "key"}
                                           if isinstance(body, dict) else body, key=template_key)
+    templates.check_stored_size(definition)
     return _with_secret(space_id, store.replace_template(space_id, definition))
 
 

@@ -73,9 +73,11 @@ def _template_view(record: TemplateRecord) -> dict[str, Any]:
 
 
 def create_template(space_id: str, definition: TemplateDefinition) -> dict[str, Any]:
+    from engage.messaging.templates import stored_json
+
     now = clock.iso()
     record = TemplateRecord(_templates_pk(space_id), definition.key, space_id=space_id, key=definition.key,
-                            definition=json.dumps(definition.to_dict(), sort_keys=True),
+                            definition=stored_json(definition),
                             created_at=now, updated_at=now)
     try:
         record.save(condition=TemplateRecord.pk.does_not_exist())
@@ -103,8 +105,10 @@ def get_template(space_id: str, template_key: str) -> dict[str, Any]:
 
 
 def replace_template(space_id: str, definition: TemplateDefinition) -> dict[str, Any]:
+    from engage.messaging.templates import stored_json
+
     record = _live(space_id, definition.key)
-    record.definition = json.dumps(definition.to_dict(), sort_keys=True)
+    record.definition = stored_json(definition)
     record.updated_at = clock.iso()
     try:
         record.save(condition=TemplateRecord.deleted_at.does_not_exist())
