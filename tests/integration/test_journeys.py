@@ -187,6 +187,19 @@ def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
     assert status == 200 and body["profile_id"] == "p9" and body["runs"] == []
 
 
+def test_a_profile_id_past_a_partition_key_is_a_404_without_a_query(api, monkeypatch):
+    # Found on the management handler: a raw profile id of 2,100 characters was queried as part of the runs'
+    # partition key, which AWS refuses (ValidationException, a 500); moto answers it
+    from engage.journeys import enrollment as runs_of
+
+    published()
+    queried = []
+    monkeypatch.setattr(runs_of.store.RunRecord, "query", lambda *a, **k: queried.append(a) or iter(()))
+    status, body = call_api("GET", "/v1/journeys/cart_rescue/profiles/" + "p" * 2100)
+    assert status == 404 and body["error"]["code"] == "not_found" and not queried
+    assert call_api("GET", "/v1/journeys/cart_rescue/profiles/p1")[0] == 200 and queried
+
+
 def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
     # A 450 KB name was a 500 from DynamoDB (item over 400 KB); a ~400 KB draft was stored and its publish
     # (the item then also holds the published definition) was the 500.

@@ -20,6 +20,7 @@ import boto3
 
 from engage.audiences import store as audience_store
 from engage.config import settings
+from engage.dynamodb_limits import MAX_PARTITION_KEY_BYTES
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.journeys import store
 from engage.journeys.compiler import compile_journey, describe
@@ -183,6 +184,10 @@ def profile_runs(space_id: str, journey_key: str, profile_id: str) -> dict[str, 
 
     journey = store.get(space_id, journey_key)
     profile_id = _profile_id(space_id, profile_id)
+    if len(store.profile_pk(space_id, journey_key, profile_id).encode("utf-8", "surrogatepass")) \
+            > MAX_PARTITION_KEY_BYTES:  # no profile has such an id; AWS refuses the Query (a 500)
+        raise NotFound(f"no profile with an id of {len(profile_id)} characters in this space",
+                       [{"path": "id", "message": "longer than any profile id"}])
     runs = []
     for run in enrollment.runs(space_id, journey_key, profile_id):
         view = {"entry": run["entry"], "version": run["version"], "execution_arn": run["execution_arn"],
