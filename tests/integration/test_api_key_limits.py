@@ -133,3 +133,18 @@ def test_a_template_broadcast_destination_or_journey_key_past_a_sort_key_is_refu
     status, answer = call_api(method, path.format(long=LONG), bodies.get(method))
     assert status in (400, 404), answer
     assert not [request for request in requests_sent if LONG in request]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "query"), [
+    ("GET", "/v1/messages", None, {"profile": f"user_id:{LONG}"}),
+    ("PUT", f"/v1/subscriptions/user_id:{LONG}", {"channel": "email", "status": "unsubscribed"}, None),
+    ("POST", "/v1/templates/welcome/preview", {"profile": f"user_id:{LONG}"}, None),
+])
+def test_a_messaging_profile_id_past_a_partition_key_is_404_without_a_lookup(engine, space, requests_sent, method,
+                                                                            path, body, query):
+    # Found on the management handler: the delivery log, subscriptions and template preview looked such an id
+    # up (BatchGetItem with a 2,100-byte partition key: a ValidationException on AWS, a 500)
+    assert call_api("POST", "/v1/templates", {"key": "welcome", "channel": "sms", "body": "hi"})[0] == 201
+    status, answer = call_api(method, path, body, query=query)
+    assert status == 404 and answer["error"]["code"] == "not_found", answer
+    assert not [request for request in requests_sent if LONG in request]
