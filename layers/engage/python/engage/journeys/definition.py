@@ -383,6 +383,17 @@ def _check_fields(journey: JourneyDefinition) -> list[dict]:
     return problems
 
 
+def _unstorable_traits(step: UpdateTraitStep, at: str) -> list[dict]:
+    """What ingestion would refuse in the identify the step writes (a number past DynamoDB's range or digits,
+    an unpaired surrogate, over 32 KB): the step then failed for every profile, while the save said 201."""
+    from engage import clock, ingestion
+
+    document = {"type": "identify", "userId": "journey", "messageId": "journey", "traits": step.traits}
+    issues = ingestion.check("journey", "identify", document, clock.now()).issues
+    return [{"path": f"{at}.{issue.path}" if issue.path.startswith("traits") else f"{at}.traits",
+             "message": issue.message} for issue in issues]
+
+
 def check_new_definition(journey: JourneyDefinition) -> None:
     """Rules added after journeys were stored, checked when a definition is saved or published (the
     management API), not by `parse_journey`: stored definitions are parsed again on every enrollment and
@@ -392,6 +403,9 @@ def check_new_definition(journey: JourneyDefinition) -> None:
         if step_id in RESERVED_STEP_IDS:
             problems.append({"path": f"steps.{step_id}",
                              "message": f"{step_id!r} names a state the compiler adds itself: choose another step id"})
+        step = journey.steps[step_id]
+        if isinstance(step, UpdateTraitStep):
+            problems += _unstorable_traits(step, f"steps.{step_id}")
     if journey.reentry.mode == "after_exit" and journey.reentry.cooldown is not None:
         _check_duration(journey.reentry.cooldown, "reentry.cooldown",
                         lambda path, message: problems.append({"path": path, "message": message}),
