@@ -376,6 +376,20 @@ def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(a
     assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
 
 
+def test_a_track_event_named_past_a_sort_key_is_not_looked_up_among_the_waits(api, monkeypatch):
+    # Any SDK may send a 2,000-character event name (ingestion takes it): every track event Queries the
+    # profile's waits by "<event>|", a sort key prefix past DynamoDB's 1,024 bytes. No wait can be keyed by
+    # it, so it is not asked (AWS validates key values; moto does not).
+    from engage.journeys import waits
+
+    queried = []
+    monkeypatch.setattr(waits.WaitRecord, "query", lambda *a, **k: queried.append(a) or iter(()))
+    assert waits.release("acme", "p1", {"type": "track", "event": "E" * 2000, "properties": {}}) == 0
+    assert not queried
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order Completed", "properties": {}}) == 0
+    assert queried
+
+
 def test_an_event_whose_name_prefixes_a_waited_name_before_a_bar_releases_nothing(api):
     # The waits are found by sk prefix "<event>|": a wait for "Order|Completed" was released (its token
     # answered, the wait deleted) by a track event named "Order", and the real event then found nothing.

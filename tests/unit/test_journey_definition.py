@@ -195,3 +195,16 @@ def test_update_trait_values_ingestion_would_refuse_are_refused_on_save(traits, 
     check_new_definition(parse_journey(journey(start="set", steps={
         "set": {"type": "update_trait", "traits": {"score": 10 ** 30, "plan": "pro"}, "next": "done"},
         "done": {"type": "exit"}})))
+
+
+def test_an_event_waited_for_past_what_a_wait_can_be_keyed_by_is_refused_on_save():
+    # A wait is stored under `<event>|<execution ARN>|<step>`: a 900-byte name with an ARN of 100+ passes
+    # DynamoDB's 1,024-byte sort key, so every profile's wait failed (PutItem ValidationException) while the
+    # save said 201. At most 600 bytes leaves room for any ARN (~256) and step id (64).
+    steps = {"wait": {"type": "wait_for_event", "event": "E" * 900, "timeout": "P1D", "next": "done",
+                      "timeout_next": "done"}, "done": {"type": "exit"}}
+    with pytest.raises(ValidationFailed) as caught:
+        check_new_definition(parse_journey(journey(start="wait", steps=steps)))
+    assert caught.value.details[0]["path"] == "steps.wait.event"
+    steps["wait"]["event"] = "\u00e9" * 300  # 600 bytes
+    check_new_definition(parse_journey(journey(start="wait", steps=steps)))

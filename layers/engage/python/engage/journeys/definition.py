@@ -37,6 +37,9 @@ STEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESERVED_STEP_IDS = frozenset({"goal_reached", "recording_failed"})
 CHANNELS = ("email", "sms", "push", "webhook")
 MAX_STEPS = 200
+# A waiting Task's item is keyed `<event>|<execution ARN>|<step>` (engage.journeys.waits): with an ARN of up to
+# ~256 bytes and a step id of 64, a longer name passes DynamoDB's 1,024-byte sort key and every wait fails.
+MAX_WAIT_EVENT_BYTES = 600
 # Step Functions waits at most one year per execution; a journey wait longer than that cannot run.
 MAX_WAIT = timedelta(days=365)
 # A re-entry cooldown is compared with (last exit + cooldown): beyond a century it means "never again" (mode once),
@@ -406,6 +409,9 @@ def check_new_definition(journey: JourneyDefinition) -> None:
         step = journey.steps[step_id]
         if isinstance(step, UpdateTraitStep):
             problems += _unstorable_traits(step, f"steps.{step_id}")
+        if isinstance(step, WaitForEventStep) and len(step.event.encode("utf-8", "surrogatepass")) > MAX_WAIT_EVENT_BYTES:
+            problems.append({"path": f"steps.{step_id}.event", "message": f"an event name waited for is at most "
+                                                                          f"{MAX_WAIT_EVENT_BYTES} bytes"})
     if journey.reentry.mode == "after_exit" and journey.reentry.cooldown is not None:
         _check_duration(journey.reentry.cooldown, "reentry.cooldown",
                         lambda path, message: problems.append({"path": path, "message": message}),
