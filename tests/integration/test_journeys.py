@@ -200,6 +200,19 @@ def test_a_profile_id_past_a_partition_key_is_a_404_without_a_query(api, monkeyp
     assert call_api("GET", "/v1/journeys/cart_rescue/profiles/p1")[0] == 200 and queried
 
 
+def test_a_template_a_journey_sends_cannot_move_to_another_channel(api):
+    # Found replacing templates on the management API: a PUT moving cart_sms to email answered 200 and every
+    # later send of the journey's sms step failed ("template 'cart_sms' is for email, not sms"), where a
+    # delete of the same template is a 409 naming the journey. A move is refused the same way.
+    published()
+    status, body = call_api("PUT", "/v1/templates/cart_sms", {"channel": "email", "subject": "S", "body": "B"})
+    assert status == 409 and body["error"]["details"][0]["path"] == "steps.sms.template", body
+    assert call_api("GET", "/v1/templates/cart_sms")[1]["channel"] == "sms"
+    assert call_api("PUT", "/v1/templates/cart_sms", {"channel": "sms", "body": "Still waiting"})[0] == 200
+    assert call_api("POST", "/v1/templates", {"key": "unused", "channel": "sms", "body": "x"})[0] == 201
+    assert call_api("PUT", "/v1/templates/unused", {"channel": "push", "body": "x"})[0] == 200
+
+
 def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
     # A 450 KB name was a 500 from DynamoDB (item over 400 KB); a ~400 KB draft was stored and its publish
     # (the item then also holds the published definition) was the 500.

@@ -41,11 +41,20 @@ def replace_template(space_id: str, template_key: str, body: Any) -> dict[str, A
     definition = templates.parse_template({k: v for k, v in body.items() if k != "key"}
                                           if isinstance(body, dict) else body, key=template_key)
     templates.check_stored_size(definition)
+    if store.get_template(space_id, template_key)["channel"] != definition.channel:
+        # Its journey steps and broadcasts send on the old channel: every send would fail, as after a delete
+        _refuse_if_used(space_id, template_key)
     return _with_secret(space_id, store.replace_template(space_id, definition))
 
 
 def delete_template(space_id: str, template_key: str) -> None:
     store.get_template(space_id, template_key)  # 404 first
+    _refuse_if_used(space_id, template_key)
+    store.delete_template(space_id, template_key)
+
+
+def _refuse_if_used(space_id: str, template_key: str) -> None:
+    """409 listing the journeys that send it and the broadcasts still to send it."""
     from engage.broadcasts.references import referrers as broadcast_referrers
     from engage.journeys.references import refuse_if_referenced
 
@@ -54,7 +63,6 @@ def delete_template(space_id: str, template_key: str) -> None:
     if found:
         raise Conflict(f"template {template_key!r} is used by {len(found)} broadcast(s) still to send: "
                        + ", ".join(f"broadcast {r['key']!r}" for r in found) + "; cancel them first", found)
-    store.delete_template(space_id, template_key)
 
 
 def _resolve(space_id: str, ref_text: str, path: str):
