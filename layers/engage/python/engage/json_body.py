@@ -47,6 +47,25 @@ def too_deep_at(value: Any, limit: int = MAX_DEPTH) -> str | None:
     return None
 
 
+def surrogate_at(value: Any) -> str | None:
+    """JSON path of the first string (or object key) holding an unpaired UTF-16 surrogate (a JSON "\\ud800"
+    escape), or None. Such a string is not text: it cannot be written as UTF-8 (stored, serialized, sent)."""
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(node, dict):
+            stack.extend((name, path) for name in node)  # a bad key: the object that holds it
+            stack.extend((child, f"{path}.{name}") for name, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(node))
+    return None
+
+
 def _too_deep(path: str) -> ValidationFailed:
     message = (f"the body nests objects and arrays deeper than {MAX_DEPTH} levels (DynamoDB's limit) "
                f"at {path}: flatten it")
