@@ -117,6 +117,20 @@ def test_a_template_past_its_item_is_a_400_naming_the_field_and_non_latin_text_f
     assert [t["key"] for t in call_api("GET", "/v1/templates")[1]["templates"]] == ["japanese"]
 
 
+@pytest.mark.parametrize("name", ["t" * 450_000, "\ud800", ""])
+def test_a_quiet_hours_timezone_trait_no_profile_can_have_is_a_400(messaging, name):
+    # Found putting hostile settings on the management handler: 450 KB of trait name was a 500 (PutItem: item
+    # too large), a "\\ud800" escape a 500 (serializing the settings); settings stored before still read.
+    from engage.messaging import rules
+
+    status, answer = call_api("PUT", "/v1/messaging/settings", {"quiet_hours": {
+        "start": "22:00", "end": "08:00", "timezone_trait": name}})
+    assert status == 400 and answer["error"]["details"][0]["path"] == "$.quiet_hours.timezone_trait", answer
+    assert call_api("GET", "/v1/messaging/settings") == (200, {"frequency_caps": {}})
+    stored = {"quiet_hours": {"start": "22:00", "end": "08:00", "timezone_trait": "t" * 300}}
+    assert rules.parse_settings(stored).quiet_hours.timezone_trait == "t" * 300
+
+
 def test_unknown_filter_is_a_400_naming_line_and_column(messaging):
     status, body = call_api("POST", "/v1/templates", {**WELCOME, "body": "ok\n{{ profile.traits.x | frobnicate }}"})
     assert status == 400
