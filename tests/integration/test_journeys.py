@@ -213,6 +213,19 @@ def test_a_template_a_journey_sends_cannot_move_to_another_channel(api):
     assert call_api("PUT", "/v1/templates/unused", {"channel": "push", "body": "x"})[0] == 200
 
 
+def test_an_unpaired_surrogate_in_a_journey_is_a_400_naming_where(api):
+    # Found posting hostile strings to the management API: a wait_for_event on "Order\\ud800" was saved and
+    # published, then every profile's wait failed storing it (UnicodeEncodeError writing the key); ingestion
+    # refuses such events anyway, so it could never have been released.
+    steps = {**CART_RESCUE["steps"], "wait_buy": {**CART_RESCUE["steps"]["wait_buy"], "event": "Order\ud800"}}
+    status, body = call_api("POST", "/v1/journeys", journey(steps=steps))
+    assert status == 400 and body["error"]["details"][0]["path"] == "steps.wait_buy.event", body
+    status, body = call_api("POST", "/v1/journeys", journey(name="Cart \udfff"))
+    assert status == 400 and body["error"]["details"][0]["path"] == "name", body
+    assert call_api("GET", "/v1/journeys")[1]["journeys"] == []
+    assert call_api("POST", "/v1/journeys", journey(name="Cart \u00e9\U0001F6D2"))[0] == 201
+
+
 def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
     # A 450 KB name was a 500 from DynamoDB (item over 400 KB); a ~400 KB draft was stored and its publish
     # (the item then also holds the published definition) was the 500.
