@@ -213,6 +213,18 @@ def test_a_template_a_journey_sends_cannot_move_to_another_channel(api):
     assert call_api("PUT", "/v1/templates/unused", {"channel": "push", "body": "x"})[0] == 200
 
 
+@pytest.mark.parametrize("constant", ["Infinity", "-Infinity", "NaN"])
+def test_nan_and_infinity_are_not_json_and_a_400(api, constant):
+    # Found posting {"entry": {"event": "E", "where": [{"property": "a", "op": "gt", "value": Infinity}]}} to
+    # the management API: Python's parser took it, pydantic stored it as null, and the answer was a 201 with
+    # "value": null, a filter that matched nothing. Refused as ingestion refuses them.
+    text = json.dumps({**CART_RESCUE, "entry": {"event": "E", "where": [
+        {"property": "a", "op": "gt", "value": 0}]}}).replace('"value": 0', f'"value": {constant}')
+    status, body = call_api("POST", "/v1/journeys", raw=text)
+    assert status == 400 and f"{constant.lstrip('-')} is not valid JSON" in body["error"]["message"], body
+    assert call_api("GET", "/v1/journeys")[1]["journeys"] == []
+
+
 def test_an_unpaired_surrogate_in_a_journey_is_a_400_naming_where(api):
     # Found posting hostile strings to the management API: a wait_for_event on "Order\\ud800" was saved and
     # published, then every profile's wait failed storing it (UnicodeEncodeError writing the key); ingestion

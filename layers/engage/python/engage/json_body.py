@@ -18,7 +18,7 @@ MAX_DEPTH = 32
 def loads(text: str | None) -> Any:
     """The parsed body (None for an empty one), or ValidationFailed naming the problem and where."""
     try:
-        value = json.loads(text or "null")
+        value = json.loads(text or "null", parse_constant=_reject_constant)
     except RecursionError as error:
         raise _too_deep("$") from error
     except ValueError as error:
@@ -28,6 +28,13 @@ def loads(text: str | None) -> Any:
     if where is not None:
         raise _too_deep(where)
     return value
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity are Python's extension, not JSON (ingestion refuses them too): accepted, a
+    # journey's `where` value Infinity was stored as null (pydantic writes non-finite floats so), a filter
+    # that then matched nothing, all after a 201
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def too_deep_at(value: Any, limit: int = MAX_DEPTH) -> str | None:
