@@ -333,8 +333,10 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         # (`times` in a loop). Rendering is pure, so the same profile fails the same way on every
         # retry: a failed render, never an exception that a broadcast retries 50 times into its DLQ.
         raise RenderFailed(f"rendering stopped: {type(error).__name__}: {error}") from error
-    if subject is not None and "\n" in subject:
-        subject = " ".join(subject.split())  # a header cannot hold a line break
+    if subject is not None and len(subject.splitlines()) > 1:
+        # A header cannot hold a line break, and the email package counts every one str.splitlines() does:
+        # a trait holding U+2028 or a vertical tab failed the recipient's email ("could not be built")
+        subject = " ".join(subject.split())
     if definition.channel == "webhook":
         try:
             json.loads(body)
