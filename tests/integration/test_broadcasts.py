@@ -556,6 +556,9 @@ def test_what_a_broadcast_still_to_send_names_cannot_be_deleted_until_it_is_canc
         status, answer = call_api("DELETE", path)
         assert status == 409 and answer["error"]["details"] == [
             {"type": "broadcast", "key": "later", "path": where}], answer
+    # nor can its template move to another channel (before: 200, and the broadcast failed at its start)
+    status, answer = call_api("PUT", "/v1/templates/news", {"channel": "sms", "body": "now a text"})
+    assert status == 409 and answer["error"]["details"][0]["path"] == "template", answer
     assert call_api("POST", "/v1/broadcasts/later/cancel")[0] == 200
     for path in ("/v1/audiences/fans", "/v1/audiences/staff", "/v1/templates/news"):
         assert call_api("DELETE", path)[0] == 204, path

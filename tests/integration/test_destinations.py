@@ -335,6 +335,18 @@ def test_a_definition_too_large_to_store_is_a_400_not_a_500(env, receiver):
     assert call_api("GET", "/v1/destinations/crm")[0] == 404
 
 
+def test_an_unpaired_surrogate_is_a_400_naming_where_not_a_500(env, receiver):
+    # Found posting {"name": "a\\ud800"} to the management handler: it passed validation and storing the
+    # definition as JSON raised (PydanticSerializationError: surrogates not allowed), a 500.
+    status, body = call_api("POST", "/v1/destinations", {**webhook(receiver), "name": "a\ud800"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "name", body
+    assert call_api("GET", "/v1/destinations/crm")[0] == 404
+    assert call_api("GET", "/v1/destinations")[1]["destinations"] == []
+    assert call_api("POST", "/v1/destinations", {**webhook(receiver), "name": "CRM \u00e9\U0001F600"})[0] == 201
+    status, body = call_api("PUT", "/v1/destinations/crm", {**webhook(receiver), "name": "\udfff"})
+    assert status == 400 and body["error"]["details"][0]["path"] == "name", body
+
+
 def test_the_rate_limit_holds_across_consumers(env, receiver):
     from datetime import UTC, datetime, timedelta
 

@@ -187,6 +187,57 @@ def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
     assert status == 200 and body["profile_id"] == "p9" and body["runs"] == []
 
 
+def test_a_profile_id_past_a_partition_key_is_a_404_without_a_query(api, monkeypatch):
+    # Found on the management handler: a raw profile id of 2,100 characters was queried as part of the runs'
+    # partition key, which AWS refuses (ValidationException, a 500); moto answers it
+    from engage.journeys import enrollment as runs_of
+
+    published()
+    queried = []
+    monkeypatch.setattr(runs_of.store.RunRecord, "query", lambda *a, **k: queried.append(a) or iter(()))
+    status, body = call_api("GET", "/v1/journeys/cart_rescue/profiles/" + "p" * 2100)
+    assert status == 404 and body["error"]["code"] == "not_found" and not queried
+    assert call_api("GET", "/v1/journeys/cart_rescue/profiles/p1")[0] == 200 and queried
+
+
+def test_a_template_a_journey_sends_cannot_move_to_another_channel(api):
+    # Found replacing templates on the management API: a PUT moving cart_sms to email answered 200 and every
+    # later send of the journey's sms step failed ("template 'cart_sms' is for email, not sms"), where a
+    # delete of the same template is a 409 naming the journey. A move is refused the same way.
+    published()
+    status, body = call_api("PUT", "/v1/templates/cart_sms", {"channel": "email", "subject": "S", "body": "B"})
+    assert status == 409 and body["error"]["details"][0]["path"] == "steps.sms.template", body
+    assert call_api("GET", "/v1/templates/cart_sms")[1]["channel"] == "sms"
+    assert call_api("PUT", "/v1/templates/cart_sms", {"channel": "sms", "body": "Still waiting"})[0] == 200
+    assert call_api("POST", "/v1/templates", {"key": "unused", "channel": "sms", "body": "x"})[0] == 201
+    assert call_api("PUT", "/v1/templates/unused", {"channel": "push", "body": "x"})[0] == 200
+
+
+@pytest.mark.parametrize("constant", ["Infinity", "-Infinity", "NaN"])
+def test_nan_and_infinity_are_not_json_and_a_400(api, constant):
+    # Found posting {"entry": {"event": "E", "where": [{"property": "a", "op": "gt", "value": Infinity}]}} to
+    # the management API: Python's parser took it, pydantic stored it as null, and the answer was a 201 with
+    # "value": null, a filter that matched nothing. Refused as ingestion refuses them.
+    text = json.dumps({**CART_RESCUE, "entry": {"event": "E", "where": [
+        {"property": "a", "op": "gt", "value": 0}]}}).replace('"value": 0', f'"value": {constant}')
+    status, body = call_api("POST", "/v1/journeys", raw=text)
+    assert status == 400 and f"{constant.lstrip('-')} is not valid JSON" in body["error"]["message"], body
+    assert call_api("GET", "/v1/journeys")[1]["journeys"] == []
+
+
+def test_an_unpaired_surrogate_in_a_journey_is_a_400_naming_where(api):
+    # Found posting hostile strings to the management API: a wait_for_event on "Order\\ud800" was saved and
+    # published, then every profile's wait failed storing it (UnicodeEncodeError writing the key); ingestion
+    # refuses such events anyway, so it could never have been released.
+    steps = {**CART_RESCUE["steps"], "wait_buy": {**CART_RESCUE["steps"]["wait_buy"], "event": "Order\ud800"}}
+    status, body = call_api("POST", "/v1/journeys", journey(steps=steps))
+    assert status == 400 and body["error"]["details"][0]["path"] == "steps.wait_buy.event", body
+    status, body = call_api("POST", "/v1/journeys", journey(name="Cart \udfff"))
+    assert status == 400 and body["error"]["details"][0]["path"] == "name", body
+    assert call_api("GET", "/v1/journeys")[1]["journeys"] == []
+    assert call_api("POST", "/v1/journeys", journey(name="Cart \u00e9\U0001F6D2"))[0] == 201
+
+
 def test_a_definition_too_large_to_store_is_a_400_not_a_500(api):
     # A 450 KB name was a 500 from DynamoDB (item over 400 KB); a ~400 KB draft was stored and its publish
     # (the item then also holds the published definition) was the 500.
@@ -361,6 +412,20 @@ def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(a
     assert list(waits.WaitRecord.query("acme|p1|waits")) == []
     assert waits.release("acme", "p1", matching) == 0
     assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
+
+
+def test_a_track_event_named_past_a_sort_key_is_not_looked_up_among_the_waits(api, monkeypatch):
+    # Any SDK may send a 2,000-character event name (ingestion takes it): every track event Queries the
+    # profile's waits by "<event>|", a sort key prefix past DynamoDB's 1,024 bytes. No wait can be keyed by
+    # it, so it is not asked (AWS validates key values; moto does not).
+    from engage.journeys import waits
+
+    queried = []
+    monkeypatch.setattr(waits.WaitRecord, "query", lambda *a, **k: queried.append(a) or iter(()))
+    assert waits.release("acme", "p1", {"type": "track", "event": "E" * 2000, "properties": {}}) == 0
+    assert not queried
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order Completed", "properties": {}}) == 0
+    assert queried
 
 
 def test_an_event_whose_name_prefixes_a_waited_name_before_a_bar_releases_nothing(api):

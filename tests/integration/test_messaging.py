@@ -97,6 +97,40 @@ def test_template_lifecycle_and_key_never_reused(messaging):
     assert status == 409 and body["error"]["code"] == "conflict"
 
 
+def test_a_template_past_its_item_is_a_400_naming_the_field_and_non_latin_text_fits(messaging):
+    # Found posting 100,000 emoji (within body's 100,000 characters) on the local cloud: stored as \\u escapes
+    # the item passed DynamoDB's 400 KB and PutItem's ValidationException was a 500; so were 70,000 CJK
+    # characters (420 KB escaped) and 120 webhook headers of 4,000 characters.
+    for body in ("\U0001F600" * 100_000, "\x01" * 100_000):
+        status, answer = call_api("POST", "/v1/templates", {"key": "big", "channel": "sms", "body": body})
+        assert status == 400 and answer["error"]["details"][0]["path"] == "$.body", answer
+    status, answer = call_api("POST", "/v1/templates", {
+        "key": "hooks", "channel": "webhook", "url": "https://example.com/x", "body": "{}",
+        "headers": {f"X-H{i}": "v" * 4000 for i in range(120)}})
+    assert status == 400 and answer["error"]["details"][0]["path"] == "$.headers", answer
+    japanese = {"key": "japanese", "channel": "email", "subject": "\u3053\u3093\u306b\u3061\u306f",
+                "body": "\u65e5\u672c" * 35_000}
+    assert create(japanese)["body"] == japanese["body"]
+    status, answer = call_api("PUT", "/v1/templates/japanese", {**japanese, "body": "\U0001F600" * 100_000})
+    assert status == 400 and answer["error"]["details"][0]["path"] == "$.body", answer
+    assert call_api("GET", "/v1/templates/japanese")[1]["body"] == japanese["body"]
+    assert [t["key"] for t in call_api("GET", "/v1/templates")[1]["templates"]] == ["japanese"]
+
+
+@pytest.mark.parametrize("name", ["t" * 450_000, "\ud800", ""])
+def test_a_quiet_hours_timezone_trait_no_profile_can_have_is_a_400(messaging, name):
+    # Found putting hostile settings on the management handler: 450 KB of trait name was a 500 (PutItem: item
+    # too large), a "\\ud800" escape a 500 (serializing the settings); settings stored before still read.
+    from engage.messaging import rules
+
+    status, answer = call_api("PUT", "/v1/messaging/settings", {"quiet_hours": {
+        "start": "22:00", "end": "08:00", "timezone_trait": name}})
+    assert status == 400 and answer["error"]["details"][0]["path"] == "$.quiet_hours.timezone_trait", answer
+    assert call_api("GET", "/v1/messaging/settings") == (200, {"frequency_caps": {}})
+    stored = {"quiet_hours": {"start": "22:00", "end": "08:00", "timezone_trait": "t" * 300}}
+    assert rules.parse_settings(stored).quiet_hours.timezone_trait == "t" * 300
+
+
 def test_unknown_filter_is_a_400_naming_line_and_column(messaging):
     status, body = call_api("POST", "/v1/templates", {**WELCOME, "body": "ok\n{{ profile.traits.x | frobnicate }}"})
     assert status == 400

@@ -19,6 +19,18 @@ def test_secrets_are_stored_hashed_and_authenticate_to_their_space(aws, space):
         spaces.authenticate("", spaces.WRITE_KEY)
 
 
+def test_the_credential_cache_stays_bounded_under_a_flood_of_unknown_secrets(aws, space, monkeypatch):
+    # Found reading authenticate: every unknown secret was cached (a miss) and never dropped, so a client
+    # sending a new random write key with each request grew a warm ingest container without bound.
+    monkeypatch.setattr(spaces, "CACHE_ENTRIES", 50, raising=False)
+    spaces.clear_cache()
+    for attempt in range(200):
+        with pytest.raises(AuthenticationFailed):
+            spaces.authenticate(f"guess-{attempt}", spaces.WRITE_KEY)
+        assert len(spaces._cache) <= 50
+    assert spaces.authenticate("acme-write-key", spaces.WRITE_KEY) == "acme"
+
+
 def test_space_ids_are_unique_and_validated(aws, space):
     with pytest.raises(Conflict, match="already exists"):
         spaces.create_space("acme")

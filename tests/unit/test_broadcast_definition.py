@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from engage.broadcasts.definition import parse_definition, start_moment, zone_moment
+from engage.broadcasts.definition import BroadcastDefinition, parse_definition, start_moment, zone_moment
 from engage.errors import ValidationFailed
 
 NOW = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
@@ -55,6 +55,17 @@ def test_errors_name_the_field(change, path):
     with pytest.raises(ValidationFailed) as error:
         parse_definition({**BASE, **change}, now=NOW)
     assert path in [d["path"] for d in error.value.details]
+
+
+def test_send_at_padded_past_any_time_is_refused_at_save_and_read_again_when_stored():
+    # fromisoformat strips it: 450 KB of spaces around a date was accepted and its PutItem, past DynamoDB's
+    # 400 KB item, was a 500 (found posting it to the management handler with moto's limits on)
+    padded = " " * 450_000 + "2030-03-02T09:00:00Z"
+    with pytest.raises(ValidationFailed) as error:
+        parse_definition({**BASE, "send_at": padded}, now=NOW)
+    assert error.value.details[0]["path"] == "$.send_at"
+    stored = {**BASE, "send_at": " " * 100 + "2030-03-02T09:00:00Z"}  # saved before the rule
+    assert start_moment(BroadcastDefinition.model_validate(stored)) == datetime(2030, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def test_not_an_object():

@@ -175,3 +175,36 @@ def test_a_step_named_like_a_state_the_compiler_adds_is_refused(reserved):
         check_new_definition(parsed)
     found = caught.value.details
     assert [d["path"] for d in found] == [f"steps.{reserved}"] and "compiler adds" in found[0]["message"]
+
+
+@pytest.mark.parametrize(("traits", "path"), [
+    ({"score": int("9" * 50)}, "steps.set.traits.score"),  # past DynamoDB's 38 significant digits
+    ({"score": 1e300}, "steps.set.traits.score"),  # past DynamoDB's largest number
+    ({"nick": "a\ud800"}, "steps.set.traits"),  # an unpaired surrogate (a JSON \ud800 escape)
+    ({"notes": "x" * 40_000}, "steps.set.traits"),  # an identify over ingestion's 32 KB
+])
+def test_update_trait_values_ingestion_would_refuse_are_refused_on_save(traits, path):
+    # Found posting such journeys to the management API: saved and published (201, 200), then the step's
+    # identify was refused by ingestion's check for every profile that reached it (InvalidStep). Refused on
+    # save and publish; parse_journey still reads one stored before.
+    parsed = parse_journey(journey(start="set", steps={"set": {"type": "update_trait", "traits": traits,
+                                                               "next": "done"}, "done": {"type": "exit"}}))
+    with pytest.raises(ValidationFailed) as caught:
+        check_new_definition(parsed)
+    assert caught.value.details[0]["path"] == path
+    check_new_definition(parse_journey(journey(start="set", steps={
+        "set": {"type": "update_trait", "traits": {"score": 10 ** 30, "plan": "pro"}, "next": "done"},
+        "done": {"type": "exit"}})))
+
+
+def test_an_event_waited_for_past_what_a_wait_can_be_keyed_by_is_refused_on_save():
+    # A wait is stored under `<event>|<execution ARN>|<step>`: a 900-byte name with an ARN of 100+ passes
+    # DynamoDB's 1,024-byte sort key, so every profile's wait failed (PutItem ValidationException) while the
+    # save said 201. At most 600 bytes leaves room for any ARN (~256) and step id (64).
+    steps = {"wait": {"type": "wait_for_event", "event": "E" * 900, "timeout": "P1D", "next": "done",
+                      "timeout_next": "done"}, "done": {"type": "exit"}}
+    with pytest.raises(ValidationFailed) as caught:
+        check_new_definition(parse_journey(journey(start="wait", steps=steps)))
+    assert caught.value.details[0]["path"] == "steps.wait.event"
+    steps["wait"]["event"] = "\u00e9" * 300  # 600 bytes
+    check_new_definition(parse_journey(journey(start="wait", steps=steps)))

@@ -23,6 +23,19 @@ def test_html_body_is_escaped_but_subject_and_text_are_plain():
     assert out.text == "<script>x</script>"
 
 
+@pytest.mark.parametrize("name", ["Ann\nBcc: x@example.com", "Ann\u2028Z", "Ann\u2029Z", "Ann\x0bZ", "Ann\x0cZ",
+                                  "Ann\x85Z", "Ann\x1cZ", "Ann\rZ"])
+def test_a_subject_never_holds_a_line_break_the_email_package_refuses(name):
+    # Found sending to profiles with such first names: only "\n" was folded, so a trait holding U+2028 (a line
+    # separator, common in text pasted from the web) or a vertical tab failed that recipient's email
+    # ("Header values may not contain linefeed or carriage return characters").
+    from email.message import EmailMessage
+
+    subject = render(parse_template(email("<p>x</p>")), scope_for({"traits": {"first_name": name}})).subject
+    assert len(subject.splitlines()) == 1 and subject.startswith("Hi Ann")
+    EmailMessage()["Subject"] = subject  # the header the email channel writes
+
+
 def test_missing_trait_uses_default_and_absent_renders_empty():
     definition = parse_template(email("Hello {{ profile.traits.first_name | default: 'there' }}{{ profile.traits.x }}!"))
     assert render(definition, scope_for({"traits": {}})).body == "Hello there!"

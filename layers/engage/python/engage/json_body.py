@@ -18,7 +18,7 @@ MAX_DEPTH = 32
 def loads(text: str | None) -> Any:
     """The parsed body (None for an empty one), or ValidationFailed naming the problem and where."""
     try:
-        value = json.loads(text or "null")
+        value = json.loads(text or "null", parse_constant=_reject_constant)
     except RecursionError as error:
         raise _too_deep("$") from error
     except ValueError as error:
@@ -28,6 +28,13 @@ def loads(text: str | None) -> Any:
     if where is not None:
         raise _too_deep(where)
     return value
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity are Python's extension, not JSON (ingestion refuses them too): accepted, a
+    # journey's `where` value Infinity was stored as null (pydantic writes non-finite floats so), a filter
+    # that then matched nothing, all after a 201
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def too_deep_at(value: Any, limit: int = MAX_DEPTH) -> str | None:
@@ -44,6 +51,25 @@ def too_deep_at(value: Any, limit: int = MAX_DEPTH) -> str | None:
         if depth > limit:
             return path
         stack.extend((child, child_path, depth + 1) for child_path, child in children)
+    return None
+
+
+def surrogate_at(value: Any) -> str | None:
+    """JSON path of the first string (or object key) holding an unpaired UTF-16 surrogate (a JSON "\\ud800"
+    escape), or None. Such a string is not text: it cannot be written as UTF-8 (stored, serialized, sent)."""
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(node, dict):
+            stack.extend((name, path) for name in node)  # a bad key: the object that holds it
+            stack.extend((child, f"{path}.{name}") for name, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(node))
     return None
 
 

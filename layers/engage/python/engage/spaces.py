@@ -122,6 +122,9 @@ def get_space(space_id: str) -> SpaceRecord | None:
 
 # (kind, digest) -> (cached until, space id or None, credential expiry or None); times on engage.clock
 _cache: dict[tuple[str, str], tuple[datetime, str | None, datetime | None]] = {}
+# Misses are cached too, and anyone can send a new random secret with each request: bounded, so a flood of
+# them cannot grow a warm container's memory until the Lambda runs out (the real credentials are read again).
+CACHE_ENTRIES = 10_000
 
 
 def authenticate(secret: str | None, kind: str) -> str:
@@ -141,6 +144,8 @@ def authenticate(secret: str | None, kind: str) -> str:
             expires = clock.parse(record.expires_at) if record.expires_at else None
         except CredentialRecord.DoesNotExist:
             space_id, expires = None, None
+        if len(_cache) >= CACHE_ENTRIES:
+            _cache.clear()
         _cache[cache_key] = (now + timedelta(seconds=settings().credential_cache_seconds), space_id, expires)
     if space_id is None:
         raise AuthenticationFailed(f"invalid {what}")

@@ -29,6 +29,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from engage import clock
+from engage.audiences import KEY_PATTERN
 from engage.config import settings
 from engage.db import consistent_batch_get_all, key
 from engage.errors import Conflict, NotFound
@@ -145,6 +146,8 @@ def create(space_id: str, broadcast_key: str, definition: dict[str, Any], start_
 
 
 def find(space_id: str, broadcast_key: str) -> Broadcast | None:
+    if not KEY_PATTERN.match(broadcast_key):  # no broadcast has it; one past 1 KB is a sort key AWS refuses (a 500)
+        return None
     item = _table().get_item(Key={"pk": _pk(space_id), "sk": broadcast_key}, ConsistentRead=True).get("Item")
     return Broadcast.of(item) if item else None
 

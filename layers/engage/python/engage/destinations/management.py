@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engage import timezones
+from engage import json_body, timezones
 from engage.audiences import store as audience_store
 from engage.destinations import changelog, parking, queue, schedules, store
 from engage.destinations.definition import (
@@ -37,6 +37,12 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
     if size > MAX_DEFINITION_BYTES:
         raise ValidationFailed(f"the destination definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
                                [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
+    # A "\ud800" escape (not text) in the name passed validation and failed storing it as JSON: a 500
+    where = json_body.surrogate_at(body)
+    if where is not None:
+        path = where.removeprefix("$").removeprefix(".")
+        raise ValidationFailed(f"invalid destination at {path or '$'}: an unpaired UTF-16 surrogate (\\uD800-\\uDFFF) "
+                               "is not text", [{"path": path, "message": "unpaired UTF-16 surrogate"}])
     definition = parse_definition(body)
     problems = request_problems(definition)
     if definition.schedule is not None and not timezones.is_zone(definition.schedule.timezone):

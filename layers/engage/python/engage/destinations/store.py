@@ -25,6 +25,7 @@ from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttrib
 from pynamodb.exceptions import PutError
 
 from engage import clock, lazy
+from engage.audiences import KEY_PATTERN
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound
@@ -124,6 +125,8 @@ def _destination(record: DestinationRecord) -> Destination:
 
 
 def _record(space_id: str, destination_key: str) -> DestinationRecord | None:
+    if not KEY_PATTERN.match(destination_key):  # none has it; past 1 KB it is a sort key AWS refuses (a 500)
+        return None
     try:
         return DestinationRecord.get(_pk(space_id), destination_key, consistent_read=True)
     except DestinationRecord.DoesNotExist:

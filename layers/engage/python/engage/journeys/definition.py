@@ -37,6 +37,9 @@ STEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESERVED_STEP_IDS = frozenset({"goal_reached", "recording_failed"})
 CHANNELS = ("email", "sms", "push", "webhook")
 MAX_STEPS = 200
+# A waiting Task's item is keyed `<event>|<execution ARN>|<step>` (engage.journeys.waits): with an ARN of up to
+# ~256 bytes and a step id of 64, a longer name passes DynamoDB's 1,024-byte sort key and every wait fails.
+MAX_WAIT_EVENT_BYTES = 600
 # Step Functions waits at most one year per execution; a journey wait longer than that cannot run.
 MAX_WAIT = timedelta(days=365)
 # A re-entry cooldown is compared with (last exit + cooldown): beyond a century it means "never again" (mode once),
@@ -383,6 +386,17 @@ def _check_fields(journey: JourneyDefinition) -> list[dict]:
     return problems
 
 
+def _unstorable_traits(step: UpdateTraitStep, at: str) -> list[dict]:
+    """What ingestion would refuse in the identify the step writes (a number past DynamoDB's range or digits,
+    an unpaired surrogate, over 32 KB): the step then failed for every profile, while the save said 201."""
+    from engage import clock, ingestion
+
+    document = {"type": "identify", "userId": "journey", "messageId": "journey", "traits": step.traits}
+    issues = ingestion.check("journey", "identify", document, clock.now()).issues
+    return [{"path": f"{at}.{issue.path}" if issue.path.startswith("traits") else f"{at}.traits",
+             "message": issue.message} for issue in issues]
+
+
 def check_new_definition(journey: JourneyDefinition) -> None:
     """Rules added after journeys were stored, checked when a definition is saved or published (the
     management API), not by `parse_journey`: stored definitions are parsed again on every enrollment and
@@ -392,6 +406,12 @@ def check_new_definition(journey: JourneyDefinition) -> None:
         if step_id in RESERVED_STEP_IDS:
             problems.append({"path": f"steps.{step_id}",
                              "message": f"{step_id!r} names a state the compiler adds itself: choose another step id"})
+        step = journey.steps[step_id]
+        if isinstance(step, UpdateTraitStep):
+            problems += _unstorable_traits(step, f"steps.{step_id}")
+        if isinstance(step, WaitForEventStep) and len(step.event.encode("utf-8", "surrogatepass")) > MAX_WAIT_EVENT_BYTES:
+            problems.append({"path": f"steps.{step_id}.event", "message": f"an event name waited for is at most "
+                                                                          f"{MAX_WAIT_EVENT_BYTES} bytes"})
     if journey.reentry.mode == "after_exit" and journey.reentry.cooldown is not None:
         _check_duration(journey.reentry.cooldown, "reentry.cooldown",
                         lambda path, message: problems.append({"path": path, "message": message}),

@@ -18,8 +18,10 @@ from typing import Any
 
 import boto3
 
+from engage import json_body
 from engage.audiences import store as audience_store
 from engage.config import settings
+from engage.dynamodb_limits import MAX_PARTITION_KEY_BYTES
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.journeys import store
 from engage.journeys.compiler import compile_journey, describe
@@ -58,6 +60,13 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Journey
     if size > MAX_DEFINITION_BYTES:
         raise ValidationFailed(f"the journey definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
                                [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
+    # A "\ud800" escape is not text: as a waited event name its wait could never be stored (the step failed for
+    # every profile), and no event sent to ingestion can hold one. A 400 naming where, on save and publish.
+    where = json_body.surrogate_at(body)
+    if where is not None:
+        path = where.removeprefix("$").removeprefix(".")
+        raise ValidationFailed(f"invalid journey definition at {path or '$'}: an unpaired UTF-16 surrogate "
+                               "(\\uD800-\\uDFFF) is not text", [{"path": path, "message": "unpaired UTF-16 surrogate"}])
     journey = parse_journey(body)
     check_new_definition(journey)
     audiences = {a.key for a in audience_store.list_all(space_id)}
@@ -183,6 +192,10 @@ def profile_runs(space_id: str, journey_key: str, profile_id: str) -> dict[str, 
 
     journey = store.get(space_id, journey_key)
     profile_id = _profile_id(space_id, profile_id)
+    if len(store.profile_pk(space_id, journey_key, profile_id).encode("utf-8", "surrogatepass")) \
+            > MAX_PARTITION_KEY_BYTES:  # no profile has such an id; AWS refuses the Query (a 500)
+        raise NotFound(f"no profile with an id of {len(profile_id)} characters in this space",
+                       [{"path": "id", "message": "longer than any profile id"}])
     runs = []
     for run in enrollment.runs(space_id, journey_key, profile_id):
         view = {"entry": run["entry"], "version": run["version"], "execution_arn": run["execution_arn"],

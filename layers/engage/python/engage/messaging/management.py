@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from engage import profiles_store
+from engage.dynamodb_limits import MAX_PARTITION_KEY_BYTES
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.messaging import SOURCES, rules, sender, settings_store, signing, store, subscriptions, templates
 from engage.profile_api.params import parse_profile_ref
@@ -20,7 +21,9 @@ def _with_secret(space_id: str, view: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- templates
 def create_template(space_id: str, body: Any) -> dict[str, Any]:
-    return _with_secret(space_id, store.create_template(space_id, templates.parse_template(body)))
+    definition = templates.parse_template(body)
+    templates.check_stored_size(definition)
+    return _with_secret(space_id, store.create_template(space_id, definition))
 
 
 def get_template(space_id: str, template_key: str) -> dict[str, Any]:
@@ -37,11 +40,21 @@ def replace_template(space_id: str, template_key: str, body: Any) -> dict[str, A
                                [{"path": "$.key", "value": body.get("key"), "expected": template_key}])
     definition = templates.parse_template({k: v for k, v in body.items() if k != "key"}
                                           if isinstance(body, dict) else body, key=template_key)
+    templates.check_stored_size(definition)
+    if store.get_template(space_id, template_key)["channel"] != definition.channel:
+        # Its journey steps and broadcasts send on the old channel: every send would fail, as after a delete
+        _refuse_if_used(space_id, template_key)
     return _with_secret(space_id, store.replace_template(space_id, definition))
 
 
 def delete_template(space_id: str, template_key: str) -> None:
     store.get_template(space_id, template_key)  # 404 first
+    _refuse_if_used(space_id, template_key)
+    store.delete_template(space_id, template_key)
+
+
+def _refuse_if_used(space_id: str, template_key: str) -> None:
+    """409 listing the journeys that send it and the broadcasts still to send it."""
     from engage.broadcasts.references import referrers as broadcast_referrers
     from engage.journeys.references import refuse_if_referenced
 
@@ -50,7 +63,6 @@ def delete_template(space_id: str, template_key: str) -> None:
     if found:
         raise Conflict(f"template {template_key!r} is used by {len(found)} broadcast(s) still to send: "
                        + ", ".join(f"broadcast {r['key']!r}" for r in found) + "; cancel them first", found)
-    store.delete_template(space_id, template_key)
 
 
 def _resolve(space_id: str, ref_text: str, path: str):
@@ -59,7 +71,10 @@ def _resolve(space_id: str, ref_text: str, path: str):
     except ValidationFailed as error:
         raise ValidationFailed(error.message.replace("path.profile", path), [{"path": path, "value": ref_text}]) \
             from None
-    record = profiles_store.resolve(space_id, profiles_store.USERS, ref.type, ref.value)
+    identity_key = profiles_store.identity_pk(space_id, profiles_store.USERS, ref.type, ref.value)
+    # No id past DynamoDB's partition key was ever stored, and AWS refuses the lookup (a 500): not looked up
+    fits = len(identity_key.encode("utf-8", "surrogatepass")) <= MAX_PARTITION_KEY_BYTES
+    record = profiles_store.resolve(space_id, profiles_store.USERS, ref.type, ref.value) if fits else None
     if record is None:
         raise NotFound(f"no profile {ref_text!r} in this space", [{"path": path, "value": ref_text}])
     return record

@@ -38,6 +38,9 @@ class FrequencyCap(BaseModel):
     window_hours: int = Field(ge=1, le=24 * 31)
 
 
+MAX_TRAIT_NAME_CHARS = 256
+
+
 class QuietHours(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
     start: time
@@ -49,6 +52,20 @@ class QuietHours(BaseModel):
     @classmethod
     def _known_zone(cls, value: str, info: ValidationInfo) -> str:
         _zone(value, strict=timezones.saving(info))
+        return value
+
+    @field_validator("timezone_trait")
+    @classmethod
+    def _trait_name(cls, value: str, info: ValidationInfo) -> str:
+        # On save only (stored settings are read as saved): 450 KB of name was a 500 from PutItem (item too
+        # large), a "\ud800" escape a 500 serializing the settings
+        if timezones.saving(info):
+            if not 1 <= len(value) <= MAX_TRAIT_NAME_CHARS:
+                raise ValueError(f"a trait name of 1 to {MAX_TRAIT_NAME_CHARS} characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("an unpaired UTF-16 surrogate (\\uD800-\\uDFFF) is not text") from None
         return value
 
 

@@ -28,6 +28,7 @@ from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 
 from engage import clock
+from engage.audiences import KEY_PATTERN
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
 from engage.errors import Conflict, NotFound
@@ -73,9 +74,11 @@ def _template_view(record: TemplateRecord) -> dict[str, Any]:
 
 
 def create_template(space_id: str, definition: TemplateDefinition) -> dict[str, Any]:
+    from engage.messaging.templates import stored_json
+
     now = clock.iso()
     record = TemplateRecord(_templates_pk(space_id), definition.key, space_id=space_id, key=definition.key,
-                            definition=json.dumps(definition.to_dict(), sort_keys=True),
+                            definition=stored_json(definition),
                             created_at=now, updated_at=now)
     try:
         record.save(condition=TemplateRecord.pk.does_not_exist())
@@ -89,10 +92,12 @@ def create_template(space_id: str, definition: TemplateDefinition) -> dict[str, 
 
 
 def _live(space_id: str, template_key: str) -> TemplateRecord:
-    try:
-        record = TemplateRecord.get(_templates_pk(space_id), template_key, consistent_read=True)
-    except TemplateRecord.DoesNotExist:
-        record = None
+    record = None
+    if KEY_PATTERN.match(template_key):  # none has it; past 1 KB it is a sort key AWS refuses (a 500)
+        try:
+            record = TemplateRecord.get(_templates_pk(space_id), template_key, consistent_read=True)
+        except TemplateRecord.DoesNotExist:
+            pass
     if record is None or record.deleted_at:
         raise NotFound(f"no template {template_key!r} in this space", [{"path": "key", "value": template_key}])
     return record
@@ -103,8 +108,10 @@ def get_template(space_id: str, template_key: str) -> dict[str, Any]:
 
 
 def replace_template(space_id: str, definition: TemplateDefinition) -> dict[str, Any]:
+    from engage.messaging.templates import stored_json
+
     record = _live(space_id, definition.key)
-    record.definition = json.dumps(definition.to_dict(), sort_keys=True)
+    record.definition = stored_json(definition)
     record.updated_at = clock.iso()
     try:
         record.save(condition=TemplateRecord.deleted_at.does_not_exist())

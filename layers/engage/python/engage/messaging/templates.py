@@ -44,6 +44,9 @@ CONTEXT_DEPTH = 30
 LOCALS_CHARS = 64 * 1024
 # Field sizes at save time (a template item stays far under DynamoDB's 400 KB).
 MAX_FIELD_CHARS = 100_000
+# Characters are not bytes: 100,000 emoji are 400 KB of UTF-8, and body, text and headers add up. The stored
+# JSON (stored_json) is checked whole when a template is saved (an oversized one was a 500 from PutItem).
+MAX_STORED_BYTES = 300_000
 SMS_MAX_CHARS = 1600  # SNS refuses longer SMS (10 segments)
 LIQUID_FIELDS = ("subject", "body", "text")
 
@@ -234,6 +237,24 @@ def parse_template(data: Any, *, key: str | None = None) -> TemplateDefinition:
     return definition
 
 
+def stored_json(definition: TemplateDefinition) -> str:
+    """The form the store keeps: UTF-8 text (not \\u escapes, which made a CJK character 6 bytes, an emoji 12)."""
+    return json.dumps(definition.to_dict(), sort_keys=True, ensure_ascii=False)
+
+
+def check_stored_size(definition: TemplateDefinition) -> None:
+    """At save (never when a stored template is read again): a 400 naming the largest field when the template
+    would not fit its item."""
+    size = len(stored_json(definition).encode())
+    if size > MAX_STORED_BYTES:
+        fields = definition.to_dict()
+        largest = max(fields, key=lambda name: len(json.dumps(fields[name], ensure_ascii=False).encode()))
+        raise ValidationFailed(f"the template is {size} bytes of UTF-8 JSON: at most {MAX_STORED_BYTES} "
+                               f"(the largest field is $.{largest})",
+                               [{"path": f"$.{largest}", "message": f"the template is {size} bytes; at most "
+                                                                     f"{MAX_STORED_BYTES} in all"}])
+
+
 def _is_html(definition: TemplateDefinition, field: str) -> bool:
     return definition.channel == "email" and field == "body"
 
@@ -312,8 +333,10 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         # (`times` in a loop). Rendering is pure, so the same profile fails the same way on every
         # retry: a failed render, never an exception that a broadcast retries 50 times into its DLQ.
         raise RenderFailed(f"rendering stopped: {type(error).__name__}: {error}") from error
-    if subject is not None and "\n" in subject:
-        subject = " ".join(subject.split())  # a header cannot hold a line break
+    if subject is not None and len(subject.splitlines()) > 1:
+        # A header cannot hold a line break, and the email package counts every one str.splitlines() does:
+        # a trait holding U+2028 or a vertical tab failed the recipient's email ("could not be built")
+        subject = " ".join(subject.split())
     if definition.channel == "webhook":
         try:
             json.loads(body)
