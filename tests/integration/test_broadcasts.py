@@ -181,6 +181,20 @@ def test_validation_names_the_field(cloud):
     assert call_api("GET", "/v1/broadcasts")[1] == {"broadcasts": []}  # nothing was stored
 
 
+def test_an_audience_of_accounts_is_refused_for_sending_and_excluding(cloud):
+    # Its members are accounts: no address, no consent (each suppressed), and excluding them excluded nobody
+    assert call_api("POST", "/v1/audiences", {"key": "key_accounts", "name": "Key accounts", "kind": "manual",
+                                              "entity": "accounts"})[0] == 201
+    cloud.audience("fans", [])
+    base = {"key": "b1", "audience": "fans", "channel": "email", "template": "news"}
+    for body, path in (({**base, "audience": "key_accounts"}, "$.audience"),
+                       ({**base, "exclude_audiences": ["key_accounts"]}, "$.exclude_audiences[0]")):
+        status, answer = call_api("POST", "/v1/broadcasts", body)
+        assert status == 400 and "holds accounts" in answer["error"]["message"], answer
+        assert answer["error"]["details"][0]["path"] == path
+    assert call_api("POST", "/v1/broadcasts", base)[0] == 201
+
+
 def test_key_is_unique_and_unknown_keys_are_404(cloud):
     cloud.audience("fans", [])
     body = {"key": "b1", "audience": "fans", "channel": "email", "template": "news",

@@ -76,6 +76,12 @@ def test_a_draft_is_saved_validated_and_unknown_audiences_are_400s(api):
     assert created["status"] == "draft" and created["version"] == 0 and created["state_machine_arn"] is None
     status, body = call_api("POST", "/v1/journeys", journey(key="other", entry={"audience": "nobody"}))
     assert status == 400 and body["error"]["details"][0]["path"] == "entry.audience"
+    # an audience of accounts never holds a person: it enrolled nobody, and a condition on it was never true
+    assert call_api("POST", "/v1/audiences", {"key": "key_accounts", "name": "Key accounts", "kind": "manual",
+                                              "entity": "accounts"})[0] == 201
+    status, body = call_api("POST", "/v1/journeys", journey(key="other", entry={"audience": "key_accounts"}))
+    assert status == 400 and body["error"]["details"][0]["path"] == "entry.audience"
+    assert "holds accounts" in body["error"]["details"][0]["message"]
     status, body = call_api("POST", "/v1/journeys", journey(key="other", steps__sms={
         "type": "send", "channel": "sms", "template": "cart_sms", "next": "wait_1h"}))
     assert status == 400 and "cycle" in body["error"]["message"]

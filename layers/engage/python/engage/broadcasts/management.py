@@ -24,8 +24,12 @@ def create(space_id: str, body: Any) -> dict[str, Any]:
     definition = parse_definition(body)
     for path, audience_key in [("$.audience", definition.audience),
                                *((f"$.exclude_audiences[{i}]", k) for i, k in enumerate(definition.exclude_audiences))]:
-        if audiences.find(space_id, audience_key) is None:
+        found = audiences.find(space_id, audience_key)
+        if found is None:
             raise ValidationFailed(f"no audience {audience_key!r} in this space", [{"path": path, "value": audience_key}])
+        if found.entity != "users":  # its members are accounts: no address, no consent, excluded from nobody
+            raise ValidationFailed(f"audience {audience_key!r} holds {found.entity}: a broadcast sends to people, "
+                                   "use an audience of users", [{"path": path, "value": audience_key}])
     from engage.messaging import store as templates_store
 
     template = templates_store.load_template(space_id, definition.template)

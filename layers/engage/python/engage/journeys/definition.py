@@ -521,12 +521,15 @@ def referenced_audiences(journey: JourneyDefinition) -> list[tuple[str, str]]:
 
 def check_references(journey: JourneyDefinition, audiences: set[str], *,
                      templates: set[str] | dict[str, str] | None = None,
-                     destinations: set[str] | None = None) -> None:
-    """Refuse references the space cannot satisfy. `templates` / `destinations` None: not checked
+                     destinations: set[str] | None = None, account_audiences: frozenset[str] = frozenset()) -> None:
+    """Refuse references the space cannot satisfy. `audiences`: the users audiences (an accounts audience,
+    in `account_audiences`, never holds a person: its entry enrolled nobody, its conditions were always
+    false). `templates` / `destinations` None: not checked
     (their stores are not part of this build; the send/sync step fails at run time instead).
     `templates` as {key: channel}: a send step's channel must also be its template's (the sender refuses
     an email template on the sms channel at every attempt)."""
-    problems = [{"path": path, "message": f"unknown audience {key!r}"}
+    problems = [{"path": path, "message": f"audience {key!r} holds accounts: a journey runs for people, use an "
+                                          "audience of users" if key in account_audiences else f"unknown audience {key!r}"}
                 for key, path in referenced_audiences(journey) if key not in audiences]
     for step_id, step in journey.steps.items():
         if templates is not None and isinstance(step, SendStep) and step.template not in templates:

@@ -69,9 +69,10 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Journey
                                "(\\uD800-\\uDFFF) is not text", [{"path": path, "message": "unpaired UTF-16 surrogate"}])
     journey = parse_journey(body)
     check_new_definition(journey)
-    audiences = {a.key for a in audience_store.list_all(space_id)}
-    check_references(journey, audiences, templates=_template_keys(space_id),
-                     destinations=_destination_keys(space_id))
+    everything = audience_store.list_all(space_id)
+    check_references(journey, {a.key for a in everything if a.entity == "users"},
+                     account_audiences=frozenset(a.key for a in everything if a.entity != "users"),
+                     templates=_template_keys(space_id), destinations=_destination_keys(space_id))
     return journey
 
 
