@@ -236,10 +236,11 @@ def create_journey():
     return Response(201, "application/json", json.dumps(journeys.create(_space(), _json_body())))
 
 
-@app.get("/v1/journeys", summary="List the space's journeys", **DOC,
-         responses=openapi.responses(200, "JourneyList", "every journey not deleted", 401))
+@app.get("/v1/journeys", summary="List the space's journeys, a page at a time", **DOC,
+         openapi_extensions=openapi.query(*openapi.list_page_params()),
+         responses=openapi.responses(200, "JourneyList", "a page of journeys not deleted", 400, 401))
 def list_journeys():
-    return journeys.list_journeys(_space())
+    return journeys.list_journeys(_space(), _query("limit"), _query("next"))
 
 
 @app.get("/v1/journeys/<key>", summary="Read a journey: definition, status, version, ARNs, step counts", **DOC,

@@ -178,7 +178,7 @@ def test_validation_names_the_field(cloud):
         status, answer = call_api("POST", "/v1/broadcasts", body)
         assert status == 400, (body, answer)
         assert path in [d.get("path") for d in answer["error"]["details"]], (body, answer)
-    assert call_api("GET", "/v1/broadcasts")[1] == {"broadcasts": []}  # nothing was stored
+    assert call_api("GET", "/v1/broadcasts")[1]["broadcasts"] == []  # nothing was stored
 
 
 def test_an_audience_of_accounts_is_refused_for_sending_and_excluding(cloud):
@@ -193,6 +193,24 @@ def test_an_audience_of_accounts_is_refused_for_sending_and_excluding(cloud):
         assert status == 400 and "holds accounts" in answer["error"]["message"], answer
         assert answer["error"]["details"][0]["path"] == path
     assert call_api("POST", "/v1/broadcasts", base)[0] == 201
+
+
+def test_the_broadcast_list_is_paged_and_reads_stats_for_its_page_only(cloud, monkeypatch):
+    from engage.broadcasts import management
+
+    cloud.audience("fans", [])
+    later = clock.iso(clock.now() + timedelta(days=1))
+    for key in ("b3", "b1", "b2"):
+        assert call_api("POST", "/v1/broadcasts", {"key": key, "audience": "fans", "channel": "email",
+                                                   "template": "news", "send_at": later})[0] == 201
+    viewed = []
+    original = management.view
+    monkeypatch.setattr(management, "view", lambda b: viewed.append(b.key) or original(b))
+    first = call_api("GET", "/v1/broadcasts", query={"limit": "2"})[1]
+    assert [b["key"] for b in first["broadcasts"]] == ["b1", "b2"] == viewed  # each view reads its stats
+    assert first["cursor"] == {"has_more": True, "next": "b2", "limit": 2}
+    rest = call_api("GET", "/v1/broadcasts", query={"limit": "2", "next": "b2"})[1]
+    assert [b["key"] for b in rest["broadcasts"]] == ["b3"] and not rest["cursor"]["has_more"]
 
 
 def test_key_is_unique_and_unknown_keys_are_404(cloud):

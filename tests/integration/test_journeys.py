@@ -231,6 +231,16 @@ def test_nan_and_infinity_are_not_json_and_a_400(api, constant):
     assert call_api("GET", "/v1/journeys")[1]["journeys"] == []
 
 
+def test_the_journey_list_is_paged(api):
+    for key in ("j_c", "j_a", "j_b"):
+        assert call_api("POST", "/v1/journeys", journey(key=key))[0] == 201
+    first = call_api("GET", "/v1/journeys", query={"limit": "2"})[1]
+    assert [j["key"] for j in first["journeys"]] == ["j_a", "j_b"] and first["cursor"]["has_more"]
+    rest = call_api("GET", "/v1/journeys", query={"next": first["cursor"]["next"]})[1]
+    assert [j["key"] for j in rest["journeys"]] == ["j_c"]
+    assert rest["cursor"] == {"has_more": False, "next": "", "limit": 100}
+
+
 def test_an_unpaired_surrogate_in_a_journey_is_a_400_naming_where(api):
     # Found posting hostile strings to the management API: a wait_for_event on "Order\\ud800" was saved and
     # published, then every profile's wait failed storing it (UnicodeEncodeError writing the key); ingestion

@@ -117,6 +117,30 @@ def test_a_template_past_its_item_is_a_400_naming_the_field_and_non_latin_text_f
     assert [t["key"] for t in call_api("GET", "/v1/templates")[1]["templates"]] == ["japanese"]
 
 
+def test_the_template_list_is_paged_by_count_and_by_size(messaging, monkeypatch):
+    # The list was whole: about 20 templates of 300 KB passed Lambda's 6 MB response (a 500 on AWS)
+    from engage import listing
+
+    for n in range(5):
+        create({"key": f"t{n}", "channel": "email", "subject": "Hi", "body": "\u65e5\u672c" * 10_000})
+    status, first = call_api("GET", "/v1/templates", query={"limit": "2"})
+    assert status == 200 and [t["key"] for t in first["templates"]] == ["t0", "t1"]
+    assert first["cursor"] == {"has_more": True, "next": "t1", "limit": 2}
+    rest = call_api("GET", "/v1/templates", query={"limit": "2", "next": "t1"})[1]
+    last = call_api("GET", "/v1/templates", query={"limit": "2", "next": rest["cursor"]["next"]})[1]
+    assert [t["key"] for t in rest["templates"] + last["templates"]] == ["t2", "t3", "t4"]
+    assert last["cursor"] == {"has_more": False, "next": "", "limit": 2}
+    # a page also stops before MAX_PAGE_BYTES of templates (60 KB each here), keeping at least one
+    monkeypatch.setattr(listing, "MAX_PAGE_BYTES", 130_000)
+    page = call_api("GET", "/v1/templates")[1]
+    assert [t["key"] for t in page["templates"]] == ["t0", "t1"] and page["cursor"]["has_more"]
+    monkeypatch.setattr(listing, "MAX_PAGE_BYTES", 1)
+    assert len(call_api("GET", "/v1/templates")[1]["templates"]) == 1
+    for bad in ("0", "1001", "ten"):
+        status, answer = call_api("GET", "/v1/templates", query={"limit": bad})
+        assert status == 400 and answer["error"]["details"][0]["path"] == "limit", answer
+
+
 @pytest.mark.parametrize("name", ["t" * 450_000, "\ud800", ""])
 def test_a_quiet_hours_timezone_trait_no_profile_can_have_is_a_400(messaging, name):
     # Found putting hostile settings on the management handler: 450 KB of trait name was a 500 (PutItem: item

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from engage.broadcasts.definition import BroadcastDefinition
+from engage.openapi.list_models import ListCursor
 
 
 class BroadcastStats(BaseModel):
@@ -31,6 +32,7 @@ class Broadcast(BroadcastDefinition):
 
 class BroadcastList(BaseModel):
     broadcasts: list[Broadcast]
+    cursor: ListCursor
 
 
 class PreviewCounts(BaseModel):

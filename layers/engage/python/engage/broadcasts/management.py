@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engage import clock
+from engage import clock, listing
 from engage.audiences import membership
 from engage.audiences import store as audiences
 from engage.broadcasts import engine, schedule, store
@@ -71,8 +71,10 @@ def get(space_id: str, broadcast_key: str) -> dict[str, Any]:
     return view(store.get(space_id, broadcast_key))
 
 
-def list_broadcasts(space_id: str) -> dict[str, Any]:
-    return {"broadcasts": [view(b) for b in store.list_all(space_id)]}
+def list_broadcasts(space_id: str, limit: str | None = None, after: str | None = None) -> dict[str, Any]:
+    """A page of broadcasts in key order (engage.listing): each one's stats read for the page only."""
+    shown, cursor = listing.page(store.list_all(space_id), lambda b: b.key, view, limit, after)
+    return {"broadcasts": shown, "cursor": cursor}
 
 
 def cancel(space_id: str, broadcast_key: str) -> dict[str, Any]:

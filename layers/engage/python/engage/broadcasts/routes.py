@@ -19,10 +19,13 @@ def register(app, space, json_body, doc, key_errors) -> None:
     def create_broadcast():
         return Response(201, "application/json", json.dumps(management.create(space(), json_body())))
 
-    @app.get("/v1/broadcasts", summary="List the space's broadcasts", **doc,
-             responses=openapi.responses(200, "BroadcastList", "every broadcast, with its status and stats", 401))
+    @app.get("/v1/broadcasts", summary="List the space's broadcasts, a page at a time", **doc,
+             openapi_extensions=openapi.query(*openapi.list_page_params()),
+             responses=openapi.responses(200, "BroadcastList", "a page of broadcasts, with their status and stats",
+                                         400, 401))
     def list_broadcasts():
-        return management.list_broadcasts(space())
+        query = app.current_event.get_query_string_value
+        return management.list_broadcasts(space(), query("limit", None), query("next", None))
 
     @app.get("/v1/broadcasts/<key>", summary="Read a broadcast: status and stats", **doc,
              responses=openapi.responses(200, "Broadcast", "the broadcast", *key_errors))

@@ -18,7 +18,7 @@ from typing import Any
 
 import boto3
 
-from engage import json_body
+from engage import json_body, listing
 from engage.audiences import store as audience_store
 from engage.config import settings
 from engage.dynamodb_limits import MAX_PARTITION_KEY_BYTES
@@ -111,8 +111,10 @@ def get(space_id: str, journey_key: str) -> dict[str, Any]:
     return {**journey.view(), "stats": {step: {**empty, **counts.get(step, {})} for step in steps}}
 
 
-def list_journeys(space_id: str) -> dict[str, Any]:
-    return {"journeys": [j.view() for j in store.list_all(space_id)]}
+def list_journeys(space_id: str, limit: str | None = None, after: str | None = None) -> dict[str, Any]:
+    """A page of journeys in key order (engage.listing)."""
+    shown, cursor = listing.page(store.list_all(space_id), lambda j: j.key, lambda j: j.view(), limit, after)
+    return {"journeys": shown, "cursor": cursor}
 
 
 def delete(space_id: str, journey_key: str) -> None:

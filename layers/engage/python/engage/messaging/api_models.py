@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engage.messaging.rules import MessagingSettings
 from engage.messaging.templates import TemplateDefinition
+from engage.openapi.list_models import ListCursor
 
 
 class Template(TemplateDefinition):
@@ -20,6 +21,7 @@ class Template(TemplateDefinition):
 
 class TemplateList(BaseModel):
     templates: list[Template]
+    cursor: ListCursor
 
 
 class TemplatePreviewRequest(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from engage import profiles_store
+from engage import listing, profiles_store
 from engage.dynamodb_limits import MAX_PARTITION_KEY_BYTES
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.messaging import SOURCES, rules, sender, settings_store, signing, store, subscriptions, templates
@@ -30,8 +30,10 @@ def get_template(space_id: str, template_key: str) -> dict[str, Any]:
     return _with_secret(space_id, store.get_template(space_id, template_key))
 
 
-def list_templates(space_id: str) -> dict[str, Any]:
-    return {"templates": store.list_templates(space_id)}
+def list_templates(space_id: str, limit: str | None = None, after: str | None = None) -> dict[str, Any]:
+    """A page of templates in key order (engage.listing)."""
+    shown, cursor = listing.page(store.list_templates(space_id), lambda t: t["key"], lambda t: t, limit, after)
+    return {"templates": shown, "cursor": cursor}
 
 
 def replace_template(space_id: str, template_key: str, body: Any) -> dict[str, Any]:

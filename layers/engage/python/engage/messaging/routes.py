@@ -28,10 +28,11 @@ def register(app, space, json_body, doc, key_errors) -> None:
     def create_template():
         return Response(201, "application/json", json.dumps(management.create_template(space(), json_body())))
 
-    @app.get("/v1/templates", summary="List the space's templates", **doc,
-             responses=openapi.responses(200, "TemplateList", "every live template", 401))
+    @app.get("/v1/templates", summary="List the space's templates, a page at a time", **doc,
+             openapi_extensions=openapi.query(*openapi.list_page_params()),
+             responses=openapi.responses(200, "TemplateList", "a page of live templates", 400, 401))
     def list_templates():
-        return management.list_templates(space())
+        return management.list_templates(space(), query("limit"), query("next"))
 
     @app.get("/v1/templates/<key>", summary="Read a template", **doc,
              responses=openapi.responses(200, "Template", "the template", *key_errors))

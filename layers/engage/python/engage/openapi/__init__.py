@@ -63,6 +63,13 @@ def param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def list_page_params() -> tuple[dict[str, Any], dict[str, Any]]:
+    """`limit` and `next` of a management list (engage.listing; numbers kept in step with it)."""
+    return (param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                  "items per page (a page also stops before 4 MB of items)"),
+            param("next", {"type": "string"}, "`cursor.next` of the previous page"))
+
+
 def responses(ok: int, ok_schema: str | None, description: str, *errors: int, error_schema: str = "Error",
               ok_media_type: str = "application/json",
               headers: dict[str, Any] | None = None) -> dict[int, Any]:

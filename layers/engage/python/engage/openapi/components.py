@@ -18,6 +18,7 @@ from engage.destinations import definition as destination_definition
 from engage.ingestion import messages
 from engage.journeys import definition as journey_definition
 from engage.messaging import api_models as messaging_models
+from engage.openapi.list_models import ListCursor
 from engage.profile_api import models as profile_models
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -181,6 +182,7 @@ class Journey(journey_definition.JourneyDefinition):
 
 class JourneyList(BaseModel):
     journeys: list[Journey]
+    cursor: ListCursor
 
 
 class JourneyRun(BaseModel):

@@ -1,0 +1,54 @@
+"""One page of a management list: `GET /v1/templates`, `/v1/journeys`, `/v1/broadcasts`.
+
+These lists were whole: a space's templates (up to 300 KB each) or journeys passed Lambda's 6 MB
+response after about 20 of them, and the broadcasts list, kept forever, read every broadcast's stats
+(a Query each) past API Gateway's 29 s. A page holds at most `limit` items (default 100, at most
+1,000) and at most MAX_PAGE_BYTES of them, in key order; `cursor.next` (the page's last key) asks for
+the next page, `cursor.has_more` says whether there is one: the audiences' members cursor's shape.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from engage.errors import ValidationFailed
+
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+MAX_PAGE_BYTES = 4_000_000  # of items' JSON: with the envelope, well inside Lambda's 6 MB response
+MAX_NEXT_CHARS = 1024  # a key is at most that long (DynamoDB's sort key)
+
+Item = TypeVar("Item")
+
+
+def parse_limit(text: str | None) -> int:
+    if text is None or text == "":
+        return DEFAULT_LIMIT
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationFailed(f"limit must be a whole number between 1 and {MAX_LIMIT}, not {text[:40]!r}",
+                               [{"path": "limit", "value": text[:40]}])
+    return limit
+
+
+def page(items: Iterable[Item], key_of: Callable[[Item], str], view: Callable[[Item], dict[str, Any]],
+         limit_text: str | None, after: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(the views of the page's items, its cursor); `view` is called for the page's items only."""
+    limit = parse_limit(limit_text)
+    if after is not None and len(after) > MAX_NEXT_CHARS:
+        raise ValidationFailed(f"next must be a key from a cursor (at most {MAX_NEXT_CHARS} characters)",
+                               [{"path": "next", "value": after[:40]}])
+    rest = sorted((item for item in items if not after or key_of(item) > after), key=key_of)
+    views: list[dict[str, Any]] = []
+    size = 0
+    for item in rest[:limit]:
+        shown = view(item)
+        size += len(json.dumps(shown, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if views and size > MAX_PAGE_BYTES:
+            break
+        views.append(shown)
+    has_more = len(views) < len(rest)
+    return views, {"has_more": has_more, "next": key_of(rest[len(views) - 1]) if has_more else "", "limit": limit}
