@@ -117,6 +117,18 @@ def test_a_template_past_its_item_is_a_400_naming_the_field_and_non_latin_text_f
     assert [t["key"] for t in call_api("GET", "/v1/templates")[1]["templates"]] == ["japanese"]
 
 
+def test_the_senders_template_cache_is_bounded(messaging, monkeypatch):
+    # Misses were cached forever: a client naming random template keys grew a warm container without end
+    from engage.messaging import store
+
+    monkeypatch.setattr(store, "TEMPLATE_CACHE_ENTRIES", 3)
+    create({"key": "welcome", "channel": "email", "subject": "Hi", "body": "Hello"})
+    for n in range(10):
+        assert store.load_template("acme", f"ghost{n}") is None
+        assert len(store._cache) <= 3
+    assert store.load_template("acme", "welcome").subject == "Hi"
+
+
 def test_the_template_list_is_paged_by_count_and_by_size(messaging, monkeypatch):
     # The list was whole: about 20 templates of 300 KB passed Lambda's 6 MB response (a 500 on AWS)
     from engage import listing

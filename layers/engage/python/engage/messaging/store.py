@@ -138,6 +138,9 @@ def list_templates(space_id: str) -> list[dict[str, Any]]:
 # A warm sender reads a template once a minute at most (edits reach sends within that time).
 _cache: dict[tuple[str, str], tuple[float, TemplateDefinition | None]] = {}
 TEMPLATE_CACHE_SECONDS = 60
+# Bounded: misses are cached too (any key a request names), and a template may be 300 KB; a container sends
+# with a handful of templates, and past this many it reads them again rather than grow without end.
+TEMPLATE_CACHE_ENTRIES = 256
 
 
 def load_template(space_id: str, template_key: str) -> TemplateDefinition | None:
@@ -155,6 +158,8 @@ def load_template(space_id: str, template_key: str) -> TemplateDefinition | None
         definition = parse_template(json.loads(_live(space_id, template_key).definition))
     except NotFound:
         definition = None
+    if len(_cache) >= TEMPLATE_CACHE_ENTRIES:
+        _cache.clear()
     _cache[(space_id, template_key)] = (time.monotonic(), definition)
     return definition
 
