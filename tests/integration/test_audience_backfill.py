@@ -144,3 +144,25 @@ def test_a_profile_that_fails_at_once_raises_for_the_state_machine_retry(shop, m
         backfill.run_page({"action": "page", "space_id": "acme", "audience_key": "big_spenders", "revision": 1,
                            "total_segments": 1, "segment": 0, "cursor": None})
     assert call_api("GET", "/v1/audiences/big_spenders")[1]["status"] == "computing"
+
+
+def test_a_second_audience_backfill_keeps_the_first_audience_buckets_numbers(shop):
+    """Found touring `make dev`: creating a second audience with its own aggregate rewrote the whole
+    condition_state with json.dumps(default=str), so the first audience's DynamoDB numbers (Decimals)
+    came back as strings ({"20270103": "1"}); the sweeper's re-evaluation of that profile then failed
+    (TypeError: int += str) and the profile never left the first audience when its window closed."""
+    assert call_api("POST", "/v1/audiences", BIG_SPENDERS)[0] == 201
+    before = runtime.profile_image("acme", "p1")["condition_state"]
+    clickers = {"key": "recent_orders", "name": "Ordered in the last 2 hours", "backfill": True,
+                "condition": {"event": "Order Completed", "window": {"within_hours": 2}}}
+    # When a second audience with an aggregate of its own is backfilled over the same profiles
+    assert call_api("POST", "/v1/audiences", clickers)[0] == 201
+    after = runtime.profile_image("acme", "p1")["condition_state"]
+    # Then the first audience's aggregate is unchanged (numbers stay numbers)
+    for aggregate_id, state in before.items():
+        assert after[aggregate_id] == state
+        for buckets in (state.get("d"), state.get("h")):
+            assert all(not isinstance(n, str) for n in (buckets or {}).values()), after
+    # and the sweeper's re-evaluation of the profile works, 31 days later too (p1 leaves big_spenders)
+    runtime.reevaluate("acme", "p1", clock.now() + timedelta(days=31))
+    assert members_of("big_spenders") == set()

@@ -59,6 +59,19 @@ def test_cart_rescue_compiles_to_the_golden_asl():
     assert states["wait_buy.timeout"]["Next"] == "sms"
 
 
+def test_a_timed_out_wait_is_not_retried_but_caught_at_once():
+    """Found touring `make dev`: the wait's TRANSIENT_RETRY (States.ALL) matched States.Timeout, so a
+    wait_for_event that timed out was retried 5 times (on AWS each attempt waits a whole new TimeoutSeconds:
+    P2D became about 12 days) before its Catch sent it to timeout_next. A retrier that matches
+    States.Timeout with MaxAttempts 0 comes first (retriers are tried in order)."""
+    states = compile_journey(parse_journey(CART_RESCUE), STEPS_ARN)["States"]
+    retriers = states["wait_buy"]["Retry"]
+    first = next(r for r in retriers if "States.Timeout" in r["ErrorEquals"] or r["ErrorEquals"] == ["States.ALL"])
+    assert "States.Timeout" in first["ErrorEquals"] and first["MaxAttempts"] == 0
+    # tasks without a timeout keep their retries as they were
+    assert all("States.Timeout" not in r["ErrorEquals"] for r in states["sms"]["Retry"])
+
+
 def test_the_golden_file_is_a_validator_failing_when_broken():
     # the validator is real: a wrong state type and a non-numeric wait are reported
     broken = json.loads(GOLDEN.read_text())

@@ -248,8 +248,18 @@ def _table():
 
 
 def _dynamo_safe(value: Any) -> Any:
-    """Floats as Decimals (boto3 refuses floats)."""
-    return json.loads(json.dumps(value, default=str), parse_float=Decimal)
+    """Floats as Decimals (boto3 refuses floats); everything else as it is.
+
+    The state holds the profile's other aggregates as read (DynamoDB numbers are Decimals): a JSON
+    round trip with default=str wrote them back as strings, which broke every later evaluation of
+    those audiences (int += str)."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _dynamo_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_dynamo_safe(v) for v in value]
+    return value
 
 
 def reset() -> None:

@@ -168,6 +168,9 @@ def _task(journey: JourneyDefinition, step_id: str, step_type: str, arn: str, pa
         catches.append({"ErrorEquals": ["GoalReached"], "ResultPath": "$.goal", "Next": GOAL_REACHED})
     if timeout is not None:
         state["TimeoutSeconds"] = timeout
+        # States.ALL in a retrier matches States.Timeout too: without this the ended wait was retried
+        # 5 times, each attempt a whole new TimeoutSeconds, before the Catch took it to timeout_next.
+        state["Retry"] = [{**NO_RETRY, "ErrorEquals": [*PERMANENT_ERRORS, "States.Timeout"]}, TRANSIENT_RETRY]
         # A timed-out wait carries on at timeout_next: record where it went (and the wait chain after it).
         catches.append({"ErrorEquals": ["States.Timeout"], "ResultPath": "$.timeout",
                         "Next": f"{step_id}.timeout"})
