@@ -253,6 +253,18 @@ def test_engage_failures_and_replay_list_say_what_is_parked_and_why(aws, space, 
     assert "say what to replay" in capsys.readouterr().err
 
 
+def test_engage_failures_without_a_region_says_what_to_set(monkeypatch, capsys):
+    # Run outside the stack's AWS environment it ended in botocore's NoRegionError traceback
+    from engage import cli
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    assert cli.main(["failures"]) == 2
+    err = capsys.readouterr().err
+    assert "engage failures: You must specify a region. Set AWS_REGION" in err and "AWS_ENDPOINT_URL" in err
+
+
 def test_records_after_a_failed_one_are_not_applied_before_it(aws, space):
     # Given a batch of ann's events with a failing record (a poison item) between two good ones
     from tests.integration.test_pipeline import ingest

@@ -291,7 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["invoke"]:
         return _invoke(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
-    return args.func(args)
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError, NoRegionError
+
+    try:
+        return args.func(args)
+    except (NoRegionError, NoCredentialsError, EndpointConnectionError) as error:
+        # The stack's AWS account is not configured here: say what to set, not a traceback
+        print(f"engage {args.command}: {str(error).rstrip('.')}. Set AWS_REGION and credentials (AWS_PROFILE, or "
+              "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) for the deployed stack; for the local cloud also "
+              "AWS_ENDPOINT_URL (the AWS endpoint `make dev` prints)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
