@@ -117,6 +117,14 @@ def _written(backend, table_name: str, keys: dict) -> None:
 
 
 # ---------------------------------------------------------------- the journal
+def _drop_torn_line(path: Path, fd: int) -> None:
+    """A restart continues the journal it replayed: a last line cut short by a kill is cut off first,
+    else the next line would be glued to it (a line that is not JSON, and not the last: unreadable)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        os.ftruncate(fd, data.rfind(b"\n") + 1)
+
+
 class Journal:
     """Append-only record of the deployment's DynamoDB writes since the last checkpoint."""
 
@@ -127,7 +135,9 @@ class Journal:
         self.appended = 0  # lines written since start (a checkpoint compares it before and after settling)
         self.since_checkpoint = 0
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(journal_path(state_dir, generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        path = journal_path(state_dir, generation)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _drop_torn_line(path, self._fd)
 
     def record(self, backend, table_name: str, keys: dict) -> None:
         logical_id = self.logical.get(table_name)

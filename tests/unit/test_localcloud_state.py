@@ -92,3 +92,20 @@ def test_a_stopping_api_refuses_every_request_with_503():
         assert "stopping" in json.loads(refused.value.read())["message"]
     finally:
         api.stop()
+
+
+def test_a_restart_after_a_torn_last_line_journals_its_writes_on_lines_of_their_own(journaled, monkeypatch):
+    client, journal, state_dir = journaled
+    client.put_item(TableName="T", Item={"pk": {"S": "a"}})
+    path = state.journal_path(state_dir, 0)
+    with path.open("ab") as file:
+        file.write(b'{"table":"Items","key":{"pk":{"S":"c"}},"it')  # the process died mid-write
+    journal.close()
+    # When the restarted local cloud journals into the same generation (as it does after a restore)
+    restarted = state.Journal(state_dir, 0, {"Items": "T"})
+    monkeypatch.setattr(state._Hooks, "journal", restarted)
+    client.put_item(TableName="T", Item={"pk": {"S": "b"}})
+    restarted.close()
+    # Then its acknowledged write is a line of its own, and the next restart can read the journal
+    # (it was glued to the torn line: the journal was unreadable, "line 2 is not JSON")
+    assert [e["key"]["pk"]["S"] for e in state.read_journal(path)] == ["a", "b"]
