@@ -51,6 +51,7 @@ READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed wh
 # A clock move waits for everything that came due to finish (journey executions included): on a busy
 # machine with dozens of executions released at once that takes longer than an ordinary settle.
 CLOCK_SETTLE_SECONDS = 300
+MAX_SETTLE_SECONDS = 3600  # POST /_local/settle waits at most an hour
 # The virtual clock stays well before the year 9999, where Python's dates end: windows, expiries and
 # schedules computed from now (a TTL 43 days on) overflowed there, and every later move was a 500.
 CLOCK_CEILING = datetime(9000, 1, 1, tzinfo=UTC)
@@ -127,7 +128,7 @@ class LocalCloud:
         local.health = self.health
         local.clock_get = self.clock_state
         local.clock_post = self.clock_move
-        local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
+        local.settle = self.settle_request
         local.invocations = self.invocations
         local.outbox = lambda: outbox.messages(self.region, self.deployment.physical.get("MessagesTable"))
         local.outbox_page = lambda: outbox.page(local.outbox())
@@ -231,6 +232,15 @@ class LocalCloud:
                     return {"settled": True, "rounds": rounds}
         finally:
             self._settle_lock.release()
+
+    def settle_request(self, data: dict) -> dict:
+        """POST /_local/settle: {"timeout": seconds, "executions": bool}, checked (1e308 was a 500, -1 a 504)."""
+        timeout, executions = data.get("timeout", 60), data.get("executions", False)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_SETTLE_SECONDS:
+            raise ValueError(f"timeout: a number of seconds, more than 0 and at most {MAX_SETTLE_SECONDS}")
+        if not isinstance(executions, bool):
+            raise TypeError("executions: true or false")
+        return self.settle(float(timeout), executions)
 
     @staticmethod
     def _join_executions(deadline: float, timeout: float) -> None:

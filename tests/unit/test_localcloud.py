@@ -260,3 +260,17 @@ def test_a_malformed_or_oversized_body_is_answered_not_dropped(head, status):
         assert answer.startswith(b"HTTP/1.1 %d " % status), answer
     finally:
         api.stop()
+
+
+@pytest.mark.parametrize("data", [{"timeout": 1e308}, {"timeout": -1}, {"timeout": 0}, {"timeout": "60"},
+                                  {"timeout": True}, {"executions": "false"}])
+def test_settle_refuses_a_timeout_it_cannot_wait_for_with_a_400(data):
+    from types import SimpleNamespace
+
+    from localcloud.server import LocalCloud
+
+    local = SimpleNamespace(settle=lambda timeout, executions: {"settled": True})
+    # 1e308 was a 500 (OverflowError), -1 a 504 at once, "false" waited for executions
+    with pytest.raises((ValueError, TypeError)):  # both are a 400 (http_api.local_endpoint)
+        LocalCloud.settle_request(local, data)
+    assert LocalCloud.settle_request(local, {"timeout": 2, "executions": True}) == {"settled": True}
