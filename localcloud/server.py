@@ -87,11 +87,14 @@ class LocalCloud:
         self.started = False
         self.keeper: state.StateKeeper | None = None  # --state-dir: journal and checkpoints (localcloud/state.py)
         self._settle_lock = threading.Lock()
+        self._state_lock: int | None = None  # the --state-dir's lock file, held while this process runs
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> LocalCloud:
         for port in (self.api_port, self.aws_port):
             _check_port(port)
+        if self.state_dir:
+            self._state_lock = state.lock(self.state_dir)  # one local cloud per state dir
         # Everything in this process (handlers' boto3 and pynamodb included) talks to the local endpoint.
         os.environ.update({"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
                            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
@@ -192,6 +195,9 @@ class LocalCloud:
         self.runtime.stop()  # the functions' worker processes
         stage("workers stopped")
         self.cloud.stop()
+        if self._state_lock is not None:
+            os.close(self._state_lock)  # the state dir is free for the next start
+            self._state_lock = None
         stage("done")
 
     # ------------------------------------------------------------ behaviour

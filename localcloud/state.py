@@ -31,6 +31,7 @@ archives and Lambda logs are not kept.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from localcloud import aws
 
 log = logging.getLogger("localcloud.state")
 SNAPSHOT = "snapshot.json"
+LOCK = "lock"
 VERSION = 1
 CHECKPOINT_SECONDS = 5.0  # at most this long between checkpoints while writes arrive and the app goes quiet
 CHECKPOINT_SETTLE_SECONDS = 2.0  # a checkpoint waits this long for the app to go quiet, then tries later
@@ -51,6 +53,25 @@ CHECKPOINT_SETTLE_SECONDS = 2.0  # a checkpoint waits this long for the app to g
 
 def journal_path(state_dir: Path, generation: int) -> Path:
     return state_dir / f"journal-{generation}.jsonl"
+
+
+def lock(state_dir: Path) -> int:
+    """Hold the state dir for this process (released when it ends, SIGKILL included), or raise.
+
+    Two local clouds on one state dir each checkpoint over the other's snapshot and delete the
+    journal the other still appends to: an acknowledged write then went to a deleted file."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"{state_dir} is in use by another local cloud (pid {holder}): stop it, "
+                           "or give this one another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 # ---------------------------------------------------------------- moto hooks (process-wide, once)

@@ -109,3 +109,19 @@ def test_a_restart_after_a_torn_last_line_journals_its_writes_on_lines_of_their_
     # Then its acknowledged write is a line of its own, and the next restart can read the journal
     # (it was glued to the torn line: the journal was unreadable, "line 2 is not JSON")
     assert [e["key"]["pk"]["S"] for e in state.read_journal(path)] == ["a", "b"]
+
+
+def test_a_second_local_cloud_cannot_take_a_state_dir_in_use(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    held = state.lock(tmp_path)
+    try:
+        # Another process (flock is per open file: a second one in this process would be refused too)
+        script = f"from pathlib import Path; from localcloud import state; state.lock(Path({str(tmp_path)!r}))"
+        other = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
+        assert other.returncode != 0 and f"in use by another local cloud (pid {os.getpid()})" in other.stderr
+    finally:
+        os.close(held)
+    os.close(state.lock(tmp_path))  # free again once its holder let go (or ended, SIGKILL included)
