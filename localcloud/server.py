@@ -51,6 +51,7 @@ READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed wh
 # A clock move waits for everything that came due to finish (journey executions included): on a busy
 # machine with dozens of executions released at once that takes longer than an ordinary settle.
 CLOCK_SETTLE_SECONDS = 300
+TTL_OLDEST_SECONDS = 5 * 365 * 86400  # DynamoDB TTL skips items that expired more than five years ago
 MAX_SETTLE_SECONDS = 3600  # POST /_local/settle waits at most an hour
 # The virtual clock stays well before the year 9999, where Python's dates end: windows, expiries and
 # schedules computed from now (a TTL 43 days on) overflowed there, and every later move was a 500.
@@ -335,17 +336,25 @@ class LocalCloud:
             return
         dynamodb = self.cloud.client("dynamodb")
         epoch = int(now.timestamp())
+        # AWS's TTL ignores an expiry more than five years in the past (a 0 or 1 is never deleted there)
+        bounds = {":now": {"N": str(epoch)}, ":oldest": {"N": str(epoch - TTL_OLDEST_SECONDS)}}
         for name in self.deployment.of_type("AWS::DynamoDB::Table").values():
             ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
             if ttl.get("TimeToLiveStatus") != "ENABLED":
                 continue
             attribute = ttl["AttributeName"]
             keys = [k["AttributeName"] for k in dynamodb.describe_table(TableName=name)["Table"]["KeySchema"]]
+            expired = "#ttl < :now AND #ttl >= :oldest"
             for page in dynamodb.get_paginator("scan").paginate(
-                    TableName=name, FilterExpression="#ttl < :now",
-                    ExpressionAttributeNames={"#ttl": attribute}, ExpressionAttributeValues={":now": {"N": str(epoch)}}):
+                    TableName=name, FilterExpression=expired,
+                    ExpressionAttributeNames={"#ttl": attribute}, ExpressionAttributeValues=bounds):
                 for item in page["Items"]:
-                    dynamodb.delete_item(TableName=name, Key={k: item[k] for k in keys})
+                    try:  # still expired: a write since the scan may have moved its expiry
+                        dynamodb.delete_item(TableName=name, Key={k: item[k] for k in keys}, ConditionExpression=expired,
+                                             ExpressionAttributeNames={"#ttl": attribute},
+                                             ExpressionAttributeValues=bounds)
+                    except dynamodb.exceptions.ConditionalCheckFailedException:
+                        continue
 
 
 def _check_port(port: int) -> None:
