@@ -15,7 +15,8 @@ What each call answers, as AWS does (ValidationException unless said otherwise):
   nothing is written. So do more than 25 requests (per table or in all) and two requests on one
   item (moto compared whole items: two puts of one key with other attributes, or a put and a
   delete of it, were both applied).
-- Empty string or binary key values in an item (AWS's message, not moto's) or a Key (UpdateItem, DeleteItem, a batch's DeleteRequest,
+- Empty string or binary key values, and key values over the key size limits, in an item (AWS's
+  message, not moto's) or a Key (UpdateItem, DeleteItem, a batch's DeleteRequest,
   a transaction's Update/Delete/ConditionCheck) are refused as AWS refuses them in an item (moto
   checked items only: UpdateItem created an item with an empty sort key). Checked on the
   request, not in the backend, so a state dir written before keeps replaying.
@@ -132,7 +133,7 @@ def install() -> None:
 
     def checking_key(original, field="Key"):
         def handler(self):
-            problem = _empty_key(self.dynamodb_backend, self.body.get("TableName"), self.body.get(field))
+            problem = _key_problem(self.dynamodb_backend, self.body.get("TableName"), self.body.get(field))
             if problem:
                 raise MockValidationException(problem)
             return original(self)
@@ -142,7 +143,7 @@ def install() -> None:
         for entry in self.body.get("TransactItems") or []:
             for operation, request in entry.items():
                 key = request.get("Item") if operation == "Put" else request.get("Key")
-                if problem := _empty_key(self.dynamodb_backend, request.get("TableName"), key):
+                if problem := _key_problem(self.dynamodb_backend, request.get("TableName"), key):
                     raise MockValidationException(problem)  # up front, as AWS: not a cancellation reason
         return original_transact_request(self)
 
@@ -187,7 +188,8 @@ def batch_problem(backend, requests_by_table: dict) -> str | None:
         for request in requests:
             item = (request.get("PutRequest") or {}).get("Item")
             key = item if item is not None else (request.get("DeleteRequest") or {}).get("Key") or {}
-            problem = limits.wire_empty_key_problem(key, table.hash_key_attr, table.range_key_attr)
+            problem = (limits.wire_empty_key_problem(key, table.hash_key_attr, table.range_key_attr)
+                       or limits.wire_key_problem(key, table.hash_key_attr, table.range_key_attr))
             if problem or (item and (problem := put_problem(table, item))):
                 return problem
             identity = (table.name, json.dumps([key.get(name) for name in names], sort_keys=True))
@@ -197,11 +199,12 @@ def batch_problem(backend, requests_by_table: dict) -> str | None:
     return None
 
 
-def _empty_key(backend, table_name, key) -> str | None:
+def _key_problem(backend, table_name, key) -> str | None:
     if not table_name or not isinstance(key, dict) or table_name not in backend.tables:
         return None  # moto answers a missing table or key itself
     table = backend.tables[table_name]
-    return limits.wire_empty_key_problem(key, table.hash_key_attr, table.range_key_attr)
+    return (limits.wire_empty_key_problem(key, table.hash_key_attr, table.range_key_attr)
+            or limits.wire_key_problem(key, table.hash_key_attr, table.range_key_attr))
 
 
 def _item_problem(item: dict, too_large: str) -> str | None:

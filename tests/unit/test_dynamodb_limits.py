@@ -208,3 +208,18 @@ def test_transact_get_items_takes_up_to_100_items_as_aws_does(client):
     with pytest.raises(ClientError):
         client.transact_get_items(TransactItems=[{"Get": {"TableName": "t", "Key": _key(str(i))}}
                                                  for i in range(101)])
+
+
+def test_a_key_over_the_size_limits_is_refused_in_a_key_as_in_an_item(client):
+    client.put_item(TableName="t", Item=_key())
+    long_sort = {"pk": {"S": "p"}, "sk": {"S": "s" * 1025}}
+    for call in (lambda: client.delete_item(TableName="t", Key=long_sort),
+                 lambda: client.batch_write_item(RequestItems={"t": [{"DeleteRequest": {"Key": long_sort}}]}),
+                 lambda: client.transact_write_items(TransactItems=[
+                     {"Delete": {"TableName": "t", "Key": long_sort}},
+                     {"Delete": {"TableName": "t", "Key": _key()}}])):
+        with pytest.raises(ClientError) as refused:
+            call()  # (each was accepted: a DeleteItem of a key no item can have, and the transaction committed)
+        assert refused.value.response["Error"] == {"Code": "ValidationException",
+                                                   "Message": limits.RANGE_KEY_TOO_LONG}
+    assert client.scan(TableName="t")["Items"] == [_key()]
