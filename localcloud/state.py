@@ -291,8 +291,12 @@ def restore(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment) -
             snapshot = json.loads(path.read_text())
         except ValueError as error:
             raise RuntimeError(f"{path} is not a readable snapshot ({error}): move it away to start empty") from error
-        if snapshot.get("version") != VERSION:
+        if not isinstance(snapshot, dict) or snapshot.get("version") != VERSION:
             raise RuntimeError(f"{path} was written by another version of the local cloud: move it away")
+        if not isinstance(snapshot.get("tables"), dict) or not isinstance(snapshot.get("queues", {}), dict):
+            # (a start on such a file ended in an AttributeError traceback)
+            raise RuntimeError(f"{path} is not a readable snapshot (tables and queues are not objects): "
+                               "move it away to start empty")
         found.generation = int(snapshot.get("generation", 0))
         found.clock_offset = timedelta(seconds=snapshot.get("clock_offset_seconds", 0))
         backend = _backend(cloud)

@@ -125,3 +125,11 @@ def test_a_second_local_cloud_cannot_take_a_state_dir_in_use(tmp_path):
     finally:
         os.close(held)
     os.close(state.lock(tmp_path))  # free again once its holder let go (or ended, SIGKILL included)
+
+
+@pytest.mark.parametrize("snapshot", ['{"version": 1, "generation": 0, "tables": []}', "[1, 2]",
+                                      '{"version": 1, "tables": {}, "queues": "x"}'])
+def test_a_snapshot_of_another_shape_is_refused_with_what_to_do(tmp_path, snapshot):
+    (tmp_path / state.SNAPSHOT).write_text(snapshot)
+    with pytest.raises(RuntimeError, match="move it away"):  # (an AttributeError traceback at start)
+        state.restore(tmp_path, cloud=None, deployment=None)
