@@ -223,3 +223,14 @@ def test_a_key_over_the_size_limits_is_refused_in_a_key_as_in_an_item(client):
         assert refused.value.response["Error"] == {"Code": "ValidationException",
                                                    "Message": limits.RANGE_KEY_TOO_LONG}
     assert client.scan(TableName="t")["Items"] == [_key()]
+
+
+@pytest.mark.parametrize(("attribute", "shown"), [({"SS": ["a", "a"]}, "[a, a] contains"),
+                                                  ({"NS": ["1", "1.0"]}, "[1, 1.0] contains"),
+                                                  ({"BS": [b"x", b"x"]}, "of type BS contains")])
+def test_a_set_with_a_member_twice_is_refused(client, attribute, shown):
+    response = _refused(client.put_item, TableName="t", Item={**_key(), "s": attribute})
+    assert response["Error"]["Code"] == "ValidationException" and shown in response["Error"]["Message"]
+    assert client.scan(TableName="t")["Items"] == []  # (moto stored it)
+    client.put_item(TableName="t", Item={**_key(), "s": {"SS": ["a", "b"]}})  # the control
+

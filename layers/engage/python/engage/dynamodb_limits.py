@@ -180,6 +180,8 @@ def wire_problem(value: dict, level: int = 1) -> str | None:
     kind, inner = next(iter(value.items()))
     if kind == "N":
         return number_problem(inner)
+    if kind in ("SS", "NS", "BS") and (duplicates := _set_duplicates(kind, inner)):
+        return duplicates
     if kind == "NS":
         return next((p for v in inner if (p := number_problem(v))), None)
     if kind in ("L", "M"):
@@ -188,6 +190,17 @@ def wire_problem(value: dict, level: int = 1) -> str | None:
         children = inner if kind == "L" else inner.values()
         return next((p for v in children if (p := wire_problem(v, level + 1))), None)
     return None
+
+
+def _set_duplicates(kind: str, members: list) -> str | None:
+    """AWS's message for a set with a member twice (numbers compared as numbers), else None."""
+    seen = [_decimal(m) for m in members] if kind == "NS" else [_raw(m) if kind == "BS" else m for m in members]
+    if None in seen or len(set(seen)) == len(seen):
+        return None  # (a member that is not a number is the number check's to refuse)
+    shown = ", ".join(str(m) for m in members)
+    return (f"One or more parameter values were invalid: Input collection [{shown}]of type BS contains duplicates."
+            if kind == "BS" else f"One or more parameter values were invalid: Input collection [{shown}] contains "
+            "duplicates.")
 
 
 def wire_key_problem(item: dict, hash_key: str, range_key: str | None) -> str | None:
