@@ -12,7 +12,15 @@ What each call answers, as AWS does (ValidationException unless said otherwise):
 - UpdateItem: the resulting item is checked; when it is refused the item is put back as it
   was and no stream record is left.
 - BatchWriteItem: every PutRequest is checked first; one bad item refuses the whole call and
-  nothing is written.
+  nothing is written. So do more than 25 requests (per table or in all) and two requests on one
+  item (moto compared whole items: two puts of one key with other attributes, or a put and a
+  delete of it, were both applied).
+- Empty string or binary key values, and key values over the key size limits, in an item (AWS's
+  message, not moto's) or a Key (UpdateItem, DeleteItem, a batch's DeleteRequest,
+  a transaction's Update/Delete/ConditionCheck) are refused as AWS refuses them in an item (moto
+  checked items only: UpdateItem created an item with an empty sort key). Checked on the
+  request, not in the backend, so a state dir written before keeps replaying.
+- TransactGetItems takes up to 100 items, as AWS has since 2022 (moto refused more than 25).
 - TransactWriteItems: a Put is checked up front (ValidationException for the whole call); an
   Update whose result is refused cancels the transaction (TransactionCanceledException with
   a `ValidationError` reason, AWS's message), nothing written.
@@ -20,6 +28,7 @@ What each call answers, as AWS does (ValidationException unless said otherwise):
 from __future__ import annotations
 
 import copy
+import json
 import threading
 
 from engage import dynamodb_limits as limits
@@ -39,6 +48,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    from moto.dynamodb import responses as moto_responses
     from moto.dynamodb.exceptions import MockValidationException
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.dynamo_type import LimitedSizeDict
@@ -53,6 +63,10 @@ def install() -> None:
     original_update = DynamoDBBackend.update_item
     original_transact = DynamoDBBackend.transact_write_items
     original_batch = DynamoHandler.batch_write_item
+    original_put_request = DynamoHandler.put_item
+    original_update_request = DynamoHandler.update_item
+    original_delete_request = DynamoHandler.delete_item
+    original_transact_request = DynamoHandler.transact_write_items
     original_add = StreamShard.add
 
     def refuse(message: str, *, in_transaction: bool = False) -> Exception:
@@ -112,13 +126,26 @@ def install() -> None:
         return result
 
     def batch_write_item(self):
-        for table_name, requests in self.body.get("RequestItems", {}).items():
-            table = self.dynamodb_backend.get_table(table_name)
-            for request in requests:
-                item = (request.get("PutRequest") or {}).get("Item")
-                if item and (problem := put_problem(table, item)):
-                    raise MockValidationException(problem)
+        problem = batch_problem(self.dynamodb_backend, self.body.get("RequestItems", {}))
+        if problem:
+            raise MockValidationException(problem)
         return original_batch(self)
+
+    def checking_key(original, field="Key"):
+        def handler(self):
+            problem = _key_problem(self.dynamodb_backend, self.body.get("TableName"), self.body.get(field))
+            if problem:
+                raise MockValidationException(problem)
+            return original(self)
+        return handler
+
+    def transact_write_request(self):
+        for entry in self.body.get("TransactItems") or []:
+            for operation, request in entry.items():
+                key = request.get("Item") if operation == "Put" else request.get("Key")
+                if problem := _key_problem(self.dynamodb_backend, request.get("TableName"), key):
+                    raise MockValidationException(problem)  # up front, as AWS: not a cancellation reason
+        return original_transact_request(self)
 
     def add(self, old, new):
         deferred = getattr(_state, "deferred", None)
@@ -131,6 +158,11 @@ def install() -> None:
     DynamoDBBackend.update_item = update_item
     DynamoDBBackend.transact_write_items = transact_write_items
     DynamoHandler.batch_write_item = batch_write_item
+    DynamoHandler.put_item = checking_key(original_put_request, "Item")  # AWS's wording, not moto's
+    DynamoHandler.update_item = checking_key(original_update_request)
+    DynamoHandler.delete_item = checking_key(original_delete_request)
+    DynamoHandler.transact_write_items = transact_write_request
+    moto_responses.TRANSACTION_MAX_ITEMS = 100  # TransactGetItems' limit (moto's is AWS's before 2022)
     StreamShard.add = add
     _installed = True
 
@@ -139,6 +171,40 @@ def put_problem(table, item: dict) -> str | None:
     """AWS's message if DynamoDB would refuse to store `item` (wire form) in `table`, else None."""
     problem = limits.wire_key_problem(item, table.hash_key_attr, table.range_key_attr)
     return problem or _item_problem(item, limits.ITEM_TOO_LARGE)
+
+
+def batch_problem(backend, requests_by_table: dict) -> str | None:
+    """AWS's message if DynamoDB would refuse this BatchWriteItem as a whole, else None."""
+    counts = {name: len(requests) for name, requests in requests_by_table.items()}
+    too_many = next((name for name, count in counts.items() if count > limits.MAX_BATCH_WRITE), None)
+    if too_many is not None:
+        return limits.BATCH_WRITE_TOO_MANY.format(table=too_many)
+    if sum(counts.values()) > limits.MAX_BATCH_WRITE:
+        return limits.BATCH_WRITE_TOO_MANY_IN_ALL
+    seen = set()
+    for table_name, requests in requests_by_table.items():
+        table = backend.get_table(table_name)
+        names = [name for name in (table.hash_key_attr, table.range_key_attr) if name]
+        for request in requests:
+            item = (request.get("PutRequest") or {}).get("Item")
+            key = item if item is not None else (request.get("DeleteRequest") or {}).get("Key") or {}
+            problem = (limits.wire_empty_key_problem(key, table.hash_key_attr, table.range_key_attr)
+                       or limits.wire_key_problem(key, table.hash_key_attr, table.range_key_attr))
+            if problem or (item and (problem := put_problem(table, item))):
+                return problem
+            identity = (table.name, json.dumps([key.get(name) for name in names], sort_keys=True))
+            if identity in seen:
+                return limits.BATCH_WRITE_DUPLICATES
+            seen.add(identity)
+    return None
+
+
+def _key_problem(backend, table_name, key) -> str | None:
+    if not table_name or not isinstance(key, dict) or table_name not in backend.tables:
+        return None  # moto answers a missing table or key itself
+    table = backend.tables[table_name]
+    return (limits.wire_empty_key_problem(key, table.hash_key_attr, table.range_key_attr)
+            or limits.wire_key_problem(key, table.hash_key_attr, table.range_key_attr))
 
 
 def _item_problem(item: dict, too_large: str) -> str | None:

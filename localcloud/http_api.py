@@ -32,6 +32,7 @@ from localcloud.runtime import Runtime
 
 log = logging.getLogger("localcloud.http")
 LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024  # a synchronous invocation's request payload, as API Gateway meets it
+API_PAYLOAD_LIMIT = 10 * 1024 * 1024  # API Gateway's own request payload limit: refused before it is read
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
               "application/x-www-form-urlencoded", "+json", "+xml")
 
@@ -178,6 +179,18 @@ def map_response(payload: Any) -> tuple[int, dict[str, str], list[str], bytes]:
     return 200, {"content-type": "application/json"}, [], body.encode()
 
 
+class _Refused(Exception):
+    """A request API Gateway answers itself, before any route: (status, body)."""
+
+    def __init__(self, status: int, body: bytes):
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+_BAD_REQUEST = _Refused(400, b'{"message":"Bad Request"}')
+_TOO_LARGE = _Refused(413, b'{"message":"Request Entity Too Large"}')
+
+
 class LocalHandlers:
     """What the `/_local` endpoints do; set by the server."""
 
@@ -240,22 +253,44 @@ class HttpApi:
                 log.debug("%s %s", self.address_string(), fmt % args)
 
             def _read_body(self) -> bytes:
+                # A malformed length or chunk is a 400 and a body past 10 MB a 413, as API Gateway
+                # answers, never read whole (a bad Content-Length dropped the connection unanswered).
                 if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
-                    chunks = []
+                    chunks, total = [], 0
                     while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        try:
+                            size = int(self.rfile.readline(64).split(b";")[0].strip() or b"0", 16)
+                        except ValueError:
+                            raise _BAD_REQUEST from None
+                        total += size
+                        if size < 0:
+                            raise _BAD_REQUEST
+                        if total > API_PAYLOAD_LIMIT:
+                            raise _TOO_LARGE
                         if size == 0:
                             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                                 pass  # trailers
                             return b"".join(chunks)
                         chunks.append(self.rfile.read(size))
                         self.rfile.readline()
-                length = int(self.headers.get("content-length") or 0)
+                try:
+                    length = int(self.headers.get("content-length") or 0)
+                except ValueError:
+                    raise _BAD_REQUEST from None
+                if length < 0:
+                    raise _BAD_REQUEST
+                if length > API_PAYLOAD_LIMIT:
+                    raise _TOO_LARGE
                 return self.rfile.read(length) if length else b""
 
             def _serve(self) -> None:
                 received = time.time()
-                body = self._read_body()
+                try:
+                    body = self._read_body()
+                except _Refused as refused:
+                    self.close_connection = True  # the rest of the body is never read
+                    self._send(refused.status, {"content-type": "application/json"}, [], refused.body)
+                    return
                 if api.stopping:  # nothing is accepted that the stop might not keep
                     self._send(503, {"content-type": "application/json", "retry-after": "5"}, [],
                                b'{"message":"Service Unavailable: the local cloud is stopping"}')
@@ -324,6 +359,8 @@ class HttpApi:
                 for cookie in cookies:
                     self.send_header("Set-Cookie", cookie)
                 self.send_header("Content-Length", str(len(raw)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(raw)

@@ -51,6 +51,8 @@ READY = "LOCALCLOUD_READY"  # prefix of the one machine-readable line printed wh
 # A clock move waits for everything that came due to finish (journey executions included): on a busy
 # machine with dozens of executions released at once that takes longer than an ordinary settle.
 CLOCK_SETTLE_SECONDS = 300
+TTL_OLDEST_SECONDS = 5 * 365 * 86400  # DynamoDB TTL skips items that expired more than five years ago
+MAX_SETTLE_SECONDS = 3600  # POST /_local/settle waits at most an hour
 # The virtual clock stays well before the year 9999, where Python's dates end: windows, expiries and
 # schedules computed from now (a TTL 43 days on) overflowed there, and every later move was a 500.
 CLOCK_CEILING = datetime(9000, 1, 1, tzinfo=UTC)
@@ -86,11 +88,14 @@ class LocalCloud:
         self.started = False
         self.keeper: state.StateKeeper | None = None  # --state-dir: journal and checkpoints (localcloud/state.py)
         self._settle_lock = threading.Lock()
+        self._state_lock: int | None = None  # the --state-dir's lock file, held while this process runs
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> LocalCloud:
         for port in (self.api_port, self.aws_port):
             _check_port(port)
+        if self.state_dir:
+            self._state_lock = state.lock(self.state_dir)  # one local cloud per state dir
         # Everything in this process (handlers' boto3 and pynamodb included) talks to the local endpoint.
         os.environ.update({"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
                            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
@@ -127,7 +132,7 @@ class LocalCloud:
         local.health = self.health
         local.clock_get = self.clock_state
         local.clock_post = self.clock_move
-        local.settle = lambda data: self.settle(float(data.get("timeout", 60)), bool(data.get("executions")))
+        local.settle = self.settle_request
         local.invocations = self.invocations
         local.outbox = lambda: outbox.messages(self.region, self.deployment.physical.get("MessagesTable"))
         local.outbox_page = lambda: outbox.page(local.outbox())
@@ -191,6 +196,9 @@ class LocalCloud:
         self.runtime.stop()  # the functions' worker processes
         stage("workers stopped")
         self.cloud.stop()
+        if self._state_lock is not None:
+            os.close(self._state_lock)  # the state dir is free for the next start
+            self._state_lock = None
         stage("done")
 
     # ------------------------------------------------------------ behaviour
@@ -231,6 +239,15 @@ class LocalCloud:
                     return {"settled": True, "rounds": rounds}
         finally:
             self._settle_lock.release()
+
+    def settle_request(self, data: dict) -> dict:
+        """POST /_local/settle: {"timeout": seconds, "executions": bool}, checked (1e308 was a 500, -1 a 504)."""
+        timeout, executions = data.get("timeout", 60), data.get("executions", False)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_SETTLE_SECONDS:
+            raise ValueError(f"timeout: a number of seconds, more than 0 and at most {MAX_SETTLE_SECONDS}")
+        if not isinstance(executions, bool):
+            raise TypeError("executions: true or false")
+        return self.settle(float(timeout), executions)
 
     @staticmethod
     def _join_executions(deadline: float, timeout: float) -> None:
@@ -319,17 +336,25 @@ class LocalCloud:
             return
         dynamodb = self.cloud.client("dynamodb")
         epoch = int(now.timestamp())
+        # AWS's TTL ignores an expiry more than five years in the past (a 0 or 1 is never deleted there)
+        bounds = {":now": {"N": str(epoch)}, ":oldest": {"N": str(epoch - TTL_OLDEST_SECONDS)}}
         for name in self.deployment.of_type("AWS::DynamoDB::Table").values():
             ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
             if ttl.get("TimeToLiveStatus") != "ENABLED":
                 continue
             attribute = ttl["AttributeName"]
             keys = [k["AttributeName"] for k in dynamodb.describe_table(TableName=name)["Table"]["KeySchema"]]
+            expired = "#ttl < :now AND #ttl >= :oldest"
             for page in dynamodb.get_paginator("scan").paginate(
-                    TableName=name, FilterExpression="#ttl < :now",
-                    ExpressionAttributeNames={"#ttl": attribute}, ExpressionAttributeValues={":now": {"N": str(epoch)}}):
+                    TableName=name, FilterExpression=expired,
+                    ExpressionAttributeNames={"#ttl": attribute}, ExpressionAttributeValues=bounds):
                 for item in page["Items"]:
-                    dynamodb.delete_item(TableName=name, Key={k: item[k] for k in keys})
+                    try:  # still expired: a write since the scan may have moved its expiry
+                        dynamodb.delete_item(TableName=name, Key={k: item[k] for k in keys}, ConditionExpression=expired,
+                                             ExpressionAttributeNames={"#ttl": attribute},
+                                             ExpressionAttributeValues=bounds)
+                    except dynamodb.exceptions.ConditionalCheckFailedException:
+                        continue
 
 
 def _check_port(port: int) -> None:

@@ -31,6 +31,7 @@ archives and Lambda logs are not kept.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from localcloud import aws
 
 log = logging.getLogger("localcloud.state")
 SNAPSHOT = "snapshot.json"
+LOCK = "lock"
 VERSION = 1
 CHECKPOINT_SECONDS = 5.0  # at most this long between checkpoints while writes arrive and the app goes quiet
 CHECKPOINT_SETTLE_SECONDS = 2.0  # a checkpoint waits this long for the app to go quiet, then tries later
@@ -51,6 +53,25 @@ CHECKPOINT_SETTLE_SECONDS = 2.0  # a checkpoint waits this long for the app to g
 
 def journal_path(state_dir: Path, generation: int) -> Path:
     return state_dir / f"journal-{generation}.jsonl"
+
+
+def lock(state_dir: Path) -> int:
+    """Hold the state dir for this process (released when it ends, SIGKILL included), or raise.
+
+    Two local clouds on one state dir each checkpoint over the other's snapshot and delete the
+    journal the other still appends to: an acknowledged write then went to a deleted file."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"{state_dir} is in use by another local cloud (pid {holder}): stop it, "
+                           "or give this one another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 # ---------------------------------------------------------------- moto hooks (process-wide, once)
@@ -117,6 +138,14 @@ def _written(backend, table_name: str, keys: dict) -> None:
 
 
 # ---------------------------------------------------------------- the journal
+def _drop_torn_line(path: Path, fd: int) -> None:
+    """A restart continues the journal it replayed: a last line cut short by a kill is cut off first,
+    else the next line would be glued to it (a line that is not JSON, and not the last: unreadable)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        os.ftruncate(fd, data.rfind(b"\n") + 1)
+
+
 class Journal:
     """Append-only record of the deployment's DynamoDB writes since the last checkpoint."""
 
@@ -127,7 +156,9 @@ class Journal:
         self.appended = 0  # lines written since start (a checkpoint compares it before and after settling)
         self.since_checkpoint = 0
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(journal_path(state_dir, generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        path = journal_path(state_dir, generation)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _drop_torn_line(path, self._fd)
 
     def record(self, backend, table_name: str, keys: dict) -> None:
         logical_id = self.logical.get(table_name)
@@ -260,8 +291,12 @@ def restore(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment) -
             snapshot = json.loads(path.read_text())
         except ValueError as error:
             raise RuntimeError(f"{path} is not a readable snapshot ({error}): move it away to start empty") from error
-        if snapshot.get("version") != VERSION:
+        if not isinstance(snapshot, dict) or snapshot.get("version") != VERSION:
             raise RuntimeError(f"{path} was written by another version of the local cloud: move it away")
+        if not isinstance(snapshot.get("tables"), dict) or not isinstance(snapshot.get("queues", {}), dict):
+            # (a start on such a file ended in an AttributeError traceback)
+            raise RuntimeError(f"{path} is not a readable snapshot (tables and queues are not objects): "
+                               "move it away to start empty")
         found.generation = int(snapshot.get("generation", 0))
         found.clock_offset = timedelta(seconds=snapshot.get("clock_offset_seconds", 0))
         backend = _backend(cloud)

@@ -42,6 +42,7 @@ from engage import clock as engage_clock
 _issued_tokens: set[str] = set()  # every task token handed out, to tell a spent token from a forged one
 _tokens_lock = threading.Lock()
 STOP_WAIT_SECONDS = 10  # how long StopExecution waits for the execution's thread to notice
+MAX_INPUT_BYTES = 262144  # StartExecution input: 256 KiB of UTF-8, as AWS limits it
 _installed = False
 
 
@@ -101,13 +102,17 @@ def start_execution(self, state_machine_arn, name=None, execution_input=None, tr
     """StepFunctionsParserBackend.start_execution, for unqualified, version and alias ARNs."""
     import copy
 
-    from moto.stepfunctions.parser.api import InvalidExecutionInput
+    # moto's own exceptions: the parser's ServiceException reached the client with an empty error code
+    from moto.stepfunctions.exceptions import InvalidExecutionInput, ValidationException
     from moto.stepfunctions.parser.backend.execution import Execution
 
     machine, version, alias = _qualifier(self, state_machine_arn)
     name = name or str(uuid.uuid4())
     self._validate_name(name)
     input_data = "{}" if execution_input is None else execution_input
+    if len(input_data.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:  # moto ran any size
+        raise ValidationException("1 validation error detected: Value at 'input' failed to satisfy constraint: "
+                                  f"Member must have length less than or equal to {MAX_INPUT_BYTES}")
     existing = machine._handle_name_input_idempotency(name, input_data)
     if existing is not None:  # same name and input as a RUNNING execution: AWS answers with it
         return existing

@@ -251,11 +251,15 @@ def test_ttl_expires_items_against_the_virtual_clock(mini_cloud, names):
     table = mini_cloud.resource("dynamodb").Table(names["ItemsTable"])
     table.put_item(Item={"pk": "ttl-soon", "expires_at": expires})
     table.put_item(Item={"pk": "ttl-later", "expires_at": expires + 86400})
+    # and ones whose expiry is more than five years past, which AWS's TTL never deletes (0 is a common "never")
+    table.put_item(Item={"pk": "ttl-zero", "expires_at": 0})
+    table.put_item(Item={"pk": "ttl-2007", "expires_at": 1171734022})
     # When two hours pass
     mini_cloud.call("POST", "/_local/clock", {"advance": "PT2H"})
     # Then DynamoDB TTL removed only the expired one
     assert "Item" not in table.get_item(Key={"pk": "ttl-soon"})
     assert "Item" in table.get_item(Key={"pk": "ttl-later"})
+    assert "Item" in table.get_item(Key={"pk": "ttl-zero"}) and "Item" in table.get_item(Key={"pk": "ttl-2007"})
 
 
 def test_invocation_log_shows_each_invocation_its_steps_and_what_it_carried(mini_cloud, names):

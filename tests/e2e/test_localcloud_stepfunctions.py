@@ -174,6 +174,15 @@ def test_start_execution_names_are_idempotent_as_on_aws(mini_cloud, sfn):
     anonymous = sfn.start_execution(stateMachineArn=alias)["executionArn"]
     assert str(uuid.UUID(anonymous.rsplit(":", 1)[1])) == anonymous.rsplit(":", 1)[1]
     sfn.stop_execution(executionArn=anonymous)
+    # Input that is not JSON is InvalidExecutionInput (the error code was empty: not catchable by it), and
+    # input past 256 KiB a ValidationException (moto ran it)
+    with pytest.raises(sfn.exceptions.InvalidExecutionInput):
+        sfn.start_execution(stateMachineArn=alias, name="not-json", input="not json")
+    with pytest.raises(ClientError) as too_large:
+        sfn.start_execution(stateMachineArn=alias, name="too-large", input=json.dumps({"x": "y" * 262_144}))
+    assert error_code(too_large.value) == "ValidationException" and "262144" in str(too_large.value)
+    assert not [e for e in sfn.list_executions(stateMachineArn=machine["stateMachineArn"])["executions"]
+                if e["name"] in ("not-json", "too-large")]
 
 
 def test_task_token_success_failure_and_spent_tokens(mini_cloud, sfn):

@@ -163,3 +163,74 @@ def test_transact_write_items_refuses_a_put_and_cancels_on_a_refused_update(clie
         {"Update": {"TableName": "t", "Key": _key(), "UpdateExpression": "SET n = :n",
                     "ExpressionAttributeValues": {":n": {"N": "1"}}}}])
     assert sorted(_stream_events(client)) == ["INSERT", "INSERT", "MODIFY"]
+
+
+def test_batch_write_item_refuses_more_than_25_requests_and_two_on_one_item(client):
+    puts = [{"PutRequest": {"Item": _key(str(i))}} for i in range(26)]
+    response = _refused(client.batch_write_item, RequestItems={"t": puts})
+    assert response["Error"] == {"Code": "ValidationException", "Message": limits.BATCH_WRITE_TOO_MANY.format(table="t")}
+    for requests in ([{"PutRequest": {"Item": {**_key(), "n": {"N": "1"}}}},
+                      {"PutRequest": {"Item": {**_key(), "n": {"N": "2"}}}}],
+                     [{"PutRequest": {"Item": _key()}}, {"DeleteRequest": {"Key": _key()}}]):
+        response = _refused(client.batch_write_item, RequestItems={"t": requests})
+        assert response["Error"] == {"Code": "ValidationException", "Message": limits.BATCH_WRITE_DUPLICATES}
+    assert client.scan(TableName="t")["Items"] == [] and _stream_events(client) == []
+    client.batch_write_item(RequestItems={"t": puts[:25]})  # the control: 25 are fine
+    assert len(client.scan(TableName="t")["Items"]) == 25
+
+
+@pytest.mark.parametrize("call", ["update", "delete", "batch_delete", "transact_delete", "transact_check", "put"])
+def test_an_empty_key_value_is_refused_in_a_key_as_in_an_item(client, call):
+    key = {"pk": {"S": "p"}, "sk": {"S": ""}}
+    calls = {
+        "put": lambda: client.put_item(TableName="t", Item=key),
+        "update": lambda: client.update_item(TableName="t", Key=key, UpdateExpression="SET n = :n",
+                                             ExpressionAttributeValues={":n": {"N": "1"}}),
+        "delete": lambda: client.delete_item(TableName="t", Key=key),
+        "batch_delete": lambda: client.batch_write_item(RequestItems={"t": [{"DeleteRequest": {"Key": key}}]}),
+        "transact_delete": lambda: client.transact_write_items(TransactItems=[
+            {"Delete": {"TableName": "t", "Key": key}}]),
+        "transact_check": lambda: client.transact_write_items(TransactItems=[
+            {"ConditionCheck": {"TableName": "t", "Key": key, "ConditionExpression": "attribute_exists(pk)"}}]),
+    }
+    with pytest.raises(ClientError) as refused:
+        calls[call]()
+    assert refused.value.response["Error"] == {"Code": "ValidationException", "Message": limits.EMPTY_KEY.format(
+        kind="string", name="sk")}
+    assert client.scan(TableName="t")["Items"] == []  # UpdateItem had created an item with an empty sort key
+
+
+def test_transact_get_items_takes_up_to_100_items_as_aws_does(client):
+    client.put_item(TableName="t", Item=_key("0"))
+    found = client.transact_get_items(TransactItems=[{"Get": {"TableName": "t", "Key": _key(str(i))}}
+                                                     for i in range(100)])
+    assert found["Responses"][0]["Item"] == _key("0")
+    with pytest.raises(ClientError):
+        client.transact_get_items(TransactItems=[{"Get": {"TableName": "t", "Key": _key(str(i))}}
+                                                 for i in range(101)])
+
+
+def test_a_key_over_the_size_limits_is_refused_in_a_key_as_in_an_item(client):
+    client.put_item(TableName="t", Item=_key())
+    long_sort = {"pk": {"S": "p"}, "sk": {"S": "s" * 1025}}
+    for call in (lambda: client.delete_item(TableName="t", Key=long_sort),
+                 lambda: client.batch_write_item(RequestItems={"t": [{"DeleteRequest": {"Key": long_sort}}]}),
+                 lambda: client.transact_write_items(TransactItems=[
+                     {"Delete": {"TableName": "t", "Key": long_sort}},
+                     {"Delete": {"TableName": "t", "Key": _key()}}])):
+        with pytest.raises(ClientError) as refused:
+            call()  # (each was accepted: a DeleteItem of a key no item can have, and the transaction committed)
+        assert refused.value.response["Error"] == {"Code": "ValidationException",
+                                                   "Message": limits.RANGE_KEY_TOO_LONG}
+    assert client.scan(TableName="t")["Items"] == [_key()]
+
+
+@pytest.mark.parametrize(("attribute", "shown"), [({"SS": ["a", "a"]}, "[a, a] contains"),
+                                                  ({"NS": ["1", "1.0"]}, "[1, 1.0] contains"),
+                                                  ({"BS": [b"x", b"x"]}, "of type BS contains")])
+def test_a_set_with_a_member_twice_is_refused(client, attribute, shown):
+    response = _refused(client.put_item, TableName="t", Item={**_key(), "s": attribute})
+    assert response["Error"]["Code"] == "ValidationException" and shown in response["Error"]["Message"]
+    assert client.scan(TableName="t")["Items"] == []  # (moto stored it)
+    client.put_item(TableName="t", Item={**_key(), "s": {"SS": ["a", "b"]}})  # the control
+

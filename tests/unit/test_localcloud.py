@@ -238,3 +238,39 @@ def test_a_long_clock_move_runs_a_schedule_first_and_last_and_a_short_one_every_
     assert len(sent) == 4
     assert max(sent) > virtual.now() - timedelta(days=7)
     assert all(schedule.expression.calls < 1_000 for schedule in schedules)
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"Content-Length: abc\r\n\r\n", 400),
+    (b"Content-Length: -5\r\n\r\nabc", 400),
+    (b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    (b"Content-Length: 99999999999999\r\n\r\nabc", 413),  # past API Gateway's 10 MB: never read
+    (b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % (11 * 1024 * 1024), 413),
+])
+def test_a_malformed_or_oversized_body_is_answered_not_dropped(head, status):
+    import socket
+
+    api = http_api.HttpApi([], runtime=None, local=http_api.LocalHandlers(), port=0)
+    api.start()
+    try:
+        with socket.create_connection(("127.0.0.1", api.server.server_address[1]), timeout=10) as connection:
+            connection.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\n" + head)
+            answer = connection.recv(4096)
+        # (the connection was dropped with no answer: an empty read; a huge length was a MemoryError)
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+    finally:
+        api.stop()
+
+
+@pytest.mark.parametrize("data", [{"timeout": 1e308}, {"timeout": -1}, {"timeout": 0}, {"timeout": "60"},
+                                  {"timeout": True}, {"executions": "false"}])
+def test_settle_refuses_a_timeout_it_cannot_wait_for_with_a_400(data):
+    from types import SimpleNamespace
+
+    from localcloud.server import LocalCloud
+
+    local = SimpleNamespace(settle=lambda timeout, executions: {"settled": True})
+    # 1e308 was a 500 (OverflowError), -1 a 504 at once, "false" waited for executions
+    with pytest.raises((ValueError, TypeError)):  # both are a 400 (http_api.local_endpoint)
+        LocalCloud.settle_request(local, data)
+    assert LocalCloud.settle_request(local, {"timeout": 2, "executions": True}) == {"settled": True}

@@ -92,3 +92,44 @@ def test_a_stopping_api_refuses_every_request_with_503():
         assert "stopping" in json.loads(refused.value.read())["message"]
     finally:
         api.stop()
+
+
+def test_a_restart_after_a_torn_last_line_journals_its_writes_on_lines_of_their_own(journaled, monkeypatch):
+    client, journal, state_dir = journaled
+    client.put_item(TableName="T", Item={"pk": {"S": "a"}})
+    path = state.journal_path(state_dir, 0)
+    with path.open("ab") as file:
+        file.write(b'{"table":"Items","key":{"pk":{"S":"c"}},"it')  # the process died mid-write
+    journal.close()
+    # When the restarted local cloud journals into the same generation (as it does after a restore)
+    restarted = state.Journal(state_dir, 0, {"Items": "T"})
+    monkeypatch.setattr(state._Hooks, "journal", restarted)
+    client.put_item(TableName="T", Item={"pk": {"S": "b"}})
+    restarted.close()
+    # Then its acknowledged write is a line of its own, and the next restart can read the journal
+    # (it was glued to the torn line: the journal was unreadable, "line 2 is not JSON")
+    assert [e["key"]["pk"]["S"] for e in state.read_journal(path)] == ["a", "b"]
+
+
+def test_a_second_local_cloud_cannot_take_a_state_dir_in_use(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    held = state.lock(tmp_path)
+    try:
+        # Another process (flock is per open file: a second one in this process would be refused too)
+        script = f"from pathlib import Path; from localcloud import state; state.lock(Path({str(tmp_path)!r}))"
+        other = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
+        assert other.returncode != 0 and f"in use by another local cloud (pid {os.getpid()})" in other.stderr
+    finally:
+        os.close(held)
+    os.close(state.lock(tmp_path))  # free again once its holder let go (or ended, SIGKILL included)
+
+
+@pytest.mark.parametrize("snapshot", ['{"version": 1, "generation": 0, "tables": []}', "[1, 2]",
+                                      '{"version": 1, "tables": {}, "queues": "x"}'])
+def test_a_snapshot_of_another_shape_is_refused_with_what_to_do(tmp_path, snapshot):
+    (tmp_path / state.SNAPSHOT).write_text(snapshot)
+    with pytest.raises(RuntimeError, match="move it away"):  # (an AttributeError traceback at start)
+        state.restore(tmp_path, cloud=None, deployment=None)

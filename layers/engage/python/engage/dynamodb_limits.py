@@ -43,6 +43,14 @@ HASH_KEY_TOO_LONG = ("One or more parameter values were invalid: Size of hashkey
                      "limit of2048 bytes")  # sic: AWS prints no space before 2048
 RANGE_KEY_TOO_LONG = ("One or more parameter values were invalid: Aggregated size of all range keys has exceeded "
                       "the size limit of 1024 bytes")
+EMPTY_KEY = ("One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain "
+             "an empty {kind} value. Key: {name}")
+# A batch write: at most 25 requests (per table and in all), no two on one item.
+MAX_BATCH_WRITE = 25
+BATCH_WRITE_TOO_MANY = ("1 validation error detected: Value at 'RequestItems.{table}.member' failed to satisfy "
+                        "constraint: Member must have length less than or equal to 25")
+BATCH_WRITE_TOO_MANY_IN_ALL = "Too many items requested for the BatchWriteItem call"
+BATCH_WRITE_DUPLICATES = "Provided list of item keys contains duplicates"
 
 
 # ---------------------------------------------------------------- numbers
@@ -172,6 +180,8 @@ def wire_problem(value: dict, level: int = 1) -> str | None:
     kind, inner = next(iter(value.items()))
     if kind == "N":
         return number_problem(inner)
+    if kind in ("SS", "NS", "BS") and (duplicates := _set_duplicates(kind, inner)):
+        return duplicates
     if kind == "NS":
         return next((p for v in inner if (p := number_problem(v))), None)
     if kind in ("L", "M"):
@@ -182,10 +192,32 @@ def wire_problem(value: dict, level: int = 1) -> str | None:
     return None
 
 
+def _set_duplicates(kind: str, members: list) -> str | None:
+    """AWS's message for a set with a member twice (numbers compared as numbers), else None."""
+    seen = [_decimal(m) for m in members] if kind == "NS" else [_raw(m) if kind == "BS" else m for m in members]
+    if None in seen or len(set(seen)) == len(seen):
+        return None  # (a member that is not a number is the number check's to refuse)
+    shown = ", ".join(str(m) for m in members)
+    return (f"One or more parameter values were invalid: Input collection [{shown}]of type BS contains duplicates."
+            if kind == "BS" else f"One or more parameter values were invalid: Input collection [{shown}] contains "
+            "duplicates.")
+
+
 def wire_key_problem(item: dict, hash_key: str, range_key: str | None) -> str | None:
     """AWS's message when the item's primary key is over DynamoDB's key size limits."""
     if hash_key in item and wire_size(item[hash_key]) > MAX_PARTITION_KEY_BYTES:
         return HASH_KEY_TOO_LONG
     if range_key and range_key in item and wire_size(item[range_key]) > MAX_SORT_KEY_BYTES:
         return RANGE_KEY_TOO_LONG
+    return None
+
+
+def wire_empty_key_problem(key: dict, hash_key: str, range_key: str | None) -> str | None:
+    """AWS's message when a key attribute (of an item or a Key) is an empty string or binary value."""
+    for name in (hash_key, range_key):
+        value = key.get(name) if name else None
+        if isinstance(value, dict) and len(value) == 1:
+            kind, inner = next(iter(value.items()))
+            if kind in ("S", "B") and inner in ("", b""):
+                return EMPTY_KEY.format(kind="string" if kind == "S" else "binary", name=name)
     return None
