@@ -52,7 +52,7 @@ def test_stream_and_schedule_samples(local):
     assert handler("audience_router")(sample("audience_router_batch"), LambdaContext()) == {"batchItemFailures": []}
     assert sorted(e["detail-type"] for e in bus.received()) == ["Audience Entered", "Audience Exited"]
     report = handler("audience_sweeper")(sample("audience_sweeper_schedule"), LambdaContext())
-    assert set(report) == {"days_open", "days_closed", "buckets"}
+    assert set(report) == {"days_open", "days_closed", "buckets", "complete"}
     assert handler("audience_sweep_worker")(sample("audience_sweep_worker_bucket"), LambdaContext()) == {
         "batchItemFailures": []}
     page = handler("audience_backfill")(sample("audience_backfill_page"), LambdaContext())
