@@ -54,6 +54,19 @@ BATCH_WRITE_DUPLICATES = "Provided list of item keys contains duplicates"
 
 
 # ---------------------------------------------------------------- numbers
+def utf8_bytes(text: str) -> int:
+    """A string's size as DynamoDB counts it: UTF-8 (an unpaired surrogate is counted, not raised on)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def partition_key_fits(text: str) -> bool:
+    return utf8_bytes(text) <= MAX_PARTITION_KEY_BYTES
+
+
+def sort_key_fits(text: str) -> bool:
+    return utf8_bytes(text) <= MAX_SORT_KEY_BYTES
+
+
 def _decimal(value: Any) -> Decimal | None:
     if isinstance(value, bool):
         return None

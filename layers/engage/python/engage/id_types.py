@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from engage.dynamodb_limits import utf8_bytes
+
 MAX_ID_TYPE_BYTES = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -17,7 +19,7 @@ def problem(id_type: object) -> str | None:
     """Why `id_type` cannot name an id type, or None when it can."""
     if not isinstance(id_type, str) or not id_type:
         return "must be a non-empty string such as email or ios.idfa"
-    if len(id_type.encode("utf-8", "surrogatepass")) > MAX_ID_TYPE_BYTES:
+    if utf8_bytes(id_type) > MAX_ID_TYPE_BYTES:
         return f"is longer than {MAX_ID_TYPE_BYTES} bytes"
     if _CONTROL.search(id_type):
         return "contains a control character"

@@ -73,6 +73,16 @@ def surrogate_at(value: Any) -> str | None:
     return None
 
 
+def refuse_surrogates(value: Any, what: str) -> None:
+    """ValidationFailed naming the first string of `value` holding an unpaired surrogate (`what`: "destination",
+    "journey definition"), with its path as the resource's own errors name it (`steps.a.event`)."""
+    where = surrogate_at(value)
+    if where is not None:
+        path = where.removeprefix("$").removeprefix(".")
+        raise ValidationFailed(f"invalid {what} at {path or '$'}: an unpaired UTF-16 surrogate (\\uD800-\\uDFFF) "
+                               "is not text", [{"path": path, "message": "unpaired UTF-16 surrogate"}])
+
+
 def _too_deep(path: str) -> ValidationFailed:
     message = (f"the body nests objects and arrays deeper than {MAX_DEPTH} levels (DynamoDB's limit) "
                f"at {path}: flatten it")

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from engage.dynamodb_limits import utf8_bytes
 from engage.errors import ValidationFailed
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
@@ -46,7 +47,7 @@ def page(items: Iterable[Item], key_of: Callable[[Item], str], view: Callable[[I
     size = 0
     for item in rest[:limit]:
         shown = view(item)
-        size += len(json.dumps(shown, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        size += utf8_bytes(json.dumps(shown, ensure_ascii=False))
         if views and size > MAX_PAGE_BYTES:
             break
         views.append(shown)

@@ -38,11 +38,7 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
         raise ValidationFailed(f"the destination definition is {size} bytes of JSON: at most {MAX_DEFINITION_BYTES}",
                                [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     # A "\ud800" escape (not text) in the name passed validation and failed storing it as JSON: a 500
-    where = json_body.surrogate_at(body)
-    if where is not None:
-        path = where.removeprefix("$").removeprefix(".")
-        raise ValidationFailed(f"invalid destination at {path or '$'}: an unpaired UTF-16 surrogate (\\uD800-\\uDFFF) "
-                               "is not text", [{"path": path, "message": "unpaired UTF-16 surrogate"}])
+    json_body.refuse_surrogates(body, "destination")
     definition = parse_definition(body)
     problems = request_problems(definition)
     if definition.schedule is not None and not timezones.is_zone(definition.schedule.timezone):

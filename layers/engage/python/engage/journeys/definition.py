@@ -26,6 +26,7 @@ from engage.audiences.definition import (
     json_path,
     parse_condition,
 )
+from engage.dynamodb_limits import utf8_bytes
 from engage.errors import ValidationFailed
 from engage.journeys import KEY_PATTERN
 
@@ -409,7 +410,7 @@ def check_new_definition(journey: JourneyDefinition) -> None:
         step = journey.steps[step_id]
         if isinstance(step, UpdateTraitStep):
             problems += _unstorable_traits(step, f"steps.{step_id}")
-        if isinstance(step, WaitForEventStep) and len(step.event.encode("utf-8", "surrogatepass")) > MAX_WAIT_EVENT_BYTES:
+        if isinstance(step, WaitForEventStep) and utf8_bytes(step.event) > MAX_WAIT_EVENT_BYTES:
             problems.append({"path": f"steps.{step_id}.event", "message": f"an event name waited for is at most "
                                                                           f"{MAX_WAIT_EVENT_BYTES} bytes"})
     if journey.reentry.mode == "after_exit" and journey.reentry.cooldown is not None:

@@ -18,10 +18,10 @@ from typing import Any
 
 import boto3
 
+from engage import dynamodb_limits as limits
 from engage import json_body, listing
 from engage.audiences import store as audience_store
 from engage.config import settings
-from engage.dynamodb_limits import MAX_PARTITION_KEY_BYTES
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.journeys import store
 from engage.journeys.compiler import compile_journey, describe
@@ -62,11 +62,7 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Journey
                                [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} bytes of JSON"}])
     # A "\ud800" escape is not text: as a waited event name its wait could never be stored (the step failed for
     # every profile), and no event sent to ingestion can hold one. A 400 naming where, on save and publish.
-    where = json_body.surrogate_at(body)
-    if where is not None:
-        path = where.removeprefix("$").removeprefix(".")
-        raise ValidationFailed(f"invalid journey definition at {path or '$'}: an unpaired UTF-16 surrogate "
-                               "(\\uD800-\\uDFFF) is not text", [{"path": path, "message": "unpaired UTF-16 surrogate"}])
+    json_body.refuse_surrogates(body, "journey definition")
     journey = parse_journey(body)
     check_new_definition(journey)
     everything = audience_store.list_all(space_id)
@@ -195,8 +191,8 @@ def profile_runs(space_id: str, journey_key: str, profile_id: str) -> dict[str, 
 
     journey = store.get(space_id, journey_key)
     profile_id = _profile_id(space_id, profile_id)
-    if len(store.profile_pk(space_id, journey_key, profile_id).encode("utf-8", "surrogatepass")) \
-            > MAX_PARTITION_KEY_BYTES:  # no profile has such an id; AWS refuses the Query (a 500)
+    if not limits.partition_key_fits(store.profile_pk(space_id, journey_key, profile_id)):
+        # no profile has such an id; AWS refuses the Query (a 500)
         raise NotFound(f"no profile with an id of {len(profile_id)} characters in this space",
                        [{"path": "id", "message": "longer than any profile id"}])
     runs = []

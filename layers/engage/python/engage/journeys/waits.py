@@ -20,8 +20,8 @@ from botocore.exceptions import ClientError
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 
 from engage import clock, lazy
+from engage import dynamodb_limits as limits
 from engage.db import EngageModel, TableName, key
-from engage.dynamodb_limits import MAX_SORT_KEY_BYTES
 from engage.observability import logger
 
 # Loaded with the first `where` filter to match: the audience evaluator brings the definition language
@@ -78,7 +78,7 @@ def release(space_id: str, profile_id: str, message: dict[str, Any]) -> int:
     """Release every wait of this profile the track `message` satisfies; how many were released."""
     if message.get("type") != "track" or not message.get("event"):
         return 0
-    if len(f"{message['event']}|".encode("utf-8", "surrogatepass")) > MAX_SORT_KEY_BYTES:
+    if not limits.sort_key_fits(f"{message['event']}|"):
         return 0  # no wait is keyed by so long a name (the key could not be stored), and AWS refuses the Query
     released = 0
     sent_at = message.get("timestamp") or message.get("receivedAt")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from engage import dynamodb_limits as limits
 from engage import listing, profiles_store
-from engage.dynamodb_limits import MAX_PARTITION_KEY_BYTES
 from engage.errors import Conflict, NotFound, ValidationFailed
 from engage.messaging import SOURCES, rules, sender, settings_store, signing, store, subscriptions, templates
 from engage.profile_api.params import parse_profile_ref
@@ -75,7 +75,7 @@ def _resolve(space_id: str, ref_text: str, path: str):
             from None
     identity_key = profiles_store.identity_pk(space_id, profiles_store.USERS, ref.type, ref.value)
     # No id past DynamoDB's partition key was ever stored, and AWS refuses the lookup (a 500): not looked up
-    fits = len(identity_key.encode("utf-8", "surrogatepass")) <= MAX_PARTITION_KEY_BYTES
+    fits = limits.partition_key_fits(identity_key)
     record = profiles_store.resolve(space_id, profiles_store.USERS, ref.type, ref.value) if fits else None
     if record is None:
         raise NotFound(f"no profile {ref_text!r} in this space", [{"path": path, "value": ref_text}])
