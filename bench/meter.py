@@ -100,6 +100,7 @@ class Usage:
     read_units: float = 0.0
     write_units: float = 0.0
     bus_events: int = 0  # EventBridge bills each PutEvents entry (per 64 KB chunk), not each request
+    write_units_by: Counter = field(default_factory=Counter)  # (table, operation) -> write units: where they go
     aws_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -111,6 +112,7 @@ class Usage:
         self.requests.update(other.requests)
         self.read_units += other.read_units
         self.write_units += other.write_units
+        self.write_units_by.update(other.write_units_by)
         self.bus_events += other.bus_events
         self.aws_seconds += other.aws_seconds
         self.wall_seconds += other.wall_seconds
@@ -147,6 +149,7 @@ class _Meter:
                     units = meter._refused_units(client, operation_name, api_params, before)
                     for usage in meter.open:
                         usage.write_units += units
+                        usage.write_units_by[(_table_of(api_params), f"{operation_name} refused")] += units
                 raise
             finally:
                 elapsed = time.perf_counter() - started
@@ -157,11 +160,13 @@ class _Meter:
                     usage.aws_seconds += elapsed
             if service == "dynamodb":
                 started = time.perf_counter()
-                reads, writes = meter._capacity(client, operation_name, api_params, result, before)
+                by_table: Counter = Counter()
+                reads, writes = meter._capacity(client, operation_name, api_params, result, before, by_table)
                 overhead = time.perf_counter() - started
                 for usage in meter.open:
                     usage.read_units += reads
                     usage.write_units += writes
+                    usage.write_units_by.update({(table, operation_name): n for table, n in by_table.items()})
                     usage.aws_seconds += overhead  # the meter's own lookups are not our cost
             return result
 
@@ -242,7 +247,8 @@ class _Meter:
                 writes += _units(max(index.entry(old), index.entry(new), key=item_size))
         return writes
 
-    def _capacity(self, client, operation, params, result, before) -> tuple[float, float]:
+    def _capacity(self, client, operation, params, result, before, by_table: Counter) -> tuple[float, float]:
+        """(read units, write units) of one call; the write units are also added to `by_table` by table."""
         def read_units(size: int, consistent: bool) -> float:
             units = max(math.ceil(size / (4 * KB)), 1)
             return units if consistent else units / 2
@@ -268,7 +274,9 @@ class _Meter:
             key = params["Key"] if "Key" in params else self._key_of(client, table, params["Item"])
             after = self._get(client, table, key) if operation != "DeleteItem" else None
             size = max(item_size(before[0]), item_size(after))
-            return 0, max(math.ceil(size / KB), 1) + self._index_writes(client, table, before[0], after)
+            units = max(math.ceil(size / KB), 1) + self._index_writes(client, table, before[0], after)
+            by_table[table] += units
+            return 0, units
         if operation == "BatchWriteItem":
             units, position = 0, 0
             for table, requests in params["RequestItems"].items():
@@ -276,8 +284,10 @@ class _Meter:
                     new = request.get("PutRequest", {}).get("Item")
                     old = before[position]
                     position += 1
-                    units += max(math.ceil(max(item_size(old), item_size(new)) / KB), 1)
-                    units += self._index_writes(client, table, old, new)
+                    item_units = max(math.ceil(max(item_size(old), item_size(new)) / KB), 1)
+                    item_units += self._index_writes(client, table, old, new)
+                    by_table[table] += item_units
+                    units += item_units
             return 0, units
         if operation == "TransactWriteItems":
             # Transactional writes cost two units per KB of each item (the larger of before and after).
@@ -287,11 +297,23 @@ class _Meter:
                 table = body["TableName"]
                 key = body["Key"] if "Key" in body else self._key_of(client, table, body["Item"])
                 after = self._get(client, table, key) if kind in ("Put", "Update") else None
-                units += 2 * max(math.ceil(max(item_size(old), item_size(after)) / KB), 1)
+                item_units = 2 * max(math.ceil(max(item_size(old), item_size(after)) / KB), 1)
                 if kind != "ConditionCheck":
-                    units += self._index_writes(client, table, old, after)
+                    item_units += self._index_writes(client, table, old, after)
+                by_table[table] += item_units
+                units += item_units
             return 0, units
         return 0, 0
+
+
+def _table_of(params: dict) -> str:
+    """The table a write names (the first one, for a transaction or a batch)."""
+    if "TableName" in params:
+        return params["TableName"]
+    for entry in params.get("TransactItems", []):
+        (_kind, body), = entry.items()
+        return body["TableName"]
+    return next(iter(params.get("RequestItems", {})), "?")
 
 
 def _moto_item(region: str, table: str, key: dict) -> tuple[bool, dict | None]:

@@ -509,6 +509,7 @@ def _tables(big: Run, later: Run, little: Run, context) -> list[str]:
                "was also passed through its entry builder in `evaluation` mode (counted, not sent). Only the "
                f"EventBridge line differs (realistic: PutEvents calls per event {big.grouped_puts / big.events:.3f} "
                f"instead of {router_puts:.3f})."), ""]
+    lines += _write_units_by_table(big, later)
     per_run = big.idle_sweep_requests / big.idle_sweeps if big.idle_sweeps else 0
     for run in (big, later, little):
         if run.profile_writes:
@@ -526,3 +527,22 @@ def _tables(big: Run, later: Run, little: Run, context) -> list[str]:
               "| family | changes per event |", "| --- | ---: |"]
     lines += [f"| {name} | {n / big.events:.3f} |" for name, n in families.most_common()]
     return lines
+
+
+def _write_units_by_table(big: Run, later: Run) -> list[str]:
+    """Where each stage's write units go: by table and operation (a table's GSI writes counted with it;
+    a transaction's items at two units per KB; writes refused by their condition apart)."""
+    rows: dict[tuple[str, str, str], list[float]] = {}
+    for column, run in enumerate((big, later)):
+        for stage in STAGES:
+            for (table, operation), units in run.lambdas.stats[stage].usage.write_units_by.items():
+                rows.setdefault((stage, table, operation), [0.0, 0.0])[column] = units / run.events
+    lines = ["", ("Where the write units go, per event: by stage, table and operation (a table's GSI writes are "
+                  "counted with it; transactions bill two units per KB of each item; `refused`: writes their "
+                  "condition refused, billed all the same)."), "",
+             "| stage | table | operation | realistic | realistic, month 2 |", "| --- | --- | --- | ---: | ---: |"]
+    for (stage, table, operation), (first, second) in sorted(rows.items(), key=lambda kv: (STAGES.index(kv[0][0]),
+                                                                                          -kv[1][0])):
+        lines.append(f"| {stage} | {table} | {operation} | {first:.3f} | {second:.3f} |")
+    return lines + [""]
+
