@@ -153,6 +153,30 @@ def test_the_template_list_is_paged_by_count_and_by_size(messaging, monkeypatch)
         assert status == 400 and answer["error"]["details"][0]["path"] == "limit", answer
 
 
+def test_a_template_page_reads_its_own_templates_not_the_whole_list(messaging, monkeypatch):
+    # Each page read every template of the space (up to 300 KB each) to show `limit` of them
+    from engage.messaging import store
+
+    for n in range(12):
+        create({"key": f"p{n:02d}", "channel": "email", "subject": "Hi", "body": "Hello"})
+    assert call_api("DELETE", "/v1/templates/p03")[0] == 204
+    read = []
+    original = store._template_view
+    monkeypatch.setattr(store, "_template_view", lambda record: read.append(record.sk) or original(record))
+    first = call_api("GET", "/v1/templates", query={"limit": "3"})[1]
+    assert [t["key"] for t in first["templates"]] == ["p00", "p01", "p02"]
+    assert read == ["p00", "p01", "p02", "p04"]  # the page and one more: has_more
+    read.clear()
+    second = call_api("GET", "/v1/templates", query={"limit": "3", "next": first["cursor"]["next"]})[1]
+    assert [t["key"] for t in second["templates"]] == ["p04", "p05", "p06"]  # the deleted p03 skipped
+    assert read == ["p04", "p05", "p06", "p07"]
+    keys, cursor = [], {"has_more": True, "next": ""}
+    while cursor["has_more"]:
+        answer = call_api("GET", "/v1/templates", query={"limit": "5", "next": cursor["next"]})[1]
+        keys, cursor = keys + [t["key"] for t in answer["templates"]], answer["cursor"]
+    assert keys == [f"p{n:02d}" for n in range(12) if n != 3]
+
+
 @pytest.mark.parametrize("name", ["t" * 450_000, "\ud800", ""])
 def test_a_quiet_hours_timezone_trait_no_profile_can_have_is_a_400(messaging, name):
     # Found putting hostile settings on the management handler: 450 KB of trait name was a 500 (PutItem: item

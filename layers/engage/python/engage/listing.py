@@ -5,11 +5,14 @@ response after about 20 of them, and the broadcasts list, kept forever, read eve
 (a Query each) past API Gateway's 29 s. A page holds at most `limit` items (default 100, at most
 1,000) and at most MAX_PAGE_BYTES of them, in key order; `cursor.next` (the page's last key) asks for
 the next page, `cursor.has_more` says whether there is one: the audiences' members cursor's shape.
+Items are read from DynamoDB in key order from the cursor on (`fetch`), a Query page at a time, and the
+reading stops one item past the page: a page costs the items it shows, not the whole list.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any, TypeVar
 
 from engage.dynamodb_limits import utf8_bytes
@@ -35,21 +38,26 @@ def parse_limit(text: str | None) -> int:
     return limit
 
 
-def page(items: Iterable[Item], key_of: Callable[[Item], str], view: Callable[[Item], dict[str, Any]],
-         limit_text: str | None, after: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(the views of the page's items, its cursor); `view` is called for the page's items only."""
+def page(fetch: Callable[[str | None, int], Iterable[Item]], key_of: Callable[[Item], str],
+         view: Callable[[Item], dict[str, Any]], limit_text: str | None,
+         after: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(the views of the page's items, its cursor). `fetch(after, page_size)` yields the items whose key is
+    after `after` (all when None) in key order, reading `page_size` at a time; `view` is called for the
+    page's items only."""
     limit = parse_limit(limit_text)
     if after is not None and len(after) > MAX_NEXT_CHARS:
         raise ValidationFailed(f"next must be a key from a cursor (at most {MAX_NEXT_CHARS} characters)",
                                [{"path": "next", "value": after[:40]}])
-    rest = sorted((item for item in items if not after or key_of(item) > after), key=key_of)
+    rest: Iterator[Item] = iter(fetch(after or None, limit + 1))
     views: list[dict[str, Any]] = []
+    last: str = ""
     size = 0
-    for item in rest[:limit]:
+    for item in islice(rest, limit):
         shown = view(item)
         size += utf8_bytes(json.dumps(shown, ensure_ascii=False))
         if views and size > MAX_PAGE_BYTES:
-            break
+            return views, {"has_more": True, "next": last, "limit": limit}
         views.append(shown)
-    has_more = len(views) < len(rest)
-    return views, {"has_more": has_more, "next": key_of(rest[len(views) - 1]) if has_more else "", "limit": limit}
+        last = key_of(item)
+    has_more = next(rest, None) is not None
+    return views, {"has_more": has_more, "next": last if has_more else "", "limit": limit}

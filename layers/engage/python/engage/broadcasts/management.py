@@ -6,6 +6,7 @@ an EventBridge Scheduler one-time schedule at send_at, or a work item that start
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from engage import clock, listing
@@ -73,7 +74,7 @@ def get(space_id: str, broadcast_key: str) -> dict[str, Any]:
 
 def list_broadcasts(space_id: str, limit: str | None = None, after: str | None = None) -> dict[str, Any]:
     """A page of broadcasts in key order (engage.listing): each one's stats read for the page only."""
-    shown, cursor = listing.page(store.list_all(space_id), lambda b: b.key, view, limit, after)
+    shown, cursor = listing.page(functools.partial(store.iterate, space_id), lambda b: b.key, view, limit, after)
     return {"broadcasts": shown, "cursor": cursor}
 
 

@@ -170,6 +170,19 @@ def list_all(space_id: str) -> list[Broadcast]:
             return found
 
 
+def iterate(space_id: str, after: str | None, page_size: int) -> Iterator[Broadcast]:
+    """The space's broadcasts with keys after `after`, in key order, read `page_size` at a time."""
+    condition = Key("pk").eq(_pk(space_id)) & Key("sk").gt(after) if after else Key("pk").eq(_pk(space_id))
+    start = None
+    while True:
+        page = _table().query(KeyConditionExpression=condition, Limit=page_size,
+                              **({"ExclusiveStartKey": start} if start else {}))
+        yield from (Broadcast.of(i) for i in page["Items"])
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return
+
+
 def update(space_id: str, broadcast_key: str, sets: list[str], values: dict[str, Any], condition: str, *,
            names: dict[str, str] | None = None, removes: Iterable[str] = ()) -> bool:
     """One conditional UpdateItem on the broadcast (updated_at set too); False when the condition failed."""

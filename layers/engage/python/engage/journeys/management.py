@@ -10,6 +10,7 @@ journey (no new enrollments; its key is never reused; running executions go on t
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -109,7 +110,7 @@ def get(space_id: str, journey_key: str) -> dict[str, Any]:
 
 def list_journeys(space_id: str, limit: str | None = None, after: str | None = None) -> dict[str, Any]:
     """A page of journeys in key order (engage.listing)."""
-    shown, cursor = listing.page(store.list_all(space_id), lambda j: j.key, lambda j: j.view(), limit, after)
+    shown, cursor = listing.page(functools.partial(store.iterate, space_id), lambda j: j.key, lambda j: j.view(), limit, after)
     return {"journeys": shown, "cursor": cursor}
 
 

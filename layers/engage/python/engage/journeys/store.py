@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,14 @@ def revision(space_id: str, journey_key: str) -> int:
 def list_all(space_id: str, *, archived: bool = False) -> list[Journey]:
     """The space's journeys; with `archived`, archived ones too (their running executions go on)."""
     return [_journey(r) for r in JourneyRecord.query(_pk(space_id)) if archived or r.status != ARCHIVED]
+
+
+def iterate(space_id: str, after: str | None, page_size: int) -> Iterator[Journey]:
+    """The space's live journeys with keys after `after`, in key order, read `page_size` at a time."""
+    condition = JourneyRecord.sk > after if after else None
+    for record in JourneyRecord.query(_pk(space_id), condition, page_size=page_size):
+        if record.status != ARCHIVED:
+            yield _journey(record)
 
 
 # ---------------------------------------------------------------- warm-container cache (enrollment)

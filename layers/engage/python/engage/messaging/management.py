@@ -3,6 +3,7 @@ unsubscribe links and the space's messaging settings. Handlers call these with t
 """
 from __future__ import annotations
 
+import functools
 import html
 from typing import Any
 
@@ -32,7 +33,7 @@ def get_template(space_id: str, template_key: str) -> dict[str, Any]:
 
 def list_templates(space_id: str, limit: str | None = None, after: str | None = None) -> dict[str, Any]:
     """A page of templates in key order (engage.listing)."""
-    shown, cursor = listing.page(store.list_templates(space_id), lambda t: t["key"], lambda t: t, limit, after)
+    shown, cursor = listing.page(functools.partial(store.iterate_templates, space_id), lambda t: t["key"], lambda t: t, limit, after)
     return {"templates": shown, "cursor": cursor}
 
 

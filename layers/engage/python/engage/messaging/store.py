@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +133,14 @@ def delete_template(space_id: str, template_key: str) -> None:
 
 def list_templates(space_id: str) -> list[dict[str, Any]]:
     return [_template_view(r) for r in TemplateRecord.query(_templates_pk(space_id)) if not r.deleted_at]
+
+
+def iterate_templates(space_id: str, after: str | None, page_size: int) -> Iterator[dict[str, Any]]:
+    """The space's live templates with keys after `after`, in key order, read `page_size` at a time."""
+    condition = TemplateRecord.sk > after if after else None
+    for record in TemplateRecord.query(_templates_pk(space_id), condition, page_size=page_size):
+        if not record.deleted_at:
+            yield _template_view(record)
 
 
 # A warm sender reads a template once a minute at most (edits reach sends within that time).
