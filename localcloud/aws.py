@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import boto3
 from botocore.config import Config
 
+from engage import clock as engage_clock
 from localcloud import template
 from localcloud.runtime import FunctionSpec, Runtime
 
@@ -128,6 +129,7 @@ def _install_patches() -> None:
 
     StreamShard.add = add
     _install_queue_hook()
+    _install_queue_clock()
     # DynamoDB's limits (item size, keys, numbers, nesting), wrapping the stream patch above.
     from localcloud import dynamodb_limits
 
@@ -162,6 +164,50 @@ def _install_queue_hook() -> None:
 
     add_message.wakes_pollers = True
     Queue.add_message = add_message
+
+
+def _install_queue_clock() -> None:
+    """SQS visibility timeouts, `DelaySeconds` and retention run on the virtual clock, as schedules and waits do.
+
+    moto times them with the system clock: a message received with a 10-minute visibility timeout stayed
+    invisible after `{"advance": "P1D"}` until the real minutes passed, so a destination's retry or a parked
+    failure's redelivery could not be reached by moving the clock. `SentTimestamp` and the other attributes a
+    consumer reads stay moto's (real time), as the invocation log's latencies expect; retention counts from
+    the virtual moment of the send. A clock move ends every timeout it passes at once: a message that keeps
+    failing is received again once after the move, not once per timeout the move spans.
+    """
+    from moto.sqs.models import Message, SQSBackend
+
+    if getattr(Message, "on_virtual_clock", False):
+        return
+
+    def virtual_ms() -> float:
+        return engage_clock.now().timestamp() * 1000
+
+    original_mark_sent = Message.mark_sent
+
+    def mark_sent(self, delay_seconds: int | None = None) -> None:
+        self.virtual_sent_ms = virtual_ms()
+        original_mark_sent(self, delay_seconds)
+
+    def change_visibility(self, visibility_timeout: int) -> None:
+        self.visible_at = virtual_ms() + int(visibility_timeout) * 1000
+
+    def delay(self, delay_seconds: int) -> None:
+        self.delayed_until = virtual_ms() + int(delay_seconds) * 1000
+
+    def retained(self, queue_name: str, message) -> bool:
+        retention_ms = int(self.get_queue(queue_name).message_retention_period) * 1000
+        sent = getattr(message, "virtual_sent_ms", None)
+        return retention_ms + (sent if sent is not None else message.sent_timestamp) > virtual_ms()
+
+    Message.mark_sent = mark_sent
+    Message.change_visibility = change_visibility
+    Message.delay = delay
+    Message.visible = property(lambda self: virtual_ms() > self.visible_at)
+    Message.delayed = property(lambda self: virtual_ms() < self.delayed_until)
+    SQSBackend.is_message_valid_based_on_retention_period = retained
+    Message.on_virtual_clock = True
 
 
 @dataclass

@@ -101,3 +101,57 @@ def test_broadcast_for_tomorrow_nine_in_tokyo_sends_once_when_the_clock_passes_i
     settle(cloud)
     assert len([m for m in outbox(cloud) if m["to"].startswith(f"bc-{tag}-")]) == 3
     assert broadcast(cloud, key)["stats"] == answer["stats"]
+
+
+def test_a_broadcast_deferred_by_quiet_hours_is_sent_when_the_clock_passes_their_end(local_cloud):
+    cloud = local_cloud
+    tag = uuid.uuid4().hex[:8]
+    cloud.client("sesv2").create_email_identity(EmailIdentity=FROM)
+    user = f"qh-{tag}"
+    status, _, body = cloud.call("POST", "/v1/identify", {"userId": user, "traits": {"email": f"{user}@example.com"}},
+                                 auth=WRITE_KEY)
+    assert status == 200, body
+    cloud.settle()
+    audience, template, key = f"night_{tag}", f"late_{tag}", f"late_{tag}"
+    assert cloud.call("POST", "/v1/audiences", {"key": audience, "name": "Night", "kind": "manual"},
+                      auth=ACCESS_TOKEN)[0] == 201
+    assert cloud.call("POST", f"/v1/audiences/{audience}/members", {"add": [f"user_id:{user}"]},
+                      auth=ACCESS_TOKEN)[0] == 200
+    assert cloud.call("POST", "/v1/templates", {"key": template, "channel": "email", "from": FROM,
+                                                "subject": "Late news", "body": "<p>news</p>"}, auth=ACCESS_TOKEN)[0] == 201
+    # Given quiet hours from an hour ago to two hours from now (UTC)
+    status, _, saved = cloud.call("GET", "/v1/messaging/settings", auth=ACCESS_TOKEN)
+    assert status == 200, saved
+    now = clock.parse(cloud.call("GET", "/_local/clock")[2]["now"])
+    end = now + timedelta(hours=2)
+    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"), "end": end.strftime("%H:%M"),
+             "timezone_trait": f"tz_{tag}", "default_timezone": "UTC"}
+    status, _, body = cloud.call("PUT", "/v1/messaging/settings", {**saved, "quiet_hours": quiet}, auth=ACCESS_TOKEN)
+    assert status == 200, body
+    # (a warm sender reads the settings once a minute, on the project clock: two minutes on, it has them)
+    cloud.call("POST", "/_local/clock", {"advance": "PT2M"})
+    try:
+        # When a broadcast is sent now, the recipient is deferred (a message on the send queue, delayed)
+        status, _, created = cloud.call("POST", "/v1/broadcasts", {"key": key, "audience": audience, "channel": "email",
+                                                                   "template": template}, auth=ACCESS_TOKEN)
+        assert status == 201, created
+        settle(cloud)
+        assert broadcast(cloud, key)["stats"]["sent"] == 0
+        assert [m for m in outbox(cloud) if m["to"] == f"{user}@example.com"] == []
+        # And an hour later it is still quiet: nothing is sent
+        cloud.call("POST", "/_local/clock", {"advance": "PT1H"})
+        settle(cloud)
+        assert [m for m in outbox(cloud) if m["to"] == f"{user}@example.com"] == []
+        # Then once the clock passes the end of quiet hours (the delayed message comes due), it is sent, once
+        cloud.call("POST", "/_local/clock", {"to": clock.iso(end.replace(second=0, microsecond=0) + timedelta(minutes=16))})
+        for _ in range(5):
+            settle(cloud)
+            if broadcast(cloud, key)["stats"]["sent"] == 1:
+                break
+            cloud.call("POST", "/_local/clock", {"advance": "PT16M"})
+        answer = broadcast(cloud, key)
+        assert answer["stats"]["sent"] == 1, answer
+        assert len([m for m in outbox(cloud) if m["to"] == f"{user}@example.com"]) == 1
+    finally:
+        cloud.call("PUT", "/v1/messaging/settings", saved, auth=ACCESS_TOKEN)
+        cloud.call("POST", "/_local/clock", {"advance": "PT2M"})  # the next test's sends see them

@@ -163,3 +163,29 @@ def test_a_refused_delivery_is_parked_visible_and_replayed_after_the_fix(local_c
     cloud.settle()
     assert [(c["user_id"], c["event"]) for c in receiver.delivered()] == [(users[0], "Audience Entered")]
     assert api(cloud, "GET", "/v1/destinations/dl_hook")["status"]["dlq_depth"] == 0
+
+
+def test_a_delivery_the_receiver_asks_to_retry_later_is_sent_when_the_clock_passes_the_wait(local_cloud, receiver):
+    cloud = local_cloud
+    users = given_people(cloud, "ra", 1)
+    api(cloud, "POST", "/v1/audiences", {"key": "ra_vips", "name": "VIPs", "kind": "manual"}, 201)
+    api(cloud, "POST", "/v1/destinations", {"key": "ra_hook", "type": "webhook", "audiences": ["ra_vips"],
+                                            "config": {"url": receiver.url + "/r"}}, 201)
+    cloud.settle()
+    # Given a receiver that is down for maintenance and asks for ten minutes (503, Retry-After: 600)
+    receiver.answer((503, {"Retry-After": "600"}))
+    edit(cloud, "ra_vips", add=users)
+    assert [r["status"] for r in receiver.requests] == [503]
+    assert receiver.delivered() == []
+
+    # When nine minutes pass, nothing is retried yet
+    status, _, body = cloud.call("POST", "/_local/clock", {"advance": "PT9M"})
+    assert status == 200, body
+    cloud.settle()
+    assert [r["status"] for r in receiver.requests] == [503]
+    # And once the ten minutes have passed, the change is delivered, once
+    status, _, body = cloud.call("POST", "/_local/clock", {"advance": "PT2M"})
+    assert status == 200, body
+    cloud.settle()
+    assert [(c["user_id"], c["event"]) for c in receiver.delivered()] == [(users[0], "Audience Entered")]
+    assert api(cloud, "GET", "/v1/destinations/ra_hook")["status"]["dlq_depth"] == 0

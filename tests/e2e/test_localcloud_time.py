@@ -152,3 +152,36 @@ def test_timestamp_wait_compares_with_virtual_now(mini_cloud):
     settle_all(mini_cloud)
     # Then the wait is over
     assert executions_of(mini_cloud, marker)[0]["status"] == "SUCCEEDED"
+
+
+def test_queue_delays_visibility_timeouts_and_retention_run_on_the_virtual_clock(mini_cloud):
+    # Given a queue no function polls, with a one-hour retention
+    sqs = mini_cloud.client("sqs")
+    url = sqs.create_queue(QueueName=f"timers-{uuid.uuid4().hex[:8]}",
+                           Attributes={"MessageRetentionPeriod": "3600"})["QueueUrl"]
+
+    def bodies(**kwargs) -> list[str]:
+        return [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, **kwargs).get("Messages", [])]
+
+    # When a message is sent with a 15-minute delay, it is not receivable until 15 virtual minutes pass
+    sqs.send_message(QueueUrl=url, MessageBody="delayed", DelaySeconds=900)
+    assert bodies() == []
+    advance(mini_cloud, "PT14M")
+    assert bodies() == []
+    advance(mini_cloud, "PT2M")
+    # And received with a 10-minute visibility timeout, it comes back once 10 virtual minutes pass
+    assert bodies(VisibilityTimeout=600) == ["delayed"]
+    assert bodies() == []
+    advance(mini_cloud, "PT11M")
+    assert bodies(VisibilityTimeout=600) == ["delayed"]
+    # And a timeout changed by ChangeMessageVisibility counts from the virtual now
+    sqs.send_message(QueueUrl=url, MessageBody="kept")
+    [message] = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0).get("Messages", [])
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=1800)
+    advance(mini_cloud, "PT11M")
+    assert bodies(VisibilityTimeout=0) == ["delayed"]
+    # And once the retention period has passed since each send, nothing is left
+    advance(mini_cloud, "PT20M")
+    assert sorted(bodies(VisibilityTimeout=0)) == ["delayed", "kept"]
+    advance(mini_cloud, "PT1H")
+    assert bodies() == []

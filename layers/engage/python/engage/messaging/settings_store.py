@@ -1,9 +1,9 @@
 """A space's messaging settings (frequency caps, quiet hours) in ConfigTable: pk = <space>|messaging_settings,
-sk = -. Read by the sender at most once a minute per warm container; absent means no caps, no quiet hours."""
+sk = -. Read by the sender at most once a minute per warm container; absent means no caps, no quiet hours.
+The minute is on the project clock, so a local cloud clock move of a minute reaches the new settings too."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from pynamodb.attributes import UnicodeAttribute
@@ -32,13 +32,13 @@ def _pk(space_id: str) -> str:
 
 def load(space_id: str) -> MessagingSettings:
     cached = _cache.get(space_id)
-    if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
+    if cached and 0 <= clock.now().timestamp() - cached[0] < CACHE_SECONDS:
         return cached[1]
     try:
         found = parse_settings(json.loads(MessagingSettingsRecord.get(_pk(space_id), "-").settings))
     except MessagingSettingsRecord.DoesNotExist:
         found = MessagingSettings()
-    _cache[space_id] = (time.monotonic(), found)
+    _cache[space_id] = (clock.now().timestamp(), found)
     return found
 
 

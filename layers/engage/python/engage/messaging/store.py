@@ -143,7 +143,8 @@ def iterate_templates(space_id: str, after: str | None, page_size: int) -> Itera
             yield _template_view(record)
 
 
-# A warm sender reads a template once a minute at most (edits reach sends within that time).
+# A warm sender reads a template once a minute at most (edits reach sends within that time, on the project
+# clock: a local cloud clock move of a minute reaches the edit too).
 _cache: dict[tuple[str, str], tuple[float, TemplateDefinition | None]] = {}
 TEMPLATE_CACHE_SECONDS = 60
 # Bounded: misses are cached too (any key a request names), and a template may be 300 KB; a container sends
@@ -153,10 +154,8 @@ TEMPLATE_CACHE_ENTRIES = 256
 
 def load_template(space_id: str, template_key: str) -> TemplateDefinition | None:
     """The live template for sending (None when unknown or deleted), cached per warm container."""
-    import time
-
     cached = _cache.get((space_id, template_key))
-    if cached and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:
+    if cached and 0 <= clock.now().timestamp() - cached[0] < TEMPLATE_CACHE_SECONDS:
         return cached[1]
     # Templates are pydantic models: imported here, by the first template read, since feedback, the Profile
     # API and the privacy worker use this store for deliveries and subscriptions only.
@@ -168,7 +167,7 @@ def load_template(space_id: str, template_key: str) -> TemplateDefinition | None
         definition = None
     if len(_cache) >= TEMPLATE_CACHE_ENTRIES:
         _cache.clear()
-    _cache[(space_id, template_key)] = (time.monotonic(), definition)
+    _cache[(space_id, template_key)] = (clock.now().timestamp(), definition)
     return definition
 
 
