@@ -177,6 +177,17 @@ def test_a_template_page_reads_its_own_templates_not_the_whole_list(messaging, m
     assert keys == [f"p{n:02d}" for n in range(12) if n != 3]
 
 
+@pytest.mark.parametrize("after", ["\u65e5" * 400, "k" * 1025])
+def test_a_list_cursor_no_key_can_be_is_a_400(messaging, after):
+    # The cursor is a Query's sort key condition: 1,200 bytes of UTF-8 in 400 characters passed the character
+    # check, and DynamoDB refuses a key condition past 1 KB (a 500)
+    create({"key": "t0", "channel": "email", "subject": "Hi", "body": "Hello"})
+    for path in ("/v1/templates", "/v1/journeys", "/v1/broadcasts"):
+        status, answer = call_api("GET", path, query={"next": after})
+        assert status == 400 and answer["error"]["details"][0]["path"] == "next", (path, answer)
+    assert call_api("GET", "/v1/templates", query={"next": "\u65e5" * 341})[0] == 200  # 1,023 bytes: a key
+
+
 @pytest.mark.parametrize("name", ["t" * 450_000, "\ud800", ""])
 def test_a_quiet_hours_timezone_trait_no_profile_can_have_is_a_400(messaging, name):
     # Found putting hostile settings on the management handler: 450 KB of trait name was a 500 (PutItem: item

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, TypeVar
 
-from engage.dynamodb_limits import utf8_bytes
+from engage.dynamodb_limits import MAX_SORT_KEY_BYTES, sort_key_fits, utf8_bytes
 from engage.errors import ValidationFailed
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_PAGE_BYTES = 4_000_000  # of items' JSON: with the envelope, well inside Lambda's 6 MB response
-MAX_NEXT_CHARS = 1024  # a key is at most that long (DynamoDB's sort key)
+MAX_NEXT_BYTES = MAX_SORT_KEY_BYTES  # a key is at most that long
 
 Item = TypeVar("Item")
 
@@ -45,9 +45,11 @@ def page(fetch: Callable[[str | None, int], Iterable[Item]], key_of: Callable[[I
     after `after` (all when None) in key order, reading `page_size` at a time; `view` is called for the
     page's items only."""
     limit = parse_limit(limit_text)
-    if after is not None and len(after) > MAX_NEXT_CHARS:
-        raise ValidationFailed(f"next must be a key from a cursor (at most {MAX_NEXT_CHARS} characters)",
-                               [{"path": "next", "value": after[:40]}])
+    # The cursor is a sort key in a Query's condition: past 1 KB of UTF-8, or with an unpaired surrogate,
+    # DynamoDB (or the SDK) refuses the request, a 500 where it is the caller's input.
+    if after is not None and (not sort_key_fits(after) or _has_surrogate(after)):
+        raise ValidationFailed(f"next must be a key from a cursor (at most {MAX_NEXT_BYTES} bytes of UTF-8)",
+                               [{"path": "next", "value": after[:40].encode("utf-8", "replace").decode()}])
     rest: Iterator[Item] = iter(fetch(after or None, limit + 1))
     views: list[dict[str, Any]] = []
     last: str = ""
@@ -61,3 +63,11 @@ def page(fetch: Callable[[str | None, int], Iterable[Item]], key_of: Callable[[I
         last = key_of(item)
     has_more = next(rest, None) is not None
     return views, {"has_more": has_more, "next": last if has_more else "", "limit": limit}
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
