@@ -453,6 +453,40 @@ def test_an_id_left_behind_a_long_chain_of_merges_still_finds_its_profile(aws, s
     assert store.MAX_MERGE_HOPS > profiles.MERGE_LIMIT
 
 
+def test_an_id_left_behind_a_chain_of_merges_is_repointed_at_its_survivor(aws, space, monkeypatch):
+    # Given an id left behind a chain of 6 merges (ids budgets full, as in the test above)
+    from pynamodb.connection.base import Connection
+
+    from engage import profile_budgets
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    n = 7
+    for k in reversed(range(n)):
+        run(batch(message("identify", f"c{k}", at(n - 1 - k), anonymousId=f"a{k}",
+                          context={"externalIds": [{"type": "crm", "id": f"c{k}"}]})))
+    for k in range(n - 1):
+        run(batch(message("track", f"m{k}", at(40), event="Link", anonymousId=f"a{k}",
+                          context={"externalIds": [{"type": "crm", "id": f"c{k + 1}"}]})))
+    survivor = profile_of("anonymous_id", "a0")
+    assert pointer("anonymous_id", "a0") != survivor.profile_id
+    # When events come for that id
+    assert run(batch(message("track", "buy1", at(50), event="Buy", anonymousId="a0"))) == {"batchItemFailures": []}
+    reads: list[str] = []
+    original = Connection._make_api_call
+
+    def counting(self, operation_name, operation_kwargs, *args, **kwargs):
+        if operation_name in ("GetItem", "BatchGetItem") and "ProfilesTable" in json.dumps(operation_kwargs):
+            reads.append(operation_name)
+        return original(self, operation_name, operation_kwargs, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_make_api_call", counting)
+    assert run(batch(message("track", "buy2", at(51), event="Buy", anonymousId="a0"))) == {"batchItemFailures": []}
+    # Then the first one repointed it at the survivor: the next reads one profile, not one per hop (7 reads)
+    assert pointer("anonymous_id", "a0") == survivor.profile_id
+    assert reads == ["BatchGetItem"]
+    assert profile_of("anonymous_id", "a0").event_stats.as_dict()["Buy"]["total"] == 2
+
+
 def test_a_user_whose_ids_budget_is_full_is_still_linked_to_a_new_account(aws, space, monkeypatch):
     # Given a limit of 2 ids and a user who already has them
     from engage import profile_budgets

@@ -403,6 +403,15 @@ class StreamBatch:
                 logger.warning("profile holds the most ids allowed: id not added",
                                extra={"message_id": message.message_id, "id": i.ref, "profile": state.profile_id})
                 change.dropped["ids"] += 1
+                current = self._pointer(space_id, i)
+                if current not in (None, survivor.profile_id) and (
+                        live := self._live(space_id, current)) is not None and live.state.profile_id == \
+                        survivor.profile_id:
+                    # An id left behind a chain of merges that already leads here: repointed after the batch, so
+                    # its next message reads one profile, not one per hop. (Never one whose chain reaches here only
+                    # through this message's merges: those are not written yet.)
+                    self._repoint(store.identity_pk(space_id, i.collection, i.type, i.value), space_id, i.type,
+                                  i.value, survivor.profile_id)
                 continue
             profiles.add_external_id(state, collection=i.collection, id_type=i.type, value=i.value,
                                      encoding=i.encoding, created_at=message.received_at,
