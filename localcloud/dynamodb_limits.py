@@ -23,7 +23,9 @@ What each call answers, as AWS does (ValidationException unless said otherwise):
 - TransactGetItems takes up to 100 items, as AWS has since 2022 (moto refused more than 25).
 - TransactWriteItems: a Put is checked up front (ValidationException for the whole call); an
   Update whose result is refused cancels the transaction (TransactionCanceledException with
-  a `ValidationError` reason, AWS's message), nothing written.
+  a `ValidationError` reason, AWS's message), nothing written. The items it writes may total at
+  most 4 MB (each counted as the larger of its size before and after the write): past that the
+  whole call is a ValidationException and nothing is written (moto has no such limit).
 """
 from __future__ import annotations
 
@@ -102,6 +104,12 @@ def install() -> None:
                 before = deferred[0][1] if deferred else None  # the stream record's old image
             _put_back(table, hash_value, range_value, before)
             raise refuse(problem, in_transaction=outer is not None)
+        sizes = getattr(_state, "transaction_sizes", None)
+        if outer is not None and sizes is not None:  # in a transaction: its items' sizes, this one's result too
+            identity = _identity(table_name, key)
+            sizes[identity] = max(sizes.get(identity, 0), limits.wire_item_size(attributes))
+            if sum(sizes.values()) > limits.MAX_TRANSACTION_BYTES:
+                raise MockValidationException(limits.TRANSACTION_TOO_LARGE)  # moto rolls the transaction back
         for shard, old, new in deferred:
             if outer is not None:
                 outer.append((shard, old, new))  # a transaction publishes when it commits
@@ -116,11 +124,16 @@ def install() -> None:
                 problem = put_problem(self.get_table(request["TableName"]), request.get("Item") or {})
                 if problem:
                     raise MockValidationException(problem)
+        _state.transaction_sizes = sizes = transaction_sizes(self, transact_items)
+        if sum(sizes.values()) > limits.MAX_TRANSACTION_BYTES:
+            _state.transaction_sizes = None
+            raise MockValidationException(limits.TRANSACTION_TOO_LARGE)
         _state.deferred = deferred = []
         try:
             result = original_transact(self, transact_items)
         finally:
             _state.deferred = None
+            _state.transaction_sizes = None
         for shard, old, new in deferred:
             StreamShard.add(shard, old, new)
         return result
@@ -171,6 +184,32 @@ def put_problem(table, item: dict) -> str | None:
     """AWS's message if DynamoDB would refuse to store `item` (wire form) in `table`, else None."""
     problem = limits.wire_key_problem(item, table.hash_key_attr, table.range_key_attr)
     return problem or _item_problem(item, limits.ITEM_TOO_LARGE)
+
+
+def transaction_sizes(backend, transact_items: list) -> dict[tuple[str, str], int]:
+    """(table, key) -> size of each item a TransactWriteItems names, as known before it runs: a Put's new
+    item or the item as stored, whichever is larger (an Update's result is added when it is applied)."""
+    sizes: dict[tuple[str, str], int] = {}
+    for entry in transact_items:
+        operation, request = next(iter(entry.items()))
+        table_name = request.get("TableName")
+        if table_name not in backend.tables:
+            continue  # moto answers a missing table itself
+        table = backend.tables[table_name]
+        item = request.get("Item") if operation == "Put" else None
+        source = item if item is not None else request.get("Key") or {}
+        key = {name: source[name] for name in (table.hash_key_attr, table.range_key_attr) if name and name in source}
+        try:
+            stored = backend.get_item(table_name, key)
+        except Exception:  # noqa: BLE001 - a malformed key: moto's own checks answer it
+            stored = None
+        before = limits.wire_item_size({n: _wire(v) for n, v in stored.attrs.items()}) if stored else 0
+        sizes[_identity(table_name, key)] = max(before, limits.wire_item_size(item) if item else 0)
+    return sizes
+
+
+def _identity(table_name: str, key: dict) -> tuple[str, str]:
+    return table_name, json.dumps(key, sort_keys=True)
 
 
 def batch_problem(backend, requests_by_table: dict) -> str | None:

@@ -13,7 +13,8 @@ Task timeouts follow the same clock: `TimeoutSeconds` (every Task; moto waited
 task end when the virtual clock passes them, so advancing the clock past a journey's
 `wait_for_event` timeout takes its `States.Timeout` Catch, as AWS does when the time comes.
 A token is spent once its task ends (success, failure, timeout, stop): a later
-SendTask* with it is answered `TaskTimedOut` (localcloud/stepfunctions.py).
+SendTask* with it is answered `TaskTimedOut` (localcloud/stepfunctions.py). Each Retry attempt of a
+token wait gets a new token, so its own timeouts.
 
 Executions parked on the clock (or on a task token) are quiet: `settle(executions=True)`
 does not wait for them, and threads moto spawns for Map/Parallel iterations count as quiet
@@ -139,6 +140,13 @@ def _install_task_timeouts() -> None:
 
     def evaluate_with_timeout(self, env) -> None:
         # moto's ExecutionState._evaluate_with_timeout, with the one real-time wait put on the virtual clock.
+        context = env.states.context_object.context_object_data
+        if isinstance(self, callback_module.StateTaskServiceCallback) and "Task" in context \
+                and context["State"].get("RetryCount", 0) > 0:
+            # A retry of a task token wait is a new task, as on AWS: a new token (the last one is spent) and
+            # so a fresh TimeoutSeconds/HeartbeatSeconds. moto issued one token per state: the retry waited
+            # on the spent endpoint, whose ended wait made it time out again at once.
+            env.callback_pool_manager.add(env.states.context_object.update_task_token())
         self.timeout.eval(env=env)
         timeout_seconds: int = env.stack.pop()
         frame = env.open_frame()

@@ -241,6 +241,34 @@ def test_task_token_timeout_follows_the_virtual_clock(mini_cloud, sfn):
     assert error_code(late.value) == "TaskTimedOut"
 
 
+@pytest.mark.parametrize("heartbeat", [None, 600])
+def test_a_retried_token_wait_that_timed_out_gets_a_fresh_timeout(mini_cloud, sfn, heartbeat):
+    # Given a token wait of an hour (with or without HeartbeatSeconds) retried once on States.Timeout
+    observer = mini_cloud.physical("ObserverFunction", "mini")
+    definition = json.loads(token_machine(observer, 3600, heartbeat=heartbeat))
+    definition["States"]["WaitForEvent"]["Retry"] = [
+        {"ErrorEquals": ["States.Timeout"], "IntervalSeconds": 1, "MaxAttempts": 1}]
+    machine = sfn.create_state_machine(name=unique("retried"), definition=json.dumps(definition),
+                                       roleArn=ROLE)["stateMachineArn"]
+    arn = sfn.start_execution(stateMachineArn=machine, name="retried")["executionArn"]
+    settle(mini_cloud)
+    # When the first attempt times out (an hour, or ten minutes without a heartbeat)
+    advance(mini_cloud, "PT1H1M" if heartbeat is None else "PT10M1S")
+    deadline = time.monotonic() + 10
+    while len([e for e in history(sfn, arn) if e["type"] == "TaskScheduled"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the Retry's 1-second interval passes in real time (moto sleeps it)
+    settle(mini_cloud)
+    # Then the retry waits for a new token with its own timeout, as on AWS: it had timed out again at once
+    assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
+    scheduled = [e for e in history(sfn, arn) if e["type"] == "TaskScheduled"]
+    assert len(scheduled) == 2
+    token = json.loads(scheduled[-1]["taskScheduledEventDetails"]["parameters"])["Payload"]["token"]
+    sfn.send_task_success(taskToken=token, output='{"event": "late"}')
+    settle(mini_cloud)
+    done = sfn.describe_execution(executionArn=arn)
+    assert done["status"] == "SUCCEEDED" and json.loads(done["output"])["event"] == {"event": "late"}
+
+
 def test_heartbeat_keeps_a_token_wait_alive_until_heartbeats_stop(mini_cloud, sfn):
     observer = mini_cloud.physical("ObserverFunction", "mini")
     machine = sfn.create_state_machine(name=unique("heartbeat"), roleArn=ROLE,

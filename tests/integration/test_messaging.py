@@ -244,6 +244,22 @@ def test_email_is_sent_once_per_key_with_one_click_unsubscribe_headers(pipeline,
     assert events[0]["detail"]["user_id"] == "u1" and events[0]["detail"]["template"] == "welcome"
 
 
+def test_an_emails_date_is_the_clocks_so_the_local_outbox_shows_virtual_time(pipeline):
+    # Given a clock moved 30 days ahead (the local cloud's virtual clock; on AWS it is the system's)
+    from email.utils import parsedate_to_datetime
+
+    from localcloud import outbox
+
+    profile_id = identify(pipeline, "u1", email="ann@example.com", first_name="Ann")
+    create(WELCOME)
+    clock.advance(timedelta(days=30))
+    # When an email is sent
+    assert send_message(request(profile_id)).status == "sent"
+    # Then its Date header is that clock's now (it was the system's time: the outbox showed real dates)
+    [sent] = [m for m in outbox.messages(REGION) if m["channel"] == "email"]
+    assert abs(parsedate_to_datetime(sent["date"]) - clock.now()) < timedelta(minutes=1), sent["date"]
+
+
 def test_from_address_is_the_templates_else_the_spaces_else_the_stacks(pipeline):
     boto3.client("sesv2", region_name=REGION).create_email_identity(EmailIdentity="acme.example")
     profile_id = identify(pipeline, "u1", email="ann@example.com", first_name="Ann")

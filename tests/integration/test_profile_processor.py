@@ -16,6 +16,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from boto3.dynamodb.types import TypeSerializer
 
+from engage import dynamodb_limits as limits
 from engage import profile_processor
 from engage import profiles_store as store
 from engage.events_store import EventRecord
@@ -98,8 +99,18 @@ def history(profile_id: str) -> list[str]:
 
 def scan_all(aws) -> dict[str, list[dict]]:
     tables = ("ProfilesTable", "IdentityTable", "LinksTable", "ProfileEventsTable")
-    return {t: sorted(aws.table(t).scan(ConsistentRead=True)["Items"], key=lambda i: (i["pk"], i.get("sk", "")))
-            for t in tables}
+    return {t: sorted(scan(aws, t), key=lambda i: (i["pk"], i.get("sk", ""))) for t in tables}
+
+
+def scan(aws, table: str) -> list[dict]:
+    """Every item (a Scan page holds at most 1 MB)."""
+    items, start = [], {}
+    while True:
+        page = aws.table(table).scan(ConsistentRead=True, **start)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return items
+        start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
 
 
 T0 = "2026-11-20T10:00:00.000Z"
@@ -442,6 +453,40 @@ def test_an_id_left_behind_a_long_chain_of_merges_still_finds_its_profile(aws, s
     assert store.MAX_MERGE_HOPS > profiles.MERGE_LIMIT
 
 
+def test_an_id_left_behind_a_chain_of_merges_is_repointed_at_its_survivor(aws, space, monkeypatch):
+    # Given an id left behind a chain of 6 merges (ids budgets full, as in the test above)
+    from pynamodb.connection.base import Connection
+
+    from engage import profile_budgets
+
+    monkeypatch.setattr(profile_budgets, "MAX_IDS_PER_PROFILE", 2)
+    n = 7
+    for k in reversed(range(n)):
+        run(batch(message("identify", f"c{k}", at(n - 1 - k), anonymousId=f"a{k}",
+                          context={"externalIds": [{"type": "crm", "id": f"c{k}"}]})))
+    for k in range(n - 1):
+        run(batch(message("track", f"m{k}", at(40), event="Link", anonymousId=f"a{k}",
+                          context={"externalIds": [{"type": "crm", "id": f"c{k + 1}"}]})))
+    survivor = profile_of("anonymous_id", "a0")
+    assert pointer("anonymous_id", "a0") != survivor.profile_id
+    # When events come for that id
+    assert run(batch(message("track", "buy1", at(50), event="Buy", anonymousId="a0"))) == {"batchItemFailures": []}
+    reads: list[str] = []
+    original = Connection._make_api_call
+
+    def counting(self, operation_name, operation_kwargs, *args, **kwargs):
+        if operation_name in ("GetItem", "BatchGetItem") and "ProfilesTable" in json.dumps(operation_kwargs):
+            reads.append(operation_name)
+        return original(self, operation_name, operation_kwargs, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_make_api_call", counting)
+    assert run(batch(message("track", "buy2", at(51), event="Buy", anonymousId="a0"))) == {"batchItemFailures": []}
+    # Then the first one repointed it at the survivor: the next reads one profile, not one per hop (7 reads)
+    assert pointer("anonymous_id", "a0") == survivor.profile_id
+    assert reads == ["BatchGetItem"]
+    assert profile_of("anonymous_id", "a0").event_stats.as_dict()["Buy"]["total"] == 2
+
+
 def test_a_user_whose_ids_budget_is_full_is_still_linked_to_a_new_account(aws, space, monkeypatch):
     # Given a limit of 2 ids and a user who already has them
     from engage import profile_budgets
@@ -495,6 +540,63 @@ def test_two_merged_users_of_the_same_account_leave_it_one_link(aws, space):
     assert profile_of("anonymous_id", "a2").profile_id == survivor.profile_id
     assert [link.to_profile_id for link in store.links_of(SPACE, account.profile_id, "users")] == [
         survivor.profile_id]
+
+
+def _big_profiles(n: int) -> list[dict]:
+    """Stream batches that build `n` profiles of about 190 KB each (traits and event names at their budgets),
+    known by crm:c<k> (k < 25), then anonymous_id a25, user_id u26 and email e27@example.com: ids that one
+    message may all carry (25 external ids, an anonymousId, a userId, an email)."""
+    def known_by(k: int) -> dict:
+        if k < 25:
+            return {"anonymousId": f"own{k}", "context": {"externalIds": [{"type": "crm", "id": f"c{k}"}]}}
+        return {25: {"anonymousId": "a25"}, 26: {"userId": "u26"},
+                27: {"anonymousId": "own27", "context": {"traits": {"email": "e27@example.com"}}}}[k]
+
+    messages = []
+    for k in range(n):  # profile 0 is the oldest: it survives
+        messages.append(message("identify", f"p{k}-id", f"2026-11-20T09:{k:02d}:00.000Z", **known_by(k),
+                                traits={f"t{i}": f"{k}" * 16_000 for i in range(6)}))
+        messages += [message("track", f"p{k}-{i}", at(1), **known_by(k), event=f"{i:04d}" + "e" * 1996)
+                     for i in range(30)]
+    return [batch(*messages[start:start + 93]) for start in range(0, len(messages), 93)]
+
+
+def test_a_merge_too_large_for_one_transaction_is_split_and_survives_a_crash_between_parts(aws, space, monkeypatch):
+    # Given 28 profiles of about 190 KB: over 5 MB in all, past the 4 MB one DynamoDB transaction may write
+    for event in _big_profiles(28):
+        assert run(event) == {"batchItemFailures": []}
+    sizes = [limits.attributes_size(item) for item in scan(aws, "ProfilesTable")]
+    assert len(sizes) == 28 and sum(sizes) > limits.MAX_TRANSACTION_BYTES
+    # When one message names them all, and the processor dies after the first part of the merge is written
+    merge = batch(message("track", "m-merge", at(2), event="Login", userId="u26", anonymousId="a25",
+                          context={"traits": {"email": "e27@example.com"},
+                                   "externalIds": [{"type": "crm", "id": f"c{k}"} for k in range(25)]}))
+    real, calls = store.save_together, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the Lambda timed out")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "save_together", crash_on_second)
+    with pytest.raises(BatchProcessingError):  # its only record failed: the invocation fails, Lambda retries
+        run(merge)
+    assert len(calls) == 2
+    monkeypatch.setattr(store, "save_together", real)
+    # Then the redelivery finishes the merge (each part fits a transaction), and a later one changes nothing
+    assert run(merge) == {"batchItemFailures": []}
+    survivor = profile_of("user_id", "u26")
+    assert len(survivor.merged_from) == 27 and not survivor.merged_into
+    for id_type, value in [("anonymous_id", "a25"), ("email", "e27@example.com"),
+                           *(("crm", f"c{k}") for k in range(25))]:
+        assert profile_of(id_type, value).profile_id == survivor.profile_id, (id_type, value)
+    assert survivor.event_stats.as_dict()["Login"]["total"] == 1
+    assert survivor.applied.count(applied_token("m-merge")) == 1
+    assert [m["message_id"] for m in survivor.merges] == ["m-merge"] * 27
+    before = scan_all(aws)
+    assert run(merge) == {"batchItemFailures": []}
+    assert scan_all(aws) == before
 
 
 def test_two_writers_seeing_a_new_id_at_once_end_on_one_profile(aws, space):

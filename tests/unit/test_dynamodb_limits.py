@@ -165,6 +165,35 @@ def test_transact_write_items_refuses_a_put_and_cancels_on_a_refused_update(clie
     assert sorted(_stream_events(client)) == ["INSERT", "INSERT", "MODIFY"]
 
 
+def test_transact_write_items_refuses_more_than_4_mb_of_items_in_all(client):
+    # 11 items of almost 400 KB: past the 4 MB a transaction may write in all (moto took them)
+    puts = [{"Put": {"TableName": "t", "Item": {**_key(str(i)), "big": {"S": BIG}}}} for i in range(11)]
+    response = _refused(client.transact_write_items, TransactItems=puts)
+    assert response["Error"] == {"Code": "ValidationException", "Message": limits.TRANSACTION_TOO_LARGE}
+    assert client.scan(TableName="t")["Items"] == [] and _stream_events(client) == []
+    client.transact_write_items(TransactItems=puts[:10])  # the control: 10 of them fit
+    assert len(_stream_events(client)) == 10
+    # An update counts the item it rewrites, not only what it sends: 10 small updates of the stored items
+    # and a 100 KB put are past 4 MB
+    touch = [{"Update": {"TableName": "t", "Key": _key(str(i)), "UpdateExpression": "SET n = :n",
+                         "ExpressionAttributeValues": {":n": {"N": "1"}}}} for i in range(10)]
+    response = _refused(client.transact_write_items, TransactItems=[
+        *touch, {"Put": {"TableName": "t", "Item": {**_key("new"), "big": {"S": "y" * 100_000}}}}])
+    assert response["Error"] == {"Code": "ValidationException", "Message": limits.TRANSACTION_TOO_LARGE}
+    # ... and what an update makes of the item: 11 small items each grown to 390 KB are too
+    client.batch_write_item(RequestItems={"t": [{"DeleteRequest": {"Key": _key(str(i))}} for i in range(10)]})
+    client.batch_write_item(RequestItems={"t": [{"PutRequest": {"Item": _key(f"g{i}")}} for i in range(11)]})
+    events = len(_stream_events(client))
+    grow = [{"Update": {"TableName": "t", "Key": _key(f"g{i}"), "UpdateExpression": "SET big = :v",
+                        "ExpressionAttributeValues": {":v": {"S": "z" * 390_000}}}} for i in range(11)]
+    response = _refused(client.transact_write_items, TransactItems=grow)
+    assert response["Error"] == {"Code": "ValidationException", "Message": limits.TRANSACTION_TOO_LARGE}
+    assert all("big" not in item for item in client.scan(TableName="t")["Items"])
+    assert len(_stream_events(client)) == events  # nothing written, no stream record
+    client.transact_write_items(TransactItems=grow[:10])  # the control
+    assert len(_stream_events(client)) == events + 10
+
+
 def test_batch_write_item_refuses_more_than_25_requests_and_two_on_one_item(client):
     puts = [{"PutRequest": {"Item": _key(str(i))}} for i in range(26)]
     response = _refused(client.batch_write_item, RequestItems={"t": puts})

@@ -36,6 +36,17 @@ def test_a_subject_never_holds_a_line_break_the_email_package_refuses(name):
     EmailMessage()["Subject"] = subject  # the header the email channel writes
 
 
+@pytest.mark.parametrize("name", ["Ann\x00Z", "Ann\x08Z", "Ann\x1bZ", "Ann\x7fZ", "Ann\x9bZ", "Ann\x00\nZ"])
+def test_a_subject_never_holds_a_control_character(name):
+    # A trait holding NUL, an escape or DEL (a paste, a bad import) was sent in the subject as is: a header
+    # may not hold them (RFC 5322) and mail clients show them as garbage or cut the line at NUL. They fold
+    # to a space as line breaks do; a tab stays (header whitespace).
+    subject = render(parse_template(email("<p>x</p>")), scope_for({"traits": {"first_name": name}})).subject
+    assert subject == "Hi Ann Z"
+    assert render(parse_template(email("<p>x</p>")), scope_for({"traits": {"first_name": "Ann\tZ"}})).subject == (
+        "Hi Ann\tZ")
+
+
 def test_missing_trait_uses_default_and_absent_renders_empty():
     definition = parse_template(email("Hello {{ profile.traits.first_name | default: 'there' }}{{ profile.traits.x }}!"))
     assert render(definition, scope_for({"traits": {}})).body == "Hello there!"

@@ -51,6 +51,14 @@ BATCH_WRITE_TOO_MANY = ("1 validation error detected: Value at 'RequestItems.{ta
                         "constraint: Member must have length less than or equal to 25")
 BATCH_WRITE_TOO_MANY_IN_ALL = "Too many items requested for the BatchWriteItem call"
 BATCH_WRITE_DUPLICATES = "Provided list of item keys contains duplicates"
+# A TransactWriteItems: "The aggregate size of the items in the transaction cannot exceed 4 MB" (API reference;
+# botocore's model lists it among what makes DynamoDB "reject the entire TransactWriteItems request"). Refused
+# here as a ValidationException, the whole call, and counted as write capacity counts an item: the larger of its
+# size before and after the write (a ConditionCheck or Delete: the item as stored). Unconfirmed: AWS's exact
+# message (its docs and SDK models name the limit, not the wording) and whether it counts an Update's item
+# whole; this message says what and which limit, and the count is the stricter reading.
+MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
+TRANSACTION_TOO_LARGE = "Transaction request size has exceeded the maximum allowed size of 4 MB"
 
 
 # ---------------------------------------------------------------- numbers

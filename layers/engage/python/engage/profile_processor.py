@@ -39,7 +39,12 @@ from engage import profiles_store as store
 from engage.audiences import runtime as audience_runtime
 from engage.computed_traits import runtime as computed_runtime
 from engage.config import settings
-from engage.dynamodb_limits import MAX_ITEM_BYTES, attributes_size
+from engage.dynamodb_limits import (
+    MAX_ITEM_BYTES,
+    MAX_PARTITION_KEY_BYTES,
+    MAX_TRANSACTION_BYTES,
+    attributes_size,
+)
 from engage.events_store import EventRecord
 from engage.failures import handler as failure_handler
 from engage.identity import ACCOUNTS, GROUP_ID, USERS, Identifier
@@ -110,6 +115,8 @@ class _Change:
     links: list[store.LinkRecord] = field(default_factory=list)
     unlinks: list[store.LinkRecord] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)  # what the profile's budgets left out
+    # True: a part of a merge too large for one transaction; the message itself is not applied by it
+    partial: bool = False
 
 
 @dataclass
@@ -296,16 +303,22 @@ class StreamBatch:
         return True
 
     def _apply(self, space_id: str, message: Message, entry: _Entry, touched: set[str], *, fresh: bool) -> str:
-        """Resolve the message's profile, build everything it changes, commit (or defer) it as one unit."""
+        """Resolve the message's profile, build everything it changes, commit (or defer) it as one unit.
+
+        A merge of more profiles than one transaction can write (4 MB) goes in parts: each part merges the
+        profiles that fit and is a merge like any other; the message is then resolved again (the parts'
+        profiles now lead to the survivor) until the last part, which applies the message too."""
         now = clock.now()
-        owners, live, resolution = self._resolve(space_id, message, touched)
-        target = self._land(space_id, message, owners, live, resolution, touched, fresh=fresh)
-        if target is None:  # applied by an earlier delivery: only re-queue what is idempotent
-            return "already applied"
-        survivor, survivor_cached, losers = target
-        change = self._change(space_id, message, survivor, survivor_cached, losers, resolution, now, touched)
-        self._commit(space_id, message, entry, change, clock.iso(now))
-        return "applied"
+        while True:
+            owners, live, resolution = self._resolve(space_id, message, touched)
+            target = self._land(space_id, message, owners, live, resolution, touched, fresh=fresh)
+            if target is None:  # applied by an earlier delivery: only re-queue what is idempotent
+                return "already applied"
+            survivor, survivor_cached, losers = target
+            change = self._change(space_id, message, survivor, survivor_cached, losers, resolution, now, touched)
+            self._commit(space_id, message, entry, change, clock.iso(now))
+            if not change.partial:
+                return "applied"
 
     def _resolve(self, space_id: str, message: Message, touched: set[str]):
         """The message's ids (ranked), the live profiles they point at, and merge protection's verdict."""
@@ -364,11 +377,23 @@ class StreamBatch:
         """Merges, new ids, the message itself and the account side, on copies (nothing written yet)."""
         state = survivor.clone()
         change = _Change(survivor_cached)
+        room = _merge_room(message)
         for loser in losers:
-            state, gone = profiles.merge_into(state, loser.state, message=message, merged_at=message.received_at,
-                                              now=now, retention_days=self.retention_days, dropped=change.dropped)
+            dropped = Counter()
+            merged, gone = profiles.merge_into(state, loser.state, message=message, merged_at=message.received_at,
+                                               now=now, retention_days=self.retention_days, dropped=dropped)
+            moved, dropped_links = self._move_links(space_id, loser.state, merged)
+            cost = max(attributes_size(loser.record.attribute_values),
+                       attributes_size(_to_record(gone, loser.record, clock.iso(now)).attribute_values)) + (
+                len(moved) + len(dropped_links)) * _LINK_BYTES
+            if change.merged and cost > room:  # the rest in a later transaction: this one writes the merges only
+                change.partial = True
+                change.state = state
+                return change
+            room -= cost
+            state = merged
+            change.dropped.update(dropped)
             change.merged.append((loser, gone))
-            moved, dropped_links = self._move_links(space_id, loser.state, state)
             _add_links(change, moved)
             change.unlinks += dropped_links
         for i in resolution.accepted:
@@ -378,6 +403,15 @@ class StreamBatch:
                 logger.warning("profile holds the most ids allowed: id not added",
                                extra={"message_id": message.message_id, "id": i.ref, "profile": state.profile_id})
                 change.dropped["ids"] += 1
+                current = self._pointer(space_id, i)
+                if current not in (None, survivor.profile_id) and (
+                        live := self._live(space_id, current)) is not None and live.state.profile_id == \
+                        survivor.profile_id:
+                    # An id left behind a chain of merges that already leads here: repointed after the batch, so
+                    # its next message reads one profile, not one per hop. (Never one whose chain reaches here only
+                    # through this message's merges: those are not written yet.)
+                    self._repoint(store.identity_pk(space_id, i.collection, i.type, i.value), space_id, i.type,
+                                  i.value, survivor.profile_id)
                 continue
             profiles.add_external_id(state, collection=i.collection, id_type=i.type, value=i.value,
                                      encoding=i.encoding, created_at=message.received_at,
@@ -435,7 +469,8 @@ class StreamBatch:
                     self._repoint(store.identity_pk(space_id, USERS, external["type"], external["id"]), space_id,
                                   external["type"], external["id"], state.profile_id)
         _report_dropped(message.message_id, state.profile_id, change.dropped)
-        self._queue_history(space_id, state.profile_id, message)
+        if not change.partial:  # (a part of a merge applies no message: its history waits for the last part)
+            self._queue_history(space_id, state.profile_id, message)
         if change.account is not None:  # the account's /events shows its group calls
             self._queue_history(space_id, change.account[1].profile_id, message)
         if change.merged:
@@ -637,6 +672,19 @@ class StreamBatch:
 
 
 # ---------------------------------------------------------------- helpers
+# The most a link item takes (keys of two profiles, a messageId of at most 100 bytes): far below this.
+_LINK_BYTES = 1024
+
+
+def _merge_room(message: Message) -> int:
+    """Bytes the merged profiles (and the links they move) may take in the message's transaction: DynamoDB
+    counts at most 4 MB of items in one, and the survivor, the account of a group call, the message's id
+    pointers and a group call's links take the rest (each counted at the most it can be)."""
+    pointers = len(_all_ids(message)) * (MAX_PARTITION_KEY_BYTES + 512)
+    accounts = MAX_ITEM_BYTES + 2 * _LINK_BYTES if message.type == "group" else 0  # the account, two links
+    return MAX_TRANSACTION_BYTES - MAX_ITEM_BYTES - pointers - accounts
+
+
 def _history_item(space_id: str, profile_id: str, message: Message,
                   retention_days: int) -> tuple[tuple[str, str], store.ProfileEventRecord]:
     pk = store.profile_pk(space_id, profile_id)

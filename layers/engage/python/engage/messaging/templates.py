@@ -304,6 +304,9 @@ class Rendered:
     text: str | None = None
 
 
+# What a subject (an email header, a push title) cannot hold: C0 controls but the tab, DEL, C1 controls and
+# U+2028/U+2029 (every line break str.splitlines() knows is among them).
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _parsed: dict[tuple[str, bool], Any] = {}
 _PARSED_CACHE = 256
 
@@ -333,10 +336,11 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         # (`times` in a loop). Rendering is pure, so the same profile fails the same way on every
         # retry: a failed render, never an exception that a broadcast retries 50 times into its DLQ.
         raise RenderFailed(f"rendering stopped: {type(error).__name__}: {error}") from error
-    if subject is not None and len(subject.splitlines()) > 1:
+    if subject is not None and _CONTROLS.search(subject):
         # A header cannot hold a line break, and the email package counts every one str.splitlines() does:
-        # a trait holding U+2028 or a vertical tab failed the recipient's email ("could not be built")
-        subject = " ".join(subject.split())
+        # a trait holding U+2028 or a vertical tab failed the recipient's email ("could not be built").
+        # Nor may it hold other control characters (RFC 5322): NUL, ESC, DEL were sent as is. All fold to a space.
+        subject = " ".join(_CONTROLS.sub(" ", subject).split())
     if definition.channel == "webhook":
         try:
             json.loads(body)

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from engage import clock
 from engage.messaging.channels import OutgoingMessage, Refused, classify, provider_client
 
 
@@ -34,7 +35,7 @@ def mime(message: OutgoingMessage) -> bytes:
     mail["From"] = message.from_address
     mail["To"] = message.address
     mail["Subject"] = message.subject or ""
-    mail["Date"] = formatdate(usegmt=True)
+    mail["Date"] = formatdate(clock.now().timestamp(), usegmt=True)  # the one clock (the local cloud's is virtual)
     mail["Message-ID"] = make_msgid(domain=(message.from_address or "engage").rpartition("@")[2].strip(">"))
     if message.unsubscribe_url:
         mail["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
