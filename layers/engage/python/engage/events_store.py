@@ -13,7 +13,6 @@ import json
 import random
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
@@ -73,39 +72,8 @@ def put_new(event: EventRecord) -> bool:
     return True
 
 
-# Conditional puts of one request in flight at once (botocore's connection pool holds 10).
-PUT_CONCURRENCY = 8
-_pool: ThreadPoolExecutor | None = None
-
-
-def put_new_all(events: list[EventRecord]) -> int:
-    """Write each event unless its key exists: one conditional PutItem per event. Returns how many were new;
-    the others were stored already and are left exactly as they were.
-
-    Not BatchWriteItem: it takes no condition, so a retried request (Segment SDKs retry what they did not
-    see answered) overwrote each stored message with its own receivedAt and TTL. A conditional PutItem
-    costs the same write unit per event and reads nothing. One person's events (one partition, so one
-    stream shard) are written one after the other, in the request's order, which is the order the profile
-    processor applies them in; different people's are written at once."""
-    global _pool
-    by_identity: dict[str, list[EventRecord]] = {}
-    for event in events:
-        by_identity.setdefault(event.pk, []).append(event)
-    if len(by_identity) <= 1:
-        return _put_in_order(events)
-    if _pool is None:  # kept for the container's life: a thread start per request costs more than the put
-        _pool = ThreadPoolExecutor(max_workers=PUT_CONCURRENCY, thread_name_prefix="events-put")
-    EventRecord._get_connection().connection.client  # noqa: B018 - made here: a botocore session is not thread-safe
-    return sum(_pool.map(_put_in_order, by_identity.values()))
-
-
-def _put_in_order(events: list[EventRecord]) -> int:
-    return sum(put_new(event) for event in events)
-
-
 def put_all(events: Iterable[EventRecord]) -> None:
-    """Write events with BatchWriteItem, 25 a call, retrying UnprocessedItems with backoff. Ingestion no
-    longer uses it (it overwrites: see `put_new_all`); for bulk writes where that is harmless.
+    """Write events with BatchWriteItem, 25 a call, retrying UnprocessedItems with backoff.
 
     Keys must be distinct (DynamoDB refuses duplicate keys in one call). A key that
     already exists is overwritten with the same message: a MODIFY the processor ignores.

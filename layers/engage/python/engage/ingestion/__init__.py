@@ -150,10 +150,17 @@ def check(space_id: str, call: str, document: dict, received_at: datetime) -> Ch
 
 def _store(space_id: str, checked: Checked, received_at: datetime) -> Receipt:
     records = [events_store.record(space_id, message, received_at) for message in checked.messages]
-    # A conditional put per message: a retried request writes nothing over what it stored before (the first
-    # receivedAt stays, as on the profile) and leaves no stream record.
-    stored = events_store.put_new_all(records)
-    duplicates = checked.repeated + len(records) - stored
+    stored, duplicates = 0, checked.repeated
+    if len(records) == 1:
+        # A single message (analytics-python's sync mode sends batches of one too): a
+        # conditional put, so a retried request writes nothing and leaves no stream record.
+        if events_store.put_new(records[0]):
+            stored = 1
+        else:
+            duplicates += 1
+    elif records:
+        events_store.put_all(records)
+        stored = len(records)
     return Receipt(space_id, stored=stored, duplicates=duplicates, rejected=tuple(checked.issues))
 
 
