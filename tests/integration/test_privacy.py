@@ -382,3 +382,25 @@ def test_a_delivery_running_beside_the_one_that_finished_the_job_does_not_undo_i
     assert jobs.run(SPACE, job.job_id).status == jobs.DONE
     record = jobs.view(real_get(SPACE, job.job_id))
     assert record["status"] == "done" and record["error"] is None and record["steps_done"] == list(jobs.STEPS)
+
+
+def test_an_erased_persons_bounced_address_leaves_the_messaging_suppression_list(aws, space):
+    # Given a person whose email hard-bounced (SES feedback keeps the address, lowercased, in MessagesTable),
+    # and someone else's bounced address
+    bounced = "Ann.Bounce@Example.com"
+    msg = message("identify", "b1", "2026-11-20T10:00:00.000Z", userId="user-bounce", traits={"email": bounced})
+    events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+    run(batch(msg))
+    messaging_store.suppress(SPACE, "email", bounced, "hard bounce")
+    messaging_store.suppress(SPACE, "email", "other@example.com", "complaint")
+    assert bounced.lower() in _everything(aws)
+
+    # When they are erased
+    person = erase.find_person(SPACE, "users", "user_id", "user-bounce")
+    counts = erase.erase(person)
+
+    # Then no table holds their address in any case; the other address stays suppressed
+    after = _everything(aws).lower()
+    assert bounced.lower() not in after and counts["messaging_suppressions"] == 1
+    assert messaging_store.suppression_of(SPACE, "email", "other@example.com") is not None
+    assert erase.erase(person)["messaging_suppressions"] == 0

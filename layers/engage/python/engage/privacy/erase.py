@@ -9,7 +9,7 @@ run is run again from the start and finds nothing twice:
 2. journeys: running executions stopped (`journeys.leave`);
 3. deletes: membership items, raw events (EventsTable u:/a: partitions), event history, links (both
    directions), identity pointers still pointing at the person, due-sweeper items, delivery log and
-   frequency-cap items, broadcast recipient items, journey enrollment and run items, destination delivery
+   frequency-cap items, the messaging suppression list's items of their email addresses, broadcast recipient items, journey enrollment and run items, destination delivery
    state naming the profile (DestinationsTable `seq|` sequence marks and `log|` batch change-log items, for
    every destination of the space, deleted ones included), parked failures holding the person's records
    (FailuresTable), and last the profile items (a run that crashes before this can still find the person
@@ -37,6 +37,7 @@ from engage.identity import ACCOUNTS, GROUP_ID, USERS
 from engage.journeys import leave
 from engage.journeys import store as journeys_store
 from engage.memberships_store import MembershipRecord
+from engage.messaging import store as messaging_store
 from engage.messaging.store import DeliveryRecord
 
 
@@ -144,6 +145,13 @@ def erase(person: Person) -> Counter:
         if collection == USERS and id_type in ("user_id", "anonymous_id"):
             event_pk = key(space, ("u:" if id_type == "user_id" else "a:") + value)
             counts["events"] += _delete_all(EventRecord, EventRecord.query(event_pk, consistent_read=True))
+    # A hard bounce or complaint kept the address in plain text on the messaging suppression list
+    # (pk `<space>|suppression|email|<address>`): it names the person.
+    emails = [v for _, t, v in person.ids if t == "email"]
+    traits = [t.as_dict() if hasattr(t, "as_dict") else dict(t or {}) for t in (p.traits for p in profiles.values())]
+    emails += [t["email"] for t in traits if isinstance(t.get("email"), str)]
+    counts["messaging_suppressions"] += _delete_all(messaging_store.SuppressionRecord,
+                                                    messaging_store.suppressions_of(space, "email", emails))
     counts["identities"] += _delete_pointers(person)
     counts["users_unlisted"] += _unlist_account(space, users, {v for c, t, v in person.ids if t == GROUP_ID})
     # the profiles read above may have changed since (an event in flight): read them again to delete
