@@ -91,6 +91,23 @@ def test_the_signature_is_hmac_sha256_over_the_timestamp_and_body_and_verifies()
     assert not payloads.verify("key", header, body, now=1700000000 + 3600)  # a stale replay
 
 
+@pytest.mark.parametrize("forged", ["t=1700000000,v1=é" + "0" * 63, "t=1700000000,v1=\u2603", "v1=abc,t=\u0661\u0667",
+                                    "t=1700000000", "", "t=,v1=", "garbage"])
+def test_a_hostile_signature_header_is_refused_not_raised_on(forged):
+    # A receiver using `verify` on a header with non-ASCII text got TypeError from compare_digest (a 500)
+    body = payloads.webhook_body([change()], batched=False)
+    assert payloads.verify("key", forged, body, now=1700000010) is False
+
+
+def test_a_signature_header_verifies_with_spaces_and_other_schemes_beside_v1():
+    body = payloads.webhook_body([change()], batched=False)
+    t, v1 = payloads.signature("key", 1700000000, body).split(",")
+    assert payloads.verify("key", f"{t}, {v1}", body, now=1700000010)
+    assert payloads.verify("key", f"{t},v0=old,{v1},v2=future", body, now=1700000010)
+    assert payloads.verify("key", f"{t},v1={'0' * 64},{v1}", body, now=1700000010)  # a rotated secret's first
+    assert not payloads.verify("key", f"{t},v0={v1[3:]}", body, now=1700000010)
+
+
 def test_a_webhook_body_names_the_change():
     one = json.loads(payloads.webhook_body([change(member=False)], batched=False))
     assert one["event"] == "Audience Exited" and one["member"] is False and one["user_id"] == "u1"
