@@ -106,10 +106,14 @@ def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
 
 def resume(space_id: str, destination_key: str) -> int:
     """A realtime destination resumed (or a batch one made realtime): its change log goes to the queue."""
+    # A fresh deduplication id per edit: a change queued, then logged by the deliverer because the destination
+    # was paused, came back under its first id within SQS's 5 minutes, which SQS accepts and drops (lost).
+    tag = f"-e{store.get(space_id, destination_key).revision}"
     sent = 0
     for page in changelog.pages(space_id, destination_key):
-        refused = {m["MessageDeduplicationId"] for m in queue.send([queue.change_message(c) for c in page])}
-        done = [c for c in page if queue.change_message(c)["MessageDeduplicationId"] not in refused]
+        messages = [queue.change_message(c, attempt_tag=tag) for c in page]
+        refused = {m["MessageDeduplicationId"] for m in queue.send(messages)}
+        done = [c for c, m in zip(page, messages, strict=True) if m["MessageDeduplicationId"] not in refused]
         changelog.remove(done)
         sent += len(done)
     return sent
