@@ -404,3 +404,38 @@ def test_an_erased_persons_bounced_address_leaves_the_messaging_suppression_list
     assert bounced.lower() not in after and counts["messaging_suppressions"] == 1
     assert messaging_store.suppression_of(SPACE, "email", "other@example.com") is not None
     assert erase.erase(person)["messaging_suppressions"] == 0
+
+
+def test_an_erased_persons_computed_trait_and_profile_sync_delivery_state_is_erased(aws, space):
+    # Given a person whose computed trait value and a journey's profile sync wait in a batch destination's
+    # change log (under the slots `~trait.<key>` and `~profile`, with their ids, traits and value) and whose
+    # trait change a realtime destination marked delivered
+    msg = message("identify", "s1", "2026-11-20T10:00:00.000Z", userId="user-synced",
+                  traits={"email": "synced@example.com", "secret_plan": "gold-plan-xyz"})
+    events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+    run(batch(msg))
+    profile_id = store.resolve(SPACE, "users", "user_id", "user-synced").profile_id
+    now = "2026-11-20T10:10:00.000Z"
+    for key in ("nightly", "hooks"):
+        destinations_store.DestinationRecord(f"{SPACE}|destinations", key, space_id=SPACE, key=key, definition=json.dumps(
+            {"key": key, "audiences": [], "computed_traits": ["total_revenue"]}), created_at=now, updated_at=now).save()
+    identity = {"user_id": "user-synced", "email": "synced@example.com"}
+    trait = {"type": "computed_trait", "space_id": SPACE, "destination": "nightly", "audience_key": "~trait.total_revenue",
+             "computed_trait_key": "total_revenue", "profile_id": profile_id, "member": True, "version": 2,
+             "identity": identity, "value": 250}
+    synced = {"type": "profile", "space_id": SPACE, "destination": "nightly", "audience_key": "~profile",
+              "profile_id": profile_id, "member": True, "version": 3, "sync_id": "s" * 32, "identity": identity,
+              "traits": {"secret_plan": "gold-plan-xyz"}}
+    destination_log.append([trait, synced])
+    destination_delivery.mark_delivered({**trait, "destination": "hooks"})
+    assert sum(profile_id in line for line in _everything(aws).splitlines() if "DestinationsTable" in line) == 3
+
+    # When they are erased
+    person = erase.find_person(SPACE, "users", "user_id", "user-synced")
+    counts = erase.erase(person)
+
+    # Then none of those items is left
+    after = _everything(aws)
+    for needle in (profile_id, "user-synced", "synced@example.com", "gold-plan-xyz"):
+        assert needle not in after, [line for line in after.splitlines() if needle in line]
+    assert counts["destination_items"] == 3

@@ -30,6 +30,7 @@ IDENTITY_FIELDS = ("user_id", "anonymous_id", "email", "group_id")
 
 
 PROFILE_SYNC = "profile"  # a change's `type` for a journey's sync step (engage.destinations.sync)
+SYNC_SLOT = "~profile"  # the change log / sequence slot of profile syncs ('~' is never in an audience key)
 SYNCED = "Profile Synced"
 
 
