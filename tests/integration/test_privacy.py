@@ -326,8 +326,9 @@ def test_a_job_of_ids_at_the_request_limit_in_any_script_is_recorded(aws, space)
     assert json.loads(jobs.get(SPACE, job.job_id).work)["refs"][7] == list(refs[7])
 
 
-@pytest.mark.parametrize("body", ['{"ids": ["user_id:a\\ud800b"]}', '{"ids": ["user_id:ok", "email:\\udfff@x.io"]}'])
-def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
+@pytest.mark.parametrize("body", ['{"ids": ["user_id:a\\ud800b"]}', '{"ids": ["user_id:ok", "email:\\udfff@x.io"]}',
+                                  '{"ids": ["user_id:ok", "nocolon"]}', '{"ids": ["user_id:ok", "user_id:"]}'])
+def test_an_id_with_an_unpaired_surrogate_or_malformed_is_a_400_naming_it(aws, space, body):
     # JSON's "\ud800" escape parses to no text: measuring the id (UTF-8) raised, a 500
     import base64
 
@@ -343,7 +344,9 @@ def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
     response = handler("profile_api")(event, LambdaContext())
     assert response["statusCode"] == 400, response
     error = json.loads(response["body"])["error"]
-    assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]" and "surrogate" in error["message"]
+    # a malformed id in a batch was named `path.profile`, not the batch's entry
+    assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]"
+    assert "surrogate" in error["message"] or "<id_type>:<value>" in error["message"]
 
 
 def test_requests_in_the_same_millisecond_are_one_job_only_when_they_are_the_same_request(aws, space, monkeypatch):
