@@ -73,6 +73,17 @@ def test_a_batch_schedule_takes_rate_or_cron_with_a_time_zone():
         assert parse_definition(body).schedule.timezone == "Europe/Paris"
 
 
+@pytest.mark.parametrize("expression", ["cron(0 2 * * * *)", "cron(0 2 ? * ? *)", "cron(0 2 1 * MON *)",
+                                        "cron(0 2 * * ?? *)", "cron(? 2 * * ? *)"])
+def test_a_cron_scheduler_would_refuse_is_a_400_when_saved(expression):
+    # Scheduler wants exactly one of day-of-month and day-of-week to be `?`: such a cron passed the shape check,
+    # the destination was stored, then CreateSchedule refused it (a 500, and the key taken forever)
+    body = {**WEBHOOK, "mode": "batch", "schedule": {"expression": expression}}
+    assert parse_definition(body).schedule.expression == expression  # stored ones stay readable
+    found = definition.request_problems(parse_definition(body))
+    assert [p["path"] for p in found] == ["schedule.expression"], found
+
+
 # ---------------------------------------------------------------- payloads
 def test_the_delivery_id_names_one_change_at_one_destination():
     assert payloads.delivery_id(change()) == payloads.delivery_id(change())
