@@ -983,6 +983,18 @@ def test_computed_trait_changes_to_a_batch_destination_wait_for_its_run_coalesce
         ("p1", 250, "Computed Trait Changed"), ("p2", 5, "Computed Trait Changed")]
 
 
+def test_an_account_computed_trait_cannot_be_connected_to_a_destination(env, receiver):
+    # Its values are accounts': the backfill scanned users (sending nothing) and each change went out as a users
+    # identify with anonymousId "profile:<account id>" (a made-up person at Segment): a 400 naming it when saved
+    trait = {"key": "account_revenue", "kind": "sum", "event": "Order Completed", "property": "revenue",
+             "entity": "accounts"}
+    assert call_api("POST", "/v1/computed-traits", trait)[0] == 201
+    status, body = call_api("POST", "/v1/destinations", webhook(receiver, audiences=[],
+                                                                computed_traits=["account_revenue"]))
+    assert status == 400, body
+    assert body["error"]["details"][0]["path"] == "computed_traits[0]" and "account" in body["error"]["message"]
+
+
 def give_trait(aws, profile_id: str, value, space_id: str = "acme") -> int:
     """A computed trait value on a stored profile, as the processor writes it (the version moves)."""
     table = boto3.resource("dynamodb", region_name="us-east-1").Table(aws.tables["ProfilesTable"])

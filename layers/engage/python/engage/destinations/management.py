@@ -52,9 +52,14 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
     if definition.computed_traits:
         from engage.computed_traits import store as trait_store
 
-        traits = {t.key for t in trait_store.list_all(space_id)}
+        traits = {t.key: t.definition.get("entity", "users") for t in trait_store.list_all(space_id)}
         problems += [{"path": f"computed_traits[{i}]", "message": f"no computed trait {k!r} in this space"}
                      for i, k in enumerate(definition.computed_traits) if k not in traits]
+        # An account trait's values are accounts': its backfill (a scan of users) sent nothing and its changes
+        # went out as users calls naming no one (anonymousId "profile:<account id>")
+        problems += [{"path": f"computed_traits[{i}]", "message": f"{k!r} is an account computed trait: only users "
+                      "computed traits can be connected (connect an account audience on it instead)"}
+                     for i, k in enumerate(definition.computed_traits) if traits.get(k) == "accounts"]
     if problems:
         raise ValidationFailed(f"invalid destination at {problems[0]['path']}: {problems[0]['message']}", problems)
     return definition
