@@ -558,6 +558,30 @@ def test_a_batch_run_sends_the_coalesced_log_and_keeps_what_failed_for_the_next_
     assert run_batch("acme", "hourly")["delivered"] == 0  # nothing twice
 
 
+def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_still_goes(env, receiver):
+    # A permanent refusal (a 413: the request is too large for the receiver) ended every run at the same
+    # chunk: the log behind it never drained, run after run. Now it is parked, as a realtime delivery is
+    flow = Flow(env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    body["config"]["batch_size"] = 1
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
+    flow.drain()
+    receiver.answer(200, 413, 200)
+    result = run_batch("acme", "hourly")
+    assert result["delivered"] == 2, result
+    view = call_api("GET", "/v1/destinations/hourly")[1]
+    assert view["status"]["backlog"] == 0 and view["status"]["dlq_depth"] == 1
+    assert len(view["parked"]) == 1 and "413" in view["parked"][0]["reason"]
+    assert run_batch("acme", "hourly")["delivered"] == 0
+    # a replay after the receiver is fixed logs it again for the next run, which delivers it
+    assert call_api("POST", "/v1/destinations/hourly/replay", {})[1]["replayed"] == 1
+    flow.drain()
+    assert run_batch("acme", "hourly")["delivered"] == 1
+    assert sorted(c["user_id"] for r in receiver.delivered() for c in r["batch"]) == ["u1", "u2", "u3"]
+
+
 @pytest.mark.parametrize(("fmt", "extension"), [("csv", "csv"), ("jsonl", "jsonl")])
 def test_an_s3_destination_writes_a_snapshot_of_the_members_in_the_export_formats(env, fmt, extension):
     s3 = boto3.client("s3", region_name="us-east-1")
