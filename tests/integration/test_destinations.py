@@ -558,6 +558,30 @@ def test_a_batch_run_sends_the_coalesced_log_and_keeps_what_failed_for_the_next_
     assert run_batch("acme", "hourly")["delivered"] == 0  # nothing twice
 
 
+def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_still_goes(env, receiver):
+    # A permanent refusal (a 413: the request is too large for the receiver) ended every run at the same
+    # chunk: the log behind it never drained, run after run. Now it is parked, as a realtime delivery is
+    flow = Flow(env)
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    body["config"]["batch_size"] = 1
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
+    flow.drain()
+    receiver.answer(200, 413, 200)
+    result = run_batch("acme", "hourly")
+    assert result["delivered"] == 2, result
+    view = call_api("GET", "/v1/destinations/hourly")[1]
+    assert view["status"]["backlog"] == 0 and view["status"]["dlq_depth"] == 1
+    assert len(view["parked"]) == 1 and "413" in view["parked"][0]["reason"]
+    assert run_batch("acme", "hourly")["delivered"] == 0
+    # a replay after the receiver is fixed logs it again for the next run, which delivers it
+    assert call_api("POST", "/v1/destinations/hourly/replay", {})[1]["replayed"] == 1
+    flow.drain()
+    assert run_batch("acme", "hourly")["delivered"] == 1
+    assert sorted(c["user_id"] for r in receiver.delivered() for c in r["batch"]) == ["u1", "u2", "u3"]
+
+
 @pytest.mark.parametrize(("fmt", "extension"), [("csv", "csv"), ("jsonl", "jsonl")])
 def test_an_s3_destination_writes_a_snapshot_of_the_members_in_the_export_formats(env, fmt, extension):
     s3 = boto3.client("s3", region_name="us-east-1")
@@ -593,6 +617,51 @@ def test_a_paused_destination_collects_changes_and_delivers_them_on_resume(env, 
     assert call_api("PUT", "/v1/destinations/crm", {**edited, "paused": False})[0] == 200
     flow.drain()
     assert sorted(c["user_id"] for c in receiver.delivered()) == ["u1", "u2"]
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 0
+
+
+class DeduplicatingSqs:
+    """SQS's FIFO deduplication as AWS documents it: a deduplication id sent in the last 5 minutes is accepted
+    and dropped, even when that message was deleted since (moto compares only with messages still queued)."""
+
+    def __init__(self, client):
+        self.client, self.sent = client, set()
+
+    def send_message_batch(self, QueueUrl, Entries):  # boto3's keyword names
+        fresh = [e for e in Entries if e["MessageDeduplicationId"] not in self.sent]
+        self.sent |= {e["MessageDeduplicationId"] for e in Entries}
+        if fresh:
+            self.client.send_message_batch(QueueUrl=QueueUrl, Entries=fresh)
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_a_change_queued_before_a_pause_and_resumed_within_minutes_is_still_delivered(env, receiver, monkeypatch):
+    """A change already in the queue when the destination is paused is logged by the deliverer; a resume within
+    SQS's 5-minute deduplication window re-queued it under the id it was first queued with: SQS took the
+    message (200) and dropped it as a duplicate, and the log entry was deleted: the change was lost."""
+    from engage.destinations import queue
+
+    sqs = DeduplicatingSqs(queue._sqs())
+    monkeypatch.setattr(queue, "_sqs", lambda: sqs)
+    flow = Flow(env)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.route()  # queued for the realtime destination
+    edited = webhook(receiver)
+    del edited["config"]["secret"]
+    assert call_api("PUT", "/v1/destinations/crm", {**edited, "paused": True})[0] == 200
+    destination_store.clear_cache()
+    flow.drain()  # the deliverer finds it paused: logged
+    assert receiver.delivered() == []
+    assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 1
+    assert call_api("PUT", "/v1/destinations/crm", {**edited, "paused": False})[0] == 200
+    destination_store.clear_cache()
+    flow.drain()
+    assert [c["user_id"] for c in receiver.delivered()] == ["u1"]
     assert call_api("GET", "/v1/destinations/crm")[1]["status"]["backlog"] == 0
 
 
@@ -936,6 +1005,18 @@ def test_computed_trait_changes_to_a_batch_destination_wait_for_its_run_coalesce
     sent = receiver.requests[0]["body"]["batch"]
     assert sorted((c["profile_id"], c["value"], c["event"]) for c in sent) == [
         ("p1", 250, "Computed Trait Changed"), ("p2", 5, "Computed Trait Changed")]
+
+
+def test_an_account_computed_trait_cannot_be_connected_to_a_destination(env, receiver):
+    # Its values are accounts': the backfill scanned users (sending nothing) and each change went out as a users
+    # identify with anonymousId "profile:<account id>" (a made-up person at Segment): a 400 naming it when saved
+    trait = {"key": "account_revenue", "kind": "sum", "event": "Order Completed", "property": "revenue",
+             "entity": "accounts"}
+    assert call_api("POST", "/v1/computed-traits", trait)[0] == 201
+    status, body = call_api("POST", "/v1/destinations", webhook(receiver, audiences=[],
+                                                                computed_traits=["account_revenue"]))
+    assert status == 400, body
+    assert body["error"]["details"][0]["path"] == "computed_traits[0]" and "account" in body["error"]["message"]
 
 
 def give_trait(aws, profile_id: str, value, space_id: str = "acme") -> int:

@@ -326,8 +326,9 @@ def test_a_job_of_ids_at_the_request_limit_in_any_script_is_recorded(aws, space)
     assert json.loads(jobs.get(SPACE, job.job_id).work)["refs"][7] == list(refs[7])
 
 
-@pytest.mark.parametrize("body", ['{"ids": ["user_id:a\\ud800b"]}', '{"ids": ["user_id:ok", "email:\\udfff@x.io"]}'])
-def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
+@pytest.mark.parametrize("body", ['{"ids": ["user_id:a\\ud800b"]}', '{"ids": ["user_id:ok", "email:\\udfff@x.io"]}',
+                                  '{"ids": ["user_id:ok", "nocolon"]}', '{"ids": ["user_id:ok", "user_id:"]}'])
+def test_an_id_with_an_unpaired_surrogate_or_malformed_is_a_400_naming_it(aws, space, body):
     # JSON's "\ud800" escape parses to no text: measuring the id (UTF-8) raised, a 500
     import base64
 
@@ -343,7 +344,9 @@ def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_it(aws, space, body):
     response = handler("profile_api")(event, LambdaContext())
     assert response["statusCode"] == 400, response
     error = json.loads(response["body"])["error"]
-    assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]" and "surrogate" in error["message"]
+    # a malformed id in a batch was named `path.profile`, not the batch's entry
+    assert error["details"][0]["path"] == f"$.ids[{len(json.loads(body)['ids']) - 1}]"
+    assert "surrogate" in error["message"] or "<id_type>:<value>" in error["message"]
 
 
 def test_requests_in_the_same_millisecond_are_one_job_only_when_they_are_the_same_request(aws, space, monkeypatch):
@@ -382,3 +385,60 @@ def test_a_delivery_running_beside_the_one_that_finished_the_job_does_not_undo_i
     assert jobs.run(SPACE, job.job_id).status == jobs.DONE
     record = jobs.view(real_get(SPACE, job.job_id))
     assert record["status"] == "done" and record["error"] is None and record["steps_done"] == list(jobs.STEPS)
+
+
+def test_an_erased_persons_bounced_address_leaves_the_messaging_suppression_list(aws, space):
+    # Given a person whose email hard-bounced (SES feedback keeps the address, lowercased, in MessagesTable),
+    # and someone else's bounced address
+    bounced = "Ann.Bounce@Example.com"
+    msg = message("identify", "b1", "2026-11-20T10:00:00.000Z", userId="user-bounce", traits={"email": bounced})
+    events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+    run(batch(msg))
+    messaging_store.suppress(SPACE, "email", bounced, "hard bounce")
+    messaging_store.suppress(SPACE, "email", "other@example.com", "complaint")
+    assert bounced.lower() in _everything(aws)
+
+    # When they are erased
+    person = erase.find_person(SPACE, "users", "user_id", "user-bounce")
+    counts = erase.erase(person)
+
+    # Then no table holds their address in any case; the other address stays suppressed
+    after = _everything(aws).lower()
+    assert bounced.lower() not in after and counts["messaging_suppressions"] == 1
+    assert messaging_store.suppression_of(SPACE, "email", "other@example.com") is not None
+    assert erase.erase(person)["messaging_suppressions"] == 0
+
+
+def test_an_erased_persons_computed_trait_and_profile_sync_delivery_state_is_erased(aws, space):
+    # Given a person whose computed trait value and a journey's profile sync wait in a batch destination's
+    # change log (under the slots `~trait.<key>` and `~profile`, with their ids, traits and value) and whose
+    # trait change a realtime destination marked delivered
+    msg = message("identify", "s1", "2026-11-20T10:00:00.000Z", userId="user-synced",
+                  traits={"email": "synced@example.com", "secret_plan": "gold-plan-xyz"})
+    events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+    run(batch(msg))
+    profile_id = store.resolve(SPACE, "users", "user_id", "user-synced").profile_id
+    now = "2026-11-20T10:10:00.000Z"
+    for key in ("nightly", "hooks"):
+        destinations_store.DestinationRecord(f"{SPACE}|destinations", key, space_id=SPACE, key=key, definition=json.dumps(
+            {"key": key, "audiences": [], "computed_traits": ["total_revenue"]}), created_at=now, updated_at=now).save()
+    identity = {"user_id": "user-synced", "email": "synced@example.com"}
+    trait = {"type": "computed_trait", "space_id": SPACE, "destination": "nightly", "audience_key": "~trait.total_revenue",
+             "computed_trait_key": "total_revenue", "profile_id": profile_id, "member": True, "version": 2,
+             "identity": identity, "value": 250}
+    synced = {"type": "profile", "space_id": SPACE, "destination": "nightly", "audience_key": "~profile",
+              "profile_id": profile_id, "member": True, "version": 3, "sync_id": "s" * 32, "identity": identity,
+              "traits": {"secret_plan": "gold-plan-xyz"}}
+    destination_log.append([trait, synced])
+    destination_delivery.mark_delivered({**trait, "destination": "hooks"})
+    assert sum(profile_id in line for line in _everything(aws).splitlines() if "DestinationsTable" in line) == 3
+
+    # When they are erased
+    person = erase.find_person(SPACE, "users", "user_id", "user-synced")
+    counts = erase.erase(person)
+
+    # Then none of those items is left
+    after = _everything(aws)
+    for needle in (profile_id, "user-synced", "synced@example.com", "gold-plan-xyz"):
+        assert needle not in after, [line for line in after.splitlines() if needle in line]
+    assert counts["destination_items"] == 3

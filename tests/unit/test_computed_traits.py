@@ -309,6 +309,24 @@ def test_bad_definitions_are_refused_naming_the_path(body, path):
     assert path in [d["path"] for d in raised.value.details], raised.value.details
 
 
+@pytest.mark.parametrize(("body", "path"), [
+    ({"key": "k", "kind": "count", "event": "Order\ud800"}, "event"),
+    ({"key": "k", "kind": "sum", "event": ORDER, "property": "rev\udfffenue"}, "property"),
+    ({"key": "k", "kind": "count", "event": ORDER, "name": "n\ud800"}, "name"),
+    ({"key": "k", "kind": "count", "event": ORDER, "where": [{"property": "p", "op": "eq", "value": "\ud800"}]},
+     "where[0].value"),
+])
+def test_an_unpaired_surrogate_in_a_definition_is_a_400_naming_it_when_saved(body, path):
+    # A JSON "\ud800" escape is not text: an event name or value no event can carry, saved with a 201 (the
+    # destination and journey definitions refuse it); refused when saved, stored definitions stay readable
+    from engage.computed_traits import management
+
+    assert parse_definition(body).key == "k"
+    with pytest.raises(ValidationFailed) as raised:
+        management.validate(body)
+    assert [d["path"] for d in raised.value.details] == [path] and "surrogate" in raised.value.message
+
+
 def test_a_definition_too_large_for_its_item_is_refused_when_saved():
     # a 450 KB name was a 500: the ConfigTable PutItem past DynamoDB's 400 KB item
     from engage.computed_traits import management

@@ -73,6 +73,17 @@ def test_a_batch_schedule_takes_rate_or_cron_with_a_time_zone():
         assert parse_definition(body).schedule.timezone == "Europe/Paris"
 
 
+@pytest.mark.parametrize("expression", ["cron(0 2 * * * *)", "cron(0 2 ? * ? *)", "cron(0 2 1 * MON *)",
+                                        "cron(0 2 * * ?? *)", "cron(? 2 * * ? *)"])
+def test_a_cron_scheduler_would_refuse_is_a_400_when_saved(expression):
+    # Scheduler wants exactly one of day-of-month and day-of-week to be `?`: such a cron passed the shape check,
+    # the destination was stored, then CreateSchedule refused it (a 500, and the key taken forever)
+    body = {**WEBHOOK, "mode": "batch", "schedule": {"expression": expression}}
+    assert parse_definition(body).schedule.expression == expression  # stored ones stay readable
+    found = definition.request_problems(parse_definition(body))
+    assert [p["path"] for p in found] == ["schedule.expression"], found
+
+
 # ---------------------------------------------------------------- payloads
 def test_the_delivery_id_names_one_change_at_one_destination():
     assert payloads.delivery_id(change()) == payloads.delivery_id(change())
@@ -89,6 +100,23 @@ def test_the_signature_is_hmac_sha256_over_the_timestamp_and_body_and_verifies()
     assert not payloads.verify("other", header, body, now=1700000010)
     assert not payloads.verify("key", header, body + b" ", now=1700000010)
     assert not payloads.verify("key", header, body, now=1700000000 + 3600)  # a stale replay
+
+
+@pytest.mark.parametrize("forged", ["t=1700000000,v1=é" + "0" * 63, "t=1700000000,v1=\u2603", "v1=abc,t=\u0661\u0667",
+                                    "t=1700000000", "", "t=,v1=", "garbage"])
+def test_a_hostile_signature_header_is_refused_not_raised_on(forged):
+    # A receiver using `verify` on a header with non-ASCII text got TypeError from compare_digest (a 500)
+    body = payloads.webhook_body([change()], batched=False)
+    assert payloads.verify("key", forged, body, now=1700000010) is False
+
+
+def test_a_signature_header_verifies_with_spaces_and_other_schemes_beside_v1():
+    body = payloads.webhook_body([change()], batched=False)
+    t, v1 = payloads.signature("key", 1700000000, body).split(",")
+    assert payloads.verify("key", f"{t}, {v1}", body, now=1700000010)
+    assert payloads.verify("key", f"{t},v0=old,{v1},v2=future", body, now=1700000010)
+    assert payloads.verify("key", f"{t},v1={'0' * 64},{v1}", body, now=1700000010)  # a rotated secret's first
+    assert not payloads.verify("key", f"{t},v0={v1[3:]}", body, now=1700000010)
 
 
 def test_a_webhook_body_names_the_change():

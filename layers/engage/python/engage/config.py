@@ -84,6 +84,8 @@ class Settings:
     # path prefix, the batch function and the role its Scheduler schedules assume, attempts before parking.
     destinations_table: str = ""
     destinations_queue_url: str = ""
+    # The deliverer's name: a batch run parks a refused request's changes as the deliverer's (replayed by it).
+    destination_deliverer_function: str = ""
     destination_secrets_prefix: str = ""
     destination_batch_function_arn: str = ""
     destination_scheduler_role_arn: str = ""

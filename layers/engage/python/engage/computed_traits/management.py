@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engage import json_body
 from engage.audiences import store as audience_store
 from engage.audiences.definition import computed_trait_refs
 from engage.computed_traits import backfill, preview, store
@@ -29,6 +30,8 @@ def validate(body: Any, *, editing: str | None = None) -> ComputedTraitDefinitio
         raise ValidationFailed(f"the computed trait definition is {size} bytes of JSON: at most "
                                f"{MAX_DEFINITION_BYTES}", [{"path": "", "message": f"at most {MAX_DEFINITION_BYTES} "
                                                                                    "bytes of JSON"}])
+    # A "\ud800" escape (not text) in a name, event or value: no event can carry it (destinations refuse it too)
+    json_body.refuse_surrogates(body, "computed trait definition")
     definition = parse_definition(body)
     if editing is not None and definition.key != editing:
         raise ValidationFailed("the key of a computed trait cannot change",

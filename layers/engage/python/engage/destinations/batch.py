@@ -4,7 +4,8 @@ webhook / segment / eventbridge: the change log (already coalesced: one entry pe
 audience, its final state) is read a page at a time and sent in requests of `batch_size` changes
 (webhook: {"batch": [...]}; segment: /v1/batch of 100 calls; eventbridge: PutEvents of 10); each
 request that succeeds deletes its entries (on condition that their version did not move), each
-taking one rate-limit token. The first failure ends the run, and so does the function's time running
+taking one rate-limit token. A request refused for good (a 4xx but 408/409/429) has its changes parked
+(the deliverer's, replayable) and the run goes on; the first other failure ends the run, and so does the function's time running
 out (a request never outlasts it): what was not delivered stays in the log for the next run (nothing is lost however long the receiver is down; the status shows the error).
 
 s3: a snapshot per connected audience per run, the audience's current members in the audience
@@ -23,7 +24,8 @@ from typing import Any
 import boto3
 
 from engage import clock, lazy
-from engage.destinations import changelog, ratelimit, senders, store
+from engage.config import settings
+from engage.destinations import changelog, parking, ratelimit, senders, store
 from engage.observability import logger
 
 # Snapshot destinations only (a full member list written with the audience export's layouts): loaded by the
@@ -76,6 +78,11 @@ def drain(destination: store.Destination, seconds_left: Callable[[], float] | No
                 return {"delivered": delivered, "requests": requests, "why": "rate limit: the rest next run"}
             outcome = send(destination.definition.config, secrets, chunk, batched=True, seconds_left=budget)
             requests += outcome.requests
+            if outcome.status == senders.PERMANENT:
+                # Refused for good (a 4xx such as 413): ending the run here ended every run at this chunk, and
+                # the log behind it never drained. Parked, as a realtime delivery is; a replay logs them again.
+                _park(destination, chunk, outcome.reason)
+                continue
             if not outcome.ok:
                 _note(destination, delivered)
                 store.note_failure(destination.space_id, destination.key, outcome.reason)
@@ -86,6 +93,16 @@ def drain(destination: store.Destination, seconds_left: Callable[[], float] | No
             delivered += len(chunk)
     _note(destination, delivered)
     return {"delivered": delivered, "requests": requests}
+
+
+def _park(destination: store.Destination, chunk: list[dict[str, Any]], reason: str) -> None:
+    function = settings().destination_deliverer_function or "destination_deliverer"
+    for change in chunk:
+        parking.park(function, change, reason)
+    changelog.remove(chunk)
+    store.note_failure(destination.space_id, destination.key, reason, parked=len(chunk))
+    logger.warning("batch request refused: its changes parked", extra={"destination": destination.key,
+                                                                       "parked": len(chunk), "reason": reason})
 
 
 def _note(destination: store.Destination, delivered: int) -> None:

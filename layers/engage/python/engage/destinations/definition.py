@@ -174,7 +174,27 @@ def request_problems(definition: DestinationDefinition) -> list[dict]:
     headers = definition.config.get("headers") or {} if definition.type == "webhook" else {}
     for name, message in netguard.header_problems(headers):
         problems.append({"path": f"config.headers.{name}", "message": message})
+    if definition.schedule is not None and (problem := _cron_problem(definition.schedule.expression.strip())):
+        problems.append({"path": "schedule.expression", "message": problem})
     return problems
+
+
+CRON_FIELD = re.compile(r"^[0-9A-Za-z*?,/#-]+$")
+
+
+def _cron_problem(expression: str) -> str | None:
+    """What EventBridge Scheduler would refuse in a cron that has the six fields (CreateSchedule failing after
+    the destination was stored was a 500): exactly one of day-of-month and day-of-week is `?`."""
+    if not CRON.match(expression):
+        return None
+    fields = expression[len("cron("):-1].split()
+    if any(not CRON_FIELD.match(f) for f in fields) or any("?" in f and f != "?" for f in fields):
+        return "a cron field holds numbers, names, * , - / L W # or ? alone"
+    if (fields[2] == "?") == (fields[4] == "?"):
+        return "exactly one of day-of-month (3rd field) and day-of-week (5th) must be ?, e.g. cron(0 2 * * ? *)"
+    if "?" in (fields[0], fields[1], fields[3], fields[5]):
+        return "only day-of-month and day-of-week may be ?"
+    return None
 
 
 def _link_local(host: str) -> bool:

@@ -52,9 +52,14 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Destina
     if definition.computed_traits:
         from engage.computed_traits import store as trait_store
 
-        traits = {t.key for t in trait_store.list_all(space_id)}
+        traits = {t.key: t.definition.get("entity", "users") for t in trait_store.list_all(space_id)}
         problems += [{"path": f"computed_traits[{i}]", "message": f"no computed trait {k!r} in this space"}
                      for i, k in enumerate(definition.computed_traits) if k not in traits]
+        # An account trait's values are accounts': its backfill (a scan of users) sent nothing and its changes
+        # went out as users calls naming no one (anonymousId "profile:<account id>")
+        problems += [{"path": f"computed_traits[{i}]", "message": f"{k!r} is an account computed trait: only users "
+                      "computed traits can be connected (connect an account audience on it instead)"}
+                     for i, k in enumerate(definition.computed_traits) if traits.get(k) == "accounts"]
     if problems:
         raise ValidationFailed(f"invalid destination at {problems[0]['path']}: {problems[0]['message']}", problems)
     return definition
@@ -106,10 +111,14 @@ def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
 
 def resume(space_id: str, destination_key: str) -> int:
     """A realtime destination resumed (or a batch one made realtime): its change log goes to the queue."""
+    # A fresh deduplication id per edit: a change queued, then logged by the deliverer because the destination
+    # was paused, came back under its first id within SQS's 5 minutes, which SQS accepts and drops (lost).
+    tag = f"-e{store.get(space_id, destination_key).revision}"
     sent = 0
     for page in changelog.pages(space_id, destination_key):
-        refused = {m["MessageDeduplicationId"] for m in queue.send([queue.change_message(c) for c in page])}
-        done = [c for c in page if queue.change_message(c)["MessageDeduplicationId"] not in refused]
+        messages = [queue.change_message(c, attempt_tag=tag) for c in page]
+        refused = {m["MessageDeduplicationId"] for m in queue.send(messages)}
+        done = [c for c, m in zip(page, messages, strict=True) if m["MessageDeduplicationId"] not in refused]
         changelog.remove(done)
         sent += len(done)
     return sent

@@ -30,6 +30,7 @@ IDENTITY_FIELDS = ("user_id", "anonymous_id", "email", "group_id")
 
 
 PROFILE_SYNC = "profile"  # a change's `type` for a journey's sync step (engage.destinations.sync)
+SYNC_SLOT = "~profile"  # the change log / sequence slot of profile syncs ('~' is never in an audience key)
 SYNCED = "Profile Synced"
 
 
@@ -108,15 +109,22 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def verify(secret: str, header: str, body: bytes, now: int, tolerance_seconds: int = 300) -> bool:
-    """What a receiver does (documented, and used by the tests' receiver)."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
+    """What a receiver does (documented, and used by the tests' receiver): False for any header it cannot
+    read. Stripe's reading: parts may be spaced, other schemes are ignored, any `v1` may match; the digests
+    are compared as bytes (a header with non-ASCII text raised TypeError from compare_digest on str)."""
+    timestamp, digests = None, []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t":
+            timestamp = value
+        elif name == "v1":
+            digests.append(value.encode("utf-8", "replace"))
+    if timestamp is None or not (timestamp.isascii() and timestamp.isdigit()):
         return False
-    if abs(now - timestamp) > tolerance_seconds:
+    if abs(now - int(timestamp)) > tolerance_seconds:
         return False
-    return hmac.compare_digest(signature(secret, timestamp, body), header)
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest().encode()
+    return any(hmac.compare_digest(expected, digest) for digest in digests)
 
 
 def segment_call(change: dict[str, Any], call: str) -> tuple[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ from engage.db import key
 from engage.destinations import changelog, payloads, queue, store
 from engage.destinations.store import DestinationState, destination_pk
 
-SLOT = "~profile"  # the change log / sequence slot of profile syncs ('~' is never in an audience key)
+SLOT = payloads.SYNC_SLOT
 MARK_DAYS = 14
 
 

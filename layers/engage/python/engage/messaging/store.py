@@ -344,6 +344,12 @@ def suppression_of(space_id: str, channel: str, address: str) -> SuppressionReco
         return None
 
 
+def suppressions_of(space_id: str, channel: str, addresses) -> list[SuppressionRecord]:
+    """The suppression items of these addresses that exist (BatchGetItem): a deletion erases them."""
+    keys = list(dict.fromkeys((_suppression_pk(space_id, channel, a), "-") for a in addresses if a.strip()))
+    return list(SuppressionRecord.batch_get(keys)) if keys else []
+
+
 def suppress(space_id: str, channel: str, address: str, reason: str) -> None:
     SuppressionRecord(_suppression_pk(space_id, channel, address), "-", space_id=space_id, channel=channel,
                       address=address.strip().lower(), reason=reason, at=clock.iso()).save()

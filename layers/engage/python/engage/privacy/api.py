@@ -68,8 +68,14 @@ def request_deletion(token: str | None, space: str, collection: str, profiles: l
         if not isinstance(text, str):
             raise ValidationFailed(f"{path}[{index}] must be a string <id_type>:<value>",
                                    [{"path": f"{path}[{index}]", "message": "not a string"}])
-        ref = parse_profile_ref(text)
         where = path if path == "path.profile" else f"{path}[{index}]"
+        try:
+            ref = parse_profile_ref(text)
+        except ValidationFailed as error:  # it names `path.profile`: in a batch, name the entry
+            if where == "path.profile":
+                raise
+            raise ValidationFailed(f"{where}: {error.message}",
+                                   [{**d, "path": where} for d in error.details]) from None
         if _surrogate(ref.value):  # "\ud800" in a JSON body: not text, so no profile's id (it was a 500)
             raise ValidationFailed(f"{where}: an id with an unpaired UTF-16 surrogate (\\uD800-\\uDFFF) is not text",
                                    [{"path": where, "message": "unpaired UTF-16 surrogate"}])

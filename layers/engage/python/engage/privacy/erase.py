@@ -9,7 +9,7 @@ run is run again from the start and finds nothing twice:
 2. journeys: running executions stopped (`journeys.leave`);
 3. deletes: membership items, raw events (EventsTable u:/a: partitions), event history, links (both
    directions), identity pointers still pointing at the person, due-sweeper items, delivery log and
-   frequency-cap items, broadcast recipient items, journey enrollment and run items, destination delivery
+   frequency-cap items, the messaging suppression list's items of their email addresses, broadcast recipient items, journey enrollment and run items, destination delivery
    state naming the profile (DestinationsTable `seq|` sequence marks and `log|` batch change-log items, for
    every destination of the space, deleted ones included), parked failures holding the person's records
    (FailuresTable), and last the profile items (a run that crashes before this can still find the person
@@ -30,6 +30,7 @@ from engage.audiences.due import DueRecord
 from engage.broadcasts import store as broadcasts_store
 from engage.db import key
 from engage.destinations import changelog as destination_log
+from engage.destinations import payloads
 from engage.destinations import store as destinations_store
 from engage.events_store import EventRecord
 from engage.failures.store import ParkedFailure
@@ -37,6 +38,7 @@ from engage.identity import ACCOUNTS, GROUP_ID, USERS
 from engage.journeys import leave
 from engage.journeys import store as journeys_store
 from engage.memberships_store import MembershipRecord
+from engage.messaging import store as messaging_store
 from engage.messaging.store import DeliveryRecord
 
 
@@ -116,8 +118,9 @@ def erase(person: Person) -> Counter:
         memberships = list(MembershipRecord.query(pk, consistent_read=True))
         # before the memberships: they name the audiences whose delivery state names the profile
         profile = profiles.get(pk)
-        keys = {m.audience_key for m in memberships} | set((profile.computed_traits or {}) if profile else {})
-        counts["destination_items"] += delete_destination_items(space, profile_id, keys)
+        keys = {m.audience_key for m in memberships}
+        traits = set((profile.computed_traits or {}) if profile else {})
+        counts["destination_items"] += delete_destination_items(space, profile_id, keys, traits)
         counts["memberships"] += _delete_all(MembershipRecord, memberships)
         history = list(profiles_store.ProfileEventRecord.query(pk, consistent_read=True))
         links = list(profiles_store.LinkRecord.query(pk, consistent_read=True))
@@ -144,6 +147,13 @@ def erase(person: Person) -> Counter:
         if collection == USERS and id_type in ("user_id", "anonymous_id"):
             event_pk = key(space, ("u:" if id_type == "user_id" else "a:") + value)
             counts["events"] += _delete_all(EventRecord, EventRecord.query(event_pk, consistent_read=True))
+    # A hard bounce or complaint kept the address in plain text on the messaging suppression list
+    # (pk `<space>|suppression|email|<address>`): it names the person.
+    emails = [v for _, t, v in person.ids if t == "email"]
+    traits = [t.as_dict() if hasattr(t, "as_dict") else dict(t or {}) for t in (p.traits for p in profiles.values())]
+    emails += [t["email"] for t in traits if isinstance(t.get("email"), str)]
+    counts["messaging_suppressions"] += _delete_all(messaging_store.SuppressionRecord,
+                                                    messaging_store.suppressions_of(space, "email", emails))
     counts["identities"] += _delete_pointers(person)
     counts["users_unlisted"] += _unlist_account(space, users, {v for c, t, v in person.ids if t == GROUP_ID})
     # the profiles read above may have changed since (an event in flight): read them again to delete
@@ -206,20 +216,23 @@ def _delete_pointers(person: Person) -> int:
 
 
 # ---------------------------------------------------------------- destinations and parked failures
-def delete_destination_items(space_id: str, profile_id: str, keys: set[str]) -> int:
-    """DestinationsTable items that name the profile: the deliverer's sequence marks (`seq|<key>|<profile>`)
-    and batch mode's change log (`log|<key>|<profile>`: a change not yet delivered), for every destination
-    the space ever had, over the audiences and computed traits the profile had memberships or values of
-    and those each destination syncs. Read by key (BatchGetItem, 100 a call), then deleted."""
+def delete_destination_items(space_id: str, profile_id: str, keys: set[str], traits: set[str] = frozenset()) -> int:
+    """DestinationsTable items that name the profile: the deliverer's sequence marks (`seq|<slot>|<profile>`)
+    and batch mode's change log (`log|<slot>|<profile>`: a change not yet delivered), for every destination
+    the space ever had. The slots: the audiences (`keys`) the profile had memberships of and those each
+    destination syncs, the computed traits (`traits`) it had values of and those each destination syncs
+    (`~trait.<key>`: read under the bare key, a trait's value and ids stayed), and journeys' profile syncs
+    (`~profile`, which carry the profile's traits). Read by key (BatchGetItem, 100 a call), then deleted."""
     found: list = []
     for record in destinations_store.DestinationRecord.query(key(space_id, "destinations"), consistent_read=True):
         try:
             definition = json.loads(record.definition)
         except (TypeError, ValueError):
             definition = {}
-        synced = set(definition.get("audiences") or []) | set(definition.get("computed_traits") or [])
+        slots = keys | set(definition.get("audiences") or []) | {payloads.SYNC_SLOT} | {
+            payloads.trait_slot(t) for t in traits | set(definition.get("computed_traits") or [])}
         pk = destinations_store.destination_pk(space_id, record.key)
-        wanted = [(pk, sk) for k in sorted(keys | synced)
+        wanted = [(pk, sk) for k in sorted(slots)
                   for sk in (destination_log.seq_sk(k, profile_id), destination_log.log_sk(k, profile_id))]
         found += list(destinations_store.DestinationState.batch_get(wanted, consistent_read=True))
     return _delete_all(destinations_store.DestinationState, found)
