@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from engage.dynamodb_limits import MAX_SORT_KEY_BYTES, sort_key_fits, utf8_bytes
 from engage.errors import ValidationFailed
+from engage.json_body import surrogate_at
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_PAGE_BYTES = 4_000_000  # of items' JSON: with the envelope, well inside Lambda's 6 MB response
@@ -47,7 +48,7 @@ def page(fetch: Callable[[str | None, int], Iterable[Item]], key_of: Callable[[I
     limit = parse_limit(limit_text)
     # The cursor is a sort key in a Query's condition: past 1 KB of UTF-8, or with an unpaired surrogate,
     # DynamoDB (or the SDK) refuses the request, a 500 where it is the caller's input.
-    if after is not None and (not sort_key_fits(after) or _has_surrogate(after)):
+    if after is not None and (not sort_key_fits(after) or surrogate_at(after) is not None):
         raise ValidationFailed(f"next must be a key from a cursor (at most {MAX_NEXT_BYTES} bytes of UTF-8)",
                                [{"path": "next", "value": after[:40].encode("utf-8", "replace").decode()}])
     rest: Iterator[Item] = iter(fetch(after or None, limit + 1))
@@ -63,11 +64,3 @@ def page(fetch: Callable[[str | None, int], Iterable[Item]], key_of: Callable[[I
         last = key_of(item)
     has_more = next(rest, None) is not None
     return views, {"has_more": has_more, "next": last if has_more else "", "limit": limit}
-
-
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
