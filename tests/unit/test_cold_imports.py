@@ -89,8 +89,10 @@ NOT_AT_INIT = {
     # Its stores' template and settings models (pydantic) are for the API and the sender.
     "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels", "engage.messaging.templates",
                            "engage.messaging.rules", "pydantic"),
-    # The sender needs one helper of engage.audiences.membership, not the audience language.
-    "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator"),
+    # The sender needs one helper of engage.audiences.membership, not the audience language. A channel's
+    # module loads with its first send (email's brings the standard library's email policy).
+    "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator",
+                       "engage.messaging.channels.email", "engage.messaging.channels.webhook", "email.policy"),
     # Journey definitions are stored as JSON: the journey language (pydantic) loads with the first live
     # journey entered; a goal's audience condition with the first goal read, a wait's `where` with the first
     # wait or event entry it filters. A track event or audience event of a space without journeys loads none.
