@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from functools import partial
 
+import engage  # noqa: F401 - before powertools: its event classes and resolvers then load per name
+
+# isort: split
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import engage  # noqa: F401 - before powertools: its event classes and resolvers then load per name
+
+# isort: split
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, event_source
 
 from engage.audiences import router

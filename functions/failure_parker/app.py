@@ -5,6 +5,10 @@ import json
 from functools import lru_cache
 
 import boto3
+
+import engage  # noqa: F401 - before powertools: its event classes and resolvers then load per name
+
+# isort: split
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord

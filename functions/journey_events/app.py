@@ -1,6 +1,9 @@
 """ProfileEventsTable stream (track inserts) -> journey waits released, event-entry journeys enrolled."""
 from __future__ import annotations
 
+import engage  # noqa: F401 - before powertools: its event classes and resolvers then load per name
+
+# isort: split
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 

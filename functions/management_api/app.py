@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote, urlencode
 
+import engage  # noqa: F401 - before powertools: its event classes and resolvers then load per name
+
+# isort: split
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 

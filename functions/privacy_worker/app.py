@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 
+import engage  # noqa: F401 - before powertools: its event classes and resolvers then load per name
+
+# isort: split
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 

@@ -7,6 +7,9 @@ the rest of the batch is kept.
 """
 from __future__ import annotations
 
+import engage  # noqa: F401 - before powertools: its event classes and resolvers then load per name
+
+# isort: split
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from engage import profile_processor

@@ -24,6 +24,12 @@ UNUSED_BY_ANY_HANDLER = ("requests", "sqlite3", "aws_xray_sdk.ext.requests", "aw
 # Only what some paths need, loaded on those paths: python-liquid (and babel) when a template is first
 # parsed or rendered (engage.messaging.templates), never by importing a handler.
 ON_FIRST_USE = ("liquid", "babel")
+# powertools' data_classes and event_handler packages import every event class and every resolver in their
+# __init__; engage (imported first) has them load per name (engage.lazy.package): no handler loads these.
+OTHER_EVENT_SOURCES = ("aws_lambda_powertools.event_handler.appsync", "aws_lambda_powertools.event_handler.bedrock_agent",
+                       "aws_lambda_powertools.utilities.data_classes.code_pipeline_job_event",
+                       "aws_lambda_powertools.utilities.data_classes.appsync_resolver_event",
+                       "aws_lambda_powertools.utilities.data_classes.cloudformation_custom_resource_event")
 
 
 # What each handler must not load at init because its first invocation may well not need it: route
@@ -83,8 +89,10 @@ NOT_AT_INIT = {
     # Its stores' template and settings models (pydantic) are for the API and the sender.
     "messaging_feedback": ("engage.messaging.sender", "engage.messaging.channels", "engage.messaging.templates",
                            "engage.messaging.rules", "pydantic"),
-    # The sender needs one helper of engage.audiences.membership, not the audience language.
-    "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator"),
+    # The sender needs one helper of engage.audiences.membership, not the audience language. A channel's
+    # module loads with its first send (email's brings the standard library's email policy).
+    "message_sender": ("engage.audiences.definition", "engage.audiences.evaluator",
+                       "engage.messaging.channels.email", "engage.messaging.channels.webhook", "email.policy"),
     # Journey definitions are stored as JSON: the journey language (pydantic) loads with the first live
     # journey entered; a goal's audience condition with the first goal read, a wait's `where` with the first
     # wait or event entry it filters. A track event or audience event of a space without journeys loads none.
@@ -130,6 +138,7 @@ def test_handler_traces_aws_calls_without_importing_unused_libraries(function):
     # The OpenAPI document is generated ahead (engage openapi), never built on a cold start.
     assert not modules.intersection(OPENAPI_GENERATION)
     assert not modules.intersection(ON_FIRST_USE)
+    assert not modules.intersection(OTHER_EVENT_SOURCES)
 
 
 def test_the_parker_makes_its_streams_client_with_its_first_message():
@@ -159,3 +168,22 @@ def test_lazy_modules_run_on_first_use_and_behave_as_imported():
                           "import app\nassert app.preview.MAX_SAMPLE == app.MAX_SAMPLE\n"
                           "from engage.audiences import export\nassert export.FORMATS == app.EXPORT_FORMATS")
     assert {"engage.audiences.preview", "engage.audiences.export"} <= modules
+
+
+def test_powertools_packages_loaded_per_name_export_what_their_init_does():
+    # Every name the two packages export is the same object, whether the package's __init__ ran (powertools
+    # imported alone) or engage.lazy.package resolves the name to its submodule.
+    script = ("import json, sys\n{first}\n"
+              "import aws_lambda_powertools.utilities.data_classes as classes, aws_lambda_powertools.event_handler as handler\n"
+              "names = {{f'{{p.__name__}}.{{n}}': f'{{o.__module__}}.{{getattr(o, \"__qualname__\", o.__name__)}}'\n"
+              "         for p in (classes, handler) for n in p.__all__ for o in [getattr(p, n)]}}\n"
+              "print(json.dumps([type(classes).__name__, names]))")
+    env = {**os.environ, "PYTHONPATH": str(LAYER), "AWS_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "1"}
+    found = {}
+    for first in ("import engage", "pass"):
+        done = subprocess.run([sys.executable, "-c", script.format(first=first)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=True)
+        found[first] = json.loads(done.stdout.splitlines()[-1])
+    assert found["import engage"][0] == "_ReExporting" and found["pass"][0] == "module"
+    assert found["import engage"][1] == found["pass"][1]
+    assert found["pass"][1]["aws_lambda_powertools.utilities.data_classes.event_source"].endswith("._event_source")

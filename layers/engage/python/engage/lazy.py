@@ -9,9 +9,14 @@ standard library's `importlib.util.LazyLoader`: the module object is in `sys.mod
 runs its code on the first attribute access, so `from x import module`, `mock.patch("x.y")` and
 `module.name` keep working. Only for modules whose import has no side effect the caller relies on
 (route registration, for one, must stay eager).
+
+`package(name)` is the same idea for a third-party package whose `__init__` only re-exports its
+submodules' names (powertools' data_classes and event_handler import every event class and every
+resolver): its submodules import as usual, and each re-exported name loads its own submodule when read.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from types import ModuleType
@@ -32,3 +37,63 @@ def module(name: str) -> ModuleType:
     if parent:
         setattr(sys.modules[parent], child, loaded)
     return loaded
+
+
+def package(name: str) -> None:
+    """Register package `name` without running its `__init__`, which must be only `from ... import`
+    statements: reading one of the names it re-exports imports that name's submodule alone. Does
+    nothing when the package is already imported (someone needed all of it first)."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)  # imports the parent packages, as `import name` would
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError(f"no package named {name!r}", name=name)
+    homes: dict[str, tuple[str, str]] = {}  # re-exported name -> (module, its name there)
+    exported: list[str] | None = None
+    for statement in ast.parse(spec.loader.get_source(name)).body:
+        if isinstance(statement, ast.ImportFrom):
+            base = name.rsplit(".", statement.level - 1)[0] if statement.level else ""
+            source = ".".join(filter(None, (base, statement.module)))
+            homes.update({alias.asname or alias.name: (source, alias.name) for alias in statement.names})
+        elif isinstance(statement, ast.Assign | ast.AnnAssign) and _is_all(statement):
+            exported = ast.literal_eval(statement.value)
+        elif not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)):  # docstring
+            return  # an __init__ that does more than re-export: imported as it is, when it is
+    loaded = importlib.util.module_from_spec(spec)  # __path__ set: its submodules import without it
+    loaded.__class__ = _ReExporting
+    loaded._homes = homes
+
+    def __getattr__(attr: str):
+        if attr not in homes:
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}")
+        source, real = homes[attr]
+        submodule = source == name  # `from . import x`: x is a submodule
+        module = f"{name}.{real}" if submodule else source
+        __import__(module)  # not importlib.import_module: `python -X importtime` (the bench's table) lists it
+        value = sys.modules[module] if submodule else getattr(sys.modules[module], real)
+        setattr(loaded, attr, value)
+        return value
+
+    loaded.__getattr__ = __getattr__
+    if exported is not None:
+        loaded.__all__ = exported
+    sys.modules[name] = loaded
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, loaded)
+
+
+class _ReExporting(ModuleType):
+    def __setattr__(self, attr: str, value) -> None:
+        # Importing submodule `x` sets attribute `x` on its package: when the package re-exports another
+        # object as `x` (data_classes' event_source function, from its event_source module), keep `x`
+        # unset so that reading it finds the object, as the package's own __init__ would have it.
+        home = self.__dict__.get("_homes", {}).get(attr)
+        if home is not None and isinstance(value, ModuleType) and value.__name__ == home[0]:
+            return
+        super().__setattr__(attr, value)
+
+
+def _is_all(statement: ast.Assign | ast.AnnAssign) -> bool:
+    targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+    return all(isinstance(target, ast.Name) and target.id == "__all__" for target in targets)

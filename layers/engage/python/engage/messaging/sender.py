@@ -42,15 +42,18 @@ from urllib.parse import quote
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from engage import clock, profiles_store
+from engage import clock, lazy, profiles_store
 from engage.audiences.membership import identity_of
 from engage.config import settings
 from engage.errors import ValidationFailed
 from engage.messaging import channels, rules, settings_store, signing, store, templates
-from engage.messaging.channels import email as email_channel
-from engage.messaging.channels import push as push_channel
-from engage.messaging.channels import sms as sms_channel
 from engage.observability import logger, metrics
+
+# Each channel's module loads with its first send (channels.send): an SMS or push sender never loads the
+# email one (the standard library's email policy and header registry with it). Only reset() reads them here.
+email_channel = lazy.module("engage.messaging.channels.email")
+push_channel = lazy.module("engage.messaging.channels.push")
+sms_channel = lazy.module("engage.messaging.channels.sms")
 
 SOURCE = "engage"
 CAP_ATTEMPTS = 5  # rereads of a frequency cap counter another send of the same profile just wrote
