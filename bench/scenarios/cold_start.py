@@ -9,8 +9,9 @@ template deploys, built by its own recipe (layers/engage/python/Makefile, `build
 this machine's platform, and read as Lambda reads a layer: read-only (PYTHONDONTWRITEBYTECODE), so
 what the build ships is what every cold start gets: a module without a .pyc is compiled from source
 each time. The environment is the rest of what Lambda gives the function: its CodeUri, the runtime's
-variables (tracing on, as `Tracing: Active` makes it) and the template's Globals plus the function's
-own variables. One unmeasured pair first reads the files into the page cache. The guarded figure is
+variables and the template's Globals plus the function's own variables, its parameters at their defaults
+(Tracing: Disabled; one handler is measured again with Tracing: Active, the X-Ray SDK's share). One
+unmeasured pair first reads the files into the page cache. The guarded figure is
 the median of the per-pair ratios (target 1.5x; see docs/benchmarks.md for the guard's tolerance);
 the medians of the absolute times stand beside it. A further `-X importtime` run per handler gives
 the time beyond boto3 by top-level package (a table after the figures). One handler is measured a
@@ -51,7 +52,7 @@ def lambda_environment(resource: dict, code_dir: Path, layer: Path = LAYER) -> d
         "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
         "AWS_LAMBDA_FUNCTION_NAME": code_dir.name, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "_HANDLER": resource["Properties"].get("Handler", "app.lambda_handler"),
-        # Tracing: Active. Without LAMBDA_TASK_ROOT the X-Ray SDK would build a sampling client at import.
+        # For Tracing=Active (one row). Without LAMBDA_TASK_ROOT the X-Ray SDK would build a sampling client at import.
         "AWS_XRAY_DAEMON_ADDRESS": "169.254.79.129:2000", "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
     })
     parameters = template.load().get("Parameters", {})
@@ -209,6 +210,12 @@ def run(context) -> list[Figure]:
     figures.append(Figure("Cold start", "IngestFunction, layer without bytecode: handler import / `import boto3` "
                           "yardstick", round(ratio, 2), "x", method.format(own=own * 1000, base=base * 1000)
                           + "; the same layer with every __pycache__ removed, as it shipped before session 14"))
+    # What X-Ray tracing costs (the stack's Tracing parameter, Disabled by default): the same handler traced.
+    env = as_lambda_reads({**lambda_environment(resource, code, layer), "TRACING": "Active"})
+    own, base, ratio = pairs(code, env, count, yardstick_environment(env, code))
+    figures.append(Figure("Cold start", "IngestFunction, Tracing=Active: handler import / `import boto3` yardstick",
+                          round(ratio, 2), "x", method.format(own=own * 1000, base=base * 1000)
+                          + "; the stack deployed with Tracing=Active (powertools Tracer with the X-Ray SDK)"))
     packages = sorted({p for shares in table.values() for p in shares},
                       key=lambda p: -max(shares.get(p, 0) for shares in table.values()))
     top = [p for p in packages if max(shares.get(p, 0) for shares in table.values()) >= 5][:10]

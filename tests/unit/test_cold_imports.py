@@ -1,5 +1,6 @@
 """What each handler module imports on a cold start, checked in a fresh interpreter laid out as
-Lambda lays it out (CodeUri and the layer on the path, Lambda's variables, tracing on).
+Lambda lays it out (CodeUri and the layer on the path, Lambda's variables; the stack's Tracing parameter
+at its default, Disabled, unless a test sets it to Active).
 
 These guard structure, not time (bench/scenarios/cold_start.py measures the time): a module
 that crept back into a handler's import graph shows up here as a name in sys.modules.
@@ -109,9 +110,9 @@ NOT_AT_INIT = {
 }
 
 
-def imported_by(code_dir: Path, statement: str) -> set[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("POWERTOOLS_TRACE")}
-    env.update(PYTHONPATH=f"{code_dir}{os.pathsep}{LAYER}", LAMBDA_TASK_ROOT=str(code_dir),
+def imported_by(code_dir: Path, statement: str, tracing: str = "Disabled") -> set[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("POWERTOOLS_TRACE", "TRACING"))}
+    env.update(TRACING=tracing, PYTHONPATH=f"{code_dir}{os.pathsep}{LAYER}", LAMBDA_TASK_ROOT=str(code_dir),
                AWS_LAMBDA_FUNCTION_NAME=code_dir.name, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1")
     # A module engage.lazy registered but nobody used yet is in sys.modules without having run: not imported.
     script = (f"{statement}\nimport json, sys\n"
@@ -131,14 +132,31 @@ def test_handler_traces_aws_calls_without_importing_unused_libraries(function):
                           "or guard._opener.cache_info().currsize == 0, 'TLS context built at init'")
     # What this handler's first invocation may well not need (NOT_AT_INIT above) is not loaded.
     assert not modules.intersection(NOT_AT_INIT.get(function, ()))
-    # Tracing is on (Lambda's environment) and AWS calls are instrumented ...
-    assert {"aws_xray_sdk.ext.botocore.patch", "aws_xray_sdk.ext.pynamodb.patch"} <= modules
-    # ... but nothing else X-Ray could patch is imported for it.
-    assert not modules.intersection(UNUSED_BY_ANY_HANDLER)
+    # Tracing is Disabled (the template's default): no X-Ray SDK, nor asyncio, which its recorder imports
+    # (powertools' batch utility imports asyncio too, for its async processor: the handlers that use it pay that).
+    assert not {name for name in modules if name.startswith(("aws_xray_sdk.core", "wrapt"))}
+    if "aws_lambda_powertools.utilities.batch.base" not in modules:
+        assert "asyncio" not in modules
     # The OpenAPI document is generated ahead (engage openapi), never built on a cold start.
     assert not modules.intersection(OPENAPI_GENERATION)
     assert not modules.intersection(ON_FIRST_USE)
     assert not modules.intersection(OTHER_EVENT_SOURCES)
+
+
+@pytest.mark.parametrize("function", ["ingest", "profile_processor", "audience_evaluator"])
+def test_with_tracing_active_aws_calls_are_traced_and_nothing_else_is_patched(function):
+    modules = imported_by(ROOT / "functions" / function, "import app", tracing="Active")
+    assert {"aws_xray_sdk.ext.botocore.patch", "aws_xray_sdk.ext.pynamodb.patch"} <= modules
+    assert not modules.intersection(UNUSED_BY_ANY_HANDLER)
+
+
+def test_untraced_handlers_run_and_raise_as_traced_ones_do():
+    imported_by(ROOT / "functions" / "ingest",
+                "from engage.observability import tracer, Untraced\nassert isinstance(tracer.provider, Untraced)\n"
+                "@tracer.capture_lambda_handler\ndef handler(event, context):\n    raise KeyError(event['x'])\n"
+                "try:\n    handler({'x': 'y'}, None)\nexcept KeyError as error:\n    assert error.args == ('y',)\n"
+                "else:\n    raise AssertionError('not raised')\n"
+                "@tracer.capture_method\ndef method():\n    return 7\nassert method() == 7")
 
 
 def test_the_parker_makes_its_streams_client_with_its_first_message():

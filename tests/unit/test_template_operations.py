@@ -48,7 +48,7 @@ def test_every_function_logs_to_its_own_group_with_the_stack_retention(function)
 @pytest.mark.parametrize("machine", sorted(template.resources("AWS::Serverless::StateMachine")))
 def test_every_state_machine_logs_and_traces(machine):
     props = template.resources()[machine]["Properties"]
-    assert props["Tracing"] == {"Enabled": True}
+    assert props["Tracing"] == {"Enabled": {"Fn::If": ["TracingActive", True, False]}}
     [destination] = props["Logging"]["Destinations"]
     group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
     assert template.resources()[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
