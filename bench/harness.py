@@ -87,15 +87,16 @@ class CountingStream(io.TextIOBase):
 
 
 # What CloudWatch Logs ingests per invocation besides the handler's own lines: Lambda's START, END and
-# REPORT lines (text format; `Tracing: Active` adds the XRAY line to REPORT's event), as the python3.13
-# runtime writes them for a warm invocation (a cold one adds "Init Duration: ...").
+# REPORT lines (text format), as the python3.13 runtime writes them for a warm invocation (a cold one adds
+# "Init Duration: ..."). The stack's Tracing parameter at Active (not its default) adds an XRAY line to REPORT's.
 _REQUEST = "6f1b0c3e-8a4d-4c1f-9e2b-3d5a7c9e1f20"
+_XRAY = "XRAY TraceId: 1-6571a2b3-4c5d6e7f8a9b0c1d2e3f4a5b\tSegmentId: 1a2b3c4d5e6f7a8b\tSampled: true\t\n"
+_TRACING_BY_DEFAULT = template.load()["Parameters"]["Tracing"]["Default"] == "Active"
 PLATFORM_LOG_EVENTS = (
     f"START RequestId: {_REQUEST} Version: $LATEST\n",
     f"END RequestId: {_REQUEST}\n",
     (f"REPORT RequestId: {_REQUEST}\tDuration: 123.45 ms\tBilled Duration: 124 ms\tMemory Size: 512 MB\t"
-     "Max Memory Used: 98 MB\t\nXRAY TraceId: 1-6571a2b3-4c5d6e7f8a9b0c1d2e3f4a5b\tSegmentId: 1a2b3c4d5e6f7a8b\t"
-     "Sampled: true\t\n"),
+     "Max Memory Used: 98 MB\t\n" + (_XRAY if _TRACING_BY_DEFAULT else "")),
 )
 # Each log event is counted with 26 bytes of metadata (as PutLogEvents sizes a batch).
 LOG_EVENT_OVERHEAD = 26

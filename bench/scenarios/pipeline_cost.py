@@ -122,7 +122,7 @@ def _figures(context, lambdas, events: int, profiles: int, evaluations: int) -> 
                "this workload defines no journey (journeys are priced per enrollment in their own section): no executions, no state transitions", counted=True),
         Figure(section, "log bytes per event", total.log_bytes / events, "bytes",
                "powertools log lines and EMF metrics written by the handlers, 26 bytes of metadata per log event, and "
-               f"Lambda's START, END and REPORT (+XRAY) lines per invocation, {PLATFORM_LOG_BYTES} bytes "
+               f"Lambda's START, END and REPORT lines per invocation, {PLATFORM_LOG_BYTES} bytes "
                "(bench.harness; CloudWatch Logs ingestion)"),
     ]
     context.extra.append(_cost_table(lambdas, events))
