@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engage import json_body
 from engage.audiences import MEMBERS_MAX_PAGE, backfill, membership, store
 from engage.audiences.definition import (
     AudienceDefinition,
@@ -42,6 +43,9 @@ def validate(space_id: str, body: Any, *, editing: str | None = None) -> Audienc
     """Parse and check a definition against the space's other audiences (shape, paths, references)."""
     if isinstance(body, dict) and editing is not None:
         body = {"key": editing, **body}
+    # A "\ud800" escape (not text) in a trait, event, value or name: no message can carry it, so the audience
+    # was saved (201) and never matched. Here, not in parse_definition: stored definitions stay readable
+    json_body.refuse_surrogates(body, "audience definition")
     definition = parse_definition(body)
     if definition.kind == "dynamic" and definition.condition is None:
         raise ValidationFailed("a dynamic audience needs a condition",
