@@ -188,6 +188,18 @@ def test_a_pointer_whose_records_left_the_stream_is_kept_and_says_so(aws, space,
     assert replay.rebuild(item).startswith("the stream no longer held the record")
 
 
+def test_a_replayed_record_is_stamped_with_the_project_clock(aws, space, streams):
+    # The rebuilt record's ApproximateCreationDateTime came from time.time(): with the local cloud's clock
+    # moved 3 days on, a record replayed "now" said it was created 3 days before now
+    aws.table("EventsTable").put_item(Item={"pk": "acme|u:z", "sk": "m3", "space_id": "acme", "payload": "{}"})
+    [record] = stream_records_of(aws, "EventsTable")
+    [item] = park(aws, streams, "EventsTable", [record])
+    clock.advance(timedelta(days=3))
+    rebuilt = replay.rebuild(item)
+    assert rebuilt["eventName"] == "INSERT"
+    assert rebuilt["dynamodb"]["ApproximateCreationDateTime"] == pytest.approx(clock.now().timestamp(), abs=5)
+
+
 def test_parking_is_idempotent_and_never_reopens_a_replayed_failure(aws, space, streams):
     aws.table("EventsTable").put_item(Item={"pk": "acme|u:y", "sk": "m2", "space_id": "acme", "payload": "{}"})
     [record] = stream_records_of(aws, "EventsTable")

@@ -19,11 +19,11 @@ Handlers are at-least-once safe, so replaying a record that was in fact applied 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from engage import clock
 from engage.config import settings
 from engage.failures import handler as failure_handler
 from engage.failures import store
@@ -98,10 +98,11 @@ def rebuild(item: store.ParkedFailure) -> dict | str:
 def _record(item: store.ParkedFailure, event_name: str, keys: dict, images: dict, stored: dict | None) -> dict:
     view = "NEW_IMAGE" if item.table == settings().events_table else "NEW_AND_OLD_IMAGES"
     region = item.stream_arn.split(":")[3] if item.stream_arn else ""
+    # The project clock, not time.time(): on the local cloud with a moved clock a replay happens in virtual time
     return {"eventID": (stored or {}).get("eventID") or uuid.uuid4().hex, "eventName": event_name,
             "eventVersion": "1.1", "eventSource": "aws:dynamodb", "awsRegion": region,
             "eventSourceARN": item.stream_arn,
-            "dynamodb": {"ApproximateCreationDateTime": int(time.time()), "Keys": keys, **images,
+            "dynamodb": {"ApproximateCreationDateTime": int(clock.now().timestamp()), "Keys": keys, **images,
                          "SequenceNumber": item.sequence_number, "SizeBytes": 0, "StreamViewType": view}}
 
 
