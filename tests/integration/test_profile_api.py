@@ -249,6 +249,73 @@ def test_a_merged_profile_answers_with_the_survivor_and_its_whole_history(api, l
     assert metadata["metadata"]["profile_id"] == "p-new" and metadata["metadata"]["merged_from"] == ["p-old"]
 
 
+def _chain_of_seven(space_id: str) -> None:
+    """anon-7's pointer names p0, merged into p1 ... into p7 (the survivor): 7 hops, as an id that did not fit
+    the ids budget of the profile it was merged into is left (docs/identity.md)."""
+    for hop in range(7):
+        make_profile(space_id, f"p{hop}", [], traits={"plan": f"old-{hop}"}, merged_into=f"p{hop + 1}")
+    make_profile(space_id, "p7", [("user_id", "user-7")], traits={"plan": "pro"},
+                 merged_from=[f"p{hop}" for hop in range(7)])
+    profiles_store.new_pointer(space_id, "users", "anonymous_id", "anon-7", "p0", T0).save()
+
+
+def _table_reads(monkeypatch) -> list[tuple[str, str]]:
+    """(operation, table) of every DynamoDB read PynamoDB sends from now on."""
+    from pynamodb.connection.base import Connection
+
+    reads: list[tuple[str, str]] = []
+    original = Connection._make_api_call
+
+    def recording(self, operation_name, operation_kwargs, *args, **kwargs):
+        if operation_name in ("GetItem", "BatchGetItem", "Query", "Scan"):
+            tables = [operation_kwargs["TableName"]] if "TableName" in operation_kwargs else \
+                list(operation_kwargs.get("RequestItems", {}))
+            reads.extend((operation_name, table) for table in tables)
+        return original(self, operation_name, operation_kwargs, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_make_api_call", recording)
+    return reads
+
+
+def test_an_id_behind_a_merge_chain_is_walked_once_then_read_in_one_profile_read(api, local, monkeypatch):
+    # An id left behind a chain of 7 merges cost 8 profile reads on every Profile API request (one per hop)
+    # until a message named it; the first read that walks the chain now repoints it at the survivor
+    from engage.config import settings
+
+    _chain_of_seven("local")
+    reads = _table_reads(monkeypatch)
+    status, body = api(request("traits", profile="anonymous_id:anon-7"))
+    assert status == 200 and body["traits"]["plan"] == "pro"
+    profile_reads = [r for r in reads if r[1] == settings().profiles_table]
+    assert len(profile_reads) == 8, reads  # the walk itself: the pointer's profile and one read per hop
+    assert profiles_store.get_pointers([profiles_store.identity_pk("local", "users", "anonymous_id", "anon-7")]) \
+        == {profiles_store.identity_pk("local", "users", "anonymous_id", "anon-7"): "p7"}
+    # Then every later request reads the pointer and the survivor, nothing else of the chain
+    reads.clear()
+    for resource in ("traits", "metadata"):
+        status, body = api(request(resource, profile="anonymous_id:anon-7"))
+        assert status == 200, body
+    assert [r for r in reads if r[1] == settings().profiles_table] == [("GetItem", settings().profiles_table)] * 2
+    assert [r for r in reads if r[1] == settings().identity_table] == [("BatchGetItem", settings().identity_table)] * 2
+
+
+def test_a_repoint_on_read_never_brings_back_a_pointer_changed_meanwhile(api, local, monkeypatch):
+    # The repoint is conditioned on the pointer still naming where the walk started: a pointer deleted (a
+    # data-rights erasure) or moved by the processor while the chain was walked stays as that writer left it
+    _chain_of_seven("local")
+    pk = profiles_store.identity_pk("local", "users", "anonymous_id", "anon-7")
+    walk = profiles_store.get_profile
+
+    def erased_meanwhile(space_id, profile_id):
+        if profile_id == "p4":
+            profiles_store.IdentityRecord(pk).delete()
+        return walk(space_id, profile_id)
+
+    monkeypatch.setattr(profiles_store, "get_profile", erased_meanwhile)
+    assert api(request("traits", profile="anonymous_id:anon-7"))[0] == 200
+    assert profiles_store.get_pointers([pk]) == {}
+
+
 # ---------------------------------------------------------------- auth, isolation, errors
 def test_missing_or_wrong_token_is_401(api, ann):
     status, body = api(request("traits", token=None))

@@ -35,7 +35,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     "ProfileApiFunction": {
         # Query: the live computed trait keys (engage.computed_traits.store.cached); PutItem: deletion jobs
         "ConfigTable": {"GetItem", "Query", "PutItem"}, "ProfilesTable": {"BatchGetItem", "GetItem"},
-        "IdentityTable": {"BatchGetItem", "GetItem", "DeleteItem"},  # DeleteItem/GetItem: unsuppress
+        # DeleteItem/GetItem: unsuppress; UpdateItem: an id read behind a merge chain repointed at its survivor
+        "IdentityTable": {"BatchGetItem", "GetItem", "DeleteItem", "UpdateItem"},
         "LinksTable": {"Query"}, "MembershipsTable": {"Query"}, "ProfileEventsTable": {"Query"},
     },
     # engage.privacy: find the person, exit memberships (one put each), delete everywhere

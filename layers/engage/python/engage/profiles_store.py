@@ -29,6 +29,7 @@ from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
 from engage.db import EngageModel, TableName, key
+from engage.observability import logger
 
 USERS = "users"
 ACCOUNTS = "accounts"
@@ -178,17 +179,39 @@ def get_profile(space_id: str, profile_id: str) -> ProfileRecord | None:
         return None
 
 
-def resolve(space_id: str, collection: str, id_type: str, value: str) -> ProfileRecord | None:
-    """The live profile that owns `<id_type>:<value>`, following merges (for the Profile API)."""
-    pointer = get_pointers([identity_pk(space_id, collection, id_type, value)])
+def resolve(space_id: str, collection: str, id_type: str, value: str, *,
+            repoint: bool = False) -> ProfileRecord | None:
+    """The live profile that owns `<id_type>:<value>`, following merges (for the Profile API).
+
+    `repoint`: a pointer found behind a chain of merges is repointed at the survivor the walk reached, so
+    the next read of that id is one profile read, not one per hop (repoint_if: never over another write)."""
+    pk = identity_pk(space_id, collection, id_type, value)
+    pointer = get_pointers([pk])
     if not pointer:
         return None
-    profile = get_profile(space_id, next(iter(pointer.values())))
-    for _ in range(MAX_MERGE_HOPS):
+    pointed = pointer[pk]
+    profile = get_profile(space_id, pointed)
+    for hops in range(MAX_MERGE_HOPS):
         if profile is None or not profile.merged_into:
+            if repoint and hops and profile is not None:
+                repoint_if(pk, was=pointed, now=profile.profile_id)
             return profile
         profile = get_profile(space_id, profile.merged_into)
     raise RuntimeError(f"profile merge chain longer than {MAX_MERGE_HOPS} hops in space {space_id!r}")
+
+
+def repoint_if(pk: str, *, was: str, now: str) -> bool:
+    """Point `pk` at `now` if it still names `was` (UpdateItem, conditional): a pointer deleted (erasure) or
+    moved by the processor since it was read stays as that writer left it. Only a shortcut: any failure leaves
+    the chain, which readers follow, and is not the reader's error."""
+    try:
+        IdentityRecord(pk).update(actions=[IdentityRecord.profile_id.set(now)],
+                                  condition=IdentityRecord.profile_id == was)
+        return True
+    except UpdateError as error:
+        if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+            logger.warning("repoint failed", extra={"pointer": pk, "error": str(error)})
+        return False
 
 
 def links_of(space_id: str, profile_id: str, to_collection: str | None = None) -> list[LinkRecord]:

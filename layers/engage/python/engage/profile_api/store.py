@@ -1,7 +1,8 @@
 """The Profile API's reads: identity pointer -> profile (following merges), memberships, history.
 
-Read-only, and every key starts with the space the access token authenticated, so one space's
-token cannot reach another's items. Records are turned into plain `views.Profile` data at once;
+Read-only but for one shortcut (an id read behind a chain of merges is repointed at the survivor the
+walk reached: profiles_store.repoint_if), and every key starts with the space the access token
+authenticated, so one space's token cannot reach another's items. Records are turned into plain `views.Profile` data at once;
 nothing above this module sees pynamodb.
 """
 from __future__ import annotations
@@ -79,7 +80,7 @@ def lookup(space_id: str, collection: str, ref: ProfileRef) -> Profile | None:
     identity_key = profiles_store.identity_pk(space_id, collection, ref.type, ref.value)
     if len(identity_key.encode()) > PARTITION_KEY_BYTES:
         return None  # no id that long was ever stored (DynamoDB refuses the key): not looked up
-    record = profiles_store.resolve(space_id, collection, ref.type, ref.value)
+    record = profiles_store.resolve(space_id, collection, ref.type, ref.value, repoint=True)
     if record is None or (record.collection or profiles_store.USERS) != collection:
         return None
     return _to_profile(record)
