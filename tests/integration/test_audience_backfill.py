@@ -166,3 +166,38 @@ def test_a_second_audience_backfill_keeps_the_first_audience_buckets_numbers(sho
     # and the sweeper's re-evaluation of the profile works, 31 days later too (p1 leaves big_spenders)
     runtime.reevaluate("acme", "p1", clock.now() + timedelta(days=31))
     assert members_of("big_spenders") == set()
+
+
+def test_counters_an_old_backfill_stored_as_strings_are_read_and_repaired_by_the_next_write(shop, aws):
+    """Before 65ac269 a second audience's backfill stored every other aggregate's counters as strings
+    ({"20270103": "1"}); that fix stopped new ones, but items written before it kept them, and the sweeper's
+    re-evaluation of such a profile failed on every pass (TypeError: int += str) and it never left."""
+    import boto3
+
+    from engage.config import settings
+    from engage.profiles_store import IdentityRecord
+    from tests.integration.test_pipeline import Pipeline
+
+    assert call_api("POST", "/v1/audiences", BIG_SPENDERS)[0] == 201
+    assert members_of("big_spenders") == {"p1"}
+    # Given p1's counters written as strings, as the old backfill left them
+    table = boto3.resource("dynamodb").Table(settings().profiles_table)
+    stored = runtime.profile_image("acme", "p1")["condition_state"]
+    as_strings = {agg: {kind: ({k: str(n) for k, n in value.items()} if isinstance(value, dict) else str(value))
+                        for kind, value in state.items()} for agg, state in stored.items()}
+    table.update_item(Key={"pk": key("acme", "p1")}, UpdateExpression="SET condition_state = :s",
+                      ExpressionAttributeValues={":s": as_strings})
+    assert any(isinstance(n, str) for state in runtime.profile_image("acme", "p1")["condition_state"].values()
+               for n in state.get("d", {}).values())
+    # Then the sweeper's re-evaluation reads them as the numbers they are: p1 stays now, leaves 31 days later
+    runtime.reevaluate("acme", "p1", clock.now())
+    assert members_of("big_spenders") == {"p1"}
+    # And the profile processor's next write of p1 stores them as numbers again
+    IdentityRecord(key("acme", "users", "user_id:p1"), space_id="acme", profile_id="p1",
+                   created_at=clock.iso()).save()
+    Pipeline(aws).track({"type": "identify", "userId": "p1", "traits": {"plan": "pro"}}, "identify")
+    repaired = runtime.profile_image("acme", "p1")
+    assert repaired["traits"]["plan"] == "pro"
+    assert repaired["condition_state"] == stored, repaired["condition_state"]
+    runtime.reevaluate("acme", "p1", clock.now() + timedelta(days=31))
+    assert members_of("big_spenders") == set()

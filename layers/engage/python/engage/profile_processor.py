@@ -37,6 +37,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from engage import clock, identity, profiles
 from engage import profiles_store as store
 from engage.audiences import runtime as audience_runtime
+from engage.audiences.aggregates import repaired
 from engage.computed_traits import runtime as computed_runtime
 from engage.config import settings
 from engage.dynamodb_limits import (
@@ -774,6 +775,8 @@ def _to_state(record: store.ProfileRecord) -> ProfileState:
     state = ProfileState(record.profile_id, record.space_id, record.collection)
     for name in _FIELDS:
         setattr(state, name, _plain(getattr(record, name)))
+    # counters an old backfill stored as strings: this profile's next write stores them as numbers
+    state.condition_state = repaired(state.condition_state)
     state.updated_at = record.updated_at
     return state
 

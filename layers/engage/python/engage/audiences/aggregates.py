@@ -377,6 +377,51 @@ def merge_condition_state(a: dict | None, b: dict | None) -> dict:
     return out
 
 
+# --- counters stored as strings ---------------------------------------------------------
+# Before 65ac269 a backfill wrote a profile's whole condition_state back through json.dumps(default=str):
+# every other aggregate's numbers (bucket counts, "t", "m", record times) were stored as strings. Readers
+# take them as numbers; the profile processor's next write of the profile stores them as numbers again.
+
+
+def _as_number(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(Decimal(value))
+    except ArithmeticError:
+        return 0  # not a number at all: no count
+
+
+def counters_as_numbers(buckets: dict) -> dict:
+    return {k: _as_number(n) for k, n in buckets.items()}
+
+
+def repaired(state: dict) -> dict:
+    """condition_state with counters stored as strings turned back into numbers (`state` itself if none)."""
+    def damaged(agg: Any) -> bool:
+        return isinstance(agg, dict) and (
+            any(isinstance(agg.get(k), str) for k in ("t", "m"))
+            or any(isinstance(n, str) for kind in ("d", "h") for n in (agg.get(kind) or {}).values())
+            or any(isinstance(r, list) and r and isinstance(r[0], str) for r in agg.get("r") or ()))
+
+    if not any(damaged(agg) for agg in state.values()):
+        return state
+    out = {}
+    for agg_id, agg in state.items():
+        if not damaged(agg):
+            out[agg_id] = agg
+            continue
+        agg = {kind: counters_as_numbers(value) if kind in ("d", "h") and isinstance(value, dict) else value
+               for kind, value in agg.items()}
+        for kind in ("t", "m"):
+            if kind in agg:
+                agg[kind] = _as_number(agg[kind])
+        if isinstance(agg.get("r"), list):
+            agg["r"] = [[_as_number(r[0]), *r[1:]] if isinstance(r, list) and r else r for r in agg["r"]]
+        out[agg_id] = agg
+    return out
+
+
 def drop_unused(state: dict | None, index) -> dict:
     """condition_state without the entries of conditions no audience uses any more."""
     used = index.aggregate_ids

@@ -26,6 +26,7 @@ from engage.audiences.aggregates import (
     Aggregate,
     WindowSpec,
     aggregate_for,
+    counters_as_numbers,
     event_ms,
     event_name,
     from_ms,
@@ -428,6 +429,15 @@ def _count_comparator(op: str, value: int):
 
 def _sum_buckets(buckets: dict, first: int, last: int, unit_of) -> int:
     """Sum of the buckets whose unit (day or hour number) is in [first, last]."""
+    try:
+        return _sum_numbers(buckets, first, last, unit_of)
+    except TypeError:
+        # counters an old backfill stored as strings ({"20270103": "1"}, before 65ac269), until the profile's
+        # next write repairs them (aggregates.repaired): read as the numbers they are
+        return _sum_numbers(counters_as_numbers(buckets), first, last, unit_of)
+
+
+def _sum_numbers(buckets: dict, first: int, last: int, unit_of) -> int:
     total = 0
     if unit_of is key_day:
         days = DAY_OF_KEY  # key_day()'s own table, read inline
