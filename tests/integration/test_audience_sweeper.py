@@ -248,3 +248,19 @@ def test_lowering_due_shards_leaves_no_profile_behind(engine, space, monkeypatch
     assert sweep()["profiles"] == MANY
     assert all(member(f"p{n:02d}") for n in range(MANY))
     assert due.DueRecord.get(due.CURSOR_PK).shards == 64
+
+
+def test_a_clean_sweep_logs_its_dispatch_and_bucket_lines_at_debug_not_info(lapsing, caplog):
+    # The dispatch runs every minute and the worker once per bucket, whatever the traffic: their lines were
+    # most of those functions' log bytes. On a clean run they are DEBUG (a WARNING only for a sweep cut short
+    # by time). Set back to INFO, this fails.
+    import logging
+
+    clock.advance(timedelta(days=21))  # the recent login is 31 days old: one bucket with a profile due
+    with caplog.at_level(logging.DEBUG, logger="engage"):
+        report = sweep()
+    assert report["profiles"] == 1 and report["complete"], report
+    lines = [(r.getMessage(), r.levelno) for r in caplog.records
+             if r.getMessage() in ("sweep dispatched", "bucket swept")]
+    assert sorted(set(lines)) == [("bucket swept", logging.DEBUG), ("sweep dispatched", logging.DEBUG)], \
+        [(r.levelname, r.getMessage()) for r in caplog.records]
