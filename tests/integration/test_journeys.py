@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import boto3
 import pytest
@@ -117,6 +118,100 @@ def test_publish_creates_a_standard_state_machine_a_version_and_the_live_alias(a
     first = json.loads(sfn.describe_state_machine(stateMachineArn=answer["version_arn"])["definition"])
     second = json.loads(sfn.describe_state_machine(stateMachineArn=again["version_arn"])["definition"])
     assert first["States"]["wait_1h"]["Seconds"] == 3600 and second["States"]["wait_1h"]["Seconds"] == 7200
+
+
+class _Interleaved:
+    """The Step Functions client of the first publish: `after` runs once, right after that publish created its
+    state machine (as if other requests ran there, before its alias and its record)."""
+
+    real = after = None
+
+    def __init__(self, real, after):
+        self.real, self.after = real, after
+
+    def __getattr__(self, name):
+        method = getattr(self.real, name)
+        if name != "create_state_machine" or self.after is None:
+            return method
+
+        def call(**kwargs):
+            answer = method(**kwargs)
+            after, self.after = self.after, None
+            after()
+            return answer
+        return call
+
+
+@pytest.fixture(params=["moto", "aws"])
+def create_semantics(request, monkeypatch):
+    """CreateStateMachine of a name that exists with another definition: moto answers the old machine; AWS (and
+    the local cloud, localcloud/stepfunctions.py) refuses it with StateMachineAlreadyExists."""
+    if request.param == "aws":
+        from moto.core.exceptions import AWSError
+        from moto.stepfunctions.models import StepFunctionBackend
+
+        class StateMachineAlreadyExists(AWSError):
+            TYPE, STATUS = "StateMachineAlreadyExists", 400
+
+        original = StepFunctionBackend.create_state_machine
+
+        def create_state_machine(self, name, definition, *args, **kwargs):
+            existing = next((m for m in self.state_machines if m.name == name), None)
+            if existing is not None and existing.definition != definition:
+                raise StateMachineAlreadyExists(f"State Machine Already Exists: '{existing.arn}'")
+            return original(self, name, definition, *args, **kwargs)
+
+        monkeypatch.setattr(StepFunctionBackend, "create_state_machine", create_state_machine)
+    return request.param
+
+
+def test_two_first_publishes_at_once_answer_409_and_never_record_a_machine_that_runs_another_definition(
+        api, monkeypatch, create_semantics):
+    # A first publish had created the state machine (not yet recorded) when the draft was edited and published
+    # again: that second publish also saw no state machine, "created" it (Step Functions refuses another
+    # definition under the name: a 500; moto hands back the first machine) and answered 200 recording the new
+    # draft as published while the machine and alias ran the old one. Now a publish claims the journey first
+    # (conditional write): the second is a 409, the first finds its draft changed (409, publish again), and
+    # the publish after that updates the machine left behind instead of creating it.
+    assert call_api("POST", "/v1/journeys", CART_RESCUE)[0] == 201
+    changed = journey(steps__wait_1h={"type": "wait", "duration": "PT2H", "next": "check"})
+    changed.pop("key")
+    meanwhile: list = []
+
+    def other_requests():
+        meanwhile.append(call_api("PUT", "/v1/journeys/cart_rescue", changed))
+        meanwhile.append(call_api("POST", "/v1/journeys/cart_rescue/publish"))
+
+    client = _Interleaved(management._sfn(), other_requests)
+    interleaved = lambda: client  # management._sfn's stand-in
+    interleaved.cache_clear = lambda: None  # (reset() clears _sfn's cache)
+    monkeypatch.setattr(management, "_sfn", interleaved)
+    first = call_api("POST", "/v1/journeys/cart_rescue/publish")
+    [edit, second] = meanwhile
+    assert edit[0] == 200, edit
+    assert second[0] == 409 and "being published" in second[1]["error"]["message"], second
+    assert first[0] == 409 and "changed while publishing" in first[1]["error"]["message"], first
+    assert call_api("GET", "/v1/journeys/cart_rescue")[1]["status"] == "draft"
+    # When it is published again, the machine, its alias and the record all hold the edited draft
+    status, answer = call_api("POST", "/v1/journeys/cart_rescue/publish")
+    assert status == 200 and answer["status"] == "published" and answer["version"] == 1, answer
+    sfn = api.client("stepfunctions")
+    live = json.loads(sfn.describe_state_machine(stateMachineArn=answer["version_arn"])["definition"])
+    assert live["States"]["wait_1h"]["Seconds"] == 7200
+    alias = sfn.describe_state_machine_alias(stateMachineAliasArn=answer["alias_arn"])
+    assert alias["routingConfiguration"] == [{"stateMachineVersionArn": answer["version_arn"], "weight": 100}]
+    machines = [m for m in sfn.list_state_machines()["stateMachines"] if m["name"] == "engage-acme-cart_rescue"]
+    assert [m["stateMachineArn"] for m in machines] == [answer["state_machine_arn"]]
+
+
+def test_a_publish_claim_left_by_a_publish_that_died_runs_out(api, monkeypatch):
+    # A publish that died holding the journey (its function timed out) blocks the next one for the lease only
+    assert call_api("POST", "/v1/journeys", CART_RESCUE)[0] == 201
+    store.claim_publish("acme", "cart_rescue")
+    status, body = call_api("POST", "/v1/journeys/cart_rescue/publish")
+    assert status == 409 and "being published" in body["error"]["message"], body
+    clock.advance(timedelta(seconds=store.PUBLISH_LEASE_SECONDS + 1))
+    assert call_api("POST", "/v1/journeys/cart_rescue/publish")[0] == 200
 
 
 def test_pause_resume_and_delete(api):

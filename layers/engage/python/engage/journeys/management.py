@@ -147,8 +147,16 @@ def state_machine_name(space_id: str, journey_key: str) -> str:
 
 
 def publish(space_id: str, journey_key: str) -> dict[str, Any]:
-    journey_item = store.get(space_id, journey_key)
-    expected = store.revision(space_id, journey_key)
+    claim, expected, journey_item = store.claim_publish(space_id, journey_key)  # 409 while another publishes
+    try:
+        _publish(space_id, journey_key, journey_item, expected)
+    except BaseException:
+        store.release_publish(space_id, journey_key, claim)
+        raise
+    return get(space_id, journey_key)
+
+
+def _publish(space_id: str, journey_key: str, journey_item: store.Journey, expected: int) -> None:
     journey = validate(space_id, journey_item.definition, editing=journey_key)
     version = journey_item.version + 1
     asl = json.dumps(compile_journey(journey, settings().require("journey_steps_function_arn"), version=version))
@@ -167,11 +175,7 @@ def publish(space_id: str, journey_key: str) -> dict[str, Any]:
                                           roleArn=role, publish=True, versionDescription=description)
         machine_arn = journey_item.state_machine_arn
     else:
-        answer = sfn.create_state_machine(
-            name=state_machine_name(space_id, journey_key), definition=asl, roleArn=role, type="STANDARD",
-            publish=True, versionDescription=description,
-            tags=[{"key": "engage:space", "value": space_id}, {"key": "engage:journey", "value": journey_key}])
-        machine_arn = answer["stateMachineArn"]
+        answer, machine_arn = _create_state_machine(sfn, space_id, journey_key, asl, role, description)
     version_arn = answer["stateMachineVersionArn"]
     routing = [{"stateMachineVersionArn": version_arn, "weight": 100}]
     if journey_item.alias_arn:
@@ -183,7 +187,28 @@ def publish(space_id: str, journey_key: str) -> dict[str, Any]:
             description="The journey's published version (new enrollments)")["stateMachineAliasArn"]
     store.record_published(space_id, journey_key, expected=expected, definition=journey.to_dict(), version=version,
                            state_machine_arn=machine_arn, version_arn=version_arn, alias_arn=alias_arn)
-    return get(space_id, journey_key)
+
+
+def _create_state_machine(sfn, space_id: str, journey_key: str, asl: str, role: str,
+                          description: str) -> tuple[dict, str]:
+    """The first publish's state machine. One a publish that failed after creating it left (not recorded on the
+    journey) is updated instead: Step Functions refuses another definition under its name (moto hands back
+    the old machine and version), so that journey could never be published again."""
+    name = state_machine_name(space_id, journey_key)
+    try:
+        answer = sfn.create_state_machine(
+            name=name, definition=asl, roleArn=role, type="STANDARD", publish=True, versionDescription=description,
+            tags=[{"key": "engage:space", "value": space_id}, {"key": "engage:journey", "value": journey_key}])
+        machine_arn = answer["stateMachineArn"]
+        created = answer.get("stateMachineVersionArn")
+        if created and sfn.describe_state_machine(stateMachineArn=created)["definition"] == asl:
+            return answer, machine_arn
+    except sfn.exceptions.StateMachineAlreadyExists:
+        partition, account = role.split(":")[1], role.split(":")[4]  # the execution role's, as the machine's
+        machine_arn = f"arn:{partition}:states:{sfn.meta.region_name}:{account}:stateMachine:{name}"
+    answer = sfn.update_state_machine(stateMachineArn=machine_arn, definition=asl, roleArn=role, publish=True,
+                                      versionDescription=description)
+    return answer, machine_arn
 
 
 def profile_runs(space_id: str, journey_key: str, profile_id: str) -> dict[str, Any]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, VersionAttribute
@@ -32,6 +34,9 @@ from engage.journeys import KEY_PATTERN
 DRAFT, PUBLISHED, PAUSED, ARCHIVED = "draft", "published", "paused", "archived"
 STAT_SHARDS = 8
 MARK_DAYS = 14  # a Task retry or redelivery comes within minutes; two weeks is far past any of them
+# A publish holds the journey this long at most (the management function's timeout is far shorter): a publish
+# that died holding it blocks the next one no longer than this.
+PUBLISH_LEASE_SECONDS = 300
 COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits", "left")  # left: merged away mid-run
 
 
@@ -56,6 +61,7 @@ class JourneyRecord(EngageModel):
     updated_at = UnicodeAttribute()
     published_at = UnicodeAttribute(null=True)
     archived_at = UnicodeAttribute(null=True)
+    publishing = UnicodeAttribute(null=True)  # "<lease end, ISO>|<token>" while a publish runs (claim_publish)
     revision = VersionAttribute()
 
 
@@ -129,6 +135,39 @@ def replace_draft(space_id: str, journey_key: str, definition: dict[str, Any]) -
     return _journey(record)
 
 
+def claim_publish(space_id: str, journey_key: str) -> tuple[str, int, Journey]:
+    """Hold the journey for one publish (a conditional write on its revision): two publishes at once both saw
+    no state machine and both created one (or a version and the alias over the other's). The second is a 409.
+    Returns the claim (for record_published / release_publish), the revision it wrote and the journey."""
+    record = _live_record(space_id, journey_key)
+    now = clock.now()
+    busy = Conflict(f"journey {journey_key!r} is being published by another request: read it again once that "
+                    "one is done", [{"path": "key", "value": journey_key}])
+    if record.publishing and record.publishing.split("|", 1)[0] > clock.iso(now):
+        raise busy
+    record.publishing = f"{clock.iso(now + timedelta(seconds=PUBLISH_LEASE_SECONDS))}|{uuid.uuid4().hex}"
+    try:
+        record.save()  # conditioned on the revision read: of two claims at once, one fails
+    except PutError as error:
+        if _conditional_failed(error):
+            raise busy from error
+        raise
+    return record.publishing, int(record.revision), _journey(record)
+
+
+def release_publish(space_id: str, journey_key: str, claim: str) -> None:
+    """A publish that failed lets go of the journey (if it still holds it; else its lease runs out)."""
+    record = _record(space_id, journey_key)
+    if record is None or record.publishing != claim:
+        return
+    record.publishing = None
+    try:
+        record.save()
+    except PutError as error:
+        if not _conditional_failed(error):
+            raise
+
+
 def record_published(space_id: str, journey_key: str, *, expected: int, definition: dict[str, Any],
                      version: int, state_machine_arn: str, version_arn: str, alias_arn: str) -> Journey:
     """The new live version (after its state machine version and alias exist); paused stays paused."""
@@ -145,6 +184,7 @@ def record_published(space_id: str, journey_key: str, *, expected: int, definiti
     record.version_arn = version_arn
     record.alias_arn = alias_arn
     record.published_at = record.updated_at = clock.iso()
+    record.publishing = None  # the publish's claim (claim_publish) ends with it
     _save_versioned(record, journey_key)
     clear_cache(space_id)
     return _journey(record)
