@@ -34,7 +34,7 @@ def record_handler(record: SQSRecord, lambda_context=None) -> dict:
     report = sweeper.sweep_shard(bucket, time_left=lambda: lambda_context is None
                                  or lambda_context.get_remaining_time_in_millis() > RESERVE_MS)
     # One line per bucket is most of this function's log bytes (CloudWatch bills each): counts go to the
-    # metrics, and the line is kept at INFO only for a sweep cut short (the next dispatch resumes it).
+    # metrics, and the line is logged at WARNING only for a sweep cut short (the next dispatch resumes it).
     log = logger.debug if report.complete else logger.warning
     log("bucket swept", extra={**bucket.as_dict(), **report.as_dict()})
     return report.as_dict()
