@@ -582,6 +582,95 @@ def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_stil
     assert sorted(c["user_id"] for r in receiver.delivered() for c in r["batch"]) == ["u1", "u2", "u3"]
 
 
+def logged_sync(profile_id: str, destination: str, size, target: int) -> dict:
+    """A profile sync in `destination`'s change log whose request bytes (`size(change)`) are exactly `target`."""
+    from engage.destinations import changelog
+
+    change = {"type": payloads.PROFILE_SYNC, "space_id": "acme", "destination": destination,
+              "audience_key": payloads.SYNC_SLOT, "entity": "users", "profile_id": profile_id, "member": True,
+              "version": 1, "sync_id": f"sync-{profile_id}", "timestamp": "2026-12-01T00:00:00.000Z",
+              "identity": {"user_id": profile_id}, "traits": {"notes": ""}, "audiences": {}, "computed_traits": {},
+              "source": {"type": "journey", "key": "j", "step": "s"}}
+    change["traits"]["notes"] = "x" * (target - size(change))
+    assert size(change) == target
+    changelog.append([change])
+    return change
+
+
+def test_a_segment_batch_is_cut_at_500_kb_and_a_call_over_32_kb_is_parked_alone(env, receiver):
+    # Found by review: a run cut the log by count only (100 calls a /v1/batch), so 100 profile syncs of 30 KB
+    # made one 3 MB request, which Segment refuses (500 KB): parked whole, none delivered, run after run.
+    assert call_api("POST", "/v1/destinations", {
+        "key": "seg", "type": "segment", "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+        "audiences": ["vip"], "config": {"endpoint": receiver.url, "write_key": "wk"}})[0] == 201
+    def size(change):  # as Segment counts a call: compact UTF-8 JSON
+        return len(json.dumps(payloads.segment_call(change, "identify")[1], separators=(",", ":"),
+                              ensure_ascii=False).encode())
+
+    # 17 calls of 30,116 bytes: {"batch":[...]} with 16 commas is exactly 512,000 bytes, one request
+    for n in range(1, 18):
+        logged_sync(f"a{n:02}", "seg", size, 30_116)
+    logged_sync("a18", "seg", size, 32_768)  # exactly 32 KB: sent, in a request of its own (512,000 + 32,769)
+    logged_sync("a19", "seg", size, 32_769)  # one byte over: no request can carry it
+    result = run_batch("acme", "seg")
+    assert result["delivered"] == 18 and result["requests"] == 2, result
+    raws = [r["raw"] for r in receiver.requests]
+    assert [len(raw) for raw in raws] == [512_000, 11 + 32_768 + 1]
+    assert [len(r["body"]["batch"]) for r in receiver.requests] == [17, 1]
+    view = call_api("GET", "/v1/destinations/seg")[1]
+    assert view["status"]["backlog"] == 0 and view["status"]["dlq_depth"] == 1
+    [parked] = view["parked"]
+    assert "32,769 bytes" in parked["reason"] and "32 KB" in parked["reason"]
+    # one byte past 500 KB: 17 calls, one of 30,117 bytes, go as 16 and 1
+    receiver.requests.clear()
+    for n in range(1, 18):
+        logged_sync(f"b{n:02}", "seg", size, 30_117 if n == 1 else 30_116)
+    assert run_batch("acme", "seg")["delivered"] == 17
+    assert [len(r["body"]["batch"]) for r in receiver.requests] == [16, 1]
+    assert all(len(r["raw"]) <= 512_000 for r in receiver.requests)
+    assert run_batch("acme", "seg")["delivered"] == 0  # nothing twice
+
+
+def test_an_eventbridge_batch_is_cut_at_256_kb_and_an_entry_over_it_is_parked_alone(env, monkeypatch):
+    # Found by review: PutEvents calls of 10 entries whatever their size; AWS refuses a call over 256 KB
+    # (Source, DetailType, Detail, Resources, Time counted), so ten large profile syncs never went.
+    from engage.destinations import senders
+
+    arn, _sqs, _url = tap_bus("customer-bus")
+    assert call_api("POST", "/v1/destinations", {
+        "key": "bus", "type": "eventbridge", "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+        "audiences": ["vip"], "config": {"event_bus_arn": arn}})[0] == 201
+    calls: list[list[dict]] = []
+    events = boto3.client("events", region_name="us-east-1")
+
+    class Recording:
+        def put_events(self, Entries):
+            calls.append(Entries)
+            return events.put_events(Entries=Entries)
+
+    monkeypatch.setattr(senders, "_events", lambda: Recording())
+    def entry_bytes(entry):  # as AWS counts an entry (no Time, no Resources here)
+        return sum(len(entry[name].encode()) for name in ("Source", "DetailType", "Detail"))
+
+    def size(change):
+        return entry_bytes(payloads.eventbridge_entry(change, arn, "engage.destinations"))
+
+    logged_sync("a01", "bus", size, 131_072)  # two of 128 KB: exactly 256 KB, one call
+    logged_sync("a02", "bus", size, 131_072)
+    logged_sync("a03", "bus", size, 262_144)  # exactly 256 KB alone: one call
+    logged_sync("a04", "bus", size, 262_145)  # one byte over: parked
+    for n in range(5, 17):
+        logged_sync(f"a{n:02}", "bus", size, 1_000)  # small ones: 10 a call
+    result = run_batch("acme", "bus")
+    assert result["delivered"] == 15, result
+    totals = [sum(entry_bytes(e) for e in entries) for entries in calls]
+    assert totals[:2] == [262_144, 262_144] and [len(entries) for entries in calls] == [2, 1, 10, 2]
+    view = call_api("GET", "/v1/destinations/bus")[1]
+    assert view["status"]["backlog"] == 0 and view["status"]["dlq_depth"] == 1
+    assert "262,145 bytes" in view["parked"][0]["reason"]
+    assert run_batch("acme", "bus")["delivered"] == 0
+
+
 @pytest.mark.parametrize(("fmt", "extension"), [("csv", "csv"), ("jsonl", "jsonl")])
 def test_an_s3_destination_writes_a_snapshot_of_the_members_in_the_export_formats(env, fmt, extension):
     s3 = boto3.client("s3", region_name="us-east-1")

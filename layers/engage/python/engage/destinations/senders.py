@@ -140,8 +140,9 @@ def send_segment(config: dict[str, Any], secrets: dict[str, str], changes: list[
         headers["Authorization"] = "Basic " + b64encode(f"{secrets['write_key']}:".encode()).decode()
     timeout = _timeout(config, seconds_left)
     if batched:
-        body = payloads.segment_batch(changes, config.get("call", "identify"))
-        return post_json(f"{base}/v1/batch", json.dumps(body).encode(), headers, timeout)
+        call = config.get("call", "identify")
+        body = payloads.segment_batch_body([payloads.compact_json(payloads.segment_call(c, call)[1]) for c in changes])
+        return post_json(f"{base}/v1/batch", body, headers, timeout)
     path, body = payloads.segment_call(changes[0], config.get("call", "identify"))
     return post_json(base + path, json.dumps(body).encode(), headers, timeout)
 
