@@ -169,6 +169,72 @@ def test_a_batch_destination_gets_its_schedule_and_loses_it_when_deleted(env, re
         scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
 
 
+class FailingScheduler:
+    """EventBridge Scheduler answering every change with `code` (a throttle, a denied role)."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def _fail(self, **_arguments):
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": self.code, "Message": "no"}}, "Schedule")
+
+    create_schedule = update_schedule = delete_schedule = _fail
+
+
+@pytest.mark.parametrize("code", ["ThrottlingException", "AccessDeniedException"])
+def test_a_batch_destination_whose_schedule_cannot_be_made_is_not_saved(env, receiver, monkeypatch, code):
+    # Found by review: the destination was stored, then Scheduler failed: a 500, and a batch destination
+    # without a schedule stayed (its log never sent). Now a 503 and nothing saved; an edit changes nothing.
+    from engage.destinations import schedules
+
+    scheduler = boto3.client("scheduler", region_name="us-east-1")
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    monkeypatch.setattr(schedules, "_scheduler", lambda: FailingScheduler(code))
+    status, answer = call_api("POST", "/v1/destinations", body)
+    assert status == 503 and answer["error"]["code"] == "service_unavailable", answer
+    assert code in answer["error"]["message"] and answer["error"]["details"][0]["path"] == "schedule"
+    assert call_api("GET", "/v1/destinations/nightly")[0] == 404
+    assert call_api("GET", "/v1/destinations")[1]["destinations"] == []
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    assert ssm.get_parameters_by_path(Path="/test/destinations", Recursive=True)["Parameters"] == []
+    monkeypatch.undo()
+    assert call_api("POST", "/v1/destinations", body)[0] == 201  # the key was not used up
+    assert call_api("POST", "/v1/destinations", webhook(receiver, key="live"))[0] == 201
+
+    monkeypatch.setattr(schedules, "_scheduler", lambda: FailingScheduler(code))
+    changed = {**body, "schedule": {"expression": "cron(0 2 * * ? *)"}}
+    assert call_api("PUT", "/v1/destinations/nightly", changed)[0] == 503
+    assert call_api("PUT", "/v1/destinations/nightly", {**body, "mode": "realtime", "schedule": None})[0] == 503
+    made_batch = {**webhook(receiver, key="live"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("PUT", "/v1/destinations/live", made_batch)[0] == 503
+    nightly, live = (call_api("GET", f"/v1/destinations/{k}")[1] for k in ("nightly", "live"))
+    assert (nightly["mode"], nightly["schedule"]["expression"], nightly["revision"]) == ("batch", "rate(1 hour)", 1)
+    assert (live["mode"], live["revision"]) == ("realtime", 1)
+    monkeypatch.undo()
+    assert scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))["ScheduleExpression"] == "rate(1 hour)"
+    with pytest.raises(scheduler.exceptions.ResourceNotFoundException):
+        scheduler.get_schedule(Name=schedules.name_of("acme", "live"))
+
+
+def test_an_edit_that_fails_to_store_puts_the_schedule_back(env, receiver, monkeypatch):
+    from engage.destinations import schedules
+    from engage.destinations import store as stored
+
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+
+    def conflict(*_args):
+        raise RuntimeError("a concurrent edit")
+
+    monkeypatch.setattr(stored, "replace", conflict)
+    with pytest.raises(RuntimeError):
+        call_api("PUT", "/v1/destinations/nightly", {**body, "schedule": {"expression": "rate(5 minutes)"}})
+    scheduler = boto3.client("scheduler", region_name="us-east-1")
+    assert scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))["ScheduleExpression"] == "rate(1 hour)"
+
+
 # ---------------------------------------------------------------- realtime delivery
 def test_changes_are_delivered_signed_in_order_and_once_under_redelivery(env, receiver):
     flow = Flow(env)
