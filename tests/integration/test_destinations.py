@@ -737,6 +737,29 @@ def test_an_eventbridge_batch_is_cut_at_256_kb_and_an_entry_over_it_is_parked_al
     assert run_batch("acme", "bus")["delivered"] == 0
 
 
+def test_a_realtime_eventbridge_change_over_256_kb_is_refused_for_good_not_retried(env):
+    # AWS refuses such a PutEvents call every time (a ValidationException, as the local cloud now does): it was
+    # a retry, so a realtime profile sync with large traits wore out its 16 attempts before being parked.
+    from engage.destinations import senders
+
+    arn, _sqs, _url = tap_bus("customer-bus")
+    config = {"event_bus_arn": arn}
+
+    def entry_bytes(change):
+        entry = payloads.eventbridge_entry(change, arn, "engage.destinations")
+        return sum(len(entry[name].encode()) for name in ("Source", "DetailType", "Detail"))
+
+    change = {"type": payloads.PROFILE_SYNC, "space_id": "acme", "destination": "bus", "audience_key": "~profile",
+              "entity": "users", "profile_id": "p1", "member": True, "version": 1, "sync_id": "s1",
+              "timestamp": "2026-12-01T00:00:00.000Z", "identity": {"user_id": "u1"}, "traits": {"notes": ""},
+              "audiences": {}, "computed_traits": {}, "source": {}}
+    change["traits"]["notes"] = "x" * (262_144 - entry_bytes(change))
+    assert senders.send_eventbridge(config, {}, [change], batched=False).ok  # exactly 256 KB: put
+    change["traits"]["notes"] += "x"
+    outcome = senders.send_eventbridge(config, {}, [change], batched=False)
+    assert outcome.status == senders.PERMANENT and "262,145 bytes" in outcome.reason, outcome
+
+
 @pytest.mark.parametrize(("fmt", "extension"), [("csv", "csv"), ("jsonl", "jsonl")])
 def test_an_s3_destination_writes_a_snapshot_of_the_members_in_the_export_formats(env, fmt, extension):
     s3 = boto3.client("s3", region_name="us-east-1")

@@ -44,7 +44,7 @@ SEGMENT_BATCH = 100  # calls per /v1/batch (and SEGMENT_REQUEST_BYTES: profile s
 EVENTBRIDGE_BATCH = 10
 # Segment's limits (docs/ingestion.md, which this product's ingestion enforces too): a call, a request.
 SEGMENT_MESSAGE_BYTES, SEGMENT_REQUEST_BYTES = 32 * 1024, 500 * 1024
-EVENTBRIDGE_REQUEST_BYTES = 256 * 1024  # PutEvents: the entries' sizes (payloads.eventbridge_entry_size) a call
+EVENTBRIDGE_REQUEST_BYTES = senders.MAX_BYTES_PER_PUT
 
 
 def run(space_id: str, destination_key: str, seconds_left: Callable[[], float] | None = None) -> dict[str, Any]:
