@@ -218,6 +218,24 @@ def test_a_batch_destination_whose_schedule_cannot_be_made_is_not_saved(env, rec
         scheduler.get_schedule(Name=schedules.name_of("acme", "live"))
 
 
+def test_a_batch_destination_whose_schedule_cannot_be_deleted_is_not_deleted(env, receiver, monkeypatch):
+    # Found while fixing the save: a delete tombstoned the destination, then Scheduler failed: a 5xx, the key
+    # gone for good and its schedule still firing every hour. Now a 503 and the destination as it was.
+    from engage.destinations import schedules
+
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    monkeypatch.setattr(schedules, "_scheduler", lambda: FailingScheduler("ThrottlingException"))
+    status, answer = call_api("DELETE", "/v1/destinations/nightly")
+    assert status == 503 and answer["error"]["code"] == "service_unavailable", answer
+    monkeypatch.undo()
+    assert call_api("GET", "/v1/destinations/nightly")[1]["mode"] == "batch"
+    assert call_api("DELETE", "/v1/destinations/nightly")[0] == 204
+    scheduler = boto3.client("scheduler", region_name="us-east-1")
+    with pytest.raises(scheduler.exceptions.ResourceNotFoundException):
+        scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
+
+
 def test_an_edit_that_fails_to_store_puts_the_schedule_back(env, receiver, monkeypatch):
     from engage.destinations import schedules
     from engage.destinations import store as stored

@@ -107,6 +107,18 @@ def _reschedule(space_id: str, destination_key: str, to: DestinationDefinition, 
         schedules.remove(space_id, destination_key)
 
 
+def _put_back(space_id: str, destination_key: str, stored: DestinationDefinition,
+              tried: DestinationDefinition | None) -> None:
+    """The schedule as the stored definition has it, after storing a change failed (`tried`: None, a delete)."""
+    try:
+        if tried is None:
+            schedules.put(space_id, stored)
+        else:
+            _reschedule(space_id, destination_key, stored, tried)
+    except EngageError:
+        logger.exception("could not put a destination's schedule back", extra={"destination": destination_key})
+
+
 def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
     current = store.get(space_id, destination_key)  # 404 first
     definition, secrets = split_secrets(validate(space_id, body, editing=destination_key))
@@ -116,10 +128,7 @@ def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
     try:
         before, after = store.replace(space_id, destination_key, definition, secrets)
     except Exception:
-        try:
-            _reschedule(space_id, destination_key, current.definition, definition)
-        except EngageError:
-            logger.exception("could not put a destination's schedule back", extra={"destination": destination_key})
+        _put_back(space_id, destination_key, current.definition, definition)
         raise
     if definition.mode == "batch":
         store.set_schedule_name(space_id, destination_key, schedules.name_of(space_id, destination_key))
@@ -159,13 +168,20 @@ def list_destinations(space_id: str) -> dict[str, Any]:
 
 
 def delete(space_id: str, destination_key: str) -> None:
-    store.get(space_id, destination_key)  # 404 first
+    current = store.get(space_id, destination_key)  # 404 first
     from engage.journeys.references import refuse_if_referenced
 
     refuse_if_referenced(space_id, "destination", "sync", destination_key)  # 409 listing the journeys that sync
-    gone = store.delete(space_id, destination_key)
-    if gone.definition.mode == "batch":
+    # The schedule first: a Scheduler failure (503) left the destination deleted with its schedule still firing.
+    batch = current.definition.mode == "batch"
+    if batch:
         schedules.remove(space_id, destination_key)
+    try:
+        store.delete(space_id, destination_key)
+    except Exception:
+        if batch:
+            _put_back(space_id, destination_key, current.definition, None)
+        raise
 
 
 def replay(space_id: str, destination_key: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def replace_destination(key: str):
 
 
 @router.delete("/v1/destinations/<key>", summary="Delete a destination (its key is never reused)", **DOC,
-               responses=openapi.responses(204, None, "deleted", *KEY_ERRORS))
+               responses=openapi.responses(204, None, "deleted", *KEY_ERRORS, 503))
 def delete_destination(key: str):
     management.delete(_space(), key)
     return Response(204, "application/json", "")
