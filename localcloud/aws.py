@@ -131,9 +131,10 @@ def _install_patches() -> None:
     _install_queue_hook()
     _install_queue_clock()
     # DynamoDB's limits (item size, keys, numbers, nesting), wrapping the stream patch above.
-    from localcloud import dynamodb_limits
+    from localcloud import dynamodb_limits, eventbridge_limits
 
     dynamodb_limits.install()
+    eventbridge_limits.install()  # PutEvents: 256 KB a call as AWS counts it, no empty calls, Detail an object
 
     # CloudFormation creates state machines in the plain backend, but with execute_state_machine
     # the Step Functions API serves the executing (parser) backend: make CloudFormation use that one.

@@ -169,6 +169,90 @@ def test_a_batch_destination_gets_its_schedule_and_loses_it_when_deleted(env, re
         scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
 
 
+class FailingScheduler:
+    """EventBridge Scheduler answering every change with `code` (a throttle, a denied role)."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def _fail(self, **_arguments):
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": self.code, "Message": "no"}}, "Schedule")
+
+    create_schedule = update_schedule = delete_schedule = _fail
+
+
+@pytest.mark.parametrize("code", ["ThrottlingException", "AccessDeniedException"])
+def test_a_batch_destination_whose_schedule_cannot_be_made_is_not_saved(env, receiver, monkeypatch, code):
+    # Found by review: the destination was stored, then Scheduler failed: a 500, and a batch destination
+    # without a schedule stayed (its log never sent). Now a 503 and nothing saved; an edit changes nothing.
+    from engage.destinations import schedules
+
+    scheduler = boto3.client("scheduler", region_name="us-east-1")
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    monkeypatch.setattr(schedules, "_scheduler", lambda: FailingScheduler(code))
+    status, answer = call_api("POST", "/v1/destinations", body)
+    assert status == 503 and answer["error"]["code"] == "service_unavailable", answer
+    assert code in answer["error"]["message"] and answer["error"]["details"][0]["path"] == "schedule"
+    assert call_api("GET", "/v1/destinations/nightly")[0] == 404
+    assert call_api("GET", "/v1/destinations")[1]["destinations"] == []
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    assert ssm.get_parameters_by_path(Path="/test/destinations", Recursive=True)["Parameters"] == []
+    monkeypatch.undo()
+    assert call_api("POST", "/v1/destinations", body)[0] == 201  # the key was not used up
+    assert call_api("POST", "/v1/destinations", webhook(receiver, key="live"))[0] == 201
+
+    monkeypatch.setattr(schedules, "_scheduler", lambda: FailingScheduler(code))
+    changed = {**body, "schedule": {"expression": "cron(0 2 * * ? *)"}}
+    assert call_api("PUT", "/v1/destinations/nightly", changed)[0] == 503
+    assert call_api("PUT", "/v1/destinations/nightly", {**body, "mode": "realtime", "schedule": None})[0] == 503
+    made_batch = {**webhook(receiver, key="live"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("PUT", "/v1/destinations/live", made_batch)[0] == 503
+    nightly, live = (call_api("GET", f"/v1/destinations/{k}")[1] for k in ("nightly", "live"))
+    assert (nightly["mode"], nightly["schedule"]["expression"], nightly["revision"]) == ("batch", "rate(1 hour)", 1)
+    assert (live["mode"], live["revision"]) == ("realtime", 1)
+    monkeypatch.undo()
+    assert scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))["ScheduleExpression"] == "rate(1 hour)"
+    with pytest.raises(scheduler.exceptions.ResourceNotFoundException):
+        scheduler.get_schedule(Name=schedules.name_of("acme", "live"))
+
+
+def test_a_batch_destination_whose_schedule_cannot_be_deleted_is_not_deleted(env, receiver, monkeypatch):
+    # Found while fixing the save: a delete tombstoned the destination, then Scheduler failed: a 5xx, the key
+    # gone for good and its schedule still firing every hour. Now a 503 and the destination as it was.
+    from engage.destinations import schedules
+
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    monkeypatch.setattr(schedules, "_scheduler", lambda: FailingScheduler("ThrottlingException"))
+    status, answer = call_api("DELETE", "/v1/destinations/nightly")
+    assert status == 503 and answer["error"]["code"] == "service_unavailable", answer
+    monkeypatch.undo()
+    assert call_api("GET", "/v1/destinations/nightly")[1]["mode"] == "batch"
+    assert call_api("DELETE", "/v1/destinations/nightly")[0] == 204
+    scheduler = boto3.client("scheduler", region_name="us-east-1")
+    with pytest.raises(scheduler.exceptions.ResourceNotFoundException):
+        scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
+
+
+def test_an_edit_that_fails_to_store_puts_the_schedule_back(env, receiver, monkeypatch):
+    from engage.destinations import schedules
+    from engage.destinations import store as stored
+
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+
+    def conflict(*_args):
+        raise RuntimeError("a concurrent edit")
+
+    monkeypatch.setattr(stored, "replace", conflict)
+    with pytest.raises(RuntimeError):
+        call_api("PUT", "/v1/destinations/nightly", {**body, "schedule": {"expression": "rate(5 minutes)"}})
+    scheduler = boto3.client("scheduler", region_name="us-east-1")
+    assert scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))["ScheduleExpression"] == "rate(1 hour)"
+
+
 # ---------------------------------------------------------------- realtime delivery
 def test_changes_are_delivered_signed_in_order_and_once_under_redelivery(env, receiver):
     flow = Flow(env)
@@ -580,6 +664,118 @@ def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_stil
     flow.drain()
     assert run_batch("acme", "hourly")["delivered"] == 1
     assert sorted(c["user_id"] for r in receiver.delivered() for c in r["batch"]) == ["u1", "u2", "u3"]
+
+
+def logged_sync(profile_id: str, destination: str, size, target: int) -> dict:
+    """A profile sync in `destination`'s change log whose request bytes (`size(change)`) are exactly `target`."""
+    from engage.destinations import changelog
+
+    change = {"type": payloads.PROFILE_SYNC, "space_id": "acme", "destination": destination,
+              "audience_key": payloads.SYNC_SLOT, "entity": "users", "profile_id": profile_id, "member": True,
+              "version": 1, "sync_id": f"sync-{profile_id}", "timestamp": "2026-12-01T00:00:00.000Z",
+              "identity": {"user_id": profile_id}, "traits": {"notes": ""}, "audiences": {}, "computed_traits": {},
+              "source": {"type": "journey", "key": "j", "step": "s"}}
+    change["traits"]["notes"] = "x" * (target - size(change))
+    assert size(change) == target
+    changelog.append([change])
+    return change
+
+
+def test_a_segment_batch_is_cut_at_500_kb_and_a_call_over_32_kb_is_parked_alone(env, receiver):
+    # Found by review: a run cut the log by count only (100 calls a /v1/batch), so 100 profile syncs of 30 KB
+    # made one 3 MB request, which Segment refuses (500 KB): parked whole, none delivered, run after run.
+    assert call_api("POST", "/v1/destinations", {
+        "key": "seg", "type": "segment", "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+        "audiences": ["vip"], "config": {"endpoint": receiver.url, "write_key": "wk"}})[0] == 201
+    def size(change):  # as Segment counts a call: compact UTF-8 JSON
+        return len(json.dumps(payloads.segment_call(change, "identify")[1], separators=(",", ":"),
+                              ensure_ascii=False).encode())
+
+    # 17 calls of 30,116 bytes: {"batch":[...]} with 16 commas is exactly 512,000 bytes, one request
+    for n in range(1, 18):
+        logged_sync(f"a{n:02}", "seg", size, 30_116)
+    logged_sync("a18", "seg", size, 32_768)  # exactly 32 KB: sent, in a request of its own (512,000 + 32,769)
+    logged_sync("a19", "seg", size, 32_769)  # one byte over: no request can carry it
+    result = run_batch("acme", "seg")
+    assert result["delivered"] == 18 and result["requests"] == 2, result
+    raws = [r["raw"] for r in receiver.requests]
+    assert [len(raw) for raw in raws] == [512_000, 11 + 32_768 + 1]
+    assert [len(r["body"]["batch"]) for r in receiver.requests] == [17, 1]
+    view = call_api("GET", "/v1/destinations/seg")[1]
+    assert view["status"]["backlog"] == 0 and view["status"]["dlq_depth"] == 1
+    [parked] = view["parked"]
+    assert "32,769 bytes" in parked["reason"] and "32 KB" in parked["reason"]
+    # one byte past 500 KB: 17 calls, one of 30,117 bytes, go as 16 and 1
+    receiver.requests.clear()
+    for n in range(1, 18):
+        logged_sync(f"b{n:02}", "seg", size, 30_117 if n == 1 else 30_116)
+    assert run_batch("acme", "seg")["delivered"] == 17
+    assert [len(r["body"]["batch"]) for r in receiver.requests] == [16, 1]
+    assert all(len(r["raw"]) <= 512_000 for r in receiver.requests)
+    assert run_batch("acme", "seg")["delivered"] == 0  # nothing twice
+
+
+def test_an_eventbridge_batch_is_cut_at_256_kb_and_an_entry_over_it_is_parked_alone(env, monkeypatch):
+    # Found by review: PutEvents calls of 10 entries whatever their size; AWS refuses a call over 256 KB
+    # (Source, DetailType, Detail, Resources, Time counted), so ten large profile syncs never went.
+    from engage.destinations import senders
+
+    arn, _sqs, _url = tap_bus("customer-bus")
+    assert call_api("POST", "/v1/destinations", {
+        "key": "bus", "type": "eventbridge", "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+        "audiences": ["vip"], "config": {"event_bus_arn": arn}})[0] == 201
+    calls: list[list[dict]] = []
+    events = boto3.client("events", region_name="us-east-1")
+
+    class Recording:
+        def put_events(self, Entries):
+            calls.append(Entries)
+            return events.put_events(Entries=Entries)
+
+    monkeypatch.setattr(senders, "_events", lambda: Recording())
+    def entry_bytes(entry):  # as AWS counts an entry (no Time, no Resources here)
+        return sum(len(entry[name].encode()) for name in ("Source", "DetailType", "Detail"))
+
+    def size(change):
+        return entry_bytes(payloads.eventbridge_entry(change, arn, "engage.destinations"))
+
+    logged_sync("a01", "bus", size, 131_072)  # two of 128 KB: exactly 256 KB, one call
+    logged_sync("a02", "bus", size, 131_072)
+    logged_sync("a03", "bus", size, 262_144)  # exactly 256 KB alone: one call
+    logged_sync("a04", "bus", size, 262_145)  # one byte over: parked
+    for n in range(5, 17):
+        logged_sync(f"a{n:02}", "bus", size, 1_000)  # small ones: 10 a call
+    result = run_batch("acme", "bus")
+    assert result["delivered"] == 15, result
+    totals = [sum(entry_bytes(e) for e in entries) for entries in calls]
+    assert totals[:2] == [262_144, 262_144] and [len(entries) for entries in calls] == [2, 1, 10, 2]
+    view = call_api("GET", "/v1/destinations/bus")[1]
+    assert view["status"]["backlog"] == 0 and view["status"]["dlq_depth"] == 1
+    assert "262,145 bytes" in view["parked"][0]["reason"]
+    assert run_batch("acme", "bus")["delivered"] == 0
+
+
+def test_a_realtime_eventbridge_change_over_256_kb_is_refused_for_good_not_retried(env):
+    # AWS refuses such a PutEvents call every time (a ValidationException, as the local cloud now does): it was
+    # a retry, so a realtime profile sync with large traits wore out its 16 attempts before being parked.
+    from engage.destinations import senders
+
+    arn, _sqs, _url = tap_bus("customer-bus")
+    config = {"event_bus_arn": arn}
+
+    def entry_bytes(change):
+        entry = payloads.eventbridge_entry(change, arn, "engage.destinations")
+        return sum(len(entry[name].encode()) for name in ("Source", "DetailType", "Detail"))
+
+    change = {"type": payloads.PROFILE_SYNC, "space_id": "acme", "destination": "bus", "audience_key": "~profile",
+              "entity": "users", "profile_id": "p1", "member": True, "version": 1, "sync_id": "s1",
+              "timestamp": "2026-12-01T00:00:00.000Z", "identity": {"user_id": "u1"}, "traits": {"notes": ""},
+              "audiences": {}, "computed_traits": {}, "source": {}}
+    change["traits"]["notes"] = "x" * (262_144 - entry_bytes(change))
+    assert senders.send_eventbridge(config, {}, [change], batched=False).ok  # exactly 256 KB: put
+    change["traits"]["notes"] += "x"
+    outcome = senders.send_eventbridge(config, {}, [change], batched=False)
+    assert outcome.status == senders.PERMANENT and "262,145 bytes" in outcome.reason, outcome
 
 
 @pytest.mark.parametrize(("fmt", "extension"), [("csv", "csv"), ("jsonl", "jsonl")])

@@ -211,6 +211,43 @@ def test_a_deletion_job_runs_resumably_and_keeps_an_audit_record_without_persona
     assert suppression.suppressed_among(SPACE, [("users", "anonymous_id", ANON)])
 
 
+@pytest.mark.parametrize("suppress", [True, False])
+def test_ids_and_profiles_a_person_gains_after_the_find_step_are_suppressed_and_erased_too(aws, space, monkeypatch,
+                                                                                          suppress):
+    # Found by review: the job acted on the ids `find` recorded; an identify processed after it (a new email)
+    # or an alias merging another profile into the person left that id unsuppressed and its pointer, and the
+    # merged profile, in the tables.
+    from engage.privacy import jobs
+
+    new_email, other_anon = "ann.new@example.com", "anon-privacy-2"
+    profile_ids = _given_a_merged_person_with_data_everywhere()
+    seen = message("track", "m9", "2026-11-20T11:00:00.000Z", anonymousId=other_anon, event="Viewed", properties={})
+    run(batch(seen))
+    later = [message("identify", "m10", "2026-11-20T12:00:00.000Z", userId=USER, traits={"email": new_email}),
+             message("alias", "m11", "2026-11-20T12:01:00.000Z", userId=USER, previousId=other_anon)]
+    real_step = jobs._step
+
+    def step(name, job, work):
+        counts = real_step(name, job, work)
+        if name == "find":  # the person's events keep coming while the job runs
+            for msg in later:
+                events_store.put_new(events_store.record(SPACE, msg, datetime(2026, 11, 20, tzinfo=UTC)))
+                run(batch(msg))
+        return counts
+
+    monkeypatch.setattr(jobs, "_step", step)
+    job = jobs.request(SPACE, "users", [("user_id", USER)], suppress=suppress, requested_by="token:abc123")
+    view = jobs.view(jobs.run(SPACE, job.job_id))
+    assert view["status"] == "done" and view["erased"]["profiles"] == 3, view
+
+    after = _everything(aws)
+    for needle in (ANON, USER, EMAIL, new_email, other_anon, *profile_ids):
+        assert needle not in after, f"{needle} still in:\n" + "\n".join(
+            line for line in after.splitlines() if needle in line)
+    gained = [("users", "email", new_email), ("users", "anonymous_id", other_anon)]
+    assert suppression.suppressed_among(SPACE, gained) == (set(gained) if suppress else set())
+
+
 def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once(aws, space, monkeypatch):
     from engage import config
     from engage.journeys import leave

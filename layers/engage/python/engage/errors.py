@@ -51,6 +51,13 @@ class Conflict(EngageError):
     status = 409
 
 
+class Unavailable(EngageError):
+    """A service the call needs refused or failed (throttled, denied, down): nothing was changed; try again."""
+
+    code = "service_unavailable"
+    status = 503
+
+
 class Computing(Conflict):
     """An edit of something whose backfill or recompute is still running (details carry its progress)."""
 

@@ -2,8 +2,10 @@
 
 webhook / segment / eventbridge: the change log (already coalesced: one entry per profile and
 audience, its final state) is read a page at a time and sent in requests of `batch_size` changes
-(webhook: {"batch": [...]}; segment: /v1/batch of 100 calls; eventbridge: PutEvents of 10); each
-request that succeeds deletes its entries (on condition that their version did not move), each
+(webhook: {"batch": [...]}; segment: /v1/batch of 100 calls and at most 500 KB; eventbridge: PutEvents
+of 10 entries and at most 256 KB, as AWS counts them). A change too large for any request (a Segment
+call over 32 KB, an entry over 256 KB: a profile sync with large traits) is parked alone, unsent, and
+the rest still go. Each request that succeeds deletes its entries (on condition that their version did not move), each
 taking one rate-limit token. A request refused for good (a 4xx but 408/409/429) has its changes parked
 (the deliverer's, replayable) and the run goes on; the first other failure ends the run, and so does the function's time running
 out (a request never outlasts it): what was not delivered stays in the log for the next run (nothing is lost however long the receiver is down; the status shows the error).
@@ -17,15 +19,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 
 from engage import clock, lazy
 from engage.config import settings
-from engage.destinations import changelog, parking, ratelimit, senders, store
+from engage.destinations import changelog, parking, payloads, ratelimit, senders, store
 from engage.observability import logger
 
 # Snapshot destinations only (a full member list written with the audience export's layouts): loaded by the
@@ -38,8 +40,11 @@ store.definitions.parse_definition  # noqa: B018
 # What a run keeps of its time after a request (the log's deletes, the status); a request with less than
 # MIN_SEND_SECONDS left is not started: the rest of the log waits for the next run.
 AFTER_SEND_SECONDS, MIN_SEND_SECONDS = 5.0, 1.0
-SEGMENT_BATCH = 100  # calls per /v1/batch: well inside 500 KB for membership calls
+SEGMENT_BATCH = 100  # calls per /v1/batch (and SEGMENT_REQUEST_BYTES: profile syncs can be 32 KB each)
 EVENTBRIDGE_BATCH = 10
+# Segment's limits (docs/ingestion.md, which this product's ingestion enforces too): a call, a request.
+SEGMENT_MESSAGE_BYTES, SEGMENT_REQUEST_BYTES = 32 * 1024, 500 * 1024
+EVENTBRIDGE_REQUEST_BYTES = senders.MAX_BYTES_PER_PUT
 
 
 def run(space_id: str, destination_key: str, seconds_left: Callable[[], float] | None = None) -> dict[str, Any]:
@@ -62,14 +67,69 @@ def _chunk_size(destination: store.Destination) -> int:
     return SEGMENT_BATCH if kind == "segment" else EVENTBRIDGE_BATCH
 
 
+class ByteLimits(NamedTuple):
+    """A receiver's request limits by bytes, as it counts them."""
+    size: Callable[[dict[str, Any]], int]  # one change's bytes in a request
+    message: int  # most bytes of one change
+    request: int  # most bytes of one request: `overhead` + its changes + `separator` between two
+    overhead: int
+    separator: int
+    what: str
+
+
+def byte_limits(destination: store.Destination) -> ByteLimits | None:
+    """None for webhook: its receiver's limits are unknown (`batch_size` is the knob)."""
+    config = destination.definition.config
+    if destination.definition.type == "segment":
+        call = config.get("call", "identify")
+        return ByteLimits(lambda c: len(payloads.compact_json(payloads.segment_call(c, call)[1])),
+                          SEGMENT_MESSAGE_BYTES, SEGMENT_REQUEST_BYTES, payloads.SEGMENT_BATCH_OVERHEAD, 1,
+                          "Segment call")
+    if destination.definition.type == "eventbridge":
+        arn, source = config["event_bus_arn"], config.get("source", "engage.destinations")
+        return ByteLimits(lambda c: payloads.eventbridge_entry_size(payloads.eventbridge_entry(c, arn, source)),
+                          EVENTBRIDGE_REQUEST_BYTES, EVENTBRIDGE_REQUEST_BYTES, 0, 0, "PutEvents entry")
+    return None
+
+
+def requests_of(destination: store.Destination,
+                page: list[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    """The page cut into requests by count and by bytes: (changes, "") to send, or ([change], reason) for one
+    change larger than the receiver takes (parked alone). Cut by count only, 100 profile syncs of 30 KB made a
+    3 MB Segment batch, refused and parked whole, run after run: none of them was delivered."""
+    count = _chunk_size(destination)
+    limits = byte_limits(destination)
+    if limits is None:
+        for start in range(0, len(page), count):
+            yield page[start:start + count], ""
+        return
+    chunk: list[dict[str, Any]] = []
+    size = limits.overhead
+    for change in page:
+        one = limits.size(change)
+        if one > limits.message:
+            yield [change], (f"{limits.what} is {one:,} bytes: the limit is {limits.message // 1024} KB "
+                             f"({limits.message:,} bytes); not sent")
+            continue
+        grown = size + (limits.separator if chunk else 0) + one
+        if chunk and (len(chunk) == count or grown > limits.request):
+            yield chunk, ""
+            chunk, grown = [], limits.overhead + one
+        chunk.append(change)
+        size = grown
+    if chunk:
+        yield chunk, ""
+
+
 def drain(destination: store.Destination, seconds_left: Callable[[], float] | None = None) -> dict[str, Any]:
     secrets = store.get_secrets(destination.space_id, destination.key) if destination.secret_hints else {}
     send = senders.SENDERS[destination.definition.type]
-    size = _chunk_size(destination)
     delivered = requests = 0
     for page in changelog.pages(destination.space_id, destination.key):
-        for start in range(0, len(page), size):
-            chunk = page[start:start + size]
+        for chunk, too_large in requests_of(destination, page):
+            if too_large:  # no request can carry it: parked alone (replayable), the rest still go
+                _park(destination, chunk, too_large)
+                continue
             budget = None if seconds_left is None else seconds_left() - AFTER_SEND_SECONDS
             if budget is not None and budget < MIN_SEND_SECONDS:
                 _note(destination, delivered)

@@ -21,7 +21,8 @@ from engage.destinations.definition import (
     request_problems,
     split_secrets,
 )
-from engage.errors import ValidationFailed
+from engage.errors import EngageError, ValidationFailed
+from engage.observability import logger
 
 # A definition item must stay under DynamoDB's 400 KB (an oversized one was a 500 from the store).
 MAX_DEFINITION_BYTES = 100_000
@@ -87,19 +88,51 @@ def create(space_id: str, body: Any) -> dict[str, Any]:
     definition, secrets = split_secrets(validate(space_id, body))
     destination = store.create(space_id, definition, secrets)
     if definition.mode == "batch":
-        store.set_schedule_name(space_id, definition.key, schedules.put(space_id, definition))
+        # All or nothing: a Scheduler failure (a throttle, a denied role) left a batch destination stored
+        # without a schedule, whose log never went out. Undone: the answer is the failure, the key is free.
+        try:
+            name = schedules.put(space_id, definition)
+        except Exception:
+            store.discard(space_id, definition.key)
+            raise
+        store.set_schedule_name(space_id, definition.key, name)
     _connect(space_id, destination, destination.audiences, list(destination.computed_traits))
     return _view(store.get(space_id, definition.key))
 
 
-def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
-    store.get(space_id, destination_key)  # 404 first
-    definition, secrets = split_secrets(validate(space_id, body, editing=destination_key))
-    before, after = store.replace(space_id, destination_key, definition, secrets)
-    if definition.mode == "batch":
-        store.set_schedule_name(space_id, destination_key, schedules.put(space_id, definition))
-    elif before.definition.mode == "batch":
+def _reschedule(space_id: str, destination_key: str, to: DestinationDefinition, was: DestinationDefinition) -> None:
+    if to.mode == "batch":
+        schedules.put(space_id, to)
+    elif was.mode == "batch":
         schedules.remove(space_id, destination_key)
+
+
+def _put_back(space_id: str, destination_key: str, stored: DestinationDefinition,
+              tried: DestinationDefinition | None) -> None:
+    """The schedule as the stored definition has it, after storing a change failed (`tried`: None, a delete)."""
+    try:
+        if tried is None:
+            schedules.put(space_id, stored)
+        else:
+            _reschedule(space_id, destination_key, stored, tried)
+    except EngageError:
+        logger.exception("could not put a destination's schedule back", extra={"destination": destination_key})
+
+
+def replace(space_id: str, destination_key: str, body: Any) -> dict[str, Any]:
+    current = store.get(space_id, destination_key)  # 404 first
+    definition, secrets = split_secrets(validate(space_id, body, editing=destination_key))
+    # The schedule first: when Scheduler fails (400, 503), the stored destination is as it was. When storing
+    # then fails (a concurrent edit), the schedule is put back as the stored definition has it.
+    _reschedule(space_id, destination_key, definition, current.definition)
+    try:
+        before, after = store.replace(space_id, destination_key, definition, secrets)
+    except Exception:
+        _put_back(space_id, destination_key, current.definition, definition)
+        raise
+    if definition.mode == "batch":
+        store.set_schedule_name(space_id, destination_key, schedules.name_of(space_id, destination_key))
+    elif before.definition.mode == "batch":
         store.set_schedule_name(space_id, destination_key, None)
     collecting = before.definition.paused or before.definition.mode == "batch"
     if collecting and not definition.paused and definition.mode == "realtime":
@@ -135,13 +168,20 @@ def list_destinations(space_id: str) -> dict[str, Any]:
 
 
 def delete(space_id: str, destination_key: str) -> None:
-    store.get(space_id, destination_key)  # 404 first
+    current = store.get(space_id, destination_key)  # 404 first
     from engage.journeys.references import refuse_if_referenced
 
     refuse_if_referenced(space_id, "destination", "sync", destination_key)  # 409 listing the journeys that sync
-    gone = store.delete(space_id, destination_key)
-    if gone.definition.mode == "batch":
+    # The schedule first: a Scheduler failure (503) left the destination deleted with its schedule still firing.
+    batch = current.definition.mode == "batch"
+    if batch:
         schedules.remove(space_id, destination_key)
+    try:
+        store.delete(space_id, destination_key)
+    except Exception:
+        if batch:
+            _put_back(space_id, destination_key, current.definition, None)
+        raise
 
 
 def replay(space_id: str, destination_key: str) -> dict[str, Any]:

@@ -201,9 +201,29 @@ def _segment_trait(change: dict[str, Any], call: str, found: dict[str, Any]) -> 
     return "/v1/identify", {**common, "type": "identify", "traits": traits}
 
 
-def segment_batch(changes: Iterable[dict[str, Any]], call: str) -> dict[str, Any]:
-    """One /v1/batch body (batch mode)."""
-    return {"batch": [{**body} for _, body in (segment_call(c, call) for c in changes)]}
+def compact_json(document: Any) -> bytes:
+    """Compact UTF-8 JSON: what a Segment batch sends, measured as Segment (and this product's ingestion)
+    measures a message. Text that is not UTF-8 (a lone surrogate) is sent escaped, as before."""
+    try:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(document, separators=(",", ":")).encode()
+
+
+def segment_batch_body(messages: list[bytes]) -> bytes:
+    """One /v1/batch body from its calls' compact JSON: its size is exactly what batch.py cut it to."""
+    return b'{"batch":[' + b",".join(messages) + b"]}"
+
+
+SEGMENT_BATCH_OVERHEAD = len(segment_batch_body([]))  # and a comma between two calls
+
+
+def eventbridge_entry_size(entry: dict[str, Any]) -> int:
+    """A PutEvents entry's size as AWS counts it: 14 bytes for Time, then Source, DetailType, Detail and each
+    Resource in UTF-8 (EventBusName is not counted). A call takes at most 256 KB of them."""
+    size = 14 if entry.get("Time") is not None else 0
+    size += sum(len(str(entry.get(name) or "").encode()) for name in ("Source", "DetailType", "Detail"))
+    return size + sum(len(str(resource).encode()) for resource in entry.get("Resources") or ())
 
 
 def eventbridge_entry(change: dict[str, Any], bus_arn: str, source: str) -> dict[str, Any]:

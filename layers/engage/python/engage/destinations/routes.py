@@ -38,7 +38,8 @@ def _body():
 
 @router.post("/v1/destinations", summary="Create a destination (connected audiences are backfilled)", **DOC,
              openapi_extensions=openapi.body("DestinationDefinition"),
-             responses=openapi.responses(201, "Destination", "created; secrets are never returned", 400, 401, 409))
+             responses=openapi.responses(201, "Destination", "created; secrets are never returned", 400, 401, 409,
+                                        503))
 def create_destination():
     return Response(201, "application/json", json.dumps(management.create(_space(), _body())))
 
@@ -57,13 +58,13 @@ def get_destination(key: str):
 
 @router.put("/v1/destinations/<key>", summary="Replace a destination (newly connected audiences are backfilled)",
             **DOC, openapi_extensions=openapi.body("DestinationDefinition"),
-            responses=openapi.responses(200, "Destination", "replaced", *KEY_ERRORS, 409))
+            responses=openapi.responses(200, "Destination", "replaced", *KEY_ERRORS, 409, 503))
 def replace_destination(key: str):
     return management.replace(_space(), key, _body())
 
 
 @router.delete("/v1/destinations/<key>", summary="Delete a destination (its key is never reused)", **DOC,
-               responses=openapi.responses(204, None, "deleted", *KEY_ERRORS))
+               responses=openapi.responses(204, None, "deleted", *KEY_ERRORS, 503))
 def delete_destination(key: str):
     management.delete(_space(), key)
     return Response(204, "application/json", "")

@@ -13,10 +13,11 @@ import json
 from functools import lru_cache
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from engage.config import settings
 from engage.destinations.definition import DestinationDefinition
+from engage.errors import EngageError, Unavailable, ValidationFailed
 
 
 @lru_cache(maxsize=1)
@@ -42,15 +43,31 @@ def _arguments(space_id: str, definition: DestinationDefinition) -> dict:
                        "RetryPolicy": {"MaximumRetryAttempts": 2, "MaximumEventAgeInSeconds": 3600}}}
 
 
+def _refusal(error: BotoCoreError | ClientError, doing: str) -> EngageError:
+    """Scheduler's failure as the API's answer (the caller leaves the destination as it was): a refused
+    expression is a 400 naming it; a throttle, a denied role, an outage are a 503 (try again)."""
+    code = error.response["Error"]["Code"] if isinstance(error, ClientError) else type(error).__name__
+    text = error.response["Error"].get("Message", "") if isinstance(error, ClientError) else str(error)
+    if code == "ValidationException":
+        return ValidationFailed(f"invalid destination at schedule: EventBridge Scheduler refused it: {text}",
+                                [{"path": "schedule", "message": text}])
+    return Unavailable(f"the destination was not saved: EventBridge Scheduler could not {doing} its schedule "
+                       f"({code}: {text}); nothing was changed, try again",
+                       [{"path": "schedule", "message": code}])
+
+
 def put(space_id: str, definition: DestinationDefinition) -> str:
-    """Create or update the destination's schedule; its name."""
+    """Create or update the destination's schedule; its name. EngageError (400, 503) when Scheduler fails."""
     arguments = _arguments(space_id, definition)
     try:
-        _scheduler().update_schedule(**arguments)
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "ResourceNotFoundException":
-            raise
-        _scheduler().create_schedule(**arguments)
+        try:
+            _scheduler().update_schedule(**arguments)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            _scheduler().create_schedule(**arguments)
+    except (BotoCoreError, ClientError) as error:
+        raise _refusal(error, "save") from error
     return arguments["Name"]
 
 
@@ -59,4 +76,6 @@ def remove(space_id: str, destination_key: str) -> None:
         _scheduler().delete_schedule(Name=name_of(space_id, destination_key))
     except ClientError as error:
         if error.response["Error"]["Code"] != "ResourceNotFoundException":
-            raise
+            raise _refusal(error, "delete") from error
+    except BotoCoreError as error:
+        raise _refusal(error, "delete") from error

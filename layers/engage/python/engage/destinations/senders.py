@@ -31,6 +31,7 @@ RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 MAX_RETRY_AFTER = 12 * 3600  # SQS visibility timeout's ceiling
 USER_AGENT = "engage-destinations/1"
 MAX_ENTRIES_PER_PUT = 10  # EventBridge PutEvents
+MAX_BYTES_PER_PUT = 256 * 1024  # of entries, as AWS counts them (payloads.eventbridge_entry_size)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,9 @@ def send_segment(config: dict[str, Any], secrets: dict[str, str], changes: list[
         headers["Authorization"] = "Basic " + b64encode(f"{secrets['write_key']}:".encode()).decode()
     timeout = _timeout(config, seconds_left)
     if batched:
-        body = payloads.segment_batch(changes, config.get("call", "identify"))
-        return post_json(f"{base}/v1/batch", json.dumps(body).encode(), headers, timeout)
+        call = config.get("call", "identify")
+        body = payloads.segment_batch_body([payloads.compact_json(payloads.segment_call(c, call)[1]) for c in changes])
+        return post_json(f"{base}/v1/batch", body, headers, timeout)
     path, body = payloads.segment_call(changes[0], config.get("call", "identify"))
     return post_json(base + path, json.dumps(body).encode(), headers, timeout)
 
@@ -156,6 +158,12 @@ def send_eventbridge(config: dict[str, Any], _secrets: dict[str, str], changes: 
     # `seconds_left` is not used: PutEvents answers in milliseconds, within the SDK's own timeouts.
     entries = [payloads.eventbridge_entry(c, config["event_bus_arn"], config.get("source", "engage.destinations"))
                for c in changes]
+    too_large = max(payloads.eventbridge_entry_size(e) for e in entries)
+    if too_large > MAX_BYTES_PER_PUT:
+        # AWS refuses the call (a ValidationException), every time: retried, a realtime profile sync with large
+        # traits wore out its 16 attempts first. Parked at once (batch runs never send one: batch.requests_of).
+        return Outcome(PERMANENT, f"PutEvents entry is {too_large:,} bytes: the limit is 256 KB "
+                                  f"({MAX_BYTES_PER_PUT:,} bytes) a call; not sent", requests=0)
     requests = 0
     for start in range(0, len(entries), MAX_ENTRIES_PER_PUT):
         requests += 1

@@ -162,6 +162,15 @@ def create(space_id: str, definition: DestinationDefinition, secrets: dict[str, 
     return _destination(record)
 
 
+def discard(space_id: str, destination_key: str) -> None:
+    """Undo `create` (its schedule could not be made): the item and its secrets gone, the key free again."""
+    record = _record(space_id, destination_key)
+    if record is not None and not record.deleted_at:
+        record.delete()  # on condition of its version: an edit meanwhile is kept
+    delete_secrets(space_id, destination_key)
+    clear_cache()
+
+
 def _taken(destination_key: str, existing: DestinationRecord | None) -> Conflict:
     what = "was used by a deleted destination" if existing and existing.deleted_at else "is in use"
     return Conflict(f"destination key {destination_key!r} {what}: keys are unique in a space forever",

@@ -98,4 +98,5 @@ ERROR_DESCRIPTIONS = {
     409: "conflicts with the current state (key taken, system audience)",
     413: "the body is larger than the API accepts",
     500: "the export job failed (the body says why); ask again with regenerate=true",
+    503: "a service the call needs failed (the body says which): nothing was changed; try again",
 }

@@ -65,9 +65,30 @@ def find_person(space_id: str, collection: str, id_type: str, value: str) -> Per
     live = profiles_store.resolve(space_id, collection, id_type, value)
     if live is None:
         return None
+    return _person(space_id, collection, live, [(collection, id_type, value)])
+
+
+def refresh(person: Person, collection: str) -> Person:
+    """The recorded person with what they gained since: ids their profiles hold now (an identify processed
+    after the job's find step) and profiles merged with them (an alias). Each step of a job acts on this,
+    so those are exited, suppressed and erased too; what was recorded stays (a redone step after the
+    profiles are gone acts on it)."""
+    live = profiles_store.get_profile(person.space_id, person.profile_ids[0])
+    for _ in range(profiles_store.MAX_MERGE_HOPS):
+        if live is None or not live.merged_into:
+            break
+        live = profiles_store.get_profile(person.space_id, live.merged_into)
+    if live is None:
+        return person
+    now = _person(person.space_id, collection, live, person.ids)
+    return Person(person.space_id, list(dict.fromkeys([*person.profile_ids, *now.profile_ids])), now.ids,
+                  person.identity or now.identity)
+
+
+def _person(space_id: str, collection: str, live, known: list[tuple[str, str, str]]) -> Person:
     profile_ids = list(dict.fromkeys([live.profile_id, *(live.merged_from or [])]))
     records = profiles_store.get_profiles(profiles_store.profile_pk(space_id, p) for p in profile_ids)
-    ids: list[tuple[str, str, str]] = [(collection, id_type, value)]
+    ids: list[tuple[str, str, str]] = list(known)
     for record in records.values():
         for entry in record.external_ids or []:
             entry = entry.as_dict() if hasattr(entry, "as_dict") else dict(entry)

@@ -202,12 +202,20 @@ def _step(step: str, job: DeletionJob, work: dict) -> Counter:
                 found.setdefault(person.profile_ids[0], person)
         work["people"], work["people_pages"] = [], _save_people(job, [p.as_dict() for p in found.values()])
         return Counter(people=len(found))
-    people = _load_people(job, work)
+    recorded = _load_people(job, work)
+    # What the people gained since find (an id, a merged profile: their events are processed meanwhile),
+    # read again at each step: acting on the recorded people left those unsuppressed and unerased.
+    people = [erase.refresh(p, job.collection) for p in recorded]
     if step == "suppress":
         if not job.suppress:
             return Counter()
         ids = {(job.collection, t, v) for t, v in work["refs"]} | {i for p in people for i in p.ids}
         return Counter(suppressed_ids=suppression.suppress(job.space_id, ids, job_id=job.job_id))
+    if step == "erase" and job.suppress:  # ids gained between the suppress step and now
+        known = {(job.collection, t, v) for t, v in work["refs"]} | {i for p in recorded for i in p.ids}
+        gained = {i for p in people for i in p.ids} - known
+        if gained:
+            suppression.suppress(job.space_id, gained, job_id=job.job_id)
     if step == "exit_memberships":
         return Counter(audiences_exited=sum(erase.exit_memberships(p) for p in people))
     if step == "stop_journeys":
