@@ -110,6 +110,25 @@ def test_csv_with_carriage_returns_is_read_and_an_unreadable_csv_is_a_400(people
     assert status == 400 and body["error"]["details"][0]["line"] == 3, body
 
 
+def test_blank_rows_of_a_csv_are_skipped_not_counted_as_rows(people):
+    # Found by hostile CSVs: every line counted toward the 10,000 rows, blank ones too, so one person followed by
+    # 10,001 empty lines (or Excel's trailing `,` rows) was a 400 "too many rows"; and all rows were kept in memory
+    from engage.audiences import manual
+
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw="user_id,email\r\n1,\r\n" + ",\r\n" * 20_000 + "\n" * 100_000 + "2,\n")
+    assert status == 200 and body["added"] == 2 and body["rows"] == 2, str(body)[:300]
+    assert members_of("vips") == {"p1", "p2"}
+    # rows that are not blank still count: one past the limit is a 400 naming its line, nothing imported
+    text = "user_id\n" + "\n" * 5 + "nobody\n" * (manual.MAX_IMPORT_ROWS - 1) + "3\n" + "\n" + "4\n"
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=text)
+    assert status == 400 and body["error"]["details"] == [
+        {"line": manual.MAX_IMPORT_ROWS + 8, "message": "too many rows"}], body
+    assert members_of("vips") == {"p1", "p2"}
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=text.removesuffix("\n4\n"))
+    assert status == 200 and body["added"] == 1 and members_of("vips") == {"p1", "p2", "p3"}, str(body)[:300]
+
+
 def test_a_csv_that_is_not_utf8_is_a_400(people):
     # Excel's "CSV" (not "CSV UTF-8") is cp1252: API Gateway hands it over base64-encoded, and decoding it
     # raised UnicodeDecodeError in the handler (a 500)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,27 +136,28 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     # newline="": the csv module reads \r, \n and \r\n line ends itself (a lone \r was an error).
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     try:
-        rows = list(reader)
+        header = [column.strip().lower() for column in next(reader, [])]
     except csv.Error as error:  # e.g. a field past the csv module's size limit (128 KiB)
-        raise ValidationFailed(f"the CSV cannot be read at line {reader.line_num}: {error}",
-                               [{"line": reader.line_num, "message": str(error)}]) from error
-    header = [column.strip().lower() for column in rows[0]] if rows else []
+        raise _unreadable(reader, error) from error
     bad = [{"line": 1, "column": i + 1, "value": name,
             "message": "header columns name id types like email or user_id"}
            for i, name in enumerate(header) if not CSV_ID_TYPE.match(name)]
     if not header or bad:
         raise ValidationFailed("the CSV needs a header row naming the id type of each column, e.g. `email`",
                                bad or [{"line": 1, "message": "empty file"}])
-    if len(rows) - 1 > MAX_IMPORT_ROWS:
-        raise ValidationFailed(f"at most {MAX_IMPORT_ROWS} rows per import: split the file",
-                               [{"line": MAX_IMPORT_ROWS + 2, "message": "too many rows"}])
     outcome = Outcome()
     candidates: list[tuple[int, list[tuple[str, str]]]] = []
-    id_count = 0
-    for line, row in enumerate(rows[1:], start=2):
+    id_count = rows = 0
+    # Read a row at a time: blank rows are skipped, not counted (a file of one person and 10,000 empty lines,
+    # or Excel's trailing `,,` rows, was refused as too many rows) and not kept (millions of them are a few MB).
+    for line, row in enumerate(_rows(reader), start=2):
         ids = [(header[i], value.strip()) for i, value in enumerate(row[:len(header)]) if value.strip()]
         if not any(row):
             continue  # blank line
+        rows += 1
+        if rows > MAX_IMPORT_ROWS:
+            raise ValidationFailed(f"at most {MAX_IMPORT_ROWS} rows per import: split the file",
+                                   [{"line": line, "message": "too many rows"}])
         if len(row) > len(header):
             outcome.invalid.append({"line": line, "message": f"{len(row)} columns but the header has {len(header)}"})
             continue
@@ -192,6 +194,18 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
             if record.profile_id not in named:
                 _apply(outcome, space_id, audience_key, record.profile_id, False, record)
     return outcome.as_dict(mode=mode, rows=len(candidates) + len(outcome.invalid))
+
+
+def _rows(reader) -> Iterator[list[str]]:
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise _unreadable(reader, error) from error
+
+
+def _unreadable(reader, error: csv.Error) -> ValidationFailed:
+    return ValidationFailed(f"the CSV cannot be read at line {reader.line_num}: {error}",
+                            [{"line": reader.line_num, "message": str(error)}])
 
 
 def _apply(outcome: Outcome, space_id: str, audience_key: str, profile_id: str, member: bool,
