@@ -129,6 +129,25 @@ def test_blank_rows_of_a_csv_are_skipped_not_counted_as_rows(people):
     assert status == 200 and body["added"] == 1 and members_of("vips") == {"p1", "p2", "p3"}, str(body)[:300]
 
 
+def test_an_exported_csv_imports_back_ids_it_wrote_with_a_formula_escape(people):
+    # Found by hostile CSVs: the export writes an id a spreadsheet would run (`=1+2`, `@x`) as `'=1+2` (CSV
+    # injection); importing that export into a manual audience looked up `'=1+2` and reported it unknown
+    make_profile("p4", ids={"user_id": "=1+2", "email": "@x"})
+    make_profile("p5", ids={"user_id": "'=sum"})  # an id that really starts with ' is found as written
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:=1+2", "user_id:1"]})
+    status, exported = call_api("GET", "/v1/audiences/vips/export",
+                                query={"format": "single_column", "id_type": "user_id", "hash": "none"})
+    assert status == 200 and "'=1+2" in exported.splitlines(), exported
+    call_api("POST", "/v1/audiences", {"key": "copy", "name": "Copy", "kind": "manual"})
+    status, body = call_api("POST", "/v1/audiences/copy/members:import", raw=exported)
+    assert status == 200 and body["added"] == 2 and body["unknown"] == [], body
+    assert members_of("copy") == {"p1", "p4"}
+    status, body = call_api("POST", "/v1/audiences/copy/members:import", raw="email,user_id\n'@x,\n,'=sum\n,'1\n")
+    assert status == 200 and body["added"] == 1 and body["unchanged"] == 1, body
+    assert [u["line"] for u in body["unknown"]] == [4]  # `'1` is not an escape the export writes
+    assert members_of("copy") == {"p1", "p4", "p5"}
+
+
 def test_a_csv_that_is_not_utf8_is_a_400(people):
     # Excel's "CSV" (not "CSV UTF-8") is cp1252: API Gateway hands it over base64-encoded, and decoding it
     # raised UnicodeDecodeError in the handler (a 500)

@@ -190,6 +190,11 @@ def _cell(value: str) -> str:
     return value
 
 
+def unescaped(cell: str) -> str:
+    """The id a cell written by `_cell` holds: `'=x` -> `=x` (a manual audience's CSV import reads exports)."""
+    return cell[1:] if cell.startswith("'") and _cell(cell[1:]) == cell else cell
+
+
 def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list[str]]]],
                 widest: dict[str, int]) -> int:
     """Header and rows of one format to a text sink; `widest` (formatted only) sizes the id columns."""

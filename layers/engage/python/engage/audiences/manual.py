@@ -16,6 +16,7 @@ from typing import Any
 
 from engage import id_types
 from engage.audiences import membership, runtime, store
+from engage.audiences.export import unescaped
 from engage.db import key
 from engage.errors import Conflict, ValidationFailed
 from engage.profiles_store import IdentityRecord
@@ -169,10 +170,10 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
             raise ValidationFailed(f"at most {MAX_IMPORT_IDS} ids per import (non-empty cells): split the file "
                                    "or drop columns", [{"line": line, "message": "too many ids"}])
         candidates.append((line, ids))
-    resolved = resolve(space_id, [ref for _, ids in candidates for ref in ids], audience.entity)
+    resolved = resolve(space_id, [ref for _, ids in candidates for ref in _lookups(ids)], audience.entity)
     named: set[str] = set()
     for line, ids in candidates:
-        profile_id = next((resolved[ref] for ref in ids if ref in resolved), None)
+        profile_id = next((resolved[ref] for ref in _lookups(ids) if ref in resolved), None)
         if profile_id is None:
             shown = ",".join(f"{t}:{v}" for t, v in ids)
             shown = shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + "..."
@@ -194,6 +195,12 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
             if record.profile_id not in named:
                 _apply(outcome, space_id, audience_key, record.profile_id, False, record)
     return outcome.as_dict(mode=mode, rows=len(candidates) + len(outcome.invalid))
+
+
+def _lookups(ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A row's ids to look up, in order: each cell as written, then the id an export's formula escape
+    (`'=1+2`, engage.audiences.export) holds, so an exported file imports back."""
+    return list(dict.fromkeys(ref for t, v in ids for ref in ((t, v), (t, unescaped(v)))))
 
 
 def _rows(reader) -> Iterator[list[str]]:
