@@ -58,6 +58,15 @@ def test_malformed_ids_are_a_400_naming_the_path(people):
     assert members_of("vips") == set()
 
 
+def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_the_path(people):
+    # Found by hostile inputs: a JSON "\\ud800" escape in an id was a 500 (UnicodeEncodeError building the key)
+    status, body = call_api("POST", "/v1/audiences/vips/members",
+                            {"add": ["user_id:1", "user_id:\ud800"], "remove": ["\udfff:2"]})
+    assert status == 400, body
+    assert [d["path"] for d in body["error"]["details"]] == ["$.add[1]", "$.remove[0]"]
+    assert members_of("vips") == set()
+
+
 def test_dynamic_audiences_refuse_manual_members(people):
     call_api("POST", "/v1/audiences", {"key": "pro", "name": "Pro", "backfill": False,
                                        "condition": {"trait": "plan", "op": "eq", "value": "pro"}})

@@ -19,6 +19,7 @@ from engage.audiences import membership, runtime, store
 from engage.audiences.export import unescaped
 from engage.db import key
 from engage.errors import Conflict, ValidationFailed
+from engage.json_body import surrogate_at
 from engage.profiles_store import IdentityRecord
 
 # CSV header columns: lowercased, so `Email` names email (a custom type with capitals or spaces is addressed
@@ -101,7 +102,9 @@ def edit_members(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
         total += len(values)
         for i, ref in enumerate(values):
             parsed = parse_ref(ref)
-            if parsed is None:
+            if surrogate_at(ref) is not None:  # `\ud800`: not text, no key can hold it (UnicodeEncodeError, a 500)
+                problems.append({"path": f"$.{name}[{i}]", "message": "an unpaired UTF-16 surrogate is not text"})
+            elif parsed is None:
                 problems.append({"path": f"$.{name}[{i}]", "value": ref,
                                  "message": "expected an id `<type>:<value>`, e.g. user_id:42"})
             else:
