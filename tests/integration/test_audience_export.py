@@ -106,6 +106,20 @@ def test_exported_ids_a_spreadsheet_would_run_as_formulas_are_written_as_text(pe
     assert hashlib.sha256(hostile[0].encode()).hexdigest() in body
 
 
+def test_a_single_column_export_writes_an_id_type_a_spreadsheet_would_run_as_text(people):
+    # Found by hostile ids: formatted headers were escaped, single_column's header (the id type, which any
+    # source names as it likes) was not: an id type `=HYPERLINK(...)` ran as a formula in the header row
+    id_type = '=HYPERLINK("http://evil.example","x")'
+    make_profile("h1", ids={id_type: "v1", "email": "h1@example.com"})
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["email:h1@example.com"]})
+    for hashing, header in (("none", "'" + id_type), ("sha256", "'" + id_type + "_sha256")):
+        status, body = call_api("GET", "/v1/audiences/vips/export",
+                                query={"format": "single_column", "id_type": id_type, "hash": hashing})
+        assert status == 200 and rows(body)[0] == [header], body
+    status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "formatted"})
+    assert "'" + id_type in rows(body)[0]
+
+
 def test_preview_estimates_size_and_shows_matching_profiles(people):
     status, body = call_api("POST", "/v1/audiences:preview",
                             {"condition": {"trait": "plan", "op": "eq", "value": "pro"}})

@@ -202,7 +202,8 @@ def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list
     rows = 0
     if opts.fmt == "single_column":
         chosen = opts.id_type or "email"
-        writer.writerow([chosen if opts.hashing == "none" else f"{chosen}_sha256"])
+        # the header is the id type, which sources name as they like (`=cmd`), as the formatted headers are
+        writer.writerow([_cell(chosen if opts.hashing == "none" else f"{chosen}_sha256")])
         for _pid, ids in members:
             for value in ids.get(chosen, []):
                 writer.writerow([_cell(value) if opts.hashing == "none" else _digest(chosen, value)])
