@@ -261,6 +261,17 @@ def test_csv_needs_a_header_of_id_types(people):
     assert status == 400 and body["error"]["details"][0]["path"] == "mode"
 
 
+def test_the_400_of_a_bad_csv_header_stays_within_a_lambda_response(people):
+    # Found by hostile CSVs: every bad header column was listed with its value, so a 1 MB header of empty
+    # columns answered about 100 MB of details, past Lambda's 6 MB response (a 500 on AWS)
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="," * 1_000_000 + "\n1\n")
+    assert status == 400 and len(json.dumps(body)) < 10_000, len(json.dumps(body))
+    assert [d["column"] for d in body["error"]["details"]] == list(range(1, 21))
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id,E" + "x" * 100_000 + "\n1\n")
+    assert status == 400 and body["error"]["details"][0]["column"] == 2
+    assert body["error"]["details"][0]["value"] == "e" + "x" * 199 + "..."
+
+
 def test_audiences_built_on_a_manual_audience_follow_its_edits(people):
     # Given a dynamic audience of VIPs on the pro plan, and p1 on the pro plan
     from engage.db import key

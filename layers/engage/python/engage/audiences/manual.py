@@ -33,7 +33,7 @@ MAX_IMPORT_IDS = 50_000
 # An unknown row is reported with its ids, cut to this many characters: the report of a file of long type
 # names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done).
 MAX_SHOWN = 200
-MAX_REPORTED = 20  # lines named in the 400 of a replace that names nobody
+MAX_REPORTED = 20  # lines (or header columns) named in a 400
 BATCH_GET = 100  # DynamoDB BatchGetItem limit
 PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
 
@@ -143,9 +143,11 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
         header = [column.strip().lower() for column in next(reader, [])]
     except csv.Error as error:  # e.g. a field past the csv module's size limit (128 KiB)
         raise _unreadable(reader, error) from error
-    bad = [{"line": 1, "column": i + 1, "value": name,
+    # The first MAX_REPORTED, each cut as unknown rows are: a 1 MB header of empty columns answered 100 MB of
+    # details, past Lambda's 6 MB response (a 500 on AWS).
+    bad = [{"line": 1, "column": i + 1, "value": name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN] + "...",
             "message": "header columns name id types like email or user_id"}
-           for i, name in enumerate(header) if not CSV_ID_TYPE.match(name)]
+           for i, name in enumerate(header) if not CSV_ID_TYPE.match(name)][:MAX_REPORTED]
     if not header or bad:
         raise ValidationFailed("the CSV needs a header row naming the id type of each column, e.g. `email`",
                                bad or [{"line": 1, "message": "empty file"}])
