@@ -67,6 +67,22 @@ def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_the_path(people):
     assert members_of("vips") == set()
 
 
+def test_the_answer_to_1000_long_unknown_ids_stays_within_a_lambda_response(people):
+    # Found by hostile ids: unknown JSON ids were echoed whole, and the answer writes a non-ASCII character as a
+    # 6-byte \\uXXXX escape: 1,000 ids of 2,900 "é" (5.8 MB of UTF-8, under Lambda's 6 MB request) answered
+    # about 17 MB, past its 6 MB response (a 500 on AWS after the known ids were added)
+    ids = [f"user_id:{i}" + "é" * 2_900 for i in range(999)] + ["user_id:1"]
+    assert len(json.dumps({"add": ids}, ensure_ascii=False).encode()) < 6_000_000
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ids})
+    assert status == 200 and body["added"] == 1 and len(body["unknown"]) == 999
+    assert len(json.dumps(body)) < 2_000_000
+    assert body["unknown"][0] == {"path": "$.add[0]", "value": "user_id:0" + "é" * 191 + "...",
+                                  "message": "no profile has this id"}
+    # short ones are reported whole
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["email:nobody@example.com"]})
+    assert body["unknown"][0]["value"] == "email:nobody@example.com"
+
+
 def test_dynamic_audiences_refuse_manual_members(people):
     call_api("POST", "/v1/audiences", {"key": "pro", "name": "Pro", "backfill": False,
                                        "condition": {"trait": "plan", "op": "eq", "value": "pro"}})

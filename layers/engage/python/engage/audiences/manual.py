@@ -30,8 +30,9 @@ MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: spl
 # ... and so must the identity lookups: every id of the file is resolved (BatchGetItem, 100 a call), so a
 # file of 2,000 columns was 2,000 calls per 100 rows. 500 calls, about 10 s on AWS (the export's budget).
 MAX_IMPORT_IDS = 50_000
-# An unknown row is reported with its ids, cut to this many characters: the report of a file of long type
-# names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done).
+# An unknown row (or JSON id) is reported with its ids, cut to this many characters: the report of a file of long
+# type names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done);
+# so was the echo of 1,000 long non-ASCII JSON ids (the answer writes each as a 6-byte \uXXXX escape).
 MAX_SHOWN = 200
 MAX_REPORTED = 20  # lines (or header columns) named in a 400
 BATCH_GET = 100  # DynamoDB BatchGetItem limit
@@ -121,7 +122,7 @@ def edit_members(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
         for path, id_type, value in entries:
             profile_id = resolved.get((id_type, value))
             if profile_id is None:
-                outcome.unknown.append({"path": path, "value": f"{id_type}:{value}",
+                outcome.unknown.append({"path": path, "value": _shown(f"{id_type}:{value}"),
                                         "message": "no profile has this id"})
                 continue
             _apply(outcome, space_id, audience_key, profile_id, name == "add")
@@ -180,9 +181,8 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     for line, ids in candidates:
         profile_id = next((resolved[ref] for ref in _lookups(ids) if ref in resolved), None)
         if profile_id is None:
-            shown = ",".join(f"{t}:{v}" for t, v in ids)
-            shown = shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + "..."
-            outcome.unknown.append({"line": line, "value": shown, "message": "no profile has this id"})
+            outcome.unknown.append({"line": line, "value": _shown(",".join(f"{t}:{v}" for t, v in ids)),
+                                    "message": "no profile has this id"})
             continue
         if profile_id in named:
             continue  # the same person twice in the file
@@ -200,6 +200,10 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
             if record.profile_id not in named:
                 _apply(outcome, space_id, audience_key, record.profile_id, False, record)
     return outcome.as_dict(mode=mode, rows=len(candidates) + len(outcome.invalid))
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."
 
 
 def _lookups(ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
