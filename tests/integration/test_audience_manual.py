@@ -76,7 +76,7 @@ def test_the_answer_to_1000_long_unknown_ids_stays_within_a_lambda_response(peop
     status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ids})
     assert status == 200 and body["added"] == 1 and len(body["unknown"]) == 999
     assert len(json.dumps(body)) < 2_000_000
-    assert body["unknown"][0] == {"path": "$.add[0]", "value": "user_id:0" + "é" * 191 + "...",
+    assert body["unknown"][0] == {"path": "$.add[0]", "value": "user_id:0" + "é" * 31 + "...",
                                   "message": "no profile has this id"}
     # short ones are reported whole
     status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["email:nobody@example.com"]})
@@ -242,6 +242,20 @@ def test_the_report_of_a_csv_import_stays_within_a_lambda_response(people):
     # short rows are reported whole
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="email,user_id\nx@example.com,99\n")
     assert body["unknown"][0]["value"] == "email:x@example.com,user_id:99"
+
+
+def test_the_report_of_a_csv_import_of_non_ascii_ids_stays_within_a_lambda_response(people):
+    # Found by hostile CSVs: unknown rows were cut to 200 characters, but the answer writes a non-ASCII one as a
+    # 6-byte \\uXXXX escape: 10,000 rows of 201 "é" (4 MB of UTF-8) answered 13 MB, past Lambda's 6 MB response
+    text = "user_id\n" + "".join(f"{row:05d}" + "é" * 201 + "\n" for row in range(10_000))
+    assert len(text.encode()) < 6_000_000
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=text)
+    assert status == 200 and len(body["unknown"]) == 10_000
+    assert len(json.dumps(body)) < 4_000_000, len(json.dumps(body))
+    assert body["unknown"][0]["value"] == "user_id:00000" + "é" * 31 + "..."
+    # an emoji is written as two escapes (12 bytes) and is never cut in half
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:" + "\U0001F600" * 100]})
+    assert body["unknown"][0]["value"] == "user_id:" + "\U0001F600" * 16 + "..."
 
 
 def test_a_manual_accounts_audience_takes_accounts_not_users(people):
