@@ -287,6 +287,16 @@ def test_a_manual_accounts_audience_takes_accounts_not_users(people):
 def test_csv_needs_a_header_of_id_types(people):
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="E-mail Address\nann@example.com\n")
     assert status == 400 and body["error"]["details"][0]["line"] == 1
+    # any lowercase type ingestion stores, up to its 100 bytes (64 refused stored types of 65 to 100)
+    longest = "crm_" + "x" * 96
+    make_profile("p9", ids={longest: "C-9"})
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=f"{longest}\nC-9\n")
+    assert status == 200 and body["added"] == 1, body
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=f"{longest}x\nC-9\n")
+    assert status == 400 and body["error"]["details"][0]["column"] == 1
+    # a file without its header (numeric ids) is a 400, not a type named 42
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="42\n43\n")
+    assert status == 400 and body["error"]["details"][0]["value"] == "42"
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="email\n", query={"mode": "merge"})
     assert status == 400 and body["error"]["details"][0]["path"] == "mode"
 

@@ -24,8 +24,9 @@ from engage.json_body import surrogate_at
 from engage.profiles_store import IdentityRecord
 
 # CSV header columns: lowercased, so `Email` names email (a custom type with capitals or spaces is addressed
-# by `type:value` refs in the JSON bodies instead).
-CSV_ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# by `type:value` refs in the JSON bodies instead). As long as ingestion takes a type (id_types: 64 refused
+# a stored type of 65 to 100); a letter first, so a file without its header (`42`) is a 400, not a type.
+CSV_ID_TYPE = re.compile(rf"^[a-z][a-z0-9_]{{0,{id_types.MAX_ID_TYPE_BYTES - 1}}}$")
 MAX_IDS_PER_REQUEST = 1000
 MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: split bigger files
 # ... and so must the identity lookups: every id of the file is resolved (BatchGetItem, 100 a call), so a
