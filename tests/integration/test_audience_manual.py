@@ -111,6 +111,18 @@ def test_csv_replace_removes_members_the_file_does_not_name(people):
     assert size("vips") == 2
 
 
+def test_empty_cells_past_the_header_do_not_make_a_row_invalid(people):
+    # Found by hostile CSVs: a trailing comma (`2,` under a one-column header, as spreadsheets write rows
+    # with a formatted empty column) made the row invalid, and mode=replace removed the member it names
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\r\n1,\r\n2, ,\r\n3,x\r\n",
+                            query={"mode": "replace"})
+    assert status == 200, body
+    assert (body["added"], body["removed"], body["unchanged"]) == (0, 0, 2), body
+    assert body["invalid"] == [{"line": 4, "message": "2 columns but the header has 1"}]
+    assert members_of("vips") == {"p1", "p2"}
+
+
 def test_csv_replace_whose_rows_name_nobody_changes_nothing(people):
     # A file of the wrong id column (or the wrong file) used to remove every member: now a 400 naming its lines
     call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})

@@ -167,7 +167,9 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
         if rows > MAX_IMPORT_ROWS:
             raise ValidationFailed(f"at most {MAX_IMPORT_ROWS} rows per import: split the file",
                                    [{"line": line, "message": "too many rows"}])
-        if len(row) > len(header):
+        # Empty cells past the header (a trailing `,`, as spreadsheets leave) are nothing: such a row was invalid,
+        # and with mode=replace the member it names was removed.
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
             outcome.invalid.append({"line": line, "message": f"{len(row)} columns but the header has {len(header)}"})
             continue
         if not ids:
