@@ -120,6 +120,20 @@ def test_a_single_column_export_writes_an_id_type_a_spreadsheet_would_run_as_tex
     assert "'" + id_type in rows(body)[0]
 
 
+def test_formatted_headers_stay_unique_once_escaped(people):
+    # Found by hostile id types: headers were made unique, then escaped, so id types `=x` and `'=x` both
+    # became the column `'=x` (spreadsheets and CSV readers keyed by header mix such columns up)
+    make_profile("h1", ids={"=x": "a", "'=x": "b", "email": "h1@example.com"})
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["email:h1@example.com"]})
+    status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "formatted"})
+    assert status == 200
+    header = rows(body)[0]
+    assert len(set(header)) == len(header), header
+    assert "'=x" in header and "'=x (id type)" in header
+    row = next(r for r in rows(body) if r[0] == "h1")
+    assert {row[header.index("'=x")], row[header.index("'=x (id type)")]} == {"a", "b"}
+
+
 def test_preview_estimates_size_and_shows_matching_profiles(people):
     status, body = call_api("POST", "/v1/audiences:preview",
                             {"condition": {"trait": "plan", "op": "eq", "value": "pro"}})

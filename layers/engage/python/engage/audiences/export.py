@@ -210,7 +210,7 @@ def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list
                 rows += 1
         return rows
     columns = [(t, i) for t in sorted(widest) for i in range(widest[t])] if opts.fmt == "formatted" else []
-    writer.writerow(["profile_id", "external_ids", *(_cell(name) for name in _column_names(columns))])
+    writer.writerow(["profile_id", "external_ids", *_column_names(columns)])
     for pid, ids in members:
         cells = [_cell(ids[t][i]) if i < len(ids.get(t, [])) else "" for t, i in columns]
         writer.writerow([pid, json.dumps(ids, sort_keys=True), *cells])
@@ -224,7 +224,8 @@ def _column_names(columns: list[tuple[str, int]]) -> list[str]:
     spreadsheets and CSV readers keyed by header mix up. A taken name gets " (id type)" appended."""
     taken, names = {"profile_id", "external_ids"}, []
     for id_type, index in columns:
-        name = id_type if index == 0 else f"{id_type}_{index}"
+        # escaped first (see FORMULA_START): escaped after, `=x` became `'=x`, the name of another id type
+        name = _cell(id_type if index == 0 else f"{id_type}_{index}")
         while name in taken:
             name += " (id type)"
         taken.add(name)
