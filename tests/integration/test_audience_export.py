@@ -1,6 +1,7 @@
 """Preview before saving, CSV export of members, and the template's routes reaching the handler."""
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -53,6 +54,26 @@ def test_export_unformatted_formatted_and_single_column(people):
     assert sorted(rows(body)[1:]) == [["1"], ["2"]]
     status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "xlsx"})
     assert status == 400 and body["error"]["details"][0]["path"] == "format"
+
+
+def test_a_small_export_says_its_csv_is_utf8_as_the_generated_file_does(people):
+    # Found by review of the export's two paths: the S3 file is `text/csv; charset=utf-8`, the 200 answer was
+    # bare `text/csv`, which HTTP clients read as ISO-8859-1 (requests' .text): `jérôme` came out `jÃ©rÃ´me`
+    from tests.integration.audience_support import LambdaContext, handler
+
+    make_profile("h1", ids={"email": "jérôme@example.com"})
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["email:jérôme@example.com"]})
+    event = {"version": "2.0", "routeKey": "$default", "rawPath": "/v1/audiences/vips/export",
+             "rawQueryString": "format=formatted", "queryStringParameters": {"format": "formatted"},
+             "headers": {"authorization": "Basic " + base64.b64encode(b"acme-access-token:").decode()},
+             "body": None, "isBase64Encoded": False,
+             "requestContext": {"http": {"method": "GET", "path": "/v1/audiences/vips/export", "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
+    response = handler("management_api")(event, LambdaContext())
+    assert response["statusCode"] == 200, response
+    content_type = response["headers"]["Content-Type"]
+    assert content_type == "text/csv; charset=utf-8"
+    assert "jérôme@example.com" in response["body"]
 
 
 def test_formatted_columns_never_share_a_name(people):
