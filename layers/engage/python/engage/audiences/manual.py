@@ -175,7 +175,7 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
         if not ids:
             outcome.invalid.append({"line": line, "message": "no id in this row"})
             continue
-        id_count += len(ids)
+        id_count += len(_lookups(ids))  # what is looked up: an export's escaped cell (`'=x`) is two ids
         if id_count > MAX_IMPORT_IDS:
             raise ValidationFailed(f"at most {MAX_IMPORT_IDS} ids per import (non-empty cells): split the file "
                                    "or drop columns", [{"line": line, "message": "too many ids"}])
