@@ -123,6 +123,19 @@ def test_empty_cells_past_the_header_do_not_make_a_row_invalid(people):
     assert members_of("vips") == {"p1", "p2"}
 
 
+def test_empty_columns_at_the_end_of_a_csv_header_are_not_id_types(people):
+    # Found by hostile CSVs: a spreadsheet saves `email,user_id,,` when columns past the data were touched;
+    # the empty names were a 400 "header columns name id types" although the rows' trailing cells are empty
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw="email,user_id,,\r\nann@example.com,,,\r\n,2,,\r\n,3,,x\r\n")
+    assert status == 200, body
+    assert body["added"] == 2 and members_of("vips") == {"p1", "p2"}
+    assert body["invalid"] == [{"line": 4, "message": "4 columns but the header has 2"}]
+    # an empty column between id types is still a 400 naming it (its cells would be read as no type)
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="email,,user_id\nann@example.com,,1\n")
+    assert status == 400 and body["error"]["details"][0]["column"] == 2
+
+
 def test_csv_replace_whose_rows_name_nobody_changes_nothing(people):
     # A file of the wrong id column (or the wrong file) used to remove every member: now a 400 naming its lines
     call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})

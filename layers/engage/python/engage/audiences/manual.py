@@ -146,6 +146,8 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
         header = [column.strip().lower() for column in next(reader, [])]
     except csv.Error as error:  # e.g. a field past the csv module's size limit (128 KiB)
         raise _unreadable(reader, error) from error
+    while any(header) and not header[-1]:
+        header.pop()  # trailing empty columns (`email,,`, as spreadsheets save): their cells are past the header
     # The first MAX_REPORTED, each cut as unknown rows are: a 1 MB header of empty columns answered 100 MB of
     # details, past Lambda's 6 MB response (a 500 on AWS).
     bad = [{"line": 1, "column": i + 1, "value": name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN] + "...",
