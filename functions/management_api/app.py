@@ -160,7 +160,9 @@ def export_audience(key: str):
     result = export.request(space_id, key, fmt=_query("format", "unformatted"), id_type=_query("id_type"),
                             hash_=_query("hash"), regenerate=_bool_query("regenerate"))
     if isinstance(result, export.Export):
-        return Response(200, "text/csv", result.body,
+        # charset: without it, text/* is ISO-8859-1 to HTTP clients (requests), so a non-ASCII id was garbled; the
+        # generated file (S3) has said utf-8 all along
+        return Response(200, "text/csv; charset=utf-8", result.body,
                         headers={"Content-Disposition": f'attachment; filename="{result.filename}"'})
     body = json.dumps(result.view())
     if result.status == export.READY:

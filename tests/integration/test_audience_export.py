@@ -1,6 +1,7 @@
 """Preview before saving, CSV export of members, and the template's routes reaching the handler."""
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -55,6 +56,26 @@ def test_export_unformatted_formatted_and_single_column(people):
     assert status == 400 and body["error"]["details"][0]["path"] == "format"
 
 
+def test_a_small_export_says_its_csv_is_utf8_as_the_generated_file_does(people):
+    # Found by review of the export's two paths: the S3 file is `text/csv; charset=utf-8`, the 200 answer was
+    # bare `text/csv`, which HTTP clients read as ISO-8859-1 (requests' .text): `jérôme` came out `jÃ©rÃ´me`
+    from tests.integration.audience_support import LambdaContext, handler
+
+    make_profile("h1", ids={"email": "jérôme@example.com"})
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["email:jérôme@example.com"]})
+    event = {"version": "2.0", "routeKey": "$default", "rawPath": "/v1/audiences/vips/export",
+             "rawQueryString": "format=formatted", "queryStringParameters": {"format": "formatted"},
+             "headers": {"authorization": "Basic " + base64.b64encode(b"acme-access-token:").decode()},
+             "body": None, "isBase64Encoded": False,
+             "requestContext": {"http": {"method": "GET", "path": "/v1/audiences/vips/export", "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
+    response = handler("management_api")(event, LambdaContext())
+    assert response["statusCode"] == 200, response
+    content_type = response["headers"]["Content-Type"]
+    assert content_type == "text/csv; charset=utf-8"
+    assert "jérôme@example.com" in response["body"]
+
+
 def test_formatted_columns_never_share_a_name(people):
     """Found by the audiences bug hunt: id types named `profile_id` or `external_ids`, or `email_1` beside a
     profile with two emails, gave two columns of one name (a reader keyed by header keeps one of them)."""
@@ -104,6 +125,34 @@ def test_exported_ids_a_spreadsheet_would_run_as_formulas_are_written_as_text(pe
     # hashes are of the id itself
     status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "single_column", "id_type": "user_id"})
     assert hashlib.sha256(hostile[0].encode()).hexdigest() in body
+
+
+def test_a_single_column_export_writes_an_id_type_a_spreadsheet_would_run_as_text(people):
+    # Found by hostile ids: formatted headers were escaped, single_column's header (the id type, which any
+    # source names as it likes) was not: an id type `=HYPERLINK(...)` ran as a formula in the header row
+    id_type = '=HYPERLINK("http://evil.example","x")'
+    make_profile("h1", ids={id_type: "v1", "email": "h1@example.com"})
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["email:h1@example.com"]})
+    for hashing, header in (("none", "'" + id_type), ("sha256", "'" + id_type + "_sha256")):
+        status, body = call_api("GET", "/v1/audiences/vips/export",
+                                query={"format": "single_column", "id_type": id_type, "hash": hashing})
+        assert status == 200 and rows(body)[0] == [header], body
+    status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "formatted"})
+    assert "'" + id_type in rows(body)[0]
+
+
+def test_formatted_headers_stay_unique_once_escaped(people):
+    # Found by hostile id types: headers were made unique, then escaped, so id types `=x` and `'=x` both
+    # became the column `'=x` (spreadsheets and CSV readers keyed by header mix such columns up)
+    make_profile("h1", ids={"=x": "a", "'=x": "b", "email": "h1@example.com"})
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["email:h1@example.com"]})
+    status, body = call_api("GET", "/v1/audiences/vips/export", query={"format": "formatted"})
+    assert status == 200
+    header = rows(body)[0]
+    assert len(set(header)) == len(header), header
+    assert "'=x" in header and "'=x (id type)" in header
+    row = next(r for r in rows(body) if r[0] == "h1")
+    assert {row[header.index("'=x")], row[header.index("'=x (id type)")]} == {"a", "b"}
 
 
 def test_preview_estimates_size_and_shows_matching_profiles(people):

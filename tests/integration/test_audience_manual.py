@@ -58,6 +58,31 @@ def test_malformed_ids_are_a_400_naming_the_path(people):
     assert members_of("vips") == set()
 
 
+def test_an_id_with_an_unpaired_surrogate_is_a_400_naming_the_path(people):
+    # Found by hostile inputs: a JSON "\\ud800" escape in an id was a 500 (UnicodeEncodeError building the key)
+    status, body = call_api("POST", "/v1/audiences/vips/members",
+                            {"add": ["user_id:1", "user_id:\ud800"], "remove": ["\udfff:2"]})
+    assert status == 400, body
+    assert [d["path"] for d in body["error"]["details"]] == ["$.add[1]", "$.remove[0]"]
+    assert members_of("vips") == set()
+
+
+def test_the_answer_to_1000_long_unknown_ids_stays_within_a_lambda_response(people):
+    # Found by hostile ids: unknown JSON ids were echoed whole, and the answer writes a non-ASCII character as a
+    # 6-byte \\uXXXX escape: 1,000 ids of 2,900 "é" (5.8 MB of UTF-8, under Lambda's 6 MB request) answered
+    # about 17 MB, past its 6 MB response (a 500 on AWS after the known ids were added)
+    ids = [f"user_id:{i}" + "é" * 2_900 for i in range(999)] + ["user_id:1"]
+    assert len(json.dumps({"add": ids}, ensure_ascii=False).encode()) < 6_000_000
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ids})
+    assert status == 200 and body["added"] == 1 and len(body["unknown"]) == 999
+    assert len(json.dumps(body)) < 2_000_000
+    assert body["unknown"][0] == {"path": "$.add[0]", "value": "user_id:0" + "é" * 31 + "...",
+                                  "message": "no profile has this id"}
+    # short ones are reported whole
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["email:nobody@example.com"]})
+    assert body["unknown"][0]["value"] == "email:nobody@example.com"
+
+
 def test_dynamic_audiences_refuse_manual_members(people):
     call_api("POST", "/v1/audiences", {"key": "pro", "name": "Pro", "backfill": False,
                                        "condition": {"trait": "plan", "op": "eq", "value": "pro"}})
@@ -86,6 +111,31 @@ def test_csv_replace_removes_members_the_file_does_not_name(people):
     assert size("vips") == 2
 
 
+def test_empty_cells_past_the_header_do_not_make_a_row_invalid(people):
+    # Found by hostile CSVs: a trailing comma (`2,` under a one-column header, as spreadsheets write rows
+    # with a formatted empty column) made the row invalid, and mode=replace removed the member it names
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\r\n1,\r\n2, ,\r\n3,x\r\n",
+                            query={"mode": "replace"})
+    assert status == 200, body
+    assert (body["added"], body["removed"], body["unchanged"]) == (0, 0, 2), body
+    assert body["invalid"] == [{"line": 4, "message": "2 columns but the header has 1"}]
+    assert members_of("vips") == {"p1", "p2"}
+
+
+def test_empty_columns_at_the_end_of_a_csv_header_are_not_id_types(people):
+    # Found by hostile CSVs: a spreadsheet saves `email,user_id,,` when columns past the data were touched;
+    # the empty names were a 400 "header columns name id types" although the rows' trailing cells are empty
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw="email,user_id,,\r\nann@example.com,,,\r\n,2,,\r\n,3,,x\r\n")
+    assert status == 200, body
+    assert body["added"] == 2 and members_of("vips") == {"p1", "p2"}
+    assert body["invalid"] == [{"line": 4, "message": "4 columns but the header has 2"}]
+    # an empty column between id types is still a 400 naming it (its cells would be read as no type)
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="email,,user_id\nann@example.com,,1\n")
+    assert status == 400 and body["error"]["details"][0]["column"] == 2
+
+
 def test_csv_replace_whose_rows_name_nobody_changes_nothing(people):
     # A file of the wrong id column (or the wrong file) used to remove every member: now a 400 naming its lines
     call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:1", "user_id:2"]})
@@ -108,6 +158,58 @@ def test_csv_with_carriage_returns_is_read_and_an_unreadable_csv_is_a_400(people
     # A field past the csv module's size limit cannot be read: a 400 naming the line, not a 500
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\n1\n" + "x" * 200_000)
     assert status == 400 and body["error"]["details"][0]["line"] == 3, body
+
+
+def test_blank_rows_of_a_csv_are_skipped_not_counted_as_rows(people):
+    # Found by hostile CSVs: every line counted toward the 10,000 rows, blank ones too, so one person followed by
+    # 10,001 empty lines (or Excel's trailing `,` rows) was a 400 "too many rows"; and all rows were kept in memory
+    from engage.audiences import manual
+
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw="user_id,email\r\n1,\r\n" + ",\r\n" * 20_000 + "\n" * 100_000 + "2,\n")
+    assert status == 200 and body["added"] == 2 and body["rows"] == 2, str(body)[:300]
+    assert members_of("vips") == {"p1", "p2"}
+    # rows that are not blank still count: one past the limit is a 400 naming its line, nothing imported
+    text = "user_id\n" + "\n" * 5 + "nobody\n" * (manual.MAX_IMPORT_ROWS - 1) + "3\n" + "\n" + "4\n"
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=text)
+    assert status == 400 and body["error"]["details"] == [
+        {"line": manual.MAX_IMPORT_ROWS + 8, "message": "too many rows"}], body
+    assert members_of("vips") == {"p1", "p2"}
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=text.removesuffix("\n4\n"))
+    assert status == 200 and body["added"] == 1 and members_of("vips") == {"p1", "p2", "p3"}, str(body)[:300]
+
+
+def test_an_exported_csv_imports_back_ids_it_wrote_with_a_formula_escape(people):
+    # Found by hostile CSVs: the export writes an id a spreadsheet would run (`=1+2`, `@x`) as `'=1+2` (CSV
+    # injection); importing that export into a manual audience looked up `'=1+2` and reported it unknown
+    make_profile("p4", ids={"user_id": "=1+2", "email": "@x"})
+    make_profile("p5", ids={"user_id": "'=sum"})  # an id that really starts with ' is found as written
+    call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:=1+2", "user_id:1"]})
+    status, exported = call_api("GET", "/v1/audiences/vips/export",
+                                query={"format": "single_column", "id_type": "user_id", "hash": "none"})
+    assert status == 200 and "'=1+2" in exported.splitlines(), exported
+    call_api("POST", "/v1/audiences", {"key": "copy", "name": "Copy", "kind": "manual"})
+    status, body = call_api("POST", "/v1/audiences/copy/members:import", raw=exported)
+    assert status == 200 and body["added"] == 2 and body["unknown"] == [], body
+    assert members_of("copy") == {"p1", "p4"}
+    status, body = call_api("POST", "/v1/audiences/copy/members:import", raw="email,user_id\n'@x,\n,'=sum\n,'1\n")
+    assert status == 200 and body["added"] == 1 and body["unchanged"] == 1, body
+    assert [u["line"] for u in body["unknown"]] == [4]  # `'1` is not an escape the export writes
+    assert members_of("copy") == {"p1", "p4", "p5"}
+
+
+def test_escaped_cells_count_twice_in_the_ids_an_import_looks_up(people):
+    # Found while reading exports back: an escaped cell (`'=x`) is looked up as written and unescaped, so a file
+    # of 50,000 distinct ones made 1,000 BatchGetItem calls, twice what MAX_IMPORT_IDS keeps within API Gateway's 30 s
+    from engage.audiences import manual
+
+    assert (manual.MAX_IMPORT_IDS, manual.MAX_IMPORT_ROWS) == (50_000, 10_000)
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw="a,b,c,d,e\n" + "'=x,'=x,'=x,'=x,'=x\n" * 10_000)
+    assert status == 400 and body["error"]["details"] == [{"line": 5_002, "message": "too many ids"}], body
+    # cells not escaped are looked up once: 10,000 rows of 5 are within the budget
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="a,b,c,d,e\n" + "=x,x,x,x,x\n" * 10_000)
+    assert status == 200 and len(body["unknown"]) == 10_000, str(body)[:300]
 
 
 def test_a_csv_that_is_not_utf8_is_a_400(people):
@@ -181,6 +283,20 @@ def test_the_report_of_a_csv_import_stays_within_a_lambda_response(people):
     assert body["unknown"][0]["value"] == "email:x@example.com,user_id:99"
 
 
+def test_the_report_of_a_csv_import_of_non_ascii_ids_stays_within_a_lambda_response(people):
+    # Found by hostile CSVs: unknown rows were cut to 200 characters, but the answer writes a non-ASCII one as a
+    # 6-byte \\uXXXX escape: 10,000 rows of 201 "é" (4 MB of UTF-8) answered 13 MB, past Lambda's 6 MB response
+    text = "user_id\n" + "".join(f"{row:05d}" + "é" * 201 + "\n" for row in range(10_000))
+    assert len(text.encode()) < 6_000_000
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=text)
+    assert status == 200 and len(body["unknown"]) == 10_000
+    assert len(json.dumps(body)) < 4_000_000, len(json.dumps(body))
+    assert body["unknown"][0]["value"] == "user_id:00000" + "é" * 31 + "..."
+    # an emoji is written as two escapes (12 bytes) and is never cut in half
+    status, body = call_api("POST", "/v1/audiences/vips/members", {"add": ["user_id:" + "\U0001F600" * 100]})
+    assert body["unknown"][0]["value"] == "user_id:" + "\U0001F600" * 16 + "..."
+
+
 def test_a_manual_accounts_audience_takes_accounts_not_users(people):
     # Ids were always looked up among users: group_id:acme named nobody, and user_id:1 (a user) was added
     # to the accounts audience, which then showed a user as a member of an audience of accounts
@@ -210,8 +326,29 @@ def test_a_manual_accounts_audience_takes_accounts_not_users(people):
 def test_csv_needs_a_header_of_id_types(people):
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="E-mail Address\nann@example.com\n")
     assert status == 400 and body["error"]["details"][0]["line"] == 1
+    # any lowercase type ingestion stores, up to its 100 bytes (64 refused stored types of 65 to 100)
+    longest = "crm_" + "x" * 96
+    make_profile("p9", ids={longest: "C-9"})
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=f"{longest}\nC-9\n")
+    assert status == 200 and body["added"] == 1, body
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=f"{longest}x\nC-9\n")
+    assert status == 400 and body["error"]["details"][0]["column"] == 1
+    # a file without its header (numeric ids) is a 400, not a type named 42
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="42\n43\n")
+    assert status == 400 and body["error"]["details"][0]["value"] == "42"
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="email\n", query={"mode": "merge"})
     assert status == 400 and body["error"]["details"][0]["path"] == "mode"
+
+
+def test_the_400_of_a_bad_csv_header_stays_within_a_lambda_response(people):
+    # Found by hostile CSVs: every bad header column was listed with its value, so a 1 MB header of empty
+    # columns answered about 100 MB of details, past Lambda's 6 MB response (a 500 on AWS)
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="," * 1_000_000 + "\n1\n")
+    assert status == 400 and len(json.dumps(body)) < 10_000, len(json.dumps(body))
+    assert [d["column"] for d in body["error"]["details"]] == list(range(1, 21))
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id,E" + "x" * 100_000 + "\n1\n")
+    assert status == 400 and body["error"]["details"][0]["column"] == 2
+    assert body["error"]["details"][0]["value"] == "e" + "x" * 199 + "..."
 
 
 def test_audiences_built_on_a_manual_audience_follow_its_edits(people):

@@ -287,3 +287,56 @@ def test_routes_are_in_the_template_and_need_the_token(aws, space, engine):
 @pytest.mark.parametrize("body", [json.dumps([1]), "{"])
 def test_bad_bodies_are_400s(aws, space, engine, body):
     assert call_api("POST", "/v1/computed-traits", raw=body)[0] == 400
+
+
+class _PutEvents:
+    """An EventBridge client that refuses a call over 256 KB as AWS does (a ValidationException)."""
+
+    def __init__(self):
+        self.calls: list[list[dict]] = []
+
+    def put_events(self, Entries):
+        from botocore.exceptions import ClientError
+
+        from engage.audiences.bus import entry_size
+
+        if len(Entries) > 10 or sum(entry_size(e) for e in Entries) > 256 * 1024:
+            raise ClientError({"Error": {"Code": "ValidationException", "Message": "over the limit"}}, "PutEvents")
+        self.calls.append(Entries)
+        return {"FailedEntryCount": 0, "Entries": [{"EventId": "x"} for _ in Entries]}
+
+
+def _detail_of_size(size: int, profile: str) -> dict:
+    """A Computed Trait Changed detail whose entry is exactly `size` bytes as EventBridge counts them."""
+    from engage.computed_traits import events
+
+    detail = {"space": "acme", "computed_trait_key": "notes", "profile_id": profile, "value": "",
+              "previous_value": None, "version": 1}
+    base = len(events.SOURCE) + len(events.CHANGED) + len(json.dumps(detail))
+    detail["value"] = "x" * (size - base)
+    return detail
+
+
+def test_computed_trait_changes_are_put_by_bytes_and_one_over_256_kb_does_not_block_the_rest(aws, monkeypatch):
+    # Found by review: 10 entries a call by count only. 10 details of 30 KB (value and previous value of a
+    # large trait) made a 300 KB call that AWS refuses every time: the records were retried until parked.
+    from engage.computed_traits import events
+
+    client = _PutEvents()
+    events.reset()
+    monkeypatch.setattr(events.boto3, "client", lambda service: client)
+    assert events.publish([_detail_of_size(30_000, f"p{i}") for i in range(10)]) == 0
+    assert [len(c) for c in client.calls] == [8, 2]
+    # An entry of exactly 256 KB goes alone; one byte past it is left out (logged), the others still go.
+    client.calls.clear()
+    details = [_detail_of_size(1000, "small1"), _detail_of_size(256 * 1024, "at"),
+               _detail_of_size(256 * 1024 + 1, "past"), _detail_of_size(1000, "small2")]
+    assert events.publish(details) == 0
+    sent = [json.loads(e["Detail"])["profile_id"] for call in client.calls for e in call]
+    assert sent == ["small1", "at", "small2"]
+    assert all(sum(len(e[n].encode()) for n in ("Source", "DetailType", "Detail")) <= 256 * 1024
+               for call in client.calls for e in call)
+    # and on moto with EventBridge's limits (localcloud.eventbridge_limits): 10 entries of 30 KB go, in two calls
+    monkeypatch.undo()
+    events.reset()
+    assert events.publish([_detail_of_size(30_000, f"p{i}") for i in range(10)]) == 0

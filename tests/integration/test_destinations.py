@@ -642,6 +642,38 @@ def test_a_batch_run_sends_the_coalesced_log_and_keeps_what_failed_for_the_next_
     assert run_batch("acme", "hourly")["delivered"] == 0  # nothing twice
 
 
+def test_a_key_made_free_again_starts_with_an_empty_change_log(env, receiver, monkeypatch):
+    # Found by review: a batch create undone after a Scheduler failure frees its key (store.discard), but
+    # changes the router logged for it meanwhile stayed under the key: a new destination created with that
+    # key (say for other audiences) sent them at its first run.
+    from engage.destinations import changelog, schedules
+
+    flow = Flow(env)
+    assert call_api("POST", "/v1/audiences", {"key": "other", "name": "Other", "kind": "manual"})[0] == 201
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    routed = [{"space_id": "acme", "destination": "nightly", "audience_key": "vip", "entity": "users",
+               "profile_id": f"p{n}", "member": True, "version": 1, "timestamp": "2026-01-01T00:00:00Z",
+               "identity": {"user_id": f"u{n}"}, "backfill": False} for n in (1, 2)]
+
+    def router_then_scheduler_fails():
+        changelog.append(routed)  # the router saw the stored destination while its schedule was being made
+        return FailingScheduler("ThrottlingException")
+
+    monkeypatch.setattr(schedules, "_scheduler", router_then_scheduler_fails)
+    assert call_api("POST", "/v1/destinations", body)[0] == 503
+    monkeypatch.undo()
+    assert sum(len(p) for p in changelog.pages("acme", "nightly")) == 2
+    # the key again, for another audience: its first run sends nothing of the undone one's
+    assert call_api("POST", "/v1/destinations", {**body, "audiences": ["other"]})[0] == 201
+    assert call_api("GET", "/v1/destinations/nightly")[1]["status"]["backlog"] == 0
+    assert run_batch("acme", "nightly")["delivered"] == 0 and receiver.delivered() == []
+    # and what is routed to the new one is sent
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/other/members", {"add": ["user_id:u3"]})[0] == 200
+    flow.drain()
+    assert run_batch("acme", "nightly")["delivered"] == 1
+
+
 def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_still_goes(env, receiver):
     # A permanent refusal (a 413: the request is too large for the receiver) ended every run at the same
     # chunk: the log behind it never drained, run after run. Now it is parked, as a realtime delivery is

@@ -190,6 +190,11 @@ def _cell(value: str) -> str:
     return value
 
 
+def unescaped(cell: str) -> str:
+    """The id a cell written by `_cell` holds: `'=x` -> `=x` (a manual audience's CSV import reads exports)."""
+    return cell[1:] if cell.startswith("'") and _cell(cell[1:]) == cell else cell
+
+
 def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list[str]]]],
                 widest: dict[str, int]) -> int:
     """Header and rows of one format to a text sink; `widest` (formatted only) sizes the id columns."""
@@ -197,14 +202,15 @@ def _write_rows(opts: Options, sink, members: Iterable[tuple[str, dict[str, list
     rows = 0
     if opts.fmt == "single_column":
         chosen = opts.id_type or "email"
-        writer.writerow([chosen if opts.hashing == "none" else f"{chosen}_sha256"])
+        # the header is the id type, which sources name as they like (`=cmd`), as the formatted headers are
+        writer.writerow([_cell(chosen if opts.hashing == "none" else f"{chosen}_sha256")])
         for _pid, ids in members:
             for value in ids.get(chosen, []):
                 writer.writerow([_cell(value) if opts.hashing == "none" else _digest(chosen, value)])
                 rows += 1
         return rows
     columns = [(t, i) for t in sorted(widest) for i in range(widest[t])] if opts.fmt == "formatted" else []
-    writer.writerow(["profile_id", "external_ids", *(_cell(name) for name in _column_names(columns))])
+    writer.writerow(["profile_id", "external_ids", *_column_names(columns)])
     for pid, ids in members:
         cells = [_cell(ids[t][i]) if i < len(ids.get(t, [])) else "" for t, i in columns]
         writer.writerow([pid, json.dumps(ids, sort_keys=True), *cells])
@@ -218,7 +224,8 @@ def _column_names(columns: list[tuple[str, int]]) -> list[str]:
     spreadsheets and CSV readers keyed by header mix up. A taken name gets " (id type)" appended."""
     taken, names = {"profile_id", "external_ids"}, []
     for id_type, index in columns:
-        name = id_type if index == 0 else f"{id_type}_{index}"
+        # escaped first (see FORMULA_START): escaped after, `=x` became `'=x`, the name of another id type
+        name = _cell(id_type if index == 0 else f"{id_type}_{index}")
         while name in taken:
             name += " (id type)"
         taken.add(name)

@@ -9,28 +9,34 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from engage import id_types
 from engage.audiences import membership, runtime, store
+from engage.audiences.export import unescaped
 from engage.db import key
 from engage.errors import Conflict, ValidationFailed
+from engage.json_body import surrogate_at
 from engage.profiles_store import IdentityRecord
 
 # CSV header columns: lowercased, so `Email` names email (a custom type with capitals or spaces is addressed
-# by `type:value` refs in the JSON bodies instead).
-CSV_ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# by `type:value` refs in the JSON bodies instead). As long as ingestion takes a type (id_types: 64 refused
+# a stored type of 65 to 100); a letter first, so a file without its header (`42`) is a 400, not a type.
+CSV_ID_TYPE = re.compile(rf"^[a-z][a-z0-9_]{{0,{id_types.MAX_ID_TYPE_BYTES - 1}}}$")
 MAX_IDS_PER_REQUEST = 1000
 MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: split bigger files
 # ... and so must the identity lookups: every id of the file is resolved (BatchGetItem, 100 a call), so a
 # file of 2,000 columns was 2,000 calls per 100 rows. 500 calls, about 10 s on AWS (the export's budget).
 MAX_IMPORT_IDS = 50_000
-# An unknown row is reported with its ids, cut to this many characters: the report of a file of long type
-# names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done).
+# An unknown row (or JSON id) is reported with its ids, cut to this many characters: the report of a file of long
+# type names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done);
+# so was the echo of 1,000 long non-ASCII JSON ids (the answer writes each as a 6-byte \uXXXX escape).
 MAX_SHOWN = 200
-MAX_REPORTED = 20  # lines named in the 400 of a replace that names nobody
+MAX_REPORTED = 20  # lines (or header columns) named in a 400
 BATCH_GET = 100  # DynamoDB BatchGetItem limit
 PARTITION_KEY_BYTES = 2048  # DynamoDB's limit on a partition key value
 
@@ -99,7 +105,9 @@ def edit_members(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
         total += len(values)
         for i, ref in enumerate(values):
             parsed = parse_ref(ref)
-            if parsed is None:
+            if surrogate_at(ref) is not None:  # `\ud800`: not text, no key can hold it (UnicodeEncodeError, a 500)
+                problems.append({"path": f"$.{name}[{i}]", "message": "an unpaired UTF-16 surrogate is not text"})
+            elif parsed is None:
                 problems.append({"path": f"$.{name}[{i}]", "value": ref,
                                  "message": "expected an id `<type>:<value>`, e.g. user_id:42"})
             else:
@@ -116,7 +124,7 @@ def edit_members(space_id: str, audience_key: str, body: Any) -> dict[str, Any]:
         for path, id_type, value in entries:
             profile_id = resolved.get((id_type, value))
             if profile_id is None:
-                outcome.unknown.append({"path": path, "value": f"{id_type}:{value}",
+                outcome.unknown.append({"path": path, "value": _shown(f"{id_type}:{value}"),
                                         "message": "no profile has this id"})
                 continue
             _apply(outcome, space_id, audience_key, profile_id, name == "add")
@@ -135,46 +143,52 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     # newline="": the csv module reads \r, \n and \r\n line ends itself (a lone \r was an error).
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     try:
-        rows = list(reader)
+        header = [column.strip().lower() for column in next(reader, [])]
     except csv.Error as error:  # e.g. a field past the csv module's size limit (128 KiB)
-        raise ValidationFailed(f"the CSV cannot be read at line {reader.line_num}: {error}",
-                               [{"line": reader.line_num, "message": str(error)}]) from error
-    header = [column.strip().lower() for column in rows[0]] if rows else []
-    bad = [{"line": 1, "column": i + 1, "value": name,
+        raise _unreadable(reader, error) from error
+    while any(header) and not header[-1]:
+        header.pop()  # trailing empty columns (`email,,`, as spreadsheets save): their cells are past the header
+    # The first MAX_REPORTED, each cut as unknown rows are: a 1 MB header of empty columns answered 100 MB of
+    # details, past Lambda's 6 MB response (a 500 on AWS).
+    bad = [{"line": 1, "column": i + 1, "value": name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN] + "...",
             "message": "header columns name id types like email or user_id"}
-           for i, name in enumerate(header) if not CSV_ID_TYPE.match(name)]
+           for i, name in enumerate(header) if not CSV_ID_TYPE.match(name)][:MAX_REPORTED]
     if not header or bad:
         raise ValidationFailed("the CSV needs a header row naming the id type of each column, e.g. `email`",
                                bad or [{"line": 1, "message": "empty file"}])
-    if len(rows) - 1 > MAX_IMPORT_ROWS:
-        raise ValidationFailed(f"at most {MAX_IMPORT_ROWS} rows per import: split the file",
-                               [{"line": MAX_IMPORT_ROWS + 2, "message": "too many rows"}])
     outcome = Outcome()
     candidates: list[tuple[int, list[tuple[str, str]]]] = []
-    id_count = 0
-    for line, row in enumerate(rows[1:], start=2):
+    id_count = rows = 0
+    # Read a row at a time: blank rows are skipped, not counted (a file of one person and 10,000 empty lines,
+    # or Excel's trailing `,,` rows, was refused as too many rows) and not kept (millions of them are a few MB).
+    for line, row in enumerate(_rows(reader), start=2):
         ids = [(header[i], value.strip()) for i, value in enumerate(row[:len(header)]) if value.strip()]
         if not any(row):
             continue  # blank line
-        if len(row) > len(header):
+        rows += 1
+        if rows > MAX_IMPORT_ROWS:
+            raise ValidationFailed(f"at most {MAX_IMPORT_ROWS} rows per import: split the file",
+                                   [{"line": line, "message": "too many rows"}])
+        # Empty cells past the header (a trailing `,`, as spreadsheets leave) are nothing: such a row was invalid,
+        # and with mode=replace the member it names was removed.
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
             outcome.invalid.append({"line": line, "message": f"{len(row)} columns but the header has {len(header)}"})
             continue
         if not ids:
             outcome.invalid.append({"line": line, "message": "no id in this row"})
             continue
-        id_count += len(ids)
+        id_count += len(_lookups(ids))  # what is looked up: an export's escaped cell (`'=x`) is two ids
         if id_count > MAX_IMPORT_IDS:
             raise ValidationFailed(f"at most {MAX_IMPORT_IDS} ids per import (non-empty cells): split the file "
                                    "or drop columns", [{"line": line, "message": "too many ids"}])
         candidates.append((line, ids))
-    resolved = resolve(space_id, [ref for _, ids in candidates for ref in ids], audience.entity)
+    resolved = resolve(space_id, [ref for _, ids in candidates for ref in _lookups(ids)], audience.entity)
     named: set[str] = set()
     for line, ids in candidates:
-        profile_id = next((resolved[ref] for ref in ids if ref in resolved), None)
+        profile_id = next((resolved[ref] for ref in _lookups(ids) if ref in resolved), None)
         if profile_id is None:
-            shown = ",".join(f"{t}:{v}" for t, v in ids)
-            shown = shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + "..."
-            outcome.unknown.append({"line": line, "value": shown, "message": "no profile has this id"})
+            outcome.unknown.append({"line": line, "value": _shown(",".join(f"{t}:{v}" for t, v in ids)),
+                                    "message": "no profile has this id"})
             continue
         if profile_id in named:
             continue  # the same person twice in the file
@@ -192,6 +206,37 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
             if record.profile_id not in named:
                 _apply(outcome, space_id, audience_key, record.profile_id, False, record)
     return outcome.as_dict(mode=mode, rows=len(candidates) + len(outcome.invalid))
+
+
+def _shown(value: str) -> str:
+    """`value` cut to MAX_SHOWN characters as the answer writes them: a non-ASCII one is a \\uXXXX escape (6,
+    an emoji 12), so 10,000 unknown rows of 200 "é" answered 13 MB, past Lambda's 6 MB response."""
+    if len(json.dumps(value)) - 2 <= MAX_SHOWN:
+        return value
+    size = 0
+    for end, char in enumerate(value):
+        size += len(json.dumps(char)) - 2
+        if size > MAX_SHOWN:
+            return value[:end] + "..."
+    return value
+
+
+def _lookups(ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A row's ids to look up, in order: each cell as written, then the id an export's formula escape
+    (`'=1+2`, engage.audiences.export) holds, so an exported file imports back."""
+    return list(dict.fromkeys(ref for t, v in ids for ref in ((t, v), (t, unescaped(v)))))
+
+
+def _rows(reader) -> Iterator[list[str]]:
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise _unreadable(reader, error) from error
+
+
+def _unreadable(reader, error: csv.Error) -> ValidationFailed:
+    return ValidationFailed(f"the CSV cannot be read at line {reader.line_num}: {error}",
+                            [{"line": reader.line_num, "message": str(error)}])
 
 
 def _apply(outcome: Outcome, space_id: str, audience_key: str, profile_id: str, member: bool,

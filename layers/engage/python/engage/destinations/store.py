@@ -150,6 +150,12 @@ def create(space_id: str, definition: DestinationDefinition, secrets: dict[str, 
     existing = _record(space_id, definition.key)
     if existing is not None:
         raise _taken(definition.key, existing)
+    # A free key starts with no delivery state: what a create undone (its schedule could not be made) or any
+    # earlier holder of the key left, e.g. changes the router logged for it meanwhile, was sent by the new
+    # destination's first run. Cleared before the item exists, so nothing routed to the new one is lost.
+    # (A delete keeps its state: its key is never free again, and a log of millions of entries would not be
+    # cleared within the API's 30 s.)
+    clear_state(space_id, definition.key)
     if secrets:
         put_secrets(space_id, definition.key, secrets)
     try:
@@ -210,6 +216,16 @@ def delete(space_id: str, destination_key: str) -> Destination:
     delete_secrets(space_id, destination_key)
     clear_cache()
     return gone
+
+
+def clear_state(space_id: str, destination_key: str) -> int:
+    """Delete every DestinationsTable item of the destination (status, sequence marks, change log, rate
+    windows); the number deleted."""
+    items = list(DestinationState.query(destination_pk(space_id, destination_key), attributes_to_get=["pk", "sk"]))
+    with DestinationState.batch_write() as batch:
+        for item in items:
+            batch.delete(item)
+    return len(items)
 
 
 def get(space_id: str, destination_key: str) -> Destination:
