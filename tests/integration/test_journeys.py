@@ -525,6 +525,25 @@ def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(a
     assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
 
 
+def test_a_within_last_days_filter_of_a_wait_or_an_event_entry_matches_a_recent_date(api):
+    # The filters were compared without "now", so within_last_days was false for every event: the wait was
+    # never released (always timeout_next) and the event-entry journey enrolled no one, both saved with a 201.
+    from engage.journeys import events, waits
+
+    recent = [{"property": "delivered_at", "op": "within_last_days", "value": 7}]
+    published()
+    steps.handle(task("wait_for_event", "wait_buy", {"event": "Order Completed", "where": recent, "next": "exit",
+                                                     "timeout_next": "sms"}, task_token="token-7"))
+    old = {"type": "track", "event": "Order Completed", "properties": {"delivered_at": "2020-01-01T00:00:00Z"}}
+    assert waits.release("acme", "p1", old) == 0
+    fresh = {**old, "properties": {"delivered_at": clock.iso(clock.now() - timedelta(days=1))}}
+    assert waits.release("acme", "p1", fresh) == 1
+    body = journey(key="delivered", entry={"event": "Order Completed", "where": recent}, exit_when=None)
+    published("delivered", body)
+    message = {**fresh, "userId": "u-p2", "messageId": "m-7", "timestamp": clock.iso()}
+    assert events.on_history_item(history_item("p2", message))["enrolled"] == 1
+
+
 def test_a_track_event_named_past_a_sort_key_is_not_looked_up_among_the_waits(api, monkeypatch):
     # Any SDK may send a 2,000-character event name (ingestion takes it): every track event Queries the
     # profile's waits by "<event>|", a sort key prefix past DynamoDB's 1,024 bytes. No wait can be keyed by

@@ -65,11 +65,12 @@ def store_token(space_id: str, profile_id: str, event: str, where: list[dict[str
 
 
 def filters_match(where: list[dict[str, Any]], properties: dict[str, Any]) -> bool:
+    now_ms = evaluator.to_ms(clock.now())  # within_last_days counts back from now (without it: never true)
     for flt in where:
         actual: Any = properties
         for part in str(flt["property"]).split("."):
             actual = actual.get(part) if isinstance(actual, dict) else None
-        if not evaluator.compare(flt["op"], actual, flt.get("value")):
+        if not evaluator.compare(flt["op"], actual, flt.get("value"), now_ms):
             return False
     return True
 
