@@ -1,6 +1,6 @@
 """Leaving journeys when the profile itself goes: deletion (engage.privacy) or a merge into another profile.
 
-Deletion (`stop_profile_runs`): for each journey of the space, the profile's run items (JourneysTable
+Deletion (`stop_profile_runs`): for each journey of the space (archived ones too), the profile's run items (JourneysTable
 pk = <space>|<key>|<profile>, sk = run|<entry>) that have not ended are stopped with StopExecution and
 marked ended with the reason given. Idempotent: an execution already stopped or finished is not an error,
 and a run already marked is skipped. Cost: one Query per journey of the space, one StopExecution and one
@@ -32,7 +32,7 @@ MERGED = "merged"
 def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_deleted") -> int:
     """Stop and mark every running run of the profile; the number stopped."""
     stopped = 0
-    for journey in store.list_all(space_id):
+    for journey in store.list_all(space_id, archived=True):  # an archived journey's runs go on: stop them too
         pk = store.profile_pk(space_id, journey.key, profile_id)
         for run in store.RunRecord.query(pk, store.RunRecord.sk.startswith("run|"), consistent_read=True):
             if run.exited_at:

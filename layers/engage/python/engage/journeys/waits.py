@@ -12,6 +12,7 @@ TaskTimedOut / InvalidToken: the item is deleted and nothing else happens (idemp
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -62,6 +63,11 @@ def store_token(space_id: str, profile_id: str, event: str, where: list[dict[str
     WaitRecord(_pk(space_id, profile_id), f"{event}|{execution}|{step}", journey=journey, execution=execution,
                step=step, token=token, where_json=json.dumps(where), output_json=json.dumps(output),
                created_at=clock.iso(), expires_at=int(clock.now().timestamp()) + KEEP_SECONDS).save()
+
+
+def of_profile(space_id: str, profile_id: str) -> Iterator[WaitRecord]:
+    """The profile's waits (every journey): an erased person's are deleted with them (engage.privacy)."""
+    return WaitRecord.query(_pk(space_id, profile_id), consistent_read=True)
 
 
 def filters_match(where: list[dict[str, Any]], properties: dict[str, Any]) -> bool:
