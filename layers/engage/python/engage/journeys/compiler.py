@@ -255,14 +255,16 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
             params = {"branches": [{"percent": b.percent, "next": b.next} for b in step.branches]}
             kind = "random_split"
         else:
-            params = {"percent": step.percent, "next": step.next}
+            # The held-out answer is the helper state's name: no step id holds a dot, so it never reads as a step
+            # (the word "holdout" did, when the next step was named so). Older versions answer "holdout".
+            params = {"percent": step.percent, "next": step.next, "held_out": f"{step_id}.held_out"}
             kind = "holdout"
         states = task(kind, params, step_id + BRANCH_SUFFIX)
         if isinstance(step, HoldoutStep):
             # A held-out profile ends here (the steps function recorded it as a holdout exit).
             choice = {"Type": "Choice", "Comment": f"Held out ({step.percent}%) or go on to {step.next}",
                       "Choices": [{"Variable": "$.step.next", "StringEquals": step.next, "Next": step.next},
-                                  {"Variable": "$.step.next", "StringEquals": "holdout",
+                                  {"Variable": "$.step.next", "StringEquals": f"{step_id}.held_out",
                                    "Next": f"{step_id}.held_out"}],
                       "Default": step_id + FAILED_SUFFIX}
             states[step_id + BRANCH_SUFFIX] = choice
