@@ -324,6 +324,37 @@ def test_an_archived_journeys_run_and_a_waiting_step_of_the_person_are_stopped_a
     assert [item for item in left if "usr_2" in json.dumps(item)] == []
 
 
+def test_a_stopped_run_of_an_erased_person_leaves_the_step_counts_in_progress(aws, space, monkeypatch):
+    # The stopped run was never counted: its step showed it in_progress forever (a merge counts it `left`).
+    from engage.journeys import goals, leave
+    from engage.journeys import store as journeys_store
+
+    journeys_store.create(SPACE, {"key": "drip", "name": "Drip"})
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="drip", roleArn="arn:aws:iam::123456789012:role/x",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
+    journeys_store.record_published(
+        SPACE, "drip", expected=journeys_store.revision(SPACE, "drip"), version=1,
+        definition={"entry": {"audience": "vip"}, "start": "W", "steps": {"W": {"type": "wait", "duration": "P1D",
+                                                                               "next": "done"}}},
+        state_machine_arn=machine["stateMachineArn"], version_arn=machine["stateMachineArn"] + ":1", alias_arn="a")
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="drip-v1-usr_3-e1")["executionArn"]
+    pk = journeys_store.profile_pk(SPACE, "drip", "usr_3")
+    journeys_store.RunRecord(pk, "run|000001", execution_name="drip-v1-usr_3-e1", execution_arn=arn, version=1,
+                             started_at="2026-11-20T10:00:00.000Z").save()
+    journeys_store.count(SPACE, "drip", "usr_3", "drip-v1-usr_3-e1", [("W", "entered")])  # as the enroller does
+    assert journeys_store.step_counts(SPACE, "drip")["W"]["in_progress"] == 1
+    # (plain moto runs no state, so its history is empty: the local cloud's would name W)
+    monkeypatch.setattr(goals, "current_step", lambda execution, steps: "W" if execution == arn else None)
+
+    assert leave.stop_profile_runs(SPACE, "usr_3") == 1
+    assert leave.stop_profile_runs(SPACE, "usr_3") == 0  # a replayed job counts nothing twice
+
+    counts = journeys_store.step_counts(SPACE, "drip")["W"]
+    assert counts["in_progress"] == 0 and counts["left"] == 1 and counts["entered"] == 1
+
+
 def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_the_group_id_works_again(
         aws, space):
     # Given an account with two users (group calls through the real processor)

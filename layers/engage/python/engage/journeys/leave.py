@@ -1,10 +1,11 @@
 """Leaving journeys when the profile itself goes: deletion (engage.privacy) or a merge into another profile.
 
-Deletion (`stop_profile_runs`): for each journey of the space (archived ones too), the profile's run items (JourneysTable
-pk = <space>|<key>|<profile>, sk = run|<entry>) that have not ended are stopped with StopExecution and
-marked ended with the reason given. Idempotent: an execution already stopped or finished is not an error,
-and a run already marked is skipped. Cost: one Query per journey of the space, one StopExecution and one
-UpdateItem per running run.
+Deletion (`stop_profile_runs`): for each journey of the space (archived ones too: their executions go on),
+the profile's run items (JourneysTable pk = <space>|<key>|<profile>, sk = run|<entry>) that have not ended
+are stopped with StopExecution, counted `entered` + `left` once at the step they were in (as a merge is),
+and marked ended with the reason given. Idempotent: an execution already stopped or finished is not an
+error, a count is a fact counted once, and a run already marked is skipped. Cost: one Query per journey of
+the space; per running run, 1 GetExecutionHistory, 1 StopExecution, 2 count transactions, 1 UpdateItem.
 
 Merge (`leave_merged`): a profile merged into another keeps no journey running (its events now land on
 the survivor, which enters journeys on its own). The enroller calls it when the merged-away profile leaves
@@ -37,6 +38,9 @@ def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_del
         for run in store.RunRecord.query(pk, store.RunRecord.sk.startswith("run|"), consistent_read=True):
             if run.exited_at:
                 continue
+            # the step it is in counts it `left` (as a merge does): else that step showed it in progress forever
+            step = goals.current_step(run.execution_arn, set((journey.published_definition or {}).get("steps") or {})) \
+                if run.execution_arn else None
             if run.execution_arn:
                 try:
                     enrollment._sfn().stop_execution(executionArn=run.execution_arn, error="ProfileDeleted",
@@ -45,6 +49,8 @@ def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_del
                     if "ExecutionDoesNotExist" not in type(error).__name__ and \
                             "ExecutionDoesNotExist" not in str(error):
                         logger.info("stop_execution refused", extra={"reason": str(error)[:200]})
+            if step:
+                store.count(space_id, journey.key, profile_id, run.execution_name, [(step, "entered"), (step, "left")])
             run.update(actions=[store.RunRecord.exited_at.set(clock.iso()),
                                 store.RunRecord.exit_reason.set(reason)])
             stopped += 1

@@ -37,7 +37,7 @@ MARK_DAYS = 14  # a Task retry or redelivery comes within minutes; two weeks is 
 # A publish holds the journey this long at most (the management function's timeout is far shorter): a publish
 # that died holding it blocks the next one no longer than this.
 PUBLISH_LEASE_SECONDS = 300
-COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits", "left")  # left: merged away mid-run
+COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits", "left")  # left: merged away or deleted mid-run
 
 
 class JourneyRecord(EngageModel):
