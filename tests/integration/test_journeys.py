@@ -277,6 +277,27 @@ def test_reentry_after_exit_waits_for_the_exit_and_the_cooldown(api):
     assert [r["entry"] for r in runs] == [1, 2] and runs[0]["exit_reason"] == "completed"
 
 
+def test_a_run_whose_execution_ended_without_recording_its_exit_does_not_keep_the_profile_out(api, monkeypatch):
+    # An execution stopped from the console, timed out, or ended in recording_failed never recorded its exit:
+    # with reentry after_exit every later trigger was refused ("still in the journey") for ever.
+    import time
+
+    answer = published(body=journey(reentry={"mode": "after_exit"}))
+    enrollment.on_audience_entered(audience_entered())
+    (first,) = executions(api, answer)
+    assert enrollment.on_audience_entered(audience_entered(version=3))[0].reason == "still in the journey"
+    api.client("stepfunctions").stop_execution(executionArn=first["executionArn"])
+    # a run seen running is looked at again only minutes later (a hot entry event costs no call each)
+    assert enrollment.on_audience_entered(audience_entered(version=4))[0].reason == "still in the journey"
+    later = time.monotonic() + enrollment.RUNNING_RECHECK_SECONDS
+    monkeypatch.setattr(enrollment.time, "monotonic", lambda: later)
+    outcome = enrollment.on_audience_entered(audience_entered(version=5))[0]
+    assert outcome.enrolled and outcome.execution_name == "cart_rescue-v1-p1-e2"
+    runs = enrollment.runs("acme", "cart_rescue", "p1")
+    assert [(r["entry"], r["exit_reason"]) for r in runs] == [(1, "failed: execution ABORTED"), (2, None)]
+    assert enrollment.on_audience_entered(audience_entered(version=7))[0].reason == "still in the journey"
+
+
 def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
     # The route sees the raw path: "user_id:a%20b%2F%C3%A9" was looked up as is (404) while the Profile
     # API, which decodes its path, found the profile.
