@@ -565,6 +565,27 @@ def test_a_within_last_days_filter_of_a_wait_or_an_event_entry_matches_a_recent_
     assert events.on_history_item(history_item("p2", message))["enrolled"] == 1
 
 
+def test_a_spent_token_answered_while_the_retried_task_stores_its_new_one_keeps_the_new_wait(api, monkeypatch):
+    # A wait_for_event Task retried (its invocation failed after storing the token) stores a new token over
+    # its item. An event read the old item meanwhile: Step Functions answered TaskTimedOut for the old token
+    # and release deleted the item by key, the new token with it: that wait could only time out.
+    from botocore.exceptions import ClientError
+
+    from engage.journeys import waits
+
+    params = {"event": "Order Completed", "where": [], "next": "exit", "timeout_next": "sms"}
+    steps.handle(task("wait_for_event", "wait_buy", params, task_token="token-old"))
+
+    class Retried:
+        def send_task_success(self, taskToken, output):
+            steps.handle(task("wait_for_event", "wait_buy", params, task_token="token-new"))  # the retry
+            raise ClientError({"Error": {"Code": "TaskTimedOut", "Message": "spent"}}, "SendTaskSuccess")
+
+    monkeypatch.setattr(waits, "_sfn", lambda: Retried())
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order Completed", "properties": {}}) == 0
+    assert [w.token for w in waits.WaitRecord.query("acme|p1|waits")] == ["token-new"]
+
+
 def test_a_track_event_named_past_a_sort_key_is_not_looked_up_among_the_waits(api, monkeypatch):
     # Any SDK may send a 2,000-character event name (ingestion takes it): every track event Queries the
     # profile's waits by "<event>|", a sort key prefix past DynamoDB's 1,024 bytes. No wait can be keyed by

@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.exceptions import DeleteError
 
 from engage import clock, lazy
 from engage import dynamodb_limits as limits
@@ -103,5 +104,9 @@ def release(space_id: str, profile_id: str, message: dict[str, Any]) -> int:
             if error.response["Error"]["Code"] not in ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist"):
                 raise
             logger.info("wait already over", extra={"execution": wait.execution, "step": wait.step})
-        wait.delete()
+        try:  # only the token answered: a retried Task may have stored its new one over it meanwhile
+            wait.delete(condition=WaitRecord.token == wait.token)
+        except DeleteError as error:
+            if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+                raise
     return released
