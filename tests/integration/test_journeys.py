@@ -764,6 +764,41 @@ def test_a_goal_met_during_a_wait_stops_the_run_and_records_a_goal_exit_once(api
     assert goals_stopped("acme", "p2", "Order Completed") == 0
 
 
+def test_a_goal_met_in_a_wait_after_a_released_wait_counts_the_released_wait_completed(api, monkeypatch):
+    # Found on the local cloud (exit_when and wait_for_event on the same event): the event released the wait,
+    # the run went on into a native wait, and the goal stopped it there. The native wait was counted a goal
+    # exit, but the released wait's completion is counted by the next Task (`previous`), which never ran: it
+    # showed every such run in progress for ever.
+    from engage.journeys import events, goals
+
+    body = journey(steps__wait_buy={"type": "wait_for_event", "event": "Order Completed", "timeout": "P2D",
+                                    "next": "cool", "timeout_next": "sms"},
+                   steps__cool={"type": "wait", "duration": "PT1H", "next": "exit"})
+    answer = published(body=body)
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    store.count("acme", "cart_rescue", "p1", execution["name"], [("wait_buy", "entered")])  # as its Task did
+    real = goals._sfn()
+
+    class Released:  # plain moto runs no state: the history the local cloud has at that point
+        def get_execution_history(self, **kwargs):
+            names = ["cool", "wait_buy", "email_a", "ab.branch", "ab"]
+            return {"events": [{"type": "TaskStateEntered" if "wait" not in n and n != "cool" else "WaitStateEntered",
+                                "stateEnteredEventDetails": {"name": n}} for n in names]}
+
+        def stop_execution(self, **kwargs):
+            return real.stop_execution(**kwargs)
+
+    monkeypatch.setattr(goals, "_sfn", lambda: Released())
+    order = {"type": "track", "event": "Order Completed", "userId": "u-p1", "messageId": "o-9",
+             "timestamp": clock.iso(), "properties": {}}
+    events.on_history_item(put_history(api, "p1", order))
+    stats = management.get("acme", "cart_rescue")["stats"]
+    assert stats["cool"]["goal_exits"] == 1 and stats["cool"]["in_progress"] == 0
+    assert stats["wait_buy"]["completed"] == 1 and stats["wait_buy"]["in_progress"] == 0
+    assert stats["email_a"]["in_progress"] == 0 and stats["email_a"]["entered"] == 0  # (its Task counted it)
+
+
 def goals_stopped(space: str, profile: str, event: str) -> int:
     from engage.journeys import goals
 

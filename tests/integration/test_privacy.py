@@ -346,7 +346,7 @@ def test_a_stopped_run_of_an_erased_person_leaves_the_step_counts_in_progress(aw
     journeys_store.count(SPACE, "drip", "usr_3", "drip-v1-usr_3-e1", [("W", "entered")])  # as the enroller does
     assert journeys_store.step_counts(SPACE, "drip")["W"]["in_progress"] == 1
     # (plain moto runs no state, so its history is empty: the local cloud's would name W)
-    monkeypatch.setattr(goals, "current_step", lambda execution, steps: "W" if execution == arn else None)
+    monkeypatch.setattr(goals, "position", lambda execution, steps: ("W", []) if execution == arn else (None, []))
 
     assert leave.stop_profile_runs(SPACE, "usr_3") == 1
     assert leave.stop_profile_runs(SPACE, "usr_3") == 0  # a replayed job counts nothing twice

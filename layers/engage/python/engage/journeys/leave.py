@@ -39,8 +39,8 @@ def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_del
             if run.exited_at:
                 continue
             # the step it is in counts it `left` (as a merge does): else that step showed it in progress forever
-            step = goals.current_step(run.execution_arn, set((journey.published_definition or {}).get("steps") or {})) \
-                if run.execution_arn else None
+            step, passed = goals.position(run.execution_arn, (journey.published_definition or {}).get("steps") or {}) \
+                if run.execution_arn else (None, [])
             if run.execution_arn:
                 try:
                     enrollment._sfn().stop_execution(executionArn=run.execution_arn, error="ProfileDeleted",
@@ -50,7 +50,8 @@ def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_del
                             "ExecutionDoesNotExist" not in str(error):
                         logger.info("stop_execution refused", extra={"reason": str(error)[:200]})
             if step:
-                store.count(space_id, journey.key, profile_id, run.execution_name, [(step, "entered"), (step, "left")])
+                store.count(space_id, journey.key, profile_id, run.execution_name,
+                            goals.stopped_counts(step, passed, "left"))
             run.update(actions=[store.RunRecord.exited_at.set(clock.iso()),
                                 store.RunRecord.exit_reason.set(reason)])
             stopped += 1
@@ -83,7 +84,7 @@ def leave_merged(space_id: str, profile_id: str, survivor: str) -> int:
         if not record.current_execution or record.exited_at:
             continue  # never entered, or its run already ended
         arn = goals.execution_arn(journey, pk, record)
-        step = goals.current_step(arn, set((journey.published_definition or {}).get("steps") or {}))
+        step, passed = goals.position(arn, (journey.published_definition or {}).get("steps") or {})
         try:
             goals._sfn().stop_execution(executionArn=arn, error="ProfileMerged",
                                         cause=f"the profile was merged into {survivor}")
@@ -91,8 +92,8 @@ def leave_merged(space_id: str, profile_id: str, survivor: str) -> int:
             if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
                 raise
         if step:
-            store.count(space_id, journey.key, profile_id, record.current_execution, [(step, "entered"),
-                                                                                       (step, "left")])
+            store.count(space_id, journey.key, profile_id, record.current_execution,
+                        goals.stopped_counts(step, passed, "left"))
         enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, MERGED,
                                goals.run_ids(pk, record), step)
         logger.info("profile merged away: run stopped", extra={"journey": journey.key, "execution": arn,
