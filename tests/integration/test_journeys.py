@@ -298,6 +298,22 @@ def test_a_run_whose_execution_ended_without_recording_its_exit_does_not_keep_th
     assert enrollment.on_audience_entered(audience_entered(version=7))[0].reason == "still in the journey"
 
 
+def test_a_run_whose_execution_step_functions_no_longer_keeps_is_listed_without_its_history(api):
+    # Step Functions keeps a closed execution 90 days; the run item stays. Describing it raised
+    # ExecutionDoesNotExist: GET /v1/journeys/{key}/profiles/{id} was a 500 for that profile's every run.
+    answer = published()
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    enrollment.record_exit("acme", "cart_rescue", "p1", execution["name"], "completed")
+    pk = store.profile_pk("acme", "cart_rescue", "p1")
+    store.RunRecord(pk, "run|000001").update(actions=[store.RunRecord.execution_arn.set(
+        execution["executionArn"].rsplit(":", 1)[0] + ":long-gone")])
+    status, body = call_api("GET", "/v1/journeys/cart_rescue/profiles/p1")
+    assert status == 200, body
+    (run,) = body["runs"]
+    assert run["exit_reason"] == "completed" and run["status"] is None and run["history"] == []
+
+
 def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
     # The route sees the raw path: "user_id:a%20b%2F%C3%A9" was looked up as is (404) while the Profile
     # API, which decodes its path, found the profile.
