@@ -518,6 +518,50 @@ def test_a_send_step_sends_once_through_the_sender_whatever_is_retried(api, mess
         ("sent", "cart_rescue", "email_a")]
 
 
+def compiled_payload(state: dict, data: dict, execution: str) -> dict:
+    """What Step Functions hands the steps function: the state's Payload with its paths read from `data`."""
+    def read(path: str):
+        if path == "$$.Execution.Id":
+            return execution
+        value = data
+        for part in path.removeprefix("$.").split("."):
+            value = value[part]  # a path missing from the state data fails the state (States.Runtime)
+        return value
+    return {k.removesuffix(".$"): read(v) if k.endswith(".$") else v
+            for k, v in state["Parameters"]["Payload"].items()}
+
+
+def test_a_send_step_renders_the_event_that_entered_the_journey(api, messaging):  # noqa: F811
+    # docs/messaging.md: a template sees `event`, the triggering event; the execution input carries it, but the
+    # compiled Task never passed it to the steps function, so "You left {{ event.properties.product }}" was
+    # sent as "You left  behind" to everyone an event-entry journey enrolled.
+    from engage.journeys import events
+    from tests.integration import test_messaging as m
+
+    pipeline = m.Pipeline(api)
+    profile_id = m.identify(pipeline, "ann", email="ann@example.com")
+    m.create({"key": "left", "channel": "email", "subject": "Your cart",
+              "body": "<p>You left {{ event.properties.product }} behind</p>",
+              "text": "You left {{ event.properties.product }} behind"})
+    body = journey(key="left_behind", entry={"event": "Cart Abandoned"}, start="mail", exit_when=None, steps={
+        "mail": {"type": "send", "channel": "email", "template": "left", "next": "done"}, "done": {"type": "exit"}})
+    answer = published("left_behind", body)
+    message = {"type": "track", "event": "Cart Abandoned", "userId": "ann", "messageId": "m-left",
+               "timestamp": clock.iso(), "properties": {"product": "red shoes"}}
+    assert events.on_history_item(history_item(profile_id, message))["enrolled"] == 1
+    (execution,) = executions(api, answer)
+    data = json.loads(api.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["input"])
+    asl = json.loads(api.client("stepfunctions").describe_state_machine(
+        stateMachineArn=answer["state_machine_arn"])["definition"])
+    assert steps.handle(compiled_payload(asl["States"]["mail"], data, execution["executionArn"]))["next"] == "done"
+    from email import message_from_string
+
+    (email,) = m.sent_emails()
+    parts = [part.get_payload(decode=True).decode() for part in message_from_string(email.raw_data).walk()
+             if part.get_content_type() == "text/plain"]
+    assert parts and parts[0].strip() == "You left red shoes behind"
+
+
 def test_a_recorded_failure_goes_on_and_counts(api):
     published()
     failure = task("failure", "email_a", {"continue_at": "wait_buy"},

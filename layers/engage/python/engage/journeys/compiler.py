@@ -147,10 +147,12 @@ def condition_words(condition: Any) -> str:
 def _task(journey: JourneyDefinition, step_id: str, step_type: str, arn: str, params: dict, *,
           next_state: str | None, chains: dict[str, list[str]], failure_next: str | None,
           comment: str, wait_for_token: bool = False, timeout: int | None = None,
-          timeout_next: str | None = None) -> dict:
+          timeout_next: str | None = None, with_event: bool = False) -> dict:
     payload = {"step_type": step_type, "step": step_id, "params": params, "chains": chains,
                "execution.$": "$$.Execution.Id", "previous.$": "$.step.at",
                **{f"{name}.$": f"$.{name}" for name in INPUT_FIELDS}}
+    if with_event:  # the event that entered the journey (null for an audience entry): templates read `event`
+        payload["event.$"] = "$.event"
     if wait_for_token:
         payload["task_token.$"] = "$$.Task.Token"
     if journey.exit_when is not None and step_type != "exit":
@@ -274,7 +276,8 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
         return states
     if isinstance(step, SendStep):
         return task("send", {"channel": step.channel, "template": step.template,
-                             "transactional": step.transactional, "next": step.next}, step.next, failure_next=step.next)
+                             "transactional": step.transactional, "next": step.next}, step.next, failure_next=step.next,
+                    with_event=True)
     if isinstance(step, SyncStep):
         return task("sync", {"destination": step.destination, "next": step.next}, step.next, failure_next=step.next)
     if isinstance(step, UpdateTraitStep):
