@@ -497,6 +497,32 @@ def test_counts_are_idempotent_under_retries_and_add_up(api):
     assert runs[0]["exit_reason"] == "completed"
 
 
+def expire_ttl(api) -> int:
+    """DynamoDB TTL (as the local cloud runs it on the virtual clock): JourneysTable items past expires_at go."""
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(api.tables["JourneysTable"])
+    now = int(clock.now().timestamp())
+    gone = [item for item in table.scan()["Items"] if "expires_at" in item and int(item["expires_at"]) < now]
+    for item in gone:
+        table.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
+    return len(gone)
+
+
+def test_a_wait_longer_than_two_weeks_is_counted_entered_once(api):
+    # Found on the local cloud (a P30D wait, the clock moved 20 days then 11): the fact marks lived 14 days,
+    # but a wait's `entered` is counted when it starts and again by the Task after it (`previous`): after a
+    # wait past the marks' TTL it was counted twice, and the step showed every such run in progress for ever.
+    body = journey(start="month", steps__month={"type": "wait", "duration": "P30D", "next": "wait_1h"})
+    published(body=body)
+    enrollment.on_audience_entered(audience_entered())
+    clock.advance(timedelta(days=20))
+    expire_ttl(api)
+    clock.advance(timedelta(days=10))
+    steps.handle(task("split", "check", {"condition": {"trait": "email", "op": "exists"}, "true": "ab",
+                                         "false": "exit"}, previous=["month", "wait_1h"]))
+    month = management.get("acme", "cart_rescue")["stats"]["month"]
+    assert month["entered"] == 1 and month["completed"] == 1 and month["in_progress"] == 0
+
+
 def test_a_send_step_sends_once_through_the_sender_whatever_is_retried(api, messaging):  # noqa: F811
     # Given the messaging stack (KMS key, SES identity) and ann, who has an email, and a template
     from tests.integration import test_messaging as m
