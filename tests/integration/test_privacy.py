@@ -355,6 +355,51 @@ def test_a_stopped_run_of_an_erased_person_leaves_the_step_counts_in_progress(aw
     assert counts["in_progress"] == 0 and counts["left"] == 1 and counts["entered"] == 1
 
 
+def test_a_run_the_erasure_could_not_stop_is_not_marked_stopped(aws, space, monkeypatch):
+    # StopExecution refused (throttled), or a run item without its ARN yet (the enroller died between
+    # StartExecution and writing it): the run was marked `profile_deleted` anyway and never looked at again,
+    # while its execution went on for the erased person (an update_trait step would identify them again).
+    from botocore.exceptions import ClientError
+
+    from engage.journeys import enrollment, leave
+    from engage.journeys import store as journeys_store
+
+    journeys_store.create(SPACE, {"key": "nurture", "name": "Nurture"})
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="nurture", roleArn="arn:aws:iam::123456789012:role/x",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
+    journeys_store.record_published(
+        SPACE, "nurture", expected=journeys_store.revision(SPACE, "nurture"), version=1,
+        definition={"entry": {"audience": "vip"}, "start": "W", "steps": {"W": {"type": "wait", "duration": "P1D",
+                                                                               "next": "done"}}},
+        state_machine_arn=machine["stateMachineArn"], version_arn=machine["stateMachineArn"] + ":1", alias_arn="a")
+    arns = {}
+    for profile in ("usr_5", "usr_6"):
+        name = f"nurture-v1-{profile}-e1"
+        arns[profile] = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=name)["executionArn"]
+        journeys_store.RunRecord(journeys_store.profile_pk(SPACE, "nurture", profile), "run|000001",
+                                 execution_name=name, version=1, started_at="2026-11-20T10:00:00.000Z",
+                                 execution_arn=arns[profile] if profile == "usr_5" else None).save()
+    real = enrollment._sfn()
+
+    class Throttled:
+        def stop_execution(self, **kwargs):
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "StopExecution")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(enrollment, "_sfn", lambda: Throttled())
+    with pytest.raises(ClientError):
+        leave.stop_profile_runs(SPACE, "usr_5")
+    monkeypatch.setattr(enrollment, "_sfn", lambda: real)
+    assert [r.exited_at for r in journeys_store.RunRecord.query(journeys_store.profile_pk(SPACE, "nurture", "usr_5"))] \
+        == [None]  # not marked: the job's retry stops it
+    assert leave.stop_profile_runs(SPACE, "usr_5") == 1 and leave.stop_profile_runs(SPACE, "usr_6") == 1
+    assert [sfn.describe_execution(executionArn=arn)["status"] for arn in arns.values()] == ["ABORTED", "ABORTED"]
+
+
 def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_the_group_id_works_again(
         aws, space):
     # Given an account with two users (group calls through the real processor)

@@ -38,17 +38,21 @@ def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_del
         for run in store.RunRecord.query(pk, store.RunRecord.sk.startswith("run|"), consistent_read=True):
             if run.exited_at:
                 continue
+            # a run item without its ARN: the enroller died between StartExecution and writing it (it may run)
+            machine = journey.state_machine_arn
+            arn = run.execution_arn or (machine and f"{machine.replace(':stateMachine:', ':execution:')}:"
+                                                    f"{run.execution_name}")
             # the step it is in counts it `left` (as a merge does): else that step showed it in progress forever
-            step, passed = goals.position(run.execution_arn, (journey.published_definition or {}).get("steps") or {}) \
-                if run.execution_arn else (None, [])
-            if run.execution_arn:
+            step, passed = goals.position(arn, (journey.published_definition or {}).get("steps") or {}) \
+                if arn else (None, [])
+            if arn:
                 try:
-                    enrollment._sfn().stop_execution(executionArn=run.execution_arn, error="ProfileDeleted",
+                    enrollment._sfn().stop_execution(executionArn=arn, error="ProfileDeleted",
                                                      cause="the profile was deleted (data rights request)")
-                except Exception as error:  # noqa: BLE001 - finished or gone: nothing left to stop
-                    if "ExecutionDoesNotExist" not in type(error).__name__ and \
-                            "ExecutionDoesNotExist" not in str(error):
-                        logger.info("stop_execution refused", extra={"reason": str(error)[:200]})
+                except ClientError as error:  # gone: nothing to stop. Else raised (the job retries): marked
+                    # stopped, it was never looked at again while the execution went on for the erased person
+                    if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
+                        raise
             if step:
                 store.count(space_id, journey.key, profile_id, run.execution_name,
                             goals.stopped_counts(step, passed, "left"))
