@@ -227,9 +227,12 @@ def test_every_kind_on_an_account_is_the_reference_over_its_users_raw_events(pip
 
 
 def test_erasing_a_user_takes_its_events_out_of_its_accounts_values(pipeline, monkeypatch):
+    from engage import config
     from engage.privacy import erase
 
     monkeypatch.setenv("DESTINATIONS_TABLE", pipeline.aws.tables["DestinationsTable"])
+    monkeypatch.setenv("JOURNEYS_TABLE", pipeline.aws.tables["JourneysTable"])  # the privacy worker's environment
+    config.settings.cache_clear()
     assert call_api("POST", "/v1/computed-traits", ACCOUNT_REVENUE)[0] == 201
     assert call_api("POST", "/v1/audiences", BIG_ACCOUNTS)[0] == 201
     pipeline.send(("group", {"userId": "ann", "groupId": "acme_co"}), ("group", {"userId": "bob", "groupId": "acme_co"}),

@@ -277,6 +277,43 @@ def test_reentry_after_exit_waits_for_the_exit_and_the_cooldown(api):
     assert [r["entry"] for r in runs] == [1, 2] and runs[0]["exit_reason"] == "completed"
 
 
+def test_a_run_whose_execution_ended_without_recording_its_exit_does_not_keep_the_profile_out(api, monkeypatch):
+    # An execution stopped from the console, timed out, or ended in recording_failed never recorded its exit:
+    # with reentry after_exit every later trigger was refused ("still in the journey") for ever.
+    import time
+
+    answer = published(body=journey(reentry={"mode": "after_exit"}))
+    enrollment.on_audience_entered(audience_entered())
+    (first,) = executions(api, answer)
+    assert enrollment.on_audience_entered(audience_entered(version=3))[0].reason == "still in the journey"
+    api.client("stepfunctions").stop_execution(executionArn=first["executionArn"])
+    # a run seen running is looked at again only minutes later (a hot entry event costs no call each)
+    assert enrollment.on_audience_entered(audience_entered(version=4))[0].reason == "still in the journey"
+    later = time.monotonic() + enrollment.RUNNING_RECHECK_SECONDS
+    monkeypatch.setattr(enrollment.time, "monotonic", lambda: later)
+    outcome = enrollment.on_audience_entered(audience_entered(version=5))[0]
+    assert outcome.enrolled and outcome.execution_name == "cart_rescue-v1-p1-e2"
+    runs = enrollment.runs("acme", "cart_rescue", "p1")
+    assert [(r["entry"], r["exit_reason"]) for r in runs] == [(1, "failed: execution ABORTED"), (2, None)]
+    assert enrollment.on_audience_entered(audience_entered(version=7))[0].reason == "still in the journey"
+
+
+def test_a_run_whose_execution_step_functions_no_longer_keeps_is_listed_without_its_history(api):
+    # Step Functions keeps a closed execution 90 days; the run item stays. Describing it raised
+    # ExecutionDoesNotExist: GET /v1/journeys/{key}/profiles/{id} was a 500 for that profile's every run.
+    answer = published()
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    enrollment.record_exit("acme", "cart_rescue", "p1", execution["name"], "completed")
+    pk = store.profile_pk("acme", "cart_rescue", "p1")
+    store.RunRecord(pk, "run|000001").update(actions=[store.RunRecord.execution_arn.set(
+        execution["executionArn"].rsplit(":", 1)[0] + ":long-gone")])
+    status, body = call_api("GET", "/v1/journeys/cart_rescue/profiles/p1")
+    assert status == 200, body
+    (run,) = body["runs"]
+    assert run["exit_reason"] == "completed" and run["status"] is None and run["history"] == []
+
+
 def test_a_profile_named_by_a_percent_encoded_id_is_found(api):
     # The route sees the raw path: "user_id:a%20b%2F%C3%A9" was looked up as is (404) while the Profile
     # API, which decodes its path, found the profile.
@@ -460,6 +497,32 @@ def test_counts_are_idempotent_under_retries_and_add_up(api):
     assert runs[0]["exit_reason"] == "completed"
 
 
+def expire_ttl(api) -> int:
+    """DynamoDB TTL (as the local cloud runs it on the virtual clock): JourneysTable items past expires_at go."""
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(api.tables["JourneysTable"])
+    now = int(clock.now().timestamp())
+    gone = [item for item in table.scan()["Items"] if "expires_at" in item and int(item["expires_at"]) < now]
+    for item in gone:
+        table.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
+    return len(gone)
+
+
+def test_a_wait_longer_than_two_weeks_is_counted_entered_once(api):
+    # Found on the local cloud (a P30D wait, the clock moved 20 days then 11): the fact marks lived 14 days,
+    # but a wait's `entered` is counted when it starts and again by the Task after it (`previous`): after a
+    # wait past the marks' TTL it was counted twice, and the step showed every such run in progress for ever.
+    body = journey(start="month", steps__month={"type": "wait", "duration": "P30D", "next": "wait_1h"})
+    published(body=body)
+    enrollment.on_audience_entered(audience_entered())
+    clock.advance(timedelta(days=20))
+    expire_ttl(api)
+    clock.advance(timedelta(days=10))
+    steps.handle(task("split", "check", {"condition": {"trait": "email", "op": "exists"}, "true": "ab",
+                                         "false": "exit"}, previous=["month", "wait_1h"]))
+    month = management.get("acme", "cart_rescue")["stats"]["month"]
+    assert month["entered"] == 1 and month["completed"] == 1 and month["in_progress"] == 0
+
+
 def test_a_send_step_sends_once_through_the_sender_whatever_is_retried(api, messaging):  # noqa: F811
     # Given the messaging stack (KMS key, SES identity) and ann, who has an email, and a template
     from tests.integration import test_messaging as m
@@ -479,6 +542,50 @@ def test_a_send_step_sends_once_through_the_sender_whatever_is_retried(api, mess
     assert status == 200, log
     assert [(d["status"], d["source"]["key"], d["source"]["step"]) for d in log["messages"]] == [
         ("sent", "cart_rescue", "email_a")]
+
+
+def compiled_payload(state: dict, data: dict, execution: str) -> dict:
+    """What Step Functions hands the steps function: the state's Payload with its paths read from `data`."""
+    def read(path: str):
+        if path == "$$.Execution.Id":
+            return execution
+        value = data
+        for part in path.removeprefix("$.").split("."):
+            value = value[part]  # a path missing from the state data fails the state (States.Runtime)
+        return value
+    return {k.removesuffix(".$"): read(v) if k.endswith(".$") else v
+            for k, v in state["Parameters"]["Payload"].items()}
+
+
+def test_a_send_step_renders_the_event_that_entered_the_journey(api, messaging):  # noqa: F811
+    # docs/messaging.md: a template sees `event`, the triggering event; the execution input carries it, but the
+    # compiled Task never passed it to the steps function, so "You left {{ event.properties.product }}" was
+    # sent as "You left  behind" to everyone an event-entry journey enrolled.
+    from engage.journeys import events
+    from tests.integration import test_messaging as m
+
+    pipeline = m.Pipeline(api)
+    profile_id = m.identify(pipeline, "ann", email="ann@example.com")
+    m.create({"key": "left", "channel": "email", "subject": "Your cart",
+              "body": "<p>You left {{ event.properties.product }} behind</p>",
+              "text": "You left {{ event.properties.product }} behind"})
+    body = journey(key="left_behind", entry={"event": "Cart Abandoned"}, start="mail", exit_when=None, steps={
+        "mail": {"type": "send", "channel": "email", "template": "left", "next": "done"}, "done": {"type": "exit"}})
+    answer = published("left_behind", body)
+    message = {"type": "track", "event": "Cart Abandoned", "userId": "ann", "messageId": "m-left",
+               "timestamp": clock.iso(), "properties": {"product": "red shoes"}}
+    assert events.on_history_item(history_item(profile_id, message))["enrolled"] == 1
+    (execution,) = executions(api, answer)
+    data = json.loads(api.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["input"])
+    asl = json.loads(api.client("stepfunctions").describe_state_machine(
+        stateMachineArn=answer["state_machine_arn"])["definition"])
+    assert steps.handle(compiled_payload(asl["States"]["mail"], data, execution["executionArn"]))["next"] == "done"
+    from email import message_from_string
+
+    (email,) = m.sent_emails()
+    parts = [part.get_payload(decode=True).decode() for part in message_from_string(email.raw_data).walk()
+             if part.get_content_type() == "text/plain"]
+    assert parts and parts[0].strip() == "You left red shoes behind"
 
 
 def test_a_recorded_failure_goes_on_and_counts(api):
@@ -523,6 +630,46 @@ def test_wait_for_event_stores_its_token_and_a_matching_event_releases_it_once(a
     assert list(waits.WaitRecord.query("acme|p1|waits")) == []
     assert waits.release("acme", "p1", matching) == 0
     assert management.get("acme", "cart_rescue")["stats"]["wait_buy"]["entered"] == 1
+
+
+def test_a_within_last_days_filter_of_a_wait_or_an_event_entry_matches_a_recent_date(api):
+    # The filters were compared without "now", so within_last_days was false for every event: the wait was
+    # never released (always timeout_next) and the event-entry journey enrolled no one, both saved with a 201.
+    from engage.journeys import events, waits
+
+    recent = [{"property": "delivered_at", "op": "within_last_days", "value": 7}]
+    published()
+    steps.handle(task("wait_for_event", "wait_buy", {"event": "Order Completed", "where": recent, "next": "exit",
+                                                     "timeout_next": "sms"}, task_token="token-7"))
+    old = {"type": "track", "event": "Order Completed", "properties": {"delivered_at": "2020-01-01T00:00:00Z"}}
+    assert waits.release("acme", "p1", old) == 0
+    fresh = {**old, "properties": {"delivered_at": clock.iso(clock.now() - timedelta(days=1))}}
+    assert waits.release("acme", "p1", fresh) == 1
+    body = journey(key="delivered", entry={"event": "Order Completed", "where": recent}, exit_when=None)
+    published("delivered", body)
+    message = {**fresh, "userId": "u-p2", "messageId": "m-7", "timestamp": clock.iso()}
+    assert events.on_history_item(history_item("p2", message))["enrolled"] == 1
+
+
+def test_a_spent_token_answered_while_the_retried_task_stores_its_new_one_keeps_the_new_wait(api, monkeypatch):
+    # A wait_for_event Task retried (its invocation failed after storing the token) stores a new token over
+    # its item. An event read the old item meanwhile: Step Functions answered TaskTimedOut for the old token
+    # and release deleted the item by key, the new token with it: that wait could only time out.
+    from botocore.exceptions import ClientError
+
+    from engage.journeys import waits
+
+    params = {"event": "Order Completed", "where": [], "next": "exit", "timeout_next": "sms"}
+    steps.handle(task("wait_for_event", "wait_buy", params, task_token="token-old"))
+
+    class Retried:
+        def send_task_success(self, taskToken, output):
+            steps.handle(task("wait_for_event", "wait_buy", params, task_token="token-new"))  # the retry
+            raise ClientError({"Error": {"Code": "TaskTimedOut", "Message": "spent"}}, "SendTaskSuccess")
+
+    monkeypatch.setattr(waits, "_sfn", lambda: Retried())
+    assert waits.release("acme", "p1", {"type": "track", "event": "Order Completed", "properties": {}}) == 0
+    assert [w.token for w in waits.WaitRecord.query("acme|p1|waits")] == ["token-new"]
 
 
 def test_a_track_event_named_past_a_sort_key_is_not_looked_up_among_the_waits(api, monkeypatch):
@@ -701,6 +848,41 @@ def test_a_goal_met_during_a_wait_stops_the_run_and_records_a_goal_exit_once(api
     assert run["exit_reason"] == "goal" and run["exited_at"]
     # an event the goal does not read checks nothing; a profile not in the journey is left alone
     assert goals_stopped("acme", "p2", "Order Completed") == 0
+
+
+def test_a_goal_met_in_a_wait_after_a_released_wait_counts_the_released_wait_completed(api, monkeypatch):
+    # Found on the local cloud (exit_when and wait_for_event on the same event): the event released the wait,
+    # the run went on into a native wait, and the goal stopped it there. The native wait was counted a goal
+    # exit, but the released wait's completion is counted by the next Task (`previous`), which never ran: it
+    # showed every such run in progress for ever.
+    from engage.journeys import events, goals
+
+    body = journey(steps__wait_buy={"type": "wait_for_event", "event": "Order Completed", "timeout": "P2D",
+                                    "next": "cool", "timeout_next": "sms"},
+                   steps__cool={"type": "wait", "duration": "PT1H", "next": "exit"})
+    answer = published(body=body)
+    enrollment.on_audience_entered(audience_entered())
+    (execution,) = executions(api, answer)
+    store.count("acme", "cart_rescue", "p1", execution["name"], [("wait_buy", "entered")])  # as its Task did
+    real = goals._sfn()
+
+    class Released:  # plain moto runs no state: the history the local cloud has at that point
+        def get_execution_history(self, **kwargs):
+            names = ["cool", "wait_buy", "email_a", "ab.branch", "ab"]
+            return {"events": [{"type": "TaskStateEntered" if "wait" not in n and n != "cool" else "WaitStateEntered",
+                                "stateEnteredEventDetails": {"name": n}} for n in names]}
+
+        def stop_execution(self, **kwargs):
+            return real.stop_execution(**kwargs)
+
+    monkeypatch.setattr(goals, "_sfn", lambda: Released())
+    order = {"type": "track", "event": "Order Completed", "userId": "u-p1", "messageId": "o-9",
+             "timestamp": clock.iso(), "properties": {}}
+    events.on_history_item(put_history(api, "p1", order))
+    stats = management.get("acme", "cart_rescue")["stats"]
+    assert stats["cool"]["goal_exits"] == 1 and stats["cool"]["in_progress"] == 0
+    assert stats["wait_buy"]["completed"] == 1 and stats["wait_buy"]["in_progress"] == 0
+    assert stats["email_a"]["in_progress"] == 0 and stats["email_a"]["entered"] == 0  # (its Task counted it)
 
 
 def goals_stopped(space: str, profile: str, event: str) -> int:

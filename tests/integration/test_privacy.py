@@ -23,8 +23,12 @@ from tests.integration.test_profile_processor import SPACE, batch, message, run
 
 @pytest.fixture(autouse=True)
 def destinations_table(aws, monkeypatch):
-    """The privacy worker's environment names DestinationsTable (template.yaml)."""
+    """The privacy worker's environment names DestinationsTable and JourneysTable (template.yaml)."""
+    from engage import config
+
     monkeypatch.setenv("DESTINATIONS_TABLE", aws.tables["DestinationsTable"])
+    monkeypatch.setenv("JOURNEYS_TABLE", aws.tables["JourneysTable"])
+    config.settings.cache_clear()
 
 
 ANON, USER, EMAIL = "anon-privacy-1", "user-privacy-1", "ann.privacy@example.com"
@@ -281,6 +285,119 @@ def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once
     # And erasing the profile deletes its enrollment and run items
     counts = erase.erase(erase.Person(SPACE, ["usr_1"]))
     assert counts["journey_runs"] == 2 and list(journeys_store.RunRecord.query(pk)) == []
+
+
+def test_an_archived_journeys_run_and_a_waiting_step_of_the_person_are_stopped_and_erased(aws, space, monkeypatch):
+    # An archived journey's executions go on to their end, but the erasure read only the live journeys: the
+    # person's run there went on (its update_trait would identify them again), its enrollment and run items
+    # (the execution input, with their user id and email) stayed, and so did a wait_for_event's item.
+    from engage import config
+    from engage.journeys import leave, waits
+
+    monkeypatch.setenv("JOURNEYS_TABLE", aws.tables["JourneysTable"])  # the privacy worker's own environment
+    config.settings.cache_clear()
+    from engage.journeys import store as journeys_store
+
+    journeys_store.create(SPACE, {"key": "old_promo", "name": "Old promo"})
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="old_promo", roleArn="arn:aws:iam::123456789012:role/x",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="usr_2-1")["executionArn"]
+    pk = journeys_store.profile_pk(SPACE, "old_promo", "usr_2")
+    journeys_store.EnrollmentRecord(pk, "enrollment", entries=1, current_execution="usr_2-1").save()
+    journeys_store.RunRecord(pk, "run|000001", execution_name="usr_2-1", execution_arn=arn, version=1,
+                             started_at="2026-11-20T10:00:00.000Z",
+                             input_json=json.dumps({"ids": {"user_id": USER, "email": EMAIL}})).save()
+    waits.store_token(SPACE, "usr_2", "Order Completed", [], journey="old_promo", execution=arn, step="wait_buy",
+                      token="token-1", output={"next": "exit", "at": [], "until": None})
+    journeys_store.set_status(SPACE, "old_promo", journeys_store.ARCHIVED)
+
+    # When the person is erased
+    assert leave.stop_profile_runs(SPACE, "usr_2") == 1
+    counts = erase.erase(erase.Person(SPACE, ["usr_2"]))
+
+    # Then the execution is stopped and nothing of the person is left in JourneysTable
+    assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+    assert counts["journey_runs"] == 3  # enrollment, run and wait
+    left = aws.client("dynamodb").scan(TableName=aws.tables["JourneysTable"])["Items"]
+    assert [item for item in left if "usr_2" in json.dumps(item)] == []
+
+
+def test_a_stopped_run_of_an_erased_person_leaves_the_step_counts_in_progress(aws, space, monkeypatch):
+    # The stopped run was never counted: its step showed it in_progress forever (a merge counts it `left`).
+    from engage.journeys import goals, leave
+    from engage.journeys import store as journeys_store
+
+    journeys_store.create(SPACE, {"key": "drip", "name": "Drip"})
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="drip", roleArn="arn:aws:iam::123456789012:role/x",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
+    journeys_store.record_published(
+        SPACE, "drip", expected=journeys_store.revision(SPACE, "drip"), version=1,
+        definition={"entry": {"audience": "vip"}, "start": "W", "steps": {"W": {"type": "wait", "duration": "P1D",
+                                                                               "next": "done"}}},
+        state_machine_arn=machine["stateMachineArn"], version_arn=machine["stateMachineArn"] + ":1", alias_arn="a")
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="drip-v1-usr_3-e1")["executionArn"]
+    pk = journeys_store.profile_pk(SPACE, "drip", "usr_3")
+    journeys_store.RunRecord(pk, "run|000001", execution_name="drip-v1-usr_3-e1", execution_arn=arn, version=1,
+                             started_at="2026-11-20T10:00:00.000Z").save()
+    journeys_store.count(SPACE, "drip", "usr_3", "drip-v1-usr_3-e1", [("W", "entered")])  # as the enroller does
+    assert journeys_store.step_counts(SPACE, "drip")["W"]["in_progress"] == 1
+    # (plain moto runs no state, so its history is empty: the local cloud's would name W)
+    monkeypatch.setattr(goals, "position", lambda execution, steps: ("W", []) if execution == arn else (None, []))
+
+    assert leave.stop_profile_runs(SPACE, "usr_3") == 1
+    assert leave.stop_profile_runs(SPACE, "usr_3") == 0  # a replayed job counts nothing twice
+
+    counts = journeys_store.step_counts(SPACE, "drip")["W"]
+    assert counts["in_progress"] == 0 and counts["left"] == 1 and counts["entered"] == 1
+
+
+def test_a_run_the_erasure_could_not_stop_is_not_marked_stopped(aws, space, monkeypatch):
+    # StopExecution refused (throttled), or a run item without its ARN yet (the enroller died between
+    # StartExecution and writing it): the run was marked `profile_deleted` anyway and never looked at again,
+    # while its execution went on for the erased person (an update_trait step would identify them again).
+    from botocore.exceptions import ClientError
+
+    from engage.journeys import enrollment, leave
+    from engage.journeys import store as journeys_store
+
+    journeys_store.create(SPACE, {"key": "nurture", "name": "Nurture"})
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="nurture", roleArn="arn:aws:iam::123456789012:role/x",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
+    journeys_store.record_published(
+        SPACE, "nurture", expected=journeys_store.revision(SPACE, "nurture"), version=1,
+        definition={"entry": {"audience": "vip"}, "start": "W", "steps": {"W": {"type": "wait", "duration": "P1D",
+                                                                               "next": "done"}}},
+        state_machine_arn=machine["stateMachineArn"], version_arn=machine["stateMachineArn"] + ":1", alias_arn="a")
+    arns = {}
+    for profile in ("usr_5", "usr_6"):
+        name = f"nurture-v1-{profile}-e1"
+        arns[profile] = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=name)["executionArn"]
+        journeys_store.RunRecord(journeys_store.profile_pk(SPACE, "nurture", profile), "run|000001",
+                                 execution_name=name, version=1, started_at="2026-11-20T10:00:00.000Z",
+                                 execution_arn=arns[profile] if profile == "usr_5" else None).save()
+    real = enrollment._sfn()
+
+    class Throttled:
+        def stop_execution(self, **kwargs):
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "StopExecution")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(enrollment, "_sfn", lambda: Throttled())
+    with pytest.raises(ClientError):
+        leave.stop_profile_runs(SPACE, "usr_5")
+    monkeypatch.setattr(enrollment, "_sfn", lambda: real)
+    assert [r.exited_at for r in journeys_store.RunRecord.query(journeys_store.profile_pk(SPACE, "nurture", "usr_5"))] \
+        == [None]  # not marked: the job's retry stops it
+    assert leave.stop_profile_runs(SPACE, "usr_5") == 1 and leave.stop_profile_runs(SPACE, "usr_6") == 1
+    assert [sfn.describe_execution(executionArn=arn)["status"] for arn in arns.values()] == ["ABORTED", "ABORTED"]
 
 
 def test_erasing_an_account_removes_its_group_id_pointer_and_its_users_links_so_the_group_id_works_again(

@@ -132,6 +132,31 @@ def test_every_step_type_has_its_shape():
     assert describe(start, "morning").startswith("Wait until 09:30 on mon, wed")
 
 
+def test_a_held_out_profile_ends_held_out_even_when_the_next_step_is_named_holdout(monkeypatch):
+    # The steps function answered the word "holdout" for a held-out profile, and the Choice tested the next
+    # step's id first: with that step named "holdout", held-out profiles went on into the journey (their run
+    # already recorded as a holdout exit) and got its messages.
+    from engage.journeys import steps
+
+    body = {"key": "h", "name": "H", "entry": {"audience": "x"}, "start": "hold", "steps": {
+        "hold": {"type": "holdout", "percent": 50, "next": "holdout"},
+        "holdout": {"type": "update_trait", "traits": {"a": 1}, "next": "done"}, "done": {"type": "exit"}}}
+    states = compile_journey(parse_journey(body), STEPS_ARN)["States"]
+    monkeypatch.setattr(steps, "_count", lambda payload, facts: None)
+    monkeypatch.setattr(steps, "_step_completed", lambda payload, step: None)
+    monkeypatch.setattr(steps.enrollment, "record_exit", lambda *args, **kwargs: True)
+    for profile in (f"p{i}" for i in range(20)):
+        payload = {"step_type": "holdout", "step": "hold", "params": states["hold"]["Parameters"]["Payload"]["params"],
+                   "journey": "h", "profile_id": profile, "space_id": "acme", "execution": "x", "chains": {}}
+        answer = steps.handle(payload)["next"]
+        taken = next(c["Next"] for c in states["hold.branch"]["Choices"] if c["StringEquals"] == answer)
+        held = steps.bucket("h", "hold", profile) < 50
+        assert taken == ("hold.held_out" if held else "holdout"), profile
+        # a version compiled before (no held_out parameter) still gets the answer its Choice expects
+        old = {**payload, "params": {"percent": 50, "next": "email"}}
+        assert steps.handle(old)["next"] == ("holdout" if held else "email")
+
+
 # --- random journeys ------------------------------------------------------------------------------
 
 CONDITIONS = st.sampled_from([{"trait": "email", "op": "exists"}, {"trait": "plan", "op": "eq", "value": "pro"},

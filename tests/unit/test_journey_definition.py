@@ -208,3 +208,27 @@ def test_an_event_waited_for_past_what_a_wait_can_be_keyed_by_is_refused_on_save
     assert caught.value.details[0]["path"] == "steps.wait.event"
     steps["wait"]["event"] = "\u00e9" * 300  # 600 bytes
     check_new_definition(parse_journey(journey(start="wait", steps=steps)))
+
+
+@pytest.mark.parametrize(("flt", "path"), [
+    ({"property": "sku", "op": "eq", "ref": {"trait": "favourite"}}, "where[0].ref"),  # compared with nothing
+    ({"property": "sku", "op": "eq", "ref": {"step": 0, "property": "sku"}}, "where[0].ref.step"),
+    ({"property": "tags", "op": "in", "value": "gold"}, "where[0].value"),  # `in` takes a list
+    ({"property": "total", "op": "gt"}, "where[0].value"),  # no value: never true
+    ({"property": "total", "op": "gt", "value": "ten"}, "where[0].value"),
+])
+def test_a_where_filter_the_events_path_cannot_compare_is_refused_on_save(flt, path):
+    # A wait_for_event's or an event entry's filters were checked for shape only: a `ref` was read as no value
+    # (eq never true, neq always), `in` with a string or `gt` without a number never matched; the journey was
+    # saved and published, the wait always timed out. Refused on save and publish; stored ones still parse.
+    waiting = parse_journey(journey(steps__wait_buy={"type": "wait_for_event", "event": "Order Completed",
+                                                     "where": [flt], "timeout": "P2D", "next": "exit",
+                                                     "timeout_next": "sms"}))
+    entering = parse_journey(journey(entry={"event": "Order Completed", "where": [flt]}))
+    for parsed, at in ((waiting, "steps.wait_buy"), (entering, "entry")):
+        with pytest.raises(ValidationFailed) as caught:
+            check_new_definition(parsed)
+        assert [d["path"] for d in caught.value.details] == [f"{at}.{path}"]
+    check_new_definition(parse_journey(journey(entry={"event": "Order Completed", "where": [
+        {"property": "total", "op": "gt", "value": 10}, {"property": "at", "op": "within_last_days", "value": 7},
+        {"property": "tags", "op": "in", "value": ["gold"]}]})))

@@ -48,7 +48,8 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "LinksTable": {"Query", "BatchWriteItem"},
         "MembershipsTable": {"Query", "PutItem", "UpdateItem", "BatchWriteItem"},
         "DueTable": {"BatchGetItem", "BatchWriteItem"}, "MessagesTable": {"Query", "BatchWriteItem"},
-        "JourneysTable": {"Query", "UpdateItem", "BatchWriteItem"},
+        # PutItem + UpdateItem: a stopped run counted `left` at its step (engage.journeys.store.count's transaction)
+        "JourneysTable": {"Query", "UpdateItem", "BatchWriteItem", "PutItem"},
         "BroadcastsTable": {"Query", "BatchGetItem", "BatchWriteItem"},
     },
     "ManagementApiFunction": {

@@ -147,10 +147,12 @@ def condition_words(condition: Any) -> str:
 def _task(journey: JourneyDefinition, step_id: str, step_type: str, arn: str, params: dict, *,
           next_state: str | None, chains: dict[str, list[str]], failure_next: str | None,
           comment: str, wait_for_token: bool = False, timeout: int | None = None,
-          timeout_next: str | None = None) -> dict:
+          timeout_next: str | None = None, with_event: bool = False) -> dict:
     payload = {"step_type": step_type, "step": step_id, "params": params, "chains": chains,
                "execution.$": "$$.Execution.Id", "previous.$": "$.step.at",
                **{f"{name}.$": f"$.{name}" for name in INPUT_FIELDS}}
+    if with_event:  # the event that entered the journey (null for an audience entry): templates read `event`
+        payload["event.$"] = "$.event"
     if wait_for_token:
         payload["task_token.$"] = "$$.Task.Token"
     if journey.exit_when is not None and step_type != "exit":
@@ -255,14 +257,16 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
             params = {"branches": [{"percent": b.percent, "next": b.next} for b in step.branches]}
             kind = "random_split"
         else:
-            params = {"percent": step.percent, "next": step.next}
+            # The held-out answer is the helper state's name: no step id holds a dot, so it never reads as a step
+            # (the word "holdout" did, when the next step was named so). Older versions answer "holdout".
+            params = {"percent": step.percent, "next": step.next, "held_out": f"{step_id}.held_out"}
             kind = "holdout"
         states = task(kind, params, step_id + BRANCH_SUFFIX)
         if isinstance(step, HoldoutStep):
             # A held-out profile ends here (the steps function recorded it as a holdout exit).
             choice = {"Type": "Choice", "Comment": f"Held out ({step.percent}%) or go on to {step.next}",
                       "Choices": [{"Variable": "$.step.next", "StringEquals": step.next, "Next": step.next},
-                                  {"Variable": "$.step.next", "StringEquals": "holdout",
+                                  {"Variable": "$.step.next", "StringEquals": f"{step_id}.held_out",
                                    "Next": f"{step_id}.held_out"}],
                       "Default": step_id + FAILED_SUFFIX}
             states[step_id + BRANCH_SUFFIX] = choice
@@ -272,7 +276,8 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
         return states
     if isinstance(step, SendStep):
         return task("send", {"channel": step.channel, "template": step.template,
-                             "transactional": step.transactional, "next": step.next}, step.next, failure_next=step.next)
+                             "transactional": step.transactional, "next": step.next}, step.next, failure_next=step.next,
+                    with_event=True)
     if isinstance(step, SyncStep):
         return task("sync", {"destination": step.destination, "next": step.next}, step.next, failure_next=step.next)
     if isinstance(step, UpdateTraitStep):

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Str
 from engage.audiences.definition import (
     AudienceDefinition,
     Filter,
+    StepRef,
     audience_refs,
     json_path,
     parse_condition,
@@ -398,6 +399,21 @@ def _unstorable_traits(step: UpdateTraitStep, at: str) -> list[dict]:
              "message": issue.message} for issue in issues]
 
 
+def _uncomparable_filters(event: str, where: list[Filter], at: str) -> list[dict]:
+    """`where` filters the events path (waits.filters_match) cannot compare: the audience language's own checks
+    (`in` takes a list, `gt` a number, ...) and no `ref` (an event is compared with literal values: a ref was
+    read as no value). Otherwise such a filter never (or always) matched while the journey saved with a 201."""
+    problems = [{"path": f"{at}.where[{i}].ref", "message": "a journey's where filters compare with a 'value', "
+                 "not a 'ref'"} for i, flt in enumerate(where) if flt.ref is not None and not
+                isinstance(flt.ref, StepRef)]
+    try:
+        parse_condition({"event": event, "where": [f.model_dump(mode="json", exclude_unset=True) for f in where]})
+    except ValidationFailed as failed:
+        problems += [{"path": at + d["path"].removeprefix("condition"), "message": d["message"]}
+                     for d in failed.details]
+    return problems
+
+
 def check_new_definition(journey: JourneyDefinition) -> None:
     """Rules added after journeys were stored, checked when a definition is saved or published (the
     management API), not by `parse_journey`: stored definitions are parsed again on every enrollment and
@@ -413,6 +429,11 @@ def check_new_definition(journey: JourneyDefinition) -> None:
         if isinstance(step, WaitForEventStep) and utf8_bytes(step.event) > MAX_WAIT_EVENT_BYTES:
             problems.append({"path": f"steps.{step_id}.event", "message": f"an event name waited for is at most "
                                                                           f"{MAX_WAIT_EVENT_BYTES} bytes"})
+    if isinstance(journey.entry, EventEntry):
+        problems += _uncomparable_filters(journey.entry.event, journey.entry.where, "entry")
+    for step_id, step in journey.steps.items():
+        if isinstance(step, WaitForEventStep):
+            problems += _uncomparable_filters(step.event, step.where, f"steps.{step_id}")
     if journey.reentry.mode == "after_exit" and journey.reentry.cooldown is not None:
         _check_duration(journey.reentry.cooldown, "reentry.cooldown",
                         lambda path, message: problems.append({"path": path, "message": message}),

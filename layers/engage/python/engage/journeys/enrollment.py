@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -45,6 +46,10 @@ ENTERED, STEP_COMPLETED, EXITED = "Journey Entered", "Journey Step Completed", "
 NAME_LIMIT = 80
 _SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 IDS = ("user_id", "anonymous_id", "email")
+STILL_IN = "still in the journey"
+# Runs a refused trigger found running (execution name -> when, this container): the next look is this much later
+RUNNING_RECHECK_SECONDS = 300
+_seen_running: dict[str, float] = {}
 
 
 @lru_cache(maxsize=1)
@@ -60,6 +65,7 @@ def _events():
 def reset() -> None:
     _sfn.cache_clear()
     _events.cache_clear()
+    _seen_running.clear()
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,9 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
         _entered(journey, trigger, version, entry, record.current_execution)
         return Outcome(journey.key, True, "redelivered", record.current_execution)
     refusal = _reentry_refusal(journey, record)
+    if refusal == STILL_IN and _ended_unrecorded(journey, trigger, pk, record):
+        record = store.EnrollmentRecord.get(pk, "enrollment", consistent_read=True)
+        refusal = _reentry_refusal(journey, record)
     if refusal:
         metrics.add_metric(name="JourneyEntriesRefused", unit="Count", value=1)
         return Outcome(journey.key, False, refusal)
@@ -187,11 +196,38 @@ def _reentry_refusal(journey: store.Journey, record: store.EnrollmentRecord) -> 
     if reentry.get("mode", "once") == "once":
         return "already entered once (reentry: once)"
     if not record.exited_at:
-        return "still in the journey"
+        return STILL_IN
     cooldown = definitions.parse_duration(reentry["cooldown"]) if reentry.get("cooldown") else None
     if cooldown and clock.now() < clock.parse(record.exited_at) + cooldown:
         return f"cooling down until {clock.iso(clock.parse(record.exited_at) + cooldown)}"
     return None
+
+
+def _ended_unrecorded(journey: store.Journey, trigger: Trigger, pk: str, record: store.EnrollmentRecord) -> bool:
+    """Whether the latest run's execution ended without recording its exit (stopped from the console, timed
+    out, or ended in `recording_failed`); if so, its exit is recorded now. Else after_exit refused the profile
+    for ever. One DescribeExecution, only when a trigger finds the profile still in the journey."""
+    from engage.journeys import goals
+
+    seen = _seen_running.get(record.current_execution)
+    if seen is not None and time.monotonic() - seen < RUNNING_RECHECK_SECONDS:
+        return False  # a hot entry event while the profile is in the journey: one look per few minutes
+    arn = goals.execution_arn(journey, pk, record)
+    try:
+        status = _sfn().describe_execution(executionArn=arn)["status"]
+    except ClientError as error:  # not started yet (its trigger's redelivery starts it), or throttled (a hot
+        # entry event while in the journey): refused as before, the next trigger looks again
+        logger.info("run's execution not described", extra={"execution": arn, "error": error.response["Error"]["Code"]})
+        return False
+    if status in ("RUNNING", "PENDING_REDRIVE"):
+        if len(_seen_running) >= 10_000:
+            _seen_running.clear()
+        _seen_running[record.current_execution] = time.monotonic()
+        return False
+    logger.warning("a run ended without recording its exit", extra={"execution": arn, "status": status})
+    record_exit(trigger.space_id, journey.key, trigger.profile_id, record.current_execution,
+                f"failed: execution {status}", goals.run_ids(pk, record))
+    return True
 
 
 def _start(journey: store.Journey, name: str, payload: dict[str, Any], version: int) -> str:

@@ -121,7 +121,7 @@ def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: An
     if not matches(space_id, profile_id, goal):
         return False
     arn = execution_arn(journey, pk, record)
-    step = current_step(arn, set((journey.published_definition or {}).get("steps") or {}))
+    step, passed = position(arn, (journey.published_definition or {}).get("steps") or {})
     try:
         _sfn().stop_execution(executionArn=arn, error="GoalReached",
                               cause=f"the profile meets journey {journey.key!r}'s goal (exit_when)")
@@ -129,8 +129,8 @@ def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: An
         if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
             raise
     if step:
-        store.count(space_id, journey.key, profile_id, record.current_execution, [(step, "entered"),
-                                                                                   (step, "goal_exits")])
+        store.count(space_id, journey.key, profile_id, record.current_execution,
+                    stopped_counts(step, passed, "goal_exits"))
     ids = run_ids(pk, record)
     enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, GOAL, ids, step)
     logger.info("journey goal met: run stopped", extra={"journey": journey.key, "execution": arn, "step": step})
@@ -157,18 +157,40 @@ def run_ids(pk: str, record: store.EnrollmentRecord) -> dict[str, Any]:
         return {}
 
 
-def current_step(execution_arn: str, steps: set[str]) -> str | None:
-    """The journey step the execution is in: the newest state entered that is a step (None if unknown)."""
+def position(execution_arn: str, steps: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """The journey step the execution is in (the newest state entered that is a step; None if unknown) and the
+    steps it passed on the way whose completion the next Task would have counted (`$.step.at`): the native
+    waits right before it and the `wait_for_event` / `wait_until` that began them. A run stopped there never
+    runs that Task: they are counted by the stopper, else they showed the run in progress for ever."""
     try:
         page = _sfn().get_execution_history(executionArn=execution_arn, reverseOrder=True, maxResults=HISTORY_PAGE,
                                             includeExecutionData=False)
     except ClientError as error:
         logger.info("execution history unreadable", extra={"execution": execution_arn,
                                                            "error": error.response["Error"]["Code"]})
-        return None
+        return None, []
+    current: str | None = None
+    passed: list[str] = []
     for event in page.get("events", []):
         name = (event.get("stateEnteredEventDetails") or {}).get("name") or ""
         step = name.split(".", 1)[0]  # `<step>.wait` (wait_until's Wait), `<step>.branch`: the step's own
-        if step in steps:
-            return step
-    return None
+        if step not in steps:
+            continue
+        if current is None:
+            current = step
+            continue
+        kind = (steps[step] or {}).get("type") if isinstance(steps[step], dict) else None
+        if step == current or kind not in ("wait", "wait_for_event", "wait_until"):
+            break  # a Task that counted what came before it
+        if step not in passed:
+            passed.append(step)
+        if kind != "wait":
+            break  # the head of the chain (its Task counted the steps before it)
+    return current, passed
+
+
+def stopped_counts(step: str | None, passed: list[str], reason: str) -> list[tuple[str, str]]:
+    """The facts a run stopped at `step` (a goal exit, a merge, a deletion) counts: the steps it passed
+    completed, the step it was in entered and left for `reason` (`goal_exits`, `left`)."""
+    facts = [(p, what) for p in passed for what in ("entered", "completed")]
+    return facts + ([(step, "entered"), (step, reason)] if step else [])

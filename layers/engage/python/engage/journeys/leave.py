@@ -1,10 +1,11 @@
 """Leaving journeys when the profile itself goes: deletion (engage.privacy) or a merge into another profile.
 
-Deletion (`stop_profile_runs`): for each journey of the space, the profile's run items (JourneysTable
-pk = <space>|<key>|<profile>, sk = run|<entry>) that have not ended are stopped with StopExecution and
-marked ended with the reason given. Idempotent: an execution already stopped or finished is not an error,
-and a run already marked is skipped. Cost: one Query per journey of the space, one StopExecution and one
-UpdateItem per running run.
+Deletion (`stop_profile_runs`): for each journey of the space (archived ones too: their executions go on),
+the profile's run items (JourneysTable pk = <space>|<key>|<profile>, sk = run|<entry>) that have not ended
+are stopped with StopExecution, counted `entered` + `left` once at the step they were in (as a merge is),
+and marked ended with the reason given. Idempotent: an execution already stopped or finished is not an
+error, a count is a fact counted once, and a run already marked is skipped. Cost: one Query per journey of
+the space; per running run, 1 GetExecutionHistory, 1 StopExecution, 2 count transactions, 1 UpdateItem.
 
 Merge (`leave_merged`): a profile merged into another keeps no journey running (its events now land on
 the survivor, which enters journeys on its own). The enroller calls it when the merged-away profile leaves
@@ -32,19 +33,29 @@ MERGED = "merged"
 def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_deleted") -> int:
     """Stop and mark every running run of the profile; the number stopped."""
     stopped = 0
-    for journey in store.list_all(space_id):
+    for journey in store.list_all(space_id, archived=True):  # an archived journey's runs go on: stop them too
         pk = store.profile_pk(space_id, journey.key, profile_id)
         for run in store.RunRecord.query(pk, store.RunRecord.sk.startswith("run|"), consistent_read=True):
             if run.exited_at:
                 continue
-            if run.execution_arn:
+            # a run item without its ARN: the enroller died between StartExecution and writing it (it may run)
+            machine = journey.state_machine_arn
+            arn = run.execution_arn or (machine and f"{machine.replace(':stateMachine:', ':execution:')}:"
+                                                    f"{run.execution_name}")
+            # the step it is in counts it `left` (as a merge does): else that step showed it in progress forever
+            step, passed = goals.position(arn, (journey.published_definition or {}).get("steps") or {}) \
+                if arn else (None, [])
+            if arn:
                 try:
-                    enrollment._sfn().stop_execution(executionArn=run.execution_arn, error="ProfileDeleted",
+                    enrollment._sfn().stop_execution(executionArn=arn, error="ProfileDeleted",
                                                      cause="the profile was deleted (data rights request)")
-                except Exception as error:  # noqa: BLE001 - finished or gone: nothing left to stop
-                    if "ExecutionDoesNotExist" not in type(error).__name__ and \
-                            "ExecutionDoesNotExist" not in str(error):
-                        logger.info("stop_execution refused", extra={"reason": str(error)[:200]})
+                except ClientError as error:  # gone: nothing to stop. Else raised (the job retries): marked
+                    # stopped, it was never looked at again while the execution went on for the erased person
+                    if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
+                        raise
+            if step:
+                store.count(space_id, journey.key, profile_id, run.execution_name,
+                            goals.stopped_counts(step, passed, "left"))
             run.update(actions=[store.RunRecord.exited_at.set(clock.iso()),
                                 store.RunRecord.exit_reason.set(reason)])
             stopped += 1
@@ -77,7 +88,7 @@ def leave_merged(space_id: str, profile_id: str, survivor: str) -> int:
         if not record.current_execution or record.exited_at:
             continue  # never entered, or its run already ended
         arn = goals.execution_arn(journey, pk, record)
-        step = goals.current_step(arn, set((journey.published_definition or {}).get("steps") or {}))
+        step, passed = goals.position(arn, (journey.published_definition or {}).get("steps") or {})
         try:
             goals._sfn().stop_execution(executionArn=arn, error="ProfileMerged",
                                         cause=f"the profile was merged into {survivor}")
@@ -85,8 +96,8 @@ def leave_merged(space_id: str, profile_id: str, survivor: str) -> int:
             if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
                 raise
         if step:
-            store.count(space_id, journey.key, profile_id, record.current_execution, [(step, "entered"),
-                                                                                       (step, "left")])
+            store.count(space_id, journey.key, profile_id, record.current_execution,
+                        goals.stopped_counts(step, passed, "left"))
         enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, MERGED,
                                goals.run_ids(pk, record), step)
         logger.info("profile merged away: run stopped", extra={"journey": journey.key, "execution": arn,

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
 from engage import dynamodb_limits as limits
 from engage import json_body, listing
@@ -248,11 +249,18 @@ def _profile_id(space_id: str, reference: str) -> str:
 def _execution_story(journey: store.Journey, execution_arn: str) -> dict[str, Any]:
     """Status, current step and the steps taken, from the execution's own history (newest page first)."""
     sfn = _sfn()
-    described = sfn.describe_execution(executionArn=execution_arn)
     definition = parse_journey(journey.published_definition or journey.definition)
     history, entered = [], []
-    paginator = sfn.get_paginator("get_execution_history")
-    for page in paginator.paginate(executionArn=execution_arn, includeExecutionData=False):
+    try:
+        described = sfn.describe_execution(executionArn=execution_arn)
+        pages = list(sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn,
+                                                                          includeExecutionData=False))
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
+            raise
+        # Step Functions keeps a closed execution 90 days; the run item (entry, exit, reason) says the rest
+        return {"status": None, "current_step": None, "history": []}
+    for page in pages:
         for event in page["events"]:
             details = event.get("stateEnteredEventDetails")
             if not details:

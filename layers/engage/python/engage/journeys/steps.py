@@ -184,7 +184,8 @@ def _holdout(payload: dict[str, Any]) -> dict[str, Any]:
         _count(payload, [(step, "entered"), (step, "completed"), (step, "holdouts")])
         enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
                                "holdout", payload.get("ids"), step)
-        return {"next": "holdout", "at": [], "until": None}
+        # the state machine's held-out answer (a version compiled before it was a parameter expects "holdout")
+        return {"next": params.get("held_out", "holdout"), "at": [], "until": None}
     return _go(payload, params["next"])
 
 

@@ -10,7 +10,7 @@ JourneysTable (pk, sk; TTL on `expires_at`):
   pk = <space>|<key>|<profile>, sk = enrollment   the enrollment: entries, current execution, last exit
   pk = <space>|<key>|<profile>, sk = run|<entry>  one run: execution ARN, version, started/ended, reason
   pk = <space>|<key>|stats, sk = <step>|<shard>   step counters, sharded (hot journeys spread writes)
-  pk = <space>|<key>|mark, sk = <execution>|<step>|<what>   a counted fact (idempotency, TTL 14 days)
+  pk = <space>|<key>|mark, sk = <execution>|<step>|<what>   a counted fact (idempotency, TTL 400 days)
 """
 from __future__ import annotations
 
@@ -33,11 +33,14 @@ from engage.journeys import KEY_PATTERN
 
 DRAFT, PUBLISHED, PAUSED, ARCHIVED = "draft", "published", "paused", "archived"
 STAT_SHARDS = 8
-MARK_DAYS = 14  # a Task retry or redelivery comes within minutes; two weeks is far past any of them
+# A fact is counted again long after its first count, not only by a retry: a wait's `entered` by the Task after
+# the wait (`previous`), a step's by a goal, merge or deletion stop. Marks outlive the longest run (Step Functions
+# runs a Standard execution at most a year): at 14 days, a P30D wait was counted entered twice.
+MARK_DAYS = 400
 # A publish holds the journey this long at most (the management function's timeout is far shorter): a publish
 # that died holding it blocks the next one no longer than this.
 PUBLISH_LEASE_SECONDS = 300
-COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits", "left")  # left: merged away mid-run
+COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits", "left")  # left: merged away or deleted mid-run
 
 
 class JourneyRecord(EngageModel):

@@ -12,12 +12,14 @@ TaskTimedOut / InvalidToken: the item is deleted and nothing else happens (idemp
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.exceptions import DeleteError
 
 from engage import clock, lazy
 from engage import dynamodb_limits as limits
@@ -64,12 +66,18 @@ def store_token(space_id: str, profile_id: str, event: str, where: list[dict[str
                created_at=clock.iso(), expires_at=int(clock.now().timestamp()) + KEEP_SECONDS).save()
 
 
+def of_profile(space_id: str, profile_id: str) -> Iterator[WaitRecord]:
+    """The profile's waits (every journey): an erased person's are deleted with them (engage.privacy)."""
+    return WaitRecord.query(_pk(space_id, profile_id), consistent_read=True)
+
+
 def filters_match(where: list[dict[str, Any]], properties: dict[str, Any]) -> bool:
+    now_ms = evaluator.to_ms(clock.now())  # within_last_days counts back from now (without it: never true)
     for flt in where:
         actual: Any = properties
         for part in str(flt["property"]).split("."):
             actual = actual.get(part) if isinstance(actual, dict) else None
-        if not evaluator.compare(flt["op"], actual, flt.get("value")):
+        if not evaluator.compare(flt["op"], actual, flt.get("value"), now_ms):
             return False
     return True
 
@@ -96,5 +104,9 @@ def release(space_id: str, profile_id: str, message: dict[str, Any]) -> int:
             if error.response["Error"]["Code"] not in ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist"):
                 raise
             logger.info("wait already over", extra={"execution": wait.execution, "step": wait.step})
-        wait.delete()
+        try:  # only the token answered: a retried Task may have stored its new one over it meanwhile
+            wait.delete(condition=WaitRecord.token == wait.token)
+        except DeleteError as error:
+            if getattr(error, "cause_response_code", None) != "ConditionalCheckFailedException":
+                raise
     return released

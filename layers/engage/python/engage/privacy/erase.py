@@ -9,7 +9,7 @@ run is run again from the start and finds nothing twice:
 2. journeys: running executions stopped (`journeys.leave`);
 3. deletes: membership items, raw events (EventsTable u:/a: partitions), event history, links (both
    directions), identity pointers still pointing at the person, due-sweeper items, delivery log and
-   frequency-cap items, the messaging suppression list's items of their email addresses, broadcast recipient items, journey enrollment and run items, destination delivery
+   frequency-cap items, the messaging suppression list's items of their email addresses, broadcast recipient items, journey enrollment, run and wait items (archived journeys' too), destination delivery
    state naming the profile (DestinationsTable `seq|` sequence marks and `log|` batch change-log items, for
    every destination of the space, deleted ones included), parked failures holding the person's records
    (FailuresTable), and last the profile items (a run that crashes before this can still find the person
@@ -37,6 +37,7 @@ from engage.failures.store import ParkedFailure
 from engage.identity import ACCOUNTS, GROUP_ID, USERS
 from engage.journeys import leave
 from engage.journeys import store as journeys_store
+from engage.journeys import waits as journey_waits
 from engage.memberships_store import MembershipRecord
 from engage.messaging import store as messaging_store
 from engage.messaging.store import DeliveryRecord
@@ -160,10 +161,11 @@ def erase(person: Person) -> Counter:
         counts["due"] += _delete_all(DueRecord, DueRecord.batch_get([pk]))
         counts["messages"] += _delete_all(DeliveryRecord, DeliveryRecord.query(pk, consistent_read=True))
         counts["broadcast_recipients"] += broadcasts_store.delete_recipient(space, profile_id)
-        for journey in journeys_store.list_all(space):
+        for journey in journeys_store.list_all(space, archived=True):  # an archived journey's items name them too
             journey_pk = journeys_store.profile_pk(space, journey.key, profile_id)
             counts["journey_runs"] += _delete_all(journeys_store.StatShard,
                                                   journeys_store.StatShard.query(journey_pk, consistent_read=True))
+        counts["journey_runs"] += _delete_all(journey_waits.WaitRecord, journey_waits.of_profile(space, profile_id))
     for collection, id_type, value in person.ids:
         if collection == USERS and id_type in ("user_id", "anonymous_id"):
             event_pk = key(space, ("u:" if id_type == "user_id" else "a:") + value)
