@@ -130,6 +130,33 @@ def test_one_filter_cannot_build_a_string_past_the_output_limit(source):
         render(definition, scope_for({"traits": {"big": "y" * 600}}))
 
 
+@pytest.mark.parametrize("source", [
+    "{{ (1..100000) | join: ',' | size }}",
+    "{% for i in (1..3) %}{% if (1..100000) contains 'x' %}y{% endif %}{% endfor %}",
+    "{% assign n = profile.traits.n %}{{ (1..n) | reverse | first }}",
+])
+def test_a_range_past_its_limit_is_a_failed_render(source):
+    # Found on a preview: `(1..100000000) | join: ',' | size` rendered 9 characters after 262 s (a range is
+    # lazy, so no limit saw it: 100 million items joined); `contains` scans a range, 0.4 s per 10 million
+    # items, inside a loop of 1,000. Refused when the range is made.
+    definition = parse_template(email(source))
+    with pytest.raises(RenderFailed, match="range of 100000 items: at most 10000"):
+        render(definition, scope_for({"traits": {"n": 100000}}))
+
+
+def test_the_work_of_filters_in_one_render_is_bounded():
+    # Every call is linear in what it is given, but a loop calls them 1,000 times: splitting, sorting and joining
+    # a 64 KB capture in a 1,000-iteration loop ran 90 s (past the sender's 30 s timeout, so every retry of the
+    # send timed out again). Filters are charged what they take; past FILTER_WORK the render stops.
+    definition = parse_template(email("{% for i in (1..50) %}{{ profile.traits.big | split: '' | join: '' | size }}"
+                                      "{% endfor %}"))
+    with pytest.raises(RenderFailed, match="filter work limit"):
+        render(definition, scope_for({"traits": {"big": "y" * 60_000}}))
+    assert render(definition, scope_for({"traits": {"big": "y" * 6_000}})).body == "6000" * 50
+    ranged = parse_template(email("{{ (1..10000) | join: '' | size }} {% for i in (1..5) %}{{ i }}{% endfor %}"))
+    assert render(ranged, scope_for({"traits": {}})).body == "38894 12345"
+
+
 def test_replace_and_join_still_work():
     definition = parse_template(email("{{ 'a-b-c' | replace: '-', '+' }} {{ 'a b' | split: ' ' | join: ', ' }}"))
     assert render(definition, scope_for({"traits": {}})).body == "a+b+c a, b"
