@@ -754,6 +754,42 @@ def test_a_webhook_template_whose_host_is_internal_fails_with_the_reason_and_sen
     assert delivery.status == "failed" and "10.20.30.40 is a private address" in delivery.reason
 
 
+def test_a_webhook_answered_with_a_redirect_is_failed_not_sent_as_a_get_without_its_body(pipeline):
+    # Found with a receiver answering 302 (an http -> https move, a load balancer's login page): urllib turned
+    # the POST into a GET of the new location without the body (signature headers included), the GET answered
+    # 200 and the message was recorded `sent` while no receiver ever got it.
+    seen: list[tuple[str, str]] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(("POST", self.path))
+            self.send_response(302)
+            self.send_header("Location", "/landing")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):
+            seen.append(("GET", self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile_id = identify(pipeline, "u1", first_name="Ann")
+        create({"key": "hook", "channel": "webhook", "url": f"http://127.0.0.1:{server.server_port}/in",
+                "body": '{"name": {{ profile.traits.first_name | json }}}'})
+        delivery = send_message(request(profile_id, "w1", "hook", "webhook"))
+    finally:
+        server.shutdown()
+    assert delivery.status == "failed" and "answered 302" in delivery.reason and "/landing" in delivery.reason, delivery
+    assert seen == [("POST", "/in")]
+
+
 def test_a_claim_whose_answer_was_lost_is_taken_as_its_own_and_the_message_sent(pipeline, monkeypatch):
     """The claim's PutItem was applied and its answer lost (read timeout); the SDK's retry meets the item.
     Found by the fault harness's model (docs/reliability.md): the attempt used to take its own claim for

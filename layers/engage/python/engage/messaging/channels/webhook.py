@@ -48,6 +48,10 @@ def send(message: OutgoingMessage) -> str:
                 with netguard.urlopen(request, timeout=timeout) as response:
                     return f"webhook:{response.status}:{message.idempotency_key}"
             except urllib.error.HTTPError as error:
+                if 300 <= error.code < 400:  # not followed: a redirected POST would arrive as a GET without the body
+                    raise Refused(f"the webhook answered {error.code} (a redirect to "
+                                  f"{error.headers.get('Location') if error.headers else None!r}): a POST is not "
+                                  "redirected; set the template's url to the final address") from error
                 if error.code < 500 and error.code not in (408, 429):
                     raise Refused(f"the webhook answered {error.code}") from error
                 last = f"the webhook answered {error.code}"
