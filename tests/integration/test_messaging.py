@@ -324,6 +324,22 @@ def test_sms_push_and_webhook_reach_their_providers(pipeline):
     assert signature == expected
 
 
+def test_a_push_past_the_platforms_4_kb_is_failed_not_sent(pipeline):
+    # Found sending a push whose body rendered a long trait: SNS takes 256 KB, APNs and FCM 4 KB, so the
+    # notification was recorded `sent` (moto and the local cloud kept it) and would never be shown.
+    sns = boto3.client("sns", region_name=REGION)
+    app = sns.create_platform_application(Name="app", Platform="GCM", Attributes={"PlatformCredential": "k"})
+    endpoint = sns.create_platform_endpoint(PlatformApplicationArn=app["PlatformApplicationArn"],
+                                            Token="device-token")["EndpointArn"]
+    profile_id = identify(pipeline, "u2", push_endpoint_arn=endpoint, note="\u0436" * 1500)
+    create({"key": "push_hi", "channel": "push", "subject": "Hello", "body": "{{ profile.traits.note }}"})
+    create({"key": "push_long", "channel": "push", "body": "{{ profile.traits.note }}{{ profile.traits.note }}"})
+    assert send_message(request(profile_id, "p1", "push_hi", "push")).status == "sent"  # 3,000 bytes of UTF-8
+    delivery = send_message(request(profile_id, "p2", "push_long", "push"))
+    assert delivery.status == "failed" and "at most 4096" in delivery.reason, delivery
+    assert len(sns_backends[DEFAULT_ACCOUNT_ID][REGION].platform_endpoints[endpoint].messages) == 1
+
+
 def test_unsubscribed_profile_is_suppressed_unless_transactional(pipeline):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create(WELCOME)
