@@ -361,6 +361,18 @@ def test_suppressed_address_is_not_sent(pipeline):
     assert sent_emails() == []
 
 
+@pytest.mark.parametrize("trait", ["Ann <ann@example.com>", '"Bob" <Ann@Example.com> '])
+def test_an_address_with_a_display_name_is_suppressed_as_the_address_inside(pipeline, trait):
+    # Found with an email trait `Ann <ann@example.com>` (SES takes the form): the suppression list was keyed on
+    # the whole text, so after ann@example.com hard-bounced (SES reports the bare address) she was mailed again
+    profile_id = identify(pipeline, "u1", email=trait)
+    create(WELCOME)
+    store.suppress("acme", "email", "ann@example.com", "hard bounce")
+    delivery = send_message(request(profile_id))
+    assert (delivery.status, delivery.reason) == ("suppressed", "hard bounce")
+    assert sent_emails() == []
+
+
 def test_provider_refusal_is_failed_and_a_missing_address_suppressed(pipeline, monkeypatch, bus_messages):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create({**WELCOME, "key": "unverified", "from": "someone@unverified.test"})
