@@ -213,4 +213,9 @@ def quiet_until(quiet: QuietHours | None, traits: dict[str, Any], now: datetime)
     utc = resolved.astimezone(ZoneInfo("UTC"))
     if utc.astimezone(zone).replace(tzinfo=None) != end:  # nonexistent local time (spring forward)
         utc = (end - timedelta(hours=1)).replace(tzinfo=zone).astimezone(ZoneInfo("UTC")) + timedelta(hours=1)
+    elif utc <= now:
+        # An end that happens twice (fall back) and whose first time has passed: the period ends the second
+        # time. Before, `until` was in the past: asked again at once, the send was deferred again, every second
+        # for the repeated hour (a broadcast's recipient re-queued with no delay each time).
+        utc = end.replace(tzinfo=zone, fold=1).astimezone(ZoneInfo("UTC"))
     return utc
