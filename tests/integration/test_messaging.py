@@ -9,7 +9,7 @@ import threading
 from datetime import timedelta
 from email import message_from_string
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import boto3
 import pytest
@@ -663,6 +663,23 @@ def test_unsubscribe_link_round_trip_and_subscribed_audience_follows(pipeline):
     assert record.subscriptions["email"]["how"] == "one_click"
     pipeline.flow()
     assert members_of("mailable") == set()
+
+
+def test_the_confirmation_pages_button_posts_to_the_links_own_path(pipeline, monkeypatch):
+    # Found reading the page served under a custom domain's base path: the link was
+    # https://mail.example.test/engage/v1/unsubscribe?token=... and its button posted to /v1/unsubscribe, the
+    # domain's root (a 404 there, or someone else's site): the recipient could not unsubscribe from the page.
+    monkeypatch.setenv("PUBLIC_API_URL", "https://mail.example.test/engage")
+    config.settings.cache_clear()
+    identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    url = call_api("POST", "/v1/templates/welcome/preview", {"profile": "user_id:u1"})[1]["unsubscribe_url"]
+    assert urlparse(url).path == "/engage/v1/unsubscribe"
+    status, page = call_api("GET", "/v1/unsubscribe", token=None, query={"token": _token_of(url)})
+    action = page.split("action='", 1)[1].split("'", 1)[0]
+    assert status == 200 and urlparse(urljoin(url, action)).path == "/engage/v1/unsubscribe", action
+    status, page = call_api("POST", "/v1/unsubscribe", token=None, raw=urlencode({"token": _token_of(url)}))
+    assert status == 200 and "unsubscribed" in page
 
 
 def test_a_link_whose_profile_was_deleted_answers_a_page_not_json(pipeline):
