@@ -47,6 +47,27 @@ def test_a_subject_never_holds_a_control_character(name):
         "Hi Ann\tZ")
 
 
+def test_a_subject_rendered_past_a_header_line_is_cut_so_the_email_builds_quickly():
+    # Found timing the MIME build with traits a recipient sets themselves: a first name of 8,000 emoji made a
+    # subject the email package folded for 20 s (16,000: past the sender's 30 s timeout, inside the provider
+    # call, so the send ended `failed: outcome unknown`)
+    import time
+    from email.message import EmailMessage
+
+    from engage.messaging.channels.email import POLICY
+
+    subject = render(parse_template(email("<p>x</p>")), scope_for({"traits": {"first_name": "\U0001F600" * 8000}})).subject
+    assert len(subject) == 998 and subject.startswith("Hi \U0001F600") and subject[-1] == "\u2026"
+    started = time.monotonic()
+    mail = EmailMessage(policy=POLICY)
+    mail["Subject"] = subject
+    mail.set_content("x")
+    mail.as_bytes()
+    assert time.monotonic() - started < 5
+    short = render(parse_template(email("<p>x</p>")), scope_for({"traits": {"first_name": "Ann"}})).subject
+    assert short == "Hi Ann"
+
+
 def test_missing_trait_uses_default_and_absent_renders_empty():
     definition = parse_template(email("Hello {{ profile.traits.first_name | default: 'there' }}{{ profile.traits.x }}!"))
     assert render(definition, scope_for({"traits": {}})).body == "Hello there!"

@@ -57,6 +57,7 @@ MAX_FIELD_CHARS = 100_000
 # JSON (stored_json) is checked whole when a template is saved (an oversized one was a 500 from PutItem).
 MAX_STORED_BYTES = 300_000
 SMS_MAX_CHARS = 1600  # SNS refuses longer SMS (10 segments)
+SUBJECT_MAX_CHARS = 998  # a rendered subject (email header, push title) is cut past RFC 5322's line length
 LIQUID_FIELDS = ("subject", "body", "text")
 
 
@@ -407,6 +408,11 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         # a trait holding U+2028 or a vertical tab failed the recipient's email ("could not be built").
         # Nor may it hold other control characters (RFC 5322): NUL, ESC, DEL were sent as is. All fold to a space.
         subject = " ".join(_CONTROLS.sub(" ", subject).split())
+    if subject is not None and len(subject) > SUBJECT_MAX_CHARS:
+        # The email package folds a long non-ASCII header in time that grows faster than its length (8,000 emoji:
+        # 20 s, inside the provider call, past the sender's timeout: the claim ended `outcome unknown`); no mail
+        # client shows that much of a subject. Cut, as clients do.
+        subject = subject[:SUBJECT_MAX_CHARS - 1].rstrip() + "\u2026"
     if definition.channel == "webhook":
         try:
             json.loads(body)
