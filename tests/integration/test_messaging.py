@@ -799,6 +799,36 @@ def test_a_webhook_template_whose_host_is_internal_fails_with_the_reason_and_sen
     assert delivery.status == "failed" and "10.20.30.40 is a private address" in delivery.reason
 
 
+def test_a_webhook_templates_framing_headers_never_cut_the_body(pipeline):
+    # Found with a template whose headers were copied from a curl command (`Content-Length: 3`): it was sent as
+    # given, the receiver read `{"n` of the JSON, answered 204, and the message was recorded sent
+    received: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile_id = identify(pipeline, "u1", first_name="Ann")
+        create({"key": "hook", "channel": "webhook", "url": f"http://127.0.0.1:{server.server_port}/in",
+                "headers": {"content-length": "3", "X-Team": "growth"},
+                "body": '{"name": {{ profile.traits.first_name | json }}}'})
+        assert send_message(request(profile_id, "w1", "hook", "webhook")).status == "sent"
+    finally:
+        server.shutdown()
+    assert [json.loads(body) for body in received] == [{"name": "Ann"}]
+
+
 def test_a_webhook_answered_with_a_redirect_is_failed_not_sent_as_a_get_without_its_body(pipeline):
     # Found with a receiver answering 302 (an http -> https move, a load balancer's login page): urllib turned
     # the POST into a GET of the new location without the body (signature headers included), the GET answered
