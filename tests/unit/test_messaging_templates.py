@@ -225,6 +225,19 @@ def test_shape_errors_name_the_path(body, path):
     assert refused.value.details[0]["path"] == path
 
 
+@pytest.mark.parametrize(("body", "traits"), [
+    ('{"score": {{ profile.traits.score }}}', {"score": "NaN"}),
+    ('{"score": {{ profile.traits.score }}}', {"score": "-Infinity"}),
+    ('{"score": {{ profile.traits.score | times: 10.0 | json }}}', {"score": 1e308}),
+])
+def test_a_webhook_body_with_nan_or_infinity_is_not_json(body, traits):
+    # Found with a trait "NaN" rendered bare: Python's json reads NaN and Infinity, so the body passed the check
+    # and was sent, and receivers' JSON parsers (JavaScript's, Go's) refuse it
+    definition = parse_template({"key": "hook", "channel": "webhook", "url": "https://example.com/h", "body": body})
+    with pytest.raises(RenderFailed, match="JSON"):
+        render(definition, scope_for({"traits": traits}))
+
+
 def test_a_valid_webhook_url_and_headers_are_kept():
     definition = parse_template({"key": "a", "channel": "webhook", "body": "{}",
                                  "url": "https://hooks.example.com:8443/p?q=1",

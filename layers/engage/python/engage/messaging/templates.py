@@ -64,7 +64,7 @@ LIQUID_FIELDS = ("subject", "body", "text")
 def _json_filter(value: Any) -> str:
     from liquid import is_undefined
 
-    return json.dumps(None if is_undefined(value) else value, default=str)
+    return json.dumps(None if is_undefined(value) else value, default=str, allow_nan=False)
 
 
 @cache
@@ -415,7 +415,9 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         subject = subject[:SUBJECT_MAX_CHARS - 1].rstrip() + "\u2026"
     if definition.channel == "webhook":
         try:
-            json.loads(body)
+            # Python reads NaN and Infinity, which are not JSON (RFC 8259): a trait "NaN" rendered bare was sent,
+            # and receivers' JSON parsers (JavaScript's, Go's) refuse the body
+            json.loads(body, parse_constant=_not_json)
         except ValueError as error:
             raise RenderFailed(f"the webhook body did not render to JSON ({error}); encode values with "
                                "| json") from error
@@ -424,6 +426,10 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
     if definition.channel in ("sms", "push") and not body.strip():
         raise RenderFailed("the message rendered empty")
     return Rendered(subject=subject, body=body, text=text)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def scope_for(profile: dict[str, Any], *, event: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
