@@ -324,6 +324,22 @@ def test_sms_push_and_webhook_reach_their_providers(pipeline):
     assert signature == expected
 
 
+def test_a_push_address_that_is_not_a_platform_endpoint_is_failed_and_nothing_published(pipeline):
+    # Found setting a profile's push_endpoint_arn trait (client-side identify) to a topic ARN of the account:
+    # SNS Publish takes a topic as TargetArn, so the push was published to the topic and reached its subscribers
+    sns = boto3.client("sns", region_name=REGION)
+    topic = sns.create_topic(Name="ops-alerts")["TopicArn"]
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="ops")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    profile_id = identify(pipeline, "u1", push_endpoint_arn=topic, first_name="Mallory")
+    create({"key": "push_hi", "channel": "push", "subject": "Hello", "body": "Hi {{ profile.traits.first_name }}"})
+    delivery = send_message(request(profile_id, "p1", "push_hi", "push"))
+    assert delivery.status == "failed" and "not an SNS platform endpoint ARN" in delivery.reason, delivery
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0)
+
+
 def test_a_push_past_the_platforms_4_kb_is_failed_not_sent(pipeline):
     # Found sending a push whose body rendered a long trait: SNS takes 256 KB, APNs and FCM 4 KB, so the
     # notification was recorded `sent` (moto and the local cloud kept it) and would never be shown.

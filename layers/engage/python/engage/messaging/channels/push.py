@@ -6,6 +6,7 @@ and body for APNs and FCM. Cost: 1 SNS request ($0.50 per million mobile push no
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -21,6 +22,10 @@ def _sns():
 # APNs and FCM take notification payloads of at most 4 KB. SNS itself takes 256 KB and hands the platform what
 # it refuses: a longer notification was recorded `sent` and never shown (moto, hence the local cloud, sent it).
 MAX_PLATFORM_BYTES = 4096
+# The address comes from the profile (a push_endpoint_arn trait a client's identify sets). SNS Publish takes a
+# topic ARN as TargetArn too, and the sender may publish anywhere (SMS needs Resource "*"): a trait naming one of
+# the account's topics had the message published to that topic's subscribers. Platform endpoints only.
+ENDPOINT_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:endpoint/[^/\s]+/[^/\s]+/[^/\s]+$")
 
 
 def _platforms(message: OutgoingMessage) -> tuple[str, str]:
@@ -37,6 +42,8 @@ def payload(message: OutgoingMessage) -> str:
 
 
 def send(message: OutgoingMessage) -> str:
+    if not ENDPOINT_ARN.match(message.address):
+        raise Refused(f"the push address {message.address[:300]!r} is not an SNS platform endpoint ARN")
     size = max(len(platform.encode()) for platform in _platforms(message))
     if size > MAX_PLATFORM_BYTES:
         raise Refused(f"the push notification is {size} bytes of JSON; APNs and FCM take at most {MAX_PLATFORM_BYTES}")
