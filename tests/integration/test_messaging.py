@@ -743,6 +743,23 @@ def test_message_sender_function_answers_a_delivery(pipeline):
     assert len(sent_emails()) == 1
 
 
+def test_a_malformed_request_in_an_sqs_batch_fails_alone(pipeline):
+    # Found sending the function an SQS batch with one body it cannot read (an unknown field, an empty key):
+    # the exception failed the whole batch, so the good request after it was never sent, and all of them would
+    # have reached the DLQ together once the retries ran out
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    good = {"space_id": "acme", "profile_id": profile_id, "channel": "email", "template": "welcome",
+            "idempotency_key": "q-1", "source": {"type": "api", "key": "api", "step": None}}
+    batch = {"Records": [{"messageId": "bad-field", "body": json.dumps({**good, "priority": "high"})},
+                         {"messageId": "bad-key", "body": json.dumps({**good, "idempotency_key": ""})},
+                         {"messageId": "not-json", "body": "{"},
+                         {"messageId": "good", "body": json.dumps(good)}]}
+    assert handler("message_sender")(batch, LambdaContext()) == {"batchItemFailures": [
+        {"itemIdentifier": "bad-field"}, {"itemIdentifier": "bad-key"}, {"itemIdentifier": "not-json"}]}
+    assert len(sent_emails()) == 1
+
+
 def test_identify_traits_set_subscriptions_in_both_conventions(pipeline):
     # Customer.io's `unsubscribed` trait (email) and Twilio Engage's context.messaging_subscriptions
     pipeline.track({"userId": "u1", "traits": {"email": "ann@example.com", "unsubscribed": True},
