@@ -807,6 +807,24 @@ def test_hard_bounce_suppresses_the_address_and_unsubscribes_the_profile(pipelin
     assert len(sent_emails()) == 1
 
 
+def test_a_malformed_part_of_a_feedback_event_is_ignored_and_the_rest_applied(pipeline):
+    # Found sending the feedback function events of other shapes: a bounced recipient that is a string (or a
+    # bounce, mail or tags that are not objects) raised AttributeError, so the good recipient beside it was
+    # never suppressed and the profile never unsubscribed, on every redelivery
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    mail = {"messageId": "ses-3", "tags": {"engage_space": ["acme"], "engage_profile": [profile_id]}}
+    event = ses_event("Bounce", mail, bounce={"bounceType": "Permanent", "bouncedRecipients": [
+        "bob@example.com", {"emailAddress": 7}, {"emailAddress": "ann@example.com"}]})
+    assert handler("messaging_feedback")(event, LambdaContext()) == {"outcomes": ["suppressed"]}
+    assert store.suppression_of("acme", "email", "ann@example.com").reason == "hard bounce"
+    assert profiles_store.get_profile("acme", profile_id).subscriptions["email"]["status"] == "unsubscribed"
+    odd = [ses_event("Bounce", mail, bounce="Permanent"), ses_event("Complaint", {"tags": "acme"}, complaint=[]),
+           {"Records": [{"Sns": {"Message": "[1]"}}]}, {"Records": [{"Sns": {"Message": "not json"}}]}]
+    assert [handler("messaging_feedback")(e, LambdaContext())["outcomes"] for e in odd] == [
+        ["ignored: unknown bounce"], ["ignored: no engage_space tag"], ["ignored: None event"],
+        ["ignored: not JSON"]]
+
+
 def test_complaint_suppresses_too(pipeline):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create(WELCOME)
