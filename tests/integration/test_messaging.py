@@ -698,6 +698,26 @@ def test_the_confirmation_pages_button_posts_to_the_links_own_path(pipeline, mon
     assert status == 200 and "unsubscribed" in page
 
 
+def test_a_one_click_post_as_multipart_form_data_is_recorded_one_click(pipeline):
+    # RFC 8058: the one-click POST SHOULD be multipart/form-data. Found posting one so: only a urlencoded form
+    # was read, so the unsubscribe applied (the token is in the link) but was recorded `how: link`
+    identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    url = call_api("POST", "/v1/templates/welcome/preview", {"profile": "user_id:u1"})[1]["unsubscribe_url"]
+    body = ('--b0undary\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n'
+            "--b0undary--\r\n")
+    query = {"token": _token_of(url)}
+    event = {"version": "2.0", "routeKey": "$default", "rawPath": "/v1/unsubscribe", "rawQueryString": urlencode(query),
+             "headers": {"content-type": "multipart/form-data; boundary=b0undary"}, "queryStringParameters": query,
+             "body": body, "isBase64Encoded": False,
+             "requestContext": {"http": {"method": "POST", "path": "/v1/unsubscribe", "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
+    response = handler("management_api")(event, LambdaContext())
+    assert response["statusCode"] == 200 and "unsubscribed" in response["body"]
+    subscription = profiles_store.resolve("acme", "users", "user_id", "u1").subscriptions["email"]
+    assert (subscription["status"], subscription["how"]) == ("unsubscribed", "one_click")
+
+
 def test_a_link_whose_profile_was_deleted_answers_a_page_not_json(pipeline):
     # A recipient clicking an old link after their profile was deleted gets a page, like every other answer
     token = sender.signing.unsubscribe_token("acme", "usr_deleted00000000000000000", "email")
