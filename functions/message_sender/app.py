@@ -35,5 +35,9 @@ def lambda_handler(event, context):
             except (SendInProgress, ProviderUnavailable) as error:
                 logger.warning("send to retry", extra={"message_id": record["messageId"], "reason": str(error)})
                 failures.append({"itemIdentifier": record["messageId"]})
+            except Exception:  # noqa: BLE001 - this record only: a malformed body failed the whole batch, so the
+                # requests after it were never sent and went to the DLQ with it once the retries ran out
+                logger.exception("send request failed", extra={"message_id": record["messageId"]})
+                failures.append({"itemIdentifier": record["messageId"]})
         return {"batchItemFailures": failures}
     return send_message(request_of(event)).to_dict()

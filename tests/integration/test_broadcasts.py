@@ -466,6 +466,22 @@ def test_sender_near_its_timeout_stops_and_leaves_the_rest_queued(cloud, monkeyp
     assert answer["status"] == "sent" and answer["stats"]["sent"] == 6 and answer["stats"]["failed"] == 0
 
 
+def test_the_sender_never_starts_a_send_it_may_not_finish_before_its_timeout(monkeypatch):
+    # Found reading the sender's stop against the webhook channel: a webhook send may take 3 attempts of
+    # WEBHOOK_TIMEOUT_SECONDS (5) and 1.2 s of backoff, 16.2 s, but the sender started sends until 15 s before
+    # its timeout: one started with 17 s left to a receiver that did not answer was cut off mid-send, its claim
+    # left pending and recorded `failed: outcome unknown`, never resent
+    assert not sending.time_left(lambda: 17_000)
+    assert sending.time_left(lambda: 20_000)
+    monkeypatch.setenv("WEBHOOK_TIMEOUT_SECONDS", "10")
+    config.settings.cache_clear()
+    try:
+        assert not sending.time_left(lambda: 30_000) and sending.time_left(lambda: 35_000)
+    finally:
+        monkeypatch.delenv("WEBHOOK_TIMEOUT_SECONDS")
+        config.settings.cache_clear()
+
+
 def test_snapshot_pages_across_invocations_counts_each_member_once(cloud, monkeypatch):
     # Given a snapshot budget of one page per invocation and pages of 2 members
     monkeypatch.setattr(engine, "MEMBER_PAGE", 2)

@@ -9,7 +9,7 @@ import threading
 from datetime import timedelta
 from email import message_from_string
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import boto3
 import pytest
@@ -324,6 +324,38 @@ def test_sms_push_and_webhook_reach_their_providers(pipeline):
     assert signature == expected
 
 
+def test_a_push_address_that_is_not_a_platform_endpoint_is_failed_and_nothing_published(pipeline):
+    # Found setting a profile's push_endpoint_arn trait (client-side identify) to a topic ARN of the account:
+    # SNS Publish takes a topic as TargetArn, so the push was published to the topic and reached its subscribers
+    sns = boto3.client("sns", region_name=REGION)
+    topic = sns.create_topic(Name="ops-alerts")["TopicArn"]
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="ops")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    profile_id = identify(pipeline, "u1", push_endpoint_arn=topic, first_name="Mallory")
+    create({"key": "push_hi", "channel": "push", "subject": "Hello", "body": "Hi {{ profile.traits.first_name }}"})
+    delivery = send_message(request(profile_id, "p1", "push_hi", "push"))
+    assert delivery.status == "failed" and "not an SNS platform endpoint ARN" in delivery.reason, delivery
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0)
+
+
+def test_a_push_past_the_platforms_4_kb_is_failed_not_sent(pipeline):
+    # Found sending a push whose body rendered a long trait: SNS takes 256 KB, APNs and FCM 4 KB, so the
+    # notification was recorded `sent` (moto and the local cloud kept it) and would never be shown.
+    sns = boto3.client("sns", region_name=REGION)
+    app = sns.create_platform_application(Name="app", Platform="GCM", Attributes={"PlatformCredential": "k"})
+    endpoint = sns.create_platform_endpoint(PlatformApplicationArn=app["PlatformApplicationArn"],
+                                            Token="device-token")["EndpointArn"]
+    profile_id = identify(pipeline, "u2", push_endpoint_arn=endpoint, note="\u0436" * 1500)
+    create({"key": "push_hi", "channel": "push", "subject": "Hello", "body": "{{ profile.traits.note }}"})
+    create({"key": "push_long", "channel": "push", "body": "{{ profile.traits.note }}{{ profile.traits.note }}"})
+    assert send_message(request(profile_id, "p1", "push_hi", "push")).status == "sent"  # 3,000 bytes of UTF-8
+    delivery = send_message(request(profile_id, "p2", "push_long", "push"))
+    assert delivery.status == "failed" and "at most 4096" in delivery.reason, delivery
+    assert len(sns_backends[DEFAULT_ACCOUNT_ID][REGION].platform_endpoints[endpoint].messages) == 1
+
+
 def test_unsubscribed_profile_is_suppressed_unless_transactional(pipeline):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create(WELCOME)
@@ -338,6 +370,18 @@ def test_unsubscribed_profile_is_suppressed_unless_transactional(pipeline):
 
 def test_suppressed_address_is_not_sent(pipeline):
     profile_id = identify(pipeline, "u1", email="Ann@Example.com")
+    create(WELCOME)
+    store.suppress("acme", "email", "ann@example.com", "hard bounce")
+    delivery = send_message(request(profile_id))
+    assert (delivery.status, delivery.reason) == ("suppressed", "hard bounce")
+    assert sent_emails() == []
+
+
+@pytest.mark.parametrize("trait", ["Ann <ann@example.com>", '"Bob" <Ann@Example.com> '])
+def test_an_address_with_a_display_name_is_suppressed_as_the_address_inside(pipeline, trait):
+    # Found with an email trait `Ann <ann@example.com>` (SES takes the form): the suppression list was keyed on
+    # the whole text, so after ann@example.com hard-bounced (SES reports the bare address) she was mailed again
+    profile_id = identify(pipeline, "u1", email=trait)
     create(WELCOME)
     store.suppress("acme", "email", "ann@example.com", "hard bounce")
     delivery = send_message(request(profile_id))
@@ -637,6 +681,43 @@ def test_unsubscribe_link_round_trip_and_subscribed_audience_follows(pipeline):
     assert members_of("mailable") == set()
 
 
+def test_the_confirmation_pages_button_posts_to_the_links_own_path(pipeline, monkeypatch):
+    # Found reading the page served under a custom domain's base path: the link was
+    # https://mail.example.test/engage/v1/unsubscribe?token=... and its button posted to /v1/unsubscribe, the
+    # domain's root (a 404 there, or someone else's site): the recipient could not unsubscribe from the page.
+    monkeypatch.setenv("PUBLIC_API_URL", "https://mail.example.test/engage")
+    config.settings.cache_clear()
+    identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    url = call_api("POST", "/v1/templates/welcome/preview", {"profile": "user_id:u1"})[1]["unsubscribe_url"]
+    assert urlparse(url).path == "/engage/v1/unsubscribe"
+    status, page = call_api("GET", "/v1/unsubscribe", token=None, query={"token": _token_of(url)})
+    action = page.split("action='", 1)[1].split("'", 1)[0]
+    assert status == 200 and urlparse(urljoin(url, action)).path == "/engage/v1/unsubscribe", action
+    status, page = call_api("POST", "/v1/unsubscribe", token=None, raw=urlencode({"token": _token_of(url)}))
+    assert status == 200 and "unsubscribed" in page
+
+
+def test_a_one_click_post_as_multipart_form_data_is_recorded_one_click(pipeline):
+    # RFC 8058: the one-click POST SHOULD be multipart/form-data. Found posting one so: only a urlencoded form
+    # was read, so the unsubscribe applied (the token is in the link) but was recorded `how: link`
+    identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    url = call_api("POST", "/v1/templates/welcome/preview", {"profile": "user_id:u1"})[1]["unsubscribe_url"]
+    body = ('--b0undary\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n'
+            "--b0undary--\r\n")
+    query = {"token": _token_of(url)}
+    event = {"version": "2.0", "routeKey": "$default", "rawPath": "/v1/unsubscribe", "rawQueryString": urlencode(query),
+             "headers": {"content-type": "multipart/form-data; boundary=b0undary"}, "queryStringParameters": query,
+             "body": body, "isBase64Encoded": False,
+             "requestContext": {"http": {"method": "POST", "path": "/v1/unsubscribe", "sourceIp": "127.0.0.1"},
+                                "stage": "$default", "requestId": "r", "accountId": "123456789012"}}
+    response = handler("management_api")(event, LambdaContext())
+    assert response["statusCode"] == 200 and "unsubscribed" in response["body"]
+    subscription = profiles_store.resolve("acme", "users", "user_id", "u1").subscriptions["email"]
+    assert (subscription["status"], subscription["how"]) == ("unsubscribed", "one_click")
+
+
 def test_a_link_whose_profile_was_deleted_answers_a_page_not_json(pipeline):
     # A recipient clicking an old link after their profile was deleted gets a page, like every other answer
     token = sender.signing.unsubscribe_token("acme", "usr_deleted00000000000000000", "email")
@@ -679,6 +760,23 @@ def test_message_sender_function_answers_a_delivery(pipeline):
     assert result["status"] == "sent" and result["idempotency_key"] == "exec-1:send"
     queued = {"Records": [{"messageId": "m1", "body": json.dumps(payload)}]}
     assert handler("message_sender")(queued, LambdaContext()) == {"batchItemFailures": []}
+    assert len(sent_emails()) == 1
+
+
+def test_a_malformed_request_in_an_sqs_batch_fails_alone(pipeline):
+    # Found sending the function an SQS batch with one body it cannot read (an unknown field, an empty key):
+    # the exception failed the whole batch, so the good request after it was never sent, and all of them would
+    # have reached the DLQ together once the retries ran out
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    good = {"space_id": "acme", "profile_id": profile_id, "channel": "email", "template": "welcome",
+            "idempotency_key": "q-1", "source": {"type": "api", "key": "api", "step": None}}
+    batch = {"Records": [{"messageId": "bad-field", "body": json.dumps({**good, "priority": "high"})},
+                         {"messageId": "bad-key", "body": json.dumps({**good, "idempotency_key": ""})},
+                         {"messageId": "not-json", "body": "{"},
+                         {"messageId": "good", "body": json.dumps(good)}]}
+    assert handler("message_sender")(batch, LambdaContext()) == {"batchItemFailures": [
+        {"itemIdentifier": "bad-field"}, {"itemIdentifier": "bad-key"}, {"itemIdentifier": "not-json"}]}
     assert len(sent_emails()) == 1
 
 
@@ -729,6 +827,24 @@ def test_hard_bounce_suppresses_the_address_and_unsubscribes_the_profile(pipelin
     assert len(sent_emails()) == 1
 
 
+def test_a_malformed_part_of_a_feedback_event_is_ignored_and_the_rest_applied(pipeline):
+    # Found sending the feedback function events of other shapes: a bounced recipient that is a string (or a
+    # bounce, mail or tags that are not objects) raised AttributeError, so the good recipient beside it was
+    # never suppressed and the profile never unsubscribed, on every redelivery
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    mail = {"messageId": "ses-3", "tags": {"engage_space": ["acme"], "engage_profile": [profile_id]}}
+    event = ses_event("Bounce", mail, bounce={"bounceType": "Permanent", "bouncedRecipients": [
+        "bob@example.com", {"emailAddress": 7}, {"emailAddress": "ann@example.com"}]})
+    assert handler("messaging_feedback")(event, LambdaContext()) == {"outcomes": ["suppressed"]}
+    assert store.suppression_of("acme", "email", "ann@example.com").reason == "hard bounce"
+    assert profiles_store.get_profile("acme", profile_id).subscriptions["email"]["status"] == "unsubscribed"
+    odd = [ses_event("Bounce", mail, bounce="Permanent"), ses_event("Complaint", {"tags": "acme"}, complaint=[]),
+           {"Records": [{"Sns": {"Message": "[1]"}}]}, {"Records": [{"Sns": {"Message": "not json"}}]}]
+    assert [handler("messaging_feedback")(e, LambdaContext())["outcomes"] for e in odd] == [
+        ["ignored: unknown bounce"], ["ignored: no engage_space tag"], ["ignored: None event"],
+        ["ignored: not JSON"]]
+
+
 def test_complaint_suppresses_too(pipeline):
     profile_id = identify(pipeline, "u1", email="ann@example.com")
     create(WELCOME)
@@ -752,6 +868,72 @@ def test_a_webhook_template_whose_host_is_internal_fails_with_the_reason_and_sen
     # When it is sent, Then it fails at once (not retried) saying why
     delivery = send_message(request(profile_id, "m1", "internal", "webhook"))
     assert delivery.status == "failed" and "10.20.30.40 is a private address" in delivery.reason
+
+
+def test_a_webhook_templates_framing_headers_never_cut_the_body(pipeline):
+    # Found with a template whose headers were copied from a curl command (`Content-Length: 3`): it was sent as
+    # given, the receiver read `{"n` of the JSON, answered 204, and the message was recorded sent
+    received: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile_id = identify(pipeline, "u1", first_name="Ann")
+        create({"key": "hook", "channel": "webhook", "url": f"http://127.0.0.1:{server.server_port}/in",
+                "headers": {"content-length": "3", "X-Team": "growth"},
+                "body": '{"name": {{ profile.traits.first_name | json }}}'})
+        assert send_message(request(profile_id, "w1", "hook", "webhook")).status == "sent"
+    finally:
+        server.shutdown()
+    assert [json.loads(body) for body in received] == [{"name": "Ann"}]
+
+
+def test_a_webhook_answered_with_a_redirect_is_failed_not_sent_as_a_get_without_its_body(pipeline):
+    # Found with a receiver answering 302 (an http -> https move, a load balancer's login page): urllib turned
+    # the POST into a GET of the new location without the body (signature headers included), the GET answered
+    # 200 and the message was recorded `sent` while no receiver ever got it.
+    seen: list[tuple[str, str]] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(("POST", self.path))
+            self.send_response(302)
+            self.send_header("Location", "/landing")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):
+            seen.append(("GET", self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile_id = identify(pipeline, "u1", first_name="Ann")
+        create({"key": "hook", "channel": "webhook", "url": f"http://127.0.0.1:{server.server_port}/in",
+                "body": '{"name": {{ profile.traits.first_name | json }}}'})
+        delivery = send_message(request(profile_id, "w1", "hook", "webhook"))
+    finally:
+        server.shutdown()
+    assert delivery.status == "failed" and "answered 302" in delivery.reason and "/landing" in delivery.reason, delivery
+    assert seen == [("POST", "/in")]
 
 
 def test_a_claim_whose_answer_was_lost_is_taken_as_its_own_and_the_message_sent(pipeline, monkeypatch):

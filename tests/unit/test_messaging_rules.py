@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time
 
+import pytest
+
 from engage import clock
+from engage.errors import ValidationFailed
 from engage.messaging import rules
 from engage.messaging.rules import FrequencyCap, QuietHours
 
@@ -74,11 +77,34 @@ def test_quiet_hours_end_after_fall_back():
     assert until == datetime(2026, 11, 1, 13, 0, tzinfo=UTC)
 
 
+def test_quiet_end_in_the_repeated_hour_after_its_first_time_is_its_second_time():
+    # Found probing DST days: quiet 21:00-01:30 in New York on 2026-11-01, 01:10 EST (the second 01:10, after
+    # the clocks went back): `until` was 01:30 EDT, 40 minutes in the past, so the same key asked again at once
+    # was deferred again, and again, until 01:30 EST
+    quiet = QuietHours(start=time(21, 0), end=time(1, 30), default_timezone="America/New_York")
+    now = at("2026-11-01T06:10:00Z")
+    assert rules.quiet_until(quiet, {}, now) == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)
+    assert rules.quiet_until(quiet, {}, at("2026-11-01T05:10:00Z")) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+
+
 def test_quiet_end_inside_a_dst_gap_moves_to_after_the_gap():
     quiet = QuietHours(start=time(1, 0), end=time(2, 30), default_timezone="America/New_York")
     # 01:30 EST on 2026-03-08; 02:30 does not exist that day -> 03:30 EDT = 07:30 UTC
     until = rules.quiet_until(quiet, {}, at("2026-03-08T06:30:00Z"))
     assert until == datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
+
+
+def test_a_quiet_hours_time_with_an_offset_is_refused_at_save_and_read_as_wall_clock_if_stored():
+    # Found putting {"start": "21:00+02:00", "end": "08:00Z"}: saved, and every non-transactional send of the
+    # space then raised TypeError (an offset-aware time compared with the profile's local time)
+    data = {"quiet_hours": {"start": "21:00+02:00", "end": "08:00Z", "default_timezone": "UTC"}}
+    with pytest.raises(ValidationFailed) as refused:
+        rules.parse_settings(data, saving=True)
+    assert {d["path"] for d in refused.value.details} == {"$.quiet_hours.start", "$.quiet_hours.end"}
+    stored = rules.parse_settings(data)
+    assert rules.quiet_until(stored.quiet_hours, {}, at("2026-01-15T22:00:00Z")) == datetime(2026, 1, 16, 8, 0,
+                                                                                          tzinfo=UTC)
+    assert rules.quiet_until(stored.quiet_hours, {}, at("2026-01-15T12:00:00Z")) is None
 
 
 def test_unknown_zone_trait_falls_back_to_the_default():

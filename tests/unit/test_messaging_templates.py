@@ -47,6 +47,27 @@ def test_a_subject_never_holds_a_control_character(name):
         "Hi Ann\tZ")
 
 
+def test_a_subject_rendered_past_a_header_line_is_cut_so_the_email_builds_quickly():
+    # Found timing the MIME build with traits a recipient sets themselves: a first name of 8,000 emoji made a
+    # subject the email package folded for 20 s (16,000: past the sender's 30 s timeout, inside the provider
+    # call, so the send ended `failed: outcome unknown`)
+    import time
+    from email.message import EmailMessage
+
+    from engage.messaging.channels.email import POLICY
+
+    subject = render(parse_template(email("<p>x</p>")), scope_for({"traits": {"first_name": "\U0001F600" * 8000}})).subject
+    assert len(subject) == 998 and subject.startswith("Hi \U0001F600") and subject[-1] == "\u2026"
+    started = time.monotonic()
+    mail = EmailMessage(policy=POLICY)
+    mail["Subject"] = subject
+    mail.set_content("x")
+    mail.as_bytes()
+    assert time.monotonic() - started < 5
+    short = render(parse_template(email("<p>x</p>")), scope_for({"traits": {"first_name": "Ann"}})).subject
+    assert short == "Hi Ann"
+
+
 def test_missing_trait_uses_default_and_absent_renders_empty():
     definition = parse_template(email("Hello {{ profile.traits.first_name | default: 'there' }}{{ profile.traits.x }}!"))
     assert render(definition, scope_for({"traits": {}})).body == "Hello there!"
@@ -130,6 +151,33 @@ def test_one_filter_cannot_build_a_string_past_the_output_limit(source):
         render(definition, scope_for({"traits": {"big": "y" * 600}}))
 
 
+@pytest.mark.parametrize("source", [
+    "{{ (1..100000) | join: ',' | size }}",
+    "{% for i in (1..3) %}{% if (1..100000) contains 'x' %}y{% endif %}{% endfor %}",
+    "{% assign n = profile.traits.n %}{{ (1..n) | reverse | first }}",
+])
+def test_a_range_past_its_limit_is_a_failed_render(source):
+    # Found on a preview: `(1..100000000) | join: ',' | size` rendered 9 characters after 262 s (a range is
+    # lazy, so no limit saw it: 100 million items joined); `contains` scans a range, 0.4 s per 10 million
+    # items, inside a loop of 1,000. Refused when the range is made.
+    definition = parse_template(email(source))
+    with pytest.raises(RenderFailed, match="range of 100000 items: at most 10000"):
+        render(definition, scope_for({"traits": {"n": 100000}}))
+
+
+def test_the_work_of_filters_in_one_render_is_bounded():
+    # Every call is linear in what it is given, but a loop calls them 1,000 times: splitting, sorting and joining
+    # a 64 KB capture in a 1,000-iteration loop ran 90 s (past the sender's 30 s timeout, so every retry of the
+    # send timed out again). Filters are charged what they take; past FILTER_WORK the render stops.
+    definition = parse_template(email("{% for i in (1..50) %}{{ profile.traits.big | split: '' | join: '' | size }}"
+                                      "{% endfor %}"))
+    with pytest.raises(RenderFailed, match="filter work limit"):
+        render(definition, scope_for({"traits": {"big": "y" * 60_000}}))
+    assert render(definition, scope_for({"traits": {"big": "y" * 6_000}})).body == "6000" * 50
+    ranged = parse_template(email("{{ (1..10000) | join: '' | size }} {% for i in (1..5) %}{{ i }}{% endfor %}"))
+    assert render(ranged, scope_for({"traits": {}})).body == "38894 12345"
+
+
 def test_replace_and_join_still_work():
     definition = parse_template(email("{{ 'a-b-c' | replace: '-', '+' }} {{ 'a b' | split: ' ' | join: ', ' }}"))
     assert render(definition, scope_for({"traits": {}})).body == "a+b+c a, b"
@@ -175,6 +223,19 @@ def test_shape_errors_name_the_path(body, path):
     with pytest.raises(ValidationFailed) as refused:
         parse_template(body)
     assert refused.value.details[0]["path"] == path
+
+
+@pytest.mark.parametrize(("body", "traits"), [
+    ('{"score": {{ profile.traits.score }}}', {"score": "NaN"}),
+    ('{"score": {{ profile.traits.score }}}', {"score": "-Infinity"}),
+    ('{"score": {{ profile.traits.score | times: 10.0 | json }}}', {"score": 1e308}),
+])
+def test_a_webhook_body_with_nan_or_infinity_is_not_json(body, traits):
+    # Found with a trait "NaN" rendered bare: Python's json reads NaN and Infinity, so the body passed the check
+    # and was sent, and receivers' JSON parsers (JavaScript's, Go's) refuse it
+    definition = parse_template({"key": "hook", "channel": "webhook", "url": "https://example.com/h", "body": body})
+    with pytest.raises(RenderFailed, match="JSON"):
+        render(definition, scope_for({"traits": traits}))
 
 
 def test_a_valid_webhook_url_and_headers_are_kept():

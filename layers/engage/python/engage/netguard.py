@@ -239,6 +239,20 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_HTTPSConnection, req, context=self._context)
 
 
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Redirects of a request without a body are followed (through the same guard); a POST's are its answer.
+
+    urllib turns a POST answered 301/302/303 into a GET of the new location, without the body: the receiver
+    never got the message, yet the exchange ended 2xx and a webhook was recorded sent (and the signature
+    headers went along to the new host). Returning None leaves the 3xx to HTTPDefaultErrorHandler: an
+    HTTPError, so the caller sees the redirect as the receiver's answer."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if req.data is not None:
+            return None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 @cache
 def _opener() -> urllib.request.OpenerDirector:
     # Built on the first send, not at import: the HTTPS handler loads the CA bundle into a TLS context
@@ -248,13 +262,14 @@ def _opener() -> urllib.request.OpenerDirector:
     # No ProxyHandler: a proxy would connect for us, to an address this module never saw.
     opener = urllib.request.OpenerDirector()
     for handler in (_HTTPHandler(), _HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
-                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+                    _RedirectHandler(), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
 
 
 def urlopen(request: urllib.request.Request, timeout: float):
-    """urllib.request.urlopen for customer-given URLs (redirects are followed through the same check)."""
+    """urllib.request.urlopen for customer-given URLs (redirects of body-less requests are followed through the
+    same check; a POST's redirect is raised as an HTTPError)."""
     return _opener().open(request, timeout=timeout)
 
 

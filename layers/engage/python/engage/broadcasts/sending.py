@@ -59,7 +59,15 @@ def idempotency_key(broadcast_key: str, profile_id: str) -> str:
 
 def time_left(remaining_ms: Callable[[], int] | None) -> bool:
     """Whether there is time for one more send before the invocation's timeout."""
-    return remaining_ms is None or remaining_ms() > STOP_BEFORE_TIMEOUT_SECONDS * 1000
+    return remaining_ms is None or remaining_ms() > _stop_before_seconds() * 1000
+
+
+def _stop_before_seconds() -> float:
+    """STOP_BEFORE_TIMEOUT_SECONDS, or longer than the slowest send when that is longer: a webhook's three
+    attempts of WEBHOOK_TIMEOUT_SECONDS and 1.2 s of backoff (engage.messaging.channels.webhook), with 3 s for
+    the sender's own reads and writes. With the default 5 s that is 19.2 s: a webhook send started 15 s before
+    the timeout to a receiver that did not answer was cut off, and recorded `failed: outcome unknown`."""
+    return max(STOP_BEFORE_TIMEOUT_SECONDS, 3 * settings().webhook_timeout_seconds + 1.2 + 3)
 
 
 def process(body: dict[str, Any], remaining_ms: Callable[[], int] | None = None) -> bool:

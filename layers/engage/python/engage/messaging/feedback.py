@@ -20,30 +20,38 @@ from engage.observability import logger
 
 
 def _tag(mail: dict[str, Any], name: str) -> str | None:
-    values = (mail.get("tags") or {}).get(name) or []
-    return values[0] if values else None
+    values = _object(mail.get("tags")).get(name) or []
+    return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    # A part of another shape is read as empty: a malformed part raised AttributeError, and one bad recipient
+    # entry kept the good ones of the same event from being suppressed (on every redelivery)
+    return value if isinstance(value, dict) else {}
 
 
 def handle(notification: dict[str, Any]) -> str:
     """Apply one SES event; what was done ("suppressed", "ignored: ...")."""
+    notification = _object(notification)
     kind = notification.get("eventType") or notification.get("notificationType")
-    mail = notification.get("mail") or {}
+    mail = _object(notification.get("mail"))
     space_id, profile_id = _tag(mail, "engage_space"), _tag(mail, "engage_profile")
     if kind == "Bounce":
-        bounce = notification.get("bounce") or {}
+        bounce = _object(notification.get("bounce"))
         if bounce.get("bounceType") != "Permanent":
             return f"ignored: {bounce.get('bounceType', 'unknown')} bounce"
-        reason, how, recipients = "hard bounce", "bounce", bounce.get("bouncedRecipients") or []
+        reason, how, recipients = "hard bounce", "bounce", bounce.get("bouncedRecipients")
     elif kind == "Complaint":
         reason, how = "complaint", "complaint"
-        recipients = (notification.get("complaint") or {}).get("complainedRecipients") or []
+        recipients = _object(notification.get("complaint")).get("complainedRecipients")
     else:
         return f"ignored: {kind} event"
+    recipients = [_object(r) for r in recipients] if isinstance(recipients, list) else []
     if not space_id:
         logger.warning("SES feedback without engage tags: not ours", extra={"message_id": mail.get("messageId")})
         return "ignored: no engage_space tag"
     for recipient in recipients:
-        if recipient.get("emailAddress"):
+        if isinstance(recipient.get("emailAddress"), str) and recipient["emailAddress"].strip():
             store.suppress(space_id, "email", recipient["emailAddress"], reason)
     if profile_id:
         try:
@@ -54,4 +62,13 @@ def handle(notification: dict[str, Any]) -> str:
 
 
 def handle_sns_event(event: dict[str, Any]) -> list[str]:
-    return [handle(json.loads(record["Sns"]["Message"])) for record in event.get("Records", [])]
+    return [_handle_message(record["Sns"]["Message"]) for record in event.get("Records", [])]
+
+
+def _handle_message(message: str) -> str:
+    try:
+        notification = json.loads(message)
+    except ValueError:
+        logger.warning("SES feedback that is not JSON: ignored", extra={"sns_message": message[:200]})
+        return "ignored: not JSON"
+    return handle(notification)

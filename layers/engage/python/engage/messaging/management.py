@@ -193,10 +193,12 @@ def check_token(token: str | None) -> None:
 
 
 def confirm_page(token: str) -> str:
-    """GET shows a button rather than unsubscribing at once: mail scanners fetch every link in a message."""
+    """GET shows a button rather than unsubscribing at once: mail scanners fetch every link in a message.
+    The form posts to `unsubscribe`, relative to the link itself: PublicApiUrl may have a path (a custom domain's
+    base path mapping, `https://example.com/engage`), where `/v1/unsubscribe` was another site's 404."""
     return ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
             "<title>Unsubscribe</title><body style='font-family:system-ui;max-width:32em;margin:4em auto'>"
-            "<h1>Unsubscribe</h1><form method=post action='/v1/unsubscribe'>"
+            "<h1>Unsubscribe</h1><form method=post action='unsubscribe'>"
             f"<input type=hidden name=token value='{html.escape(token, quote=True)}'>"
             "<button type=submit>Unsubscribe</button></form></body></html>")
 

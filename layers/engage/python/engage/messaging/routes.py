@@ -119,10 +119,29 @@ def register(app, space, json_body, doc, key_errors) -> None:
 
 
 def _form(app) -> dict[str, list[str]]:
+    content_type = app.current_event.headers.get("content-type") or ""  # case-insensitive (powertools v3)
     try:
+        if content_type.lower().startswith("multipart/form-data"):
+            return _multipart(content_type, app.current_event.decoded_body or "")
         return parse_qs(app.current_event.decoded_body or "")
     except (ValueError, UnicodeDecodeError):
         return {}
+
+
+def _multipart(content_type: str, body: str) -> dict[str, list[str]]:
+    """The fields of a multipart/form-data body: RFC 8058 says a one-click POST SHOULD be sent so (it was read as
+    a urlencoded form only: the unsubscribe applied, from the link's token, but was recorded `how: link`)."""
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body.encode())
+    fields: dict[str, list[str]] = {}
+    for part in message.iter_parts() if message.is_multipart() else ():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            fields.setdefault(name, []).append(str(part.get_content()).strip())
+    return fields
 
 
 def _form_token(app) -> str | None:

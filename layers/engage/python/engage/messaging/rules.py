@@ -48,6 +48,16 @@ class QuietHours(BaseModel):
     timezone_trait: str = "timezone"
     default_timezone: str = "UTC"
 
+    @field_validator("start", "end")
+    @classmethod
+    def _wall_clock(cls, value: time, info: ValidationInfo) -> time:
+        # On save only: "21:00+02:00" or "08:00Z" parsed to a time with an offset, and every non-transactional
+        # send of the space then raised TypeError comparing it with the profile's local time (stored ones are
+        # read as saved; quiet_until uses their wall-clock time)
+        if timezones.saving(info) and value.tzinfo is not None:
+            raise ValueError("a wall-clock time (HH:MM) without an offset: it is read in the profile's time zone")
+        return value
+
     @field_validator("default_timezone")
     @classmethod
     def _known_zone(cls, value: str, info: ValidationInfo) -> str:
@@ -204,13 +214,19 @@ def quiet_until(quiet: QuietHours | None, traits: dict[str, Any], now: datetime)
         return None
     zone = profile_zone(quiet, traits)
     local = now.astimezone(zone)
-    if not _inside(local.timetz().replace(tzinfo=None), quiet.start, quiet.end):
+    start, end_time = quiet.start.replace(tzinfo=None), quiet.end.replace(tzinfo=None)  # wall-clock (see _wall_clock)
+    if not _inside(local.timetz().replace(tzinfo=None), start, end_time):
         return None
-    day = local.date() if local.time() < quiet.end else local.date() + timedelta(days=1)
-    end = datetime.combine(day, quiet.end)
+    day = local.date() if local.time() < end_time else local.date() + timedelta(days=1)
+    end = datetime.combine(day, end_time)
     # Wall-clock `end` in the zone; if a DST gap skips it, fold=0 resolves it to the instant after the gap.
     resolved = end.replace(tzinfo=zone)
     utc = resolved.astimezone(ZoneInfo("UTC"))
     if utc.astimezone(zone).replace(tzinfo=None) != end:  # nonexistent local time (spring forward)
         utc = (end - timedelta(hours=1)).replace(tzinfo=zone).astimezone(ZoneInfo("UTC")) + timedelta(hours=1)
+    elif utc <= now:
+        # An end that happens twice (fall back) and whose first time has passed: the period ends the second
+        # time. Before, `until` was in the past: asked again at once, the send was deferred again, every second
+        # for the repeated hour (a broadcast's recipient re-queued with no delay each time).
+        utc = end.replace(tzinfo=zone, fold=1).astimezone(ZoneInfo("UTC"))
     return utc

@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
@@ -334,7 +335,17 @@ class SuppressionRecord(EngageModel):
 
 
 def _suppression_pk(space_id: str, channel: str, address: str) -> str:
-    return f"{space_id}|suppression|{channel}|{address.strip().lower()}"
+    return f"{space_id}|suppression|{channel}|{suppression_address(channel, address)}"
+
+
+def suppression_address(channel: str, address: str) -> str:
+    """The form an address is suppressed under. An email trait may carry a display name (`Ann <ann@example.com>`,
+    which SES takes): the address inside is what SES sends to and reports in bounces and complaints. Keyed on
+    the whole text, a hard-bounced or complained address got mail again through a profile that named it so."""
+    address = address.strip().lower()
+    if channel == "email":
+        address = parseaddr(address)[1] or address
+    return address
 
 
 def suppression_of(space_id: str, channel: str, address: str) -> SuppressionRecord | None:
@@ -352,7 +363,7 @@ def suppressions_of(space_id: str, channel: str, addresses) -> list[SuppressionR
 
 def suppress(space_id: str, channel: str, address: str, reason: str) -> None:
     SuppressionRecord(_suppression_pk(space_id, channel, address), "-", space_id=space_id, channel=channel,
-                      address=address.strip().lower(), reason=reason, at=clock.iso()).save()
+                      address=suppression_address(channel, address), reason=reason, at=clock.iso()).save()
 
 
 # ---------------------------------------------------------------- frequency cap counters

@@ -13,8 +13,9 @@ Guarantees:
 - Rendering is sandboxed (python-liquid 2): no file system, no `include`/`render` (they are unknown
   tags, so a syntax error at save time), at most LOOP_ITERATIONS loop iterations per render (nested
   loops count together), OUTPUT_CHARS characters of output, CONTEXT_DEPTH nested scopes and
-  LOCALS_CHARS of `assign`/`capture` locals. These bound a render's time as well as its size: Liquid
-  has no unbounded construct left (no recursion without includes, no while loops).
+  LOCALS_CHARS of `assign`/`capture` locals, RANGE_ITEMS per range literal and FILTER_WORK characters and
+  items taken by filters. These bound a render's time as well as its size: Liquid has no unbounded
+  construct left (no recursion without includes, no while loops).
 - Email HTML bodies are autoescaped: a trait holding `<script>` renders as `&lt;script&gt;`; a
   marketer opts out per value with `| safe`. Subjects, text parts, SMS and push are plain text.
   Webhook bodies must render to JSON; `| json` encodes a value as a JSON literal.
@@ -24,6 +25,7 @@ Cost: parsing a template is ~0.1-1 ms; it is parsed once per warm container and 
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 from dataclasses import dataclass
@@ -42,19 +44,27 @@ LOOP_ITERATIONS = 1000
 OUTPUT_CHARS = 256 * 1024  # well under SES's 40 MB and SNS's 256 KB message limits after encoding
 CONTEXT_DEPTH = 30
 LOCALS_CHARS = 64 * 1024
+# What filters may take in one render: characters of strings plus items of sequences, summed over every call.
+# The limits above bound loops, output and locals, not the work of one filter call: the body of a 1,000-iteration
+# loop splitting, sorting and joining a 64 KB capture again and again ran 90 s, past the sender's timeout.
+FILTER_WORK = 4 * 1024 * 1024
+# A range literal longer than this is refused: `(1..100000000) | join` ran 260 s and `contains` scans a range
+# (0.4 s per 10 million items, in any loop); no loop can go past LOOP_ITERATIONS anyway.
+RANGE_ITEMS = 10 * LOOP_ITERATIONS
 # Field sizes at save time (a template item stays far under DynamoDB's 400 KB).
 MAX_FIELD_CHARS = 100_000
 # Characters are not bytes: 100,000 emoji are 400 KB of UTF-8, and body, text and headers add up. The stored
 # JSON (stored_json) is checked whole when a template is saved (an oversized one was a 500 from PutItem).
 MAX_STORED_BYTES = 300_000
 SMS_MAX_CHARS = 1600  # SNS refuses longer SMS (10 segments)
+SUBJECT_MAX_CHARS = 998  # a rendered subject (email header, push title) is cut past RFC 5322's line length
 LIQUID_FIELDS = ("subject", "body", "text")
 
 
 def _json_filter(value: Any) -> str:
     from liquid import is_undefined
 
-    return json.dumps(None if is_undefined(value) else value, default=str)
+    return json.dumps(None if is_undefined(value) else value, default=str, allow_nan=False)
 
 
 @cache
@@ -69,6 +79,7 @@ def _environment(html: bool):
         output_stream_limit = OUTPUT_CHARS
         context_depth_limit = CONTEXT_DEPTH
         local_namespace_limit = LOCALS_CHARS
+        range_items = RANGE_ITEMS
 
         def setup_tags_and_filters(self, *, extra: bool = False) -> None:
             super().setup_tags_and_filters(extra=extra)
@@ -82,8 +93,61 @@ def _environment(html: bool):
             self.filters["replace"] = _size_bounded(self.filters["replace"], _replace_size)
             self.filters["join"] = _size_bounded(self.filters["join"], _join_size)
             self.filters["date"] = _on_the_clock(self.filters["date"])
+            self.filters.update({name: _weighed(f) for name, f in self.filters.items()})
 
+    _bound_ranges()
     return _SandboxedEnvironment(autoescape=html)
+
+
+# The filter work left in the render under way (render() sets it; None outside a render: save-time checks)
+_work_left: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("liquid_filter_work", default=None)
+
+
+@cache
+def _work_limit_error() -> type[Exception]:
+    """A render past FILTER_WORK or RANGE_ITEMS (a python-liquid resource limit error, made on first use)."""
+    from liquid.exceptions import ResourceLimitError
+
+    return type("WorkLimitError", (ResourceLimitError,), {})
+
+
+def _weight(value: Any) -> int:
+    return len(value) if isinstance(value, (str, list, tuple, dict, range)) else 1
+
+
+def _weighed(original):
+    """`original` (a filter) charged, before it runs, the size of what it is given against FILTER_WORK."""
+    from functools import wraps
+
+    @wraps(original)
+    def weighed(left: Any, *args: Any, **kwargs: Any) -> Any:
+        left_over = _work_left.get()
+        if left_over is not None:
+            left_over[0] -= _weight(left) + sum(_weight(a) for a in args) + sum(
+                _weight(v) for k, v in kwargs.items() if k not in ("context", "environment"))
+            if left_over[0] < 0:
+                raise _work_limit_error()(f"filter work limit reached ({FILTER_WORK} characters and items "
+                                          "in one render)", token=None)
+        return original(left, *args, **kwargs)
+
+    return weighed
+
+
+@cache
+def _bound_ranges() -> None:
+    """Range literals of the sandboxed environments are at most RANGE_ITEMS long (python-liquid has no such
+    limit; other environments, if any, are left as they were)."""
+    from liquid.builtin.expressions.primitive import RangeLiteral
+
+    evaluate = RangeLiteral.evaluate
+
+    def bounded(self, context):
+        made = evaluate(self, context)
+        if len(made) > RANGE_ITEMS and getattr(context.env, "range_items", None) == RANGE_ITEMS:
+            raise _work_limit_error()(f"range of {len(made)} items: at most {RANGE_ITEMS}", token=None)
+        return made
+
+    RangeLiteral.evaluate = bounded
 
 
 def _text(value: Any) -> str:
@@ -324,6 +388,7 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
     """Render every Liquid field of a validated template with `scope`; RenderFailed on a sandbox limit."""
     from liquid.exceptions import LiquidError
 
+    work = _work_left.set([FILTER_WORK])
     try:
         subject = _parse(definition.subject, False).render(**scope).strip() if definition.subject else None
         body = _parse(definition.body, _is_html(definition, "body")).render(**scope)
@@ -336,14 +401,23 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
         # (`times` in a loop). Rendering is pure, so the same profile fails the same way on every
         # retry: a failed render, never an exception that a broadcast retries 50 times into its DLQ.
         raise RenderFailed(f"rendering stopped: {type(error).__name__}: {error}") from error
+    finally:
+        _work_left.reset(work)
     if subject is not None and _CONTROLS.search(subject):
         # A header cannot hold a line break, and the email package counts every one str.splitlines() does:
         # a trait holding U+2028 or a vertical tab failed the recipient's email ("could not be built").
         # Nor may it hold other control characters (RFC 5322): NUL, ESC, DEL were sent as is. All fold to a space.
         subject = " ".join(_CONTROLS.sub(" ", subject).split())
+    if subject is not None and len(subject) > SUBJECT_MAX_CHARS:
+        # The email package folds a long non-ASCII header in time that grows faster than its length (8,000 emoji:
+        # 20 s, inside the provider call, past the sender's timeout: the claim ended `outcome unknown`); no mail
+        # client shows that much of a subject. Cut, as clients do.
+        subject = subject[:SUBJECT_MAX_CHARS - 1].rstrip() + "\u2026"
     if definition.channel == "webhook":
         try:
-            json.loads(body)
+            # Python reads NaN and Infinity, which are not JSON (RFC 8259): a trait "NaN" rendered bare was sent,
+            # and receivers' JSON parsers (JavaScript's, Go's) refuse the body
+            json.loads(body, parse_constant=_not_json)
         except ValueError as error:
             raise RenderFailed(f"the webhook body did not render to JSON ({error}); encode values with "
                                "| json") from error
@@ -352,6 +426,10 @@ def render(definition: TemplateDefinition, scope: dict[str, Any]) -> Rendered:
     if definition.channel in ("sms", "push") and not body.strip():
         raise RenderFailed("the message rendered empty")
     return Rendered(subject=subject, body=body, text=text)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def scope_for(profile: dict[str, Any], *, event: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
