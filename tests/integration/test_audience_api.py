@@ -167,6 +167,8 @@ def test_the_system_audience_cannot_be_created_edited_or_deleted(api):
     assert call_api("DELETE", "/v1/audiences/all")[0] == 409
     status, body = call_api("GET", "/v1/audiences/all")
     assert status == 200 and body["status"] == "ready" and body["system"] is True
+    # never saved, so no timestamps: null, not an empty string a client would fail to parse as a date
+    assert body["created_at"] is None and body["updated_at"] is None
 
 
 def test_requests_need_a_valid_token_and_see_only_their_space(api):

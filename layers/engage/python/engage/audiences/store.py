@@ -113,8 +113,8 @@ class Audience:
     definition: dict[str, Any]
     status: str
     revision: int
-    created_at: str
-    updated_at: str
+    created_at: str | None  # None for the implicit system audience, which was never saved
+    updated_at: str | None
     system: bool = False
 
     def view(self, size: int) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def _pages_pk(space_id: str, shard: int) -> str:
 def system_audience(space_id: str) -> Audience:
     definition = {"key": ALL, "name": "All", "kind": "system", "entity": "users",
                   "description": "Every users profile of the space (implicit; cannot be edited or deleted)."}
-    return Audience(space_id, ALL, "system", "users", definition, READY, 1, "", "", system=True)
+    return Audience(space_id, ALL, "system", "users", definition, READY, 1, None, None, system=True)
 
 
 def _audience(record: AudienceRecord) -> Audience:
