@@ -81,10 +81,11 @@ def create_audience():
     return Response(201, "application/json", json.dumps(management.create(_space(), _json_body())))
 
 
-@app.get("/v1/audiences", summary="List the space's audiences (with the system audience `all`)", **DOC,
-         responses=openapi.responses(200, "AudienceList", "every audience, with its size", 401))
+@app.get("/v1/audiences", summary="List the space's audiences (with the system audience `all`), a page at a time",
+         **DOC, openapi_extensions=openapi.query(*openapi.list_page_params()),
+         responses=openapi.responses(200, "AudienceList", "a page of audiences, each with its size", 400, 401))
 def list_audiences():
-    return management.list_audiences(_space())
+    return management.list_audiences(_space(), _query("limit"), _query("next"))
 
 
 @app.post("/v1/audiences:preview", summary="Estimate an audience's size without creating it", **DOC,
@@ -190,10 +191,12 @@ def create_computed_trait():
     return Response(201, "application/json", json.dumps(computed_traits.create(_space(), _json_body())))
 
 
-@app.get("/v1/computed-traits", summary="List the space's computed traits", **DOC,
-         responses=openapi.responses(200, "ComputedTraitList", "every computed trait, with its status", 401))
+@app.get("/v1/computed-traits", summary="List the space's computed traits, a page at a time", **DOC,
+         openapi_extensions=openapi.query(*openapi.list_page_params()),
+         responses=openapi.responses(200, "ComputedTraitList", "a page of computed traits, each with its status",
+                                     400, 401))
 def list_computed_traits():
-    return computed_traits.list_traits(_space())
+    return computed_traits.list_traits(_space(), _query("limit"), _query("next"))
 
 
 @app.post("/v1/computed-traits:preview", summary="A computed trait's values on a sample, without creating it",

@@ -231,3 +231,34 @@ def test_the_openapi_document_is_served_without_credentials(api):
     status, body = call_api("GET", "/openapi.json", token=None)
     assert status == 200 and body == json.loads(openapi.DOCUMENT.read_text())
     assert "/v1/audiences/{key}/members" in body["paths"]
+
+
+def test_the_audience_list_is_paged_with_all_in_its_key_order(api, monkeypatch):
+    # The list was whole: 40 definitions near their 160,000-byte limit passed Lambda's 6 MB response,
+    # and it read every audience's size counters to show them
+    from engage import listing
+
+    for key in ("abc", "ama", "zed", "aaa"):
+        assert call_api("POST", "/v1/audiences", {**PRO, "key": key})[0] == 201
+    assert call_api("DELETE", "/v1/audiences/ama")[0] in (200, 202, 204)
+    keys, after = [], None
+    while True:
+        status, page = call_api("GET", "/v1/audiences", query={"limit": "1", **({"next": after} if after else {})})
+        assert status == 200 and len(page["audiences"]) <= 1, page
+        keys += [a["key"] for a in page["audiences"]]
+        if not page["cursor"]["has_more"]:
+            break
+        after = page["cursor"]["next"]
+    # the system audience sits where its key sorts; the deleted one is gone
+    assert keys == ["aaa", "abc", "all", "zed"]
+    status, first = call_api("GET", "/v1/audiences", query={"limit": "2"})
+    assert first["cursor"] == {"has_more": True, "next": "abc", "limit": 2}
+    status, whole = call_api("GET", "/v1/audiences")
+    assert [a["key"] for a in whole["audiences"]] == keys and whole["cursor"]["has_more"] is False
+    assert all(isinstance(a["size"], int) for a in whole["audiences"])
+    # a page also stops before MAX_PAGE_BYTES of audiences, keeping at least one
+    monkeypatch.setattr(listing, "MAX_PAGE_BYTES", 1)
+    assert len(call_api("GET", "/v1/audiences")[1]["audiences"]) == 1
+    for bad in ("0", "1001", "ten"):
+        status, answer = call_api("GET", "/v1/audiences", query={"limit": bad})
+        assert status == 400 and answer["error"]["details"][0]["path"] == "limit", answer

@@ -246,6 +246,14 @@ def test_list_and_preview(aws, space, engine):
     assert call_api("POST", "/v1/computed-traits", TOTAL_REVENUE)[0] == 201
     listed = call_api("GET", "/v1/computed-traits")[1]["computed_traits"]
     assert [t["key"] for t in listed] == ["total_revenue"]
+    # paged in key order (engage.listing): the whole list of 160,000-byte definitions could pass 6 MB
+    assert call_api("POST", "/v1/computed-traits", {**TOTAL_REVENUE, "key": "aov", "kind": "avg"})[0] == 201
+    status, first = call_api("GET", "/v1/computed-traits", query={"limit": "1"})
+    assert status == 200 and [t["key"] for t in first["computed_traits"]] == ["aov"]
+    assert first["cursor"] == {"has_more": True, "next": "aov", "limit": 1}
+    rest = call_api("GET", "/v1/computed-traits", query={"limit": "1", "next": "aov"})[1]
+    assert [t["key"] for t in rest["computed_traits"]] == ["total_revenue"] and not rest["cursor"]["has_more"]
+    assert call_api("GET", "/v1/computed-traits", query={"limit": "0"})[0] == 400
     status, body = call_api("POST", "/v1/computed-traits", {**TOTAL_REVENUE, "key": "t2", "kind": "median"})
     assert status == 400 and body["error"]["details"][0]["path"] == "kind"
 

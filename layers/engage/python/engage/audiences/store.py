@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -274,6 +274,21 @@ def list_all(space_id: str, *, consistent: bool = False) -> list[Audience]:
     return [system_audience(space_id), *live]
 
 
+def iterate(space_id: str, after: str | None, page_size: int) -> Iterator[Audience]:
+    """The space's live audiences with keys after `after`, in key order, the system audience `all` in its
+    place among them, read `page_size` at a time (a page of `GET /v1/audiences`, engage.listing)."""
+    system_due = after is None or after < ALL
+    condition = AudienceRecord.sk > after if after else AudienceRecord.sk >= "0"
+    for record in AudienceRecord.query(_pk(space_id), condition, page_size=page_size):
+        if system_due and record.sk > ALL:
+            system_due = False
+            yield system_audience(space_id)
+        if not record.deleted_at:
+            yield _audience(record)
+    if system_due:
+        yield system_audience(space_id)
+
+
 def size(space_id: str, audience_key: str) -> int:
     return sizes(space_id, [audience_key])[audience_key]
 
@@ -281,13 +296,24 @@ def size(space_id: str, audience_key: str) -> int:
 def sizes(space_id: str, audience_keys: Iterable[str]) -> dict[str, int]:
     """Counted members of each audience: its counters summed over every page and shard of the space
     (whatever page count wrote them) plus its older per-audience shards."""
-    counts = dict.fromkeys(audience_keys, 0)
-    for item in _page_items(space_id):
-        for audience_key in counts:
-            counts[audience_key] += int(item.get(counter_name(audience_key), {}).get("N", "0"))
-    for audience_key in counts:
-        counts[audience_key] += sum(int(s.count) for s in AudienceSizeShard.query(_size_pk(space_id, audience_key)))
-    return {audience_key: max(0, count) for audience_key, count in counts.items()}
+    size_of = size_reader(space_id)
+    return {audience_key: size_of(audience_key) for audience_key in audience_keys}
+
+
+def size_reader(space_id: str) -> Callable[[str], int]:
+    """size() for one audience at a time, reading the space's counter pages once, at the first call (a
+    list page asks for its own audiences' sizes only)."""
+    pages: list[dict[str, Any]] | None = None
+
+    def size_of(audience_key: str) -> int:
+        nonlocal pages
+        if pages is None:
+            pages = list(_page_items(space_id))
+        name = counter_name(audience_key)
+        count = sum(int(item.get(name, {}).get("N", "0")) for item in pages)
+        count += sum(int(s.count) for s in AudienceSizeShard.query(_size_pk(space_id, audience_key)))
+        return max(0, count)
+    return size_of
 
 
 def drop_size(space_id: str, audience_key: str) -> None:

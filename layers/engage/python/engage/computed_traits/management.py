@@ -7,10 +7,11 @@ a computed trait that audiences read cannot be deleted (409 listing them).
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
-from engage import json_body
+from engage import json_body, listing
 from engage.audiences import store as audience_store
 from engage.audiences.definition import computed_trait_refs
 from engage.computed_traits import backfill, preview, store
@@ -71,8 +72,12 @@ def get(space_id: str, trait_key: str) -> dict[str, Any]:
     return store.get(space_id, trait_key).view()
 
 
-def list_traits(space_id: str) -> dict[str, Any]:
-    return {"computed_traits": [t.view() for t in store.list_all(space_id)]}
+def list_traits(space_id: str, limit: str | None = None, after: str | None = None) -> dict[str, Any]:
+    """A page of computed traits in key order (engage.listing): the list was whole, and 40 definitions
+    near their 160,000-byte limit passed Lambda's 6 MB response."""
+    shown, cursor = listing.page(functools.partial(store.iterate, space_id), lambda t: t.key, lambda t: t.view(),
+                                 limit, after)
+    return {"computed_traits": shown, "cursor": cursor}
 
 
 def referrers(space_id: str, trait_key: str) -> list[dict[str, str]]:

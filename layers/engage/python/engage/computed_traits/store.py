@@ -9,6 +9,7 @@ computed trait key that an audience ever used, and the other way round.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +169,14 @@ def find(space_id: str, trait_key: str) -> ComputedTrait | None:
 def list_all(space_id: str) -> list[ComputedTrait]:
     return [_trait(r) for r in ComputedTraitRecord.query(pk(space_id), ComputedTraitRecord.sk >= "0")
             if not r.deleted_at]
+
+
+def iterate(space_id: str, after: str | None, page_size: int) -> Iterator[ComputedTrait]:
+    """The space's live computed traits with keys after `after`, in key order, read `page_size` at a time."""
+    condition = ComputedTraitRecord.sk > after if after else ComputedTraitRecord.sk >= "0"
+    for record in ComputedTraitRecord.query(pk(space_id), condition, page_size=page_size):
+        if not record.deleted_at:
+            yield _trait(record)
 
 
 # ---------------------------------------------------------------- backfill bookkeeping

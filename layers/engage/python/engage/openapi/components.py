@@ -75,6 +75,7 @@ class Audience(definition.AudienceDefinition):
 
 class AudienceList(BaseModel):
     audiences: list[Audience]
+    cursor: ListCursor
 
 
 class Preview(BaseModel):
@@ -146,6 +147,7 @@ class ComputedTrait(ComputedTraitDefinition):
 
 class ComputedTraitList(BaseModel):
     computed_traits: list[ComputedTrait]
+    cursor: ListCursor
 
 
 class ComputedTraitPreview(BaseModel):
