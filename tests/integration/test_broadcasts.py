@@ -289,6 +289,25 @@ def test_exclusions_are_subtracted(cloud):
     assert get("ex")["stats"]["targeted"] == 2
 
 
+def test_the_template_sees_the_broadcasts_key_id_and_name(cloud):
+    # Found by review: the sender passed {"key", "name"} as `broadcast`, then the sender path's own
+    # `broadcast` ({"key", "step"}) replaced it, so `{{ broadcast.name }}` rendered empty in every broadcast.
+    call_api("POST", "/v1/templates", {"key": "named", "channel": "email",
+                                       "subject": "{{ broadcast.name }}|{{ broadcast.key }}|{{ broadcast.id }}",
+                                       "body": "<p>{{ broadcast.name | default: 'none' }}</p>"})
+    cloud.people(1)
+    cloud.audience("fans", refs(1))
+    moment = clock.now() + timedelta(hours=1)
+    create({"key": "spring", "name": "Spring sale", "audience": "fans", "channel": "email", "template": "named",
+            "send_at": clock.iso(moment)})
+    status, preview = call_api("GET", "/v1/broadcasts/spring/preview")
+    assert status == 200 and preview["message"]["subject"] == "Spring sale|spring|spring", preview
+    clock.set_to(moment + timedelta(seconds=1))
+    cloud.run()
+    [mail] = mails()
+    assert mail["Subject"] == "Spring sale|spring|spring"
+
+
 @pytest.mark.parametrize("override", [False, True])
 def test_unsubscribed_are_suppressed_unless_the_override(cloud, override):
     cloud.people(3)

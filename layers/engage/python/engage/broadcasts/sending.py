@@ -57,6 +57,11 @@ def idempotency_key(broadcast_key: str, profile_id: str) -> str:
     return f"broadcast:{broadcast_key}:{profile_id}"
 
 
+def template_names(broadcast_key: str, definition: Any) -> dict[str, Any]:
+    """What a broadcast adds to its template's `broadcast` name ({"key", "step"} come from the sender path)."""
+    return {"broadcast": {"id": broadcast_key, "name": definition.name or ""}}
+
+
 def time_left(remaining_ms: Callable[[], int] | None) -> bool:
     """Whether there is time for one more send before the invocation's timeout."""
     return remaining_ms is None or remaining_ms() > _stop_before_seconds() * 1000
@@ -110,7 +115,7 @@ def process(body: dict[str, Any], remaining_ms: Callable[[], int] | None = None)
                               template=definition.template, idempotency_key=idempotency_key(broadcast_key, pid),
                               source={"type": "broadcast", "key": broadcast_key, "step": None},
                               ignore_subscription=definition.send_to_unsubscribed,
-                              extra_scope={"broadcast": {"key": broadcast_key, "name": definition.name or ""}})
+                              extra_scope=template_names(broadcast_key, definition))
         try:
             delivery = send_message(request)
         except (SendInProgress, ProviderUnavailable) as error:

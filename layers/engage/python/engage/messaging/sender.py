@@ -153,8 +153,8 @@ def send_message(request: SendRequest) -> Delivery:
         if until is not None:
             return _final(request, store.DEFERRED, address, reason="quiet hours", until=clock.iso(until))
     unsubscribe_url = unsubscribe_link(request.space_id, profile_record.profile_id, request.channel)
-    scope = {**request.extra_scope, **templates.scope_for(profile, event=request.event, source=request.source,
-                                                         unsubscribe_url=unsubscribe_url)}
+    scope = templates.scope_for(profile, event=request.event, source=request.source, unsubscribe_url=unsubscribe_url,
+                                extra=request.extra_scope)
     try:
         rendered = templates.render(template, scope)
     except templates.RenderFailed as error:
