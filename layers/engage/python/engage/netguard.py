@@ -102,6 +102,16 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+# The body's framing is the request's own (urllib sets Content-Length from the body): a customer's header naming
+# it was sent as given, and `Content-Length: 3` delivered `{"n` of the JSON to a receiver that answered 2xx.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+def without_framing(headers: dict[str, str]) -> dict[str, str]:
+    """Customer-given headers fit to send: those that would frame the body (FRAMING_HEADERS) left out."""
+    return {name: value for name, value in headers.items() if name.lower() not in FRAMING_HEADERS}
+
+
 def header_problems(headers: dict[str, str]) -> list[tuple[str, str]]:
     """(header name, why) for each header no request can carry: a name that is not an RFC 9110 token, a
     value with a line break or other control character (header injection), or one not ISO-8859-1 (HTTP
