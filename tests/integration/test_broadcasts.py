@@ -13,7 +13,7 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.scheduler.models import scheduler_backends
 
-from engage import clock, config
+from engage import clock, config, profiles_store
 from engage.broadcasts import engine, schedule, sending, store
 from localcloud import cron
 from tests.integration.audience_support import LambdaContext, call_api, handler
@@ -287,6 +287,62 @@ def test_exclusions_are_subtracted(cloud):
     cloud.run()
     assert sorted(recipients_of_sent_emails()) == ["u0@example.com", "u2@example.com"]
     assert get("ex")["stats"]["targeted"] == 2
+
+
+def test_the_template_sees_the_broadcasts_key_id_and_name(cloud):
+    # Found by review: the sender passed {"key", "name"} as `broadcast`, then the sender path's own
+    # `broadcast` ({"key", "step"}) replaced it, so `{{ broadcast.name }}` rendered empty in every broadcast.
+    call_api("POST", "/v1/templates", {"key": "named", "channel": "email",
+                                       "subject": "{{ broadcast.name }}|{{ broadcast.key }}|{{ broadcast.id }}",
+                                       "body": "<p>{{ broadcast.name | default: 'none' }}</p>"})
+    cloud.people(1)
+    cloud.audience("fans", refs(1))
+    moment = clock.now() + timedelta(hours=1)
+    create({"key": "spring", "name": "Spring sale", "audience": "fans", "channel": "email", "template": "named",
+            "send_at": clock.iso(moment)})
+    status, preview = call_api("GET", "/v1/broadcasts/spring/preview")
+    assert status == 200 and preview["message"]["subject"] == "Spring sale|spring|spring", preview
+    clock.set_to(moment + timedelta(seconds=1))
+    cloud.run()
+    [mail] = mails()
+    assert mail["Subject"] == "Spring sale|spring|spring"
+
+
+def test_two_recipients_merged_during_the_send_are_sent_once(cloud):
+    # Found by review: the snapshot held two profiles of one person (a visitor and a user); they merged before
+    # the sends went out. Each recipient's send followed the merge to the survivor, under its own key
+    # (`broadcast:<key>:<profile id>`): the person got the broadcast twice.
+    cloud.people(1)
+    cloud.pipeline.track({"anonymousId": "anon1", "traits": {"email": "visitor@example.com", "name": "V"}},
+                         call="identify")
+    cloud.audience("fans", ["user_id:u0", "anonymous_id:anon1"])
+    create({"key": "now", "audience": "fans", "channel": "email", "template": "news"})
+    cloud.run(sender=False)
+    assert get("now")["stats"]["targeted"] == 2
+    cloud.pipeline.track({"userId": "u0", "anonymousId": "anon1"}, call="identify")  # the visitor logs in
+    cloud.run()
+    assert len(recipients_of_sent_emails()) == 1, recipients_of_sent_emails()
+    assert get("now")["status"] == "sent"
+
+
+def test_a_recipient_sent_before_merging_into_another_is_not_sent_again_as_the_survivor(cloud):
+    # The other order: the visitor's message went out, then they logged in, then the user's turn came.
+    cloud.people(1)
+    cloud.pipeline.track({"anonymousId": "anon1", "traits": {"email": "visitor@example.com", "name": "V"}},
+                         call="identify")
+    visitor = profiles_store.resolve("acme", "users", "anonymous_id", "anon1").profile_id
+    cloud.audience("fans", ["user_id:u0", "anonymous_id:anon1"])
+    create({"key": "now", "audience": "fans", "channel": "email", "template": "news"})
+    cloud.run(sender=False)
+    [message] = [json.loads(r["body"]) for r in cloud.receive("BroadcastSendQueue")]
+    assert visitor in message["profile_ids"] and len(message["profile_ids"]) == 2
+    assert sending.process({**message, "profile_ids": [visitor]})  # the visitor's send alone
+    assert recipients_of_sent_emails() == ["visitor@example.com"]
+    cloud.pipeline.track({"userId": "u0", "anonymousId": "anon1"}, call="identify")  # the visitor logs in
+    assert sending.process(message)  # the whole message, as SQS hands it again
+    assert recipients_of_sent_emails() == ["visitor@example.com"]
+    answer = get("now")
+    assert answer["status"] == "sent" and answer["stats"]["targeted"] == 2, answer
 
 
 @pytest.mark.parametrize("override", [False, True])

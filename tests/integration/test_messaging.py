@@ -799,6 +799,24 @@ def test_identify_traits_set_subscriptions_in_both_conventions(pipeline):
     assert send_message(request(record.profile_id)).reason == "unsubscribed"
 
 
+def test_a_future_timestamp_does_not_outrank_a_later_unsubscribe(pipeline):
+    # Found by review: an identify's subscription change was ordered by its client timestamp. A device clock a
+    # year ahead subscribed while the identify waited in the queue; the user then unsubscribed (API, now): the
+    # identify, processed after, won with its future `at`, and every later real unsubscribe identify lost to it.
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    future = clock.iso(clock.now() + timedelta(days=365))
+    test_pipeline.ingest("identify", {"userId": "u1", "traits": {"unsubscribed": False}, "timestamp": future})
+    call_api("PUT", "/v1/subscriptions/user_id:u1", {"channel": "email", "status": "unsubscribed"})
+    pipeline.flow()
+    assert profiles_store.get_profile("acme", profile_id).subscriptions["email"]["status"] == "unsubscribed"
+    # received later, the future-dated subscribe is the latest action; then a real unsubscribe follows it
+    pipeline.track({"userId": "u1", "traits": {"unsubscribed": False}, "timestamp": future}, call="identify")
+    subscription = profiles_store.get_profile("acme", profile_id).subscriptions["email"]
+    assert subscription["status"] == "subscribed" and subscription["at"] <= clock.iso()
+    pipeline.track({"userId": "u1", "traits": {"unsubscribed": True}}, call="identify")
+    assert profiles_store.get_profile("acme", profile_id).subscriptions["email"]["status"] == "unsubscribed"
+
+
 def ses_event(kind: str, mail: dict, **body) -> dict:
     return {"Records": [{"EventSource": "aws:sns", "Sns": {"Message": json.dumps({"eventType": kind, "mail": mail,
                                                                                   **body})}}]}

@@ -188,6 +188,29 @@ def test_a_request_that_cannot_be_built_is_a_permanent_failure_not_a_crash(url, 
     assert outcome.status == senders.PERMANENT and outcome.reason.startswith(f"cannot send to {url}: ")
 
 
+@pytest.mark.parametrize("framing", [{"Transfer-Encoding": "gzip"}, {"transfer-encoding": "chunked"},
+                                     {"Content-Length": "3"}])
+def test_configured_framing_headers_never_frame_the_request(framing, monkeypatch):
+    # Found by review: post_json sent the configured headers as given. `Transfer-Encoding` passes the save checks
+    # (only Content-Length is the deliverer's), and `gzip` made urllib chunk the body under a header saying gzip:
+    # the receiver read no JSON and answered 2xx. A stored `Content-Length: 3` cut the body to `{"h`.
+    from engage import config
+    from tests.receiver import Receiver
+
+    monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")  # the receiver is on loopback
+    config.settings.cache_clear()
+    receiver = Receiver()
+    try:
+        outcome = senders.post_json(receiver.url + "/hook", b'{"hello": "world"}', {**framing, "X-Team": "growth"}, 2)
+    finally:
+        receiver.close()
+        config.settings.cache_clear()
+    [seen] = receiver.requests
+    assert outcome.ok and seen["raw"] == b'{"hello": "world"}', (outcome, seen)
+    assert seen["headers"]["content-length"] == "18" and "transfer-encoding" not in seen["headers"]
+    assert seen["headers"]["x-team"] == "growth"
+
+
 @pytest.mark.parametrize(("config", "path"), [
     ({"url": "https://hooks.exa mple.com/"}, "config.url"),
     ({"url": "https://hooks.example.com:99999/"}, "config.url"),

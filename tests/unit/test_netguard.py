@@ -147,6 +147,53 @@ def test_the_webhook_channel_ends_within_its_timeout_and_retries_an_answer_that_
     config.settings.cache_clear()
 
 
+def test_a_slow_resolver_ends_the_webhook_send_within_its_timeout_as_a_retry(monkeypatch):
+    """Found by review: the host was resolved (getaddrinfo) before any time limit applied, with no timeout of
+    its own: a resolver that did not answer held the send past WEBHOOK_TIMEOUT_SECONDS (and the Lambda's)."""
+    import threading
+    import time
+
+    from engage.messaging.channels import OutgoingMessage, Unavailable, webhook
+
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def slow(host, *rest, **kwargs):
+        if host == "slow-dns.example.com":
+            released.wait(5)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *rest, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    monkeypatch.setenv("WEBHOOK_TIMEOUT_SECONDS", "1")
+    monkeypatch.setattr(webhook, "BACKOFF_SECONDS", (0, 0))
+    monkeypatch.setattr(webhook.signing, "webhook_secret", lambda *_: "whsec-0123456789abcdef")
+    config.settings.cache_clear()
+    message = OutgoingMessage(channel="webhook", address="https://slow-dns.example.com/hook", subject=None,
+                              body="{}", idempotency_key="k1", space_id="acme", template="t")
+    try:
+        began = time.monotonic()
+        with pytest.raises(Unavailable) as raised:
+            webhook.send(message)
+        took = time.monotonic() - began
+    finally:
+        released.set()
+        config.settings.cache_clear()
+    assert "1 s" in str(raised.value), raised.value  # "did not answer within 1 s" or "resolving ... than 1 s"
+    assert took < webhook.ATTEMPTS * 1 + 1.5, took
+    # the same guard bounds a destination's send: a retry, within its timeout
+    from engage.destinations import senders
+
+    released.clear()
+    try:
+        began = time.monotonic()
+        outcome = senders.post_json("https://slow-dns.example.com/hook", b"{}", {}, 1.0)
+        took = time.monotonic() - began
+    finally:
+        released.set()
+    assert outcome.status == senders.RETRY and took < 2, (outcome, took)
+
+
 @pytest.mark.parametrize("host", ["169.254.169.254", "0xa9fea9fe", "2852039166", "0251.0376.0251.0376",
                                   "169.254.43518", "[::ffff:169.254.169.254]", "[fe80::1%eth0]"])
 def test_a_link_local_literal_is_refused_when_saved_in_any_spelling(host):

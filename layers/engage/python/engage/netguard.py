@@ -18,6 +18,7 @@ import ipaddress
 import re
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,6 +102,16 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+# The body's framing is the request's own (urllib sets Content-Length from the body): a customer's header naming
+# it was sent as given, and `Content-Length: 3` delivered `{"n` of the JSON to a receiver that answered 2xx.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+def without_framing(headers: dict[str, str]) -> dict[str, str]:
+    """Customer-given headers fit to send: those that would frame the body (FRAMING_HEADERS) left out."""
+    return {name: value for name, value in headers.items() if name.lower() not in FRAMING_HEADERS}
+
+
 def header_problems(headers: dict[str, str]) -> list[tuple[str, str]]:
     """(header name, why) for each header no request can carry: a name that is not an RFC 9110 token, a
     value with a line break or other control character (header injection), or one not ISO-8859-1 (HTTP
@@ -129,7 +140,7 @@ def _create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
     host, port = address[0], address[1]
     refused: list[str] = []
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, sockaddr in _resolve(host, port, timeout):
         why = refusal(sockaddr[0])
         if why:
             refused.append(why)
@@ -151,6 +162,38 @@ def _create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
                                  "requests to loopback, private, link-local or metadata addresses are refused")
 
 
+def _resolve(host: str, port: int, timeout) -> list:
+    """socket.getaddrinfo within the connection's timeout and what is left of the exchange's time limit.
+
+    getaddrinfo has no timeout of its own and ran before any limit applied: a resolver that did not answer held
+    a send past WEBHOOK_TIMEOUT_SECONDS, and past its Lambda's timeout. It runs in a daemon thread here; past the
+    time, TimeoutError (a retry for the callers). A resolver that never answers keeps its thread, not the send."""
+    limits = [timeout] if isinstance(timeout, int | float) else []
+    current = getattr(_limits, "current", None)
+    if current is not None:
+        limits.append(current.remaining())
+    if not limits:
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    seconds = max(0.0, min(limits))
+    answer: dict = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            answer["addresses"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except BaseException as failed:  # noqa: BLE001 - handed to the caller's thread as is
+            answer["error"] = failed
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="netguard-resolve", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"resolving {host!r} took longer than {seconds:.2g} s")
+    if "error" in answer:
+        raise answer["error"]
+    return answer["addresses"]
+
+
 class TimeLimit:
     """A bound on a whole exchange: when it passes, the connections opened under it are shut down.
 
@@ -161,10 +204,14 @@ class TimeLimit:
 
     def __init__(self, seconds: float):
         self.expired = False
+        self.deadline = time.monotonic() + max(0.0, seconds)
         self._connections: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(max(0.0, seconds), self._expire)
         self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
 
     def watch(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:

@@ -459,7 +459,8 @@ _SUBSCRIPTION_STATUSES = {"SUBSCRIBED": "subscribed", "UNSUBSCRIBED": "unsubscri
 
 
 def subscription_changes(message: Message) -> dict:
-    """The subscription statuses an identify call sets, stamped with the call's time ("how": identify)."""
+    """The subscription statuses an identify call sets, stamped with the call's time ("how": identify), or its
+    receipt's when that is earlier."""
     found: dict[str, str] = {}
     flag = message.traits.get("unsubscribed")
     if isinstance(flag, bool):
@@ -471,8 +472,10 @@ def subscription_changes(message: Message) -> dict:
             status = _SUBSCRIPTION_STATUSES.get(str(entry.get("status", "")).upper())
             if channel and status:
                 found[channel] = status
-    return {channel: {"status": status, "at": message.timestamp, "how": "identify"}
-            for channel, status in found.items()}
+    # Never later than its receipt: a client clock ahead (or a forged timestamp) would otherwise outrank every
+    # real change made before that date, an unsubscribe included (Segment, too, clamps future timestamps).
+    at = min(message.timestamp, message.received_at)
+    return {channel: {"status": status, "at": at, "how": "identify"} for channel, status in found.items()}
 
 
 def merge_subscriptions(current: dict, incoming: dict) -> dict:

@@ -12,7 +12,7 @@ from typing import Any
 from engage import clock, listing
 from engage.audiences import membership
 from engage.audiences import store as audiences
-from engage.broadcasts import engine, schedule, store
+from engage.broadcasts import engine, schedule, sending, store
 from engage.broadcasts.definition import parse_definition, start_moment
 from engage.errors import Conflict, ValidationFailed
 from engage.observability import logger
@@ -141,7 +141,7 @@ def preview(space_id: str, broadcast_key: str) -> dict[str, Any]:
         record = profiles_store.get_profile(space_id, sample[0])
         profile = sender._profile_dict(record, sample[0])
         scope = templates.scope_for(profile, source={"type": "broadcast", "key": broadcast_key, "step": None},
-                                    unsubscribe_url="")
+                                    unsubscribe_url="", extra=sending.template_names(broadcast_key, definition))
         try:
             rendered = templates.render(template, scope)
             answer["message"] = {"profile_id": sample[0],

@@ -53,8 +53,17 @@ def reset() -> None:
     _sqs.cache_clear()
 
 
+def key_prefix(broadcast_key: str) -> str:
+    return f"broadcast:{broadcast_key}:"
+
+
 def idempotency_key(broadcast_key: str, profile_id: str) -> str:
-    return f"broadcast:{broadcast_key}:{profile_id}"
+    return key_prefix(broadcast_key) + profile_id
+
+
+def template_names(broadcast_key: str, definition: Any) -> dict[str, Any]:
+    """What a broadcast adds to its template's `broadcast` name ({"key", "step"} come from the sender path)."""
+    return {"broadcast": {"id": broadcast_key, "name": definition.name or ""}}
 
 
 def time_left(remaining_ms: Callable[[], int] | None) -> bool:
@@ -110,7 +119,9 @@ def process(body: dict[str, Any], remaining_ms: Callable[[], int] | None = None)
                               template=definition.template, idempotency_key=idempotency_key(broadcast_key, pid),
                               source={"type": "broadcast", "key": broadcast_key, "step": None},
                               ignore_subscription=definition.send_to_unsubscribed,
-                              extra_scope={"broadcast": {"key": broadcast_key, "name": definition.name or ""}})
+                              # once per person: recipients merged during the send share the survivor's message
+                              person_key_prefix=key_prefix(broadcast_key), person_since=broadcast.snapshot_at,
+                              extra_scope=template_names(broadcast_key, definition))
         try:
             delivery = send_message(request)
         except (SendInProgress, ProviderUnavailable) as error:

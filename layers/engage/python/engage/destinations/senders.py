@@ -50,8 +50,10 @@ class Outcome:
 def post_json(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Outcome:
     """One POST. `timeout` bounds the whole exchange, from the connection to the last byte read (a socket
     timeout alone bounds each read, and a receiver answering a byte at a time would hold the deliverer)."""
+    # A configured Transfer-Encoding (or a Content-Length stored before the save check) would frame the body
+    # wrongly (netguard.FRAMING_HEADERS): left out, as the webhook channel does.
     request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
+        "Content-Type": "application/json", "User-Agent": USER_AGENT, **netguard.without_framing(headers)})
     late = f"no answer from {url} within {timeout:.2g} s"
     with netguard.time_limit(timeout) as limit:
         try:

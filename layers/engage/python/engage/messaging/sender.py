@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -83,6 +83,11 @@ class SendRequest:
     ignore_subscription: bool = False
     # Extra Liquid names (e.g. a broadcast's own fields); never overrides profile/event/unsubscribe_url.
     extra_scope: dict[str, Any] = field(default_factory=dict)
+    # Once per person (a broadcast): the key is `<person_key_prefix><profile id>`. A profile merged into another
+    # since it was chosen is sent as the survivor, under the survivor's key; a survivor is not sent again when a
+    # profile merged into it at or after `person_since` already has its delivery (see _as_person).
+    person_key_prefix: str | None = None
+    person_since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,8 @@ def _check(request: SendRequest) -> None:
         raise ValueError("idempotency_key must be 1-900 bytes (it is a DynamoDB sort key)")
     if (request.source or {}).get("type") not in ("journey", "broadcast", "api"):
         raise ValueError("source.type must be journey, broadcast or api")
+    if request.person_key_prefix is not None and request.idempotency_key != request.person_key_prefix + request.profile_id:
+        raise ValueError("with person_key_prefix the idempotency_key is that prefix and the profile id")
 
 
 def send_message(request: SendRequest) -> Delivery:
@@ -122,6 +129,10 @@ def send_message(request: SendRequest) -> Delivery:
         profile_record = profiles_store.get_profile(request.space_id, profile_record.merged_into)
     if profile_record is None:
         return _final(request, store.FAILED, None, reason="profile not found")
+    if request.person_key_prefix is not None:
+        request, earlier = _as_person(request, profile_record, now)
+        if earlier is not None:
+            return earlier
     profile = _profile_dict(profile_record, request.profile_id)
     try:
         template = store.load_template(request.space_id, request.template)
@@ -153,8 +164,8 @@ def send_message(request: SendRequest) -> Delivery:
         if until is not None:
             return _final(request, store.DEFERRED, address, reason="quiet hours", until=clock.iso(until))
     unsubscribe_url = unsubscribe_link(request.space_id, profile_record.profile_id, request.channel)
-    scope = {**request.extra_scope, **templates.scope_for(profile, event=request.event, source=request.source,
-                                                         unsubscribe_url=unsubscribe_url)}
+    scope = templates.scope_for(profile, event=request.event, source=request.source, unsubscribe_url=unsubscribe_url,
+                                extra=request.extra_scope)
     try:
         rendered = templates.render(template, scope)
     except templates.RenderFailed as error:
@@ -168,6 +179,29 @@ def send_message(request: SendRequest) -> Delivery:
         tags={"transactional": "true" if request.transactional else "false"} if request.channel == "sms" else
         _email_tags(request) if request.channel == "email" else {})
     return _send(request, outgoing, profile_record, cap, now)
+
+
+def _as_person(request: SendRequest, record, now) -> tuple[SendRequest, Delivery | None]:
+    """A send once per person: the request as the live profile's, and the delivery already made, if any.
+
+    Two recipients of one broadcast that merged during its send each followed the merge to the survivor under
+    their own key, and the person got it twice. Now a merged recipient's send is the survivor's (its key, its
+    log), and the survivor's reads the keys of the profiles merged into it since `person_since` (usually none):
+    one of them sent before the merge is the person's delivery."""
+    prefix, requested = request.person_key_prefix or "", request.profile_id
+    if record.profile_id != requested:
+        request = replace(request, profile_id=record.profile_id, idempotency_key=prefix + record.profile_id)
+        existing = store.read_delivery(request.space_id, record.profile_id, request.idempotency_key)
+        if existing is not None and not _due_again(existing, now):
+            return request, _existing(existing)
+    for merge in record.merges or []:
+        merged = merge.get("profile_id")
+        if not merged or merged == requested or str(merge.get("merged_at") or "") < (request.person_since or ""):
+            continue  # the requested profile's own key was read first (send_message)
+        earlier = store.read_delivery(request.space_id, merged, prefix + merged)
+        if earlier is not None and earlier.status != store.DEFERRED:
+            return request, _existing(earlier)
+    return request, None
 
 
 def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_record, cap, now) -> Delivery:

@@ -5,7 +5,8 @@ A template is `{"key", "channel": "email|sms|push|webhook", "name", "subject", "
 `configuration_set` is Liquid with these names in scope:
   profile          {"id", "traits", "computed_traits", "ids": {"user_id": ..., "email": ...}}
   event            the triggering event (journeys on an event), else empty
-  journey, broadcast   {"key", "step"} of the sender (only the one that sent)
+  journey, broadcast   {"key", "step"} of the sender (only the one that sent); a broadcast's also has
+                   "id" (its key) and "name" (its name, empty when it has none)
   unsubscribe_url  the signed one-click unsubscribe link for (space, profile, channel)
 Missing values render empty; `{{ profile.traits.first_name | default: "there" }}` supplies a fallback.
 
@@ -433,9 +434,15 @@ def _not_json(constant: str) -> Any:
 
 
 def scope_for(profile: dict[str, Any], *, event: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
-              unsubscribe_url: str = "") -> dict[str, Any]:
-    """The names a template sees (see the module docstring)."""
+              unsubscribe_url: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The names a template sees (see the module docstring). `extra` adds names, and fields to the sender's
+    `journey`/`broadcast` (a broadcast's name); it never replaces profile, event or unsubscribe_url."""
     scope: dict[str, Any] = {"profile": profile, "event": event or {}, "unsubscribe_url": unsubscribe_url}
     if source and source.get("type") in ("journey", "broadcast"):
         scope[source["type"]] = {"key": source.get("key"), "step": source.get("step")}
+    for name, value in (extra or {}).items():
+        if name not in scope:
+            scope[name] = value
+        elif name in ("journey", "broadcast") and isinstance(value, dict):
+            scope[name] = {**value, **scope[name]}  # before, the source's own {key, step} replaced it whole
     return scope

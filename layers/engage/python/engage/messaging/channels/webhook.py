@@ -23,17 +23,14 @@ from engage.messaging.channels import OutgoingMessage, Refused, Unavailable
 
 ATTEMPTS = 3
 BACKOFF_SECONDS = (0.2, 1.0)
-FRAMING_HEADERS = {"content-length", "transfer-encoding"}
 
 
 def request_of(message: OutgoingMessage) -> urllib.request.Request:
     body = message.body.encode()
     timestamp = str(int(clock.now().timestamp()))
     secret = signing.webhook_secret(message.space_id, message.template)
-    # The body's framing is the body's own: a template's Content-Length (or Transfer-Encoding) was sent as given,
-    # and `Content-Length: 3` delivered `{"n` of the JSON to a receiver that answered 2xx: recorded sent
-    own = {name: value for name, value in message.headers.items() if name.lower() not in FRAMING_HEADERS}
-    headers = {**own, "Content-Type": "application/json", "User-Agent": "engage-webhook/1",
+    # The body's framing is the body's own: a template's Content-Length (or Transfer-Encoding) is not sent
+    headers = {**netguard.without_framing(message.headers), "Content-Type": "application/json", "User-Agent": "engage-webhook/1",
                "Webhook-Id": message.idempotency_key,
                "Webhook-Signature": signing.webhook_signature(secret, timestamp, body)}
     return urllib.request.Request(message.address, data=body, headers=headers, method="POST")
