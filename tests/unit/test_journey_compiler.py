@@ -72,6 +72,23 @@ def test_a_timed_out_wait_is_not_retried_but_caught_at_once():
     assert all("States.Timeout" not in r["ErrorEquals"] for r in states["sms"]["Retry"])
 
 
+def test_a_permanently_failed_send_is_not_retried_but_a_transient_one_is():
+    """A send the sender answered `failed` (invalid address, a provider's 4xx, unknown template) is final for its
+    idempotency key: asked again it answers the same. The steps function raised SendFailed, which only the
+    States.ALL retrier matched: 5 retries (about a minute of backoff) before the Catch, each getting the same
+    answer. Its first matching retrier now has MaxAttempts 0; the sender's transient errors still retry."""
+    from engage.journeys import steps
+
+    assert issubclass(steps.SendFailed, steps.StepError)
+    states = compile_journey(parse_journey(CART_RESCUE), STEPS_ARN)["States"]
+    for name in ("email_a", "sms", "wait_buy"):
+        def first(error: str, retriers=states[name]["Retry"]) -> dict:
+            return next(r for r in retriers if error in r["ErrorEquals"] or r["ErrorEquals"] == ["States.ALL"])
+        assert first("SendFailed")["MaxAttempts"] == 0, name
+        for transient in ("ProviderUnavailable", "SendInProgress", "Lambda.TooManyRequestsException"):
+            assert first(transient)["MaxAttempts"] == 5, (name, transient)
+
+
 def test_the_golden_file_is_a_validator_failing_when_broken():
     # the validator is real: a wrong state type and a non-numeric wait are reported
     broken = json.loads(GOLDEN.read_text())

@@ -56,8 +56,9 @@ LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 LAMBDA_INVOKE_WAIT = "arn:aws:states:::lambda:invoke.waitForTaskToken"
 RECORDING_FAILED = "recording_failed"
 GOAL_REACHED = "goal_reached"
-# Errors a retry cannot fix: the Catch records them at once. GoalReached: the profile met exit_when.
-PERMANENT_ERRORS = ["GoalReached", "MessagingUnavailable", "DestinationUnavailable", "InvalidStep"]
+# Errors a retry cannot fix: the Catch records them at once. GoalReached: the profile met exit_when. SendFailed:
+# the sender's `failed` answer is final for the send's idempotency key (a retry is answered the same).
+PERMANENT_ERRORS = ["GoalReached", "MessagingUnavailable", "DestinationUnavailable", "InvalidStep", "SendFailed"]
 TRANSIENT_RETRY = {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0,
                    "MaxDelaySeconds": 60, "JitterStrategy": "FULL"}
 NO_RETRY = {"ErrorEquals": PERMANENT_ERRORS, "MaxAttempts": 0}

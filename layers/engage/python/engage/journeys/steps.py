@@ -56,8 +56,9 @@ class GoalReached(StepError):
     """The profile meets the journey's exit_when: the state machine catches this into `goal_reached`."""
 
 
-class SendFailed(Exception):
-    """The sender answered `failed` (retried with backoff; then recorded by the Catch)."""
+class SendFailed(StepError):
+    """The sender answered `failed`: final for its idempotency key (a retry gets the same answer), so it is not
+    retried but recorded by the Catch. Transient sender errors (ProviderUnavailable, SendInProgress) retry."""
 
 
 def handle(payload: dict[str, Any]) -> dict[str, Any] | None:
