@@ -224,7 +224,19 @@ def test_pause_resume_and_delete(api):
     assert call_api("POST", "/v1/journeys", CART_RESCUE)[0] == 409  # the key is never reused
 
 
-def audience_entered(profile_id: str = "p1", version: int = 1) -> dict:
+def existing(profile_id: str) -> str:
+    """The profile a trigger names exists (the enroller reads it: a trigger of a deleted one enrolls no one)."""
+    from engage import profiles_store
+    from tests.integration.audience_support import make_profile
+
+    if profiles_store.get_profile("acme", profile_id) is None:
+        make_profile(profile_id)
+    return profile_id
+
+
+def audience_entered(profile_id: str = "p1", version: int = 1, *, create: bool = True) -> dict:
+    if create:
+        existing(profile_id)
     return {"space": "acme", "audience_key": "cart_abandoners", "profile_id": profile_id, "user_id": "u-" + profile_id,
             "anonymous_id": None, "email": None, "timestamp": clock.iso(), "version": version}
 
@@ -440,7 +452,7 @@ def test_a_grouped_entry_enrolls_each_entered_audiences_journeys_once_even_redel
         key="vip_welcome", entry={"audience": "vip"})), "big": published("big_thanks", journey(
             key="big_thanks", entry={"audience": "big"}))}
     element = {"version": 1, "timestamp": clock.iso()}
-    detail = {"space": "acme", "profile_id": "p1", "user_id": "u-p1", "anonymous_id": None, "email": None,
+    detail = {"space": "acme", "profile_id": existing("p1"), "user_id": "u-p1", "anonymous_id": None, "email": None,
               "profile_version": 4, "timestamp": clock.iso(),
               "entered": [{"audience_key": k, **element} for k in ("cart_abandoners", "vip", "all", "big")],
               "exited": [{"audience_key": "lapsed", **element}]}
@@ -703,8 +715,8 @@ def test_a_profile_meeting_the_goal_leaves_as_a_goal_exit(api):
     from tests.integration.audience_support import make_profile
 
     published()
-    enrollment.on_audience_entered(audience_entered())
     make_profile("p1", space_id="acme", ids={"user_id": "u-p1"}, traits={"email": "p1@example.com"})
+    enrollment.on_audience_entered(audience_entered())
     goal = {"trait": "email", "op": "exists"}
     split = task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]}, goal=goal)
     with pytest.raises(steps.GoalReached):
@@ -782,7 +794,9 @@ def test_an_exit_retried_after_a_failed_publication_publishes_it_and_marks_the_r
     assert [e for e in bus_messages() if e["detail-type"] == "Journey Exited"] == []  # (the tap hands out new ones)
 
 
-def history_item(profile_id: str, message: dict) -> dict:
+def history_item(profile_id: str, message: dict, *, create: bool = True) -> dict:
+    if create:
+        existing(profile_id)
     return {"pk": f"acme|{profile_id}", "sk": f"{message['timestamp']}|{message['messageId']}",
             "type": message["type"], "payload": json.dumps(message)}
 
@@ -1103,3 +1117,28 @@ def test_a_goal_on_a_custom_trait_stops_the_run_when_an_identify_sets_it(api, bu
     assert sfn.describe_execution(executionArn=running["executionArn"])["status"] == "ABORTED"
     [run] = enrollment.runs("acme", "cart_rescue", profile_id)
     assert run["exit_reason"] == "goal"
+
+
+def test_a_stale_trigger_does_not_enroll_a_profile_merged_away_or_erased_meanwhile(api):
+    """A trigger queued before its profile was merged into another (or erased) reached the enroller after the
+    merge's `Audience Exited` of `all` (SQS keeps no order): it started a run for the merged-away profile, which
+    nothing stopped any more; after an erasure (profile, enrollment and run items deleted) it started a fresh
+    run for the erased person. The enroller now reads the profile before starting a run."""
+    from engage.journeys import events
+    from tests.integration.audience_support import make_profile
+
+    answer = published()
+    welcome = published("welcome", journey(key="welcome", entry={"event": "Signed Up"}, exit_when=None))
+    make_profile("p2")
+    make_profile("p1", merged_into="p2", merged_at=clock.iso())  # merged after its triggers were queued
+    # p3: erased after its trigger was queued (no profile item is left)
+    for profile_id in ("p1", "p3"):
+        assert [(o.enrolled, o.reason) for o in enrollment.on_audience_entered(audience_entered(profile_id, create=False))] == [
+            (False, "the profile was merged into p2" if profile_id == "p1" else "the profile no longer exists")]
+        message = {"type": "track", "event": "Signed Up", "userId": "u-" + profile_id, "messageId": "m-" + profile_id,
+                   "timestamp": clock.iso(), "properties": {}}
+        assert events.on_history_item(history_item(profile_id, message, create=False))["enrolled"] == 0
+    assert executions(api, answer) == [] and executions(api, welcome) == []
+    assert enrollment.runs("acme", "cart_rescue", "p1") == [] and enrollment.runs("acme", "welcome", "p3") == []
+    # the survivor itself still enters
+    assert [o.reason for o in enrollment.on_audience_entered(audience_entered("p2"))] == ["enrolled"]
