@@ -600,6 +600,62 @@ def test_a_send_step_renders_the_event_that_entered_the_journey(api, messaging):
     assert parts and parts[0].strip() == "You left red shoes behind"
 
 
+def route(states: dict, task_state: str, data: dict) -> str:
+    """Where Step Functions goes after a Task answered (its answer in data["step"]): Choice states followed."""
+    name = states[task_state]["Next"]
+    while states[name]["Type"] == "Choice":
+        choice = states[name]
+        assert all(c["Variable"] == "$.step.next" for c in choice["Choices"])
+        name = next((c["Next"] for c in choice["Choices"] if c["StringEquals"] == data["step"]["next"]),
+                    choice["Default"])
+    return name
+
+
+def test_a_send_deferred_by_quiet_hours_waits_for_their_end_then_sends_once(api, messaging):  # noqa: F811
+    # docs/messaging.md: quiet hours defer a message (`deferred: <until>`), never drop it: "journeys wait until
+    # `until`". The send step took the deferral for done: it counted the step completed and went on, and the
+    # message was never sent.
+    from engage.messaging import sender
+    from tests.integration import test_messaging as m
+
+    pipeline = m.Pipeline(api)
+    profile_id = m.identify(pipeline, "ann", email="ann@example.com", timezone="Europe/Paris")
+    m.create(m.WELCOME)
+    assert call_api("PUT", "/v1/messaging/settings", {"quiet_hours": {
+        "start": "00:00", "end": "23:59", "timezone_trait": "timezone"}})[0] == 200
+    body = journey(key="quiet", exit_when=None, start="mail", steps={
+        "mail": {"type": "send", "channel": "email", "template": "welcome", "next": "done"}, "done": {"type": "exit"}})
+    answer = published("quiet", body)
+    states = json.loads(api.client("stepfunctions").describe_state_machine(
+        stateMachineArn=answer["state_machine_arn"])["definition"])["States"]
+    execution = "arn:aws:states:us-east-1:123456789012:execution:m:quiet-v1-ann-e1"
+    data = {"space_id": "acme", "profile_id": profile_id, "journey": "quiet", "version": 1, "entry": 1,
+            "ids": {"user_id": "ann"}, "event": None, "trigger": "t", "step": {"next": "mail", "at": [], "until": None}}
+    # When the send step runs inside quiet hours (and Step Functions replays the Task)
+    for _ in range(2):
+        data["step"] = steps.handle(compiled_payload(states["mail"], data, execution))
+    # Then nothing is sent yet: the execution waits until the quiet period ends, then runs the send again
+    waiting = route(states, "mail", data)
+    assert states[waiting]["Type"] == "Wait" and states[waiting]["TimestampPath"] == "$.step.until"
+    assert data["step"]["until"] and states[waiting]["Next"] == "mail"
+    assert m.sent_emails() == []
+    assert management.get("acme", "quiet")["stats"]["mail"]["in_progress"] == 1
+    # (a version compiled before its sends could wait goes on whatever the answer: a failure, not a send)
+    old = compiled_payload(states["mail"], data, execution)
+    old["params"] = {k: v for k, v in old["params"].items() if k != "deferred"}
+    with pytest.raises(steps.SendDeferred):
+        steps.handle(old)
+    clock.set_to(clock.parse(data["step"]["until"]))
+    sender.settings_store.clear_cache()
+    for _ in range(2):  # the send again, and a replay of it
+        data["step"] = steps.handle(compiled_payload(states["mail"], data, execution))
+    assert route(states, "mail", data) == "done"
+    # the message left once, and the step counts once
+    assert len(m.sent_emails()) == 1
+    mail = management.get("acme", "quiet")["stats"]["mail"]
+    assert (mail["entered"], mail["completed"], mail["in_progress"]) == (1, 1, 0)
+
+
 def test_a_recorded_failure_goes_on_and_counts(api):
     published()
     failure = task("failure", "email_a", {"continue_at": "wait_buy"},

@@ -16,7 +16,7 @@ from engage.journeys.definition import STEP_TYPES, parse_journey, successors
 from tests.journey_samples import CART_RESCUE, EVERY_STEP, STEPS_ARN
 
 GOLDEN = Path(__file__).parent / "fixtures" / "cart_rescue.asl.json"
-HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out")
+HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out", ".deferred")
 
 
 def lint_errors(*asls: dict) -> list[str]:

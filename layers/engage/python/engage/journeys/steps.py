@@ -56,6 +56,12 @@ class GoalReached(StepError):
     """The profile meets the journey's exit_when: the state machine catches this into `goal_reached`."""
 
 
+class SendDeferred(StepError):
+    """Quiet hours deferred the send, and the version running was compiled before its state machine could wait
+    for them (no `deferred` parameter: it goes on whatever the answer): recorded as the step's failure rather
+    than counted as sent. Publishing the journey again makes its sends wait."""
+
+
 class SendFailed(StepError):
     """The sender answered `failed`: final for its idempotency key (a retry gets the same answer), so it is not
     retried but recorded by the Catch. Transient sender errors (ProviderUnavailable, SendInProgress) retry."""
@@ -232,7 +238,20 @@ def _send(payload: dict[str, Any]) -> dict[str, Any]:
     delivery = send_message(request)
     if delivery.status == "failed":
         raise SendFailed(f"the sender could not deliver: {delivery.reason}")
+    if delivery.status == "deferred":
+        return _deferred(payload, delivery.until)
     return _go(payload, _static_next(payload))
+
+
+def _deferred(payload: dict[str, Any], until: str | None) -> dict[str, Any]:
+    """Quiet hours: the sender keeps the message for `until` under the same key. The state machine waits until
+    then (`<id>.deferred`, a Wait on `$.step.until`) and runs this step again, which sends it (once: same key).
+    The step stays entered, not completed, while it waits."""
+    wait_state = payload["params"].get("deferred")
+    if not wait_state or not until:
+        raise SendDeferred(f"deferred by quiet hours until {until}; this journey version cannot wait for it")
+    _count(payload, [(payload["step"], "entered")])
+    return {"next": wait_state, "at": [], "until": until}
 
 
 def _sync(payload: dict[str, Any]) -> dict[str, Any]:
