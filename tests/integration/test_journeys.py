@@ -1198,3 +1198,34 @@ def test_a_stale_trigger_does_not_enroll_a_profile_merged_away_or_erased_meanwhi
     assert enrollment.runs("acme", "cart_rescue", "p1") == [] and enrollment.runs("acme", "welcome", "p3") == []
     # the survivor itself still enters
     assert [o.reason for o in enrollment.on_audience_entered(audience_entered("p2"))] == ["enrolled"]
+
+
+@pytest.mark.parametrize("first", ["stop", "task"])
+def test_a_stop_arriving_while_a_task_runs_counts_the_run_once(api, monkeypatch, first):
+    """A goal, merge or deletion stop reads the step the run is in, stops it and counts it there; the Task of that
+    step may be running meanwhile (StopExecution does not stop its Lambda), and it counted the step completed and
+    the next one entered. The step showed a completion and a goal exit (or `left`) for one run, and the next step
+    a run in progress that never left it. Now one outcome is counted per (execution, step): whichever comes
+    first; a stop that finds the step completed counts the run leaving where the Task sent it."""
+    from engage.journeys import goals, leave
+    from tests.integration.audience_support import make_profile
+
+    published()
+    make_profile("p1", traits={"email": "p1@example.com"})
+    enrollment.on_audience_entered(audience_entered())
+    monkeypatch.setattr(goals, "position", lambda execution, steps: ("ab", []))  # the split's Task is running
+    split = task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]})
+    if first == "stop":  # a goal met: the run is stopped at ab, then ab's Task finishes
+        assert goals.stop_if_met("acme", store.get("acme", "cart_rescue"), "p1", {"trait": "email", "op": "exists"})
+        steps.handle(split)
+        reason = "goal_exits"
+    else:  # ab's Task counts first, then the profile is deleted: the run is stopped where the stop read it
+        assert steps.handle(split)["next"] == "email_a"
+        assert leave.stop_profile_runs("acme", "p1") == 1
+        reason = "left"
+    stats = management.get("acme", "cart_rescue")["stats"]
+    ab, email_a = stats["ab"], stats.get("email_a", {"entered": 0, "in_progress": 0, reason: 0})
+    # one outcome for the run: left at ab, or (the Task was first) at email_a, where ab's Task sent it
+    assert ab["entered"] == 1 and ab["completed"] + ab[reason] == 1 and ab["in_progress"] == 0
+    assert email_a["in_progress"] == 0 and email_a["entered"] == email_a[reason] == ab["completed"]
+    assert sum(row[reason] for row in stats.values()) == 1

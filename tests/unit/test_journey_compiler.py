@@ -160,6 +160,7 @@ def test_a_held_out_profile_ends_held_out_even_when_the_next_step_is_named_holdo
         "holdout": {"type": "update_trait", "traits": {"a": 1}, "next": "done"}, "done": {"type": "exit"}}}
     states = compile_journey(parse_journey(body), STEPS_ARN)["States"]
     monkeypatch.setattr(steps, "_count", lambda payload, facts: None)
+    monkeypatch.setattr(steps.store, "outcome", lambda *args: None)
     monkeypatch.setattr(steps, "_step_completed", lambda payload, step: None)
     monkeypatch.setattr(steps.enrollment, "record_exit", lambda *args, **kwargs: True)
     for profile in (f"p{i}" for i in range(20)):
