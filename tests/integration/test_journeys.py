@@ -224,7 +224,19 @@ def test_pause_resume_and_delete(api):
     assert call_api("POST", "/v1/journeys", CART_RESCUE)[0] == 409  # the key is never reused
 
 
-def audience_entered(profile_id: str = "p1", version: int = 1) -> dict:
+def existing(profile_id: str) -> str:
+    """The profile a trigger names exists (the enroller reads it: a trigger of a deleted one enrolls no one)."""
+    from engage import profiles_store
+    from tests.integration.audience_support import make_profile
+
+    if profiles_store.get_profile("acme", profile_id) is None:
+        make_profile(profile_id)
+    return profile_id
+
+
+def audience_entered(profile_id: str = "p1", version: int = 1, *, create: bool = True) -> dict:
+    if create:
+        existing(profile_id)
     return {"space": "acme", "audience_key": "cart_abandoners", "profile_id": profile_id, "user_id": "u-" + profile_id,
             "anonymous_id": None, "email": None, "timestamp": clock.iso(), "version": version}
 
@@ -440,7 +452,7 @@ def test_a_grouped_entry_enrolls_each_entered_audiences_journeys_once_even_redel
         key="vip_welcome", entry={"audience": "vip"})), "big": published("big_thanks", journey(
             key="big_thanks", entry={"audience": "big"}))}
     element = {"version": 1, "timestamp": clock.iso()}
-    detail = {"space": "acme", "profile_id": "p1", "user_id": "u-p1", "anonymous_id": None, "email": None,
+    detail = {"space": "acme", "profile_id": existing("p1"), "user_id": "u-p1", "anonymous_id": None, "email": None,
               "profile_version": 4, "timestamp": clock.iso(),
               "entered": [{"audience_key": k, **element} for k in ("cart_abandoners", "vip", "all", "big")],
               "exited": [{"audience_key": "lapsed", **element}]}
@@ -588,6 +600,62 @@ def test_a_send_step_renders_the_event_that_entered_the_journey(api, messaging):
     assert parts and parts[0].strip() == "You left red shoes behind"
 
 
+def route(states: dict, task_state: str, data: dict) -> str:
+    """Where Step Functions goes after a Task answered (its answer in data["step"]): Choice states followed."""
+    name = states[task_state]["Next"]
+    while states[name]["Type"] == "Choice":
+        choice = states[name]
+        assert all(c["Variable"] == "$.step.next" for c in choice["Choices"])
+        name = next((c["Next"] for c in choice["Choices"] if c["StringEquals"] == data["step"]["next"]),
+                    choice["Default"])
+    return name
+
+
+def test_a_send_deferred_by_quiet_hours_waits_for_their_end_then_sends_once(api, messaging):  # noqa: F811
+    # docs/messaging.md: quiet hours defer a message (`deferred: <until>`), never drop it: "journeys wait until
+    # `until`". The send step took the deferral for done: it counted the step completed and went on, and the
+    # message was never sent.
+    from engage.messaging import sender
+    from tests.integration import test_messaging as m
+
+    pipeline = m.Pipeline(api)
+    profile_id = m.identify(pipeline, "ann", email="ann@example.com", timezone="Europe/Paris")
+    m.create(m.WELCOME)
+    assert call_api("PUT", "/v1/messaging/settings", {"quiet_hours": {
+        "start": "00:00", "end": "23:59", "timezone_trait": "timezone"}})[0] == 200
+    body = journey(key="quiet", exit_when=None, start="mail", steps={
+        "mail": {"type": "send", "channel": "email", "template": "welcome", "next": "done"}, "done": {"type": "exit"}})
+    answer = published("quiet", body)
+    states = json.loads(api.client("stepfunctions").describe_state_machine(
+        stateMachineArn=answer["state_machine_arn"])["definition"])["States"]
+    execution = "arn:aws:states:us-east-1:123456789012:execution:m:quiet-v1-ann-e1"
+    data = {"space_id": "acme", "profile_id": profile_id, "journey": "quiet", "version": 1, "entry": 1,
+            "ids": {"user_id": "ann"}, "event": None, "trigger": "t", "step": {"next": "mail", "at": [], "until": None}}
+    # When the send step runs inside quiet hours (and Step Functions replays the Task)
+    for _ in range(2):
+        data["step"] = steps.handle(compiled_payload(states["mail"], data, execution))
+    # Then nothing is sent yet: the execution waits until the quiet period ends, then runs the send again
+    waiting = route(states, "mail", data)
+    assert states[waiting]["Type"] == "Wait" and states[waiting]["TimestampPath"] == "$.step.until"
+    assert data["step"]["until"] and states[waiting]["Next"] == "mail"
+    assert m.sent_emails() == []
+    assert management.get("acme", "quiet")["stats"]["mail"]["in_progress"] == 1
+    # (a version compiled before its sends could wait goes on whatever the answer: a failure, not a send)
+    old = compiled_payload(states["mail"], data, execution)
+    old["params"] = {k: v for k, v in old["params"].items() if k != "deferred"}
+    with pytest.raises(steps.SendDeferred):
+        steps.handle(old)
+    clock.set_to(clock.parse(data["step"]["until"]))
+    sender.settings_store.clear_cache()
+    for _ in range(2):  # the send again, and a replay of it
+        data["step"] = steps.handle(compiled_payload(states["mail"], data, execution))
+    assert route(states, "mail", data) == "done"
+    # the message left once, and the step counts once
+    assert len(m.sent_emails()) == 1
+    mail = management.get("acme", "quiet")["stats"]["mail"]
+    assert (mail["entered"], mail["completed"], mail["in_progress"]) == (1, 1, 0)
+
+
 def test_a_recorded_failure_goes_on_and_counts(api):
     published()
     failure = task("failure", "email_a", {"continue_at": "wait_buy"},
@@ -703,8 +771,8 @@ def test_a_profile_meeting_the_goal_leaves_as_a_goal_exit(api):
     from tests.integration.audience_support import make_profile
 
     published()
-    enrollment.on_audience_entered(audience_entered())
     make_profile("p1", space_id="acme", ids={"user_id": "u-p1"}, traits={"email": "p1@example.com"})
+    enrollment.on_audience_entered(audience_entered())
     goal = {"trait": "email", "op": "exists"}
     split = task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]}, goal=goal)
     with pytest.raises(steps.GoalReached):
@@ -782,7 +850,9 @@ def test_an_exit_retried_after_a_failed_publication_publishes_it_and_marks_the_r
     assert [e for e in bus_messages() if e["detail-type"] == "Journey Exited"] == []  # (the tap hands out new ones)
 
 
-def history_item(profile_id: str, message: dict) -> dict:
+def history_item(profile_id: str, message: dict, *, create: bool = True) -> dict:
+    if create:
+        existing(profile_id)
     return {"pk": f"acme|{profile_id}", "sk": f"{message['timestamp']}|{message['messageId']}",
             "type": message["type"], "payload": json.dumps(message)}
 
@@ -1103,3 +1173,59 @@ def test_a_goal_on_a_custom_trait_stops_the_run_when_an_identify_sets_it(api, bu
     assert sfn.describe_execution(executionArn=running["executionArn"])["status"] == "ABORTED"
     [run] = enrollment.runs("acme", "cart_rescue", profile_id)
     assert run["exit_reason"] == "goal"
+
+
+def test_a_stale_trigger_does_not_enroll_a_profile_merged_away_or_erased_meanwhile(api):
+    """A trigger queued before its profile was merged into another (or erased) reached the enroller after the
+    merge's `Audience Exited` of `all` (SQS keeps no order): it started a run for the merged-away profile, which
+    nothing stopped any more; after an erasure (profile, enrollment and run items deleted) it started a fresh
+    run for the erased person. The enroller now reads the profile before starting a run."""
+    from engage.journeys import events
+    from tests.integration.audience_support import make_profile
+
+    answer = published()
+    welcome = published("welcome", journey(key="welcome", entry={"event": "Signed Up"}, exit_when=None))
+    make_profile("p2")
+    make_profile("p1", merged_into="p2", merged_at=clock.iso())  # merged after its triggers were queued
+    # p3: erased after its trigger was queued (no profile item is left)
+    for profile_id in ("p1", "p3"):
+        assert [(o.enrolled, o.reason) for o in enrollment.on_audience_entered(audience_entered(profile_id, create=False))] == [
+            (False, "the profile was merged into p2" if profile_id == "p1" else "the profile no longer exists")]
+        message = {"type": "track", "event": "Signed Up", "userId": "u-" + profile_id, "messageId": "m-" + profile_id,
+                   "timestamp": clock.iso(), "properties": {}}
+        assert events.on_history_item(history_item(profile_id, message, create=False))["enrolled"] == 0
+    assert executions(api, answer) == [] and executions(api, welcome) == []
+    assert enrollment.runs("acme", "cart_rescue", "p1") == [] and enrollment.runs("acme", "welcome", "p3") == []
+    # the survivor itself still enters
+    assert [o.reason for o in enrollment.on_audience_entered(audience_entered("p2"))] == ["enrolled"]
+
+
+@pytest.mark.parametrize("first", ["stop", "task"])
+def test_a_stop_arriving_while_a_task_runs_counts_the_run_once(api, monkeypatch, first):
+    """A goal, merge or deletion stop reads the step the run is in, stops it and counts it there; the Task of that
+    step may be running meanwhile (StopExecution does not stop its Lambda), and it counted the step completed and
+    the next one entered. The step showed a completion and a goal exit (or `left`) for one run, and the next step
+    a run in progress that never left it. Now one outcome is counted per (execution, step): whichever comes
+    first; a stop that finds the step completed counts the run leaving where the Task sent it."""
+    from engage.journeys import goals, leave
+    from tests.integration.audience_support import make_profile
+
+    published()
+    make_profile("p1", traits={"email": "p1@example.com"})
+    enrollment.on_audience_entered(audience_entered())
+    monkeypatch.setattr(goals, "position", lambda execution, steps: ("ab", []))  # the split's Task is running
+    split = task("random_split", "ab", {"branches": [{"percent": 100, "next": "email_a"}]})
+    if first == "stop":  # a goal met: the run is stopped at ab, then ab's Task finishes
+        assert goals.stop_if_met("acme", store.get("acme", "cart_rescue"), "p1", {"trait": "email", "op": "exists"})
+        steps.handle(split)
+        reason = "goal_exits"
+    else:  # ab's Task counts first, then the profile is deleted: the run is stopped where the stop read it
+        assert steps.handle(split)["next"] == "email_a"
+        assert leave.stop_profile_runs("acme", "p1") == 1
+        reason = "left"
+    stats = management.get("acme", "cart_rescue")["stats"]
+    ab, email_a = stats["ab"], stats.get("email_a", {"entered": 0, "in_progress": 0, reason: 0})
+    # one outcome for the run: left at ab, or (the Task was first) at email_a, where ab's Task sent it
+    assert ab["entered"] == 1 and ab["completed"] + ab[reason] == 1 and ab["in_progress"] == 0
+    assert email_a["in_progress"] == 0 and email_a["entered"] == email_a[reason] == ab["completed"]
+    assert sum(row[reason] for row in stats.values()) == 1

@@ -16,7 +16,7 @@ from engage.journeys.definition import STEP_TYPES, parse_journey, successors
 from tests.journey_samples import CART_RESCUE, EVERY_STEP, STEPS_ARN
 
 GOLDEN = Path(__file__).parent / "fixtures" / "cart_rescue.asl.json"
-HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out")
+HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out", ".deferred")
 
 
 def lint_errors(*asls: dict) -> list[str]:
@@ -70,6 +70,23 @@ def test_a_timed_out_wait_is_not_retried_but_caught_at_once():
     assert "States.Timeout" in first["ErrorEquals"] and first["MaxAttempts"] == 0
     # tasks without a timeout keep their retries as they were
     assert all("States.Timeout" not in r["ErrorEquals"] for r in states["sms"]["Retry"])
+
+
+def test_a_permanently_failed_send_is_not_retried_but_a_transient_one_is():
+    """A send the sender answered `failed` (invalid address, a provider's 4xx, unknown template) is final for its
+    idempotency key: asked again it answers the same. The steps function raised SendFailed, which only the
+    States.ALL retrier matched: 5 retries (about a minute of backoff) before the Catch, each getting the same
+    answer. Its first matching retrier now has MaxAttempts 0; the sender's transient errors still retry."""
+    from engage.journeys import steps
+
+    assert issubclass(steps.SendFailed, steps.StepError)
+    states = compile_journey(parse_journey(CART_RESCUE), STEPS_ARN)["States"]
+    for name in ("email_a", "sms", "wait_buy"):
+        def first(error: str, retriers=states[name]["Retry"]) -> dict:
+            return next(r for r in retriers if error in r["ErrorEquals"] or r["ErrorEquals"] == ["States.ALL"])
+        assert first("SendFailed")["MaxAttempts"] == 0, name
+        for transient in ("ProviderUnavailable", "SendInProgress", "Lambda.TooManyRequestsException"):
+            assert first(transient)["MaxAttempts"] == 5, (name, transient)
 
 
 def test_the_golden_file_is_a_validator_failing_when_broken():
@@ -143,6 +160,7 @@ def test_a_held_out_profile_ends_held_out_even_when_the_next_step_is_named_holdo
         "holdout": {"type": "update_trait", "traits": {"a": 1}, "next": "done"}, "done": {"type": "exit"}}}
     states = compile_journey(parse_journey(body), STEPS_ARN)["States"]
     monkeypatch.setattr(steps, "_count", lambda payload, facts: None)
+    monkeypatch.setattr(steps.store, "outcome", lambda *args: None)
     monkeypatch.setattr(steps, "_step_completed", lambda payload, step: None)
     monkeypatch.setattr(steps.enrollment, "record_exit", lambda *args, **kwargs: True)
     for profile in (f"p{i}" for i in range(20)):

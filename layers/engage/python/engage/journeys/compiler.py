@@ -10,7 +10,9 @@ Shape, step by step (every state is named after its step id and carries a `Comme
   in the same branch) and returns the chosen step id, then a `Choice` named `<id>.branch` on it.
 - `wait_for_event`: a `lambda:invoke.waitForTaskToken` Task that stores its token for the events
   path to release, `TimeoutSeconds` = the step's timeout, `Catch` `States.Timeout` -> `timeout_next`.
-- `send`, `sync`, `update_trait`: a Task doing the effect.
+- `send`, `sync`, `update_trait`: a Task doing the effect. A send deferred by quiet hours answers
+  `<id>.deferred`: `<id>.branch` (a Choice) goes to `<id>.deferred`, a `Wait` on `TimestampPath` (the end
+  of the quiet period) back to the send Task, which sends it then (same idempotency key: once).
 - `exit`: a Task recording the exit, then the end.
 
 Every Task invokes the one journey-steps function with the step's own parameters (conditions
@@ -56,12 +58,13 @@ LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 LAMBDA_INVOKE_WAIT = "arn:aws:states:::lambda:invoke.waitForTaskToken"
 RECORDING_FAILED = "recording_failed"
 GOAL_REACHED = "goal_reached"
-# Errors a retry cannot fix: the Catch records them at once. GoalReached: the profile met exit_when.
-PERMANENT_ERRORS = ["GoalReached", "MessagingUnavailable", "DestinationUnavailable", "InvalidStep"]
+# Errors a retry cannot fix: the Catch records them at once. GoalReached: the profile met exit_when. SendFailed:
+# the sender's `failed` answer is final for the send's idempotency key (a retry is answered the same).
+PERMANENT_ERRORS = ["GoalReached", "MessagingUnavailable", "DestinationUnavailable", "InvalidStep", "SendFailed"]
 TRANSIENT_RETRY = {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0,
                    "MaxDelaySeconds": 60, "JitterStrategy": "FULL"}
 NO_RETRY = {"ErrorEquals": PERMANENT_ERRORS, "MaxAttempts": 0}
-BRANCH_SUFFIX, WAIT_SUFFIX, FAILED_SUFFIX = ".branch", ".wait", ".failed"
+BRANCH_SUFFIX, WAIT_SUFFIX, FAILED_SUFFIX, DEFERRED_SUFFIX = ".branch", ".wait", ".failed", ".deferred"
 # The fields of the execution input each Task passes on to the steps function.
 INPUT_FIELDS = ("space_id", "profile_id", "journey", "version", "entry", "ids")
 
@@ -275,9 +278,18 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
             states[step_id + BRANCH_SUFFIX] = _choice(step_id, targets, f"Go to the branch {step_id} chose")
         return states
     if isinstance(step, SendStep):
-        return task("send", {"channel": step.channel, "template": step.template,
-                             "transactional": step.transactional, "next": step.next}, step.next, failure_next=step.next,
-                    with_event=True)
+        # Quiet hours defer a send (the sender keeps it for `until`, same key): the Task answers `<id>.deferred`
+        # (a helper state's name, which no step id can be), the execution waits until then and sends again.
+        deferred = step_id + DEFERRED_SUFFIX
+        states = task("send", {"channel": step.channel, "template": step.template, "transactional": step.transactional,
+                               "next": step.next, "deferred": deferred}, step_id + BRANCH_SUFFIX,
+                      failure_next=step.next, with_event=True)
+        states[step_id + BRANCH_SUFFIX] = {
+            "Type": "Choice", "Comment": f"Deferred by quiet hours, or go on to {step.next}",
+            "Choices": [{"Variable": "$.step.next", "StringEquals": deferred, "Next": deferred}], "Default": step.next}
+        states[deferred] = {"Type": "Wait", "Comment": f"Until the quiet hours end, then {step_id} sends again",
+                            "TimestampPath": "$.step.until", "Next": step_id}
+        return states
     if isinstance(step, SyncStep):
         return task("sync", {"destination": step.destination, "next": step.next}, step.next, failure_next=step.next)
     if isinstance(step, UpdateTraitStep):

@@ -14,7 +14,8 @@ Guarantees, per (journey, profile), kept on one enrollment item (JourneysTable, 
   its `cooldown` passed (a trigger meanwhile is dropped: the profile is in the journey, or cooling down);
 - the item is written (optimistic lock) before StartExecution: a crash between the two is repaired
   by the redelivery, which finds its own trigger and starts the recorded execution.
-Cost per enrollment: one consistent GetItem, one PutItem (enrollment) and one PutItem (run), one
+A trigger whose profile was merged away or erased meanwhile starts nothing (the profile is read first).
+Cost per enrollment: two consistent GetItems (enrollment, profile), one PutItem (enrollment) and one PutItem (run), one
 StartExecution, one PutEvents entry (`Journey Entered`), one counter transaction (2 writes).
 """
 from __future__ import annotations
@@ -132,6 +133,9 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
         record = store.EnrollmentRecord(pk, "enrollment")
     if record.last_trigger == trigger.trigger_id and record.current_execution:
         # A redelivery: start the recorded execution again (a no-op if it started).
+        gone = _profile_gone(trigger)
+        if gone:
+            return Outcome(journey.key, False, gone)
         entry = int(record.entries)
         try:
             run = store.RunRecord.get(pk, f"run|{entry:06d}", consistent_read=True)
@@ -151,6 +155,7 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
     if refusal == STILL_IN and _ended_unrecorded(journey, trigger, pk, record):
         record = store.EnrollmentRecord.get(pk, "enrollment", consistent_read=True)
         refusal = _reentry_refusal(journey, record)
+    refusal = refusal or _profile_gone(trigger)
     if refusal:
         metrics.add_metric(name="JourneyEntriesRefused", unit="Count", value=1)
         return Outcome(journey.key, False, refusal)
@@ -178,6 +183,21 @@ def enroll(journey: store.Journey, trigger: Trigger) -> Outcome:
     _entered(journey, trigger, journey.version, entry, name)
     metrics.add_metric(name="JourneyEntries", unit="Count", value=1)
     return Outcome(journey.key, True, "enrolled", name)
+
+
+def _profile_gone(trigger: Trigger) -> str | None:
+    """Why a trigger's profile can no longer enroll: a trigger queued before the profile was merged into another
+    or erased reaches the enroller after it (SQS keeps no order; the merge's exit of `all`, which stops the
+    profile's runs, may come first). Else it started a run nothing stopped, or a fresh run for an erased person.
+    One consistent GetItem, read only when a run would start."""
+    from engage.profiles_store import get_profile
+
+    profile = get_profile(trigger.space_id, trigger.profile_id)
+    if profile is None:
+        return "the profile no longer exists"
+    if profile.merged_into:
+        return f"the profile was merged into {profile.merged_into}"
+    return None
 
 
 def _entered(journey: store.Journey, trigger: Trigger, version: int, entry: int, name: str) -> None:

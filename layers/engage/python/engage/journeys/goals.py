@@ -128,9 +128,7 @@ def stop_if_met(space_id: str, journey: store.Journey, profile_id: str, goal: An
     except ClientError as error:
         if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
             raise
-    if step:
-        store.count(space_id, journey.key, profile_id, record.current_execution,
-                    stopped_counts(step, passed, "goal_exits"))
+    count_stopped(space_id, journey.key, profile_id, record.current_execution, step, passed, "goal_exits")
     ids = run_ids(pk, record)
     enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, GOAL, ids, step)
     logger.info("journey goal met: run stopped", extra={"journey": journey.key, "execution": arn, "step": step})
@@ -187,6 +185,24 @@ def position(execution_arn: str, steps: dict[str, Any]) -> tuple[str | None, lis
         if kind != "wait":
             break  # the head of the chain (its Task counted the steps before it)
     return current, passed
+
+
+def count_stopped(space_id: str, journey_key: str, profile_id: str, execution: str, step: str | None,
+                  passed: list[str], reason: str) -> None:
+    """Count a run stopped at `step` (a goal exit, a merge, a deletion) once. The step's Task may have run while
+    the stop arrived (StopExecution does not stop its Lambda) and counted the step completed first: a step has
+    one outcome (store.OUTCOMES), so the run is then counted leaving where that Task sent it, which it never
+    reaches (and so on, if the execution went further before it was stopped)."""
+    if not step:
+        return
+    store.count(space_id, journey_key, profile_id, execution, stopped_counts(step, passed, reason))
+    seen = {step}
+    while (held := store.outcome(space_id, journey_key, execution, step)) and held.get("what") == "completed":
+        step = held.get("next")
+        if not step or step in seen:
+            return
+        seen.add(step)
+        store.count(space_id, journey_key, profile_id, execution, [(step, "entered"), (step, reason)])
 
 
 def stopped_counts(step: str | None, passed: list[str], reason: str) -> list[tuple[str, str]]:

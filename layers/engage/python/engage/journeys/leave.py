@@ -53,9 +53,7 @@ def stop_profile_runs(space_id: str, profile_id: str, reason: str = "profile_del
                     # stopped, it was never looked at again while the execution went on for the erased person
                     if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
                         raise
-            if step:
-                store.count(space_id, journey.key, profile_id, run.execution_name,
-                            goals.stopped_counts(step, passed, "left"))
+            goals.count_stopped(space_id, journey.key, profile_id, run.execution_name, step, passed, "left")
             run.update(actions=[store.RunRecord.exited_at.set(clock.iso()),
                                 store.RunRecord.exit_reason.set(reason)])
             stopped += 1
@@ -95,9 +93,7 @@ def leave_merged(space_id: str, profile_id: str, survivor: str) -> int:
         except ClientError as error:
             if error.response["Error"]["Code"] != "ExecutionDoesNotExist":
                 raise
-        if step:
-            store.count(space_id, journey.key, profile_id, record.current_execution,
-                        goals.stopped_counts(step, passed, "left"))
+        goals.count_stopped(space_id, journey.key, profile_id, record.current_execution, step, passed, "left")
         enrollment.record_exit(space_id, journey.key, profile_id, record.current_execution, MERGED,
                                goals.run_ids(pk, record), step)
         logger.info("profile merged away: run stopped", extra={"journey": journey.key, "execution": arn,

@@ -56,8 +56,15 @@ class GoalReached(StepError):
     """The profile meets the journey's exit_when: the state machine catches this into `goal_reached`."""
 
 
-class SendFailed(Exception):
-    """The sender answered `failed` (retried with backoff; then recorded by the Catch)."""
+class SendDeferred(StepError):
+    """Quiet hours deferred the send, and the version running was compiled before its state machine could wait
+    for them (no `deferred` parameter: it goes on whatever the answer): recorded as the step's failure rather
+    than counted as sent. Publishing the journey again makes its sends wait."""
+
+
+class SendFailed(StepError):
+    """The sender answered `failed`: final for its idempotency key (a retry gets the same answer), so it is not
+    retried but recorded by the Catch. Transient sender errors (ProviderUnavailable, SendInProgress) retry."""
 
 
 def handle(payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -68,8 +75,11 @@ def handle(payload: dict[str, Any]) -> dict[str, Any] | None:
     _count_previous(payload)
     if payload.get("goal") is not None and kind != "failure" and \
             matches(payload["space_id"], payload["profile_id"], payload["goal"]):
+        from engage.journeys import goals
+
         step = payload["step"]
-        _count(payload, [(step, "entered"), (step, "goal_exits")])
+        goals.count_stopped(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                            step, [], "goal_exits")
         enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
                                "goal", payload.get("ids"), step)
         raise GoalReached(f"the profile meets the journey's goal at step {step!r}")
@@ -77,8 +87,8 @@ def handle(payload: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- counting
-def _count(payload: dict[str, Any], facts: list[tuple[str, str]]) -> None:
-    store.count(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"], facts)
+def _count(payload: dict[str, Any], facts: list[tuple[str, ...]]) -> int:
+    return store.count(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"], facts)
 
 
 def _count_previous(payload: dict[str, Any]) -> None:
@@ -95,11 +105,27 @@ def _step_completed(payload: dict[str, Any], step: str) -> None:
                        payload.get("ids") or {}, {"step": step, "execution": payload["execution"]})
 
 
+STOPPED = ("goal_exits", "left")
+
+
+def _outcome(payload: dict[str, Any], what: str, target: str | None = None) -> str:
+    """Count how the run leaves this step (one outcome per execution and step); the outcome the step holds:
+    `what`, or one counted first. `goal_exits` or `left`: a goal, merge or deletion stopped the run here while
+    this Task ran (StopExecution does not stop its Lambda), so it goes nowhere from here."""
+    step = payload["step"]
+    _count(payload, [(step, "entered")])
+    if _count(payload, [(step, what, target)]):
+        return what
+    held = store.outcome(payload["space_id"], payload["journey"], payload["execution"], step)
+    return (held or {}).get("what") or what  # the same outcome: counted by an earlier attempt of this Task
+
+
 def _go(payload: dict[str, Any], target: str, *, until: str | None = None) -> dict[str, Any]:
     """This step is done: count it, count the next step as entered, answer where to go."""
     step = payload["step"]
-    _count(payload, [(step, "entered"), (step, "completed"), (target, "entered")])
-    _step_completed(payload, step)
+    if _outcome(payload, "completed", target) not in STOPPED:
+        _count(payload, [(target, "entered")])
+        _step_completed(payload, step)
     return {"next": target, "at": (payload.get("chains") or {}).get(target, []), "until": until}
 
 
@@ -181,7 +207,8 @@ def _holdout(payload: dict[str, Any]) -> dict[str, Any]:
     params = payload["params"]
     if bucket(payload["journey"], payload["step"], payload["profile_id"]) < int(params["percent"]):
         step = payload["step"]
-        _count(payload, [(step, "entered"), (step, "completed"), (step, "holdouts")])
+        if _outcome(payload, "completed") not in STOPPED:
+            _count(payload, [(step, "holdouts")])
         enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
                                "holdout", payload.get("ids"), step)
         # the state machine's held-out answer (a version compiled before it was a parameter expects "holdout")
@@ -231,7 +258,20 @@ def _send(payload: dict[str, Any]) -> dict[str, Any]:
     delivery = send_message(request)
     if delivery.status == "failed":
         raise SendFailed(f"the sender could not deliver: {delivery.reason}")
+    if delivery.status == "deferred":
+        return _deferred(payload, delivery.until)
     return _go(payload, _static_next(payload))
+
+
+def _deferred(payload: dict[str, Any], until: str | None) -> dict[str, Any]:
+    """Quiet hours: the sender keeps the message for `until` under the same key. The state machine waits until
+    then (`<id>.deferred`, a Wait on `$.step.until`) and runs this step again, which sends it (once: same key).
+    The step stays entered, not completed, while it waits."""
+    wait_state = payload["params"].get("deferred")
+    if not wait_state or not until:
+        raise SendDeferred(f"deferred by quiet hours until {until}; this journey version cannot wait for it")
+    _count(payload, [(payload["step"], "entered")])
+    return {"next": wait_state, "at": [], "until": until}
 
 
 def _sync(payload: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +312,7 @@ def _update_trait(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _exit(payload: dict[str, Any]) -> dict[str, Any]:
     step = payload["step"]
-    _count(payload, [(step, "entered"), (step, "completed")])
+    _outcome(payload, "completed")
     enrollment.record_exit(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
                            "completed", payload.get("ids"), step)
     return {"next": None, "at": [], "until": None}
@@ -285,7 +325,8 @@ def _failure(payload: dict[str, Any]) -> dict[str, Any]:
     logger.warning("journey step failed", extra={"journey": payload["journey"], "step": step,
                                                  "execution": payload["execution"], "error": error.get("Error"),
                                                  "cause": str(error.get("Cause"))[:500]})
-    _count(payload, [(step, "entered"), (step, "failures")])
+    if _outcome(payload, "failures", target) in STOPPED:
+        return {"next": target, "at": [], "until": None}  # stopped here meanwhile: counted by the stop
     if target:
         _count(payload, [(target, "entered")])
         return {"next": target, "at": (payload.get("chains") or {}).get(target, []), "until": None}

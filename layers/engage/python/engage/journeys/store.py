@@ -11,6 +11,8 @@ JourneysTable (pk, sk; TTL on `expires_at`):
   pk = <space>|<key>|<profile>, sk = run|<entry>  one run: execution ARN, version, started/ended, reason
   pk = <space>|<key>|stats, sk = <step>|<shard>   step counters, sharded (hot journeys spread writes)
   pk = <space>|<key>|mark, sk = <execution>|<step>|<what>   a counted fact (idempotency, TTL 400 days)
+  pk = <space>|<key>|mark, sk = <execution>|<step>|outcome  the step's one outcome (`what`, and `next`
+                                        for a completion: where the run went), TTL 400 days
 """
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ MARK_DAYS = 400
 # that died holding it blocks the next one no longer than this.
 PUBLISH_LEASE_SECONDS = 300
 COUNTS = ("entered", "completed", "failures", "holdouts", "goal_exits", "left")  # left: merged away or deleted mid-run
+# How a run left a step: one per (execution, step), whoever counts first (a stop arriving while the step's Task
+# runs must not count the run both completed and as a goal exit): they share one mark, which keeps which it was.
+OUTCOMES = ("completed", "failures", "goal_exits", "left")
 
 
 class JourneyRecord(EngageModel):
@@ -328,11 +333,12 @@ def shard_of(profile_id: str) -> int:
     return int(hashlib.sha256(profile_id.encode()).hexdigest()[:8], 16) % STAT_SHARDS
 
 
-def count(space_id: str, journey_key: str, profile_id: str, execution: str, facts: list[tuple[str, str]]) -> int:
+def count(space_id: str, journey_key: str, profile_id: str, execution: str, facts: list[tuple[str, ...]]) -> int:
     """Count (step, what) facts of one execution once each, however often a Task is retried.
 
     Each fact is one transaction: a marker item (conditional on not existing) and the counter ADD, so
-    a retried Task counts nothing twice. Returns how many facts were new.
+    a retried Task counts nothing twice. Returns how many facts were new. An outcome (OUTCOMES) is counted
+    once per step, whichever comes first; a completion may name where the run went: (step, "completed", next).
     """
     execution = execution.rsplit(":", 1)[-1]  # the name: the enroller knows no ARN yet, Tasks pass the ARN
     client = StatShard.client()
@@ -340,15 +346,17 @@ def count(space_id: str, journey_key: str, profile_id: str, execution: str, fact
     expires = int(clock.now().timestamp()) + MARK_DAYS * 86400
     shard = shard_of(profile_id)
     new = 0
-    for step, what in facts:
+    for step, what, *then in facts:
         if what not in COUNTS:
             raise ValueError(f"unknown count {what!r}")
+        mark = {"pk": {"S": marks_pk(space_id, journey_key)}, "sk": {"S": f"{execution}|{step}|{what}"},
+                "expires_at": {"N": str(expires)}}
+        if what in OUTCOMES:
+            mark.update(sk={"S": f"{execution}|{step}|outcome"}, what={"S": what},
+                        **({"next": {"S": then[0]}} if then and then[0] else {}))
         try:
             client.transact_write_items(TransactItems=[
-                {"Put": {"TableName": table, "Item": {
-                    "pk": {"S": marks_pk(space_id, journey_key)}, "sk": {"S": f"{execution}|{step}|{what}"},
-                    "expires_at": {"N": str(expires)}},
-                    "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Put": {"TableName": table, "Item": mark, "ConditionExpression": "attribute_not_exists(pk)"}},
                 {"Update": {"TableName": table,
                             "Key": {"pk": {"S": stats_pk(space_id, journey_key)}, "sk": {"S": f"{step}|{shard}"}},
                             "UpdateExpression": "ADD #what :one",
@@ -361,6 +369,15 @@ def count(space_id: str, journey_key: str, profile_id: str, execution: str, fact
                 continue  # counted before (a retry or a redelivery)
             raise
     return new
+
+
+def outcome(space_id: str, journey_key: str, execution: str, step: str) -> dict[str, str] | None:
+    """The outcome counted for (execution, step): {"what", "next"?}, or None (one consistent GetItem)."""
+    item = StatShard.client().get_item(
+        TableName=settings().require("journeys_table"), ConsistentRead=True,
+        Key={"pk": {"S": marks_pk(space_id, journey_key)},
+             "sk": {"S": f"{execution.rsplit(':', 1)[-1]}|{step}|outcome"}}).get("Item")
+    return {name: item[name]["S"] for name in ("what", "next") if name in item} if item else None
 
 
 def step_counts(space_id: str, journey_key: str) -> dict[str, dict[str, int]]:
