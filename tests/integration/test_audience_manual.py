@@ -150,6 +150,21 @@ def test_csv_replace_whose_rows_name_nobody_changes_nothing(people):
     assert status == 200 and body["removed"] == 2 and members_of("vips") == set(), body
 
 
+def test_csv_rows_are_reported_by_the_physical_line_they_start_on(people):
+    # Found by review: rows were numbered by record, so a quoted cell holding a line break (an address, a note
+    # exported from a spreadsheet) made every later row's "line" one less than the line an editor shows
+    csv_text = ('email,user_id\nann@example.com,1\n"ghost@example.com\nsecond line",98\n'
+                'nobody@example.com,99\n\nbob@example.com,2,extra\n"a\nb\nc",1\n"\n",x,y\n')
+    status, body = call_api("POST", "/v1/audiences/vips/members:import", raw=csv_text, query={"mode": "add"})
+    assert status == 200, body
+    assert [u["line"] for u in body["unknown"]] == [3, 5], body
+    assert [i["line"] for i in body["invalid"]] == [7, 11], body
+    # and the 400s name the physical line too (a row past the limit, an unreadable field)
+    status, body = call_api("POST", "/v1/audiences/vips/members:import",
+                            raw='user_id\n"1\n\n\n"\n2\n"' + "x" * 200_000)
+    assert status == 400 and body["error"]["details"][0]["line"] == 7, body
+
+
 def test_csv_with_carriage_returns_is_read_and_an_unreadable_csv_is_a_400(people):
     # Found by the fuzzer: a lone \r inside a row was a 500 (csv.Error "new-line character seen in unquoted field")
     status, body = call_api("POST", "/v1/audiences/vips/members:import", raw="user_id\r1\r\n2\rnobody\r")

@@ -161,7 +161,7 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     id_count = rows = 0
     # Read a row at a time: blank rows are skipped, not counted (a file of one person and 10,000 empty lines,
     # or Excel's trailing `,,` rows, was refused as too many rows) and not kept (millions of them are a few MB).
-    for line, row in enumerate(_rows(reader), start=2):
+    for line, row in _rows(reader):
         ids = [(header[i], value.strip()) for i, value in enumerate(row[:len(header)]) if value.strip()]
         if not any(row):
             continue  # blank line
@@ -227,9 +227,16 @@ def _lookups(ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return list(dict.fromkeys(ref for t, v in ids for ref in ((t, v), (t, unescaped(v)))))
 
 
-def _rows(reader) -> Iterator[list[str]]:
+def _rows(reader) -> Iterator[tuple[int, list[str]]]:
+    """Each row with the physical line it starts on: a quoted cell may hold line breaks, and rows were numbered
+    by record, so every row after such a cell was reported a line or more before where an editor shows it."""
     try:
-        yield from reader
+        while True:
+            line = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return
+            yield line, row
     except csv.Error as error:
         raise _unreadable(reader, error) from error
 
