@@ -169,6 +169,50 @@ def test_a_batch_destination_gets_its_schedule_and_loses_it_when_deleted(env, re
         scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
 
 
+def test_a_deleted_destinations_state_is_purged_in_the_background_a_page_at_a_time(env, receiver, monkeypatch):
+    # Found by review: a deleted destination's DestinationsTable items (status, sequence marks, the batch change
+    # log without any TTL) were kept forever. Now the delete queues a purge, run once nothing that read the
+    # destination live can still write, a page at a time (a log of millions is not cleared within the API's 30 s)
+    from datetime import timedelta
+
+    from engage import clock
+    from engage.destinations import delivery, queue
+
+    def state(key: str) -> list:
+        return list(destination_store.DestinationState.query(destination_store.destination_pk("acme", key)))
+
+    flow = Flow(env, monkeypatch)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    nightly = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", nightly)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
+    flow.drain()
+    assert len(state("crm")) == 4 and len(state("nightly")) == 3  # 3 marks and the status; 3 log entries
+    # SQS refusing the purge: the delete does not happen (a 204 always has its purge coming)
+    real_send = queue.send
+    monkeypatch.setattr(queue, "send", lambda messages: list(messages))
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 503
+    monkeypatch.setattr(queue, "send", real_send)
+    assert call_api("GET", "/v1/destinations/crm")[0] == 200
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
+    assert call_api("DELETE", "/v1/destinations/nightly")[0] == 204
+    # the purge waits for writers that read the destination live (a batch run lasts up to 15 minutes)
+    flow.drain()
+    assert len(state("crm")) == 4 and len(state("nightly")) == 3
+    assert flow.delays and all(d > 15 * 60 for d in flow.delays), flow.delays
+    clock.advance(timedelta(seconds=delivery.PURGE_AFTER_SECONDS))
+    monkeypatch.setattr(delivery, "PURGE_PAGE", 2)
+    flow.drain()
+    assert state("crm") == [] and state("nightly") == []
+    # a purge queued by a delete that then failed is dropped once it is clearly not coming
+    assert call_api("POST", "/v1/destinations", webhook(receiver, key="kept"))[0] == 201
+    asked = {"kind": "purge", "space_id": "acme", "destination": "kept", "requested_at": clock.iso(), "page": 0}
+    assert not delivery.handle(asked, "deliverer-fn").done
+    clock.advance(timedelta(seconds=delivery.PURGE_GIVE_UP_SECONDS + 1))
+    assert delivery.handle(asked, "deliverer-fn").done and call_api("GET", "/v1/destinations/kept")[0] == 200
+
+
 class FailingScheduler:
     """EventBridge Scheduler answering every change with `code` (a throttle, a denied role)."""
 
