@@ -718,6 +718,49 @@ def test_a_key_made_free_again_starts_with_an_empty_change_log(env, receiver, mo
     assert run_batch("acme", "nightly")["delivered"] == 1
 
 
+def test_a_change_routed_for_an_undone_destination_is_not_sent_by_the_next_one_with_its_key(env, receiver,
+                                                                                           monkeypatch):
+    # Found by review: the create clears a freed key's state, but a router that read the undone destination while
+    # it was stored (its schedule being made) could write its log entry after the next create with the key had
+    # cleared it: the new destination's first run sent a change routed for the old one (and an audience it does
+    # not connect). Changes now carry their destination's incarnation (created_at), checked when sent.
+    from datetime import timedelta
+
+    from engage import clock
+    from engage.destinations import changelog, schedules
+
+    flow = Flow(env)
+    assert call_api("POST", "/v1/audiences", {"key": "other", "name": "Other", "kind": "manual"})[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200  # not routed yet
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    late: list[dict] = []
+    real_append, real_scheduler = changelog.append, schedules._scheduler
+
+    def router_then_scheduler_fails():
+        monkeypatch.setattr(changelog, "append", lambda changes: late.extend(changes) or len(changes))
+        flow.route()  # the router reads the stored destination; its log write is slow to land
+        monkeypatch.setattr(changelog, "append", real_append)
+        return FailingScheduler("ThrottlingException")
+
+    monkeypatch.setattr(schedules, "_scheduler", router_then_scheduler_fails)
+    assert call_api("POST", "/v1/destinations", body)[0] == 503
+    monkeypatch.setattr(schedules, "_scheduler", real_scheduler)
+    assert [c["profile_id"] for c in late] == ["p1"]
+    clock.advance(timedelta(seconds=1))
+    assert call_api("POST", "/v1/destinations", {**body, "audiences": ["other"]})[0] == 201
+    changelog.append(late)  # the router's write lands after the new destination cleared the key's state
+    assert run_batch("acme", "nightly")["delivered"] == 0 and receiver.delivered() == []
+    assert call_api("GET", "/v1/destinations/nightly")[1]["status"]["backlog"] == 0  # and it is gone
+    # a realtime one with the key gets none of the old incarnation's queued changes either
+    from engage.destinations import delivery
+
+    stale = {**late[0], "audience_key": "other"}
+    assert call_api("PUT", "/v1/destinations/nightly", {**webhook(receiver, key="nightly"), "audiences": ["other"]})[0] == 200
+    assert delivery.deliver_change(stale, "deliverer-fn").what.startswith("for an earlier destination")
+    assert receiver.delivered() == []
+
+
 def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_still_goes(env, receiver):
     # A permanent refusal (a 413: the request is too large for the receiver) ended every run at the same
     # chunk: the log behind it never drained, run after run. Now it is parked, as a realtime delivery is

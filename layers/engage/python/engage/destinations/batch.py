@@ -126,6 +126,10 @@ def drain(destination: store.Destination, seconds_left: Callable[[], float] | No
     send = senders.SENDERS[destination.definition.type]
     delivered = requests = 0
     for page in changelog.pages(destination.space_id, destination.key):
+        stale = [c for c in page if not payloads.same_incarnation(c, destination.created_at)]
+        if stale:  # logged for an earlier destination of this key (a create undone): not this one's to send
+            changelog.remove(stale)
+            page = [c for c in page if payloads.same_incarnation(c, destination.created_at)]
         for chunk, too_large in requests_of(destination, page):
             if too_large:  # no request can carry it: parked alone (replayable), the rest still go
                 _park(destination, chunk, too_large)

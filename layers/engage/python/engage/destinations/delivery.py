@@ -189,6 +189,8 @@ def deliver_change(change: dict[str, Any], function: str, seconds_left: float | 
     destination = store.cached(change["space_id"], change["destination"])
     if destination is None:
         return Result(True, "destination deleted: dropped")
+    if not payloads.same_incarnation(change, destination.created_at):
+        return Result(True, "for an earlier destination of this key (a create undone): dropped")
     syncing = payloads.is_sync(change)  # a journey's sync step (engage.destinations.sync)
     if payloads.is_trait(change):
         if change["computed_trait_key"] not in destination.computed_traits:
@@ -265,7 +267,8 @@ def backfill_page(body: dict[str, Any]) -> Result:
     page, cursor = membership.members(space_id, audience_key, BACKFILL_PAGE, body.get("cursor"))
     identities = profile_identities(space_id, [r.profile_id for r in page])
     entity = entity_of(space_id, audience_key)
-    changes = [{"space_id": space_id, "destination": destination_key, "audience_key": audience_key,
+    changes = [{"space_id": space_id, "destination": destination_key, "incarnation": destination.created_at,
+                "audience_key": audience_key,
                 "entity": entity, "profile_id": r.profile_id, "member": True, "version": int(r.version or 0),
                 "timestamp": r.entered_at or clock.iso(), "identity": identities[r.profile_id], "backfill": True}
                for r in page]
@@ -331,7 +334,7 @@ def trait_backfill_page(body: dict[str, Any]) -> Result:
             continue
         changes.append({
             "type": payloads.TRAIT_CHANGE, "space_id": space_id, "destination": destination_key,
-            "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key, "entity": "users",
+            "incarnation": destination.created_at, "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key, "entity": "users",
             "profile_id": image["profile_id"], "member": True, "version": int(image.get("version") or 0),
             "timestamp": image.get("updated_at") or clock.iso(), "identity": identity_of(image.get("external_ids")),
             "value": _plain(image["computed_traits"][trait_key]), "previous_value": None, "backfill": True})
