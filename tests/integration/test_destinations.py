@@ -761,6 +761,26 @@ def test_a_change_routed_for_an_undone_destination_is_not_sent_by_the_next_one_w
     assert receiver.delivered() == []
 
 
+def test_an_audience_disconnected_from_a_batch_destination_stops_at_once_even_what_was_logged(env, receiver):
+    # Found by review: "audiences removed stop at once" held for realtime (the deliverer checks), but a batch
+    # destination's run sent everything in its log, so changes of an audience removed by a PUT went out at the
+    # next run (and a paused destination resumed sent them to the deliverer, which dropped them)
+    flow = Flow(env)
+    assert call_api("POST", "/v1/audiences", {"key": "other", "name": "Other", "kind": "manual"})[0] == 201
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+            "audiences": ["vip", "other"]}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    assert call_api("POST", "/v1/audiences/other/members", {"add": ["user_id:u2"]})[0] == 200
+    flow.drain()
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 2
+    assert call_api("PUT", "/v1/destinations/hourly", {**body, "audiences": ["other"]})[0] == 200
+    assert run_batch("acme", "hourly")["delivered"] == 1
+    assert [(c["audience_key"], c["user_id"]) for r in receiver.delivered() for c in r["batch"]] == [("other", "u2")]
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 0
+
+
 def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_still_goes(env, receiver):
     # A permanent refusal (a 413: the request is too large for the receiver) ended every run at the same
     # chunk: the log behind it never drained, run after run. Now it is parked, as a realtime delivery is

@@ -192,11 +192,8 @@ def deliver_change(change: dict[str, Any], function: str, seconds_left: float | 
     if not payloads.same_incarnation(change, destination.created_at):
         return Result(True, "for an earlier destination of this key (a create undone): dropped")
     syncing = payloads.is_sync(change)  # a journey's sync step (engage.destinations.sync)
-    if payloads.is_trait(change):
-        if change["computed_trait_key"] not in destination.computed_traits:
-            return Result(True, "computed trait disconnected: dropped")
-    elif not syncing and change["audience_key"] not in destination.audiences:
-        return Result(True, "audience disconnected: dropped")
+    if not payloads.connected(change, destination.audiences, destination.computed_traits):
+        return Result(True, ("computed trait" if payloads.is_trait(change) else "audience") + " disconnected: dropped")
     if destination.definition.mode == "batch" or destination.definition.paused:
         changelog.append([change])
         return Result(True, "logged for a later run")

@@ -61,6 +61,14 @@ def same_incarnation(change: dict[str, Any], created_at: str) -> bool:
     return change.get("incarnation", created_at) == created_at
 
 
+def connected(change: dict[str, Any], audiences: list[str], computed_traits: list[str]) -> bool:
+    """Whether the change's audience (or computed trait) is still connected to its destination (a profile sync
+    names none: it is always the destination's)."""
+    if is_trait(change):
+        return change["computed_trait_key"] in computed_traits
+    return is_sync(change) or change["audience_key"] in audiences
+
+
 def delivery_id(change: dict[str, Any]) -> str:
     """The change's id at one destination: same change, same id, whatever the number of deliveries."""
     if is_sync(change):
