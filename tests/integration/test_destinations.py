@@ -169,6 +169,50 @@ def test_a_batch_destination_gets_its_schedule_and_loses_it_when_deleted(env, re
         scheduler.get_schedule(Name=schedules.name_of("acme", "nightly"))
 
 
+def test_a_deleted_destinations_state_is_purged_in_the_background_a_page_at_a_time(env, receiver, monkeypatch):
+    # Found by review: a deleted destination's DestinationsTable items (status, sequence marks, the batch change
+    # log without any TTL) were kept forever. Now the delete queues a purge, run once nothing that read the
+    # destination live can still write, a page at a time (a log of millions is not cleared within the API's 30 s)
+    from datetime import timedelta
+
+    from engage import clock
+    from engage.destinations import delivery, queue
+
+    def state(key: str) -> list:
+        return list(destination_store.DestinationState.query(destination_store.destination_pk("acme", key)))
+
+    flow = Flow(env, monkeypatch)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    nightly = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    assert call_api("POST", "/v1/destinations", nightly)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1", "user_id:u2", "user_id:u3"]})[0] == 200
+    flow.drain()
+    assert len(state("crm")) == 4 and len(state("nightly")) == 3  # 3 marks and the status; 3 log entries
+    # SQS refusing the purge: the delete does not happen (a 204 always has its purge coming)
+    real_send = queue.send
+    monkeypatch.setattr(queue, "send", lambda messages: list(messages))
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 503
+    monkeypatch.setattr(queue, "send", real_send)
+    assert call_api("GET", "/v1/destinations/crm")[0] == 200
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
+    assert call_api("DELETE", "/v1/destinations/nightly")[0] == 204
+    # the purge waits for writers that read the destination live (a batch run lasts up to 15 minutes)
+    flow.drain()
+    assert len(state("crm")) == 4 and len(state("nightly")) == 3
+    assert flow.delays and all(d > 15 * 60 for d in flow.delays), flow.delays
+    clock.advance(timedelta(seconds=delivery.PURGE_AFTER_SECONDS))
+    monkeypatch.setattr(delivery, "PURGE_PAGE", 2)
+    flow.drain()
+    assert state("crm") == [] and state("nightly") == []
+    # a purge queued by a delete that then failed is dropped once it is clearly not coming
+    assert call_api("POST", "/v1/destinations", webhook(receiver, key="kept"))[0] == 201
+    asked = {"kind": "purge", "space_id": "acme", "destination": "kept", "requested_at": clock.iso(), "page": 0}
+    assert not delivery.handle(asked, "deliverer-fn").done
+    clock.advance(timedelta(seconds=delivery.PURGE_GIVE_UP_SECONDS + 1))
+    assert delivery.handle(asked, "deliverer-fn").done and call_api("GET", "/v1/destinations/kept")[0] == 200
+
+
 class FailingScheduler:
     """EventBridge Scheduler answering every change with `code` (a throttle, a denied role)."""
 
@@ -672,6 +716,69 @@ def test_a_key_made_free_again_starts_with_an_empty_change_log(env, receiver, mo
     assert call_api("POST", "/v1/audiences/other/members", {"add": ["user_id:u3"]})[0] == 200
     flow.drain()
     assert run_batch("acme", "nightly")["delivered"] == 1
+
+
+def test_a_change_routed_for_an_undone_destination_is_not_sent_by_the_next_one_with_its_key(env, receiver,
+                                                                                           monkeypatch):
+    # Found by review: the create clears a freed key's state, but a router that read the undone destination while
+    # it was stored (its schedule being made) could write its log entry after the next create with the key had
+    # cleared it: the new destination's first run sent a change routed for the old one (and an audience it does
+    # not connect). Changes now carry their destination's incarnation (created_at), checked when sent.
+    from datetime import timedelta
+
+    from engage import clock
+    from engage.destinations import changelog, schedules
+
+    flow = Flow(env)
+    assert call_api("POST", "/v1/audiences", {"key": "other", "name": "Other", "kind": "manual"})[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200  # not routed yet
+    body = {**webhook(receiver, key="nightly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}
+    late: list[dict] = []
+    real_append, real_scheduler = changelog.append, schedules._scheduler
+
+    def router_then_scheduler_fails():
+        monkeypatch.setattr(changelog, "append", lambda changes: late.extend(changes) or len(changes))
+        flow.route()  # the router reads the stored destination; its log write is slow to land
+        monkeypatch.setattr(changelog, "append", real_append)
+        return FailingScheduler("ThrottlingException")
+
+    monkeypatch.setattr(schedules, "_scheduler", router_then_scheduler_fails)
+    assert call_api("POST", "/v1/destinations", body)[0] == 503
+    monkeypatch.setattr(schedules, "_scheduler", real_scheduler)
+    assert [c["profile_id"] for c in late] == ["p1"]
+    clock.advance(timedelta(seconds=1))
+    assert call_api("POST", "/v1/destinations", {**body, "audiences": ["other"]})[0] == 201
+    changelog.append(late)  # the router's write lands after the new destination cleared the key's state
+    assert run_batch("acme", "nightly")["delivered"] == 0 and receiver.delivered() == []
+    assert call_api("GET", "/v1/destinations/nightly")[1]["status"]["backlog"] == 0  # and it is gone
+    # a realtime one with the key gets none of the old incarnation's queued changes either
+    from engage.destinations import delivery
+
+    stale = {**late[0], "audience_key": "other"}
+    assert call_api("PUT", "/v1/destinations/nightly", {**webhook(receiver, key="nightly"), "audiences": ["other"]})[0] == 200
+    assert delivery.deliver_change(stale, "deliverer-fn").what.startswith("for an earlier destination")
+    assert receiver.delivered() == []
+
+
+def test_an_audience_disconnected_from_a_batch_destination_stops_at_once_even_what_was_logged(env, receiver):
+    # Found by review: "audiences removed stop at once" held for realtime (the deliverer checks), but a batch
+    # destination's run sent everything in its log, so changes of an audience removed by a PUT went out at the
+    # next run (and a paused destination resumed sent them to the deliverer, which dropped them)
+    flow = Flow(env)
+    assert call_api("POST", "/v1/audiences", {"key": "other", "name": "Other", "kind": "manual"})[0] == 201
+    body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"},
+            "audiences": ["vip", "other"]}
+    assert call_api("POST", "/v1/destinations", body)[0] == 201
+    flow.drain()
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    assert call_api("POST", "/v1/audiences/other/members", {"add": ["user_id:u2"]})[0] == 200
+    flow.drain()
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 2
+    assert call_api("PUT", "/v1/destinations/hourly", {**body, "audiences": ["other"]})[0] == 200
+    assert run_batch("acme", "hourly")["delivered"] == 1
+    assert [(c["audience_key"], c["user_id"]) for r in receiver.delivered() for c in r["batch"]] == [("other", "u2")]
+    assert call_api("GET", "/v1/destinations/hourly")[1]["status"]["backlog"] == 0
 
 
 def test_a_batch_request_refused_for_good_is_parked_and_the_rest_of_the_log_still_goes(env, receiver):

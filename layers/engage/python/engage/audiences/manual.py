@@ -32,6 +32,10 @@ MAX_IMPORT_ROWS = 10_000  # a request must finish inside API Gateway's 30 s: spl
 # ... and so must the identity lookups: every id of the file is resolved (BatchGetItem, 100 a call), so a
 # file of 2,000 columns was 2,000 calls per 100 rows. 500 calls, about 10 s on AWS (the export's budget).
 MAX_IMPORT_IDS = 50_000
+# ... and so must the membership writes: each profile the file names and, with mode=replace, each member it does
+# not name is a read and a write or two (about 20 ms each on the local cloud: 1,000 adds took 18 to 23 s, a replace
+# of 500 members by 500 others 19.6 s, and 1,100 of them ran past the 29 s, a 500 with the audience half replaced).
+MAX_IMPORT_MEMBERS = 1_000
 # An unknown row (or JSON id) is reported with its ids, cut to this many characters: the report of a file of long
 # type names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done);
 # so was the echo of 1,000 long non-ASCII JSON ids (the answer writes each as a 6-byte \uXXXX escape).
@@ -161,7 +165,7 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     id_count = rows = 0
     # Read a row at a time: blank rows are skipped, not counted (a file of one person and 10,000 empty lines,
     # or Excel's trailing `,,` rows, was refused as too many rows) and not kept (millions of them are a few MB).
-    for line, row in enumerate(_rows(reader), start=2):
+    for line, row in _rows(reader):
         ids = [(header[i], value.strip()) for i, value in enumerate(row[:len(header)]) if value.strip()]
         if not any(row):
             continue  # blank line
@@ -183,17 +187,14 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
                                    "or drop columns", [{"line": line, "message": "too many ids"}])
         candidates.append((line, ids))
     resolved = resolve(space_id, [ref for _, ids in candidates for ref in _lookups(ids)], audience.entity)
-    named: set[str] = set()
+    named: dict[str, None] = {}  # the profiles the file names, in its order
     for line, ids in candidates:
         profile_id = next((resolved[ref] for ref in _lookups(ids) if ref in resolved), None)
         if profile_id is None:
             outcome.unknown.append({"line": line, "value": _shown(",".join(f"{t}:{v}" for t, v in ids)),
                                     "message": "no profile has this id"})
             continue
-        if profile_id in named:
-            continue  # the same person twice in the file
-        named.add(profile_id)
-        _apply(outcome, space_id, audience_key, profile_id, True)
+        named[profile_id] = None  # the same person twice in the file is one
     if mode == "replace" and not named and (candidates or outcome.invalid):
         # Rows, none naming anyone: a wrong header or the wrong file, not "remove every member".
         # (A header-only file still empties the audience: that one is deliberate.)
@@ -201,11 +202,35 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
         raise ValidationFailed("mode=replace: no row of the file names an existing profile, so nothing was "
                                "replaced (check the header's id types); a file with only its header empties "
                                "the audience", problems)
-    if mode == "replace":
-        for record in list(membership.all_members(space_id, audience_key)):
+    leaving = []
+    if mode == "replace":  # the members the file does not name, read up to the budget
+        for record in membership.all_members(space_id, audience_key):
             if record.profile_id not in named:
-                _apply(outcome, space_id, audience_key, record.profile_id, False, record)
+                leaving.append(record)
+                if len(named) + len(leaving) > MAX_IMPORT_MEMBERS:
+                    break
+    _refuse_past_budget(mode, len(named), len(leaving))
+    for profile_id in named:
+        _apply(outcome, space_id, audience_key, profile_id, True)
+    for record in leaving:
+        _apply(outcome, space_id, audience_key, record.profile_id, False, record)
     return outcome.as_dict(mode=mode, rows=len(candidates) + len(outcome.invalid))
+
+
+def _refuse_past_budget(mode: str, named: int, leaving: int) -> None:
+    """A 400 before anything is written when the memberships to write may not fit in the request's time."""
+    if named + leaving <= MAX_IMPORT_MEMBERS:
+        return
+    if mode == "replace":
+        message = (f"mode=replace would write at least {named + leaving} memberships (the file names {named} "
+                   f"profiles, and at least {leaving} members of the audience are not in it): at most "
+                   f"{MAX_IMPORT_MEMBERS:,} per import, nothing was changed; "
+                   "replace larger audiences with mode=add files and POST .../members {\"remove\": [...]}")
+    else:
+        message = (f"the file names {named} profiles: at most {MAX_IMPORT_MEMBERS:,} per import, nothing was "
+                   "changed; split the file")
+    raise ValidationFailed(message, [{"path": "$", "value": named + leaving,
+                                      "message": f"at most {MAX_IMPORT_MEMBERS} memberships per import"}])
 
 
 def _shown(value: str) -> str:
@@ -227,9 +252,16 @@ def _lookups(ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return list(dict.fromkeys(ref for t, v in ids for ref in ((t, v), (t, unescaped(v)))))
 
 
-def _rows(reader) -> Iterator[list[str]]:
+def _rows(reader) -> Iterator[tuple[int, list[str]]]:
+    """Each row with the physical line it starts on: a quoted cell may hold line breaks, and rows were numbered
+    by record, so every row after such a cell was reported a line or more before where an editor shows it."""
     try:
-        yield from reader
+        while True:
+            line = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return
+            yield line, row
     except csv.Error as error:
         raise _unreadable(reader, error) from error
 

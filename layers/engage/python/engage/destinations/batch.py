@@ -126,6 +126,13 @@ def drain(destination: store.Destination, seconds_left: Callable[[], float] | No
     send = senders.SENDERS[destination.definition.type]
     delivered = requests = 0
     for page in changelog.pages(destination.space_id, destination.key):
+        # Not this destination's to send: logged for an earlier destination of its key (a create undone), or for
+        # an audience or computed trait disconnected since (removed ones stop at once: a run used to send them)
+        mine = [payloads.same_incarnation(c, destination.created_at)
+                and payloads.connected(c, destination.audiences, destination.computed_traits) for c in page]
+        if not all(mine):
+            changelog.remove([c for c, ok in zip(page, mine, strict=True) if not ok])
+            page = [c for c, ok in zip(page, mine, strict=True) if ok]
         for chunk, too_large in requests_of(destination, page):
             if too_large:  # no request can carry it: parked alone (replayable), the rest still go
                 _park(destination, chunk, too_large)

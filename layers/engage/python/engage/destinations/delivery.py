@@ -107,6 +107,8 @@ def handle(body: dict[str, Any], function: str, seconds_left: float | None = Non
         return backfill_page(body)
     if kind == "trait_backfill":
         return trait_backfill_page(body)
+    if kind == "purge":
+        return purge(body)
     logger.warning("unknown destination message dropped", extra={"kind": kind})
     return Result(True, f"unknown message kind {kind!r}")
 
@@ -187,12 +189,11 @@ def deliver_change(change: dict[str, Any], function: str, seconds_left: float | 
     destination = store.cached(change["space_id"], change["destination"])
     if destination is None:
         return Result(True, "destination deleted: dropped")
+    if not payloads.same_incarnation(change, destination.created_at):
+        return Result(True, "for an earlier destination of this key (a create undone): dropped")
     syncing = payloads.is_sync(change)  # a journey's sync step (engage.destinations.sync)
-    if payloads.is_trait(change):
-        if change["computed_trait_key"] not in destination.computed_traits:
-            return Result(True, "computed trait disconnected: dropped")
-    elif not syncing and change["audience_key"] not in destination.audiences:
-        return Result(True, "audience disconnected: dropped")
+    if not payloads.connected(change, destination.audiences, destination.computed_traits):
+        return Result(True, ("computed trait" if payloads.is_trait(change) else "audience") + " disconnected: dropped")
     if destination.definition.mode == "batch" or destination.definition.paused:
         changelog.append([change])
         return Result(True, "logged for a later run")
@@ -263,7 +264,8 @@ def backfill_page(body: dict[str, Any]) -> Result:
     page, cursor = membership.members(space_id, audience_key, BACKFILL_PAGE, body.get("cursor"))
     identities = profile_identities(space_id, [r.profile_id for r in page])
     entity = entity_of(space_id, audience_key)
-    changes = [{"space_id": space_id, "destination": destination_key, "audience_key": audience_key,
+    changes = [{"space_id": space_id, "destination": destination_key, "incarnation": destination.created_at,
+                "audience_key": audience_key,
                 "entity": entity, "profile_id": r.profile_id, "member": True, "version": int(r.version or 0),
                 "timestamp": r.entered_at or clock.iso(), "identity": identities[r.profile_id], "backfill": True}
                for r in page]
@@ -329,7 +331,7 @@ def trait_backfill_page(body: dict[str, Any]) -> Result:
             continue
         changes.append({
             "type": payloads.TRAIT_CHANGE, "space_id": space_id, "destination": destination_key,
-            "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key, "entity": "users",
+            "incarnation": destination.created_at, "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key, "entity": "users",
             "profile_id": image["profile_id"], "member": True, "version": int(image.get("version") or 0),
             "timestamp": image.get("updated_at") or clock.iso(), "identity": identity_of(image.get("external_ids")),
             "value": _plain(image["computed_traits"][trait_key]), "previous_value": None, "backfill": True})
@@ -339,3 +341,37 @@ def trait_backfill_page(body: dict[str, Any]) -> Result:
     if refused:
         return Result(False, f"SQS refused {len(refused)} messages", 1)
     return Result(True, f"backfilled {len(changes)} values of {trait_key}" + (" (more to come)" if cursor else ""))
+
+
+# ---------------------------------------------------------------- a deleted destination's state
+# A purge waits this long after the delete: until nothing that read the destination live can still write its
+# state (a batch run's 15 minutes, the routers' and this function's invocations), so none of it comes back.
+PURGE_AFTER_SECONDS = 16 * 60
+# A delete that did not happen (its request failed after queueing the purge): the purge is dropped then.
+PURGE_GIVE_UP_SECONDS = 15 * 60
+PURGE_PAGE = 1000
+
+
+def purge(body: dict[str, Any]) -> Result:
+    """One page of a deleted destination's DestinationsTable items (status, sequence marks, change log, attempt
+    counters, rate windows), then the next page's request. The delete queued the first page before its
+    tombstone (so a failure to queue fails the delete: at least once); deleting is idempotent, so a redelivered
+    page deletes nothing twice."""
+    space_id, destination_key = body["space_id"], body["destination"]
+    deleted = store.deleted_at(space_id, destination_key)
+    now = clock.now()
+    if deleted is None:
+        return Result(True, "no such destination: nothing to purge")
+    if not deleted:
+        if (now - clock.parse(body["requested_at"])).total_seconds() > PURGE_GIVE_UP_SECONDS:
+            return Result(True, "destination not deleted: purge dropped")
+        return Result(False, "destination not deleted yet: purge waits", 60)
+    wait = PURGE_AFTER_SECONDS - (now - clock.parse(deleted)).total_seconds()
+    if wait > 0:
+        return Result(False, f"purge waits {int(wait) + 1} s for writers that read the destination live",
+                      int(wait) + 1)
+    count, more = store.purge_page(space_id, destination_key, PURGE_PAGE)
+    if more and queue.send([queue.purge_message(space_id, destination_key, body["requested_at"],
+                                                int(body.get("page") or 0) + 1)]):
+        return Result(False, "SQS refused the next purge page", 1)
+    return Result(True, f"purged {count} state items" + (" (more to come)" if more else ""))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engage import json_body, timezones
+from engage import clock, json_body, timezones
 from engage.audiences import store as audience_store
 from engage.destinations import changelog, parking, queue, schedules, store
 from engage.destinations.definition import (
@@ -21,7 +21,7 @@ from engage.destinations.definition import (
     request_problems,
     split_secrets,
 )
-from engage.errors import EngageError, ValidationFailed
+from engage.errors import EngageError, Unavailable, ValidationFailed
 from engage.observability import logger
 
 # A definition item must stay under DynamoDB's 400 KB (an oversized one was a 500 from the store).
@@ -177,6 +177,12 @@ def delete(space_id: str, destination_key: str) -> None:
     if batch:
         schedules.remove(space_id, destination_key)
     try:
+        # Its state (DestinationsTable) is purged in the background, a page at a time (delivery.purge): it was
+        # kept forever, and a log of millions of entries cannot be deleted within the API's 30 s. Queued before
+        # the tombstone, so a delete that answers 204 always has its purge coming.
+        if queue.send([queue.purge_message(space_id, destination_key, clock.iso())]):
+            raise Unavailable("the destination was not deleted: could not queue the purge of its state, try again",
+                              [{"path": "key", "value": destination_key}])
         store.delete(space_id, destination_key)
     except Exception:
         if batch:

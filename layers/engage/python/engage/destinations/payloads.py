@@ -51,6 +51,24 @@ def trait_slot(trait_key: str) -> str:
     return f"~trait.{trait_key}"
 
 
+def same_incarnation(change: dict[str, Any], created_at: str) -> bool:
+    """Whether a change was made for the destination created at `created_at`, not for an earlier one of its key.
+
+    A key is freed when a batch create is undone (store.discard), and a router that read that destination while
+    it was stored could log its change after a new destination with the key had cleared the key's state: the
+    new one sent it. Changes carry their destination's `incarnation` (its created_at); one made before that field
+    existed has none and is taken as the current destination's."""
+    return change.get("incarnation", created_at) == created_at
+
+
+def connected(change: dict[str, Any], audiences: list[str], computed_traits: list[str]) -> bool:
+    """Whether the change's audience (or computed trait) is still connected to its destination (a profile sync
+    names none: it is always the destination's)."""
+    if is_trait(change):
+        return change["computed_trait_key"] in computed_traits
+    return is_sync(change) or change["audience_key"] in audiences
+
+
 def delivery_id(change: dict[str, Any]) -> str:
     """The change's id at one destination: same change, same id, whatever the number of deliveries."""
     if is_sync(change):

@@ -60,6 +60,15 @@ def trait_backfill_message(space_id: str, destination: str, trait_key: str, curs
             "MessageDeduplicationId": dedup}
 
 
+def purge_message(space_id: str, destination: str, requested_at: str, page: int = 0) -> dict[str, Any]:
+    """A page request of a deleted destination's state purge (delivery.purge)."""
+    body = {"kind": "purge", "space_id": space_id, "destination": destination, "requested_at": requested_at,
+            "page": page}
+    dedup = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return {"Id": "", "MessageBody": json.dumps(body, sort_keys=True),
+            "MessageGroupId": _group(f"{space_id}|{destination}|purge"), "MessageDeduplicationId": dedup}
+
+
 def _group(text: str) -> str:
     # MessageGroupId: at most 128 characters of a restricted set; a digest keeps any key in bounds.
     return hashlib.sha256(text.encode()).hexdigest()

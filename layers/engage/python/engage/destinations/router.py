@@ -43,7 +43,8 @@ def route_batch(records: Sequence[StreamRecord]) -> list[str]:
         if change is None:
             continue
         for destination in store.connected(change["space_id"], change["audience_key"]):
-            routed.append((record.sequence_number, {**change, "destination": destination.key}))
+            routed.append((record.sequence_number, {**change, "destination": destination.key,
+                                                     "incarnation": destination.created_at}))
     if not routed:
         return failed
     _fill_identities([c for _, c in routed])
@@ -101,7 +102,7 @@ def route_trait_changes(details: Sequence[dict[str, Any]]) -> list[int]:
         for destination in store.connected_traits(space_id, trait_key):
             routed.append((index, {
                 "type": payloads.TRAIT_CHANGE, "space_id": space_id, "destination": destination.key,
-                "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key,
+                "incarnation": destination.created_at, "audience_key": payloads.trait_slot(trait_key), "computed_trait_key": trait_key,
                 "entity": "users", "profile_id": profile_id, "member": True, "version": version,
                 "timestamp": detail.get("timestamp") or clock.iso(),
                 "identity": {name: detail.get(name) for name in payloads.IDENTITY_FIELDS},

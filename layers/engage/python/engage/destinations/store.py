@@ -6,7 +6,7 @@ ConfigTable (every key starts with the space id):
 SSM Parameter Store, SecureString (KMS-encrypted, standard tier: no charge):
   <DestinationSecretsPrefix>/<space>/<key>  the definition's secret config fields as JSON; write-only
                                             through the API (GET shows a hint)
-DestinationsTable (pk = <space>|<key>, the destination):
+DestinationsTable (pk = <space>|<key>, the destination; purged in the background once it is deleted):
   sk = status                               counters and last outcome (GET shows them)
   sk = seq|<audience>|<profile>             the last change version delivered (sequence check)
   sk = log|<audience>|<profile>             batch mode's change log: the latest change only (coalesced)
@@ -153,7 +153,7 @@ def create(space_id: str, definition: DestinationDefinition, secrets: dict[str, 
     # A free key starts with no delivery state: what a create undone (its schedule could not be made) or any
     # earlier holder of the key left, e.g. changes the router logged for it meanwhile, was sent by the new
     # destination's first run. Cleared before the item exists, so nothing routed to the new one is lost.
-    # (A delete keeps its state: its key is never free again, and a log of millions of entries would not be
+    # (A delete's state is purged in the background, `purge_page`: a log of millions of entries would not be
     # cleared within the API's 30 s.)
     clear_state(space_id, definition.key)
     if secrets:
@@ -226,6 +226,24 @@ def clear_state(space_id: str, destination_key: str) -> int:
         for item in items:
             batch.delete(item)
     return len(items)
+
+
+def purge_page(space_id: str, destination_key: str, limit: int = 1000) -> tuple[int, bool]:
+    """Delete up to `limit` DestinationsTable items of a deleted destination: (deleted, whether more are left).
+    A page at a time, so a log of millions is purged by a chain of bounded invocations (delivery.purge)."""
+    result = DestinationState.query(destination_pk(space_id, destination_key), attributes_to_get=["pk", "sk"],
+                                    limit=limit)
+    items = list(result)
+    with DestinationState.batch_write() as batch:
+        for item in items:
+            batch.delete(item)
+    return len(items), result.last_evaluated_key is not None
+
+
+def deleted_at(space_id: str, destination_key: str) -> str | None:
+    """When the destination was deleted ("" while it is live, None when there is no such key)."""
+    record = _record(space_id, destination_key)
+    return None if record is None else (record.deleted_at or "")
 
 
 def get(space_id: str, destination_key: str) -> Destination:

@@ -87,6 +87,7 @@ def profile_change(space_id: str, profile_id: str, destination: store.Destinatio
     computed = image.get("computed_traits") or {}
     now = clock.now()
     return {"type": payloads.PROFILE_SYNC, "space_id": space_id, "destination": destination.key,
+            "incarnation": destination.created_at,
             "audience_key": SLOT, "entity": "users", "profile_id": profile_id, "member": True,
             # the log keeps a profile's newest sync: microseconds order syncs of one profile
             "version": int(now.timestamp() * 1_000_000),
