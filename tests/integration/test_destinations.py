@@ -1034,6 +1034,33 @@ def test_engage_replay_of_a_parked_delivery_goes_through_the_deliverer(env, rece
     assert call_api("GET", "/v1/destinations/crm")[1]["status"]["dlq_depth"] == 0
 
 
+def test_engage_replay_after_the_purge_leaves_no_state_behind(env, receiver, monkeypatch):
+    # Found by review: replaying a deleted destination's parked delivery (`engage replay`) noted it unparked,
+    # an UpdateItem that wrote a fresh status item under the purged key, kept forever
+    from datetime import timedelta
+
+    from engage import clock
+    from engage.destinations import delivery
+    from engage.failures import replay as failure_replay
+
+    flow = Flow(env, monkeypatch)
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer(400)
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.drain()
+    [item], _ = failure_replay.select(function="deliverer-fn")
+    assert call_api("DELETE", "/v1/destinations/crm")[0] == 204
+    clock.advance(timedelta(seconds=delivery.PURGE_AFTER_SECONDS))
+    flow.drain()
+    key = destination_store.destination_pk("acme", "crm")
+    assert list(destination_store.DestinationState.query(key)) == []
+    answer = handler("destination_deliverer")({"replayParked": {"ids": [item.pk]}}, flow.context)
+    assert answer["replayed"] == [item.pk]
+    flow.drain()
+    assert list(destination_store.DestinationState.query(key)) == [] and receiver.delivered() == []
+
+
 def test_a_batch_destination_made_realtime_sends_its_log_at_once(env, receiver):
     flow = Flow(env)
     body = {**webhook(receiver, key="hourly"), "mode": "batch", "schedule": {"expression": "rate(1 hour)"}}

@@ -84,7 +84,8 @@ def serve(request: dict, function: str | None) -> dict[str, Any]:
     replayed = _requeue(mine)
     for item in replayed:
         _, space_id, destination_key = item.table.split("|", 2)
-        store.note_unparked(space_id, destination_key, 1)
+        if store.find(space_id, destination_key) is not None:  # a deleted one's state is purged: not written again
+            store.note_unparked(space_id, destination_key, 1)
     return {"replayed": [i.pk for i in replayed], "skipped": skipped,
             "failed": [{"id": i.pk, "reason": "SQS refused the message"} for i in mine if i not in replayed]}
 
