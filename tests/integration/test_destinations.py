@@ -138,6 +138,16 @@ def test_crud_validates_paths_keeps_secrets_write_only_and_never_reuses_a_key(en
     status, listed = call_api("GET", "/v1/destinations")
     assert status == 200 and [d["key"] for d in listed["destinations"]] == ["crm"]
     assert SECRET not in json.dumps(listed)
+    # a page at a time, in key order (engage.listing): the whole list of 100,000-byte definitions, two
+    # status reads each, could pass Lambda's 6 MB response and the API's 30 s
+    assert call_api("POST", "/v1/destinations", webhook(receiver, key="billing"))[0] == 201
+    status, first = call_api("GET", "/v1/destinations", query={"limit": "1"})
+    assert [d["key"] for d in first["destinations"]] == ["billing"] and "status" in first["destinations"][0]
+    assert first["cursor"] == {"has_more": True, "next": "billing", "limit": 1}
+    rest = call_api("GET", "/v1/destinations", query={"limit": "1", "next": "billing"})[1]
+    assert [d["key"] for d in rest["destinations"]] == ["crm"] and not rest["cursor"]["has_more"]
+    assert call_api("GET", "/v1/destinations", query={"limit": "x"})[0] == 400
+    assert call_api("DELETE", "/v1/destinations/billing")[0] == 204
 
     # PUT without the secret keeps it
     edited = webhook(receiver)

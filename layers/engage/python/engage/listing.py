@@ -1,5 +1,5 @@
 """One page of a management list: `GET /v1/templates`, `/v1/journeys`, `/v1/broadcasts`, `/v1/audiences`,
-`/v1/computed-traits`.
+`/v1/computed-traits`, `/v1/destinations`.
 
 These lists were whole: a space's templates (up to 300 KB each) or journeys passed Lambda's 6 MB
 response after about 20 of them, and the broadcasts list, kept forever, read every broadcast's stats

@@ -44,10 +44,12 @@ def create_destination():
     return Response(201, "application/json", json.dumps(management.create(_space(), _body())))
 
 
-@router.get("/v1/destinations", summary="List the space's destinations with their status", **DOC,
-            responses=openapi.responses(200, "DestinationList", "every destination", 401))
+@router.get("/v1/destinations", summary="List the space's destinations with their status, a page at a time", **DOC,
+            openapi_extensions=openapi.query(*openapi.list_page_params()),
+            responses=openapi.responses(200, "DestinationList", "a page of destinations", 400, 401))
 def list_destinations():
-    return management.list_destinations(_space())
+    query = router.current_event.get_query_string_value
+    return management.list_destinations(_space(), query("limit", None), query("next", None))
 
 
 @router.get("/v1/destinations/<key>", summary="Read a destination: definition, status, parked deliveries", **DOC,

@@ -15,6 +15,7 @@ DestinationsTable (pk = <space>|<key>, the destination; purged in the background
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -257,6 +258,14 @@ def find(space_id: str, destination_key: str) -> Destination | None:
 
 def list_all(space_id: str) -> list[Destination]:
     return [_destination(r) for r in DestinationRecord.query(_pk(space_id)) if not r.deleted_at]
+
+
+def iterate(space_id: str, after: str | None, page_size: int) -> Iterator[Destination]:
+    """The space's live destinations with keys after `after`, in key order, read `page_size` at a time."""
+    condition = DestinationRecord.sk > after if after else None
+    for record in DestinationRecord.query(_pk(space_id), condition, page_size=page_size):
+        if not record.deleted_at:
+            yield _destination(record)
 
 
 _cache: dict[str, tuple[float, list[Destination]]] = {}

@@ -228,6 +228,7 @@ class Destination(destination_definition.DestinationDefinition):
 
 class DestinationList(BaseModel):
     destinations: list[Destination]
+    cursor: ListCursor
 
 
 class DestinationReplay(BaseModel):
