@@ -251,6 +251,8 @@ def test_the_audience_list_is_paged_with_all_in_its_key_order(api, monkeypatch):
         after = page["cursor"]["next"]
     # the system audience sits where its key sorts; the deleted one is gone
     assert keys == ["aaa", "abc", "all", "zed"]
+    # a cursor sorting before every key (the definitions stamp's "#..." among them) starts at the first key
+    assert [a["key"] for a in call_api("GET", "/v1/audiences", query={"next": "!"})[1]["audiences"]] == keys
     status, first = call_api("GET", "/v1/audiences", query={"limit": "2"})
     assert first["cursor"] == {"has_more": True, "next": "abc", "limit": 2}
     status, whole = call_api("GET", "/v1/audiences")

@@ -278,7 +278,8 @@ def iterate(space_id: str, after: str | None, page_size: int) -> Iterator[Audien
     """The space's live audiences with keys after `after`, in key order, the system audience `all` in its
     place among them, read `page_size` at a time (a page of `GET /v1/audiences`, engage.listing)."""
     system_due = after is None or after < ALL
-    condition = AudienceRecord.sk > after if after else AudienceRecord.sk >= "0"
+    # keys sort from "0" on; items of the same partition that are not definitions (the stamp) sort before it
+    condition = AudienceRecord.sk > after if after and after >= "0" else AudienceRecord.sk >= "0"
     for record in AudienceRecord.query(_pk(space_id), condition, page_size=page_size):
         if system_due and record.sk > ALL:
             system_due = False

@@ -173,7 +173,8 @@ def list_all(space_id: str) -> list[ComputedTrait]:
 
 def iterate(space_id: str, after: str | None, page_size: int) -> Iterator[ComputedTrait]:
     """The space's live computed traits with keys after `after`, in key order, read `page_size` at a time."""
-    condition = ComputedTraitRecord.sk > after if after else ComputedTraitRecord.sk >= "0"
+    # keys sort from "0" on; items of the same partition that are not definitions (the stamp) sort before it
+    condition = ComputedTraitRecord.sk > after if after and after >= "0" else ComputedTraitRecord.sk >= "0"
     for record in ComputedTraitRecord.query(pk(space_id), condition, page_size=page_size):
         if not record.deleted_at:
             yield _trait(record)
