@@ -56,6 +56,9 @@ push_channel = lazy.module("engage.messaging.channels.push")
 sms_channel = lazy.module("engage.messaging.channels.sms")
 
 SOURCE = "engage"
+# Profiles whose merge logs a once-per-person send follows (a chain of merges into merged profiles): as many as
+# a merge chain may be long (profiles_store.MAX_MERGE_HOPS); past it the survivor is sent.
+PERSON_PROFILE_READS = profiles_store.MAX_MERGE_HOPS
 CAP_ATTEMPTS = 5  # rereads of a frequency cap counter another send of the same profile just wrote
 SENT_EVENT, FAILED_EVENT = "Message Sent", "Message Failed"
 OUTCOME_UNKNOWN = "outcome unknown: the sender stopped between the provider call and its record; not resent"
@@ -194,13 +197,27 @@ def _as_person(request: SendRequest, record, now) -> tuple[SendRequest, Delivery
         existing = store.read_delivery(request.space_id, record.profile_id, request.idempotency_key)
         if existing is not None and not _due_again(existing, now):
             return request, _existing(existing)
-    for merge in record.merges or []:
-        merged = merge.get("profile_id")
-        if not merged or merged == requested or str(merge.get("merged_at") or "") < (request.person_since or ""):
-            continue  # the requested profile's own key was read first (send_message)
-        earlier = store.read_delivery(request.space_id, merged, prefix + merged)
-        if earlier is not None and earlier.status != store.DEFERRED:
-            return request, _existing(earlier)
+    # A chain (B into C, then C into A) is on the merge logs of the profiles merged in, not the survivor's
+    # (`merges` lists direct merges; `merged_from` is transitive): such a profile's own log is read only when
+    # `merged_from` names more than `merges` does, and at most PERSON_PROFILE_READS profiles are visited.
+    since, seen, pending = request.person_since or "", {record.profile_id}, [record]
+    while pending and len(seen) <= PERSON_PROFILE_READS:
+        survivor = pending.pop()
+        direct = {merge.get("profile_id") for merge in survivor.merges or []}
+        chained = bool(set(survivor.merged_from or []) - direct)
+        for merge in survivor.merges or []:
+            merged = merge.get("profile_id")
+            if not merged or merged in seen or str(merge.get("merged_at") or "") < since:
+                continue  # merged before the snapshot: so was everything merged into it
+            seen.add(merged)
+            if merged != requested:  # the requested profile's own key was read first (send_message)
+                earlier = store.read_delivery(request.space_id, merged, prefix + merged)
+                if earlier is not None and earlier.status != store.DEFERRED:
+                    return request, _existing(earlier)
+            if chained:
+                inner = profiles_store.get_profile(request.space_id, merged)
+                if inner is not None and inner.merges:
+                    pending.append(inner)
     return request, None
 
 
