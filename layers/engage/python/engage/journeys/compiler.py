@@ -152,12 +152,14 @@ def condition_words(condition: Any) -> str:
 def _task(journey: JourneyDefinition, step_id: str, step_type: str, arn: str, params: dict, *,
           next_state: str | None, chains: dict[str, list[str]], failure_next: str | None,
           comment: str, wait_for_token: bool = False, timeout: int | None = None,
-          timeout_next: str | None = None, with_event: bool = False) -> dict:
+          timeout_next: str | None = None, with_event: bool = False, with_last: bool = False) -> dict:
     payload = {"step_type": step_type, "step": step_id, "params": params, "chains": chains,
                "execution.$": "$$.Execution.Id", "previous.$": "$.step.at",
                **{f"{name}.$": f"$.{name}" for name in INPUT_FIELDS}}
     if with_event:  # the event that entered the journey (null for an audience entry): templates read `event`
         payload["event.$"] = "$.event"
+    if with_last:  # a send: the answer it comes back with from its `.deferred` Wait (clocks that disagree)
+        payload["last.$"] = "$.step"
     if wait_for_token:
         payload["task_token.$"] = "$$.Task.Token"
     if journey.exit_when is not None and step_type != "exit":
@@ -294,7 +296,7 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
         deferred = step_id + DEFERRED_SUFFIX
         states = task("send", {"channel": step.channel, "template": step.template, "transactional": step.transactional,
                                "next": step.next, "deferred": deferred}, step_id + BRANCH_SUFFIX,
-                      failure_next=step.next, with_event=True)
+                      failure_next=step.next, with_event=True, with_last=True)
         states[step_id + BRANCH_SUFFIX] = {
             "Type": "Choice", "Comment": f"Deferred by quiet hours, or go on to {step.next}",
             "Choices": [{"Variable": "$.step.next", "StringEquals": deferred, "Next": deferred}], "Default": step.next}

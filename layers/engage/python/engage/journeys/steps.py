@@ -34,6 +34,9 @@ membership = lazy.module("engage.audiences.membership")
 events_store = lazy.module("engage.events_store")
 
 HISTORY_LIMIT = 1000
+# A send deferred again after its Wait ended (Step Functions' clock past `until`, the Lambda's not yet): each
+# such Wait ends DEFER_RETRY_SECONDS later than the one before, and the step fails after DEFER_REPEATS of them.
+DEFER_RETRY_SECONDS, DEFER_REPEATS = 60, 10
 
 
 class StepError(Exception):
@@ -270,6 +273,16 @@ def _deferred(payload: dict[str, Any], until: str | None) -> dict[str, Any]:
     wait_state = payload["params"].get("deferred")
     if not wait_state or not until:
         raise SendDeferred(f"deferred by quiet hours until {until}; this journey version cannot wait for it")
+    last = payload.get("last") or {}  # the answer before this Task: the Wait's, when it comes back from one
+    if last.get("next") == wait_state and last.get("until") and clock.parse(last["until"]) >= clock.parse(until):
+        # Step Functions waited until `until` by its clock and the sender still answers it by the Lambda's: the
+        # clocks disagree, and waiting until `until` again would not wait at all (a loop of Tasks).
+        waited = (clock.parse(last["until"]) - clock.parse(until)).total_seconds()
+        repeats = int(waited // DEFER_RETRY_SECONDS) + 1
+        if repeats > DEFER_REPEATS:
+            raise SendDeferred(f"deferred by quiet hours until {until} again after waiting {DEFER_REPEATS} times "
+                               f"past it: the steps function's clock is behind Step Functions' (nothing was sent)")
+        until = clock.iso(clock.parse(until) + timedelta(seconds=repeats * DEFER_RETRY_SECONDS))
     _count(payload, [(payload["step"], "entered")])
     return {"next": wait_state, "at": [], "until": until}
 
