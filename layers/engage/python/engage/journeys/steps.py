@@ -65,6 +65,11 @@ class SendDeferred(StepError):
     than counted as sent. Publishing the journey again makes its sends wait."""
 
 
+class ProfileMerged(StepError):
+    """The run's profile was merged into another before its send: the run was stopped and recorded as left (as the
+    merge's stop does, which may reach it later or, for a profile merged in the batch that created it, never)."""
+
+
 class SendFailed(StepError):
     """The sender answered `failed`: final for its idempotency key (a retry gets the same answer), so it is not
     retried but recorded by the Catch. Transient sender errors (ProviderUnavailable, SendInProgress) retry."""
@@ -257,8 +262,20 @@ def _send(payload: dict[str, Any]) -> dict[str, Any]:
                            template=params["template"],
                            idempotency_key=f"{payload['execution']}|{payload['step']}",
                            source={"type": "journey", "key": payload["journey"], "step": payload["step"]},
-                           event=payload.get("event"), transactional=bool(params.get("transactional")))
-    delivery = send_message(request)
+                           event=payload.get("event"), transactional=bool(params.get("transactional")),
+                           stop_at_merge=True)
+    try:
+        delivery = send_message(request)
+    except messaging.ProfileMergedAway as merged:
+        # Sent as the survivor under this run's key, the person got the step's message again from the survivor's
+        # own run: the run leaves now, as the merge's stop would have it (idempotent when that stop comes).
+        from engage.journeys import goals, leave
+
+        # counted `left` here, where it is (the stop reads it from the history too: the same fact, counted once)
+        goals.count_stopped(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                            payload["step"], [], "left")
+        leave.leave_merged(payload["space_id"], payload["profile_id"], merged.survivor)
+        raise ProfileMerged(f"{merged}: its journey runs are stopped (nothing was sent)") from merged
     if delivery.status == "failed":
         raise SendFailed(f"the sender could not deliver: {delivery.reason}")
     if delivery.status == "deferred":

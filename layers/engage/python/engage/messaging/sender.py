@@ -72,6 +72,14 @@ class ProviderUnavailable(Exception):
     """The provider did not take the message (throttled, unavailable): nothing was sent; retry later."""
 
 
+class ProfileMergedAway(Exception):
+    """`stop_at_merge`: the profile was merged into `survivor`; nothing was sent or recorded."""
+
+    def __init__(self, survivor: str):
+        super().__init__(f"the profile was merged into {survivor}")
+        self.survivor = survivor
+
+
 @dataclass(frozen=True)
 class SendRequest:
     space_id: str
@@ -91,6 +99,9 @@ class SendRequest:
     # profile merged into it at or after `person_since` already has its delivery (see _as_person).
     person_key_prefix: str | None = None
     person_since: str | None = None
+    # A journey run belongs to its profile: one merged away is not sent as the survivor (whose own runs send
+    # the person's messages) but raises ProfileMergedAway, so the run leaves as the merge's stop makes it.
+    stop_at_merge: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,8 @@ def send_message(request: SendRequest) -> Delivery:
     if existing is not None and not _due_again(existing, now):
         return _existing(existing)
     profile_record = profiles_store.get_profile(request.space_id, request.profile_id)
+    if request.stop_at_merge and profile_record is not None and profile_record.merged_into:
+        raise ProfileMergedAway(profile_record.merged_into)
     while profile_record is not None and profile_record.merged_into:
         profile_record = profiles_store.get_profile(request.space_id, profile_record.merged_into)
     if profile_record is None:
