@@ -345,6 +345,32 @@ def test_a_recipient_sent_before_merging_into_another_is_not_sent_again_as_the_s
     assert answer["status"] == "sent" and answer["stats"]["targeted"] == 2, answer
 
 
+def test_a_recipient_sent_before_a_chain_of_merges_into_another_is_not_sent_again(cloud):
+    # Found by review of the fix above: it read the keys of profiles merged DIRECTLY into the survivor. The
+    # visitor (sent) merged into a second visitor, which then merged into the user: the user's send saw only
+    # the second visitor's key and the person got the broadcast twice.
+    cloud.people(1)  # the user, oldest: the last survivor
+    cloud.pipeline.track({"anonymousId": "anon2", "traits": {"name": "C"}}, call="identify")
+    cloud.pipeline.track({"anonymousId": "anon1", "traits": {"email": "visitor@example.com", "name": "V"}},
+                         call="identify")
+    visitor = profiles_store.resolve("acme", "users", "anonymous_id", "anon1").profile_id
+    cloud.audience("fans", ["user_id:u0", "anonymous_id:anon1"])
+    create({"key": "now", "audience": "fans", "channel": "email", "template": "news"})
+    cloud.run(sender=False)
+    [message] = [json.loads(r["body"]) for r in cloud.receive("BroadcastSendQueue")]
+    assert sending.process({**message, "profile_ids": [visitor]})  # the visitor's send alone
+    assert recipients_of_sent_emails() == ["visitor@example.com"]
+    middle = profiles_store.resolve("acme", "users", "anonymous_id", "anon2").profile_id
+    cloud.pipeline.track({"anonymousId": "anon2", "traits": {"email": "visitor@example.com"}}, call="identify")
+    assert profiles_store.get_profile("acme", visitor).merged_into == middle  # the visitor into the second
+    cloud.pipeline.track({"userId": "u0", "anonymousId": "anon2"}, call="identify")  # which logs in as the user
+    user = profiles_store.resolve("acme", "users", "user_id", "u0")
+    assert [m["profile_id"] for m in user.merges] == [middle] and visitor in user.merged_from
+    assert sending.process(message)  # the whole message, as SQS hands it again
+    assert recipients_of_sent_emails() == ["visitor@example.com"]
+    assert get("now")["status"] == "sent"
+
+
 @pytest.mark.parametrize("override", [False, True])
 def test_unsubscribed_are_suppressed_unless_the_override(cloud, override):
     cloud.people(3)

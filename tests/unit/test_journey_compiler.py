@@ -16,7 +16,7 @@ from engage.journeys.definition import STEP_TYPES, parse_journey, successors
 from tests.journey_samples import CART_RESCUE, EVERY_STEP, STEPS_ARN
 
 GOLDEN = Path(__file__).parent / "fixtures" / "cart_rescue.asl.json"
-HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out", ".deferred")
+HELPER_SUFFIXES = (".branch", ".wait", ".failed", ".timeout", ".held_out", ".deferred", ".no_branch")
 
 
 def lint_errors(*asls: dict) -> list[str]:
@@ -173,6 +173,27 @@ def test_a_held_out_profile_ends_held_out_even_when_the_next_step_is_named_holdo
         # a version compiled before (no held_out parameter) still gets the answer its Choice expects
         old = {**payload, "params": {"percent": 50, "next": "email"}}
         assert steps.handle(old)["next"] == ("holdout" if held else "email")
+
+
+def test_every_way_into_a_failure_task_sets_the_error_it_reads():
+    # Found by review: a split's or holdout's Choice whose answer names no branch fell to its Default, the
+    # `<id>.failed` Task, whose Payload reads `$.error`. Only a Catch sets it (ResultPath $.error): from the Choice
+    # the path is missing and the execution failed with States.Runtime instead of recording the failure.
+    for asl in (compile_journey(parse_journey(EVERY_STEP), STEPS_ARN),
+                compile_journey(parse_journey(CART_RESCUE), STEPS_ARN)):
+        states = asl["States"]
+        failures = {name for name, state in states.items() if name.endswith(".failed")}
+        assert failures and all(states[name]["Parameters"]["Payload"]["error.$"] == "$.error" for name in failures)
+        for name, state in states.items():
+            for target in (state.get("Next"), state.get("Default")):
+                if target in failures:  # a Pass that sets the error, never a Choice or a Task's Next
+                    assert state["Type"] == "Pass" and state["ResultPath"] == "$.error", (name, state)
+                    assert state["Result"]["Error"] and state["Result"]["Cause"], name
+    states = compile_journey(parse_journey(EVERY_STEP), STEPS_ARN)["States"]
+    for choice in ("tier.branch", "hold.branch"):  # a multi_split's and a holdout's
+        fallback = states[states[choice]["Default"]]
+        assert fallback["Result"]["Error"] == "UnknownBranch" and fallback["Next"] == choice.replace(".branch",
+                                                                                                     ".failed")
 
 
 # --- random journeys ------------------------------------------------------------------------------

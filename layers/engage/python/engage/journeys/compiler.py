@@ -7,7 +7,8 @@ Shape, step by step (every state is named after its step id and carries a `Comme
   after the step, then a `Wait` on `TimestampPath` named `<id>.wait`.
 - `split`, `multi_split`, `random_split`, `holdout`: a Task that decides (audience condition on the
   profile now; or a stable hash of journey, step and profile, so a retried or replayed execution lands
-  in the same branch) and returns the chosen step id, then a `Choice` named `<id>.branch` on it.
+  in the same branch) and returns the chosen step id, then a `Choice` named `<id>.branch` on it; an answer
+  it does not name goes to `<id>.no_branch`, a Pass setting `$.error` (UnknownBranch) for `<id>.failed`.
 - `wait_for_event`: a `lambda:invoke.waitForTaskToken` Task that stores its token for the events
   path to release, `TimeoutSeconds` = the step's timeout, `Catch` `States.Timeout` -> `timeout_next`.
 - `send`, `sync`, `update_trait`: a Task doing the effect. A send deferred by quiet hours answers
@@ -65,6 +66,7 @@ TRANSIENT_RETRY = {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAtte
                    "MaxDelaySeconds": 60, "JitterStrategy": "FULL"}
 NO_RETRY = {"ErrorEquals": PERMANENT_ERRORS, "MaxAttempts": 0}
 BRANCH_SUFFIX, WAIT_SUFFIX, FAILED_SUFFIX, DEFERRED_SUFFIX = ".branch", ".wait", ".failed", ".deferred"
+NO_BRANCH_SUFFIX = ".no_branch"
 # The fields of the execution input each Task passes on to the steps function.
 INPUT_FIELDS = ("space_id", "profile_id", "journey", "version", "entry", "ids")
 
@@ -150,12 +152,14 @@ def condition_words(condition: Any) -> str:
 def _task(journey: JourneyDefinition, step_id: str, step_type: str, arn: str, params: dict, *,
           next_state: str | None, chains: dict[str, list[str]], failure_next: str | None,
           comment: str, wait_for_token: bool = False, timeout: int | None = None,
-          timeout_next: str | None = None, with_event: bool = False) -> dict:
+          timeout_next: str | None = None, with_event: bool = False, with_last: bool = False) -> dict:
     payload = {"step_type": step_type, "step": step_id, "params": params, "chains": chains,
                "execution.$": "$$.Execution.Id", "previous.$": "$.step.at",
                **{f"{name}.$": f"$.{name}" for name in INPUT_FIELDS}}
     if with_event:  # the event that entered the journey (null for an audience entry): templates read `event`
         payload["event.$"] = "$.event"
+    if with_last:  # a send: the answer it comes back with from its `.deferred` Wait (clocks that disagree)
+        payload["last.$"] = "$.step"
     if wait_for_token:
         payload["task_token.$"] = "$$.Task.Token"
     if journey.exit_when is not None and step_type != "exit":
@@ -209,7 +213,15 @@ def _failure_task(step_id: str, arn: str, failure_next: str | None, chains: dict
 def _choice(step_id: str, targets: list[str], comment: str) -> dict:
     return {"Type": "Choice", "Comment": comment,
             "Choices": [{"Variable": "$.step.next", "StringEquals": target, "Next": target} for target in targets],
-            "Default": step_id + FAILED_SUFFIX}
+            "Default": step_id + NO_BRANCH_SUFFIX}
+
+
+def _no_branch(step_id: str) -> dict:
+    """A Choice's Default: the failure Task reads `$.error`, which only a Catch sets; without it the execution
+    failed with States.Runtime instead of recording the failure."""
+    return {"Type": "Pass", "Comment": f"{step_id} answered a step its Choice does not name: record the failure",
+            "Result": {"Error": "UnknownBranch", "Cause": f"{step_id} answered a step that is none of its branches"},
+            "ResultPath": "$.error", "Next": step_id + FAILED_SUFFIX}
 
 
 def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dict[str, Any]:
@@ -271,11 +283,12 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
                       "Choices": [{"Variable": "$.step.next", "StringEquals": step.next, "Next": step.next},
                                   {"Variable": "$.step.next", "StringEquals": f"{step_id}.held_out",
                                    "Next": f"{step_id}.held_out"}],
-                      "Default": step_id + FAILED_SUFFIX}
+                      "Default": step_id + NO_BRANCH_SUFFIX}
             states[step_id + BRANCH_SUFFIX] = choice
             states[f"{step_id}.held_out"] = {"Type": "Succeed", "Comment": "Held out: left the journey here"}
         else:
             states[step_id + BRANCH_SUFFIX] = _choice(step_id, targets, f"Go to the branch {step_id} chose")
+        states[step_id + NO_BRANCH_SUFFIX] = _no_branch(step_id)
         return states
     if isinstance(step, SendStep):
         # Quiet hours defer a send (the sender keeps it for `until`, same key): the Task answers `<id>.deferred`
@@ -283,7 +296,7 @@ def _states_for(journey: JourneyDefinition, step_id: str, step, arn: str) -> dic
         deferred = step_id + DEFERRED_SUFFIX
         states = task("send", {"channel": step.channel, "template": step.template, "transactional": step.transactional,
                                "next": step.next, "deferred": deferred}, step_id + BRANCH_SUFFIX,
-                      failure_next=step.next, with_event=True)
+                      failure_next=step.next, with_event=True, with_last=True)
         states[step_id + BRANCH_SUFFIX] = {
             "Type": "Choice", "Comment": f"Deferred by quiet hours, or go on to {step.next}",
             "Choices": [{"Variable": "$.step.next", "StringEquals": deferred, "Next": deferred}], "Default": step.next}

@@ -34,6 +34,9 @@ membership = lazy.module("engage.audiences.membership")
 events_store = lazy.module("engage.events_store")
 
 HISTORY_LIMIT = 1000
+# A send deferred again after its Wait ended (Step Functions' clock past `until`, the Lambda's not yet): each
+# such Wait ends DEFER_RETRY_SECONDS later than the one before, and the step fails after DEFER_REPEATS of them.
+DEFER_RETRY_SECONDS, DEFER_REPEATS = 60, 10
 
 
 class StepError(Exception):
@@ -60,6 +63,11 @@ class SendDeferred(StepError):
     """Quiet hours deferred the send, and the version running was compiled before its state machine could wait
     for them (no `deferred` parameter: it goes on whatever the answer): recorded as the step's failure rather
     than counted as sent. Publishing the journey again makes its sends wait."""
+
+
+class ProfileMerged(StepError):
+    """The run's profile was merged into another before its send: the run was stopped and recorded as left (as the
+    merge's stop does, which may reach it later or, for a profile merged in the batch that created it, never)."""
 
 
 class SendFailed(StepError):
@@ -254,8 +262,20 @@ def _send(payload: dict[str, Any]) -> dict[str, Any]:
                            template=params["template"],
                            idempotency_key=f"{payload['execution']}|{payload['step']}",
                            source={"type": "journey", "key": payload["journey"], "step": payload["step"]},
-                           event=payload.get("event"), transactional=bool(params.get("transactional")))
-    delivery = send_message(request)
+                           event=payload.get("event"), transactional=bool(params.get("transactional")),
+                           stop_at_merge=True)
+    try:
+        delivery = send_message(request)
+    except messaging.ProfileMergedAway as merged:
+        # Sent as the survivor under this run's key, the person got the step's message again from the survivor's
+        # own run: the run leaves now, as the merge's stop would have it (idempotent when that stop comes).
+        from engage.journeys import goals, leave
+
+        # counted `left` here, where it is (the stop reads it from the history too: the same fact, counted once)
+        goals.count_stopped(payload["space_id"], payload["journey"], payload["profile_id"], payload["execution"],
+                            payload["step"], [], "left")
+        leave.leave_merged(payload["space_id"], payload["profile_id"], merged.survivor)
+        raise ProfileMerged(f"{merged}: its journey runs are stopped (nothing was sent)") from merged
     if delivery.status == "failed":
         raise SendFailed(f"the sender could not deliver: {delivery.reason}")
     if delivery.status == "deferred":
@@ -270,6 +290,16 @@ def _deferred(payload: dict[str, Any], until: str | None) -> dict[str, Any]:
     wait_state = payload["params"].get("deferred")
     if not wait_state or not until:
         raise SendDeferred(f"deferred by quiet hours until {until}; this journey version cannot wait for it")
+    last = payload.get("last") or {}  # the answer before this Task: the Wait's, when it comes back from one
+    if last.get("next") == wait_state and last.get("until") and clock.parse(last["until"]) >= clock.parse(until):
+        # Step Functions waited until `until` by its clock and the sender still answers it by the Lambda's: the
+        # clocks disagree, and waiting until `until` again would not wait at all (a loop of Tasks).
+        waited = (clock.parse(last["until"]) - clock.parse(until)).total_seconds()
+        repeats = int(waited // DEFER_RETRY_SECONDS) + 1
+        if repeats > DEFER_REPEATS:
+            raise SendDeferred(f"deferred by quiet hours until {until} again after waiting {DEFER_REPEATS} times "
+                               f"past it: the steps function's clock is behind Step Functions' (nothing was sent)")
+        until = clock.iso(clock.parse(until) + timedelta(seconds=repeats * DEFER_RETRY_SECONDS))
     _count(payload, [(payload["step"], "entered")])
     return {"next": wait_state, "at": [], "until": until}
 

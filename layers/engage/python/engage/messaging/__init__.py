@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from engage.messaging.sender import (
         Delivery,
+        ProfileMergedAway,
         ProviderUnavailable,
         SendInProgress,
         SendRequest,
@@ -28,7 +29,7 @@ SOURCES = ("journey", "broadcast", "api")
 # load the rules' settings models (pydantic) for them.
 SUBSCRIBED, UNSUBSCRIBED = "subscribed", "unsubscribed"
 
-__all__ = ["Delivery", "ProviderUnavailable", "SendInProgress", "SendRequest", "send_message"]
+__all__ = ["Delivery", "ProfileMergedAway", "ProviderUnavailable", "SendInProgress", "SendRequest", "send_message"]
 
 
 def __getattr__(name: str) -> Any:

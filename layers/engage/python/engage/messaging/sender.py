@@ -56,6 +56,9 @@ push_channel = lazy.module("engage.messaging.channels.push")
 sms_channel = lazy.module("engage.messaging.channels.sms")
 
 SOURCE = "engage"
+# Profiles whose merge logs a once-per-person send follows (a chain of merges into merged profiles): as many as
+# a merge chain may be long (profiles_store.MAX_MERGE_HOPS); past it the survivor is sent.
+PERSON_PROFILE_READS = profiles_store.MAX_MERGE_HOPS
 CAP_ATTEMPTS = 5  # rereads of a frequency cap counter another send of the same profile just wrote
 SENT_EVENT, FAILED_EVENT = "Message Sent", "Message Failed"
 OUTCOME_UNKNOWN = "outcome unknown: the sender stopped between the provider call and its record; not resent"
@@ -67,6 +70,14 @@ class SendInProgress(Exception):
 
 class ProviderUnavailable(Exception):
     """The provider did not take the message (throttled, unavailable): nothing was sent; retry later."""
+
+
+class ProfileMergedAway(Exception):
+    """`stop_at_merge`: the profile was merged into `survivor`; nothing was sent or recorded."""
+
+    def __init__(self, survivor: str):
+        super().__init__(f"the profile was merged into {survivor}")
+        self.survivor = survivor
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,9 @@ class SendRequest:
     # profile merged into it at or after `person_since` already has its delivery (see _as_person).
     person_key_prefix: str | None = None
     person_since: str | None = None
+    # A journey run belongs to its profile: one merged away is not sent as the survivor (whose own runs send
+    # the person's messages) but raises ProfileMergedAway, so the run leaves as the merge's stop makes it.
+    stop_at_merge: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,8 @@ def send_message(request: SendRequest) -> Delivery:
     if existing is not None and not _due_again(existing, now):
         return _existing(existing)
     profile_record = profiles_store.get_profile(request.space_id, request.profile_id)
+    if request.stop_at_merge and profile_record is not None and profile_record.merged_into:
+        raise ProfileMergedAway(profile_record.merged_into)
     while profile_record is not None and profile_record.merged_into:
         profile_record = profiles_store.get_profile(request.space_id, profile_record.merged_into)
     if profile_record is None:
@@ -194,13 +210,27 @@ def _as_person(request: SendRequest, record, now) -> tuple[SendRequest, Delivery
         existing = store.read_delivery(request.space_id, record.profile_id, request.idempotency_key)
         if existing is not None and not _due_again(existing, now):
             return request, _existing(existing)
-    for merge in record.merges or []:
-        merged = merge.get("profile_id")
-        if not merged or merged == requested or str(merge.get("merged_at") or "") < (request.person_since or ""):
-            continue  # the requested profile's own key was read first (send_message)
-        earlier = store.read_delivery(request.space_id, merged, prefix + merged)
-        if earlier is not None and earlier.status != store.DEFERRED:
-            return request, _existing(earlier)
+    # A chain (B into C, then C into A) is on the merge logs of the profiles merged in, not the survivor's
+    # (`merges` lists direct merges; `merged_from` is transitive): such a profile's own log is read only when
+    # `merged_from` names more than `merges` does, and at most PERSON_PROFILE_READS profiles are visited.
+    since, seen, pending = request.person_since or "", {record.profile_id}, [record]
+    while pending and len(seen) <= PERSON_PROFILE_READS:
+        survivor = pending.pop()
+        direct = {merge.get("profile_id") for merge in survivor.merges or []}
+        chained = bool(set(survivor.merged_from or []) - direct)
+        for merge in survivor.merges or []:
+            merged = merge.get("profile_id")
+            if not merged or merged in seen or str(merge.get("merged_at") or "") < since:
+                continue  # merged before the snapshot: so was everything merged into it
+            seen.add(merged)
+            if merged != requested:  # the requested profile's own key was read first (send_message)
+                earlier = store.read_delivery(request.space_id, merged, prefix + merged)
+                if earlier is not None and earlier.status != store.DEFERRED:
+                    return request, _existing(earlier)
+            if chained:
+                inner = profiles_store.get_profile(request.space_id, merged)
+                if inner is not None and inner.merges:
+                    pending.append(inner)
     return request, None
 
 
