@@ -612,11 +612,9 @@ def route(states: dict, task_state: str, data: dict) -> str:
     return name
 
 
-def test_a_send_deferred_by_quiet_hours_waits_for_their_end_then_sends_once(api, messaging):  # noqa: F811
-    # docs/messaging.md: quiet hours defer a message (`deferred: <until>`), never drop it: "journeys wait until
-    # `until`". The send step took the deferral for done: it counted the step completed and went on, and the
-    # message was never sent.
-    from engage.messaging import sender
+def _quiet_hours_mail_journey(api) -> tuple[dict, str, dict]:
+    """ann (Paris), quiet hours all day, a published one-send journey: its states, an execution ARN and the
+    state data at its send step."""
     from tests.integration import test_messaging as m
 
     pipeline = m.Pipeline(api)
@@ -632,6 +630,17 @@ def test_a_send_deferred_by_quiet_hours_waits_for_their_end_then_sends_once(api,
     execution = "arn:aws:states:us-east-1:123456789012:execution:m:quiet-v1-ann-e1"
     data = {"space_id": "acme", "profile_id": profile_id, "journey": "quiet", "version": 1, "entry": 1,
             "ids": {"user_id": "ann"}, "event": None, "trigger": "t", "step": {"next": "mail", "at": [], "until": None}}
+    return states, execution, data
+
+
+def test_a_send_deferred_by_quiet_hours_waits_for_their_end_then_sends_once(api, messaging):  # noqa: F811
+    # docs/messaging.md: quiet hours defer a message (`deferred: <until>`), never drop it: "journeys wait until
+    # `until`". The send step took the deferral for done: it counted the step completed and went on, and the
+    # message was never sent.
+    from engage.messaging import sender
+    from tests.integration import test_messaging as m
+
+    states, execution, data = _quiet_hours_mail_journey(api)
     # When the send step runs inside quiet hours (and Step Functions replays the Task: with the same input)
     payload = compiled_payload(states["mail"], data, execution)
     for _ in range(2):
@@ -667,19 +676,7 @@ def test_a_send_deferred_again_after_its_wait_because_the_clocks_disagree_does_n
     # a minute more each time, and fails the step after a bounded number of times.
     from tests.integration import test_messaging as m
 
-    pipeline = m.Pipeline(api)
-    profile_id = m.identify(pipeline, "ann", email="ann@example.com", timezone="Europe/Paris")
-    m.create(m.WELCOME)
-    assert call_api("PUT", "/v1/messaging/settings", {"quiet_hours": {
-        "start": "00:00", "end": "23:59", "timezone_trait": "timezone"}})[0] == 200
-    body = journey(key="quiet", exit_when=None, start="mail", steps={
-        "mail": {"type": "send", "channel": "email", "template": "welcome", "next": "done"}, "done": {"type": "exit"}})
-    answer = published("quiet", body)
-    states = json.loads(api.client("stepfunctions").describe_state_machine(
-        stateMachineArn=answer["state_machine_arn"])["definition"])["States"]
-    execution = "arn:aws:states:us-east-1:123456789012:execution:m:quiet-v1-ann-e1"
-    data = {"space_id": "acme", "profile_id": profile_id, "journey": "quiet", "version": 1, "entry": 1,
-            "ids": {"user_id": "ann"}, "event": None, "trigger": "t", "step": {"next": "mail", "at": [], "until": None}}
+    states, execution, data = _quiet_hours_mail_journey(api)
     data["step"] = steps.handle(compiled_payload(states["mail"], data, execution))
     first = clock.parse(data["step"]["until"])
     # The Lambda's clock stays before the quiet period's end while Step Functions' passes it at every Wait
