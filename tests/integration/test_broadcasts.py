@@ -325,9 +325,9 @@ def test_two_recipients_merged_during_the_send_are_sent_once(cloud):
     assert get("now")["status"] == "sent"
 
 
-def test_a_recipient_sent_before_merging_into_another_is_not_sent_again_as_the_survivor(cloud):
-    # The other order: the visitor's message went out, then they logged in, then the user's turn came.
-    cloud.people(1)
+def _broadcast_to_the_user_and_a_visitor(cloud) -> tuple[str, dict]:
+    """A visitor (anon1, with an email) and user u0 in audience `fans`, broadcast `now` started but not sent:
+    (the visitor's profile id, the one send message queued)."""
     cloud.pipeline.track({"anonymousId": "anon1", "traits": {"email": "visitor@example.com", "name": "V"}},
                          call="identify")
     visitor = profiles_store.resolve("acme", "users", "anonymous_id", "anon1").profile_id
@@ -335,6 +335,13 @@ def test_a_recipient_sent_before_merging_into_another_is_not_sent_again_as_the_s
     create({"key": "now", "audience": "fans", "channel": "email", "template": "news"})
     cloud.run(sender=False)
     [message] = [json.loads(r["body"]) for r in cloud.receive("BroadcastSendQueue")]
+    return visitor, message
+
+
+def test_a_recipient_sent_before_merging_into_another_is_not_sent_again_as_the_survivor(cloud):
+    # The other order: the visitor's message went out, then they logged in, then the user's turn came.
+    cloud.people(1)
+    visitor, message = _broadcast_to_the_user_and_a_visitor(cloud)
     assert visitor in message["profile_ids"] and len(message["profile_ids"]) == 2
     assert sending.process({**message, "profile_ids": [visitor]})  # the visitor's send alone
     assert recipients_of_sent_emails() == ["visitor@example.com"]
@@ -351,13 +358,7 @@ def test_a_recipient_sent_before_a_chain_of_merges_into_another_is_not_sent_agai
     # the second visitor's key and the person got the broadcast twice.
     cloud.people(1)  # the user, oldest: the last survivor
     cloud.pipeline.track({"anonymousId": "anon2", "traits": {"name": "C"}}, call="identify")
-    cloud.pipeline.track({"anonymousId": "anon1", "traits": {"email": "visitor@example.com", "name": "V"}},
-                         call="identify")
-    visitor = profiles_store.resolve("acme", "users", "anonymous_id", "anon1").profile_id
-    cloud.audience("fans", ["user_id:u0", "anonymous_id:anon1"])
-    create({"key": "now", "audience": "fans", "channel": "email", "template": "news"})
-    cloud.run(sender=False)
-    [message] = [json.loads(r["body"]) for r in cloud.receive("BroadcastSendQueue")]
+    visitor, message = _broadcast_to_the_user_and_a_visitor(cloud)
     assert sending.process({**message, "profile_ids": [visitor]})  # the visitor's send alone
     assert recipients_of_sent_emails() == ["visitor@example.com"]
     middle = profiles_store.resolve("acme", "users", "anonymous_id", "anon2").profile_id

@@ -252,22 +252,29 @@ def test_ids_and_profiles_a_person_gains_after_the_find_step_are_suppressed_and_
     assert suppression.suppressed_among(SPACE, gained) == (set(gained) if suppress else set())
 
 
-def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once(aws, space, monkeypatch):
+def _journey_waiting(aws, monkeypatch, journey_key: str, profile_id: str):
+    """A journey whose state machine has an execution of `profile_id` waiting a day, the privacy worker's
+    JourneysTable configured: (journeys store module, sfn client, execution arn, the profile's journey pk)."""
     from engage import config
-    from engage.journeys import leave
 
     monkeypatch.setenv("JOURNEYS_TABLE", aws.tables["JourneysTable"])  # the privacy worker's own environment
     config.settings.cache_clear()
     from engage.journeys import store as journeys_store
 
-    # Given a journey with a run of the profile whose execution is waiting
-    journeys_store.create(SPACE, {"key": "welcome", "name": "Welcome"})
+    journeys_store.create(SPACE, {"key": journey_key, "name": journey_key.replace("_", " ").capitalize()})
     sfn = aws.client("stepfunctions")
     machine = sfn.create_state_machine(
-        name="welcome", roleArn="arn:aws:iam::123456789012:role/x",
+        name=journey_key, roleArn="arn:aws:iam::123456789012:role/x",
         definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
-    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="usr_1-1")["executionArn"]
-    pk = journeys_store.profile_pk(SPACE, "welcome", "usr_1")
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=f"{profile_id}-1")["executionArn"]
+    return journeys_store, sfn, arn, journeys_store.profile_pk(SPACE, journey_key, profile_id)
+
+
+def test_leaving_journeys_stops_the_running_executions_and_marks_their_runs_once(aws, space, monkeypatch):
+    from engage.journeys import leave
+
+    # Given a journey with a run of the profile whose execution is waiting
+    journeys_store, sfn, arn, pk = _journey_waiting(aws, monkeypatch, "welcome", "usr_1")
     journeys_store.RunRecord(pk, "run|000001", execution_name="usr_1-1", execution_arn=arn, version=1,
                              started_at="2026-11-20T10:00:00.000Z").save()
     journeys_store.RunRecord(pk, "run|000000", execution_name="usr_1-0", version=1,
@@ -291,20 +298,9 @@ def test_an_archived_journeys_run_and_a_waiting_step_of_the_person_are_stopped_a
     # An archived journey's executions go on to their end, but the erasure read only the live journeys: the
     # person's run there went on (its update_trait would identify them again), its enrollment and run items
     # (the execution input, with their user id and email) stayed, and so did a wait_for_event's item.
-    from engage import config
     from engage.journeys import leave, waits
 
-    monkeypatch.setenv("JOURNEYS_TABLE", aws.tables["JourneysTable"])  # the privacy worker's own environment
-    config.settings.cache_clear()
-    from engage.journeys import store as journeys_store
-
-    journeys_store.create(SPACE, {"key": "old_promo", "name": "Old promo"})
-    sfn = aws.client("stepfunctions")
-    machine = sfn.create_state_machine(
-        name="old_promo", roleArn="arn:aws:iam::123456789012:role/x",
-        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 86400, "End": True}}}))
-    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name="usr_2-1")["executionArn"]
-    pk = journeys_store.profile_pk(SPACE, "old_promo", "usr_2")
+    journeys_store, sfn, arn, pk = _journey_waiting(aws, monkeypatch, "old_promo", "usr_2")
     journeys_store.EnrollmentRecord(pk, "enrollment", entries=1, current_execution="usr_2-1").save()
     journeys_store.RunRecord(pk, "run|000001", execution_name="usr_2-1", execution_arn=arn, version=1,
                              started_at="2026-11-20T10:00:00.000Z",

@@ -119,17 +119,22 @@ def test_an_answer_that_is_not_http_is_a_retry_with_the_reason_not_an_exception(
     assert outcome.status == senders.RETRY and "no valid HTTP answer" in outcome.reason, outcome
 
 
+def _quick_webhook(monkeypatch, webhook) -> None:
+    """The webhook channel with a 1 s timeout, no backoff between attempts and a signing secret."""
+    monkeypatch.setenv("WEBHOOK_TIMEOUT_SECONDS", "1")
+    monkeypatch.setattr(webhook, "BACKOFF_SECONDS", (0, 0))
+    monkeypatch.setattr(webhook.signing, "webhook_secret", lambda *_: "whsec-0123456789abcdef")
+    config.settings.cache_clear()
+
+
 def test_the_webhook_channel_ends_within_its_timeout_and_retries_an_answer_that_is_not_http(monkeypatch):
     import time
 
     from engage.messaging.channels import OutgoingMessage, Unavailable, webhook
     from tests.receiver import HostileReceiver
 
-    monkeypatch.setenv("WEBHOOK_TIMEOUT_SECONDS", "1")
     monkeypatch.setenv("ENGAGE_ALLOW_INTERNAL_HOSTS", "true")
-    monkeypatch.setattr(webhook, "BACKOFF_SECONDS", (0, 0))
-    monkeypatch.setattr(webhook.signing, "webhook_secret", lambda *_: "whsec-0123456789abcdef")
-    config.settings.cache_clear()
+    _quick_webhook(monkeypatch, webhook)
     for mode, why in (("drip", "did not answer within 1 s"), ("garbage", "could not be reached")):
         receiver = HostileReceiver(mode)
         message = OutgoingMessage(channel="webhook", address=receiver.url + "/hook", subject=None, body="{}",
@@ -165,10 +170,7 @@ def test_a_slow_resolver_ends_the_webhook_send_within_its_timeout_as_a_retry(mon
         return real(host, *rest, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", slow)
-    monkeypatch.setenv("WEBHOOK_TIMEOUT_SECONDS", "1")
-    monkeypatch.setattr(webhook, "BACKOFF_SECONDS", (0, 0))
-    monkeypatch.setattr(webhook.signing, "webhook_secret", lambda *_: "whsec-0123456789abcdef")
-    config.settings.cache_clear()
+    _quick_webhook(monkeypatch, webhook)
     message = OutgoingMessage(channel="webhook", address="https://slow-dns.example.com/hook", subject=None,
                               body="{}", idempotency_key="k1", space_id="acme", template="t")
     try:
