@@ -100,6 +100,8 @@ class Settings:
     # Manual-audience CSV imports past a request's budget (engage.audiences.imports): the queue of their chunks
     # (management API and the import worker); unset, such an import is a 400.
     audience_import_queue_url: str = ""
+    # ... and the memberships an import writes in the request before it is a job (at most manual.MAX_IMPORT_MEMBERS).
+    audience_import_sync_max_members: int = 1000
 
     def require(self, name: str) -> str:
         value = getattr(self, name)
