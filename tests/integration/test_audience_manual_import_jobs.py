@@ -221,3 +221,13 @@ def test_stored_items_stay_small_with_long_ids_and_many_unknown_rows(jobs, monke
     assert len(chunks) >= 4 and all(len(json.dumps(c)) <= imports.CHUNK_BYTES for c in chunks)
     status, job, _ = import_file(["1", "2", "3", "4"] + [f"nobody{n}" for n in range(300)])
     assert status == 202 and job["unknown_count"] == 300 and len(job["unknown"]) == imports.MAX_STORED
+
+
+def test_a_job_of_an_audience_deleted_meanwhile_fails_and_writes_nothing(jobs):
+    status, _job, headers = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    assert api("DELETE", "/v1/audiences/vips")[0] == 204
+    run_worker()
+    status, body, _ = api("GET", headers["Location"])
+    assert status == 200 and body["status"] == "failed" and "deleted" in body["message"], body
+    assert body["added"] == 0 and members_of("vips") == set()

@@ -234,7 +234,8 @@ def _chunked(named: list[str]) -> list[list[str]]:
 
 def get(space_id: str, audience_key: str, job_id: str) -> dict[str, Any]:
     """GET /v1/audiences/{key}/imports/{id}: a job of another space, audience or an unknown id is a 404."""
-    if not JOB_ID.match(job_id or ""):
+    # no job has another id, nor an audience key past a partition key's 2 KB (DynamoDB would refuse it: a 500)
+    if not JOB_ID.match(job_id or "") or len(_pk(space_id, audience_key).encode()) > 2048:
         raise NotFound(f"no import job {job_id[:40]!r} of audience {audience_key!r}")
     return view(space_id, audience_key, job_id)
 
@@ -270,10 +271,7 @@ def run(message: dict[str, Any], time_left: Callable[[], bool] = lambda: True) -
     job = _read(pk, _job_sk(job_id))
     if job is None or job.status != RUNNING:
         return "finished"  # done, failed, or deleted with its audience: nothing to do
-    try:
-        audience = store.get(space_id, audience_key)
-    except NotFound:
-        audience = None
+    audience = store.find(space_id, audience_key)
     if audience is None or audience.kind != "manual":
         _finish(pk, job_id, FAILED, "the audience was deleted (or is no longer manual) while it was imported")
         return FAILED
