@@ -231,3 +231,25 @@ def test_a_job_of_an_audience_deleted_meanwhile_fails_and_writes_nothing(jobs):
     status, body, _ = api("GET", headers["Location"])
     assert status == 200 and body["status"] == "failed" and "deleted" in body["message"], body
     assert body["added"] == 0 and members_of("vips") == set()
+
+
+def test_a_job_without_progress_for_30_minutes_is_failed_and_holds_nothing_back(jobs):
+    from datetime import timedelta
+
+    from engage import clock
+
+    status, stopped, headers = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    received()  # its chunks were lost (parked in the dead-letter queue, say)
+    clock.advance(timedelta(minutes=29))
+    assert import_file(["5", "6", "7", "8"])[0] == 409  # still running as far as anyone knows
+    clock.advance(timedelta(minutes=2))
+    status, body, _ = api("GET", headers["Location"])
+    assert body["status"] == "failed" and "30 minutes" in body["message"], body
+    # the next import takes over, and the stopped job stays failed
+    status, job, next_location = import_file(["5", "6", "7", "8"])
+    assert status == 202 and job["id"] != stopped["id"], job
+    run_worker()
+    assert api("GET", next_location["Location"])[1]["status"] == "done"
+    assert api("GET", headers["Location"])[1]["status"] == "failed"
+    assert members_of("vips") == {"p5", "p6", "p7", "p8"}
