@@ -108,6 +108,10 @@ def test_an_add_import_past_the_budget_is_a_job_that_writes_every_chunk(jobs):
     status, done, _ = api("GET", headers["Location"])
     assert status == 200 and done["status"] == "done" and done["finished_at"], done
     assert (done["added"], done["unchanged"], done["removed"]) == (7, 0, 0)
+    # and what stays is the job with its totals: its chunks (the named profile ids) and the lock are deleted
+    from engage.audiences import imports
+
+    assert [item.sk for item in imports.ImportItem.query(imports._pk("acme", "vips"))] == [f"job|{job['id']}"]
     # And the audience takes its next import (no job runs): a small one is answered at once
     status, body, _ = import_file(["1", "9"])
     assert status == 200 and body["added"] == 1 and body["unchanged"] == 1, body

@@ -66,9 +66,10 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "DestinationsTable": {"GetItem", "Query", "UpdateItem"}, "FailuresTable": {"Scan", "UpdateItem"},
     },
     # engage.audiences.imports: a chunk's memberships (as a manual edit writes them), its result and the job's
-    # progress, a replace's removal steps (PutItem), the audience's lock released (DeleteItem)
+    # progress, a replace's removal steps (PutItem), the audience's lock released (DeleteItem), a done job's
+    # chunks and steps deleted (BatchWriteItem)
     "AudienceImportWorkerFunction": {
-        "ConfigTable": {"GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem"},
+        "ConfigTable": {"GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"},
         "MembershipsTable": {"GetItem", "Query", "BatchGetItem", "PutItem"},
         "ProfilesTable": {"GetItem", "BatchGetItem"}, "LinksTable": {"Query"}, "ProfileEventsTable": {"Query"},
         "DueTable": {"PutItem", "GetItem"},

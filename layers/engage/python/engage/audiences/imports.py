@@ -13,6 +13,7 @@ ConfigTable, pk = <space>|audience_import|<audience key> (a job is never readabl
                              400 KB), and, once applied, their result (added, unchanged)
   sk = job|<id>|remove|<n>   mode=replace, after every add chunk: one bounded step of removals of the members
                              the file does not name (removed, unchanged) and the cursor of the next step
+  When the job is done its totals are written on it and its chunks and steps are deleted.
 
 At-least-once (SQS): a chunk's result is recorded on its item on condition that it has none yet, and a
 redelivered chunk whose result is there writes and counts nothing; a removal step is recorded the same way
@@ -248,6 +249,8 @@ def view(space_id: str, audience_key: str, job_id: str) -> dict[str, Any]:
     if job is None:
         raise NotFound(f"no import job {job_id!r} of audience {audience_key!r}")
     parts = [item for item in items if item.sk != job.sk and item.done_at]
+    if job.status == DONE and job.added is not None:
+        parts = [job]  # its totals, written when it was done (its chunks and steps are deleted then)
     status, message = job.status, job.message
     if status == RUNNING and _stale(job):
         status, message = FAILED, ("stopped: no chunk was recorded for "
@@ -284,6 +287,8 @@ def _add_chunk(space_id: str, audience_key: str, job: ImportItem, n: int) -> str
     pk, sk = job.pk, _part_sk(job.job_id, "add", n)
     chunk = _read(pk, sk)
     if chunk is None:
+        if (_read(pk, job.sk) or job).status != RUNNING:
+            return "finished"  # done meanwhile: its chunks were deleted
         raise RuntimeError(f"import job {job.job_id} has no chunk {n}")  # to the dead-letter queue, said
     outcome = "redelivered"
     if not chunk.done_at:
@@ -304,7 +309,7 @@ def _add_chunk(space_id: str, audience_key: str, job: ImportItem, n: int) -> str
             sender([{"space_id": space_id, "audience_key": audience_key, "job_id": job.job_id, "step": "remove",
                      "n": 0, "cursor": None}])
         return outcome
-    _finish(pk, job.job_id, DONE)
+    _complete(pk, job.job_id)
     return DONE if outcome == "applied" else outcome
 
 
@@ -339,7 +344,7 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
         sender([{"space_id": space_id, "audience_key": audience_key, "job_id": job.job_id, "step": "remove",
                  "n": n + 1, "cursor": recorded.next_cursor}])
         return outcome
-    _finish(pk, job.job_id, DONE)
+    _complete(pk, job.job_id)
     return DONE if outcome == "applied" else outcome
 
 
@@ -380,12 +385,27 @@ def _progress(job: ImportItem) -> None:
             raise
 
 
-def _finish(pk: str, job_id: str, status: str, message: str | None = None, *, release: bool = True) -> None:
+def _complete(pk: str, job_id: str) -> None:
+    """The job done with its totals, then its chunks and steps deleted: the named profile ids are not kept
+    once they are memberships (a copy that completes it too writes the same totals, deletes what is left)."""
+    parts = list(ImportItem.query(pk, ImportItem.sk.startswith(f"{_job_sk(job_id)}|"), consistent_read=True,
+                                  attributes_to_get=["pk", "sk", "added", "removed", "unchanged", "done_at"]))
+    totals = {name: sum(int(getattr(part, name) or 0) for part in parts if part.done_at)
+              for name in ("added", "removed", "unchanged")}
+    _finish(pk, job_id, DONE, totals=totals)
+    with ImportItem.batch_write() as batch:
+        for part in parts:
+            batch.delete(ImportItem(pk, part.sk))
+
+
+def _finish(pk: str, job_id: str, status: str, message: str | None = None, *, release: bool = True,
+            totals: dict[str, int] | None = None) -> None:
     """running -> done | failed (once), then the audience's lock released if it is still this job's (by the
     worker: the management API leaves it, and a lock whose job is not running blocks nothing)."""
     actions = [ImportItem.status.set(status), ImportItem.finished_at.set(clock.iso())]
     if message:
         actions.append(ImportItem.message.set(message))
+    actions += [getattr(ImportItem, name).set(value) for name, value in (totals or {}).items()]
     try:
         ImportItem(pk, _job_sk(job_id)).update(actions=actions, condition=ImportItem.status == RUNNING)
     except UpdateError as error:
