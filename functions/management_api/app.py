@@ -22,6 +22,7 @@ from engage.observability import logger, tracer
 # Each capability's operations load with the first route that calls them: a cold start pays for the
 # capability it serves, not for all of them.
 export = lazy.module("engage.audiences.export")
+imports = lazy.module("engage.audiences.imports")
 management = lazy.module("engage.audiences.management")
 manual = lazy.module("engage.audiences.manual")
 preview = lazy.module("engage.audiences.preview")
@@ -138,10 +139,28 @@ def edit_members(key: str):
           openapi_extensions={**openapi.body("Csv", media_type="text/csv"), **openapi.query(
               openapi.param("mode", {"type": "string", "enum": ["add", "replace"], "default": "add"},
                             "add to the members, or make the file the whole audience"))},
-          responses=openapi.responses(200, "MemberEditResult", "what changed", *KEY_ERRORS, 409))
+          responses={**openapi.responses(200, "MemberEditResult", "what changed", *KEY_ERRORS, 409),
+                     202: {"description": "more than 1,000 memberships to write: an import job, polled at Location",
+                           "content": openapi.json_content("ImportJob")}})
 def import_members(key: str):
     # A CSV that is not UTF-8 (Excel's ANSI "CSV" in cp1252, say) reaches us base64-encoded: a 400, not a 500
-    return manual.import_csv(_space(), key, _text_body() or "", _query("mode", "add"))
+    result = manual.import_csv(_space(), key, _text_body() or "", _query("mode", "add"))
+    if isinstance(result, imports.Accepted):
+        return Response(202, "application/json", json.dumps(result),
+                        headers={"Location": f"{_audience_path(key)}/imports/{result['id']}"})
+    return result
+
+
+@app.get("/v1/audiences/<key>/imports/<job_id>", summary="Read a CSV import job: its status and counts", **DOC,
+         responses=openapi.responses(200, "ImportJob", "the job (status running, done or failed)", *KEY_ERRORS))
+def get_import(key: str, job_id: str):
+    return imports.get(_space(), key, job_id)
+
+
+def _audience_path(key: str) -> str:
+    """/v1/audiences/<key> as the request named it (the key percent-encoded as it came)."""
+    path = app.current_event.path
+    return path[:path.rindex("/members:import")] if "/members:import" in path else f"/v1/audiences/{key}"
 
 
 @app.get("/v1/audiences/<key>/export", summary="Export an audience's members as CSV", **DOC,

@@ -81,6 +81,10 @@ NOT_AT_INIT = {
     # Destination definitions check audience keys with the light package's pattern: no audience language.
     "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership",
                               "engage.audiences.definition"),
+    # An import chunk writes memberships it was handed: no CSV reading or id resolution (the request did
+    # that), no audience language until a change re-evaluates the audiences built on this one.
+    "audience_import_worker": ("engage.audiences.manual", "engage.audiences.export", "engage.audiences.runtime",
+                               "engage.audiences.definition", "pydantic", "engage.profiles_store", "csv"),
     # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
     "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store",
                           "engage.audiences.definition"),

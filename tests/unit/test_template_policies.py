@@ -65,6 +65,15 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         # destinations: status, backlog, replay of parked deliveries
         "DestinationsTable": {"GetItem", "Query", "UpdateItem"}, "FailuresTable": {"Scan", "UpdateItem"},
     },
+    # engage.audiences.imports: a chunk's memberships (as a manual edit writes them), its result and the job's
+    # progress, a replace's removal steps (PutItem), the audience's lock released (DeleteItem), a done job's
+    # chunks and steps deleted (BatchWriteItem)
+    "AudienceImportWorkerFunction": {
+        "ConfigTable": {"GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"},
+        "MembershipsTable": {"GetItem", "Query", "BatchGetItem", "PutItem"},
+        "ProfilesTable": {"GetItem", "BatchGetItem"}, "LinksTable": {"Query"}, "ProfileEventsTable": {"Query"},
+        "DueTable": {"PutItem", "GetItem"},
+    },
     "AudienceExportFunction": {
         "MembershipsTable": {"Query"}, "ProfilesTable": {"BatchGetItem"}, "ConfigTable": {"UpdateItem"},
     },
@@ -221,7 +230,7 @@ def _config_keys_written() -> dict[str, set[str]]:
     """ConfigTable partition keys each function's code writes, from the code's own key functions
     (call sites: the router's commits -> store._pages_pk; backfill/management -> store._pk, store.drop_size;
     export jobs -> export._pk)."""
-    from engage.audiences import export, store
+    from engage.audiences import export, imports, store
     from engage.computed_traits import store as computed_store
     from engage.destinations import store as destination_store
     from engage.journeys import store as journey_store
@@ -229,7 +238,7 @@ def _config_keys_written() -> dict[str, set[str]]:
     from engage.messaging import store as messaging_store
     from engage.privacy import jobs as privacy_jobs_store
 
-    audiences, exports = store._pk("acme"), export._pk("acme", "vip")
+    audiences, exports, import_jobs = store._pk("acme"), export._pk("acme", "vip"), imports._pk("acme", "vip")
     sizes = {store._size_pk("acme", "vip"), store._pages_pk("acme", 3)}  # older shards (dropped), pages
     computed = computed_store.pk("acme")
     journeys = journey_store._pk("acme")
@@ -240,8 +249,9 @@ def _config_keys_written() -> dict[str, set[str]]:
     return {
         "AudienceRouterFunction": {store._pages_pk("acme", 3)},
         "AudienceBackfillFunction": {audiences, computed} | sizes,
-        "ManagementApiFunction": {audiences, exports, computed, journeys, destinations} | sizes | messaging,
+        "ManagementApiFunction": {audiences, exports, import_jobs, computed, journeys, destinations} | sizes | messaging,
         "AudienceExportFunction": {exports},
+        "AudienceImportWorkerFunction": {import_jobs},
         "MessageSenderFunction": {signing_key},
         "BroadcastSenderFunction": {signing_key},  # the sender path creates the signing key on first use
         "JourneyStepsFunction": {signing_key},  # send steps: the same sender path

@@ -97,6 +97,11 @@ class Settings:
     engage_allow_internal_hosts: str = ""
     # Data rights (engage.privacy): the queue the deletion worker reads.
     privacy_jobs_queue_url: str = ""
+    # Manual-audience CSV imports past a request's budget (engage.audiences.imports): the queue of their chunks
+    # (management API and the import worker); unset, such an import is a 400.
+    audience_import_queue_url: str = ""
+    # ... and the memberships an import writes in the request before it is a job (at most manual.MAX_IMPORT_MEMBERS).
+    audience_import_sync_max_members: int = 1000
 
     def require(self, name: str) -> str:
         value = getattr(self, name)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engage import id_types
-from engage.audiences import membership, runtime, store
+from engage.audiences import imports, membership, runtime, store
 from engage.audiences.export import unescaped
+from engage.config import settings
 from engage.db import key
 from engage.errors import Conflict, ValidationFailed
 from engage.json_body import surrogate_at
@@ -35,6 +36,7 @@ MAX_IMPORT_IDS = 50_000
 # ... and so must the membership writes: each profile the file names and, with mode=replace, each member it does
 # not name is a read and a write or two (about 20 ms each on the local cloud: 1,000 adds took 18 to 23 s, a replace
 # of 500 members by 500 others 19.6 s, and 1,100 of them ran past the 29 s, a 500 with the audience half replaced).
+# Past it the file's writes are a job (engage.audiences.imports: a 202), or a 400 where jobs have no queue.
 MAX_IMPORT_MEMBERS = 1_000
 # An unknown row (or JSON id) is reported with its ids, cut to this many characters: the report of a file of long
 # type names and values was larger than the file, past Lambda's 6 MB response (a 500 after the adds were done);
@@ -139,7 +141,8 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     """Import members from CSV: a header naming id types (`email`, `user_id`, ...), one person per row.
 
     A row is matched by its first non-empty id column that names an existing profile. `replace`
-    also removes current members that the file does not name.
+    also removes current members that the file does not name. Past MAX_IMPORT_MEMBERS writes the file is
+    handed to an import job (engage.audiences.imports): the answer is then the job (`imports.Accepted`).
     """
     if mode not in ("add", "replace"):
         raise ValidationFailed(f"mode must be add or replace, not {mode!r}", [{"path": "mode", "value": mode}])
@@ -202,14 +205,22 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
         raise ValidationFailed("mode=replace: no row of the file names an existing profile, so nothing was "
                                "replaced (check the header's id types); a file with only its header empties "
                                "the audience", problems)
+    if imports.enabled():  # an import job of the audience is writing: this one waits (a 409 naming it)
+        imports.check_none_running(space_id, audience_key)
+    # ImportSyncMaxMembers (template.yaml) may lower it: the local cloud's tests make a job of a few rows
+    budget = min(settings().audience_import_sync_max_members, MAX_IMPORT_MEMBERS)
     leaving = []
     if mode == "replace":  # the members the file does not name, read up to the budget
         for record in membership.all_members(space_id, audience_key):
             if record.profile_id not in named:
                 leaving.append(record)
-                if len(named) + len(leaving) > MAX_IMPORT_MEMBERS:
+                if len(named) + len(leaving) > budget:
                     break
-    _refuse_past_budget(mode, len(named), len(leaving))
+    if len(named) + len(leaving) > budget and imports.enabled():
+        # Past what fits in the request: a job writes them (engage.audiences.imports), the answer is a 202
+        return imports.start(space_id, audience_key, mode, list(named), rows=len(candidates) + len(outcome.invalid),
+                             unknown=outcome.unknown, invalid=outcome.invalid)
+    _refuse_past_budget(mode, len(named), len(leaving), budget)
     for profile_id in named:
         _apply(outcome, space_id, audience_key, profile_id, True)
     for record in leaving:
@@ -217,20 +228,20 @@ def import_csv(space_id: str, audience_key: str, text: str, mode: str) -> dict[s
     return outcome.as_dict(mode=mode, rows=len(candidates) + len(outcome.invalid))
 
 
-def _refuse_past_budget(mode: str, named: int, leaving: int) -> None:
+def _refuse_past_budget(mode: str, named: int, leaving: int, budget: int) -> None:
     """A 400 before anything is written when the memberships to write may not fit in the request's time."""
-    if named + leaving <= MAX_IMPORT_MEMBERS:
+    if named + leaving <= budget:
         return
     if mode == "replace":
         message = (f"mode=replace would write at least {named + leaving} memberships (the file names {named} "
                    f"profiles, and at least {leaving} members of the audience are not in it): at most "
-                   f"{MAX_IMPORT_MEMBERS:,} per import, nothing was changed; "
+                   f"{budget:,} per import, nothing was changed; "
                    "replace larger audiences with mode=add files and POST .../members {\"remove\": [...]}")
     else:
-        message = (f"the file names {named} profiles: at most {MAX_IMPORT_MEMBERS:,} per import, nothing was "
+        message = (f"the file names {named} profiles: at most {budget:,} per import, nothing was "
                    "changed; split the file")
     raise ValidationFailed(message, [{"path": "$", "value": named + leaving,
-                                      "message": f"at most {MAX_IMPORT_MEMBERS} memberships per import"}])
+                                      "message": f"at most {budget} memberships per import"}])
 
 
 def _shown(value: str) -> str:

@@ -120,6 +120,27 @@ class MemberEditResult(BaseModel):
     invalid: list[Any]
 
 
+class ImportJob(BaseModel):
+    """A CSV import past the request's 1,000 memberships, written by a job (202, then GET its Location)."""
+
+    id: str
+    audience: str
+    mode: Literal["add", "replace"]
+    status: Literal["running", "done", "failed"]
+    rows: int
+    named: int
+    unknown: list[Any]
+    unknown_count: int
+    invalid: list[Any]
+    invalid_count: int
+    added: int
+    removed: int
+    unchanged: int
+    created_at: str
+    finished_at: str | None = None
+    message: str | None = None
+
+
 class ExportJob(BaseModel):
     """A large export being generated (202), ready (303, Location is the file) or failed (500)."""
 
@@ -252,7 +273,7 @@ PROFILE_RESOURCES = (profile_models.TraitsResponse, profile_models.ExternalIdsRe
 REQUESTS: tuple[type[BaseModel], ...] = (Batch, definition.AudienceDefinition, MemberEdit, ComputedTraitDefinition,
                                          journey_definition.JourneyDefinition)
 RESPONSES: tuple[type[BaseModel], ...] = (
-    Error, SegmentError, Success, Audience, AudienceList, Preview, Members, MemberEditResult, ExportJob,
+    Error, SegmentError, Success, Audience, AudienceList, Preview, Members, MemberEditResult, ImportJob, ExportJob,
     ComputedTrait, ComputedTraitList, ComputedTraitPreview, *PROFILE_RESOURCES, Journey, JourneyList, JourneyProfile)
 # Messaging (engage.messaging.api_models)
 REQUESTS += messaging_models.REQUESTS

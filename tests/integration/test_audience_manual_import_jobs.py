@@ -1,0 +1,259 @@
+"""Manual-audience CSV imports past the request's budget: a job (202) run from AudienceImportQueue by
+AudienceImportWorkerFunction (engage.audiences.imports). The budget and the chunk size are lowered here so
+that a few profiles make a job of several chunks."""
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import urlencode
+
+import boto3
+import pytest
+
+from tests.integration.audience_support import (
+    LambdaContext,
+    audience_engine,  # noqa: F401 - the `engine` fixture
+    handler,
+    make_profile,
+    members_of,
+)
+
+VIPS = {"key": "vips", "name": "VIPs", "kind": "manual"}
+PEOPLE = 9  # p1..p9, user_id 1..9
+
+
+def api(method: str, path: str, *, raw: str | None = None, body=None, query: dict | None = None,
+        token: str = "acme-access-token") -> tuple[int, dict, dict]:
+    """The management API's answer: status, JSON body, headers."""
+    text = raw if raw is not None else (json.dumps(body) if body is not None else None)
+    event = {
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": urlencode(query or {}),
+        "headers": {"content-type": "text/csv" if raw is not None else "application/json",
+                    "authorization": "Basic " + base64.b64encode(f"{token}:".encode()).decode()},
+        "queryStringParameters": query or None, "body": text, "isBase64Encoded": False,
+        "requestContext": {"http": {"method": method, "path": path, "sourceIp": "127.0.0.1"},
+                           "stage": "$default", "requestId": "r", "accountId": "123456789012"},
+    }
+    response = handler("management_api")(event, LambdaContext())
+    payload = response.get("body") or ""
+    return response["statusCode"], json.loads(payload) if payload else {}, response.get("headers") or {}
+
+
+@pytest.fixture
+def jobs(engine, space, aws, monkeypatch):
+    """Import jobs on (their queue), a budget of 3 memberships a request and chunks of 2 profiles."""
+    from engage import config
+    from engage.audiences import imports, manual
+
+    monkeypatch.setenv("AUDIENCE_IMPORT_QUEUE_URL", aws.queues["AudienceImportQueue"])
+    config.settings.cache_clear()
+    monkeypatch.setattr(manual, "MAX_IMPORT_MEMBERS", 3)
+    monkeypatch.setattr(imports, "CHUNK_IDS", 2)
+    for n in range(1, PEOPLE + 1):
+        make_profile(f"p{n}", ids={"user_id": str(n)})
+    assert api("POST", "/v1/audiences", body=VIPS)[0] == 201
+    return engine
+
+
+def received() -> list[dict]:
+    """The import queue's messages now (received and deleted), as SQS records."""
+    from engage.config import settings
+
+    sqs, url, records = boto3.client("sqs"), settings().audience_import_queue_url, []
+    while page := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages"):
+        for message in page:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            records.append({"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
+                            "body": message["Body"], "attributes": message["Attributes"], "md5OfBody": "",
+                            "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+                            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:AudienceImportQueue"})
+    return records
+
+
+def work(records: list[dict]) -> dict:
+    return handler("audience_import_worker")({"Records": records}, LambdaContext())
+
+
+def run_worker() -> int:
+    """The worker on every message, until the queue is empty (a step queues the next); messages handled."""
+    handled = 0
+    while records := received():
+        for record in records:
+            assert work([record]) == {"batchItemFailures": []}
+            handled += 1
+    return handled
+
+
+def import_file(rows: list[str], mode: str = "add") -> tuple[int, dict, dict]:
+    return api("POST", "/v1/audiences/vips/members:import", raw="user_id\n" + "".join(f"{r}\n" for r in rows),
+               query={"mode": mode})
+
+
+def test_an_add_import_past_the_budget_is_a_job_that_writes_every_chunk(jobs):
+    # When a file names 7 profiles (budget 3), with an unknown row and an invalid one
+    status, job, headers = import_file(["1", "2", "3", "nobody", "4", "5", "6", "7", "8,extra"])
+    # Then it is a 202 with the job, and nothing is written yet
+    assert status == 202, job
+    assert headers["Location"] == f"/v1/audiences/vips/imports/{job['id']}"
+    assert {k: job[k] for k in ("audience", "mode", "status", "rows", "named", "added", "removed", "unchanged")} == {
+        "audience": "vips", "mode": "add", "status": "running", "rows": 9, "named": 7, "added": 0, "removed": 0,
+        "unchanged": 0}
+    assert job["unknown"] == [{"line": 5, "value": "user_id:nobody", "message": "no profile has this id"}]
+    assert job["unknown_count"] == 1 and job["invalid_count"] == 1 and job["invalid"][0]["line"] == 10
+    assert job["created_at"] and members_of("vips") == set()
+    # When the worker has run its chunks (7 profiles in chunks of 2: 4 messages)
+    assert run_worker() == 4
+    # Then every named profile is a member and the job is done with its counts
+    assert members_of("vips") == {f"p{n}" for n in range(1, 8)}
+    status, done, _ = api("GET", headers["Location"])
+    assert status == 200 and done["status"] == "done" and done["finished_at"], done
+    assert (done["added"], done["unchanged"], done["removed"]) == (7, 0, 0)
+    # and what stays is the job with its totals: its chunks (the named profile ids) and the lock are deleted
+    from engage.audiences import imports
+
+    assert [item.sk for item in imports.ImportItem.query(imports._pk("acme", "vips"))] == [f"job|{job['id']}"]
+    # And the audience takes its next import (no job runs): a small one is answered at once
+    status, body, _ = import_file(["1", "9"])
+    assert status == 200 and body["added"] == 1 and body["unchanged"] == 1, body
+
+
+def test_a_replace_job_adds_then_removes_the_members_the_file_does_not_name(jobs, monkeypatch):
+    from engage.audiences import imports
+
+    monkeypatch.setattr(imports, "REMOVE_PAGE", 2)  # several pages of members to go through
+    assert import_file(["1", "2", "3"])[0] == 200
+    assert api("POST", "/v1/audiences/vips/members", body={"add": ["user_id:9"]})[0] == 200
+    # When a replace names 3, 4, 5, 6 (4 profiles: past the budget) of an audience of 1, 2, 3, 9
+    status, job, headers = import_file(["3", "4", "5", "6"], mode="replace")
+    assert status == 202 and job["mode"] == "replace" and job["named"] == 4, job
+    run_worker()
+    # Then the file is the audience, and the counts say what was done
+    assert members_of("vips") == {"p3", "p4", "p5", "p6"}
+    status, done, _ = api("GET", headers["Location"])
+    assert done["status"] == "done", done
+    assert (done["added"], done["unchanged"], done["removed"]) == (3, 1, 3)
+
+
+def test_a_removal_step_out_of_time_queues_the_next_from_its_cursor(jobs, monkeypatch):
+    from engage.audiences import imports
+
+    monkeypatch.setattr(imports, "REMOVE_PAGE", 1)
+    assert api("POST", "/v1/audiences/vips/members",
+               body={"add": [f"user_id:{n}" for n in range(1, 8)]})[0] == 200
+    status, _job, headers = import_file(["8", "9", "1", "2"], mode="replace")
+    assert status == 202
+    # When each step has time for one page only
+    steps = 0
+    while records := received():
+        for record in records:
+            body = json.loads(record["body"])
+            if body["step"] == "remove":
+                steps += 1
+                imports.run(body, time_left=lambda: False)
+            else:
+                imports.run(body)
+    # Then the removals went on step after step (one page each) to the end
+    assert steps >= 5 and members_of("vips") == {"p1", "p2", "p8", "p9"}
+    done = api("GET", headers["Location"])[1]
+    assert done["status"] == "done" and (done["added"], done["unchanged"], done["removed"]) == (2, 2, 5), done
+
+
+def test_a_redelivered_chunk_counts_once(jobs):
+    status, _job, headers = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    records = received()
+    assert len(records) == 2
+    # When the first chunk is delivered, then delivered again (at-least-once), and again with the second
+    work([records[0]])
+    work([records[0]])
+    work([records[0], records[1]])
+    work([records[1]])
+    # Then each chunk counted once
+    done = api("GET", headers["Location"])[1]
+    assert done["status"] == "done" and (done["added"], done["unchanged"]) == (4, 0), done
+    assert members_of("vips") == {"p1", "p2", "p3", "p4"}
+    assert received() == []  # and a redelivery queues nothing more
+
+
+def test_a_second_import_while_a_job_runs_is_a_409_naming_it(jobs):
+    status, job, _ = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    # a large one and a small one alike: both would write the audience alongside the job
+    for rows in (["5", "6", "7", "8"], ["9"]):
+        status, body, _ = import_file(rows, mode="replace")
+        assert status == 409, body
+        assert job["id"] in body["error"]["message"] and body["error"]["details"][0]["job"] == job["id"]
+    run_worker()
+    assert members_of("vips") == {"p1", "p2", "p3", "p4"}
+    status, job2, _ = import_file(["5", "6", "7", "8"])
+    assert status == 202 and job2["id"] != job["id"]
+
+
+def test_a_job_is_not_readable_from_another_space_or_under_another_id(jobs):
+    from engage import spaces
+
+    status, job, headers = import_file(["1", "2", "3", "4"])
+    spaces.create_space("other", "Other", write_key="other-write-key", access_token="other-access-token")
+    assert api("POST", "/v1/audiences", body=VIPS, token="other-access-token")[0] == 201
+    status, body, _ = api("GET", headers["Location"], token="other-access-token")
+    assert status == 404, body
+    for path in (f"/v1/audiences/vips/imports/{'0' * 32}", f"/v1/audiences/nope/imports/{job['id']}",
+                 f"/v1/audiences/vips/imports/{'x' * 2000}"):
+        assert api("GET", path)[0] == 404
+    assert api("GET", headers["Location"])[0] == 200
+
+
+def test_a_job_whose_messages_cannot_be_queued_is_failed_and_blocks_nothing(jobs, monkeypatch):
+    from engage.audiences import imports
+
+    def refused(messages):
+        raise RuntimeError("queue unavailable")
+
+    monkeypatch.setattr(imports, "sender", refused)
+    status, job, _ = import_file(["1", "2", "3", "4"])
+    assert status == 202 and job["status"] == "failed" and "queue unavailable" in job["message"], job
+    monkeypatch.undo()  # MAX_IMPORT_MEMBERS back to 1,000 too: the same file is now small
+    status, body, _ = import_file(["1", "2", "3", "4"])
+    assert status == 200 and body["added"] == 4, body
+
+
+def test_stored_items_stay_small_with_long_ids_and_many_unknown_rows(jobs, monkeypatch):
+    from engage.audiences import imports
+
+    monkeypatch.setattr(imports, "CHUNK_IDS", 250)
+    chunks = imports._chunked([f"p{n}" + "x" * 1500 for n in range(250)])
+    assert len(chunks) >= 4 and all(len(json.dumps(c)) <= imports.CHUNK_BYTES for c in chunks)
+    status, job, _ = import_file(["1", "2", "3", "4"] + [f"nobody{n}" for n in range(300)])
+    assert status == 202 and job["unknown_count"] == 300 and len(job["unknown"]) == imports.MAX_STORED
+
+
+def test_a_job_of_an_audience_deleted_meanwhile_fails_and_writes_nothing(jobs):
+    status, _job, headers = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    assert api("DELETE", "/v1/audiences/vips")[0] == 204
+    run_worker()
+    status, body, _ = api("GET", headers["Location"])
+    assert status == 200 and body["status"] == "failed" and "deleted" in body["message"], body
+    assert body["added"] == 0 and members_of("vips") == set()
+
+
+def test_a_job_without_progress_for_30_minutes_is_failed_and_holds_nothing_back(jobs):
+    from datetime import timedelta
+
+    from engage import clock
+
+    status, stopped, headers = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    received()  # its chunks were lost (parked in the dead-letter queue, say)
+    clock.advance(timedelta(minutes=29))
+    assert import_file(["5", "6", "7", "8"])[0] == 409  # still running as far as anyone knows
+    clock.advance(timedelta(minutes=2))
+    status, body, _ = api("GET", headers["Location"])
+    assert body["status"] == "failed" and "30 minutes" in body["message"], body
+    # the next import takes over, and the stopped job stays failed
+    status, job, next_location = import_file(["5", "6", "7", "8"])
+    assert status == 202 and job["id"] != stopped["id"], job
+    run_worker()
+    assert api("GET", next_location["Location"])[1]["status"] == "done"
+    assert api("GET", headers["Location"])[1]["status"] == "failed"
+    assert members_of("vips") == {"p5", "p6", "p7", "p8"}
