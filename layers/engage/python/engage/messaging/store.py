@@ -6,7 +6,8 @@ ConfigTable
 MessagesTable (on-demand, TTL `expires_at`, no stream)
   pk = <space>|<profile_id>, sk = delivery|<idempotency key>
         the delivery log: written `pending` (conditional put) before the provider is called, then
-        completed; a Query of the profile's partition lists its messages
+        completed; the `by_created` index (pk, created_at; only deliveries have created_at) lists a
+        profile's messages newest first, a page at a time (GET /v1/messages)
   pk = <space>|<profile_id>, sk = cap|<channel>
         send times of the last sends on the channel (bounded list) for rolling-window frequency caps
   pk = <space>|suppression|<channel>|<address>, sk = -
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
+from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection
 
 from engage import clock
 from engage.audiences import KEY_PATTERN
@@ -177,6 +179,20 @@ def clear_cache() -> None:
 
 
 # ---------------------------------------------------------------- the delivery log
+class ByCreatedIndex(GlobalSecondaryIndex):
+    """The delivery log in time order (`by_created`): pk = the profile's partition, sort = created_at. Sparse:
+    only deliveries have created_at (cap counters and suppressions do not), so no backfill was needed. Keys and
+    source_type only: a completion (status) does not write the index, and the page's items are read from the
+    table itself (BatchGetItem, consistent), so they show their current status."""
+
+    class Meta:
+        index_name = "by_created"
+        projection = IncludeProjection(["source_type"])
+
+    pk = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
 class DeliveryRecord(EngageModel):
     class Meta:
         table_name = TableName("messages_table")
@@ -202,6 +218,7 @@ class DeliveryRecord(EngageModel):
     # The attempt that claimed the send (pending) and when: a retry tells its own claim from another's.
     attempt = UnicodeAttribute(null=True)
     expires_at = NumberAttribute()
+    by_created = ByCreatedIndex()
 
 
 def delivery_pk(space_id: str, profile_id: str) -> str:
@@ -312,12 +329,23 @@ def give_up(record: DeliveryRecord, reason: str) -> DeliveryRecord | None:
         raise
 
 
-def deliveries(space_id: str, profile_id: str, source_type: str | None = None) -> list[DeliveryRecord]:
-    """A profile's delivery log, newest first (one Query of its partition; `source_type` filters)."""
-    condition = DeliveryRecord.source_type == source_type if source_type else None
-    found = DeliveryRecord.query(delivery_pk(space_id, profile_id), DeliveryRecord.sk.startswith("delivery|"),
-                                 filter_condition=condition)
-    return sorted(found, key=lambda r: r.created_at, reverse=True)
+def delivery_positions(space_id: str, profile_id: str, source_type: str | None, until: str | None,
+                       page_size: int) -> Iterator[tuple[str, str]]:
+    """(created_at, sk) of a profile's deliveries, newest first, from `until` (a created_at, included) down,
+    read `page_size` at a time from the index; `source_type` filters (a filter of the index's small items)."""
+    condition = DeliveryRecord.created_at <= until if until else None
+    found = DeliveryRecord.by_created.query(delivery_pk(space_id, profile_id), condition, scan_index_forward=False,
+                                            filter_condition=DeliveryRecord.source_type == source_type
+                                            if source_type else None, page_size=page_size)
+    for record in found:
+        yield record.created_at, record.sk
+
+
+def read_deliveries(space_id: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], DeliveryRecord]:
+    """The delivery items of these (profile_id, sk) keys that exist (BatchGetItem, consistent), by key."""
+    wanted = [(delivery_pk(space_id, profile_id), sk) for profile_id, sk in keys]
+    found = DeliveryRecord.batch_get(wanted, consistent_read=True) if wanted else []
+    return {(record.profile_id, record.sk): record for record in found}
 
 
 # ---------------------------------------------------------------- suppression list
