@@ -130,10 +130,11 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "JourneyStepsFunction": {
         "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
-        "ProfilesTable": {"GetItem"}, "ProfileEventsTable": {"Query"}, "MembershipsTable": {"Query"},
-        "EventsTable": {"PutItem"},
-        # send steps: the sender path in process (delivery log, signing key)
-        "MessagesTable": {"GetItem", "PutItem", "UpdateItem"}, "ConfigTable": {"GetItem", "PutItem"},
+        "ProfilesTable": {"GetItem", "ConditionCheckItem"}, "ProfileEventsTable": {"Query"},
+        "MembershipsTable": {"Query"}, "EventsTable": {"PutItem"},
+        # send steps: the sender path in process (delivery log, signing key); the claim's transaction checks the
+        # profile is not merged, and the log of a profile merged into it during the run is read
+        "MessagesTable": {"GetItem", "PutItem", "UpdateItem", "Query"}, "ConfigTable": {"GetItem", "PutItem"},
     },
 }
 # Messaging routes of the management API (templates, settings, subscriptions, delivery log)

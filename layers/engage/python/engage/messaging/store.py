@@ -27,8 +27,10 @@ from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
-from pynamodb.exceptions import DeleteError, PutError, UpdateError
+from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
+from pynamodb.expressions.condition import size
 from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection
+from pynamodb.transactions import TransactWrite
 
 from engage import clock
 from engage.audiences import KEY_PATTERN
@@ -248,15 +250,29 @@ def new_delivery(space_id: str, profile_id: str, idempotency_key: str, **fields:
                           expires_at=_expiry(), **fields)
 
 
-def put_if_absent(record: DeliveryRecord) -> DeliveryRecord | None:
-    """Write `record` unless a delivery with its key exists: None when written, else the existing one."""
+class ProfileMergedMeanwhile(Exception):
+    """The claim's profile check failed: the profile was merged away, or another profile merged into it, since
+    it was read (or a merge was being written): nothing was claimed; read it again."""
+
+
+def put_if_absent(record: DeliveryRecord, *, profile_merges: int | None = None) -> DeliveryRecord | None:
+    """Write `record` unless a delivery with its key exists: None when written, else the existing one.
+
+    `profile_merges` (journey sends): the claim is written in one transaction with a check that the profile is
+    still not merged away and has that many profiles merged into it (`merged_from` only grows). A merge landing
+    between the sender's read and this write raises ProfileMergedMeanwhile instead of a claim: without it a
+    merged-away run sent after the merge, and the survivor's run sent the person the same step again."""
     # A delivery deferred by quiet hours whose time has come may be replaced (by its next attempt).
     due_deferred = (DeliveryRecord.status == DEFERRED) & (DeliveryRecord.until <= clock.iso())
+    condition = DeliveryRecord.pk.does_not_exist() | due_deferred
     try:
-        record.save(condition=DeliveryRecord.pk.does_not_exist() | due_deferred)
+        if profile_merges is None:
+            record.save(condition=condition)
+        else:
+            _save_checking_profile(record, condition, profile_merges)
         return None
-    except PutError as error:
-        if _conditional_failed(error):
+    except (PutError, TransactWriteError) as error:
+        if _conditional_failed(error) or _claim_refused(error):
             existing = read_delivery(record.space_id, record.profile_id, record.idempotency_key)
             if existing is not None and record.attempt and existing.attempt == record.attempt:
                 # This write's own claim: its first attempt was applied and its answer lost (a read timeout),
@@ -265,6 +281,30 @@ def put_if_absent(record: DeliveryRecord) -> DeliveryRecord | None:
             if existing is not None:
                 return existing
         raise
+
+
+def _save_checking_profile(record: DeliveryRecord, condition, merges: int) -> None:
+    from engage.profiles_store import ProfileRecord, profile_pk
+
+    unmerged = ProfileRecord.merged_into.does_not_exist() & (
+        size(ProfileRecord.merged_from) == merges if merges else ProfileRecord.merged_from.does_not_exist()
+        | (size(ProfileRecord.merged_from) == 0))
+    try:
+        with TransactWrite(connection=DeliveryRecord._get_connection().connection) as transaction:
+            transaction.condition_check(ProfileRecord, profile_pk(record.space_id, record.profile_id),
+                                        condition=unmerged)
+            transaction.save(record, condition=condition)
+    except TransactWriteError as error:
+        reasons = [getattr(r, "code", None) for r in (error.cancellation_reasons or [])]
+        if reasons and reasons[0] in ("ConditionalCheckFailed", "TransactionConflict"):
+            raise ProfileMergedMeanwhile(f"profile {record.profile_id!r} changed by a merge") from error
+        raise
+
+
+def _claim_refused(error: Exception) -> bool:
+    """A transaction whose claim's own condition failed (a delivery with that key exists)."""
+    reasons = getattr(error, "cancellation_reasons", None) or []
+    return len(reasons) == 2 and getattr(reasons[1], "code", None) == "ConditionalCheckFailed"
 
 
 def complete(record: DeliveryRecord, status: str, *, reason: str | None = None, message_id: str | None = None,
@@ -327,6 +367,15 @@ def give_up(record: DeliveryRecord, reason: str) -> DeliveryRecord | None:
         if _conditional_failed(error):
             return None
         raise
+
+
+def deliveries_of_source(space_id: str, profile_id: str, source: dict[str, Any], since: str) -> list[DeliveryRecord]:
+    """The profile's deliveries from `source` (type, key, step) created at or after `since`: a consistent Query
+    of its partition, filtered (read for the profiles merged into a journey run's profile during the run)."""
+    condition = ((DeliveryRecord.source_type == source.get("type")) & (DeliveryRecord.source_key == source.get("key"))
+                 & (DeliveryRecord.source_step == source.get("step")) & (DeliveryRecord.created_at >= since))
+    return list(DeliveryRecord.query(delivery_pk(space_id, profile_id), DeliveryRecord.sk.startswith("delivery|"),
+                                     filter_condition=condition, consistent_read=True))
 
 
 def delivery_positions(space_id: str, profile_id: str, source_type: str | None, until: str | None,
