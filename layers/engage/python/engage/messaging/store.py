@@ -290,7 +290,10 @@ def _save_checking_profile(record: DeliveryRecord, condition, merges: int) -> No
         size(ProfileRecord.merged_from) == merges if merges else ProfileRecord.merged_from.does_not_exist()
         | (size(ProfileRecord.merged_from) == 0))
     try:
-        with TransactWrite(connection=DeliveryRecord._get_connection().connection) as transaction:
+        # The attempt as the request token: the SDK's retry of a transaction applied whose answer was lost
+        # succeeds as the same transaction (a merge meanwhile would otherwise refuse this attempt's own claim).
+        with TransactWrite(connection=DeliveryRecord._get_connection().connection,
+                           client_request_token=record.attempt) as transaction:
             transaction.condition_check(ProfileRecord, profile_pk(record.space_id, record.profile_id),
                                         condition=unmerged)
             transaction.save(record, condition=condition)
