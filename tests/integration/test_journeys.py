@@ -1281,6 +1281,132 @@ def test_a_send_of_a_run_whose_profile_was_merged_away_sends_nothing_and_leaves(
     assert (mail["entered"], mail["completed"], mail["left"], mail["in_progress"]) == (2, 1, 1, 0)
 
 
+def _one_person_in_a_send_step(api):
+    """p1 and p2 (one person, not yet known as one), each with a run of `hello` at its send step `mail`; returns
+    (send(profile_id): run that profile's send Task, merge(): p2 merged into p1 as the profile processor writes
+    it, runs by profile id)."""
+    from tests.integration import test_messaging as m
+    from tests.integration.audience_support import make_profile
+
+    m.create(m.WELCOME)
+    body = journey(key="hello", exit_when=None, start="mail", steps={
+        "mail": {"type": "send", "channel": "email", "template": "welcome", "next": "done"}, "done": {"type": "exit"}})
+    answer = published("hello", body)
+    states = json.loads(api.client("stepfunctions").describe_state_machine(
+        stateMachineArn=answer["state_machine_arn"])["definition"])["States"]
+    people = {}
+    for profile_id in ("p1", "p2"):
+        people[profile_id] = make_profile(profile_id, traits={"email": "ann@example.com", "name": "Ann"})
+        assert [o.reason for o in enrollment.on_audience_entered(audience_entered(profile_id))] == ["enrolled"]
+    sfn = api.client("stepfunctions")
+    runs = {json.loads(sfn.describe_execution(executionArn=e["executionArn"])["input"])["profile_id"]: e
+            for e in executions(api, answer)}
+
+    def send(profile_id: str) -> dict:
+        arn = runs[profile_id]["executionArn"]
+        data = json.loads(sfn.describe_execution(executionArn=arn)["input"])
+        return steps.handle(compiled_payload(states["mail"], data, arn))
+
+    def merge() -> None:
+        survivor, merged = people["p1"], people["p2"]
+        record = type(merged)
+        at = clock.iso()
+        merged.update(actions=[record.merged_into.set("p1"), record.merged_at.set(at)])
+        survivor.update(actions=[record.merged_from.set(["p2"]),
+                                 record.merges.set([{"profile_id": "p2", "merged_at": at, "ids": []}])])
+
+    return send, merge, runs
+
+
+@pytest.mark.parametrize("order", [("p1", "p2"), ("p2", "p1")])
+def test_one_person_as_two_profiles_at_a_send_step_gets_one_message_when_merged_first(api, messaging, order):  # noqa: F811
+    """Merged before either send runs, in either order: the survivor's run sends, the merged-away one's leaves."""
+    from tests.integration import test_messaging as m
+
+    send, merge, _ = _one_person_in_a_send_step(api)
+    merge()
+    for profile_id in order:
+        if profile_id == "p2":
+            with pytest.raises(steps.StepError, match="merged into p1"):
+                send(profile_id)
+        else:
+            assert send(profile_id)["next"] == "done"
+    assert len(m.sent_emails()) == 1
+    assert [r["exit_reason"] for r in enrollment.runs("acme", "hello", "p2")] == ["merged"]
+
+
+def test_a_merge_between_the_merged_away_runs_check_and_its_claim_sends_once(api, messaging, monkeypatch):  # noqa: F811
+    """Found by review: the sender read p2's profile (not merged), then the merge landed, then p2's run claimed
+    and sent under its own key, and p1's run (the survivor's) sent too: the person got the step's message twice.
+    The claim is now written in one transaction with a check that the profile is still not merged."""
+    from engage.messaging import sender
+    from tests.integration import test_messaging as m
+
+    send, merge, _ = _one_person_in_a_send_step(api)
+    real = sender.profiles_store.get_profile
+
+    def read_then_merge(space_id, profile_id):
+        record = real(space_id, profile_id)
+        if profile_id == "p2" and record is not None and not record.merged_into:
+            merge()  # lands right after the sender's merged-away check read p2
+        return record
+
+    monkeypatch.setattr(sender.profiles_store, "get_profile", read_then_merge)
+    with pytest.raises(steps.StepError, match="merged into p1"):
+        send("p2")
+    monkeypatch.undo()
+    assert m.sent_emails() == []
+    assert send("p1")["next"] == "done"
+    assert len(m.sent_emails()) == 1
+    assert [r["exit_reason"] for r in enrollment.runs("acme", "hello", "p2")] == ["merged"]
+
+
+def test_a_merge_after_the_merged_away_runs_claim_does_not_send_again_from_the_survivor(api, messaging, monkeypatch):  # noqa: F811
+    """p2's run claimed its send before the merge (so it sends: p2 was another person then), and the merge lands
+    while its provider call runs; p1's run then reaches the step: it finds the step's message of this run's time
+    in the log of a profile merged into p1 since the run began, and goes on without sending it again."""
+    from engage.messaging import sender
+    from tests.integration import test_messaging as m
+
+    send, merge, _ = _one_person_in_a_send_step(api)
+    real = sender.channels.send
+
+    def merge_while_sending(outgoing):
+        merge()
+        return real(outgoing)
+
+    monkeypatch.setattr(sender.channels, "send", merge_while_sending)
+    assert send("p2")["next"] == "done"
+    monkeypatch.undo()
+    assert len(m.sent_emails()) == 1
+    assert send("p1")["next"] == "done"
+    assert len(m.sent_emails()) == 1
+    assert send("p1")["next"] == "done"  # a retry of the Task: the same answer, still nothing sent
+
+
+def test_a_merge_between_the_survivors_read_and_claim_is_seen_before_it_sends(api, messaging, monkeypatch):  # noqa: F811
+    """p2's run sent first (p2 was another person then); the survivor's send read p1 with nothing merged into it,
+    then the merge landed: its claim is refused (the profile's merges changed), it reads p1 again and finds the
+    step's message p2 sent during the run."""
+    from engage.messaging import sender
+    from tests.integration import test_messaging as m
+
+    send, merge, _ = _one_person_in_a_send_step(api)
+    assert send("p2")["next"] == "done"
+    real = sender.profiles_store.get_profile
+    merged = []
+
+    def read_then_merge(space_id, profile_id):
+        record = real(space_id, profile_id)
+        if profile_id == "p1" and not merged:
+            merged.append(merge())  # lands right after the survivor's send read p1
+        return record
+
+    monkeypatch.setattr(sender.profiles_store, "get_profile", read_then_merge)
+    assert send("p1")["next"] == "done"
+    assert len(m.sent_emails()) == 1 and merged
+
+
 @pytest.mark.parametrize("first", ["stop", "task"])
 def test_a_stop_arriving_while_a_task_runs_counts_the_run_once(api, monkeypatch, first):
     """A goal, merge or deletion stop reads the step the run is in, stops it and counts it there; the Task of that

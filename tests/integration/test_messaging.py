@@ -2,6 +2,7 @@
 moto records them, suppression, quiet hours, caps, subscriptions and the signed unsubscribe link."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -649,6 +650,104 @@ def test_messages_lists_the_log_with_status_and_source(pipeline):
     assert [m["source"]["key"] for m in body["messages"]] == ["spring"]
     assert call_api("GET", "/v1/messages", query={"profile": "user_id:u1", "source": "fax"})[0] == 400
     assert call_api("GET", "/v1/messages")[0] == 400
+
+
+def _log_pages(query: dict) -> list[dict]:
+    """Every page of GET /v1/messages for `query`, following cursor.next."""
+    pages, after = [], None
+    while True:
+        status, body = call_api("GET", "/v1/messages", query={**query, **({"next": after} if after else {})})
+        assert status == 200, body
+        pages.append(body)
+        if not body["cursor"]["has_more"]:
+            return pages
+        after = body["cursor"]["next"]
+
+
+def test_messages_is_paged_newest_first_across_merged_profiles_and_a_source_filter(pipeline):
+    """The log was read and answered whole: 180 days of a busy profile's messages were one Query of every item
+    and one answer past Lambda's 6 MB. It is now read a page at a time from the `by_created` index."""
+    from tests.integration.audience_support import make_profile
+
+    create(WELCOME)
+    ann = {"email": "ann@example.com"}
+    make_profile("p1", ids={"user_id": "u1"}, traits=ann, merged_from=["p2"])
+    make_profile("p2", traits=ann, merged_into="p1")
+    sent = []  # newest last; journey and broadcast sends alternate between the survivor and the merged profile
+    for i in range(7):
+        profile_id = ("p1", "p2")[i % 2]
+        source = {"type": "broadcast", "key": "spring", "step": None} if i % 3 == 0 else \
+            {"type": "journey", "key": "onboarding", "step": "welcome"}
+        send_message(SendRequest("acme", profile_id, "email", "welcome", f"k{i}", source))
+        sent.append((f"k{i}", source["type"]))
+        clock.advance(timedelta(seconds=1))
+    newest_first = [key for key, _ in reversed(sent)]
+    whole = call_api("GET", "/v1/messages", query={"profile": "user_id:u1"})[1]
+    assert [m["idempotency_key"] for m in whole["messages"]] == newest_first
+    assert whole["cursor"] == {"has_more": False, "next": "", "limit": 100}
+    pages = _log_pages({"profile": "user_id:u1", "limit": "3"})
+    assert [[m["idempotency_key"] for m in page["messages"]] for page in pages] == [
+        newest_first[0:3], newest_first[3:6], newest_first[6:]]
+    assert [page["cursor"]["has_more"] for page in pages] == [True, True, False]
+    journeys_only = [key for key in newest_first if dict(sent)[key] == "journey"]  # k5 k4 k2 k1
+    pages = _log_pages({"profile": "user_id:u1", "source": "journey", "limit": "3"})
+    assert [[m["idempotency_key"] for m in page["messages"]] for page in pages] == [journeys_only[:3],
+                                                                                   journeys_only[3:]]
+    assert {m["source"]["type"] for page in pages for m in page["messages"]} == {"journey"}
+    assert {m["status"] for page in pages for m in page["messages"]} == {"sent"}  # read from the table itself
+
+
+def test_messages_pages_of_one_millisecond_keep_every_delivery_once(pipeline, monkeypatch):
+    """The index orders by created_at only: deliveries of one millisecond are ordered by their key, and a
+    cursor inside them resumes after its own (none skipped, none twice)."""
+    profile_id = identify(pipeline, "u1", email="ann@example.com")
+    create(WELCOME)
+    monkeypatch.setattr(clock, "iso", lambda moment=None: "2026-01-01T00:00:00.000Z")
+    for i in range(5):
+        send_message(request(profile_id, f"k{i}"))
+    monkeypatch.undo()
+    pages = _log_pages({"profile": "user_id:u1", "limit": "2"})
+    assert [m["idempotency_key"] for page in pages for m in page["messages"]] == ["k4", "k3", "k2", "k1", "k0"]
+    assert len(pages) == 3
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "ten", "1.5"])
+def test_messages_limit_out_of_range_is_a_400_naming_it(pipeline, limit):
+    identify(pipeline, "u1", email="ann@example.com")
+    status, body = call_api("GET", "/v1/messages", query={"profile": "user_id:u1", "limit": limit})
+    assert status == 400 and body["error"]["details"][0]["path"] == "limit", body
+
+
+@pytest.mark.parametrize("cursor", ["not-base64!", "W10", "e30", "x" * 5000, "WyJub3QtYS10aW1lIiwicDEiLCJrIl0",
+                                    "WzEsMiwzXQ"])
+def test_messages_malformed_cursor_is_a_400_naming_next(pipeline, cursor):
+    identify(pipeline, "u1", email="ann@example.com")
+    status, body = call_api("GET", "/v1/messages", query={"profile": "user_id:u1", "next": cursor})
+    assert status == 400 and body["error"]["details"][0]["path"] == "next", body
+
+
+def test_messages_cursor_made_for_another_profile_reads_nothing_of_it(pipeline, monkeypatch):
+    ann = identify(pipeline, "u1", email="ann@example.com")
+    identify(pipeline, "u2", email="bob@example.com")
+    create(WELCOME)
+    for i in range(3):
+        send_message(request(ann, f"k{i}"))
+        clock.advance(timedelta(seconds=1))
+    first = call_api("GET", "/v1/messages", query={"profile": "user_id:u1", "limit": "1"})[1]
+    assert first["cursor"]["has_more"]
+    read = []
+    real = store.delivery_positions
+    monkeypatch.setattr(store, "delivery_positions", lambda space, profile, *rest: read.append(profile) or
+                        real(space, profile, *rest))
+    # Ann's cursor on Bob's log, and one crafted to name Ann's profile id on Bob's: refused before any read
+    crafted = base64.urlsafe_b64encode(json.dumps(["2999-01-01T00:00:00.000Z", ann, "delivery|~"]).encode())
+    for cursor in (first["cursor"]["next"], crafted.decode().rstrip("=")):
+        status, body = call_api("GET", "/v1/messages", query={"profile": "user_id:u2", "next": cursor})
+        assert status == 400 and body["error"]["details"][0]["path"] == "next", body
+    assert read == []
+    # and on Ann's own log it goes on where it stopped
+    status, body = call_api("GET", "/v1/messages", query={"profile": "user_id:u1", "next": first["cursor"]["next"]})
+    assert [m["idempotency_key"] for m in body["messages"]] == ["k1", "k0"] and read == [ann]
 
 
 # ---------------------------------------------------------------- unsubscribe links and audiences

@@ -139,14 +139,16 @@ NEEDS: dict[str, dict[str, set[str]]] = {
     },
     "JourneyStepsFunction": {
         "JourneysTable": {"GetItem", "PutItem", "UpdateItem", "Query", "DeleteItem"},
-        "ProfilesTable": {"GetItem"}, "ProfileEventsTable": {"Query"}, "MembershipsTable": {"Query"},
-        "EventsTable": {"PutItem"},
-        # send steps: the sender path in process (delivery log, signing key)
-        "MessagesTable": {"GetItem", "PutItem", "UpdateItem"}, "ConfigTable": {"GetItem", "PutItem"},
+        "ProfilesTable": {"GetItem", "ConditionCheckItem"}, "ProfileEventsTable": {"Query"},
+        "MembershipsTable": {"Query"}, "EventsTable": {"PutItem"},
+        # send steps: the sender path in process (delivery log, signing key); the claim's transaction checks the
+        # profile is not merged, and the log of a profile merged into it during the run is read
+        "MessagesTable": {"GetItem", "PutItem", "UpdateItem", "Query"}, "ConfigTable": {"GetItem", "PutItem"},
     },
 }
 # Messaging routes of the management API (templates, settings, subscriptions, delivery log)
-NEEDS["ManagementApiFunction"] = {**NEEDS["ManagementApiFunction"], "MessagesTable": {"GetItem", "Query"},
+NEEDS["ManagementApiFunction"] = {**NEEDS["ManagementApiFunction"],
+                                  "MessagesTable": {"GetItem", "Query", "BatchGetItem"},
                                   "ProfilesTable": NEEDS["ManagementApiFunction"]["ProfilesTable"] | {"UpdateItem"}}
 # Broadcasts (engage.broadcasts): the management API's create/read/cancel; the starter's snapshot and fan-out;
 # the sender's per-recipient transaction (TransactWriteItems of two Updates) and the sender path it runs.

@@ -263,7 +263,7 @@ def _send(payload: dict[str, Any]) -> dict[str, Any]:
                            idempotency_key=f"{payload['execution']}|{payload['step']}",
                            source={"type": "journey", "key": payload["journey"], "step": payload["step"]},
                            event=payload.get("event"), transactional=bool(params.get("transactional")),
-                           stop_at_merge=True)
+                           stop_at_merge=True, person_since=_run_started(payload))
     try:
         delivery = send_message(request)
     except messaging.ProfileMergedAway as merged:
@@ -281,6 +281,19 @@ def _send(payload: dict[str, Any]) -> dict[str, Any]:
     if delivery.status == "deferred":
         return _deferred(payload, delivery.until)
     return _go(payload, _static_next(payload))
+
+
+def _run_started(payload: dict[str, Any]) -> str | None:
+    """When the run began (its run item, written by the enroller before the start; 1 GetItem): a profile merged
+    into this one since then may have sent this step from its own run (engage.messaging.sender._sent_by_merged)."""
+    if not isinstance(payload.get("entry"), int):
+        return None
+    try:
+        run = store.RunRecord.get(store.profile_pk(payload["space_id"], payload["journey"], payload["profile_id"]),
+                                  f"run|{payload['entry']:06d}")
+    except store.RunRecord.DoesNotExist:
+        return None
+    return run.started_at
 
 
 def _deferred(payload: dict[str, Any], until: str | None) -> dict[str, Any]:

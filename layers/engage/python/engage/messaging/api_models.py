@@ -66,6 +66,7 @@ class Message(BaseModel):
 
 class MessageList(BaseModel):
     messages: list[Message]
+    cursor: ListCursor
 
 
 class SendMessageRequest(BaseModel):

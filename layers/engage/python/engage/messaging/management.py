@@ -3,8 +3,14 @@ unsubscribe links and the space's messaging settings. Handlers call these with t
 """
 from __future__ import annotations
 
+import base64
 import functools
+import heapq
 import html
+import json
+import re
+from collections.abc import Iterator
+from itertools import groupby, islice
 from typing import Any
 
 from engage import dynamodb_limits as limits
@@ -117,16 +123,83 @@ def preview(space_id: str, template_key: str, body: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the delivery log
-def messages(space_id: str, profile_ref: str | None, source: str | None) -> dict[str, Any]:
+def messages(space_id: str, profile_ref: str | None, source: str | None, limit_text: str | None = None,
+             after: str | None = None) -> dict[str, Any]:
+    """A page of a profile's delivery log (and of the profiles merged into it), newest first.
+
+    It was the whole log, read and answered at once: 180 days of a profile's messages could take seconds and
+    pass Lambda's 6 MB response. Each profile id's deliveries are read from the `by_created` index newest
+    first, a page of keys at a time, merged by (created_at, profile_id, key) descending; the page's items are
+    then read from the table (BatchGetItem, consistent). `cursor.next` is the page's last position (opaque);
+    it names one of this profile's ids, and any other is refused before anything is read."""
     if not profile_ref:
         raise ValidationFailed("profile is required: ?profile=<id_type>:<value>", [{"path": "profile"}])
     if source is not None and source not in SOURCES:
         raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}", [{"path": "source", "value": source}])
+    limit = listing.parse_limit(limit_text)
     record = _resolve(space_id, profile_ref, "profile")
-    profile_ids = [record.profile_id, *[str(p) for p in (record.merged_from or [])]]
-    found = [d for profile_id in profile_ids for d in store.deliveries(space_id, profile_id, source)]
-    found.sort(key=lambda d: d.created_at, reverse=True)
-    return {"messages": [view(d) for d in found]}
+    profile_ids = list(dict.fromkeys([record.profile_id, *[str(p) for p in (record.merged_from or [])]]))
+    start = _read_log_cursor(after, profile_ids) if after else None
+    streams = [_log_positions(space_id, profile_id, source, start, limit + 1) for profile_id in profile_ids]
+    positions = list(islice(heapq.merge(*streams, reverse=True), limit + 1))
+    has_more = len(positions) > limit
+    positions = positions[:limit]
+    found = store.read_deliveries(space_id, [(profile_id, sk) for _, profile_id, sk in positions])
+    shown: list[dict[str, Any]] = []
+    last, size = None, 0
+    for position in positions:
+        delivery = found.get(position[1:])
+        if delivery is None:  # expired or erased since the index was read (it lags the table)
+            last = position
+            continue
+        item = view(delivery)
+        size += limits.utf8_bytes(json.dumps(item, ensure_ascii=False))
+        if shown and size > listing.MAX_PAGE_BYTES:
+            has_more = True
+            break
+        shown.append(item)
+        last = position
+    return {"messages": shown, "cursor": {"has_more": has_more, "next": _log_cursor(last) if has_more else "",
+                                          "limit": limit}}
+
+
+_CREATED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+MAX_LOG_CURSOR_CHARS = 4096  # a position (two ids and a key of at most 1 KB each) in base64 fits
+
+
+def _log_cursor(position: tuple[str, str, str] | None) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(position or ())).encode()).decode().rstrip("=")
+
+
+def _read_log_cursor(text: str, profile_ids: list[str]) -> tuple[str, str, str]:
+    """The position a `next` names, checked: one this profile's pages could have given (else a 400)."""
+    position = None
+    if len(text) <= MAX_LOG_CURSOR_CHARS:
+        try:
+            position = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except ValueError:
+            position = None
+    if not (isinstance(position, list) and len(position) == 3 and all(isinstance(p, str) for p in position)
+            and _CREATED_AT.fullmatch(position[0]) and position[2].startswith("delivery|")):
+        raise ValidationFailed("next must be cursor.next of a previous page of this list",
+                               [{"path": "next", "value": text[:40]}])
+    if position[1] not in profile_ids:
+        # Made for another profile (or space): its ids are not read, nor is anything else
+        raise ValidationFailed("next is a cursor of another profile's delivery log",
+                               [{"path": "next", "value": text[:40]}])
+    return position[0], position[1], position[2]
+
+
+def _log_positions(space_id: str, profile_id: str, source: str | None, start: tuple[str, str, str] | None,
+                   page_size: int) -> Iterator[tuple[str, str, str]]:
+    """(created_at, profile_id, sk) of one profile id's deliveries after `start`, in descending order: the
+    index orders by created_at only, so the keys of one millisecond are sorted here."""
+    found = store.delivery_positions(space_id, profile_id, source, start[0] if start else None, page_size)
+    for _, same_time in groupby(found, key=lambda position: position[0]):
+        for created_at, sk in sorted(same_time, key=lambda position: position[1], reverse=True):
+            position = (created_at, profile_id, sk)
+            if start is None or position < start:
+                yield position
 
 
 def view(record: store.DeliveryRecord) -> dict[str, Any]:

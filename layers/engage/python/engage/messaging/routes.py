@@ -60,10 +60,11 @@ def register(app, space, json_body, doc, key_errors) -> None:
     @app.get("/v1/messages", summary="A profile's delivery log", **doc,
              openapi_extensions=openapi.query(
                  openapi.param("profile", {"type": "string"}, "`<id_type>:<value>` (required)"),
-                 openapi.param("source", {"type": "string", "enum": list(SOURCES)}, "who sent")),
-             responses=openapi.responses(200, "MessageList", "deliveries, newest first", 400, 401, 404))
+                 openapi.param("source", {"type": "string", "enum": list(SOURCES)}, "who sent"),
+                 *openapi.list_page_params()),
+             responses=openapi.responses(200, "MessageList", "a page of deliveries, newest first", 400, 401, 404))
     def list_messages():
-        return management.messages(space(), query("profile"), query("source"))
+        return management.messages(space(), query("profile"), query("source"), query("limit"), query("next"))
 
     @app.put("/v1/subscriptions/<id>", summary="Set a profile's subscription on a channel", **doc,
              openapi_extensions=openapi.body("SubscriptionChange"),

@@ -11,7 +11,8 @@ Steps, in order:
  5. Frequency cap: take a slot on the profile's counter for the channel (a conditional write on the
     version read, so two racing sends cannot both take the last slot; a retry finds its own slot), or
     be suppressed. A provider refusal gives the slot back; a crash after taking it leaves it counted.
- 6. Claim: conditional put of a `pending` item naming this attempt, BEFORE the provider call.
+ 6. Claim: conditional put of a `pending` item naming this attempt, BEFORE the provider call. A journey
+    send's (`stop_at_merge`) is a transaction that also checks the profile is not merged meanwhile.
  7. Provider call (SES / SNS / webhook), then complete the item (`sent` + provider message id), and put `Message Sent` (or `Message Failed`) on the bus.
 
 Guarantee: at most once per idempotency key. The crash window is between the provider accepting the
@@ -60,6 +61,7 @@ SOURCE = "engage"
 # a merge chain may be long (profiles_store.MAX_MERGE_HOPS); past it the survivor is sent.
 PERSON_PROFILE_READS = profiles_store.MAX_MERGE_HOPS
 CAP_ATTEMPTS = 5  # rereads of a frequency cap counter another send of the same profile just wrote
+CLAIM_ATTEMPTS = 3  # reads of a journey run's profile whose claim a merge landing meanwhile refused
 SENT_EVENT, FAILED_EVENT = "Message Sent", "Message Failed"
 OUTCOME_UNKNOWN = "outcome unknown: the sender stopped between the provider call and its record; not resent"
 
@@ -100,7 +102,10 @@ class SendRequest:
     person_key_prefix: str | None = None
     person_since: str | None = None
     # A journey run belongs to its profile: one merged away is not sent as the survivor (whose own runs send
-    # the person's messages) but raises ProfileMergedAway, so the run leaves as the merge's stop makes it.
+    # the person's messages) but raises ProfileMergedAway, so the run leaves as the merge's stop makes it. Its
+    # claim checks, in one transaction, that the profile is still not merged (a merge after the sender's read
+    # refuses it), and with `person_since` (the run's start) the step's message a profile merged into it
+    # during the run already sent from its own run is the answer (see _sent_by_merged).
     stop_at_merge: bool = False
 
 
@@ -134,6 +139,15 @@ def _check(request: SendRequest) -> None:
 
 def send_message(request: SendRequest) -> Delivery:
     _check(request)
+    for _ in range(CLAIM_ATTEMPTS):
+        try:
+            return _send_once(request)
+        except store.ProfileMergedMeanwhile:
+            continue  # read again: merged away now (ProfileMergedAway), or with one more profile merged into it
+    raise SendInProgress(f"profile {request.profile_id!r} is being merged; retry")
+
+
+def _send_once(request: SendRequest) -> Delivery:
     now = clock.now()
     existing = store.read_delivery(request.space_id, request.profile_id, request.idempotency_key)
     if existing is not None and not _due_again(existing, now):
@@ -141,6 +155,14 @@ def send_message(request: SendRequest) -> Delivery:
     profile_record = profiles_store.get_profile(request.space_id, request.profile_id)
     if request.stop_at_merge and profile_record is not None and profile_record.merged_into:
         raise ProfileMergedAway(profile_record.merged_into)
+    merges = None
+    if request.stop_at_merge and profile_record is not None:
+        # The claim checks that this is still so (one transaction): a merge after this read refuses it
+        merges = len(profile_record.merged_from or [])
+        if request.person_since:
+            earlier = _sent_by_merged(request, profile_record)
+            if earlier is not None:
+                return earlier
     while profile_record is not None and profile_record.merged_into:
         profile_record = profiles_store.get_profile(request.space_id, profile_record.merged_into)
     if profile_record is None:
@@ -194,7 +216,29 @@ def send_message(request: SendRequest) -> Delivery:
         idempotency_key=request.idempotency_key, space_id=request.space_id, template=request.template,
         tags={"transactional": "true" if request.transactional else "false"} if request.channel == "sms" else
         _email_tags(request) if request.channel == "email" else {})
-    return _send(request, outgoing, profile_record, cap, now)
+    return _send(request, outgoing, profile_record, cap, now, merges)
+
+
+def _sent_by_merged(request: SendRequest, record) -> Delivery | None:
+    """A journey run's send (`stop_at_merge` with `person_since` = the run's start): the step's message a profile
+    merged into this one since the run began already sent (or is sending) from its own run of the journey.
+
+    Two profiles of one person, each with a run at the step: the merged-away run's claim landed before the
+    merge (so it sends: another person then), the survivor's run came after it and sent the person the same
+    step again. Only profiles merged during the run are read (usually none: no read), and of those only
+    deliveries of this journey and step made since the run began (a Query of their partition, filtered)."""
+    since = request.person_since or ""
+    merged = list(dict.fromkeys(str(m.get("profile_id")) for m in record.merges or []
+                                if m.get("profile_id") and str(m.get("merged_at") or "") >= since))
+    candidates = list(merged)
+    for profile_id in merged[:PERSON_PROFILE_READS]:  # a chain: the profiles merged into it came with it
+        inner = profiles_store.get_profile(request.space_id, profile_id)
+        candidates += [str(p) for p in (inner.merged_from or []) if str(p) not in candidates] if inner else []
+    for profile_id in candidates[:PERSON_PROFILE_READS]:
+        for earlier in store.deliveries_of_source(request.space_id, profile_id, request.source, since):
+            if earlier.status in (store.SENT, store.PENDING):
+                return _existing(earlier)
+    return None
 
 
 def _as_person(request: SendRequest, record, now) -> tuple[SendRequest, Delivery | None]:
@@ -234,13 +278,19 @@ def _as_person(request: SendRequest, record, now) -> tuple[SendRequest, Delivery
     return request, None
 
 
-def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_record, cap, now) -> Delivery:
+def _send(request: SendRequest, outgoing: channels.OutgoingMessage, profile_record, cap, now,
+          merges: int | None = None) -> Delivery:
     tag = hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:12]
     if cap is not None and not _take_cap_slot(request, profile_record.profile_id, cap, now, tag):
         return _final(request, store.SUPPRESSED, outgoing.address, reason="frequency_cap")
     claim = _record(request, store.PENDING, outgoing.address)
     claim.attempt = uuid.uuid4().hex
-    existing = store.put_if_absent(claim)
+    try:
+        existing = store.put_if_absent(claim) if merges is None else store.put_if_absent(claim, profile_merges=merges)
+    except store.ProfileMergedMeanwhile:
+        if cap is not None:  # not sent by this attempt; the next one takes its slot again if it sends
+            _give_back_cap_slot(request, profile_record.profile_id, tag)
+        raise
     if existing is not None:
         return _existing(existing)
     try:

@@ -6,7 +6,8 @@ ConfigTable
 MessagesTable (on-demand, TTL `expires_at`, no stream)
   pk = <space>|<profile_id>, sk = delivery|<idempotency key>
         the delivery log: written `pending` (conditional put) before the provider is called, then
-        completed; a Query of the profile's partition lists its messages
+        completed; the `by_created` index (pk, created_at; only deliveries have created_at) lists a
+        profile's messages newest first, a page at a time (GET /v1/messages)
   pk = <space>|<profile_id>, sk = cap|<channel>
         send times of the last sends on the channel (bounded list) for rolling-window frequency caps
   pk = <space>|suppression|<channel>|<address>, sk = -
@@ -26,7 +27,10 @@ from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute, VersionAttribute
-from pynamodb.exceptions import DeleteError, PutError, UpdateError
+from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
+from pynamodb.expressions.condition import size
+from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection
+from pynamodb.transactions import TransactWrite
 
 from engage import clock
 from engage.audiences import KEY_PATTERN
@@ -177,6 +181,20 @@ def clear_cache() -> None:
 
 
 # ---------------------------------------------------------------- the delivery log
+class ByCreatedIndex(GlobalSecondaryIndex):
+    """The delivery log in time order (`by_created`): pk = the profile's partition, sort = created_at. Sparse:
+    only deliveries have created_at (cap counters and suppressions do not), so no backfill was needed. Keys and
+    source_type only: a completion (status) does not write the index, and the page's items are read from the
+    table itself (BatchGetItem, consistent), so they show their current status."""
+
+    class Meta:
+        index_name = "by_created"
+        projection = IncludeProjection(["source_type"])
+
+    pk = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
 class DeliveryRecord(EngageModel):
     class Meta:
         table_name = TableName("messages_table")
@@ -202,6 +220,7 @@ class DeliveryRecord(EngageModel):
     # The attempt that claimed the send (pending) and when: a retry tells its own claim from another's.
     attempt = UnicodeAttribute(null=True)
     expires_at = NumberAttribute()
+    by_created = ByCreatedIndex()
 
 
 def delivery_pk(space_id: str, profile_id: str) -> str:
@@ -231,15 +250,29 @@ def new_delivery(space_id: str, profile_id: str, idempotency_key: str, **fields:
                           expires_at=_expiry(), **fields)
 
 
-def put_if_absent(record: DeliveryRecord) -> DeliveryRecord | None:
-    """Write `record` unless a delivery with its key exists: None when written, else the existing one."""
+class ProfileMergedMeanwhile(Exception):
+    """The claim's profile check failed: the profile was merged away, or another profile merged into it, since
+    it was read (or a merge was being written): nothing was claimed; read it again."""
+
+
+def put_if_absent(record: DeliveryRecord, *, profile_merges: int | None = None) -> DeliveryRecord | None:
+    """Write `record` unless a delivery with its key exists: None when written, else the existing one.
+
+    `profile_merges` (journey sends): the claim is written in one transaction with a check that the profile is
+    still not merged away and has that many profiles merged into it (`merged_from` only grows). A merge landing
+    between the sender's read and this write raises ProfileMergedMeanwhile instead of a claim: without it a
+    merged-away run sent after the merge, and the survivor's run sent the person the same step again."""
     # A delivery deferred by quiet hours whose time has come may be replaced (by its next attempt).
     due_deferred = (DeliveryRecord.status == DEFERRED) & (DeliveryRecord.until <= clock.iso())
+    condition = DeliveryRecord.pk.does_not_exist() | due_deferred
     try:
-        record.save(condition=DeliveryRecord.pk.does_not_exist() | due_deferred)
+        if profile_merges is None:
+            record.save(condition=condition)
+        else:
+            _save_checking_profile(record, condition, profile_merges)
         return None
-    except PutError as error:
-        if _conditional_failed(error):
+    except (PutError, TransactWriteError) as error:
+        if _conditional_failed(error) or _claim_refused(error):
             existing = read_delivery(record.space_id, record.profile_id, record.idempotency_key)
             if existing is not None and record.attempt and existing.attempt == record.attempt:
                 # This write's own claim: its first attempt was applied and its answer lost (a read timeout),
@@ -248,6 +281,33 @@ def put_if_absent(record: DeliveryRecord) -> DeliveryRecord | None:
             if existing is not None:
                 return existing
         raise
+
+
+def _save_checking_profile(record: DeliveryRecord, condition, merges: int) -> None:
+    from engage.profiles_store import ProfileRecord, profile_pk
+
+    unmerged = ProfileRecord.merged_into.does_not_exist() & (
+        size(ProfileRecord.merged_from) == merges if merges else ProfileRecord.merged_from.does_not_exist()
+        | (size(ProfileRecord.merged_from) == 0))
+    try:
+        # The attempt as the request token: the SDK's retry of a transaction applied whose answer was lost
+        # succeeds as the same transaction (a merge meanwhile would otherwise refuse this attempt's own claim).
+        with TransactWrite(connection=DeliveryRecord._get_connection().connection,
+                           client_request_token=record.attempt) as transaction:
+            transaction.condition_check(ProfileRecord, profile_pk(record.space_id, record.profile_id),
+                                        condition=unmerged)
+            transaction.save(record, condition=condition)
+    except TransactWriteError as error:
+        reasons = [getattr(r, "code", None) for r in (error.cancellation_reasons or [])]
+        if reasons and reasons[0] in ("ConditionalCheckFailed", "TransactionConflict"):
+            raise ProfileMergedMeanwhile(f"profile {record.profile_id!r} changed by a merge") from error
+        raise
+
+
+def _claim_refused(error: Exception) -> bool:
+    """A transaction whose claim's own condition failed (a delivery with that key exists)."""
+    reasons = getattr(error, "cancellation_reasons", None) or []
+    return len(reasons) == 2 and getattr(reasons[1], "code", None) == "ConditionalCheckFailed"
 
 
 def complete(record: DeliveryRecord, status: str, *, reason: str | None = None, message_id: str | None = None,
@@ -312,12 +372,32 @@ def give_up(record: DeliveryRecord, reason: str) -> DeliveryRecord | None:
         raise
 
 
-def deliveries(space_id: str, profile_id: str, source_type: str | None = None) -> list[DeliveryRecord]:
-    """A profile's delivery log, newest first (one Query of its partition; `source_type` filters)."""
-    condition = DeliveryRecord.source_type == source_type if source_type else None
-    found = DeliveryRecord.query(delivery_pk(space_id, profile_id), DeliveryRecord.sk.startswith("delivery|"),
-                                 filter_condition=condition)
-    return sorted(found, key=lambda r: r.created_at, reverse=True)
+def deliveries_of_source(space_id: str, profile_id: str, source: dict[str, Any], since: str) -> list[DeliveryRecord]:
+    """The profile's deliveries from `source` (type, key, step) created at or after `since`: a consistent Query
+    of its partition, filtered (read for the profiles merged into a journey run's profile during the run)."""
+    condition = ((DeliveryRecord.source_type == source.get("type")) & (DeliveryRecord.source_key == source.get("key"))
+                 & (DeliveryRecord.source_step == source.get("step")) & (DeliveryRecord.created_at >= since))
+    return list(DeliveryRecord.query(delivery_pk(space_id, profile_id), DeliveryRecord.sk.startswith("delivery|"),
+                                     filter_condition=condition, consistent_read=True))
+
+
+def delivery_positions(space_id: str, profile_id: str, source_type: str | None, until: str | None,
+                       page_size: int) -> Iterator[tuple[str, str]]:
+    """(created_at, sk) of a profile's deliveries, newest first, from `until` (a created_at, included) down,
+    read `page_size` at a time from the index; `source_type` filters (a filter of the index's small items)."""
+    condition = DeliveryRecord.created_at <= until if until else None
+    found = DeliveryRecord.by_created.query(delivery_pk(space_id, profile_id), condition, scan_index_forward=False,
+                                            filter_condition=DeliveryRecord.source_type == source_type
+                                            if source_type else None, page_size=page_size)
+    for record in found:
+        yield record.created_at, record.sk
+
+
+def read_deliveries(space_id: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], DeliveryRecord]:
+    """The delivery items of these (profile_id, sk) keys that exist (BatchGetItem, consistent), by key."""
+    wanted = [(delivery_pk(space_id, profile_id), sk) for profile_id, sk in keys]
+    found = DeliveryRecord.batch_get(wanted, consistent_read=True) if wanted else []
+    return {(record.profile_id, record.sk): record for record in found}
 
 
 # ---------------------------------------------------------------- suppression list
