@@ -135,6 +135,9 @@ def _install_patches() -> None:
 
     dynamodb_limits.install()
     eventbridge_limits.install()  # PutEvents: 256 KB a call as AWS counts it, no empty calls, Detail an object
+    from localcloud import outbox  # imports this module: installed here, not at the top
+
+    outbox.install()  # SES/SNS sends dated on the virtual clock, for /_local/outbox
 
     # CloudFormation creates state machines in the plain backend, but with execute_state_machine
     # the Step Functions API serves the executing (parser) backend: make CloudFormation use that one.
