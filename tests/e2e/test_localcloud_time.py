@@ -188,6 +188,24 @@ def test_queue_delays_visibility_timeouts_and_retention_run_on_the_virtual_clock
     assert bodies() == []
 
 
+def test_a_message_past_its_retention_is_gone_and_never_holds_back_the_ones_behind_it(mini_cloud):
+    # Given a queue with SQS's shortest retention (a minute), an old message and a newer one behind it
+    sqs = mini_cloud.client("sqs")
+    url = sqs.create_queue(QueueName=f"retained-{uuid.uuid4().hex[:8]}",
+                           Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="old")
+    advance(mini_cloud, "PT30S")
+    sqs.send_message(QueueUrl=url, MessageBody="new")
+    # When the clock passes the old one's retention but not the new one's
+    advance(mini_cloud, "PT40S")
+    # Then the old one is deleted, as SQS does, and the new one is received: moto stopped every receive at
+    # the expired message, so once a failing message outlived its retention its whole queue was stuck
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in received] == ["new"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0" and attributes["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
 def test_a_delayed_message_on_a_polled_queue_is_delivered_by_the_clock_move_that_ends_its_delay(mini_cloud):
     # Given the queue worker's queue (polled by the local cloud) and a message delayed 15 minutes
     sqs = mini_cloud.client("sqs")
