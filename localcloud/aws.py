@@ -9,6 +9,7 @@ process (ThreadedMotoServer) so three behaviours can be changed where moto diffe
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -135,6 +136,9 @@ def _install_patches() -> None:
 
     dynamodb_limits.install()
     eventbridge_limits.install()  # PutEvents: 256 KB a call as AWS counts it, no empty calls, Detail an object
+    from localcloud import outbox  # imports this module: installed here, not at the top
+
+    outbox.install()  # SES/SNS sends dated on the virtual clock, for /_local/outbox
 
     # CloudFormation creates state machines in the plain backend, but with execute_state_machine
     # the Step Functions API serves the executing (parser) backend: make CloudFormation use that one.
@@ -174,7 +178,8 @@ def _install_queue_clock() -> None:
     invisible after `{"advance": "P1D"}` until the real minutes passed, so a destination's retry or a parked
     failure's redelivery could not be reached by moving the clock. `SentTimestamp` and the other attributes a
     consumer reads stay moto's (real time), as the invocation log's latencies expect; retention counts from
-    the virtual moment of the send. A clock move ends every timeout it passes at once: a message that keeps
+    the virtual moment of the send, and a message past it is deleted at the next receive (moto stopped the
+    receive at it). A clock move ends every timeout it passes at once: a message that keeps
     failing is received again once after the move, not once per timeout the move spans.
     """
     from moto.sqs.models import Message, SQSBackend
@@ -202,12 +207,26 @@ def _install_queue_clock() -> None:
         sent = getattr(message, "virtual_sent_ms", None)
         return retention_ms + (sent if sent is not None else message.sent_timestamp) > virtual_ms()
 
+    original_receive = SQSBackend.receive_message
+
+    def receive_message(self, queue_name: str, *args, **kwargs):
+        # SQS deletes a message once its retention period has passed. moto keeps it and stops the receive at
+        # it (after marking it received), so every message behind it was never received again: once the clock
+        # moved past a failing message's retention (4 days by default), its queue was stuck for good.
+        queue = self.get_queue(queue_name)
+        for message in [m for m in list(queue._messages) if not retained(self, queue_name, m)]:
+            with contextlib.suppress(ValueError):  # a delete of it on another request thread came first
+                queue._messages.remove(message)
+            queue.pending_messages.discard(message)
+        return original_receive(self, queue_name, *args, **kwargs)
+
     Message.mark_sent = mark_sent
     Message.change_visibility = change_visibility
     Message.delay = delay
     Message.visible = property(lambda self: virtual_ms() > self.visible_at)
     Message.delayed = property(lambda self: virtual_ms() < self.delayed_until)
     SQSBackend.is_message_valid_based_on_retention_period = retained
+    SQSBackend.receive_message = receive_message
     Message.on_virtual_clock = True
 
 

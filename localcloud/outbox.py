@@ -6,15 +6,55 @@ scripts, no navigation). Emails and SNS messages are read from moto's own record
 accepted, headers included); webhook calls happen in the functions' worker processes, so they are
 listed from the app's delivery log (MessagesTable) with their URL, status and Webhook-Id.
 Nothing here exists on AWS: it is the local stand-in for a real inbox or phone.
+
+Dates are the virtual clock's: an email's is its `Date` header (the app writes it from `engage.clock`);
+an SMS, a push, or an email sent without a `Date` header is dated when SES or SNS accepted it, read from
+the local cloud's clock (`install()`; moto records no time for them).
 """
 from __future__ import annotations
 
 import html
 import json
+from datetime import datetime
 from email import message_from_string, policy
+from email.utils import format_datetime
 from typing import Any
 
+from engage import clock as engage_clock
 from localcloud.aws import ACCOUNT_ID
+
+_accepted_at: dict[str, datetime] = {}  # SNS message id -> the virtual moment SNS accepted it
+
+
+def install() -> None:
+    """Date what SES and SNS accept on the virtual clock (the local cloud's process; idempotent)."""
+    from moto.ses.models import Message, RawMessage, TemplateMessage
+    from moto.sns.models import PlatformEndpoint, SNSBackend
+
+    if getattr(SNSBackend.publish, "dated", False):
+        return
+    for message_class in (Message, RawMessage, TemplateMessage):
+        original_init = message_class.__init__
+
+        def init(self, *args, _original=original_init, **kwargs) -> None:
+            _original(self, *args, **kwargs)
+            self.accepted_at = engage_clock.now()
+
+        message_class.__init__ = init
+    for owner in (SNSBackend, PlatformEndpoint):  # SMS (and topics) / a push to an endpoint, direct or fanned out
+        original_publish = owner.publish
+
+        def publish(self, *args, _original=original_publish, **kwargs) -> str:
+            message_id = _original(self, *args, **kwargs)
+            _accepted_at.setdefault(message_id, engage_clock.now())
+            return message_id
+
+        publish.dated = True
+        owner.publish = publish
+
+
+def _date(moment: datetime | None) -> str | None:
+    return format_datetime(moment, usegmt=True) if moment is not None else None
 
 
 def _email(raw: str) -> dict[str, Any]:
@@ -37,20 +77,24 @@ def messages(region: str, messages_table: str | None = None) -> list[dict[str, A
         entry = {"channel": "email", "message_id": message.id}
         if raw is not None:
             entry.update(_email(raw))
+            entry["date"] = entry["date"] or _date(getattr(message, "accepted_at", None))
         else:  # Simple content (not what engage sends, but any tool may)
             entry.update({"from": message.source, "to": ", ".join(message.destinations.get("ToAddresses", [])),
-                          "subject": message.subject, "html": message.body, "text": None})
+                          "subject": message.subject, "html": message.body, "text": None,
+                          "date": _date(getattr(message, "accepted_at", None))})
         found.append(entry)
     sns = sns_backends[ACCOUNT_ID][region]
     for message_id, (phone, text) in sns.sms_messages.items():
-        found.append({"channel": "sms", "message_id": message_id, "to": phone, "text": text})
+        found.append({"channel": "sms", "message_id": message_id, "to": phone, "text": text,
+                      "date": _date(_accepted_at.get(message_id))})
     for arn, endpoint in sns.platform_endpoints.items():
         for message_id, text in endpoint.messages.items():
             try:
                 text = json.loads(text).get("default", text)
             except (ValueError, AttributeError):
                 pass
-            found.append({"channel": "push", "message_id": message_id, "to": arn, "text": text})
+            found.append({"channel": "push", "message_id": message_id, "to": arn, "text": text,
+                          "date": _date(_accepted_at.get(message_id))})
     table = dynamodb_backends[ACCOUNT_ID][region].tables.get(messages_table or "")
     if table is not None:
         for item in table.all_items():

@@ -262,7 +262,7 @@ def save(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment, cloc
     backend = _backend(cloud)
     tables = {logical_id: _table_items(backend, name)
               for logical_id, name in deployment.of_type("AWS::DynamoDB::Table").items()}
-    queues = {logical_id: [{"Body": m.body} for m in _queue_messages(cloud, url)]
+    queues = {logical_id: [_queue_message(m) for m in _queue_messages(cloud, url)]
               for logical_id, url in deployment.of_type("AWS::SQS::Queue").items()}
     snapshot = {"version": VERSION, "generation": generation, "clock_offset_seconds": clock_offset.total_seconds(),
                 "tables": tables, "queues": queues}
@@ -313,7 +313,7 @@ def restore(state_dir: Path, cloud: aws.MotoCloud, deployment: aws.Deployment) -
         for logical_id, messages in snapshot.get("queues", {}).items():
             for message in messages:
                 if logical_id in queues:
-                    sqs.send_message(QueueUrl=queues[logical_id], MessageBody=message["Body"])
+                    _send_back(cloud, sqs, queues[logical_id], message)
     found.journal = read_journal(journal_path(state_dir, found.generation))
     for entry in found.journal:
         if "clock_offset_seconds" in entry:
@@ -350,6 +350,31 @@ def _put(backend, table_name: str, logical_id: str, item: dict[str, Any], source
     except Exception as error:
         raise RuntimeError(f"{source}: items of {logical_id} no longer fit the table the template declares "
                            f"({error}): move the state dir away to start empty") from error
+
+
+# A message's FIFO group and deduplication id (a FIFO queue refuses a send without a group) and its virtual
+# timers (epoch milliseconds on the virtual clock, localcloud/aws.py), so a message delayed or waiting out a
+# visibility timeout (a destination's retry backoff) comes back when it would have, not at once.
+_KEPT = {"GroupId": "group_id", "DeduplicationId": "deduplication_id", "DelayedUntil": "delayed_until",
+         "VisibleAt": "visible_at", "VirtualSentAt": "virtual_sent_ms"}
+
+
+def _queue_message(message) -> dict:
+    kept = {key: getattr(message, name, None) for key, name in _KEPT.items()}
+    return {"Body": message.body, **{key: value for key, value in kept.items() if value}}
+
+
+def _send_back(cloud: aws.MotoCloud, sqs, url: str, message: dict) -> None:
+    """Send a saved message again (a snapshot before 2026-12-03 holds only its Body)."""
+    fifo = {name: message[key] for key, name in (("GroupId", "MessageGroupId"),
+                                                 ("DeduplicationId", "MessageDeduplicationId")) if message.get(key)}
+    message_id = sqs.send_message(QueueUrl=url, MessageBody=message["Body"], **fifo)["MessageId"]
+    timers = {name: message[key] for key, name in _KEPT.items() if key in ("DelayedUntil", "VisibleAt", "VirtualSentAt")
+              and isinstance(message.get(key), int | float)}
+    for sent in _queue_messages(cloud, url):
+        if sent.id == message_id:
+            for name, value in timers.items():
+                setattr(sent, name, value)
 
 
 def _queue_messages(cloud: aws.MotoCloud, url: str) -> list:

@@ -7,9 +7,12 @@ import json
 import os
 import subprocess
 import uuid
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
 
 import pytest
 
+from engage import clock
 from tests.e2e.test_local_app import CHROMIUM, node_sdks  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localcloud")]
@@ -86,6 +89,10 @@ def test_a_message_on_each_channel_reaches_moto_and_the_outbox(local_cloud):
     assert emails[0]["list_unsubscribe_post"] == "List-Unsubscribe=One-Click"
     assert [m["text"] for m in messages if m["channel"] == "sms" and m["to"] == "+15555550123"][-1] == "Code for Ann"
     assert [m["text"] for m in messages if m["channel"] == "push" and m["to"] == endpoint] == ["Push Ann"]
+    # every entry is dated on the local cloud's clock (SMS and push by when SNS took them; they had no date)
+    status, _, now = cloud.call("GET", "/_local/clock")
+    mine = emails + [m for m in messages if m["to"] == "+15555550123"][-1:] + [m for m in messages if m["to"] == endpoint]
+    assert all(abs(parsedate_to_datetime(m["date"]) - clock.parse(now["now"])) < timedelta(minutes=5) for m in mine), mine
     status, _, log = cloud.call("GET", f"/v1/messages?profile=user_id:{user}", auth=ACCESS_TOKEN)
     assert status == 200 and {m["status_text"] for m in log["messages"]} == {"sent"} and len(log["messages"]) == 3
     status, headers, page = cloud.call("GET", "/_local/outbox.html")

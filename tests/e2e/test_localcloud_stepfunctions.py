@@ -269,6 +269,33 @@ def test_a_retried_token_wait_that_timed_out_gets_a_fresh_timeout(mini_cloud, sf
     assert done["status"] == "SUCCEEDED" and json.loads(done["output"])["event"] == {"event": "late"}
 
 
+def test_a_retried_token_wait_times_out_on_its_own_timeout_then_takes_the_catch(mini_cloud, sfn):
+    # Given a token wait of an hour retried once on States.Timeout, whose first attempt has timed out
+    observer = mini_cloud.physical("ObserverFunction", "mini")
+    definition = json.loads(token_machine(observer, 3600))
+    definition["States"]["WaitForEvent"]["Retry"] = [
+        {"ErrorEquals": ["States.Timeout"], "IntervalSeconds": 1, "MaxAttempts": 1}]
+    machine = sfn.create_state_machine(name=unique("retried-out"), definition=json.dumps(definition),
+                                       roleArn=ROLE)["stateMachineArn"]
+    arn = sfn.start_execution(stateMachineArn=machine, name="retried-out")["executionArn"]
+    settle(mini_cloud)
+    advance(mini_cloud, "PT1H1M")
+    deadline = time.monotonic() + 10
+    while len([e for e in history(sfn, arn) if e["type"] == "TaskScheduled"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the Retry's 1-second interval passes in real time (moto sleeps it)
+    settle(mini_cloud)
+    # When 50 minutes pass, the retry is still waiting: its hour counts from its own start
+    advance(mini_cloud, "PT50M")
+    settle(mini_cloud)
+    assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
+    # Then once its own hour has passed it times out, its retries are spent, and the Catch takes it
+    advance(mini_cloud, "PT11M")
+    settle(mini_cloud)
+    done = sfn.describe_execution(executionArn=arn)
+    assert done["status"] == "SUCCEEDED" and json.loads(done["output"])["timeout"]["Error"] == "States.Timeout"
+    assert [e["type"] for e in history(sfn, arn)].count("TaskTimedOut") == 2
+
+
 def test_heartbeat_keeps_a_token_wait_alive_until_heartbeats_stop(mini_cloud, sfn):
     observer = mini_cloud.physical("ObserverFunction", "mini")
     machine = sfn.create_state_machine(name=unique("heartbeat"), roleArn=ROLE,

@@ -8,6 +8,7 @@ assertion looks only at what happened inside its own time span.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import timedelta
 
@@ -185,3 +186,53 @@ def test_queue_delays_visibility_timeouts_and_retention_run_on_the_virtual_clock
     assert sorted(bodies(VisibilityTimeout=0)) == ["delayed", "kept"]
     advance(mini_cloud, "PT1H")
     assert bodies() == []
+
+
+def test_a_message_past_its_retention_is_gone_and_never_holds_back_the_ones_behind_it(mini_cloud):
+    # Given a queue with SQS's shortest retention (a minute), an old message and a newer one behind it
+    sqs = mini_cloud.client("sqs")
+    url = sqs.create_queue(QueueName=f"retained-{uuid.uuid4().hex[:8]}",
+                           Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="old")
+    advance(mini_cloud, "PT30S")
+    sqs.send_message(QueueUrl=url, MessageBody="new")
+    # When the clock passes the old one's retention but not the new one's
+    advance(mini_cloud, "PT40S")
+    # Then the old one is deleted, as SQS does, and the new one is received: moto stopped every receive at
+    # the expired message, so once a failing message outlived its retention its whole queue was stuck
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in received] == ["new"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0" and attributes["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+def test_a_delayed_message_on_a_polled_queue_is_delivered_by_the_clock_move_that_ends_its_delay(mini_cloud):
+    # Given the queue worker's queue (polled by the local cloud) and a message delayed 15 minutes
+    sqs = mini_cloud.client("sqs")
+    applied = mini_cloud.resource("dynamodb").Table(mini_cloud.physical("AppliedTable", "mini"))
+    key = f"delayed-{uuid.uuid4().hex[:8]}"
+    sqs.send_message(QueueUrl=mini_cloud.physical("WorkQueue", "mini"), MessageBody=json.dumps({"key": key}),
+                     DelaySeconds=900)
+    settle_all(mini_cloud)
+    assert "Item" not in applied.get_item(Key={"pk": key})
+    # When 14 virtual minutes pass it is still delayed
+    advance(mini_cloud, "PT14M")
+    assert "Item" not in applied.get_item(Key={"pk": key})
+    # Then the move that passes the 15th minute delivers it before it returns (its settle waits for the poller)
+    advance(mini_cloud, "PT1M")
+    assert applied.get_item(Key={"pk": key})["Item"]["source"] == "queue"
+
+
+def test_a_short_delay_on_a_polled_queue_ends_in_real_time_without_a_clock_move(mini_cloud):
+    # Given a message delayed 2 seconds: virtual time is real time plus the moves, so it flows on its own
+    sqs = mini_cloud.client("sqs")
+    applied = mini_cloud.resource("dynamodb").Table(mini_cloud.physical("AppliedTable", "mini"))
+    key = f"soon-{uuid.uuid4().hex[:8]}"
+    sqs.send_message(QueueUrl=mini_cloud.physical("WorkQueue", "mini"), MessageBody=json.dumps({"key": key}),
+                     DelaySeconds=2)
+    # When nobody moves the clock, the poller finds it once the 2 seconds have passed
+    deadline = time.monotonic() + 15
+    while "Item" not in applied.get_item(Key={"pk": key}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # Then it was delivered, in real time
+    assert applied.get_item(Key={"pk": key})["Item"]["source"] == "queue"

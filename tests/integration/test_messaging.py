@@ -261,6 +261,35 @@ def test_an_emails_date_is_the_clocks_so_the_local_outbox_shows_virtual_time(pip
     assert abs(parsedate_to_datetime(sent["date"]) - clock.now()) < timedelta(minutes=1), sent["date"]
 
 
+def test_an_sms_a_push_and_a_dateless_email_are_dated_on_the_clock_in_the_local_outbox(pipeline):
+    # Given the local cloud's outbox dating (installed in its process) and a clock moved 30 days ahead
+    from email.utils import parsedate_to_datetime
+
+    from localcloud import outbox
+
+    outbox.install()
+    sns = boto3.client("sns", region_name=REGION)
+    app = sns.create_platform_application(Name="app", Platform="GCM", Attributes={"PlatformCredential": "k"})
+    endpoint = sns.create_platform_endpoint(PlatformApplicationArn=app["PlatformApplicationArn"],
+                                            Token="device-token")["EndpointArn"]
+    profile_id = identify(pipeline, "u2", phone="+15555550100", push_endpoint_arn=endpoint, first_name="Bo")
+    create({"key": "sms_hi", "channel": "sms", "body": "Hi {{ profile.traits.first_name }}"})
+    create({"key": "push_hi", "channel": "push", "subject": "Hello", "body": "Hi {{ profile.traits.first_name }}"})
+    clock.advance(timedelta(days=30))
+    # When an SMS and a push are sent, and an email by a tool that writes no Date header
+    assert send_message(request(profile_id, "s1", "sms_hi", "sms")).status == "sent"
+    assert send_message(request(profile_id, "p1", "push_hi", "push")).status == "sent"
+    ses = boto3.client("sesv2", region_name=REGION)
+    ses.create_email_identity(EmailIdentity=FROM)
+    ses.send_email(FromEmailAddress=FROM, Destination={"ToAddresses": ["bo@example.com"]},
+                   Content={"Simple": {"Subject": {"Data": "Hi"}, "Body": {"Text": {"Data": "Hi Bo"}}}})
+    # Then each is dated at that clock's now when SES or SNS took it (SMS and push had no date at all)
+    sent = {m["channel"]: m for m in outbox.messages(REGION)}
+    assert set(sent) == {"sms", "push", "email"}
+    for message in sent.values():
+        assert abs(parsedate_to_datetime(message["date"]) - clock.now()) < timedelta(minutes=1), message
+
+
 def test_from_address_is_the_templates_else_the_spaces_else_the_stacks(pipeline):
     boto3.client("sesv2", region_name=REGION).create_email_identity(EmailIdentity="acme.example")
     profile_id = identify(pipeline, "u1", email="ann@example.com", first_name="Ann")

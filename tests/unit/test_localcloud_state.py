@@ -133,3 +133,48 @@ def test_a_snapshot_of_another_shape_is_refused_with_what_to_do(tmp_path, snapsh
     (tmp_path / state.SNAPSHOT).write_text(snapshot)
     with pytest.raises(RuntimeError, match="move it away"):  # (an AttributeError traceback at start)
         state.restore(tmp_path, cloud=None, deployment=None)
+
+
+def test_queue_messages_come_back_with_their_fifo_group_and_their_delay(tmp_path, monkeypatch):
+    # Found restarting on a state dir whose snapshot held a waiting destination message: a snapshot kept only
+    # each message's body, so the FIFO queue refused it back (MissingParameter: no MessageGroupId) and the
+    # start failed; a message delayed or waiting out a visibility timeout came back at once.
+    from datetime import timedelta
+
+    from engage import clock
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+    class Cloud:
+        region = "us-east-1"
+
+        def client(self, service):
+            return boto3.client(service, region_name="us-east-1")
+
+    with mock_aws():
+        aws._install_queue_clock()
+        sqs = Cloud().client("sqs")
+        fifo = sqs.create_queue(QueueName="work.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+        plain = sqs.create_queue(QueueName="plain")["QueueUrl"]
+        deployment = aws.Deployment("s", physical={"Fifo": fifo, "Plain": plain},
+                                    types={"Fifo": "AWS::SQS::Queue", "Plain": "AWS::SQS::Queue"})
+        # Given a FIFO message and a message delayed 15 minutes, saved
+        sqs.send_message(QueueUrl=fifo, MessageBody="retry", MessageGroupId="g", MessageDeduplicationId="d")
+        sqs.send_message(QueueUrl=plain, MessageBody="later", DelaySeconds=900)
+        state.save(tmp_path, Cloud(), deployment, timedelta(0))
+        sqs.purge_queue(QueueUrl=fifo)
+        sqs.purge_queue(QueueUrl=plain)
+        # When they are restored
+        state.restore(tmp_path, Cloud(), deployment)
+        # Then the FIFO one is back in its group, and the delayed one only once its 15 minutes have passed
+        [back] = sqs.receive_message(QueueUrl=fifo, AttributeNames=["All"])["Messages"]
+        assert back["Body"] == "retry" and back["Attributes"]["MessageGroupId"] == "g"
+        assert sqs.receive_message(QueueUrl=plain).get("Messages", []) == []
+        try:
+            clock.advance(timedelta(seconds=901))
+            assert [m["Body"] for m in sqs.receive_message(QueueUrl=plain).get("Messages", [])] == ["later"]
+        finally:
+            clock.reset()
