@@ -429,6 +429,27 @@ def test_a_failing_receiver_is_retried_then_parked_and_replay_delivers(env, rece
     assert shown["status"]["dlq_depth"] == 0 and shown["status"]["delivered"] == 1
 
 
+def test_a_retry_after_of_a_day_hides_the_change_as_long_as_sqs_allows(env, receiver):
+    # Found by the local cloud's SQS review: the wait was cut to 43,200 s, which SQS (and moto) refuse once any
+    # time has passed since the receive ("Total VisibilityTimeout ... beyond the limit"); the record failed with
+    # that error and its change was received again at once (here: the receive's 0 s visibility timeout).
+    from engage.destinations import queue
+
+    flow = Flow(env)  # the real queue.delay against moto's queue
+    assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201
+    flow.drain()
+    receiver.answer((429, {"Retry-After": "86400"}))
+    assert call_api("POST", "/v1/audiences/vip/members", {"add": ["user_id:u1"]})[0] == 200
+    flow.route()
+    [record] = flow.receive()
+    result = flow.deliver([record])
+    assert result["batchItemFailures"] == [{"itemIdentifier": record["messageId"]}]
+    assert flow.receive() == []  # hidden: about 11 h 40 min, the most SQS takes, then asked again
+    assert queue.MAX_VISIBILITY_SECONDS < 43_200
+    status, shown = call_api("GET", "/v1/destinations/crm")
+    assert "429" in shown["status"]["last_error"], shown["status"]
+
+
 def test_a_permanent_refusal_is_parked_at_once(env, receiver):
     flow = Flow(env)
     assert call_api("POST", "/v1/destinations", webhook(receiver))[0] == 201

@@ -86,7 +86,15 @@ def send(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return refused
 
 
+# SQS refuses a visibility timeout that ends more than 12 hours after the message's receive (InvalidParameterValue:
+# "Total VisibilityTimeout for the message is beyond the limit"), and the receive was before this invocation began:
+# up to a 300 s batching window and a 900 s function earlier. A wait of 12 hours asked for (a receiver's Retry-After)
+# was refused, the handler failed, and the message came back after the queue's own timeout instead.
+MAX_VISIBILITY_SECONDS = 43_200 - 300 - 900
+
+
 def delay(receipt_handle: str, seconds: int) -> None:
-    """Make a received message visible again after `seconds` (the retry's backoff)."""
-    _sqs().change_message_visibility(QueueUrl=settings().require("destinations_queue_url"),
-                                     ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, 43_200)))
+    """Make a received message visible again after `seconds` (the retry's backoff), at most MAX_VISIBILITY_SECONDS:
+    a longer wait is served by the next receive asking again."""
+    _sqs().change_message_visibility(QueueUrl=settings().require("destinations_queue_url"), ReceiptHandle=receipt_handle,
+                                     VisibilityTimeout=max(0, min(seconds, MAX_VISIBILITY_SECONDS)))
