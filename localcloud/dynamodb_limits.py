@@ -26,17 +26,37 @@ What each call answers, as AWS does (ValidationException unless said otherwise):
   a `ValidationError` reason, AWS's message), nothing written. The items it writes may total at
   most 4 MB (each counted as the larger of its size before and after the write): past that the
   whole call is a ValidationException and nothing is written (moto has no such limit).
+- A write's condition and the write are one step (`one_at_a_time`): moto checked and stored apart, so two
+  threads' conditional writes of one item could both succeed.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import threading
 
 from engage import dynamodb_limits as limits
+from localcloud.moto_fixes import STREAM_LOCK
+
+# The local cloud's transactions and stream appends take STREAM_LOCK (localcloud.moto_fixes): one re-entrant lock
+# for every write, so no two locks are ever taken in opposite orders.
+WRITE_LOCK = STREAM_LOCK
 
 _state = threading.local()
 _installed = False
+
+
+def one_at_a_time(write):
+    """`write` under WRITE_LOCK: DynamoDB applies a write's condition and the write as one step, moto in two
+    (it reads the item, checks, then stores) with no lock, on many request threads (the local cloud) or test
+    threads. Two conditional writes of one item could both pass their condition: two sends racing for the
+    last frequency-cap slot both sent, now and then, under load."""
+    @functools.wraps(write)
+    def locked(*args, **kwargs):
+        with WRITE_LOCK:
+            return write(*args, **kwargs)
+    return locked
 
 
 class ValidationError(Exception):
@@ -167,9 +187,10 @@ def install() -> None:
             return None
         return original_add(self, old, new)
 
-    DynamoDBBackend.put_item = put_item
-    DynamoDBBackend.update_item = update_item
-    DynamoDBBackend.transact_write_items = transact_write_items
+    DynamoDBBackend.put_item = one_at_a_time(put_item)
+    DynamoDBBackend.update_item = one_at_a_time(update_item)
+    DynamoDBBackend.delete_item = one_at_a_time(DynamoDBBackend.delete_item)
+    DynamoDBBackend.transact_write_items = one_at_a_time(transact_write_items)
     DynamoHandler.batch_write_item = batch_write_item
     DynamoHandler.put_item = checking_key(original_put_request, "Item")  # AWS's wording, not moto's
     DynamoHandler.update_item = checking_key(original_update_request)

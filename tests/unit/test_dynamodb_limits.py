@@ -263,3 +263,49 @@ def test_a_set_with_a_member_twice_is_refused(client, attribute, shown):
     assert client.scan(TableName="t")["Items"] == []  # (moto stored it)
     client.put_item(TableName="t", Item={**_key(), "s": {"SS": ["a", "b"]}})  # the control
 
+
+
+# ---------------------------------------------------------------- a write's condition and the write are one step
+@pytest.mark.parametrize("operation", ["put", "update"])
+def test_two_conditional_writes_of_one_item_on_two_threads_never_both_pass(client, monkeypatch, operation):
+    # moto checked a condition, then stored: a thread switch in between let both writers pass (two sends racing
+    # for the last frequency-cap slot both sent, now and then, under load). Here every condition check waits
+    # long enough for the other thread to run its whole write.
+    import threading
+    import time
+
+    import moto.dynamodb.models as moto_backend
+    from moto.dynamodb.models import table as moto_table
+
+    real = moto_table.get_filter_expression
+
+    def slow_check(*args, **kwargs):
+        found = real(*args, **kwargs)
+        time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(moto_table, "get_filter_expression", slow_check)  # PutItem's condition
+    monkeypatch.setattr(moto_backend, "get_filter_expression", slow_check)  # UpdateItem's
+    if operation == "update":
+        client.put_item(TableName="t", Item={**_key(), "v": {"N": "0"}})
+    write = {
+        "put": lambda: client.put_item(TableName="t", Item=_key(), ConditionExpression="attribute_not_exists(pk)"),
+        "update": lambda: client.update_item(TableName="t", Key=_key(), UpdateExpression="SET v = v + :one",
+                                             ConditionExpression="v = :zero",
+                                             ExpressionAttributeValues={":one": {"N": "1"}, ":zero": {"N": "0"}}),
+    }[operation]
+    outcomes: list[str] = []
+
+    def attempt():
+        try:
+            write()
+            outcomes.append("written")
+        except ClientError as error:
+            outcomes.append(error.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["ConditionalCheckFailedException", "written"], outcomes
