@@ -1242,33 +1242,14 @@ def test_a_send_of_a_run_whose_profile_was_merged_away_sends_nothing_and_leaves(
     followed the merge to the survivor, under the run's own key: the person got the step's message from the
     survivor's run and again from the merged-away one's. A send now leaves the run as a merge does instead."""
     from tests.integration import test_messaging as m
-    from tests.integration.audience_support import make_profile
 
-    m.create(m.WELCOME)
-    body = journey(key="hello", exit_when=None, start="mail", steps={
-        "mail": {"type": "send", "channel": "email", "template": "welcome", "next": "done"}, "done": {"type": "exit"}})
-    answer = published("hello", body)
-    states = json.loads(api.client("stepfunctions").describe_state_machine(
-        stateMachineArn=answer["state_machine_arn"])["definition"])["States"]
     # Given one person as two profiles, each in the journey
-    people = {}
-    for profile_id in ("p1", "p2"):
-        people[profile_id] = make_profile(profile_id, traits={"email": "ann@example.com", "name": "Ann"})
-        assert [o.reason for o in enrollment.on_audience_entered(audience_entered(profile_id))] == ["enrolled"]
+    send, merge, runs = _one_person_in_a_send_step(api)
     sfn = api.client("stepfunctions")
-    runs = {json.loads(sfn.describe_execution(executionArn=e["executionArn"])["input"])["profile_id"]: e
-            for e in executions(api, answer)}
-
-    def send(profile_id: str) -> None:
-        arn = runs[profile_id]["executionArn"]
-        data = json.loads(sfn.describe_execution(executionArn=arn)["input"])
-        steps.handle(compiled_payload(states["mail"], data, arn))
-
     send("p1")
     assert len(m.sent_emails()) == 1
     # When p2 is merged into p1, and p2's send runs before the merge's stop reaches its run
-    merged = people["p2"]
-    merged.update(actions=[type(merged).merged_into.set("p1"), type(merged).merged_at.set(clock.iso())])
+    merge()
     with pytest.raises(steps.StepError, match="merged into p1"):  # the Task fails: its execution is stopped
         send("p2")
     # Then nothing more is sent, and p2's run is stopped and recorded as left because of the merge
