@@ -212,6 +212,7 @@ def test_a_job_whose_messages_cannot_be_queued_is_failed_and_blocks_nothing(jobs
     monkeypatch.setattr(imports, "sender", refused)
     status, job, _ = import_file(["1", "2", "3", "4"])
     assert status == 202 and job["status"] == "failed" and "queue unavailable" in job["message"], job
+    assert job_items(job["id"]) == ["job"]
     monkeypatch.undo()  # MAX_IMPORT_MEMBERS back to 1,000 too: the same file is now small
     status, body, _ = import_file(["1", "2", "3", "4"])
     assert status == 200 and body["added"] == 4, body
@@ -235,6 +236,15 @@ def test_a_job_of_an_audience_deleted_meanwhile_fails_and_writes_nothing(jobs):
     status, body, _ = api("GET", headers["Location"])
     assert status == 200 and body["status"] == "failed" and "deleted" in body["message"], body
     assert body["added"] == 0 and members_of("vips") == set()
+    assert job_items(_job["id"]) == ["job"]  # its chunks (the named profile ids) are not kept
+
+
+def job_items(job_id: str) -> list[str]:
+    """What is stored of a job: `job`, `add|<n>` and `remove|<n>` (the sort keys after `job|<id>`)."""
+    from engage.audiences import imports
+
+    return [item.sk.removeprefix(f"job|{job_id}|") if item.sk != f"job|{job_id}" else "job"
+            for item in imports.ImportItem.query(imports._pk("acme", "vips"), imports.ImportItem.sk.startswith(f"job|{job_id}"))]
 
 
 def test_a_job_without_progress_for_30_minutes_is_failed_and_holds_nothing_back(jobs):
@@ -250,9 +260,10 @@ def test_a_job_without_progress_for_30_minutes_is_failed_and_holds_nothing_back(
     clock.advance(timedelta(minutes=2))
     status, body, _ = api("GET", headers["Location"])
     assert body["status"] == "failed" and "30 minutes" in body["message"], body
-    # the next import takes over, and the stopped job stays failed
+    # the next import takes over, and the stopped job stays failed, its chunks dropped
     status, job, next_location = import_file(["5", "6", "7", "8"])
     assert status == 202 and job["id"] != stopped["id"], job
+    assert job_items(stopped["id"]) == ["job"]
     run_worker()
     assert api("GET", next_location["Location"])[1]["status"] == "done"
     assert api("GET", headers["Location"])[1]["status"] == "failed"

@@ -192,7 +192,7 @@ def start(space_id: str, audience_key: str, mode: str, named: list[str], *, rows
         sender(messages)
     except Exception as error:  # noqa: BLE001 - the job says why; the lock is released
         logger.exception("could not queue the import job", extra={"job_id": job_id})
-        _finish(pk, job_id, FAILED, f"could not queue the import: {error}", release=False)
+        _complete(pk, job_id, FAILED, f"could not queue the import: {error}", release=False)
     return Accepted(view(space_id, audience_key, job_id))
 
 
@@ -210,8 +210,9 @@ def _lock(pk: str, audience_key: str, job_id: str, now: str) -> None:
     if current is not None:  # finished or stopped (stale): taken over, on condition it is still that one
         stopped = _read(pk, _job_sk(current.job_id))
         if stopped is not None and stopped.status == RUNNING:
-            _finish(pk, current.job_id, FAILED, "stopped: no chunk was recorded for "
-                    f"{int(STALE_AFTER.total_seconds() // 60)} minutes (see AudienceImportDeadLetterQueue)", release=False)
+            _complete(pk, current.job_id, FAILED, "stopped: no chunk was recorded for "
+                      f"{int(STALE_AFTER.total_seconds() // 60)} minutes (see AudienceImportDeadLetterQueue)",
+                      release=False)
     try:
         lock.save(condition=ImportItem.pk.does_not_exist() | (ImportItem.job_id == (current.job_id if current else "")))
     except PutError as error:
@@ -249,8 +250,8 @@ def view(space_id: str, audience_key: str, job_id: str) -> dict[str, Any]:
     if job is None:
         raise NotFound(f"no import job {job_id!r} of audience {audience_key!r}")
     parts = [item for item in items if item.sk != job.sk and item.done_at]
-    if job.status == DONE and job.added is not None:
-        parts = [job]  # its totals, written when it was done (its chunks and steps are deleted then)
+    if job.status in (DONE, FAILED) and job.added is not None:
+        parts = [job]  # its totals, written when it ended (its chunks and steps are deleted then)
     status, message = job.status, job.message
     if status == RUNNING and _stale(job):
         status, message = FAILED, ("stopped: no chunk was recorded for "
@@ -276,7 +277,7 @@ def run(message: dict[str, Any], time_left: Callable[[], bool] = lambda: True) -
         return "finished"  # done, failed, or deleted with its audience: nothing to do
     audience = store.find(space_id, audience_key)
     if audience is None or audience.kind != "manual":
-        _finish(pk, job_id, FAILED, "the audience was deleted (or is no longer manual) while it was imported")
+        _complete(pk, job_id, FAILED, "the audience was deleted (or is no longer manual) while it was imported")
         return FAILED
     if message["step"] == "add":
         return _add_chunk(space_id, audience_key, job, int(message["n"]))
@@ -368,7 +369,9 @@ def _write(space_id: str, audience_key: str, profile_id: str, member: bool,
 
 def _record(item: ImportItem, actions: list, condition) -> str:
     try:
-        item.update(actions=[*actions, ImportItem.done_at.set(clock.iso())], condition=condition)
+        # ... and only on a chunk still there: one deleted when its job ended meanwhile is not made again
+        item.update(actions=[*actions, ImportItem.done_at.set(clock.iso())],
+                    condition=ImportItem.pk.exists() & condition)
     except UpdateError as error:
         if not _conditional_failed(error):
             raise
@@ -385,14 +388,15 @@ def _progress(job: ImportItem) -> None:
             raise
 
 
-def _complete(pk: str, job_id: str) -> None:
-    """The job done with its totals, then its chunks and steps deleted: the named profile ids are not kept
-    once they are memberships (a copy that completes it too writes the same totals, deletes what is left)."""
+def _complete(pk: str, job_id: str, status: str = DONE, message: str | None = None, *, release: bool = True) -> None:
+    """The job done (or failed) with its totals, then its chunks and steps deleted: the named profile ids are not
+    kept once they are memberships, nor once the job cannot go on (a copy that ends it too writes the same
+    totals, deletes what is left)."""
     parts = list(ImportItem.query(pk, ImportItem.sk.startswith(f"{_job_sk(job_id)}|"), consistent_read=True,
                                   attributes_to_get=["pk", "sk", "added", "removed", "unchanged", "done_at"]))
     totals = {name: sum(int(getattr(part, name) or 0) for part in parts if part.done_at)
               for name in ("added", "removed", "unchanged")}
-    _finish(pk, job_id, DONE, totals=totals)
+    _finish(pk, job_id, status, message, totals=totals, release=release)
     with ImportItem.batch_write() as batch:
         for part in parts:
             batch.delete(ImportItem(pk, part.sk))
