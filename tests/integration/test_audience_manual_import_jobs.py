@@ -268,3 +268,34 @@ def test_a_job_without_progress_for_30_minutes_is_failed_and_holds_nothing_back(
     assert api("GET", next_location["Location"])[1]["status"] == "done"
     assert api("GET", headers["Location"])[1]["status"] == "failed"
     assert members_of("vips") == {"p5", "p6", "p7", "p8"}
+
+
+def test_a_removal_step_whose_job_ended_after_it_looked_removes_nobody(jobs, monkeypatch):
+    from engage.audiences import imports
+
+    assert import_file(["1", "2", "3"])[0] == 200
+    status, _job, headers = import_file(["4", "5", "6", "7"], mode="replace")
+    assert status == 202
+    removals = []
+    while records := received():
+        for record in records:
+            if json.loads(record["body"])["step"] == "remove":
+                removals.append(record)
+            else:
+                work([record])
+    assert len(removals) == 1
+    # When the removal step is delivered twice (as two copies of the last chunks queue it) and the first copy
+    # ends the job (its chunks deleted) after the second read that its step was not recorded
+    real = imports._named
+
+    def first_copy_ends_the_job_first(*args):
+        monkeypatch.setattr(imports, "_named", real)
+        assert work([removals[0]]) == {"batchItemFailures": []}
+        return real(*args)
+
+    monkeypatch.setattr(imports, "_named", first_copy_ends_the_job_first)
+    assert work([removals[0]]) == {"batchItemFailures": []}
+    # Then the second copy removed nobody the file names (it read no named ids: every member was removed)
+    assert members_of("vips") == {"p4", "p5", "p6", "p7"}
+    done = api("GET", headers["Location"])[1]
+    assert done["status"] == "done" and (done["added"], done["removed"]) == (4, 3), done

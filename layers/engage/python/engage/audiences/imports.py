@@ -320,7 +320,9 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
     recorded = _read(pk, sk)
     outcome = "redelivered"
     if recorded is None:
-        named = _named(pk, job.job_id)
+        named = _named(pk, job.job_id, int(job.chunks))
+        if named is None:  # the job ended since it was read (its chunks deleted): nothing is named any more
+            return "finished"
         counts = {"removed": 0, "unchanged": 0}
         while True:
             page = membership.member_page(space_id, audience_key, REMOVE_PAGE, cursor)
@@ -349,11 +351,16 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
     return DONE if outcome == "applied" else outcome
 
 
-def _named(pk: str, job_id: str) -> set[str]:
+def _named(pk: str, job_id: str, chunks: int) -> set[str] | None:
+    """The profile ids the file names; None when its chunks are no longer all there: a job that ended meanwhile
+    (done by another copy of the step, failed, taken over) deletes them, and the empty set read then made a late
+    copy remove every member."""
     named: set[str] = set()
+    found = 0
     for chunk in ImportItem.query(pk, ImportItem.sk.startswith(f"{_job_sk(job_id)}|add|"), consistent_read=True):
         named.update(json.loads(chunk.ids or "[]"))
-    return named
+        found += 1
+    return named if found == chunks else None
 
 
 def _write(space_id: str, audience_key: str, profile_id: str, member: bool,
