@@ -381,10 +381,17 @@ def deliveries_of_source(space_id: str, profile_id: str, source: dict[str, Any],
                                      filter_condition=condition, consistent_read=True))
 
 
+FILTERED_PAGE_SIZE = 500  # index keys (about 150 bytes each) a filtered Query reads at least
+
+
 def delivery_positions(space_id: str, profile_id: str, source_type: str | None, until: str | None,
                        page_size: int) -> Iterator[tuple[str, str]]:
     """(created_at, sk) of a profile's deliveries, newest first, from `until` (a created_at, included) down,
     read `page_size` at a time from the index; `source_type` filters (a filter of the index's small items)."""
+    if source_type:
+        # A Query's Limit counts the keys read before the filter: a source few deliveries have was read
+        # `limit + 1` keys a Query (?source=api&limit=1 on 5,000 journey messages: 2,500 Queries, past 29 s)
+        page_size = max(page_size, FILTERED_PAGE_SIZE)
     condition = DeliveryRecord.created_at <= until if until else None
     found = DeliveryRecord.by_created.query(delivery_pk(space_id, profile_id), condition, scan_index_forward=False,
                                             filter_condition=DeliveryRecord.source_type == source_type
