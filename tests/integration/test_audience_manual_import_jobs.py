@@ -299,3 +299,29 @@ def test_a_removal_step_whose_job_ended_after_it_looked_removes_nobody(jobs, mon
     assert members_of("vips") == {"p4", "p5", "p6", "p7"}
     done = api("GET", headers["Location"])[1]
     assert done["status"] == "done" and (done["added"], done["removed"]) == (4, 3), done
+
+
+def test_a_job_reported_failed_for_want_of_progress_never_resumes(jobs):
+    from datetime import timedelta
+
+    from engage import clock
+
+    assert import_file(["1", "2", "3"])[0] == 200
+    status, stopped, headers = import_file(["4", "5", "6", "7"], mode="replace")
+    assert status == 202
+    held = received()  # its chunks wait (in the dead-letter queue, say)
+    clock.advance(timedelta(minutes=31))
+    assert api("GET", headers["Location"])[1]["status"] == "failed"
+    # When the audience is edited as the failed job no longer holds it back: a small import, a JSON edit
+    status, body, _ = import_file(["8"])
+    assert status == 200 and body["added"] == 1, body
+    assert api("POST", "/v1/audiences/vips/members", body={"add": ["user_id:9"]})[0] == 200
+    # and then its chunks come back (redriven from the dead-letter queue)
+    for record in held:
+        assert work([record]) == {"batchItemFailures": []}
+    run_worker()
+    # Then the job stays failed and writes nothing: it replaced the audience, removing the members added since
+    assert members_of("vips") == {"p1", "p2", "p3", "p8", "p9"}
+    status, body, _ = api("GET", headers["Location"])
+    assert body["status"] == "failed" and body["added"] == 0 and body["removed"] == 0, body
+    assert job_items(stopped["id"]) == ["job"]

@@ -56,6 +56,8 @@ RESERVE_MS = 20_000  # a removal step stops taking pages when less time than thi
 # A running job with no chunk or step recorded for this long has stopped (a chunk failed every delivery and sits
 # in AudienceImportDeadLetterQueue: 3 receives x 6 minutes): it is reported failed and no longer blocks imports.
 STALE_AFTER = timedelta(minutes=30)
+STOPPED = (f"stopped: no chunk was recorded for {int(STALE_AFTER.total_seconds() // 60)} minutes "
+           "(see AudienceImportDeadLetterQueue)")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 SEND_BATCH = 10  # SQS SendMessageBatch
 
@@ -210,9 +212,7 @@ def _lock(pk: str, audience_key: str, job_id: str, now: str) -> None:
     if current is not None:  # finished or stopped (stale): taken over, on condition it is still that one
         stopped = _read(pk, _job_sk(current.job_id))
         if stopped is not None and stopped.status == RUNNING:
-            _complete(pk, current.job_id, FAILED, "stopped: no chunk was recorded for "
-                      f"{int(STALE_AFTER.total_seconds() // 60)} minutes (see AudienceImportDeadLetterQueue)",
-                      release=False)
+            _complete(pk, current.job_id, FAILED, STOPPED, release=False)
     try:
         lock.save(condition=ImportItem.pk.does_not_exist() | (ImportItem.job_id == (current.job_id if current else "")))
     except PutError as error:
@@ -275,6 +275,11 @@ def run(message: dict[str, Any], time_left: Callable[[], bool] = lambda: True) -
     job = _read(pk, _job_sk(job_id))
     if job is None or job.status != RUNNING:
         return "finished"  # done, failed, or deleted with its audience: nothing to do
+    if _stale(job):
+        # GET has answered `failed` since, and the audience took imports and edits as if it were: a chunk back
+        # from the dead-letter queue resumed it, and a replace removed the members added meanwhile
+        _complete(pk, job_id, FAILED, STOPPED)
+        return FAILED
     audience = store.find(space_id, audience_key)
     if audience is None or audience.kind != "manual":
         _complete(pk, job_id, FAILED, "the audience was deleted (or is no longer manual) while it was imported")
