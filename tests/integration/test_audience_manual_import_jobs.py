@@ -325,3 +325,60 @@ def test_a_job_reported_failed_for_want_of_progress_never_resumes(jobs):
     status, body, _ = api("GET", headers["Location"])
     assert body["status"] == "failed" and body["added"] == 0 and body["removed"] == 0, body
     assert job_items(stopped["id"]) == ["job"]
+
+
+def test_the_last_two_chunks_done_side_by_side_queue_the_removals_once(jobs, monkeypatch):
+    from engage.audiences import imports
+
+    assert import_file(["1", "2", "3"])[0] == 200
+    status, _job, headers = import_file(["4", "5", "6", "7"], mode="replace")
+    assert status == 202
+    first, second = received()
+    # When the second chunk is done while the first, recorded, has not yet looked whether every chunk is (two
+    # workers side by side, as on AWS)
+    real = imports._progress
+
+    def the_other_chunk_meanwhile(job):
+        monkeypatch.setattr(imports, "_progress", real)
+        real(job)
+        assert work([second]) == {"batchItemFailures": []}
+
+    monkeypatch.setattr(imports, "_progress", the_other_chunk_meanwhile)
+    assert work([first]) == {"batchItemFailures": []}
+    # Then the removals are queued once: two copies of a step, side by side, each removed members, and the one
+    # recorded counted only its own (`removed` said fewer than were removed)
+    removals = received()
+    assert [json.loads(r["body"])["step"] for r in removals] == ["remove"]
+    for record in removals:
+        work([record])
+    assert members_of("vips") == {"p4", "p5", "p6", "p7"}
+    done = api("GET", headers["Location"])[1]
+    assert done["status"] == "done" and (done["added"], done["removed"]) == (4, 3), done
+
+
+def test_removals_a_chunk_died_before_queuing_are_queued_by_its_redelivery(jobs, monkeypatch):
+    from datetime import timedelta
+
+    from engage import clock
+    from engage.audiences import imports
+
+    assert import_file(["1", "2", "3"])[0] == 200
+    status, _job, headers = import_file(["4", "5"], mode="replace")
+    assert status == 202
+    (chunk,) = received()
+    real = imports.sender
+
+    def lost(messages):
+        raise RuntimeError("the worker died")
+
+    monkeypatch.setattr(imports, "sender", lost)
+    with pytest.raises(Exception, match="All records failed"):  # the message comes back later
+        work([chunk])
+    monkeypatch.setattr(imports, "sender", real)
+    work([chunk])  # back at once (another copy): the removals are someone else's to queue
+    assert received() == []
+    clock.advance(timedelta(minutes=6))  # back after the queue's visibility timeout: its own removals, queued now
+    work([chunk])
+    run_worker()
+    assert members_of("vips") == {"p4", "p5"}
+    assert api("GET", headers["Location"])[1]["status"] == "done"

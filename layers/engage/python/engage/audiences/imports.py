@@ -11,8 +11,9 @@ ConfigTable, pk = <space>|audience_import|<audience key> (a job is never readabl
                              counts, status running -> done | failed, progress_at (the last chunk or step recorded)
   sk = job|<id>|add|<n>      up to CHUNK_IDS profile ids the file names (CHUNK_BYTES at most: an item holds
                              400 KB), and, once applied, their result (added, unchanged)
-  sk = job|<id>|remove|<n>   mode=replace, after every add chunk: one bounded step of removals of the members
-                             the file does not name (removed, unchanged) and the cursor of the next step
+  sk = job|<id>|remove|<n>   mode=replace, after every add chunk (step 0 queued by the chunk that marks the job's
+                             removals_at): one bounded step of removals of the members the file does not name
+                             (removed, unchanged) and the cursor of the next step
   When the job is done its totals are written on it and its chunks and steps are deleted.
 
 At-least-once (SQS): a chunk's result is recorded on its item on condition that it has none yet, and a
@@ -58,6 +59,7 @@ RESERVE_MS = 20_000  # a removal step stops taking pages when less time than thi
 STALE_AFTER = timedelta(minutes=30)
 STOPPED = (f"stopped: no chunk was recorded for {int(STALE_AFTER.total_seconds() // 60)} minutes "
            "(see AudienceImportDeadLetterQueue)")
+REQUEUE_AFTER = timedelta(minutes=5)  # the removals queued by a chunk that died before it queued them are queued again
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 SEND_BATCH = 10  # SQS SendMessageBatch
 
@@ -85,6 +87,7 @@ class ImportItem(EngageModel):
     created_at = UnicodeAttribute(null=True)
     progress_at = UnicodeAttribute(null=True)
     finished_at = UnicodeAttribute(null=True)
+    removals_at = UnicodeAttribute(null=True)  # mode=replace: when a chunk queued the removals (see _take_removals)
     message = UnicodeAttribute(null=True)
     # a chunk (ids) or a removal step (next_cursor), and its result once recorded (done_at)
     ids = UnicodeAttribute(null=True)  # JSON list of profile ids
@@ -311,12 +314,30 @@ def _add_chunk(space_id: str, audience_key: str, job: ImportItem, n: int) -> str
     if sum(1 for c in chunks if c.done_at) < int(job.chunks):
         return outcome
     if job.mode == "replace":
-        if _read(pk, _part_sk(job.job_id, "remove", 0)) is None:  # a copy sent twice is recorded once
+        # a copy sent twice is recorded once, but two copies side by side each remove members and the one recorded
+        # counts only its own: of the chunks that find them all done (the last two, side by side), one queues it
+        if _read(pk, _part_sk(job.job_id, "remove", 0)) is None and _take_removals(job):
             sender([{"space_id": space_id, "audience_key": audience_key, "job_id": job.job_id, "step": "remove",
                      "n": 0, "cursor": None}])
         return outcome
     _complete(pk, job.job_id)
     return DONE if outcome == "applied" else outcome
+
+
+def _take_removals(job: ImportItem) -> bool:
+    """Whether this chunk queues the removals: the first to mark the job, or one coming back (SQS: after the
+    queue's 6-minute visibility timeout) when the one that marked it died before it queued them."""
+    now = clock.now()
+    try:
+        ImportItem(job.pk, job.sk).update(
+            actions=[ImportItem.removals_at.set(clock.iso(now))],
+            condition=(ImportItem.status == RUNNING) & (ImportItem.removals_at.does_not_exist()
+                                                        | (ImportItem.removals_at < clock.iso(now - REQUEUE_AFTER))))
+    except UpdateError as error:
+        if not _conditional_failed(error):
+            raise
+        return False
+    return True
 
 
 def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, cursor: str | None,
