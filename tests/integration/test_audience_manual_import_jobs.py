@@ -382,3 +382,25 @@ def test_removals_a_chunk_died_before_queuing_are_queued_by_its_redelivery(jobs,
     run_worker()
     assert members_of("vips") == {"p4", "p5"}
     assert api("GET", headers["Location"])[1]["status"] == "done"
+
+
+def test_a_member_added_by_hand_while_a_replace_runs_stays(jobs):
+    from datetime import timedelta
+
+    from engage import clock
+
+    assert import_file(["1", "2", "3"])[0] == 200
+    clock.advance(timedelta(seconds=1))
+    status, _job, headers = import_file(["4", "5", "6", "7"], mode="replace")
+    assert status == 202
+    for record in received():  # the file's chunks are written
+        work([record])
+    # When a member is added by hand (POST .../members is not held back by a job) before the removals
+    clock.advance(timedelta(seconds=1))
+    status, body, _ = api("POST", "/v1/audiences/vips/members", body={"add": ["user_id:9"]})
+    assert status == 200 and body["added"] == 1, body
+    run_worker()
+    # Then the replace removed the members it replaced, not the one added after its 202
+    assert members_of("vips") == {"p4", "p5", "p6", "p7", "p9"}
+    done = api("GET", headers["Location"])[1]
+    assert done["status"] == "done" and (done["added"], done["removed"]) == (4, 3), done

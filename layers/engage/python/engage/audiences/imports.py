@@ -353,7 +353,9 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
         while True:
             page = membership.member_page(space_id, audience_key, REMOVE_PAGE, cursor)
             for record in page.members:
-                if record.profile_id not in named:
+                # one who entered after the job began was added by hand (an edit answered 200 since the 202): the
+                # file replaces the audience it was imported into, not the edits made while it ran
+                if record.profile_id not in named and (record.entered_at or "") <= job.created_at:
                     removed = _write(space_id, audience_key, record.profile_id, False, record)
                     counts["removed" if removed else "unchanged"] += 1
             cursor = page.cursor
