@@ -404,3 +404,21 @@ def test_a_member_added_by_hand_while_a_replace_runs_stays(jobs):
     assert members_of("vips") == {"p4", "p5", "p6", "p7", "p9"}
     done = api("GET", headers["Location"])[1]
     assert done["status"] == "done" and (done["added"], done["removed"]) == (4, 3), done
+
+
+def test_a_named_profile_merged_while_the_job_runs_is_the_survivor_that_stays(jobs):
+    assert api("POST", "/v1/audiences/vips/members", body={"add": ["user_id:1", "user_id:9"]})[0] == 200
+    status, _job, headers = import_file(["2", "3", "4", "5"], mode="replace")
+    assert status == 202
+    # When p2, named by the file, is merged into p9 (a member) after the 202, before its chunk is written
+    from engage.profiles_store import ProfileRecord, profile_pk
+
+    for profile_id, field, value in (("p2", "merged_into", "p9"), ("p9", "merged_from", ["p2"])):
+        record = ProfileRecord.get(profile_pk("acme", profile_id))
+        setattr(record, field, value)
+        record.save()
+    run_worker()
+    # Then the person named (p2, now p9) is a member, as the survivor; nobody is a member as a merged-away profile
+    assert members_of("vips") == {"p9", "p3", "p4", "p5"}
+    done = api("GET", headers["Location"])[1]
+    assert done["status"] == "done" and done["removed"] == 1, done

@@ -38,7 +38,7 @@ import boto3
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 
-from engage import clock, lazy
+from engage import clock, lazy, profiles_store
 from engage.audiences import membership, store
 from engage.config import settings
 from engage.db import EngageModel, TableName, key
@@ -302,7 +302,7 @@ def _add_chunk(space_id: str, audience_key: str, job: ImportItem, n: int) -> str
     outcome = "redelivered"
     if not chunk.done_at:
         counts = {"added": 0, "unchanged": 0}
-        for profile_id in json.loads(chunk.ids or "[]"):
+        for profile_id in _live(space_id, json.loads(chunk.ids or "[]")):
             counts["added" if _write(space_id, audience_key, profile_id, True) else "unchanged"] += 1
         outcome = _record(ImportItem(pk, sk), [ImportItem.added.set(counts["added"]),
                                                 ImportItem.unchanged.set(counts["unchanged"])],
@@ -355,7 +355,8 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
             for record in page.members:
                 # one who entered after the job began was added by hand (an edit answered 200 since the 202): the
                 # file replaces the audience it was imported into, not the edits made while it ran
-                if record.profile_id not in named and (record.entered_at or "") <= job.created_at:
+                if (record.profile_id not in named and (record.entered_at or "") <= job.created_at
+                        and not _named_by_merge(space_id, record.profile_id, named)):
                     removed = _write(space_id, audience_key, record.profile_id, False, record)
                     counts["removed" if removed else "unchanged"] += 1
             cursor = page.cursor
@@ -389,6 +390,28 @@ def _named(pk: str, job_id: str, chunks: int) -> set[str] | None:
         named.update(json.loads(chunk.ids or "[]"))
         found += 1
     return named if found == chunks else None
+
+
+def _live(space_id: str, profile_ids: list[str]) -> list[str]:
+    """The named profiles as the people they are now: one merged since the request (the chunk is written minutes
+    later) is its survivor. Written as named, the membership stayed on the merged-away profile (the merge had
+    moved its memberships already) and the person was not a member."""
+    pks = [profiles_store.profile_pk(space_id, profile_id) for profile_id in profile_ids]
+    found = {r.profile_id: r for r in profiles_store.ProfileRecord.batch_get(
+        pks, consistent_read=True, attributes_to_get=["pk", "profile_id", "merged_into"])}
+    live = []
+    for profile_id in profile_ids:
+        record, hops = found.get(profile_id), 0
+        while record is not None and record.merged_into and hops < profiles_store.MAX_MERGE_HOPS:
+            record, hops = profiles_store.get_profile(space_id, record.merged_into), hops + 1
+        live.append(record.profile_id if record is not None and not record.merged_into else profile_id)
+    return list(dict.fromkeys(live))
+
+
+def _named_by_merge(space_id: str, profile_id: str, named: set[str]) -> bool:
+    """A member the file names as a profile merged into it (since the request): the person stays."""
+    record = profiles_store.get_profile(space_id, profile_id)
+    return record is not None and bool(named.intersection(record.merged_from or []))
 
 
 def _write(space_id: str, audience_key: str, profile_id: str, member: bool,
