@@ -410,8 +410,12 @@ def _live(space_id: str, profile_ids: list[str]) -> list[str]:
 
 def _named_by_merge(space_id: str, profile_id: str, named: set[str]) -> bool:
     """A member the file names as a profile merged into it (since the request): the person stays."""
-    record = profiles_store.get_profile(space_id, profile_id)
-    return record is not None and bool(named.intersection(record.merged_from or []))
+    try:  # its merged_from only: a profile item may be large, and a replace reads one per member it removes
+        record = profiles_store.ProfileRecord.get(profiles_store.profile_pk(space_id, profile_id), consistent_read=True,
+                                                  attributes_to_get=["pk", "merged_from"])
+    except profiles_store.ProfileRecord.DoesNotExist:
+        return False
+    return bool(named.intersection(record.merged_from or []))
 
 
 def _write(space_id: str, audience_key: str, profile_id: str, member: bool,
