@@ -158,6 +158,35 @@ def test_a_removal_step_out_of_time_queues_the_next_from_its_cursor(jobs, monkey
     assert done["status"] == "done" and (done["added"], done["unchanged"], done["removed"]) == (2, 2, 5), done
 
 
+def test_a_removal_step_stops_at_the_next_page_once_its_job_has_ended(jobs, monkeypatch):
+    # Found by the hunt: a step already going through the members when its job was reported failed (no progress
+    # for 30 minutes) and taken over went on removing with its old file, page after page.
+    from engage.audiences import imports, membership
+
+    monkeypatch.setattr(imports, "REMOVE_PAGE", 1)
+    assert api("POST", "/v1/audiences/vips/members", body={"add": [f"user_id:{n}" for n in range(1, 6)]})[0] == 200
+    status, job, _ = import_file(["6", "7", "8", "9"], mode="replace")
+    assert status == 202
+    real_page, pages = membership.member_page, []
+
+    def page_then_end_the_job(*args, **kwargs):
+        page = real_page(*args, **kwargs)
+        pages.append(page)
+        if len(pages) == 1:  # the job ends while the step goes through its first page
+            imports._finish(imports._pk("acme", "vips"), job["id"], imports.FAILED, "ended by the test")
+        return page
+
+    monkeypatch.setattr(membership, "member_page", page_then_end_the_job)
+    for record in received():
+        body = json.loads(record["body"])
+        if body["step"] == "add":
+            imports.run(body)
+    [removal] = [json.loads(r["body"]) for r in received()]
+    assert imports.run(removal) == "finished"
+    # Then only the first page's member went: the step stopped before the next page
+    assert len(pages) == 1 and len(members_of("vips") & {"p1", "p2", "p3", "p4", "p5"}) == 4, members_of("vips")
+
+
 def test_a_redelivered_chunk_counts_once(jobs):
     status, _job, headers = import_file(["1", "2", "3", "4"])
     assert status == 202

@@ -351,6 +351,8 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
             return "finished"
         counts = {"removed": 0, "unchanged": 0}
         while True:
+            if not _running(pk, job.job_id):  # failed (or taken over) meanwhile: its file no longer replaces
+                return "finished"            # anything (a next import's members must not be removed by it)
             page = membership.member_page(space_id, audience_key, REMOVE_PAGE, cursor)
             for record in page.members:
                 # one who entered after the job began was added by hand (an edit answered 200 since the 202): the
@@ -378,6 +380,16 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
         return outcome
     _complete(pk, job.job_id)
     return DONE if outcome == "applied" else outcome
+
+
+def _running(pk: str, job_id: str) -> bool:
+    """The job is still running (one consistent read of its status, before each page of removals)."""
+    try:
+        job = ImportItem.get(pk, _job_sk(job_id), consistent_read=True, attributes_to_get=["status", "progress_at",
+                                                                                        "created_at"])
+    except ImportItem.DoesNotExist:
+        return False
+    return job.status == RUNNING and not _stale(job)
 
 
 def _named(pk: str, job_id: str, chunks: int) -> set[str] | None:
