@@ -187,6 +187,19 @@ def test_a_removal_step_stops_at_the_next_page_once_its_job_has_ended(jobs, monk
     assert len(pages) == 1 and len(members_of("vips") & {"p1", "p2", "p3", "p4", "p5"}) == 4, members_of("vips")
 
 
+def test_a_member_removed_by_hand_while_the_job_runs_stays_removed(jobs):
+    # Found by the hunt: hand additions made after the 202 were kept by a replace, but a hand removal was undone
+    # when the profile's chunk ran (the file won). The edits made while a job runs now both stand.
+    assert api("POST", "/v1/audiences/vips/members", body={"add": ["user_id:1"]})[0] == 200
+    status, _job, headers = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    assert api("POST", "/v1/audiences/vips/members", body={"remove": ["user_id:1"]})[1]["removed"] == 1
+    run_worker()
+    assert members_of("vips") == {"p2", "p3", "p4"}
+    done = api("GET", headers["Location"])[1]
+    assert done["status"] == "done" and (done["added"], done["unchanged"]) == (3, 1), done
+
+
 def test_a_redelivered_chunk_counts_once(jobs):
     status, _job, headers = import_file(["1", "2", "3", "4"])
     assert status == 202
