@@ -82,9 +82,10 @@ NOT_AT_INIT = {
     "destination_deliverer": ("engage.destinations.sync", "engage.audiences.runtime", "engage.audiences.membership",
                               "engage.audiences.definition"),
     # An import chunk writes memberships it was handed: no CSV reading or id resolution (the request did
-    # that), no audience language until a change re-evaluates the audiences built on this one.
+    # that), no audience language until a change re-evaluates the audiences built on this one. (It does read
+    # the named profiles, for merges since the request: engage.profiles_store loads at init, used by every chunk.)
     "audience_import_worker": ("engage.audiences.manual", "engage.audiences.export", "engage.audiences.runtime",
-                               "engage.audiences.definition", "pydantic", "engage.profiles_store", "csv"),
+                               "engage.audiences.definition", "pydantic", "csv"),
     # The audience export's layouts load with the first snapshot destination, not for a change-log drain.
     "destination_batch": ("engage.audiences.export", "engage.audiences.store", "engage.profiles_store",
                           "engage.audiences.definition"),
