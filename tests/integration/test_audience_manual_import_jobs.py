@@ -200,6 +200,35 @@ def test_a_member_removed_by_hand_while_the_job_runs_stays_removed(jobs):
     assert done["status"] == "done" and (done["added"], done["unchanged"]) == (3, 1), done
 
 
+def test_a_chunk_writing_while_its_audience_is_deleted_and_purged_leaves_no_membership(jobs, monkeypatch):
+    # Found by the hunt: the purge of a deleted audience ran while a chunk was writing, and the chunk's later
+    # writes stayed as members of the deleted audience.
+    from engage.audiences import backfill, imports
+
+    status, _job, _ = import_file(["1", "2", "3", "4"])
+    assert status == 202
+    real_write, calls = imports._write, []
+
+    def write_then_delete(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:  # the audience is deleted and purged between the chunk's first and second write
+            assert api("DELETE", "/v1/audiences/vips")[0] == 204
+            assert backfill.purge_page({"space_id": "acme", "audience_key": "vips"})["done"]
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(imports, "_write", write_then_delete)
+    [first, *_] = received()
+    imports.run(json.loads(first["body"]))
+    assert len(calls) == 2
+    assert [(r.profile_id, r.member) for r in membership_items("vips")] == []
+
+
+def membership_items(audience_key: str) -> list:
+    from engage.audiences import membership
+
+    return [r for r in membership.MembershipRecord.scan() if r.audience_key == audience_key]
+
+
 def test_a_redelivered_chunk_counts_once(jobs):
     status, _job, headers = import_file(["1", "2", "3", "4"])
     assert status == 202

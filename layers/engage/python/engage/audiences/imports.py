@@ -302,6 +302,7 @@ def _add_chunk(space_id: str, audience_key: str, job: ImportItem, n: int) -> str
     outcome = "redelivered"
     if not chunk.done_at:
         counts = {"added": 0, "unchanged": 0}
+        written: list[str] = []
         for profile_id in _live(space_id, json.loads(chunk.ids or "[]")):
             existing = membership.current_one(space_id, profile_id, audience_key)
             if existing is not None and not existing.member and (existing.exited_at or "") >= job.created_at:
@@ -309,7 +310,15 @@ def _add_chunk(space_id: str, audience_key: str, job: ImportItem, n: int) -> str
                 # the members added by hand meanwhile; the file does not undo the edits made while it runs
                 counts["unchanged"] += 1
                 continue
-            counts["added" if _write(space_id, audience_key, profile_id, True, existing) else "unchanged"] += 1
+            if _write(space_id, audience_key, profile_id, True, existing):
+                counts["added"] += 1
+                written.append(profile_id)
+            else:
+                counts["unchanged"] += 1
+        if written and store.find(space_id, audience_key) is None:
+            # Deleted while this chunk wrote: its purge may have run before some of these writes, which would
+            # then stay as members of a deleted audience. Read after every write, so a later purge has them.
+            _drop(space_id, audience_key, written)
         outcome = _record(ImportItem(pk, sk), [ImportItem.added.set(counts["added"]),
                                                 ImportItem.unchanged.set(counts["unchanged"])],
                           ImportItem.done_at.does_not_exist())
@@ -445,6 +454,13 @@ def _write(space_id: str, audience_key: str, profile_id: str, member: bool,
         return False
     runtime.on_members_changed(space_id, profile_id, {audience_key})  # audiences built on this one follow
     return True
+
+
+def _drop(space_id: str, audience_key: str, profile_ids: list[str]) -> None:
+    """Delete these membership items of a deleted audience, as its purge does (REMOVE records: nothing published)."""
+    with membership.MembershipRecord.batch_write() as batch:
+        for profile_id in profile_ids:
+            batch.delete(membership.MembershipRecord(key(space_id, profile_id), audience_key))
 
 
 def _record(item: ImportItem, actions: list, condition) -> str:
