@@ -53,6 +53,11 @@ class EngageModel(Model):
         return cls._get_connection().connection.client
 
 
+def conditional_failed(error: Exception) -> bool:
+    """A pynamodb write refused by its condition (ConditionalCheckFailedException), not another failure."""
+    return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
 def key(*parts: str) -> str:
     for part in parts:
         if SEP in part and part is not parts[-1]:

@@ -41,7 +41,7 @@ from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from engage import clock, lazy, profiles_store
 from engage.audiences import membership, store
 from engage.config import settings
-from engage.db import EngageModel, TableName, key
+from engage.db import EngageModel, TableName, conditional_failed, key
 from engage.errors import Conflict, NotFound
 from engage.observability import logger
 
@@ -138,10 +138,6 @@ def _send(messages: list[dict[str, Any]]) -> None:
 sender: Callable[[list[dict[str, Any]]], None] = _send
 
 
-def _conditional_failed(error: Exception) -> bool:
-    return getattr(error, "cause_response_code", None) == "ConditionalCheckFailedException"
-
-
 def _read(pk: str, sk: str) -> ImportItem | None:
     try:
         return ImportItem.get(pk, sk, consistent_read=True)
@@ -207,7 +203,7 @@ def _lock(pk: str, audience_key: str, job_id: str, now: str) -> None:
         lock.save(condition=ImportItem.pk.does_not_exist())
         return
     except PutError as error:
-        if not _conditional_failed(error):
+        if not conditional_failed(error):
             raise
     current = _read(pk, "running")
     if current is not None and _blocks(pk, current):
@@ -219,7 +215,7 @@ def _lock(pk: str, audience_key: str, job_id: str, now: str) -> None:
     try:
         lock.save(condition=ImportItem.pk.does_not_exist() | (ImportItem.job_id == (current.job_id if current else "")))
     except PutError as error:
-        if not _conditional_failed(error):
+        if not conditional_failed(error):
             raise
         raise _busy(audience_key, (_read(pk, "running") or lock).job_id) from None
 
@@ -349,7 +345,7 @@ def _take_removals(job: ImportItem) -> bool:
             condition=(ImportItem.status == RUNNING) & (ImportItem.removals_at.does_not_exist()
                                                         | (ImportItem.removals_at < clock.iso(now - REQUEUE_AFTER))))
     except UpdateError as error:
-        if not _conditional_failed(error):
+        if not conditional_failed(error):
             raise
         return False
     return True
@@ -385,7 +381,7 @@ def _remove_step(space_id: str, audience_key: str, job: ImportItem, n: int, curs
             step.save(condition=ImportItem.pk.does_not_exist())
             outcome = "applied"
         except PutError as error:
-            if not _conditional_failed(error):
+            if not conditional_failed(error):
                 raise
         _progress(job)
         recorded = _read(pk, sk) or step
@@ -469,7 +465,7 @@ def _record(item: ImportItem, actions: list, condition) -> str:
         item.update(actions=[*actions, ImportItem.done_at.set(clock.iso())],
                     condition=ImportItem.pk.exists() & condition)
     except UpdateError as error:
-        if not _conditional_failed(error):
+        if not conditional_failed(error):
             raise
         return "redelivered"  # another copy recorded it first: its counts stand
     return "applied"
@@ -480,7 +476,7 @@ def _progress(job: ImportItem) -> None:
         ImportItem(job.pk, job.sk).update(actions=[ImportItem.progress_at.set(clock.iso())],
                                           condition=ImportItem.status == RUNNING)
     except UpdateError as error:
-        if not _conditional_failed(error):
+        if not conditional_failed(error):
             raise
 
 
@@ -509,12 +505,12 @@ def _finish(pk: str, job_id: str, status: str, message: str | None = None, *, re
     try:
         ImportItem(pk, _job_sk(job_id)).update(actions=actions, condition=ImportItem.status == RUNNING)
     except UpdateError as error:
-        if not _conditional_failed(error):
+        if not conditional_failed(error):
             raise
     if not release:
         return
     try:
         ImportItem(pk, "running").delete(condition=ImportItem.job_id == job_id)
     except DeleteError as error:
-        if not _conditional_failed(error):
+        if not conditional_failed(error):
             raise
